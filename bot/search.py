@@ -1,0 +1,219 @@
+"""Hybrid search: dense cosine over an in-memory matrix, fused with FTS5 BM25, grouped by document."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from bot.encoder import Encoder
+from bot.errors import InvalidRequest
+from bot.models import Answer, SearchHit
+from bot.store import Store, StoredChunk
+from bot.text import keyword_terms, spell_identifiers, strip_volatile
+
+MODES = ("hybrid", "dense", "bm25")
+# A short English stopword list: these words say nothing about which runbook is meant.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just me more most
+    my myself no nor not now of off on once only or other our ours ourselves out over own same she should
+    so some such than that the their theirs them themselves then there these they this those through to
+    too under until up very was we were what when where which while who whom why will with would you your
+    yours yourself yourselves also get got may might must shall via per within without least last""".split()
+)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Knobs of the fusion; defaults are what ``opsbot eval`` measured best overall."""
+
+    rrf_k: float = 60.0
+    section_weight: float = 1.0  # dense: best section of the document
+    title_weight: float = 1.0  # dense: the document's title
+    bm25_weight: float = 1.0  # keywords: best section, title and headings weighted in
+    candidates: int = 200
+    near: int = 2  # how many words may stand between two adjacent query words for a phrase match
+    bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
+
+
+@dataclass
+class Signals:
+    """Per-document evidence for one query, before fusion."""
+
+    section: np.ndarray | None  # best dense similarity of any section, per document
+    title: np.ndarray | None  # dense similarity of the title, per document
+    chunk_sims: np.ndarray | None  # dense similarity per chunk
+    bm25: dict[int, float]  # document -> best BM25 score (higher is better), only matching documents
+    bm25_chunk: dict[int, int]  # document -> position of its best BM25 chunk
+    encode_ms: float = 0.0
+
+
+class SearchIndex:
+    """The searchable knowledge: vectors in memory, text in SQLite."""
+
+    def __init__(self, store: Store, encoder: Encoder, ranking: Ranking | None = None) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.ranking = ranking or Ranking()
+        self._lock = threading.Lock()
+        self.chunk_ids = np.zeros(0, dtype=np.int64)
+        self.doc_paths: list[str] = []
+        self.doc_starts = np.zeros(0, dtype=np.int64)
+        self.chunk_doc = np.zeros(0, dtype=np.int64)
+        self.matrix = np.zeros((0, 0), dtype=np.float32)
+        self.titles = np.zeros((0, 0), dtype=np.float32)
+        self._id_order = np.zeros(0, dtype=np.int64)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reload the vectors after the index changed."""
+        ids, paths, matrix = self.store.load_vectors(self.encoder.model_id)
+        starts: list[int] = []
+        doc_paths: list[str] = []
+        for i, path in enumerate(paths):
+            if not doc_paths or doc_paths[-1] != path:
+                doc_paths.append(path)
+                starts.append(i)
+        counts = np.diff(np.append(np.asarray(starts, dtype=np.int64), len(paths)))
+        chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+        titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
+        with self._lock:
+            self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
+            self.doc_starts = np.asarray(starts, dtype=np.int64)
+            self.chunk_doc = chunk_doc
+            self._id_order = np.argsort(ids)
+
+    @property
+    def size(self) -> int:
+        return len(self.chunk_ids)
+
+    def memory_bytes(self) -> int:
+        arrays = (self.matrix, self.titles, self.chunk_ids, self.chunk_doc, self._id_order, self.doc_starts)
+        return int(sum(a.nbytes for a in arrays))
+
+    def signals(self, query: str, mode: str = "hybrid") -> tuple[str, Signals]:
+        """Compute the dense and keyword evidence for ``query``."""
+        stripped = strip_volatile(query) or query.strip()
+        dense_text = spell_identifiers(stripped)
+        sig = Signals(None, None, None, {}, {})
+        if mode != "bm25" and self.size:
+            started = time.perf_counter()
+            qv = self.encoder.encode([dense_text])[0]
+            sig.encode_ms = (time.perf_counter() - started) * 1000
+            sig.chunk_sims = self.matrix @ qv
+            sig.section = np.maximum.reduceat(sig.chunk_sims, self.doc_starts)
+            if self.titles.shape[1] == len(qv):
+                sig.title = self.titles @ qv
+        if mode != "dense":
+            for chunk_id, rank in self._keyword_chunks(stripped):
+                pos = _position(self.chunk_ids, self._id_order, chunk_id)
+                if pos is None:
+                    continue
+                d = int(self.chunk_doc[pos])
+                if d not in sig.bm25:
+                    sig.bm25[d] = -rank
+                    sig.bm25_chunk[d] = pos
+        return dense_text, sig
+
+    def fuse(self, sig: Signals, mode: str) -> dict[int, float]:
+        """Reciprocal-rank fusion of the available evidence into one score per document."""
+        r = self.ranking
+        scores: dict[int, float] = {}
+        lists: list[tuple[float, list[int]]] = []
+        if mode == "dense" and sig.section is not None:
+            return {int(d): float(sig.section[d]) for d in _top(sig.section, r.candidates)}
+        if mode == "bm25":
+            return dict(sig.bm25)
+        if sig.section is not None:
+            lists.append((r.section_weight, list(_top(sig.section, r.candidates))))
+        if sig.title is not None:
+            lists.append((r.title_weight, list(_top(sig.title, r.candidates))))
+        lists.append((r.bm25_weight, sorted(sig.bm25, key=lambda d: -sig.bm25[d])))
+        for weight, ranked in lists:
+            for rank, d in enumerate(ranked):
+                scores[int(d)] = scores.get(int(d), 0.0) + weight / (r.rrf_k + rank + 1)
+        return scores
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> Answer:
+        """Answer ``query`` with the ``k`` best documents, each with its best section."""
+        if mode not in MODES:
+            raise InvalidRequest(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}.")
+        if not query or not query.strip():
+            raise InvalidRequest("the question is empty; type what you are looking for, or paste the alert.")
+        started = time.perf_counter()
+        with self._lock:
+            normalized, sig = self.signals(query, mode)
+            scores = self.fuse(sig, mode)
+            ordered = sorted(scores, key=lambda d: -scores[d])[:k]
+            best = {d: self._best_chunk(d, sig) for d in ordered}
+            wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
+        details = self.store.chunks_by_id(wanted.values())
+        hits = tuple(_hit(details[wanted[d]], scores[d], normalized) for d in ordered if wanted[d] in details)
+        search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
+        return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms)
+
+    def _best_chunk(self, d: int, sig: Signals) -> int:
+        """The section to cite: the best dense match, unless only keywords found the document."""
+        if sig.chunk_sims is None:
+            return sig.bm25_chunk[d]
+        start = int(self.doc_starts[d])
+        end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
+        return start + int(np.argmax(sig.chunk_sims[start:end]))
+
+    def _keyword_chunks(self, stripped: str) -> list[tuple[int, float]]:
+        terms = keyword_terms(stripped, STOPWORDS)
+        if not terms:
+            return []
+        # Adjacent query words that also stand close together in a section count again:
+        # "target discovery" is stronger evidence than "target" and "discovery" apart.
+        pairs = [f'NEAR("{a}" "{b}", {self.ranking.near})' for a, b in zip(terms, terms[1:], strict=False)]
+        match = " OR ".join([f'"{t}"' for t in terms] + pairs)
+        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    if len(scores) > n:
+        part = np.argpartition(-scores, n)[:n]
+        return part[np.argsort(-scores[part])]
+    return np.argsort(-scores)
+
+
+def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
+    i = np.searchsorted(ids, chunk_id, sorter=order)
+    if i < len(order) and ids[order[i]] == chunk_id:
+        return int(order[i])
+    return None
+
+
+def _hit(chunk: StoredChunk, score: float, query: str) -> SearchHit:
+    return SearchHit(
+        path=chunk.doc_path,
+        kind=chunk.kind,
+        title=chunk.title,
+        section=chunk.heading,
+        snippet=make_snippet(chunk.text, query),
+        score=round(float(score), 6),
+        url=chunk.url,
+        incident_id=chunk.incident_id,
+        anchor=chunk.anchor,
+        services=chunk.services,
+    )
+
+
+def make_snippet(text: str, query: str, width: int = 240) -> str:
+    """A short window of ``text`` around the first query word it contains."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    if len(flat) <= width:
+        return flat
+    lower = flat.lower()
+    positions = [lower.find(t) for t in keyword_terms(query, STOPWORDS) if len(t) > 3]
+    positions = [p for p in positions if p >= 0]
+    start = max(0, min(positions) - width // 4) if positions else 0
+    start = flat.rfind(" ", 0, start) + 1 if start else 0
+    piece = flat[start : start + width].rsplit(" ", 1)[0]
+    return ("…" if start else "") + piece + "…"

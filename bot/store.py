@@ -1,0 +1,351 @@
+"""The storage layer: every SQL statement of opsbot lives here.
+
+SQLite through sqlite-utils, schema changes as numbered migrations. Vectors are stored
+per (model, content hash), so text that did not change is never embedded again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from bot.models import Document, Expert, Incident
+
+migrations = Migrations("opsbot")
+
+
+@migrations()
+def m001_knowledge(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["documents"].create(
+        {
+            "path": str,
+            "kind": str,
+            "title": str,
+            "url": str,
+            "services": str,
+            "tags": str,
+            "owners": str,
+            "incident_id": str,
+            "title_hash": str,
+            "content_hash": str,
+            "indexed_at": str,
+        },
+        pk="path",
+    )
+    db["chunks"].create(
+        {
+            "id": int,
+            "doc_path": str,
+            "ord": int,
+            "heading": str,
+            "anchor": str,
+            "text": str,
+            "embed_hash": str,
+        },
+        pk="id",
+        foreign_keys=[("doc_path", "documents", "path")],
+    )
+    db["chunks"].create_index(["doc_path"])
+    db["chunks"].create_index(["embed_hash"])
+    db["embeddings"].create({"model": str, "hash": str, "vector": bytes}, pk=("model", "hash"))
+    db.execute(
+        "CREATE VIRTUAL TABLE chunks_fts USING fts5("
+        "title, heading, body, tokenize='porter unicode61 remove_diacritics 2')"
+    )
+
+
+@migrations()
+def m002_incidents_and_roster(db: Database) -> None:
+    db["incidents"].create(
+        {
+            "id": str,
+            "title": str,
+            "date": str,
+            "severity": int,
+            "services": str,
+            "responders": str,
+            "summary": str,
+            "root_cause": str,
+            "resolution": str,
+            "duration_minutes": int,
+            "timeline": str,
+            "path": str,
+        },
+        pk="id",
+    )
+    db["experts"].create(
+        {
+            "id": str,
+            "name": str,
+            "team": str,
+            "skills": str,
+            "services": str,
+            "timezone": str,
+            "hours": str,
+            "away": int,
+        },
+        pk="id",
+    )
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A chunk as it is written: display text, the text for full-text search, and its vector's key."""
+
+    ord: int
+    heading: str
+    anchor: str
+    text: str
+    fts_title: str
+    fts_heading: str
+    fts_body: str
+    embed_hash: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: int
+    doc_path: str
+    heading: str
+    anchor: str
+    text: str
+    kind: str
+    title: str
+    url: str
+    incident_id: str
+    services: tuple[str, ...]
+
+
+class Store:
+    """A connection to the opsbot database, safe to share between threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self.db = Database(conn)
+        self.lock = threading.RLock()
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        with self.lock:
+            migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.lock, self.db.atomic():
+            yield
+
+    # -- meta -------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    # -- documents and chunks --------------------------------------------
+
+    def document_hashes(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT path, content_hash FROM documents").fetchall())
+
+    def replace_document(self, doc: Document, title_hash: str, chunks: list[ChunkRow]) -> None:
+        """Write a document and its chunks, replacing what was stored for its path."""
+        with self.transaction():
+            self._delete_document(doc.path)
+            self.db["documents"].insert(
+                {
+                    "path": doc.path,
+                    "kind": doc.kind,
+                    "title": doc.title,
+                    "url": doc.url,
+                    "services": json.dumps(list(doc.services)),
+                    "tags": json.dumps(list(doc.tags)),
+                    "owners": json.dumps(list(doc.owners)),
+                    "incident_id": doc.incident_id,
+                    "title_hash": title_hash,
+                    "content_hash": doc.content_hash,
+                    "indexed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+            )
+            for chunk in chunks:
+                cur = self.db.execute(
+                    "INSERT INTO chunks (doc_path, ord, heading, anchor, text, embed_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                    [doc.path, chunk.ord, chunk.heading, chunk.anchor, chunk.text, chunk.embed_hash],
+                )
+                self.db.execute(
+                    "INSERT INTO chunks_fts (rowid, title, heading, body) VALUES (?, ?, ?, ?)",
+                    [cur.lastrowid, chunk.fts_title, chunk.fts_heading, chunk.fts_body],
+                )
+
+    def delete_documents(self, paths: Iterable[str]) -> None:
+        with self.transaction():
+            for path in paths:
+                self._delete_document(path)
+
+    def _delete_document(self, path: str) -> None:
+        self.db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE doc_path = ?)", [path])
+        self.db.execute("DELETE FROM chunks WHERE doc_path = ?", [path])
+        self.db.execute("DELETE FROM documents WHERE path = ?", [path])
+
+    def counts(self) -> dict[str, int]:
+        q = "SELECT kind, count(*) FROM documents GROUP BY kind"
+        result = {kind: n for kind, n in self.db.execute(q).fetchall()}
+        result["chunks"] = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return result
+
+    # -- embeddings -------------------------------------------------------
+
+    def known_embeddings(self, model: str, hashes: Iterable[str]) -> set[str]:
+        wanted = list(set(hashes))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT hash FROM embeddings WHERE model = ? AND hash IN ({marks})", [model, *part]
+            ).fetchall()
+            found.update(r[0] for r in rows)
+        return found
+
+    def save_embeddings(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (model, hash, vector) VALUES (?, ?, ?)",
+                [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+            )
+
+    def prune_embeddings(self) -> int:
+        """Drop vectors no chunk uses any more (old text, old models)."""
+        with self.transaction():
+            cur = self.db.execute(
+                "DELETE FROM embeddings WHERE hash NOT IN (SELECT embed_hash FROM chunks) "
+                "AND hash NOT IN (SELECT title_hash FROM documents)"
+            )
+            return cur.rowcount
+
+    def load_vectors(self, model: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Chunk ids, their document paths and vectors for ``model``, grouped by document.
+
+        The vectors come back as one float32 matrix so a query is a single matrix product.
+        """
+        rows = self.db.execute(
+            "SELECT c.id, c.doc_path, e.vector FROM chunks c "
+            "JOIN embeddings e ON e.hash = c.embed_hash AND e.model = ? ORDER BY c.doc_path, c.ord",
+            [model],
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        paths = [r[1] for r in rows]
+        if not rows:
+            return ids, paths, np.zeros((0, 0), dtype=np.float32)
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, paths, matrix.copy()
+
+    def load_title_vectors(self, model: str, paths: list[str]) -> np.ndarray:
+        """One title vector per document path, in the order given (zeros where missing)."""
+        rows = dict(
+            self.db.execute(
+                "SELECT d.path, e.vector FROM documents d JOIN embeddings e ON e.hash = d.title_hash AND e.model = ?",
+                [model],
+            ).fetchall()
+        )
+        if not rows:
+            return np.zeros((len(paths), 0), dtype=np.float32)
+        dim = len(next(iter(rows.values()))) // 4
+        zero = bytes(dim * 4)
+        data = b"".join(rows.get(p, zero) for p in paths)
+        return np.frombuffer(data, dtype=np.float32).reshape(len(paths), dim).copy()
+
+    def fts_search(self, match: str, limit: int, weights: tuple[float, float, float]) -> list[tuple[int, float]]:
+        """Chunk ids matching an FTS5 query, best first, with their BM25 score (lower is better)."""
+        sql = (
+            "SELECT rowid, bm25(chunks_fts, ?, ?, ?) AS rank FROM chunks_fts "
+            "WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
+        )
+        with self.lock:
+            return [(r[0], r[1]) for r in self.db.execute(sql, [*weights, match, limit]).fetchall()]
+
+    def chunks_by_id(self, ids: Iterable[int]) -> dict[int, StoredChunk]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.db.execute(
+            "SELECT c.id, c.doc_path, c.heading, c.anchor, c.text, d.kind, d.title, d.url, d.incident_id, d.services "
+            f"FROM chunks c JOIN documents d ON d.path = c.doc_path WHERE c.id IN ({marks})",
+            wanted,
+        ).fetchall()
+        return {
+            r[0]: StoredChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(json.loads(r[9] or "[]")))
+            for r in rows
+        }
+
+    # -- incidents and roster -------------------------------------------
+
+    def replace_incidents(self, incidents: list[Incident], keep: set[str] = frozenset()) -> None:
+        """Store the incidents read from files; ids in ``keep`` (unreadable files) stay as they were."""
+        with self.transaction():
+            current = {i.id for i in incidents}
+            for old_id, path in self.db.execute("SELECT id, path FROM incidents").fetchall():
+                if old_id not in current and path not in keep:
+                    self.db.execute("DELETE FROM incidents WHERE id = ?", [old_id])
+            self.db["incidents"].upsert_all(
+                [
+                    {
+                        "id": i.id,
+                        "title": i.title,
+                        "date": i.date.isoformat(),
+                        "severity": i.severity,
+                        "services": json.dumps(list(i.services)),
+                        "responders": json.dumps(list(i.responders)),
+                        "summary": i.summary,
+                        "root_cause": i.root_cause,
+                        "resolution": i.resolution,
+                        "duration_minutes": i.duration_minutes,
+                        "timeline": json.dumps([[t.at, t.event] for t in i.timeline]),
+                        "path": i.path,
+                    }
+                    for i in incidents
+                ],
+                pk="id",
+            )
+
+    def incident_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM incidents").fetchone()[0]
+
+    def replace_experts(self, experts: list[Expert]) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM experts")
+            self.db["experts"].insert_all(
+                [
+                    {
+                        "id": e.id,
+                        "name": e.name,
+                        "team": e.team,
+                        "skills": json.dumps(list(e.skills)),
+                        "services": json.dumps(list(e.services)),
+                        "timezone": e.timezone,
+                        "hours": e.hours,
+                        "away": int(e.away),
+                    }
+                    for e in experts
+                ]
+            )
+
+    def expert_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM experts").fetchone()[0]

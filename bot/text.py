@@ -1,0 +1,186 @@
+"""Text handling shared by indexing and search: front matter, sections, normalisation."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from bot.models import Section
+
+HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+FENCE = re.compile(r"^\s*(```|~~~)")
+HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
+MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+REF_LINK_DEF = re.compile(r"^\s*(?:-\s*)?\[[^\]]+\]:?\s*\(?https?://\S+\)?\s*$", re.M)
+URL = re.compile(r"https?://\S+")
+CAMEL = re.compile(r"\b[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*\b")
+CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+# Volatile tokens in alerts and logs: they change from one firing to the next, so they
+# must not decide a match. Order matters: the specific shapes go before plain numbers.
+_K8S_ALNUM = "bcdfghjklmnpqrstvwxz2456789"
+VOLATILE = [
+    re.compile(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"),
+    re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I),
+    re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"),
+    re.compile(r"\b(?:[0-9a-f]{1,4}:){3,7}[0-9a-f]{1,4}\b", re.I),
+    re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,64}\b", re.I),
+    re.compile(r"\b0x[0-9a-f]+\b", re.I),
+    re.compile(r"\d{1,2}:\d{2}(?::\d{2})?\b"),
+    re.compile(r"[-+]?\d+(?:[.,]\d+)?\s?(?:%|[kmgtp]i?b\b|ms\b|[smhdw]\b|ns\b|us\b)?", re.I),
+]
+# Kubernetes pod and replica-set suffixes: checkout-api-7d9f8c6b5-x2kqp -> checkout-api
+POD_SUFFIX = re.compile(
+    rf"(?<=[a-z0-9])(?:-(?=[{_K8S_ALNUM}]*\d)[{_K8S_ALNUM}]{{6,10}})?-(?=[{_K8S_ALNUM}]*\d)[{_K8S_ALNUM}]{{5}}\b"
+)
+
+
+@dataclass(frozen=True)
+class FrontMatter:
+    data: dict
+    body: str
+    body_line: int  # 1-based line number where the body starts
+
+
+class FrontMatterError(ValueError):
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def split_front_matter(text: str) -> FrontMatter:
+    """Separate a leading ``---`` YAML block from Markdown; raise FrontMatterError when it is broken."""
+    if not text.startswith("---"):
+        return FrontMatter({}, text, 1)
+    lines = text.splitlines(keepends=True)
+    if lines[0].strip() != "---":
+        return FrontMatter({}, text, 1)
+    for i in range(1, len(lines)):
+        if lines[i].strip() in ("---", "..."):
+            block = "".join(lines[1:i])
+            try:
+                data = yaml.safe_load(block) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                line = mark.line + 2 if mark is not None else 2
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise FrontMatterError(f"front matter is not valid YAML: {problem}", line) from exc
+            if not isinstance(data, dict):
+                raise FrontMatterError("front matter must be a mapping of keys such as title: and services:", 2)
+            return FrontMatter(data, "".join(lines[i + 1 :]), i + 2)
+    raise FrontMatterError("front matter starts with --- but has no closing --- line", 1)
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def clean_markdown(text: str) -> str:
+    """Drop markup that carries no meaning for search: HTML tags, link targets, bare URLs."""
+    text = REF_LINK_DEF.sub("", text)
+    text = HTML_TAG.sub(" ", text)
+    text = MD_LINK.sub(r"\1", text)
+    text = URL.sub(" ", text)
+    text = re.sub(r"[ \t]+", " ", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def first_heading(body: str) -> str:
+    in_fence = False
+    for line in body.splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+        elif not in_fence and (m := HEADING.match(line)):
+            return m.group(2).strip()
+    return ""
+
+
+def split_sections(body: str, title: str) -> list[Section]:
+    """Split Markdown into sections by heading, each carrying its heading path.
+
+    A single top-level heading is the document's title, so it is left out of the paths.
+    Headings inside fenced code blocks are code, not structure.
+    """
+    parsed: list[tuple[int, str, list[str]]] = []
+    level, heading, buf, in_fence = 0, "", [], False
+    for line in body.splitlines():
+        if FENCE.match(line):
+            in_fence = not in_fence
+        m = None if in_fence else HEADING.match(line)
+        if m:
+            parsed.append((level, heading, buf))
+            level, heading, buf = len(m.group(1)), m.group(2).strip(), []
+        else:
+            buf.append(line)
+    parsed.append((level, heading, buf))
+
+    h1_count = sum(1 for lvl, _, _ in parsed if lvl == 1)
+    stack: list[tuple[int, str]] = []
+    sections: list[Section] = []
+    for lvl, head, lines in parsed:
+        if lvl:
+            while stack and stack[-1][0] >= lvl:
+                stack.pop()
+            stack.append((lvl, head))
+        path = [h for lv, h in stack if not (lv == 1 and h1_count == 1)]
+        text = clean_markdown("\n".join(lines))
+        heading_path = " > ".join(path)
+        if not text:
+            continue
+        sections.append(Section(heading=heading_path, text=text, anchor=slugify(head) if lvl else ""))
+    return sections
+
+
+def window_words(text: str, size: int = 160, overlap: int = 32) -> list[str]:
+    """Cut long text into overlapping windows of words so each fits the encoder's input."""
+    words = text.split()
+    if len(words) <= size + overlap // 2:
+        return [text]
+    step = size - overlap
+    return [" ".join(words[i : i + size]) for i in range(0, max(len(words) - overlap, 1), step)]
+
+
+def split_camel(text: str) -> str:
+    """Add the words of CamelCase identifiers: KubePodCrashLooping -> Kube Pod Crash Looping."""
+    extra = [" ".join(CAMEL_PART.findall(m.group(0))) for m in CAMEL.finditer(text)]
+    return text if not extra else text + "\n" + "\n".join(extra)
+
+
+def strip_volatile(text: str) -> str:
+    """Remove what changes between two firings of one alert: numbers, ids, hashes, IPs, pod suffixes."""
+    text = URL.sub(" ", text)
+    text = POD_SUFFIX.sub("", text)
+    for pattern in VOLATILE:
+        text = pattern.sub(" ", text)
+    text = re.sub(r"[\"'`{}\[\]()<>=|]", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def spell_identifiers(text: str) -> str:
+    """Replace CamelCase identifiers by their words: KubePodCrashLooping -> Kube Pod Crash Looping."""
+    return CAMEL.sub(lambda m: " ".join(CAMEL_PART.findall(m.group(0))), text)
+
+
+def normalize_query(text: str) -> str:
+    """The form of a question or pasted alert that the encoder sees."""
+    return spell_identifiers(strip_volatile(text))
+
+
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9]+")
+
+
+def keyword_terms(text: str, stopwords: frozenset[str], limit: int = 24) -> list[str]:
+    """Distinct lower-case search terms of a query, stopwords removed, in order of appearance."""
+    seen: dict[str, None] = {}
+    for word in WORD.findall(split_camel(text)):
+        w = word.lower()
+        if w not in stopwords and len(w) > 1:
+            seen.setdefault(w, None)
+    return list(seen)[:limit]
