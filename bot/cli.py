@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,13 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_settings(ctx: click.Context, **overrides: Any) -> Settings:
-    settings: Settings = ctx.obj["settings"] if ctx.obj and "settings" in ctx.obj else Settings.from_env()
-    return settings.with_overrides(**overrides)
+    """Settings are read when a command runs, so `--help` works even while they are broken."""
+    ctx.ensure_object(dict)
+    if "settings" not in ctx.obj:
+        settings = Settings.from_env()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        ctx.obj["settings"] = settings
+    return ctx.obj["settings"].with_overrides(**overrides)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,9 +59,6 @@ def main(ctx: click.Context) -> None:
       opsbot ask "pgbouncer says too many clients"
     """
     ctx.ensure_object(dict)
-    settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    ctx.obj["settings"] = settings
 
 
 def _open(settings: Settings):  # noqa: ANN202
@@ -83,6 +86,8 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
 
     settings = load_settings(ctx)
     root = directory or settings.knowledge_dir
+    if not root.is_dir():
+        raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
     store, encoder = _open(settings)
     bar_state: dict[str, Any] = {}
 
@@ -135,6 +140,8 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
     try:
         if not store.counts()["chunks"]:
             raise OpsbotError("the index is empty; run `opsbot index` first.")
+        if mode != "bm25":
+            encoder.load()  # so the reported encode time is the query's, not the model load's
         answer = SearchIndex(store, encoder).search(" ".join(question), k=top_k or settings.top_k, mode=mode)
     finally:
         store.close()
@@ -212,3 +219,57 @@ def format_eval_table(results: dict) -> str:
                 f"{m['recall@5']:>6.3f} {m['mrr@10']:>7.3f}"
             )
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["index", "search", "all"]), default="all")
+@click.option("--sizes", default="1000,10000,100000", show_default=True, help="Chunk counts for the search benchmark.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@handle_errors
+def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
+    """Measure indexing speed and search latency on a seeded synthetic knowledge base.
+
+    \b
+    Example:
+      opsbot bench search --sizes 1000,10000
+      opsbot bench --json > bench.json
+    """
+    from bot import bench as benchmarks
+    from bot.encoder import SentenceTransformerEncoder
+
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise OpsbotError(f"--sizes {sizes!r} must be whole numbers separated by commas, like 1000,10000.") from None
+    if not size_list or min(size_list) < 10:
+        raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
+    settings = load_settings(ctx)
+    encoder = SentenceTransformerEncoder(settings.model)
+    started = time.perf_counter()
+    encoder.load()
+    result: dict[str, Any] = {"model": encoder.model_id, "model_load_s": round(encoder.load_seconds, 2)}
+    if what in ("index", "all"):
+        result["index"] = benchmarks.bench_index(encoder)
+    if what in ("search", "all"):
+        result["search"] = benchmarks.bench_search(encoder, size_list)
+    result["peak_rss_mb"] = benchmarks.peak_rss_mb()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"model: {result['model']} (loaded in {result['model_load_s']} s)")
+    if "index" in result:
+        i = result["index"]
+        click.echo(
+            f"index: {i['index_chunks_per_s']} chunks/s vs raw encode {i['raw_encode_chunks_per_s']} chunks/s "
+            f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks; unchanged re-index of {i['reindex_unchanged_docs']} "
+            f"documents: {i['reindex_unchanged_s']} s (model loaded: {i['reindex_loaded_model']})"
+        )
+    for row in result.get("search", []):
+        click.echo(
+            f"search @ {row['chunks']:>7} chunks: encode p50 {row['encode_ms']['p50']:.1f} ms, "
+            f"rest p50 {row['search_ms']['p50']:.1f} / p95 {row['search_ms']['p95']:.1f} ms, "
+            f"total p50 {row['total_ms']['p50']:.1f} ms; vectors {row['index_memory_mb']} MB, db {row['db_mb']} MB"
+        )
+    click.echo(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")

@@ -73,7 +73,7 @@ class Settings:
         problems: list[str] = []
 
         knowledge = Path(values.get("OPSBOT_KNOWLEDGE") or "knowledge").expanduser()
-        if "OPSBOT_KNOWLEDGE" in values and not knowledge.is_dir():
+        if values.get("OPSBOT_KNOWLEDGE") and not knowledge.is_dir():
             problems.append(
                 f"OPSBOT_KNOWLEDGE={values['OPSBOT_KNOWLEDGE']!r} is not a directory: "
                 "point it at a folder holding runbooks/ and incidents/ (default ./knowledge)."

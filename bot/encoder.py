@@ -85,7 +85,9 @@ class SentenceTransformerEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self.load().get_sentence_embedding_dimension())
+        model = self.load()
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         model = self.load()

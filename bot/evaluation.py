@@ -70,7 +70,7 @@ def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str]) -> 
             answer = index.search(q.query, k=MRR_DEPTH, mode=mode)
             paths = [h.path for h in answer.hits]
             metrics = score_ranking(paths, q.relevant)
-            for group in ("all", q.kind) if q.kind else ("all",):
+            for group in ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",):
                 counts[group] += 1
                 for name, value in metrics.items():
                     sums[group][name] += value

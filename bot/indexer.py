@@ -43,9 +43,9 @@ class IndexReport:
         return data
 
 
-def embed_text(doc: Document, heading: str, text: str) -> str:
+def embed_text(title: str, heading: str, text: str) -> str:
     """What the encoder sees: the title and heading path give a section its context."""
-    head = f"{doc.title}. {heading}." if heading else f"{doc.title}."
+    head = f"{title}. {heading}." if heading else f"{title}."
     return f"{head}\n{text}"
 
 
@@ -61,7 +61,7 @@ def build_chunks(doc: Document) -> list[tuple[ChunkRow, str]]:
     title = split_camel(doc.title_text)
     for section in doc.sections:
         for piece in window_words(section.text):
-            to_embed = embed_text(doc, section.heading, piece)
+            to_embed = embed_text(doc.title, section.heading, piece)
             row = ChunkRow(
                 ord=len(rows),
                 heading=section.heading,
@@ -74,6 +74,20 @@ def build_chunks(doc: Document) -> list[tuple[ChunkRow, str]]:
             )
             rows.append((row, to_embed))
     return rows
+
+
+def _embed(
+    store: Store, encoder: Encoder, texts: dict[str, str], report: IndexReport, progress: Progress | None
+) -> None:
+    """Embed texts in large batches, saving each batch as it is done."""
+    hashes = list(texts)
+    for start in range(0, len(hashes), ENCODE_BATCH):
+        part = hashes[start : start + ENCODE_BATCH]
+        vectors = encoder.encode([texts[h] for h in part])
+        store.save_embeddings(encoder.model_id, dict(zip(part, vectors, strict=True)))
+        report.embedded += len(part)
+        if progress:
+            progress(report.embedded, len(hashes))
 
 
 def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progress | None = None) -> IndexReport:
@@ -103,13 +117,7 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     known = store.known_embeddings(encoder.model_id, texts)
     missing = [h for h in texts if h not in known]
     report.reused = len(texts) - len(missing)
-    for start in range(0, len(missing), ENCODE_BATCH):
-        part = missing[start : start + ENCODE_BATCH]
-        vectors = encoder.encode([texts[h] for h in part])
-        store.save_embeddings(encoder.model_id, dict(zip(part, vectors, strict=True)))
-        report.embedded += len(part)
-        if progress:
-            progress(report.embedded, len(missing))
+    _embed(store, encoder, {h: texts[h] for h in missing}, report, progress)
 
     for doc in changed:
         store.replace_document(doc, title_hashes[doc.path], [row for row, _ in chunked[doc.path]])
@@ -122,12 +130,19 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     store.delete_documents(removed)
     report.removed = len(removed)
 
+    if not same_model:
+        # Documents kept from earlier runs (their files are unreadable now) need the new model's vectors too.
+        kept = {
+            h: spell_identifiers(t) if head is None else embed_text(t, head, body)
+            for h, t, head, body in store.vectors_missing(encoder.model_id)
+        }
+        _embed(store, encoder, kept, report, progress)
+
     store.replace_incidents(kb.incidents, keep=kb.failed_paths)
-    roster_broken = any(p.path == "experts.yaml" and not kb.experts for p in kb.problems)
-    if kb.experts or not roster_broken and not (root / "experts.yaml").exists():
+    if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
-    if changed or removed:
-        store.prune_embeddings()
+    if changed or removed or not same_model:
+        store.prune_embeddings(encoder.model_id)
     store.set_meta("model", encoder.model_id)
     store.set_meta("knowledge_dir", str(root.resolve()))
     report.seconds = time.perf_counter() - started

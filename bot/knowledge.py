@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
-from bot.text import FrontMatterError, content_hash, first_heading, split_front_matter, split_sections
+from bot.text import FrontMatterError, content_hash, first_heading, load_yaml, split_front_matter, split_sections
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
 INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
@@ -46,15 +46,18 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         for path in files:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen))
     roster = root / "experts.yaml"
-    if roster.is_file():
-        kb.experts, problems = parse_roster(_rel(root, roster), roster.read_text(encoding="utf-8"))
+    if roster.is_file() and (text := _read(kb, "experts.yaml", roster)) is not None:
+        kb.experts, problems = parse_roster("experts.yaml", text)
         kb.problems.extend(problems)
+        if problems and not kb.experts:
+            kb.failed_paths.add("experts.yaml")
     services = root / "services.yaml"
-    if services.is_file():
+    if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
         try:
-            yaml.safe_load(services.read_text(encoding="utf-8"))
+            yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            kb.problems.append(Problem(_rel(root, services), f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)))
+            kb.problems.append(Problem("services.yaml", f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)))
+            kb.failed_paths.add("services.yaml")
     _check_responders(kb)
     return kb
 
@@ -63,22 +66,30 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
-    rel = _rel(root, path)
+def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:
+    """A file's text without a byte-order mark, or None with a Problem when it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         kb.problems.append(Problem(rel, "is not UTF-8 text; save it as UTF-8."))
-        kb.failed_paths.add(rel)
-        return
     except OSError as exc:
         kb.problems.append(Problem(rel, f"cannot be read: {exc.strerror}"))
-        kb.failed_paths.add(rel)
+    kb.failed_paths.add(rel)
+    return None
+
+
+def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
+    rel = _rel(root, path)
+    text = _read(kb, rel, path)
+    if text is None:
         return
     try:
         parse(path, rel, text)
     except (FileProblem, FrontMatterError) as exc:
         kb.problems.append(Problem(rel, str(exc), exc.line))
+        kb.failed_paths.add(rel)
+    except (ValueError, TypeError) as exc:  # e.g. YAML's own date parsing: 2025-02-30
+        kb.problems.append(Problem(rel, f"has a value that cannot be read: {exc}"))
         kb.failed_paths.add(rel)
 
 
@@ -143,10 +154,10 @@ def parse_incident(rel: str, text: str) -> Incident:
                 data[key] = section.text
             elif key == "timeline" and "timeline" not in data:
                 data["timeline"] = [ln.lstrip("-* ").strip() for ln in section.text.splitlines() if ln.strip()]
-        line_of = lambda key: 2 + _key_line(text.split("\n---", 1)[0], key)  # noqa: E731
+        line_of = lambda key: 1 + _key_line(text.split("\n---", 1)[0], key)  # noqa: E731
     else:
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
             raise FileProblem(f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)) from exc
         if not isinstance(data, dict):
@@ -156,14 +167,14 @@ def parse_incident(rel: str, text: str) -> Incident:
 
 
 def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
-    missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
-    if missing:
-        raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
     unknown = [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]
     for key in unknown:
         close = difflib.get_close_matches(key, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
         raise FileProblem(f"unknown field `{key}`{hint}", line_of(key))
+    missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
+    if missing:
+        raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
     inc_id = str(data["id"]).strip()
     if not INCIDENT_ID.match(inc_id):
         raise FileProblem(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
@@ -262,11 +273,10 @@ def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
         return [], [Problem(rel, "must hold a list of people under `people:`, each with id, name and team.")]
     experts: list[Expert] = []
     problems: list[Problem] = []
-    lines = text.splitlines()
-    id_lines = [n + 1 for n, ln in enumerate(lines) if re.match(r"^\s*-\s*id\s*:", ln)]
+    entry_lines = _sequence_lines(text)
     seen: set[str] = set()
     for index, entry in enumerate(people):
-        line = id_lines[index] if index < len(id_lines) else None
+        line = entry_lines[index] if index < len(entry_lines) else None
         try:
             expert = _expert_from_dict(entry)
         except FileProblem as exc:
@@ -278,6 +288,19 @@ def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
         seen.add(expert.id)
         experts.append(expert)
     return experts, problems
+
+
+def _sequence_lines(text: str) -> list[int]:
+    """The 1-based line where each person of the roster starts, from the YAML node marks."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return []
+    if isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if getattr(k, "value", None) == "people"), None)
+    if not isinstance(node, yaml.SequenceNode):
+        return []
+    return [item.start_mark.line + 1 for item in node.value]
 
 
 def _expert_from_dict(entry: Any) -> Expert:

@@ -37,6 +37,9 @@ class Ranking:
     title_weight: float = 1.0  # dense: the document's title
     bm25_weight: float = 1.0  # keywords: best section, title and headings weighted in
     candidates: int = 200
+    max_terms: int = 16  # the rarest query words searched by keyword
+    common_fraction: float = 0.25  # words in more than this share of sections are skipped ...
+    common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
     near: int = 2  # how many words may stand between two adjacent query words for a phrase match
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
 
@@ -166,14 +169,37 @@ class SearchIndex:
         return start + int(np.argmax(sig.chunk_sims[start:end]))
 
     def _keyword_chunks(self, stripped: str) -> list[tuple[int, float]]:
-        terms = keyword_terms(stripped, STOPWORDS)
+        words = keyword_terms(stripped, STOPWORDS)
+        terms = self.select_terms(words)
         if not terms:
             return []
         # Adjacent query words that also stand close together in a section count again:
         # "target discovery" is stronger evidence than "target" and "discovery" apart.
-        pairs = [f'NEAR("{a}" "{b}", {self.ranking.near})' for a, b in zip(terms, terms[1:], strict=False)]
+        kept = set(terms)
+        pairs = [
+            f'NEAR("{a}" "{b}", {self.ranking.near})'
+            for a, b in zip(words, words[1:], strict=False)
+            if a in kept and b in kept
+        ]
         match = " OR ".join([f'"{t}"' for t in terms] + pairs)
         return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+
+    def select_terms(self, terms: list[str]) -> list[str]:
+        """The query words worth a full-text lookup, in query order.
+
+        Words found nowhere cannot match; words found in most sections say little and cost
+        the most to score. The rarest ``max_terms`` words are kept.
+        """
+        if not terms:
+            return []
+        counts = self.store.term_chunk_counts(terms)
+        present = [t for t in terms if counts[t] > 0]
+        limit = max(self.ranking.common_fraction * max(self.size, 1), self.ranking.common_floor)
+        selective = [t for t in present if counts[t] <= limit]
+        if len(selective) < 2:
+            selective = sorted(present, key=lambda t: counts[t])[:2]
+        keep = set(sorted(selective, key=lambda t: counts[t])[: self.ranking.max_terms])
+        return [t for t in present if t in keep]
 
 
 def _top(scores: np.ndarray, n: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from sqlite_utils.migrations import Migrations
 from bot.models import Document, Expert, Incident
 
 migrations = Migrations("opsbot")
+TOKENIZER = "porter unicode61 remove_diacritics 2"
 
 
 @migrations()
@@ -59,10 +60,7 @@ def m001_knowledge(db: Database) -> None:
     db["chunks"].create_index(["doc_path"])
     db["chunks"].create_index(["embed_hash"])
     db["embeddings"].create({"model": str, "hash": str, "vector": bytes}, pk=("model", "hash"))
-    db.execute(
-        "CREATE VIRTUAL TABLE chunks_fts USING fts5("
-        "title, heading, body, tokenize='porter unicode61 remove_diacritics 2')"
-    )
+    db.execute(f"CREATE VIRTUAL TABLE chunks_fts USING fts5(title, heading, body, tokenize={TOKENIZER!r})")
 
 
 @migrations()
@@ -97,6 +95,12 @@ def m002_incidents_and_roster(db: Database) -> None:
         },
         pk="id",
     )
+
+
+@migrations()
+def m003_term_statistics(db: Database) -> None:
+    # How many chunks hold each (stemmed) term: lets search skip terms that are everywhere.
+    db.execute("CREATE VIRTUAL TABLE chunks_vocab USING fts5vocab(chunks_fts, 'row')")
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,8 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.lock:
             migrations.apply(self.db)
+            self.db.execute(f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, tokenize={TOKENIZER!r})")
+            self.db.execute("CREATE VIRTUAL TABLE temp.query_terms_vocab USING fts5vocab(temp, query_terms, instance)")
 
     def close(self) -> None:
         self.db.close()
@@ -230,12 +236,26 @@ class Store:
                 [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
             )
 
-    def prune_embeddings(self) -> int:
-        """Drop vectors no chunk uses any more (old text, old models)."""
+    def vectors_missing(self, model: str) -> list[tuple[str, str, str | None, str | None]]:
+        """(hash, title, heading, text) of chunks and titles that have no vector for ``model``.
+
+        Only documents kept from an earlier run (their file is unreadable now) can be in this state.
+        """
+        missing = (
+            "SELECT c.embed_hash, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.path = c.doc_path "
+            "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.hash = c.embed_hash) "
+            "UNION SELECT d.title_hash, d.title, NULL, NULL FROM documents d "
+            "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.hash = d.title_hash)"
+        )
+        return [tuple(r) for r in self.db.execute(missing, [model, model]).fetchall()]
+
+    def prune_embeddings(self, model: str) -> int:
+        """Drop vectors nothing uses any more: old text, and every other model's."""
         with self.transaction():
             cur = self.db.execute(
-                "DELETE FROM embeddings WHERE hash NOT IN (SELECT embed_hash FROM chunks) "
-                "AND hash NOT IN (SELECT title_hash FROM documents)"
+                "DELETE FROM embeddings WHERE model != ? OR (hash NOT IN (SELECT embed_hash FROM chunks) "
+                "AND hash NOT IN (SELECT title_hash FROM documents))",
+                [model],
             )
             return cur.rowcount
 
@@ -270,6 +290,25 @@ class Store:
         zero = bytes(dim * 4)
         data = b"".join(rows.get(p, zero) for p in paths)
         return np.frombuffer(data, dtype=np.float32).reshape(len(paths), dim).copy()
+
+    def term_chunk_counts(self, words: list[str]) -> dict[str, int]:
+        """For each query word, in how many chunks its stem occurs (0 when nowhere).
+
+        The words go through the same Porter tokenizer as the index, in a per-connection
+        temporary FTS table, so the counts are looked up by the exact stems.
+        """
+        if not words:
+            return {}
+        with self.transaction():
+            self.db.execute("DELETE FROM temp.query_terms")
+            for position, word in enumerate(words, start=1):
+                self.db.execute("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", [position, word])
+            stems = dict(self.db.execute("SELECT doc, term FROM temp.query_terms_vocab").fetchall())
+        wanted = sorted(set(stems.values()))
+        marks = ",".join("?" * len(wanted))
+        with self.lock:
+            found = dict(self.db.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", wanted))
+        return {word: found.get(stems.get(position, ""), 0) for position, word in enumerate(words, start=1)}
 
     def fts_search(self, match: str, limit: int, weights: tuple[float, float, float]) -> list[tuple[int, float]]:
         """Chunk ids matching an FTS5 query, best first, with their BM25 score (lower is better)."""

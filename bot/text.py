@@ -30,12 +30,28 @@ VOLATILE = [
     re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,64}\b", re.I),
     re.compile(r"\b0x[0-9a-f]+\b", re.I),
     re.compile(r"\d{1,2}:\d{2}(?::\d{2})?\b"),
-    re.compile(r"[-+]?\d+(?:[.,]\d+)?\s?(?:%|[kmgtp]i?b\b|ms\b|[smhdw]\b|ns\b|us\b)?", re.I),
+    re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?(?:\s?(?:%|[kmgtp]i?b|ms|ns|us|[smhdw]))?(?!\w)", re.I),
 ]
 # Kubernetes pod and replica-set suffixes: checkout-api-7d9f8c6b5-x2kqp -> checkout-api
+# With a replica-set hash in front, the pod's own suffix may be letters only; alone, it needs a digit.
 POD_SUFFIX = re.compile(
-    rf"(?<=[a-z0-9])(?:-(?=[{_K8S_ALNUM}]*\d)[{_K8S_ALNUM}]{{6,10}})?-(?=[{_K8S_ALNUM}]*\d)[{_K8S_ALNUM}]{{5}}\b"
+    rf"(?<=[a-z0-9])(?:-(?=[{_K8S_ALNUM}]*\d)[{_K8S_ALNUM}]{{6,10}}-[{_K8S_ALNUM}]{{5}}"
+    rf"|-(?=[{_K8S_ALNUM}]*\d)[{_K8S_ALNUM}]{{5}})\b"
 )
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that leaves dates as text, so opsbot parses them and can say which line is wrong."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> object:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,7 @@ def split_front_matter(text: str) -> FrontMatter:
         if lines[i].strip() in ("---", "..."):
             block = "".join(lines[1:i])
             try:
-                data = yaml.safe_load(block) or {}
+                data = load_yaml(block) or {}
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 line = mark.line + 2 if mark is not None else 2

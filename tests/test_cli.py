@@ -1,0 +1,496 @@
+"""The ``opsbot`` command line, driven through click's CliRunner with the real MiniLM model.
+
+The sample knowledge is too big to index for every test, so a small copy of it (six runbooks,
+six incidents and the roster) is indexed once per module and its database reused by the ask tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from bot.cli import main
+from tests.conftest import SAMPLE_KNOWLEDGE
+
+SUBSET_RUNBOOKS = (
+    "postgres/connection-pool-exhausted.md",
+    "kafka/consumer-lag.md",
+    "networking/tls-certificate-expiry.md",
+    "redis/memory-and-evictions.md",
+    "kubernetes/node-disk-pressure.md",
+    "notifications/sms-provider-outage.md",
+)
+SUBSET_INCIDENTS = (
+    "2025/INC-2025-0001.yaml",
+    "2025/INC-2025-0002.yaml",
+    "2025/INC-2025-0003.yaml",
+    "2025/INC-2025-0004.yaml",
+    "2025/INC-2025-0005.md",
+    "2025/INC-2025-0006.yaml",
+)
+SUBSET_DOCS = len(SUBSET_RUNBOOKS) + len(SUBSET_INCIDENTS)
+
+# Four runbooks on topics far enough apart that every mode should rank them right.
+EVAL_RUNBOOKS = {
+    "disk-full.md": """---
+title: Build agent disk full
+services: [ci]
+---
+# Build agent disk full
+
+The CI build agents keep Docker layers and workspace checkouts on a 200 GB volume.
+
+## Symptoms
+Jobs fail with `No space left on device` while pulling images or writing artifacts.
+
+## Fix
+Run `docker system prune -af` on the agent and delete stale workspaces under /var/ci/work.
+""",
+    "cert-expiry.md": """---
+title: TLS certificate expired
+services: [edge]
+---
+# TLS certificate expired
+
+Browsers show `NET::ERR_CERT_DATE_INVALID` and clients log `x509: certificate has expired`.
+
+## Fix
+Renew the certificate with certbot, reload nginx, and check the new notAfter date with openssl.
+""",
+    "dns.md": """---
+title: DNS lookups failing inside the cluster
+services: [platform]
+---
+# DNS lookups failing inside the cluster
+
+Pods log `getaddrinfo EAI_AGAIN` or `no such host` when resolving service names.
+
+## Fix
+Check that the CoreDNS pods are running and restart them; scale CoreDNS up if it is CPU throttled.
+""",
+    "queue-backlog.md": """---
+title: Email queue backlog
+services: [mailer]
+---
+# Email queue backlog
+
+Password reset and receipt emails arrive late because the RabbitMQ queue `mail.outbound` keeps growing.
+
+## Fix
+Add mailer workers and check the SMTP relay's rate limit before purging anything.
+""",
+}
+# Five answerable queries, and one whose answer is not in the knowledge at all, so the
+# expected figures are exact: R@1 = 5/6 overall, 2/2 for logs, 3/4 for questions.
+EVAL_QUERIES = [
+    {
+        "id": "disk",
+        "query": "CI job failed: no space left on device",
+        "relevant": ["runbooks/disk-full.md"],
+        "kind": "log",
+    },
+    {"id": "cert", "query": "x509: certificate has expired", "relevant": ["runbooks/cert-expiry.md"], "kind": "log"},
+    {
+        "id": "dns",
+        "query": "pods cannot resolve service names, CoreDNS",
+        "relevant": ["runbooks/dns.md"],
+        "kind": "question",
+    },
+    {
+        "id": "mail",
+        "query": "password reset emails are arriving very late",
+        "relevant": ["runbooks/queue-backlog.md"],
+        "kind": "question",
+    },
+    {
+        "id": "renew",
+        "query": "how do I renew the TLS certificate",
+        "relevant": ["runbooks/cert-expiry.md"],
+        "kind": "question",
+    },
+    {
+        "id": "approval",
+        "query": "who approves production database migrations",
+        "relevant": ["runbooks/change-approval.md"],
+        "kind": "question",
+    },
+]
+TABLE_ROW = re.compile(
+    r"^(?P<mode>hybrid|dense|bm25)\s+(?P<group>\S+)\s+(?P<n>\d+)\s+(?P<r1>[\d.]+)\s+(?P<r3>[\d.]+)\s+"
+    r"(?P<r5>[\d.]+)\s+(?P<mrr>[\d.]+)$"
+)
+
+
+@dataclass(frozen=True)
+class IndexedSubset:
+    knowledge: Path
+    db: Path
+    first_run: Result
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``opsbot ARGS`` in-process, keeping stdout and stderr apart."""
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def assert_clean_failure(result: Result, *fragments: str) -> None:
+    """Exit code 1, an ``Error:`` message on stderr naming every fragment, and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert result.stderr.startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def write_queries(path: Path, queries: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    return path
+
+
+def ask_json(*args: str) -> dict:
+    result = invoke("ask", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory: pytest.TempPathFactory) -> IndexedSubset:
+    """A copy of part of the sample knowledge, indexed once through ``opsbot index``."""
+    root = tmp_path_factory.mktemp("cli-subset")
+    knowledge = root / "knowledge"
+    for rel in SUBSET_RUNBOOKS:
+        (knowledge / "runbooks" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE_KNOWLEDGE / "runbooks" / rel, knowledge / "runbooks" / rel)
+    for rel in SUBSET_INCIDENTS:
+        (knowledge / "incidents" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SAMPLE_KNOWLEDGE / "incidents" / rel, knowledge / "incidents" / rel)
+    shutil.copy(SAMPLE_KNOWLEDGE / "experts.yaml", knowledge / "experts.yaml")
+    db = root / "opsbot.db"
+    # Module fixtures run before the autouse (function-scoped) clean environment, so clean up here too.
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(("SLACK_", "OPSBOT_")):
+                mp.delenv(name)
+        mp.chdir(root)
+        result = invoke("index", str(knowledge), env={"OPSBOT_DB": str(db)})
+    assert result.exit_code == 0, result.output
+    return IndexedSubset(knowledge, db, result)
+
+
+@pytest.fixture
+def subset_db(subset: IndexedSubset, monkeypatch: pytest.MonkeyPatch) -> IndexedSubset:
+    """Point OPSBOT_DB at the indexed subset for one test."""
+    monkeypatch.setenv("OPSBOT_DB", str(subset.db))
+    return subset
+
+
+@pytest.fixture(scope="module")
+def eval_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny knowledge directory written for the eval tests, and its query file."""
+    root = tmp_path_factory.mktemp("cli-eval")
+    knowledge = write_files(root / "knowledge", {f"runbooks/{name}": text for name, text in EVAL_RUNBOOKS.items()})
+    return knowledge, write_queries(root / "queries.jsonl", EVAL_QUERIES)
+
+
+# -- help ------------------------------------------------------------------
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    assert {"index", "ask", "eval"} <= set(main.commands)
+    for name in sorted(main.commands):
+        result = invoke(name, "--help")
+        assert result.exit_code == 0, f"{name}: {result.output}"
+        assert "Example" in result.stdout, f"`opsbot {name} --help` shows no example"
+        assert f"opsbot {name}" in result.stdout, f"the example of {name} does not run `opsbot {name}`"
+
+
+def test_group_help_has_an_example() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
+    for name in main.commands:
+        assert name in result.stdout
+
+
+def test_command_help_works_with_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSBOT_TOP_K", "abc")
+    result = invoke("ask", "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout
+
+
+# -- index -----------------------------------------------------------------
+
+
+def test_index_prints_counts(subset: IndexedSubset) -> None:
+    people = len(yaml.safe_load((subset.knowledge / "experts.yaml").read_text(encoding="utf-8"))["people"])
+    out = subset.first_run.stdout
+    assert f"{len(SUBSET_RUNBOOKS)} runbooks, {len(SUBSET_INCIDENTS)} incidents, {people} people" in out
+    match = re.search(r"\((\d+) added, 0 updated, 0 unchanged, 0 removed; (\d+) sections embedded, 0 reused\)", out)
+    assert match, out
+    assert int(match.group(1)) == SUBSET_DOCS
+    # At least one section and one title per document.
+    assert int(match.group(2)) >= 2 * SUBSET_DOCS
+    assert "all-MiniLM-L6-v2" in out
+    assert "Warning" not in subset.first_run.stderr
+
+
+def test_index_second_run_embeds_nothing(subset_db: IndexedSubset) -> None:
+    result = invoke("index", str(subset_db.knowledge))
+    assert result.exit_code == 0, result.output
+    assert f"(0 added, 0 updated, {SUBSET_DOCS} unchanged, 0 removed; 0 sections embedded" in result.stdout
+
+    report = json.loads(invoke("index", "--json", str(subset_db.knowledge)).stdout)
+    assert (report["added"], report["updated"], report["unchanged"], report["removed"]) == (0, 0, SUBSET_DOCS, 0)
+    assert report["embedded"] == 0
+    assert report["runbooks"] == len(SUBSET_RUNBOOKS)
+    assert report["incidents"] == len(SUBSET_INCIDENTS)
+    assert report["problems"] == []
+
+
+def test_index_json_reports_added_then_unchanged(eval_files: tuple[Path, Path]) -> None:
+    knowledge, _ = eval_files
+    first = invoke("index", "--json", str(knowledge))
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["added"] == len(EVAL_RUNBOOKS)
+    assert report["unchanged"] == 0
+    assert report["embedded"] > len(EVAL_RUNBOOKS)
+    assert "Embedding sections" not in first.output  # no progress bar mixed into JSON runs
+
+    again = json.loads(invoke("index", "--json", str(knowledge)).stdout)
+    assert (again["added"], again["unchanged"], again["embedded"]) == (0, len(EVAL_RUNBOOKS), 0)
+    assert again["reused"] == 0  # nothing changed, so nothing was even looked up
+
+
+def test_index_missing_directory_is_a_clear_error() -> None:
+    result = invoke("index", "no-such-dir")
+    assert_clean_failure(result, "knowledge directory 'no-such-dir' does not exist")
+    assert result.stdout == ""
+
+
+def test_index_warns_about_malformed_files_and_indexes_the_rest(tmp_path: Path) -> None:
+    knowledge = write_files(
+        tmp_path / "kb",
+        {
+            "runbooks/dns.md": EVAL_RUNBOOKS["dns.md"],
+            # Line 3: a colon inside a plain value is not valid YAML.
+            "runbooks/broken.md": "---\ntitle: Broken\nservices: checkout: api\n---\n# Broken\n\nZanzibar text.\n",
+            "incidents/INC-2025-0100.yaml": (
+                "id: INC-2025-0100\ntitle: Something\ndate: 2025-01-01T00:00:00Z\nseverity: 9\nservices: [x]\n"
+                "responders: [U03F8K2LQ1]\nsummary: s\nroot_cause: r\nresolution: z\n"
+            ),
+        },
+    )
+    result = invoke("index", str(knowledge))
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("Warning: ")]
+    assert any(w.startswith("Warning: runbooks/broken.md:3: front matter is not valid YAML") for w in warnings), (
+        warnings
+    )
+    assert "Warning: incidents/INC-2025-0100.yaml:4: severity 9 must be 1 (worst) to 4" in warnings
+    assert "1 runbooks, 0 incidents" in result.stdout
+    assert "(1 added," in result.stdout
+
+    # The good runbook is searchable, the broken one is not in the index.
+    found = ask_json("--mode", "bm25", "CoreDNS getaddrinfo")
+    assert found["hits"][0]["path"] == "runbooks/dns.md"
+    assert ask_json("--mode", "bm25", "Zanzibar")["hits"] == []
+
+
+# -- ask -------------------------------------------------------------------
+
+
+def test_ask_puts_the_right_runbook_first(subset_db: IndexedSubset) -> None:
+    result = invoke("ask", "PgbouncerPoolExhausted: cl_waiting 310, clients fail with query_wait_timeout")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1. pgbouncer / Postgres connection pool exhausted"
+    assert lines[1].strip().startswith("runbooks/postgres/connection-pool-exhausted.md")
+    assert "(score " in lines[1]
+    assert re.search(r"^\(hybrid search; encode \d+ ms, search \d+ ms\)$", lines[-1])
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("redis is evicting keys and used_memory is near maxmemory", "runbooks/redis/memory-and-evictions.md"),
+        ("kafka consumer group lag keeps growing", "runbooks/kafka/consumer-lag.md"),
+        ("x509: certificate has expired or is not yet valid", "runbooks/networking/tls-certificate-expiry.md"),
+        ("node has DiskPressure and pods are being evicted", "runbooks/kubernetes/node-disk-pressure.md"),
+    ],
+)
+def test_ask_finds_the_runbook(subset_db: IndexedSubset, question: str, expected: str) -> None:
+    hits = ask_json(question)["hits"]
+    assert hits[0]["path"] == expected, [h["path"] for h in hits]
+
+
+def test_ask_json_hits_carry_their_source(subset_db: IndexedSubset) -> None:
+    answer = ask_json("SMS verification codes are not delivered")
+    assert answer["query"] == "SMS verification codes are not delivered"
+    assert answer["mode"] == "hybrid"
+    hits = answer["hits"]
+    assert len(hits) == 5  # the default OPSBOT_TOP_K
+    for hit in hits:
+        assert {"path", "section", "snippet", "score", "citation"} <= set(hit)
+        assert (subset_db.knowledge / hit["path"]).is_file()
+        assert hit["snippet"]
+        assert isinstance(hit["score"], float)
+        label = hit["incident_id"] or hit["path"]
+        assert hit["citation"] == (f"{label} § {hit['section']}" if hit["section"] else label)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert len({h["path"] for h in hits}) == len(hits)  # one hit per document
+    # The runbook and the past incident about the same outage are both right answers.
+    assert "runbooks/notifications/sms-provider-outage.md" in [h["path"] for h in hits[:2]]
+
+
+def test_ask_k_limits_the_hits(subset_db: IndexedSubset) -> None:
+    assert len(ask_json("-k", "2", "pgbouncer pool exhausted")["hits"]) == 2
+
+    text = invoke("ask", "-k", "2", "pgbouncer pool exhausted").stdout
+    numbered = [line for line in text.splitlines() if re.match(r"^\d+\. ", line)]
+    assert [line.split(".")[0] for line in numbered] == ["1", "2"]
+
+
+def test_ask_top_k_comes_from_the_environment(subset_db: IndexedSubset, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSBOT_TOP_K", "3")
+    assert len(ask_json("pgbouncer pool exhausted")["hits"]) == 3
+    assert len(ask_json("-k", "1", "pgbouncer pool exhausted")["hits"]) == 1  # the option wins
+
+
+def test_ask_rejects_k_out_of_range(subset_db: IndexedSubset) -> None:
+    result = invoke("ask", "-k", "0", "pgbouncer")
+    assert result.exit_code == 2
+    assert "-k" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_ask_on_an_empty_index_says_to_index_first() -> None:
+    result = invoke("ask", "pgbouncer says too many clients")
+    assert_clean_failure(result, "the index is empty", "run `opsbot index` first")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("abc", "OPSBOT_TOP_K='abc' is not a whole number"), ("0", "OPSBOT_TOP_K=0 is out of range")],
+)
+def test_ask_with_a_bad_top_k_is_a_configuration_error(
+    subset_db: IndexedSubset, monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("OPSBOT_TOP_K", value)
+    result = invoke("ask", "pgbouncer")
+    assert_clean_failure(result, "not configured correctly", problem, "1 to 50")
+    assert result.stdout == ""
+
+
+def test_every_bad_setting_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSBOT_TOP_K", "abc")
+    monkeypatch.setenv("OPSBOT_LOG_LEVEL", "LOUD")
+    result = invoke("ask", "pgbouncer")
+    assert_clean_failure(result, "OPSBOT_TOP_K", "OPSBOT_LOG_LEVEL='LOUD'")
+
+
+# -- eval ------------------------------------------------------------------
+
+
+def table_rows(output: str) -> dict[tuple[str, str], dict[str, float]]:
+    rows = {}
+    for line in output.splitlines():
+        if m := TABLE_ROW.match(line):
+            rows[(m["mode"], m["group"])] = {k: float(m[k]) for k in ("n", "r1", "r3", "r5", "mrr")}
+    return rows
+
+
+def test_eval_prints_a_table_per_mode(eval_files: tuple[Path, Path]) -> None:
+    knowledge, queries = eval_files
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries))
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["mode", "queries", "n", "R@1", "R@3", "R@5", "MRR@10"]
+    rows = table_rows(result.stdout)
+    assert set(rows) == {(m, g) for m in ("hybrid", "dense", "bm25") for g in ("all", "log", "question")}
+    for mode in ("hybrid", "dense", "bm25"):
+        assert rows[(mode, "all")]["n"] == 6
+        assert rows[(mode, "all")]["r1"] == 0.833, mode
+        assert rows[(mode, "log")]["r1"] == 1.0, mode
+        assert rows[(mode, "question")] == {"n": 4, "r1": 0.75, "r3": 0.75, "r5": 0.75, "mrr": 0.75}, mode
+    assert "approval" not in result.stdout  # misses are only listed on request
+
+
+def test_eval_lists_misses_for_one_mode(eval_files: tuple[Path, Path]) -> None:
+    knowledge, queries = eval_files
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25", "--misses")
+    assert result.exit_code == 0, result.output
+    assert {mode for mode, _ in table_rows(result.stdout)} == {"bm25"}
+    misses = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert len(misses) == 1
+    assert misses[0].startswith("[bm25] approval: got ")
+    assert misses[0].endswith("want ['runbooks/change-approval.md']")
+
+
+def test_eval_json(eval_files: tuple[Path, Path]) -> None:
+    knowledge, queries = eval_files
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data["modes"]) == {"hybrid", "dense", "bm25"}
+    assert data["modes"]["hybrid"]["all"]["mrr@10"] == pytest.approx(5 / 6, abs=1e-3)
+    assert data["modes"]["hybrid"]["all"]["queries"] == 6
+    assert [m["id"] for m in data["modes"]["hybrid"]["misses"]] == ["approval"]
+    assert data["index"]["runbooks"] == len(EVAL_RUNBOOKS)
+    assert data["index"]["added"] == len(EVAL_RUNBOOKS)
+
+
+def test_eval_leaves_the_users_index_alone(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, queries = eval_files
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "opsbot.db").exists()
+
+
+def test_eval_malformed_queries_names_the_line(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, _ = eval_files
+    queries = tmp_path / "bad.jsonl"
+    queries.write_text(json.dumps(EVAL_QUERIES[0]) + '\n{"id": "b", "query": oops}\n', encoding="utf-8")
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries))
+    assert_clean_failure(result, f"{queries}:2: not valid JSON")
+
+
+def test_eval_missing_knowledge_is_a_clear_error(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    _, queries = eval_files
+    result = invoke("eval", "--knowledge", str(tmp_path / "nowhere"), "--queries", str(queries))
+    assert_clean_failure(result, "knowledge directory", "does not exist")
+
+
+def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, _ = eval_files
+    queries = write_queries(
+        tmp_path / "kinds.jsonl",
+        [
+            {"query": "docker no space left on device", "relevant": ["runbooks/disk-full.md"], "kind": "all"},
+            {"query": "who approves production migrations", "relevant": ["runbooks/change-approval.md"]},
+        ],
+    )
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25", "--json")
+    assert result.exit_code == 0, result.output
+    overall = json.loads(result.stdout)["modes"]["bm25"]["all"]
+    assert overall["queries"] == 2
+    assert overall["recall@1"] == 0.5

@@ -1,0 +1,224 @@
+"""Settings.from_env: defaults, every problem reported at once, .env files, masked secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import Secret, Settings, bundled_model_path
+from bot.errors import ConfigError
+
+TOKEN = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
+
+
+def config_problems(env: dict[str, str], dotenv: Path | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env, dotenv=dotenv)
+    return caught.value.problems
+
+
+def model_folder(path: Path, *files: str) -> Path:
+    path.mkdir()
+    for name in files:
+        (path / name).write_text("{}", encoding="utf-8")
+    return path
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    settings = Settings.from_env({}, dotenv=None)
+
+    assert settings.knowledge_dir == Path("./knowledge")
+    assert settings.db_path == Path("./opsbot.db")
+    bundled = bundled_model_path()
+    assert bundled is not None
+    assert settings.model == str(bundled)
+    assert settings.model_is_local
+    assert settings.top_k == 5
+    assert settings.log_level == "INFO"
+    assert settings.port == 3000
+    assert settings.slack_api_url == "https://slack.com/api/"
+    assert settings.slack_bot_token == ""
+
+
+def test_explicit_env_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSBOT_TOP_K", "12")
+
+    assert Settings.from_env({}, dotenv=None).top_k == 5
+
+
+def test_valid_settings_are_parsed(tmp_path: Path) -> None:
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "data").mkdir()
+    env = {
+        "OPSBOT_KNOWLEDGE": str(tmp_path / "kb"),
+        "OPSBOT_DB": str(tmp_path / "data" / "bot.db"),
+        "OPSBOT_MODEL": "sentence-transformers/all-MiniLM-L6-v2",
+        "OPSBOT_TOP_K": "8",
+        "OPSBOT_LOG_LEVEL": "debug",
+        "SLACK_API_URL": "http://127.0.0.1:8123/api",
+        "PORT": "8080",
+        "SLACK_BOT_TOKEN": TOKEN,
+    }
+
+    settings = Settings.from_env(env, dotenv=None)
+
+    assert settings.knowledge_dir == tmp_path / "kb"
+    assert settings.db_path == tmp_path / "data" / "bot.db"
+    assert settings.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert not settings.model_is_local
+    assert settings.top_k == 8
+    assert settings.log_level == "DEBUG"
+    assert settings.slack_api_url == "http://127.0.0.1:8123/api/"
+    assert settings.port == 8080
+    assert isinstance(settings.slack_bot_token, Secret)
+    assert str(settings.slack_bot_token) == TOKEN
+
+
+def test_every_malformed_setting_is_reported_at_once(tmp_path: Path) -> None:
+    env = {
+        "OPSBOT_TOP_K": "ten",
+        "OPSBOT_DB": str(tmp_path / "missing-folder" / "opsbot.db"),
+        "OPSBOT_MODEL": str(tmp_path / "no-such-model"),
+        "OPSBOT_LOG_LEVEL": "LOUD",
+        "SLACK_API_URL": "slack.com/api/",
+    }
+
+    problems = config_problems(env)
+
+    assert len(problems) == 5
+    by_name = {name: [p for p in problems if p.startswith(name + "=")] for name in env}
+    assert all(len(found) == 1 for found in by_name.values()), problems
+    top_k, db, model, level, url = (by_name[name][0] for name in env)
+    assert "'ten' is not a whole number" in top_k and "from 1 to 50" in top_k
+    assert "missing-folder" in db and "does not exist" in db and "create it or choose another path" in db
+    assert "no-such-model" in model and "does not exist" in model and "model folder or a hub name" in model
+    assert "'LOUD'" in level and "DEBUG, INFO, WARNING, ERROR" in level
+    assert "'slack.com/api/'" in url and "must start with http:// or https://" in url
+
+
+def test_config_error_message_lists_every_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"OPSBOT_TOP_K": "0", "PORT": "70000"}, dotenv=None)
+
+    message = str(caught.value)
+    assert message.startswith("opsbot is not configured correctly:")
+    assert "  - OPSBOT_TOP_K=0 is out of range; use a value from 1 to 50." in message
+    assert "  - PORT=70000 is out of range; use a value from 1 to 65535." in message
+
+
+@pytest.mark.parametrize("value", ["0", "51", "-3", "5.5", "five"])
+def test_top_k_outside_its_range_is_rejected(value: str) -> None:
+    (problem,) = config_problems({"OPSBOT_TOP_K": value})
+
+    assert problem.startswith("OPSBOT_TOP_K=")
+    assert "use a value from 1 to 50" in problem
+
+
+def test_db_path_that_is_a_directory_is_rejected(tmp_path: Path) -> None:
+    (problem,) = config_problems({"OPSBOT_DB": str(tmp_path)})
+
+    assert "is a directory" in problem and "give a file path" in problem
+
+
+def test_knowledge_dir_that_does_not_exist_is_rejected(tmp_path: Path) -> None:
+    (problem,) = config_problems({"OPSBOT_KNOWLEDGE": str(tmp_path / "nope")})
+
+    assert problem.startswith("OPSBOT_KNOWLEDGE=")
+    assert "is not a directory" in problem and "runbooks/" in problem
+
+
+def test_empty_knowledge_setting_means_the_default() -> None:
+    assert not Path("knowledge").exists()
+
+    assert Settings.from_env({"OPSBOT_KNOWLEDGE": ""}, dotenv=None) == Settings.from_env({}, dotenv=None)
+
+
+def test_model_folder_without_model_files_is_rejected(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path / "empty-model")
+
+    (problem,) = config_problems({"OPSBOT_MODEL": str(folder)})
+
+    assert problem.startswith("OPSBOT_MODEL=")
+    assert "not a sentence-transformers model folder" in problem
+
+
+@pytest.mark.parametrize("marker", ["modules.json", "config.json"])
+def test_local_model_folder_is_accepted(tmp_path: Path, marker: str) -> None:
+    folder = model_folder(tmp_path / "my-model", marker)
+
+    settings = Settings.from_env({"OPSBOT_MODEL": str(folder)}, dotenv=None)
+
+    assert settings.model == str(folder)
+    assert settings.model_is_local
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"OPSBOT_TOP_K=7\nOPSBOT_LOG_LEVEL=warning\nSLACK_BOT_TOKEN={TOKEN}\n", encoding="utf-8"
+    )
+
+    settings = Settings.from_env({})
+
+    assert settings.top_k == 7
+    assert settings.log_level == "WARNING"
+    assert str(settings.slack_bot_token) == TOKEN
+
+
+def test_explicit_env_wins_over_dotenv(tmp_path: Path) -> None:
+    dotenv = tmp_path / "custom.env"
+    dotenv.write_text("OPSBOT_TOP_K=7\nOPSBOT_LOG_LEVEL=DEBUG\n", encoding="utf-8")
+
+    settings = Settings.from_env({"OPSBOT_TOP_K": "9"}, dotenv=dotenv)
+
+    assert settings.top_k == 9
+    assert settings.log_level == "DEBUG"
+
+
+def test_real_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text("OPSBOT_TOP_K=7\nPORT=4000\n", encoding="utf-8")
+    monkeypatch.setenv("OPSBOT_TOP_K", "11")
+
+    settings = Settings.from_env()
+
+    assert settings.top_k == 11
+    assert settings.port == 4000
+    assert settings.db_path == tmp_path / "opsbot.db"
+
+
+def test_dotenv_is_skipped_when_disabled(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OPSBOT_TOP_K=7\n", encoding="utf-8")
+
+    assert Settings.from_env({}, dotenv=None).top_k == 5
+
+
+def test_malformed_dotenv_values_are_reported(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OPSBOT_TOP_K=lots\nOPSBOT_LOG_LEVEL=chatty\n", encoding="utf-8")
+
+    problems = config_problems({}, dotenv=tmp_path / ".env")
+
+    assert [p.split("=", 1)[0] for p in problems] == ["OPSBOT_TOP_K", "OPSBOT_LOG_LEVEL"]
+
+
+def test_secret_repr_never_shows_the_token() -> None:
+    secret = Secret(TOKEN)
+
+    assert TOKEN not in repr(secret)
+    assert repr(secret) == "Secret('********')"
+    assert repr(Secret("")) == "Secret('')"
+    assert secret == TOKEN
+
+
+def test_settings_repr_never_shows_tokens() -> None:
+    env = {
+        "SLACK_BOT_TOKEN": TOKEN,
+        "SLACK_SIGNING_SECRET": "8f14e45fceea167a5a36dedd4bea2543",
+        "SLACK_APP_TOKEN": "xapp-1-A-1",
+    }
+
+    settings = Settings.from_env(env, dotenv=None)
+
+    text = f"{settings!r} {settings} {[settings.slack_bot_token]}"
+    for value in env.values():
+        assert value not in text
+    assert "Secret('********')" in text

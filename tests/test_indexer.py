@@ -1,0 +1,391 @@
+"""Incremental indexing: only new or changed text is embedded, nothing is lost to a broken file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.errors import InvalidRequest
+from bot.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.knowledge import load_knowledge
+from bot.store import Store, migrations
+from tests.conftest import FakeEncoder
+
+POOL_RUNBOOK = """---
+title: Connection pool exhausted
+services: [checkout-api]
+tags: [postgres, pgbouncer]
+---
+# Connection pool exhausted
+
+PgbouncerPoolExhausted fires when clients wait more than two seconds for a server connection.
+
+## Diagnosis
+
+Run SHOW POOLS on the pgbouncer admin console and look at cl_waiting.
+
+## Fix
+
+Raise default_pool_size for the checkout database and reload pgbouncer.
+
+## Escalate
+
+Page the database on-call if waiting clients keep growing.
+"""
+
+LAG_RUNBOOK = """# Kafka consumer lag
+
+KafkaConsumerLagHigh means consumers fall behind producers.
+
+## Scale out
+
+Add consumer replicas up to the partition count.
+"""
+
+INCIDENT = """id: INC-2025-0042
+title: Checkout 502s after gateway deploy
+date: 2025-04-12T19:42:00Z
+severity: 2
+services: [checkout-api]
+responders: [U03F8K2LQ1]
+summary: Checkout returned 502s for 38 minutes.
+root_cause: The gateway build exhausted its connection pool.
+resolution: Rolled back to 1.4.1.
+"""
+
+INCIDENT_MD = """---
+id: INC-2026-0007
+title: Login failures after JWT key rotation
+date: 2026-03-01T08:15:00Z
+severity: 1
+services: [auth-service]
+responders: [U04C2RN8VD]
+---
+## Summary
+Nobody could log in for 20 minutes.
+
+## Root cause
+The new key was used before it was published.
+
+## Resolution
+Re-published the JWKS.
+"""
+
+ROSTER = """people:
+  - id: U03F8K2LQ1
+    name: Priya Raman
+    team: payments
+  - id: U04C2RN8VD
+    name: Daniel Okafor
+    team: platform
+"""
+
+POOL = "runbooks/postgres/pool.md"
+LAG = "runbooks/kafka/lag.md"
+INC_YAML = "incidents/2025/INC-2025-0042.yaml"
+INC_MD = "incidents/2026/INC-2026-0007.md"
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def knowledge(tmp_path: Path) -> Path:
+    root = tmp_path / "knowledge"
+    write(root, POOL, POOL_RUNBOOK)
+    write(root, LAG, LAG_RUNBOOK)
+    write(root, INC_YAML, INCIDENT)
+    write(root, INC_MD, INCIDENT_MD)
+    write(root, "experts.yaml", ROSTER)
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "index.db")
+    yield store
+    store.close()
+
+
+def expected_texts(root: Path) -> set[str]:
+    """Every text an index of ``root`` needs a vector for: each title and each chunk."""
+    kb = load_knowledge(root)
+    texts = {title_embed_text(d) for d in kb.documents}
+    texts |= {to_embed for d in kb.documents for _, to_embed in build_chunks(d)}
+    return texts
+
+
+def chunk_texts(store: Store, path: str) -> list[str]:
+    return [r[0] for r in store.db.execute("SELECT text FROM chunks WHERE doc_path = ? ORDER BY ord", [path])]
+
+
+def table_count(store: Store, table: str) -> int:
+    return store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_first_index_embeds_everything(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    expected = expected_texts(knowledge)
+    assert sorted(fake_encoder.encoded) == sorted(expected)
+    for phrase in ("cl_waiting", "Raise default_pool_size", "Add consumer replicas", "Re-published the JWKS"):
+        assert any(phrase in text for text in fake_encoder.encoded), phrase
+    assert "Connection pool exhausted" in fake_encoder.encoded
+    assert report.problems == []
+    assert (report.runbooks, report.incidents, report.experts) == (2, 2, 2)
+    assert (report.added, report.updated, report.unchanged, report.removed) == (4, 0, 0, 0)
+    assert report.embedded == len(expected)
+    assert report.reused == 0
+    assert set(store.document_hashes()) == {POOL, LAG, INC_YAML, INC_MD}
+    assert store.counts() == {"runbook": 2, "incident": 2, "chunks": 12}
+    assert table_count(store, "chunks_fts") == 12
+    assert table_count(store, "embeddings") == len(expected)
+    assert store.get_meta("model") == "fake-encoder"
+
+
+def test_second_run_embeds_nothing(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    fake_encoder.calls.clear()
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert fake_encoder.calls == []
+    assert (report.added, report.updated, report.unchanged, report.removed, report.embedded) == (0, 0, 4, 0, 0)
+    assert store.counts() == {"runbook": 2, "incident": 2, "chunks": 12}
+
+
+def test_editing_one_section_reembeds_only_that_section(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    before = {r[0]: r[1] for r in store.db.execute("SELECT heading, embed_hash FROM chunks WHERE doc_path = ?", [POOL])}
+    fake_encoder.calls.clear()
+    edited = POOL_RUNBOOK.replace("and reload pgbouncer.", "and run RELOAD on the pgbouncer admin console.")
+    write(knowledge, POOL, edited)
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert len(fake_encoder.calls) == 1
+    (text,) = fake_encoder.encoded
+    assert text.startswith("Connection pool exhausted. Fix.\n")
+    assert "run RELOAD on the pgbouncer admin console" in text
+    assert (report.updated, report.unchanged, report.embedded) == (1, 3, 1)
+    after = {r[0]: r[1] for r in store.db.execute("SELECT heading, embed_hash FROM chunks WHERE doc_path = ?", [POOL])}
+    assert after.keys() == before.keys()
+    assert {h for h in after if after[h] != before[h]} == {"Fix"}
+    assert "Raise default_pool_size for the checkout database and run RELOAD on the pgbouncer admin console." in (
+        chunk_texts(store, POOL)
+    )
+    # the old vector of the Fix section is no longer needed and is dropped
+    assert table_count(store, "embeddings") == len(expected_texts(knowledge))
+
+
+def test_adding_a_section_embeds_only_the_new_section(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    fake_encoder.calls.clear()
+    write(knowledge, POOL, POOL_RUNBOOK.replace("## Fix", "## Check clients\n\nCount connections per pod.\n\n## Fix"))
+
+    index_knowledge(store, fake_encoder, knowledge)
+
+    assert fake_encoder.encoded == ["Connection pool exhausted. Check clients.\nCount connections per pod."]
+    assert len(chunk_texts(store, POOL)) == 5
+
+
+def test_moving_a_file_reuses_its_vectors(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    fake_encoder.calls.clear()
+    (knowledge / "runbooks" / "streaming").mkdir()
+    (knowledge / LAG).rename(knowledge / "runbooks/streaming/lag.md")
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert fake_encoder.calls == []
+    assert (report.added, report.removed, report.reused) == (1, 1, 3)
+    assert set(store.document_hashes()) == {POOL, "runbooks/streaming/lag.md", INC_YAML, INC_MD}
+
+
+def test_removing_a_file_removes_its_document(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    (knowledge / LAG).unlink()
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert report.removed == 1
+    assert set(store.document_hashes()) == {POOL, INC_YAML, INC_MD}
+    assert chunk_texts(store, LAG) == []
+    assert table_count(store, "chunks_fts") == table_count(store, "chunks") == 10
+    assert store.counts()["runbook"] == 1
+    assert table_count(store, "embeddings") == len(expected_texts(knowledge))
+
+
+def test_malformed_runbook_is_reported_and_its_document_kept(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    hashes = store.document_hashes()
+    old_chunks = chunk_texts(store, POOL)
+    embeddings = table_count(store, "embeddings")
+    fake_encoder.calls.clear()
+    write(knowledge, POOL, POOL_RUNBOOK.replace("tags: [postgres, pgbouncer]", "tags: [postgres, pgbouncer"))
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert [p.path for p in report.problems] == [POOL]
+    assert report.problems[0].line is not None
+    assert report.removed == 0
+    assert store.document_hashes() == hashes
+    assert chunk_texts(store, POOL) == old_chunks
+    assert table_count(store, "embeddings") == embeddings
+    assert fake_encoder.calls == []
+
+
+def test_malformed_incident_keeps_its_stored_incident(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    write(knowledge, INC_YAML, INCIDENT.replace("severity: 2", "severity: sev-two"))
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert [(p.path, p.line) for p in report.problems] == [(INC_YAML, 4)]
+    assert store.incident_count() == 2
+    assert INC_YAML in store.document_hashes()
+    title = store.db.execute("SELECT title FROM incidents WHERE id = 'INC-2025-0042'").fetchone()[0]
+    assert title == "Checkout 502s after gateway deploy"
+
+
+def test_fixing_a_malformed_file_indexes_it_again(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    write(knowledge, POOL, "---\ntitle: [broken\n---\nText.\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    fixed = POOL_RUNBOOK.replace("Page the database on-call", "Page the DBA on-call")
+    write(knowledge, POOL, fixed)
+    fake_encoder.calls.clear()
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert report.problems == []
+    assert report.updated == 1
+    assert len(fake_encoder.encoded) == 1 and "Page the DBA on-call" in fake_encoder.encoded[0]
+
+
+def test_changing_the_model_reembeds_everything(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    other = FakeEncoder(dim=32, model_id="fake-encoder-v2")
+
+    report = index_knowledge(store, other, knowledge)
+
+    assert sorted(other.encoded) == sorted(expected_texts(knowledge))
+    assert report.unchanged == 0 and report.updated == 4
+    assert store.get_meta("model") == "fake-encoder-v2"
+    ids, paths, matrix = store.load_vectors("fake-encoder-v2")
+    assert matrix.shape == (12, 32)
+    assert set(paths) == {POOL, LAG, INC_YAML, INC_MD}
+
+    other.calls.clear()
+    index_knowledge(store, other, knowledge)
+    assert other.calls == []
+
+
+def test_kept_document_stays_searchable_after_a_model_change(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    write(knowledge, POOL, "---\ntitle: [broken\n---\nText.\n")
+    other = FakeEncoder(model_id="fake-encoder-v2")
+
+    index_knowledge(store, other, knowledge)
+
+    _, paths, _ = store.load_vectors("fake-encoder-v2")
+    assert POOL in paths
+
+
+def test_experts_and_incidents_are_stored(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+
+    assert store.expert_count() == 2
+    assert store.incident_count() == 2
+    rows = {r[0]: r[1:] for r in store.db.execute("SELECT id, severity, path, responders FROM incidents")}
+    assert rows == {
+        "INC-2025-0042": (2, INC_YAML, '["U03F8K2LQ1"]'),
+        "INC-2026-0007": (1, INC_MD, '["U04C2RN8VD"]'),
+    }
+
+
+def test_removed_incident_and_roster_entries_leave_the_store(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    (knowledge / INC_MD).unlink()
+    write(knowledge, "experts.yaml", "\n".join(ROSTER.splitlines()[:4]) + "\n")
+
+    index_knowledge(store, fake_encoder, knowledge)
+
+    assert store.incident_count() == 1
+    assert store.expert_count() == 1
+    (knowledge / "experts.yaml").unlink()
+    index_knowledge(store, fake_encoder, knowledge)
+    assert store.expert_count() == 0
+
+
+def test_broken_roster_keeps_the_stored_experts(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    write(knowledge, "experts.yaml", "people:\n  - id: U03F8K2LQ1\n    name: [Priya\n")
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert [p.path for p in report.problems] == ["experts.yaml"]
+    assert store.expert_count() == 2
+
+
+def test_emptied_roster_clears_the_stored_experts(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    write(knowledge, "experts.yaml", "people: []\n")
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert report.problems == []
+    assert store.expert_count() == 0
+
+
+def test_missing_knowledge_directory_is_an_invalid_request(
+    store: Store, tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        index_knowledge(store, fake_encoder, tmp_path / "nowhere")
+    assert fake_encoder.calls == []
+
+
+def test_migrations_are_recorded_and_reopening_is_fine(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    path = tmp_path / "reopen.db"
+    store = Store(path)
+    index_knowledge(store, fake_encoder, knowledge)
+    applied = store.db.execute("SELECT migration_set, name, applied_at FROM _sqlite_migrations ORDER BY id").fetchall()
+    assert migrations.pending(store.db) == []
+    store.close()
+
+    reopened = Store(path)
+    try:
+        again = reopened.db.execute(
+            "SELECT migration_set, name, applied_at FROM _sqlite_migrations ORDER BY id"
+        ).fetchall()
+        names = [n for _, n, _ in applied]
+        assert {s for s, _, _ in applied} == {"opsbot"}
+        assert names[:2] == ["m001_knowledge", "m002_incidents_and_roster"]
+        assert names == sorted(names) and all(re.fullmatch(r"m\d{3}_[a-z_]+", n) for n in names)
+        assert names == [m.name for m in migrations.applied(reopened.db)]
+        assert again == applied
+        assert migrations.pending(reopened.db) == []
+        assert reopened.counts() == {"runbook": 2, "incident": 2, "chunks": 12}
+        assert reopened.expert_count() == 2
+        fake_encoder.calls.clear()
+        index_knowledge(reopened, fake_encoder, knowledge)
+        assert fake_encoder.calls == []
+    finally:
+        reopened.close()

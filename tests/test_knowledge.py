@@ -1,0 +1,579 @@
+"""load_knowledge: runbooks, incidents and the roster, and a clear Problem for every broken file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.knowledge import load_knowledge
+from bot.models import KnowledgeBase, Problem, Section, TimelineEntry
+from bot.text import content_hash
+
+SAMPLE = Path(__file__).resolve().parent.parent / "knowledge"
+
+GOOD_RUNBOOK = """---
+title: Redis memory and evictions
+services: [checkout-api]
+---
+Redis is evicting keys; check maxmemory and the biggest keys first.
+"""
+
+INCIDENT_YAML = """id: INC-2025-0042
+title: Checkout 5xx after payments-gateway deploy
+date: 2025-04-12T19:42:00Z
+severity: 2
+services: [checkout-api, payments-gateway]
+responders: [U03F8K2LQ1, U04C2RN8VD]
+duration_minutes: 38
+summary: >
+  Checkout returned 502s for 38 minutes.
+root_cause: >
+  The new gateway build exhausted its connection pool.
+resolution: >
+  Rolled back to 1.4.1 and raised the pool size.
+timeline:
+  - at: "19:42"
+    event: CheckoutApiErrorRateHigh fired
+  - at: "20:20"
+    event: Error rate back to baseline
+"""
+
+INCIDENT_MD = """---
+id: INC-2026-0007
+title: Login failures after JWT key rotation
+date: 2026-03-01T08:15:00+01:00
+severity: 1
+services: auth-service, storefront-web
+responders: [U04C2RN8VD]
+---
+# Login failures after JWT key rotation
+
+## Summary
+Nobody could log in for 20 minutes.
+
+## Root cause
+The new signing key was published after it was used.
+
+## Resolution
+Re-published the JWKS and restarted auth-service.
+
+## Timeline
+- 08:15 AuthLoginFailureRateHigh fired
+- 08:35 Logins recovered
+"""
+
+ROSTER = """people:
+  - id: U03F8K2LQ1
+    name: Priya Raman
+    team: payments
+    skills: [payments, postgres]
+    services: [checkout-api]
+    timezone: Europe/London
+    hours: "08:30-17:30"
+  - id: U04C2RN8VD
+    name: Daniel Okafor
+    team: platform
+    skills: postgres, pgbouncer
+    timezone: Africa/Lagos
+    away: true
+"""
+
+
+def write(root: Path, rel: str, text: str | bytes) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def knowledge_with(root: Path, roster: str = ROSTER) -> KnowledgeBase:
+    """Load ``root`` after adding one good runbook, one good incident and a roster to what is there."""
+    write(root, "runbooks/redis/memory.md", GOOD_RUNBOOK)
+    write(root, "incidents/2025/INC-2025-0042.yaml", INCIDENT_YAML)
+    write(root, "experts.yaml", roster)
+    return load_knowledge(root)
+
+
+def only_problem(kb: KnowledgeBase, path: str) -> Problem:
+    assert [p.path for p in kb.problems] == [path], kb.problems
+    return kb.problems[0]
+
+
+def assert_good_files_loaded(kb: KnowledgeBase) -> None:
+    paths = {d.path for d in kb.documents}
+    assert {"runbooks/redis/memory.md", "incidents/2025/INC-2025-0042.yaml"} <= paths
+    assert "INC-2025-0042" in {i.id for i in kb.incidents}
+    assert {e.id for e in kb.experts} >= {"U03F8K2LQ1", "U04C2RN8VD"}
+
+
+def incident_yaml(**changes: object) -> str:
+    data = yaml.safe_load(INCIDENT_YAML)
+    data.update(changes)
+    data = {k: v for k, v in data.items() if v is not None}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def line_of(text: str, start: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if line.lstrip().startswith(start))
+
+
+# -- runbooks ----------------------------------------------------------------
+
+
+def test_runbook_title_and_labels_from_front_matter(tmp_path: Path) -> None:
+    text = (
+        "---\ntitle: Connection pool exhausted\nservices: [checkout-api, payments-gateway]\n"
+        "tags: postgres, pgbouncer\nowners: [U03F8K2LQ1]\nurl: https://wiki.example.com/pool\n---\n"
+        "# PgBouncer pool exhausted\n\nClients wait for a server connection.\n\n## Fix\n\nRaise default_pool_size.\n"
+    )
+    write(tmp_path, "runbooks/postgres/pool.md", text)
+
+    kb = load_knowledge(tmp_path)
+
+    assert kb.problems == []
+    (doc,) = kb.documents
+    assert doc.path == "runbooks/postgres/pool.md"
+    assert doc.kind == "runbook"
+    assert doc.title == "Connection pool exhausted"
+    assert doc.aliases == ("PgBouncer pool exhausted",)
+    assert doc.services == ("checkout-api", "payments-gateway")
+    assert doc.tags == ("postgres", "pgbouncer")
+    assert doc.owners == ("U03F8K2LQ1",)
+    assert doc.url == "https://wiki.example.com/pool"
+    assert doc.content_hash == content_hash(text)
+    assert doc.sections == (
+        Section("", "Clients wait for a server connection.", "pgbouncer-pool-exhausted"),
+        Section("Fix", "Raise default_pool_size.", "fix"),
+    )
+
+
+def test_runbook_title_from_first_heading(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/kafka/lag.md", "Intro line.\n\n## Consumer lag growing\n\nScale the consumers.\n")
+
+    (doc,) = load_knowledge(tmp_path).documents
+
+    assert doc.title == "Consumer lag growing"
+    assert doc.aliases == ()
+    assert doc.services == doc.tags == doc.owners == ()
+
+
+def test_runbook_title_from_file_name(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/node_disk-pressure.md", "Free space under /var/lib/containerd.\n")
+
+    (doc,) = load_knowledge(tmp_path).documents
+
+    assert doc.title == "Node disk pressure"
+    assert doc.sections == (Section("", "Free space under /var/lib/containerd.", ""),)
+
+
+def test_runbook_without_text_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/empty.md", "---\ntitle: Empty\n---\n\n")
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "runbooks/empty.md")
+    assert problem.line == 4
+    assert "no text to index" in problem.message
+    assert_good_files_loaded(kb)
+
+
+def test_runbook_with_services_as_a_mapping_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/bad.md", "---\nservices: {checkout-api: true}\n---\nText.\n")
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "runbooks/bad.md")
+    assert "`services` must be a list of names" in problem.message
+    assert "runbooks/bad.md" in kb.failed_paths
+    assert_good_files_loaded(kb)
+
+
+def test_broken_front_matter_yaml_gives_path_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/broken.md", "---\ntitle: Broken\nservices: [checkout-api]\ntags: db: pg\n---\nText.\n")
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "runbooks/broken.md")
+    assert problem.line == 4
+    assert problem.message == "front matter is not valid YAML: mapping values are not allowed here"
+    assert str(problem) == f"runbooks/broken.md:4: {problem.message}"
+    assert "runbooks/broken.md" not in {d.path for d in kb.documents}
+    assert_good_files_loaded(kb)
+
+
+def test_non_utf8_runbook_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/latin1.md", "# Caf\xe9 outage\n\nRestart the caf\xe9 service.\n".encode("latin-1"))
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "runbooks/latin1.md")
+    assert problem.message == "is not UTF-8 text; save it as UTF-8."
+    assert problem.line is None
+    assert kb.failed_paths == {"runbooks/latin1.md"}
+    assert_good_files_loaded(kb)
+
+
+def test_runbook_with_byte_order_mark_keeps_its_front_matter(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/bom.md", ("\ufeff" + GOOD_RUNBOOK).encode("utf-8"))
+
+    (doc,) = load_knowledge(tmp_path).documents
+
+    assert doc.title == "Redis memory and evictions"
+    assert doc.services == ("checkout-api",)
+
+
+# -- incidents ---------------------------------------------------------------
+
+
+def test_yaml_incident_is_loaded(tmp_path: Path) -> None:
+    kb = knowledge_with(tmp_path)
+
+    assert kb.problems == []
+    (incident,) = kb.incidents
+    assert incident.id == "INC-2025-0042"
+    assert incident.date == datetime(2025, 4, 12, 19, 42, tzinfo=UTC)
+    assert incident.severity == 2
+    assert incident.services == ("checkout-api", "payments-gateway")
+    assert incident.responders == ("U03F8K2LQ1", "U04C2RN8VD")
+    assert incident.duration_minutes == 38
+    assert incident.summary == "Checkout returned 502s for 38 minutes."
+    assert incident.timeline == (
+        TimelineEntry("19:42", "CheckoutApiErrorRateHigh fired"),
+        TimelineEntry("20:20", "Error rate back to baseline"),
+    )
+    doc = next(d for d in kb.documents if d.kind == "incident")
+    assert doc.incident_id == "INC-2025-0042"
+    assert doc.owners == incident.responders
+    assert [s.heading for s in doc.sections] == ["Summary", "Root cause", "Resolution", "Timeline"]
+    assert doc.sections[3].text == "19:42 CheckoutApiErrorRateHigh fired\n20:20 Error rate back to baseline"
+
+
+def test_markdown_incident_is_loaded(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/2026/INC-2026-0007.md", INCIDENT_MD)
+
+    kb = knowledge_with(tmp_path)
+
+    assert kb.problems == []
+    incident = next(i for i in kb.incidents if i.id == "INC-2026-0007")
+    assert incident.path == "incidents/2026/INC-2026-0007.md"
+    assert incident.title == "Login failures after JWT key rotation"
+    assert incident.date == datetime(2026, 3, 1, 7, 15, tzinfo=UTC)
+    assert incident.severity == 1
+    assert incident.services == ("auth-service", "storefront-web")
+    assert incident.summary == "Nobody could log in for 20 minutes."
+    assert incident.root_cause == "The new signing key was published after it was used."
+    assert incident.resolution == "Re-published the JWKS and restarted auth-service."
+    assert incident.timeline == (
+        TimelineEntry("08:15", "AuthLoginFailureRateHigh fired"),
+        TimelineEntry("08:35", "Logins recovered"),
+    )
+
+
+def test_incidents_in_both_formats_become_documents(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/2026/INC-2026-0007.md", INCIDENT_MD)
+    write(tmp_path, "incidents/2026/notes.txt", "not an incident")
+
+    kb = knowledge_with(tmp_path)
+
+    assert kb.problems == []
+    assert sorted(i.id for i in kb.incidents) == ["INC-2025-0042", "INC-2026-0007"]
+    assert {d.path for d in kb.documents if d.kind == "incident"} == {
+        "incidents/2025/INC-2025-0042.yaml",
+        "incidents/2026/INC-2026-0007.md",
+    }
+
+
+def test_broken_incident_yaml_gives_line(tmp_path: Path) -> None:
+    text = INCIDENT_YAML.replace("title: Checkout", "title: Checkout: down")
+    write(tmp_path, "incidents/INC-2025-0050.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0050.yaml")
+    assert problem.line == 2
+    assert problem.message == "not valid YAML: mapping values are not allowed here"
+    assert_good_files_loaded(kb)
+
+
+def test_incident_missing_required_fields(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/INC-2025-0051.yaml", incident_yaml(id="INC-2025-0051", root_cause=None, resolution=""))
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0051.yaml")
+    assert problem.message.startswith("missing root_cause, resolution; every incident needs id, title, date")
+    assert_good_files_loaded(kb)
+
+
+@pytest.mark.parametrize("severity", ["high", 0, 5])
+def test_incident_with_bad_severity(tmp_path: Path, severity: object) -> None:
+    text = incident_yaml(id="INC-2025-0052", severity=severity)
+    write(tmp_path, "incidents/INC-2025-0052.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0052.yaml")
+    assert problem.message == f"severity {severity!r} must be 1 (worst) to 4"
+    assert problem.line == line_of(text, "severity:")
+    assert_good_files_loaded(kb)
+
+
+def test_incident_with_bad_date(tmp_path: Path) -> None:
+    text = incident_yaml(id="INC-2025-0053", date="last tuesday")
+    write(tmp_path, "incidents/INC-2025-0053.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0053.yaml")
+    assert problem.message == "date 'last tuesday' is not an ISO date such as 2025-04-12T19:42:00Z"
+    assert problem.line == 3
+    assert_good_files_loaded(kb)
+
+
+def test_incident_with_impossible_date_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/INC-2025-0054.yaml", INCIDENT_YAML.replace("2025-04-12T19:42:00Z", "2025-02-30"))
+    write(tmp_path, "experts.yaml", ROSTER)
+
+    kb = load_knowledge(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0054.yaml")
+    assert problem.line == 3
+
+
+def test_markdown_incident_problem_points_at_the_field(tmp_path: Path) -> None:
+    text = INCIDENT_MD.replace("severity: 1", "severity: urgent")
+    write(tmp_path, "incidents/INC-2026-0007.md", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2026-0007.md")
+    assert problem.message == "severity 'urgent' must be 1 (worst) to 4"
+    assert problem.line == line_of(text, "severity:") == 5
+
+
+def test_incident_with_unknown_field_suggests_the_right_one(tmp_path: Path) -> None:
+    text = INCIDENT_YAML.replace("duration_minutes:", "duration_minute:").replace("INC-2025-0042", "INC-2025-0055")
+    write(tmp_path, "incidents/INC-2025-0055.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0055.yaml")
+    assert problem.message == "unknown field `duration_minute`; did you mean `duration_minutes`?"
+    assert problem.line == line_of(text, "duration_minute:") == 7
+    assert_good_files_loaded(kb)
+
+
+def test_incident_with_unknown_field_and_no_close_match(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/INC-2025-0056.yaml", incident_yaml(id="INC-2025-0056", pager="pd-123"))
+
+    problem = only_problem(knowledge_with(tmp_path), "incidents/INC-2025-0056.yaml")
+
+    assert problem.message == "unknown field `pager`"
+
+
+def test_incident_with_malformed_id(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/bad-id.yaml", incident_yaml(id="incident 42"))
+
+    problem = only_problem(knowledge_with(tmp_path), "incidents/bad-id.yaml")
+
+    assert problem.message == "id 'incident 42' should look like INC-2025-0042"
+    assert problem.line == 1
+
+
+def test_duplicate_incident_id_keeps_the_first(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/2025/INC-2025-0042-copy.yaml", incident_yaml(title="A copy"))
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/2025/INC-2025-0042.yaml")
+    assert problem.message == (
+        "incident id INC-2025-0042 is also used by incidents/2025/INC-2025-0042-copy.yaml; ids must be unique."
+    )
+    assert [i.path for i in kb.incidents] == ["incidents/2025/INC-2025-0042-copy.yaml"]
+    assert "incidents/2025/INC-2025-0042.yaml" in kb.failed_paths
+
+
+def test_responder_missing_from_roster_is_reported(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/INC-2025-0057.yaml", incident_yaml(id="INC-2025-0057", responders=["U09ZZZZZZZ"]))
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0057.yaml")
+    assert problem.message == "responder(s) U09ZZZZZZZ not in experts.yaml; add them to the roster."
+    assert "INC-2025-0057" in {i.id for i in kb.incidents}
+    assert_good_files_loaded(kb)
+
+
+def test_responders_are_not_checked_without_a_roster(tmp_path: Path) -> None:
+    write(tmp_path, "incidents/INC-2025-0042.yaml", incident_yaml(responders=["U09ZZZZZZZ"]))
+
+    kb = load_knowledge(tmp_path)
+
+    assert kb.problems == []
+    assert kb.experts == []
+
+
+# -- roster ------------------------------------------------------------------
+
+
+def test_roster_is_loaded(tmp_path: Path) -> None:
+    kb = knowledge_with(tmp_path)
+
+    priya, daniel = kb.experts
+    assert priya.name == "Priya Raman"
+    assert priya.team == "payments"
+    assert priya.skills == ("payments", "postgres")
+    assert priya.services == ("checkout-api",)
+    assert priya.timezone == "Europe/London"
+    assert priya.hours == "08:30-17:30"
+    assert not priya.away
+    assert daniel.skills == ("postgres", "pgbouncer")
+    assert daniel.away
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    timezon: Europe/Madrid\n",
+            "person #3: unknown field `timezon`; did you mean `timezone`?",
+        ),
+        (
+            "  - id: u05e4ty6mf\n    name: Tomás\n    team: commerce\n",
+            "person #3: id 'u05e4ty6mf' is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)",
+        ),
+        (
+            "  - id: '@tomas'\n    name: Tomás\n    team: commerce\n",
+            "person #3: id '@tomas' is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)",
+        ),
+        (
+            "  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    timezone: Europe/Barcelona\n",
+            "person #3: timezone 'Europe/Barcelona' is not an IANA time zone such as Europe/London",
+        ),
+        (
+            "  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    hours: 9-5\n",
+            "person #3: hours '9-5' must look like 09:00-17:30",
+        ),
+        ("  - id: U05E4TY6MF\n    name: Tomás\n", "person #3: missing team"),
+        ("  - id: U03F8K2LQ1\n    name: Priya again\n    team: payments\n", "person #3: id U03F8K2LQ1 appears twice"),
+    ],
+    ids=["misspelt-field", "lower-case-id", "handle-not-id", "bad-timezone", "bad-hours", "missing-team", "duplicate"],
+)
+def test_bad_roster_entry_is_reported_and_others_load(tmp_path: Path, entry: str, message: str) -> None:
+    kb = knowledge_with(tmp_path, roster=ROSTER + entry)
+
+    problem = only_problem(kb, "experts.yaml")
+    assert problem.message == message
+    assert problem.line == len(ROSTER.splitlines()) + 1 == 15
+    assert [e.id for e in kb.experts] == ["U03F8K2LQ1", "U04C2RN8VD"]
+    assert_good_files_loaded(kb)
+
+
+def test_broken_roster_yaml_gives_line(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/redis/memory.md", GOOD_RUNBOOK)
+    write(tmp_path, "experts.yaml", "people:\n  - id: U03F8K2LQ1\n    name: Priya: R\n    team: payments\n")
+
+    kb = load_knowledge(tmp_path)
+
+    problem = only_problem(kb, "experts.yaml")
+    assert problem.message == "not valid YAML: mapping values are not allowed here"
+    assert problem.line == 3
+    assert kb.experts == []
+    assert [d.path for d in kb.documents] == ["runbooks/redis/memory.md"]
+
+
+def test_roster_without_people_list(tmp_path: Path) -> None:
+    write(tmp_path, "experts.yaml", "people: Priya and Daniel\n")
+
+    problem = only_problem(load_knowledge(tmp_path), "experts.yaml")
+
+    assert "list of people under `people:`" in problem.message
+
+
+def test_roster_line_numbers_do_not_depend_on_key_order(tmp_path: Path) -> None:
+    roster = (
+        "people:\n"
+        "  - name: Priya Raman\n"
+        "    id: U03F8K2LQ1\n"
+        "    team: payments\n"
+        "  - id: U04C2RN8VD\n"
+        "    name: Daniel Okafor\n"
+        "    team: platform\n"
+        "  - id: U05E4TY6MF\n"
+        "    name: Tomás\n"
+        "    team: commerce\n"
+        "    timezone: Mars/Olympus\n"
+    )
+    write(tmp_path, "experts.yaml", roster)
+
+    problem = only_problem(load_knowledge(tmp_path), "experts.yaml")
+
+    assert problem.message.startswith("person #3: timezone 'Mars/Olympus'")
+    assert problem.line == 8
+
+
+def test_non_utf8_roster_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/redis/memory.md", GOOD_RUNBOOK)
+    write(tmp_path, "experts.yaml", "people:\n  - id: U03F8K2LQ1\n    name: Andr\xe9\n    team: x\n".encode("latin-1"))
+
+    kb = load_knowledge(tmp_path)
+
+    problem = only_problem(kb, "experts.yaml")
+    assert "UTF-8" in problem.message
+    assert [d.path for d in kb.documents] == ["runbooks/redis/memory.md"]
+
+
+def test_broken_services_yaml_is_reported(tmp_path: Path) -> None:
+    write(tmp_path, "services.yaml", "services:\n  checkout-api: {owners: [U03F8K2LQ1]\n  redis: {}\n")
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "services.yaml")
+    assert problem.message.startswith("not valid YAML: ")
+    assert problem.line == 3
+    assert_good_files_loaded(kb)
+
+
+def test_many_broken_files_are_all_reported_together(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/broken.md", "---\ntitle: [Broken\n---\nText.\n")
+    write(tmp_path, "runbooks/latin1.md", "caf\xe9".encode("latin-1"))
+    write(tmp_path, "incidents/INC-2025-0060.yaml", incident_yaml(id="INC-2025-0060", severity=9))
+    write(tmp_path, "incidents/INC-2025-0061.yaml", incident_yaml(id="INC-2025-0061", date="soon"))
+
+    kb = knowledge_with(tmp_path)
+
+    assert sorted(p.path for p in kb.problems) == [
+        "incidents/INC-2025-0060.yaml",
+        "incidents/INC-2025-0061.yaml",
+        "runbooks/broken.md",
+        "runbooks/latin1.md",
+    ]
+    assert kb.failed_paths == {p.path for p in kb.problems}
+    assert_good_files_loaded(kb)
+
+
+# -- the shipped sample ------------------------------------------------------
+
+
+def test_sample_knowledge_loads_without_problems() -> None:
+    kb = load_knowledge(SAMPLE)
+
+    assert kb.problems == []
+    assert kb.failed_paths == set()
+    runbooks = [d for d in kb.documents if d.kind == "runbook"]
+    assert len(runbooks) >= 25
+    assert len(kb.incidents) >= 40
+    assert len({i.id for i in kb.incidents}) == len(kb.incidents)
+    assert len(kb.experts) >= 15
+    services = yaml.safe_load((SAMPLE / "services.yaml").read_text(encoding="utf-8"))["services"]
+    assert 8 <= len(services) <= 12
+    used = {s for d in kb.documents for s in d.services}
+    assert used <= set(services)
+    assert len(used) >= 8
+    assert all(d.sections for d in kb.documents)

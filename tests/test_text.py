@@ -1,0 +1,285 @@
+"""Front matter, sections, word windows and the normalisation of alerts and log lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.models import Section
+from bot.text import (
+    FrontMatterError,
+    keyword_terms,
+    normalize_query,
+    spell_identifiers,
+    split_front_matter,
+    split_sections,
+    strip_volatile,
+    window_words,
+)
+
+STOPWORDS = frozenset({"the", "is", "why", "for", "a", "on", "and", "of"})
+
+
+# -- front matter ------------------------------------------------------------
+
+
+def test_front_matter_is_parsed_and_body_starts_after_it() -> None:
+    text = "---\ntitle: Pool exhausted\nservices: [checkout-api, payments-gateway]\n---\n# Pool exhausted\n\nBody.\n"
+
+    fm = split_front_matter(text)
+
+    assert fm.data == {"title": "Pool exhausted", "services": ["checkout-api", "payments-gateway"]}
+    assert fm.body == "# Pool exhausted\n\nBody.\n"
+    assert fm.body_line == 5
+
+
+def test_front_matter_may_close_with_dots_and_use_crlf() -> None:
+    fm = split_front_matter("---\r\ntitle: Redis\r\n...\r\nBody\r\n")
+
+    assert fm.data == {"title": "Redis"}
+    assert fm.body == "Body\r\n"
+    assert fm.body_line == 4
+
+
+def test_empty_front_matter_gives_empty_data() -> None:
+    fm = split_front_matter("---\n---\ntext")
+
+    assert fm.data == {}
+    assert fm.body == "text"
+    assert fm.body_line == 3
+
+
+@pytest.mark.parametrize(
+    "text", ["# Title\n\nNo front matter.\n", "----\ntitle: x\n----\n", "", "Text --- with dashes"]
+)
+def test_text_without_front_matter_is_all_body(text: str) -> None:
+    fm = split_front_matter(text)
+
+    assert fm.data == {}
+    assert fm.body == text
+    assert fm.body_line == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("---\ntitle: x\ntags: db: postgres\n---\nbody", 3),
+        ("---\ntitle: x\nservices: [a]\nowners: [U1]\n  bad: indent\n---\nbody", 5),
+        ("---\ntitle: 'unclosed\n---\nbody", 3),
+    ],
+)
+def test_broken_yaml_reports_the_line_in_the_file(text: str, line: int) -> None:
+    with pytest.raises(FrontMatterError) as caught:
+        split_front_matter(text)
+
+    assert caught.value.line == line
+    assert str(caught.value).startswith("front matter is not valid YAML: ")
+
+
+def test_front_matter_that_is_not_a_mapping_is_rejected() -> None:
+    with pytest.raises(FrontMatterError) as caught:
+        split_front_matter("---\n- checkout-api\n- redis\n---\nbody")
+
+    assert caught.value.line == 2
+    assert "must be a mapping" in str(caught.value)
+
+
+def test_unclosed_front_matter_is_rejected() -> None:
+    with pytest.raises(FrontMatterError) as caught:
+        split_front_matter("---\ntitle: Stuck\nservices: [x]\n\n# Stuck\n\nText.\n")
+
+    assert caught.value.line == 1
+    assert "no closing ---" in str(caught.value)
+
+
+# -- sections ----------------------------------------------------------------
+
+RUNBOOK = """# Connection pool exhausted
+
+Intro with a [Grafana dashboard](https://grafana.example.com/d/pg-pool) and <b>bold</b> text.
+
+## Diagnosis
+
+Check the pool. Details at https://wiki.example.com/pgbouncer for more.
+
+### Check the pool
+
+```bash
+# this is a shell comment, not a heading
+kubectl -n payments get pods
+```
+
+## Fix ##
+
+Restart pgbouncer.
+
+## Empty section
+
+## Escalate
+
+Page the DBA.
+
+[runbook-ref]: https://wiki.example.com/escalation
+"""
+
+
+def test_sections_carry_heading_paths_without_the_single_h1() -> None:
+    sections = split_sections(RUNBOOK, "Connection pool exhausted")
+
+    assert [s.heading for s in sections] == ["", "Diagnosis", "Diagnosis > Check the pool", "Fix", "Escalate"]
+    assert [s.anchor for s in sections] == [
+        "connection-pool-exhausted",
+        "diagnosis",
+        "check-the-pool",
+        "fix",
+        "escalate",
+    ]
+
+
+def test_headings_inside_code_fences_are_code() -> None:
+    sections = split_sections(RUNBOOK, "Connection pool exhausted")
+
+    fenced = sections[2]
+    assert "# this is a shell comment, not a heading" in fenced.text
+    assert "kubectl -n payments get pods" in fenced.text
+    assert all("shell comment" not in s.heading for s in sections)
+
+
+def test_html_and_link_targets_are_cleaned() -> None:
+    intro, diagnosis, *_, escalate = split_sections(RUNBOOK, "Connection pool exhausted")
+
+    assert intro.text == "Intro with a Grafana dashboard and bold text."
+    assert diagnosis.text == "Check the pool. Details at for more."
+    assert escalate.text == "Page the DBA."
+    joined = " ".join(s.text for s in split_sections(RUNBOOK, "x"))
+    assert "http" not in joined and "<b>" not in joined
+
+
+def test_several_h1_headings_stay_in_the_paths() -> None:
+    sections = split_sections("# Prod\n\na\n\n# Staging\n\nb\n\n## Rollback\n\nc\n", "Deploys")
+
+    assert sections == [
+        Section("Prod", "a", "prod"),
+        Section("Staging", "b", "staging"),
+        Section("Staging > Rollback", "c", "rollback"),
+    ]
+
+
+def test_text_without_headings_is_one_section() -> None:
+    assert split_sections("Just a paragraph.\n\nAnd another.", "Notes") == [
+        Section("", "Just a paragraph.\n\nAnd another.", "")
+    ]
+
+
+def test_sibling_headings_replace_each_other_in_the_path() -> None:
+    body = "## A\n\na\n\n### A1\n\na1\n\n### A2\n\na2\n\n## B\n\nb\n\n#### B-deep\n\nd\n"
+
+    assert [s.heading for s in split_sections(body, "t")] == ["A", "A > A1", "A > A2", "B", "B > B-deep"]
+
+
+# -- windows -----------------------------------------------------------------
+
+
+def test_short_text_is_one_window() -> None:
+    text = " ".join(f"w{i}" for i in range(176))
+
+    assert window_words(text) == [text]
+
+
+def test_long_text_is_cut_into_overlapping_windows() -> None:
+    words = [f"w{i}" for i in range(400)]
+
+    windows = [w.split() for w in window_words(" ".join(words), size=160, overlap=32)]
+
+    assert len(windows) == 3
+    assert all(len(w) <= 160 for w in windows)
+    assert windows[0][0] == "w0" and windows[-1][-1] == "w399"
+    for before, after in zip(windows, windows[1:], strict=False):
+        assert before[-32:] == after[:32]
+    assert {w for window in windows for w in window} == set(words)
+
+
+# -- volatile tokens ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "KubePodCrashLooping: pod checkout-api-7d9f8c6b5-x2kqp in namespace payments restarted 14 times",
+            "KubePodCrashLooping: pod checkout-api in namespace payments restarted times",
+        ),
+        (
+            "PostgresConnectionsNearMax on 10.42.3.17:5432 at 97% for 5m",
+            "PostgresConnectionsNearMax on at for",
+        ),
+        (
+            "2025-04-12T19:42:07.123Z ERROR request 3f2b8c1e-9a4d-4e5f-b6c7-d8e9f0a1b2c3 failed after 2.5s",
+            "ERROR request failed after",
+        ),
+        (
+            "deploy of 9fceb02d0ae598e95dc970b74767f19372d61af8 (short a1b2c3d) rolled back",
+            "deploy of short rolled back",
+        ),
+        ("latency 1200ms since 2025-04-12 19:42:05,123+02:00 (was 350 ms)", "latency since was"),
+        ("redis memory 4.2GiB evicting keys, hit ratio 0.71", "redis memory evicting keys, hit ratio"),
+        ("job stuck at 14:32:05, worker 0xdeadbeef", "job stuck at , worker"),
+        ("fluent-bit-x2kqp OOMKilled on fe80:0:0:0:1ff:fe23:4567:890a", "fluent-bit OOMKilled on"),
+        ('see https://grafana.example.com/d/abc?x=1 for {"status": 503}', "see for status :"),
+    ],
+)
+def test_strip_volatile_removes_what_changes_between_firings(line: str, expected: str) -> None:
+    assert strip_volatile(line) == expected
+
+
+def test_two_firings_of_one_alert_normalise_the_same() -> None:
+    first = "[FIRING] KubePodCrashLooping checkout-api-7d9f8c6b5-x2kqp 10.0.3.17 restarts=14 at 2025-04-12T19:42:00Z"
+    second = "[FIRING] KubePodCrashLooping checkout-api-5c6b7d8f9-q7r4t 10.0.9.201 restarts=3 at 2025-05-02T03:11:59Z"
+
+    assert normalize_query(first) == normalize_query(second) == "FIRING Kube Pod Crash Looping checkout-api restarts at"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("KubePodCrashLooping", "Kube Pod Crash Looping"),
+        ("PostgresReplicationLagHigh", "Postgres Replication Lag High"),
+        ("TLSEndpointCertExpiringSoon", "TLS Endpoint Cert Expiring Soon"),
+        ("CoreDNSErrorsHigh", "Core DNS Errors High"),
+        ("KubeContainerOOMKilled", "Kube Container OOM Killed"),
+    ],
+)
+def test_normalize_query_spells_out_camel_case_alert_names(name: str, words: str) -> None:
+    assert normalize_query(f"{name} firing for 12m") == f"{words} firing for"
+
+
+def test_normalize_query_keeps_plain_words_and_upper_case() -> None:
+    assert normalize_query("Why is checkout slow? HTTP errors on EU") == "Why is checkout slow? HTTP errors on EU"
+
+
+@pytest.mark.parametrize("name", ["CdnOrigin5xxHigh", "IngressHigh5xxRate"])
+def test_alert_names_with_digits_survive_normalisation(name: str) -> None:
+    assert normalize_query(name) == spell_identifiers(name)
+
+
+def test_pod_suffix_without_digits_is_stripped() -> None:
+    assert strip_volatile("pod checkout-api-7d9f8c6b5-kzqwt restarted") == "pod checkout-api restarted"
+
+
+# -- keyword terms -----------------------------------------------------------
+
+
+def test_keyword_terms_are_distinct_lower_case_without_stopwords() -> None:
+    terms = keyword_terms("Why is KubePodCrashLooping firing for the Checkout API? checkout api", STOPWORDS)
+
+    assert terms == ["kubepodcrashlooping", "firing", "checkout", "api", "kube", "pod", "crash", "looping"]
+
+
+def test_keyword_terms_skip_numbers_and_single_letters() -> None:
+    assert keyword_terms("a 5 x 503 p99 s3 disk", STOPWORDS) == ["p99", "s3", "disk"]
+
+
+def test_keyword_terms_are_limited() -> None:
+    text = " ".join(f"term{i}" for i in range(40))
+
+    assert keyword_terms(text, STOPWORDS, limit=5) == ["term0", "term1", "term2", "term3", "term4"]
+    assert len(keyword_terms(text, STOPWORDS)) == 24
