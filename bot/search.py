@@ -38,7 +38,7 @@ class Ranking:
     bm25_weight: float = 1.0  # keywords: best section, title and headings weighted in
     candidates: int = 200
     max_terms: int = 16  # the rarest query words searched by keyword
-    common_fraction: float = 0.25  # words in more than this share of sections are skipped ...
+    common_fraction: float = 0.1  # words in more than this share of sections are skipped ...
     common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
     near: int = 2  # how many words may stand between two adjacent query words for a phrase match
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
@@ -71,6 +71,7 @@ class SearchIndex:
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.titles = np.zeros((0, 0), dtype=np.float32)
         self._id_order = np.zeros(0, dtype=np.int64)
+        self.term_counts: dict[str, int] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -85,7 +86,9 @@ class SearchIndex:
         counts = np.diff(np.append(np.asarray(starts, dtype=np.int64), len(paths)))
         chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
+        term_counts = self.store.term_chunk_counts()
         with self._lock:
+            self.term_counts = term_counts
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.chunk_doc = chunk_doc
@@ -192,7 +195,7 @@ class SearchIndex:
         """
         if not terms:
             return []
-        counts = self.store.term_chunk_counts(terms)
+        counts = {t: self.term_counts.get(stem, 0) for t, stem in zip(terms, self.store.stems(terms), strict=True)}
         present = [t for t in terms if counts[t] > 0]
         limit = max(self.ranking.common_fraction * max(self.size, 1), self.ranking.common_floor)
         selective = [t for t in present if counts[t] <= limit]

@@ -291,24 +291,24 @@ class Store:
         data = b"".join(rows.get(p, zero) for p in paths)
         return np.frombuffer(data, dtype=np.float32).reshape(len(paths), dim).copy()
 
-    def term_chunk_counts(self, words: list[str]) -> dict[str, int]:
-        """For each query word, in how many chunks its stem occurs (0 when nowhere).
+    def stems(self, words: list[str]) -> list[str]:
+        """Each word as the index stores it: through the same Porter tokenizer ("" for none).
 
-        The words go through the same Porter tokenizer as the index, in a per-connection
-        temporary FTS table, so the counts are looked up by the exact stems.
+        The words go into a per-connection temporary FTS table whose vocabulary gives the stems.
         """
         if not words:
-            return {}
+            return []
         with self.transaction():
             self.db.execute("DELETE FROM temp.query_terms")
             for position, word in enumerate(words, start=1):
                 self.db.execute("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", [position, word])
             stems = dict(self.db.execute("SELECT doc, term FROM temp.query_terms_vocab").fetchall())
-        wanted = sorted(set(stems.values()))
-        marks = ",".join("?" * len(wanted))
+        return [stems.get(position, "") for position in range(1, len(words) + 1)]
+
+    def term_chunk_counts(self) -> dict[str, int]:
+        """How many chunks hold each stem, for the whole index (one pass over the vocabulary)."""
         with self.lock:
-            found = dict(self.db.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", wanted))
-        return {word: found.get(stems.get(position, ""), 0) for position, word in enumerate(words, start=1)}
+            return dict(self.db.execute("SELECT term, doc FROM chunks_vocab").fetchall())
 
     def fts_search(self, match: str, limit: int, weights: tuple[float, float, float]) -> list[tuple[int, float]]:
         """Chunk ids matching an FTS5 query, best first, with their BM25 score (lower is better)."""

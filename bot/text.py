@@ -29,6 +29,9 @@ VOLATILE = [
     re.compile(r"\b(?:[0-9a-f]{1,4}:){3,7}[0-9a-f]{1,4}\b", re.I),
     re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,64}\b", re.I),
     re.compile(r"\b0x[0-9a-f]+\b", re.I),
+    # host names: node-12.dc2.example.net, ip-10-0-3-17.eu-west-1.compute.internal
+    # (with a digit somewhere, so service names such as pgbouncer.databases.svc stay)
+    re.compile(r"\b(?=[\w.-]*\d)[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+){2,}\b", re.I),
     re.compile(r"\d{1,2}:\d{2}(?::\d{2})?\b"),
     re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?(?:\s?(?:%|[kmgtp]i?b|ms|ns|us|[smhdw]))?(?!\w)", re.I),
 ]
