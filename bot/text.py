@@ -33,7 +33,7 @@ VOLATILE = [
     # (with a digit somewhere, so service names such as pgbouncer.databases.svc stay)
     re.compile(r"\b(?=[\w.-]*\d)[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+){2,}\b", re.I),
     re.compile(r"\d{1,2}:\d{2}(?::\d{2})?\b"),
-    re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?(?:\s?(?:%|[kmgtp]i?b|ms|ns|us|[smhdw]))?(?!\w)", re.I),
+    re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?(?:\s?(?:%|[kmgtpe]i?b|[kmgtpe]i|ms|ns|us|[smhdw]))?(?!\w)", re.I),
 ]
 # Kubernetes pod and replica-set suffixes: checkout-api-7d9f8c6b5-x2kqp -> checkout-api
 # With a replica-set hash in front, the pod's own suffix may be letters only; alone, it needs a digit.

@@ -1,0 +1,89 @@
+"""Hybrid search on the shipped sample knowledge with the real MiniLM model."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.errors import InvalidRequest
+from bot.search import SearchIndex
+from bot.store import Store
+
+
+@pytest.fixture(scope="module")
+def index(sample_index: Store, minilm) -> SearchIndex:  # noqa: ANN001
+    return SearchIndex(sample_index, minilm)
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("FATAL: sorry, too many clients already", "runbooks/postgres/connection-pool-exhausted.md"),
+        ("consumer group lag keeps growing on orders.placed", "runbooks/kafka/consumer-lag.md"),
+        ("customers were charged twice for one order", "runbooks/payments-gateway/duplicate-charges.md"),
+        ("x509: certificate has expired or is not yet valid", "runbooks/networking/tls-certificate-expiry.md"),
+        ("how do I declare an incident and who is the incident commander", "runbooks/general/declaring-an-incident.md"),
+        ("Waymark Maps returns HTTP 429 Too Many Requests", "runbooks/delivery-routing/maps-api-rate-limited.md"),
+    ],
+)
+def test_the_right_runbook_comes_first(index: SearchIndex, question: str, expected: str) -> None:
+    runbooks = [h.path for h in index.search(question, k=5).hits if h.kind == "runbook"]
+    assert runbooks[0] == expected, runbooks
+
+
+def test_a_pasted_alert_finds_the_past_incident_with_its_id(index: SearchIndex) -> None:
+    answer = index.search("Paylane webhook deliveries failing: TLS handshake error, certificate expired", k=8)
+    incidents = [h for h in answer.hits if h.kind == "incident"]
+    assert "INC-2026-0011" in [h.incident_id for h in incidents]
+    hit = next(h for h in incidents if h.incident_id == "INC-2026-0011")
+    assert hit.path == "incidents/2026/INC-2026-0011.yaml"
+    assert hit.citation.startswith("INC-2026-0011 § ")
+    assert hit.section in ("Summary", "Root cause", "Resolution", "Timeline")
+
+
+def test_hits_are_grouped_by_document_with_section_snippet_and_score(index: SearchIndex) -> None:
+    answer = index.search("pgbouncer pool exhausted, checkout failing", k=6)
+    paths = [h.path for h in answer.hits]
+    assert len(paths) == len(set(paths)) == 6
+    scores = [h.score for h in answer.hits]
+    assert scores == sorted(scores, reverse=True)
+    top = answer.hits[0]
+    assert top.section and top.snippet and len(top.snippet) <= 245
+    assert top.title == "pgbouncer / Postgres connection pool exhausted"
+
+
+def test_volatile_tokens_do_not_change_the_answer(index: SearchIndex) -> None:
+    first = index.search(
+        "pod checkout/checkout-api-7d9f8c6b5-x2kqp OOMKilled at 2026-03-02T08:15:00Z on 10.4.2.17, limit 512Mi"
+    )
+    second = index.search(
+        "pod checkout/checkout-api-5c8b7d9f4-q7wzm OOMKilled at 2025-11-30T23:59:59Z on 10.9.0.3, limit 2Gi"
+    )
+    assert first.normalized_query == second.normalized_query
+    assert [h.path for h in first.hits] == [h.path for h in second.hits]
+
+
+def test_alert_names_are_spelled_out_for_the_encoder(index: SearchIndex) -> None:
+    answer = index.search("KafkaConsumerGroupLagHigh")
+    assert answer.normalized_query == "Kafka Consumer Group Lag High"
+    assert answer.hits[0].path == "runbooks/kafka/consumer-lag.md"
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25"])
+def test_single_modes_answer_too(index: SearchIndex, mode: str) -> None:
+    answer = index.search("redis evicting session keys, used_memory at maxmemory", mode=mode)
+    assert answer.mode == mode
+    assert "runbooks/redis/memory-and-evictions.md" in [h.path for h in answer.hits[:3]]
+    if mode == "bm25":
+        assert answer.encode_ms == 0.0
+
+
+def test_bad_input_is_refused_with_a_clear_message(index: SearchIndex) -> None:
+    with pytest.raises(InvalidRequest, match="empty"):
+        index.search("   ")
+    with pytest.raises(InvalidRequest, match="hybrid, dense, bm25"):
+        index.search("pgbouncer", mode="fuzzy")
+
+
+def test_a_query_of_only_stopwords_and_numbers_still_answers_by_meaning(index: SearchIndex) -> None:
+    answer = index.search("it is 42 and 17 of them")
+    assert answer.hits  # the dense side always has something to say; relevance is judged by the caller
