@@ -273,3 +273,38 @@ def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
             f"total p50 {row['total_ms']['p50']:.1f} ms; vectors {row['index_memory_mb']} MB, db {row['db_mb']} MB"
         )
     click.echo(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")
+
+
+@main.command()
+@click.pass_context
+@handle_errors
+def shell(ctx: click.Context) -> None:
+    """Chat with opsbot in the terminal, without a Slack workspace.
+
+    \b
+    Example:
+      opsbot shell
+      echo "pgbouncer too many clients" | opsbot shell
+    """
+    from bot.search import SearchIndex
+    from bot.shell import run_shell
+
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    try:
+        if not store.counts()["chunks"]:
+            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        click.echo("Loading the model...", err=True)
+        encoder.load()
+        index = SearchIndex(store, encoder)
+
+        def lines() -> Any:
+            while True:
+                try:
+                    yield input("you> " if sys.stdin.isatty() else "")
+                except EOFError:
+                    return
+
+        run_shell(index, lines(), lambda text: click.echo(f"\n{text}\n"), k=settings.top_k)
+    finally:
+        store.close()

@@ -494,3 +494,14 @@ def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_
     overall = json.loads(result.stdout)["modes"]["bm25"]["all"]
     assert overall["queries"] == 2
     assert overall["recall@1"] == 0.5
+
+
+def test_shell_answers_typed_questions_and_commands(subset_db: IndexedSubset) -> None:
+    result = CliRunner().invoke(
+        main, ["shell"], input="/help\n/ask\n/deploy x\n/ask pgbouncer too many clients\n/quit\nnever read\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "Usage: /ask QUESTION" in result.output
+    assert "Unknown command /deploy" in result.output
+    assert "runbooks/postgres/connection-pool-exhausted.md" in result.output
+    assert "never read" not in result.output
