@@ -505,3 +505,20 @@ def test_shell_answers_typed_questions_and_commands(subset_db: IndexedSubset) ->
     assert "Unknown command /deploy" in result.output
     assert "runbooks/postgres/connection-pool-exhausted.md" in result.output
     assert "never read" not in result.output
+
+
+def test_bench_search_reports_latency_split_and_memory() -> None:
+    result = CliRunner().invoke(main, ["bench", "search", "--sizes", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (row,) = report["search"]
+    assert row["chunks"] == 40
+    assert row["encode_ms"]["p50"] > 0 and row["search_ms"]["p50"] > 0
+    assert row["total_ms"]["p50"] >= row["search_ms"]["p50"]
+    assert row["index_memory_mb"] >= 0 and report["peak_rss_mb"] > 0
+
+
+def test_bench_rejects_bad_sizes() -> None:
+    result = CliRunner().invoke(main, ["bench", "search", "--sizes", "ten"])
+    assert result.exit_code == 1
+    assert "--sizes 'ten' must be whole numbers" in result.output

@@ -1,0 +1,1 @@
+"""The Slack adapter: everything that speaks to Slack lives in this package."""
