@@ -18,6 +18,7 @@ import click
 
 from bot.config import Settings
 from bot.errors import OpsbotError
+from bot.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def load_settings(ctx: click.Context, **overrides: Any) -> Settings:
     ctx.ensure_object(dict)
     if "settings" not in ctx.obj:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        configure_logging(settings.log_level)
         ctx.obj["settings"] = settings
     return ctx.obj["settings"].with_overrides(**overrides)
 
@@ -308,3 +309,64 @@ def shell(ctx: click.Context) -> None:
         run_shell(index, lines(), lambda text: click.echo(f"\n{text}\n"), k=settings.top_k)
     finally:
         store.close()
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="HTTP port (default $PORT, else 3000).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="HTTP address to listen on.")
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context, port: int | None, host: str) -> None:
+    """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on /slack/events.
+
+    The process acknowledges requests at once; the model and the index load in the background.
+
+    \b
+    Example:
+      SLACK_BOT_TOKEN=xoxb-... SLACK_SIGNING_SECRET=... opsbot serve --port 3000
+      SLACK_BOT_TOKEN=xoxb-... SLACK_APP_TOKEN=xapp-... opsbot serve
+    """
+    from bot.runtime import Runtime
+    from bot.slack.app import create_app
+    from bot.slack.server import HttpServer, socket_mode_handler
+
+    settings = load_settings(ctx)
+    missing = []
+    if not settings.slack_bot_token:
+        missing.append("SLACK_BOT_TOKEN (the bot token, xoxb-...; Slack app > OAuth & Permissions)")
+    if not settings.slack_app_token and not settings.slack_signing_secret:
+        missing.append("SLACK_SIGNING_SECRET (Slack app > Basic Information), or SLACK_APP_TOKEN for Socket Mode")
+    if missing:
+        raise OpsbotError(
+            "cannot start the Slack app without " + " and ".join(missing) + ". Without a workspace, try `opsbot shell`."
+        )
+    runtime = Runtime(settings)
+    runtime.start_loading()
+    app = create_app(runtime)
+    if settings.slack_app_token:
+        log.info("starting in Socket Mode api=%s", settings.slack_api_url)
+        socket_mode_handler(app, runtime).start()
+        return
+    server = HttpServer(app, runtime, host=host, port=port or settings.port)
+    log.info("listening host=%s port=%d path=/slack/events", host, server.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+@main.command()
+@click.option("--url", default="https://opsbot.example.com", show_default=True, help="Public base URL of `serve`.")
+@click.option("--socket-mode", is_flag=True, help="For Socket Mode installs (no public URL needed).")
+@click.option("--name", default="opsbot", show_default=True, help="The app's name in Slack.")
+def manifest(url: str, socket_mode: bool, name: str) -> None:
+    """Print the Slack app manifest (YAML) to create the app in a workspace.
+
+    \b
+    Example:
+      opsbot manifest --socket-mode > manifest.yaml
+      opsbot manifest --url https://opsbot.example.com
+    """
+    from bot.slack.manifest import manifest_yaml
+
+    click.echo(manifest_yaml(name=name, base_url=url, socket_mode=socket_mode))

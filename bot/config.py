@@ -45,6 +45,7 @@ class Settings:
     db_path: Path = Path("opsbot.db")
     model: str = ""
     top_k: int = 5
+    min_similarity: float = 0.35
     log_level: str = "INFO"
     slack_bot_token: Secret = field(default_factory=lambda: Secret(""))
     slack_signing_secret: Secret = field(default_factory=lambda: Secret(""))
@@ -109,6 +110,17 @@ class Settings:
                 )
 
         top_k = _int_setting(values, "OPSBOT_TOP_K", 5, 1, 50, problems)
+        min_similarity = 0.35
+        raw_similarity = values.get("OPSBOT_MIN_SIMILARITY")
+        if raw_similarity:
+            try:
+                min_similarity = float(raw_similarity)
+                if not 0.0 <= min_similarity < 1.0:
+                    raise ValueError
+            except ValueError:
+                problems.append(
+                    f"OPSBOT_MIN_SIMILARITY={raw_similarity!r} must be a number from 0 to 1 (default 0.35)."
+                )
         port = _int_setting(values, "PORT", 3000, 1, 65535, problems)
 
         log_level = (values.get("OPSBOT_LOG_LEVEL") or "INFO").upper()
@@ -128,6 +140,7 @@ class Settings:
             db_path=db_path,
             model=str(Path(model).expanduser()) if looks_like_path(model) else model,
             top_k=top_k,
+            min_similarity=min_similarity,
             log_level=log_level,
             slack_bot_token=Secret(values.get("SLACK_BOT_TOKEN", "")),
             slack_signing_secret=Secret(values.get("SLACK_SIGNING_SECRET", "")),

@@ -114,6 +114,7 @@ class SearchHit:
     incident_id: str = ""
     anchor: str = ""
     services: tuple[str, ...] = ()
+    similarity: float = 0.0  # cosine of the question and the cited section: how close in meaning
 
     @property
     def citation(self) -> str:

@@ -43,6 +43,8 @@ class Ranking:
     common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
     near: int = 2  # how many words may stand between two adjacent query words for a phrase match
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
+    feedback_similarity: float = 0.75  # a past vote counts for questions at least this close in meaning ...
+    feedback_weight: float = 1.5  # ... and moves a document by this many first places of one ranking
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Signals:
     bm25: dict[int, float]  # document -> best BM25 score (higher is better), only matching documents
     bm25_chunk: dict[int, int]  # document -> position of its best BM25 chunk
     encode_ms: float = 0.0
+    query_vector: np.ndarray | None = None
 
 
 class SearchIndex:
@@ -76,7 +79,21 @@ class SearchIndex:
         self.titles = np.zeros((0, 0), dtype=np.float32)
         self._id_order = np.zeros(0, dtype=np.int64)
         self.term_counts: dict[str, int] = {}
+        self.doc_index: dict[str, int] = {}
+        self.feedback = np.zeros((0, 0), dtype=np.float32)
+        self.feedback_paths: list[str] = []
+        self.feedback_votes = np.zeros(0, dtype=np.float32)
         self.refresh()
+
+    def reload_feedback(self) -> None:
+        """Pick up new votes without reloading the vectors."""
+        feedback, paths, votes = self.store.feedback_vectors()
+        with self._lock:
+            self.feedback, self.feedback_paths, self.feedback_votes = feedback, paths, votes
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The vector a query is searched with (what feedback is keyed by)."""
+        return self.encoder.encode([spell_identifiers(strip_volatile(query) or query.strip())])[0]
 
     def refresh(self) -> None:
         """Reload the vectors after the index changed."""
@@ -91,8 +108,11 @@ class SearchIndex:
         chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
         term_counts = self.store.term_chunk_counts()
+        feedback, feedback_paths, feedback_votes = self.store.feedback_vectors()
         with self._lock:
             self.term_counts = term_counts
+            self.doc_index = {p: i for i, p in enumerate(doc_paths)}
+            self.feedback, self.feedback_paths, self.feedback_votes = feedback, feedback_paths, feedback_votes
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.chunk_doc = chunk_doc
@@ -115,6 +135,7 @@ class SearchIndex:
             started = time.perf_counter()
             qv = self.encoder.encode([dense_text])[0]
             sig.encode_ms = (time.perf_counter() - started) * 1000
+            sig.query_vector = qv
             sig.chunk_sims = self.matrix @ qv
             sig.section = np.maximum.reduceat(sig.chunk_sims, self.doc_starts)
             if self.titles.shape[1] == len(qv):
@@ -147,7 +168,20 @@ class SearchIndex:
         for weight, ranked in lists:
             for rank, d in enumerate(ranked):
                 scores[int(d)] = scores.get(int(d), 0.0) + weight / (r.rrf_k + rank + 1)
+        self._apply_feedback(sig, scores)
         return scores
+
+    def _apply_feedback(self, sig: Signals, scores: dict[int, float]) -> None:
+        """Votes on answers to the same or a similar question move the voted documents up or down."""
+        if sig.query_vector is None or not len(self.feedback_votes) or self.feedback.shape[1] != len(sig.query_vector):
+            return
+        r = self.ranking
+        sims = self.feedback @ sig.query_vector
+        for i in np.flatnonzero(sims >= r.feedback_similarity):
+            d = self.doc_index.get(self.feedback_paths[i])
+            if d is not None:
+                closeness = float(sims[i])
+                scores[d] = scores.get(d, 0.0) + self.feedback_votes[i] * closeness * r.feedback_weight / (r.rrf_k + 1)
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> Answer:
         """Answer ``query`` with the ``k`` best documents, each with its best section."""
@@ -163,7 +197,8 @@ class SearchIndex:
             best = {d: self._best_chunk(d, sig) for d in ordered}
             wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
         details = self.store.chunks_by_id(wanted.values())
-        hits = tuple(_hit(details[wanted[d]], scores[d], normalized) for d in ordered if wanted[d] in details)
+        sims = {d: float(sig.chunk_sims[best[d]]) if sig.chunk_sims is not None else 0.0 for d in ordered}
+        hits = tuple(_hit(details[wanted[d]], scores[d], normalized, sims[d]) for d in ordered if wanted[d] in details)
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms)
 
@@ -223,7 +258,7 @@ def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
     return None
 
 
-def _hit(chunk: StoredChunk, score: float, query: str) -> SearchHit:
+def _hit(chunk: StoredChunk, score: float, query: str, similarity: float) -> SearchHit:
     return SearchHit(
         path=chunk.doc_path,
         kind=chunk.kind,
@@ -235,6 +270,7 @@ def _hit(chunk: StoredChunk, score: float, query: str) -> SearchHit:
         incident_id=chunk.incident_id,
         anchor=chunk.anchor,
         services=chunk.services,
+        similarity=round(similarity, 4),
     )
 
 

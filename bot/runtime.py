@@ -1,0 +1,139 @@
+"""The running assistant: store, model and index, loaded in the background, shared by every adapter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from bot.config import Settings
+from bot.encoder import Encoder, SentenceTransformerEncoder
+from bot.errors import InvalidRequest, NotFound, OpsbotError
+from bot.models import Answer, SearchHit
+from bot.search import SearchIndex
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 300.0
+RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
+
+
+class NotReady(OpsbotError):
+    """The model or the index could not be loaded."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer prepared for a conversation: the relevant hits split by kind, with an id for feedback."""
+
+    id: str
+    answer: Answer
+    runbooks: tuple[SearchHit, ...]
+    incidents: tuple[SearchHit, ...]
+    question: str  # what was searched, with the thread's earlier question when it is a follow-up
+    documents: int = 0
+
+    @property
+    def found(self) -> bool:
+        return bool(self.runbooks or self.incidents)
+
+    @property
+    def top(self) -> SearchHit | None:
+        return (self.runbooks + self.incidents)[0] if self.found else None
+
+
+class Runtime:
+    """Everything the Slack app and the shell need, loaded once.
+
+    The process can accept requests at once: the model and the vectors load in a background
+    thread, and a question that arrives earlier waits for them instead of failing.
+    """
+
+    def __init__(self, settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.db_path)
+        self.encoder = encoder or SentenceTransformerEncoder(settings.model)
+        self._index: SearchIndex | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loader: threading.Thread | None = None
+        self.started = time.perf_counter()
+        self.ready_seconds: float | None = None
+
+    def start_loading(self) -> None:
+        """Load the model and the index in a background thread (idempotent)."""
+        if self._loader is None:
+            self._loader = threading.Thread(target=self._load, name="opsbot-loader", daemon=True)
+            self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            load = getattr(self.encoder, "load", None)
+            if load:
+                load()
+            self._index = SearchIndex(self.store, self.encoder)
+            self.ready_seconds = time.perf_counter() - self.started
+            log.info("ready chunks=%d seconds=%.2f", self._index.size, self.ready_seconds)
+        except BaseException as exc:  # reported to every waiting question, never lost
+            self._error = exc
+            log.exception("loading failed")
+        finally:
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._error is None
+
+    def index(self, timeout: float = READY_TIMEOUT_S) -> SearchIndex:
+        """The search index, waiting for it to load when needed."""
+        self.start_loading()
+        if not self._ready.wait(timeout):
+            raise NotReady(f"the model is still loading after {timeout:.0f} s; try again in a minute.")
+        if self._error is not None:
+            raise NotReady(f"the model or index could not be loaded: {self._error}")
+        assert self._index is not None
+        return self._index
+
+    def reply(self, question: str, channel: str = "", user: str = "", thread_ts: str = "") -> Reply:
+        """Answer a question (or a follow-up in a thread) and remember it for feedback."""
+        question = question.strip()
+        if not question:
+            raise InvalidRequest("ask a question, or paste an alert or a log line.")
+        searched = question
+        if channel and thread_ts:
+            earlier = self.store.thread_question(channel, thread_ts)
+            if earlier and earlier != question:
+                searched = f"{earlier}\n{question}"
+            else:
+                self.store.remember_question(channel, thread_ts, question)
+        index = self.index()
+        answer = index.search(searched, k=self.settings.top_k * 2)
+        # Weak matches are left out: below the floor, or far below the best match of this answer.
+        best = max((h.similarity for h in answer.hits), default=0.0)
+        floor = max(self.settings.min_similarity, best * RELATIVE_FLOOR)
+        relevant = [h for h in answer.hits if h.similarity >= floor]
+        runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(self.settings.top_k, 3)]
+        incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
+        reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths))
+        if reply.found:
+            paths = [h.path for h in runbooks + incidents]
+            self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)
+        return reply
+
+    def vote(self, answer_id: str, user: str, vote: int) -> tuple[bool, str]:
+        """Record a 👍 (+1) or 👎 (-1) on an answer's leading result; returns (changed, path)."""
+        if vote not in (1, -1):
+            raise InvalidRequest("a vote is +1 or -1.")
+        saved = self.store.get_answer(answer_id)
+        if saved is None:
+            raise NotFound("that answer is no longer known; ask again to vote on a fresh one.")
+        index = self.index()
+        path = saved["paths"][0]
+        changed = self.store.record_feedback(
+            answer_id, user, saved["query"], path, vote, index.embed_query(saved["query"])
+        )
+        if changed:
+            index.reload_feedback()
+        return changed, path

@@ -1,0 +1,59 @@
+"""Buttons: feedback on answers, and sharing an ephemeral answer in the channel."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+
+from bot.errors import NotFound
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.blocks import answer_fallback_text, build_answer_blocks, build_vote_ack_text
+from bot.slack.guard import guarded
+
+log = logging.getLogger(__name__)
+
+
+def register(app: App, runtime: Runtime) -> None:
+    def just_ack(ack: Ack) -> None:
+        ack()
+
+    def vote(body: dict, client: WebClient, respond: Respond, value: int) -> None:
+        action = body["actions"][0]
+        user = body["user"]["id"]
+        changed, path = runtime.vote(action["value"], user, value)
+        log.info("feedback answer_id=%s user=%s vote=%d path=%s", action["value"], user, value, path)
+        channel = (body.get("channel") or {}).get("id")
+        text = build_vote_ack_text(value, changed, path)
+        if channel:
+            client.chat_postEphemeral(channel=channel, user=user, text=text)
+        else:
+            respond(text=text, response_type="ephemeral", replace_original=False)
+
+    @guarded
+    def record_helpful(body: dict, client: WebClient, respond: Respond) -> None:
+        vote(body, client, respond, 1)
+
+    @guarded
+    def record_unhelpful(body: dict, client: WebClient, respond: Respond) -> None:
+        vote(body, client, respond, -1)
+
+    @guarded
+    def share_answer(body: dict, client: WebClient, respond: Respond) -> None:
+        saved = runtime.store.get_answer(body["actions"][0]["value"])
+        if saved is None:
+            raise NotFound("that answer is no longer known; ask again and share the new one.")
+        user = body["user"]["id"]
+        reply = runtime.reply(saved["query"], channel=saved["channel"], user=user)
+        client.chat_postMessage(
+            channel=saved["channel"] or body["channel"]["id"],
+            text=answer_fallback_text(reply),
+            blocks=build_answer_blocks(reply, shared_by=user),
+        )
+        respond(delete_original=True)
+
+    app.action(ids.FEEDBACK_UP)(ack=just_ack, lazy=[record_helpful])
+    app.action(ids.FEEDBACK_DOWN)(ack=just_ack, lazy=[record_unhelpful])
+    app.action(ids.SHARE_ANSWER)(ack=just_ack, lazy=[share_answer])

@@ -1,0 +1,123 @@
+"""Pure functions that build Block Kit payloads (dicts), tested without Slack."""
+
+from __future__ import annotations
+
+from bot.models import SearchHit
+from bot.runtime import Reply
+from bot.slack import ids
+
+MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _hit_text(hit: SearchHit) -> str:
+    title = f"<{hit.url}|{_escape(hit.title)}>" if hit.url else f"*{_escape(hit.title)}*"
+    if hit.incident_id:
+        title = f"*{hit.incident_id}* · {title}"
+    where = f"_{_escape(hit.section)}_" if hit.section else ""
+    snippet = _escape(hit.snippet)
+    source = f"`{hit.path}`" + (f" · {where}" if where else "")
+    text = f"{title}\n>{snippet}\n{source}"
+    return text[:MAX_TEXT]
+
+
+def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: bool = False) -> list[dict]:
+    """An answer: runbook sections, then similar past incidents, then how it was found and the buttons."""
+    if not reply.found:
+        return build_nothing_found_blocks(reply.question)
+    blocks: list[dict] = []
+    if shared_by:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"Shared by <@{shared_by}>"}]})
+    if reply.runbooks:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Runbooks*"}})
+        blocks.extend({"type": "section", "text": {"type": "mrkdwn", "text": _hit_text(h)}} for h in reply.runbooks)
+    if reply.incidents:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Similar past incidents*"}})
+        blocks.extend({"type": "section", "text": {"type": "mrkdwn", "text": _hit_text(h)}} for h in reply.incidents)
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": how_found(reply)}]})
+    buttons = [
+        {
+            "type": "button",
+            "action_id": ids.FEEDBACK_UP,
+            "text": {"type": "plain_text", "text": "👍 Helpful"},
+            "value": reply.id,
+        },
+        {
+            "type": "button",
+            "action_id": ids.FEEDBACK_DOWN,
+            "text": {"type": "plain_text", "text": "👎 Not helpful"},
+            "value": reply.id,
+        },
+    ]
+    if with_share:
+        buttons.insert(
+            0,
+            {
+                "type": "button",
+                "action_id": ids.SHARE_ANSWER,
+                "style": "primary",
+                "text": {"type": "plain_text", "text": "Share in channel"},
+                "value": reply.id,
+            },
+        )
+    blocks.append({"type": "actions", "block_id": ids.ANSWER_ACTIONS_BLOCK, "elements": buttons})
+    return blocks
+
+
+def how_found(reply: Reply) -> str:
+    """The context line: how the answer was found, so people can judge it."""
+    a = reply.answer
+    follow = "this thread's first question and yours, " if "\n" in reply.question else ""
+    changed = (
+        " Volatile values (numbers, IPs, pod names) were ignored." if a.normalized_query != a.query.strip() else ""
+    )
+    return (
+        f"Found by meaning and by keywords ({a.mode} search over {follow}{reply.documents} documents) "
+        f"in {a.encode_ms + a.search_ms:.0f} ms.{changed} Vote below to improve later answers."
+    )
+
+
+def answer_fallback_text(reply: Reply) -> str:
+    """Plain text for notifications and clients that cannot show blocks."""
+    if not reply.found:
+        return "I found nothing relevant in the runbooks or past incidents."
+    top = reply.top
+    assert top is not None
+    return f"Best match: {top.title} ({top.citation})"
+
+
+def build_nothing_found_blocks(question: str) -> list[dict]:
+    text = (
+        "I found nothing relevant in the runbooks or past incidents, so I won't guess.\n"
+        "Try: naming the service (for example `checkout-api`), pasting the exact alert or error line, "
+        "or using the words your dashboards use."
+    )
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Searched for: {_escape(question)[:200]}"}]},
+    ]
+
+
+def build_usage_blocks() -> list[dict]:
+    text = (
+        "*Usage:* `/ask QUESTION`, for example `/ask pgbouncer says too many clients`.\n"
+        "You can also paste an alert or a log line, mention me in a channel, or send me a direct message."
+    )
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+
+
+def build_error_text(error_id: str) -> str:
+    return (
+        f"Sorry, something went wrong on my side (error id `{error_id}`). "
+        "Please try again; if it keeps happening, give the error id to whoever runs opsbot."
+    )
+
+
+def build_vote_ack_text(vote: int, changed: bool, path: str) -> str:
+    if not changed:
+        return "You already voted that way on this answer."
+    word = "helpful" if vote > 0 else "not helpful"
+    return f"Thanks: noted `{path}` as {word}. Later answers to similar questions take it into account."

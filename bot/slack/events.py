@@ -1,0 +1,77 @@
+"""Mentions, direct messages and questions in channels that opted in."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from bot.runtime import Runtime
+from bot.slack.blocks import answer_fallback_text, build_answer_blocks
+from bot.slack.guard import guarded
+
+log = logging.getLogger(__name__)
+MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+ANSWER_ALL = "all"  # the channel setting that makes opsbot answer questions without a mention
+
+
+def just_ack(ack: Ack) -> None:
+    ack()
+
+
+def answer_in_thread(runtime: Runtime, client: WebClient, event: dict) -> None:
+    """Reply in the message's thread with the answer to its text."""
+    question = MENTION.sub(" ", event.get("text") or "").strip()
+    channel = event["channel"]
+    thread_ts = event.get("thread_ts") or event["ts"]
+    if not question:
+        client.chat_postMessage(
+            channel=channel,
+            thread_ts=thread_ts,
+            text="Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
+        )
+        return
+    reply = runtime.reply(question, channel=channel, user=event.get("user", ""), thread_ts=thread_ts)
+    client.chat_postMessage(
+        channel=channel, thread_ts=thread_ts, text=answer_fallback_text(reply), blocks=build_answer_blocks(reply)
+    )
+    log.info("answered channel=%s user=%s answer_id=%s found=%s", channel, event.get("user"), reply.id, reply.found)
+
+
+def looks_like_a_question(text: str) -> bool:
+    """In channels that opted in, answer questions and pasted alerts, not every chat line."""
+    stripped = text.strip()
+    if len(stripped) < 8:
+        return False
+    alertish = re.search(
+        r"(?i)\b(error|fail|fatal|alert|firing|exception|timeout|denied|refused|oom|5\d\d)\b", stripped
+    )
+    return stripped.endswith("?") or bool(alertish) or stripped.lower().startswith(("how ", "what ", "why ", "where "))
+
+
+def register(app: App, runtime: Runtime) -> None:
+    @guarded
+    def answer_mention(event: dict, body: dict, client: WebClient) -> None:
+        answer_in_thread(runtime, client, event)
+
+    @guarded
+    def answer_message(event: dict, body: dict, client: WebClient, context: dict) -> None:
+        if event.get("bot_id") or event.get("subtype"):
+            return  # our own posts, edits, joins: not questions
+        text = event.get("text") or ""
+        bot_user = context.get("bot_user_id") or ""
+        if bot_user and f"<@{bot_user}>" in text:
+            return  # the app_mention event answers it
+        if event.get("channel_type") == "im":
+            answer_in_thread(runtime, client, event)
+            return
+        mode = runtime.store.channel_answer_modes().get(event.get("channel", ""), "mentions")
+        if mode == ANSWER_ALL and (looks_like_a_question(text) or event.get("thread_ts")):
+            if event.get("thread_ts") and runtime.store.thread_question(event["channel"], event["thread_ts"]) is None:
+                return  # a human thread opsbot was never part of
+            answer_in_thread(runtime, client, event)
+
+    app.event("app_mention")(ack=just_ack, lazy=[answer_mention])
+    app.event("message")(ack=just_ack, lazy=[answer_message])

@@ -1,0 +1,65 @@
+"""The Slack app manifest: every command, scope and event the app needs."""
+
+from __future__ import annotations
+
+import yaml
+
+from bot.slack.server import EVENTS_PATH
+
+SLASH_COMMANDS = [
+    ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),
+]
+BOT_SCOPES = [
+    "app_mentions:read",  # mentions in channels
+    "chat:write",  # answers, updates
+    "commands",  # slash commands
+    "im:history",  # direct messages to the bot
+    "im:read",
+    "im:write",
+    "channels:history",  # questions in channels that opted in to answers without a mention
+    "groups:history",
+    "users:read",
+]
+BOT_EVENTS = ["app_mention", "message.im", "message.channels", "message.groups"]
+
+
+def build_manifest(
+    name: str = "opsbot", base_url: str = "https://opsbot.example.com", socket_mode: bool = False
+) -> dict:
+    """A manifest for Slack's "create an app from a manifest"."""
+    request_url = base_url.rstrip("/") + EVENTS_PATH
+    commands = []
+    for command, description, hint in SLASH_COMMANDS:
+        entry = {"command": command, "description": description, "usage_hint": hint, "should_escape": False}
+        if not socket_mode:
+            entry["url"] = request_url
+        commands.append(entry)
+    events: dict = {"bot_events": BOT_EVENTS}
+    interactivity: dict = {"is_enabled": True}
+    if not socket_mode:
+        events["request_url"] = request_url
+        interactivity["request_url"] = request_url
+    return {
+        "display_information": {
+            "name": name,
+            "description": "Answers from your runbooks and past incidents, in chat.",
+            "background_color": "#2c2d30",
+        },
+        "features": {
+            "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
+            "bot_user": {"display_name": name, "always_online": True},
+            "slash_commands": commands,
+        },
+        "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
+        "settings": {
+            "event_subscriptions": events,
+            "interactivity": interactivity,
+            "org_deploy_enabled": False,
+            "socket_mode_enabled": socket_mode,
+            "token_rotation_enabled": False,
+        },
+    }
+
+
+def manifest_yaml(**kwargs: object) -> str:
+    return yaml.safe_dump(build_manifest(**kwargs), sort_keys=False, allow_unicode=True)

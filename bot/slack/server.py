@@ -1,0 +1,106 @@
+"""Serving the Bolt app: HTTP (events, commands and interactivity on one path) or Socket Mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from slack_bolt import App, BoltRequest
+from slack_sdk.signature import SignatureVerifier
+
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+EVENTS_PATH = "/slack/events"
+HEALTH_PATH = "/healthz"
+MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
+
+
+def make_handler(app: App, runtime: Runtime) -> type[BaseHTTPRequestHandler]:
+    verifier = SignatureVerifier(str(runtime.settings.slack_signing_secret))
+
+    class SlackRequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "opsbot"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+            log.debug("http %s", format % args)
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib's name
+            if urlsplit(self.path).path == HEALTH_PATH:
+                state = {"ok": True, "ready": runtime.ready}
+                self._send(200, json.dumps(state).encode())
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib's name
+            parts = urlsplit(self.path)
+            if parts.path != EVENTS_PATH:
+                self._send(404, b'{"error": "not found"}')
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._send(413, b'{"error": "payload too large"}')
+                return
+            body = self.rfile.read(length).decode("utf-8", errors="replace")
+            headers = {k.lower(): [v] for k, v in self.headers.items()}
+            try:
+                request = BoltRequest(body=body, query=parts.query, headers=headers)
+            except ValueError:
+                # Unparseable: answer as Bolt would have, 401 unless Slack really signed it.
+                signed = verifier.is_valid_request(body, {k: v[0] for k, v in headers.items()})
+                self._send(400 if signed else 401, b'{"error": "malformed payload"}' if signed else b"")
+                return
+            response = app.dispatch(request)
+            self.send_response(response.status)
+            for name, values in response.headers.items():
+                for value in values:
+                    self.send_header(name, value)
+            payload = (response.body or "").encode("utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return SlackRequestHandler
+
+
+class HttpServer:
+    """A threaded HTTP server for the Bolt app; ``port=0`` picks a free port."""
+
+    def __init__(self, app: App, runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
+        self.httpd = ThreadingHTTPServer((host, port), make_handler(app, runtime))
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="opsbot-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def socket_mode_handler(app: App, runtime: Runtime):  # noqa: ANN201 - keeps the Socket Mode import lazy
+    """Socket Mode over the same Web API base URL, so apps.connections.open can be local too."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    return SocketModeHandler(app, app_token=str(runtime.settings.slack_app_token), web_client=app.client)

@@ -1,0 +1,253 @@
+"""A running opsbot HTTP endpoint against a fake Slack Web API, driven by signed requests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slack_sdk import WebClient
+
+from bot.config import Secret, Settings
+from bot.runtime import Runtime
+from bot.slack.app import create_app, create_client
+from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.server import HttpServer
+from bot.store import Store
+
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+BOT_TOKEN = "xoxb-1234-5678-testtoken"
+TEAM = "T0000001"
+_ids = itertools.count(1)
+
+
+def sign(body: str, timestamp: int, secret: str = SIGNING_SECRET) -> str:
+    """The X-Slack-Signature Slack sends: v0= HMAC-SHA256 of v0:timestamp:body."""
+    base = f"v0:{timestamp}:{body}".encode()
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Response:
+    status: int
+    body: str
+    seconds: float
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class SlackDriver:
+    """Sends requests to opsbot exactly as Slack does, and reads what opsbot sent back to Slack."""
+
+    base_url: str
+    api: FakeSlackAPI
+    secret: str = SIGNING_SECRET
+    sent: list[str] = field(default_factory=list)
+
+    def post(
+        self,
+        body: str,
+        content_type: str,
+        *,
+        timestamp: int | None = None,
+        secret: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        ts = int(time.time()) if timestamp is None else timestamp
+        request = urllib.request.Request(
+            self.base_url + "/slack/events",
+            data=body.encode(),
+            method="POST",
+            headers={
+                "Content-Type": content_type,
+                "X-Slack-Request-Timestamp": str(ts),
+                "X-Slack-Signature": sign(body, ts, secret or self.secret),
+                **(headers or {}),
+            },
+        )
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return Response(response.status, response.read().decode(), time.perf_counter() - started)
+        except urllib.error.HTTPError as error:
+            return Response(error.code, error.read().decode(), time.perf_counter() - started)
+
+    def event(self, event: dict, *, event_id: str | None = None, retry: int | None = None, **kw: object) -> Response:
+        body = json.dumps(
+            {
+                "token": "legacy",
+                "team_id": TEAM,
+                "api_app_id": "A0000001",
+                "type": "event_callback",
+                "event_id": event_id or f"Ev{next(_ids):08d}",
+                "event_time": int(time.time()),
+                "authorizations": [{"team_id": TEAM, "user_id": "UBOT0001", "is_bot": True}],
+                "event": event,
+            }
+        )
+        headers = {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"} if retry else None
+        return self.post(body, "application/json", headers=headers, **kw)  # type: ignore[arg-type]
+
+    def mention(
+        self,
+        text: str,
+        user: str = "U04C2RN8VD",
+        channel: str = "C0OPS0001",
+        thread_ts: str | None = None,
+        **kw: object,
+    ) -> tuple[Response, str]:
+        ts = f"{time.time():.6f}"
+        event = {"type": "app_mention", "user": user, "text": f"<@UBOT0001> {text}", "channel": channel, "ts": ts}
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return self.event(event, **kw), ts
+
+    def message(
+        self,
+        text: str,
+        user: str = "U04C2RN8VD",
+        channel: str = "D0DM00001",
+        channel_type: str = "im",
+        thread_ts: str | None = None,
+    ) -> tuple[Response, str]:
+        ts = f"{time.time():.6f}"
+        event = {
+            "type": "message",
+            "user": user,
+            "text": text,
+            "channel": channel,
+            "ts": ts,
+            "channel_type": channel_type,
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return self.event(event), ts
+
+    def command(self, command: str, text: str, user: str = "U04C2RN8VD", channel: str = "C0OPS0001") -> Response:
+        name = f"cmd{next(_ids)}"
+        body = urllib.parse.urlencode(
+            {
+                "token": "legacy",
+                "team_id": TEAM,
+                "team_domain": "larder",
+                "channel_id": channel,
+                "channel_name": "ops",
+                "user_id": user,
+                "user_name": user.lower(),
+                "command": command,
+                "text": text,
+                "api_app_id": "A0000001",
+                "response_url": self.api.response_url(name),
+                "trigger_id": f"trig.{name}",
+            }
+        )
+        self.sent.append(name)
+        return self.post(body, "application/x-www-form-urlencoded")
+
+    def click(
+        self,
+        action_id: str,
+        value: str,
+        user: str = "U03F8K2LQ1",
+        channel: str = "C0OPS0001",
+        message_ts: str = "1700000000.000100",
+    ) -> Response:
+        name = f"act{next(_ids)}"
+        payload = {
+            "type": "block_actions",
+            "team": {"id": TEAM, "domain": "larder"},
+            "user": {"id": user, "username": user.lower(), "team_id": TEAM},
+            "api_app_id": "A0000001",
+            "token": "legacy",
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+            "trigger_id": f"trig.{name}",
+            "channel": {"id": channel, "name": "ops"},
+            "message": {"type": "message", "ts": message_ts, "text": "answer"},
+            "response_url": self.api.response_url(name),
+            "actions": [
+                {
+                    "action_id": action_id,
+                    "block_id": "answer-actions",
+                    "type": "button",
+                    "value": value,
+                    "action_ts": f"{time.time():.6f}",
+                }
+            ],
+        }
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
+        return self.post(body, "application/x-www-form-urlencoded")
+
+
+def copy_database(source: Store, target: Path) -> Store:
+    """A private copy of an indexed database, so one test's votes cannot change another's answers."""
+    with sqlite3.connect(target) as dest:
+        source.db.conn.backup(dest)
+    return Store(target)
+
+
+@pytest.fixture
+def slack_api() -> Iterator[FakeSlackAPI]:
+    with FakeSlackAPI() as api:
+        yield api
+
+
+def make_settings(tmp_path: Path, api: FakeSlackAPI) -> Settings:
+    return Settings(
+        knowledge_dir=Path("knowledge"),
+        db_path=tmp_path / "opsbot.db",
+        model="unused",
+        slack_bot_token=Secret(BOT_TOKEN),
+        slack_signing_secret=Secret(SIGNING_SECRET),
+        slack_api_url=api.url,
+    )
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store, minilm) -> Iterator[Runtime]:  # noqa: ANN001
+    store = copy_database(sample_index, tmp_path / "opsbot.db")
+    rt = Runtime(make_settings(tmp_path, slack_api), encoder=minilm, store=store)
+    rt.start_loading()
+    yield rt
+    store.close()
+
+
+def start_bot(runtime: Runtime, api: FakeSlackAPI, client: WebClient | None = None) -> tuple[HttpServer, SlackDriver]:
+    app = create_app(runtime, client=client or create_client(runtime))
+    server = HttpServer(app, runtime, host="127.0.0.1", port=0).start()
+    return server, SlackDriver(f"http://127.0.0.1:{server.port}", api)
+
+
+@pytest.fixture
+def slack(runtime: Runtime, slack_api: FakeSlackAPI) -> Iterator[SlackDriver]:
+    server, driver = start_bot(runtime, slack_api)
+    yield driver
+    server.stop()
+
+
+class GatedEncoder:
+    """Wraps the real model but holds its loading until the test opens the gate."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.gate = threading.Event()
+
+    def load(self) -> None:
+        assert self.gate.wait(30), "the test never opened the gate"
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.inner.encode(texts, batch_size)
