@@ -370,3 +370,94 @@ def manifest(url: str, socket_mode: bool, name: str) -> None:
     from bot.slack.manifest import manifest_yaml
 
     click.echo(manifest_yaml(name=name, base_url=url, socket_mode=socket_mode))
+
+
+@main.group()
+def channels() -> None:
+    """Where opsbot answers without a mention: `all` questions, or `mentions` only (the default).
+
+    \b
+    Example:
+      opsbot channels list
+      opsbot channels set C04ALERTS1 all
+    """
+
+
+@channels.command(name="list")
+@click.pass_context
+@handle_errors
+def channels_list(ctx: click.Context) -> None:
+    """List channels with a setting.
+
+    \b
+    Example:
+      opsbot channels list
+    """
+    from bot.store import Store
+
+    store = Store(load_settings(ctx).db_path)
+    try:
+        modes = store.channel_answer_modes()
+    finally:
+        store.close()
+    if not modes:
+        click.echo("No channel settings: opsbot answers mentions and DMs everywhere.")
+    for channel, mode in sorted(modes.items()):
+        click.echo(f"{channel}  {mode}")
+
+
+@channels.command(name="set")
+@click.argument("channel")
+@click.argument("mode", type=click.Choice(["all", "mentions"]))
+@click.pass_context
+@handle_errors
+def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
+    """Make opsbot answer all questions in CHANNEL, or only mentions.
+
+    \b
+    Example:
+      opsbot channels set C04ALERTS1 all
+    """
+    from bot.knowledge import CHANNEL_ID
+    from bot.store import Store
+
+    if not CHANNEL_ID.match(channel):
+        raise OpsbotError(
+            f"{channel!r} is not a Slack channel id; use the id (like C04ALERTS1: channel details > About), "
+            "not the #name."
+        )
+    store = Store(load_settings(ctx).db_path)
+    try:
+        store.set_channel_answer_mode(channel, mode, "cli")
+    finally:
+        store.close()
+    click.echo(f"{channel}: {'answers questions without a mention' if mode == 'all' else 'answers mentions only'}.")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the votes as JSON.")
+@click.pass_context
+@handle_errors
+def feedback(ctx: click.Context, as_json: bool) -> None:
+    """List the 👍/👎 votes people gave answers in Slack.
+
+    \b
+    Example:
+      opsbot feedback
+      opsbot feedback --json
+    """
+    from bot.store import Store
+
+    store = Store(load_settings(ctx).db_path)
+    try:
+        rows = store.feedback_rows()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No feedback yet.")
+    for row in rows:
+        vote = "👍" if row["vote"] > 0 else "👎"
+        click.echo(f"{row['at']}  {vote}  {row['user']}  {row['path']}  <- {row['query']!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
+from bot.experts import incident_vector_hash
 from bot.knowledge import load_knowledge
 from bot.models import Document, Problem
 from bot.store import ChunkRow, Store
@@ -138,9 +139,15 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         }
         _embed(store, encoder, kept, report, progress)
 
-    store.replace_incidents(kb.incidents, keep=kb.failed_paths)
+    store.replace_incidents(
+        kb.incidents, keep=kb.failed_paths, vector_hashes={i.id: incident_vector_hash(i) for i in kb.incidents}
+    )
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
+    if "services.yaml" not in kb.failed_paths:
+        store.replace_services(kb.services)
+    for channel, mode in kb.channels.items():
+        store.set_channel_answer_mode(channel, mode, "channels.yaml")
     if changed or removed or not same_model:
         store.prune_embeddings(encoder.model_id)
     store.set_meta("model", encoder.model_id)

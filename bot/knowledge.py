@@ -54,10 +54,15 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     services = root / "services.yaml"
     if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
         try:
-            yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            kb.problems.append(Problem("services.yaml", f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)))
+            kb.services, problems = parse_services("services.yaml", text)
+            kb.problems.extend(problems)
+        except FileProblem as exc:
+            kb.problems.append(Problem("services.yaml", str(exc), exc.line))
             kb.failed_paths.add("services.yaml")
+    channels = root / "channels.yaml"
+    if channels.is_file() and (text := _read(kb, "channels.yaml", channels)) is not None:
+        kb.channels, problems = parse_channels("channels.yaml", text)
+        kb.problems.extend(problems)
     _check_responders(kb)
     return kb
 
@@ -248,7 +253,7 @@ def _parse_date(value: Any) -> datetime | None:
 
 def _key_line(text: str, key: str) -> int:
     for number, line in enumerate(text.splitlines()):
-        if re.match(rf"^\s*-?\s*{re.escape(key)}\s*:", line):
+        if re.match(rf"^\s*-?\s*['\"]?{re.escape(key)}['\"]?\s*:", line):
             return number
     return 0
 
@@ -335,6 +340,64 @@ def _expert_from_dict(entry: Any) -> Expert:
         hours=hours,
         away=bool(entry.get("away", False)),
     )
+
+
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]:
+    """services.yaml: each service with its owners; the deploy settings are checked by the deploy feature."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise FileProblem(f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)) from exc
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict):
+        raise FileProblem("must hold `services:`, a mapping of service names to their settings", 1)
+    result: dict[str, dict] = {}
+    problems: list[Problem] = []
+    for name, entry in services.items():
+        line = 1 + _key_line(text, str(name))
+        if not SERVICE_NAME.match(str(name)):
+            problems.append(Problem(rel, f"service name {name!r}: use lower-case letters, digits and dashes", line))
+            continue
+        entry = entry or {}
+        if not isinstance(entry, dict):
+            problems.append(Problem(rel, f"services.{name} must be a mapping with owners: and environments:", line))
+            continue
+        try:
+            entry["owners"] = list(_strings(entry.get("owners"), "owners"))
+        except FileProblem as exc:
+            problems.append(Problem(rel, f"services.{name}.owners: {exc}", line))
+            continue
+        result[str(name)] = entry
+    return result, problems
+
+
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")
+CHANNEL_MODES = ("mentions", "all")
+
+
+def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
+    """How opsbot behaves per channel: answer only when mentioned, or all questions."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        return {}, [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
+    entries = data.get("channels") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}, [Problem(rel, "must hold `channels:` mapping channel ids to `all` or `mentions`.")]
+    result: dict[str, str] = {}
+    problems: list[Problem] = []
+    for channel, mode in entries.items():
+        line = 1 + _key_line(text, str(channel))
+        if not CHANNEL_ID.match(str(channel)):
+            problems.append(Problem(rel, f"{channel!r} is not a Slack channel id (like C04ALERTS1)", line))
+        elif mode not in CHANNEL_MODES:
+            problems.append(Problem(rel, f"channel {channel}: {mode!r} must be `all` or `mentions`", line))
+        else:
+            result[str(channel)] = mode
+    return result, problems
 
 
 def _check_responders(kb: KnowledgeBase) -> None:

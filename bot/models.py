@@ -98,6 +98,8 @@ class KnowledgeBase:
     experts: list[Expert] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     failed_paths: set[str] = field(default_factory=set)
+    channels: dict[str, str] = field(default_factory=dict)  # channel id -> "all" | "mentions"
+    services: dict[str, dict] = field(default_factory=dict)  # services.yaml: name -> its entry
 
 
 @dataclass(frozen=True)

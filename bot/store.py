@@ -19,7 +19,7 @@ import numpy as np
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from bot.models import Document, Expert, Incident
+from bot.models import Document, Expert, Incident, TimelineEntry
 
 migrations = Migrations("opsbot")
 TOKENIZER = "porter unicode61 remove_diacritics 2"
@@ -119,6 +119,14 @@ def m004_conversations(db: Database) -> None:
     )
     db["feedback"].create_index(["answer_id", "user"], unique=True)
     db["channel_settings"].create({"channel": str, "answer": str, "updated_by": str, "at": str}, pk="channel")
+
+
+@migrations()
+def m005_services_and_suggestions(db: Database) -> None:
+    db["services"].create({"name": str, "owners": str, "config": str}, pk="name")
+    db["incidents"].add_column("vector_hash", str)  # the expert model's vector of the incident
+    # Who was suggested first, and when: spreads the load between equally good people.
+    db["suggestions"].create({"id": int, "at": str, "text": str, "first": str, "ranked": str}, pk="id")
 
 
 @dataclass(frozen=True)
@@ -267,12 +275,25 @@ class Store:
         )
         return [tuple(r) for r in self.db.execute(missing, [model, model]).fetchall()]
 
+    def vectors_for(self, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors for these content hashes (those that exist)."""
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(hashes), 500):
+            part = hashes[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT hash, vector FROM embeddings WHERE model = ? AND hash IN ({marks})", [model, *part]
+            )
+            found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows.fetchall())
+        return found
+
     def prune_embeddings(self, model: str) -> int:
         """Drop vectors nothing uses any more: old text, and every other model's."""
         with self.transaction():
             cur = self.db.execute(
                 "DELETE FROM embeddings WHERE model != ? OR (hash NOT IN (SELECT embed_hash FROM chunks) "
-                "AND hash NOT IN (SELECT title_hash FROM documents))",
+                "AND hash NOT IN (SELECT title_hash FROM documents WHERE title_hash IS NOT NULL) "
+                "AND hash NOT IN (SELECT vector_hash FROM incidents WHERE vector_hash IS NOT NULL))",
                 [model],
             )
             return cur.rowcount
@@ -354,7 +375,9 @@ class Store:
 
     # -- incidents and roster -------------------------------------------
 
-    def replace_incidents(self, incidents: list[Incident], keep: set[str] = frozenset()) -> None:
+    def replace_incidents(
+        self, incidents: list[Incident], keep: set[str] = frozenset(), vector_hashes: dict[str, str] | None = None
+    ) -> None:
         """Store the incidents read from files; ids in ``keep`` (unreadable files) stay as they were."""
         with self.transaction():
             current = {i.id for i in incidents}
@@ -376,11 +399,69 @@ class Store:
                         "duration_minutes": i.duration_minutes,
                         "timeline": json.dumps([[t.at, t.event] for t in i.timeline]),
                         "path": i.path,
+                        "vector_hash": (vector_hashes or {}).get(i.id),
                     }
                     for i in incidents
                 ],
                 pk="id",
             )
+
+    def load_incidents(self) -> list[Incident]:
+        """Every stored incident, oldest first."""
+        rows = self.db.execute(
+            "SELECT id, title, date, severity, services, responders, summary, root_cause, resolution, path, "
+            "duration_minutes, timeline FROM incidents ORDER BY date, id"
+        ).fetchall()
+        return [
+            Incident(
+                id=r[0],
+                title=r[1],
+                date=datetime.fromisoformat(r[2]),
+                severity=r[3],
+                services=tuple(json.loads(r[4])),
+                responders=tuple(json.loads(r[5])),
+                summary=r[6],
+                root_cause=r[7],
+                resolution=r[8],
+                path=r[9],
+                duration_minutes=r[10],
+                timeline=tuple(TimelineEntry(at, event) for at, event in json.loads(r[11] or "[]")),
+            )
+            for r in rows
+        ]
+
+    def load_experts(self) -> list[Expert]:
+        rows = self.db.execute(
+            "SELECT id, name, team, skills, services, timezone, hours, away FROM experts ORDER BY rowid"
+        ).fetchall()
+        return [
+            Expert(r[0], r[1], r[2], tuple(json.loads(r[3])), tuple(json.loads(r[4])), r[5], r[6] or "", bool(r[7]))
+            for r in rows
+        ]
+
+    def replace_services(self, services: dict[str, dict]) -> None:
+        """Store services.yaml: each service's owners (roster ids or team names) and its whole entry."""
+        with self.transaction():
+            self.db.execute("DELETE FROM services")
+            self.db["services"].insert_all(
+                [
+                    {"name": name, "owners": json.dumps(list(cfg.get("owners") or [])), "config": json.dumps(cfg)}
+                    for name, cfg in services.items()
+                ]
+            )
+
+    def service_owners(self) -> dict[str, list[str]]:
+        return {name: json.loads(owners) for name, owners in self.db.execute("SELECT name, owners FROM services")}
+
+    def log_suggestion(self, text: str, ranked: list[str]) -> None:
+        with self.transaction():
+            self.db["suggestions"].insert(
+                {"at": _now(), "text": text[:500], "first": ranked[0] if ranked else "", "ranked": json.dumps(ranked)}
+            )
+
+    def recent_first_suggestions(self, limit: int = 10) -> list[str]:
+        rows = self.db.execute("SELECT first FROM suggestions ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+        return [r[0] for r in rows]
 
     def incident_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM incidents").fetchone()[0]
@@ -406,6 +487,10 @@ class Store:
 
     def expert_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM experts").fetchone()[0]
+
+    def roster_names(self) -> dict[str, str]:
+        """Slack user id to name of every roster member, in roster order."""
+        return dict(self.db.execute("SELECT id, name FROM experts ORDER BY rowid").fetchall())
 
     # -- Slack conversations ----------------------------------------------
 

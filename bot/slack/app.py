@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor
 
 from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
@@ -29,8 +30,12 @@ def create_client(runtime: Runtime) -> WebClient:
     return client
 
 
-def create_app(runtime: Runtime, client: WebClient | None = None) -> App:
-    """The Bolt app for ``runtime``; nothing is created at import time."""
+def create_app(runtime: Runtime, client: WebClient | None = None, listener_executor: Executor | None = None) -> App:
+    """The Bolt app for ``runtime``; nothing is created at import time.
+
+    ``listener_executor`` runs the handlers (Bolt's own thread pool when None); the local shell passes one
+    that counts work in flight, so it knows when the handlers are done.
+    """
     settings = runtime.settings
     app = App(
         client=client or create_client(runtime),
@@ -38,6 +43,7 @@ def create_app(runtime: Runtime, client: WebClient | None = None) -> App:
         process_before_response=False,
         token_verification_enabled=False,
         raise_error_for_unhandled_request=False,
+        listener_executor=listener_executor,
     )
 
     @app.middleware

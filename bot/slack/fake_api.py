@@ -45,7 +45,7 @@ Body = dict[str, Any]
 
 @dataclass(frozen=True)
 class Call:
-    """One request the fake received, with the answer's HTTP status and Slack error (if any)."""
+    """One request the fake received, with the answer's HTTP status, Slack error (if any) and JSON answer."""
 
     method: str
     path: str
@@ -55,6 +55,7 @@ class Call:
     status: int = 200
     error: str | None = None
     token_digest: str = field(default="", repr=False)
+    answer: Answer = field(default_factory=dict, repr=False, compare=False)  # e.g. the ts of a posted message
 
     @property
     def ok(self) -> bool:
@@ -303,7 +304,7 @@ class FakeSlackAPI:
             else:
                 status, answer = self._answer(method, body)
             error = None if answer.get("ok") else str(answer.get("error", "unknown_error"))
-            self._calls.append(Call(method, path, body, headers, time.time(), status, error, digest))
+            self._calls.append(Call(method, path, body, headers, time.time(), status, error, digest, answer))
             self._cond.notify_all()
         log.debug("fake slack call method=%s status=%s error=%s", method, status, error)
         return status, answer, extra

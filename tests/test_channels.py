@@ -1,0 +1,63 @@
+"""Per-channel answer settings from channels.yaml and from the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bot.cli import main
+from bot.indexer import index_knowledge
+from bot.knowledge import load_knowledge
+from bot.store import Store
+from tests.conftest import FakeEncoder
+
+
+def write_kb(root: Path, channels: str) -> Path:
+    (root / "runbooks").mkdir(parents=True)
+    (root / "runbooks" / "a.md").write_text("# Disk full\n\nClean the disk.\n", encoding="utf-8")
+    (root / "channels.yaml").write_text(channels, encoding="utf-8")
+    return root
+
+
+def test_channels_file_is_read_and_bad_entries_reported_with_their_line(tmp_path: Path) -> None:
+    root = write_kb(tmp_path / "kb", "channels:\n  C04ALERTS1: all\n  '#general': all\n  C04ONCALL2: sometimes\n")
+    kb = load_knowledge(root)
+    assert kb.channels == {"C04ALERTS1": "all"}
+    messages = sorted(str(p) for p in kb.problems)
+    assert messages == [
+        "channels.yaml:3: '#general' is not a Slack channel id (like C04ALERTS1)",
+        "channels.yaml:4: channel C04ONCALL2: 'sometimes' must be `all` or `mentions`",
+    ]
+
+
+def test_index_applies_the_channels_file(tmp_path: Path) -> None:
+    root = write_kb(tmp_path / "kb", "channels:\n  C04ALERTS1: all\n  C04GENERAL: mentions\n")
+    store = Store(tmp_path / "o.db")
+    index_knowledge(store, FakeEncoder(), root)
+    assert store.channel_answer_modes() == {"C04ALERTS1": "all", "C04GENERAL": "mentions"}
+
+
+def test_cli_sets_and_lists_channels_and_refuses_names(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert "No channel settings" in runner.invoke(main, ["channels", "list"]).output
+    result = runner.invoke(main, ["channels", "set", "C04ALERTS1", "all"])
+    assert result.exit_code == 0 and "answers questions without a mention" in result.output
+    assert runner.invoke(main, ["channels", "list"]).output.strip() == "C04ALERTS1  all"
+    bad = runner.invoke(main, ["channels", "set", "#alerts", "all"])
+    assert bad.exit_code == 1 and "is not a Slack channel id" in bad.output and "Traceback" not in bad.output
+    wrong_mode = runner.invoke(main, ["channels", "set", "C04ALERTS1", "always"])
+    assert wrong_mode.exit_code == 2 and "'always' is not one of 'all', 'mentions'" in wrong_mode.output
+
+
+def test_feedback_command_lists_votes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "opsbot.db")
+    store.record_feedback("a1", "U04C2RN8VD", "pgbouncer full", "runbooks/p.md", -1, None)
+    store.record_feedback("a2", "U03F8K2LQ1", "latency", "runbooks/l.md", 1, None)
+    store.close()
+    runner = CliRunner()
+    output = runner.invoke(main, ["feedback"]).output
+    assert "👎  U04C2RN8VD  runbooks/p.md  <- 'pgbouncer full'" in output
+    assert "👍  U03F8K2LQ1  runbooks/l.md  <- 'latency'" in output
+    rows = __import__("json").loads(runner.invoke(main, ["feedback", "--json"]).output)
+    assert [(r["user"], r["vote"]) for r in rows] == [("U04C2RN8VD", -1), ("U03F8K2LQ1", 1)]
