@@ -185,3 +185,56 @@ def _write_runbooks(root: Path, docs: list[Document]) -> None:
 
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bench_experts(encoder: SentenceTransformerEncoder, incidents: int = 1000, embed: bool = True) -> dict:
+    """Training the expert model on ``incidents`` synthetic incidents: embedding them, and fitting."""
+    from datetime import UTC, datetime, timedelta
+
+    from bot.experts import ExpertModel, incident_text
+    from bot.models import Expert, Incident
+
+    rng = random.Random(5)
+    people = [
+        Expert(
+            f"U0BENCH{n:03d}",
+            f"Person {n}",
+            rng.choice(SERVICES),
+            skills=tuple(rng.sample(NOUNS, 3)),
+            services=(rng.choice(SERVICES),),
+        )
+        for n in range(40)
+    ]
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    made = [
+        Incident(
+            f"INC-B-{n:04d}",
+            synthetic_sentence(rng, 8),
+            start + timedelta(hours=7 * n),
+            rng.randint(1, 4),
+            (rng.choice(SERVICES),),
+            tuple(p.id for p in rng.sample(people, rng.randint(1, 3))),
+            synthetic_sentence(rng, 30),
+            synthetic_sentence(rng, 20),
+            synthetic_sentence(rng, 15),
+            "bench",
+        )
+        for n in range(incidents)
+    ]
+    result: dict = {"incidents": incidents}
+    if embed:
+        started = time.perf_counter()
+        vectors = encoder.encode([incident_text(i) for i in made])
+        result["embed_s"] = round(time.perf_counter() - started, 2)
+    else:
+        vectors = np.random.default_rng(3).standard_normal((incidents, encoder.dim)).astype(np.float32)
+    started = time.perf_counter()
+    model = ExpertModel(people, made, vectors)
+    result["fit_s"] = round(time.perf_counter() - started, 4)
+    samples = []
+    for q in range(30):
+        started = time.perf_counter()
+        model.rank(made[q].title, vectors[q])
+        samples.append((time.perf_counter() - started) * 1000)
+    result["rank_ms"] = Timing.of(samples).__dict__
+    return result

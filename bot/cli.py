@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,28 +175,59 @@ def _answer_dict(answer: Any) -> dict:
 
 @main.command(name="eval")
 @click.option("--knowledge", "knowledge", type=click.Path(path_type=Path), required=True, help="Knowledge directory.")
-@click.option("--queries", type=click.Path(path_type=Path), required=True, help="JSON-lines query file.")
+@click.option("--queries", type=click.Path(path_type=Path), default=None, help="JSON-lines query file.")
+@click.option("--task", type=click.Choice(["search", "experts"]), default="search", show_default=True)
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25", "all"]), default="all", show_default=True)
+@click.option(
+    "--relevant",
+    type=click.Choice(["all", "main"]),
+    default="all",
+    show_default=True,
+    help="Experts, time split: every responder counts, or only the main resolver.",
+)
+@click.option("--with-services", is_flag=True, help="Experts, time split: give each incident's services too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--misses", is_flag=True, help="Also list the queries whose first result was wrong.")
 @click.pass_context
 @handle_errors
-def evaluate(ctx: click.Context, knowledge: Path, queries: Path, mode: str, as_json: bool, misses: bool) -> None:
-    """Measure retrieval: Recall@1/3/5 and MRR@10, per mode and per query kind.
+def evaluate(
+    ctx: click.Context,
+    knowledge: Path,
+    queries: Path | None,
+    task: str,
+    mode: str,
+    relevant: str,
+    with_services: bool,
+    as_json: bool,
+    misses: bool,
+) -> None:
+    """Measure retrieval (Recall@1/3/5, MRR@10 per mode and kind) or expert suggestion (top-1/3, MRR).
 
-    Indexes the directory into a temporary database, so your index is untouched.
+    Indexes the directory into a temporary database, so your index is untouched. The expert task
+    without --queries trains on the older 70% of the incidents and tests on the newer 30%, against
+    two baselines: service ownership only, and the most frequent responders.
 
     \b
     Example:
       opsbot eval --knowledge ../shared/eval/prometheus-runbooks/knowledge \\
                   --queries ../shared/eval/prometheus-runbooks/queries.jsonl
+      opsbot eval --task experts --knowledge knowledge
     """
     from bot.encoder import SentenceTransformerEncoder
-    from bot.evaluation import run_eval
+    from bot.evaluation import evaluate_experts, run_eval
 
     settings = load_settings(ctx)
+    if not knowledge.is_dir():
+        raise OpsbotError(f"knowledge directory {str(knowledge)!r} does not exist.")
+    encoder = SentenceTransformerEncoder(settings.model)
+    if task == "experts":
+        result = evaluate_experts(knowledge, encoder, queries, relevant=relevant, with_services=with_services)
+        click.echo(json.dumps(result, indent=2) if as_json else format_experts_table(result))
+        return
+    if queries is None:
+        raise OpsbotError("--queries is required for the search task: a JSON-lines file of questions.")
     modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
-    results, report = run_eval(knowledge, queries, modes, SentenceTransformerEncoder(settings.model))
+    results, report = run_eval(knowledge, queries, modes, encoder)
     if as_json:
         click.echo(json.dumps({"modes": results, "index": report.as_dict()}, indent=2))
         return
@@ -277,38 +308,62 @@ def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--user", metavar="ID", default=None, help="Act as this roster member (a Slack user id from experts.yaml)."
+)
 @click.pass_context
 @handle_errors
-def shell(ctx: click.Context) -> None:
-    """Chat with opsbot in the terminal, without a Slack workspace.
+def shell(ctx: click.Context, user: str | None) -> None:
+    """Chat with opsbot in the terminal, through the same handlers as Slack.
+
+    Plain text is a direct message to opsbot, slash commands such as /ask work as in Slack, and
+    buttons are numbered: type the number to press one. You act as the first roster member
+    unless --user says otherwise; /help lists the rest.
 
     \b
     Example:
       opsbot shell
+      opsbot shell --user U04C2RN8VD
       echo "pgbouncer too many clients" | opsbot shell
     """
-    from bot.search import SearchIndex
-    from bot.shell import run_shell
+    from bot.runtime import Runtime
+    from bot.shell import Shell
 
     settings = load_settings(ctx)
+    root = logging.getLogger()
+    level = root.level
+    if settings.log_level != "DEBUG":
+        root.setLevel(logging.WARNING)  # INFO lines would interleave with the conversation
     store, encoder = _open(settings)
     try:
         if not store.counts()["chunks"]:
             raise OpsbotError("the index is empty; run `opsbot index` first.")
-        click.echo("Loading the model...", err=True)
-        encoder.load()
-        index = SearchIndex(store, encoder)
-
-        def lines() -> Any:
-            while True:
-                try:
-                    yield input("you> " if sys.stdin.isatty() else "")
-                except EOFError:
-                    return
-
-        run_shell(index, lines(), lambda text: click.echo(f"\n{text}\n"), k=settings.top_k)
+        runtime = Runtime(settings, encoder=encoder, store=store)
+        interactive = sys.stdin.isatty()
+        with Shell(runtime, write=click.echo, user=user, style=click.style, echo=not interactive) as chat:
+            runtime.start_loading()  # the prompt appears at once; the first answer waits for the model
+            chat.run(_typed_lines(chat, interactive))
     finally:
         store.close()
+        root.setLevel(level)
+
+
+def _typed_lines(chat: Any, interactive: bool) -> Iterator[str]:
+    """Lines from stdin, with line editing and a prompt naming who you act as when it is a terminal."""
+    if interactive:
+        try:
+            import readline  # noqa: F401 - gives input() history and line editing
+        except ImportError:  # not on every platform
+            pass
+    while True:
+        try:
+            yield input(chat.prompt if interactive else "")
+        except EOFError:
+            if interactive:
+                click.echo()
+            return
+        except KeyboardInterrupt:  # Ctrl-C clears the line, as in a shell; Ctrl-D leaves
+            click.echo()
 
 
 @main.command()
@@ -461,3 +516,69 @@ def feedback(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         vote = "👍" if row["vote"] > 0 else "👎"
         click.echo(f"{row['at']}  {vote}  {row['user']}  {row['path']}  <- {row['query']!r}")
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@click.option("--service", "services", multiple=True, help="A service involved (repeatable).")
+@click.option("-n", "limit", type=click.IntRange(1, 20), default=3, show_default=True, help="How many people.")
+@click.option("--json", "as_json", is_flag=True, help="Print the suggestions as JSON.")
+@click.pass_context
+@handle_errors
+def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Suggest who to pull in, with the reasons: similar incidents they resolved, ownership, skills.
+
+    \b
+    Example:
+      opsbot experts "pgbouncer pool exhausted, checkout 503s" --service checkout-api
+      opsbot experts --json "kafka consumer lag on orders"
+    """
+    from bot.runtime import Runtime
+
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    try:
+        if not store.expert_count():
+            raise OpsbotError("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
+        runtime = Runtime(settings, encoder=encoder, store=store)
+        suggestions = runtime.suggest_experts(" ".join(text), list(services) or None, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([_suggestion_dict(s) for s in suggestions], indent=2))
+        return
+    if not suggestions:
+        click.echo("Nobody matches: no similar past incidents, owners or skills. Name the service or paste the alert.")
+    for n, s in enumerate(suggestions, start=1):
+        flags = f"  [{'; '.join(s.flags)}]" if s.flags else ""
+        click.secho(f"{n}. {s.expert.name} ({s.expert.id}, {s.expert.team})  score {s.score:.2f}{flags}", bold=True)
+        for reason in s.reasons():
+            click.echo(f"   - {reason}")
+
+
+def _suggestion_dict(s: Any) -> dict:
+    return {
+        "id": s.expert.id,
+        "name": s.expert.name,
+        "team": s.expert.team,
+        "score": s.score,
+        "reasons": s.reasons(),
+        "incidents": [{"id": i.id, "similarity": i.similarity, "main_resolver": i.main_resolver} for i in s.incidents],
+        "owns": list(s.owns),
+        "skills": list(s.skills),
+        "flags": list(s.flags),
+    }
+
+
+def format_experts_table(result: dict) -> str:
+    """The expert evaluation: learned ranking and the two baselines side by side."""
+    lines = [
+        f"{result['split']}; relevant: {'every responder' if result['relevant'] == 'all' else 'the main resolver'}"
+        f"{'; services given' if result['with_services'] else '; text only'}",
+        f"{'ranking':<16} {'n':>4} {'top-1':>7} {'top-3':>7} {'MRR':>7}",
+    ]
+    for name in ("learned", "ownership", "most_frequent"):
+        m = result[name]
+        lines.append(f"{name:<16} {m['queries']:>4} {m['top1']:>7.3f} {m['top3']:>7.3f} {m['mrr']:>7.3f}")
+    lines.append(f"(trained in {result['train_seconds']:.2f} s, embedding included)")
+    return "\n".join(lines)

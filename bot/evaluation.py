@@ -100,3 +100,98 @@ def run_eval(
             return evaluate(index, queries, modes), report
         finally:
             store.close()
+
+
+@dataclass(frozen=True)
+class ExpertQuery:
+    id: str
+    text: str
+    relevant: frozenset[str]
+    services: tuple[str, ...] = ()
+
+
+def rank_metrics(rankings: list[tuple[list[str], frozenset[str]]]) -> dict[str, float]:
+    """Top-1 and top-3 hit rates and MRR of ranked roster ids against the relevant ones."""
+    n = max(len(rankings), 1)
+    top1 = sum(bool(r) and r[0] in rel for r, rel in rankings)
+    top3 = sum(any(x in rel for x in r[:3]) for r, rel in rankings)
+    mrr = sum(next((1 / (i + 1) for i, x in enumerate(r) if x in rel), 0.0) for r, rel in rankings)
+    return {"queries": len(rankings), "top1": round(top1 / n, 4), "top3": round(top3 / n, 4), "mrr": round(mrr / n, 4)}
+
+
+def load_expert_queries(path: Path) -> list[ExpertQuery]:
+    """JSON lines: {"id", "query", "relevant": [roster ids], "services"?: [...]}."""
+    queries = load_queries(path)  # validates every line
+    services = {
+        str(data.get("id", n)): tuple(data.get("services") or [])
+        for n, data in enumerate(
+            (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), start=1
+        )
+    }
+    return [ExpertQuery(q.id, q.query, q.relevant, services.get(q.id, ())) for q in queries]
+
+
+def time_split_queries(incidents: list, train_share: float, relevant: str) -> tuple[list, list[ExpertQuery]]:
+    """Train on the older incidents; ask with the newer ones' title and summary (what is known when one starts)."""
+    ordered = sorted(incidents, key=lambda i: (i.date, i.id))
+    cut = max(1, int(len(ordered) * train_share))
+    train, test = ordered[:cut], ordered[cut:]
+    queries = [
+        ExpertQuery(i.id, f"{i.title}. {i.summary}", frozenset(i.responders if relevant == "all" else i.responders[:1]))
+        for i in test
+    ]
+    return train, queries
+
+
+def evaluate_experts(
+    knowledge: Path,
+    encoder: Encoder,
+    queries_path: Path | None = None,
+    train_share: float = 0.7,
+    relevant: str = "all",
+    with_services: bool = False,
+) -> dict:
+    """The learned ranking against two baselines: service ownership only, and the most frequent responders."""
+    from collections import Counter
+
+    from bot.experts import train as train_experts
+    from bot.knowledge import load_knowledge
+    from bot.text import spell_identifiers, strip_volatile
+
+    kb = load_knowledge(knowledge)
+    if not kb.experts:
+        raise InvalidRequest(f"{knowledge}/experts.yaml has no people; the expert evaluation needs a roster.")
+    if queries_path is not None:
+        train, queries = kb.incidents, load_expert_queries(queries_path)
+        split = f"all {len(train)} incidents; queries from {queries_path.name}"
+    else:
+        if len(kb.incidents) < 4:
+            raise InvalidRequest("a time split needs at least 4 incidents in the knowledge directory.")
+        train, queries = time_split_queries(kb.incidents, train_share, relevant)
+        split = f"time split: trained on the older {len(train)}, tested on the newer {len(queries)}"
+    owners = {name: list(cfg.get("owners") or []) for name, cfg in kb.services.items()}
+    if hasattr(encoder, "load"):
+        encoder.load()  # so the training time below is training, not loading the model
+    model = train_experts(kb.experts, train, encoder, owners)
+    order = [e.id for e in kb.experts]
+    frequent = [p for p, _ in Counter(p for i in train for p in i.responders).most_common()]
+    frequent += [p for p in order if p not in frequent]
+    by_id = {i.id: i for i in kb.incidents}
+    learned, ownership, most_frequent = [], [], []
+    for q in queries:
+        services = list(q.services) or (list(by_id[q.id].services) if with_services and q.id in by_id else [])
+        vector = encoder.encode([spell_identifiers(strip_volatile(q.text))])[0]
+        learned.append(([s.expert.id for s in model.rank(q.text, vector, services or None)], q.relevant))
+        involved = set(services) | set(model.services_in(q.text))
+        owned = sorted({p for s in involved for p in model.owners_of(s)}, key=order.index)
+        ownership.append((owned, q.relevant))
+        most_frequent.append((frequent, q.relevant))
+    return {
+        "split": split,
+        "relevant": relevant,
+        "with_services": with_services,
+        "train_seconds": round(model.train_seconds, 3),
+        "learned": rank_metrics(learned),
+        "ownership": rank_metrics(ownership),
+        "most_frequent": rank_metrics(most_frequent),
+    }

@@ -41,6 +41,7 @@ class Weights:
     off_hours_factor: float = 0.8
     tie_margin: float = 0.1  # suggestions within 10% of the best count as "about equally good"
     load_penalty: float = 0.06  # per recent first place, among the about-equally-good
+    min_share: float = 0.2  # suggestions scoring under 20% of the best are not shown
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Suggestion:
         out = []
         if self.incidents:
             parts = [f"{i.id} ({i.similarity:.2f})" for i in self.incidents[:3]]
-            out.append(f"resolved {', '.join(parts)}, which look like this")
+            verb = "looks" if len(parts) == 1 else "look"
+            out.append(f"resolved {', '.join(parts)}, which {verb} like this")
         if self.owns:
             out.append(f"owns {', '.join(self.owns)}")
         if self.skills:

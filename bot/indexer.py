@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
-from bot.experts import incident_vector_hash
+from bot.experts import incident_text, incident_vector_hash
 from bot.knowledge import load_knowledge
 from bot.models import Document, Problem
 from bot.store import ChunkRow, Store
@@ -115,6 +117,10 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     for rows in chunked.values():
         for row, to_embed in rows:
             texts.setdefault(row.embed_hash, to_embed)
+    changed_paths = {d.path for d in changed}
+    for incident in kb.incidents:  # the expert model's view of each incident, embedded in the same batches
+        if incident.path in changed_paths:
+            texts.setdefault(incident_vector_hash(incident), incident_text(incident))
     known = store.known_embeddings(encoder.model_id, texts)
     missing = [h for h in texts if h not in known]
     report.reused = len(texts) - len(missing)
@@ -146,10 +152,12 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         store.replace_experts(kb.experts)
     if "services.yaml" not in kb.failed_paths:
         store.replace_services(kb.services)
+        store.set_meta("deploy_settings", json.dumps(kb.deploy_settings))
     for channel, mode in kb.channels.items():
         store.set_channel_answer_mode(channel, mode, "channels.yaml")
     if changed or removed or not same_model:
         store.prune_embeddings(encoder.model_id)
+        store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
     store.set_meta("model", encoder.model_id)
     store.set_meta("knowledge_dir", str(root.resolve()))
     report.seconds = time.perf_counter() - started

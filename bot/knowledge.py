@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from bot.deploy_config import ConfigProblem, parse_service, parse_settings
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
 from bot.text import FrontMatterError, content_hash, first_heading, load_yaml, split_front_matter, split_sections
 
@@ -55,7 +56,8 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
         try:
             kb.services, problems = parse_services("services.yaml", text)
-            kb.problems.extend(problems)
+            kb.deploy_settings, more = parse_deploy_settings(text)
+            kb.problems.extend(problems + more)
         except FileProblem as exc:
             kb.problems.append(Problem("services.yaml", str(exc), exc.line))
             kb.failed_paths.add("services.yaml")
@@ -370,8 +372,34 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
         except FileProblem as exc:
             problems.append(Problem(rel, f"services.{name}.owners: {exc}", line))
             continue
+        try:
+            parse_service(str(name), entry)
+        except ConfigProblem as exc:
+            last = exc.key.split(".")[-1].split("[")[0]
+            problems.append(Problem(rel, str(exc), _line_after(text, line, last)))
+            continue
         result[str(name)] = entry
     return result, problems
+
+
+def parse_deploy_settings(text: str) -> tuple[dict | None, list[Problem]]:
+    """The `settings:` block of services.yaml (deploys channel, request expiry, failure window)."""
+    data = yaml.safe_load(text) or {}
+    raw = data.get("settings") if isinstance(data, dict) else None
+    try:
+        parse_settings(raw)
+    except ConfigProblem as exc:
+        return None, [Problem("services.yaml", str(exc), 1 + _key_line(text, "settings"))]
+    return raw, []
+
+
+def _line_after(text: str, start: int, key: str) -> int:
+    """The line of ``key`` at or after line ``start`` (1-based): where a nested setting is wrong."""
+    lines = text.splitlines()
+    for number in range(max(start - 1, 0), len(lines)):
+        if re.match(rf"^\s*-?\s*['\"]?{re.escape(key)}['\"]?\s*:", lines[number]):
+            return number + 1
+    return start
 
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")

@@ -100,6 +100,7 @@ class KnowledgeBase:
     failed_paths: set[str] = field(default_factory=set)
     channels: dict[str, str] = field(default_factory=dict)  # channel id -> "all" | "mentions"
     services: dict[str, dict] = field(default_factory=dict)  # services.yaml: name -> its entry
+    deploy_settings: dict | None = None  # services.yaml `settings:`
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from bot.config import Settings
 from bot.encoder import Encoder, SentenceTransformerEncoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
+from bot.experts import ExpertModel, Suggestion, spread_load
+from bot.experts import train as train_experts
 from bot.models import Answer, SearchHit
 from bot.search import SearchIndex
 from bot.store import Store
@@ -34,6 +36,7 @@ class Reply:
     incidents: tuple[SearchHit, ...]
     question: str  # what was searched, with the thread's earlier question when it is a follow-up
     documents: int = 0
+    experts: tuple[Suggestion, ...] = ()  # who could help, when the answer involves past incidents
 
     @property
     def found(self) -> bool:
@@ -56,6 +59,9 @@ class Runtime:
         self.store = store or Store(settings.db_path)
         self.encoder = encoder or SentenceTransformerEncoder(settings.model)
         self._index: SearchIndex | None = None
+        self._version = ""
+        self._experts: ExpertModel | None = None
+        self._experts_lock = threading.Lock()
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._loader: threading.Thread | None = None
@@ -73,6 +79,7 @@ class Runtime:
             load = getattr(self.encoder, "load", None)
             if load:
                 load()
+            self._version = self.store.get_meta("index_version")
             self._index = SearchIndex(self.store, self.encoder)
             self.ready_seconds = time.perf_counter() - self.started
             log.info("ready chunks=%d seconds=%.2f", self._index.size, self.ready_seconds)
@@ -94,7 +101,54 @@ class Runtime:
         if self._error is not None:
             raise NotReady(f"the model or index could not be loaded: {self._error}")
         assert self._index is not None
+        current = self.store.get_meta("index_version")
+        if current != self._version:  # `opsbot index` ran in another process: pick up its changes
+            self._version = current
+            self._index.refresh()
+            self._experts = None
+            log.info("index reloaded version=%s chunks=%d", current, self._index.size)
         return self._index
+
+    def experts_model(self) -> ExpertModel:
+        """The expert model, retrained whenever the incidents or the roster changed."""
+        self.index()  # loaded, and reloaded when the index changed
+        with self._experts_lock:
+            if self._experts is None:
+                self._experts = train_experts(
+                    self.store.load_experts(),
+                    self.store.load_incidents(),
+                    self.encoder,
+                    self.store.service_owners(),
+                    store=self.store,
+                )
+                log.info(
+                    "expert model trained incidents=%d seconds=%.3f",
+                    len(self._experts.incidents),
+                    self._experts.train_seconds,
+                )
+            return self._experts
+
+    def forget_experts(self) -> None:
+        """Retrain on next use (an incident was resolved or the roster changed)."""
+        with self._experts_lock:
+            self._experts = None
+
+    def suggest_experts(
+        self, text: str, services: list[str] | None = None, limit: int = 3, remember: bool = True
+    ) -> list[Suggestion]:
+        """The best people for ``text``, load spread among equals, and remembered for that."""
+        text = text.strip()
+        if not text:
+            raise InvalidRequest("describe the problem, for example `/experts checkout 503s after deploy`.")
+        model = self.experts_model()
+        index = self.index()
+        ranked = model.rank(text, index.embed_query(text), services)
+        if ranked:  # people with only a faint reason are noise next to a strong suggestion
+            ranked = [s for s in ranked if s.score >= ranked[0].score * model.weights.min_share]
+        ranked = spread_load(ranked, self.store.recent_first_suggestions(), model.weights)[:limit]
+        if remember:
+            self.store.log_suggestion(text, [s.expert.id for s in ranked])
+        return ranked
 
     def reply(self, question: str, channel: str = "", user: str = "", thread_ts: str = "") -> Reply:
         """Answer a question (or a follow-up in a thread) and remember it for feedback."""
@@ -116,7 +170,10 @@ class Runtime:
         relevant = [h for h in answer.hits if h.similarity >= floor]
         runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(self.settings.top_k, 3)]
         incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
-        reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths))
+        experts: tuple[Suggestion, ...] = ()
+        if incidents and self.store.expert_count():
+            experts = tuple(self.suggest_experts(searched, remember=False))
+        reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
         if reply.found:
             paths = [h.path for h in runbooks + incidents]
             self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)

@@ -498,13 +498,31 @@ def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_
 
 def test_shell_answers_typed_questions_and_commands(subset_db: IndexedSubset) -> None:
     result = CliRunner().invoke(
-        main, ["shell"], input="/help\n/ask\n/deploy x\n/ask pgbouncer too many clients\n/quit\nnever read\n"
+        main, ["shell"], input="/help\n/ask\n/foo x\n/ask pgbouncer too many clients\n/quit\nnever read\n"
     )
     assert result.exit_code == 0, result.output
-    assert "Usage: /ask QUESTION" in result.output
-    assert "Unknown command /deploy" in result.output
-    assert "runbooks/postgres/connection-pool-exhausted.md" in result.output
+    assert "you are Priya Raman (U03F8K2LQ1)" in result.output  # the first roster member
+    assert "Priya Raman> /ask pgbouncer too many clients" in result.output  # piped lines are echoed
+    assert "Usage: `/ask QUESTION`" in result.output
+    assert "Unknown command /foo" in result.output
+    assert "Looking for: pgbouncer too many clients" in result.output
+    assert "`runbooks/postgres/connection-pool-exhausted.md`" in result.output
+    assert "[1] Share in channel  [2] 👍 Helpful  [3] 👎 Not helpful" in result.output
+    assert "\x1b[" not in result.output  # no colour codes when the output is not a terminal
     assert "never read" not in result.output
+
+
+def test_shell_acts_as_the_user_given_and_refuses_others(subset_db: IndexedSubset) -> None:
+    result = CliRunner().invoke(main, ["shell", "--user", "U04C2RN8VD"], input="/help\n")
+    assert result.exit_code == 0, result.output
+    assert "you are Daniel Okafor (U04C2RN8VD)" in result.output
+    result = invoke("shell", "--user", "UNOBODY")
+    assert_clean_failure(result, "'UNOBODY' is not on the roster", "U03F8K2LQ1 (Priya Raman)")
+
+
+def test_shell_on_an_empty_index_says_to_index_first() -> None:
+    result = invoke("shell")
+    assert_clean_failure(result, "the index is empty", "run `opsbot index` first")
 
 
 def test_bench_search_reports_latency_split_and_memory() -> None:
@@ -522,3 +540,31 @@ def test_bench_rejects_bad_sizes() -> None:
     result = CliRunner().invoke(main, ["bench", "search", "--sizes", "ten"])
     assert result.exit_code == 1
     assert "--sizes 'ten' must be whole numbers" in result.output
+
+
+def test_experts_command_explains_each_suggestion(subset_db: IndexedSubset) -> None:
+    result = invoke("experts", "pgbouncer pool exhausted on pg-main", "--service", "checkout-api")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert re.match(r"^1\. .+ \(U[A-Z0-9]+, \w+\)  score \d\.\d\d", lines[0])
+    # the database expert and the service owner lead (load spreading may swap them after earlier tests)
+    assert {lines[0].split(" (")[0][3:], next(ln for ln in lines[1:] if ln.startswith("2. ")).split(" (")[0][3:]} == {
+        "Daniel Okafor",
+        "Priya Raman",
+    }
+    assert "resolved INC-" in result.stdout and "owns checkout-api" in result.stdout
+    rows = json.loads(invoke("experts", "--json", "pgbouncer pool exhausted").stdout)
+    assert rows[0]["id"] == "U04C2RN8VD" and rows[0]["incidents"] and rows[0]["reasons"]
+    bad = invoke("experts", "slow", "--service", "chekout-api")
+    assert bad.exit_code == 1 and "unknown service 'chekout-api'" in bad.output and "Traceback" not in bad.output
+
+
+def test_eval_experts_prints_the_learned_ranking_and_both_baselines() -> None:
+    result = CliRunner().invoke(main, ["eval", "--task", "experts", "--knowledge", str(SAMPLE_KNOWLEDGE), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) >= {"learned", "ownership", "most_frequent", "split"}
+    table = CliRunner().invoke(main, ["eval", "--task", "experts", "--knowledge", str(SAMPLE_KNOWLEDGE)]).output
+    assert "learned" in table and "ownership" in table and "most_frequent" in table
+    missing = CliRunner().invoke(main, ["eval", "--knowledge", str(SAMPLE_KNOWLEDGE)])
+    assert missing.exit_code == 1 and "--queries is required for the search task" in missing.output

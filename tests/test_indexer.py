@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import InvalidRequest
+from bot.experts import incident_text
 from bot.indexer import build_chunks, index_knowledge, title_embed_text
 from bot.knowledge import load_knowledge
 from bot.store import Store, migrations
@@ -114,10 +115,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def expected_texts(root: Path) -> set[str]:
-    """Every text an index of ``root`` needs a vector for: each title and each chunk."""
+    """Every text an index of ``root`` needs a vector for: each title, each chunk, each incident (for experts)."""
     kb = load_knowledge(root)
     texts = {title_embed_text(d) for d in kb.documents}
     texts |= {to_embed for d in kb.documents for _, to_embed in build_chunks(d)}
+    texts |= {incident_text(i) for i in kb.incidents}
     return texts
 
 

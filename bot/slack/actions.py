@@ -6,6 +6,7 @@ import logging
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot.errors import NotFound
 from bot.runtime import Runtime
@@ -14,6 +15,13 @@ from bot.slack.blocks import answer_fallback_text, build_answer_blocks, build_vo
 from bot.slack.guard import guarded
 
 log = logging.getLogger(__name__)
+INVITE_ERRORS = {
+    "already_in_channel": "{name} is already in this channel.",
+    "not_in_channel": "I need to be in this channel to invite people: type `/invite @opsbot` first.",
+    "method_not_supported_for_channel_type": "Invites work in channels, not in direct messages.",
+    "cant_invite_self": "That is me.",
+    "user_is_restricted": "{name} is a guest account and can't be invited here.",
+}
 
 
 def register(app: App, runtime: Runtime) -> None:
@@ -54,6 +62,24 @@ def register(app: App, runtime: Runtime) -> None:
         )
         respond(delete_original=True)
 
+    @guarded
+    def invite_expert(body: dict, client: WebClient, respond: Respond) -> None:
+        person = body["actions"][0]["value"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        user = body["user"]["id"]
+        known = {e.id: e.name for e in runtime.store.load_experts()}
+        if person not in known:
+            raise NotFound(f"{person} is no longer on the roster; run /experts again.")
+        try:
+            client.conversations_invite(channel=channel, users=person)
+            text = f"Invited {known[person]} (<@{person}>) to this channel."
+            log.info("invited expert=%s channel=%s by=%s", person, channel, user)
+        except SlackApiError as exc:
+            error = exc.response.get("error", "")
+            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=known[person])
+        client.chat_postEphemeral(channel=channel, user=user, text=text)
+
+    app.action(ids.INVITE_EXPERT)(ack=just_ack, lazy=[invite_expert])
     app.action(ids.FEEDBACK_UP)(ack=just_ack, lazy=[record_helpful])
     app.action(ids.FEEDBACK_DOWN)(ack=just_ack, lazy=[record_unhelpful])
     app.action(ids.SHARE_ANSWER)(ack=just_ack, lazy=[share_answer])

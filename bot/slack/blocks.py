@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.experts import Suggestion
 from bot.models import SearchHit
 from bot.runtime import Reply
 from bot.slack import ids
@@ -37,6 +38,9 @@ def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: 
     if reply.incidents:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Similar past incidents*"}})
         blocks.extend({"type": "section", "text": {"type": "mrkdwn", "text": _hit_text(h)}} for h in reply.incidents)
+    if reply.experts:
+        names = "; ".join(f"*{_escape(s.expert.name)}* ({_escape(short_reason(s))})" for s in reply.experts)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Who could help:* {names}"}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": how_found(reply)}]})
     buttons = [
         {
@@ -121,3 +125,68 @@ def build_vote_ack_text(vote: int, changed: bool, path: str) -> str:
         return "You already voted that way on this answer."
     word = "helpful" if vote > 0 else "not helpful"
     return f"Thanks: noted `{path}` as {word}. Later answers to similar questions take it into account."
+
+
+def short_reason(suggestion: Suggestion) -> str:
+    """The strongest reason in a few words."""
+    if suggestion.incidents:
+        return f"resolved {suggestion.incidents[0].id}"
+    if suggestion.owns:
+        return f"owns {suggestion.owns[0]}"
+    if suggestion.skills:
+        return f"knows {suggestion.skills[0]}"
+    return "on the roster"
+
+
+def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: bool = True) -> list[dict]:
+    """Suggested people, each with the reasons and an Invite button that asks for confirmation."""
+    if not suggestions:
+        return [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": (
+                        f"I couldn't find anyone for _{_escape(text[:200])}_: "
+                        "no similar past incidents, owners or skills. Try naming the service or pasting the alert."
+                    ),
+                },
+            }
+        ]
+    blocks: list[dict] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Who could help with:* _{_escape(text[:200])}_"}}
+    ]
+    for s in suggestions:
+        lines = [f"*{_escape(s.expert.name)}* · {_escape(s.expert.team)} · score {s.score:.2f}"]
+        lines += [f"• {_escape(r)}" for r in s.reasons()]
+        lines += [f":warning: {_escape(flag)}" for flag in s.flags]
+        block: dict = {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:MAX_TEXT]}}
+        if can_invite:
+            block["accessory"] = {
+                "type": "button",
+                "action_id": ids.INVITE_EXPERT,
+                "text": {"type": "plain_text", "text": "Invite"},
+                "value": s.expert.id,
+                "confirm": {
+                    "title": {"type": "plain_text", "text": "Invite to this channel?"},
+                    "text": {"type": "mrkdwn", "text": f"This adds *{_escape(s.expert.name)}* to the channel."},
+                    "confirm": {"type": "plain_text", "text": "Invite"},
+                    "deny": {"type": "plain_text", "text": "Cancel"},
+                },
+            }
+        blocks.append(block)
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": (
+                        "Ranked by who resolved similar past incidents, service ownership and listed skills; "
+                        "people away or outside their hours rank lower."
+                    ),
+                }
+            ],
+        }
+    )
+    return blocks

@@ -6,7 +6,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from bot.runtime import Runtime
-from bot.slack.blocks import answer_fallback_text, build_answer_blocks, build_usage_blocks
+from bot.slack.blocks import answer_fallback_text, build_answer_blocks, build_experts_blocks, build_usage_blocks
 from bot.slack.guard import guarded
 
 
@@ -31,3 +31,53 @@ def register(app: App, runtime: Runtime) -> None:
         )
 
     app.command("/ask")(ack=ack_ask, lazy=[answer_ask])
+    register_experts(app, runtime)
+
+
+def register_experts(app: App, runtime: Runtime) -> None:
+    """/experts TEXT [--service S]: who to pull in, with Invite buttons."""
+
+    def ack_experts(ack: Ack, command: dict) -> None:
+        if not (command.get("text") or "").strip():
+            ack(
+                response_type="ephemeral",
+                text="Usage: /experts TEXT [--service NAME], for example "
+                "`/experts checkout 503s after deploy --service checkout-api`",
+            )
+        else:
+            ack(response_type="ephemeral", text="Looking for the right people…")
+
+    @guarded
+    def suggest(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+        raw = (command.get("text") or "").strip()
+        if not raw:
+            return
+        text, services = split_service_options(raw)
+        suggestions = runtime.suggest_experts(text, services or None)
+        channel = command.get("channel_id", "")
+        respond(
+            response_type="ephemeral",
+            replace_original=True,
+            text=f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}",
+            blocks=build_experts_blocks(text, suggestions, can_invite=not channel.startswith("D")),
+        )
+
+    app.command("/experts")(ack=ack_experts, lazy=[suggest])
+
+
+def split_service_options(raw: str) -> tuple[str, list[str]]:
+    """`checkout slow --service checkout-api` -> ("checkout slow", ["checkout-api"])."""
+    words, services = [], []
+    parts = raw.split()
+    i = 0
+    while i < len(parts):
+        if parts[i] in ("--service", "-s") and i + 1 < len(parts):
+            services.append(parts[i + 1])
+            i += 2
+            continue
+        if parts[i].startswith("--service="):
+            services.append(parts[i].split("=", 1)[1])
+        else:
+            words.append(parts[i])
+        i += 1
+    return " ".join(words), services

@@ -8,6 +8,7 @@ from bot.slack.server import EVENTS_PATH
 
 SLASH_COMMANDS = [
     ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),
+    ("/experts", "Who to pull in for a problem", "TEXT [--service NAME]"),
 ]
 BOT_SCOPES = [
     "app_mentions:read",  # mentions in channels
@@ -19,6 +20,8 @@ BOT_SCOPES = [
     "channels:history",  # questions in channels that opted in to answers without a mention
     "groups:history",
     "users:read",
+    "channels:manage",  # invite suggested experts into public channels
+    "groups:write",  # ... and private ones
 ]
 BOT_EVENTS = ["app_mention", "message.im", "message.channels", "message.groups"]
 

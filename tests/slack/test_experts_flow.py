@@ -1,0 +1,63 @@
+"""/experts and the Invite button, through signed requests against the fake Slack Web API."""
+
+from __future__ import annotations
+
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.fake_api import FakeSlackAPI
+from tests.slack.conftest import SlackDriver
+from tests.slack.test_conversations import text_of
+
+DANIEL = "U04C2RN8VD"
+
+
+def invite_buttons(blocks: list[dict]) -> list[dict]:
+    return [b["accessory"] for b in blocks if b.get("accessory", {}).get("action_id") == ids.INVITE_EXPERT]
+
+
+def test_experts_suggests_people_with_reasons_and_invites_after_confirmation(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    ack = slack.command("/experts", "pgbouncer pool exhausted on pg-main --service checkout-api", user="U03F8K2LQ1")
+    assert ack.status == 200 and ack.json()["response_type"] == "ephemeral"
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    assert reply.body["response_type"] == "ephemeral"
+    blocks = reply.body["blocks"]
+    shown = text_of(blocks)
+    assert "*Daniel Okafor*" in shown and "resolved INC-" in shown and "owns checkout-api" in shown
+    buttons = invite_buttons(blocks)
+    assert buttons[0]["value"] == DANIEL
+    assert buttons[0]["confirm"]["confirm"]["text"] == "Invite"  # Slack asks before the click counts
+
+    slack.click(ids.INVITE_EXPERT, DANIEL, user="U03F8K2LQ1", channel="C0INC0001")
+    (invite,) = slack_api.wait_for("conversations.invite")
+    assert (invite.body["channel"], invite.body["users"]) == ("C0INC0001", DANIEL)
+    (told,) = slack_api.wait_for("chat.postEphemeral")
+    assert told.body["user"] == "U03F8K2LQ1" and "Invited Daniel Okafor" in told.body["text"]
+    assert runtime.store.recent_first_suggestions(1) == [DANIEL]
+
+
+def test_inviting_someone_already_there_is_explained(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack_api.fail_next("conversations.invite", status=200, error="already_in_channel")
+    slack.click(ids.INVITE_EXPERT, DANIEL, user="U03F8K2LQ1", channel="C0INC0001")
+    (told,) = slack_api.wait_for("chat.postEphemeral")
+    assert told.body["text"] == "Daniel Okafor is already in this channel."
+
+
+def test_experts_with_an_unknown_service_says_which_exist(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.command("/experts", "checkout is slow --service chekout-api")
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    assert "unknown service 'chekout-api'" in reply.body["text"] and "checkout-api" in reply.body["text"]
+    assert reply.body["response_type"] == "ephemeral"
+
+
+def test_empty_experts_shows_usage(slack: SlackDriver) -> None:
+    ack = slack.command("/experts", "")
+    assert "Usage: /experts TEXT" in ack.json()["text"]
+
+
+def test_answers_about_incidents_name_who_could_help(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.mention("Paylane webhooks failing with TLS certificate expired")
+    (call,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    shown = text_of(call.body["blocks"])
+    assert "*Similar past incidents*" in shown and "*Who could help:*" in shown

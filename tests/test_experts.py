@@ -1,0 +1,137 @@
+"""Expert suggestion on the sample organisation, with the real MiniLM model."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.errors import InvalidRequest
+from bot.evaluation import evaluate_experts
+from bot.experts import ExpertModel, Suggestion, Weights, off_hours, spread_load
+from bot.experts import train as train_experts
+from bot.indexer import index_knowledge
+from bot.models import Expert
+from bot.runtime import Runtime
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE
+
+DANIEL, SOFIA, HANNAH, LIAM, AIKO = "U04C2RN8VD", "U04B7QW2XA", "U04D9XK3PE", "U05G8VS4QH", "U05F6UP1NG"
+NOON_UTC = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def model(sample_index: Store, minilm) -> ExpertModel:  # noqa: ANN001
+    return train_experts(
+        sample_index.load_experts(),
+        sample_index.load_incidents(),
+        minilm,
+        sample_index.service_owners(),
+        store=sample_index,
+    )
+
+
+def rank(model: ExpertModel, minilm, text: str, services: list[str] | None = None) -> list[Suggestion]:  # noqa: ANN001
+    return model.rank(text, minilm.encode([text])[0], services, now=NOON_UTC)
+
+
+def test_database_trouble_goes_to_the_database_expert_with_reasons(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    ranked = rank(
+        model, minilm, "checkout 503s: pgbouncer pool exhausted on pg-main, clients waiting", ["checkout-api"]
+    )
+    assert ranked[0].expert.id == DANIEL
+    top = ranked[0]
+    assert top.incidents and all(i.id.startswith("INC-") and 0 < i.similarity <= 1 for i in top.incidents)
+    assert any(i.main_resolver for i in top.incidents)
+    assert "pgbouncer" in top.skills
+    assert any(r.startswith("resolved INC-") and "which look like this" in r for r in top.reasons())
+    owner = next(s for s in ranked if s.expert.id == "U03F8K2LQ1")  # Priya owns checkout-api
+    assert owner.owns == ("checkout-api",) and "owns checkout-api" in owner.reasons()
+
+
+def test_search_cluster_trouble_goes_to_the_search_owner(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    ranked = rank(model, minilm, "OpenSearch cluster status red, shards unassigned after a node loss")
+    assert ranked[0].expert.id == AIKO
+
+
+def test_people_away_rank_lower_and_are_flagged(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    text = "kafka under-replicated partitions after a broker restart"
+    away = next(s for s in rank(model, minilm, text) if s.expert.id == HANNAH)
+    assert "away" in away.flags
+    back = [replace(e, away=False) if e.id == HANNAH else e for e in model.experts]
+    present_model = ExpertModel(back, model.incidents, model.vectors, model.service_owners)
+    present = next(s for s in rank(present_model, minilm, text) if s.expert.id == HANNAH)
+    assert not present.flags and present.score > away.score
+
+
+def test_outside_working_hours_is_flagged_with_local_time() -> None:
+    person = Expert("U0TEST0001", "Night Owl", "sre", timezone="Europe/London", hours="09:00-17:30")
+    assert off_hours(person, datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) is None
+    assert off_hours(person, datetime(2026, 11, 25, 22, 14, tzinfo=UTC)) == "22:14"
+    overnight = Expert("U0TEST0002", "Night Shift", "sre", timezone="UTC", hours="22:00-06:00")
+    assert off_hours(overnight, datetime(2026, 11, 25, 23, 0, tzinfo=UTC)) is None
+    assert off_hours(overnight, datetime(2026, 11, 25, 12, 0, tzinfo=UTC)) == "12:00"
+
+
+def test_off_hours_lower_the_score(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    text = "OpenSearch cluster status red"
+    at_noon = next(s for s in rank(model, minilm, text) if s.expert.id == AIKO)  # 21:00 in Tokyo
+    assert any(f.startswith("outside working hours (21:00 in Asia/Tokyo)") for f in at_noon.flags)
+    tokyo_morning = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 11:00 in Tokyo
+    morning = next(s for s in model.rank(text, minilm.encode([text])[0], now=tokyo_morning) if s.expert.id == AIKO)
+    assert not morning.flags and morning.score > at_noon.score
+
+
+def test_load_is_spread_among_about_equally_good_people() -> None:
+    a = Suggestion(Expert("U0AAAAAAA1", "A", "t"), 0.80)
+    b = Suggestion(Expert("U0BBBBBBB1", "B", "t"), 0.78)
+    c = Suggestion(Expert("U0CCCCCCC1", "C", "t"), 0.30)
+    weights = Weights()
+    assert [s.expert.name for s in spread_load([a, b, c], [], weights)] == ["A", "B", "C"]
+    assert [s.expert.name for s in spread_load([a, b, c], ["U0AAAAAAA1"] * 3, weights)] == ["B", "A", "C"]
+    clear_winner = Suggestion(Expert("U0AAAAAAA1", "A", "t"), 0.95)
+    assert spread_load([clear_winner, c], ["U0AAAAAAA1"] * 5, weights)[0].expert.name == "A"
+
+
+def test_unknown_service_and_empty_roster_are_clear_errors(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    with pytest.raises(InvalidRequest, match="unknown service 'chekout-api'; known services: auth-service"):
+        rank(model, minilm, "slow", ["chekout-api"])
+    with pytest.raises(InvalidRequest, match="roster is empty"):
+        ExpertModel([], [], model.vectors)
+
+
+def test_the_learned_ranking_beats_both_baselines_on_a_time_split(minilm) -> None:  # noqa: ANN001
+    result = evaluate_experts(SAMPLE_KNOWLEDGE, minilm)
+    assert result["split"].startswith("time split: trained on the older 29")
+    learned, ownership, frequent = result["learned"], result["ownership"], result["most_frequent"]
+    assert learned["top3"] >= ownership["top3"] + 0.15
+    assert learned["top3"] >= frequent["top3"] + 0.15
+    assert learned["mrr"] > max(ownership["mrr"], frequent["mrr"])
+
+
+def test_a_new_incident_retrains_the_running_model(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+    knowledge = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, knowledge)
+    store = Store(tmp_path / "o.db")
+    index_knowledge(store, minilm, knowledge)
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "o.db", model="unused")
+    runtime = Runtime(settings, encoder=minilm, store=store)
+    text = "the label printer in the Leeds warehouse jams and picking stops"
+    before = runtime.suggest_experts(text)
+    assert all("INC-2026-0099" not in [i.id for i in s.incidents] for s in before)
+    (knowledge / "incidents" / "2026" / "INC-2026-0099.yaml").write_text(
+        "id: INC-2026-0099\ntitle: Leeds warehouse label printers jammed, picking stopped\n"
+        "date: 2026-11-20T08:00:00Z\nseverity: 3\nservices: [order-pipeline]\nresponders: [U07N6BJ8WP]\n"
+        "summary: Label printers in the Leeds warehouse jammed and pickers could not print labels.\n"
+        "root_cause: A driver update on the print server.\nresolution: Rolled the print driver back.\n",
+        encoding="utf-8",
+    )
+    index_knowledge(store, minilm, knowledge)
+    after = runtime.suggest_experts(text)
+    assert after[0].expert.id == "U07N6BJ8WP"
+    assert "INC-2026-0099" in [i.id for i in after[0].incidents]
+    store.close()
