@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 
 from bot.config import Settings
+from bot.deploys import DeployService
 from bot.encoder import Encoder, SentenceTransformerEncoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
 from bot.experts import ExpertModel, Suggestion, spread_load
@@ -108,6 +109,10 @@ class Runtime:
             self._experts = None
             log.info("index reloaded version=%s chunks=%d", current, self._index.size)
         return self._index
+
+    def deploys(self) -> DeployService:
+        """The deploy state machine for the services.yaml stored by the last `opsbot index`."""
+        return DeployService.from_store(self.store)
 
     def experts_model(self) -> ExpertModel:
         """The expert model, retrained whenever the incidents or the roster changed."""
