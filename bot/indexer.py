@@ -13,9 +13,9 @@ from pathlib import Path
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
 from bot.experts import incident_text, incident_vector_hash
-from bot.knowledge import load_knowledge
-from bot.models import Document, Problem
-from bot.store import ChunkRow, Store
+from bot.knowledge import incident_document, load_knowledge
+from bot.models import Document, Incident, Problem
+from bot.store import SLACK_PREFIX, ChunkRow, Store
 from bot.text import content_hash, spell_identifiers, split_camel, window_words
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,13 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         else:
             report.added += 1
     present = {d.path for d in kb.documents} | kb.failed_paths
-    removed = [p for p in stored if p not in present]
+    file_ids = {i.id for i in kb.incidents}
+    # Incidents resolved in Slack live in the database until exported; an exported file takes over.
+    removed = [
+        p
+        for p in stored
+        if p not in present and not (p.startswith(SLACK_PREFIX) and p[len(SLACK_PREFIX) :] not in file_ids)
+    ]
     store.delete_documents(removed)
     report.removed = len(removed)
 
@@ -171,3 +177,22 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         report.seconds,
     )
     return report
+
+
+def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
+    """Make one incident (resolved in Slack) searchable and part of the expert model's training data, now."""
+    doc = incident_document(incident, content_hash(incident.path + incident.resolution + incident.title))
+    rows = build_chunks(doc)
+    texts = {row.embed_hash: to_embed for row, to_embed in rows}
+    title_hash = content_hash(title_embed_text(doc))
+    texts[title_hash] = title_embed_text(doc)
+    vector_hash = incident_vector_hash(incident)
+    texts[vector_hash] = incident_text(incident)
+    known = store.known_embeddings(encoder.model_id, texts)
+    missing = {h: t for h, t in texts.items() if h not in known}
+    if missing:
+        vectors = encoder.encode(list(missing.values()))
+        store.save_embeddings(encoder.model_id, dict(zip(missing, vectors, strict=True)))
+    store.replace_document(doc, title_hash, [row for row, _ in rows])
+    store.upsert_incident(incident, vector_hash)
+    store.set_meta("index_version", uuid.uuid4().hex)

@@ -14,7 +14,9 @@ from bot.encoder import Encoder, SentenceTransformerEncoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
 from bot.experts import ExpertModel, Suggestion, spread_load
 from bot.experts import train as train_experts
-from bot.models import Answer, SearchHit
+from bot.incidents import IncidentService
+from bot.indexer import index_incident
+from bot.models import Answer, Incident, SearchHit
 from bot.search import SearchIndex
 from bot.store import Store
 
@@ -109,6 +111,19 @@ class Runtime:
             self._experts = None
             log.info("index reloaded version=%s chunks=%d", current, self._index.size)
         return self._index
+
+    def incidents(self) -> IncidentService:
+        """Incidents declared in Slack; services known from services.yaml, the roster and past incidents."""
+        known = set(self.store.service_configs())
+        known.update(s for e in self.store.load_experts() for s in e.services)
+        known.update(s for i in self.store.load_incidents() for s in i.services)
+        return IncidentService(self.store, known)
+
+    def learn_from(self, incident: Incident) -> None:
+        """A resolved incident: searchable at once, and the expert model retrains on next use."""
+        index_incident(self.store, self.encoder, incident)
+        self.forget_experts()
+        self.index()  # reloads, since index_incident changed the index version
 
     def deploys(self) -> DeployService:
         """The deploy state machine for the services.yaml stored by the last `opsbot index`."""

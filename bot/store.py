@@ -23,6 +23,7 @@ from bot.models import Document, Expert, Incident, TimelineEntry
 
 migrations = Migrations("opsbot")
 TOKENIZER = "porter unicode61 remove_diacritics 2"
+SLACK_PREFIX = "slack:"  # path of incidents resolved in Slack and not (yet) exported to a file
 
 
 @migrations()
@@ -167,6 +168,32 @@ def m006_deploys(db: Database) -> None:
         {"service": str, "env": str, "request_id": str, "holder": str, "at": str}, pk=("service", "env")
     )
     db["audit"].create({"id": int, "at": str, "actor": str, "action": str, "request_id": str, "details": str}, pk="id")
+
+
+@migrations()
+def m007_live_incidents(db: Database) -> None:
+    db["live_incidents"].create(
+        {
+            "id": str,
+            "title": str,
+            "severity": int,
+            "services": str,
+            "status": str,  # open | resolved
+            "declared_by": str,
+            "declared_at": str,
+            "channel": str,
+            "origin_channel": str,
+            "roles": str,
+            "resolved_at": str,
+            "resolution": str,
+        },
+        pk="id",
+    )
+    db["live_incidents"].create_index(["channel"])
+    db["incident_events"].create(
+        {"id": int, "incident_id": str, "at": str, "actor": str, "kind": str, "text": str}, pk="id"
+    )
+    db["incident_events"].create_index(["incident_id"])
 
 
 @dataclass(frozen=True)
@@ -415,6 +442,29 @@ class Store:
 
     # -- incidents and roster -------------------------------------------
 
+    def upsert_incident(self, incident: Incident, vector_hash: str) -> None:
+        """Store one incident (resolved in Slack), leaving the others as they are."""
+        with self.transaction():
+            self.db["incidents"].upsert(self._incident_row(incident, vector_hash), pk="id")
+
+    @staticmethod
+    def _incident_row(i: Incident, vector_hash: str | None) -> dict:
+        return {
+            "id": i.id,
+            "title": i.title,
+            "date": i.date.isoformat(),
+            "severity": i.severity,
+            "services": json.dumps(list(i.services)),
+            "responders": json.dumps(list(i.responders)),
+            "summary": i.summary,
+            "root_cause": i.root_cause,
+            "resolution": i.resolution,
+            "duration_minutes": i.duration_minutes,
+            "timeline": json.dumps([[t.at, t.event] for t in i.timeline]),
+            "path": i.path,
+            "vector_hash": vector_hash,
+        }
+
     def replace_incidents(
         self, incidents: list[Incident], keep: set[str] = frozenset(), vector_hashes: dict[str, str] | None = None
     ) -> None:
@@ -422,28 +472,10 @@ class Store:
         with self.transaction():
             current = {i.id for i in incidents}
             for old_id, path in self.db.execute("SELECT id, path FROM incidents").fetchall():
-                if old_id not in current and path not in keep:
+                if old_id not in current and path not in keep and not path.startswith(SLACK_PREFIX):
                     self.db.execute("DELETE FROM incidents WHERE id = ?", [old_id])
             self.db["incidents"].upsert_all(
-                [
-                    {
-                        "id": i.id,
-                        "title": i.title,
-                        "date": i.date.isoformat(),
-                        "severity": i.severity,
-                        "services": json.dumps(list(i.services)),
-                        "responders": json.dumps(list(i.responders)),
-                        "summary": i.summary,
-                        "root_cause": i.root_cause,
-                        "resolution": i.resolution,
-                        "duration_minutes": i.duration_minutes,
-                        "timeline": json.dumps([[t.at, t.event] for t in i.timeline]),
-                        "path": i.path,
-                        "vector_hash": (vector_hashes or {}).get(i.id),
-                    }
-                    for i in incidents
-                ],
-                pk="id",
+                [self._incident_row(i, (vector_hashes or {}).get(i.id)) for i in incidents], pk="id"
             )
 
     def load_incidents(self) -> list[Incident]:
@@ -723,6 +755,66 @@ class Store:
             {"at": r[0], "actor": r[1], "action": r[2], "request_id": r[3], "details": json.loads(r[4] or "{}")}
             for r in cur.fetchall()
         ]
+
+    # -- live incidents ----------------------------------------------------
+
+    def insert_live_incident(self, row: dict) -> None:
+        self._require_transaction()
+        self.db["live_incidents"].insert(row)
+
+    def live_incident(self, incident_id: str) -> dict | None:
+        cur = self.db.execute("SELECT * FROM live_incidents WHERE id = ?", [incident_id])
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+    def live_incidents(self, status: str | None = None) -> list[dict]:
+        where, params = ("status = ?", [status]) if status else ("1=1", [])
+        cur = self.db.execute(f"SELECT * FROM live_incidents WHERE {where} ORDER BY declared_at DESC", params)
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def live_incident_in_channel(self, channel: str) -> dict | None:
+        cur = self.db.execute(
+            "SELECT * FROM live_incidents WHERE channel = ? ORDER BY declared_at DESC LIMIT 1", [channel]
+        )
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+    def update_live_incident(self, incident_id: str, **fields: object) -> None:
+        self._require_transaction()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE live_incidents SET {sets} WHERE id = ?", [*fields.values(), incident_id])
+
+    def resolve_live_incident(self, incident_id: str, at: str, resolution: str) -> bool:
+        """open -> resolved, once."""
+        self._require_transaction()
+        cur = self.db.execute(
+            "UPDATE live_incidents SET status = 'resolved', resolved_at = ?, resolution = ? "
+            "WHERE id = ? AND status = 'open'",
+            [at, resolution, incident_id],
+        )
+        return cur.rowcount == 1
+
+    def add_incident_event(self, incident_id: str, actor: str, kind: str, text: str, at: str | None = None) -> None:
+        self._require_transaction()
+        self.db.execute(
+            "INSERT INTO incident_events (incident_id, at, actor, kind, text) VALUES (?, ?, ?, ?, ?)",
+            [incident_id, at or _now(), actor, kind, text],
+        )
+
+    def incident_events(self, incident_id: str) -> list[dict]:
+        cur = self.db.execute(
+            "SELECT at, actor, kind, text FROM incident_events WHERE incident_id = ? ORDER BY at, id", [incident_id]
+        )
+        return [dict(zip(("at", "actor", "kind", "text"), r, strict=True)) for r in cur.fetchall()]
+
+    def incident_ids_for_year(self, year: int) -> list[str]:
+        pattern = f"INC-{year}-%"
+        rows = self.db.execute(
+            "SELECT id FROM incidents WHERE id LIKE ? UNION SELECT id FROM live_incidents WHERE id LIKE ?",
+            [pattern, pattern],
+        )
+        return [r[0] for r in rows.fetchall()]
 
 
 def _now() -> str:

@@ -1,0 +1,257 @@
+"""The incident lifecycle: declare, work (notes, roles, severity, pinned messages), resolve, learn."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import yaml
+
+from bot.errors import InvalidRequest, NotFound
+from bot.models import Incident, TimelineEntry
+from bot.store import SLACK_PREFIX, Store
+
+ROLES = ("lead", "comms")
+INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
+DEFAULT_SEVERITY = 3
+
+
+@dataclass(frozen=True)
+class LiveIncident:
+    """An incident declared in Slack, open or resolved."""
+
+    id: str
+    title: str
+    severity: int
+    services: tuple[str, ...]
+    status: str
+    declared_by: str
+    declared_at: str
+    channel: str
+    origin_channel: str
+    roles: dict[str, str] = field(default_factory=dict)
+    resolved_at: str = ""
+    resolution: str = ""
+    events: tuple[dict, ...] = ()
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+    @property
+    def minutes_to_restore(self) -> int | None:
+        if not self.resolved_at:
+            return None
+        delta = datetime.fromisoformat(self.resolved_at) - datetime.fromisoformat(self.declared_at)
+        return max(0, round(delta.total_seconds() / 60))
+
+    @property
+    def responders(self) -> tuple[str, ...]:
+        """The people who acted: the lead first, then everyone who declared, noted, assigned or resolved."""
+        people: list[str] = []
+        for person in [self.roles.get("lead", ""), *(e["actor"] for e in self.events)]:
+            if person and person != "opsbot" and person not in people:
+                people.append(person)
+        return tuple(people)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
+class IncidentService:
+    """Incident state in the store; every change is one transaction and lands in the timeline."""
+
+    def __init__(self, store: Store, known_services: set[str], clock: Callable[[], datetime] = _now) -> None:
+        self.store = store
+        self.known_services = known_services
+        self.clock = clock
+
+    def declare(
+        self,
+        title: str,
+        declared_by: str,
+        severity: int | None = None,
+        services: list[str] | None = None,
+        origin_channel: str = "",
+        channel: str = "",
+    ) -> LiveIncident:
+        title = " ".join(title.split())
+        if not title:
+            raise InvalidRequest("give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME].")
+        severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
+        for service in services or []:
+            if service not in self.known_services:
+                raise InvalidRequest(
+                    f"unknown service {service!r}; known services: {', '.join(sorted(self.known_services))}."
+                )
+        now = self.clock()
+        with self.store.immediate():
+            incident_id = self._next_id(now.year)
+            self.store.insert_live_incident(
+                {
+                    "id": incident_id,
+                    "title": title,
+                    "severity": severity,
+                    "services": json.dumps(services or []),
+                    "status": "open",
+                    "declared_by": declared_by,
+                    "declared_at": _iso(now),
+                    "channel": channel or origin_channel,
+                    "origin_channel": origin_channel,
+                    "roles": json.dumps({"lead": declared_by}),
+                    "resolved_at": "",
+                    "resolution": "",
+                }
+            )
+            self.store.add_incident_event(
+                incident_id, declared_by, "declared", f"Declared SEV{severity}: {title}", _iso(now)
+            )
+        return self.get(incident_id)
+
+    def _next_id(self, year: int) -> str:
+        numbers = [int(i.rsplit("-", 1)[1]) for i in self.store.incident_ids_for_year(year)]
+        return f"INC-{year}-{max(numbers, default=0) + 1:04d}"
+
+    def set_channel(self, incident_id: str, channel: str) -> None:
+        with self.store.immediate():
+            self.store.update_live_incident(incident_id, channel=channel)
+
+    def get(self, incident_id: str) -> LiveIncident:
+        row = self.store.live_incident(incident_id)
+        if row is None:
+            raise NotFound(f"no incident {incident_id}; `/incident list` shows the open ones.")
+        return _live(row, self.store.incident_events(incident_id))
+
+    def find(self, incident_id: str | None, channel: str) -> LiveIncident:
+        """The incident named, or the one whose channel this is."""
+        if incident_id:
+            if not INCIDENT_ID.match(incident_id):
+                raise InvalidRequest(f"{incident_id!r} is not an incident id like INC-2026-0042.")
+            return self.get(incident_id)
+        row = self.store.live_incident_in_channel(channel)
+        if row is None:
+            raise InvalidRequest(
+                "this is not an incident channel, so name the incident: for example "
+                "`/incident note INC-2026-0042 TEXT`. `/incident list` shows the open ones."
+            )
+        return _live(row, self.store.incident_events(row["id"]))
+
+    def list_open(self) -> list[LiveIncident]:
+        return [_live(r, ()) for r in self.store.live_incidents("open")]
+
+    def _change(self, incident: LiveIncident, actor: str, kind: str, text: str, **fields: object) -> LiveIncident:
+        with self.store.immediate():
+            current = self.get(incident.id)
+            if not current.is_open:
+                raise InvalidRequest(f"{incident.id} is resolved; it can't change any more.")
+            if fields:
+                self.store.update_live_incident(incident.id, **fields)
+            self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()))
+        return self.get(incident.id)
+
+    def note(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        if not text.strip():
+            raise InvalidRequest("the note is empty: /incident note TEXT.")
+        return self._change(incident, actor, "note", text.strip())
+
+    def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        return self._change(incident, actor, "pinned", text.strip()[:2000])
+
+    def assign(self, incident: LiveIncident, actor: str, user: str, role: str) -> LiveIncident:
+        if role not in ROLES:
+            raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}: /incident assign @user lead.")
+        roles = dict(incident.roles) | {role: user}
+        return self._change(incident, actor, "assigned", f"<@{user}> is {role}", roles=json.dumps(roles))
+
+    def set_severity(self, incident: LiveIncident, actor: str, severity: int | str) -> LiveIncident:
+        value = check_severity(severity)
+        return self._change(
+            incident, actor, "severity", f"Severity SEV{incident.severity} → SEV{value}", severity=value
+        )
+
+    def resolve(self, incident: LiveIncident, actor: str, resolution: str) -> tuple[LiveIncident, Incident]:
+        """Close the incident once; returns it and its write-up in the knowledge format."""
+        resolution = resolution.strip()
+        if not resolution:
+            raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION.")
+        now = _iso(self.clock())
+        with self.store.immediate():
+            if not self.store.resolve_live_incident(incident.id, now, resolution):
+                state = self.get(incident.id).status
+                raise InvalidRequest(f"{incident.id} is already {state}; nothing changed.")
+            self.store.add_incident_event(incident.id, actor, "resolved", f"Resolved: {resolution}", now)
+        live = self.get(incident.id)
+        return live, to_incident(live)
+
+
+def check_severity(value: int | str) -> int:
+    try:
+        number = int(str(value).upper().removeprefix("SEV"))
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 4:
+        raise InvalidRequest(f"severity {value!r} must be 1 (worst) to 4.")
+    return number
+
+
+def _live(row: dict, events: tuple | list) -> LiveIncident:
+    return LiveIncident(
+        id=row["id"],
+        title=row["title"],
+        severity=row["severity"],
+        services=tuple(json.loads(row["services"])),
+        status=row["status"],
+        declared_by=row["declared_by"],
+        declared_at=row["declared_at"],
+        channel=row["channel"],
+        origin_channel=row["origin_channel"] or "",
+        roles=json.loads(row["roles"] or "{}"),
+        resolved_at=row["resolved_at"] or "",
+        resolution=row["resolution"] or "",
+        events=tuple(events),
+    )
+
+
+def to_incident(live: LiveIncident) -> Incident:
+    """The resolved incident as a past incident: searchable, and training data for experts."""
+    notes = [e["text"] for e in live.events if e["kind"] in ("note", "pinned")]
+    return Incident(
+        id=live.id,
+        title=live.title,
+        date=datetime.fromisoformat(live.declared_at),
+        severity=live.severity,
+        services=live.services,
+        responders=live.responders,
+        summary=f"{live.title}. " + " ".join(notes[:3]),
+        root_cause=" ".join(notes[3:]) or "Not recorded in Slack; see the timeline.",
+        resolution=live.resolution,
+        path=SLACK_PREFIX + live.id,
+        duration_minutes=live.minutes_to_restore,
+        timeline=tuple(TimelineEntry(e["at"], e["text"]) for e in live.events),
+    )
+
+
+def export_yaml(incident: Incident) -> str:
+    """An incident in the knowledge/incidents YAML format."""
+    data = {
+        "id": incident.id,
+        "title": incident.title,
+        "date": incident.date.isoformat(timespec="seconds"),
+        "severity": incident.severity,
+        "services": list(incident.services),
+        "responders": list(incident.responders),
+        "duration_minutes": incident.duration_minutes,
+        "summary": incident.summary,
+        "root_cause": incident.root_cause,
+        "resolution": incident.resolution,
+        "timeline": [{"at": t.at, "event": t.event} for t in incident.timeline],
+    }
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
