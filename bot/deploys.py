@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -184,9 +185,10 @@ class DeployService:
             if config.rollback is None and config.deploy is None:
                 raise InvalidRequest(f"{service} has no rollback runner in services.yaml.")
             current = self.current_version(service, env)
+            broken = self.failed_version(service, env)
             if version is None:
                 version = self.rollback_target(service, env)
-            if current is not None and version == current:
+            if current is not None and version == current and broken is None:
                 raise InvalidRequest(f"{version} is what {service} already runs in {env}; name an earlier version.")
         elif version is None:
             raise InvalidRequest("give the version to deploy: /deploy SERVICE VERSION ENV.")
@@ -203,6 +205,9 @@ class DeployService:
                 f"{service} {env} is frozen until {freeze.end.isoformat(timespec='minutes')}{why}; "
                 "nothing was requested."
             )
+        from_version = self.current_version(service, env) or ""
+        if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
+            from_version = self.failed_version(service, env) or from_version
         request_id = f"dep-{now.strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}"
         row = {
             "id": request_id,
@@ -210,7 +215,7 @@ class DeployService:
             "service": service,
             "env": env,
             "version": version,
-            "from_version": self.current_version(service, env) or "",
+            "from_version": from_version,
             "requester": requester,
             "status": "pending",
             "approvals_needed": environment.approvals,
@@ -250,17 +255,30 @@ class DeployService:
             if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
                 self._expire(row["id"])
 
+    def _succeeded(self, service: str, env: str) -> list[dict]:
+        rows = self.store.deploy_rows("service = ? AND env = ? AND status = 'succeeded'", [service, env], limit=200)
+        return sorted(rows, key=lambda r: r["finished_at"] or r["created_at"], reverse=True)
+
     def current_version(self, service: str, env: str) -> str | None:
-        rows = self.store.deploy_rows("service = ? AND env = ? AND status = 'succeeded'", [service, env], limit=1)
+        """The version of the last deploy or rollback that succeeded."""
+        rows = self._succeeded(service, env)
         return rows[0]["version"] if rows else None
 
+    def failed_version(self, service: str, env: str) -> str | None:
+        """The version of the newest run when it failed, timed out or was interrupted: it may be half rolled out."""
+        where = "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+        rows = self.store.deploy_rows(where, [service, env], limit=200)
+        newest = max(rows, key=lambda r: r["finished_at"], default=None)
+        return newest["version"] if newest and newest["status"] in ("failed", "timed_out", "interrupted") else None
+
     def rollback_target(self, service: str, env: str) -> str:
-        """The last version that succeeded before the current one."""
-        rows = self.store.deploy_rows("service = ? AND env = ? AND status = 'succeeded'", [service, env], limit=200)
-        rows.sort(key=lambda r: r["finished_at"] or r["created_at"], reverse=True)
+        """The last good version: the current one after a failed run, else the one that succeeded before it."""
+        rows = self._succeeded(service, env)
         if not rows:
             raise InvalidRequest(f"{service} has no successful deploy in {env} yet; nothing to roll back to.")
         current = rows[0]["version"]
+        if self.failed_version(service, env) is not None:
+            return current
         earlier = next((r["version"] for r in rows[1:] if r["version"] != current), None)
         if earlier is None:
             raise InvalidRequest(
@@ -306,7 +324,8 @@ class DeployService:
                 request = self._get_locked(request_id)
             if request.status != "pending":
                 return Decision(request, "closed", f"this request is already {request.status}.")
-            refusal = self.may_decide(request, user)
+            # The requester may withdraw (reject) their own request, never approve it.
+            refusal = None if decision == "reject" and user == request.requester else self.may_decide(request, user)
             if refusal:
                 self.store.audit(user, f"{request.kind}.{decision}.refused", request_id, reason=refusal)
                 return Decision(request, "refused", refusal)
@@ -399,21 +418,30 @@ class DeployService:
         request = self.get(request_id)
         if request.status != "running":
             raise InvalidRequest(f"{request_id} is {request.status}, not running.")
-        runner, argv = self.command_for(request)
+        try:
+            runner, argv = self.command_for(request)
+        except Exception as exc:  # e.g. the service left services.yaml after approval: fail, release the lock
+            return self._finish(request, "failed", None, f"could not prepare the run: {exc}")
         secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
         if runner.kind == "webhook":
             status, exit_code, output = self._trigger_webhook(runner, request, secrets)
         else:
             status, exit_code, output = self._run_command(runner, argv, request, progress, secrets)
+        return self._finish(request, status, exit_code, output, secrets)
+
+    def _finish(
+        self, request: DeployRequest, status: str, exit_code: int | None, output: str, secrets: tuple[str, ...] = ()
+    ) -> DeployRequest:
+        """Record the outcome, release the lock and audit it."""
         tail = scrub("\n".join(output.splitlines()[-LOG_TAIL_LINES:]), secrets)
         with self.store.immediate():
             self.store.transition(
-                request_id, "running", status, finished_at=_iso(self.clock()), exit_code=exit_code, log_tail=tail
+                request.id, "running", status, finished_at=_iso(self.clock()), exit_code=exit_code, log_tail=tail
             )
-            self.store.release_lock(request_id)
-            self.store.audit("opsbot", f"{request.kind}.finished", request_id, status=status, exit_code=exit_code)
-        log.info("deploy finished id=%s status=%s exit_code=%s", request_id, status, exit_code)
-        return self.get(request_id)
+            self.store.release_lock(request.id)
+            self.store.audit("opsbot", f"{request.kind}.finished", request.id, status=status, exit_code=exit_code)
+        log.info("deploy finished id=%s status=%s exit_code=%s", request.id, status, exit_code)
+        return self.get(request.id)
 
     def _run_command(
         self,
@@ -452,14 +480,17 @@ class DeployService:
         last_report = time.monotonic()
         while process.poll() is None:
             if time.monotonic() > deadline:
-                process.kill()
+                _kill_group(process)
                 process.wait()
                 reader.join(timeout=2)
                 lines.append(f"opsbot: stopped after the {runner.timeout} s timeout\n")
                 return "timed_out", None, "".join(lines)
             if progress and time.monotonic() - last_report >= 2:
                 last_report = time.monotonic()
-                progress(request, scrub("".join(lines[-8:]), secrets))
+                try:
+                    progress(request, scrub("".join(lines[-8:]), secrets))
+                except Exception:  # showing progress must never stop the deploy or keep its lock
+                    log.exception("progress report failed request_id=%s", request.id)
             time.sleep(0.05)
         reader.join(timeout=2)
         code = process.returncode
@@ -495,5 +526,27 @@ def check_value(what: str, value: str) -> None:
         )
 
 
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill the command and everything it started (its own session), so nothing deploys on after a timeout."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+
+
 def _iso(when: datetime) -> str:
     return when.isoformat(timespec="seconds")
+
+
+def recent_requests(
+    store: Store, service: str | None = None, env: str | None = None, limit: int = 20
+) -> list[DeployRequest]:
+    """Deploy and rollback requests from Slack and CI, newest first, optionally for one service and environment."""
+    where, params = ["1=1"], []
+    for column, value in (("service", service), ("env", env)):
+        if value:
+            where.append(f"{column} = ?")
+            params.append(value)
+    with store.lock:
+        rows = store.deploy_rows(" AND ".join(where), params, limit=limit)
+        return [DeployRequest.from_row(row, store.decisions(row["id"])) for row in rows]

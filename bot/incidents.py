@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import yaml
 
@@ -58,6 +58,25 @@ class LiveIncident:
         return tuple(people)
 
 
+@dataclass(frozen=True)
+class RecentDeploy:
+    """A deploy or rollback of an incident's service, as the briefing shows it."""
+
+    id: str
+    kind: str
+    service: str
+    env: str
+    version: str
+    from_version: str
+    status: str
+    requester: str
+    at: datetime  # when it finished, or was requested when it has not finished
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "timed_out")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -87,11 +106,11 @@ class IncidentService:
         if not title:
             raise InvalidRequest("give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME].")
         severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
-        for service in services or []:
+        services = list(dict.fromkeys(services or []))
+        for service in services:
             if service not in self.known_services:
-                raise InvalidRequest(
-                    f"unknown service {service!r}; known services: {', '.join(sorted(self.known_services))}."
-                )
+                known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
+                raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
         now = self.clock()
         with self.store.immediate():
             incident_id = self._next_id(now.year)
@@ -100,7 +119,7 @@ class IncidentService:
                     "id": incident_id,
                     "title": title,
                     "severity": severity,
-                    "services": json.dumps(services or []),
+                    "services": json.dumps(services),
                     "status": "open",
                     "declared_by": declared_by,
                     "declared_at": _iso(now),
@@ -117,7 +136,8 @@ class IncidentService:
         return self.get(incident_id)
 
     def _next_id(self, year: int) -> str:
-        numbers = [int(i.rsplit("-", 1)[1]) for i in self.store.incident_ids_for_year(year)]
+        tails = (i.rsplit("-", 1)[1] for i in self.store.incident_ids_for_year(year))
+        numbers = [int(t) for t in tails if t.isdigit()]  # file ids may be free-form (INC-2026-DB-1)
         return f"INC-{year}-{max(numbers, default=0) + 1:04d}"
 
     def set_channel(self, incident_id: str, channel: str) -> None:
@@ -131,12 +151,21 @@ class IncidentService:
         return _live(row, self.store.incident_events(incident_id))
 
     def find(self, incident_id: str | None, channel: str) -> LiveIncident:
-        """The incident named, or the one whose channel this is."""
+        """The incident named, or the one whose channel this is (the open one, when there is one)."""
         if incident_id:
+            incident_id = incident_id.strip().upper()
             if not INCIDENT_ID.match(incident_id):
                 raise InvalidRequest(f"{incident_id!r} is not an incident id like INC-2026-0042.")
             return self.get(incident_id)
-        row = self.store.live_incident_in_channel(channel)
+        # Without incident channels several incidents can share a channel: never guess between open ones.
+        open_here = [r for r in self.store.live_incidents("open") if r["channel"] == channel]
+        if len(open_here) > 1:
+            ids = ", ".join(sorted(r["id"] for r in open_here))
+            raise InvalidRequest(
+                f"this channel has several open incidents ({ids}), so name one: for example "
+                f"`/incident note {open_here[0]['id']} TEXT`."
+            )
+        row = open_here[0] if open_here else self.store.live_incident_in_channel(channel)
         if row is None:
             raise InvalidRequest(
                 "this is not an incident channel, so name the incident: for example "
@@ -147,11 +176,19 @@ class IncidentService:
     def list_open(self) -> list[LiveIncident]:
         return [_live(r, ()) for r in self.store.live_incidents("open")]
 
-    def _change(self, incident: LiveIncident, actor: str, kind: str, text: str, **fields: object) -> LiveIncident:
+    def list_all(self) -> list[LiveIncident]:
+        """Every incident declared in Slack, newest first, with its timeline."""
+        return [_live(r, self.store.incident_events(r["id"])) for r in self.store.live_incidents()]
+
+    def _change(
+        self, incident: LiveIncident, actor: str, kind: str, change: Callable[[LiveIncident], tuple[str, dict]]
+    ) -> LiveIncident:
+        """Apply ``change`` to the current state (not the caller's possibly stale copy), in one transaction."""
         with self.store.immediate():
             current = self.get(incident.id)
             if not current.is_open:
                 raise InvalidRequest(f"{incident.id} is resolved; it can't change any more.")
+            text, fields = change(current)
             if fields:
                 self.store.update_live_incident(incident.id, **fields)
             self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()))
@@ -160,22 +197,36 @@ class IncidentService:
     def note(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         if not text.strip():
             raise InvalidRequest("the note is empty: /incident note TEXT.")
-        return self._change(incident, actor, "note", text.strip())
+        return self._change(incident, actor, "note", lambda _: (text.strip(), {}))
 
     def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
-        return self._change(incident, actor, "pinned", text.strip()[:2000])
+        if not text.strip():
+            raise InvalidRequest("that message has no text to add to the timeline.")
+        return self._change(incident, actor, "pinned", lambda _: (text.strip()[:2000], {}))
+
+    def record_action(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        """Something done for the incident outside its commands (a rollback requested from its message)."""
+        return self._change(incident, actor, "action", lambda _: (text.strip()[:2000], {}))
 
     def assign(self, incident: LiveIncident, actor: str, user: str, role: str) -> LiveIncident:
         if role not in ROLES:
             raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}: /incident assign @user lead.")
-        roles = dict(incident.roles) | {role: user}
-        return self._change(incident, actor, "assigned", f"<@{user}> is {role}", roles=json.dumps(roles))
+
+        def change(current: LiveIncident) -> tuple[str, dict]:
+            roles = dict(current.roles) | {role: user}
+            return f"<@{user}> is {role}", {"roles": json.dumps(roles)}
+
+        return self._change(incident, actor, "assigned", change)
 
     def set_severity(self, incident: LiveIncident, actor: str, severity: int | str) -> LiveIncident:
         value = check_severity(severity)
-        return self._change(
-            incident, actor, "severity", f"Severity SEV{incident.severity} → SEV{value}", severity=value
-        )
+
+        def change(current: LiveIncident) -> tuple[str, dict]:
+            if current.severity == value:
+                raise InvalidRequest(f"{current.id} is already SEV{value}; nothing changed.")
+            return f"Severity SEV{current.severity} → SEV{value}", {"severity": value}
+
+        return self._change(incident, actor, "severity", change)
 
     def resolve(self, incident: LiveIncident, actor: str, resolution: str) -> tuple[LiveIncident, Incident]:
         """Close the incident once; returns it and its write-up in the knowledge format."""
@@ -190,6 +241,46 @@ class IncidentService:
             self.store.add_incident_event(incident.id, actor, "resolved", f"Resolved: {resolution}", now)
         live = self.get(incident.id)
         return live, to_incident(live)
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: datetime) -> list[RecentDeploy]:
+    """Deploys and rollbacks of ``services`` (from Slack and CI) finished or requested since ``since``, newest first."""
+    found = []
+    for service in services:
+        for row in store.deploy_rows("service = ?", [service], limit=500):
+            at = _parse_at(row["finished_at"]) or _parse_at(row["created_at"])
+            if at is not None and at >= since:
+                found.append(
+                    RecentDeploy(
+                        row["id"],
+                        row["kind"],
+                        row["service"],
+                        row["env"],
+                        row["version"],
+                        row["from_version"] or "",
+                        row["status"],
+                        row["requester"],
+                        at,
+                    )
+                )
+    return sorted(found, key=lambda d: d.at, reverse=True)
+
+
+def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[RecentDeploy, int] | None:
+    """The last deploy of the incident's services that succeeded within the failure window before it was
+    declared, with how many minutes before; None when there is none."""
+    declared = datetime.fromisoformat(incident.declared_at)
+    for deploy in deploys_since(store, incident.services, declared - timedelta(hours=window_hours)):
+        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.at <= declared:
+            return deploy, round((declared - deploy.at).total_seconds() / 60)
+    return None
 
 
 def check_severity(value: int | str) -> int:
@@ -223,6 +314,7 @@ def _live(row: dict, events: tuple | list) -> LiveIncident:
 def to_incident(live: LiveIncident) -> Incident:
     """The resolved incident as a past incident: searchable, and training data for experts."""
     notes = [e["text"] for e in live.events if e["kind"] in ("note", "pinned")]
+    title = live.title if live.title.endswith((".", "!", "?")) else live.title + "."
     return Incident(
         id=live.id,
         title=live.title,
@@ -230,7 +322,7 @@ def to_incident(live: LiveIncident) -> Incident:
         severity=live.severity,
         services=live.services,
         responders=live.responders,
-        summary=f"{live.title}. " + " ".join(notes[:3]),
+        summary=f"{title} {' '.join(notes[:3])}".strip(),
         root_cause=" ".join(notes[3:]) or "Not recorded in Slack; see the timeline.",
         resolution=live.resolution,
         path=SLACK_PREFIX + live.id,

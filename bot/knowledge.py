@@ -358,8 +358,9 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
         raise FileProblem("must hold `services:`, a mapping of service names to their settings", 1)
     result: dict[str, dict] = {}
     problems: list[Problem] = []
+    root = _compose(text)
     for name, entry in services.items():
-        line = 1 + _key_line(text, str(name))
+        line = _path_line(root, f"services.{name}") or 1 + _key_line(text, str(name))
         if not SERVICE_NAME.match(str(name)):
             problems.append(Problem(rel, f"service name {name!r}: use lower-case letters, digits and dashes", line))
             continue
@@ -375,8 +376,7 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
         try:
             parse_service(str(name), entry)
         except ConfigProblem as exc:
-            last = exc.key.split(".")[-1].split("[")[0]
-            problems.append(Problem(rel, str(exc), _line_after(text, line, last)))
+            problems.append(Problem(rel, str(exc), _path_line(root, exc.key) or line))
             continue
         result[str(name)] = entry
     return result, problems
@@ -389,17 +389,54 @@ def parse_deploy_settings(text: str) -> tuple[dict | None, list[Problem]]:
     try:
         parse_settings(raw)
     except ConfigProblem as exc:
-        return None, [Problem("services.yaml", str(exc), 1 + _key_line(text, "settings"))]
+        line = _path_line(_compose(text), exc.key) or 1 + _key_line(text, "settings")
+        return None, [Problem("services.yaml", str(exc), line)]
     return raw, []
 
 
-def _line_after(text: str, start: int, key: str) -> int:
-    """The line of ``key`` at or after line ``start`` (1-based): where a nested setting is wrong."""
-    lines = text.splitlines()
-    for number in range(max(start - 1, 0), len(lines)):
-        if re.match(rf"^\s*-?\s*['\"]?{re.escape(key)}['\"]?\s*:", lines[number]):
-            return number + 1
-    return start
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _path_line(node: yaml.Node | None, key: str) -> int | None:
+    """The 1-based line of the deepest node on a key path such as ``services.web.environments.prod.freeze[0]``.
+
+    Following the path (rather than searching for its last name) finds prod's `approvals:`, not
+    staging's above it, and a missing key points at its parent instead of a later service.
+    """
+    line = None
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
+        if name:
+            found = _mapping_value(node, name)
+            if found is None:
+                break
+            key_node, node = found
+            line = key_node.start_mark.line + 1
+        else:
+            if not isinstance(node, yaml.SequenceNode) or int(index) >= len(node.value):
+                break
+            node = node.value[int(index)]
+            line = node.start_mark.line + 1
+    return line
+
+
+def _mapping_value(node: yaml.Node | None, name: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """The key and value nodes of ``name`` in a mapping, looking through `<<:` merges."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value in node.value:
+        if getattr(key_node, "value", None) == name:
+            return key_node, value
+    for key_node, value in node.value:
+        if getattr(key_node, "value", None) == "<<":
+            for merged in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+                found = _mapping_value(merged, name)
+                if found is not None:
+                    return found
+    return None
 
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")

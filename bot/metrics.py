@@ -76,6 +76,7 @@ def dora(
     rows = [r for r in store.deploy_rows(where, params, limit=100000) if r["finished_at"]]
     for r in rows:
         r["_finished"] = _at(r["finished_at"])
+    rows = sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])  # as of `now`, oldest first
     succeeded = [r for r in rows if r["status"] == "succeeded"]
 
     def count_since(delta: timedelta) -> int:
@@ -87,25 +88,20 @@ def dora(
         for r in rows
         if r["kind"] == "deploy" and r["status"] in ("succeeded", "failed", "timed_out") and r["_finished"] >= start
     ]
-    incidents = [i for i in store.load_incidents() if service is None or service in i.services]
+    incidents = [i for i in store.load_incidents() if (service is None or service in i.services) and i.date <= now]
+    rolled_back = _rolled_back(rows, window)
     failed = 0
     for change in changes:
         if change["status"] != "succeeded":
             failed += 1
             continue
         end = change["_finished"] + window
-        rolled_back = any(
-            r["kind"] == "rollback"
-            and r["service"] == change["service"]
-            and change["_finished"] < r["_finished"] <= end
-            for r in rows
-        )
         incident = any(change["service"] in i.services and change["_finished"] <= i.date <= end for i in incidents)
-        failed += rolled_back or incident
+        failed += change["id"] in rolled_back or incident
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
-    for r in sorted(rows, key=lambda r: r["_finished"]):
+    for r in rows:
         if r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
-            fixed = next(
+            fixed = next(  # the first success after the failure (succeeded is oldest first)
                 (s for s in succeeded if s["service"] == r["service"] and s["_finished"] > r["_finished"]), None
             )
             if fixed is not None:
@@ -127,3 +123,23 @@ def dora(
         statistics.median(restore) if restore else None,
         statistics.median(leads) if leads else None,
     )
+
+
+def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
+    """The successful deploys (ids) a rollback undid within the window: the last deploy that ran before it."""
+    undone = set()
+    for rollback in rows:
+        if rollback["kind"] != "rollback" or not rollback["started_at"]:
+            continue  # a rejected or expired rollback request changed nothing
+        before = [
+            r
+            for r in rows
+            if r["kind"] == "deploy"
+            and r["started_at"]
+            and r["service"] == rollback["service"]
+            and r["_finished"] < rollback["_finished"]
+        ]
+        # after a failed deploy, the rollback undoes that one (already counted), not the good one before it
+        if before and before[-1]["status"] == "succeeded" and rollback["_finished"] <= before[-1]["_finished"] + window:
+            undone.add(before[-1]["id"])
+    return undone

@@ -750,10 +750,13 @@ class Store:
         )
 
     def audit_rows(self, limit: int = 10000) -> list[dict]:
-        cur = self.db.execute("SELECT at, actor, action, request_id, details FROM audit ORDER BY id LIMIT ?", [limit])
+        """The newest ``limit`` audit rows, oldest first."""
+        cur = self.db.execute(
+            "SELECT at, actor, action, request_id, details FROM audit ORDER BY id DESC LIMIT ?", [limit]
+        )
         return [
             {"at": r[0], "actor": r[1], "action": r[2], "request_id": r[3], "details": json.loads(r[4] or "{}")}
-            for r in cur.fetchall()
+            for r in reversed(cur.fetchall())
         ]
 
     # -- live incidents ----------------------------------------------------

@@ -140,8 +140,8 @@ def test_a_follow_up_goes_to_the_thread_of_the_last_question(chat: Chat) -> None
 def test_a_newly_registered_command_works_and_updated_messages_lose_their_buttons(
     chat: Chat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stand-in for a future /deploy: a channel message with a button, which chat.update replaces."""
-    monkeypatch.setattr("bot.shell.SLASH_COMMANDS", [("/ask", "Ask", "Q"), ("/deploy", "Deploy", "SERVICE")])
+    """A command the app did not ship with (like /deploy once was): a message with a button, then chat.update."""
+    monkeypatch.setattr("bot.shell.SLASH_COMMANDS", [("/ask", "Ask", "Q"), ("/standin", "Stand-in", "SERVICE")])
     app = chat.shell.app
     assert app is not None
 
@@ -172,10 +172,10 @@ def test_a_newly_registered_command_works_and_updated_messages_lose_their_button
         text = f"Approved by <@{body['user']['id']}>"
         client.chat_update(channel=body["channel"]["id"], ts=body["message"]["ts"], text=text, blocks=[])
 
-    app.command("/deploy")(post_request)
+    app.command("/standin")(post_request)
     app.action("demo-approve")(approve)
 
-    shown = chat.say("/deploy payments-api 1.4.2")
+    shown = chat.say("/standin payments-api 1.4.2")
     assert "opsbot · in #shell\n  payments-api 1.4.2 requested by @Priya Raman\n  [1] Approve" in shown
     (posted,) = chat.shell.fake.calls("chat.postMessage")
     shown = chat.say("1")

@@ -14,7 +14,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.runtime import Runtime
-from bot.slack import actions, commands, events
+from bot.slack import actions, commands, deploys, events, incidents
 
 log = logging.getLogger(__name__)
 
@@ -58,4 +58,6 @@ def create_app(runtime: Runtime, client: WebClient | None = None, listener_execu
     events.register(app, runtime)
     commands.register(app, runtime)
     actions.register(app, runtime)
+    deploys.register(app, runtime)
+    incidents.register(app, runtime)
     return app

@@ -9,7 +9,11 @@ from bot.slack.server import EVENTS_PATH
 SLASH_COMMANDS = [
     ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),
     ("/experts", "Who to pull in for a problem", "TEXT [--service NAME]"),
+    ("/deploy", "Request a deploy; it runs once approved", "SERVICE VERSION ENV"),
+    ("/rollback", "Request a rollback (default: the previous good version)", "SERVICE ENV [VERSION]"),
+    ("/incident", "Declare and work an incident", "declare TITLE [--sev 1-4] [--service NAME] | status | note | list"),
 ]
+ESCAPED_COMMANDS = {"/incident"}  # Slack sends mentions as <@U123|name>, so `assign` gets the user id
 BOT_SCOPES = [
     "app_mentions:read",  # mentions in channels
     "chat:write",  # answers, updates
@@ -20,10 +24,11 @@ BOT_SCOPES = [
     "channels:history",  # questions in channels that opted in to answers without a mention
     "groups:history",
     "users:read",
-    "channels:manage",  # invite suggested experts into public channels
+    "channels:manage",  # invite suggested experts into public channels; create incident channels
     "groups:write",  # ... and private ones
+    "reactions:read",  # the pin emoji adds a message to an incident's timeline
 ]
-BOT_EVENTS = ["app_mention", "message.im", "message.channels", "message.groups"]
+BOT_EVENTS = ["app_mention", "message.im", "message.channels", "message.groups", "reaction_added"]
 
 
 def build_manifest(
@@ -33,7 +38,8 @@ def build_manifest(
     request_url = base_url.rstrip("/") + EVENTS_PATH
     commands = []
     for command, description, hint in SLASH_COMMANDS:
-        entry = {"command": command, "description": description, "usage_hint": hint, "should_escape": False}
+        escape = command in ESCAPED_COMMANDS
+        entry = {"command": command, "description": description, "usage_hint": hint, "should_escape": escape}
         if not socket_mode:
             entry["url"] = request_url
         commands.append(entry)

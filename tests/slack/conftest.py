@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -222,6 +223,8 @@ def runtime(tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store, minilm
     rt = Runtime(make_settings(tmp_path, slack_api), encoder=minilm, store=store)
     rt.start_loading()
     yield rt
+    with contextlib.suppress(Exception):  # a short test must not close the store under the loading thread
+        rt.index(timeout=60)
     store.close()
 
 

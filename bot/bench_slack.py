@@ -1,0 +1,184 @@
+"""Benchmarks of the Slack side: acknowledgement latency under load, end-to-end /ask, process start."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bot.bench import Timing, _write_runbooks, fill_store, synthetic_documents, synthetic_sentence
+from bot.config import Secret, Settings
+from bot.encoder import SentenceTransformerEncoder
+from bot.indexer import index_knowledge
+from bot.runtime import Runtime
+from bot.shell import sign
+from bot.slack.app import create_app, create_client
+from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.server import HttpServer
+from bot.store import Store
+
+
+def _post_command(url: str, secret: str, text: str, response_url: str) -> float:
+    """Send one signed /ask as Slack would; seconds until the acknowledgement came back."""
+    body = urllib.parse.urlencode(
+        {
+            "command": "/ask",
+            "text": text,
+            "user_id": "U0BENCH001",
+            "channel_id": "C0BENCH001",
+            "team_id": "T0BENCH",
+            "response_url": response_url,
+            "trigger_id": "t",
+        }
+    )
+    ts = int(time.time())
+    request = urllib.request.Request(
+        url,
+        data=body.encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": str(ts),
+            "X-Slack-Signature": sign(body, ts, secret),
+        },
+    )
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+    return time.perf_counter() - started
+
+
+def bench_slack(
+    encoder: SentenceTransformerEncoder, chunks: int = 10000, concurrent: int = 50, rounds: int = 4, e2e: int = 30
+) -> dict:
+    """Ack p50/p99 of signed slash commands, `concurrent` at a time, while an index job runs; then /ask end to end."""
+    secret = secrets.token_hex(16)
+    rng = __import__("random").Random(9)
+    with tempfile.TemporaryDirectory(prefix="opsbot-bench-slack-") as tmp, FakeSlackAPI() as api:
+        store = Store(Path(tmp) / "bench.db")
+        fill_store(store, synthetic_documents(chunks), encoder.model_id, encoder.dim)
+        settings = Settings(
+            db_path=Path(tmp) / "bench.db",
+            model=encoder.model,
+            slack_bot_token=Secret("xoxb-bench"),
+            slack_signing_secret=Secret(secret),
+            slack_api_url=api.url,
+        )
+        runtime = Runtime(settings, encoder=encoder, store=store)
+        runtime.start_loading()
+        runtime.index()
+        server = HttpServer(create_app(runtime, client=create_client(runtime)), runtime, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{server.port}/slack/events"
+        # An index job on another knowledge base, embedding with the same model, competing for both cores.
+        kb = Path(tmp) / "kb"
+        _write_runbooks(kb, synthetic_documents(400, seed=11))
+        index_store = Store(Path(tmp) / "index.db")
+        indexing = threading.Thread(target=index_knowledge, args=(index_store, encoder, kb), daemon=True)
+        indexing.start()
+        time.sleep(1.0)
+        acks: list[float] = []
+        with ThreadPoolExecutor(max_workers=concurrent) as pool:
+            for r in range(rounds):
+                futures = [
+                    pool.submit(_post_command, url, secret, synthetic_sentence(rng), api.response_url(f"a{r}-{n}"))
+                    for n in range(concurrent)
+                ]
+                acks.extend(f.result() * 1000 for f in futures)
+        was_indexing = indexing.is_alive()
+        indexing.join()
+        api.wait_for("response_url", count=rounds * concurrent, timeout=300)
+        api.clear()
+        latencies = []
+        for n in range(e2e):
+            name = f"e2e-{n}"
+            started = time.perf_counter()
+            _post_command(url, secret, synthetic_sentence(rng), api.response_url(name))
+            api.wait_for("response_url", timeout=60, predicate=lambda c, name=name: c.path.endswith(name))
+            latencies.append((time.perf_counter() - started) * 1000)
+        server.stop()
+        store.close()
+        index_store.close()
+    return {
+        "chunks": chunks,
+        "concurrent": concurrent,
+        "acks": len(acks),
+        "indexing_during_acks": was_indexing,
+        "ack_ms": {"p50": Timing.of(acks).p50, "p99": sorted(acks)[min(len(acks) - 1, int(len(acks) * 0.99))]},
+        "ask_end_to_end_ms": Timing.of(latencies).__dict__,
+    }
+
+
+def bench_process(encoder: SentenceTransformerEncoder, chunks: int = 100000) -> dict:
+    """`opsbot serve` as a process: start to acknowledging, start to model loaded, and its peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="opsbot-bench-proc-") as tmp, FakeSlackAPI() as api:
+        store = Store(Path(tmp) / "serve.db")
+        fill_store(store, synthetic_documents(chunks), encoder.model_id, encoder.dim)
+        store.set_meta("model", encoder.model_id)
+        store.close()
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+        env |= {
+            "SLACK_BOT_TOKEN": "xoxb-bench",
+            "SLACK_SIGNING_SECRET": "bench",
+            "SLACK_API_URL": api.url,
+            "OPSBOT_DB": str(Path(tmp) / "serve.db"),
+            "OPSBOT_MODEL": encoder.model,
+            "OPSBOT_LOG_LEVEL": "WARNING",
+        }
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp,
+        )
+        first = ready = None
+        try:
+            while time.perf_counter() - started < 300 and ready is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                        state = json.loads(response.read())
+                    first = first or time.perf_counter() - started
+                    if state["ready"]:
+                        ready = time.perf_counter() - started
+                except OSError:
+                    pass
+                time.sleep(0.02)
+            peak = _peak_rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    return {
+        "chunks": chunks,
+        "start_to_ack_s": first and round(first, 2),
+        "start_to_ready_s": ready and round(ready, 2),
+        "peak_rss_mb": peak,
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None

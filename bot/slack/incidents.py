@@ -1,0 +1,407 @@
+"""/incident: declare, work and resolve incidents in Slack; the pin reaction; Rollback from the briefing.
+
+The lifecycle is ``bot.incidents.IncidentService``; this module parses commands and shows its results.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.errors import InvalidRequest, OpsbotError
+from bot.incidents import IncidentService, LiveIncident, check_severity, deploys_since, possible_cause
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.blocks import build_experts_blocks
+from bot.slack.deploys import submit
+from bot.slack.guard import guarded
+from bot.slack.incident_blocks import (
+    USAGE,
+    build_declared_blocks,
+    build_knowledge_blocks,
+    build_list_text,
+    build_recent_deploys_blocks,
+    build_resolved_blocks,
+    build_status_blocks,
+    resolved_fallback_text,
+    title_line,
+)
+
+log = logging.getLogger(__name__)
+SUBCOMMANDS = ("declare", "status", "note", "assign", "severity", "resolve", "list")
+USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")
+RECENT_HOURS = 24
+SLUG_LENGTH = 40
+Message = tuple[str, list[dict]]
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+
+
+def split_subcommand(text: str) -> tuple[str, str]:
+    """`note INC-2026-0042 pods restarted` -> ("note", "INC-2026-0042 pods restarted")."""
+    parts = (text or "").strip().split(maxsplit=1)
+    return (parts[0].lower() if parts else "", parts[1].strip() if len(parts) > 1 else "")
+
+
+def split_incident_id(rest: str) -> tuple[str | None, str]:
+    """An incident id right after the subcommand, if one was given, and the rest."""
+    parts = rest.strip().split(maxsplit=1)
+    if parts and parts[0].upper().startswith("INC-"):
+        return parts[0], parts[1].strip() if len(parts) > 1 else ""
+    return None, rest.strip()
+
+
+def _option(word: str) -> str:
+    # Some clients turn a typed `--` into a dash; accept both.
+    return "--" + word[1:] if word[:1] in ("—", "–") else word
+
+
+def parse_declare(rest: str) -> tuple[str, int | None, list[str]]:
+    """`checkout 503s --sev 2 --service checkout-api` -> ("checkout 503s", 2, ["checkout-api"])."""
+    words = [_option(w) for w in rest.split()]
+    title: list[str] = []
+    severity: int | None = None
+    services: list[str] = []
+    i = 0
+    while i < len(words):
+        name, has_value, value = words[i].partition("=")
+        if name in ("--sev", "--severity", "--service"):
+            if not has_value:
+                if i + 1 >= len(words):
+                    raise InvalidRequest(f"{name} needs a value: /incident declare TITLE [--sev 1-4] [--service NAME].")
+                value = words[i + 1]
+                i += 1
+            if name == "--service":
+                services.append(value)
+            else:
+                severity = check_severity(value)
+        else:
+            title.append(words[i])
+        i += 1
+    return html.unescape(" ".join(title)), severity, services
+
+
+def parse_assign(rest: str) -> tuple[str, str]:
+    """`<@U123|dana> comms` -> ("U123", "comms")."""
+    parts = rest.split()
+    match = USER_REFERENCE.match(parts[0]) if parts else None
+    if match is None or len(parts) != 2:
+        raise InvalidRequest(
+            "mention the person and name the role: `/incident assign @user lead` or `/incident assign @user comms`."
+        )
+    return match[1] or match[2], parts[1].lower()
+
+
+def mentioned_services(title: str, known: set[str]) -> list[str]:
+    """Known service names written in the title, when no --service was given."""
+    lower = title.lower()
+    return sorted(s for s in known if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", lower))
+
+
+def channel_name(incident: LiveIncident) -> str:
+    """`inc-20261127-checkout-503s-after-deploy`: lower case, digits and dashes, as Slack allows."""
+    day = datetime.fromisoformat(incident.declared_at).strftime("%Y%m%d")
+    slug = re.sub(r"[^a-z0-9]+", "-", incident.title.lower()).strip("-")
+    if len(slug) > SLUG_LENGTH:  # cut at a word boundary when there is one
+        cut = slug[: SLUG_LENGTH + 1]
+        slug = cut.rsplit("-", 1)[0] if "-" in cut else slug[:SLUG_LENGTH]
+    return f"inc-{day}-{slug or incident.id.rsplit('-', 1)[1]}"
+
+
+# -- Slack helpers ------------------------------------------------------------------------------------
+
+
+def _error(exc: SlackApiError) -> str:
+    return str(exc.response.get("error", "")) if exc.response is not None else str(exc)
+
+
+def post(client: WebClient, channel: str, message: Message, respond: Respond | None = None) -> bool:
+    """Post in a channel; when Slack refuses, show it to the user who asked instead, saying why."""
+    text, blocks = message
+    try:
+        client.chat_postMessage(channel=channel, text=text, blocks=blocks or None)
+        return True
+    except SlackApiError as exc:
+        error = _error(exc)
+        log.warning("could not post channel=%s error=%s", channel, error)
+        if respond is not None:
+            note = f"I could not post this in <#{channel}> ({error}); invite me there with `/invite @opsbot`."
+            respond(
+                response_type="ephemeral",
+                replace_original=False,
+                text=f"{text}\n{note}",
+                blocks=[*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": note}]}],
+            )
+        return False
+
+
+def say_privately(respond: Respond, text: str) -> None:
+    respond(response_type="ephemeral", replace_original=False, text=text)
+
+
+def open_incident_channel(client: WebClient, incident: LiveIncident, user: str) -> tuple[str | None, str]:
+    """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error)."""
+    base = channel_name(incident)
+    for name in (base, f"{base[:70]}-{incident.id.rsplit('-', 1)[1]}"):
+        try:
+            created = client.conversations_create(name=name)
+        except SlackApiError as exc:
+            error = _error(exc)
+            if error == "name_taken":
+                continue
+            return None, error
+        channel = created["channel"]["id"]
+        try:
+            client.conversations_invite(channel=channel, users=user)
+        except SlackApiError as exc:
+            log.warning("could not invite declarer channel=%s user=%s error=%s", channel, user, _error(exc))
+        log.info("incident channel created id=%s channel=%s name=%s", incident.id, channel, name)
+        return channel, ""
+    return None, "name_taken"
+
+
+# -- the declaration briefing ---------------------------------------------------------------------------
+
+
+def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) -> Message:
+    """Runbook sections and similar past incidents, with how those were resolved."""
+    reply = runtime.reply(incident.title, channel=channel, user=incident.declared_by)
+    resolutions = {i.id: i.resolution for i in runtime.store.load_incidents()}
+    similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
+    text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
+    return text, build_knowledge_blocks(list(reply.runbooks), similar)
+
+
+def experts_message(runtime: Runtime, incident: LiveIncident) -> Message:
+    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None)
+    text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
+    return text, build_experts_blocks(incident.title, suggestions, can_invite=True)
+
+
+def deploys_message(runtime: Runtime, incident: LiveIncident) -> Message:
+    since = datetime.fromisoformat(incident.declared_at) - timedelta(hours=RECENT_HOURS)
+    deploys = deploys_since(runtime.store, incident.services, since)
+    return f"{len(deploys)} deploy(s) in the last 24 h", build_recent_deploys_blocks(incident, deploys)
+
+
+def guarded_part(what: str, build: Callable[[], Message]) -> Message:
+    """One part of the briefing; if it fails the others are still posted (the incident is recorded already)."""
+    try:
+        return build()
+    except OpsbotError as exc:
+        text = f"No {what}: {exc}"
+    except Exception:
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("incident briefing part failed part=%s error_id=%s", what, error_id)
+        text = f"Could not load the {what} (error id `{error_id}`)."
+    return text, [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+
+
+def declare(
+    runtime: Runtime, incidents: IncidentService, client: WebClient, respond: Respond, command: dict, rest: str
+) -> None:
+    user, origin = command.get("user_id", ""), command.get("channel_id", "")
+    title, severity, services = parse_declare(rest)
+    if not services:
+        services = mentioned_services(title, incidents.known_services)
+    incident = incidents.declare(title, user, severity, services, origin_channel=origin)
+    log.info("incident declared id=%s by=%s channel=%s", incident.id, user, origin)
+    where = origin
+    if runtime.settings.incident_channels:
+        channel, error = open_incident_channel(client, incident, user)
+        if channel:
+            incidents.set_channel(incident.id, channel)
+            where = channel
+        else:
+            say_privately(
+                respond,
+                f"{incident.id} is declared, but Slack refused to create its channel ({error}), so it lives in "
+                "this channel. The app needs the `channels:manage` scope (see `opsbot manifest`).",
+            )
+    incident = incidents.get(incident.id)
+    try:
+        cause = possible_cause(incident, runtime.store, runtime.deploys().settings.failure_window_hours)
+    except Exception:  # a hint only: never worth losing the briefing for
+        log.exception("could not look for a possible cause id=%s", incident.id)
+        cause = None
+    headline = f"{incident.id} SEV{incident.severity}: {incident.title}"
+    post(client, where, (headline, build_declared_blocks(incident, cause)), respond)
+    for message in (
+        guarded_part("runbooks or similar incidents", lambda: knowledge_message(runtime, incident, where)),
+        guarded_part("expert suggestions", lambda: experts_message(runtime, incident)),
+        guarded_part("recent deploys", lambda: deploys_message(runtime, incident)),
+    ):
+        post(client, where, message, respond)
+    if where != origin:
+        text = f":rotating_light: {title_line(incident)} declared by <@{user}>; it is worked in <#{where}>."
+        post(client, origin, (text, []), respond)
+
+
+# -- working an incident --------------------------------------------------------------------------------
+
+
+def announce(client: WebClient, respond: Respond, incident: LiveIncident, channel: str, text: str) -> None:
+    """Show a change in the incident's channel; tell the user where, when they typed it elsewhere."""
+    post(client, incident.channel, (text, []), respond)
+    if channel != incident.channel:
+        say_privately(respond, f"Done: {text} (posted in <#{incident.channel}>)")
+
+
+def resolve(
+    runtime: Runtime,
+    incidents: IncidentService,
+    client: WebClient,
+    respond: Respond,
+    incident: LiveIncident,
+    user: str,
+    resolution: str,
+) -> None:
+    live, past = incidents.resolve(incident, user, html.unescape(resolution))
+    log.info("incident resolved id=%s by=%s minutes=%s", live.id, user, live.minutes_to_restore)
+    searchable = True
+    try:  # before the summary, so that once people read it, /ask and /experts know the incident
+        runtime.learn_from(past)
+    except Exception:
+        searchable = False
+        log.exception("could not index resolved incident id=%s", live.id)
+    post(client, live.channel, (resolved_fallback_text(live), build_resolved_blocks(live, searchable)), respond)
+    if live.origin_channel and live.origin_channel != live.channel:
+        post(client, live.origin_channel, (f":white_check_mark: {title_line(live)} is resolved.", []), None)
+
+
+def run_subcommand(runtime: Runtime, client: WebClient, respond: Respond, command: dict, sub: str, rest: str) -> None:
+    incidents = runtime.incidents()
+    user, channel = command.get("user_id", ""), command.get("channel_id", "")
+    if sub == "declare":
+        declare(runtime, incidents, client, respond, command, rest)
+        return
+    if sub == "list":
+        say_privately(respond, build_list_text(incidents.list_open()))
+        return
+    incident_id, rest = split_incident_id(rest)
+    incident = incidents.find(incident_id, channel)
+    if sub == "status":
+        blocks = build_status_blocks(incident)
+        respond(response_type="ephemeral", replace_original=False, text=title_line(incident), blocks=blocks)
+    elif sub == "note":
+        text = html.unescape(rest)
+        incident = incidents.note(incident, user, text)
+        announce(client, respond, incident, channel, f":memo: {incident.id} note from <@{user}>: {rest}")
+    elif sub == "assign":
+        person, role = parse_assign(rest)
+        incident = incidents.assign(incident, user, person, role)
+        announce(client, respond, incident, channel, f":bust_in_silhouette: <@{person}> is {role} of {incident.id}.")
+    elif sub == "severity":
+        before = incident.severity
+        incident = incidents.set_severity(incident, user, rest)
+        text = f":rotating_light: {incident.id} severity SEV{before} → SEV{incident.severity} (by <@{user}>)."
+        announce(client, respond, incident, channel, text)
+    elif sub == "resolve":
+        resolve(runtime, incidents, client, respond, incident, user, rest)
+        if channel != incident.channel:
+            say_privately(respond, f"{incident.id} is resolved; the summary is in <#{incident.channel}>.")
+
+
+# -- the pin reaction and the Rollback button ---------------------------------------------------------
+
+
+def message_text(client: WebClient, channel: str, ts: str) -> str | None:
+    """The text of one message, in the channel or in a thread."""
+    found = client.conversations_history(channel=channel, latest=ts, inclusive=True, limit=1)
+    for message in found.get("messages") or []:
+        if message.get("ts") == ts:
+            return message.get("text") or ""
+    found = client.conversations_replies(channel=channel, ts=ts)
+    for message in found.get("messages") or []:
+        if message.get("ts") == ts:
+            return message.get("text") or ""
+    return None
+
+
+def pin_message(runtime: Runtime, client: WebClient, event: dict) -> None:
+    """The pin emoji on a message in an incident's channel adds the message to its timeline."""
+    if event.get("reaction", "").split("::")[0] != runtime.settings.pin_emoji:
+        return
+    item = event.get("item") or {}
+    channel, ts, user = item.get("channel", ""), item.get("ts", ""), event.get("user", "")
+    if item.get("type") != "message" or runtime.store.live_incident_in_channel(channel) is None:
+        return  # not an incident channel: the emoji means nothing here
+    incidents = runtime.incidents()
+    try:
+        incident = incidents.find(None, channel)
+        if not incident.is_open:
+            return
+        text = message_text(client, channel, ts)
+        if text is None:
+            raise InvalidRequest("I could not read that message; is it in a thread I can't see?")
+        text = html.unescape(text).strip()
+        if any(e["kind"] == "pinned" and e["text"] == text[:2000] for e in incident.events):
+            return  # someone else pinned it already
+        incidents.pin(incident, user, text)
+    except OpsbotError as exc:
+        client.chat_postEphemeral(channel=channel, user=user, text=f"Sorry: {exc}")
+        return
+    log.info("incident message pinned id=%s channel=%s ts=%s by=%s", incident.id, channel, ts, user)
+    client.chat_postEphemeral(channel=channel, user=user, text=f"Added to the {incident.id} timeline.")
+
+
+def request_rollback(runtime: Runtime, client: WebClient, respond: Respond, body: dict) -> None:
+    """A Rollback button of the briefing: a rollback request through the /rollback approval flow."""
+    value: dict[str, Any] = json.loads(body["actions"][0]["value"])
+    user = body["user"]["id"]
+    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+    command = {"user_id": user, "channel_id": channel}
+    request = submit(runtime.deploys(), client, respond, command, "rollback", value["service"], value["env"], None)
+    log.info("rollback requested from incident id=%s request=%s by=%s", value["incident"], request.id, user)
+    incidents = runtime.incidents()
+    text = f"Rollback of {request.service} in {request.env} to {request.version} requested ({request.id})"
+    try:
+        incidents.record_action(incidents.get(value["incident"]), user, text)
+    except OpsbotError as exc:  # resolved meanwhile: the rollback request stands on its own
+        log.info("rollback not added to incident id=%s reason=%s", value["incident"], exc)
+
+
+# -- wiring ------------------------------------------------------------------------------------------------
+
+
+def register(app: App, runtime: Runtime) -> None:
+    def ack_incident(ack: Ack, command: dict) -> None:
+        sub, _ = split_subcommand(command.get("text", ""))
+        if sub not in SUBCOMMANDS:
+            ack(response_type="ephemeral", text=USAGE)
+        elif sub == "declare":
+            ack(response_type="ephemeral", text="Declaring the incident…")
+        else:
+            ack()
+
+    @guarded
+    def handle_incident(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+        sub, rest = split_subcommand(command.get("text", ""))
+        if sub in SUBCOMMANDS:
+            run_subcommand(runtime, client, respond, command, sub, rest)
+
+    def just_ack(ack: Ack) -> None:
+        ack()
+
+    @guarded
+    def handle_reaction(event: dict, body: dict, client: WebClient) -> None:
+        pin_message(runtime, client, event)
+
+    @guarded
+    def handle_rollback(body: dict, client: WebClient, respond: Respond) -> None:
+        request_rollback(runtime, client, respond, body)
+
+    app.command("/incident")(ack=ack_incident, lazy=[handle_incident])
+    app.event("reaction_added")(ack=just_ack, lazy=[handle_reaction])
+    app.action(ids.INCIDENT_ROLLBACK)(ack=just_ack, lazy=[handle_rollback])

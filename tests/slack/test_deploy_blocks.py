@@ -1,0 +1,130 @@
+"""The deploy Block Kit builders and argument parsing, without Slack."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from bot.deploys import Decision, DeployRequest
+from bot.slack import ids
+from bot.slack.deploy_blocks import (
+    RequestView,
+    build_deploy_request_blocks,
+    build_deploy_summary_blocks,
+    build_progress_text,
+    build_refusal_text,
+    code_block,
+    format_duration,
+)
+from bot.slack.deploys import parse_deploy_args, parse_rollback_args
+from bot.slack.manifest import build_manifest
+
+REQUEST = DeployRequest(
+    id="dep-20261120-abc123",
+    kind="deploy",
+    service="checkout-api",
+    env="prod",
+    version="1.4.2",
+    from_version="1.4.1",
+    requester="U03F8K2LQ1",
+    status="pending",
+    approvals_needed=2,
+    created_at="2026-11-20T10:00:00+00:00",
+    expires_at="2026-11-20T10:30:00+00:00",
+    started_at=None,
+    finished_at=None,
+    channel="C0OPS0001",
+    message_ts="1700000000.000100",
+    exit_code=None,
+    log_tail="",
+    source="slack",
+    commit_sha="",
+    commit_time="",
+    pipeline_url="",
+    changes=(),
+    approvers=("U03H1M9TZ4",),
+)
+VIEW = RequestView(
+    "python -m bot.demo_deploy checkout-api 1.4.2 prod dep-20261120-abc123",
+    "payments team or sre team or Daniel Okafor",
+    {"U03F8K2LQ1": "Priya Raman", "U03H1M9TZ4": "Marcus Oyelaran"},
+)
+
+
+def text(blocks: list[dict]) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+def test_a_pending_request_shows_approvals_so_far_what_is_needed_and_the_buttons() -> None:
+    blocks = build_deploy_request_blocks(REQUEST, VIEW)
+    shown = text(blocks)
+    assert "Deploy checkout-api 1.4.1 → 1.4.2 to prod" in shown
+    assert "*Approvals:* 1 of 2 (approved by Marcus Oyelaran) · needs 1 more" in shown
+    assert "<!date^1795170600^{date_short_pretty} {time}|2026-11-20 10:30 UTC>" in shown
+    (actions,) = [b for b in blocks if b["type"] == "actions"]
+    assert [(e["action_id"], e["value"]) for e in actions["elements"]] == [
+        (ids.DEPLOY_APPROVE, REQUEST.id),
+        (ids.DEPLOY_REJECT, REQUEST.id),
+    ]
+
+
+def test_a_decided_request_has_no_buttons_and_says_how_it_ended() -> None:
+    rejected = dataclasses.replace(REQUEST, status="rejected", rejected_by="U03H1M9TZ4")
+    blocks = build_deploy_request_blocks(rejected, VIEW)
+    assert "*Rejected by Marcus Oyelaran*; nothing ran." in text(blocks)
+    assert not [b for b in blocks if b["type"] == "actions"]
+    expired = dataclasses.replace(REQUEST, status="expired", approvers=())
+    assert "Expired: nobody approved within 30 minutes" in text(build_deploy_request_blocks(expired, VIEW))
+
+
+def test_the_summary_has_every_fact_the_log_tail_in_a_code_block_and_the_dora_line() -> None:
+    done = dataclasses.replace(
+        REQUEST,
+        status="failed",
+        exit_code=1,
+        started_at="2026-11-20T10:05:00+00:00",
+        finished_at="2026-11-20T10:07:05+00:00",
+        approvers=("U03H1M9TZ4", "U04C2RN8VD"),
+        log_tail="pulling <image>\n```\nhealth check failed",
+    )
+    blocks = build_deploy_summary_blocks(done, VIEW, "Deploys: 3 in 7 days")
+    shown = text(blocks)
+    assert ":x: *Deploy checkout-api 1.4.1 → 1.4.2 to prod*: failed (exit code 1)" in shown
+    fields = [f["text"] for f in blocks[1]["fields"]]
+    assert "*Approved by*\nMarcus Oyelaran, <@U04C2RN8VD>" in fields and "*Duration*\n2 min 5 s" in fields
+    assert "```pulling &lt;image&gt;\n'''\nhealth check failed```" in blocks[2]["text"]["text"]
+    assert "Deploys: 3 in 7 days" in shown
+
+
+def test_progress_and_refusals_read_well() -> None:
+    running = dataclasses.replace(REQUEST, status="running")
+    progress = build_progress_text(running, VIEW.command, "step 1\nstep 2\n")
+    assert progress.startswith(":hourglass_flowing_sand: Running `python -m bot.demo_deploy") and "step 2" in progress
+    refused = Decision(REQUEST, "refused", "you requested this; someone else has to approve it.")
+    assert (
+        build_refusal_text(refused) == "Your click did not count: you requested this; someone else has to approve it."
+    )
+    expired = Decision(dataclasses.replace(REQUEST, status="expired"), "closed", "this request is already expired.")
+    assert "`/deploy checkout-api 1.4.2 prod`" in build_refusal_text(expired)
+
+
+def test_long_logs_keep_their_end_and_durations_are_readable() -> None:
+    block = code_block("\n".join(f"line {n}" for n in range(2000)), limit=200)
+    assert block.startswith("```…") and block.endswith("line 1999```") and len(block) < 220
+    assert code_block("") == "```(no output)```"
+    assert [format_duration(s) for s in (None, 0.2, 42, 125)] == ["n/a", "under 1 s", "42 s", "2 min 5 s"]
+
+
+def test_arguments_keep_a_hostile_version_whole_so_it_is_refused_by_name() -> None:
+    assert parse_deploy_args("checkout-api 1.2.3; rm -rf / staging") == ("checkout-api", "1.2.3; rm -rf /", "staging")
+    assert parse_deploy_args("checkout-api 1.4.2 prod") == ("checkout-api", "1.4.2", "prod")
+    assert parse_deploy_args("checkout-api prod") is None
+    assert parse_rollback_args("checkout-api prod") == ("checkout-api", "prod", None)
+    assert parse_rollback_args("checkout-api prod 1.4.1") == ("checkout-api", "prod", "1.4.1")
+    assert parse_rollback_args("checkout-api") is None
+
+
+def test_the_manifest_registers_deploy_and_rollback() -> None:
+    commands = {c["command"]: c for c in build_manifest()["features"]["slash_commands"]}
+    assert commands["/deploy"]["usage_hint"] == "SERVICE VERSION ENV"
+    assert commands["/rollback"]["usage_hint"] == "SERVICE ENV [VERSION]"

@@ -1,0 +1,333 @@
+"""/incident, the pin reaction and the Rollback button, through signed requests against the fake Slack API."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from slack_sdk import WebClient
+
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.fake_api import Call, FakeSlackAPI
+from bot.slack.incidents import channel_name, parse_assign, parse_declare, split_incident_id
+from bot.slack.manifest import build_manifest
+from tests.slack.conftest import BOT_TOKEN, SlackDriver
+
+PRIYA = "U03F8K2LQ1"  # payments, owns checkout-api
+DANIEL = "U04C2RN8VD"  # platform, Postgres
+MARCUS = "U03H1M9TZ4"  # payments
+OPS = "C0OPS0001"
+ELSEWHERE = "C0RANDOM1"
+TITLE = "Checkout 503s: pgbouncer pool exhausted on pg-main"
+
+
+def shown(body: dict) -> str:
+    """Everything a person reads in a message: text, sections, fields, context, buttons."""
+    parts = [body.get("text") or ""]
+    for block in body.get("blocks") or []:
+        parts.append((block.get("text") or {}).get("text", ""))
+        parts += [f["text"] for f in block.get("fields", [])]
+        for element in block.get("elements", []):
+            text = element.get("text", "")
+            parts.append(text["text"] if isinstance(text, dict) else text)
+    return "\n".join(parts)
+
+
+def accessories(body: dict, action_id: str) -> list[dict]:
+    return [b["accessory"] for b in body.get("blocks") or [] if b.get("accessory", {}).get("action_id") == action_id]
+
+
+def posts(api: FakeSlackAPI, count: int, timeout: float = 20) -> list[Call]:
+    return api.wait_for("chat.postMessage", count=count, timeout=timeout)
+
+
+def incident(slack: SlackDriver, api: FakeSlackAPI, text: str, user: str = PRIYA, channel: str = OPS) -> dict:
+    """Type `/incident TEXT` and return what came back to the typist only (the ack or response_url)."""
+    ack = slack.command("/incident", text, user=user, channel=channel)
+    assert ack.status == 200
+    name = slack.sent[-1]
+    if ack.body and not text.startswith("declare"):
+        return ack.json()
+    (call,) = api.wait_for("response_url", predicate=lambda c: c.path == f"/response/{name}", timeout=15)
+    return call.body
+
+
+def say(slack: SlackDriver, api: FakeSlackAPI, text: str, user: str = PRIYA, channel: str = OPS) -> dict:
+    """Type `/incident TEXT` and return the message it posted in the channel."""
+    before = len(api.calls("chat.postMessage"))
+    assert slack.command("/incident", text, user=user, channel=channel).status == 200
+    return posts(api, before + 1)[before].body
+
+
+def declare(
+    slack: SlackDriver, api: FakeSlackAPI, text: str, parts: int = 4, user: str = PRIYA, channel: str = OPS
+) -> tuple[str, list[dict]]:
+    """Declare and wait for the briefing; returns the incident id and the posted messages."""
+    before = len(api.calls("chat.postMessage"))
+    ack = slack.command("/incident", f"declare {text}", user=user, channel=channel)
+    assert ack.json() == {"response_type": "ephemeral", "text": "Declaring the incident…"}
+    bodies = [c.body for c in posts(api, before + parts, timeout=30)[before:]]
+    incident_id = shown(bodies[0]).split("*")[1]
+    assert incident_id.startswith("INC-2026-"), shown(bodies[0])
+    return incident_id, bodies
+
+
+def deploy_row(request_id: str, version: str, finished: datetime, from_version: str = "") -> dict:
+    return {
+        "id": request_id,
+        "kind": "deploy",
+        "service": "checkout-api",
+        "env": "staging",
+        "version": version,
+        "from_version": from_version,
+        "requester": PRIYA,
+        "status": "succeeded",
+        "approvals_needed": 1,
+        "created_at": (finished - timedelta(minutes=5)).isoformat(timespec="seconds"),
+        "expires_at": "",
+        "started_at": (finished - timedelta(minutes=2)).isoformat(timespec="seconds"),
+        "finished_at": finished.isoformat(timespec="seconds"),
+        "channel": OPS,
+        "message_ts": "",
+        "exit_code": 0,
+        "log_tail": "",
+        "source": "slack",
+        "commit_sha": "",
+        "commit_time": "",
+        "pipeline_url": "",
+        "changes": "[]",
+    }
+
+
+def timeline(runtime: Runtime, incident_id: str) -> list[tuple[str, str, str]]:
+    return [(e["actor"], e["kind"], e["text"]) for e in runtime.incidents().get(incident_id).events]
+
+
+def eventually(read, ok, timeout: float = 5):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while not ok(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+# -- declaring ------------------------------------------------------------------------------------------
+
+
+def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_with_rollback(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    now = datetime.now(UTC)
+    with runtime.store.immediate():
+        runtime.store.insert_deploy(deploy_row("dep-old", "1.4.1", now - timedelta(days=3)))
+        runtime.store.insert_deploy(deploy_row("dep-new", "1.4.2", now - timedelta(minutes=40), "1.4.1"))
+
+    incident_id, (header, knowledge, experts, deploys) = declare(
+        slack, slack_api, f"{TITLE} --sev 2 --service checkout-api"
+    )
+
+    assert all(body["channel"] == OPS for body in (header, knowledge, experts, deploys))
+    text = shown(header)
+    assert f"*{incident_id}* · SEV2 · {TITLE}" in text and f"*Declared by* <@{PRIYA}>" in text, text
+    assert "*Possible cause:* deploy 1.4.2 of checkout-api to staging (`dep-new`) finished 40 min before" in text
+    text = shown(knowledge)
+    assert "*Related runbook sections*" in text and "runbooks/postgres/connection-pool-exhausted.md" in text
+    assert "*Similar past incidents*" in text and "*Resolved by:*" in text and "INC-20" in text
+    assert "*Who could help with:*" in shown(experts) and accessories(experts, ids.INVITE_EXPERT)
+    text = shown(deploys)
+    assert "*Deploys of checkout-api in the last 24 h*" in text and "1.4.1 → *1.4.2* to staging" in text
+    assert "dep-old" not in text  # three days old
+    (button,) = accessories(deploys, ids.INCIDENT_ROLLBACK)
+    assert button["confirm"]["confirm"]["text"] == "Request"
+    live = runtime.incidents().get(incident_id)
+    assert (live.severity, live.services, live.channel, live.roles) == (2, ("checkout-api",), OPS, {"lead": PRIYA})
+
+    # Rollback goes through the approval flow: a pending request with Approve and Reject, and a timeline entry.
+    before = len(slack_api.calls("chat.postMessage"))
+    slack.click(ids.INCIDENT_ROLLBACK, button["value"], user=DANIEL, channel=OPS)
+    request = posts(slack_api, before + 1)[before].body
+    buttons = {
+        e["action_id"]
+        for b in request["blocks"]
+        if b.get("block_id") == ids.DEPLOY_ACTIONS_BLOCK
+        for e in b["elements"]
+    }
+    assert buttons == {ids.DEPLOY_APPROVE, ids.DEPLOY_REJECT}
+    (rollback,) = runtime.store.deploy_rows("kind = 'rollback'")
+    assert (rollback["status"], rollback["version"], rollback["requester"]) == ("pending", "1.4.1", DANIEL)
+    entries = eventually(lambda: timeline(runtime, incident_id), lambda t: len(t) == 2)
+    assert entries[-1] == (
+        DANIEL,
+        "action",
+        f"Rollback of checkout-api in staging to 1.4.1 requested ({rollback['id']})",
+    )
+
+
+def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worked_and_resolved_there(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    title = "Barcode scanners in the Tilburg warehouse reboot in a loop after the firmware push"
+    incident_id, bodies = declare(slack, slack_api, f"{title} --sev 3", parts=5)
+
+    (create,) = slack_api.calls("conversations.create")
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    assert create.body["name"] == f"inc-{day}-barcode-scanners-in-the-tilburg"
+    channel = create.answer["channel"]["id"]
+    (invite,) = slack_api.calls("conversations.invite")
+    assert (invite.body["channel"], invite.body["users"]) == (channel, PRIYA)
+    assert [b["channel"] for b in bodies] == [channel] * 4 + [OPS]
+    assert f"it is worked in <#{channel}>" in shown(bodies[4])
+    assert runtime.incidents().get(incident_id).channel == channel
+    assert "No service named" in shown(bodies[3])
+
+    # In the incident's channel no id is needed.
+    assert shown(say(slack, slack_api, "note scanners run firmware 4.2.1", channel=channel)).endswith(
+        f"note from <@{PRIYA}>: scanners run firmware 4.2.1"
+    )
+    assert f"<@{DANIEL}> is lead of {incident_id}" in shown(
+        say(slack, slack_api, f"assign <@{DANIEL}|daniel> lead", channel=channel)
+    )
+    assert "severity SEV3 → SEV2" in shown(say(slack, slack_api, "severity 2", channel=channel))
+    status = shown(incident(slack, slack_api, "status", channel=channel))
+    assert f"*{incident_id}* · SEV2" in status and f"lead <@{DANIEL}>" in status
+    assert "scanners run firmware 4.2.1" in status and "Severity SEV3 → SEV2" in status
+    assert incident_id in incident(slack, slack_api, "list", channel=ELSEWHERE)["text"]
+
+    # The pin emoji adds a message to the timeline; other emojis and other channels are ignored.
+    chat = WebClient(token=BOT_TOKEN, base_url=slack_api.url)
+    ts = chat.chat_postMessage(channel=channel, text="Rolled back scanner firmware to 4.1.9 &amp; rebooted")["ts"]
+    other = chat.chat_postMessage(channel=ELSEWHERE, text="unrelated")["ts"]
+    for reaction, where, when in (("eyes", channel, ts), ("pushpin", ELSEWHERE, other), ("pushpin", channel, ts)):
+        item = {"type": "message", "channel": where, "ts": when}
+        slack.event({"type": "reaction_added", "user": MARCUS, "reaction": reaction, "item": item, "event_ts": when})
+    (told,) = slack_api.wait_for("chat.postEphemeral", predicate=lambda c: c.body["user"] == MARCUS)
+    assert told.body["text"] == f"Added to the {incident_id} timeline." and told.body["channel"] == channel
+    time.sleep(0.3)
+    pinned = [e for e in timeline(runtime, incident_id) if e[1] == "pinned"]
+    assert pinned == [(MARCUS, "pinned", "Rolled back scanner firmware to 4.1.9 & rebooted")]
+
+    # Resolve: the summary, then at once searchable and training the expert model.
+    resolution = "Rolled the scanner firmware back to 4.1.9 and paused the push"
+    summary = say(slack, slack_api, f"resolve {resolution}", user=DANIEL, channel=channel)
+    text = shown(summary)
+    assert f":white_check_mark: *Resolved:* *{incident_id}*" in text
+    assert "*Time to restore*\n0 min" in text or "*Time to restore*\n1 min" in text
+    assert f"*Responders*\n<@{DANIEL}>, <@{PRIYA}>, <@{MARCUS}>" in text
+    assert resolution in text and "firmware 4.2.1" in text and "now searchable" in text
+    slack_api.wait_for(
+        "chat.postMessage", predicate=lambda c: c.body["channel"] == OPS and "resolved" in c.body["text"]
+    )
+
+    reply = runtime.reply(title)
+    assert incident_id in [h.incident_id for h in reply.incidents]
+    suggestions = runtime.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
+    daniel = next(s for s in suggestions if s.expert.id == DANIEL)
+    assert incident_id in [i.id for i in daniel.incidents] and suggestions[0].expert.id == DANIEL
+
+
+def test_when_slack_refuses_the_channel_the_incident_lives_where_it_was_declared(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    slack_api.fail_next("conversations.create", status=200, error="missing_scope")
+    incident_id, bodies = declare(slack, slack_api, "Search results empty --service catalog-search")
+    assert [b["channel"] for b in bodies] == [OPS] * 4
+    assert runtime.incidents().get(incident_id).channel == OPS
+    (told,) = slack_api.wait_for("response_url", predicate=lambda c: "missing_scope" in c.body.get("text", ""))
+    assert told.body["response_type"] == "ephemeral" and "`channels:manage`" in told.body["text"]
+    assert not slack_api.calls("conversations.invite")
+
+
+# -- errors: clear, ephemeral, and nothing changes ------------------------------------------------------------
+
+
+def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime) -> None:
+    incidents = runtime.incidents()
+    open_one = incidents.declare("Kafka consumer lag on orders", PRIYA, 2, ["order-pipeline"], origin_channel=OPS)
+    closed = incidents.declare("Redis evictions on sessions", PRIYA, 3, [], origin_channel="C0OTHER01")
+    incidents.resolve(closed, PRIYA, "Raised maxmemory")
+    snapshot = {i.id: incidents.get(i.id) for i in (open_one, closed)}
+
+    cases = [
+        ("note INC-2026-9999 hello", OPS, "no incident INC-2026-9999"),
+        ("note INC-42 hello", OPS, "'INC-42' is not an incident id like INC-2026-0042"),
+        (f"resolve {closed.id} again", ELSEWHERE, f"{closed.id} is already resolved; nothing changed."),
+        (f"note {closed.id} too late", ELSEWHERE, f"{closed.id} is resolved; it can't change any more."),
+        ("severity 7", OPS, "severity '7' must be 1 (worst) to 4."),
+        ("severity 2", OPS, f"{open_one.id} is already SEV2; nothing changed."),
+        ("note consumers are behind", ELSEWHERE, "this is not an incident channel, so name the incident"),
+        ("assign daniel lead", OPS, "mention the person and name the role"),
+        (f"assign <@{DANIEL}|daniel> scribe", OPS, "role 'scribe' is not one of lead, comms"),
+        ("resolve", OPS, "say how it was resolved"),
+        ("declare --sev 9 Something", OPS, "severity '9' must be 1 (worst) to 4."),
+        ("declare Pods crash --service chekout-api", OPS, "unknown service 'chekout-api'"),
+    ]
+    for text, channel, message in cases:
+        body = incident(slack, slack_api, text, channel=channel)
+        assert body["response_type"] == "ephemeral", text
+        assert body["text"].startswith("Sorry: ") and message in body["text"], (text, body["text"])
+
+    assert {i.id: incidents.get(i.id) for i in (open_one, closed)} == snapshot
+    assert len(incidents.list_all()) == 2
+    assert not slack_api.messages()
+
+
+def test_unknown_subcommand_shows_the_usage(slack: SlackDriver) -> None:
+    for text in ("", "help", "declar checkout down"):
+        body = slack.command("/incident", text).json()
+        assert body["response_type"] == "ephemeral" and "/incident declare TITLE" in body["text"]
+
+
+def test_two_open_incidents_in_one_channel_need_an_id(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    incidents = runtime.incidents()
+    first = incidents.declare("Checkout slow", PRIYA, origin_channel=OPS)
+    second = incidents.declare("Search slow", PRIYA, origin_channel=OPS)
+    body = incident(slack, slack_api, "note which one?")
+    assert "several open incidents" in body["text"] and first.id in body["text"] and second.id in body["text"]
+    say(slack, slack_api, f"note {second.id} search pods restarted")
+    assert timeline(runtime, second.id)[-1] == (PRIYA, "note", "search pods restarted")
+    assert len(timeline(runtime, first.id)) == 1
+
+
+# -- parsing and the manifest -------------------------------------------------------------------------------
+
+
+def test_parsing_of_arguments() -> None:
+    assert parse_declare("checkout 503s --sev 2 --service checkout-api") == ("checkout 503s", 2, ["checkout-api"])
+    assert parse_declare("a &lt; b —sev=SEV1 --service=x --service y") == ("a < b", 1, ["x", "y"])
+    assert parse_assign("<@U04C2RN8VD|daniel> Comms") == ("U04C2RN8VD", "comms")
+    assert parse_assign("<@U04C2RN8VD> lead") == ("U04C2RN8VD", "lead")
+    assert split_incident_id("inc-2026-0042 pods restarted") == ("inc-2026-0042", "pods restarted")
+    assert split_incident_id("pods restarted") == (None, "pods restarted")
+
+
+def test_channel_names_are_what_slack_allows(runtime: Runtime) -> None:
+    live = runtime.incidents().declare("Ünïcode & CAPS: the checkout/payments path is DOWN!! " * 3, PRIYA)
+    name = channel_name(live)
+    assert name.startswith("inc-2026") and len(name) <= 80 and name == name.lower() and " " not in name
+    assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") and not name.endswith("-")
+
+
+def test_the_manifest_registers_incident_with_escaping_and_the_reaction_event() -> None:
+    manifest = build_manifest()
+    command = next(c for c in manifest["features"]["slash_commands"] if c["command"] == "/incident")
+    assert command["should_escape"] is True  # so `assign @user` arrives as <@U123|name>
+    assert "reaction_added" in manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert {"reactions:read", "channels:manage"} <= set(manifest["oauth_config"]["scopes"]["bot"])
+
+
+@pytest.mark.parametrize("value", ["maybe", "yes please"])
+def test_a_bad_incident_channels_setting_is_reported(value: str) -> None:
+    from bot.config import Settings
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="OPSBOT_INCIDENT_CHANNELS=.* must be true or false"):
+        Settings.from_env({"OPSBOT_INCIDENT_CHANNELS": value}, dotenv=None)
+    settings = Settings.from_env({"OPSBOT_INCIDENT_CHANNELS": "1", "OPSBOT_PIN_EMOJI": ":Round_Pushpin:"}, dotenv=None)
+    assert settings.incident_channels is True and settings.pin_emoji == "round_pushpin"
+    assert Settings().pin_emoji == "pushpin" and Settings().incident_channels is False
