@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -16,14 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bot.bench import Timing, _write_runbooks, fill_store, synthetic_documents, synthetic_sentence
-from bot.config import Secret, Settings
 from bot.encoder import SentenceTransformerEncoder
-from bot.indexer import index_knowledge
-from bot.runtime import Runtime
 from bot.shell import sign
-from bot.slack.app import create_app, create_client
 from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
 from bot.store import Store
 
 
@@ -58,63 +53,113 @@ def _post_command(url: str, secret: str, text: str, response_url: str) -> float:
 
 
 def bench_slack(
-    encoder: SentenceTransformerEncoder, chunks: int = 10000, concurrent: int = 50, rounds: int = 4, e2e: int = 30
+    encoder: SentenceTransformerEncoder,
+    chunks: int = 10000,
+    concurrent: int = 50,
+    rounds: int = 4,
+    e2e: int = 30,
+    index_while: bool = True,
 ) -> dict:
-    """Ack p50/p99 of signed slash commands, `concurrent` at a time, while an index job runs; then /ask end to end."""
+    """Ack p50/p99 of signed slash commands, `concurrent` at a time, to an `opsbot serve` process while an
+    `opsbot index` process embeds; then /ask end to end, from the request to the answer reaching Slack."""
     secret = secrets.token_hex(16)
-    rng = __import__("random").Random(9)
+    rng = random.Random(9)
     with tempfile.TemporaryDirectory(prefix="opsbot-bench-slack-") as tmp, FakeSlackAPI() as api:
         store = Store(Path(tmp) / "bench.db")
         fill_store(store, synthetic_documents(chunks), encoder.model_id, encoder.dim)
-        settings = Settings(
-            db_path=Path(tmp) / "bench.db",
-            model=encoder.model,
-            slack_bot_token=Secret("xoxb-bench"),
-            slack_signing_secret=Secret(secret),
-            slack_api_url=api.url,
-        )
-        runtime = Runtime(settings, encoder=encoder, store=store)
-        runtime.start_loading()
-        runtime.index()
-        server = HttpServer(create_app(runtime, client=create_client(runtime)), runtime, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{server.port}/slack/events"
-        # An index job on another knowledge base, embedding with the same model, competing for both cores.
-        kb = Path(tmp) / "kb"
-        _write_runbooks(kb, synthetic_documents(400, seed=11))
-        index_store = Store(Path(tmp) / "index.db")
-        indexing = threading.Thread(target=index_knowledge, args=(index_store, encoder, kb), daemon=True)
-        indexing.start()
-        time.sleep(1.0)
-        acks: list[float] = []
-        with ThreadPoolExecutor(max_workers=concurrent) as pool:
-            for r in range(rounds):
-                futures = [
-                    pool.submit(_post_command, url, secret, synthetic_sentence(rng), api.response_url(f"a{r}-{n}"))
-                    for n in range(concurrent)
-                ]
-                acks.extend(f.result() * 1000 for f in futures)
-        was_indexing = indexing.is_alive()
-        indexing.join()
-        api.wait_for("response_url", count=rounds * concurrent, timeout=300)
-        api.clear()
-        latencies = []
-        for n in range(e2e):
-            name = f"e2e-{n}"
-            started = time.perf_counter()
-            _post_command(url, secret, synthetic_sentence(rng), api.response_url(name))
-            api.wait_for("response_url", timeout=60, predicate=lambda c, name=name: c.path.endswith(name))
-            latencies.append((time.perf_counter() - started) * 1000)
-        server.stop()
+        store.set_meta("model", encoder.model_id)
         store.close()
-        index_store.close()
+        kb = Path(tmp) / "kb"
+        _write_runbooks(kb, synthetic_documents(600, seed=11))
+        port = _free_port()
+        env = _serve_env(api, Path(tmp) / "bench.db", encoder, secret)
+        server = _start_serve(env, port, tmp)
+        indexer = None
+        try:
+            _wait_ready(port)
+            url = f"http://127.0.0.1:{port}/slack/events"
+            if index_while:
+                index_env = env | {"OPSBOT_DB": str(Path(tmp) / "index.db")}
+                indexer = subprocess.Popen(
+                    [sys.executable, "-m", "bot", "index", str(kb)],
+                    env=index_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=tmp,
+                )
+                time.sleep(8)  # past loading the model: embedding, on both cores
+            acks: list[float] = []
+            with ThreadPoolExecutor(max_workers=concurrent) as pool:
+                for r in range(rounds):
+                    futures = [
+                        pool.submit(_post_command, url, secret, synthetic_sentence(rng), api.response_url(f"a{r}-{n}"))
+                        for n in range(concurrent)
+                    ]
+                    acks.extend(f.result() * 1000 for f in futures)
+            was_indexing = indexer is not None and indexer.poll() is None
+            if indexer is not None:
+                indexer.wait(timeout=600)
+            api.wait_for("response_url", count=rounds * concurrent, timeout=300)
+            latencies = []
+            for n in range(e2e):
+                name = f"e2e-{n}"
+                started = time.perf_counter()
+                _post_command(url, secret, synthetic_sentence(rng), api.response_url(name))
+                api.wait_for("response_url", timeout=60, predicate=lambda c, name=name: c.path.endswith(name))
+                latencies.append((time.perf_counter() - started) * 1000)
+        finally:
+            if indexer is not None and indexer.poll() is None:
+                indexer.kill()
+            server.terminate()
+            server.wait(timeout=10)
+    ordered = sorted(acks)
     return {
         "chunks": chunks,
         "concurrent": concurrent,
         "acks": len(acks),
         "indexing_during_acks": was_indexing,
-        "ack_ms": {"p50": Timing.of(acks).p50, "p99": sorted(acks)[min(len(acks) - 1, int(len(acks) * 0.99))]},
+        "ack_ms": {"p50": Timing.of(acks).p50, "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]},
         "ask_end_to_end_ms": Timing.of(latencies).__dict__,
     }
+
+
+def _serve_env(api: FakeSlackAPI, db: Path, encoder: SentenceTransformerEncoder, secret: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+    return env | {
+        "SLACK_BOT_TOKEN": "xoxb-bench",
+        "SLACK_SIGNING_SECRET": secret,
+        "SLACK_API_URL": api.url,
+        "OPSBOT_DB": str(db),
+        "OPSBOT_MODEL": encoder.model,
+        "OPSBOT_LOG_LEVEL": "WARNING",
+    }
+
+
+def _start_serve(env: dict[str, str], port: int, cwd: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=cwd,
+    )
+
+
+def _wait_ready(port: int, timeout: float = 300) -> tuple[float | None, float | None]:
+    """Seconds until /healthz answered, and until it said the model and index were loaded."""
+    started = time.perf_counter()
+    first = None
+    while time.perf_counter() - started < timeout:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                state = json.loads(response.read())
+            first = first or time.perf_counter() - started
+            if state["ready"]:
+                return first, time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return first, None
 
 
 def bench_process(encoder: SentenceTransformerEncoder, chunks: int = 100000) -> dict:
@@ -125,35 +170,9 @@ def bench_process(encoder: SentenceTransformerEncoder, chunks: int = 100000) -> 
         store.set_meta("model", encoder.model_id)
         store.close()
         port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
-        env |= {
-            "SLACK_BOT_TOKEN": "xoxb-bench",
-            "SLACK_SIGNING_SECRET": "bench",
-            "SLACK_API_URL": api.url,
-            "OPSBOT_DB": str(Path(tmp) / "serve.db"),
-            "OPSBOT_MODEL": encoder.model,
-            "OPSBOT_LOG_LEVEL": "WARNING",
-        }
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp,
-        )
-        first = ready = None
+        process = _start_serve(_serve_env(api, Path(tmp) / "serve.db", encoder, "bench"), port, tmp)
         try:
-            while time.perf_counter() - started < 300 and ready is None:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-                        state = json.loads(response.read())
-                    first = first or time.perf_counter() - started
-                    if state["ready"]:
-                        ready = time.perf_counter() - started
-                except OSError:
-                    pass
-                time.sleep(0.02)
+            first, ready = _wait_ready(port)
             peak = _peak_rss_mb(process.pid)
         finally:
             process.terminate()

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
@@ -94,6 +93,8 @@ class ExpertModel:
         self.teams: dict[str, list[str]] = {}
         for e in self.experts:
             self.teams.setdefault(e.team, []).append(e.id)
+        from sklearn.neighbors import NearestNeighbors  # imported on first training: keeps start-up fast
+
         started = time.perf_counter()
         self.knn: NearestNeighbors | None = None
         if len(self.incidents):

@@ -79,6 +79,8 @@ class _Failure:
 class _Server(ThreadingHTTPServer):
     """A ThreadingHTTPServer that knows the FakeSlackAPI it serves."""
 
+    request_queue_size = 128  # bursts of calls (benchmarks, 50 concurrent requests) must not be refused
+
     daemon_threads = True
 
     def __init__(self, api: FakeSlackAPI) -> None:

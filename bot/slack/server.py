@@ -74,12 +74,16 @@ def make_handler(app: App, runtime: Runtime) -> type[BaseHTTPRequestHandler]:
     return SlackRequestHandler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default listen backlog of 5 refuses connections when Slack sends a burst
+
+
 class HttpServer:
     """A threaded HTTP server for the Bolt app; ``port=0`` picks a free port."""
 
     def __init__(self, app: App, runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(app, runtime))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), make_handler(app, runtime))
         self._thread: threading.Thread | None = None
 
     @property
