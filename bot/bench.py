@@ -149,7 +149,7 @@ def bench_index(encoder: SentenceTransformerEncoder, chunks: int = 400, reindex_
         _write_runbooks(big, big_docs)
         store = Store(Path(tmp) / "big.db")
         index_knowledge(store, _RandomEncoder(encoder.model_id, encoder.dim), big)
-        unloaded = SentenceTransformerEncoder(encoder.model)
+        unloaded = encoder.clone()
         again = index_knowledge(store, unloaded, big)
         store.close()
     return {

@@ -131,6 +131,8 @@ def _serve_env(api: FakeSlackAPI, db: Path, encoder: SentenceTransformerEncoder,
         "SLACK_API_URL": api.url,
         "OPSBOT_DB": str(db),
         "OPSBOT_MODEL": encoder.model,
+        "OPSBOT_ENCODER": getattr(encoder, "backend", "torch"),
+        **({"OPSBOT_ONNX_CACHE": str(encoder.cache_dir)} if hasattr(encoder, "cache_dir") else {}),
         "OPSBOT_LOG_LEVEL": "WARNING",
     }
 

@@ -63,10 +63,10 @@ def main(ctx: click.Context) -> None:
 
 
 def _open(settings: Settings):  # noqa: ANN202
-    from bot.encoder import SentenceTransformerEncoder
+    from bot.encoder import make_encoder
     from bot.store import Store
 
-    return Store(settings.db_path), SentenceTransformerEncoder(settings.model)
+    return Store(settings.db_path), make_encoder(settings)
 
 
 @main.command()
@@ -188,6 +188,9 @@ def _answer_dict(answer: Any) -> dict:
 @click.option("--with-services", is_flag=True, help="Experts, time split: give each incident's services too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--misses", is_flag=True, help="Also list the queries whose first result was wrong.")
+@click.option(
+    "--encoder", "backend", type=click.Choice(["torch", "onnx"]), default=None, help="Model backend ($OPSBOT_ENCODER)."
+)
 @click.pass_context
 @handle_errors
 def evaluate(
@@ -200,6 +203,7 @@ def evaluate(
     with_services: bool,
     as_json: bool,
     misses: bool,
+    backend: str | None,
 ) -> None:
     """Measure retrieval (Recall@1/3/5, MRR@10 per mode and kind) or expert suggestion (top-1/3, MRR).
 
@@ -213,13 +217,13 @@ def evaluate(
                   --queries ../shared/eval/prometheus-runbooks/queries.jsonl
       opsbot eval --task experts --knowledge knowledge
     """
-    from bot.encoder import SentenceTransformerEncoder
+    from bot.encoder import make_encoder
     from bot.evaluation import evaluate_experts, run_eval
 
-    settings = load_settings(ctx)
+    settings = load_settings(ctx, encoder=backend)
     if not knowledge.is_dir():
         raise OpsbotError(f"knowledge directory {str(knowledge)!r} does not exist.")
-    encoder = SentenceTransformerEncoder(settings.model)
+    encoder = make_encoder(settings)
     if task == "experts":
         result = evaluate_experts(knowledge, encoder, queries, relevant=relevant, with_services=with_services)
         click.echo(json.dumps(result, indent=2) if as_json else format_experts_table(result))
@@ -229,7 +233,7 @@ def evaluate(
     modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
     results, report = run_eval(knowledge, queries, modes, encoder)
     if as_json:
-        click.echo(json.dumps({"modes": results, "index": report.as_dict()}, indent=2))
+        click.echo(json.dumps({"encoder": settings.encoder, "modes": results, "index": report.as_dict()}, indent=2))
         return
     click.echo(format_eval_table(results))
     if misses:
@@ -256,20 +260,25 @@ def format_eval_table(results: dict) -> str:
 @main.command()
 @click.argument("what", type=click.Choice(["index", "search", "experts", "slack", "process", "all"]), default="all")
 @click.option("--sizes", default="1000,10000,100000", show_default=True, help="Chunk counts for the search benchmark.")
+@click.option(
+    "--encoder",
+    "backend",
+    type=click.Choice(["torch", "onnx", "both"]),
+    default=None,
+    help="Model backend (default $OPSBOT_ENCODER); both runs each and compares them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 @handle_errors
-def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
+def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_json: bool) -> None:
     """Measure indexing speed and search latency on a seeded synthetic knowledge base.
 
     \b
     Example:
       opsbot bench search --sizes 1000,10000
+      opsbot bench search --sizes 1000,10000 --encoder both
       opsbot bench --json > bench.json
     """
-    from bot import bench as benchmarks
-    from bot.encoder import SentenceTransformerEncoder
-
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
@@ -277,10 +286,35 @@ def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
     if not size_list or min(size_list) < 10:
         raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
     settings = load_settings(ctx)
-    encoder = SentenceTransformerEncoder(settings.model)
+    backends = ["torch", "onnx"] if backend == "both" else [backend or settings.encoder]
+    runs = {name: _bench_run(settings.with_overrides(encoder=name), what, size_list) for name in backends}
+    if len(runs) == 1:
+        result = next(iter(runs.values()))
+        click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
+        return
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    for name, result in runs.items():
+        click.echo(f"== encoder {name}\n{_bench_text(result)}\n")
+    click.echo(_bench_compare(runs))
+
+
+def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str, Any]:
+    """One backend's benchmarks, as a JSON-ready dict."""
+    from bot import bench as benchmarks
+    from bot.encoder import make_encoder
+
+    encoder = make_encoder(settings)
     started = time.perf_counter()
     encoder.load()
-    result: dict[str, Any] = {"model": encoder.model_id, "model_load_s": round(encoder.load_seconds, 2)}
+    result: dict[str, Any] = {
+        "model": encoder.model_id,
+        "encoder": settings.encoder,
+        "model_load_s": round(encoder.load_seconds, 2),
+    }
+    if getattr(encoder, "exported", False):
+        result["onnx_exported"] = True  # the load time includes the one-off export
     if what in ("index", "all"):
         result["index"] = benchmarks.bench_index(encoder)
     if what in ("search", "all"):
@@ -297,43 +331,68 @@ def bench(ctx: click.Context, what: str, sizes: str, as_json: bool) -> None:
         result["process"] = bench_process(encoder, chunks=max(size_list))
     result["peak_rss_mb"] = benchmarks.peak_rss_mb()
     result["seconds"] = round(time.perf_counter() - started, 1)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(f"model: {result['model']} (loaded in {result['model_load_s']} s)")
+    return result
+
+
+def _bench_text(result: dict[str, Any]) -> str:
+    exported = ", including the one-off ONNX export" if result.get("onnx_exported") else ""
+    lines = [f"model: {result['model']} via {result['encoder']} (loaded in {result['model_load_s']} s{exported})"]
     if "index" in result:
         i = result["index"]
-        click.echo(
+        lines.append(
             f"index: {i['index_chunks_per_s']} chunks/s vs raw encode {i['raw_encode_chunks_per_s']} chunks/s "
             f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks; unchanged re-index of {i['reindex_unchanged_docs']} "
             f"documents: {i['reindex_unchanged_s']} s (model loaded: {i['reindex_loaded_model']})"
         )
     for row in result.get("search", []):
-        click.echo(
+        lines.append(
             f"search @ {row['chunks']:>7} chunks: encode p50 {row['encode_ms']['p50']:.1f} ms, "
             f"rest p50 {row['search_ms']['p50']:.1f} / p95 {row['search_ms']['p95']:.1f} ms, "
             f"total p50 {row['total_ms']['p50']:.1f} ms; vectors {row['index_memory_mb']} MB, db {row['db_mb']} MB"
         )
     if "experts" in result:
         e = result["experts"]
-        click.echo(
+        lines.append(
             f"experts: {e['incidents']} incidents embedded in {e['embed_s']} s (once, at index time), "
             f"model fitted in {e['fit_s'] * 1000:.1f} ms, ranking p50 {e['rank_ms']['p50']:.1f} ms"
         )
     if "slack" in result:
         sl = result["slack"]
-        click.echo(
+        lines.append(
             f"slack @ {sl['chunks']} chunks: ack p50 {sl['ack_ms']['p50']:.1f} / p99 {sl['ack_ms']['p99']:.1f} ms "
             f"({sl['acks']} signed /ask, {sl['concurrent']} at a time, indexing: {sl['indexing_during_acks']}); "
             f"/ask end to end p50 {sl['ask_end_to_end_ms']['p50']:.1f} / p95 {sl['ask_end_to_end_ms']['p95']:.1f} ms"
         )
     if "process" in result:
         pr = result["process"]
-        click.echo(
+        lines.append(
             f"process @ {pr['chunks']} chunks: start to acknowledging {pr['start_to_ack_s']} s, "
             f"start to model and index loaded {pr['start_to_ready_s']} s, peak RSS {pr['peak_rss_mb']} MB"
         )
-    click.echo(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")
+    lines.append(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")
+    return "\n".join(lines)
+
+
+def _bench_compare(runs: dict[str, dict[str, Any]]) -> str:
+    """The two backends side by side: query encode p50/p95 per size, and indexing throughput."""
+    names = list(runs)
+    header = f"{'':<34}" + "".join(f"{name:>16}" for name in names)
+    lines = [header, "-" * len(header)]
+    first = runs[names[0]]
+    for n, row in enumerate(first.get("search", [])):
+        cells = [runs[name]["search"][n]["encode_ms"] for name in names]
+        label = f"query encode @ {row['chunks']} p50 / p95"
+        lines.append(f"{label:<34}" + "".join(f"{c['p50']:>7.1f} / {c['p95']:>4.1f} ms" for c in cells))
+        ends = [runs[name]["search"][n]["total_ms"]["p50"] for name in names]
+        label = f"ask end to end @ {row['chunks']} p50"
+        lines.append(f"{label:<34}" + "".join(f"{e:>13.1f} ms" for e in ends))
+    if "index" in first:
+        lines.append(
+            f"{'index throughput':<34}"
+            + "".join(f"{runs[name]['index']['index_chunks_per_s']:>9.1f} chunks/s" for name in names)
+        )
+    lines.append(f"{'model load':<34}" + "".join(f"{runs[name]['model_load_s']:>14.2f} s" for name in names))
+    return "\n".join(lines)
 
 
 @main.command()
@@ -398,17 +457,25 @@ def _typed_lines(chat: Any, interactive: bool) -> Iterator[str]:
 @main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="HTTP port (default $PORT, else 3000).")
 @click.option("--host", default="0.0.0.0", show_default=True, help="HTTP address to listen on.")
+@click.option(
+    "--hooks-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Socket Mode: also serve /hooks/deploy and /healthz (only those) on this port, for CI/CD deploy events.",
+)
 @click.pass_context
 @handle_errors
-def serve(ctx: click.Context, port: int | None, host: str) -> None:
+def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | None) -> None:
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on /slack/events.
 
     The process acknowledges requests at once; the model and the index load in the background.
+    Over HTTP, CI/CD deploy events arrive on /hooks/deploy (set OPSBOT_HOOK_SECRET); in Socket Mode,
+    give --hooks-port to listen for them.
 
     \b
     Example:
       SLACK_BOT_TOKEN=xoxb-... SLACK_SIGNING_SECRET=... opsbot serve --port 3000
-      SLACK_BOT_TOKEN=xoxb-... SLACK_APP_TOKEN=xapp-... opsbot serve
+      SLACK_BOT_TOKEN=xoxb-... SLACK_APP_TOKEN=xapp-... opsbot serve --hooks-port 3000
     """
     from bot.runtime import Runtime
     from bot.slack.app import create_app
@@ -432,9 +499,21 @@ def serve(ctx: click.Context, port: int | None, host: str) -> None:
     report_interrupted(runtime, app.client)
     start_sweeper(runtime, app.client)
     if settings.slack_app_token:
+        hooks = None
+        if hooks_port:
+            if not settings.hook_secret:
+                log.warning("--hooks-port given but OPSBOT_HOOK_SECRET is not set: deploy events will be refused")
+            hooks = HttpServer(app, runtime, host=host, port=hooks_port, slack_events=False).start()
+            log.info("deploy hooks listening host=%s port=%d path=/hooks/deploy", host, hooks.port)
         log.info("starting in Socket Mode api=%s", settings.slack_api_url)
-        socket_mode_handler(app, runtime).start()
+        try:
+            socket_mode_handler(app, runtime).start()
+        finally:
+            if hooks is not None:
+                hooks.stop()
         return
+    if hooks_port:
+        log.info("--hooks-port is for Socket Mode; over HTTP the hooks are on port %d", port or settings.port)
     server = HttpServer(app, runtime, host=host, port=port or settings.port)
     log.info("listening host=%s port=%d path=/slack/events", host, server.port)
     try:
@@ -944,3 +1023,154 @@ def incidents_export(
         click.echo(f"wrote {path}")
     if problems:
         raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))
+
+
+# -- deploy events from CI/CD ------------------------------------------------------------------------
+
+
+@main.command(name="notify-deploy")
+@click.option("--service", required=True, help="The service deployed (as named in services.yaml).")
+@click.option("--env", required=True, help="The environment, e.g. prod.")
+@click.option("--version", "version", required=True, help="The version deployed.")
+@click.option(
+    "--status",
+    type=click.Choice(["started", "succeeded", "failed", "rolled_back"]),
+    default="succeeded",
+    show_default=True,
+    help="started when the pipeline begins; succeeded, failed or rolled_back when it ends.",
+)
+@click.option("--event-id", default=None, help="Unique per event; a replay is ignored (default: a random id).")
+@click.option("--commit-sha", default=None, help="The commit deployed.")
+@click.option("--commit-time", default=None, help="When it was committed (ISO 8601): DORA lead time.")
+@click.option("--started-at", default=None, help="When the deploy started (ISO 8601; default now).")
+@click.option("--finished-at", default=None, help="When it finished (ISO 8601; default now).")
+@click.option("--actor", default=None, help="Who triggered the pipeline.")
+@click.option("--pipeline-url", default=None, help="Link to the pipeline run.")
+@click.option("--change", "changes", multiple=True, help="One change shipped (repeatable).")
+@click.option("--url", default=None, help="The hook URL (default $OPSBOT_HOOK_URL): http://HOST:3000/hooks/deploy.")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Record straight into this opsbot database instead (no Slack message).",
+)
+@handle_errors
+def notify_deploy(
+    service: str,
+    env: str,
+    version: str,
+    status: str,
+    event_id: str | None,
+    commit_sha: str | None,
+    commit_time: str | None,
+    started_at: str | None,
+    finished_at: str | None,
+    actor: str | None,
+    pipeline_url: str | None,
+    changes: tuple[str, ...],
+    url: str | None,
+    db_path: Path | None,
+) -> None:
+    """Report a deploy from CI/CD: signs the event with $OPSBOT_HOOK_SECRET and POSTs it to opsbot.
+
+    Send --status started when the pipeline begins deploying and succeeded, failed or rolled_back
+    when it ends (same service, env and version): opsbot posts the progress and the summary in Slack,
+    and the deploy counts in `opsbot deploys` and `opsbot dora`. With --db the event is recorded
+    straight into a database file instead, without Slack.
+
+    \b
+    Example:
+      export OPSBOT_HOOK_URL=http://opsbot.internal:3000/hooks/deploy OPSBOT_HOOK_SECRET=...
+      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status started
+      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status succeeded \\
+        --commit-sha 3f9c2e1 --commit-time 2026-11-20T09:12:00Z --change "Retry card auth once"
+      opsbot notify-deploy --db opsbot.db --service checkout-api --env prod --version 1.4.2
+    """
+    import urllib.error
+    import urllib.request
+
+    from bot.hooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, build_event, sign
+
+    event = build_event(
+        service,
+        env,
+        version,
+        status,
+        event_id,
+        commit_sha=commit_sha,
+        commit_time=commit_time,
+        started_at=started_at,
+        finished_at=finished_at,
+        actor=actor,
+        pipeline_url=pipeline_url,
+        changes=list(changes),
+    )
+    body = json.dumps(event).encode()
+    if db_path is not None:
+        answer = _record_event_locally(db_path, body)
+    else:
+        settings = Settings.from_env(require_model=False)
+        target = url or settings.hook_url
+        if not target:
+            raise OpsbotError("give --url or set OPSBOT_HOOK_URL (e.g. http://opsbot.internal:3000/hooks/deploy).")
+        if not target.startswith(("http://", "https://")):
+            raise OpsbotError(f"--url {target!r} must start with http:// or https://.")
+        if not settings.hook_secret:
+            raise OpsbotError("set OPSBOT_HOOK_SECRET to the secret the opsbot server has, to sign the event.")
+        timestamp = str(int(time.time()))
+        request = urllib.request.Request(
+            target,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(str(settings.hook_secret), timestamp, body),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            raise OpsbotError(f"opsbot refused the event (HTTP {error.code}): {_hook_error(error)}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise OpsbotError(f"could not reach {target}: {getattr(error, 'reason', error)}") from None
+    click.echo(_describe_hook_answer(event, answer))
+
+
+def _record_event_locally(db_path: Path, body: bytes) -> dict:
+    from bot.deploys import DeployService
+    from bot.hooks import EventProblem, known_services, parse_event, record_event
+    from bot.store import Store
+
+    if not db_path.exists():
+        raise OpsbotError(f"{db_path} does not exist: give the opsbot database file (OPSBOT_DB), after `opsbot index`.")
+    store = Store(db_path)
+    try:
+        deploys = DeployService.from_store(store)
+        try:
+            parsed = parse_event(body, known_services(deploys))
+        except EventProblem as exc:
+            raise OpsbotError(f"{exc} (field {exc.field})") from None
+        return record_event(deploys, parsed).as_json()
+    finally:
+        store.close()
+
+
+def _hook_error(error: Any) -> str:
+    try:
+        answer = json.loads(error.read() or b"{}")
+    except ValueError:
+        return error.reason or "no details"
+    field = f" (field {answer['field']})" if answer.get("field") else ""
+    return f"{answer.get('error') or error.reason}{field}"
+
+
+def _describe_hook_answer(event: dict, answer: dict) -> str:
+    what = f"{event['service']} {event['version']} to {event['env']}"
+    if answer.get("duplicate"):
+        return f"{what}: event {event['event_id']} was already recorded; nothing changed."
+    verb = {"started": "running", "finished": "finished", "recorded": "recorded"}.get(answer.get("action", ""), "sent")
+    arrow = f"{answer.get('from_version') or '?'} → {answer.get('version')}"
+    return f"{what}: {verb} as {answer.get('id')} ({answer.get('kind')} {arrow}, {answer.get('status')})."

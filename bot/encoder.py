@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -12,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bot.config import bundled_model_path, looks_like_path
+from bot.config import Settings, bundled_model_path, looks_like_path
 from bot.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ class SentenceTransformerEncoder:
         self._st = None
         self._lock = threading.Lock()
         self.load_seconds = 0.0
+
+    backend = "torch"
+
+    def clone(self) -> SentenceTransformerEncoder:
+        """A fresh, unloaded encoder for the same model."""
+        return SentenceTransformerEncoder(self.model)
 
     @property
     def loaded(self) -> bool:
@@ -95,3 +102,196 @@ class SentenceTransformerEncoder:
             texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+ONNX_EXPORT_VERSION = 1  # bump when the exported graph or the files beside it change
+ONNX_INSTALL_HINT = (
+    "OPSBOT_ENCODER=onnx needs onnxruntime (to run) and onnx (to export the model once): "
+    "run `.venv/bin/pip install -c constraints.txt onnxruntime onnx`, or set OPSBOT_ENCODER=torch."
+)
+
+
+def make_encoder(settings: Settings) -> SentenceTransformerEncoder | OnnxEncoder:
+    """The encoder the settings ask for: the only place that chooses between the backends."""
+    if settings.encoder == "onnx":
+        return OnnxEncoder(settings.model, settings.onnx_cache_dir)
+    return SentenceTransformerEncoder(settings.model)
+
+
+def onnx_fingerprint(model: str) -> str:
+    """A folder name for one model's export: changes when the model's files or the export format change."""
+    digest = hashlib.sha256(f"v{ONNX_EXPORT_VERSION};{model_id_for(model)};".encode())
+    if looks_like_path(model):
+        path = Path(model).expanduser()
+        for name in sorted(p.name for p in path.iterdir() if p.is_file()):
+            digest.update(f"{name}:{(path / name).stat().st_size};".encode())
+        for name in ("config.json", "sentence_bert_config.json", "modules.json"):
+            if (path / name).exists():
+                digest.update((path / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class OnnxEncoder:
+    """The same sentence-transformers model run through ONNX Runtime: about 3x faster per query on CPU.
+
+    The transformer is exported once with ``torch.onnx.export`` into ``cache_dir/<fingerprint>/`` (with
+    its tokenizer and pooling settings); later loads need only onnxruntime and tokenizers, not torch.
+    Tokenisation, truncation, mean pooling and L2 normalisation follow sentence-transformers, so the
+    vectors equal the torch encoder's (cosine > 0.9999) and share its ``model_id``: an index built
+    with one backend is searched with the other without re-embedding.
+    """
+
+    backend = "onnx"
+
+    def __init__(self, model: str, cache_dir: Path, threads: int | None = None) -> None:
+        self.model = model
+        self.model_id = model_id_for(model)
+        self.cache_dir = Path(cache_dir)
+        self.folder = self.cache_dir / onnx_fingerprint(model)
+        self.threads = threads
+        self.exported = False  # True when this instance had to export (the cache was empty)
+        self.load_seconds = 0.0
+        self._session = None
+        self._tokenizer = None
+        self._meta: dict = {}
+        self._lock = threading.Lock()
+
+    def clone(self) -> OnnxEncoder:
+        """A fresh, unloaded encoder for the same model and cache."""
+        return OnnxEncoder(self.model, self.cache_dir, self.threads)
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self):  # noqa: ANN201 - an onnxruntime.InferenceSession
+        with self._lock:
+            if self._session is None:
+                started = time.perf_counter()
+                try:
+                    import onnxruntime
+                except ImportError as exc:
+                    raise ModelUnavailable(ONNX_INSTALL_HINT) from exc
+                if not (self.folder / "model.onnx").exists():
+                    self._export()
+                try:
+                    from tokenizers import Tokenizer
+
+                    self._meta = json.loads((self.folder / "opsbot-onnx.json").read_text(encoding="utf-8"))
+                    tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+                    tokenizer.enable_truncation(max_length=self._meta["max_seq_length"])
+                    tokenizer.enable_padding(pad_id=self._meta["pad_id"], pad_token=self._meta["pad_token"])
+                    options = onnxruntime.SessionOptions()
+                    options.log_severity_level = 3
+                    if self.threads:
+                        options.intra_op_num_threads = self.threads
+                    session = onnxruntime.InferenceSession(
+                        str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+                    )
+                except Exception as exc:
+                    raise ModelUnavailable(
+                        f"Could not load the ONNX export of {self.model!r} from {str(self.folder)!r}: {exc}. "
+                        "Delete that folder to export it again, or set OPSBOT_ENCODER=torch."
+                    ) from exc
+                self._tokenizer = tokenizer
+                self._inputs = [i.name for i in session.get_inputs()]
+                self._session = session
+                self.load_seconds = time.perf_counter() - started
+                log.info(
+                    "onnx model loaded model=%s exported=%s seconds=%.2f",
+                    self.model_id,
+                    self.exported,
+                    self.load_seconds,
+                )
+        return self._session
+
+    def _export(self) -> None:
+        """Export the transformer to ONNX, with the tokenizer and pooling settings beside it."""
+        try:
+            import onnx  # noqa: F401 - torch.onnx.export needs it
+        except ImportError as exc:
+            raise ModelUnavailable(ONNX_INSTALL_HINT) from exc
+        import warnings
+
+        import torch
+
+        st = SentenceTransformerEncoder(self.model).load()
+        transformer, pooling = st[0], st[1] if len(st) > 1 else None
+        mode = getattr(pooling, "pooling_mode", None) or getattr(pooling, "get_pooling_mode_str", lambda: "")()
+        if mode != "mean" or not any(type(m).__name__ == "Normalize" for m in st):
+            raise ModelUnavailable(
+                f"OPSBOT_ENCODER=onnx supports models with mean pooling and normalisation "
+                f"(like all-MiniLM-L6-v2); {self.model!r} is not one. Set OPSBOT_ENCODER=torch."
+            )
+        tokenizer = transformer.tokenizer
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+        auto_model = transformer.auto_model.eval()
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = auto_model
+
+            def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+                return self.inner(**dict(zip(names, tensors, strict=True))).last_hidden_state
+
+        sample = tokenizer(
+            ["an example query", "a somewhat longer example text to export with"], padding=True, return_tensors="pt"
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"model.onnx.{os.getpid()}.tmp"
+        axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                Wrapped(),
+                tuple(sample[n] for n in names),
+                str(tmp),
+                input_names=names,
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
+        tokenizer.save_pretrained(str(self.folder))
+        meta = {
+            "model": self.model,
+            "model_id": self.model_id,
+            "max_seq_length": int(st.max_seq_length),
+            "dim": int(auto_model.config.hidden_size),
+            "pad_id": int(tokenizer.pad_token_id),
+            "pad_token": tokenizer.pad_token,
+            "inputs": names,
+            "export_version": ONNX_EXPORT_VERSION,
+            "torch": torch.__version__,
+        }
+        (self.folder / "opsbot-onnx.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        os.replace(tmp, self.folder / "model.onnx")  # last, so a half-written export is never used
+        self.exported = True
+        log.info("onnx model exported model=%s folder=%s", self.model_id, self.folder)
+
+    @property
+    def dim(self) -> int:
+        self.load()
+        return int(self._meta["dim"])
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        session = self.load()
+        out = np.zeros((len(texts), self._meta["dim"]), dtype=np.float32)
+        # Like sentence-transformers: strip, and batch texts of similar length to pad less.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            encodings = self._tokenizer.encode_batch([str(texts[i]).strip() for i in rows])
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            feeds = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": mask,
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            }
+            hidden = session.run(None, {name: feeds[name] for name in self._inputs})[0]
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            out[rows] = pooled
+        return out

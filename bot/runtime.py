@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.deploys import DeployService
-from bot.encoder import Encoder, SentenceTransformerEncoder
+from bot.encoder import Encoder, make_encoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
 from bot.experts import ExpertModel, Suggestion, spread_load
 from bot.experts import train as train_experts
@@ -60,7 +60,7 @@ class Runtime:
     def __init__(self, settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.db_path)
-        self.encoder = encoder or SentenceTransformerEncoder(settings.model)
+        self.encoder = encoder or make_encoder(settings)
         self._index: SearchIndex | None = None
         self._version = ""
         self._experts: ExpertModel | None = None

@@ -571,6 +571,12 @@ class Store:
             cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
             return cur.rowcount == 1
 
+    def claim_event(self, event_id: str) -> bool:
+        """Inside store.immediate(): record an event id; False when it was seen before (a replay)."""
+        self._require_transaction()
+        cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
+        return cur.rowcount == 1
+
     def save_answer(
         self, answer_id: str, query: str, paths: list[str], channel: str, user: str, thread_ts: str
     ) -> None:

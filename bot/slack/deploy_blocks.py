@@ -207,23 +207,74 @@ def build_refusal_text(decision: Decision) -> str:
 def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_line: str) -> list[dict]:
     """After every deploy or rollback: what ran, who asked and approved, how it went, the log tail, DORA."""
     outcome = outcome_text(request)
+    ci = request.source == "ci"
     fields = [
         ("Service", request.service),
         ("Kind", request.kind),
         ("Version", f"{request.from_version or 'none recorded'} → {request.version}"),
         ("Environment", request.env),
-        ("Requested by", view.name(request.requester)),
-        ("Approved by", names_of(view, request.approvers)),
+        ("Deployed by" if ci else "Requested by", ci_actor(request, view) if ci else view.name(request.requester)),
+        ("Pipeline" if ci else "Approved by", pipeline_link(request) if ci else names_of(view, request.approvers)),
         ("Started", slack_time(request.started_at)),
         ("Duration", format_duration(request.duration_s)),
         ("Outcome", outcome),
     ]
-    return [
+    if ci and request.commit_sha:
+        fields.append(("Commit", f"`{request.commit_sha[:12]}`"))
+    blocks = [
         _section(f"{ICONS.get(request.status, '')} *{_escape(request.title)}*: {outcome.lower()}"),
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
-        _section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"),
-        _context(f"*DORA* {request.service} in {request.env}, 30 days: {_escape(dora_line)}"),
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields[:10]]},
     ]
+    if ci:
+        blocks.append(_section(f"*Changes*\n{changes_text(request)}"))
+    else:
+        blocks.append(_section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
+    blocks.append(_context(f"*DORA* {request.service} in {request.env}, 30 days: {_escape(dora_line)}"))
+    return blocks
+
+
+# -- deploys reported by CI/CD -----------------------------------------------------------------------------
+
+
+def ci_actor(request: DeployRequest, view: RequestView) -> str:
+    """A roster member by name, anyone else (a CI user name) as plain text."""
+    if request.requester in view.names:
+        return view.name(request.requester)
+    return f"{_escape(request.requester)} (CI)"
+
+
+def pipeline_link(request: DeployRequest) -> str:
+    return f"<{request.pipeline_url}|pipeline>" if request.pipeline_url else "not given"
+
+
+def changes_text(request: DeployRequest, limit: int = 15) -> str:
+    if not request.changes:
+        return "none listed"
+    lines = [f"• {_escape(c)}" for c in request.changes[:limit]]
+    if len(request.changes) > limit:
+        lines.append(f"…and {len(request.changes) - limit} more")
+    return "\n".join(lines)
+
+
+def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[dict]:
+    """The message of a deploy a pipeline reported: running, then how it ended."""
+    facts = (
+        f"*Service:* {request.service} · *Environment:* {request.env} · "
+        f"*From:* {request.from_version or 'none recorded'} · *To:* {request.version}\n"
+        f"*Deployed by:* {ci_actor(request, view)} · *Pipeline:* {pipeline_link(request)} · *Request:* `{request.id}`"
+    )
+    if request.status == "running":
+        state = f":hourglass_flowing_sand: *Running* in CI since {slack_time(request.started_at)}."
+    else:
+        state = (
+            f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)}. "
+            "Summary in the thread."
+        )
+    blocks = [_section(f"{request_title(request)} (CI)"), _section(facts)]
+    if request.changes:
+        blocks.append(_context(f"*Changes:* {_escape('; '.join(request.changes))}"))
+    blocks.append(_section(state))
+    return blocks
 
 
 def summary_fallback_text(request: DeployRequest) -> str:

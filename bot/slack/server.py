@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 from slack_bolt import App, BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
+from bot.hooks import HOOK_PATH
 from bot.runtime import Runtime
+from bot.slack.hooks import handle_deploy_hook
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
@@ -19,7 +21,8 @@ HEALTH_PATH = "/healthz"
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
 
 
-def make_handler(app: App, runtime: Runtime) -> type[BaseHTTPRequestHandler]:
+def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[BaseHTTPRequestHandler]:
+    """The request handler; ``slack_events=False`` serves only the deploy hook and the health check."""
     verifier = SignatureVerifier(str(runtime.settings.slack_signing_secret))
 
     class SlackRequestHandler(BaseHTTPRequestHandler):
@@ -45,7 +48,10 @@ def make_handler(app: App, runtime: Runtime) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib's name
             parts = urlsplit(self.path)
-            if parts.path != EVENTS_PATH:
+            if parts.path == HOOK_PATH:
+                self._deploy_hook()
+                return
+            if parts.path != EVENTS_PATH or not slack_events:
                 self._send(404, b'{"error": "not found"}')
                 return
             length = int(self.headers.get("Content-Length") or 0)
@@ -71,6 +77,22 @@ def make_handler(app: App, runtime: Runtime) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
+        def _deploy_hook(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                self._send(413, b'{"error": "payload too large (or no Content-Length)"}')
+                return
+            body = self.rfile.read(length)
+            try:
+                status, answer = handle_deploy_hook(runtime, app.client, dict(self.headers.items()), body)
+            except Exception:
+                log.exception("deploy hook failed")
+                status, answer = 500, {"error": "opsbot could not record the event; see its log, then send it again."}
+            self._send(status, json.dumps(answer).encode())
+
     return SlackRequestHandler
 
 
@@ -82,8 +104,10 @@ class _Server(ThreadingHTTPServer):
 class HttpServer:
     """A threaded HTTP server for the Bolt app; ``port=0`` picks a free port."""
 
-    def __init__(self, app: App, runtime: Runtime, host: str = "0.0.0.0", port: int = 3000) -> None:
-        self.httpd = _Server((host, port), make_handler(app, runtime))
+    def __init__(
+        self, app: App, runtime: Runtime, host: str = "0.0.0.0", port: int = 3000, slack_events: bool = True
+    ) -> None:
+        self.httpd = _Server((host, port), make_handler(app, runtime, slack_events))
         self._thread: threading.Thread | None = None
 
     @property

@@ -29,6 +29,7 @@ from bot.slack.server import HttpServer
 from bot.store import Store
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+HOOK_SECRET = "ci-hook-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-1234-5678-testtoken"
 TEAM = "T0000001"
 _ids = itertools.count(1)
@@ -214,6 +215,7 @@ def make_settings(tmp_path: Path, api: FakeSlackAPI) -> Settings:
         slack_bot_token=Secret(BOT_TOKEN),
         slack_signing_secret=Secret(SIGNING_SECRET),
         slack_api_url=api.url,
+        hook_secret=Secret(HOOK_SECRET),
     )
 
 
@@ -254,3 +256,46 @@ class GatedEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.inner.encode(texts, batch_size)
+
+
+@dataclass
+class HookDriver:
+    """Sends deploy events to opsbot's /hooks/deploy exactly as a pipeline does, signed with the hook secret."""
+
+    base_url: str
+    secret: str = HOOK_SECRET
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/hooks/deploy"
+
+    def post(
+        self,
+        event: dict | str,
+        *,
+        timestamp: int | None = None,
+        secret: str | None = None,
+        signed: bool = True,
+        signature: str | None = None,
+    ) -> Response:
+        from bot.hooks import sign as sign_event
+
+        body = (event if isinstance(event, str) else json.dumps(event)).encode()
+        ts = int(time.time()) if timestamp is None else timestamp
+        headers = {"Content-Type": "application/json"}
+        if signed:
+            headers["X-Opsbot-Timestamp"] = str(ts)
+            headers["X-Opsbot-Signature"] = signature or sign_event(secret or self.secret, ts, body)
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return Response(response.status, response.read().decode(), time.perf_counter() - started)
+        except urllib.error.HTTPError as error:
+            return Response(error.code, error.read().decode(), time.perf_counter() - started)
+
+
+@pytest.fixture
+def hooks(slack: SlackDriver) -> HookDriver:
+    """The deploy hook of the running bot (same server as `slack`)."""
+    return HookDriver(slack.base_url)

@@ -1,0 +1,96 @@
+"""POST /hooks/deploy: deploy events from CI/CD, recorded by ``bot.hooks`` and shown in Slack.
+
+A `started` event posts a progress message in the deploys channel (the service's own, if it has one); the
+matching finish updates that message and posts the usual summary in its thread, DORA line included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from slack_sdk import WebClient
+
+from bot.deploys import DeployRequest, DeployService
+from bot.hooks import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    EventProblem,
+    HookOutcome,
+    Unauthorized,
+    known_services,
+    parse_event,
+    record_event,
+    verify,
+)
+from bot.runtime import Runtime
+from bot.slack.deploy_blocks import build_ci_deploy_blocks, request_fallback_text
+from bot.slack.deploys import _slack, deploys_channel, post_summary, view_of
+
+log = logging.getLogger(__name__)
+DISABLED = (
+    "deploy hooks are disabled: set OPSBOT_HOOK_SECRET on the opsbot server (and the same value in the pipeline) "
+    "to accept deploy events."
+)
+
+
+def handle_deploy_hook(
+    runtime: Runtime, client: WebClient, headers: Mapping[str, str], body: bytes
+) -> tuple[int, dict]:
+    """Answer one POST: (HTTP status, JSON body). Nothing is recorded unless the event is signed and valid."""
+    secret = str(runtime.settings.hook_secret)
+    if not secret:
+        return 503, {"error": DISABLED}
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        verify(secret, lowered.get(TIMESTAMP_HEADER.lower()), lowered.get(SIGNATURE_HEADER.lower()), body)
+    except Unauthorized as exc:
+        log.warning("deploy hook refused: %s", exc)
+        return 401, {"error": str(exc)}
+    deploys = runtime.deploys()
+    try:
+        event = parse_event(body, known_services(deploys))
+    except EventProblem as exc:
+        log.warning("deploy hook malformed field=%s: %s", exc.field, exc)
+        return 400, {"error": str(exc), "field": exc.field}
+    outcome = record_event(deploys, event)
+    if outcome.request is not None:
+        show(deploys, client, outcome)
+    return 200, outcome.as_json()
+
+
+def show(deploys: DeployService, client: WebClient, outcome: HookOutcome) -> None:
+    """Post or update the deploy's message; post the summary once it finished. Slack failures are only logged."""
+    request = outcome.request
+    assert request is not None
+    try:
+        if outcome.action == "started":
+            post_progress(deploys, client, request)
+            return
+        if request.channel and request.message_ts:
+            update_progress(deploys, client, request)
+        post_summary(deploys, client, request)
+    except Exception:  # the event is recorded; showing it must not turn into a failure the pipeline retries
+        log.exception("could not show deploy hook id=%s", request.id)
+
+
+def post_progress(deploys: DeployService, client: WebClient, request: DeployRequest) -> None:
+    channel = deploys_channel(deploys, request)
+    if not channel:
+        log.info("no deploys channel for id=%s: set settings.deploys_channel in services.yaml", request.id)
+        return
+    blocks = build_ci_deploy_blocks(request, view_of(deploys, request))
+    posted = _slack(client.chat_postMessage, channel=channel, text=request_fallback_text(request), blocks=blocks)
+    if posted:
+        deploys.set_message(request.id, posted["channel"], posted["ts"])
+
+
+def update_progress(deploys: DeployService, client: WebClient, request: DeployRequest) -> None:
+    blocks = build_ci_deploy_blocks(request, view_of(deploys, request))
+    _slack(
+        client.chat_update,
+        channel=request.channel,
+        ts=request.message_ts,
+        text=request_fallback_text(request),
+        blocks=blocks,
+    )

@@ -1,0 +1,317 @@
+"""Deploy events from CI/CD: signed POSTs to /hooks/deploy on the real HTTP server, the fake Slack Web API."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+
+from bot.cli import main
+from bot.config import Secret
+from bot.deploys import DeployService, recent_requests
+from bot.metrics import dora
+from bot.runtime import Runtime
+from bot.slack.app import create_app, create_client
+from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.server import HttpServer
+from bot.store import Store
+from tests.slack.conftest import HOOK_SECRET, HookDriver, SlackDriver
+from tests.slack.test_deploy_flow import shown
+
+DEPLOYS = "C04DEPLOYS1"
+PIPELINE = "https://ci.example.com/larder/checkout-api/-/pipelines/4711"
+_counter = iter(range(1, 10_000))
+
+
+def at(**ago: float) -> str:
+    return (datetime.now(UTC) - timedelta(**ago)).isoformat(timespec="seconds")
+
+
+def event(status: str = "succeeded", version: str = "1.4.2", env: str = "prod", **fields: object) -> dict:
+    base = {
+        "event_id": f"gh-run-{next(_counter)}",
+        "service": "checkout-api",
+        "env": env,
+        "version": version,
+        "status": status,
+        "actor": "octocat",
+        "pipeline_url": PIPELINE,
+    }
+    return base | fields
+
+
+def ci_rows(runtime: Runtime) -> list[dict]:
+    return runtime.store.deploy_rows("source = 'ci'")
+
+
+def test_signed_event_is_recorded_audited_and_summarised(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    sent = event(started_at=at(minutes=9), finished_at=at(minutes=5), commit_sha="3f9c2e1a", changes=["Retry auth"])
+    response = hooks.post(sent)
+    assert response.status == 200, response.body
+    answer = response.json()
+    assert answer["ok"] is True and answer["duplicate"] is False and answer["action"] == "recorded"
+    [row] = ci_rows(runtime)
+    assert (row["id"], row["kind"], row["status"], row["requester"]) == (answer["id"], "deploy", "succeeded", "octocat")
+    assert row["commit_sha"] == "3f9c2e1a" and json.loads(row["changes"]) == ["Retry auth"]
+    audit = [r for r in runtime.store.audit_rows() if r["request_id"] == row["id"]]
+    assert [(r["actor"], r["action"]) for r in audit] == [("octocat", "deploy.finished")]
+    [summary] = slack_api.calls("chat.postMessage")
+    assert summary.body["channel"] == DEPLOYS
+    assert "Deploy checkout-api ? → 1.4.2 to prod" in shown(summary.body)
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ({"signed": False}, "unsigned"),
+        ({"secret": "not-the-hook-secret-at-all"}, "bad signature"),
+        ({"signature": "v1=" + "0" * 64}, "bad signature"),
+        ({"timestamp": int(time.time()) - 301}, "stale"),
+    ],
+)
+def test_unsigned_bad_or_stale_events_are_refused(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, how: dict, expected: str
+) -> None:
+    response = hooks.post(event(), **how)
+    assert response.status == 401
+    assert expected in response.json()["error"]
+    assert ci_rows(runtime) == [] and runtime.store.audit_rows() == [] and slack_api.calls() == []
+
+
+def test_a_replayed_event_is_recorded_once(hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    sent = event()
+    assert hooks.post(sent).json()["duplicate"] is False
+    replay = hooks.post(sent)
+    assert replay.status == 200 and replay.json() == {"ok": True, "duplicate": True}
+    assert len(ci_rows(runtime)) == 1
+    assert len(runtime.store.audit_rows()) == 1 and len(slack_api.calls("chat.postMessage")) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"version": None}, "version"),
+        ({"version": "1.2.3;rm"}, "version"),
+        ({"status": "done"}, "status"),
+        ({"started_at": "yesterday"}, "started_at"),
+        ({"commit_time": "2026-13-01T00:00:00Z"}, "commit_time"),
+        ({"service": "no-such-service"}, "service"),
+        ({"env": "prod env"}, "env"),
+        ({"event_id": None}, "event_id"),
+        ({"changes": "one string"}, "changes"),
+        ({"pipeline_url": "javascript:alert(1)"}, "pipeline_url"),
+    ],
+)
+def test_malformed_events_are_refused_naming_the_field(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, change: dict, field: str
+) -> None:
+    sent = {k: v for k, v in (event() | change).items() if v is not None}
+    response = hooks.post(sent)
+    assert response.status == 400, response.body
+    assert response.json()["field"] == field and response.json()["error"]
+    assert ci_rows(runtime) == [] and runtime.store.audit_rows() == [] and slack_api.calls() == []
+
+
+def test_not_json_is_refused(hooks: HookDriver, runtime: Runtime) -> None:
+    response = hooks.post("{not json")
+    assert response.status == 400 and response.json()["field"] == "body"
+
+
+def test_started_then_succeeded_updates_the_row_and_message_and_posts_the_summary(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    assert hooks.post(event(version="1.4.1", started_at=at(days=2, minutes=5), finished_at=at(days=2))).status == 200
+    now = datetime.now(UTC).replace(microsecond=0)
+    started = hooks.post(
+        event("started", started_at=str(now - timedelta(minutes=6)), commit_time=str(now - timedelta(hours=3)))
+    )
+    assert started.status == 200 and started.json()["action"] == "started"
+    request_id = started.json()["id"]
+    running = slack_api.calls("chat.postMessage")[-1]
+    assert running.body["channel"] == DEPLOYS
+    assert "Running" in shown(running.body) and "1.4.1 → 1.4.2" in shown(running.body)
+    assert runtime.store.deploy_row(request_id)["message_ts"] == running.answer["ts"]
+
+    finished = hooks.post(
+        event(
+            finished_at=str(now - timedelta(minutes=1)),
+            changes=["Retry card auth once", "Bump <grpc> to 1.62"],
+            commit_sha="3f9c2e1",
+        )
+    )
+    assert finished.status == 200 and finished.json()["action"] == "finished"
+    assert finished.json()["id"] == request_id
+    [row] = [r for r in ci_rows(runtime) if r["version"] == "1.4.2"]
+    assert (row["id"], row["status"], row["from_version"]) == (request_id, "succeeded", "1.4.1")
+
+    [update] = slack_api.calls("chat.update")
+    assert (update.body["channel"], update.body["ts"]) == (DEPLOYS, running.answer["ts"])
+    assert "Succeeded" in shown(update.body) and "5 min 0 s" in shown(update.body)
+    summary = slack_api.calls("chat.postMessage")[-1]
+    assert summary.body["thread_ts"] == running.answer["ts"] and summary.body["reply_broadcast"] in (True, "true", "1")
+    text = shown(summary.body)
+    for expected in (
+        "1.4.1 → 1.4.2",
+        "octocat (CI)",
+        f"<{PIPELINE}|pipeline>",
+        "Retry card auth once",
+        "Bump &lt;grpc&gt; to 1.62",
+        "5 min 0 s",
+        "3f9c2e1",
+        "*DORA* checkout-api in prod",
+        "Deploys: 2 in 7 days",
+        "lead time 3.0 h",  # commit 3 h ago, finished 1 min ago
+    ):
+        assert expected in text, (expected, text)
+    actions = [(r["actor"], r["action"]) for r in runtime.store.audit_rows() if r["request_id"] == request_id]
+    assert actions == [("octocat", "deploy.started"), ("octocat", "deploy.finished")]
+
+
+def test_a_failed_then_rolled_back_pipeline(hooks: HookDriver, runtime: Runtime) -> None:
+    hooks.post(event(version="1.4.1", finished_at=at(hours=2)))
+    hooks.post(event("failed", finished_at=at(hours=1)))
+    response = hooks.post(event("rolled_back", version="1.4.1", finished_at=at(minutes=30)))
+    assert response.json()["kind"] == "rollback" and response.json()["status"] == "succeeded"
+    assert response.json()["from_version"] == "1.4.2"  # what was rolled back is the failed version
+    assert DeployService.from_store(runtime.store).current_version("checkout-api", "prod") == "1.4.1"
+
+
+def test_dora_counts_slack_and_ci_deploys_with_lead_time_from_the_commit(hooks: HookDriver, runtime: Runtime) -> None:
+    finished = datetime.now(UTC) - timedelta(days=3)
+    with runtime.store.immediate():  # a deploy that went through /deploy three days ago
+        runtime.store.insert_deploy(
+            {
+                **{k: "" for k in runtime.store.DEPLOY_COLUMNS.split(", ")},
+                "id": "dep-slack-1",
+                "kind": "deploy",
+                "service": "checkout-api",
+                "env": "prod",
+                "version": "1.4.0",
+                "requester": "U03F8K2LQ1",
+                "status": "succeeded",
+                "approvals_needed": 2,
+                "created_at": (finished - timedelta(minutes=5)).isoformat(timespec="seconds"),
+                "started_at": (finished - timedelta(minutes=5)).isoformat(timespec="seconds"),
+                "finished_at": finished.isoformat(timespec="seconds"),
+                "exit_code": 0,
+                "source": "slack",
+                "changes": "[]",
+            }
+        )
+    hooks.post(event(version="1.4.1", commit_time=at(hours=26), finished_at=at(hours=24)))
+    hooks.post(event(version="1.4.2", commit_time=at(hours=5), finished_at=at(hours=1)))
+    figures = dora(runtime.store, "checkout-api", "prod")
+    assert figures.deploys_7d == 3 and figures.changes == 3
+    assert figures.lead_time_h == pytest.approx(3.0, abs=0.01)  # median of 2 h and 4 h; the Slack one has no commit
+    listed = recent_requests(runtime.store, "checkout-api", "prod")
+    assert [(r.version, r.source) for r in listed] == [("1.4.2", "ci"), ("1.4.1", "ci"), ("1.4.0", "slack")]
+
+
+def test_a_ci_deploy_can_be_rolled_back_from_slack(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    hooks.post(event(version="1.4.1", env="staging", finished_at=at(hours=2)))
+    hooks.post(event(version="1.4.2", env="staging", finished_at=at(hours=1)))
+    before = len(slack_api.calls("chat.postMessage"))
+    assert slack.command("/rollback", "checkout-api staging", user="U03F8K2LQ1").status == 200
+    posted = slack_api.wait_for("chat.postMessage", count=before + 1, timeout=10)[before]
+    assert "Rollback checkout-api 1.4.2 → 1.4.1 to staging" in shown(posted.body)
+
+
+def test_hooks_without_a_secret_are_disabled(slack: SlackDriver, runtime: Runtime) -> None:
+    runtime.settings = replace(runtime.settings, hook_secret=Secret(""))
+    response = HookDriver(slack.base_url).post(event())
+    assert response.status == 503 and "OPSBOT_HOOK_SECRET" in response.json()["error"]
+    assert ci_rows(runtime) == []
+
+
+def test_the_hooks_only_server_serves_hooks_and_health_but_not_slack(runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    app = create_app(runtime, client=create_client(runtime))
+    server = HttpServer(app, runtime, host="127.0.0.1", port=0, slack_events=False).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert HookDriver(base).post(event()).status == 200
+        assert SlackDriver(base, slack_api).command("/rollback", "checkout-api prod").status == 404
+    finally:
+        server.stop()
+    assert len(ci_rows(runtime)) == 1
+
+
+def invoke(*args: str, secret: str = HOOK_SECRET) -> object:
+    return CliRunner().invoke(main, ["notify-deploy", *args], env={"OPSBOT_HOOK_SECRET": secret})
+
+
+def test_notify_deploy_sends_a_signed_event_to_the_endpoint(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    common = ["--url", hooks.url, "--service", "checkout-api", "--env", "prod", "--version", "1.4.2"]
+    result = invoke(*common, "--status", "started", "--actor", "octocat", "--pipeline-url", PIPELINE)
+    assert result.exit_code == 0, result.output
+    assert "running as dep-" in result.output
+    result = invoke(
+        *common,
+        "--event-id",
+        "gl-99",
+        "--commit-time",
+        at(hours=2),
+        "--change",
+        "Retry card auth once",
+        "--pipeline-url",
+        PIPELINE,
+    )
+    assert result.exit_code == 0, result.output
+    assert "finished as dep-" in result.output and "succeeded" in result.output
+    [row] = ci_rows(runtime)
+    assert row["status"] == "succeeded" and json.loads(row["changes"]) == ["Retry card auth once"]
+    assert "Retry card auth once" in shown(slack_api.calls("chat.postMessage")[-1].body)
+    again = invoke(*common, "--event-id", "gl-99")
+    assert again.exit_code == 0 and "already recorded" in again.output
+
+
+def test_notify_deploy_reports_the_servers_refusal(hooks: HookDriver, runtime: Runtime) -> None:
+    common = ["--url", hooks.url, "--service", "checkout-api", "--env", "prod"]
+    hostile = invoke(*common, "--version", "1.2.3;rm")
+    assert hostile.exit_code == 1 and "HTTP 400" in hostile.output and "field version" in hostile.output
+    wrong = invoke(*common, "--version", "1.4.2", secret="a-different-secret-value")
+    assert wrong.exit_code == 1 and "HTTP 401" in wrong.output and "bad signature" in wrong.output
+    assert ci_rows(runtime) == []
+
+
+def test_notify_deploy_writes_to_the_database_without_slack(runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    path = str(runtime.settings.db_path)
+    result = invoke("--db", path, "--service", "checkout-api", "--env", "prod", "--version", "1.4.2", "--actor", "bob")
+    assert result.exit_code == 0, result.output
+    assert "recorded as dep-" in result.output
+    reader = Store(path)  # as another process sees it (the bot's own connection may be mid-read while loading)
+    try:
+        [row] = reader.deploy_rows("source = 'ci'")
+    finally:
+        reader.close()
+    assert (row["status"], row["requester"], row["source"]) == ("succeeded", "bob", "ci")
+    assert slack_api.calls() == []
+    bad = invoke("--db", path, "--service", "nope", "--env", "prod", "--version", "1.4.2")
+    assert bad.exit_code == 1 and "field service" in bad.output
+
+
+def test_notify_deploy_help_has_an_example() -> None:
+    result = CliRunner().invoke(main, ["notify-deploy", "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output and "--status started" in result.output
+
+
+def test_hook_settings_are_read_masked_and_checked(tmp_path: object) -> None:
+    from bot.config import Settings
+    from bot.errors import ConfigError
+
+    env = {"OPSBOT_HOOK_SECRET": HOOK_SECRET, "OPSBOT_HOOK_URL": "http://opsbot:3000/hooks/deploy"}
+    settings = Settings.from_env(env, dotenv=None, require_model=False)
+    assert str(settings.hook_secret) == HOOK_SECRET and HOOK_SECRET not in repr(settings)
+    assert settings.hook_url == "http://opsbot:3000/hooks/deploy"
+    with pytest.raises(ConfigError) as problems:
+        Settings.from_env({"OPSBOT_HOOK_SECRET": "short", "OPSBOT_HOOK_URL": "opsbot:3000"}, dotenv=None)
+    assert "OPSBOT_HOOK_SECRET" in str(problems.value) and "OPSBOT_HOOK_URL" in str(problems.value)
