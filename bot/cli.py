@@ -480,6 +480,7 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     from bot.runtime import Runtime
     from bot.slack.app import create_app
     from bot.slack.deploys import report_interrupted, start_sweeper
+    from bot.slack.digest import start_digest_scheduler
     from bot.slack.server import HttpServer, socket_mode_handler
 
     settings = load_settings(ctx)
@@ -498,6 +499,7 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
     report_interrupted(runtime, app.client)
     start_sweeper(runtime, app.client)
+    start_digest_scheduler(runtime, app.client)
     if settings.slack_app_token:
         hooks = None
         if hooks_port:

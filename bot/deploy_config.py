@@ -67,6 +67,43 @@ class DeploySettings:
     channel: str = ""  # where every deploy summary is posted, besides the request's thread
     request_ttl_minutes: int = 30
     failure_window_hours: int = 24  # an incident this soon after a deploy counts against it
+    digest: Digest | None = None  # a weekly DORA digest, when configured
+
+
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Post the DORA figures of every deployable service once a week."""
+
+    channel: str
+    day: int  # 0 = Monday
+    time: str  # HH:MM, local to ``timezone``
+    timezone: str = "UTC"
+    env: str = "prod"
+
+
+def _digest(data: Any) -> Digest | None:
+    if data is None:
+        return None
+    key = "settings.weekly_digest"
+    if not isinstance(data, dict) or not data.get("channel"):
+        raise ConfigProblem(key, "needs channel: (a channel id), and optionally day:, time:, timezone:, env:")
+    day = str(data.get("day", "monday")).lower()
+    if day not in DAYS:
+        raise ConfigProblem(f"{key}.day", f"{day!r} must be a day of the week, such as monday")
+    at = str(data.get("time", "09:00"))
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", at):
+        raise ConfigProblem(f"{key}.time", f"{at!r} must look like 09:00")
+    tz = str(data.get("timezone", "UTC"))
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(tz)
+    except Exception:
+        raise ConfigProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London") from None
+    return Digest(str(data["channel"]), DAYS.index(day), at, tz, str(data.get("env", "prod")))
 
 
 def parse_service(name: str, entry: dict) -> ServiceConfig | None:
@@ -100,6 +137,7 @@ def parse_settings(data: Any) -> DeploySettings:
         channel=str(data.get("deploys_channel") or ""),
         request_ttl_minutes=_positive(data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes"),
         failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours"),
+        digest=_digest(data.get("weekly_digest")),
     )
 
 

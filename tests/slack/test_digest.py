@@ -1,0 +1,48 @@
+"""The weekly DORA digest: when it is due, and what it posts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bot.deploy_config import ConfigProblem, Digest, parse_settings
+from bot.runtime import Runtime
+from bot.slack.app import create_client
+from bot.slack.digest import digest_due, post_digest
+from bot.slack.fake_api import FakeSlackAPI
+
+MONDAY_9 = Digest("C04DEPLOYS1", 0, "09:00", "Europe/London")
+
+
+def test_the_digest_is_due_once_a_week_at_local_time() -> None:
+    monday_0830 = datetime(2026, 11, 30, 8, 30, tzinfo=UTC)  # 08:30 in London (winter)
+    monday_0905 = datetime(2026, 11, 30, 9, 5, tzinfo=UTC)
+    tuesday = datetime(2026, 12, 1, 9, 5, tzinfo=UTC)
+    assert digest_due(MONDAY_9, monday_0830, "") is None
+    assert digest_due(MONDAY_9, monday_0905, "") == "2026-W49"
+    assert digest_due(MONDAY_9, monday_0905, "2026-W49") is None  # posted already this week
+    assert digest_due(MONDAY_9, tuesday, "2026-W48") is None
+
+
+def test_bad_digest_settings_name_the_key() -> None:
+    for bad, key in [
+        ({"day": "funday", "channel": "C1"}, "settings.weekly_digest.day"),
+        ({"channel": "C1", "time": "9am"}, "settings.weekly_digest.time"),
+        ({"time": "09:00"}, "settings.weekly_digest"),
+    ]:
+        try:
+            parse_settings({"weekly_digest": bad})
+        except ConfigProblem as exc:
+            assert exc.key == key
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
+def test_the_digest_posts_every_deployable_service(runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    channel = post_digest(runtime, create_client(runtime))
+    assert channel == "C04DEPLOYS1"
+    (call,) = slack_api.wait_for("chat.postMessage")
+    text = str(call.body["blocks"])
+    assert "Weekly delivery figures (prod)" in text
+    for service in ("checkout-api", "payments-gateway", "storefront-web", "order-pipeline"):
+        assert f"*{service}*: Deploys:" in text
+    assert "change failure rate" in text
