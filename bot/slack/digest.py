@@ -41,9 +41,7 @@ def build_digest_blocks(runtime: Runtime, env: str, days: int = 30, now: datetim
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": (
-                        "DORA figures of Slack and CI/CD deploys; `opsbot dora` shows them too."
-                    ),
+                    "text": ("DORA figures of Slack and CI/CD deploys; `opsbot dora` shows them too."),
                 }
             ],
         },
