@@ -1,0 +1,358 @@
+"""Knowledge commands: index, ask, eval, bench."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bot.cli.base import _open, handle_errors, load_settings, main
+from bot.config import Settings
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@handle_errors
+def index(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
+    """Index a knowledge directory (default: $OPSBOT_KNOWLEDGE or ./knowledge).
+
+    Only new or changed text is embedded; removed files leave the index.
+
+    \b
+    Example:
+      opsbot index knowledge/
+    """
+    from bot.indexer import index_knowledge
+
+    settings = load_settings(ctx)
+    root = directory or settings.knowledge_dir
+    if not root.is_dir():
+        raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    store, encoder = _open(settings)
+    bar_state: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if as_json:
+            return
+        if "bar" not in bar_state:
+            bar_state["bar"] = click.progressbar(length=total, label="Embedding sections", file=sys.stderr)
+            bar_state["bar"].__enter__()
+        bar_state["bar"].update(done - bar_state.get("done", 0))
+        bar_state["done"] = done
+
+    try:
+        report = index_knowledge(store, encoder, root, progress)
+    finally:
+        if "bar" in bar_state:
+            bar_state["bar"].__exit__(None, None, None)
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(
+        f"Indexed {root}: {report.runbooks} runbooks, {report.incidents} incidents, {report.experts} people "
+        f"({report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
+        f"{report.embedded} sections embedded, {report.reused} reused) in {report.seconds:.1f}s with {report.model_id}."
+    )
+    for problem in report.problems:
+        click.echo(f"Warning: {problem}", err=True)
+
+
+@main.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("-k", "top_k", type=click.IntRange(1, 50), default=None, help="How many documents to show.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+@handle_errors
+def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: str, as_json: bool) -> None:
+    """Answer a question, or a pasted alert or log line, from the index.
+
+    \b
+    Example:
+      opsbot ask "FATAL: sorry, too many clients already"
+      opsbot ask -k 3 --json "checkout latency high"
+    """
+    from bot.search import SearchIndex
+
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    try:
+        if not store.counts()["chunks"]:
+            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        if mode != "bm25":
+            encoder.load()  # so the reported encode time is the query's, not the model load's
+        answer = SearchIndex(store, encoder).search(" ".join(question), k=top_k or settings.top_k, mode=mode)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(_answer_dict(answer), indent=2))
+        return
+    if not answer.hits:
+        click.echo("Nothing in the knowledge base matches. Try other words, or paste the alert text.")
+        return
+    for n, hit in enumerate(answer.hits, start=1):
+        label = f"[{hit.incident_id}] " if hit.incident_id else ""
+        click.secho(f"{n}. {label}{hit.title}", bold=True)
+        click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
+        click.echo(f"   {hit.snippet}\n")
+    click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
+
+
+def _answer_dict(answer: Any) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "query": answer.query,
+        "normalized_query": answer.normalized_query,
+        "mode": answer.mode,
+        "encode_ms": round(answer.encode_ms, 2),
+        "search_ms": round(answer.search_ms, 2),
+        "hits": [asdict(h) | {"citation": h.citation} for h in answer.hits],
+    }
+
+
+@main.command(name="eval")
+@click.option("--knowledge", "knowledge", type=click.Path(path_type=Path), required=True, help="Knowledge directory.")
+@click.option("--queries", type=click.Path(path_type=Path), default=None, help="JSON-lines query file.")
+@click.option("--task", type=click.Choice(["search", "experts"]), default="search", show_default=True)
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25", "all"]), default="all", show_default=True)
+@click.option(
+    "--relevant",
+    type=click.Choice(["all", "main"]),
+    default="all",
+    show_default=True,
+    help="Experts, time split: every responder counts, or only the main resolver.",
+)
+@click.option("--with-services", is_flag=True, help="Experts, time split: give each incident's services too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--misses", is_flag=True, help="Also list the queries whose first result was wrong.")
+@click.option(
+    "--encoder", "backend", type=click.Choice(["torch", "onnx"]), default=None, help="Model backend ($OPSBOT_ENCODER)."
+)
+@click.pass_context
+@handle_errors
+def evaluate(
+    ctx: click.Context,
+    knowledge: Path,
+    queries: Path | None,
+    task: str,
+    mode: str,
+    relevant: str,
+    with_services: bool,
+    as_json: bool,
+    misses: bool,
+    backend: str | None,
+) -> None:
+    """Measure retrieval (Recall@1/3/5, MRR@10 per mode and kind) or expert suggestion (top-1/3, MRR).
+
+    Indexes the directory into a temporary database, so your index is untouched. The expert task
+    without --queries trains on the older 70% of the incidents and tests on the newer 30%, against
+    two baselines: service ownership only, and the most frequent responders.
+
+    \b
+    Example:
+      opsbot eval --knowledge ../shared/eval/prometheus-runbooks/knowledge \\
+                  --queries ../shared/eval/prometheus-runbooks/queries.jsonl
+      opsbot eval --task experts --knowledge knowledge
+    """
+    from bot.encoder import make_encoder
+    from bot.evaluation import evaluate_experts, run_eval
+
+    settings = load_settings(ctx, encoder=backend)
+    if not knowledge.is_dir():
+        raise OpsbotError(f"knowledge directory {str(knowledge)!r} does not exist.")
+    encoder = make_encoder(settings)
+    if task == "experts":
+        result = evaluate_experts(knowledge, encoder, queries, relevant=relevant, with_services=with_services)
+        click.echo(json.dumps(result, indent=2) if as_json else format_experts_table(result))
+        return
+    if queries is None:
+        raise OpsbotError("--queries is required for the search task: a JSON-lines file of questions.")
+    modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
+    results, report = run_eval(knowledge, queries, modes, encoder)
+    if as_json:
+        click.echo(json.dumps({"encoder": settings.encoder, "modes": results, "index": report.as_dict()}, indent=2))
+        return
+    click.echo(format_eval_table(results))
+    if misses:
+        for m in modes:
+            for miss in results[m]["misses"]:
+                click.echo(f"[{m}] {miss['id']}: got {miss['got'][:1]} want {miss['want']}")
+
+
+def format_eval_table(results: dict) -> str:
+    """A plain-text table: one row per mode and query group."""
+    header = f"{'mode':<8} {'queries':<14} {'n':>4} {'R@1':>6} {'R@3':>6} {'R@5':>6} {'MRR@10':>7}"
+    lines = [header, "-" * len(header)]
+    for mode, groups in results.items():
+        for group, m in groups.items():
+            if group == "misses":
+                continue
+            lines.append(
+                f"{mode:<8} {group:<14} {m['queries']:>4} {m['recall@1']:>6.3f} {m['recall@3']:>6.3f} "
+                f"{m['recall@5']:>6.3f} {m['mrr@10']:>7.3f}"
+            )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["index", "search", "experts", "slack", "process", "all"]), default="all")
+@click.option("--sizes", default="1000,10000,100000", show_default=True, help="Chunk counts for the search benchmark.")
+@click.option(
+    "--encoder",
+    "backend",
+    type=click.Choice(["torch", "onnx", "both"]),
+    default=None,
+    help="Model backend (default $OPSBOT_ENCODER); both runs each and compares them.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+@handle_errors
+def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_json: bool) -> None:
+    """Measure indexing speed and search latency on a seeded synthetic knowledge base.
+
+    \b
+    Example:
+      opsbot bench search --sizes 1000,10000
+      opsbot bench search --sizes 1000,10000 --encoder both
+      opsbot bench --json > bench.json
+    """
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise OpsbotError(f"--sizes {sizes!r} must be whole numbers separated by commas, like 1000,10000.") from None
+    if not size_list or min(size_list) < 10:
+        raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
+    settings = load_settings(ctx)
+    backends = ["torch", "onnx"] if backend == "both" else [backend or settings.encoder]
+    runs = {name: _bench_run(settings.with_overrides(encoder=name), what, size_list) for name in backends}
+    if len(runs) == 1:
+        result = next(iter(runs.values()))
+        click.echo(json.dumps(result, indent=2) if as_json else _bench_text(result))
+        return
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    for name, result in runs.items():
+        click.echo(f"== encoder {name}\n{_bench_text(result)}\n")
+    click.echo(_bench_compare(runs))
+
+
+def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str, Any]:
+    """One backend's benchmarks, as a JSON-ready dict."""
+    from bot import bench as benchmarks
+    from bot.encoder import make_encoder
+
+    encoder = make_encoder(settings)
+    started = time.perf_counter()
+    encoder.load()
+    result: dict[str, Any] = {
+        "model": encoder.model_id,
+        "encoder": settings.encoder,
+        "model_load_s": round(encoder.load_seconds, 2),
+    }
+    if getattr(encoder, "exported", False):
+        result["onnx_exported"] = True  # the load time includes the one-off export
+    if what in ("index", "all"):
+        result["index"] = benchmarks.bench_index(encoder)
+    if what in ("search", "all"):
+        result["search"] = benchmarks.bench_search(encoder, size_list)
+    if what in ("experts", "all"):
+        result["experts"] = benchmarks.bench_experts(encoder)
+    if what in ("slack", "all"):
+        from bot.bench_slack import bench_slack
+
+        result["slack"] = bench_slack(encoder, chunks=min(max(size_list), 10000))
+    if what in ("process", "all"):
+        from bot.bench_slack import bench_process
+
+        result["process"] = bench_process(encoder, chunks=max(size_list))
+    result["peak_rss_mb"] = benchmarks.peak_rss_mb()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def _bench_text(result: dict[str, Any]) -> str:
+    exported = ", including the one-off ONNX export" if result.get("onnx_exported") else ""
+    lines = [f"model: {result['model']} via {result['encoder']} (loaded in {result['model_load_s']} s{exported})"]
+    if "index" in result:
+        i = result["index"]
+        lines.append(
+            f"index: {i['index_chunks_per_s']} chunks/s vs raw encode {i['raw_encode_chunks_per_s']} chunks/s "
+            f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks; unchanged re-index of {i['reindex_unchanged_docs']} "
+            f"documents: {i['reindex_unchanged_s']} s (model loaded: {i['reindex_loaded_model']})"
+        )
+    for row in result.get("search", []):
+        lines.append(
+            f"search @ {row['chunks']:>7} chunks: encode p50 {row['encode_ms']['p50']:.1f} ms, "
+            f"rest p50 {row['search_ms']['p50']:.1f} / p95 {row['search_ms']['p95']:.1f} ms, "
+            f"total p50 {row['total_ms']['p50']:.1f} ms; vectors {row['index_memory_mb']} MB, db {row['db_mb']} MB"
+        )
+    if "experts" in result:
+        e = result["experts"]
+        lines.append(
+            f"experts: {e['incidents']} incidents embedded in {e['embed_s']} s (once, at index time), "
+            f"model fitted in {e['fit_s'] * 1000:.1f} ms, ranking p50 {e['rank_ms']['p50']:.1f} ms"
+        )
+    if "slack" in result:
+        sl = result["slack"]
+        lines.append(
+            f"slack @ {sl['chunks']} chunks: ack p50 {sl['ack_ms']['p50']:.1f} / p99 {sl['ack_ms']['p99']:.1f} ms "
+            f"({sl['acks']} signed /ask, {sl['concurrent']} at a time, indexing: {sl['indexing_during_acks']}); "
+            f"/ask end to end p50 {sl['ask_end_to_end_ms']['p50']:.1f} / p95 {sl['ask_end_to_end_ms']['p95']:.1f} ms"
+        )
+    if "process" in result:
+        pr = result["process"]
+        lines.append(
+            f"process @ {pr['chunks']} chunks: start to acknowledging {pr['start_to_ack_s']} s, "
+            f"start to model and index loaded {pr['start_to_ready_s']} s, peak RSS {pr['peak_rss_mb']} MB"
+        )
+    lines.append(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")
+    return "\n".join(lines)
+
+
+def _bench_compare(runs: dict[str, dict[str, Any]]) -> str:
+    """The two backends side by side: query encode p50/p95 per size, and indexing throughput."""
+    names = list(runs)
+    header = f"{'':<34}" + "".join(f"{name:>16}" for name in names)
+    lines = [header, "-" * len(header)]
+    first = runs[names[0]]
+    for n, row in enumerate(first.get("search", [])):
+        cells = [runs[name]["search"][n]["encode_ms"] for name in names]
+        label = f"query encode @ {row['chunks']} p50 / p95"
+        lines.append(f"{label:<34}" + "".join(f"{c['p50']:>7.1f} / {c['p95']:>4.1f} ms" for c in cells))
+        ends = [runs[name]["search"][n]["total_ms"]["p50"] for name in names]
+        label = f"ask end to end @ {row['chunks']} p50"
+        lines.append(f"{label:<34}" + "".join(f"{e:>13.1f} ms" for e in ends))
+    if "index" in first:
+        lines.append(
+            f"{'index throughput':<34}"
+            + "".join(f"{runs[name]['index']['index_chunks_per_s']:>9.1f} chunks/s" for name in names)
+        )
+    lines.append(f"{'model load':<34}" + "".join(f"{runs[name]['model_load_s']:>14.2f} s" for name in names))
+    return "\n".join(lines)
+
+
+def format_experts_table(result: dict) -> str:
+    """The expert evaluation: learned ranking and the two baselines side by side."""
+    lines = [
+        f"{result['split']}; relevant: {'every responder' if result['relevant'] == 'all' else 'the main resolver'}"
+        f"{'; services given' if result['with_services'] else '; text only'}",
+        f"{'ranking':<16} {'n':>4} {'top-1':>7} {'top-3':>7} {'MRR':>7}",
+    ]
+    for name in ("learned", "ownership", "most_frequent"):
+        m = result[name]
+        lines.append(f"{name:<16} {m['queries']:>4} {m['top1']:>7.3f} {m['top3']:>7.3f} {m['mrr']:>7.3f}")
+    lines.append(f"(trained in {result['train_seconds']:.2f} s, embedding included)")
+    return "\n".join(lines)

@@ -1,0 +1,543 @@
+"""Operations commands: experts, deploys, audit, dora, incidents, notify-deploy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main
+from bot.config import Settings
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@click.option("--service", "services", multiple=True, help="A service involved (repeatable).")
+@click.option("-n", "limit", type=click.IntRange(1, 20), default=3, show_default=True, help="How many people.")
+@click.option("--json", "as_json", is_flag=True, help="Print the suggestions as JSON.")
+@click.pass_context
+@handle_errors
+def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Suggest who to pull in, with the reasons: similar incidents they resolved, ownership, skills.
+
+    \b
+    Example:
+      opsbot experts "pgbouncer pool exhausted, checkout 503s" --service checkout-api
+      opsbot experts --json "kafka consumer lag on orders"
+    """
+    from bot.runtime import Runtime
+
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    try:
+        if not store.expert_count():
+            raise OpsbotError("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
+        runtime = Runtime(settings, encoder=encoder, store=store)
+        suggestions = runtime.suggest_experts(" ".join(text), list(services) or None, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([_suggestion_dict(s) for s in suggestions], indent=2))
+        return
+    if not suggestions:
+        click.echo("Nobody matches: no similar past incidents, owners or skills. Name the service or paste the alert.")
+    for n, s in enumerate(suggestions, start=1):
+        flags = f"  [{'; '.join(s.flags)}]" if s.flags else ""
+        click.secho(f"{n}. {s.expert.name} ({s.expert.id}, {s.expert.team})  score {s.score:.2f}{flags}", bold=True)
+        for reason in s.reasons():
+            click.echo(f"   - {reason}")
+
+
+def _suggestion_dict(s: Any) -> dict:
+    return {
+        "id": s.expert.id,
+        "name": s.expert.name,
+        "team": s.expert.team,
+        "score": s.score,
+        "reasons": s.reasons(),
+        "incidents": [{"id": i.id, "similarity": i.similarity, "main_resolver": i.main_resolver} for i in s.incidents],
+        "owns": list(s.owns),
+        "skills": list(s.skills),
+        "flags": list(s.flags),
+    }
+
+
+# -- deploys, audit and DORA ----------------------------------------------------------------------
+
+
+def _check_names(store: Any, service: str | None, env: str | None) -> None:
+    """Refuse a --service or --env that neither services.yaml nor the deploy history knows."""
+    configs = store.service_configs()
+    history = store.deploy_rows(limit=100000)
+    services = set(configs) | {r["service"] for r in history}
+    envs = {e for c in configs.values() for e in (c.get("environments") or {})} | {r["env"] for r in history}
+    if service and service not in services:
+        known = ", ".join(sorted(services)) or "none yet: add services to services.yaml and run `opsbot index`"
+        raise OpsbotError(f"no service {service!r} in services.yaml or the deploy history; known services: {known}.")
+    if env and envs and env not in envs:
+        raise OpsbotError(f"no environment {env!r}; known environments: {', '.join(sorted(envs))}.")
+
+
+def _when(value: str | None) -> str:
+    return value.replace("T", " ")[:16] if value else "-"
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def format_deploys_table(requests: list, names: dict[str, str]) -> str:
+    """A plain-text table of deploy requests, one per line, columns as wide as their longest value."""
+    header = ("ID", "KIND", "SERVICE", "ENV", "FROM → TO", "STATUS", "REQUESTER", "APPROVERS", "STARTED", "DURATION")
+    rows = [
+        (
+            r.id,
+            r.kind,
+            r.service,
+            r.env,
+            f"{r.from_version or '?'} → {r.version}",
+            r.status,
+            names.get(r.requester, r.requester),
+            ", ".join(names.get(a, a) for a in r.approvers) or "-",
+            _when(r.started_at),
+            _took(r.duration_s),
+        )
+        for r in requests
+    ]
+    widths = [max(len(str(row[n])) for row in [header, *rows]) for n in range(len(header))]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    )
+
+
+@main.command(name="deploys")
+@click.option("--service", default=None, help="Only this service.")
+@click.option("--env", default=None, help="Only this environment (staging, prod ...).")
+@click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many requests.")
+@click.option("--json", "as_json", is_flag=True, help="Print the requests as JSON.")
+@click.pass_context
+@handle_errors
+def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit: int, as_json: bool) -> None:
+    """List recent deploy and rollback requests, from Slack and from CI, newest first.
+
+    \b
+    Example:
+      opsbot deploys
+      opsbot deploys --service checkout-api --env prod --limit 50
+      opsbot deploys --json
+    """
+    from dataclasses import asdict
+
+    from bot.deploys import recent_requests
+
+    store = _open_store(ctx)
+    try:
+        _check_names(store, service, env)
+        requests = recent_requests(store, service, env, limit)
+        names = {e.id: e.name for e in store.load_experts()}
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([asdict(r) | {"duration_s": r.duration_s} for r in requests], indent=2))
+        return
+    if not requests:
+        scope = " ".join(filter(None, [service, env]))
+        click.echo(f"No deploy requests{' for ' + scope if scope else ''} yet.")
+        return
+    click.echo(format_deploys_table(requests, names))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the audit trail as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the audit trail as CSV (for a spreadsheet).")
+@click.pass_context
+@handle_errors
+def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
+    """Print the deploy audit trail: who requested, approved, rejected and ran what, and when.
+
+    \b
+    Example:
+      opsbot audit
+      opsbot audit --csv > audit.csv
+      opsbot audit --json
+    """
+    import csv
+    import io
+
+    if as_json and as_csv:
+        raise OpsbotError("choose one of --json and --csv.")
+    store = _open_store(ctx)
+    try:
+        rows = store.audit_rows()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["at", "actor", "action", "request_id", "details"])
+        for row in rows:
+            details = json.dumps(row["details"], sort_keys=True)
+            writer.writerow([row["at"], row["actor"], row["action"], row["request_id"], details])
+        click.echo(out.getvalue(), nl=False)
+        return
+    if not rows:
+        click.echo("The audit trail is empty: no deploy has been requested yet.")
+    for row in rows:
+        details = " ".join(
+            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in row["details"].items()
+        )
+        click.echo(f"{row['at']}  {row['actor']}  {row['action']}  {row['request_id']}  {details}".rstrip())
+
+
+@main.command(name="dora")
+@click.option("--service", default=None, help="Only this service (default: all).")
+@click.option("--env", default="prod", show_default=True, help="The environment.")
+@click.option("--days", type=click.IntRange(1, 3650), default=30, show_default=True, help="The period, in days.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+@handle_errors
+def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, as_json: bool) -> None:
+    """Show the four DORA figures: deploy frequency, change failure rate, time to restore, lead time.
+
+    A change failed when its deploy failed, or a rollback or an incident on the service followed
+    within the failure window (`failure_window_hours` in services.yaml, 24 by default).
+
+    \b
+    Example:
+      opsbot dora
+      opsbot dora --service checkout-api --days 90
+      opsbot dora --env staging --json
+    """
+    from dataclasses import asdict
+
+    from bot.deploy_config import ConfigProblem, parse_settings
+    from bot.metrics import dora
+
+    store = _open_store(ctx)
+    try:
+        _check_names(store, service, env)
+        try:
+            settings = parse_settings(json.loads(store.get_meta("deploy_settings") or "null"))
+        except (ConfigProblem, ValueError) as exc:
+            raise OpsbotError(
+                f"the stored deploy settings cannot be read ({exc}); fix `settings:` in services.yaml and run "
+                "`opsbot index`."
+            ) from None
+        figures = dora(store, service=service, env=env, days=days, failure_window_hours=settings.failure_window_hours)
+    finally:
+        store.close()
+    if as_json:
+        extra = {
+            "change_failure_rate": figures.change_failure_rate,
+            "per_week": figures.per_week,
+            "failure_window_hours": settings.failure_window_hours,
+            "line": figures.line(),
+        }
+        click.echo(json.dumps(asdict(figures) | extra, indent=2))
+        return
+    click.secho(f"{service or 'All services'} in {env}, last {days} days", bold=True)
+    click.echo(figures.line())
+    click.echo(f"  deploys in the period: {figures.deploys_period} ({figures.per_week:.1f} a week)")
+    click.echo(
+        f"  changes: {figures.changes}, of which failed: {figures.failed_changes} (failed, rolled back, or followed "
+        f"by an incident within {settings.failure_window_hours} h)"
+    )
+    restore = "n/a" if figures.time_to_restore_min is None else f"{figures.time_to_restore_min:.0f} min"
+    lead = "n/a" if figures.lead_time_h is None else f"{figures.lead_time_h:.1f} h"
+    click.echo(f"  time to restore (median of incidents and failed deploys): {restore}")
+    click.echo(f"  lead time (median, commit to deploy): {lead}")
+
+
+# -- incidents declared in Slack ---------------------------------------------------------------------
+
+
+@main.group()
+def incidents() -> None:
+    """Incidents declared in Slack with /incident: list them, export resolved ones as knowledge files.
+
+    \b
+    Example:
+      opsbot incidents list --all
+      opsbot incidents export INC-2026-0042
+    """
+
+
+@incidents.command(name="list")
+@click.option("--all", "show_all", is_flag=True, help="Resolved incidents too, not only the open ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the incidents, timelines included, as JSON.")
+@click.pass_context
+@handle_errors
+def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """List incidents declared in Slack, newest first (only the open ones unless --all).
+
+    \b
+    Example:
+      opsbot incidents list
+      opsbot incidents list --all --json
+    """
+    from bot.incidents import IncidentService
+    from bot.store import Store
+
+    store = Store(load_settings(ctx).db_path)
+    try:
+        found = [i for i in IncidentService(store, set()).list_all() if show_all or i.is_open]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([_live_incident_dict(i) for i in found], indent=2))
+        return
+    if not found:
+        click.echo("No incidents declared in Slack yet." if show_all else "No open incidents.")
+    for i in found:
+        state = "open" if i.is_open else f"resolved after {i.minutes_to_restore} min"
+        services = ", ".join(i.services) or "no service"
+        click.echo(f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  declared {i.declared_at}")
+
+
+def _live_incident_dict(i: Any) -> dict:
+    return {
+        "id": i.id,
+        "title": i.title,
+        "severity": i.severity,
+        "status": i.status,
+        "services": list(i.services),
+        "declared_by": i.declared_by,
+        "declared_at": i.declared_at,
+        "channel": i.channel,
+        "roles": i.roles,
+        "resolved_at": i.resolved_at or None,
+        "resolution": i.resolution or None,
+        "minutes_to_restore": i.minutes_to_restore,
+        "responders": list(i.responders),
+        "timeline": [dict(e) for e in i.events],
+    }
+
+
+@incidents.command(name="export")
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the files (default: incidents/<year>/ in the knowledge directory).",
+)
+@click.option("--force", is_flag=True, help="Overwrite a file that exists with other content.")
+@click.option("--service", default=None, help="The service of incidents declared without one.")
+@click.pass_context
+@handle_errors
+def incidents_export(
+    ctx: click.Context, ids: tuple[str, ...], out: Path | None, force: bool, service: str | None
+) -> None:
+    """Write resolved incidents as knowledge/incidents YAML files named <ID>.yaml (default: every resolved one).
+
+    The files are what `opsbot index` reads, so the incidents stay searchable after the database is rebuilt.
+    A file that exists with other content is left alone unless --force.
+
+    \b
+    Example:
+      opsbot incidents export
+      opsbot incidents export INC-2026-0042 --out /tmp/incidents --force
+    """
+    from dataclasses import replace
+
+    from bot.incidents import IncidentService, export_yaml, to_incident
+    from bot.store import Store
+
+    settings = load_settings(ctx)
+    store = Store(settings.db_path)
+    try:
+        found = IncidentService(store, set())
+        chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if not i.is_open]
+    finally:
+        store.close()
+    if not chosen:
+        click.echo("No resolved incidents to export.")
+    problems: list[str] = []
+    for live in chosen:
+        if live.is_open:
+            problems.append(f"{live.id} is still open: resolve it first (/incident resolve RESOLUTION).")
+            continue
+        if not live.services and service:
+            live = replace(live, services=(service,))
+        elif not live.services:
+            problems.append(f"{live.id} names no service, and incident files need one: add --service NAME.")
+            continue
+        incident = to_incident(live)
+        folder = out or settings.knowledge_dir / "incidents" / str(incident.date.year)
+        path = folder / f"{live.id}.yaml"
+        text = export_yaml(incident)
+        if path.exists():
+            if path.read_text(encoding="utf-8") == text:
+                click.echo(f"{path}: unchanged")
+                continue
+            if not force:
+                problems.append(f"{path} exists with other content; pass --force to overwrite it.")
+                continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}")
+    if problems:
+        raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))
+
+
+# -- deploy events from CI/CD ------------------------------------------------------------------------
+
+
+@main.command(name="notify-deploy")
+@click.option("--service", required=True, help="The service deployed (as named in services.yaml).")
+@click.option("--env", required=True, help="The environment, e.g. prod.")
+@click.option("--version", "version", required=True, help="The version deployed.")
+@click.option(
+    "--status",
+    type=click.Choice(["started", "succeeded", "failed", "rolled_back"]),
+    default="succeeded",
+    show_default=True,
+    help="started when the pipeline begins; succeeded, failed or rolled_back when it ends.",
+)
+@click.option("--event-id", default=None, help="Unique per event; a replay is ignored (default: a random id).")
+@click.option("--commit-sha", default=None, help="The commit deployed.")
+@click.option("--commit-time", default=None, help="When it was committed (ISO 8601): DORA lead time.")
+@click.option("--started-at", default=None, help="When the deploy started (ISO 8601; default now).")
+@click.option("--finished-at", default=None, help="When it finished (ISO 8601; default now).")
+@click.option("--actor", default=None, help="Who triggered the pipeline.")
+@click.option("--pipeline-url", default=None, help="Link to the pipeline run.")
+@click.option("--change", "changes", multiple=True, help="One change shipped (repeatable).")
+@click.option("--url", default=None, help="The hook URL (default $OPSBOT_HOOK_URL): http://HOST:3000/hooks/deploy.")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Record straight into this opsbot database instead (no Slack message).",
+)
+@handle_errors
+def notify_deploy(
+    service: str,
+    env: str,
+    version: str,
+    status: str,
+    event_id: str | None,
+    commit_sha: str | None,
+    commit_time: str | None,
+    started_at: str | None,
+    finished_at: str | None,
+    actor: str | None,
+    pipeline_url: str | None,
+    changes: tuple[str, ...],
+    url: str | None,
+    db_path: Path | None,
+) -> None:
+    """Report a deploy from CI/CD: signs the event with $OPSBOT_HOOK_SECRET and POSTs it to opsbot.
+
+    Send --status started when the pipeline begins deploying and succeeded, failed or rolled_back
+    when it ends (same service, env and version): opsbot posts the progress and the summary in Slack,
+    and the deploy counts in `opsbot deploys` and `opsbot dora`. With --db the event is recorded
+    straight into a database file instead, without Slack.
+
+    \b
+    Example:
+      export OPSBOT_HOOK_URL=http://opsbot.internal:3000/hooks/deploy OPSBOT_HOOK_SECRET=...
+      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status started
+      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status succeeded \\
+        --commit-sha 3f9c2e1 --commit-time 2026-11-20T09:12:00Z --change "Retry card auth once"
+      opsbot notify-deploy --db opsbot.db --service checkout-api --env prod --version 1.4.2
+    """
+    import urllib.error
+    import urllib.request
+
+    from bot.hooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, build_event, sign
+
+    event = build_event(
+        service,
+        env,
+        version,
+        status,
+        event_id,
+        commit_sha=commit_sha,
+        commit_time=commit_time,
+        started_at=started_at,
+        finished_at=finished_at,
+        actor=actor,
+        pipeline_url=pipeline_url,
+        changes=list(changes),
+    )
+    body = json.dumps(event).encode()
+    if db_path is not None:
+        answer = _record_event_locally(db_path, body)
+    else:
+        settings = Settings.from_env(require_model=False)
+        target = url or settings.hook_url
+        if not target:
+            raise OpsbotError("give --url or set OPSBOT_HOOK_URL (e.g. http://opsbot.internal:3000/hooks/deploy).")
+        if not target.startswith(("http://", "https://")):
+            raise OpsbotError(f"--url {target!r} must start with http:// or https://.")
+        if not settings.hook_secret:
+            raise OpsbotError("set OPSBOT_HOOK_SECRET to the secret the opsbot server has, to sign the event.")
+        timestamp = str(int(time.time()))
+        request = urllib.request.Request(
+            target,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(str(settings.hook_secret), timestamp, body),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            raise OpsbotError(f"opsbot refused the event (HTTP {error.code}): {_hook_error(error)}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise OpsbotError(f"could not reach {target}: {getattr(error, 'reason', error)}") from None
+    click.echo(_describe_hook_answer(event, answer))
+
+
+def _record_event_locally(db_path: Path, body: bytes) -> dict:
+    from bot.deploys import DeployService
+    from bot.hooks import EventProblem, known_services, parse_event, record_event
+    from bot.store import Store
+
+    if not db_path.exists():
+        raise OpsbotError(f"{db_path} does not exist: give the opsbot database file (OPSBOT_DB), after `opsbot index`.")
+    store = Store(db_path)
+    try:
+        deploys = DeployService.from_store(store)
+        try:
+            parsed = parse_event(body, known_services(deploys))
+        except EventProblem as exc:
+            raise OpsbotError(f"{exc} (field {exc.field})") from None
+        return record_event(deploys, parsed).as_json()
+    finally:
+        store.close()
+
+
+def _hook_error(error: Any) -> str:
+    try:
+        answer = json.loads(error.read() or b"{}")
+    except ValueError:
+        return error.reason or "no details"
+    field = f" (field {answer['field']})" if answer.get("field") else ""
+    return f"{answer.get('error') or error.reason}{field}"
+
+
+def _describe_hook_answer(event: dict, answer: dict) -> str:
+    what = f"{event['service']} {event['version']} to {event['env']}"
+    if answer.get("duplicate"):
+        return f"{what}: event {event['event_id']} was already recorded; nothing changed."
+    verb = {"started": "running", "finished": "finished", "recorded": "recorded"}.get(answer.get("action", ""), "sent")
+    arrow = f"{answer.get('from_version') or '?'} → {answer.get('version')}"
+    return f"{what}: {verb} as {answer.get('id')} ({answer.get('kind')} {arrow}, {answer.get('status')})."
