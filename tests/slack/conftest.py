@@ -194,6 +194,18 @@ class SlackDriver:
         return self.post(body, "application/x-www-form-urlencoded")
 
 
+def shown(body: dict) -> str:
+    """Everything a person reads in a message: text, sections, fields, context, buttons."""
+    parts = [body.get("text") or ""]
+    for block in body.get("blocks") or []:
+        parts.append((block.get("text") or {}).get("text", ""))
+        parts += [f["text"] for f in block.get("fields", [])]
+        for element in block.get("elements", []):
+            text = element.get("text", "")
+            parts.append(text["text"] if isinstance(text, dict) else text)
+    return "\n".join(parts)
+
+
 def copy_database(source: Store, target: Path) -> Store:
     """A private copy of an indexed database, so one test's votes cannot change another's answers."""
     with sqlite3.connect(target) as dest:

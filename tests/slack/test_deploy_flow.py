@@ -20,7 +20,7 @@ from bot.slack.deploys import report_interrupted, sweep_expired
 from bot.slack.fake_api import Call, FakeSlackAPI
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.slack.conftest import SlackDriver, make_settings, start_bot
+from tests.slack.conftest import SlackDriver, make_settings, shown, start_bot
 
 PRIYA = "U03F8K2LQ1"  # payments, requests checkout-api deploys
 MARCUS = "U03H1M9TZ4"  # payments: may approve staging and prod
@@ -77,18 +77,6 @@ class Posted:
     @property
     def text(self) -> str:
         return shown(self.body)
-
-
-def shown(body: dict) -> str:
-    """Everything a person reads in a message: text, sections, fields, context, buttons."""
-    parts = [body.get("text") or ""]
-    for block in body.get("blocks") or []:
-        parts.append((block.get("text") or {}).get("text", ""))
-        parts += [f["text"] for f in block.get("fields", [])]
-        for element in block.get("elements", []):
-            text = element.get("text", "")
-            parts.append(text["text"] if isinstance(text, dict) else text)
-    return "\n".join(parts)
 
 
 def deploy_buttons(body: dict) -> dict[str, str]:

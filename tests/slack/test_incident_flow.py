@@ -14,7 +14,7 @@ from bot.slack import ids
 from bot.slack.fake_api import Call, FakeSlackAPI
 from bot.slack.incidents import channel_name, parse_assign, parse_declare, split_incident_id
 from bot.slack.manifest import build_manifest
-from tests.slack.conftest import BOT_TOKEN, SlackDriver
+from tests.slack.conftest import BOT_TOKEN, SlackDriver, shown
 
 PRIYA = "U03F8K2LQ1"  # payments, owns checkout-api
 DANIEL = "U04C2RN8VD"  # platform, Postgres
@@ -22,18 +22,6 @@ MARCUS = "U03H1M9TZ4"  # payments
 OPS = "C0OPS0001"
 ELSEWHERE = "C0RANDOM1"
 TITLE = "Checkout 503s: pgbouncer pool exhausted on pg-main"
-
-
-def shown(body: dict) -> str:
-    """Everything a person reads in a message: text, sections, fields, context, buttons."""
-    parts = [body.get("text") or ""]
-    for block in body.get("blocks") or []:
-        parts.append((block.get("text") or {}).get("text", ""))
-        parts += [f["text"] for f in block.get("fields", [])]
-        for element in block.get("elements", []):
-            text = element.get("text", "")
-            parts.append(text["text"] if isinstance(text, dict) else text)
-    return "\n".join(parts)
 
 
 def accessories(body: dict, action_id: str) -> list[dict]:
