@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,25 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory, minilm: SentenceTrans
     index_knowledge(store, minilm, SAMPLE_KNOWLEDGE)
     yield store
     store.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter finalisation once pytest has reported.
+
+    Background threads of the code under test (model loaders, Bolt's workers, sqlite connections)
+    can still be inside torch or sqlite when Python tears modules down, which crashed the process
+    once in a few hundred runs *after* every test had passed. The outcome is already printed, so
+    exit with pytest's own status and skip the teardown.
+    """
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
