@@ -288,9 +288,8 @@ def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
       opsbot incidents list --all --json
     """
     from bot.incidents import IncidentService
-    from bot.store import Store
 
-    store = Store(load_settings(ctx).db_path)
+    store = _open_store(ctx)
     try:
         found = [i for i in IncidentService(store, set()).list_all() if show_all or i.is_open]
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from bot.cli.base import _open, handle_errors, load_settings, main
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,7 @@ def channels_list(ctx: click.Context) -> None:
     Example:
       opsbot channels list
     """
-    from bot.store import Store
-
-    store = Store(load_settings(ctx).db_path)
+    store = _open_store(ctx)
     try:
         modes = store.channel_answer_modes()
     finally:
@@ -209,14 +207,13 @@ def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
       opsbot channels set C04ALERTS1 all
     """
     from bot.knowledge import CHANNEL_ID
-    from bot.store import Store
 
     if not CHANNEL_ID.match(channel):
         raise OpsbotError(
             f"{channel!r} is not a Slack channel id; use the id (like C04ALERTS1: channel details > About), "
             "not the #name."
         )
-    store = Store(load_settings(ctx).db_path)
+    store = _open_store(ctx)
     try:
         store.set_channel_answer_mode(channel, mode, "cli")
     finally:
@@ -236,9 +233,7 @@ def feedback(ctx: click.Context, as_json: bool) -> None:
       opsbot feedback
       opsbot feedback --json
     """
-    from bot.store import Store
-
-    store = Store(load_settings(ctx).db_path)
+    store = _open_store(ctx)
     try:
         rows = store.feedback_rows()
     finally:
