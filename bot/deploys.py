@@ -106,6 +106,16 @@ class DeployRequest:
         arrow = f"{self.from_version or '?'} → {self.version}"
         return f"{'Rollback' if self.kind == 'rollback' else 'Deploy'} {self.service} {arrow} to {self.env}"
 
+    @property
+    def completed(self) -> bool:
+        """It ran to an end: succeeded, failed or timed out."""
+        return self.status in ("succeeded", "failed", "timed_out")
+
+    @property
+    def latest_at(self) -> datetime:
+        """When it finished, or when it was requested while it has not finished (UTC)."""
+        return parse_time(self.finished_at or self.created_at)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -122,6 +132,12 @@ class Decision:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def parse_time(value: str) -> datetime:
+    """A stored time (from Slack or a CI event, with Z or an offset) as an aware datetime; naive means UTC."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class DeployService:

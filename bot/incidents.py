@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import yaml
 
+from bot.deploys import DeployRequest, recent_requests
 from bot.errors import InvalidRequest, NotFound
 from bot.models import Incident, TimelineEntry
 from bot.store import SLACK_PREFIX, Store
@@ -56,25 +57,6 @@ class LiveIncident:
             if person and person != "opsbot" and person not in people:
                 people.append(person)
         return tuple(people)
-
-
-@dataclass(frozen=True)
-class RecentDeploy:
-    """A deploy or rollback of an incident's service, as the briefing shows it."""
-
-    id: str
-    kind: str
-    service: str
-    env: str
-    version: str
-    from_version: str
-    status: str
-    requester: str
-    at: datetime  # when it finished, or was requested when it has not finished
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "timed_out")
 
 
 def _now() -> datetime:
@@ -243,43 +225,19 @@ class IncidentService:
         return live, to_incident(live)
 
 
-def _parse_at(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: datetime) -> list[RecentDeploy]:
+def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: datetime) -> list[DeployRequest]:
     """Deploys and rollbacks of ``services`` (from Slack and CI) finished or requested since ``since``, newest first."""
-    found = []
-    for service in services:
-        for row in store.deploy_rows("service = ?", [service], limit=500):
-            at = _parse_at(row["finished_at"]) or _parse_at(row["created_at"])
-            if at is not None and at >= since:
-                found.append(
-                    RecentDeploy(
-                        row["id"],
-                        row["kind"],
-                        row["service"],
-                        row["env"],
-                        row["version"],
-                        row["from_version"] or "",
-                        row["status"],
-                        row["requester"],
-                        at,
-                    )
-                )
-    return sorted(found, key=lambda d: d.at, reverse=True)
+    found = [r for service in services for r in recent_requests(store, service, limit=500) if r.latest_at >= since]
+    return sorted(found, key=lambda r: r.latest_at, reverse=True)
 
 
-def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[RecentDeploy, int] | None:
+def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[DeployRequest, int] | None:
     """The last deploy of the incident's services that succeeded within the failure window before it was
     declared, with how many minutes before; None when there is none."""
     declared = datetime.fromisoformat(incident.declared_at)
     for deploy in deploys_since(store, incident.services, declared - timedelta(hours=window_hours)):
-        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.at <= declared:
-            return deploy, round((declared - deploy.at).total_seconds() / 60)
+        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.latest_at <= declared:
+            return deploy, round((declared - deploy.latest_at).total_seconds() / 60)
     return None
 
 

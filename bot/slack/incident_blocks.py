@@ -6,7 +6,8 @@ import json
 import re
 from datetime import datetime
 
-from bot.incidents import LiveIncident, RecentDeploy
+from bot.deploys import DeployRequest
+from bot.incidents import LiveIncident
 from bot.models import SearchHit
 from bot.slack import ids
 
@@ -67,7 +68,7 @@ def roles_text(incident: LiveIncident) -> str:
     return ", ".join(roles) or "nobody assigned"
 
 
-def build_declared_blocks(incident: LiveIncident, cause: tuple[RecentDeploy, int] | None = None) -> list[dict]:
+def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, int] | None = None) -> list[dict]:
     """The first message of an incident: what, how bad, who leads, and how to work it from here."""
     services = ", ".join(incident.services) or "none named"
     lines = [
@@ -88,7 +89,7 @@ def build_declared_blocks(incident: LiveIncident, cause: tuple[RecentDeploy, int
     return blocks
 
 
-def possible_cause_text(deploy: RecentDeploy, minutes: int) -> str:
+def possible_cause_text(deploy: DeployRequest, minutes: int) -> str:
     return (
         f":mag: *Possible cause:* deploy {escape(deploy.version)} of {deploy.service} to {deploy.env} "
         f"(`{deploy.id}`) finished {minutes_text(minutes)} before the declaration."
@@ -121,12 +122,12 @@ def build_knowledge_blocks(runbooks: list[SearchHit], similar: list[tuple[Search
     return blocks
 
 
-def rollback_value(incident_id: str, deploy: RecentDeploy) -> str:
+def rollback_value(incident_id: str, deploy: DeployRequest) -> str:
     """What a Rollback button carries: enough to request the rollback and note it in the timeline."""
     return json.dumps({"incident": incident_id, "service": deploy.service, "env": deploy.env, "deploy": deploy.id})
 
 
-def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[RecentDeploy]) -> list[dict]:
+def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequest]) -> list[dict]:
     """The affected services' deploys of the last 24 hours; a Rollback button on each that succeeded."""
     names = ", ".join(incident.services)
     if not incident.services:
@@ -139,7 +140,7 @@ def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[RecentDepl
         text = (
             f"{'Rollback' if deploy.kind == 'rollback' else 'Deploy'} *{deploy.service}* {arrow}"
             f"*{escape(deploy.version)}* to {deploy.env} · {deploy.status.replace('_', ' ')} "
-            f"{'at' if deploy.finished else 'requested at'} {clock_time(deploy.at)} · `{deploy.id}`"
+            f"{'at' if deploy.completed else 'requested at'} {clock_time(deploy.latest_at)} · `{deploy.id}`"
         )
         block = _section(text)
         if deploy.kind == "deploy" and deploy.status == "succeeded":
