@@ -6,7 +6,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from bot.config import Settings
 from bot.deploys import DeployService
@@ -23,6 +25,7 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
+T = TypeVar("T")
 
 
 class NotReady(OpsbotError):
@@ -65,6 +68,8 @@ class Runtime:
         self._version = ""
         self._experts: ExpertModel | None = None
         self._experts_lock = threading.Lock()
+        self._configured: dict[str, tuple[str, Any]] = {}  # name -> (index version it was built for, object)
+        self._configured_lock = threading.Lock()
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._loader: threading.Thread | None = None
@@ -112,12 +117,28 @@ class Runtime:
             log.info("index reloaded version=%s chunks=%d", current, self._index.size)
         return self._index
 
+    def _for_index_version(self, name: str, build: Callable[[], T]) -> T:
+        """``build()``'s result, kept until the index version in meta changes (`opsbot index` ran, or an
+        incident was resolved), so a running bot picks up the new configuration without reading it every call."""
+        version = self.store.get_meta("index_version")  # read before building: a later change rebuilds again
+        with self._configured_lock:
+            cached = self._configured.get(name)
+            if cached is None or cached[0] != version:
+                cached = (version, build())
+                self._configured[name] = cached
+                log.info("configuration loaded part=%s version=%s", name, version)
+            return cached[1]
+
     def incidents(self) -> IncidentService:
         """Incidents declared in Slack; services known from services.yaml, the roster and past incidents."""
-        known = set(self.store.service_configs())
-        known.update(s for e in self.store.load_experts() for s in e.services)
-        known.update(s for i in self.store.load_incidents() for s in i.services)
-        return IncidentService(self.store, known)
+
+        def build() -> IncidentService:
+            known = set(self.store.service_configs())
+            known.update(s for e in self.store.load_experts() for s in e.services)
+            known.update(s for i in self.store.load_incidents() for s in i.services)
+            return IncidentService(self.store, known)
+
+        return self._for_index_version("incidents", build)
 
     def learn_from(self, incident: Incident) -> None:
         """A resolved incident: searchable at once, and the expert model retrains on next use."""
@@ -127,7 +148,7 @@ class Runtime:
 
     def deploys(self) -> DeployService:
         """The deploy state machine for the services.yaml stored by the last `opsbot index`."""
-        return DeployService.from_store(self.store)
+        return self._for_index_version("deploys", lambda: DeployService.from_store(self.store))
 
     def experts_model(self) -> ExpertModel:
         """The expert model, retrained whenever the incidents or the roster changed."""

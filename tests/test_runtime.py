@@ -1,0 +1,106 @@
+"""The runtime's deploy and incident services: built once per index version, rebuilt after `opsbot index`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.indexer import index_knowledge
+from bot.runtime import Runtime
+from bot.store import Store
+from tests.conftest import FakeEncoder
+from tests.test_deploys import SERVICES, make_knowledge
+
+RUNBOOK = "---\ntitle: Web is slow\nservices: [web]\n---\n# Web is slow\n\n## Fix\nRestart the web pods.\n"
+API_SERVICE = """\
+  api:
+    owners: [UALICE0001]
+    environments:
+      staging: {approvals: 1, approvers: [web]}
+    deploy: {command: ["{python}", "-c", "print(1)"]}
+"""
+INCIDENT = """\
+id: INC-2026-0042
+title: Label printers jammed
+date: 2026-11-20T08:00:00Z
+severity: 3
+services: [label-printing]
+responders: [UALICE0001]
+summary: The warehouse label printers jammed.
+root_cause: A driver update.
+resolution: Rolled the driver back.
+"""
+
+
+@dataclass
+class Indexed:
+    knowledge: Path
+    store: Store
+    encoder: FakeEncoder
+    runtime: Runtime
+
+    def reindex(self) -> None:
+        """What `opsbot index` does, from another process's point of view: the stored knowledge changes."""
+        index_knowledge(self.store, self.encoder, self.knowledge)
+
+
+@pytest.fixture
+def indexed(tmp_path: Path) -> Iterator[Indexed]:
+    knowledge = make_knowledge(tmp_path / "knowledge")
+    (knowledge / "runbooks").mkdir()
+    (knowledge / "runbooks" / "web-slow.md").write_text(RUNBOOK, encoding="utf-8")
+    store = Store(tmp_path / "opsbot.db")
+    encoder = FakeEncoder()
+    index_knowledge(store, encoder, knowledge)
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
+    yield Indexed(knowledge, store, encoder, Runtime(settings, encoder=encoder, store=store))  # type: ignore[arg-type]
+    store.close()
+
+
+def test_repeated_calls_reuse_the_configuration_built_for_this_index_version(indexed: Indexed) -> None:
+    runtime = indexed.runtime
+    deploys, incidents = runtime.deploys(), runtime.incidents()
+
+    assert runtime.deploys() is deploys and runtime.incidents() is incidents
+    # Not read again: a change written behind the index's back is not seen until the index version moves.
+    indexed.store.replace_services({})
+    assert sorted(runtime.deploys().services) == ["strict", "web"]
+    assert "web" in runtime.incidents().known_services
+
+
+def test_a_reindex_that_changed_the_knowledge_is_picked_up_by_the_running_bot(indexed: Indexed) -> None:
+    runtime = indexed.runtime
+    deploys, incidents = runtime.deploys(), runtime.incidents()
+    assert "api" not in deploys.services and "label-printing" not in incidents.known_services
+
+    (indexed.knowledge / "services.yaml").write_text(SERVICES + API_SERVICE, encoding="utf-8")
+    (indexed.knowledge / "incidents").mkdir()
+    (indexed.knowledge / "incidents" / "INC-2026-0042.yaml").write_text(INCIDENT, encoding="utf-8")
+    indexed.reindex()
+
+    assert runtime.deploys() is not deploys and sorted(runtime.deploys().services) == ["api", "strict", "web"]
+    assert runtime.incidents() is not incidents and "label-printing" in runtime.incidents().known_services
+    assert runtime.deploys() is runtime.deploys()  # and cached again for the new version
+
+
+def test_a_reindex_that_changed_nothing_keeps_the_cached_configuration(indexed: Indexed) -> None:
+    deploys = indexed.runtime.deploys()
+    indexed.reindex()
+    assert indexed.runtime.deploys() is deploys
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bot/indexer.py bumps index_version only when documents (runbooks, incidents) change, so a re-index "
+    "that changed only services.yaml or experts.yaml goes unnoticed until the next document change or a restart",
+)
+def test_a_reindex_that_changed_only_services_yaml_is_picked_up(indexed: Indexed) -> None:
+    runtime = indexed.runtime
+    assert "api" not in runtime.deploys().services
+    (indexed.knowledge / "services.yaml").write_text(SERVICES + API_SERVICE, encoding="utf-8")
+    indexed.reindex()
+    assert "api" in runtime.deploys().services
