@@ -156,7 +156,7 @@ def evaluate_experts(
 
     from bot.experts import train as train_experts
     from bot.knowledge import load_knowledge
-    from bot.text import spell_identifiers, strip_volatile
+    from bot.text import normalize_query
 
     kb = load_knowledge(knowledge)
     if not kb.experts:
@@ -180,7 +180,7 @@ def evaluate_experts(
     learned, ownership, most_frequent = [], [], []
     for q in queries:
         services = list(q.services) or (list(by_id[q.id].services) if with_services and q.id in by_id else [])
-        vector = encoder.encode([spell_identifiers(strip_volatile(q.text))])[0]
+        vector = encoder.encode([normalize_query(q.text)])[0]
         learned.append(([s.expert.id for s in model.rank(q.text, vector, services or None)], q.relevant))
         involved = set(services) | set(model.services_in(q.text))
         owned = sorted({p for s in involved for p in model.owners_of(s)}, key=order.index)

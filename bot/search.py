@@ -14,7 +14,7 @@ from bot.encoder import Encoder
 from bot.errors import InvalidRequest
 from bot.models import Answer, SearchHit
 from bot.store import Store, StoredChunk
-from bot.text import keyword_terms, spell_identifiers, strip_volatile
+from bot.text import keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
 # A short English stopword list: these words say nothing about which runbook is meant.
@@ -41,6 +41,7 @@ class Ranking:
     max_terms: int = 16  # the rarest query words searched by keyword
     common_fraction: float = 0.1  # words in more than this share of sections are skipped ...
     common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
+    min_section_words: int = 6  # shorter sections ("TODO", "See X") only echo the title: not section evidence
     near: int = 2  # how many words may stand between two adjacent query words for a phrase match
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
     feedback_similarity: float = 0.75  # a past vote counts for questions at least this close in meaning ...
@@ -75,6 +76,7 @@ class SearchIndex:
         self.doc_paths: list[str] = []
         self.doc_starts = np.zeros(0, dtype=np.int64)
         self.chunk_doc = np.zeros(0, dtype=np.int64)
+        self.stub = np.zeros(0, dtype=bool)
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.titles = np.zeros((0, 0), dtype=np.float32)
         self._id_order = np.zeros(0, dtype=np.int64)
@@ -93,11 +95,11 @@ class SearchIndex:
 
     def embed_query(self, query: str) -> np.ndarray:
         """The vector a query is searched with (what feedback is keyed by)."""
-        return self.encoder.encode([spell_identifiers(strip_volatile(query) or query.strip())])[0]
+        return self.encoder.encode([normalize_query(query)])[0]
 
     def refresh(self) -> None:
         """Reload the vectors after the index changed."""
-        ids, paths, matrix = self.store.load_vectors(self.encoder.model_id)
+        ids, paths, matrix, words = self.store.load_vectors(self.encoder.model_id)
         starts: list[int] = []
         doc_paths: list[str] = []
         for i, path in enumerate(paths):
@@ -116,6 +118,7 @@ class SearchIndex:
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.chunk_doc = chunk_doc
+            self.stub = words < self.ranking.min_section_words
             self._id_order = np.argsort(ids)
 
     @property
@@ -123,13 +126,13 @@ class SearchIndex:
         return len(self.chunk_ids)
 
     def memory_bytes(self) -> int:
-        arrays = (self.matrix, self.titles, self.chunk_ids, self.chunk_doc, self._id_order, self.doc_starts)
+        arrays = (self.matrix, self.titles, self.chunk_ids, self.chunk_doc, self._id_order, self.doc_starts, self.stub)
         return int(sum(a.nbytes for a in arrays))
 
     def signals(self, query: str, mode: str = "hybrid") -> tuple[str, Signals]:
         """Compute the dense and keyword evidence for ``query``."""
         stripped = strip_volatile(query) or query.strip()
-        dense_text = spell_identifiers(stripped)
+        dense_text = normalize_query(query)
         sig = Signals(None, None, None, {}, {})
         if mode != "bm25" and self.size:
             started = time.perf_counter()
@@ -137,7 +140,7 @@ class SearchIndex:
             sig.encode_ms = (time.perf_counter() - started) * 1000
             sig.query_vector = qv
             sig.chunk_sims = self.matrix @ qv
-            sig.section = np.maximum.reduceat(sig.chunk_sims, self.doc_starts)
+            sig.section = self._section_scores(sig.chunk_sims)
             if self.titles.shape[1] == len(qv):
                 sig.title = self.titles @ qv
         if mode != "dense":
@@ -150,6 +153,17 @@ class SearchIndex:
                     sig.bm25[d] = -rank
                     sig.bm25_chunk[d] = pos
         return dense_text, sig
+
+    def _section_scores(self, chunk_sims: np.ndarray) -> np.ndarray:
+        """Per document, its best section's similarity, not counting stub sections.
+
+        A section of a few words ("TODO", "See the disk runbook") embeds as little more than
+        its title, which already has a ranking of its own. A document made only of stubs keeps them.
+        """
+        best = np.maximum.reduceat(np.where(self.stub, -2.0, chunk_sims), self.doc_starts)
+        if (best <= -2.0).any():
+            best = np.where(best <= -2.0, np.maximum.reduceat(chunk_sims, self.doc_starts), best)
+        return best
 
     def fuse(self, sig: Signals, mode: str) -> dict[int, float]:
         """Reciprocal-rank fusion of the available evidence into one score per document."""
@@ -208,7 +222,8 @@ class SearchIndex:
             return sig.bm25_chunk[d]
         start = int(self.doc_starts[d])
         end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
-        return start + int(np.argmax(sig.chunk_sims[start:end]))
+        sims = np.where(self.stub[start:end], sig.chunk_sims[start:end] - 2.0, sig.chunk_sims[start:end])
+        return start + int(np.argmax(sims))
 
     def _keyword_chunks(self, stripped: str) -> list[tuple[int, float]]:
         words = keyword_terms(stripped, STOPWORDS)

@@ -196,6 +196,14 @@ def m007_live_incidents(db: Database) -> None:
     db["incident_events"].create_index(["incident_id"])
 
 
+@migrations()
+def m008_chunk_words(db: Database) -> None:
+    # How many words a section has of its own: a "TODO" or "See X" section is not evidence of its own.
+    db["chunks"].add_column("words", int)
+    rows = db.execute("SELECT id, text FROM chunks").fetchall()
+    db.conn.executemany("UPDATE chunks SET words = ? WHERE id = ?", [(len(text.split()), cid) for cid, text in rows])
+
+
 @dataclass(frozen=True)
 class ChunkRow:
     """A chunk as it is written: display text, the text for full-text search, and its vector's key."""
@@ -284,8 +292,17 @@ class Store:
             )
             for chunk in chunks:
                 cur = self.db.execute(
-                    "INSERT INTO chunks (doc_path, ord, heading, anchor, text, embed_hash) VALUES (?, ?, ?, ?, ?, ?)",
-                    [doc.path, chunk.ord, chunk.heading, chunk.anchor, chunk.text, chunk.embed_hash],
+                    "INSERT INTO chunks (doc_path, ord, heading, anchor, text, words, embed_hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        doc.path,
+                        chunk.ord,
+                        chunk.heading,
+                        chunk.anchor,
+                        chunk.text,
+                        len(chunk.text.split()),
+                        chunk.embed_hash,
+                    ],
                 )
                 self.db.execute(
                     "INSERT INTO chunks_fts (rowid, title, heading, body) VALUES (?, ?, ?, ?)",
@@ -365,22 +382,23 @@ class Store:
             )
             return cur.rowcount
 
-    def load_vectors(self, model: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Chunk ids, their document paths and vectors for ``model``, grouped by document.
+    def load_vectors(self, model: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """Chunk ids, their document paths, vectors for ``model`` and word counts, grouped by document.
 
         The vectors come back as one float32 matrix so a query is a single matrix product.
         """
         rows = self.db.execute(
-            "SELECT c.id, c.doc_path, e.vector FROM chunks c "
+            "SELECT c.id, c.doc_path, e.vector, c.words FROM chunks c "
             "JOIN embeddings e ON e.hash = c.embed_hash AND e.model = ? ORDER BY c.doc_path, c.ord",
             [model],
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         paths = [r[1] for r in rows]
+        words = np.fromiter((r[3] or 0 for r in rows), dtype=np.int32, count=len(rows))
         if not rows:
-            return ids, paths, np.zeros((0, 0), dtype=np.float32)
+            return ids, paths, np.zeros((0, 0), dtype=np.float32), words
         matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-        return ids, paths, matrix.copy()
+        return ids, paths, matrix.copy(), words
 
     def load_title_vectors(self, model: str, paths: list[str]) -> np.ndarray:
         """One title vector per document path, in the order given (zeros where missing)."""

@@ -182,14 +182,35 @@ def strip_volatile(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+# namespace/name references to one Kubernetes object (checkout/backup-etcd-2901) say which object, not what
+# happened. A reference has a dash or a digit, or follows an object kind, so "read/write" and "and/or" stay.
+OBJECT_REF = re.compile(r"(?<![\w/.-])(?:(\w+)\s+)?([a-z0-9][a-z0-9-]*/[a-z0-9][a-z0-9.-]*)(?![\w/])", re.I)
+OBJECT_KINDS = frozenset(
+    "pod job cronjob deployment statefulset daemonset replicaset service ingress pvc persistentvolumeclaim hpa".split()
+)
+
+
+def _drop_ref(m: re.Match[str]) -> str:
+    before, ref = m.group(1), m.group(2)
+    if re.search(r"[-\d]", ref) or (before or "").lower() in OBJECT_KINDS:
+        return f"{before} " if before else " "
+    return m.group(0)
+
+
+def drop_object_refs(text: str) -> str:
+    """Remove namespace/name object references: they name one instance, not the kind of problem."""
+    return re.sub(r"\s+", " ", OBJECT_REF.sub(_drop_ref, text)).strip()
+
+
 def spell_identifiers(text: str) -> str:
     """Replace CamelCase identifiers by their words: KubePodCrashLooping -> Kube Pod Crash Looping."""
     return CAMEL.sub(lambda m: " ".join(CAMEL_PART.findall(m.group(0))), text)
 
 
 def normalize_query(text: str) -> str:
-    """The form of a question or pasted alert that the encoder sees."""
-    return spell_identifiers(strip_volatile(text))
+    """The form of a question or pasted alert that the encoder sees: what happened, not to which instance."""
+    stripped = strip_volatile(text) or text.strip()
+    return spell_identifiers(drop_object_refs(stripped) or stripped)
 
 
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9]+")

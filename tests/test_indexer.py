@@ -284,7 +284,7 @@ def test_changing_the_model_reembeds_everything(store: Store, knowledge: Path, f
     assert sorted(other.encoded) == sorted(expected_texts(knowledge))
     assert report.unchanged == 0 and report.updated == 4
     assert store.get_meta("model") == "fake-encoder-v2"
-    ids, paths, matrix = store.load_vectors("fake-encoder-v2")
+    ids, paths, matrix, _ = store.load_vectors("fake-encoder-v2")
     assert matrix.shape == (12, 32)
     assert set(paths) == {POOL, LAG, INC_YAML, INC_MD}
 
@@ -302,7 +302,7 @@ def test_kept_document_stays_searchable_after_a_model_change(
 
     index_knowledge(store, other, knowledge)
 
-    _, paths, _ = store.load_vectors("fake-encoder-v2")
+    _, paths, _, _ = store.load_vectors("fake-encoder-v2")
     assert POOL in paths
 
 
@@ -391,3 +391,23 @@ def test_migrations_are_recorded_and_reopening_is_fine(
         assert fake_encoder.calls == []
     finally:
         reopened.close()
+
+
+def test_an_older_database_learns_the_word_count_of_its_sections(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    path = tmp_path / "old.db"
+    store = Store(path)
+    index_knowledge(store, fake_encoder, knowledge)
+    # Put the database back to how migration 7 left it: no words column, m008 not applied.
+    store.db.execute("ALTER TABLE chunks DROP COLUMN words")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm008_chunk_words'")
+    store.db.conn.commit()
+    store.close()
+
+    reopened = Store(path)
+    rows = reopened.db.execute("SELECT text, words FROM chunks").fetchall()
+    assert rows and all(words == len(text.split()) for text, words in rows)
+    _, _, _, words = reopened.load_vectors(fake_encoder.model_id)
+    assert sorted(words) == sorted(w for _, w in rows)
+    reopened.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bot.errors import InvalidRequest
+from bot.indexer import index_knowledge
 from bot.search import SearchIndex
 from bot.store import Store
+from tests.conftest import FakeEncoder
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +91,45 @@ def test_bad_input_is_refused_with_a_clear_message(index: SearchIndex) -> None:
 def test_a_query_of_only_stopwords_and_numbers_still_answers_by_meaning(index: SearchIndex) -> None:
     answer = index.search("it is 42 and 17 of them")
     assert answer.hits  # the dense side always has something to say; relevance is judged by the caller
+
+
+# -- stub sections -----------------------------------------------------------------
+
+
+def _stub_index(tmp_path: Path, encoder: FakeEncoder) -> SearchIndex:
+    root = tmp_path / "knowledge" / "runbooks"
+    root.mkdir(parents=True)
+    (root / "disk-full.md").write_text(
+        "# Disk full\n\n## Meaning\n\nThe volume crossed its static free space threshold and writes start failing."
+        "\n\n## Mitigation\n\nSee disk pressure.\n",
+        encoding="utf-8",
+    )
+    (root / "disk-pressure.md").write_text(
+        "# Disk pressure\n\n## Meaning\n\nUsage grows steadily and the trend says the volume is full by morning.\n",
+        encoding="utf-8",
+    )
+    (root / "todo.md").write_text("# Certificate rotation\n\nTo be written.\n", encoding="utf-8")
+    store = Store(tmp_path / "stub.db")
+    index_knowledge(store, encoder, tmp_path / "knowledge")
+    return SearchIndex(store, encoder)
+
+
+def test_a_stub_section_neither_ranks_nor_is_cited(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    index = _stub_index(tmp_path, fake_encoder)
+    query = "see disk pressure mitigation"
+    _, sig = index.signals(query)
+    full = index.doc_index["runbooks/disk-full.md"]
+    start = int(index.doc_starts[full])
+    meaning, mitigation = sig.chunk_sims[start], sig.chunk_sims[start + 1]
+    assert mitigation > meaning  # the stub looks like the query: it repeats the title and a pointer
+    assert sig.section[full] == pytest.approx(meaning)
+
+    hit = next(h for h in index.search(query, k=3, mode="dense").hits if h.path == "runbooks/disk-full.md")
+    assert hit.section == "Meaning"
+
+
+def test_a_document_made_only_of_a_stub_is_still_found(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    index = _stub_index(tmp_path, fake_encoder)
+    hits = index.search("certificate rotation", k=3, mode="dense").hits
+    assert hits[0].path == "runbooks/todo.md"
+    assert "To be written" in hits[0].snippet

@@ -7,6 +7,7 @@ import pytest
 from bot.models import Section
 from bot.text import (
     FrontMatterError,
+    drop_object_refs,
     keyword_terms,
     normalize_query,
     spell_identifiers,
@@ -283,3 +284,31 @@ def test_keyword_terms_are_limited() -> None:
 
     assert keyword_terms(text, STOPWORDS, limit=5) == ["term0", "term1", "term2", "term3", "term4"]
     assert len(keyword_terms(text, STOPWORDS)) == 24
+
+
+# -- object references ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("Job checkout/backup-etcd-2901 is taking too long", "Job is taking too long"),
+        ("Pod monitoring/prometheus-k8s-0 is crash looping", "Pod is crash looping"),
+        ("Deployment default/nginx has not matched its replicas", "Deployment has not matched its replicas"),
+        ("StatefulSet kube-system/coredns rollout stuck", "StatefulSet rollout stuck"),
+    ],
+)
+def test_object_references_name_the_instance_and_leave(line: str, expected: str) -> None:
+    assert drop_object_refs(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "read/write errors and/or timeouts on TCP/IP",
+        "mounted on /var/lib/kubelet from /dev/mapper/vg0-var",
+        "see runbooks/postgres for the pool",
+    ],
+)
+def test_words_with_a_slash_and_paths_are_not_object_references(line: str) -> None:
+    assert drop_object_refs(line) == line
