@@ -161,8 +161,14 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         store.set_meta("deploy_settings", json.dumps(kb.deploy_settings))
     for channel, mode in kb.channels.items():
         store.set_channel_answer_mode(channel, mode, "channels.yaml")
+    # The roster, services and deploy settings count as a change too: a running bot's expert model and
+    # deploy rules come from them.
+    config_hash = content_hash(repr((kb.experts, sorted(kb.services.items()), kb.deploy_settings, kb.channels)))
+    config_changed = store.get_meta("config_hash") != config_hash
     if changed or removed or not same_model:
         store.prune_embeddings(encoder.model_id)
+    if changed or removed or not same_model or config_changed:
+        store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
     store.set_meta("model", encoder.model_id)
     store.set_meta("knowledge_dir", str(root.resolve()))

@@ -411,3 +411,18 @@ def test_an_older_database_learns_the_word_count_of_its_sections(
     _, _, _, words = reopened.load_vectors(fake_encoder.model_id)
     assert sorted(words) == sorted(w for _, w in rows)
     reopened.close()
+
+
+def test_a_roster_change_alone_tells_running_bots_to_reload(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    version = store.get_meta("index_version")
+    index_knowledge(store, fake_encoder, knowledge)
+    assert store.get_meta("index_version") == version  # nothing changed: nothing to reload
+
+    roster = (knowledge / "experts.yaml").read_text(encoding="utf-8")
+    (knowledge / "experts.yaml").write_text(roster.replace("team: platform", "team: data"), encoding="utf-8")
+    report = index_knowledge(store, fake_encoder, knowledge)
+    assert report.embedded == 0
+    assert store.get_meta("index_version") != version

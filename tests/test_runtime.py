@@ -93,11 +93,6 @@ def test_a_reindex_that_changed_nothing_keeps_the_cached_configuration(indexed: 
     assert indexed.runtime.deploys() is deploys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/indexer.py bumps index_version only when documents (runbooks, incidents) change, so a re-index "
-    "that changed only services.yaml or experts.yaml goes unnoticed until the next document change or a restart",
-)
 def test_a_reindex_that_changed_only_services_yaml_is_picked_up(indexed: Indexed) -> None:
     runtime = indexed.runtime
     assert "api" not in runtime.deploys().services
