@@ -70,7 +70,7 @@ def test_a_typed_question_is_answered_in_its_dm_thread_with_numbered_buttons(cha
     assert "`runbooks/postgres/connection-pool-exhausted.md`" in shown
     assert "Similar past incidents" in shown and "*Runbooks*" not in shown  # mrkdwn rendered, not shown raw
     assert "[1] 👍 Helpful  [2] 👎 Not helpful" in shown
-    (posted,) = chat.shell.fake.messages(DM_CHANNEL)  # it really went through Bolt to the Web API
+    (posted,) = chat.shell.slack.fake.messages(DM_CHANNEL)  # it really went through Bolt to the Web API
     assert posted["thread_ts"] and {b["type"] for b in posted["blocks"]} >= {"section", "actions"}
 
 
@@ -89,14 +89,14 @@ def test_ask_answers_only_you_and_share_posts_it_in_the_channel(chat: Chat) -> N
     assert shown.index("Looking for: Waymark Maps API") < shown.index("Waymark Maps API rate limiting")
     assert "opsbot · only visible to you · updated · in #shell" in shown
     assert "[1] Share in channel  [2] 👍 Helpful  [3] 👎 Not helpful" in shown
-    assert not chat.shell.fake.messages()
+    assert not chat.shell.slack.fake.messages()
 
     shared = chat.say("1")
     assert "opsbot · in #shell\n  Shared by @Priya Raman" in shared
     assert "Waymark Maps API rate limiting" in shared
     assert "(opsbot removed the message only you could see)" in shared
     assert "[1] 👍 Helpful  [2] 👎 Not helpful" in shared and "[3]" not in shared  # no Share once shared
-    (posted,) = chat.shell.fake.messages(COMMAND_CHANNEL)
+    (posted,) = chat.shell.slack.fake.messages(COMMAND_CHANNEL)
     assert "Shared by <@U03F8K2LQ1>" in json.dumps(posted["blocks"])
 
 
@@ -105,13 +105,13 @@ def test_ask_without_text_shows_usage_at_once(chat: Chat) -> None:
     shown = chat.say("/ask")
     assert time.monotonic() - started < 3
     assert "Usage: `/ask QUESTION`, for example `/ask pgbouncer says too many clients`" in shown
-    assert not chat.shell.fake.calls("response_url")
+    assert not chat.shell.slack.fake.calls("response_url")
 
 
 def test_an_unknown_command_is_explained_and_a_path_is_just_text(chat: Chat) -> None:
     shown = chat.say("/foo bar")
     assert "Unknown command /foo. opsbot's Slack commands: /ask" in shown and "/help" in shown
-    assert not chat.shell.fake.calls()  # nothing was sent to the app
+    assert not chat.shell.slack.fake.calls()  # nothing was sent to the app
     shown = chat.say("/var/lib/postgresql/data: No space left on device")
     assert "Unknown command" not in shown and "opsbot · reply in thread" in shown
 
@@ -133,7 +133,7 @@ def test_a_follow_up_goes_to_the_thread_of_the_last_question(chat: Chat) -> None
     chat.say("kafka consumer group lag keeps growing on the orders topic")
     shown = chat.say("/reply what if it is only one partition?")
     assert "Kafka consumer group lag growing" in shown and "this thread's first question and yours" in shown
-    first, follow_up = chat.shell.fake.messages(DM_CHANNEL)
+    first, follow_up = chat.shell.slack.fake.messages(DM_CHANNEL)
     assert follow_up["thread_ts"] == first["thread_ts"]
 
 
@@ -142,7 +142,7 @@ def test_a_newly_registered_command_works_and_updated_messages_lose_their_button
 ) -> None:
     """A command the app did not ship with (like /deploy once was): a message with a button, then chat.update."""
     monkeypatch.setattr("bot.shell.SLASH_COMMANDS", [("/ask", "Ask", "Q"), ("/standin", "Stand-in", "SERVICE")])
-    app = chat.shell.app
+    app = chat.shell.slack.app
     assert app is not None
 
     def post_request(ack: Any, command: dict, client: Any) -> None:
@@ -177,10 +177,10 @@ def test_a_newly_registered_command_works_and_updated_messages_lose_their_button
 
     shown = chat.say("/standin payments-api 1.4.2")
     assert "opsbot · in #shell\n  payments-api 1.4.2 requested by @Priya Raman\n  [1] Approve" in shown
-    (posted,) = chat.shell.fake.calls("chat.postMessage")
+    (posted,) = chat.shell.slack.fake.calls("chat.postMessage")
     shown = chat.say("1")
     assert "opsbot · updated · in #shell\n  Approved by @Priya Raman" in shown
-    (updated,) = chat.shell.fake.calls("chat.update")
+    (updated,) = chat.shell.slack.fake.calls("chat.update")
     assert updated.body["ts"] == posted.answer["ts"]  # the click carried the real message ts
     assert "There is no button to press" in chat.say("1")
 
@@ -234,8 +234,8 @@ def test_requests_are_signed_with_a_fresh_secret_per_session(runtime: Runtime) -
         assert runtime.settings.slack_bot_token == "xoxb-local-shell"
         body, now = "token=x&command=%2Fask&text=hi", int(time.time())
         forged = {"x-slack-request-timestamp": [str(now)], "x-slack-signature": [sign(body, now, "configured")]}
-        assert shell.app is not None
-        assert shell.app.dispatch(BoltRequest(body=body, headers=forged)).status == 401
+        assert shell.slack.app is not None
+        assert shell.slack.app.dispatch(BoltRequest(body=body, headers=forged)).status == 401
     with Shell(runtime, write=lambda _: None):
         assert str(runtime.settings.slack_signing_secret) != secret
 
@@ -328,7 +328,7 @@ def test_render_post_says_who_sees_it_and_where() -> None:
 
 def test_render_blocks_of_a_real_answer_keeps_the_vote_buttons(chat: Chat) -> None:
     chat.say("pgbouncer says too many clients")
-    (posted,) = chat.shell.fake.messages(DM_CHANNEL)
+    (posted,) = chat.shell.slack.fake.messages(DM_CHANNEL)
     _, buttons = render_blocks(posted["blocks"])
     assert [(b.label, b.action_id) for b in buttons] == [
         ("👍 Helpful", ids.FEEDBACK_UP),
