@@ -1,4 +1,4 @@
-"""Shared fixtures: a clean environment, the real MiniLM model, a deterministic fake encoder."""
+"""Shared fixtures: a clean environment, the real MiniLM model, a deterministic fake encoder; CLI helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 
+from bot.cli import main
 from bot.config import bundled_model_path
 from bot.encoder import SentenceTransformerEncoder
 from bot.indexer import index_knowledge
@@ -47,6 +49,21 @@ class FakeEncoder:
             norm = np.linalg.norm(out[row])
             out[row] = out[row] / norm if norm else out[row]
         return out
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``opsbot ARGS`` in-process, keeping stdout and stderr apart."""
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def assert_clean_failure(result: Result, *fragments: str) -> None:
+    """Exit code 1, an ``Error:`` message on stderr naming every fragment, and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exc_info
+    assert result.stderr.startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr
 
 
 @pytest.fixture(autouse=True)

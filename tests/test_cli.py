@@ -18,7 +18,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from bot.cli import main
-from tests.conftest import SAMPLE_KNOWLEDGE
+from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
 
 SUBSET_RUNBOOKS = (
     "postgres/connection-pool-exhausted.md",
@@ -134,21 +134,6 @@ class IndexedSubset:
     knowledge: Path
     db: Path
     first_run: Result
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    """Run ``opsbot ARGS`` in-process, keeping stdout and stderr apart."""
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def assert_clean_failure(result: Result, *fragments: str) -> None:
-    """Exit code 1, an ``Error:`` message on stderr naming every fragment, and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exc_info
-    assert result.stderr.startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 def write_files(root: Path, files: dict[str, str]) -> Path:

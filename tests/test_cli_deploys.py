@@ -11,30 +11,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from bot.cli import main
 from bot.deploys import DeployService
 from bot.indexer import index_knowledge
 from bot.store import Store
-from tests.conftest import FakeEncoder
+from tests.conftest import FakeEncoder, assert_clean_failure, invoke
 from tests.test_deploys import ALICE, BOB, CAROL, SERVICES, Clock, make_knowledge
 from tests.test_metrics import deploy, incident, insert
 
 COMMANDS = ("deploys", "audit", "dora")
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def assert_clean_failure(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), result.exc_info
-    assert result.stderr.startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from bot.cli import main
 from bot.incidents import IncidentService
 from bot.knowledge import load_knowledge
 from bot.store import Store
-from tests.conftest import SAMPLE_KNOWLEDGE
+from tests.conftest import SAMPLE_KNOWLEDGE, invoke
 
 PRIYA = "U03F8K2LQ1"
 DANIEL = "U04C2RN8VD"
@@ -55,10 +53,6 @@ def incidents(tmp_path: Path) -> Iterator[IncidentService]:
     service.declare("Kafka consumer lag on orders", PRIYA, 3, ["order-pipeline"], "C0OPS0001")
     yield service
     store.close()
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
 
 
 def test_list_shows_open_incidents_or_all(incidents: IncidentService) -> None:
