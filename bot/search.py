@@ -35,7 +35,9 @@ class Ranking:
 
     rrf_k: float = 60.0
     section_weight: float = 1.0  # dense: best section of the document
-    title_weight: float = 1.0  # dense: the document's title
+    title_weight: float = 1.0  # dense: the document's title ...
+    title_query_words: int = 10  # ... full weight for queries up to this many words, then less:
+    title_floor: float = 0.25  # a title says little about a long pasted log line or alert body
     bm25_weight: float = 1.0  # keywords: best section, title and headings weighted in
     candidates: int = 200
     max_terms: int = 16  # the rarest query words searched by keyword
@@ -59,6 +61,7 @@ class Signals:
     bm25_chunk: dict[int, int]  # document -> position of its best BM25 chunk
     encode_ms: float = 0.0
     query_vector: np.ndarray | None = None
+    query_words: int = 0
 
 
 class SearchIndex:
@@ -133,7 +136,7 @@ class SearchIndex:
         """Compute the dense and keyword evidence for ``query``."""
         stripped = strip_volatile(query) or query.strip()
         dense_text = normalize_query(query)
-        sig = Signals(None, None, None, {}, {})
+        sig = Signals(None, None, None, {}, {}, query_words=len(dense_text.split()))
         if mode != "bm25" and self.size:
             started = time.perf_counter()
             qv = self.encoder.encode([dense_text])[0]
@@ -177,13 +180,24 @@ class SearchIndex:
         if sig.section is not None:
             lists.append((r.section_weight, list(_top(sig.section, r.candidates))))
         if sig.title is not None:
-            lists.append((r.title_weight, list(_top(sig.title, r.candidates))))
+            lists.append((r.title_weight * self.title_share(sig.query_words), list(_top(sig.title, r.candidates))))
         lists.append((r.bm25_weight, sorted(sig.bm25, key=lambda d: -sig.bm25[d])))
         for weight, ranked in lists:
             for rank, d in enumerate(ranked):
                 scores[int(d)] = scores.get(int(d), 0.0) + weight / (r.rrf_k + rank + 1)
         self._apply_feedback(sig, scores)
         return scores
+
+    def title_share(self, query_words: int) -> float:
+        """How much the title ranking counts: fully for a short query, less as the query grows.
+
+        A title is a few words. Against an alert name or a one-line summary it is strong evidence;
+        against a forty-word log excerpt it mostly measures which title shares the excerpt's topic words.
+        """
+        r = self.ranking
+        if query_words <= r.title_query_words:
+            return 1.0
+        return max(r.title_floor, r.title_query_words / query_words)
 
     def _apply_feedback(self, sig: Signals, scores: dict[int, float]) -> None:
         """Votes on answers to the same or a similar question move the voted documents up or down."""

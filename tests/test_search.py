@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,17 @@ def test_a_document_made_only_of_a_stub_is_still_found(tmp_path: Path, fake_enco
     hits = index.search("certificate rotation", k=3, mode="dense").hits
     assert hits[0].path == "runbooks/todo.md"
     assert "To be written" in hits[0].snippet
+
+
+def test_the_title_ranking_counts_less_as_the_query_grows(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    index = _stub_index(tmp_path, fake_encoder)
+    assert index.title_share(3) == index.title_share(10) == 1.0
+    assert index.title_share(20) == pytest.approx(0.5)
+    assert index.title_share(400) == index.ranking.title_floor
+
+    long_query = "the volume " + " ".join(f"word{i}" for i in range(30))
+    _, sig = index.signals(long_query)
+    assert sig.query_words == 32
+    scores = index.fuse(sig, "hybrid")
+    short = index.fuse(dataclasses.replace(sig, query_words=3), "hybrid")
+    assert sum(scores.values()) < sum(short.values())  # the same rankings, the title's counting less
