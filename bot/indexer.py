@@ -21,6 +21,9 @@ from bot.text import content_hash, spell_identifiers, split_camel, window_words
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ENCODE_BATCH = 256
+# What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
+# document from its file (vectors are reused: the text did not change). 2: alert routes.
+INDEX_FORMAT = "2"
 
 
 @dataclass
@@ -106,7 +109,8 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
 
     stored = store.document_hashes()
     same_model = store.get_meta("model") == encoder.model_id
-    changed = [d for d in kb.documents if not (same_model and stored.get(d.path) == d.content_hash)]
+    same_format = store.get_meta("index_format", "1") == INDEX_FORMAT
+    changed = [d for d in kb.documents if not (same_model and same_format and stored.get(d.path) == d.content_hash)]
     report.unchanged = len(kb.documents) - len(changed)
 
     chunked = {d.path: build_chunks(d) for d in changed}
@@ -171,6 +175,7 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
     store.set_meta("model", encoder.model_id)
+    store.set_meta("index_format", INDEX_FORMAT)
     store.set_meta("knowledge_dir", str(root.resolve()))
     report.seconds = time.perf_counter() - started
     log.info(

@@ -110,6 +110,26 @@ def _strings(value: Any, key: str) -> tuple[str, ...]:
     raise FileProblem(f"`{key}` must be a list of names, for example {key}: [checkout-api, payments-gateway]")
 
 
+ALERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
+# A top heading that is one CamelCase word names the alert the runbook is for: "# KubeJobCompletion".
+CAMEL_ALERT = re.compile(r"[A-Za-z][A-Za-z0-9]*[a-z0-9][A-Z][A-Za-z0-9]*")
+
+
+def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
+    """The alert names a runbook answers: front matter ``alerts``, and a top heading that is an alert name."""
+    names = list(_strings(value, "alerts"))
+    for name in names:
+        if not ALERT_NAME.fullmatch(name):
+            raise FileProblem(
+                f"`alerts` entry {name!r} is not an alert name; use the name as Prometheus or your "
+                "alerting tool sends it, one word without spaces, for example alerts: [PgbouncerPoolExhausted]",
+                line,
+            )
+    if CAMEL_ALERT.fullmatch(heading) and heading.lower() not in {n.lower() for n in names}:
+        names.append(heading)
+    return tuple(names)
+
+
 def parse_runbook(rel: str, text: str) -> Document:
     """A runbook: optional front matter, title from it, else the first heading, else the file name."""
     fm = split_front_matter(text)
@@ -133,6 +153,7 @@ def parse_runbook(rel: str, text: str) -> Document:
         owners=_strings(fm.data.get("owners"), "owners"),
         url=str(fm.data.get("url") or ""),
         aliases=aliases,
+        alerts=_alerts(fm.data.get("alerts"), heading, 1 + _key_line(text, "alerts")),
     )
 
 

@@ -43,6 +43,7 @@ class Document:
     url: str = ""
     incident_id: str = ""
     aliases: tuple[str, ...] = ()  # other names: a top heading that differs from the title
+    alerts: tuple[str, ...] = ()  # alert names this runbook answers: a pasted alert naming one gets it first
 
     @property
     def title_text(self) -> str:
@@ -118,6 +119,7 @@ class SearchHit:
     anchor: str = ""
     services: tuple[str, ...] = ()
     similarity: float = 0.0  # cosine of the question and the cited section: how close in meaning
+    alert: str = ""  # the alert named in the question that this runbook declares it answers
 
     @property
     def citation(self) -> str:

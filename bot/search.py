@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -17,6 +17,8 @@ from bot.store import Store, StoredChunk
 from bot.text import keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
+ROUTED = 1.0  # added to the fused score of a runbook that declares the alert the query names: above any fusion
+QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 # A short English stopword list: these words say nothing about which runbook is meant.
 STOPWORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being below
@@ -62,6 +64,7 @@ class Signals:
     encode_ms: float = 0.0
     query_vector: np.ndarray | None = None
     query_words: int = 0
+    routed: dict[int, str] = field(default_factory=dict)  # document -> the alert named in the query it answers
 
 
 class SearchIndex:
@@ -85,6 +88,7 @@ class SearchIndex:
         self._id_order = np.zeros(0, dtype=np.int64)
         self.term_counts: dict[str, int] = {}
         self.doc_index: dict[str, int] = {}
+        self.alert_routes: dict[str, list[int]] = {}
         self.feedback = np.zeros((0, 0), dtype=np.float32)
         self.feedback_paths: list[str] = []
         self.feedback_votes = np.zeros(0, dtype=np.float32)
@@ -113,10 +117,15 @@ class SearchIndex:
         chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
         term_counts = self.store.term_chunk_counts()
+        doc_index = {p: i for i, p in enumerate(doc_paths)}
+        routes = {
+            name: [doc_index[p] for p in paths if p in doc_index] for name, paths in self.store.alert_routes().items()
+        }
         feedback, feedback_paths, feedback_votes = self.store.feedback_vectors()
         with self._lock:
             self.term_counts = term_counts
-            self.doc_index = {p: i for i, p in enumerate(doc_paths)}
+            self.doc_index = doc_index
+            self.alert_routes = {name: docs for name, docs in routes.items() if docs}
             self.feedback, self.feedback_paths, self.feedback_votes = feedback, feedback_paths, feedback_votes
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
@@ -137,6 +146,7 @@ class SearchIndex:
         stripped = strip_volatile(query) or query.strip()
         dense_text = normalize_query(query)
         sig = Signals(None, None, None, {}, {}, query_words=len(dense_text.split()))
+        sig.routed = self.routes_for(query)
         if mode != "bm25" and self.size:
             started = time.perf_counter()
             qv = self.encoder.encode([dense_text])[0]
@@ -156,6 +166,15 @@ class SearchIndex:
                     sig.bm25[d] = -rank
                     sig.bm25_chunk[d] = pos
         return dense_text, sig
+
+    def routes_for(self, query: str) -> dict[int, str]:
+        """Runbooks that declare they answer an alert the query names, with that alert's name as written."""
+        routed: dict[int, str] = {}
+        if self.alert_routes:
+            for token in QUERY_TOKEN.findall(query):
+                for d in self.alert_routes.get(token.lower(), ()):
+                    routed.setdefault(d, token)
+        return routed
 
     def _section_scores(self, chunk_sims: np.ndarray) -> np.ndarray:
         """Per document, its best section's similarity, not counting stub sections.
@@ -186,6 +205,8 @@ class SearchIndex:
             for rank, d in enumerate(ranked):
                 scores[int(d)] = scores.get(int(d), 0.0) + weight / (r.rrf_k + rank + 1)
         self._apply_feedback(sig, scores)
+        for d in sig.routed:  # the runbook written for the alert comes first, whatever the wording
+            scores[d] = scores.get(d, 0.0) + ROUTED
         return scores
 
     def title_share(self, query_words: int) -> float:
@@ -226,7 +247,12 @@ class SearchIndex:
             wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
         details = self.store.chunks_by_id(wanted.values())
         sims = {d: float(sig.chunk_sims[best[d]]) if sig.chunk_sims is not None else 0.0 for d in ordered}
-        hits = tuple(_hit(details[wanted[d]], scores[d], normalized, sims[d]) for d in ordered if wanted[d] in details)
+        routed = sig.routed if mode == "hybrid" else {}
+        hits = tuple(
+            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""))
+            for d in ordered
+            if wanted[d] in details
+        )
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms)
 
@@ -287,7 +313,7 @@ def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
     return None
 
 
-def _hit(chunk: StoredChunk, score: float, query: str, similarity: float) -> SearchHit:
+def _hit(chunk: StoredChunk, score: float, query: str, similarity: float, alert: str = "") -> SearchHit:
     return SearchHit(
         path=chunk.doc_path,
         kind=chunk.kind,
@@ -300,6 +326,7 @@ def _hit(chunk: StoredChunk, score: float, query: str, similarity: float) -> Sea
         anchor=chunk.anchor,
         services=chunk.services,
         similarity=round(similarity, 4),
+        alert=alert,
     )
 
 

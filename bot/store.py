@@ -204,6 +204,12 @@ def m008_chunk_words(db: Database) -> None:
     db.conn.executemany("UPDATE chunks SET words = ? WHERE id = ?", [(len(text.split()), cid) for cid, text in rows])
 
 
+@migrations()
+def m009_alert_routes(db: Database) -> None:
+    # The alert names a runbook declares it answers (front matter `alerts`, or an alert-name heading).
+    db["documents"].add_column("alerts", str, not_null_default="[]")
+
+
 @dataclass(frozen=True)
 class ChunkRow:
     """A chunk as it is written: display text, the text for full-text search, and its vector's key."""
@@ -284,6 +290,7 @@ class Store:
                     "services": json.dumps(list(doc.services)),
                     "tags": json.dumps(list(doc.tags)),
                     "owners": json.dumps(list(doc.owners)),
+                    "alerts": json.dumps(list(doc.alerts)),
                     "incident_id": doc.incident_id,
                     "title_hash": title_hash,
                     "content_hash": doc.content_hash,
@@ -399,6 +406,14 @@ class Store:
             return ids, paths, np.zeros((0, 0), dtype=np.float32), words
         matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
         return ids, paths, matrix.copy(), words
+
+    def alert_routes(self) -> dict[str, list[str]]:
+        """Alert name (lower case) -> paths of the runbooks that declare they answer it."""
+        routes: dict[str, list[str]] = {}
+        for path, alerts in self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path"):
+            for name in json.loads(alerts):
+                routes.setdefault(str(name).lower(), []).append(path)
+        return routes
 
     def load_title_vectors(self, model: str, paths: list[str]) -> np.ndarray:
         """One title vector per document path, in the order given (zeros where missing)."""

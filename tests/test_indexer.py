@@ -426,3 +426,20 @@ def test_a_roster_change_alone_tells_running_bots_to_reload(
     report = index_knowledge(store, fake_encoder, knowledge)
     assert report.embedded == 0
     assert store.get_meta("index_version") != version
+
+
+def test_a_new_index_format_rewrites_documents_without_embedding_again(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    write(knowledge, "runbooks/kube/job.md", "# KubeJobFailed\n\nThe job failed; read its pod's logs.\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    # As an index written before alert routes existed would look:
+    store.db.execute("UPDATE documents SET alerts = '[]'")
+    store.set_meta("index_format", "1")
+    fake_encoder.calls.clear()
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert report.updated == report.runbooks + report.incidents and report.embedded == 0
+    assert fake_encoder.calls == []
+    assert store.alert_routes() == {"kubejobfailed": ["runbooks/kube/job.md"]}

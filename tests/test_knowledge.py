@@ -577,3 +577,31 @@ def test_sample_knowledge_loads_without_problems() -> None:
     assert used <= set(services)
     assert len(used) >= 8
     assert all(d.sections for d in kb.documents)
+
+
+def test_runbook_alerts_from_front_matter_and_an_alert_name_heading(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "runbooks/pg/pool.md",
+        "---\ntitle: Pool exhausted\nalerts: [PgbouncerPoolExhausted, pg_pool_waiting]\n---\n# Pool\n\nRaise it.\n",
+    )
+    write(tmp_path, "runbooks/kube/job.md", "---\ntitle: Kube Job Failed\n---\n# KubeJobFailed\n\nCheck the job.\n")
+    write(tmp_path, "runbooks/general/overview.md", "# Overview\n\nHow we run things.\n")
+
+    docs = {d.path: d for d in load_knowledge(tmp_path).documents}
+
+    assert docs["runbooks/pg/pool.md"].alerts == ("PgbouncerPoolExhausted", "pg_pool_waiting")
+    assert docs["runbooks/kube/job.md"].alerts == ("KubeJobFailed",)
+    assert docs["runbooks/general/overview.md"].alerts == ()  # a plain word is a heading, not an alert name
+
+
+def test_runbook_alert_that_is_not_a_name_is_a_problem_with_its_line(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/bad.md", "---\ntitle: Bad\nservices: [pg]\nalerts: [Pool is exhausted]\n---\nText.\n")
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "runbooks/bad.md")
+    assert problem.line == 4
+    assert "'Pool is exhausted' is not an alert name" in problem.message
+    assert "alerts: [PgbouncerPoolExhausted]" in problem.message
+    assert_good_files_loaded(kb)

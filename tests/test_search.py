@@ -94,6 +94,28 @@ def test_a_query_of_only_stopwords_and_numbers_still_answers_by_meaning(index: S
     assert answer.hits  # the dense side always has something to say; relevance is judged by the caller
 
 
+# -- alert routing ---------------------------------------------------------------
+
+
+def test_a_pasted_alert_gets_the_runbook_that_declares_it_first(index: SearchIndex) -> None:
+    alert = "[FIRING:1] PostgresLockWaitsHigh pg-main (pg-main-0 checkout critical) 43 sessions waiting on locks"
+    answer = index.search(alert, k=5)
+    top = answer.hits[0]
+    assert top.path == "runbooks/postgres/lock-contention.md"
+    assert top.alert == "PostgresLockWaitsHigh"
+    assert all(not h.alert for h in answer.hits[1:])
+    # The name decides even when the words point elsewhere: the alert says which runbook its team wrote for it.
+    mixed = index.search("KafkaConsumerLagHigh fired while pgbouncer said FATAL: sorry, too many clients already")
+    assert mixed.hits[0].path == "runbooks/kafka/consumer-lag.md"
+    assert "runbooks/postgres/connection-pool-exhausted.md" in [h.path for h in mixed.hits[1:4]]
+
+
+def test_alert_routing_ignores_case_and_is_not_part_of_single_modes(index: SearchIndex) -> None:
+    assert index.search("postgreslockwaitshigh on pg-main").hits[0].alert == "postgreslockwaitshigh"
+    for mode in ("dense", "bm25"):
+        assert not any(h.alert for h in index.search("PostgresLockWaitsHigh", mode=mode).hits)
+
+
 # -- stub sections -----------------------------------------------------------------
 
 

@@ -105,6 +105,8 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
         label = f"[{hit.incident_id}] " if hit.incident_id else ""
         click.secho(f"{n}. {label}{hit.title}", bold=True)
         click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
+        if hit.alert:
+            click.echo(f"   runbook for the alert {hit.alert}")
         click.echo(f"   {hit.snippet}\n")
     click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
 

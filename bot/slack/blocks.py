@@ -21,6 +21,8 @@ def _hit_text(hit: SearchHit) -> str:
     where = f"_{_escape(hit.section)}_" if hit.section else ""
     snippet = _escape(hit.snippet)
     source = f"`{hit.path}`" + (f" · {where}" if where else "")
+    if hit.alert:
+        source += f" · runbook for `{_escape(hit.alert)}`"
     text = f"{title}\n>{snippet}\n{source}"
     return text[:MAX_TEXT]
 

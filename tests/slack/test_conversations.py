@@ -51,6 +51,17 @@ def test_a_mention_is_answered_in_its_thread_with_runbook_sections_and_incidents
     assert "Best match:" in body["text"]
 
 
+def test_a_pasted_alert_is_answered_with_the_runbook_written_for_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    slack.mention("[FIRING:1] PostgresLockWaitsHigh pg-main (pg-main-0 checkout critical) 43 sessions waiting on locks")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    assert "`runbooks/postgres/lock-contention.md`" in runbooks[0]
+    assert "runbook for `PostgresLockWaitsHigh`" in runbooks[0]
+    assert "Best match: Slow queries from lock contention" in call.body["text"]
+
+
 def test_a_direct_message_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     slack.message("how do I rotate the JWT signing keys?", channel="D0DM00001", channel_type="im")
     (call,) = slack_api.wait_for("chat.postMessage")
