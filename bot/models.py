@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,5 @@ class Answer:
     mode: str
     encode_ms: float = 0.0
     search_ms: float = 0.0
+    # The question's vector (a numpy array; None in bm25 mode): reused to suggest experts without encoding again.
+    query_vector: Any = field(default=None, repr=False, compare=False)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from bot.config import Settings
 from bot.deploys import DeployService
 from bot.encoder import Encoder, make_encoder
@@ -175,15 +177,23 @@ class Runtime:
             self._experts = None
 
     def suggest_experts(
-        self, text: str, services: list[str] | None = None, limit: int = 3, remember: bool = True
+        self,
+        text: str,
+        services: list[str] | None = None,
+        limit: int = 3,
+        remember: bool = True,
+        vector: np.ndarray | None = None,
     ) -> list[Suggestion]:
-        """The best people for ``text``, load spread among equals, and remembered for that."""
+        """The best people for ``text``, load spread among equals, and remembered for that.
+
+        ``vector`` is ``text``'s query vector when the caller already has it (an answer's search).
+        """
         text = text.strip()
         if not text:
             raise InvalidRequest("describe the problem, for example `/experts checkout 503s after deploy`.")
         model = self.experts_model()
         index = self.index()
-        ranked = model.rank(text, index.embed_query(text), services)
+        ranked = model.rank(text, index.embed_query(text) if vector is None else vector, services)
         if ranked:  # people with only a faint reason are noise next to a strong suggestion
             ranked = [s for s in ranked if s.score >= ranked[0].score * model.weights.min_share]
         ranked = spread_load(ranked, self.store.recent_first_suggestions(), model.weights)[:limit]
@@ -213,7 +223,7 @@ class Runtime:
         incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
         experts: tuple[Suggestion, ...] = ()
         if incidents and self.store.expert_count():
-            experts = tuple(self.suggest_experts(searched, remember=False))
+            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector))
         reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
         if reply.found:
             paths = [h.path for h in runbooks + incidents]

@@ -254,7 +254,7 @@ class SearchIndex:
             if wanted[d] in details
         )
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
-        return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms)
+        return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector)
 
     def _best_chunk(self, d: int, sig: Signals) -> int:
         """The section to cite: the best dense match, unless only keywords found the document."""

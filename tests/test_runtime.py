@@ -99,3 +99,22 @@ def test_a_reindex_that_changed_only_services_yaml_is_picked_up(indexed: Indexed
     (indexed.knowledge / "services.yaml").write_text(SERVICES + API_SERVICE, encoding="utf-8")
     indexed.reindex()
     assert "api" in runtime.deploys().services
+
+
+def test_an_answer_that_names_experts_encodes_the_question_once(tmp_path: Path) -> None:
+    knowledge = make_knowledge(tmp_path / "knowledge")
+    (knowledge / "incidents").mkdir()
+    (knowledge / "incidents" / "INC-2026-0042.yaml").write_text(INCIDENT, encoding="utf-8")
+    store = Store(tmp_path / "opsbot.db")
+    encoder = FakeEncoder()
+    index_knowledge(store, encoder, knowledge)
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused", min_similarity=0.0)
+    runtime = Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
+    runtime.experts_model()  # trained before the question, so only the question's own encodes are counted
+    encoder.calls.clear()
+
+    reply = runtime.reply("label printers jammed in the warehouse")
+
+    assert reply.incidents and reply.experts
+    assert encoder.encoded == ["label printers jammed in the warehouse"]
+    store.close()
