@@ -6,7 +6,6 @@ import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from slack_bolt import App, BoltResponse
-from slack_bolt.lazy_listener.thread_runner import ThreadLazyListenerRunner
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -35,23 +34,22 @@ def create_client(runtime: Runtime) -> WebClient:
 def create_app(runtime: Runtime, client: WebClient | None = None, listener_executor: Executor | None = None) -> App:
     """The Bolt app for ``runtime``; nothing is created at import time.
 
-    Acknowledgements and slow work run in separate thread pools: Bolt shares one pool of five by
-    default, so a burst of searches would make the acknowledgements wait behind them (measured:
-    ack p50 590 ms for 50 concurrent /ask). ``listener_executor`` replaces both (the local shell
-    passes one that counts work in flight, so it knows when the handlers are done).
+    Every listener's ack function only acknowledges, and the work is lazy, so the acknowledgement
+    runs in the thread that received the request (``process_before_response``): no hand-off to
+    another pool, and none of Bolt's 10 ms polling for the acknowledgement. The lazy work runs on a
+    pool of its own (``SLOW_WORKERS``); ``listener_executor`` replaces it (the local shell passes one
+    that counts work in flight, so it knows when the handlers are done).
     """
     settings = runtime.settings
-    acks = listener_executor or ThreadPoolExecutor(max_workers=32, thread_name_prefix="opsbot-ack")
     work = listener_executor or ThreadPoolExecutor(max_workers=SLOW_WORKERS, thread_name_prefix="opsbot-work")
     app = App(
         client=client or create_client(runtime),
         signing_secret=settings.slack_signing_secret or None,
-        process_before_response=False,
+        process_before_response=True,
         token_verification_enabled=False,
         raise_error_for_unhandled_request=False,
-        listener_executor=acks,
+        listener_executor=work,
     )
-    app._listener_runner.lazy_listener_runner = ThreadLazyListenerRunner(logger=app.logger, executor=work)
 
     @app.middleware
     def answer_each_event_once(body: dict, next: object) -> BoltResponse | None:  # noqa: A002 - Bolt's name
