@@ -74,6 +74,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPSBOT_DB", str(tmp_path / "opsbot.db"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "nice", lambda increment: 0)  # `opsbot index` in-process must not slow the test run
 
     real_connect = socket.socket.connect
 

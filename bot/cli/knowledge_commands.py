@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,23 +19,38 @@ from bot.errors import OpsbotError
 log = logging.getLogger(__name__)
 
 
+INDEX_NICENESS = 10  # a batch job: the bot serving on the same cores acknowledges first
+
+
 @main.command()
 @click.argument("directory", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--nice",
+    "niceness",
+    type=click.IntRange(0, 19),
+    default=INDEX_NICENESS,
+    show_default=True,
+    help="Run at lower CPU priority (Unix niceness added), so an `opsbot serve` on the same machine "
+    "stays responsive while this embeds; 0 keeps the priority as it is.",
+)
 @click.pass_context
 @handle_errors
-def index(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
+def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: int) -> None:
     """Index a knowledge directory (default: $OPSBOT_KNOWLEDGE or ./knowledge).
 
-    Only new or changed text is embedded; removed files leave the index.
+    Only new or changed text is embedded; removed files leave the index. The job runs at lower
+    CPU priority (--nice 10), so a bot serving on the same machine answers Slack first.
 
     \b
     Example:
       opsbot index knowledge/
+      opsbot index --nice 0 knowledge/     # nothing to make way for: full priority
     """
     from bot.indexer import index_knowledge
 
     settings = load_settings(ctx)
+    lower_priority(niceness)
     root = directory or settings.knowledge_dir
     if not root.is_dir():
         raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
@@ -66,6 +82,12 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
     )
     for problem in report.problems:
         click.echo(f"Warning: {problem}", err=True)
+
+
+def lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this process's Unix niceness (no-op at 0, or where there is no os.nice)."""
+    if niceness and hasattr(os, "nice"):
+        log.info("running at lower CPU priority niceness=%d", os.nice(niceness))
 
 
 @main.command()
