@@ -1,0 +1,73 @@
+"""The connection: one SQLite database shared between threads, its lock, transactions and meta."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from bot.store.schema import TOKENIZER, migrations
+
+
+class StoreBase:
+    """The database connection and the transaction helpers every part of the store uses."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self.db = Database(conn)
+        self.lock = threading.RLock()
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        with self.lock:
+            migrations.apply(self.db)
+            self.db.execute(f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, tokenize={TOKENIZER!r})")
+            self.db.execute("CREATE VIRTUAL TABLE temp.query_terms_vocab USING fts5vocab(temp, query_terms, instance)")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.lock, self.db.atomic():
+            yield
+
+    # -- meta -------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    # -- write transactions ----------------------------------------------
+
+    def _require_transaction(self) -> None:
+        if not self.db.conn.in_transaction:
+            raise RuntimeError("deploy state changes must run inside store.immediate()")
+
+    @contextmanager
+    def immediate(self) -> Iterator[None]:
+        """A write transaction that takes SQLite's write lock at once, so decisions from several
+        processes are serialised (BEGIN IMMEDIATE), not merely several threads."""
+        with self.lock:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.conn.execute("ROLLBACK")
+                raise
+            self.db.conn.execute("COMMIT")
+
+
+def _now() -> str:
+    """The time now in UTC, to the second, as every ``at`` column stores it."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,107 @@
+"""Slack conversations: events already seen, answers given, thread questions, votes, channel settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bot.store.base import StoreBase, _now
+
+
+class ConversationStore(StoreBase):
+    """What the Slack side remembers between messages."""
+
+    def first_time_seen(self, event_id: str) -> bool:
+        """Record an event id; False when it was seen before (a retry)."""
+        with self.transaction():
+            cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
+            return cur.rowcount == 1
+
+    def claim_event(self, event_id: str) -> bool:
+        """Inside store.immediate(): record an event id; False when it was seen before (a replay)."""
+        self._require_transaction()
+        cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
+        return cur.rowcount == 1
+
+    def save_answer(
+        self, answer_id: str, query: str, paths: list[str], channel: str, user: str, thread_ts: str
+    ) -> None:
+        with self.transaction():
+            self.db["answers"].insert(
+                {
+                    "id": answer_id,
+                    "query": query,
+                    "paths": json.dumps(paths),
+                    "channel": channel,
+                    "user": user,
+                    "thread_ts": thread_ts,
+                    "at": _now(),
+                },
+                replace=True,
+            )
+
+    def get_answer(self, answer_id: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT id, query, paths, channel, user, thread_ts FROM answers WHERE id = ?", [answer_id]
+        )
+        found = row.fetchone()
+        if not found:
+            return None
+        keys = ("id", "query", "paths", "channel", "user", "thread_ts")
+        data = dict(zip(keys, found, strict=True))
+        data["paths"] = json.loads(data["paths"])
+        return data
+
+    def remember_question(self, channel: str, thread_ts: str, question: str) -> None:
+        """The first question asked in a thread: later follow-ups are read in its light."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO conversations (channel, thread_ts, question, at) VALUES (?, ?, ?, ?)",
+                [channel, thread_ts, question, _now()],
+            )
+
+    def thread_question(self, channel: str, thread_ts: str) -> str | None:
+        row = self.db.execute(
+            "SELECT question FROM conversations WHERE channel = ? AND thread_ts = ?", [channel, thread_ts]
+        ).fetchone()
+        return row[0] if row else None
+
+    def record_feedback(
+        self, answer_id: str, user: str, query: str, path: str, vote: int, vector: np.ndarray | None
+    ) -> bool:
+        """Store or change one person's vote on an answer; False when the vote was already the same."""
+        blob = None if vector is None else np.asarray(vector, dtype=np.float32).tobytes()
+        with self.transaction():
+            old = self.db.execute(
+                "SELECT vote FROM feedback WHERE answer_id = ? AND user = ?", [answer_id, user]
+            ).fetchone()
+            if old and old[0] == vote:
+                return False
+            self.db.execute(
+                "INSERT INTO feedback (user, query, path, vote, answer_id, at, vector) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (answer_id, user) DO UPDATE SET vote = excluded.vote, at = excluded.at",
+                [user, query, path, vote, answer_id, _now(), blob],
+            )
+            return True
+
+    def feedback_rows(self) -> list[dict]:
+        rows = self.db.execute("SELECT user, query, path, vote, at FROM feedback ORDER BY id").fetchall()
+        return [dict(zip(("user", "query", "path", "vote", "at"), r, strict=True)) for r in rows]
+
+    def feedback_vectors(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Query vectors of all votes with the voted document and the vote (+1 or -1)."""
+        rows = self.db.execute("SELECT vector, path, vote FROM feedback WHERE vector IS NOT NULL").fetchall()
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32), [], np.zeros(0, dtype=np.float32)
+        matrix = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()
+        return matrix, [r[1] for r in rows], np.asarray([r[2] for r in rows], dtype=np.float32)
+
+    def set_channel_answer_mode(self, channel: str, mode: str, updated_by: str) -> None:
+        with self.transaction():
+            self.db["channel_settings"].upsert(
+                {"channel": channel, "answer": mode, "updated_by": updated_by, "at": _now()}, pk="channel"
+            )
+
+    def channel_answer_modes(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT channel, answer FROM channel_settings").fetchall())

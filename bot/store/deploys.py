@@ -1,0 +1,101 @@
+"""Deploy and rollback requests, the service/env locks, approvals and the audit trail.
+
+Every state change runs inside ``store.immediate()``, so decisions from several processes are serialised.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bot.store.base import StoreBase, _now
+
+
+class DeployStore(StoreBase):
+    """Deploy requests and their state machine's rows."""
+
+    DEPLOY_COLUMNS = (
+        "id, kind, service, env, version, from_version, requester, status, approvals_needed, created_at, "
+        "expires_at, started_at, finished_at, channel, message_ts, exit_code, log_tail, source, commit_sha, "
+        "commit_time, pipeline_url, changes"
+    )
+
+    def insert_deploy(self, row: dict) -> None:
+        self._require_transaction()
+        self.db["deploy_requests"].insert(row)
+
+    def deploy_row(self, request_id: str) -> dict | None:
+        cur = self.db.execute(f"SELECT {self.DEPLOY_COLUMNS} FROM deploy_requests WHERE id = ?", [request_id])
+        found = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], found, strict=True)) if found else None
+
+    def deploy_rows(self, where: str = "1=1", params: list | None = None, limit: int = 1000) -> list[dict]:
+        cur = self.db.execute(
+            f"SELECT {self.DEPLOY_COLUMNS} FROM deploy_requests WHERE {where} ORDER BY created_at DESC, id LIMIT ?",
+            [*(params or []), limit],
+        )
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def update_deploy(self, request_id: str, **fields: object) -> None:
+        self._require_transaction()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE deploy_requests SET {sets} WHERE id = ?", [*fields.values(), request_id])
+
+    def transition(self, request_id: str, from_status: str, to_status: str, **fields: object) -> bool:
+        """Move a request between states only if it is still in ``from_status``: exactly one caller wins."""
+        self._require_transaction()
+        sets = ", ".join(["status = ?", *(f"{k} = ?" for k in fields)])
+        cur = self.db.execute(
+            f"UPDATE deploy_requests SET {sets} WHERE id = ? AND status = ?",
+            [to_status, *fields.values(), request_id, from_status],
+        )
+        return cur.rowcount == 1
+
+    def take_lock(self, service: str, env: str, request_id: str, holder: str) -> str | None:
+        """Take the service/env lock; None on success, else the id of the request holding it."""
+        self._require_transaction()
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO deploy_locks (service, env, request_id, holder, at) VALUES (?, ?, ?, ?, ?)",
+            [service, env, request_id, holder, _now()],
+        )
+        if cur.rowcount == 1:
+            return None
+        row = self.db.execute("SELECT request_id FROM deploy_locks WHERE service = ? AND env = ?", [service, env])
+        return row.fetchone()[0]
+
+    def release_lock(self, request_id: str) -> None:
+        self._require_transaction()
+        self.db.execute("DELETE FROM deploy_locks WHERE request_id = ?", [request_id])
+
+    def record_decision(self, request_id: str, user: str, decision: str) -> bool:
+        self._require_transaction()
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO deploy_decisions (request_id, user, decision, at) VALUES (?, ?, ?, ?)",
+            [request_id, user, decision, _now()],
+        )
+        return cur.rowcount == 1
+
+    def decisions(self, request_id: str) -> list[tuple[str, str, str]]:
+        return [
+            tuple(r)
+            for r in self.db.execute(
+                "SELECT user, decision, at FROM deploy_decisions WHERE request_id = ? ORDER BY at, user", [request_id]
+            ).fetchall()
+        ]
+
+    def audit(self, actor: str, action: str, request_id: str = "", **details: object) -> None:
+        self._require_transaction()
+        self.db.execute(
+            "INSERT INTO audit (at, actor, action, request_id, details) VALUES (?, ?, ?, ?, ?)",
+            [_now(), actor, action, request_id, json.dumps(details, default=str)],
+        )
+
+    def audit_rows(self, limit: int = 10000) -> list[dict]:
+        """The newest ``limit`` audit rows, oldest first."""
+        cur = self.db.execute(
+            "SELECT at, actor, action, request_id, details FROM audit ORDER BY id DESC LIMIT ?", [limit]
+        )
+        return [
+            {"at": r[0], "actor": r[1], "action": r[2], "request_id": r[3], "details": json.loads(r[4] or "{}")}
+            for r in reversed(cur.fetchall())
+        ]

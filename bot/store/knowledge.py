@@ -1,0 +1,251 @@
+"""Documents and their chunks: full-text index, embeddings and vectors, term statistics, alert routes.
+
+Vectors are stored per (model, content hash), so text that did not change is never embedded again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from bot.models import Document
+from bot.store.base import StoreBase
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """A chunk as it is written: display text, the text for full-text search, and its vector's key."""
+
+    ord: int
+    heading: str
+    anchor: str
+    text: str
+    fts_title: str
+    fts_heading: str
+    fts_body: str
+    embed_hash: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk as it is read back, with the fields of its document."""
+
+    id: int
+    doc_path: str
+    heading: str
+    anchor: str
+    text: str
+    kind: str
+    title: str
+    url: str
+    incident_id: str
+    services: tuple[str, ...]
+
+
+class KnowledgeStore(StoreBase):
+    """Documents, chunks and what search reads: FTS5, vectors, stems, alert routes."""
+
+    # -- documents and chunks --------------------------------------------
+
+    def document_hashes(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT path, content_hash FROM documents").fetchall())
+
+    def replace_document(self, doc: Document, title_hash: str, chunks: list[ChunkRow]) -> None:
+        """Write a document and its chunks, replacing what was stored for its path."""
+        with self.transaction():
+            self._delete_document(doc.path)
+            self.db["documents"].insert(
+                {
+                    "path": doc.path,
+                    "kind": doc.kind,
+                    "title": doc.title,
+                    "url": doc.url,
+                    "services": json.dumps(list(doc.services)),
+                    "tags": json.dumps(list(doc.tags)),
+                    "owners": json.dumps(list(doc.owners)),
+                    "alerts": json.dumps(list(doc.alerts)),
+                    "incident_id": doc.incident_id,
+                    "title_hash": title_hash,
+                    "content_hash": doc.content_hash,
+                    "indexed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+            )
+            for chunk in chunks:
+                cur = self.db.execute(
+                    "INSERT INTO chunks (doc_path, ord, heading, anchor, text, words, embed_hash) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        doc.path,
+                        chunk.ord,
+                        chunk.heading,
+                        chunk.anchor,
+                        chunk.text,
+                        len(chunk.text.split()),
+                        chunk.embed_hash,
+                    ],
+                )
+                self.db.execute(
+                    "INSERT INTO chunks_fts (rowid, title, heading, body) VALUES (?, ?, ?, ?)",
+                    [cur.lastrowid, chunk.fts_title, chunk.fts_heading, chunk.fts_body],
+                )
+
+    def delete_documents(self, paths: Iterable[str]) -> None:
+        with self.transaction():
+            for path in paths:
+                self._delete_document(path)
+
+    def _delete_document(self, path: str) -> None:
+        self.db.execute("DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE doc_path = ?)", [path])
+        self.db.execute("DELETE FROM chunks WHERE doc_path = ?", [path])
+        self.db.execute("DELETE FROM documents WHERE path = ?", [path])
+
+    def counts(self) -> dict[str, int]:
+        q = "SELECT kind, count(*) FROM documents GROUP BY kind"
+        result = {kind: n for kind, n in self.db.execute(q).fetchall()}
+        result["chunks"] = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return result
+
+    # -- embeddings -------------------------------------------------------
+
+    def known_embeddings(self, model: str, hashes: Iterable[str]) -> set[str]:
+        wanted = list(set(hashes))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT hash FROM embeddings WHERE model = ? AND hash IN ({marks})", [model, *part]
+            ).fetchall()
+            found.update(r[0] for r in rows)
+        return found
+
+    def save_embeddings(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+        with self.transaction():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (model, hash, vector) VALUES (?, ?, ?)",
+                [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+            )
+
+    def vectors_missing(self, model: str) -> list[tuple[str, str, str | None, str | None]]:
+        """(hash, title, heading, text) of chunks and titles that have no vector for ``model``.
+
+        Only documents kept from an earlier run (their file is unreadable now) can be in this state.
+        """
+        missing = (
+            "SELECT c.embed_hash, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.path = c.doc_path "
+            "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.hash = c.embed_hash) "
+            "UNION SELECT d.title_hash, d.title, NULL, NULL FROM documents d "
+            "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.hash = d.title_hash)"
+        )
+        return [tuple(r) for r in self.db.execute(missing, [model, model]).fetchall()]
+
+    def vectors_for(self, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors for these content hashes (those that exist)."""
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(hashes), 500):
+            part = hashes[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(
+                f"SELECT hash, vector FROM embeddings WHERE model = ? AND hash IN ({marks})", [model, *part]
+            )
+            found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows.fetchall())
+        return found
+
+    def prune_embeddings(self, model: str) -> int:
+        """Drop vectors nothing uses any more: old text, and every other model's."""
+        with self.transaction():
+            cur = self.db.execute(
+                "DELETE FROM embeddings WHERE model != ? OR (hash NOT IN (SELECT embed_hash FROM chunks) "
+                "AND hash NOT IN (SELECT title_hash FROM documents WHERE title_hash IS NOT NULL) "
+                "AND hash NOT IN (SELECT vector_hash FROM incidents WHERE vector_hash IS NOT NULL))",
+                [model],
+            )
+            return cur.rowcount
+
+    def load_vectors(self, model: str) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """Chunk ids, their document paths, vectors for ``model`` and word counts, grouped by document.
+
+        The vectors come back as one float32 matrix so a query is a single matrix product.
+        """
+        rows = self.db.execute(
+            "SELECT c.id, c.doc_path, e.vector, c.words FROM chunks c "
+            "JOIN embeddings e ON e.hash = c.embed_hash AND e.model = ? ORDER BY c.doc_path, c.ord",
+            [model],
+        ).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        paths = [r[1] for r in rows]
+        words = np.fromiter((r[3] or 0 for r in rows), dtype=np.int32, count=len(rows))
+        if not rows:
+            return ids, paths, np.zeros((0, 0), dtype=np.float32), words
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        return ids, paths, matrix.copy(), words
+
+    def alert_routes(self) -> dict[str, list[str]]:
+        """Alert name (lower case) -> paths of the runbooks that declare they answer it."""
+        routes: dict[str, list[str]] = {}
+        for path, alerts in self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path"):
+            for name in json.loads(alerts):
+                routes.setdefault(str(name).lower(), []).append(path)
+        return routes
+
+    def load_title_vectors(self, model: str, paths: list[str]) -> np.ndarray:
+        """One title vector per document path, in the order given (zeros where missing)."""
+        rows = dict(
+            self.db.execute(
+                "SELECT d.path, e.vector FROM documents d JOIN embeddings e ON e.hash = d.title_hash AND e.model = ?",
+                [model],
+            ).fetchall()
+        )
+        if not rows:
+            return np.zeros((len(paths), 0), dtype=np.float32)
+        dim = len(next(iter(rows.values()))) // 4
+        zero = bytes(dim * 4)
+        data = b"".join(rows.get(p, zero) for p in paths)
+        return np.frombuffer(data, dtype=np.float32).reshape(len(paths), dim).copy()
+
+    def stems(self, words: list[str]) -> list[str]:
+        """Each word as the index stores it: through the same Porter tokenizer ("" for none).
+
+        The words go into a per-connection temporary FTS table whose vocabulary gives the stems.
+        """
+        if not words:
+            return []
+        with self.transaction():
+            self.db.execute("DELETE FROM temp.query_terms")
+            for position, word in enumerate(words, start=1):
+                self.db.execute("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", [position, word])
+            stems = dict(self.db.execute("SELECT doc, term FROM temp.query_terms_vocab").fetchall())
+        return [stems.get(position, "") for position in range(1, len(words) + 1)]
+
+    def term_chunk_counts(self) -> dict[str, int]:
+        """How many chunks hold each stem, for the whole index (one pass over the vocabulary)."""
+        with self.lock:
+            return dict(self.db.execute("SELECT term, doc FROM chunks_vocab").fetchall())
+
+    def fts_search(self, match: str, limit: int, weights: tuple[float, float, float]) -> list[tuple[int, float]]:
+        """Chunk ids matching an FTS5 query, best first, with their BM25 score (lower is better)."""
+        sql = (
+            "SELECT rowid, bm25(chunks_fts, ?, ?, ?) AS rank FROM chunks_fts "
+            "WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
+        )
+        with self.lock:
+            return [(r[0], r[1]) for r in self.db.execute(sql, [*weights, match, limit]).fetchall()]
+
+    def chunks_by_id(self, ids: Iterable[int]) -> dict[int, StoredChunk]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.db.execute(
+            "SELECT c.id, c.doc_path, c.heading, c.anchor, c.text, d.kind, d.title, d.url, d.incident_id, d.services "
+            f"FROM chunks c JOIN documents d ON d.path = c.doc_path WHERE c.id IN ({marks})",
+            wanted,
+        ).fetchall()
+        return {
+            r[0]: StoredChunk(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], tuple(json.loads(r[9] or "[]")))
+            for r in rows
+        }

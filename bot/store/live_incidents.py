@@ -1,0 +1,67 @@
+"""Incidents declared in Slack while they are live, and their timeline of events."""
+
+from __future__ import annotations
+
+from bot.store.base import StoreBase, _now
+
+
+class LiveIncidentStore(StoreBase):
+    """Live incidents (open -> resolved) and the events of each."""
+
+    def insert_live_incident(self, row: dict) -> None:
+        self._require_transaction()
+        self.db["live_incidents"].insert(row)
+
+    def live_incident(self, incident_id: str) -> dict | None:
+        cur = self.db.execute("SELECT * FROM live_incidents WHERE id = ?", [incident_id])
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+    def live_incidents(self, status: str | None = None) -> list[dict]:
+        where, params = ("status = ?", [status]) if status else ("1=1", [])
+        cur = self.db.execute(f"SELECT * FROM live_incidents WHERE {where} ORDER BY declared_at DESC", params)
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def live_incident_in_channel(self, channel: str) -> dict | None:
+        cur = self.db.execute(
+            "SELECT * FROM live_incidents WHERE channel = ? ORDER BY declared_at DESC LIMIT 1", [channel]
+        )
+        row = cur.fetchone()
+        return dict(zip([c[0] for c in cur.description], row, strict=True)) if row else None
+
+    def update_live_incident(self, incident_id: str, **fields: object) -> None:
+        self._require_transaction()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE live_incidents SET {sets} WHERE id = ?", [*fields.values(), incident_id])
+
+    def resolve_live_incident(self, incident_id: str, at: str, resolution: str) -> bool:
+        """open -> resolved, once."""
+        self._require_transaction()
+        cur = self.db.execute(
+            "UPDATE live_incidents SET status = 'resolved', resolved_at = ?, resolution = ? "
+            "WHERE id = ? AND status = 'open'",
+            [at, resolution, incident_id],
+        )
+        return cur.rowcount == 1
+
+    def add_incident_event(self, incident_id: str, actor: str, kind: str, text: str, at: str | None = None) -> None:
+        self._require_transaction()
+        self.db.execute(
+            "INSERT INTO incident_events (incident_id, at, actor, kind, text) VALUES (?, ?, ?, ?, ?)",
+            [incident_id, at or _now(), actor, kind, text],
+        )
+
+    def incident_events(self, incident_id: str) -> list[dict]:
+        cur = self.db.execute(
+            "SELECT at, actor, kind, text FROM incident_events WHERE incident_id = ? ORDER BY at, id", [incident_id]
+        )
+        return [dict(zip(("at", "actor", "kind", "text"), r, strict=True)) for r in cur.fetchall()]
+
+    def incident_ids_for_year(self, year: int) -> list[str]:
+        pattern = f"INC-{year}-%"
+        rows = self.db.execute(
+            "SELECT id FROM incidents WHERE id LIKE ? UNION SELECT id FROM live_incidents WHERE id LIKE ?",
+            [pattern, pattern],
+        )
+        return [r[0] for r in rows.fetchall()]

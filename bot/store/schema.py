@@ -1,0 +1,197 @@
+"""The schema: numbered migrations, applied in order by name.
+
+sqlite-utils records each applied migration by its function name in ``_sqlite_migrations``:
+a migration is never renamed, reordered or edited once released; a change is a new function.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("opsbot")
+TOKENIZER = "porter unicode61 remove_diacritics 2"
+
+
+@migrations()
+def m001_knowledge(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["documents"].create(
+        {
+            "path": str,
+            "kind": str,
+            "title": str,
+            "url": str,
+            "services": str,
+            "tags": str,
+            "owners": str,
+            "incident_id": str,
+            "title_hash": str,
+            "content_hash": str,
+            "indexed_at": str,
+        },
+        pk="path",
+    )
+    db["chunks"].create(
+        {
+            "id": int,
+            "doc_path": str,
+            "ord": int,
+            "heading": str,
+            "anchor": str,
+            "text": str,
+            "embed_hash": str,
+        },
+        pk="id",
+        foreign_keys=[("doc_path", "documents", "path")],
+    )
+    db["chunks"].create_index(["doc_path"])
+    db["chunks"].create_index(["embed_hash"])
+    db["embeddings"].create({"model": str, "hash": str, "vector": bytes}, pk=("model", "hash"))
+    db.execute(f"CREATE VIRTUAL TABLE chunks_fts USING fts5(title, heading, body, tokenize={TOKENIZER!r})")
+
+
+@migrations()
+def m002_incidents_and_roster(db: Database) -> None:
+    db["incidents"].create(
+        {
+            "id": str,
+            "title": str,
+            "date": str,
+            "severity": int,
+            "services": str,
+            "responders": str,
+            "summary": str,
+            "root_cause": str,
+            "resolution": str,
+            "duration_minutes": int,
+            "timeline": str,
+            "path": str,
+        },
+        pk="id",
+    )
+    db["experts"].create(
+        {
+            "id": str,
+            "name": str,
+            "team": str,
+            "skills": str,
+            "services": str,
+            "timezone": str,
+            "hours": str,
+            "away": int,
+        },
+        pk="id",
+    )
+
+
+@migrations()
+def m003_term_statistics(db: Database) -> None:
+    # How many chunks hold each (stemmed) term: lets search skip terms that are everywhere.
+    db.execute("CREATE VIRTUAL TABLE chunks_vocab USING fts5vocab(chunks_fts, 'row')")
+
+
+@migrations()
+def m004_conversations(db: Database) -> None:
+    # Slack retries an event it thinks was lost; its id is remembered so it is answered once.
+    db["events_seen"].create({"event_id": str, "at": str}, pk="event_id")
+    db["answers"].create(
+        {"id": str, "query": str, "paths": str, "channel": str, "user": str, "thread_ts": str, "at": str}, pk="id"
+    )
+    db["conversations"].create(
+        {"channel": str, "thread_ts": str, "question": str, "at": str}, pk=("channel", "thread_ts")
+    )
+    db["feedback"].create(
+        {"id": int, "user": str, "query": str, "path": str, "vote": int, "answer_id": str, "at": str, "vector": bytes},
+        pk="id",
+    )
+    db["feedback"].create_index(["answer_id", "user"], unique=True)
+    db["channel_settings"].create({"channel": str, "answer": str, "updated_by": str, "at": str}, pk="channel")
+
+
+@migrations()
+def m005_services_and_suggestions(db: Database) -> None:
+    db["services"].create({"name": str, "owners": str, "config": str}, pk="name")
+    db["incidents"].add_column("vector_hash", str)  # the expert model's vector of the incident
+    # Who was suggested first, and when: spreads the load between equally good people.
+    db["suggestions"].create({"id": int, "at": str, "text": str, "first": str, "ranked": str}, pk="id")
+
+
+@migrations()
+def m006_deploys(db: Database) -> None:
+    db["deploy_requests"].create(
+        {
+            "id": str,
+            "kind": str,  # deploy | rollback
+            "service": str,
+            "env": str,
+            "version": str,
+            "from_version": str,
+            "requester": str,
+            "status": str,  # pending, running, succeeded, failed, timed_out, rejected, expired, interrupted
+            "approvals_needed": int,
+            "created_at": str,
+            "expires_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "channel": str,
+            "message_ts": str,
+            "exit_code": int,
+            "log_tail": str,
+            "source": str,  # slack | ci
+            "commit_sha": str,
+            "commit_time": str,
+            "pipeline_url": str,
+            "changes": str,
+        },
+        pk="id",
+    )
+    db["deploy_requests"].create_index(["service", "env", "status"])
+    db["deploy_decisions"].create(
+        {"request_id": str, "user": str, "decision": str, "at": str}, pk=("request_id", "user")
+    )
+    # One active request per service and environment: the primary key is the lock.
+    db["deploy_locks"].create(
+        {"service": str, "env": str, "request_id": str, "holder": str, "at": str}, pk=("service", "env")
+    )
+    db["audit"].create({"id": int, "at": str, "actor": str, "action": str, "request_id": str, "details": str}, pk="id")
+
+
+@migrations()
+def m007_live_incidents(db: Database) -> None:
+    db["live_incidents"].create(
+        {
+            "id": str,
+            "title": str,
+            "severity": int,
+            "services": str,
+            "status": str,  # open | resolved
+            "declared_by": str,
+            "declared_at": str,
+            "channel": str,
+            "origin_channel": str,
+            "roles": str,
+            "resolved_at": str,
+            "resolution": str,
+        },
+        pk="id",
+    )
+    db["live_incidents"].create_index(["channel"])
+    db["incident_events"].create(
+        {"id": int, "incident_id": str, "at": str, "actor": str, "kind": str, "text": str}, pk="id"
+    )
+    db["incident_events"].create_index(["incident_id"])
+
+
+@migrations()
+def m008_chunk_words(db: Database) -> None:
+    # How many words a section has of its own: a "TODO" or "See X" section is not evidence of its own.
+    db["chunks"].add_column("words", int)
+    rows = db.execute("SELECT id, text FROM chunks").fetchall()
+    db.conn.executemany("UPDATE chunks SET words = ? WHERE id = ?", [(len(text.split()), cid) for cid, text in rows])
+
+
+@migrations()
+def m009_alert_routes(db: Database) -> None:
+    # The alert names a runbook declares it answers (front matter `alerts`, or an alert-name heading).
+    db["documents"].add_column("alerts", str, not_null_default="[]")
