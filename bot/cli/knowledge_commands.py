@@ -331,10 +331,13 @@ def _bench_text(result: dict[str, Any]) -> str:
         )
     if "slack" in result:
         sl = result["slack"]
+        ack = sl["ack_ms"]
         lines.append(
-            f"slack @ {sl['chunks']} chunks: ack p50 {sl['ack_ms']['p50']:.1f} / p99 {sl['ack_ms']['p99']:.1f} ms "
-            f"({sl['acks']} signed /ask, {sl['concurrent']} at a time, indexing: {sl['indexing_during_acks']}); "
-            f"/ask end to end p50 {sl['ask_end_to_end_ms']['p50']:.1f} / p95 {sl['ask_end_to_end_ms']['p95']:.1f} ms"
+            f"slack @ {sl['chunks']} chunks: ack p50 {ack['p50']:.1f} / p90 {ack['p90']:.1f} / p99 {ack['p99']:.1f} "
+            f"/ max {ack['max']:.1f} ms ({sl['acks']} signed /ask, {sl['concurrent']} at a time; index job running: "
+            f"{sl['indexing_during_acks']}, niceness {sl['index_niceness']}, {sl['index_cpu_s_during_acks']} s CPU "
+            f"in the {sl['acks_s']} s of acks); /ask end to end p50 {sl['ask_end_to_end_ms']['p50']:.1f} / "
+            f"p95 {sl['ask_end_to_end_ms']['p95']:.1f} ms"
         )
     if "process" in result:
         pr = result["process"]
