@@ -27,7 +27,9 @@ IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long 
 
 def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[BaseHTTPRequestHandler]:
     """The request handler; ``slack_events=False`` serves only the deploy hook and the health check."""
-    verifier = SignatureVerifier(str(runtime.settings.slack_signing_secret))
+    # Only the Slack events endpoint checks Slack's signature; the hooks-only server of Socket Mode has no
+    # signing secret to check with (and slack_sdk refuses an empty one).
+    verifier = SignatureVerifier(str(runtime.settings.slack_signing_secret)) if slack_events else None
 
     class SlackRequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -69,6 +71,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 request = BoltRequest(body=body, query=parts.query, headers=headers)
             except ValueError:
                 # Unparseable: answer as Bolt would have, 401 unless Slack really signed it.
+                assert verifier is not None  # this is the Slack events path
                 signed = verifier.is_valid_request(body, {k: v[0] for k, v in headers.items()})
                 self._send(400 if signed else 401, b'{"error": "malformed payload"}' if signed else b"")
                 return
