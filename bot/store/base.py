@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -12,6 +13,8 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from bot.store.schema import TOKENIZER, migrations
+
+BUSY_WAIT_S = 30.0  # how long a write waits for another writer, in this process or another
 
 
 class StoreBase:
@@ -35,8 +38,43 @@ class StoreBase:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.lock, self.db.atomic():
-            yield
+        """A write transaction holding SQLite's write lock from its start (BEGIN IMMEDIATE).
+
+        Nested, it is a savepoint of the outer one. Every write goes through here (or ``immediate``),
+        so writers in several threads and several processes are serialised, not interleaved.
+        """
+        with self.lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield
+                return
+            self._begin_immediate()
+            try:
+                yield
+            except BaseException:
+                self.db.conn.execute("ROLLBACK")
+                raise
+            self.db.conn.execute("COMMIT")
+
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE, waiting while SQLite says the database is locked.
+
+        SQLite's own busy timeout covers another process holding the write lock. It does not cover a
+        read still in progress on this shared connection (another thread's statement) whose snapshot
+        is older than the last commit: then BEGIN IMMEDIATE fails at once. That read ends within
+        milliseconds, so trying again shortly is enough.
+        """
+        deadline = time.monotonic() + BUSY_WAIT_S
+        pause = 0.002
+        while True:
+            try:
+                self.db.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     # -- meta -------------------------------------------------------------
 
@@ -57,15 +95,9 @@ class StoreBase:
     @contextmanager
     def immediate(self) -> Iterator[None]:
         """A write transaction that takes SQLite's write lock at once, so decisions from several
-        processes are serialised (BEGIN IMMEDIATE), not merely several threads."""
-        with self.lock:
-            self.db.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.db.conn.execute("ROLLBACK")
-                raise
-            self.db.conn.execute("COMMIT")
+        processes are serialised, not merely several threads (the same as ``transaction``)."""
+        with self.transaction():
+            yield
 
 
 def _now() -> str:

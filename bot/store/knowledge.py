@@ -214,7 +214,9 @@ class KnowledgeStore(StoreBase):
         """
         if not words:
             return []
-        with self.transaction():
+        # Only the temporary table is written: a deferred transaction, so a search never waits for
+        # the database's write lock (which an `opsbot index` in another process may hold).
+        with self.lock, self.db.atomic():
             self.db.execute("DELETE FROM temp.query_terms")
             for position, word in enumerate(words, start=1):
                 self.db.execute("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", [position, word])
