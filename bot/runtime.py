@@ -99,6 +99,17 @@ class Runtime:
         finally:
             self._ready.set()
 
+    def close(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Close the store, once the background loader no longer reads from it.
+
+        Closing a SQLite connection while another thread runs a statement on it crashes the process
+        (a segfault, not an exception), so a short session that ends while the model still loads waits.
+        """
+        loader = self._loader
+        if loader is not None and loader.is_alive():
+            loader.join(timeout)
+        self.store.close()
+
     @property
     def ready(self) -> bool:
         return self._ready.is_set() and self._error is None

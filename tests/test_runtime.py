@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +119,23 @@ def test_an_answer_that_names_experts_encodes_the_question_once(tmp_path: Path) 
     assert reply.incidents and reply.experts
     assert encoder.encoded == ["label printers jammed in the warehouse"]
     store.close()
+
+
+def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path) -> None:
+    knowledge = make_knowledge(tmp_path / "knowledge")
+    store = Store(tmp_path / "opsbot.db")
+    index_knowledge(store, FakeEncoder(), knowledge)
+    gate = threading.Event()
+
+    class SlowLoading(FakeEncoder):
+        def load(self) -> None:
+            gate.wait(5)
+
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
+    runtime = Runtime(settings, encoder=SlowLoading(), store=store)  # type: ignore[arg-type]
+    runtime.start_loading()
+    threading.Timer(0.2, gate.set).start()
+
+    runtime.close()  # would close the connection under the loader's reads without waiting
+
+    assert runtime.ready  # the loader finished its reads before the store was closed

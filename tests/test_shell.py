@@ -37,7 +37,7 @@ def runtime(tmp_path: Path, sample_index: Store, minilm: object) -> Iterator[Run
     rt = make_runtime(tmp_path, sample_index, minilm)
     rt.start_loading()
     yield rt
-    rt.store.close()
+    rt.close()
 
 
 @dataclass
@@ -221,7 +221,7 @@ def test_the_first_answer_waits_for_the_model_and_says_so(tmp_path: Path, sample
     finally:
         opener.cancel()
         encoder.gate.set()
-        rt.store.close()
+        rt.close()
     shown = "\n".join(out)
     assert shown.count("(loading the model…)") == 1
     assert shown.index("Looking for") < shown.index("(loading the model…)") < shown.index("pgbouncer / Postgres")

@@ -36,13 +36,13 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
 
     settings = load_settings(ctx)
     store, encoder = _open(settings)
+    runtime = Runtime(settings, encoder=encoder, store=store)
     try:
         if not store.expert_count():
             raise OpsbotError("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
-        runtime = Runtime(settings, encoder=encoder, store=store)
         suggestions = runtime.suggest_experts(" ".join(text), list(services) or None, limit=limit)
     finally:
-        store.close()
+        runtime.close()
     if as_json:
         click.echo(json.dumps([_suggestion_dict(s) for s in suggestions], indent=2))
         return

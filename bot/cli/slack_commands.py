@@ -44,16 +44,16 @@ def shell(ctx: click.Context, user: str | None) -> None:
     if settings.log_level != "DEBUG":
         root.setLevel(logging.WARNING)  # INFO lines would interleave with the conversation
     store, encoder = _open(settings)
+    runtime = Runtime(settings, encoder=encoder, store=store)
     try:
         if not store.counts()["chunks"]:
             raise OpsbotError("the index is empty; run `opsbot index` first.")
-        runtime = Runtime(settings, encoder=encoder, store=store)
         interactive = sys.stdin.isatty()
         with Shell(runtime, write=click.echo, user=user, style=click.style, echo=not interactive) as chat:
             runtime.start_loading()  # the prompt appears at once; the first answer waits for the model
             chat.run(_typed_lines(chat, interactive))
     finally:
-        store.close()
+        runtime.close()  # after the loader: closing the store under it would crash
         root.setLevel(level)
 
 

@@ -34,7 +34,8 @@ class StoreBase:
             self.db.execute("CREATE VIRTUAL TABLE temp.query_terms_vocab USING fts5vocab(temp, query_terms, instance)")
 
     def close(self) -> None:
-        self.db.close()
+        with self.lock:  # not under a transaction of another thread
+            self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -27,4 +27,4 @@ def test_commands_are_acknowledged_while_every_slow_worker_is_busy(tmp_path: Pat
     finally:
         encoder.gate.set()
         server.stop()
-        runtime.store.close()
+        runtime.close()
