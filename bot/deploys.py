@@ -1,6 +1,6 @@
 """Deploys and rollbacks: request -> approve -> run -> summarise, with separation of duties.
 
-Every state change is an atomic transition in SQLite (``store.immediate()`` takes the write lock),
+Every state change is an atomic transition in SQLite (``store.transaction()`` takes the write lock),
 so double clicks and concurrent approvals from several users or processes run a deploy once.
 """
 
@@ -249,7 +249,7 @@ class DeployService:
             "pipeline_url": "",
             "changes": "[]",
         }
-        with self.store.immediate():
+        with self.store.transaction():
             self._expire_locked_if_due(service, env)
             holder = self.store.take_lock(service, env, request_id, requester)
             if holder is not None:
@@ -333,7 +333,7 @@ class DeployService:
         return self._decide(request_id, user, "reject")
 
     def _decide(self, request_id: str, user: str, decision: str) -> Decision:
-        with self.store.immediate():
+        with self.store.transaction():
             request = self._get_locked(request_id)
             if request.status == "pending" and self._is_due(request):
                 self._expire(request_id)
@@ -375,7 +375,7 @@ class DeployService:
     def expire_due(self) -> list[DeployRequest]:
         """Expire every pending request past its time; returns them so their messages can say so."""
         expired = []
-        with self.store.immediate():
+        with self.store.transaction():
             for row in self.store.deploy_rows("status = 'pending'"):
                 if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
                     self._expire(row["id"])
@@ -385,7 +385,7 @@ class DeployService:
     def interrupt_running(self) -> list[DeployRequest]:
         """At start-up: deploys an earlier process left running are interrupted, never re-run."""
         interrupted = []
-        with self.store.immediate():
+        with self.store.transaction():
             for row in self.store.deploy_rows("status = 'running' AND source = 'slack'"):
                 if self.store.transition(row["id"], "running", "interrupted", finished_at=_iso(self.clock())):
                     self.store.release_lock(row["id"])
@@ -394,7 +394,7 @@ class DeployService:
         return [self.get(i) for i in interrupted]
 
     def set_message(self, request_id: str, channel: str, ts: str) -> None:
-        with self.store.immediate():
+        with self.store.transaction():
             self.store.update_deploy(request_id, channel=channel, message_ts=ts)
 
     def get(self, request_id: str) -> DeployRequest:
@@ -450,7 +450,7 @@ class DeployService:
     ) -> DeployRequest:
         """Record the outcome, release the lock and audit it."""
         tail = scrub("\n".join(output.splitlines()[-LOG_TAIL_LINES:]), secrets)
-        with self.store.immediate():
+        with self.store.transaction():
             self.store.transition(
                 request.id, "running", status, finished_at=_iso(self.clock()), exit_code=exit_code, log_tail=tail
             )

@@ -230,7 +230,7 @@ def record_event(deploys: DeployService, event: DeployEvent) -> HookOutcome:
     """Record an event once: `started` opens a running row; a finish closes it (or records a finished row)."""
     store = deploys.store
     now = _iso(deploys.clock())
-    with store.immediate():
+    with store.transaction():
         if not store.claim_event(f"hook:{event.event_id}"):
             log.info("deploy hook duplicate event_id=%s", event.event_id)
             return HookOutcome("duplicate")

@@ -94,7 +94,7 @@ class IncidentService:
                 known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
                 raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
         now = self.clock()
-        with self.store.immediate():
+        with self.store.transaction():
             incident_id = self._next_id(now.year)
             self.store.insert_live_incident(
                 {
@@ -123,7 +123,7 @@ class IncidentService:
         return f"INC-{year}-{max(numbers, default=0) + 1:04d}"
 
     def set_channel(self, incident_id: str, channel: str) -> None:
-        with self.store.immediate():
+        with self.store.transaction():
             self.store.update_live_incident(incident_id, channel=channel)
 
     def get(self, incident_id: str) -> LiveIncident:
@@ -166,7 +166,7 @@ class IncidentService:
         self, incident: LiveIncident, actor: str, kind: str, change: Callable[[LiveIncident], tuple[str, dict]]
     ) -> LiveIncident:
         """Apply ``change`` to the current state (not the caller's possibly stale copy), in one transaction."""
-        with self.store.immediate():
+        with self.store.transaction():
             current = self.get(incident.id)
             if not current.is_open:
                 raise InvalidRequest(f"{incident.id} is resolved; it can't change any more.")
@@ -216,7 +216,7 @@ class IncidentService:
         if not resolution:
             raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION.")
         now = _iso(self.clock())
-        with self.store.immediate():
+        with self.store.transaction():
             if not self.store.resolve_live_incident(incident.id, now, resolution):
                 state = self.get(incident.id).status
                 raise InvalidRequest(f"{incident.id} is already {state}; nothing changed.")

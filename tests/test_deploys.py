@@ -447,7 +447,7 @@ def test_rollback_after_a_run_that_did_not_finish(
     if ending == "interrupted":
         deploys.interrupt_running()
     else:
-        with store.immediate():
+        with store.transaction():
             store.transition(running.id, "running", "timed_out", finished_at=clock().isoformat())
             store.release_lock(running.id)
     clock.advance(minutes=5)
@@ -587,7 +587,7 @@ def test_interrupt_running_marks_interrupted_and_never_reruns(deploys: DeploySer
 
 
 def test_interrupt_running_leaves_ci_deploys_alone(deploys: DeployService, store: Store) -> None:
-    with store.immediate():
+    with store.transaction():
         store.insert_deploy(ci_row("ci-1", status="running"))
 
     assert deploys.interrupt_running() == []
@@ -707,14 +707,14 @@ def test_audit_records_every_step_with_actor_and_time(deploys: DeployService, cl
 
 
 def test_state_changes_outside_a_transaction_are_refused(store: Store) -> None:
-    with pytest.raises(RuntimeError, match="store.immediate"):
+    with pytest.raises(RuntimeError, match="store.transaction"):
         store.audit("someone", "deploy.requested")
-    with pytest.raises(RuntimeError, match="store.immediate"):
+    with pytest.raises(RuntimeError, match="store.transaction"):
         store.insert_deploy(ci_row("x", "running"))
 
 
 def test_a_failed_step_rolls_back_the_whole_transaction(store: Store) -> None:
-    with pytest.raises(ValueError), store.immediate():
+    with pytest.raises(ValueError), store.transaction():
         store.insert_deploy(ci_row("half", "running"))
         store.audit("ci", "deploy.requested", "half")
         raise ValueError("boom")

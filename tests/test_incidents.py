@@ -43,7 +43,7 @@ def test_deploys_since_are_deploy_requests_of_the_services_newest_first(store: S
     pending = deploy(None, service="checkout-api", status="pending", ran=False)  # requested 20 min before
     other = deploy(before(minutes=10), service="search-api")
     insert(store, old, recent, pending, other)
-    with store.immediate():
+    with store.transaction():
         store.record_decision(recent["id"], DANIEL, "approve")
 
     found = deploys_since(store, ("checkout-api",), before(hours=24))

@@ -66,7 +66,7 @@ def deploy(
 
 
 def insert(store: Store, *rows: dict) -> None:
-    with store.immediate():
+    with store.transaction():
         for row in rows:
             store.insert_deploy(row)
 

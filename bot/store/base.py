@@ -41,7 +41,7 @@ class StoreBase:
     def transaction(self) -> Iterator[None]:
         """A write transaction holding SQLite's write lock from its start (BEGIN IMMEDIATE).
 
-        Nested, it is a savepoint of the outer one. Every write goes through here (or ``immediate``),
+        Nested, it is a savepoint of the outer one. Every write goes through here,
         so writers in several threads and several processes are serialised, not interleaved.
         """
         with self.lock:
@@ -91,14 +91,7 @@ class StoreBase:
 
     def _require_transaction(self) -> None:
         if not self.db.conn.in_transaction:
-            raise RuntimeError("deploy state changes must run inside store.immediate()")
-
-    @contextmanager
-    def immediate(self) -> Iterator[None]:
-        """A write transaction that takes SQLite's write lock at once, so decisions from several
-        processes are serialised, not merely several threads (the same as ``transaction``)."""
-        with self.transaction():
-            yield
+            raise RuntimeError("this write must run inside store.transaction()")
 
 
 def _now() -> str:

@@ -19,7 +19,7 @@ class ConversationStore(StoreBase):
             return cur.rowcount == 1
 
     def claim_event(self, event_id: str) -> bool:
-        """Inside store.immediate(): record an event id; False when it was seen before (a replay)."""
+        """Inside store.transaction(): record an event id; False when it was seen before (a replay)."""
         self._require_transaction()
         cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
         return cur.rowcount == 1

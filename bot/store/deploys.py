@@ -1,6 +1,6 @@
 """Deploy and rollback requests, the service/env locks, approvals and the audit trail.
 
-Every state change runs inside ``store.immediate()``, so decisions from several processes are serialised.
+Every state change runs inside ``store.transaction()``, so decisions from several processes are serialised.
 """
 
 from __future__ import annotations

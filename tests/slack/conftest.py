@@ -50,6 +50,16 @@ class Response:
         return json.loads(self.body)
 
 
+def send(request: urllib.request.Request) -> Response:
+    """Send a request to the bot on loopback; an HTTP error status is a Response too, not an exception."""
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Response(response.status, response.read().decode(), time.perf_counter() - started)
+    except urllib.error.HTTPError as error:
+        return Response(error.code, error.read().decode(), time.perf_counter() - started)
+
+
 @dataclass
 class SlackDriver:
     """Sends requests to opsbot exactly as Slack does, and reads what opsbot sent back to Slack."""
@@ -80,12 +90,7 @@ class SlackDriver:
                 **(headers or {}),
             },
         )
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return Response(response.status, response.read().decode(), time.perf_counter() - started)
-        except urllib.error.HTTPError as error:
-            return Response(error.code, error.read().decode(), time.perf_counter() - started)
+        return send(request)
 
     def event(self, event: dict, *, event_id: str | None = None, retry: int | None = None, **kw: object) -> Response:
         body = json.dumps(
@@ -296,12 +301,7 @@ class HookDriver:
             headers["X-Opsbot-Timestamp"] = str(ts)
             headers["X-Opsbot-Signature"] = signature or sign_event(secret or self.secret, ts, body)
         request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
-        started = time.perf_counter()
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return Response(response.status, response.read().decode(), time.perf_counter() - started)
-        except urllib.error.HTTPError as error:
-            return Response(error.code, error.read().decode(), time.perf_counter() - started)
+        return send(request)
 
 
 @pytest.fixture

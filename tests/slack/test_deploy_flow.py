@@ -395,7 +395,7 @@ def test_a_click_after_the_expiry_time_expires_it_even_before_the_sweeper_runs(
 
 def seed_history(runtime: Runtime, *versions: str) -> None:
     """Earlier successful deploys of checkout-api to staging, oldest first, as CI would have recorded them."""
-    with runtime.store.immediate():
+    with runtime.store.transaction():
         for n, version in enumerate(versions):
             at = datetime(2026, 11, 1 + n, 9, 0, tzinfo=UTC).isoformat(timespec="seconds")
             runtime.store.insert_deploy(
@@ -463,7 +463,7 @@ def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_r
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
     posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
-    with runtime.store.immediate():  # what a crash mid-deploy leaves behind
+    with runtime.store.transaction():  # what a crash mid-deploy leaves behind
         assert runtime.store.transition(posted.request_id, "pending", "running", started_at="2026-11-20T10:00:05+00:00")
 
     (interrupted,) = report_interrupted(runtime, create_client(runtime))

@@ -184,7 +184,7 @@ def test_a_failed_then_rolled_back_pipeline(hooks: HookDriver, runtime: Runtime)
 
 def test_dora_counts_slack_and_ci_deploys_with_lead_time_from_the_commit(hooks: HookDriver, runtime: Runtime) -> None:
     finished = datetime.now(UTC) - timedelta(days=3)
-    with runtime.store.immediate():  # a deploy that went through /deploy three days ago
+    with runtime.store.transaction():  # a deploy that went through /deploy three days ago
         runtime.store.insert_deploy(
             {
                 **{k: "" for k in runtime.store.DEPLOY_COLUMNS.split(", ")},

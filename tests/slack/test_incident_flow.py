@@ -108,7 +108,7 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
     now = datetime.now(UTC)
-    with runtime.store.immediate():
+    with runtime.store.transaction():
         runtime.store.insert_deploy(deploy_row("dep-old", "1.4.1", now - timedelta(days=3)))
         runtime.store.insert_deploy(deploy_row("dep-new", "1.4.2", now - timedelta(minutes=40), "1.4.1"))
 
