@@ -18,6 +18,7 @@ from bot.text import keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
 ROUTED = 1.0  # added to the fused score of a runbook that declares the alert the query names: above any fusion
+FTS_TOKEN = re.compile(r"[^\W_]+")  # a word as the full-text index's tokenizer cuts it
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 # A short English stopword list: these words say nothing about which runbook is meant.
 STOPWORDS = frozenset(
@@ -47,6 +48,9 @@ class Ranking:
     common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
     min_section_words: int = 6  # shorter sections ("TODO", "See X") only echo the title: not section evidence
     near: int = 2  # how many words may stand between two adjacent query words for a phrase match
+    whole_query_terms: tuple[int, int] = (4, 12)  # a query of this many distinct words found whole in a section,
+    whole_query_docs: int = 3  # in at most this many documents (else it is a common phrase, not a quote), ...
+    whole_query_weight: float = 1.0  # ... gains those documents one first place
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
     feedback_similarity: float = 0.75  # a past vote counts for questions at least this close in meaning ...
     feedback_weight: float = 1.5  # ... and moves a document by this many first places of one ranking
@@ -65,6 +69,7 @@ class Signals:
     query_vector: np.ndarray | None = None
     query_words: int = 0
     routed: dict[int, str] = field(default_factory=dict)  # document -> the alert named in the query it answers
+    whole: dict[int, int] = field(default_factory=dict)  # document -> position of a chunk holding the whole query
 
 
 class SearchIndex:
@@ -165,6 +170,13 @@ class SearchIndex:
                 if d not in sig.bm25:
                     sig.bm25[d] = -rank
                     sig.bm25_chunk[d] = pos
+        if mode == "hybrid":
+            for chunk_id, _ in self._whole_query_chunks(stripped):
+                pos = _position(self.chunk_ids, self._id_order, chunk_id)
+                if pos is not None:
+                    sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
+            if len(sig.whole) > self.ranking.whole_query_docs:
+                sig.whole = {}
         return dense_text, sig
 
     def routes_for(self, query: str) -> dict[int, str]:
@@ -204,6 +216,8 @@ class SearchIndex:
         for weight, ranked in lists:
             for rank, d in enumerate(ranked):
                 scores[int(d)] = scores.get(int(d), 0.0) + weight / (r.rrf_k + rank + 1)
+        for d in sig.whole:  # the query's words stand together in the document, as in a quoted alert summary
+            scores[d] = scores.get(d, 0.0) + r.whole_query_weight / (r.rrf_k + 1)
         self._apply_feedback(sig, scores)
         for d in sig.routed:  # the runbook written for the alert comes first, whatever the wording
             scores[d] = scores.get(d, 0.0) + ROUTED
@@ -257,7 +271,9 @@ class SearchIndex:
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector)
 
     def _best_chunk(self, d: int, sig: Signals) -> int:
-        """The section to cite: the best dense match, unless only keywords found the document."""
+        """The section to cite: the one holding the whole query, else the best dense match, else keywords'."""
+        if d in sig.whole:
+            return sig.whole[d]
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
         start = int(self.doc_starts[d])
@@ -279,6 +295,23 @@ class SearchIndex:
             if a in kept and b in kept
         ]
         match = " OR ".join([f'"{t}"' for t in terms] + pairs)
+        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+
+    def _whole_query_chunks(self, stripped: str) -> list[tuple[int, float]]:
+        """Chunks holding every distinct word of a short query within the query's own span, in any order.
+
+        A one-line alert summary is often a sentence of the runbook written for it; finding all of
+        its words together is stronger evidence than finding them apart. Stopwords may differ, so
+        the window is as long as the query's span in words, and the order is free.
+        """
+        tokens = [t.lower() for t in FTS_TOKEN.findall(stripped)]
+        content = [i for i, t in enumerate(tokens) if t not in STOPWORDS and len(t) > 1 and not t.isdigit()]
+        terms = list(dict.fromkeys(tokens[i] for i in content))
+        low, high = self.ranking.whole_query_terms
+        if not low <= len(terms) <= high:
+            return []
+        span = content[-1] - content[0] + 1
+        match = "NEAR(" + " ".join(f'"{t}"' for t in terms) + f", {span})"
         return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
 
     def select_terms(self, terms: list[str]) -> list[str]:

@@ -170,3 +170,92 @@ def test_the_title_ranking_counts_less_as_the_query_grows(tmp_path: Path, fake_e
     scores = index.fuse(sig, "hybrid")
     short = index.fuse(dataclasses.replace(sig, query_words=3), "hybrid")
     assert sum(scores.values()) < sum(short.values())  # the same rankings, the title's counting less
+
+
+# -- the whole query in one place ---------------------------------------------------
+
+
+def _quoted_index(tmp_path: Path, encoder: FakeEncoder) -> SearchIndex:
+    root = tmp_path / "knowledge" / "runbooks"
+    root.mkdir(parents=True)
+    (root / "scheduler-down.md").write_text(
+        "# Scheduler down\n\n## Impact\n\nNew pods stay Pending until a scheduler is back.\n\n"
+        "## Meaning\n\nThe scheduler has disappeared from Prometheus target discovery, so nothing scrapes it.\n",
+        encoding="utf-8",
+    )
+    (root / "target-limit.md").write_text(
+        "# Target limit hit\n\n## Meaning\n\nPrometheus dropped a target because the scrape config's limit was hit. "
+        "The dropped target has not disappeared: it is still in service discovery, and shows there as dropped.\n",
+        encoding="utf-8",
+    )
+    store = Store(tmp_path / "quoted.db")
+    index_knowledge(store, encoder, tmp_path / "knowledge")
+    return SearchIndex(store, encoder)
+
+
+def test_a_document_holding_the_whole_query_together_gains_and_cites_that_section(
+    tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    index = _quoted_index(tmp_path, fake_encoder)
+    scheduler = index.doc_index["runbooks/scheduler-down.md"]
+    limit = index.doc_index["runbooks/target-limit.md"]
+    query = "Target disappeared from Prometheus target discovery."
+    _, sig = index.signals(query)
+    # Both documents hold every word; only one holds them within the query's span of words.
+    assert {scheduler, limit} <= set(sig.bm25)
+    assert set(sig.whole) == {scheduler}
+
+    without = SearchIndex(index.store, fake_encoder, dataclasses.replace(index.ranking, whole_query_weight=0.0))
+    gained = index.fuse(sig, "hybrid")[scheduler] - without.fuse(sig, "hybrid")[scheduler]
+    assert gained == pytest.approx(1.0 / (index.ranking.rrf_k + 1))
+    assert index.fuse(sig, "hybrid")[limit] == pytest.approx(without.fuse(sig, "hybrid")[limit])
+
+    hit = next(h for h in index.search(query, k=2).hits if h.path == "runbooks/scheduler-down.md")
+    assert hit.section == "Meaning"
+
+
+def test_the_whole_query_signal_needs_a_short_query_of_several_words_and_hybrid_mode(
+    tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    index = _quoted_index(tmp_path, fake_encoder)
+    assert not index.signals("Prometheus discovery")[1].whole  # two words say too little to count as a quote
+    long_query = "the scheduler has disappeared from Prometheus target discovery " + " ".join(
+        f"extra{i}" for i in range(12)
+    )
+    assert not index.signals(long_query)[1].whole  # a long log excerpt is not a quoted sentence
+    for mode in ("dense", "bm25"):
+        assert not index.signals("scheduler disappeared from Prometheus target discovery", mode)[1].whole
+    # Stopwords and word order may differ; a word the document lacks may not.
+    assert index.signals("discovery of Prometheus target: the scheduler disappeared")[1].whole
+    assert not index.signals("controller disappeared from Prometheus target discovery")[1].whole
+
+
+def test_words_that_many_documents_hold_together_are_a_common_phrase_not_a_quote(
+    tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    root = tmp_path / "knowledge" / "runbooks"
+    root.mkdir(parents=True)
+    for name in ("cdn", "checkout", "ledger", "search"):
+        (root / f"{name}.md").write_text(
+            f"# {name} outage\n\n## Escalation\n\nPage the incident commander on call and declare an incident "
+            f"in the incidents channel when {name} is down for customers.\n",
+            encoding="utf-8",
+        )
+    store = Store(tmp_path / "common.db")
+    index_knowledge(store, fake_encoder, tmp_path / "knowledge")
+    index = SearchIndex(store, fake_encoder)
+    query = "declare an incident and page the incident commander on call"
+    assert not index.signals(query)[1].whole
+    narrow = SearchIndex(store, fake_encoder, dataclasses.replace(index.ranking, whole_query_docs=4))
+    assert len(narrow.signals(query)[1].whole) == 4
+
+
+def test_a_quoted_runbook_sentence_finds_and_cites_its_section(index: SearchIndex) -> None:
+    quoted = "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"
+    top = index.search(quoted, k=3).hits[0]
+    assert top.path == "runbooks/networking/tls-certificate-expiry.md"
+    _, sig = index.signals(quoted)
+    chunk_id = int(index.chunk_ids[sig.whole[index.doc_index[top.path]]])
+    cited = index.store.chunks_by_id([chunk_id])[chunk_id]
+    assert "presents to Paylane for mutual TLS" in cited.text
+    assert top.section == cited.heading
