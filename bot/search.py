@@ -41,6 +41,10 @@ class Ranking:
     title_weight: float = 1.0  # dense: the document's title ...
     title_query_words: int = 10  # ... full weight for queries up to this many words, then less:
     title_floor: float = 0.25  # a title says little about a long pasted log line or alert body
+    # The dense rankings count fully when the best section is this close in meaning (cosine) ...
+    dense_sure: float = 0.65
+    dense_unsure: float = 0.35  # ... and least (dense_floor) when nothing is closer than this (MiniLM's scale)
+    dense_floor: float = 0.5
     bm25_weight: float = 1.0  # keywords: best section, title and headings weighted in
     candidates: int = 200
     max_terms: int = 16  # the rarest query words searched by keyword
@@ -208,10 +212,12 @@ class SearchIndex:
             return {int(d): float(sig.section[d]) for d in _top(sig.section, r.candidates)}
         if mode == "bm25":
             return dict(sig.bm25)
+        dense = self.dense_share(sig)
         if sig.section is not None:
-            lists.append((r.section_weight, list(_top(sig.section, r.candidates))))
+            lists.append((r.section_weight * dense, list(_top(sig.section, r.candidates))))
         if sig.title is not None:
-            lists.append((r.title_weight * self.title_share(sig.query_words), list(_top(sig.title, r.candidates))))
+            title = r.title_weight * self.title_share(sig.query_words) * dense
+            lists.append((title, list(_top(sig.title, r.candidates))))
         lists.append((r.bm25_weight, sorted(sig.bm25, key=lambda d: -sig.bm25[d])))
         for weight, ranked in lists:
             for rank, d in enumerate(ranked):
@@ -233,6 +239,19 @@ class SearchIndex:
         if query_words <= r.title_query_words:
             return 1.0
         return max(r.title_floor, r.title_query_words / query_words)
+
+    def dense_share(self, sig: Signals) -> float:
+        """How much the two dense rankings count: fully when some section is close in meaning, less when none is.
+
+        When even the best section is far from the query (a log line in an unfamiliar format, an
+        alert about something the runbooks only mention), the order of the dense rankings is mostly
+        noise, and the keywords should decide more.
+        """
+        r = self.ranking
+        if sig.section is None or not len(sig.section):
+            return 1.0
+        best = float(np.max(sig.section))
+        return min(1.0, max(r.dense_floor, (best - r.dense_unsure) / (r.dense_sure - r.dense_unsure)))
 
     def _apply_feedback(self, sig: Signals, scores: dict[int, float]) -> None:
         """Votes on answers to the same or a similar question move the voted documents up or down."""

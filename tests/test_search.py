@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.errors import InvalidRequest
@@ -170,6 +171,26 @@ def test_the_title_ranking_counts_less_as_the_query_grows(tmp_path: Path, fake_e
     scores = index.fuse(sig, "hybrid")
     short = index.fuse(dataclasses.replace(sig, query_words=3), "hybrid")
     assert sum(scores.values()) < sum(short.values())  # the same rankings, the title's counting less
+
+
+def test_the_dense_rankings_count_less_when_no_section_is_close_in_meaning(
+    tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    index = _stub_index(tmp_path, fake_encoder)
+    _, sig = index.signals("volume full by morning")
+    r = index.ranking
+    for best, share in ((0.9, 1.0), (r.dense_sure, 1.0), (0.6, (0.6 - 0.35) / 0.3), (0.45, r.dense_floor), (0.1, 0.5)):
+        sig.section = np.full_like(sig.section, best - 0.2)
+        sig.section[0] = best
+        assert index.dense_share(sig) == pytest.approx(share), best
+
+    # The same order of sections, only less sure: both dense rankings count half, the keywords fully.
+    sig.section[0] = 0.9
+    sig.bm25, sig.whole, sig.routed = {}, {}, {}
+    sure = index.fuse(sig, "hybrid")
+    sig.section = sig.section - 0.6
+    unsure = index.fuse(sig, "hybrid")
+    assert unsure == pytest.approx({d: r.dense_floor * v for d, v in sure.items()})
 
 
 # -- the whole query in one place ---------------------------------------------------
