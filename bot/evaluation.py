@@ -16,6 +16,9 @@ from bot.store import Store
 
 CUTOFFS = (1, 3, 5)
 MRR_DEPTH = 10
+# --documents: rank all documents, or only one kind (the folder its files live in -> SearchHit.kind)
+DOCUMENT_KINDS = {"all": "", "runbooks": "runbook", "incidents": "incident"}
+FILTERED_DEPTH = 100  # hits fetched when one kind is ranked, so that ten of that kind remain
 
 
 @dataclass(frozen=True)
@@ -59,45 +62,67 @@ def score_ranking(paths: list[str], relevant: frozenset[str]) -> dict[str, float
     return metrics
 
 
-def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str]) -> dict:
-    """Run every query in every mode; returns {mode: {"all": metrics, kind: metrics}} plus misses."""
+def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], documents: str = "all") -> dict:
+    """Run every query in every mode; returns {mode: {"all": metrics, kind: metrics}} plus misses.
+
+    ``documents`` ranks only runbooks or only incidents, as an answer's two blocks show them;
+    a query with no relevant document of that kind is skipped (counted under "skipped").
+    """
+    if documents not in DOCUMENT_KINDS:
+        raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
+    kind = DOCUMENT_KINDS[documents]
     results: dict = {}
     for mode in modes:
         sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         counts: dict[str, int] = defaultdict(int)
         misses = []
+        skipped = 0
         for q in queries:
-            answer = index.search(q.query, k=MRR_DEPTH, mode=mode)
-            paths = [h.path for h in answer.hits]
-            metrics = score_ranking(paths, q.relevant)
+            relevant = q.relevant if not kind else frozenset(p for p in q.relevant if p.startswith(f"{documents}/"))
+            if not relevant:
+                skipped += 1
+                continue
+            answer = index.search(q.query, k=MRR_DEPTH if not kind else FILTERED_DEPTH, mode=mode)
+            paths = [h.path for h in answer.hits if not kind or h.kind == kind][:MRR_DEPTH]
+            metrics = score_ranking(paths, relevant)
             for group in ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",):
                 counts[group] += 1
                 for name, value in metrics.items():
                     sums[group][name] += value
             if metrics["recall@1"] < 1:
-                misses.append({"id": q.id, "query": q.query, "got": paths[:3], "want": sorted(q.relevant)})
+                misses.append({"id": q.id, "query": q.query, "got": paths[:3], "want": sorted(relevant)})
+        if not counts:
+            raise InvalidRequest(f"no query has a relevant document under {documents}/; nothing to measure.")
         results[mode] = {
             group: {"queries": counts[group], **{n: round(v / counts[group], 4) for n, v in sums[group].items()}}
             for group in counts
         }
         results[mode]["misses"] = misses
+        results[mode]["skipped"] = skipped
     return results
 
 
 def run_eval(
-    knowledge: Path, queries_path: Path, modes: list[str], encoder: Encoder, ranking: Ranking | None = None
+    knowledge: Path,
+    queries_path: Path,
+    modes: list[str],
+    encoder: Encoder,
+    ranking: Ranking | None = None,
+    documents: str = "all",
 ) -> tuple[dict, IndexReport]:
     """Index ``knowledge`` into a temporary database and evaluate the query file against it."""
     for mode in modes:
         if mode not in MODES:
             raise InvalidRequest(f"unknown mode {mode!r}; use hybrid, dense, bm25 or all.")
+    if documents not in DOCUMENT_KINDS:
+        raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
     queries = load_queries(queries_path)
     with tempfile.TemporaryDirectory(prefix="opsbot-eval-") as tmp:
         store = Store(Path(tmp) / "eval.db")
         try:
             report = index_knowledge(store, encoder, knowledge)
             index = SearchIndex(store, encoder, ranking)
-            return evaluate(index, queries, modes), report
+            return evaluate(index, queries, modes, documents), report
         finally:
             store.close()
 

@@ -465,6 +465,34 @@ def test_eval_missing_knowledge_is_a_clear_error(eval_files: tuple[Path, Path], 
     assert_clean_failure(result, "knowledge directory", "does not exist")
 
 
+def test_eval_can_rank_one_kind_of_document(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, _ = eval_files
+    queries = write_queries(
+        tmp_path / "kinds.jsonl",
+        [
+            {"id": "disk", "query": "docker no space left on device", "relevant": ["runbooks/disk-full.md"]},
+            {"id": "past", "query": "the outage last spring", "relevant": ["incidents/INC-1.yaml"]},
+        ],
+    )
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+    result = invoke(*args, "--documents", "runbooks")
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.stdout)[("bm25", "all")]["n"] == 1
+    assert "1 queries skipped: none of their relevant documents are runbooks." in result.stdout
+
+    data = json.loads(invoke(*args, "--documents", "runbooks", "--json").stdout)
+    assert data["documents"] == "runbooks"
+    assert data["modes"]["bm25"]["skipped"] == 1
+    assert data["modes"]["bm25"]["all"]["recall@1"] == 1.0
+
+    _, runbook_queries = eval_files
+    only_runbooks = ("eval", "--knowledge", str(knowledge), "--queries", str(runbook_queries), "--mode", "bm25")
+    failed = invoke(*only_runbooks, "--documents", "incidents")
+    assert_clean_failure(failed, "no query has a relevant document under incidents/")
+    result = invoke(*args, "--documents", "people")
+    assert result.exit_code == 2 and "Invalid value for '--documents'" in result.stderr
+
+
 def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = write_queries(

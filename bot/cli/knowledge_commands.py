@@ -159,6 +159,13 @@ def _answer_dict(answer: Any) -> dict:
     help="Experts, time split: every responder counts, or only the main resolver.",
 )
 @click.option("--with-services", is_flag=True, help="Experts, time split: give each incident's services too.")
+@click.option(
+    "--documents",
+    type=click.Choice(["all", "runbooks", "incidents"]),
+    default="all",
+    show_default=True,
+    help="Search: rank only runbooks or only incidents, as an answer's two blocks in Slack show them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--misses", is_flag=True, help="Also list the queries whose first result was wrong.")
 @click.option(
@@ -174,6 +181,7 @@ def evaluate(
     mode: str,
     relevant: str,
     with_services: bool,
+    documents: str,
     as_json: bool,
     misses: bool,
     backend: str | None,
@@ -188,6 +196,7 @@ def evaluate(
     Example:
       opsbot eval --knowledge ../shared/eval/prometheus-runbooks/knowledge \\
                   --queries ../shared/eval/prometheus-runbooks/queries.jsonl
+      opsbot eval --knowledge knowledge --queries knowledge/eval/summaries.jsonl --documents runbooks
       opsbot eval --task experts --knowledge knowledge
     """
     from bot.encoder import make_encoder
@@ -204,11 +213,19 @@ def evaluate(
     if queries is None:
         raise OpsbotError("--queries is required for the search task: a JSON-lines file of questions.")
     modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
-    results, report = run_eval(knowledge, queries, modes, encoder)
+    results, report = run_eval(knowledge, queries, modes, encoder, documents=documents)
     if as_json:
-        click.echo(json.dumps({"encoder": settings.encoder, "modes": results, "index": report.as_dict()}, indent=2))
+        click.echo(
+            json.dumps(
+                {"encoder": settings.encoder, "documents": documents, "modes": results, "index": report.as_dict()},
+                indent=2,
+            )
+        )
         return
     click.echo(format_eval_table(results))
+    skipped = results[modes[0]]["skipped"]
+    if skipped:
+        click.echo(f"{skipped} queries skipped: none of their relevant documents are {documents}.")
     if misses:
         for m in modes:
             for miss in results[m]["misses"]:
@@ -221,7 +238,7 @@ def format_eval_table(results: dict) -> str:
     lines = [header, "-" * len(header)]
     for mode, groups in results.items():
         for group, m in groups.items():
-            if group == "misses":
+            if group in ("misses", "skipped"):
                 continue
             lines.append(
                 f"{mode:<8} {group:<14} {m['queries']:>4} {m['recall@1']:>6.3f} {m['recall@3']:>6.3f} "
