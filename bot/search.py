@@ -14,7 +14,7 @@ from bot.encoder import Encoder
 from bot.errors import InvalidRequest
 from bot.models import Answer, SearchHit
 from bot.store import Store, StoredChunk
-from bot.text import keyword_terms, normalize_query, strip_volatile
+from bot.text import dense_form, keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
 ROUTED = 1.0  # added to the fused score of a runbook that declares the alert the query names: above any fusion
@@ -153,7 +153,7 @@ class SearchIndex:
     def signals(self, query: str, mode: str = "hybrid") -> tuple[str, Signals]:
         """Compute the dense and keyword evidence for ``query``."""
         stripped = strip_volatile(query) or query.strip()
-        dense_text = normalize_query(query)
+        dense_text = dense_form(stripped)
         sig = Signals(None, None, None, {}, {}, query_words=len(dense_text.split()))
         sig.routed = self.routes_for(query)
         if mode != "bm25" and self.size:

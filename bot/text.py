@@ -209,7 +209,11 @@ def spell_identifiers(text: str) -> str:
 
 def normalize_query(text: str) -> str:
     """The form of a question or pasted alert that the encoder sees: what happened, not to which instance."""
-    stripped = strip_volatile(text) or text.strip()
+    return dense_form(strip_volatile(text) or text.strip())
+
+
+def dense_form(stripped: str) -> str:
+    """``normalize_query`` of a text whose volatile tokens are already stripped."""
     return spell_identifiers(drop_object_refs(stripped) or stripped)
 
 
