@@ -121,6 +121,7 @@ class SearchHit:
     services: tuple[str, ...] = ()
     similarity: float = 0.0  # cosine of the question and the cited section: how close in meaning
     alert: str = ""  # the alert named in the question that this runbook declares it answers
+    quoted: bool = False  # the cited section holds every word of the (short) question close together
 
     @property
     def citation(self) -> str:

@@ -229,7 +229,8 @@ class Runtime:
         # Weak matches are left out: below the floor, or far below the best match of this answer.
         best = max((h.similarity for h in answer.hits), default=0.0)
         floor = max(self.settings.min_similarity, best * RELATIVE_FLOOR)
-        relevant = [h for h in answer.hits if h.similarity >= floor or h.alert]  # a runbook for the alert stays
+        # A runbook for the named alert stays, and so does a section holding the question's words together.
+        relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted]
         runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(self.settings.top_k, 3)]
         incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
         experts: tuple[Suggestion, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 import time
@@ -282,7 +283,7 @@ class SearchIndex:
         sims = {d: float(sig.chunk_sims[best[d]]) if sig.chunk_sims is not None else 0.0 for d in ordered}
         routed = sig.routed if mode == "hybrid" else {}
         hits = tuple(
-            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""))
+            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in sig.whole)
             for d in ordered
             if wanted[d] in details
         )
@@ -365,7 +366,9 @@ def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
     return None
 
 
-def _hit(chunk: StoredChunk, score: float, query: str, similarity: float, alert: str = "") -> SearchHit:
+def _hit(
+    chunk: StoredChunk, score: float, query: str, similarity: float, alert: str = "", quoted: bool = False
+) -> SearchHit:
     return SearchHit(
         path=chunk.doc_path,
         kind=chunk.kind,
@@ -379,18 +382,26 @@ def _hit(chunk: StoredChunk, score: float, query: str, similarity: float, alert:
         services=chunk.services,
         similarity=round(similarity, 4),
         alert=alert,
+        quoted=quoted,
     )
 
 
 def make_snippet(text: str, query: str, width: int = 240) -> str:
-    """A short window of ``text`` around the first query word it contains."""
+    """A short window of ``text`` where the most query words stand together (the earliest such place)."""
     flat = re.sub(r"\s+", " ", text).strip()
     if len(flat) <= width:
         return flat
     lower = flat.lower()
-    positions = [lower.find(t) for t in keyword_terms(query, STOPWORDS) if len(t) > 3]
-    positions = [p for p in positions if p >= 0]
-    start = max(0, min(positions) - width // 4) if positions else 0
+    terms = [t for t in keyword_terms(query, STOPWORDS) if len(t) > 3]
+    found = sorted((m.start(), t) for t in terms for m in re.finditer(re.escape(t), lower))
+    best, first = 0, None
+    reach = width * 3 // 4  # the window starts a little before the first word it shows
+    for i, (position, _) in enumerate(found):
+        end = bisect.bisect_left(found, (position + reach, ""), i)
+        covered = len({t for _, t in found[i:end]})
+        if covered > best:
+            best, first = covered, position
+    start = max(0, first - width // 4) if first is not None else 0
     start = flat.rfind(" ", 0, start) + 1 if start else 0
     piece = flat[start : start + width].rsplit(" ", 1)[0]
     return ("…" if start else "") + piece + "…"

@@ -314,6 +314,16 @@ def test_ask_puts_the_right_runbook_first(subset_db: IndexedSubset) -> None:
     assert re.search(r"^\(hybrid search; encode \d+ ms, search \d+ ms\)$", lines[-1])
 
 
+def test_ask_says_when_the_cited_section_holds_the_whole_question(subset_db: IndexedSubset) -> None:
+    quoted = "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"
+    lines = invoke("ask", "-k", "3", quoted).stdout.splitlines()
+    assert lines[0] == "1. TLS certificate expiring or expired"
+    assert lines[2] == "   this section contains every word of the question"
+    assert "presents to Paylane for mutual TLS" in lines[3]
+    assert lines.count("   this section contains every word of the question") == 1
+    assert ask_json(quoted)["hits"][0]["quoted"] is True
+
+
 @pytest.mark.parametrize(
     ("question", "expected"),
     [

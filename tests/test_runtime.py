@@ -139,3 +139,30 @@ def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path)
     runtime.close()  # would close the connection under the loader's reads without waiting
 
     assert runtime.ready  # the loader finished its reads before the store was closed
+
+
+def test_a_section_holding_the_questions_words_together_is_kept_below_the_similarity_floor(tmp_path: Path) -> None:
+    knowledge = make_knowledge(tmp_path / "knowledge")
+    (knowledge / "runbooks").mkdir()
+    (knowledge / "runbooks" / "scheduler-down.md").write_text(
+        "# Scheduler down\n\n## Meaning\n\nThe scheduler has disappeared from Prometheus target discovery, "
+        "so nothing scrapes it and new pods wait in Pending until a replica is back.\n",
+        encoding="utf-8",
+    )
+    (knowledge / "runbooks" / "targets.md").write_text(
+        "# Prometheus targets\n\n## Meaning\n\nA Prometheus target can be dropped from discovery. The scheduler "
+        "is one target among many; when it disappeared last time, nobody noticed for a day.\n",
+        encoding="utf-8",
+    )
+    store = Store(tmp_path / "opsbot.db")
+    encoder = FakeEncoder()
+    index_knowledge(store, encoder, knowledge)
+    # A floor no bag-of-words cosine reaches: only the section that holds the question's words stays.
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused", min_similarity=0.99)
+    runtime = Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
+
+    reply = runtime.reply("the scheduler disappeared from Prometheus target discovery")
+
+    assert [h.path for h in reply.runbooks] == ["runbooks/scheduler-down.md"]
+    assert reply.runbooks[0].quoted and reply.runbooks[0].section == "Meaning"
+    runtime.close()

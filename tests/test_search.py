@@ -10,7 +10,7 @@ import pytest
 
 from bot.errors import InvalidRequest
 from bot.indexer import index_knowledge
-from bot.search import SearchIndex
+from bot.search import SearchIndex, make_snippet
 from bot.store import Store
 from tests.conftest import FakeEncoder
 
@@ -280,3 +280,17 @@ def test_a_quoted_runbook_sentence_finds_and_cites_its_section(index: SearchInde
     cited = index.store.chunks_by_id([chunk_id])[chunk_id]
     assert "presents to Paylane for mutual TLS" in cited.text
     assert top.section == cited.heading
+    assert top.quoted and "presents to Paylane for mutual TLS" in top.snippet  # the snippet shows where
+    assert not any(h.quoted for h in index.search(quoted, k=3, mode="bm25").hits)
+
+
+def test_a_snippet_shows_where_the_query_words_stand_together() -> None:
+    text = (
+        "Disk usage on Postgres grows every night. "
+        + "Unrelated filler words about dashboards and owners. " * 12
+        + "When the WAL volume fills, Postgres stops accepting writes and the WAL archiver falls behind."
+    )
+    snippet = make_snippet(text, "postgres WAL volume fills and stops writes", width=120)
+    assert snippet.startswith("…") and "Postgres stops accepting writes" in snippet
+    assert len(snippet) <= 122
+    assert make_snippet(text, "nothing matches here", width=120).startswith("Disk usage on Postgres")

@@ -129,6 +129,8 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
         click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
         if hit.alert:
             click.echo(f"   runbook for the alert {hit.alert}")
+        elif hit.quoted:
+            click.echo("   this section contains every word of the question")
         click.echo(f"   {hit.snippet}\n")
     click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
 

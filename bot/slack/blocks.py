@@ -23,6 +23,8 @@ def _hit_text(hit: SearchHit) -> str:
     source = f"`{hit.path}`" + (f" · {where}" if where else "")
     if hit.alert:
         source += f" · runbook for `{_escape(hit.alert)}`"
+    elif hit.quoted:
+        source += " · contains your words"
     text = f"{title}\n>{snippet}\n{source}"
     return text[:MAX_TEXT]
 

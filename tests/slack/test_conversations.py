@@ -62,6 +62,17 @@ def test_a_pasted_alert_is_answered_with_the_runbook_written_for_it(
     assert "Best match: Slow queries from lock contention" in call.body["text"]
 
 
+def test_a_quoted_runbook_sentence_is_answered_from_that_section(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.mention(
+        "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"
+    )
+    (call,) = slack_api.wait_for("chat.postMessage")
+    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    assert "`runbooks/networking/tls-certificate-expiry.md`" in runbooks[0]
+    assert "presents to Paylane for mutual TLS" in runbooks[0] and "contains your words" in runbooks[0]
+    assert not any("contains your words" in text for text in runbooks[1:])
+
+
 def test_a_direct_message_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     slack.message("how do I rotate the JWT signing keys?", channel="D0DM00001", channel_type="im")
     (call,) = slack_api.wait_for("chat.postMessage")
