@@ -503,6 +503,15 @@ def test_eval_can_rank_one_kind_of_document(eval_files: tuple[Path, Path], tmp_p
     assert result.exit_code == 2 and "Invalid value for '--documents'" in result.stderr
 
 
+def test_eval_refuses_options_of_the_other_task(eval_files: tuple[Path, Path]) -> None:
+    knowledge, queries = eval_files
+    result = invoke("eval", "--task", "experts", "--knowledge", str(knowledge), "--documents", "runbooks")
+    assert_clean_failure(result, "--documents only applies to --task search")
+    search = ("eval", "--knowledge", str(knowledge), "--queries", str(queries))
+    result = invoke(*search, "--with-services", "--relevant", "main")
+    assert_clean_failure(result, "--relevant, --with-services only apply to --task experts", "change --task")
+
+
 def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = write_queries(

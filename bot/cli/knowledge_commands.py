@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from bot.cli.base import _open, handle_errors, load_settings, main
 from bot.config import Settings
@@ -204,6 +205,13 @@ def evaluate(
     from bot.encoder import make_encoder
     from bot.evaluation import evaluate_experts, run_eval
 
+    # An option of the other task would be silently ignored: say so instead.
+    other = ("--mode", "--documents", "--misses") if task == "experts" else ("--relevant", "--with-services")
+    given = [o for o in other if ctx.get_parameter_source(o[2:].replace("-", "_")) == ParameterSource.COMMANDLINE]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        wanted = "search" if task == "experts" else "experts"
+        raise OpsbotError(f"{', '.join(given)} only {verb} to --task {wanted}; leave it out or change --task.")
     settings = load_settings(ctx, encoder=backend)
     if not knowledge.is_dir():
         raise OpsbotError(f"knowledge directory {str(knowledge)!r} does not exist.")
