@@ -574,6 +574,11 @@ def test_bench_rejects_bad_sizes() -> None:
     assert "--sizes 'ten' must be whole numbers" in result.output
 
 
+@pytest.mark.parametrize("what", ["index", "experts"])
+def test_bench_refuses_sizes_where_the_corpus_is_fixed(what: str) -> None:
+    assert_clean_failure(invoke("bench", what, "--sizes", "5000"), f"--sizes does not apply to `opsbot bench {what}`")
+
+
 def test_experts_command_explains_each_suggestion(subset_db: IndexedSubset) -> None:
     result = invoke("experts", "pgbouncer pool exhausted on pg-main", "--service", "checkout-api")
     assert result.exit_code == 0, result.output

@@ -259,7 +259,12 @@ def format_eval_table(results: dict) -> str:
 
 @main.command()
 @click.argument("what", type=click.Choice(["index", "search", "experts", "slack", "process", "all"]), default="all")
-@click.option("--sizes", default="1000,10000,100000", show_default=True, help="Chunk counts for the search benchmark.")
+@click.option(
+    "--sizes",
+    default="1000,10000,100000",
+    show_default=True,
+    help="Chunk counts: search runs at each, slack at the largest up to 10000, process at the largest.",
+)
 @click.option(
     "--encoder",
     "backend",
@@ -285,6 +290,8 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
         raise OpsbotError(f"--sizes {sizes!r} must be whole numbers separated by commas, like 1000,10000.") from None
     if not size_list or min(size_list) < 10:
         raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
+    if what in ("index", "experts") and ctx.get_parameter_source("sizes") == ParameterSource.COMMANDLINE:
+        raise OpsbotError(f"--sizes does not apply to `opsbot bench {what}` (its corpus is fixed); leave it out.")
     settings = load_settings(ctx)
     backends = ["torch", "onnx"] if backend == "both" else [backend or settings.encoder]
     runs = {name: _bench_run(settings.with_overrides(encoder=name), what, size_list) for name in backends}
