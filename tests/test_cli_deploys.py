@@ -6,8 +6,10 @@ import csv
 import io
 import json
 import os
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,20 @@ def test_deploys_on_an_empty_database_names_the_next_step() -> None:
     assert_clean_failure(invoke("deploys", "--service", "web"), "none yet", "opsbot index")
 
 
+@pytest.mark.parametrize("command", ["deploys", "dora"])
+def test_an_empty_service_or_env_is_refused_not_read_as_all(command: str) -> None:
+    assert_clean_failure(invoke(command, "--service", ""), "--service is empty", "leave the option out")
+    assert_clean_failure(invoke(command, "--env", " "), "--env is empty")
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not sqlite\n")
+    for command in COMMANDS:
+        result = invoke(command, env={"OPSBOT_DB": str(notes)})
+        assert_clean_failure(result, "is not an opsbot database", "point OPSBOT_DB at the file `opsbot index` writes")
+
+
 # -- opsbot audit --------------------------------------------------------------------------------
 
 
@@ -240,3 +256,61 @@ def test_dora_errors_are_clean(history: History) -> None:
     store.close()
     assert_clean_failure(invoke("dora"), "settings.failure_window_hours", "run `opsbot index`")
     assert invoke("dora", "--days", "0").exit_code == 2
+
+
+# -- opsbot notify-deploy ------------------------------------------------------------------------
+
+NOTIFY = ("notify-deploy", "--service", "web", "--env", "prod", "--version", "2.0.0")
+HOOK_ENV = {"OPSBOT_HOOK_SECRET": "0123456789abcdef0123456789abcdef"}
+
+
+def test_notify_deploy_refuses_what_it_would_ignore(history: History) -> None:
+    db = os.environ["OPSBOT_DB"]
+    url = ("--url", "http://opsbot.internal:3000/hooks/deploy")
+    assert_clean_failure(invoke(*NOTIFY, "--db", db, *url), "--db records into a database instead", "give one")
+    finished = ("--status", "started", "--finished-at", "2026-11-20T10:00:00Z")
+    assert_clean_failure(invoke(*NOTIFY, "--db", db, *finished), "--finished-at is for the event that ends")
+    assert_clean_failure(invoke(*NOTIFY, "--db", db, "--event-id", ""), "--event-id is empty")
+    assert_clean_failure(invoke(*NOTIFY, "--db", ""), "--db is empty")
+    assert_clean_failure(invoke(*NOTIFY, "--url", "", env=HOOK_ENV), "--url is empty")
+    assert json.loads(invoke("deploys", "--json", "--limit", "1").stdout)[0]["id"] == history.ci  # nothing recorded
+    # Empty metadata means "not known": pipelines pass variables that are sometimes unset.
+    unknown = invoke(*NOTIFY, "--db", db, "--commit-sha", "", "--commit-time", "", "--change", "")
+    assert unknown.exit_code == 0, unknown.output
+
+
+def test_notify_deploy_into_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not sqlite\n")
+    assert_clean_failure(invoke(*NOTIFY, "--db", str(notes)), "is not an opsbot database", "point --db at")
+    assert notes.read_text() == "not sqlite\n"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:abc/hooks/deploy", "http://127.0.0.1/hooks deploy"])
+def test_notify_deploy_to_a_malformed_url(url: str) -> None:
+    assert_clean_failure(invoke(*NOTIFY, "--url", url, env=HOOK_ENV), f"--url {url!r} is not a valid URL")
+    from_env = invoke(*NOTIFY, env=HOOK_ENV | {"OPSBOT_HOOK_URL": url})
+    assert_clean_failure(from_env, f"OPSBOT_HOOK_URL {url!r} is not a valid URL")
+
+
+def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
+    class WebPage(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"<html>Welcome</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/", env=HOOK_ENV)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_clean_failure(result, "answered, but not as opsbot does", "/hooks/deploy")

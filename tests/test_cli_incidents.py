@@ -13,7 +13,7 @@ import pytest
 from bot.incidents import IncidentService
 from bot.knowledge import load_knowledge
 from bot.store import Store
-from tests.conftest import SAMPLE_KNOWLEDGE, invoke
+from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
 
 PRIYA = "U03F8K2LQ1"
 DANIEL = "U04C2RN8VD"
@@ -142,3 +142,27 @@ def test_help_has_examples() -> None:
     for args in (["incidents"], ["incidents", "list"], ["incidents", "export"]):
         result = invoke(*args, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout and "opsbot incidents" in result.stdout
+
+
+def test_export_refuses_an_empty_id_or_option(incidents: IncidentService, knowledge: Path) -> None:
+    assert_clean_failure(invoke("incidents", "export", ""), "an incident id is empty", "INC-2026-0042")
+    assert_clean_failure(invoke("incidents", "export", "--out", ""), "--out is empty")
+    assert_clean_failure(invoke("incidents", "export", "--service", " "), "--service is empty")
+    assert not (knowledge / "incidents").exists()
+
+
+def test_export_refuses_a_service_it_would_not_use_or_does_not_know(incidents: IncidentService, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke("incidents", "export", "INC-2026-0001", "--out", str(out), "--service", "order-pipeline")
+    assert_clean_failure(result, "--service is for incidents declared without a service", "INC-2026-0001 names one")
+    bare = incidents.declare("Something odd", PRIYA)
+    incidents.resolve(bare, PRIYA, "Went away")
+    result = invoke("incidents", "export", bare.id, "--out", str(out), "--service", "chekout-api")
+    assert_clean_failure(result, "unknown service 'chekout-api'", "known services: checkout-api, order-pipeline")
+    assert not out.exists()
+
+
+def test_export_to_a_folder_that_cannot_be_made_is_a_clean_error(incidents: IncidentService, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = invoke("incidents", "export", "INC-2026-0001", "--out", str(tmp_path / "a-file" / "sub"))
+    assert_clean_failure(result, "INC-2026-0001.yaml could not be written", "choose another --out folder")

@@ -9,13 +9,17 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bot.config import Settings
 from bot.errors import OpsbotError
 from bot.logs import configure_logging
+
+if TYPE_CHECKING:
+    from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +63,36 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-def _open(settings: Settings):  # noqa: ANN202
-    from bot.encoder import make_encoder
+def refuse_blank(ctx: click.Context, *names: str) -> None:
+    """An option given as "" (or spaces) would act as if left out: say so instead (all options unless named)."""
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or (names and param.name not in names):
+            continue
+        value = ctx.params.get(param.name)
+        if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, tuple) else (value,))):
+            flag = max(param.opts, key=len)
+            raise OpsbotError(f"{flag} is empty: give a value, or leave the option out.")
+
+
+def open_db(path: Path | str, source: str = "OPSBOT_DB") -> Store:
+    """The store at ``path``; a file that is not an opsbot database is a clear error, not sqlite's traceback."""
+    import sqlite3
+
     from bot.store import Store
 
-    return Store(settings.db_path), make_encoder(settings)
+    try:
+        return Store(path)
+    except sqlite3.DatabaseError as exc:
+        raise OpsbotError(
+            f"{str(path)!r} is not an opsbot database ({exc}); point {source} at the file `opsbot index` writes."
+        ) from None
+
+
+def _open(settings: Settings):  # noqa: ANN202
+    from bot.encoder import make_encoder
+
+    return open_db(settings.db_path), make_encoder(settings)
 
 
 def _open_store(ctx: click.Context):  # noqa: ANN202
-    from bot.store import Store
-
-    return Store(load_settings(ctx).db_path)
+    return open_db(load_settings(ctx).db_path)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from bot.cli.base import _open, _open_store, handle_errors, load_settings, main
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, open_db, refuse_blank
 from bot.config import Settings
 from bot.errors import OpsbotError
 
@@ -34,6 +34,9 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
     """
     from bot.runtime import Runtime
 
+    refuse_blank(ctx)
+    if not " ".join(text).strip():
+        raise OpsbotError('describe the problem, for example `opsbot experts "checkout 503s after deploy"`.')
     settings = load_settings(ctx)
     store, encoder = _open(settings)
     runtime = Runtime(settings, encoder=encoder, store=store)
@@ -139,6 +142,7 @@ def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit
 
     from bot.deploys import recent_requests
 
+    refuse_blank(ctx)
     store = _open_store(ctx)
     try:
         _check_names(store, service, env)
@@ -225,6 +229,7 @@ def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, a
     from bot.deploy_config import ConfigProblem, parse_settings
     from bot.metrics import dora
 
+    refuse_blank(ctx)
     store = _open_store(ctx)
     try:
         _check_names(store, service, env)
@@ -328,7 +333,7 @@ def _live_incident_dict(i: Any) -> dict:
 @click.argument("ids", nargs=-1)
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     default=None,
     help="Folder for the files (default: incidents/<year>/ in the knowledge directory).",
 )
@@ -337,7 +342,7 @@ def _live_incident_dict(i: Any) -> dict:
 @click.pass_context
 @handle_errors
 def incidents_export(
-    ctx: click.Context, ids: tuple[str, ...], out: Path | None, force: bool, service: str | None
+    ctx: click.Context, ids: tuple[str, ...], out: str | None, force: bool, service: str | None
 ) -> None:
     """Write resolved incidents as knowledge/incidents YAML files named <ID>.yaml (default: every resolved one).
 
@@ -352,15 +357,27 @@ def incidents_export(
     from dataclasses import replace
 
     from bot.incidents import IncidentService, export_yaml, to_incident
-    from bot.store import Store
 
+    refuse_blank(ctx)
+    if any(not i.strip() for i in ids):  # an empty id would name no incident, or the channel's
+        raise OpsbotError("an incident id is empty: give ids like INC-2026-0042, or none for every resolved one.")
     settings = load_settings(ctx)
-    store = Store(settings.db_path)
+    store = open_db(settings.db_path)
     try:
         found = IncidentService(store, set())
         chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if not i.is_open]
+        known = set(store.service_configs()) | {s for e in store.load_experts() for s in e.services}
+        known |= {s for i in [*store.load_incidents(), *found.list_all()] for s in i.services}
     finally:
         store.close()
+    if service is not None and service not in known:
+        names = ", ".join(sorted(known)) or "none yet: add services to services.yaml and run `opsbot index`"
+        raise OpsbotError(f"unknown service {service!r} for --service; known services: {names}.")
+    if service is not None and chosen and all(live.services for live in chosen):
+        which = ", ".join(live.id for live in chosen) if ids else "every resolved incident"
+        raise OpsbotError(
+            f"--service is for incidents declared without a service, and {which} names one: leave --service out."
+        )
     if not chosen:
         click.echo("No resolved incidents to export.")
     problems: list[str] = []
@@ -374,18 +391,22 @@ def incidents_export(
             problems.append(f"{live.id} names no service, and incident files need one: add --service NAME.")
             continue
         incident = to_incident(live)
-        folder = out or settings.knowledge_dir / "incidents" / str(incident.date.year)
+        folder = Path(out) if out else settings.knowledge_dir / "incidents" / str(incident.date.year)
         path = folder / f"{live.id}.yaml"
         text = export_yaml(incident)
-        if path.exists():
-            if path.read_text(encoding="utf-8") == text:
-                click.echo(f"{path}: unchanged")
-                continue
-            if not force:
-                problems.append(f"{path} exists with other content; pass --force to overwrite it.")
-                continue
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            if path.exists():
+                if path.read_text(encoding="utf-8") == text:
+                    click.echo(f"{path}: unchanged")
+                    continue
+                if not force:
+                    problems.append(f"{path} exists with other content; pass --force to overwrite it.")
+                    continue
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{path} could not be written ({exc.strerror or exc}); choose another --out folder.")
+            continue
         click.echo(f"wrote {path}")
     if problems:
         raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))
@@ -417,12 +438,14 @@ def incidents_export(
 @click.option(
     "--db",
     "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
     default=None,
     help="Record straight into this opsbot database instead (no Slack message).",
 )
+@click.pass_context
 @handle_errors
 def notify_deploy(
+    ctx: click.Context,
     service: str,
     env: str,
     version: str,
@@ -436,7 +459,7 @@ def notify_deploy(
     pipeline_url: str | None,
     changes: tuple[str, ...],
     url: str | None,
-    db_path: Path | None,
+    db_path: str | None,
 ) -> None:
     """Report a deploy from CI/CD: signs the event with $OPSBOT_HOOK_SECRET and POSTs it to opsbot.
 
@@ -453,11 +476,18 @@ def notify_deploy(
         --commit-sha 3f9c2e1 --commit-time 2026-11-20T09:12:00Z --change "Retry card auth once"
       opsbot notify-deploy --db opsbot.db --service checkout-api --env prod --version 1.4.2
     """
+    import http.client
     import urllib.error
     import urllib.request
 
     from bot.hooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, build_event, sign
 
+    # Empty metadata (--commit-sha "$SHA" with SHA unset) means "not known"; these would silently change meaning.
+    refuse_blank(ctx, "service", "env", "version", "event_id", "url", "db_path")
+    if db_path is not None and url is not None:
+        raise OpsbotError("--db records into a database instead of sending to --url: give one of them.")
+    if status == "started" and finished_at:
+        raise OpsbotError("--finished-at is for the event that ends the deploy: leave it out of --status started.")
     event = build_event(
         service,
         env,
@@ -474,7 +504,7 @@ def notify_deploy(
     )
     body = json.dumps(event).encode()
     if db_path is not None:
-        answer = _record_event_locally(db_path, body)
+        answer = _record_event_locally(Path(db_path), body)
     else:
         settings = Settings.from_env(require_model=False)
         target = url or settings.hook_url
@@ -485,34 +515,48 @@ def notify_deploy(
         if not settings.hook_secret:
             raise OpsbotError("set OPSBOT_HOOK_SECRET to the secret the opsbot server has, to sign the event.")
         timestamp = str(int(time.time()))
-        request = urllib.request.Request(
-            target,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(str(settings.hook_secret), timestamp, body),
-            },
-        )
         try:
+            request = urllib.request.Request(
+                target,
+                data=body,
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    TIMESTAMP_HEADER: timestamp,
+                    SIGNATURE_HEADER: sign(str(settings.hook_secret), timestamp, body),
+                },
+            )
             with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read() or b"{}")
+                reply = response.read()
         except urllib.error.HTTPError as error:
             raise OpsbotError(f"opsbot refused the event (HTTP {error.code}): {_hook_error(error)}") from None
         except (urllib.error.URLError, OSError) as error:
             raise OpsbotError(f"could not reach {target}: {getattr(error, 'reason', error)}") from None
+        except (ValueError, http.client.InvalidURL) as error:  # a bad port, a space, an unclosed [
+            source = "--url" if url else "OPSBOT_HOOK_URL"
+            raise OpsbotError(f"{source} {target!r} is not a valid URL ({error}).") from None
+        except http.client.HTTPException as error:
+            raise OpsbotError(
+                f"{target} did not answer over HTTP ({error!r}): check that it is opsbot's address."
+            ) from None
+        try:
+            answer = json.loads(reply or b"{}")
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise OpsbotError(
+                f"{target} answered, but not as opsbot does (no JSON object): check that it is opsbot's /hooks/deploy."
+            )
     click.echo(_describe_hook_answer(event, answer))
 
 
 def _record_event_locally(db_path: Path, body: bytes) -> dict:
     from bot.deploys import DeployService
     from bot.hooks import EventProblem, known_services, parse_event, record_event
-    from bot.store import Store
 
     if not db_path.exists():
         raise OpsbotError(f"{db_path} does not exist: give the opsbot database file (OPSBOT_DB), after `opsbot index`.")
-    store = Store(db_path)
+    store = open_db(db_path, "--db")
     try:
         deploys = DeployService.from_store(store)
         try:
