@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -605,3 +606,80 @@ def test_eval_experts_prints_the_learned_ranking_and_both_baselines() -> None:
     assert "learned" in table and "ownership" in table and "most_frequent" in table
     missing = CliRunner().invoke(main, ["eval", "--knowledge", str(SAMPLE_KNOWLEDGE)])
     assert missing.exit_code == 1 and "--queries is required for the search task" in missing.output
+
+
+def test_experts_refuses_an_empty_problem_with_a_command_line_example() -> None:
+    assert_clean_failure(invoke("experts", "  "), 'for example `opsbot experts "checkout 503s after deploy"`')
+    assert_clean_failure(invoke("experts", "pool exhausted", "--service", ""), "--service is empty")
+
+
+def test_shell_refuses_an_empty_user() -> None:
+    assert_clean_failure(invoke("shell", "--user", ""), "--user is empty", "leave the option out")
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not sqlite\n")
+    for args in (["feedback"], ["channels", "list"], ["experts", "pool exhausted"], ["shell"]):
+        result = invoke(*args, env={"OPSBOT_DB": str(notes)})
+        assert_clean_failure(result, f"{str(notes)!r} is not an opsbot database", "point OPSBOT_DB at")
+
+
+# -- serve, manifest, channels -------------------------------------------------
+
+HTTP_INSTALL = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "test-signing-secret"}
+SOCKET_MODE = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_APP_TOKEN": "xapp-test"}
+
+
+@pytest.fixture
+def no_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`opsbot serve` must stop before it starts anything: a test that got that far fails, never hangs."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve went on to start the app")
+
+    monkeypatch.setattr("bot.runtime.Runtime", refuse)
+
+
+def test_serve_refuses_options_of_the_other_mode(no_start: None) -> None:
+    result = invoke("serve", "--hooks-port", "3001", env=HTTP_INSTALL)
+    assert_clean_failure(result, "--hooks-port is for Socket Mode", "leave --hooks-port out")
+    assert_clean_failure(
+        invoke("serve", "--port", "3001", env=SOCKET_MODE), "--port is for HTTP installs", "--hooks-port"
+    )
+    result = invoke("serve", "--host", "127.0.0.1", env=SOCKET_MODE)
+    assert_clean_failure(result, "--host only applies to --hooks-port")
+    assert_clean_failure(invoke("serve", "--host", "", env=HTTP_INSTALL), "--host is empty")
+
+
+def test_serve_says_when_its_port_is_taken(no_start: None) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        http = invoke("serve", "--host", "127.0.0.1", "--port", str(port), env=HTTP_INSTALL)
+        hooks = invoke("serve", "--host", "127.0.0.1", "--hooks-port", str(port), env=SOCKET_MODE)
+    assert_clean_failure(http, f"cannot listen on 127.0.0.1:{port}", "choose another --port")
+    assert_clean_failure(hooks, f"cannot listen on 127.0.0.1:{port}", "choose another --hooks-port")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--socket-mode", "--url", "https://ops.example.org"], "--url is for HTTP installs"),
+        (["--url", ""], "--url is empty"),
+        (["--url", "http://ops.example.org"], "must be the https:// address of `opsbot serve`"),
+        (["--url", "ops.example.org"], "must be the https:// address of `opsbot serve`"),
+        (["--url", "https://[::1"], "must be the https:// address of `opsbot serve`"),
+        (["--url", "https://ops.example.org/slack/events"], "leave /slack/events out"),
+        (["--name", " "], "--name is empty"),
+    ],
+)
+def test_manifest_refuses_what_it_would_ignore_or_slack_would_refuse(args: list[str], message: str) -> None:
+    assert_clean_failure(invoke("manifest", *args), message)
+
+
+def test_channels_set_refuses_a_direct_message() -> None:
+    result = invoke("channels", "set", "D04ALERTS1", "all")
+    assert_clean_failure(result, "D04ALERTS1 is a direct message", "ids starting with C or G")
+    assert invoke("channels", "list").stdout.startswith("No channel settings")

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from bot.cli.base import _open, _open_store, handle_errors, load_settings, main
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def shell(ctx: click.Context, user: str | None) -> None:
     from bot.runtime import Runtime
     from bot.shell import Shell
 
+    refuse_blank(ctx)
     settings = load_settings(ctx)
     root = logging.getLogger()
     level = root.level
@@ -114,6 +116,24 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         raise OpsbotError(
             "cannot start the Slack app without " + " and ".join(missing) + ". Without a workspace, try `opsbot shell`."
         )
+    refuse_blank(ctx)
+    host_given = ctx.get_parameter_source("host") == ParameterSource.COMMANDLINE
+    if settings.slack_app_token and port:
+        raise OpsbotError(
+            "--port is for HTTP installs; in Socket Mode (SLACK_APP_TOKEN is set) Slack needs no port: "
+            "give --hooks-port to serve deploy events, or leave --port out."
+        )
+    if settings.slack_app_token and host_given and not hooks_port:
+        raise OpsbotError("in Socket Mode --host only applies to --hooks-port: give --hooks-port, or leave --host out.")
+    if not settings.slack_app_token and hooks_port:
+        raise OpsbotError(
+            "--hooks-port is for Socket Mode (set SLACK_APP_TOKEN); over HTTP, /hooks/deploy is served on --port "
+            "next to /slack/events: leave --hooks-port out."
+        )
+    if hooks_port:
+        _check_can_listen(host, hooks_port, "--hooks-port")
+    elif not settings.slack_app_token:
+        _check_can_listen(host, port or settings.port, "--port" if port else "PORT")
     runtime = Runtime(settings)
     runtime.start_loading()
     app = create_app(runtime)
@@ -135,8 +155,6 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
             if hooks is not None:
                 hooks.stop()
         return
-    if hooks_port:
-        log.info("--hooks-port is for Socket Mode; over HTTP the hooks are on port %d", port or settings.port)
     server = HttpServer(app, runtime, host=host, port=port or settings.port)
     log.info("listening host=%s port=%d path=/slack/events", host, server.port)
     try:
@@ -145,11 +163,28 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         server.stop()
 
 
+def _check_can_listen(host: str, port: int, option: str) -> None:
+    """Fail before loading anything when the address is taken or unknown, not with a traceback later."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # bound as the HTTP server binds
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OpsbotError(
+            f"cannot listen on {host}:{port} ({reason}): choose another {option}, stop what uses it, or check --host."
+        ) from None
+
+
 @main.command()
 @click.option("--url", default="https://opsbot.example.com", show_default=True, help="Public base URL of `serve`.")
 @click.option("--socket-mode", is_flag=True, help="For Socket Mode installs (no public URL needed).")
 @click.option("--name", default="opsbot", show_default=True, help="The app's name in Slack.")
-def manifest(url: str, socket_mode: bool, name: str) -> None:
+@click.pass_context
+@handle_errors
+def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None:
     """Print the Slack app manifest (YAML) to create the app in a workspace.
 
     \b
@@ -157,8 +192,27 @@ def manifest(url: str, socket_mode: bool, name: str) -> None:
       opsbot manifest --socket-mode > manifest.yaml
       opsbot manifest --url https://opsbot.example.com
     """
-    from bot.slack.manifest import manifest_yaml
+    from urllib.parse import urlsplit
 
+    from bot.slack.manifest import manifest_yaml
+    from bot.slack.server import EVENTS_PATH
+
+    refuse_blank(ctx)
+    if socket_mode and ctx.get_parameter_source("url") == ParameterSource.COMMANDLINE:
+        raise OpsbotError(
+            "--url is for HTTP installs; Socket Mode needs no public URL: leave out --url or --socket-mode."
+        )
+    if not socket_mode:
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unclosed [ of an IPv6 address
+            parts = urlsplit("")
+        if parts.scheme != "https" or not parts.netloc or any(c.isspace() for c in url):
+            raise OpsbotError(
+                f"--url {url!r} must be the https:// address of `opsbot serve`, e.g. https://opsbot.example.com."
+            )
+        if parts.path.rstrip("/").endswith(EVENTS_PATH):
+            raise OpsbotError(f"--url is the base address; {EVENTS_PATH} is added to it: leave {EVENTS_PATH} out.")
     click.echo(manifest_yaml(name=name, base_url=url, socket_mode=socket_mode))
 
 
@@ -212,6 +266,11 @@ def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
         raise OpsbotError(
             f"{channel!r} is not a Slack channel id; use the id (like C04ALERTS1: channel details > About), "
             "not the #name."
+        )
+    if channel.startswith("D"):
+        raise OpsbotError(
+            f"{channel} is a direct message, and opsbot answers every direct message already: "
+            "channel settings are for channels (ids starting with C or G)."
         )
     store = _open_store(ctx)
     try:
