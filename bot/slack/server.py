@@ -116,9 +116,11 @@ class _Server(HTTPServer):
     request_queue_size = 128  # the default listen backlog of 5 refuses connections when Slack sends a burst
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], threads: int) -> None:
-        super().__init__(address, handler)
+        # Set before binding: a failed bind calls server_close(), which must see no threads yet.
         self._connections: queue.SimpleQueue[tuple[socket.socket, object] | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
+        self._threads = 0
+        super().__init__(address, handler)
         self._threads = threads
         for n in range(threads):
             threading.Thread(target=self._serve_connections, name=f"opsbot-http-{n}", daemon=True).start()

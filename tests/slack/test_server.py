@@ -82,3 +82,14 @@ def test_stop_ends_the_pooled_threads(bare_runtime: Runtime, slack_api: FakeSlac
     while len(pooled_threads()) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(pooled_threads()) == before
+
+
+def test_a_taken_port_fails_with_the_address_error(bare_runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = len(pooled_threads())
+        with pytest.raises(OSError, match="in use"):
+            HttpServer(create_app(bare_runtime), bare_runtime, host="127.0.0.1", port=port, threads=4)
+        assert len(pooled_threads()) == before
