@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -128,8 +129,14 @@ def verify(secret: str, timestamp: str | None, signature: str | None, body: byte
 # -- parsing -------------------------------------------------------------------------------------------
 
 
-def parse_event(body: bytes | str, known_services: set[str]) -> DeployEvent:
-    """Validate one JSON event; EventProblem names the first field at fault."""
+def parse_event(
+    body: bytes | str, known_services: set[str], environments: Mapping[str, frozenset[str]] | None = None
+) -> DeployEvent:
+    """Validate one JSON event; EventProblem names the first field at fault.
+
+    ``environments`` holds the environments services.yaml configures per service: a service listed
+    there is reported only for those (a typo would become a new environment in `deploys` and DORA).
+    """
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -162,6 +169,12 @@ def parse_event(body: bytes | str, known_services: set[str]) -> DeployEvent:
                 f"{name} {value[:64]!r} is not allowed: use letters, digits, '.', '_', '+' and '-' only "
                 "(up to 64 characters, starting with a letter or digit).",
             )
+    configured = (environments or {}).get(service)
+    if configured and data["env"] not in configured:
+        raise EventProblem(
+            "env",
+            f"unknown environment {data['env']!r} for {service}; services.yaml has {', '.join(sorted(configured))}.",
+        )
     status = text("status", required=True)
     if status not in STATUSES:
         raise EventProblem("status", f"status {status[:32]!r} must be one of {', '.join(STATUSES)}.")
@@ -213,6 +226,11 @@ def _time(name: str, value: str) -> str:
         ) from None
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
     return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def known_environments(deploys: DeployService) -> dict[str, frozenset[str]]:
+    """Per service that services.yaml configures environments for, those environments."""
+    return {name: frozenset(config.environments) for name, config in deploys.services.items() if config.environments}
 
 
 def known_services(deploys: DeployService) -> set[str]:

@@ -279,6 +279,16 @@ def test_notify_deploy_refuses_what_it_would_ignore(history: History) -> None:
     assert unknown.exit_code == 0, unknown.output
 
 
+def test_notify_deploy_refuses_an_environment_services_yaml_does_not_configure(history: History) -> None:
+    db = os.environ["OPSBOT_DB"]
+    typo = ("notify-deploy", "--service", "web", "--env", "production", "--version", "2.0.0", "--db", db)
+    assert_clean_failure(invoke(*typo), "unknown environment 'production' for web; services.yaml has prod, staging")
+    assert "production" not in invoke("deploys", "--json").stdout
+    # A service on the roster without environments in services.yaml may report any environment.
+    other = invoke("notify-deploy", "--service", "owners-only", "--env", "eu-canary", "--version", "1.0.0", "--db", db)
+    assert other.exit_code == 0, other.output
+
+
 def test_notify_deploy_into_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not sqlite\n")

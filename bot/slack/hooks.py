@@ -18,6 +18,7 @@ from bot.hooks import (
     EventProblem,
     HookOutcome,
     Unauthorized,
+    known_environments,
     known_services,
     parse_event,
     record_event,
@@ -49,7 +50,7 @@ def handle_deploy_hook(
         return 401, {"error": str(exc)}
     deploys = runtime.deploys()
     try:
-        event = parse_event(body, known_services(deploys))
+        event = parse_event(body, known_services(deploys), known_environments(deploys))
     except EventProblem as exc:
         log.warning("deploy hook malformed field=%s: %s", exc.field, exc)
         return 400, {"error": str(exc), "field": exc.field}

@@ -103,6 +103,7 @@ def test_a_replayed_event_is_recorded_once(hooks: HookDriver, runtime: Runtime, 
         ({"commit_time": "2026-13-01T00:00:00Z"}, "commit_time"),
         ({"service": "no-such-service"}, "service"),
         ({"env": "prod env"}, "env"),
+        ({"env": "production"}, "env"),  # checkout-api has staging and prod in services.yaml
         ({"event_id": None}, "event_id"),
         ({"changes": "one string"}, "changes"),
         ({"pipeline_url": "javascript:alert(1)"}, "pipeline_url"),
