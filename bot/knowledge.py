@@ -464,6 +464,21 @@ CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")
 CHANNEL_MODES = ("mentions", "all")
 
 
+def channel_id_problem(channel: str) -> str | None:
+    """Why ``channel`` cannot have an answering mode, or None: it must be a channel's id, not a DM's."""
+    if not CHANNEL_ID.match(channel):
+        return (
+            f"{channel!r} is not a Slack channel id; use the id (like C04ALERTS1: channel details > About), "
+            "not the #name"
+        )
+    if channel.startswith("D"):
+        return (
+            f"{channel} is a direct message, and opsbot answers every direct message already: "
+            "channel settings are for channels (ids starting with C or G)"
+        )
+    return None
+
+
 def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
     """How opsbot behaves per channel: answer only when mentioned, or all questions."""
     try:
@@ -477,8 +492,8 @@ def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
     problems: list[Problem] = []
     for channel, mode in entries.items():
         line = 1 + _key_line(text, str(channel))
-        if not CHANNEL_ID.match(str(channel)):
-            problems.append(Problem(rel, f"{channel!r} is not a Slack channel id (like C04ALERTS1)", line))
+        if problem := channel_id_problem(str(channel)):
+            problems.append(Problem(rel, problem, line))
         elif mode not in CHANNEL_MODES:
             problems.append(Problem(rel, f"channel {channel}: {mode!r} must be `all` or `mentions`", line))
         else:

@@ -21,13 +21,18 @@ def write_kb(root: Path, channels: str) -> Path:
 
 
 def test_channels_file_is_read_and_bad_entries_reported_with_their_line(tmp_path: Path) -> None:
-    root = write_kb(tmp_path / "kb", "channels:\n  C04ALERTS1: all\n  '#general': all\n  C04ONCALL2: sometimes\n")
+    root = write_kb(
+        tmp_path / "kb", "channels:\n  C04ALERTS1: all\n  '#general': all\n  C04ONCALL2: sometimes\n  D0DM00001: all\n"
+    )
     kb = load_knowledge(root)
     assert kb.channels == {"C04ALERTS1": "all"}
     messages = sorted(str(p) for p in kb.problems)
     assert messages == [
-        "channels.yaml:3: '#general' is not a Slack channel id (like C04ALERTS1)",
+        "channels.yaml:3: '#general' is not a Slack channel id; use the id (like C04ALERTS1: channel details > "
+        "About), not the #name",
         "channels.yaml:4: channel C04ONCALL2: 'sometimes' must be `all` or `mentions`",
+        "channels.yaml:5: D0DM00001 is a direct message, and opsbot answers every direct message already: "
+        "channel settings are for channels (ids starting with C or G)",
     ]
 
 

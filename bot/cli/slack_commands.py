@@ -260,18 +260,10 @@ def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
     Example:
       opsbot channels set C04ALERTS1 all
     """
-    from bot.knowledge import CHANNEL_ID
+    from bot.knowledge import channel_id_problem
 
-    if not CHANNEL_ID.match(channel):
-        raise OpsbotError(
-            f"{channel!r} is not a Slack channel id; use the id (like C04ALERTS1: channel details > About), "
-            "not the #name."
-        )
-    if channel.startswith("D"):
-        raise OpsbotError(
-            f"{channel} is a direct message, and opsbot answers every direct message already: "
-            "channel settings are for channels (ids starting with C or G)."
-        )
+    if problem := channel_id_problem(channel):
+        raise OpsbotError(f"{problem}.")
     store = _open_store(ctx)
     try:
         store.set_channel_answer_mode(channel, mode, "cli")
