@@ -10,7 +10,7 @@ from bot.cli import main
 from bot.indexer import index_knowledge
 from bot.knowledge import load_knowledge
 from bot.store import Store
-from tests.conftest import FakeEncoder
+from tests.conftest import FakeEncoder, invoke
 
 
 def write_kb(root: Path, channels: str) -> Path:
@@ -53,6 +53,19 @@ def test_cli_sets_and_lists_channels_and_refuses_names(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "is not a Slack channel id" in bad.output and "Traceback" not in bad.output
     wrong_mode = runner.invoke(main, ["channels", "set", "C04ALERTS1", "always"])
     assert wrong_mode.exit_code == 2 and "'always' is not one of 'all', 'mentions'" in wrong_mode.output
+
+
+def test_cli_set_warns_when_channels_yaml_will_set_the_channel_back(tmp_path: Path) -> None:
+    root = write_kb(tmp_path / "kb", "channels:\n  C04ALERTS1: mentions\n")
+    env = {"OPSBOT_KNOWLEDGE": str(root)}
+    result = invoke("channels", "set", "C04ALERTS1", "all", env=env)
+    assert result.exit_code == 0, result.output
+    assert "answers questions without a mention" in result.stdout
+    assert "sets C04ALERTS1 to `mentions`, and the next `opsbot index` applies it again" in result.stderr
+    same = invoke("channels", "set", "C04ALERTS1", "mentions", env=env)
+    assert same.exit_code == 0 and same.stderr == ""
+    other = invoke("channels", "set", "C04OTHER01", "all", env=env)
+    assert other.exit_code == 0 and other.stderr == ""
 
 
 def test_feedback_command_lists_votes(tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
     Example:
       opsbot channels set C04ALERTS1 all
     """
-    from bot.knowledge import channel_id_problem
+    from bot.knowledge import channel_id_problem, parse_channels
 
     if problem := channel_id_problem(channel):
         raise OpsbotError(f"{problem}.")
@@ -270,6 +270,16 @@ def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
     finally:
         store.close()
     click.echo(f"{channel}: {'answers questions without a mention' if mode == 'all' else 'answers mentions only'}.")
+    # The knowledge directory's channels.yaml is applied by every `opsbot index`: say when it will undo this.
+    path = load_settings(ctx).knowledge_dir / "channels.yaml"
+    if path.is_file():
+        in_file = parse_channels("channels.yaml", path.read_text(encoding="utf-8", errors="replace"))[0].get(channel)
+        if in_file and in_file != mode:
+            click.echo(
+                f"Note: {path} sets {channel} to `{in_file}`, and the next `opsbot index` applies it again; "
+                "change the file to keep this setting.",
+                err=True,
+            )
 
 
 @main.command()
