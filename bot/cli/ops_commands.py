@@ -562,7 +562,7 @@ def _record_event_locally(db_path: Path, body: bytes) -> dict:
         try:
             parsed = parse_event(body, known_services(deploys), known_environments(deploys))
         except EventProblem as exc:
-            raise OpsbotError(f"{exc} (field {exc.field})") from None
+            raise OpsbotError(f"{exc}{_option_of(exc.field)}") from None
         return record_event(deploys, parsed).as_json()
     finally:
         store.close()
@@ -573,8 +573,14 @@ def _hook_error(error: Any) -> str:
         answer = json.loads(error.read() or b"{}")
     except ValueError:
         return error.reason or "no details"
-    field = f" (field {answer['field']})" if answer.get("field") else ""
-    return f"{answer.get('error') or error.reason}{field}"
+    return f"{answer.get('error') or error.reason}{_option_of(answer.get('field') or '')}"
+
+
+def _option_of(field: str) -> str:
+    """The notify-deploy option that sets an event field, to name in an error: " (--commit-sha)"."""
+    if not field or field == "body":
+        return ""
+    return " (--change)" if field == "changes" else f" (--{field.replace('_', '-')})"
 
 
 def _describe_hook_answer(event: dict, answer: dict) -> str:
