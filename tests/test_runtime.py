@@ -49,17 +49,24 @@ class Indexed:
         index_knowledge(self.store, self.encoder, self.knowledge)
 
 
-@pytest.fixture
-def indexed(tmp_path: Path) -> Iterator[Indexed]:
+def indexed_runtime(tmp_path: Path, files: dict[str, str], **settings: object) -> Runtime:
+    """A runtime over the test organisation plus these knowledge files (path -> text), indexed with the fake encoder."""
     knowledge = make_knowledge(tmp_path / "knowledge")
-    (knowledge / "runbooks").mkdir()
-    (knowledge / "runbooks" / "web-slow.md").write_text(RUNBOOK, encoding="utf-8")
+    for name, text in files.items():
+        (knowledge / name).parent.mkdir(parents=True, exist_ok=True)
+        (knowledge / name).write_text(text, encoding="utf-8")
     store = Store(tmp_path / "opsbot.db")
     encoder = FakeEncoder()
     index_knowledge(store, encoder, knowledge)
-    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
-    yield Indexed(knowledge, store, encoder, Runtime(settings, encoder=encoder, store=store))  # type: ignore[arg-type]
-    store.close()
+    config = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused", **settings)  # type: ignore[arg-type]
+    return Runtime(config, encoder=encoder, store=store)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def indexed(tmp_path: Path) -> Iterator[Indexed]:
+    runtime = indexed_runtime(tmp_path, {"runbooks/web-slow.md": RUNBOOK})
+    yield Indexed(runtime.settings.knowledge_dir, runtime.store, runtime.encoder, runtime)  # type: ignore[arg-type]
+    runtime.store.close()
 
 
 def test_repeated_calls_reuse_the_configuration_built_for_this_index_version(indexed: Indexed) -> None:
@@ -103,14 +110,8 @@ def test_a_reindex_that_changed_only_services_yaml_is_picked_up(indexed: Indexed
 
 
 def test_an_answer_that_names_experts_encodes_the_question_once(tmp_path: Path) -> None:
-    knowledge = make_knowledge(tmp_path / "knowledge")
-    (knowledge / "incidents").mkdir()
-    (knowledge / "incidents" / "INC-2026-0042.yaml").write_text(INCIDENT, encoding="utf-8")
-    store = Store(tmp_path / "opsbot.db")
-    encoder = FakeEncoder()
-    index_knowledge(store, encoder, knowledge)
-    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused", min_similarity=0.0)
-    runtime = Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
+    runtime = indexed_runtime(tmp_path, {"incidents/INC-2026-0042.yaml": INCIDENT}, min_similarity=0.0)
+    encoder = runtime.encoder
     runtime.experts_model()  # trained before the question, so only the question's own encodes are counted
     encoder.calls.clear()
 
@@ -118,7 +119,7 @@ def test_an_answer_that_names_experts_encodes_the_question_once(tmp_path: Path) 
 
     assert reply.incidents and reply.experts
     assert encoder.encoded == ["label printers jammed in the warehouse"]
-    store.close()
+    runtime.close()
 
 
 def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path) -> None:
@@ -142,24 +143,14 @@ def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path)
 
 
 def test_a_section_holding_the_questions_words_together_is_kept_below_the_similarity_floor(tmp_path: Path) -> None:
-    knowledge = make_knowledge(tmp_path / "knowledge")
-    (knowledge / "runbooks").mkdir()
-    (knowledge / "runbooks" / "scheduler-down.md").write_text(
-        "# Scheduler down\n\n## Meaning\n\nThe scheduler has disappeared from Prometheus target discovery, "
-        "so nothing scrapes it and new pods wait in Pending until a replica is back.\n",
-        encoding="utf-8",
-    )
-    (knowledge / "runbooks" / "targets.md").write_text(
-        "# Prometheus targets\n\n## Meaning\n\nA Prometheus target can be dropped from discovery. The scheduler "
-        "is one target among many; when it disappeared last time, nobody noticed for a day.\n",
-        encoding="utf-8",
-    )
-    store = Store(tmp_path / "opsbot.db")
-    encoder = FakeEncoder()
-    index_knowledge(store, encoder, knowledge)
+    files = {
+        "runbooks/scheduler-down.md": "# Scheduler down\n\n## Meaning\n\nThe scheduler has disappeared from "
+        "Prometheus target discovery, so nothing scrapes it and new pods wait in Pending until a replica is back.\n",
+        "runbooks/targets.md": "# Prometheus targets\n\n## Meaning\n\nA Prometheus target can be dropped from "
+        "discovery. The scheduler is one target among many; when it disappeared last time, nobody noticed for a day.\n",
+    }
     # A floor no bag-of-words cosine reaches: only the section that holds the question's words stays.
-    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused", min_similarity=0.99)
-    runtime = Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
+    runtime = indexed_runtime(tmp_path, files, min_similarity=0.99)
 
     reply = runtime.reply("the scheduler disappeared from Prometheus target discovery")
 

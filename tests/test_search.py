@@ -120,22 +120,29 @@ def test_alert_routing_ignores_case_and_is_not_part_of_single_modes(index: Searc
 # -- stub sections -----------------------------------------------------------------
 
 
-def _stub_index(tmp_path: Path, encoder: FakeEncoder) -> SearchIndex:
+def _runbooks_index(tmp_path: Path, encoder: FakeEncoder, runbooks: dict[str, str]) -> SearchIndex:
+    """A knowledge directory of these runbooks (file name -> Markdown), indexed and loaded."""
     root = tmp_path / "knowledge" / "runbooks"
     root.mkdir(parents=True)
-    (root / "disk-full.md").write_text(
-        "# Disk full\n\n## Meaning\n\nThe volume crossed its static free space threshold and writes start failing."
-        "\n\n## Mitigation\n\nSee disk pressure.\n",
-        encoding="utf-8",
-    )
-    (root / "disk-pressure.md").write_text(
-        "# Disk pressure\n\n## Meaning\n\nUsage grows steadily and the trend says the volume is full by morning.\n",
-        encoding="utf-8",
-    )
-    (root / "todo.md").write_text("# Certificate rotation\n\nTo be written.\n", encoding="utf-8")
-    store = Store(tmp_path / "stub.db")
+    for name, text in runbooks.items():
+        (root / name).write_text(text, encoding="utf-8")
+    store = Store(tmp_path / "search.db")
     index_knowledge(store, encoder, tmp_path / "knowledge")
     return SearchIndex(store, encoder)
+
+
+def _stub_index(tmp_path: Path, encoder: FakeEncoder) -> SearchIndex:
+    return _runbooks_index(
+        tmp_path,
+        encoder,
+        {
+            "disk-full.md": "# Disk full\n\n## Meaning\n\nThe volume crossed its static free space threshold and "
+            "writes start failing.\n\n## Mitigation\n\nSee disk pressure.\n",
+            "disk-pressure.md": "# Disk pressure\n\n## Meaning\n\nUsage grows steadily and the trend says the volume "
+            "is full by morning.\n",
+            "todo.md": "# Certificate rotation\n\nTo be written.\n",
+        },
+    )
 
 
 def test_a_stub_section_neither_ranks_nor_is_cited(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
@@ -197,21 +204,18 @@ def test_the_dense_rankings_count_less_when_no_section_is_close_in_meaning(
 
 
 def _quoted_index(tmp_path: Path, encoder: FakeEncoder) -> SearchIndex:
-    root = tmp_path / "knowledge" / "runbooks"
-    root.mkdir(parents=True)
-    (root / "scheduler-down.md").write_text(
-        "# Scheduler down\n\n## Impact\n\nNew pods stay Pending until a scheduler is back.\n\n"
-        "## Meaning\n\nThe scheduler has disappeared from Prometheus target discovery, so nothing scrapes it.\n",
-        encoding="utf-8",
+    return _runbooks_index(
+        tmp_path,
+        encoder,
+        {
+            "scheduler-down.md": "# Scheduler down\n\n## Impact\n\nNew pods stay Pending until a scheduler is back."
+            "\n\n## Meaning\n\nThe scheduler has disappeared from Prometheus target discovery, so nothing "
+            "scrapes it.\n",
+            "target-limit.md": "# Target limit hit\n\n## Meaning\n\nPrometheus dropped a target because the scrape "
+            "config's limit was hit. The dropped target has not disappeared: it is still in service discovery, and "
+            "shows there as dropped.\n",
+        },
     )
-    (root / "target-limit.md").write_text(
-        "# Target limit hit\n\n## Meaning\n\nPrometheus dropped a target because the scrape config's limit was hit. "
-        "The dropped target has not disappeared: it is still in service discovery, and shows there as dropped.\n",
-        encoding="utf-8",
-    )
-    store = Store(tmp_path / "quoted.db")
-    index_knowledge(store, encoder, tmp_path / "knowledge")
-    return SearchIndex(store, encoder)
 
 
 def test_a_document_holding_the_whole_query_together_gains_and_cites_that_section(
@@ -254,20 +258,15 @@ def test_the_whole_query_signal_needs_a_short_query_of_several_words_and_hybrid_
 def test_words_that_many_documents_hold_together_are_a_common_phrase_not_a_quote(
     tmp_path: Path, fake_encoder: FakeEncoder
 ) -> None:
-    root = tmp_path / "knowledge" / "runbooks"
-    root.mkdir(parents=True)
-    for name in ("cdn", "checkout", "ledger", "search"):
-        (root / f"{name}.md").write_text(
-            f"# {name} outage\n\n## Escalation\n\nPage the incident commander on call and declare an incident "
-            f"in the incidents channel when {name} is down for customers.\n",
-            encoding="utf-8",
-        )
-    store = Store(tmp_path / "common.db")
-    index_knowledge(store, fake_encoder, tmp_path / "knowledge")
-    index = SearchIndex(store, fake_encoder)
+    escalation = (
+        "# {0} outage\n\n## Escalation\n\nPage the incident commander on call and declare an incident "
+        "in the incidents channel when {0} is down for customers.\n"
+    )
+    names = ("cdn", "checkout", "ledger", "search")
+    index = _runbooks_index(tmp_path, fake_encoder, {f"{n}.md": escalation.format(n) for n in names})
     query = "declare an incident and page the incident commander on call"
     assert not index.signals(query)[1].whole
-    narrow = SearchIndex(store, fake_encoder, dataclasses.replace(index.ranking, whole_query_docs=4))
+    narrow = SearchIndex(index.store, fake_encoder, dataclasses.replace(index.ranking, whole_query_docs=4))
     assert len(narrow.signals(query)[1].whole) == 4
 
 
