@@ -62,14 +62,18 @@ def score_ranking(paths: list[str], relevant: frozenset[str]) -> dict[str, float
     return metrics
 
 
+def _check_documents(documents: str) -> None:
+    if documents not in DOCUMENT_KINDS:
+        raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
+
+
 def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], documents: str = "all") -> dict:
     """Run every query in every mode; returns {mode: {"all": metrics, kind: metrics}} plus misses.
 
     ``documents`` ranks only runbooks or only incidents, as an answer's two blocks show them;
     a query with no relevant document of that kind is skipped (counted under "skipped").
     """
-    if documents not in DOCUMENT_KINDS:
-        raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
+    _check_documents(documents)
     kind = DOCUMENT_KINDS[documents]
     results: dict = {}
     for mode in modes:
@@ -114,8 +118,7 @@ def run_eval(
     for mode in modes:
         if mode not in MODES:
             raise InvalidRequest(f"unknown mode {mode!r}; use hybrid, dense, bm25 or all.")
-    if documents not in DOCUMENT_KINDS:
-        raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
+    _check_documents(documents)
     queries = load_queries(queries_path)
     with tempfile.TemporaryDirectory(prefix="opsbot-eval-") as tmp:
         store = Store(Path(tmp) / "eval.db")

@@ -63,6 +63,11 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
+def typed(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` (its parameter name) was given on the command line, not left at its default."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
 def refuse_blank(ctx: click.Context, *names: str) -> None:
     """An option given as "" (or spaces) would act as if left out: say so instead (all options unless named)."""
     for param in ctx.command.params:

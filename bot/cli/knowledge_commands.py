@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
-from bot.cli.base import _open, handle_errors, load_settings, main
+from bot.cli.base import _open, handle_errors, load_settings, main, typed
 from bot.config import Settings
 from bot.errors import OpsbotError
 
@@ -207,7 +206,7 @@ def evaluate(
 
     # An option of the other task would be silently ignored: say so instead.
     other = ("--mode", "--documents", "--misses") if task == "experts" else ("--relevant", "--with-services")
-    given = [o for o in other if ctx.get_parameter_source(o[2:].replace("-", "_")) == ParameterSource.COMMANDLINE]
+    given = [o for o in other if typed(ctx, o[2:].replace("-", "_"))]
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         wanted = "search" if task == "experts" else "experts"
@@ -290,7 +289,7 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
         raise OpsbotError(f"--sizes {sizes!r} must be whole numbers separated by commas, like 1000,10000.") from None
     if not size_list or min(size_list) < 10:
         raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
-    if what in ("index", "experts") and ctx.get_parameter_source("sizes") == ParameterSource.COMMANDLINE:
+    if what in ("index", "experts") and typed(ctx, "sizes"):
         raise OpsbotError(f"--sizes does not apply to `opsbot bench {what}` (its corpus is fixed); leave it out.")
     settings = load_settings(ctx)
     backends = ["torch", "onnx"] if backend == "both" else [backend or settings.encoder]

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
-from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, typed
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -117,13 +116,12 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
             "cannot start the Slack app without " + " and ".join(missing) + ". Without a workspace, try `opsbot shell`."
         )
     refuse_blank(ctx)
-    host_given = ctx.get_parameter_source("host") == ParameterSource.COMMANDLINE
     if settings.slack_app_token and port:
         raise OpsbotError(
             "--port is for HTTP installs; in Socket Mode (SLACK_APP_TOKEN is set) Slack needs no port: "
             "give --hooks-port to serve deploy events, or leave --port out."
         )
-    if settings.slack_app_token and host_given and not hooks_port:
+    if settings.slack_app_token and typed(ctx, "host") and not hooks_port:
         raise OpsbotError("in Socket Mode --host only applies to --hooks-port: give --hooks-port, or leave --host out.")
     if not settings.slack_app_token and hooks_port:
         raise OpsbotError(
@@ -198,7 +196,7 @@ def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None
     from bot.slack.server import EVENTS_PATH
 
     refuse_blank(ctx)
-    if socket_mode and ctx.get_parameter_source("url") == ParameterSource.COMMANDLINE:
+    if socket_mode and typed(ctx, "url"):
         raise OpsbotError(
             "--url is for HTTP installs; Socket Mode needs no public URL: leave out --url or --socket-mode."
         )
