@@ -27,6 +27,7 @@ class EvalQuery:
     query: str
     relevant: frozenset[str]
     kind: str = ""
+    sections: frozenset[str] = frozenset()  # "path#anchor": the sections that answer it, when labelled
 
 
 def load_queries(path: Path) -> list[EvalQuery]:
@@ -43,15 +44,31 @@ def load_queries(path: Path) -> list[EvalQuery]:
             raise InvalidRequest(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
         if not isinstance(data, dict) or not isinstance(data.get("query"), str) or not data.get("relevant"):
             raise InvalidRequest(f'{path}:{number}: each line needs "query" (text) and "relevant" (a list of paths).')
-        relevant = data["relevant"] if isinstance(data["relevant"], list) else [data["relevant"]]
-        queries.append(
-            EvalQuery(
-                str(data.get("id", number)), data["query"], frozenset(map(str, relevant)), str(data.get("kind", ""))
-            )
-        )
+        relevant = frozenset(map(str, data["relevant"] if isinstance(data["relevant"], list) else [data["relevant"]]))
+        sections = _sections(data.get("sections", []), relevant, f"{path}:{number}")
+        kind = str(data.get("kind", ""))
+        queries.append(EvalQuery(str(data.get("id", number)), data["query"], relevant, kind, sections))
     if not queries:
         raise InvalidRequest(f"{path} holds no queries.")
     return queries
+
+
+def _sections(value: object, relevant: frozenset[str], where: str) -> frozenset[str]:
+    """The optional "sections" of a query line: each "path#anchor", with a path that is relevant."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f'{where}: "sections" must be a list of "path#anchor" strings.')
+    for section in value:
+        doc, _, anchor = section.partition("#")
+        if not anchor:
+            raise InvalidRequest(f'{where}: section {section!r} has no "#anchor"; write it as "path#anchor".')
+        if doc not in relevant:
+            raise InvalidRequest(f'{where}: section {section!r} is in a document that "relevant" does not list.')
+    return frozenset(value)
+
+
+def section_label(path: str, anchor: str) -> str:
+    """How a cited section is written in a query file and in the results: "path#anchor"."""
+    return f"{path}#{anchor}"
 
 
 def score_ranking(paths: list[str], relevant: frozenset[str]) -> dict[str, float]:
@@ -70,6 +87,9 @@ def _check_documents(documents: str) -> None:
 def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], documents: str = "all") -> dict:
     """Run every query in every mode; returns {mode: {"all": metrics, kind: metrics}} plus misses.
 
+    Queries labelled with "sections" also measure Section@1: the first result is a relevant document
+    and the section it cites is one of them. Its misses list only queries whose document was right.
+
     ``documents`` ranks only runbooks or only incidents, as an answer's two blocks show them;
     a query with no relevant document of that kind is skipped (counted under "skipped").
     """
@@ -80,6 +100,9 @@ def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], doc
         sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         counts: dict[str, int] = defaultdict(int)
         misses = []
+        section_sums: dict[str, float] = defaultdict(float)
+        section_counts: dict[str, int] = defaultdict(int)
+        section_misses = []
         skipped = 0
         for q in queries:
             relevant = q.relevant if not kind else frozenset(p for p in q.relevant if p.startswith(f"{documents}/"))
@@ -95,13 +118,26 @@ def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], doc
                     sums[group][name] += value
             if metrics["recall@1"] < 1:
                 misses.append({"id": q.id, "query": q.query, "got": paths[:3], "want": sorted(relevant)})
+            if q.sections:
+                # Section@1: the first result is a relevant document and cites a section that answers the query.
+                first = next((h for h in answer.hits if not kind or h.kind == kind), None)
+                cited = section_label(first.path, first.anchor) if first else ""
+                right = float(cited in q.sections)
+                for group in ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",):
+                    section_counts[group] += 1
+                    section_sums[group] += right
+                if not right and metrics["recall@1"] == 1:
+                    section_misses.append({"id": q.id, "query": q.query, "got": cited, "want": sorted(q.sections)})
         if not counts:
             raise InvalidRequest(f"no query has a relevant document under {documents}/; nothing to measure.")
         results[mode] = {
             group: {"queries": counts[group], **{n: round(v / counts[group], 4) for n, v in sums[group].items()}}
             for group in counts
         }
+        for group, n in section_counts.items():
+            results[mode][group].update({"sectioned": n, "section@1": round(section_sums[group] / n, 4)})
         results[mode]["misses"] = misses
+        results[mode]["section_misses"] = section_misses
         results[mode]["skipped"] = skipped
     return results
 

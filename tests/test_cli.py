@@ -529,6 +529,65 @@ def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_
     assert overall["recall@1"] == 0.5
 
 
+def test_eval_measures_the_cited_section_where_queries_label_it(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, _ = eval_files
+    fix = "runbooks/disk-full.md#fix"
+    queries = write_queries(
+        tmp_path / "sections.jsonl",
+        [
+            {
+                "id": "prune",
+                "query": "docker system prune stale workspaces",
+                "relevant": ["runbooks/disk-full.md"],
+                "sections": [fix],
+                "kind": "howto",
+            },
+            {
+                "id": "pull",
+                "query": "no space left on device pulling images",
+                "relevant": ["runbooks/disk-full.md"],
+                "sections": [fix],
+                "kind": "howto",
+            },
+            {"id": "cert", "query": "x509: certificate has expired", "relevant": ["runbooks/cert-expiry.md"]},
+        ],
+    )
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+    result = invoke(*args, "--misses")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].split()[-2:] == ["Sec@1", "of"]
+    assert re.search(r"^bm25\s+all\s+3\s+1\.000 .* 0\.500\s+2$", result.stdout, re.M), result.stdout
+    # The second query finds the right runbook but cites its symptoms, not the fix it asks for.
+    assert f"[bm25] pull: right document, cited runbooks/disk-full.md#symptoms want ['{fix}']" in result.stdout
+    assert "[bm25] prune" not in result.stdout
+
+    data = json.loads(invoke(*args, "--json").stdout)["modes"]["bm25"]
+    assert data["all"]["section@1"] == 0.5 and data["all"]["sectioned"] == 2
+    assert data["howto"]["section@1"] == 0.5
+    assert [m["id"] for m in data["section_misses"]] == ["pull"]
+
+    plain = invoke("eval", "--knowledge", str(knowledge), "--queries", str(eval_files[1]), "--mode", "bm25")
+    assert "Sec@1" not in plain.stdout  # no column when no query labels sections
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ("runbooks/disk-full.md#fix", '"sections" must be a list of "path#anchor" strings'),
+        (["runbooks/disk-full.md"], 'has no "#anchor"'),
+        (["runbooks/dns.md#fix"], 'is in a document that "relevant" does not list'),
+    ],
+)
+def test_eval_malformed_sections_name_the_line(
+    eval_files: tuple[Path, Path], tmp_path: Path, sections: object, message: str
+) -> None:
+    knowledge, _ = eval_files
+    good = {"query": "disk full", "relevant": ["runbooks/disk-full.md"]}
+    queries = write_queries(tmp_path / "bad.jsonl", [good, {**good, "sections": sections}])
+    result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries))
+    assert_clean_failure(result, f"{queries}:2: ", message)
+
+
 def test_shell_answers_typed_questions_and_commands(subset_db: IndexedSubset) -> None:
     result = CliRunner().invoke(
         main, ["shell"], input="/help\n/ask\n/foo x\n/ask pgbouncer too many clients\n/quit\nnever read\n"

@@ -169,7 +169,9 @@ def _answer_dict(answer: Any) -> dict:
     help="Search: rank only runbooks or only incidents, as an answer's two blocks in Slack show them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--misses", is_flag=True, help="Also list the queries whose first result was wrong.")
+@click.option(
+    "--misses", is_flag=True, help="Also list the queries whose first result, or its cited section, was wrong."
+)
 @click.option(
     "--encoder", "backend", type=click.Choice(["torch", "onnx"]), default=None, help="Model backend ($OPSBOT_ENCODER)."
 )
@@ -239,20 +241,29 @@ def evaluate(
         for m in modes:
             for miss in results[m]["misses"]:
                 click.echo(f"[{m}] {miss['id']}: got {miss['got'][:1]} want {miss['want']}")
+            for miss in results[m]["section_misses"]:
+                click.echo(f"[{m}] {miss['id']}: right document, cited {miss['got']} want {miss['want']}")
 
 
 def format_eval_table(results: dict) -> str:
     """A plain-text table: one row per mode and query group."""
+    sectioned = any("section@1" in m for groups in results.values() for m in groups.values() if isinstance(m, dict))
     header = f"{'mode':<8} {'queries':<14} {'n':>4} {'R@1':>6} {'R@3':>6} {'R@5':>6} {'MRR@10':>7}"
+    header += f" {'Sec@1':>6} {'of':>4}" if sectioned else ""
     lines = [header, "-" * len(header)]
     for mode, groups in results.items():
         for group, m in groups.items():
-            if group in ("misses", "skipped"):
+            if group in ("misses", "skipped", "section_misses"):
                 continue
-            lines.append(
+            line = (
                 f"{mode:<8} {group:<14} {m['queries']:>4} {m['recall@1']:>6.3f} {m['recall@3']:>6.3f} "
                 f"{m['recall@5']:>6.3f} {m['mrr@10']:>7.3f}"
             )
+            if "section@1" in m:
+                line += f" {m['section@1']:>6.3f} {m['sectioned']:>4}"
+            lines.append(line)
+    if sectioned:
+        lines.append("Sec@1: the first result cites a labelled section (of the n queries that label sections).")
     return "\n".join(lines)
 
 
