@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 import re
 import threading
 import time
@@ -59,6 +60,10 @@ class Ranking:
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
     feedback_similarity: float = 0.75  # a past vote counts for questions at least this close in meaning ...
     feedback_weight: float = 1.5  # ... and moves a document by this many first places of one ranking
+    # The section cited for a document: BM25 among that document's own sections (k1, b), its heading
+    # counting this many times its body, so that words every section shares (the service) decide nothing.
+    cite_bm25: tuple[float, float] = (1.2, 0.75)
+    cite_heading_weight: float = 2.0
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Signals:
     query_words: int = 0
     routed: dict[int, str] = field(default_factory=dict)  # document -> the alert named in the query it answers
     whole: dict[int, int] = field(default_factory=dict)  # document -> position of a chunk holding the whole query
+    stems: list[str] = field(default_factory=list)  # the query's distinct words as the full-text index stores them
 
 
 class SearchIndex:
@@ -93,6 +99,7 @@ class SearchIndex:
         self.doc_starts = np.zeros(0, dtype=np.int64)
         self.chunk_doc = np.zeros(0, dtype=np.int64)
         self.stub = np.zeros(0, dtype=bool)
+        self.words = np.zeros(0, dtype=np.int32)
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.titles = np.zeros((0, 0), dtype=np.float32)
         self._id_order = np.zeros(0, dtype=np.int64)
@@ -141,6 +148,7 @@ class SearchIndex:
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.chunk_doc = chunk_doc
             self.stub = words < self.ranking.min_section_words
+            self.words = words
             self._id_order = np.argsort(ids)
 
     @property
@@ -148,7 +156,16 @@ class SearchIndex:
         return len(self.chunk_ids)
 
     def memory_bytes(self) -> int:
-        arrays = (self.matrix, self.titles, self.chunk_ids, self.chunk_doc, self._id_order, self.doc_starts, self.stub)
+        arrays = (
+            self.matrix,
+            self.titles,
+            self.chunk_ids,
+            self.chunk_doc,
+            self._id_order,
+            self.doc_starts,
+            self.stub,
+            self.words,
+        )
         return int(sum(a.nbytes for a in arrays))
 
     def signals(self, query: str, mode: str = "hybrid") -> tuple[str, Signals]:
@@ -167,7 +184,10 @@ class SearchIndex:
             if self.titles.shape[1] == len(qv):
                 sig.title = self.titles @ qv
         if mode != "dense":
-            for chunk_id, rank in self._keyword_chunks(stripped):
+            words = keyword_terms(stripped, STOPWORDS)
+            stems = self.store.stems(words)
+            sig.stems = [t for t in dict.fromkeys(stems) if t]
+            for chunk_id, rank in self._keyword_chunks(words, stems):
                 pos = _position(self.chunk_ids, self._id_order, chunk_id)
                 if pos is None:
                     continue
@@ -277,10 +297,12 @@ class SearchIndex:
             normalized, sig = self.signals(query, mode)
             scores = self.fuse(sig, mode)
             ordered = sorted(scores, key=lambda d: -scores[d])[:k]
-            best = {d: self._best_chunk(d, sig) for d in ordered}
+            stems = sig.stems if mode == "hybrid" else []
+            best = {d: self._best_chunk(d, sig, stems) for d in ordered}
             wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
         details = self.store.chunks_by_id(wanted.values())
-        sims = {d: float(sig.chunk_sims[best[d]]) if sig.chunk_sims is not None else 0.0 for d in ordered}
+        # How close in meaning the document is: its best section's, whichever section is cited.
+        sims = {d: float(sig.section[d]) if sig.section is not None else 0.0 for d in ordered}
         routed = sig.routed if mode == "hybrid" else {}
         hits = tuple(
             _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in sig.whole)
@@ -290,20 +312,54 @@ class SearchIndex:
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector)
 
-    def _best_chunk(self, d: int, sig: Signals) -> int:
-        """The section to cite: the one holding the whole query, else the best dense match, else keywords'."""
+    def _best_chunk(self, d: int, sig: Signals, stems: list[str]) -> int:
+        """The section to cite: the one holding the whole query, else the best by the query's words
+        among the document's own sections (hybrid), else the closest in meaning, else keywords' best."""
         if d in sig.whole:
             return sig.whole[d]
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
         start = int(self.doc_starts[d])
         end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
-        sims = np.where(self.stub[start:end], sig.chunk_sims[start:end] - 2.0, sig.chunk_sims[start:end])
-        return start + int(np.argmax(sims))
+        own = [p for p in range(start, end) if not self.stub[p]] or list(range(start, end))
+        closeness = {p: float(sig.chunk_sims[p]) for p in own}
+        if stems and len(own) > 1:
+            local = self._local_keyword_scores(own, stems)
+            best = max(own, key=lambda p: (local[p], closeness[p]))
+            if local[best] > 0:
+                return best
+        return max(own, key=closeness.__getitem__)
 
-    def _keyword_chunks(self, stripped: str) -> list[tuple[int, float]]:
-        words = keyword_terms(stripped, STOPWORDS)
-        terms = self.select_terms(words)
+    def _local_keyword_scores(self, positions: list[int], stems: list[str]) -> dict[int, float]:
+        """BM25 of the query's words over one document's sections, with document frequencies counted
+        among those sections only.
+
+        Which document to show is decided by the whole index; which of its sections to cite is a
+        choice among its own sections. Words that stand in all of them (the service, the product)
+        say nothing about that choice, while a word only one section has ("replay", "verify") does.
+        A section's heading counts more than its body. Measured on the Larder how-to questions, the
+        closest section in meaning was often a summary (the escalation list, the introduction) that
+        mentions everything the runbook is about.
+        """
+        ids = [int(self.chunk_ids[p]) for p in positions]
+        counts = self.store.term_counts_in(ids, stems)
+        k1, b = self.ranking.cite_bm25
+        n = len(ids)
+        lengths = [max(int(self.words[p]), 1) for p in positions]
+        average = sum(lengths) / n
+        frequency = {t: sum(1 for i in ids if t in counts.get(i, {})) for t in stems}
+        scores: dict[int, float] = {}
+        for p, chunk_id, length in zip(positions, ids, lengths, strict=True):
+            score = 0.0
+            for term, (heading, body) in counts.get(chunk_id, {}).items():
+                tf = body + self.ranking.cite_heading_weight * heading
+                idf = math.log(1 + (n - frequency[term] + 0.5) / (frequency[term] + 0.5))
+                score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))
+            scores[p] = score
+        return scores
+
+    def _keyword_chunks(self, words: list[str], stems: list[str]) -> list[tuple[int, float]]:
+        terms = self.select_terms(words, stems)
         if not terms:
             return []
         # Adjacent query words that also stand close together in a section count again:
@@ -334,15 +390,17 @@ class SearchIndex:
         match = "NEAR(" + " ".join(f'"{t}"' for t in terms) + f", {span})"
         return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
 
-    def select_terms(self, terms: list[str]) -> list[str]:
+    def select_terms(self, terms: list[str], stems: list[str] | None = None) -> list[str]:
         """The query words worth a full-text lookup, in query order.
 
         Words found nowhere cannot match; words found in most sections say little and cost
-        the most to score. The rarest ``max_terms`` words are kept.
+        the most to score. The rarest ``max_terms`` words are kept. ``stems`` are the words' stems
+        when the caller has them already.
         """
         if not terms:
             return []
-        counts = {t: self.term_counts.get(stem, 0) for t, stem in zip(terms, self.store.stems(terms), strict=True)}
+        stems = self.store.stems(terms) if stems is None else stems
+        counts = {t: self.term_counts.get(stem, 0) for t, stem in zip(terms, stems, strict=True)}
         present = [t for t in terms if counts[t] > 0]
         limit = max(self.ranking.common_fraction * max(self.size, 1), self.ranking.common_floor)
         selective = [t for t in present if counts[t] <= limit]

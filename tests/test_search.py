@@ -283,6 +283,58 @@ def test_a_quoted_runbook_sentence_finds_and_cites_its_section(index: SearchInde
     assert not any(h.quoted for h in index.search(quoted, k=3, mode="bm25").hits)
 
 
+# -- which section is cited ---------------------------------------------------------
+
+
+def test_the_cited_section_is_chosen_by_the_words_only_it_has(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    # The escalation list mentions everything the runbook is about, so it is closest in meaning (here:
+    # shares the most words) to any question; the replay procedure is what the question asks for.
+    runbook = (
+        "# Orders stuck in the dead letter queue\n\n"
+        "## Signs\n\nOrders pile up in the dead letter queue and customers see no confirmation for them.\n\n"
+        "## Replaying\n\nRun the replay tool against the queue for the orders, one batch at a time.\n\n"
+        "## Escalation\n\nPage the orders team for stuck orders, orders you cannot replay, or orders "
+        "the queue keeps, and tell the orders channel.\n"
+    )
+    index = _runbooks_index(
+        tmp_path, fake_encoder, {"dlq.md": runbook, "other.md": "# Other\n\nUnrelated text here.\n"}
+    )
+    question = "how do I replay orders"
+    assert index.search(question, k=1, mode="dense").hits[0].section == "Escalation"  # closest in meaning
+    top = index.search(question, k=1).hits[0]
+    assert top.path == "runbooks/dlq.md" and top.section == "Replaying"
+    assert top.anchor == "replaying" and "replay tool" in top.snippet
+    # "orders" stands in every section: among them it counts little, "replay" (and in a heading) much.
+    _, sig = index.signals(question)
+    start = int(index.doc_starts[index.doc_index["runbooks/dlq.md"]])
+    scores = index._local_keyword_scores([start, start + 1, start + 2], sig.stems)
+    assert scores[start + 1] > scores[start + 2] > scores[start] > 0
+    assert top.similarity == pytest.approx(float(sig.section[index.doc_index["runbooks/dlq.md"]]), abs=1e-4)
+
+
+def test_a_question_without_a_word_of_the_document_cites_the_closest_section(
+    tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    index = _stub_index(tmp_path, fake_encoder)
+    hit = next(h for h in index.search("trend says full by morning", k=3).hits if h.path == "runbooks/disk-pressure.md")
+    assert hit.section == "Meaning"
+    assert index._local_keyword_scores([0], []) == {0: 0.0}
+
+
+@pytest.mark.parametrize(
+    ("question", "path", "section"),
+    [
+        ("how do I scale out the kafka consumers for orders", "runbooks/kafka/consumer-lag.md", "Mitigation"),
+        ("how do I restart a kafka consumer group", "runbooks/kafka/consumer-lag.md", "Mitigation"),
+    ],
+)
+def test_a_how_to_question_cites_the_procedure_not_the_summary(
+    index: SearchIndex, question: str, path: str, section: str
+) -> None:
+    hit = next(h for h in index.search(question, k=5).hits if h.kind == "runbook")
+    assert (hit.path, hit.section) == (path, section)
+
+
 def test_a_snippet_shows_where_the_query_words_stand_together() -> None:
     text = (
         "Disk usage on Postgres grows every night. "

@@ -32,6 +32,9 @@ class StoreBase:
             migrations.apply(self.db)
             self.db.execute(f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, tokenize={TOKENIZER!r})")
             self.db.execute("CREATE VIRTUAL TABLE temp.query_terms_vocab USING fts5vocab(temp, query_terms, instance)")
+            # A few sections at a time, copied here to count the query's words in each (see term_counts_in).
+            self.db.execute(f"CREATE VIRTUAL TABLE temp.cite_terms USING fts5(heading, body, tokenize={TOKENIZER!r})")
+            self.db.execute("CREATE VIRTUAL TABLE temp.cite_terms_vocab USING fts5vocab(temp, cite_terms, instance)")
 
     def close(self) -> None:
         with self.lock:  # not under a transaction of another thread

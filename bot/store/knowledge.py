@@ -228,6 +228,33 @@ class KnowledgeStore(StoreBase):
         with self.lock:
             return dict(self.db.execute("SELECT term, doc FROM chunks_vocab").fetchall())
 
+    def term_counts_in(self, chunk_ids: list[int], stems: list[str]) -> dict[int, dict[str, tuple[int, int]]]:
+        """For each chunk, how often each stem stands in its heading and in its body: {id: {stem: (heading, body)}}.
+
+        The chunks are copied into a per-connection temporary FTS table with the index's tokenizer:
+        counting there costs the same whatever the size of the index, where the index's own
+        instance list of a common word is as long as the index.
+        """
+        if not chunk_ids or not stems:
+            return {}
+        counts: dict[int, dict[str, tuple[int, int]]] = {}
+        with self.lock, self.db.atomic():  # only the temporary table is written, as in stems()
+            self.db.execute("DELETE FROM temp.cite_terms")
+            self.db.execute(
+                "INSERT INTO temp.cite_terms (rowid, heading, body) "  # the text as the index has it
+                f"SELECT rowid, heading, body FROM chunks_fts WHERE rowid IN ({','.join('?' * len(chunk_ids))})",
+                chunk_ids,
+            )
+            rows = self.db.execute(
+                "SELECT doc, term, col, count(*) FROM temp.cite_terms_vocab "
+                f"WHERE term IN ({','.join('?' * len(stems))}) GROUP BY doc, term, col",
+                stems,
+            ).fetchall()
+        for doc, term, col, n in rows:
+            heading, body = counts.setdefault(doc, {}).get(term, (0, 0))
+            counts[doc][term] = (heading + n, body) if col == "heading" else (heading, body + n)
+        return counts
+
     def fts_search(self, match: str, limit: int, weights: tuple[float, float, float]) -> list[tuple[int, float]]:
         """Chunk ids matching an FTS5 query, best first, with their BM25 score (lower is better)."""
         sql = (

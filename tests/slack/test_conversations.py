@@ -73,6 +73,17 @@ def test_a_quoted_runbook_sentence_is_answered_from_that_section(slack: SlackDri
     assert not any("contains your words" in text for text in runbooks[1:])
 
 
+def test_a_how_to_question_is_answered_from_the_section_with_the_procedure(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    slack.mention("how do I scale out the kafka consumers for orders")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    # The mitigation steps, not the symptoms or the escalation list that mention the same consumers.
+    assert "`runbooks/kafka/consumer-lag.md` · _Mitigation_" in runbooks[0], runbooks[0]
+    assert "scale out" in runbooks[0]
+
+
 def test_a_direct_message_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     slack.message("how do I rotate the JWT signing keys?", channel="D0DM00001", channel_type="im")
     (call,) = slack_api.wait_for("chat.postMessage")
