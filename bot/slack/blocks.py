@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from bot.experts import Suggestion
 from bot.models import SearchHit
 from bot.runtime import Reply
@@ -115,6 +117,28 @@ def build_usage_blocks() -> list[dict]:
         "You can also paste an alert or a log line, mention me in a channel, or send me a direct message."
     )
     return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+
+
+# A message that asks what opsbot is, rather than something opsbot should search for.
+HELP_REQUEST = re.compile(r"(?i)^\s*(help|usage|commands|what can you do|hi|hello|hey)\s*[?!.]*\s*$")
+HELP_TEXT = "opsbot answers from your runbooks and past incidents, runs deploys after approval, and works incidents."
+
+
+def build_help_blocks() -> list[dict]:
+    """What opsbot does and every command it has, for "help" (or a bare hello) in a mention or DM."""
+    from bot.slack.manifest import SLASH_COMMANDS  # the same list the app's manifest registers
+
+    commands = "\n".join(f"• `{c} {_escape(hint)}`: {_escape(what)}" for c, what, hint in SLASH_COMMANDS)
+    text = (
+        f"*{HELP_TEXT}*\n"
+        "Ask a question, or paste an alert or a log line: mention me in a channel, send me a direct message, "
+        "or use `/ask`. I reply in the thread with the runbook sections that answer it, similar past "
+        "incidents and who could help; vote 👍 or 👎 on an answer to improve later ones."
+    )
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Commands*\n{commands}"}},
+    ]
 
 
 def build_error_text(error_id: str) -> str:

@@ -9,7 +9,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot.runtime import Runtime
-from bot.slack.blocks import answer_fallback_text, build_answer_blocks
+from bot.slack.blocks import HELP_REQUEST, HELP_TEXT, answer_fallback_text, build_answer_blocks, build_help_blocks
 from bot.slack.guard import guarded
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,10 @@ def answer_in_thread(runtime: Runtime, client: WebClient, event: dict) -> None:
             thread_ts=thread_ts,
             text="Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
         )
+        return
+    if HELP_REQUEST.match(question):
+        client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=HELP_TEXT, blocks=build_help_blocks())
+        log.info("help shown channel=%s user=%s", channel, event.get("user"))
         return
     reply = runtime.reply(question, channel=channel, user=event.get("user", ""), thread_ts=thread_ts)
     client.chat_postMessage(

@@ -11,7 +11,12 @@ SLASH_COMMANDS = [
     ("/experts", "Who to pull in for a problem", "TEXT [--service NAME]"),
     ("/deploy", "Request a deploy; it runs once approved", "SERVICE VERSION ENV"),
     ("/rollback", "Request a rollback (default: the previous good version)", "SERVICE ENV [VERSION]"),
-    ("/incident", "Declare and work an incident", "declare TITLE [--sev 1-4] [--service NAME] | status | note | list"),
+    (
+        "/incident",
+        "Declare and work an incident",
+        "declare TITLE [--sev 1-4] [--service NAME] | status | note TEXT | assign @user lead|comms | severity 1-4"
+        " | resolve RESOLUTION | list",
+    ),
 ]
 ESCAPED_COMMANDS = {"/incident"}  # Slack sends mentions as <@U123|name>, so `assign` gets the user id
 BOT_SCOPES = [

@@ -140,6 +140,39 @@ def test_empty_ask_shows_usage_at_once(slack: SlackDriver, slack_api: FakeSlackA
     assert not slack_api.calls("response_url") and not slack_api.messages()
 
 
+@pytest.mark.parametrize("how", ["mention", "dm"])
+def test_help_or_a_bare_hello_explains_opsbot_instead_of_searching(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, how: str
+) -> None:
+    if how == "mention":
+        slack.mention("help?")
+    else:
+        slack.message("Hello!")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    shown = text_of(call.body["blocks"])
+    for command in ("/ask", "/experts", "/deploy", "/rollback", "/incident"):
+        assert f"`{command} " in shown, command
+    assert "resolve RESOLUTION" in shown and "mention me in a channel" in shown
+    assert "*Runbooks*" not in shown and not buttons(call.body["blocks"])
+    assert call.body["thread_ts"]  # in the thread, as answers are
+    assert runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0] == 0  # not an answer
+
+
+def test_a_question_that_starts_with_help_is_still_searched(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.mention("help: pgbouncer says too many clients already")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    assert "`runbooks/postgres/connection-pool-exhausted.md`" in text_of(call.body["blocks"])
+
+
+def test_ask_help_shows_the_commands_at_once(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    ack = slack.command("/ask", "help")
+    assert ack.status == 200
+    body = ack.json()
+    assert body["response_type"] == "ephemeral" and "`/deploy " in text_of(body["blocks"])
+    time.sleep(0.3)
+    assert not slack_api.calls("response_url") and not slack_api.messages()
+
+
 def test_feedback_is_stored_and_changes_later_ranking(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
