@@ -21,6 +21,7 @@ from bot.text import dense_form, keyword_terms, normalize_query, strip_volatile
 MODES = ("hybrid", "dense", "bm25")
 ROUTED = 1.0  # added to the fused score of a runbook that declares the alert the query names: above any fusion
 FTS_TOKEN = re.compile(r"[^\W_]+")  # a word as the full-text index's tokenizer cuts it
+SNIPPET_MARKUP = re.compile(r"```[\w+-]*|\*\*|__")  # code fences (with their language) and bold markers
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 # A short English stopword list: these words say nothing about which runbook is meant.
 STOPWORDS = frozenset(
@@ -445,8 +446,13 @@ def _hit(
 
 
 def make_snippet(text: str, query: str, width: int = 240) -> str:
-    """A short window of ``text`` where the most query words stand together (the earliest such place)."""
-    flat = re.sub(r"\s+", " ", text).strip()
+    """A short window of ``text`` where the most query words stand together (the earliest such place).
+
+    Code fences and bold markers are dropped: cut out of their block, a fence would turn the rest
+    of a Slack message into code, and the excerpt is read as plain text on the command line too.
+    """
+    plain = SNIPPET_MARKUP.sub(lambda m: " " if m.group().startswith("`") else "", text)
+    flat = re.sub(r"\s+", " ", plain).strip()
     if len(flat) <= width:
         return flat
     lower = flat.lower()

@@ -335,6 +335,18 @@ def test_a_how_to_question_cites_the_procedure_not_the_summary(
     assert (hit.path, hit.section) == (path, section)
 
 
+def test_a_snippet_drops_code_fences_and_bold_markers() -> None:
+    text = (
+        "1. **Not enough consumers**: scale out, up to the partition count:\n\n```bash\n"
+        "kubectl -n fulfilment scale deployment/order-pipeline-consumer --replicas=12\n```\n"
+        "The HPA scales back later; keep `snake_case` and 2 * 3 as they are.\n"
+    )
+    snippet = make_snippet(text, "scale out consumers")
+    assert "```" not in snippet and "**" not in snippet
+    assert snippet.startswith("1. Not enough consumers: scale out") and "kubectl -n fulfilment scale" in snippet
+    assert "`snake_case`" in snippet and "2 * 3" in snippet
+
+
 def test_a_snippet_shows_where_the_query_words_stand_together() -> None:
     text = (
         "Disk usage on Postgres grows every night. "
