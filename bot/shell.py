@@ -169,7 +169,10 @@ class Shell:
 
     def help_text(self) -> str:
         """What can be typed, and who you act as."""
-        commands = "\n".join(f"  {f'{c} {hint}':<34} {what}" for c, what, hint in SLASH_COMMANDS)
+        commands = "\n".join(
+            f"  {usage:<34} {what}" if len(usage) <= 34 else f"  {usage}\n  {'':<34} {what}"
+            for usage, what in ((f"{c} {hint}", what) for c, what, hint in SLASH_COMMANDS)
+        )
         who = f"{self.roster[self.user]} ({self.user})" if self.user in self.roster else self.user
         return (
             "Type a question, or paste an alert or a log line: it goes to opsbot as a direct message.\n"

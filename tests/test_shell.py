@@ -195,6 +195,11 @@ def test_help_lists_what_can_be_typed_and_who_you_are(chat: Chat) -> None:
     shown = chat.say("/help")
     assert "/ask QUESTION" in shown and "/user [ID]" in shown and "/quit" in shown
     assert f"now: Priya Raman ({PRIYA})" in shown
+    # A usage too long for the column puts its description on the next line, in the column.
+    lines = shown.splitlines()
+    long = next(i for i, line in enumerate(lines) if line.startswith("  /incident declare TITLE"))
+    assert lines[long + 1] == " " * 37 + "Declare and work an incident"
+    assert all(len(line) < 120 for line in lines if not line.startswith("  /incident"))
 
 
 def test_run_reads_scripted_lines_until_quit(runtime: Runtime) -> None:
