@@ -103,7 +103,7 @@ class DeployRequest:
 
     @property
     def title(self) -> str:
-        arrow = f"{self.from_version or '?'} → {self.version}"
+        arrow = f"{self.from_version} → {self.version}" if self.from_version else self.version  # first known deploy
         return f"{'Rollback' if self.kind == 'rollback' else 'Deploy'} {self.service} {arrow} to {self.env}"
 
     @property

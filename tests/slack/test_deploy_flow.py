@@ -162,7 +162,7 @@ def test_a_deploy_request_is_posted_naming_what_will_run_with_approve_and_reject
     posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
     assert posted.channel == OPS
     text = posted.text
-    assert "Deploy checkout-api ? → 1.4.2 to staging" in text
+    assert "Deploy checkout-api 1.4.2 to staging" in text
     assert f"`python -m bot.demo_deploy checkout-api 1.4.2 staging {posted.request_id}`" in text
     assert "*From:* nothing deployed by opsbot yet · *To:* 1.4.2" in text
     assert "*Requested by:* Priya Raman" in text
@@ -275,7 +275,7 @@ def test_one_approval_in_staging_runs_the_deploy_with_progress_and_a_summary(
     assert "thread_ts" not in in_channel and in_channel["blocks"] == thread["blocks"]
     summary = shown(in_channel)
     for expected in (
-        ":white_check_mark: *Deploy checkout-api ? → 1.4.2 to staging*: succeeded",
+        ":white_check_mark: *Deploy checkout-api 1.4.2 to staging*: succeeded",
         "*Service*\ncheckout-api",
         "*Kind*\ndeploy",
         "*Version*\nnone recorded → 1.4.2",
@@ -452,7 +452,7 @@ def test_a_deploy_that_runs_past_its_timeout_is_stopped_and_reported(
     assert "token=***" in progress.body["text"] and progress.body["ts"] != posted.ts
     summary = shown(summary_in(slack_api, DEPLOYS))
     assert time.perf_counter() - started < 15
-    assert ":alarm_clock: *Deploy slow-api ? → 2.0.0 to staging*: timed out" in summary
+    assert ":alarm_clock: *Deploy slow-api 2.0.0 to staging*: timed out" in summary
     assert "*Outcome*\nTimed out" in summary and "opsbot: stopped after the 3 s timeout" in summary
     assert "hunter2" not in str(slack_api.calls())
     update_showing(slack_api, posted.ts, "*Timed out*")
