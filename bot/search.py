@@ -62,7 +62,7 @@ class Ranking:
     feedback_similarity: float = 0.75  # a past vote counts for questions at least this close in meaning ...
     feedback_weight: float = 1.5  # ... and moves a document by this many first places of one ranking
     # The section cited for a document: BM25 among that document's own sections (k1, b), its heading
-    # counting this many times its body, so that words every section shares (the service) decide nothing.
+    # counting this many times its body, so that words every section shares (the service) count little.
     cite_bm25: tuple[float, float] = (1.2, 0.75)
     cite_heading_weight: float = 2.0
 
@@ -298,8 +298,11 @@ class SearchIndex:
             normalized, sig = self.signals(query, mode)
             scores = self.fuse(sig, mode)
             ordered = sorted(scores, key=lambda d: -scores[d])[:k]
-            stems = sig.stems if mode == "hybrid" else []
-            best = {d: self._best_chunk(d, sig, stems) for d in ordered}
+            stems = sig.stems if mode == "hybrid" and sig.chunk_sims is not None else []
+            # One count of the query's words over the sections of every document shown.
+            cite = [p for d in ordered if d not in sig.whole for p in self._own_sections(d)] if stems else []
+            counts = self.store.term_counts_in([int(self.chunk_ids[p]) for p in cite], stems)
+            best = {d: self._best_chunk(d, sig, stems, counts) for d in ordered}
             wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
         details = self.store.chunks_by_id(wanted.values())
         # How close in meaning the document is: its best section's, whichever section is cited.
@@ -313,37 +316,46 @@ class SearchIndex:
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector)
 
-    def _best_chunk(self, d: int, sig: Signals, stems: list[str]) -> int:
+    def _own_sections(self, d: int) -> list[int]:
+        """Positions of a document's sections that may be cited: not stubs, unless it has only stubs."""
+        start = int(self.doc_starts[d])
+        end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
+        return [p for p in range(start, end) if not self.stub[p]] or list(range(start, end))
+
+    def _best_chunk(
+        self, d: int, sig: Signals, stems: list[str], counts: dict[int, dict[str, tuple[int, int]]] | None = None
+    ) -> int:
         """The section to cite: the one holding the whole query, else the best by the query's words
         among the document's own sections (hybrid), else the closest in meaning, else keywords' best."""
         if d in sig.whole:
             return sig.whole[d]
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
-        start = int(self.doc_starts[d])
-        end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
-        own = [p for p in range(start, end) if not self.stub[p]] or list(range(start, end))
+        own = self._own_sections(d)
         closeness = {p: float(sig.chunk_sims[p]) for p in own}
         if stems and len(own) > 1:
-            local = self._local_keyword_scores(own, stems)
+            local = self._local_keyword_scores(own, stems, counts)
             best = max(own, key=lambda p: (local[p], closeness[p]))
             if local[best] > 0:
                 return best
         return max(own, key=closeness.__getitem__)
 
-    def _local_keyword_scores(self, positions: list[int], stems: list[str]) -> dict[int, float]:
+    def _local_keyword_scores(
+        self, positions: list[int], stems: list[str], counts: dict[int, dict[str, tuple[int, int]]] | None = None
+    ) -> dict[int, float]:
         """BM25 of the query's words over one document's sections, with document frequencies counted
         among those sections only.
 
         Which document to show is decided by the whole index; which of its sections to cite is a
         choice among its own sections. Words that stand in all of them (the service, the product)
-        say nothing about that choice, while a word only one section has ("replay", "verify") does.
+        say little about that choice, while a word only one section has ("replay", "verify") says much.
         A section's heading counts more than its body. Measured on the Larder how-to questions, the
         closest section in meaning was often a summary (the escalation list, the introduction) that
-        mentions everything the runbook is about.
+        mentions everything the runbook is about. ``counts`` are the term counts when the caller
+        has them already (see ``KnowledgeStore.term_counts_in``).
         """
         ids = [int(self.chunk_ids[p]) for p in positions]
-        counts = self.store.term_counts_in(ids, stems)
+        counts = self.store.term_counts_in(ids, stems) if counts is None else counts
         k1, b = self.ranking.cite_bm25
         n = len(ids)
         lengths = [max(int(self.words[p]), 1) for p in positions]
