@@ -119,7 +119,7 @@ class SearchHit:
     incident_id: str = ""
     anchor: str = ""
     services: tuple[str, ...] = ()
-    similarity: float = 0.0  # cosine of the question and the cited section: how close in meaning
+    similarity: float = 0.0  # cosine of the question and the document's closest section: how close in meaning
     alert: str = ""  # the alert named in the question that this runbook declares it answers
     quoted: bool = False  # the cited section holds every word of the (short) question close together
 
@@ -127,6 +127,17 @@ class SearchHit:
     def citation(self) -> str:
         label = self.incident_id or self.path
         return f"{label} § {self.section}" if self.section else label
+
+    @property
+    def section_url(self) -> str:
+        """The document's ``url`` pointed at the cited section (its heading's anchor), when it has both.
+
+        The anchor is the heading in lower case with other characters as hyphens, as wikis and code
+        hosts make them for most headings; where one differs, the link still opens the page.
+        """
+        if not self.url or not self.anchor or "#" in self.url:
+            return self.url
+        return f"{self.url}#{self.anchor}"
 
 
 @dataclass(frozen=True)

@@ -358,6 +358,31 @@ def test_ask_json_hits_carry_their_source(subset_db: IndexedSubset) -> None:
     assert "runbooks/notifications/sms-provider-outage.md" in [h["path"] for h in hits[:2]]
 
 
+def test_ask_links_the_cited_section_of_a_runbook_with_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    knowledge = write_files(
+        tmp_path / "knowledge",
+        {
+            "runbooks/disk.md": "---\ntitle: Build agent disk full\nurl: https://wiki.example.com/ci/disk\n---\n"
+            "# Build agent disk full\n\nThe CI build agents keep Docker layers on a 200 GB volume.\n\n"
+            "## Free space\n\nRun `docker system prune -af` on the agent and delete stale workspaces.\n",
+            "runbooks/dns.md": "# DNS\n\nPods cannot resolve service names when CoreDNS is down.\n",
+        },
+    )
+    monkeypatch.setenv("OPSBOT_DB", str(tmp_path / "opsbot.db"))
+    assert invoke("index", str(knowledge)).exit_code == 0
+    lines = invoke("ask", "-k", "2", "how do I prune docker on the build agent").stdout.splitlines()
+    assert lines[:3] == [
+        "1. Build agent disk full",
+        "   runbooks/disk.md § Free space  (score " + lines[1].split("(score ")[1],
+        "   https://wiki.example.com/ci/disk#free-space",
+    ]
+    hits = ask_json("-k", "2", "how do I prune docker on the build agent")["hits"]
+    assert hits[0]["section_url"] == "https://wiki.example.com/ci/disk#free-space"
+    dns = next(h for h in hits if h["path"] == "runbooks/dns.md")
+    assert dns["url"] == dns["section_url"] == ""  # no url: no link, and no line for it
+    assert sum(line.startswith("   https://") for line in lines) == 1
+
+
 def test_ask_k_limits_the_hits(subset_db: IndexedSubset) -> None:
     assert len(ask_json("-k", "2", "pgbouncer pool exhausted")["hits"]) == 2
 

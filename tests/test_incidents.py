@@ -10,7 +10,8 @@ import pytest
 
 from bot.deploys import DeployRequest
 from bot.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
-from bot.slack.incident_blocks import build_declared_blocks, build_recent_deploys_blocks
+from bot.models import SearchHit
+from bot.slack.incident_blocks import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
 from bot.store import Store
 from tests.test_metrics import NOW, deploy, insert
 
@@ -100,3 +101,21 @@ def test_recent_deploys_blocks_show_deploy_requests_with_rollback_only_on_succes
     assert f"1.4.1 → *1.4.2* to prod · succeeded at 11:20 UTC · `{ran['id']}`" in text
     buttons = [b["accessory"]["value"] for b in blocks if "accessory" in b]
     assert len(buttons) == 1 and ran["id"] in buttons[0]
+
+
+def test_the_briefing_links_a_runbook_section_when_the_runbook_has_a_url() -> None:
+    linked = SearchHit(
+        "runbooks/a.md",
+        "runbook",
+        "Disk full",
+        "Free space",
+        "prune",
+        1.0,
+        url="https://w.example/a",
+        anchor="free-space",
+    )
+    plain = SearchHit("runbooks/b.md", "runbook", "DNS", "Checks", "dig", 0.9, anchor="checks")
+    blocks = build_knowledge_blocks([linked, plain], [])
+    first, second = blocks[1]["text"]["text"], blocks[2]["text"]["text"]
+    assert first.startswith("<https://w.example/a|Disk full> · <https://w.example/a#free-space|_Free space_>")
+    assert second.startswith("*DNS* · _Checks_\n")

@@ -10,6 +10,7 @@ import pytest
 
 from bot.errors import InvalidRequest
 from bot.indexer import index_knowledge
+from bot.models import SearchHit
 from bot.search import SearchIndex, make_snippet
 from bot.store import Store
 from tests.conftest import FakeEncoder
@@ -333,6 +334,14 @@ def test_a_how_to_question_cites_the_procedure_not_the_summary(
 ) -> None:
     hit = next(h for h in index.search(question, k=5).hits if h.kind == "runbook")
     assert (hit.path, hit.section) == (path, section)
+
+
+def test_the_section_url_points_a_documents_url_at_the_cited_section() -> None:
+    hit = SearchHit("runbooks/a.md", "runbook", "A", "Step 3: roll back", "", 1.0, anchor="step-3-roll-back")
+    assert hit.section_url == ""  # no url, no link
+    assert dataclasses.replace(hit, url="https://w.example/a").section_url == "https://w.example/a#step-3-roll-back"
+    assert dataclasses.replace(hit, url="https://w.example/a#top").section_url == "https://w.example/a#top"
+    assert dataclasses.replace(hit, url="https://w.example/a", anchor="").section_url == "https://w.example/a"
 
 
 def test_a_snippet_drops_code_fences_and_bold_markers() -> None:

@@ -127,6 +127,8 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
         label = f"[{hit.incident_id}] " if hit.incident_id else ""
         click.secho(f"{n}. {label}{hit.title}", bold=True)
         click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
+        if hit.url:
+            click.echo(f"   {hit.section_url}")
         if hit.alert:
             click.echo(f"   runbook for the alert {hit.alert}")
         elif hit.quoted:
@@ -144,7 +146,7 @@ def _answer_dict(answer: Any) -> dict:
         "mode": answer.mode,
         "encode_ms": round(answer.encode_ms, 2),
         "search_ms": round(answer.search_ms, 2),
-        "hits": [asdict(h) | {"citation": h.citation} for h in answer.hits],
+        "hits": [asdict(h) | {"citation": h.citation, "section_url": h.section_url} for h in answer.hits],
     }
 
 

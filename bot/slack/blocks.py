@@ -21,6 +21,8 @@ def _hit_text(hit: SearchHit) -> str:
     if hit.incident_id:
         title = f"*{hit.incident_id}* · {title}"
     where = f"_{_escape(hit.section)}_" if hit.section else ""
+    if where and hit.section_url != hit.url:  # link the section itself
+        where = f"<{hit.section_url}|{where}>"
     snippet = _escape(hit.snippet)
     source = f"`{hit.path}`" + (f" · {where}" if where else "")
     if hit.alert:

@@ -98,7 +98,10 @@ def possible_cause_text(deploy: DeployRequest, minutes: int) -> str:
 
 def _hit_line(hit: SearchHit) -> str:
     title = f"<{hit.url}|{escape(hit.title)}>" if hit.url else f"*{escape(hit.title)}*"
-    where = f" · _{escape(hit.section)}_" if hit.section else ""
+    where = f"_{escape(hit.section)}_" if hit.section else ""
+    if where and hit.section_url != hit.url:  # link the section itself
+        where = f"<{hit.section_url}|{where}>"
+    where = f" · {where}" if where else ""
     return f"{title}{where}\n>{escape(hit.snippet)[:600]}\n`{hit.path}`"
 
 

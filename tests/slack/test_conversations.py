@@ -84,6 +84,20 @@ def test_a_how_to_question_is_answered_from_the_section_with_the_procedure(
     assert "scale out" in runbooks[0]
 
 
+def test_a_runbook_with_a_url_links_its_title_and_the_cited_section(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    page = "https://wiki.larder.example/runbooks/kafka/consumer-lag"  # as front matter `url` would set it
+    with runtime.store.transaction():
+        runtime.store.db.execute("UPDATE documents SET url = ? WHERE path = 'runbooks/kafka/consumer-lag.md'", [page])
+    slack.mention("how do I scale out the kafka consumers for orders")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    assert runbooks[0].startswith(f"<{page}|Kafka consumer group lag growing>")
+    assert f"`runbooks/kafka/consumer-lag.md` · <{page}#mitigation|_Mitigation_>" in runbooks[0]
+    assert not any("<https://" in text for text in runbooks[1:])  # the others have no url
+
+
 def test_a_direct_message_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     slack.message("how do I rotate the JWT signing keys?", channel="D0DM00001", channel_type="im")
     (call,) = slack_api.wait_for("chat.postMessage")
