@@ -59,16 +59,26 @@ def parse_rollback_args(text: str) -> tuple[str, str, str | None] | None:
     return (match[1], match[2], match[3]) if match else None
 
 
+def what_is_missing(text: str, needed: tuple[str, ...]) -> str:
+    """Which of the needed words a too-short command left out, as the first line of its usage."""
+    given = len((text or "").split())
+    if not given or given >= len(needed):
+        return ""
+    return f"Missing {' and '.join(needed[given:])}.\n"
+
+
 def register(app: App, runtime: Runtime) -> None:
     def ack_deploy(ack: Ack, command: dict) -> None:
         if parse_deploy_args(command.get("text", "")) is None:
-            ack(response_type="ephemeral", text=USAGE_DEPLOY)
+            missing = what_is_missing(command.get("text", ""), ("SERVICE", "VERSION", "ENV"))
+            ack(response_type="ephemeral", text=missing + USAGE_DEPLOY)
         else:
             ack(response_type="ephemeral", text="Requesting the deploy…")
 
     def ack_rollback(ack: Ack, command: dict) -> None:
         if parse_rollback_args(command.get("text", "")) is None:
-            ack(response_type="ephemeral", text=USAGE_ROLLBACK)
+            missing = what_is_missing(command.get("text", ""), ("SERVICE", "ENV"))
+            ack(response_type="ephemeral", text=missing + USAGE_ROLLBACK)
         else:
             ack(response_type="ephemeral", text="Requesting the rollback…")
 

@@ -379,7 +379,10 @@ def register(app: App, runtime: Runtime) -> None:
     def ack_incident(ack: Ack, command: dict) -> None:
         sub, _ = split_subcommand(command.get("text", ""))
         if sub not in SUBCOMMANDS:
-            ack(response_type="ephemeral", text=USAGE)
+            unknown = sub and sub != "help"  # a typo ("declar") is named, so it is not taken for a missing word
+            shown = sub[:40].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
+            wrong = f"`{shown}` is not an /incident subcommand; use {', '.join(SUBCOMMANDS)}.\n" if unknown else ""
+            ack(response_type="ephemeral", text=wrong + USAGE)
         elif sub == "declare":
             ack(response_type="ephemeral", text="Declaring the incident…")
         else:

@@ -180,6 +180,11 @@ def test_missing_arguments_show_the_usage_at_once_and_record_nothing(
 ) -> None:
     assert "Usage: /deploy SERVICE VERSION ENV" in slack.command("/deploy", "checkout-api 1.4.2").json()["text"]
     assert "Usage: /rollback SERVICE ENV [VERSION]" in slack.command("/rollback", "checkout-api").json()["text"]
+    # What is missing comes first; an empty command gets the usage alone.
+    assert slack.command("/deploy", "checkout-api 1.4.2").json()["text"].startswith("Missing ENV.\nUsage:")
+    assert slack.command("/deploy", "checkout-api").json()["text"].startswith("Missing VERSION and ENV.\nUsage:")
+    assert slack.command("/rollback", "checkout-api").json()["text"].startswith("Missing ENV.\nUsage:")
+    assert slack.command("/deploy", "").json()["text"].startswith("Usage:")
     time.sleep(0.3)
     assert not slack_api.messages() and not slack_api.calls("response_url")
     assert runtime.store.deploy_rows() == []

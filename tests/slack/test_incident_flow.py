@@ -267,6 +267,8 @@ def test_unknown_subcommand_shows_the_usage(slack: SlackDriver) -> None:
     for text in ("", "help", "declar checkout down"):
         body = slack.command("/incident", text).json()
         assert body["response_type"] == "ephemeral" and "/incident declare TITLE" in body["text"]
+        named = "`declar` is not an /incident subcommand; use declare, status, note, assign, severity, resolve, list."
+        assert body["text"].startswith(named) == (text == "declar checkout down")
 
 
 def test_two_open_incidents_in_one_channel_need_an_id(
