@@ -30,6 +30,11 @@ def text_of(blocks: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def runbook_texts(blocks: list[dict]) -> list[str]:
+    """The text of each runbook hit of an answer, in order."""
+    return [b["text"]["text"] for b in blocks if "`runbooks/" in b.get("text", {}).get("text", "")]
+
+
 def buttons(blocks: list[dict]) -> dict[str, str]:
     return {e["action_id"]: e["value"] for b in blocks if b["type"] == "actions" for e in b["elements"]}
 
@@ -56,7 +61,7 @@ def test_a_pasted_alert_is_answered_with_the_runbook_written_for_it(
 ) -> None:
     slack.mention("[FIRING:1] PostgresLockWaitsHigh pg-main (pg-main-0 checkout critical) 43 sessions waiting on locks")
     (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    runbooks = runbook_texts(call.body["blocks"])
     assert "`runbooks/postgres/lock-contention.md`" in runbooks[0]
     assert "runbook for `PostgresLockWaitsHigh`" in runbooks[0]
     assert "Best match: Slow queries from lock contention" in call.body["text"]
@@ -67,7 +72,7 @@ def test_a_quoted_runbook_sentence_is_answered_from_that_section(slack: SlackDri
         "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"
     )
     (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    runbooks = runbook_texts(call.body["blocks"])
     assert "`runbooks/networking/tls-certificate-expiry.md`" in runbooks[0]
     assert "presents to Paylane for mutual TLS" in runbooks[0] and "contains your words" in runbooks[0]
     assert not any("contains your words" in text for text in runbooks[1:])
@@ -78,7 +83,7 @@ def test_a_how_to_question_is_answered_from_the_section_with_the_procedure(
 ) -> None:
     slack.mention("how do I scale out the kafka consumers for orders")
     (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    runbooks = runbook_texts(call.body["blocks"])
     # The mitigation steps, not the symptoms or the escalation list that mention the same consumers.
     assert "`runbooks/kafka/consumer-lag.md` · _Mitigation_" in runbooks[0], runbooks[0]
     assert "scale out" in runbooks[0]
@@ -92,7 +97,7 @@ def test_a_runbook_with_a_url_links_its_title_and_the_cited_section(
         runtime.store.db.execute("UPDATE documents SET url = ? WHERE path = 'runbooks/kafka/consumer-lag.md'", [page])
     slack.mention("how do I scale out the kafka consumers for orders")
     (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = [b["text"]["text"] for b in call.body["blocks"] if "`runbooks/" in b.get("text", {}).get("text", "")]
+    runbooks = runbook_texts(call.body["blocks"])
     assert runbooks[0].startswith(f"<{page}|Kafka consumer group lag growing>")
     assert f"`runbooks/kafka/consumer-lag.md` · <{page}#mitigation|_Mitigation_>" in runbooks[0]
     assert not any("<https://" in text for text in runbooks[1:])  # the others have no url
