@@ -112,7 +112,8 @@ def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], doc
             answer = index.search(q.query, k=MRR_DEPTH if not kind else FILTERED_DEPTH, mode=mode)
             paths = [h.path for h in answer.hits if not kind or h.kind == kind][:MRR_DEPTH]
             metrics = score_ranking(paths, relevant)
-            for group in ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",):
+            groups = ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",)
+            for group in groups:
                 counts[group] += 1
                 for name, value in metrics.items():
                     sums[group][name] += value
@@ -123,7 +124,7 @@ def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], doc
                 first = next((h for h in answer.hits if not kind or h.kind == kind), None)
                 cited = section_label(first.path, first.anchor) if first else ""
                 right = float(cited in q.sections)
-                for group in ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",):
+                for group in groups:
                     section_counts[group] += 1
                     section_sums[group] += right
                 if not right and metrics["recall@1"] == 1:
