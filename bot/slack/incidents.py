@@ -33,6 +33,7 @@ from bot.slack.incident_blocks import (
     build_recent_deploys_blocks,
     build_resolved_blocks,
     build_status_blocks,
+    escape,
     resolved_fallback_text,
     title_line,
 )
@@ -380,7 +381,7 @@ def register(app: App, runtime: Runtime) -> None:
         sub, _ = split_subcommand(command.get("text", ""))
         if sub not in SUBCOMMANDS:
             unknown = sub and sub != "help"  # a typo ("declar") is named, so it is not taken for a missing word
-            shown = sub[:40].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
+            shown = escape(sub[:40]).replace("`", "'")
             wrong = f"`{shown}` is not an /incident subcommand; use {', '.join(SUBCOMMANDS)}.\n" if unknown else ""
             ack(response_type="ephemeral", text=wrong + USAGE)
         elif sub == "declare":
