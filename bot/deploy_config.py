@@ -67,6 +67,7 @@ class DeploySettings:
     channel: str = ""  # where every deploy summary is posted, besides the request's thread
     request_ttl_minutes: int = 30
     failure_window_hours: int = 24  # an incident this soon after a deploy counts against it
+    stale_ci_hours: int = 6  # a CI deploy that started and sent no end within this long is abandoned
     digest: Digest | None = None  # a weekly DORA digest, when configured
 
 
@@ -137,6 +138,7 @@ def parse_settings(data: Any) -> DeploySettings:
         channel=str(data.get("deploys_channel") or ""),
         request_ttl_minutes=_positive(data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes"),
         failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours"),
+        stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours"),
         digest=_digest(data.get("weekly_digest")),
     )
 

@@ -1,44 +1,45 @@
 """Deploys and rollbacks: request -> approve -> run -> summarise, with separation of duties.
 
-Every state change is an atomic transition in SQLite (``store.transaction()`` takes the write lock),
-so double clicks and concurrent approvals from several users or processes run a deploy once.
+``DeployService`` is the only writer of deploy rows, whatever their source: /deploy, /rollback, a rollback
+button or a CI/CD event. Every state change is an atomic transition in SQLite (``store.transaction()`` takes
+the write lock), so double clicks and concurrent approvals from several users or processes run a deploy
+once, and ``bot.deploy_policy`` is checked at every step. Running is in ``bot.deploy_runner``; CI events
+in ``bot.deploy_ci``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
+from bot import deploy_runner
 from bot.deploy_config import (
     SAFE_VALUE,
     ConfigProblem,
     DeploySettings,
     Environment,
-    Runner,
     ServiceConfig,
     parse_service,
     parse_settings,
 )
+from bot.deploy_policy import APPROVE, REQUEST, START, Facts, refusal
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.models import Expert
-from bot.redact import scrub
 from bot.store import Store
 
+if TYPE_CHECKING:
+    from bot.deploy_ci import CiOutcome
+    from bot.hooks import DeployEvent
+
 log = logging.getLogger(__name__)
-FINAL = ("succeeded", "failed", "timed_out", "rejected", "expired", "interrupted")
-LOG_TAIL_LINES = 40
+# cancelled: approved, then stopped by the policy before it started; abandoned: a CI deploy that never finished.
+FINAL = ("succeeded", "failed", "timed_out", "rejected", "expired", "interrupted", "cancelled", "abandoned")
 Progress = Callable[["DeployRequest", str], None]
 
 
@@ -68,6 +69,11 @@ class DeployRequest:
     commit_time: str
     pipeline_url: str
     changes: tuple[str, ...]
+    owner: str = ""
+    lease_until: float | None = None
+    runner_pid: int | None = None
+    flags: tuple[str, ...] = ()  # what was wrong about it, e.g. a CI deploy during a freeze
+    note: str = ""  # why it was cancelled
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -75,6 +81,7 @@ class DeployRequest:
     def from_row(cls, row: dict, decisions: list[tuple[str, str, str]]) -> DeployRequest:
         data = dict(row)
         data["changes"] = tuple(json.loads(data.get("changes") or "[]"))
+        data["flags"] = tuple(json.loads(data.get("flags") or "[]"))
         for key in (
             "from_version",
             "channel",
@@ -85,6 +92,8 @@ class DeployRequest:
             "commit_time",
             "pipeline_url",
             "expires_at",
+            "owner",
+            "note",
         ):
             data[key] = data.get(key) or ""
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
@@ -116,6 +125,19 @@ class DeployRequest:
         """When it finished, or when it was requested while it has not finished (UTC)."""
         return parse_time(self.finished_at or self.created_at)
 
+    @property
+    def facts(self) -> Facts:
+        return Facts(
+            self.kind,
+            self.service,
+            self.env,
+            self.version,
+            self.requester,
+            self.id,
+            self.approvals_needed,
+            self.approvers,
+        )
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -140,6 +162,48 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def new_row(request_id: str, **fields: object) -> dict:
+    """A deploy_requests row: every column, with the given values over the defaults."""
+    row: dict = {
+        "id": request_id,
+        "kind": "deploy",
+        "service": "",
+        "env": "",
+        "version": "",
+        "from_version": "",
+        "requester": "",
+        "status": "pending",
+        "approvals_needed": 0,
+        "created_at": "",
+        "expires_at": "",
+        "started_at": None,
+        "finished_at": None,
+        "channel": "",
+        "message_ts": "",
+        "exit_code": None,
+        "log_tail": "",
+        "source": "slack",
+        "commit_sha": "",
+        "commit_time": "",
+        "pipeline_url": "",
+        "changes": "[]",
+        "owner": "",
+        "lease_until": None,
+        "runner_pid": None,
+        "flags": "[]",
+        "note": "",
+    }
+    unknown = set(fields) - set(row)
+    if unknown:
+        raise KeyError(f"not deploy_requests columns: {sorted(unknown)}")
+    row.update(fields)
+    return row
+
+
+def new_request_id(now: datetime) -> str:
+    return f"dep-{now.strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}"
+
+
 class DeployService:
     """The deploy state machine over the store, for one services.yaml."""
 
@@ -151,6 +215,8 @@ class DeployService:
         experts: list[Expert],
         clock: Callable[[], datetime] = _now,
         workdir: str | None = None,
+        owner: str | None = None,
+        lease_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.services = services
@@ -158,10 +224,17 @@ class DeployService:
         self.experts = {e.id: e for e in experts}
         self.clock = clock
         self.workdir = workdir
+        self.owner = owner or deploy_runner.process_owner()
+        self.lease_clock = lease_clock  # wall-clock seconds, shared by every process on the database
 
     @classmethod
     def from_store(
-        cls, store: Store, clock: Callable[[], datetime] = _now, workdir: str | None = None
+        cls,
+        store: Store,
+        clock: Callable[[], datetime] = _now,
+        workdir: str | None = None,
+        owner: str | None = None,
+        lease_clock: Callable[[], float] = time.time,
     ) -> DeployService:
         """Build from the services.yaml stored by `opsbot index` (invalid entries were reported there)."""
         services = {}
@@ -176,9 +249,9 @@ class DeployService:
             settings = parse_settings(json.loads(store.get_meta("deploy_settings") or "null"))
         except ConfigProblem:
             settings = DeploySettings()
-        return cls(store, services, settings, store.load_experts(), clock, workdir)
+        return cls(store, services, settings, store.load_experts(), clock, workdir, owner, lease_clock)
 
-    # -- requesting -----------------------------------------------------------
+    # -- the policy ---------------------------------------------------------------------------------
 
     def _service_env(self, service: str, env: str) -> tuple[ServiceConfig, Environment]:
         check_value("service", service)
@@ -191,6 +264,57 @@ class DeployService:
         if environment is None:
             raise NotFound(f"{service} has no environment {env!r}; use one of {', '.join(config.environments)}.")
         return config, environment
+
+    def _refusal(self, request: DeployRequest, stage: str, user: str = "") -> str | None:
+        """``bot.deploy_policy`` for this request as the store and services.yaml stand now (in a transaction)."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        others = self.store.running_for(request.service, request.env)
+        facts = replace(
+            request.facts,
+            lock_holder=self.store.lock_holder(request.service, request.env),
+            running=tuple(r["id"] for r in others if r["id"] != request.id),
+        )
+        allowed = self.approvers_for(environment) if environment else set()
+        return refusal(config, facts, stage, self.clock(), allowed, user)
+
+    def approvers_for(self, environment: Environment) -> set[str]:
+        allowed = set()
+        for entry in environment.approvers:
+            if entry in self.experts:
+                allowed.add(entry)
+            allowed.update(e.id for e in self.experts.values() if e.team == entry)
+        return allowed
+
+    def valid_approvers(self, request: DeployRequest) -> list[str]:
+        """Who approved it and may still approve it under services.yaml as it is now (never the requester)."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        allowed = self.approvers_for(environment) if environment else set()
+        return [a for a in dict.fromkeys(request.approvers) if a != request.requester and a in allowed]
+
+    def approvals_needed(self, request: DeployRequest) -> int:
+        """What the request needs now: as recorded, or more if services.yaml was raised since."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        return max(request.approvals_needed, environment.approvals if environment else 0)
+
+    def name(self, user: str) -> str:
+        if user.startswith("ci:"):
+            return f"CI ({user[3:]})"
+        return self.experts[user].name if user in self.experts else f"<@{user}>"
+
+    def may_decide(self, request: DeployRequest, user: str) -> str | None:
+        """Why ``user`` may not approve or reject ``request``, or None when they may."""
+        if user == request.requester:
+            return "you requested this; someone else has to approve it."
+        config, environment = self._service_env(request.service, request.env)
+        if user not in self.approvers_for(environment):
+            who = ", ".join(environment.approvers)
+            return f"only {who} may approve {request.service} deploys to {request.env}."
+        return None
+
+    # -- requesting -----------------------------------------------------------------------------------
 
     def request(
         self, kind: str, service: str, env: str, version: str | None, requester: str, channel: str = ""
@@ -209,46 +333,29 @@ class DeployService:
         elif version is None:
             raise InvalidRequest("give the version to deploy: /deploy SERVICE VERSION ENV.")
         check_value("version", version)
-        if not re.fullmatch(config.version_pattern, version):
-            raise InvalidRequest(
-                f"version {version!r} does not match {service}'s version_pattern {config.version_pattern}."
-            )
         now = self.clock()
-        freeze = environment.frozen_at(now)
-        if freeze is not None:
-            why = f" ({freeze.reason})" if freeze.reason else ""
-            raise PermissionDenied(
-                f"{service} {env} is frozen until {freeze.end.isoformat(timespec='minutes')}{why}; "
-                "nothing was requested."
-            )
+        facts = Facts(kind, service, env, version, requester)
+        why = refusal(config, facts, REQUEST, now, self.approvers_for(environment))
+        if why is not None:
+            error = PermissionDenied if "frozen" in why else InvalidRequest
+            raise error(why + (" Nothing was requested." if error is PermissionDenied else ""))
         from_version = self.current_version(service, env) or ""
         if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
             from_version = self.failed_version(service, env) or from_version
-        request_id = f"dep-{now.strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}"
-        row = {
-            "id": request_id,
-            "kind": kind,
-            "service": service,
-            "env": env,
-            "version": version,
-            "from_version": from_version,
-            "requester": requester,
-            "status": "pending",
-            "approvals_needed": environment.approvals,
-            "created_at": now.isoformat(timespec="seconds"),
-            "expires_at": (now + timedelta(minutes=self.settings.request_ttl_minutes)).isoformat(timespec="seconds"),
-            "started_at": None,
-            "finished_at": None,
-            "channel": channel,
-            "message_ts": "",
-            "exit_code": None,
-            "log_tail": "",
-            "source": "slack",
-            "commit_sha": "",
-            "commit_time": "",
-            "pipeline_url": "",
-            "changes": "[]",
-        }
+        request_id = new_request_id(now)
+        row = new_row(
+            request_id,
+            kind=kind,
+            service=service,
+            env=env,
+            version=version,
+            from_version=from_version,
+            requester=requester,
+            approvals_needed=environment.approvals,
+            created_at=_iso(now),
+            expires_at=_iso(now + timedelta(minutes=self.settings.request_ttl_minutes)),
+            channel=channel,
+        )
         with self.store.transaction():
             self._expire_locked_if_due(service, env)
             holder = self.store.take_lock(service, env, request_id, requester)
@@ -267,29 +374,23 @@ class DeployService:
         return self.get(request_id)
 
     def _expire_locked_if_due(self, service: str, env: str) -> None:
-        for row in self.store.deploy_rows("service = ? AND env = ? AND status = 'pending'", [service, env]):
+        for row in self.store.pending_for(service, env):
             if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
                 self._expire(row["id"])
 
-    def _succeeded(self, service: str, env: str) -> list[dict]:
-        rows = self.store.deploy_rows("service = ? AND env = ? AND status = 'succeeded'", [service, env], limit=200)
-        return sorted(rows, key=lambda r: r["finished_at"] or r["created_at"], reverse=True)
-
     def current_version(self, service: str, env: str) -> str | None:
         """The version of the last deploy or rollback that succeeded."""
-        rows = self._succeeded(service, env)
+        rows = self.store.succeeded_for(service, env, limit=1)
         return rows[0]["version"] if rows else None
 
     def failed_version(self, service: str, env: str) -> str | None:
         """The version of the newest run when it failed, timed out or was interrupted: it may be half rolled out."""
-        where = "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL"
-        rows = self.store.deploy_rows(where, [service, env], limit=200)
-        newest = max(rows, key=lambda r: r["finished_at"], default=None)
+        newest = self.store.newest_finished_run(service, env)
         return newest["version"] if newest and newest["status"] in ("failed", "timed_out", "interrupted") else None
 
     def rollback_target(self, service: str, env: str) -> str:
         """The last good version: the current one after a failed run, else the one that succeeded before it."""
-        rows = self._succeeded(service, env)
+        rows = self.store.succeeded_for(service, env)
         if not rows:
             raise InvalidRequest(f"{service} has no successful deploy in {env} yet; nothing to roll back to.")
         current = rows[0]["version"]
@@ -303,28 +404,7 @@ class DeployService:
             )
         return earlier
 
-    # -- deciding ---------------------------------------------------------------
-
-    def approvers_for(self, environment: Environment) -> set[str]:
-        allowed = set()
-        for entry in environment.approvers:
-            if entry in self.experts:
-                allowed.add(entry)
-            allowed.update(e.id for e in self.experts.values() if e.team == entry)
-        return allowed
-
-    def name(self, user: str) -> str:
-        return self.experts[user].name if user in self.experts else f"<@{user}>"
-
-    def may_decide(self, request: DeployRequest, user: str) -> str | None:
-        """Why ``user`` may not approve or reject ``request``, or None when they may."""
-        if user == request.requester:
-            return "you requested this; someone else has to approve it."
-        config, environment = self._service_env(request.service, request.env)
-        if user not in self.approvers_for(environment):
-            who = ", ".join(environment.approvers)
-            return f"only {who} may approve {request.service} deploys to {request.env}."
-        return None
+    # -- deciding ---------------------------------------------------------------------------------------
 
     def approve(self, request_id: str, user: str) -> Decision:
         return self._decide(request_id, user, "approve")
@@ -340,29 +420,43 @@ class DeployService:
                 request = self._get_locked(request_id)
             if request.status != "pending":
                 return Decision(request, "closed", f"this request is already {request.status}.")
-            # The requester may withdraw (reject) their own request, never approve it.
-            refusal = None if decision == "reject" and user == request.requester else self.may_decide(request, user)
-            if refusal:
-                self.store.audit(user, f"{request.kind}.{decision}.refused", request_id, reason=refusal)
-                return Decision(request, "refused", refusal)
-            if not self.store.record_decision(request_id, user, decision):
-                return Decision(
-                    request, "recorded", f"you already decided; {request.still_needed} more approval(s) needed."
-                )
-            self.store.audit(
-                user, f"{request.kind}.{decision}d" if decision == "approve" else f"{request.kind}.rejected", request_id
-            )
             if decision == "reject":
-                self.store.transition(request_id, "pending", "rejected", finished_at=_iso(self.clock()))
-                self.store.release_lock(request_id)
-                return Decision(self._get_locked(request_id), "rejected", "rejected; nothing will run.")
+                return self._reject(request, user)
+            why = self._refusal(request, APPROVE, user)
+            if why:
+                self.store.audit(user, f"{request.kind}.approve.refused", request_id, reason=why)
+                return Decision(request, "refused", why)
+            if not self.store.record_decision(request_id, user, decision):
+                more = self.approvals_needed(request) - len(request.approvers)
+                return Decision(request, "recorded", f"you already decided; {more} more approval(s) needed.")
+            self.store.audit(user, f"{request.kind}.approved", request_id)
             request = self._get_locked(request_id)
-            if request.still_needed > 0:
-                return Decision(request, "recorded", f"approved; {request.still_needed} more approval(s) needed.")
-            if not self.store.transition(request_id, "pending", "running", started_at=_iso(self.clock())):
+            missing = self.approvals_needed(request) - len(self.valid_approvers(request))
+            if missing > 0:
+                return Decision(request, "recorded", f"approved; {missing} more approval(s) needed.")
+            why = self._refusal(request, START)
+            if why:
+                return Decision(request, "recorded", f"approved, but it cannot start: {why}")
+            lease = self.lease_clock() + deploy_runner.LEASE_S
+            started = self.store.transition(
+                request_id, "pending", "running", started_at=_iso(self.clock()), owner=self.owner, lease_until=lease
+            )
+            if not started:
                 return Decision(self._get_locked(request_id), "closed", "this request was already started.")
             self.store.audit("opsbot", f"{request.kind}.started", request_id, approvers=list(request.approvers))
             return Decision(self._get_locked(request_id), "approved", "approved; starting now.")
+
+    def _reject(self, request: DeployRequest, user: str) -> Decision:
+        # The requester may withdraw (reject) their own request, never approve it.
+        why = None if user == request.requester else self.may_decide(request, user)
+        if why:
+            self.store.audit(user, f"{request.kind}.reject.refused", request.id, reason=why)
+            return Decision(request, "refused", why)
+        self.store.record_decision(request.id, user, "reject")
+        self.store.audit(user, f"{request.kind}.rejected", request.id)
+        self.store.transition(request.id, "pending", "rejected", finished_at=_iso(self.clock()))
+        self.store.release_lock(request.id)
+        return Decision(self._get_locked(request.id), "rejected", "rejected; nothing will run.")
 
     def _is_due(self, request: DeployRequest) -> bool:
         return bool(request.expires_at) and datetime.fromisoformat(request.expires_at) <= self.clock()
@@ -376,20 +470,29 @@ class DeployService:
         """Expire every pending request past its time; returns them so their messages can say so."""
         expired = []
         with self.store.transaction():
-            for row in self.store.deploy_rows("status = 'pending'"):
+            for row in self.store.pending_deploys():
                 if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
                     self._expire(row["id"])
                     expired.append(row["id"])
         return [self.get(i) for i in expired]
 
-    def interrupt_running(self) -> list[DeployRequest]:
-        """At start-up: deploys an earlier process left running are interrupted, never re-run."""
+    def recover_interrupted(self) -> list[DeployRequest]:
+        """Deploys whose process stopped (their lease ran out) are interrupted, never re-run; their runner is stopped.
+
+        A deploy this process is running is never touched, nor one whose owner still renews its lease: a
+        second opsbot process on the same database leaves the first one's deploys alone.
+        """
         interrupted = []
         with self.store.transaction():
-            for row in self.store.deploy_rows("status = 'running' AND source = 'slack'"):
-                if self.store.transition(row["id"], "running", "interrupted", finished_at=_iso(self.clock())):
+            for row in self.store.expired_leases(self.lease_clock()):
+                if deploy_runner.is_live(row["id"]):
+                    continue
+                deploy_runner.stop_orphan(row["id"], row["runner_pid"])
+                reason = "its opsbot process stopped while it was running"
+                if self.store.transition(row["id"], "running", "interrupted", finished_at=_iso(self.clock()),
+                                         note=reason):
                     self.store.release_lock(row["id"])
-                    self.store.audit("opsbot", "deploy.interrupted", row["id"], reason="opsbot restarted")
+                    self.store.audit("opsbot", "deploy.interrupted", row["id"], reason=reason, owner=row["owner"])
                     interrupted.append(row["id"])
         return [self.get(i) for i in interrupted]
 
@@ -407,129 +510,44 @@ class DeployService:
             raise NotFound(f"no deploy request {request_id!r}.")
         return DeployRequest.from_row(row, self.store.decisions(request_id))
 
-    # -- running -----------------------------------------------------------------
-
-    def command_for(self, request: DeployRequest) -> tuple[Runner, list[str]]:
-        config, _ = self._service_env(request.service, request.env)
-        runner = config.rollback if request.kind == "rollback" and config.rollback else config.deploy
-        values = {
-            "service": request.service,
-            "version": request.version,
-            "env": request.env,
-            "request_id": request.id,
-            "python": sys.executable,
-        }
-        argv = [arg.format_map(values) for arg in runner.argv]
-        return runner, argv
-
-    def describe(self, request: DeployRequest) -> str:
-        runner, argv = self.command_for(request)
-        if runner.kind == "webhook":
-            return f"POST {runner.url}"
-        shown = ["python" if a == sys.executable else a for a in argv]
-        return " ".join(shown)
+    # -- running ------------------------------------------------------------------------------------------
 
     def execute(self, request_id: str, progress: Progress | None = None) -> DeployRequest:
-        """Run a request that ``approve`` moved to running; final state, lock released, audited."""
-        request = self.get(request_id)
-        if request.status != "running":
-            raise InvalidRequest(f"{request_id} is {request.status}, not running.")
-        try:
-            runner, argv = self.command_for(request)
-        except Exception as exc:  # e.g. the service left services.yaml after approval: fail, release the lock
-            return self._finish(request, "failed", None, f"could not prepare the run: {exc}")
-        secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
-        if runner.kind == "webhook":
-            status, exit_code, output = self._trigger_webhook(runner, request, secrets)
-        else:
-            status, exit_code, output = self._run_command(runner, argv, request, progress, secrets)
-        return self._finish(request, status, exit_code, output, secrets)
+        """Run a request that ``approve`` moved to running: policy checked again, then its runner; final state."""
+        return deploy_runner.execute(self, request_id, progress)
 
-    def _finish(
-        self, request: DeployRequest, status: str, exit_code: int | None, output: str, secrets: tuple[str, ...] = ()
-    ) -> DeployRequest:
-        """Record the outcome, release the lock and audit it."""
-        tail = scrub("\n".join(output.splitlines()[-LOG_TAIL_LINES:]), secrets)
+    def describe(self, request: DeployRequest) -> str:
+        return deploy_runner.describe(self, request)
+
+    def start_check(self, request: DeployRequest) -> str | None:
+        """The policy at the start of the run, in its own transaction: why it may not start, or None."""
         with self.store.transaction():
-            self.store.transition(
-                request.id, "running", status, finished_at=_iso(self.clock()), exit_code=exit_code, log_tail=tail
-            )
-            self.store.release_lock(request.id)
-            self.store.audit("opsbot", f"{request.kind}.finished", request.id, status=status, exit_code=exit_code)
-        log.info("deploy finished id=%s status=%s exit_code=%s", request.id, status, exit_code)
-        return self.get(request.id)
+            return self._refusal(self._get_locked(request.id), START)
 
-    def _run_command(
-        self,
-        runner: Runner,
-        argv: list[str],
-        request: DeployRequest,
-        progress: Progress | None,
-        secrets: tuple[str, ...],
-    ) -> tuple[str, int | None, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "OPSBOT_REQUEST_ID": request.id,
-            "OPSBOT_SERVICE": request.service,
-            "OPSBOT_ENV": request.env,
-            "OPSBOT_VERSION": request.version,
-        }
-        lines: list[str] = []
-        try:
-            process = subprocess.Popen(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=self.workdir,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-            )
-        except OSError as exc:
-            return "failed", None, f"could not start {argv[0]}: {exc.strerror}"
-        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
-        reader.start()
-        deadline = time.monotonic() + runner.timeout
-        last_report = time.monotonic()
-        while process.poll() is None:
-            if time.monotonic() > deadline:
-                _kill_group(process)
-                process.wait()
-                reader.join(timeout=2)
-                lines.append(f"opsbot: stopped after the {runner.timeout} s timeout\n")
-                return "timed_out", None, "".join(lines)
-            if progress and time.monotonic() - last_report >= 2:
-                last_report = time.monotonic()
-                try:
-                    progress(request, scrub("".join(lines[-8:]), secrets))
-                except Exception:  # showing progress must never stop the deploy or keep its lock
-                    log.exception("progress report failed request_id=%s", request.id)
-            time.sleep(0.05)
-        reader.join(timeout=2)
-        code = process.returncode
-        return ("succeeded" if code == 0 else "failed"), code, "".join(lines)
+    # -- CI/CD events ---------------------------------------------------------------------------------------
 
-    def _trigger_webhook(
-        self, runner: Runner, request: DeployRequest, secrets: tuple[str, ...]
-    ) -> tuple[str, int | None, str]:
-        values = {"service": request.service, "version": request.version, "env": request.env, "request_id": request.id}
-        body = json.loads(
-            json.dumps(runner.body),
-            object_hook=lambda d: {k: v.format_map(values) if isinstance(v, str) else v for k, v in d.items()},
-        )
-        headers = {"Content-Type": "application/json"}
-        if runner.secret_header and runner.secret_env:
-            headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
-        req = urllib.request.Request(runner.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=runner.timeout) as response:
-                text = response.read(4000).decode("utf-8", "replace")
-                return "succeeded", 0, f"triggered {runner.url}: HTTP {response.status}\n{text}"
-        except Exception as exc:  # any failure to trigger is the deploy's failure, reported in full
-            return "failed", None, f"could not trigger {runner.url}: {exc}"
+    def record_ci_event(self, event: DeployEvent) -> CiOutcome:
+        """A pipeline's deploy event, recorded under the same lock, freeze and audit rules as /deploy."""
+        from bot.deploy_ci import record
+
+        return record(self, event)
+
+    def expire_stale_ci(self) -> list[DeployRequest]:
+        """CI deploys that started and never reported an end within ``stale_ci_hours`` are abandoned."""
+        from bot.deploy_ci import abandon_stale
+
+        return abandon_stale(self)
+
+    def ci_services(self) -> set[str]:
+        """Services a pipeline may report: every one in services.yaml or on the roster."""
+        services = set(self.store.service_configs()) | set(self.services)
+        for expert in self.experts.values():
+            services.update(expert.services)
+        return services
+
+    def ci_environments(self) -> dict[str, frozenset[str]]:
+        """Per service that services.yaml configures environments for, those environments."""
+        return {name: frozenset(c.environments) for name, c in self.services.items() if c.environments}
 
 
 def check_value(what: str, value: str) -> None:
@@ -542,27 +560,14 @@ def check_value(what: str, value: str) -> None:
         )
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """Kill the command and everything it started (its own session), so nothing deploys on after a timeout."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
-
-
 def _iso(when: datetime) -> str:
-    return when.isoformat(timespec="seconds")
+    return when.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def recent_requests(
     store: Store, service: str | None = None, env: str | None = None, limit: int = 20
 ) -> list[DeployRequest]:
     """Deploy and rollback requests from Slack and CI, newest first, optionally for one service and environment."""
-    where, params = ["1=1"], []
-    for column, value in (("service", service), ("env", env)):
-        if value:
-            where.append(f"{column} = ?")
-            params.append(value)
     with store.lock:
-        rows = store.deploy_rows(" AND ".join(where), params, limit=limit)
+        rows = store.recent_deploys(service, env, limit)
         return [DeployRequest.from_row(row, store.decisions(row["id"])) for row in rows]

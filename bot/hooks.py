@@ -1,9 +1,9 @@
-"""Deploy events from CI/CD: signed, validated, recorded once in the deploy history (no Slack here).
+"""Deploy events from CI/CD: signed and validated here; recorded by ``DeployService.record_ci_event``.
 
 A pipeline POSTs one JSON event when it starts deploying and one when it ends. Events are signed with
 HMAC-SHA256 of ``v1:{timestamp}:{body}`` under OPSBOT_HOOK_SECRET and recorded idempotently by event id
 as ``source = 'ci'`` rows of the same deploy_requests table /deploy uses, so `opsbot deploys`, `opsbot dora`
-and /rollback see them like any other deploy.
+and /rollback see them like any other deploy (``bot.deploy_ci`` has the rules).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.deploy_config import SAFE_VALUE
-from bot.deploys import DeployRequest, DeployService
 from bot.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -73,31 +72,6 @@ class DeployEvent:
     @property
     def finished(self) -> bool:
         return self.status != "started"
-
-
-@dataclass(frozen=True)
-class HookOutcome:
-    """What recording an event did: ``started``, ``finished`` (a started row), ``recorded`` or ``duplicate``."""
-
-    action: str
-    request: DeployRequest | None = None
-
-    def as_json(self) -> dict:
-        if self.request is None:
-            return {"ok": True, "duplicate": True}
-        r = self.request
-        return {
-            "ok": True,
-            "duplicate": False,
-            "action": self.action,
-            "id": r.id,
-            "kind": r.kind,
-            "status": r.status,
-            "service": r.service,
-            "env": r.env,
-            "from_version": r.from_version,
-            "version": r.version,
-        }
 
 
 # -- signing -------------------------------------------------------------------------------------------
@@ -215,7 +189,11 @@ def parse_event(
 
 
 def _time(name: str, value: str) -> str:
-    """An ISO 8601 time as UTC ISO (seconds); naive times are taken as UTC."""
+    """An ISO 8601 time with its offset, as UTC ISO (seconds); a time without an offset is refused.
+
+    A pipeline in UTC+2 that sends local times without an offset would otherwise be read two hours off,
+    and /rollback would pick the wrong version as the one running.
+    """
     if not value:
         return ""
     try:
@@ -224,126 +202,12 @@ def _time(name: str, value: str) -> str:
         raise EventProblem(
             name, f"{name} {value[:40]!r} is not an ISO 8601 time such as 2026-11-20T10:00:00Z."
         ) from None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def known_environments(deploys: DeployService) -> dict[str, frozenset[str]]:
-    """Per service that services.yaml configures environments for, those environments."""
-    return {name: frozenset(config.environments) for name, config in deploys.services.items() if config.environments}
-
-
-def known_services(deploys: DeployService) -> set[str]:
-    """Services a pipeline may report: every one in services.yaml or on the roster."""
-    services = set(deploys.store.service_configs()) | set(deploys.services)
-    for expert in deploys.experts.values():
-        services.update(expert.services)
-    return services
-
-
-# -- recording -----------------------------------------------------------------------------------------
-
-
-def record_event(deploys: DeployService, event: DeployEvent) -> HookOutcome:
-    """Record an event once: `started` opens a running row; a finish closes it (or records a finished row)."""
-    store = deploys.store
-    now = _iso(deploys.clock())
-    with store.transaction():
-        if not store.claim_event(f"hook:{event.event_id}"):
-            log.info("deploy hook duplicate event_id=%s", event.event_id)
-            return HookOutcome("duplicate")
-        running = _running_row(deploys, event) if event.finished else None
-        if running is not None:
-            kind, status = FINISHED[event.status]
-            extra = {k: v for k, v in _event_fields(event).items() if v}
-            if kind == "rollback":
-                extra["kind"] = "rollback"
-            store.transition(running["id"], "running", status, finished_at=event.finished_at or now, **extra)
-            store.audit(
-                event.actor, f"{kind}.finished", running["id"], status=status, source="ci", event=event.event_id
-            )
-            request_id, action = running["id"], "finished"
-        else:
-            request_id = f"dep-{deploys.clock().strftime('%Y%m%d')}-{uuid.uuid4().hex[:6]}"
-            row = _new_row(deploys, event, request_id, now)
-            store.insert_deploy(row)
-            action = "started" if row["status"] == "running" else "recorded"
-            store.audit(
-                event.actor,
-                f"{row['kind']}.{'started' if action == 'started' else 'finished'}",
-                request_id,
-                status=row["status"],
-                service=event.service,
-                env=event.env,
-                version=event.version,
-                source="ci",
-                event=event.event_id,
-            )
-    log.info(
-        "deploy hook %s id=%s service=%s env=%s version=%s status=%s",
-        action,
-        request_id,
-        event.service,
-        event.env,
-        event.version,
-        event.status,
-    )
-    return HookOutcome(action, deploys.get(request_id))
-
-
-def _running_row(deploys: DeployService, event: DeployEvent) -> dict | None:
-    """The running CI row this finish closes: same service, env and version, the same pipeline when both say."""
-    rows = deploys.store.deploy_rows(
-        "service = ? AND env = ? AND version = ? AND status = 'running' AND source = 'ci'",
-        [event.service, event.env, event.version],
-    )
-    same = [
-        r for r in rows if not (event.pipeline_url and r["pipeline_url"]) or r["pipeline_url"] == event.pipeline_url
-    ]
-    return same[0] if same else None  # newest first
-
-
-def _event_fields(event: DeployEvent) -> dict:
-    return {
-        "commit_sha": event.commit_sha,
-        "commit_time": event.commit_time,
-        "pipeline_url": event.pipeline_url,
-        "changes": json.dumps(list(event.changes)) if event.changes else "",
-    }
-
-
-def _new_row(deploys: DeployService, event: DeployEvent, request_id: str, now: str) -> dict:
-    kind, status = FINISHED.get(event.status, ("deploy", "running"))
-    started_at = event.started_at or (now if not event.finished else event.finished_at or now)
-    finished_at = (event.finished_at or now) if event.finished else None
-    from_version = deploys.current_version(event.service, event.env) or ""
-    if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
-        from_version = deploys.failed_version(event.service, event.env) or from_version
-    return {
-        "id": request_id,
-        "kind": kind,
-        "service": event.service,
-        "env": event.env,
-        "version": event.version,
-        "from_version": from_version,
-        "requester": event.actor,
-        "status": status,
-        "approvals_needed": 0,
-        "created_at": started_at,
-        "expires_at": "",
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "channel": "",
-        "message_ts": "",
-        "exit_code": None,
-        "log_tail": "",
-        "source": "ci",
-        **_event_fields(event),
-        "changes": json.dumps(list(event.changes)),
-    }
-
-
-def _iso(when: datetime) -> str:
+    if when.tzinfo is None:
+        raise EventProblem(
+            name,
+            f"{name} {value[:40]!r} has no UTC offset: send it with one, such as 2026-11-20T10:00:00Z "
+            "or 2026-11-20T12:00:00+02:00.",
+        )
     return when.astimezone(UTC).isoformat(timespec="seconds")
 
 

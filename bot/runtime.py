@@ -23,9 +23,11 @@ from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit
 from bot.search import SearchIndex
 from bot.store import Store
+from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
+DEPLOY_WORKERS = 4  # approved deploys run here, never in the pool that answers questions
 RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
 T = TypeVar("T")
 
@@ -77,6 +79,7 @@ class Runtime:
         self._loader: threading.Thread | None = None
         self.started = time.perf_counter()
         self.ready_seconds: float | None = None
+        self.runners = TrackedPool(DEPLOY_WORKERS, "opsbot-deploy")
 
     def start_loading(self) -> None:
         """Load the model and the index in a background thread (idempotent)."""

@@ -18,7 +18,7 @@ from bot.deploys import DeployService
 from bot.indexer import index_knowledge
 from bot.store import Store
 from tests.conftest import FakeEncoder, assert_clean_failure, invoke
-from tests.test_deploys import ALICE, BOB, CAROL, SERVICES, Clock, make_knowledge
+from tests.deploy_fixtures import ALICE, BOB, CAROL, SERVICES, Clock, make_knowledge
 from tests.test_metrics import deploy, incident, insert
 
 COMMANDS = ("deploys", "audit", "dora")

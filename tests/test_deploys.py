@@ -1,7 +1,6 @@
 """The deploy state machine: validation, policy, approvals, locks, expiry, rollback targets and runners.
 
-Each test indexes a small knowledge directory (services.yaml and a roster) with the fake encoder and
-drives ``DeployService`` with a clock it controls.
+Fixtures and helpers are in tests/deploy_fixtures.py.
 """
 
 from __future__ import annotations
@@ -12,139 +11,30 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploys import DeployRequest, DeployService
+from bot.deploys import DeployService
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.indexer import index_knowledge
 from bot.knowledge import load_knowledge
 from bot.store import Store
 from tests.conftest import FakeEncoder
-
-ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
-    "UALICE0001",
-    "UBOB000002",
-    "UCAROL0003",
-    "UDAVE00004",
-    "UERIN00005",
-    "UFRANK0006",
-    "UGINA00007",
+from tests.deploy_fixtures import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    ERIN,
+    FRANK,
+    GINA,
+    SERVICES,
+    START,
+    Clock,
+    actions,
+    after_crash,
+    make_knowledge,
+    runner_service,
+    start,
+    succeed,
 )
-START = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
-
-ROSTER = f"""\
-people:
-  - {{id: {ALICE}, name: Alice Archer, team: web}}
-  - {{id: {BOB}, name: Bob Baker, team: web}}
-  - {{id: {CAROL}, name: Carol Cruz, team: sre}}
-  - {{id: {DAVE}, name: Dave Dunn, team: data}}
-  - {{id: {ERIN}, name: Erin Ekberg, team: data}}
-  - {{id: {FRANK}, name: Frank Field, team: sre}}
-  - {{id: {GINA}, name: Gina Gould, team: web}}
-"""
-DEMO = '["{python}", "-m", "bot.demo_deploy", "{service}", "{version}", "{env}", "{request_id}"]'
-DEMO_ROLLBACK = '["{python}", "-m", "bot.demo_deploy", "{service}", "{version}", "{env}", "{request_id}", "rollback"]'
-SERVICES = f"""\
-settings:
-  request_ttl_minutes: 30
-  failure_window_hours: 24
-services:
-  web:
-    owners: [{ALICE}]
-    environments:
-      staging:
-        approvals: 1
-        approvers: [web]
-      prod:
-        approvals: 2
-        approvers: [web, sre, {ERIN}]
-        freeze:
-          - start: "2026-12-23T18:00:00Z"
-            end: "2026-12-27T08:00:00Z"
-            reason: Christmas peak
-    deploy: {{command: {DEMO}, timeout: 60}}
-    rollback: {{command: {DEMO_ROLLBACK}, timeout: 60}}
-  strict:
-    owners: [{ALICE}]
-    version_pattern: '^\\d+\\.\\d+\\.\\d+$'
-    environments:
-      staging: {{approvals: 1, approvers: [web]}}
-    deploy: {{command: {DEMO}}}
-  owners-only: {{owners: [{DAVE}]}}
-"""
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-def make_knowledge(root: Path, services: str = SERVICES) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "services.yaml").write_text(services, encoding="utf-8")
-    (root / "experts.yaml").write_text(ROSTER, encoding="utf-8")
-    return root
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "deploys.db")
-    report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge"))
-    assert report.problems == []
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def deploys(store: Store, clock: Clock) -> DeployService:
-    return DeployService.from_store(store, clock=clock)
-
-
-def runner_service(tmp_path: Path, command: str, timeout: int = 60) -> tuple[DeployService, Store]:
-    """A deploy service whose only service `job` runs ``command`` in staging after one approval."""
-    services = f"""\
-services:
-  job:
-    environments:
-      staging: {{approvals: 1, approvers: [web]}}
-    deploy: {{command: {command}, timeout: {timeout}}}
-"""
-    store = Store(tmp_path / "runner.db")
-    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "runner-knowledge", services))
-    return DeployService.from_store(store, clock=Clock()), store
-
-
-def start(deploys: DeployService, env: str = "staging", version: str = "1.0.0", service: str = "web") -> DeployRequest:
-    """Request and approve until the request is running."""
-    request = deploys.request("deploy", service, env, version, ALICE)
-    decision = deploys.approve(request.id, BOB)
-    if not decision.start:
-        decision = deploys.approve(request.id, CAROL)
-    assert decision.start, decision.message
-    return decision.request
-
-
-def succeed(deploys: DeployService, clock: Clock, version: str, env: str = "staging") -> DeployRequest:
-    done = deploys.execute(start(deploys, env, version).id)
-    assert done.status == "succeeded", done.log_tail
-    clock.advance(hours=1)
-    return done
-
-
-def actions(store: Store) -> list[str]:
-    return [row["action"] for row in store.audit_rows()]
-
 
 # -- validation: nothing is recorded for a request that is refused ------------------------------
 
@@ -445,7 +335,7 @@ def test_rollback_after_a_run_that_did_not_finish(
     succeed(deploys, clock, "1.0.0")
     running = start(deploys, version="1.1.0")
     if ending == "interrupted":
-        deploys.interrupt_running()
+        after_crash(store, clock).recover_interrupted()
     else:
         with store.transaction():
             store.transition(running.id, "running", "timed_out", finished_at=clock().isoformat())
@@ -569,11 +459,15 @@ def test_runner_gets_a_limited_environment(tmp_path: Path, monkeypatch: pytest.M
     store.close()
 
 
-def test_interrupt_running_marks_interrupted_and_never_reruns(deploys: DeployService, store: Store) -> None:
+def test_a_dead_process_deploys_are_interrupted_once_its_lease_expired(deploys: DeployService, store: Store,
+                                                                       clock: Clock) -> None:
     running = start(deploys)
     pending = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+    other = DeployService.from_store(store, clock=clock, owner="other-process")
 
-    interrupted = deploys.interrupt_running()
+    assert other.recover_interrupted() == []  # the lease is fresh: its process may still be running it
+
+    interrupted = after_crash(store, clock).recover_interrupted()
 
     assert [r.id for r in interrupted] == [running.id]
     assert interrupted[0].status == "interrupted"
@@ -581,16 +475,16 @@ def test_interrupt_running_marks_interrupted_and_never_reruns(deploys: DeploySer
     assert deploys.get(pending.id).status == "pending"
     with pytest.raises(InvalidRequest, match="is interrupted, not running"):
         deploys.execute(running.id)
-    assert deploys.interrupt_running() == []
+    assert after_crash(store, clock).recover_interrupted() == []
     assert deploys.request("deploy", "web", "staging", "1.0.1", ALICE).status == "pending"  # lock released
     assert actions(store).count("deploy.interrupted") == 1
 
 
-def test_interrupt_running_leaves_ci_deploys_alone(deploys: DeployService, store: Store) -> None:
+def test_recovery_leaves_ci_deploys_alone(deploys: DeployService, store: Store, clock: Clock) -> None:
     with store.transaction():
         store.insert_deploy(ci_row("ci-1", status="running"))
 
-    assert deploys.interrupt_running() == []
+    assert after_crash(store, clock).recover_interrupted() == []
     assert store.deploy_row("ci-1")["status"] == "running"
 
 
@@ -677,7 +571,7 @@ def test_audit_records_every_step_with_actor_and_time(deploys: DeployService, cl
     deploys.expire_due()
     done = deploys.execute(start(deploys, "staging", "1.0.2").id)
     interrupted = start(deploys, "prod", "1.0.3")
-    deploys.interrupt_running()
+    after_crash(store, clock).recover_interrupted()
 
     rows = store.audit_rows()
     trail = [(r["actor"], r["action"], r["request_id"]) for r in rows]
@@ -703,7 +597,7 @@ def test_audit_records_every_step_with_actor_and_time(deploys: DeployService, cl
     assert rows[0]["details"] == {"service": "web", "env": "prod", "version": "1.0.0"}
     assert rows[7]["details"] == {"approvers": [BOB]}
     assert rows[8]["details"] == {"status": "succeeded", "exit_code": 0}
-    assert rows[-1]["details"] == {"reason": "opsbot restarted"}
+    assert rows[-1]["details"] == {"reason": "its opsbot process stopped while it was running", "owner": deploys.owner}
 
 
 def test_state_changes_outside_a_transaction_are_refused(store: Store) -> None:

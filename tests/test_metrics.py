@@ -13,7 +13,7 @@ from bot.metrics import Dora, dora
 from bot.models import Incident
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.test_deploys import ALICE, BOB, Clock, make_knowledge
+from tests.deploy_fixtures import ALICE, BOB, Clock, make_knowledge
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 _ids = iter(range(1, 100000))

@@ -552,7 +552,7 @@ def notify_deploy(
 
 def _record_event_locally(db_path: Path, body: bytes) -> dict:
     from bot.deploys import DeployService
-    from bot.hooks import EventProblem, known_environments, known_services, parse_event, record_event
+    from bot.hooks import EventProblem, parse_event
 
     if not db_path.exists():
         raise OpsbotError(f"{db_path} does not exist: give the opsbot database file (OPSBOT_DB), after `opsbot index`.")
@@ -560,10 +560,10 @@ def _record_event_locally(db_path: Path, body: bytes) -> dict:
     try:
         deploys = DeployService.from_store(store)
         try:
-            parsed = parse_event(body, known_services(deploys), known_environments(deploys))
+            parsed = parse_event(body, deploys.ci_services(), deploys.ci_environments())
         except EventProblem as exc:
             raise OpsbotError(f"{exc}{_option_of(exc.field)}") from None
-        return record_event(deploys, parsed).as_json()
+        return deploys.record_ci_event(parsed).as_json()
     finally:
         store.close()
 

@@ -11,10 +11,17 @@ from bot.slack import ids
 
 MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
 PROGRESS_LINES = 12
-ICONS = {"succeeded": ":white_check_mark:", "failed": ":x:", "timed_out": ":alarm_clock:", "interrupted": ":warning:"}
+ICONS = {
+    "succeeded": ":white_check_mark:",
+    "failed": ":x:",
+    "timed_out": ":alarm_clock:",
+    "interrupted": ":warning:",
+    "cancelled": ":no_entry:",
+    "abandoned": ":grey_question:",
+}
 INTERRUPTED_TEXT = (
-    ":warning: Interrupted: opsbot restarted while this was running; it was not re-run. "
-    "Check the service before requesting again."
+    ":warning: Interrupted: the opsbot process running this stopped; its command was stopped too and it was not "
+    "re-run. Check the service before requesting again."
 )
 
 
@@ -122,6 +129,9 @@ def status_text(request: DeployRequest, view: RequestView) -> str:
         return f":hourglass: *Expired: {why} within {ttl_minutes(request)} minutes*; nothing ran."
     if request.status == "interrupted":
         return INTERRUPTED_TEXT
+    if request.status == "cancelled":
+        why = _escape(request.note.removeprefix("not started: "))
+        return f":no_entry: *Approved but not started*: {why} Nothing ran."
     return (
         f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)} · "
         f"approved by {approved}. "
@@ -225,6 +235,9 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
         _section(f"{ICONS.get(request.status, '')} *{_escape(request.title)}*: {outcome.lower()}"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields[:10]]},
     ]
+    flagged = flags_block(request)
+    if flagged:
+        blocks.append(flagged)
     if ci:
         blocks.append(_section(f"*Changes*\n{changes_text(request)}"))
     else:
@@ -237,10 +250,15 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
 
 
 def ci_actor(request: DeployRequest, view: RequestView) -> str:
-    """A roster member by name, anyone else (a CI user name) as plain text."""
-    if request.requester in view.names:
-        return view.name(request.requester)
-    return f"{_escape(request.requester)} (CI)"
+    """The actor a pipeline named, as plain text marked CI: a pipeline's word is never taken for a person's."""
+    return f"{_escape(request.requester.removeprefix('ci:'))} (CI)"
+
+
+def flags_block(request: DeployRequest) -> dict | None:
+    """What a CI deploy broke (a freeze, someone else's lock), in a warning line; None when nothing."""
+    if not request.flags:
+        return None
+    return _context(":warning: *Outside the rules:* " + "; ".join(_escape(f) for f in request.flags))
 
 
 def pipeline_link(request: DeployRequest) -> str:
@@ -265,12 +283,17 @@ def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[di
     )
     if request.status == "running":
         state = f":hourglass_flowing_sand: *Running* in CI since {slack_time(request.started_at)}."
+    elif request.status == "abandoned":
+        state = f":grey_question: *No end reported*: {_escape(request.note)}; the outcome is unknown."
     else:
         state = (
             f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)}. "
             "Summary in the thread."
         )
     blocks = [_section(f"{request_title(request)} (CI)"), _section(facts)]
+    flagged = flags_block(request)
+    if flagged:
+        blocks.append(flagged)
     if request.changes:
         blocks.append(_context(f"*Changes:* {_escape('; '.join(request.changes))}"))
     blocks.append(_section(state))

@@ -103,11 +103,11 @@ def register(app: App, runtime: Runtime) -> None:
 
     @guarded
     def approve(body: dict, client: WebClient, respond: Respond) -> None:
-        decide(runtime.deploys(), client, body, "approve")
+        decide(runtime, client, body, "approve")
 
     @guarded
     def reject(body: dict, client: WebClient, respond: Respond) -> None:
-        decide(runtime.deploys(), client, body, "reject")
+        decide(runtime, client, body, "reject")
 
     app.command("/deploy")(ack=ack_deploy, lazy=[request_deploy])
     app.command("/rollback")(ack=ack_rollback, lazy=[request_rollback])
@@ -185,8 +185,10 @@ def deploys_channel(deploys: DeployService, request: DeployRequest) -> str:
 # -- deciding and running ---------------------------------------------------------------------------
 
 
-def decide(deploys: DeployService, client: WebClient, body: dict, decision: str) -> None:
-    """An Approve or Reject click: tell the clicker if it did not count, else update, and run when approved."""
+def decide(runtime: Runtime, client: WebClient, body: dict, decision: str) -> None:
+    """An Approve or Reject click: tell the clicker if it did not count, else update; an approved run starts
+    on the deploy pool at once, before anything is shown, so no Slack failure can hold it back."""
+    deploys = runtime.deploys()
     request_id = body["actions"][0]["value"]
     user = body["user"]["id"]
     result = deploys.approve(request_id, user) if decision == "approve" else deploys.reject(request_id, user)
@@ -201,15 +203,17 @@ def decide(deploys: DeployService, client: WebClient, body: dict, decision: str)
         if request.status == "expired":  # it expired at this click, before the sweeper got to it
             refresh_message(deploys, client, request.id, channel, ts, note)
         return
+    if result.start:
+        runtime.runners.submit(run, deploys, client, request, channel, ts, note)
+        return
     if result.outcome == "recorded":
         _slack(client.chat_postEphemeral, channel=clicked_in, user=user, text=f"Noted: {result.message}")
     refresh_message(deploys, client, request.id, channel, ts, note)
-    if result.start:
-        run(deploys, client, request, channel, ts, note)
 
 
 def run(deploys: DeployService, client: WebClient, request: DeployRequest, channel: str, ts: str, note: str) -> None:
     """Run an approved request, following its output in one thread message, then post the summary."""
+    refresh_message(deploys, client, request.id, channel, ts, note)
     command = view_of(deploys, request).command
     posted = _slack(
         client.chat_postMessage, channel=channel, thread_ts=ts, text=build_progress_text(request, command, "")
@@ -277,12 +281,14 @@ def refresh_message(
 
 
 def sweep_expired(runtime: Runtime, client: WebClient) -> list[DeployRequest]:
-    """Expire pending requests past their time and say so in their messages."""
+    """Expire pending requests past their time, give up on CI deploys that never ended, and interrupt deploys
+    whose process died; say so in their messages."""
     deploys = runtime.deploys()
-    expired = deploys.expire_due()
+    expired = deploys.expire_due() + deploys.expire_stale_ci()
     for request in expired:
-        log.info("deploy expired id=%s service=%s env=%s", request.id, request.service, request.env)
+        log.info("deploy %s id=%s service=%s env=%s", request.status, request.id, request.service, request.env)
         refresh_message(deploys, client, request.id, request.channel, request.message_ts)
+    report_interrupted(runtime, client)
     return expired
 
 
@@ -302,9 +308,9 @@ def start_sweeper(runtime: Runtime, client: WebClient, every: float = SWEEP_EVER
 
 
 def report_interrupted(runtime: Runtime, client: WebClient) -> list[DeployRequest]:
-    """At start-up: deploys left running by an earlier process are interrupted (never re-run) and said so."""
+    """Deploys whose opsbot process died (lease expired) are interrupted, never re-run, and said so."""
     deploys = runtime.deploys()
-    interrupted = deploys.interrupt_running()
+    interrupted = deploys.recover_interrupted()
     for request in interrupted:
         log.warning("deploy interrupted id=%s service=%s env=%s", request.id, request.service, request.env)
         if request.channel and request.message_ts:
@@ -324,8 +330,8 @@ def _slack(method: Callable[..., Any], **kwargs: Any) -> Any:
         return method(**kwargs)
     except SlackApiError as exc:
         log.warning("slack call failed method=%s error=%s", getattr(method, "__name__", method), _error(exc))
-    except OSError as exc:
-        log.warning("slack call failed method=%s error=%s", getattr(method, "__name__", method), exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. a 429 whose Retry-After the client cannot parse
+        log.warning("slack call failed method=%s error=%r", getattr(method, "__name__", method), exc)
     return None
 
 

@@ -11,19 +11,9 @@ from collections.abc import Mapping
 
 from slack_sdk import WebClient
 
+from bot.deploy_ci import CiOutcome
 from bot.deploys import DeployRequest, DeployService
-from bot.hooks import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    EventProblem,
-    HookOutcome,
-    Unauthorized,
-    known_environments,
-    known_services,
-    parse_event,
-    record_event,
-    verify,
-)
+from bot.hooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventProblem, Unauthorized, parse_event, verify
 from bot.runtime import Runtime
 from bot.slack.deploy_blocks import build_ci_deploy_blocks, request_fallback_text
 from bot.slack.deploys import _slack, deploys_channel, post_summary, view_of
@@ -50,17 +40,17 @@ def handle_deploy_hook(
         return 401, {"error": str(exc)}
     deploys = runtime.deploys()
     try:
-        event = parse_event(body, known_services(deploys), known_environments(deploys))
+        event = parse_event(body, deploys.ci_services(), deploys.ci_environments())
     except EventProblem as exc:
         log.warning("deploy hook malformed field=%s: %s", exc.field, exc)
         return 400, {"error": str(exc), "field": exc.field}
-    outcome = record_event(deploys, event)
-    if outcome.request is not None:
+    outcome = deploys.record_ci_event(event)
+    if outcome.action != "duplicate":
         show(deploys, client, outcome)
     return 200, outcome.as_json()
 
 
-def show(deploys: DeployService, client: WebClient, outcome: HookOutcome) -> None:
+def show(deploys: DeployService, client: WebClient, outcome: CiOutcome) -> None:
     """Post or update the deploy's message; post the summary once it finished. Slack failures are only logged."""
     request = outcome.request
     assert request is not None

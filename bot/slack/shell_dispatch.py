@@ -12,11 +12,8 @@ import hmac
 import itertools
 import json
 import secrets
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
@@ -29,6 +26,7 @@ from bot.render import Button, Post, render_text_object
 from bot.runtime import Runtime
 from bot.slack.app import create_app
 from bot.slack.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
+from bot.workers import TrackedPool
 
 SHELL_TOKEN = "xoxb-local-shell"
 DM_CHANNEL = "DSHELL001"  # your direct messages with opsbot
@@ -50,38 +48,6 @@ def sign(body: str, timestamp: int, secret: str) -> str:
     return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
 
 
-class TrackedExecutor(ThreadPoolExecutor):
-    """The handlers' thread pool, counting work in flight so the shell knows when they are done."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=5, thread_name_prefix="opsbot-shell")
-        self._busy = 0
-        self._idle = threading.Condition()
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """Run ``fn`` in the pool, counted until it finishes."""
-        with self._idle:
-            self._busy += 1
-        try:
-            future = super().submit(fn, *args, **kwargs)
-        except BaseException:
-            self._finished(None)
-            raise
-        future.add_done_callback(self._finished)
-        return future
-
-    def _finished(self, _: Future[Any] | None) -> None:
-        """One piece of work ended: wake whoever waits for the pool to go idle."""
-        with self._idle:
-            self._busy -= 1
-            self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every handler to finish; True when none is running."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._busy == 0, timeout)
-
-
 @dataclass(frozen=True)
 class Delivery:
     """Something opsbot showed, and the earlier message it replaced or removed (whose buttons are gone)."""
@@ -101,7 +67,7 @@ class LocalSlack:
         self.runtime = runtime
         self.fake = FakeSlackAPI()
         self.app: App | None = None
-        self.executor = TrackedExecutor()
+        self.executor = TrackedPool(5, "opsbot-shell")
         self._secret = ""
         self._seen = 0  # fake API calls already delivered
         self._origins: dict[str, Post] = {}  # response_url name -> the message it acts on
@@ -130,8 +96,15 @@ class LocalSlack:
             self.fake.stop()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the handlers to finish; True when none is running."""
-        return self.executor.wait_idle(timeout)
+        """Wait up to ``timeout`` seconds for the handlers and the deploys they started; True when none is running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.executor.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            if not self.runtime.runners.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            if self.executor.busy == 0:  # a finished deploy may have posted work of its own
+                return True
 
     # -- what Slack would send -----------------------------------------------------------------------------
 

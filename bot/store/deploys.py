@@ -16,7 +16,7 @@ class DeployStore(StoreBase):
     DEPLOY_COLUMNS = (
         "id, kind, service, env, version, from_version, requester, status, approvals_needed, created_at, "
         "expires_at, started_at, finished_at, channel, message_ts, exit_code, log_tail, source, commit_sha, "
-        "commit_time, pipeline_url, changes"
+        "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note"
     )
 
     def insert_deploy(self, row: dict) -> None:
@@ -35,6 +35,101 @@ class DeployStore(StoreBase):
         )
         names = [c[0] for c in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def _rows(self, where: str, params: list, order: str = "created_at DESC, id", limit: int = 1000) -> list[dict]:
+        cur = self.db.execute(
+            f"SELECT {self.DEPLOY_COLUMNS} FROM deploy_requests WHERE {where} ORDER BY {order} LIMIT ?",
+            [*params, limit],
+        )
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    # -- named queries of the deploy service -------------------------------------------------------
+
+    def pending_for(self, service: str, env: str) -> list[dict]:
+        return self._rows("service = ? AND env = ? AND status = 'pending'", [service, env])
+
+    def pending_deploys(self) -> list[dict]:
+        return self._rows("status = 'pending'", [])
+
+    def running_for(self, service: str, env: str) -> list[dict]:
+        """Everything running for a service and environment, from Slack or CI."""
+        return self._rows("service = ? AND env = ? AND status = 'running'", [service, env])
+
+    def succeeded_for(self, service: str, env: str, limit: int = 200) -> list[dict]:
+        """Deploys and rollbacks that succeeded, newest finish first."""
+        return self._rows(
+            "service = ? AND env = ? AND status = 'succeeded'",
+            [service, env],
+            order="COALESCE(finished_at, created_at) DESC, id",
+            limit=limit,
+        )
+
+    def newest_finished_run(self, service: str, env: str) -> dict | None:
+        """The run (started and finished, whatever its outcome) that finished last."""
+        rows = self._rows(
+            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+            [service, env],
+            order="finished_at DESC, id",
+            limit=1,
+        )
+        return rows[0] if rows else None
+
+    def expired_leases(self, now: float) -> list[dict]:
+        """Slack deploys still running whose owner stopped renewing their lease (or never had one)."""
+        return self._rows(
+            "status = 'running' AND source = 'slack' AND (lease_until IS NULL OR lease_until < ?)", [now]
+        )
+
+    def running_ci_started_before(self, before: str) -> list[dict]:
+        return self._rows("status = 'running' AND source = 'ci' AND started_at < ?", [before])
+
+    def open_ci_runs(self, service: str, env: str, version: str) -> list[dict]:
+        """CI deploys of this version a finish event may close: running, or given up for lack of a finish."""
+        return self._rows(
+            "service = ? AND env = ? AND version = ? AND source = 'ci' AND status IN ('running', 'abandoned')",
+            [service, env, version],
+        )
+
+    def finished_ci_runs(self, service: str, env: str, version: str) -> list[dict]:
+        return self._rows(
+            "service = ? AND env = ? AND version = ? AND source = 'ci' AND finished_at IS NOT NULL",
+            [service, env, version],
+        )
+
+    def recent_deploys(self, service: str | None = None, env: str | None = None, limit: int = 20) -> list[dict]:
+        """Newest first, optionally of one service and environment."""
+        where, params = ["1=1"], []
+        for column, value in (("service", service), ("env", env)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return self._rows(" AND ".join(where), params, limit=limit)
+
+    def renew_lease(self, request_id: str, owner: str, until: float) -> bool:
+        """Extend the lease of a deploy this owner runs; False when it is no longer running under this owner."""
+        self._require_transaction()
+        cur = self.db.execute(
+            "UPDATE deploy_requests SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
+            [until, request_id, owner],
+        )
+        return cur.rowcount == 1
+
+    def finish_run(self, request_id: str, owner: str, to_status: str, **fields: object) -> bool:
+        """Record a run's outcome: running, or interrupted meanwhile by another process while this owner lived on."""
+        self._require_transaction()
+        sets = ", ".join(["status = ?", *(f"{k} = ?" for k in fields)])
+        cur = self.db.execute(
+            f"UPDATE deploy_requests SET {sets} WHERE id = ? AND owner = ? AND status IN ('running', 'interrupted')",
+            [to_status, *fields.values(), request_id, owner],
+        )
+        return cur.rowcount == 1
+
+    def lock_holder(self, service: str, env: str) -> str | None:
+        row = self.db.execute(
+            "SELECT request_id FROM deploy_locks WHERE service = ? AND env = ?", [service, env]
+        ).fetchone()
+        return row[0] if row else None
 
     def update_deploy(self, request_id: str, **fields: object) -> None:
         self._require_transaction()

@@ -195,3 +195,14 @@ def m008_chunk_words(db: Database) -> None:
 def m009_alert_routes(db: Database) -> None:
     # The alert names a runbook declares it answers (front matter `alerts`, or an alert-name heading).
     db["documents"].add_column("alerts", str, not_null_default="[]")
+
+
+@migrations()
+def m010_deploy_leases(db: Database) -> None:
+    # A running deploy belongs to the process that runs it, for as long as that process renews its lease;
+    # only a deploy whose lease ran out (its process died) is marked interrupted by another process.
+    db["deploy_requests"].add_column("owner", str, not_null_default="")
+    db["deploy_requests"].add_column("lease_until", float)  # Unix seconds
+    db["deploy_requests"].add_column("runner_pid", int)  # the runner's process group, to stop an orphan
+    db["deploy_requests"].add_column("flags", str, not_null_default="[]")  # e.g. a CI deploy during a freeze
+    db["deploy_requests"].add_column("note", str, not_null_default="")  # why it was cancelled or flagged

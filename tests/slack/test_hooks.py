@@ -57,10 +57,11 @@ def test_signed_event_is_recorded_audited_and_summarised(
     answer = response.json()
     assert answer["ok"] is True and answer["duplicate"] is False and answer["action"] == "recorded"
     [row] = ci_rows(runtime)
-    assert (row["id"], row["kind"], row["status"], row["requester"]) == (answer["id"], "deploy", "succeeded", "octocat")
+    expected = (answer["id"], "deploy", "succeeded", "ci:octocat")
+    assert (row["id"], row["kind"], row["status"], row["requester"]) == expected
     assert row["commit_sha"] == "3f9c2e1a" and json.loads(row["changes"]) == ["Retry auth"]
     audit = [r for r in runtime.store.audit_rows() if r["request_id"] == row["id"]]
-    assert [(r["actor"], r["action"]) for r in audit] == [("octocat", "deploy.finished")]
+    assert [(r["actor"], r["action"]) for r in audit] == [("ci:octocat", "deploy.finished")]
     [summary] = slack_api.calls("chat.postMessage")
     assert summary.body["channel"] == DEPLOYS
     assert "Deploy checkout-api 1.4.2 to prod" in shown(summary.body)
@@ -171,7 +172,7 @@ def test_started_then_succeeded_updates_the_row_and_message_and_posts_the_summar
     ):
         assert expected in text, (expected, text)
     actions = [(r["actor"], r["action"]) for r in runtime.store.audit_rows() if r["request_id"] == request_id]
-    assert actions == [("octocat", "deploy.started"), ("octocat", "deploy.finished")]
+    assert actions == [("ci:octocat", "deploy.started"), ("ci:octocat", "deploy.finished")]
 
 
 def test_a_failed_then_rolled_back_pipeline(hooks: HookDriver, runtime: Runtime) -> None:
@@ -294,7 +295,7 @@ def test_notify_deploy_writes_to_the_database_without_slack(runtime: Runtime, sl
         [row] = reader.deploy_rows("source = 'ci'")
     finally:
         reader.close()
-    assert (row["status"], row["requester"], row["source"]) == ("succeeded", "bob", "ci")
+    assert (row["status"], row["requester"], row["source"]) == ("succeeded", "ci:bob", "ci")
     assert slack_api.calls() == []
     bad = invoke("--db", path, "--service", "nope", "--env", "prod", "--version", "1.4.2")
     assert bad.exit_code == 1 and "unknown service 'nope'" in bad.output and "(--service)" in bad.output

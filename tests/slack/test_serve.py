@@ -158,7 +158,7 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
         rows = reader.deploy_rows("source = 'ci'")
     finally:
         reader.close()
-    assert [(r["id"], r["status"], r["requester"]) for r in rows] == [(answer["id"], "succeeded", "octocat")]
+    assert [(r["id"], r["status"], r["requester"]) for r in rows] == [(answer["id"], "succeeded", "ci:octocat")]
     assert summary.body["channel"] == "C04DEPLOYS1" and summary.used_token(BOT_TOKEN)
     assert opened.used_token(APP_TOKEN)  # Slack itself goes over Socket Mode, not this port
     assert slack_events.status == 404
