@@ -99,12 +99,13 @@ ADDITIONS: tuple[Rule, ...] = (
     Rule("Google API key", re.compile(r"(?P<value>\bAIza[0-9A-Za-z_-]{35})")),
     # detect-secrets' key words, whatever the value starts with (its patterns want a letter or digit
     # first, and an AWS secret key can start with "/" or "+"), and key names it does not list:
-    # SessionToken, GITHUB_TOKEN, credentials, REDIS_PASS.
+    # SessionToken, GITHUB_TOKEN, credentials, REDIS_PASS, X-Api-Key.
     Rule(
         "secret-named key",
         re.compile(
             r"(?i)(?<![\w-])[\"']?(?:[\w.-]*?(?:" + "|".join(DENYLIST) + r")[\w.-]*"
-            r"|[\w.-]*?(?:token|credentials?|passphrase|(?<![a-z])pass)s?)[\"']?\s*[:=]\s*" + QUOTED_VALUE
+            r"|[\w.-]*?(?:token|credentials?|passphrase|(?<![a-z])pass|api-key|access[-_]?key)s?)[\"']?\s*[:=]\s*"
+            + QUOTED_VALUE
         ),
     ),
     # --password x, --token=x, --api-key x; not --password-stdin, whose next word is not a secret.
@@ -115,6 +116,9 @@ ADDITIONS: tuple[Rule, ...] = (
             r"(?![\w-])(?:=|\s+)(?!-)" + QUOTED_VALUE
         ),
     ),
+    # Also with no user name (redis://:pw@cache) or characters detect-secrets' basic-auth rule stops at.
+    Rule("URL credentials", re.compile(r"://[^/\s:@]*:(?P<value>[^/\s@]+)@")),
+    Rule("curl or wget user", re.compile(r"\b(?:curl|wget)\b.*?\s(?:-u|--user)[\s=][\"']?[^\s:\"']+:" + QUOTED_VALUE)),
     Rule(
         "MySQL -p",
         re.compile(r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mariadb)\b.*?\s-p" + QUOTED_VALUE),

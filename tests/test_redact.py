@@ -143,6 +143,12 @@ CASES = [
         f"git clone https://deploy:{PASSWORD}@git.example.com/app.git",
         "git clone https://deploy:***@git.example.com/app.git",
     ),
+    (f"connecting to redis://:{PASSWORD}@cache:6379/0", "connecting to redis://:***@cache:6379/0"),
+    (
+        f"+ curl -fsS -u deploy:{PASSWORD} https://ci.example.com/job",
+        "+ curl -fsS -u deploy:*** https://ci.example.com/job",
+    ),
+    (f"X-Api-Key: {fake(32)}", "X-Api-Key: ***"),
     (f"  password: {PASSWORD}", "  password: ***"),
     (json.dumps({"user": "app", "password": PASSWORD}), '{"user": "app", "password": "***"}'),
     (f"mysql -h db --password {PASSWORD} -e 'select 1'", "mysql -h db --password *** -e 'select 1'"),
