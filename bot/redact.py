@@ -75,6 +75,7 @@ class Rule:
     name: str
     pattern: re.Pattern[str]
     accept: Callable[[str], bool] = lambda value: True
+    hint: re.Pattern[str] | None = None  # a cheap search that must succeed before the pattern can
 
 
 def _is_basic_credentials(value: str) -> bool:
@@ -107,6 +108,7 @@ ADDITIONS: tuple[Rule, ...] = (
             r"|[\w.-]*?(?:token|credentials?|passphrase|(?<![a-z])pass|api-key|access[-_]?key)s?)[\"']?\s*[:=]\s*"
             + QUOTED_VALUE
         ),
+        hint=re.compile("|".join(DENYLIST) + "|token|credential|pass|api-key|access", re.IGNORECASE),
     ),
     # --password x, --token=x, --api-key x; not --password-stdin, whose next word is not a secret.
     Rule(
@@ -240,6 +242,8 @@ def _detector_spans(line: str) -> Iterator[tuple[int, int]]:
 def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
     """opsbot's own rules (``ADDITIONS``)."""
     for rule in ADDITIONS:
+        if rule.hint and not rule.hint.search(line):
+            continue
         for match in rule.pattern.finditer(line):
             group = next(g for g in ("value", "dq", "sq", "bare") if g in match.re.groupindex and match.group(g))
             value = match.group(group)
