@@ -1,0 +1,453 @@
+"""Secret scrubbing: detect-secrets' rules and opsbot's additions mask values only, private keys go whole.
+
+Every secret here is made up from random characters of the right shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import string
+import time
+
+import pytest
+
+from bot.redact import DETECTORS, KEY_REMOVED, Redactor, scrub
+
+RNG = random.Random(20261102)
+ALNUM = string.ascii_letters + string.digits
+UPPER_DIGITS = string.ascii_uppercase + string.digits
+B64 = ALNUM + "+/"
+HEX = "0123456789abcdef"
+
+
+def fake(n: int, alphabet: str = ALNUM) -> str:
+    """n random characters: the shape of a secret, never a real one."""
+    return "".join(RNG.choice(alphabet) for _ in range(n))
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def fake_jwt() -> str:
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64url(json.dumps({"sub": fake(8), "exp": 1_800_000_000}).encode())
+    return f"{header}.{payload}.{fake(43, ALNUM + '-_')}"
+
+
+def pem(label: str, body_lines: int, width: int = 64, headers: tuple[str, ...] = ()) -> list[str]:
+    """A private key of random bytes as a tool prints it: BEGIN, optional headers, base64 body, END."""
+    body = base64.b64encode(RNG.randbytes(body_lines * width * 3 // 4 - 5)).decode()
+    lines = [body[i : i + width] for i in range(0, len(body), width)]
+    return [f"-----BEGIN {label}-----", *headers, *lines, f"-----END {label}-----"]
+
+
+def pgp_private_key(body_lines: int = 20) -> list[str]:
+    body = pem("X", body_lines)[1:-1]
+    checksum = "=" + fake(4, B64)
+    return [
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----",
+        "Version: GnuPG v2",
+        "",
+        *body,
+        checksum,
+        "-----END PGP PRIVATE KEY BLOCK-----",
+    ]
+
+
+def putty_key() -> list[str]:
+    public = pem("X", 6)[1:-1]
+    private = pem("X", 14)[1:-1]
+    return [
+        "PuTTY-User-Key-File-2: ssh-rsa",
+        "Encryption: none",
+        "Comment: deploy@ci",
+        f"Public-Lines: {len(public)}",
+        *public,
+        f"Private-Lines: {len(private)}",
+        *private,
+        f"Private-MAC: {fake(40, HEX)}",
+    ]
+
+
+def body_of(key: list[str]) -> list[str]:
+    """The key-material lines of a printed key: long enough that finding one anywhere is a leak."""
+    return [line for line in key if len(line) >= 16 and "BEGIN" not in line and "END" not in line and ":" not in line]
+
+
+def leaked(outputs: list[str], key: list[str]) -> list[str]:
+    body = body_of(key)
+    return [line for line in outputs if any(part in line for part in body)]
+
+
+PASSWORD = fake(18)
+SLACK_BOT = f"xoxb-{RNG.randint(10**11, 10**12)}-{RNG.randint(10**11, 10**12)}-{fake(24)}"
+SLACK_APP = f"xapp-1-A{fake(10, UPPER_DIGITS)}-{RNG.randint(10**12, 10**13)}-{fake(64, HEX)}"
+AWS_KEY_ID = "AKIA" + fake(16, UPPER_DIGITS)
+AWS_STS_KEY_ID = "ASIA" + fake(16, UPPER_DIGITS)
+AWS_SECRET = fake(40, B64)
+AWS_SESSION_TOKEN = fake(356, B64)
+GITHUB_PAT = "ghp_" + fake(36)
+GITHUB_OAUTH = "gho_" + fake(36)
+GITHUB_FINE = "github_pat_" + fake(22) + "_" + fake(59)
+GITLAB = "glpat-" + fake(20, ALNUM + "-_")
+STRIPE_LIVE = "sk_live_" + fake(99)
+STRIPE_RESTRICTED = "rk_live_" + fake(24)
+JWT = fake_jwt()
+BEARER = fake(40, ALNUM + "-._")
+BASIC = base64.b64encode(f"deploy:{PASSWORD}".encode()).decode()
+NPM = "npm_" + fake(36)
+GOOGLE = "AIza" + fake(35, ALNUM + "-_")
+SENDGRID = f"SG.{fake(22, ALNUM + '-_')}.{fake(43, ALNUM + '-_')}"
+
+# (what is printed, what must be shown): only the value goes, the key name and the rest of the line stay.
+CASES = [
+    (f"posting with {SLACK_BOT} to #deploys", "posting with *** to #deploys"),
+    (f"socket mode app token {SLACK_APP}", "socket mode app token ***"),
+    (f"aws configure set aws_access_key_id {AWS_KEY_ID}", "aws configure set aws_access_key_id ***"),
+    (f"aws_secret_access_key = {AWS_SECRET}", "aws_secret_access_key = ***"),
+    (f"aws_secret_access_key = /{AWS_SECRET[1:]}", "aws_secret_access_key = ***"),  # not a letter first
+    (f'"SecretAccessKey": "+{AWS_SECRET[1:]}"', '"SecretAccessKey": "***"'),
+    (
+        json.dumps(
+            {
+                "Credentials": {
+                    "AccessKeyId": AWS_STS_KEY_ID,
+                    "SecretAccessKey": AWS_SECRET,
+                    "SessionToken": AWS_SESSION_TOKEN,
+                    "Expiration": "2026-11-02T12:00:00Z",
+                }
+            }
+        ),
+        '{"Credentials": {"AccessKeyId": "***", "SecretAccessKey": "***", "SessionToken": "***", '
+        '"Expiration": "2026-11-02T12:00:00Z"}}',
+    ),
+    (f'    "SecretAccessKey": "{AWS_SECRET}",', '    "SecretAccessKey": "***",'),
+    (f'    "SessionToken": "{AWS_SESSION_TOKEN}",', '    "SessionToken": "***",'),
+    (f"remote: pushing with {GITHUB_PAT}", "remote: pushing with ***"),
+    (f"oauth token {GITHUB_OAUTH} refreshed", "oauth token *** refreshed"),
+    (f"gh auth login with {GITHUB_FINE}", "gh auth login with ***"),
+    (f"registry login {GITLAB} ok", "registry login *** ok"),
+    (f"charging with {STRIPE_LIVE}", "charging with ***"),
+    (f"restricted key {STRIPE_RESTRICTED} loaded", "restricted key *** loaded"),
+    (f"session cookie {JWT} set", "session cookie *** set"),
+    (
+        f'curl -H "Authorization: Bearer {BEARER}" https://api.example.com',
+        'curl -H "Authorization: Bearer ***" https://api.example.com',
+    ),
+    (f"Authorization: Basic {BASIC}", "Authorization: Basic ***"),
+    (f"> GET /v1 HTTP/1.1 bearer {JWT}", "> GET /v1 HTTP/1.1 bearer ***"),
+    (
+        f"git clone https://deploy:{PASSWORD}@git.example.com/app.git",
+        "git clone https://deploy:***@git.example.com/app.git",
+    ),
+    (f"connecting to redis://:{PASSWORD}@cache:6379/0", "connecting to redis://:***@cache:6379/0"),
+    (
+        f"+ curl -fsS -u deploy:{PASSWORD} https://ci.example.com/job",
+        "+ curl -fsS -u deploy:*** https://ci.example.com/job",
+    ),
+    (f"X-Api-Key: {fake(32)}", "X-Api-Key: ***"),
+    (f"  password: {PASSWORD}", "  password: ***"),
+    (json.dumps({"user": "app", "password": PASSWORD}), '{"user": "app", "password": "***"}'),
+    (f"mysql -h db --password {PASSWORD} -e 'select 1'", "mysql -h db --password *** -e 'select 1'"),
+    (f"mysqldump --password={PASSWORD}", "mysqldump --password=***"),
+    (f"mysql -u root -p{PASSWORD} -h db.internal app", "mysql -u root -p*** -h db.internal app"),
+    (f"export PGPASSWORD={PASSWORD}", "export PGPASSWORD=***"),
+    (f"DB_PASS={PASSWORD}", "DB_PASS=***"),
+    (f"REDIS_PASS={PASSWORD}", "REDIS_PASS=***"),
+    (f"API_KEY={fake(32)}", "API_KEY=***"),
+    (f"deploy-cli --api-key {fake(32)} --env prod", "deploy-cli --api-key *** --env prod"),
+    (f"vault login --token={fake(26)}", "vault login --token=***"),
+    (f"//registry.npmjs.org/:_authToken={NPM}", "//registry.npmjs.org/:_authToken=***"),
+    (f"npm notice publishing as {NPM}", "npm notice publishing as ***"),
+    (f"maps client configured with {GOOGLE}", "maps client configured with ***"),
+    (f"mail relay {SENDGRID} accepted", "mail relay *** accepted"),  # detect-secrets' rule, not one of ours
+    ("authenticating with token=demo-not-a-real-token", "authenticating with token=***"),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), CASES, ids=[shown for _, shown in CASES])
+def test_a_secret_value_is_masked_and_its_context_kept(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
+
+
+def test_the_base_is_detect_secrets_own_detector_list() -> None:
+    names = {type(detector).__name__ for detector in DETECTORS}
+
+    assert {"AWSKeyDetector", "GitHubTokenDetector", "GitLabTokenDetector", "SlackDetector", "StripeDetector"} <= names
+    assert {"JwtTokenDetector", "BasicAuthDetector", "NpmDetector", "SendGridDetector"} <= names
+    assert "IPPublicDetector" not in names  # an address in a log is not a secret
+
+
+def test_multi_line_sts_json_is_masked_line_by_line() -> None:
+    printed = json.dumps(
+        {
+            "Credentials": {
+                "AccessKeyId": AWS_STS_KEY_ID,
+                "SecretAccessKey": AWS_SECRET,
+                "SessionToken": AWS_SESSION_TOKEN,
+                "Expiration": "2026-11-02T12:00:00+00:00",
+            }
+        },
+        indent=4,
+    ).splitlines()
+    redactor = Redactor()
+
+    shown = [redactor.line(line + "\n") for line in printed]
+
+    assert "".join(shown) == (
+        '{\n    "Credentials": {\n        "AccessKeyId": "***",\n        "SecretAccessKey": "***",\n'
+        '        "SessionToken": "***",\n        "Expiration": "2026-11-02T12:00:00+00:00"\n    }\n}\n'
+    )
+
+
+def test_known_values_are_masked_wherever_they_appear_even_a_multi_line_one() -> None:
+    key = pem("RSA PRIVATE KEY", 6)
+    known = (f"hook-{PASSWORD}", "\n".join(key))
+    text = f"calling https://hooks.example.com/hook-{PASSWORD}?x=1\necho {key[3]}\ndone"
+
+    assert scrub(text, known) == "calling https://hooks.example.com/***?x=1\necho ***\ndone"
+
+
+def test_a_known_value_shorter_than_four_characters_is_not_a_secret_to_hunt() -> None:
+    assert scrub("step 1 of 3", ("1",)) == "step 1 of 3"
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "password: ${{ secrets.DB_PASSWORD }}",
+        "DB_PASS=$DB_PASS",
+        "vault login --token $VAULT_TOKEN",
+        "mysql -u root -p$MYSQL_PWD app",
+        'password: "<your password>"',
+    ],
+)
+def test_a_reference_to_a_secret_is_not_a_secret(reference: str) -> None:
+    assert scrub(reference) == reference
+
+
+SHA1 = fake(40, HEX)
+SHA256 = fake(64, HEX)
+UUID = f"{fake(8, HEX)}-{fake(4, HEX)}-4{fake(3, HEX)}-a{fake(3, HEX)}-{fake(12, HEX)}"
+ORDINARY = [
+    f"HEAD is now at {SHA1[:7]} deploy payments-api",
+    f"commit {SHA1}",
+    f'{{"commit": "{SHA1}", "status": "Running"}}',
+    f"revision={SHA1} branch=main",
+    SHA256,  # a digest alone on a line
+    f"pushed registry.larder.example/payments-api@sha256:{SHA256}",
+    f'{{"digest": "sha256:{SHA256}", "size": 5242}}',
+    f'"integrity": "sha512-{base64.b64encode(RNG.randbytes(64)).decode()}",',
+    f"request {UUID} accepted",
+    f'{{"request_id": "{UUID}", "trace_id": "{fake(32)}", "span_id": "{fake(16)}"}}',
+    "request dep-20261102-ab12cd approved by U_BOB",
+    "payments-api 1.4.2 -> 1.4.3-rc.1+build.77 (v2.13.0)",
+    '{"version": "1.4.2", "env": "prod"}',
+    "pulling https://registry.larder.example/v2/payments-api/manifests/1.4.2",
+    "connecting to postgres://db.internal:5432/app?sslmode=require",
+    "GET https://api.example.com/search?q=deploy&page=2 200",
+    "secret/db-credentials configured",
+    "deployment.apps/payments-api configured",
+    "docker login -u deploy --password-stdin registry.larder.example",
+    "Basic configuration loaded from /etc/app/config.yaml",
+    "bearer authentication enabled for /v1",
+    "password policy checked: 12 rules",
+    "PWD=/srv/releases/20261102",
+    "=" * 72,
+    "-" * 72,
+    "/opt/app/releases/2026/current/bin/server/Main/Handler/V2/Routes/Index",
+    "rolling out: 3/3 pods on 1.4.3",
+]
+
+
+@pytest.mark.parametrize("line", ORDINARY)
+def test_ordinary_deploy_output_is_left_alone(line: str) -> None:
+    assert scrub(line) == line
+    assert Redactor().line(line + "\n") == line + "\n"
+
+
+def test_a_stream_of_ordinary_output_is_left_alone_as_a_whole() -> None:
+    redactor = Redactor()
+
+    assert [redactor.line(line) for line in ORDINARY] == ORDINARY
+
+
+SALT = fake(32, HEX.upper())
+KEYS = {
+    "rsa": pem("RSA PRIVATE KEY", 24),
+    "pkcs8": pem("PRIVATE KEY", 26),
+    "ec encrypted pem": pem(
+        "EC PRIVATE KEY", 4, headers=("Proc-Type: 4,ENCRYPTED", f"DEK-Info: AES-128-CBC,{SALT}", "")
+    ),
+    "encrypted pkcs8": pem("ENCRYPTED PRIVATE KEY", 28),
+    "openssh": pem("OPENSSH PRIVATE KEY", 27, width=70),
+    "pgp": pgp_private_key(),
+    "putty": putty_key(),
+}
+BEFORE = ["$ cat deploy/key", "reading key from vault"]
+AFTER = ["key installed", "rolling out: 1/3 pods on 1.4.3"]
+
+
+@pytest.mark.parametrize("kind", KEYS)
+def test_a_private_key_printed_whole_leaves_one_line(kind: str) -> None:
+    key = KEYS[kind]
+
+    assert scrub("\n".join(BEFORE + key + AFTER)) == "\n".join([*BEFORE, KEY_REMOVED, *AFTER])
+
+
+@pytest.mark.parametrize("kind", KEYS)
+def test_a_private_key_printed_one_line_at_a_time_is_announced_once_then_empty(kind: str) -> None:
+    key = KEYS[kind]
+    redactor = Redactor()
+
+    shown = [redactor.line(line + "\n") for line in BEFORE + key + AFTER]
+
+    assert shown == [f"{line}\n" for line in BEFORE] + [KEY_REMOVED + "\n"] + [""] * (len(key) - 1) + [
+        f"{line}\n" for line in AFTER
+    ]
+
+
+def test_a_76_line_key_printed_slowly_shows_no_base64_line_in_tail_or_progress() -> None:
+    key = pem("RSA PRIVATE KEY", 76)
+    assert len(body_of(key)) == 76
+    redactor = Redactor()
+    kept: list[str] = []
+    progress_edits: list[str] = []
+
+    for line in ["deploying payments-api 1.4.3", *key, "health checks passed"]:
+        shown = redactor.line(line + "\n")
+        if shown:
+            kept.append(shown)
+        progress_edits.append("".join(kept[-8:]))  # what a progress edit would post at this moment
+
+    assert leaked(kept[-40:], key) == []
+    assert leaked(progress_edits, key) == []
+    assert kept == ["deploying payments-api 1.4.3\n", KEY_REMOVED + "\n", "health checks passed\n"]
+
+
+def test_a_key_whose_begin_line_fell_outside_the_tail_is_still_removed() -> None:
+    key = pem("RSA PRIVATE KEY", 76)
+    output = ["deploying payments-api 1.4.3", *key, "health checks passed"]
+
+    tail = scrub("\n".join(output[-40:]))
+
+    assert leaked(tail.splitlines(), key) == []
+    assert tail.splitlines() == [KEY_REMOVED, "health checks passed"]
+
+
+@pytest.mark.parametrize("kind", ["rsa", "pkcs8", "openssh", "encrypted pkcs8"])
+def test_a_key_cut_at_its_start_is_removed_from_its_first_body_line(kind: str) -> None:
+    key = KEYS[kind]
+    redactor = Redactor()
+
+    shown = [redactor.line(line) for line in key[10:] + AFTER]
+
+    assert leaked(shown, key) == []
+    assert shown == [KEY_REMOVED] + [""] * (len(key) - 11) + AFTER
+
+
+@pytest.mark.parametrize("kind", KEYS)
+def test_a_key_cut_at_its_end_is_removed_and_the_output_after_it_kept(kind: str) -> None:
+    key = KEYS[kind]
+    printed = BEFORE + key[: len(key) // 2] + AFTER
+
+    assert scrub("\n".join(printed)) == "\n".join([*BEFORE, KEY_REMOVED, *AFTER])
+
+
+@pytest.mark.parametrize("after", ["done", "Deployed", "OK", SHA1, f"HEAD is now at {SHA1}", "3/3 pods ready"])
+def test_a_word_or_a_sha_after_a_key_cut_at_its_end_is_kept(after: str) -> None:
+    key = KEYS["rsa"]
+
+    assert scrub("\n".join([*key[:10], after])).splitlines() == [KEY_REMOVED, after]
+
+
+def test_runs_of_long_tokens_that_are_not_key_material_are_kept() -> None:
+    runs = [
+        *[fake(64, HEX) for _ in range(3)],  # sha256sum without file names
+        *["=" * 64] * 3,
+        *[f"/srv/releases/current/lib/python/site/packages/module{i}/handlers" for i in range(3)],
+        *["ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"] * 3,  # the base64 alphabet table
+    ]
+    redactor = Redactor()
+
+    assert [redactor.line(line) for line in runs] == runs
+
+
+def test_a_key_cut_at_both_ends_is_removed() -> None:
+    key = KEYS["openssh"]
+
+    shown = scrub("\n".join(key[5:20] + AFTER))
+
+    assert shown == "\n".join([KEY_REMOVED, *AFTER])
+
+
+def test_a_key_in_prefixed_log_lines_is_removed_and_the_prefix_kept() -> None:
+    key = KEYS["rsa"]
+    printed = [f"web-1  | {line}" for line in key] + ["web-1  | key installed"]
+
+    assert scrub("\n".join(printed)) == "web-1  | *** private key removed ***\nweb-1  | key installed"
+
+
+def test_a_key_in_timestamped_log_lines_is_removed() -> None:
+    key = KEYS["pkcs8"]
+    printed = [f"2026-11-02T10:00:{i:02d}.{RNG.randint(100, 999)}Z {line}" for i, line in enumerate(key)]
+
+    shown = scrub("\n".join([*printed, "2026-11-02T10:01:00.000Z key installed"]))
+
+    assert leaked(shown.splitlines(), key) == []
+    assert shown.splitlines()[-1] == "2026-11-02T10:01:00.000Z key installed"
+
+
+def test_a_key_inside_one_json_line_is_masked_in_place() -> None:
+    key = "\n".join(pem("PRIVATE KEY", 26)) + "\n"
+    account = json.dumps({"type": "service_account", "private_key": key, "client_email": "ci@x.iam"})
+    bundle = json.dumps({"name": "tls", "pem": key, "chain": 2})
+
+    assert scrub(account) == '{"type": "service_account", "private_key": "***", "client_email": "ci@x.iam"}'
+    assert scrub(bundle) == '{"name": "tls", "pem": "***\\n", "chain": 2}'
+
+
+def test_a_begin_line_followed_by_ordinary_output_removes_nothing_else() -> None:
+    printed = ["config/old.pem:-----BEGIN RSA PRIVATE KEY-----", "config/new.pem: no key", "2 files checked"]
+
+    assert scrub("\n".join(printed)).splitlines() == ["config/old.pem:" + KEY_REMOVED, *printed[1:]]
+
+
+def test_certificates_and_public_keys_are_kept() -> None:
+    certificate = pem("CERTIFICATE", 20)
+    public = pem("PUBLIC KEY", 6)
+    printed = [*certificate, *public, "certificate installed"]
+
+    assert scrub("\n".join(printed)) == "\n".join(printed)
+
+
+def test_scrub_is_the_streamed_output_less_the_lines_of_removed_keys() -> None:
+    printed = [*BEFORE, f"DB_PASS={PASSWORD}", *KEYS["rsa"], f"token={fake(20)}", *KEYS["pgp"][:9], *AFTER]
+    redactor = Redactor()
+    streamed = [redactor.line(line) for line in printed]
+
+    assert scrub("\n".join(printed)).split("\n") == [line for line in streamed if line]
+
+
+def test_line_endings_are_kept() -> None:
+    redactor = Redactor()
+
+    assert redactor.line(f"DB_PASS={PASSWORD}\r\n") == "DB_PASS=***\r\n"
+    assert redactor.line("plain\n") == "plain\n"
+    assert redactor.line("no newline") == "no newline"
+
+
+def test_a_very_long_line_is_scrubbed_whole_in_reasonable_time() -> None:
+    values = [fake(14) for _ in range(4000)]
+    fields = (f'"password": "{value}", "step": {i}, "note": "{fake(40)} {fake(20)}"' for i, value in enumerate(values))
+    line = ", ".join(fields)
+
+    started = time.monotonic()
+    shown = Redactor().line(line)  # ~400 KB in one "line", as a progress bar redrawn with \r makes
+
+    assert time.monotonic() - started < 30  # well under a second here; guards against quadratic patterns
+    assert [value for value in values if value in shown] == []
+    assert shown.count('"password": "***"') == 4000
