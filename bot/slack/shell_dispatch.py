@@ -29,6 +29,7 @@ from bot.render import Button, Post, render_text_object
 from bot.runtime import Runtime
 from bot.slack.app import create_app
 from bot.slack.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
+from bot.slack.web import SlackWeb
 
 SHELL_TOKEN = "xoxb-local-shell"
 DM_CHANNEL = "DSHELL001"  # your direct messages with opsbot
@@ -94,13 +95,16 @@ class LocalSlack:
     """opsbot's Bolt app wired to a local fake Slack Web API, driven as a person in Slack would drive it.
 
     ``start`` replaces the runtime's settings by a copy with a per-session random signing secret and the
-    fake's token and URL, so no real Slack credential is ever used.
+    fake's token and URL, so no real Slack credential is ever used. Posts go through a SlackWeb kept in
+    memory: the fake Slack ends with the session, and the database may be a running server's, whose
+    outbox must never deliver the shell's posts (nor the shell deliver the server's).
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.fake = FakeSlackAPI()
         self.app: App | None = None
+        self.web: SlackWeb | None = None
         self.executor = TrackedExecutor()
         self._secret = ""
         self._seen = 0  # fake API calls already delivered
@@ -119,19 +123,26 @@ class LocalSlack:
         )
         self._secret = str(self.runtime.settings.slack_signing_secret)
         client = WebClient(base_url=self.fake.url, token=SHELL_TOKEN)
-        self.app = create_app(self.runtime, client=client, listener_executor=self.executor)
+        self.web = SlackWeb(client, None)
+        self.app = create_app(self.runtime, client=client, listener_executor=self.executor, web=self.web)
         return self
 
     def close(self) -> None:
-        """Let running handlers finish briefly, then stop the pool and the fake API."""
-        idle = self.executor.wait_idle(2.0)
+        """Let running handlers and deliveries finish briefly, then stop them and the fake API."""
+        idle = self.wait_idle(2.0)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.web is not None:
+            self.web.stop(timeout=1.0)
         if idle:  # else leave the (daemon) fake serving, so a handler still waiting for the model ends quietly
             self.fake.stop()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the handlers to finish; True when none is running."""
-        return self.executor.wait_idle(timeout)
+        """Wait up to ``timeout`` seconds for the handlers to finish and their posts to be delivered."""
+        deadline = time.monotonic() + timeout
+        if not self.executor.wait_idle(timeout):
+            return False
+        # The handlers are done, so everything they post is in the outbox already.
+        return self.web is None or self.web.wait_idle(max(deadline - time.monotonic(), 0.0))
 
     # -- what Slack would send -----------------------------------------------------------------------------
 
