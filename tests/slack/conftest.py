@@ -246,8 +246,10 @@ def runtime(tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store, minilm
     rt.close()  # waits for the loading thread: closing the store under it would crash the process
 
 
-def start_bot(runtime: Runtime, api: FakeSlackAPI, client: WebClient | None = None) -> tuple[HttpServer, SlackDriver]:
-    app = create_app(runtime, client=client or create_client(runtime))
+def start_bot(
+    runtime: Runtime, api: FakeSlackAPI, client: WebClient | None = None, web: SlackWeb | None = None
+) -> tuple[HttpServer, SlackDriver]:
+    app = create_app(runtime, client=client or create_client(runtime), web=web)
     server = HttpServer(app, runtime, host="127.0.0.1", port=0).start()
     return server, SlackDriver(f"http://127.0.0.1:{server.port}", api, app.web)
 
