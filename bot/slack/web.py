@@ -144,7 +144,11 @@ class SlackWeb:
         after: tuple[str, dict] | None = None,
         notify: Notify | None = None,
     ) -> int:
-        """A message in ``channel`` (in the thread of ``thread_ts``, or of the message named ``thread_of``)."""
+        """A message in ``channel`` (in the thread of ``thread_ts``, or of the message named ``thread_of``).
+
+        ``key`` names the message for later rows' ``thread_of`` / ``update_of`` (resolved when those are sent,
+        against messages of the last day); ``after=(hook, args)`` runs that hook once it is delivered.
+        """
         payload: dict[str, Any] = {"channel": channel, "text": text}
         if blocks:
             payload["blocks"] = blocks
@@ -168,7 +172,10 @@ class SlackWeb:
         key: str | None = None,
         after: tuple[str, dict] | None = None,
     ) -> int:
-        """Edit a message, given by ``ts`` or by the key it was posted with; older pending edits are dropped."""
+        """Edit a message, given by ``ts`` or by the key it was posted with.
+
+        Older edits of the same message not sent yet are dropped (superseded), with their ``after`` hooks.
+        """
         if not ts and not update_of:
             raise ValueError("update needs the message: ts=... or update_of=KEY")
         payload: dict[str, Any] = {"channel": channel, "text": text}
