@@ -138,7 +138,7 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
     report_interrupted(runtime, app.client)
     start_sweeper(runtime, app.client)
-    start_digest_scheduler(runtime, app.client)
+    start_digest_scheduler(runtime, app.web)
     if settings.slack_app_token:
         hooks = None
         if hooks_port:
@@ -152,6 +152,7 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         finally:
             if hooks is not None:
                 hooks.stop()
+            app.web.stop()  # what is not delivered yet stays in the outbox for the next start
         return
     server = HttpServer(app, runtime, host=host, port=port or settings.port)
     log.info("listening host=%s port=%d path=/slack/events", host, server.port)
@@ -159,6 +160,7 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         server.serve_forever()
     except KeyboardInterrupt:
         server.stop()
+        app.web.stop()  # what is not delivered yet stays in the outbox for the next start
 
 
 def _check_can_listen(host: str, port: int, option: str) -> None:

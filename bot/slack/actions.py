@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from slack_bolt import Ack, App, Respond
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_bolt import Ack, App
 
 from bot.errors import NotFound
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks import answer_fallback_text, build_answer_blocks, build_vote_ack_text
-from bot.slack.guard import guarded
+from bot.slack.guard import guard
+from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 INVITE_ERRORS = {
@@ -24,11 +23,11 @@ INVITE_ERRORS = {
 }
 
 
-def register(app: App, runtime: Runtime) -> None:
+def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
     def just_ack(ack: Ack) -> None:
         ack()
 
-    def vote(body: dict, client: WebClient, respond: Respond, value: int) -> None:
+    def vote(body: dict, value: int) -> None:
         action = body["actions"][0]
         user = body["user"]["id"]
         changed, path = runtime.vote(action["value"], user, value)
@@ -36,48 +35,48 @@ def register(app: App, runtime: Runtime) -> None:
         channel = (body.get("channel") or {}).get("id")
         text = build_vote_ack_text(value, changed, path)
         if channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
+            web.tell_user(channel, user, text)
         else:
-            respond(text=text, response_type="ephemeral", replace_original=False)
+            web.respond(body.get("response_url", ""), text)
 
-    @guarded
-    def record_helpful(body: dict, client: WebClient, respond: Respond) -> None:
-        vote(body, client, respond, 1)
+    @guard(web)
+    def record_helpful(body: dict) -> None:
+        vote(body, 1)
 
-    @guarded
-    def record_unhelpful(body: dict, client: WebClient, respond: Respond) -> None:
-        vote(body, client, respond, -1)
+    @guard(web)
+    def record_unhelpful(body: dict) -> None:
+        vote(body, -1)
 
-    @guarded
-    def share_answer(body: dict, client: WebClient, respond: Respond) -> None:
+    @guard(web)
+    def share_answer(body: dict) -> None:
         saved = runtime.store.get_answer(body["actions"][0]["value"])
         if saved is None:
             raise NotFound("that answer is no longer known; ask again and share the new one.")
         user = body["user"]["id"]
         reply = runtime.reply(saved["query"], channel=saved["channel"], user=user)
-        client.chat_postMessage(
-            channel=saved["channel"] or body["channel"]["id"],
-            text=answer_fallback_text(reply),
-            blocks=build_answer_blocks(reply, shared_by=user),
+        web.post(
+            saved["channel"] or body["channel"]["id"],
+            answer_fallback_text(reply),
+            build_answer_blocks(reply, shared_by=user),
+            notify=Notify(response_url=body.get("response_url", "")),
         )
-        respond(delete_original=True)
+        web.respond(body.get("response_url", ""), delete_original=True)
 
-    @guarded
-    def invite_expert(body: dict, client: WebClient, respond: Respond) -> None:
+    @guard(web)
+    def invite_expert(body: dict) -> None:
         person = body["actions"][0]["value"]
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         user = body["user"]["id"]
         known = {e.id: e.name for e in runtime.store.load_experts()}
         if person not in known:
             raise NotFound(f"{person} is no longer on the roster; run /experts again.")
-        try:
-            client.conversations_invite(channel=channel, users=person)
+        invited, error = web.try_call("conversations.invite", channel=channel, users=person)
+        if invited is not None:
             text = f"Invited {known[person]} (<@{person}>) to this channel."
             log.info("invited expert=%s channel=%s by=%s", person, channel, user)
-        except SlackApiError as exc:
-            error = exc.response.get("error", "")
+        else:
             text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=known[person])
-        client.chat_postEphemeral(channel=channel, user=user, text=text)
+        web.tell_user(channel, user, text)
 
     app.action(ids.INVITE_EXPERT)(ack=just_ack, lazy=[invite_expert])
     app.action(ids.FEEDBACK_UP)(ack=just_ack, lazy=[record_helpful])

@@ -7,43 +7,58 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
 
 from bot.runtime import Runtime
 from bot.slack import actions, commands, deploys, events, incidents
+from bot.slack.delivery import RetryPolicy
+from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
 SLOW_WORKERS = 2  # searches, deploys and posts in parallel; more only makes two cores thrash
 
 
+class OpsbotApp(App):
+    """The Bolt app, with the SlackWeb its handlers post through (started with the app)."""
+
+    web: SlackWeb
+
+
 def create_client(runtime: Runtime) -> WebClient:
-    """A Web API client for the configured base URL, retrying 429s, 5xx and connection errors."""
-    client = WebClient(token=runtime.settings.slack_bot_token or None, base_url=runtime.settings.slack_api_url)
-    client.retry_handlers = [
-        ConnectionErrorRetryHandler(max_retry_count=2),
-        RateLimitErrorRetryHandler(max_retry_count=3),
-        ServerErrorRetryHandler(max_retry_count=2),
-    ]
-    return client
+    """A Web API client for the configured base URL: no retry handlers and a 10 s timeout.
+
+    Nothing retries inline any more, so no listener thread sleeps for Slack's Retry-After: posts go
+    through the outbox (``SlackWeb``), which retries on threads of its own.
+    """
+    return WebClient(
+        token=runtime.settings.slack_bot_token or None,
+        base_url=runtime.settings.slack_api_url,
+        timeout=RetryPolicy().timeout_s,  # type: ignore[arg-type]
+        retry_handlers=[],
+    )
 
 
-def create_app(runtime: Runtime, client: WebClient | None = None, listener_executor: Executor | None = None) -> App:
-    """The Bolt app for ``runtime``; nothing is created at import time.
+def create_app(
+    runtime: Runtime,
+    client: WebClient | None = None,
+    listener_executor: Executor | None = None,
+    web: SlackWeb | None = None,
+) -> OpsbotApp:
+    """The Bolt app for ``runtime``, and its started SlackWeb as ``app.web``; nothing is created at import time.
 
     Every listener's ack function only acknowledges, and the work is lazy, so the acknowledgement
     runs in the thread that received the request (``process_before_response``): no hand-off to
     another pool, and none of Bolt's 10 ms polling for the acknowledgement. The lazy work runs on a
     pool of its own (``SLOW_WORKERS``); ``listener_executor`` replaces it (the local shell passes one
-    that counts work in flight, so it knows when the handlers are done).
+    that counts work in flight, so it knows when the handlers are done). Handlers get ``web`` when they
+    are registered; its delivery threads are its own, so that pool never waits for Slack to accept a post.
+    ``web`` defaults to one on the runtime's database (the local shell passes one kept in memory).
     """
     settings = runtime.settings
+    client = client or create_client(runtime)
+    web = web or SlackWeb(client, runtime.store)
     work = listener_executor or ThreadPoolExecutor(max_workers=SLOW_WORKERS, thread_name_prefix="opsbot-work")
-    app = App(
-        client=client or create_client(runtime),
+    app = OpsbotApp(
+        client=client,
         signing_secret=settings.slack_signing_secret or None,
         process_before_response=True,
         token_verification_enabled=False,
@@ -60,9 +75,10 @@ def create_app(runtime: Runtime, client: WebClient | None = None, listener_execu
             return BoltResponse(status=200, body="")
         return next()  # type: ignore[operator]
 
-    events.register(app, runtime)
-    commands.register(app, runtime)
-    actions.register(app, runtime)
-    deploys.register(app, runtime)
-    incidents.register(app, runtime)
+    events.register(app, runtime, web)
+    commands.register(app, runtime, web)
+    actions.register(app, runtime, web)
+    deploys.register(app, runtime)  # still on Bolt's client until it moves to SlackWeb
+    incidents.register(app, runtime, web)
+    app.web = web.start()  # after every register(): after-delivery hooks are known before the first delivery
     return app

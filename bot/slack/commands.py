@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from slack_bolt import Ack, App, Respond
-from slack_sdk import WebClient
+from slack_bolt import Ack, App
 
 from bot.runtime import Runtime
 from bot.slack.blocks import (
@@ -15,10 +14,11 @@ from bot.slack.blocks import (
     build_help_blocks,
     build_usage_blocks,
 )
-from bot.slack.guard import guarded
+from bot.slack.guard import guard
+from bot.slack.web import SlackWeb
 
 
-def register(app: App, runtime: Runtime) -> None:
+def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
     def ack_ask(ack: Ack, command: dict) -> None:
         if not (command.get("text") or "").strip():
             ack(response_type="ephemeral", text="Usage: /ask QUESTION", blocks=build_usage_blocks())
@@ -27,24 +27,24 @@ def register(app: App, runtime: Runtime) -> None:
         else:
             ack(response_type="ephemeral", text=f"Looking for: {command['text'].strip()[:150]}")
 
-    @guarded
-    def answer_ask(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+    @guard(web)
+    def answer_ask(command: dict, body: dict) -> None:
         question = (command.get("text") or "").strip()
         if not question or HELP_REQUEST.match(question):
             return  # usage or help was shown by the acknowledgement
         reply = runtime.reply(question, channel=command.get("channel_id", ""), user=command.get("user_id", ""))
-        respond(
-            response_type="ephemeral",
+        web.respond(
+            body["response_url"],
+            answer_fallback_text(reply),
+            build_answer_blocks(reply, with_share=True),
             replace_original=True,
-            text=answer_fallback_text(reply),
-            blocks=build_answer_blocks(reply, with_share=True),
         )
 
     app.command("/ask")(ack=ack_ask, lazy=[answer_ask])
-    register_experts(app, runtime)
+    register_experts(app, runtime, web)
 
 
-def register_experts(app: App, runtime: Runtime) -> None:
+def register_experts(app: App, runtime: Runtime, web: SlackWeb) -> None:
     """/experts TEXT [--service S]: who to pull in, with Invite buttons."""
 
     def ack_experts(ack: Ack, command: dict) -> None:
@@ -57,19 +57,19 @@ def register_experts(app: App, runtime: Runtime) -> None:
         else:
             ack(response_type="ephemeral", text="Looking for the right people…")
 
-    @guarded
-    def suggest(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+    @guard(web)
+    def suggest(command: dict, body: dict) -> None:
         raw = (command.get("text") or "").strip()
         if not raw:
             return
         text, services = split_service_options(raw)
         suggestions = runtime.suggest_experts(text, services or None)
         channel = command.get("channel_id", "")
-        respond(
-            response_type="ephemeral",
+        web.respond(
+            body["response_url"],
+            f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}",
+            build_experts_blocks(text, suggestions, can_invite=not channel.startswith("D")),
             replace_original=True,
-            text=f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}",
-            blocks=build_experts_blocks(text, suggestions, can_invite=not channel.startswith("D")),
         )
 
     app.command("/experts")(ack=ack_experts, lazy=[suggest])

@@ -7,11 +7,10 @@ import threading
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from slack_sdk import WebClient
-
 from bot.deploy_config import Digest
 from bot.metrics import dora
 from bot.runtime import Runtime
+from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +47,18 @@ def build_digest_blocks(runtime: Runtime, env: str, days: int = 30, now: datetim
     ]
 
 
-def post_digest(runtime: Runtime, client: WebClient, channel: str | None = None) -> str:
-    """Post the digest now; returns the channel it went to."""
+def post_digest(runtime: Runtime, web: SlackWeb, channel: str | None = None) -> str:
+    """Post the digest now (through the outbox); returns the channel it goes to."""
     digest = runtime.deploys().settings.digest
     target = channel or (digest.channel if digest else "")
     if not target:
         raise ValueError("no digest channel: set settings.weekly_digest.channel in services.yaml")
     env = digest.env if digest else "prod"
-    client.chat_postMessage(
-        channel=target, text=f"Weekly delivery figures ({env})", blocks=build_digest_blocks(runtime, env)
-    )
+    web.post(target, f"Weekly delivery figures ({env})", build_digest_blocks(runtime, env))
     return target
 
 
-def start_digest_scheduler(runtime: Runtime, client: WebClient, every: float = 60.0) -> threading.Thread:
+def start_digest_scheduler(runtime: Runtime, web: SlackWeb, every: float = 60.0) -> threading.Thread:
     """Check once a minute whether the weekly digest is due; post it once per week."""
 
     def loop() -> None:
@@ -74,7 +71,7 @@ def start_digest_scheduler(runtime: Runtime, client: WebClient, every: float = 6
                 week = digest_due(digest, datetime.now(UTC), runtime.store.get_meta("digest_week"))
                 if week:
                     runtime.store.set_meta("digest_week", week)
-                    post_digest(runtime, client)
+                    post_digest(runtime, web)
                     log.info("weekly digest posted week=%s channel=%s", week, digest.channel)
             except Exception:
                 log.exception("weekly digest failed")

@@ -6,11 +6,11 @@ import logging
 import re
 
 from slack_bolt import Ack, App
-from slack_sdk import WebClient
 
 from bot.runtime import Runtime
 from bot.slack.blocks import HELP_REQUEST, HELP_TEXT, answer_fallback_text, build_answer_blocks, build_help_blocks
-from bot.slack.guard import guarded
+from bot.slack.guard import guard
+from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
 MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
@@ -21,26 +21,24 @@ def just_ack(ack: Ack) -> None:
     ack()
 
 
-def answer_in_thread(runtime: Runtime, client: WebClient, event: dict) -> None:
+def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     """Reply in the message's thread with the answer to its text."""
     question = MENTION.sub(" ", event.get("text") or "").strip()
     channel = event["channel"]
     thread_ts = event.get("thread_ts") or event["ts"]
     if not question:
-        client.chat_postMessage(
-            channel=channel,
+        web.post(
+            channel,
+            "Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
             thread_ts=thread_ts,
-            text="Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
         )
         return
     if HELP_REQUEST.match(question):
-        client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=HELP_TEXT, blocks=build_help_blocks())
+        web.post(channel, HELP_TEXT, build_help_blocks(), thread_ts=thread_ts)
         log.info("help shown channel=%s user=%s", channel, event.get("user"))
         return
     reply = runtime.reply(question, channel=channel, user=event.get("user", ""), thread_ts=thread_ts)
-    client.chat_postMessage(
-        channel=channel, thread_ts=thread_ts, text=answer_fallback_text(reply), blocks=build_answer_blocks(reply)
-    )
+    web.post(channel, answer_fallback_text(reply), build_answer_blocks(reply), thread_ts=thread_ts)
     log.info("answered channel=%s user=%s answer_id=%s found=%s", channel, event.get("user"), reply.id, reply.found)
 
 
@@ -55,13 +53,13 @@ def looks_like_a_question(text: str) -> bool:
     return stripped.endswith("?") or bool(alertish) or stripped.lower().startswith(("how ", "what ", "why ", "where "))
 
 
-def register(app: App, runtime: Runtime) -> None:
-    @guarded
-    def answer_mention(event: dict, body: dict, client: WebClient) -> None:
-        answer_in_thread(runtime, client, event)
+def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
+    @guard(web)
+    def answer_mention(event: dict, body: dict) -> None:
+        answer_in_thread(runtime, web, event)
 
-    @guarded
-    def answer_message(event: dict, body: dict, client: WebClient, context: dict) -> None:
+    @guard(web)
+    def answer_message(event: dict, body: dict, context: dict) -> None:
         if event.get("bot_id") or event.get("subtype"):
             return  # our own posts, edits, joins: not questions
         text = event.get("text") or ""
@@ -69,13 +67,13 @@ def register(app: App, runtime: Runtime) -> None:
         if bot_user and f"<@{bot_user}>" in text:
             return  # the app_mention event answers it
         if event.get("channel_type") == "im":
-            answer_in_thread(runtime, client, event)
+            answer_in_thread(runtime, web, event)
             return
         mode = runtime.store.channel_answer_modes().get(event.get("channel", ""), "mentions")
         if mode == ANSWER_ALL and (looks_like_a_question(text) or event.get("thread_ts")):
             if event.get("thread_ts") and runtime.store.thread_question(event["channel"], event["thread_ts"]) is None:
                 return  # a human thread opsbot was never part of
-            answer_in_thread(runtime, client, event)
+            answer_in_thread(runtime, web, event)
 
     app.event("app_mention")(ack=just_ack, lazy=[answer_mention])
     app.event("message")(ack=just_ack, lazy=[answer_message])

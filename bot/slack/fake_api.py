@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -72,8 +74,14 @@ class _Failure:
     """One injected failure waiting for its call."""
 
     status: int
-    retry_after: int
+    retry_after: int | str
     error: str
+    hang: float = 0.0  # seconds to wait before answering (a client with a shorter timeout gives up first)
+    html: bool = False  # answer with an HTML error page, as a proxy or load balancer does
+    reset: bool = False  # answer nothing: reset the connection
+
+
+HTML_ERROR_PAGE = "<html><head><title>{status}</title></head><body><h1>{status} Server Error</h1></body></html>"
 
 
 class _Server(ThreadingHTTPServer):
@@ -112,15 +120,30 @@ class _Handler(BaseHTTPRequestHandler):
         body = _parse_form(parts.query)
         body.update(_parse_body(raw, self.headers.get("Content-Type", "")))
         headers = {key.lower(): value for key, value in self.headers.items()}
-        status, answer, extra_headers = self.server.api._dispatch(parts.path, _decode_json_fields(body), headers)
+        api = self.server.api
+        status, answer, extra_headers, failure = api._dispatch(parts.path, _decode_json_fields(body), headers)
+        if failure is not None and failure.hang:
+            api._stopping.wait(failure.hang)
+        if failure is not None and failure.reset:
+            # SO_LINGER with a zero timeout: close() sends a TCP reset instead of a clean end of stream.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        content_type = "application/json; charset=utf-8"
         payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in extra_headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
+        if failure is not None and failure.html:
+            content_type, payload = "text/html; charset=utf-8", HTML_ERROR_PAGE.format(status=status).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in extra_headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (it timed out)
+            self.close_connection = True
 
 
 class FakeSlackAPI:
@@ -129,6 +152,7 @@ class FakeSlackAPI:
     def __init__(self) -> None:
         self.socket_url: str = "wss://fake.slack.invalid/link/?ticket=fake"
         self._cond = threading.Condition()
+        self._stopping = threading.Event()  # ends the waits of hanging answers
         self._calls: list[Call] = []
         self._failures: dict[str, deque[_Failure]] = {}
         self._messages: dict[str, list[dict[str, Any]]] = {}
@@ -166,6 +190,7 @@ class FakeSlackAPI:
         """Bind 127.0.0.1 on a free port and serve from a daemon thread."""
         if self._server is not None:
             raise RuntimeError("FakeSlackAPI is already running; call stop() before starting it again")
+        self._stopping.clear()
         self._server = _Server(self)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), name="fake-slack-api", daemon=True
@@ -178,6 +203,7 @@ class FakeSlackAPI:
         """Stop serving and release the port; safe to call twice."""
         server, thread = self._server, self._thread
         self._server, self._thread = None, None
+        self._stopping.set()
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -213,16 +239,34 @@ class FakeSlackAPI:
     # -- test controls ---------------------------------------------------------------------------
 
     def fail_next(
-        self, method: str, status: int = 429, times: int = 1, retry_after: int = 0, error: str | None = None
+        self,
+        method: str,
+        status: int = 429,
+        times: int = 1,
+        retry_after: int | str = 0,
+        error: str | None = None,
+        *,
+        hang: float = 0.0,
+        html: bool = False,
+        reset: bool = False,
     ) -> None:
-        """Make the next `times` calls of `method` fail: 429 ratelimited, 5xx internal_error, or `error`."""
-        if times < 1 or not 200 <= status <= 599:
-            raise ValueError(f"fail_next needs times >= 1 and an HTTP status 200-599, got times={times} {status=}")
+        """Make the next `times` calls of `method` fail: 429 ratelimited, 5xx internal_error, or `error`.
+
+        ``retry_after`` is sent as given with a 429 (a string such as "soon" makes it malformed); ``hang``
+        waits that many seconds before answering; ``html`` answers with an HTML error page instead of JSON;
+        ``reset`` resets the connection without any answer.
+        """
+        if times < 1 or not 200 <= status <= 599 or hang < 0:
+            raise ValueError(
+                f"fail_next needs times >= 1, an HTTP status 200-599 and hang >= 0, got {times=} {status=}"
+            )
         if error is None:
             error = "ratelimited" if status == 429 else "internal_error" if status >= 500 else "fake_failure"
+        if reset:
+            error = "connection_reset"
         with self._cond:
             pending = self._failures.setdefault(method, deque())
-            pending.extend(_Failure(status, retry_after, error) for _ in range(times))
+            pending.extend(_Failure(status, retry_after, error, hang, html, reset) for _ in range(times))
 
     def add_user(self, user_id: str, **fields: Any) -> None:
         """Make users.info answer with these fields for this user (merged over the default profile)."""
@@ -281,8 +325,10 @@ class FakeSlackAPI:
 
     # -- dispatch --------------------------------------------------------------------------------
 
-    def _dispatch(self, path: str, body: Body, headers: dict[str, str]) -> tuple[int, Answer, dict[str, str]]:
-        """Record one call and decide its answer: status, JSON body and extra headers."""
+    def _dispatch(
+        self, path: str, body: Body, headers: dict[str, str]
+    ) -> tuple[int, Answer, dict[str, str], _Failure | None]:
+        """Record one call and decide its answer: status, JSON body, extra headers and any injected failure."""
         if path.startswith("/api/") and len(path) > len("/api/"):
             method = path[len("/api/") :]
         elif path.startswith("/response/"):
@@ -292,11 +338,12 @@ class FakeSlackAPI:
         digest = _token_digest(headers, body)
         headers, body = _mask_headers(headers), _mask_body(body)
         extra: dict[str, str] = {}
+        failure = None
         with self._cond:
             pending = self._failures.get(method)
             if pending:
                 failure = pending.popleft()
-                status, answer = failure.status, {"ok": False, "error": failure.error}
+                status, answer = (0 if failure.reset else failure.status), {"ok": False, "error": failure.error}
                 if status == 429:
                     extra["Retry-After"] = str(failure.retry_after)
             elif method == RESPONSE_URL_METHOD:
@@ -309,7 +356,7 @@ class FakeSlackAPI:
             self._calls.append(Call(method, path, body, headers, time.time(), status, error, digest, answer))
             self._cond.notify_all()
         log.debug("fake slack call method=%s status=%s error=%s", method, status, error)
-        return status, answer, extra
+        return status, answer, extra, failure
 
     def _answer(self, method: str, body: Body) -> tuple[int, Answer]:
         """Answer a Web API method; unknown methods get `{"ok": true}`."""

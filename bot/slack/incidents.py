@@ -16,7 +16,6 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 
 from bot.errors import InvalidRequest, OpsbotError
 from bot.incidents import IncidentService, LiveIncident, check_severity, deploys_since, possible_cause
@@ -24,7 +23,7 @@ from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks import build_experts_blocks
 from bot.slack.deploys import submit
-from bot.slack.guard import guarded
+from bot.slack.guard import guard
 from bot.slack.incident_blocks import (
     USAGE,
     build_declared_blocks,
@@ -37,6 +36,7 @@ from bot.slack.incident_blocks import (
     resolved_fallback_text,
     title_line,
 )
+from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 SUBCOMMANDS = ("declare", "status", "note", "assign", "severity", "resolve", "list")
@@ -123,50 +123,27 @@ def channel_name(incident: LiveIncident) -> str:
 # -- Slack helpers ------------------------------------------------------------------------------------
 
 
-def _error(exc: SlackApiError) -> str:
-    return str(exc.response.get("error", "")) if exc.response is not None else str(exc)
-
-
-def post(client: WebClient, channel: str, message: Message, respond: Respond | None = None) -> bool:
-    """Post in a channel; when Slack refuses, show it to the user who asked instead, saying why."""
+def post(web: SlackWeb, channel: str, message: Message, response_url: str = "") -> int:
+    """Post in a channel; if Slack refuses it for good, the user who asked sees it privately, with why."""
     text, blocks = message
-    try:
-        client.chat_postMessage(channel=channel, text=text, blocks=blocks or None)
-        return True
-    except SlackApiError as exc:
-        error = _error(exc)
-        log.warning("could not post channel=%s error=%s", channel, error)
-        if respond is not None:
-            note = f"I could not post this in <#{channel}> ({error}); invite me there with `/invite @opsbot`."
-            respond(
-                response_type="ephemeral",
-                replace_original=False,
-                text=f"{text}\n{note}",
-                blocks=[*blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": note}]}],
-            )
-        return False
+    return web.post(channel, text, blocks or None, notify=Notify(response_url=response_url) if response_url else None)
 
 
-def say_privately(respond: Respond, text: str) -> None:
-    respond(response_type="ephemeral", replace_original=False, text=text)
+def say_privately(web: SlackWeb, response_url: str, text: str) -> None:
+    web.respond(response_url, text)
 
 
-def open_incident_channel(client: WebClient, incident: LiveIncident, user: str) -> tuple[str | None, str]:
+def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> tuple[str | None, str]:
     """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error)."""
     base = channel_name(incident)
     for name in (base, f"{base[:70]}-{incident.id.rsplit('-', 1)[1]}"):
-        try:
-            created = client.conversations_create(name=name)
-        except SlackApiError as exc:
-            error = _error(exc)
+        created, error = web.try_call("conversations.create", name=name)
+        if created is None:
             if error == "name_taken":
                 continue
             return None, error
         channel = created["channel"]["id"]
-        try:
-            client.conversations_invite(channel=channel, users=user)
-        except SlackApiError as exc:
-            log.warning("could not invite declarer channel=%s user=%s error=%s", channel, user, _error(exc))
+        web.call("conversations.invite", channel=channel, users=user)  # fail-soft: logged, the channel stands
         log.info("incident channel created id=%s channel=%s name=%s", incident.id, channel, name)
         return channel, ""
     return None, "name_taken"
@@ -209,10 +186,9 @@ def guarded_part(what: str, build: Callable[[], Message]) -> Message:
     return text, [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
 
 
-def declare(
-    runtime: Runtime, incidents: IncidentService, client: WebClient, respond: Respond, command: dict, rest: str
-) -> None:
+def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, rest: str) -> None:
     user, origin = command.get("user_id", ""), command.get("channel_id", "")
+    url = command.get("response_url", "")
     title, severity, services = parse_declare(rest)
     if not services:
         services = mentioned_services(title, incidents.known_services)
@@ -220,13 +196,14 @@ def declare(
     log.info("incident declared id=%s by=%s channel=%s", incident.id, user, origin)
     where = origin
     if runtime.settings.incident_channels:
-        channel, error = open_incident_channel(client, incident, user)
+        channel, error = open_incident_channel(web, incident, user)
         if channel:
             incidents.set_channel(incident.id, channel)
             where = channel
         else:
             say_privately(
-                respond,
+                web,
+                url,
                 f"{incident.id} is declared, but Slack refused to create its channel ({error}), so it lives in "
                 "this channel. The app needs the `channels:manage` scope (see `opsbot manifest`).",
             )
@@ -237,33 +214,33 @@ def declare(
         log.exception("could not look for a possible cause id=%s", incident.id)
         cause = None
     headline = f"{incident.id} SEV{incident.severity}: {incident.title}"
-    post(client, where, (headline, build_declared_blocks(incident, cause)), respond)
+    post(web, where, (headline, build_declared_blocks(incident, cause)), url)
     for message in (
         guarded_part("runbooks or similar incidents", lambda: knowledge_message(runtime, incident, where)),
         guarded_part("expert suggestions", lambda: experts_message(runtime, incident)),
         guarded_part("recent deploys", lambda: deploys_message(runtime, incident)),
     ):
-        post(client, where, message, respond)
+        post(web, where, message, url)
     if where != origin:
         text = f":rotating_light: {title_line(incident)} declared by <@{user}>; it is worked in <#{where}>."
-        post(client, origin, (text, []), respond)
+        post(web, origin, (text, []), url)
 
 
 # -- working an incident --------------------------------------------------------------------------------
 
 
-def announce(client: WebClient, respond: Respond, incident: LiveIncident, channel: str, text: str) -> None:
+def announce(web: SlackWeb, url: str, incident: LiveIncident, channel: str, text: str) -> None:
     """Show a change in the incident's channel; tell the user where, when they typed it elsewhere."""
-    post(client, incident.channel, (text, []), respond)
+    post(web, incident.channel, (text, []), url)
     if channel != incident.channel:
-        say_privately(respond, f"Done: {text} (posted in <#{incident.channel}>)")
+        say_privately(web, url, f"Done: {text} (posted in <#{incident.channel}>)")
 
 
 def resolve(
     runtime: Runtime,
     incidents: IncidentService,
-    client: WebClient,
-    respond: Respond,
+    web: SlackWeb,
+    url: str,
     incident: LiveIncident,
     user: str,
     resolution: str,
@@ -276,61 +253,61 @@ def resolve(
     except Exception:
         searchable = False
         log.exception("could not index resolved incident id=%s", live.id)
-    post(client, live.channel, (resolved_fallback_text(live), build_resolved_blocks(live, searchable)), respond)
+    post(web, live.channel, (resolved_fallback_text(live), build_resolved_blocks(live, searchable)), url)
     if live.origin_channel and live.origin_channel != live.channel:
-        post(client, live.origin_channel, (f":white_check_mark: {title_line(live)} is resolved.", []), None)
+        post(web, live.origin_channel, (f":white_check_mark: {title_line(live)} is resolved.", []))
 
 
-def run_subcommand(runtime: Runtime, client: WebClient, respond: Respond, command: dict, sub: str, rest: str) -> None:
+def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, sub: str, rest: str) -> None:
     incidents = runtime.incidents()
     user, channel = command.get("user_id", ""), command.get("channel_id", "")
+    url = command.get("response_url", "")
     if sub == "declare":
-        declare(runtime, incidents, client, respond, command, rest)
+        declare(runtime, incidents, web, command, rest)
         return
     if sub == "list":
-        say_privately(respond, build_list_text(incidents.list_open()))
+        say_privately(web, url, build_list_text(incidents.list_open()))
         return
     incident_id, rest = split_incident_id(rest)
     incident = incidents.find(incident_id, channel)
     if sub == "status":
-        blocks = build_status_blocks(incident)
-        respond(response_type="ephemeral", replace_original=False, text=title_line(incident), blocks=blocks)
+        web.respond(url, title_line(incident), build_status_blocks(incident))
     elif sub == "note":
         text = html.unescape(rest)
         incident = incidents.note(incident, user, text)
-        announce(client, respond, incident, channel, f":memo: {incident.id} note from <@{user}>: {rest}")
+        announce(web, url, incident, channel, f":memo: {incident.id} note from <@{user}>: {rest}")
     elif sub == "assign":
         person, role = parse_assign(rest)
         incident = incidents.assign(incident, user, person, role)
-        announce(client, respond, incident, channel, f":bust_in_silhouette: <@{person}> is {role} of {incident.id}.")
+        announce(web, url, incident, channel, f":bust_in_silhouette: <@{person}> is {role} of {incident.id}.")
     elif sub == "severity":
         before = incident.severity
         incident = incidents.set_severity(incident, user, rest)
         text = f":rotating_light: {incident.id} severity SEV{before} → SEV{incident.severity} (by <@{user}>)."
-        announce(client, respond, incident, channel, text)
+        announce(web, url, incident, channel, text)
     elif sub == "resolve":
-        resolve(runtime, incidents, client, respond, incident, user, rest)
+        resolve(runtime, incidents, web, url, incident, user, rest)
         if channel != incident.channel:
-            say_privately(respond, f"{incident.id} is resolved; the summary is in <#{incident.channel}>.")
+            say_privately(web, url, f"{incident.id} is resolved; the summary is in <#{incident.channel}>.")
 
 
 # -- the pin reaction and the Rollback button ---------------------------------------------------------
 
 
-def message_text(client: WebClient, channel: str, ts: str) -> str | None:
-    """The text of one message, in the channel or in a thread."""
-    found = client.conversations_history(channel=channel, latest=ts, inclusive=True, limit=1)
+def message_text(web: SlackWeb, channel: str, ts: str) -> str | None:
+    """The text of one message, in the channel or in a thread; None when it can't be read."""
+    found = web.call("conversations.history", channel=channel, latest=ts, inclusive=True, limit=1) or {}
     for message in found.get("messages") or []:
         if message.get("ts") == ts:
             return message.get("text") or ""
-    found = client.conversations_replies(channel=channel, ts=ts)
+    found = web.call("conversations.replies", channel=channel, ts=ts) or {}
     for message in found.get("messages") or []:
         if message.get("ts") == ts:
             return message.get("text") or ""
     return None
 
 
-def pin_message(runtime: Runtime, client: WebClient, event: dict) -> None:
+def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     """The pin emoji on a message in an incident's channel adds the message to its timeline."""
     if event.get("reaction", "").split("::")[0] != runtime.settings.pin_emoji:
         return
@@ -343,7 +320,7 @@ def pin_message(runtime: Runtime, client: WebClient, event: dict) -> None:
         incident = incidents.find(None, channel)
         if not incident.is_open:
             return
-        text = message_text(client, channel, ts)
+        text = message_text(web, channel, ts)
         if text is None:
             raise InvalidRequest("I could not read that message; is it in a thread I can't see?")
         text = html.unescape(text).strip()
@@ -351,14 +328,17 @@ def pin_message(runtime: Runtime, client: WebClient, event: dict) -> None:
             return  # someone else pinned it already
         incidents.pin(incident, user, text)
     except OpsbotError as exc:
-        client.chat_postEphemeral(channel=channel, user=user, text=f"Sorry: {exc}")
+        web.tell_user(channel, user, f"Sorry: {exc}")
         return
     log.info("incident message pinned id=%s channel=%s ts=%s by=%s", incident.id, channel, ts, user)
-    client.chat_postEphemeral(channel=channel, user=user, text=f"Added to the {incident.id} timeline.")
+    web.tell_user(channel, user, f"Added to the {incident.id} timeline.")
 
 
 def request_rollback(runtime: Runtime, client: WebClient, respond: Respond, body: dict) -> None:
-    """A Rollback button of the briefing: a rollback request through the /rollback approval flow."""
+    """A Rollback button of the briefing: a rollback request through the /rollback approval flow.
+
+    Bolt's ``client`` and ``respond`` are for ``bot.slack.deploys.submit``, which is not on SlackWeb yet.
+    """
     value: dict[str, Any] = json.loads(body["actions"][0]["value"])
     user = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
@@ -376,7 +356,7 @@ def request_rollback(runtime: Runtime, client: WebClient, respond: Respond, body
 # -- wiring ------------------------------------------------------------------------------------------------
 
 
-def register(app: App, runtime: Runtime) -> None:
+def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
     def ack_incident(ack: Ack, command: dict) -> None:
         sub, _ = split_subcommand(command.get("text", ""))
         if sub not in SUBCOMMANDS:
@@ -389,20 +369,20 @@ def register(app: App, runtime: Runtime) -> None:
         else:
             ack()
 
-    @guarded
-    def handle_incident(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+    @guard(web)
+    def handle_incident(command: dict, body: dict) -> None:
         sub, rest = split_subcommand(command.get("text", ""))
         if sub in SUBCOMMANDS:
-            run_subcommand(runtime, client, respond, command, sub, rest)
+            run_subcommand(runtime, web, command, sub, rest)
 
     def just_ack(ack: Ack) -> None:
         ack()
 
-    @guarded
-    def handle_reaction(event: dict, body: dict, client: WebClient) -> None:
-        pin_message(runtime, client, event)
+    @guard(web)
+    def handle_reaction(event: dict, body: dict) -> None:
+        pin_message(runtime, web, event)
 
-    @guarded
+    @guard(web)
     def handle_rollback(body: dict, client: WebClient, respond: Respond) -> None:
         request_rollback(runtime, client, respond, body)
 

@@ -26,6 +26,7 @@ from bot.render import Button, Post, render_text_object
 from bot.runtime import Runtime
 from bot.slack.app import create_app
 from bot.slack.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
+from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool
 
 SHELL_TOKEN = "xoxb-local-shell"
@@ -60,13 +61,16 @@ class LocalSlack:
     """opsbot's Bolt app wired to a local fake Slack Web API, driven as a person in Slack would drive it.
 
     ``start`` replaces the runtime's settings by a copy with a per-session random signing secret and the
-    fake's token and URL, so no real Slack credential is ever used.
+    fake's token and URL, so no real Slack credential is ever used. Posts go through a SlackWeb kept in
+    memory: the fake Slack ends with the session, and the database may be a running server's, whose
+    outbox must never deliver the shell's posts (nor the shell deliver the server's).
     """
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.fake = FakeSlackAPI()
         self.app: App | None = None
+        self.web: SlackWeb | None = None
         self.executor = TrackedPool(5, "opsbot-shell")
         self._secret = ""
         self._seen = 0  # fake API calls already delivered
@@ -85,25 +89,33 @@ class LocalSlack:
         )
         self._secret = str(self.runtime.settings.slack_signing_secret)
         client = WebClient(base_url=self.fake.url, token=SHELL_TOKEN)
-        self.app = create_app(self.runtime, client=client, listener_executor=self.executor)
+        self.web = SlackWeb(client, None)
+        self.app = create_app(self.runtime, client=client, listener_executor=self.executor, web=self.web)
         return self
 
     def close(self) -> None:
-        """Let running handlers finish briefly, then stop the pool and the fake API."""
-        idle = self.executor.wait_idle(2.0)
+        """Let running handlers and deliveries finish briefly, then stop them and the fake API."""
+        idle = self.wait_idle(2.0)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.web is not None:
+            self.web.stop(timeout=1.0)
         if idle:  # else leave the (daemon) fake serving, so a handler still waiting for the model ends quietly
             self.fake.stop()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the handlers and the deploys they started; True when none is running."""
+        """Wait up to ``timeout`` seconds for the handlers, the deploys they started and their posts to Slack."""
         deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
         while True:
-            if not self.executor.wait_idle(max(0.0, deadline - time.monotonic())):
+            if not self.executor.wait_idle(left()) or not self.runtime.runners.wait_idle(left()):
                 return False
-            if not self.runtime.runners.wait_idle(max(0.0, deadline - time.monotonic())):
+            # The handlers and deploys are done, so everything they post is in the outbox already.
+            if self.web is not None and not self.web.wait_idle(left()):
                 return False
-            if self.executor.busy == 0:  # a finished deploy may have posted work of its own
+            if self.executor.busy == 0 and self.runtime.runners.busy == 0:
                 return True
 
     # -- what Slack would send -----------------------------------------------------------------------------

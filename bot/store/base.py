@@ -56,7 +56,10 @@ class StoreBase:
             try:
                 yield
             except BaseException:
-                self.db.conn.execute("ROLLBACK")
+                # SQLite ends the transaction itself on some errors (SQLITE_FULL): a ROLLBACK then would fail
+                # and hide the error that matters ("database or disk is full").
+                if self.db.conn.in_transaction:
+                    self.db.conn.execute("ROLLBACK")
                 raise
             self.db.conn.execute("COMMIT")
 

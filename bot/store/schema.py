@@ -206,3 +206,41 @@ def m010_deploy_leases(db: Database) -> None:
     db["deploy_requests"].add_column("runner_pid", int)  # the runner's process group, to stop an orphan
     db["deploy_requests"].add_column("flags", str, not_null_default="[]")  # e.g. a CI deploy during a freeze
     db["deploy_requests"].add_column("note", str, not_null_default="")  # why it was cancelled or flagged
+
+
+@migrations()
+def m011_outbox(db: Database) -> None:
+    # Everything opsbot posts to Slack, written before the call is made (bot/slack/web.py delivers it).
+    # Times are epoch seconds (REAL): they are compared with the clock to the millisecond, never shown.
+    db["outbox"].create(
+        {
+            "id": int,
+            "method": str,  # chat.postMessage, chat.update, chat.postEphemeral, chat.delete or response_url
+            "payload": str,  # JSON arguments; cleared once sent
+            "url": str,  # the response_url of a response_url row: a short-lived capability, cleared once done
+            "lane": str,  # ordering key: rows of one lane are delivered in the order written
+            "key": str,  # names the message this row creates, for thread_of / update_of of later rows
+            "thread_of": str,
+            "update_of": str,
+            "target": str,  # the message a chat.update edits: a newer update supersedes older pending ones
+            "after": str,  # a hook registered with SlackWeb.on, run once sent
+            "after_args": str,
+            "notify": str,  # whom to tell when it fails for good (JSON); cleared once done
+            "status": str,  # pending, sending, sent, failed, superseded
+            "attempts": int,
+            "created_at": float,
+            "expires_at": float,
+            "next_at": float,
+            "last_error": str,
+            "result_channel": str,
+            "result_ts": str,
+            "claimed_by": str,
+            "claim_until": float,
+            "done_at": float,
+        },
+        pk="id",
+    )
+    db["outbox"].create_index(["status", "next_at"])
+    db["outbox"].create_index(["lane", "status", "id"])
+    db["outbox"].create_index(["key", "id"])
+    db["outbox"].create_index(["target", "status"])

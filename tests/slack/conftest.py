@@ -25,6 +25,7 @@ from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
 from bot.slack.fake_api import FakeSlackAPI
 from bot.slack.server import HttpServer
+from bot.slack.web import SlackWeb
 from bot.store import Store
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -66,6 +67,7 @@ class SlackDriver:
 
     base_url: str
     api: FakeSlackAPI
+    web: SlackWeb | None = None  # the app's outbox: web.wait_idle() waits until every post was delivered
     secret: str = SIGNING_SECRET
     sent: list[str] = field(default_factory=list)
 
@@ -244,10 +246,12 @@ def runtime(tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store, minilm
     rt.close()  # waits for the loading thread: closing the store under it would crash the process
 
 
-def start_bot(runtime: Runtime, api: FakeSlackAPI, client: WebClient | None = None) -> tuple[HttpServer, SlackDriver]:
-    app = create_app(runtime, client=client or create_client(runtime))
+def start_bot(
+    runtime: Runtime, api: FakeSlackAPI, client: WebClient | None = None, web: SlackWeb | None = None
+) -> tuple[HttpServer, SlackDriver]:
+    app = create_app(runtime, client=client or create_client(runtime), web=web)
     server = HttpServer(app, runtime, host="127.0.0.1", port=0).start()
-    return server, SlackDriver(f"http://127.0.0.1:{server.port}", api)
+    return server, SlackDriver(f"http://127.0.0.1:{server.port}", api, app.web)
 
 
 @pytest.fixture
@@ -255,6 +259,8 @@ def slack(runtime: Runtime, slack_api: FakeSlackAPI) -> Iterator[SlackDriver]:
     server, driver = start_bot(runtime, slack_api)
     yield driver
     server.stop()
+    if driver.web is not None:
+        driver.web.stop()
 
 
 class GatedEncoder:

@@ -9,6 +9,7 @@ from bot.runtime import Runtime
 from bot.slack.app import create_client
 from bot.slack.digest import digest_due, post_digest
 from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.web import SlackWeb
 
 MONDAY_9 = Digest("C04DEPLOYS1", 0, "09:00", "Europe/London")
 
@@ -38,9 +39,13 @@ def test_bad_digest_settings_name_the_key() -> None:
 
 
 def test_the_digest_posts_every_deployable_service(runtime: Runtime, slack_api: FakeSlackAPI) -> None:
-    channel = post_digest(runtime, create_client(runtime))
-    assert channel == "C04DEPLOYS1"
-    (call,) = slack_api.wait_for("chat.postMessage")
+    web = SlackWeb(create_client(runtime), runtime.store).start()
+    try:
+        channel = post_digest(runtime, web)
+        assert channel == "C04DEPLOYS1"
+        (call,) = slack_api.wait_for("chat.postMessage")
+    finally:
+        web.stop()
     text = str(call.body["blocks"])
     assert "Weekly delivery figures (prod)" in text
     for service in ("checkout-api", "payments-gateway", "storefront-web", "order-pipeline"):

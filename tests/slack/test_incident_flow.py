@@ -58,6 +58,9 @@ def declare(
     ack = slack.command("/incident", f"declare {text}", user=user, channel=channel)
     assert ack.json() == {"response_type": "ephemeral", "text": "Declaring the incident…"}
     bodies = [c.body for c in posts(api, before + parts, timeout=30)[before:]]
+    # Each channel gets its posts in order, but channels do not wait for each other: the note in the
+    # channel it was declared from may arrive before the briefing in the incident's own channel.
+    bodies.sort(key=lambda body: body["channel"] == channel)
     incident_id = shown(bodies[0]).split("*")[1]
     assert incident_id.startswith("INC-2026-"), shown(bodies[0])
     return incident_id, bodies

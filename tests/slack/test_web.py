@@ -1,0 +1,354 @@
+"""SlackWeb and its outbox against the fake Slack API: faults, ordering, restarts, two processes, a full disk."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from slack_sdk import WebClient
+
+from bot.runtime import Runtime
+from bot.slack.app import create_client
+from bot.slack.delivery import RetryPolicy
+from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.web import Notify, SlackWeb
+from bot.store import Store
+from tests.conftest import FakeEncoder
+from tests.slack.conftest import SlackDriver, make_settings, start_bot
+
+FAST = RetryPolicy(timeout_s=1.0, base_s=0.05, cap_s=0.2)  # the real policy's shape, in test time
+MakeWeb = Callable[..., SlackWeb]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "opsbot.db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def make_web(store: Store, slack_api: FakeSlackAPI) -> Iterator[MakeWeb]:
+    """SlackWebs on ``store`` (or another connection), stopped before any store is closed."""
+    made: list[SlackWeb] = []
+
+    def make(on: Store | None = None, start: bool = True, **options: object) -> SlackWeb:
+        options.setdefault("policy", FAST)
+        web = SlackWeb(WebClient(base_url=slack_api.url, token="xoxb-test"), on or store, **options)  # type: ignore[arg-type]
+        made.append(web)
+        return web.start() if start else web
+
+    yield make
+    for web in made:
+        web.stop()
+
+
+@pytest.fixture
+def bot(tmp_path: Path, slack_api: FakeSlackAPI) -> Iterator[SlackDriver]:
+    """A running opsbot whose outbox retries on the test's time scale."""
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    runtime.start_loading()
+    web = SlackWeb(create_client(runtime), runtime.store, policy=FAST)
+    server, driver = start_bot(runtime, slack_api, web=web)
+    yield driver
+    server.stop()
+    web.stop()
+    runtime.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+# -- faults, through a running opsbot --------------------------------------------------------------------------
+
+
+def test_a_mention_answer_survives_502_504_an_html_page_a_hang_and_a_reset(
+    bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    for fault in (
+        {"status": 502},
+        {"status": 504},
+        {"status": 500, "html": True},
+        {"status": 504, "hang": 30},
+        {"reset": True},
+    ):
+        slack_api.fail_next("chat.postMessage", **fault)  # type: ignore[arg-type]
+    _, ts = bot.mention("disk full on node 7")
+    calls = slack_api.wait_for("chat.postMessage", count=6, timeout=30)
+    assert [c.status for c in calls] == [502, 504, 500, 504, 0, 200]  # the hang was given up after the timeout
+    (answer,) = slack_api.messages()
+    assert answer["thread_ts"] == ts
+
+
+def test_an_ask_answer_to_the_response_url_survives_a_500(bot: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack_api.fail_next("response_url", 500)
+    bot.command("/ask", "disk full on node 7")
+    calls = slack_api.wait_for("response_url", count=2, timeout=20)
+    assert [c.status for c in calls] == [500, 200]
+    assert calls[1].body["replace_original"] is True and calls[1].body["response_type"] == "ephemeral"
+
+
+def test_rate_limited_answers_in_two_channels_do_not_hold_up_an_answer_in_a_third(
+    bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # Before the outbox, each Retry-After slept in one of the two listener threads: the third answer waited 44 s.
+    for n, channel in enumerate(("C0DEPLOYS1", "C0DEPLOYS2"), start=1):
+        slack_api.fail_next("chat.postMessage", 429, retry_after=45)
+        bot.mention(f"deploy summary {n}", channel=channel)
+        slack_api.wait_for("chat.postMessage", count=n, timeout=20)
+    started = time.monotonic()
+    bot.mention("disk full on node 7", channel="C0OPS0001")
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: c.ok and c.body["channel"] == "C0OPS0001", timeout=20)
+    assert time.monotonic() - started < 5  # measured ~0.1 s; the rate-limited channels wait up to 30 s
+
+
+# -- retries and give-up ----------------------------------------------------------------------------------------
+
+
+def test_nine_500s_in_a_row_and_both_summaries_still_arrive_in_order(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    slack_api.fail_next("chat.postMessage", 500, times=9)
+    web = make_web()
+    first, second = web.post("C0DEPLOYS1", "summary 1"), web.post("C0DEPLOYS1", "summary 2")
+    assert web.wait_idle(30)
+    assert [m["text"] for m in slack_api.messages()] == ["summary 1", "summary 2"]
+    assert [c.status for c in slack_api.calls("chat.postMessage")] == [500] * 9 + [200, 200]
+    assert [store.outbox_row(r)["attempts"] for r in (first, second)] == [10, 1]
+
+
+def test_retry_after_is_honoured_up_to_the_cap_and_a_malformed_one_gets_the_usual_backoff() -> None:
+    policy = RetryPolicy(base_s=1.0)
+    assert policy.retry_after({"Retry-After": "2"}, 1) == 2.0
+    assert policy.retry_after({"retry-after": "45"}, 1) == 30.0
+    for malformed in ({"Retry-After": "soon"}, {"Retry-After": "-3"}, {"Retry-After": "nan"}, {}):
+        assert 0.5 <= policy.retry_after(malformed, 1) <= 1.0
+    assert 8 <= policy.backoff(5) <= 16 and 15 <= policy.backoff(20) <= 30
+
+
+def test_a_429_with_a_retry_after_that_is_not_a_number_is_retried(make_web: MakeWeb, slack_api: FakeSlackAPI) -> None:
+    slack_api.fail_next("chat.postMessage", 429, retry_after="soon")
+    web = make_web()
+    web.post("C1", "answer")
+    assert [c.status for c in slack_api.wait_for("chat.postMessage", count=2)] == [429, 200]
+
+
+def test_a_rate_limited_channel_waits_at_most_the_cap_and_another_channel_not_at_all(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    web = make_web(policy=replace(FAST, retry_after_cap_s=30.0))
+    slack_api.fail_next("chat.postMessage", 429, retry_after=45)
+    held = web.post("C0DEPLOYS1", "deploy summary")
+    (limited,) = slack_api.wait_for("chat.postMessage")
+    started = time.monotonic()
+    web.post("C0OPS0001", "an answer")
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: c.ok and c.body["channel"] == "C0OPS0001")
+    assert time.monotonic() - started < 2
+    row = store.outbox_row(held)
+    assert (row["status"], row["last_error"]) == ("pending", "ratelimited")
+    assert 29 <= row["next_at"] - limited.at <= 31  # Retry-After 45, capped at 30
+
+
+def test_a_post_is_given_up_after_its_maximum_age_with_an_error_line(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack_api.fail_next("chat.postMessage", 503, times=1000)
+    web = make_web(policy=replace(FAST, max_age_s=1.0))
+    with caplog.at_level(logging.ERROR, logger="bot.slack.web"):
+        row = web.post("C1", "summary", notify=Notify(channel="C1", user="U1"))
+        wait_until(lambda: store.outbox_row(row)["status"] == "failed")
+        (told,) = slack_api.wait_for("chat.postEphemeral")
+    assert "given up" in store.outbox_row(row)["last_error"]
+    assert "slack delivery failed" in caplog.text and f"id={row}" in caplog.text
+    assert told.body["user"] == "U1" and "summary" in told.body["text"]
+
+
+def test_a_refused_post_is_not_retried_and_the_person_is_told_why(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    web = make_web()
+    section = {"type": "section", "text": {"type": "mrkdwn", "text": "*INC-2026-0042* checkout 503s"}}
+    slack_api.fail_next("chat.postMessage", 200, error="not_in_channel")
+    first = web.post(
+        "C0PRIVATE1", "INC-2026-0042 declared", [section], notify=Notify(response_url=slack_api.response_url("d"))
+    )
+    (response,) = slack_api.wait_for("response_url")
+    assert "<#C0PRIVATE1> (not_in_channel): invite me with `/invite @opsbot`" in response.body["text"]
+    assert response.body["blocks"][0] == section  # the message itself, shown privately
+
+    slack_api.fail_next("chat.postMessage", 200, error="is_archived")
+    second = web.post("C0OLD00001", "resolved", notify=Notify(channel="C0OPS0001", user="U1"))
+    (ephemeral,) = slack_api.wait_for("chat.postEphemeral")
+    assert (ephemeral.body["channel"], ephemeral.body["user"]) == ("C0OPS0001", "U1")
+    assert "(is_archived): the channel is archived" in ephemeral.body["text"]
+    assert web.wait_idle(10)
+    assert len(slack_api.calls("chat.postMessage")) == 2  # each refused once, never again
+    assert [store.outbox_row(r)["last_error"] for r in (first, second)] == ["not_in_channel", "is_archived"]
+
+
+# -- ordering, coalescing, references, hooks ---------------------------------------------------------------------
+
+
+def test_a_lane_is_delivered_in_the_order_written_even_when_its_first_post_is_retried(
+    make_web: MakeWeb, slack_api: FakeSlackAPI
+) -> None:
+    slack_api.fail_next("chat.postMessage", 500, times=2)
+    web = make_web(start=False)
+    for n in range(5):
+        web.post("C1", f"line {n}")
+    web.start()
+    assert web.wait_idle(15)
+    assert [m["text"] for m in slack_api.messages("C1")] == [f"line {n}" for n in range(5)]
+
+
+def test_updates_of_one_message_coalesce_to_the_newest(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    web = make_web(start=False)
+    web.post("C1", "deploying", key="deploy:dep-20261102-ab12cd")
+    edits = [web.update("C1", f"deploying {p}%", update_of="deploy:dep-20261102-ab12cd") for p in (20, 40, 60, 80)]
+    by_ts = [web.update("C1", f"old message {n}", ts="1700000000.000900") for n in range(3)]
+    web.start()
+    assert web.wait_idle(10)
+    (posted,) = slack_api.calls("chat.postMessage")
+    updates = [(c.body["ts"], c.body["text"]) for c in slack_api.calls("chat.update")]
+    assert updates == [(posted.answer["ts"], "deploying 80%"), ("1700000000.000900", "old message 2")]
+    assert [store.outbox_row(r)["status"] for r in edits + by_ts] == ["superseded"] * 3 + ["sent"] + [
+        "superseded"
+    ] * 2 + ["sent"]
+
+
+def test_a_reply_in_the_thread_of_a_post_that_failed_fails_with_the_reason(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    slack_api.fail_next("chat.postMessage", 200, error="channel_not_found")
+    web = make_web()
+    web.post("C0GONE0001", "deploy request", key="deploy:dep-1")
+    reply = web.post("C0GONE0001", "summary", thread_of="deploy:dep-1")
+    unknown = web.update("C1", "edit", update_of="deploy:never-posted")
+    assert web.wait_idle(10)
+    assert store.outbox_row(reply)["last_error"] == "the message it refers to (deploy:dep-1) was not posted (failed)"
+    assert store.outbox_row(unknown)["last_error"] == "the message it refers to (deploy:never-posted) is unknown"
+    assert len(slack_api.calls("chat.postMessage")) == 1 and not slack_api.calls("chat.update")
+
+
+# -- durability: restarts, two processes, a full disk -------------------------------------------------------------
+
+
+def test_rows_are_written_before_the_call_and_a_restarted_process_delivers_them(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    stopped = make_web(start=False)  # the process that wrote these stopped (or died) before sending them
+    stopped.post("C1", "deploy request", key="deploy:dep-1", after=("deploy-message", {"request_id": "dep-1"}))
+    stopped.post("C1", "summary", thread_of="deploy:dep-1")
+    stopped.respond(slack_api.response_url("ask"), "the answer")
+    crashed = stopped.post("C2", "was being sent when the process died")
+    assert store.claim_outbox("dead-process", time.time(), claim_s=0.5) is not None  # C1's first row, say
+    assert slack_api.calls() == [] and store.outbox_busy() == 4
+
+    restarted_store = Store(store.path)
+    seen: list[tuple[dict, str, str]] = []
+    restarted = make_web(on=restarted_store, start=False, poll_s=0.1)
+    restarted.on("deploy-message", lambda args, channel, ts: seen.append((args, channel, ts)))
+    restarted.start()
+    try:
+        assert restarted.wait_idle(15)
+        top, reply, other = _by_text(slack_api)
+        assert reply.body["thread_ts"] == top.answer["ts"]
+        assert seen == [({"request_id": "dep-1"}, "C1", top.answer["ts"])]
+        assert slack_api.responses("ask")[0]["text"] == "the answer"
+        assert store.outbox_row(crashed)["status"] == "sent" and other.ok
+    finally:
+        restarted.stop()
+        restarted_store.close()
+
+
+def _by_text(api: FakeSlackAPI) -> tuple:
+    calls = {c.body["text"]: c for c in api.calls("chat.postMessage") if c.ok}
+    return calls["deploy request"], calls["summary"], calls["was being sent when the process died"]
+
+
+def test_two_processes_on_one_database_deliver_each_post_exactly_once(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    other_store = Store(store.path)
+    try:
+        one, two = make_web(poll_s=0.05), make_web(on=other_store, poll_s=0.05)
+        for n in range(40):
+            (one if n % 2 else two).post(f"C{n % 4}", f"message {n}")
+        assert one.wait_idle(30) and two.wait_idle(30)
+        texts = [m["text"] for m in slack_api.messages()]
+        assert sorted(texts) == sorted(f"message {n}" for n in range(40))  # each once: no loss, no double
+        for lane in range(4):
+            assert [m["text"] for m in slack_api.messages(f"C{lane}")] == [f"message {n}" for n in range(lane, 40, 4)]
+        one.stop()
+        two.stop()
+    finally:
+        other_store.close()
+
+
+def test_when_the_database_is_full_posts_are_kept_in_memory_and_still_delivered(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    web = make_web(start=False)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    with caplog.at_level(logging.ERROR, logger="bot.slack.web"):
+        ids = [web.post("C1", f"answer {n} " + "x" * 3000) for n in range(3)]
+    assert any(i < 0 for i in ids)  # kept in memory
+    assert "outbox not durable" in caplog.text and "database or disk is full" in caplog.text
+    web.start()
+    assert web.wait_idle(10)
+    assert sorted(m["text"][:8] for m in slack_api.messages("C1")) == ["answer 0", "answer 1", "answer 2"]
+
+
+def test_a_sent_row_keeps_where_it_went_but_not_its_payload_or_response_url(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    web = make_web()
+    url = slack_api.response_url("ask")
+    row = web.respond(url, "the answer", replace_original=True)
+    assert web.wait_idle(10)
+    stored = store.outbox_row(row)
+    assert stored["status"] == "sent" and stored["payload"] is None and stored["url"] is None
+    assert url not in str(stored)
+    assert store.prune_outbox(time.time() + 1, 0) == 1 and store.outbox_row(row) is None
+
+
+# -- the synchronous call, and the client -------------------------------------------------------------------------
+
+
+def test_call_is_fail_soft_and_try_call_says_what_went_wrong(make_web: MakeWeb, slack_api: FakeSlackAPI) -> None:
+    web = make_web()
+    slack_api.fail_next("conversations.create", 500, html=True)
+    slack_api.fail_next("conversations.history", reset=True)
+    slack_api.fail_next("conversations.create", 200, error="name_taken")
+    assert web.call("conversations.create", name="inc-x") is None
+    assert web.call("conversations.history", channel="C1") is None
+    assert web.try_call("conversations.create", name="inc-x") == (None, "name_taken")
+    created, error = web.try_call("conversations.create", name="inc-x")
+    assert error == "" and created is not None and created["channel"]["name"] == "inc-x"
+
+
+def test_no_client_retries_inline_and_a_call_times_out_after_ten_seconds(
+    runtime_settings_client: WebClient, make_web: MakeWeb
+) -> None:
+    web = make_web(policy=RetryPolicy())
+    for client in (runtime_settings_client, web.client):
+        assert client.retry_handlers == [] and client.timeout == 10.0
+    assert RetryPolicy().retry_after_cap_s == 30 and RetryPolicy().response_url_max_age_s == 30 * 60
+
+
+@pytest.fixture
+def runtime_settings_client(tmp_path: Path, slack_api: FakeSlackAPI) -> Iterator[WebClient]:
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    yield create_client(runtime)
+    runtime.close()
