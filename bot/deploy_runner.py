@@ -4,7 +4,8 @@ A running deploy belongs to the process that runs it. That process renews the de
 seconds while the command runs; another opsbot process on the same database marks it interrupted only
 once the lease ran out (``DeployService.recover_interrupted``). The command runs under
 ``bot/deploy_guard.py``, which stops its whole process group when this process dies. Output is scrubbed line
-by line as it arrives, before anything is kept, shown or stored. The final write is retried until the
+by line as it arrives (``bot.redact.Redactor``, which removes private keys whole), before anything is
+kept, tailed, shown or stored. The final write is retried until the
 database takes it.
 """
 
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from bot.deploy_config import Runner
 from bot.errors import InvalidRequest
-from bot.redact import scrub
+from bot.redact import Redactor, scrub
 
 if TYPE_CHECKING:
     from bot.deploys import DeployRequest, DeployService, Progress
@@ -270,10 +271,14 @@ def _run_command(
         os.close(watch_read)
     _record_runner(deploys, request.id, process.pid)
 
+    redactor = Redactor(secrets)  # one per run: it follows a private key across lines
+
     def read() -> None:
         assert process.stdout is not None
         for raw in process.stdout:
-            lines.append(scrub(raw.rstrip("\n"), secrets))
+            kept = redactor.line(raw)
+            if kept:  # "" is a line of a private key already announced as removed
+                lines.append(kept.rstrip("\r\n"))
 
     reader = threading.Thread(target=read, name=f"opsbot-output-{request.id}", daemon=True)
     reader.start()

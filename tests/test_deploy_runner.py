@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
+import string
 import subprocess
 import sys
 import threading
@@ -243,4 +245,48 @@ def test_progress_that_hangs_never_delays_the_timeout(tmp_path: Path) -> None:
 
     assert done.status == "timed_out"
     assert took < 6, f"a 2 s timeout was enforced after {took:.1f} s"
+    store.close()
+
+
+def test_secrets_printed_by_the_runner_reach_neither_the_database_nor_the_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_runner, "PROGRESS_EVERY_S", 0.05)
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "+/"
+    key_lines = ["".join(rng.choice(alphabet) for _ in range(64)) for _ in range(76)]
+    github = "github_pat_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(70))
+    stripe = "sk_live_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32))
+    password = "".join(rng.choice(string.ascii_letters) for _ in range(18))
+    printed = [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        *key_lines,
+        "-----END RSA PRIVATE KEY-----",
+        f"export GITHUB_TOKEN={github}",
+        f"stripe key {stripe}",
+        f"mysql -p{password} -h db",
+        f'{{"password": "{password}"}}',
+        "done",
+    ]
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        "import sys, time\n"
+        f"for line in {printed!r}:\n"
+        "    print(line, flush=True)\n"
+        "    time.sleep(0.01)\n",
+        encoding="utf-8",
+    )
+    deploys, store = runner_service(tmp_path, f'["{{python}}", "{script}"]')
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    shown: list[str] = []
+
+    done = deploys.execute(request.id, progress=lambda current, output: shown.append(output))
+
+    assert done.status == "succeeded"
+    everything = "\n".join([done.log_tail, *shown, json.dumps(store.deploy_row(request.id))])
+    secrets = [*key_lines, github, stripe, password]
+    leaked = [s for s in secrets if s in everything]
+    assert leaked == [], f"{len(leaked)} secret values leaked"
+    assert shown and "private key removed" in done.log_tail and "done" in done.log_tail
     store.close()

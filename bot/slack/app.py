@@ -78,7 +78,7 @@ def create_app(
     events.register(app, runtime, web)
     commands.register(app, runtime, web)
     actions.register(app, runtime, web)
-    deploys.register(app, runtime)  # still on Bolt's client until it moves to SlackWeb
+    deploys.register(app, runtime, web)
     incidents.register(app, runtime, web)
     app.web = web.start()  # after every register(): after-delivery hooks are known before the first delivery
     return app

@@ -1,7 +1,9 @@
-"""/deploy, /rollback and their Approve/Reject buttons; the expiry sweeper and the start-up report.
+"""/deploy, /rollback and their Approve/Reject buttons; the sweeper of expired, stale and interrupted deploys.
 
-The state machine is ``bot.deploys.DeployService``; this module only shows its decisions in Slack. Once a
-request is approved it always runs to its end: a Slack failure while reporting is logged, never raised.
+The state machine is ``bot.deploys.DeployService``; this module only shows its decisions in Slack, through
+``SlackWeb`` (the outbox). An approved request is handed to the deploy pool before anything is shown, and
+nothing it shows can block it: every post, edit and progress report is written to the outbox and delivered
+by SlackWeb's own threads, with retries.
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ import logging
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from slack_bolt import Ack, App, Respond
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+from slack_bolt import Ack, App
 
 from bot.deploys import DeployRequest, DeployService
 from bot.errors import OpsbotError
@@ -34,7 +33,8 @@ from bot.slack.deploy_blocks import (
     request_fallback_text,
     summary_fallback_text,
 )
-from bot.slack.guard import guarded
+from bot.slack.guard import guard
+from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 USAGE_DEPLOY = "Usage: /deploy SERVICE VERSION ENV, for example `/deploy checkout-api 1.4.2 staging`"
@@ -43,7 +43,9 @@ USAGE_ROLLBACK = (
     "(back to the version that succeeded before the current one) or `/rollback checkout-api prod 1.4.1`"
 )
 SWEEP_EVERY_S = 30.0
-# Updates of one request's message are serialised (a striped lock: bounded, whatever the number of requests).
+MESSAGE_HOOK = "deploy-message"  # after-delivery hook: remember where a request's message was posted
+# Updates of one request's message are serialised (a striped lock: bounded, whatever the number of requests),
+# so the newest state is always the last edit written to the outbox.
 _MESSAGE_LOCKS = tuple(threading.Lock() for _ in range(32))
 
 
@@ -67,7 +69,19 @@ def what_is_missing(text: str, needed: tuple[str, ...]) -> str:
     return f"Missing {' and '.join(needed[given:])}.\n"
 
 
-def register(app: App, runtime: Runtime) -> None:
+def message_key(request_id: str) -> str:
+    """The outbox key of a request's message (its thread holds the progress and the summary)."""
+    return f"deploy:{request_id}"
+
+
+def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
+    guarded = guard(web)
+
+    def remember_message(args: dict, channel: str, ts: str) -> None:
+        runtime.deploys().set_message(args["request_id"], channel, ts)
+
+    web.on(MESSAGE_HOOK, remember_message)
+
     def ack_deploy(ack: Ack, command: dict) -> None:
         if parse_deploy_args(command.get("text", "")) is None:
             missing = what_is_missing(command.get("text", ""), ("SERVICE", "VERSION", "ENV"))
@@ -83,31 +97,31 @@ def register(app: App, runtime: Runtime) -> None:
             ack(response_type="ephemeral", text="Requesting the rollback…")
 
     @guarded
-    def request_deploy(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+    def request_deploy(command: dict, body: dict) -> None:
         args = parse_deploy_args(command.get("text", ""))
         if args is None:
             return  # the acknowledgement showed the usage
         service, version, env = args
-        submit(runtime.deploys(), client, respond, command, "deploy", service, env, version)
+        submit(runtime.deploys(), web, command, "deploy", service, env, version)
 
     @guarded
-    def request_rollback(command: dict, body: dict, client: WebClient, respond: Respond) -> None:
+    def request_rollback(command: dict, body: dict) -> None:
         args = parse_rollback_args(command.get("text", ""))
         if args is None:
             return
         service, env, version = args
-        submit(runtime.deploys(), client, respond, command, "rollback", service, env, version)
+        submit(runtime.deploys(), web, command, "rollback", service, env, version)
 
     def just_ack(ack: Ack) -> None:
         ack()
 
     @guarded
-    def approve(body: dict, client: WebClient, respond: Respond) -> None:
-        decide(runtime, client, body, "approve")
+    def approve(body: dict) -> None:
+        decide(runtime, web, body, "approve")
 
     @guarded
-    def reject(body: dict, client: WebClient, respond: Respond) -> None:
-        decide(runtime, client, body, "reject")
+    def reject(body: dict) -> None:
+        decide(runtime, web, body, "reject")
 
     app.command("/deploy")(ack=ack_deploy, lazy=[request_deploy])
     app.command("/rollback")(ack=ack_rollback, lazy=[request_rollback])
@@ -120,15 +134,18 @@ def register(app: App, runtime: Runtime) -> None:
 
 def submit(
     deploys: DeployService,
-    client: WebClient,
-    respond: Respond,
+    web: SlackWeb,
     command: dict,
     kind: str,
     service: str,
     env: str,
     version: str | None,
 ) -> DeployRequest:
-    """Validate and record through DeployService (which raises on anything wrong), then post the request."""
+    """Validate and record through DeployService (which raises on anything wrong), then post the request.
+
+    It goes to the channel the command came from; where opsbot may not post, to the deploys channel, and
+    the requester is told where it went (or, with no deploys channel, why it could not be posted).
+    """
     user, channel = command.get("user_id", ""), command.get("channel_id", "")
     request = deploys.request(kind, service, env, version, user, channel=channel)
     note = ""
@@ -139,27 +156,18 @@ def submit(
             f"`/rollback {service} {env} VERSION`."
         )
     blocks = build_deploy_request_blocks(request, view_of(deploys, request, note))
-    text = request_fallback_text(request)
     fallback = deploys_channel(deploys, request)
-    for where in dict.fromkeys(c for c in (channel, fallback) if c):
-        try:
-            posted = client.chat_postMessage(channel=where, text=text, blocks=blocks)
-        except SlackApiError as exc:
-            log.warning("could not post deploy request id=%s channel=%s error=%s", request.id, where, _error(exc))
-            continue
-        deploys.set_message(request.id, posted["channel"], posted["ts"])
-        if where != channel:
-            respond(
-                response_type="ephemeral",
-                text=f"I can't post in this channel, so {request.id} is waiting for approval in <#{where}>.",
-            )
-        return deploys.get(request.id)
-    respond(
-        response_type="ephemeral",
-        text=(
-            f"{request.id} is recorded but I could not post it for approval here: invite me (`/invite @opsbot`). "
-            f"It holds the {service} {env} lock until it expires in {deploys.settings.request_ttl_minutes} minutes."
-        ),
+    where = channel or fallback
+    if not where:
+        raise OpsbotError("there is no channel to post the request in: set settings.deploys_channel in services.yaml.")
+    web.post(
+        where,
+        request_fallback_text(request),
+        blocks,
+        key=message_key(request.id),
+        after=(MESSAGE_HOOK, {"request_id": request.id}),
+        notify=Notify(response_url=command.get("response_url", ""), channel=channel, user=user),
+        fallback_channel=fallback,
     )
     return request
 
@@ -185,9 +193,9 @@ def deploys_channel(deploys: DeployService, request: DeployRequest) -> str:
 # -- deciding and running ---------------------------------------------------------------------------
 
 
-def decide(runtime: Runtime, client: WebClient, body: dict, decision: str) -> None:
+def decide(runtime: Runtime, web: SlackWeb, body: dict, decision: str) -> None:
     """An Approve or Reject click: tell the clicker if it did not count, else update; an approved run starts
-    on the deploy pool at once, before anything is shown, so no Slack failure can hold it back."""
+    on the deploy pool at once, before anything is shown."""
     deploys = runtime.deploys()
     request_id = body["actions"][0]["value"]
     user = body["user"]["id"]
@@ -195,49 +203,40 @@ def decide(runtime: Runtime, client: WebClient, body: dict, decision: str) -> No
     log.info("deploy decision id=%s user=%s decision=%s outcome=%s", request_id, user, decision, result.outcome)
     request = result.request
     note = _note_from(body)
-    channel = request.channel or (body.get("channel") or {}).get("id", "")
-    ts = request.message_ts or (body.get("container") or {}).get("message_ts", "")
-    clicked_in = (body.get("channel") or {}).get("id") or channel
-    if result.outcome in ("refused", "closed"):
-        _slack(client.chat_postEphemeral, channel=clicked_in, user=user, text=build_refusal_text(result))
-        if request.status == "expired":  # it expired at this click, before the sweeper got to it
-            refresh_message(deploys, client, request.id, channel, ts, note)
-        return
     if result.start:
-        runtime.runners.submit(run, deploys, client, request, channel, ts, note)
+        runtime.runners.submit(run, deploys, web, request, note)
+        return
+    clicked_in = (body.get("channel") or {}).get("id") or request.channel
+    if result.outcome in ("refused", "closed"):
+        web.tell_user(clicked_in, user, build_refusal_text(result))
+        if request.status == "expired":  # it expired at this click, before the sweeper got to it
+            refresh_message(deploys, web, request.id, note)
         return
     if result.outcome == "recorded":
-        _slack(client.chat_postEphemeral, channel=clicked_in, user=user, text=f"Noted: {result.message}")
-    refresh_message(deploys, client, request.id, channel, ts, note)
+        web.tell_user(clicked_in, user, f"Noted: {result.message}")
+    refresh_message(deploys, web, request.id, note)
 
 
-def run(deploys: DeployService, client: WebClient, request: DeployRequest, channel: str, ts: str, note: str) -> None:
+def run(deploys: DeployService, web: SlackWeb, request: DeployRequest, note: str = "") -> DeployRequest:
     """Run an approved request, following its output in one thread message, then post the summary."""
-    refresh_message(deploys, client, request.id, channel, ts, note)
+    refresh_message(deploys, web, request.id, note)
     command = view_of(deploys, request).command
-    posted = _slack(
-        client.chat_postMessage, channel=channel, thread_ts=ts, text=build_progress_text(request, command, "")
-    )
-    progress_ts = posted["ts"] if posted else ""
+    progress_key = f"{message_key(request.id)}:progress"
+    channel = request.channel or deploys_channel(deploys, request)
+    web.post(channel, build_progress_text(request, command, ""), key=progress_key, **_thread(request))
 
     def show_progress(current: DeployRequest, output: str) -> None:
-        # Called from inside the run: anything raised here would abandon the running command, so nothing is.
-        if not progress_ts:
-            return
-        try:
-            client.chat_update(channel=channel, ts=progress_ts, text=build_progress_text(current, command, output))
-        except Exception:
-            log.warning("could not show deploy progress id=%s", current.id, exc_info=True)
+        web.update(channel, build_progress_text(current, command, output), update_of=progress_key)
 
     final = deploys.execute(request.id, progress=show_progress)
-    if progress_ts:
-        text = build_progress_text(final, command, final.log_tail, final=True)
-        _slack(client.chat_update, channel=channel, ts=progress_ts, text=text)
-    refresh_message(deploys, client, request.id, channel, ts, note)
-    post_summary(deploys, client, final)
+    text = build_progress_text(final, command, final.log_tail, final=True)
+    web.update(channel, text, update_of=progress_key)
+    refresh_message(deploys, web, request.id, note)
+    post_summary(deploys, web, final)
+    return final
 
 
-def post_summary(deploys: DeployService, client: WebClient, request: DeployRequest) -> None:
+def post_summary(deploys: DeployService, web: SlackWeb, request: DeployRequest) -> None:
     """The summary in the request's thread and in the deploys channel (the service's own, if it has one)."""
     figures = dora(
         deploys.store,
@@ -249,94 +248,82 @@ def post_summary(deploys: DeployService, client: WebClient, request: DeployReque
     blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line())
     text = summary_fallback_text(request)
     channel = deploys_channel(deploys, request)
-    if request.channel and request.message_ts:
+    if request.channel:
         broadcast = channel == request.channel  # one message serves both when they are the same channel
-        _slack(
-            client.chat_postMessage,
-            channel=request.channel,
-            thread_ts=request.message_ts,
-            reply_broadcast=broadcast,
-            text=text,
-            blocks=blocks,
-        )
+        web.post(request.channel, text, blocks, reply_broadcast=broadcast, **_thread(request))
         if broadcast:
             return
     if channel:
-        _slack(client.chat_postMessage, channel=channel, text=text, blocks=blocks)
+        web.post(channel, text, blocks)
 
 
-def refresh_message(
-    deploys: DeployService, client: WebClient, request_id: str, channel: str, ts: str, note: str = ""
-) -> None:
-    """Show the request's current state in its message; one update at a time per request, newest state wins."""
-    if not (channel and ts):
-        return
+def refresh_message(deploys: DeployService, web: SlackWeb, request_id: str, note: str = "") -> None:
+    """Show the request's current state in its message; the newest state is always the last edit queued."""
     with _message_lock(request_id):
         request = deploys.get(request_id)
+        if not request.channel and not request.message_ts:
+            return  # a CI deploy shows its own message (bot/slack/hooks.py)
         blocks = build_deploy_request_blocks(request, view_of(deploys, request, note))
-        _slack(client.chat_update, channel=channel, ts=ts, text=request_fallback_text(request), blocks=blocks)
+        text = request_fallback_text(request)
+        if request.message_ts:
+            web.update(request.channel, text, blocks, ts=request.message_ts)
+        else:  # posted, but not yet known where: the outbox finds it by its key
+            web.update(request.channel, text, blocks, update_of=message_key(request_id))
 
 
-# -- background work: expiry and start-up -----------------------------------------------------------
+def _thread(request: DeployRequest) -> dict:
+    """Where a reply to the request's message goes: its ts when known, else its outbox key."""
+    return {"thread_ts": request.message_ts} if request.message_ts else {"thread_of": message_key(request.id)}
 
 
-def sweep_expired(runtime: Runtime, client: WebClient) -> list[DeployRequest]:
+# -- background work: expiry, stale CI deploys, dead processes ----------------------------------------------
+
+
+def sweep_expired(runtime: Runtime, web: SlackWeb) -> list[DeployRequest]:
     """Expire pending requests past their time, give up on CI deploys that never ended, and interrupt deploys
     whose process died; say so in their messages."""
     deploys = runtime.deploys()
     expired = deploys.expire_due() + deploys.expire_stale_ci()
     for request in expired:
         log.info("deploy %s id=%s service=%s env=%s", request.status, request.id, request.service, request.env)
-        refresh_message(deploys, client, request.id, request.channel, request.message_ts)
-    report_interrupted(runtime, client)
+        if request.source == "ci":
+            from bot.slack.hooks import update_progress
+
+            update_progress(deploys, web, request)
+        else:
+            refresh_message(deploys, web, request.id)
+    report_interrupted(runtime, web)
     return expired
 
 
-def start_sweeper(runtime: Runtime, client: WebClient, every: float = SWEEP_EVERY_S) -> threading.Event:
-    """Sweep expired requests every ``every`` seconds in a daemon thread; set the returned event to stop."""
+def start_sweeper(runtime: Runtime, web: SlackWeb, every: float = SWEEP_EVERY_S) -> threading.Event:
+    """Sweep every ``every`` seconds in a daemon thread; set the returned event to stop."""
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(every):
             try:
-                sweep_expired(runtime, client)
+                sweep_expired(runtime, web)
             except Exception:  # keep sweeping: the next round may succeed
-                log.exception("sweeping expired deploy requests failed")
+                log.exception("sweeping deploy requests failed")
 
     threading.Thread(target=loop, name="opsbot-deploy-sweeper", daemon=True).start()
     return stop
 
 
-def report_interrupted(runtime: Runtime, client: WebClient) -> list[DeployRequest]:
+def report_interrupted(runtime: Runtime, web: SlackWeb) -> list[DeployRequest]:
     """Deploys whose opsbot process died (lease expired) are interrupted, never re-run, and said so."""
     deploys = runtime.deploys()
     interrupted = deploys.recover_interrupted()
     for request in interrupted:
         log.warning("deploy interrupted id=%s service=%s env=%s", request.id, request.service, request.env)
-        if request.channel and request.message_ts:
-            _slack(
-                client.chat_postMessage, channel=request.channel, thread_ts=request.message_ts, text=INTERRUPTED_TEXT
-            )
-            refresh_message(deploys, client, request.id, request.channel, request.message_ts)
+        if request.channel:
+            web.post(request.channel, INTERRUPTED_TEXT, **_thread(request))
+            refresh_message(deploys, web, request.id)
     return interrupted
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-
-
-def _slack(method: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call the Web API; a failure is logged and None returned, so a running deploy is never cut short."""
-    try:
-        return method(**kwargs)
-    except SlackApiError as exc:
-        log.warning("slack call failed method=%s error=%s", getattr(method, "__name__", method), _error(exc))
-    except Exception as exc:  # noqa: BLE001 - e.g. a 429 whose Retry-After the client cannot parse
-        log.warning("slack call failed method=%s error=%r", getattr(method, "__name__", method), exc)
-    return None
-
-
-def _error(exc: SlackApiError) -> str:
-    return str(exc.response.get("error", "")) if exc.response is not None else str(exc)
 
 
 def _note_from(body: dict) -> str:

@@ -8,8 +8,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from slack_sdk import WebClient
-
 from bot.errors import OpsbotError
 from bot.slack.blocks import build_error_text
 from bot.slack.web import SlackWeb
@@ -38,11 +36,10 @@ def tell_requester(web: SlackWeb, body: dict, text: str) -> None:
         log.warning("nobody to tell: the request names no channel and user text=%r", text[:80])
 
 
-def guard(web: SlackWeb | None) -> Callable[[Handler], Handler]:
+def guard(web: SlackWeb) -> Callable[[Handler], Handler]:
     """The decorator of one app's slow handlers: a failure becomes a logged error id and a short apology.
 
-    The apology goes through ``web`` (the outbox). ``None`` is for handlers not yet moved to SlackWeb
-    (bot/slack/deploys.py): they apologise through Bolt's ``client`` and ``respond``, as before.
+    The apology goes through ``web`` (the outbox).
     """
 
     def decorate(func: Handler) -> Handler:
@@ -51,10 +48,7 @@ def guard(web: SlackWeb | None) -> Callable[[Handler], Handler]:
             body: dict = kwargs.get("body") or {}
 
             def tell(text: str) -> None:
-                if web is not None:
-                    tell_requester(web, body, text)
-                else:
-                    tell_user(kwargs["client"], body, text, kwargs.get("respond"))
+                tell_requester(web, body, text)
 
             try:
                 func(**kwargs)
@@ -75,15 +69,3 @@ def guard(web: SlackWeb | None) -> Callable[[Handler], Handler]:
 
     return decorate
 
-
-guarded = guard(None)  # bot/slack/deploys.py's decorator until it moves to SlackWeb
-
-
-def tell_user(client: WebClient, body: dict, text: str, respond: Callable[..., Any] | None = None) -> None:
-    """An ephemeral message to whoever caused this request, through Bolt (for handlers not on SlackWeb yet)."""
-    if respond is not None and body.get("response_url"):
-        respond(text=text, response_type="ephemeral", replace_original=False)
-        return
-    channel, user = _where(body)
-    if channel and user:
-        client.chat_postEphemeral(channel=channel, user=user, text=text)

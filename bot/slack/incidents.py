@@ -14,8 +14,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
-from slack_sdk import WebClient
+from slack_bolt import Ack, App
 
 from bot.errors import InvalidRequest, OpsbotError
 from bot.incidents import IncidentService, LiveIncident, check_severity, deploys_since, possible_cause
@@ -334,16 +333,13 @@ def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     web.tell_user(channel, user, f"Added to the {incident.id} timeline.")
 
 
-def request_rollback(runtime: Runtime, client: WebClient, respond: Respond, body: dict) -> None:
-    """A Rollback button of the briefing: a rollback request through the /rollback approval flow.
-
-    Bolt's ``client`` and ``respond`` are for ``bot.slack.deploys.submit``, which is not on SlackWeb yet.
-    """
+def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
+    """A Rollback button of the briefing: a rollback request through the /rollback approval flow."""
     value: dict[str, Any] = json.loads(body["actions"][0]["value"])
     user = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
-    command = {"user_id": user, "channel_id": channel}
-    request = submit(runtime.deploys(), client, respond, command, "rollback", value["service"], value["env"], None)
+    command = {"user_id": user, "channel_id": channel, "response_url": body.get("response_url", "")}
+    request = submit(runtime.deploys(), web, command, "rollback", value["service"], value["env"], None)
     log.info("rollback requested from incident id=%s request=%s by=%s", value["incident"], request.id, user)
     incidents = runtime.incidents()
     text = f"Rollback of {request.service} in {request.env} to {request.version} requested ({request.id})"
@@ -383,8 +379,8 @@ def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
         pin_message(runtime, web, event)
 
     @guard(web)
-    def handle_rollback(body: dict, client: WebClient, respond: Respond) -> None:
-        request_rollback(runtime, client, respond, body)
+    def handle_rollback(body: dict) -> None:
+        request_rollback(runtime, web, body)
 
     app.command("/incident")(ack=ack_incident, lazy=[handle_incident])
     app.event("reaction_added")(ack=just_ack, lazy=[handle_reaction])

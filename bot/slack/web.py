@@ -28,6 +28,7 @@ from typing import Any
 from slack_sdk import WebClient
 
 from bot.slack.delivery import (
+    NOT_THERE,
     RESPONSE_URL,
     SDK_LOG,
     MemoryOutbox,
@@ -143,11 +144,14 @@ class SlackWeb:
         reply_broadcast: bool = False,
         after: tuple[str, dict] | None = None,
         notify: Notify | None = None,
+        fallback_channel: str = "",
     ) -> int:
         """A message in ``channel`` (in the thread of ``thread_ts``, or of the message named ``thread_of``).
 
         ``key`` names the message for later rows' ``thread_of`` / ``update_of`` (resolved when those are sent,
-        against messages of the last day); ``after=(hook, args)`` runs that hook once it is delivered.
+        against messages of the last day); ``after=(hook, args)`` runs that hook once it is delivered. When
+        opsbot cannot post in ``channel`` (not a member, archived ...), the message goes to ``fallback_channel``
+        instead, with the same key and hook, and whoever ``notify`` names is told where it went.
         """
         payload: dict[str, Any] = {"channel": channel, "text": text}
         if blocks:
@@ -157,6 +161,8 @@ class SlackWeb:
         if reply_broadcast:
             payload["reply_broadcast"] = True
         notified = {k: v for k, v in vars(notify).items() if v} if notify else {}
+        if fallback_channel and fallback_channel != channel:
+            notified["fallback_channel"] = fallback_channel
         row = OutboxRow("chat.postMessage", payload, lane=channel, key=key or "", thread_of=thread_of or "")
         row.notify = notified
         return self._enqueue(row, after)
@@ -445,14 +451,28 @@ class SlackWeb:
             row.attempts,
             error,
         )
-        notify = row.notify
+        notify = dict(row.notify or {})
+        fallback = notify.pop("fallback_channel", "")
+        channel = str(row.payload.get("channel", ""))
+        if fallback and error.split(",")[0].split(" ")[0] in NOT_THERE and fallback != channel:
+            moved = OutboxRow(row.method, {**row.payload, "channel": fallback}, lane=fallback, key=row.key,
+                              thread_of=row.thread_of)
+            moved.notify = notify
+            self._enqueue(moved, (row.after, row.after_args) if row.after else None)
+            log.info("slack post moved id=%s from=%s to=%s error=%s", row.id, channel, fallback, error)
+            text = f"I can't post in <#{channel}> ({error}), so it went to <#{fallback}> instead."
+            self._tell(notify, text, None)
+            return
         if not notify:
             return
         text, blocks = failure_note(row, error)
+        self._tell(notify, text, blocks or None)
+
+    def _tell(self, notify: dict, text: str, blocks: list[dict] | None) -> None:
         if notify.get("response_url"):
-            self.respond(notify["response_url"], text, blocks or None)
+            self.respond(notify["response_url"], text, blocks)
         elif notify.get("channel") and notify.get("user"):
-            self.tell_user(notify["channel"], notify["user"], text, blocks or None)
+            self.tell_user(notify["channel"], notify["user"], text, blocks)
 
     def _after(self, row: OutboxRow, channel: str, ts: str) -> None:
         if not row.after:

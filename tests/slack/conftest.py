@@ -284,6 +284,7 @@ class HookDriver:
 
     base_url: str
     secret: str = HOOK_SECRET
+    web: SlackWeb | None = None  # when given, each post waits until what opsbot posts in answer is delivered
 
     @property
     def url(self) -> str:
@@ -307,10 +308,13 @@ class HookDriver:
             headers["X-Opsbot-Timestamp"] = str(ts)
             headers["X-Opsbot-Signature"] = signature or sign_event(secret or self.secret, ts, body)
         request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
-        return send(request)
+        response = send(request)
+        if self.web is not None:
+            assert self.web.wait_idle(15), "opsbot's posts about the event were not delivered within 15 s"
+        return response
 
 
 @pytest.fixture
 def hooks(slack: SlackDriver) -> HookDriver:
     """The deploy hook of the running bot (same server as `slack`)."""
-    return HookDriver(slack.base_url)
+    return HookDriver(slack.base_url, web=slack.web)

@@ -271,6 +271,7 @@ def test_notify_deploy_sends_a_signed_event_to_the_endpoint(
     assert "finished as dep-" in result.output and "succeeded" in result.output
     [row] = ci_rows(runtime)
     assert row["status"] == "succeeded" and json.loads(row["changes"]) == ["Retry card auth once"]
+    assert hooks.web is not None and hooks.web.wait_idle(15)
     assert "Retry card auth once" in shown(slack_api.calls("chat.postMessage")[-1].body)
     again = invoke(*common, "--event-id", "gl-99")
     assert again.exit_code == 0 and "already recorded" in again.output
