@@ -24,6 +24,7 @@ checks, Bolt and the handlers fail on it with a 500, a dropped connection or a t
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -75,6 +76,7 @@ OBJECTS = (  # nested objects Bolt or opsbot read fields of; checked like the bo
     "workflow_step",
 )
 LISTS = ("authorizations", "actions", "response_urls")  # lists of objects
+URL = re.compile(r"https?://[^\s]+\Z")  # where handlers post their answers (respond)
 MAX_DEPTH = 6  # Slack nests a message in an event at most; deeper is crafted
 # The fields opsbot's event handlers read, as Slack always sends them for these events.
 EVENT_FIELDS = {"app_mention": ("channel", "ts"), "message": ("channel", "ts"), "reaction_added": ("reaction",)}
@@ -176,8 +178,11 @@ def check_event_body(data: dict[str, Any]) -> None:
 
 def check_command(form: dict[str, Any]) -> None:
     """A slash command: Slack always sends these fields, and the handlers answer through response_url."""
-    for name in ("command", "text", "user_id", "channel_id", "response_url"):
+    _check_object(form, "the slash command")
+    for name in ("command", "user_id", "channel_id", "response_url"):
         _string(form, name, "the slash command")
+    if not isinstance(form.get("text"), str):  # empty when the command was typed alone
+        raise MalformedPayload("the slash command has no text")
     if not form["command"].startswith("/"):
         raise MalformedPayload("command does not start with /")
 
@@ -220,15 +225,35 @@ def _json(text: str, what: str) -> dict[str, Any]:
         raise MalformedPayload(f"{what} is not JSON") from None
     if not isinstance(data, dict):
         raise MalformedPayload(f"{what} is JSON but not an object")
+    if not _valid_unicode(data):
+        raise MalformedPayload(f"{what} holds text that is not valid Unicode (a lone surrogate escape)")
     return data
 
 
+def _valid_unicode(data: Any) -> bool:
+    """No string in ``data`` holds half a surrogate pair: JSON's \\ud800 escapes allow it, UTF-8 (and Slack) not."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def _string(data: Any, name: str, where: str) -> str:
-    """``data[name]``, which must be a string."""
+    """``data[name]``, which must be a string, and one that is not empty: Slack's ids and types never are."""
     if not isinstance(data, dict):
         raise MalformedPayload(f"{where} is not an object")
     value = data.get(name)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value:
         raise MalformedPayload(f"{where} has no {name} string")
     return value
 
@@ -241,6 +266,8 @@ def _check_object(data: dict[str, Any], where: str, depth: int = 0) -> None:
         value = data[name]
         if not isinstance(value, str) and not (value is None and name in NULLABLE):
             raise MalformedPayload(f"{where}.{name} is not a string")
+    if "response_url" in data and not URL.match(data["response_url"]):
+        raise MalformedPayload(f"{where}.response_url is not an http(s) URL")
     for name in REFERENCES:
         value = data.get(name)
         if value is None:

@@ -57,6 +57,11 @@ def slack_signed(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
     return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
 
 
+def printable(text: str, limit: int) -> str:
+    """Text from the request, safe for a log line: cut short, control characters (terminal escapes) replaced."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[BaseHTTPRequestHandler]:
     """The request handler; ``slack_events=False`` serves only the deploy hook and the health check."""
     # Only the Slack events endpoint checks Slack's signature; the hooks-only server of Socket Mode has no
@@ -112,15 +117,29 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
 
         def _refuse(self, status: int, reason: str, headers: Mapping[str, str] | None = None, **more: str) -> None:
             """A 4xx with the reason in words, logged as one line; the connection closes if the body was not read."""
-            reason = reason[:300]  # http.server's reasons quote the request line, which may be long
-            path = urlsplit(getattr(self, "path", "") or "").path[:200]
-            log.warning(
-                "http request refused status=%d method=%s path=%s reason=%s", status, self.command, path, reason
-            )
+            reason = printable(reason, 300)  # http.server's reasons quote the request line, which may be long
+            path = printable(urlsplit(getattr(self, "path", "") or "").path, 200)
+            method = printable(self.command or "-", 20)
+            log.warning("http request refused status=%d method=%s path=%s reason=%s", status, method, path, reason)
             close = not self._body_read
             self._send(status, {"error": reason, **more}, headers, close=close)
             if close:
                 self._linger()
+
+        def parse_request(self) -> bool:
+            """http.server's parsing, after skipping empty lines before the request line (RFC 9112 asks servers
+            to), and with a 400 for a request line of blanks, which http.server drops without an answer."""
+            for _ in range(8):
+                if self.raw_requestline not in (b"\r\n", b"\n"):
+                    break
+                self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:  # the client sent only empty lines, then left: no request to answer
+                return False
+            if not self.raw_requestline.strip() or len(self.raw_requestline) > 65536:
+                self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
+                self.send_error(400, "empty or overlong request line")
+                return False
+            return super().parse_request()
 
         def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
             """http.server's own refusals (a bad request line, headers too long) as JSON like every other answer.
@@ -130,7 +149,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
             """
             if self.request_version == "HTTP/0.9":  # a garbled request line: answer with a status line anyway
                 self.request_version = "HTTP/1.1"
-            self.command = self.command or "-"
+            self.command = getattr(self, "command", None) or "-"
             self._body_read = False
             self._refuse(400 if code >= 500 else code, message or self.responses.get(code, ("bad request",))[0])
 
@@ -193,11 +212,13 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 self._refuse(400, reason, header="Content-Length")
                 return None
             if len(value) > 9 or int(value) > MAX_BODY:  # 9 digits: int() is never asked to read a huge number
-                self._refuse(413, f"the body is larger than {MAX_BODY} bytes", header="Content-Length")
+                reason = f"the Content-Length is over the {MAX_BODY} bytes opsbot accepts"
+                self._refuse(413, reason, header="Content-Length")
                 return None
             body = self._read_exactly(int(value))
             if body is None:
-                self._refuse(408, f"the body was shorter than its Content-Length after {BODY_TIMEOUT_S:.0f} s")
+                reason = f"the body was shorter than its Content-Length (or took over {BODY_TIMEOUT_S:g} s to arrive)"
+                self._refuse(408, reason)
                 return None
             self._body_read = True
             return body
