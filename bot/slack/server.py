@@ -75,7 +75,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
 
         def __init__(self, *args: Any) -> None:
             self.routes: dict[str, dict[str, Callable[..., None]]] = {
-                HEALTH_PATH: {"GET": self._health},
+                HEALTH_PATH: {"GET": self._health, "HEAD": self._health},  # some load balancers send HEAD
                 HOOK_PATH: {"POST": self._deploy_hook},
             }
             if slack_events:

@@ -507,7 +507,7 @@ class Fuzzer:
         if rng.random() < 0.5:
             method = rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "FOO", "HEAD", "GET"])
             path = rng.choice(["/slack/events", server.HOOK_PATH, "/healthz"])
-            if method == "GET" and path == "/healthz":
+            if method in ("GET", "HEAD") and path == "/healthz":
                 method = "POST"
             data = request(method, path, b"{}" if method not in ("GET", "HEAD") else b"")
             return Probe(f"{method} {path}", data, frozenset({405}), head=method == "HEAD")
@@ -551,7 +551,9 @@ class Fuzzer:
     def health(self) -> Probe:
         headers = {"X-Junk": self.junk_string(False).encode("utf-8", "replace").decode("latin-1")[:200]}
         path = "/healthz" + rng_query(self.rng)
-        return Probe(f"GET {path[:40]}", request("GET", path, b"", headers, length=None), frozenset({200}))
+        method = self.rng.choice(["GET", "GET", "HEAD"])
+        data = request(method, path, b"", headers, length=None)
+        return Probe(f"{method} {path[:40]}", data, frozenset({200}), head=method == "HEAD")
 
     def hook(self) -> Probe:
         rng = self.rng
