@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -173,11 +174,14 @@ def _wait_ready(port: int, timeout: float = 300) -> tuple[float | None, float | 
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
                 state = json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 503 until the model is loaded: answering all the same
+            state = json.loads(error.read())
+        except OSError:
+            state = None
+        if state is not None:
             first = first or time.perf_counter() - started
             if state["ready"]:
                 return first, time.perf_counter() - started
-        except OSError:
-            pass
         time.sleep(0.02)
     return first, None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -23,6 +25,7 @@ from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit
 from bot.search import SearchIndex
 from bot.store import Store
+from bot.store.base import is_write_failure
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class Reply:
     question: str  # what was searched, with the thread's earlier question when it is a follow-up
     documents: int = 0
     experts: tuple[Suggestion, ...] = ()  # who could help, when the answer involves past incidents
+    unsaved: str = ""  # why the answer could not be saved for feedback (SQLite's words); "" when it was
 
     @property
     def found(self) -> bool:
@@ -226,7 +230,13 @@ class Runtime:
             if earlier and earlier != question:
                 searched = f"{earlier}\n{question}"
             else:
-                self.store.remember_question(channel, thread_ts, question)
+                try:
+                    self.store.remember_question(channel, thread_ts, question)
+                except sqlite3.OperationalError as exc:
+                    if not is_write_failure(exc):
+                        raise
+                    # The question is still answered; only a follow-up in this thread loses its context.
+                    log.warning("thread question not saved channel=%s thread_ts=%s reason=%s", channel, thread_ts, exc)
         index = self.index()
         answer = index.search(searched, k=self.settings.top_k * 2)
         # Weak matches are left out: below the floor, or far below the best match of this answer.
@@ -242,7 +252,14 @@ class Runtime:
         reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
         if reply.found:
             paths = [h.path for h in runbooks + incidents]
-            self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)
+            try:
+                self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)
+            except sqlite3.OperationalError as exc:
+                if not is_write_failure(exc):
+                    raise
+                # The search worked: the user gets the answer, without what needs it saved (votes, sharing).
+                log.warning("answer not saved answer_id=%s channel=%s reason=%s", reply.id, channel, exc)
+                reply = dataclasses.replace(reply, unsaved=str(exc))
         return reply
 
     def vote(self, answer_id: str, user: str, vote: int) -> tuple[bool, str]:

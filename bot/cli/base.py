@@ -80,17 +80,15 @@ def refuse_blank(ctx: click.Context, *names: str) -> None:
 
 
 def open_db(path: Path | str, source: str = "OPSBOT_DB") -> Store:
-    """The store at ``path``; a file that is not an opsbot database is a clear error, not sqlite's traceback."""
-    import sqlite3
-
+    """The store at ``path``; a file that is not an opsbot database, or that cannot be written, is one clear
+    error naming ``source`` (where the path came from), not sqlite's traceback."""
     from bot.store import Store
+    from bot.store.base import DatabaseUnavailable
 
     try:
         return Store(path)
-    except sqlite3.DatabaseError as exc:
-        raise OpsbotError(
-            f"{str(path)!r} is not an opsbot database ({exc}); point {source} at the file `opsbot index` writes."
-        ) from None
+    except DatabaseUnavailable as exc:
+        raise exc.naming(source) from None
 
 
 def _open(settings: Settings):  # noqa: ANN202

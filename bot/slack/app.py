@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from slack_bolt import App, BoltResponse
@@ -11,7 +12,9 @@ from slack_sdk import WebClient
 from bot.runtime import Runtime
 from bot.slack import actions, commands, deploys, events, incidents
 from bot.slack.delivery import RetryPolicy
+from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
+from bot.store.base import is_write_failure
 
 log = logging.getLogger(__name__)
 SLOW_WORKERS = 2  # searches, deploys and posts in parallel; more only makes two cores thrash
@@ -67,13 +70,51 @@ def create_app(
     )
 
     @app.middleware
+    def refuse_malformed(body: dict, next: object) -> BoltResponse | None:  # noqa: A002 - Bolt's name
+        """A body without the shape Slack sends (see bot.slack.payloads) reaches no listener: 400, one log line.
+
+        The HTTP server checks first (some shapes break Bolt before any middleware runs); this covers Socket
+        Mode. An empty body is Bolt's reading of a form it could not place, which Bolt answers itself (404).
+        """
+        if body:
+            try:
+                check_slack_body(body)
+            except MalformedPayload as exc:
+                log.warning("slack request malformed reason=%s", exc)
+                return BoltResponse(status=400, body={"error": f"malformed request: {exc}"})
+        return next()  # type: ignore[operator]
+
+    @app.middleware
     def answer_each_event_once(body: dict, next: object) -> BoltResponse | None:  # noqa: A002 - Bolt's name
         """Slack retries events it thinks were lost (X-Slack-Retry-Num); each event id is handled once."""
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
-        if event_id and not runtime.store.first_time_seen(event_id):
+        try:
+            first_time = not event_id or runtime.store.first_time_seen(event_id)
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            # Answering a retried event twice is better than answering nothing while the database is full.
+            log.warning("event not recorded event_id=%s reason=%s", event_id, exc)
+            first_time = True
+        if not first_time:
             log.info("duplicate event skipped event_id=%s", event_id)
             return BoltResponse(status=200, body="")
         return next()  # type: ignore[operator]
+
+    @app.error
+    def answer_failure(error: Exception, body: dict) -> BoltResponse:
+        """A listener or middleware failed: 400 and one warning line when the body is not what Slack sends
+        (expected of crafted input), else 500 with the traceback (a bug)."""
+        try:
+            check_slack_body(body or {})
+        except MalformedPayload as exc:
+            log.warning("slack request malformed reason=%s error=%s", exc, type(error).__name__)
+            return BoltResponse(status=400, body={"error": f"malformed request: {exc}"})
+        if isinstance(error, MalformedPayload):
+            log.warning("slack request malformed reason=%s", error)
+            return BoltResponse(status=400, body={"error": f"malformed request: {error}"})
+        log.error("slack request failed error=%s", type(error).__name__, exc_info=error)
+        return BoltResponse(status=500, body={"error": "opsbot failed on this request; its log says why."})
 
     events.register(app, runtime, web)
     commands.register(app, runtime, web)

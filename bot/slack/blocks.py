@@ -50,6 +50,10 @@ def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: 
         names = "; ".join(f"*{_escape(s.expert.name)}* ({_escape(short_reason(s))})" for s in reply.experts)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Who could help:* {names}"}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": how_found(reply)}]})
+    if reply.unsaved:  # votes and sharing look the answer up by its id: without it saved, they would fail
+        text = f"opsbot could not save this answer ({_escape(reply.unsaved)}), so feedback is off for it."
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
+        return blocks
     buttons = [
         {
             "type": "button",
@@ -86,9 +90,10 @@ def how_found(reply: Reply) -> str:
     changed = (
         " Volatile values (numbers, IPs, pod names) were ignored." if a.normalized_query != a.query.strip() else ""
     )
+    vote = "" if reply.unsaved else " Vote below to improve later answers."
     return (
         f"Found by meaning and by keywords ({a.mode} search over {follow}{reply.documents} documents) "
-        f"in {a.encode_ms + a.search_ms:.0f} ms.{changed} Vote below to improve later answers."
+        f"in {a.encode_ms + a.search_ms:.0f} ms.{changed}{vote}"
     )
 
 

@@ -17,11 +17,15 @@ Handler = Callable[..., None]
 
 
 def _where(body: dict) -> tuple[str, str]:
-    """The channel and user of any kind of Slack payload."""
-    event = body.get("event") or {}
-    channel = event.get("channel") or body.get("channel_id") or (body.get("channel") or {}).get("id") or ""
-    user = event.get("user") or body.get("user_id") or (body.get("user") or {}).get("id") or ""
-    return channel, user
+    """The channel and user of any kind of Slack payload (an id in events, an object in interactions)."""
+    event = body.get("event") if isinstance(body.get("event"), dict) else {}
+
+    def named(name: str) -> str:
+        value = event.get(name) or body.get(f"{name}_id") or body.get(name) or ""
+        value = value.get("id", "") if isinstance(value, dict) else value
+        return value if isinstance(value, str) else ""
+
+    return named("channel"), named("user")
 
 
 def tell_requester(web: SlackWeb, body: dict, text: str) -> None:

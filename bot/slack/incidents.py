@@ -333,9 +333,21 @@ def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     web.tell_user(channel, user, f"Added to the {incident.id} timeline.")
 
 
+def read_rollback_value(raw: str) -> dict[str, str]:
+    """What a Rollback button carries (see rollback_value); anything else did not come from opsbot's button."""
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = None
+    names = ("incident", "service", "env")
+    if not isinstance(value, dict) or not all(isinstance(value.get(n), str) for n in names):
+        raise InvalidRequest("that Rollback button is not one opsbot posted: use `/rollback SERVICE ENV` instead.")
+    return value
+
+
 def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
     """A Rollback button of the briefing: a rollback request through the /rollback approval flow."""
-    value: dict[str, Any] = json.loads(body["actions"][0]["value"])
+    value = read_rollback_value(body["actions"][0]["value"])
     user = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
     command = {"user_id": user, "channel_id": channel, "response_url": body.get("response_url", "")}

@@ -1,7 +1,14 @@
-"""The connection: one SQLite database shared between threads, its lock, transactions and meta."""
+"""The connection: one SQLite database shared between threads, its lock, transactions and meta.
+
+The store also knows whether the database takes writes: SQLite's reason when the last write failed (a full disk,
+a read-only file or folder), cleared by the next commit that succeeds, and ``writable()``, a small write that
+/healthz can ask for as often as it likes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -12,9 +19,42 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from bot.errors import OpsbotError
 from bot.store.schema import TOKENIZER, migrations
 
+log = logging.getLogger(__name__)
 BUSY_WAIT_S = 30.0  # how long a write waits for another writer, in this process or another
+# SQLite's messages when the file, its folder or its disk refuses a write (as opposed to a busy lock or a bug).
+WRITE_FAILURES = ("database or disk is full", "readonly database", "disk i/o error", "unable to open database file")
+PROBE_EVERY_S = 5.0  # writable() writes at most this often; in between it answers from the last write's outcome
+PROBE_WAIT_S = 2.0  # a probe that would wait longer for another writer is skipped: the writer shows it is writable
+PROBE_PAGES = 4  # the probe's rolled-back row needs new pages, as a growing table does, not space in a page
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite refusing a write: disk full, a read-only file or folder, an I/O error."""
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in WRITE_FAILURES)
+
+
+class DatabaseUnavailable(OpsbotError):
+    """The database file cannot be used: it cannot be written, or it is not an opsbot database."""
+
+    def __init__(self, path: str, reason: str, unwritable: bool, source: str = "OPSBOT_DB") -> None:
+        self.path, self.reason, self.unwritable = path, reason, unwritable
+        if unwritable:
+            message = (
+                f"cannot write the database {path} ({reason}): check the folder's permissions "
+                f"or set {source} to a writable path."
+            )
+        else:
+            message = (
+                f"{path!r} is not an opsbot database ({reason}); point {source} at the file `opsbot index` writes."
+            )
+        super().__init__(message)
+
+    def naming(self, source: str) -> DatabaseUnavailable:
+        """The same error, naming where the path came from (an option such as --db rather than OPSBOT_DB)."""
+        return DatabaseUnavailable(self.path, self.reason, self.unwritable, source)
 
 
 class StoreBase:
@@ -22,14 +62,29 @@ class StoreBase:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        self.lock = threading.RLock()
+        self.write_error = ""  # SQLite's reason the last write failed; "" once a commit succeeds
+        self.probe_every_s = PROBE_EVERY_S
+        self._probed_at = -PROBE_EVERY_S
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not is_write_failure(exc):
+                raise  # busy or a bug: not something the user can fix by pointing elsewhere
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self.db.close()
+            raise DatabaseUnavailable(self.path, str(exc), unwritable=is_write_failure(exc)) from None
+
+    def _open(self) -> None:
+        """Connect, migrate, and make sure the file takes writes: a read-only folder fails here, not at a question."""
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self.db = Database(conn)
-        self.lock = threading.RLock()
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.lock:
             migrations.apply(self.db)
+            self._try_a_write()
             self.db.execute(f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, tokenize={TOKENIZER!r})")
             self.db.execute("CREATE VIRTUAL TABLE temp.query_terms_vocab USING fts5vocab(temp, query_terms, instance)")
             # A few sections at a time, copied here to count the query's words in each (see term_counts_in).
@@ -52,18 +107,35 @@ class StoreBase:
                 with self.db.atomic():
                     yield
                 return
-            self._begin_immediate()
             try:
-                yield
-            except BaseException:
-                # SQLite ends the transaction itself on some errors (SQLITE_FULL): a ROLLBACK then would fail
-                # and hide the error that matters ("database or disk is full").
-                if self.db.conn.in_transaction:
-                    self.db.conn.execute("ROLLBACK")
+                self._begin_immediate()
+                try:
+                    yield
+                    self.db.conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.OperationalError as exc:
+                if is_write_failure(exc):
+                    self._note_write(str(exc))
                 raise
-            self.db.conn.execute("COMMIT")
+            self._note_write("")
 
-    def _begin_immediate(self) -> None:
+    def _note_write(self, error: str) -> None:
+        """Remember the last write's outcome; a change is logged once, not at every write."""
+        if error and error != self.write_error:
+            log.warning("database refuses writes path=%s reason=%s", self.path, error)
+        elif not error and self.write_error:
+            log.info("database takes writes again path=%s", self.path)
+        self.write_error = error
+
+    def _rollback(self) -> None:
+        """End a failed transaction; SQLite may have rolled it back already (a full disk does), and says so."""
+        if self.db.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error being raised says more than this one
+                self.db.conn.execute("ROLLBACK")
+
+    def _begin_immediate(self, wait: float = BUSY_WAIT_S) -> None:
         """BEGIN IMMEDIATE, waiting while SQLite says the database is locked.
 
         SQLite's own busy timeout covers another process holding the write lock. It does not cover a
@@ -71,7 +143,7 @@ class StoreBase:
         is older than the last commit: then BEGIN IMMEDIATE fails at once. That read ends within
         milliseconds, so trying again shortly is enough.
         """
-        deadline = time.monotonic() + BUSY_WAIT_S
+        deadline = time.monotonic() + wait
         pause = 0.002
         while True:
             try:
@@ -82,6 +154,49 @@ class StoreBase:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    # -- can it be written? ------------------------------------------------
+
+    def writable(self) -> bool:
+        """Whether writes succeed: a small write at most every ``probe_every_s``, else the last write's outcome."""
+        now = time.monotonic()
+        if now - self._probed_at >= self.probe_every_s:
+            self._probed_at = now
+            self._probe()
+        return not self.write_error
+
+    def _probe(self) -> None:
+        """Try a write, then commit a tiny one; the outcome becomes ``write_error``.
+
+        Skipped when another writer holds the database longer than PROBE_WAIT_S: /healthz must not hang on it.
+        """
+        if not self.lock.acquire(timeout=PROBE_WAIT_S):
+            return
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {int(PROBE_WAIT_S * 1000)}")
+            self._try_a_write(wait=PROBE_WAIT_S)
+            with self.transaction():
+                self.db["meta"].upsert({"key": "write_probe_at", "value": _now()}, pk="key")
+        except sqlite3.OperationalError as exc:
+            if is_write_failure(exc):
+                self._note_write(str(exc))
+            elif "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
+            self.lock.release()
+
+    def _try_a_write(self, wait: float = BUSY_WAIT_S) -> None:
+        """Insert a row a few pages long and roll it back: it fails as a real write would (a read-only file or
+        folder, no room to grow), and leaves nothing behind."""
+        with self.lock:
+            self._begin_immediate(wait)
+            try:
+                page = self.db.execute("PRAGMA page_size").fetchone()[0]
+                value = "x" * (page * PROBE_PAGES)
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('write_probe_space', ?)", [value])
+            finally:
+                self._rollback()
 
     # -- meta -------------------------------------------------------------
 

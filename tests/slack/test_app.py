@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from slack_bolt import Ack, App, BoltRequest, BoltResponse
 
 from bot.runtime import Runtime
-from bot.slack.app import SLOW_WORKERS
+from bot.slack.app import SLOW_WORKERS, create_app
 from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.payloads import MalformedPayload
 from tests.conftest import FakeEncoder
-from tests.slack.conftest import GatedEncoder, make_settings, start_bot
+from tests.slack.conftest import GatedEncoder, make_settings, sign, start_bot
 
 
 def test_commands_are_acknowledged_while_every_slow_worker_is_busy(tmp_path: Path, slack_api: FakeSlackAPI) -> None:
@@ -28,3 +35,66 @@ def test_commands_are_acknowledged_while_every_slow_worker_is_busy(tmp_path: Pat
         encoder.gate.set()
         server.stop()
         runtime.close()
+
+
+def dispatch(app: App, body: str, content_type: str) -> BoltResponse:
+    """A signed request handed to the app directly, as Socket Mode and the shell do (no HTTP server in front)."""
+    ts = int(time.time())
+    headers = {
+        "content-type": [content_type],
+        "x-slack-request-timestamp": [str(ts)],
+        "x-slack-signature": [sign(body, ts)],
+    }
+    return app.dispatch(BoltRequest(body=body, headers=headers))
+
+
+def command(name: str) -> str:
+    fields = {"command": name, "text": "", "user_id": "U1", "channel_id": "C1", "response_url": "http://127.0.0.1:9/r"}
+    return urlencode(fields)
+
+
+def test_the_app_refuses_a_malformed_body_that_reaches_it_without_the_server(
+    tmp_path: Path, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    app = create_app(runtime)
+    try:
+        mention = json.dumps({"type": "event_callback", "event": {"type": "app_mention", "text": "hi", "ts": "1.2"}})
+        response = dispatch(app, mention, "application/json")
+    finally:
+        runtime.close()
+    assert response.status == 400 and "event has no channel string" in response.body
+    assert [c.method for c in slack_api.calls() if c.method != "auth.test"] == []  # no handler ran
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.slack.app"] == [
+        "slack request malformed reason=event has no channel string"
+    ]
+
+
+def test_a_listener_failure_is_400_for_bad_input_and_500_with_its_traceback_for_a_bug(
+    tmp_path: Path, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    app = create_app(runtime)
+
+    def refuse(ack: Ack) -> None:
+        raise MalformedPayload("the text is not what this command takes")
+
+    def crash(ack: Ack) -> None:
+        raise ZeroDivisionError("a bug")
+
+    app.command("/refuse")(refuse)
+    app.command("/crash")(crash)
+    try:
+        refused = dispatch(app, command("/refuse"), "application/x-www-form-urlencoded")
+        crashed = dispatch(app, command("/crash"), "application/x-www-form-urlencoded")
+    finally:
+        runtime.close()
+    assert (refused.status, json.loads(refused.body)) == (
+        400,
+        {"error": "malformed request: the text is not what this command takes"},
+    )
+    assert crashed.status == 500
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "bot.slack.app"]
+    assert warning.exc_info is None
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.exc_info is not None and error.exc_info[0] is ZeroDivisionError  # a bug keeps its traceback

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def wait_healthy(port: int, process: subprocess.Popen, timeout: float = 30) -> d
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
                 return json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 503 while the model loads: serving all the same
+            return json.loads(error.read())
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing healthy on port {port} (process exit code {process.poll()})")

@@ -9,15 +9,35 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack import server as server_module
 from bot.slack.app import create_app
 from bot.slack.fake_api import FakeSlackAPI
 from bot.slack.server import HttpServer
 from tests.conftest import FakeEncoder
 from tests.slack.conftest import SlackDriver, make_settings
+from tests.slack.test_server_fuzz import FORM, Probe, exchange, request
+
+PATHS = ("/slack/events", "/hooks/deploy")
+
+
+def headers_signed(body: bytes, content_type: str) -> dict[str, str]:
+    ts = int(time.time())
+    return {"Content-Type": content_type, "X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": sign_raw(body, ts)}
+
+
+def sign_raw(body: bytes, ts: int) -> str:
+    import hashlib
+    import hmac
+
+    from tests.slack.conftest import SIGNING_SECRET
+
+    return "v0=" + hmac.new(SIGNING_SECRET.encode(), b"v0:%d:" % ts + body, hashlib.sha256).hexdigest()
 
 
 def pooled_threads() -> list[threading.Thread]:
@@ -93,3 +113,133 @@ def test_a_taken_port_fails_with_the_address_error(bare_runtime: Runtime, slack_
         with pytest.raises(OSError, match="in use"):
             HttpServer(create_app(bare_runtime), bare_runtime, host="127.0.0.1", port=port, threads=4)
         assert len(pooled_threads()) == before
+
+
+# -- malformed requests: each a 4xx that says why, with nothing held and no traceback -------------------------
+
+
+def raw_answer(port: int, data: bytes, half_close: bool = True) -> tuple[int, dict]:
+    answers, error = exchange(port, Probe("", data, half_close=half_close))
+    assert not error, error
+    return answers[0].status, json.loads(answers[0].body or b"{}")
+
+
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [("abc", 400), ("1e3", 400), ("-1", 400), ("+5", 400), ("0x10", 400), ("5, 6", 400), ("99999999999999999999", 413)],
+)
+def test_content_length_must_be_a_plain_decimal_number_within_the_limit(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture, length: str, status: int
+) -> None:
+    server, _ = start(bare_runtime, slack_api, threads=2)
+    try:
+        answers = [raw_answer(server.port, request("POST", path, b"{}", length=length)) for path in PATHS]
+    finally:
+        server.stop()
+    assert [s for s, _ in answers] == [status, status]
+    assert all(body["header"] == "Content-Length" and "Content-Length" in body["error"] for _, body in answers)
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_post_needs_a_length_and_a_chunked_body_is_refused(bare_runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    server, _ = start(bare_runtime, slack_api, threads=2)
+    chunked = request("POST", "/slack/events", b"2\r\n{}\r\n0\r\n\r\n", {"Transfer-Encoding": "chunked"}, length=None)
+    try:
+        missing = raw_answer(server.port, request("POST", "/slack/events", b"", length=None))
+        refused = raw_answer(server.port, chunked)
+    finally:
+        server.stop()
+    assert missing == (411, {"error": "a POST needs a Content-Length header", "header": "Content-Length"})
+    assert refused[0] == 411 and "Transfer-Encoding" in refused[1]["error"]
+
+
+def test_a_body_cut_short_is_answered_408_within_the_body_timeout(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "BODY_TIMEOUT_S", 0.5)
+    server, slack = start(bare_runtime, slack_api, threads=1)
+    started = time.perf_counter()
+    try:
+        # The client keeps its side open and sends nothing more: only the server's timeout can end this.
+        stalled = raw_answer(server.port, request("POST", "/slack/events", b"{", length="40"), half_close=False)
+        seconds = time.perf_counter() - started
+        after = slack.command("/ask", "")
+    finally:
+        server.stop()
+    assert stalled[0] == 408 and "shorter than its Content-Length" in stalled[1]["error"]
+    assert seconds < 10  # not held until the client leaves (the client here never would)
+    assert after.status == 200
+
+
+def test_wrong_methods_are_405_and_unknown_paths_404_as_json(bare_runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    server, _ = start(bare_runtime, slack_api, threads=2)
+    try:
+        put = raw_answer(server.port, request("PUT", "/slack/events", b"{}"))
+        get = raw_answer(server.port, request("GET", "/hooks/deploy", length=None))
+        unknown = raw_answer(server.port, request("POST", "/slack/event", b"{}"))
+    finally:
+        server.stop()
+    assert put == (405, {"error": "method not allowed: use POST"})
+    assert get == (405, {"error": "method not allowed: use POST"})
+    assert unknown == (404, {"error": "not found"})
+
+
+MALFORMED = [
+    ("foo=bar", FORM, "a form without command or payload"),
+    ("payload=%5B1%5D", FORM, "payload is JSON but not an object"),
+    ("payload=%7Bx", FORM, "payload is not JSON"),
+    ("payload=" + quote('{"actions": []}'), FORM, "payload has no type string"),
+    (
+        "payload=" + quote('{"type": "block_actions", "user": {"id": "U1"}, "actions": "x"}'),
+        FORM,
+        "actions is not a list",
+    ),
+    (
+        "payload="
+        + quote(
+            json.dumps({"type": "block_actions", "user": {"id": "U1"}, "actions": [{"action_id": ids.FEEDBACK_UP}]})
+        ),
+        FORM,
+        "actions[0] has no value string",
+    ),
+    (
+        "payload=" + quote('{"type": "view_submission", "user": {"id": "U1"}, "view": "x"}'),
+        FORM,
+        "view is not an object",
+    ),
+    ("command=%2Fask&text=hi&user_id=U1&channel_id=C1", FORM, "no response_url"),
+    ('{"type": "event_callback"}', "application/json", "event_callback without an event object"),
+    ('{"type": "event_callback", "event": {"type": "app_mention", "ts": "1.2"}}', "application/json", "no channel"),
+    (
+        '{"type": "event_callback", "event_id": [1], "event": {"type": "x"}}',
+        "application/json",
+        "event_id is not a string",
+    ),
+    ('{"type": "event_callback", "authorizations": "x", "event": {"type": "x"}}', "application/json", "not a list"),
+    ('{"type": "event_callback", "team": 5, "event": {"type": "x"}}', "application/json", "team is neither"),
+    ("[1, 2]", "application/json", "the body is JSON but not an object"),
+    ('{"type": "url_verification"}', "application/json", "no challenge string"),
+]
+
+
+def test_signed_malformed_slack_payloads_get_400_saying_what_is_wrong_and_unsigned_ones_401(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, slack = start(bare_runtime, slack_api, threads=2)
+    try:
+        signed = [slack.post(body, content_type) for body, content_type, _ in MALFORMED]
+        unsigned = [slack.post(body, content_type, secret="not-the-secret") for body, content_type, _ in MALFORMED]
+        not_utf8 = raw_answer(
+            server.port,
+            request("POST", "/slack/events", b"payload=\xff", headers_signed(b"payload=\xff", FORM)),
+        )
+    finally:
+        server.stop()
+    for (_, _, fragment), answer in zip(MALFORMED, signed, strict=True):
+        assert answer.status == 400 and fragment in answer.json()["error"], (fragment, answer.body)
+    assert {a.status for a in unsigned} == {401}
+    assert not_utf8 == (400, {"error": "malformed Slack request: the body is not UTF-8 text"})
+    assert slack_api.calls() == []  # no handler ran
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    refusals = [r.getMessage() for r in caplog.records if r.name == "bot.slack.server"]
+    assert len(refusals) == 2 * len(MALFORMED) + 1  # one line each

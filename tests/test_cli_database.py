@@ -1,0 +1,109 @@
+"""`opsbot serve` and the other commands on a database they cannot write: one clear line and exit 1.
+
+Run as real processes that cannot write the folder. Root writes anywhere, so as root the process runs without the
+capabilities that let it (setpriv drops CAP_DAC_OVERRIDE and friends): it then obeys the folder's and the file's
+permission bits like any user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.store import Store
+from tests.conftest import ROOT
+
+DROP_CAPABILITIES = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def serve() -> tuple[str, ...]:
+    """`opsbot serve` on a free port (it fails before listening, but checks the port first)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return ("serve", "--host", "127.0.0.1", "--port", str(port))
+
+
+def unprivileged() -> list[str]:
+    """The prefix that runs a command without the power to write what its permissions forbid."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: no way to make a folder unwritable to the process")
+    return DROP_CAPABILITIES
+
+
+def run_opsbot(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+    env |= {
+        "OPSBOT_DB": str(db),
+        "PYTHONPATH": str(ROOT),
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_SIGNING_SECRET": "a-signing-secret",
+    }
+    command = [*unprivileged(), sys.executable, "-m", "bot", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=db.parent.parent)
+
+
+@pytest.fixture
+def locked_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder the process cannot write, holding an opsbot database it cannot write either."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Store(folder / "opsbot.db").close()
+    (folder / "opsbot.db").chmod(0o444)
+    folder.chmod(0o555)
+    probe = subprocess.run(
+        [*unprivileged(), sys.executable, "-c", f"open({str(folder / 'x')!r}, 'w')"], capture_output=True
+    )
+    if probe.returncode == 0:
+        folder.chmod(0o755)
+        pytest.skip("this process can write a read-only folder: nothing to test")
+    yield folder
+    folder.chmod(0o755)
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == message + "\n"
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_serve_in_a_read_only_folder_says_so_in_one_line(locked_folder: Path) -> None:
+    db = locked_folder / "new.db"
+    result = run_opsbot(db, *serve())
+    assert_one_line(
+        result,
+        f"Error: cannot write the database {db} (unable to open database file): check the folder's permissions "
+        "or set OPSBOT_DB to a writable path.",
+    )
+
+
+def test_serve_and_other_commands_on_a_read_only_database_say_so_in_one_line(locked_folder: Path) -> None:
+    db = locked_folder / "opsbot.db"
+    for args in (serve(), ("deploys",), ("channels", "list")):
+        result = run_opsbot(db, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith(f"Error: cannot write the database {db} ("), (args, result.stderr)
+        assert result.stderr.endswith("): check the folder's permissions or set OPSBOT_DB to a writable path.\n")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stdout + result.stderr
+
+
+def test_serve_on_a_file_that_is_not_a_database_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    notes = tmp_path / "data" / "notes.txt"
+    notes.write_text("not a database, just notes\n" * 100)
+    result = run_opsbot(notes, *serve())
+    assert_one_line(
+        result,
+        f"Error: {str(notes)!r} is not an opsbot database (file is not a database); "
+        "point OPSBOT_DB at the file `opsbot index` writes.",
+    )
