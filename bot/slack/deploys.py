@@ -328,9 +328,13 @@ def report_interrupted(runtime: Runtime, web: SlackWeb) -> list[DeployRequest]:
 
 def _note_from(body: dict) -> str:
     """The note of the clicked message (which version opsbot chose), kept when the message is updated."""
-    for block in (body.get("message") or {}).get("blocks") or []:
-        if block.get("block_id") == ids.DEPLOY_NOTE_BLOCK:
-            return "".join(e.get("text", "") for e in block.get("elements", []))
+    message = body.get("message")
+    blocks = message.get("blocks") if isinstance(message, dict) else None
+    for block in blocks if isinstance(blocks, list) else []:
+        if isinstance(block, dict) and block.get("block_id") == ids.DEPLOY_NOTE_BLOCK:
+            elements = block.get("elements")
+            texts = [e.get("text") for e in elements if isinstance(e, dict)] if isinstance(elements, list) else []
+            return "".join(t for t in texts if isinstance(t, str))
     return ""
 
 

@@ -28,6 +28,9 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+from slack_bolt import BoltContext, BoltRequest
+from slack_bolt.request.internals import build_context
+
 from bot.slack import ids
 
 # Fields that are strings wherever Slack sends them (NULLABLE ones may be null, as in org-wide installs).
@@ -292,3 +295,28 @@ def _check_object(data: dict[str, Any], where: str, depth: int = 0) -> None:
                 if not isinstance(item, dict):
                     raise MalformedPayload(f"{name}[{n}] is not an object")
                 _check_object(item, f"{name}[{n}]", depth + 1)
+
+
+class SlackRequest(BoltRequest):
+    """A Bolt request whose form body is read by its fields.
+
+    Bolt reads any form body that contains the word "payload" anywhere as an interaction, and finds it empty
+    when there is no payload field: `/ask why is the payload too large` became an empty request. Here a
+    form is an interaction only when it has a ``payload`` field. Lazy listeners get a copy made the same way.
+    """
+
+    def __init__(self, body: str, **kwargs: Any) -> None:
+        super().__init__(body=body, **kwargs)
+        if self.content_type != "application/json" and not body.startswith("{"):
+            form = dict(parse_qsl(body, keep_blank_values=True))
+            self.body = json.loads(form["payload"]) if "payload" in form else form
+            self.context = build_context(BoltContext(kwargs.get("context") or {}), self.body)
+
+    def to_copyable(self) -> SlackRequest:
+        return SlackRequest(
+            body=self.raw_body,
+            query=self.query,
+            headers=self.headers,
+            context=self.context.to_copyable(),
+            mode=self.mode,
+        )

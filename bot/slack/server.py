@@ -24,12 +24,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from slack_bolt import App, BoltRequest
+from slack_bolt import App
 
 from bot.hooks import HOOK_PATH
 from bot.runtime import Runtime
 from bot.slack.hooks import handle_deploy_hook
-from bot.slack.payloads import MalformedPayload, read_slack_body
+from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
 
 log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
@@ -260,7 +260,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 return
             try:
                 read_slack_body(body, headers.get("content-type", ""))
-                request = BoltRequest(
+                request = SlackRequest(
                     body=body.decode("utf-8"),
                     query=urlsplit(self.path).query,
                     headers={k: [v] for k, v in headers.items() if not k.startswith(BOLT_HEADERS)},

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
 
-from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot.config import Secret
@@ -26,6 +26,7 @@ from bot.render import Button, Post, render_text_object
 from bot.runtime import Runtime
 from bot.slack.app import create_app
 from bot.slack.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
+from bot.slack.payloads import SlackRequest
 from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool
 
@@ -209,7 +210,7 @@ class LocalSlack:
             "x-slack-request-timestamp": [str(timestamp)],
             "x-slack-signature": [sign(body, timestamp, self._secret)],
         }
-        response = self.app.dispatch(BoltRequest(body=body, headers=headers))
+        response = self.app.dispatch(SlackRequest(body=body, headers=headers))
         return [Delivery(post) for post in _ack_posts(response, origin)]
 
     def _next_ts(self) -> str:

@@ -151,6 +151,14 @@ def test_ask_answers_ephemerally_with_a_share_button_and_sharing_posts_it(
     assert deleted.body.get("delete_original") is True
 
 
+def test_a_question_with_the_word_payload_in_it_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    """Bolt alone reads any form containing "payload" as an empty interaction; this one is a slash command."""
+    ack = slack.command("/ask", "why is the payload from the Waymark Maps API rejected with 429")
+    assert ack.status == 200 and "Looking for" in ack.json()["text"]
+    (reply,) = slack_api.wait_for("response_url")
+    assert "Waymark Maps API rate limiting" in text_of(reply.body["blocks"])
+
+
 def test_empty_ask_shows_usage_at_once(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     ack = slack.command("/ask", "   ")
     assert ack.status == 200
