@@ -463,6 +463,38 @@ def test_a_deploy_that_runs_past_its_timeout_is_stopped_and_reported(
     assert status(runtime, posted.request_id) == "timed_out"
 
 
+def test_an_approved_deploy_runs_while_slack_refuses_every_post_and_its_summary_arrives_later(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
+    slack_api.fail_next("chat.postMessage", status=429, times=3, retry_after="soon")  # not a number of seconds
+    slack_api.fail_next("chat.update", status=500, times=4)
+    slack_api.fail_next("chat.postMessage", status=502, times=2, html=True)
+
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+
+    assert eventually(lambda: status(runtime, posted.request_id), lambda s: s == "succeeded", timeout=30) == "succeeded"
+    summary = shown(summary_in(slack_api, DEPLOYS, timeout=60))
+    assert "*Outcome*\nSucceeded" in summary
+    update_showing(slack_api, posted.ts, "*Succeeded*", timeout=60)
+    assert [a["action"] for a in runtime.store.audit_rows()].count("deploy.finished") == 1
+
+
+def test_a_deploy_timeout_holds_while_slack_hangs_on_every_edit(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    add_service(runtime, "slow-api", "import time\nwhile True: print('step', flush=True); time.sleep(0.2)", timeout=3)
+    posted = request(slack, slack_api, runtime, "slow-api 2.0.0 staging")
+    slack_api.fail_next("chat.update", status=200, times=3, hang=25)
+    started = time.perf_counter()
+
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+
+    eventually(lambda: status(runtime, posted.request_id), lambda s: s == "timed_out", timeout=20)
+    took = time.perf_counter() - started
+    assert status(runtime, posted.request_id) == "timed_out" and took < 10, f"stopped after {took:.1f} s"
+
+
 def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_rerun(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
