@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.deploys import DeployService
+from bot.hooks import parse_event
 from bot.indexer import index_knowledge
 from bot.store import Store
 from tests.conftest import FakeEncoder, assert_clean_failure, invoke
@@ -92,6 +93,25 @@ def test_deploys_lists_slack_and_ci_requests_newest_first(history: History) -> N
     assert "rejected" in rejected and rejected.split()[-3:] == ["-", "-", "-"]  # no approvers, never started
     assert "Alice Archer" in prod and "Bob Baker, Carol Cruz" in prod and "? → 1.0.0" in prod
     assert history.started.strftime("%Y-%m-%d %H:%M") in staging and staging.endswith("0 s")
+
+
+def test_deploys_shows_what_a_ci_deploy_broke(tmp_path: Path) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge"))
+    deploys = DeployService.from_store(store)
+    pending = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+    body = '{"event_id": "e1", "service": "web", "env": "staging", "version": "2.0.0", "status": "started"}'
+    ci = deploys.record_ci_event(parse_event(body, deploys.ci_services(), deploys.ci_environments())).request
+    store.close()
+
+    result = invoke("deploys")
+
+    assert result.exit_code == 0, result.output
+    [row] = [line for line in result.stdout.splitlines() if line.startswith(ci.id) and "flagged:" not in line]
+    assert "running (flagged)" in row and "ci:ci" in row
+    assert f"{ci.id} flagged: deployed while Alice Archer's {pending.id} (pending) held the web staging lock" in (
+        result.stdout
+    )
 
 
 def test_deploys_filters_by_service_env_and_limit(history: History) -> None:

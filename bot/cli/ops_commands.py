@@ -108,7 +108,7 @@ def format_deploys_table(requests: list, names: dict[str, str]) -> str:
             r.service,
             r.env,
             f"{r.from_version or '?'} → {r.version}",
-            r.status,
+            f"{r.status} (flagged)" if r.flags else r.status,
             names.get(r.requester, r.requester),
             ", ".join(names.get(a, a) for a in r.approvers) or "-",
             _when(r.started_at),
@@ -158,6 +158,9 @@ def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit
         click.echo(f"No deploy requests{' for ' + scope if scope else ''} yet.")
         return
     click.echo(format_deploys_table(requests, names))
+    for r in requests:
+        if r.flags:  # what a CI deploy broke: a freeze, someone else's lock
+            click.echo(f"{r.id} flagged: {'; '.join(r.flags)}")
 
 
 @main.command()
