@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from slack_sdk import WebClient
 
+from bot.deploys import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.fake_api import Call, FakeSlackAPI
@@ -67,30 +68,21 @@ def declare(
 
 
 def deploy_row(request_id: str, version: str, finished: datetime, from_version: str = "") -> dict:
-    return {
-        "id": request_id,
-        "kind": "deploy",
-        "service": "checkout-api",
-        "env": "staging",
-        "version": version,
-        "from_version": from_version,
-        "requester": PRIYA,
-        "status": "succeeded",
-        "approvals_needed": 1,
-        "created_at": (finished - timedelta(minutes=5)).isoformat(timespec="seconds"),
-        "expires_at": "",
-        "started_at": (finished - timedelta(minutes=2)).isoformat(timespec="seconds"),
-        "finished_at": finished.isoformat(timespec="seconds"),
-        "channel": OPS,
-        "message_ts": "",
-        "exit_code": 0,
-        "log_tail": "",
-        "source": "slack",
-        "commit_sha": "",
-        "commit_time": "",
-        "pipeline_url": "",
-        "changes": "[]",
-    }
+    return new_row(
+        request_id,
+        service="checkout-api",
+        env="staging",
+        version=version,
+        from_version=from_version,
+        requester=PRIYA,
+        status="succeeded",
+        approvals_needed=1,
+        created_at=(finished - timedelta(minutes=5)).isoformat(timespec="seconds"),
+        started_at=(finished - timedelta(minutes=2)).isoformat(timespec="seconds"),
+        finished_at=finished.isoformat(timespec="seconds"),
+        channel=OPS,
+        exit_code=0,
+    )
 
 
 def timeline(runtime: Runtime, incident_id: str) -> list[tuple[str, str, str]]:
