@@ -1,0 +1,71 @@
+"""The fault suite's fixtures, its scale, and the report printed (and written) at the end of the session.
+
+Every test here is marked ``fault``. OPSBOT_FAULT_SCALE=small (the default, as in `make test`) runs each
+scenario with small loop counts and leaves out the tests marked ``fault_full``; `make fault` runs them
+all at full size (OPSBOT_FAULT_SCALE=full).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fault.harness import ROOT, SCALE, Base, Cluster, build_base, kill_processes, processes_carrying
+from tests.fault.report import COLLECTOR, table_lines, write_markdown
+
+COLLECTOR.scale = SCALE
+
+
+def report_path() -> Path:
+    name = "fault-report.md" if SCALE == "full" else f"fault-report-{SCALE}.md"
+    return ROOT / "build" / name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """At small scale, tests that only make sense at full size are deselected (not skipped: they are not due)."""
+    if SCALE == "full":
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("fault_full") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def fault_base(tmp_path_factory: pytest.TempPathFactory) -> Base:
+    """The fault knowledge indexed once; the ONNX export is kept in build/ between sessions."""
+    cache = Path(os.environ.get("OPSBOT_FAULT_ONNX_CACHE") or ROOT / "build" / "fault-onnx")
+    base = build_base(tmp_path_factory.mktemp("fault-base"), cache)
+    COLLECTOR.notes.append(
+        f"setup: `opsbot index` of the fault knowledge {base.index_seconds:.1f} s; a cold `opsbot serve` answered "
+        f"/healthz after {base.serve_seconds:.1f} s and had its model loaded after {base.ready_seconds:.1f} s "
+        "(OPSBOT_ENCODER=onnx, cached export)"
+    )
+    return base
+
+
+@pytest.fixture
+def cluster(fault_base: Base, tmp_path: Path) -> Iterator[Cluster]:
+    """A scenario's folder, database copy, fake Slack behind the proxy; its processes are stopped after."""
+    with Cluster(fault_base, tmp_path / "cluster") as c:
+        yield c
+    # Whatever a scenario left running (it has reported it already) must not outlive it.
+    ids = [r["id"] for r in c.requests()]
+    kill_processes(pid for pid, _ in processes_carrying(ids))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    if not COLLECTOR.scenarios:
+        return
+    terminalreporter.section(f"opsbot fault suite ({SCALE} scale)")
+    for line in table_lines(COLLECTOR):
+        terminalreporter.write_line(line)
+    for note in COLLECTOR.notes:
+        terminalreporter.write_line(f"- {note}")
+    path = write_markdown(COLLECTOR, report_path())
+    terminalreporter.write_line(f"written to {path.relative_to(ROOT)}")
