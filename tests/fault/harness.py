@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 from bot.deploys import FINAL
 from bot.slack.fake_api import FakeSlackAPI
 from tests.fault.proxy import FaultProxy
-from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, HookDriver, Response, SlackDriver
+from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, TEAM, HookDriver, Response, SlackDriver
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "runner.py"
@@ -112,7 +113,7 @@ def services_yaml() -> str:
         f"      prod: {{approvals: 2, approvers: [web, sre, {ERIN}]}}",
         f"    deploy: {{command: {deploy}, timeout: 120}}",
         f"    rollback: {{command: {rollback}, timeout: 120}}",
-        "  frozen:",
+        "  holiday:",
         "    environments:",
         "      staging:",
         "        approvals: 1",
@@ -319,11 +320,29 @@ class FaultSlack(SlackDriver):
         return http_request(self.base_url, "POST", "/slack/events", body.encode(), sent)
 
     def command_named(
-        self, command: str, text: str, user: str = ALICE, channel: str = OPS_CHANNEL
+        self, command: str, text: str, user: str = ALICE, channel: str = OPS_CHANNEL, name: str | None = None
     ) -> tuple[Response, str]:
-        """A slash command; returns the response and the name of its response_url."""
-        response = self.command(command, text, user=user, channel=channel)
-        return response, self.sent[-1]
+        """A slash command; returns the response and the name of its response_url (``name``, when given, so a
+        proxy rule can be set for it before it is sent)."""
+        if name is None:
+            response = self.command(command, text, user=user, channel=channel)
+            return response, self.sent[-1]
+        fields = {
+            "token": "legacy",
+            "team_id": TEAM,
+            "team_domain": "larder",
+            "channel_id": channel,
+            "channel_name": "ops",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": command,
+            "text": text,
+            "api_app_id": "A0000001",
+            "response_url": self.api.response_url(name),
+            "trigger_id": f"trig.{name}",
+        }
+        self.sent.append(name)
+        return self.post(urllib.parse.urlencode(fields), "application/x-www-form-urlencoded"), name
 
     def approve(self, request_id: str, user: str, channel: str = OPS_CHANNEL, message_ts: str = "") -> Response:
         from bot.slack import ids
@@ -465,6 +484,11 @@ class Cluster:
             return fresh[-1] if fresh else None
 
         return wait_until(probe, timeout)
+
+    def wait_for_posted(self, request_id: str, timeout: float = 15) -> dict:
+        """The request's row once its message is posted (it has a message_ts), else as it is after ``timeout``."""
+        row = wait_until(lambda: (r := self.request(request_id)) and r["message_ts"] and r, timeout)
+        return row or self.request(request_id) or {}
 
     def wait_for_status(self, request_id: str, statuses: Iterable[str], timeout: float) -> dict | None:
         wanted = set(statuses)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_SHOWN_VIOLATIONS = 12  # per scenario in the failure message and the markdown details
+MAX_DETAIL = 1500  # characters of one violation's detail (a traceback, a response body)
 # Scenarios the report names even when this session did not run them (written elsewhere, or full scale only).
 EXPECTED = (
     "a. approval storm",
@@ -61,6 +62,7 @@ class Scenario:
             self.checks[invariant] = self.checks.get(invariant, 0) + 1
             if not held:
                 self.failures[invariant] = self.failures.get(invariant, 0) + 1
+                detail = detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + " ..."
                 self.violations.append(f"{invariant}: {detail}" if detail else invariant)
         return held
 

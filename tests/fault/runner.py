@@ -6,7 +6,7 @@ environment, without the test's import path.
 
 The version says how long a run takes and how it ends: ``1.0.3-ms2500`` runs 2.5 s, a version with ``bad``
 in it exits 1. MODE ``deploy``/``rollback`` prints a few lines; ``drip`` prints a line every 0.25 s;
-``secrets`` prints the lines of ./secrets.json, then its PEM key one line per 100 ms.
+``secrets`` prints the PEM key of ./secrets.json one line per 100 ms, then its other lines one per 250 ms.
 
 runs.log gets ``start REQUEST_ID PID TIME`` when a run starts and ``end REQUEST_ID PID CODE TIME`` when it
 ends, each one short write to a file opened for appending, so lines of concurrent runs never mix.
@@ -46,11 +46,12 @@ def main(argv: list[str]) -> int:
     if mode == "secrets":
         with open("secrets.json", encoding="utf-8") as f:
             catalog = json.load(f)
-        for line in catalog["lines"]:
-            say(line)
         for line in catalog["pem"]:
             say(line)
             time.sleep(0.1)
+        for line in catalog["lines"]:  # last, and slowly: they are in the log tail and in progress updates
+            say(line)
+            time.sleep(0.25)
     elif mode == "drip":
         deadline = time.monotonic() + seconds
         n = 0

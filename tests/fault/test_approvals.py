@@ -92,7 +92,13 @@ def test_a_process_starting_on_the_same_database_leaves_a_running_deploy_alone(c
             b = newcomer.slack(cluster.proxy)
             before = {r["id"] for r in cluster.requests("quick")}
             _, name = b.command_named("/deploy", f"quick 2.{n}.1 staging", user=GINA)
-            told = wait_until(lambda name=name: cluster.api.responses(name), 30)
+            told = wait_until(
+                lambda name=name, before=before: (
+                    cluster.api.responses(name) or [r for r in cluster.requests("quick") if r["id"] not in before]
+                ),
+                30,
+            )
+            told = cluster.api.responses(name)
             second = [r for r in cluster.requests("quick") if r["id"] not in before]
             s.check(
                 "a second /deploy for the same service and env is refused while it runs",
