@@ -6,7 +6,8 @@ environment, without the test's import path.
 
 The version says how long a run takes and how it ends: ``1.0.3-ms2500`` runs 2.5 s, a version with ``bad``
 in it exits 1. MODE ``deploy``/``rollback`` prints a few lines; ``drip`` prints a line every 0.25 s;
-``secrets`` prints the PEM key of ./secrets.json one line per 100 ms, then its other lines one per 250 ms.
+``secrets`` prints the PEM key of ./secrets.json one line per 100 ms, then its other lines one per 250 ms
+(or as its pem_delay and line_delay say).
 
 runs.log gets ``start REQUEST_ID PID TIME`` when a run starts and ``end REQUEST_ID PID CODE TIME`` when it
 ends, each one short write to a file opened for appending, so lines of concurrent runs never mix.
@@ -48,10 +49,10 @@ def main(argv: list[str]) -> int:
             catalog = json.load(f)
         for line in catalog["pem"]:
             say(line)
-            time.sleep(0.1)
+            time.sleep(catalog.get("pem_delay", 0.1))
         for line in catalog["lines"]:  # last, and slowly: they are in the log tail and in progress updates
             say(line)
-            time.sleep(0.25)
+            time.sleep(catalog.get("line_delay", 0.25))
     elif mode == "drip":
         deadline = time.monotonic() + seconds
         n = 0

@@ -83,7 +83,10 @@ def test_secrets_printed_by_a_runner_reach_no_table_log_or_slack_call(cluster: C
         for n in range(runs):
             lines, pem, values = secret_catalog(rng)
             every |= values
-            (cluster.root / "secrets.json").write_text(json.dumps({"lines": lines, "pem": pem}), encoding="utf-8")
+            # One PEM line per 100 ms at full scale; a small run prints faster (progress updates still see them).
+            pace = {"pem_delay": scaled(0.04, 0.1), "line_delay": scaled(0.12, 0.25)}
+            catalog = {"lines": lines, "pem": pem, **pace}
+            (cluster.root / "secrets.json").write_text(json.dumps(catalog), encoding="utf-8")
             known = {r["id"] for r in cluster.requests("leaky")}
             slack.command_named("/deploy", f"leaky 3.{n}.0 staging", user=ALICE)
             row = cluster.wait_for_request("leaky", known)
