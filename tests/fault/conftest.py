@@ -42,9 +42,12 @@ def cluster(fault_base: Base, tmp_path: Path) -> Iterator[Cluster]:
     """A scenario's folder, database copy, fake Slack behind the proxy; its processes are stopped after."""
     with Cluster(fault_base, tmp_path / "cluster") as c:
         yield c
-    # Whatever a scenario left running (it has reported it already) must not outlive it.
-    ids = [r["id"] for r in c.requests()]
-    kill_processes(pid for pid, _ in processes_carrying(ids))
+    # After its processes stopped, nothing started for one of its requests may still run.
+    left = processes_carrying([r["id"] for r in c.requests()])
+    kill_processes(pid for pid, _ in left)
+    if left:
+        COLLECTOR.notes.append(f"{c.name}: {len(left)} process(es) outlived the scenario: {[c for _, c in left]}")
+        pytest.fail(f"processes outlived the scenario: {[cmd for _, cmd in left]}")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:

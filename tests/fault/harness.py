@@ -48,6 +48,7 @@ if SCALE not in SCALES:
 LEASE_S = float(os.environ.get("OPSBOT_FAULT_LEASE_S") or 30)
 LEASE_MARGIN_S = 30.0
 TRACEBACK = "Traceback (most recent call last)"
+PORT_TAKEN = "Address already in use"
 
 ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
     "UALICE0001",
@@ -167,10 +168,21 @@ def child_env(db: Path, knowledge: Path, api_url: str, onnx_cache: Path, **extra
     return env | extra
 
 
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before in this session (a child started without waiting
+    has not bound its port yet, and the kernel may offer that port again)."""
+    with _ports_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def wait_until(probe: Callable[[], T], timeout: float, interval: float = 0.1) -> T | None:
@@ -217,6 +229,7 @@ class Serve:
     pump: LogPump
     started: float = field(default_factory=time.monotonic)
     killed_at: float | None = None  # wall time of our SIGKILL
+    served: bool = False  # it answered /healthz at least once
 
     @property
     def url(self) -> str:
@@ -244,6 +257,7 @@ class Serve:
             if not self.alive():
                 raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.log()[-3000:]}")
             if self.healthz(timeout=1)[0]:
+                self.served = True
                 return time.monotonic() - started
             time.sleep(0.05)
         raise AssertionError(f"{self.name} did not answer /healthz in {timeout}s:\n{self.log()[-3000:]}")
@@ -440,10 +454,18 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def lost_port_races(self) -> list[Serve]:
+        """Processes that never served because someone else bound their port first (the harness started
+        another in their place); their traceback is the harness's doing, not a finding."""
+        return [s for s in self.processes if not s.served and not s.alive() and PORT_TAKEN in s.log()]
+
     def tracebacks(self) -> list[str]:
         """Each process log holding a Python traceback, with the lines around the first one."""
         found = []
+        raced = self.lost_port_races()
         for serve in self.processes:
+            if serve in raced:
+                continue
             text = serve.log()
             at = text.find(TRACEBACK)
             if at >= 0:

@@ -232,6 +232,8 @@ def kill_serve_at_random_points(cluster: Cluster) -> Scenario:
         kill_processes(pid for pid, _ in left)
         s.check("no traceback in the process logs", not cluster.tracebacks(), "\n".join(cluster.tracebacks())[:1500])
         s.note(f"kills: {tally}; {len(died)} deploys were running when their process died; {len(runs)} runs")
+        if raced := cluster.lost_port_races():
+            s.note(f"{len(raced)} start(s) lost their port to another process and were started again")
     return s
 
 

@@ -10,6 +10,7 @@ scale a 30 s hang). A small run tries four of them.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -96,8 +97,8 @@ def run_cases(cluster: Cluster, groups: list[tuple[Scenario, list[Case]]], deadl
     """Start every case (spread over 3 processes), wait for their messages, then judge each group's scenario."""
     serves = [cluster.start() for _ in range(3)]
     every = [case for _, cases in groups for case in cases]
-    for n, case in enumerate(every):
-        start_case(cluster, serves[n % len(serves)], case)
+    with ThreadPoolExecutor(len(every)) as pool:  # a deploy case waits for its run to start: not one after another
+        list(pool.map(lambda n: start_case(cluster, serves[n % len(serves)], every[n]), range(len(every))))
     for s, cases in groups:
         s.tried += len(cases)
     started = time.monotonic()
@@ -154,10 +155,11 @@ def test_a_deploy_times_out_on_time_while_chat_update_hangs(cluster: Cluster) ->
         row = cluster.wait_for_request("stuck")
         assert row is not None, serve.log()[-2000:]
         ts = cluster.wait_for_posted(row["id"]).get("message_ts", "")
-        cluster.proxy.add("chat.update", faults.hang(hang_s, forward=True), times=None, channel=channel)
         slack.approve(row["id"], BOB, channel=channel, message_ts=ts)
         run = cluster.wait_for_run(row["id"], timeout=30)
         assert run is not None, serve.log()[-2000:]
+        # From now on (the first progress update comes 2 s into the run) every update of the channel hangs.
+        cluster.proxy.add("chat.update", faults.hang(hang_s, forward=True), times=None, channel=channel)
         s.tried += 1
         gone = wait_until(lambda: not processes_carrying([row["id"]]), 5 + hang_s + 15, interval=0.1)
         stopped_after = time.time() - run.started if gone else None
