@@ -38,7 +38,7 @@ def fault_base(tmp_path_factory: pytest.TempPathFactory) -> Base:
 
 
 @pytest.fixture
-def cluster(fault_base: Base, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(fault_base: Base, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A scenario's folder, database copy, fake Slack behind the proxy; its processes are stopped after."""
     with Cluster(fault_base, tmp_path / "cluster") as c:
         yield c
@@ -46,7 +46,7 @@ def cluster(fault_base: Base, tmp_path: Path) -> Iterator[Cluster]:
     left = processes_carrying([r["id"] for r in c.requests()])
     kill_processes(pid for pid, _ in left)
     if left:
-        COLLECTOR.notes.append(f"{c.name}: {len(left)} process(es) outlived the scenario: {[c for _, c in left]}")
+        COLLECTOR.notes.append(f"{request.node.name}: {len(left)} process(es) outlived it: {[p for _, p in left]}")
         pytest.fail(f"processes outlived the scenario: {[cmd for _, cmd in left]}")
 
 
