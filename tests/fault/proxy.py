@@ -159,8 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = proxy._take(method, path, channel)
         if fault is None:
             answer = proxy._forward(self.command, self.path, dict(self.headers.items()), body)
-            self._answer(*answer)
             proxy._record(method, path, channel, "forwarded", answer[0], True)
+            self._answer(*answer)
             return
         forwarded = False
         answer = None
@@ -174,19 +174,19 @@ class _Handler(BaseHTTPRequestHandler):
             if answer is None:
                 answer = proxy._forward(self.command, self.path, dict(self.headers.items()), body)
                 forwarded = True
-            self._answer(*answer)
             proxy._record(method, path, channel, fault.label, answer[0], forwarded)
+            self._answer(*answer)
         elif fault.kind == "status":
             error = "ratelimited" if fault.status == 429 else "internal_error"
             headers = {"Content-Type": "application/json; charset=utf-8"}
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
-            self._answer(fault.status, headers, json.dumps({"ok": False, "error": error}).encode())
             proxy._record(method, path, channel, fault.label, fault.status, forwarded)
+            self._answer(fault.status, headers, json.dumps({"ok": False, "error": error}).encode())
         elif fault.kind == "html":
             page = HTML_PAGE.format(status=fault.status).encode()
-            self._answer(fault.status, {"Content-Type": "text/html; charset=utf-8"}, page)
             proxy._record(method, path, channel, fault.label, fault.status, forwarded)
+            self._answer(fault.status, {"Content-Type": "text/html; charset=utf-8"}, page)
         elif fault.kind in ("reset", "close"):
             proxy._record(method, path, channel, fault.label, None, forwarded)
             if fault.kind == "reset":  # SO_LINGER 0: close() sends RST instead of FIN
@@ -195,8 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
         elif fault.kind == "drip":
             assert answer is not None
-            self._answer(*answer, drip=fault)
             proxy._record(method, path, channel, fault.label, answer[0], forwarded)
+            self._answer(*answer, drip=fault)
 
     def _hang(self, seconds: float, watch: bool) -> bool:
         """Wait; False when the client hung up meanwhile (watched only before forwarding: as for a server that
