@@ -139,12 +139,13 @@ def record(
     lost: int = 0,
     seconds: float = 0.0,
     notes: list[str] | None = None,
+    collector: Collector = COLLECTOR,
 ) -> Scenario:
     """Record a scenario counted elsewhere; ``invariants`` names them (or maps each to how often it was checked).
 
     A violation line names its invariant first (``"ran once: dep-1 ran twice"``) so the table can say which held.
     """
-    scenario = Scenario(name, COLLECTOR.scale, tried=tried, lost=lost, seconds=seconds, notes=list(notes or []))
+    scenario = Scenario(name, collector.scale, tried=tried, lost=lost, seconds=seconds, notes=list(notes or []))
     counts = invariants if isinstance(invariants, dict) else dict.fromkeys(invariants, tried)
     scenario.checks = dict(counts)
     for line in violations or []:
@@ -152,7 +153,7 @@ def record(
         scenario.failures[invariant] = scenario.failures.get(invariant, 0) + 1
         scenario.checks.setdefault(invariant, 1)
         scenario.violations.append(line)
-    COLLECTOR.add(scenario)
+    collector.add(scenario)
     return scenario
 
 
