@@ -120,7 +120,8 @@ def run_cases(cluster: Cluster, groups: list[tuple[Scenario, list[Case]]], deadl
 
 
 def test_every_message_arrives_through_failing_slack(cluster: Cluster) -> None:
-    chosen = FAULTS if scaled(False, True) else [FAULTS[0], FAULTS[1], FAULTS[4], FAULTS[5]]
+    # A small run leaves out the long ones (500 x9 may take a retrying sender a minute), and its deadline is short.
+    chosen = FAULTS if scaled(False, True) else [FAULTS[0], FAULTS[2], FAULTS[4], FAULTS[5]]
     cases = [
         Case(n, surface, label, fault, times, channel=f"C0G{n:07d}")
         for n, (surface, (label, fault, times)) in enumerate((surface, item) for item in chosen for surface in SURFACES)
