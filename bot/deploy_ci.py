@@ -2,8 +2,10 @@
 
 opsbot cannot stop a pipeline, so it records what the pipeline did, truthfully, and flags what broke the
 rules: a deploy while another holds the service/env lock or runs, a deploy into a frozen environment.
-A flagged event is never silently made a second running deploy: it does not take a lock someone else
-holds, the flag is stored with the row, audited, and shown where the deploy is shown. The actor is
+A CI deploy that starts while another holds the lock is never made a second running deploy: it is
+recorded as ``overlapping`` (it does not take the lock; at most one deploy of a service and environment is
+``running``, the lock holder), the flag is stored with the row, audited, and shown where the deploy is
+shown, and until it ends no pending request can be approved. The actor is
 recorded as ``ci:<actor>``, so a pipeline can never act as opsbot or as a person on the roster.
 """
 
@@ -119,7 +121,9 @@ def _open(deploys: DeployService, event: DeployEvent, actor: str, now: datetime)
     started_at = event.started_at or (stamp if not event.finished else event.finished_at or stamp)
     finished_at = (event.finished_at or stamp) if event.finished else None
     flags = _flags(deploys, event, parse_time(started_at))
-    free = store.lock_holder(event.service, event.env) is None
+    free = store.lock_holder(event.service, event.env) is None and not store.running_for(event.service, event.env)
+    if status == "running" and not free:
+        status = "overlapping"
     from_version = deploys.current_version(event.service, event.env) or ""
     if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
         from_version = deploys.failed_version(event.service, event.env) or from_version
@@ -146,7 +150,7 @@ def _open(deploys: DeployService, event: DeployEvent, actor: str, now: datetime)
     store.insert_deploy(row)
     if status == "running" and free:
         store.take_lock(event.service, event.env, request_id, actor)
-    action = "started" if status == "running" else "recorded"
+    action = "started" if status in ("running", "overlapping") else "recorded"
     store.audit(
         actor,
         f"{kind}.{'started' if action == 'started' else 'finished'}",
@@ -213,7 +217,7 @@ def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
     with deploys.store.transaction():
         for row in deploys.store.running_ci_started_before(cutoff):
             note = f"no end of this CI deploy arrived within {deploys.settings.stale_ci_hours} hours"
-            if deploys.store.transition(row["id"], "running", "abandoned", finished_at=_iso(deploys.clock()),
+            if deploys.store.transition(row["id"], row["status"], "abandoned", finished_at=_iso(deploys.clock()),
                                         note=note):
                 deploys.store.release_lock(row["id"])
                 deploys.store.audit("opsbot", "deploy.abandoned", row["id"], reason=note)

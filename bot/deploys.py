@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # cancelled: approved, then stopped by the policy before it started; abandoned: a CI deploy that never finished.
+# Active ones: pending, running (the lock holder) and overlapping (a CI deploy that started while another held it).
 FINAL = ("succeeded", "failed", "timed_out", "rejected", "expired", "interrupted", "cancelled", "abandoned")
 Progress = Callable[["DeployRequest", str], None]
 

@@ -108,7 +108,7 @@ def test_deploys_shows_what_a_ci_deploy_broke(tmp_path: Path) -> None:
 
     assert result.exit_code == 0, result.output
     [row] = [line for line in result.stdout.splitlines() if line.startswith(ci.id) and "flagged:" not in line]
-    assert "running (flagged)" in row and "ci:ci" in row
+    assert "overlapping (flagged)" in row and "ci:ci" in row
     assert f"{ci.id} flagged: deployed while Alice Archer's {pending.id} (pending) held the web staging lock" in (
         result.stdout
     )

@@ -114,7 +114,7 @@ def test_a_ci_deploy_running_blocks_the_approval_of_a_pending_one(deploys: Deplo
         deploys.ci_environments(),
     )
     ci = deploys.record_ci_event(event).request
-    assert ci is not None and ci.status == "running"
+    assert ci is not None and ci.status == "overlapping"
 
     decision = deploys.approve(request.id, BOB)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,8 +36,10 @@ from bot.indexer import index_knowledge
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, Clock, make_knowledge
+from tests.fault.report import record
 
 FULL = os.environ.get("OPSBOT_FAULT_SCALE") == "full"
+CHECKS: Counter[str] = Counter()  # invariant -> times checked, for the fault suite's report
 SEQUENCES = 1000 if FULL else 200
 PEOPLE = (ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, "UNOTONROSTER")
 START = datetime(2026, 12, 23, 12, 0, tzinfo=UTC)  # six hours before the prod freeze of deploy_fixtures
@@ -148,11 +152,13 @@ class ApprovalSequences(RuleBasedStateMachine):
 
     @invariant()
     def nothing_ran_twice(self) -> None:
+        CHECKS["each approved request runs at most once"] += 1
         ids = [request_id for request_id, _ in self.runs]
         assert len(ids) == len(set(ids))
 
     @invariant()
     def every_run_had_its_approvals_and_no_freeze(self) -> None:
+        CHECKS["no run without its approvals or inside a freeze"] += 1
         for request_id, when in self.runs:
             row = self.store.deploy_row(request_id)
             approvers = {u for u, d, _ in self.store.decisions(request_id) if d == "approve"}
@@ -162,6 +168,7 @@ class ApprovalSequences(RuleBasedStateMachine):
 
     @invariant()
     def one_active_request_per_environment(self) -> None:
+        CHECKS["one active request per service and environment"] += 1
         for env in ("staging", "prod"):
             active = [
                 r["id"]
@@ -173,6 +180,7 @@ class ApprovalSequences(RuleBasedStateMachine):
 
     @invariant()
     def interrupted_and_cancelled_never_ran(self) -> None:
+        CHECKS["nothing interrupted, cancelled, rejected or expired ran"] += 1
         ran = {request_id for request_id, _ in self.runs}
         for request_id in self.requests:
             status = self.store.deploy_row(request_id)["status"]
@@ -193,7 +201,28 @@ def recorded_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deploy_runner, "_run_command", run)
 
 
+@pytest.mark.fault
 def test_random_approval_sequences_keep_the_rules(recorded_runs: None) -> None:
+    CHECKS.clear()
+    started = time.perf_counter()
+    violations: list[str] = []
+    try:
+        run_sequences()
+    except AssertionError as exc:
+        violations.append(f"invariant broken: {str(exc).splitlines()[0][:300]}")
+        raise
+    finally:
+        record(
+            "property: approval sequences",
+            tried=SEQUENCES,
+            invariants=dict(CHECKS),
+            violations=violations,
+            seconds=time.perf_counter() - started,
+            notes=[f"{SEQUENCES} hypothesis sequences of up to 40 steps"],
+        )
+
+
+def run_sequences() -> None:
     run_state_machine_as_test(
         ApprovalSequences,
         settings=settings(

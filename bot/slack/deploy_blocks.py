@@ -283,6 +283,11 @@ def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[di
     )
     if request.status == "running":
         state = f":hourglass_flowing_sand: *Running* in CI since {slack_time(request.started_at)}."
+    elif request.status == "overlapping":
+        state = (
+            f":warning: *Running* in CI since {slack_time(request.started_at)}, *overlapping* another deploy of "
+            f"{request.service} in {request.env}: no request can be approved until it ends."
+        )
     elif request.status == "abandoned":
         state = f":grey_question: *No end reported*: {_escape(request.note)}; the outcome is unknown."
     else:

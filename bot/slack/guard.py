@@ -11,6 +11,7 @@ from typing import Any
 from bot.errors import OpsbotError
 from bot.slack.blocks import build_error_text
 from bot.slack.web import SlackWeb
+from bot.store.base import is_write_failure
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., None]
@@ -58,16 +59,34 @@ def guard(web: SlackWeb) -> Callable[[Handler], Handler]:
                 func(**kwargs)
             except OpsbotError as exc:  # the user's input or state: say what is wrong
                 tell(f"Sorry: {exc}")
-            except Exception:
-                error_id = uuid.uuid4().hex[:8]
+            except Exception as exc:
                 channel, user = _where(body)
-                log.exception(
-                    "handler failed error_id=%s handler=%s user=%s channel=%s", error_id, func.__name__, user, channel
-                )
+                if is_write_failure(exc):  # a full disk or a read-only database: an operational fault, not a bug
+                    log.error(
+                        "handler could not write the database handler=%s user=%s channel=%s reason=%s",
+                        func.__name__,
+                        user,
+                        channel,
+                        exc,
+                    )
+                    text = (
+                        f"Sorry: opsbot cannot save anything right now, its database refuses writes ({exc}). "
+                        "Nothing was changed; try again once the disk is fixed (opsbot's /healthz says when)."
+                    )
+                else:
+                    error_id = uuid.uuid4().hex[:8]
+                    log.exception(
+                        "handler failed error_id=%s handler=%s user=%s channel=%s",
+                        error_id,
+                        func.__name__,
+                        user,
+                        channel,
+                    )
+                    text = build_error_text(error_id)
                 try:
-                    tell(build_error_text(error_id))
+                    tell(text)
                 except Exception:
-                    log.exception("could not tell the user about error_id=%s", error_id)
+                    log.exception("could not tell the user handler=%s", func.__name__)
 
         return wrapper
 

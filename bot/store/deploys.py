@@ -53,8 +53,8 @@ class DeployStore(StoreBase):
         return self._rows("status = 'pending'", [])
 
     def running_for(self, service: str, env: str) -> list[dict]:
-        """Everything running for a service and environment, from Slack or CI."""
-        return self._rows("service = ? AND env = ? AND status = 'running'", [service, env])
+        """Everything deploying a service and environment now, from Slack or CI (overlapping CI deploys too)."""
+        return self._rows("service = ? AND env = ? AND status IN ('running', 'overlapping')", [service, env])
 
     def succeeded_for(self, service: str, env: str, limit: int = 200) -> list[dict]:
         """Deploys and rollbacks that succeeded, newest finish first."""
@@ -82,12 +82,13 @@ class DeployStore(StoreBase):
         )
 
     def running_ci_started_before(self, before: str) -> list[dict]:
-        return self._rows("status = 'running' AND source = 'ci' AND started_at < ?", [before])
+        return self._rows("status IN ('running', 'overlapping') AND source = 'ci' AND started_at < ?", [before])
 
     def open_ci_runs(self, service: str, env: str, version: str) -> list[dict]:
         """CI deploys of this version a finish event may close: running, or given up for lack of a finish."""
         return self._rows(
-            "service = ? AND env = ? AND version = ? AND source = 'ci' AND status IN ('running', 'abandoned')",
+            "service = ? AND env = ? AND version = ? AND source = 'ci' "
+            "AND status IN ('running', 'overlapping', 'abandoned')",
             [service, env, version],
         )
 
