@@ -164,6 +164,7 @@ def _open(deploys: DeployService, event: DeployEvent, actor: str, now: datetime)
     )
     if flags:
         store.audit(actor, f"{kind}.flagged", request_id, flags=flags, source="ci", event=event.event_id)
+    deploys.announce("ci-started" if action == "started" else "ci-recorded", request_id)
     return request_id, action
 
 
@@ -178,6 +179,7 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
     store.transition(run["id"], run["status"], status, finished_at=finished_at, **extra)
     store.release_lock(run["id"])
     store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)
+    deploys.announce("ci-finished", run["id"])
     return run["id"]
 
 
@@ -221,6 +223,7 @@ def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
                                         note=note):
                 deploys.store.release_lock(row["id"])
                 deploys.store.audit("opsbot", "deploy.abandoned", row["id"], reason=note)
+                deploys.announce("abandoned", row["id"])
                 abandoned.append(row["id"])
     return [deploys.get(i) for i in abandoned]
 

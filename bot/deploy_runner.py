@@ -176,6 +176,7 @@ def _finish(
                     if note:
                         details["reason"] = note
                     deploys.store.audit("opsbot", f"{request.kind}.finished", request.id, **details)
+                    deploys.announce("finished", request.id)
             break
         except sqlite3.Error as exc:
             # The outcome is only in memory now: say it in the log each time, and keep trying.

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from bot import deploy_runner
 from bot.deploy_config import (
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 # Active ones: pending, running (the lock holder) and overlapping (a CI deploy that started while another held it).
 FINAL = ("succeeded", "failed", "timed_out", "rejected", "expired", "interrupted", "cancelled", "abandoned")
 Progress = Callable[["DeployRequest", str], None]
+AUTO_ROLLBACK_NOTE = "opsbot chose the version"  # a rollback without a version: the last good one
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,18 @@ class DeployRequest:
         )
 
 
+class Announcer(Protocol):
+    """Shows what happened to a deploy (a Slack adapter writes posts to its outbox).
+
+    Called inside the transaction of the state change, so what is shown is stored with the change: a
+    process killed a moment later loses neither. Events: requested, approved (one more approval), started,
+    rejected, expired, interrupted, finished (succeeded, failed, timed out or cancelled), ci-started,
+    ci-finished, ci-recorded, abandoned.
+    """
+
+    def announce(self, event: str, request: DeployRequest, deploys: DeployService) -> None: ...
+
+
 @dataclass(frozen=True)
 class Decision:
     """What a click on Approve or Reject did."""
@@ -218,6 +232,7 @@ class DeployService:
         workdir: str | None = None,
         owner: str | None = None,
         lease_clock: Callable[[], float] = time.time,
+        announcer: Announcer | None = None,
     ) -> None:
         self.store = store
         self.services = services
@@ -227,6 +242,7 @@ class DeployService:
         self.workdir = workdir
         self.owner = owner or deploy_runner.process_owner()
         self.lease_clock = lease_clock  # wall-clock seconds, shared by every process on the database
+        self.announcer = announcer
 
     @classmethod
     def from_store(
@@ -236,6 +252,7 @@ class DeployService:
         workdir: str | None = None,
         owner: str | None = None,
         lease_clock: Callable[[], float] = time.time,
+        announcer: Announcer | None = None,
     ) -> DeployService:
         """Build from the services.yaml stored by `opsbot index` (invalid entries were reported there)."""
         services = {}
@@ -250,7 +267,7 @@ class DeployService:
             settings = parse_settings(json.loads(store.get_meta("deploy_settings") or "null"))
         except ConfigProblem:
             settings = DeploySettings()
-        return cls(store, services, settings, store.load_experts(), clock, workdir, owner, lease_clock)
+        return cls(store, services, settings, store.load_experts(), clock, workdir, owner, lease_clock, announcer)
 
     # -- the policy ---------------------------------------------------------------------------------
 
@@ -322,13 +339,14 @@ class DeployService:
     ) -> DeployRequest:
         """Validate everything, then record a pending request holding the service/env lock."""
         config, environment = self._service_env(service, env)
+        note = ""
         if kind == "rollback":
             if config.rollback is None and config.deploy is None:
                 raise InvalidRequest(f"{service} has no rollback runner in services.yaml.")
             current = self.current_version(service, env)
             broken = self.failed_version(service, env)
             if version is None:
-                version = self.rollback_target(service, env)
+                version, note = self.rollback_target(service, env), AUTO_ROLLBACK_NOTE
             if current is not None and version == current and broken is None:
                 raise InvalidRequest(f"{version} is what {service} already runs in {env}; name an earlier version.")
         elif version is None:
@@ -356,6 +374,7 @@ class DeployService:
             created_at=_iso(now),
             expires_at=_iso(now + timedelta(minutes=self.settings.request_ttl_minutes)),
             channel=channel,
+            note=note,
         )
         with self.store.transaction():
             self._expire_locked_if_due(service, env)
@@ -369,6 +388,7 @@ class DeployService:
                 )
             self.store.insert_deploy(row)
             self.store.audit(requester, f"{kind}.requested", request_id, service=service, env=env, version=version)
+            self.announce("requested", request_id)
         log.info(
             "deploy requested id=%s service=%s env=%s version=%s by=%s", request_id, service, env, version, requester
         )
@@ -434,9 +454,11 @@ class DeployService:
             request = self._get_locked(request_id)
             missing = self.approvals_needed(request) - len(self.valid_approvers(request))
             if missing > 0:
+                self.announce("approved", request_id)
                 return Decision(request, "recorded", f"approved; {missing} more approval(s) needed.")
             why = self._refusal(request, START)
             if why:
+                self.announce("approved", request_id)
                 return Decision(request, "recorded", f"approved, but it cannot start: {why}")
             lease = self.lease_clock() + deploy_runner.LEASE_S
             started = self.store.transition(
@@ -445,6 +467,7 @@ class DeployService:
             if not started:
                 return Decision(self._get_locked(request_id), "closed", "this request was already started.")
             self.store.audit("opsbot", f"{request.kind}.started", request_id, approvers=list(request.approvers))
+            self.announce("started", request_id)
             return Decision(self._get_locked(request_id), "approved", "approved; starting now.")
 
     def _reject(self, request: DeployRequest, user: str) -> Decision:
@@ -457,6 +480,7 @@ class DeployService:
         self.store.audit(user, f"{request.kind}.rejected", request.id)
         self.store.transition(request.id, "pending", "rejected", finished_at=_iso(self.clock()))
         self.store.release_lock(request.id)
+        self.announce("rejected", request.id)
         return Decision(self._get_locked(request.id), "rejected", "rejected; nothing will run.")
 
     def _is_due(self, request: DeployRequest) -> bool:
@@ -466,6 +490,7 @@ class DeployService:
         if self.store.transition(request_id, "pending", "expired", finished_at=_iso(self.clock())):
             self.store.release_lock(request_id)
             self.store.audit("opsbot", "deploy.expired", request_id)
+            self.announce("expired", request_id)
 
     def expire_due(self) -> list[DeployRequest]:
         """Expire every pending request past its time; returns them so their messages can say so."""
@@ -494,8 +519,21 @@ class DeployService:
                                          note=reason):
                     self.store.release_lock(row["id"])
                     self.store.audit("opsbot", "deploy.interrupted", row["id"], reason=reason, owner=row["owner"])
+                    self.announce("interrupted", row["id"])
                     interrupted.append(row["id"])
         return [self.get(i) for i in interrupted]
+
+    def announce(self, event: str, request_id: str) -> None:
+        """Tell the announcer, inside the current transaction; only a database error may undo the change."""
+        if self.announcer is None:
+            return
+        self.store._require_transaction()
+        try:
+            self.announcer.announce(event, self._get_locked(request_id), self)
+        except sqlite3.Error:
+            raise  # the post could not be stored with the change: neither happens
+        except Exception:  # a rendering bug must never block a deploy's state change
+            log.exception("announcing a deploy failed event=%s id=%s", event, request_id)
 
     def set_message(self, request_id: str, channel: str, ts: str) -> None:
         with self.store.transaction():

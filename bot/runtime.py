@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bot.config import Settings
-from bot.deploys import DeployService
+from bot.deploys import Announcer, DeployService
 from bot.encoder import Encoder, make_encoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
 from bot.experts import ExpertModel, Suggestion, spread_load
@@ -84,6 +84,7 @@ class Runtime:
         self.started = time.perf_counter()
         self.ready_seconds: float | None = None
         self.runners = TrackedPool(DEPLOY_WORKERS, "opsbot-deploy")
+        self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
 
     def start_loading(self) -> None:
         """Load the model and the index in a background thread (idempotent)."""
@@ -168,7 +169,9 @@ class Runtime:
 
     def deploys(self) -> DeployService:
         """The deploy state machine for the services.yaml stored by the last `opsbot index`."""
-        return self._for_index_version("deploys", lambda: DeployService.from_store(self.store))
+        service = self._for_index_version("deploys", lambda: DeployService.from_store(self.store))
+        service.announcer = self.announcer
+        return service
 
     def experts_model(self) -> ExpertModel:
         """The expert model, retrained whenever the incidents or the roster changed."""

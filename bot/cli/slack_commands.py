@@ -136,8 +136,8 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     runtime.start_loading()
     app = create_app(runtime)
     # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
-    report_interrupted(runtime, app.web)
-    start_sweeper(runtime, app.web)
+    report_interrupted(runtime)
+    start_sweeper(runtime)
     start_digest_scheduler(runtime, app.web)
     if settings.slack_app_token:
         hooks = None

@@ -351,7 +351,7 @@ def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
     user = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
     command = {"user_id": user, "channel_id": channel, "response_url": body.get("response_url", "")}
-    request = submit(runtime.deploys(), web, command, "rollback", value["service"], value["env"], None)
+    request = submit(runtime.deploys(), command, "rollback", value["service"], value["env"], None)
     log.info("rollback requested from incident id=%s request=%s by=%s", value["incident"], request.id, user)
     incidents = runtime.incidents()
     text = f"Rollback of {request.service} in {request.env} to {request.version} requested ({request.id})"

@@ -280,7 +280,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
 
         def _deploy_hook(self, body: bytes) -> None:
             try:
-                status, answer = handle_deploy_hook(runtime, app.web, dict(self.headers.items()), body)
+                status, answer = handle_deploy_hook(runtime, dict(self.headers.items()), body)
             except Exception:
                 log.exception("deploy hook failed")
                 status, answer = 500, {"error": "opsbot could not record the event; see its log, then send it again."}

@@ -44,7 +44,7 @@ from bot.store.outbox import PENDING, SENDING, SENT, OutboxRow, OutboxStore
 log = logging.getLogger(__name__)
 WORKERS = 3  # a few calls in flight at once: one slow channel must not hold up the others
 POLL_S = 2.0  # how often idle workers look for rows other processes wrote
-CLAIM_S = 60.0  # how long a row being sent is ours; longer than a call can take, so only a dead process loses it
+CLAIM_S = 25.0  # how long a row being sent is ours: over twice the 10 s call timeout, so only a dead process loses it
 PRUNE_EVERY_S = 3600.0
 KEEP_SENT_S = 24 * 3600.0
 KEEP_FAILED_S = 7 * 24 * 3600.0
@@ -301,7 +301,11 @@ class SlackWeb:
         if after is not None:
             row.after, row.after_args = after
         row_id = 0
-        if self._durable is not None:
+        if self._durable is not None and self._durable.store.in_transaction_here():
+            # Joined to the caller's change (a deploy's approval, its finish): stored with it or not at all,
+            # never kept in memory for a change that may roll back.
+            row_id = self._durable.add(row)
+        elif self._durable is not None:
             try:
                 row_id = self._durable.add(row)
             except sqlite3.Error as exc:

@@ -53,7 +53,9 @@ class Clock:
 
 
 def use_clock(runtime: Runtime, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "deploys", lambda: DeployService.from_store(runtime.store, clock=clock))
+    monkeypatch.setattr(
+        runtime, "deploys", lambda: DeployService.from_store(runtime.store, clock=clock, announcer=runtime.announcer)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -366,10 +368,9 @@ def test_an_unapproved_request_expires_its_message_says_so_and_approving_it_late
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
 ) -> None:
     posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
-    web = slack.web
-    assert sweep_expired(runtime, web) == []  # not yet
+    assert sweep_expired(runtime) == []  # not yet
     clock.advance(minutes=31)
-    (expired,) = sweep_expired(runtime, web)
+    (expired,) = sweep_expired(runtime)
     assert expired.id == posted.request_id and expired.status == "expired"
     update = update_showing(slack_api, posted.ts, "Expired: nobody approved within 30 minutes")
     assert not deploy_buttons(update.body)
@@ -378,7 +379,7 @@ def test_an_unapproved_request_expires_its_message_says_so_and_approving_it_late
     told = ephemeral_to(slack_api, MARCUS)
     assert told.startswith("This request expired") and "`/deploy checkout-api 1.4.2 staging`" in told
     assert status(runtime, posted.request_id) == "expired" and runtime.store.decisions(posted.request_id) == []
-    assert sweep_expired(runtime, web) == []  # once
+    assert sweep_expired(runtime) == []  # once
 
 
 def test_a_click_after_the_expiry_time_expires_it_even_before_the_sweeper_runs(
@@ -502,7 +503,7 @@ def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_r
     with runtime.store.transaction():  # what a crash mid-deploy leaves behind
         assert runtime.store.transition(posted.request_id, "pending", "running", started_at="2026-11-20T10:00:05+00:00")
 
-    (interrupted,) = report_interrupted(runtime, slack.web)
+    (interrupted,) = report_interrupted(runtime)
     assert interrupted.id == posted.request_id and interrupted.status == "interrupted"
     assert slack.web is not None and slack.web.wait_idle(15)
     (note,) = [m for m in slack_api.messages(OPS) if m.get("thread_ts") == posted.ts]
@@ -511,7 +512,7 @@ def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_r
     assert "Check the service before requesting again." in note["text"]
     update = update_showing(slack_api, posted.ts, "Interrupted: the opsbot process running this stopped")
     assert not deploy_buttons(update.body)
-    assert report_interrupted(runtime, slack.web) == []  # reported once
+    assert report_interrupted(runtime) == []  # reported once
     assert not [a for a in runtime.store.audit_rows() if a["action"] == "deploy.finished"]  # never run
     assert request(slack, slack_api, runtime, "checkout-api 1.4.2 staging").request_id  # the lock was released
 
@@ -531,7 +532,7 @@ def test_a_pending_request_survives_a_restart_and_can_be_approved_after_it(
     use_clock(restarted, clock, monkeypatch)
     server, slack_after = start_bot(restarted, slack_api)
     try:
-        assert report_interrupted(restarted, slack_after.web) == []
+        assert report_interrupted(restarted) == []
         click(slack_after, ids.DEPLOY_APPROVE, posted, MARCUS)
         summary = shown(summary_in(slack_api, DEPLOYS))
         assert "*Outcome*\nSucceeded" in summary and "*Approved by*\nMarcus Oyelaran" in summary
