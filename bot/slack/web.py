@@ -5,7 +5,7 @@ so it is not lost while the process lives, nor when it stops or crashes: the nex
 database delivers it. A call that timed out although Slack did process it is made again, so a message can
 rarely show twice. Within a lane (a channel, or one response_url) rows go in the order written; lanes never
 wait for each other. 429 waits for Retry-After (at most 30 s), 5xx, error pages, resets and timeouts back
-off exponentially (0.5 s doubling to 30 s, with jitter); what Slack refuses (not_in_channel, invalid_blocks
+off exponentially (0.5 s doubling to 20 s, with jitter); what Slack refuses (not_in_channel, invalid_blocks
 ...) fails at once. A post is given up after 6 hours, a response_url after 30 minutes (Slack's limit),
 with an error log line, and the person it was for is told when the post names whom to tell (``Notify``).
 If the database cannot be written (disk full), the post is kept in memory and delivered the same way, but

@@ -62,7 +62,7 @@ ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
 APPROVERS = (BOB, CAROL, GINA, FRANK, ERIN)  # may approve quick/prod; BOB and GINA (web) any staging
 OPS_CHANNEL = "C0FAULT001"
 KILL_SERVICES = 100  # svc-000 ... one per SIGKILL iteration, so a deploy left running holds no one else's lock
-MESSAGE_SERVICES = 20  # msg-00 ...: deploys whose summaries go through a faulty Slack
+MESSAGE_SERVICES = 30  # msg-00 ...: deploys whose summaries go through a faulty Slack (24 cases at full scale)
 ROSTER = f"""\
 people:
   - {{id: {ALICE}, name: Alice Archer, team: web}}
@@ -574,12 +574,15 @@ def copy_db(source: Path, target: Path) -> None:
 
 
 def snapshot(path: Path, tables: Iterable[str]) -> dict[str, list[tuple]]:
-    """The rows of ``tables``, sorted, to compare before and after."""
+    """The rows of ``tables``, sorted, to compare before and after (the /healthz write probe's time left out)."""
     conn = sqlite3.connect(path, timeout=30)
     try:
-        return {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}").fetchall()), key=repr) for t in tables}
+        rows = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}").fetchall()), key=repr) for t in tables}
     finally:
         conn.close()
+    if "meta" in rows:
+        rows["meta"] = [r for r in rows["meta"] if r[0] != "write_probe_at"]
+    return rows
 
 
 def dump_text(path: Path) -> str:
