@@ -18,12 +18,13 @@ import pytest
 
 from bot.deploys import FINAL
 from tests.fault import proxy as faults
+from bot.slack.delivery import RetryPolicy
 from tests.fault.harness import ALICE, BOB, Cluster, Serve, processes_carrying, scaled, wait_until
 from tests.fault.proxy import Fault, ProxyStats
 from tests.fault.report import COLLECTOR, Scenario
 
 pytestmark = pytest.mark.fault
-CLIENT_TIMEOUT_S = 30  # slack_sdk's WebClient default, which opsbot keeps
+CLIENT_TIMEOUT_S = RetryPolicy().timeout_s  # how long opsbot's outbox waits for one call
 FAULTS: list[tuple[str, Fault, int]] = [  # (label, fault, how many calls in a row it hits)
     ("429 Retry-After 1", faults.status(429, retry_after=1), 2),
     ("500 x9", faults.status(500), 9),
@@ -138,7 +139,7 @@ def test_every_message_arrives_through_failing_slack(cluster: Cluster) -> None:
         s.note(f"{len(cases)} cases: {', '.join(label for label, _, _ in chosen)} on {', '.join(SURFACES)}")
         groups = [(s, cases)]
         if hung is not None:
-            hung.note(f"a 30 s hang before Slack sees the call (opsbot's client gives up after {CLIENT_TIMEOUT_S} s)")
+            hung.note(f"a 30 s hang before Slack sees the call (opsbot's client gives up after {CLIENT_TIMEOUT_S:.0f} s)")
             groups.append((hung, hangs))
         run_cases(cluster, groups, deadline_s=scaled(30, 120))
     failed = [x for x, _ in groups if not x.ok]
