@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import pytest
 
 from bot.deploys import FINAL
-from tests.fault import proxy as faults
 from bot.slack.delivery import RetryPolicy
+from tests.fault import proxy as faults
 from tests.fault.harness import ALICE, BOB, Cluster, Serve, processes_carrying, scaled, wait_until
 from tests.fault.proxy import Fault, ProxyStats
 from tests.fault.report import COLLECTOR, Scenario
@@ -139,7 +139,7 @@ def test_every_message_arrives_through_failing_slack(cluster: Cluster) -> None:
         s.note(f"{len(cases)} cases: {', '.join(label for label, _, _ in chosen)} on {', '.join(SURFACES)}")
         groups = [(s, cases)]
         if hung is not None:
-            hung.note(f"a 30 s hang before Slack sees the call (opsbot's client gives up after {CLIENT_TIMEOUT_S:.0f} s)")
+            hung.note(f"a 30 s hang before Slack sees the call (opsbot gives up after {CLIENT_TIMEOUT_S:.0f} s)")
             groups.append((hung, hangs))
         run_cases(cluster, groups, deadline_s=scaled(30, 120))
     failed = [x for x, _ in groups if not x.ok]
