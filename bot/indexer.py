@@ -160,6 +160,7 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     )
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
+        store.replace_rotations(kb.rotations)
     if "services.yaml" not in kb.failed_paths:
         store.replace_services(kb.services)
         store.set_meta("deploy_settings", json.dumps(kb.deploy_settings))
@@ -167,7 +168,9 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         store.set_channel_answer_mode(channel, mode, "channels.yaml")
     # The roster, services and deploy settings count as a change too: a running bot's expert model and
     # deploy rules come from them.
-    config_hash = content_hash(repr((kb.experts, sorted(kb.services.items()), kb.deploy_settings, kb.channels)))
+    config_hash = content_hash(
+        repr((kb.experts, kb.rotations, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
+    )
     config_changed = store.get_meta("config_hash") != config_hash
     if changed or removed or not same_model:
         store.prune_embeddings(encoder.model_id)
