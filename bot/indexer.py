@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
-from bot.experts import incident_text, incident_vector_hash
+from bot.experts import incident_text, incident_vector_hash, refit_blends
 from bot.knowledge import incident_document, load_knowledge
 from bot.models import Document, Incident, Problem
 from bot.store import SLACK_PREFIX, ChunkRow, Store
@@ -42,6 +42,7 @@ class IndexReport:
     reused: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.expert_blend)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -177,6 +178,8 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     if changed or removed or not same_model or config_changed:
         store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
+    blends = refit_blends(store, encoder)  # the expert model's weights, fitted on this team's own history
+    report.experts_fit = blends.note if blends is not None else ""
     store.set_meta("model", encoder.model_id)
     store.set_meta("index_format", INDEX_FORMAT)
     store.set_meta("knowledge_dir", str(root.resolve()))

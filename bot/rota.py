@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot.errors import InvalidRequest
 from bot.models import Expert, Override, Rotation
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -222,3 +223,128 @@ def _first_start(rotation: Rotation, at: datetime) -> datetime | None:
     starts = [begins, *(o.start for o in rotation.overrides if o.start > at)]
     later = [s for s in starts if s > at]
     return min(later) if later else None
+
+
+def covering_rotations(
+    rotations: list[Rotation],
+    services: list[str],
+    teams: dict[str, list[str]],
+    service_teams: dict[str, str],
+    owners: dict[str, set[str]],
+) -> list[Rotation]:
+    """The rotas on call for ``services``: for each, the rotas that list it, else its services.yaml `team:`'s,
+    else those of the teams its owners are in (the most specific answer that exists wins)."""
+    by_team = {r.team: r for r in rotations}
+    team_of = {person: team for team, people in teams.items() for person in people}
+    found: list[Rotation] = []
+    for service in services:
+        levels = (
+            [r for r in rotations if service in r.services],
+            [by_team[t] for t in [service_teams.get(service, "")] if t in by_team],
+            [by_team[t] for t in sorted({team_of.get(p, "") for p in owners.get(service, set())}) if t in by_team],
+        )
+        for level in levels:
+            if level:
+                found.extend(r for r in level if r not in found)
+                break
+    return found
+
+
+@dataclass
+class Rota:
+    """Every rotation, and which services each covers: answers "who is on call for X"."""
+
+    rotations: list[Rotation]
+    experts: list[Expert]
+    service_owners: dict[str, list[str]]  # services.yaml owners: roster ids or team names
+    service_teams: dict[str, str]  # services.yaml `team:`
+
+    def __post_init__(self) -> None:
+        self.teams: dict[str, list[str]] = {}
+        for e in self.experts:
+            self.teams.setdefault(e.team, []).append(e.id)
+        self.owners: dict[str, set[str]] = {}
+        for e in self.experts:
+            for service in e.services:
+                self.owners.setdefault(service, set()).add(e.id)
+        for service, owners in self.service_owners.items():
+            for owner in owners:
+                self.owners.setdefault(service, set()).update(self.teams.get(owner, [owner]))
+        self.services = set(self.owners) | set(self.service_teams) | {s for r in self.rotations for s in r.services}
+
+    @classmethod
+    def from_store(cls, store: object) -> Rota:
+        """The rotations, roster and service ownership stored by the last `opsbot index`."""
+        return cls(store.load_rotations(), store.load_experts(), store.service_owners(), store.service_teams())
+
+    def covering(self, services: list[str]) -> list[Rotation]:
+        return covering_rotations(self.rotations, services, self.teams, self.service_teams, self.owners)
+
+    def lookup(self, name: str = "") -> list[Rotation]:
+        """The rotas for a team or a service (all of them for ""); a clear error for anything else."""
+        name = name.strip()
+        if not self.rotations:
+            raise InvalidRequest(
+                "there is no on-call rota yet: add `rotations:` to experts.yaml (see the README) "
+                "and run `opsbot index`."
+            )
+        if not name:
+            return list(self.rotations)
+        for rotation in self.rotations:
+            if rotation.team.lower() == name.lower():
+                return [rotation]
+        service = next((s for s in self.services if s.lower() == name.lower()), None)
+        if service is not None:
+            found = self.covering([service])
+            if found:
+                return found
+            raise InvalidRequest(f"no rota covers {service}: add it to a rota's `services:` in experts.yaml.")
+        teams = ", ".join(r.team for r in self.rotations)
+        raise InvalidRequest(f"no rota or service called {name!r}; the rotas are {teams}, or name a service.")
+
+    def answer(self, name: str = "", at: datetime | None = None) -> list[OnCall]:
+        """Who is on call now and next for a team, a service, or every rota."""
+        at = at or datetime.now(UTC)
+        return [on_call(r, at) for r in self.lookup(name)]
+
+    def named_in(self, text: str) -> str:
+        """The team or service a question names ("who is on call for payments?"), or "" for none."""
+        lower = text.lower()
+        names = [r.team for r in self.rotations] + sorted(self.services, key=len, reverse=True)
+        for name in names:
+            if re.search(rf"(?<![\w/-]){re.escape(name.lower())}(?![\w/-])", lower):
+                return name
+        return ""
+
+
+ON_CALL_QUESTION = re.compile(
+    r"(?i)\b(?:who(?:'s|\s+is|\s+are)?\s+(?:currently\s+|now\s+)?on[\s-]?call|on[\s-]?call\s+(?:now|today|"
+    r"right\s+now|this\s+week)\b|who\s+(?:has|holds)\s+the\s+pager|who\s+(?:do\s+i|should\s+i|to)\s+page)"
+)
+
+
+def asks_who_is_on_call(text: str) -> bool:
+    """Whether a question asks who is on call (rather than how to fix something)."""
+    return bool(ON_CALL_QUESTION.search(text))
+
+
+def when_text(at: datetime) -> str:
+    """A shift boundary in its rota's time zone: "Mon 12 Jan 09:00 Europe/London"."""
+    return f"{at:%a %d %b %H:%M} {getattr(at.tzinfo, 'key', None) or at.strftime('%Z') or 'UTC'}"
+
+
+def describe(answer: OnCall, names: dict[str, str], mention: bool = False) -> tuple[str, str]:
+    """Who is on call and who is next, as two short phrases ("" when nobody); ``mention`` writes Slack mentions."""
+
+    def who(person: str) -> str:
+        name = names.get(person, person)
+        return f"<@{person}> ({name})" if mention else f"{name} ({person})"
+
+    now = ""
+    if answer.now is not None:
+        covering = ", covering" if answer.now.override else ""
+        now = f"{who(answer.now.person)} until {when_text(answer.now.end)}{covering}"
+    following = ""
+    if answer.next is not None:
+        following = f"{who(answer.next.person)} from {when_text(answer.next.start)}"
+    return now, following

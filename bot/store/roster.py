@@ -153,6 +153,15 @@ class RosterStore(StoreBase):
     def service_configs(self) -> dict[str, dict]:
         return {name: json.loads(config) for name, config in self.db.execute("SELECT name, config FROM services")}
 
+    def service_teams(self) -> dict[str, str]:
+        """services.yaml `team:` of each service that names one."""
+        teams = {}
+        for name, config in self.db.execute("SELECT name, config FROM services"):
+            team = json.loads(config).get("team")
+            if isinstance(team, str) and team:
+                teams[name] = team
+        return teams
+
     def service_owners(self) -> dict[str, list[str]]:
         return {name: json.loads(owners) for name, owners in self.db.execute("SELECT name, owners FROM services")}
 

@@ -119,6 +119,8 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
     assert "*Related runbook sections*" in text and "runbooks/postgres/connection-pool-exhausted.md" in text
     assert "*Similar past incidents*" in text and "*Resolved by:*" in text and "INC-20" in text
     assert "*Who could help with:*" in shown(experts) and accessories(experts, ids.INVITE_EXPERT)
+    # Priya declared it (and owns checkout-api): she is never suggested to herself.
+    assert PRIYA not in [b["value"] for b in accessories(experts, ids.INVITE_EXPERT)]
     text = shown(deploys)
     assert "*Deploys of checkout-api in the last 24 h*" in text and "1.4.1 → *1.4.2* to staging" in text
     assert "dep-old" not in text  # three days old
