@@ -136,7 +136,8 @@ def evaluate_experts(
     cache: Path | None = None,
 ) -> dict:
     """The learned ranking (blends fitted on the training incidents alone) against five baselines."""
-    from bot.experts import ExpertModel, fit_blends, incident_text
+    from bot.expert_fit import fit_blends
+    from bot.experts import ExpertModel, incident_text
 
     started = time.perf_counter()
     kb = load_knowledge(knowledge)

@@ -1,14 +1,13 @@
 """Who to pull in: a ranking of roster members learned from who resolved similar incidents, and when.
 
-The signals and how they are combined (and fitted on the team's own history) are in ``bot.expert_blend``;
-this module holds the model: past incidents as arrays, a ranking for one problem, and the reasons behind
-each suggestion, with dates. People who left, responders missing from the roster and whoever is asking
-are never suggested; their incidents still count in the statistics.
+The signals and how they are combined are in ``bot.expert_blend``, the fit on the team's own history in
+``bot.expert_fit``; this module holds the model: past incidents as arrays, a ranking for one problem, and
+the reasons behind each suggestion, with dates. People who left, responders missing from the roster and
+whoever is asking are never suggested; their incidents still count in the statistics.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections import Counter
@@ -24,9 +23,7 @@ from bot.expert_blend import (
     MAIN_RESOLVER,
     OTHER_RESPONDER,
     Blends,
-    Questions,
     decay_matrix,
-    fit_blend,
     freshness,
     history_signals,
     idle_days,
@@ -37,7 +34,6 @@ from bot.models import Expert, Incident, Rotation
 from bot.rota import Shift, covering_rotations, shift_at, when_text
 from bot.text import content_hash, normalize_query, spell_identifiers, strip_volatile
 
-log = logging.getLogger(__name__)
 WORD = re.compile(r"[a-z0-9]+")
 DAY_S = 86400.0
 AWAY_FACTOR = 0.5  # people on leave can still be asked, but not first
@@ -118,6 +114,8 @@ class ExpertModel:
             self.teams.setdefault(e.team, []).append(e.id)
         self.days = np.array([i.date.timestamp() / DAY_S for i in self.incidents], dtype=np.float64)
         self.roles = role_matrix(self.incidents, self.column)
+        # When each person resolved something, in order: their latest and their count in a year, at any time.
+        self.resolved_days = [np.sort(self.days[self.roles[:, n] > 0]) for n in range(len(self.experts))]
         self.incident_services = [frozenset(i.services) for i in self.incidents]
         self.words = WordIndex([incident_words(i) for i in self.incidents])
         self.services = self._known_services()
@@ -274,55 +272,13 @@ class ExpertModel:
         return evidence
 
     def _last_resolved(self, column: int, now: datetime) -> datetime | None:
-        mask = (self.roles[:, column] > 0) & (self.days <= now.timestamp() / DAY_S)
-        if not mask.any():
-            return None
-        return datetime.fromtimestamp(float(self.days[mask].max()) * DAY_S, tz=UTC)
+        days = self.resolved_days[column]
+        before = int(np.searchsorted(days, now.timestamp() / DAY_S, side="right"))
+        return datetime.fromtimestamp(float(days[before - 1]) * DAY_S, tz=UTC) if before else None
 
     def _recent_count(self, column: int, now: datetime) -> int:
-        today = now.timestamp() / DAY_S
-        return int(((self.roles[:, column] > 0) & (self.days <= today) & (self.days > today - 365)).sum())
-
-    # -- fitting the blend on a time split of the history -------------------------------------------------------
-
-    def validation_questions(self, start: float, end: float, with_services: bool) -> Questions | None:
-        """The incidents between the ``start`` and ``end`` shares of the history (oldest first) as questions
-        against all older ones; None when there is nothing to ask."""
-        order = sorted(range(len(self.incidents)), key=lambda i: (self.days[i], self.incidents[i].id))
-        train, asked = order[: int(len(order) * start)], order[int(len(order) * start) : int(len(order) * end)]
-        asked = [i for i in asked if any(r in self.column for r in self.incidents[i].responders)]
-        if not train or not asked:
-            return None
-        texts = [f"{self.incidents[i].title}. {self.incidents[i].summary}" for i in asked]
-        words = WordIndex([incident_words(self.incidents[i]) for i in train]).similarity(texts)
-        involved = []
-        fixed = np.zeros((len(asked), len(self.experts), 3))
-        candidates = np.ones((len(asked), len(self.experts)), dtype=bool)
-        relevant = np.zeros((len(asked), len(self.experts)), dtype=bool)
-        for row, (i, text) in enumerate(zip(asked, texts, strict=True)):
-            incident = self.incidents[i]
-            named = set(self.services_in(text)) | (set(incident.services) if with_services else set())
-            involved.append(named)
-            fixed[row] = self.fixed_signals(text, sorted(named), incident.date)[0]
-            for n, expert in enumerate(self.experts):
-                candidates[row, n] = not expert.has_left(incident.date)
-            for person in incident.responders:
-                if person in self.column:
-                    relevant[row, self.column[person]] = True
-        idle = idle_days(self.roles[train], self.days[train], self.days[asked])
-        questions = Questions(
-            dense=(self.vectors[asked] @ self.vectors[train].T).astype(np.float64),
-            words=words,
-            now_days=self.days[asked],
-            incident_days=self.days[train],
-            roles=self.roles[train],
-            overlap=service_overlap(involved, [self.incident_services[i] for i in train]),
-            fixed=fixed,
-            idle=idle,
-            relevant=relevant,
-            candidates=candidates,
-        )
-        return questions
+        days, today = self.resolved_days[column], now.timestamp() / DAY_S
+        return int(np.searchsorted(days, today, side="right") - np.searchsorted(days, today - 365, side="right"))
 
 
 def role_matrix(incidents: list[Incident], column: dict[str, int]) -> np.ndarray:
@@ -415,28 +371,6 @@ def embed_incidents(incidents: list[Incident], encoder: Encoder, store: object |
     return np.stack([cached[h] for h in hashes]).astype(np.float32)
 
 
-def fit_blends(model: ExpertModel, basis: str = "") -> Blends:
-    """Fit the blends on time splits of the model's own incidents (see bot.expert_blend), or keep the fallback."""
-    from bot.expert_blend import FALLBACK_SERVICES, FALLBACK_TEXT, FOLDS, MIN_VALIDATION
-
-    text_folds = [f for f in (model.validation_questions(a, b, False) for a, b in FOLDS) if f is not None]
-    asked = sum(int(f.relevant.shape[0]) for f in text_folds)
-    if asked < MIN_VALIDATION:
-        note = (
-            f"fallback weights: {len(model.incidents)} incidents give {asked} newer ones with a roster responder "
-            f"to validate on, fewer than {MIN_VALIDATION}"
-        )
-        return Blends(basis=basis, note=note)
-    service_folds = [f for f in (model.validation_questions(a, b, True) for a, b in FOLDS) if f is not None]
-    text, text_result = fit_blend(text_folds, FALLBACK_TEXT)
-    services, services_result = fit_blend(service_folds, FALLBACK_SERVICES)
-    note = (
-        f"fitted on {len(model.incidents)} incidents: each of the newest {round((1 - FOLDS[0][0]) * 100)}% "
-        f"({asked} with a roster responder) asked against all older ones"
-    )
-    return Blends(text, services, True, basis, note, {"text": text_result, "services": services_result})
-
-
 def train(
     experts: list[Expert],
     incidents: list[Incident],
@@ -447,89 +381,14 @@ def train(
     rotations: list[Rotation] | None = None,
     service_teams: dict[str, str] | None = None,
 ) -> ExpertModel:
-    """The model on ``incidents`` (embedding only what is not cached); the blends are fitted when not given."""
+    """The model on ``incidents`` (embedding only what is not cached), with ``blends`` (else the fallback)."""
     started = time.perf_counter()
     vectors = embed_incidents(incidents, encoder, store)
     model = ExpertModel(
         experts, incidents, vectors, service_owners or {}, blends or Blends(), rotations or [], service_teams or {}
     )
-    if blends is None:
-        model.blends = fit_blends(model)
     model.train_seconds = time.perf_counter() - started
     return model
-
-
-BLENDS_META = "expert_blends"  # the fitted blends, as JSON, with the basis they were fitted on
-
-
-def history_basis(
-    model_id: str,
-    incidents: list[Incident],
-    experts: list[Expert],
-    service_owners: dict[str, list[str]],
-    service_teams: dict[str, str],
-    rotations: list[Rotation],
-) -> str:
-    """A fingerprint of everything the blends are fitted on: incidents, roster, ownership, rotas, the model."""
-    parts = (
-        model_id,
-        [(i.id, i.date.isoformat(), i.responders, i.services, incident_vector_hash(i)) for i in incidents],
-        experts,
-        sorted(service_owners.items()),
-        sorted(service_teams.items()),
-        rotations,
-    )
-    return content_hash(repr(parts))
-
-
-def load_model(store: object, encoder: Encoder) -> ExpertModel:
-    """The expert model on what ``store`` holds, with the blends `opsbot index` fitted (fitted now if none are)."""
-    model = train(
-        store.load_experts(),
-        store.load_incidents(),
-        encoder,
-        store.service_owners(),
-        store=store,
-        blends=Blends(),
-        rotations=store.load_rotations(),
-        service_teams=store.service_teams(),
-    )
-    stored = Blends.from_json(store.get_meta(BLENDS_META))
-    if stored is not None:
-        # Fitted on the history at the last `opsbot index`: an incident resolved in Slack since changes little.
-        model.blends = stored
-        return model
-    basis = history_basis(
-        encoder.model_id, model.incidents, model.experts, model.service_owners, model.service_teams, model.rotations
-    )
-    model.blends = fit_blends(model, basis)
-    store.set_meta(BLENDS_META, model.blends.to_json())
-    return model
-
-
-def refit_blends(store: object, encoder: Encoder) -> Blends | None:
-    """At index time: fit the blends on the stored history when it changed since the last fit; None: no roster."""
-    experts = store.load_experts()
-    if not experts:
-        return None
-    incidents, owners, teams, rotations = (
-        store.load_incidents(),
-        store.service_owners(),
-        store.service_teams(),
-        store.load_rotations(),
-    )
-    basis = history_basis(encoder.model_id, incidents, experts, owners, teams, rotations)
-    stored = Blends.from_json(store.get_meta(BLENDS_META))
-    if stored is not None and stored.basis == basis:
-        return stored
-    started = time.perf_counter()
-    model = train(experts, incidents, encoder, owners, store, Blends(), rotations, teams)
-    blends = fit_blends(model, basis)
-    store.set_meta(BLENDS_META, blends.to_json())
-    log.info(
-        "expert blends fitted fitted=%s seconds=%.2f note=%s", blends.fitted, time.perf_counter() - started, blends.note
-    )
-    return blends
 
 
 def spread_load(suggestions: list[Suggestion], recent_firsts: list[str]) -> list[Suggestion]:

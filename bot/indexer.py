@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
-from bot.experts import incident_text, incident_vector_hash, refit_blends
+from bot.expert_fit import refit_blends
+from bot.experts import incident_text, incident_vector_hash
 from bot.knowledge import incident_document, load_knowledge
 from bot.models import Document, Incident, Problem
 from bot.store import SLACK_PREFIX, ChunkRow, Store

@@ -18,7 +18,8 @@ from bot.config import Settings
 from bot.deploys import DeployService
 from bot.encoder import Encoder, make_encoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
-from bot.experts import MIN_SHARE, ExpertModel, Suggestion, load_model, spread_load
+from bot.expert_fit import load_model
+from bot.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
 from bot.incidents import IncidentService
 from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit

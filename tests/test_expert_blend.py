@@ -11,7 +11,8 @@ import pytest
 
 from bot.errors import InvalidRequest
 from bot.expert_blend import FALLBACK_TEXT, Blends, reciprocal_ranks
-from bot.experts import ExpertModel, embed_incidents, fit_blends
+from bot.expert_fit import fit_blends
+from bot.experts import ExpertModel, embed_incidents
 from bot.models import Expert, Incident, Rotation
 from tests.conftest import FakeEncoder
 

@@ -13,7 +13,8 @@ import pytest
 from bot.config import Settings
 from bot.errors import InvalidRequest
 from bot.expert_eval import evaluate_experts
-from bot.experts import ExpertModel, Suggestion, load_model, off_hours, spread_load
+from bot.expert_fit import load_model
+from bot.experts import ExpertModel, Suggestion, off_hours, spread_load
 from bot.indexer import index_knowledge
 from bot.models import Expert
 from bot.runtime import Runtime

@@ -80,6 +80,8 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
         f"({report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
         f"{report.embedded} sections embedded, {report.reused} reused) in {report.seconds:.1f}s with {report.model_id}."
     )
+    if report.experts_fit:
+        click.echo(f"Expert suggestions: {report.experts_fit}.")
     for problem in report.problems:
         click.echo(f"Warning: {problem}", err=True)
 
@@ -382,8 +384,11 @@ def _bench_text(result: dict[str, Any]) -> str:
     if "experts" in result:
         e = result["experts"]
         lines.append(
-            f"experts: {e['incidents']} incidents embedded in {e['embed_s']} s (once, at index time), "
-            f"model fitted in {e['fit_s'] * 1000:.1f} ms, ranking p50 {e['rank_ms']['p50']:.1f} ms"
+            f"experts: `opsbot index` of {e['incidents']} incidents in {e['index_s']} s ({e['embedded']} texts "
+            f"embedded, {e['texts_per_s']}/s against the model's own {e['raw_texts_per_s']}/s; the blend fitted "
+            f"in {e['fit_s']} s), unchanged re-index "
+            f"{e['reindex_unchanged_s']} s, ranking p50 {e['rank_ms']['p50']:.1f} ms, a second "
+            f"`eval --task experts` {e['eval_second_run_s']} s"
         )
     if "slack" in result:
         sl = result["slack"]
