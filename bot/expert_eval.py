@@ -8,6 +8,7 @@ database by content hash, so a second run of the same evaluation embeds nothing.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from bot.knowledge import load_knowledge, unknown_responders
 from bot.models import Incident
 from bot.text import content_hash, normalize_query
 
+log = logging.getLogger(__name__)
 SHOWN = 5  # names listed of anything summarised (unknown services, responders missing from the roster)
 BASELINE_NEIGHBOURS = 8  # the TF-IDF baselines credit the 8 nearest incidents, as opsbot's kNN did before fitting
 ACTIVE_DAYS = 365  # "most active in the last year"
@@ -154,6 +156,7 @@ def evaluate_experts(
     owners = {name: list(cfg.get("owners") or []) for name, cfg in kb.services.items()}
     teams = {name: str(cfg["team"]) for name, cfg in kb.services.items() if isinstance(cfg.get("team"), str)}
     store = _open_cache(cache)
+    cached = store is not None
     try:
         vectors = VectorCache(encoder, store)
         embed_started = time.perf_counter()
@@ -189,7 +192,7 @@ def evaluate_experts(
         "unknown_services": used["unknown_services"],
         "unknown_responders": {"count": len(missing), "first": missing[:SHOWN]},
         "encoder": encoder.model_id,
-        "cache": {"path": str(cache) if cache else None, "embedded": vectors.embedded, "reused": vectors.reused},
+        "cache": {"path": str(cache) if cached else None, "embedded": vectors.embedded, "reused": vectors.reused},
         "blend": {
             "fitted": model.blends.fitted,
             "how": model.blends.note,
@@ -209,11 +212,17 @@ def evaluate_experts(
 
 
 def _open_cache(path: Path | None) -> object | None:
+    """The vector cache, or None (everything embedded afresh) when it cannot be opened or written."""
     if path is None:
         return None
     from bot.store import Store
+    from bot.store.base import DatabaseUnavailable
 
-    return Store(path)
+    try:
+        return Store(path)
+    except DatabaseUnavailable as exc:
+        log.warning("eval vector cache unavailable path=%s reason=%s", path, exc.reason)
+        return None
 
 
 def _blend_dict(blend: object) -> dict:

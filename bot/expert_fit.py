@@ -8,6 +8,7 @@ fingerprint of the history it was fitted on, so `opsbot index` fits again only w
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 
 import numpy as np
@@ -26,6 +27,7 @@ from bot.expert_blend import (
 )
 from bot.experts import ExpertModel, WordIndex, incident_vector_hash, incident_words, train
 from bot.models import Expert, Incident, Rotation
+from bot.store.base import is_write_failure
 from bot.text import content_hash
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,13 @@ def load_model(store: object, encoder: Encoder) -> ExpertModel:
         encoder.model_id, model.incidents, model.experts, model.service_owners, model.service_teams, model.rotations
     )
     model.blends = fit_blends(model, basis)
-    store.set_meta(BLENDS_META, model.blends.to_json())
+    try:
+        store.set_meta(BLENDS_META, model.blends.to_json())
+    except sqlite3.OperationalError as exc:
+        if not is_write_failure(exc):
+            raise
+        # Suggestions still use the fit; the next start fits again.
+        log.warning("expert blends not saved reason=%s", exc)
     return model
 
 

@@ -153,3 +153,11 @@ def test_eval_experts_on_the_command_line_reports_skips_in_one_line_each(messy: 
         invoke("eval", "--task", "experts", "--knowledge", str(knowledge), "--queries", str(queries), "--json").stdout
     )
     assert report["with_services"] is True and report["cache"]["embedded"] == 0
+
+
+def test_an_unwritable_cache_only_costs_time(messy: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, queries = messy
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache's folder should be")
+    result = evaluate_experts(knowledge, FakeEncoder(), queries, cache=blocked / "cache.db")
+    assert result["cache"] == {"path": None, "embedded": 5, "reused": 0} and result["queries"] == 3
