@@ -189,7 +189,6 @@ class Runtime:
 
     def rota(self) -> Rota:
         """The on-call rotations stored by the last `opsbot index`, with the services each covers."""
-
         return self._for_index_version("rota", lambda: Rota.from_store(self.store))
 
     def forget_experts(self) -> None:
@@ -240,9 +239,9 @@ class Runtime:
             # Answered from the rota, not the runbooks: who to page is a fact, not a search result.
             rota = self.rota()
             answers = tuple(rota.answer(rota.named_in(question)))
-            return Reply(
-                uuid.uuid4().hex[:12], Answer(question, question, (), "rota"), (), (), question, oncall=answers
-            )
+            names = {e.id: e.name for e in rota.experts}
+            answer = Answer(question, question, (), "rota")
+            return Reply(uuid.uuid4().hex[:12], answer, (), (), question, oncall=answers, names=names)
         searched = question
         if channel and thread_ts:
             earlier = self.store.thread_question(channel, thread_ts)

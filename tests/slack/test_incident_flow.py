@@ -45,10 +45,17 @@ def incident(slack: SlackDriver, api: FakeSlackAPI, text: str, user: str = PRIYA
 
 
 def say(slack: SlackDriver, api: FakeSlackAPI, text: str, user: str = PRIYA, channel: str = OPS) -> dict:
-    """Type `/incident TEXT` and return the message it posted in the channel."""
-    before = len(api.calls("chat.postMessage"))
+    """Type `/incident TEXT` and return the message it posted in the channel.
+
+    Posts to other channels (a resolve also tells the channel it was declared in) are delivered on lanes of
+    their own and may arrive first: the first new post in this channel is the one.
+    """
+    before = len([c for c in api.calls("chat.postMessage") if c.body["channel"] == channel])
     assert slack.command("/incident", text, user=user, channel=channel).status == 200
-    return posts(api, before + 1)[before].body
+    here = api.wait_for(
+        "chat.postMessage", count=before + 1, timeout=20, predicate=lambda c: c.body["channel"] == channel
+    )
+    return here[before].body
 
 
 def declare(

@@ -72,8 +72,8 @@ def test_who_is_on_call_is_answered_from_the_rota_not_the_runbooks(
 
     people, body = holders(runtime, "payments", ask)
     shown = text_of(body["blocks"])
-    assert any(f"*payments*: <@{p}>" in shown for p in people) and "*platform*" not in shown
-    assert "Runbooks" not in shown and "Similar past incidents" not in shown
+    assert any(f"*payments*: <@{p}> ({name})" in shown for p in people for name in ("Priya Raman", "Marcus Oyelaran"))
+    assert "*platform*" not in shown and "Runbooks" not in shown and "Similar past incidents" not in shown
 
 
 def test_oncall_is_in_the_manifest_and_the_help() -> None:
