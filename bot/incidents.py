@@ -16,6 +16,7 @@ from bot.models import Incident, TimelineEntry
 from bot.store import SLACK_PREFIX, Store
 
 ROLES = ("lead", "comms")
+ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline text of an assignment
 INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
 DEFAULT_SEVERITY = 3
 
@@ -51,12 +52,18 @@ class LiveIncident:
 
     @property
     def responders(self) -> tuple[str, ...]:
-        """The people who acted: the lead first, then everyone who declared, noted, assigned or resolved."""
+        """The people who worked it: the lead first, then everyone who held a role (lead or comms, now or earlier)
+        and everyone who declared, noted, assigned or resolved, in the order they first appear."""
         people: list[str] = []
-        for person in [self.roles.get("lead", ""), *(e["actor"] for e in self.events)]:
+        for person in [self.roles.get("lead", ""), *self._role_holders(), *(e["actor"] for e in self.events)]:
             if person and person != "opsbot" and person not in people:
                 people.append(person)
         return tuple(people)
+
+    def _role_holders(self) -> list[str]:
+        """Everyone assigned a role, in the order assigned (a replaced lead worked it too), then the current ones."""
+        assigned = [m[1] for e in self.events if e["kind"] == "assigned" and (m := ASSIGNED.match(e["text"]))]
+        return [*assigned, *self.roles.values()]
 
 
 def _now() -> datetime:
@@ -196,7 +203,7 @@ class IncidentService:
 
         def change(current: LiveIncident) -> tuple[str, dict]:
             roles = dict(current.roles) | {role: user}
-            return f"<@{user}> is {role}", {"roles": json.dumps(roles)}
+            return f"<@{user}> is {role}", {"roles": json.dumps(roles)}  # as ASSIGNED reads it back
 
         return self._change(incident, actor, "assigned", change)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,11 +17,12 @@ import yaml
 
 from bot.deploy_config import ConfigProblem, parse_service, parse_settings
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
+from bot.rota import parse_rotations
 from bot.text import FrontMatterError, content_hash, first_heading, load_yaml, split_front_matter, split_sections
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
 INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
-EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away")
+EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
 INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags")
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
@@ -52,6 +53,8 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
         if problems and not kb.experts:
             kb.failed_paths.add("experts.yaml")
+        kb.rotations, problems = parse_roster_rotations("experts.yaml", text, kb.experts)
+        kb.problems.extend(problems)
     services = root / "services.yaml"
     if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
         try:
@@ -226,10 +229,10 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
             at, _, event = str(entry).partition(" ")
             timeline.append(TimelineEntry(at, event.strip()))
     try:
-        services = _strings(data["services"], "services")
+        services = _service_names(data["services"])
         responders = _strings(data["responders"], "responders")
     except FileProblem as exc:
-        exc.line = line_of("services" if "services" in str(exc) else "responders")
+        exc.line = line_of("services" if "services" in str(exc) or "service name" in str(exc) else "responders")
         raise
     return Incident(
         id=inc_id,
@@ -358,14 +361,66 @@ def _expert_from_dict(entry: Any) -> Expert:
         name=str(entry["name"]),
         team=str(entry["team"]),
         skills=_strings(entry.get("skills"), "skills"),
-        services=_strings(entry.get("services"), "services"),
+        services=_service_names(entry.get("services")),
         timezone=tz,
         hours=hours,
         away=bool(entry.get("away", False)),
+        left=_left(entry.get("left")),
     )
 
 
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+def _left(value: Any) -> date | None:
+    """``left: 2025-06-30``: the day someone left (YAML may already have read it as a date)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
+
+
+def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[Problem]]:
+    """The roster's ``rotations:``, each broken rota reported with its line (see bot.rota)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return [], []  # parse_roster reported it
+    if not isinstance(data, dict) or data.get("rotations") is None:
+        return [], []
+    rotations, problems = parse_rotations(data["rotations"], experts)
+    root = _compose(text)
+    return rotations, [
+        Problem(rel, str(p), _path_line(root, p.key) or 1 + _key_line(text, "rotations")) for p in problems
+    ]
+
+
+# One rule for a service's name in every file (services.yaml, incidents, the roster and its rotations) and
+# on every command line: letters, digits, '.', '_' and '-', with '/' between parts (checkout-api, storage/remote).
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+SERVICE_NAME_MAX = 100
+
+
+def service_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a service, or None when it can."""
+    text = str(name)
+    if len(text) > SERVICE_NAME_MAX or not SERVICE_NAME.match(text):
+        return (
+            f"service name {text[:SERVICE_NAME_MAX]!r}: use letters, digits, '.', '_' and '-', with '/' between "
+            f"parts (like checkout-api or storage/remote), up to {SERVICE_NAME_MAX} characters"
+        )
+    return None
+
+
+def _service_names(value: Any) -> tuple[str, ...]:
+    names = _strings(value, "services")
+    for name in names:
+        if problem := service_name_problem(name):
+            raise FileProblem(problem)
+    return names
 
 
 def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]:
@@ -382,8 +437,8 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
     root = _compose(text)
     for name, entry in services.items():
         line = _path_line(root, f"services.{name}") or 1 + _key_line(text, str(name))
-        if not SERVICE_NAME.match(str(name)):
-            problems.append(Problem(rel, f"service name {name!r}: use lower-case letters, digits and dashes", line))
+        if problem := service_name_problem(name):
+            problems.append(Problem(rel, problem, line))
             continue
         entry = entry or {}
         if not isinstance(entry, dict):
@@ -501,15 +556,30 @@ def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
     return result, problems
 
 
+UNKNOWN_SHOWN = 5  # people named in the one-line summary of responders missing from the roster
+
+
 def _check_responders(kb: KnowledgeBase) -> None:
+    """One problem naming how many responders are not on the roster, and the first few, rather than one a file.
+
+    Real history names people who have left: their incidents still count in statistics, and they are never suggested.
+    """
     if not kb.experts:
         return
-    known = {e.id for e in kb.experts}
-    for incident in kb.incidents:
-        unknown = [r for r in incident.responders if r not in known]
-        if unknown:
-            kb.problems.append(
-                Problem(
-                    incident.path, f"responder(s) {', '.join(unknown)} not in experts.yaml; add them to the roster."
-                )
+    unknown = unknown_responders(kb.experts, kb.incidents)
+    if unknown:
+        people = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
+        files = sum(1 for i in kb.incidents if any(r in set(unknown) for r in i.responders))
+        kb.problems.append(
+            Problem(
+                "experts.yaml",
+                f"{len(unknown)} responder(s) in {files} incident(s) are not on the roster ({people}); their "
+                "incidents still count, but they are never suggested. Add whoever still helps to experts.yaml.",
             )
+        )
+
+
+def unknown_responders(experts: list[Expert], incidents: list[Incident]) -> list[str]:
+    """Responders of ``incidents`` who are not on the roster, in order of first appearance."""
+    known = {e.id for e in experts}
+    return list(dict.fromkeys(r for i in incidents for r in i.responders if r not in known))

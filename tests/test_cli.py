@@ -681,13 +681,24 @@ def test_experts_command_explains_each_suggestion(subset_db: IndexedSubset) -> N
     assert bad.exit_code == 1 and "unknown service 'chekout-api'" in bad.output and "Traceback" not in bad.output
 
 
-def test_eval_experts_prints_the_learned_ranking_and_both_baselines() -> None:
+def test_eval_experts_prints_the_learned_ranking_and_every_baseline() -> None:
     result = CliRunner().invoke(main, ["eval", "--task", "experts", "--knowledge", str(SAMPLE_KNOWLEDGE), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) >= {"learned", "ownership", "most_frequent", "split"}
+    assert set(report["rankings"]) == {
+        "learned",
+        "tfidf_knn",
+        "tfidf_knn_ownership",
+        "recent_activity",
+        "ownership",
+        "most_frequent",
+    }
+    assert report["split"].startswith("time split") and report["with_services"] is False
     table = CliRunner().invoke(main, ["eval", "--task", "experts", "--knowledge", str(SAMPLE_KNOWLEDGE)]).output
-    assert "learned" in table and "ownership" in table and "most_frequent" in table
+    for label in ("opsbot learned", "TF-IDF nearest past incidents", "most active in the last year", "blend: "):
+        assert label in table
+    # The second run embeds nothing: every vector comes from the cache beside the database.
+    assert "embedded 0, reused 42 from the cache" in table  # 29 incidents and 13 questions
     missing = CliRunner().invoke(main, ["eval", "--knowledge", str(SAMPLE_KNOWLEDGE)])
     assert missing.exit_code == 1 and "--queries is required for the search task" in missing.output
 

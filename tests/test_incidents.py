@@ -119,3 +119,15 @@ def test_the_briefing_links_a_runbook_section_when_the_runbook_has_a_url() -> No
     first, second = blocks[1]["text"]["text"], blocks[2]["text"]["text"]
     assert first.startswith("<https://w.example/a|Disk full> · <https://w.example/a#free-space|_Free space_>")
     assert second.startswith("*DNS* · _Checks_\n")
+
+
+def test_everyone_given_a_role_is_a_responder_when_it_is_resolved(store: Store) -> None:
+    comms, first_lead = "U05G8VS4QH", "U06H3WD7RJ"
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    live = incidents.assign(live, PRIYA, first_lead, "lead")
+    live = incidents.assign(live, PRIYA, comms, "comms")
+    live = incidents.assign(live, PRIYA, DANIEL, "lead")  # the first lead handed over: they worked it too
+    _, past = incidents.resolve(live, DANIEL, "Raised the pool size.")
+    # Neither the comms person nor the first lead typed anything, and both get the credit.
+    assert past.responders == (DANIEL, first_lead, comms, PRIYA)

@@ -1,4 +1,4 @@
-"""Operations commands: experts, deploys, audit, dora, incidents, notify-deploy."""
+"""Operations commands: experts, oncall, deploys, audit, dora, incidents, notify-deploy."""
 
 from __future__ import annotations
 
@@ -65,11 +65,75 @@ def _suggestion_dict(s: Any) -> dict:
         "team": s.expert.team,
         "score": s.score,
         "reasons": s.reasons(),
-        "incidents": [{"id": i.id, "similarity": i.similarity, "main_resolver": i.main_resolver} for i in s.incidents],
+        "incidents": [
+            {
+                "id": i.id,
+                "similarity": i.similarity,
+                "main_resolver": i.main_resolver,
+                "date": i.date.isoformat() if i.date else None,
+            }
+            for i in s.incidents
+        ],
         "owns": list(s.owns),
         "skills": list(s.skills),
+        "on_call": [{"team": shift.team, "until": shift.end.isoformat()} for shift in s.on_call],
+        "last_resolved": s.last_resolved.isoformat() if s.last_resolved else None,
         "flags": list(s.flags),
     }
+
+
+@main.command()
+@click.argument("target", required=False, default="")
+@click.option("--at", "at", default=None, metavar="WHEN", help="Ask about another time (ISO, e.g. 2026-12-24T20:00Z).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+@handle_errors
+def oncall(ctx: click.Context, target: str, at: str | None, as_json: bool) -> None:
+    """Who is on call now and who is next: every rota, one team's, or the rota covering a service.
+
+    \b
+    Example:
+      opsbot oncall
+      opsbot oncall payments
+      opsbot oncall checkout-api --at 2026-12-24T20:00Z
+    """
+    from datetime import UTC, datetime
+
+    from bot.rota import Rota, describe
+
+    refuse_blank(ctx)
+    when = datetime.now(UTC)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise OpsbotError(f"--at {at!r} is not a date and time; write it like 2026-12-24T20:00Z.") from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    store = _open_store(ctx)
+    try:
+        rota = Rota.from_store(store)
+        answers = rota.answer(target, when)
+    finally:
+        store.close()
+    names = {e.id: e.name for e in rota.experts}
+    if as_json:
+        click.echo(json.dumps([_oncall_dict(a) for a in answers], indent=2))
+        return
+    width = max(len(a.team) for a in answers)
+    for answer in answers:
+        now, following = describe(answer, names)
+        click.echo(f"{answer.team:<{width}}  {now or 'nobody on call from the rota'}")
+        if following:
+            click.echo(f"{'':<{width}}  next: {following}")
+
+
+def _oncall_dict(answer: Any) -> dict:
+    def shift(s: Any) -> dict | None:
+        if s is None:
+            return None
+        return {"person": s.person, "from": s.start.isoformat(), "until": s.end.isoformat(), "override": s.override}
+
+    return {"team": answer.team, "timezone": answer.timezone, "now": shift(answer.now), "next": shift(answer.next)}
 
 
 # -- deploys, audit and DORA ----------------------------------------------------------------------

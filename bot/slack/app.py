@@ -10,7 +10,7 @@ from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot.runtime import Runtime
-from bot.slack import actions, commands, deploys, events, incidents
+from bot.slack import actions, commands, deploys, events, incidents, oncall
 from bot.slack.delivery import RetryPolicy
 from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
@@ -121,5 +121,6 @@ def create_app(
     actions.register(app, runtime, web)
     deploys.register(app, runtime, web)
     incidents.register(app, runtime, web)
+    oncall.register(app, runtime, web)
     app.web = web.start()  # after every register(): after-delivery hooks are known before the first delivery
     return app

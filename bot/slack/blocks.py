@@ -35,6 +35,10 @@ def _hit_text(hit: SearchHit) -> str:
 
 def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: bool = False) -> list[dict]:
     """An answer: runbook sections, then similar past incidents, then how it was found and the buttons."""
+    if reply.oncall:  # "who is on call for X": the rota answers, not the runbooks
+        from bot.slack.oncall import build_oncall_blocks
+
+        return build_oncall_blocks(reply.oncall, reply.names)
     if not reply.found:
         return build_nothing_found_blocks(reply.question)
     blocks: list[dict] = []
@@ -99,6 +103,10 @@ def how_found(reply: Reply) -> str:
 
 def answer_fallback_text(reply: Reply) -> str:
     """Plain text for notifications and clients that cannot show blocks."""
+    if reply.oncall:
+        from bot.slack.oncall import oncall_fallback_text
+
+        return oncall_fallback_text(reply.oncall, reply.names)
     if not reply.found:
         return "I found nothing relevant in the runbooks or past incidents."
     top = reply.top
@@ -164,6 +172,8 @@ def build_vote_ack_text(vote: int, changed: bool, path: str) -> str:
 
 def short_reason(suggestion: Suggestion) -> str:
     """The strongest reason in a few words."""
+    if suggestion.on_call:
+        return f"on call for {suggestion.on_call[0].team}"
     if suggestion.incidents:
         return f"resolved {suggestion.incidents[0].id}"
     if suggestion.owns:
@@ -217,8 +227,9 @@ def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: b
                 {
                     "type": "mrkdwn",
                     "text": (
-                        "Ranked by who resolved similar past incidents, service ownership and listed skills; "
-                        "people away or outside their hours rank lower."
+                        "Ranked by who resolved similar past incidents (recent ones count more), who has been "
+                        "active lately, service ownership, listed skills and the on-call rota, weighted as this "
+                        "team's own history showed best; people away or outside their hours rank lower."
                     ),
                 }
             ],

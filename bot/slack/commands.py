@@ -63,7 +63,7 @@ def register_experts(app: App, runtime: Runtime, web: SlackWeb) -> None:
         if not raw:
             return
         text, services = split_service_options(raw)
-        suggestions = runtime.suggest_experts(text, services or None)
+        suggestions = runtime.suggest_experts(text, services or None, asker=command.get("user_id", ""))
         channel = command.get("channel_id", "")
         web.respond(
             body["response_url"],

@@ -161,7 +161,8 @@ def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) ->
 
 
 def experts_message(runtime: Runtime, incident: LiveIncident) -> Message:
-    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None)
+    # Whoever declared it is already there: never suggested to themselves.
+    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None, asker=incident.declared_by)
     text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
     return text, build_experts_blocks(incident.title, suggestions, can_invite=True)
 

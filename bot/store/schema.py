@@ -244,3 +244,11 @@ def m011_outbox(db: Database) -> None:
     db["outbox"].create_index(["lane", "status", "id"])
     db["outbox"].create_index(["key", "id"])
     db["outbox"].create_index(["target", "status"])
+
+
+@migrations()
+def m013_roster_time(db: Database) -> None:
+    # The day someone left (their history is kept, they are never suggested) and the on-call rotations of
+    # experts.yaml (one JSON spec per team).
+    db["experts"].add_column("left_on", str)
+    db["rotations"].create({"team": str, "spec": str}, pk="team")

@@ -45,10 +45,17 @@ def incident(slack: SlackDriver, api: FakeSlackAPI, text: str, user: str = PRIYA
 
 
 def say(slack: SlackDriver, api: FakeSlackAPI, text: str, user: str = PRIYA, channel: str = OPS) -> dict:
-    """Type `/incident TEXT` and return the message it posted in the channel."""
-    before = len(api.calls("chat.postMessage"))
+    """Type `/incident TEXT` and return the message it posted in the channel.
+
+    Posts to other channels (a resolve also tells the channel it was declared in) are delivered on lanes of
+    their own and may arrive first: the first new post in this channel is the one.
+    """
+    before = len([c for c in api.calls("chat.postMessage") if c.body["channel"] == channel])
     assert slack.command("/incident", text, user=user, channel=channel).status == 200
-    return posts(api, before + 1)[before].body
+    here = api.wait_for(
+        "chat.postMessage", count=before + 1, timeout=20, predicate=lambda c: c.body["channel"] == channel
+    )
+    return here[before].body
 
 
 def declare(
@@ -119,6 +126,8 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
     assert "*Related runbook sections*" in text and "runbooks/postgres/connection-pool-exhausted.md" in text
     assert "*Similar past incidents*" in text and "*Resolved by:*" in text and "INC-20" in text
     assert "*Who could help with:*" in shown(experts) and accessories(experts, ids.INVITE_EXPERT)
+    # Priya declared it (and owns checkout-api): she is never suggested to herself.
+    assert PRIYA not in [b["value"] for b in accessories(experts, ids.INVITE_EXPERT)]
     text = shown(deploys)
     assert "*Deploys of checkout-api in the last 24 h*" in text and "1.4.1 → *1.4.2* to staging" in text
     assert "dep-old" not in text  # three days old
