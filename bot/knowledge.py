@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import difflib
 import re
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from bot.deploy_config import ConfigProblem, parse_service, parse_settings
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
-from bot.text import FrontMatterError, content_hash, first_heading, load_yaml, split_front_matter, split_sections
+from bot.services import ConfigProblem, parse_service, parse_settings
+from bot.text import (
+    FrontMatterError,
+    content_hash,
+    first_heading,
+    load_yaml,
+    parse_date,
+    split_front_matter,
+    split_sections,
+)
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
 INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
@@ -209,7 +217,7 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
     inc_id = str(data["id"]).strip()
     if not INCIDENT_ID.match(inc_id):
         raise FileProblem(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
-    date = _parse_date(data["date"])
+    date = parse_date(data["date"])
     if date is None:
         raise FileProblem(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
     try:
@@ -265,16 +273,6 @@ def incident_document(incident: Incident, digest: str) -> Document:
         owners=incident.responders,
         incident_id=incident.id,
     )
-
-
-def _parse_date(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _key_line(text: str, key: str) -> int:

@@ -15,14 +15,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bot.config import Settings
-from bot.deploys import Announcer, DeployService
 from bot.encoder import Encoder, make_encoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
 from bot.expert_fit import load_model
 from bot.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
-from bot.incidents import IncidentService
 from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit
+from bot.ops.deploys import DeployService
+from bot.ops.incidents import IncidentService
+from bot.ops.requests import Announcer
 from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.search import SearchIndex
 from bot.store import Store

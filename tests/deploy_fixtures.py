@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploy_runner import LEASE_S
-from bot.deploys import DeployRequest, DeployService
 from bot.indexer import index_knowledge
+from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest
+from bot.ops.runner import LEASE_S
 from bot.store import Store
 from tests.conftest import FakeEncoder
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploys import DeployService
-from bot.hooks import parse_event
 from bot.indexer import index_knowledge
+from bot.ops.ci_events import parse_event
+from bot.ops.deploys import DeployService
 from bot.store import Store
 from tests.conftest import FakeEncoder, assert_clean_failure, invoke
 from tests.deploy_fixtures import ALICE, BOB, CAROL, SERVICES, Clock, make_knowledge

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.incidents import IncidentService
 from bot.knowledge import load_knowledge
+from bot.ops.incidents import IncidentService
 from bot.store import Store
 from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
 

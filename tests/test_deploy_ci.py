@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.deploys import DeployService
 from bot.errors import PermissionDenied
-from bot.hooks import EventProblem, parse_event
-from bot.metrics import dora
+from bot.ops.ci_events import EventProblem, parse_event
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
 from bot.store import Store
 from tests.deploy_fixtures import ALICE, BOB, START, Clock, actions
 

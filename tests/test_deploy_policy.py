@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.deploy_config import parse_service
-from bot.deploy_policy import APPROVE, REQUEST, START, Facts, refusal
-from bot.deploys import DeployService
-from bot.hooks import parse_event
 from bot.indexer import index_knowledge
+from bot.ops.ci_events import parse_event
+from bot.ops.deploys import DeployService
+from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
+from bot.services import parse_service
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, GINA, ROSTER, SERVICES, Clock, actions, make_knowledge

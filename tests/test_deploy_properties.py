@@ -29,10 +29,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bot import deploy_runner
-from bot.deploys import DeployRequest, DeployService
 from bot.errors import OpsbotError
 from bot.indexer import index_knowledge
+from bot.ops import runner as deploy_runner
+from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, Clock, make_knowledge

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import deploy_runner
-from bot.deploys import DeployService
+from bot.ops import runner as deploy_runner
+from bot.ops.deploys import DeployService
 from bot.store import Store
 from tests.deploy_fixtures import ALICE, BOB, Clock, after_crash, runner_service
 
@@ -50,7 +50,7 @@ def in_another_process(db: Path, code: str, timeout: float = 60) -> subprocess.C
     """Run ``code`` in a fresh Python process with ``deploys``, a DeployService of its own on ``db``."""
     prelude = (
         "import json, sys\n"
-        "from bot.deploys import DeployService\n"
+        "from bot.ops.deploys import DeployService\n"
         "from bot.store import Store\n"
         f"deploys = DeployService.from_store(Store({str(db)!r}))\n"
     )
@@ -71,7 +71,7 @@ def test_the_runner_dies_with_the_process_that_runs_it(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     prelude = (
-        "from bot.deploys import DeployService\nfrom bot.store import Store\n"
+        "from bot.ops.deploys import DeployService\nfrom bot.store import Store\n"
         f"deploys = DeployService.from_store(Store({str(db)!r}))\n"
     )
     owner = subprocess.Popen([sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, text=True, env=env)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploys import DeployService
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.indexer import index_knowledge
 from bot.knowledge import load_knowledge
+from bot.ops.deploys import DeployService
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.deploy_fixtures import (

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploys import DeployRequest
-from bot.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
 from bot.models import SearchHit
+from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
+from bot.ops.requests import DeployRequest
 from bot.slack.incident_blocks import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
 from bot.store import Store
 from tests.test_metrics import NOW, deploy, insert

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploys import DeployService
 from bot.indexer import index_knowledge
-from bot.metrics import Dora, dora
 from bot.models import Incident
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import Dora, dora
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.deploy_fixtures import ALICE, BOB, Clock, make_knowledge

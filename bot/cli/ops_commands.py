@@ -204,7 +204,7 @@ def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit
     """
     from dataclasses import asdict
 
-    from bot.deploys import recent_requests
+    from bot.ops.requests import recent_requests
 
     refuse_blank(ctx)
     store = _open_store(ctx)
@@ -293,8 +293,8 @@ def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, a
     """
     from dataclasses import asdict
 
-    from bot.deploy_config import ConfigProblem, parse_settings
-    from bot.metrics import dora
+    from bot.ops.metrics import dora
+    from bot.services import ConfigProblem, parse_settings
 
     refuse_blank(ctx)
     store = _open_store(ctx)
@@ -359,7 +359,7 @@ def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
       opsbot incidents list
       opsbot incidents list --all --json
     """
-    from bot.incidents import IncidentService
+    from bot.ops.incidents import IncidentService
 
     store = _open_store(ctx)
     try:
@@ -423,7 +423,7 @@ def incidents_export(
     """
     from dataclasses import replace
 
-    from bot.incidents import IncidentService, export_yaml, to_incident
+    from bot.ops.incidents import IncidentService, export_yaml, to_incident
 
     refuse_blank(ctx)
     if any(not i.strip() for i in ids):  # an empty id would name no incident, or the channel's
@@ -547,7 +547,7 @@ def notify_deploy(
     import urllib.error
     import urllib.request
 
-    from bot.hooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, build_event, sign
+    from bot.ops.ci_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, build_event, sign
 
     # Empty metadata (--commit-sha "$SHA" with SHA unset) means "not known"; these would silently change meaning.
     refuse_blank(ctx, "service", "env", "version", "event_id", "url", "db_path")
@@ -618,8 +618,8 @@ def notify_deploy(
 
 
 def _record_event_locally(db_path: Path, body: bytes) -> dict:
-    from bot.deploys import DeployService
-    from bot.hooks import EventProblem, parse_event
+    from bot.ops.ci_events import EventProblem, parse_event
+    from bot.ops.deploys import DeployService
 
     if not db_path.exists():
         raise OpsbotError(f"{db_path} does not exist: give the opsbot database file (OPSBOT_DB), after `opsbot index`.")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bot.deploys import Decision, DeployRequest
+from bot.ops.requests import Decision, DeployRequest
 from bot.slack import ids
 
 MAX_TEXT = 2900  # Slack refuses section text over 3000 characters

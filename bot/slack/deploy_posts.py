@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from bot.deploys import AUTO_ROLLBACK_NOTE, DeployRequest, DeployService
 from bot.errors import OpsbotError
-from bot.metrics import dora
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
+from bot.ops.requests import AUTO_ROLLBACK_NOTE, DeployRequest
 from bot.redact import scrub
 from bot.slack.deploy_blocks import (
     INTERRUPTED_TEXT,

@@ -1,6 +1,6 @@
 """/deploy, /rollback and their Approve/Reject buttons; the sweeper of expired, stale and interrupted deploys.
 
-The state machine is ``bot.deploys.DeployService``; what each of its changes shows in Slack is
+The state machine is ``bot.ops.deploys.DeployService``; what each of its changes shows in Slack is
 ``bot.slack.deploy_posts.SlackAnnouncer``, written to the outbox in the change's own transaction. This
 module turns commands and clicks into domain calls, tells the clicker privately when a click did not
 count, and hands an approved request to the deploy pool at once.
@@ -14,8 +14,9 @@ import threading
 
 from slack_bolt import Ack, App
 
-from bot.deploys import DeployRequest, DeployService
 from bot.errors import OpsbotError
+from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.deploy_blocks import build_refusal_text

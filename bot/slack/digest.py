@@ -7,9 +7,9 @@ import threading
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from bot.deploy_config import Digest
-from bot.metrics import dora
+from bot.ops.metrics import dora
 from bot.runtime import Runtime
+from bot.services import Digest
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)

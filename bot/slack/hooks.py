@@ -1,4 +1,4 @@
-"""POST /hooks/deploy: deploy events from CI/CD, recorded by ``bot.hooks`` and shown in Slack.
+"""POST /hooks/deploy: deploy events from CI/CD, recorded by ``bot.ops.ci_events`` and shown in Slack.
 
 A `started` event posts a progress message in the deploys channel (the service's own, if it has one); the
 matching finish updates that message and posts the usual summary in its thread, DORA line included.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from bot.hooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventProblem, Unauthorized, parse_event, verify
+from bot.ops.ci_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventProblem, Unauthorized, parse_event, verify
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import json
 import re
 from datetime import datetime
 
-from bot.deploys import DeployRequest
-from bot.incidents import LiveIncident
 from bot.models import SearchHit
+from bot.ops.incidents import LiveIncident
+from bot.ops.requests import DeployRequest
 from bot.slack import ids
 
 MAX_TEXT = 2900  # Slack refuses section text over 3000 characters

@@ -1,6 +1,6 @@
 """/incident: declare, work and resolve incidents in Slack; the pin reaction; Rollback from the briefing.
 
-The lifecycle is ``bot.incidents.IncidentService``; this module parses commands and shows its results.
+The lifecycle is ``bot.ops.incidents.IncidentService``; this module parses commands and shows its results.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from slack_bolt import Ack, App
 
 from bot.errors import InvalidRequest, OpsbotError
-from bot.incidents import IncidentService, LiveIncident, check_severity, deploys_since, possible_cause
+from bot.ops.incidents import IncidentService, LiveIncident, check_severity, deploys_since, possible_cause
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks import build_experts_blocks

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from slack_bolt import App
 
-from bot.hooks import HOOK_PATH
+from bot.ops.ci_events import HOOK_PATH
 from bot.runtime import Runtime
 from bot.slack.hooks import handle_deploy_hook
 from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body

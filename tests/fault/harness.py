@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from bot.deploys import FINAL
+from bot.ops.requests import FINAL
 from bot.slack.fake_api import FakeSlackAPI
 from tests.fault.proxy import FaultProxy
 from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, TEAM, HookDriver, Response, SlackDriver

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bot.deploys import FINAL
+from bot.ops.requests import FINAL
 from bot.slack import ids
 from tests.fault.harness import ALICE, APPROVERS, BOB, DAVE, GINA, Cluster, scaled, wait_until
 from tests.fault.report import COLLECTOR

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from bot.hooks import build_event
+from bot.ops.ci_events import build_event
 from tests.fault.harness import ALICE, BOB, Cluster
 from tests.fault.report import COLLECTOR, Scenario
 from tests.slack.conftest import Response

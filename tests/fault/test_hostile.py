@@ -10,8 +10,8 @@ import urllib.parse
 
 import pytest
 
-from bot.deploy_config import SAFE_VALUE
-from bot.hooks import sign as sign_hook
+from bot.ops.ci_events import sign as sign_hook
+from bot.services import SAFE_VALUE
 from bot.slack import ids
 from tests.fault.harness import ALICE, BOB, OPS_CHANNEL, Cluster, http_request, scaled, snapshot, wait_until
 from tests.fault.report import COLLECTOR

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.deploys import FINAL
+from bot.ops.requests import FINAL
 from tests.fault.harness import (
     ALICE,
     BOB,

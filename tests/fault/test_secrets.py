@@ -8,7 +8,7 @@ import string
 
 import pytest
 
-from bot.deploys import FINAL
+from bot.ops.requests import FINAL
 from tests.fault.harness import ALICE, BOB, Cluster, dump_text, scaled, wait_until
 from tests.fault.report import COLLECTOR
 

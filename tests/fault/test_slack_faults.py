@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.deploys import FINAL
+from bot.ops.requests import FINAL
 from bot.slack.delivery import RetryPolicy
 from tests.fault import proxy as faults
 from tests.fault.harness import ALICE, BOB, Cluster, Serve, processes_carrying, scaled, wait_until

@@ -299,7 +299,7 @@ class HookDriver:
         signed: bool = True,
         signature: str | None = None,
     ) -> Response:
-        from bot.hooks import sign as sign_event
+        from bot.ops.ci_events import sign as sign_event
 
         body = (event if isinstance(event, str) else json.dumps(event)).encode()
         ts = int(time.time()) if timestamp is None else timestamp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from bot.deploys import Decision, DeployRequest
+from bot.ops.requests import Decision, DeployRequest
 from bot.slack import ids
 from bot.slack.deploy_blocks import (
     RequestView,

@@ -12,7 +12,8 @@ from typing import TypeVar
 
 import pytest
 
-from bot.deploys import Decision, DeployService
+from bot.ops.deploys import DeployService
+from bot.ops.requests import Decision
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.deploys import report_interrupted, sweep_expired

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from slack_sdk import WebClient
 
-from bot.deploys import DeployService
+from bot.ops.deploys import DeployService
 from bot.slack.deploy_posts import SlackAnnouncer, message_key, progress_key
 from bot.slack.web import SlackWeb
 from bot.store import Store

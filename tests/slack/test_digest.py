@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bot.deploy_config import ConfigProblem, Digest, parse_settings
 from bot.runtime import Runtime
+from bot.services import ConfigProblem, Digest, parse_settings
 from bot.slack.app import create_client
 from bot.slack.digest import digest_due, post_digest
 from bot.slack.fake_api import FakeSlackAPI

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from bot.cli import main
 from bot.config import Secret
-from bot.deploys import DeployService, recent_requests
-from bot.metrics import dora
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
+from bot.ops.requests import recent_requests
 from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
 from bot.slack.fake_api import FakeSlackAPI

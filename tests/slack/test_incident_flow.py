@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from slack_sdk import WebClient
 
-from bot.deploys import new_row
+from bot.ops.requests import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.fake_api import Call, FakeSlackAPI

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from bot.hooks import sign as sign_hook
+from bot.ops.ci_events import sign as sign_hook
 from bot.runtime import Runtime
 from bot.slack import ids, server
 from bot.slack.app import create_app, create_client

@@ -16,8 +16,9 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from bot.deploys import DeployRequest, DeployService, new_request_id, new_row, parse_time
-from bot.hooks import FINISHED, DeployEvent
+from bot.ops.ci_events import FINISHED, DeployEvent
+from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
 
 log = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # a second report of the same finished deploy, with a new event id

@@ -6,7 +6,7 @@ same process group. When opsbot exits for any reason, SIGKILL included, the kern
 the guard reads end-of-file and stops the group: SIGTERM, then SIGKILL after a grace period. So a deploy
 never runs on, unseen, after the process that reports it is gone.
 
-Usage: python deploy_guard.py --request ID --watch FD -- COMMAND [ARG ...]
+Usage: python runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def stop_group(child: subprocess.Popen) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 6 or argv[0] != "--request" or argv[2] != "--watch" or argv[4] != "--":
-        print("usage: deploy_guard.py --request ID --watch FD -- COMMAND [ARG ...]", file=sys.stderr)
+        print("usage: runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]", file=sys.stderr)
         return 2
     watch = int(argv[3])
     command = argv[5:]

@@ -3,7 +3,7 @@
 A pipeline POSTs one JSON event when it starts deploying and one when it ends. Events are signed with
 HMAC-SHA256 of ``v1:{timestamp}:{body}`` under OPSBOT_HOOK_SECRET and recorded idempotently by event id
 as ``source = 'ci'`` rows of the same deploy_requests table /deploy uses, so `opsbot deploys`, `opsbot dora`
-and /rollback see them like any other deploy (``bot.deploy_ci`` has the rules).
+and /rollback see them like any other deploy (``bot.ops.ci_deploys`` has the rules).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot.deploy_config import SAFE_VALUE
 from bot.errors import InvalidRequest
+from bot.services import SAFE_VALUE
 
 log = logging.getLogger(__name__)
 HOOK_PATH = "/hooks/deploy"

@@ -3,7 +3,7 @@
 A running deploy belongs to the process that runs it. That process renews the deploy's lease every few
 seconds while the command runs; another opsbot process on the same database marks it interrupted only
 once the lease ran out (``DeployService.recover_interrupted``). The command runs under
-``bot/deploy_guard.py``, which stops its whole process group when this process dies. Output is scrubbed line
+``bot/ops/runner_guard.py``, which stops its whole process group when this process dies. Output is scrubbed line
 by line as it arrives (``bot.redact.Redactor``, which removes private keys whole), before anything is
 kept, tailed, shown or stored. The final write is retried until the
 database takes it.
@@ -30,12 +30,13 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.deploy_config import Runner
 from bot.errors import InvalidRequest
 from bot.redact import Redactor, scrub
+from bot.services import Runner
 
 if TYPE_CHECKING:
-    from bot.deploys import DeployRequest, DeployService, Progress
+    from bot.ops.deploys import DeployService
+    from bot.ops.requests import DeployRequest, Progress
 
 log = logging.getLogger(__name__)
 LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is taken as interrupted
@@ -44,7 +45,7 @@ PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
 PROGRESS_LINES = 8
 KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
-GUARD = Path(__file__).with_name("deploy_guard.py")
+GUARD = Path(__file__).with_name("runner_guard.py")
 RETRY_MAX_S = 30.0
 
 _live: set[str] = set()

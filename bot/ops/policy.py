@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.deploy_config import ServiceConfig
+from bot.services import ServiceConfig
 
 REQUEST, APPROVE, START = "request", "approve", "start"
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import yaml
 
-from bot.deploys import DeployRequest, recent_requests
 from bot.errors import InvalidRequest, NotFound
 from bot.models import Incident, TimelineEntry
+from bot.ops.requests import DeployRequest, recent_requests
 from bot.store import SLACK_PREFIX, Store
 
 ROLES = ("lead", "comms")

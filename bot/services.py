@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bot.text import parse_date
+
 PLACEHOLDERS = ("service", "version", "env", "request_id", "python")
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 DEFAULT_VERSION_PATTERN = r"^v?\d+\.\d+\.\d+([.-][A-Za-z0-9.]+)?$"
@@ -171,9 +173,7 @@ def _environment(key: str, name: str, cfg: Any) -> Environment:
 
 
 def _time(value: Any, key: str) -> datetime:
-    from bot.knowledge import _parse_date  # one ISO parser for the whole knowledge directory
-
-    parsed = _parse_date(value) if value is not None else None
+    parsed = parse_date(value) if value is not None else None
     if parsed is None:
         raise ConfigProblem(key, f"{value!r} is not an ISO 8601 time such as 2026-12-24T00:00:00Z")
     return parsed
