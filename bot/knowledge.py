@@ -24,6 +24,7 @@ from bot.text import (
     first_heading,
     load_yaml,
     parse_date,
+    service_name_problem,
     split_front_matter,
     split_sections,
 )
@@ -398,21 +399,6 @@ def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[
 
 # One rule for a service's name in every file (services.yaml, incidents, the roster and its rotations) and
 # on every command line: letters, digits, '.', '_' and '-', with '/' between parts (checkout-api, storage/remote).
-SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
-SERVICE_NAME_MAX = 100
-
-
-def service_name_problem(name: object) -> str | None:
-    """Why ``name`` cannot name a service, or None when it can."""
-    text = str(name)
-    if len(text) > SERVICE_NAME_MAX or not SERVICE_NAME.match(text):
-        return (
-            f"service name {text[:SERVICE_NAME_MAX]!r}: use letters, digits, '.', '_' and '-', with '/' between "
-            f"parts (like checkout-api or storage/remote), up to {SERVICE_NAME_MAX} characters"
-        )
-    return None
-
-
 def _service_names(value: Any) -> tuple[str, ...]:
     names = _strings(value, "services")
     for name in names:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.errors import InvalidRequest
 from bot.models import Expert, Override, Rotation
+from bot.text import service_name_problem  # the one rule for service names
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 HANDOFF = re.compile(r"^\s*([A-Za-z]+)\s+(([01]\d|2[0-3]):[0-5]\d)\s*$")
@@ -110,7 +111,6 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     services = entry.get("services") or []
     if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
         raise RotaProblem(f"{key}.services", "must be a list of service names, for example services: [checkout-api]")
-    from bot.knowledge import service_name_problem  # the one rule for service names
 
     for n, service in enumerate(services):
         if problem := service_name_problem(service):

@@ -195,6 +195,30 @@ class Runtime:
         """The on-call rotations stored by the last `opsbot index`, with the services each covers."""
         return self._for_index_version("rota", lambda: Rota.from_store(self.store))
 
+    def answer_mode(self, channel: str) -> str:
+        """How opsbot answers in ``channel``: "mentions" (the default) or "all" questions."""
+        return self.store.channel_answer_modes().get(channel, "mentions")
+
+    def answered_in(self, channel: str, thread_ts: str) -> bool:
+        """Whether the thread is one opsbot answered in (a follow-up there is a question to it)."""
+        return self.store.thread_question(channel, thread_ts) is not None
+
+    def saved_answer(self, answer_id: str) -> dict | None:
+        """The question, channel and results of an answer given earlier, for sharing it or voting on it."""
+        return self.store.get_answer(answer_id)
+
+    def roster_names(self) -> dict[str, str]:
+        """Roster ids to names."""
+        return {e.id: e.name for e in self.store.load_experts()}
+
+    def first_time_seen(self, event_id: str) -> bool:
+        """Record a Slack event id; False when it was handled before (Slack retried it)."""
+        return self.store.first_time_seen(event_id)
+
+    def database_problem(self) -> str:
+        """Why the database cannot be written now, or "" when it can (probed at most every few seconds)."""
+        return "" if self.store.writable() else (self.store.write_error or "not writable")
+
     def forget_experts(self) -> None:
         """Retrain on next use (an incident was resolved or the roster changed)."""
         with self._experts_lock:

@@ -241,3 +241,20 @@ def parse_date(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# -- names -----------------------------------------------------------------------------------------
+
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+SERVICE_NAME_MAX = 100
+
+
+def service_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a service, or None when it can."""
+    text = str(name)
+    if len(text) > SERVICE_NAME_MAX or not SERVICE_NAME.match(text):
+        return (
+            f"service name {text[:SERVICE_NAME_MAX]!r}: use letters, digits, '.', '_' and '-', with '/' between "
+            f"parts (like checkout-api or storage/remote), up to {SERVICE_NAME_MAX} characters"
+        )
+    return None

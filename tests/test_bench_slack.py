@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bot.bench_slack import _cpu_seconds, _niceness
+from bot.tools.bench_slack import _cpu_seconds, _niceness
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.indexer import index_knowledge
+from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService
 from bot.store import Store
@@ -101,7 +102,7 @@ def test_deploys_shows_what_a_ci_deploy_broke(tmp_path: Path) -> None:
     deploys = DeployService.from_store(store)
     pending = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
     body = '{"event_id": "e1", "service": "web", "env": "staging", "version": "2.0.0", "status": "started"}'
-    ci = deploys.record_ci_event(parse_event(body, deploys.ci_services(), deploys.ci_environments())).request
+    ci = record_ci_event(deploys, parse_event(body, deploys.ci_services(), deploys.ci_environments())).request
     store.close()
 
     result = invoke("deploys")

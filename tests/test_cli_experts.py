@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.expert_eval import evaluate_experts
 from bot.indexer import index_knowledge
 from bot.store import Store
+from bot.tools.expert_eval import evaluate_experts
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke
 
 PRIYA, MARCUS, SOFIA = "U03F8K2LQ1", "U03H1M9TZ4", "U04B7QW2XA"

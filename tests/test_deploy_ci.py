@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bot.errors import PermissionDenied
+from bot.ops.ci_deploys import abandon_stale, record_ci_event
 from bot.ops.ci_events import EventProblem, parse_event
 from bot.ops.deploys import DeployService
 from bot.ops.metrics import dora
@@ -20,7 +21,7 @@ PIPELINE = "https://ci.example.com/runs/1"
 
 def send(deploys: DeployService, event_id: str, status: str, version: str = "2.0.0", env: str = "staging", **more):  # noqa: ANN003, ANN201
     body = {"event_id": event_id, "service": "web", "env": env, "version": version, "status": status, **more}
-    return deploys.record_ci_event(parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments()))
+    return record_ci_event(deploys, parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments()))
 
 
 def iso(when: datetime) -> str:
@@ -105,10 +106,10 @@ def test_a_start_without_an_end_is_abandoned_and_a_late_end_still_closes_it(
     started = send(deploys, "e1", "started", pipeline_url=PIPELINE).request
     assert started is not None
     clock.advance(hours=5)
-    assert deploys.expire_stale_ci() == []
+    assert abandon_stale(deploys) == []
     clock.advance(hours=2)
 
-    [abandoned] = deploys.expire_stale_ci()
+    [abandoned] = abandon_stale(deploys)
 
     assert abandoned.id == started.id and abandoned.status == "abandoned"
     assert "within 6 hours" in abandoned.note

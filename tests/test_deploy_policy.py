@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from bot.indexer import index_knowledge
+from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService
 from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
@@ -113,7 +114,7 @@ def test_a_ci_deploy_running_blocks_the_approval_of_a_pending_one(deploys: Deplo
         deploys.ci_services(),
         deploys.ci_environments(),
     )
-    ci = deploys.record_ci_event(event).request
+    ci = record_ci_event(deploys, event).request
     assert ci is not None and ci.status == "overlapping"
 
     decision = deploys.approve(request.id, BOB)

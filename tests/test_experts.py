@@ -12,13 +12,13 @@ import pytest
 
 from bot.config import Settings
 from bot.errors import InvalidRequest
-from bot.expert_eval import evaluate_experts
 from bot.expert_fit import load_model
 from bot.experts import ExpertModel, Suggestion, off_hours, spread_load
 from bot.indexer import index_knowledge
 from bot.models import Expert
 from bot.runtime import Runtime
 from bot.store import Store
+from bot.tools.expert_eval import evaluate_experts
 from tests.conftest import SAMPLE_KNOWLEDGE
 
 DANIEL, SOFIA, HANNAH, LIAM, AIKO = "U04C2RN8VD", "U04B7QW2XA", "U04D9XK3PE", "U05G8VS4QH", "U05F6UP1NG"

@@ -11,7 +11,7 @@ import pytest
 from bot.models import SearchHit
 from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
 from bot.ops.requests import DeployRequest
-from bot.slack.incident_blocks import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
+from bot.slack.blocks.incidents import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
 from bot.store import Store
 from tests.test_metrics import NOW, deploy, insert
 

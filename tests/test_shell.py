@@ -15,10 +15,11 @@ from slack_bolt import BoltRequest
 
 from bot.config import Secret, Settings
 from bot.errors import InvalidRequest
-from bot.render import Button, Post, render_blocks, render_mrkdwn, render_post
 from bot.runtime import Runtime
-from bot.shell import COMMAND_CHANNEL, DEFAULT_USER, DM_CHANNEL, Shell, check_user, sign
+from bot.shell.render import Button, Post, render_blocks, render_mrkdwn, render_post
+from bot.shell.repl import COMMAND_CHANNEL, DEFAULT_USER, DM_CHANNEL, Shell, check_user
 from bot.slack import ids
+from bot.slack.local.shell_dispatch import sign
 from bot.store import Store
 from tests.slack.conftest import GatedEncoder, copy_database
 
@@ -141,7 +142,7 @@ def test_a_newly_registered_command_works_and_updated_messages_lose_their_button
     chat: Chat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A command the app did not ship with (like /deploy once was): a message with a button, then chat.update."""
-    monkeypatch.setattr("bot.shell.SLASH_COMMANDS", [("/ask", "Ask", "Q"), ("/standin", "Stand-in", "SERVICE")])
+    monkeypatch.setattr("bot.shell.repl.SLASH_COMMANDS", [("/ask", "Ask", "Q"), ("/standin", "Stand-in", "SERVICE")])
     app = chat.shell.slack.app
     assert app is not None
 

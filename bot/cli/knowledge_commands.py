@@ -214,8 +214,8 @@ def evaluate(
       opsbot eval --task experts --knowledge knowledge
     """
     from bot.encoder import make_encoder
-    from bot.evaluation import run_eval
-    from bot.expert_eval import evaluate_experts
+    from bot.tools.evaluation import run_eval
+    from bot.tools.expert_eval import evaluate_experts
 
     # An option of the other task would be silently ignored: say so instead.
     other = ("--mode", "--documents", "--misses") if task == "experts" else ("--relevant", "--with-services")
@@ -333,7 +333,7 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
 
 def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str, Any]:
     """One backend's benchmarks, as a JSON-ready dict."""
-    from bot import bench as benchmarks
+    from bot.tools import bench as benchmarks
     from bot.encoder import make_encoder
 
     encoder = make_encoder(settings)
@@ -353,11 +353,11 @@ def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str,
     if what in ("experts", "all"):
         result["experts"] = benchmarks.bench_experts(encoder)
     if what in ("slack", "all"):
-        from bot.bench_slack import bench_slack
+        from bot.tools.bench_slack import bench_slack
 
         result["slack"] = bench_slack(encoder, chunks=min(max(size_list), 10000))
     if what in ("process", "all"):
-        from bot.bench_slack import bench_process
+        from bot.tools.bench_slack import bench_process
 
         result["process"] = bench_process(encoder, chunks=max(size_list))
     result["peak_rss_mb"] = benchmarks.peak_rss_mb()
@@ -434,7 +434,7 @@ def _bench_compare(runs: dict[str, dict[str, Any]]) -> str:
 
 def format_experts_table(result: dict) -> str:
     """The expert evaluation: the learned ranking and the baselines side by side, then what was used."""
-    from bot.expert_eval import RANKINGS
+    from bot.tools.expert_eval import RANKINGS
 
     who = "every responder" if result["relevant"] == "all" else "the main resolver"
     lines = [

@@ -630,7 +630,9 @@ def _record_event_locally(db_path: Path, body: bytes) -> dict:
             parsed = parse_event(body, deploys.ci_services(), deploys.ci_environments())
         except EventProblem as exc:
             raise OpsbotError(f"{exc}{_option_of(exc.field)}") from None
-        return deploys.record_ci_event(parsed).as_json()
+        from bot.ops.ci_deploys import record_ci_event
+
+        return record_ci_event(deploys, parsed).as_json()
     finally:
         store.close()
 

@@ -36,7 +36,7 @@ def shell(ctx: click.Context, user: str | None) -> None:
       echo "pgbouncer too many clients" | opsbot shell
     """
     from bot.runtime import Runtime
-    from bot.shell import Shell
+    from bot.shell.repl import Shell
 
     refuse_blank(ctx)
     settings = load_settings(ctx)
@@ -100,10 +100,9 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
       SLACK_BOT_TOKEN=xoxb-... SLACK_APP_TOKEN=xapp-... opsbot serve --hooks-port 3000
     """
     from bot.runtime import Runtime
+    from bot.slack import jobs
     from bot.slack.app import create_app
-    from bot.slack.deploys import report_interrupted, start_sweeper
-    from bot.slack.digest import start_digest_scheduler
-    from bot.slack.server import HttpServer, socket_mode_handler
+    from bot.slack.serve import HttpServer, socket_mode_handler
 
     settings = load_settings(ctx)
     missing = []
@@ -136,9 +135,8 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     runtime.start_loading()
     app = create_app(runtime)
     # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
-    report_interrupted(runtime)
-    start_sweeper(runtime)
-    start_digest_scheduler(runtime, app.web)
+    jobs.report_interrupted(runtime)
+    jobs.start(runtime, app.web)
     if settings.slack_app_token:
         hooks = None
         if hooks_port:
@@ -194,8 +192,8 @@ def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None
     """
     from urllib.parse import urlsplit
 
+    from bot.slack.ids import EVENTS_PATH
     from bot.slack.manifest import manifest_yaml
-    from bot.slack.server import EVENTS_PATH
 
     refuse_blank(ctx)
     if socket_mode and typed(ctx, "url"):

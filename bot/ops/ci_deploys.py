@@ -59,7 +59,7 @@ class CiOutcome:
         }
 
 
-def record(deploys: DeployService, event: DeployEvent) -> CiOutcome:
+def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
     """Record an event once: `started` opens a running row; a finish closes it, or records a finished row."""
     store = deploys.store
     now = deploys.clock()

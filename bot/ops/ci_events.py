@@ -1,4 +1,4 @@
-"""Deploy events from CI/CD: signed and validated here; recorded by ``DeployService.record_ci_event``.
+"""Deploy events from CI/CD: signed and validated here; recorded by ``bot.ops.ci_deploys.record_ci_event``.
 
 A pipeline POSTs one JSON event when it starts deploying and one when it ends. Events are signed with
 HMAC-SHA256 of ``v1:{timestamp}:{body}`` under OPSBOT_HOOK_SECRET and recorded idempotently by event id

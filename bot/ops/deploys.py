@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.models import Expert
 from bot.ops import runner as deploy_runner
+from bot.ops.metrics import Dora, dora
 from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
 from bot.ops.requests import (
     AUTO_ROLLBACK_NOTE,
@@ -44,8 +45,7 @@ from bot.services import (
 from bot.store import Store
 
 if TYPE_CHECKING:
-    from bot.ops.ci_deploys import CiOutcome
-    from bot.ops.ci_events import DeployEvent
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -394,19 +394,14 @@ class DeployService:
         with self.store.transaction():
             return self._refusal(self._get_locked(request.id), START)
 
-    # -- CI/CD events ---------------------------------------------------------------------------------------
+    # -- CI/CD events: recorded by bot.ops.ci_deploys under this service's rules ------------------------------
 
-    def record_ci_event(self, event: DeployEvent) -> CiOutcome:
-        """A pipeline's deploy event, recorded under the same lock, freeze and audit rules as /deploy."""
-        from bot.ops.ci_deploys import record
+    def figures(self, service: str | None, env: str, days: int = 30) -> Dora:
+        """The DORA figures of a service (or all) in an environment, as every deploy summary shows them."""
+        window = self.settings.failure_window_hours
+        return dora(self.store, service, env, days, now=self.clock(), failure_window_hours=window)
 
-        return record(self, event)
-
-    def expire_stale_ci(self) -> list[DeployRequest]:
-        """CI deploys that started and never reported an end within ``stale_ci_hours`` are abandoned."""
-        from bot.ops.ci_deploys import abandon_stale
-
-        return abandon_stale(self)
+    # -- CI/CD events: recorded by bot.ops.ci_deploys under this service's rules ---------------------------
 
     def ci_services(self) -> set[str]:
         """Services a pipeline may report: every one in services.yaml or on the roster."""

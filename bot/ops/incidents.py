@@ -133,6 +133,23 @@ class IncidentService:
         with self.store.transaction():
             self.store.update_live_incident(incident_id, channel=channel)
 
+    def has_channel(self, channel: str) -> bool:
+        """Whether ``channel`` belongs to an incident declared in Slack."""
+        return self.store.live_incident_in_channel(channel) is not None
+
+    def past_resolutions(self) -> dict[str, str]:
+        """How each past incident of the knowledge directory was resolved, by id."""
+        return {i.id: i.resolution for i in self.store.load_incidents()}
+
+    def recent_deploys(self, incident: LiveIncident, hours: int) -> list[DeployRequest]:
+        """Deploys and rollbacks of the incident's services in the ``hours`` before it was declared, newest first."""
+        since = datetime.fromisoformat(incident.declared_at) - timedelta(hours=hours)
+        return deploys_since(self.store, incident.services, since)
+
+    def possible_cause(self, incident: LiveIncident, window_hours: int) -> tuple[DeployRequest, int] | None:
+        """The deploy that most likely caused it (see ``possible_cause``)."""
+        return possible_cause(incident, self.store, window_hours)
+
     def get(self, incident_id: str) -> LiveIncident:
         row = self.store.live_incident(incident_id)
         if row is None:

@@ -12,10 +12,9 @@ import logging
 
 from bot.errors import OpsbotError
 from bot.ops.deploys import DeployService
-from bot.ops.metrics import dora
 from bot.ops.requests import AUTO_ROLLBACK_NOTE, DeployRequest
 from bot.redact import scrub
-from bot.slack.deploy_blocks import (
+from bot.slack.blocks.deploys import (
     INTERRUPTED_TEXT,
     RequestView,
     build_ci_deploy_blocks,
@@ -110,13 +109,7 @@ class SlackAnnouncer:
 
     def _post_summary(self, request: DeployRequest, deploys: DeployService) -> None:
         """The summary in the request's thread and in the deploys channel (the service's own, if it has one)."""
-        figures = dora(
-            deploys.store,
-            request.service,
-            request.env,
-            now=deploys.clock(),
-            failure_window_hours=deploys.settings.failure_window_hours,
-        )
+        figures = deploys.figures(request.service, request.env)
         blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line())
         text = summary_fallback_text(request)
         channel = deploys_channel(deploys, request)

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack
 
 from bot.errors import OpsbotError
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.deploy_blocks import build_refusal_text
+from bot.slack.blocks.deploys import build_refusal_text
 from bot.slack.deploy_posts import MESSAGE_HOOK, SlackAnnouncer
-from bot.slack.guard import guard
+from bot.slack.listeners import Listeners
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ USAGE_ROLLBACK = (
     "Usage: /rollback SERVICE ENV [VERSION], for example `/rollback checkout-api prod` "
     "(back to the version that succeeded before the current one) or `/rollback checkout-api prod 1.4.1`"
 )
-SWEEP_EVERY_S = 30.0
 
 
 def parse_deploy_args(text: str) -> tuple[str, str, str] | None:
@@ -53,8 +51,7 @@ def what_is_missing(text: str, needed: tuple[str, ...]) -> str:
     return f"Missing {' and '.join(needed[given:])}.\n"
 
 
-def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
-    guarded = guard(web)
+def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
 
     def remember_message(args: dict, channel: str, ts: str) -> None:
         runtime.deploys().set_message(args["request_id"], channel, ts)
@@ -76,7 +73,6 @@ def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
         else:
             ack(response_type="ephemeral", text="Requesting the rollback…")
 
-    @guarded
     def request_deploy(command: dict, body: dict) -> None:
         args = parse_deploy_args(command.get("text", ""))
         if args is None:
@@ -84,7 +80,6 @@ def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
         service, version, env = args
         submit(runtime.deploys(), command, "deploy", service, env, version)
 
-    @guarded
     def request_rollback(command: dict, body: dict) -> None:
         args = parse_rollback_args(command.get("text", ""))
         if args is None:
@@ -92,21 +87,16 @@ def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
         service, env, version = args
         submit(runtime.deploys(), command, "rollback", service, env, version)
 
-    def just_ack(ack: Ack) -> None:
-        ack()
-
-    @guarded
     def approve(body: dict) -> None:
         decide(runtime, web, body, "approve")
 
-    @guarded
     def reject(body: dict) -> None:
         decide(runtime, web, body, "reject")
 
-    app.command("/deploy")(ack=ack_deploy, lazy=[request_deploy])
-    app.command("/rollback")(ack=ack_rollback, lazy=[request_rollback])
-    app.action(ids.DEPLOY_APPROVE)(ack=just_ack, lazy=[approve])
-    app.action(ids.DEPLOY_REJECT)(ack=just_ack, lazy=[reject])
+    on.command("/deploy", request_deploy, ack=ack_deploy)
+    on.command("/rollback", request_rollback, ack=ack_rollback)
+    on.action(ids.DEPLOY_APPROVE, approve)
+    on.action(ids.DEPLOY_REJECT, reject)
 
 
 # -- requesting -------------------------------------------------------------------------------------
@@ -154,39 +144,3 @@ def run(deploys: DeployService, request: DeployRequest) -> DeployRequest:
             announcer.show_progress(current, deploys, output)
 
     return deploys.execute(request.id, progress=show_progress)
-
-
-# -- background work: expiry, stale CI deploys, dead processes ----------------------------------------------
-
-
-def sweep_expired(runtime: Runtime) -> list[DeployRequest]:
-    """Expire pending requests past their time, give up on CI deploys that never ended, and interrupt deploys
-    whose process died; their messages say so (the deploy service announces each)."""
-    deploys = runtime.deploys()
-    swept = deploys.expire_due() + deploys.expire_stale_ci() + deploys.recover_interrupted()
-    for request in swept:
-        log.info("deploy %s id=%s service=%s env=%s", request.status, request.id, request.service, request.env)
-    return swept
-
-
-def start_sweeper(runtime: Runtime, every: float = SWEEP_EVERY_S) -> threading.Event:
-    """Sweep every ``every`` seconds in a daemon thread; set the returned event to stop."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every):
-            try:
-                sweep_expired(runtime)
-            except Exception:  # keep sweeping: the next round may succeed
-                log.exception("sweeping deploy requests failed")
-
-    threading.Thread(target=loop, name="opsbot-deploy-sweeper", daemon=True).start()
-    return stop
-
-
-def report_interrupted(runtime: Runtime) -> list[DeployRequest]:
-    """Deploys whose opsbot process died (lease expired) are interrupted, never re-run, and said so."""
-    interrupted = runtime.deploys().recover_interrupted()
-    for request in interrupted:
-        log.warning("deploy interrupted id=%s service=%s env=%s", request.id, request.service, request.env)
-    return interrupted

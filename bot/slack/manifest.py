@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from bot.slack.server import EVENTS_PATH
+from bot.slack.ids import EVENTS_PATH
 
 SLASH_COMMANDS = [
     ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from bot.ops.requests import FINAL
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from tests.fault.proxy import FaultProxy
 from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, TEAM, HookDriver, Response, SlackDriver
 

@@ -9,7 +9,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from tests.fault import proxy as faults
 from tests.fault.harness import http_request, wait_until
 from tests.fault.proxy import FaultProxy

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import sqlite3
@@ -23,8 +21,9 @@ from slack_sdk import WebClient
 from bot.config import Secret, Settings
 from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.local.shell_dispatch import sign as slack_signature
+from bot.slack.serve import HttpServer
 from bot.slack.web import SlackWeb
 from bot.store import Store
 
@@ -36,9 +35,8 @@ _ids = itertools.count(1)
 
 
 def sign(body: str, timestamp: int, secret: str = SIGNING_SECRET) -> str:
-    """The X-Slack-Signature Slack sends: v0= HMAC-SHA256 of v0:timestamp:body."""
-    base = f"v0:{timestamp}:{body}".encode()
-    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    """The X-Slack-Signature Slack sends (opsbot's one signer), with the tests' signing secret by default."""
+    return slack_signature(body, timestamp, secret)
 
 
 @dataclass

@@ -16,8 +16,8 @@ from bot.ops.deploys import DeployService
 from bot.ops.requests import Decision
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.deploys import report_interrupted, sweep_expired
-from bot.slack.fake_api import Call, FakeSlackAPI
+from bot.slack.jobs import report_interrupted, sweep_expired
+from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.slack.conftest import SlackDriver, make_settings, shown, start_bot

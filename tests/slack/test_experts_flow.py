@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from tests.slack.conftest import SlackDriver
 from tests.slack.test_conversations import text_of
 

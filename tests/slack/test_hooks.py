@@ -17,8 +17,8 @@ from bot.ops.metrics import dora
 from bot.ops.requests import recent_requests
 from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import HttpServer
 from bot.store import Store
 from tests.slack.conftest import HOOK_SECRET, HookDriver, SlackDriver
 from tests.slack.test_deploy_flow import shown

@@ -12,8 +12,8 @@ from slack_sdk import WebClient
 from bot.ops.requests import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.fake_api import Call, FakeSlackAPI
 from bot.slack.incidents import channel_name, parse_assign, parse_declare, split_incident_id
+from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.slack.manifest import build_manifest
 from tests.slack.conftest import BOT_TOKEN, SlackDriver, shown
 

@@ -8,8 +8,8 @@ import yaml
 
 from bot.rota import shift_at
 from bot.runtime import Runtime
-from bot.slack.blocks import build_help_blocks
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.blocks.answers import build_help_blocks
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.manifest import build_manifest
 from tests.slack.conftest import SlackDriver
 from tests.slack.test_conversations import text_of

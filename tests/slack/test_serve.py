@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from bot.cli import main
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
 from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, HookDriver, SlackDriver, copy_database
 from tests.slack.test_socket_mode import LocalSocketModeServer

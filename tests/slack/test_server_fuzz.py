@@ -26,10 +26,11 @@ import pytest
 
 from bot.ops.ci_events import sign as sign_hook
 from bot.runtime import Runtime
-from bot.slack import ids, server
+from bot.slack import ids
+from bot.slack import serve as server
 from bot.slack.app import create_app, create_client
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import MAX_BODY, HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import MAX_BODY, HttpServer
 from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool
 from tests.slack.conftest import HOOK_SECRET, SIGNING_SECRET, sign

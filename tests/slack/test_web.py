@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 from bot.runtime import Runtime
 from bot.slack.app import create_client
 from bot.slack.delivery import RetryPolicy
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.web import Notify, SlackWeb
 from bot.store import Store
 from tests.conftest import FakeEncoder

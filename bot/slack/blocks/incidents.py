@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 
 from bot.models import SearchHit
 from bot.ops.incidents import LiveIncident
 from bot.ops.requests import DeployRequest
 from bot.slack import ids
+from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
 
-MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
 MAX_DEPLOYS = 10
 TIMELINE_LINES = 25
 # Slack references that must survive escaping: mentions, channels, special mentions and links.
-SLACK_REFERENCE = re.compile(r"(<(?:[@#!][^<>\s]+|https?://[^<>\s]+)>)")
 USAGE = (
     "*Usage:*\n"
     "• `/incident declare TITLE [--sev 1-4] [--service NAME]`: record an incident and brief the channel\n"
@@ -25,23 +23,6 @@ USAGE = (
     "In the incident's channel the id is not needed; elsewhere put it after the subcommand, for example "
     "`/incident note INC-2026-0042 checkout pods restarted`."
 )
-
-
-def escape(text: str) -> str:
-    """Escape &, < and > for mrkdwn, keeping Slack references such as <@U123> and <#C123>."""
-    parts = SLACK_REFERENCE.split(text)
-    return "".join(
-        part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        for i, part in enumerate(parts)
-    )
-
-
-def _section(text: str) -> dict:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_TEXT]}}
-
-
-def _context(text: str) -> dict:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_TEXT]}]}
 
 
 def clock_time(at: str | datetime) -> str:
@@ -76,11 +57,11 @@ def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, in
         f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)} · *Roles:* "
         f"{roles_text(incident)} · *Services:* {escape(services)}",
     ]
-    blocks = [_section("\n".join(lines))]
+    blocks = [section("\n".join(lines))]
     if cause is not None:
-        blocks.append(_section(possible_cause_text(*cause)))
+        blocks.append(section(possible_cause_text(*cause)))
     blocks.append(
-        _context(
+        context(
             "Work it from here: `/incident note TEXT`, `/incident assign @user lead|comms`, `/incident severity N`, "
             "`/incident status`, `/incident resolve RESOLUTION`. React with the pin emoji to add a message "
             "to the timeline."
@@ -107,21 +88,21 @@ def _hit_line(hit: SearchHit) -> str:
 
 def build_knowledge_blocks(runbooks: list[SearchHit], similar: list[tuple[SearchHit, str]]) -> list[dict]:
     """Related runbook sections, then similar past incidents with how each was resolved."""
-    blocks = [_section("*Related runbook sections*")]
+    blocks = [section("*Related runbook sections*")]
     if runbooks:
-        blocks += [_section(_hit_line(h)) for h in runbooks]
+        blocks += [section(_hit_line(h)) for h in runbooks]
     else:
-        blocks.append(_context("No runbook section matches this title closely; `/ask` with the alert may find more."))
-    blocks.append(_section("*Similar past incidents*"))
+        blocks.append(context("No runbook section matches this title closely; `/ask` with the alert may find more."))
+    blocks.append(section("*Similar past incidents*"))
     if similar:
         for hit, resolution in similar:
             text = f"*{hit.incident_id}* · {escape(hit.title)}"
             if resolution:
                 text += f"\n*Resolved by:* {escape(resolution)[:900]}"
             text += f"\n`{hit.path}`"
-            blocks.append(_section(text))
+            blocks.append(section(text))
     else:
-        blocks.append(_context("No similar past incident."))
+        blocks.append(context("No similar past incident."))
     return blocks
 
 
@@ -134,10 +115,10 @@ def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequ
     """The affected services' deploys of the last 24 hours; a Rollback button on each that succeeded."""
     names = ", ".join(incident.services)
     if not incident.services:
-        return [_context("No service named, so no recent deploys to show: declare with `--service NAME`.")]
+        return [context("No service named, so no recent deploys to show: declare with `--service NAME`.")]
     if not deploys:
-        return [_section(f"*Deploys of {names} in the last 24 h:* none.")]
-    blocks = [_section(f"*Deploys of {names} in the last 24 h*")]
+        return [section(f"*Deploys of {names} in the last 24 h:* none.")]
+    blocks = [section(f"*Deploys of {names} in the last 24 h*")]
     for deploy in deploys[:MAX_DEPLOYS]:
         arrow = f"{escape(deploy.from_version)} → " if deploy.from_version else ""
         text = (
@@ -145,7 +126,7 @@ def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequ
             f"*{escape(deploy.version)}* to {deploy.env} · {deploy.status.replace('_', ' ')} "
             f"{'at' if deploy.completed else 'requested at'} {clock_time(deploy.latest_at)} · `{deploy.id}`"
         )
-        block = _section(text)
+        block = section(text)
         if deploy.kind == "deploy" and deploy.status == "succeeded":
             block["accessory"] = {
                 "type": "button",
@@ -165,7 +146,7 @@ def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequ
             }
         blocks.append(block)
     if len(deploys) > MAX_DEPLOYS:
-        blocks.append(_context(f"{len(deploys) - MAX_DEPLOYS} more; `opsbot deploys` lists them all."))
+        blocks.append(context(f"{len(deploys) - MAX_DEPLOYS} more; `opsbot deploys` lists them all."))
     return blocks
 
 
@@ -185,7 +166,7 @@ def build_status_blocks(incident: LiveIncident) -> list[dict]:
         f"*Services:* {escape(', '.join(incident.services) or 'none named')} · *Channel:* <#{incident.channel}>\n"
         f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)}"
     )
-    return [_section(facts), _section(f"*Timeline*\n{timeline_lines(incident)}")]
+    return [section(facts), section(f"*Timeline*\n{timeline_lines(incident)}")]
 
 
 def build_list_text(incidents: list[LiveIncident]) -> str:
@@ -216,11 +197,11 @@ def build_resolved_blocks(incident: LiveIncident, searchable: bool = True) -> li
         else "It could not be indexed just now; `opsbot index` will pick it up after `opsbot incidents export`."
     )
     return [
-        _section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
+        section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:1900]} for k, v in facts]},
-        _section(f"*Resolution*\n{escape(incident.resolution)}"),
-        _section(f"*Timeline*\n{timeline_lines(incident)}"),
-        _context(learned),
+        section(f"*Resolution*\n{escape(incident.resolution)}"),
+        section(f"*Timeline*\n{timeline_lines(incident)}"),
+        context(learned),
     ]
 
 

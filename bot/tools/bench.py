@@ -246,8 +246,8 @@ def synthetic_history(root: Path, incidents: int, people: int = 40, seed: int = 
 def bench_experts(encoder: SentenceTransformerEncoder, incidents: int = 1500) -> dict:
     """`opsbot index` of a history of ``incidents`` incidents (search sections, expert vectors and the fitted
     blend), an unchanged re-index, ranking, and a second `eval --task experts` run from its vector cache."""
-    from bot.expert_eval import evaluate_experts
     from bot.expert_fit import fit_blends, load_model
+    from bot.tools.expert_eval import evaluate_experts
 
     result: dict = {"incidents": incidents}
     with tempfile.TemporaryDirectory(prefix="opsbot-bench-") as tmp:

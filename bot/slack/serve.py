@@ -28,12 +28,11 @@ from slack_bolt import App
 
 from bot.ops.ci_events import HOOK_PATH
 from bot.runtime import Runtime
-from bot.slack.hooks import handle_deploy_hook
+from bot.slack.ci_events import handle_deploy_hook
+from bot.slack.ids import EVENTS_PATH, HEALTH_PATH
 from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
 
 log = logging.getLogger(__name__)
-EVENTS_PATH = "/slack/events"
-HEALTH_PATH = "/healthz"
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
 HANDLER_THREADS = 64  # started once; a burst of Slack requests needs no new threads
 IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long is closed
@@ -248,7 +247,8 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
         # -- the endpoints -----------------------------------------------------------------------------
 
         def _health(self) -> None:
-            db = "writable" if runtime.store.writable() else f"not writable: {runtime.store.write_error}"
+            problem = runtime.database_problem()
+            db = f"not writable: {problem}" if problem else "writable"
             ready = runtime.ready and db == "writable"
             self._send(200 if ready else 503, {"ok": True, "ready": ready, "model": runtime.ready, "db": db})
 

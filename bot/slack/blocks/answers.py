@@ -8,25 +8,21 @@ from bot.experts import Suggestion
 from bot.models import SearchHit
 from bot.runtime import Reply
 from bot.slack import ids
-
-MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+from bot.slack.blocks.mrkdwn import MAX_TEXT, escape
+from bot.slack.blocks.oncall import build_oncall_blocks, oncall_fallback_text
 
 
 def _hit_text(hit: SearchHit) -> str:
-    title = f"<{hit.url}|{_escape(hit.title)}>" if hit.url else f"*{_escape(hit.title)}*"
+    title = f"<{hit.url}|{escape(hit.title)}>" if hit.url else f"*{escape(hit.title)}*"
     if hit.incident_id:
         title = f"*{hit.incident_id}* · {title}"
-    where = f"_{_escape(hit.section)}_" if hit.section else ""
+    where = f"_{escape(hit.section)}_" if hit.section else ""
     if where and hit.section_url != hit.url:  # link the section itself
         where = f"<{hit.section_url}|{where}>"
-    snippet = _escape(hit.snippet)
+    snippet = escape(hit.snippet)
     source = f"`{hit.path}`" + (f" · {where}" if where else "")
     if hit.alert:
-        source += f" · runbook for `{_escape(hit.alert)}`"
+        source += f" · runbook for `{escape(hit.alert)}`"
     elif hit.quoted:
         source += " · contains your words"
     text = f"{title}\n>{snippet}\n{source}"
@@ -36,8 +32,6 @@ def _hit_text(hit: SearchHit) -> str:
 def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: bool = False) -> list[dict]:
     """An answer: runbook sections, then similar past incidents, then how it was found and the buttons."""
     if reply.oncall:  # "who is on call for X": the rota answers, not the runbooks
-        from bot.slack.oncall import build_oncall_blocks
-
         return build_oncall_blocks(reply.oncall, reply.names)
     if not reply.found:
         return build_nothing_found_blocks(reply.question)
@@ -51,11 +45,11 @@ def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: 
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Similar past incidents*"}})
         blocks.extend({"type": "section", "text": {"type": "mrkdwn", "text": _hit_text(h)}} for h in reply.incidents)
     if reply.experts:
-        names = "; ".join(f"*{_escape(s.expert.name)}* ({_escape(short_reason(s))})" for s in reply.experts)
+        names = "; ".join(f"*{escape(s.expert.name)}* ({escape(short_reason(s))})" for s in reply.experts)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Who could help:* {names}"}})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": how_found(reply)}]})
     if reply.unsaved:  # votes and sharing look the answer up by its id: without it saved, they would fail
-        text = f"opsbot could not save this answer ({_escape(reply.unsaved)}), so feedback is off for it."
+        text = f"opsbot could not save this answer ({escape(reply.unsaved)}), so feedback is off for it."
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
         return blocks
     buttons = [
@@ -104,8 +98,6 @@ def how_found(reply: Reply) -> str:
 def answer_fallback_text(reply: Reply) -> str:
     """Plain text for notifications and clients that cannot show blocks."""
     if reply.oncall:
-        from bot.slack.oncall import oncall_fallback_text
-
         return oncall_fallback_text(reply.oncall, reply.names)
     if not reply.found:
         return "I found nothing relevant in the runbooks or past incidents."
@@ -122,7 +114,7 @@ def build_nothing_found_blocks(question: str) -> list[dict]:
     )
     return [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Searched for: {_escape(question)[:200]}"}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Searched for: {escape(question)[:200]}"}]},
     ]
 
 
@@ -143,7 +135,7 @@ def build_help_blocks() -> list[dict]:
     """What opsbot does and every command it has, for "help" (or a bare hello) in a mention or DM."""
     from bot.slack.manifest import SLASH_COMMANDS  # the same list the app's manifest registers
 
-    commands = "\n".join(f"• `{c} {_escape(hint)}`: {_escape(what)}" for c, what, hint in SLASH_COMMANDS)
+    commands = "\n".join(f"• `{c} {escape(hint)}`: {escape(what)}" for c, what, hint in SLASH_COMMANDS)
     text = (
         f"*{HELP_TEXT}*\n"
         "Ask a question, or paste an alert or a log line: mention me in a channel, send me a direct message, "
@@ -192,19 +184,19 @@ def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: b
                 "text": {
                     "type": "mrkdwn",
                     "text": (
-                        f"I couldn't find anyone for _{_escape(text[:200])}_: "
+                        f"I couldn't find anyone for _{escape(text[:200])}_: "
                         "no similar past incidents, owners or skills. Try naming the service or pasting the alert."
                     ),
                 },
             }
         ]
     blocks: list[dict] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Who could help with:* _{_escape(text[:200])}_"}}
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Who could help with:* _{escape(text[:200])}_"}}
     ]
     for s in suggestions:
-        lines = [f"*{_escape(s.expert.name)}* · {_escape(s.expert.team)} · score {s.score:.2f}"]
-        lines += [f"• {_escape(r)}" for r in s.reasons()]
-        lines += [f":warning: {_escape(flag)}" for flag in s.flags]
+        lines = [f"*{escape(s.expert.name)}* · {escape(s.expert.team)} · score {s.score:.2f}"]
+        lines += [f"• {escape(r)}" for r in s.reasons()]
+        lines += [f":warning: {escape(flag)}" for flag in s.flags]
         block: dict = {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:MAX_TEXT]}}
         if can_invite:
             block["accessory"] = {
@@ -214,7 +206,7 @@ def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: b
                 "value": s.expert.id,
                 "confirm": {
                     "title": {"type": "plain_text", "text": "Invite to this channel?"},
-                    "text": {"type": "mrkdwn", "text": f"This adds *{_escape(s.expert.name)}* to the channel."},
+                    "text": {"type": "mrkdwn", "text": f"This adds *{escape(s.expert.name)}* to the channel."},
                     "confirm": {"type": "plain_text", "text": "Invite"},
                     "deny": {"type": "plain_text", "text": "Cancel"},
                 },

@@ -16,11 +16,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bot.bench import Timing, _write_runbooks, fill_store, synthetic_documents, synthetic_sentence
 from bot.encoder import SentenceTransformerEncoder
-from bot.shell import sign
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.local.shell_dispatch import sign
 from bot.store import Store
+from bot.tools.bench import Timing, _write_runbooks, fill_store, synthetic_documents, synthetic_sentence
 
 
 def _post_command(url: str, secret: str, text: str, response_url: str) -> float:

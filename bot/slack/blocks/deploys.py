@@ -8,8 +8,8 @@ from datetime import datetime
 
 from bot.ops.requests import Decision, DeployRequest
 from bot.slack import ids
+from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
 
-MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
 PROGRESS_LINES = 12
 ICONS = {
     "succeeded": ":white_check_mark:",
@@ -37,23 +37,6 @@ class RequestView:
     def name(self, user: str) -> str:
         return self.names.get(user) or f"<@{user}>"
 
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _section(text: str, block_id: str | None = None) -> dict:
-    block: dict = {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_TEXT]}}
-    if block_id:
-        block["block_id"] = block_id
-    return block
-
-
-def _context(text: str, block_id: str | None = None) -> dict:
-    block: dict = {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_TEXT]}]}
-    if block_id:
-        block["block_id"] = block_id
-    return block
 
 
 def slack_time(iso: str | None) -> str:
@@ -86,7 +69,7 @@ def ttl_minutes(request: DeployRequest) -> int:
 
 def code_block(text: str, limit: int = MAX_TEXT - 200) -> str:
     """A log in a code block: the last lines that fit, never breaking out of the block."""
-    text = _escape(text.replace("```", "'''")).rstrip()
+    text = escape(text.replace("```", "'''")).rstrip()
     if len(text) > limit:
         text = "…" + text[-limit:].split("\n", 1)[-1]
     return f"```{text or '(no output)'}```"
@@ -104,7 +87,7 @@ def names_of(view: RequestView, users: tuple[str, ...]) -> str:
 
 def request_title(request: DeployRequest) -> str:
     icon = ":rewind:" if request.kind == "rollback" else ":rocket:"
-    return f"{icon} *{_escape(request.title)}*"
+    return f"{icon} *{escape(request.title)}*"
 
 
 def status_text(request: DeployRequest, view: RequestView) -> str:
@@ -130,7 +113,7 @@ def status_text(request: DeployRequest, view: RequestView) -> str:
     if request.status == "interrupted":
         return INTERRUPTED_TEXT
     if request.status == "cancelled":
-        why = _escape(request.note.removeprefix("not started: "))
+        why = escape(request.note.removeprefix("not started: "))
         return f":no_entry: *Approved but not started*: {why} Nothing ran."
     return (
         f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)} · "
@@ -145,12 +128,12 @@ def build_deploy_request_blocks(request: DeployRequest, view: RequestView) -> li
         f"*Service:* {request.service} · *Environment:* {request.env} · "
         f"*From:* {request.from_version or 'nothing deployed by opsbot yet'} · *To:* {request.version}\n"
         f"*Requested by:* {view.name(request.requester)} · *Request:* `{request.id}`\n"
-        f"*Will run:* `{_escape(view.command)}`"
+        f"*Will run:* `{escape(view.command)}`"
     )
-    blocks = [_section(request_title(request)), _section(facts)]
+    blocks = [section(request_title(request)), section(facts)]
     if view.note:
-        blocks.append(_context(view.note, ids.DEPLOY_NOTE_BLOCK))
-    blocks.append(_section(status_text(request, view)))
+        blocks.append(context(view.note, ids.DEPLOY_NOTE_BLOCK))
+    blocks.append(section(status_text(request, view)))
     if request.status == "pending":
         blocks.append(build_decision_buttons(request, view))
     return blocks
@@ -166,7 +149,7 @@ def build_decision_buttons(request: DeployRequest, view: RequestView) -> dict:
         "value": request.id,
         "confirm": {
             "title": {"type": "plain_text", "text": f"Approve this {what}?"},
-            "text": {"type": "mrkdwn", "text": f"{_escape(request.title)}\nRuns `{_escape(view.command)}`."[:300]},
+            "text": {"type": "mrkdwn", "text": f"{escape(request.title)}\nRuns `{escape(view.command)}`."[:300]},
             "confirm": {"type": "plain_text", "text": "Approve"},
             "deny": {"type": "plain_text", "text": "Cancel"},
         },
@@ -192,9 +175,9 @@ def build_progress_text(request: DeployRequest, command: str, output: str, final
     """The one thread message that follows the output while it runs."""
     tail = "\n".join(output.splitlines()[-PROGRESS_LINES:])
     if final:
-        head = f"{ICONS.get(request.status, '')} *{outcome_text(request)}*: `{_escape(command)}`"
+        head = f"{ICONS.get(request.status, '')} *{outcome_text(request)}*: `{escape(command)}`"
     else:
-        head = f":hourglass_flowing_sand: Running `{_escape(command)}`…"
+        head = f":hourglass_flowing_sand: Running `{escape(command)}`…"
     return f"{head}\n{code_block(tail, 2000)}"
 
 
@@ -232,17 +215,17 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
     if ci and request.commit_sha:
         fields.append(("Commit", f"`{request.commit_sha[:12]}`"))
     blocks = [
-        _section(f"{ICONS.get(request.status, '')} *{_escape(request.title)}*: {outcome.lower()}"),
+        section(f"{ICONS.get(request.status, '')} *{escape(request.title)}*: {outcome.lower()}"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields[:10]]},
     ]
     flagged = flags_block(request)
     if flagged:
         blocks.append(flagged)
     if ci:
-        blocks.append(_section(f"*Changes*\n{changes_text(request)}"))
+        blocks.append(section(f"*Changes*\n{changes_text(request)}"))
     else:
-        blocks.append(_section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
-    blocks.append(_context(f"*DORA* {request.service} in {request.env}, 30 days: {_escape(dora_line)}"))
+        blocks.append(section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
+    blocks.append(context(f"*DORA* {request.service} in {request.env}, 30 days: {escape(dora_line)}"))
     return blocks
 
 
@@ -251,14 +234,14 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
 
 def ci_actor(request: DeployRequest, view: RequestView) -> str:
     """The actor a pipeline named, as plain text marked CI: a pipeline's word is never taken for a person's."""
-    return f"{_escape(request.requester.removeprefix('ci:'))} (CI)"
+    return f"{escape(request.requester.removeprefix('ci:'))} (CI)"
 
 
 def flags_block(request: DeployRequest) -> dict | None:
     """What a CI deploy broke (a freeze, someone else's lock), in a warning line; None when nothing."""
     if not request.flags:
         return None
-    return _context(":warning: *Outside the rules:* " + "; ".join(_escape(f) for f in request.flags))
+    return context(":warning: *Outside the rules:* " + "; ".join(escape(f) for f in request.flags))
 
 
 def pipeline_link(request: DeployRequest) -> str:
@@ -268,7 +251,7 @@ def pipeline_link(request: DeployRequest) -> str:
 def changes_text(request: DeployRequest, limit: int = 15) -> str:
     if not request.changes:
         return "none listed"
-    lines = [f"• {_escape(c)}" for c in request.changes[:limit]]
+    lines = [f"• {escape(c)}" for c in request.changes[:limit]]
     if len(request.changes) > limit:
         lines.append(f"…and {len(request.changes) - limit} more")
     return "\n".join(lines)
@@ -289,19 +272,19 @@ def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[di
             f"{request.service} in {request.env}: no request can be approved until it ends."
         )
     elif request.status == "abandoned":
-        state = f":grey_question: *No end reported*: {_escape(request.note)}; the outcome is unknown."
+        state = f":grey_question: *No end reported*: {escape(request.note)}; the outcome is unknown."
     else:
         state = (
             f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)}. "
             "Summary in the thread."
         )
-    blocks = [_section(f"{request_title(request)} (CI)"), _section(facts)]
+    blocks = [section(f"{request_title(request)} (CI)"), section(facts)]
     flagged = flags_block(request)
     if flagged:
         blocks.append(flagged)
     if request.changes:
-        blocks.append(_context(f"*Changes:* {_escape('; '.join(request.changes))}"))
-    blocks.append(_section(state))
+        blocks.append(context(f"*Changes:* {escape('; '.join(request.changes))}"))
+    blocks.append(section(state))
     return blocks
 
 

@@ -2,7 +2,7 @@
 
 Plain text becomes a direct message to opsbot, `/ask ...` a slash command, a number a button click; the
 Slack side (payloads, signing, ``app.dispatch``, reading back the fake Web API) is
-``bot.slack.shell_dispatch``. This module reads lines and writes what came back as terminal text, buttons
+``bot.slack.local.shell_dispatch``. This module reads lines and writes what came back as terminal text, buttons
 numbered so they can be pressed.
 """
 
@@ -15,18 +15,17 @@ from types import TracebackType
 from typing import Any
 
 from bot.errors import InvalidRequest
-from bot.render import Button, Post, Style, plain, render_post
 from bot.runtime import Runtime
-from bot.slack.fake_api import BOT_USER_ID
-from bot.slack.manifest import SLASH_COMMANDS
-from bot.slack.shell_dispatch import (
+from bot.shell.render import Button, Post, Style, plain, render_post
+from bot.slack.local.fake_api import BOT_USER_ID
+from bot.slack.local.shell_dispatch import (
     COMMAND_CHANNEL,
     COMMAND_CHANNEL_NAME,
     DM_CHANNEL,
     Delivery,
     LocalSlack,
 )
-from bot.slack.shell_dispatch import sign as sign  # re-exported: bot.bench_slack imports it from here
+from bot.slack.manifest import SLASH_COMMANDS
 
 DEFAULT_USER = "USHELL001"  # who you are when the roster is empty
 REPLY_TIMEOUT_S = 60.0  # the first answer may wait for the model to load

@@ -2,7 +2,7 @@
 
 What a person does (a direct message, a slash command, a button click) is built as the payload Slack
 would send, signed like Slack signs it and handed to ``app.dispatch``. What the handlers send back to the
-(fake) Web API comes out as posts, ready for the terminal to render; the terminal part is ``bot.shell``.
+(fake) Web API comes out as posts, ready for the terminal to render; the terminal part is ``bot.shell.repl``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot.config import Secret
-from bot.render import Button, Post, render_text_object
 from bot.runtime import Runtime
+from bot.shell.render import Button, Post, render_text_object
 from bot.slack.app import create_app
-from bot.slack.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
+from bot.slack.local.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
 from bot.slack.payloads import SlackRequest
 from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool

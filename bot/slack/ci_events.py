@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventProblem, Unauthorized, parse_event, verify
 from bot.runtime import Runtime
 
@@ -36,5 +37,5 @@ def handle_deploy_hook(runtime: Runtime, headers: Mapping[str, str], body: bytes
     except EventProblem as exc:
         log.warning("deploy hook malformed field=%s: %s", exc.field, exc)
         return 400, {"error": str(exc), "field": exc.field}
-    outcome = deploys.record_ci_event(event)  # its announcer queues the Slack messages with the record
+    outcome = record_ci_event(deploys, event)  # its announcer queues the Slack messages with the record
     return 200, outcome.as_json()
