@@ -56,7 +56,7 @@ def test_unknown_names_and_wrong_versions_are_refused_before_anything_is_recorde
         deploys.request("deploy", service, env, version, ALICE)
 
     assert says in str(caught.value)
-    assert store.deploy_rows() == []
+    assert store.all_deploys() == []
     assert store.audit_rows() == []
 
 
@@ -89,7 +89,7 @@ def test_hostile_values_are_refused_naming_what_is_allowed(
     message = str(caught.value)
     assert "use letters, digits, '.', '_', '+' and '-' only" in message
     assert "\n" not in message  # a newline in the value is shown escaped, never echoed raw
-    assert store.deploy_rows() == []
+    assert store.all_deploys() == []
     assert store.audit_rows() == []
 
 
@@ -99,13 +99,13 @@ def test_hostile_rollback_version_is_refused(deploys: DeployService, clock: Cloc
     with pytest.raises(InvalidRequest, match="not allowed"):
         deploys.request("rollback", "web", "staging", "1.0.0;reboot", ALICE)
 
-    assert len(store.deploy_rows()) == 1
+    assert len(store.all_deploys()) == 1
 
 
 def test_deploy_needs_a_version(deploys: DeployService, store: Store) -> None:
     with pytest.raises(InvalidRequest, match="give the version"):
         deploys.request("deploy", "web", "staging", None, ALICE)
-    assert store.deploy_rows() == []
+    assert store.all_deploys() == []
 
 
 def test_freeze_window_refuses_with_its_end_time(deploys: DeployService, clock: Clock, store: Store) -> None:
@@ -115,7 +115,7 @@ def test_freeze_window_refuses_with_its_end_time(deploys: DeployService, clock: 
         deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
 
     assert "frozen until 2026-12-27T08:00+00:00 (Christmas peak)" in str(caught.value)
-    assert store.deploy_rows() == []
+    assert store.all_deploys() == []
     # staging has no freeze, and prod opens again at the end of the window
     assert deploys.request("deploy", "web", "staging", "1.0.0", ALICE).status == "pending"
     clock.now = datetime(2026, 12, 27, 8, 0, tzinfo=UTC)
@@ -262,7 +262,7 @@ def test_lock_held_refuses_a_second_request_naming_the_holder(deploys: DeploySer
         deploys.request("deploy", "web", "prod", "1.0.1", BOB)
 
     assert f"locked by Alice Archer's deploy {held.id} (pending)" in str(caught.value)
-    assert len(store.deploy_rows()) == 1
+    assert len(store.all_deploys()) == 1
     # other environments and services have their own locks
     assert deploys.request("deploy", "web", "staging", "1.0.1", BOB).status == "pending"
     assert deploys.request("deploy", "strict", "staging", "1.0.1", BOB).status == "pending"
@@ -356,7 +356,7 @@ def test_rollback_with_no_history_is_a_clear_error(deploys: DeployService, clock
         deploys.request("rollback", "web", "staging", None, ALICE)
     with pytest.raises(InvalidRequest, match="is what web already runs"):
         deploys.request("rollback", "web", "staging", "1.0.0", ALICE)
-    assert len(store.deploy_rows()) == 1
+    assert len(store.all_deploys()) == 1
 
 
 def test_rollback_to_a_named_version(deploys: DeployService, clock: Clock) -> None:
@@ -382,7 +382,7 @@ def test_demo_runner_succeeds_with_secrets_scrubbed_from_the_log(deploys: Deploy
     assert "health checks passed" in done.log_tail
     assert "token=***" in done.log_tail
     assert "demo-not-a-real-token" not in done.log_tail
-    assert store.deploy_rows("status = 'running'") == []
+    assert [r for r in store.all_deploys() if r["status"] == "running"] == []
     assert deploys.describe(done).startswith("python -m bot.demo_deploy web 1.0.0 staging dep-")
 
 
@@ -418,7 +418,7 @@ def test_slow_command_times_out(tmp_path: Path) -> None:
     assert (datetime.now(UTC) - started).total_seconds() < 10
     assert done.status == "timed_out" and done.exit_code is None
     assert "stopped after the 1 s timeout" in done.log_tail
-    assert store.deploy_rows("status = 'running'") == []
+    assert [r for r in store.all_deploys() if r["status"] == "running"] == []
     store.close()
 
 
@@ -613,7 +613,7 @@ def test_a_failed_step_rolls_back_the_whole_transaction(store: Store) -> None:
         store.audit("ci", "deploy.requested", "half")
         raise ValueError("boom")
 
-    assert store.deploy_rows() == [] and store.audit_rows() == []
+    assert store.all_deploys() == [] and store.audit_rows() == []
 
 
 # -- services.yaml validation --------------------------------------------------------------------

@@ -333,8 +333,8 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
 
 def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str, Any]:
     """One backend's benchmarks, as a JSON-ready dict."""
-    from bot.tools import bench as benchmarks
     from bot.encoder import make_encoder
+    from bot.tools import bench as benchmarks
 
     encoder = make_encoder(settings)
     started = time.perf_counter()

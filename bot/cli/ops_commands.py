@@ -142,7 +142,7 @@ def _oncall_dict(answer: Any) -> dict:
 def _check_names(store: Any, service: str | None, env: str | None) -> None:
     """Refuse a --service or --env that neither services.yaml nor the deploy history knows."""
     configs = store.service_configs()
-    history = store.deploy_rows(limit=100000)
+    history = store.all_deploys()
     services = set(configs) | {r["service"] for r in history}
     envs = {e for c in configs.values() for e in (c.get("environments") or {})} | {r["env"] for r in history}
     if service and service not in services:

@@ -70,10 +70,7 @@ def dora(
     """Compute the figures from every finished deploy (from Slack and from CI) and every incident."""
     now = now or datetime.now(UTC)
     window = timedelta(hours=failure_window_hours)
-    where, params = "env = ?", [env]
-    if service:
-        where, params = where + " AND service = ?", params + [service]
-    rows = [r for r in store.deploy_rows(where, params, limit=100000) if r["finished_at"]]
+    rows = store.finished_deploys(env, service)
     for r in rows:
         r["_finished"] = _at(r["finished_at"])
     rows = sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])  # as of `now`, oldest first

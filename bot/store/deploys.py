@@ -28,13 +28,15 @@ class DeployStore(StoreBase):
         found = cur.fetchone()
         return dict(zip([c[0] for c in cur.description], found, strict=True)) if found else None
 
-    def deploy_rows(self, where: str = "1=1", params: list | None = None, limit: int = 1000) -> list[dict]:
-        cur = self.db.execute(
-            f"SELECT {self.DEPLOY_COLUMNS} FROM deploy_requests WHERE {where} ORDER BY created_at DESC, id LIMIT ?",
-            [*(params or []), limit],
-        )
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    def all_deploys(self, limit: int = 100_000) -> list[dict]:
+        """Every deploy row, newest first."""
+        return self._rows("1=1", [], limit=limit)
+
+    def finished_deploys(self, env: str, service: str | None = None) -> list[dict]:
+        """Deploys and rollbacks that finished in ``env`` (of one service, or all), for the DORA figures."""
+        if service:
+            return self._rows("env = ? AND service = ? AND finished_at IS NOT NULL", [env, service], limit=100_000)
+        return self._rows("env = ? AND finished_at IS NOT NULL", [env], limit=100_000)
 
     def _rows(self, where: str, params: list, order: str = "created_at DESC, id", limit: int = 1000) -> list[dict]:
         cur = self.db.execute(

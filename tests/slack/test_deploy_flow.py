@@ -189,7 +189,7 @@ def test_missing_arguments_show_the_usage_at_once_and_record_nothing(
     assert slack.command("/deploy", "").json()["text"].startswith("Usage:")
     time.sleep(0.3)
     assert not slack_api.messages() and not slack_api.calls("response_url")
-    assert runtime.store.deploy_rows() == []
+    assert runtime.store.all_deploys() == []
 
 
 def test_hostile_or_malformed_arguments_are_refused_and_nothing_is_recorded_or_run(
@@ -213,7 +213,7 @@ def test_hostile_or_malformed_arguments_are_refused_and_nothing_is_recorded_or_r
         assert said["response_type"] == "ephemeral" and said["text"].startswith("Sorry: "), said
         assert expected in said["text"], (text, said["text"])
     assert not slack_api.messages()
-    assert runtime.store.deploy_rows() == []
+    assert runtime.store.all_deploys() == []
     assert not [a for a in runtime.store.audit_rows() if a["action"].endswith(".requested")]
 
 
@@ -225,7 +225,7 @@ def test_a_second_request_while_one_is_pending_is_refused_naming_who_holds_the_l
     (said,) = slack_api.wait_for("response_url", timeout=10)
     assert f"checkout-api staging is locked by Priya Raman's deploy {first.request_id} (pending)" in said.body["text"]
     assert said.body["response_type"] == "ephemeral"
-    assert len(runtime.store.deploy_rows()) == 1 and len(slack_api.messages()) == 1
+    assert len(runtime.store.all_deploys()) == 1 and len(slack_api.messages()) == 1
 
 
 def test_a_frozen_environment_refuses_the_request(
@@ -235,7 +235,7 @@ def test_a_frozen_environment_refuses_the_request(
     slack.command("/deploy", "checkout-api 1.4.2 prod", user=PRIYA, channel=OPS)
     (said,) = slack_api.wait_for("response_url", timeout=10)
     assert "checkout-api prod is frozen until 2026-12-27T08:00+00:00 (Christmas peak)" in said.body["text"]
-    assert runtime.store.deploy_rows() == [] and not slack_api.messages()
+    assert runtime.store.all_deploys() == [] and not slack_api.messages()
     clock.set(datetime(2026, 12, 27, 8, 0, tzinfo=UTC))  # the window is over
     assert request(slack, slack_api, runtime, "checkout-api 1.4.2 prod").request_id
 

@@ -46,7 +46,7 @@ def event(status: str = "succeeded", version: str = "1.4.2", env: str = "prod", 
 
 
 def ci_rows(runtime: Runtime) -> list[dict]:
-    return runtime.store.deploy_rows("source = 'ci'")
+    return [r for r in runtime.store.all_deploys() if r["source"] == "ci"]
 
 
 def test_signed_event_is_recorded_audited_and_summarised(
@@ -313,7 +313,7 @@ def test_notify_deploy_writes_to_the_database_without_slack(runtime: Runtime, sl
     assert "recorded as dep-" in result.output
     reader = Store(path)  # as another process sees it (the bot's own connection may be mid-read while loading)
     try:
-        [row] = reader.deploy_rows("source = 'ci'")
+        [row] = [r for r in reader.all_deploys() if r["source"] == "ci"]
     finally:
         reader.close()
     assert (row["status"], row["requester"], row["source"]) == ("succeeded", "ci:bob", "ci")

@@ -147,7 +147,7 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
         for e in b["elements"]
     }
     assert buttons == {ids.DEPLOY_APPROVE, ids.DEPLOY_REJECT}
-    (rollback,) = runtime.store.deploy_rows("kind = 'rollback'")
+    (rollback,) = [r for r in runtime.store.all_deploys() if r["kind"] == "rollback"]
     assert (rollback["status"], rollback["version"], rollback["requester"]) == ("pending", "1.4.1", DANIEL)
     entries = eventually(lambda: timeline(runtime, incident_id), lambda t: len(t) == 2)
     assert entries[-1] == (
