@@ -7,7 +7,6 @@ drives ``DeployService`` with a clock it controls. Registered in tests/conftest.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bot.ops.requests import DeployRequest
 from bot.ops.runner import LEASE_S
 from bot.store import Store
 from tests.conftest import FakeEncoder
+from tests.fakes import Clock
 
 ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
     "UALICE0001",
@@ -28,7 +28,6 @@ ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
     "UFRANK0006",
     "UGINA00007",
 )
-START = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 
 ROSTER = f"""\
 people:
@@ -70,19 +69,6 @@ services:
     deploy: {{command: {DEMO}}}
   owners-only: {{owners: [{DAVE}]}}
 """
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def make_knowledge(root: Path, services: str = SERVICES) -> Path:

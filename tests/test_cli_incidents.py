@@ -14,20 +14,10 @@ from bot.knowledge import load_knowledge
 from bot.ops.incidents import IncidentService
 from bot.store import Store
 from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
+from tests.fakes import Clock
 
 PRIYA = "U03F8K2LQ1"
 DANIEL = "U04C2RN8VD"
-
-
-class Clock:
-    """Every reading a minute later than the one before."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(minutes=1)
-        return self.now
 
 
 @pytest.fixture
@@ -44,7 +34,8 @@ def knowledge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def incidents(tmp_path: Path) -> Iterator[IncidentService]:
     """The database that the CLI opens (OPSBOT_DB points at tmp_path), with one resolved and one open incident."""
     store = Store(tmp_path / "opsbot.db")
-    service = IncidentService(store, {"checkout-api", "order-pipeline"}, clock=Clock())
+    clock = Clock(datetime(2026, 3, 4, 9, 0, tzinfo=UTC), step=timedelta(minutes=1))  # each reading a minute on
+    service = IncidentService(store, {"checkout-api", "order-pipeline"}, clock=clock)
     resolved = service.declare("Checkout 503s: pgbouncer pool exhausted", PRIYA, 2, ["checkout-api"], "C0OPS0001")
     service.note(resolved, PRIYA, "pg-main at max_client_conn 400")
     service.assign(resolved, PRIYA, DANIEL, "lead")

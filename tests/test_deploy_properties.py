@@ -36,7 +36,8 @@ from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, Clock, make_knowledge
+from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, make_knowledge
+from tests.fakes import Clock
 from tests.fault.report import record
 
 FULL = os.environ.get("OPSBOT_FAULT_SCALE") == "full"

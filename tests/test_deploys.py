@@ -26,8 +26,6 @@ from tests.deploy_fixtures import (
     FRANK,
     GINA,
     SERVICES,
-    START,
-    Clock,
     actions,
     after_crash,
     make_knowledge,
@@ -35,6 +33,7 @@ from tests.deploy_fixtures import (
     start,
     succeed,
 )
+from tests.fakes import START, Clock
 
 # -- validation: nothing is recorded for a request that is refused ------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from bot.slack.jobs import report_interrupted, sweep_expired
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.store import Store
 from tests.conftest import FakeEncoder
+from tests.fakes import Clock, eventually
 from tests.slack.conftest import SlackDriver, make_settings, shown, start_bot
 
 PRIYA = "U03F8K2LQ1"  # payments, requests checkout-api deploys
@@ -32,27 +32,6 @@ DEPLOYS = "C04DEPLOYS1"
 T = TypeVar("T")
 
 
-class Clock:
-    """A clock the test moves; every reading is a second later, so requests and runs keep their order."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            self.now += timedelta(seconds=1)
-            return self.now
-
-    def set(self, when: datetime) -> None:
-        with self._lock:
-            self.now = when
-
-    def advance(self, **delta: float) -> None:
-        with self._lock:
-            self.now += timedelta(**delta)
-
-
 def use_clock(runtime: Runtime, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         runtime, "deploys", lambda: DeployService.from_store(runtime.store, clock=clock, announcer=runtime.announcer)
@@ -62,7 +41,7 @@ def use_clock(runtime: Runtime, clock: Clock, monkeypatch: pytest.MonkeyPatch) -
 @pytest.fixture(autouse=True)
 def clock(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Every test runs on 2026-11-20, well outside the checkout-api prod freeze."""
-    clock = Clock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+    clock = Clock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC), step=timedelta(seconds=1))
     use_clock(runtime, clock, monkeypatch)
     return clock
 
@@ -130,14 +109,6 @@ def summary_in(api: FakeSlackAPI, channel: str, timeout: float = 20) -> dict:
         timeout=timeout,
     )
     return calls[0].body
-
-
-def eventually(read: Callable[[], T], ok: Callable[[T], object], timeout: float = 5) -> T:
-    """What ``read`` returns once ``ok`` accepts it (the handler may still be finishing)."""
-    deadline = time.monotonic() + timeout
-    while not ok(value := read()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 def status(runtime: Runtime, request_id: str) -> str:

@@ -15,6 +15,7 @@ from bot.slack import ids
 from bot.slack.incidents import channel_name, parse_assign, parse_declare, split_incident_id
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.slack.manifest import build_manifest
+from tests.fakes import eventually
 from tests.slack.conftest import BOT_TOKEN, SlackDriver, shown
 
 PRIYA = "U03F8K2LQ1"  # payments, owns checkout-api
@@ -94,13 +95,6 @@ def deploy_row(request_id: str, version: str, finished: datetime, from_version: 
 
 def timeline(runtime: Runtime, incident_id: str) -> list[tuple[str, str, str]]:
     return [(e["actor"], e["kind"], e["text"]) for e in runtime.incidents().get(incident_id).events]
-
-
-def eventually(read, ok, timeout: float = 5):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while not ok(value := read()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 # -- declaring ------------------------------------------------------------------------------------------
