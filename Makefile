@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 fault: $(STAMP)
-	OPSBOT_FAULT_SCALE=full $(BIN)/python -m pytest -q -m fault tests/fault tests/test_deploy_properties.py
+	OPSBOT_FAULT_SCALE=full $(BIN)/python -m pytest -q -m fault tests/fault tests/ops/test_properties.py
 
 clean:
 	rm -rf $(VENV) opsbot.db opsbot.db-wal opsbot.db-shm

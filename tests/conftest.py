@@ -22,7 +22,7 @@ from bot.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_KNOWLEDGE = ROOT / "knowledge"
 LOOPBACK = ("127.", "::1", "localhost")
-pytest_plugins = ["tests.deploy_fixtures"]
+pytest_plugins = ["tests.ops.fixtures"]
 
 
 class FakeEncoder:

@@ -12,8 +12,8 @@ from bot.ops.deploys import DeployService
 from bot.slack.deploy_posts import SlackAnnouncer, message_key, progress_key
 from bot.slack.web import SlackWeb
 from bot.store import Store
-from tests.deploy_fixtures import ALICE, BOB
 from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB
 
 
 @pytest.fixture

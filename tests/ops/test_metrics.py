@@ -13,8 +13,8 @@ from bot.ops.deploys import DeployService
 from bot.ops.metrics import Dora, dora
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.deploy_fixtures import ALICE, BOB, make_knowledge
 from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, make_knowledge
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 _ids = iter(range(1, 100000))

@@ -13,7 +13,7 @@ from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, poss
 from bot.ops.requests import DeployRequest
 from bot.slack.blocks.incidents import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
 from bot.store import Store
-from tests.test_metrics import NOW, deploy, insert
+from tests.ops.test_metrics import NOW, deploy, insert
 
 DECLARED = NOW  # deploy(None) rows of test_metrics are requested 20 minutes before NOW
 PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"

@@ -17,8 +17,8 @@ from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
 from bot.services import parse_service
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, GINA, ROSTER, SERVICES, actions, make_knowledge
 from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, CAROL, DAVE, ERIN, GINA, ROSTER, SERVICES, actions, make_knowledge
 
 BEFORE_FREEZE = datetime(2026, 12, 23, 17, 50, tzinfo=UTC)  # prod freezes at 18:00 (tests/deploy_fixtures.py)
 

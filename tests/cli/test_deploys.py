@@ -20,9 +20,9 @@ from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService
 from bot.store import Store
 from tests.conftest import FakeEncoder, assert_clean_failure, invoke
-from tests.deploy_fixtures import ALICE, BOB, CAROL, SERVICES, make_knowledge
 from tests.fakes import Clock
-from tests.test_metrics import deploy, incident, insert
+from tests.ops.fixtures import ALICE, BOB, CAROL, SERVICES, make_knowledge
+from tests.ops.test_metrics import deploy, incident, insert
 
 COMMANDS = ("deploys", "audit", "dora")
 

@@ -14,8 +14,8 @@ from bot.ops.ci_events import EventProblem, parse_event
 from bot.ops.deploys import DeployService
 from bot.ops.metrics import dora
 from bot.store import Store
-from tests.deploy_fixtures import ALICE, BOB, actions
 from tests.fakes import START, Clock
+from tests.ops.fixtures import ALICE, BOB, actions
 
 PIPELINE = "https://ci.example.com/runs/1"
 

@@ -36,9 +36,9 @@ from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.deploy_fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, make_knowledge
 from tests.fakes import Clock
 from tests.fault.report import record
+from tests.ops.fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, make_knowledge
 
 FULL = os.environ.get("OPSBOT_FAULT_SCALE") == "full"
 CHECKS: Counter[str] = Counter()  # invariant -> times checked, for the fault suite's report

@@ -20,10 +20,10 @@ import pytest
 from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
 from bot.store import Store
-from tests.deploy_fixtures import ALICE, BOB, after_crash, runner_service
+from tests.conftest import ROOT
 from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, after_crash, runner_service
 
-ROOT = Path(__file__).resolve().parent.parent
 SLOW = '["{python}", "-c", "import sys, time; time.sleep(int(sys.argv[1].split(\'.\')[0]))", "{version}"]'
 
 

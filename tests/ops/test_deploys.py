@@ -17,7 +17,8 @@ from bot.knowledge import load_knowledge
 from bot.ops.deploys import DeployService
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.deploy_fixtures import (
+from tests.fakes import START, Clock
+from tests.ops.fixtures import (
     ALICE,
     BOB,
     CAROL,
@@ -33,7 +34,6 @@ from tests.deploy_fixtures import (
     start,
     succeed,
 )
-from tests.fakes import START, Clock
 
 # -- validation: nothing is recorded for a request that is refused ------------------------------
 
