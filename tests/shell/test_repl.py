@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from slack_bolt import BoltRequest
 
-from bot.config import Secret, Settings
 from bot.errors import InvalidRequest
 from bot.runtime import Runtime
 from bot.shell.render import Button, Post, render_blocks, render_mrkdwn, render_post
@@ -21,44 +18,10 @@ from bot.shell.repl import COMMAND_CHANNEL, DEFAULT_USER, DM_CHANNEL, Shell, che
 from bot.slack import ids
 from bot.slack.local.shell_dispatch import sign
 from bot.store import Store
-from tests.slack.conftest import GatedEncoder, copy_database
+from tests.conftest import Chat, make_runtime
+from tests.slack.conftest import GatedEncoder
 
 PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"  # the first roster member, and another one
-
-
-def make_runtime(tmp_path: Path, sample_index: Store, encoder: object) -> Runtime:
-    """A runtime over a private copy of the sample index, so votes cannot leak into other tests."""
-    store = copy_database(sample_index, tmp_path / "opsbot.db")
-    settings = Settings(db_path=tmp_path / "opsbot.db", model="unused", slack_signing_secret=Secret("configured"))
-    return Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def runtime(tmp_path: Path, sample_index: Store, minilm: object) -> Iterator[Runtime]:
-    rt = make_runtime(tmp_path, sample_index, minilm)
-    rt.start_loading()
-    yield rt
-    rt.close()
-
-
-@dataclass
-class Chat:
-    """A shell and everything it wrote; ``say`` returns what one line produced."""
-
-    shell: Shell
-    out: list[str]
-
-    def say(self, line: str) -> str:
-        start = len(self.out)
-        assert self.shell.handle(line)
-        return "\n".join(self.out[start:])
-
-
-@pytest.fixture
-def chat(runtime: Runtime) -> Iterator[Chat]:
-    out: list[str] = []
-    with Shell(runtime, write=out.append) as shell:
-        yield Chat(shell, out)
 
 
 # -- conversations through the Bolt app -------------------------------------------------------------------
