@@ -13,11 +13,11 @@ import pytest
 
 from bot.indexer import index_knowledge
 from bot.ops.deploys import DeployService
-from bot.ops.requests import DeployRequest
+from bot.ops.requests import DeployRequest, new_row
 from bot.ops.runner import LEASE_S
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.fakes import Clock
+from tests.fakes import START, Clock
 
 ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
     "UALICE0001",
@@ -138,3 +138,19 @@ def after_crash(store: Store, clock: Clock) -> DeployService:
     """The deploy service of another opsbot process, once this one's leases ran out (it died)."""
     later = time.time() + LEASE_S + 1
     return DeployService.from_store(store, clock=clock, owner="other-process", lease_clock=lambda: later)
+
+
+def ci_row(request_id: str, status: str) -> dict:
+    """A deploy row as a pipeline's event leaves it (written straight to the store by tests of the store)."""
+    return new_row(
+        request_id,
+        service="web",
+        env="prod",
+        version="2.0.0",
+        requester="ci:github-actions",
+        status=status,
+        created_at=START.isoformat(),
+        started_at=START.isoformat(),
+        source="ci",
+        commit_sha="abc1234",
+    )
