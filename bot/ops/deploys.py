@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from bot.errors import InvalidRequest, NotFound, PermissionDenied
+from bot.errors import InvalidRequest, NotFound, OpsbotError, PermissionDenied
 from bot.models import Expert
 from bot.ops import runner as deploy_runner
 from bot.ops.metrics import Dora, dora
@@ -34,6 +34,7 @@ from bot.ops.requests import (
     new_request_id,
     new_row,
 )
+from bot.redact import scrub
 from bot.services import (
     ConfigProblem,
     DeploySettings,
@@ -147,6 +148,26 @@ class DeployService:
         config = self.services.get(request.service)
         environment = config.environments.get(request.env) if config else None
         return max(request.approvals_needed, environment.approvals if environment else 0)
+
+    def who_may_approve(self, request: DeployRequest) -> list[str]:
+        """Who may approve ``request`` now, in words (people by name, teams as "payments team"); [] when its
+        service or environment left services.yaml."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        if environment is None:
+            return []
+        return [self.name(a) if a in self.experts else f"{a} team" for a in environment.approvers]
+
+    def shown_command(self, request: DeployRequest) -> str:
+        """What will run, as people read it, secrets written into services.yaml masked; "" when it no longer can."""
+        try:
+            return scrub(self.describe(request))
+        except (OpsbotError, KeyError):
+            return ""
+
+    def names(self) -> dict[str, str]:
+        """Roster ids to names."""
+        return {user: expert.name for user, expert in self.experts.items()}
 
     def name(self, user: str) -> str:
         if user.startswith("ci:"):

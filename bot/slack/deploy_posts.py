@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from bot.errors import OpsbotError
 from bot.ops.deploys import DeployService
 from bot.ops.requests import AUTO_ROLLBACK_NOTE, DeployRequest
-from bot.redact import scrub
 from bot.slack.blocks.deploys import (
     INTERRUPTED_TEXT,
     RequestView,
@@ -147,16 +145,10 @@ class SlackAnnouncer:
 
 
 def view_of(deploys: DeployService, request: DeployRequest) -> RequestView:
-    """What will run and who may approve, as the current services.yaml says."""
-    try:
-        command = scrub(deploys.describe(request))  # a token written into services.yaml is not shown either
-        environment = deploys.services[request.service].environments[request.env]
-        who = [deploys.name(a) if a in deploys.experts else f"{a} team" for a in environment.approvers]
-        may_approve = " or ".join(who)
-    except (OpsbotError, KeyError):
-        command, may_approve = "(no longer in services.yaml)", "nobody (no longer in services.yaml)"
-    names = {user: expert.name for user, expert in deploys.experts.items()}
-    return RequestView(command, may_approve, names, note_of(request))
+    """What will run and who may approve, as the current services.yaml says (the deploy service decides)."""
+    command = deploys.shown_command(request) or "(no longer in services.yaml)"
+    may_approve = " or ".join(deploys.who_may_approve(request)) or "nobody (no longer in services.yaml)"
+    return RequestView(command, may_approve, deploys.names(), note_of(request))
 
 
 def note_of(request: DeployRequest) -> str:
