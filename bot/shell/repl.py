@@ -17,7 +17,7 @@ from typing import Any
 from bot.errors import InvalidRequest
 from bot.runtime import Runtime
 from bot.shell.render import Button, Post, Style, plain, render_post
-from bot.slack.local.fake_api import BOT_USER_ID
+from bot.slack.local.fake_methods import BOT_USER_ID
 from bot.slack.local.shell_dispatch import (
     COMMAND_CHANNEL,
     COMMAND_CHANNEL_NAME,

@@ -25,7 +25,8 @@ from bot.config import Secret
 from bot.runtime import Runtime
 from bot.shell.render import Button, Post, render_text_object
 from bot.slack.app import create_app
-from bot.slack.local.fake_api import BOT_ID, BOT_USER_ID, RESPONSE_URL_METHOD, TEAM_ID, Call, FakeSlackAPI
+from bot.slack.local.fake_api import RESPONSE_URL_METHOD, Call, FakeSlackAPI
+from bot.slack.local.fake_methods import BOT_ID, BOT_USER_ID, TEAM_ID
 from bot.slack.payloads import SlackRequest
 from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool
