@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,8 @@ from urllib.parse import urlsplit
 from bot.ops.requests import FINAL
 from bot.slack.local.fake_api import FakeSlackAPI
 from tests.fault.proxy import FaultProxy
-from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, TEAM, HookDriver, Response, SlackDriver
+from tests.ops.fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, ROSTER  # noqa: F401 - the scenarios import them from here
+from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, HookDriver, Response, SlackDriver
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "runner.py"
@@ -50,29 +50,10 @@ LEASE_MARGIN_S = 30.0
 TRACEBACK = "Traceback (most recent call last)"
 PORT_TAKEN = "Address already in use"
 
-ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA = (
-    "UALICE0001",
-    "UBOB000002",
-    "UCAROL0003",
-    "UDAVE00004",
-    "UERIN00005",
-    "UFRANK0006",
-    "UGINA00007",
-)
 APPROVERS = (BOB, CAROL, GINA, FRANK, ERIN)  # may approve quick/prod; BOB and GINA (web) any staging
 OPS_CHANNEL = "C0FAULT001"
 KILL_SERVICES = 100  # svc-000 ... one per SIGKILL iteration, so a deploy left running holds no one else's lock
 MESSAGE_SERVICES = 30  # msg-00 ...: deploys whose summaries go through a faulty Slack (24 cases at full scale)
-ROSTER = f"""\
-people:
-  - {{id: {ALICE}, name: Alice Archer, team: web}}
-  - {{id: {BOB}, name: Bob Baker, team: web}}
-  - {{id: {CAROL}, name: Carol Cruz, team: sre}}
-  - {{id: {DAVE}, name: Dave Dunn, team: data}}
-  - {{id: {ERIN}, name: Erin Ekberg, team: data}}
-  - {{id: {FRANK}, name: Frank Field, team: sre}}
-  - {{id: {GINA}, name: Gina Gould, team: web}}
-"""
 RUNBOOK = """\
 ---
 title: Disk full on a database host
@@ -338,25 +319,8 @@ class FaultSlack(SlackDriver):
     ) -> tuple[Response, str]:
         """A slash command; returns the response and the name of its response_url (``name``, when given, so a
         proxy rule can be set for it before it is sent)."""
-        if name is None:
-            response = self.command(command, text, user=user, channel=channel)
-            return response, self.sent[-1]
-        fields = {
-            "token": "legacy",
-            "team_id": TEAM,
-            "team_domain": "larder",
-            "channel_id": channel,
-            "channel_name": "ops",
-            "user_id": user,
-            "user_name": user.lower(),
-            "command": command,
-            "text": text,
-            "api_app_id": "A0000001",
-            "response_url": self.api.response_url(name),
-            "trigger_id": f"trig.{name}",
-        }
-        self.sent.append(name)
-        return self.post(urllib.parse.urlencode(fields), "application/x-www-form-urlencoded"), name
+        response = self.command(command, text, user=user, channel=channel, name=name)
+        return response, self.sent[-1]
 
     def approve(self, request_id: str, user: str, channel: str = OPS_CHANNEL, message_ts: str = "") -> Response:
         from bot.slack import ids

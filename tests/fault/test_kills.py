@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.ops.requests import FINAL
+from bot.ops.requests import FINAL, new_row
 from tests.fault.harness import (
     ALICE,
     BOB,
@@ -318,30 +318,20 @@ def seed_deploy_history(cluster: Cluster) -> None:
         with store.transaction():
             for n in range(5):
                 store.insert_deploy(
-                    {
-                        "id": f"dep-seed-{n}",
-                        "kind": "deploy",
-                        "service": "quick",
-                        "env": "staging",
-                        "version": f"0.{n}.0",
-                        "from_version": "",
-                        "requester": ALICE,
-                        "status": "succeeded",
-                        "approvals_needed": 1,
-                        "created_at": f"2026-01-0{n + 1}T10:00:00+00:00",
-                        "expires_at": "",
-                        "started_at": f"2026-01-0{n + 1}T10:01:00+00:00",
-                        "finished_at": f"2026-01-0{n + 1}T10:02:00+00:00",
-                        "channel": "C0FAULT001",
-                        "message_ts": "",
-                        "exit_code": 0,
-                        "log_tail": "",
-                        "source": "slack",
-                        "commit_sha": "",
-                        "commit_time": "",
-                        "pipeline_url": "",
-                        "changes": "[]",
-                    }
+                    new_row(
+                        f"dep-seed-{n}",
+                        service="quick",
+                        env="staging",
+                        version=f"0.{n}.0",
+                        requester=ALICE,
+                        status="succeeded",
+                        approvals_needed=1,
+                        created_at=f"2026-01-0{n + 1}T10:00:00+00:00",
+                        started_at=f"2026-01-0{n + 1}T10:01:00+00:00",
+                        finished_at=f"2026-01-0{n + 1}T10:02:00+00:00",
+                        channel="C0FAULT001",
+                        exit_code=0,
+                    )
                 )
                 store.audit(ALICE, "deploy.requested", f"dep-seed-{n}")
     finally:

@@ -143,8 +143,11 @@ class SlackDriver:
             event["thread_ts"] = thread_ts
         return self.event(event), ts
 
-    def command(self, command: str, text: str, user: str = "U04C2RN8VD", channel: str = "C0OPS0001") -> Response:
-        name = f"cmd{next(_ids)}"
+    def command(
+        self, command: str, text: str, user: str = "U04C2RN8VD", channel: str = "C0OPS0001", name: str | None = None
+    ) -> Response:
+        """A slash command, as Slack sends it; its response_url is named ``name`` (or a fresh name)."""
+        name = name or f"cmd{next(_ids)}"
         body = urllib.parse.urlencode(
             {
                 "token": "legacy",
