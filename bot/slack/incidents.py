@@ -153,7 +153,7 @@ def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> t
 
 def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) -> Message:
     """Runbook sections and similar past incidents, with how those were resolved."""
-    reply = runtime.reply(incident.title, channel=channel, user=incident.declared_by)
+    reply = runtime.answers.reply(incident.title, channel=channel, user=incident.declared_by)
     resolutions = runtime.incidents().past_resolutions()
     similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
     text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
@@ -162,7 +162,9 @@ def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) ->
 
 def experts_message(runtime: Runtime, incident: LiveIncident) -> Message:
     # Whoever declared it is already there: never suggested to themselves.
-    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None, asker=incident.declared_by)
+    suggestions = runtime.answers.suggest_experts(
+        incident.title, list(incident.services) or None, asker=incident.declared_by
+    )
     text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
     return text, build_experts_blocks(incident.title, suggestions, can_invite=True)
 
