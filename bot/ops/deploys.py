@@ -30,6 +30,7 @@ from bot.ops.requests import (
     DeployRequest,
     Progress,
     _now,
+    check_service,
     check_value,
     new_request_id,
     new_row,
@@ -104,7 +105,7 @@ class DeployService:
     # -- the policy ---------------------------------------------------------------------------------
 
     def _service_env(self, service: str, env: str) -> tuple[ServiceConfig, Environment]:
-        check_value("service", service)
+        check_service(service)
         check_value("environment", env)
         config = self.services.get(service)
         if config is None:

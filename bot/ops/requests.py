@@ -17,6 +17,7 @@ from bot.errors import InvalidRequest
 from bot.ops.policy import Facts
 from bot.services import SAFE_VALUE
 from bot.store import Store
+from bot.text import service_name_problem
 
 if TYPE_CHECKING:
     from bot.ops.deploys import DeployService
@@ -209,6 +210,13 @@ def check_value(what: str, value: str) -> None:
             f"{what} {shown!r} is not allowed: use letters, digits, '.', '_', '+' and '-' only "
             "(up to 64 characters, starting with a letter or digit)."
         )
+
+
+def check_service(name: str) -> None:
+    """Refuse a name that could not name a service: the one rule of services.yaml, incidents and the roster."""
+    problem = service_name_problem(name)
+    if problem:
+        raise InvalidRequest(f"{problem}.")
 
 
 def _iso(when: datetime) -> str:
