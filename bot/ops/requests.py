@@ -60,6 +60,7 @@ class DeployRequest:
     runner_pid: int | None = None
     flags: tuple[str, ...] = ()  # what was wrong about it, e.g. a CI deploy during a freeze
     note: str = ""  # why it was cancelled
+    emergency: str = ""  # the open incident whose emergency rule let this rollback go with fewer approvals
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -80,6 +81,7 @@ class DeployRequest:
             "expires_at",
             "owner",
             "note",
+            "emergency",
         ):
             data[key] = data.get(key) or ""
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
@@ -122,6 +124,7 @@ class DeployRequest:
             self.id,
             self.approvals_needed,
             self.approvers,
+            emergency=self.emergency,
         )
 
 
@@ -190,6 +193,7 @@ def new_row(request_id: str, **fields: object) -> dict:
         "runner_pid": None,
         "flags": "[]",
         "note": "",
+        "emergency": "",
     }
     unknown = set(fields) - set(row)
     if unknown:
