@@ -159,6 +159,12 @@ class DeployService:
         environment = config.environments.get(request.env) if config else None
         return rollbacks.emergency_use(self.store, environment, request.kind, request.service)
 
+    def emergency_recorded(self, request: DeployRequest) -> rollbacks.EmergencyUse | None:
+        """The emergency rule this rollback went (or goes) under, as its last step recorded it."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        return rollbacks.recorded_emergency(self.store, environment, request)
+
     def who_may_approve(self, request: DeployRequest) -> list[str]:
         """Who may approve ``request`` now, in words (people by name, teams as "payments team"); [] when its
         service or environment left services.yaml."""

@@ -93,6 +93,15 @@ def emergency_use(store: Store, environment: Environment | None, kind: str, serv
     return None
 
 
+def recorded_emergency(store: Store, environment: Environment | None, request: DeployRequest) -> EmergencyUse | None:
+    """The emergency rule a rollback went (or goes) under, as recorded at its last step; None when it did not."""
+    if not request.emergency:
+        return None
+    row = store.live_incident(request.emergency)
+    usual = environment.approvals if environment is not None else request.approvals_needed
+    return EmergencyUse(request.emergency, row["severity"] if row else 0, request.approvals_needed, usual)
+
+
 def track_emergency(deploys: DeployService, request: DeployRequest) -> DeployRequest:
     """Record whether the emergency rule applies at this step (in the step's transaction): an incident that meets
     it may have been declared or resolved since the last one. Returns the request as it is now."""
