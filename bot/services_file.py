@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bot.models import Expert, Problem
-from bot.services import ConfigProblem, Problems, ServiceConfig, build_service, build_settings
+from bot.services import ConfigProblem, Problems, build_service, build_settings
 from bot.text import service_name_problem
 from bot.yaml_lines import compose, key_line, path_line, yaml_error_line, yaml_problem
 
@@ -69,6 +69,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
         report(found, line)
         if not found:
             result.services[str(name)] = entry or {}
+    result.problems.sort(key=lambda p: p.line or 0)  # in the order of the file, as an editor shows it
     return result
 
 
@@ -94,36 +95,45 @@ def service_problems(name: str, entry: Any, experts: list[Expert] | None, now: d
         out.append(ConfigProblem(f"{key}.owners", "must be a list of roster ids or team names, for example [payments]"))
     else:
         entry["owners"] = [str(o) for o in owners]
-    config = build_service(name, entry, out)
-    if config is not None and experts is not None:
-        out += approver_problems(config, experts, now)
+    build_service(name, entry, out)
+    if experts is not None:
+        out += approver_problems(name, entry, experts, now)
     return out
 
 
-def approver_problems(config: ServiceConfig, experts: list[Expert], now: datetime) -> Problems:
-    """Approvers that name nobody on the roster, and environments whose approvals nobody present can give."""
+def approver_problems(name: str, entry: dict, experts: list[Expert], now: datetime) -> Problems:
+    """Approvers that name nobody on the roster, and environments whose approvals nobody present can give.
+
+    Read from the entry as written, so they are reported alongside any other problem of the same environment.
+    """
     people = {e.id: e for e in experts if not e.has_left(now)}
     everyone = {e.id for e in experts}
     teams = sorted({e.team for e in experts})
     out: Problems = []
-    for env in config.environments.values():
-        key = f"services.{config.name}.environments.{env.name}.approvers"
+    environments = entry.get("environments")
+    for env, cfg in environments.items() if isinstance(environments, dict) else ():
+        approvers = cfg.get("approvers") if isinstance(cfg, dict) else None
+        if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+            continue  # reported by the environment's own checks
+        approvals = cfg.get("approvals", 1)
+        approvals = approvals if isinstance(approvals, int) and not isinstance(approvals, bool) else 1
+        key = f"services.{name}.environments.{env}.approvers"
         can_approve: set[str] = set()
-        for entry in env.approvers:
-            if entry in everyone or entry in teams:
-                can_approve.update(p for p, e in people.items() if entry in (p, e.team))
+        for approver in approvers:
+            if approver in everyone or approver in teams:
+                can_approve.update(p for p, e in people.items() if approver in (p, e.team))
                 continue
-            close = difflib.get_close_matches(entry, teams, n=1)
+            close = difflib.get_close_matches(approver, teams, n=1)
             hint = f"did you mean `{close[0]}`?" if close else f"the roster's teams are {', '.join(teams) or 'none'}"
-            nobody = f"{entry!r} is neither a team nor a person on the roster (experts.yaml)"
+            nobody = f"{approver!r} is neither a team nor a person on the roster (experts.yaml)"
             out.append(ConfigProblem(key, f"{nobody}; {hint}"))
-        if len(can_approve) >= env.approvals:
+        if not approvers or len(can_approve) >= approvals:
             continue
         if can_approve:
             names = ", ".join(sorted(people[p].name for p in can_approve))
             count = f"{len(can_approve)} {'person' if len(can_approve) == 1 else 'people'}"
-            why = f"needs {env.approvals} approvals but only {count} on the roster may give them ({names})"
+            why = f"needs {approvals} approvals but only {count} on the roster may give them ({names})"
         else:
-            why = f"nobody on the roster may approve {config.name} in {env.name}"
+            why = f"nobody on the roster may approve {name} in {env}"
         out.append(ConfigProblem(key, f"{why}, so its requests could never run; name more teams or people"))
     return out
