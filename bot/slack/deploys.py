@@ -98,7 +98,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     on.command("/deploy", request_deploy, ack=ack_deploy)
     on.command("/rollback", request_rollback, ack=ack_rollback)
     def rollback_failed(body: dict) -> None:
-        request_rollback(runtime, body)
+        rollback_after_failure(runtime, body)
 
     on.action(ids.DEPLOY_APPROVE, approve)
     on.action(ids.DEPLOY_REJECT, reject)
@@ -131,7 +131,7 @@ def read_rollback_button(raw: str) -> dict[str, str]:
     return value
 
 
-def request_rollback(runtime: Runtime, body: dict) -> DeployRequest:
+def rollback_after_failure(runtime: Runtime, body: dict) -> DeployRequest:
     """The Rollback button under a failed deploy's summary: a rollback request through the approval flow."""
     value = read_rollback_button(body["actions"][0]["value"])
     user = body["user"]["id"]
