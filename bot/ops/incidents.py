@@ -12,7 +12,7 @@ import yaml
 
 from bot.errors import InvalidRequest, NotFound
 from bot.models import Incident, TimelineEntry
-from bot.ops.requests import DeployRequest, recent_requests
+from bot.ops.requests import DeployRequest, check_service, recent_requests
 from bot.store import SLACK_PREFIX, Store
 
 ROLES = ("lead", "comms")
@@ -97,6 +97,7 @@ class IncidentService:
         severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
         services = list(dict.fromkeys(services or []))
         for service in services:
+            check_service(service)
             if service not in self.known_services:
                 known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
                 raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")

@@ -10,6 +10,8 @@ DEPLOY_APPROVE = "deploy-approve"
 DEPLOY_REJECT = "deploy-reject"
 DEPLOY_ACTIONS_BLOCK = "deploy-actions"
 DEPLOY_NOTE_BLOCK = "deploy-note"
+DEPLOY_ROLLBACK = "deploy-rollback"  # on the summary of a failed deploy
+DEPLOY_EMERGENCY_BLOCK = "deploy-emergency"
 INCIDENT_ROLLBACK = "incident-rollback"
 
 # HTTP paths of `opsbot serve`

@@ -252,3 +252,9 @@ def m013_roster_time(db: Database) -> None:
     # experts.yaml (one JSON spec per team).
     db["experts"].add_column("left_on", str)
     db["rotations"].create({"team": str, "spec": str}, pk="team")
+
+
+@migrations()
+def m016_emergency_rollbacks(db: Database) -> None:
+    # The open incident whose emergency rule (services.yaml) let a rollback go with fewer approvals; "" when none.
+    db["deploy_requests"].add_column("emergency", str, not_null_default="")
