@@ -328,7 +328,7 @@ def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> t
 
 def check_severity(value: int | str) -> int:
     try:
-        number = int(str(value).upper().removeprefix("SEV"))
+        number = int(str(value).strip().upper().removeprefix("SEV").removeprefix("-").strip())
     except ValueError:
         number = 0
     if not 1 <= number <= 4:

@@ -11,6 +11,10 @@ DEPLOY_REJECT = "deploy-reject"
 DEPLOY_ACTIONS_BLOCK = "deploy-actions"
 DEPLOY_NOTE_BLOCK = "deploy-note"
 INCIDENT_ROLLBACK = "incident-rollback"
+INCIDENT_RESOLVE_VIEW = "incident-resolve"
+INCIDENT_RESOLUTION_BLOCK = "incident-resolution"
+INCIDENT_ROOT_CAUSE_BLOCK = "incident-root-cause"
+INCIDENT_TEXT_INPUT = "incident-text"
 
 # HTTP paths of `opsbot serve`
 EVENTS_PATH = "/slack/events"
