@@ -38,7 +38,7 @@ SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
 INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
 EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
-INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags")
+INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -234,6 +234,9 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
     duration = data.get("duration_minutes")
     if duration is not None and (not isinstance(duration, int) or duration < 0):
         raise FileProblem("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
+    env = data.get("env") or ""
+    if not isinstance(env, str) or (env and not re.fullmatch(r"[A-Za-z0-9][\w-]*", env)):
+        raise FileProblem(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))
     timeline = []
     for entry in data.get("timeline") or []:
         if isinstance(entry, dict):
@@ -260,6 +263,7 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
         path=rel,
         duration_minutes=duration,
         timeline=tuple(timeline),
+        env=env,
     )
 
 

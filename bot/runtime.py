@@ -131,7 +131,9 @@ class Runtime:
             known = set(self.store.service_configs())
             known.update(s for e in self.store.load_experts() for s in e.services)
             known.update(s for i in self.store.load_incidents() for s in i.services)
-            return IncidentService(self.store, known)
+            deploys = DeployService.from_store(self.store)  # its environments and settings.incident_env
+            envs = {env for config in deploys.services.values() for env in config.environments}
+            return IncidentService(self.store, known, default_env=deploys.settings.incident_env, environments=envs)
 
         return self._for_index_version("incidents", build)
 

@@ -32,6 +32,7 @@ SETTINGS_KEYS = (
     "failure_window_hours",
     "stale_ci_hours",
     "weekly_digest",
+    "incident_env",
     "alerts_channel",
     "alertmanager_urls",
     "alert_silencers",
@@ -110,6 +111,7 @@ class DeploySettings:
     failure_window_hours: int = 24  # an incident this soon after a deploy counts against it
     stale_ci_hours: int = 6  # a CI deploy that started and sent no end within this long is abandoned
     digest: Digest | None = None  # a weekly DORA digest, when configured
+    incident_env: str = "prod"  # the environment an incident hit when its declaration names none
 
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -232,7 +234,15 @@ def build_settings(data: Any, out: Problems) -> DeploySettings:
         failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours", out, 24),
         stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours", out, 6),
         digest=_digest(data.get("weekly_digest"), out),
+        incident_env=_env_name(data.get("incident_env", "prod"), "settings.incident_env", out),
     )
+
+
+def _env_name(value: Any, key: str, out: Problems) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][\w-]*", value):
+        out.append(ConfigProblem(key, f"{value!r} must be an environment name such as prod"))
+        return "prod"
+    return value
 
 
 def _positive(value: Any, key: str, out: Problems, default: int = 1) -> int:

@@ -431,8 +431,8 @@ class DeployService:
 
     def figures(self, service: str | None, env: str, days: int = 30) -> Dora:
         """The DORA figures of a service (or all) in an environment, as every deploy summary shows them."""
-        window = self.settings.failure_window_hours
-        return dora(self.store, service, env, days, now=self.clock(), failure_window_hours=window)
+        window, incident_env = self.settings.failure_window_hours, self.settings.incident_env
+        return dora(self.store, service, env, days, self.clock(), window, incident_env)
 
     # -- CI/CD events: recorded by bot.ops.ci_deploys under this service's rules ---------------------------
 

@@ -151,6 +151,8 @@ def test_a_freeze_time_that_is_not_a_time_is_reported(tmp_path: Path) -> None:
     [
         ("request_ttl_minutes: 0", "settings.request_ttl_minutes"),
         ("failure_window_hours: soon", "settings.failure_window_hours"),
+        ("incident_env: [prod]", "settings.incident_env"),
+        ("incident_env: ''", "settings.incident_env"),
     ],
 )
 def test_bad_settings_are_reported_and_the_defaults_used(tmp_path: Path, settings: str, key: str) -> None:
@@ -224,3 +226,10 @@ def test_timeout_stops_the_commands_children_too(tmp_path: Path) -> None:
         threading.Event().wait(0.05)
     assert not _running(grandchild), "a timed-out deploy must not keep running in the background"
     store.close()
+
+
+def test_incidents_hit_prod_unless_settings_name_another_environment() -> None:
+    from bot.services import parse_settings
+
+    assert parse_settings({}).incident_env == "prod"
+    assert parse_settings({"incident_env": "production"}).incident_env == "production"

@@ -179,7 +179,7 @@ def test_help_or_a_bare_hello_explains_opsbot_instead_of_searching(
     shown = text_of(call.body["blocks"])
     for command in ("/ask", "/experts", "/deploy", "/rollback", "/incident"):
         assert f"`{command} " in shown, command
-    assert "resolve RESOLUTION" in shown and "mention me in a channel" in shown
+    assert "resolve [RESOLUTION]" in shown and "mention me in a channel" in shown
     assert "*Runbooks*" not in shown and not buttons(call.body["blocks"])
     assert call.body["thread_ts"]  # in the thread, as answers are
     assert runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0] == 0  # not an answer
