@@ -17,7 +17,7 @@ import yaml
 
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
-from bot.services import ConfigProblem, parse_service, parse_settings
+from bot.services import ConfigProblem, parse_alert_settings, parse_service, parse_service_alerts, parse_settings
 from bot.text import (
     FrontMatterError,
     content_hash,
@@ -435,6 +435,7 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
             continue
         try:
             parse_service(str(name), entry)
+            parse_service_alerts(str(name), entry)
         except ConfigProblem as exc:
             problems.append(Problem(rel, str(exc), _path_line(root, exc.key) or line))
             continue
@@ -443,11 +444,12 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
 
 
 def parse_deploy_settings(text: str) -> tuple[dict | None, list[Problem]]:
-    """The `settings:` block of services.yaml (deploys channel, request expiry, failure window)."""
+    """The `settings:` block of services.yaml (deploys channel, request expiry, failure window, alerts)."""
     data = yaml.safe_load(text) or {}
     raw = data.get("settings") if isinstance(data, dict) else None
     try:
         parse_settings(raw)
+        parse_alert_settings(raw)
     except ConfigProblem as exc:
         line = _path_line(_compose(text), exc.key) or 1 + _key_line(text, "settings")
         return None, [Problem("services.yaml", str(exc), line)]

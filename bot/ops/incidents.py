@@ -258,10 +258,17 @@ def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: da
 def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[DeployRequest, int] | None:
     """The last deploy of the incident's services that succeeded within the failure window before it was
     declared, with how many minutes before; None when there is none."""
-    declared = datetime.fromisoformat(incident.declared_at)
-    for deploy in deploys_since(store, incident.services, declared - timedelta(hours=window_hours)):
-        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.latest_at <= declared:
-            return deploy, round((declared - deploy.latest_at).total_seconds() / 60)
+    return possible_cause_at(store, incident.services, datetime.fromisoformat(incident.declared_at), window_hours)
+
+
+def possible_cause_at(
+    store: Store, services: tuple[str, ...] | list[str], at: datetime, window_hours: int
+) -> tuple[DeployRequest, int] | None:
+    """The last deploy of ``services`` that succeeded within ``window_hours`` before ``at`` (an incident's
+    declaration, an alert's first firing), with how many minutes before; None when there is none."""
+    for deploy in deploys_since(store, services, at - timedelta(hours=window_hours)):
+        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.latest_at <= at:
+            return deploy, round((at - deploy.latest_at).total_seconds() / 60)
     return None
 
 

@@ -20,7 +20,7 @@ class Dora:
     deploys_30d: int
     deploys_period: int
     changes: int  # deploys that finished (succeeded or failed) in the period
-    failed_changes: int  # failed, or followed by a rollback or an incident within the window
+    failed_changes: int  # failed, or followed within the window by a rollback, an incident or an alert that led to one
     time_to_restore_min: float | None  # median, incidents and failed deploys
     lead_time_h: float | None  # median, commit to finished deploy, where the commit time is known
 
@@ -86,6 +86,8 @@ def dora(
         if r["kind"] == "deploy" and r["status"] in ("succeeded", "failed", "timed_out") and r["_finished"] >= start
     ]
     incidents = [i for i in store.load_incidents() if (service is None or service in i.services) and i.date <= now]
+    # An alert counts only when it led to an incident, and from when it started firing (before the declaration).
+    fired = [(a["service"], at) for a in store.alert_incidents() if (at := _at(a["fired_at"])) and at <= now]
     rolled_back = _rolled_back(rows, window)
     failed = 0
     for change in changes:
@@ -94,7 +96,8 @@ def dora(
             continue
         end = change["_finished"] + window
         incident = any(change["service"] in i.services and change["_finished"] <= i.date <= end for i in incidents)
-        failed += change["id"] in rolled_back or incident
+        alerted = any(name == change["service"] and change["_finished"] <= at <= end for name, at in fired)
+        failed += change["id"] in rolled_back or incident or alerted
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
     for r in rows:
         if r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
