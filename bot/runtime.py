@@ -21,6 +21,7 @@ from bot.expert_fit import load_model
 from bot.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
 from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit
+from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService
 from bot.ops.requests import Announcer
@@ -28,11 +29,13 @@ from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.search import SearchIndex
 from bot.store import Store
 from bot.store.base import is_write_failure
+from bot.text import linked_runbook
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 DEPLOY_WORKERS = 4  # approved deploys run here, never in the pool that answers questions
+BRIEFING_WORKERS = 2  # alert briefings search and rank people: two cores
 RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
 T = TypeVar("T")
 
@@ -88,6 +91,7 @@ class Runtime:
         self.started = time.perf_counter()
         self.ready_seconds: float | None = None
         self.runners = TrackedPool(DEPLOY_WORKERS, "opsbot-deploy")
+        self.briefings = TrackedPool(BRIEFING_WORKERS, "opsbot-briefing")  # alert briefings, never behind answers
         self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
 
     def start_loading(self) -> None:
@@ -164,6 +168,15 @@ class Runtime:
             return IncidentService(self.store, known)
 
         return self._for_index_version("incidents", build)
+
+    def alerts(self) -> AlertService:
+        """Alert groups from Alertmanager, routed and silenced under the services.yaml of the last `opsbot index`."""
+        deploys, known = self.deploys(), self.incidents().known_services
+
+        def build() -> AlertService:
+            return AlertService.from_store(self.store, deploys, set(known))
+
+        return self._for_index_version("alerts", build)
 
     def learn_from(self, incident: Incident) -> None:
         """A resolved incident: searchable at once, and the expert model retrains on next use."""
@@ -258,8 +271,13 @@ class Runtime:
             self.store.log_suggestion(text, [s.expert.id for s in ranked])
         return ranked
 
-    def reply(self, question: str, channel: str = "", user: str = "", thread_ts: str = "") -> Reply:
-        """Answer a question (or a follow-up in a thread) and remember it for feedback."""
+    def reply(
+        self, question: str, channel: str = "", user: str = "", thread_ts: str = "", runbook_url: str = ""
+    ) -> Reply:
+        """Answer a question (or a follow-up in a thread) and remember it for feedback.
+
+        ``runbook_url`` (an alert's annotation) puts the runbook whose front-matter `url` it links to first.
+        """
         question = question.strip()
         if not question:
             raise InvalidRequest("ask a question, or paste an alert or a log line.")
@@ -284,12 +302,13 @@ class Runtime:
                     # The question is still answered; only a follow-up in this thread loses its context.
                     log.warning("thread question not saved channel=%s thread_ts=%s reason=%s", channel, thread_ts, exc)
         index = self.index()
-        answer = index.search(searched, k=self.settings.top_k * 2)
+        linked, anchor = (linked_runbook(runbook_url, self.store.runbook_urls()) if runbook_url else None) or ("", "")
+        answer = index.search(searched, k=self.settings.top_k * 2, linked=linked, anchor=anchor)
         # Weak matches are left out: below the floor, or far below the best match of this answer.
         best = max((h.similarity for h in answer.hits), default=0.0)
         floor = max(self.settings.min_similarity, best * RELATIVE_FLOOR)
         # A runbook for the named alert stays, and so does a section holding the question's words together.
-        relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted]
+        relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted or h.linked]
         runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(self.settings.top_k, 3)]
         incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
         experts: tuple[Suggestion, ...] = ()
