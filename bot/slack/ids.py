@@ -11,7 +11,12 @@ DEPLOY_REJECT = "deploy-reject"
 DEPLOY_ACTIONS_BLOCK = "deploy-actions"
 DEPLOY_NOTE_BLOCK = "deploy-note"
 INCIDENT_ROLLBACK = "incident-rollback"
+ALERT_DECLARE = "alert-declare"
+ALERT_SILENCE = "alert-silence"
+ALERT_ROLLBACK = "alert-rollback"
+ALERT_ACTIONS_BLOCK = "alert-actions"
 
 # HTTP paths of `opsbot serve`
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
+ALERTMANAGER_PATH = "/hooks/alertmanager"
