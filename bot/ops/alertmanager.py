@@ -10,10 +10,11 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from bot.errors import OpsbotError
-from bot.ops.alerts import SilencePlan
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0
@@ -30,6 +31,30 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+@dataclass(frozen=True)
+class SilencePlan:
+    """A silence opsbot may create: where, for which labels, for whom."""
+
+    url: str  # the configured Alertmanager base URL (never the payload's own string)
+    matchers: tuple[tuple[str, str], ...]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
+
+
+def url_key(url: str) -> str:
+    """An Alertmanager URL compared as scheme, host, port and path (case of scheme and host ignored)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return ""
+    return f"{parts.scheme.lower()}://{parts.hostname.lower()}:{port}{parts.path.rstrip('/')}"
 
 
 def _time(when: datetime) -> str:

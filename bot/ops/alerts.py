@@ -12,13 +12,23 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
-from urllib.parse import urlsplit
 
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
-from bot.ops.alert_payload import DETAIL_KEYS, SUMMARY_KEYS, Alert, Notification, first_annotation
+from bot.ops.alert_groups import (
+    AlertAnnouncer,
+    AlertGroup,
+    Change,
+    difference,
+    ended_row,
+    group_from_rows,
+    incident_severity,
+    instance_row,
+    opening_note,
+)
+from bot.ops.alert_payload import Alert, Notification
+from bot.ops.alert_routing import AlertRouting, Route
+from bot.ops.alertmanager import SilencePlan, url_key
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause_at
 from bot.ops.requests import DeployRequest
@@ -26,16 +36,8 @@ from bot.services import AlertSettings, ServiceAlerts, parse_alert_settings, par
 from bot.store import Store
 
 log = logging.getLogger(__name__)
-ROUTING_LABELS = ("service", "app", "job", "namespace")  # the labels whose value may name a service, in this order
 REOPEN_AFTER = timedelta(hours=1)  # a group firing again later than this after it resolved gets a new message
 SILENCE_FOR = timedelta(hours=1)
-TITLE_LENGTH = 150
-SEVERITIES = {  # the `severity` label's usual values, to incident severities (1 is the worst)
-    1: ("critical", "page", "p1", "sev1", "1", "emergency", "fatal"),
-    2: ("error", "high", "major", "p2", "sev2", "2"),
-    3: ("warning", "warn", "medium", "minor", "p3", "sev3", "3"),
-    4: ("info", "low", "none", "p4", "sev4", "4", "informational"),
-}
 
 
 def _now() -> datetime:
@@ -44,209 +46,6 @@ def _now() -> datetime:
 
 def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds")
-
-
-class NoChannel(InvalidRequest):
-    """No channel is configured for a group's alerts."""
-
-
-# -- what is stored, as read back ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AlertRecord:
-    """One alert of a group, as last sent (or as last known: one Alertmanager stopped sending ended)."""
-
-    fingerprint: str
-    status: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    starts_at: str
-    ends_at: str
-    generator_url: str
-
-    @property
-    def firing(self) -> bool:
-        return self.status == "firing"
-
-
-@dataclass(frozen=True)
-class AlertGroup:
-    """An alert group (one groupKey) as opsbot knows it now."""
-
-    id: str
-    group_key: str
-    status: str
-    service: str
-    channel: str
-    alertname: str
-    severity: str
-    group_labels: dict[str, str]
-    common_labels: dict[str, str]
-    common_annotations: dict[str, str]
-    external_url: str
-    episode: int
-    started_at: str
-    resolved_at: str
-    received_at: str
-    updated_at: str
-    truncated: int = 0
-    message_channel: str = ""
-    message_ts: str = ""
-    briefing: str = ""
-    incident_id: str = ""
-    silence_id: str = ""
-    silenced_by: str = ""
-    silenced_until: str = ""
-    alerts: tuple[AlertRecord, ...] = ()
-    events: tuple[dict, ...] = field(default=(), compare=False)
-
-    @property
-    def firing(self) -> tuple[AlertRecord, ...]:
-        return tuple(a for a in self.alerts if a.firing)
-
-    @property
-    def message_key(self) -> str:
-        """The outbox key of this episode's message."""
-        return f"alert:{self.id}:{self.episode}"
-
-    @property
-    def shown_alerts(self) -> tuple[AlertRecord, ...]:
-        """Firing first, then resolved, each oldest first."""
-        return self.firing + tuple(a for a in self.alerts if not a.firing)
-
-    @property
-    def summary(self) -> str:
-        return first_annotation(self.common_annotations, SUMMARY_KEYS) or first_annotation(
-            self._first().annotations, SUMMARY_KEYS
-        )
-
-    @property
-    def description(self) -> str:
-        own = first_annotation(self.common_annotations, DETAIL_KEYS) or first_annotation(
-            self._first().annotations, DETAIL_KEYS
-        )
-        return "" if own == self.summary else own
-
-    @property
-    def runbook_url(self) -> str:
-        return (self.common_annotations.get("runbook_url") or self._first().annotations.get("runbook_url", "")).strip()
-
-    @property
-    def generator_url(self) -> str:
-        return self._first().generator_url
-
-    def _first(self) -> AlertRecord:
-        shown = self.shown_alerts
-        return shown[0] if shown else AlertRecord("", "", {}, {}, "", "", "")
-
-    @property
-    def minutes(self) -> int | None:
-        """How long it fired: start of the episode to its resolution; None while it fires."""
-        if not self.resolved_at or not self.started_at:
-            return None
-        delta = datetime.fromisoformat(self.resolved_at) - datetime.fromisoformat(self.started_at)
-        return max(0, round(delta.total_seconds() / 60))
-
-    @property
-    def search_text(self) -> str:
-        """What the briefing searches for when no runbook is linked: the alert's name and its annotations."""
-        parts = [self.alertname, self.summary, self.description]
-        return "\n".join(p for p in dict.fromkeys(parts) if p)
-
-    @property
-    def title(self) -> str:
-        """A title for an incident declared from it."""
-        text = (
-            f"{self.alertname}: {self.summary}" if self.summary and self.summary != self.alertname else self.alertname
-        )
-        return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1].rsplit(" ", 1)[0] + "…"
-
-    def own_labels(self, alert: AlertRecord) -> dict[str, str]:
-        """The labels that tell ``alert`` apart from the rest of its group."""
-        return {k: v for k, v in alert.labels.items() if self.common_labels.get(k) != v}
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one call changed, for the announcer: ``kind`` is opened, changed, refired, resolved, briefed,
-    silenced, incident or action; ``note`` says what changed in words (plain text)."""
-
-    kind: str
-    group: AlertGroup
-    note: str = ""
-    actor: str = "alertmanager"
-
-    @property
-    def new_message(self) -> bool:
-        return self.kind == "opened"
-
-
-class AlertAnnouncer(Protocol):
-    """What shows alert groups to people; called inside the change's transaction."""
-
-    def announce(self, change: Change) -> None: ...
-
-
-# -- routing ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Route:
-    service: str  # "" when no service could be told
-    channel: str
-    why: str  # how the service was found, for the log and `opsbot alerts`
-
-
-@dataclass(frozen=True)
-class AlertRouting:
-    """Which service an alert group belongs to, and which channel it goes to."""
-
-    matches: tuple[ServiceAlerts, ...]  # services.yaml `alerts: {match: ...}`, most specific first
-    known: frozenset[str]  # service names labels may name
-    channels: dict[str, str]  # a service's own channel (its `alerts.channel`, else its `channel`)
-    default_channel: str  # settings.alerts_channel
-
-    def route(self, notification: Notification) -> Route:
-        """The service the labels name, then that service's channel, else settings.alerts_channel."""
-        service, why = self.service_of(notification)
-        channel = self.channels.get(service, "") or self.default_channel
-        if not channel:
-            about = f"alerts of {service}" if service else "alerts of no known service"
-            raise NoChannel(
-                f"no channel for {about}: set settings.alerts_channel in services.yaml (or a channel for the "
-                "service), run `opsbot index`, and Alertmanager's next delivery will be posted."
-            )
-        return Route(service, channel, why)
-
-    def service_of(self, notification: Notification) -> tuple[str, str]:
-        # The group's own labels speak for all its alerts; else the first firing alert's labels.
-        label_sets = [notification.group_labels | notification.common_labels]
-        label_sets += [a.labels for a in sorted(notification.alerts, key=lambda a: not a.firing)]
-        for labels in label_sets:
-            for entry in self.matches:
-                if all(labels.get(k) == v for k, v in entry.match.items()):
-                    return entry.service, f"alerts.match of {entry.service}"
-            for name in ROUTING_LABELS:
-                value = labels.get(name, "")
-                if value in self.known:
-                    return value, f"label {name}={value}"
-        return "", "no label names a known service"
-
-
-# -- the service ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SilencePlan:
-    """A silence opsbot may create: where, for which labels, for whom."""
-
-    url: str  # the configured Alertmanager base URL (never the payload's own string)
-    matchers: tuple[tuple[str, str], ...]
-    starts_at: datetime
-    ends_at: datetime
-    created_by: str
-    comment: str
 
 
 class AlertService:
@@ -305,12 +104,12 @@ class AlertService:
         row = self.store.alert_group(group_id)
         if row is None:
             raise NotFound(f"no alert group {group_id!r}; `opsbot alerts` lists the known ones.")
-        return _group(row, self.store.alert_instances(group_id), self.store.alert_events(group_id))
+        return group_from_rows(row, self.store.alert_instances(group_id), self.store.alert_events(group_id))
 
     def recent(self, limit: int = 200, status: str | None = None) -> list[AlertGroup]:
         """Alert groups, the latest change first, with their alerts and events."""
         return [
-            _group(r, self.store.alert_instances(r["id"]), self.store.alert_events(r["id"]))
+            group_from_rows(r, self.store.alert_instances(r["id"]), self.store.alert_events(r["id"]))
             for r in self.store.alert_groups(limit, status)
         ]
 
@@ -343,13 +142,13 @@ class AlertService:
             row = self.store.alert_group(group_id)
             if row is not None and row["digest"] == notification.digest:
                 return Change("unchanged", self.get(group_id))
-            before = _group(row, self.store.alert_instances(group_id), ()) if row else None
+            before = group_from_rows(row, self.store.alert_instances(group_id), ()) if row else None
             kind = _kind(before, notification, now)
             fields = _fields(notification, route, now)
             if before is None or kind == "opened":
                 episode = before.episode + 1 if before else 1
                 self._open(group_id, notification, fields, episode, before is None, now)
-                note = _opening_note(notification)
+                note = opening_note(notification)
             else:
                 note = self._update(before, notification, fields, kind, now)
             self.store.add_alert_event(group_id, "alertmanager", kind, note, _iso(now))
@@ -388,15 +187,15 @@ class AlertService:
         else:
             self.store.update_alert_group(group_id, **fields)
             self.store.clear_alert_instances(group_id)
-        self.store.replace_alert_instances(group_id, [_instance(a) for a in n.alerts])
+        self.store.replace_alert_instances(group_id, [instance_row(a) for a in n.alerts])
 
     def _update(self, before: AlertGroup, n: Notification, fields: dict, kind: str, now: datetime) -> str:
         """The same message: alerts added or resolved, the group resolved, or firing again soon after."""
         incoming = {a.fingerprint for a in n.alerts}
         # An alert Alertmanager stopped sending has ended (it resolved and was flushed from the group).
         gone = [a for a in before.alerts if a.fingerprint not in incoming and a.firing]
-        rows = [_instance(a) for a in n.alerts]
-        rows += [_ended(a, now) for a in gone]
+        rows = [instance_row(a) for a in n.alerts]
+        rows += [ended_row(a, now) for a in gone]
         firing_starts = [a.starts_at for a in n.alerts if a.firing]
         started = before.started_at
         if kind == "refired" or not started:
@@ -412,7 +211,7 @@ class AlertService:
             fields["resolved_at"] = ""
         self.store.update_alert_group(before.id, **fields)
         self.store.replace_alert_instances(before.id, rows)
-        return _difference(before, n, gone)
+        return difference(before, n, gone)
 
     # -- what people do with it ---------------------------------------------------------------------------------
 
@@ -479,9 +278,9 @@ class AlertService:
                 "silencing from Slack is off: list your Alertmanager in settings.alertmanager_urls in services.yaml "
                 f"(for this alert: {external_url or 'its externalURL'}) and run `opsbot index`."
             )
-        wanted = _url_key(external_url)
+        wanted = url_key(external_url)
         for url in self.settings.alertmanager_urls:
-            if wanted and _url_key(url) == wanted:
+            if wanted and url_key(url) == wanted:
                 return url
         raise InvalidRequest(
             f"this alert came from {external_url or 'an Alertmanager without an externalURL'}, which is not in "
@@ -536,12 +335,6 @@ class AlertService:
                 announcer.announce(Change("action", self.get(group_id), text[:2000], user))
 
 
-def incident_severity(label: str) -> int | None:
-    """The incident severity for a `severity` label value; None (the default, 3) when it is not a known one."""
-    value = label.strip().lower()
-    return next((level for level, names in SEVERITIES.items() if value in names), None)
-
-
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
@@ -584,123 +377,3 @@ def _earliest(alerts: tuple[Alert, ...]) -> datetime:
 def _latest_end(alerts: tuple[Alert, ...], now: datetime) -> datetime:
     ends = [a.ends_at for a in alerts if a.ends_at is not None and not a.firing]
     return min(max(ends), now) if ends else now
-
-
-def _instance(alert: Alert) -> dict:
-    return {
-        "fingerprint": alert.fingerprint,
-        "status": alert.status,
-        "labels": json.dumps(alert.labels, sort_keys=True),
-        "annotations": json.dumps(alert.annotations, sort_keys=True),
-        "starts_at": _iso(alert.starts_at),
-        "ends_at": _iso(alert.ends_at) if alert.ends_at is not None else "",
-        "generator_url": alert.generator_url,
-    }
-
-
-def _ended(alert: AlertRecord, now: datetime) -> dict:
-    return {
-        "fingerprint": alert.fingerprint,
-        "status": "resolved",
-        "labels": json.dumps(alert.labels, sort_keys=True),
-        "annotations": json.dumps(alert.annotations, sort_keys=True),
-        "starts_at": alert.starts_at,
-        "ends_at": _iso(now),
-        "generator_url": alert.generator_url,
-    }
-
-
-def describe_alert(labels: dict[str, str], common: dict[str, str]) -> str:
-    """An alert by the labels it does not share with its group: `instance=pgbouncer-2`."""
-    own = {k: v for k, v in labels.items() if common.get(k) != v}
-    return " ".join(f"{k}={v}" for k, v in sorted(own.items())) or labels.get("alertname", "alert")
-
-
-def _opening_note(n: Notification) -> str:
-    firing = sum(1 for a in n.alerts if a.firing)
-    if n.status == "resolved":
-        return f"Received already resolved ({len(n.alerts)} alert(s))"
-    return f"Firing: {firing} alert(s)"
-
-
-def _difference(before: AlertGroup, n: Notification, gone: list[AlertRecord]) -> str:
-    """What changed since the last delivery, in words."""
-    was = {a.fingerprint: a.status for a in before.alerts}
-    common = n.common_labels
-    started = [a for a in n.alerts if a.firing and was.get(a.fingerprint) != "firing"]
-    ended = [a for a in n.alerts if not a.firing and was.get(a.fingerprint) == "firing"]
-    parts = []
-    if before.status == "resolved" and n.status == "firing":
-        parts.append("Firing again")
-    if started:
-        parts.append(f"{len(started)} started firing: " + _names([a.labels for a in started], common))
-    if ended or gone:
-        labels = [a.labels for a in ended] + [a.labels for a in gone]
-        parts.append(f"{len(labels)} resolved: " + _names(labels, common))
-    firing = sum(1 for a in n.alerts if a.firing)
-    if n.status == "resolved":
-        parts.append("All resolved")
-    else:
-        parts.append(f"now {firing} firing")
-    return "; ".join(parts)
-
-
-def _names(label_sets: list[dict[str, str]], common: dict[str, str], limit: int = 5) -> str:
-    names = [describe_alert(labels, common) for labels in label_sets]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _url_key(url: str) -> str:
-    """An Alertmanager URL compared as scheme, host, port and path (case of scheme and host ignored)."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError:
-        return ""
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        return ""
-    return f"{parts.scheme.lower()}://{parts.hostname.lower()}:{port}{parts.path.rstrip('/')}"
-
-
-def _group(row: dict, instances: list[dict], events: list[dict] | tuple) -> AlertGroup:
-    alerts = tuple(
-        AlertRecord(
-            i["fingerprint"],
-            i["status"],
-            json.loads(i["labels"]),
-            json.loads(i["annotations"]),
-            i["starts_at"],
-            i["ends_at"] or "",
-            i["generator_url"] or "",
-        )
-        for i in instances
-    )
-    return AlertGroup(
-        id=row["id"],
-        group_key=row["group_key"],
-        status=row["status"],
-        service=row["service"] or "",
-        channel=row["channel"],
-        alertname=row["alertname"],
-        severity=row["severity"] or "",
-        group_labels=json.loads(row["group_labels"] or "{}"),
-        common_labels=json.loads(row["common_labels"] or "{}"),
-        common_annotations=json.loads(row["common_annotations"] or "{}"),
-        external_url=row["external_url"] or "",
-        episode=row["episode"],
-        started_at=row["started_at"] or "",
-        resolved_at=row["resolved_at"] or "",
-        received_at=row["received_at"],
-        updated_at=row["updated_at"],
-        truncated=row["truncated"] or 0,
-        message_channel=row["message_channel"] or "",
-        message_ts=row["message_ts"] or "",
-        briefing=row["briefing"] or "",
-        incident_id=row["incident_id"] or "",
-        silence_id=row["silence_id"] or "",
-        silenced_by=row["silenced_by"] or "",
-        silenced_until=row["silenced_until"] or "",
-        alerts=alerts,
-        events=tuple(events),
-    )

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from bot.errors import InvalidRequest
+from bot.ops.alert_groups import AlertGroup, Change
 from bot.ops.alert_payload import Notification, PayloadProblem, Unauthorized, parse_notification, verify_bearer
+from bot.ops.alert_routing import NoChannel
 from bot.ops.alertmanager import create_silence
-from bot.ops.alerts import AlertGroup, AlertService, Change, NoChannel
+from bot.ops.alerts import AlertService
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.alerts import (

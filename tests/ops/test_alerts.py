@@ -11,8 +11,10 @@ import pytest
 
 from bot.errors import InvalidRequest, PermissionDenied
 from bot.indexer import index_knowledge
+from bot.ops.alert_groups import Change, incident_severity
 from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notification, verify_bearer
-from bot.ops.alerts import AlertRouting, AlertService, Change, NoChannel, incident_severity
+from bot.ops.alert_routing import AlertRouting, NoChannel
+from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService
 from bot.ops.metrics import dora

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import quote
 
-from bot.ops.alerts import AlertGroup, AlertRecord, Change, describe_alert, incident_severity
+from bot.ops.alert_groups import AlertGroup, AlertRecord, Change, describe_alert, incident_severity
 from bot.slack import ids
 from bot.slack.blocks.incidents import clock_time, minutes_text
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
