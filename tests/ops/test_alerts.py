@@ -106,6 +106,8 @@ def test_captured_payloads_parse_into_one_group_with_a_digest_per_state() -> Non
     assert [a.labels["instance"] for a in first.alerts] == ["pgbouncer-0", "pgbouncer-1"]
     assert first.alerts[0].ends_at is None and first.alerts[0].starts_at.tzinfo is not None
     assert parsed["pgbouncer-resolved"].alerts[0].ends_at == datetime(2026, 12, 5, 16, 22, 57, tzinfo=UTC)
+    amtool = parsed["amtool-firing"]  # `amtool alert add` sends no generatorURL; the group is still checkout-api's
+    assert amtool.alerts[0].generator_url == "" and amtool.group_labels["service"] == "checkout-api"
     # annotations (whose values change at every evaluation) do not make a delivery new
     changed = json.loads(payload("pgbouncer-firing"))
     changed["alerts"][0]["annotations"]["description"] = "cl_waiting is 42"
