@@ -190,6 +190,9 @@ def _check_can_listen(host: str, port: int, option: str) -> None:
 def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None:
     """Print the Slack app manifest (YAML) to create the app in a workspace.
 
+    Alertmanager is not part of the manifest: point its webhook_configs at URL/hooks/alertmanager (or the
+    --hooks-port of `opsbot serve` in Socket Mode), with OPSBOT_ALERTMANAGER_TOKEN as the bearer credentials.
+
     \b
     Example:
       opsbot manifest --socket-mode > manifest.yaml
