@@ -32,10 +32,10 @@ def test_the_linked_runbook_is_cited_first_for_every_runbook_whatever_the_alert_
     for n, (path,) in enumerate(paths):
         other = paths[(n + 1) % len(paths)][0]
         title = runtime.store.db.execute("SELECT title FROM documents WHERE path = ?", [other]).fetchone()[0]
-        reply = runtime.reply(f"{title} is firing", runbook_url=WIKI + path.removesuffix(".md"))
+        reply = runtime.answers.reply(f"{title} is firing", runbook_url=WIKI + path.removesuffix(".md"))
         if not reply.runbooks or reply.runbooks[0].path != path:
             misses.append((path, [h.path for h in reply.runbooks]))
     assert misses == []
     # Without a runbook_url, the same words cite the runbook they describe, as `opsbot ask` does.
     title = runtime.store.db.execute("SELECT title FROM documents WHERE path = ?", [paths[0][0]]).fetchone()[0]
-    assert runtime.reply(f"{title} is firing").runbooks[0].path == paths[0][0]
+    assert runtime.answers.reply(f"{title} is firing").runbooks[0].path == paths[0][0]

@@ -136,6 +136,15 @@ class AlertGroup:
         """The labels that tell ``alert`` apart from the rest of its group."""
         return {k: v for k, v in alert.labels.items() if self.common_labels.get(k) != v}
 
+    def describe(self, alert: AlertRecord) -> str:
+        """``alert`` by the labels it does not share with its group: `instance=pgbouncer-2`."""
+        return describe_alert(alert.labels, self.common_labels)
+
+    @property
+    def incident_severity(self) -> int:
+        """The severity of an incident declared from it: its `severity` label's, else the default 3."""
+        return incident_severity(self.severity) or 3
+
 
 @dataclass(frozen=True)
 class Change:

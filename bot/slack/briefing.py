@@ -26,7 +26,7 @@ Message = tuple[str, list[dict]]
 def knowledge_message(runtime: Runtime, query: str, channel: str, asker: str, runbook_url: str = "") -> Message:
     """Runbook sections and similar past incidents for ``query``, with how those were resolved; the runbook that
     ``runbook_url`` links to comes first."""
-    reply = runtime.reply(query, channel=channel, user=asker, runbook_url=runbook_url)
+    reply = runtime.answers.reply(query, channel=channel, user=asker, runbook_url=runbook_url)
     resolutions = runtime.incidents().past_resolutions()
     similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
     text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
@@ -35,7 +35,7 @@ def knowledge_message(runtime: Runtime, query: str, channel: str, asker: str, ru
 
 def experts_message(runtime: Runtime, query: str, services: tuple[str, ...], asker: str = "") -> Message:
     """Who to pull in, with why; whoever asked is never suggested to themselves, whoever is on call is shown."""
-    suggestions = runtime.suggest_experts(query, list(services) or None, asker=asker)
+    suggestions = runtime.answers.suggest_experts(query, list(services) or None, asker=asker)
     text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
     return text, build_experts_blocks(query, suggestions, can_invite=True)
 

@@ -86,6 +86,10 @@ class StoreBase:
         with self.lock:
             migrations.apply(self.db)
             self._try_a_write()
+            # sqlite-utils learns whether upserts may use ON CONFLICT by creating and dropping a table on the
+            # first upsert; a DROP beside another thread's open read fails with "database table is locked".
+            # Learn it now, while the connection is still ours alone.
+            _ = self.db.supports_on_conflict
             self.db.execute(f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, tokenize={TOKENIZER!r})")
             self.db.execute("CREATE VIRTUAL TABLE temp.query_terms_vocab USING fts5vocab(temp, query_terms, instance)")
             # A few sections at a time, copied here to count the query's words in each (see term_counts_in).

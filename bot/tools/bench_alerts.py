@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.answers.encoder import Encoder
+from bot.answers.indexer import index_knowledge
 from bot.config import Secret, Settings
-from bot.encoder import Encoder
-from bot.indexer import index_knowledge
 from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
 from bot.slack.blocks.alerts import PREPARING

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers.indexer import index_knowledge
 from bot.errors import InvalidRequest, PermissionDenied
-from bot.indexer import index_knowledge
 from bot.ops.alert_groups import Change, incident_severity
 from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notification, verify_bearer
 from bot.ops.alert_routing import AlertRouting, NoChannel

@@ -314,7 +314,7 @@ def test_an_exception_in_a_handler_gives_an_apology_with_an_error_id(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(runtime, "reply", broken)
+    monkeypatch.setattr(runtime.answers, "reply", broken)
     slack.mention("anything at all")
     (call,) = slack_api.wait_for("chat.postEphemeral")
     assert call.body["user"] == "U04C2RN8VD" and call.body["channel"] == "C0OPS0001"

@@ -207,9 +207,9 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
         "chat.postMessage", predicate=lambda c: c.body["channel"] == OPS and "resolved" in c.body["text"]
     )
 
-    reply = runtime.reply(title)
+    reply = runtime.answers.reply(title)
     assert incident_id in [h.incident_id for h in reply.incidents]
-    suggestions = runtime.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
+    suggestions = runtime.answers.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
     daniel = next(s for s in suggestions if s.expert.id == DANIEL)
     assert incident_id in [i.id for i in daniel.incidents] and suggestions[0].expert.id == DANIEL
 

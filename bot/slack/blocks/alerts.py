@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from bot.ops.alert_groups import AlertGroup, AlertRecord, Change, describe_alert, incident_severity
 from bot.slack import ids
 from bot.slack.blocks.incidents import clock_time, minutes_text
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
+    from bot.ops.alert_groups import AlertGroup, AlertRecord, Change
 
 MAX_BLOCKS = 50  # Slack's limit per message
 SHOWN_ALERTS = 10
@@ -71,7 +74,7 @@ def alert_line(group: AlertGroup, alert: AlertRecord) -> str:
     state = f"since {clock_time(alert.starts_at)}" if alert.firing else "resolved"
     if not alert.firing and alert.ends_at:
         state = f"resolved at {clock_time(alert.ends_at)}"
-    name = escape(describe_alert(alert.labels, group.common_labels))
+    name = escape(group.describe(alert))
     source = link(alert.generator_url, "source")
     return f"• `{name}` {state}" + (f" · {source}" if source else "")
 
@@ -106,7 +109,7 @@ def build_alert_blocks(group: AlertGroup, view: AlertView) -> list[dict]:
         lines.append(f"_{escape(text[:DESCRIPTION_LENGTH])}{'…' if len(text) > DESCRIPTION_LENGTH else ''}_")
     blocks = [section("\n".join(lines)), context(status_line(group, view))]
     shown = group.shown_alerts
-    if len(shown) > 1 or (shown and describe_alert(shown[0].labels, group.common_labels) != group.alertname):
+    if len(shown) > 1 or (shown and group.describe(shown[0]) != group.alertname):
         rows = [alert_line(group, a) for a in shown[:SHOWN_ALERTS]]
         if len(shown) > SHOWN_ALERTS:
             rows.append(f"… and {len(shown) - SHOWN_ALERTS} more (`opsbot alerts --json` lists them)")
@@ -130,7 +133,7 @@ def action_buttons(group: AlertGroup, view: AlertView) -> list[dict]:
     """Declare incident (until one is declared) and Silence 1h (while it fires, when its Alertmanager is allowed)."""
     buttons = []
     if not group.incident_id:
-        severity = incident_severity(group.severity) or 3
+        severity = group.incident_severity
         service = f" for *{escape(group.service)}*" if group.service else ""
         buttons.append(
             button(

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from bot.ops.requests import Decision, DeployRequest
 from bot.slack import ids
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
+    from bot.ops.requests import Decision, DeployRequest
 
 PROGRESS_LINES = 12
 ICONS = {
@@ -36,7 +39,6 @@ class RequestView:
 
     def name(self, user: str) -> str:
         return self.names.get(user) or f"<@{user}>"
-
 
 
 def slack_time(iso: str | None) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
-from bot.ops.incidents import LiveIncident
-from bot.ops.requests import DeployRequest
 from bot.slack import ids
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
+    from bot.ops.incidents import LiveIncident
+    from bot.ops.requests import DeployRequest
 
 MAX_DEPLOYS = 10
 TIMELINE_LINES = 25

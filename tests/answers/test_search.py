@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bot.answers.indexer import index_knowledge
+from bot.answers.search import SearchIndex, make_snippet
 from bot.errors import InvalidRequest
-from bot.indexer import index_knowledge
 from bot.models import SearchHit
-from bot.search import SearchIndex, make_snippet
 from bot.store import Store
 from tests.conftest import FakeEncoder
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bot.encoder import Encoder
+from bot.answers.encoder import Encoder
 from bot.errors import InvalidRequest
 from bot.models import Answer, SearchHit
 from bot.store import Store, StoredChunk

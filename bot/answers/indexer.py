@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.encoder import Encoder
+from bot.answers.encoder import Encoder
+from bot.answers.expert_fit import refit_blends
+from bot.answers.experts import incident_text, incident_vector_hash
 from bot.errors import InvalidRequest
-from bot.expert_fit import refit_blends
-from bot.experts import incident_text, incident_vector_hash
 from bot.knowledge import incident_document, load_knowledge
 from bot.models import Document, Incident, Problem
 from bot.store import SLACK_PREFIX, ChunkRow, Store
@@ -43,7 +43,7 @@ class IndexReport:
     reused: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
-    experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.expert_blend)
+    experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.answers.expert_blend)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
