@@ -61,6 +61,7 @@ class Settings:
     onnx_cache: Path | None = None  # where the ONNX export is kept; default <db folder>/.opsbot-onnx
     hook_secret: Secret = field(default_factory=lambda: Secret(""))  # signs CI/CD deploy events; empty: hooks off
     hook_url: str = ""  # where `opsbot notify-deploy` sends events, e.g. http://opsbot:3000/hooks/deploy
+    alertmanager_token: Secret = field(default_factory=lambda: Secret(""))  # Bearer token of /hooks/alertmanager
 
     @property
     def onnx_cache_dir(self) -> Path:
@@ -172,6 +173,14 @@ class Settings:
                 "(for example `openssl rand -hex 32`)."
             )
 
+        alertmanager_token = values.get("OPSBOT_ALERTMANAGER_TOKEN", "")
+        if alertmanager_token and (len(alertmanager_token) < 16 or alertmanager_token != alertmanager_token.strip()):
+            problems.append(
+                "OPSBOT_ALERTMANAGER_TOKEN must be at least 16 characters without spaces around it; use a long "
+                "random value (for example `openssl rand -hex 32`) and the same in Alertmanager's "
+                "http_config.authorization.credentials."
+            )
+
         encoder = (values.get("OPSBOT_ENCODER") or "torch").strip().lower()
         if encoder not in ENCODERS:
             problems.append(
@@ -202,6 +211,7 @@ class Settings:
             pin_emoji=pin_emoji,
             hook_secret=Secret(hook_secret),
             hook_url=hook_url,
+            alertmanager_token=Secret(alertmanager_token),
             encoder=encoder,
             onnx_cache=onnx_cache,
         )

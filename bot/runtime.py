@@ -17,6 +17,7 @@ from bot.answers.search import SearchIndex
 from bot.config import Settings
 from bot.errors import OpsbotError
 from bot.models import Incident
+from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService
 from bot.ops.requests import Announcer
@@ -27,6 +28,7 @@ from bot.workers import TrackedPool
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 DEPLOY_WORKERS = 4  # approved deploys run here, never in the pool that answers questions
+BRIEFING_WORKERS = 2  # alert briefings search and rank people: two cores
 T = TypeVar("T")
 
 
@@ -57,6 +59,7 @@ class Runtime:
         self.started = time.perf_counter()
         self.ready_seconds: float | None = None
         self.runners = TrackedPool(DEPLOY_WORKERS, "opsbot-deploy")
+        self.briefings = TrackedPool(BRIEFING_WORKERS, "opsbot-briefing")  # alert briefings, never behind answers
         self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
         self.answers = Answerer(self.store, settings, self.index, self.experts_model, self.rota)
 
@@ -136,6 +139,15 @@ class Runtime:
             return IncidentService(self.store, known, default_env=deploys.settings.incident_env, environments=envs)
 
         return self._for_index_version("incidents", build)
+
+    def alerts(self) -> AlertService:
+        """Alert groups from Alertmanager, routed and silenced under the services.yaml of the last `opsbot index`."""
+        deploys, known = self.deploys(), self.incidents().known_services
+
+        def build() -> AlertService:
+            return AlertService.from_store(self.store, deploys, set(known))
+
+        return self._for_index_version("alerts", build)
 
     def learn_from(self, incident: Incident) -> None:
         """A resolved incident: searchable at once, and the expert model retrains on next use."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from bot.alert_config import alert_problems
 from bot.models import Expert, Problem
 from bot.services import ConfigProblem, Problems, build_service, build_settings
 from bot.text import service_name_problem
@@ -59,6 +60,8 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     report(top, 1)
     settings_problems: Problems = []
     build_settings(data.get("settings"), settings_problems)
+    alert_settings, service_alerts = alert_problems(data.get("settings"), services)
+    settings_problems += alert_settings
     report(settings_problems, 1 + key_line(text, "settings"))
     result.settings = None if settings_problems else data.get("settings")
     for name, entry in services.items():
@@ -67,6 +70,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
         if found is None:  # the name itself is wrong
             result.problems.append(Problem(rel, str(service_name_problem(name)), line))
             continue
+        found += service_alerts.get(str(name), [])
         report(found, line)
         if not found:
             result.services[str(name)] = entry or {}

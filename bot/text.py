@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -258,3 +259,33 @@ def service_name_problem(name: object) -> str | None:
             f"parts (like checkout-api or storage/remote), up to {SERVICE_NAME_MAX} characters"
         )
     return None
+
+
+def linked_runbook(url: str, runbook_urls: dict[str, str]) -> tuple[str, str] | None:
+    """The runbook (path) whose front-matter `url` is the page ``url`` links to, and the section anchor ``url``
+    names (its #fragment, "" without one); None when no runbook has that url.
+
+    Pages are compared by host, port and path (a trailing slash, the case of the host and http against https
+    do not matter), and query string: the address a wiki gives a page, whichever way it was copied.
+    """
+    wanted, anchor = _page_key(url)
+    if not wanted:
+        return None
+    for path, own in sorted(runbook_urls.items()):
+        key, own_anchor = _page_key(own)
+        if key == wanted:
+            return path, anchor or own_anchor
+    return None
+
+
+def _page_key(url: str) -> tuple[str, str]:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return "", ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "", ""
+    where = parts.hostname.lower() + (f":{port}" if port not in (None, 80, 443) else "")
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{where}{parts.path.rstrip('/')}{query}", unquote(parts.fragment).lower()

@@ -222,3 +222,13 @@ def test_settings_repr_never_shows_tokens() -> None:
     for value in env.values():
         assert value not in text
     assert "Secret('********')" in text
+
+
+def test_the_alertmanager_token_is_a_long_secret_or_unset() -> None:
+    assert not Settings.from_env({}, dotenv=None).alertmanager_token
+    token = "0123456789abcdef0123"
+    settings = Settings.from_env({"OPSBOT_ALERTMANAGER_TOKEN": token}, dotenv=None)
+    assert str(settings.alertmanager_token) == token and token not in repr(settings)
+    for bad in ("short", f" {token}"):
+        with pytest.raises(ConfigError, match="OPSBOT_ALERTMANAGER_TOKEN must be at least 16 characters"):
+            Settings.from_env({"OPSBOT_ALERTMANAGER_TOKEN": bad}, dotenv=None)

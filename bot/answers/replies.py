@@ -24,6 +24,7 @@ from bot.models import Answer, SearchHit
 from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.store import Store
 from bot.store.base import is_write_failure
+from bot.text import linked_runbook
 
 log = logging.getLogger(__name__)
 RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
@@ -57,11 +58,12 @@ def relevant_hits(answer: Answer, settings: Settings) -> tuple[tuple[SearchHit, 
     """The hits worth showing, as (runbooks, incidents): weak matches are left out.
 
     A hit stays when it is above the configured floor and not far below the best hit of this answer, or when
-    it is the runbook of a named alert or a section holding the question's words together.
+    it is the runbook of a named alert, the runbook an alert links to, or a section holding the question's words
+    together.
     """
     best = max((h.similarity for h in answer.hits), default=0.0)
     floor = max(settings.min_similarity, best * RELATIVE_FLOOR)
-    relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted]
+    relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted or h.linked]
     runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(settings.top_k, 3)]
     incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
     return runbooks, incidents
@@ -122,8 +124,13 @@ class Answerer:
             self.store.log_suggestion(text, [s.expert.id for s in shown])
         return shown
 
-    def reply(self, question: str, channel: str = "", user: str = "", thread_ts: str = "") -> Reply:
-        """Answer a question (or a follow-up in a thread) and remember it for feedback."""
+    def reply(
+        self, question: str, channel: str = "", user: str = "", thread_ts: str = "", runbook_url: str = ""
+    ) -> Reply:
+        """Answer a question (or a follow-up in a thread) and remember it for feedback.
+
+        ``runbook_url`` (an alert's annotation) puts the runbook whose front-matter `url` it links to first.
+        """
         question = question.strip()
         if not question:
             raise InvalidRequest("ask a question, or paste an alert or a log line.")
@@ -136,7 +143,8 @@ class Answerer:
             return Reply(uuid.uuid4().hex[:12], answer, (), (), question, oncall=answers, names=names)
         searched = self._with_thread(question, channel, thread_ts)
         index = self._index()
-        answer = index.search(searched, k=self.settings.top_k * 2)
+        linked, anchor = (linked_runbook(runbook_url, self.store.runbook_urls()) if runbook_url else None) or ("", "")
+        answer = index.search(searched, k=self.settings.top_k * 2, linked=linked, anchor=anchor)
         runbooks, incidents = relevant_hits(answer, self.settings)
         experts: tuple[Suggestion, ...] = ()
         if incidents and self.store.expert_count():

@@ -287,8 +287,12 @@ class SearchIndex:
                 closeness = float(sims[i])
                 scores[d] = scores.get(d, 0.0) + self.feedback_votes[i] * closeness * r.feedback_weight / (r.rrf_k + 1)
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> Answer:
-        """Answer ``query`` with the ``k`` best documents, each with its best section."""
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", linked: str = "", anchor: str = "") -> Answer:
+        """Answer ``query`` with the ``k`` best documents, each with its best section.
+
+        ``linked`` is the path of a runbook the question links to (an alert's runbook_url): it comes first, citing
+        the section ``anchor`` names when it has one, else its best section for the query.
+        """
         if mode not in MODES:
             raise InvalidRequest(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}.")
         if not query or not query.strip():
@@ -297,19 +301,27 @@ class SearchIndex:
         with self._lock:
             normalized, sig = self.signals(query, mode)
             scores = self.fuse(sig, mode)
+            first = self.doc_index.get(linked, -1) if linked else -1
+            if first >= 0:
+                scores[first] = max(scores.values(), default=0.0) + ROUTED
             ordered = sorted(scores, key=lambda d: -scores[d])[:k]
             stems = sig.stems if mode == "hybrid" and sig.chunk_sims is not None else []
             # One count of the query's words over the sections of every document shown.
             cite = [p for d in ordered if d not in sig.whole for p in self._own_sections(d)] if stems else []
             counts = self.store.term_counts_in([int(self.chunk_ids[p]) for p in cite], stems)
             best = {d: self._best_chunk(d, sig, stems, counts) for d in ordered}
+            if first >= 0 and anchor:
+                chunk_id = self.store.chunk_with_anchor(linked, anchor)
+                pos = _position(self.chunk_ids, self._id_order, chunk_id) if chunk_id is not None else None
+                if pos is not None:
+                    best[first] = pos
             wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
         details = self.store.chunks_by_id(wanted.values())
         # How close in meaning the document is: its best section's, whichever section is cited.
         sims = {d: float(sig.section[d]) if sig.section is not None else 0.0 for d in ordered}
         routed = sig.routed if mode == "hybrid" else {}
         hits = tuple(
-            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in sig.whole)
+            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in sig.whole, d == first)
             for d in ordered
             if wanted[d] in details
         )
@@ -438,7 +450,13 @@ def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
 
 
 def _hit(
-    chunk: StoredChunk, score: float, query: str, similarity: float, alert: str = "", quoted: bool = False
+    chunk: StoredChunk,
+    score: float,
+    query: str,
+    similarity: float,
+    alert: str = "",
+    quoted: bool = False,
+    linked: bool = False,
 ) -> SearchHit:
     return SearchHit(
         path=chunk.doc_path,
@@ -454,6 +472,7 @@ def _hit(
         similarity=round(similarity, 4),
         alert=alert,
         quoted=quoted,
+        linked=linked,
     )
 
 

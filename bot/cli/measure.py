@@ -145,7 +145,9 @@ def format_eval_table(results: dict) -> str:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["index", "search", "experts", "slack", "process", "all"]), default="all")
+@click.argument(
+    "what", type=click.Choice(["index", "search", "experts", "slack", "process", "alerts", "all"]), default="all"
+)
 @click.option(
     "--sizes",
     default="1000,10000,100000",
@@ -165,10 +167,14 @@ def format_eval_table(results: dict) -> str:
 def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_json: bool) -> None:
     """Measure indexing speed and search latency on a seeded synthetic knowledge base.
 
+    `alerts` sends a storm of 200 alerts in 20 groups to /hooks/alertmanager, with your knowledge indexed into a
+    temporary database, and measures firing to briefing posted, duplicates and lost groups.
+
     \b
     Example:
       opsbot bench search --sizes 1000,10000
       opsbot bench search --sizes 1000,10000 --encoder both
+      opsbot bench alerts
       opsbot bench --json > bench.json
     """
     try:
@@ -177,7 +183,7 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
         raise OpsbotError(f"--sizes {sizes!r} must be whole numbers separated by commas, like 1000,10000.") from None
     if not size_list or min(size_list) < 10:
         raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
-    if what in ("index", "experts") and typed(ctx, "sizes"):
+    if what in ("index", "experts", "alerts") and typed(ctx, "sizes"):
         raise OpsbotError(f"--sizes does not apply to `opsbot bench {what}` (its corpus is fixed); leave it out.")
     settings = load_settings(ctx)
     backends = ["torch", "onnx"] if backend == "both" else [backend or settings.encoder]
@@ -223,6 +229,10 @@ def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str,
         from bot.tools.bench_slack import bench_process
 
         result["process"] = bench_process(encoder, chunks=max(size_list))
+    if what in ("alerts", "all"):
+        from bot.tools.bench_alerts import bench_alerts
+
+        result["alerts"] = bench_alerts(encoder, settings.knowledge_dir)
     result["peak_rss_mb"] = benchmarks.peak_rss_mb()
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -268,6 +278,16 @@ def _bench_text(result: dict[str, Any]) -> str:
         lines.append(
             f"process @ {pr['chunks']} chunks: start to acknowledging {pr['start_to_ack_s']} s, "
             f"start to model and index loaded {pr['start_to_ready_s']} s, peak RSS {pr['peak_rss_mb']} MB"
+        )
+    if "alerts" in result:
+        al = result["alerts"]
+        message, brief = al["firing_to_message_ms"], al["firing_to_briefing_ms"]
+        lines.append(
+            f"alerts: {al['alerts']} alerts in {al['groups']} groups, {al['parallel']} deliveries at a time: firing to "
+            f"message p50 {message['p50']:.0f} / p95 {message['p95']:.0f} ms, to briefing posted p50 {brief['p50']:.0f}"
+            f" / p95 {brief['p95']:.0f} ms; {al['duplicate_posts']} duplicate posts, {al['lost_groups']} lost groups "
+            f"over redeliveries, changes and a second storm through {al['slack_429s']} Slack 429s "
+            f"({al['rate_limited_storm_s']} s)"
         )
     lines.append(f"peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s in all")
     return "\n".join(lines)

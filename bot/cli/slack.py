@@ -91,8 +91,9 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on /slack/events.
 
     The process acknowledges requests at once; the model and the index load in the background.
-    Over HTTP, CI/CD deploy events arrive on /hooks/deploy (set OPSBOT_HOOK_SECRET); in Socket Mode,
-    give --hooks-port to listen for them.
+    Over HTTP, CI/CD deploy events arrive on /hooks/deploy (set OPSBOT_HOOK_SECRET) and Alertmanager's
+    notifications on /hooks/alertmanager (set OPSBOT_ALERTMANAGER_TOKEN); in Socket Mode, give
+    --hooks-port to listen for them.
 
     \b
     Example:
@@ -137,13 +138,17 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
     jobs.report_interrupted(runtime)
     jobs.start(runtime, app.web)
+    app.alerts.resume()  # alert groups recorded before a stop get their briefing
     if settings.slack_app_token:
         hooks = None
         if hooks_port:
-            if not settings.hook_secret:
-                log.warning("--hooks-port given but OPSBOT_HOOK_SECRET is not set: deploy events will be refused")
+            if not settings.hook_secret and not settings.alertmanager_token:
+                log.warning(
+                    "--hooks-port given but neither OPSBOT_HOOK_SECRET nor OPSBOT_ALERTMANAGER_TOKEN is set: "
+                    "deploy events and alerts will be refused"
+                )
             hooks = HttpServer(app, runtime, host=host, port=hooks_port, slack_events=False).start()
-            log.info("deploy hooks listening host=%s port=%d path=/hooks/deploy", host, hooks.port)
+            log.info("hooks listening host=%s port=%d paths=/hooks/deploy,/hooks/alertmanager", host, hooks.port)
         log.info("starting in Socket Mode api=%s", settings.slack_api_url)
         try:
             socket_mode_handler(app, runtime).start()
@@ -184,6 +189,9 @@ def _check_can_listen(host: str, port: int, option: str) -> None:
 @handle_errors
 def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None:
     """Print the Slack app manifest (YAML) to create the app in a workspace.
+
+    Alertmanager is not part of the manifest: point its webhook_configs at URL/hooks/alertmanager (or the
+    --hooks-port of `opsbot serve` in Socket Mode), with OPSBOT_ALERTMANAGER_TOKEN as the bearer credentials.
 
     \b
     Example:

@@ -129,12 +129,23 @@ class DeployService:
         return refusal(config, facts, stage, self.clock(), allowed, user)
 
     def approvers_for(self, environment: Environment) -> set[str]:
+        return self.members(environment.approvers)
+
+    def members(self, entries: tuple[str, ...]) -> set[str]:
+        """Roster ids named by ``entries``: ids themselves, and everyone in a team named."""
         allowed = set()
-        for entry in environment.approvers:
+        for entry in entries:
             if entry in self.experts:
                 allowed.add(entry)
             allowed.update(e.id for e in self.experts.values() if e.team == entry)
         return allowed
+
+    def service_approvers(self) -> dict[str, set[str]]:
+        """Per deployable service, everyone who may approve its deploys to any environment."""
+        return {
+            name: set().union(*(self.approvers_for(env) for env in config.environments.values()))
+            for name, config in self.services.items()
+        }
 
     def valid_approvers(self, request: DeployRequest) -> list[str]:
         """Who approved it and may still approve it under services.yaml as it is now (never the requester)."""

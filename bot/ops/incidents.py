@@ -314,17 +314,25 @@ def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: da
 
 
 def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[DeployRequest, int] | None:
-    """The deploy the incident counts against in the DORA figures (``blamed_deploy``: the last successful
-    deploy of its services in its environment, within the failure window, not since replaced), with how many
-    minutes before the declaration it finished; None when there is none."""
+    """The deploy the incident counts against in the DORA figures, with how many minutes before the
+    declaration it finished; None when there is none (see ``possible_cause_at``)."""
     declared = datetime.fromisoformat(incident.declared_at)
-    changes = finished_changes(store, incident.env, declared)
-    row = blamed_deploy(changes, incident.services, declared, timedelta(hours=window_hours))
+    return possible_cause_at(store, incident.services, incident.env, declared, window_hours)
+
+
+def possible_cause_at(
+    store: Store, services: tuple[str, ...] | list[str], env: str, at: datetime, window_hours: int
+) -> tuple[DeployRequest, int] | None:
+    """The deploy a failure that began at ``at`` (an incident's declaration, an alert's first firing) counts
+    against (``blamed_deploy``: the last successful deploy of ``services`` in ``env``, within the failure
+    window, not since replaced), with how many minutes before ``at`` it finished; None when there is none."""
+    changes = finished_changes(store, env, at)
+    row = blamed_deploy(changes, services, at, timedelta(hours=window_hours))
     if row is None:
         return None
     with store.lock:
         deploy = DeployRequest.from_row({k: v for k, v in row.items() if k != "_finished"}, store.decisions(row["id"]))
-    return deploy, round((declared - row["_finished"]).total_seconds() / 60)
+    return deploy, round((at - row["_finished"]).total_seconds() / 60)
 
 
 def check_severity(value: int | str) -> int:

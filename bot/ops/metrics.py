@@ -89,13 +89,17 @@ def dora(
         for r in rows
         if r["kind"] == "deploy" and r["status"] in ("succeeded", "failed", "timed_out") and r["_finished"] >= start
     ]
+    # An incident declared from an alert failed from when the alert started firing: a deploy that finished
+    # between the firing and the declaration cannot have caused it.
+    fired = {a["incident_id"]: at for a in store.alert_incidents() if (at := _at(a["fired_at"])) is not None}
+    began = {i.id: min(i.date, fired.get(i.id, i.date)) for i in counted_incidents(store, incident_env)}
     incidents = [
         i
         for i in counted_incidents(store, incident_env)
-        if (service is None or service in i.services) and i.date <= now and i.env == env
+        if (service is None or service in i.services) and began[i.id] <= now and i.env == env
     ]
     rolled_back = _rolled_back(rows, window)
-    blamed = {d["id"] for i in incidents if (d := blamed_deploy(every, i.services, i.date, window)) is not None}
+    blamed = {d["id"] for i in incidents if (d := blamed_deploy(every, i.services, began[i.id], window)) is not None}
     failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
     for r in rows:

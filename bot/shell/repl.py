@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -160,6 +161,8 @@ class Shell:
             self.switch_user(rest)
         elif word == "/reply":
             self.reply(rest)
+        elif word == "/alert":
+            self.alert(rest)
         elif word.startswith("/") and "/" not in word[1:]:  # "/var/log/... full" is a path, not a command
             self.command(word, rest)
         else:
@@ -179,6 +182,7 @@ class Shell:
             "Buttons are numbered: type 1, 2 ... (or /press 1) to press one.\n"
             "Shell commands:\n"
             f"  {'/reply TEXT':<34} follow up in the thread of your last message\n"
+            f"  {'/alert FILE':<34} replay an Alertmanager webhook payload (JSON) as if it arrived\n"
             f"  {'/user [ID]':<34} act as another roster member (now: {who})\n"
             f"  {'/help':<34} this text\n"
             f"  {'/quit':<34} leave (or Ctrl-D)"
@@ -216,13 +220,26 @@ class Shell:
         else:
             self.message(text, thread_ts=self._thread)
 
+    def alert(self, path: str) -> None:
+        """Replay an Alertmanager webhook payload file: its alert group is posted and briefed as in Slack."""
+        if not path:
+            self.write("Usage: /alert FILE, a JSON payload as Alertmanager's webhook sends it.")
+            return
+        try:
+            body = Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            self.write(f"Sorry: cannot read {path} ({exc.strerror or exc}).")
+            return
+        started = time.monotonic()
+        self._turn(started, self.slack.send_alerts(body))
+
     def command(self, name: str, text: str) -> None:
         """Run a slash command as Slack would send it, when the app declares it."""
         known = [c for c, _, _ in SLASH_COMMANDS]
         if name not in known:
             self.write(
                 f"Unknown command {name}. opsbot's Slack commands: {', '.join(known)}; "
-                "the shell's own: /help, /user, /reply, /press, /quit."
+                "the shell's own: /help, /user, /reply, /alert, /press, /quit."
             )
             return
         started = time.monotonic()

@@ -10,7 +10,8 @@ from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot.runtime import Runtime
-from bot.slack import answers, deploys, incidents, oncall
+from bot.slack import alerts, answers, deploys, incidents, oncall
+from bot.slack.alerts import AlertDesk
 from bot.slack.delivery import RetryPolicy
 from bot.slack.listeners import Listeners
 from bot.slack.payloads import MalformedPayload, check_slack_body
@@ -22,9 +23,11 @@ SLOW_WORKERS = 2  # searches, deploys and posts in parallel; more only makes two
 
 
 class OpsbotApp(App):
-    """The Bolt app, with the SlackWeb its handlers post through (started with the app)."""
+    """The Bolt app, with the SlackWeb its handlers post through (started with the app) and the desk that takes
+    Alertmanager's notifications."""
 
     web: SlackWeb
+    alerts: AlertDesk
 
 
 def create_client(runtime: Runtime) -> WebClient:
@@ -122,5 +125,6 @@ def create_app(
     deploys.register(on, runtime, web)
     incidents.register(on, runtime, web)
     oncall.register(on, runtime, web)
+    app.alerts = alerts.register(on, runtime, web)
     app.web = web.start()  # after every register(): after-delivery hooks are known before the first delivery
     return app

@@ -17,7 +17,12 @@ INCIDENT_RESOLVE_VIEW = "incident-resolve"
 INCIDENT_RESOLUTION_BLOCK = "incident-resolution"
 INCIDENT_ROOT_CAUSE_BLOCK = "incident-root-cause"
 INCIDENT_TEXT_INPUT = "incident-text"
+ALERT_DECLARE = "alert-declare"
+ALERT_SILENCE = "alert-silence"
+ALERT_ROLLBACK = "alert-rollback"
+ALERT_ACTIONS_BLOCK = "alert-actions"
 
 # HTTP paths of `opsbot serve`
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
+ALERTMANAGER_PATH = "/hooks/alertmanager"

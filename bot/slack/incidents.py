@@ -9,8 +9,6 @@ import html
 import json
 import logging
 import re
-import uuid
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +18,9 @@ from bot.errors import InvalidRequest, OpsbotError
 from bot.ops.incidents import IncidentService, LiveIncident
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.blocks.answers import build_experts_blocks
 from bot.slack.blocks.incidents import (
     USAGE,
     build_declared_blocks,
-    build_knowledge_blocks,
     build_list_text,
     build_recent_deploys_blocks,
     build_resolve_view,
@@ -35,6 +31,7 @@ from bot.slack.blocks.incidents import (
     resolved_fallback_text,
     title_line,
 )
+from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.deploys import submit
 from bot.slack.incident_commands import (
     IncidentCommand,
@@ -48,9 +45,7 @@ from bot.slack.listeners import Listeners
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
-RECENT_HOURS = 24
 SLUG_LENGTH = 40
-Message = tuple[str, list[dict]]
 
 
 def channel_name(incident: LiveIncident) -> str:
@@ -95,40 +90,22 @@ def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> t
 # -- the declaration briefing ---------------------------------------------------------------------------
 
 
-def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) -> Message:
+def knowledge_part(runtime: Runtime, incident: LiveIncident, channel: str) -> Message:
     """Runbook sections and similar past incidents, with how those were resolved."""
-    reply = runtime.answers.reply(incident.title, channel=channel, user=incident.declared_by)
-    resolutions = runtime.incidents().past_resolutions()
-    similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
-    text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
-    return text, build_knowledge_blocks(list(reply.runbooks), similar)
+    return knowledge_message(runtime, incident.title, channel, incident.declared_by)
 
 
-def experts_message(runtime: Runtime, incident: LiveIncident) -> Message:
+def experts_part(runtime: Runtime, incident: LiveIncident) -> Message:
     # Whoever declared it is already there: never suggested to themselves.
-    suggestions = runtime.answers.suggest_experts(
-        incident.title, list(incident.services) or None, asker=incident.declared_by
-    )
-    text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
-    return text, build_experts_blocks(incident.title, suggestions, can_invite=True)
+    return experts_message(runtime, incident.title, incident.services, asker=incident.declared_by)
 
 
-def deploys_message(runtime: Runtime, incident: LiveIncident) -> Message:
+def deploys_part(runtime: Runtime, incident: LiveIncident) -> Message:
+    if not incident.services:
+        text = "No service named, so no recent deploys to show: declare with `--service NAME`."
+        return text, build_recent_deploys_blocks(incident, [])
     deploys = runtime.incidents().recent_deploys(incident, RECENT_HOURS)
-    return f"{len(deploys)} deploy(s) in the last 24 h", build_recent_deploys_blocks(incident, deploys)
-
-
-def guarded_part(what: str, build: Callable[[], Message]) -> Message:
-    """One part of the briefing; if it fails the others are still posted (the incident is recorded already)."""
-    try:
-        return build()
-    except OpsbotError as exc:
-        text = f"No {what}: {exc}"
-    except Exception:
-        error_id = uuid.uuid4().hex[:8]
-        log.exception("incident briefing part failed part=%s error_id=%s", what, error_id)
-        text = f"Could not load the {what} (error id `{error_id}`)."
-    return text, [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+    return deploys_message(incident.services, deploys, {"incident": incident.id}, ids.INCIDENT_ROLLBACK)
 
 
 def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:
@@ -137,6 +114,24 @@ def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command
     services = list(asked.services) or mentioned_services(asked.title, incidents.known_services)
     incident = incidents.declare(asked.title, user, asked.severity, services, origin_channel=origin, env=asked.env)
     log.info("incident declared id=%s by=%s channel=%s", incident.id, user, origin)
+    brief(runtime, incidents, web, incident, user, origin, url)
+
+
+def brief(
+    runtime: Runtime,
+    incidents: IncidentService,
+    web: SlackWeb,
+    incident: LiveIncident,
+    user: str,
+    origin: str,
+    url: str = "",
+    briefed: bool = False,
+) -> str:
+    """Open the incident's channel if configured, post its declaration and briefing there; the channel.
+
+    ``briefed`` (declared from an alert whose message shows the briefing already) leaves the briefing out when
+    the incident stays in that channel.
+    """
     where = origin
     if runtime.settings.incident_channels:
         channel, error = open_incident_channel(web, incident, user)
@@ -158,15 +153,17 @@ def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command
         cause = None
     headline = f"{incident.id} SEV{incident.severity} in {incident.env}: {incident.title}"
     post(web, where, (headline, build_declared_blocks(incident, cause)), url)
-    for message in (
-        guarded_part("runbooks or similar incidents", lambda: knowledge_message(runtime, incident, where)),
-        guarded_part("expert suggestions", lambda: experts_message(runtime, incident)),
-        guarded_part("recent deploys", lambda: deploys_message(runtime, incident)),
-    ):
-        post(web, where, message, url)
+    if not (briefed and where == origin):
+        for message in (
+            guarded_part("runbooks or similar incidents", lambda: knowledge_part(runtime, incident, where)),
+            guarded_part("expert suggestions", lambda: experts_part(runtime, incident)),
+            guarded_part("recent deploys", lambda: deploys_part(runtime, incident)),
+        ):
+            post(web, where, message, url)
     if where != origin:
         text = f":rotating_light: {title_line(incident)} declared by <@{user}>; it is worked in <#{where}>."
         post(web, origin, (text, []), url)
+    return where
 
 
 # -- working an incident --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ ESCAPED_COMMANDS = {"/incident"}  # Slack sends mentions as <@U123|name>, so `as
 BOT_SCOPES = [
     "app_mentions:read",  # mentions in channels
     "chat:write",  # answers, updates
+    "chat:write.public",  # alerts from Alertmanager in a service's public channel, without inviting opsbot first
     "commands",  # slash commands
     "im:history",  # direct messages to the bot
     "im:read",
@@ -57,7 +58,7 @@ def build_manifest(
     return {
         "display_information": {
             "name": name,
-            "description": "Answers from your runbooks and past incidents, in chat.",
+            "description": "Answers from your runbooks and past incidents, and briefings on your alerts, in chat.",
             "background_color": "#2c2d30",
         },
         "features": {

@@ -95,6 +95,9 @@ VALUED_ACTIONS = frozenset(
         ids.DEPLOY_REJECT,
         ids.DEPLOY_ROLLBACK,
         ids.INCIDENT_ROLLBACK,
+        ids.ALERT_DECLARE,
+        ids.ALERT_SILENCE,
+        ids.ALERT_ROLLBACK,
     }
 )
 EVENT_BODY_TYPES = frozenset({"event_callback", "url_verification", "app_rate_limited"})

@@ -29,7 +29,7 @@ from slack_bolt import App
 from bot.ops.ci_events import HOOK_PATH
 from bot.runtime import Runtime
 from bot.slack.ci_events import handle_deploy_hook
-from bot.slack.ids import EVENTS_PATH, HEALTH_PATH
+from bot.slack.ids import ALERTMANAGER_PATH, EVENTS_PATH, HEALTH_PATH
 from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def printable(text: str, limit: int) -> str:
 
 
 def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[BaseHTTPRequestHandler]:
-    """The request handler; ``slack_events=False`` serves only the deploy hook and the health check."""
+    """The request handler; ``slack_events=False`` serves only the hooks (deploys, Alertmanager) and the health
+    check."""
     # Only the Slack events endpoint checks Slack's signature; the hooks-only server of Socket Mode has no
     # signing secret to check with.
     secret = str(runtime.settings.slack_signing_secret) if slack_events else ""
@@ -76,6 +77,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
             self.routes: dict[str, dict[str, Callable[..., None]]] = {
                 HEALTH_PATH: {"GET": self._health, "HEAD": self._health},  # some load balancers send HEAD
                 HOOK_PATH: {"POST": self._deploy_hook},
+                ALERTMANAGER_PATH: {"POST": self._alertmanager_hook},
             }
             if slack_events:
                 self.routes[EVENTS_PATH] = {"POST": self._slack_event}
@@ -284,6 +286,15 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
             except Exception:
                 log.exception("deploy hook failed")
                 status, answer = 500, {"error": "opsbot could not record the event; see its log, then send it again."}
+            self._send(status, answer)
+
+        def _alertmanager_hook(self, body: bytes) -> None:
+            try:
+                status, answer = app.alerts.receive(dict(self.headers.items()), body)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("alertmanager hook failed")
+                status = 500
+                answer = {"error": "opsbot could not record the alerts; see its log. Alertmanager sends them again."}
             self._send(status, answer)
 
     return SlackRequestHandler

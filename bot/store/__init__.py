@@ -1,12 +1,13 @@
 """The storage layer: every SQL statement of opsbot lives in this package.
 
 SQLite through sqlite-utils, schema changes as numbered migrations (``schema.py``). ``Store`` is one
-connection made of a part per concern: knowledge, roster, conversations, deploys, live incidents, the
-outbox of posts to Slack.
+connection made of a part per concern: knowledge, roster, conversations, deploys, live incidents, alerts
+from Alertmanager, the outbox of posts to Slack.
 """
 
 from __future__ import annotations
 
+from bot.store.alerts import AlertStore
 from bot.store.base import StoreBase
 from bot.store.conversations import ConversationStore
 from bot.store.deploys import DeployStore
@@ -19,5 +20,14 @@ from bot.store.schema import TOKENIZER, migrations
 __all__ = ["SLACK_PREFIX", "TOKENIZER", "ChunkRow", "Store", "StoredChunk", "migrations"]
 
 
-class Store(KnowledgeStore, RosterStore, ConversationStore, DeployStore, LiveIncidentStore, OutboxStore, StoreBase):
+class Store(
+    KnowledgeStore,
+    RosterStore,
+    ConversationStore,
+    DeployStore,
+    LiveIncidentStore,
+    AlertStore,
+    OutboxStore,
+    StoreBase,
+):
     """A connection to the opsbot database, safe to share between threads."""

@@ -192,6 +192,17 @@ class KnowledgeStore(StoreBase):
                 routes.setdefault(str(name).lower(), []).append(path)
         return routes
 
+    def runbook_urls(self) -> dict[str, str]:
+        """Runbook path -> the `url` of its front matter, for the runbooks that have one."""
+        return dict(self.db.execute("SELECT path, url FROM documents WHERE kind = 'runbook' AND url != ''"))
+
+    def chunk_with_anchor(self, path: str, anchor: str) -> int | None:
+        """The id of the section of ``path`` whose heading anchor is ``anchor``."""
+        row = self.db.execute(
+            "SELECT id FROM chunks WHERE doc_path = ? AND anchor = ? ORDER BY ord LIMIT 1", [path, anchor]
+        ).fetchone()
+        return int(row[0]) if row else None
+
     def load_title_vectors(self, model: str, paths: list[str]) -> np.ndarray:
         """One title vector per document path, in the order given (zeros where missing)."""
         rows = dict(

@@ -255,6 +255,63 @@ def m013_roster_time(db: Database) -> None:
 
 
 @migrations()
+def m014_alerts(db: Database) -> None:
+    # Alertmanager notifications: one row per alert group (its groupKey), the alerts it holds now, what changed.
+    db["alert_groups"].create(
+        {
+            "id": str,  # ag- and a digest of the groupKey: short enough for a button's value
+            "group_key": str,
+            "receiver": str,
+            "external_url": str,  # the Alertmanager that sent it (silences go there only if it is allowed)
+            "status": str,  # firing | resolved
+            "service": str,
+            "channel": str,
+            "alertname": str,
+            "severity": str,
+            "group_labels": str,  # JSON
+            "common_labels": str,
+            "common_annotations": str,
+            "digest": str,  # the status and every alert's fingerprint and status: a redelivery has the same
+            "episode": int,  # a group firing again long after it resolved gets a new message
+            "started_at": str,  # the episode's earliest startsAt
+            "resolved_at": str,
+            "received_at": str,
+            "updated_at": str,
+            "truncated": int,  # alerts Alertmanager left out of the notification (max_alerts)
+            "message_channel": str,  # where its message is, once delivered
+            "message_ts": str,
+            "briefing": str,  # the briefing shown with it (JSON), "" until built
+            "incident_id": str,  # declared from it in this episode
+            "silence_id": str,
+            "silenced_by": str,
+            "silenced_until": str,
+        },
+        pk="id",
+    )
+    db["alert_groups"].create_index(["status"])
+    db["alert_groups"].create_index(["updated_at"])
+    db["alert_instances"].create(
+        {
+            "group_id": str,
+            "fingerprint": str,
+            "status": str,
+            "labels": str,
+            "annotations": str,
+            "starts_at": str,
+            "ends_at": str,
+            "generator_url": str,
+        },
+        pk=("group_id", "fingerprint"),
+    )
+    db["alert_events"].create({"id": int, "group_id": str, "at": str, "actor": str, "kind": str, "text": str}, pk="id")
+    db["alert_events"].create_index(["group_id"])
+    # Incidents declared from an alert, with when the alert started firing: DORA's change-failure attribution.
+    db["alert_incidents"].create(
+        {"incident_id": str, "group_id": str, "service": str, "fired_at": str, "declared_at": str}, pk="incident_id"
+    )
+
+
+@migrations()
 def m015_incident_env_and_cause(db: Database) -> None:
     # The environment an incident hit (a production incident never counts against a staging deploy), the root
     # cause recorded in Slack, and the status `cancelled` (declared by mistake: kept for the audit, never counted).

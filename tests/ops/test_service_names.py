@@ -37,11 +37,14 @@ def slashed(tmp_path: Path, clock: Clock) -> DeployService:
     store.close()
 
 
-def test_a_service_with_a_slash_in_services_yaml_can_be_deployed_and_rolled_back(slashed: DeployService) -> None:
+def test_a_service_with_a_slash_in_services_yaml_can_be_deployed_and_rolled_back(
+    slashed: DeployService, clock: Clock
+) -> None:
     for version in ("1.0.0", "1.1.0"):
         request = slashed.request("deploy", "storage/remote", "staging", version, ALICE)
         assert slashed.approve(request.id, BOB).start
         assert slashed.execute(request.id).status == "succeeded"
+        clock.advance(minutes=5)  # one deploy after the other, not in the same instant
 
     rollback = slashed.request("rollback", "storage/remote", "staging", None, ALICE)
 

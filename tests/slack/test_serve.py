@@ -18,10 +18,27 @@ from click.testing import CliRunner
 from bot.cli import main
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
-from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, HookDriver, SlackDriver, copy_database
+from tests.slack.conftest import (
+    BOT_TOKEN,
+    HOOK_SECRET,
+    SIGNING_SECRET,
+    HookDriver,
+    Response,
+    SlackDriver,
+    copy_database,
+    send,
+)
 from tests.slack.test_socket_mode import LocalSocketModeServer
 
 APP_TOKEN = "xapp-1-A1-local-token"
+ALERTMANAGER_TOKEN = "am-token-for-the-hooks-port-0123"
+
+
+def alertmanager_post(port: int, token: str) -> Response:
+    """A notification captured from Alertmanager 0.25, sent as Alertmanager sends it."""
+    body = (Path(__file__).parent.parent / "fixtures" / "alertmanager" / "pgbouncer-firing.json").read_bytes()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    return send(urllib.request.Request(f"http://127.0.0.1:{port}/hooks/alertmanager", body, headers, method="POST"))
 
 
 def free_port() -> int:
@@ -124,6 +141,7 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
         SLACK_APP_TOKEN=APP_TOKEN,
         SLACK_SIGNING_SECRET=SIGNING_SECRET,  # needed today: see the xfail test below
         OPSBOT_HOOK_SECRET=HOOK_SECRET,
+        OPSBOT_ALERTMANAGER_TOKEN=ALERTMANAGER_TOKEN,
     )
     event = {
         "event_id": "gh-run-serve-1",
@@ -145,6 +163,11 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
             ]
             accepted = hooks.post(event)
             (summary,) = slack_api.wait_for("chat.postMessage", timeout=30)
+            alert = alertmanager_post(port, ALERTMANAGER_TOKEN)
+            refused_alert = alertmanager_post(port, "not-the-alertmanager-token")
+            (alert_message,) = slack_api.wait_for(
+                "chat.postMessage", timeout=30, predicate=lambda c: c.body["channel"] == "C04ALERTS1"
+            )
             (opened,) = slack_api.wait_for("apps.connections.open", timeout=30)
             slack_events = SlackDriver(f"http://127.0.0.1:{port}", slack_api).command("/ask", "anything")
         finally:
@@ -165,7 +188,10 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
     assert summary.body["channel"] == "C04DEPLOYS1" and summary.used_token(BOT_TOKEN)
     assert opened.used_token(APP_TOKEN)  # Slack itself goes over Socket Mode, not this port
     assert slack_events.status == 404
-    assert f"deploy hooks listening host=127.0.0.1 port={port} path=/hooks/deploy" in output
+    assert (alert.status, refused_alert.status) == (200, 401) and alert.json()["change"] == "opened"
+    assert alert_message.body["text"].startswith("[FIRING:2] PgBouncerPoolExhausted")
+    assert f"hooks listening host=127.0.0.1 port={port} paths=/hooks/deploy,/hooks/alertmanager" in output
+    assert ALERTMANAGER_TOKEN not in output
     assert "starting in Socket Mode" in output
     assert HOOK_SECRET not in output and BOT_TOKEN not in output and APP_TOKEN not in output
 

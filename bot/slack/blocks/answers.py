@@ -180,6 +180,7 @@ def short_reason(suggestion: Suggestion) -> str:
 
 def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: bool = True) -> list[dict]:
     """Suggested people, each with the reasons and an Invite button that asks for confirmation."""
+    text = " ".join(text.split())  # one line: an alert's name and annotations arrive on several
     if not suggestions:
         return [
             {

@@ -79,10 +79,10 @@ def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, in
     return blocks
 
 
-def possible_cause_text(deploy: DeployRequest, minutes: int) -> str:
+def possible_cause_text(deploy: DeployRequest, minutes: int, before: str = "the declaration") -> str:
     return (
         f":mag: *Possible cause:* deploy {escape(deploy.version)} of {deploy.service} to {deploy.env} "
-        f"(`{deploy.id}`) finished {minutes_text(minutes)} before the declaration."
+        f"(`{deploy.id}`) finished {minutes_text(minutes)} before {before}."
     )
 
 
@@ -117,14 +117,28 @@ def build_knowledge_blocks(runbooks: list[SearchHit], similar: list[tuple[Search
 
 def rollback_value(incident_id: str, deploy: DeployRequest) -> str:
     """What a Rollback button carries: enough to request the rollback and note it in the timeline."""
-    return json.dumps({"incident": incident_id, "service": deploy.service, "env": deploy.env, "deploy": deploy.id})
+    return deploy_button_value({"incident": incident_id}, deploy)
+
+
+def deploy_button_value(origin: dict[str, str], deploy: DeployRequest) -> str:
+    """A Rollback button's value: where it was pressed from (``{"incident": id}`` or ``{"alert": id}``) and the
+    deploy it undoes."""
+    return json.dumps({**origin, "service": deploy.service, "env": deploy.env, "deploy": deploy.id})
 
 
 def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequest]) -> list[dict]:
     """The affected services' deploys of the last 24 hours; a Rollback button on each that succeeded."""
-    names = ", ".join(incident.services)
     if not incident.services:
         return [context("No service named, so no recent deploys to show: declare with `--service NAME`.")]
+    return build_deploys_blocks(incident.services, deploys, {"incident": incident.id}, ids.INCIDENT_ROLLBACK)
+
+
+def build_deploys_blocks(
+    services: tuple[str, ...], deploys: list[DeployRequest], origin: dict[str, str], action_id: str
+) -> list[dict]:
+    """Deploys of ``services`` in the last 24 hours, newest first; a Rollback button (``action_id``, carrying
+    ``origin``) on each that succeeded."""
+    names = ", ".join(services)
     if not deploys:
         return [section(f"*Deploys of {names} in the last 24 h:* none.")]
     blocks = [section(f"*Deploys of {names} in the last 24 h*")]
@@ -139,9 +153,9 @@ def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequ
         if deploy.kind == "deploy" and deploy.status == "succeeded":
             block["accessory"] = {
                 "type": "button",
-                "action_id": ids.INCIDENT_ROLLBACK,
+                "action_id": action_id,
                 "text": {"type": "plain_text", "text": "Rollback"},
-                "value": rollback_value(incident.id, deploy),
+                "value": deploy_button_value(origin, deploy),
                 "confirm": {
                     "title": {"type": "plain_text", "text": "Request a rollback?"},
                     "text": {

@@ -22,6 +22,7 @@ from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot.config import Secret
+from bot.ops.alert_payload import PayloadProblem, parse_notification
 from bot.runtime import Runtime
 from bot.shell.render import Button, Post, render_text_object
 from bot.slack.app import create_app
@@ -112,12 +113,13 @@ class LocalSlack:
             return max(deadline - time.monotonic(), 0.0)
 
         while True:
-            if not self.executor.wait_idle(left()) or not self.runtime.runners.wait_idle(left()):
+            pools = (self.executor, self.runtime.runners, self.runtime.briefings)
+            if not all(pool.wait_idle(left()) for pool in pools):
                 return False
             # The handlers and deploys are done, so everything they post is in the outbox already.
             if self.web is not None and not self.web.wait_idle(left()):
                 return False
-            if self.executor.busy == 0 and self.runtime.runners.busy == 0:
+            if all(pool.busy == 0 for pool in pools):
                 return True
 
     # -- what Slack would send -----------------------------------------------------------------------------
@@ -201,6 +203,21 @@ class LocalSlack:
             message.update({"blocks": post.blocks} | ({"thread_ts": post.thread_ts} if post.thread_ts else {}))
             payload["message"] = message
         return self._dispatch(urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
+
+    def send_alerts(self, body: bytes) -> list[Delivery]:
+        """A notification from Alertmanager (a payload file), taken as /hooks/alertmanager takes it, without the
+        token: the shell is local. What opsbot answered Alertmanager, as a note."""
+        assert self.app is not None, "call start() first"
+        try:
+            notification = parse_notification(body)
+        except PayloadProblem as exc:
+            return [Delivery(Post(note=f"That is not an Alertmanager webhook payload: {exc}"))]
+        status, answer = self.app.alerts.take(notification)  # type: ignore[attr-defined]
+        if status != 200:
+            return [Delivery(Post(note=f"opsbot answered HTTP {status}: {answer.get('error', answer)}"))]
+        change = answer["change"]
+        what = "nothing new (a redelivery)" if change == "unchanged" else f"{change} in <#{answer['channel']}>"
+        return [Delivery(Post(note=f"Alert group {answer['group']} ({answer['status']}): {what}"))]
 
     def _dispatch(self, body: str, content_type: str, origin: Post | None = None) -> list[Delivery]:
         """Hand a signed request to the app; what its HTTP answer shows."""

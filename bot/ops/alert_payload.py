@@ -1,0 +1,235 @@
+"""Alertmanager's webhook payload (version 4), checked field by field before anything is recorded.
+
+A payload that is not what Alertmanager sends is refused with the field that is wrong and why
+(``PayloadProblem``), so the endpoint can answer 400 with it and store nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.errors import InvalidRequest
+
+STATUSES = ("firing", "resolved")
+MAX_ALERTS = 1000  # Alertmanager's max_alerts caps what it sends; a storm of more is cut there, not here
+MAX_LABELS = 100  # per alert, and for each of groupLabels, commonLabels, commonAnnotations
+MAX_NAME = 256  # a label or annotation name
+MAX_VALUE = 8192  # a label or annotation value (descriptions can be long)
+MAX_GROUP_KEY = 8192  # the route path and the grouping labels
+FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")  # Alertmanager's are 16 hex digits
+ZERO_TIME_YEAR = 1  # Alertmanager's "0001-01-01T00:00:00Z": no end yet
+SUMMARY_KEYS = ("summary", "title", "message")  # what annotation holds the one-line summary
+DETAIL_KEYS = ("description", "message")
+
+
+class Unauthorized(InvalidRequest):
+    """A delivery without the configured bearer token."""
+
+
+def verify_bearer(token: str, authorization: str | None) -> None:
+    """Raise Unauthorized unless ``authorization`` is `Bearer <token>` (compared in constant time)."""
+    if not authorization:
+        raise Unauthorized(
+            "no Authorization header: set http_config.authorization.credentials in Alertmanager's webhook_config "
+            "to the value of OPSBOT_ALERTMANAGER_TOKEN."
+        )
+    scheme, _, given = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise Unauthorized("the Authorization header must be `Bearer <token>` as Alertmanager's http_config sends it.")
+    if not hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode("utf-8")):
+        raise Unauthorized("wrong token: it must equal OPSBOT_ALERTMANAGER_TOKEN on the opsbot server.")
+
+
+class PayloadProblem(InvalidRequest):
+    """The payload is not Alertmanager's webhook payload: ``field`` names the part that is wrong."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert of a notification."""
+
+    fingerprint: str
+    status: str  # firing | resolved
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: datetime
+    ends_at: datetime | None  # None: Alertmanager sent its zero time (no end yet)
+    generator_url: str = ""
+
+    @property
+    def firing(self) -> bool:
+        return self.status == "firing"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One delivery of an alert group: every alert the group holds now, with the group's labels."""
+
+    status: str
+    group_key: str
+    receiver: str
+    group_labels: dict[str, str]
+    common_labels: dict[str, str]
+    common_annotations: dict[str, str]
+    external_url: str
+    alerts: tuple[Alert, ...]
+    truncated: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # fields Alertmanager may add later
+
+    @property
+    def group_id(self) -> str:
+        return group_id(self.group_key)
+
+    @property
+    def digest(self) -> str:
+        """What makes a delivery new: the group's status and each alert's fingerprint and status (not annotations,
+        whose values such as `$value` change at every evaluation, nor endsAt, which Alertmanager moves)."""
+        states = sorted(f"{a.fingerprint}={a.status}" for a in self.alerts)
+        return hashlib.sha256("\n".join([self.status, *states]).encode()).hexdigest()[:32]
+
+
+def group_id(group_key: str) -> str:
+    """A short, stable id for a groupKey (which can be long): what buttons carry."""
+    return "ag-" + hashlib.sha256(group_key.encode()).hexdigest()[:12]
+
+
+def parse_notification(body: bytes) -> Notification:
+    """The notification in ``body``; PayloadProblem with the field that is wrong otherwise."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PayloadProblem("body", "is not UTF-8 text") from None
+    except ValueError as exc:
+        raise PayloadProblem("body", f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise PayloadProblem("body", "must be a JSON object, as Alertmanager's webhook sends")
+    version = data.get("version")
+    if version != "4":
+        raise PayloadProblem(
+            "version", f'{version!r}: opsbot reads Alertmanager\'s webhook payload version "4" (Alertmanager 0.x)'
+        )
+    status = _choice(data, "status")
+    group_key = _text(data, "groupKey", MAX_GROUP_KEY, required=True)
+    alerts_raw = data.get("alerts")
+    if not isinstance(alerts_raw, list) or not alerts_raw:
+        raise PayloadProblem("alerts", "must be a non-empty list of alerts")
+    if len(alerts_raw) > MAX_ALERTS:
+        raise PayloadProblem(
+            "alerts", f"{len(alerts_raw)} alerts; opsbot takes at most {MAX_ALERTS}: set max_alerts in webhook_configs"
+        )
+    alerts = tuple(_alert(raw, n) for n, raw in enumerate(alerts_raw))
+    seen: set[str] = set()
+    for n, alert in enumerate(alerts):
+        if alert.fingerprint in seen:
+            raise PayloadProblem(f"alerts[{n}].fingerprint", f"{alert.fingerprint!r} appears twice")
+        seen.add(alert.fingerprint)
+    truncated = data.get("truncatedAlerts", 0)
+    if not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0:
+        raise PayloadProblem("truncatedAlerts", f"{truncated!r} must be a whole number of 0 or more")
+    known = {"version", "status", "groupKey", "receiver", "groupLabels", "commonLabels", "commonAnnotations"}
+    known |= {"externalURL", "alerts", "truncatedAlerts"}
+    return Notification(
+        status=status,
+        group_key=group_key,
+        receiver=_text(data, "receiver", MAX_NAME),
+        group_labels=_labels(data.get("groupLabels"), "groupLabels"),
+        common_labels=_labels(data.get("commonLabels"), "commonLabels"),
+        common_annotations=_labels(data.get("commonAnnotations"), "commonAnnotations"),
+        external_url=_text(data, "externalURL", 2048),
+        alerts=alerts,
+        truncated=truncated,
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def _alert(raw: Any, n: int) -> Alert:
+    where = f"alerts[{n}]"
+    if not isinstance(raw, dict):
+        raise PayloadProblem(where, "must be an object with status, labels, annotations, startsAt, fingerprint")
+    labels = _labels(raw.get("labels"), f"{where}.labels")
+    if not labels:
+        raise PayloadProblem(f"{where}.labels", "is empty; an alert has at least its alertname")
+    fingerprint = raw.get("fingerprint")
+    if not isinstance(fingerprint, str) or not FINGERPRINT.match(fingerprint):
+        raise PayloadProblem(f"{where}.fingerprint", f"{fingerprint!r} must be Alertmanager's fingerprint (hex digits)")
+    starts_at = _time(raw.get("startsAt"), f"{where}.startsAt")
+    if starts_at is None:
+        raise PayloadProblem(f"{where}.startsAt", "is the zero time; a firing alert has a start")
+    return Alert(
+        fingerprint=fingerprint,
+        status=_choice(raw, "status", where),
+        labels=labels,
+        annotations=_labels(raw.get("annotations"), f"{where}.annotations"),
+        starts_at=starts_at,
+        ends_at=_time(raw.get("endsAt", "0001-01-01T00:00:00Z"), f"{where}.endsAt"),
+        generator_url=_text(raw, "generatorURL", 4096, where=where),
+    )
+
+
+def _choice(data: dict, name: str, where: str = "") -> str:
+    value = data.get(name)
+    if value not in STATUSES:
+        raise PayloadProblem(f"{where}.{name}" if where else name, f"{value!r} must be firing or resolved")
+    return str(value)
+
+
+def _text(data: dict, name: str, limit: int, required: bool = False, where: str = "") -> str:
+    key = f"{where}.{name}" if where else name
+    value = data.get(name, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise PayloadProblem(key, f"must be a string, not {type(value).__name__}")
+    if required and not value:
+        raise PayloadProblem(key, "is missing or empty")
+    if len(value) > limit:
+        raise PayloadProblem(key, f"is {len(value)} characters long; at most {limit} are accepted")
+    return value
+
+
+def _labels(value: Any, key: str) -> dict[str, str]:
+    """A mapping of names to string values (labels or annotations); missing is empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PayloadProblem(key, "must be an object of names to string values")
+    if len(value) > MAX_LABELS:
+        raise PayloadProblem(key, f"has {len(value)} entries; at most {MAX_LABELS} are accepted")
+    for name, text in value.items():
+        if not name or len(name) > MAX_NAME:
+            raise PayloadProblem(key, f"a name is empty or over {MAX_NAME} characters")
+        if not isinstance(text, str):
+            raise PayloadProblem(f"{key}.{name}", f"must be a string, not {type(text).__name__}")
+        if len(text) > MAX_VALUE:
+            raise PayloadProblem(f"{key}.{name}", f"is {len(text)} characters long; at most {MAX_VALUE} are accepted")
+    return dict(value)
+
+
+def _time(value: Any, key: str) -> datetime | None:
+    """An RFC 3339 time with its offset; None for Alertmanager's zero time."""
+    if not isinstance(value, str):
+        raise PayloadProblem(key, f"{value!r} must be an RFC 3339 time such as 2026-12-05T16:22:38Z")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise PayloadProblem(key, f"{value[:60]!r} is not an RFC 3339 time such as 2026-12-05T16:22:38Z") from None
+    if when.tzinfo is None:
+        raise PayloadProblem(key, f"{value[:60]!r} has no UTC offset (Z or +02:00)")
+    if when.year == ZERO_TIME_YEAR:
+        return None
+    return when.astimezone(UTC)
+
+
+def first_annotation(annotations: dict[str, str], keys: tuple[str, ...]) -> str:
+    """The first of ``keys`` present (and not blank) in ``annotations``."""
+    return next((annotations[k].strip() for k in keys if annotations.get(k, "").strip()), "")

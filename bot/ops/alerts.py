@@ -1,0 +1,382 @@
+"""Alerts from Alertmanager: routed to a service and a channel, recorded per alert group, idempotently.
+
+``AlertService`` is the only writer of alert rows. Each delivery of a group (Alertmanager re-sends it at
+every change and every repeat_interval) is compared with what is stored: the same status and the same alerts
+in the same states change nothing; anything else is one transaction that records the new state and what
+changed, and calls the announcer inside it, so what Slack shows is stored with the change or not at all.
+Who may silence a group, and which Alertmanager opsbot may call for it, is decided here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from bot.alert_config import AlertSettings, ServiceAlerts, parse_alert_settings, parse_service_alerts
+from bot.errors import InvalidRequest, NotFound, PermissionDenied
+from bot.ops.alert_groups import (
+    AlertAnnouncer,
+    AlertGroup,
+    Change,
+    difference,
+    ended_row,
+    group_from_rows,
+    incident_severity,
+    instance_row,
+    opening_note,
+)
+from bot.ops.alert_payload import Alert, Notification
+from bot.ops.alert_routing import AlertRouting, Route
+from bot.ops.alertmanager import SilencePlan, url_key
+from bot.ops.deploys import DeployService
+from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause_at
+from bot.ops.requests import DeployRequest
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+REOPEN_AFTER = timedelta(hours=1)  # a group firing again later than this after it resolved gets a new message
+SILENCE_FOR = timedelta(hours=1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+class AlertService:
+    """Alert groups in the store: recorded idempotently, silenced and escalated under the rules of services.yaml."""
+
+    def __init__(
+        self,
+        store: Store,
+        routing: AlertRouting,
+        settings: AlertSettings,
+        silencers: dict[str, set[str]],
+        names: dict[str, str] | None = None,
+        clock: Callable[[], datetime] = _now,
+        env: str = "prod",
+    ) -> None:
+        self.store = store
+        self.env = env  # the environment an alert's failure counts in (services.yaml settings.incident_env)
+        self.routing = routing
+        self.settings = settings
+        self.silencers = silencers  # per service, who may silence its alerts ("" for alerts of no service)
+        self.names = names or {}
+        self.clock = clock
+
+    @classmethod
+    def from_store(
+        cls, store: Store, deploys: DeployService, known: set[str], clock: Callable[[], datetime] = _now
+    ) -> AlertService:
+        """Built from services.yaml as `opsbot index` stored it. Who may silence a service's alerts is who may
+        approve its deploys (any environment) and settings.alert_silencers, teams expanded as deploys do."""
+        raw_settings = json.loads(store.get_meta("deploy_settings") or "null")
+        try:
+            settings = parse_alert_settings(raw_settings)
+        except ValueError:  # reported by `opsbot index`; alerts still go to the services' channels
+            settings = AlertSettings()
+        matches: list[ServiceAlerts] = []
+        channels: dict[str, str] = {}
+        for name, entry in store.service_configs().items():
+            try:
+                alerts = parse_service_alerts(name, entry)
+            except ValueError:
+                alerts = None
+            if alerts is not None:
+                matches.append(alerts)
+            channel = (alerts.channel if alerts else "") or str(entry.get("channel") or "")
+            if channel:
+                channels[name] = channel
+        matches.sort(key=lambda m: (-len(m.match), m.service))
+        routing = AlertRouting(tuple(matches), frozenset(known), channels, settings.channel)
+        team = deploys.members(settings.silencers)
+        silencers = {service: people | team for service, people in deploys.service_approvers().items()}
+        silencers[""] = set(team)
+        names = {e.id: e.name for e in store.load_experts()}
+        return cls(store, routing, settings, silencers, names, clock, deploys.settings.incident_env)
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    def get(self, group_id: str) -> AlertGroup:
+        row = self.store.alert_group(group_id)
+        if row is None:
+            raise NotFound(f"no alert group {group_id!r}; `opsbot alerts` lists the known ones.")
+        return group_from_rows(row, self.store.alert_instances(group_id), self.store.alert_events(group_id))
+
+    def recent(self, limit: int = 200, status: str | None = None) -> list[AlertGroup]:
+        """Alert groups, the latest change first, with their alerts and events."""
+        return [
+            group_from_rows(r, self.store.alert_instances(r["id"]), self.store.alert_events(r["id"]))
+            for r in self.store.alert_groups(limit, status)
+        ]
+
+    def unbriefed(self) -> list[str]:
+        """Firing groups whose briefing was never built (the process stopped first)."""
+        return self.store.unbriefed_alert_groups()
+
+    def recent_deploys(self, group: AlertGroup, hours: int) -> list[DeployRequest]:
+        """The group's service's deploys in the ``hours`` before it started firing, newest first."""
+        if not group.service:
+            return []
+        since = datetime.fromisoformat(group.started_at) - timedelta(hours=hours)
+        return deploys_since(self.store, [group.service], since)
+
+    def possible_cause(self, group: AlertGroup, window_hours: int) -> tuple[DeployRequest, int] | None:
+        """The deploy its failure counts against (see possible_cause_at), from when it started firing."""
+        if not group.service:
+            return None
+        started = datetime.fromisoformat(group.started_at)
+        return possible_cause_at(self.store, (group.service,), self.env, started, window_hours)
+
+    # -- recording deliveries --------------------------------------------------------------------------------
+
+    def receive(self, notification: Notification, announcer: AlertAnnouncer | None = None) -> Change:
+        """Record a delivery: ``unchanged`` when it holds nothing new (a redelivery or a plain repeat), else the
+        change, announced in the same transaction. Raises NoChannel (nothing stored) when it cannot be shown."""
+        route = self.routing.route(notification)
+        now = self.clock()
+        group_id = notification.group_id
+        with self.store.transaction():
+            row = self.store.alert_group(group_id)
+            if row is not None and row["digest"] == notification.digest:
+                return Change("unchanged", self.get(group_id))
+            before = group_from_rows(row, self.store.alert_instances(group_id), ()) if row else None
+            kind = _kind(before, notification, now)
+            fields = _fields(notification, route, now)
+            if before is None or kind == "opened":
+                episode = before.episode + 1 if before else 1
+                self._open(group_id, notification, fields, episode, before is None, now)
+                note = opening_note(notification)
+            else:
+                note = self._update(before, notification, fields, kind, now)
+            self.store.add_alert_event(group_id, "alertmanager", kind, note, _iso(now))
+            change = Change(kind, self.get(group_id), note)
+            log.info(
+                "alert group %s id=%s service=%s channel=%s firing=%d route=%r",
+                kind,
+                group_id,
+                route.service or "-",
+                route.channel,
+                len(change.group.firing),
+                route.why,
+            )
+            if announcer is not None:
+                announcer.announce(change)
+        return change
+
+    def _open(self, group_id: str, n: Notification, fields: dict, episode: int, first: bool, now: datetime) -> None:
+        """A new message: the group seen for the first time, or firing again long after it resolved."""
+        fields |= {
+            "episode": episode,
+            "started_at": _iso(_earliest(n.alerts)),
+            "resolved_at": "" if n.status == "firing" else _iso(_latest_end(n.alerts, now)),
+            "message_channel": "",
+            "message_ts": "",
+            "briefing": "",
+            "incident_id": "",
+            "silence_id": "",
+            "silenced_by": "",
+            "silenced_until": "",
+        }
+        if first:
+            self.store.insert_alert_group(
+                {"id": group_id, "group_key": n.group_key, "received_at": _iso(now), **fields}
+            )
+        else:
+            self.store.update_alert_group(group_id, **fields)
+            self.store.clear_alert_instances(group_id)
+        self.store.replace_alert_instances(group_id, [instance_row(a) for a in n.alerts])
+
+    def _update(self, before: AlertGroup, n: Notification, fields: dict, kind: str, now: datetime) -> str:
+        """The same message: alerts added or resolved, the group resolved, or firing again soon after."""
+        incoming = {a.fingerprint for a in n.alerts}
+        # An alert Alertmanager stopped sending has ended (it resolved and was flushed from the group).
+        gone = [a for a in before.alerts if a.fingerprint not in incoming and a.firing]
+        rows = [instance_row(a) for a in n.alerts]
+        rows += [ended_row(a, now) for a in gone]
+        firing_starts = [a.starts_at for a in n.alerts if a.firing]
+        started = before.started_at
+        if kind == "refired" or not started:
+            started = _iso(min(firing_starts)) if firing_starts else started
+        elif firing_starts:
+            started = min(started, _iso(min(firing_starts)))
+        fields |= {"started_at": started}
+        if n.status == "resolved":
+            fields["resolved_at"] = (
+                before.resolved_at if kind == "changed" and before.resolved_at else _iso(_latest_end(n.alerts, now))
+            )
+        else:
+            fields["resolved_at"] = ""
+        self.store.update_alert_group(before.id, **fields)
+        self.store.replace_alert_instances(before.id, rows)
+        return difference(before, n, gone)
+
+    # -- what people do with it ---------------------------------------------------------------------------------
+
+    def set_message(self, group_id: str, episode: int, channel: str, ts: str) -> None:
+        """Where the episode's message was posted (an after-delivery hook): later edits need its ts."""
+        with self.store.transaction():
+            row = self.store.alert_group(group_id)
+            if row is not None and row["episode"] == episode:
+                self.store.update_alert_group(group_id, message_channel=channel, message_ts=ts)
+
+    def set_briefing(self, group_id: str, episode: int, briefing: str, announcer: AlertAnnouncer | None) -> bool:
+        """Keep the briefing built for ``episode`` and show it; False when the group moved on to another episode."""
+        with self.store.transaction():
+            row = self.store.alert_group(group_id)
+            if row is None or row["episode"] != episode or row["briefing"]:
+                return False
+            self.store.update_alert_group(group_id, briefing=briefing)
+            if announcer is not None:
+                announcer.announce(Change("briefed", self.get(group_id)))
+        return True
+
+    def silencers_of(self, group: AlertGroup) -> set[str]:
+        return self.silencers.get(group.service, set()) | self.silencers.get("", set())
+
+    def plan_silence(self, group_id: str, user: str) -> SilencePlan:
+        """The silence ``user`` asks for, if they may and the group's Alertmanager is one opsbot may call."""
+        group = self.get(group_id)
+        allowed = self.silencers_of(group)
+        if user not in allowed:
+            what = f"alerts of {group.service}" if group.service else "alerts of no known service"
+            who = [f"{group.service}'s approvers"] if group.service in self.silencers else []
+            if self.settings.silencers:
+                who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
+            if not who:
+                raise PermissionDenied(
+                    f"nobody may silence {what} from Slack: add a team to settings.alert_silencers in services.yaml."
+                )
+            raise PermissionDenied(f"only {' or '.join(who)} may silence {what}.")
+        url = self.allowed_url(group.external_url)
+        matchers = group.group_labels or group.common_labels
+        if not matchers:
+            raise InvalidRequest(
+                "the group has no labels in common to silence it by; silence it in Alertmanager instead."
+            )
+        now = self.clock()
+        who = self.names.get(user, "")
+        return SilencePlan(
+            url=url,
+            matchers=tuple(sorted(matchers.items())),
+            starts_at=now,
+            ends_at=now + SILENCE_FOR,
+            created_by=f"{who} ({user})" if who else user,
+            comment=f"Silenced from Slack through opsbot: {group.title}",
+        )
+
+    def allowed_url(self, external_url: str) -> str:
+        """The configured Alertmanager that ``external_url`` names; InvalidRequest when none does.
+
+        The payload's externalURL is only a name: opsbot calls the URL configured in settings.alertmanager_urls
+        that equals it, never a URL that arrived in a request.
+        """
+        if not self.settings.alertmanager_urls:
+            raise InvalidRequest(
+                "silencing from Slack is off: list your Alertmanager in settings.alertmanager_urls in services.yaml "
+                f"(for this alert: {external_url or 'its externalURL'}) and run `opsbot index`."
+            )
+        wanted = url_key(external_url)
+        for url in self.settings.alertmanager_urls:
+            if wanted and url_key(url) == wanted:
+                return url
+        raise InvalidRequest(
+            f"this alert came from {external_url or 'an Alertmanager without an externalURL'}, which is not in "
+            "settings.alertmanager_urls; add it there (and run `opsbot index`) to silence its alerts from Slack."
+        )
+
+    def can_silence_here(self, group: AlertGroup) -> bool:
+        """Whether a Silence button can work for this group (its Alertmanager is allowed)."""
+        try:
+            self.allowed_url(group.external_url)
+        except InvalidRequest:
+            return False
+        return True
+
+    def record_silence(
+        self, group_id: str, user: str, silence_id: str, until: datetime, announcer: AlertAnnouncer | None
+    ) -> AlertGroup:
+        with self.store.transaction():
+            self.store.update_alert_group(group_id, silence_id=silence_id, silenced_by=user, silenced_until=_iso(until))
+            note = f"Silenced for 1 h by {self.names.get(user, user)} until {until:%H:%M} UTC (silence {silence_id})"
+            self.store.add_alert_event(group_id, user, "silenced", note, _iso(self.clock()))
+            change = Change("silenced", self.get(group_id), note, user)
+            if announcer is not None:
+                announcer.announce(change)
+        return change.group
+
+    def declare_incident(
+        self, group_id: str, user: str, incidents: IncidentService, announcer: AlertAnnouncer | None
+    ) -> tuple[LiveIncident, bool]:
+        """An incident from the group (title, severity and service from the alert), once per episode: the
+        incident and True, or the one declared before and False."""
+        with self.store.transaction():
+            group = self.get(group_id)
+            if group.incident_id:
+                return incidents.get(group.incident_id), False
+            services = [group.service] if group.service in incidents.known_services else []
+            where = group.message_channel or group.channel
+            incident = incidents.declare(group.title, user, incident_severity(group.severity), services, where)
+            now = _iso(self.clock())
+            self.store.link_alert_incident(group_id, incident.id, group.service, group.started_at, now)
+            note = f"{incident.id} declared by {self.names.get(user, user)} (SEV{incident.severity})"
+            self.store.add_alert_event(group_id, user, "incident", note, now)
+            if announcer is not None:
+                announcer.announce(Change("incident", self.get(group_id), note, user))
+        return incident, True
+
+    def record_action(self, group_id: str, user: str, text: str, announcer: AlertAnnouncer | None) -> None:
+        """Something done from the group's message (a rollback requested), in its timeline and thread."""
+        with self.store.transaction():
+            self.store.add_alert_event(group_id, user, "action", text[:2000], _iso(self.clock()))
+            if announcer is not None:
+                announcer.announce(Change("action", self.get(group_id), text[:2000], user))
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _kind(before: AlertGroup | None, n: Notification, now: datetime) -> str:
+    if before is None:
+        return "opened"
+    if before.status == "resolved" and n.status == "firing":
+        ended = datetime.fromisoformat(before.resolved_at) if before.resolved_at else now
+        return "refired" if now - ended <= REOPEN_AFTER else "opened"
+    if before.status == "firing" and n.status == "resolved":
+        return "resolved"
+    return "changed"
+
+
+def _fields(n: Notification, route: Route, now: datetime) -> dict:
+    labels = n.group_labels | n.common_labels
+    first = next((a for a in n.alerts if a.firing), n.alerts[0])
+    return {
+        "status": n.status,
+        "service": route.service,
+        "channel": route.channel,
+        "alertname": labels.get("alertname") or first.labels.get("alertname", "") or "alert",
+        "severity": labels.get("severity") or first.labels.get("severity", ""),
+        "receiver": n.receiver,
+        "external_url": n.external_url,
+        "group_labels": json.dumps(n.group_labels, sort_keys=True),
+        "common_labels": json.dumps(n.common_labels, sort_keys=True),
+        "common_annotations": json.dumps(n.common_annotations, sort_keys=True),
+        "digest": n.digest,
+        "truncated": n.truncated,
+        "updated_at": _iso(now),
+    }
+
+
+def _earliest(alerts: tuple[Alert, ...]) -> datetime:
+    firing = [a.starts_at for a in alerts if a.firing]
+    return min(firing or [a.starts_at for a in alerts])
+
+
+def _latest_end(alerts: tuple[Alert, ...], now: datetime) -> datetime:
+    ends = [a.ends_at for a in alerts if a.ends_at is not None and not a.firing]
+    return min(max(ends), now) if ends else now

@@ -1,0 +1,60 @@
+"""The briefing shared by `/incident declare` and alerts from Alertmanager: related runbook sections, similar past
+incidents with how they were resolved, who to pull in (on call flagged), the services' recent deploys with Rollback.
+
+Each part is built on its own and guarded: one that fails (the model not loaded, an unknown service) is replaced by
+a line saying so, and the others are still shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+from bot.errors import OpsbotError
+from bot.ops.requests import DeployRequest
+from bot.runtime import Runtime
+from bot.slack.blocks.answers import build_experts_blocks
+from bot.slack.blocks.incidents import build_deploys_blocks, build_knowledge_blocks
+from bot.slack.blocks.mrkdwn import context
+
+log = logging.getLogger(__name__)
+RECENT_HOURS = 24
+Message = tuple[str, list[dict]]
+
+
+def knowledge_message(runtime: Runtime, query: str, channel: str, asker: str, runbook_url: str = "") -> Message:
+    """Runbook sections and similar past incidents for ``query``, with how those were resolved; the runbook that
+    ``runbook_url`` links to comes first."""
+    reply = runtime.answers.reply(query, channel=channel, user=asker, runbook_url=runbook_url)
+    resolutions = runtime.incidents().past_resolutions()
+    similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
+    text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
+    return text, build_knowledge_blocks(list(reply.runbooks), similar)
+
+
+def experts_message(runtime: Runtime, query: str, services: tuple[str, ...], asker: str = "") -> Message:
+    """Who to pull in, with why; whoever asked is never suggested to themselves, whoever is on call is shown."""
+    suggestions = runtime.answers.suggest_experts(query, list(services) or None, asker=asker)
+    text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
+    return text, build_experts_blocks(query, suggestions, can_invite=True)
+
+
+def deploys_message(
+    services: tuple[str, ...], deploys: list[DeployRequest], origin: dict[str, str], action_id: str
+) -> Message:
+    """The services' recent deploys, with a Rollback button (``action_id``) on each that succeeded."""
+    return f"{len(deploys)} deploy(s) in the last 24 h", build_deploys_blocks(services, deploys, origin, action_id)
+
+
+def guarded_part(what: str, build: Callable[[], Message]) -> Message:
+    """One part of a briefing; if it fails the others are still posted (the incident or alert is recorded already)."""
+    try:
+        return build()
+    except OpsbotError as exc:
+        text = f"No {what}: {exc}"
+    except Exception:
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("briefing part failed part=%s error_id=%s", what, error_id)
+        text = f"Could not load the {what} (error id `{error_id}`)."
+    return text, [context(text)]

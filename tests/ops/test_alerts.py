@@ -1,0 +1,396 @@
+"""Alert groups from Alertmanager: payloads captured from the real Alertmanager 0.25, routing, idempotent
+recording, what changed between deliveries, who may silence, incidents declared from an alert, DORA."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.answers.indexer import index_knowledge
+from bot.errors import InvalidRequest, PermissionDenied
+from bot.ops.alert_groups import Change, incident_severity
+from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notification, verify_bearer
+from bot.ops.alert_routing import AlertRouting, NoChannel
+from bot.ops.alerts import AlertService
+from bot.ops.deploys import DeployService
+from bot.ops.incidents import IncidentService
+from bot.ops.metrics import dora
+from bot.ops.requests import new_row
+from bot.store import Store
+from tests.conftest import FakeEncoder
+from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, CAROL, DAVE, ROSTER
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
+FIRED = datetime(2026, 12, 5, 16, 22, 39, tzinfo=UTC)  # the captured payloads' alerts started at 16:22:38
+SERVICES = f"""\
+settings:
+  alerts_channel: CALERTS001
+  alertmanager_urls: ["http://127.0.0.1:19093/", "https://am.example.com"]
+  alert_silencers: [data]
+services:
+  checkout-api:
+    owners: [{ALICE}]
+    channel: CCHECKOUT1
+    environments:
+      prod: {{approvals: 1, approvers: [web]}}
+    deploy: {{command: ["true"]}}
+  order-pipeline:
+    owners: [{DAVE}]
+    alerts: {{match: {{team: fulfilment, tier: backend}}, channel: CORDERS001}}
+  search: {{owners: [{DAVE}], alerts: {{match: {{team: fulfilment}}}}}}
+  ledger: {{owners: [{DAVE}]}}
+"""
+
+
+def payload(name: str, **changes: object) -> bytes:
+    data = json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+    return json.dumps(data | changes).encode()
+
+
+class Recorder:
+    """An announcer that keeps what it was told, as the Slack one would show it."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def announce(self, change: Change) -> None:
+        self.changes.append(change)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [c.kind for c in self.changes]
+
+
+@pytest.fixture
+def alert_store(tmp_path: Path) -> Store:
+    root = tmp_path / "knowledge"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES, encoding="utf-8")
+    (root / "experts.yaml").write_text(ROSTER, encoding="utf-8")
+    store = Store(tmp_path / "alerts.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def alert_clock() -> Clock:
+    return Clock(FIRED + timedelta(seconds=5))
+
+
+@pytest.fixture
+def alerts(alert_store: Store, alert_clock: Clock) -> AlertService:
+    deploys = DeployService.from_store(alert_store, clock=alert_clock)
+    return AlertService.from_store(alert_store, deploys, set(alert_store.service_configs()), clock=alert_clock)
+
+
+def receive(alerts: AlertService, name: str, announcer: Recorder | None = None, **changes: object) -> Change:
+    return alerts.receive(parse_notification(payload(name, **changes)), announcer)
+
+
+# -- the payload ------------------------------------------------------------------------------------------------
+
+
+def test_captured_payloads_parse_into_one_group_with_a_digest_per_state() -> None:
+    parsed = {name: parse_notification(payload(name)) for name in (p.stem for p in FIXTURES.glob("*.json"))}
+    pgbouncer = [parsed[n] for n in ("pgbouncer-firing", "pgbouncer-grown", "pgbouncer-one-resolved")]
+    pgbouncer.append(parsed["pgbouncer-resolved"])
+    assert len({n.group_id for n in pgbouncer}) == 1 and parsed["crashloop-firing"].group_id != pgbouncer[0].group_id
+    assert len({n.digest for n in pgbouncer}) == 4
+    first = parsed["pgbouncer-firing"]
+    assert (first.status, first.receiver, first.external_url) == ("firing", "opsbot", "http://127.0.0.1:19093")
+    assert [a.labels["instance"] for a in first.alerts] == ["pgbouncer-0", "pgbouncer-1"]
+    assert first.alerts[0].ends_at is None and first.alerts[0].starts_at.tzinfo is not None
+    assert parsed["pgbouncer-resolved"].alerts[0].ends_at == datetime(2026, 12, 5, 16, 22, 57, tzinfo=UTC)
+    amtool = parsed["amtool-firing"]  # `amtool alert add` sends no generatorURL; the group is still checkout-api's
+    assert amtool.alerts[0].generator_url == "" and amtool.group_labels["service"] == "checkout-api"
+    # annotations (whose values change at every evaluation) do not make a delivery new
+    changed = json.loads(payload("pgbouncer-firing"))
+    changed["alerts"][0]["annotations"]["description"] = "cl_waiting is 42"
+    assert parse_notification(json.dumps(changed).encode()).digest == first.digest
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        (b"\xff\xfe", "body", "UTF-8"),
+        (b'{"version": "4",', "body", "not JSON"),
+        (b"[]", "body", "JSON object"),
+        (payload("pgbouncer-firing", version="3"), "version", '"4"'),
+        (payload("pgbouncer-firing", status="burning"), "status", "firing or resolved"),
+        (payload("pgbouncer-firing", groupKey=""), "groupKey", "missing or empty"),
+        (payload("pgbouncer-firing", alerts=[]), "alerts", "non-empty"),
+        (payload("pgbouncer-firing", alerts=[{"status": "firing"}] * 1001), "alerts", "max_alerts"),
+        (payload("pgbouncer-firing", commonLabels={"team": 7}), "commonLabels.team", "string"),
+        (payload("pgbouncer-firing", truncatedAlerts=-1), "truncatedAlerts", "0 or more"),
+        (payload("pgbouncer-firing", externalURL=["x"]), "externalURL", "string"),
+    ],
+)
+def test_malformed_payloads_name_the_field_that_is_wrong(body: bytes, field: str, says: str) -> None:
+    with pytest.raises(PayloadProblem) as caught:
+        parse_notification(body)
+    assert caught.value.field == field and says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"fingerprint": "../../etc"}, "alerts[0].fingerprint", "hex"),
+        ({"startsAt": "yesterday"}, "alerts[0].startsAt", "RFC 3339"),
+        ({"startsAt": "2026-12-05T16:22:38"}, "alerts[0].startsAt", "UTC offset"),
+        ({"labels": {}}, "alerts[0].labels", "alertname"),
+        ({"status": None}, "alerts[0].status", "firing or resolved"),
+        ({"annotations": {"summary": "x" * 9000}}, "alerts[0].annotations.summary", "at most"),
+    ],
+)
+def test_a_malformed_alert_is_named_by_its_place(change: dict, field: str, says: str) -> None:
+    data = json.loads(payload("pgbouncer-firing"))
+    data["alerts"][0] |= change
+    with pytest.raises(PayloadProblem) as caught:
+        parse_notification(json.dumps(data).encode())
+    assert caught.value.field == field and says in str(caught.value)
+
+
+def test_the_same_fingerprint_twice_is_refused() -> None:
+    data = json.loads(payload("pgbouncer-firing"))
+    data["alerts"][1]["fingerprint"] = data["alerts"][0]["fingerprint"]
+    with pytest.raises(PayloadProblem, match="appears twice"):
+        parse_notification(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        (None, "no Authorization header"),
+        ("", "no Authorization header"),
+        ("Basic dXNlcjpwYXNz", "Bearer <token>"),
+        ("Bearer ", "Bearer <token>"),
+        ("Bearer not-the-token-at-all", "wrong token"),
+        ("Bearer the-token-0123456789-and-more", "wrong token"),
+    ],
+)
+def test_only_the_configured_bearer_token_passes(header: str | None, says: str) -> None:
+    with pytest.raises(Unauthorized, match=says):
+        verify_bearer("the-token-0123456789", header)
+    verify_bearer("the-token-0123456789", "Bearer the-token-0123456789")
+    verify_bearer("the-token-0123456789", "bearer  the-token-0123456789 ")
+
+
+# -- routing ------------------------------------------------------------------------------------------------
+
+
+def test_routing_by_label_then_match_then_channel(alerts: AlertService) -> None:
+    def routed(**labels: str) -> tuple[str, str]:
+        data = json.loads(payload("crashloop-firing"))
+        data["groupLabels"] = {"alertname": "X"}
+        data["commonLabels"] = {"alertname": "X", **labels}
+        data["alerts"][0]["labels"] = {"alertname": "X", **labels}
+        route = alerts.routing.route(parse_notification(json.dumps(data).encode()))
+        return route.service, route.channel
+
+    assert routed(service="checkout-api") == ("checkout-api", "CCHECKOUT1")  # the service's channel
+    assert routed(app="ledger") == ("ledger", "CALERTS001")  # no channel of its own: settings.alerts_channel
+    assert routed(job="checkout-api", namespace="ledger") == ("checkout-api", "CCHECKOUT1")  # job before namespace
+    assert routed(team="fulfilment", tier="backend") == ("order-pipeline", "CORDERS001")  # the most specific match
+    assert routed(team="fulfilment") == ("search", "CALERTS001")
+    assert routed(team="fulfilment", service="ledger") == ("search", "CALERTS001")  # a match wins over labels
+    assert routed(service="unknown-thing") == ("", "CALERTS001")
+
+
+def test_without_any_channel_nothing_is_stored(alerts: AlertService, alert_store: Store) -> None:
+    bare = AlertService(alert_store, AlertRouting((), frozenset(), {}, ""), alerts.settings, {})
+    with pytest.raises(NoChannel, match="settings.alerts_channel"):
+        receive(bare, "crashloop-firing")
+    assert alert_store.alert_groups() == []
+
+
+# -- recording --------------------------------------------------------------------------------------------------
+
+
+def test_a_group_is_opened_once_and_a_redelivery_changes_nothing(alerts: AlertService, alert_store: Store) -> None:
+    shown = Recorder()
+    first = receive(alerts, "pgbouncer-firing", shown)
+    again = receive(alerts, "pgbouncer-firing", shown)
+
+    assert (first.kind, again.kind) == ("opened", "unchanged")
+    assert shown.kinds == ["opened"]  # a redelivery shows nothing
+    group = alerts.get(first.group.id)
+    assert (group.status, group.service, group.channel, group.episode) == ("firing", "checkout-api", "CCHECKOUT1", 1)
+    assert (group.alertname, group.severity, group.summary) == (
+        "PgBouncerPoolExhausted",
+        "critical",
+        "PgBouncer pool exhausted on pg-main",
+    )
+    assert group.runbook_url == "https://wiki.larder.io/runbooks/postgres/connection-pool-exhausted"
+    assert group.started_at == "2026-12-05T16:22:38+00:00" and len(group.firing) == 2
+    assert [e["kind"] for e in group.events] == ["opened"]
+    assert group.message_key == f"alert:{group.id}:1"
+
+
+def test_changes_between_deliveries_are_described_and_resolution_has_its_duration(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    grown = receive(alerts, "pgbouncer-grown", shown)
+    shrunk = receive(alerts, "pgbouncer-one-resolved", shown)
+    alert_clock.advance(seconds=20)
+    resolved = receive(alerts, "pgbouncer-resolved", shown)
+    receive(alerts, "pgbouncer-resolved", shown)  # redelivered
+
+    assert shown.kinds == ["opened", "changed", "changed", "resolved"]
+    assert grown.note == "1 started firing: instance=pgbouncer-2; now 3 firing"
+    assert shrunk.note == "1 resolved: instance=pgbouncer-0; now 2 firing"
+    assert resolved.note == "2 resolved: instance=pgbouncer-1, instance=pgbouncer-2; All resolved"
+    group = resolved.group
+    assert group.status == "resolved" and group.resolved_at == "2026-12-05T16:22:57+00:00"
+    assert group.minutes == 0 and all(not a.firing for a in group.alerts) and len(group.alerts) == 3
+    assert [e["kind"] for e in group.events] == ["opened", "changed", "changed", "resolved"]
+
+
+def test_an_alert_alertmanager_stops_sending_has_ended(alerts: AlertService) -> None:
+    receive(alerts, "pgbouncer-grown")
+    data = json.loads(payload("pgbouncer-grown"))
+    data["alerts"] = data["alerts"][1:]  # pgbouncer-0 resolved and was flushed from the group
+    change = alerts.receive(parse_notification(json.dumps(data).encode()))
+    assert change.kind == "changed" and change.note == "1 resolved: instance=pgbouncer-0; now 2 firing"
+    assert [a.status for a in change.group.shown_alerts] == ["firing", "firing", "resolved"]
+
+
+def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    receive(alerts, "pgbouncer-resolved", shown)
+    alert_clock.advance(minutes=30)
+    soon = receive(alerts, "pgbouncer-firing", shown)
+    assert (soon.kind, soon.group.episode) == ("refired", 1) and soon.note.startswith("Firing again")
+
+    receive(alerts, "pgbouncer-resolved", shown)
+    alert_clock.advance(hours=3)
+    later = receive(alerts, "pgbouncer-firing", shown)
+    assert (later.kind, later.group.episode, later.group.briefing) == ("opened", 2, "")
+    assert later.group.message_key.endswith(":2") and shown.kinds == [
+        "opened",
+        "resolved",
+        "refired",
+        "resolved",
+        "opened",
+    ]
+
+
+def test_a_briefing_is_kept_once_and_only_for_its_episode(alerts: AlertService) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    shown = Recorder()
+    assert alerts.set_briefing(group.id, 2, "[]", shown) is False  # built for another episode
+    assert alerts.set_briefing(group.id, 1, '[{"type": "divider"}]', shown) is True
+    assert alerts.set_briefing(group.id, 1, "[]", shown) is False  # built twice: the first one stays
+    assert shown.kinds == ["briefed"] and alerts.get(group.id).briefing == '[{"type": "divider"}]'
+    assert alerts.unbriefed() == []
+
+
+# -- silences ---------------------------------------------------------------------------------------------------
+
+
+def test_silences_are_allowed_to_approvers_and_silencers_at_a_configured_alertmanager(alerts: AlertService) -> None:
+    checkout = receive(alerts, "pgbouncer-firing").group  # from http://127.0.0.1:19093
+    plan = alerts.plan_silence(checkout.id, ALICE)  # web team: approves checkout-api deploys
+    assert plan.url == "http://127.0.0.1:19093"  # the configured URL, not the payload's string
+    assert plan.matchers == (("alertname", "PgBouncerPoolExhausted"), ("service", "checkout-api"))
+    assert plan.ends_at - plan.starts_at == timedelta(hours=1)
+    assert plan.created_by == f"Alice Archer ({ALICE})" and "PgBouncerPoolExhausted" in plan.comment
+    assert alerts.plan_silence(checkout.id, DAVE).url  # data team: settings.alert_silencers
+    with pytest.raises(PermissionDenied, match=r"only checkout-api's approvers or data \(settings.alert_silencers\)"):
+        alerts.plan_silence(checkout.id, CAROL)
+
+
+@pytest.mark.parametrize(
+    ("external_url", "allowed"),
+    [
+        ("http://127.0.0.1:19093", True),
+        ("HTTP://127.0.0.1:19093/", True),
+        ("https://am.example.com:443", True),
+        ("http://127.0.0.1:19094", False),
+        ("http://169.254.169.254/latest/meta-data", False),
+        ("http://user:pw@127.0.0.1:19093", False),
+        ("file:///etc/passwd", False),
+        ("", False),
+    ],
+)
+def test_only_a_configured_alertmanager_is_ever_called(alerts: AlertService, external_url: str, allowed: bool) -> None:
+    group = receive(alerts, "pgbouncer-firing", externalURL=external_url).group
+    assert alerts.can_silence_here(group) is allowed
+    if not allowed:
+        with pytest.raises(InvalidRequest, match="settings.alertmanager_urls"):
+            alerts.plan_silence(group.id, ALICE)
+
+
+def test_recording_a_silence_shows_it(alerts: AlertService, alert_clock: Clock) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    shown = Recorder()
+    until = alert_clock.now + timedelta(hours=1)
+    silenced = alerts.record_silence(group.id, ALICE, "ea7eb532", until, shown)
+    assert (silenced.silence_id, silenced.silenced_by) == ("ea7eb532", ALICE)
+    assert shown.kinds == ["silenced"] and "Silenced for 1 h by Alice Archer" in shown.changes[0].note
+
+
+# -- incidents and DORA -------------------------------------------------------------------------------------------
+
+
+def test_an_incident_is_declared_once_per_episode_with_the_alerts_title_severity_and_service(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    shown = Recorder()
+    incident, created = alerts.declare_incident(group.id, CAROL, incidents, shown)
+    again, twice = alerts.declare_incident(group.id, ALICE, incidents, shown)
+
+    assert created and not twice and again.id == incident.id
+    assert incident.title == "PgBouncerPoolExhausted: PgBouncer pool exhausted on pg-main"
+    assert (incident.severity, incident.services, incident.declared_by) == (1, ("checkout-api",), CAROL)
+    assert shown.kinds == ["incident"] and alerts.get(group.id).incident_id == incident.id
+    [linked] = alert_store.alert_incidents()
+    assert (linked["incident_id"], linked["service"], linked["fired_at"]) == (
+        incident.id,
+        "checkout-api",
+        "2026-12-05T16:22:38+00:00",
+    )
+
+
+@pytest.mark.parametrize(
+    ("label", "severity"), [("critical", 1), ("Page", 1), ("error", 2), ("warning", 3), ("info", 4), ("odd", None)]
+)
+def test_severity_labels_map_to_incident_severities(label: str, severity: int | None) -> None:
+    assert incident_severity(label) == severity
+
+
+def test_an_alert_counts_against_a_deploy_only_when_it_led_to_an_incident(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    finished = (FIRED - timedelta(hours=2)).isoformat()
+    row = new_row(
+        "dep-1",
+        service="checkout-api",
+        env="prod",
+        version="1.4.2",
+        status="succeeded",
+        created_at=finished,
+        started_at=finished,
+        finished_at=finished,
+    )
+    with alert_store.transaction():
+        alert_store.insert_deploy(row)
+    now = FIRED + timedelta(hours=1)
+    group = receive(alerts, "pgbouncer-firing").group
+    assert dora(alert_store, "checkout-api", "prod", now=now).failed_changes == 0  # an alert alone is not a failure
+
+    incidents = IncidentService(alert_store, {"checkout-api"}, clock=lambda: FIRED + timedelta(days=3))
+    alerts.declare_incident(group.id, CAROL, incidents, None)  # declared days later: the firing time counts
+    figures = dora(alert_store, "checkout-api", "prod", now=now)
+    assert (figures.changes, figures.failed_changes) == (1, 1)

@@ -1,0 +1,351 @@
+"""POST /hooks/alertmanager on the real HTTP server with payloads captured from Alertmanager 0.25, against the fake
+Slack Web API: one message per group with its briefing, edits and thread notes on repeats, the buttons."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bot.config import Secret
+from bot.ops.requests import new_row
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.local.fake_api import Call, FakeSlackAPI
+from tests.slack.conftest import Response, SlackDriver, send, shown, start_bot
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
+TOKEN = "am-token-0123456789abcdef"
+ALERTS = "C04ALERTS1"  # settings.alerts_channel of the sample
+PRIYA = "U03F8K2LQ1"  # payments: approves checkout-api
+SAM = "U08P1CK3XQ"  # sre: settings.alert_silencers
+LENA = "U07L2ZG4UM"  # frontend: may not silence checkout-api's alerts
+RUNBOOK = "runbooks/postgres/connection-pool-exhausted.md"
+
+
+def payload(name: str, **changes: object) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8")) | changes
+
+
+class FakeAlertmanager:
+    """Alertmanager's POST /api/v2/silences on loopback: records each silence and answers with its id."""
+
+    def __init__(self) -> None:
+        self.silences: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.silences.append({"path": self.path, **body})
+                answer = json.dumps({"silenceID": f"silence-{len(fake.silences)}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def alertmanager() -> Iterator[FakeAlertmanager]:
+    fake = FakeAlertmanager()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def bot(runtime: Runtime, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager) -> Iterator[SlackDriver]:
+    """The bot with OPSBOT_ALERTMANAGER_TOKEN set and the fake Alertmanager in settings.alertmanager_urls."""
+    runtime.settings = replace(runtime.settings, alertmanager_token=Secret(TOKEN))
+    runtime.index()  # loaded: the loader thread no longer reads while the test writes
+    settings = json.loads(runtime.store.get_meta("deploy_settings"))
+    runtime.store.set_meta("deploy_settings", json.dumps(settings | {"alertmanager_urls": [alertmanager.url]}))
+    server, driver = start_bot(runtime, slack_api)
+    yield driver
+    server.stop()
+    if driver.web is not None:
+        driver.web.stop()
+
+
+def deliver(bot: SlackDriver, body: dict | bytes, token: str | None = TOKEN, wait: bool = True) -> Response:
+    """POST to /hooks/alertmanager as Alertmanager does; then wait until what opsbot posts is delivered."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "Alertmanager/0.25.0"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    response = send(urllib.request.Request(f"{bot.base_url}/hooks/alertmanager", data, headers, method="POST"))
+    if wait:
+        settle(bot)
+    return response
+
+
+def settle(bot: SlackDriver) -> None:
+    """Wait for the briefings being built and for every post to reach the fake Slack."""
+    runtime_pools_idle = bot.web is not None and bot.web.wait_idle(20)
+    assert runtime_pools_idle, "opsbot's posts were not delivered within 20 s"
+
+
+def top_level(api: FakeSlackAPI, channel: str = ALERTS) -> list[Call]:
+    return [c for c in api.calls("chat.postMessage") if c.body["channel"] == channel and not c.body.get("thread_ts")]
+
+
+def thread_notes(api: FakeSlackAPI) -> list[str]:
+    return [c.body["text"] for c in api.calls("chat.postMessage") if c.body.get("thread_ts")]
+
+
+def briefed(api: FakeSlackAPI, count: int = 1) -> list[Call]:
+    """The edits that added a briefing (the related runbooks) to alert messages."""
+    return api.wait_for("chat.update", count, timeout=30, predicate=lambda c: "Related runbook" in shown(c.body))
+
+
+def buttons(body: dict) -> dict[str, dict]:
+    found = {}
+    for block in body.get("blocks") or []:
+        for element in block.get("elements", []) if block.get("type") == "actions" else []:
+            found[element["action_id"]] = element
+        if "accessory" in block:
+            found.setdefault(block["accessory"]["action_id"], block["accessory"])
+    return found
+
+
+def groups(runtime: Runtime) -> list[dict]:
+    return runtime.store.alert_groups()
+
+
+# -- the endpoint ----------------------------------------------------------------------------------------------
+
+
+def test_without_the_token_configured_the_endpoint_is_off(
+    runtime: Runtime, slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    answer = deliver(slack, payload("pgbouncer-firing"))
+    assert answer.status == 503 and "OPSBOT_ALERTMANAGER_TOKEN" in answer.json()["error"]
+    assert groups(runtime) == [] and slack_api.calls("chat.postMessage") == []
+
+
+@pytest.mark.parametrize(
+    ("token", "body", "status", "says"),
+    [
+        (None, payload("pgbouncer-firing"), 401, "no Authorization header"),
+        ("not-the-token-0123456789", payload("pgbouncer-firing"), 401, "wrong token"),
+        (TOKEN, b"{not json", 400, "body: is not JSON"),
+        (TOKEN, payload("pgbouncer-firing", version="3"), 400, "version"),
+        (TOKEN, payload("pgbouncer-firing", alerts=[{"status": "firing", "labels": {"a": "b"}}]), 400, "fingerprint"),
+    ],
+)
+def test_a_bad_token_or_payload_is_refused_with_why_and_nothing_is_stored_or_posted(
+    runtime: Runtime,
+    bot: SlackDriver,
+    slack_api: FakeSlackAPI,
+    token: str | None,
+    body: dict | bytes,
+    status: int,
+    says: str,
+) -> None:
+    answer = deliver(bot, body, token=token)
+    assert answer.status == status and says in answer.json()["error"], answer.body
+    assert groups(runtime) == [] and slack_api.calls("chat.postMessage") == []
+    assert TOKEN not in answer.body
+
+
+# -- one message per group, with the briefing --------------------------------------------------------------------
+
+
+def test_a_firing_group_gets_one_message_with_the_incident_briefing(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
+) -> None:
+    answer = deliver(bot, payload("pgbouncer-firing", externalURL=alertmanager.url))
+    assert answer.status == 200, answer.body
+    assert answer.json() | {"group": "-"} == {
+        "ok": True,
+        "group": "-",
+        "change": "opened",
+        "status": "firing",
+        "service": "checkout-api",
+        "channel": ALERTS,
+    }
+    [message] = top_level(slack_api)
+    [edit] = briefed(slack_api)
+    text = shown(edit.body)
+    assert message.body["text"].startswith("[FIRING:2] PgBouncerPoolExhausted (checkout-api)")
+    assert edit.body["ts"] == message.answer["ts"]
+    # the alert: summary, severity, labels, links
+    assert "PgBouncer pool exhausted on pg-main" in text and "critical" in text and "`namespace=payments`" in text
+    assert "<https://wiki.larder.io/runbooks/postgres/connection-pool-exhausted|Runbook>" in text
+    assert "&amp;g0.tab=1|Source>" in text and "`instance=pgbouncer-0` since 16:22 UTC" in text
+    # the briefing of /incident declare: runbook, similar incidents with resolutions, people, deploys
+    assert text.index("Related runbook sections") < text.index(RUNBOOK) < text.index("Similar past incidents")
+    assert "*Resolved by:*" in text and "Who could help with:" in text
+    assert "Deploys of checkout-api in the last 24 h" in text
+    assert set(buttons(edit.body)) >= {ids.ALERT_DECLARE, ids.ALERT_SILENCE, ids.INVITE_EXPERT}
+    assert ids.ALERT_SILENCE not in buttons(message.body | {"blocks": []})
+    [group] = groups(runtime)
+    assert (group["message_channel"], group["message_ts"]) == (ALERTS, message.answer["ts"])
+
+
+def test_redeliveries_and_plain_repeats_post_nothing_more(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    deliver(bot, payload("pgbouncer-firing"))
+    briefed(slack_api)
+    calls = len(slack_api.calls())
+    for _ in range(3):
+        assert deliver(bot, payload("pgbouncer-firing")).json()["change"] == "unchanged"
+    assert len(slack_api.calls()) == calls and len(top_level(slack_api)) == 1
+    assert len(runtime.store.alert_events(groups(runtime)[0]["id"])) == 1
+
+
+def test_changes_edit_the_message_and_are_noted_in_its_thread_and_resolution_shows_the_duration(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    deliver(bot, payload("pgbouncer-firing"))
+    briefed(slack_api)
+    for name in ("pgbouncer-grown", "pgbouncer-one-resolved", "pgbouncer-resolved"):
+        assert deliver(bot, payload(name)).status == 200
+
+    assert len(top_level(slack_api)) == 1  # never a new post
+    edits = [c.body for c in slack_api.calls("chat.update")]
+    assert [e["text"].split(" (")[0] for e in edits] == [
+        "[FIRING:2] PgBouncerPoolExhausted",  # the briefing added
+        "[FIRING:3] PgBouncerPoolExhausted",
+        "[FIRING:2] PgBouncerPoolExhausted",
+        "[RESOLVED] PgBouncerPoolExhausted",
+    ]
+    last = shown(edits[-1])
+    assert "Resolved at 16:22 UTC after 0 min" in last and RUNBOOK in last  # the briefing stays
+    assert ids.ALERT_SILENCE not in buttons(edits[-1])  # nothing fires: nothing to silence
+    assert thread_notes(slack_api) == [
+        ":arrows_counterclockwise: 1 started firing: instance=pgbouncer-2; now 3 firing",
+        ":arrows_counterclockwise: 1 resolved: instance=pgbouncer-0; now 2 firing",
+        ":white_check_mark: Resolved after 0 min. 2 resolved: instance=pgbouncer-1, instance=pgbouncer-2; All resolved",
+    ]
+
+
+def test_a_storm_of_200_alerts_in_20_groups_makes_20_messages_through_slack_rate_limits(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    template = payload("crashloop-firing")
+    storm = []
+    for g in range(20):
+        alerts = [
+            template["alerts"][0]
+            | {
+                "fingerprint": f"{g:04x}{n:012x}",
+                "labels": {"alertname": f"Storm{g}", "pod": f"p-{n}", "service": "order-pipeline"},
+            }
+            for n in range(10)
+        ]
+        labels = {"alertname": f"Storm{g}", "service": "order-pipeline"}
+        key = f'{{}}:{{alertname="Storm{g}"}}'
+        storm.append(template | {"groupKey": key, "groupLabels": labels, "commonLabels": labels, "alerts": alerts})
+    slack_api.fail_next("chat.postMessage", status=429, times=3, retry_after=1)
+    with ThreadPoolExecutor(8) as pool:  # Alertmanager sends groups in parallel, and sends some twice
+        answers = list(pool.map(lambda body: deliver(bot, body, wait=False), storm + storm[:5]))
+    settle(bot)
+    assert [a.status for a in answers] == [200] * 25
+    posted = [c for c in top_level(slack_api) if c.ok]
+    assert sorted(c.body["text"].split()[1] for c in posted) == sorted(f"Storm{g}" for g in range(20))
+    assert len(groups(runtime)) == 20 and not [c for c in slack_api.calls() if not c.ok and c.status != 429]
+
+
+# -- the buttons ----------------------------------------------------------------------------------------------------
+
+
+def test_declare_incident_declares_once_with_the_alerts_title_severity_and_service(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    deliver(bot, payload("pgbouncer-firing"))
+    [edit] = briefed(slack_api)
+    value = buttons(edit.body)[ids.ALERT_DECLARE]["value"]
+    assert bot.click(ids.ALERT_DECLARE, value, user=PRIYA, channel=ALERTS, message_ts=edit.body["ts"]).status == 200
+    declared = slack_api.wait_for("chat.postMessage", predicate=lambda c: "SEV1" in c.body["text"], timeout=20)
+    settle(bot)
+    [incident] = runtime.incidents().list_open()
+    assert incident.title == "PgBouncerPoolExhausted: PgBouncer pool exhausted on pg-main"
+    assert (incident.severity, incident.services, incident.declared_by) == (1, ("checkout-api",), PRIYA)
+    assert declared[0].body["channel"] == ALERTS
+    assert f"incident *{incident.id}*" in shown(slack_api.calls("chat.update")[-1].body)
+    assert f":rotating_light: <@{PRIYA}>: {incident.id} declared by Priya" in thread_notes(slack_api)[-1]
+
+    bot.click(ids.ALERT_DECLARE, value, user=SAM, channel=ALERTS)
+    [told] = slack_api.wait_for("chat.postEphemeral", timeout=20)
+    assert told.body["text"] == f"{incident.id} was declared for this alert already."
+    assert len(runtime.incidents().list_open()) == 1
+
+
+def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_those_allowed(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
+) -> None:
+    deliver(bot, payload("pgbouncer-firing", externalURL=alertmanager.url + "/"))
+    [edit] = briefed(slack_api)
+    value = buttons(edit.body)[ids.ALERT_SILENCE]["value"]
+
+    bot.click(ids.ALERT_SILENCE, value, user=LENA, channel=ALERTS)
+    [refused] = slack_api.wait_for("response_url", timeout=20)  # told only to the clicker
+    assert "only checkout-api's approvers or sre (settings.alert_silencers) may silence" in refused.body["text"]
+    assert alertmanager.silences == []
+
+    bot.click(ids.ALERT_SILENCE, value, user=SAM, channel=ALERTS)
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "Silenced" in c.body["text"], timeout=20)
+    settle(bot)
+    [silence] = alertmanager.silences
+    assert silence["path"] == "/api/v2/silences" and silence["createdBy"].endswith(f"({SAM})")
+    assert {(m["name"], m["value"], m["isRegex"]) for m in silence["matchers"]} == {
+        ("alertname", "PgBouncerPoolExhausted", False),
+        ("service", "checkout-api", False),
+    }
+    starts, ends = (datetime.fromisoformat(silence[k]) for k in ("startsAt", "endsAt"))
+    assert ends - starts == timedelta(hours=1)
+    assert "silenced until" in shown(slack_api.calls("chat.update")[-1].body)
+    assert groups(runtime)[0]["silence_id"] == "silence-1"
+
+
+def test_rollback_from_the_alert_goes_through_the_usual_approval(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    finished = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds")
+    for request_id, version, at in (("dep-old", "1.4.1", "2026-11-01T10:00:00+00:00"), ("dep-new", "1.4.2", finished)):
+        row = new_row(
+            request_id,
+            service="checkout-api",
+            env="prod",
+            version=version,
+            status="succeeded",
+            created_at=at,
+            started_at=at,
+            finished_at=at,
+        )
+        with runtime.store.transaction():
+            runtime.store.insert_deploy(row)
+    now = datetime.now(UTC).isoformat()
+    fresh = payload("pgbouncer-firing")
+    fresh["alerts"] = [a | {"startsAt": now} for a in fresh["alerts"]]
+    deliver(bot, fresh)
+    [edit] = briefed(slack_api)
+    rollback = buttons(edit.body)[ids.ALERT_ROLLBACK]
+    assert json.loads(rollback["value"])["deploy"] == "dep-new"
+    assert "Possible cause:* deploy 1.4.2 of checkout-api to prod" in shown(edit.body)
+
+    bot.click(ids.ALERT_ROLLBACK, rollback["value"], user=PRIYA, channel=ALERTS)
+    request = slack_api.wait_for("chat.postMessage", predicate=lambda c: ids.DEPLOY_APPROVE in json.dumps(c.body))
+    settle(bot)
+    assert "1.4.1" in shown(request[0].body) and request[0].body["channel"] == ALERTS
+    assert thread_notes(slack_api)[-1].startswith(f":leftwards_arrow_with_hook: <@{PRIYA}>: Rollback of checkout-api")

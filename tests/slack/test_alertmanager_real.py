@@ -1,0 +1,234 @@
+"""A real Alertmanager (Debian's prometheus-alertmanager 0.25) sends to opsbot's /hooks/alertmanager.
+
+Alerts are fired through Alertmanager's own API; what reaches the fake Slack Web API is asserted: one briefing per
+group, an edit and a thread note when a group changes, nothing new on a plain repeat, the resolution once an alert
+ends, and a silence created from the Silence 1h button that Alertmanager itself then lists.
+Skipped, with the reason printed by `make test` (pytest -ra), when no Alertmanager binary is on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.config import Secret
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.local.fake_api import FakeSlackAPI
+from tests.slack.conftest import SlackDriver, shown, start_bot
+from tests.slack.test_alert_flow import ALERTS, SAM, buttons, thread_notes
+
+BINARY = shutil.which("alertmanager") or shutil.which("prometheus-alertmanager")
+pytestmark = pytest.mark.skipif(
+    BINARY is None,
+    reason="no Alertmanager on PATH: the end-to-end test with a real Alertmanager did not run "
+    "(apt-get install prometheus-alertmanager, as .ci/run does)",
+)
+TOKEN = "am-real-token-0123456789abcdef"
+WAIT_S = 60.0  # Alertmanager flushes every group_interval (1 s here); a loaded machine gets plenty more
+CONFIG = """\
+route:
+  receiver: opsbot
+  group_by: [alertname, service]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 3s
+receivers:
+  - name: opsbot
+    webhook_configs:
+      - url: {url}/hooks/alertmanager
+        send_resolved: true
+        http_config:
+          authorization:
+            credentials: {token}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url: str, body: object = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    method = "GET" if body is None else "POST"
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    return json.loads(text) if text.strip().startswith(("{", "[")) else text
+
+
+def until(what: str, check: Callable[[], object], timeout: float = WAIT_S) -> object:
+    """Poll ``check`` until it returns something true; fail saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Alertmanager:
+    url: str
+    process: subprocess.Popen
+
+    def fire(self, alertname: str, service: str, ends_at: datetime | None = None, **labels: str) -> None:
+        alert: dict = {
+            "labels": {"alertname": alertname, "service": service, "severity": "critical", **labels},
+            "annotations": {"summary": f"{alertname} on {service}"},
+            "generatorURL": "http://prometheus.larder.internal:9090/graph?g0.expr=up",
+        }
+        if alertname == "PgBouncerPoolExhausted":
+            alert["annotations"]["runbook_url"] = "https://wiki.larder.io/runbooks/postgres/connection-pool-exhausted"
+        if ends_at is not None:
+            alert["endsAt"] = ends_at.isoformat().replace("+00:00", "Z")
+        call(f"{self.url}/api/v2/alerts", [alert])
+
+    def webhook_sends(self) -> int:
+        metrics = str(call(f"{self.url}/metrics"))
+        found = re.search(r'^alertmanager_notifications_total\{integration="webhook"\} (\d+)', metrics, re.M)
+        return int(found.group(1)) if found else 0
+
+
+@pytest.fixture
+def bot(runtime: Runtime, slack_api: FakeSlackAPI) -> Iterator[SlackDriver]:
+    runtime.settings = replace(runtime.settings, alertmanager_token=Secret(TOKEN))
+    runtime.index()
+    server, driver = start_bot(runtime, slack_api)
+    yield driver
+    server.stop()
+    if driver.web is not None:
+        driver.web.stop()
+
+
+@pytest.fixture
+def alertmanager(bot: SlackDriver, runtime: Runtime, tmp_path: Path) -> Iterator[Alertmanager]:
+    """Alertmanager on a loopback port, its receiver opsbot's endpoint; listed in settings.alertmanager_urls."""
+    assert BINARY is not None
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(CONFIG.format(url=bot.base_url, token=TOKEN), encoding="utf-8")
+    settings = json.loads(runtime.store.get_meta("deploy_settings"))
+    runtime.store.set_meta("deploy_settings", json.dumps(settings | {"alertmanager_urls": [url]}))
+    command = [
+        BINARY,
+        f"--config.file={config}",
+        f"--storage.path={tmp_path / 'alertmanager-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--web.external-url={url}",
+        "--cluster.listen-address=",  # one instance: no gossip port
+    ]
+    log = (tmp_path / "alertmanager.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        until("Alertmanager to answer", lambda: _ready(url), timeout=30)
+        yield Alertmanager(url, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return call(f"{url}/-/ready") is not None
+    except OSError:
+        return False
+
+
+def test_a_real_alertmanager_gets_one_briefing_per_group_updates_resolution_and_a_silence(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: Alertmanager
+) -> None:
+    def posts() -> list[dict]:
+        return [c.body for c in slack_api.calls("chat.postMessage") if c.ok and not c.body.get("thread_ts")]
+
+    def briefed() -> list[dict]:
+        return [g for g in runtime.store.alert_groups() if g["briefing"] and g["message_ts"]]
+
+    alertmanager.fire("PgBouncerPoolExhausted", "checkout-api", instance="pgbouncer-0")
+    alertmanager.fire("PgBouncerPoolExhausted", "checkout-api", instance="pgbouncer-1")
+    alertmanager.fire("KubePodCrashLooping", "order-pipeline", pod="order-pipeline-7d9f8c6b5-x2kqp")
+    until("two alert groups briefed", lambda: len(briefed()) == 2)
+    first = {p["text"].split(" (")[0] for p in posts()}
+    assert len(posts()) == 2 and {t.split("] ")[1] for t in first} == {"PgBouncerPoolExhausted", "KubePodCrashLooping"}
+    pgbouncer = next(p for p in posts() if "PgBouncer" in p["text"])
+    assert pgbouncer["channel"] == ALERTS and pgbouncer["text"].startswith("[FIRING:")
+    edit = slack_api.wait_for(
+        "chat.update",
+        timeout=WAIT_S,
+        predicate=lambda c: "Related runbook" in shown(c.body) and "PgBouncer" in c.body["text"],
+    )[-1]
+    assert "runbooks/postgres/connection-pool-exhausted.md" in shown(edit.body)
+    assert f"{alertmanager.url}/#/alerts?filter=" in shown(edit.body)  # the payload's externalURL, linked
+
+    # A change to the group (a third instance): the same message edited, the change noted in its thread.
+    alertmanager.fire("PgBouncerPoolExhausted", "checkout-api", instance="pgbouncer-2")
+    until(
+        "the edit showing 3 firing",
+        lambda: [c for c in slack_api.calls("chat.update") if "[FIRING:3]" in c.body["text"]],
+    )
+    until("the thread note", lambda: any("started firing: instance=pgbouncer-2" in t for t in thread_notes(slack_api)))
+
+    # Plain repeats (repeat_interval 3 s) change nothing: no new message, no edit, no note.
+    calls = len(slack_api.calls())
+    sent = alertmanager.webhook_sends()
+    until("two more deliveries from Alertmanager", lambda: alertmanager.webhook_sends() >= sent + 2)
+    assert bot.web is not None and bot.web.wait_idle(20)
+    assert len(slack_api.calls()) == calls and len(posts()) == 2
+
+    # Silence 1h as an SRE: the silence is Alertmanager's, in the clicker's name.
+    group = next(g for g in runtime.store.alert_groups() if g["service"] == "checkout-api")
+    bot.click(ids.ALERT_SILENCE, buttons(edit.body)[ids.ALERT_SILENCE]["value"], user=SAM, channel=ALERTS)
+    silences = until("the silence in Alertmanager", lambda: call(f"{alertmanager.url}/api/v2/silences"))
+    [silence] = silences  # type: ignore[misc]
+    assert silence["status"]["state"] == "active" and silence["createdBy"].endswith(f"({SAM})")
+    assert {(m["name"], m["value"]) for m in silence["matchers"]} == {
+        ("alertname", "PgBouncerPoolExhausted"),
+        ("service", "checkout-api"),
+    }
+    until("the silence recorded", lambda: _silence_id(runtime, group["id"]))
+    assert _silence_id(runtime, group["id"]) == silence["id"]
+
+    # The crash loop ends: Alertmanager sends it resolved, and the message says so with the duration.
+    alertmanager.fire(
+        "KubePodCrashLooping",
+        "order-pipeline",
+        ends_at=datetime.now(UTC) - timedelta(seconds=1),
+        pod="order-pipeline-7d9f8c6b5-x2kqp",
+    )
+    resolved = until(
+        "the resolved edit",
+        lambda: [
+            c for c in slack_api.calls("chat.update") if c.body["text"].startswith("[RESOLVED] KubePodCrashLooping")
+        ],
+    )
+    assert "Resolved at" in shown(resolved[-1].body)  # type: ignore[index]
+    until(
+        "the resolution note",
+        lambda: any(t.startswith(":white_check_mark: Resolved after") for t in thread_notes(slack_api)),
+    )
+    assert len(posts()) == 2  # one message per group, whatever Alertmanager sent
+
+
+def _silence_id(runtime: Runtime, group_id: str) -> str:
+    row = next((g for g in runtime.store.alert_groups() if g["id"] == group_id), None)
+    return row["silence_id"] if row else ""
