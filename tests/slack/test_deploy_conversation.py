@@ -56,3 +56,15 @@ def test_a_rollback_to_a_version_never_deployed_is_refused_and_a_failed_deploy_o
     assert "9.9.9 never succeeded for checkout-api in staging" in refused and "newest first: 1.4.2." in refused
     assert "Deploy checkout-api 1.4.2 → 1.4.3-bad to staging: failed" in failed and "[1] Roll back to 1.4.2" in failed
     assert "Rollback checkout-api 1.4.3-bad → 1.4.2 to staging" in offered and "[1] Approve  [2] Reject" in offered
+
+
+def test_messages_name_people_and_the_request_stops_asking_whoever_approved(chat: Chat) -> None:
+    asked = chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
+    refused = chat.as_("Oliver").say("1")
+    approved = chat.as_("Daniel").say("1")
+
+    assert "needs 2 more from Marcus Oyelaran (payments), the sre team or Daniel Okafor;" in asked
+    assert "only the payments team, the sre team or Daniel Okafor may approve checkout-api deploys to prod." in refused
+    assert "U04C2RN8VD" not in refused
+    assert "Approvals: 1 of 2 (approved by Daniel Okafor) · needs 1 more from Marcus Oyelaran (payments) or the sre " \
+        "team;" in approved
