@@ -41,7 +41,7 @@ def test_prod_waits_for_a_second_approver_and_a_rejection_ends_it(chat: Chat) ->
     assert "1 more approval(s) needed" in first
     assert "Rejected by Rosa" in rejected and "nothing ran" in rejected
     again = chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
-    assert "[1] Approve  [2] Reject" in again  # the lock was released
+    assert "[3] Approve  [4] Reject" in again  # the lock was released; a new message's buttons, new numbers
 
 
 def test_a_rollback_to_a_version_never_deployed_is_refused_and_a_failed_deploy_offers_one(chat: Chat) -> None:
@@ -68,3 +68,4 @@ def test_messages_name_people_and_the_request_stops_asking_whoever_approved(chat
     assert "U04C2RN8VD" not in refused
     assert "Approvals: 1 of 2 (approved by Daniel Okafor) · needs 1 more from Marcus Oyelaran (payments) or the sre " \
         "team;" in approved
+    assert "[1] Approve  [2] Reject" in approved  # the updated message's buttons keep their numbers
