@@ -704,7 +704,7 @@ def test_eval_experts_prints_the_learned_ranking_and_every_baseline() -> None:
 
 
 def test_experts_refuses_an_empty_problem_with_a_command_line_example() -> None:
-    assert_clean_failure(invoke("experts", "  "), 'for example `opsbot experts "checkout 503s after deploy"`')
+    assert_clean_failure(invoke("experts", "  "), 'for example `opsbot experts "ALERT OR ERROR TEXT" --service NAME`')
     assert_clean_failure(invoke("experts", "pool exhausted", "--service", ""), "--service is empty")
 
 

@@ -71,7 +71,7 @@ def test_ask_without_text_shows_usage_at_once(chat: Chat) -> None:
     started = time.monotonic()
     shown = chat.say("/ask")
     assert time.monotonic() - started < 3
-    assert "Usage: `/ask QUESTION`, for example `/ask pgbouncer says too many clients`" in shown
+    assert "Usage: `/ask QUESTION`, for example `/ask CDN cache purge overloading the origin`" in shown
     assert not chat.shell.slack.fake.calls("response_url")
 
 
