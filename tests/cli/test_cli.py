@@ -218,6 +218,15 @@ def test_group_help_has_an_example() -> None:
         assert name in result.stdout
 
 
+def test_help_points_at_no_folder_outside_the_users_checkout() -> None:
+    """No help text names ../shared or another machine's folders; eval's says what its files must hold."""
+    for name in sorted(main.commands):
+        assert "../" not in invoke(name, "--help").stdout, name
+    shown = " ".join(invoke("eval", "--help").stdout.split())
+    assert "A folder in the knowledge format (runbooks/, incidents/, experts.yaml)" in shown
+    assert '{"query": TEXT, "relevant": [PATH, ...]}' in shown
+
+
 def test_command_help_works_with_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPSBOT_TOP_K", "abc")
     result = invoke("ask", "--help")
@@ -790,6 +799,8 @@ def test_serve_says_when_its_port_is_taken(no_start: None) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        ([], "give --url https://YOUR-HOST, the public address where Slack reaches `opsbot serve`"),
+        (["--name", "ops"], "or --socket-mode for an install that needs no public address"),
         (["--socket-mode", "--url", "https://ops.example.org"], "--url is for HTTP installs"),
         (["--url", ""], "--url is empty"),
         (["--url", "http://ops.example.org"], "must be the https:// address of `opsbot serve`"),
