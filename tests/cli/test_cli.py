@@ -18,9 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from bot.answers.encoder import SentenceTransformerEncoder
 from bot.cli import main
 from bot.config import Settings
-from bot.encoder import SentenceTransformerEncoder
 from bot.runtime import Runtime
 from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
 
