@@ -402,8 +402,8 @@ def test_ask_declines_an_off_topic_question_as_slack_does_and_all_shows_the_scor
     question = "what is a good recipe for sourdough bread"
     runtime = Runtime(Settings(db_path=subset_db.db, model="unused"), encoder=minilm)
     try:
-        slack_found = runtime.reply(question).found
-        on_topic = runtime.reply("pgbouncer pool exhausted")
+        slack_found = runtime.answers.reply(question).found
+        on_topic = runtime.answers.reply("pgbouncer pool exhausted")
     finally:
         runtime.close()
 
