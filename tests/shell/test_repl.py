@@ -155,7 +155,9 @@ def test_a_newly_registered_command_works_and_updated_messages_lose_their_button
 def test_buttons_are_explained_when_there_is_nothing_to_press(chat: Chat) -> None:
     assert "There is no button to press" in chat.say("1")
     chat.say("pgbouncer says too many clients")
-    assert "There is no button [7]. Buttons on screen: [1] 👍 Helpful, [2] 👎 Not helpful." in chat.say("7")
+    missing = chat.say("7")
+    assert missing.startswith("There is no button [7]. Buttons on screen: [1] 👍 Helpful (on Best match: ")
+    assert "[2] 👎 Not helpful (on " in missing
     assert "Usage: /press N" in chat.say("/press x")
 
 
