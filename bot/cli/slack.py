@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @main.command()
 @click.option(
-    "--user", metavar="ID", default=None, help="Act as this roster member (a Slack user id from experts.yaml)."
+    "--user", metavar="NAME", default=None, help="Act as this roster member: a name or Slack id from experts.yaml."
 )
 @click.pass_context
 @handle_errors

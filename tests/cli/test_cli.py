@@ -672,7 +672,7 @@ def test_shell_acts_as_the_user_given_and_refuses_others(subset_db: IndexedSubse
     assert result.exit_code == 0, result.output
     assert "you are Daniel Okafor (U04C2RN8VD)" in result.output
     result = invoke("shell", "--user", "UNOBODY")
-    assert_clean_failure(result, "UNOBODY is not on the roster", "U03F8K2LQ1 (Priya Raman)")
+    assert_clean_failure(result, "UNOBODY is not on the roster", "Priya Raman (U03F8K2LQ1)")
 
 
 def test_shell_on_an_empty_index_says_to_index_first() -> None:
