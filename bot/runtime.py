@@ -16,6 +16,7 @@ from bot.answers.replies import Answerer
 from bot.answers.search import SearchIndex
 from bot.config import Settings
 from bot.errors import OpsbotError
+from bot.hints import Examples, examples
 from bot.models import Incident
 from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
@@ -178,6 +179,10 @@ class Runtime:
     def rota(self) -> Rota:
         """The on-call rotations stored by the last `opsbot index`, with the services each covers."""
         return self._for_index_version("rota", lambda: Rota.from_store(self.store))
+
+    def examples(self) -> Examples:
+        """Examples for usage lines and hints, from the indexed knowledge (kept until it changes)."""
+        return self._for_index_version("examples", lambda: examples(self.store))
 
     def answer_mode(self, channel: str) -> str:
         """How opsbot answers in ``channel``: "mentions" (the default) or "all" questions."""

@@ -20,6 +20,7 @@ from bot.answers.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
 from bot.answers.search import SearchIndex
 from bot.config import Settings
 from bot.errors import InvalidRequest, NotFound
+from bot.hints import examples
 from bot.models import Answer, SearchHit
 from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.store import Store
@@ -44,6 +45,7 @@ class Reply:
     oncall: tuple[OnCall, ...] = ()  # the answer to "who is on call for X", from the rota
     names: dict[str, str] = field(default_factory=dict)  # roster id -> name, for the on-call answer
     unsaved: str = ""  # why the answer could not be saved for feedback (SQLite's words); "" when it was
+    hint_service: str = ""  # a service of this knowledge, for a hint when nothing was found
 
     @property
     def found(self) -> bool:
@@ -115,7 +117,7 @@ class Answerer:
         """
         text = text.strip()
         if not text:
-            raise InvalidRequest("describe the problem, for example `/experts checkout 503s after deploy`.")
+            raise InvalidRequest(f"describe the problem, for example {examples(self.store).experts_usage()}.")
         model = self._experts()
         vector = self._index().embed_query(text) if vector is None else vector
         ranked = model.rank(text, vector, services, exclude=(asker,) if asker else ())
@@ -150,6 +152,8 @@ class Answerer:
         if incidents and self.store.expert_count():
             experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
         reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
+        if not reply.found:  # the hint names one of this knowledge's services
+            reply = dataclasses.replace(reply, hint_service=examples(self.store).service)
         if reply.found:
             paths = [h.path for h in runbooks + incidents]
             try:

@@ -113,6 +113,8 @@ def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit
 def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
     """Print the deploy audit trail: who requested, approved, rejected and ran what, and when.
 
+    People are shown by their roster name; --json keeps their Slack ids (--csv has both).
+
     \b
     Example:
       opsbot audit
@@ -127,27 +129,34 @@ def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
     store = _open_store(ctx)
     try:
         rows = store.audit_rows()
+        names = {e.id: e.name for e in store.load_experts()}
     finally:
         store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+
+    def who(user: object) -> str:
+        """A roster id as the person's name; "ci:NAME" as a pipeline; anything else as recorded."""
+        text = str(user)
+        return f"CI ({text[3:]})" if text.startswith("ci:") else names.get(text, text)
+
     if as_csv:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["at", "actor", "action", "request_id", "details"])
+        writer.writerow(["at", "actor", "actor_name", "action", "request_id", "details"])
         for row in rows:
             details = json.dumps(row["details"], sort_keys=True)
-            writer.writerow([row["at"], row["actor"], row["action"], row["request_id"], details])
+            writer.writerow([row["at"], row["actor"], who(row["actor"]), row["action"], row["request_id"], details])
         click.echo(out.getvalue(), nl=False)
         return
     if not rows:
         click.echo("The audit trail is empty: no deploy has been requested yet.")
     for row in rows:
         details = " ".join(
-            f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in row["details"].items()
+            f"{k}={', '.join(map(who, v)) if isinstance(v, list) else who(v)}" for k, v in row["details"].items()
         )
-        click.echo(f"{row['at']}  {row['actor']}  {row['action']}  {row['request_id']}  {details}".rstrip())
+        click.echo(f"{row['at']}  {who(row['actor'])}  {row['action']}  {row['request_id']}  {details}".rstrip())
 
 
 @main.command(name="dora")

@@ -148,41 +148,77 @@ def lower_priority(niceness: int) -> None:
 
 @main.command()
 @click.argument("question", nargs=-1, required=True)
-@click.option("-k", "top_k", type=click.IntRange(1, 50), default=None, help="How many documents to show.")
+@click.option("-k", "top_k", type=click.IntRange(1, 50), default=None, help="How many documents to show, at most.")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Show the k best documents with their scores, also those Slack leaves out as not relevant.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @click.pass_context
 @handle_errors
-def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: str, as_json: bool) -> None:
+def ask(
+    ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: str, show_all: bool, as_json: bool
+) -> None:
     """Answer a question, or a pasted alert or log line, from the index.
+
+    Only what is relevant is shown, by the same rule as in Slack: a question nothing in the knowledge
+    matches is declined rather than answered with the closest guesses. --all shows the k best documents
+    anyway, with their scores; --mode dense or bm25 ranks by that signal alone and shows everything.
 
     \b
     Example:
       opsbot ask "FATAL: sorry, too many clients already"
       opsbot ask -k 3 --json "checkout latency high"
+      opsbot ask --all "why is the build slow"
     """
+    from bot.answers.replies import relevant_hits
     from bot.answers.search import SearchIndex
+    from bot.hints import examples
 
     settings = load_settings(ctx)
+    k = top_k or settings.top_k
+    filtered = mode == "hybrid" and not show_all  # Slack answers with hybrid search, filtered
     store, encoder = _open(settings)
     try:
         if not store.counts()["chunks"]:
             raise OpsbotError("the index is empty; run `opsbot index` first.")
         if mode != "bm25":
             encoder.load()  # so the reported encode time is the query's, not the model load's
-        answer = SearchIndex(store, encoder).search(" ".join(question), k=top_k or settings.top_k, mode=mode)
+        # As Slack does: twice as many candidates, then only the relevant ones.
+        wanted = max(k, settings.top_k) * 2 if filtered else k
+        answer = SearchIndex(store, encoder).search(" ".join(question), k=wanted, mode=mode)
+        service = examples(store).service
     finally:
         store.close()
+    # Slack's answer: the relevant runbooks and past incidents (None: no relevance outside hybrid search).
+    relevant = {id(h) for part in relevant_hits(answer, settings) for h in part} if mode == "hybrid" else None
+    hits = [h for h in answer.hits if relevant is None or id(h) in relevant][:k] if filtered else list(answer.hits)
     if as_json:
-        click.echo(json.dumps(_answer_dict(answer), indent=2))
+        marked = [(h, relevant is None or id(h) in relevant) for h in hits]
+        click.echo(json.dumps(_answer_dict(answer, marked, declined=filtered and not hits), indent=2))
         return
     if not answer.hits:
         click.echo("Nothing in the knowledge base matches. Try other words, or paste the alert text.")
         return
-    for n, hit in enumerate(answer.hits, start=1):
+    if not hits:
+        example = f" (for example {service})" if service else ""
+        click.echo(
+            "I found nothing relevant in the runbooks or past incidents, so I won't guess (as in Slack).\n"
+            f"Try: naming the service{example}, pasting the exact alert or error line, or using the words your "
+            "dashboards use. `opsbot ask --all` lists the closest documents anyway, with their scores."
+        )
+        return
+    for n, hit in enumerate(hits, start=1):
         label = f"[{hit.incident_id}] " if hit.incident_id else ""
         click.secho(f"{n}. {label}{hit.title}", bold=True)
-        click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
+        if show_all or mode != "hybrid":
+            below = "" if relevant is None or id(hit) in relevant else "; not relevant enough to show in Slack"
+            click.echo(f"   {hit.citation}  (score {hit.score:.3f}, similarity {hit.similarity:.2f}{below})")
+        else:
+            click.echo(f"   {hit.citation}")
         if hit.url:
             click.echo(f"   {hit.section_url}")
         if hit.alert:
@@ -193,7 +229,8 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
     click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
 
 
-def _answer_dict(answer: Any) -> dict:
+def _answer_dict(answer: Any, hits: list[tuple[Any, bool]], declined: bool) -> dict:
+    """The answer as JSON: the hits shown, each saying whether Slack would show it; declined when none is."""
     from dataclasses import asdict
 
     return {
@@ -202,5 +239,9 @@ def _answer_dict(answer: Any) -> dict:
         "mode": answer.mode,
         "encode_ms": round(answer.encode_ms, 2),
         "search_ms": round(answer.search_ms, 2),
-        "hits": [asdict(h) | {"citation": h.citation, "section_url": h.section_url} for h in answer.hits],
+        "declined": declined,
+        "hits": [
+            asdict(h) | {"citation": h.citation, "section_url": h.section_url, "relevant": relevant}
+            for h, relevant in hits
+        ],
     }

@@ -19,8 +19,19 @@ EVAL_CACHE = ".opsbot-eval-cache.db"  # beside the database: vectors by content 
 
 
 @main.command(name="eval")
-@click.option("--knowledge", "knowledge", type=click.Path(path_type=Path), required=True, help="Knowledge directory.")
-@click.option("--queries", type=click.Path(path_type=Path), default=None, help="JSON-lines query file.")
+@click.option(
+    "--knowledge",
+    "knowledge",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A folder in the knowledge format (runbooks/, incidents/, experts.yaml), as `opsbot index` reads.",
+)
+@click.option(
+    "--queries",
+    type=click.Path(path_type=Path),
+    default=None,
+    help='A JSON-lines file of queries, one {"query": TEXT, "relevant": [PATH, ...]} per line.',
+)
 @click.option("--task", type=click.Choice(["search", "experts"]), default="search", show_default=True)
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25", "all"]), default="all", show_default=True)
 @click.option(
@@ -62,7 +73,10 @@ def evaluate(
 ) -> None:
     """Measure retrieval (Recall@1/3/5, MRR@10 per mode and kind) or expert suggestion (top-1/3, MRR).
 
-    Indexes the directory into a temporary database, so your index is untouched. The expert task
+    --knowledge is a folder in the knowledge format; --queries a JSON-lines file with one question per
+    line: {"query": "...", "relevant": ["runbooks/x.md"]} (optional: "id", "kind", and "sections" as
+    "runbooks/x.md#heading"), paths relative to the folder. The sample's are in knowledge/eval/.
+    Indexes the folder into a temporary database, so your index is untouched. The expert task
     without --queries trains on the older 70% of the incidents and tests on the newer 30%; with a
     query file, services it gives are used. Expert suggestions are compared with five baselines
     (TF-IDF nearest incidents with and without ownership, the most active in the last year,
@@ -71,8 +85,7 @@ def evaluate(
 
     \b
     Example:
-      opsbot eval --knowledge ../shared/eval/prometheus-runbooks/knowledge \\
-                  --queries ../shared/eval/prometheus-runbooks/queries.jsonl
+      opsbot eval --knowledge my-knowledge --queries my-knowledge/eval/queries.jsonl
       opsbot eval --knowledge knowledge --queries knowledge/eval/summaries.jsonl --documents runbooks
       opsbot eval --task experts --knowledge knowledge
     """

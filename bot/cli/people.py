@@ -33,7 +33,7 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
 
     refuse_blank(ctx)
     if not " ".join(text).strip():
-        raise OpsbotError('describe the problem, for example `opsbot experts "checkout 503s after deploy"`.')
+        raise OpsbotError('describe the problem, for example `opsbot experts "ALERT OR ERROR TEXT" --service NAME`.')
     settings = load_settings(ctx)
     store, encoder = _open(settings)
     runtime = Runtime(settings, encoder=encoder, store=store)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 @main.command()
 @click.option(
-    "--user", metavar="ID", default=None, help="Act as this roster member (a Slack user id from experts.yaml)."
+    "--user", metavar="NAME", default=None, help="Act as this roster member: a name or Slack id from experts.yaml."
 )
 @click.pass_context
 @handle_errors
@@ -182,13 +182,15 @@ def _check_can_listen(host: str, port: int, option: str) -> None:
 
 
 @main.command()
-@click.option("--url", default="https://opsbot.example.com", show_default=True, help="Public base URL of `serve`.")
+@click.option("--url", default=None, help="The public https:// base address of `opsbot serve` (HTTP installs).")
 @click.option("--socket-mode", is_flag=True, help="For Socket Mode installs (no public URL needed).")
 @click.option("--name", default="opsbot", show_default=True, help="The app's name in Slack.")
 @click.pass_context
 @handle_errors
-def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None:
+def manifest(ctx: click.Context, url: str | None, socket_mode: bool, name: str) -> None:
     """Print the Slack app manifest (YAML) to create the app in a workspace.
+
+    An HTTP install needs --url, where Slack reaches `opsbot serve`; a Socket Mode install needs none.
 
     Alertmanager is not part of the manifest: point its webhook_configs at URL/hooks/alertmanager (or the
     --hooks-port of `opsbot serve` in Socket Mode), with OPSBOT_ALERTMANAGER_TOKEN as the bearer credentials.
@@ -209,6 +211,11 @@ def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None
             "--url is for HTTP installs; Socket Mode needs no public URL: leave out --url or --socket-mode."
         )
     if not socket_mode:
+        if url is None:
+            raise OpsbotError(
+                "give --url https://YOUR-HOST, the public address where Slack reaches `opsbot serve` (the manifest "
+                "points Slack's requests there), or --socket-mode for an install that needs no public address."
+            )
         try:
             parts = urlsplit(url)
         except ValueError:  # an unclosed [ of an IPv6 address
@@ -219,7 +226,7 @@ def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None
             )
         if parts.path.rstrip("/").endswith(EVENTS_PATH):
             raise OpsbotError(f"--url is the base address; {EVENTS_PATH} is added to it: leave {EVENTS_PATH} out.")
-    click.echo(manifest_yaml(name=name, base_url=url, socket_mode=socket_mode))
+    click.echo(manifest_yaml(name=name, base_url=url or "", socket_mode=socket_mode))
 
 
 @main.group()

@@ -22,7 +22,16 @@ from bot.models import Expert
 from bot.ops import rollbacks
 from bot.ops import runner as deploy_runner
 from bot.ops.metrics import Dora, dora
-from bot.ops.policy import APPROVE, REQUEST, START, Facts, approvals_needed, refusal
+from bot.ops.policy import (
+    APPROVE,
+    REQUEST,
+    START,
+    Facts,
+    approvals_needed,
+    describe_approvers,
+    refusal,
+    still_may_approve,
+)
 from bot.ops.requests import (
     AUTO_ROLLBACK_NOTE,
     Announcer,
@@ -126,7 +135,7 @@ class DeployService:
             emergency=use.incident if use else "",
         )
         allowed = self.approvers_for(environment) if environment else set()
-        return refusal(config, facts, stage, self.clock(), allowed, user)
+        return refusal(config, facts, stage, self.clock(), allowed, user, self.names())
 
     def approvers_for(self, environment: Environment) -> set[str]:
         return self.members(environment.approvers)
@@ -177,13 +186,14 @@ class DeployService:
         return rollbacks.recorded_emergency(self.store, environment, request)
 
     def who_may_approve(self, request: DeployRequest) -> list[str]:
-        """Who may approve ``request`` now, in words (people by name, teams as "payments team"); [] when its
-        service or environment left services.yaml."""
+        """Who may still approve ``request`` under services.yaml as it is now, in words: people by name, a team
+        as "the payments team" (as its members when only a few of them may still approve); never the requester
+        nor who already approved. [] when nobody may, or its service or environment left services.yaml."""
         config = self.services.get(request.service)
         environment = config.environments.get(request.env) if config else None
         if environment is None:
             return []
-        return [self.name(a) if a in self.experts else f"{a} team" for a in environment.approvers]
+        return still_may_approve(environment.approvers, list(self.experts.values()), request.facts)
 
     def shown_command(self, request: DeployRequest) -> str:
         """What will run, as people read it, secrets written into services.yaml masked; "" when it no longer can."""
@@ -207,7 +217,7 @@ class DeployService:
             return "you requested this; someone else has to approve it."
         config, environment = self._service_env(request.service, request.env)
         if user not in self.approvers_for(environment):
-            who = ", ".join(environment.approvers)
+            who = describe_approvers(environment.approvers, self.names())
             return f"only {who} may approve {request.service} deploys to {request.env}."
         return None
 
@@ -235,7 +245,7 @@ class DeployService:
             rollbacks.check_target(self.store, service, env, version)
         now = self.clock()
         facts = Facts(kind, service, env, version, requester)
-        why = refusal(config, facts, REQUEST, now, self.approvers_for(environment))
+        why = refusal(config, facts, REQUEST, now, self.approvers_for(environment), names=self.names())
         if why is not None:
             error = PermissionDenied if "frozen" in why else InvalidRequest
             raise error(why + (" Nothing was requested." if error is PermissionDenied else ""))

@@ -16,7 +16,11 @@ def plain(text: str, **_: Any) -> str:
     return text
 
 
+# The emoji codes opsbot's own messages use (tests/shell/test_repl.py checks every one in bot/ is here), and
+# common ones people type; Slack draws them, so the shell does too. An unknown code stays as typed.
 EMOJI = {
+    "loudspeaker": "📢",
+    "no_bell": "🔕",
     "+1": "👍",
     "thumbsup": "👍",
     "-1": "👎",
@@ -27,13 +31,64 @@ EMOJI = {
     "warning": "⚠️",
     "rotating_light": "🚨",
     "rocket": "🚀",
+    "rewind": "⏪",
     "fire": "🔥",
+    "hourglass": "⌛",
     "hourglass_flowing_sand": "⏳",
+    "alarm_clock": "⏰",
+    "grey_question": "❔",
+    "question": "❓",
+    "information_source": "ℹ️",
+    "memo": "📝",
+    "pager": "📟",
+    "bust_in_silhouette": "👤",
+    "busts_in_silhouette": "👥",
+    "pushpin": "📌",
+    "round_pushpin": "📍",
     "mag": "🔍",
     "bulb": "💡",
     "tada": "🎉",
     "no_entry": "⛔",
+    "no_entry_sign": "🚫",
+    "octagonal_sign": "🛑",
+    "stop_sign": "🛑",
     "eyes": "👀",
+    "bell": "🔔",
+    "calendar": "📆",
+    "clipboard": "📋",
+    "link": "🔗",
+    "lock": "🔒",
+    "unlock": "🔓",
+    "wrench": "🔧",
+    "hammer_and_wrench": "🛠️",
+    "construction": "🚧",
+    "chart_with_upwards_trend": "📈",
+    "chart_with_downwards_trend": "📉",
+    "bar_chart": "📊",
+    "speech_balloon": "💬",
+    "arrow_right": "➡️",
+    "arrows_counterclockwise": "🔄",
+    "repeat": "🔁",
+    "leftwards_arrow_with_hook": "↩️",
+    "large_green_circle": "🟢",
+    "large_yellow_circle": "🟡",
+    "large_orange_circle": "🟠",
+    "red_circle": "🔴",
+    "white_circle": "⚪",
+    "sos": "🆘",
+    "zap": "⚡",
+    "ambulance": "🚑",
+    "checkered_flag": "🏁",
+    "wastebasket": "🗑️",
+    "label": "🏷️",
+    "sparkles": "✨",
+    "thinking_face": "🤔",
+    "pray": "🙏",
+    "wave": "👋",
+    "ok_hand": "👌",
+    "heart": "❤️",
+    "smile": "😄",
+    "slightly_smiling_face": "🙂",
 }
 EMOJI_CODE = re.compile(r":([a-z0-9_+-]+):")
 CODE_BLOCK = re.compile(r"```(.*?)```", re.DOTALL)
@@ -68,12 +123,13 @@ def render_emoji(text: str) -> str:
 
 
 def _render_angle(token: str, names: Mapping[str, str], style: Style) -> str:
-    """One <...> token: a mention, a channel, a special mention or a link."""
+    """One <...> token: a mention, a channel, a special mention or a link (``names``: people's and channels'
+    Slack ids to their names)."""
     target, _, label = token.partition("|")
     if target.startswith("@"):
         return "@" + (label or names.get(target[1:], target[1:]))
     if target.startswith("#"):
-        return "#" + (label or target[1:])
+        return "#" + (label or names.get(target[1:], target[1:]))
     if target.startswith("!"):
         return label or "@" + target[1:].split("^")[0]
     if not label or label == target:
@@ -129,16 +185,24 @@ def _rich_text(element: Mapping[str, Any], names: Mapping[str, str]) -> str:
     if kind == "user":
         return "@" + names.get(str(element.get("user_id", "")), str(element.get("user_id", "")))
     if kind == "channel":
-        return "#" + str(element.get("channel_id", ""))
+        return "#" + names.get(str(element.get("channel_id", "")), str(element.get("channel_id", "")))
     if kind == "emoji":
         return render_emoji(f":{element.get('name', '')}:")
     return "".join(_rich_text(e, names) for e in element.get("elements", []))
 
 
+Numbering = Callable[[Button], int]  # the number a button is shown with, so it can be pressed by it
+
+
 def render_blocks(
-    blocks: Iterable[Mapping[str, Any]], names: Mapping[str, str] | None = None, style: Style = plain, first: int = 1
+    blocks: Iterable[Mapping[str, Any]],
+    names: Mapping[str, str] | None = None,
+    style: Style = plain,
+    first: int = 1,
+    number: Numbering | None = None,
 ) -> tuple[str, list[Button]]:
-    """Blocks as terminal text, and their buttons in the order shown as [first], [first + 1] ..."""
+    """Blocks as terminal text, and their buttons in the order shown, as [first], [first + 1] ... or as
+    ``number`` numbers each (``names``: people's and channels' Slack ids to their names)."""
     names = names or {}
     lines: list[str] = []
     buttons: list[Button] = []
@@ -154,7 +218,7 @@ def render_blocks(
             style=str(element.get("style", "")),
         )
         buttons.append(button)
-        label = f"[{first + len(buttons) - 1}] {button.label}"
+        label = f"[{number(button) if number else first + len(buttons) - 1}] {button.label}"
         colour = {"primary": "green", "danger": "red"}.get(button.style)
         shown = style(label, bold=True, fg=colour) if colour else style(label, bold=True)
         return shown + (f" ({button.url})" if button.url else "")
@@ -227,12 +291,14 @@ def render_post(
     first: int = 1,
     channel_names: Mapping[str, str] | None = None,
     home: str = "",
+    number: Numbering | None = None,
 ) -> tuple[str, list[Button]]:
-    """A post with a header saying who can see it and where (unless in ``home``); buttons numbered from ``first``."""
+    """A post with a header saying who can see it and where (unless in ``home``); buttons numbered from ``first``
+    or by ``number``."""
     if post.note:
         return style(f"({post.note})", dim=True), []
     if post.blocks:
-        body, buttons = render_blocks(post.blocks, names, style, first)
+        body, buttons = render_blocks(post.blocks, names, style, first, number)
     else:
         body, buttons = render_mrkdwn(post.text, names, style), []
     tags = []

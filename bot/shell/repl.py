@@ -1,13 +1,18 @@
 """The local terminal chat: what you type goes through the same Bolt handlers as Slack, against a fake Slack.
 
-Plain text becomes a direct message to opsbot, `/ask ...` a slash command, a number a button click; the
-Slack side (payloads, signing, ``app.dispatch``, reading back the fake Web API) is
-``bot.slack.local.shell_dispatch``. This module reads lines and writes what came back as terminal text, buttons
-numbered so they can be pressed.
+Plain text becomes a direct message to opsbot, `/ask ...` a slash command, a number a button click; `@Daniel`
+or `@U04C2RN8VD` becomes the mention Slack would send. The Slack side (payloads, signing, ``app.dispatch``,
+reading back the fake Web API) is ``bot.slack.local.shell_dispatch``. This module reads lines and writes what came
+back as terminal text.
+
+Buttons are numbered once for the session, in the order they appear: a number means the same button for as long
+as its message is on screen, so a button of an earlier message can still be pressed. When opsbot updates a
+message, its buttons that are still there keep their numbers; a removed message's buttons are gone.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +22,7 @@ from typing import Any
 
 from bot.errors import InvalidRequest
 from bot.runtime import Runtime
+from bot.shell.mentions import find_person, resolve_mentions, roster_examples
 from bot.shell.render import Button, Post, Style, plain, render_post
 from bot.slack.local.fake_methods import BOT_USER_ID
 from bot.slack.local.shell_dispatch import (
@@ -33,30 +39,15 @@ REPLY_TIMEOUT_S = 60.0  # the first answer may wait for the model to load
 LOADING_NOTICE_S = 1.0
 QUIET_S = 0.3  # after the handlers finish, how long nothing new must arrive before the prompt returns
 POLL_S = 0.02
-ROSTER_HINT = 4  # how many roster members an error message suggests
 
 
 # -- roster ------------------------------------------------------------------------------------------------
 
 
 def check_user(user: str, roster: Mapping[str, str]) -> str:
-    """The roster id meant by ``user`` (an id, or a name matching one person); InvalidRequest otherwise."""
-    wanted = user.strip()
-    if wanted.upper() in roster:
-        return wanted.upper()
-    by_name = [
-        uid for uid, name in roster.items() if wanted and wanted.lower() in name.lower().split() + [name.lower()]
-    ]
-    if len(by_name) == 1:
-        return by_name[0]
-    if not roster:
-        raise InvalidRequest(
-            f"{wanted!r} is not on the roster, and the roster is empty: add people to experts.yaml "
-            "and run `opsbot index`."
-        )
-    some = ", ".join(f"{uid} ({name})" for uid, name in list(roster.items())[:ROSTER_HINT])
-    more = f" and {len(roster) - ROSTER_HINT} more in experts.yaml" if len(roster) > ROSTER_HINT else ""
-    raise InvalidRequest(f"{wanted!r} is not on the roster; use a Slack user id from experts.yaml: {some}{more}.")
+    """The roster id meant by ``user`` (an id or a name, with or without @, matching one person); InvalidRequest
+    otherwise."""
+    return find_person(user, roster)
 
 
 # -- the session -------------------------------------------------------------------------------------------
@@ -68,6 +59,17 @@ class _Target:
 
     button: Button
     post: Post
+
+
+def _on(post: Post, width: int = 40) -> str:
+    """Which message a button is on, by the start of its text: " (on Who could help with: db down)"."""
+    first = post.text.strip().split("\n", 1)[0]
+    return f" (on {first[:width]}{'…' if len(first) > width else ''})" if first else ""
+
+
+def _same(a: Button, b: Button) -> bool:
+    """The same button of a message shown again after an update (it keeps its number)."""
+    return (a.action_id, a.value, a.url) == (b.action_id, b.value, b.url)
 
 
 class Shell:
@@ -94,7 +96,9 @@ class Shell:
         self.roster = {e.id: e.name for e in runtime.store.load_experts()}  # in roster order
         self.user = check_user(user, self.roster) if user else next(iter(self.roster), DEFAULT_USER)
         self.slack = LocalSlack(runtime)
-        self._buttons: list[_Target] = []
+        self._buttons: dict[int, _Target] = {}  # the buttons on screen, by the number they are shown with
+        self._gone: set[int] = set()  # numbers of buttons whose message was updated or removed
+        self._numbers = itertools.count(1)
         self._thread = ""  # ts of your last direct message, for /reply
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -153,8 +157,10 @@ class Shell:
             return False
         if line.isdigit():
             self.press(int(line))
-        elif word == "/press":
-            self.press(int(rest) if rest.isdigit() else 0)
+        elif word == "/press" and rest.isdigit():
+            self.press(int(rest))
+        elif word in ("/press", "/buttons"):
+            self.write(("" if word == "/buttons" else "Usage: /press N, a button's number. ") + self.buttons_text())
         elif word == "/help":
             self.write(self.help_text())
         elif word == "/user":
@@ -179,11 +185,15 @@ class Shell:
         return (
             "Type a question, or paste an alert or a log line: it goes to opsbot as a direct message.\n"
             f"Slack commands (run in #{COMMAND_CHANNEL_NAME}, answered as in Slack):\n{commands}\n"
-            "Buttons are numbered: type 1, 2 ... (or /press 1) to press one.\n"
+            "Mention people as @Daniel (first name), @Daniel Okafor (full name) or @U04C2RN8VD (Slack id), as in\n"
+            "experts.yaml; <@U04C2RN8VD> works too. @here and @channel are Slack's.\n"
+            "Buttons are numbered once, in the order they appear: type a number (or /press N) to press that button,\n"
+            "on the newest message or any earlier one still on screen. An updated message keeps its numbers.\n"
             "Shell commands:\n"
             f"  {'/reply TEXT':<34} follow up in the thread of your last message\n"
             f"  {'/alert FILE':<34} replay an Alertmanager webhook payload (JSON) as if it arrived\n"
-            f"  {'/user [ID]':<34} act as another roster member (now: {who})\n"
+            f"  {'/buttons':<34} list the buttons you can press now\n"
+            f"  {'/user [NAME or ID]':<34} act as another roster member (now: {who})\n"
             f"  {'/help':<34} this text\n"
             f"  {'/quit':<34} leave (or Ctrl-D)"
         )
@@ -191,8 +201,9 @@ class Shell:
     def switch_user(self, user: str) -> None:
         """Act as another roster member, or say who you are and who you could be."""
         if not user:
-            some = ", ".join(f"{uid} ({name})" for uid, name in list(self.roster.items())[:ROSTER_HINT])
-            self.write(f"You are {self.user}. " + (f"Roster: {some} ..." if some else "The roster is empty."))
+            me = f"{self.roster[self.user]} ({self.user})" if self.user in self.roster else self.user
+            roster = f"The roster: {roster_examples(self.roster)}." if self.roster else "The roster is empty."
+            self.write(f"You are {me}. {roster} Switch with /user NAME or /user ID.")
             return
         try:
             self.user = check_user(user, self.roster)
@@ -205,6 +216,9 @@ class Shell:
 
     def message(self, text: str, thread_ts: str = "") -> None:
         """Send a direct message to opsbot (in a thread when ``thread_ts`` is given)."""
+        text = self._mentions(text)
+        if not text:
+            return
         started = time.monotonic()
         ts, acks = self.slack.send_message(self.user, text, thread_ts)
         if not thread_ts:
@@ -239,53 +253,72 @@ class Shell:
         if name not in known:
             self.write(
                 f"Unknown command {name}. opsbot's Slack commands: {', '.join(known)}; "
-                "the shell's own: /help, /user, /reply, /alert, /press, /quit."
+                "the shell's own: /help, /user, /reply, /alert, /press, /buttons, /quit."
             )
+            return
+        resolved = self._mentions(text) if text else ""
+        if text and not resolved:
             return
         started = time.monotonic()
         user_name = self.roster.get(self.user, self.user).lower()
-        self._turn(started, self.slack.send_command(self.user, user_name, name, text))
+        self._turn(started, self.slack.send_command(self.user, user_name, name, resolved))
+
+    def _mentions(self, text: str) -> str:
+        """``text`` with typed @Name and @ID as Slack's <@ID> mentions; "" (after saying why) when a name is
+        nobody on the roster or several people, so nothing is sent."""
+        try:
+            return resolve_mentions(text, self.roster, (BOT_USER_ID, "opsbot"))
+        except InvalidRequest as exc:
+            self.write(f"Sorry: {exc} Nothing was sent.")
+            return ""
 
     def press(self, number: int) -> None:
-        """Click button ``number`` of the latest message that had buttons."""
-        if not self._buttons:
-            self.write("There is no button to press: ask a question first.")
-            return
-        if not 1 <= number <= len(self._buttons):
-            self.write(f"There is no button [{number}]; the buttons are [1] to [{len(self._buttons)}].")
+        """Click button ``number``, of any message still on screen."""
+        target = self._buttons.get(number)
+        if target is None:
+            self.write(self._no_button(number))
             return
         started = time.monotonic()
-        target = self._buttons[number - 1]
-        self.write(self.style(f"(you pressed {target.button.label})", dim=True))
+        self.write(self.style(f"(you pressed [{number}] {target.button.label})", dim=True))
         self._turn(started, self.slack.click(self.user, target.button, target.post))
+
+    def _no_button(self, number: int) -> str:
+        """Why ``number`` cannot be pressed, and what can be."""
+        on_screen = self.buttons_text()
+        if number in self._gone:
+            return f"Button [{number}] is gone: opsbot updated or removed its message. {on_screen}"
+        if not self._buttons and not self._gone:
+            return "There is no button to press: ask a question first."
+        return f"There is no button [{number}]. {on_screen}"
+
+    def buttons_text(self) -> str:
+        """The buttons that can be pressed now, by number."""
+        if not self._buttons:
+            return "No button is on screen now."
+        shown = ", ".join(f"[{n}] {t.button.label}{_on(t.post)}" for n, t in sorted(self._buttons.items()))
+        return f"Buttons on screen: {shown}."
 
     # -- showing what came back ---------------------------------------------------------------------------
 
     def _turn(self, started: float, acks: list[Delivery]) -> None:
         """Show a request's acknowledgement, then what the handlers send until they are done."""
-        turn: list[_Target] = []
-        self._show(self._posts(acks), turn)
-        self._await_replies(started, turn)
-        if turn:
-            self._buttons = turn
+        self._show(acks)
+        self._await_replies(started)
 
     def _show_late(self) -> None:
         """Show what arrived after the last turn ended (a slow answer, a background job's update)."""
-        turn: list[_Target] = []
-        self._show(self._posts(self.slack.new_deliveries()), turn)
-        if turn:
-            self._buttons = turn
+        self._show(self.slack.new_deliveries())
 
-    def _await_replies(self, started: float, turn: list[_Target]) -> None:
+    def _await_replies(self, started: float) -> None:
         """Show posts as they arrive, until the handlers are done and nothing new came for QUIET_S."""
         last_new = time.monotonic()
         noticed = False
         while True:
             idle = self.slack.wait_idle(POLL_S)
-            posts = self._posts(self.slack.new_deliveries())
+            deliveries = self.slack.new_deliveries()
             now = time.monotonic()
-            if posts:
-                self._show(posts, turn)
+            if deliveries:
+                self._show(deliveries)
                 last_new = now
             if idle and now - last_new >= QUIET_S:
                 return
@@ -296,26 +329,40 @@ class Shell:
                 self.write(self.style("(no answer yet; it shows up after your next line)", dim=True))
                 return
 
-    def _posts(self, deliveries: list[Delivery]) -> list[Post]:
-        """The posts to show; buttons of the messages they replaced or removed can no longer be pressed."""
+    def _forget_buttons(self, gone: Post) -> dict[int, Button]:
+        """Take the buttons of ``gone`` (the same post, or the message with its channel and ts) off the screen;
+        returned by number, so an update of the message can show the same buttons under the same numbers."""
+        taken = {
+            n: t.button
+            for n, t in self._buttons.items()
+            if t.post is gone or (gone.ts and (t.post.channel, t.post.ts) == (gone.channel, gone.ts))
+        }
+        for n in taken:
+            del self._buttons[n]
+        self._gone.update(taken)
+        return taken
+
+    def _show(self, deliveries: list[Delivery]) -> None:
+        """Write posts; a message's buttons get the next numbers, or keep theirs when it is an update."""
+        names = {**self.roster, BOT_USER_ID: "opsbot", **self._channel_names()}
         for delivery in deliveries:
-            if delivery.replaces is not None:
-                self._forget_buttons(delivery.replaces)
-        return [d.post for d in deliveries]
+            post = delivery.post
+            before = self._forget_buttons(delivery.replaces) if delivery.replaces is not None else {}
 
-    def _forget_buttons(self, gone: Post) -> None:
-        """Drop the buttons of ``gone``: the same post, or the message with its channel and ts."""
-        self._buttons = [
-            t
-            for t in self._buttons
-            if t.post is not gone and not (gone.ts and (t.post.channel, t.post.ts) == (gone.channel, gone.ts))
-        ]
+            def number(button: Button, post: Post = post, before: dict[int, Button] = before) -> int:
+                """The button's number: kept from the message it updates, else the next one; now pressable."""
+                n = next((k for k, b in before.items() if _same(b, button)), None)
+                if n is None:
+                    n = next(self._numbers)
+                else:
+                    del before[n]
+                    self._gone.discard(n)
+                self._buttons[n] = _Target(button, post)
+                return n
 
-    def _show(self, posts: list[Post], turn: list[_Target]) -> None:
-        """Write posts, numbering their buttons after those already shown this turn."""
-        channel_names = {COMMAND_CHANNEL: COMMAND_CHANNEL_NAME}
-        names = {**self.roster, BOT_USER_ID: "opsbot"}
-        for post in posts:
-            text, buttons = render_post(post, names, self.style, len(turn) + 1, channel_names, home=DM_CHANNEL)
-            turn.extend(_Target(b, post) for b in buttons)
+            text, _ = render_post(post, names, self.style, channel_names=names, home=DM_CHANNEL, number=number)
             self.write(text if post.note else f"\n{text}")
+
+    def _channel_names(self) -> dict[str, str]:
+        """Channel ids to names: the shell's own, and those opsbot created (incident channels)."""
+        return {**self.slack.fake.channel_names(), COMMAND_CHANNEL: COMMAND_CHANNEL_NAME}

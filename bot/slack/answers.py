@@ -115,7 +115,8 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
 
     def ack_ask(ack: Ack, command: dict) -> None:
         if not (command.get("text") or "").strip():
-            ack(response_type="ephemeral", text="Usage: /ask QUESTION", blocks=build_usage_blocks())
+            blocks = build_usage_blocks(runtime.examples().question())
+            ack(response_type="ephemeral", text="Usage: /ask QUESTION", blocks=blocks)
         elif HELP_REQUEST.match(command["text"]):
             ack(response_type="ephemeral", text=HELP_TEXT, blocks=build_help_blocks())
         else:
@@ -137,8 +138,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if not (command.get("text") or "").strip():
             ack(
                 response_type="ephemeral",
-                text="Usage: /experts TEXT [--service NAME], for example "
-                "`/experts checkout 503s after deploy --service checkout-api`",
+                text=f"Usage: /experts TEXT [--service NAME], for example {runtime.examples().experts_usage()}",
             )
         else:
             ack(response_type="ephemeral", text="Looking for the right people…")

@@ -149,13 +149,22 @@ class SlackAnnouncer:
 def view_of(deploys: DeployService, request: DeployRequest) -> RequestView:
     """What will run and who may approve, as the current services.yaml says (the deploy service decides)."""
     command = deploys.shown_command(request) or "(no longer in services.yaml)"
-    may_approve = " or ".join(deploys.who_may_approve(request)) or "nobody (no longer in services.yaml)"
+    who = deploys.who_may_approve(request)
+    may_approve = (", ".join(who[:-1]) + " or " + who[-1]) if len(who) > 1 else "".join(who)
+    if not may_approve:
+        config = deploys.services.get(request.service)
+        if config is None or request.env not in config.environments:
+            may_approve = "nobody (no longer in services.yaml)"
+        else:
+            may_approve = f"nobody else on the roster (add approvers for {request.env} in services.yaml)"
+    approvals = (len(deploys.valid_approvers(request)), deploys.approvals_needed(request))
     emergency = deploys.emergency_recorded(request)
     shown = ""
     if emergency is not None:
         e = emergency
         shown = emergency_text(request.service, e.incident, e.severity, e.approvals, e.usual)
-    return RequestView(command, may_approve, deploys.names(), note_of(request), shown, rollback_offer(deploys, request))
+    offer = rollback_offer(deploys, request)
+    return RequestView(command, may_approve, deploys.names(), note_of(request), shown, offer, approvals)
 
 
 def rollback_offer(deploys: DeployService, request: DeployRequest) -> str:

@@ -26,11 +26,6 @@ from bot.slack.listeners import Listeners
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
-USAGE_DEPLOY = "Usage: /deploy SERVICE VERSION ENV, for example `/deploy checkout-api 1.4.2 staging`"
-USAGE_ROLLBACK = (
-    "Usage: /rollback SERVICE ENV [VERSION], for example `/rollback checkout-api prod` "
-    "(back to the version that succeeded before the current one) or `/rollback checkout-api prod 1.4.1`"
-)
 
 
 def parse_deploy_args(text: str) -> tuple[str, str, str] | None:
@@ -64,14 +59,14 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def ack_deploy(ack: Ack, command: dict) -> None:
         if parse_deploy_args(command.get("text", "")) is None:
             missing = what_is_missing(command.get("text", ""), ("SERVICE", "VERSION", "ENV"))
-            ack(response_type="ephemeral", text=missing + USAGE_DEPLOY)
+            ack(response_type="ephemeral", text=missing + runtime.examples().deploy_usage())
         else:
             ack(response_type="ephemeral", text="Requesting the deploy…")
 
     def ack_rollback(ack: Ack, command: dict) -> None:
         if parse_rollback_args(command.get("text", "")) is None:
             missing = what_is_missing(command.get("text", ""), ("SERVICE", "ENV"))
-            ack(response_type="ephemeral", text=missing + USAGE_ROLLBACK)
+            ack(response_type="ephemeral", text=missing + runtime.examples().rollback_usage())
         else:
             ack(response_type="ephemeral", text="Requesting the rollback…")
 

@@ -103,6 +103,11 @@ class KnowledgeStore(StoreBase):
         self.db.execute("DELETE FROM chunks WHERE doc_path = ?", [path])
         self.db.execute("DELETE FROM documents WHERE path = ?", [path])
 
+    def runbook_topics(self, limit: int = 50) -> list[tuple[str, list[str]]]:
+        """Titles of indexed runbooks and the services each names, by path (for examples in hints)."""
+        q = "SELECT title, services FROM documents WHERE kind = 'runbook' AND title != '' ORDER BY path LIMIT ?"
+        return [(title, list(json.loads(services or "[]"))) for title, services in self.db.execute(q, [limit])]
+
     def counts(self) -> dict[str, int]:
         q = "SELECT kind, count(*) FROM documents GROUP BY kind"
         result = {kind: n for kind, n in self.db.execute(q).fetchall()}

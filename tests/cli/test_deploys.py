@@ -174,17 +174,18 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 # -- opsbot audit --------------------------------------------------------------------------------
 
 
-def test_audit_prints_the_trail(history: History) -> None:
+def test_audit_prints_the_trail_with_people_by_name(history: History) -> None:
     result = invoke("audit")
 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 11
-    assert f"{ALICE}  deploy.requested  {history.staging}  service=web env=staging version=1.0.0" in lines[0]
-    assert any(f"{CAROL}  deploy.rejected  {history.rejected}" in line for line in lines)
+    assert f"Alice Archer  deploy.requested  {history.staging}  service=web env=staging version=1.0.0" in lines[0]
+    assert any(f"Carol Cruz  deploy.rejected  {history.rejected}" in line for line in lines)
     assert f"opsbot  deploy.finished  {history.prod}  status=succeeded exit_code=0" in lines[8]
-    assert lines[-1].endswith(f"{CAROL}  deploy.rejected  {history.rejected}")
-    assert lines[7].endswith(f"opsbot  deploy.started  {history.prod}  approvers={BOB},{CAROL}")
+    assert lines[-1].endswith(f"Carol Cruz  deploy.rejected  {history.rejected}")
+    assert lines[7].endswith(f"opsbot  deploy.started  {history.prod}  approvers=Bob Baker, Carol Cruz")
+    assert not any(uid in result.stdout for uid in (ALICE, BOB, CAROL))
 
 
 def test_audit_json(history: History) -> None:
@@ -196,7 +197,8 @@ def test_audit_json(history: History) -> None:
         "deploy.started",
         "deploy.finished",
     ]
-    assert rows[2]["details"] == {"approvers": [BOB]}
+    assert rows[2]["details"] == {"approvers": [BOB]}  # ids, for scripts
+    assert rows[0]["actor"] == ALICE
     assert all(datetime.fromisoformat(r["at"]).tzinfo for r in rows)
 
 
@@ -205,9 +207,10 @@ def test_audit_csv(history: History) -> None:
 
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["at", "actor", "action", "request_id", "details"]
+    assert list(rows[0]) == ["at", "actor", "actor_name", "action", "request_id", "details"]
     assert len(rows) == 11
     assert rows[0]["actor"] == ALICE and rows[0]["request_id"] == history.staging
+    assert rows[0]["actor_name"] == "Alice Archer"
     assert json.loads(rows[0]["details"]) == {"env": "staging", "service": "web", "version": "1.0.0"}
     started = next(r for r in rows if r["action"] == "deploy.started" and r["request_id"] == history.prod)
     assert json.loads(started["details"]) == {"approvers": [BOB, CAROL]}  # a list with a comma, quoted by csv
@@ -215,7 +218,7 @@ def test_audit_csv(history: History) -> None:
 
 def test_audit_empty_and_both_formats() -> None:
     assert invoke("audit").stdout == "The audit trail is empty: no deploy has been requested yet.\n"
-    assert invoke("audit", "--csv").stdout == "at,actor,action,request_id,details\n"
+    assert invoke("audit", "--csv").stdout == "at,actor,actor_name,action,request_id,details\n"
     assert_clean_failure(invoke("audit", "--json", "--csv"), "choose one of --json and --csv")
 
 

@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from bot.answers.indexer import index_knowledge
+from bot.models import Expert
 from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService
-from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
+from bot.ops.policy import APPROVE, REQUEST, START, Facts, describe_approvers, refusal, still_may_approve
 from bot.services import parse_service
 from bot.store import Store
 from tests.conftest import FakeEncoder
@@ -133,7 +134,12 @@ def facts(**changes: object) -> Facts:
     [
         (APPROVE, {"request_id": "r1", "lock_holder": "r2"}, BOB, "no longer holds the web prod lock (held by r2)"),
         (APPROVE, {"request_id": "r1", "lock_holder": "r1"}, ALICE, "you requested this"),
-        (APPROVE, {"request_id": "r1", "lock_holder": "r1"}, DAVE, "only web, sre, UERIN00005 may approve"),
+        (
+            APPROVE,
+            {"request_id": "r1", "lock_holder": "r1"},
+            DAVE,
+            "only the web team, the sre team or Erin Ekberg may approve web deploys to prod.",
+        ),
         (
             START,
             {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (BOB, BOB)},
@@ -150,7 +156,7 @@ def facts(**changes: object) -> Facts:
             START,
             {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (BOB, DAVE)},
             "",
-            "no longer allowed to approve: UDAVE00004",
+            "no longer allowed to approve: Dave Dunn",
         ),
         (REQUEST, {"version": "1.0"}, "", "does not match web's version_pattern"),
     ],
@@ -159,7 +165,9 @@ def test_the_policy_names_what_is_missing(stage: str, given: dict, user: str, sa
     config = parse_service("web", _web_entry())
     allowed = {BOB, CAROL, ERIN, ALICE}
 
-    why = refusal(config, facts(**given), stage, datetime(2026, 11, 2, tzinfo=UTC), allowed, user)
+    names = {ERIN: "Erin Ekberg", DAVE: "Dave Dunn"}
+
+    why = refusal(config, facts(**given), stage, datetime(2026, 11, 2, tzinfo=UTC), allowed, user, names)
 
     assert why is not None and says in why
 
@@ -173,3 +181,22 @@ def test_the_policy_lets_a_complete_request_start() -> None:
 
 def _web_entry() -> dict:
     return yaml.safe_load(SERVICES)["services"]["web"]
+
+
+def test_who_may_still_approve_leaves_out_the_requester_and_who_approved() -> None:
+    roster = [
+        Expert(id=ALICE, name="Alice Archer", team="web"),
+        Expert(id=BOB, name="Bob Baker", team="web"),
+        Expert(id=CAROL, name="Carol Cruz", team="sre"),
+        Expert(id=ERIN, name="Erin Ekberg", team="data"),
+    ]
+    entries = ("web", "sre", ERIN)
+
+    asked_by_someone_else = facts(requester="UOTHER0001")
+    assert still_may_approve(entries, roster, asked_by_someone_else) == ["the web team", "the sre team", "Erin Ekberg"]
+    # Alice asked, Erin approved: of the web team only Bob is left, and he is named.
+    after = still_may_approve(entries, roster, facts(requester=ALICE, approvers=(ERIN,)))
+    assert after == ["Bob Baker (web)", "the sre team"]
+    assert still_may_approve(entries, roster, facts(requester=ALICE, approvers=(BOB, CAROL, ERIN))) == []
+    assert describe_approvers(entries, {ERIN: "Erin Ekberg"}) == "the web team, the sre team or Erin Ekberg"
+    assert describe_approvers(["UNOTLISTED1"], {}) == "UNOTLISTED1"  # an id never passes for a team

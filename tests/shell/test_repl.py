@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -13,12 +15,13 @@ from slack_bolt import BoltRequest
 
 from bot.errors import InvalidRequest
 from bot.runtime import Runtime
-from bot.shell.render import Button, Post, render_blocks, render_mrkdwn, render_post
+from bot.shell.mentions import resolve_mentions
+from bot.shell.render import EMOJI, Button, Post, render_blocks, render_mrkdwn, render_post
 from bot.shell.repl import COMMAND_CHANNEL, DEFAULT_USER, DM_CHANNEL, Shell, check_user
 from bot.slack import ids
 from bot.slack.local.shell_dispatch import sign
 from bot.store import Store
-from tests.conftest import Chat, make_runtime
+from tests.conftest import ROOT, Chat, make_runtime
 from tests.slack.conftest import GatedEncoder
 
 PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"  # the first roster member, and another one
@@ -41,11 +44,11 @@ def test_a_typed_question_is_answered_in_its_dm_thread_with_numbered_buttons(cha
 def test_pressing_helpful_records_the_vote_and_says_thanks(chat: Chat, runtime: Runtime) -> None:
     chat.say("kafka consumer group lag keeps growing on the orders topic")
     shown = chat.say("1")
-    assert "(you pressed 👍 Helpful)" in shown
+    assert "(you pressed [1] 👍 Helpful)" in shown
     assert "opsbot · only visible to you" in shown and "Thanks: noted `runbooks/kafka/consumer-lag.md`" in shown
     (row,) = runtime.store.feedback_rows()
     assert (row["user"], row["vote"], row["path"]) == (PRIYA, 1, "runbooks/kafka/consumer-lag.md")
-    assert "You already voted that way" in chat.say("/press 1")  # the buttons stay until new ones replace them
+    assert "You already voted that way" in chat.say("/press 1")  # the buttons stay while their message does
 
 
 def test_ask_answers_only_you_and_share_posts_it_in_the_channel(chat: Chat) -> None:
@@ -59,7 +62,7 @@ def test_ask_answers_only_you_and_share_posts_it_in_the_channel(chat: Chat) -> N
     assert "opsbot · in #shell\n  Shared by @Priya Raman" in shared
     assert "Waymark Maps API rate limiting" in shared
     assert "(opsbot removed the message only you could see)" in shared
-    assert "[1] 👍 Helpful  [2] 👎 Not helpful" in shared and "[3]" not in shared  # no Share once shared
+    assert "[4] 👍 Helpful  [5] 👎 Not helpful" in shared and "Share" not in shared.split("Shared by")[1]
     (posted,) = chat.shell.slack.fake.messages(COMMAND_CHANNEL)
     assert "Shared by <@U03F8K2LQ1>" in json.dumps(posted["blocks"])
 
@@ -68,7 +71,7 @@ def test_ask_without_text_shows_usage_at_once(chat: Chat) -> None:
     started = time.monotonic()
     shown = chat.say("/ask")
     assert time.monotonic() - started < 3
-    assert "Usage: `/ask QUESTION`, for example `/ask pgbouncer says too many clients`" in shown
+    assert "Usage: `/ask QUESTION`, for example `/ask CDN cache purge overloading the origin`" in shown
     assert not chat.shell.slack.fake.calls("response_url")
 
 
@@ -82,7 +85,7 @@ def test_an_unknown_command_is_explained_and_a_path_is_just_text(chat: Chat) -> 
 
 def test_user_switches_only_to_roster_members_and_changes_who_votes(chat: Chat, runtime: Runtime) -> None:
     refused = chat.say("/user UNOBODY")
-    assert "'UNOBODY' is not on the roster" in refused and f"{PRIYA} (Priya Raman)" in refused
+    assert "UNOBODY is not on the roster" in refused and f"Priya Raman ({PRIYA})" in refused
     assert chat.shell.user == PRIYA
     assert chat.say(f"/user {DANIEL}") == f"You are now Daniel Okafor ({DANIEL})."
     assert chat.shell.prompt == "Daniel Okafor> "
@@ -146,18 +149,21 @@ def test_a_newly_registered_command_works_and_updated_messages_lose_their_button
     assert "opsbot · updated · in #shell\n  Approved by @Priya Raman" in shown
     (updated,) = chat.shell.slack.fake.calls("chat.update")
     assert updated.body["ts"] == posted.answer["ts"]  # the click carried the real message ts
-    assert "There is no button to press" in chat.say("1")
+    assert "Button [1] is gone: opsbot updated or removed its message. No button is on screen now." in chat.say("1")
 
 
 def test_buttons_are_explained_when_there_is_nothing_to_press(chat: Chat) -> None:
     assert "There is no button to press" in chat.say("1")
     chat.say("pgbouncer says too many clients")
-    assert "There is no button [7]; the buttons are [1] to [2]." in chat.say("7")
+    missing = chat.say("7")
+    assert missing.startswith("There is no button [7]. Buttons on screen: [1] 👍 Helpful (on Best match: ")
+    assert "[2] 👎 Not helpful (on " in missing
+    assert "Usage: /press N" in chat.say("/press x")
 
 
 def test_help_lists_what_can_be_typed_and_who_you_are(chat: Chat) -> None:
     shown = chat.say("/help")
-    assert "/ask QUESTION" in shown and "/user [ID]" in shown and "/quit" in shown
+    assert "/ask QUESTION" in shown and "/user [NAME or ID]" in shown and "/quit" in shown
     assert f"now: Priya Raman ({PRIYA})" in shown
     # A usage too long for the column puts its description on the next line, in the column.
     lines = shown.splitlines()
@@ -213,14 +219,15 @@ def test_check_user_accepts_roster_ids_and_names_only() -> None:
     roster = {PRIYA: "Priya Raman", DANIEL: "Daniel Okafor"}
     assert check_user(DANIEL.lower(), roster) == DANIEL
     assert check_user("priya", roster) == PRIYA
-    with pytest.raises(InvalidRequest, match="not on the roster; use a Slack user id from experts.yaml: U03F8K2LQ1"):
+    assert check_user("@Daniel", roster) == check_user("<@U04C2RN8VD>", roster) == DANIEL
+    with pytest.raises(InvalidRequest, match=r"U999 is not on the roster\. .*Priya Raman \(U03F8K2LQ1\)"):
         check_user("U999", roster)
     with pytest.raises(InvalidRequest, match="the roster is empty"):
         check_user(DEFAULT_USER, {})
 
 
 def test_a_shell_refuses_a_user_off_the_roster(runtime: Runtime) -> None:
-    with pytest.raises(InvalidRequest, match="'UNOBODY' is not on the roster"):
+    with pytest.raises(InvalidRequest, match="UNOBODY is not on the roster"):
         Shell(runtime, user="UNOBODY")
 
 
@@ -304,3 +311,78 @@ def test_render_blocks_of_a_real_answer_keeps_the_vote_buttons(chat: Chat) -> No
         ("👎 Not helpful", ids.FEEDBACK_DOWN),
     ]
     assert buttons[0].value and buttons[0].block_id == ids.ANSWER_ACTIONS_BLOCK
+
+
+# -- names, buttons of earlier messages, emoji and channels ----------------------------------------------------
+
+
+def test_people_are_mentioned_by_name_or_id_and_a_wrong_name_sends_nothing(chat: Chat) -> None:
+    chat.as_("Marcus").say("/incident declare checkout 503s --service checkout-api")
+
+    by_name = chat.say("/incident assign @daniel comms")
+    by_id = chat.say(f"/incident assign @{DANIEL} lead")
+    calls = len(chat.shell.slack.fake.calls())
+    unknown = chat.say("/incident assign @Dan comms")
+
+    assert "@Daniel Okafor is comms of INC-" in by_name and "@Daniel Okafor is lead of INC-" in by_id
+    assert "Sorry: @Dan is not on the roster. Did you mean @Daniel?" in unknown and "Nothing was sent." in unknown
+    assert len(chat.shell.slack.fake.calls()) == calls  # nothing reached opsbot
+    assert "Channel: #shell" in chat.say("/incident status")  # the channel's name, not its id
+
+
+def test_help_says_how_to_mention_people_and_press_earlier_buttons(chat: Chat) -> None:
+    shown = chat.say("/help")
+    assert "@Daniel (first name), @Daniel Okafor (full name) or @U04C2RN8VD (Slack id)" in shown
+    assert "<@U04C2RN8VD> works too" in shown and "any earlier one still on screen" in shown
+
+
+def test_resolve_mentions_names_one_person_or_says_why_not() -> None:
+    roster = {PRIYA: "Priya Raman", DANIEL: "Daniel Okafor", "U1SAM00001": "Sam Archer", "U2SAM00002": "Sam Brook"}
+    bot = ("UBOT0001", "opsbot")
+
+    assert resolve_mentions("page @Daniel Okafor now", roster, bot) == f"page <@{DANIEL}> now"
+    typed = "@priya, @u04c2rn8vd and @opsbot"
+    assert resolve_mentions(typed, roster, bot) == f"<@{PRIYA}>, <@{DANIEL}> and <@UBOT0001>"
+    assert resolve_mentions(f"<@{DANIEL}> and mail ops@example.com @here", roster) == (
+        f"<@{DANIEL}> and mail ops@example.com <!here>"
+    )
+    with pytest.raises(InvalidRequest, match=r"@Sam could be Sam Archer \(U1SAM00001\) or Sam Brook \(U2SAM00002\)"):
+        resolve_mentions("ask @Sam", roster)
+    assert resolve_mentions("ask @Sam Brook", roster) == "ask <@U2SAM00002>"
+    with pytest.raises(InvalidRequest, match="@Timeout is not on the roster.*leave out the @"):
+        resolve_mentions("the @Timeout annotation", roster)
+
+
+def test_a_button_of_an_earlier_answer_can_still_be_pressed(chat: Chat, runtime: Runtime) -> None:
+    first = chat.say("kafka consumer group lag keeps growing on the orders topic")
+    second = chat.say("pgbouncer says too many clients")
+    assert "[1] 👍 Helpful  [2] 👎 Not helpful" in first and "[3] 👍 Helpful  [4] 👎 Not helpful" in second
+
+    pressed = chat.say("1")
+
+    assert "(you pressed [1] 👍 Helpful)" in pressed and "runbooks/kafka/consumer-lag.md" in pressed
+    (row,) = runtime.store.feedback_rows()
+    assert row["path"] == "runbooks/kafka/consumer-lag.md"  # the first answer's, not the newest
+    listed = chat.say("/buttons")
+    assert listed.startswith("Buttons on screen: [1] 👍 Helpful (on ") and "[4] 👎 Not helpful" in listed
+
+
+def test_every_emoji_code_opsbot_writes_is_drawn() -> None:
+    """The codes in opsbot's own message strings (not docstrings): each one has an emoji in the shell."""
+    used = set()
+    for path in (ROOT / "bot").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                used.update(re.findall(r"(?<![\w:]):([a-z][a-z_]+):(?![\w:])", node.value))
+    assert {"rewind", "rocket", "alarm_clock", "information_source", "memo"} <= used  # the scan sees them
+    assert sorted(used - set(EMOJI) - {"memory"}) == []  # sqlite's ":memory:" is no emoji
+    assert render_mrkdwn(":rewind: *Rollback* :rocket: :not_an_emoji:") == "⏪ Rollback 🚀 :not_an_emoji:"

@@ -126,7 +126,7 @@ def test_nothing_relevant_says_so_instead_of_listing_weak_matches(slack: SlackDr
     slack.mention("what is a good recipe for sourdough bread")
     (call,) = slack_api.wait_for("chat.postMessage")
     shown = text_of(call.body["blocks"])
-    assert "I found nothing relevant" in shown and "Try:" in shown
+    assert "I found nothing relevant" in shown and "Try: naming the service (for example `storefront-web`)" in shown
     assert "*Runbooks*" not in shown and not buttons(call.body["blocks"])
 
 

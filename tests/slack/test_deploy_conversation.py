@@ -41,7 +41,7 @@ def test_prod_waits_for_a_second_approver_and_a_rejection_ends_it(chat: Chat) ->
     assert "1 more approval(s) needed" in first
     assert "Rejected by Rosa" in rejected and "nothing ran" in rejected
     again = chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
-    assert "[1] Approve  [2] Reject" in again  # the lock was released
+    assert "[3] Approve  [4] Reject" in again  # the lock was released; a new message's buttons, new numbers
 
 
 def test_a_rollback_to_a_version_never_deployed_is_refused_and_a_failed_deploy_offers_one(chat: Chat) -> None:
@@ -49,10 +49,25 @@ def test_a_rollback_to_a_version_never_deployed_is_refused_and_a_failed_deploy_o
     chat.as_("Marcus").say("1")
 
     refused = chat.as_("Priya").say("/rollback checkout-api staging 9.9.9")
-    chat.say("/deploy checkout-api 1.4.3-bad staging")
-    failed = chat.as_("Marcus").say("1")
-    offered = chat.as_("Priya").say("1")
+    chat.say("/deploy checkout-api 1.4.3-bad staging")  # buttons [3] and [4]: numbers run on through the session
+    failed = chat.as_("Marcus").say("3")
+    offered = chat.as_("Priya").say("5")
 
     assert "9.9.9 never succeeded for checkout-api in staging" in refused and "newest first: 1.4.2." in refused
-    assert "Deploy checkout-api 1.4.2 → 1.4.3-bad to staging: failed" in failed and "[1] Roll back to 1.4.2" in failed
-    assert "Rollback checkout-api 1.4.3-bad → 1.4.2 to staging" in offered and "[1] Approve  [2] Reject" in offered
+    assert "Deploy checkout-api 1.4.2 → 1.4.3-bad to staging: failed" in failed and "[5] Roll back to 1.4.2" in failed
+    assert "Rollback checkout-api 1.4.3-bad → 1.4.2 to staging" in offered and "Approve  [" in offered
+
+
+def test_messages_name_people_and_the_request_stops_asking_whoever_approved(chat: Chat) -> None:
+    asked = chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
+    refused = chat.as_("Oliver").say("1")
+    approved = chat.as_("Daniel").say("1")
+
+    assert "needs 2 more from Marcus Oyelaran (payments), the sre team or Daniel Okafor;" in asked
+    assert "only the payments team, the sre team or Daniel Okafor may approve checkout-api deploys to prod." in refused
+    assert "U04C2RN8VD" not in refused
+    assert (
+        "Approvals: 1 of 2 (approved by Daniel Okafor) · needs 1 more from Marcus Oyelaran (payments) or the sre "
+        "team;" in approved
+    )
+    assert "[1] Approve  [2] Reject" in approved  # the updated message's buttons keep their numbers

@@ -139,7 +139,8 @@ def test_a_deploy_request_is_posted_naming_what_will_run_with_approve_and_reject
     assert f"`python -m bot.demo_deploy checkout-api 1.4.2 staging {posted.request_id}`" in text
     assert "*From:* nothing deployed by opsbot yet · *To:* 1.4.2" in text
     assert "*Requested by:* Priya Raman" in text
-    assert "*Approvals:* 0 of 1" in text and "needs 1 more from payments team or platform team" in text
+    assert "*Approvals:* 0 of 1" in text
+    assert "needs 1 more from Marcus Oyelaran (payments) or the platform team;" in text
     assert "*Expires* <!date^" in text and "2026-11-20 10:30 UTC>" in text and "30 minutes" in text
     approve = next(b for b in posted.body["blocks"] if b.get("block_id") == ids.DEPLOY_ACTIONS_BLOCK)["elements"][0]
     assert approve["confirm"]["confirm"]["text"] == "Approve"  # Slack asks before the click counts
@@ -231,9 +232,10 @@ def test_someone_who_is_not_an_approver_is_told_why_only_them(
 ) -> None:
     posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
     click(slack, ids.DEPLOY_APPROVE, posted, OLIVER)
-    assert "only payments, platform may approve checkout-api deploys to staging" in ephemeral_to(slack_api, OLIVER)
+    told = ephemeral_to(slack_api, OLIVER)
+    assert "only the payments team or the platform team may approve checkout-api deploys to staging." in told
     click(slack, ids.DEPLOY_REJECT, posted, OLIVER)  # nor reject
-    assert "only payments, platform may approve" in ephemeral_to(slack_api, OLIVER, count=2)
+    assert "only the payments team or the platform team may approve" in ephemeral_to(slack_api, OLIVER, count=2)
     time.sleep(0.3)
     assert not slack_api.calls("chat.update") and status(runtime, posted.request_id) == "pending"
     assert runtime.store.decisions(posted.request_id) == []
@@ -300,11 +302,12 @@ def test_prod_needs_two_distinct_approvers_and_each_approval_updates_the_message
 ) -> None:
     posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 prod")
     assert "*Approvals:* 0 of 2" in posted.text
-    assert "needs 2 more from payments team or sre team or Daniel Okafor" in posted.text
+    # Priya requested it, so of the payments team only Marcus may approve: named, not "the payments team".
+    assert "needs 2 more from Marcus Oyelaran (payments), the sre team or Daniel Okafor;" in posted.text
 
     click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
     first = update_showing(slack_api, posted.ts, "*Approvals:* 1 of 2")
-    assert "(approved by Marcus Oyelaran) · needs 1 more" in shown(first.body)
+    assert "(approved by Marcus Oyelaran) · needs 1 more from the sre team or Daniel Okafor;" in shown(first.body)
     assert set(deploy_buttons(first.body)) == {ids.DEPLOY_APPROVE, ids.DEPLOY_REJECT}
     assert ephemeral_to(slack_api, MARCUS) == "Noted: approved; 1 more approval(s) needed."
 

@@ -37,7 +37,7 @@ def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: 
     if reply.oncall:  # "who is on call for X": the rota answers, not the runbooks
         return build_oncall_blocks(reply.oncall, reply.names)
     if not reply.found:
-        return build_nothing_found_blocks(reply.question)
+        return build_nothing_found_blocks(reply.question, reply.hint_service)
     blocks: list[dict] = []
     if shared_by:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"Shared by <@{shared_by}>"}]})
@@ -109,10 +109,12 @@ def answer_fallback_text(reply: Reply) -> str:
     return f"Best match: {top.title} ({top.citation})"
 
 
-def build_nothing_found_blocks(question: str) -> list[dict]:
+def build_nothing_found_blocks(question: str, service: str = "") -> list[dict]:
+    """Nothing relevant found: say so, and what to try (``service``: one of the user's, as an example)."""
+    example = f" (for example `{escape(service)}`)" if service else ""
     text = (
         "I found nothing relevant in the runbooks or past incidents, so I won't guess.\n"
-        "Try: naming the service (for example `checkout-api`), pasting the exact alert or error line, "
+        f"Try: naming the service{example}, pasting the exact alert or error line, "
         "or using the words your dashboards use."
     )
     return [
@@ -121,9 +123,10 @@ def build_nothing_found_blocks(question: str) -> list[dict]:
     ]
 
 
-def build_usage_blocks() -> list[dict]:
+def build_usage_blocks(example: str = "") -> list[dict]:
+    """How to use /ask; ``example``: a question about the user's own runbooks."""
     text = (
-        "*Usage:* `/ask QUESTION`, for example `/ask pgbouncer says too many clients`.\n"
+        f"*Usage:* `/ask QUESTION`, for example `/ask {escape(example or 'what the alert or error says')}`.\n"
         "You can also paste an alert or a log line, mention me in a channel, or send me a direct message."
     )
     return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]

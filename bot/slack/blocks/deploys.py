@@ -34,11 +34,12 @@ class RequestView:
     """What a request message shows besides the request itself, worked out by the handlers."""
 
     command: str  # what will run, e.g. `python -m bot.demo_deploy checkout-api 1.4.2 staging dep-...`
-    may_approve: str  # who may approve, in words
+    may_approve: str  # who may still approve, in words (not the requester, nor who already approved)
     names: Mapping[str, str] = field(default_factory=dict)  # user id -> name on the roster
     note: str = ""  # e.g. which version opsbot chose for a rollback
     emergency: str = ""  # the emergency rule it goes under, in words
     rollback_to: str = ""  # after a failed deploy: the last good version, offered by a Rollback button
+    approvals: tuple[int, int] | None = None  # (approvals that count, approvals needed) under services.yaml now
 
     def name(self, user: str) -> str:
         return self.names.get(user) or f"<@{user}>"
@@ -99,9 +100,10 @@ def status_text(request: DeployRequest, view: RequestView) -> str:
     """One paragraph on where the request stands: approvals, running, or how it ended."""
     approved = names_of(view, request.approvers)
     if request.status == "pending":
+        counted, needed = view.approvals or (len(request.approvers), request.approvals_needed)
         return (
-            f"*Approvals:* {len(request.approvers)} of {request.approvals_needed} "
-            f"(approved by {approved}) · needs {request.still_needed} more from {view.may_approve}; "
+            f"*Approvals:* {counted} of {needed} "
+            f"(approved by {approved}) · needs {max(needed - counted, 0)} more from {view.may_approve}; "
             "not the requester.\n"
             f"*Expires* {slack_time(request.expires_at)} if not approved within {ttl_minutes(request)} minutes."
         )

@@ -40,6 +40,10 @@ class SlackMethods:
         self._id_counter += 1
         return f"{prefix}{self._id_counter}"
 
+    def channel_names(self) -> dict[str, str]:
+        """The ids and names of the channels created in this workspace (conversations.create)."""
+        return {cid: str(channel.get("name", cid)) for cid, channel in list(self._channels.items())}
+
     # -- method answers (called with the lock held) ----------------------------------------------
 
     def _auth_test(self, body: Body) -> Answer:
