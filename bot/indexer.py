@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ENCODE_BATCH = 256
 # What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
-# document from its file (vectors are reused: the text did not change). 2: alert routes.
-INDEX_FORMAT = "2"
+# document from its file (vectors are reused: the text did not change). 2: alert routes. 3: spelled titles.
+INDEX_FORMAT = "3"
 
 
 @dataclass
@@ -51,6 +51,7 @@ class IndexReport:
 
 def embed_text(title: str, heading: str, text: str) -> str:
     """What the encoder sees: the title and heading path give a section its context."""
+    title, heading = spell_identifiers(title), spell_identifiers(heading)
     head = f"{title}. {heading}." if heading else f"{title}."
     return f"{head}\n{text}"
 
