@@ -244,3 +244,16 @@ def m011_outbox(db: Database) -> None:
     db["outbox"].create_index(["lane", "status", "id"])
     db["outbox"].create_index(["key", "id"])
     db["outbox"].create_index(["target", "status"])
+
+
+@migrations()
+def m012_learned_ranking(db: Database) -> None:
+    # The words of each document's title as the full-text index stems them: the ranker compares them with a query's.
+    db["documents"].add_column("title_terms", str, not_null_default="[]")
+    # Queries made from the documents themselves to fit the ranker on; their vectors live in `embeddings`.
+    db["ranker_queries"].create(
+        {"id": int, "doc_path": str, "section": str, "kind": str, "text": str, "hash": str}, pk="id"
+    )
+    db["ranker_queries"].create_index(["hash"])
+    # The fitted ranker, one per encoder model: its parameters, what it was fitted on, and its validation.
+    db["rankers"].create({"model": str, "corpus_key": str, "params": str, "report": str, "fitted_at": str}, pk="model")
