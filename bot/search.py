@@ -202,7 +202,7 @@ class SearchIndex:
         return found
 
     def routes_for(self, query: str) -> dict[int, str]:
-        """Runbooks that declare they answer an alert the query names, with that alert's name as written."""
+        """Documents the query names (with the name as written): runbooks declaring the alert, the incident by id."""
         routed: dict[int, str] = {}
         if self.alert_routes:
             for token in QUERY_TOKEN.findall(query):

@@ -337,3 +337,77 @@ def test_a_snippet_shows_where_the_query_words_stand_together() -> None:
     assert snippet.startswith("…") and "Postgres stops accepting writes" in snippet
     assert len(snippet) <= 122
     assert make_snippet(text, "nothing matches here", width=120).startswith("Disk usage on Postgres")
+
+
+# -- names in the question: incident ids, alert names, deprecated runbooks ------------------
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["what was the root cause of INC-2025-0019", "inc-2025-0019", "INC-2025-0019: same again on pg-main?"],
+)
+def test_an_incident_id_finds_that_incident_first(index: SearchIndex, question: str) -> None:
+    top = index.search(question, k=5).hits[0]
+    assert top.incident_id == "INC-2025-0019"
+    assert top.alert.upper() == "INC-2025-0019"  # kept in the answer whatever its cosine
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("checkout-api-7d9f8c6b5-x2kqp OOMKilled", "runbooks/kubernetes/oomkilled-containers.md"),
+        ("FATAL: sorry, too many clients already", "runbooks/postgres/connection-pool-exhausted.md"),
+    ],
+)
+def test_the_readmes_examples_find_their_runbook_first(index: SearchIndex, question: str, expected: str) -> None:
+    answer = index.search(question, k=6)
+    runbooks = [h.path for h in answer.hits if h.kind == "runbook"]
+    assert runbooks[0] == expected, runbooks  # first in the answer's Runbooks block
+    assert expected in [h.path for h in answer.hits[:2]]  # behind at most a past incident of exactly that
+
+
+SIBLINGS = {
+    "KubeJobFailed.md": "# KubeJobFailed\n\n## Meaning\n\nA Kubernetes job failed to complete: its pods exited "
+    "with errors and the job hit its backoff limit.\n\n## Mitigation\n\nRead the failed pod logs, rerun the job.\n",
+    "KubeJobCompletion.md": "# KubeJobCompletion\n\n## Meaning\n\nA job is taking more than twelve hours to "
+    "complete; it is still running.\n\n## Mitigation\n\nCheck whether the job is stuck or just slow.\n",
+    "KubeJobNotCompleted.md": "# KubeJobNotCompleted\n\n## Meaning\n\nThe job did not complete in the time "
+    "expected of it.\n\n## Mitigation\n\nLook at the job's events and its pods.\n",
+    "deprecated/KubeMacPoolDown.md": "# KubeMacPoolDown [Deprecated]\n\nStarting from 4.14 this runbook was "
+    "replaced by the KubemacpoolDown runbook.\n\n## Meaning\n\nKubeMacPool is down; virtual machines cannot "
+    "get MAC addresses.\n",
+    "deprecated/VMCannotBeEvicted.md": "# VMCannotBeEvicted [Deprecated]\n\n## Meaning\n\nThe eviction strategy "
+    "of a virtual machine is live migration but the machine is not migratable.\n",
+    "KubemacpoolDown.md": "# KubemacpoolDown\n\n## Meaning\n\nThe kubemacpool manager pod is not running; new "
+    "virtual machines get no MAC address.\n\n## Mitigation\n\nCheck the kubemacpool-mac-controller pods.\n",
+    "VirtualMachineNotMigratable.md": "# Virtual machine not migratable\n\n## Meaning\n\nA virtual machine "
+    "cannot be live migrated, so draining its node will not move it.\n",
+}
+
+
+@pytest.fixture(scope="module")
+def siblings(tmp_path_factory: pytest.TempPathFactory, minilm) -> SearchIndex:  # noqa: ANN001
+    root = tmp_path_factory.mktemp("siblings") / "knowledge"
+    for name, text in SIBLINGS.items():
+        (root / "runbooks" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "runbooks" / name).write_text(text, encoding="utf-8")
+    store = Store(root.parent / "siblings.db")
+    index_knowledge(store, minilm, root)
+    return SearchIndex(store, minilm)
+
+
+@pytest.mark.parametrize("alert", ["KubeJobFailed", "KubeJobCompletion", "KubeJobNotCompleted", "VMCannotBeEvicted"])
+def test_an_exact_alert_name_finds_its_runbook_first(siblings: SearchIndex, alert: str) -> None:
+    for question in (alert, f"[FIRING:1] {alert} (prod-eu-1 batch/nightly-backup-29091 critical)"):
+        top = siblings.search(question, k=3).hits[0]
+        assert top.path.endswith(f"/{alert}.md") and top.alert == alert, question
+
+
+def test_a_deprecated_runbook_is_found_by_its_alert_name(siblings: SearchIndex) -> None:
+    hits = siblings.search("VMCannotBeEvicted firing for vm rhel9-db-01", k=3).hits
+    assert hits[0].path == "runbooks/deprecated/VMCannotBeEvicted.md"
+    assert hits[0].title == "VMCannotBeEvicted [Deprecated]"
+    # Two runbooks answer to one alert name when only case tells them apart: both come before the rest.
+    both = siblings.search("KubeMacPoolDown", k=3).hits
+    assert {h.path for h in both[:2]} == {"runbooks/deprecated/KubeMacPoolDown.md", "runbooks/KubemacpoolDown.md"}
+    assert all(h.alert == "KubeMacPoolDown" for h in both[:2]) and not both[2].alert

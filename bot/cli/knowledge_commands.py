@@ -129,7 +129,7 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
         click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
         if hit.url:
             click.echo(f"   {hit.section_url}")
-        if hit.alert:
+        if hit.alert and hit.kind == "runbook":
             click.echo(f"   runbook for the alert {hit.alert}")
         elif hit.quoted:
             click.echo("   this section contains every word of the question")

@@ -193,11 +193,14 @@ class KnowledgeStore(StoreBase):
         return ids, paths, matrix.copy(), words
 
     def alert_routes(self) -> dict[str, list[str]]:
-        """Alert name (lower case) -> paths of the runbooks that declare they answer it."""
+        """Name (lower case) -> the documents a question naming it means: the runbooks that declare they
+        answer that alert, and the incident with that id."""
         routes: dict[str, list[str]] = {}
         for path, alerts in self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path"):
             for name in json.loads(alerts):
                 routes.setdefault(str(name).lower(), []).append(path)
+        for path, incident in self.db.execute("SELECT path, incident_id FROM documents WHERE incident_id != ''"):
+            routes.setdefault(incident.lower(), []).append(path)
         return routes
 
     def title_terms(self, paths: list[str]) -> list[tuple[str, ...]]:
