@@ -170,12 +170,13 @@ def example(
 
 
 def _mrr(scores: list[np.ndarray], examples: list[Example]) -> float:
-    """Mean reciprocal rank (to 10) of the relevant document among each example's candidates."""
+    """Mean reciprocal rank (to 10) of the relevant document among each example's candidates (ties share ranks)."""
     total, n = 0.0, 0
     for score, e in zip(scores, examples, strict=True):
         if not e.y.any() or len(e.y) < 2:
             continue
-        rank = int((score > score[e.y > 0].max()).sum())
+        best = score[e.y > 0].max()
+        rank = int((score > best).sum()) + int((score == best).sum() - 1) // 2
         total += 1.0 / (rank + 1) if rank < 10 else 0.0
         n += 1
     return total / max(n, 1)
