@@ -44,6 +44,7 @@ class IndexReport:
     reused: int = 0
     seconds: float = 0.0
     ranker: dict | None = None  # the fit's report when the ranker was fitted in this run
+    ranker_seconds: float = 0.0  # making, embedding and fitting on its training queries (part of ``seconds``)
     problems: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -183,12 +184,14 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     key = ranker_key(store, encoder.model_id)
     stored_ranker = store.load_ranker(encoder.model_id)
     refit = stored_ranker is None or stored_ranker[0] != key
+    ranker_started = time.perf_counter()
     if refit:
         _store_training_queries(store, encoder, kb.documents, report, progress)
     if changed or removed or not same_model or refit:
         store.prune_embeddings(encoder.model_id)
     if refit:
         report.ranker = fit_ranker(store, encoder, key)
+        report.ranker_seconds = time.perf_counter() - ranker_started
     if changed or removed or not same_model or config_changed or refit:
         store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,13 +20,14 @@ from bot.citing import local_keyword_scores, make_snippet
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
 from bot.models import Answer, SearchHit
-from bot.ranker import CANDIDATES, CorpusStats, RankerModel, Signals, candidates, features, fuse, top
+from bot.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, top
 from bot.store import Store, StoredChunk
 from bot.text import STOPWORDS, dense_form, keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
 FTS_TOKEN = re.compile(r"[^\W_]+")  # a word as the full-text index's tokenizer cuts it
 WHOLE_QUERY_TERMS = 12  # longer queries (a pasted log excerpt) are not looked up whole: costly, and never quoted
+MATCHED = 20  # keyword candidates whose best chunk is checked for the query's words (50: no better, slower)
 QUOTE_TERMS = 4  # fewer words found together are a phrase, not a quoted sentence
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 
@@ -71,6 +73,7 @@ class SearchIndex:
         self.feedback = np.zeros((0, 0), dtype=np.float32)
         self.feedback_paths: list[str] = []
         self.feedback_votes = np.zeros(0, dtype=np.float32)
+        self._worker: ThreadPoolExecutor | None = None
         self.refresh()
 
     def reload_feedback(self) -> None:
@@ -153,40 +156,58 @@ class SearchIndex:
         dense_text = dense_form(stripped)
         sig = Signals(None, None, None, {}, {})
         sig.routed = self.routes_for(query)
+        dense = None
         if mode != "bm25" and self.size:
             started = time.perf_counter()
             qv = self.encoder.encode([dense_text])[0] if vector is None else vector
             sig.encode_ms = (time.perf_counter() - started) * 1000
             sig.query_vector = qv
-            sig.chunk_sims = self.matrix @ qv
-            if hidden:
-                sig.chunk_sims[list(hidden)] = -1.0
-            sig.section = self._section_scores(sig.chunk_sims)
-            if self.titles.shape[1] == len(qv):
-                sig.title = self.titles @ qv
+            # The matrix product and the full-text queries each take a core: both release the GIL.
+            dense = self._dense_worker().submit(self._dense, sig, qv, hidden)
         if mode != "dense":
-            words = keyword_terms(stripped, STOPWORDS)
-            stems = self.store.stems(words)
-            sig.stems = [t for t in dict.fromkeys(stems) if t]
-            for chunk_id, rank in self._keyword_chunks(words, stems):
-                pos = _position(self.chunk_ids, self._id_order, chunk_id)
-                if pos is None or pos in hidden:
-                    continue
-                d = int(self.chunk_doc[pos])
-                if d not in sig.bm25:
-                    sig.bm25[d] = -rank
-                    sig.bm25_chunk[d] = pos
-            if mode == "hybrid":
-                self._match_terms(sig)
-                for chunk_id, _ in self._whole_query_chunks(stripped):
-                    pos = _position(self.chunk_ids, self._id_order, chunk_id)
-                    if pos is not None and pos not in hidden:
-                        sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
+            self._keywords(sig, stripped, mode, hidden)
+        if dense is not None:
+            dense.result()
         return dense_text, sig
+
+    def _dense_worker(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="opsbot-dense")
+        return self._worker
+
+    def _dense(self, sig: Signals, qv: np.ndarray, hidden: frozenset[int]) -> None:
+        """Cosine of the query with every chunk and every title; per document, its best section."""
+        sims = self.matrix @ qv
+        if hidden:
+            sims[list(hidden)] = -1.0
+        sig.chunk_sims = sims
+        sig.section = self._section_scores(sims)
+        if self.titles.shape[1] == len(qv):
+            sig.title = self.titles @ qv
+
+    def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int]) -> None:
+        """BM25 per document (its best chunk), and in hybrid mode the query words each candidate holds."""
+        words = keyword_terms(stripped, STOPWORDS)
+        stems = self.store.stems(words)
+        sig.stems = [t for t in dict.fromkeys(stems) if t]
+        for chunk_id, rank in self._keyword_chunks(words, stems):
+            pos = _position(self.chunk_ids, self._id_order, chunk_id)
+            if pos is None or pos in hidden:
+                continue
+            d = int(self.chunk_doc[pos])
+            if d not in sig.bm25:
+                sig.bm25[d] = -rank
+                sig.bm25_chunk[d] = pos
+        if mode == "hybrid":
+            self._match_terms(sig)
+            for chunk_id, _ in self._whole_query_chunks(stripped):
+                pos = _position(self.chunk_ids, self._id_order, chunk_id)
+                if pos is not None and pos not in hidden:
+                    sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
 
     def _match_terms(self, sig: Signals) -> None:
         """Which of the query's words each keyword candidate's best chunk holds (how much of the query it covers)."""
-        best = sorted(sig.bm25, key=lambda d: -sig.bm25[d])[:CANDIDATES]
+        best = sorted(sig.bm25, key=lambda d: -sig.bm25[d])[:MATCHED]
         ids = {d: int(self.chunk_ids[sig.bm25_chunk[d]]) for d in best}
         counts = self.store.term_counts_in(list(ids.values()), sig.stems)
         sig.matched = {d: frozenset(counts.get(i, {})) for d, i in ids.items()}

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 RANKER_VERSION = "1"
 QUERIES_PER_DOCUMENT = 8  # besides the title: each document is the answer a few ways
 KINDS = ("sentence", "untitled", "fragment")
-QUERY_BUDGET = 1500  # at most this many generated queries: fitting time stays bounded on a large corpus
+QUERY_BUDGET = 1000  # at most this many generated queries: a fit stays within seconds on a large corpus
 NEGATIVES = 30  # per query, the candidates ranked best by plain fusion that are not the answer
 HELD_BACK = 0.2  # the share of documents whose queries check the fit
 VOTE_WEIGHT = 10.0  # a person's verdict on a real question counts as much as ten generated queries
@@ -240,6 +240,8 @@ def fit(examples: list[Example], seed: int = 0) -> tuple[RankerModel | None, dic
     The check compares the model with reciprocal-rank fusion on the same held-back queries; when the
     model does no better there (too little text to learn from), None says to fuse instead.
     """
+    from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401 - loads OpenMP before the limit below
+
     started = time.perf_counter()
     groups = sorted({e.group for e in examples})
     held = set(random.Random(seed).sample(groups, max(1, int(len(groups) * HELD_BACK))))

@@ -455,4 +455,8 @@ def test_a_new_index_format_rewrites_documents_without_embedding_again(
 
     assert report.updated == report.runbooks + report.incidents and report.embedded == 0
     assert fake_encoder.calls == []
-    assert store.alert_routes() == {"kubejobfailed": ["runbooks/kube/job.md"]}
+    assert store.alert_routes() == {
+        "kubejobfailed": ["runbooks/kube/job.md"],
+        "inc-2025-0042": [INC_YAML],  # an incident answers to its id
+        "inc-2026-0007": [INC_MD],
+    }

@@ -336,6 +336,7 @@ def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str,
         result["onnx_exported"] = True  # the load time includes the one-off export
     if what in ("index", "all"):
         result["index"] = benchmarks.bench_index(encoder)
+        result["fit"] = benchmarks.bench_fit(encoder)
     if what in ("search", "all"):
         result["search"] = benchmarks.bench_search(encoder, size_list)
     if what in ("experts", "all"):
@@ -360,8 +361,16 @@ def _bench_text(result: dict[str, Any]) -> str:
         i = result["index"]
         lines.append(
             f"index: {i['index_chunks_per_s']} chunks/s vs raw encode {i['raw_encode_chunks_per_s']} chunks/s "
-            f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks; unchanged re-index of {i['reindex_unchanged_docs']} "
+            f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks, then the ranker {i['ranker_s']} s (ratio with it "
+            f"{i['ratio_with_ranker']:.0%}); unchanged re-index of {i['reindex_unchanged_docs']} "
             f"documents: {i['reindex_unchanged_s']} s (model loaded: {i['reindex_loaded_model']})"
+        )
+    if "fit" in result:
+        f = result["fit"]
+        lines.append(
+            f"ranker for {f['documents']} documents: {f['queries']} training queries embedded in "
+            f"{f['embed_queries_s']} s, fitted in {f['fit_s']} s (features {f['features_s']} s, trees "
+            f"{f['boost_s']} s); held-back MRR@10 {f['held_back_mrr']} vs fusion {f['held_back_mrr_fused']}"
         )
     for row in result.get("search", []):
         lines.append(

@@ -275,8 +275,9 @@ class KnowledgeStore(StoreBase):
         # the database's write lock (which an `opsbot index` in another process may hold).
         with self.lock, self.db.atomic():
             self.db.execute("DELETE FROM temp.query_terms")
-            for position, word in enumerate(words, start=1):
-                self.db.execute("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", [position, word])
+            self.db.conn.executemany(
+                "INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", list(enumerate(words, start=1))
+            )
             stems = dict(self.db.execute("SELECT doc, term FROM temp.query_terms_vocab").fetchall())
         return [stems.get(position, "") for position in range(1, len(words) + 1)]
 
