@@ -1,10 +1,11 @@
 # `make run` and `make test` each set up .venv on a fresh machine, then do their job.
+# `make test` runs the fault suite (tests/fault) at small scale; `make fault` runs it at full size, with its table.
 VENV    ?= .venv
 PYTHON  ?= python3
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test install lint clean
+.PHONY: run test fault install lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check bot tests
 	$(BIN)/python -m pytest -q
+
+fault: $(STAMP)
+	OPSBOT_FAULT_SCALE=full $(BIN)/python -m pytest -q -m fault tests/fault tests/ops/test_properties.py
 
 clean:
 	rm -rf $(VENV) opsbot.db opsbot.db-wal opsbot.db-shm

@@ -1,9 +1,9 @@
-"""Who to pull in: a ranking of roster members learned from who resolved similar incidents.
+"""Who to pull in: a ranking of roster members learned from who resolved similar incidents, and when.
 
-Three signals, each explained: (a) nearest past incidents by meaning (scikit-learn
-NearestNeighbors over incident embeddings) credit the people who resolved them, the main
-resolver most; (b) ownership of the services involved; (c) the person's listed skills found in
-the text. Availability (away, outside working hours) lowers a score and is flagged.
+The signals and how they are combined are in ``bot.expert_blend``, the fit on the team's own history in
+``bot.expert_fit``; this module holds the model: past incidents as arrays, a ranking for one problem, and
+the reasons behind each suggestion, with dates. People who left, responders missing from the roster and
+whoever is asking are never suggested; their incidents still count in the statistics.
 """
 
 from __future__ import annotations
@@ -19,28 +19,30 @@ import numpy as np
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
-from bot.models import Expert, Incident
-from bot.text import content_hash, spell_identifiers, strip_volatile
+from bot.expert_blend import (
+    MAIN_RESOLVER,
+    OTHER_RESPONDER,
+    Blends,
+    decay_matrix,
+    freshness,
+    history_signals,
+    idle_days,
+    nearest_incidents,
+    service_overlap,
+)
+from bot.models import Expert, Incident, Rotation
+from bot.rota import Shift, covering_rotations, shift_at, when_text
+from bot.text import content_hash, normalize_query, spell_identifiers, strip_volatile
 
 WORD = re.compile(r"[a-z0-9]+")
-
-
-@dataclass(frozen=True)
-class Weights:
-    """How the three signals combine; measured with `opsbot eval --task experts`."""
-
-    learned: float = 0.6
-    ownership: float = 0.25
-    skills: float = 0.15
-    neighbours: int = 8
-    min_similarity: float = 0.25  # incidents less alike than this say nothing about who can help
-    main_resolver: float = 1.0
-    other_responder: float = 0.6
-    away_factor: float = 0.5
-    off_hours_factor: float = 0.8
-    tie_margin: float = 0.1  # suggestions within 10% of the best count as "about equally good"
-    load_penalty: float = 0.06  # per recent first place, among the about-equally-good
-    min_share: float = 0.2  # suggestions scoring under 20% of the best are not shown
+DAY_S = 86400.0
+AWAY_FACTOR = 0.5  # people on leave can still be asked, but not first
+OFF_HOURS_FACTOR = 0.8  # outside their working hours: a little lower
+TIE_MARGIN = 0.1  # suggestions within 10% of the best count as "about equally good"
+LOAD_PENALTY = 0.06  # per recent first place, among the about-equally-good
+MIN_SHARE = 0.2  # suggestions scoring under 20% of the best are not shown
+SHOWN_INCIDENTS = 3  # incidents named as evidence per person
+STALE_DAYS = 365.0  # evidence older than a year (or than the half-life, when longer) is flagged as not recent
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class SimilarIncident:
     title: str
     similarity: float
     main_resolver: bool
+    date: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -61,17 +64,29 @@ class Suggestion:
     owns: tuple[str, ...] = ()
     skills: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
+    on_call: tuple[Shift, ...] = ()  # the rotas they are on call for, for the services involved
+    recent: int = 0  # incidents they resolved in the year before the question
+    last_resolved: datetime | None = None  # their latest resolved incident of any kind
 
     def reasons(self) -> list[str]:
         out = []
+        for shift in self.on_call:
+            out.append(f"on call for {shift.team} until {when_text(shift.end)}")
         if self.incidents:
-            parts = [f"{i.id} ({i.similarity:.2f})" for i in self.incidents[:3]]
+            parts = [
+                f"{i.id} ({i.similarity:.2f}{', ' + i.date.strftime('%b %Y') if i.date else ''})"
+                for i in self.incidents[:SHOWN_INCIDENTS]
+            ]
             verb = "looks" if len(parts) == 1 else "look"
             out.append(f"resolved {', '.join(parts)}, which {verb} like this")
         if self.owns:
             out.append(f"owns {', '.join(self.owns)}")
         if self.skills:
             out.append(f"skills: {', '.join(self.skills)}")
+        if self.recent and self.last_resolved:
+            out.append(
+                f"resolved {self.recent} incident(s) in the last year, the latest on {self.last_resolved:%Y-%m-%d}"
+            )
         return out
 
 
@@ -83,105 +98,228 @@ class ExpertModel:
     incidents: list[Incident]
     vectors: np.ndarray
     service_owners: dict[str, list[str]] = field(default_factory=dict)
-    weights: Weights = field(default_factory=Weights)
+    blends: Blends = field(default_factory=Blends)
+    rotations: list[Rotation] = field(default_factory=list)
+    service_teams: dict[str, str] = field(default_factory=dict)  # services.yaml `team:`
     train_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.experts:
             raise InvalidRequest("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
+        started = time.perf_counter()
         self.by_id = {e.id: e for e in self.experts}
+        self.column = {e.id: n for n, e in enumerate(self.experts)}
         self.teams: dict[str, list[str]] = {}
         for e in self.experts:
             self.teams.setdefault(e.team, []).append(e.id)
-        from sklearn.neighbors import NearestNeighbors  # imported on first training: keeps start-up fast
-
-        started = time.perf_counter()
-        self.knn: NearestNeighbors | None = None
-        if len(self.incidents):
-            self.knn = NearestNeighbors(n_neighbors=min(self.weights.neighbours, len(self.incidents)), metric="cosine")
-            self.knn.fit(self.vectors)
-        self.train_seconds += time.perf_counter() - started
+        self.days = np.array([i.date.timestamp() / DAY_S for i in self.incidents], dtype=np.float64)
+        self.roles = role_matrix(self.incidents, self.column)
+        # When each person resolved something, in order: their latest and their count in a year, at any time.
+        self.resolved_days = [np.sort(self.days[self.roles[:, n] > 0]) for n in range(len(self.experts))]
+        self.incident_services = [frozenset(i.services) for i in self.incidents]
+        self.words = WordIndex([incident_words(i) for i in self.incidents])
         self.services = self._known_services()
+        self._owners = {s: self._owners_of(s) for s in self.services}
+        self.train_seconds += time.perf_counter() - started
 
     def _known_services(self) -> set[str]:
-        known = set(self.service_owners)
+        known = set(self.service_owners) | set(self.service_teams)
         for e in self.experts:
             known.update(e.services)
         for i in self.incidents:
             known.update(i.services)
+        for r in self.rotations:
+            known.update(r.services)
         return known
 
-    def owners_of(self, service: str) -> set[str]:
-        """Roster ids owning a service: from the roster, and services.yaml (ids or team names)."""
+    def _owners_of(self, service: str) -> set[str]:
         owners = {e.id for e in self.experts if service in e.services}
         for owner in self.service_owners.get(service, []):
             owners.update(self.teams.get(owner, [owner] if owner in self.by_id else []))
         return owners
 
+    def owners_of(self, service: str) -> set[str]:
+        """Roster ids owning a service: from the roster, and services.yaml (ids or team names)."""
+        return self._owners.get(service) or self._owners_of(service)
+
     def services_in(self, text: str) -> list[str]:
+        """Known services named in the text (whole names, in any case)."""
         lower = text.lower()
-        return sorted(s for s in self.services if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", lower))
+        return sorted(s for s in self.services if re.search(rf"(?<![\w/-]){re.escape(s.lower())}(?![\w/-])", lower))
+
+    def check_services(self, services: list[str]) -> None:
+        """Refuse a service nobody knows, naming the closest known ones (never all of them)."""
+        import difflib
+
+        for service in services:
+            if service in self.services:
+                continue
+            close = difflib.get_close_matches(service, sorted(self.services), n=3, cutoff=0.6)
+            if len(self.services) <= 12:
+                hint = f"known services: {', '.join(sorted(self.services)) or 'none yet'}"
+            else:
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                hint += f"{len(self.services)} services are known (services.yaml, the roster and past incidents)"
+            raise InvalidRequest(f"unknown service {service!r}; {hint}.")
+
+    # -- the signals that do not depend on time decay -----------------------------------------------------
+
+    def fixed_signals(
+        self, text: str, involved: list[str], now: datetime
+    ) -> tuple[np.ndarray, dict[str, tuple[str, ...]], dict[str, tuple[str, ...]], dict[str, list[Shift]]]:
+        """(P, 3) ownership, skills and on call, with what each person owns, knows and is on call for."""
+        out = np.zeros((len(self.experts), 3))
+        owns: dict[str, tuple[str, ...]] = {}
+        skills: dict[str, tuple[str, ...]] = {}
+        lower = text.lower()
+        words = set(WORD.findall(lower))
+        for n, expert in enumerate(self.experts):
+            owned = tuple(s for s in involved if expert.id in self.owners_of(s))
+            known = tuple(s for s in expert.skills if _skill_in(s, words, lower))
+            if owned:
+                owns[expert.id] = owned
+                out[n, 0] = 1.0
+            if known:
+                skills[expert.id] = known
+                out[n, 1] = min(1.0, len(known) / 2)
+        on_call: dict[str, list[Shift]] = {}
+        for rotation in covering_rotations(self.rotations, involved, self.teams, self.service_teams, self._owners):
+            shift = shift_at(rotation, now)
+            if shift is not None and shift.person in self.column:
+                on_call.setdefault(shift.person, []).append(shift)
+                out[self.column[shift.person], 2] = 1.0
+        return out, owns, skills, on_call
+
+    # -- ranking ---------------------------------------------------------------------------------------------
 
     def rank(
-        self, text: str, vector: np.ndarray, services: list[str] | None = None, now: datetime | None = None
+        self,
+        text: str,
+        vector: np.ndarray,
+        services: list[str] | None = None,
+        now: datetime | None = None,
+        exclude: tuple[str, ...] | list[str] = (),
     ) -> list[Suggestion]:
-        """Every roster member with any reason to help, best first."""
-        w = self.weights
-        for service in services or []:
-            if service not in self.services:
-                known = ", ".join(sorted(self.services)) or "none yet"
-                raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
-        involved = sorted(set(services or []) | set(self.services_in(text)))
-        learned, evidence = self._learned(vector)
-        words = set(WORD.findall(text.lower()))
+        """Every roster member with any reason to help, best first; never someone in ``exclude`` or who left."""
+        self.check_services(list(services or []))
         now = now or datetime.now(UTC)
+        involved = sorted(set(services or []) | set(self.services_in(text)))
+        blend = self.blends.for_query(bool(services))
+        now_days = np.array([now.timestamp() / DAY_S])
+        dense = (self.vectors @ vector.astype(np.float32)).astype(np.float64)[None, :] if len(self.incidents) else None
+        words = self.words.similarity([text])
+        if dense is None:
+            dense = np.zeros((1, 0))
+        decay = decay_matrix(now_days, self.days, blend.half_life_days)
+        overlap = service_overlap([set(involved)], self.incident_services)
+        nearest_dense = nearest_incidents(dense, self.days, blend.neighbours)
+        nearest_words = nearest_incidents(words, self.days, blend.neighbours)
+        history = history_signals(dense, words, overlap, decay, self.roles, nearest_dense, nearest_words)[0]
+        fixed, owns, skills, on_call = self.fixed_signals(text, involved, now)
+        fixed[:, 0] *= freshness(idle_days(self.roles, self.days, now_days), blend.half_life_days)[0]
+        scores = np.concatenate([history, fixed], axis=1) @ blend.weights()
+        evidence = self._evidence(dense[0], words[0], decay[0], set(nearest_dense[0]) | set(nearest_words[0]))
+        stale_days = max(blend.half_life_days, STALE_DAYS)
         results = []
-        for expert in self.experts:
-            owns = tuple(s for s in involved if expert.id in self.owners_of(s))
-            skills = tuple(s for s in expert.skills if _skill_in(s, words, text.lower()))
-            score = (
-                w.learned * learned.get(expert.id, 0.0)
-                + w.ownership * (1.0 if owns else 0.0)
-                + w.skills * min(1.0, len(skills) / 2)
-            )
-            if score <= 0:
+        for n, expert in enumerate(self.experts):
+            score = float(scores[n])
+            if score <= 0 or expert.id in exclude or expert.has_left(now):
                 continue
             flags = []
+            shown = evidence.get(expert.id, [])
+            last = self._last_resolved(n, now)
+            latest_similar = max((i.date for i in shown if i.date), default=None)
+            if latest_similar is not None and (now - latest_similar).days > stale_days:
+                flags.append(f"last resolved something similar {_ago(now, latest_similar)}")
+            elif not shown and last is not None and (now - last).days > stale_days:
+                flags.append(f"last resolved an incident {_ago(now, last)}")
             if expert.away:
-                score *= w.away_factor
+                score *= AWAY_FACTOR
                 flags.append("away")
             elif (local := off_hours(expert, now)) is not None:
-                score *= w.off_hours_factor
+                score *= OFF_HOURS_FACTOR
                 flags.append(f"outside working hours ({local} in {expert.timezone})")
             results.append(
-                Suggestion(expert, round(score, 4), tuple(evidence.get(expert.id, [])), owns, skills, tuple(flags))
+                Suggestion(
+                    expert,
+                    round(score, 4),
+                    tuple(shown[:SHOWN_INCIDENTS]),
+                    owns.get(expert.id, ()),
+                    skills.get(expert.id, ()),
+                    tuple(flags),
+                    tuple(on_call.get(expert.id, [])),
+                    self._recent_count(n, now),
+                    last,
+                )
             )
         return sorted(results, key=lambda s: -s.score)
 
-    def _learned(self, vector: np.ndarray) -> tuple[dict[str, float], dict[str, list[SimilarIncident]]]:
-        """Credit each responder of the nearest incidents by how alike they are (squared similarity)."""
-        if self.knn is None:
-            return {}, {}
-        distances, indices = self.knn.kneighbors(vector.reshape(1, -1))
-        credit: Counter[str] = Counter()
+    def _evidence(
+        self, dense: np.ndarray, words: np.ndarray, decay: np.ndarray, counted: set[int]
+    ) -> dict[str, list[SimilarIncident]]:
+        """Per person, the weightiest of the incidents that count (nearest by meaning or by words) they resolved."""
+        weight = {int(i): max(dense[i], words[i], 0.0) ** 2 * decay[i] for i in counted}
         evidence: dict[str, list[SimilarIncident]] = {}
-        total = 0.0
-        for distance, index in zip(distances[0], indices[0], strict=True):
-            similarity = 1.0 - float(distance)
-            if similarity < self.weights.min_similarity:
+        for i in sorted(weight, key=lambda i: (-weight[i], i)):
+            if weight[i] <= 0:
                 continue
-            incident = self.incidents[int(index)]
-            weight = similarity**2
-            total += weight
+            incident = self.incidents[i]
+            similarity = round(float(max(dense[i], words[i])), 3)
             for position, person in enumerate(incident.responders):
-                main = position == 0
-                credit[person] += weight * (self.weights.main_resolver if main else self.weights.other_responder)
                 evidence.setdefault(person, []).append(
-                    SimilarIncident(incident.id, incident.title, round(similarity, 3), main)
+                    SimilarIncident(incident.id, incident.title, similarity, position == 0, incident.date)
                 )
-        if not total:
-            return {}, {}
-        return {p: c / total for p, c in credit.items()}, evidence
+        return evidence
+
+    def _last_resolved(self, column: int, now: datetime) -> datetime | None:
+        days = self.resolved_days[column]
+        before = int(np.searchsorted(days, now.timestamp() / DAY_S, side="right"))
+        return datetime.fromtimestamp(float(days[before - 1]) * DAY_S, tz=UTC) if before else None
+
+    def _recent_count(self, column: int, now: datetime) -> int:
+        days, today = self.resolved_days[column], now.timestamp() / DAY_S
+        return int(np.searchsorted(days, today, side="right") - np.searchsorted(days, today - 365, side="right"))
+
+
+def role_matrix(incidents: list[Incident], column: dict[str, int]) -> np.ndarray:
+    """(N, P): the main resolver 1, other responders on the roster 0.6, everyone else 0."""
+    roles = np.zeros((len(incidents), len(column)))
+    for row, incident in enumerate(incidents):
+        for position, person in enumerate(incident.responders):
+            if person in column:
+                credit = MAIN_RESOLVER if position == 0 else OTHER_RESPONDER
+                roles[row, column[person]] = max(roles[row, column[person]], credit)
+    return roles
+
+
+class WordIndex:
+    """TF-IDF vectors of incidents' words: component names, error strings and metric names match as written."""
+
+    def __init__(self, texts: list[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer  # imported on first training
+
+        self.size = len(texts)
+        self.vectorizer = TfidfVectorizer(sublinear_tf=True) if texts else None
+        self.matrix = None
+        if self.vectorizer is not None:
+            try:
+                self.matrix = self.vectorizer.fit_transform(texts)
+            except ValueError:  # no words at all (only stop words or symbols)
+                self.vectorizer = None
+
+    def similarity(self, texts: list[str]) -> np.ndarray:
+        """(Q, N) cosine similarity of each text to each incident."""
+        if self.vectorizer is None or self.matrix is None:
+            return np.zeros((len(texts), self.size))
+        return (self.vectorizer.transform(texts) @ self.matrix.T).toarray()
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    days = (now - then).days
+    if days < 60:
+        return f"{days} days ago ({then:%Y-%m-%d})"
+    months = round(days / 30.44)
+    return f"{months} months ago ({then:%Y-%m-%d})"
 
 
 def _skill_in(skill: str, words: set[str], lower_text: str) -> bool:
@@ -203,7 +341,12 @@ def off_hours(expert: Expert, now: datetime) -> str | None:
 
 
 def incident_text(incident: Incident) -> str:
-    """What an incident looks like when it starts: its title, summary and cause."""
+    """What an incident looked like when it started, as a question would say it: its title and summary."""
+    return normalize_query(f"{incident.title}. {incident.summary}")
+
+
+def incident_words(incident: Incident) -> str:
+    """The words an incident is matched by: title, summary and cause (which names components and files)."""
     return spell_identifiers(strip_volatile(f"{incident.title}. {incident.summary} {incident.root_cause}"))
 
 
@@ -234,17 +377,21 @@ def train(
     encoder: Encoder,
     service_owners: dict[str, list[str]] | None = None,
     store: object | None = None,
-    weights: Weights | None = None,
+    blends: Blends | None = None,
+    rotations: list[Rotation] | None = None,
+    service_teams: dict[str, str] | None = None,
 ) -> ExpertModel:
-    """Fit the model on ``incidents`` (embedding only what is not cached)."""
+    """The model on ``incidents`` (embedding only what is not cached), with ``blends`` (else the fallback)."""
     started = time.perf_counter()
     vectors = embed_incidents(incidents, encoder, store)
-    model = ExpertModel(experts, incidents, vectors, service_owners or {}, weights or Weights())
+    model = ExpertModel(
+        experts, incidents, vectors, service_owners or {}, blends or Blends(), rotations or [], service_teams or {}
+    )
     model.train_seconds = time.perf_counter() - started
     return model
 
 
-def spread_load(suggestions: list[Suggestion], recent_firsts: list[str], weights: Weights) -> list[Suggestion]:
+def spread_load(suggestions: list[Suggestion], recent_firsts: list[str]) -> list[Suggestion]:
     """Among about-equally-good people, whoever was suggested first recently moves down a little."""
     if len(suggestions) < 2:
         return suggestions
@@ -253,7 +400,7 @@ def spread_load(suggestions: list[Suggestion], recent_firsts: list[str], weights
     adjusted = []
     for s in suggestions:
         score = s.score
-        if score >= best * (1 - weights.tie_margin):
-            score *= 1 - weights.load_penalty * counts.get(s.expert.id, 0)
+        if score >= best * (1 - TIE_MARGIN):
+            score *= 1 - LOAD_PENALTY * counts.get(s.expert.id, 0)
         adjusted.append((score, s))
     return [s for _, s in sorted(adjusted, key=lambda pair: -pair[0])]

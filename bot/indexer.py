@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot.encoder import Encoder
 from bot.errors import InvalidRequest
+from bot.expert_fit import refit_blends
 from bot.experts import incident_text, incident_vector_hash
 from bot.knowledge import incident_document, load_knowledge
 from bot.models import Document, Incident, Problem
@@ -46,6 +47,7 @@ class IndexReport:
     ranker: dict | None = None  # the fit's report when the ranker was fitted in this run
     ranker_seconds: float = 0.0  # making, embedding and fitting on its training queries (part of ``seconds``)
     problems: list[Problem] = field(default_factory=list)
+    experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.expert_blend)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)
@@ -172,6 +174,7 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     )
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
+        store.replace_rotations(kb.rotations)
     if "services.yaml" not in kb.failed_paths:
         store.replace_services(kb.services)
         store.set_meta("deploy_settings", json.dumps(kb.deploy_settings))
@@ -179,7 +182,9 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         store.set_channel_answer_mode(channel, mode, "channels.yaml")
     # The roster, services and deploy settings count as a change too: a running bot's expert model and
     # deploy rules come from them.
-    config_hash = content_hash(repr((kb.experts, sorted(kb.services.items()), kb.deploy_settings, kb.channels)))
+    config_hash = content_hash(
+        repr((kb.experts, kb.rotations, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
+    )
     config_changed = store.get_meta("config_hash") != config_hash
     key = ranker_key(store, encoder.model_id)
     stored_ranker = store.load_ranker(encoder.model_id)
@@ -195,6 +200,8 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     if changed or removed or not same_model or config_changed or refit:
         store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
+    blends = refit_blends(store, encoder)  # the expert model's weights, fitted on this team's own history
+    report.experts_fit = blends.note if blends is not None else ""
     store.set_meta("model", encoder.model_id)
     store.set_meta("index_format", INDEX_FORMAT)
     store.set_meta("knowledge_dir", str(root.resolve()))

@@ -8,20 +8,30 @@ from __future__ import annotations
 
 import difflib
 import re
-from datetime import UTC, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from bot.deploy_config import ConfigProblem, parse_service, parse_settings
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
-from bot.text import FrontMatterError, content_hash, first_heading, load_yaml, split_front_matter, split_sections
+from bot.rota import parse_rotations
+from bot.services import ConfigProblem, parse_service, parse_settings
+from bot.text import (
+    FrontMatterError,
+    content_hash,
+    first_heading,
+    load_yaml,
+    parse_date,
+    service_name_problem,
+    split_front_matter,
+    split_sections,
+)
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
 INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
-EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away")
+EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
 INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags")
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
@@ -52,6 +62,8 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
         if problems and not kb.experts:
             kb.failed_paths.add("experts.yaml")
+        kb.rotations, problems = parse_roster_rotations("experts.yaml", text, kb.experts)
+        kb.problems.extend(problems)
     services = root / "services.yaml"
     if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
         try:
@@ -208,7 +220,7 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
     inc_id = str(data["id"]).strip()
     if not INCIDENT_ID.match(inc_id):
         raise FileProblem(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
-    date = _parse_date(data["date"])
+    date = parse_date(data["date"])
     if date is None:
         raise FileProblem(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
     try:
@@ -228,10 +240,10 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
             at, _, event = str(entry).partition(" ")
             timeline.append(TimelineEntry(at, event.strip()))
     try:
-        services = _strings(data["services"], "services")
+        services = _service_names(data["services"])
         responders = _strings(data["responders"], "responders")
     except FileProblem as exc:
-        exc.line = line_of("services" if "services" in str(exc) else "responders")
+        exc.line = line_of("services" if "services" in str(exc) or "service name" in str(exc) else "responders")
         raise
     return Incident(
         id=inc_id,
@@ -264,16 +276,6 @@ def incident_document(incident: Incident, digest: str) -> Document:
         owners=incident.responders,
         incident_id=incident.id,
     )
-
-
-def _parse_date(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _key_line(text: str, key: str) -> int:
@@ -360,14 +362,51 @@ def _expert_from_dict(entry: Any) -> Expert:
         name=str(entry["name"]),
         team=str(entry["team"]),
         skills=_strings(entry.get("skills"), "skills"),
-        services=_strings(entry.get("services"), "services"),
+        services=_service_names(entry.get("services")),
         timezone=tz,
         hours=hours,
         away=bool(entry.get("away", False)),
+        left=_left(entry.get("left")),
     )
 
 
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+def _left(value: Any) -> date | None:
+    """``left: 2025-06-30``: the day someone left (YAML may already have read it as a date)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
+
+
+def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[Problem]]:
+    """The roster's ``rotations:``, each broken rota reported with its line (see bot.rota)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return [], []  # parse_roster reported it
+    if not isinstance(data, dict) or data.get("rotations") is None:
+        return [], []
+    rotations, problems = parse_rotations(data["rotations"], experts)
+    root = _compose(text)
+    return rotations, [
+        Problem(rel, str(p), _path_line(root, p.key) or 1 + _key_line(text, "rotations")) for p in problems
+    ]
+
+
+# One rule for a service's name in every file (services.yaml, incidents, the roster and its rotations) and
+# on every command line: letters, digits, '.', '_' and '-', with '/' between parts (checkout-api, storage/remote).
+def _service_names(value: Any) -> tuple[str, ...]:
+    names = _strings(value, "services")
+    for name in names:
+        if problem := service_name_problem(name):
+            raise FileProblem(problem)
+    return names
 
 
 def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]:
@@ -384,8 +423,8 @@ def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]
     root = _compose(text)
     for name, entry in services.items():
         line = _path_line(root, f"services.{name}") or 1 + _key_line(text, str(name))
-        if not SERVICE_NAME.match(str(name)):
-            problems.append(Problem(rel, f"service name {name!r}: use lower-case letters, digits and dashes", line))
+        if problem := service_name_problem(name):
+            problems.append(Problem(rel, problem, line))
             continue
         entry = entry or {}
         if not isinstance(entry, dict):
@@ -503,15 +542,30 @@ def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
     return result, problems
 
 
+UNKNOWN_SHOWN = 5  # people named in the one-line summary of responders missing from the roster
+
+
 def _check_responders(kb: KnowledgeBase) -> None:
+    """One problem naming how many responders are not on the roster, and the first few, rather than one a file.
+
+    Real history names people who have left: their incidents still count in statistics, and they are never suggested.
+    """
     if not kb.experts:
         return
-    known = {e.id for e in kb.experts}
-    for incident in kb.incidents:
-        unknown = [r for r in incident.responders if r not in known]
-        if unknown:
-            kb.problems.append(
-                Problem(
-                    incident.path, f"responder(s) {', '.join(unknown)} not in experts.yaml; add them to the roster."
-                )
+    unknown = unknown_responders(kb.experts, kb.incidents)
+    if unknown:
+        people = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
+        files = sum(1 for i in kb.incidents if any(r in set(unknown) for r in i.responders))
+        kb.problems.append(
+            Problem(
+                "experts.yaml",
+                f"{len(unknown)} responder(s) in {files} incident(s) are not on the roster ({people}); their "
+                "incidents still count, but they are never suggested. Add whoever still helps to experts.yaml.",
             )
+        )
+
+
+def unknown_responders(experts: list[Expert], incidents: list[Incident]) -> list[str]:
+    """Responders of ``incidents`` who are not on the roster, in order of first appearance."""
+    known = {e.id for e in experts}
+    return list(dict.fromkeys(r for i in incidents for r in i.responders if r not in known))

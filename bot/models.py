@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,36 @@ class Expert:
     timezone: str = "UTC"
     hours: str = ""
     away: bool = False
+    left: date | None = None  # left on this day: their history still counts in statistics, they are never suggested
+
+    def has_left(self, at: datetime) -> bool:
+        """Whether the person had left by ``at`` (from the start of their ``left`` day, in their time zone)."""
+        if self.left is None:
+            return False
+        return at.astimezone(ZoneInfo(self.timezone)).date() >= self.left
+
+
+@dataclass(frozen=True)
+class Override:
+    """Someone covering a rotation from ``start`` to ``end`` (aware datetimes)."""
+
+    person: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A team's weekly on-call rota: members in order, each on call from one handoff to the next."""
+
+    team: str
+    members: tuple[str, ...]
+    handoff_day: int  # 0 = Monday
+    handoff_time: str  # HH:MM, local to ``timezone``
+    timezone: str
+    start: date  # the handoff day on which the first member's first shift begins
+    services: tuple[str, ...] = ()  # covered besides the team's own services
+    overrides: tuple[Override, ...] = ()
 
 
 @dataclass
@@ -98,6 +129,7 @@ class KnowledgeBase:
     documents: list[Document] = field(default_factory=list)
     incidents: list[Incident] = field(default_factory=list)
     experts: list[Expert] = field(default_factory=list)
+    rotations: list[Rotation] = field(default_factory=list)  # experts.yaml `rotations:`
     problems: list[Problem] = field(default_factory=list)
     failed_paths: set[str] = field(default_factory=set)
     channels: dict[str, str] = field(default_factory=dict)  # channel id -> "all" | "mentions"

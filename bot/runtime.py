@@ -9,20 +9,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from bot.config import Settings
-from bot.deploys import DeployService
 from bot.encoder import Encoder, make_encoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
-from bot.experts import ExpertModel, Suggestion, spread_load
-from bot.experts import train as train_experts
-from bot.incidents import IncidentService
+from bot.expert_fit import load_model
+from bot.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
 from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit
+from bot.ops.deploys import DeployService
+from bot.ops.incidents import IncidentService
+from bot.ops.requests import Announcer
+from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.search import SearchIndex
 from bot.store import Store
 from bot.store.base import is_write_failure
@@ -51,15 +53,17 @@ class Reply:
     question: str  # what was searched, with the thread's earlier question when it is a follow-up
     documents: int = 0
     experts: tuple[Suggestion, ...] = ()  # who could help, when the answer involves past incidents
+    oncall: tuple[OnCall, ...] = ()  # the answer to "who is on call for X", from the rota
+    names: dict[str, str] = field(default_factory=dict)  # roster id -> name, for the on-call answer
     unsaved: str = ""  # why the answer could not be saved for feedback (SQLite's words); "" when it was
 
     @property
     def found(self) -> bool:
-        return bool(self.runbooks or self.incidents)
+        return bool(self.runbooks or self.incidents or self.oncall)
 
     @property
     def top(self) -> SearchHit | None:
-        return (self.runbooks + self.incidents)[0] if self.found else None
+        return (self.runbooks + self.incidents)[0] if self.runbooks or self.incidents else None
 
 
 class Runtime:
@@ -88,6 +92,7 @@ class Runtime:
         self._refit_lock = threading.Lock()
         self._refit: threading.Thread | None = None  # the ranker's refit after votes, one at a time
         self._refit_again = False
+        self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
 
     def start_loading(self) -> None:
         """Load the model and the index in a background thread (idempotent)."""
@@ -172,26 +177,51 @@ class Runtime:
 
     def deploys(self) -> DeployService:
         """The deploy state machine for the services.yaml stored by the last `opsbot index`."""
-        return self._for_index_version("deploys", lambda: DeployService.from_store(self.store))
+        service = self._for_index_version("deploys", lambda: DeployService.from_store(self.store))
+        service.announcer = self.announcer
+        return service
 
     def experts_model(self) -> ExpertModel:
         """The expert model, retrained whenever the incidents or the roster changed."""
         self.index()  # loaded, and reloaded when the index changed
         with self._experts_lock:
             if self._experts is None:
-                self._experts = train_experts(
-                    self.store.load_experts(),
-                    self.store.load_incidents(),
-                    self.encoder,
-                    self.store.service_owners(),
-                    store=self.store,
-                )
+                self._experts = load_model(self.store, self.encoder)
                 log.info(
-                    "expert model trained incidents=%d seconds=%.3f",
+                    "expert model trained incidents=%d seconds=%.3f fitted=%s",
                     len(self._experts.incidents),
                     self._experts.train_seconds,
+                    self._experts.blends.fitted,
                 )
             return self._experts
+
+    def rota(self) -> Rota:
+        """The on-call rotations stored by the last `opsbot index`, with the services each covers."""
+        return self._for_index_version("rota", lambda: Rota.from_store(self.store))
+
+    def answer_mode(self, channel: str) -> str:
+        """How opsbot answers in ``channel``: "mentions" (the default) or "all" questions."""
+        return self.store.channel_answer_modes().get(channel, "mentions")
+
+    def answered_in(self, channel: str, thread_ts: str) -> bool:
+        """Whether the thread is one opsbot answered in (a follow-up there is a question to it)."""
+        return self.store.thread_question(channel, thread_ts) is not None
+
+    def saved_answer(self, answer_id: str) -> dict | None:
+        """The question, channel and results of an answer given earlier, for sharing it or voting on it."""
+        return self.store.get_answer(answer_id)
+
+    def roster_names(self) -> dict[str, str]:
+        """Roster ids to names."""
+        return {e.id: e.name for e in self.store.load_experts()}
+
+    def first_time_seen(self, event_id: str) -> bool:
+        """Record a Slack event id; False when it was handled before (Slack retried it)."""
+        return self.store.first_time_seen(event_id)
+
+    def database_problem(self) -> str:
+        """Why the database cannot be written now, or "" when it can (probed at most every few seconds)."""
+        return "" if self.store.writable() else (self.store.write_error or "not writable")
 
     def forget_experts(self) -> None:
         """Retrain on next use (an incident was resolved or the roster changed)."""
@@ -205,20 +235,29 @@ class Runtime:
         limit: int = 3,
         remember: bool = True,
         vector: np.ndarray | None = None,
+        asker: str = "",
     ) -> list[Suggestion]:
         """The best people for ``text``, load spread among equals, and remembered for that.
 
-        ``vector`` is ``text``'s query vector when the caller already has it (an answer's search).
+        ``vector`` is ``text``'s query vector when the caller already has it (an answer's search). ``asker``
+        (who asked, or declared the incident) is never suggested to themselves.
         """
         text = text.strip()
         if not text:
             raise InvalidRequest("describe the problem, for example `/experts checkout 503s after deploy`.")
         model = self.experts_model()
         index = self.index()
-        ranked = model.rank(text, index.embed_query(text) if vector is None else vector, services)
+        vector = index.embed_query(text) if vector is None else vector
+        ranked = model.rank(text, vector, services, exclude=(asker,) if asker else ())
         if ranked:  # people with only a faint reason are noise next to a strong suggestion
-            ranked = [s for s in ranked if s.score >= ranked[0].score * model.weights.min_share]
-        ranked = spread_load(ranked, self.store.recent_first_suggestions(), model.weights)[:limit]
+            best = ranked[0].score
+            ranked = [s for s in ranked if s.score >= best * MIN_SHARE or s.on_call]
+        ranked = spread_load(ranked, self.store.recent_first_suggestions())
+        shown = ranked[:limit]
+        on_call = next((s for s in ranked if s.on_call), None)
+        if on_call is not None and on_call not in shown:  # whoever holds the pager is always among those shown
+            shown = [*shown[: limit - 1], on_call]
+        ranked = shown
         if remember:
             self.store.log_suggestion(text, [s.expert.id for s in ranked])
         return ranked
@@ -228,6 +267,13 @@ class Runtime:
         question = question.strip()
         if not question:
             raise InvalidRequest("ask a question, or paste an alert or a log line.")
+        if asks_who_is_on_call(question):
+            # Answered from the rota, not the runbooks: who to page is a fact, not a search result.
+            rota = self.rota()
+            answers = tuple(rota.answer(rota.named_in(question)))
+            names = {e.id: e.name for e in rota.experts}
+            answer = Answer(question, question, (), "rota")
+            return Reply(uuid.uuid4().hex[:12], answer, (), (), question, oncall=answers, names=names)
         searched = question
         if channel and thread_ts:
             earlier = self.store.thread_question(channel, thread_ts)
@@ -252,7 +298,7 @@ class Runtime:
         incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
         experts: tuple[Suggestion, ...] = ()
         if incidents and self.store.expert_count():
-            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector))
+            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
         reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
         if reply.found:
             paths = [h.path for h in runbooks + incidents]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import yaml
 
@@ -239,3 +241,31 @@ def keyword_terms(text: str, stopwords: frozenset[str], limit: int = 24) -> list
         if w not in stopwords and len(w) > 1:
             seen.setdefault(w, None)
     return list(seen)[:limit]
+
+
+def parse_date(value: Any) -> datetime | None:
+    """An ISO 8601 time (or a YAML datetime) as an aware datetime; naive means UTC; None when it is not one."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# -- names -----------------------------------------------------------------------------------------
+
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+SERVICE_NAME_MAX = 100
+
+
+def service_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a service, or None when it can."""
+    text = str(name)
+    if len(text) > SERVICE_NAME_MAX or not SERVICE_NAME.match(text):
+        return (
+            f"service name {text[:SERVICE_NAME_MAX]!r}: use letters, digits, '.', '_' and '-', with '/' between "
+            f"parts (like checkout-api or storage/remote), up to {SERVICE_NAME_MAX} characters"
+        )
+    return None

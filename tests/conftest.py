@@ -6,7 +6,10 @@ import hashlib
 import os
 import re
 import socket
+import sqlite3
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +17,17 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bot.cli import main
-from bot.config import bundled_model_path
+from bot.config import Secret, Settings, bundled_model_path
 from bot.encoder import SentenceTransformerEncoder
 from bot.indexer import index_knowledge
+from bot.runtime import Runtime
+from bot.shell.repl import Shell
 from bot.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_KNOWLEDGE = ROOT / "knowledge"
 LOOPBACK = ("127.", "::1", "localhost")
-pytest_plugins = ["tests.deploy_fixtures"]
+pytest_plugins = ["tests.ops.fixtures"]
 
 
 class FakeEncoder:
@@ -132,3 +137,51 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _EXIT_STATUS = pytest.StashKey[int]()
+
+
+# -- a conversation with opsbot: the shell, through the real Bolt app ---------------------------------------
+
+
+def make_runtime(tmp_path: Path, sample_index: Store, encoder: object) -> Runtime:
+    """A runtime over a private copy of the sample index, so votes and deploys cannot leak into other tests."""
+    copy = tmp_path / "opsbot.db"
+    with sqlite3.connect(copy) as target:
+        sample_index.db.conn.backup(target)
+    settings = Settings(db_path=copy, model="unused", slack_signing_secret=Secret("configured"))
+    return Runtime(settings, encoder=encoder, store=Store(copy))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, sample_index: Store, minilm: object) -> Iterator[Runtime]:
+    rt = make_runtime(tmp_path, sample_index, minilm)
+    rt.start_loading()
+    yield rt
+    rt.close()
+
+
+@dataclass
+class Chat:
+    """Slack as a person uses it, read like a conversation: ``chat.as_("Marcus").say("1")`` presses button 1 as
+    Marcus; ``say`` returns what opsbot showed in answer (the shell's rendering of what reached Slack)."""
+
+    shell: Shell
+    out: list[str]
+
+    def say(self, line: str) -> str:
+        start = len(self.out)
+        assert self.shell.handle(line)
+        return "\n".join(self.out[start:])
+
+    def as_(self, person: str) -> Chat:
+        """Act as someone on the roster, by first name or Slack id, from the next line on."""
+        user = next((i for i, n in self.shell.roster.items() if person in (i, n, n.split()[0])), person)
+        if user != self.shell.user:
+            self.say(f"/user {user}")
+        return self
+
+
+@pytest.fixture
+def chat(runtime: Runtime) -> Iterator[Chat]:
+    out: list[str] = []
+    with Shell(runtime, write=out.append) as shell:
+        yield Chat(shell, out)

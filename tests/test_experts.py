@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -11,28 +12,22 @@ import pytest
 
 from bot.config import Settings
 from bot.errors import InvalidRequest
-from bot.evaluation import evaluate_experts
-from bot.experts import ExpertModel, Suggestion, Weights, off_hours, spread_load
-from bot.experts import train as train_experts
+from bot.expert_fit import load_model
+from bot.experts import ExpertModel, Suggestion, off_hours, spread_load
 from bot.indexer import index_knowledge
 from bot.models import Expert
 from bot.runtime import Runtime
 from bot.store import Store
+from bot.tools.expert_eval import evaluate_experts
 from tests.conftest import SAMPLE_KNOWLEDGE
 
 DANIEL, SOFIA, HANNAH, LIAM, AIKO = "U04C2RN8VD", "U04B7QW2XA", "U04D9XK3PE", "U05G8VS4QH", "U05F6UP1NG"
-NOON_UTC = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NOON_UTC = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)  # Marcus holds the payments pager this week, not Priya
 
 
 @pytest.fixture(scope="module")
 def model(sample_index: Store, minilm) -> ExpertModel:  # noqa: ANN001
-    return train_experts(
-        sample_index.load_experts(),
-        sample_index.load_incidents(),
-        minilm,
-        sample_index.service_owners(),
-        store=sample_index,
-    )
+    return load_model(sample_index, minilm)
 
 
 def rank(model: ExpertModel, minilm, text: str, services: list[str] | None = None) -> list[Suggestion]:  # noqa: ANN001
@@ -49,8 +44,19 @@ def test_database_trouble_goes_to_the_database_expert_with_reasons(model: Expert
     assert any(i.main_resolver for i in top.incidents)
     assert "pgbouncer" in top.skills
     assert any(r.startswith("resolved INC-") and "which look like this" in r for r in top.reasons())
+    # The evidence says when: "resolved INC-2026-0001 (0.72, Jan 2026), ..."
+    assert re.search(
+        r"resolved INC-\d{4}-\d{4} \(0\.\d\d, [A-Z][a-z]{2} 20\d\d\)", top.reasons()[0 if not top.on_call else 1]
+    )
     owner = next(s for s in ranked if s.expert.id == "U03F8K2LQ1")  # Priya owns checkout-api
     assert owner.owns == ("checkout-api",) and "owns checkout-api" in owner.reasons()
+
+
+def test_kafka_consumer_lag_goes_to_kafka_people_not_the_postgres_expert(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    # "replica lag" incidents look alike by meaning; the words (kafka, consumer) tell them apart.
+    ranked = rank(model, minilm, "kafka consumer lag")
+    assert ranked[0].expert.id == LIAM
+    assert DANIEL not in [s.expert.id for s in ranked[:3]]
 
 
 def test_search_cluster_trouble_goes_to_the_search_owner(model: ExpertModel, minilm) -> None:  # noqa: ANN001
@@ -63,9 +69,11 @@ def test_people_away_rank_lower_and_are_flagged(model: ExpertModel, minilm) -> N
     away = next(s for s in rank(model, minilm, text) if s.expert.id == HANNAH)
     assert "away" in away.flags
     back = [replace(e, away=False) if e.id == HANNAH else e for e in model.experts]
-    present_model = ExpertModel(back, model.incidents, model.vectors, model.service_owners)
+    present_model = ExpertModel(back, model.incidents, model.vectors, model.service_owners, model.blends)
     present = next(s for s in rank(present_model, minilm, text) if s.expert.id == HANNAH)
-    assert not present.flags and present.score > away.score
+    assert "away" not in present.flags and present.score > away.score
+    # Her kafka incident is old: the suggestion says so, with the date.
+    assert "last resolved something similar 21 months ago (2025-03-08)" in present.flags
 
 
 def test_outside_working_hours_is_flagged_with_local_time() -> None:
@@ -90,11 +98,10 @@ def test_load_is_spread_among_about_equally_good_people() -> None:
     a = Suggestion(Expert("U0AAAAAAA1", "A", "t"), 0.80)
     b = Suggestion(Expert("U0BBBBBBB1", "B", "t"), 0.78)
     c = Suggestion(Expert("U0CCCCCCC1", "C", "t"), 0.30)
-    weights = Weights()
-    assert [s.expert.name for s in spread_load([a, b, c], [], weights)] == ["A", "B", "C"]
-    assert [s.expert.name for s in spread_load([a, b, c], ["U0AAAAAAA1"] * 3, weights)] == ["B", "A", "C"]
+    assert [s.expert.name for s in spread_load([a, b, c], [])] == ["A", "B", "C"]
+    assert [s.expert.name for s in spread_load([a, b, c], ["U0AAAAAAA1"] * 3)] == ["B", "A", "C"]
     clear_winner = Suggestion(Expert("U0AAAAAAA1", "A", "t"), 0.95)
-    assert spread_load([clear_winner, c], ["U0AAAAAAA1"] * 5, weights)[0].expert.name == "A"
+    assert spread_load([clear_winner, c], ["U0AAAAAAA1"] * 5)[0].expert.name == "A"
 
 
 def test_unknown_service_and_empty_roster_are_clear_errors(model: ExpertModel, minilm) -> None:  # noqa: ANN001
@@ -104,10 +111,14 @@ def test_unknown_service_and_empty_roster_are_clear_errors(model: ExpertModel, m
         ExpertModel([], [], model.vectors)
 
 
-def test_the_learned_ranking_beats_both_baselines_on_a_time_split(minilm) -> None:  # noqa: ANN001
-    result = evaluate_experts(SAMPLE_KNOWLEDGE, minilm)
-    assert result["split"].startswith("time split: trained on the older 29")
-    learned, ownership, frequent = result["learned"], result["ownership"], result["most_frequent"]
+def test_the_learned_ranking_beats_the_baselines_on_a_time_split_of_the_sample(minilm, tmp_path: Path) -> None:  # noqa: ANN001
+    result = evaluate_experts(SAMPLE_KNOWLEDGE, minilm, cache=tmp_path / "cache.db")
+    assert result["split"].startswith("time split: learned from the older 29")
+    # 42 incidents are too few to fit on: the documented fallback, and the report says so.
+    assert not result["blend"]["fitted"] and result["blend"]["how"].startswith("fallback weights: 29 incidents")
+    rankings = result["rankings"]
+    learned, ownership, frequent = rankings["learned"], rankings["ownership"], rankings["most_frequent"]
+    assert learned["mrr"] >= rankings["tfidf_knn"]["mrr"]
     assert learned["top3"] >= ownership["top3"] + 0.15
     assert learned["top3"] >= frequent["top3"] + 0.15
     assert learned["mrr"] > max(ownership["mrr"], frequent["mrr"])
@@ -120,7 +131,7 @@ def test_a_new_incident_retrains_the_running_model(tmp_path: Path, minilm) -> No
     index_knowledge(store, minilm, knowledge)
     settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "o.db", model="unused")
     runtime = Runtime(settings, encoder=minilm, store=store)
-    text = "the label printer in the Leeds warehouse jams and picking stops"
+    text = "the Leeds warehouse label printer jams and picking stops"
     before = runtime.suggest_experts(text)
     assert all("INC-2026-0099" not in [i.id for i in s.incidents] for s in before)
     (knowledge / "incidents" / "2026" / "INC-2026-0099.yaml").write_text(

@@ -460,3 +460,27 @@ def test_a_new_index_format_rewrites_documents_without_embedding_again(
         "inc-2025-0042": [INC_YAML],  # an incident answers to its id
         "inc-2026-0007": [INC_MD],
     }
+
+
+def test_a_database_at_m013_without_m012_gets_the_ranker_tables_on_opening(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    path = tmp_path / "main.db"
+    store = Store(path)
+    # As a database migrated by a build without the learned ranker looks: m013 applied, m012 never.
+    store.db.execute("ALTER TABLE documents DROP COLUMN title_terms")
+    store.db.execute("DROP TABLE ranker_queries")
+    store.db.execute("DROP TABLE rankers")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm012_learned_ranking'")
+    store.db.conn.commit()
+    assert "m013_roster_time" in {m.name for m in migrations.applied(store.db)}
+    store.close()
+
+    reopened = Store(path)
+    try:
+        assert migrations.applied(reopened.db)[-1].name == "m012_learned_ranking"
+        assert migrations.pending(reopened.db) == []
+        report = index_knowledge(reopened, fake_encoder, knowledge)
+        assert report.runbooks == 2 and reopened.load_ranker(fake_encoder.model_id) is not None
+    finally:
+        reopened.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -399,14 +400,20 @@ def test_duplicate_incident_id_keeps_the_first(tmp_path: Path) -> None:
     assert "incidents/2025/INC-2025-0042.yaml" in kb.failed_paths
 
 
-def test_responder_missing_from_roster_is_reported(tmp_path: Path) -> None:
-    write(tmp_path, "incidents/INC-2025-0057.yaml", incident_yaml(id="INC-2025-0057", responders=["U09ZZZZZZZ"]))
+def test_responders_missing_from_the_roster_are_summarised_once(tmp_path: Path) -> None:
+    for n in range(7):  # real history names people who left: one line, not one a file
+        responders = [f"U09ZZZZZZ{n}"] + (["U09ZZZZZZ0"] if n else [])
+        write(tmp_path, f"incidents/INC-2025-005{n}.yaml", incident_yaml(id=f"INC-2025-005{n}", responders=responders))
 
     kb = knowledge_with(tmp_path)
 
-    problem = only_problem(kb, "incidents/INC-2025-0057.yaml")
-    assert problem.message == "responder(s) U09ZZZZZZZ not in experts.yaml; add them to the roster."
-    assert "INC-2025-0057" in {i.id for i in kb.incidents}
+    problem = only_problem(kb, "experts.yaml")
+    assert problem.message == (
+        "7 responder(s) in 7 incident(s) are not on the roster (U09ZZZZZZ0, U09ZZZZZZ1, U09ZZZZZZ2, U09ZZZZZZ3, "
+        "U09ZZZZZZ4, ...); their incidents still count, but they are never suggested. Add whoever still helps "
+        "to experts.yaml."
+    )
+    assert {f"INC-2025-005{n}" for n in range(7)} <= {i.id for i in kb.incidents}
     assert_good_files_loaded(kb)
 
 
@@ -538,6 +545,55 @@ def test_broken_services_yaml_is_reported(tmp_path: Path) -> None:
     assert problem.message.startswith("not valid YAML: ")
     assert problem.line == 3
     assert_good_files_loaded(kb)
+
+
+SERVICE_RULE = (
+    "use letters, digits, '.', '_' and '-', with '/' between parts (like checkout-api or storage/remote), "
+    "up to 100 characters"
+)
+
+
+def test_one_rule_for_service_names_in_every_file(tmp_path: Path) -> None:
+    write(tmp_path, "services.yaml", "services:\n  storage/remote: {owners: [U03F8K2LQ1]}\n  web_ui.v2: {}\n")
+    write(tmp_path, "incidents/INC-2025-0070.yaml", incident_yaml(id="INC-2025-0070", services=["storage/remote"]))
+    roster = ROSTER.replace("services: [checkout-api]", "services: [checkout-api, storage/remote]")
+
+    kb = knowledge_with(tmp_path, roster=roster)
+
+    assert kb.problems == []
+    assert set(kb.services) == {"storage/remote", "web_ui.v2"}
+    assert "storage/remote" in kb.experts[0].services
+    assert next(i for i in kb.incidents if i.id == "INC-2025-0070").services == ("storage/remote",)
+
+
+@pytest.mark.parametrize("name", ["storage remote", "/storage", "storage//remote", "storage/", "-api", "a" * 101])
+def test_a_bad_service_name_is_refused_alike_in_every_file(tmp_path: Path, name: str) -> None:
+    write(tmp_path, "services.yaml", yaml.safe_dump({"services": {name: {"owners": ["U03F8K2LQ1"]}}}))
+    write(tmp_path, "incidents/INC-2025-0071.yaml", incident_yaml(id="INC-2025-0071", services=[name]))
+    roster = ROSTER.replace("services: [checkout-api]", f"services: [checkout-api, {json.dumps(name)}]")
+
+    kb = knowledge_with(tmp_path, roster=roster)
+
+    expected = f"service name {name[:100]!r}: {SERVICE_RULE}"
+    found = sorted((p.path, p.message) for p in kb.problems if "service name" in p.message)
+    assert found == [
+        ("experts.yaml", f"person #1: {expected}"),
+        ("incidents/INC-2025-0071.yaml", expected),
+        ("services.yaml", expected),
+    ]
+    assert kb.services == {}
+
+
+def test_left_is_a_date(tmp_path: Path) -> None:
+    roster = ROSTER.replace('    hours: "08:30-17:30"\n', '    hours: "08:30-17:30"\n    left: 2025-06-30\n')
+    kb = knowledge_with(tmp_path, roster=roster)
+    assert kb.problems == []
+    assert kb.experts[0].left == date(2025, 6, 30) and kb.experts[1].left is None
+    assert kb.experts[0].has_left(datetime(2025, 6, 29, 23, 30, tzinfo=UTC))  # 00:30 on the 30th in London
+    assert not kb.experts[0].has_left(datetime(2025, 6, 29, 22, 30, tzinfo=UTC))
+
+    broken = knowledge_with(tmp_path, roster=ROSTER.replace("    hours:", "    left: last summer\n    hours:"))
+    assert broken.problems[0].message == "person #1: left 'last summer' must be the day they left, such as 2025-06-30"
 
 
 def test_many_broken_files_are_all_reported_together(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from bot.indexer import index_knowledge
 from bot.runtime import Runtime
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.deploy_fixtures import SERVICES, make_knowledge
+from tests.ops.fixtures import SERVICES, make_knowledge
 
 RUNBOOK = "---\ntitle: Web is slow\nservices: [web]\n---\n# Web is slow\n\n## Fix\nRestart the web pods.\n"
 API_SERVICE = """\

@@ -11,12 +11,12 @@ import pytest
 
 from bot import training
 from bot.config import Settings
-from bot.evaluation import evaluate, load_queries
 from bot.indexer import index_knowledge
 from bot.models import Document, Section
 from bot.runtime import Runtime
 from bot.search import SearchIndex
 from bot.store import Store
+from bot.tools.evaluation import evaluate, load_queries
 from bot.training import make_queries, prose_sentences, training_queries
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder
 

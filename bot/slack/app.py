@@ -10,8 +10,9 @@ from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot.runtime import Runtime
-from bot.slack import actions, commands, deploys, events, incidents
+from bot.slack import answers, deploys, incidents, oncall
 from bot.slack.delivery import RetryPolicy
+from bot.slack.listeners import Listeners
 from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
 from bot.store.base import is_write_failure
@@ -89,7 +90,7 @@ def create_app(
         """Slack retries events it thinks were lost (X-Slack-Retry-Num); each event id is handled once."""
         event_id = body.get("event_id") if body.get("type") == "event_callback" else None
         try:
-            first_time = not event_id or runtime.store.first_time_seen(event_id)
+            first_time = not event_id or runtime.first_time_seen(event_id)
         except sqlite3.OperationalError as exc:
             if not is_write_failure(exc):
                 raise
@@ -116,10 +117,10 @@ def create_app(
         log.error("slack request failed error=%s", type(error).__name__, exc_info=error)
         return BoltResponse(status=500, body={"error": "opsbot failed on this request; its log says why."})
 
-    events.register(app, runtime, web)
-    commands.register(app, runtime, web)
-    actions.register(app, runtime, web)
-    deploys.register(app, runtime, web)
-    incidents.register(app, runtime, web)
+    on = Listeners(app, web)
+    answers.register(on, runtime, web)
+    deploys.register(on, runtime, web)
+    incidents.register(on, runtime, web)
+    oncall.register(on, runtime, web)
     app.web = web.start()  # after every register(): after-delivery hooks are known before the first delivery
     return app

@@ -47,7 +47,7 @@ class RetryPolicy:
 
     timeout_s: float = 10.0  # per call: a hung connection costs this, not the SDK's 30 s
     base_s: float = 0.5  # the first backoff; doubled each attempt, with jitter
-    cap_s: float = 30.0  # the longest backoff
+    cap_s: float = 20.0  # the longest backoff: nine 5xx in a row still end within about two minutes
     retry_after_cap_s: float = 30.0  # Slack's Retry-After is honoured up to this
     max_age_s: float = 6 * 3600.0  # a post older than this is given up
     response_url_max_age_s: float = 30 * 60.0  # Slack accepts a response_url for 30 minutes

@@ -11,3 +11,7 @@ DEPLOY_REJECT = "deploy-reject"
 DEPLOY_ACTIONS_BLOCK = "deploy-actions"
 DEPLOY_NOTE_BLOCK = "deploy-note"
 INCIDENT_ROLLBACK = "incident-rollback"
+
+# HTTP paths of `opsbot serve`
+EVENTS_PATH = "/slack/events"
+HEALTH_PATH = "/healthz"

@@ -1,6 +1,6 @@
 """/incident: declare, work and resolve incidents in Slack; the pin reaction; Rollback from the briefing.
 
-The lifecycle is ``bot.incidents.IncidentService``; this module parses commands and shows its results.
+The lifecycle is ``bot.ops.incidents.IncidentService``; this module parses commands and shows its results.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack
 
 from bot.errors import InvalidRequest, OpsbotError
-from bot.incidents import IncidentService, LiveIncident, check_severity, deploys_since, possible_cause
+from bot.ops.incidents import IncidentService, LiveIncident, check_severity
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.blocks import build_experts_blocks
-from bot.slack.deploys import submit
-from bot.slack.guard import guard
-from bot.slack.incident_blocks import (
+from bot.slack.blocks.answers import build_experts_blocks
+from bot.slack.blocks.incidents import (
     USAGE,
     build_declared_blocks,
     build_knowledge_blocks,
@@ -35,6 +33,8 @@ from bot.slack.incident_blocks import (
     resolved_fallback_text,
     title_line,
 )
+from bot.slack.deploys import submit
+from bot.slack.listeners import Listeners
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -154,21 +154,21 @@ def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> t
 def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) -> Message:
     """Runbook sections and similar past incidents, with how those were resolved."""
     reply = runtime.reply(incident.title, channel=channel, user=incident.declared_by)
-    resolutions = {i.id: i.resolution for i in runtime.store.load_incidents()}
+    resolutions = runtime.incidents().past_resolutions()
     similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
     text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
     return text, build_knowledge_blocks(list(reply.runbooks), similar)
 
 
 def experts_message(runtime: Runtime, incident: LiveIncident) -> Message:
-    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None)
+    # Whoever declared it is already there: never suggested to themselves.
+    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None, asker=incident.declared_by)
     text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
     return text, build_experts_blocks(incident.title, suggestions, can_invite=True)
 
 
 def deploys_message(runtime: Runtime, incident: LiveIncident) -> Message:
-    since = datetime.fromisoformat(incident.declared_at) - timedelta(hours=RECENT_HOURS)
-    deploys = deploys_since(runtime.store, incident.services, since)
+    deploys = runtime.incidents().recent_deploys(incident, RECENT_HOURS)
     return f"{len(deploys)} deploy(s) in the last 24 h", build_recent_deploys_blocks(incident, deploys)
 
 
@@ -208,7 +208,7 @@ def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command
             )
     incident = incidents.get(incident.id)
     try:
-        cause = possible_cause(incident, runtime.store, runtime.deploys().settings.failure_window_hours)
+        cause = incidents.possible_cause(incident, runtime.deploys().settings.failure_window_hours)
     except Exception:  # a hint only: never worth losing the briefing for
         log.exception("could not look for a possible cause id=%s", incident.id)
         cause = None
@@ -312,7 +312,7 @@ def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
         return
     item = event.get("item") or {}
     channel, ts, user = item.get("channel", ""), item.get("ts", ""), event.get("user", "")
-    if item.get("type") != "message" or runtime.store.live_incident_in_channel(channel) is None:
+    if item.get("type") != "message" or not runtime.incidents().has_channel(channel):
         return  # not an incident channel: the emoji means nothing here
     incidents = runtime.incidents()
     try:
@@ -351,7 +351,7 @@ def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
     user = body["user"]["id"]
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
     command = {"user_id": user, "channel_id": channel, "response_url": body.get("response_url", "")}
-    request = submit(runtime.deploys(), web, command, "rollback", value["service"], value["env"], None)
+    request = submit(runtime.deploys(), command, "rollback", value["service"], value["env"], None)
     log.info("rollback requested from incident id=%s request=%s by=%s", value["incident"], request.id, user)
     incidents = runtime.incidents()
     text = f"Rollback of {request.service} in {request.env} to {request.version} requested ({request.id})"
@@ -364,7 +364,7 @@ def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
 # -- wiring ------------------------------------------------------------------------------------------------
 
 
-def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
+def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def ack_incident(ack: Ack, command: dict) -> None:
         sub, _ = split_subcommand(command.get("text", ""))
         if sub not in SUBCOMMANDS:
@@ -377,23 +377,17 @@ def register(app: App, runtime: Runtime, web: SlackWeb) -> None:
         else:
             ack()
 
-    @guard(web)
     def handle_incident(command: dict, body: dict) -> None:
         sub, rest = split_subcommand(command.get("text", ""))
         if sub in SUBCOMMANDS:
             run_subcommand(runtime, web, command, sub, rest)
 
-    def just_ack(ack: Ack) -> None:
-        ack()
-
-    @guard(web)
     def handle_reaction(event: dict, body: dict) -> None:
         pin_message(runtime, web, event)
 
-    @guard(web)
     def handle_rollback(body: dict) -> None:
         request_rollback(runtime, web, body)
 
-    app.command("/incident")(ack=ack_incident, lazy=[handle_incident])
-    app.event("reaction_added")(ack=just_ack, lazy=[handle_reaction])
-    app.action(ids.INCIDENT_ROLLBACK)(ack=just_ack, lazy=[handle_rollback])
+    on.command("/incident", handle_incident, ack=ack_incident)
+    on.event("reaction_added", handle_reaction)
+    on.action(ids.INCIDENT_ROLLBACK, handle_rollback)

@@ -63,6 +63,7 @@ class StoreBase:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self.lock = threading.RLock()
+        self._here = threading.local()  # how deep this thread is in transaction()
         self.write_error = ""  # SQLite's reason the last write failed; "" once a commit succeeds
         self.probe_every_s = PROBE_EVERY_S
         self._probed_at = -PROBE_EVERY_S
@@ -102,7 +103,7 @@ class StoreBase:
         Nested, it is a savepoint of the outer one. Every write goes through here,
         so writers in several threads and several processes are serialised, not interleaved.
         """
-        with self.lock:
+        with self.lock, self._entered():
             if self.db.conn.in_transaction:
                 with self.db.atomic():
                     yield
@@ -120,6 +121,18 @@ class StoreBase:
                     self._note_write(str(exc))
                 raise
             self._note_write("")
+
+    @contextmanager
+    def _entered(self) -> Iterator[None]:
+        self._here.depth = getattr(self._here, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._here.depth -= 1
+
+    def in_transaction_here(self) -> bool:
+        """Whether this thread is inside ``transaction()`` (a write added now is stored with it, or not at all)."""
+        return getattr(self._here, "depth", 0) > 0
 
     def _note_write(self, error: str) -> None:
         """Remember the last write's outcome; a change is logged once, not at every write."""

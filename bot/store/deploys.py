@@ -28,13 +28,15 @@ class DeployStore(StoreBase):
         found = cur.fetchone()
         return dict(zip([c[0] for c in cur.description], found, strict=True)) if found else None
 
-    def deploy_rows(self, where: str = "1=1", params: list | None = None, limit: int = 1000) -> list[dict]:
-        cur = self.db.execute(
-            f"SELECT {self.DEPLOY_COLUMNS} FROM deploy_requests WHERE {where} ORDER BY created_at DESC, id LIMIT ?",
-            [*(params or []), limit],
-        )
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    def all_deploys(self, limit: int = 100_000) -> list[dict]:
+        """Every deploy row, newest first."""
+        return self._rows("1=1", [], limit=limit)
+
+    def finished_deploys(self, env: str, service: str | None = None) -> list[dict]:
+        """Deploys and rollbacks that finished in ``env`` (of one service, or all), for the DORA figures."""
+        if service:
+            return self._rows("env = ? AND service = ? AND finished_at IS NOT NULL", [env, service], limit=100_000)
+        return self._rows("env = ? AND finished_at IS NOT NULL", [env], limit=100_000)
 
     def _rows(self, where: str, params: list, order: str = "created_at DESC, id", limit: int = 1000) -> list[dict]:
         cur = self.db.execute(
@@ -53,8 +55,8 @@ class DeployStore(StoreBase):
         return self._rows("status = 'pending'", [])
 
     def running_for(self, service: str, env: str) -> list[dict]:
-        """Everything running for a service and environment, from Slack or CI."""
-        return self._rows("service = ? AND env = ? AND status = 'running'", [service, env])
+        """Everything deploying a service and environment now, from Slack or CI (overlapping CI deploys too)."""
+        return self._rows("service = ? AND env = ? AND status IN ('running', 'overlapping')", [service, env])
 
     def succeeded_for(self, service: str, env: str, limit: int = 200) -> list[dict]:
         """Deploys and rollbacks that succeeded, newest finish first."""
@@ -82,12 +84,13 @@ class DeployStore(StoreBase):
         )
 
     def running_ci_started_before(self, before: str) -> list[dict]:
-        return self._rows("status = 'running' AND source = 'ci' AND started_at < ?", [before])
+        return self._rows("status IN ('running', 'overlapping') AND source = 'ci' AND started_at < ?", [before])
 
     def open_ci_runs(self, service: str, env: str, version: str) -> list[dict]:
         """CI deploys of this version a finish event may close: running, or given up for lack of a finish."""
         return self._rows(
-            "service = ? AND env = ? AND version = ? AND source = 'ci' AND status IN ('running', 'abandoned')",
+            "service = ? AND env = ? AND version = ? AND source = 'ci' "
+            "AND status IN ('running', 'overlapping', 'abandoned')",
             [service, env, version],
         )
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 
-from bot.models import Expert, Incident, TimelineEntry
+from bot.models import Expert, Incident, Override, Rotation, TimelineEntry
 from bot.store.base import StoreBase, _now
 
 SLACK_PREFIX = "slack:"  # path of incidents resolved in Slack and not (yet) exported to a file
@@ -76,12 +76,68 @@ class RosterStore(StoreBase):
 
     def load_experts(self) -> list[Expert]:
         rows = self.db.execute(
-            "SELECT id, name, team, skills, services, timezone, hours, away FROM experts ORDER BY rowid"
+            "SELECT id, name, team, skills, services, timezone, hours, away, left_on FROM experts ORDER BY rowid"
         ).fetchall()
         return [
-            Expert(r[0], r[1], r[2], tuple(json.loads(r[3])), tuple(json.loads(r[4])), r[5], r[6] or "", bool(r[7]))
+            Expert(
+                r[0],
+                r[1],
+                r[2],
+                tuple(json.loads(r[3])),
+                tuple(json.loads(r[4])),
+                r[5],
+                r[6] or "",
+                bool(r[7]),
+                date.fromisoformat(r[8]) if r[8] else None,
+            )
             for r in rows
         ]
+
+    def replace_rotations(self, rotations: list[Rotation]) -> None:
+        """Store the roster's on-call rotations, replacing the previous ones."""
+        with self.transaction():
+            self.db.execute("DELETE FROM rotations")
+            self.db["rotations"].insert_all(
+                [
+                    {
+                        "team": r.team,
+                        "spec": json.dumps(
+                            {
+                                "members": list(r.members),
+                                "handoff_day": r.handoff_day,
+                                "handoff_time": r.handoff_time,
+                                "timezone": r.timezone,
+                                "start": r.start.isoformat(),
+                                "services": list(r.services),
+                                "overrides": [[o.person, o.start.isoformat(), o.end.isoformat()] for o in r.overrides],
+                            }
+                        ),
+                    }
+                    for r in rotations
+                ]
+            )
+
+    def load_rotations(self) -> list[Rotation]:
+        rotations = []
+        for team, spec in self.db.execute("SELECT team, spec FROM rotations ORDER BY rowid").fetchall():
+            s = json.loads(spec)
+            overrides = tuple(
+                Override(p, datetime.fromisoformat(start), datetime.fromisoformat(end))
+                for p, start, end in s["overrides"]
+            )
+            rotations.append(
+                Rotation(
+                    team,
+                    tuple(s["members"]),
+                    s["handoff_day"],
+                    s["handoff_time"],
+                    s["timezone"],
+                    date.fromisoformat(s["start"]),
+                    tuple(s["services"]),
+                    overrides,
+                )
+            )
+        return rotations
 
     def replace_services(self, services: dict[str, dict]) -> None:
         """Store services.yaml: each service's owners (roster ids or team names) and its whole entry."""
@@ -96,6 +152,15 @@ class RosterStore(StoreBase):
 
     def service_configs(self) -> dict[str, dict]:
         return {name: json.loads(config) for name, config in self.db.execute("SELECT name, config FROM services")}
+
+    def service_teams(self) -> dict[str, str]:
+        """services.yaml `team:` of each service that names one."""
+        teams = {}
+        for name, config in self.db.execute("SELECT name, config FROM services"):
+            team = json.loads(config).get("team")
+            if isinstance(team, str) and team:
+                teams[name] = team
+        return teams
 
     def service_owners(self) -> dict[str, list[str]]:
         return {name: json.loads(owners) for name, owners in self.db.execute("SELECT name, owners FROM services")}
@@ -127,6 +192,7 @@ class RosterStore(StoreBase):
                         "timezone": e.timezone,
                         "hours": e.hours,
                         "away": int(e.away),
+                        "left_on": e.left.isoformat() if e.left else None,
                     }
                     for e in experts
                 ]

@@ -257,3 +257,11 @@ def m012_learned_ranking(db: Database) -> None:
     db["ranker_queries"].create_index(["hash"])
     # The fitted ranker, one per encoder model: its parameters, what it was fitted on, and its validation.
     db["rankers"].create({"model": str, "corpus_key": str, "params": str, "report": str, "fitted_at": str}, pk="model")
+
+
+@migrations()
+def m013_roster_time(db: Database) -> None:
+    # The day someone left (their history is kept, they are never suggested) and the on-call rotations of
+    # experts.yaml (one JSON spec per team).
+    db["experts"].add_column("left_on", str)
+    db["rotations"].create({"team": str, "spec": str}, pk="team")

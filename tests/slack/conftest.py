@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import sqlite3
@@ -23,8 +21,9 @@ from slack_sdk import WebClient
 from bot.config import Secret, Settings
 from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.local.shell_dispatch import sign as slack_signature
+from bot.slack.serve import HttpServer
 from bot.slack.web import SlackWeb
 from bot.store import Store
 
@@ -36,9 +35,8 @@ _ids = itertools.count(1)
 
 
 def sign(body: str, timestamp: int, secret: str = SIGNING_SECRET) -> str:
-    """The X-Slack-Signature Slack sends: v0= HMAC-SHA256 of v0:timestamp:body."""
-    base = f"v0:{timestamp}:{body}".encode()
-    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    """The X-Slack-Signature Slack sends (opsbot's one signer), with the tests' signing secret by default."""
+    return slack_signature(body, timestamp, secret)
 
 
 @dataclass
@@ -145,8 +143,11 @@ class SlackDriver:
             event["thread_ts"] = thread_ts
         return self.event(event), ts
 
-    def command(self, command: str, text: str, user: str = "U04C2RN8VD", channel: str = "C0OPS0001") -> Response:
-        name = f"cmd{next(_ids)}"
+    def command(
+        self, command: str, text: str, user: str = "U04C2RN8VD", channel: str = "C0OPS0001", name: str | None = None
+    ) -> Response:
+        """A slash command, as Slack sends it; its response_url is named ``name`` (or a fresh name)."""
+        name = name or f"cmd{next(_ids)}"
         body = urllib.parse.urlencode(
             {
                 "token": "legacy",
@@ -299,7 +300,7 @@ class HookDriver:
         signed: bool = True,
         signature: str | None = None,
     ) -> Response:
-        from bot.hooks import sign as sign_event
+        from bot.ops.ci_events import sign as sign_event
 
         body = (event if isinstance(event, str) else json.dumps(event)).encode()
         ts = int(time.time()) if timestamp is None else timestamp

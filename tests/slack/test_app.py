@@ -13,7 +13,7 @@ from slack_bolt import Ack, App, BoltRequest, BoltResponse
 
 from bot.runtime import Runtime
 from bot.slack.app import SLOW_WORKERS, create_app
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.payloads import MalformedPayload
 from tests.conftest import FakeEncoder
 from tests.slack.conftest import GatedEncoder, make_settings, sign, start_bot

@@ -10,7 +10,7 @@ import pytest
 
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
 from tests.slack.conftest import GatedEncoder, SlackDriver, copy_database, make_settings, start_bot
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from bot.deploys import Decision, DeployRequest
+from bot.ops.requests import Decision, DeployRequest
 from bot.slack import ids
-from bot.slack.deploy_blocks import (
+from bot.slack.blocks.deploys import (
     RequestView,
     build_deploy_request_blocks,
     build_deploy_summary_blocks,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,13 +11,15 @@ from typing import TypeVar
 
 import pytest
 
-from bot.deploys import Decision, DeployService
+from bot.ops.deploys import DeployService
+from bot.ops.requests import Decision
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.deploys import report_interrupted, sweep_expired
-from bot.slack.fake_api import Call, FakeSlackAPI
+from bot.slack.jobs import report_interrupted, sweep_expired
+from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.store import Store
 from tests.conftest import FakeEncoder
+from tests.fakes import Clock, eventually
 from tests.slack.conftest import SlackDriver, make_settings, shown, start_bot
 
 PRIYA = "U03F8K2LQ1"  # payments, requests checkout-api deploys
@@ -31,35 +32,16 @@ DEPLOYS = "C04DEPLOYS1"
 T = TypeVar("T")
 
 
-class Clock:
-    """A clock the test moves; every reading is a second later, so requests and runs keep their order."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            self.now += timedelta(seconds=1)
-            return self.now
-
-    def set(self, when: datetime) -> None:
-        with self._lock:
-            self.now = when
-
-    def advance(self, **delta: float) -> None:
-        with self._lock:
-            self.now += timedelta(**delta)
-
-
 def use_clock(runtime: Runtime, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "deploys", lambda: DeployService.from_store(runtime.store, clock=clock))
+    monkeypatch.setattr(
+        runtime, "deploys", lambda: DeployService.from_store(runtime.store, clock=clock, announcer=runtime.announcer)
+    )
 
 
 @pytest.fixture(autouse=True)
 def clock(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Every test runs on 2026-11-20, well outside the checkout-api prod freeze."""
-    clock = Clock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+    clock = Clock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC), step=timedelta(seconds=1))
     use_clock(runtime, clock, monkeypatch)
     return clock
 
@@ -129,14 +111,6 @@ def summary_in(api: FakeSlackAPI, channel: str, timeout: float = 20) -> dict:
     return calls[0].body
 
 
-def eventually(read: Callable[[], T], ok: Callable[[T], object], timeout: float = 5) -> T:
-    """What ``read`` returns once ``ok`` accepts it (the handler may still be finishing)."""
-    deadline = time.monotonic() + timeout
-    while not ok(value := read()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
-
-
 def status(runtime: Runtime, request_id: str) -> str:
     return runtime.store.deploy_row(request_id)["status"]
 
@@ -186,7 +160,7 @@ def test_missing_arguments_show_the_usage_at_once_and_record_nothing(
     assert slack.command("/deploy", "").json()["text"].startswith("Usage:")
     time.sleep(0.3)
     assert not slack_api.messages() and not slack_api.calls("response_url")
-    assert runtime.store.deploy_rows() == []
+    assert runtime.store.all_deploys() == []
 
 
 def test_hostile_or_malformed_arguments_are_refused_and_nothing_is_recorded_or_run(
@@ -210,7 +184,7 @@ def test_hostile_or_malformed_arguments_are_refused_and_nothing_is_recorded_or_r
         assert said["response_type"] == "ephemeral" and said["text"].startswith("Sorry: "), said
         assert expected in said["text"], (text, said["text"])
     assert not slack_api.messages()
-    assert runtime.store.deploy_rows() == []
+    assert runtime.store.all_deploys() == []
     assert not [a for a in runtime.store.audit_rows() if a["action"].endswith(".requested")]
 
 
@@ -222,7 +196,7 @@ def test_a_second_request_while_one_is_pending_is_refused_naming_who_holds_the_l
     (said,) = slack_api.wait_for("response_url", timeout=10)
     assert f"checkout-api staging is locked by Priya Raman's deploy {first.request_id} (pending)" in said.body["text"]
     assert said.body["response_type"] == "ephemeral"
-    assert len(runtime.store.deploy_rows()) == 1 and len(slack_api.messages()) == 1
+    assert len(runtime.store.all_deploys()) == 1 and len(slack_api.messages()) == 1
 
 
 def test_a_frozen_environment_refuses_the_request(
@@ -232,7 +206,7 @@ def test_a_frozen_environment_refuses_the_request(
     slack.command("/deploy", "checkout-api 1.4.2 prod", user=PRIYA, channel=OPS)
     (said,) = slack_api.wait_for("response_url", timeout=10)
     assert "checkout-api prod is frozen until 2026-12-27T08:00+00:00 (Christmas peak)" in said.body["text"]
-    assert runtime.store.deploy_rows() == [] and not slack_api.messages()
+    assert runtime.store.all_deploys() == [] and not slack_api.messages()
     clock.set(datetime(2026, 12, 27, 8, 0, tzinfo=UTC))  # the window is over
     assert request(slack, slack_api, runtime, "checkout-api 1.4.2 prod").request_id
 
@@ -366,10 +340,9 @@ def test_an_unapproved_request_expires_its_message_says_so_and_approving_it_late
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
 ) -> None:
     posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
-    web = slack.web
-    assert sweep_expired(runtime, web) == []  # not yet
+    assert sweep_expired(runtime) == []  # not yet
     clock.advance(minutes=31)
-    (expired,) = sweep_expired(runtime, web)
+    (expired,) = sweep_expired(runtime)
     assert expired.id == posted.request_id and expired.status == "expired"
     update = update_showing(slack_api, posted.ts, "Expired: nobody approved within 30 minutes")
     assert not deploy_buttons(update.body)
@@ -378,7 +351,7 @@ def test_an_unapproved_request_expires_its_message_says_so_and_approving_it_late
     told = ephemeral_to(slack_api, MARCUS)
     assert told.startswith("This request expired") and "`/deploy checkout-api 1.4.2 staging`" in told
     assert status(runtime, posted.request_id) == "expired" and runtime.store.decisions(posted.request_id) == []
-    assert sweep_expired(runtime, web) == []  # once
+    assert sweep_expired(runtime) == []  # once
 
 
 def test_a_click_after_the_expiry_time_expires_it_even_before_the_sweeper_runs(
@@ -502,7 +475,7 @@ def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_r
     with runtime.store.transaction():  # what a crash mid-deploy leaves behind
         assert runtime.store.transition(posted.request_id, "pending", "running", started_at="2026-11-20T10:00:05+00:00")
 
-    (interrupted,) = report_interrupted(runtime, slack.web)
+    (interrupted,) = report_interrupted(runtime)
     assert interrupted.id == posted.request_id and interrupted.status == "interrupted"
     assert slack.web is not None and slack.web.wait_idle(15)
     (note,) = [m for m in slack_api.messages(OPS) if m.get("thread_ts") == posted.ts]
@@ -511,7 +484,7 @@ def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_r
     assert "Check the service before requesting again." in note["text"]
     update = update_showing(slack_api, posted.ts, "Interrupted: the opsbot process running this stopped")
     assert not deploy_buttons(update.body)
-    assert report_interrupted(runtime, slack.web) == []  # reported once
+    assert report_interrupted(runtime) == []  # reported once
     assert not [a for a in runtime.store.audit_rows() if a["action"] == "deploy.finished"]  # never run
     assert request(slack, slack_api, runtime, "checkout-api 1.4.2 staging").request_id  # the lock was released
 
@@ -531,7 +504,7 @@ def test_a_pending_request_survives_a_restart_and_can_be_approved_after_it(
     use_clock(restarted, clock, monkeypatch)
     server, slack_after = start_bot(restarted, slack_api)
     try:
-        assert report_interrupted(restarted, slack_after.web) == []
+        assert report_interrupted(restarted) == []
         click(slack_after, ids.DEPLOY_APPROVE, posted, MARCUS)
         summary = shown(summary_in(slack_api, DEPLOYS))
         assert "*Outcome*\nSucceeded" in summary and "*Approved by*\nMarcus Oyelaran" in summary

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bot.deploy_config import ConfigProblem, Digest, parse_settings
+from bot.ops.digest import digest_due
 from bot.runtime import Runtime
+from bot.services import ConfigProblem, Digest, parse_settings
 from bot.slack.app import create_client
-from bot.slack.digest import digest_due, post_digest
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.jobs import post_digest, post_digest_if_due
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.web import SlackWeb
+from bot.store import Store
 
 MONDAY_9 = Digest("C04DEPLOYS1", 0, "09:00", "Europe/London")
 
@@ -51,3 +53,23 @@ def test_the_digest_posts_every_deployable_service(runtime: Runtime, slack_api: 
     for service in ("checkout-api", "payments-gateway", "storefront-web", "order-pipeline"):
         assert f"*{service}*: Deploys:" in text
     assert "change failure rate" in text
+
+
+def test_the_weekly_digest_is_posted_once_when_due_even_by_two_processes(
+    runtime: Runtime, slack_api: FakeSlackAPI, tmp_path
+) -> None:  # noqa: ANN001
+    other = Runtime(runtime.settings, encoder=runtime.encoder, store=Store(runtime.store.path))  # a second process
+    webs = [SlackWeb(create_client(r), r.store).start() for r in (runtime, other)]
+    digest = runtime.deploys().settings.digest
+    assert digest is not None and digest.channel == "C04DEPLOYS1"
+    due = datetime(2026, 11, 30, 9, 5, tzinfo=UTC)  # the sample's digest: Mondays 09:00 London time
+    try:
+        assert post_digest_if_due(runtime, webs[0], now=datetime(2026, 11, 30, 8, 0, tzinfo=UTC)) is None
+        weeks = [post_digest_if_due(r, w, now=due) for r, w in ((runtime, webs[0]), (other, webs[1]))]
+        assert weeks == ["2026-W49", None]
+        assert all(w.wait_idle(15) for w in webs)
+    finally:
+        for web in webs:
+            web.stop()
+        other.store.close()
+    assert len(slack_api.calls("chat.postMessage")) == 1

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from tests.slack.conftest import SlackDriver
 from tests.slack.test_conversations import text_of
 
-DANIEL = "U04C2RN8VD"
+DANIEL, PRIYA, OLIVER = "U04C2RN8VD", "U03F8K2LQ1", "U07L2ZG4UM"
 
 
 def invite_buttons(blocks: list[dict]) -> list[dict]:
@@ -18,7 +20,7 @@ def invite_buttons(blocks: list[dict]) -> list[dict]:
 def test_experts_suggests_people_with_reasons_and_invites_after_confirmation(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
-    ack = slack.command("/experts", "pgbouncer pool exhausted on pg-main --service checkout-api", user="U03F8K2LQ1")
+    ack = slack.command("/experts", "pgbouncer pool exhausted on pg-main --service checkout-api", user=OLIVER)
     assert ack.status == 200 and ack.json()["response_type"] == "ephemeral"
     (reply,) = slack_api.wait_for("response_url", timeout=15)
     assert reply.body["response_type"] == "ephemeral"
@@ -29,11 +31,11 @@ def test_experts_suggests_people_with_reasons_and_invites_after_confirmation(
     assert buttons[0]["value"] == DANIEL
     assert buttons[0]["confirm"]["confirm"]["text"] == "Invite"  # Slack asks before the click counts
 
-    slack.click(ids.INVITE_EXPERT, DANIEL, user="U03F8K2LQ1", channel="C0INC0001")
+    slack.click(ids.INVITE_EXPERT, DANIEL, user=OLIVER, channel="C0INC0001")
     (invite,) = slack_api.wait_for("conversations.invite")
     assert (invite.body["channel"], invite.body["users"]) == ("C0INC0001", DANIEL)
     (told,) = slack_api.wait_for("chat.postEphemeral")
-    assert told.body["user"] == "U03F8K2LQ1" and "Invited Daniel Okafor" in told.body["text"]
+    assert told.body["user"] == OLIVER and "Invited Daniel Okafor" in told.body["text"]
     assert runtime.store.recent_first_suggestions(1) == [DANIEL]
 
 
@@ -61,3 +63,27 @@ def test_answers_about_incidents_name_who_could_help(slack: SlackDriver, slack_a
     (call,) = slack_api.wait_for("chat.postMessage", timeout=15)
     shown = text_of(call.body["blocks"])
     assert "*Similar past incidents*" in shown and "*Who could help:*" in shown
+
+
+def test_the_asker_is_never_suggested_to_themselves(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.command("/experts", "pgbouncer pool exhausted on pg-main --service checkout-api", user=PRIYA)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    people = [b["value"] for b in invite_buttons(reply.body["blocks"])]
+    assert people and PRIYA not in people  # she owns checkout-api, and she is the one asking
+    assert "Priya Raman" not in text_of(reply.body["blocks"])
+
+
+def test_whoever_is_on_call_for_the_service_is_flagged_in_experts(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    from bot.rota import shift_at
+
+    (payments,) = [r for r in runtime.rota().rotations if r.team == "payments"]
+    before = shift_at(payments, datetime.now(UTC))
+    slack.command("/experts", "card payments declined --service payments-gateway", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    after = shift_at(payments, datetime.now(UTC))
+    shown = text_of(reply.body["blocks"])
+    holders = {s.person for s in (before, after) if s is not None}
+    assert holders and any(p in [b["value"] for b in invite_buttons(reply.body["blocks"])] for p in holders)
+    assert "• on call for payments until " in shown

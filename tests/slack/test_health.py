@@ -14,8 +14,8 @@ import pytest
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.app import create_app
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import HttpServer
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.slack.conftest import Response, SlackDriver, make_settings, send

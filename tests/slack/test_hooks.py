@@ -12,12 +12,13 @@ from click.testing import CliRunner
 
 from bot.cli import main
 from bot.config import Secret
-from bot.deploys import DeployService, recent_requests
-from bot.metrics import dora
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
+from bot.ops.requests import recent_requests
 from bot.runtime import Runtime
 from bot.slack.app import create_app, create_client
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import HttpServer
 from bot.store import Store
 from tests.slack.conftest import HOOK_SECRET, HookDriver, SlackDriver
 from tests.slack.test_deploy_flow import shown
@@ -45,7 +46,7 @@ def event(status: str = "succeeded", version: str = "1.4.2", env: str = "prod", 
 
 
 def ci_rows(runtime: Runtime) -> list[dict]:
-    return runtime.store.deploy_rows("source = 'ci'")
+    return [r for r in runtime.store.all_deploys() if r["source"] == "ci"]
 
 
 def test_signed_event_is_recorded_audited_and_summarised(
@@ -226,6 +227,25 @@ def test_a_ci_deploy_can_be_rolled_back_from_slack(
     assert "Rollback checkout-api 1.4.2 → 1.4.1 to staging" in shown(posted.body)
 
 
+def test_a_ci_start_while_a_deploy_request_waits_is_shown_as_overlapping_and_blocks_its_approval(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    slack.command("/deploy", "checkout-api 1.4.3 staging", user="U03F8K2LQ1")
+    (requested,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    request_id = runtime.store.recent_deploys("checkout-api", "staging", limit=1)[0]["id"]
+
+    response = hooks.post(event("started", version="1.4.4", env="staging"))
+
+    assert response.status == 200 and response.json()["status"] == "overlapping" and response.json()["flags"]
+    message = shown(slack_api.calls("chat.postMessage")[-1].body)
+    assert "Outside the rules" in message and f"{request_id} (pending) held the checkout-api staging lock" in message
+    assert "overlapping* another deploy of checkout-api in staging" in message
+    slack.click("deploy-approve", request_id, user="U03H1M9TZ4", message_ts=requested.answer["ts"])
+    told = slack_api.wait_for("chat.postEphemeral", predicate=lambda c: c.body["user"] == "U03H1M9TZ4", timeout=15)
+    assert "is being deployed right now" in told[0].body["text"]
+    assert runtime.store.deploy_row(request_id)["status"] == "pending"
+
+
 def test_hooks_without_a_secret_are_disabled(slack: SlackDriver, runtime: Runtime) -> None:
     runtime.settings = replace(runtime.settings, hook_secret=Secret(""))
     response = HookDriver(slack.base_url).post(event())
@@ -293,7 +313,7 @@ def test_notify_deploy_writes_to_the_database_without_slack(runtime: Runtime, sl
     assert "recorded as dep-" in result.output
     reader = Store(path)  # as another process sees it (the bot's own connection may be mid-read while loading)
     try:
-        [row] = reader.deploy_rows("source = 'ci'")
+        [row] = [r for r in reader.all_deploys() if r["source"] == "ci"]
     finally:
         reader.close()
     assert (row["status"], row["requester"], row["source"]) == ("succeeded", "ci:bob", "ci")

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from bot.cli import main
-from bot.slack.fake_api import FakeSlackAPI
+from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
 from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, HookDriver, SlackDriver, copy_database
 from tests.slack.test_socket_mode import LocalSocketModeServer
@@ -158,7 +158,7 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
     assert answer["ok"] is True and answer["duplicate"] is False and answer["action"] == "recorded"
     reader = Store(tmp_path / "served.db")
     try:
-        rows = reader.deploy_rows("source = 'ci'")
+        rows = [r for r in reader.all_deploys() if r["source"] == "ci"]
     finally:
         reader.close()
     assert [(r["id"], r["status"], r["requester"]) for r in rows] == [(answer["id"], "succeeded", "ci:octocat")]

@@ -15,10 +15,10 @@ import pytest
 
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack import server as server_module
+from bot.slack import serve as server_module
 from bot.slack.app import create_app
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import HttpServer
 from tests.conftest import FakeEncoder
 from tests.slack.conftest import SlackDriver, make_settings
 from tests.slack.test_server_fuzz import FORM, Probe, exchange, request
@@ -241,5 +241,5 @@ def test_signed_malformed_slack_payloads_get_400_saying_what_is_wrong_and_unsign
     assert not_utf8 == (400, {"error": "malformed Slack request: the body is not UTF-8 text"})
     assert slack_api.calls() == []  # no handler ran
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
-    refusals = [r.getMessage() for r in caplog.records if r.name == "bot.slack.server"]
+    refusals = [r.getMessage() for r in caplog.records if r.name == "bot.slack.serve"]
     assert len(refusals) == 2 * len(MALFORMED) + 1  # one line each

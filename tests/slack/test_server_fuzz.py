@@ -24,12 +24,14 @@ from typing import Any
 
 import pytest
 
-from bot.hooks import sign as sign_hook
+from bot.ops.ci_events import sign as sign_hook
 from bot.runtime import Runtime
-from bot.slack import ids, server
+from bot.slack import ids
+from bot.slack import serve as server
 from bot.slack.app import create_app, create_client
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import MAX_BODY, HttpServer
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import MAX_BODY, HttpServer
+from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool
 from tests.slack.conftest import HOOK_SECRET, SIGNING_SECRET, sign
 
@@ -637,31 +639,33 @@ def dump(db_path: Path) -> dict[str, list[tuple]]:
 
 
 @pytest.fixture
-def fuzzed_bot(runtime: Runtime, slack_api: FakeSlackAPI) -> Iterator[tuple[HttpServer, TrackedPool]]:
-    """The real HTTP server and Bolt app, with a pool whose lazy work the test can wait for."""
+def fuzzed_bot(runtime: Runtime, slack_api: FakeSlackAPI) -> Iterator[tuple[HttpServer, TrackedPool, SlackWeb]]:
+    """The real HTTP server and Bolt app, with a pool whose lazy work the test can wait for, and its outbox."""
     executor = TrackedPool(5, "opsbot-fuzz")
     app = create_app(runtime, client=create_client(runtime), listener_executor=executor)
     bot = HttpServer(app, runtime, host="127.0.0.1", port=0).start()
-    yield bot, executor
+    yield bot, executor, app.web
     bot.stop()
+    app.web.stop()
     executor.shutdown(wait=False, cancel_futures=True)
 
 
 def test_a_thousand_malformed_requests_get_4xx_answers_no_traceback_and_change_nothing(
-    fuzzed_bot: tuple[HttpServer, TrackedPool],
+    fuzzed_bot: tuple[HttpServer, TrackedPool, SlackWeb],
     runtime: Runtime,
     slack_api: FakeSlackAPI,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bot, executor = fuzzed_bot
+    bot, executor, web = fuzzed_bot
     monkeypatch.setattr(server, "BODY_TIMEOUT_S", 1.0)  # the stalled clients below end within a second
     runtime.index(timeout=60)
     pending = runtime.deploys().request("deploy", "checkout-api", "staging", "1.4.2", USER, channel=CHANNEL)
     incident = runtime.incidents().declare(
         "checkout 503s after deploy", USER, 2, ["checkout-api"], origin_channel=CHANNEL, channel="C0INC0001"
     )
+    assert web.wait_idle(30)  # the request's message is posted, and where it went recorded, before the snapshot
     before = dump(tmp_path / "opsbot.db")
     assert before["deploy_requests"] and before["live_incidents"]  # something to protect
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.render import render_blocks
 from bot.runtime import Runtime
+from bot.shell.render import render_blocks
 from bot.slack import ids
-from bot.slack.shell_dispatch import COMMAND_CHANNEL, SHELL_TOKEN, Delivery, LocalSlack
+from bot.slack.local.shell_dispatch import COMMAND_CHANNEL, SHELL_TOKEN, Delivery, LocalSlack
 from tests.slack.conftest import SIGNING_SECRET
 
 PRIYA = "U03F8K2LQ1"

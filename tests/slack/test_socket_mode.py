@@ -13,8 +13,8 @@ from websockets.sync.server import ServerConnection, serve
 
 from bot.runtime import Runtime
 from bot.slack.app import create_app
-from bot.slack.fake_api import FakeSlackAPI
-from bot.slack.server import socket_mode_handler
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.serve import socket_mode_handler
 
 
 class LocalSocketModeServer:

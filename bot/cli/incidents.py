@@ -1,0 +1,159 @@
+"""Incident commands: incidents list and export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bot.cli.base import _open_store, handle_errors, load_settings, main, open_db, refuse_blank
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+@main.group()
+def incidents() -> None:
+    """Incidents declared in Slack with /incident: list them, export resolved ones as knowledge files.
+
+    \b
+    Example:
+      opsbot incidents list --all
+      opsbot incidents export INC-2026-0042
+    """
+
+
+@incidents.command(name="list")
+@click.option("--all", "show_all", is_flag=True, help="Resolved incidents too, not only the open ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print the incidents, timelines included, as JSON.")
+@click.pass_context
+@handle_errors
+def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """List incidents declared in Slack, newest first (only the open ones unless --all).
+
+    \b
+    Example:
+      opsbot incidents list
+      opsbot incidents list --all --json
+    """
+    from bot.ops.incidents import IncidentService
+
+    store = _open_store(ctx)
+    try:
+        found = [i for i in IncidentService(store, set()).list_all() if show_all or i.is_open]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([_live_incident_dict(i) for i in found], indent=2))
+        return
+    if not found:
+        click.echo("No incidents declared in Slack yet." if show_all else "No open incidents.")
+    for i in found:
+        state = "open" if i.is_open else f"resolved after {i.minutes_to_restore} min"
+        services = ", ".join(i.services) or "no service"
+        click.echo(f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  declared {i.declared_at}")
+
+
+def _live_incident_dict(i: Any) -> dict:
+    return {
+        "id": i.id,
+        "title": i.title,
+        "severity": i.severity,
+        "status": i.status,
+        "services": list(i.services),
+        "declared_by": i.declared_by,
+        "declared_at": i.declared_at,
+        "channel": i.channel,
+        "roles": i.roles,
+        "resolved_at": i.resolved_at or None,
+        "resolution": i.resolution or None,
+        "minutes_to_restore": i.minutes_to_restore,
+        "responders": list(i.responders),
+        "timeline": [dict(e) for e in i.events],
+    }
+
+
+@incidents.command(name="export")
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the files (default: incidents/<year>/ in the knowledge directory).",
+)
+@click.option("--force", is_flag=True, help="Overwrite a file that exists with other content.")
+@click.option("--service", default=None, help="The service of incidents declared without one.")
+@click.pass_context
+@handle_errors
+def incidents_export(
+    ctx: click.Context, ids: tuple[str, ...], out: str | None, force: bool, service: str | None
+) -> None:
+    """Write resolved incidents as knowledge/incidents YAML files named <ID>.yaml (default: every resolved one).
+
+    The files are what `opsbot index` reads, so the incidents stay searchable after the database is rebuilt.
+    A file that exists with other content is left alone unless --force.
+
+    \b
+    Example:
+      opsbot incidents export
+      opsbot incidents export INC-2026-0042 --out /tmp/incidents --force
+    """
+    from dataclasses import replace
+
+    from bot.ops.incidents import IncidentService, export_yaml, to_incident
+
+    refuse_blank(ctx)
+    if any(not i.strip() for i in ids):  # an empty id would name no incident, or the channel's
+        raise OpsbotError("an incident id is empty: give ids like INC-2026-0042, or none for every resolved one.")
+    settings = load_settings(ctx)
+    store = open_db(settings.db_path)
+    try:
+        found = IncidentService(store, set())
+        chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if not i.is_open]
+        known = set(store.service_configs()) | {s for e in store.load_experts() for s in e.services}
+        known |= {s for i in [*store.load_incidents(), *found.list_all()] for s in i.services}
+    finally:
+        store.close()
+    if service is not None and service not in known:
+        names = ", ".join(sorted(known)) or "none yet: add services to services.yaml and run `opsbot index`"
+        raise OpsbotError(f"unknown service {service!r} for --service; known services: {names}.")
+    if service is not None and chosen and all(live.services for live in chosen):
+        which = ", ".join(live.id for live in chosen) if ids else "every resolved incident"
+        raise OpsbotError(
+            f"--service is for incidents declared without a service, and {which} names one: leave --service out."
+        )
+    if not chosen:
+        click.echo("No resolved incidents to export.")
+    problems: list[str] = []
+    for live in chosen:
+        if live.is_open:
+            problems.append(f"{live.id} is still open: resolve it first (/incident resolve RESOLUTION).")
+            continue
+        if not live.services and service:
+            live = replace(live, services=(service,))
+        elif not live.services:
+            problems.append(f"{live.id} names no service, and incident files need one: add --service NAME.")
+            continue
+        incident = to_incident(live)
+        folder = Path(out) if out else settings.knowledge_dir / "incidents" / str(incident.date.year)
+        path = folder / f"{live.id}.yaml"
+        text = export_yaml(incident)
+        try:
+            if path.exists():
+                if path.read_text(encoding="utf-8") == text:
+                    click.echo(f"{path}: unchanged")
+                    continue
+                if not force:
+                    problems.append(f"{path} exists with other content; pass --force to overwrite it.")
+                    continue
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{path} could not be written ({exc.strerror or exc}); choose another --out folder.")
+            continue
+        click.echo(f"wrote {path}")
+    if problems:
+        raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))

@@ -1,0 +1,150 @@
+"""Knowledge commands: index and ask."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bot.cli.base import _open, handle_errors, load_settings, main
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+INDEX_NICENESS = 10  # a batch job: the bot serving on the same cores acknowledges first
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--nice",
+    "niceness",
+    type=click.IntRange(0, 19),
+    default=INDEX_NICENESS,
+    show_default=True,
+    help="Run at lower CPU priority (Unix niceness added), so an `opsbot serve` on the same machine "
+    "stays responsive while this embeds; 0 keeps the priority as it is.",
+)
+@click.pass_context
+@handle_errors
+def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: int) -> None:
+    """Index a knowledge directory (default: $OPSBOT_KNOWLEDGE or ./knowledge).
+
+    Only new or changed text is embedded; removed files leave the index. The job runs at lower
+    CPU priority (--nice 10), so a bot serving on the same machine answers Slack first.
+
+    \b
+    Example:
+      opsbot index knowledge/
+      opsbot index --nice 0 knowledge/     # nothing to make way for: full priority
+    """
+    from bot.indexer import index_knowledge
+
+    settings = load_settings(ctx)
+    lower_priority(niceness)
+    root = directory or settings.knowledge_dir
+    if not root.is_dir():
+        raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    store, encoder = _open(settings)
+    bar_state: dict[str, Any] = {}
+
+    def progress(done: int, total: int) -> None:
+        if as_json:
+            return
+        if "bar" not in bar_state:
+            bar_state["bar"] = click.progressbar(length=total, label="Embedding sections", file=sys.stderr)
+            bar_state["bar"].__enter__()
+        bar_state["bar"].update(done - bar_state.get("done", 0))
+        bar_state["done"] = done
+
+    try:
+        report = index_knowledge(store, encoder, root, progress)
+    finally:
+        if "bar" in bar_state:
+            bar_state["bar"].__exit__(None, None, None)
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(
+        f"Indexed {root}: {report.runbooks} runbooks, {report.incidents} incidents, {report.experts} people "
+        f"({report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
+        f"{report.embedded} sections embedded, {report.reused} reused) in {report.seconds:.1f}s with {report.model_id}."
+    )
+    if report.experts_fit:
+        click.echo(f"Expert suggestions: {report.experts_fit}.")
+    for problem in report.problems:
+        click.echo(f"Warning: {problem}", err=True)
+
+
+def lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this process's Unix niceness (no-op at 0, or where there is no os.nice)."""
+    if niceness and hasattr(os, "nice"):
+        log.info("running at lower CPU priority niceness=%d", os.nice(niceness))
+
+
+@main.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("-k", "top_k", type=click.IntRange(1, 50), default=None, help="How many documents to show.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+@handle_errors
+def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: str, as_json: bool) -> None:
+    """Answer a question, or a pasted alert or log line, from the index.
+
+    \b
+    Example:
+      opsbot ask "FATAL: sorry, too many clients already"
+      opsbot ask -k 3 --json "checkout latency high"
+    """
+    from bot.search import SearchIndex
+
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    try:
+        if not store.counts()["chunks"]:
+            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        if mode != "bm25":
+            encoder.load()  # so the reported encode time is the query's, not the model load's
+        answer = SearchIndex(store, encoder).search(" ".join(question), k=top_k or settings.top_k, mode=mode)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(_answer_dict(answer), indent=2))
+        return
+    if not answer.hits:
+        click.echo("Nothing in the knowledge base matches. Try other words, or paste the alert text.")
+        return
+    for n, hit in enumerate(answer.hits, start=1):
+        label = f"[{hit.incident_id}] " if hit.incident_id else ""
+        click.secho(f"{n}. {label}{hit.title}", bold=True)
+        click.echo(f"   {hit.citation}  (score {hit.score:.3f})")
+        if hit.url:
+            click.echo(f"   {hit.section_url}")
+        if hit.alert and hit.kind == "runbook":
+            click.echo(f"   runbook for the alert {hit.alert}")
+        elif hit.quoted:
+            click.echo("   this section contains every word of the question")
+        click.echo(f"   {hit.snippet}\n")
+    click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
+
+
+def _answer_dict(answer: Any) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "query": answer.query,
+        "normalized_query": answer.normalized_query,
+        "mode": answer.mode,
+        "encode_ms": round(answer.encode_ms, 2),
+        "search_ms": round(answer.search_ms, 2),
+        "hits": [asdict(h) | {"citation": h.citation, "section_url": h.section_url} for h in answer.hits],
+    }

@@ -1,0 +1,133 @@
+"""People commands: experts (who to pull in) and oncall (who is on call)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import click
+
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@click.option("--service", "services", multiple=True, help="A service involved (repeatable).")
+@click.option("-n", "limit", type=click.IntRange(1, 20), default=3, show_default=True, help="How many people.")
+@click.option("--json", "as_json", is_flag=True, help="Print the suggestions as JSON.")
+@click.pass_context
+@handle_errors
+def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Suggest who to pull in, with the reasons: similar incidents they resolved, ownership, skills.
+
+    \b
+    Example:
+      opsbot experts "pgbouncer pool exhausted, checkout 503s" --service checkout-api
+      opsbot experts --json "kafka consumer lag on orders"
+    """
+    from bot.runtime import Runtime
+
+    refuse_blank(ctx)
+    if not " ".join(text).strip():
+        raise OpsbotError('describe the problem, for example `opsbot experts "checkout 503s after deploy"`.')
+    settings = load_settings(ctx)
+    store, encoder = _open(settings)
+    runtime = Runtime(settings, encoder=encoder, store=store)
+    try:
+        if not store.expert_count():
+            raise OpsbotError("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
+        suggestions = runtime.suggest_experts(" ".join(text), list(services) or None, limit=limit)
+    finally:
+        runtime.close()
+    if as_json:
+        click.echo(json.dumps([_suggestion_dict(s) for s in suggestions], indent=2))
+        return
+    if not suggestions:
+        click.echo("Nobody matches: no similar past incidents, owners or skills. Name the service or paste the alert.")
+    for n, s in enumerate(suggestions, start=1):
+        flags = f"  [{'; '.join(s.flags)}]" if s.flags else ""
+        click.secho(f"{n}. {s.expert.name} ({s.expert.id}, {s.expert.team})  score {s.score:.2f}{flags}", bold=True)
+        for reason in s.reasons():
+            click.echo(f"   - {reason}")
+
+
+def _suggestion_dict(s: Any) -> dict:
+    return {
+        "id": s.expert.id,
+        "name": s.expert.name,
+        "team": s.expert.team,
+        "score": s.score,
+        "reasons": s.reasons(),
+        "incidents": [
+            {
+                "id": i.id,
+                "similarity": i.similarity,
+                "main_resolver": i.main_resolver,
+                "date": i.date.isoformat() if i.date else None,
+            }
+            for i in s.incidents
+        ],
+        "owns": list(s.owns),
+        "skills": list(s.skills),
+        "on_call": [{"team": shift.team, "until": shift.end.isoformat()} for shift in s.on_call],
+        "last_resolved": s.last_resolved.isoformat() if s.last_resolved else None,
+        "flags": list(s.flags),
+    }
+
+
+@main.command()
+@click.argument("target", required=False, default="")
+@click.option("--at", "at", default=None, metavar="WHEN", help="Ask about another time (ISO, e.g. 2026-12-24T20:00Z).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+@handle_errors
+def oncall(ctx: click.Context, target: str, at: str | None, as_json: bool) -> None:
+    """Who is on call now and who is next: every rota, one team's, or the rota covering a service.
+
+    \b
+    Example:
+      opsbot oncall
+      opsbot oncall payments
+      opsbot oncall checkout-api --at 2026-12-24T20:00Z
+    """
+    from datetime import UTC, datetime
+
+    from bot.rota import Rota, describe
+
+    refuse_blank(ctx)
+    when = datetime.now(UTC)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise OpsbotError(f"--at {at!r} is not a date and time; write it like 2026-12-24T20:00Z.") from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    store = _open_store(ctx)
+    try:
+        rota = Rota.from_store(store)
+        answers = rota.answer(target, when)
+    finally:
+        store.close()
+    names = {e.id: e.name for e in rota.experts}
+    if as_json:
+        click.echo(json.dumps([_oncall_dict(a) for a in answers], indent=2))
+        return
+    width = max(len(a.team) for a in answers)
+    for answer in answers:
+        now, following = describe(answer, names)
+        click.echo(f"{answer.team:<{width}}  {now or 'nobody on call from the rota'}")
+        if following:
+            click.echo(f"{'':<{width}}  next: {following}")
+
+
+def _oncall_dict(answer: Any) -> dict:
+    def shift(s: Any) -> dict | None:
+        if s is None:
+            return None
+        return {"person": s.person, "from": s.start.isoformat(), "until": s.end.isoformat(), "override": s.override}
+
+    return {"team": answer.team, "timezone": answer.timezone, "now": shift(answer.now), "next": shift(answer.next)}

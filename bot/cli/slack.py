@@ -1,0 +1,307 @@
+"""Slack-side commands: shell, serve, manifest, channels, feedback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, typed
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
+
+
+@main.command()
+@click.option(
+    "--user", metavar="ID", default=None, help="Act as this roster member (a Slack user id from experts.yaml)."
+)
+@click.pass_context
+@handle_errors
+def shell(ctx: click.Context, user: str | None) -> None:
+    """Chat with opsbot in the terminal, through the same handlers as Slack.
+
+    Plain text is a direct message to opsbot, slash commands such as /ask work as in Slack, and
+    buttons are numbered: type the number to press one. You act as the first roster member
+    unless --user says otherwise; /help lists the rest.
+
+    \b
+    Example:
+      opsbot shell
+      opsbot shell --user U04C2RN8VD
+      echo "pgbouncer too many clients" | opsbot shell
+    """
+    from bot.runtime import Runtime
+    from bot.shell.repl import Shell
+
+    refuse_blank(ctx)
+    settings = load_settings(ctx)
+    root = logging.getLogger()
+    level = root.level
+    if settings.log_level != "DEBUG":
+        root.setLevel(logging.WARNING)  # INFO lines would interleave with the conversation
+    store, encoder = _open(settings)
+    runtime = Runtime(settings, encoder=encoder, store=store)
+    try:
+        if not store.counts()["chunks"]:
+            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        interactive = sys.stdin.isatty()
+        with Shell(runtime, write=click.echo, user=user, style=click.style, echo=not interactive) as chat:
+            runtime.start_loading()  # the prompt appears at once; the first answer waits for the model
+            chat.run(_typed_lines(chat, interactive))
+    finally:
+        runtime.close()  # after the loader: closing the store under it would crash
+        root.setLevel(level)
+
+
+def _typed_lines(chat: Any, interactive: bool) -> Iterator[str]:
+    """Lines from stdin, with line editing and a prompt naming who you act as when it is a terminal."""
+    if interactive:
+        try:
+            import readline  # noqa: F401 - gives input() history and line editing
+        except ImportError:  # not on every platform
+            pass
+    while True:
+        try:
+            yield input(chat.prompt if interactive else "")
+        except EOFError:
+            if interactive:
+                click.echo()
+            return
+        except KeyboardInterrupt:  # Ctrl-C clears the line, as in a shell; Ctrl-D leaves
+            click.echo()
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="HTTP port (default $PORT, else 3000).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="HTTP address to listen on.")
+@click.option(
+    "--hooks-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Socket Mode: also serve /hooks/deploy and /healthz (only those) on this port, for CI/CD deploy events.",
+)
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | None) -> None:
+    """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on /slack/events.
+
+    The process acknowledges requests at once; the model and the index load in the background.
+    Over HTTP, CI/CD deploy events arrive on /hooks/deploy (set OPSBOT_HOOK_SECRET); in Socket Mode,
+    give --hooks-port to listen for them.
+
+    \b
+    Example:
+      SLACK_BOT_TOKEN=xoxb-... SLACK_SIGNING_SECRET=... opsbot serve --port 3000
+      SLACK_BOT_TOKEN=xoxb-... SLACK_APP_TOKEN=xapp-... opsbot serve --hooks-port 3000
+    """
+    from bot.runtime import Runtime
+    from bot.slack import jobs
+    from bot.slack.app import create_app
+    from bot.slack.serve import HttpServer, socket_mode_handler
+
+    settings = load_settings(ctx)
+    missing = []
+    if not settings.slack_bot_token:
+        missing.append("SLACK_BOT_TOKEN (the bot token, xoxb-...; Slack app > OAuth & Permissions)")
+    if not settings.slack_app_token and not settings.slack_signing_secret:
+        missing.append("SLACK_SIGNING_SECRET (Slack app > Basic Information), or SLACK_APP_TOKEN for Socket Mode")
+    if missing:
+        raise OpsbotError(
+            "cannot start the Slack app without " + " and ".join(missing) + ". Without a workspace, try `opsbot shell`."
+        )
+    refuse_blank(ctx)
+    if settings.slack_app_token and port:
+        raise OpsbotError(
+            "--port is for HTTP installs; in Socket Mode (SLACK_APP_TOKEN is set) Slack needs no port: "
+            "give --hooks-port to serve deploy events, or leave --port out."
+        )
+    if settings.slack_app_token and typed(ctx, "host") and not hooks_port:
+        raise OpsbotError("in Socket Mode --host only applies to --hooks-port: give --hooks-port, or leave --host out.")
+    if not settings.slack_app_token and hooks_port:
+        raise OpsbotError(
+            "--hooks-port is for Socket Mode (set SLACK_APP_TOKEN); over HTTP, /hooks/deploy is served on --port "
+            "next to /slack/events: leave --hooks-port out."
+        )
+    if hooks_port:
+        _check_can_listen(host, hooks_port, "--hooks-port")
+    elif not settings.slack_app_token:
+        _check_can_listen(host, port or settings.port, "--port" if port else "PORT")
+    runtime = Runtime(settings)
+    runtime.start_loading()
+    app = create_app(runtime)
+    # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
+    jobs.report_interrupted(runtime)
+    jobs.start(runtime, app.web)
+    if settings.slack_app_token:
+        hooks = None
+        if hooks_port:
+            if not settings.hook_secret:
+                log.warning("--hooks-port given but OPSBOT_HOOK_SECRET is not set: deploy events will be refused")
+            hooks = HttpServer(app, runtime, host=host, port=hooks_port, slack_events=False).start()
+            log.info("deploy hooks listening host=%s port=%d path=/hooks/deploy", host, hooks.port)
+        log.info("starting in Socket Mode api=%s", settings.slack_api_url)
+        try:
+            socket_mode_handler(app, runtime).start()
+        finally:
+            if hooks is not None:
+                hooks.stop()
+            app.web.stop()  # what is not delivered yet stays in the outbox for the next start
+        return
+    server = HttpServer(app, runtime, host=host, port=port or settings.port)
+    log.info("listening host=%s port=%d path=/slack/events", host, server.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+        app.web.stop()  # what is not delivered yet stays in the outbox for the next start
+
+
+def _check_can_listen(host: str, port: int, option: str) -> None:
+    """Fail before loading anything when the address is taken or unknown, not with a traceback later."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # bound as the HTTP server binds
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OpsbotError(
+            f"cannot listen on {host}:{port} ({reason}): choose another {option}, stop what uses it, or check --host."
+        ) from None
+
+
+@main.command()
+@click.option("--url", default="https://opsbot.example.com", show_default=True, help="Public base URL of `serve`.")
+@click.option("--socket-mode", is_flag=True, help="For Socket Mode installs (no public URL needed).")
+@click.option("--name", default="opsbot", show_default=True, help="The app's name in Slack.")
+@click.pass_context
+@handle_errors
+def manifest(ctx: click.Context, url: str, socket_mode: bool, name: str) -> None:
+    """Print the Slack app manifest (YAML) to create the app in a workspace.
+
+    \b
+    Example:
+      opsbot manifest --socket-mode > manifest.yaml
+      opsbot manifest --url https://opsbot.example.com
+    """
+    from urllib.parse import urlsplit
+
+    from bot.slack.ids import EVENTS_PATH
+    from bot.slack.manifest import manifest_yaml
+
+    refuse_blank(ctx)
+    if socket_mode and typed(ctx, "url"):
+        raise OpsbotError(
+            "--url is for HTTP installs; Socket Mode needs no public URL: leave out --url or --socket-mode."
+        )
+    if not socket_mode:
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unclosed [ of an IPv6 address
+            parts = urlsplit("")
+        if parts.scheme != "https" or not parts.netloc or any(c.isspace() for c in url):
+            raise OpsbotError(
+                f"--url {url!r} must be the https:// address of `opsbot serve`, e.g. https://opsbot.example.com."
+            )
+        if parts.path.rstrip("/").endswith(EVENTS_PATH):
+            raise OpsbotError(f"--url is the base address; {EVENTS_PATH} is added to it: leave {EVENTS_PATH} out.")
+    click.echo(manifest_yaml(name=name, base_url=url, socket_mode=socket_mode))
+
+
+@main.group()
+def channels() -> None:
+    """Where opsbot answers without a mention: `all` questions, or `mentions` only (the default).
+
+    \b
+    Example:
+      opsbot channels list
+      opsbot channels set C04ALERTS1 all
+    """
+
+
+@channels.command(name="list")
+@click.pass_context
+@handle_errors
+def channels_list(ctx: click.Context) -> None:
+    """List channels with a setting.
+
+    \b
+    Example:
+      opsbot channels list
+    """
+    store = _open_store(ctx)
+    try:
+        modes = store.channel_answer_modes()
+    finally:
+        store.close()
+    if not modes:
+        click.echo("No channel settings: opsbot answers mentions and DMs everywhere.")
+    for channel, mode in sorted(modes.items()):
+        click.echo(f"{channel}  {mode}")
+
+
+@channels.command(name="set")
+@click.argument("channel")
+@click.argument("mode", type=click.Choice(["all", "mentions"]))
+@click.pass_context
+@handle_errors
+def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
+    """Make opsbot answer all questions in CHANNEL, or only mentions.
+
+    \b
+    Example:
+      opsbot channels set C04ALERTS1 all
+    """
+    from bot.knowledge import channel_id_problem, parse_channels
+
+    if problem := channel_id_problem(channel):
+        raise OpsbotError(f"{problem}.")
+    store = _open_store(ctx)
+    try:
+        store.set_channel_answer_mode(channel, mode, "cli")
+    finally:
+        store.close()
+    click.echo(f"{channel}: {'answers questions without a mention' if mode == 'all' else 'answers mentions only'}.")
+    # The knowledge directory's channels.yaml is applied by every `opsbot index`: say when it will undo this.
+    path = load_settings(ctx).knowledge_dir / "channels.yaml"
+    if path.is_file():
+        in_file = parse_channels("channels.yaml", path.read_text(encoding="utf-8", errors="replace"))[0].get(channel)
+        if in_file and in_file != mode:
+            click.echo(
+                f"Note: {path} sets {channel} to `{in_file}`, and the next `opsbot index` applies it again; "
+                "change the file to keep this setting.",
+                err=True,
+            )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the votes as JSON.")
+@click.pass_context
+@handle_errors
+def feedback(ctx: click.Context, as_json: bool) -> None:
+    """List the 👍/👎 votes people gave answers in Slack.
+
+    \b
+    Example:
+      opsbot feedback
+      opsbot feedback --json
+    """
+    store = _open_store(ctx)
+    try:
+        rows = store.feedback_rows()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No feedback yet.")
+    for row in rows:
+        vote = "👍" if row["vote"] > 0 else "👎"
+        click.echo(f"{row['at']}  {vote}  {row['user']}  {row['path']}  <- {row['query']!r}")

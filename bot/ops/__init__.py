@@ -1,0 +1,1 @@
+"""Operations: deploys and rollbacks (request, approve, run), CI/CD deploy events, incidents, DORA metrics."""

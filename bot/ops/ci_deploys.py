@@ -1,0 +1,242 @@
+"""Deploy events from CI/CD, recorded by the deploy service under the rules /deploy follows.
+
+opsbot cannot stop a pipeline, so it records what the pipeline did, truthfully, and flags what broke the
+rules: a deploy while another holds the service/env lock or runs, a deploy into a frozen environment.
+A CI deploy that starts while another holds the lock is never made a second running deploy: it is
+recorded as ``overlapping`` (it does not take the lock; at most one deploy of a service and environment is
+``running``, the lock holder), the flag is stored with the row, audited, and shown where the deploy is
+shown, and until it ends no pending request can be approved. The actor is
+recorded as ``ci:<actor>``, so a pipeline can never act as opsbot or as a person on the roster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from bot.ops.ci_events import FINISHED, DeployEvent
+from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
+
+log = logging.getLogger(__name__)
+RETRY_WINDOW = timedelta(minutes=10)  # a second report of the same finished deploy, with a new event id
+
+
+@dataclass(frozen=True)
+class CiOutcome:
+    """What recording an event did: ``started``, ``finished`` (a started row), ``recorded`` or ``duplicate``."""
+
+    action: str
+    request: DeployRequest | None = None
+    duplicate_of: str = ""
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return self.request.flags if self.request else ()
+
+    def as_json(self) -> dict:
+        if self.action == "duplicate":
+            answer: dict = {"ok": True, "duplicate": True}
+            if self.duplicate_of:
+                answer["id"] = self.duplicate_of
+            return answer
+        assert self.request is not None
+        r = self.request
+        return {
+            "ok": True,
+            "duplicate": False,
+            "action": self.action,
+            "id": r.id,
+            "kind": r.kind,
+            "status": r.status,
+            "service": r.service,
+            "env": r.env,
+            "from_version": r.from_version,
+            "version": r.version,
+            "flags": list(r.flags),
+        }
+
+
+def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
+    """Record an event once: `started` opens a running row; a finish closes it, or records a finished row."""
+    store = deploys.store
+    now = deploys.clock()
+    actor = f"ci:{event.actor}"
+    with store.transaction():
+        if not store.claim_event(f"hook:{event.event_id}"):
+            log.info("deploy hook duplicate event_id=%s", event.event_id)
+            return CiOutcome("duplicate")
+        open_run = _open_run(deploys, event) if event.finished else None
+        if open_run is not None:
+            request_id, action = _close(deploys, event, open_run, actor), "finished"
+        else:
+            earlier = _same_report(deploys, event) if event.finished else None
+            if earlier is not None:
+                log.info("deploy hook repeats id=%s event_id=%s", earlier["id"], event.event_id)
+                return CiOutcome("duplicate", duplicate_of=earlier["id"])
+            request_id, action = _open(deploys, event, actor, now)
+    outcome = CiOutcome(action, deploys.get(request_id))
+    log.info(
+        "deploy hook %s id=%s service=%s env=%s version=%s status=%s flags=%d",
+        action,
+        request_id,
+        event.service,
+        event.env,
+        event.version,
+        event.status,
+        len(outcome.flags),
+    )
+    return outcome
+
+
+def _flags(deploys: DeployService, event: DeployEvent, when: datetime, exclude: str = "") -> list[str]:
+    """What this deploy broke: a freeze at the time it ran, a lock or a run of someone else's."""
+    flags = []
+    config = deploys.services.get(event.service)
+    environment = config.environments.get(event.env) if config else None
+    freeze = environment.frozen_at(when) if environment else None
+    if freeze is not None:
+        why = f" ({freeze.reason})" if freeze.reason else ""
+        flags.append(f"deployed during the freeze{why} until {freeze.end.isoformat(timespec='minutes')}")
+    holder = deploys.store.lock_holder(event.service, event.env)
+    if holder and holder != exclude:
+        held = deploys.store.deploy_row(holder)
+        who = deploys.name(held["requester"]) if held else "someone"
+        state = held["status"] if held else "active"
+        flags.append(f"deployed while {who}'s {holder} ({state}) held the {event.service} {event.env} lock")
+    else:
+        others = [r["id"] for r in deploys.store.running_for(event.service, event.env) if r["id"] != exclude]
+        if others:
+            flags.append(f"deployed while {', '.join(others)} was running")
+    return flags
+
+
+def _open(deploys: DeployService, event: DeployEvent, actor: str, now: datetime) -> tuple[str, str]:
+    """A new row: running (holding the lock when it is free) for `started`, else the finished deploy."""
+    store = deploys.store
+    deploys._expire_locked_if_due(event.service, event.env)
+    kind, status = FINISHED.get(event.status, ("deploy", "running"))
+    stamp = _iso(now)
+    started_at = event.started_at or (stamp if not event.finished else event.finished_at or stamp)
+    finished_at = (event.finished_at or stamp) if event.finished else None
+    flags = _flags(deploys, event, parse_time(started_at))
+    free = store.lock_holder(event.service, event.env) is None and not store.running_for(event.service, event.env)
+    if status == "running" and not free:
+        status = "overlapping"
+    from_version = deploys.current_version(event.service, event.env) or ""
+    if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
+        from_version = deploys.failed_version(event.service, event.env) or from_version
+    request_id = new_request_id(now)
+    row = new_row(
+        request_id,
+        kind=kind,
+        service=event.service,
+        env=event.env,
+        version=event.version,
+        from_version=from_version,
+        requester=actor,
+        status=status,
+        created_at=started_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        source="ci",
+        commit_sha=event.commit_sha,
+        commit_time=event.commit_time,
+        pipeline_url=event.pipeline_url,
+        changes=json.dumps(list(event.changes)),
+        flags=json.dumps(flags),
+    )
+    store.insert_deploy(row)
+    if status == "running" and free:
+        store.take_lock(event.service, event.env, request_id, actor)
+    action = "started" if status in ("running", "overlapping") else "recorded"
+    store.audit(
+        actor,
+        f"{kind}.{'started' if action == 'started' else 'finished'}",
+        request_id,
+        status=status,
+        service=event.service,
+        env=event.env,
+        version=event.version,
+        source="ci",
+        event=event.event_id,
+    )
+    if flags:
+        store.audit(actor, f"{kind}.flagged", request_id, flags=flags, source="ci", event=event.event_id)
+    deploys.announce("ci-started" if action == "started" else "ci-recorded", request_id)
+    return request_id, action
+
+
+def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) -> str:
+    """A finish for a running (or abandoned) CI row: its outcome, the lock released."""
+    store = deploys.store
+    kind, status = FINISHED[event.status]
+    extra: dict = {k: v for k, v in _event_fields(event).items() if v}
+    if kind == "rollback":
+        extra["kind"] = "rollback"
+    finished_at = event.finished_at or _iso(deploys.clock())
+    store.transition(run["id"], run["status"], status, finished_at=finished_at, **extra)
+    store.release_lock(run["id"])
+    store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)
+    deploys.announce("ci-finished", run["id"])
+    return run["id"]
+
+
+def _open_run(deploys: DeployService, event: DeployEvent) -> dict | None:
+    """The running CI row this finish closes: same service, env and version, the same pipeline when both say."""
+    rows = deploys.store.open_ci_runs(event.service, event.env, event.version)
+    same = [
+        r for r in rows if not (event.pipeline_url and r["pipeline_url"]) or r["pipeline_url"] == event.pipeline_url
+    ]
+    return same[0] if same else None  # newest first
+
+
+def _same_report(deploys: DeployService, event: DeployEvent) -> dict | None:
+    """A finished row this event reports again under a new event id (a pipeline's retry), if there is one."""
+    kind, status = FINISHED[event.status]
+    for row in deploys.store.finished_ci_runs(event.service, event.env, event.version):
+        if row["status"] != status or row["kind"] != kind:
+            continue
+        if event.pipeline_url and row["pipeline_url"]:
+            if event.pipeline_url == row["pipeline_url"]:
+                return row
+            continue
+        if event.started_at and row["started_at"] and not event.pipeline_url:
+            if event.started_at == row["started_at"]:
+                return row
+            continue
+        finished = parse_time(event.finished_at) if event.finished_at else deploys.clock()
+        if abs(parse_time(row["finished_at"]) - finished) <= RETRY_WINDOW:
+            return row
+    return None
+
+
+def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
+    """CI deploys that started and never reported an end within the configured hours: abandoned, lock released."""
+    cutoff = _iso(deploys.clock() - timedelta(hours=deploys.settings.stale_ci_hours))
+    abandoned = []
+    with deploys.store.transaction():
+        for row in deploys.store.running_ci_started_before(cutoff):
+            note = f"no end of this CI deploy arrived within {deploys.settings.stale_ci_hours} hours"
+            if deploys.store.transition(row["id"], row["status"], "abandoned", finished_at=_iso(deploys.clock()),
+                                        note=note):
+                deploys.store.release_lock(row["id"])
+                deploys.store.audit("opsbot", "deploy.abandoned", row["id"], reason=note)
+                deploys.announce("abandoned", row["id"])
+                abandoned.append(row["id"])
+    return [deploys.get(i) for i in abandoned]
+
+
+def _event_fields(event: DeployEvent) -> dict:
+    return {
+        "commit_sha": event.commit_sha,
+        "commit_time": event.commit_time,
+        "pipeline_url": event.pipeline_url,
+        "changes": json.dumps(list(event.changes)) if event.changes else "",
+    }
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds")

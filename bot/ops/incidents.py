@@ -1,0 +1,331 @@
+"""The incident lifecycle: declare, work (notes, roles, severity, pinned messages), resolve, learn."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import yaml
+
+from bot.errors import InvalidRequest, NotFound
+from bot.models import Incident, TimelineEntry
+from bot.ops.requests import DeployRequest, recent_requests
+from bot.store import SLACK_PREFIX, Store
+
+ROLES = ("lead", "comms")
+ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline text of an assignment
+INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
+DEFAULT_SEVERITY = 3
+
+
+@dataclass(frozen=True)
+class LiveIncident:
+    """An incident declared in Slack, open or resolved."""
+
+    id: str
+    title: str
+    severity: int
+    services: tuple[str, ...]
+    status: str
+    declared_by: str
+    declared_at: str
+    channel: str
+    origin_channel: str
+    roles: dict[str, str] = field(default_factory=dict)
+    resolved_at: str = ""
+    resolution: str = ""
+    events: tuple[dict, ...] = ()
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+    @property
+    def minutes_to_restore(self) -> int | None:
+        if not self.resolved_at:
+            return None
+        delta = datetime.fromisoformat(self.resolved_at) - datetime.fromisoformat(self.declared_at)
+        return max(0, round(delta.total_seconds() / 60))
+
+    @property
+    def responders(self) -> tuple[str, ...]:
+        """The people who worked it: the lead first, then everyone who held a role (lead or comms, now or earlier)
+        and everyone who declared, noted, assigned or resolved, in the order they first appear."""
+        people: list[str] = []
+        for person in [self.roles.get("lead", ""), *self._role_holders(), *(e["actor"] for e in self.events)]:
+            if person and person != "opsbot" and person not in people:
+                people.append(person)
+        return tuple(people)
+
+    def _role_holders(self) -> list[str]:
+        """Everyone assigned a role, in the order assigned (a replaced lead worked it too), then the current ones."""
+        assigned = [m[1] for e in self.events if e["kind"] == "assigned" and (m := ASSIGNED.match(e["text"]))]
+        return [*assigned, *self.roles.values()]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
+class IncidentService:
+    """Incident state in the store; every change is one transaction and lands in the timeline."""
+
+    def __init__(self, store: Store, known_services: set[str], clock: Callable[[], datetime] = _now) -> None:
+        self.store = store
+        self.known_services = known_services
+        self.clock = clock
+
+    def declare(
+        self,
+        title: str,
+        declared_by: str,
+        severity: int | None = None,
+        services: list[str] | None = None,
+        origin_channel: str = "",
+        channel: str = "",
+    ) -> LiveIncident:
+        title = " ".join(title.split())
+        if not title:
+            raise InvalidRequest("give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME].")
+        severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
+        services = list(dict.fromkeys(services or []))
+        for service in services:
+            if service not in self.known_services:
+                known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
+                raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
+        now = self.clock()
+        with self.store.transaction():
+            incident_id = self._next_id(now.year)
+            self.store.insert_live_incident(
+                {
+                    "id": incident_id,
+                    "title": title,
+                    "severity": severity,
+                    "services": json.dumps(services),
+                    "status": "open",
+                    "declared_by": declared_by,
+                    "declared_at": _iso(now),
+                    "channel": channel or origin_channel,
+                    "origin_channel": origin_channel,
+                    "roles": json.dumps({"lead": declared_by}),
+                    "resolved_at": "",
+                    "resolution": "",
+                }
+            )
+            self.store.add_incident_event(
+                incident_id, declared_by, "declared", f"Declared SEV{severity}: {title}", _iso(now)
+            )
+        return self.get(incident_id)
+
+    def _next_id(self, year: int) -> str:
+        tails = (i.rsplit("-", 1)[1] for i in self.store.incident_ids_for_year(year))
+        numbers = [int(t) for t in tails if t.isdigit()]  # file ids may be free-form (INC-2026-DB-1)
+        return f"INC-{year}-{max(numbers, default=0) + 1:04d}"
+
+    def set_channel(self, incident_id: str, channel: str) -> None:
+        with self.store.transaction():
+            self.store.update_live_incident(incident_id, channel=channel)
+
+    def has_channel(self, channel: str) -> bool:
+        """Whether ``channel`` belongs to an incident declared in Slack."""
+        return self.store.live_incident_in_channel(channel) is not None
+
+    def past_resolutions(self) -> dict[str, str]:
+        """How each past incident of the knowledge directory was resolved, by id."""
+        return {i.id: i.resolution for i in self.store.load_incidents()}
+
+    def recent_deploys(self, incident: LiveIncident, hours: int) -> list[DeployRequest]:
+        """Deploys and rollbacks of the incident's services in the ``hours`` before it was declared, newest first."""
+        since = datetime.fromisoformat(incident.declared_at) - timedelta(hours=hours)
+        return deploys_since(self.store, incident.services, since)
+
+    def possible_cause(self, incident: LiveIncident, window_hours: int) -> tuple[DeployRequest, int] | None:
+        """The deploy that most likely caused it (see ``possible_cause``)."""
+        return possible_cause(incident, self.store, window_hours)
+
+    def get(self, incident_id: str) -> LiveIncident:
+        row = self.store.live_incident(incident_id)
+        if row is None:
+            raise NotFound(f"no incident {incident_id}; `/incident list` shows the open ones.")
+        return _live(row, self.store.incident_events(incident_id))
+
+    def find(self, incident_id: str | None, channel: str) -> LiveIncident:
+        """The incident named, or the one whose channel this is (the open one, when there is one)."""
+        if incident_id:
+            incident_id = incident_id.strip().upper()
+            if not INCIDENT_ID.match(incident_id):
+                raise InvalidRequest(f"{incident_id!r} is not an incident id like INC-2026-0042.")
+            return self.get(incident_id)
+        # Without incident channels several incidents can share a channel: never guess between open ones.
+        open_here = [r for r in self.store.live_incidents("open") if r["channel"] == channel]
+        if len(open_here) > 1:
+            ids = ", ".join(sorted(r["id"] for r in open_here))
+            raise InvalidRequest(
+                f"this channel has several open incidents ({ids}), so name one: for example "
+                f"`/incident note {open_here[0]['id']} TEXT`."
+            )
+        row = open_here[0] if open_here else self.store.live_incident_in_channel(channel)
+        if row is None:
+            raise InvalidRequest(
+                "this is not an incident channel, so name the incident: for example "
+                "`/incident note INC-2026-0042 TEXT`. `/incident list` shows the open ones."
+            )
+        return _live(row, self.store.incident_events(row["id"]))
+
+    def list_open(self) -> list[LiveIncident]:
+        return [_live(r, ()) for r in self.store.live_incidents("open")]
+
+    def list_all(self) -> list[LiveIncident]:
+        """Every incident declared in Slack, newest first, with its timeline."""
+        return [_live(r, self.store.incident_events(r["id"])) for r in self.store.live_incidents()]
+
+    def _change(
+        self, incident: LiveIncident, actor: str, kind: str, change: Callable[[LiveIncident], tuple[str, dict]]
+    ) -> LiveIncident:
+        """Apply ``change`` to the current state (not the caller's possibly stale copy), in one transaction."""
+        with self.store.transaction():
+            current = self.get(incident.id)
+            if not current.is_open:
+                raise InvalidRequest(f"{incident.id} is resolved; it can't change any more.")
+            text, fields = change(current)
+            if fields:
+                self.store.update_live_incident(incident.id, **fields)
+            self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()))
+        return self.get(incident.id)
+
+    def note(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        if not text.strip():
+            raise InvalidRequest("the note is empty: /incident note TEXT.")
+        return self._change(incident, actor, "note", lambda _: (text.strip(), {}))
+
+    def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        if not text.strip():
+            raise InvalidRequest("that message has no text to add to the timeline.")
+        return self._change(incident, actor, "pinned", lambda _: (text.strip()[:2000], {}))
+
+    def record_action(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        """Something done for the incident outside its commands (a rollback requested from its message)."""
+        return self._change(incident, actor, "action", lambda _: (text.strip()[:2000], {}))
+
+    def assign(self, incident: LiveIncident, actor: str, user: str, role: str) -> LiveIncident:
+        if role not in ROLES:
+            raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}: /incident assign @user lead.")
+
+        def change(current: LiveIncident) -> tuple[str, dict]:
+            roles = dict(current.roles) | {role: user}
+            return f"<@{user}> is {role}", {"roles": json.dumps(roles)}  # as ASSIGNED reads it back
+
+        return self._change(incident, actor, "assigned", change)
+
+    def set_severity(self, incident: LiveIncident, actor: str, severity: int | str) -> LiveIncident:
+        value = check_severity(severity)
+
+        def change(current: LiveIncident) -> tuple[str, dict]:
+            if current.severity == value:
+                raise InvalidRequest(f"{current.id} is already SEV{value}; nothing changed.")
+            return f"Severity SEV{current.severity} → SEV{value}", {"severity": value}
+
+        return self._change(incident, actor, "severity", change)
+
+    def resolve(self, incident: LiveIncident, actor: str, resolution: str) -> tuple[LiveIncident, Incident]:
+        """Close the incident once; returns it and its write-up in the knowledge format."""
+        resolution = resolution.strip()
+        if not resolution:
+            raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION.")
+        now = _iso(self.clock())
+        with self.store.transaction():
+            if not self.store.resolve_live_incident(incident.id, now, resolution):
+                state = self.get(incident.id).status
+                raise InvalidRequest(f"{incident.id} is already {state}; nothing changed.")
+            self.store.add_incident_event(incident.id, actor, "resolved", f"Resolved: {resolution}", now)
+        live = self.get(incident.id)
+        return live, to_incident(live)
+
+
+def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: datetime) -> list[DeployRequest]:
+    """Deploys and rollbacks of ``services`` (from Slack and CI) finished or requested since ``since``, newest first."""
+    found = [r for service in services for r in recent_requests(store, service, limit=500) if r.latest_at >= since]
+    return sorted(found, key=lambda r: r.latest_at, reverse=True)
+
+
+def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[DeployRequest, int] | None:
+    """The last deploy of the incident's services that succeeded within the failure window before it was
+    declared, with how many minutes before; None when there is none."""
+    declared = datetime.fromisoformat(incident.declared_at)
+    for deploy in deploys_since(store, incident.services, declared - timedelta(hours=window_hours)):
+        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.latest_at <= declared:
+            return deploy, round((declared - deploy.latest_at).total_seconds() / 60)
+    return None
+
+
+def check_severity(value: int | str) -> int:
+    try:
+        number = int(str(value).upper().removeprefix("SEV"))
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 4:
+        raise InvalidRequest(f"severity {value!r} must be 1 (worst) to 4.")
+    return number
+
+
+def _live(row: dict, events: tuple | list) -> LiveIncident:
+    return LiveIncident(
+        id=row["id"],
+        title=row["title"],
+        severity=row["severity"],
+        services=tuple(json.loads(row["services"])),
+        status=row["status"],
+        declared_by=row["declared_by"],
+        declared_at=row["declared_at"],
+        channel=row["channel"],
+        origin_channel=row["origin_channel"] or "",
+        roles=json.loads(row["roles"] or "{}"),
+        resolved_at=row["resolved_at"] or "",
+        resolution=row["resolution"] or "",
+        events=tuple(events),
+    )
+
+
+def to_incident(live: LiveIncident) -> Incident:
+    """The resolved incident as a past incident: searchable, and training data for experts."""
+    notes = [e["text"] for e in live.events if e["kind"] in ("note", "pinned")]
+    title = live.title if live.title.endswith((".", "!", "?")) else live.title + "."
+    return Incident(
+        id=live.id,
+        title=live.title,
+        date=datetime.fromisoformat(live.declared_at),
+        severity=live.severity,
+        services=live.services,
+        responders=live.responders,
+        summary=f"{title} {' '.join(notes[:3])}".strip(),
+        root_cause=" ".join(notes[3:]) or "Not recorded in Slack; see the timeline.",
+        resolution=live.resolution,
+        path=SLACK_PREFIX + live.id,
+        duration_minutes=live.minutes_to_restore,
+        timeline=tuple(TimelineEntry(e["at"], e["text"]) for e in live.events),
+    )
+
+
+def export_yaml(incident: Incident) -> str:
+    """An incident in the knowledge/incidents YAML format."""
+    data = {
+        "id": incident.id,
+        "title": incident.title,
+        "date": incident.date.isoformat(timespec="seconds"),
+        "severity": incident.severity,
+        "services": list(incident.services),
+        "responders": list(incident.responders),
+        "duration_minutes": incident.duration_minutes,
+        "summary": incident.summary,
+        "root_cause": incident.root_cause,
+        "resolution": incident.resolution,
+        "timeline": [{"at": t.at, "event": t.event} for t in incident.timeline],
+    }
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

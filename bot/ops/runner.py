@@ -1,0 +1,364 @@
+"""Running an approved deploy: its runner under a guard, its lease kept alive, its outcome never lost.
+
+A running deploy belongs to the process that runs it. That process renews the deploy's lease every few
+seconds while the command runs; another opsbot process on the same database marks it interrupted only
+once the lease ran out (``DeployService.recover_interrupted``). The command runs under
+``bot/ops/runner_guard.py``, which stops its whole process group when this process dies. Output is scrubbed line
+by line as it arrives (``bot.redact.Redactor``, which removes private keys whole), before anything is
+kept, tailed, shown or stored. The final write is retried until the
+database takes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bot.errors import InvalidRequest
+from bot.redact import Redactor, scrub
+from bot.services import Runner
+
+if TYPE_CHECKING:
+    from bot.ops.deploys import DeployService
+    from bot.ops.requests import DeployRequest, Progress
+
+log = logging.getLogger(__name__)
+LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is taken as interrupted
+RENEW_EVERY_S = 5.0
+PROGRESS_EVERY_S = 2.0
+LOG_TAIL_LINES = 40
+PROGRESS_LINES = 8
+KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
+GUARD = Path(__file__).with_name("runner_guard.py")
+RETRY_MAX_S = 30.0
+
+_live: set[str] = set()
+_live_lock = threading.Lock()
+_owner: tuple[int, str] | None = None
+
+
+def process_owner() -> str:
+    """This process's name as the owner of the deploys it runs (a new one after a fork)."""
+    global _owner
+    if _owner is None or _owner[0] != os.getpid():
+        _owner = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    return _owner[1]
+
+
+def is_live(request_id: str) -> bool:
+    """Whether this process is running the request right now."""
+    with _live_lock:
+        return request_id in _live
+
+
+@contextmanager
+def _running(request_id: str) -> Iterator[None]:
+    with _live_lock:
+        _live.add(request_id)
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _live.discard(request_id)
+
+
+@contextmanager
+def _lease_kept(deploys: DeployService, request_id: str) -> Iterator[None]:
+    """Renew the request's lease every few seconds until the block ends, whatever the block waits for."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(RENEW_EVERY_S):
+            try:
+                with deploys.store.transaction():
+                    deploys.store.renew_lease(request_id, deploys.owner, deploys.lease_clock() + LEASE_S)
+            except sqlite3.Error as exc:  # a full disk: keep trying, the run goes on
+                log.warning("could not renew deploy lease id=%s error=%s", request_id, exc)
+
+    thread = threading.Thread(target=renew, name=f"opsbot-lease-{request_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def command_for(deploys: DeployService, request: DeployRequest) -> tuple[Runner, list[str]]:
+    config = deploys.services[request.service]
+    runner = config.rollback if request.kind == "rollback" and config.rollback else config.deploy
+    values = {
+        "service": request.service,
+        "version": request.version,
+        "env": request.env,
+        "request_id": request.id,
+        "python": sys.executable,
+    }
+    argv = [arg.format_map(values) for arg in runner.argv]
+    return runner, argv
+
+
+def describe(deploys: DeployService, request: DeployRequest) -> str:
+    """What will run, as people read it."""
+    deploys._service_env(request.service, request.env)
+    runner, argv = command_for(deploys, request)
+    if runner.kind == "webhook":
+        return f"POST {runner.url}"
+    return " ".join("python" if a == sys.executable else a for a in argv)
+
+
+def execute(deploys: DeployService, request_id: str, progress: Progress | None = None) -> DeployRequest:
+    """Run a request ``approve`` moved to running, in this process; its final state, lock released, audited."""
+    request = deploys.get(request_id)
+    if request.status != "running":
+        raise InvalidRequest(f"{request_id} is {request.status}, not running.")
+    if request.owner and request.owner != deploys.owner:
+        raise InvalidRequest(f"{request_id} is run by another opsbot process ({request.owner}).")
+    with _running(request_id), _lease_kept(deploys, request_id):
+        why = deploys.start_check(request)
+        if why is not None:
+            return _finish(deploys, request, "cancelled", None, "", note=f"not started: {why}")
+        try:
+            runner, argv = command_for(deploys, request)
+        except Exception as exc:  # noqa: BLE001 - any failure to prepare is this deploy's failure, reported
+            return _finish(deploys, request, "failed", None, f"could not prepare the run: {exc}")
+        secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
+        if runner.kind == "webhook":
+            status, exit_code, lines = _trigger_webhook(runner, request, secrets)
+        else:
+            status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
+        tail = "\n".join(lines[-LOG_TAIL_LINES:])
+        return _finish(deploys, request, status, exit_code, tail)
+
+
+def _finish(
+    deploys: DeployService, request: DeployRequest, status: str, exit_code: int | None, tail: str, note: str = ""
+) -> DeployRequest:
+    """Record the outcome, release the lock and audit it; a failing write is retried until the database takes it."""
+    pause = 0.5
+    attempt = 0
+    finished_at = deploys.clock().astimezone(UTC).isoformat(timespec="seconds")
+    while True:
+        attempt += 1
+        try:
+            with deploys.store.transaction():
+                before = deploys.store.deploy_row(request.id)
+                recorded = deploys.store.finish_run(
+                    request.id,
+                    deploys.owner,
+                    status,
+                    finished_at=finished_at,
+                    exit_code=exit_code,
+                    log_tail=tail,
+                    note=note,
+                    lease_until=None,
+                )
+                if recorded:
+                    deploys.store.release_lock(request.id)
+                    details: dict = {"status": status, "exit_code": exit_code}
+                    if before and before["status"] == "interrupted":  # another process gave up on it meanwhile
+                        details["recorded_late"] = True
+                    if note:
+                        details["reason"] = note
+                    deploys.store.audit("opsbot", f"{request.kind}.finished", request.id, **details)
+                    deploys.announce("finished", request.id)
+            break
+        except sqlite3.Error as exc:
+            # The outcome is only in memory now: say it in the log each time, and keep trying.
+            log.error(
+                "could not record deploy outcome id=%s status=%s exit_code=%s attempt=%d error=%s; retrying",
+                request.id,
+                status,
+                exit_code,
+                attempt,
+                exc,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_S)
+    if not recorded:
+        log.warning("deploy outcome not recorded id=%s status=%s: no longer this process's deploy", request.id, status)
+    log.info("deploy finished id=%s status=%s exit_code=%s", request.id, status, exit_code)
+    return deploys.get(request.id)
+
+
+class _Reporter:
+    """Shows progress from a thread of its own, newest output only, so a slow Slack never delays the run."""
+
+    def __init__(self, request: DeployRequest, progress: Progress | None) -> None:
+        self.request = request
+        self.progress = progress
+        self._latest: str | None = None
+        self._wake = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._loop, name=f"opsbot-progress-{request.id}", daemon=True)
+        if progress is not None:
+            self._thread.start()
+
+    def show(self, text: str) -> None:
+        with self._wake:
+            self._latest = text
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._done = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        assert self.progress is not None
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._latest is not None or self._done)
+                if self._done:
+                    return
+                text, self._latest = self._latest, None
+            try:
+                self.progress(self.request, text or "")
+            except Exception:  # showing progress must never stop the deploy or keep its lock
+                log.exception("progress report failed request_id=%s", self.request.id)
+
+
+def _run_command(
+    deploys: DeployService,
+    runner: Runner,
+    argv: list[str],
+    request: DeployRequest,
+    progress: Progress | None,
+    secrets: tuple[str, ...],
+) -> tuple[str, int | None, list[str]]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "OPSBOT_REQUEST_ID": request.id,
+        "OPSBOT_SERVICE": request.service,
+        "OPSBOT_ENV": request.env,
+        "OPSBOT_VERSION": request.version,
+    }
+    watch_read, watch_write = os.pipe()  # the guard's lifeline: closed by the kernel when this process dies
+    guard = [sys.executable, "-I", "-S", str(GUARD), "--request", request.id, "--watch", str(watch_read), "--"]
+    lines: deque[str] = deque(maxlen=KEPT_LINES)
+    try:
+        process = subprocess.Popen(
+            guard + argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=deploys.workdir,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+            pass_fds=(watch_read,),
+        )
+    except OSError as exc:
+        os.close(watch_write)
+        return "failed", None, [f"could not start {argv[0]}: {exc.strerror}"]
+    finally:
+        os.close(watch_read)
+    _record_runner(deploys, request.id, process.pid)
+
+    redactor = Redactor(secrets)  # one per run: it follows a private key across lines
+
+    def read() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            kept = redactor.line(raw)
+            if kept:  # "" is a line of a private key already announced as removed
+                lines.append(kept.rstrip("\r\n"))
+
+    reader = threading.Thread(target=read, name=f"opsbot-output-{request.id}", daemon=True)
+    reader.start()
+    reporter = _Reporter(request, progress)
+    deadline = time.monotonic() + runner.timeout
+    last_report = time.monotonic()
+    try:
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                _kill_group(process)
+                process.wait()
+                reader.join(timeout=2)
+                lines.append(f"opsbot: stopped after the {runner.timeout} s timeout")
+                return "timed_out", None, list(lines)
+            if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                reporter.show("\n".join(list(lines)[-PROGRESS_LINES:]))
+            time.sleep(0.05)
+        reader.join(timeout=2)
+    finally:
+        reporter.close()
+        os.close(watch_write)
+    code = process.returncode
+    if code == 127 and lines and lines[-1].startswith("could not start "):
+        return "failed", None, list(lines)
+    return ("succeeded" if code == 0 else "failed"), code, list(lines)
+
+
+def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:
+    """Remember the runner's process group, so a process that finds this deploy orphaned can stop it."""
+    try:
+        with deploys.store.transaction():
+            deploys.store.update_deploy(request_id, runner_pid=pid)
+    except sqlite3.Error as exc:  # the guard still stops it when this process dies
+        log.warning("could not record the runner pid id=%s error=%s", request_id, exc)
+
+
+def _trigger_webhook(runner: Runner, request: DeployRequest, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
+    values = {"service": request.service, "version": request.version, "env": request.env, "request_id": request.id}
+    body = json.loads(
+        json.dumps(runner.body),
+        object_hook=lambda d: {k: v.format_map(values) if isinstance(v, str) else v for k, v in d.items()},
+    )
+    headers = {"Content-Type": "application/json"}
+    if runner.secret_header and runner.secret_env:
+        headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
+    req = urllib.request.Request(runner.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=runner.timeout) as response:
+            text = response.read(4000).decode("utf-8", "replace")
+            output = f"triggered {runner.url}: HTTP {response.status}\n{text}"
+            return "succeeded", 0, [scrub(line, secrets) for line in output.splitlines()]
+    except Exception as exc:  # noqa: BLE001 - any failure to trigger is the deploy's failure, reported in full
+        return "failed", None, [scrub(f"could not trigger {runner.url}: {exc}", secrets)]
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill the command and everything it started (its own session), so nothing deploys on after a timeout."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+
+
+def stop_orphan(request_id: str, pid: int | None) -> bool:
+    """Stop a runner whose owner died, if its guard is still there (it normally stops itself); True if stopped."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if str(GUARD).encode() not in cmdline or request_id.encode() not in cmdline:
+        return False  # the pid was reused by something else
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    log.warning("stopped an orphaned deploy runner id=%s pid=%d", request_id, pid)
+    return True
+

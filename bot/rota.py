@@ -1,0 +1,350 @@
+"""On-call rotations: read from experts.yaml, and who is on call at a given time, and who is next.
+
+A rotation is weekly: the members take turns in the order listed, each from one handoff (a weekday
+and a local time) to the next, starting with the first member on the rotation's ``start`` day.
+Overrides (someone covering from a start to an end) take precedence; a later override wins over an
+earlier one where they overlap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.errors import InvalidRequest
+from bot.models import Expert, Override, Rotation
+from bot.text import service_name_problem  # the one rule for service names
+
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+HANDOFF = re.compile(r"^\s*([A-Za-z]+)\s+(([01]\d|2[0-3]):[0-5]\d)\s*$")
+ROTATION_FIELDS = ("members", "handoff", "timezone", "start", "services", "overrides")
+OVERRIDE_FIELDS = ("person", "start", "end")
+WEEK = timedelta(days=7)
+
+
+class RotaProblem(ValueError):
+    """One wrong key under ``rotations:``; ``key`` is its path, such as ``rotations.platform.members[2]``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One person on call for a team from ``start`` until ``end``."""
+
+    team: str
+    person: str
+    start: datetime
+    end: datetime
+    override: bool = False  # covering for the rota
+
+
+@dataclass(frozen=True)
+class OnCall:
+    """Who is on call for a team now, and who takes over next (None when the rota has not started or ended)."""
+
+    team: str
+    now: Shift | None
+    next: Shift | None
+    timezone: str
+
+
+def parse_rotations(data: Any, experts: list[Expert]) -> tuple[list[Rotation], list[RotaProblem]]:
+    """The ``rotations:`` mapping of experts.yaml (team name -> rota); a broken rota is reported and skipped."""
+    if data is None:
+        return [], []
+    if not isinstance(data, dict):
+        return [], [RotaProblem("rotations", "must map team names to their rota (members:, handoff:, start: ...)")]
+    teams = sorted({e.team for e in experts})
+    people = {e.id: e for e in experts}
+    rotations: list[Rotation] = []
+    problems: list[RotaProblem] = []
+    for team, entry in data.items():
+        try:
+            rotations.append(_rotation(str(team), entry, teams, people))
+        except RotaProblem as exc:
+            problems.append(exc)
+    return rotations, problems
+
+
+def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]) -> Rotation:
+    key = f"rotations.{team}"
+    if team not in teams:
+        shown = ", ".join(teams) or "none yet"
+        raise RotaProblem(key, f"no one on the roster is in team {team!r}; teams on the roster: {shown}")
+    if not isinstance(entry, dict):
+        raise RotaProblem(key, "must be a mapping with members:, handoff:, timezone: and start:")
+    for name in entry:
+        if name not in ROTATION_FIELDS:
+            raise RotaProblem(f"{key}.{name}", f"unknown field; a rota has {', '.join(ROTATION_FIELDS)}")
+    members = entry.get("members")
+    if not isinstance(members, list) or not members:
+        raise RotaProblem(f"{key}.members", "list the roster ids who take turns, in order: members: [U04C2RN8VD, ...]")
+    for n, member in enumerate(members):
+        _check_person(f"{key}.members[{n}]", member, people)
+    if len(set(map(str, members))) != len(members):
+        raise RotaProblem(f"{key}.members", "lists someone twice; each member takes one turn per round")
+    handoff = str(entry.get("handoff") or "")
+    match = HANDOFF.match(handoff)
+    if not match or match[1].lower() not in DAYS:
+        raise RotaProblem(
+            f"{key}.handoff", f"{handoff!r} must be a weekday and a time, for example handoff: monday 09:00"
+        )
+    tz = str(entry.get("timezone") or "UTC")
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RotaProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London") from None
+    day = DAYS.index(match[1].lower())
+    start = _date(f"{key}.start", entry.get("start"))
+    if start.weekday() != day:
+        raise RotaProblem(
+            f"{key}.start",
+            f"{start.isoformat()} is a {DAYS[start.weekday()]}, but shifts are handed over on {DAYS[day]}: "
+            "give the handoff day on which the first member's first shift begins",
+        )
+    services = entry.get("services") or []
+    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+        raise RotaProblem(f"{key}.services", "must be a list of service names, for example services: [checkout-api]")
+
+    for n, service in enumerate(services):
+        if problem := service_name_problem(service):
+            raise RotaProblem(f"{key}.services[{n}]", problem)
+    overrides = entry.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}")
+    parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people) for n, o in enumerate(overrides))
+    return Rotation(team, tuple(map(str, members)), day, match[2], tz, start, tuple(services), parsed)
+
+
+def _check_person(key: str, person: Any, people: dict[str, Expert]) -> None:
+    if str(person) not in people:
+        raise RotaProblem(key, f"{person!r} is not on the roster; use a roster id from `people:`")
+    if people[str(person)].left is not None:
+        raise RotaProblem(key, f"{person} left on {people[str(person)].left}; take them out of the rota")
+
+
+def _override(key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert]) -> Override:
+    if not isinstance(entry, dict) or any(k not in OVERRIDE_FIELDS for k in entry):
+        raise RotaProblem(key, "must be {person: ID, start: 2026-11-27T18:00, end: 2026-11-30T09:00}")
+    _check_person(f"{key}.person", entry.get("person"), people)
+    start = _when(f"{key}.start", entry.get("start"), zone)
+    end = _when(f"{key}.end", entry.get("end"), zone)
+    if end <= start:
+        raise RotaProblem(f"{key}.end", "must be after start")
+    return Override(str(entry["person"]), start, end)
+
+
+def _date(key: str, value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise RotaProblem(key, f"{value!r} is not a date such as 2026-01-05") from None
+
+
+def _when(key: str, value: Any, zone: ZoneInfo) -> datetime:
+    """A date and time; without an offset it is local to the rota's time zone."""
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise RotaProblem(key, f"{value!r} is not a date and time such as 2026-11-27T18:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+
+
+# -- who is on call --------------------------------------------------------------------------------
+
+
+def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
+    """The rota's own shift at ``at`` (overrides aside); None before the rota starts."""
+    zone = ZoneInfo(rotation.timezone)
+    hour, minute = map(int, rotation.handoff_time.split(":"))
+    anchor = datetime.combine(rotation.start, time(hour, minute))
+    # Counted in local wall-clock time, so a handoff stays at 09:00 across a change of summer time.
+    local = at.astimezone(zone).replace(tzinfo=None)
+    if local < anchor:
+        return None
+    weeks = (local - anchor) // WEEK
+    begins = anchor + weeks * WEEK
+    person = rotation.members[weeks % len(rotation.members)]
+    return Shift(rotation.team, person, begins.replace(tzinfo=zone), (begins + WEEK).replace(tzinfo=zone))
+
+
+def shift_at(rotation: Rotation, at: datetime) -> Shift | None:
+    """Who is on call for the rota at ``at``: an override covering it (the last listed), else the rota's turn."""
+    covering = [n for n, o in enumerate(rotation.overrides) if o.start <= at < o.end]
+    if covering:
+        index = covering[-1]
+        cover = rotation.overrides[index]
+        # Until it ends, or until an override listed after it (which wins) starts.
+        later = [o.start for o in rotation.overrides[index + 1 :] if at < o.start < cover.end]
+        return Shift(rotation.team, cover.person, cover.start, min([cover.end, *later]), override=True)
+    base = _base_shift(rotation, at)
+    if base is None:
+        return None
+    # An override starting later in this shift cuts it short.
+    cut = min([base.end, *(o.start for o in rotation.overrides if at < o.start < base.end)])
+    return Shift(base.team, base.person, base.start, cut)
+
+
+def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:
+    """Who is on call now and who is next (the next different person, within a full round of the rota)."""
+    at = at or datetime.now(UTC)
+    now = shift_at(rotation, at)
+    following: Shift | None = None
+    probe = now.end if now else _first_start(rotation, at)
+    limit = (probe or at) + WEEK * (len(rotation.members) + 1)
+    while probe is not None and probe < limit:
+        candidate = shift_at(rotation, probe)
+        if candidate is None:
+            break
+        if now is None or candidate.person != now.person:
+            following = candidate
+            break
+        probe = candidate.end
+    return OnCall(rotation.team, now, following, rotation.timezone)
+
+
+def _first_start(rotation: Rotation, at: datetime) -> datetime | None:
+    """When anyone is first on call after ``at``, for a rota that has not started yet."""
+    hour, minute = map(int, rotation.handoff_time.split(":"))
+    begins = datetime.combine(rotation.start, time(hour, minute)).replace(tzinfo=ZoneInfo(rotation.timezone))
+    starts = [begins, *(o.start for o in rotation.overrides if o.start > at)]
+    later = [s for s in starts if s > at]
+    return min(later) if later else None
+
+
+def covering_rotations(
+    rotations: list[Rotation],
+    services: list[str],
+    teams: dict[str, list[str]],
+    service_teams: dict[str, str],
+    owners: dict[str, set[str]],
+) -> list[Rotation]:
+    """The rotas on call for ``services``: for each, the rotas that list it, else its services.yaml `team:`'s,
+    else those of the teams its owners are in (the most specific answer that exists wins)."""
+    by_team = {r.team: r for r in rotations}
+    team_of = {person: team for team, people in teams.items() for person in people}
+    found: list[Rotation] = []
+    for service in services:
+        levels = (
+            [r for r in rotations if service in r.services],
+            [by_team[t] for t in [service_teams.get(service, "")] if t in by_team],
+            [by_team[t] for t in sorted({team_of.get(p, "") for p in owners.get(service, set())}) if t in by_team],
+        )
+        for level in levels:
+            if level:
+                found.extend(r for r in level if r not in found)
+                break
+    return found
+
+
+@dataclass
+class Rota:
+    """Every rotation, and which services each covers: answers "who is on call for X"."""
+
+    rotations: list[Rotation]
+    experts: list[Expert]
+    service_owners: dict[str, list[str]]  # services.yaml owners: roster ids or team names
+    service_teams: dict[str, str]  # services.yaml `team:`
+
+    def __post_init__(self) -> None:
+        self.teams: dict[str, list[str]] = {}
+        for e in self.experts:
+            self.teams.setdefault(e.team, []).append(e.id)
+        self.owners: dict[str, set[str]] = {}
+        for e in self.experts:
+            for service in e.services:
+                self.owners.setdefault(service, set()).add(e.id)
+        for service, owners in self.service_owners.items():
+            for owner in owners:
+                self.owners.setdefault(service, set()).update(self.teams.get(owner, [owner]))
+        self.services = set(self.owners) | set(self.service_teams) | {s for r in self.rotations for s in r.services}
+
+    @classmethod
+    def from_store(cls, store: object) -> Rota:
+        """The rotations, roster and service ownership stored by the last `opsbot index`."""
+        return cls(store.load_rotations(), store.load_experts(), store.service_owners(), store.service_teams())
+
+    def covering(self, services: list[str]) -> list[Rotation]:
+        return covering_rotations(self.rotations, services, self.teams, self.service_teams, self.owners)
+
+    def lookup(self, name: str = "") -> list[Rotation]:
+        """The rotas for a team or a service (all of them for ""); a clear error for anything else."""
+        name = name.strip()
+        if not self.rotations:
+            raise InvalidRequest(
+                "there is no on-call rota yet: add `rotations:` to experts.yaml (see the README) "
+                "and run `opsbot index`."
+            )
+        if not name:
+            return list(self.rotations)
+        for rotation in self.rotations:
+            if rotation.team.lower() == name.lower():
+                return [rotation]
+        service = next((s for s in self.services if s.lower() == name.lower()), None)
+        if service is not None:
+            found = self.covering([service])
+            if found:
+                return found
+            raise InvalidRequest(f"no rota covers {service}: add it to a rota's `services:` in experts.yaml.")
+        teams = ", ".join(r.team for r in self.rotations)
+        raise InvalidRequest(f"no rota or service called {name!r}; the rotas are {teams}, or name a service.")
+
+    def answer(self, name: str = "", at: datetime | None = None) -> list[OnCall]:
+        """Who is on call now and next for a team, a service, or every rota."""
+        at = at or datetime.now(UTC)
+        return [on_call(r, at) for r in self.lookup(name)]
+
+    def named_in(self, text: str) -> str:
+        """The team or service a question names ("who is on call for payments?"), or "" for none."""
+        lower = text.lower()
+        names = [r.team for r in self.rotations] + sorted(self.services, key=len, reverse=True)
+        for name in names:
+            if re.search(rf"(?<![\w/-]){re.escape(name.lower())}(?![\w/-])", lower):
+                return name
+        return ""
+
+
+ON_CALL_QUESTION = re.compile(
+    r"(?i)\b(?:who(?:'s|\s+is|\s+are)?\s+(?:currently\s+|now\s+)?on[\s-]?call|on[\s-]?call\s+(?:now|today|"
+    r"right\s+now|this\s+week)\b|who\s+(?:has|holds)\s+the\s+pager|who\s+(?:do\s+i|should\s+i|to)\s+page)"
+)
+
+
+def asks_who_is_on_call(text: str) -> bool:
+    """Whether a question asks who is on call (rather than how to fix something)."""
+    return bool(ON_CALL_QUESTION.search(text))
+
+
+def when_text(at: datetime) -> str:
+    """A shift boundary in its rota's time zone: "Mon 12 Jan 09:00 Europe/London"."""
+    return f"{at:%a %d %b %H:%M} {getattr(at.tzinfo, 'key', None) or at.strftime('%Z') or 'UTC'}"
+
+
+def describe(answer: OnCall, names: dict[str, str], mention: bool = False) -> tuple[str, str]:
+    """Who is on call and who is next, as two short phrases ("" when nobody); ``mention`` writes Slack mentions."""
+
+    def who(person: str) -> str:
+        name = names.get(person, person)
+        return f"<@{person}> ({name})" if mention else f"{name} ({person})"
+
+    now = ""
+    if answer.now is not None:
+        covering = ", covering" if answer.now.override else ""
+        now = f"{who(answer.now.person)} until {when_text(answer.now.end)}{covering}"
+    following = ""
+    if answer.next is not None:
+        following = f"{who(answer.next.person)} from {when_text(answer.next.start)}"
+    return now, following

@@ -1,0 +1,215 @@
+"""Answers in Slack: mentions, direct messages, channels that opted in, /ask, /experts, and the answer buttons
+(feedback, share, invite)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from slack_bolt import Ack
+
+from bot.errors import NotFound
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.blocks.answers import (
+    HELP_REQUEST,
+    HELP_TEXT,
+    answer_fallback_text,
+    build_answer_blocks,
+    build_experts_blocks,
+    build_help_blocks,
+    build_usage_blocks,
+    build_vote_ack_text,
+)
+from bot.slack.listeners import Listeners
+from bot.slack.web import Notify, SlackWeb
+
+log = logging.getLogger(__name__)
+MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+ANSWER_ALL = "all"  # the channel setting that makes opsbot answer questions without a mention
+INVITE_ERRORS = {
+    "already_in_channel": "{name} is already in this channel.",
+    "not_in_channel": "I need to be in this channel to invite people: type `/invite @opsbot` first.",
+    "method_not_supported_for_channel_type": "Invites work in channels, not in direct messages.",
+    "cant_invite_self": "That is me.",
+    "user_is_restricted": "{name} is a guest account and can't be invited here.",
+}
+
+
+def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
+    """Reply in the message's thread with the answer to its text."""
+    question = MENTION.sub(" ", event.get("text") or "").strip()
+    channel = event["channel"]
+    thread_ts = event.get("thread_ts") or event["ts"]
+    if not question:
+        web.post(
+            channel,
+            "Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
+            thread_ts=thread_ts,
+        )
+        return
+    if HELP_REQUEST.match(question):
+        web.post(channel, HELP_TEXT, build_help_blocks(), thread_ts=thread_ts)
+        log.info("help shown channel=%s user=%s", channel, event.get("user"))
+        return
+    reply = runtime.reply(question, channel=channel, user=event.get("user", ""), thread_ts=thread_ts)
+    web.post(channel, answer_fallback_text(reply), build_answer_blocks(reply), thread_ts=thread_ts)
+    log.info("answered channel=%s user=%s answer_id=%s found=%s", channel, event.get("user"), reply.id, reply.found)
+
+
+def looks_like_a_question(text: str) -> bool:
+    """In channels that opted in, answer questions and pasted alerts, not every chat line."""
+    stripped = text.strip()
+    if len(stripped) < 8:
+        return False
+    alertish = re.search(
+        r"(?i)\b(error|fail|fatal|alert|firing|exception|timeout|denied|refused|oom|5\d\d)\b", stripped
+    )
+    return stripped.endswith("?") or bool(alertish) or stripped.lower().startswith(("how ", "what ", "why ", "where "))
+
+
+def split_service_options(raw: str) -> tuple[str, list[str]]:
+    """`checkout slow --service checkout-api` -> ("checkout slow", ["checkout-api"])."""
+    words, services = [], []
+    parts = raw.split()
+    i = 0
+    while i < len(parts):
+        if parts[i] in ("--service", "-s") and i + 1 < len(parts):
+            services.append(parts[i + 1])
+            i += 2
+            continue
+        if parts[i].startswith("--service="):
+            services.append(parts[i].split("=", 1)[1])
+        else:
+            words.append(parts[i])
+        i += 1
+    return " ".join(words), services
+
+
+def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
+    # -- messages ---------------------------------------------------------------------------------------
+
+    def answer_mention(event: dict) -> None:
+        answer_in_thread(runtime, web, event)
+
+    def answer_message(event: dict, context: dict) -> None:
+        if event.get("bot_id") or event.get("subtype"):
+            return  # our own posts, edits, joins: not questions
+        text = event.get("text") or ""
+        bot_user = context.get("bot_user_id") or ""
+        if bot_user and f"<@{bot_user}>" in text:
+            return  # the app_mention event answers it
+        if event.get("channel_type") == "im":
+            answer_in_thread(runtime, web, event)
+            return
+        mode = runtime.answer_mode(event.get("channel", ""))
+        if mode == ANSWER_ALL and (looks_like_a_question(text) or event.get("thread_ts")):
+            if event.get("thread_ts") and not runtime.answered_in(event["channel"], event["thread_ts"]):
+                return  # a human thread opsbot was never part of
+            answer_in_thread(runtime, web, event)
+
+    on.event("app_mention", answer_mention)
+    on.event("message", answer_message)
+
+    # -- /ask and /experts --------------------------------------------------------------------------------
+
+    def ack_ask(ack: Ack, command: dict) -> None:
+        if not (command.get("text") or "").strip():
+            ack(response_type="ephemeral", text="Usage: /ask QUESTION", blocks=build_usage_blocks())
+        elif HELP_REQUEST.match(command["text"]):
+            ack(response_type="ephemeral", text=HELP_TEXT, blocks=build_help_blocks())
+        else:
+            ack(response_type="ephemeral", text=f"Looking for: {command['text'].strip()[:150]}")
+
+    def answer_ask(command: dict, body: dict) -> None:
+        question = (command.get("text") or "").strip()
+        if not question or HELP_REQUEST.match(question):
+            return  # usage or help was shown by the acknowledgement
+        reply = runtime.reply(question, channel=command.get("channel_id", ""), user=command.get("user_id", ""))
+        web.respond(
+            body["response_url"],
+            answer_fallback_text(reply),
+            build_answer_blocks(reply, with_share=True),
+            replace_original=True,
+        )
+
+    def ack_experts(ack: Ack, command: dict) -> None:
+        if not (command.get("text") or "").strip():
+            ack(
+                response_type="ephemeral",
+                text="Usage: /experts TEXT [--service NAME], for example "
+                "`/experts checkout 503s after deploy --service checkout-api`",
+            )
+        else:
+            ack(response_type="ephemeral", text="Looking for the right people…")
+
+    def suggest(command: dict, body: dict) -> None:
+        raw = (command.get("text") or "").strip()
+        if not raw:
+            return
+        text, services = split_service_options(raw)
+        suggestions = runtime.suggest_experts(text, services or None, asker=command.get("user_id", ""))
+        channel = command.get("channel_id", "")
+        web.respond(
+            body["response_url"],
+            f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}",
+            build_experts_blocks(text, suggestions, can_invite=not channel.startswith("D")),
+            replace_original=True,
+        )
+
+    on.command("/ask", answer_ask, ack=ack_ask)
+    on.command("/experts", suggest, ack=ack_experts)
+
+    # -- buttons on answers ---------------------------------------------------------------------------------
+
+    def vote(body: dict, value: int) -> None:
+        action = body["actions"][0]
+        user = body["user"]["id"]
+        changed, path = runtime.vote(action["value"], user, value)
+        log.info("feedback answer_id=%s user=%s vote=%d path=%s", action["value"], user, value, path)
+        channel = (body.get("channel") or {}).get("id")
+        text = build_vote_ack_text(value, changed, path)
+        if channel:
+            web.tell_user(channel, user, text)
+        else:
+            web.respond(body.get("response_url", ""), text)
+
+    def record_helpful(body: dict) -> None:
+        vote(body, 1)
+
+    def record_unhelpful(body: dict) -> None:
+        vote(body, -1)
+
+    def share_answer(body: dict) -> None:
+        saved = runtime.saved_answer(body["actions"][0]["value"])
+        if saved is None:
+            raise NotFound("that answer is no longer known; ask again and share the new one.")
+        user = body["user"]["id"]
+        reply = runtime.reply(saved["query"], channel=saved["channel"], user=user)
+        web.post(
+            saved["channel"] or body["channel"]["id"],
+            answer_fallback_text(reply),
+            build_answer_blocks(reply, shared_by=user),
+            notify=Notify(response_url=body.get("response_url", "")),
+        )
+        web.respond(body.get("response_url", ""), delete_original=True)
+
+    def invite_expert(body: dict) -> None:
+        person = body["actions"][0]["value"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        user = body["user"]["id"]
+        known = runtime.roster_names()
+        if person not in known:
+            raise NotFound(f"{person} is no longer on the roster; run /experts again.")
+        invited, error = web.try_call("conversations.invite", channel=channel, users=person)
+        if invited is not None:
+            text = f"Invited {known[person]} (<@{person}>) to this channel."
+            log.info("invited expert=%s channel=%s by=%s", person, channel, user)
+        else:
+            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=known[person])
+        web.tell_user(channel, user, text)
+
+    on.action(ids.INVITE_EXPERT, invite_expert)
+    on.action(ids.FEEDBACK_UP, record_helpful)
+    on.action(ids.FEEDBACK_DOWN, record_unhelpful)
+    on.action(ids.SHARE_ANSWER, share_answer)

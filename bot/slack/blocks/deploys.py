@@ -1,0 +1,292 @@
+"""Pure functions that build the Block Kit of deploy and rollback requests, progress and summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from bot.ops.requests import Decision, DeployRequest
+from bot.slack import ids
+from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+PROGRESS_LINES = 12
+ICONS = {
+    "succeeded": ":white_check_mark:",
+    "failed": ":x:",
+    "timed_out": ":alarm_clock:",
+    "interrupted": ":warning:",
+    "cancelled": ":no_entry:",
+    "abandoned": ":grey_question:",
+}
+INTERRUPTED_TEXT = (
+    ":warning: Interrupted: the opsbot process running this stopped; its command was stopped too and it was not "
+    "re-run. Check the service before requesting again."
+)
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What a request message shows besides the request itself, worked out by the handlers."""
+
+    command: str  # what will run, e.g. `python -m bot.demo_deploy checkout-api 1.4.2 staging dep-...`
+    may_approve: str  # who may approve, in words
+    names: Mapping[str, str] = field(default_factory=dict)  # user id -> name on the roster
+    note: str = ""  # e.g. which version opsbot chose for a rollback
+
+    def name(self, user: str) -> str:
+        return self.names.get(user) or f"<@{user}>"
+
+
+
+def slack_time(iso: str | None) -> str:
+    """A time every reader sees in their own time zone, with the UTC time as fallback."""
+    if not iso:
+        return "n/a"
+    when = datetime.fromisoformat(iso)
+    fallback = when.strftime("%Y-%m-%d %H:%M UTC")
+    return f"<!date^{int(when.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def ttl_minutes(request: DeployRequest) -> int:
+    """How long the request could wait for approvals."""
+    if not (request.created_at and request.expires_at):
+        return 0
+    delta = datetime.fromisoformat(request.expires_at) - datetime.fromisoformat(request.created_at)
+    return round(delta.total_seconds() / 60)
+
+
+def code_block(text: str, limit: int = MAX_TEXT - 200) -> str:
+    """A log in a code block: the last lines that fit, never breaking out of the block."""
+    text = escape(text.replace("```", "'''")).rstrip()
+    if len(text) > limit:
+        text = "…" + text[-limit:].split("\n", 1)[-1]
+    return f"```{text or '(no output)'}```"
+
+
+def outcome_text(request: DeployRequest) -> str:
+    """`Succeeded`, `Failed (exit code 1)`, `Timed out` ..."""
+    word = request.status.replace("_", " ").capitalize()
+    return word + (f" (exit code {request.exit_code})" if request.exit_code not in (None, 0) else "")
+
+
+def names_of(view: RequestView, users: tuple[str, ...]) -> str:
+    return ", ".join(view.name(u) for u in users) or "nobody yet"
+
+
+def request_title(request: DeployRequest) -> str:
+    icon = ":rewind:" if request.kind == "rollback" else ":rocket:"
+    return f"{icon} *{escape(request.title)}*"
+
+
+def status_text(request: DeployRequest, view: RequestView) -> str:
+    """One paragraph on where the request stands: approvals, running, or how it ended."""
+    approved = names_of(view, request.approvers)
+    if request.status == "pending":
+        return (
+            f"*Approvals:* {len(request.approvers)} of {request.approvals_needed} "
+            f"(approved by {approved}) · needs {request.still_needed} more from {view.may_approve}; "
+            "not the requester.\n"
+            f"*Expires* {slack_time(request.expires_at)} if not approved within {ttl_minutes(request)} minutes."
+        )
+    if request.status == "running":
+        return f":hourglass_flowing_sand: *Running* since {slack_time(request.started_at)} · approved by {approved}."
+    if request.status == "rejected":
+        return f":no_entry: *Rejected by {view.name(request.rejected_by)}*; nothing ran."
+    if request.status == "expired":
+        if request.approvers:
+            why = f"only {len(request.approvers)} of {request.approvals_needed} approvals ({approved})"
+        else:
+            why = "nobody approved"
+        return f":hourglass: *Expired: {why} within {ttl_minutes(request)} minutes*; nothing ran."
+    if request.status == "interrupted":
+        return INTERRUPTED_TEXT
+    if request.status == "cancelled":
+        why = escape(request.note.removeprefix("not started: "))
+        return f":no_entry: *Approved but not started*: {why} Nothing ran."
+    return (
+        f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)} · "
+        f"approved by {approved}. "
+        "Summary and log in the thread."
+    )
+
+
+def build_deploy_request_blocks(request: DeployRequest, view: RequestView) -> list[dict]:
+    """The request message: what will run, from/to, approvals, expiry; Approve/Reject while pending."""
+    facts = (
+        f"*Service:* {request.service} · *Environment:* {request.env} · "
+        f"*From:* {request.from_version or 'nothing deployed by opsbot yet'} · *To:* {request.version}\n"
+        f"*Requested by:* {view.name(request.requester)} · *Request:* `{request.id}`\n"
+        f"*Will run:* `{escape(view.command)}`"
+    )
+    blocks = [section(request_title(request)), section(facts)]
+    if view.note:
+        blocks.append(context(view.note, ids.DEPLOY_NOTE_BLOCK))
+    blocks.append(section(status_text(request, view)))
+    if request.status == "pending":
+        blocks.append(build_decision_buttons(request, view))
+    return blocks
+
+
+def build_decision_buttons(request: DeployRequest, view: RequestView) -> dict:
+    what = "rollback" if request.kind == "rollback" else "deploy"
+    approve = {
+        "type": "button",
+        "action_id": ids.DEPLOY_APPROVE,
+        "style": "primary",
+        "text": {"type": "plain_text", "text": "Approve"},
+        "value": request.id,
+        "confirm": {
+            "title": {"type": "plain_text", "text": f"Approve this {what}?"},
+            "text": {"type": "mrkdwn", "text": f"{escape(request.title)}\nRuns `{escape(view.command)}`."[:300]},
+            "confirm": {"type": "plain_text", "text": "Approve"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        },
+    }
+    reject = {
+        "type": "button",
+        "action_id": ids.DEPLOY_REJECT,
+        "style": "danger",
+        "text": {"type": "plain_text", "text": "Reject"},
+        "value": request.id,
+    }
+    return {"type": "actions", "block_id": ids.DEPLOY_ACTIONS_BLOCK, "elements": [approve, reject]}
+
+
+def request_fallback_text(request: DeployRequest) -> str:
+    """Plain text for notifications."""
+    if request.status == "pending":
+        return f"{request.title}: needs {request.still_needed} approval(s)"
+    return f"{request.title}: {request.status.replace('_', ' ')}"
+
+
+def build_progress_text(request: DeployRequest, command: str, output: str, final: bool = False) -> str:
+    """The one thread message that follows the output while it runs."""
+    tail = "\n".join(output.splitlines()[-PROGRESS_LINES:])
+    if final:
+        head = f"{ICONS.get(request.status, '')} *{outcome_text(request)}*: `{escape(command)}`"
+    else:
+        head = f":hourglass_flowing_sand: Running `{escape(command)}`…"
+    return f"{head}\n{code_block(tail, 2000)}"
+
+
+def build_refusal_text(decision: Decision) -> str:
+    """What someone who clicked but may not (or can no longer) decide is told, only them."""
+    request = decision.request
+    if decision.outcome == "closed" and request.status == "expired":
+        again = f"/{request.kind} {request.service} " + (
+            f"{request.env} {request.version}" if request.kind == "rollback" else f"{request.version} {request.env}"
+        )
+        return (
+            f"This request expired: nobody approved enough within {ttl_minutes(request)} minutes, so nothing ran. "
+            f"Ask the requester to request it again (`{again}`)."
+        )
+    if decision.outcome == "closed":
+        return f"Nothing to decide: {request.id} is already {request.status.replace('_', ' ')}."
+    return f"Your click did not count: {decision.message}"
+
+
+def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_line: str) -> list[dict]:
+    """After every deploy or rollback: what ran, who asked and approved, how it went, the log tail, DORA."""
+    outcome = outcome_text(request)
+    ci = request.source == "ci"
+    fields = [
+        ("Service", request.service),
+        ("Kind", request.kind),
+        ("Version", f"{request.from_version or 'none recorded'} → {request.version}"),
+        ("Environment", request.env),
+        ("Deployed by" if ci else "Requested by", ci_actor(request, view) if ci else view.name(request.requester)),
+        ("Pipeline" if ci else "Approved by", pipeline_link(request) if ci else names_of(view, request.approvers)),
+        ("Started", slack_time(request.started_at)),
+        ("Duration", format_duration(request.duration_s)),
+        ("Outcome", outcome),
+    ]
+    if ci and request.commit_sha:
+        fields.append(("Commit", f"`{request.commit_sha[:12]}`"))
+    blocks = [
+        section(f"{ICONS.get(request.status, '')} *{escape(request.title)}*: {outcome.lower()}"),
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields[:10]]},
+    ]
+    flagged = flags_block(request)
+    if flagged:
+        blocks.append(flagged)
+    if ci:
+        blocks.append(section(f"*Changes*\n{changes_text(request)}"))
+    else:
+        blocks.append(section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
+    blocks.append(context(f"*DORA* {request.service} in {request.env}, 30 days: {escape(dora_line)}"))
+    return blocks
+
+
+# -- deploys reported by CI/CD -----------------------------------------------------------------------------
+
+
+def ci_actor(request: DeployRequest, view: RequestView) -> str:
+    """The actor a pipeline named, as plain text marked CI: a pipeline's word is never taken for a person's."""
+    return f"{escape(request.requester.removeprefix('ci:'))} (CI)"
+
+
+def flags_block(request: DeployRequest) -> dict | None:
+    """What a CI deploy broke (a freeze, someone else's lock), in a warning line; None when nothing."""
+    if not request.flags:
+        return None
+    return context(":warning: *Outside the rules:* " + "; ".join(escape(f) for f in request.flags))
+
+
+def pipeline_link(request: DeployRequest) -> str:
+    return f"<{request.pipeline_url}|pipeline>" if request.pipeline_url else "not given"
+
+
+def changes_text(request: DeployRequest, limit: int = 15) -> str:
+    if not request.changes:
+        return "none listed"
+    lines = [f"• {escape(c)}" for c in request.changes[:limit]]
+    if len(request.changes) > limit:
+        lines.append(f"…and {len(request.changes) - limit} more")
+    return "\n".join(lines)
+
+
+def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[dict]:
+    """The message of a deploy a pipeline reported: running, then how it ended."""
+    facts = (
+        f"*Service:* {request.service} · *Environment:* {request.env} · "
+        f"*From:* {request.from_version or 'none recorded'} · *To:* {request.version}\n"
+        f"*Deployed by:* {ci_actor(request, view)} · *Pipeline:* {pipeline_link(request)} · *Request:* `{request.id}`"
+    )
+    if request.status == "running":
+        state = f":hourglass_flowing_sand: *Running* in CI since {slack_time(request.started_at)}."
+    elif request.status == "overlapping":
+        state = (
+            f":warning: *Running* in CI since {slack_time(request.started_at)}, *overlapping* another deploy of "
+            f"{request.service} in {request.env}: no request can be approved until it ends."
+        )
+    elif request.status == "abandoned":
+        state = f":grey_question: *No end reported*: {escape(request.note)}; the outcome is unknown."
+    else:
+        state = (
+            f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)}. "
+            "Summary in the thread."
+        )
+    blocks = [section(f"{request_title(request)} (CI)"), section(facts)]
+    flagged = flags_block(request)
+    if flagged:
+        blocks.append(flagged)
+    if request.changes:
+        blocks.append(context(f"*Changes:* {escape('; '.join(request.changes))}"))
+    blocks.append(section(state))
+    return blocks
+
+
+def summary_fallback_text(request: DeployRequest) -> str:
+    return f"{request.title}: {request.status.replace('_', ' ')}"

@@ -1,0 +1,212 @@
+"""Pure functions that build the Block Kit of incidents: the declaration briefing, status, list and summary."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from bot.models import SearchHit
+from bot.ops.incidents import LiveIncident
+from bot.ops.requests import DeployRequest
+from bot.slack import ids
+from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+MAX_DEPLOYS = 10
+TIMELINE_LINES = 25
+# Slack references that must survive escaping: mentions, channels, special mentions and links.
+USAGE = (
+    "*Usage:*\n"
+    "• `/incident declare TITLE [--sev 1-4] [--service NAME]`: record an incident and brief the channel\n"
+    "• `/incident status` · `/incident list`\n"
+    "• `/incident note TEXT` · `/incident assign @user lead|comms` · `/incident severity 1-4`\n"
+    "• `/incident resolve RESOLUTION`: close it, post the summary and make it searchable\n"
+    "In the incident's channel the id is not needed; elsewhere put it after the subcommand, for example "
+    "`/incident note INC-2026-0042 checkout pods restarted`."
+)
+
+
+def clock_time(at: str | datetime) -> str:
+    """`14:05 UTC`: short, and the same for everyone reading a timeline."""
+    when = datetime.fromisoformat(at) if isinstance(at, str) else at
+    return when.strftime("%H:%M UTC")
+
+
+def minutes_text(minutes: int | None) -> str:
+    if minutes is None:
+        return "n/a"
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours} h {rest} min"
+
+
+def title_line(incident: LiveIncident) -> str:
+    return f"*{incident.id}* · SEV{incident.severity} · {escape(incident.title)}"
+
+
+def roles_text(incident: LiveIncident) -> str:
+    roles = [f"{role} <@{user}>" for role, user in sorted(incident.roles.items()) if user]
+    return ", ".join(roles) or "nobody assigned"
+
+
+def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, int] | None = None) -> list[dict]:
+    """The first message of an incident: what, how bad, who leads, and how to work it from here."""
+    services = ", ".join(incident.services) or "none named"
+    lines = [
+        f":rotating_light: {title_line(incident)}",
+        f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)} · *Roles:* "
+        f"{roles_text(incident)} · *Services:* {escape(services)}",
+    ]
+    blocks = [section("\n".join(lines))]
+    if cause is not None:
+        blocks.append(section(possible_cause_text(*cause)))
+    blocks.append(
+        context(
+            "Work it from here: `/incident note TEXT`, `/incident assign @user lead|comms`, `/incident severity N`, "
+            "`/incident status`, `/incident resolve RESOLUTION`. React with the pin emoji to add a message "
+            "to the timeline."
+        )
+    )
+    return blocks
+
+
+def possible_cause_text(deploy: DeployRequest, minutes: int) -> str:
+    return (
+        f":mag: *Possible cause:* deploy {escape(deploy.version)} of {deploy.service} to {deploy.env} "
+        f"(`{deploy.id}`) finished {minutes_text(minutes)} before the declaration."
+    )
+
+
+def _hit_line(hit: SearchHit) -> str:
+    title = f"<{hit.url}|{escape(hit.title)}>" if hit.url else f"*{escape(hit.title)}*"
+    where = f"_{escape(hit.section)}_" if hit.section else ""
+    if where and hit.section_url != hit.url:  # link the section itself
+        where = f"<{hit.section_url}|{where}>"
+    where = f" · {where}" if where else ""
+    return f"{title}{where}\n>{escape(hit.snippet)[:600]}\n`{hit.path}`"
+
+
+def build_knowledge_blocks(runbooks: list[SearchHit], similar: list[tuple[SearchHit, str]]) -> list[dict]:
+    """Related runbook sections, then similar past incidents with how each was resolved."""
+    blocks = [section("*Related runbook sections*")]
+    if runbooks:
+        blocks += [section(_hit_line(h)) for h in runbooks]
+    else:
+        blocks.append(context("No runbook section matches this title closely; `/ask` with the alert may find more."))
+    blocks.append(section("*Similar past incidents*"))
+    if similar:
+        for hit, resolution in similar:
+            text = f"*{hit.incident_id}* · {escape(hit.title)}"
+            if resolution:
+                text += f"\n*Resolved by:* {escape(resolution)[:900]}"
+            text += f"\n`{hit.path}`"
+            blocks.append(section(text))
+    else:
+        blocks.append(context("No similar past incident."))
+    return blocks
+
+
+def rollback_value(incident_id: str, deploy: DeployRequest) -> str:
+    """What a Rollback button carries: enough to request the rollback and note it in the timeline."""
+    return json.dumps({"incident": incident_id, "service": deploy.service, "env": deploy.env, "deploy": deploy.id})
+
+
+def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequest]) -> list[dict]:
+    """The affected services' deploys of the last 24 hours; a Rollback button on each that succeeded."""
+    names = ", ".join(incident.services)
+    if not incident.services:
+        return [context("No service named, so no recent deploys to show: declare with `--service NAME`.")]
+    if not deploys:
+        return [section(f"*Deploys of {names} in the last 24 h:* none.")]
+    blocks = [section(f"*Deploys of {names} in the last 24 h*")]
+    for deploy in deploys[:MAX_DEPLOYS]:
+        arrow = f"{escape(deploy.from_version)} → " if deploy.from_version else ""
+        text = (
+            f"{'Rollback' if deploy.kind == 'rollback' else 'Deploy'} *{deploy.service}* {arrow}"
+            f"*{escape(deploy.version)}* to {deploy.env} · {deploy.status.replace('_', ' ')} "
+            f"{'at' if deploy.completed else 'requested at'} {clock_time(deploy.latest_at)} · `{deploy.id}`"
+        )
+        block = section(text)
+        if deploy.kind == "deploy" and deploy.status == "succeeded":
+            block["accessory"] = {
+                "type": "button",
+                "action_id": ids.INCIDENT_ROLLBACK,
+                "text": {"type": "plain_text", "text": "Rollback"},
+                "value": rollback_value(incident.id, deploy),
+                "confirm": {
+                    "title": {"type": "plain_text", "text": "Request a rollback?"},
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": f"This requests a rollback of *{deploy.service}* in {deploy.env} to the version "
+                        "before the current one; it runs only once approved.",
+                    },
+                    "confirm": {"type": "plain_text", "text": "Request"},
+                    "deny": {"type": "plain_text", "text": "Cancel"},
+                },
+            }
+        blocks.append(block)
+    if len(deploys) > MAX_DEPLOYS:
+        blocks.append(context(f"{len(deploys) - MAX_DEPLOYS} more; `opsbot deploys` lists them all."))
+    return blocks
+
+
+def timeline_lines(incident: LiveIncident, limit: int = TIMELINE_LINES) -> str:
+    events = incident.events[-limit:]
+    lines = [f"`{clock_time(e['at'])}` <@{e['actor']}> {escape(e['text'])}" for e in events]
+    if len(incident.events) > limit:
+        lines.insert(0, f"… {len(incident.events) - limit} earlier entries")
+    return "\n".join(lines) or "(empty)"
+
+
+def build_status_blocks(incident: LiveIncident) -> list[dict]:
+    """Where an incident stands, for whoever asked."""
+    state = "open" if incident.is_open else f"resolved at {clock_time(incident.resolved_at)}"
+    facts = (
+        f"{title_line(incident)}\n*Status:* {state} · *Roles:* {roles_text(incident)} · "
+        f"*Services:* {escape(', '.join(incident.services) or 'none named')} · *Channel:* <#{incident.channel}>\n"
+        f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)}"
+    )
+    return [section(facts), section(f"*Timeline*\n{timeline_lines(incident)}")]
+
+
+def build_list_text(incidents: list[LiveIncident]) -> str:
+    if not incidents:
+        return "No open incidents. Declare one with `/incident declare TITLE [--sev 1-4] [--service NAME]`."
+    lines = [f"*Open incidents ({len(incidents)})*"]
+    lines += [
+        f"• {title_line(i)} · <#{i.channel}> · lead <@{i.roles.get('lead', i.declared_by)}> · "
+        f"declared {clock_time(i.declared_at)}"
+        for i in incidents
+    ]
+    return "\n".join(lines)[:MAX_TEXT]
+
+
+def build_resolved_blocks(incident: LiveIncident, searchable: bool = True) -> list[dict]:
+    """The summary after resolve: time to restore, responders, resolution and the whole timeline."""
+    responders = ", ".join(f"<@{r}>" for r in incident.responders) or "nobody recorded"
+    facts = [
+        ("Severity", f"SEV{incident.severity}"),
+        ("Time to restore", minutes_text(incident.minutes_to_restore)),
+        ("Responders", responders),
+        ("Services", escape(", ".join(incident.services) or "none named")),
+    ]
+    learned = (
+        "It is now searchable with `/ask` and counts for `/experts`; `opsbot incidents export` writes it to the "
+        "knowledge directory."
+        if searchable
+        else "It could not be indexed just now; `opsbot index` will pick it up after `opsbot incidents export`."
+    )
+    return [
+        section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:1900]} for k, v in facts]},
+        section(f"*Resolution*\n{escape(incident.resolution)}"),
+        section(f"*Timeline*\n{timeline_lines(incident)}"),
+        context(learned),
+    ]
+
+
+def resolved_fallback_text(incident: LiveIncident) -> str:
+    return (
+        f"{incident.id} resolved after {minutes_text(incident.minutes_to_restore)}: {incident.title}. "
+        f"Resolution: {incident.resolution}"
+    )[:MAX_TEXT]

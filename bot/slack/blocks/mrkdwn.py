@@ -1,0 +1,33 @@
+"""Slack's mrkdwn: the one escape for text opsbot did not write, and the two block shapes every builder uses."""
+
+from __future__ import annotations
+
+import re
+
+MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
+# A reference to a person or a channel, or a link, stays clickable; a broadcast (<!here>, <!channel>) does not:
+# opsbot never amplifies a mention that pings everyone.
+SLACK_REFERENCE = re.compile(r"(<(?:[@#][A-Z0-9][^<>\s]*|https?://[^<>\s]+)>)")
+
+
+def escape(text: str) -> str:
+    """Escape &, < and > for mrkdwn, keeping references to people and channels (<@U123>, <#C123>) and links."""
+    parts = SLACK_REFERENCE.split(text)
+    return "".join(
+        part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        for i, part in enumerate(parts)
+    )
+
+
+def section(text: str, block_id: str | None = None) -> dict:
+    block: dict = {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_TEXT]}}
+    if block_id:
+        block["block_id"] = block_id
+    return block
+
+
+def context(text: str, block_id: str | None = None) -> dict:
+    block: dict = {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_TEXT]}]}
+    if block_id:
+        block["block_id"] = block_id
+    return block

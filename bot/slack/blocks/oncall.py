@@ -1,0 +1,27 @@
+"""The on-call answer: who is on call now and next, per rota (pure functions)."""
+
+from __future__ import annotations
+
+from bot.rota import OnCall, describe
+from bot.slack.blocks.mrkdwn import context, escape, section
+
+
+def build_oncall_blocks(answers: list[OnCall] | tuple[OnCall, ...], names: dict[str, str]) -> list[dict]:
+    """One line per rota: who is on call until when, and who is next from when (in the rota's time zone)."""
+    lines = []
+    for answer in answers:
+        now, following = describe(answer, {k: escape(v) for k, v in names.items()}, mention=True)
+        line = f"*{escape(answer.team)}*: " + (now or "nobody on call from the rota now")
+        if following:
+            line += f"\n    next: {following}"
+        lines.append(line)
+    return [
+        section(":pager: *On call*\n" + "\n".join(lines)),
+        context("From the rotations in experts.yaml; times are each rota's own time zone."),
+    ]
+
+
+def oncall_fallback_text(answers: list[OnCall] | tuple[OnCall, ...], names: dict[str, str]) -> str:
+    """Plain text for notifications: "On call: payments: Priya Raman; platform: Daniel Okafor"."""
+    parts = [f"{a.team}: {names.get(a.now.person, a.now.person) if a.now else 'nobody'}" for a in answers]
+    return "On call: " + "; ".join(parts)

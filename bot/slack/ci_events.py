@@ -1,0 +1,41 @@
+"""POST /hooks/deploy: deploy events from CI/CD, recorded by ``bot.ops.ci_events`` and shown in Slack.
+
+A `started` event posts a progress message in the deploys channel (the service's own, if it has one); the
+matching finish updates that message and posts the usual summary in its thread, DORA line included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from bot.ops.ci_deploys import record_ci_event
+from bot.ops.ci_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventProblem, Unauthorized, parse_event, verify
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+DISABLED = (
+    "deploy hooks are disabled: set OPSBOT_HOOK_SECRET on the opsbot server (and the same value in the pipeline) "
+    "to accept deploy events."
+)
+
+
+def handle_deploy_hook(runtime: Runtime, headers: Mapping[str, str], body: bytes) -> tuple[int, dict]:
+    """Answer one POST: (HTTP status, JSON body). Nothing is recorded unless the event is signed and valid."""
+    secret = str(runtime.settings.hook_secret)
+    if not secret:
+        return 503, {"error": DISABLED}
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        verify(secret, lowered.get(TIMESTAMP_HEADER.lower()), lowered.get(SIGNATURE_HEADER.lower()), body)
+    except Unauthorized as exc:
+        log.warning("deploy hook refused: %s", exc)
+        return 401, {"error": str(exc)}
+    deploys = runtime.deploys()
+    try:
+        event = parse_event(body, deploys.ci_services(), deploys.ci_environments())
+    except EventProblem as exc:
+        log.warning("deploy hook malformed field=%s: %s", exc.field, exc)
+        return 400, {"error": str(exc), "field": exc.field}
+    outcome = record_ci_event(deploys, event)  # its announcer queues the Slack messages with the record
+    return 200, outcome.as_json()

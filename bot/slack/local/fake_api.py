@@ -1,0 +1,437 @@
+"""A local stand-in for the Slack Web API: records every call and answers like Slack.
+
+Used by the tests, by `opsbot shell` (the real Bolt app talks to it) and by benchmarks. Stdlib only:
+a ThreadingHTTPServer on 127.0.0.1, port 0, served from a daemon thread. Hand `api.url` to
+`WebClient(base_url=...)`. Tokens are never kept: the Authorization header and any `token` field are
+masked before a call is recorded, and only a digest remains so tests can still check which token was used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from bot.slack.local.fake_methods import SlackMethods, _default_user
+
+log = logging.getLogger(__name__)
+
+RESPONSE_URL_METHOD = "response_url"
+REDACTED = "(redacted)"
+# How often serve_forever checks for shutdown; the default 0.5 s would make every stop() that slow.
+SHUTDOWN_POLL_SECONDS = 0.02
+SECRET_FIELDS = frozenset({"token", "client_secret"})
+# Top-level form fields that hold prose, so a value like "[WARN] disk full" is never read as JSON.
+FREE_TEXT_FIELDS = frozenset({"text", "markdown_text", "fallback", "query", "name", "topic", "purpose", "title"})
+
+Answer = dict[str, Any]
+Body = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the fake received, with the answer's HTTP status, Slack error (if any) and JSON answer."""
+
+    method: str
+    path: str
+    body: Body
+    headers: dict[str, str]
+    at: float
+    status: int = 200
+    error: str | None = None
+    token_digest: str = field(default="", repr=False)
+    answer: Answer = field(default_factory=dict, repr=False, compare=False)  # e.g. the ts of a posted message
+
+    @property
+    def ok(self) -> bool:
+        """Whether the fake answered this call with HTTP 200 and `"ok": true`."""
+        return self.status == 200 and self.error is None
+
+    def used_token(self, token: str) -> bool:
+        """Whether the call was authorised with this token (compared by digest; the token is not kept)."""
+        return bool(self.token_digest) and hmac.compare_digest(self.token_digest, _digest(token))
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One injected failure waiting for its call."""
+
+    status: int
+    retry_after: int | str
+    error: str
+    hang: float = 0.0  # seconds to wait before answering (a client with a shorter timeout gives up first)
+    html: bool = False  # answer with an HTML error page, as a proxy or load balancer does
+    reset: bool = False  # answer nothing: reset the connection
+
+
+HTML_ERROR_PAGE = "<html><head><title>{status}</title></head><body><h1>{status} Server Error</h1></body></html>"
+
+
+class _Server(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that knows the FakeSlackAPI it serves."""
+
+    request_queue_size = 128  # bursts of calls (benchmarks, 50 concurrent requests) must not be refused
+
+    daemon_threads = True
+
+    def __init__(self, api: FakeSlackAPI) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.api = api
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Parses one request and hands it to the FakeSlackAPI."""
+
+    server: _Server
+
+    def do_GET(self) -> None:
+        """Answer a GET (query parameters only)."""
+        self._handle()
+
+    def do_POST(self) -> None:
+        """Answer a POST (form or JSON body, plus any query parameters)."""
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: the fake logs its own line per call, without query strings or headers."""
+
+    def _handle(self) -> None:
+        """Parse, dispatch and answer as JSON."""
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        body = _parse_form(parts.query)
+        body.update(_parse_body(raw, self.headers.get("Content-Type", "")))
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        api = self.server.api
+        status, answer, extra_headers, failure = api._dispatch(parts.path, _decode_json_fields(body), headers)
+        if failure is not None and failure.hang:
+            api._stopping.wait(failure.hang)
+        if failure is not None and failure.reset:
+            # SO_LINGER with a zero timeout: close() sends a TCP reset instead of a clean end of stream.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        content_type = "application/json; charset=utf-8"
+        payload = json.dumps(answer).encode()
+        if failure is not None and failure.html:
+            content_type, payload = "text/html; charset=utf-8", HTML_ERROR_PAGE.format(status=status).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in extra_headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (it timed out)
+            self.close_connection = True
+
+
+class FakeSlackAPI(SlackMethods):
+    """A recording, Slack-shaped HTTP server on a random loopback port."""
+
+    def __init__(self) -> None:
+        self.socket_url: str = "wss://fake.slack.invalid/link/?ticket=fake"
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()  # ends the waits of hanging answers
+        self._calls: list[Call] = []
+        self._failures: dict[str, deque[_Failure]] = {}
+        self._messages: dict[str, list[dict[str, Any]]] = {}
+        self._channels: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, dict[str, Any]] = {}
+        self._ts_counter = 0
+        self._id_counter = 1_000_000
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._answers: dict[str, Callable[[Body], Answer]] = {
+            "auth.test": self._auth_test,
+            "apps.connections.open": lambda body: {"ok": True, "url": self.socket_url},
+            "chat.postMessage": self._chat_post_message,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
+            "chat.getPermalink": self._chat_get_permalink,
+            "conversations.create": self._conversations_create,
+            "conversations.info": self._conversations_info,
+            "conversations.invite": self._conversations_invite,
+            "conversations.open": self._conversations_open,
+            "conversations.replies": self._conversations_replies,
+            "conversations.history": self._conversations_history,
+            "reactions.add": lambda body: {"ok": True},
+            "users.info": self._users_info,
+            "views.open": self._view,
+            "views.push": self._view,
+            "views.update": self._view,
+            "views.publish": self._view,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> FakeSlackAPI:
+        """Bind 127.0.0.1 on a free port and serve from a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("FakeSlackAPI is already running; call stop() before starting it again")
+        self._stopping.clear()
+        self._server = _Server(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), name="fake-slack-api", daemon=True
+        )
+        self._thread.start()
+        log.debug("fake slack api started url=%s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port; safe to call twice."""
+        server, thread = self._server, self._thread
+        self._server, self._thread = None, None
+        self._stopping.set()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeSlackAPI:
+        """Start serving for the duration of a with block."""
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop serving when the with block ends."""
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port the server is bound to."""
+        if self._server is None:
+            raise RuntimeError("FakeSlackAPI is not running; call start() or use it as a context manager")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The Web API base URL for `WebClient(base_url=...)`, with its trailing slash."""
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def response_url(self, name: str = "x") -> str:
+        """A response_url to put in slash-command or interactivity payloads; posts to it are recorded."""
+        return f"http://127.0.0.1:{self.port}/response/{quote(name, safe='')}"
+
+    # -- test controls ---------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str,
+        status: int = 429,
+        times: int = 1,
+        retry_after: int | str = 0,
+        error: str | None = None,
+        *,
+        hang: float = 0.0,
+        html: bool = False,
+        reset: bool = False,
+    ) -> None:
+        """Make the next `times` calls of `method` fail: 429 ratelimited, 5xx internal_error, or `error`.
+
+        ``retry_after`` is sent as given with a 429 (a string such as "soon" makes it malformed); ``hang``
+        waits that many seconds before answering; ``html`` answers with an HTML error page instead of JSON;
+        ``reset`` resets the connection without any answer.
+        """
+        if times < 1 or not 200 <= status <= 599 or hang < 0:
+            raise ValueError(
+                f"fail_next needs times >= 1, an HTTP status 200-599 and hang >= 0, got {times=} {status=}"
+            )
+        if error is None:
+            error = "ratelimited" if status == 429 else "internal_error" if status >= 500 else "fake_failure"
+        if reset:
+            error = "connection_reset"
+        with self._cond:
+            pending = self._failures.setdefault(method, deque())
+            pending.extend(_Failure(status, retry_after, error, hang, html, reset) for _ in range(times))
+
+    def add_user(self, user_id: str, **fields: Any) -> None:
+        """Make users.info answer with these fields for this user (merged over the default profile)."""
+        with self._cond:
+            self._users[user_id] = {**_default_user(user_id), **fields}
+
+    def clear(self) -> None:
+        """Forget recorded calls; pending failures and conversation state are kept."""
+        with self._cond:
+            self._calls.clear()
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    def calls(self, method: str | None = None) -> list[Call]:
+        """Every recorded call (failed attempts included), optionally only those of one method."""
+        with self._cond:
+            return [c for c in self._calls if method is None or c.method == method]
+
+    def wait_for(
+        self, method: str, count: int = 1, timeout: float = 5.0, predicate: Callable[[Call], bool] | None = None
+    ) -> list[Call]:
+        """Block until `count` matching calls arrived and return all matching so far; AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                matching = [c for c in self._calls if c.method == method and (predicate is None or predicate(c))]
+                remaining = deadline - time.monotonic()
+                if len(matching) >= count or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            received = list(self._calls)
+        if len(matching) >= count:
+            return matching
+        which = " matching the predicate" if predicate is not None else ""
+        raise AssertionError(
+            f"expected {count} {method} call(s){which} within {timeout}s but got {len(matching)}; "
+            f"received {len(received)} call(s): {_summarise(received)}"
+        )
+
+    def messages(self, channel: str | None = None) -> list[Body]:
+        """Bodies of the successful chat.postMessage calls, optionally to one channel."""
+        return [c.body for c in self.calls("chat.postMessage") if c.ok and channel in (None, c.body.get("channel"))]
+
+    def ephemerals(self, channel: str | None = None, user: str | None = None) -> list[Body]:
+        """Bodies of the successful chat.postEphemeral calls, optionally to one channel and/or user."""
+        return [
+            c.body
+            for c in self.calls("chat.postEphemeral")
+            if c.ok and channel in (None, c.body.get("channel")) and user in (None, c.body.get("user"))
+        ]
+
+    def responses(self, name: str | None = None) -> list[Body]:
+        """Bodies posted to response_url targets, optionally only those of `response_url(name)`."""
+        path = None if name is None else f"/response/{quote(name, safe='')}"
+        return [c.body for c in self.calls(RESPONSE_URL_METHOD) if c.ok and path in (None, c.path)]
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _dispatch(
+        self, path: str, body: Body, headers: dict[str, str]
+    ) -> tuple[int, Answer, dict[str, str], _Failure | None]:
+        """Record one call and decide its answer: status, JSON body, extra headers and any injected failure."""
+        if path.startswith("/api/") and len(path) > len("/api/"):
+            method = path[len("/api/") :]
+        elif path.startswith("/response/"):
+            method = RESPONSE_URL_METHOD
+        else:
+            method = path
+        digest = _token_digest(headers, body)
+        headers, body = _mask_headers(headers), _mask_body(body)
+        extra: dict[str, str] = {}
+        failure = None
+        with self._cond:
+            pending = self._failures.get(method)
+            if pending:
+                failure = pending.popleft()
+                status, answer = (0 if failure.reset else failure.status), {"ok": False, "error": failure.error}
+                if status == 429:
+                    extra["Retry-After"] = str(failure.retry_after)
+            elif method == RESPONSE_URL_METHOD:
+                status, answer = 200, {"ok": True}
+            elif method == path:
+                status, answer = 404, {"ok": False, "error": "unknown_path"}
+            else:
+                status, answer = self._answer(method, body)
+            error = None if answer.get("ok") else str(answer.get("error", "unknown_error"))
+            self._calls.append(Call(method, path, body, headers, time.time(), status, error, digest, answer))
+            self._cond.notify_all()
+        log.debug("fake slack call method=%s status=%s error=%s", method, status, error)
+        return status, answer, extra, failure
+
+    def _answer(self, method: str, body: Body) -> tuple[int, Answer]:
+        """Answer a Web API method; unknown methods get `{"ok": true}`."""
+        handler = self._answers.get(method)
+        if handler is None:
+            return 200, {"ok": True}
+        try:
+            return 200, handler(body)
+        except Exception as exc:  # a bug in the fake must reach the test, not hang the client
+            log.exception("fake slack api failed method=%s", method)
+            return 500, {"ok": False, "error": f"fake_api_error: {type(exc).__name__}: {exc}"}
+
+def _parse_form(text: str) -> Body:
+    """Form or query string to a dict; repeated keys become lists."""
+    parsed = parse_qs(text, keep_blank_values=True)
+    return {key: values[0] if len(values) == 1 else values for key, values in parsed.items()}
+
+
+def _parse_body(raw: bytes, content_type: str) -> Body:
+    """A request body (JSON or form-encoded) to a dict."""
+    if not raw:
+        return {}
+    if content_type.startswith("multipart/"):
+        return {"_multipart_bytes": len(raw)}
+    text = raw.decode("utf-8", errors="replace")
+    if "json" in content_type or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return {"_unparsed": text}
+        return data if isinstance(data, dict) else {"_json": data}
+    return _parse_form(text)
+
+
+def _decode_json_fields(body: Body) -> Body:
+    """Turn JSON strings in top-level fields (blocks, attachments, view ...) back into lists and dicts."""
+    decoded: Body = {}
+    for key, value in body.items():
+        if isinstance(value, str) and key not in FREE_TEXT_FIELDS and value.strip()[:1] in ("[", "{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        decoded[key] = value
+    return decoded
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token_digest(headers: dict[str, str], body: Body) -> str:
+    """The digest of the bearer token, or of a `token` form field; empty when neither is present."""
+    auth = headers.get("authorization", "")
+    token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else body.get("token")
+    return _digest(token) if isinstance(token, str) and token else ""
+
+
+def _mask(secret: str) -> str:
+    """Keep only the token kind (xoxb-, xapp- ...) so a test can tell tokens apart without seeing one."""
+    kind = secret.split("-", 1)[0] + "-" if "-" in secret and secret.startswith("x") else ""
+    return f"{kind}{REDACTED}"
+
+
+def _mask_headers(headers: dict[str, str]) -> dict[str, str]:
+    masked = dict(headers)
+    if "authorization" in masked:
+        scheme, _, secret = masked["authorization"].partition(" ")
+        masked["authorization"] = f"{scheme} {_mask(secret)}" if secret else REDACTED
+    return masked
+
+
+def _mask_body(body: Body) -> Body:
+    return {key: _mask(str(value)) if key in SECRET_FIELDS else value for key, value in body.items()}
+
+
+def _summarise(calls: list[Call]) -> str:
+    """Methods in arrival order, e.g. `auth.test, chat.postMessage (429 ratelimited)`; the last 30 at most."""
+    if not calls:
+        return "none"
+    shown = [c.method if c.ok else f"{c.method} ({c.status} {c.error})" for c in calls[-30:]]
+    prefix = f"... {len(calls) - len(shown)} earlier, " if len(calls) > len(shown) else ""
+    return prefix + ", ".join(shown)

@@ -1,0 +1,386 @@
+"""Serving the Bolt app: HTTP (events, commands and interactivity on one path) or Socket Mode.
+
+Every POST, whatever its path, is read by one method (``_read_body``): it needs a Content-Length that is a plain
+decimal number of at most MAX_BODY bytes, and the whole body within BODY_TIMEOUT_S. Every answer is JSON with a
+Content-Length. A request that cannot be used gets a 4xx saying why and one warning line in the log (never the
+body, never a traceback): 400 malformed, 401 unsigned, 404 unknown path, 405 wrong method, 408 body cut short,
+411 no length, 413 too large. /healthz answers 200 only when the model is loaded and the database takes writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from slack_bolt import App
+
+from bot.ops.ci_events import HOOK_PATH
+from bot.runtime import Runtime
+from bot.slack.ci_events import handle_deploy_hook
+from bot.slack.ids import EVENTS_PATH, HEALTH_PATH
+from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
+
+log = logging.getLogger(__name__)
+MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
+HANDLER_THREADS = 64  # started once; a burst of Slack requests needs no new threads
+IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long is closed
+BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this, or the client is answered 408 and let go
+LINGER_S = 1.0  # after an error answer, unread bytes are read and dropped this long, so the client sees the answer
+DECIMAL = re.compile(r"[0-9]+")  # not int()'s syntax: no sign, spaces inside, underscores or other scripts' digits
+MAX_SKEW_S = 300  # Slack's rule: a signed request older (or newer) than five minutes is a replay
+BOLT_HEADERS = "x-slack-bolt-"  # Bolt's own headers between its processes (lazy-only runs); never from Slack
+
+
+def slack_signed(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
+    """Whether Slack signed ``body``: v0= HMAC-SHA256 of v0:timestamp:body under the signing secret, five
+    minutes fresh. Computed on the bytes, so a body that is not UTF-8 is judged too, and any header is safe."""
+    timestamp = headers.get("x-slack-request-timestamp", "")
+    signature = headers.get("x-slack-signature", "")
+    if not secret or not DECIMAL.fullmatch(timestamp) or len(timestamp) > 12:
+        return False
+    if abs(time.time() - int(timestamp)) > MAX_SKEW_S:
+        return False
+    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+
+
+def printable(text: str, limit: int) -> str:
+    """Text from the request, safe for a log line: cut short, control characters (terminal escapes) replaced."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[BaseHTTPRequestHandler]:
+    """The request handler; ``slack_events=False`` serves only the deploy hook and the health check."""
+    # Only the Slack events endpoint checks Slack's signature; the hooks-only server of Socket Mode has no
+    # signing secret to check with.
+    secret = str(runtime.settings.slack_signing_secret) if slack_events else ""
+
+    class SlackRequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "opsbot"
+        timeout = IDLE_TIMEOUT_S
+
+        def __init__(self, *args: Any) -> None:
+            self.routes: dict[str, dict[str, Callable[..., None]]] = {
+                HEALTH_PATH: {"GET": self._health, "HEAD": self._health},  # some load balancers send HEAD
+                HOOK_PATH: {"POST": self._deploy_hook},
+            }
+            if slack_events:
+                self.routes[EVENTS_PATH] = {"POST": self._slack_event}
+            super().__init__(*args)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+            log.debug("http %s", format % args)
+
+        def __getattr__(self, name: str) -> Any:
+            # http.server calls do_<METHOD>, and answers 501 when there is none: every method is routed
+            # instead, so a wrong one is 405 (or 404 for an unknown path).
+            if name.startswith("do_"):
+                return self._route
+            raise AttributeError(name)
+
+        # -- answering ----------------------------------------------------------------------------------
+
+        def _send(
+            self, status: int, answer: dict, headers: Mapping[str, str] | None = None, close: bool = False
+        ) -> None:
+            """A JSON answer with its Content-Length."""
+            body = json.dumps(answer).encode("utf-8")
+            self._write(status, body, {"Content-Type": "application/json", **(headers or {})}, close)
+
+        def _write(self, status: int, body: bytes, headers: Mapping[str, str | list[str]], close: bool = False) -> None:
+            self.send_response(status)
+            for name, values in headers.items():
+                for value in [values] if isinstance(values, str) else values:
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            self._answered = True
+
+        def _refuse(self, status: int, reason: str, headers: Mapping[str, str] | None = None, **more: str) -> None:
+            """A 4xx with the reason in words, logged as one line; the connection closes if the body was not read."""
+            reason = printable(reason, 300)  # http.server's reasons quote the request line, which may be long
+            path = printable(urlsplit(getattr(self, "path", "") or "").path, 200)
+            method = printable(self.command or "-", 20)
+            log.warning("http request refused status=%d method=%s path=%s reason=%s", status, method, path, reason)
+            close = not self._body_read
+            self._send(status, {"error": reason, **more}, headers, close=close)
+            if close:
+                self._linger()
+
+        def parse_request(self) -> bool:
+            """http.server's parsing, after skipping empty lines before the request line (RFC 9112 asks servers
+            to), and with a 400 for a request line of blanks, which http.server drops without an answer."""
+            for _ in range(8):
+                if self.raw_requestline not in (b"\r\n", b"\n"):
+                    break
+                self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:  # the client sent only empty lines, then left: no request to answer
+                return False
+            if not self.raw_requestline.strip() or len(self.raw_requestline) > 65536:
+                self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"
+                self.send_error(400, "empty or overlong request line")
+                return False
+            return super().parse_request()
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (a bad request line, headers too long) as JSON like every other answer.
+
+            What http.server could not parse is the client's fault, so a 5xx of its own (505: HTTP/2 in an
+            HTTP/1 request line) is a 400 here.
+            """
+            if self.request_version == "HTTP/0.9":  # a garbled request line: answer with a status line anyway
+                self.request_version = "HTTP/1.1"
+            self.command = getattr(self, "command", None) or "-"
+            self._body_read = False
+            self._refuse(400 if code >= 500 else code, message or self.responses.get(code, ("bad request",))[0])
+
+        def _linger(self) -> None:
+            """Read and drop what the client still sends for a moment, so closing does not reset the connection
+            before the client has read the answer."""
+            deadline = time.monotonic() + LINGER_S
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                while (left := deadline - time.monotonic()) > 0:
+                    self.connection.settimeout(left)
+                    if not self.connection.recv(65536):
+                        break
+            except OSError:  # the client left or stalled: nothing more to do for it
+                pass
+
+        # -- routing -----------------------------------------------------------------------------------
+
+        def _route(self) -> None:
+            self._answered = False
+            self._body_read = False
+            path = urlsplit(self.path).path
+            methods = self.routes.get(path)
+            if methods is None:
+                self._refuse(404, "not found")
+                return
+            handler = methods.get(self.command)
+            if handler is None:
+                allowed = ", ".join(sorted(methods))
+                self._refuse(405, f"method not allowed: use {allowed}", {"Allow": allowed})
+                return
+            if self.command != "POST":
+                if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+                    self.close_connection = True  # a body nobody reads would be taken for the next request
+                handler()
+                return
+            body = self._read_body()
+            if body is None:
+                return
+            try:
+                handler(body)
+            except Exception:  # a bug, not the request: logged with its traceback, and the client still answered
+                log.exception("http handler failed path=%s", path)
+                if not self._answered:
+                    self._send(500, {"error": "opsbot failed on this request; its log says why."}, close=True)
+
+        def _read_body(self) -> bytes | None:
+            """The POST body, or None once the request is answered with why it cannot be read."""
+            if "Transfer-Encoding" in self.headers:
+                self._refuse(411, "send the body with a Content-Length, not a Transfer-Encoding")
+                return None
+            lengths = self.headers.get_all("Content-Length") or []
+            if not lengths:
+                self._refuse(411, "a POST needs a Content-Length header", header="Content-Length")
+                return None
+            value = lengths[0].strip(" \t")
+            if len(set(lengths)) > 1 or not DECIMAL.fullmatch(value):
+                reason = "the Content-Length header must be one non-negative decimal number of bytes"
+                self._refuse(400, reason, header="Content-Length")
+                return None
+            if len(value) > 9 or int(value) > MAX_BODY:  # 9 digits: int() is never asked to read a huge number
+                reason = f"the Content-Length is over the {MAX_BODY} bytes opsbot accepts"
+                self._refuse(413, reason, header="Content-Length")
+                return None
+            body = self._read_exactly(int(value))
+            if body is None:
+                reason = f"the body was shorter than its Content-Length (or took over {BODY_TIMEOUT_S:g} s to arrive)"
+                self._refuse(408, reason)
+                return None
+            self._body_read = True
+            return body
+
+        def _read_exactly(self, length: int) -> bytes | None:
+            """``length`` bytes within BODY_TIMEOUT_S in all, however slowly they come; None if they do not."""
+            deadline = time.monotonic() + BODY_TIMEOUT_S
+            chunks: list[bytes] = []
+            missing = length
+            try:
+                while missing > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self.connection.settimeout(left)
+                    chunk = self.rfile.read1(min(missing, 65536))
+                    if not chunk:  # the client closed its side
+                        return None
+                    chunks.append(chunk)
+                    missing -= len(chunk)
+            except OSError:  # timed out, or the connection broke
+                return None
+            finally:
+                self.connection.settimeout(self.timeout)
+            return b"".join(chunks)
+
+        # -- the endpoints -----------------------------------------------------------------------------
+
+        def _health(self) -> None:
+            problem = runtime.database_problem()
+            db = f"not writable: {problem}" if problem else "writable"
+            ready = runtime.ready and db == "writable"
+            self._send(200 if ready else 503, {"ok": True, "ready": ready, "model": runtime.ready, "db": db})
+
+        def _slack_event(self, body: bytes) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if not slack_signed(secret, body, headers):
+                self._body_read = True
+                self._refuse(401, "invalid request: not signed by Slack with this app's signing secret")
+                return
+            try:
+                read_slack_body(body, headers.get("content-type", ""))
+                request = SlackRequest(
+                    body=body.decode("utf-8"),
+                    query=urlsplit(self.path).query,
+                    headers={k: [v] for k, v in headers.items() if not k.startswith(BOLT_HEADERS)},
+                )
+            except MalformedPayload as exc:
+                self._refuse(400, f"malformed Slack request: {exc}")
+                return
+            except Exception as exc:  # noqa: BLE001 - Bolt failing to read a checked body: still the body's fault
+                self._refuse(400, f"malformed Slack request: {type(exc).__name__}")
+                return
+            response = app.dispatch(request)
+            if response.status >= 400 and not response.body:  # every refusal says something, as JSON
+                self._send(response.status, {"error": "unhandled request" if response.status == 404 else "refused"})
+                return
+            headers_out = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+            self._write(response.status, (response.body or "").encode("utf-8"), headers_out)
+
+        def _deploy_hook(self, body: bytes) -> None:
+            try:
+                status, answer = handle_deploy_hook(runtime, dict(self.headers.items()), body)
+            except Exception:
+                log.exception("deploy hook failed")
+                status, answer = 500, {"error": "opsbot could not record the event; see its log, then send it again."}
+            self._send(status, answer)
+
+    return SlackRequestHandler
+
+
+class _Server(HTTPServer):
+    """An HTTP server whose connections are handled by threads started once, not one new thread each.
+
+    Starting a thread waits until the new thread runs, and under load (searches and an index job busy
+    on both cores) that handshake made the accepting thread take 2 ms a connection: 50 concurrent
+    requests were accepted over 100 ms, and their acknowledgements waited for it. A connection that
+    finds every pooled thread busy gets a thread of its own, as with ThreadingHTTPServer.
+    """
+
+    request_queue_size = 128  # the default listen backlog of 5 refuses connections when Slack sends a burst
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], threads: int) -> None:
+        # Set before binding: a failed bind calls server_close(), which must see no threads yet.
+        self._connections: queue.SimpleQueue[tuple[socket.socket, object] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads = 0
+        super().__init__(address, handler)
+        self._threads = threads
+        for n in range(threads):
+            threading.Thread(target=self._serve_connections, name=f"opsbot-http-{n}", daemon=True).start()
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if self._idle.acquire(blocking=False):
+            self._connections.put((request, client_address))
+        else:
+            threading.Thread(target=self._handle, args=(request, client_address), daemon=True).start()
+
+    def _serve_connections(self) -> None:
+        while True:
+            self._idle.release()
+            item = self._connections.get()
+            if item is None:
+                return
+            self._handle(*item)
+
+    def _handle(self, request: socket.socket, client_address: object) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """The client left mid-answer: one line, no traceback. Anything else is a bug and keeps its traceback
+        (socketserver's default prints it to stderr, outside the log)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.info("http connection lost client=%s error=%s", client_address, type(error).__name__)
+        else:
+            log.error("http connection failed client=%s", client_address, exc_info=error)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in range(self._threads):
+            self._connections.put(None)
+
+
+class HttpServer:
+    """A threaded HTTP server for the Bolt app; ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        app: App,
+        runtime: Runtime,
+        host: str = "0.0.0.0",
+        port: int = 3000,
+        slack_events: bool = True,
+        threads: int = HANDLER_THREADS,
+    ) -> None:
+        self.httpd = _Server((host, port), make_handler(app, runtime, slack_events), threads)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="opsbot-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def socket_mode_handler(app: App, runtime: Runtime):  # noqa: ANN201 - keeps the Socket Mode import lazy
+    """Socket Mode over the same Web API base URL, so apps.connections.open can be local too."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    return SocketModeHandler(app, app_token=str(runtime.settings.slack_app_token), web_client=app.client)

@@ -1,0 +1,348 @@
+"""`opsbot deploys`, `opsbot audit` and `opsbot dora`, driven through click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from bot.indexer import index_knowledge
+from bot.ops.ci_deploys import record_ci_event
+from bot.ops.ci_events import parse_event
+from bot.ops.deploys import DeployService
+from bot.store import Store
+from tests.conftest import FakeEncoder, assert_clean_failure, invoke
+from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, CAROL, SERVICES, make_knowledge
+from tests.ops.test_metrics import deploy, incident, insert
+
+COMMANDS = ("deploys", "audit", "dora")
+
+
+@dataclass(frozen=True)
+class History:
+    staging: str  # succeeded, from Slack
+    prod: str  # succeeded after two approvals, from Slack
+    rejected: str
+    ci: str  # succeeded, from CI, 5 minutes long
+    started: datetime
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> History:
+    """A few days of deploys in the database `opsbot` opens ($OPSBOT_DB, set by the autouse fixture)."""
+    store = Store(os.environ["OPSBOT_DB"])
+    quick = SERVICES.replace('"-m", "bot.demo_deploy"', '"-c", "print(1)"')  # the demo's sleeps add up
+    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge", quick))
+    started = (datetime.now(UTC) - timedelta(days=3)).replace(microsecond=0)
+    clock = Clock(started)
+    deploys = DeployService.from_store(store, clock=clock)
+
+    staging = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+    deploys.approve(staging.id, BOB)
+    deploys.execute(staging.id)
+    clock.advance(hours=1)
+    prod = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+    deploys.approve(prod.id, BOB)
+    deploys.approve(prod.id, CAROL)
+    deploys.execute(prod.id)
+    clock.advance(hours=1)
+    rejected = deploys.request("deploy", "web", "prod", "1.1.0", ALICE)
+    deploys.reject(rejected.id, CAROL)
+    clock.advance(hours=1)
+    ci = deploy(
+        clock(), service="web", env="prod", version="1.2.0", commit_time=(clock() - timedelta(hours=2)).isoformat()
+    )
+    ci["started_at"] = (clock() - timedelta(minutes=5)).isoformat()
+    ci["created_at"] = ci["started_at"]
+    ci["from_version"] = "1.0.0"
+    insert(store, ci)
+    store.close()
+    return History(staging.id, prod.id, rejected.id, ci["id"], started)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_an_example(command: str) -> None:
+    result = invoke(command, "--help")
+
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.stdout and f"opsbot {command}" in result.stdout
+
+
+# -- opsbot deploys ------------------------------------------------------------------------------
+
+
+def test_deploys_lists_slack_and_ci_requests_newest_first(history: History) -> None:
+    result = invoke("deploys")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID", "KIND", "SERVICE", "ENV", "FROM", "→", "TO", "STATUS", "REQUESTER", "APPROVERS", "STARTED", "DURATION"
+    ]  # fmt: skip
+    ids = [line.split()[0] for line in lines[1:]]
+    assert ids == [history.ci, history.rejected, history.prod, history.staging]
+    ci, rejected, prod, staging = lines[1:]
+    assert "1.0.0 → 1.2.0" in ci and "succeeded" in ci and "github-actions" in ci and ci.endswith("5.0 min")
+    assert "rejected" in rejected and rejected.split()[-3:] == ["-", "-", "-"]  # no approvers, never started
+    assert "Alice Archer" in prod and "Bob Baker, Carol Cruz" in prod and "? → 1.0.0" in prod
+    assert history.started.strftime("%Y-%m-%d %H:%M") in staging and staging.endswith("0 s")
+
+
+def test_deploys_shows_what_a_ci_deploy_broke(tmp_path: Path) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge"))
+    deploys = DeployService.from_store(store)
+    pending = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+    body = '{"event_id": "e1", "service": "web", "env": "staging", "version": "2.0.0", "status": "started"}'
+    ci = record_ci_event(deploys, parse_event(body, deploys.ci_services(), deploys.ci_environments())).request
+    store.close()
+
+    result = invoke("deploys")
+
+    assert result.exit_code == 0, result.output
+    [row] = [line for line in result.stdout.splitlines() if line.startswith(ci.id) and "flagged:" not in line]
+    assert "overlapping (flagged)" in row and "ci:ci" in row
+    assert f"{ci.id} flagged: deployed while Alice Archer's {pending.id} (pending) held the web staging lock" in (
+        result.stdout
+    )
+
+
+def test_deploys_filters_by_service_env_and_limit(history: History) -> None:
+    staging = invoke("deploys", "--env", "staging")
+    newest = invoke("deploys", "--service", "web", "--env", "prod", "--limit", "1")
+
+    assert [line.split()[0] for line in staging.stdout.splitlines()[1:]] == [history.staging]
+    assert [line.split()[0] for line in newest.stdout.splitlines()[1:]] == [history.ci]
+
+
+def test_deploys_json(history: History) -> None:
+    result = invoke("deploys", "--json", "--env", "prod")
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["id"] for r in rows] == [history.ci, history.rejected, history.prod]
+    prod = rows[2]
+    assert prod["approvers"] == [BOB, CAROL] and prod["requester"] == ALICE
+    assert prod["status"] == "succeeded" and prod["duration_s"] == 0
+    assert rows[0]["source"] == "ci" and rows[0]["duration_s"] == 300
+    assert rows[1]["rejected_by"] == CAROL and rows[1]["duration_s"] is None
+
+
+def test_deploys_with_no_history() -> None:
+    result = invoke("deploys")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "No deploy requests yet.\n"
+    assert json.loads(invoke("deploys", "--json").stdout) == []
+
+
+def test_deploys_refuses_unknown_names(history: History) -> None:
+    assert_clean_failure(
+        invoke("deploys", "--service", "wbe"), "no service 'wbe'", "known services: owners-only, strict, web"
+    )
+    assert_clean_failure(invoke("deploys", "--env", "prdo"), "no environment 'prdo'", "prod, staging")
+    assert invoke("deploys", "--limit", "0").exit_code == 2  # click's own usage error
+
+
+def test_deploys_on_an_empty_database_names_the_next_step() -> None:
+    assert_clean_failure(invoke("deploys", "--service", "web"), "none yet", "opsbot index")
+
+
+@pytest.mark.parametrize("command", ["deploys", "dora"])
+def test_an_empty_service_or_env_is_refused_not_read_as_all(command: str) -> None:
+    assert_clean_failure(invoke(command, "--service", ""), "--service is empty", "leave the option out")
+    assert_clean_failure(invoke(command, "--env", " "), "--env is empty")
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not sqlite\n")
+    for command in COMMANDS:
+        result = invoke(command, env={"OPSBOT_DB": str(notes)})
+        assert_clean_failure(result, "is not an opsbot database", "point OPSBOT_DB at the file `opsbot index` writes")
+
+
+# -- opsbot audit --------------------------------------------------------------------------------
+
+
+def test_audit_prints_the_trail(history: History) -> None:
+    result = invoke("audit")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 11
+    assert f"{ALICE}  deploy.requested  {history.staging}  service=web env=staging version=1.0.0" in lines[0]
+    assert any(f"{CAROL}  deploy.rejected  {history.rejected}" in line for line in lines)
+    assert f"opsbot  deploy.finished  {history.prod}  status=succeeded exit_code=0" in lines[8]
+    assert lines[-1].endswith(f"{CAROL}  deploy.rejected  {history.rejected}")
+    assert lines[7].endswith(f"opsbot  deploy.started  {history.prod}  approvers={BOB},{CAROL}")
+
+
+def test_audit_json(history: History) -> None:
+    rows = json.loads(invoke("audit", "--json").stdout)
+
+    assert [r["action"] for r in rows][:4] == [
+        "deploy.requested",
+        "deploy.approved",
+        "deploy.started",
+        "deploy.finished",
+    ]
+    assert rows[2]["details"] == {"approvers": [BOB]}
+    assert all(datetime.fromisoformat(r["at"]).tzinfo for r in rows)
+
+
+def test_audit_csv(history: History) -> None:
+    result = invoke("audit", "--csv")
+
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["at", "actor", "action", "request_id", "details"]
+    assert len(rows) == 11
+    assert rows[0]["actor"] == ALICE and rows[0]["request_id"] == history.staging
+    assert json.loads(rows[0]["details"]) == {"env": "staging", "service": "web", "version": "1.0.0"}
+    started = next(r for r in rows if r["action"] == "deploy.started" and r["request_id"] == history.prod)
+    assert json.loads(started["details"]) == {"approvers": [BOB, CAROL]}  # a list with a comma, quoted by csv
+
+
+def test_audit_empty_and_both_formats() -> None:
+    assert invoke("audit").stdout == "The audit trail is empty: no deploy has been requested yet.\n"
+    assert invoke("audit", "--csv").stdout == "at,actor,action,request_id,details\n"
+    assert_clean_failure(invoke("audit", "--json", "--csv"), "choose one of --json and --csv")
+
+
+# -- opsbot dora ---------------------------------------------------------------------------------
+
+
+def test_dora_prints_the_line_and_details(history: History) -> None:
+    result = invoke("dora")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "All services in prod, last 30 days"
+    assert lines[1] == (
+        "Deploys: 2 in 7 days, 2 in 30 · change failure rate 0% (0/2) · time to restore n/a · lead time 2.0 h"
+    )
+    assert "deploys in the period: 2 (0.5 a week)" in result.stdout
+    assert "within 24 h" in result.stdout
+
+
+def test_dora_json_and_filters(history: History) -> None:
+    figures = json.loads(invoke("dora", "--json", "--service", "web", "--env", "staging", "--days", "7").stdout)
+
+    assert figures["service"] == "web" and figures["env"] == "staging" and figures["days"] == 7
+    assert figures["deploys_7d"] == 1 and figures["changes"] == 1
+    assert figures["change_failure_rate"] == 0 and figures["failure_window_hours"] == 24
+    assert figures["per_week"] == 1
+    assert figures["line"].startswith("Deploys: 1 in 7 days")
+
+
+def test_dora_uses_the_failure_window_from_services_yaml(history: History) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    ci_finished = history.started + timedelta(hours=3)
+    store.replace_incidents([incident(ci_finished + timedelta(hours=5), "web", 25)])
+    store.close()
+
+    wide = json.loads(invoke("dora", "--json").stdout)  # 5 h after the CI deploy, 7 h after the Slack one
+    assert (wide["failed_changes"], wide["changes"], wide["time_to_restore_min"]) == (2, 2, 25)
+
+    store = Store(os.environ["OPSBOT_DB"])
+    store.set_meta("deploy_settings", json.dumps({"failure_window_hours": 2}))
+    store.close()
+    narrow = invoke("dora")
+
+    assert "change failure rate 0% (0/2)" in narrow.stdout
+    assert "within 2 h" in narrow.stdout
+
+
+def test_dora_on_an_empty_database() -> None:
+    result = invoke("dora")
+
+    assert result.exit_code == 0, result.output
+    assert "Deploys: 0 in 7 days, 0 in 30 · change failure rate n/a" in result.stdout
+
+
+def test_dora_errors_are_clean(history: History) -> None:
+    assert_clean_failure(invoke("dora", "--service", "nope"), "no service 'nope'", "known services")
+    assert_clean_failure(invoke("dora", "--env", "production"), "no environment 'production'")
+    store = Store(os.environ["OPSBOT_DB"])
+    store.set_meta("deploy_settings", json.dumps({"failure_window_hours": 0}))
+    store.close()
+    assert_clean_failure(invoke("dora"), "settings.failure_window_hours", "run `opsbot index`")
+    assert invoke("dora", "--days", "0").exit_code == 2
+
+
+# -- opsbot notify-deploy ------------------------------------------------------------------------
+
+NOTIFY = ("notify-deploy", "--service", "web", "--env", "prod", "--version", "2.0.0")
+HOOK_ENV = {"OPSBOT_HOOK_SECRET": "0123456789abcdef0123456789abcdef"}
+
+
+def test_notify_deploy_refuses_what_it_would_ignore(history: History) -> None:
+    db = os.environ["OPSBOT_DB"]
+    url = ("--url", "http://opsbot.internal:3000/hooks/deploy")
+    assert_clean_failure(invoke(*NOTIFY, "--db", db, *url), "--db records into a database instead", "give one")
+    finished = ("--status", "started", "--finished-at", "2026-11-20T10:00:00Z")
+    assert_clean_failure(invoke(*NOTIFY, "--db", db, *finished), "--finished-at is for the event that ends")
+    assert_clean_failure(invoke(*NOTIFY, "--db", db, "--event-id", ""), "--event-id is empty")
+    assert_clean_failure(invoke(*NOTIFY, "--db", ""), "--db is empty")
+    assert_clean_failure(invoke(*NOTIFY, "--url", "", env=HOOK_ENV), "--url is empty")
+    assert json.loads(invoke("deploys", "--json", "--limit", "1").stdout)[0]["id"] == history.ci  # nothing recorded
+    # Empty metadata means "not known": pipelines pass variables that are sometimes unset.
+    unknown = invoke(*NOTIFY, "--db", db, "--commit-sha", "", "--commit-time", "", "--change", "")
+    assert unknown.exit_code == 0, unknown.output
+
+
+def test_notify_deploy_refuses_an_environment_services_yaml_does_not_configure(history: History) -> None:
+    db = os.environ["OPSBOT_DB"]
+    typo = ("notify-deploy", "--service", "web", "--env", "production", "--version", "2.0.0", "--db", db)
+    assert_clean_failure(invoke(*typo), "unknown environment 'production' for web; services.yaml has prod, staging")
+    assert "production" not in invoke("deploys", "--json").stdout
+    # A service on the roster without environments in services.yaml may report any environment.
+    other = invoke("notify-deploy", "--service", "owners-only", "--env", "eu-canary", "--version", "1.0.0", "--db", db)
+    assert other.exit_code == 0, other.output
+
+
+def test_notify_deploy_into_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not sqlite\n")
+    assert_clean_failure(invoke(*NOTIFY, "--db", str(notes)), "is not an opsbot database", "point --db at")
+    assert notes.read_text() == "not sqlite\n"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:abc/hooks/deploy", "http://127.0.0.1/hooks deploy"])
+def test_notify_deploy_to_a_malformed_url(url: str) -> None:
+    assert_clean_failure(invoke(*NOTIFY, "--url", url, env=HOOK_ENV), f"--url {url!r} is not a valid URL")
+    from_env = invoke(*NOTIFY, env=HOOK_ENV | {"OPSBOT_HOOK_URL": url})
+    assert_clean_failure(from_env, f"OPSBOT_HOOK_URL {url!r} is not a valid URL")
+
+
+def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
+    class WebPage(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b"<html>Welcome</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/", env=HOOK_ENV)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_clean_failure(result, "answered, but not as opsbot does", "/hooks/deploy")

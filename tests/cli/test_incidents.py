@@ -1,0 +1,159 @@
+"""`opsbot incidents list` and `opsbot incidents export`: incidents declared in Slack, on the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge import load_knowledge
+from bot.ops.incidents import IncidentService
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
+from tests.fakes import Clock
+
+PRIYA = "U03F8K2LQ1"
+DANIEL = "U04C2RN8VD"
+
+
+@pytest.fixture
+def knowledge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A knowledge directory with the sample roster, so responders are checked against it."""
+    root = tmp_path / "knowledge"
+    root.mkdir()
+    shutil.copy(SAMPLE_KNOWLEDGE / "experts.yaml", root / "experts.yaml")
+    monkeypatch.setenv("OPSBOT_KNOWLEDGE", str(root))
+    return root
+
+
+@pytest.fixture
+def incidents(tmp_path: Path) -> Iterator[IncidentService]:
+    """The database that the CLI opens (OPSBOT_DB points at tmp_path), with one resolved and one open incident."""
+    store = Store(tmp_path / "opsbot.db")
+    clock = Clock(datetime(2026, 3, 4, 9, 0, tzinfo=UTC), step=timedelta(minutes=1))  # each reading a minute on
+    service = IncidentService(store, {"checkout-api", "order-pipeline"}, clock=clock)
+    resolved = service.declare("Checkout 503s: pgbouncer pool exhausted", PRIYA, 2, ["checkout-api"], "C0OPS0001")
+    service.note(resolved, PRIYA, "pg-main at max_client_conn 400")
+    service.assign(resolved, PRIYA, DANIEL, "lead")
+    service.pin(resolved, DANIEL, "Raised default_pool_size to 40; 503s stopped")
+    service.resolve(resolved, DANIEL, "Raised the pgbouncer pool and restarted checkout-api pods")
+    service.declare("Kafka consumer lag on orders", PRIYA, 3, ["order-pipeline"], "C0OPS0001")
+    yield service
+    store.close()
+
+
+def test_list_shows_open_incidents_or_all(incidents: IncidentService) -> None:
+    result = invoke("incidents", "list")
+    assert result.exit_code == 0, result.output
+    assert "INC-2026-0002  SEV3  open  Kafka consumer lag on orders  [order-pipeline]" in result.stdout
+    assert "INC-2026-0001" not in result.stdout
+
+    result = invoke("incidents", "list", "--all")
+    assert (
+        "INC-2026-0001  SEV2  resolved after 4 min  Checkout 503s" in result.stdout and "INC-2026-0002" in result.stdout
+    )
+
+    listed = json.loads(invoke("incidents", "list", "--all", "--json").stdout)
+    assert [i["id"] for i in listed] == ["INC-2026-0002", "INC-2026-0001"]
+    first = listed[1]
+    assert first["responders"] == [DANIEL, PRIYA] and first["minutes_to_restore"] == 4
+    assert [e["kind"] for e in first["timeline"]] == ["declared", "note", "assigned", "pinned", "resolved"]
+
+
+def test_list_without_incidents_says_so(tmp_path: Path) -> None:
+    Store(tmp_path / "opsbot.db").close()
+    assert invoke("incidents", "list").stdout == "No open incidents.\n"
+    assert invoke("incidents", "list", "--all").stdout == "No incidents declared in Slack yet.\n"
+
+
+def test_export_writes_a_knowledge_file_that_loads_without_problems(
+    incidents: IncidentService, knowledge: Path
+) -> None:
+    result = invoke("incidents", "export")
+    assert result.exit_code == 0, result.output
+    path = knowledge / "incidents" / "2026" / "INC-2026-0001.yaml"
+    assert result.stdout == f"wrote {path}\n"  # only the resolved one
+
+    kb = load_knowledge(knowledge)
+    assert kb.problems == []
+    (incident,) = kb.incidents
+    assert (incident.id, incident.severity, incident.services) == ("INC-2026-0001", 2, ("checkout-api",))
+    assert incident.responders == (DANIEL, PRIYA) and incident.duration_minutes == 4
+    assert incident.resolution == "Raised the pgbouncer pool and restarted checkout-api pods"
+    assert "pg-main at max_client_conn 400" in incident.summary
+    assert incident.date == datetime(2026, 3, 4, 9, 1, tzinfo=UTC)
+    assert [t.event for t in incident.timeline][-1].startswith("Resolved: Raised the pgbouncer pool")
+
+    again = invoke("incidents", "export", "INC-2026-0001")
+    assert again.exit_code == 0 and again.stdout == f"{path}: unchanged\n"
+
+
+def test_export_refuses_to_overwrite_a_changed_file_unless_forced(
+    incidents: IncidentService, knowledge: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert invoke("incidents", "export", "inc-2026-0001", "--out", str(out)).exit_code == 0
+    path = out / "INC-2026-0001.yaml"
+    path.write_text(path.read_text() + "# edited by hand\n")
+
+    refused = invoke("incidents", "export", "INC-2026-0001", "--out", str(out))
+    assert refused.exit_code == 1 and "exists with other content; pass --force to overwrite it" in refused.stderr
+    assert path.read_text().endswith("# edited by hand\n")
+
+    forced = invoke("incidents", "export", "INC-2026-0001", "--out", str(out), "--force")
+    assert forced.exit_code == 0 and forced.stdout == f"wrote {path}\n"
+    assert "# edited by hand" not in path.read_text()
+
+
+def test_export_of_an_open_or_unknown_incident_is_refused(incidents: IncidentService, knowledge: Path) -> None:
+    result = invoke("incidents", "export", "INC-2026-0002")
+    assert result.exit_code == 1 and "INC-2026-0002 is still open: resolve it first" in result.stderr
+    result = invoke("incidents", "export", "INC-2026-0042")
+    assert result.exit_code == 1 and "no incident INC-2026-0042" in result.stderr
+    result = invoke("incidents", "export", "INC-42")
+    assert result.exit_code == 1 and "'INC-42' is not an incident id" in result.stderr
+    assert not (knowledge / "incidents").exists()
+
+
+def test_an_incident_without_a_service_needs_one_named(incidents: IncidentService, tmp_path: Path) -> None:
+    bare = incidents.declare("Something odd", PRIYA)
+    incidents.resolve(bare, PRIYA, "Went away")
+    result = invoke("incidents", "export", bare.id, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "names no service" in result.stderr and "--service NAME" in result.stderr
+    result = invoke("incidents", "export", bare.id, "--out", str(tmp_path / "out"), "--service", "checkout-api")
+    assert result.exit_code == 0, result.output
+    assert "- checkout-api" in (tmp_path / "out" / f"{bare.id}.yaml").read_text()
+
+
+def test_help_has_examples() -> None:
+    for args in (["incidents"], ["incidents", "list"], ["incidents", "export"]):
+        result = invoke(*args, "--help")
+        assert result.exit_code == 0 and "Example" in result.stdout and "opsbot incidents" in result.stdout
+
+
+def test_export_refuses_an_empty_id_or_option(incidents: IncidentService, knowledge: Path) -> None:
+    assert_clean_failure(invoke("incidents", "export", ""), "an incident id is empty", "INC-2026-0042")
+    assert_clean_failure(invoke("incidents", "export", "--out", ""), "--out is empty")
+    assert_clean_failure(invoke("incidents", "export", "--service", " "), "--service is empty")
+    assert not (knowledge / "incidents").exists()
+
+
+def test_export_refuses_a_service_it_would_not_use_or_does_not_know(incidents: IncidentService, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke("incidents", "export", "INC-2026-0001", "--out", str(out), "--service", "order-pipeline")
+    assert_clean_failure(result, "--service is for incidents declared without a service", "INC-2026-0001 names one")
+    bare = incidents.declare("Something odd", PRIYA)
+    incidents.resolve(bare, PRIYA, "Went away")
+    result = invoke("incidents", "export", bare.id, "--out", str(out), "--service", "chekout-api")
+    assert_clean_failure(result, "unknown service 'chekout-api'", "known services: checkout-api, order-pipeline")
+    assert not out.exists()
+
+
+def test_export_to_a_folder_that_cannot_be_made_is_a_clean_error(incidents: IncidentService, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = invoke("incidents", "export", "INC-2026-0001", "--out", str(tmp_path / "a-file" / "sub"))
+    assert_clean_failure(result, "INC-2026-0001.yaml could not be written", "choose another --out folder")

@@ -1,0 +1,137 @@
+"""CI/CD deploy events go through the deploy service's rules: the lock, freezes, the audit actor, time zones,
+stale starts and reports sent twice."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.errors import PermissionDenied
+from bot.ops.ci_deploys import abandon_stale, record_ci_event
+from bot.ops.ci_events import EventProblem, parse_event
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
+from bot.store import Store
+from tests.fakes import START, Clock
+from tests.ops.fixtures import ALICE, BOB, actions
+
+PIPELINE = "https://ci.example.com/runs/1"
+
+
+def send(deploys: DeployService, event_id: str, status: str, version: str = "2.0.0", env: str = "staging", **more):  # noqa: ANN003, ANN201
+    body = {"event_id": event_id, "service": "web", "env": env, "version": version, "status": status, **more}
+    return record_ci_event(deploys, parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments()))
+
+
+def iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
+def test_a_ci_start_while_a_deploy_request_holds_the_lock_is_flagged_not_a_second_holder(
+    deploys: DeployService, store: Store
+) -> None:
+    pending = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+
+    started = send(deploys, "e1", "started", actor="octocat").request
+
+    assert started is not None and started.status == "overlapping"  # never a second "running" deploy
+    assert started.flags and f"Alice Archer's {pending.id} (pending) held the web staging lock" in started.flags[0]
+    assert store.lock_holder("web", "staging") == pending.id  # the lock stays with the request that took it
+    assert "deploy.flagged" in actions(store)
+    refused = deploys.approve(pending.id, BOB)
+    assert refused.outcome == "refused" and "being deployed right now" in refused.message
+
+    finished = send(deploys, "e2", "succeeded").request
+
+    assert finished is not None and finished.id == started.id and finished.status == "succeeded"
+    assert deploys.approve(pending.id, BOB).start  # the pending request may go ahead once CI is done
+
+
+def test_a_ci_start_on_a_free_lock_holds_it_until_it_ends(deploys: DeployService, store: Store) -> None:
+    started = send(deploys, "e1", "started", actor="octocat").request
+    assert started is not None and started.flags == ()
+
+    with pytest.raises(PermissionDenied, match=r"locked by CI \(octocat\)'s deploy"):
+        deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+
+    send(deploys, "e2", "failed")
+    assert store.lock_holder("web", "staging") is None
+    assert deploys.request("deploy", "web", "staging", "1.0.0", ALICE).status == "pending"
+
+
+def test_a_ci_deploy_into_a_frozen_environment_is_recorded_and_flagged(store: Store) -> None:
+    deploys = DeployService.from_store(store, clock=Clock(datetime(2026, 12, 24, 9, 0, tzinfo=UTC)))
+
+    outcome = send(deploys, "e1", "succeeded", env="prod", finished_at="2026-12-24T08:55:00Z")
+
+    request = outcome.request
+    assert request is not None and request.status == "succeeded"
+    assert request.flags == ("deployed during the freeze (Christmas peak) until 2026-12-27T08:00+00:00",)
+    flagged = [r for r in store.audit_rows() if r["action"] == "deploy.flagged"]
+    assert flagged and flagged[0]["details"]["flags"] == list(request.flags)
+    assert outcome.as_json()["flags"] == list(request.flags)
+
+
+def test_the_actor_is_recorded_as_ci_so_a_pipeline_cannot_act_as_opsbot_or_a_person(
+    deploys: DeployService, store: Store
+) -> None:
+    for n, claimed in enumerate(("opsbot", ALICE)):
+        request = send(deploys, f"e{n}", "succeeded", version=f"2.0.{n}", actor=claimed).request
+        assert request is not None and request.requester == f"ci:{claimed}"
+    assert {r["actor"] for r in store.audit_rows()} == {"ci:opsbot", f"ci:{ALICE}"}
+    assert deploys.name(f"ci:{ALICE}") == f"CI ({ALICE})"
+
+
+@pytest.mark.parametrize("field", ["started_at", "finished_at", "commit_time"])
+def test_a_time_without_an_offset_is_refused(deploys: DeployService, field: str) -> None:
+    body = {"event_id": "e1", "service": "web", "env": "staging", "version": "2.0.0", "status": "succeeded",
+            field: "2026-11-02T12:00:00"}
+    with pytest.raises(EventProblem, match="has no UTC offset") as caught:
+        parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments())
+    assert caught.value.field == field
+
+
+def test_a_local_time_with_its_offset_decides_the_rollback_target(deploys: DeployService, clock: Clock) -> None:
+    send(deploys, "e1", "succeeded", version="1.0.0", finished_at="2026-11-02T11:00:00+02:00")  # 09:00 UTC
+    send(deploys, "e2", "succeeded", version="1.1.0", finished_at="2026-11-02T09:30:00Z")
+
+    assert deploys.current_version("web", "staging") == "1.1.0"
+    assert deploys.rollback_target("web", "staging") == "1.0.0"
+
+
+def test_a_start_without_an_end_is_abandoned_and_a_late_end_still_closes_it(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    started = send(deploys, "e1", "started", pipeline_url=PIPELINE).request
+    assert started is not None
+    clock.advance(hours=5)
+    assert abandon_stale(deploys) == []
+    clock.advance(hours=2)
+
+    [abandoned] = abandon_stale(deploys)
+
+    assert abandoned.id == started.id and abandoned.status == "abandoned"
+    assert "within 6 hours" in abandoned.note
+    assert store.lock_holder("web", "staging") is None
+    late = send(deploys, "e2", "succeeded", pipeline_url=PIPELINE).request
+    assert late is not None and late.id == started.id and late.status == "succeeded"
+
+
+def test_the_same_finished_deploy_reported_under_a_new_event_id_counts_once(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    finished = iso(START - timedelta(minutes=5))
+    first = send(deploys, "e1", "succeeded", pipeline_url=PIPELINE, finished_at=finished)
+    again = send(deploys, "e2", "succeeded", pipeline_url=PIPELINE, finished_at=finished)
+    bare = send(deploys, "e3", "succeeded", version="3.0.0", finished_at=finished)
+    bare_again = send(deploys, "e4", "succeeded", version="3.0.0", finished_at=iso(START - timedelta(minutes=2)))
+    other_pipeline = send(deploys, "e5", "succeeded", pipeline_url=PIPELINE + "0", finished_at=finished)
+
+    assert first.action == "recorded" and again.action == "duplicate"
+    assert again.as_json() == {"ok": True, "duplicate": True, "id": first.request.id}
+    assert bare.action == "recorded" and bare_again.action == "duplicate"
+    assert other_pipeline.action == "recorded"
+    figures = dora(store, "web", "staging", now=clock())
+    assert figures.deploys_period == 3 and figures.changes == 3

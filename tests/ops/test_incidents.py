@@ -1,0 +1,133 @@
+"""The incident briefing's view of deploys: recent deploys of the incident's services and a possible cause."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.models import SearchHit
+from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
+from bot.ops.requests import DeployRequest
+from bot.slack.blocks.incidents import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
+from bot.store import Store
+from tests.ops.test_metrics import NOW, deploy, insert
+
+DECLARED = NOW  # deploy(None) rows of test_metrics are requested 20 minutes before NOW
+PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "incidents.db")
+    yield store
+    store.close()
+
+
+def declared(store: Store, services: list[str]) -> LiveIncident:
+    return IncidentService(store, set(services), clock=lambda: DECLARED).declare("Checkout 503s", PRIYA, 2, services)
+
+
+def before(**delta: float) -> datetime:
+    return DECLARED - timedelta(**delta)
+
+
+def text_of(blocks: list[dict]) -> str:
+    return "\n".join(b["text"]["text"] for b in blocks if b.get("text"))
+
+
+def test_deploys_since_are_deploy_requests_of_the_services_newest_first(store: Store) -> None:
+    old = deploy(before(days=2), service="checkout-api")
+    recent = deploy(before(minutes=40), service="checkout-api", version="1.4.2")
+    pending = deploy(None, service="checkout-api", status="pending", ran=False)  # requested 20 min before
+    other = deploy(before(minutes=10), service="search-api")
+    insert(store, old, recent, pending, other)
+    with store.transaction():
+        store.record_decision(recent["id"], DANIEL, "approve")
+
+    found = deploys_since(store, ("checkout-api",), before(hours=24))
+
+    assert all(isinstance(d, DeployRequest) for d in found)
+    assert [d.id for d in found] == [pending["id"], recent["id"]]
+    assert [d.latest_at for d in found] == [before(minutes=20), before(minutes=40)]
+    assert [d.completed for d in found] == [False, True]
+    assert found[1].approvers == (DANIEL,)  # a whole request, decisions included
+
+
+def test_latest_at_reads_ci_times_with_z_or_without_an_offset_as_utc(store: Store) -> None:
+    zulu = deploy(None, service="checkout-api") | {"finished_at": "2026-11-30T11:20:00Z"}
+    naive = deploy(None, service="checkout-api", status="pending", ran=False) | {"created_at": "2026-11-30T11:30:00"}
+    insert(store, zulu, naive)
+
+    found = deploys_since(store, ["checkout-api"], before(hours=1))
+
+    assert [(d.id, d.latest_at) for d in found] == [(naive["id"], before(minutes=30)), (zulu["id"], before(minutes=40))]
+
+
+def test_possible_cause_is_the_last_successful_deploy_in_the_window_before_the_declaration(store: Store) -> None:
+    cause = deploy(before(minutes=40), service="checkout-api", version="1.4.2")
+    insert(
+        store,
+        deploy(before(hours=5), service="checkout-api", version="1.4.0"),  # outside a 2 h window
+        deploy(before(hours=1), service="checkout-api", version="1.4.1"),  # older than the cause
+        cause,
+        deploy(before(minutes=5), service="checkout-api", status="failed", version="1.4.3"),  # did not succeed
+        deploy(before(minutes=15), service="checkout-api", kind="rollback", version="1.4.1"),  # not a deploy
+        deploy(DECLARED + timedelta(minutes=5), service="checkout-api", version="1.4.4"),  # after the declaration
+    )
+    incident = declared(store, ["checkout-api"])
+
+    found = possible_cause(incident, store, window_hours=2)
+
+    assert found is not None
+    request, minutes = found
+    assert (request.id, request.version, minutes) == (cause["id"], "1.4.2", 40)
+    assert "*Possible cause:* deploy 1.4.2 of checkout-api to prod" in text_of(build_declared_blocks(incident, found))
+    assert possible_cause(incident, store, window_hours=0) is None
+
+
+def test_recent_deploys_blocks_show_deploy_requests_with_rollback_only_on_successes(store: Store) -> None:
+    ran = deploy(before(minutes=40), service="checkout-api", version="1.4.2") | {"from_version": "1.4.1"}
+    waiting = deploy(None, service="checkout-api", status="pending", version="1.4.3", ran=False)
+    insert(store, ran, waiting)
+    incident = declared(store, ["checkout-api"])
+
+    blocks = build_recent_deploys_blocks(incident, deploys_since(store, incident.services, before(hours=24)))
+
+    text = text_of(blocks)
+    assert f"*1.4.3* to prod · pending requested at 11:40 UTC · `{waiting['id']}`" in text
+    assert f"1.4.1 → *1.4.2* to prod · succeeded at 11:20 UTC · `{ran['id']}`" in text
+    buttons = [b["accessory"]["value"] for b in blocks if "accessory" in b]
+    assert len(buttons) == 1 and ran["id"] in buttons[0]
+
+
+def test_the_briefing_links_a_runbook_section_when_the_runbook_has_a_url() -> None:
+    linked = SearchHit(
+        "runbooks/a.md",
+        "runbook",
+        "Disk full",
+        "Free space",
+        "prune",
+        1.0,
+        url="https://w.example/a",
+        anchor="free-space",
+    )
+    plain = SearchHit("runbooks/b.md", "runbook", "DNS", "Checks", "dig", 0.9, anchor="checks")
+    blocks = build_knowledge_blocks([linked, plain], [])
+    first, second = blocks[1]["text"]["text"], blocks[2]["text"]["text"]
+    assert first.startswith("<https://w.example/a|Disk full> · <https://w.example/a#free-space|_Free space_>")
+    assert second.startswith("*DNS* · _Checks_\n")
+
+
+def test_everyone_given_a_role_is_a_responder_when_it_is_resolved(store: Store) -> None:
+    comms, first_lead = "U05G8VS4QH", "U06H3WD7RJ"
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    live = incidents.assign(live, PRIYA, first_lead, "lead")
+    live = incidents.assign(live, PRIYA, comms, "comms")
+    live = incidents.assign(live, PRIYA, DANIEL, "lead")  # the first lead handed over: they worked it too
+    _, past = incidents.resolve(live, DANIEL, "Raised the pool size.")
+    # Neither the comms person nor the first lead typed anything, and both get the credit.
+    assert past.responders == (DANIEL, first_lead, comms, PRIYA)

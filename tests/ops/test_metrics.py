@@ -1,0 +1,333 @@
+"""DORA figures on a constructed deploy and incident history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.indexer import index_knowledge
+from bot.models import Incident
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import Dora, dora
+from bot.store import Store
+from tests.conftest import FakeEncoder
+from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, make_knowledge
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+_ids = iter(range(1, 100000))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "metrics.db")
+    yield store
+    store.close()
+
+
+def deploy(
+    finished: datetime | None,
+    *,
+    service: str = "web",
+    env: str = "prod",
+    kind: str = "deploy",
+    status: str = "succeeded",
+    version: str = "1.0.0",
+    commit_time: str = "",
+    ran: bool = True,
+) -> dict:
+    """One row of deploy_requests as CI or a Slack request would leave it."""
+    created = (finished or NOW) - timedelta(minutes=20)
+    return {
+        "id": f"dep-{next(_ids):05d}",
+        "kind": kind,
+        "service": service,
+        "env": env,
+        "version": version,
+        "from_version": "",
+        "requester": "github-actions",
+        "status": status,
+        "approvals_needed": 0,
+        "created_at": created.isoformat(timespec="seconds"),
+        "expires_at": "",
+        "started_at": (created + timedelta(minutes=10)).isoformat(timespec="seconds") if ran else None,
+        "finished_at": finished.isoformat(timespec="seconds") if finished else None,
+        "channel": "",
+        "message_ts": "",
+        "exit_code": None,
+        "log_tail": "",
+        "source": "ci",
+        "commit_sha": "",
+        "commit_time": commit_time,
+        "pipeline_url": "",
+        "changes": "[]",
+    }
+
+
+def insert(store: Store, *rows: dict) -> None:
+    with store.transaction():
+        for row in rows:
+            store.insert_deploy(row)
+
+
+def incident(at: datetime, service: str, minutes: int | None = 30) -> Incident:
+    number = next(_ids)
+    return Incident(
+        id=f"INC-2026-{number:04d}",
+        title=f"{service} is down",
+        date=at,
+        severity=2,
+        services=(service,),
+        responders=(ALICE,),
+        summary="It broke.",
+        root_cause="A change.",
+        resolution="Rolled back.",
+        path=f"incidents/INC-2026-{number:04d}.yaml",
+        duration_minutes=minutes,
+    )
+
+
+def ago(**delta: float) -> datetime:
+    return NOW - timedelta(**delta)
+
+
+# -- deployment frequency ------------------------------------------------------------------------
+
+
+def test_deployment_frequency_counts_successful_prod_deploys_in_7_and_30_days(store: Store) -> None:
+    insert(
+        store,
+        *(deploy(ago(days=d)) for d in (1, 3, 6.9, 10, 20, 29.9, 40)),
+        deploy(ago(days=2), status="failed"),
+        deploy(ago(days=2), status="rejected", ran=False),
+        deploy(ago(days=2), status="expired", ran=False),
+        deploy(None, status="running"),
+        deploy(ago(days=1), env="staging"),
+        deploy(ago(days=1), service="api"),
+    )
+
+    figures = dora(store, service="web", now=NOW)
+
+    assert (figures.deploys_7d, figures.deploys_30d, figures.deploys_period) == (3, 6, 6)
+    assert figures.per_week == pytest.approx(6 / (30 / 7))
+    assert dora(store, now=NOW).deploys_7d == 4  # every service
+    assert dora(store, env="staging", now=NOW).deploys_7d == 1
+    assert dora(store, service="web", days=7, now=NOW).deploys_period == 3
+    assert dora(store, service="web", days=90, now=NOW).deploys_period == 7
+
+
+def test_figures_as_of_a_past_date_ignore_what_came_after(store: Store) -> None:
+    insert(store, *(deploy(ago(days=d)) for d in (1, 12, 15)), deploy(ago(days=11), status="failed"))
+    insert(store, deploy(ago(days=9), kind="rollback"))
+
+    figures = dora(store, now=ago(days=10))
+
+    assert (figures.deploys_7d, figures.deploys_30d) == (2, 2)
+    assert (figures.failed_changes, figures.changes) == (1, 3)
+
+
+# -- change failure rate -------------------------------------------------------------------------
+
+
+def test_change_failure_rate_counts_failures_rollbacks_and_incidents_within_the_window(store: Store) -> None:
+    t = ago(days=5)
+    insert(
+        store,
+        deploy(t, service="clean"),
+        deploy(t, service="failed", status="failed"),
+        deploy(t, service="slow", status="timed_out"),
+        deploy(t, service="rolled"),
+        deploy(t + timedelta(hours=2), service="rolled", kind="rollback"),
+        deploy(t, service="rolled-late"),
+        deploy(t + timedelta(hours=30), service="rolled-late", kind="rollback"),
+        deploy(t, service="hurt"),
+        deploy(t, service="hurt-late"),
+        deploy(t, service="refused"),
+        deploy(t + timedelta(hours=1), service="refused", kind="rollback", status="rejected", ran=False),
+        deploy(t, service="interrupted", status="interrupted"),
+        deploy(ago(days=40), service="old", status="failed"),
+    )
+    store.replace_incidents(
+        [
+            incident(t + timedelta(hours=5), "hurt"),
+            incident(t + timedelta(hours=30), "hurt-late"),
+            incident(t - timedelta(hours=1), "clean"),  # before the deploy: not its fault
+            incident(t + timedelta(hours=1), "unrelated"),
+        ]
+    )
+
+    figures = dora(store, now=NOW, failure_window_hours=24)
+
+    # changes: clean, failed, slow, rolled, rolled-late, hurt, hurt-late, refused (rollbacks and interrupted are not)
+    assert figures.changes == 8
+    # failed: failed, slow, rolled (rollback 2 h later), hurt (incident 5 h later)
+    assert figures.failed_changes == 4
+    assert figures.change_failure_rate == pytest.approx(0.5)
+    assert dora(store, now=NOW, failure_window_hours=48).failed_changes == 6  # the late ones count too
+    assert dora(store, service="hurt", now=NOW).failed_changes == 1
+    assert dora(store, service="hurt-late", now=NOW).failed_changes == 0
+    assert dora(store, service="refused", now=NOW).failed_changes == 0
+
+
+def test_a_rollback_counts_against_the_deploy_it_undid_not_the_one_before(store: Store) -> None:
+    t = ago(days=3)
+    good = deploy(t, version="1.0.0")
+    bad = deploy(t + timedelta(hours=1), version="1.1.0")
+    rollback = deploy(t + timedelta(hours=2), version="1.0.0", kind="rollback")
+    insert(store, good, bad, rollback)
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (1, 2)
+
+
+def test_a_rollback_after_a_failed_deploy_does_not_blame_the_good_one_before(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t, version="1.4.2"),
+        deploy(t + timedelta(hours=2), version="1.5.0", status="failed"),
+        deploy(t + timedelta(hours=3), version="1.4.2", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (1, 2)
+    assert figures.time_to_restore_min == 60  # the rollback's success restored the service
+
+
+def test_change_failure_rate_is_none_without_changes(store: Store) -> None:
+    figures = dora(store, now=NOW)
+
+    assert figures.changes == 0 and figures.change_failure_rate is None
+
+
+# -- time to restore and lead time ---------------------------------------------------------------
+
+
+def test_time_to_restore_is_the_median_of_incidents_and_failed_to_next_success(store: Store) -> None:
+    t = ago(days=4)
+    insert(
+        store,
+        deploy(t, status="failed"),
+        deploy(t + timedelta(minutes=60)),  # the next success: restored after 60 min
+        deploy(t + timedelta(hours=5)),
+        deploy(ago(days=1), service="api", status="timed_out"),  # never restored: no figure
+    )
+    store.replace_incidents(
+        [
+            incident(ago(days=2), "web", 30),
+            incident(ago(days=3), "web", 90),
+            incident(ago(days=3), "web", None),
+            incident(ago(days=45), "web", 600),  # before the period
+        ]
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert figures.time_to_restore_min == pytest.approx(60)  # median of 30, 60, 90
+    assert dora(store, service="api", now=NOW).time_to_restore_min is None
+
+
+def test_lead_time_is_the_median_from_commit_to_finished_deploy(store: Store) -> None:
+    insert(
+        store,
+        deploy(ago(days=1), commit_time=ago(days=1, hours=2).isoformat()),
+        deploy(ago(days=2), commit_time=ago(days=2, hours=4).strftime("%Y-%m-%dT%H:%M:%SZ")),
+        deploy(ago(days=3), commit_time=ago(days=3, hours=6).replace(tzinfo=None).isoformat()),
+        deploy(ago(days=4)),  # no commit time: not counted
+        deploy(ago(days=5), status="failed", commit_time=ago(days=9).isoformat()),  # failed: not counted
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert figures.lead_time_h == pytest.approx(4)
+    assert "lead time 4.0 h" in figures.line()
+
+
+def test_service_filter_keeps_other_services_out(store: Store) -> None:
+    t = ago(days=2)
+    insert(
+        store,
+        deploy(t, service="web"),
+        deploy(t, service="api", status="failed"),
+        deploy(t + timedelta(hours=1), service="api"),
+    )
+    store.replace_incidents([incident(t + timedelta(hours=2), "web", 20), incident(t, "api", 200)])
+
+    web = dora(store, service="web", now=NOW)
+    api = dora(store, service="api", now=NOW)
+
+    assert (web.service, web.deploys_7d, web.changes, web.failed_changes) == ("web", 1, 1, 1)
+    assert web.time_to_restore_min == 20
+    assert (api.deploys_7d, api.changes, api.failed_changes) == (1, 2, 1)
+    assert api.time_to_restore_min == pytest.approx(130)  # median of 200 and the 60 min failed->success gap
+
+
+def test_incidents_from_knowledge_files_count(tmp_path: Path, store: Store) -> None:
+    root = make_knowledge(tmp_path / "knowledge")
+    (root / "incidents").mkdir()
+    (root / "incidents" / "INC-2026-0100.yaml").write_text(
+        f"""\
+id: INC-2026-0100
+title: Web 500s after the release
+date: {ago(days=2, hours=-3).isoformat()}
+severity: 2
+services: [web]
+responders: [{ALICE}]
+summary: Errors after the deploy.
+root_cause: A bad migration.
+resolution: Rolled back.
+duration_minutes: 42
+""",
+        encoding="utf-8",
+    )
+    index_knowledge(store, FakeEncoder(), root)
+    insert(store, deploy(ago(days=2)))
+
+    figures = dora(store, service="web", now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (1, 1)
+    assert figures.time_to_restore_min == 42
+
+
+def test_slack_deploys_count_like_ci_ones(tmp_path: Path, store: Store) -> None:
+    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge"))
+    clock = Clock(ago(days=1))
+    deploys = DeployService.from_store(store, clock=clock)
+    request = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+    deploys.approve(request.id, BOB)
+    deploys.execute(request.id)
+    insert(store, deploy(ago(days=2), env="staging"))
+
+    figures = dora(store, env="staging", now=NOW)
+
+    assert (figures.deploys_7d, figures.changes, figures.failed_changes) == (2, 2, 0)
+
+
+# -- the one-line summary ------------------------------------------------------------------------
+
+
+def test_line_reads_well() -> None:
+    figures = Dora("web", "prod", 30, 3, 6, 6, 8, 2, 45.0, 26.0)
+
+    assert figures.line() == (
+        "Deploys: 3 in 7 days, 6 in 30 · change failure rate 25% (2/8) · time to restore 45 min · lead time 26.0 h"
+    )
+
+
+def test_line_without_data_says_n_a() -> None:
+    figures = Dora(None, "prod", 30, 0, 0, 0, 0, 0, None, None)
+
+    assert figures.line() == (
+        "Deploys: 0 in 7 days, 0 in 30 · change failure rate n/a · time to restore n/a · lead time n/a"
+    )
+
+
+@pytest.mark.parametrize(
+    "minutes, shown", [(0.4, "0 min"), (89, "89 min"), (90, "1.5 h"), (47 * 60, "47.0 h"), (3 * 1440, "3.0 d")]
+)
+def test_durations_use_a_readable_unit(minutes: float, shown: str) -> None:
+    assert f"time to restore {shown} ·" in Dora(None, "prod", 30, 0, 0, 0, 0, 0, minutes, None).line()

@@ -1,0 +1,293 @@
+"""Running deploys under faults: a lease per running deploy, a guard that stops an orphaned runner, an outcome
+that is recorded even when the database refuses the first writes. Real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import string
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.ops import runner as deploy_runner
+from bot.ops.deploys import DeployService
+from bot.store import Store
+from tests.conftest import ROOT
+from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, after_crash, runner_service
+
+SLOW = '["{python}", "-c", "import sys, time; time.sleep(int(sys.argv[1].split(\'.\')[0]))", "{version}"]'
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def in_another_process(db: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process with ``deploys``, a DeployService of its own on ``db``."""
+    prelude = (
+        "import json, sys\n"
+        "from bot.ops.deploys import DeployService\n"
+        "from bot.store import Store\n"
+        f"deploys = DeployService.from_store(Store({str(db)!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def test_the_runner_dies_with_the_process_that_runs_it(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, SLOW)
+    db = Path(store.path)
+    code = (
+        f"request = deploys.request('deploy', 'job', 'staging', '60.0.0', {ALICE!r})\n"
+        f"deploys.approve(request.id, {BOB!r})\n"
+        "print(request.id, flush=True)\n"
+        "deploys.execute(request.id)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    prelude = (
+        "from bot.ops.deploys import DeployService\nfrom bot.store import Store\n"
+        f"deploys = DeployService.from_store(Store({str(db)!r}))\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", prelude + code], stdout=subprocess.PIPE, text=True, env=env)
+    assert owner.stdout is not None
+    request_id = owner.stdout.readline().strip()
+    assert wait_until(lambda: (store.deploy_row(request_id) or {}).get("runner_pid"), 20)
+    guard = store.deploy_row(request_id)["runner_pid"]
+    assert wait_until(lambda: _children(guard), 10)
+    [command] = _children(guard)
+
+    owner.send_signal(signal.SIGKILL)  # no clean-up code runs in the owner
+    owner.wait(timeout=10)
+
+    assert wait_until(lambda: not alive(command) and not alive(guard), 15), "the deploy command outlived its owner"
+    assert store.deploy_row(request_id)["status"] == "running"  # until its lease runs out
+    clock = Clock()
+    [interrupted] = after_crash(store, clock).recover_interrupted()
+    assert interrupted.id == request_id and interrupted.status == "interrupted"
+    assert store.lock_holder("job", "staging") is None
+    store.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_second_process_leaves_a_live_deploy_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy_runner, "LEASE_S", 2.0)
+    monkeypatch.setattr(deploy_runner, "RENEW_EVERY_S", 0.2)
+    deploys, store = runner_service(tmp_path, SLOW)
+    request = deploys.request("deploy", "job", "staging", "6.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    done: list = []
+    runner = threading.Thread(target=lambda: done.append(deploys.execute(request.id)))
+    runner.start()
+    time.sleep(3)  # longer than the lease: only renewals keep it
+
+    other = in_another_process(
+        Path(store.path),
+        "print(json.dumps([r.id for r in deploys.recover_interrupted()]))\n"
+        "try:\n"
+        f"    deploys.request('deploy', 'job', 'staging', '1.0.0', {ALICE!r})\n"
+        "    print('requested')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n",
+    )
+
+    assert other.returncode == 0, other.stderr
+    interrupted, second = other.stdout.splitlines()
+    assert json.loads(interrupted) == []
+    assert second.startswith("PermissionDenied") and "job staging is locked" in second
+    runner.join(timeout=30)
+    assert done[0].status == "succeeded"
+    store.close()
+
+
+def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, SLOW)
+    request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    keep_read, keep_write = os.pipe()  # the guard's lifeline stays open: as if its owner hung, not died
+    guard = subprocess.Popen(
+        [sys.executable, str(deploy_runner.GUARD), "--request", request.id, "--watch", str(keep_read), "--",
+         sys.executable, "-c", "import time; time.sleep(60)"],
+        start_new_session=True,
+        pass_fds=(keep_read,),
+    )
+    os.close(keep_read)
+    with store.transaction():
+        store.update_deploy(request.id, runner_pid=guard.pid)
+
+    [interrupted] = after_crash(store, Clock()).recover_interrupted()
+
+    assert interrupted.status == "interrupted"
+    assert guard.wait(timeout=10) == -signal.SIGKILL
+    os.close(keep_write)
+    store.close()
+
+
+def test_a_stale_pid_that_is_not_our_guard_is_left_alone(tmp_path: Path) -> None:
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        assert not deploy_runner.stop_orphan("dep-20261102-abcdef", stranger.pid)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_the_outcome_is_recorded_once_the_database_takes_writes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(deploy_runner, "RETRY_MAX_S", 0.05)
+    deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(42)"]')
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    real = Store.finish_run
+    failures = iter(range(3))
+
+    def full_disk(self: Store, *args: object, **kwargs: object) -> bool:
+        if next(failures, None) is not None:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "finish_run", full_disk)
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded" and done.log_tail == "42"
+    assert store.lock_holder("job", "staging") is None
+    assert sum("could not record deploy outcome" in r.message for r in caplog.records) == 3
+    store.close()
+
+
+def test_an_outcome_arriving_after_another_process_gave_up_is_still_recorded(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, '["{python}", "-c", "import time; time.sleep(1); print(7)"]')
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    done: list = []
+    runner = threading.Thread(target=lambda: done.append(deploys.execute(request.id)))
+    runner.start()
+    time.sleep(0.3)
+    # A lease renewal lost to a full disk: another process found the lease expired and gave up on it.
+    with store.transaction():
+        store.transition(request.id, "running", "interrupted", finished_at="2026-11-02T10:00:00+00:00")
+        store.release_lock(request.id)
+
+    runner.join(timeout=20)
+
+    assert done[0].status == "succeeded" and done[0].log_tail == "7"
+    [finished] = [r for r in store.audit_rows() if r["action"] == "deploy.finished"]
+    assert finished["details"]["recorded_late"] is True
+    store.close()
+
+
+def test_a_running_deploy_of_another_owner_is_not_executed_here(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(1)"]')
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    elsewhere = DeployService.from_store(store, owner="another-process")
+
+    with pytest.raises(Exception, match="run by another opsbot process"):
+        elsewhere.execute(request.id)
+    store.close()
+
+
+def test_progress_that_hangs_never_delays_the_timeout(tmp_path: Path) -> None:
+    deploys, store = runner_service(
+        tmp_path, '["{python}", "-c", "import time\\nwhile True: print(1, flush=True); time.sleep(0.1)"]', timeout=2
+    )
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    release = threading.Event()
+
+    def hung_slack(current: object, output: str) -> None:
+        release.wait(30)  # chat.update that never answers
+
+    started = time.monotonic()
+    done = deploys.execute(request.id, progress=hung_slack)
+    took = time.monotonic() - started
+    release.set()
+
+    assert done.status == "timed_out"
+    assert took < 6, f"a 2 s timeout was enforced after {took:.1f} s"
+    store.close()
+
+
+def test_secrets_printed_by_the_runner_reach_neither_the_database_nor_the_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_runner, "PROGRESS_EVERY_S", 0.05)
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "+/"
+    key_lines = ["".join(rng.choice(alphabet) for _ in range(64)) for _ in range(76)]
+    github = "github_pat_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(70))
+    stripe = "sk_live_" + "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32))
+    password = "".join(rng.choice(string.ascii_letters) for _ in range(18))
+    printed = [
+        "-----BEGIN RSA PRIVATE KEY-----",
+        *key_lines,
+        "-----END RSA PRIVATE KEY-----",
+        f"export GITHUB_TOKEN={github}",
+        f"stripe key {stripe}",
+        f"mysql -p{password} -h db",
+        f'{{"password": "{password}"}}',
+        "done",
+    ]
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        "import sys, time\n"
+        f"for line in {printed!r}:\n"
+        "    print(line, flush=True)\n"
+        "    time.sleep(0.01)\n",
+        encoding="utf-8",
+    )
+    deploys, store = runner_service(tmp_path, f'["{{python}}", "{script}"]')
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    shown: list[str] = []
+
+    done = deploys.execute(request.id, progress=lambda current, output: shown.append(output))
+
+    assert done.status == "succeeded"
+    everything = "\n".join([done.log_tail, *shown, json.dumps(store.deploy_row(request.id))])
+    secrets = [*key_lines, github, stripe, password]
+    leaked = [s for s in secrets if s in everything]
+    assert leaked == [], f"{len(leaked)} secret values leaked"
+    assert shown and "private key removed" in done.log_tail and "done" in done.log_tail
+    store.close()

@@ -1,0 +1,306 @@
+"""`opsbot shell`: typed lines go through the real Bolt handlers, answers come back as terminal text."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slack_bolt import BoltRequest
+
+from bot.errors import InvalidRequest
+from bot.runtime import Runtime
+from bot.shell.render import Button, Post, render_blocks, render_mrkdwn, render_post
+from bot.shell.repl import COMMAND_CHANNEL, DEFAULT_USER, DM_CHANNEL, Shell, check_user
+from bot.slack import ids
+from bot.slack.local.shell_dispatch import sign
+from bot.store import Store
+from tests.conftest import Chat, make_runtime
+from tests.slack.conftest import GatedEncoder
+
+PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"  # the first roster member, and another one
+
+
+# -- conversations through the Bolt app -------------------------------------------------------------------
+
+
+def test_a_typed_question_is_answered_in_its_dm_thread_with_numbered_buttons(chat: Chat) -> None:
+    shown = chat.say("checkout is failing: FATAL: sorry, too many clients already")
+    assert "opsbot · reply in thread" in shown
+    assert "pgbouncer / Postgres connection pool exhausted" in shown
+    assert "`runbooks/postgres/connection-pool-exhausted.md`" in shown
+    assert "Similar past incidents" in shown and "*Runbooks*" not in shown  # mrkdwn rendered, not shown raw
+    assert "[1] 👍 Helpful  [2] 👎 Not helpful" in shown
+    (posted,) = chat.shell.slack.fake.messages(DM_CHANNEL)  # it really went through Bolt to the Web API
+    assert posted["thread_ts"] and {b["type"] for b in posted["blocks"]} >= {"section", "actions"}
+
+
+def test_pressing_helpful_records_the_vote_and_says_thanks(chat: Chat, runtime: Runtime) -> None:
+    chat.say("kafka consumer group lag keeps growing on the orders topic")
+    shown = chat.say("1")
+    assert "(you pressed 👍 Helpful)" in shown
+    assert "opsbot · only visible to you" in shown and "Thanks: noted `runbooks/kafka/consumer-lag.md`" in shown
+    (row,) = runtime.store.feedback_rows()
+    assert (row["user"], row["vote"], row["path"]) == (PRIYA, 1, "runbooks/kafka/consumer-lag.md")
+    assert "You already voted that way" in chat.say("/press 1")  # the buttons stay until new ones replace them
+
+
+def test_ask_answers_only_you_and_share_posts_it_in_the_channel(chat: Chat) -> None:
+    shown = chat.say("/ask Waymark Maps API returns 429 Too Many Requests")
+    assert shown.index("Looking for: Waymark Maps API") < shown.index("Waymark Maps API rate limiting")
+    assert "opsbot · only visible to you · updated · in #shell" in shown
+    assert "[1] Share in channel  [2] 👍 Helpful  [3] 👎 Not helpful" in shown
+    assert not chat.shell.slack.fake.messages()
+
+    shared = chat.say("1")
+    assert "opsbot · in #shell\n  Shared by @Priya Raman" in shared
+    assert "Waymark Maps API rate limiting" in shared
+    assert "(opsbot removed the message only you could see)" in shared
+    assert "[1] 👍 Helpful  [2] 👎 Not helpful" in shared and "[3]" not in shared  # no Share once shared
+    (posted,) = chat.shell.slack.fake.messages(COMMAND_CHANNEL)
+    assert "Shared by <@U03F8K2LQ1>" in json.dumps(posted["blocks"])
+
+
+def test_ask_without_text_shows_usage_at_once(chat: Chat) -> None:
+    started = time.monotonic()
+    shown = chat.say("/ask")
+    assert time.monotonic() - started < 3
+    assert "Usage: `/ask QUESTION`, for example `/ask pgbouncer says too many clients`" in shown
+    assert not chat.shell.slack.fake.calls("response_url")
+
+
+def test_an_unknown_command_is_explained_and_a_path_is_just_text(chat: Chat) -> None:
+    shown = chat.say("/foo bar")
+    assert "Unknown command /foo. opsbot's Slack commands: /ask" in shown and "/help" in shown
+    assert not chat.shell.slack.fake.calls()  # nothing was sent to the app
+    shown = chat.say("/var/lib/postgresql/data: No space left on device")
+    assert "Unknown command" not in shown and "opsbot · reply in thread" in shown
+
+
+def test_user_switches_only_to_roster_members_and_changes_who_votes(chat: Chat, runtime: Runtime) -> None:
+    refused = chat.say("/user UNOBODY")
+    assert "'UNOBODY' is not on the roster" in refused and f"{PRIYA} (Priya Raman)" in refused
+    assert chat.shell.user == PRIYA
+    assert chat.say(f"/user {DANIEL}") == f"You are now Daniel Okafor ({DANIEL})."
+    assert chat.shell.prompt == "Daniel Okafor> "
+    chat.say("pgbouncer says too many clients")
+    chat.say("2")
+    (row,) = runtime.store.feedback_rows()
+    assert (row["user"], row["vote"]) == (DANIEL, -1)
+
+
+def test_a_follow_up_goes_to_the_thread_of_the_last_question(chat: Chat) -> None:
+    assert "ask a question first" in chat.say("/reply what about one partition?")
+    chat.say("kafka consumer group lag keeps growing on the orders topic")
+    shown = chat.say("/reply what if it is only one partition?")
+    assert "Kafka consumer group lag growing" in shown and "this thread's first question and yours" in shown
+    first, follow_up = chat.shell.slack.fake.messages(DM_CHANNEL)
+    assert follow_up["thread_ts"] == first["thread_ts"]
+
+
+def test_a_newly_registered_command_works_and_updated_messages_lose_their_buttons(
+    chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command the app did not ship with (like /deploy once was): a message with a button, then chat.update."""
+    monkeypatch.setattr("bot.shell.repl.SLASH_COMMANDS", [("/ask", "Ask", "Q"), ("/standin", "Stand-in", "SERVICE")])
+    app = chat.shell.slack.app
+    assert app is not None
+
+    def post_request(ack: Any, command: dict, client: Any) -> None:
+        ack()
+        blocks = [
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*{command['text']}* requested by <@{command['user_id']}>"},
+            },
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": "demo-approve",
+                        "value": "d1",
+                        "style": "primary",
+                        "text": {"type": "plain_text", "text": "Approve"},
+                    }
+                ],
+            },
+        ]
+        client.chat_postMessage(channel=command["channel_id"], text="deploy requested", blocks=blocks)
+
+    def approve(ack: Any, body: dict, client: Any) -> None:
+        ack()
+        text = f"Approved by <@{body['user']['id']}>"
+        client.chat_update(channel=body["channel"]["id"], ts=body["message"]["ts"], text=text, blocks=[])
+
+    app.command("/standin")(post_request)
+    app.action("demo-approve")(approve)
+
+    shown = chat.say("/standin payments-api 1.4.2")
+    assert "opsbot · in #shell\n  payments-api 1.4.2 requested by @Priya Raman\n  [1] Approve" in shown
+    (posted,) = chat.shell.slack.fake.calls("chat.postMessage")
+    shown = chat.say("1")
+    assert "opsbot · updated · in #shell\n  Approved by @Priya Raman" in shown
+    (updated,) = chat.shell.slack.fake.calls("chat.update")
+    assert updated.body["ts"] == posted.answer["ts"]  # the click carried the real message ts
+    assert "There is no button to press" in chat.say("1")
+
+
+def test_buttons_are_explained_when_there_is_nothing_to_press(chat: Chat) -> None:
+    assert "There is no button to press" in chat.say("1")
+    chat.say("pgbouncer says too many clients")
+    assert "There is no button [7]; the buttons are [1] to [2]." in chat.say("7")
+
+
+def test_help_lists_what_can_be_typed_and_who_you_are(chat: Chat) -> None:
+    shown = chat.say("/help")
+    assert "/ask QUESTION" in shown and "/user [ID]" in shown and "/quit" in shown
+    assert f"now: Priya Raman ({PRIYA})" in shown
+    # A usage too long for the column puts its description on the next line, in the column.
+    lines = shown.splitlines()
+    long = next(i for i, line in enumerate(lines) if line.startswith("  /incident declare TITLE"))
+    assert lines[long + 1] == " " * 37 + "Declare and work an incident"
+    assert all(len(line) < 120 for line in lines if not line.startswith("  /incident"))
+
+
+def test_run_reads_scripted_lines_until_quit(runtime: Runtime) -> None:
+    out: list[str] = []
+    with Shell(runtime, write=out.append, user=DANIEL, echo=True) as shell:
+        shell.run(["", "pgbouncer says too many clients", "/quit", "never read"])
+    shown = "\n".join(out)
+    assert shown.startswith(f"opsbot shell: you are Daniel Okafor ({DANIEL}).")
+    assert "Daniel Okafor> pgbouncer says too many clients" in shown
+    assert "pgbouncer / Postgres connection pool exhausted" in shown
+    assert "never read" not in shown
+
+
+def test_the_first_answer_waits_for_the_model_and_says_so(tmp_path: Path, sample_index: Store, minilm: object) -> None:
+    encoder = GatedEncoder(minilm)
+    rt = make_runtime(tmp_path, sample_index, encoder)
+    rt.start_loading()
+    out: list[str] = []
+    opener = threading.Timer(1.5, encoder.gate.set)
+    opener.start()
+    try:
+        with Shell(rt, write=out.append) as shell:
+            shell.handle("/ask pgbouncer says too many clients")
+    finally:
+        opener.cancel()
+        encoder.gate.set()
+        rt.close()
+    shown = "\n".join(out)
+    assert shown.count("(loading the model…)") == 1
+    assert shown.index("Looking for") < shown.index("(loading the model…)") < shown.index("pgbouncer / Postgres")
+
+
+def test_requests_are_signed_with_a_fresh_secret_per_session(runtime: Runtime) -> None:
+    with Shell(runtime, write=lambda _: None) as shell:
+        secret = str(runtime.settings.slack_signing_secret)
+        assert secret != "configured" and len(secret) == 64
+        assert runtime.settings.slack_bot_token == "xoxb-local-shell"
+        body, now = "token=x&command=%2Fask&text=hi", int(time.time())
+        forged = {"x-slack-request-timestamp": [str(now)], "x-slack-signature": [sign(body, now, "configured")]}
+        assert shell.slack.app is not None
+        assert shell.slack.app.dispatch(BoltRequest(body=body, headers=forged)).status == 401
+    with Shell(runtime, write=lambda _: None):
+        assert str(runtime.settings.slack_signing_secret) != secret
+
+
+def test_check_user_accepts_roster_ids_and_names_only() -> None:
+    roster = {PRIYA: "Priya Raman", DANIEL: "Daniel Okafor"}
+    assert check_user(DANIEL.lower(), roster) == DANIEL
+    assert check_user("priya", roster) == PRIYA
+    with pytest.raises(InvalidRequest, match="not on the roster; use a Slack user id from experts.yaml: U03F8K2LQ1"):
+        check_user("U999", roster)
+    with pytest.raises(InvalidRequest, match="the roster is empty"):
+        check_user(DEFAULT_USER, {})
+
+
+def test_a_shell_refuses_a_user_off_the_roster(runtime: Runtime) -> None:
+    with pytest.raises(InvalidRequest, match="'UNOBODY' is not on the roster"):
+        Shell(runtime, user="UNOBODY")
+
+
+# -- rendering (pure functions) --------------------------------------------------------------------------
+
+
+def test_render_mrkdwn_turns_slack_markup_into_terminal_text() -> None:
+    names = {PRIYA: "Priya Raman"}
+    text = (
+        "*INC-2025-0001* · <https://wiki.example.com/pg_pool|Pool &amp; limits> by <@U03F8K2LQ1> and <@U0NEW>\n"
+        ">FATAL: too many clients &lt;pgbouncer&gt;\n"
+        "`runbooks/db/connection_pool_limits.md` · _Symptoms_ ~old~ :white_check_mark: <#C123|ops> <!here>"
+    )
+    assert render_mrkdwn(text, names).split("\n") == [
+        "INC-2025-0001 · Pool & limits (https://wiki.example.com/pg_pool) by @Priya Raman and @U0NEW",
+        "  │ FATAL: too many clients <pgbouncer>",
+        "`runbooks/db/connection_pool_limits.md` · Symptoms old ✅ #ops @here",
+    ]
+
+
+def test_render_mrkdwn_styles_without_touching_code_links_or_snake_case() -> None:
+    def tag(text: str, **kw: object) -> str:
+        return "{" + ",".join(sorted(kw)) + ":" + text + "}"
+
+    shown = render_mrkdwn("*bold* a_b_c `x*y*z` <https://a.b/c_d_e>", style=tag)
+    assert shown == "{bold:bold} a_b_c {fg:`x*y*z`} {fg:https://a.b/c_d_e}"
+
+
+def test_render_blocks_numbers_buttons_and_dims_context() -> None:
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Deploy :rocket:"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "*payments-api* 1.4.2\nto prod"}},
+        {"type": "divider"},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "Requested by <@U1>"}]},
+        {
+            "type": "actions",
+            "block_id": "deploy-actions",
+            "elements": [
+                {"type": "button", "action_id": "approve", "value": "d1", "text": {"type": "plain_text", "text": "Go"}},
+                {"type": "static_select", "placeholder": {"type": "plain_text", "text": "Pick a window"}},
+            ],
+        },
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "Runbook"},
+            "accessory": {"type": "button", "action_id": "open", "text": {"type": "plain_text", "text": "Open"}},
+        },
+    ]
+    text, buttons = render_blocks(blocks, {"U1": "Ana"}, first=3)
+    assert text.split("\n") == [
+        "Deploy 🚀",
+        "payments-api 1.4.2",
+        "to prod",
+        "",
+        "─" * 40,
+        "Requested by @Ana",
+        "[3] Go  (Pick a window: not available in the shell)",
+        "Runbook",
+        "[4] Open",
+    ]
+    assert buttons == [Button("Go", "approve", "d1", "deploy-actions"), Button("Open", "open")]
+
+
+def test_render_post_says_who_sees_it_and_where() -> None:
+    ephemeral = Post(text="Looking for: *x*", channel="C1", ephemeral=True)
+    assert render_post(ephemeral, channel_names={"C1": "ops"}) == (
+        "opsbot · only visible to you · in #ops\n  Looking for: x",
+        [],
+    )
+    reply = Post(text="hi", channel="D1", thread_ts="1.2")
+    assert render_post(reply, home="D1")[0] == "opsbot · reply in thread\n  hi"
+    assert render_post(Post(note="opsbot deleted a message"))[0] == "(opsbot deleted a message)"
+
+
+def test_render_blocks_of_a_real_answer_keeps_the_vote_buttons(chat: Chat) -> None:
+    chat.say("pgbouncer says too many clients")
+    (posted,) = chat.shell.slack.fake.messages(DM_CHANNEL)
+    _, buttons = render_blocks(posted["blocks"])
+    assert [(b.label, b.action_id) for b in buttons] == [
+        ("👍 Helpful", ids.FEEDBACK_UP),
+        ("👎 Not helpful", ids.FEEDBACK_DOWN),
+    ]
+    assert buttons[0].value and buttons[0].block_id == ids.ANSWER_ACTIONS_BLOCK

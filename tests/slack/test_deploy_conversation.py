@@ -1,0 +1,44 @@
+"""Deploys as people live them in Slack, read like a conversation (the shell drives the real Bolt app).
+
+The sample organisation: Priya (payments) requests checkout-api deploys; Marcus (payments) may approve staging
+and prod; Rosa (sre) may approve prod; Oliver (frontend) may not approve checkout-api.
+"""
+
+from __future__ import annotations
+
+from tests.conftest import Chat
+
+
+def test_a_staging_deploy_is_requested_approved_run_and_summarised(chat: Chat) -> None:
+    asked = chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+    assert "Deploy checkout-api 1.4.2 to staging" in asked and "[1] Approve  [2] Reject" in asked
+
+    ran = chat.as_("Marcus").say("1")
+
+    assert "⏳ Running since" in ran and "approved by Marcus Oyelaran" in ran
+    assert "✅ Succeeded in" in ran and "Summary and log in the thread." in ran
+    assert "✅ Deploy checkout-api 1.4.2 to staging: succeeded" in ran  # the summary, in the deploys channel too
+    assert "authenticating with token=***" in ran and "health checks passed" in ran
+
+
+def test_the_requester_cannot_approve_and_someone_from_another_team_is_told_why(chat: Chat) -> None:
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+
+    own = chat.say("1")
+    other = chat.as_("Oliver").say("1")
+
+    assert "you requested this; someone else has to approve it." in own
+    assert "may approve checkout-api deploys to staging" in other
+    assert "Running" not in own + other
+
+
+def test_prod_waits_for_a_second_approver_and_a_rejection_ends_it(chat: Chat) -> None:
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
+
+    first = chat.as_("Marcus").say("1")
+    rejected = chat.as_("Rosa").say("2")
+
+    assert "1 more approval(s) needed" in first
+    assert "Rejected by Rosa" in rejected and "nothing ran" in rejected
+    again = chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
+    assert "[1] Approve  [2] Reject" in again  # the lock was released

@@ -1,0 +1,83 @@
+"""/oncall and "who is on call" questions, through signed requests against the fake Slack Web API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import yaml
+
+from bot.rota import shift_at
+from bot.runtime import Runtime
+from bot.slack.blocks.answers import build_help_blocks
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.slack.manifest import build_manifest
+from tests.slack.conftest import SlackDriver
+from tests.slack.test_conversations import text_of
+
+OLIVER = "U07L2ZG4UM"
+
+
+def holders(runtime: Runtime, team: str, ask: object) -> tuple[set[str], object]:
+    """Who holds a rota's pager around a request (a handoff may fall between the two looks), and its answer."""
+    (rota,) = [r for r in runtime.rota().rotations if r.team == team]
+    before = shift_at(rota, datetime.now(UTC))
+    answer = ask()
+    after = shift_at(rota, datetime.now(UTC))
+    return {s.person for s in (before, after) if s is not None}, answer
+
+
+def test_oncall_names_who_is_on_call_now_and_next_for_every_rota(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    ack = slack.command("/oncall", "", user=OLIVER)
+    assert ack.status == 200 and ack.json()["response_type"] == "ephemeral"
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    shown = text_of(reply.body["blocks"])
+    assert shown.startswith(":pager: *On call*")
+    for team in ("payments", "platform", "commerce"):
+        assert f"*{team}*: <@U" in shown
+    assert shown.count("next: <@") == 3 and " until " in shown
+    assert reply.body["text"].startswith("On call: payments: ")
+
+
+def test_oncall_for_a_service_answers_with_the_rota_that_covers_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    def ask() -> dict:
+        slack.command("/oncall", "checkout-api", user=OLIVER)  # services.yaml: team payments
+        (reply,) = slack_api.wait_for("response_url", timeout=15)
+        return reply.body
+
+    people, body = holders(runtime, "payments", ask)
+    shown = text_of(body["blocks"])
+    assert shown.count("*payments*") == 1 and "*platform*" not in shown
+    assert any(f"*payments*: <@{p}>" in shown for p in people)
+
+
+def test_oncall_for_something_unknown_says_what_exists(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.command("/oncall", "paymnts", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    assert reply.body["text"] == (
+        "Sorry: no rota or service called 'paymnts'; the rotas are payments, platform, commerce, or name a service."
+    )
+
+
+def test_who_is_on_call_is_answered_from_the_rota_not_the_runbooks(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    def ask() -> dict:
+        slack.mention("who is on call for payments right now?", user=OLIVER)
+        (call,) = slack_api.wait_for("chat.postMessage", timeout=15)
+        return call.body
+
+    people, body = holders(runtime, "payments", ask)
+    shown = text_of(body["blocks"])
+    assert any(f"*payments*: <@{p}> ({name})" in shown for p in people for name in ("Priya Raman", "Marcus Oyelaran"))
+    assert "*platform*" not in shown and "Runbooks" not in shown and "Similar past incidents" not in shown
+
+
+def test_oncall_is_in_the_manifest_and_the_help() -> None:
+    commands = {c["command"]: c for c in build_manifest()["features"]["slash_commands"]}
+    assert commands["/oncall"]["usage_hint"] == "[TEAM or SERVICE]"
+    assert "`/oncall [TEAM or SERVICE]`" in text_of(build_help_blocks())
+    assert "/oncall" in yaml.safe_dump(build_manifest())

@@ -1,0 +1,216 @@
+"""On-call rotations in experts.yaml: validation with clear errors, and who is on call now and next."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.knowledge import load_knowledge
+from bot.rota import on_call, shift_at
+
+PRIYA, DANIEL, SOFIA, TOMAS = "U03F8K2LQ1", "U04C2RN8VD", "U04B7QW2XA", "U05E4TY6MF"
+LONDON = ZoneInfo("Europe/London")
+PEOPLE = f"""people:
+  - id: {PRIYA}
+    name: Priya Raman
+    team: platform
+  - id: {DANIEL}
+    name: Daniel Okafor
+    team: platform
+  - id: {SOFIA}
+    name: Sofia Lindqvist
+    team: platform
+  - id: {TOMAS}
+    name: Tomás
+    team: commerce
+    left: 2025-06-30
+"""
+ROTA = f"""rotations:
+  platform:
+    members: [{PRIYA}, {DANIEL}, {SOFIA}]
+    handoff: monday 09:00
+    timezone: Europe/London
+    start: 2026-01-05
+    services: [storage/remote]
+"""
+
+
+def load(tmp_path: Path, rotations: str = ROTA):  # noqa: ANN201
+    (tmp_path / "experts.yaml").write_text(PEOPLE + rotations, encoding="utf-8")
+    return load_knowledge(tmp_path)
+
+
+def london(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=LONDON)
+
+
+def test_a_rota_is_read_with_its_fields(tmp_path: Path) -> None:
+    kb = load(tmp_path)
+    assert kb.problems == []
+    (rota,) = kb.rotations
+    assert (rota.team, rota.members, rota.handoff_day, rota.handoff_time) == (
+        "platform",
+        (PRIYA, DANIEL, SOFIA),
+        0,
+        "09:00",
+    )
+    assert (rota.timezone, rota.start, rota.services) == ("Europe/London", date(2026, 1, 5), ("storage/remote",))
+    assert kb.experts[3].left == date(2025, 6, 30)
+
+
+def test_members_take_turns_from_one_handoff_to_the_next(tmp_path: Path) -> None:
+    (rota,) = load(tmp_path).rotations
+    assert shift_at(rota, london("2026-01-05T08:59")) is None  # before the rota's first handoff
+    first = shift_at(rota, london("2026-01-05T09:00"))
+    assert first is not None and first.person == PRIYA
+    assert (first.start, first.end) == (london("2026-01-05T09:00"), london("2026-01-12T09:00"))
+    assert shift_at(rota, london("2026-01-12T08:59")).person == PRIYA
+    assert shift_at(rota, london("2026-01-12T09:00")).person == DANIEL
+    assert shift_at(rota, london("2026-01-19T10:00")).person == SOFIA
+    assert shift_at(rota, london("2026-01-26T10:00")).person == PRIYA  # round again
+
+
+def test_the_handoff_stays_at_local_time_across_summer_time(tmp_path: Path) -> None:
+    (rota,) = load(tmp_path).rotations
+    # Summer time began on Sunday 29 March 2026: Monday's handoff is 09:00 BST, 08:00 UTC.
+    before = shift_at(rota, datetime(2026, 3, 30, 7, 59, tzinfo=UTC))
+    after = shift_at(rota, datetime(2026, 3, 30, 8, 0, tzinfo=UTC))
+    assert before is not None and after is not None and before.person != after.person
+    assert after.start.astimezone(UTC) == datetime(2026, 3, 30, 8, 0, tzinfo=UTC)
+
+
+def test_now_and_next(tmp_path: Path) -> None:
+    (rota,) = load(tmp_path).rotations
+    answer = on_call(rota, london("2026-01-14T15:00"))
+    assert answer.now.person == DANIEL and answer.now.end == london("2026-01-19T09:00")
+    assert answer.next.person == SOFIA and answer.next.start == london("2026-01-19T09:00")
+    early = on_call(rota, london("2025-12-01T10:00"))
+    assert early.now is None and early.next.person == PRIYA and early.next.start == london("2026-01-05T09:00")
+
+
+def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
+    rotations = ROTA + (
+        f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 2026-01-16T09:00}}\n"
+        f"      - {{person: {PRIYA}, start: '2026-01-15T00:00:00Z', end: '2026-01-15T06:00:00Z'}}\n"
+    )
+    kb = load(tmp_path, rotations)
+    assert kb.problems == []
+    (rota,) = kb.rotations
+    assert shift_at(rota, london("2026-01-14T17:59")).person == DANIEL
+    answer = on_call(rota, london("2026-01-14T12:00"))
+    assert answer.now.person == DANIEL and answer.now.end == london("2026-01-14T18:00")  # cut short by the cover
+    assert answer.next.person == SOFIA and answer.next.override
+    covering = shift_at(rota, london("2026-01-14T20:00"))
+    assert covering.person == SOFIA and covering.override
+    assert covering.end == datetime(2026, 1, 15, 0, 0, tzinfo=UTC)  # the later override wins from here
+    assert shift_at(rota, datetime(2026, 1, 15, 3, 0, tzinfo=UTC)).person == PRIYA
+    assert shift_at(rota, datetime(2026, 1, 15, 7, 0, tzinfo=UTC)).person == SOFIA
+    assert shift_at(rota, london("2026-01-16T09:00")).person == DANIEL  # back to the rota
+
+
+@pytest.mark.parametrize(
+    ("rotations", "message", "line"),
+    [
+        (
+            ROTA.replace("  platform:", "  platfrom:"),
+            "rotations.platfrom: no one on the roster is in team 'platfrom'; teams on the roster: commerce, platform",
+            16,
+        ),
+        (
+            ROTA.replace(f"{DANIEL}, {SOFIA}]", f"{DANIEL}, U0NOBODY01]"),
+            "rotations.platform.members[2]: 'U0NOBODY01' is not on the roster; use a roster id from `people:`",
+            17,
+        ),
+        (
+            ROTA.replace(f"{DANIEL}, {SOFIA}]", f"{DANIEL}, {TOMAS}]"),
+            f"rotations.platform.members[2]: {TOMAS} left on 2025-06-30; take them out of the rota",
+            17,
+        ),
+        (
+            ROTA.replace("monday 09:00", "mondays at 9"),
+            "rotations.platform.handoff: 'mondays at 9' must be a weekday and a time, "
+            "for example handoff: monday 09:00",
+            18,
+        ),
+        (
+            ROTA.replace("Europe/London", "Europe/Londres"),
+            "rotations.platform.timezone: 'Europe/Londres' is not an IANA time zone such as Europe/London",
+            19,
+        ),
+        (
+            ROTA.replace("2026-01-05", "2026-01-07"),
+            "rotations.platform.start: 2026-01-07 is a wednesday, but shifts are handed over on monday: give the "
+            "handoff day on which the first member's first shift begins",
+            20,
+        ),
+        (
+            ROTA.replace("    start: 2026-01-05\n", ""),
+            "rotations.platform.start: None is not a date such as 2026-01-05",
+            16,
+        ),
+        (
+            ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 2026-01-14T09:00}}\n",
+            "rotations.platform.overrides[0].end: must be after start",
+            23,
+        ),
+        (
+            ROTA.replace("storage/remote", "storage remote"),
+            "rotations.platform.services[0]: service name 'storage remote': use letters, digits, '.', '_' and '-', "
+            "with '/' between parts (like checkout-api or storage/remote), up to 100 characters",
+            21,
+        ),
+        (
+            ROTA.replace("    services:", "    members_extra: 1\n    services:"),
+            "rotations.platform.members_extra: unknown field; a rota has members, handoff, timezone, start, "
+            "services, overrides",
+            21,
+        ),
+    ],
+    ids=[
+        "unknown-team",
+        "not-on-roster",
+        "left",
+        "bad-handoff",
+        "bad-timezone",
+        "start-not-handoff-day",
+        "no-start",
+        "override-ends-first",
+        "bad-service",
+        "unknown-field",
+    ],
+)
+def test_a_broken_rota_is_reported_with_its_line_and_the_roster_still_loads(
+    tmp_path: Path, rotations: str, message: str, line: int
+) -> None:
+    kb = load(tmp_path, rotations)
+    assert [(p.path, p.message, p.line) for p in kb.problems] == [("experts.yaml", message, line)]
+    assert kb.rotations == [] and len(kb.experts) == 4
+
+
+def test_the_sample_roster_has_rotations_that_load() -> None:
+    from tests.conftest import SAMPLE_KNOWLEDGE
+
+    kb = load_knowledge(SAMPLE_KNOWLEDGE)
+    assert not [p for p in kb.problems if p.path == "experts.yaml"]
+    assert kb.rotations and all(on_call(r).now or on_call(r).next for r in kb.rotations)
+
+
+def test_index_stores_the_rotations_and_who_left(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    from bot.indexer import index_knowledge
+    from bot.store import Store
+
+    rotations = ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 2026-01-16T09:00}}\n"
+    kb = load(tmp_path, rotations)
+    store = Store(tmp_path / "o.db")
+    try:
+        index_knowledge(store, fake_encoder, tmp_path)
+        assert store.load_rotations() == kb.rotations
+        assert [e.left for e in store.load_experts()] == [None, None, None, date(2025, 6, 30)]
+        (tmp_path / "experts.yaml").write_text(PEOPLE, encoding="utf-8")  # the rotations removed
+        index_knowledge(store, fake_encoder, tmp_path)
+        assert store.load_rotations() == []
+    finally:
+        store.close()
