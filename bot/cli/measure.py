@@ -45,6 +45,13 @@ EVAL_CACHE = ".opsbot-eval-cache.db"  # beside the database: vectors by content 
 @click.option(
     "--encoder", "backend", type=click.Choice(["torch", "onnx"]), default=None, help="Model backend ($OPSBOT_ENCODER)."
 )
+@click.option(
+    "--index-db",
+    "index_db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Search: index into this database and keep it, so a later run embeds only what changed.",
+)
 @click.pass_context
 @handle_errors
 def evaluate(
@@ -59,10 +66,12 @@ def evaluate(
     as_json: bool,
     misses: bool,
     backend: str | None,
+    index_db: Path | None,
 ) -> None:
     """Measure retrieval (Recall@1/3/5, MRR@10 per mode and kind) or expert suggestion (top-1/3, MRR).
 
-    Indexes the directory into a temporary database, so your index is untouched. The expert task
+    Indexes the directory into a temporary database (or --index-db, kept for the next run), so your index
+    is untouched; the query file is only read to measure, the ranker is fitted on the documents alone. The expert task
     without --queries trains on the older 70% of the incidents and tests on the newer 30%; with a
     query file, services it gives are used. Expert suggestions are compared with five baselines
     (TF-IDF nearest incidents with and without ownership, the most active in the last year,
@@ -81,7 +90,8 @@ def evaluate(
     from bot.tools.expert_eval import evaluate_experts
 
     # An option of the other task would be silently ignored: say so instead.
-    other = ("--mode", "--documents", "--misses") if task == "experts" else ("--relevant", "--with-services")
+    search_only = ("--mode", "--documents", "--misses", "--index-db")
+    other = search_only if task == "experts" else ("--relevant", "--with-services")
     given = [o for o in other if typed(ctx, o[2:].replace("-", "_"))]
     if given:
         verb = "applies" if len(given) == 1 else "apply"
@@ -101,7 +111,7 @@ def evaluate(
     if queries is None:
         raise OpsbotError("--queries is required for the search task: a JSON-lines file of questions.")
     modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
-    results, report = run_eval(knowledge, queries, modes, encoder, documents=documents)
+    results, report = run_eval(knowledge, queries, modes, encoder, documents=documents, db_path=index_db)
     if as_json:
         click.echo(
             json.dumps(
@@ -111,6 +121,13 @@ def evaluate(
         )
         return
     click.echo(format_eval_table(results))
+    if report.ranker and "trees" in report.ranker:
+        r = report.ranker
+        click.echo(
+            f"ranker: fitted on {r['queries']} queries made from the documents ({r['votes']} votes); on the held-back "
+            f"{r['held_back_documents']} documents' queries MRR@10 {r['held_back_mrr']:.3f} vs fusion "
+            f"{r['held_back_mrr_fused']:.3f}{'' if r['trees'] else ', so fusion is used'}"
+        )
     skipped = results[modes[0]]["skipped"]
     if skipped:
         click.echo(f"{skipped} queries skipped: none of their relevant documents are {documents}.")
