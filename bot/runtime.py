@@ -14,21 +14,21 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bot.answers.encoder import Encoder, make_encoder
+from bot.answers.expert_fit import load_model
+from bot.answers.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
+from bot.answers.indexer import index_incident
+from bot.answers.search import SearchIndex
+from bot.answers.training import fit_ranker
 from bot.config import Settings
-from bot.encoder import Encoder, make_encoder
 from bot.errors import InvalidRequest, NotFound, OpsbotError
-from bot.expert_fit import load_model
-from bot.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
-from bot.indexer import index_incident
 from bot.models import Answer, Incident, SearchHit
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService
 from bot.ops.requests import Announcer
 from bot.rota import OnCall, Rota, asks_who_is_on_call
-from bot.search import SearchIndex
 from bot.store import Store
 from bot.store.base import is_write_failure
-from bot.training import fit_ranker
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from bot.answers.encoder import SentenceTransformerEncoder
+from bot.answers.indexer import index_knowledge
 from bot.cli import main
 from bot.config import Secret, Settings, bundled_model_path
-from bot.encoder import SentenceTransformerEncoder
-from bot.indexer import index_knowledge
 from bot.runtime import Runtime
 from bot.shell.repl import Shell
 from bot.store import Store

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bot.answers.indexer import index_knowledge
 from bot.cli import main
-from bot.indexer import index_knowledge
 from bot.knowledge import load_knowledge
 from bot.store import Store
 from tests.conftest import FakeEncoder, invoke

@@ -199,7 +199,7 @@ def test_the_sample_roster_has_rotations_that_load() -> None:
 
 
 def test_index_stores_the_rotations_and_who_left(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
-    from bot.indexer import index_knowledge
+    from bot.answers.indexer import index_knowledge
     from bot.store import Store
 
     rotations = ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 2026-01-16T09:00}}\n"

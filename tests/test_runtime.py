@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers.indexer import index_knowledge
 from bot.config import Settings
-from bot.indexer import index_knowledge
 from bot.runtime import Runtime
 from bot.store import Store
 from tests.conftest import FakeEncoder

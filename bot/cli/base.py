@@ -92,7 +92,7 @@ def open_db(path: Path | str, source: str = "OPSBOT_DB") -> Store:
 
 
 def _open(settings: Settings):  # noqa: ANN202
-    from bot.encoder import make_encoder
+    from bot.answers.encoder import make_encoder
 
     return open_db(settings.db_path), make_encoder(settings)
 

@@ -45,7 +45,7 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
       opsbot index knowledge/
       opsbot index --nice 0 knowledge/     # nothing to make way for: full priority
     """
-    from bot.indexer import index_knowledge
+    from bot.answers.indexer import index_knowledge
 
     settings = load_settings(ctx)
     lower_priority(niceness)
@@ -105,7 +105,7 @@ def ask(ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: 
       opsbot ask "FATAL: sorry, too many clients already"
       opsbot ask -k 3 --json "checkout latency high"
     """
-    from bot.search import SearchIndex
+    from bot.answers.search import SearchIndex
 
     settings = load_settings(ctx)
     store, encoder = _open(settings)

@@ -85,7 +85,7 @@ def evaluate(
       opsbot eval --knowledge knowledge --queries knowledge/eval/summaries.jsonl --documents runbooks
       opsbot eval --task experts --knowledge knowledge
     """
-    from bot.encoder import make_encoder
+    from bot.answers.encoder import make_encoder
     from bot.tools.evaluation import run_eval
     from bot.tools.expert_eval import evaluate_experts
 
@@ -213,7 +213,7 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
 
 def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str, Any]:
     """One backend's benchmarks, as a JSON-ready dict."""
-    from bot.encoder import make_encoder
+    from bot.answers.encoder import make_encoder
     from bot.tools import bench as benchmarks
 
     encoder = make_encoder(settings)

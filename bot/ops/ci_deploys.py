@@ -220,8 +220,9 @@ def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
     with deploys.store.transaction():
         for row in deploys.store.running_ci_started_before(cutoff):
             note = f"no end of this CI deploy arrived within {deploys.settings.stale_ci_hours} hours"
-            if deploys.store.transition(row["id"], row["status"], "abandoned", finished_at=_iso(deploys.clock()),
-                                        note=note):
+            if deploys.store.transition(
+                row["id"], row["status"], "abandoned", finished_at=_iso(deploys.clock()), note=note
+            ):
                 deploys.store.release_lock(row["id"])
                 deploys.store.audit("opsbot", "deploy.abandoned", row["id"], reason=note)
                 deploys.announce("abandoned", row["id"])

@@ -367,8 +367,9 @@ class DeployService:
                     continue
                 deploy_runner.stop_orphan(row["id"], row["runner_pid"])
                 reason = "its opsbot process stopped while it was running"
-                if self.store.transition(row["id"], "running", "interrupted", finished_at=_iso(self.clock()),
-                                         note=reason):
+                if self.store.transition(
+                    row["id"], "running", "interrupted", finished_at=_iso(self.clock()), note=reason
+                ):
                     self.store.release_lock(row["id"])
                     self.store.audit("opsbot", "deploy.interrupted", row["id"], reason=reason, owner=row["owner"])
                     self.announce("interrupted", row["id"])
@@ -434,7 +435,6 @@ class DeployService:
     def ci_environments(self) -> dict[str, frozenset[str]]:
         """Per service that services.yaml configures environments for, those environments."""
         return {name: frozenset(c.environments) for name, c in self.services.items() if c.environments}
-
 
 
 def _iso(when: datetime) -> str:

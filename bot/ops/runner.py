@@ -361,4 +361,3 @@ def stop_orphan(request_id: str, pid: int | None) -> bool:
         return False
     log.warning("stopped an orphaned deploy runner id=%s pid=%d", request_id, pid)
     return True
-

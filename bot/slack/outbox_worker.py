@@ -218,8 +218,9 @@ class OutboxWorker:
         fallback = notify.pop("fallback_channel", "")
         channel = str(row.payload.get("channel", ""))
         if fallback and error.split(",")[0].split(" ")[0] in NOT_THERE and fallback != channel:
-            moved = OutboxRow(row.method, {**row.payload, "channel": fallback}, lane=fallback, key=row.key,
-                              thread_of=row.thread_of)
+            moved = OutboxRow(
+                row.method, {**row.payload, "channel": fallback}, lane=fallback, key=row.key, thread_of=row.thread_of
+            )
             moved.notify = notify
             self._enqueue(moved, (row.after, row.after_args) if row.after else None)
             log.info("slack post moved id=%s from=%s to=%s error=%s", row.id, channel, fallback, error)

@@ -79,9 +79,7 @@ class DeployStore(StoreBase):
 
     def expired_leases(self, now: float) -> list[dict]:
         """Slack deploys still running whose owner stopped renewing their lease (or never had one)."""
-        return self._rows(
-            "status = 'running' AND source = 'slack' AND (lease_until IS NULL OR lease_until < ?)", [now]
-        )
+        return self._rows("status = 'running' AND source = 'slack' AND (lease_until IS NULL OR lease_until < ?)", [now])
 
     def running_ci_started_before(self, before: str) -> list[dict]:
         return self._rows("status IN ('running', 'overlapping') AND source = 'ci' AND started_at < ?", [before])

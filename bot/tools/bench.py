@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.encoder import SentenceTransformerEncoder
-from bot.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.answers.encoder import SentenceTransformerEncoder
+from bot.answers.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.answers.search import SearchIndex
+from bot.answers.training import encoded_form, fit_ranker, training_queries
 from bot.models import Document, Section
-from bot.search import SearchIndex
 from bot.store import Store
 from bot.text import content_hash
-from bot.training import encoded_form, fit_ranker, training_queries
 
 SERVICES = "checkout payments inventory search orders routing auth notifications storefront ledger".split()
 NOUNS = (
@@ -303,7 +303,7 @@ def synthetic_history(root: Path, incidents: int, people: int = 40, seed: int = 
 def bench_experts(encoder: SentenceTransformerEncoder, incidents: int = 1500) -> dict:
     """`opsbot index` of a history of ``incidents`` incidents (search sections, expert vectors and the fitted
     blend), an unchanged re-index, ranking, and a second `eval --task experts` run from its vector cache."""
-    from bot.expert_fit import fit_blends, load_model
+    from bot.answers.expert_fit import fit_blends, load_model
     from bot.tools.expert_eval import evaluate_experts
 
     result: dict = {"incidents": incidents}
@@ -312,7 +312,7 @@ def bench_experts(encoder: SentenceTransformerEncoder, incidents: int = 1500) ->
         asked = synthetic_history(root, incidents)
         encoder.load()
         # The model's own speed on a sample of the same texts, measured in the same conditions as the index.
-        from bot.experts import incident_text
+        from bot.answers.experts import incident_text
         from bot.knowledge import load_knowledge
 
         kb = load_knowledge(root)

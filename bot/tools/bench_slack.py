@@ -16,7 +16,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bot.encoder import SentenceTransformerEncoder
+from bot.answers.encoder import SentenceTransformerEncoder
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.local.shell_dispatch import sign
 from bot.store import Store

@@ -8,10 +8,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.encoder import Encoder
+from bot.answers.encoder import Encoder
+from bot.answers.indexer import IndexReport, index_knowledge
+from bot.answers.search import MODES, Ranking, SearchIndex
 from bot.errors import InvalidRequest
-from bot.indexer import IndexReport, index_knowledge
-from bot.search import MODES, Ranking, SearchIndex
 from bot.store import Store
 
 CUTOFFS = (1, 3, 5)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.encoder import Encoder
+from bot.answers.encoder import Encoder
+from bot.answers.expert_blend import SIGNALS, decay_matrix, knn_credit, nearest_incidents
 from bot.errors import InvalidRequest
-from bot.expert_blend import SIGNALS, decay_matrix, knn_credit, nearest_incidents
 from bot.knowledge import load_knowledge, unknown_responders
 from bot.models import Incident
 from bot.text import content_hash, normalize_query
@@ -138,8 +138,8 @@ def evaluate_experts(
     cache: Path | None = None,
 ) -> dict:
     """The learned ranking (blends fitted on the training incidents alone) against five baselines."""
-    from bot.expert_fit import fit_blends
-    from bot.experts import ExpertModel, incident_text
+    from bot.answers.expert_fit import fit_blends
+    from bot.answers.experts import ExpertModel, incident_text
 
     started = time.perf_counter()
     kb = load_knowledge(knowledge)

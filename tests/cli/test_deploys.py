@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.indexer import index_knowledge
+from bot.answers.indexer import index_knowledge
 from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService

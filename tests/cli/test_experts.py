@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.indexer import index_knowledge
+from bot.answers.indexer import index_knowledge
 from bot.store import Store
 from bot.tools.expert_eval import evaluate_experts
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.indexer import index_knowledge
+from bot.answers.indexer import index_knowledge
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest, new_row
 from bot.ops.runner import LEASE_S
@@ -130,8 +130,6 @@ def succeed(deploys: DeployService, clock: Clock, version: str, env: str = "stag
 
 def actions(store: Store) -> list[str]:
     return [row["action"] for row in store.audit_rows()]
-
-
 
 
 def after_crash(store: Store, clock: Clock) -> DeployService:

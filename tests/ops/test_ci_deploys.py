@@ -86,8 +86,14 @@ def test_the_actor_is_recorded_as_ci_so_a_pipeline_cannot_act_as_opsbot_or_a_per
 
 @pytest.mark.parametrize("field", ["started_at", "finished_at", "commit_time"])
 def test_a_time_without_an_offset_is_refused(deploys: DeployService, field: str) -> None:
-    body = {"event_id": "e1", "service": "web", "env": "staging", "version": "2.0.0", "status": "succeeded",
-            field: "2026-11-02T12:00:00"}
+    body = {
+        "event_id": "e1",
+        "service": "web",
+        "env": "staging",
+        "version": "2.0.0",
+        "status": "succeeded",
+        field: "2026-11-02T12:00:00",
+    }
     with pytest.raises(EventProblem, match="has no UTC offset") as caught:
         parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments())
     assert caught.value.field == field

@@ -117,8 +117,9 @@ def test_runner_gets_a_limited_environment(tmp_path: Path, monkeypatch: pytest.M
     store.close()
 
 
-def test_a_dead_process_deploys_are_interrupted_once_its_lease_expired(deploys: DeployService, store: Store,
-                                                                       clock: Clock) -> None:
+def test_a_dead_process_deploys_are_interrupted_once_its_lease_expired(
+    deploys: DeployService, store: Store, clock: Clock
+) -> None:
     running = start(deploys)
     pending = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
     other = DeployService.from_store(store, clock=clock, owner="other-process")
@@ -144,5 +145,3 @@ def test_recovery_leaves_ci_deploys_alone(deploys: DeployService, store: Store, 
 
     assert after_crash(store, clock).recover_interrupted() == []
     assert store.deploy_row("ci-1")["status"] == "running"
-
-

@@ -272,7 +272,6 @@ def test_lock_is_held_while_running_and_released_when_finished(deploys: DeploySe
     assert deploys.request("deploy", "web", "staging", "1.0.1", BOB).status == "pending"
 
 
-
 # -- concurrency ---------------------------------------------------------------------------------
 
 
@@ -372,5 +371,3 @@ def test_a_failed_step_rolls_back_the_whole_transaction(store: Store) -> None:
         raise ValueError("boom")
 
     assert store.all_deploys() == [] and store.audit_rows() == []
-
-

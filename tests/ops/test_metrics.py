@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.indexer import index_knowledge
+from bot.answers.indexer import index_knowledge
 from bot.models import Incident
 from bot.ops.deploys import DeployService
 from bot.ops.metrics import Dora, dora

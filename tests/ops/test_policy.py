@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.indexer import index_knowledge
+from bot.answers.indexer import index_knowledge
 from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService
@@ -60,9 +60,7 @@ def test_a_deploy_approved_before_a_freeze_does_not_start_inside_it(store: Store
     assert done.note.startswith("not started: web prod is frozen until")
     assert done.log_tail == ""  # the runner never ran
     assert store.lock_holder("web", "prod") is None
-    assert [r["details"].get("status") for r in store.audit_rows() if r["action"] == "deploy.finished"] == [
-        "cancelled"
-    ]
+    assert [r["details"].get("status") for r in store.audit_rows() if r["action"] == "deploy.finished"] == ["cancelled"]
 
 
 def test_raised_approvals_count_at_the_next_approval(store: Store, tmp_path: Path, clock: Clock) -> None:
@@ -136,12 +134,24 @@ def facts(**changes: object) -> Facts:
         (APPROVE, {"request_id": "r1", "lock_holder": "r2"}, BOB, "no longer holds the web prod lock (held by r2)"),
         (APPROVE, {"request_id": "r1", "lock_holder": "r1"}, ALICE, "you requested this"),
         (APPROVE, {"request_id": "r1", "lock_holder": "r1"}, DAVE, "only web, sre, UERIN00005 may approve"),
-        (START, {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (BOB, BOB)}, "",
-         "it has 1 of the 2 approvals web prod needs now"),
-        (START, {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (ALICE, BOB)}, "",
-         "it has 1 of the 2 approvals"),
-        (START, {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (BOB, DAVE)}, "",
-         "no longer allowed to approve: UDAVE00004"),
+        (
+            START,
+            {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (BOB, BOB)},
+            "",
+            "it has 1 of the 2 approvals web prod needs now",
+        ),
+        (
+            START,
+            {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (ALICE, BOB)},
+            "",
+            "it has 1 of the 2 approvals",
+        ),
+        (
+            START,
+            {"request_id": "r1", "lock_holder": "r1", "approvals_needed": 2, "approvers": (BOB, DAVE)},
+            "",
+            "no longer allowed to approve: UDAVE00004",
+        ),
         (REQUEST, {"version": "1.0"}, "", "does not match web's version_pattern"),
     ],
 )

@@ -29,8 +29,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from bot.answers.indexer import index_knowledge
 from bot.errors import OpsbotError
-from bot.indexer import index_knowledge
 from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest

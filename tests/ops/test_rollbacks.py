@@ -107,5 +107,3 @@ def test_rollback_to_a_named_version(deploys: DeployService, clock: Clock) -> No
     succeed(deploys, clock, "1.2.0")
 
     assert deploys.request("rollback", "web", "staging", "1.0.0", ALICE).version == "1.0.0"
-
-

@@ -144,8 +144,18 @@ def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     assert deploys.approve(request.id, BOB).start
     keep_read, keep_write = os.pipe()  # the guard's lifeline stays open: as if its owner hung, not died
     guard = subprocess.Popen(
-        [sys.executable, str(deploy_runner.GUARD), "--request", request.id, "--watch", str(keep_read), "--",
-         sys.executable, "-c", "import time; time.sleep(60)"],
+        [
+            sys.executable,
+            str(deploy_runner.GUARD),
+            "--request",
+            request.id,
+            "--watch",
+            str(keep_read),
+            "--",
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+        ],
         start_new_session=True,
         pass_fds=(keep_read,),
     )
@@ -271,10 +281,7 @@ def test_secrets_printed_by_the_runner_reach_neither_the_database_nor_the_progre
     ]
     script = tmp_path / "leaky.py"
     script.write_text(
-        "import sys, time\n"
-        f"for line in {printed!r}:\n"
-        "    print(line, flush=True)\n"
-        "    time.sleep(0.01)\n",
+        f"import sys, time\nfor line in {printed!r}:\n    print(line, flush=True)\n    time.sleep(0.01)\n",
         encoding="utf-8",
     )
     deploys, store = runner_service(tmp_path, f'["{{python}}", "{script}"]')

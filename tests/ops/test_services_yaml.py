@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.indexer import index_knowledge
+from bot.answers.indexer import index_knowledge
 from bot.knowledge import load_knowledge
 from bot.ops.deploys import DeployService
 from bot.store import Store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.experts import Suggestion
+from bot.answers.experts import Suggestion
 from bot.models import SearchHit
 from bot.runtime import Reply
 from bot.slack import ids

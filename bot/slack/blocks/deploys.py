@@ -38,7 +38,6 @@ class RequestView:
         return self.names.get(user) or f"<@{user}>"
 
 
-
 def slack_time(iso: str | None) -> str:
     """A time every reader sees in their own time zone, with the UTC time as fallback."""
     if not iso:

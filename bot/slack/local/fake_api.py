@@ -364,6 +364,7 @@ class FakeSlackAPI(SlackMethods):
             log.exception("fake slack api failed method=%s", method)
             return 500, {"ok": False, "error": f"fake_api_error: {type(exc).__name__}: {exc}"}
 
+
 def _parse_form(text: str) -> Body:
     """Form or query string to a dict; repeated keys become lists."""
     parsed = parse_qs(text, keep_blank_values=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.citing import make_snippet
+from bot.answers.citing import make_snippet
+from bot.answers.indexer import index_knowledge
+from bot.answers.ranker import FEATURES, candidates, features
+from bot.answers.search import SearchIndex
 from bot.errors import InvalidRequest
-from bot.indexer import index_knowledge
 from bot.models import SearchHit
-from bot.ranker import FEATURES, candidates, features
-from bot.search import SearchIndex
 from bot.store import Store
 from tests.conftest import FakeEncoder
 

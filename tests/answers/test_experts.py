@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers.expert_fit import load_model
+from bot.answers.experts import ExpertModel, Suggestion, off_hours, spread_load
+from bot.answers.indexer import index_knowledge
 from bot.config import Settings
 from bot.errors import InvalidRequest
-from bot.expert_fit import load_model
-from bot.experts import ExpertModel, Suggestion, off_hours, spread_load
-from bot.indexer import index_knowledge
 from bot.models import Expert
 from bot.runtime import Runtime
 from bot.store import Store

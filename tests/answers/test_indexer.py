@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers.experts import incident_text
+from bot.answers.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.answers.training import encoded_form, training_queries
 from bot.errors import InvalidRequest
-from bot.experts import incident_text
-from bot.indexer import build_chunks, index_knowledge, title_embed_text
 from bot.knowledge import load_knowledge
 from bot.store import Store, migrations
-from bot.training import encoded_form, training_queries
 from tests.conftest import FakeEncoder
 
 POOL_RUNBOOK = """---

@@ -1,7 +1,7 @@
 """Who to pull in: a ranking of roster members learned from who resolved similar incidents, and when.
 
-The signals and how they are combined are in ``bot.expert_blend``, the fit on the team's own history in
-``bot.expert_fit``; this module holds the model: past incidents as arrays, a ranking for one problem, and
+The signals and how they are combined are in ``bot.answers.expert_blend``, the fit on the team's own history in
+``bot.answers.expert_fit``; this module holds the model: past incidents as arrays, a ranking for one problem, and
 the reasons behind each suggestion, with dates. People who left, responders missing from the roster and
 whoever is asking are never suggested; their incidents still count in the statistics.
 """
@@ -17,9 +17,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from bot.encoder import Encoder
-from bot.errors import InvalidRequest
-from bot.expert_blend import (
+from bot.answers.encoder import Encoder
+from bot.answers.expert_blend import (
     MAIN_RESOLVER,
     OTHER_RESPONDER,
     Blends,
@@ -30,6 +29,7 @@ from bot.expert_blend import (
     nearest_incidents,
     service_overlap,
 )
+from bot.errors import InvalidRequest
 from bot.models import Expert, Incident, Rotation
 from bot.rota import Shift, covering_rotations, shift_at, when_text
 from bot.text import content_hash, normalize_query, spell_identifiers, strip_volatile

@@ -9,10 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pytest
 
+from bot.answers.expert_blend import FALLBACK_TEXT, Blends, reciprocal_ranks
+from bot.answers.expert_fit import fit_blends
+from bot.answers.experts import ExpertModel, embed_incidents
 from bot.errors import InvalidRequest
-from bot.expert_blend import FALLBACK_TEXT, Blends, reciprocal_ranks
-from bot.expert_fit import fit_blends
-from bot.experts import ExpertModel, embed_incidents
 from bot.models import Expert, Incident, Rotation
 from tests.conftest import FakeEncoder
 

@@ -1,6 +1,6 @@
 """Fitting the expert model's blend on a team's own history, at index time, and keeping it in the store.
 
-The fit itself (signals, grid, score) is in ``bot.expert_blend``; here the questions are made from the
+The fit itself (signals, grid, score) is in ``bot.answers.expert_blend``; here the questions are made from the
 model's incidents (each newer incident asked against the older ones) and the result is stored with a
 fingerprint of the history it was fitted on, so `opsbot index` fits again only when that changed.
 """
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from bot.encoder import Encoder
-from bot.expert_blend import (
+from bot.answers.encoder import Encoder
+from bot.answers.expert_blend import (
     FALLBACK_SERVICES,
     FALLBACK_TEXT,
     FOLDS,
@@ -25,7 +25,7 @@ from bot.expert_blend import (
     idle_days,
     service_overlap,
 )
-from bot.experts import ExpertModel, WordIndex, incident_vector_hash, incident_words, train
+from bot.answers.experts import ExpertModel, WordIndex, incident_vector_hash, incident_words, train
 from bot.models import Expert, Incident, Rotation
 from bot.store.base import is_write_failure
 from bot.text import content_hash
@@ -74,7 +74,7 @@ def validation_questions(model: ExpertModel, start: float, end: float, with_serv
 
 
 def fit_blends(model: ExpertModel, basis: str = "") -> Blends:
-    """Fit the blends on time splits of the model's own incidents (see bot.expert_blend), or keep the fallback."""
+    """Fit the blends on time splits of the model's own incidents (see expert_blend), or keep the fallback."""
     text_folds = [f for f in (validation_questions(model, a, b, False) for a, b in FOLDS) if f is not None]
     asked = sum(int(f.relevant.shape[0]) for f in text_folds)
     if asked < MIN_VALIDATION:

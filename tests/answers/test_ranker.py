@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.ranker import CANDIDATES, FEATURES, MONOTONE, CorpusStats, RankerModel, Signals, candidates, features, fuse
-from bot.training import Example, _boost, _export, fit
+from bot.answers.ranker import (
+    CANDIDATES,
+    FEATURES,
+    MONOTONE,
+    CorpusStats,
+    RankerModel,
+    Signals,
+    candidates,
+    features,
+    fuse,
+)
+from bot.answers.training import Example, _boost, _export, fit
 
 
 def signals() -> Signals:

@@ -10,15 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.encoder import Encoder
+from bot.answers.encoder import Encoder
+from bot.answers.expert_fit import refit_blends
+from bot.answers.experts import incident_text, incident_vector_hash
+from bot.answers.training import encoded_form, fit_ranker, ranker_key, training_queries
 from bot.errors import InvalidRequest
-from bot.expert_fit import refit_blends
-from bot.experts import incident_text, incident_vector_hash
 from bot.knowledge import incident_document, load_knowledge
 from bot.models import Document, Incident, Problem
 from bot.store import SLACK_PREFIX, ChunkRow, Store
 from bot.text import STOPWORDS, content_hash, keyword_terms, spell_identifiers, split_camel, window_words
-from bot.training import encoded_form, fit_ranker, ranker_key, training_queries
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -47,7 +47,7 @@ class IndexReport:
     ranker: dict | None = None  # the fit's report when the ranker was fitted in this run
     ranker_seconds: float = 0.0  # making, embedding and fitting on its training queries (part of ``seconds``)
     problems: list[Problem] = field(default_factory=list)
-    experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.expert_blend)
+    experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.answers.expert_blend)
 
     def as_dict(self) -> dict:
         data = dict(self.__dict__)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bot import training
+from bot.answers import training
+from bot.answers.indexer import index_knowledge
+from bot.answers.search import SearchIndex
+from bot.answers.training import make_queries, prose_sentences, training_queries
 from bot.config import Settings
-from bot.indexer import index_knowledge
 from bot.models import Document, Section
 from bot.runtime import Runtime
-from bot.search import SearchIndex
 from bot.store import Store
 from bot.tools.evaluation import evaluate, load_queries
-from bot.training import make_queries, prose_sentences, training_queries
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder
 
 RUNBOOK = Document(

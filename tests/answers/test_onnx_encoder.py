@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from bot.answers.encoder import OnnxEncoder, SentenceTransformerEncoder, make_encoder
 from bot.cli import main
 from bot.config import Settings
-from bot.encoder import OnnxEncoder, SentenceTransformerEncoder, make_encoder
 from bot.errors import ConfigError, ModelUnavailable
 
 pytest.importorskip("onnxruntime")

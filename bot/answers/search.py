@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bot.citing import local_keyword_scores, make_snippet
-from bot.encoder import Encoder
+from bot.answers.citing import local_keyword_scores, make_snippet
+from bot.answers.encoder import Encoder
+from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, top
 from bot.errors import InvalidRequest
 from bot.models import Answer, SearchHit
-from bot.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, top
 from bot.store import Store, StoredChunk
 from bot.text import STOPWORDS, dense_form, keyword_terms, normalize_query, strip_volatile
 

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bot.encoder import Encoder
-from bot.models import Document
-from bot.ranker import (
+from bot.answers.encoder import Encoder
+from bot.answers.ranker import (
     CANDIDATES,
     FEATURES,
     MONOTONE,
@@ -36,11 +35,12 @@ from bot.ranker import (
     features,
     fuse,
 )
+from bot.models import Document
 from bot.store import Store
 from bot.text import content_hash, normalize_query, split_camel
 
 if TYPE_CHECKING:
-    from bot.search import SearchIndex
+    from bot.answers.search import SearchIndex
 
 log = logging.getLogger(__name__)
 # Part of what a fitted ranker is keyed by: a release that changes the queries, features or model refits.
@@ -308,7 +308,7 @@ def ranker_key(store: Store, model_id: str) -> str:
 
 def fit_ranker(store: Store, encoder: Encoder, key: str | None = None, index: SearchIndex | None = None) -> dict:
     """Fit the ranker on the stored training queries and the votes, and store it (``index``: also use it there)."""
-    from bot.search import SearchIndex  # search imports the ranker; the fit needs search's evidence
+    from bot.answers.search import SearchIndex  # search imports the ranker; the fit needs search's evidence
 
     key = key or ranker_key(store, encoder.model_id)
     index = index or SearchIndex(store, encoder)
