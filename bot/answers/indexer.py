@@ -25,8 +25,8 @@ Progress = Callable[[int, int], None]
 ENCODE_BATCH = 256
 # What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
 # document from its file (vectors are reused: the text did not change). 2: alert routes. 3: spelled titles,
-# alert names in headings with a note in brackets.
-INDEX_FORMAT = "3"
+# alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
+INDEX_FORMAT = "4"
 
 
 @dataclass

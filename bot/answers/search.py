@@ -68,6 +68,7 @@ class SearchIndex:
         self._id_order = np.zeros(0, dtype=np.int64)
         self.doc_index: dict[str, int] = {}
         self.alert_routes: dict[str, list[int]] = {}
+        self.declared: dict[int, frozenset[str]] = {}  # document -> alert names as its runbook spells them
         self.stats = CorpusStats(0, {}, [])
         self.model: RankerModel | None = None
         self.feedback = np.zeros((0, 0), dtype=np.float32)
@@ -103,6 +104,9 @@ class SearchIndex:
         routes = {
             name: [doc_index[p] for p in paths if p in doc_index] for name, paths in self.store.alert_routes().items()
         }
+        declared = {
+            doc_index[p]: frozenset(names) for p, names in self.store.declared_alerts().items() if p in doc_index
+        }
         model = self._stored_model()
         feedback, feedback_paths, feedback_votes = self.store.feedback_vectors()
         with self._lock:
@@ -110,6 +114,7 @@ class SearchIndex:
             self.stats = stats
             self.doc_index = doc_index
             self.alert_routes = {name: docs for name, docs in routes.items() if docs}
+            self.declared = declared
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.chunk_doc = chunk_doc
@@ -268,7 +273,10 @@ class SearchIndex:
             routed = sig.routed if mode == "hybrid" else {}
             for d in routed:  # the runbook written for the named alert comes first, whatever the wording
                 scores.setdefault(d, 0.0)
-            ordered = sorted(scores, key=lambda d: (d not in routed, -scores[d]))
+            # Alert names are case-sensitive: of two runbooks answering to one name in any case
+            # (KubeMacPoolDown, KubemacpoolDown), the one spelled as the question spells it leads.
+            exact = {d for d, name in routed.items() if name in self.declared.get(d, ())}
+            ordered = sorted(scores, key=lambda d: (d not in routed, d not in exact, -scores[d]))
             if mode == "hybrid":
                 ordered = self._remembered(sig, ordered)
             ordered = ordered[:k]

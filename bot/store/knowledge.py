@@ -203,6 +203,11 @@ class KnowledgeStore(StoreBase):
             routes.setdefault(incident.lower(), []).append(path)
         return routes
 
+    def declared_alerts(self) -> dict[str, list[str]]:
+        """Path -> the alert names a runbook declares, spelled as declared (alert names are case-sensitive)."""
+        rows = self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path").fetchall()
+        return {path: [str(n) for n in json.loads(alerts)] for path, alerts in rows}
+
     def title_terms(self, paths: list[str]) -> list[tuple[str, ...]]:
         """The stemmed words of each document's title, for the documents in the order given (empty where unknown)."""
         rows = dict(self.db.execute("SELECT path, title_terms FROM documents").fetchall())
