@@ -6,6 +6,8 @@ import bisect
 import math
 import re
 
+from bot.models import SearchHit
+from bot.store import StoredChunk
 from bot.text import STOPWORDS, keyword_terms
 
 SNIPPET_MARKUP = re.compile(r"```[\w+-]*|\*\*|__")  # code fences (with their language) and bold markers
@@ -67,3 +69,24 @@ def make_snippet(text: str, query: str, width: int = 240, stopwords: frozenset[s
     start = flat.rfind(" ", 0, start) + 1 if start else 0
     piece = flat[start : start + width].rsplit(" ", 1)[0]
     return ("…" if start else "") + piece + "…"
+
+
+def make_hit(
+    chunk: StoredChunk, score: float, query: str, similarity: float, alert: str = "", quoted: bool = False
+) -> SearchHit:
+    """The result shown for a document: ``chunk`` is the section cited, ``similarity`` the document's best cosine."""
+    return SearchHit(
+        path=chunk.doc_path,
+        kind=chunk.kind,
+        title=chunk.title,
+        section=chunk.heading,
+        snippet=make_snippet(chunk.text, query),
+        score=round(float(score), 6),
+        url=chunk.url,
+        incident_id=chunk.incident_id,
+        anchor=chunk.anchor,
+        services=chunk.services,
+        similarity=round(similarity, 4),
+        alert=alert,
+        quoted=quoted,
+    )

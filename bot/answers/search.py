@@ -16,19 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bot.answers.citing import local_keyword_scores, make_snippet
+from bot.answers.citing import local_keyword_scores, make_hit
 from bot.answers.encoder import Encoder
+from bot.answers.keywords import keyword_match, select_terms, whole_query_match
 from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, top
 from bot.errors import InvalidRequest
-from bot.models import Answer, SearchHit
-from bot.store import Store, StoredChunk
+from bot.models import Answer
+from bot.store import Store
 from bot.text import STOPWORDS, dense_form, keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
-FTS_TOKEN = re.compile(r"[^\W_]+")  # a word as the full-text index's tokenizer cuts it
-WHOLE_QUERY_TERMS = 12  # longer queries (a pasted log excerpt) are not looked up whole: costly, and never quoted
 MATCHED = 20  # keyword candidates whose best chunk is checked for the query's words (50: no better, slower)
 QUOTE_TERMS = 4  # fewer words found together are a phrase, not a quoted sentence
+STEM_CACHE = 100_000  # words whose stem is remembered (a few MB)
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 
 
@@ -75,6 +75,7 @@ class SearchIndex:
         self.feedback_paths: list[str] = []
         self.feedback_votes = np.zeros(0, dtype=np.float32)
         self._worker: ThreadPoolExecutor | None = None
+        self._stems: dict[str, str] = {}
         self.refresh()
 
     def reload_feedback(self) -> None:
@@ -193,11 +194,11 @@ class SearchIndex:
     def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int]) -> None:
         """BM25 per document (its best chunk), and in hybrid mode the query words each candidate holds."""
         words = keyword_terms(stripped, STOPWORDS)
-        stems = self.store.stems(words)
+        stems = self.stems(words)
         sig.stems = [t for t in dict.fromkeys(stems) if t]
-        for chunk_id, rank in self._keyword_chunks(words, stems):
-            pos = _position(self.chunk_ids, self._id_order, chunk_id)
-            if pos is None or pos in hidden:
+        found = self._keyword_chunks(words, stems)
+        for pos, (_, rank) in zip(self._positions([c for c, _ in found]), found, strict=True):
+            if pos < 0 or pos in hidden:
                 continue
             d = int(self.chunk_doc[pos])
             if d not in sig.bm25:
@@ -205,10 +206,31 @@ class SearchIndex:
                 sig.bm25_chunk[d] = pos
         if mode == "hybrid":
             self._match_terms(sig)
-            for chunk_id, _ in self._whole_query_chunks(stripped):
-                pos = _position(self.chunk_ids, self._id_order, chunk_id)
-                if pos is not None and pos not in hidden:
+            for pos in self._positions([c for c, _ in self._whole_query_chunks(stripped)]):
+                if pos >= 0 and pos not in hidden:
                     sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
+
+    def stems(self, words: list[str]) -> list[str]:
+        """The words' stems as the full-text index stores them; asked of SQLite once per word, then remembered."""
+        known = self._stems  # a ranker refit in the background searches too: read each word once, here
+        found = {w: stem for w in dict.fromkeys(words) if (stem := known.get(w)) is not None}
+        missing = [w for w in dict.fromkeys(words) if w not in found]
+        if missing:
+            fetched = dict(zip(missing, self.store.stems(missing), strict=True))
+            if len(known) > STEM_CACHE:  # a bound on memory, not a policy: the next questions refill it
+                known.clear()
+            known.update(fetched)
+            found.update(fetched)
+        return [found[w] for w in words]
+
+    def _positions(self, chunk_ids: list[int]) -> list[int]:
+        """Each chunk id's position in the matrix, -1 for an id not loaded (indexed after the last refresh)."""
+        if not chunk_ids or not len(self._id_order):
+            return [-1] * len(chunk_ids)
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.chunk_ids, ids, sorter=self._id_order), len(self._id_order) - 1)
+        pos = self._id_order[at]
+        return np.where(self.chunk_ids[pos] == ids, pos, -1).tolist()
 
     def _match_terms(self, sig: Signals) -> None:
         """Which of the query's words each keyword candidate's best chunk holds (how much of the query it covers)."""
@@ -293,7 +315,7 @@ class SearchIndex:
         # How close in meaning the document is: its best section's, whichever section is cited.
         sims = {d: float(sig.section[d]) if sig.section is not None else 0.0 for d in ordered}
         hits = tuple(
-            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in quoted)
+            make_hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in quoted)
             for d in ordered
             if wanted[d] in details
         )
@@ -355,78 +377,20 @@ class SearchIndex:
 
     def _keyword_chunks(self, words: list[str], stems: list[str]) -> list[tuple[int, float]]:
         terms = self.select_terms(words, stems)
-        if not terms:
-            return []
-        # Adjacent query words that also stand close together in a section count again:
-        # "target discovery" is stronger evidence than "target" and "discovery" apart.
-        kept = set(terms)
-        pairs = [
-            f'NEAR("{a}" "{b}", {self.ranking.near})'
-            for a, b in zip(words, words[1:], strict=False)
-            if a in kept and b in kept
-        ]
-        match = " OR ".join([f'"{t}"' for t in terms] + pairs)
-        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+        match = keyword_match(words, terms, self.ranking.near) if terms else ""
+        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights) if match else []
 
     def _whole_query_chunks(self, stripped: str) -> list[tuple[int, float]]:
-        """Chunks holding every distinct word of the query within the query's own span, in any order.
-
-        A one-line alert summary is often a sentence of the runbook written for it; finding all of
-        its words together is stronger evidence than finding them apart. Stopwords may differ, so
-        the window is as long as the query's span in words, and the order is free.
-        """
-        tokens = [t.lower() for t in FTS_TOKEN.findall(stripped)]
-        content = [i for i, t in enumerate(tokens) if t not in STOPWORDS and len(t) > 1 and not t.isdigit()]
-        terms = list(dict.fromkeys(tokens[i] for i in content))
-        if not 2 <= len(terms) <= WHOLE_QUERY_TERMS:
-            return []
-        span = content[-1] - content[0] + 1
-        match = "NEAR(" + " ".join(f'"{t}"' for t in terms) + f", {span})"
-        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+        """Chunks holding every distinct word of the query together (see ``keywords.whole_query_match``)."""
+        match = whole_query_match(stripped)
+        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights) if match else []
 
     def select_terms(self, terms: list[str], stems: list[str] | None = None) -> list[str]:
-        """The query words worth a full-text lookup, in query order.
-
-        Words found nowhere cannot match; words found in most sections say little and cost
-        the most to score. The rarest ``max_terms`` words are kept. ``stems`` are the words' stems
-        when the caller has them already.
-        """
+        """The query words worth a full-text lookup, in query order (``stems``: theirs, when the caller has them)."""
         if not terms:
             return []
-        stems = self.store.stems(terms) if stems is None else stems
-        term_counts = self.stats.term_chunks
-        counts = {t: term_counts.get(stem, 0) for t, stem in zip(terms, stems, strict=True)}
-        present = [t for t in terms if counts[t] > 0]
-        limit = max(self.ranking.common_fraction * max(self.size, 1), self.ranking.common_floor)
-        selective = [t for t in present if counts[t] <= limit]
-        if len(selective) < 2:
-            selective = sorted(present, key=lambda t: counts[t])[:2]
-        keep = set(sorted(selective, key=lambda t: counts[t])[: self.ranking.max_terms])
-        return [t for t in present if t in keep]
+        stems = self.stems(terms) if stems is None else stems
+        counts = {t: self.stats.term_chunks.get(stem, 0) for t, stem in zip(terms, stems, strict=True)}
+        r = self.ranking
+        return select_terms(terms, counts, self.size, r.common_fraction, r.common_floor, r.max_terms)
 
-
-def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
-    i = np.searchsorted(ids, chunk_id, sorter=order)
-    if i < len(order) and ids[order[i]] == chunk_id:
-        return int(order[i])
-    return None
-
-
-def _hit(
-    chunk: StoredChunk, score: float, query: str, similarity: float, alert: str = "", quoted: bool = False
-) -> SearchHit:
-    return SearchHit(
-        path=chunk.doc_path,
-        kind=chunk.kind,
-        title=chunk.title,
-        section=chunk.heading,
-        snippet=make_snippet(chunk.text, query),
-        score=round(float(score), 6),
-        url=chunk.url,
-        incident_id=chunk.incident_id,
-        anchor=chunk.anchor,
-        services=chunk.services,
-        similarity=round(similarity, 4),
-        alert=alert,
-        quoted=quoted,
-    )

@@ -279,7 +279,7 @@ class KnowledgeStore(StoreBase):
         # Only the temporary table is written: a deferred transaction, so a search never waits for
         # the database's write lock (which an `opsbot index` in another process may hold).
         with self.lock, self.db.atomic():
-            self.db.execute("DELETE FROM temp.query_terms")
+            self.db.execute("INSERT INTO temp.query_terms (query_terms) VALUES ('delete-all')")
             self.db.conn.executemany(
                 "INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", list(enumerate(words, start=1))
             )
@@ -302,7 +302,7 @@ class KnowledgeStore(StoreBase):
             return {}
         counts: dict[int, dict[str, tuple[int, int]]] = {}
         with self.lock, self.db.atomic():  # only the temporary table is written, as in stems()
-            self.db.execute("DELETE FROM temp.cite_terms")
+            self.db.execute("INSERT INTO temp.cite_terms (cite_terms) VALUES ('delete-all')")
             self.db.execute(
                 "INSERT INTO temp.cite_terms (rowid, heading, body) "  # the text as the index has it
                 f"SELECT rowid, heading, body FROM chunks_fts WHERE rowid IN ({','.join('?' * len(chunk_ids))})",
