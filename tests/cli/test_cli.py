@@ -487,6 +487,18 @@ def test_eval_leaves_the_users_index_alone(eval_files: tuple[Path, Path], tmp_pa
     assert not (tmp_path / "opsbot.db").exists()
 
 
+def test_eval_index_db_is_kept_and_a_second_run_embeds_nothing(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, queries = eval_files
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25", "--json")
+    first = invoke(*args, "--index-db", str(tmp_path / "kept.db"))
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["index"]["embedded"] > 0 and (tmp_path / "kept.db").exists()
+    second = invoke(*args, "--index-db", str(tmp_path / "kept.db"))
+    assert json.loads(second.stdout)["index"]["embedded"] == 0
+    refused = invoke("eval", "--task", "experts", "--knowledge", str(knowledge), "--index-db", str(tmp_path / "x.db"))
+    assert_clean_failure(refused, "--index-db only applies to --task search")
+
+
 def test_eval_malformed_queries_names_the_line(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = tmp_path / "bad.jsonl"
