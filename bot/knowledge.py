@@ -17,7 +17,7 @@ import yaml
 
 from bot.models import Document, Expert, Incident, KnowledgeBase, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
-from bot.services import ConfigProblem, parse_service, parse_settings
+from bot.services_file import read_services_file
 from bot.text import (
     FrontMatterError,
     content_hash,
@@ -28,12 +28,17 @@ from bot.text import (
     split_front_matter,
     split_sections,
 )
+from bot.yaml_lines import compose as _compose
+from bot.yaml_lines import key_line as _key_line
+from bot.yaml_lines import path_line as _path_line
+from bot.yaml_lines import yaml_error_line as _yaml_line
+from bot.yaml_lines import yaml_problem as _yaml_problem
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
 INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
 EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
-INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags")
+INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -66,12 +71,11 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
     services = root / "services.yaml"
     if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
-        try:
-            kb.services, problems = parse_services("services.yaml", text)
-            kb.deploy_settings, more = parse_deploy_settings(text)
-            kb.problems.extend(problems + more)
-        except FileProblem as exc:
-            kb.problems.append(Problem("services.yaml", str(exc), exc.line))
+        roster = None if "experts.yaml" in kb.failed_paths else kb.experts  # a broken roster is reported already
+        found = read_services_file("services.yaml", text, roster)
+        kb.services, kb.deploy_settings = found.services, found.settings
+        kb.problems.extend(found.problems)
+        if found.failed:
             kb.failed_paths.add("services.yaml")
     channels = root / "channels.yaml"
     if channels.is_file() and (text := _read(kb, "channels.yaml", channels)) is not None:
@@ -235,6 +239,9 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
     duration = data.get("duration_minutes")
     if duration is not None and (not isinstance(duration, int) or duration < 0):
         raise FileProblem("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
+    env = data.get("env") or ""
+    if not isinstance(env, str) or (env and not re.fullmatch(r"[A-Za-z0-9][\w-]*", env)):
+        raise FileProblem(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))
     timeline = []
     for entry in data.get("timeline") or []:
         if isinstance(entry, dict):
@@ -261,6 +268,7 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
         path=rel,
         duration_minutes=duration,
         timeline=tuple(timeline),
+        env=env,
     )
 
 
@@ -279,22 +287,6 @@ def incident_document(incident: Incident, digest: str) -> Document:
         owners=incident.responders,
         incident_id=incident.id,
     )
-
-
-def _key_line(text: str, key: str) -> int:
-    for number, line in enumerate(text.splitlines()):
-        if re.match(rf"^\s*-?\s*['\"]?{re.escape(key)}['\"]?\s*:", line):
-            return number
-    return 0
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
-
-
-def _yaml_line(exc: yaml.YAMLError) -> int | None:
-    mark = getattr(exc, "problem_mark", None)
-    return mark.line + 1 if mark is not None else None
 
 
 def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
@@ -410,98 +402,6 @@ def _service_names(value: Any) -> tuple[str, ...]:
         if problem := service_name_problem(name):
             raise FileProblem(problem)
     return names
-
-
-def parse_services(rel: str, text: str) -> tuple[dict[str, dict], list[Problem]]:
-    """services.yaml: each service with its owners; the deploy settings are checked by the deploy feature."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise FileProblem(f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)) from exc
-    services = data.get("services") if isinstance(data, dict) else None
-    if not isinstance(services, dict):
-        raise FileProblem("must hold `services:`, a mapping of service names to their settings", 1)
-    result: dict[str, dict] = {}
-    problems: list[Problem] = []
-    root = _compose(text)
-    for name, entry in services.items():
-        line = _path_line(root, f"services.{name}") or 1 + _key_line(text, str(name))
-        if problem := service_name_problem(name):
-            problems.append(Problem(rel, problem, line))
-            continue
-        entry = entry or {}
-        if not isinstance(entry, dict):
-            problems.append(Problem(rel, f"services.{name} must be a mapping with owners: and environments:", line))
-            continue
-        try:
-            entry["owners"] = list(_strings(entry.get("owners"), "owners"))
-        except FileProblem as exc:
-            problems.append(Problem(rel, f"services.{name}.owners: {exc}", line))
-            continue
-        try:
-            parse_service(str(name), entry)
-        except ConfigProblem as exc:
-            problems.append(Problem(rel, str(exc), _path_line(root, exc.key) or line))
-            continue
-        result[str(name)] = entry
-    return result, problems
-
-
-def parse_deploy_settings(text: str) -> tuple[dict | None, list[Problem]]:
-    """The `settings:` block of services.yaml (deploys channel, request expiry, failure window)."""
-    data = yaml.safe_load(text) or {}
-    raw = data.get("settings") if isinstance(data, dict) else None
-    try:
-        parse_settings(raw)
-    except ConfigProblem as exc:
-        line = _path_line(_compose(text), exc.key) or 1 + _key_line(text, "settings")
-        return None, [Problem("services.yaml", str(exc), line)]
-    return raw, []
-
-
-def _compose(text: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-
-
-def _path_line(node: yaml.Node | None, key: str) -> int | None:
-    """The 1-based line of the deepest node on a key path such as ``services.web.environments.prod.freeze[0]``.
-
-    Following the path (rather than searching for its last name) finds prod's `approvals:`, not
-    staging's above it, and a missing key points at its parent instead of a later service.
-    """
-    line = None
-    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
-        if name:
-            found = _mapping_value(node, name)
-            if found is None:
-                break
-            key_node, node = found
-            line = key_node.start_mark.line + 1
-        else:
-            if not isinstance(node, yaml.SequenceNode) or int(index) >= len(node.value):
-                break
-            node = node.value[int(index)]
-            line = node.start_mark.line + 1
-    return line
-
-
-def _mapping_value(node: yaml.Node | None, name: str) -> tuple[yaml.Node, yaml.Node] | None:
-    """The key and value nodes of ``name`` in a mapping, looking through `<<:` merges."""
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key_node, value in node.value:
-        if getattr(key_node, "value", None) == name:
-            return key_node, value
-    for key_node, value in node.value:
-        if getattr(key_node, "value", None) == "<<":
-            for merged in value.value if isinstance(value, yaml.SequenceNode) else [value]:
-                found = _mapping_value(merged, name)
-                if found is not None:
-                    return found
-    return None
 
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")

@@ -75,6 +75,7 @@ class Incident:
     path: str
     duration_minutes: int | None = None
     timeline: tuple[TimelineEntry, ...] = ()
+    env: str = ""  # the environment it hit; "" is the default incident environment (settings.incident_env)
 
 
 @dataclass(frozen=True)

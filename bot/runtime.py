@@ -2,68 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import numpy as np
 
 from bot.answers.encoder import Encoder, make_encoder
 from bot.answers.expert_fit import load_model
-from bot.answers.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
+from bot.answers.experts import ExpertModel
 from bot.answers.indexer import index_incident
+from bot.answers.replies import Answerer
 from bot.answers.search import SearchIndex
 from bot.answers.training import fit_ranker
 from bot.config import Settings
-from bot.errors import InvalidRequest, NotFound, OpsbotError
-from bot.models import Answer, Incident, SearchHit
+from bot.errors import OpsbotError
+from bot.models import Incident
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService
 from bot.ops.requests import Announcer
-from bot.rota import OnCall, Rota, asks_who_is_on_call
+from bot.rota import Rota
 from bot.store import Store
-from bot.store.base import is_write_failure
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 DEPLOY_WORKERS = 4  # approved deploys run here, never in the pool that answers questions
-RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
 T = TypeVar("T")
 
 
 class NotReady(OpsbotError):
     """The model or the index could not be loaded."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An answer prepared for a conversation: the relevant hits split by kind, with an id for feedback."""
-
-    id: str
-    answer: Answer
-    runbooks: tuple[SearchHit, ...]
-    incidents: tuple[SearchHit, ...]
-    question: str  # what was searched, with the thread's earlier question when it is a follow-up
-    documents: int = 0
-    experts: tuple[Suggestion, ...] = ()  # who could help, when the answer involves past incidents
-    oncall: tuple[OnCall, ...] = ()  # the answer to "who is on call for X", from the rota
-    names: dict[str, str] = field(default_factory=dict)  # roster id -> name, for the on-call answer
-    unsaved: str = ""  # why the answer could not be saved for feedback (SQLite's words); "" when it was
-
-    @property
-    def found(self) -> bool:
-        return bool(self.runbooks or self.incidents or self.oncall)
-
-    @property
-    def top(self) -> SearchHit | None:
-        return (self.runbooks + self.incidents)[0] if self.runbooks or self.incidents else None
 
 
 class Runtime:
@@ -93,6 +62,7 @@ class Runtime:
         self._refit: threading.Thread | None = None  # the ranker's refit after votes, one at a time
         self._refit_again = False
         self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
+        self.answers = Answerer(self.store, settings, self.index, self.experts_model, self.rota, self.refit_ranker)
 
     def start_loading(self) -> None:
         """Load the model and the index in a background thread (idempotent)."""
@@ -165,7 +135,9 @@ class Runtime:
             known = set(self.store.service_configs())
             known.update(s for e in self.store.load_experts() for s in e.services)
             known.update(s for i in self.store.load_incidents() for s in i.services)
-            return IncidentService(self.store, known)
+            deploys = DeployService.from_store(self.store)  # its environments and settings.incident_env
+            envs = {env for config in deploys.services.values() for env in config.environments}
+            return IncidentService(self.store, known, default_env=deploys.settings.incident_env, environments=envs)
 
         return self._for_index_version("incidents", build)
 
@@ -227,107 +199,6 @@ class Runtime:
         """Retrain on next use (an incident was resolved or the roster changed)."""
         with self._experts_lock:
             self._experts = None
-
-    def suggest_experts(
-        self,
-        text: str,
-        services: list[str] | None = None,
-        limit: int = 3,
-        remember: bool = True,
-        vector: np.ndarray | None = None,
-        asker: str = "",
-    ) -> list[Suggestion]:
-        """The best people for ``text``, load spread among equals, and remembered for that.
-
-        ``vector`` is ``text``'s query vector when the caller already has it (an answer's search). ``asker``
-        (who asked, or declared the incident) is never suggested to themselves.
-        """
-        text = text.strip()
-        if not text:
-            raise InvalidRequest("describe the problem, for example `/experts checkout 503s after deploy`.")
-        model = self.experts_model()
-        index = self.index()
-        vector = index.embed_query(text) if vector is None else vector
-        ranked = model.rank(text, vector, services, exclude=(asker,) if asker else ())
-        if ranked:  # people with only a faint reason are noise next to a strong suggestion
-            best = ranked[0].score
-            ranked = [s for s in ranked if s.score >= best * MIN_SHARE or s.on_call]
-        ranked = spread_load(ranked, self.store.recent_first_suggestions())
-        shown = ranked[:limit]
-        on_call = next((s for s in ranked if s.on_call), None)
-        if on_call is not None and on_call not in shown:  # whoever holds the pager is always among those shown
-            shown = [*shown[: limit - 1], on_call]
-        ranked = shown
-        if remember:
-            self.store.log_suggestion(text, [s.expert.id for s in ranked])
-        return ranked
-
-    def reply(self, question: str, channel: str = "", user: str = "", thread_ts: str = "") -> Reply:
-        """Answer a question (or a follow-up in a thread) and remember it for feedback."""
-        question = question.strip()
-        if not question:
-            raise InvalidRequest("ask a question, or paste an alert or a log line.")
-        if asks_who_is_on_call(question):
-            # Answered from the rota, not the runbooks: who to page is a fact, not a search result.
-            rota = self.rota()
-            answers = tuple(rota.answer(rota.named_in(question)))
-            names = {e.id: e.name for e in rota.experts}
-            answer = Answer(question, question, (), "rota")
-            return Reply(uuid.uuid4().hex[:12], answer, (), (), question, oncall=answers, names=names)
-        searched = question
-        if channel and thread_ts:
-            earlier = self.store.thread_question(channel, thread_ts)
-            if earlier and earlier != question:
-                searched = f"{earlier}\n{question}"
-            else:
-                try:
-                    self.store.remember_question(channel, thread_ts, question)
-                except sqlite3.OperationalError as exc:
-                    if not is_write_failure(exc):
-                        raise
-                    # The question is still answered; only a follow-up in this thread loses its context.
-                    log.warning("thread question not saved channel=%s thread_ts=%s reason=%s", channel, thread_ts, exc)
-        index = self.index()
-        answer = index.search(searched, k=self.settings.top_k * 2)
-        # Weak matches are left out: below the floor, or far below the best match of this answer.
-        best = max((h.similarity for h in answer.hits), default=0.0)
-        floor = max(self.settings.min_similarity, best * RELATIVE_FLOOR)
-        # A runbook for the named alert stays, and so does a section holding the question's words together.
-        relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted]
-        runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(self.settings.top_k, 3)]
-        incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
-        experts: tuple[Suggestion, ...] = ()
-        if incidents and self.store.expert_count():
-            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
-        reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
-        if reply.found:
-            paths = [h.path for h in runbooks + incidents]
-            try:
-                self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)
-            except sqlite3.OperationalError as exc:
-                if not is_write_failure(exc):
-                    raise
-                # The search worked: the user gets the answer, without what needs it saved (votes, sharing).
-                log.warning("answer not saved answer_id=%s channel=%s reason=%s", reply.id, channel, exc)
-                reply = dataclasses.replace(reply, unsaved=str(exc))
-        return reply
-
-    def vote(self, answer_id: str, user: str, vote: int) -> tuple[bool, str]:
-        """Record a 👍 (+1) or 👎 (-1) on an answer's leading result; returns (changed, path)."""
-        if vote not in (1, -1):
-            raise InvalidRequest("a vote is +1 or -1.")
-        saved = self.store.get_answer(answer_id)
-        if saved is None:
-            raise NotFound("that answer is no longer known; ask again to vote on a fresh one.")
-        index = self.index()
-        path = saved["paths"][0]
-        changed = self.store.record_feedback(
-            answer_id, user, saved["query"], path, vote, index.embed_query(saved["query"])
-        )
-        if changed:
-            index.reload_feedback()
-            self.refit_ranker()
-        return changed, path
 
     def refit_ranker(self) -> threading.Thread:
         """Refit the search ranker with the votes, in the background; votes during a refit start one more after it."""

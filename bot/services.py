@@ -1,7 +1,12 @@
-"""services.yaml for deploys: environments, approvals, freezes and runners, validated with the key that is wrong."""
+"""services.yaml for deploys: environments, approvals, freezes, emergency rules and runners.
+
+Every check appends a ``ConfigProblem`` naming the key at fault instead of stopping at the first one, so one run
+of `opsbot check` reports everything that is wrong; ``parse_service`` and ``parse_settings`` raise the first.
+"""
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,13 +18,39 @@ PLACEHOLDERS = ("service", "version", "env", "request_id", "python")
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 DEFAULT_VERSION_PATTERN = r"^v?\d+\.\d+\.\d+([.-][A-Za-z0-9.]+)?$"
 
+# The keys each part of services.yaml may have, so that a misspelt one is named as such. `alerts` and the
+# alert settings belong to the alert intake; they are listed here so that a typo next to them is caught too.
+SERVICE_KEYS = ("owners", "team", "channel", "version_pattern", "environments", "deploy", "rollback", "alerts")
+ENVIRONMENT_KEYS = ("approvals", "approvers", "freeze", "emergency")
+FREEZE_KEYS = ("start", "end", "reason")
+EMERGENCY_KEYS = ("rollback_approvals", "while_incident")
+RUNNER_KEYS = ("command", "webhook", "timeout")
+WEBHOOK_KEYS = ("url", "body", "secret_header", "secret_env")
+SETTINGS_KEYS = (
+    "deploys_channel",
+    "request_ttl_minutes",
+    "failure_window_hours",
+    "stale_ci_hours",
+    "weekly_digest",
+    "incident_env",
+    "alerts_channel",
+    "alertmanager_urls",
+    "alert_silencers",
+)
+DIGEST_KEYS = ("channel", "day", "time", "timezone", "env")
+EMERGENCY_SEVERITIES = (1, 2)  # an emergency rule without while_incident: an open SEV1 or SEV2
+
 
 class ConfigProblem(ValueError):
-    """One wrong key in services.yaml."""
+    """One wrong key in services.yaml; ``at`` is the key path whose line shows it (``key`` unless given)."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, at: str = "") -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.at = at or key
+
+
+Problems = list[ConfigProblem]
 
 
 @dataclass(frozen=True)
@@ -43,11 +74,20 @@ class Freeze:
 
 
 @dataclass(frozen=True)
+class Emergency:
+    """Fewer approvals for a rollback while an incident of one of ``severities`` is open on the service."""
+
+    rollback_approvals: int
+    severities: tuple[int, ...] = EMERGENCY_SEVERITIES
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     approvals: int
     approvers: tuple[str, ...]  # roster ids or team names
     freezes: tuple[Freeze, ...] = ()
+    emergency: Emergency | None = None
 
     def frozen_at(self, when: datetime) -> Freeze | None:
         return next((f for f in self.freezes if f.start <= when < f.end), None)
@@ -71,6 +111,7 @@ class DeploySettings:
     failure_window_hours: int = 24  # an incident this soon after a deploy counts against it
     stale_ci_hours: int = 6  # a CI deploy that started and sent no end within this long is abandoned
     digest: Digest | None = None  # a weekly DORA digest, when configured
+    incident_env: str = "prod"  # the environment an incident hit when its declaration names none
 
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -87,116 +128,224 @@ class Digest:
     env: str = "prod"
 
 
-def _digest(data: Any) -> Digest | None:
+def unknown_keys(key: str, data: dict, known: tuple[str, ...], out: Problems) -> set[str]:
+    """Report each key of ``data`` that is not ``known``, with the closest known one; returns the ones suggested."""
+    suggested = set()
+    for name in data:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=1)
+        if close:
+            suggested.add(close[0])
+        hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(known)}"
+        out.append(ConfigProblem(key, f"unknown key `{name}`; {hint}", at=f"{key}.{name}"))
+    return suggested
+
+
+def _digest(data: Any, out: Problems) -> Digest | None:
     if data is None:
         return None
     key = "settings.weekly_digest"
     if not isinstance(data, dict) or not data.get("channel"):
-        raise ConfigProblem(key, "needs channel: (a channel id), and optionally day:, time:, timezone:, env:")
+        out.append(ConfigProblem(key, "needs channel: (a channel id), and optionally day:, time:, timezone:, env:"))
+        return None
+    before = len(out)
+    unknown_keys(key, data, DIGEST_KEYS, out)
     day = str(data.get("day", "monday")).lower()
     if day not in DAYS:
-        raise ConfigProblem(f"{key}.day", f"{day!r} must be a day of the week, such as monday")
+        out.append(ConfigProblem(f"{key}.day", f"{day!r} must be a day of the week, such as monday"))
     at = str(data.get("time", "09:00"))
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", at):
-        raise ConfigProblem(f"{key}.time", f"{at!r} must look like 09:00")
+        out.append(ConfigProblem(f"{key}.time", f"{at!r} must look like 09:00"))
     tz = str(data.get("timezone", "UTC"))
     try:
         from zoneinfo import ZoneInfo
 
         ZoneInfo(tz)
     except Exception:
-        raise ConfigProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London") from None
+        out.append(ConfigProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London"))
+    if len(out) > before:
+        return None
     return Digest(str(data["channel"]), DAYS.index(day), at, tz, str(data.get("env", "prod")))
 
 
 def parse_service(name: str, entry: dict) -> ServiceConfig | None:
-    """A service's deploy settings, or None when it has none (owners only). Raises ConfigProblem."""
+    """A service's deploy settings, or None when it has none (owners only). Raises the first ConfigProblem."""
+    out: Problems = []
+    config = build_service(name, entry, out)
+    if out:
+        raise out[0]
+    return config
+
+
+def build_service(name: str, entry: dict, out: Problems) -> ServiceConfig | None:
+    """A service's deploy settings; None when it has none or when something is wrong (each problem in ``out``)."""
+    key = f"services.{name}"
+    before = len(out)
+    suggested = unknown_keys(key, entry, SERVICE_KEYS, out)
     if "environments" not in entry and "deploy" not in entry:
         return None
-    key = f"services.{name}"
+    environments = {}
     envs_raw = entry.get("environments")
-    if not isinstance(envs_raw, dict) or not envs_raw:
-        raise ConfigProblem(f"{key}.environments", "must map environment names (staging, prod) to their settings")
-    environments = {str(env): _environment(f"{key}.environments.{env}", str(env), cfg) for env, cfg in envs_raw.items()}
+    if isinstance(envs_raw, dict) and envs_raw:
+        for env, cfg in envs_raw.items():
+            environment = _environment(f"{key}.environments.{env}", str(env), cfg, out)
+            if environment is not None:
+                environments[str(env)] = environment
+    elif "environments" in entry or "environments" not in suggested:  # a misspelt key is named once, above
+        out.append(ConfigProblem(f"{key}.environments", "must map environment names (staging, prod) to their settings"))
     pattern = str(entry.get("version_pattern") or DEFAULT_VERSION_PATTERN)
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise ConfigProblem(f"{key}.version_pattern", f"is not a valid regular expression ({exc})") from None
-    if "deploy" not in entry:
-        raise ConfigProblem(f"{key}.deploy", "is missing: give a command (argv list) or a webhook")
-    deploy = _runner(f"{key}.deploy", entry["deploy"])
-    rollback = _runner(f"{key}.rollback", entry["rollback"]) if entry.get("rollback") else None
+        out.append(ConfigProblem(f"{key}.version_pattern", f"is not a valid regular expression ({exc})"))
+    deploy = None
+    if "deploy" in entry:
+        deploy = _runner(f"{key}.deploy", entry["deploy"], out)
+    elif "deploy" not in suggested:
+        out.append(ConfigProblem(f"{key}.deploy", "is missing: give a command (argv list) or a webhook"))
+    rollback = _runner(f"{key}.rollback", entry["rollback"], out) if entry.get("rollback") else None
+    if len(out) > before or deploy is None:
+        return None
     channel = str(entry.get("channel") or "")
     return ServiceConfig(name, tuple(entry.get("owners") or ()), environments, deploy, rollback, pattern, channel)
 
 
 def parse_settings(data: Any) -> DeploySettings:
+    """The `settings:` block; raises the first ConfigProblem."""
+    out: Problems = []
+    settings = build_settings(data, out)
+    if out:
+        raise out[0]
+    return settings
+
+
+def build_settings(data: Any, out: Problems) -> DeploySettings:
+    """The `settings:` block, each wrong key in ``out`` (and its default used)."""
     if data is None:
         return DeploySettings()
     if not isinstance(data, dict):
-        raise ConfigProblem("settings", "must be a mapping (deploys_channel, request_ttl_minutes, ...)")
+        out.append(ConfigProblem("settings", "must be a mapping (deploys_channel, request_ttl_minutes, ...)"))
+        return DeploySettings()
+    unknown_keys("settings", data, SETTINGS_KEYS, out)
     return DeploySettings(
         channel=str(data.get("deploys_channel") or ""),
-        request_ttl_minutes=_positive(data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes"),
-        failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours"),
-        stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours"),
-        digest=_digest(data.get("weekly_digest")),
+        request_ttl_minutes=_positive(data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes", out, 30),
+        failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours", out, 24),
+        stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours", out, 6),
+        digest=_digest(data.get("weekly_digest"), out),
+        incident_env=_env_name(data.get("incident_env", "prod"), "settings.incident_env", out),
     )
 
 
-def _positive(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigProblem(key, f"{value!r} must be a whole number of 1 or more")
+def _env_name(value: Any, key: str, out: Problems) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][\w-]*", value):
+        out.append(ConfigProblem(key, f"{value!r} must be an environment name such as prod"))
+        return "prod"
     return value
 
 
-def _environment(key: str, name: str, cfg: Any) -> Environment:
+def _positive(value: Any, key: str, out: Problems, default: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        out.append(ConfigProblem(key, f"{value!r} must be a whole number of 1 or more"))
+        return default
+    return value
+
+
+def _environment(key: str, name: str, cfg: Any, out: Problems) -> Environment | None:
     if not isinstance(cfg, dict):
-        raise ConfigProblem(key, "must be a mapping with approvals: and approvers:")
-    approvals = _positive(cfg.get("approvals", 1), f"{key}.approvals")
+        out.append(ConfigProblem(key, "must be a mapping with approvals: and approvers:"))
+        return None
+    before = len(out)
+    suggested = unknown_keys(key, cfg, ENVIRONMENT_KEYS, out)
+    approvals = _positive(cfg.get("approvals", 1), f"{key}.approvals", out)
     approvers = cfg.get("approvers")
     if not isinstance(approvers, list) or not approvers or not all(isinstance(a, str) for a in approvers):
-        raise ConfigProblem(
-            f"{key}.approvers", "must list roster ids or team names, for example [payments, U08P1CK3XQ]"
-        )
+        if "approvers" in cfg or "approvers" not in suggested:
+            message = "must list roster ids or team names, for example [payments, U08P1CK3XQ]"
+            out.append(ConfigProblem(f"{key}.approvers", message))
+        approvers = []
     freezes = []
     for n, f in enumerate(cfg.get("freeze") or []):
         fkey = f"{key}.freeze[{n}]"
         if not isinstance(f, dict):
-            raise ConfigProblem(fkey, "must have start: and end: (ISO 8601 times) and an optional reason:")
-        start, end = _time(f.get("start"), f"{fkey}.start"), _time(f.get("end"), f"{fkey}.end")
+            out.append(ConfigProblem(fkey, "must have start: and end: (ISO 8601 times) and an optional reason:"))
+            continue
+        unknown_keys(fkey, f, FREEZE_KEYS, out)
+        start, end = _time(f.get("start"), f"{fkey}.start", out), _time(f.get("end"), f"{fkey}.end", out)
+        if start is None or end is None:
+            continue
         if end <= start:
-            raise ConfigProblem(fkey, "end must be after start")
+            out.append(ConfigProblem(fkey, "end must be after start"))
         freezes.append(Freeze(start, end, str(f.get("reason") or "")))
-    return Environment(name, approvals, tuple(approvers), tuple(freezes))
+    emergency = _emergency(f"{key}.emergency", cfg["emergency"], approvals, out) if "emergency" in cfg else None
+    if len(out) > before:
+        return None
+    return Environment(name, approvals, tuple(approvers), tuple(freezes), emergency)
 
 
-def _time(value: Any, key: str) -> datetime:
+def severity_number(value: Any) -> int | None:
+    """1 to 4 from SEV1, sev-2, 3 ...; None when it is not a severity."""
+    text = str(value).strip().upper().removeprefix("SEV").removeprefix("-").strip()
+    return int(text) if text in ("1", "2", "3", "4") else None
+
+
+def _emergency(key: str, data: Any, approvals: int, out: Problems) -> Emergency | None:
+    if not isinstance(data, dict):
+        example = "{rollback_approvals: 1, while_incident: [SEV1, SEV2]}"
+        out.append(ConfigProblem(key, f"must be a mapping such as {example}"))
+        return None
+    before = len(out)
+    unknown_keys(key, data, EMERGENCY_KEYS, out)
+    count = _positive(data.get("rollback_approvals", 1), f"{key}.rollback_approvals", out)
+    if len(out) == before and count >= approvals:
+        out.append(
+            ConfigProblem(
+                f"{key}.rollback_approvals",
+                f"{count} must be fewer than the environment's approvals ({approvals}), else the rule changes nothing",
+            )
+        )
+    raw = data.get("while_incident", [f"SEV{s}" for s in EMERGENCY_SEVERITIES])
+    severities = [severity_number(s) for s in raw] if isinstance(raw, list) else []
+    if not severities or None in severities:
+        out.append(ConfigProblem(f"{key}.while_incident", f"{raw!r} must list severities, for example [SEV1, SEV2]"))
+    if len(out) > before:
+        return None
+    return Emergency(count, tuple(sorted({s for s in severities if s is not None})))
+
+
+def _time(value: Any, key: str, out: Problems) -> datetime | None:
     parsed = parse_date(value) if value is not None else None
     if parsed is None:
-        raise ConfigProblem(key, f"{value!r} is not an ISO 8601 time such as 2026-12-24T00:00:00Z")
+        out.append(ConfigProblem(key, f"{value!r} is not an ISO 8601 time such as 2026-12-24T00:00:00Z"))
     return parsed
 
 
-def _runner(key: str, cfg: Any) -> Runner:
+def _runner(key: str, cfg: Any, out: Problems) -> Runner | None:
     if not isinstance(cfg, dict):
-        raise ConfigProblem(key, "must have command: [argv...] or webhook: {url: ...}")
-    timeout = _positive(cfg.get("timeout", 600), f"{key}.timeout")
+        out.append(ConfigProblem(key, "must have command: [argv...] or webhook: {url: ...}"))
+        return None
+    before = len(out)
+    unknown_keys(key, cfg, RUNNER_KEYS, out)
+    timeout = _positive(cfg.get("timeout", 600), f"{key}.timeout", out, 600)
+    runner = None
     if "command" in cfg:
         argv = cfg["command"]
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigProblem(f"{key}.command", "must be a list of arguments, run without a shell")
+            out.append(ConfigProblem(f"{key}.command", "must be a list of arguments, run without a shell"))
+            return None
         for arg in argv:
             for name in re.findall(r"{(\w*)}", arg):
                 if name not in PLACEHOLDERS:
-                    raise ConfigProblem(f"{key}.command", f"unknown placeholder {{{name}}}; use {PLACEHOLDERS}")
-        return Runner("command", tuple(argv), timeout)
-    if "webhook" in cfg:
+                    out.append(ConfigProblem(f"{key}.command", f"unknown placeholder {{{name}}}; use {PLACEHOLDERS}"))
+        runner = Runner("command", tuple(argv), timeout)
+    elif "webhook" in cfg:
         hook = cfg["webhook"]
         if not isinstance(hook, dict) or not str(hook.get("url", "")).startswith(("https://", "http://")):
-            raise ConfigProblem(f"{key}.webhook.url", "must be an http(s) URL")
-        return Runner(
+            out.append(ConfigProblem(f"{key}.webhook.url", "must be an http(s) URL"))
+            return None
+        unknown_keys(f"{key}.webhook", hook, WEBHOOK_KEYS, out)
+        runner = Runner(
             "webhook",
             (),
             timeout,
@@ -205,4 +354,6 @@ def _runner(key: str, cfg: Any) -> Runner:
             str(hook.get("secret_header") or ""),
             str(hook.get("secret_env") or ""),
         )
-    raise ConfigProblem(key, "needs command: [argv...] or webhook: {url: ...}")
+    else:
+        out.append(ConfigProblem(key, "needs command: [argv...] or webhook: {url: ...}"))
+    return runner if len(out) == before else None

@@ -127,3 +127,17 @@ def test_the_checks_see_lazy_imports_and_skip_type_checking_ones(tmp_path: Path)
     names = {name for name, _ in imports(sample)}
     assert {"bot.slack", "bot.slack.ids"} <= names and "bot.cli" not in names
     assert "slack_bolt" in {n.split(".")[0] for n, _ in imports(BOT / "slack" / "local" / "shell_dispatch.py")}
+
+
+def test_block_builders_need_neither_the_store_nor_the_model() -> None:
+    """Building Block Kit is a pure function of what it is given: no database, no encoder, no runtime."""
+    heavy = ("bot.store", "bot.answers", "bot.runtime", "bot.ops")
+    reached: set[str] = set()
+    todo = [m for m in modules() if m.startswith("bot.slack.blocks")]
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in modules():
+            continue
+        reached.add(name)
+        todo += [n for n, _ in imports(modules()[name]) if n.startswith("bot.")]
+    assert sorted(m for m in reached if m.startswith(heavy)) == []

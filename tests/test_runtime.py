@@ -115,7 +115,7 @@ def test_an_answer_that_names_experts_encodes_the_question_once(tmp_path: Path) 
     runtime.experts_model()  # trained before the question, so only the question's own encodes are counted
     encoder.calls.clear()
 
-    reply = runtime.reply("label printers jammed in the warehouse")
+    reply = runtime.answers.reply("label printers jammed in the warehouse")
 
     assert reply.incidents and reply.experts
     assert encoder.encoded == ["label printers jammed in the warehouse"]
@@ -152,7 +152,7 @@ def test_a_section_holding_the_questions_words_together_is_kept_below_the_simila
     # A floor no bag-of-words cosine reaches: only the section that holds the question's words stays.
     runtime = indexed_runtime(tmp_path, files, min_similarity=0.99)
 
-    reply = runtime.reply("the scheduler disappeared from Prometheus target discovery")
+    reply = runtime.answers.reply("the scheduler disappeared from Prometheus target discovery")
 
     assert [h.path for h in reply.runbooks] == ["runbooks/scheduler-down.md"]
     assert reply.runbooks[0].quoted and reply.runbooks[0].section == "Meaning"

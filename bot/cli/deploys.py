@@ -185,7 +185,14 @@ def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, a
                 f"the stored deploy settings cannot be read ({exc}); fix `settings:` in services.yaml and run "
                 "`opsbot index`."
             ) from None
-        figures = dora(store, service=service, env=env, days=days, failure_window_hours=settings.failure_window_hours)
+        figures = dora(
+            store,
+            service=service,
+            env=env,
+            days=days,
+            failure_window_hours=settings.failure_window_hours,
+            incident_env=settings.incident_env,
+        )
     finally:
         store.close()
     if as_json:

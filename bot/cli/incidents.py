@@ -52,9 +52,9 @@ def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     if not found:
         click.echo("No incidents declared in Slack yet." if show_all else "No open incidents.")
     for i in found:
-        state = "open" if i.is_open else f"resolved after {i.minutes_to_restore} min"
+        state = f"resolved after {i.minutes_to_restore} min" if i.status == "resolved" else i.status
         services = ", ".join(i.services) or "no service"
-        click.echo(f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  declared {i.declared_at}")
+        click.echo(f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  {i.env}  declared {i.declared_at}")
 
 
 def _live_incident_dict(i: Any) -> dict:
@@ -64,12 +64,14 @@ def _live_incident_dict(i: Any) -> dict:
         "severity": i.severity,
         "status": i.status,
         "services": list(i.services),
+        "env": i.env,
         "declared_by": i.declared_by,
         "declared_at": i.declared_at,
         "channel": i.channel,
         "roles": i.roles,
         "resolved_at": i.resolved_at or None,
         "resolution": i.resolution or None,
+        "root_cause": i.root_cause or None,
         "minutes_to_restore": i.minutes_to_restore,
         "responders": list(i.responders),
         "timeline": [dict(e) for e in i.events],
@@ -112,7 +114,7 @@ def incidents_export(
     store = open_db(settings.db_path)
     try:
         found = IncidentService(store, set())
-        chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if not i.is_open]
+        chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if i.status == "resolved"]
         known = set(store.service_configs()) | {s for e in store.load_experts() for s in e.services}
         known |= {s for i in [*store.load_incidents(), *found.list_all()] for s in i.services}
     finally:
@@ -131,6 +133,9 @@ def incidents_export(
     for live in chosen:
         if live.is_open:
             problems.append(f"{live.id} is still open: resolve it first (/incident resolve RESOLUTION).")
+            continue
+        if live.status == "cancelled":
+            problems.append(f"{live.id} was cancelled (declared by mistake): there is nothing to export.")
             continue
         if not live.services and service:
             live = replace(live, services=(service,))

@@ -1,4 +1,4 @@
-"""Knowledge commands: index and ask."""
+"""Knowledge commands: check, index and ask."""
 
 from __future__ import annotations
 
@@ -32,18 +32,21 @@ INDEX_NICENESS = 10  # a batch job: the bot serving on the same cores acknowledg
     help="Run at lower CPU priority (Unix niceness added), so an `opsbot serve` on the same machine "
     "stays responsive while this embeds; 0 keeps the priority as it is.",
 )
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any file has a problem (for CI).")
 @click.pass_context
 @handle_errors
-def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: int) -> None:
+def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: int, strict: bool) -> None:
     """Index a knowledge directory (default: $OPSBOT_KNOWLEDGE or ./knowledge).
 
     Only new or changed text is embedded; removed files leave the index. The job runs at lower
-    CPU priority (--nice 10), so a bot serving on the same machine answers Slack first.
+    CPU priority (--nice 10), so a bot serving on the same machine answers Slack first. A file or
+    entry with a problem is left out and the rest indexed; --strict then exits with status 1.
 
     \b
     Example:
       opsbot index knowledge/
       opsbot index --nice 0 knowledge/     # nothing to make way for: full priority
+      opsbot index --strict knowledge/     # in CI: fail on any problem
     """
     from bot.answers.indexer import index_knowledge
 
@@ -72,6 +75,8 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
         store.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
+        if strict and report.problems:
+            sys.exit(1)
         return
     click.echo(
         f"Indexed {root}: {report.runbooks} runbooks, {report.incidents} incidents, {report.experts} people "
@@ -82,6 +87,57 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
         click.echo(f"Expert suggestions: {report.experts_fit}.")
     for problem in report.problems:
         click.echo(f"Warning: {problem}", err=True)
+    if report.problems:
+        click.echo(f"{problems_line(report.problems)}; what they name was left out of the index.", err=True)
+        if strict:
+            sys.exit(1)
+
+
+def problems_line(problems: list) -> str:
+    """ "3 problems in 2 files" for a list of knowledge problems."""
+    files = len({p.path for p in problems})
+    return f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {files} file{'s' if files != 1 else ''}"
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@click.pass_context
+@handle_errors
+def check(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
+    """Check a knowledge directory without indexing it: every problem of every file at once.
+
+    Exits with status 1 when there is any problem (a misspelt key in services.yaml, an approver
+    nobody on the roster matches, a runbook without text ...), so CI can fail on a broken file.
+    Loads no model and opens no database.
+
+    \b
+    Example:
+      opsbot check knowledge/
+      opsbot check --json knowledge/ | jq '.problems[]'
+    """
+    from bot.knowledge import load_knowledge
+
+    root = directory or load_settings(ctx).knowledge_dir
+    if not root.is_dir():
+        raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    kb = load_knowledge(root)
+    runbooks = sum(1 for d in kb.documents if d.kind == "runbook")
+    counts = (
+        f"{runbooks} runbooks, {len(kb.incidents)} incidents, {len(kb.experts)} people, {len(kb.services)} services"
+    )
+    if as_json:
+        problems = [{"path": p.path, "line": p.line, "message": p.message} for p in kb.problems]
+        click.echo(json.dumps({"directory": str(root), "ok": not problems, "problems": problems}, indent=2))
+    else:
+        for problem in kb.problems:
+            click.echo(str(problem))
+        if kb.problems:
+            click.echo(f"{problems_line(kb.problems)} under {root} (fix them and run `opsbot check` again).", err=True)
+        else:
+            click.echo(f"No problems in {root}: {counts}.")
+    if kb.problems:
+        sys.exit(1)
 
 
 def lower_priority(niceness: int) -> None:

@@ -40,7 +40,7 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
     try:
         if not store.expert_count():
             raise OpsbotError("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
-        suggestions = runtime.suggest_experts(" ".join(text), list(services) or None, limit=limit)
+        suggestions = runtime.answers.suggest_experts(" ".join(text), list(services) or None, limit=limit)
     finally:
         runtime.close()
     if as_json:

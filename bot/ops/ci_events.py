@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from bot.errors import InvalidRequest
 from bot.services import SAFE_VALUE
+from bot.text import service_name_problem
 
 log = logging.getLogger(__name__)
 HOOK_PATH = "/hooks/deploy"
@@ -132,6 +133,8 @@ def parse_event(
     if not EVENT_ID.fullmatch(event_id):
         raise EventProblem("event_id", "event_id: use up to 128 letters, digits and . _ : / + - (unique per event).")
     service = text("service", required=True)
+    if problem := service_name_problem(service):
+        raise EventProblem("service", f"{problem}.")
     if service not in known_services:
         known = ", ".join(sorted(known_services)) or "none: add services to services.yaml and run `opsbot index`"
         raise EventProblem("service", f"unknown service {service[:64]!r}; known services: {known}.")

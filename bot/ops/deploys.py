@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from bot.errors import InvalidRequest, NotFound, OpsbotError, PermissionDenied
 from bot.models import Expert
+from bot.ops import rollbacks
 from bot.ops import runner as deploy_runner
 from bot.ops.metrics import Dora, dora
-from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
+from bot.ops.policy import APPROVE, REQUEST, START, Facts, approvals_needed, refusal
 from bot.ops.requests import (
     AUTO_ROLLBACK_NOTE,
     Announcer,
@@ -30,6 +30,7 @@ from bot.ops.requests import (
     DeployRequest,
     Progress,
     _now,
+    check_service,
     check_value,
     new_request_id,
     new_row,
@@ -44,9 +45,6 @@ from bot.services import (
     parse_settings,
 )
 from bot.store import Store
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +102,7 @@ class DeployService:
     # -- the policy ---------------------------------------------------------------------------------
 
     def _service_env(self, service: str, env: str) -> tuple[ServiceConfig, Environment]:
-        check_value("service", service)
+        check_service(service)
         check_value("environment", env)
         config = self.services.get(service)
         if config is None:
@@ -120,10 +118,12 @@ class DeployService:
         config = self.services.get(request.service)
         environment = config.environments.get(request.env) if config else None
         others = self.store.running_for(request.service, request.env)
+        use = self.emergency_of(request)
         facts = replace(
             request.facts,
             lock_holder=self.store.lock_holder(request.service, request.env),
             running=tuple(r["id"] for r in others if r["id"] != request.id),
+            emergency=use.incident if use else "",
         )
         allowed = self.approvers_for(environment) if environment else set()
         return refusal(config, facts, stage, self.clock(), allowed, user)
@@ -144,10 +144,26 @@ class DeployService:
         return [a for a in dict.fromkeys(request.approvers) if a != request.requester and a in allowed]
 
     def approvals_needed(self, request: DeployRequest) -> int:
-        """What the request needs now: as recorded, or more if services.yaml was raised since."""
+        """What the request needs now: as recorded, or more if services.yaml was raised since; a rollback under
+        its environment's emergency rule (an incident that meets it is open), the rule's number."""
         config = self.services.get(request.service)
         environment = config.environments.get(request.env) if config else None
-        return max(request.approvals_needed, environment.approvals if environment else 0)
+        if environment is None:
+            return request.approvals_needed
+        use = self.emergency_of(request)
+        return approvals_needed(environment, replace(request.facts, emergency=use.incident if use else ""))
+
+    def emergency_of(self, request: DeployRequest) -> rollbacks.EmergencyUse | None:
+        """The open incident that lets this rollback use its environment's emergency rule now, if any."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        return rollbacks.emergency_use(self.store, environment, request.kind, request.service)
+
+    def emergency_recorded(self, request: DeployRequest) -> rollbacks.EmergencyUse | None:
+        """The emergency rule this rollback went (or goes) under, as its last step recorded it."""
+        config = self.services.get(request.service)
+        environment = config.environments.get(request.env) if config else None
+        return rollbacks.recorded_emergency(self.store, environment, request)
 
     def who_may_approve(self, request: DeployRequest) -> list[str]:
         """Who may approve ``request`` now, in words (people by name, teams as "payments team"); [] when its
@@ -204,6 +220,8 @@ class DeployService:
         elif version is None:
             raise InvalidRequest("give the version to deploy: /deploy SERVICE VERSION ENV.")
         check_value("version", version)
+        if kind == "rollback":
+            rollbacks.check_target(self.store, service, env, version)
         now = self.clock()
         facts = Facts(kind, service, env, version, requester)
         why = refusal(config, facts, REQUEST, now, self.approvers_for(environment))
@@ -214,6 +232,7 @@ class DeployService:
         if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
             from_version = self.failed_version(service, env) or from_version
         request_id = new_request_id(now)
+        use = rollbacks.emergency_use(self.store, environment, kind, service)
         row = new_row(
             request_id,
             kind=kind,
@@ -222,7 +241,8 @@ class DeployService:
             version=version,
             from_version=from_version,
             requester=requester,
-            approvals_needed=environment.approvals,
+            approvals_needed=use.approvals if use else environment.approvals,
+            emergency=use.incident if use else "",
             created_at=_iso(now),
             expires_at=_iso(now + timedelta(minutes=self.settings.request_ttl_minutes)),
             channel=channel,
@@ -240,6 +260,8 @@ class DeployService:
                 )
             self.store.insert_deploy(row)
             self.store.audit(requester, f"{kind}.requested", request_id, service=service, env=env, version=version)
+            if use is not None:
+                rollbacks.audit_emergency(self.store, request_id, use)
             self.announce("requested", request_id)
         log.info(
             "deploy requested id=%s service=%s env=%s version=%s by=%s", request_id, service, env, version, requester
@@ -253,29 +275,15 @@ class DeployService:
 
     def current_version(self, service: str, env: str) -> str | None:
         """The version of the last deploy or rollback that succeeded."""
-        rows = self.store.succeeded_for(service, env, limit=1)
-        return rows[0]["version"] if rows else None
+        return rollbacks.current_version(self.store, service, env)
 
     def failed_version(self, service: str, env: str) -> str | None:
         """The version of the newest run when it failed, timed out or was interrupted: it may be half rolled out."""
-        newest = self.store.newest_finished_run(service, env)
-        return newest["version"] if newest and newest["status"] in ("failed", "timed_out", "interrupted") else None
+        return rollbacks.failed_version(self.store, service, env)
 
     def rollback_target(self, service: str, env: str) -> str:
         """The last good version: the current one after a failed run, else the one that succeeded before it."""
-        rows = self.store.succeeded_for(service, env)
-        if not rows:
-            raise InvalidRequest(f"{service} has no successful deploy in {env} yet; nothing to roll back to.")
-        current = rows[0]["version"]
-        if self.failed_version(service, env) is not None:
-            return current
-        earlier = next((r["version"] for r in rows[1:] if r["version"] != current), None)
-        if earlier is None:
-            raise InvalidRequest(
-                f"no version of {service} succeeded in {env} before {current}; "
-                f"name the version: /rollback {service} {env} VERSION."
-            )
-        return earlier
+        return rollbacks.rollback_target(self.store, service, env)
 
     # -- deciding ---------------------------------------------------------------------------------------
 
@@ -295,6 +303,7 @@ class DeployService:
                 return Decision(request, "closed", f"this request is already {request.status}.")
             if decision == "reject":
                 return self._reject(request, user)
+            request = rollbacks.track_emergency(self, request)
             why = self._refusal(request, APPROVE, user)
             if why:
                 self.store.audit(user, f"{request.kind}.approve.refused", request_id, reason=why)
@@ -318,7 +327,9 @@ class DeployService:
             )
             if not started:
                 return Decision(self._get_locked(request_id), "closed", "this request was already started.")
-            self.store.audit("opsbot", f"{request.kind}.started", request_id, approvers=list(request.approvers))
+            under = {"emergency": request.emergency} if request.emergency else {}  # fewer approvals: say why
+            approvers = list(request.approvers)
+            self.store.audit("opsbot", f"{request.kind}.started", request_id, approvers=approvers, **under)
             self.announce("started", request_id)
             return Decision(self._get_locked(request_id), "approved", "approved; starting now.")
 
@@ -414,14 +425,14 @@ class DeployService:
     def start_check(self, request: DeployRequest) -> str | None:
         """The policy at the start of the run, in its own transaction: why it may not start, or None."""
         with self.store.transaction():
-            return self._refusal(self._get_locked(request.id), START)
+            return self._refusal(rollbacks.track_emergency(self, self._get_locked(request.id)), START)
 
     # -- CI/CD events: recorded by bot.ops.ci_deploys under this service's rules ------------------------------
 
     def figures(self, service: str | None, env: str, days: int = 30) -> Dora:
         """The DORA figures of a service (or all) in an environment, as every deploy summary shows them."""
-        window = self.settings.failure_window_hours
-        return dora(self.store, service, env, days, now=self.clock(), failure_window_hours=window)
+        window, incident_env = self.settings.failure_window_hours, self.settings.incident_env
+        return dora(self.store, service, env, days, self.clock(), window, incident_env)
 
     # -- CI/CD events: recorded by bot.ops.ci_deploys under this service's rules ---------------------------
 

@@ -12,13 +12,16 @@ import yaml
 
 from bot.errors import InvalidRequest, NotFound
 from bot.models import Incident, TimelineEntry
-from bot.ops.requests import DeployRequest, recent_requests
+from bot.ops.metrics import blamed_deploy, finished_changes
+from bot.ops.requests import DeployRequest, check_service, recent_requests
 from bot.store import SLACK_PREFIX, Store
 
 ROLES = ("lead", "comms")
 ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline text of an assignment
 INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
+ENV_NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_SEVERITY = 3
+NO_ROOT_CAUSE = "Not recorded in Slack; see the timeline."
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class LiveIncident:
     resolved_at: str = ""
     resolution: str = ""
     events: tuple[dict, ...] = ()
+    env: str = "prod"
+    root_cause: str = ""
 
     @property
     def is_open(self) -> bool:
@@ -77,10 +82,19 @@ def _iso(when: datetime) -> str:
 class IncidentService:
     """Incident state in the store; every change is one transaction and lands in the timeline."""
 
-    def __init__(self, store: Store, known_services: set[str], clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        known_services: set[str],
+        clock: Callable[[], datetime] = _now,
+        default_env: str = "prod",
+        environments: set[str] | None = None,
+    ) -> None:
         self.store = store
         self.known_services = known_services
         self.clock = clock
+        self.default_env = default_env  # services.yaml settings.incident_env
+        self.environments = environments or set()  # the environments services.yaml names; empty: any name
 
     def declare(
         self,
@@ -90,13 +104,18 @@ class IncidentService:
         services: list[str] | None = None,
         origin_channel: str = "",
         channel: str = "",
+        env: str | None = None,
     ) -> LiveIncident:
         title = " ".join(title.split())
         if not title:
-            raise InvalidRequest("give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME].")
+            raise InvalidRequest(
+                "give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME] [--env NAME]."
+            )
         severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
+        env = self.check_env(env or self.default_env)
         services = list(dict.fromkeys(services or []))
         for service in services:
+            check_service(service)
             if service not in self.known_services:
                 known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
                 raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
@@ -117,12 +136,24 @@ class IncidentService:
                     "roles": json.dumps({"lead": declared_by}),
                     "resolved_at": "",
                     "resolution": "",
+                    "env": env,
+                    "root_cause": "",
                 }
             )
             self.store.add_incident_event(
-                incident_id, declared_by, "declared", f"Declared SEV{severity}: {title}", _iso(now)
+                incident_id, declared_by, "declared", f"Declared SEV{severity} in {env}: {title}", _iso(now)
             )
         return self.get(incident_id)
+
+    def check_env(self, env: str) -> str:
+        """``env`` when services.yaml knows it (or names no environments); otherwise the ones it does know."""
+        if not ENV_NAME.match(env) or (self.environments and env not in self.environments):
+            known = ", ".join(sorted(self.environments)) or "a name such as prod or staging"
+            raise InvalidRequest(f"unknown environment {env!r} for --env; use {known}.")
+        return env
+
+    def _live(self, row: dict, events: tuple | list) -> LiveIncident:
+        return _live(row, events, self.default_env)
 
     def _next_id(self, year: int) -> str:
         tails = (i.rsplit("-", 1)[1] for i in self.store.incident_ids_for_year(year))
@@ -154,7 +185,7 @@ class IncidentService:
         row = self.store.live_incident(incident_id)
         if row is None:
             raise NotFound(f"no incident {incident_id}; `/incident list` shows the open ones.")
-        return _live(row, self.store.incident_events(incident_id))
+        return self._live(row, self.store.incident_events(incident_id))
 
     def find(self, incident_id: str | None, channel: str) -> LiveIncident:
         """The incident named, or the one whose channel this is (the open one, when there is one)."""
@@ -177,14 +208,14 @@ class IncidentService:
                 "this is not an incident channel, so name the incident: for example "
                 "`/incident note INC-2026-0042 TEXT`. `/incident list` shows the open ones."
             )
-        return _live(row, self.store.incident_events(row["id"]))
+        return self._live(row, self.store.incident_events(row["id"]))
 
     def list_open(self) -> list[LiveIncident]:
-        return [_live(r, ()) for r in self.store.live_incidents("open")]
+        return [self._live(r, ()) for r in self.store.live_incidents("open")]
 
     def list_all(self) -> list[LiveIncident]:
         """Every incident declared in Slack, newest first, with its timeline."""
-        return [_live(r, self.store.incident_events(r["id"])) for r in self.store.live_incidents()]
+        return [self._live(r, self.store.incident_events(r["id"])) for r in self.store.live_incidents()]
 
     def _change(
         self, incident: LiveIncident, actor: str, kind: str, change: Callable[[LiveIncident], tuple[str, dict]]
@@ -193,17 +224,39 @@ class IncidentService:
         with self.store.transaction():
             current = self.get(incident.id)
             if not current.is_open:
-                raise InvalidRequest(f"{incident.id} is resolved; it can't change any more.")
+                raise InvalidRequest(f"{incident.id} is {current.status}; it can't change any more.")
             text, fields = change(current)
             if fields:
                 self.store.update_live_incident(incident.id, **fields)
             self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()))
         return self.get(incident.id)
 
-    def note(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+    def note(self, incident: LiveIncident, actor: str, text: str, kind: str = "note") -> LiveIncident:
+        """A note in the timeline; ``kind`` "update" is a status update (`/incident update TEXT`)."""
         if not text.strip():
-            raise InvalidRequest("the note is empty: /incident note TEXT.")
-        return self._change(incident, actor, "note", lambda _: (text.strip(), {}))
+            what = "status update" if kind == "update" else "note"
+            raise InvalidRequest(f"the {what} is empty: /incident {kind} TEXT.")
+        return self._change(incident, actor, kind, lambda _: (text.strip(), {}))
+
+    def set_root_cause(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+        """Record (or replace) what caused it: the write-up and the export use it."""
+        text = " ".join(text.split())
+        if not text:
+            raise InvalidRequest("say what caused it: /incident rootcause TEXT.")
+        return self._change(incident, actor, "root_cause", lambda _: (f"Root cause: {text}", {"root_cause": text}))
+
+    def cancel(self, incident: LiveIncident, actor: str, reason: str = "") -> LiveIncident:
+        """Declared by mistake: never searchable, never counted in a figure, kept with its timeline and audited."""
+        reason = " ".join(reason.split())
+        now = _iso(self.clock())
+        with self.store.transaction():
+            if not self.store.cancel_live_incident(incident.id):
+                state = self.get(incident.id).status
+                raise InvalidRequest(f"{incident.id} is already {state}, so it can't be cancelled.")
+            text = f"Cancelled (declared by mistake){': ' + reason if reason else ''}"
+            self.store.add_incident_event(incident.id, actor, "cancelled", text, now)
+            self.store.audit(actor, "incident.cancelled", incident.id, reason=reason)
+        return self.get(incident.id)
 
     def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         if not text.strip():
@@ -234,16 +287,21 @@ class IncidentService:
 
         return self._change(incident, actor, "severity", change)
 
-    def resolve(self, incident: LiveIncident, actor: str, resolution: str) -> tuple[LiveIncident, Incident]:
-        """Close the incident once; returns it and its write-up in the knowledge format."""
-        resolution = resolution.strip()
+    def resolve(
+        self, incident: LiveIncident, actor: str, resolution: str, root_cause: str = ""
+    ) -> tuple[LiveIncident, Incident]:
+        """Close the incident once (recording its root cause when given); returns it and its write-up."""
+        resolution, root_cause = resolution.strip(), " ".join(root_cause.split())
         if not resolution:
-            raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION.")
+            raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION [--root-cause TEXT].")
         now = _iso(self.clock())
         with self.store.transaction():
             if not self.store.resolve_live_incident(incident.id, now, resolution):
                 state = self.get(incident.id).status
                 raise InvalidRequest(f"{incident.id} is already {state}; nothing changed.")
+            if root_cause:
+                self.store.update_live_incident(incident.id, root_cause=root_cause)
+                self.store.add_incident_event(incident.id, actor, "root_cause", f"Root cause: {root_cause}", now)
             self.store.add_incident_event(incident.id, actor, "resolved", f"Resolved: {resolution}", now)
         live = self.get(incident.id)
         return live, to_incident(live)
@@ -256,18 +314,22 @@ def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: da
 
 
 def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[DeployRequest, int] | None:
-    """The last deploy of the incident's services that succeeded within the failure window before it was
-    declared, with how many minutes before; None when there is none."""
+    """The deploy the incident counts against in the DORA figures (``blamed_deploy``: the last successful
+    deploy of its services in its environment, within the failure window, not since replaced), with how many
+    minutes before the declaration it finished; None when there is none."""
     declared = datetime.fromisoformat(incident.declared_at)
-    for deploy in deploys_since(store, incident.services, declared - timedelta(hours=window_hours)):
-        if deploy.kind == "deploy" and deploy.status == "succeeded" and deploy.latest_at <= declared:
-            return deploy, round((declared - deploy.latest_at).total_seconds() / 60)
-    return None
+    changes = finished_changes(store, incident.env, declared)
+    row = blamed_deploy(changes, incident.services, declared, timedelta(hours=window_hours))
+    if row is None:
+        return None
+    with store.lock:
+        deploy = DeployRequest.from_row({k: v for k, v in row.items() if k != "_finished"}, store.decisions(row["id"]))
+    return deploy, round((declared - row["_finished"]).total_seconds() / 60)
 
 
 def check_severity(value: int | str) -> int:
     try:
-        number = int(str(value).upper().removeprefix("SEV"))
+        number = int(str(value).strip().upper().removeprefix("SEV").removeprefix("-").strip())
     except ValueError:
         number = 0
     if not 1 <= number <= 4:
@@ -275,7 +337,7 @@ def check_severity(value: int | str) -> int:
     return number
 
 
-def _live(row: dict, events: tuple | list) -> LiveIncident:
+def _live(row: dict, events: tuple | list, default_env: str) -> LiveIncident:
     return LiveIncident(
         id=row["id"],
         title=row["title"],
@@ -290,12 +352,14 @@ def _live(row: dict, events: tuple | list) -> LiveIncident:
         resolved_at=row["resolved_at"] or "",
         resolution=row["resolution"] or "",
         events=tuple(events),
+        env=row["env"] or default_env,  # declared before incidents had an environment
+        root_cause=row["root_cause"] or "",
     )
 
 
 def to_incident(live: LiveIncident) -> Incident:
     """The resolved incident as a past incident: searchable, and training data for experts."""
-    notes = [e["text"] for e in live.events if e["kind"] in ("note", "pinned")]
+    notes = [e["text"] for e in live.events if e["kind"] in ("note", "update", "pinned")]
     title = live.title if live.title.endswith((".", "!", "?")) else live.title + "."
     return Incident(
         id=live.id,
@@ -305,11 +369,12 @@ def to_incident(live: LiveIncident) -> Incident:
         services=live.services,
         responders=live.responders,
         summary=f"{title} {' '.join(notes[:3])}".strip(),
-        root_cause=" ".join(notes[3:]) or "Not recorded in Slack; see the timeline.",
+        root_cause=live.root_cause or " ".join(notes[3:]) or NO_ROOT_CAUSE,
         resolution=live.resolution,
         path=SLACK_PREFIX + live.id,
         duration_minutes=live.minutes_to_restore,
         timeline=tuple(TimelineEntry(e["at"], e["text"]) for e in live.events),
+        env=live.env,
     )
 
 
@@ -321,6 +386,7 @@ def export_yaml(incident: Incident) -> str:
         "date": incident.date.isoformat(timespec="seconds"),
         "severity": incident.severity,
         "services": list(incident.services),
+        **({"env": incident.env} if incident.env else {}),
         "responders": list(incident.responders),
         "duration_minutes": incident.duration_minutes,
         "summary": incident.summary,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import statistics
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from bot.models import Incident
 from bot.store import Store
 
 
@@ -20,7 +23,7 @@ class Dora:
     deploys_30d: int
     deploys_period: int
     changes: int  # deploys that finished (succeeded or failed) in the period
-    failed_changes: int  # failed, or followed by a rollback or an incident within the window
+    failed_changes: int  # failed, rolled back within the window, or blamed for an incident (see blamed_deploy)
     time_to_restore_min: float | None  # median, incidents and failed deploys
     lead_time_h: float | None  # median, commit to finished deploy, where the commit time is known
 
@@ -66,14 +69,15 @@ def dora(
     days: int = 30,
     now: datetime | None = None,
     failure_window_hours: int = 24,
+    incident_env: str = "prod",
 ) -> Dora:
-    """Compute the figures from every finished deploy (from Slack and from CI) and every incident."""
+    """Compute the figures from every finished deploy (from Slack and from CI) and every incident of ``env``
+    (an incident naming no environment hit ``incident_env``)."""
     now = now or datetime.now(UTC)
     window = timedelta(hours=failure_window_hours)
-    rows = store.finished_deploys(env, service)
-    for r in rows:
-        r["_finished"] = _at(r["finished_at"])
-    rows = sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])  # as of `now`, oldest first
+    # every service's deploys: an incident of several services counts against one deploy, whichever it is
+    every = finished_changes(store, env, now)
+    rows = [r for r in every if service is None or r["service"] == service]
     succeeded = [r for r in rows if r["status"] == "succeeded"]
 
     def count_since(delta: timedelta) -> int:
@@ -85,16 +89,14 @@ def dora(
         for r in rows
         if r["kind"] == "deploy" and r["status"] in ("succeeded", "failed", "timed_out") and r["_finished"] >= start
     ]
-    incidents = [i for i in store.load_incidents() if (service is None or service in i.services) and i.date <= now]
+    incidents = [
+        i
+        for i in counted_incidents(store, incident_env)
+        if (service is None or service in i.services) and i.date <= now and i.env == env
+    ]
     rolled_back = _rolled_back(rows, window)
-    failed = 0
-    for change in changes:
-        if change["status"] != "succeeded":
-            failed += 1
-            continue
-        end = change["_finished"] + window
-        incident = any(change["service"] in i.services and change["_finished"] <= i.date <= end for i in incidents)
-        failed += change["id"] in rolled_back or incident
+    blamed = {d["id"] for i in incidents if (d := blamed_deploy(every, i.services, i.date, window)) is not None}
+    failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
     for r in rows:
         if r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
@@ -120,6 +122,68 @@ def dora(
         statistics.median(restore) if restore else None,
         statistics.median(leads) if leads else None,
     )
+
+
+def finished_changes(store: Store, env: str, now: datetime) -> list[dict]:
+    """Every deploy and rollback of ``env`` finished by ``now``, oldest first, with ``_finished`` parsed."""
+    rows = store.finished_deploys(env)
+    for r in rows:
+        r["_finished"] = _at(r["finished_at"])
+    return sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])
+
+
+def blamed_deploy(changes: list[dict], services: Iterable[str], declared: datetime, window: timedelta) -> dict | None:
+    """The one deploy an incident counts against, or None.
+
+    That is the last successful deploy of one of its services (in the environment of ``changes``, oldest first)
+    that finished before the incident was declared and within ``window`` of it. A deploy that a later successful
+    deploy of its service replaced is not blamed; a failed deploy or a rollback counts (or not) on its own, so
+    neither takes the blame. A deploy undone by a rollback before the incident is failed already and counted once.
+    """
+    wanted = set(services)
+    current: dict[str, dict] = {}  # per service, its last successful deploy before the declaration
+    for change in changes:
+        if (
+            change["service"] in wanted
+            and change["kind"] == "deploy"
+            and change["status"] == "succeeded"
+            and change["_finished"] <= declared
+        ):
+            current[change["service"]] = change
+    recent = [c for c in current.values() if declared - c["_finished"] <= window]
+    return max(recent, key=lambda c: c["_finished"], default=None)
+
+
+def counted_incidents(store: Store, default_env: str) -> list[Incident]:
+    """The incidents the figures count, each with its environment: past incidents (knowledge files and those
+    resolved in Slack) and the ones open in Slack; a cancelled one (declared by mistake) never counts."""
+    found = {i.id: i for i in store.load_incidents()}
+    for row in store.live_incidents():
+        if row["status"] == "cancelled":
+            found.pop(row["id"], None)
+        elif row["id"] not in found:  # open, or resolved and not indexed (yet)
+            declared = _at(row["declared_at"])
+            assert declared is not None
+            found[row["id"]] = Incident(
+                id=row["id"],
+                title=row["title"],
+                date=declared,
+                severity=row["severity"],
+                services=tuple(json.loads(row["services"])),
+                responders=(),
+                summary="",
+                root_cause="",
+                resolution=row["resolution"] or "",
+                path="",
+                duration_minutes=_minutes_between(row["declared_at"], row["resolved_at"]),
+                env=row["env"],
+            )
+    return [replace(i, env=i.env or default_env) for i in found.values()]
+
+
+def _minutes_between(start: str, end: str | None) -> int | None:
+    began, ended = _at(start), _at(end)
+    return None if began is None or ended is None else max(0, round((ended - began).total_seconds() / 60))
 
 
 def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.services import ServiceConfig
+from bot.services import Environment, ServiceConfig
 
 REQUEST, APPROVE, START = "request", "approve", "start"
 
@@ -31,6 +31,15 @@ class Facts:
     approvers: tuple[str, ...] = ()  # who approved it so far, in order
     lock_holder: str | None = None  # the request holding the service/env lock
     running: tuple[str, ...] = ()  # other requests running for this service and environment
+    emergency: str = ""  # an open incident that meets the environment's emergency rule now ("" when none)
+
+
+def approvals_needed(environment: Environment, facts: Facts) -> int:
+    """How many approvals the request needs now: the environment's (or more, as recorded when it was requested);
+    for a rollback while an incident meets the environment's emergency rule, the rule's number."""
+    if facts.kind == "rollback" and facts.emergency and environment.emergency is not None:
+        return environment.emergency.rollback_approvals
+    return max(facts.approvals_needed, environment.approvals)
 
 
 def refusal(
@@ -68,9 +77,11 @@ def refusal(
             return f"only {', '.join(environment.approvers)} may approve {facts.service} deploys to {facts.env}."
         return None
     valid = [a for a in dict.fromkeys(facts.approvers) if a != facts.requester and a in allowed]
-    needed = max(facts.approvals_needed, environment.approvals)
+    needed = approvals_needed(environment, facts)
     if len(valid) < needed:
         gone = [a for a in facts.approvers if a not in valid]
         why = f"; no longer allowed to approve: {', '.join(gone)}" if gone else ""
+        if facts.kind == "rollback" and environment.emergency is not None and not facts.emergency:
+            why += "; the emergency rule no longer applies: no open incident meets it"
         return f"it has {len(valid)} of the {needed} approvals {where} needs now{why}."
     return None

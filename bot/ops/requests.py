@@ -17,6 +17,7 @@ from bot.errors import InvalidRequest
 from bot.ops.policy import Facts
 from bot.services import SAFE_VALUE
 from bot.store import Store
+from bot.text import service_name_problem
 
 if TYPE_CHECKING:
     from bot.ops.deploys import DeployService
@@ -59,6 +60,7 @@ class DeployRequest:
     runner_pid: int | None = None
     flags: tuple[str, ...] = ()  # what was wrong about it, e.g. a CI deploy during a freeze
     note: str = ""  # why it was cancelled
+    emergency: str = ""  # the open incident whose emergency rule let this rollback go with fewer approvals
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -79,6 +81,7 @@ class DeployRequest:
             "expires_at",
             "owner",
             "note",
+            "emergency",
         ):
             data[key] = data.get(key) or ""
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
@@ -121,6 +124,7 @@ class DeployRequest:
             self.id,
             self.approvals_needed,
             self.approvers,
+            emergency=self.emergency,
         )
 
 
@@ -189,6 +193,7 @@ def new_row(request_id: str, **fields: object) -> dict:
         "runner_pid": None,
         "flags": "[]",
         "note": "",
+        "emergency": "",
     }
     unknown = set(fields) - set(row)
     if unknown:
@@ -209,6 +214,13 @@ def check_value(what: str, value: str) -> None:
             f"{what} {shown!r} is not allowed: use letters, digits, '.', '_', '+' and '-' only "
             "(up to 64 characters, starting with a letter or digit)."
         )
+
+
+def check_service(name: str) -> None:
+    """Refuse a name that could not name a service: the one rule of services.yaml, incidents and the roster."""
+    problem = service_name_problem(name)
+    if problem:
+        raise InvalidRequest(f"{problem}.")
 
 
 def _iso(when: datetime) -> str:

@@ -52,7 +52,7 @@ def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
         web.post(channel, HELP_TEXT, build_help_blocks(), thread_ts=thread_ts)
         log.info("help shown channel=%s user=%s", channel, event.get("user"))
         return
-    reply = runtime.reply(question, channel=channel, user=event.get("user", ""), thread_ts=thread_ts)
+    reply = runtime.answers.reply(question, channel=channel, user=event.get("user", ""), thread_ts=thread_ts)
     web.post(channel, answer_fallback_text(reply), build_answer_blocks(reply), thread_ts=thread_ts)
     log.info("answered channel=%s user=%s answer_id=%s found=%s", channel, event.get("user"), reply.id, reply.found)
 
@@ -125,7 +125,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         question = (command.get("text") or "").strip()
         if not question or HELP_REQUEST.match(question):
             return  # usage or help was shown by the acknowledgement
-        reply = runtime.reply(question, channel=command.get("channel_id", ""), user=command.get("user_id", ""))
+        reply = runtime.answers.reply(question, channel=command.get("channel_id", ""), user=command.get("user_id", ""))
         web.respond(
             body["response_url"],
             answer_fallback_text(reply),
@@ -148,7 +148,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if not raw:
             return
         text, services = split_service_options(raw)
-        suggestions = runtime.suggest_experts(text, services or None, asker=command.get("user_id", ""))
+        suggestions = runtime.answers.suggest_experts(text, services or None, asker=command.get("user_id", ""))
         channel = command.get("channel_id", "")
         web.respond(
             body["response_url"],
@@ -165,7 +165,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def vote(body: dict, value: int) -> None:
         action = body["actions"][0]
         user = body["user"]["id"]
-        changed, path = runtime.vote(action["value"], user, value)
+        changed, path = runtime.answers.vote(action["value"], user, value)
         log.info("feedback answer_id=%s user=%s vote=%d path=%s", action["value"], user, value, path)
         channel = (body.get("channel") or {}).get("id")
         text = build_vote_ack_text(value, changed, path)
@@ -185,7 +185,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if saved is None:
             raise NotFound("that answer is no longer known; ask again and share the new one.")
         user = body["user"]["id"]
-        reply = runtime.reply(saved["query"], channel=saved["channel"], user=user)
+        reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)
         web.post(
             saved["channel"] or body["channel"]["id"],
             answer_fallback_text(reply),

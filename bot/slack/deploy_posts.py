@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from bot.errors import OpsbotError
 from bot.ops.deploys import DeployService
 from bot.ops.requests import AUTO_ROLLBACK_NOTE, DeployRequest
 from bot.slack.blocks.deploys import (
@@ -19,6 +20,7 @@ from bot.slack.blocks.deploys import (
     build_deploy_request_blocks,
     build_deploy_summary_blocks,
     build_progress_text,
+    emergency_text,
     request_fallback_text,
     summary_fallback_text,
 )
@@ -148,7 +150,22 @@ def view_of(deploys: DeployService, request: DeployRequest) -> RequestView:
     """What will run and who may approve, as the current services.yaml says (the deploy service decides)."""
     command = deploys.shown_command(request) or "(no longer in services.yaml)"
     may_approve = " or ".join(deploys.who_may_approve(request)) or "nobody (no longer in services.yaml)"
-    return RequestView(command, may_approve, deploys.names(), note_of(request))
+    emergency = deploys.emergency_recorded(request)
+    shown = ""
+    if emergency is not None:
+        e = emergency
+        shown = emergency_text(request.service, e.incident, e.severity, e.approvals, e.usual)
+    return RequestView(command, may_approve, deploys.names(), note_of(request), shown, rollback_offer(deploys, request))
+
+
+def rollback_offer(deploys: DeployService, request: DeployRequest) -> str:
+    """After a failed deploy, the version a Rollback button offers: the last good one; "" when there is none."""
+    if request.kind != "deploy" or request.status not in ("failed", "timed_out"):
+        return ""
+    try:
+        return deploys.rollback_target(request.service, request.env)
+    except OpsbotError:  # nothing succeeded there yet: no button
+        return ""
 
 
 def note_of(request: DeployRequest) -> str:

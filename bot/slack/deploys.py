@@ -8,12 +8,14 @@ count, and hands an approved request to the deploy pool at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from typing import Any
 
 from slack_bolt import Ack
 
-from bot.errors import OpsbotError
+from bot.errors import InvalidRequest, OpsbotError
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
@@ -95,8 +97,13 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
 
     on.command("/deploy", request_deploy, ack=ack_deploy)
     on.command("/rollback", request_rollback, ack=ack_rollback)
+
+    def rollback_failed(body: dict) -> None:
+        rollback_after_failure(runtime, body)
+
     on.action(ids.DEPLOY_APPROVE, approve)
     on.action(ids.DEPLOY_REJECT, reject)
+    on.action(ids.DEPLOY_ROLLBACK, rollback_failed)
 
 
 # -- requesting -------------------------------------------------------------------------------------
@@ -111,6 +118,29 @@ def submit(
     if not channel and not ((config.channel if config else "") or deploys.settings.channel):
         raise OpsbotError("there is no channel to post the request in: set settings.deploys_channel in services.yaml.")
     return deploys.request(kind, service, env, version, user, channel=channel)
+
+
+def read_rollback_button(raw: str) -> dict[str, str]:
+    """What the Rollback button of a failed deploy carries (see rollback_button_value); else it is not opsbot's."""
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = None
+    names = ("service", "env", "version")
+    if not isinstance(value, dict) or not all(isinstance(value.get(n), str) for n in names):
+        raise InvalidRequest("that Rollback button is not one opsbot posted: use `/rollback SERVICE ENV` instead.")
+    return value
+
+
+def rollback_after_failure(runtime: Runtime, body: dict) -> DeployRequest:
+    """The Rollback button under a failed deploy's summary: a rollback request through the approval flow."""
+    value = read_rollback_button(body["actions"][0]["value"])
+    user = body["user"]["id"]
+    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+    command = {"user_id": user, "channel_id": channel}
+    request = submit(runtime.deploys(), command, "rollback", value["service"], value["env"], value["version"])
+    log.info("rollback requested after a failed deploy=%s request=%s by=%s", value.get("deploy"), request.id, user)
+    return request
 
 
 # -- deciding and running ---------------------------------------------------------------------------

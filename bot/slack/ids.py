@@ -10,7 +10,13 @@ DEPLOY_APPROVE = "deploy-approve"
 DEPLOY_REJECT = "deploy-reject"
 DEPLOY_ACTIONS_BLOCK = "deploy-actions"
 DEPLOY_NOTE_BLOCK = "deploy-note"
+DEPLOY_ROLLBACK = "deploy-rollback"  # on the summary of a failed deploy
+DEPLOY_EMERGENCY_BLOCK = "deploy-emergency"
 INCIDENT_ROLLBACK = "incident-rollback"
+INCIDENT_RESOLVE_VIEW = "incident-resolve"
+INCIDENT_RESOLUTION_BLOCK = "incident-resolution"
+INCIDENT_ROOT_CAUSE_BLOCK = "incident-root-cause"
+INCIDENT_TEXT_INPUT = "incident-text"
 
 # HTTP paths of `opsbot serve`
 EVENTS_PATH = "/slack/events"

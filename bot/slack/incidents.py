@@ -17,7 +17,7 @@ from typing import Any
 from slack_bolt import Ack
 
 from bot.errors import InvalidRequest, OpsbotError
-from bot.ops.incidents import IncidentService, LiveIncident, check_severity
+from bot.ops.incidents import IncidentService, LiveIncident
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.answers import build_experts_blocks
@@ -27,86 +27,30 @@ from bot.slack.blocks.incidents import (
     build_knowledge_blocks,
     build_list_text,
     build_recent_deploys_blocks,
+    build_resolve_view,
     build_resolved_blocks,
     build_status_blocks,
     escape,
+    read_resolve_view,
     resolved_fallback_text,
     title_line,
 )
 from bot.slack.deploys import submit
+from bot.slack.incident_commands import (
+    IncidentCommand,
+    mentioned_services,
+    parse_incident,
+    split_subcommand,
+    subcommand_of,
+    unknown_subcommand,
+)
 from bot.slack.listeners import Listeners
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
-SUBCOMMANDS = ("declare", "status", "note", "assign", "severity", "resolve", "list")
-USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")
 RECENT_HOURS = 24
 SLUG_LENGTH = 40
 Message = tuple[str, list[dict]]
-
-
-# -- parsing ----------------------------------------------------------------------------------------
-
-
-def split_subcommand(text: str) -> tuple[str, str]:
-    """`note INC-2026-0042 pods restarted` -> ("note", "INC-2026-0042 pods restarted")."""
-    parts = (text or "").strip().split(maxsplit=1)
-    return (parts[0].lower() if parts else "", parts[1].strip() if len(parts) > 1 else "")
-
-
-def split_incident_id(rest: str) -> tuple[str | None, str]:
-    """An incident id right after the subcommand, if one was given, and the rest."""
-    parts = rest.strip().split(maxsplit=1)
-    if parts and parts[0].upper().startswith("INC-"):
-        return parts[0], parts[1].strip() if len(parts) > 1 else ""
-    return None, rest.strip()
-
-
-def _option(word: str) -> str:
-    # Some clients turn a typed `--` into a dash; accept both.
-    return "--" + word[1:] if word[:1] in ("—", "–") else word
-
-
-def parse_declare(rest: str) -> tuple[str, int | None, list[str]]:
-    """`checkout 503s --sev 2 --service checkout-api` -> ("checkout 503s", 2, ["checkout-api"])."""
-    words = [_option(w) for w in rest.split()]
-    title: list[str] = []
-    severity: int | None = None
-    services: list[str] = []
-    i = 0
-    while i < len(words):
-        name, has_value, value = words[i].partition("=")
-        if name in ("--sev", "--severity", "--service"):
-            if not has_value:
-                if i + 1 >= len(words):
-                    raise InvalidRequest(f"{name} needs a value: /incident declare TITLE [--sev 1-4] [--service NAME].")
-                value = words[i + 1]
-                i += 1
-            if name == "--service":
-                services.append(value)
-            else:
-                severity = check_severity(value)
-        else:
-            title.append(words[i])
-        i += 1
-    return html.unescape(" ".join(title)), severity, services
-
-
-def parse_assign(rest: str) -> tuple[str, str]:
-    """`<@U123|dana> comms` -> ("U123", "comms")."""
-    parts = rest.split()
-    match = USER_REFERENCE.match(parts[0]) if parts else None
-    if match is None or len(parts) != 2:
-        raise InvalidRequest(
-            "mention the person and name the role: `/incident assign @user lead` or `/incident assign @user comms`."
-        )
-    return match[1] or match[2], parts[1].lower()
-
-
-def mentioned_services(title: str, known: set[str]) -> list[str]:
-    """Known service names written in the title, when no --service was given."""
-    lower = title.lower()
-    return sorted(s for s in known if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", lower))
 
 
 def channel_name(incident: LiveIncident) -> str:
@@ -153,7 +97,7 @@ def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> t
 
 def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) -> Message:
     """Runbook sections and similar past incidents, with how those were resolved."""
-    reply = runtime.reply(incident.title, channel=channel, user=incident.declared_by)
+    reply = runtime.answers.reply(incident.title, channel=channel, user=incident.declared_by)
     resolutions = runtime.incidents().past_resolutions()
     similar = [(h, resolutions.get(h.incident_id, "")) for h in reply.incidents]
     text = f"{len(reply.runbooks)} runbook section(s), {len(similar)} similar past incident(s)"
@@ -162,7 +106,9 @@ def knowledge_message(runtime: Runtime, incident: LiveIncident, channel: str) ->
 
 def experts_message(runtime: Runtime, incident: LiveIncident) -> Message:
     # Whoever declared it is already there: never suggested to themselves.
-    suggestions = runtime.suggest_experts(incident.title, list(incident.services) or None, asker=incident.declared_by)
+    suggestions = runtime.answers.suggest_experts(
+        incident.title, list(incident.services) or None, asker=incident.declared_by
+    )
     text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
     return text, build_experts_blocks(incident.title, suggestions, can_invite=True)
 
@@ -185,13 +131,11 @@ def guarded_part(what: str, build: Callable[[], Message]) -> Message:
     return text, [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
 
 
-def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, rest: str) -> None:
+def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:
     user, origin = command.get("user_id", ""), command.get("channel_id", "")
     url = command.get("response_url", "")
-    title, severity, services = parse_declare(rest)
-    if not services:
-        services = mentioned_services(title, incidents.known_services)
-    incident = incidents.declare(title, user, severity, services, origin_channel=origin)
+    services = list(asked.services) or mentioned_services(asked.title, incidents.known_services)
+    incident = incidents.declare(asked.title, user, asked.severity, services, origin_channel=origin, env=asked.env)
     log.info("incident declared id=%s by=%s channel=%s", incident.id, user, origin)
     where = origin
     if runtime.settings.incident_channels:
@@ -212,7 +156,7 @@ def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command
     except Exception:  # a hint only: never worth losing the briefing for
         log.exception("could not look for a possible cause id=%s", incident.id)
         cause = None
-    headline = f"{incident.id} SEV{incident.severity}: {incident.title}"
+    headline = f"{incident.id} SEV{incident.severity} in {incident.env}: {incident.title}"
     post(web, where, (headline, build_declared_blocks(incident, cause)), url)
     for message in (
         guarded_part("runbooks or similar incidents", lambda: knowledge_message(runtime, incident, where)),
@@ -243,8 +187,9 @@ def resolve(
     incident: LiveIncident,
     user: str,
     resolution: str,
+    root_cause: str = "",
 ) -> None:
-    live, past = incidents.resolve(incident, user, html.unescape(resolution))
+    live, past = incidents.resolve(incident, user, resolution, root_cause)
     log.info("incident resolved id=%s by=%s minutes=%s", live.id, user, live.minutes_to_restore)
     searchable = True
     try:  # before the summary, so that once people read it, /ask and /experts know the incident
@@ -257,37 +202,82 @@ def resolve(
         post(web, live.origin_channel, (f":white_check_mark: {title_line(live)} is resolved.", []))
 
 
-def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, sub: str, rest: str) -> None:
+def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:
     incidents = runtime.incidents()
     user, channel = command.get("user_id", ""), command.get("channel_id", "")
     url = command.get("response_url", "")
-    if sub == "declare":
-        declare(runtime, incidents, web, command, rest)
+    if asked.sub == "declare":
+        declare(runtime, incidents, web, command, asked)
         return
-    if sub == "list":
+    if asked.sub == "list":
         say_privately(web, url, build_list_text(incidents.list_open()))
         return
-    incident_id, rest = split_incident_id(rest)
-    incident = incidents.find(incident_id, channel)
-    if sub == "status":
+    incident = incidents.find(asked.incident_id, channel)
+    said = escape(asked.text)
+    if asked.sub == "status":
         web.respond(url, title_line(incident), build_status_blocks(incident))
-    elif sub == "note":
-        text = html.unescape(rest)
-        incident = incidents.note(incident, user, text)
-        announce(web, url, incident, channel, f":memo: {incident.id} note from <@{user}>: {rest}")
-    elif sub == "assign":
-        person, role = parse_assign(rest)
-        incident = incidents.assign(incident, user, person, role)
-        announce(web, url, incident, channel, f":bust_in_silhouette: <@{person}> is {role} of {incident.id}.")
-    elif sub == "severity":
+    elif asked.sub in ("note", "update"):
+        incident = incidents.note(incident, user, asked.text, kind=asked.sub)
+        what = ":memo: {} note from <@{}>" if asked.sub == "note" else ":loudspeaker: {} status update from <@{}>"
+        announce(web, url, incident, channel, f"{what.format(incident.id, user)}: {said}")
+    elif asked.sub == "assign":
+        incident = incidents.assign(incident, user, asked.user, asked.role)
+        announce(web, url, incident, channel, f":bust_in_silhouette: <@{asked.user}> is {asked.role} of {incident.id}.")
+    elif asked.sub == "severity":
         before = incident.severity
-        incident = incidents.set_severity(incident, user, rest)
+        incident = incidents.set_severity(incident, user, asked.severity or 0)
         text = f":rotating_light: {incident.id} severity SEV{before} → SEV{incident.severity} (by <@{user}>)."
         announce(web, url, incident, channel, text)
-    elif sub == "resolve":
-        resolve(runtime, incidents, web, url, incident, user, rest)
+    elif asked.sub == "rootcause":
+        incident = incidents.set_root_cause(incident, user, asked.text)
+        announce(web, url, incident, channel, f":mag: {incident.id} root cause (from <@{user}>): {said}")
+    elif asked.sub == "cancel":
+        cancel(incidents, web, url, incident, user, asked.text)
+    elif asked.sub == "resolve" and not asked.text:
+        open_resolve_dialog(web, command, incident)
+    elif asked.sub == "resolve":
+        resolve(runtime, incidents, web, url, incident, user, asked.text, asked.root_cause)
         if channel != incident.channel:
             say_privately(web, url, f"{incident.id} is resolved; the summary is in <#{incident.channel}>.")
+
+
+def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIncident, user: str, why: str) -> None:
+    """Declared by mistake: said where it was worked and where it was declared; never searchable or counted."""
+    incident = incidents.cancel(incident, user, why)
+    log.info("incident cancelled id=%s by=%s", incident.id, user)
+    reason = f" ({escape(why)})" if why else ""
+    text = (
+        f":no_entry_sign: {title_line(incident)} was cancelled by <@{user}>: declared by mistake{reason}. It is not "
+        "a past incident and counts in no figure; its timeline is kept."
+    )
+    post(web, incident.channel, (text, []), url)
+    if incident.origin_channel and incident.origin_channel != incident.channel:
+        post(web, incident.origin_channel, (text, []), url)
+
+
+def open_resolve_dialog(web: SlackWeb, command: dict, incident: LiveIncident) -> None:
+    """`/incident resolve` without text: a dialog asks for the resolution and the root cause."""
+    if not incident.is_open:
+        raise InvalidRequest(f"{incident.id} is already {incident.status}; nothing changed.")
+    view = build_resolve_view(incident, command.get("channel_id", ""))
+    opened, error = web.try_call("views.open", trigger_id=command.get("trigger_id", ""), view=view)
+    if opened is None:
+        log.info("resolve dialog not opened id=%s error=%s", incident.id, error)
+        raise InvalidRequest(
+            "say how it was resolved: `/incident resolve RESOLUTION [--root-cause TEXT]` "
+            f"(the resolve dialog could not be opened: {error})."
+        )
+
+
+def resolve_from_dialog(runtime: Runtime, web: SlackWeb, body: dict) -> None:
+    """The resolve dialog was submitted: resolve as `/incident resolve TEXT --root-cause TEXT` would."""
+    incident_id, channel, resolution, root_cause = read_resolve_view(body["view"])
+    user = body["user"]["id"]
+    incidents = runtime.incidents()
+    try:
+        resolve(runtime, incidents, web, "", incidents.get(incident_id), user, resolution, root_cause)
+    except OpsbotError as exc:  # a submitted dialog has no response_url: tell them where they typed /incident
+        web.tell_user(channel, user, f"Sorry: {exc}")
 
 
 # -- the pin reaction and the Rollback button ---------------------------------------------------------
@@ -366,11 +356,11 @@ def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
 
 def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def ack_incident(ack: Ack, command: dict) -> None:
-        sub, _ = split_subcommand(command.get("text", ""))
-        if sub not in SUBCOMMANDS:
-            unknown = sub and sub != "help"  # a typo ("declar") is named, so it is not taken for a missing word
-            shown = escape(sub[:40]).replace("`", "'")
-            wrong = f"`{shown}` is not an /incident subcommand; use {', '.join(SUBCOMMANDS)}.\n" if unknown else ""
+        word, _ = split_subcommand(command.get("text", ""))
+        sub = subcommand_of(word)
+        if sub in (None, "help"):
+            # a typo ("declar") is named, so it is not taken for a missing word
+            wrong = f"{escape(unknown_subcommand(word))}\n" if sub is None and word else ""
             ack(response_type="ephemeral", text=wrong + USAGE)
         elif sub == "declare":
             ack(response_type="ephemeral", text="Declaring the incident…")
@@ -378,9 +368,20 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             ack()
 
     def handle_incident(command: dict, body: dict) -> None:
-        sub, rest = split_subcommand(command.get("text", ""))
-        if sub in SUBCOMMANDS:
-            run_subcommand(runtime, web, command, sub, rest)
+        word, _ = split_subcommand(command.get("text", ""))
+        if subcommand_of(word) not in (None, "help"):
+            run_subcommand(runtime, web, command, parse_incident(command.get("text", "")))
+
+    def ack_resolve_dialog(ack: Ack, body: dict) -> None:
+        _, _, resolution, _ = read_resolve_view(body.get("view") or {})
+        if resolution:
+            ack()
+        else:
+            ack(response_action="errors", errors={ids.INCIDENT_RESOLUTION_BLOCK: "Say how it was resolved."})
+
+    def handle_resolve_dialog(body: dict) -> None:
+        if read_resolve_view(body["view"])[2]:
+            resolve_from_dialog(runtime, web, body)
 
     def handle_reaction(event: dict, body: dict) -> None:
         pin_message(runtime, web, event)
@@ -391,3 +392,4 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     on.command("/incident", handle_incident, ack=ack_incident)
     on.event("reaction_added", handle_reaction)
     on.action(ids.INCIDENT_ROLLBACK, handle_rollback)
+    on.view(ids.INCIDENT_RESOLVE_VIEW, handle_resolve_dialog, ack=ack_resolve_dialog)

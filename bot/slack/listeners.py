@@ -101,6 +101,10 @@ class Listeners:
     def event(self, name: str, work: Handler, ack: Handler = just_ack) -> None:
         self.app.event(name)(ack=ack, lazy=[self._reported(work)])
 
+    def view(self, callback_id: str, work: Handler, ack: Handler = just_ack) -> None:
+        """A submitted dialog (modal): ``ack`` closes it or shows errors on its fields, ``work`` acts on it."""
+        self.app.view(callback_id)(ack=ack, lazy=[self._reported(work)])
+
     def _reported(self, work: Handler) -> Handler:
         """``work`` with its failures reported. Bolt passes arguments by the names in the signature it reads, and
         tells lazy functions apart by name: the wrapper keeps ``work``'s name and asks for ``body`` as well, so a

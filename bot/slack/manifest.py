@@ -15,8 +15,8 @@ SLASH_COMMANDS = [
     (
         "/incident",
         "Declare and work an incident",
-        "declare TITLE [--sev 1-4] [--service NAME] | status | note TEXT | assign @user lead|comms | severity 1-4"
-        " | resolve RESOLUTION | list",
+        "declare TITLE [sev1-4] [--service NAME] [--env NAME] | status | note TEXT | update TEXT"
+        " | assign @user lead|comms | severity 1-4 | rootcause TEXT | resolve [RESOLUTION] | cancel [REASON] | list",
     ),
 ]
 ESCAPED_COMMANDS = {"/incident"}  # Slack sends mentions as <@U123|name>, so `assign` gets the user id

@@ -93,6 +93,7 @@ VALUED_ACTIONS = frozenset(
         ids.INVITE_EXPERT,
         ids.DEPLOY_APPROVE,
         ids.DEPLOY_REJECT,
+        ids.DEPLOY_ROLLBACK,
         ids.INCIDENT_ROLLBACK,
     }
 )

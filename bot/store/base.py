@@ -86,6 +86,10 @@ class StoreBase:
         with self.lock:
             migrations.apply(self.db)
             self._try_a_write()
+            # sqlite-utils learns whether upserts may use ON CONFLICT by creating and dropping a table on the
+            # first upsert; a DROP beside another thread's open read fails with "database table is locked".
+            # Learn it now, while the connection is still ours alone.
+            _ = self.db.supports_on_conflict
             # Contentless: only their vocabularies are read, and 'delete-all' empties one in a third of a DELETE's time.
             self.db.execute(
                 f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, content='', tokenize={TOKENIZER!r})"

@@ -45,6 +45,14 @@ class LiveIncidentStore(StoreBase):
         )
         return cur.rowcount == 1
 
+    def cancel_live_incident(self, incident_id: str) -> bool:
+        """open -> cancelled, once: declared by mistake, kept for the audit."""
+        self._require_transaction()
+        cur = self.db.execute(
+            "UPDATE live_incidents SET status = 'cancelled' WHERE id = ? AND status = 'open'", [incident_id]
+        )
+        return cur.rowcount == 1
+
     def add_incident_event(self, incident_id: str, actor: str, kind: str, text: str, at: str | None = None) -> None:
         self._require_transaction()
         self.db.execute(

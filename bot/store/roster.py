@@ -35,6 +35,7 @@ class RosterStore(StoreBase):
             "timeline": json.dumps([[t.at, t.event] for t in i.timeline]),
             "path": i.path,
             "vector_hash": vector_hash,
+            "env": i.env,
         }
 
     def replace_incidents(
@@ -54,7 +55,7 @@ class RosterStore(StoreBase):
         """Every stored incident, oldest first."""
         rows = self.db.execute(
             "SELECT id, title, date, severity, services, responders, summary, root_cause, resolution, path, "
-            "duration_minutes, timeline FROM incidents ORDER BY date, id"
+            "duration_minutes, timeline, env FROM incidents ORDER BY date, id"
         ).fetchall()
         return [
             Incident(
@@ -70,6 +71,7 @@ class RosterStore(StoreBase):
                 path=r[9],
                 duration_minutes=r[10],
                 timeline=tuple(TimelineEntry(at, event) for at, event in json.loads(r[11] or "[]")),
+                env=r[12] or "",
             )
             for r in rows
         ]

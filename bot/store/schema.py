@@ -265,3 +265,18 @@ def m013_roster_time(db: Database) -> None:
     # experts.yaml (one JSON spec per team).
     db["experts"].add_column("left_on", str)
     db["rotations"].create({"team": str, "spec": str}, pk="team")
+
+
+@migrations()
+def m015_incident_env_and_cause(db: Database) -> None:
+    # The environment an incident hit (a production incident never counts against a staging deploy), the root
+    # cause recorded in Slack, and the status `cancelled` (declared by mistake: kept for the audit, never counted).
+    db["live_incidents"].add_column("env", str, not_null_default="")
+    db["live_incidents"].add_column("root_cause", str, not_null_default="")
+    db["incidents"].add_column("env", str, not_null_default="")
+
+
+@migrations()
+def m016_emergency_rollbacks(db: Database) -> None:
+    # The open incident whose emergency rule (services.yaml) let a rollback go with fewer approvals; "" when none.
+    db["deploy_requests"].add_column("emergency", str, not_null_default="")

@@ -132,7 +132,7 @@ def test_a_new_incident_retrains_the_running_model(tmp_path: Path, minilm) -> No
     settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "o.db", model="unused")
     runtime = Runtime(settings, encoder=minilm, store=store)
     text = "the Leeds warehouse label printer jams and picking stops"
-    before = runtime.suggest_experts(text)
+    before = runtime.answers.suggest_experts(text)
     assert all("INC-2026-0099" not in [i.id for i in s.incidents] for s in before)
     (knowledge / "incidents" / "2026" / "INC-2026-0099.yaml").write_text(
         "id: INC-2026-0099\ntitle: Leeds warehouse label printers jammed, picking stopped\n"
@@ -142,7 +142,7 @@ def test_a_new_incident_retrains_the_running_model(tmp_path: Path, minilm) -> No
         encoding="utf-8",
     )
     index_knowledge(store, minilm, knowledge)
-    after = runtime.suggest_experts(text)
+    after = runtime.answers.suggest_experts(text)
     assert after[0].expert.id == "U07N6BJ8WP"
     assert "INC-2026-0099" in [i.id for i in after[0].incidents]
     store.close()

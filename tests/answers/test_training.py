@@ -210,9 +210,9 @@ def test_votes_on_some_questions_raise_the_figures_on_other_questions(
     before = mrr(runtime.index())
     # On-call people ask the questions of one set and vote on each answer's leading document.
     for n, question in enumerate(voted):
-        reply = runtime.reply(question.query, channel="C0TEST", user=f"U{n:04d}")
+        reply = runtime.answers.reply(question.query, channel="C0TEST", user=f"U{n:04d}")
         if reply.top is not None:
-            runtime.vote(reply.id, f"U{n:04d}", 1 if reply.top.path in question.relevant else -1)
+            runtime.answers.vote(reply.id, f"U{n:04d}", 1 if reply.top.path in question.relevant else -1)
     refit = runtime.refit_ranker()
     refit.join(timeout=300)
 

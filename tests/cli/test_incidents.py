@@ -157,3 +157,28 @@ def test_export_to_a_folder_that_cannot_be_made_is_a_clean_error(incidents: Inci
     (tmp_path / "a-file").write_text("")
     result = invoke("incidents", "export", "INC-2026-0001", "--out", str(tmp_path / "a-file" / "sub"))
     assert_clean_failure(result, "INC-2026-0001.yaml could not be written", "choose another --out folder")
+
+
+def test_export_writes_the_recorded_root_cause_and_environment_and_skips_cancelled_ones(
+    incidents: IncidentService, knowledge: Path
+) -> None:
+    cause = "default_pool_size 20 left from the 1.4.2 rollout"
+    resolved = incidents.declare("Search empty in staging", PRIYA, 3, ["checkout-api"], "C0OPS0001", env="staging")
+    incidents.set_root_cause(resolved, DANIEL, cause)
+    incidents.resolve(resolved, DANIEL, "Restored the index")
+    mistake = incidents.declare("Test alert", PRIYA, 4, ["order-pipeline"], "C0OPS0001")
+    incidents.cancel(mistake, PRIYA, "a drill")
+
+    result = invoke("incidents", "export")
+    assert result.exit_code == 0, result.output
+    assert "INC-2026-0003.yaml" in result.stdout and "INC-2026-0004" not in result.stdout
+    kb = load_knowledge(knowledge)
+    assert kb.problems == []
+    written = {i.id: i for i in kb.incidents}
+    assert (written["INC-2026-0003"].root_cause, written["INC-2026-0003"].env) == (cause, "staging")
+    assert written["INC-2026-0001"].root_cause == "Not recorded in Slack; see the timeline."
+
+    refused = invoke("incidents", "export", "INC-2026-0004")
+    assert refused.exit_code == 1 and "INC-2026-0004 was cancelled (declared by mistake)" in refused.stderr
+    listed = invoke("incidents", "list", "--all").stdout
+    assert "INC-2026-0004  SEV4  cancelled  Test alert  [order-pipeline]  prod" in listed

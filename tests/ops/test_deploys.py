@@ -68,6 +68,8 @@ def test_unknown_names_and_wrong_versions_are_refused_before_anything_is_recorde
         ("version", ""),
         ("service", "web;id"),
         ("service", "$(id)"),
+        ("service", "../web"),
+        ("service", "web\nid"),
         ("env", "prod && id"),
         ("env", "prod\n"),
     ],
@@ -81,7 +83,10 @@ def test_hostile_values_are_refused_naming_what_is_allowed(
         deploys.request("deploy", args["service"], args["env"], args["version"], ALICE)
 
     message = str(caught.value)
-    assert "use letters, digits, '.', '_', '+' and '-' only" in message
+    if field == "service":  # the one rule for service names, as in services.yaml, incidents and the roster
+        assert "use letters, digits, '.', '_' and '-', with '/' between parts" in message
+    else:
+        assert "use letters, digits, '.', '_', '+' and '-' only" in message
     assert "\n" not in message  # a newline in the value is shown escaped, never echoed raw
     assert store.all_deploys() == []
     assert store.audit_rows() == []

@@ -126,7 +126,7 @@ def test_services_yaml_problems_leave_the_other_services_loaded(tmp_path: Path, 
     kb = load_knowledge(tmp_path)
 
     assert sorted(kb.services) == ["also-good", "good"]
-    assert len(kb.problems) == 6
+    assert len(kb.problems) == 9  # every problem of every service, the missing runners of the freezes' services too
     assert "services.yaml" not in kb.failed_paths
     store = Store(tmp_path / "broken.db")
     index_knowledge(store, FakeEncoder(), tmp_path)
@@ -140,7 +140,7 @@ def test_a_freeze_time_that_is_not_a_time_is_reported(tmp_path: Path) -> None:
 
     kb = load_knowledge(tmp_path)
 
-    problem = next(p for p in kb.problems if "unreadable-freeze" in p.message)
+    problem = next(p for p in kb.problems if "unreadable-freeze.environments" in p.message)
     assert problem.message.startswith("services.unreadable-freeze.environments.prod.freeze[1].start: 'next tuesday'")
     assert "is not an ISO 8601 time" in problem.message
     assert problem.line == line_of(text, "- start: next tuesday")
@@ -151,6 +151,8 @@ def test_a_freeze_time_that_is_not_a_time_is_reported(tmp_path: Path) -> None:
     [
         ("request_ttl_minutes: 0", "settings.request_ttl_minutes"),
         ("failure_window_hours: soon", "settings.failure_window_hours"),
+        ("incident_env: [prod]", "settings.incident_env"),
+        ("incident_env: ''", "settings.incident_env"),
     ],
 )
 def test_bad_settings_are_reported_and_the_defaults_used(tmp_path: Path, settings: str, key: str) -> None:
@@ -224,3 +226,10 @@ def test_timeout_stops_the_commands_children_too(tmp_path: Path) -> None:
         threading.Event().wait(0.05)
     assert not _running(grandchild), "a timed-out deploy must not keep running in the background"
     store.close()
+
+
+def test_incidents_hit_prod_unless_settings_name_another_environment() -> None:
+    from bot.services import parse_settings
+
+    assert parse_settings({}).incident_env == "prod"
+    assert parse_settings({"incident_env": "production"}).incident_env == "production"

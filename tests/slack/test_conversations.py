@@ -179,7 +179,7 @@ def test_help_or_a_bare_hello_explains_opsbot_instead_of_searching(
     shown = text_of(call.body["blocks"])
     for command in ("/ask", "/experts", "/deploy", "/rollback", "/incident"):
         assert f"`{command} " in shown, command
-    assert "resolve RESOLUTION" in shown and "mention me in a channel" in shown
+    assert "resolve [RESOLUTION]" in shown and "mention me in a channel" in shown
     assert "*Runbooks*" not in shown and not buttons(call.body["blocks"])
     assert call.body["thread_ts"]  # in the thread, as answers are
     assert runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0] == 0  # not an answer
@@ -314,7 +314,7 @@ def test_an_exception_in_a_handler_gives_an_apology_with_an_error_id(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(runtime, "reply", broken)
+    monkeypatch.setattr(runtime.answers, "reply", broken)
     slack.mention("anything at all")
     (call,) = slack_api.wait_for("chat.postEphemeral")
     assert call.body["user"] == "U04C2RN8VD" and call.body["channel"] == "C0OPS0001"

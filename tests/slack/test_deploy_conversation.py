@@ -42,3 +42,17 @@ def test_prod_waits_for_a_second_approver_and_a_rejection_ends_it(chat: Chat) ->
     assert "Rejected by Rosa" in rejected and "nothing ran" in rejected
     again = chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
     assert "[1] Approve  [2] Reject" in again  # the lock was released
+
+
+def test_a_rollback_to_a_version_never_deployed_is_refused_and_a_failed_deploy_offers_one(chat: Chat) -> None:
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+    chat.as_("Marcus").say("1")
+
+    refused = chat.as_("Priya").say("/rollback checkout-api staging 9.9.9")
+    chat.say("/deploy checkout-api 1.4.3-bad staging")
+    failed = chat.as_("Marcus").say("1")
+    offered = chat.as_("Priya").say("1")
+
+    assert "9.9.9 never succeeded for checkout-api in staging" in refused and "newest first: 1.4.2." in refused
+    assert "Deploy checkout-api 1.4.2 → 1.4.3-bad to staging: failed" in failed and "[1] Roll back to 1.4.2" in failed
+    assert "Rollback checkout-api 1.4.3-bad → 1.4.2 to staging" in offered and "[1] Approve  [2] Reject" in offered

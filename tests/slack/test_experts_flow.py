@@ -27,16 +27,18 @@ def test_experts_suggests_people_with_reasons_and_invites_after_confirmation(
     blocks = reply.body["blocks"]
     shown = text_of(blocks)
     assert "*Daniel Okafor*" in shown and "resolved INC-" in shown and "owns checkout-api" in shown
-    buttons = invite_buttons(blocks)
-    assert buttons[0]["value"] == DANIEL
-    assert buttons[0]["confirm"]["confirm"]["text"] == "Invite"  # Slack asks before the click counts
+    # Who leads depends on the week (whoever is on call for checkout-api is lifted); rankings at a fixed time
+    # are tested in tests/answers/test_experts.py. Here: Daniel is offered, and Slack confirms before inviting.
+    buttons = {b["value"]: b for b in invite_buttons(blocks)}
+    assert buttons[DANIEL]["confirm"]["confirm"]["text"] == "Invite"
 
     slack.click(ids.INVITE_EXPERT, DANIEL, user=OLIVER, channel="C0INC0001")
     (invite,) = slack_api.wait_for("conversations.invite")
     assert (invite.body["channel"], invite.body["users"]) == ("C0INC0001", DANIEL)
     (told,) = slack_api.wait_for("chat.postEphemeral")
     assert told.body["user"] == OLIVER and "Invited Daniel Okafor" in told.body["text"]
-    assert runtime.store.recent_first_suggestions(1) == [DANIEL]
+    # Whoever was suggested first is remembered, so the next equal call spreads the load.
+    assert runtime.store.recent_first_suggestions(1) == [invite_buttons(blocks)[0]["value"]]
 
 
 def test_inviting_someone_already_there_is_explained(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:

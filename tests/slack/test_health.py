@@ -131,7 +131,7 @@ def test_a_mention_on_a_full_database_is_answered_without_vote_buttons(
     assert ids.FEEDBACK_UP not in json.dumps(blocks)
     assert f"opsbot could not save this answer ({FULL}), so feedback is off for it." in json.dumps(blocks)
     assert "Vote below" not in json.dumps(blocks)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "bot.runtime"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bot.answers.replies"]
     assert any(m.startswith("answer not saved answer_id=") and FULL in m for m in warnings), warnings
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 

@@ -12,7 +12,8 @@ from slack_sdk import WebClient
 from bot.ops.requests import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.incidents import channel_name, parse_assign, parse_declare, split_incident_id
+from bot.slack.incident_commands import parse_assign, parse_declare, split_incident_id
+from bot.slack.incidents import channel_name
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.slack.manifest import build_manifest
 from tests.fakes import eventually
@@ -109,7 +110,7 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
         runtime.store.insert_deploy(deploy_row("dep-new", "1.4.2", now - timedelta(minutes=40), "1.4.1"))
 
     incident_id, (header, knowledge, experts, deploys) = declare(
-        slack, slack_api, f"{TITLE} --sev 2 --service checkout-api"
+        slack, slack_api, f"{TITLE} --sev 2 --service checkout-api --env staging"
     )
 
     assert all(body["channel"] == OPS for body in (header, knowledge, experts, deploys))
@@ -207,9 +208,9 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
         "chat.postMessage", predicate=lambda c: c.body["channel"] == OPS and "resolved" in c.body["text"]
     )
 
-    reply = runtime.reply(title)
+    reply = runtime.answers.reply(title)
     assert incident_id in [h.incident_id for h in reply.incidents]
-    suggestions = runtime.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
+    suggestions = runtime.answers.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
     daniel = next(s for s in suggestions if s.expert.id == DANIEL)
     assert incident_id in [i.id for i in daniel.incidents] and suggestions[0].expert.id == DANIEL
 
@@ -246,8 +247,12 @@ def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: 
         ("severity 2", OPS, f"{open_one.id} is already SEV2; nothing changed."),
         ("note consumers are behind", ELSEWHERE, "this is not an incident channel, so name the incident"),
         ("assign daniel lead", OPS, "mention the person and name the role"),
-        (f"assign <@{DANIEL}|daniel> scribe", OPS, "role 'scribe' is not one of lead, comms"),
-        ("resolve", OPS, "say how it was resolved"),
+        (f"assign <@{DANIEL}|daniel> scribe", OPS, "role 'scribe' is not one opsbot records; use lead (or ic)"),
+        ("resolve --root-cause", OPS, "--root-cause needs the root cause after it"),
+        ("update", OPS, "say what to record: /incident update TEXT."),
+        ("declare checkout down sev2 --sev 3", OPS, "two severities given (SEV2 and SEV3)"),
+        ("declare checkout down --env qa", OPS, "unknown environment 'qa' for --env; use prod, staging."),
+        (f"cancel {closed.id}", ELSEWHERE, f"{closed.id} is already resolved, so it can't be cancelled."),
         ("declare --sev 9 Something", OPS, "severity '9' must be 1 (worst) to 4."),
         ("declare Pods crash --service chekout-api", OPS, "unknown service 'chekout-api'"),
     ]
@@ -265,7 +270,10 @@ def test_unknown_subcommand_shows_the_usage(slack: SlackDriver) -> None:
     for text in ("", "help", "declar checkout down"):
         body = slack.command("/incident", text).json()
         assert body["response_type"] == "ephemeral" and "/incident declare TITLE" in body["text"]
-        named = "`declar` is not an /incident subcommand; use declare, status, note, assign, severity, resolve, list."
+        named = (
+            "`declar` is not an /incident subcommand; use declare, status, note, update, assign, severity, rootcause, "
+            "resolve, cancel, list."
+        )
         assert body["text"].startswith(named) == (text == "declar checkout down")
 
 
@@ -286,8 +294,13 @@ def test_two_open_incidents_in_one_channel_need_an_id(
 
 
 def test_parsing_of_arguments() -> None:
-    assert parse_declare("checkout 503s --sev 2 --service checkout-api") == ("checkout 503s", 2, ["checkout-api"])
-    assert parse_declare("a &lt; b —sev=SEV1 --service=x --service y") == ("a < b", 1, ["x", "y"])
+    assert parse_declare("checkout 503s --sev 2 --service checkout-api") == (
+        "checkout 503s",
+        2,
+        ["checkout-api"],
+        None,
+    )
+    assert parse_declare("a < b —sev=SEV1 --service=x --service y --env=qa") == ("a < b", 1, ["x", "y"], "qa")
     assert parse_assign("<@U04C2RN8VD|daniel> Comms") == ("U04C2RN8VD", "comms")
     assert parse_assign("<@U04C2RN8VD> lead") == ("U04C2RN8VD", "lead")
     assert split_incident_id("inc-2026-0042 pods restarted") == ("inc-2026-0042", "pods restarted")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from bot.answers.experts import Suggestion
 from bot.models import SearchHit
-from bot.runtime import Reply
 from bot.slack import ids
 from bot.slack.blocks.mrkdwn import MAX_TEXT, escape
 from bot.slack.blocks.oncall import build_oncall_blocks, oncall_fallback_text
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the model nor the store
+    from bot.answers.experts import Suggestion
+    from bot.answers.replies import Reply
 
 
 def _hit_text(hit: SearchHit) -> str:

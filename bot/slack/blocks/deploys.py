@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from bot.ops.requests import Decision, DeployRequest
 from bot.slack import ids
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
+    from bot.ops.requests import Decision, DeployRequest
 
 PROGRESS_LINES = 12
 ICONS = {
@@ -33,6 +37,8 @@ class RequestView:
     may_approve: str  # who may approve, in words
     names: Mapping[str, str] = field(default_factory=dict)  # user id -> name on the roster
     note: str = ""  # e.g. which version opsbot chose for a rollback
+    emergency: str = ""  # the emergency rule it goes under, in words
+    rollback_to: str = ""  # after a failed deploy: the last good version, offered by a Rollback button
 
     def name(self, user: str) -> str:
         return self.names.get(user) or f"<@{user}>"
@@ -132,6 +138,8 @@ def build_deploy_request_blocks(request: DeployRequest, view: RequestView) -> li
     blocks = [section(request_title(request)), section(facts)]
     if view.note:
         blocks.append(context(view.note, ids.DEPLOY_NOTE_BLOCK))
+    if view.emergency:
+        blocks.append(context(view.emergency, ids.DEPLOY_EMERGENCY_BLOCK))
     blocks.append(section(status_text(request, view)))
     if request.status == "pending":
         blocks.append(build_decision_buttons(request, view))
@@ -224,8 +232,47 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
         blocks.append(section(f"*Changes*\n{changes_text(request)}"))
     else:
         blocks.append(section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
+    if view.emergency:
+        blocks.append(context(view.emergency, ids.DEPLOY_EMERGENCY_BLOCK))
     blocks.append(context(f"*DORA* {request.service} in {request.env}, 30 days: {escape(dora_line)}"))
+    if view.rollback_to:
+        blocks.append(build_rollback_button(request, view.rollback_to))
     return blocks
+
+
+def rollback_button_value(request: DeployRequest, version: str) -> str:
+    """What the Rollback button of a failed deploy's summary carries: the rollback to request, and why."""
+    return json.dumps({"service": request.service, "env": request.env, "version": version, "deploy": request.id})
+
+
+def build_rollback_button(request: DeployRequest, version: str) -> dict:
+    """Under a failed deploy's summary: request a rollback to the last good version (it still needs approvals)."""
+    button = {
+        "type": "button",
+        "action_id": ids.DEPLOY_ROLLBACK,
+        "text": {"type": "plain_text", "text": f"Roll back to {version}"[:75]},
+        "value": rollback_button_value(request, version),
+        "confirm": {
+            "title": {"type": "plain_text", "text": "Request a rollback?"},
+            "text": {
+                "type": "mrkdwn",
+                "text": f"This requests a rollback of *{request.service}* in {request.env} to {escape(version)}, "
+                "the last version that succeeded there; it runs only once approved.",
+            },
+            "confirm": {"type": "plain_text", "text": "Request"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        },
+    }
+    return {"type": "actions", "block_id": ids.DEPLOY_ACTIONS_BLOCK, "elements": [button]}
+
+
+def emergency_text(service: str, incident: str, severity: int, approvals: int, usual: int) -> str:
+    """The line that announces a rollback under its environment's emergency rule."""
+    sev = f"SEV{severity}, " if severity else ""
+    return (
+        f":rotating_light: *Emergency rule:* {incident} ({sev}open) is on {service}, so this rollback needs "
+        f"{approvals} approval(s) instead of {usual} (services.yaml `emergency`)."
+    )
 
 
 # -- deploys reported by CI/CD -----------------------------------------------------------------------------

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from bot.ops.digest import Figures
+from typing import TYPE_CHECKING
+
 from bot.slack.blocks.mrkdwn import context, section
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
+    from bot.ops.digest import Figures
 
 
 def build_digest_blocks(env: str, figures: Figures) -> list[dict]:

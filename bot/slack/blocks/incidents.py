@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
-from bot.ops.incidents import LiveIncident
-from bot.ops.requests import DeployRequest
 from bot.slack import ids
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
+    from bot.ops.incidents import LiveIncident
+    from bot.ops.requests import DeployRequest
 
 MAX_DEPLOYS = 10
 TIMELINE_LINES = 25
 # Slack references that must survive escaping: mentions, channels, special mentions and links.
 USAGE = (
     "*Usage:*\n"
-    "• `/incident declare TITLE [--sev 1-4] [--service NAME]`: record an incident and brief the channel\n"
+    "• `/incident declare TITLE [sev1-4] [--service NAME] [--env NAME]`: record an incident and brief the "
+    "channel; the severity may also be written `SEV-2` or `--sev 2`, the environment defaults to production\n"
     "• `/incident status` · `/incident list`\n"
-    "• `/incident note TEXT` · `/incident assign @user lead|comms` · `/incident severity 1-4`\n"
-    "• `/incident resolve RESOLUTION`: close it, post the summary and make it searchable\n"
+    "• `/incident note TEXT` · `/incident update TEXT` (a status update) · `/incident rootcause TEXT`\n"
+    "• `/incident assign @user lead|comms` (or `/incident role comms @user`) · `/incident severity 1-4` "
+    "(or `/incident sev2`)\n"
+    "• `/incident resolve RESOLUTION [--root-cause TEXT]`: close it, post the summary and make it searchable; "
+    "without text it opens a dialog\n"
+    "• `/incident cancel [REASON]`: declared by mistake; never searchable or counted, the timeline is kept\n"
     "In the incident's channel the id is not needed; elsewhere put it after the subcommand, for example "
     "`/incident note INC-2026-0042 checkout pods restarted`."
 )
@@ -55,15 +63,16 @@ def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, in
     lines = [
         f":rotating_light: {title_line(incident)}",
         f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)} · *Roles:* "
-        f"{roles_text(incident)} · *Services:* {escape(services)}",
+        f"{roles_text(incident)} · *Services:* {escape(services)} · *Environment:* {escape(incident.env)}",
     ]
     blocks = [section("\n".join(lines))]
     if cause is not None:
         blocks.append(section(possible_cause_text(*cause)))
     blocks.append(
         context(
-            "Work it from here: `/incident note TEXT`, `/incident assign @user lead|comms`, `/incident severity N`, "
-            "`/incident status`, `/incident resolve RESOLUTION`. React with the pin emoji to add a message "
+            "Work it from here: `/incident note TEXT`, `/incident update TEXT`, `/incident assign @user lead|comms`, "
+            "`/incident severity N`, `/incident rootcause TEXT`, `/incident status`, `/incident resolve RESOLUTION` "
+            "(or `/incident cancel` if it was declared by mistake). React with the pin emoji to add a message "
             "to the timeline."
         )
     )
@@ -160,18 +169,20 @@ def timeline_lines(incident: LiveIncident, limit: int = TIMELINE_LINES) -> str:
 
 def build_status_blocks(incident: LiveIncident) -> list[dict]:
     """Where an incident stands, for whoever asked."""
-    state = "open" if incident.is_open else f"resolved at {clock_time(incident.resolved_at)}"
+    state = f"resolved at {clock_time(incident.resolved_at)}" if incident.resolved_at else incident.status
     facts = (
         f"{title_line(incident)}\n*Status:* {state} · *Roles:* {roles_text(incident)} · "
-        f"*Services:* {escape(', '.join(incident.services) or 'none named')} · *Channel:* <#{incident.channel}>\n"
+        f"*Services:* {escape(', '.join(incident.services) or 'none named')} · *Environment:* {escape(incident.env)} "
+        f"· *Channel:* <#{incident.channel}>\n"
         f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)}"
     )
-    return [section(facts), section(f"*Timeline*\n{timeline_lines(incident)}")]
+    cause = [section(f"*Root cause*\n{escape(incident.root_cause)}")] if incident.root_cause else []
+    return [section(facts), *cause, section(f"*Timeline*\n{timeline_lines(incident)}")]
 
 
 def build_list_text(incidents: list[LiveIncident]) -> str:
     if not incidents:
-        return "No open incidents. Declare one with `/incident declare TITLE [--sev 1-4] [--service NAME]`."
+        return "No open incidents. Declare one with `/incident declare TITLE [sev1-4] [--service NAME]`."
     lines = [f"*Open incidents ({len(incidents)})*"]
     lines += [
         f"• {title_line(i)} · <#{i.channel}> · lead <@{i.roles.get('lead', i.declared_by)}> · "
@@ -200,6 +211,7 @@ def build_resolved_blocks(incident: LiveIncident, searchable: bool = True) -> li
         section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:1900]} for k, v in facts]},
         section(f"*Resolution*\n{escape(incident.resolution)}"),
+        *([section(f"*Root cause*\n{escape(incident.root_cause)}")] if incident.root_cause else []),
         section(f"*Timeline*\n{timeline_lines(incident)}"),
         context(learned),
     ]
@@ -210,3 +222,57 @@ def resolved_fallback_text(incident: LiveIncident) -> str:
         f"{incident.id} resolved after {minutes_text(incident.minutes_to_restore)}: {incident.title}. "
         f"Resolution: {incident.resolution}"
     )[:MAX_TEXT]
+
+
+def _text_input(block_id: str, label: str, hint: str, optional: bool) -> dict:
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "optional": optional,
+        "label": {"type": "plain_text", "text": label},
+        "hint": {"type": "plain_text", "text": hint},
+        "element": {"type": "plain_text_input", "action_id": ids.INCIDENT_TEXT_INPUT, "multiline": True},
+    }
+
+
+def build_resolve_view(incident: LiveIncident, channel: str) -> dict:
+    """The resolve dialog: how it was resolved (required) and what caused it (optional, for the write-up)."""
+    return {
+        "type": "modal",
+        "callback_id": ids.INCIDENT_RESOLVE_VIEW,
+        "private_metadata": json.dumps({"incident": incident.id, "channel": channel}),
+        "title": {"type": "plain_text", "text": f"Resolve {incident.id}"[:24]},
+        "submit": {"type": "plain_text", "text": "Resolve"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            section(title_line(incident)),
+            _text_input(ids.INCIDENT_RESOLUTION_BLOCK, "Resolution", "What ended the customer impact.", False),
+            _text_input(
+                ids.INCIDENT_ROOT_CAUSE_BLOCK,
+                "Root cause",
+                "What caused it, if known; `/incident rootcause TEXT` can record it later.",
+                True,
+            ),
+        ],
+    }
+
+
+def read_resolve_view(view: dict) -> tuple[str, str, str, str]:
+    """(incident id, channel, resolution, root cause) of a submitted resolve dialog; blanks where missing."""
+    try:
+        meta = json.loads(view.get("private_metadata") or "{}")
+    except ValueError:
+        meta = {}
+    values = (view.get("state") or {}).get("values") or {}
+
+    def typed(block_id: str) -> str:
+        value = ((values.get(block_id) or {}).get(ids.INCIDENT_TEXT_INPUT) or {}).get("value")
+        return value.strip() if isinstance(value, str) else ""
+
+    meta = meta if isinstance(meta, dict) else {}
+    return (
+        str(meta.get("incident") or ""),
+        str(meta.get("channel") or ""),
+        typed(ids.INCIDENT_RESOLUTION_BLOCK),
+        typed(ids.INCIDENT_ROOT_CAUSE_BLOCK),
+    )

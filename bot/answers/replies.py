@@ -1,0 +1,191 @@
+"""Replies: a question answered from the index, the rota and the expert model, and what is worth showing.
+
+The answer policy lives here, apart from any adapter: which hits are relevant enough to show (a floor, and
+a share of the best hit), how they split into runbooks and incidents, when people are suggested with them,
+and how suggestions are trimmed. Slack, the shell and the CLI all show the same `Reply`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bot.answers.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
+from bot.answers.search import SearchIndex
+from bot.config import Settings
+from bot.errors import InvalidRequest, NotFound
+from bot.models import Answer, SearchHit
+from bot.rota import OnCall, Rota, asks_who_is_on_call
+from bot.store import Store
+from bot.store.base import is_write_failure
+
+log = logging.getLogger(__name__)
+RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer prepared for a conversation: the relevant hits split by kind, with an id for feedback."""
+
+    id: str
+    answer: Answer
+    runbooks: tuple[SearchHit, ...]
+    incidents: tuple[SearchHit, ...]
+    question: str  # what was searched, with the thread's earlier question when it is a follow-up
+    documents: int = 0
+    experts: tuple[Suggestion, ...] = ()  # who could help, when the answer involves past incidents
+    oncall: tuple[OnCall, ...] = ()  # the answer to "who is on call for X", from the rota
+    names: dict[str, str] = field(default_factory=dict)  # roster id -> name, for the on-call answer
+    unsaved: str = ""  # why the answer could not be saved for feedback (SQLite's words); "" when it was
+
+    @property
+    def found(self) -> bool:
+        return bool(self.runbooks or self.incidents or self.oncall)
+
+    @property
+    def top(self) -> SearchHit | None:
+        return (self.runbooks + self.incidents)[0] if self.runbooks or self.incidents else None
+
+
+def relevant_hits(answer: Answer, settings: Settings) -> tuple[tuple[SearchHit, ...], tuple[SearchHit, ...]]:
+    """The hits worth showing, as (runbooks, incidents): weak matches are left out.
+
+    A hit stays when it is above the configured floor and not far below the best hit of this answer, or when
+    it is the runbook of a named alert or a section holding the question's words together.
+    """
+    best = max((h.similarity for h in answer.hits), default=0.0)
+    floor = max(settings.min_similarity, best * RELATIVE_FLOOR)
+    relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted]
+    runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(settings.top_k, 3)]
+    incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
+    return runbooks, incidents
+
+
+def trim_suggestions(ranked: list[Suggestion], recent_first: list[str], limit: int) -> list[Suggestion]:
+    """The people shown: faint reasons dropped, load spread among equals, whoever is on call always kept."""
+    if ranked:  # people with only a faint reason are noise next to a strong suggestion
+        best = ranked[0].score
+        ranked = [s for s in ranked if s.score >= best * MIN_SHARE or s.on_call]
+    ranked = spread_load(ranked, recent_first)
+    shown = ranked[:limit]
+    on_call = next((s for s in ranked if s.on_call), None)
+    if on_call is not None and on_call not in shown:  # whoever holds the pager is always among those shown
+        shown = [*shown[: limit - 1], on_call]
+    return shown
+
+
+class Answerer:
+    """Questions, expert suggestions and votes, over the index, the expert model and the rota it is given."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        index: Callable[[], SearchIndex],
+        experts: Callable[[], ExpertModel],
+        rota: Callable[[], Rota],
+        on_vote: Callable[[], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._index = index
+        self._experts = experts
+        self._rota = rota
+        self._on_vote = on_vote  # a vote is a label for the search ranker: the runtime refits it
+
+    def suggest_experts(
+        self,
+        text: str,
+        services: list[str] | None = None,
+        limit: int = 3,
+        remember: bool = True,
+        vector: np.ndarray | None = None,
+        asker: str = "",
+    ) -> list[Suggestion]:
+        """The best people for ``text``, load spread among equals, and remembered for that.
+
+        ``vector`` is ``text``'s query vector when the caller already has it (an answer's search). ``asker``
+        (who asked, or declared the incident) is never suggested to themselves.
+        """
+        text = text.strip()
+        if not text:
+            raise InvalidRequest("describe the problem, for example `/experts checkout 503s after deploy`.")
+        model = self._experts()
+        vector = self._index().embed_query(text) if vector is None else vector
+        ranked = model.rank(text, vector, services, exclude=(asker,) if asker else ())
+        shown = trim_suggestions(ranked, self.store.recent_first_suggestions(), limit)
+        if remember:
+            self.store.log_suggestion(text, [s.expert.id for s in shown])
+        return shown
+
+    def reply(self, question: str, channel: str = "", user: str = "", thread_ts: str = "") -> Reply:
+        """Answer a question (or a follow-up in a thread) and remember it for feedback."""
+        question = question.strip()
+        if not question:
+            raise InvalidRequest("ask a question, or paste an alert or a log line.")
+        if asks_who_is_on_call(question):
+            # Answered from the rota, not the runbooks: who to page is a fact, not a search result.
+            rota = self._rota()
+            answers = tuple(rota.answer(rota.named_in(question)))
+            names = {e.id: e.name for e in rota.experts}
+            answer = Answer(question, question, (), "rota")
+            return Reply(uuid.uuid4().hex[:12], answer, (), (), question, oncall=answers, names=names)
+        searched = self._with_thread(question, channel, thread_ts)
+        index = self._index()
+        answer = index.search(searched, k=self.settings.top_k * 2)
+        runbooks, incidents = relevant_hits(answer, self.settings)
+        experts: tuple[Suggestion, ...] = ()
+        if incidents and self.store.expert_count():
+            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
+        reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
+        if reply.found:
+            paths = [h.path for h in runbooks + incidents]
+            try:
+                self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)
+            except sqlite3.OperationalError as exc:
+                if not is_write_failure(exc):
+                    raise
+                # The search worked: the user gets the answer, without what needs it saved (votes, sharing).
+                log.warning("answer not saved answer_id=%s channel=%s reason=%s", reply.id, channel, exc)
+                reply = dataclasses.replace(reply, unsaved=str(exc))
+        return reply
+
+    def _with_thread(self, question: str, channel: str, thread_ts: str) -> str:
+        """What to search: a follow-up in a thread carries the thread's first question with it."""
+        if not (channel and thread_ts):
+            return question
+        earlier = self.store.thread_question(channel, thread_ts)
+        if earlier and earlier != question:
+            return f"{earlier}\n{question}"
+        try:
+            self.store.remember_question(channel, thread_ts, question)
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            # The question is still answered; only a follow-up in this thread loses its context.
+            log.warning("thread question not saved channel=%s thread_ts=%s reason=%s", channel, thread_ts, exc)
+        return question
+
+    def vote(self, answer_id: str, user: str, vote: int) -> tuple[bool, str]:
+        """Record a 👍 (+1) or 👎 (-1) on an answer's leading result; returns (changed, path)."""
+        if vote not in (1, -1):
+            raise InvalidRequest("a vote is +1 or -1.")
+        saved = self.store.get_answer(answer_id)
+        if saved is None:
+            raise NotFound("that answer is no longer known; ask again to vote on a fresh one.")
+        index = self._index()
+        path = saved["paths"][0]
+        changed = self.store.record_feedback(
+            answer_id, user, saved["query"], path, vote, index.embed_query(saved["query"])
+        )
+        if changed:
+            index.reload_feedback()
+            if self._on_vote is not None:
+                self._on_vote()
+        return changed, path

@@ -1,0 +1,135 @@
+"""What a rollback may target, and when an environment's emergency rule lets it go with fewer approvals.
+
+A rollback goes back to a version that succeeded in that service and environment (from Slack or CI), never
+to one that was only ever requested or failed. An emergency rule in services.yaml (``emergency:`` of an
+environment) lowers the approvals of a rollback while an incident of the named severities is open on the
+service; the deploy service checks it again at every step, so a rollback whose incident was resolved
+meanwhile needs the environment's usual approvals.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.errors import InvalidRequest
+from bot.ops.requests import DeployRequest
+from bot.services import Environment
+from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.ops.deploys import DeployService
+
+SHOWN_VERSIONS = 8  # the versions a refused rollback lists, newest first
+
+
+@dataclass(frozen=True)
+class EmergencyUse:
+    """An open incident that meets an environment's emergency rule: a rollback needs ``approvals`` of ``usual``."""
+
+    incident: str
+    severity: int
+    approvals: int
+    usual: int
+
+
+def current_version(store: Store, service: str, env: str) -> str | None:
+    """The version of the last deploy or rollback that succeeded."""
+    rows = store.succeeded_for(service, env, limit=1)
+    return rows[0]["version"] if rows else None
+
+
+def failed_version(store: Store, service: str, env: str) -> str | None:
+    """The version of the newest run when it failed, timed out or was interrupted: it may be half rolled out."""
+    newest = store.newest_finished_run(service, env)
+    return newest["version"] if newest and newest["status"] in ("failed", "timed_out", "interrupted") else None
+
+
+def succeeded_versions(store: Store, service: str, env: str) -> list[str]:
+    """Every version that succeeded in ``env``, newest first, each once."""
+    return list(dict.fromkeys(r["version"] for r in store.succeeded_for(service, env)))
+
+
+def rollback_target(store: Store, service: str, env: str) -> str:
+    """The last good version: the current one after a failed run, else the one that succeeded before it."""
+    versions = succeeded_versions(store, service, env)
+    if not versions:
+        raise InvalidRequest(f"{service} has no successful deploy in {env} yet; nothing to roll back to.")
+    if failed_version(store, service, env) is not None:
+        return versions[0]
+    if len(versions) < 2:
+        raise InvalidRequest(
+            f"no version of {service} succeeded in {env} before {versions[0]}; "
+            f"name the version: /rollback {service} {env} VERSION."
+        )
+    return versions[1]
+
+
+def check_target(store: Store, service: str, env: str, version: str) -> None:
+    """Refuse a rollback to a version that never succeeded in ``env``, naming the ones that did."""
+    versions = succeeded_versions(store, service, env)
+    if version in versions:
+        return
+    if not versions:
+        raise InvalidRequest(
+            f"{version} never succeeded for {service} in {env}, and no version has yet; nothing to roll back to."
+        )
+    shown = ", ".join(versions[:SHOWN_VERSIONS]) + (", ..." if len(versions) > SHOWN_VERSIONS else "")
+    raise InvalidRequest(
+        f"{version} never succeeded for {service} in {env}, so opsbot will not roll back to it. "
+        f"Versions that did, newest first: {shown}. For example: `/rollback {service} {env} {versions[0]}`."
+    )
+
+
+def emergency_use(store: Store, environment: Environment | None, kind: str, service: str) -> EmergencyUse | None:
+    """The open incident that lets a rollback of ``service`` use the environment's emergency rule now, if any."""
+    rule = environment.emergency if environment is not None else None
+    if kind != "rollback" or rule is None:
+        return None
+    for row in reversed(store.live_incidents("open")):  # the earliest declared first: it started the emergency
+        if row["severity"] in rule.severities and service in json.loads(row["services"] or "[]"):
+            return EmergencyUse(row["id"], row["severity"], rule.rollback_approvals, environment.approvals)
+    return None
+
+
+def recorded_emergency(store: Store, environment: Environment | None, request: DeployRequest) -> EmergencyUse | None:
+    """The emergency rule a rollback went (or goes) under, as recorded at its last step; None when it did not."""
+    if not request.emergency:
+        return None
+    row = store.live_incident(request.emergency)
+    usual = environment.approvals if environment is not None else request.approvals_needed
+    return EmergencyUse(request.emergency, row["severity"] if row else 0, request.approvals_needed, usual)
+
+
+def track_emergency(deploys: DeployService, request: DeployRequest) -> DeployRequest:
+    """Record whether the emergency rule applies at this step (in the step's transaction): an incident that meets
+    it may have been declared or resolved since the last one. Returns the request as it is now."""
+    config = deploys.services.get(request.service)
+    environment = config.environments.get(request.env) if config else None
+    if request.kind != "rollback" or environment is None:
+        return request
+    use = deploys.emergency_of(request)
+    if (use.incident if use else "") == request.emergency:
+        return request
+    if use is not None:
+        deploys.store.update_deploy(request.id, emergency=use.incident, approvals_needed=use.approvals)
+        audit_emergency(deploys.store, request.id, use)
+    else:
+        deploys.store.update_deploy(request.id, emergency="", approvals_needed=environment.approvals)
+        ended = {"incident": request.emergency, "approvals": environment.approvals}
+        deploys.store.audit("opsbot", "rollback.emergency_ended", request.id, **ended)
+    return deploys.get(request.id)
+
+
+def audit_emergency(store: Store, request_id: str, use: EmergencyUse) -> None:
+    """Mark in the audit that a rollback needs fewer approvals, and because of which incident."""
+    store.audit(
+        "opsbot",
+        "rollback.emergency",
+        request_id,
+        incident=use.incident,
+        severity=use.severity,
+        approvals=use.approvals,
+        usual=use.usual,
+    )

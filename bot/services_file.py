@@ -1,0 +1,140 @@
+"""services.yaml as one file: every problem of it at once, each with its key path and line.
+
+Besides each service's own checks (``bot.services``), the approvers of every environment are resolved against
+the roster: a name that is neither a team nor a person on it is an error, and so is an environment whose
+approvals nobody on the roster can give (its requests would wait until they expire).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from bot.models import Expert, Problem
+from bot.services import ConfigProblem, Problems, build_service, build_settings
+from bot.text import service_name_problem
+from bot.yaml_lines import compose, key_line, path_line, yaml_error_line, yaml_problem
+
+TOP_KEYS = ("settings", "services")  # besides x-... blocks that hold YAML anchors for `<<:` merges
+
+
+@dataclass
+class ServicesFile:
+    """What services.yaml holds that can be used, and everything wrong with it."""
+
+    services: dict[str, dict] = field(default_factory=dict)  # the valid entries, by service name
+    settings: dict | None = None  # the `settings:` block, None when it is wrong (the defaults are used)
+    problems: list[Problem] = field(default_factory=list)
+    failed: bool = False  # unreadable as a whole: nothing of it was used
+
+
+def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: datetime | None = None) -> ServicesFile:
+    """Check all of services.yaml; ``experts`` is the roster (None when it could not be read: approvers unchecked)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        return ServicesFile(
+            problems=[Problem(rel, f"not valid YAML: {yaml_problem(exc)}", yaml_error_line(exc))], failed=True
+        )
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, dict):
+        problem = Problem(rel, "must hold `services:`, a mapping of service names to their settings", 1)
+        return ServicesFile(problems=[problem], failed=True)
+    root = compose(text)
+    result = ServicesFile()
+
+    def report(found: Problems, fallback: int | None) -> None:
+        result.problems += [Problem(rel, str(p), path_line(root, p.at) or fallback) for p in found]
+
+    top: Problems = []
+    for name in data:
+        if name not in TOP_KEYS and not str(name).startswith("x-"):
+            close = difflib.get_close_matches(str(name), TOP_KEYS, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else "use settings:, services: (and x-... blocks for anchors)"
+            top.append(ConfigProblem(str(name), f"unknown top-level key; {hint}"))
+    report(top, 1)
+    settings_problems: Problems = []
+    build_settings(data.get("settings"), settings_problems)
+    report(settings_problems, 1 + key_line(text, "settings"))
+    result.settings = None if settings_problems else data.get("settings")
+    for name, entry in services.items():
+        line = path_line(root, f"services.{name}") or 1 + key_line(text, str(name))
+        found = service_problems(str(name), entry, experts, now or datetime.now(UTC))
+        if found is None:  # the name itself is wrong
+            result.problems.append(Problem(rel, str(service_name_problem(name)), line))
+            continue
+        report(found, line)
+        if not found:
+            result.services[str(name)] = entry or {}
+    result.problems.sort(key=lambda p: p.line or 0)  # in the order of the file, as an editor shows it
+    return result
+
+
+def service_problems(name: str, entry: Any, experts: list[Expert] | None, now: datetime) -> Problems | None:
+    """Everything wrong with one service's entry ([] when nothing); None when its name is not a service name.
+
+    ``entry["owners"]`` is normalised to a list (services.yaml accepts `owners: a, b` too).
+    """
+    if service_name_problem(name):
+        return None
+    key = f"services.{name}"
+    if entry is None:
+        return []
+    if not isinstance(entry, dict):
+        return [ConfigProblem(key, "must be a mapping with owners: and environments:")]
+    out: Problems = []
+    owners = entry.get("owners")
+    if isinstance(owners, str):
+        entry["owners"] = [o.strip() for o in owners.split(",") if o.strip()]
+    elif owners is None:
+        entry["owners"] = []
+    elif not isinstance(owners, list) or not all(isinstance(o, (str, int)) for o in owners):
+        out.append(ConfigProblem(f"{key}.owners", "must be a list of roster ids or team names, for example [payments]"))
+    else:
+        entry["owners"] = [str(o) for o in owners]
+    build_service(name, entry, out)
+    if experts is not None:
+        out += approver_problems(name, entry, experts, now)
+    return out
+
+
+def approver_problems(name: str, entry: dict, experts: list[Expert], now: datetime) -> Problems:
+    """Approvers that name nobody on the roster, and environments whose approvals nobody present can give.
+
+    Read from the entry as written, so they are reported alongside any other problem of the same environment.
+    """
+    people = {e.id: e for e in experts if not e.has_left(now)}
+    everyone = {e.id for e in experts}
+    teams = sorted({e.team for e in experts})
+    out: Problems = []
+    environments = entry.get("environments")
+    for env, cfg in environments.items() if isinstance(environments, dict) else ():
+        approvers = cfg.get("approvers") if isinstance(cfg, dict) else None
+        if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+            continue  # reported by the environment's own checks
+        approvals = cfg.get("approvals", 1)
+        approvals = approvals if isinstance(approvals, int) and not isinstance(approvals, bool) else 1
+        key = f"services.{name}.environments.{env}.approvers"
+        can_approve: set[str] = set()
+        for approver in approvers:
+            if approver in everyone or approver in teams:
+                can_approve.update(p for p, e in people.items() if approver in (p, e.team))
+                continue
+            close = difflib.get_close_matches(approver, teams, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"the roster's teams are {', '.join(teams) or 'none'}"
+            nobody = f"{approver!r} is neither a team nor a person on the roster (experts.yaml)"
+            out.append(ConfigProblem(key, f"{nobody}; {hint}"))
+        if not approvers or len(can_approve) >= approvals:
+            continue
+        if can_approve:
+            names = ", ".join(sorted(people[p].name for p in can_approve))
+            count = f"{len(can_approve)} {'person' if len(can_approve) == 1 else 'people'}"
+            why = f"needs {approvals} approvals but only {count} on the roster may give them ({names})"
+        else:
+            why = f"nobody on the roster may approve {name} in {env}"
+        out.append(ConfigProblem(key, f"{why}, so its requests could never run; name more teams or people"))
+    return out

@@ -1,0 +1,183 @@
+"""Reading `/incident` commands: every subcommand and the forms people bring from other tools, checked before
+anything changes. ``parse_incident`` is the one parser: the handler runs what it returns, and a test runs every
+command quoted in the knowledge directory through it."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from bot.errors import InvalidRequest
+from bot.ops.incidents import check_severity
+
+SUBCOMMANDS = ("declare", "status", "note", "update", "assign", "severity", "rootcause", "resolve", "cancel", "list")
+ALIASES = {"role": "assign", "sev": "severity", "root-cause": "rootcause", "help": "help"}
+NEEDS_TEXT = {"note": "note TEXT", "update": "update TEXT", "rootcause": "rootcause TEXT"}
+ROLE_NAMES = {"lead": "lead", "ic": "lead", "commander": "lead", "comms": "comms", "communications": "comms"}
+USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")
+SEVERITY_WORD = re.compile(r"^sev-?(\d+)$", re.IGNORECASE)  # sev2, SEV2, SEV-2: as other tools write it
+ROOT_CAUSE_OPTIONS = ("--root-cause", "--rootcause")
+QUOTES = "\"'“”‘’"
+DECLARE_USAGE = "/incident declare TITLE [sev1-4] [--service NAME] [--env NAME]"
+
+
+@dataclass(frozen=True)
+class IncidentCommand:
+    """One `/incident` command, read and checked; ``sub`` is the canonical subcommand (aliases resolved)."""
+
+    sub: str
+    incident_id: str | None = None
+    text: str = ""  # the note, status update, root cause, resolution or reason for cancelling
+    title: str = ""
+    severity: int | None = None
+    services: tuple[str, ...] = ()
+    env: str | None = None
+    user: str = ""  # assign: who, and which role
+    role: str = ""
+    root_cause: str = ""  # resolve --root-cause TEXT
+
+
+def split_subcommand(text: str) -> tuple[str, str]:
+    """`note INC-2026-0042 pods restarted` -> ("note", "INC-2026-0042 pods restarted")."""
+    parts = (text or "").strip().split(maxsplit=1)
+    return (parts[0].lower() if parts else "", parts[1].strip() if len(parts) > 1 else "")
+
+
+def subcommand_of(word: str) -> str | None:
+    """The canonical subcommand a typed word names (`role` is assign, `sev2` sets the severity), else None."""
+    if word in SUBCOMMANDS:
+        return word
+    if SEVERITY_WORD.match(word):
+        return "severity"
+    return ALIASES.get(word)
+
+
+def unknown_subcommand(word: str) -> str:
+    shown = word[:40].replace("`", "'")
+    return f"`{shown}` is not an /incident subcommand; use {', '.join(SUBCOMMANDS)}."
+
+
+def mentioned_services(title: str, known: set[str]) -> list[str]:
+    """Known service names written in the title, when no --service was given."""
+    lower = title.lower()
+    return sorted(s for s in known if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", lower))
+
+
+def split_incident_id(rest: str) -> tuple[str | None, str]:
+    """An incident id right after the subcommand, if one was given, and the rest."""
+    parts = rest.strip().split(maxsplit=1)
+    if parts and parts[0].upper().startswith("INC-"):
+        return parts[0], parts[1].strip() if len(parts) > 1 else ""
+    return None, rest.strip()
+
+
+def unquote(text: str) -> str:
+    """`"Checkout errors"` -> `Checkout errors`: people quote titles and resolutions as other tools want."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] in QUOTES and text[-1] in QUOTES:
+        return text[1:-1].strip()
+    return text
+
+
+def _option(word: str) -> str:
+    # Some clients turn a typed `--` into a dash; accept both.
+    return "--" + word[1:] if word[:1] in ("—", "–") else word
+
+
+def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
+    """`"checkout 503s" sev2 --service checkout-api --env prod` -> ("checkout 503s", 2, ["checkout-api"], "prod")."""
+    words = [_option(w) for w in rest.split()]
+    title: list[str] = []
+    severity: int | None = None
+    services: list[str] = []
+    env: str | None = None
+    i = 0
+    while i < len(words):
+        name, has_value, value = words[i].partition("=")
+        if name in ("--sev", "--severity", "--service", "--env"):
+            if not has_value:
+                if i + 1 >= len(words):
+                    raise InvalidRequest(f"{name} needs a value: {DECLARE_USAGE}.")
+                value = words[i + 1]
+                i += 1
+            if name == "--service":
+                services.append(value)
+            elif name == "--env":
+                env = value
+            else:
+                severity = _one_severity(severity, value)
+        elif SEVERITY_WORD.match(words[i]):
+            severity = _one_severity(severity, words[i])
+        else:
+            title.append(words[i])
+        i += 1
+    return unquote(" ".join(title)), severity, services, env
+
+
+def _one_severity(before: int | None, value: str) -> int:
+    severity = check_severity(value)
+    if before is not None and before != severity:
+        raise InvalidRequest(f"two severities given (SEV{before} and SEV{severity}): keep one. {DECLARE_USAGE}")
+    return severity
+
+
+def parse_assign(rest: str) -> tuple[str, str]:
+    """`<@U123|dana> comms` or `comms <@U123|dana>` -> ("U123", "comms"); `ic` is the lead."""
+    parts = rest.split()
+    if len(parts) == 2 and not USER_REFERENCE.match(parts[0]):
+        parts.reverse()  # `/incident role comms @dana`, as incident tools write it
+    match = USER_REFERENCE.match(parts[0]) if parts else None
+    if match is None or len(parts) != 2:
+        raise InvalidRequest(
+            "mention the person and name the role: `/incident assign @user lead` or `/incident role comms @user`."
+        )
+    role = ROLE_NAMES.get(parts[1].lower())
+    if role is None:
+        raise InvalidRequest(
+            f"role {parts[1]!r} is not one opsbot records; use lead (or ic) or comms: `/incident role lead @user`."
+        )
+    return match[1] or match[2], role
+
+
+def parse_resolve(rest: str) -> tuple[str, str]:
+    """`"Rolled back" --root-cause bad config` -> ("Rolled back", "bad config"); an empty resolution opens the
+    resolve dialog."""
+    lower = rest.lower()
+    for option in ROOT_CAUSE_OPTIONS:
+        at = lower.find(option)
+        if at >= 0:
+            cause = unquote(rest[at + len(option) :].lstrip("= "))
+            if not cause:
+                raise InvalidRequest(f"{option} needs the root cause after it: /incident resolve TEXT {option} TEXT.")
+            return unquote(rest[:at]), cause
+    return unquote(rest), ""
+
+
+def parse_incident(text: str) -> IncidentCommand:
+    """Read one `/incident` command; raises InvalidRequest with the usage of what was wrong."""
+    word, rest = split_subcommand(html.unescape(text or ""))
+    sub = subcommand_of(word)
+    if sub is None:
+        raise InvalidRequest(unknown_subcommand(word))
+    if word != sub and SEVERITY_WORD.match(word):  # `/incident sev1 [INC-…]`: the word is the new severity
+        rest = f"{rest} {word}"
+    if sub in ("help", "list"):
+        return IncidentCommand(sub)
+    if sub == "declare":
+        title, severity, services, env = parse_declare(rest)
+        if not title:
+            raise InvalidRequest(f"give the incident a title: {DECLARE_USAGE}.")
+        return IncidentCommand(sub, title=title, severity=severity, services=tuple(services), env=env)
+    incident_id, rest = split_incident_id(rest)
+    if sub in NEEDS_TEXT and not unquote(rest):
+        raise InvalidRequest(f"say what to record: /incident {NEEDS_TEXT[sub]}.")
+    if sub == "assign":
+        user, role = parse_assign(rest)
+        return IncidentCommand(sub, incident_id, user=user, role=role)
+    if sub == "severity":
+        return IncidentCommand(sub, incident_id, severity=check_severity(rest))
+    if sub == "resolve":
+        resolution, cause = parse_resolve(rest)
+        return IncidentCommand(sub, incident_id, text=resolution, root_cause=cause)
+    return IncidentCommand(sub, incident_id, text=unquote(rest))

@@ -1,0 +1,69 @@
+"""Where in a YAML file something is: the line of a key path, of a key, of a parse error."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+
+def key_line(text: str, key: str) -> int:
+    """The 0-based line of the first ``key:`` in ``text`` (0 when there is none)."""
+    for number, line in enumerate(text.splitlines()):
+        if re.match(rf"^\s*-?\s*['\"]?{re.escape(key)}['\"]?\s*:", line):
+            return number
+    return 0
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+
+
+def yaml_error_line(exc: yaml.YAMLError) -> int | None:
+    mark = getattr(exc, "problem_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+
+
+def path_line(node: yaml.Node | None, key: str) -> int | None:
+    """The 1-based line of the deepest node on a key path such as ``services.web.environments.prod.freeze[0]``.
+
+    Following the path (rather than searching for its last name) finds prod's `approvals:`, not
+    staging's above it, and a missing key points at its parent instead of a later service.
+    """
+    line = None
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
+        if name:
+            found = _mapping_value(node, name)
+            if found is None:
+                break
+            key_node, node = found
+            line = key_node.start_mark.line + 1
+        else:
+            if not isinstance(node, yaml.SequenceNode) or int(index) >= len(node.value):
+                break
+            node = node.value[int(index)]
+            line = node.start_mark.line + 1
+    return line
+
+
+def _mapping_value(node: yaml.Node | None, name: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """The key and value nodes of ``name`` in a mapping, looking through `<<:` merges."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value in node.value:
+        if getattr(key_node, "value", None) == name:
+            return key_node, value
+    for key_node, value in node.value:
+        if getattr(key_node, "value", None) == "<<":
+            for merged in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+                found = _mapping_value(merged, name)
+                if found is not None:
+                    return found
+    return None

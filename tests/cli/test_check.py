@@ -1,0 +1,100 @@
+"""`opsbot check` and `opsbot index --strict` fail CI on a broken knowledge file; plain `index` says how many."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import bot.cli.knowledge as knowledge_cli
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, invoke
+
+STAGING = "\n      staging: {approvals: 1, approvers: [commerce"
+TYPOS = {"  deploys_channel:": "  deploys_chanel:", "    environments:" + STAGING: "    enviroments:" + STAGING}
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    """The sample knowledge with two typos in services.yaml and an approver nobody on the roster matches."""
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, root)
+    path = root / "services.yaml"
+    text = path.read_text(encoding="utf-8")
+    for old, new in TYPOS.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    text = text.replace("approvers: [fulfilment, sre]", "approvers: [fulfillment, sre]", 1)
+    path.write_text(text, encoding="utf-8")
+    return root
+
+
+def test_check_passes_the_sample_and_names_what_it_holds() -> None:
+    result = invoke("check", str(SAMPLE_KNOWLEDGE))
+
+    assert result.exit_code == 0, result.output
+    assert "No problems in" in result.stdout and "10 services" in result.stdout
+
+
+def test_check_reports_every_problem_at_once_and_exits_1(broken: Path) -> None:
+    result = invoke("check", str(broken))
+
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    assert "settings: unknown key `deploys_chanel`; did you mean `deploys_channel`?" in lines[0]
+    assert "services.catalog-search: unknown key `enviroments`; did you mean `environments`?" in lines[1]
+    approvers = "services.order-pipeline.environments.prod.approvers"
+    assert f"{approvers}: 'fulfillment' is neither a team nor a person" in lines[2]
+    assert "did you mean `fulfilment`?" in lines[2]
+    assert "3 problems in 1 file" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_check_json_lists_the_problems_with_their_lines(broken: Path) -> None:
+    result = invoke("check", "--json", str(broken))
+
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert [p["path"] for p in report["problems"]] == ["services.yaml"] * 3
+    assert all(isinstance(p["line"], int) for p in report["problems"])
+
+
+def test_check_of_a_missing_directory_is_a_clean_error(tmp_path: Path) -> None:
+    result = invoke("check", str(tmp_path / "nowhere"))
+
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+@pytest.fixture
+def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`opsbot index` with the fake encoder: what is checked here is the exit code, not the embeddings."""
+    monkeypatch.setattr(knowledge_cli, "_open", lambda settings: (Store(tmp_path / "index.db"), FakeEncoder()))
+
+
+def test_plain_index_indexes_what_is_valid_says_how_many_problems_and_exits_0(broken: Path, fake_index: None) -> None:
+    result = invoke("index", "--nice", "0", str(broken))
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("Warning: services.yaml:") == 3
+    assert "3 problems in 1 file; what they name was left out of the index." in result.stderr
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)])
+def test_index_strict_exits_1_on_any_problem(broken: Path, fake_index: None, json_flag: tuple[str, ...]) -> None:
+    result = invoke("index", "--nice", "0", "--strict", *json_flag, str(broken))
+
+    assert result.exit_code == 1
+
+
+def test_index_strict_exits_0_when_nothing_is_wrong(tmp_path: Path, fake_index: None) -> None:
+    root = tmp_path / "small"
+    (root / "runbooks").mkdir(parents=True)
+    (root / "runbooks" / "disk.md").write_text("# Disk full\n\nDelete old logs.\n", encoding="utf-8")
+
+    result = invoke("index", "--nice", "0", "--strict", str(root))
+
+    assert result.exit_code == 0, result.output

@@ -1,0 +1,188 @@
+"""services.yaml checked like the other knowledge files: unknown keys named with the closest known one, every
+problem of a run at once with its line, approvers resolved against the roster.
+
+The roster is tests/ops/fixtures.py's: teams web (Alice, Bob, Gina), sre (Carol, Frank) and data (Dave, Erin).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge import load_knowledge
+from bot.services import Emergency, parse_service
+from tests.ops.fixtures import DAVE, DEMO, ROSTER, make_knowledge
+
+RUNNER = f"deploy: {{command: {DEMO}}}"
+
+
+def problems_of(tmp_path: Path, services: str, roster: str = ROSTER) -> list[str]:
+    make_knowledge(tmp_path, services)
+    (tmp_path / "experts.yaml").write_text(roster, encoding="utf-8")
+    return [str(p) for p in load_knowledge(tmp_path).problems]
+
+
+def one_service(environments: str, more: str = "") -> str:
+    return f"services:\n  api:\n    environments:\n{environments}    {RUNNER}\n{more}"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            f"services:\n  api:\n    enviroments:\n      prod: {{approvals: 1, approvers: [sre]}}\n    {RUNNER}\n",
+            "services.yaml:3: services.api: unknown key `enviroments`; did you mean `environments`?",
+        ),
+        (
+            one_service("      prod: {approvals: 1, approvers: [sre], aprovers: [web]}\n"),
+            "services.yaml:4: services.api.environments.prod: unknown key `aprovers`; did you mean `approvers`?",
+        ),
+        (
+            one_service("      prod: {approvals: 1, approvers: [sre]}\n").replace("{command:", "{timout: 5, command:"),
+            "services.yaml:5: services.api.deploy: unknown key `timout`; did you mean `timeout`?",
+        ),
+        (
+            "setings: {deploys_channel: C0DEPLOYS1}\n" + one_service("      prod: {approvals: 1, approvers: [sre]}\n"),
+            "services.yaml:1: setings: unknown top-level key; did you mean `settings`?",
+        ),
+        (
+            "settings: {deploys_chanel: C0DEPLOYS1}\n" + one_service("      prod: {approvals: 1, approvers: [sre]}\n"),
+            "services.yaml:1: settings: unknown key `deploys_chanel`; did you mean `deploys_channel`?",
+        ),
+        (
+            one_service(
+                "      prod:\n        approvals: 1\n        approvers: [sre]\n"
+                '        freeze: [{start: "2026-12-23T18:00:00Z", end: "2026-12-27T08:00:00Z", reson: peak}]\n'
+            ),
+            "services.yaml:7: services.api.environments.prod.freeze[0]: unknown key `reson`; did you mean `reason`?",
+        ),
+        (
+            one_service("      prod: {approvals: 2, approvers: [sre], emergency: {rollback_approval: 1}}\n"),
+            "services.yaml:4: services.api.environments.prod.emergency: unknown key `rollback_approval`; "
+            "did you mean `rollback_approvals`?",
+        ),
+        (
+            "services:\n  api:\n    environments:\n      prod: {approvals: 1, approvers: [sre]}\n"
+            "    deploy: {webhook: {url: 'https://ci.example.com/hook', secret_heder: X-Token}}\n",
+            "services.yaml:5: services.api.deploy.webhook: unknown key `secret_heder`; did you mean `secret_header`?",
+        ),
+    ],
+    ids=["service", "environment", "runner", "top-level", "settings", "freeze", "emergency", "webhook"],
+)
+def test_an_unknown_key_is_named_with_the_key_it_resembles(tmp_path: Path, text: str, expected: str) -> None:
+    assert problems_of(tmp_path, text) == [expected]
+
+
+def test_every_problem_of_the_file_is_reported_in_one_run_in_file_order(tmp_path: Path) -> None:
+    text = f"""\
+settings:
+  request_ttl_minutes: 0
+  deploys_chanel: C0DEPLOYS1
+services:
+  api:
+    owners: [{DAVE}]
+    enviroments:
+      prod: {{approvals: 1, approvers: [sre]}}
+    {RUNNER}
+  web:
+    environments:
+      prod: {{approvals: 3, approvers: [billing, sre]}}
+      staging: {{aprovals: 1, approvers: [web]}}
+    deploy: {{command: ["deploy.sh", "{{servce}}"], timout: 5}}
+  fine:
+    environments:
+      staging: {{approvals: 1, approvers: [web]}}
+    {RUNNER}
+"""
+    found = problems_of(tmp_path, text)
+
+    assert found == [
+        "services.yaml:2: settings.request_ttl_minutes: 0 must be a whole number of 1 or more",
+        "services.yaml:3: settings: unknown key `deploys_chanel`; did you mean `deploys_channel`?",
+        "services.yaml:7: services.api: unknown key `enviroments`; did you mean `environments`?",
+        "services.yaml:12: services.web.environments.prod.approvers: 'billing' is neither a team nor a person on "
+        "the roster (experts.yaml); the roster's teams are data, sre, web",
+        "services.yaml:12: services.web.environments.prod.approvers: needs 3 approvals but only 2 people on the "
+        "roster may give them (Carol Cruz, Frank Field), so its requests could never run; name more teams or people",
+        "services.yaml:13: services.web.environments.staging: unknown key `aprovals`; did you mean `approvals`?",
+        "services.yaml:14: services.web.deploy: unknown key `timout`; did you mean `timeout`?",
+        "services.yaml:14: services.web.deploy.command: unknown placeholder {servce}; "
+        "use ('service', 'version', 'env', 'request_id', 'python')",
+    ]
+    kb = load_knowledge(tmp_path)
+    assert sorted(kb.services) == ["fine"]  # a service with a problem is left out, the others load
+    assert kb.deploy_settings is None
+
+
+@pytest.mark.parametrize(
+    "approvers, says",
+    [
+        ("[sr]", "'sr' is neither a team nor a person on the roster (experts.yaml); did you mean `sre`?"),
+        ("[billing]", "nobody on the roster may approve api in prod, so its requests could never run"),
+        ("[UNOBODY0001]", "'UNOBODY0001' is neither a team nor a person on the roster"),
+    ],
+)
+def test_approvers_must_name_a_team_or_a_person_on_the_roster(tmp_path: Path, approvers: str, says: str) -> None:
+    found = problems_of(tmp_path, one_service(f"      prod: {{approvals: 1, approvers: {approvers}}}\n"))
+
+    assert any(says in p for p in found), found
+    assert all(p.startswith("services.yaml:4: services.api.environments.prod.approvers: ") for p in found)
+    assert "api" not in load_knowledge(tmp_path).services  # nobody could approve its requests: not deployable
+
+
+def test_people_who_left_cannot_approve(tmp_path: Path) -> None:
+    roster = ROSTER.replace("team: data}", "team: data, left: 2020-01-01}")
+
+    found = problems_of(tmp_path, one_service("      prod: {approvals: 1, approvers: [data]}\n"), roster)
+
+    assert found == [
+        "services.yaml:4: services.api.environments.prod.approvers: nobody on the roster may approve api in prod, "
+        "so its requests could never run; name more teams or people"
+    ]
+
+
+def test_approvers_are_not_checked_against_a_roster_that_could_not_be_read(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, one_service("      prod: {approvals: 1, approvers: [billing]}\n"), "people: [")
+
+    assert len(found) == 1 and found[0].startswith("experts.yaml:")  # the roster's own problem, once
+
+
+def test_the_alert_keys_and_anchor_blocks_are_accepted(tmp_path: Path) -> None:
+    text = f"""\
+settings:
+  alerts_channel: C04ALERTS1
+  alertmanager_urls: [http://alertmanager:9093]
+  alert_silencers: [sre]
+x-runner: &runner
+  {RUNNER}
+services:
+  api:
+    alerts: {{match: {{app: checkout}}}}
+    team: web
+    channel: C0API00001
+    environments:
+      prod: {{approvals: 1, approvers: [sre]}}
+    <<: *runner
+"""
+    assert problems_of(tmp_path, text) == []
+
+
+def test_an_emergency_rule_is_read_and_checked(tmp_path: Path) -> None:
+    entry = {
+        "environments": {"prod": {"approvals": 2, "approvers": ["sre"], "emergency": {"rollback_approvals": 1}}},
+        "deploy": {"command": ["deploy.sh"]},
+    }
+    assert parse_service("api", entry).environments["prod"].emergency == Emergency(1, (1, 2))
+    entry["environments"]["prod"]["emergency"] = {"rollback_approvals": 1, "while_incident": ["sev-1", "SEV3"]}
+    assert parse_service("api", entry).environments["prod"].emergency == Emergency(1, (1, 3))
+
+    bad = "      prod: {approvals: 2, approvers: [sre], emergency: {rollback_approvals: 2, while_incident: [SEV5]}}\n"
+    found = problems_of(tmp_path, one_service(bad))
+
+    assert found == [
+        "services.yaml:4: services.api.environments.prod.emergency.rollback_approvals: 2 must be fewer than the "
+        "environment's approvals (2), else the rule changes nothing",
+        "services.yaml:4: services.api.environments.prod.emergency.while_incident: ['SEV5'] must list severities, "
+        "for example [SEV1, SEV2]",
+    ]
