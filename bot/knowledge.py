@@ -127,8 +127,12 @@ def _strings(value: Any, key: str) -> tuple[str, ...]:
 
 
 ALERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
-# A top heading that is one CamelCase word names the alert the runbook is for: "# KubeJobCompletion".
-CAMEL_ALERT = re.compile(r"[A-Za-z][A-Za-z0-9]*[a-z0-9][A-Z][A-Za-z0-9]*")
+# A top heading that is one CamelCase word names the alert the runbook is for: "# KubeJobCompletion",
+# "# SSPDown" (an acronym, then a word), also with a note in brackets after it: "# KubeMacPoolDown [Deprecated]",
+# "# NodeDown (legacy)". A plain word ("# Overview", "# README") has no capital inside it, or no small letter.
+CAMEL_ALERT = re.compile(
+    r"((?=[A-Za-z0-9]*[a-z])[A-Za-z][A-Za-z0-9]*[A-Z][A-Za-z0-9]*)(?:\s*(?:\[[^\]]*\]|\([^)]*\)))?"
+)
 
 
 def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
@@ -141,8 +145,9 @@ def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
                 "alerting tool sends it, one word without spaces, for example alerts: [PgbouncerPoolExhausted]",
                 line,
             )
-    if CAMEL_ALERT.fullmatch(heading) and heading.lower() not in {n.lower() for n in names}:
-        names.append(heading)
+    named = CAMEL_ALERT.fullmatch(heading)
+    if named and named.group(1).lower() not in {n.lower() for n in names}:
+        names.append(named.group(1))
     return tuple(names)
 
 

@@ -153,7 +153,7 @@ class SearchHit:
     anchor: str = ""
     services: tuple[str, ...] = ()
     similarity: float = 0.0  # cosine of the question and the document's closest section: how close in meaning
-    alert: str = ""  # the alert named in the question that this runbook declares it answers
+    alert: str = ""  # the name in the question this document answers to: an alert it declares, or the incident's id
     quoted: bool = False  # the cited section holds every word of the (short) question close together
     linked: bool = False  # the runbook an alert's runbook_url links to (cited first, whatever the wording)
 

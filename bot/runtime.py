@@ -14,6 +14,7 @@ from bot.answers.experts import ExpertModel
 from bot.answers.indexer import index_incident
 from bot.answers.replies import Answerer
 from bot.answers.search import SearchIndex
+from bot.answers.training import fit_ranker
 from bot.config import Settings
 from bot.errors import OpsbotError
 from bot.hints import Examples, examples
@@ -61,8 +62,11 @@ class Runtime:
         self.ready_seconds: float | None = None
         self.runners = TrackedPool(DEPLOY_WORKERS, "opsbot-deploy")
         self.briefings = TrackedPool(BRIEFING_WORKERS, "opsbot-briefing")  # alert briefings, never behind answers
+        self._refit_lock = threading.Lock()
+        self._refit: threading.Thread | None = None  # the ranker's refit after votes, one at a time
+        self._refit_again = False
         self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
-        self.answers = Answerer(self.store, settings, self.index, self.experts_model, self.rota)
+        self.answers = Answerer(self.store, settings, self.index, self.experts_model, self.rota, self.refit_ranker)
 
     def start_loading(self) -> None:
         """Load the model and the index in a background thread (idempotent)."""
@@ -91,9 +95,9 @@ class Runtime:
         Closing a SQLite connection while another thread runs a statement on it crashes the process
         (a segfault, not an exception), so a short session that ends while the model still loads waits.
         """
-        loader = self._loader
-        if loader is not None and loader.is_alive():
-            loader.join(timeout)
+        for worker in (self._loader, self._refit):
+            if worker is not None and worker.is_alive():
+                worker.join(timeout)
         self.store.close()
 
     @property
@@ -212,3 +216,26 @@ class Runtime:
         """Retrain on next use (an incident was resolved or the roster changed)."""
         with self._experts_lock:
             self._experts = None
+
+    def refit_ranker(self) -> threading.Thread:
+        """Refit the search ranker with the votes, in the background; votes during a refit start one more after it."""
+        with self._refit_lock:
+            if self._refit is not None and self._refit.is_alive():
+                self._refit_again = True
+                return self._refit
+            self._refit = threading.Thread(target=self._refit_until_current, name="opsbot-ranker", daemon=True)
+            self._refit.start()
+            return self._refit
+
+    def _refit_until_current(self) -> None:
+        while True:
+            try:
+                report = fit_ranker(self.store, self.encoder, index=self.index())
+                log.info("ranker refitted after votes votes=%s", report.get("votes"))
+            except Exception:  # a failed refit keeps the ranker the index has; the next vote tries again
+                log.exception("ranker refit failed")
+            with self._refit_lock:
+                if not self._refit_again:
+                    self._refit = None
+                    return
+                self._refit_again = False

@@ -220,6 +220,17 @@ def dense_form(stripped: str) -> str:
     return spell_identifiers(drop_object_refs(stripped) or stripped)
 
 
+# Function words: they say nothing about which runbook is meant. Words that tell one alert from its sibling
+# stay searchable: negations and quantifiers (not, no, any, some, all, few, more, only) and directions
+# (down, up, out, off, over, under, before, after), as in NotReady, TargetDown, Some vs Any members down.
+STOPWORDS = frozenset(
+    """a about am an and are as at be because been being between both but by can could did do does doing
+    during each for from further had has have having he her here hers herself him himself his how i if in
+    into is it its itself just me my myself now of on or our ours ourselves she should so such than that the
+    their theirs them themselves then there these they this those through to was we were what when where
+    which while who whom why will with would you your yours yourself yourselves also get got may might must
+    shall via per""".split()
+)
 WORD = re.compile(r"[A-Za-z][A-Za-z0-9]+")
 
 

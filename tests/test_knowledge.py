@@ -643,12 +643,20 @@ def test_runbook_alerts_from_front_matter_and_an_alert_name_heading(tmp_path: Pa
     )
     write(tmp_path, "runbooks/kube/job.md", "---\ntitle: Kube Job Failed\n---\n# KubeJobFailed\n\nCheck the job.\n")
     write(tmp_path, "runbooks/general/overview.md", "# Overview\n\nHow we run things.\n")
+    write(tmp_path, "runbooks/old/mac.md", "# KubeMacPoolDown [Deprecated]\n\nReplaced by KubemacpoolDown.\n")
+    write(tmp_path, "runbooks/old/node.md", "# NodeDown (legacy)\n\nSee the new runbook.\n")
+    write(tmp_path, "runbooks/ssp.md", "# SSPDown\n\nAll SSP operator pods are down.\n")
+    write(tmp_path, "runbooks/readme.md", "# README\n\nWhat is here.\n")
 
     docs = {d.path: d for d in load_knowledge(tmp_path).documents}
 
     assert docs["runbooks/pg/pool.md"].alerts == ("PgbouncerPoolExhausted", "pg_pool_waiting")
     assert docs["runbooks/kube/job.md"].alerts == ("KubeJobFailed",)
     assert docs["runbooks/general/overview.md"].alerts == ()  # a plain word is a heading, not an alert name
+    assert docs["runbooks/old/mac.md"].alerts == ("KubeMacPoolDown",)  # a note in brackets after the name
+    assert docs["runbooks/old/node.md"].alerts == ("NodeDown",)
+    assert docs["runbooks/ssp.md"].alerts == ("SSPDown",)  # an acronym, then a word
+    assert docs["runbooks/readme.md"].alerts == ()  # capitals only: a heading
 
 
 def test_runbook_alert_that_is_not_a_name_is_a_problem_with_its_line(tmp_path: Path) -> None:

@@ -13,18 +13,20 @@ from pathlib import Path
 from bot.answers.encoder import Encoder
 from bot.answers.expert_fit import refit_blends
 from bot.answers.experts import incident_text, incident_vector_hash
+from bot.answers.training import encoded_form, fit_ranker, ranker_key, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import incident_document, load_knowledge
 from bot.models import Document, Incident, Problem
 from bot.store import SLACK_PREFIX, ChunkRow, Store
-from bot.text import content_hash, spell_identifiers, split_camel, window_words
+from bot.text import STOPWORDS, content_hash, keyword_terms, spell_identifiers, split_camel, window_words
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ENCODE_BATCH = 256
 # What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
-# document from its file (vectors are reused: the text did not change). 2: alert routes.
-INDEX_FORMAT = "2"
+# document from its file (vectors are reused: the text did not change). 2: alert routes. 3: spelled titles,
+# alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
+INDEX_FORMAT = "4"
 
 
 @dataclass
@@ -42,6 +44,8 @@ class IndexReport:
     embedded: int = 0
     reused: int = 0
     seconds: float = 0.0
+    ranker: dict | None = None  # the fit's report when the ranker was fitted in this run
+    ranker_seconds: float = 0.0  # making, embedding and fitting on its training queries (part of ``seconds``)
     problems: list[Problem] = field(default_factory=list)
     experts_fit: str = ""  # how the expert suggestions' blend was chosen (bot.answers.expert_blend)
 
@@ -53,6 +57,7 @@ class IndexReport:
 
 def embed_text(title: str, heading: str, text: str) -> str:
     """What the encoder sees: the title and heading path give a section its context."""
+    title, heading = spell_identifiers(title), spell_identifiers(heading)
     head = f"{title}. {heading}." if heading else f"{title}."
     return f"{head}\n{text}"
 
@@ -60,6 +65,12 @@ def embed_text(title: str, heading: str, text: str) -> str:
 def title_embed_text(doc: Document) -> str:
     """A document's name alone: titles decide many alert-to-runbook matches."""
     return spell_identifiers(doc.title_text)
+
+
+def title_terms(store: Store, doc: Document) -> list[str]:
+    """The words of a document's title and declared alert names, stemmed as the full-text index stems them, in order."""
+    words = keyword_terms(split_camel(" ".join((doc.title_text, *doc.alerts))), STOPWORDS, limit=64)
+    return [s for s in dict.fromkeys(store.stems(words)) if s]
 
 
 def build_chunks(doc: Document) -> list[tuple[ChunkRow, str]]:
@@ -133,7 +144,8 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     _embed(store, encoder, {h: texts[h] for h in missing}, report, progress)
 
     for doc in changed:
-        store.replace_document(doc, title_hashes[doc.path], [row for row, _ in chunked[doc.path]])
+        rows = [row for row, _ in chunked[doc.path]]
+        store.replace_document(doc, title_hashes[doc.path], rows, title_terms(store, doc))
         if doc.path in stored:
             report.updated += 1
         else:
@@ -174,9 +186,18 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         repr((kb.experts, kb.rotations, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
     )
     config_changed = store.get_meta("config_hash") != config_hash
-    if changed or removed or not same_model:
+    key = ranker_key(store, encoder.model_id)
+    stored_ranker = store.load_ranker(encoder.model_id)
+    refit = stored_ranker is None or stored_ranker[0] != key
+    ranker_started = time.perf_counter()
+    if refit:
+        _store_training_queries(store, encoder, kb.documents, report, progress)
+    if changed or removed or not same_model or refit:
         store.prune_embeddings(encoder.model_id)
-    if changed or removed or not same_model or config_changed:
+    if refit:
+        report.ranker = fit_ranker(store, encoder, key)
+        report.ranker_seconds = time.perf_counter() - ranker_started
+    if changed or removed or not same_model or config_changed or refit:
         store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
     blends = refit_blends(store, encoder)  # the expert model's weights, fitted on this team's own history
@@ -197,6 +218,18 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     return report
 
 
+def _store_training_queries(
+    store: Store, encoder: Encoder, documents: list[Document], report: IndexReport, progress: Progress | None
+) -> None:
+    """Make the ranker's training queries from the documents, and embed those not embedded before."""
+    queries = training_queries(documents)
+    texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
+    known = store.known_embeddings(encoder.model_id, texts)
+    _embed(store, encoder, {h: t for h, t in texts.items() if h not in known}, report, progress)
+    rows = [(q.doc_path, q.section, q.kind, q.text, content_hash(encoded_form(q.text))) for q in queries]
+    store.replace_ranker_queries(rows)
+
+
 def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     """Make one incident (resolved in Slack) searchable and part of the expert model's training data, now."""
     doc = incident_document(incident, content_hash(incident.path + incident.resolution + incident.title))
@@ -211,6 +244,6 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     if missing:
         vectors = encoder.encode(list(missing.values()))
         store.save_embeddings(encoder.model_id, dict(zip(missing, vectors, strict=True)))
-    store.replace_document(doc, title_hash, [row for row, _ in rows])
+    store.replace_document(doc, title_hash, [row for row, _ in rows], title_terms(store, doc))
     store.upsert_incident(incident, vector_hash)
     store.set_meta("index_version", uuid.uuid4().hex)

@@ -94,12 +94,14 @@ class Answerer:
         index: Callable[[], SearchIndex],
         experts: Callable[[], ExpertModel],
         rota: Callable[[], Rota],
+        on_vote: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._index = index
         self._experts = experts
         self._rota = rota
+        self._on_vote = on_vote  # a vote is a label for the search ranker: the runtime refits it
 
     def suggest_experts(
         self,
@@ -196,4 +198,6 @@ class Answerer:
         )
         if changed:
             index.reload_feedback()
+            if self._on_vote is not None:
+                self._on_vote()
         return changed, path

@@ -1,91 +1,53 @@
-"""Hybrid search: dense cosine over an in-memory matrix, fused with FTS5 BM25, grouped by document."""
+"""Hybrid search: dense cosine over an in-memory matrix and FTS5 BM25, ranked per document by a learned model.
+
+The model is fitted on the corpus itself at index time (``bot/training.py``) over the features of
+``bot/ranker.py``; before one is fitted (or for a corpus too small to fit on), the three rankings
+are fused by reciprocal rank.
+"""
 
 from __future__ import annotations
 
-import bisect
-import math
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from bot.answers.citing import local_keyword_scores, make_hit
 from bot.answers.encoder import Encoder
+from bot.answers.keywords import keyword_match, select_terms, whole_query_match
+from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, top
 from bot.errors import InvalidRequest
-from bot.models import Answer, SearchHit
-from bot.store import Store, StoredChunk
-from bot.text import dense_form, keyword_terms, normalize_query, strip_volatile
+from bot.models import Answer
+from bot.store import Store
+from bot.text import STOPWORDS, dense_form, keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
-ROUTED = 1.0  # added to the fused score of a runbook that declares the alert the query names: above any fusion
-FTS_TOKEN = re.compile(r"[^\W_]+")  # a word as the full-text index's tokenizer cuts it
-SNIPPET_MARKUP = re.compile(r"```[\w+-]*|\*\*|__")  # code fences (with their language) and bold markers
+MATCHED = 20  # keyword candidates whose best chunk is checked for the query's words (50: no better, slower)
+QUOTE_TERMS = 4  # fewer words found together are a phrase, not a quoted sentence
+STEM_CACHE = 100_000  # words whose stem is remembered (a few MB)
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
-# A short English stopword list: these words say nothing about which runbook is meant.
-STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just me more most
-    my myself no nor not now of off on once only or other our ours ourselves out over own same she should
-    so some such than that the their theirs them themselves then there these they this those through to
-    too under until up very was we were what when where which while who whom why will with would you your
-    yours yourself yourselves also get got may might must shall via per within without least last""".split()
-)
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """Knobs of the fusion; defaults are what ``opsbot eval`` measured best overall."""
+    """How candidates are gathered; how they are ranked is learned (``bot/ranker.py``)."""
 
-    rrf_k: float = 60.0
-    section_weight: float = 1.0  # dense: best section of the document
-    title_weight: float = 1.0  # dense: the document's title ...
-    title_query_words: int = 10  # ... full weight for queries up to this many words, then less:
-    title_floor: float = 0.25  # a title says little about a long pasted log line or alert body
-    # The dense rankings count fully when the best section is this close in meaning (cosine) ...
-    dense_sure: float = 0.65
-    dense_unsure: float = 0.35  # ... and least (dense_floor) when nothing is closer than this (MiniLM's scale)
-    dense_floor: float = 0.5
-    bm25_weight: float = 1.0  # keywords: best section, title and headings weighted in
-    candidates: int = 200
+    candidates: int = 200  # chunks fetched by keyword search
     max_terms: int = 16  # the rarest query words searched by keyword
     common_fraction: float = 0.1  # words in more than this share of sections are skipped ...
     common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
     min_section_words: int = 6  # shorter sections ("TODO", "See X") only echo the title: not section evidence
     near: int = 2  # how many words may stand between two adjacent query words for a phrase match
-    whole_query_terms: tuple[int, int] = (4, 12)  # a query of this many distinct words found whole in a section,
-    whole_query_docs: int = 3  # in at most this many documents (else it is a common phrase, not a quote), ...
-    whole_query_weight: float = 1.0  # ... gains those documents one first place
     bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
-    feedback_similarity: float = 0.75  # a past vote counts for questions at least this close in meaning ...
-    feedback_weight: float = 1.5  # ... and moves a document by this many first places of one ranking
-    # The section cited for a document: BM25 among that document's own sections (k1, b), its heading
-    # counting this many times its body, so that words every section shares (the service) count little.
-    cite_bm25: tuple[float, float] = (1.2, 0.75)
-    cite_heading_weight: float = 2.0
-
-
-@dataclass
-class Signals:
-    """Per-document evidence for one query, before fusion."""
-
-    section: np.ndarray | None  # best dense similarity of any section, per document
-    title: np.ndarray | None  # dense similarity of the title, per document
-    chunk_sims: np.ndarray | None  # dense similarity per chunk
-    bm25: dict[int, float]  # document -> best BM25 score (higher is better), only matching documents
-    bm25_chunk: dict[int, int]  # document -> position of its best BM25 chunk
-    encode_ms: float = 0.0
-    query_vector: np.ndarray | None = None
-    query_words: int = 0
-    routed: dict[int, str] = field(default_factory=dict)  # document -> the alert named in the query it answers
-    whole: dict[int, int] = field(default_factory=dict)  # document -> position of a chunk holding the whole query
-    stems: list[str] = field(default_factory=list)  # the query's distinct words as the full-text index stores them
+    feedback_similarity: float = 0.75  # a vote on a question at least this close in meaning (cosine) counts for it
 
 
 class SearchIndex:
-    """The searchable knowledge: vectors in memory, text in SQLite."""
+    """The searchable knowledge: vectors in memory, text in SQLite, and the fitted ranker."""
 
     def __init__(self, store: Store, encoder: Encoder, ranking: Ranking | None = None) -> None:
         # One BLAS thread: a matrix-vector product is memory-bound, and OpenBLAS's idle threads keep
@@ -104,12 +66,16 @@ class SearchIndex:
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.titles = np.zeros((0, 0), dtype=np.float32)
         self._id_order = np.zeros(0, dtype=np.int64)
-        self.term_counts: dict[str, int] = {}
         self.doc_index: dict[str, int] = {}
         self.alert_routes: dict[str, list[int]] = {}
+        self.declared: dict[int, frozenset[str]] = {}  # document -> alert names as its runbook spells them
+        self.stats = CorpusStats(0, {}, [])
+        self.model: RankerModel | None = None
         self.feedback = np.zeros((0, 0), dtype=np.float32)
         self.feedback_paths: list[str] = []
         self.feedback_votes = np.zeros(0, dtype=np.float32)
+        self._worker: ThreadPoolExecutor | None = None
+        self._stems: dict[str, str] = {}
         self.refresh()
 
     def reload_feedback(self) -> None:
@@ -119,11 +85,11 @@ class SearchIndex:
             self.feedback, self.feedback_paths, self.feedback_votes = feedback, paths, votes
 
     def embed_query(self, query: str) -> np.ndarray:
-        """The vector a query is searched with (what feedback is keyed by)."""
+        """The vector a query is searched with."""
         return self.encoder.encode([normalize_query(query)])[0]
 
     def refresh(self) -> None:
-        """Reload the vectors after the index changed."""
+        """Reload the vectors and the ranker after the index changed."""
         ids, paths, matrix, words = self.store.load_vectors(self.encoder.model_id)
         starts: list[int] = []
         doc_paths: list[str] = []
@@ -134,23 +100,38 @@ class SearchIndex:
         counts = np.diff(np.append(np.asarray(starts, dtype=np.int64), len(paths)))
         chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
-        term_counts = self.store.term_chunk_counts()
+        stats = CorpusStats(len(ids), self.store.term_chunk_counts(), self.store.title_terms(doc_paths))
         doc_index = {p: i for i, p in enumerate(doc_paths)}
         routes = {
             name: [doc_index[p] for p in paths if p in doc_index] for name, paths in self.store.alert_routes().items()
         }
+        declared = {
+            doc_index[p]: frozenset(names) for p, names in self.store.declared_alerts().items() if p in doc_index
+        }
+        model = self._stored_model()
         feedback, feedback_paths, feedback_votes = self.store.feedback_vectors()
         with self._lock:
-            self.term_counts = term_counts
+            self.feedback, self.feedback_paths, self.feedback_votes = feedback, feedback_paths, feedback_votes
+            self.stats = stats
             self.doc_index = doc_index
             self.alert_routes = {name: docs for name, docs in routes.items() if docs}
-            self.feedback, self.feedback_paths, self.feedback_votes = feedback, feedback_paths, feedback_votes
+            self.declared = declared
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.chunk_doc = chunk_doc
             self.stub = words < self.ranking.min_section_words
             self.words = words
             self._id_order = np.argsort(ids)
+            self.model = model
+
+    def _stored_model(self) -> RankerModel | None:
+        stored = self.store.load_ranker(self.encoder.model_id)
+        return RankerModel.from_dict(stored[1]) if stored else None
+
+    def use_model(self, model: RankerModel | None) -> None:
+        """Rank with ``model`` from now on (a refit after votes)."""
+        with self._lock:
+            self.model = model
 
     @property
     def size(self) -> int:
@@ -169,44 +150,107 @@ class SearchIndex:
         )
         return int(sum(a.nbytes for a in arrays))
 
-    def signals(self, query: str, mode: str = "hybrid") -> tuple[str, Signals]:
-        """Compute the dense and keyword evidence for ``query``."""
+    def signals(
+        self, query: str, mode: str = "hybrid", vector: np.ndarray | None = None, hidden: frozenset[int] = frozenset()
+    ) -> tuple[str, Signals]:
+        """Compute the dense and keyword evidence for ``query`` (``vector``: its embedding, when known).
+
+        ``hidden`` chunk positions count as absent: a training query made from a section is searched
+        without that section, as a real question is rarely worded as any one sentence of its runbook.
+        """
         stripped = strip_volatile(query) or query.strip()
         dense_text = dense_form(stripped)
-        sig = Signals(None, None, None, {}, {}, query_words=len(dense_text.split()))
+        sig = Signals(None, None, None, {}, {})
         sig.routed = self.routes_for(query)
+        dense = None
         if mode != "bm25" and self.size:
             started = time.perf_counter()
-            qv = self.encoder.encode([dense_text])[0]
+            qv = self.encoder.encode([dense_text])[0] if vector is None else vector
             sig.encode_ms = (time.perf_counter() - started) * 1000
             sig.query_vector = qv
-            sig.chunk_sims = self.matrix @ qv
-            sig.section = self._section_scores(sig.chunk_sims)
-            if self.titles.shape[1] == len(qv):
-                sig.title = self.titles @ qv
+            # The matrix product and the full-text queries each take a core: both release the GIL.
+            dense = self._dense_worker().submit(self._dense, sig, qv, hidden)
         if mode != "dense":
-            words = keyword_terms(stripped, STOPWORDS)
-            stems = self.store.stems(words)
-            sig.stems = [t for t in dict.fromkeys(stems) if t]
-            for chunk_id, rank in self._keyword_chunks(words, stems):
-                pos = _position(self.chunk_ids, self._id_order, chunk_id)
-                if pos is None:
-                    continue
-                d = int(self.chunk_doc[pos])
-                if d not in sig.bm25:
-                    sig.bm25[d] = -rank
-                    sig.bm25_chunk[d] = pos
-        if mode == "hybrid":
-            for chunk_id, _ in self._whole_query_chunks(stripped):
-                pos = _position(self.chunk_ids, self._id_order, chunk_id)
-                if pos is not None:
-                    sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
-            if len(sig.whole) > self.ranking.whole_query_docs:
-                sig.whole = {}
+            self._keywords(sig, stripped, mode, hidden)
+        if dense is not None:
+            dense.result()
         return dense_text, sig
 
+    def _dense_worker(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="opsbot-dense")
+        return self._worker
+
+    def _dense(self, sig: Signals, qv: np.ndarray, hidden: frozenset[int]) -> None:
+        """Cosine of the query with every chunk and every title; per document, its best section."""
+        sims = self.matrix @ qv
+        if hidden:
+            sims[list(hidden)] = -1.0
+        sig.chunk_sims = sims
+        sig.section = self._section_scores(sims)
+        if self.titles.shape[1] == len(qv):
+            sig.title = self.titles @ qv
+
+    def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int]) -> None:
+        """BM25 per document (its best chunk), and in hybrid mode the query words each candidate holds."""
+        words = keyword_terms(stripped, STOPWORDS)
+        stems = self.stems(words)
+        sig.stems = [t for t in dict.fromkeys(stems) if t]
+        found = self._keyword_chunks(words, stems)
+        for pos, (_, rank) in zip(self._positions([c for c, _ in found]), found, strict=True):
+            if pos < 0 or pos in hidden:
+                continue
+            d = int(self.chunk_doc[pos])
+            if d not in sig.bm25:
+                sig.bm25[d] = -rank
+                sig.bm25_chunk[d] = pos
+        if mode == "hybrid":
+            self._match_terms(sig)
+            for pos in self._positions([c for c, _ in self._whole_query_chunks(stripped)]):
+                if pos >= 0 and pos not in hidden:
+                    sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
+
+    def stems(self, words: list[str]) -> list[str]:
+        """The words' stems as the full-text index stores them; asked of SQLite once per word, then remembered."""
+        known = self._stems  # a ranker refit in the background searches too: read each word once, here
+        found = {w: stem for w in dict.fromkeys(words) if (stem := known.get(w)) is not None}
+        missing = [w for w in dict.fromkeys(words) if w not in found]
+        if missing:
+            fetched = dict(zip(missing, self.store.stems(missing), strict=True))
+            if len(known) > STEM_CACHE:  # a bound on memory, not a policy: the next questions refill it
+                known.clear()
+            known.update(fetched)
+            found.update(fetched)
+        return [found[w] for w in words]
+
+    def _positions(self, chunk_ids: list[int]) -> list[int]:
+        """Each chunk id's position in the matrix, -1 for an id not loaded (indexed after the last refresh)."""
+        if not chunk_ids or not len(self._id_order):
+            return [-1] * len(chunk_ids)
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.chunk_ids, ids, sorter=self._id_order), len(self._id_order) - 1)
+        pos = self._id_order[at]
+        return np.where(self.chunk_ids[pos] == ids, pos, -1).tolist()
+
+    def _match_terms(self, sig: Signals) -> None:
+        """Which of the query's words each keyword candidate's best chunk holds (how much of the query it covers)."""
+        best = sorted(sig.bm25, key=lambda d: -sig.bm25[d])[:MATCHED]
+        ids = {d: int(self.chunk_ids[sig.bm25_chunk[d]]) for d in best}
+        counts = self.store.term_counts_in(list(ids.values()), sig.stems)
+        sig.matched = {d: frozenset(counts.get(i, {})) for d, i in ids.items()}
+
+    def section_positions(self, doc: int) -> dict[str, list[int]]:
+        """A document's chunk positions by section heading (a long section has several windows)."""
+        start = int(self.doc_starts[doc])
+        end = int(self.doc_starts[doc + 1]) if doc + 1 < len(self.doc_starts) else self.size
+        headings = self.store.chunk_headings([int(i) for i in self.chunk_ids[start:end]])
+        found: dict[str, list[int]] = {}
+        for p in range(start, end):
+            found.setdefault(headings.get(int(self.chunk_ids[p]), ""), []).append(p)
+        return found
+
     def routes_for(self, query: str) -> dict[int, str]:
-        """Runbooks that declare they answer an alert the query names, with that alert's name as written."""
+        """Documents the query names (with the name as written): runbooks declaring the alert, the incident by id."""
         routed: dict[int, str] = {}
         if self.alert_routes:
             for token in QUERY_TOKEN.findall(query):
@@ -225,67 +269,18 @@ class SearchIndex:
             best = np.where(best <= -2.0, np.maximum.reduceat(chunk_sims, self.doc_starts), best)
         return best
 
-    def fuse(self, sig: Signals, mode: str) -> dict[int, float]:
-        """Reciprocal-rank fusion of the available evidence into one score per document."""
-        r = self.ranking
-        scores: dict[int, float] = {}
-        lists: list[tuple[float, list[int]]] = []
+    def rank(self, sig: Signals, mode: str) -> dict[int, float]:
+        """A score per candidate document: the learned model's (hybrid), or one signal's alone."""
         if mode == "dense" and sig.section is not None:
-            return {int(d): float(sig.section[d]) for d in _top(sig.section, r.candidates)}
+            return {int(d): float(sig.section[d]) for d in top(sig.section, self.ranking.candidates)}
         if mode == "bm25":
             return dict(sig.bm25)
-        dense = self.dense_share(sig)
-        if sig.section is not None:
-            lists.append((r.section_weight * dense, list(_top(sig.section, r.candidates))))
-        if sig.title is not None:
-            title = r.title_weight * self.title_share(sig.query_words) * dense
-            lists.append((title, list(_top(sig.title, r.candidates))))
-        lists.append((r.bm25_weight, sorted(sig.bm25, key=lambda d: -sig.bm25[d])))
-        for weight, ranked in lists:
-            for rank, d in enumerate(ranked):
-                scores[int(d)] = scores.get(int(d), 0.0) + weight / (r.rrf_k + rank + 1)
-        for d in sig.whole:  # the query's words stand together in the document, as in a quoted alert summary
-            scores[d] = scores.get(d, 0.0) + r.whole_query_weight / (r.rrf_k + 1)
-        self._apply_feedback(sig, scores)
-        for d in sig.routed:  # the runbook written for the alert comes first, whatever the wording
-            scores[d] = scores.get(d, 0.0) + ROUTED
-        return scores
-
-    def title_share(self, query_words: int) -> float:
-        """How much the title ranking counts: fully for a short query, less as the query grows.
-
-        A title is a few words. Against an alert name or a one-line summary it is strong evidence;
-        against a forty-word log excerpt it mostly measures which title shares the excerpt's topic words.
-        """
-        r = self.ranking
-        if query_words <= r.title_query_words:
-            return 1.0
-        return max(r.title_floor, r.title_query_words / query_words)
-
-    def dense_share(self, sig: Signals) -> float:
-        """How much the two dense rankings count: fully when some section is close in meaning, less when none is.
-
-        When even the best section is far from the query (a log line in an unfamiliar format, an
-        alert about something the runbooks only mention), the order of the dense rankings is mostly
-        noise, and the keywords should decide more.
-        """
-        r = self.ranking
-        if sig.section is None or not len(sig.section):
-            return 1.0
-        best = float(np.max(sig.section))
-        return min(1.0, max(r.dense_floor, (best - r.dense_unsure) / (r.dense_sure - r.dense_unsure)))
-
-    def _apply_feedback(self, sig: Signals, scores: dict[int, float]) -> None:
-        """Votes on answers to the same or a similar question move the voted documents up or down."""
-        if sig.query_vector is None or not len(self.feedback_votes) or self.feedback.shape[1] != len(sig.query_vector):
-            return
-        r = self.ranking
-        sims = self.feedback @ sig.query_vector
-        for i in np.flatnonzero(sims >= r.feedback_similarity):
-            d = self.doc_index.get(self.feedback_paths[i])
-            if d is not None:
-                closeness = float(sims[i])
-                scores[d] = scores.get(d, 0.0) + self.feedback_votes[i] * closeness * r.feedback_weight / (r.rrf_k + 1)
+        docs, ranks = candidates(sig)
+        if self.model is not None and len(docs):
+            scores = self.model.score(features(sig, docs, ranks, self.stats))
+        else:  # no ranker fitted (yet): reciprocal-rank fusion of the three rankings
+            scores = fuse(docs, ranks)
+        return {int(d): float(s) for d, s in zip(docs, scores, strict=True)}
 
     def search(self, query: str, k: int = 5, mode: str = "hybrid", linked: str = "", anchor: str = "") -> Answer:
         """Answer ``query`` with the ``k`` best documents, each with its best section.
@@ -300,33 +295,66 @@ class SearchIndex:
         started = time.perf_counter()
         with self._lock:
             normalized, sig = self.signals(query, mode)
-            scores = self.fuse(sig, mode)
+            scores = self.rank(sig, mode)
+            routed = sig.routed if mode == "hybrid" else {}
+            for d in routed:  # the runbook written for the named alert comes first, whatever the wording
+                scores.setdefault(d, 0.0)
             first = self.doc_index.get(linked, -1) if linked else -1
-            if first >= 0:
-                scores[first] = max(scores.values(), default=0.0) + ROUTED
-            ordered = sorted(scores, key=lambda d: -scores[d])[:k]
+            if first >= 0:  # the runbook the alert links to (its runbook_url) comes before any other
+                scores.setdefault(first, 0.0)
+            # Alert names are case-sensitive: of two runbooks answering to one name in any case
+            # (KubeMacPoolDown, KubemacpoolDown), the one spelled as the question spells it leads.
+            exact = {d for d, name in routed.items() if name in self.declared.get(d, ())}
+            ordered = sorted(scores, key=lambda d: (d != first, d not in routed, d not in exact, -scores[d]))
+            if mode == "hybrid":
+                ordered = self._remembered(sig, ordered)
+            if first >= 0 and ordered[0] != first:  # votes move documents, never above the linked runbook
+                ordered = [first] + [d for d in ordered if d != first]
+            ordered = ordered[:k]
             stems = sig.stems if mode == "hybrid" and sig.chunk_sims is not None else []
+            # A section holding a sentence's worth of the question's words together, as no other document
+            # does, is a quote: it is cited, and marked "contains your words".
+            quoted = dict(sig.whole) if len(sig.whole) == 1 and len(sig.stems) >= QUOTE_TERMS else {}
             # One count of the query's words over the sections of every document shown.
-            cite = [p for d in ordered if d not in sig.whole for p in self._own_sections(d)] if stems else []
+            cite = [p for d in ordered if d not in quoted for p in self._own_sections(d)] if stems else []
             counts = self.store.term_counts_in([int(self.chunk_ids[p]) for p in cite], stems)
-            best = {d: self._best_chunk(d, sig, stems, counts) for d in ordered}
-            if first >= 0 and anchor:
+            best = {d: quoted[d] if d in quoted else self._best_chunk(d, sig, stems, counts) for d in ordered}
+            if first >= 0 and anchor:  # the section the runbook_url's #fragment names
                 chunk_id = self.store.chunk_with_anchor(linked, anchor)
-                pos = _position(self.chunk_ids, self._id_order, chunk_id) if chunk_id is not None else None
-                if pos is not None:
+                (pos,) = self._positions([chunk_id]) if chunk_id is not None else (-1,)
+                if pos >= 0:
                     best[first] = pos
             wanted = {d: int(self.chunk_ids[pos]) for d, pos in best.items()}
         details = self.store.chunks_by_id(wanted.values())
         # How close in meaning the document is: its best section's, whichever section is cited.
         sims = {d: float(sig.section[d]) if sig.section is not None else 0.0 for d in ordered}
-        routed = sig.routed if mode == "hybrid" else {}
         hits = tuple(
-            _hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in sig.whole, d == first)
+            make_hit(details[wanted[d]], scores[d], normalized, sims[d], routed.get(d, ""), d in quoted, d == first)
             for d in ordered
             if wanted[d] in details
         )
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector)
+
+    def _remembered(self, sig: Signals, ordered: list[int]) -> list[int]:
+        """Votes on answers to the same or a close question: each 👍 moves its document up a place, each 👎 down.
+
+        The ranker learns from votes too, for every question (``bot/training.py``); this is the memory of
+        what people said about this very question, in effect from the vote on.
+        """
+        if sig.query_vector is None or not len(self.feedback_votes) or self.feedback.shape[1] != len(sig.query_vector):
+            return ordered
+        close = np.flatnonzero(self.feedback @ sig.query_vector >= self.ranking.feedback_similarity)
+        moves: dict[int, int] = {}
+        for i in close:
+            d = self.doc_index.get(self.feedback_paths[i])
+            if d is not None:
+                moves[d] = moves.get(d, 0) + int(self.feedback_votes[i])
+        for d, places in moves.items():
+            if places and d in ordered:
+                at = ordered.index(d)
+                ordered.insert(max(0, min(len(ordered) - 1, at - places)), ordered.pop(at))
+        return ordered
 
     def _own_sections(self, d: int) -> list[int]:
         """Positions of a document's sections that may be cited: not stubs, unless it has only stubs."""
@@ -334,169 +362,48 @@ class SearchIndex:
         end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
         return [p for p in range(start, end) if not self.stub[p]] or list(range(start, end))
 
-    def _best_chunk(
-        self, d: int, sig: Signals, stems: list[str], counts: dict[int, dict[str, tuple[int, int]]] | None = None
-    ) -> int:
-        """The section to cite: the one holding the whole query, else the best by the query's words
-        among the document's own sections (hybrid), else the closest in meaning, else keywords' best."""
-        if d in sig.whole:
-            return sig.whole[d]
+    def _best_chunk(self, d: int, sig: Signals, stems: list[str], counts: dict[int, dict[str, tuple[int, int]]]) -> int:
+        """The section to cite: the best by the query's words among the document's own sections (hybrid),
+        else the closest in meaning, else keywords' best."""
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
         own = self._own_sections(d)
         closeness = {p: float(sig.chunk_sims[p]) for p in own}
         if stems and len(own) > 1:
-            local = self._local_keyword_scores(own, stems, counts)
+            local = self.local_keyword_scores(own, stems, counts)
             best = max(own, key=lambda p: (local[p], closeness[p]))
             if local[best] > 0:
                 return best
         return max(own, key=closeness.__getitem__)
 
-    def _local_keyword_scores(
+    def local_keyword_scores(
         self, positions: list[int], stems: list[str], counts: dict[int, dict[str, tuple[int, int]]] | None = None
     ) -> dict[int, float]:
-        """BM25 of the query's words over one document's sections, with document frequencies counted
-        among those sections only.
+        """BM25 of the query's words among these sections of one document (see ``citing.local_keyword_scores``).
 
-        Which document to show is decided by the whole index; which of its sections to cite is a
-        choice among its own sections. Words that stand in all of them (the service, the product)
-        say little about that choice, while a word only one section has ("replay", "verify") says much.
-        A section's heading counts more than its body. Measured on the Larder how-to questions, the
-        closest section in meaning was often a summary (the escalation list, the introduction) that
-        mentions everything the runbook is about. ``counts`` are the term counts when the caller
-        has them already (see ``KnowledgeStore.term_counts_in``).
+        ``counts`` are the term counts when the caller has them already (``KnowledgeStore.term_counts_in``).
         """
         ids = [int(self.chunk_ids[p]) for p in positions]
         counts = self.store.term_counts_in(ids, stems) if counts is None else counts
-        k1, b = self.ranking.cite_bm25
-        n = len(ids)
-        lengths = [max(int(self.words[p]), 1) for p in positions]
-        average = sum(lengths) / n
-        frequency = {t: sum(1 for i in ids if t in counts.get(i, {})) for t in stems}
-        scores: dict[int, float] = {}
-        for p, chunk_id, length in zip(positions, ids, lengths, strict=True):
-            score = 0.0
-            for term, (heading, body) in counts.get(chunk_id, {}).items():
-                tf = body + self.ranking.cite_heading_weight * heading
-                idf = math.log(1 + (n - frequency[term] + 0.5) / (frequency[term] + 0.5))
-                score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))
-            scores[p] = score
-        return scores
+        lengths = [int(self.words[p]) for p in positions]
+        scores = local_keyword_scores(lengths, [counts.get(i, {}) for i in ids], stems)
+        return dict(zip(positions, scores, strict=True))
 
     def _keyword_chunks(self, words: list[str], stems: list[str]) -> list[tuple[int, float]]:
         terms = self.select_terms(words, stems)
-        if not terms:
-            return []
-        # Adjacent query words that also stand close together in a section count again:
-        # "target discovery" is stronger evidence than "target" and "discovery" apart.
-        kept = set(terms)
-        pairs = [
-            f'NEAR("{a}" "{b}", {self.ranking.near})'
-            for a, b in zip(words, words[1:], strict=False)
-            if a in kept and b in kept
-        ]
-        match = " OR ".join([f'"{t}"' for t in terms] + pairs)
-        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+        match = keyword_match(words, terms, self.ranking.near) if terms else ""
+        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights) if match else []
 
     def _whole_query_chunks(self, stripped: str) -> list[tuple[int, float]]:
-        """Chunks holding every distinct word of a short query within the query's own span, in any order.
-
-        A one-line alert summary is often a sentence of the runbook written for it; finding all of
-        its words together is stronger evidence than finding them apart. Stopwords may differ, so
-        the window is as long as the query's span in words, and the order is free.
-        """
-        tokens = [t.lower() for t in FTS_TOKEN.findall(stripped)]
-        content = [i for i, t in enumerate(tokens) if t not in STOPWORDS and len(t) > 1 and not t.isdigit()]
-        terms = list(dict.fromkeys(tokens[i] for i in content))
-        low, high = self.ranking.whole_query_terms
-        if not low <= len(terms) <= high:
-            return []
-        span = content[-1] - content[0] + 1
-        match = "NEAR(" + " ".join(f'"{t}"' for t in terms) + f", {span})"
-        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights)
+        """Chunks holding every distinct word of the query together (see ``keywords.whole_query_match``)."""
+        match = whole_query_match(stripped)
+        return self.store.fts_search(match, self.ranking.candidates, self.ranking.bm25_weights) if match else []
 
     def select_terms(self, terms: list[str], stems: list[str] | None = None) -> list[str]:
-        """The query words worth a full-text lookup, in query order.
-
-        Words found nowhere cannot match; words found in most sections say little and cost
-        the most to score. The rarest ``max_terms`` words are kept. ``stems`` are the words' stems
-        when the caller has them already.
-        """
+        """The query words worth a full-text lookup, in query order (``stems``: theirs, when the caller has them)."""
         if not terms:
             return []
-        stems = self.store.stems(terms) if stems is None else stems
-        counts = {t: self.term_counts.get(stem, 0) for t, stem in zip(terms, stems, strict=True)}
-        present = [t for t in terms if counts[t] > 0]
-        limit = max(self.ranking.common_fraction * max(self.size, 1), self.ranking.common_floor)
-        selective = [t for t in present if counts[t] <= limit]
-        if len(selective) < 2:
-            selective = sorted(present, key=lambda t: counts[t])[:2]
-        keep = set(sorted(selective, key=lambda t: counts[t])[: self.ranking.max_terms])
-        return [t for t in present if t in keep]
-
-
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    if len(scores) > n:
-        part = np.argpartition(-scores, n)[:n]
-        return part[np.argsort(-scores[part])]
-    return np.argsort(-scores)
-
-
-def _position(ids: np.ndarray, order: np.ndarray, chunk_id: int) -> int | None:
-    i = np.searchsorted(ids, chunk_id, sorter=order)
-    if i < len(order) and ids[order[i]] == chunk_id:
-        return int(order[i])
-    return None
-
-
-def _hit(
-    chunk: StoredChunk,
-    score: float,
-    query: str,
-    similarity: float,
-    alert: str = "",
-    quoted: bool = False,
-    linked: bool = False,
-) -> SearchHit:
-    return SearchHit(
-        path=chunk.doc_path,
-        kind=chunk.kind,
-        title=chunk.title,
-        section=chunk.heading,
-        snippet=make_snippet(chunk.text, query),
-        score=round(float(score), 6),
-        url=chunk.url,
-        incident_id=chunk.incident_id,
-        anchor=chunk.anchor,
-        services=chunk.services,
-        similarity=round(similarity, 4),
-        alert=alert,
-        quoted=quoted,
-        linked=linked,
-    )
-
-
-def make_snippet(text: str, query: str, width: int = 240) -> str:
-    """A short window of ``text`` where the most query words stand together (the earliest such place).
-
-    Code fences and bold markers are dropped: cut out of their block, a fence would turn the rest
-    of a Slack message into code, and the excerpt is read as plain text on the command line too.
-    """
-    plain = SNIPPET_MARKUP.sub(lambda m: " " if m.group().startswith("`") else "", text)
-    flat = re.sub(r"\s+", " ", plain).strip()
-    if len(flat) <= width:
-        return flat
-    lower = flat.lower()
-    terms = [t for t in keyword_terms(query, STOPWORDS) if len(t) > 3]
-    found = sorted((m.start(), t) for t in terms for m in re.finditer(re.escape(t), lower))
-    best, first = 0, None
-    reach = width * 3 // 4  # the window starts a little before the first word it shows
-    for i, (position, _) in enumerate(found):
-        end = bisect.bisect_left(found, (position + reach, ""), i)
-        covered = len({t for _, t in found[i:end]})
-        if covered > best:
-            best, first = covered, position
-    start = max(0, first - width // 4) if first is not None else 0
-    start = flat.rfind(" ", 0, start) + 1 if start else 0
-    piece = flat[start : start + width].rsplit(" ", 1)[0]
-    return ("…" if start else "") + piece + "…"
+        stems = self.stems(terms) if stems is None else stems
+        counts = {t: self.stats.term_chunks.get(stem, 0) for t, stem in zip(terms, stems, strict=True)}
+        r = self.ranking
+        return select_terms(terms, counts, self.size, r.common_fraction, r.common_floor, r.max_terms)

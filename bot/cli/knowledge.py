@@ -221,7 +221,7 @@ def ask(
             click.echo(f"   {hit.citation}")
         if hit.url:
             click.echo(f"   {hit.section_url}")
-        if hit.alert:
+        if hit.alert and hit.kind == "runbook":
             click.echo(f"   runbook for the alert {hit.alert}")
         elif hit.quoted:
             click.echo("   this section contains every word of the question")

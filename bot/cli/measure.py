@@ -56,6 +56,13 @@ EVAL_CACHE = ".opsbot-eval-cache.db"  # beside the database: vectors by content 
 @click.option(
     "--encoder", "backend", type=click.Choice(["torch", "onnx"]), default=None, help="Model backend ($OPSBOT_ENCODER)."
 )
+@click.option(
+    "--index-db",
+    "index_db",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Search: index into this database and keep it, so a later run embeds only what changed.",
+)
 @click.pass_context
 @handle_errors
 def evaluate(
@@ -70,13 +77,15 @@ def evaluate(
     as_json: bool,
     misses: bool,
     backend: str | None,
+    index_db: Path | None,
 ) -> None:
     """Measure retrieval (Recall@1/3/5, MRR@10 per mode and kind) or expert suggestion (top-1/3, MRR).
 
     --knowledge is a folder in the knowledge format; --queries a JSON-lines file with one question per
     line: {"query": "...", "relevant": ["runbooks/x.md"]} (optional: "id", "kind", and "sections" as
     "runbooks/x.md#heading"), paths relative to the folder. The sample's are in knowledge/eval/.
-    Indexes the folder into a temporary database, so your index is untouched. The expert task
+    Indexes the folder into a temporary database (or --index-db, kept for the next run), so your index
+    is untouched; the query file is only read to measure, the ranker is fitted on the documents alone. The expert task
     without --queries trains on the older 70% of the incidents and tests on the newer 30%; with a
     query file, services it gives are used. Expert suggestions are compared with five baselines
     (TF-IDF nearest incidents with and without ownership, the most active in the last year,
@@ -94,7 +103,8 @@ def evaluate(
     from bot.tools.expert_eval import evaluate_experts
 
     # An option of the other task would be silently ignored: say so instead.
-    other = ("--mode", "--documents", "--misses") if task == "experts" else ("--relevant", "--with-services")
+    search_only = ("--mode", "--documents", "--misses", "--index-db")
+    other = search_only if task == "experts" else ("--relevant", "--with-services")
     given = [o for o in other if typed(ctx, o[2:].replace("-", "_"))]
     if given:
         verb = "applies" if len(given) == 1 else "apply"
@@ -114,7 +124,7 @@ def evaluate(
     if queries is None:
         raise OpsbotError("--queries is required for the search task: a JSON-lines file of questions.")
     modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
-    results, report = run_eval(knowledge, queries, modes, encoder, documents=documents)
+    results, report = run_eval(knowledge, queries, modes, encoder, documents=documents, db_path=index_db)
     if as_json:
         click.echo(
             json.dumps(
@@ -124,6 +134,13 @@ def evaluate(
         )
         return
     click.echo(format_eval_table(results))
+    if report.ranker and "trees" in report.ranker:
+        r = report.ranker
+        click.echo(
+            f"ranker: fitted on {r['queries']} queries made from the documents ({r['votes']} votes); on the held-back "
+            f"{r['held_back_documents']} documents' queries MRR@10 {r['held_back_mrr']:.3f} vs fusion "
+            f"{r['held_back_mrr_fused']:.3f}{'' if r['trees'] else ', so fusion is used'}"
+        )
     skipped = results[modes[0]]["skipped"]
     if skipped:
         click.echo(f"{skipped} queries skipped: none of their relevant documents are {documents}.")
@@ -230,6 +247,7 @@ def _bench_run(settings: Settings, what: str, size_list: list[int]) -> dict[str,
         result["onnx_exported"] = True  # the load time includes the one-off export
     if what in ("index", "all"):
         result["index"] = benchmarks.bench_index(encoder)
+        result["fit"] = benchmarks.bench_fit(encoder)
     if what in ("search", "all"):
         result["search"] = benchmarks.bench_search(encoder, size_list)
     if what in ("experts", "all"):
@@ -258,8 +276,16 @@ def _bench_text(result: dict[str, Any]) -> str:
         i = result["index"]
         lines.append(
             f"index: {i['index_chunks_per_s']} chunks/s vs raw encode {i['raw_encode_chunks_per_s']} chunks/s "
-            f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks; unchanged re-index of {i['reindex_unchanged_docs']} "
+            f"(ratio {i['ratio']:.0%}) on {i['chunks']} chunks, then the ranker {i['ranker_s']} s (ratio with it "
+            f"{i['ratio_with_ranker']:.0%}); unchanged re-index of {i['reindex_unchanged_docs']} "
             f"documents: {i['reindex_unchanged_s']} s (model loaded: {i['reindex_loaded_model']})"
+        )
+    if "fit" in result:
+        f = result["fit"]
+        lines.append(
+            f"ranker for {f['documents']} documents: {f['queries']} training queries embedded in "
+            f"{f['embed_queries_s']} s, fitted in {f['fit_s']} s (features {f['features_s']} s, trees "
+            f"{f['boost_s']} s); held-back MRR@10 {f['held_back_mrr']} vs fusion {f['held_back_mrr_fused']}"
         )
     for row in result.get("search", []):
         lines.append(

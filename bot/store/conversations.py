@@ -89,6 +89,17 @@ class ConversationStore(StoreBase):
         rows = self.db.execute("SELECT user, query, path, vote, at FROM feedback ORDER BY id").fetchall()
         return [dict(zip(("user", "query", "path", "vote", "at"), r, strict=True)) for r in rows]
 
+    def votes_for_training(self) -> list[tuple[str, str, int, np.ndarray]]:
+        """Every vote with its question's vector, oldest first: (question, voted path, +1 or -1, vector)."""
+        rows = self.db.execute("SELECT query, path, vote, vector FROM feedback WHERE vector IS NOT NULL ORDER BY id")
+        return [(q, p, int(v), np.frombuffer(blob, dtype=np.float32)) for q, p, v, blob in rows.fetchall()]
+
+    def votes_key(self) -> str:
+        """Changes whenever a vote is added or changed: part of what the ranker was fitted on."""
+        count, last = self.db.execute("SELECT count(*), max(at) FROM feedback").fetchone()
+        changed = self.db.execute("SELECT sum(vote * id) FROM feedback").fetchone()[0]
+        return f"{count}:{last}:{changed}"
+
     def feedback_vectors(self) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Query vectors of all votes with the voted document and the vote (+1 or -1)."""
         rows = self.db.execute("SELECT vector, path, vote FROM feedback WHERE vector IS NOT NULL").fetchall()

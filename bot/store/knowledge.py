@@ -5,6 +5,7 @@ Vectors are stored per (model, content hash), so text that did not change is nev
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,8 +55,13 @@ class KnowledgeStore(StoreBase):
     def document_hashes(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT path, content_hash FROM documents").fetchall())
 
-    def replace_document(self, doc: Document, title_hash: str, chunks: list[ChunkRow]) -> None:
-        """Write a document and its chunks, replacing what was stored for its path."""
+    def replace_document(
+        self, doc: Document, title_hash: str, chunks: list[ChunkRow], title_terms: list[str] | None = None
+    ) -> None:
+        """Write a document and its chunks, replacing what was stored for its path.
+
+        ``title_terms`` are the title's words as the full-text index stems them (see ``stems``).
+        """
         with self.transaction():
             self._delete_document(doc.path)
             self.db["documents"].insert(
@@ -68,6 +74,7 @@ class KnowledgeStore(StoreBase):
                     "tags": json.dumps(list(doc.tags)),
                     "owners": json.dumps(list(doc.owners)),
                     "alerts": json.dumps(list(doc.alerts)),
+                    "title_terms": json.dumps(list(title_terms or [])),
                     "incident_id": doc.incident_id,
                     "title_hash": title_hash,
                     "content_hash": doc.content_hash,
@@ -166,7 +173,8 @@ class KnowledgeStore(StoreBase):
             cur = self.db.execute(
                 "DELETE FROM embeddings WHERE model != ? OR (hash NOT IN (SELECT embed_hash FROM chunks) "
                 "AND hash NOT IN (SELECT title_hash FROM documents WHERE title_hash IS NOT NULL) "
-                "AND hash NOT IN (SELECT vector_hash FROM incidents WHERE vector_hash IS NOT NULL))",
+                "AND hash NOT IN (SELECT vector_hash FROM incidents WHERE vector_hash IS NOT NULL) "
+                "AND hash NOT IN (SELECT hash FROM ranker_queries))",
                 [model],
             )
             return cur.rowcount
@@ -190,11 +198,14 @@ class KnowledgeStore(StoreBase):
         return ids, paths, matrix.copy(), words
 
     def alert_routes(self) -> dict[str, list[str]]:
-        """Alert name (lower case) -> paths of the runbooks that declare they answer it."""
+        """Name (lower case) -> the documents a question naming it means: the runbooks that declare they
+        answer that alert, and the incident with that id."""
         routes: dict[str, list[str]] = {}
         for path, alerts in self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path"):
             for name in json.loads(alerts):
                 routes.setdefault(str(name).lower(), []).append(path)
+        for path, incident in self.db.execute("SELECT path, incident_id FROM documents WHERE incident_id != ''"):
+            routes.setdefault(incident.lower(), []).append(path)
         return routes
 
     def runbook_urls(self) -> dict[str, str]:
@@ -207,6 +218,57 @@ class KnowledgeStore(StoreBase):
             "SELECT id FROM chunks WHERE doc_path = ? AND anchor = ? ORDER BY ord LIMIT 1", [path, anchor]
         ).fetchone()
         return int(row[0]) if row else None
+
+    def declared_alerts(self) -> dict[str, list[str]]:
+        """Path -> the alert names a runbook declares, spelled as declared (alert names are case-sensitive)."""
+        rows = self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path").fetchall()
+        return {path: [str(n) for n in json.loads(alerts)] for path, alerts in rows}
+
+    def title_terms(self, paths: list[str]) -> list[tuple[str, ...]]:
+        """The stemmed words of each document's title, for the documents in the order given (empty where unknown)."""
+        rows = dict(self.db.execute("SELECT path, title_terms FROM documents").fetchall())
+        return [tuple(json.loads(rows.get(p) or "[]")) for p in paths]
+
+    def corpus_key(self) -> str:
+        """A fingerprint of what is indexed: every document's path and content hash."""
+        digest = hashlib.sha256()
+        for path, content in self.db.execute("SELECT path, content_hash FROM documents ORDER BY path"):
+            digest.update(f"{path}\0{content}\n".encode())
+        return digest.hexdigest()
+
+    # -- the learned ranker -------------------------------------------------
+
+    def replace_ranker_queries(self, rows: list[tuple[str, str, str, str, str]]) -> None:
+        """Store the training queries made from the documents: (doc_path, section, kind, text, vector hash)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM ranker_queries")
+            self.db.conn.executemany(
+                "INSERT INTO ranker_queries (doc_path, section, kind, text, hash) VALUES (?, ?, ?, ?, ?)", rows
+            )
+
+    def ranker_queries(self) -> list[tuple[str, str, str, str, str]]:
+        """The stored training queries: (doc_path, section, kind, text, vector hash), in the order written."""
+        rows = self.db.execute("SELECT doc_path, section, kind, text, hash FROM ranker_queries ORDER BY id")
+        return [tuple(r) for r in rows]
+
+    def save_ranker(self, model: str, corpus_key: str, params: dict, report: dict) -> None:
+        """Keep the ranker fitted for ``model``'s vectors, replacing the previous one."""
+        with self.transaction():
+            self.db["rankers"].upsert(
+                {
+                    "model": model,
+                    "corpus_key": corpus_key,
+                    "params": json.dumps(params),
+                    "report": json.dumps(report),
+                    "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+                pk="model",
+            )
+
+    def load_ranker(self, model: str) -> tuple[str, dict, dict] | None:
+        """The ranker fitted for ``model``: (corpus key, parameters, report), or None when there is none."""
+        row = self.db.execute("SELECT corpus_key, params, report FROM rankers WHERE model = ?", [model]).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]), json.loads(row[2]))
 
     def load_title_vectors(self, model: str, paths: list[str]) -> np.ndarray:
         """One title vector per document path, in the order given (zeros where missing)."""
@@ -233,9 +295,10 @@ class KnowledgeStore(StoreBase):
         # Only the temporary table is written: a deferred transaction, so a search never waits for
         # the database's write lock (which an `opsbot index` in another process may hold).
         with self.lock, self.db.atomic():
-            self.db.execute("DELETE FROM temp.query_terms")
-            for position, word in enumerate(words, start=1):
-                self.db.execute("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", [position, word])
+            self.db.execute("INSERT INTO temp.query_terms (query_terms) VALUES ('delete-all')")
+            self.db.conn.executemany(
+                "INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", list(enumerate(words, start=1))
+            )
             stems = dict(self.db.execute("SELECT doc, term FROM temp.query_terms_vocab").fetchall())
         return [stems.get(position, "") for position in range(1, len(words) + 1)]
 
@@ -255,7 +318,7 @@ class KnowledgeStore(StoreBase):
             return {}
         counts: dict[int, dict[str, tuple[int, int]]] = {}
         with self.lock, self.db.atomic():  # only the temporary table is written, as in stems()
-            self.db.execute("DELETE FROM temp.cite_terms")
+            self.db.execute("INSERT INTO temp.cite_terms (cite_terms) VALUES ('delete-all')")
             self.db.execute(
                 "INSERT INTO temp.cite_terms (rowid, heading, body) "  # the text as the index has it
                 f"SELECT rowid, heading, body FROM chunks_fts WHERE rowid IN ({','.join('?' * len(chunk_ids))})",
@@ -279,6 +342,13 @@ class KnowledgeStore(StoreBase):
         )
         with self.lock:
             return [(r[0], r[1]) for r in self.db.execute(sql, [*weights, match, limit]).fetchall()]
+
+    def chunk_headings(self, ids: list[int]) -> dict[int, str]:
+        """The heading path of each of these chunks."""
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return dict(self.db.execute(f"SELECT id, heading FROM chunks WHERE id IN ({marks})", ids).fetchall())
 
     def chunks_by_id(self, ids: Iterable[int]) -> dict[int, StoredChunk]:
         wanted = list(ids)

@@ -247,6 +247,19 @@ def m011_outbox(db: Database) -> None:
 
 
 @migrations()
+def m012_learned_ranking(db: Database) -> None:
+    # The words of each document's title as the full-text index stems them: the ranker compares them with a query's.
+    db["documents"].add_column("title_terms", str, not_null_default="[]")
+    # Queries made from the documents themselves to fit the ranker on; their vectors live in `embeddings`.
+    db["ranker_queries"].create(
+        {"id": int, "doc_path": str, "section": str, "kind": str, "text": str, "hash": str}, pk="id"
+    )
+    db["ranker_queries"].create_index(["hash"])
+    # The fitted ranker, one per encoder model: its parameters, what it was fitted on, and its validation.
+    db["rankers"].create({"model": str, "corpus_key": str, "params": str, "report": str, "fitted_at": str}, pk="model")
+
+
+@migrations()
 def m013_roster_time(db: Database) -> None:
     # The day someone left (their history is kept, they are never suggested) and the on-call rotations of
     # experts.yaml (one JSON spec per team).

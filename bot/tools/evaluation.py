@@ -150,16 +150,18 @@ def run_eval(
     encoder: Encoder,
     ranking: Ranking | None = None,
     documents: str = "all",
+    db_path: Path | None = None,
 ) -> tuple[dict, IndexReport]:
-    """Index ``knowledge`` into a temporary database and evaluate the query file against it."""
+    """Index ``knowledge`` into a temporary database (or ``db_path``, kept) and evaluate the query file against it."""
     for mode in modes:
         if mode not in MODES:
             raise InvalidRequest(f"unknown mode {mode!r}; use hybrid, dense, bm25 or all.")
     _check_documents(documents)
     queries = load_queries(queries_path)
     with tempfile.TemporaryDirectory(prefix="opsbot-eval-") as tmp:
-        store = Store(Path(tmp) / "eval.db")
+        store = Store(db_path or Path(tmp) / "eval.db")
         try:
+            # The query file is read above, for measuring only: indexing (and the ranker's fit) never sees it.
             report = index_knowledge(store, encoder, knowledge)
             index = SearchIndex(store, encoder, ranking)
             return evaluate(index, queries, modes, documents), report

@@ -10,6 +10,7 @@ import pytest
 
 from bot.answers.experts import incident_text
 from bot.answers.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.answers.training import encoded_form, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
 from bot.store import Store, migrations
@@ -115,12 +116,19 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def expected_texts(root: Path) -> set[str]:
-    """Every text an index of ``root`` needs a vector for: each title, each chunk, each incident (for experts)."""
+    """Every text an index of ``root`` needs a vector for: each title, each chunk, each incident (for experts),
+    and the queries the ranker is fitted on."""
     kb = load_knowledge(root)
     texts = {title_embed_text(d) for d in kb.documents}
     texts |= {to_embed for d in kb.documents for _, to_embed in build_chunks(d)}
     texts |= {incident_text(i) for i in kb.incidents}
-    return texts
+    return texts | query_texts(root)
+
+
+def query_texts(root: Path, section: str | None = None) -> set[str]:
+    """What the encoder sees of the ranker's training queries (those made from one section, if given)."""
+    queries = training_queries(load_knowledge(root).documents)
+    return {encoded_form(q.text) for q in queries if section is None or q.section == section}
 
 
 def chunk_texts(store: Store, path: str) -> list[str]:
@@ -135,7 +143,8 @@ def test_first_index_embeds_everything(store: Store, knowledge: Path, fake_encod
     report = index_knowledge(store, fake_encoder, knowledge)
 
     expected = expected_texts(knowledge)
-    assert sorted(fake_encoder.encoded) == sorted(expected)
+    assert sorted(set(fake_encoder.encoded)) == sorted(expected)
+    assert len(fake_encoder.encoded) == len(expected)  # nothing twice
     for phrase in ("cl_waiting", "Raise default_pool_size", "Add consumer replicas", "Re-published the JWKS"):
         assert any(phrase in text for text in fake_encoder.encoded), phrase
     assert "Connection pool exhausted" in fake_encoder.encoded
@@ -173,11 +182,12 @@ def test_editing_one_section_reembeds_only_that_section(
 
     report = index_knowledge(store, fake_encoder, knowledge)
 
-    assert len(fake_encoder.calls) == 1
-    (text,) = fake_encoder.encoded
+    text, *queries = fake_encoder.encoded
     assert text.startswith("Connection pool exhausted. Fix.\n")
     assert "run RELOAD on the pgbouncer admin console" in text
-    assert (report.updated, report.unchanged, report.embedded) == (1, 3, 1)
+    # ... and the ranker's queries made from that section, none from the others
+    assert queries and set(queries) <= query_texts(knowledge, "Fix")
+    assert (report.updated, report.unchanged, report.embedded) == (1, 3, 1 + len(queries))
     after = {r[0]: r[1] for r in store.db.execute("SELECT heading, embed_hash FROM chunks WHERE doc_path = ?", [POOL])}
     assert after.keys() == before.keys()
     assert {h for h in after if after[h] != before[h]} == {"Fix"}
@@ -195,7 +205,9 @@ def test_adding_a_section_embeds_only_the_new_section(store: Store, knowledge: P
 
     index_knowledge(store, fake_encoder, knowledge)
 
-    assert fake_encoder.encoded == ["Connection pool exhausted. Check clients.\nCount connections per pod."]
+    text, *queries = fake_encoder.encoded
+    assert text == "Connection pool exhausted. Check clients.\nCount connections per pod."
+    assert set(queries) <= query_texts(knowledge)  # sections after it get their turn of the ranker's queries
     assert len(chunk_texts(store, POOL)) == 5
 
 
@@ -272,7 +284,8 @@ def test_fixing_a_malformed_file_indexes_it_again(store: Store, knowledge: Path,
 
     assert report.problems == []
     assert report.updated == 1
-    assert len(fake_encoder.encoded) == 1 and "Page the DBA on-call" in fake_encoder.encoded[0]
+    assert "Page the DBA on-call" in fake_encoder.encoded[0]
+    assert set(fake_encoder.encoded[1:]) <= query_texts(knowledge, "Escalate")
 
 
 def test_changing_the_model_reembeds_everything(store: Store, knowledge: Path, fake_encoder: FakeEncoder) -> None:
@@ -281,7 +294,7 @@ def test_changing_the_model_reembeds_everything(store: Store, knowledge: Path, f
 
     report = index_knowledge(store, other, knowledge)
 
-    assert sorted(other.encoded) == sorted(expected_texts(knowledge))
+    assert sorted(set(other.encoded)) == sorted(expected_texts(knowledge))
     assert report.unchanged == 0 and report.updated == 4
     assert store.get_meta("model") == "fake-encoder-v2"
     ids, paths, matrix, _ = store.load_vectors("fake-encoder-v2")
@@ -442,4 +455,32 @@ def test_a_new_index_format_rewrites_documents_without_embedding_again(
 
     assert report.updated == report.runbooks + report.incidents and report.embedded == 0
     assert fake_encoder.calls == []
-    assert store.alert_routes() == {"kubejobfailed": ["runbooks/kube/job.md"]}
+    assert store.alert_routes() == {
+        "kubejobfailed": ["runbooks/kube/job.md"],
+        "inc-2025-0042": [INC_YAML],  # an incident answers to its id
+        "inc-2026-0007": [INC_MD],
+    }
+
+
+def test_a_database_at_m013_without_m012_gets_the_ranker_tables_on_opening(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    path = tmp_path / "main.db"
+    store = Store(path)
+    # As a database migrated by a build without the learned ranker looks: m013 applied, m012 never.
+    store.db.execute("ALTER TABLE documents DROP COLUMN title_terms")
+    store.db.execute("DROP TABLE ranker_queries")
+    store.db.execute("DROP TABLE rankers")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm012_learned_ranking'")
+    store.db.conn.commit()
+    assert "m013_roster_time" in {m.name for m in migrations.applied(store.db)}
+    store.close()
+
+    reopened = Store(path)
+    try:
+        assert migrations.applied(reopened.db)[-1].name == "m012_learned_ranking"
+        assert migrations.pending(reopened.db) == []
+        report = index_knowledge(reopened, fake_encoder, knowledge)
+        assert report.runbooks == 2 and reopened.load_ranker(fake_encoder.model_id) is not None
+    finally:
+        reopened.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from bot.answers.citing import make_snippet
 from bot.answers.indexer import index_knowledge
-from bot.answers.search import SearchIndex, make_snippet
+from bot.answers.ranker import FEATURES, candidates, features
+from bot.answers.search import SearchIndex
 from bot.errors import InvalidRequest
 from bot.models import SearchHit
 from bot.store import Store
@@ -55,7 +56,8 @@ def test_hits_are_grouped_by_document_with_section_snippet_and_score(index: Sear
     assert scores == sorted(scores, reverse=True)
     top = answer.hits[0]
     assert top.section and top.snippet and len(top.snippet) <= 245
-    assert top.title == "pgbouncer / Postgres connection pool exhausted"
+    runbooks = [h.title for h in answer.hits if h.kind == "runbook"]  # past incidents of checkout failing so too
+    assert runbooks[0] == "pgbouncer / Postgres connection pool exhausted"
 
 
 def test_volatile_tokens_do_not_change_the_answer(index: SearchIndex) -> None:
@@ -167,40 +169,6 @@ def test_a_document_made_only_of_a_stub_is_still_found(tmp_path: Path, fake_enco
     assert "To be written" in hits[0].snippet
 
 
-def test_the_title_ranking_counts_less_as_the_query_grows(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
-    index = _stub_index(tmp_path, fake_encoder)
-    assert index.title_share(3) == index.title_share(10) == 1.0
-    assert index.title_share(20) == pytest.approx(0.5)
-    assert index.title_share(400) == index.ranking.title_floor
-
-    long_query = "the volume " + " ".join(f"word{i}" for i in range(30))
-    _, sig = index.signals(long_query)
-    assert sig.query_words == 32
-    scores = index.fuse(sig, "hybrid")
-    short = index.fuse(dataclasses.replace(sig, query_words=3), "hybrid")
-    assert sum(scores.values()) < sum(short.values())  # the same rankings, the title's counting less
-
-
-def test_the_dense_rankings_count_less_when_no_section_is_close_in_meaning(
-    tmp_path: Path, fake_encoder: FakeEncoder
-) -> None:
-    index = _stub_index(tmp_path, fake_encoder)
-    _, sig = index.signals("volume full by morning")
-    r = index.ranking
-    for best, share in ((0.9, 1.0), (r.dense_sure, 1.0), (0.6, (0.6 - 0.35) / 0.3), (0.45, r.dense_floor), (0.1, 0.5)):
-        sig.section = np.full_like(sig.section, best - 0.2)
-        sig.section[0] = best
-        assert index.dense_share(sig) == pytest.approx(share), best
-
-    # The same order of sections, only less sure: both dense rankings count half, the keywords fully.
-    sig.section[0] = 0.9
-    sig.bm25, sig.whole, sig.routed = {}, {}, {}
-    sure = index.fuse(sig, "hybrid")
-    sig.section = sig.section - 0.6
-    unsure = index.fuse(sig, "hybrid")
-    assert unsure == pytest.approx({d: r.dense_floor * v for d, v in sure.items()})
-
-
 # -- the whole query in one place ---------------------------------------------------
 
 
@@ -219,7 +187,7 @@ def _quoted_index(tmp_path: Path, encoder: FakeEncoder) -> SearchIndex:
     )
 
 
-def test_a_document_holding_the_whole_query_together_gains_and_cites_that_section(
+def test_a_document_holding_the_whole_query_together_is_a_quote_and_cites_that_section(
     tmp_path: Path, fake_encoder: FakeEncoder
 ) -> None:
     index = _quoted_index(tmp_path, fake_encoder)
@@ -230,21 +198,20 @@ def test_a_document_holding_the_whole_query_together_gains_and_cites_that_sectio
     # Both documents hold every word; only one holds them within the query's span of words.
     assert {scheduler, limit} <= set(sig.bm25)
     assert set(sig.whole) == {scheduler}
-
-    without = SearchIndex(index.store, fake_encoder, dataclasses.replace(index.ranking, whole_query_weight=0.0))
-    gained = index.fuse(sig, "hybrid")[scheduler] - without.fuse(sig, "hybrid")[scheduler]
-    assert gained == pytest.approx(1.0 / (index.ranking.rrf_k + 1))
-    assert index.fuse(sig, "hybrid")[limit] == pytest.approx(without.fuse(sig, "hybrid")[limit])
+    docs, ranks = candidates(sig)
+    quoted = features(sig, docs, ranks, index.stats)[:, FEATURES.index("quoted")]
+    assert dict(zip(docs.tolist(), quoted.tolist(), strict=True)) == {scheduler: 1.0, limit: 0.0}
 
     hit = next(h for h in index.search(query, k=2).hits if h.path == "runbooks/scheduler-down.md")
-    assert hit.section == "Meaning"
+    assert hit.section == "Meaning" and hit.quoted
 
 
-def test_the_whole_query_signal_needs_a_short_query_of_several_words_and_hybrid_mode(
+def test_the_whole_query_signal_needs_two_to_twelve_words_and_hybrid_mode(
     tmp_path: Path, fake_encoder: FakeEncoder
 ) -> None:
     index = _quoted_index(tmp_path, fake_encoder)
-    assert not index.signals("Prometheus discovery")[1].whole  # two words say too little to count as a quote
+    assert not index.signals("discovery")[1].whole  # one word is a keyword, not a quote
+    assert index.signals("Prometheus discovery")[1].whole
     long_query = "the scheduler has disappeared from Prometheus target discovery " + " ".join(
         f"extra{i}" for i in range(12)
     )
@@ -261,14 +228,17 @@ def test_words_that_many_documents_hold_together_are_a_common_phrase_not_a_quote
 ) -> None:
     escalation = (
         "# {0} outage\n\n## Escalation\n\nPage the incident commander on call and declare an incident "
-        "in the incidents channel when {0} is down for customers.\n"
+        "in the incidents channel when {0} is down for customers.\n\n## Fix\n\nRestart {0}.\n"
     )
     names = ("cdn", "checkout", "ledger", "search")
     index = _runbooks_index(tmp_path, fake_encoder, {f"{n}.md": escalation.format(n) for n in names})
     query = "declare an incident and page the incident commander on call"
-    assert not index.signals(query)[1].whole
-    narrow = SearchIndex(index.store, fake_encoder, dataclasses.replace(index.ranking, whole_query_docs=4))
-    assert len(narrow.signals(query)[1].whole) == 4
+    _, sig = index.signals(query)
+    assert len(sig.whole) == 4
+    docs, ranks = candidates(sig)
+    quoted = features(sig, docs, ranks, index.stats)[:, FEATURES.index("quoted")]
+    assert sorted(quoted.tolist()) == [0.25] * 4  # the evidence is shared four ways
+    assert not any(h.quoted for h in index.search(query, k=4).hits)
 
 
 def test_a_quoted_runbook_sentence_finds_and_cites_its_section(index: SearchIndex) -> None:
@@ -276,6 +246,7 @@ def test_a_quoted_runbook_sentence_finds_and_cites_its_section(index: SearchInde
     top = index.search(quoted, k=3).hits[0]
     assert top.path == "runbooks/networking/tls-certificate-expiry.md"
     _, sig = index.signals(quoted)
+    assert set(sig.whole) == {index.doc_index[top.path]}
     chunk_id = int(index.chunk_ids[sig.whole[index.doc_index[top.path]]])
     cited = index.store.chunks_by_id([chunk_id])[chunk_id]
     assert "presents to Paylane for mutual TLS" in cited.text
@@ -308,7 +279,7 @@ def test_the_cited_section_is_chosen_by_the_words_only_it_has(tmp_path: Path, fa
     # "orders" stands in every section: among them it counts little, "replay" (and in a heading) much.
     _, sig = index.signals(question)
     start = int(index.doc_starts[index.doc_index["runbooks/dlq.md"]])
-    scores = index._local_keyword_scores([start, start + 1, start + 2], sig.stems)
+    scores = index.local_keyword_scores([start, start + 1, start + 2], sig.stems)
     assert scores[start + 1] > scores[start + 2] > scores[start] > 0
     assert top.similarity == pytest.approx(float(sig.section[index.doc_index["runbooks/dlq.md"]]), abs=1e-4)
 
@@ -319,7 +290,7 @@ def test_a_question_without_a_word_of_the_document_cites_the_closest_section(
     index = _stub_index(tmp_path, fake_encoder)
     hit = next(h for h in index.search("trend says full by morning", k=3).hits if h.path == "runbooks/disk-pressure.md")
     assert hit.section == "Meaning"
-    assert index._local_keyword_scores([0], []) == {0: 0.0}
+    assert index.local_keyword_scores([0], []) == {0: 0.0}
 
 
 @pytest.mark.parametrize(
@@ -366,3 +337,80 @@ def test_a_snippet_shows_where_the_query_words_stand_together() -> None:
     assert snippet.startswith("…") and "Postgres stops accepting writes" in snippet
     assert len(snippet) <= 122
     assert make_snippet(text, "nothing matches here", width=120).startswith("Disk usage on Postgres")
+
+
+# -- names in the question: incident ids, alert names, deprecated runbooks ------------------
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["what was the root cause of INC-2025-0019", "inc-2025-0019", "INC-2025-0019: same again on pg-main?"],
+)
+def test_an_incident_id_finds_that_incident_first(index: SearchIndex, question: str) -> None:
+    top = index.search(question, k=5).hits[0]
+    assert top.incident_id == "INC-2025-0019"
+    assert top.alert.upper() == "INC-2025-0019"  # kept in the answer whatever its cosine
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("checkout-api-7d9f8c6b5-x2kqp OOMKilled", "runbooks/kubernetes/oomkilled-containers.md"),
+        ("FATAL: sorry, too many clients already", "runbooks/postgres/connection-pool-exhausted.md"),
+    ],
+)
+def test_the_readmes_examples_find_their_runbook_first(index: SearchIndex, question: str, expected: str) -> None:
+    answer = index.search(question, k=6)
+    runbooks = [h.path for h in answer.hits if h.kind == "runbook"]
+    assert runbooks[0] == expected, runbooks  # first in the answer's Runbooks block
+    assert expected in [h.path for h in answer.hits[:2]]  # behind at most a past incident of exactly that
+
+
+SIBLINGS = {
+    "KubeJobFailed.md": "# KubeJobFailed\n\n## Meaning\n\nA Kubernetes job failed to complete: its pods exited "
+    "with errors and the job hit its backoff limit.\n\n## Mitigation\n\nRead the failed pod logs, rerun the job.\n",
+    "KubeJobCompletion.md": "# KubeJobCompletion\n\n## Meaning\n\nA job is taking more than twelve hours to "
+    "complete; it is still running.\n\n## Mitigation\n\nCheck whether the job is stuck or just slow.\n",
+    "KubeJobNotCompleted.md": "# KubeJobNotCompleted\n\n## Meaning\n\nThe job did not complete in the time "
+    "expected of it.\n\n## Mitigation\n\nLook at the job's events and its pods.\n",
+    "deprecated/KubeMacPoolDown.md": "# KubeMacPoolDown [Deprecated]\n\nStarting from 4.14 this runbook was "
+    "replaced by the KubemacpoolDown runbook.\n\n## Meaning\n\nKubeMacPool is down; virtual machines cannot "
+    "get MAC addresses.\n",
+    "deprecated/VMCannotBeEvicted.md": "# VMCannotBeEvicted [Deprecated]\n\n## Meaning\n\nThe eviction strategy "
+    "of a virtual machine is live migration but the machine is not migratable.\n",
+    "KubemacpoolDown.md": "# KubemacpoolDown\n\n## Meaning\n\nThe kubemacpool manager pod is not running; new "
+    "virtual machines get no MAC address.\n\n## Mitigation\n\nCheck the kubemacpool-mac-controller pods.\n",
+    "VirtualMachineNotMigratable.md": "# Virtual machine not migratable\n\n## Meaning\n\nA virtual machine "
+    "cannot be live migrated, so draining its node will not move it.\n",
+}
+
+
+@pytest.fixture(scope="module")
+def siblings(tmp_path_factory: pytest.TempPathFactory, minilm) -> SearchIndex:  # noqa: ANN001
+    root = tmp_path_factory.mktemp("siblings") / "knowledge"
+    for name, text in SIBLINGS.items():
+        (root / "runbooks" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "runbooks" / name).write_text(text, encoding="utf-8")
+    store = Store(root.parent / "siblings.db")
+    index_knowledge(store, minilm, root)
+    return SearchIndex(store, minilm)
+
+
+@pytest.mark.parametrize("alert", ["KubeJobFailed", "KubeJobCompletion", "KubeJobNotCompleted", "VMCannotBeEvicted"])
+def test_an_exact_alert_name_finds_its_runbook_first(siblings: SearchIndex, alert: str) -> None:
+    for question in (alert, f"[FIRING:1] {alert} (prod-eu-1 batch/nightly-backup-29091 critical)"):
+        top = siblings.search(question, k=3).hits[0]
+        assert top.path.endswith(f"/{alert}.md") and top.alert == alert, question
+
+
+def test_a_deprecated_runbook_is_found_by_its_alert_name(siblings: SearchIndex) -> None:
+    hits = siblings.search("VMCannotBeEvicted firing for vm rhel9-db-01", k=3).hits
+    assert hits[0].path == "runbooks/deprecated/VMCannotBeEvicted.md"
+    assert hits[0].title == "VMCannotBeEvicted [Deprecated]"
+    # Two runbooks answer to one alert name when only case tells them apart: both come before the rest,
+    # the one spelled as the question spells it first (alert names are case-sensitive).
+    for spelled, first in (("KubeMacPoolDown", "deprecated/KubeMacPoolDown"), ("KubemacpoolDown", "KubemacpoolDown")):
+        both = siblings.search(f"{spelled} is firing", k=3).hits
+        assert both[0].path == f"runbooks/{first}.md", spelled
+        assert {h.path for h in both[:2]} == {"runbooks/deprecated/KubeMacPoolDown.md", "runbooks/KubemacpoolDown.md"}
+        assert all(h.alert == spelled for h in both[:2]) and not both[2].alert

@@ -416,7 +416,7 @@ def test_ask_declines_an_off_topic_question_as_slack_does_and_all_shows_the_scor
     assert "(score" not in declined.stdout and "`opsbot ask --all` lists the closest documents" in declined.stdout
     assert ask_json(question)["declined"] is True and ask_json(question)["hits"] == []
     assert everything.stdout.count("not relevant enough to show in Slack") == 5
-    assert re.search(r"\(score \d\.\d{3}, similarity \d\.\d{2}; not relevant", everything.stdout)
+    assert re.search(r"\(score -?\d+\.\d{3}, similarity -?\d\.\d{2}; not relevant", everything.stdout)
     shown = [h["path"] for h in ask_json("pgbouncer pool exhausted")["hits"]]
     assert {h.path for h in on_topic.runbooks + on_topic.incidents} <= set(shown)  # the same documents as Slack
 
@@ -523,6 +523,18 @@ def test_eval_leaves_the_users_index_alone(eval_files: tuple[Path, Path], tmp_pa
     result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "opsbot.db").exists()
+
+
+def test_eval_index_db_is_kept_and_a_second_run_embeds_nothing(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, queries = eval_files
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25", "--json")
+    first = invoke(*args, "--index-db", str(tmp_path / "kept.db"))
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["index"]["embedded"] > 0 and (tmp_path / "kept.db").exists()
+    second = invoke(*args, "--index-db", str(tmp_path / "kept.db"))
+    assert json.loads(second.stdout)["index"]["embedded"] == 0
+    refused = invoke("eval", "--task", "experts", "--knowledge", str(knowledge), "--index-db", str(tmp_path / "x.db"))
+    assert_clean_failure(refused, "--index-db only applies to --task search")
 
 
 def test_eval_malformed_queries_names_the_line(eval_files: tuple[Path, Path], tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def _hit_text(hit: SearchHit) -> str:
         where = f"<{hit.section_url}|{where}>"
     snippet = escape(hit.snippet)
     source = f"`{hit.path}`" + (f" · {where}" if where else "")
-    if hit.alert:
+    if hit.alert and hit.kind == "runbook":  # an incident named by its id shows the id already
         source += f" · runbook for `{escape(hit.alert)}`"
     elif hit.quoted:
         source += " · contains your words"

@@ -1,0 +1,224 @@
+"""The ranker is fitted on the corpus itself: its queries, when it refits, what it never reads, what votes do."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.answers import training
+from bot.answers.indexer import index_knowledge
+from bot.answers.search import SearchIndex
+from bot.answers.training import make_queries, prose_sentences, training_queries
+from bot.config import Settings
+from bot.models import Document, Section
+from bot.runtime import Runtime
+from bot.store import Store
+from bot.tools.evaluation import evaluate, load_queries
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder
+
+RUNBOOK = Document(
+    "runbooks/pg/pool.md",
+    "runbook",
+    "PgbouncerPoolExhausted",
+    (
+        Section("Meaning", "Clients wait for a server connection because every pool slot is taken. It hurts."),
+        Section("Diagnosis", "Run SHOW POOLS on the admin console.\n\n```\nSHOW POOLS;\n```\n| a | b |\n|---|---|"),
+        Section("Fix", "Raise default_pool_size for the database and reload pgbouncer."),
+    ),
+    "hash-1",
+)
+
+
+def test_a_document_gives_its_title_and_sentences_of_its_sections_the_same_every_time() -> None:
+    queries = make_queries(RUNBOOK)
+    assert queries == make_queries(RUNBOOK)
+    assert queries[0].kind == "title" and queries[0].text == "PgbouncerPoolExhausted" and not queries[0].section
+    assert len(queries) == 1 + training.QUERIES_PER_DOCUMENT
+    assert {q.kind for q in queries[1:]} == {"sentence", "untitled", "fragment"}
+    assert [q.section for q in queries[1:4]] == ["Meaning", "Diagnosis", "Fix"]  # dealt in turn, from the first
+    for q in queries[1:]:
+        assert 3 <= len(q.text.split()) <= 24
+        assert "```" not in q.text and "|" not in q.text  # code and tables are not what people ask
+
+
+def test_editing_a_section_changes_only_the_queries_made_from_it() -> None:
+    sections = list(RUNBOOK.sections)
+    sections[2] = Section("Fix", "Raise max_client_conn, then restart pgbouncer on every node in turn.")
+    edited = Document(RUNBOOK.path, "runbook", RUNBOOK.title, tuple(sections), "hash-2")
+
+    before, after = make_queries(RUNBOOK), make_queries(edited)
+
+    changed = {b.section for b, a in zip(before, after, strict=True) if b != a}
+    assert changed == {"Fix"}
+
+
+def test_prose_sentences_leave_out_code_tables_and_markup() -> None:
+    text = "Check the **pool** first. Then `SHOW POOLS` it.\n\n```bash\nkubectl get pods -n db\n```\n- ok\n| x | y |"
+    assert prose_sentences(text) == [["Check", "the", "pool", "first."], ["Then", "SHOW", "POOLS", "it."]]
+
+
+def test_a_large_corpus_is_sampled_to_the_budget() -> None:
+    docs = [Document(f"runbooks/{i}.md", "runbook", f"Runbook {i}", RUNBOOK.sections, f"h{i}") for i in range(30)]
+    sample = training_queries(docs, budget=50)
+    assert len(sample) == 50 and sample == training_queries(docs, budget=50)
+    assert len({q.doc_path for q in sample}) > 20
+
+
+# -- when the ranker is fitted ---------------------------------------------------------
+
+
+@pytest.fixture
+def knowledge(tmp_path: Path) -> Path:
+    root = tmp_path / "knowledge"
+    for name in ("disk", "memory", "network", "certificates", "queues", "locks"):
+        path = root / "runbooks" / f"{name}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"# {name.title()} trouble\n\n## Meaning\n\nThe {name} of a node is in trouble and services slow down. "
+            f"Nobody should ignore {name} alerts at night.\n\n## Fix\n\nLook at the {name} dashboard, then restart "
+            f"the {name} agent on the node.\n",
+            encoding="utf-8",
+        )
+    return root
+
+
+@pytest.fixture
+def fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the fits, each with how many examples it had."""
+    calls: list[int] = []
+    real = training.fit
+
+    def counted(examples: list[training.Example], seed: int = 0) -> tuple:
+        calls.append(len(examples))
+        return real(examples, seed)
+
+    monkeypatch.setattr(training, "fit", counted)
+    return calls
+
+
+def test_the_ranker_is_fitted_when_the_corpus_changes_and_not_otherwise(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder, fits: list[int]
+) -> None:
+    store = Store(tmp_path / "index.db")
+    first = index_knowledge(store, fake_encoder, knowledge)
+    assert len(fits) == 1 and first.ranker and first.ranker["queries"] == fits[0]
+    key, params, report = store.load_ranker(fake_encoder.model_id)
+    assert params["features"] and report["held_back_documents"] >= 1
+
+    again = index_knowledge(store, fake_encoder, knowledge)  # nothing changed
+    assert len(fits) == 1 and again.ranker is None
+    assert store.load_ranker(fake_encoder.model_id)[0] == key
+
+    (knowledge / "runbooks" / "disk.md").write_text("# Disk trouble\n\nThe disk is full. Delete old logs.\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    assert len(fits) == 2
+    assert store.load_ranker(fake_encoder.model_id)[0] != key
+
+    (knowledge / "runbooks" / "locks.md").unlink()
+    index_knowledge(store, fake_encoder, knowledge)
+    assert len(fits) == 3
+
+    store.record_feedback("a1", "U1", "node slow at night", "runbooks/memory.md", 1, fake_encoder.encode(["x"])[0])
+    index_knowledge(store, fake_encoder, knowledge)  # a vote since the last fit is part of what it learns from
+    assert len(fits) == 4 and store.load_ranker(fake_encoder.model_id)[2]["votes"] == 1
+    index_knowledge(store, fake_encoder, knowledge)
+    assert len(fits) == 4
+    store.close()
+
+
+def test_a_running_bot_loads_the_ranker_an_index_run_fitted(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    store = Store(tmp_path / "index.db")
+    index_knowledge(store, fake_encoder, knowledge)
+    index = SearchIndex(store, fake_encoder)
+    assert index.model is not None and index.model.trees == training.TREES
+    assert index.search("restart the memory agent", k=3).hits[0].path == "runbooks/memory.md"
+    store.close()
+
+
+def test_a_corpus_too_small_to_learn_from_is_ranked_by_fusion(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder, fits: list[int]
+) -> None:
+    for name in ("memory", "network", "certificates", "queues"):
+        (knowledge / "runbooks" / f"{name}.md").unlink()
+    store = Store(tmp_path / "index.db")
+    report = index_knowledge(store, fake_encoder, knowledge)
+    assert fits == [] and report.ranker == {"skipped": 2}
+    index = SearchIndex(store, fake_encoder)
+    assert index.model is None
+    assert index.search("disk dashboard", k=2).hits[0].path == "runbooks/disk.md"
+    store.close()
+
+
+@pytest.fixture
+def opened() -> Iterator[list[str]]:
+    """Every file the process opens while the test runs (Python's audit events)."""
+    paths: list[str] = []
+    active = [True]
+
+    def hook(event: str, args: tuple) -> None:
+        if active[0] and event == "open" and isinstance(args[0], (str, bytes, Path)):
+            paths.append(str(args[0]))
+
+    sys.addaudithook(hook)  # hooks cannot be removed; this one falls silent after the test
+    yield paths
+    active[0] = False
+
+
+def test_indexing_never_opens_a_query_file(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder, fits: list[int], opened: list[str]
+) -> None:
+    (knowledge / "eval").mkdir()
+    (knowledge / "eval" / "queries.jsonl").write_text('{"query": "disk full", "relevant": ["runbooks/disk.md"]}\n')
+    (knowledge / "queries.jsonl").write_text('{"query": "disk full", "relevant": ["runbooks/disk.md"]}\n')
+    store = Store(tmp_path / "index.db")
+    opened.clear()  # what the test itself wrote
+
+    index_knowledge(store, fake_encoder, knowledge)
+
+    assert fits  # the ranker was fitted in this run ...
+    assert any(p.endswith("disk.md") for p in opened)  # ... the hook saw the runbooks being read ...
+    assert not [p for p in opened if p.endswith(".jsonl")]  # ... and no query file
+    store.close()
+
+
+# -- votes are labels --------------------------------------------------------------------
+
+
+def test_votes_on_some_questions_raise_the_figures_on_other_questions(
+    tmp_path: Path,
+    sample_index: Store,
+    minilm,  # noqa: ANN001
+) -> None:
+    with sqlite3.connect(tmp_path / "votes.db") as copy:
+        sample_index.db.conn.backup(copy)
+    store = Store(tmp_path / "votes.db")
+    settings = Settings(knowledge_dir=SAMPLE_KNOWLEDGE, db_path=tmp_path / "votes.db", model="unused")
+    runtime = Runtime(settings, encoder=minilm, store=store)
+    voted = load_queries(SAMPLE_KNOWLEDGE / "eval" / "queries.jsonl")
+    others = load_queries(SAMPLE_KNOWLEDGE / "eval" / "summaries.jsonl")
+    others += load_queries(SAMPLE_KNOWLEDGE / "eval" / "sections.jsonl")
+
+    def mrr(index: SearchIndex) -> float:
+        return evaluate(index, others, ["hybrid"])["hybrid"]["all"]["mrr@10"]
+
+    before = mrr(runtime.index())
+    # On-call people ask the questions of one set and vote on each answer's leading document.
+    for n, question in enumerate(voted):
+        reply = runtime.answers.reply(question.query, channel="C0TEST", user=f"U{n:04d}")
+        if reply.top is not None:
+            runtime.answers.vote(reply.id, f"U{n:04d}", 1 if reply.top.path in question.relevant else -1)
+    refit = runtime.refit_ranker()
+    refit.join(timeout=300)
+
+    assert store.load_ranker(minilm.model_id)[2]["votes"] == len(store.feedback_rows()) > len(voted) * 0.9
+    learned = SearchIndex(store, minilm)
+    learned.feedback_votes = learned.feedback_votes[:0]  # the ranker alone, without the memory of voted questions
+    after = mrr(learned)
+    assert after >= before + 0.01, (before, after)
+    runtime.close()
