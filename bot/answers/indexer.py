@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bot.answers.encoder import Encoder
 from bot.answers.expert_fit import refit_blends
-from bot.answers.experts import incident_text, incident_vector_hash
+from bot.answers.incident_vectors import incident_text, incident_vector_hash
 from bot.answers.training import encoded_form, fit_ranker, ranker_key, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
