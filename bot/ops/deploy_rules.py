@@ -211,6 +211,8 @@ class DeployRules:
         """The last good version: the current one after a failed run, else the one that succeeded before it."""
         return rollbacks.rollback_target(self.store, service, env)
 
+    # -- a request as stored, and what it will run ------------------------------------------------------------
+
     def get(self, request_id: str) -> DeployRequest:
         with self.store.lock:
             return self._get_locked(request_id)
