@@ -1,140 +1,24 @@
 """Finding secrets in deploy output before anything of it is kept, tailed or shown.
 
-The base is detect-secrets' ruleset (Yelp): every regex detector it ships (AWS, GitHub, GitLab, Slack,
-Stripe, JWT, npm, basic-auth URLs, ...), its keyword detector, its base64 high-entropy detector for quoted
-strings and its private-key detector. opsbot adds, on top (``ADDITIONS``): formats it does not know
-(fine-grained GitHub tokens, Slack app tokens, Google API keys, bare npm tokens, Stripe keys of any
-length), key names it does not list (``token``, ``credentials``, ``*_PASS``), command-line flags
-(``--password x``, ``mysql -px``) and HTTP authorization headers; and, in ``Redactor``, whole private
-key blocks across lines, even when their BEGIN line was never seen.
+Each line goes through ``bot.redact_line`` (detect-secrets' ruleset and opsbot's additions); ``Redactor``
+adds what needs more than one line: whole private key blocks across lines, even when their BEGIN line was
+never seen, and the secret values it is given (a runner's ``secret_env``).
 
 Only the secret value is replaced, by ``***``, so the line keeps its key name and stays readable.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
-from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.filters import heuristic
-from detect_secrets.plugins.base import RegexBasedDetector
-from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
-from detect_secrets.plugins.keyword import (
-    CONFIG_DENYLIST_REGEX_TO_GROUP,
-    DENYLIST,
-    QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP,
-)
 from detect_secrets.plugins.private_key import PrivateKeyDetector
 
-MASK = "***"
+from bot.redact_line import ENTROPY, MASK, scrub_line
+
 KEY_REMOVED = "*** private key removed ***"
-
-# detect-secrets' regex detectors, as many as the installed version ships, except two: private keys are
-# removed as whole blocks by Redactor, and a public IP address is not a secret.
-DETECTORS: tuple[RegexBasedDetector, ...] = tuple(
-    plugin()
-    for plugin in get_mapping_from_secret_type_to_class().values()
-    if issubclass(plugin, RegexBasedDetector) and plugin.__name__ not in {"PrivateKeyDetector", "IPPublicDetector"}
-)
-# The hex detector stays off: hex strings in deploy output are commit SHAs and digests. The base64 one
-# looks at quoted strings only (its default), and pure hex never reaches its 4.5 bits per character.
-ENTROPY = Base64HighEntropyString()
-# The keyword detector's patterns for config files (``DB_PASS=x``, ``password: x``) and for code
-# (``password => "x"``): deploy output has both.
-KEYWORD_TABLES = (CONFIG_DENYLIST_REGEX_TO_GROUP, QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP)
-# The keyword detector is most of the cost of a line; it cannot match a line without one of its words.
-KEYWORD_HINT = re.compile("|".join(DENYLIST), re.IGNORECASE)
-# Its patterns cost time quadratic in a line's length: a very long line (a progress bar redrawn with
-# carriage returns) is read in overlapping windows; a ``key=value`` shorter than the overlap is whole in one.
-KEYWORD_WINDOW = 8192
-KEYWORD_OVERLAP = 1024
 PRIVATE_KEY = PrivateKeyDetector()
-
-WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
-# A detector may match only the start of a longer token (Stripe's rule stops after 24 characters): the
-# mask grows to the whole token, leftwards over word characters, rightwards over base64 and JWT ones too.
-GROW_LEFT = WORD | {"-"}
-GROW_RIGHT = WORD | set("-+/=.")
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-DIGEST = re.compile(r"(?i)^(?:sha\d+|md5)[-:]")
-ENV_PATH_KEY = re.compile(r"(?:OLD)?PWD$")
-ID_KEY = re.compile(r"(?i)(?:\b(?:id|myid|userid)|_id)s?[\"']?\s*[:=]\s*$")
-
-# A value in double or single quotes, or bare up to a space or separator; not a JSON object or list opening.
-QUOTED_VALUE = r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>(?![{\[])[^\s"',;]+))"""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One of opsbot's additions: a regex whose named group ``value`` (or quoted value) is the secret."""
-
-    name: str
-    pattern: re.Pattern[str]
-    accept: Callable[[str], bool] = lambda value: True
-    hint: re.Pattern[str] | None = None  # a cheap search that must succeed before the pattern can
-
-
-def _is_basic_credentials(value: str) -> bool:
-    """True when a ``Basic`` value decodes to ``user:password``, as only real credentials do."""
-    try:
-        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    return ":" in decoded and decoded.isprintable()
-
-
-def _looks_like_token(value: str) -> bool:
-    """True for a bearer value with a digit or punctuation in it, not an English word like "authentication"."""
-    return len(value) >= 8 and any(c.isdigit() or c in "._~+/=-" for c in value)
-
-
-ADDITIONS: tuple[Rule, ...] = (
-    Rule("GitHub fine-grained token", re.compile(r"(?P<value>\bgithub_pat_[A-Za-z0-9_]{20,})")),
-    Rule("Slack token", re.compile(r"(?P<value>\b(?:xapp-\d+|xox[a-z])-[A-Za-z0-9-]{10,})")),
-    Rule("Stripe key", re.compile(r"(?P<value>\b[rs]k_(?:live|test)_[A-Za-z0-9]{10,})")),
-    Rule("npm token", re.compile(r"(?P<value>\bnpm_[A-Za-z0-9]{36})")),
-    Rule("Google API key", re.compile(r"(?P<value>\bAIza[0-9A-Za-z_-]{35})")),
-    # detect-secrets' key words, whatever the value starts with (its patterns want a letter or digit
-    # first, and an AWS secret key can start with "/" or "+"), and key names it does not list:
-    # SessionToken, GITHUB_TOKEN, credentials, REDIS_PASS, X-Api-Key.
-    Rule(
-        "secret-named key",
-        re.compile(
-            r"(?i)(?<![\w-])[\"']?(?:[\w.-]*?(?:" + "|".join(DENYLIST) + r")[\w.-]*"
-            r"|[\w.-]*?(?:token|credentials?|passphrase|(?<![a-z])pass|api-key|access[-_]?key)s?)[\"']?\s*[:=]\s*"
-            + QUOTED_VALUE
-        ),
-        hint=re.compile("|".join(DENYLIST) + "|token|credential|pass|api-key|access", re.IGNORECASE),
-    ),
-    # --password x, --token=x, --api-key x; not --password-stdin, whose next word is not a secret.
-    Rule(
-        "command-line flag",
-        re.compile(
-            r"(?i)(?<![\w-])--?[\w-]*(?:password|passwd|(?<![a-z])pass|token|secret|api-?key|credentials?)"
-            r"(?![\w-])(?:=|\s+)(?!-)" + QUOTED_VALUE
-        ),
-    ),
-    # Also with no user name (redis://:pw@cache) or characters detect-secrets' basic-auth rule stops at.
-    Rule("URL credentials", re.compile(r"://[^/\s:@]*:(?P<value>[^/\s@]+)@")),
-    Rule("curl or wget user", re.compile(r"\b(?:curl|wget)\b.*?\s(?:-u|--user)[\s=][\"']?[^\s:\"']+:" + QUOTED_VALUE)),
-    Rule(
-        "MySQL -p",
-        re.compile(r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mariadb)\b.*?\s-p" + QUOTED_VALUE),
-    ),
-    Rule(
-        "authorization header",
-        re.compile(
-            r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|bot|apikey)\s+)?"
-            r"(?P<value>[^\s\"',]+)"
-        ),
-    ),
-    Rule("bearer token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9._~+/-]+=*)"), _looks_like_token),
-    Rule("basic credentials", re.compile(r"\bBasic\s+(?P<value>[A-Za-z0-9+/]{6,}={0,2})"), _is_basic_credentials),
-)
 
 PEM_INLINE = re.compile(r"-{4,5} ?BEGIN ([A-Z0-9 ]+?) ?-{4,5}.*?-{4,5} ?END \1 ?-{4,5}")
 PEM_BEGIN = re.compile(r"-{4,5} ?BEGIN ([A-Z0-9 ]+?) ?-{4,5}")
@@ -149,135 +33,6 @@ PREFIXED_KEY_BODY = re.compile(r".{0,60}?[\s\]|>]\s*([A-Za-z0-9+/]{40,}={0,2})")
 # 76), mixed case and digits, and as random as a key is. Decided line by line: a line already returned
 # cannot be taken back, so waiting for a run of three would post the first two.
 ORPHAN_BODY = re.compile(r"(?:.{0,60}?[\s\]|>])?\s*([A-Za-z0-9+/]{59,79}={0,2})\s*")
-
-
-def _trim(span: tuple[int, int], line: str) -> tuple[int, int]:
-    """Drop the separators some detectors include (Artifactory's rule takes the space before the token)."""
-    start, end = span
-    while start < end and line[start] in " \t\"'=:":
-        start += 1
-    while end > start and line[end - 1] in " \t\"'":
-        end -= 1
-    return start, end
-
-
-def _grow(line: str, span: tuple[int, int]) -> tuple[int, int]:
-    """The span grown to the whole token it starts (a detector may match only the first part of a key)."""
-    start, end = span
-    while start > 0 and line[start - 1] in GROW_LEFT:
-        start -= 1
-    while end < len(line) and line[end] in GROW_RIGHT:
-        end += 1
-    return start, end
-
-
-def _is_reference(value: str) -> bool:
-    """True for a value that names a secret instead of holding it: ``$DB_PASS``, ``${{ secrets.X }}``, ``<token>``."""
-    return heuristic.is_prefixed_with_dollar_sign(value) or heuristic.is_templated_secret(value)
-
-
-def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
-    """Values after detect-secrets' keywords (password, secret, api_key, db_pass ...)."""
-    # The detector's own patterns and group numbers, with finditer: its analyze_string stops at the
-    # first hit of each pattern, and a line can hold several.
-    step = KEYWORD_WINDOW - KEYWORD_OVERLAP
-    for offset in range(0, max(len(line) - KEYWORD_OVERLAP, 1), step):
-        window = line[offset : offset + KEYWORD_WINDOW]
-        if not KEYWORD_HINT.search(window):
-            continue
-        for table in KEYWORD_TABLES:
-            for pattern, group in table.items():
-                for match in pattern.finditer(window):
-                    value = match.group(group).strip()
-                    if value and not _is_reference(value) and not _is_env_path(window, match.start(group)):
-                        start = match.start(group) + len(match.group(group)) - len(match.group(group).lstrip())
-                        yield offset + start, offset + start + len(value)
-
-
-def _is_env_path(line: str, start: int) -> bool:
-    """True for ``PWD=/srv/app`` in an environment dump: the shell's working directory, not a password."""
-    return line.startswith("/", start) and bool(ENV_PATH_KEY.search(line[:start].rstrip(":= \"'")))
-
-
-def _entropy_spans(line: str) -> Iterator[tuple[int, int]]:
-    """Random-looking quoted base64 strings, less digests, UUIDs and ids (detect-secrets' heuristics)."""
-    for match in ENTROPY.regex.finditer(line):  # the plugin's own pattern: a quoted string of its charset
-        value = match.group(2)
-        if (
-            ENTROPY.calculate_shannon_entropy(value) <= ENTROPY.entropy_limit
-            or DIGEST.match(value)
-            or heuristic.is_potential_uuid(value)
-            or heuristic.is_sequential_string(value)
-            or heuristic.is_not_alphanumeric_string(value)
-            # detect-secrets' is_likely_id_string looks for "_id" anywhere before the value, which in a
-            # log line (request_id=... first) would excuse every later field: only the value's own key counts.
-            or ID_KEY.search(line, max(0, match.start() - 64), match.start())
-        ):
-            continue
-        yield match.span(2)
-
-
-def _detector_spans(line: str) -> Iterator[tuple[int, int]]:
-    """Tokens of a known shape, from detect-secrets' regex detectors.
-
-    A detector says what it found, after its own checks (a JWT must decode); its patterns say where.
-    The secret is a pattern's longest group (the password in ``://user:pw@``), or its whole match when
-    there is none or the group is only the type prefix at the start (``ghp`` in GitHub's pattern).
-    """
-    for detector in DETECTORS:
-        found = set(detector.analyze_string(line))
-        if not found:
-            continue
-        for pattern in detector.denylist:
-            for match in pattern.finditer(line):
-                groups = [i for i in range(1, pattern.groups + 1) if match.group(i)]
-                if match.group(0) not in found and not found.intersection(match.group(i) for i in groups):
-                    continue
-                best = max(groups, key=lambda i: len(match.group(i)), default=0)
-                if best and match.start(best) == match.start() and len(match.group(best)) < 8:
-                    best = 0
-                yield _grow(line, _trim(match.span(best), line))
-
-
-def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
-    """opsbot's own rules (``ADDITIONS``)."""
-    for rule in ADDITIONS:
-        if rule.hint and not rule.hint.search(line):
-            continue
-        for match in rule.pattern.finditer(line):
-            group = next(g for g in ("value", "dq", "sq", "bare") if g in match.re.groupindex and match.group(g))
-            value = match.group(group)
-            if value and not _is_reference(value) and rule.accept(value) and not _is_env_path(line, match.start(group)):
-                yield match.span(group)
-
-
-def _mask(line: str, spans: list[tuple[int, int]]) -> str:
-    """``line`` with every span replaced by ``***``, overlapping or touching spans by one."""
-    out: list[str] = []
-    position = 0
-    merged: list[list[int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    for start, end in merged:
-        out.append(line[position:start])
-        out.append(MASK)
-        position = end
-    out.append(line[position:])
-    return "".join(out)
-
-
-def scrub_line(line: str) -> str:
-    """One line with every secret value detected in it replaced by ``***`` (no state, no private-key blocks)."""
-    spans = [
-        *_detector_spans(line),
-        *_keyword_spans(line),
-        *_entropy_spans(line),
-        *_addition_spans(line),
-    ]
-    return _mask(line, [span for span in spans if line[span[0] : span[1]].strip("*")])
 
 
 def _known_fragments(known: tuple[str, ...]) -> tuple[str, ...]:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from bot.redact import DETECTORS, KEY_REMOVED, Redactor, scrub
+from bot.redact import KEY_REMOVED, Redactor, scrub
+from bot.redact_line import DETECTORS
 
 RNG = random.Random(20261102)
 ALNUM = string.ascii_letters + string.digits

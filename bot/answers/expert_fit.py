@@ -25,7 +25,8 @@ from bot.answers.expert_blend import (
     idle_days,
     service_overlap,
 )
-from bot.answers.experts import ExpertModel, WordIndex, incident_vector_hash, incident_words, train
+from bot.answers.experts import ExpertModel, train
+from bot.answers.incident_vectors import WordIndex, incident_vector_hash, incident_words
 from bot.models import Expert, Incident, Rotation
 from bot.store.base import is_write_failure
 from bot.text import content_hash

@@ -1,9 +1,10 @@
 """Who to pull in: a ranking of roster members learned from who resolved similar incidents, and when.
 
 The signals and how they are combined are in ``bot.answers.expert_blend``, the fit on the team's own history in
-``bot.answers.expert_fit``; this module holds the model: past incidents as arrays, a ranking for one problem, and
-the reasons behind each suggestion, with dates. People who left, responders missing from the roster and
-whoever is asking are never suggested; their incidents still count in the statistics.
+``bot.answers.expert_fit``, incidents as text and vectors in ``bot.answers.incident_vectors``; this module holds
+the model: past incidents as arrays, a ranking for one problem, and the reasons behind each suggestion, with
+dates. People who left, responders missing from the roster and whoever is asking are never suggested; their
+incidents still count in the statistics.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from bot.answers.expert_blend import (
     nearest_incidents,
     service_overlap,
 )
+from bot.answers.incident_vectors import WordIndex, embed_incidents, incident_words
 from bot.errors import InvalidRequest
 from bot.models import Expert, Incident, Rotation
 from bot.rota import Shift, covering_rotations, shift_at, when_text
-from bot.text import content_hash, normalize_query, spell_identifiers, strip_volatile
 
 WORD = re.compile(r"[a-z0-9]+")
 DAY_S = 86400.0
@@ -292,28 +293,6 @@ def role_matrix(incidents: list[Incident], column: dict[str, int]) -> np.ndarray
     return roles
 
 
-class WordIndex:
-    """TF-IDF vectors of incidents' words: component names, error strings and metric names match as written."""
-
-    def __init__(self, texts: list[str]) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer  # imported on first training
-
-        self.size = len(texts)
-        self.vectorizer = TfidfVectorizer(sublinear_tf=True) if texts else None
-        self.matrix = None
-        if self.vectorizer is not None:
-            try:
-                self.matrix = self.vectorizer.fit_transform(texts)
-            except ValueError:  # no words at all (only stop words or symbols)
-                self.vectorizer = None
-
-    def similarity(self, texts: list[str]) -> np.ndarray:
-        """(Q, N) cosine similarity of each text to each incident."""
-        if self.vectorizer is None or self.matrix is None:
-            return np.zeros((len(texts), self.size))
-        return (self.vectorizer.transform(texts) @ self.matrix.T).toarray()
-
-
 def _ago(now: datetime, then: datetime) -> str:
     days = (now - then).days
     if days < 60:
@@ -338,37 +317,6 @@ def off_hours(expert: Expert, now: datetime) -> str | None:
     current = local.strftime("%H:%M")
     inside = start <= current < end if start <= end else current >= start or current < end
     return None if inside else current
-
-
-def incident_text(incident: Incident) -> str:
-    """What an incident looked like when it started, as a question would say it: its title and summary."""
-    return normalize_query(f"{incident.title}. {incident.summary}")
-
-
-def incident_words(incident: Incident) -> str:
-    """The words an incident is matched by: title, summary and cause (which names components and files)."""
-    return spell_identifiers(strip_volatile(f"{incident.title}. {incident.summary} {incident.root_cause}"))
-
-
-def incident_vector_hash(incident: Incident) -> str:
-    return content_hash("incident:" + incident_text(incident))
-
-
-def embed_incidents(incidents: list[Incident], encoder: Encoder, store: object | None = None) -> np.ndarray:
-    """Incident vectors, reusing those already stored for the same text and model."""
-    if not incidents:
-        return np.zeros((0, 0), dtype=np.float32)
-    texts = [incident_text(i) for i in incidents]
-    hashes = [incident_vector_hash(i) for i in incidents]
-    cached: dict[str, np.ndarray] = store.vectors_for(encoder.model_id, hashes) if store is not None else {}
-    missing = [i for i, h in enumerate(hashes) if h not in cached]
-    if missing:
-        fresh = encoder.encode([texts[i] for i in missing])
-        new = {hashes[i]: fresh[n] for n, i in enumerate(missing)}
-        if store is not None:
-            store.save_embeddings(encoder.model_id, new)
-        cached.update(new)
-    return np.stack([cached[h] for h in hashes]).astype(np.float32)
 
 
 def train(

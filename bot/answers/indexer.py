@@ -12,11 +12,12 @@ from pathlib import Path
 
 from bot.answers.encoder import Encoder
 from bot.answers.expert_fit import refit_blends
-from bot.answers.experts import incident_text, incident_vector_hash
+from bot.answers.incident_vectors import incident_text, incident_vector_hash
 from bot.answers.training import encoded_form, fit_ranker, ranker_key, training_queries
 from bot.errors import InvalidRequest
-from bot.knowledge import incident_document, load_knowledge
+from bot.knowledge import load_knowledge
 from bot.models import Document, Incident, Problem
+from bot.record_files import incident_document
 from bot.store import SLACK_PREFIX, ChunkRow, Store
 from bot.text import STOPWORDS, content_hash, keyword_terms, spell_identifiers, split_camel, window_words
 

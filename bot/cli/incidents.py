@@ -105,7 +105,8 @@ def incidents_export(
     """
     from dataclasses import replace
 
-    from bot.ops.incidents import IncidentService, export_yaml, to_incident
+    from bot.ops.incident_writeup import export_yaml, to_incident
+    from bot.ops.incidents import IncidentService
 
     refuse_blank(ctx)
     if any(not i.strip() for i in ids):  # an empty id would name no incident, or the channel's

@@ -273,7 +273,7 @@ def channels_set(ctx: click.Context, channel: str, mode: str) -> None:
     Example:
       opsbot channels set C04ALERTS1 all
     """
-    from bot.knowledge import channel_id_problem, parse_channels
+    from bot.record_files import channel_id_problem, parse_channels
 
     if problem := channel_id_problem(channel):
         raise OpsbotError(f"{problem}.")

@@ -1,4 +1,7 @@
-"""The incident lifecycle: declare, work (notes, roles, severity, pinned messages), resolve, learn."""
+"""The incident lifecycle: declare, work (notes, roles, severity, pinned messages), resolve, learn.
+
+What a resolved incident becomes (its write-up and YAML export) is in ``bot.ops.incident_writeup``.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import yaml
-
 from bot.errors import InvalidRequest, NotFound
-from bot.models import Incident, TimelineEntry
+from bot.models import Incident
+from bot.ops.incident_writeup import to_incident
 from bot.ops.metrics import blamed_deploy, finished_changes
 from bot.ops.requests import DeployRequest, check_service, recent_requests
-from bot.store import SLACK_PREFIX, Store
+from bot.store import Store
 
 ROLES = ("lead", "comms")
 ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline text of an assignment
 INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
 ENV_NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_SEVERITY = 3
-NO_ROOT_CAUSE = "Not recorded in Slack; see the timeline."
 
 
 @dataclass(frozen=True)
@@ -363,43 +364,3 @@ def _live(row: dict, events: tuple | list, default_env: str) -> LiveIncident:
         env=row["env"] or default_env,  # declared before incidents had an environment
         root_cause=row["root_cause"] or "",
     )
-
-
-def to_incident(live: LiveIncident) -> Incident:
-    """The resolved incident as a past incident: searchable, and training data for experts."""
-    notes = [e["text"] for e in live.events if e["kind"] in ("note", "update", "pinned")]
-    title = live.title if live.title.endswith((".", "!", "?")) else live.title + "."
-    return Incident(
-        id=live.id,
-        title=live.title,
-        date=datetime.fromisoformat(live.declared_at),
-        severity=live.severity,
-        services=live.services,
-        responders=live.responders,
-        summary=f"{title} {' '.join(notes[:3])}".strip(),
-        root_cause=live.root_cause or " ".join(notes[3:]) or NO_ROOT_CAUSE,
-        resolution=live.resolution,
-        path=SLACK_PREFIX + live.id,
-        duration_minutes=live.minutes_to_restore,
-        timeline=tuple(TimelineEntry(e["at"], e["text"]) for e in live.events),
-        env=live.env,
-    )
-
-
-def export_yaml(incident: Incident) -> str:
-    """An incident in the knowledge/incidents YAML format."""
-    data = {
-        "id": incident.id,
-        "title": incident.title,
-        "date": incident.date.isoformat(timespec="seconds"),
-        "severity": incident.severity,
-        "services": list(incident.services),
-        **({"env": incident.env} if incident.env else {}),
-        "responders": list(incident.responders),
-        "duration_minutes": incident.duration_minutes,
-        "summary": incident.summary,
-        "root_cause": incident.root_cause,
-        "resolution": incident.resolution,
-        "timeline": [{"at": t.at, "event": t.event} for t in incident.timeline],
-    }
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)

@@ -35,6 +35,7 @@ from bot.redact import Redactor, scrub
 from bot.services import Runner
 
 if TYPE_CHECKING:
+    from bot.ops.deploy_rules import DeployRules
     from bot.ops.deploys import DeployService
     from bot.ops.requests import DeployRequest, Progress
 
@@ -100,7 +101,7 @@ def _lease_kept(deploys: DeployService, request_id: str) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def command_for(deploys: DeployService, request: DeployRequest) -> tuple[Runner, list[str]]:
+def command_for(deploys: DeployRules, request: DeployRequest) -> tuple[Runner, list[str]]:
     config = deploys.services[request.service]
     runner = config.rollback if request.kind == "rollback" and config.rollback else config.deploy
     values = {
@@ -114,7 +115,7 @@ def command_for(deploys: DeployService, request: DeployRequest) -> tuple[Runner,
     return runner, argv
 
 
-def describe(deploys: DeployService, request: DeployRequest) -> str:
+def describe(deploys: DeployRules, request: DeployRequest) -> str:
     """What will run, as people read it."""
     deploys._service_env(request.service, request.env)
     runner, argv = command_for(deploys, request)

@@ -312,7 +312,7 @@ def bench_experts(encoder: SentenceTransformerEncoder, incidents: int = 1500) ->
         asked = synthetic_history(root, incidents)
         encoder.load()
         # The model's own speed on a sample of the same texts, measured in the same conditions as the index.
-        from bot.answers.experts import incident_text
+        from bot.answers.incident_vectors import incident_text
         from bot.knowledge import load_knowledge
 
         kb = load_knowledge(root)

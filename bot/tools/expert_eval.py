@@ -139,7 +139,8 @@ def evaluate_experts(
 ) -> dict:
     """The learned ranking (blends fitted on the training incidents alone) against five baselines."""
     from bot.answers.expert_fit import fit_blends
-    from bot.answers.experts import ExpertModel, incident_text
+    from bot.answers.experts import ExpertModel
+    from bot.answers.incident_vectors import incident_text
 
     started = time.perf_counter()
     kb = load_knowledge(knowledge)

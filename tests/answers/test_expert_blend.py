@@ -11,7 +11,8 @@ import pytest
 
 from bot.answers.expert_blend import FALLBACK_TEXT, Blends, reciprocal_ranks
 from bot.answers.expert_fit import fit_blends
-from bot.answers.experts import ExpertModel, embed_incidents
+from bot.answers.experts import ExpertModel
+from bot.answers.incident_vectors import embed_incidents
 from bot.errors import InvalidRequest
 from bot.models import Expert, Incident, Rotation
 from tests.conftest import FakeEncoder

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.answers.experts import incident_text
+from bot.answers.incident_vectors import incident_text
 from bot.answers.indexer import build_chunks, index_knowledge, title_embed_text
 from bot.answers.training import encoded_form, training_queries
 from bot.errors import InvalidRequest

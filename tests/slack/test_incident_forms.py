@@ -8,7 +8,7 @@ import time
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 
-from bot.ops.incidents import NO_ROOT_CAUSE, export_yaml, to_incident
+from bot.ops.incident_writeup import NO_ROOT_CAUSE, export_yaml, to_incident
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import FakeSlackAPI

@@ -1,7 +1,7 @@
 """A local stand-in for the Slack Web API: records every call and answers like Slack.
 
 Used by the tests, by `opsbot shell` (the real Bolt app talks to it) and by benchmarks. Stdlib only:
-a ThreadingHTTPServer on 127.0.0.1, port 0, served from a daemon thread. Hand `api.url` to
+a ThreadingHTTPServer on 127.0.0.1, port 0 (fake_http.py), served from a daemon thread. Hand `api.url` to
 `WebClient(base_url=...)`. Tokens are never kept: the Authorization header and any `token` field are
 masked before a call is recorded, and only a digest remains so tests can still check which token was used.
 """
@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
-import socket
-import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
+from bot.slack.local.fake_http import FakeSlackServer
 from bot.slack.local.fake_methods import SlackMethods, _default_user
 
 log = logging.getLogger(__name__)
@@ -33,8 +30,6 @@ REDACTED = "(redacted)"
 # How often serve_forever checks for shutdown; the default 0.5 s would make every stop() that slow.
 SHUTDOWN_POLL_SECONDS = 0.02
 SECRET_FIELDS = frozenset({"token", "client_secret"})
-# Top-level form fields that hold prose, so a value like "[WARN] disk full" is never read as JSON.
-FREE_TEXT_FIELDS = frozenset({"text", "markdown_text", "fallback", "query", "name", "topic", "purpose", "title"})
 
 Answer = dict[str, Any]
 Body = dict[str, Any]
@@ -76,71 +71,6 @@ class _Failure:
     reset: bool = False  # answer nothing: reset the connection
 
 
-HTML_ERROR_PAGE = "<html><head><title>{status}</title></head><body><h1>{status} Server Error</h1></body></html>"
-
-
-class _Server(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that knows the FakeSlackAPI it serves."""
-
-    request_queue_size = 128  # bursts of calls (benchmarks, 50 concurrent requests) must not be refused
-
-    daemon_threads = True
-
-    def __init__(self, api: FakeSlackAPI) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.api = api
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Parses one request and hands it to the FakeSlackAPI."""
-
-    server: _Server
-
-    def do_GET(self) -> None:
-        """Answer a GET (query parameters only)."""
-        self._handle()
-
-    def do_POST(self) -> None:
-        """Answer a POST (form or JSON body, plus any query parameters)."""
-        self._handle()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: the fake logs its own line per call, without query strings or headers."""
-
-    def _handle(self) -> None:
-        """Parse, dispatch and answer as JSON."""
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
-        body = _parse_form(parts.query)
-        body.update(_parse_body(raw, self.headers.get("Content-Type", "")))
-        headers = {key.lower(): value for key, value in self.headers.items()}
-        api = self.server.api
-        status, answer, extra_headers, failure = api._dispatch(parts.path, _decode_json_fields(body), headers)
-        if failure is not None and failure.hang:
-            api._stopping.wait(failure.hang)
-        if failure is not None and failure.reset:
-            # SO_LINGER with a zero timeout: close() sends a TCP reset instead of a clean end of stream.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
-            return
-        content_type = "application/json; charset=utf-8"
-        payload = json.dumps(answer).encode()
-        if failure is not None and failure.html:
-            content_type, payload = "text/html; charset=utf-8", HTML_ERROR_PAGE.format(status=status).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in extra_headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (it timed out)
-            self.close_connection = True
-
-
 class FakeSlackAPI(SlackMethods):
     """A recording, Slack-shaped HTTP server on a random loopback port."""
 
@@ -155,7 +85,7 @@ class FakeSlackAPI(SlackMethods):
         self._users: dict[str, dict[str, Any]] = {}
         self._ts_counter = 0
         self._id_counter = 1_000_000
-        self._server: _Server | None = None
+        self._server: FakeSlackServer | None = None
         self._thread: threading.Thread | None = None
         self._answers: dict[str, Callable[[Body], Answer]] = {
             "auth.test": self._auth_test,
@@ -186,7 +116,7 @@ class FakeSlackAPI(SlackMethods):
         if self._server is not None:
             raise RuntimeError("FakeSlackAPI is already running; call stop() before starting it again")
         self._stopping.clear()
-        self._server = _Server(self)
+        self._server = FakeSlackServer(self)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), name="fake-slack-api", daemon=True
         )
@@ -363,41 +293,6 @@ class FakeSlackAPI(SlackMethods):
         except Exception as exc:  # a bug in the fake must reach the test, not hang the client
             log.exception("fake slack api failed method=%s", method)
             return 500, {"ok": False, "error": f"fake_api_error: {type(exc).__name__}: {exc}"}
-
-
-def _parse_form(text: str) -> Body:
-    """Form or query string to a dict; repeated keys become lists."""
-    parsed = parse_qs(text, keep_blank_values=True)
-    return {key: values[0] if len(values) == 1 else values for key, values in parsed.items()}
-
-
-def _parse_body(raw: bytes, content_type: str) -> Body:
-    """A request body (JSON or form-encoded) to a dict."""
-    if not raw:
-        return {}
-    if content_type.startswith("multipart/"):
-        return {"_multipart_bytes": len(raw)}
-    text = raw.decode("utf-8", errors="replace")
-    if "json" in content_type or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            return {"_unparsed": text}
-        return data if isinstance(data, dict) else {"_json": data}
-    return _parse_form(text)
-
-
-def _decode_json_fields(body: Body) -> Body:
-    """Turn JSON strings in top-level fields (blocks, attachments, view ...) back into lists and dicts."""
-    decoded: Body = {}
-    for key, value in body.items():
-        if isinstance(value, str) and key not in FREE_TEXT_FIELDS and value.strip()[:1] in ("[", "{"):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        decoded[key] = value
-    return decoded
 
 
 def _digest(token: str) -> str:

@@ -1,0 +1,37 @@
+"""What every file of knowledge/ shares: ``FileProblem`` (a problem with its line), lists of names, service names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.text import service_name_problem
+
+
+class FileProblem(ValueError):
+    """A problem inside one file, with the line when it is known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def name_list(value: Any, key: str) -> tuple[str, ...]:
+    """Names given as a YAML list or one comma-separated string; a FileProblem naming ``key`` otherwise."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        return tuple(str(v) for v in value)
+    raise FileProblem(f"`{key}` must be a list of names, for example {key}: [checkout-api, payments-gateway]")
+
+
+# One rule for a service's name in every file (services.yaml, incidents, the roster and its rotations) and
+# on every command line: letters, digits, '.', '_' and '-', with '/' between parts (checkout-api, storage/remote).
+def service_names(value: Any) -> tuple[str, ...]:
+    """``name_list`` of services, each name checked against that rule."""
+    names = name_list(value, "services")
+    for name in names:
+        if problem := service_name_problem(name):
+            raise FileProblem(problem)
+    return names

@@ -1,0 +1,271 @@
+"""The structured files of knowledge/ as models: incidents, the roster with its rotations, channels.yaml."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from bot.knowledge_fields import FileProblem, name_list, service_names
+from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
+from bot.rota import parse_rotations
+from bot.text import load_yaml, parse_date, split_front_matter, split_sections
+from bot.yaml_lines import compose as _compose
+from bot.yaml_lines import key_line as _key_line
+from bot.yaml_lines import path_line as _path_line
+from bot.yaml_lines import yaml_error_line as _yaml_line
+from bot.yaml_lines import yaml_problem as _yaml_problem
+
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{6,12}$")
+INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
+EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
+INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
+INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
+HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
+
+
+def parse_incident(rel: str, text: str) -> Incident:
+    """An incident in YAML, or in Markdown with the fields in front matter and sections in the body."""
+    if rel.endswith(".md"):
+        fm = split_front_matter(text)
+        data = dict(fm.data)
+        for section in split_sections(fm.body, ""):
+            key = section.heading.split(" > ")[0].strip().lower().replace(" ", "_")
+            if key in ("summary", "root_cause", "resolution") and key not in data:
+                data[key] = section.text
+            elif key == "timeline" and "timeline" not in data:
+                data["timeline"] = [ln.lstrip("-* ").strip() for ln in section.text.splitlines() if ln.strip()]
+        line_of = lambda key: 1 + _key_line(text.split("\n---", 1)[0], key)  # noqa: E731
+    else:
+        try:
+            data = load_yaml(text)
+        except yaml.YAMLError as exc:
+            raise FileProblem(f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc)) from exc
+        if not isinstance(data, dict):
+            raise FileProblem("an incident file must be a mapping with id:, title:, date: ...", 1)
+        line_of = lambda key: 1 + _key_line(text, key)  # noqa: E731
+    return _incident_from_dict(data, rel, line_of)
+
+
+def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
+    unknown = [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]
+    for key in unknown:
+        close = difflib.get_close_matches(key, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise FileProblem(f"unknown field `{key}`{hint}", line_of(key))
+    missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
+    if missing:
+        raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
+    inc_id = str(data["id"]).strip()
+    if not INCIDENT_ID.match(inc_id):
+        raise FileProblem(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
+    date = parse_date(data["date"])
+    if date is None:
+        raise FileProblem(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
+    try:
+        severity = int(data["severity"])
+    except (TypeError, ValueError):
+        severity = 0
+    if not 1 <= severity <= 4:
+        raise FileProblem(f"severity {data['severity']!r} must be 1 (worst) to 4", line_of("severity"))
+    duration = data.get("duration_minutes")
+    if duration is not None and (not isinstance(duration, int) or duration < 0):
+        raise FileProblem("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
+    env = data.get("env") or ""
+    if not isinstance(env, str) or (env and not re.fullmatch(r"[A-Za-z0-9][\w-]*", env)):
+        raise FileProblem(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))
+    timeline = []
+    for entry in data.get("timeline") or []:
+        if isinstance(entry, dict):
+            timeline.append(TimelineEntry(str(entry.get("at", "")), str(entry.get("event", "")).strip()))
+        else:
+            at, _, event = str(entry).partition(" ")
+            timeline.append(TimelineEntry(at, event.strip()))
+    try:
+        services = service_names(data["services"])
+        responders = name_list(data["responders"], "responders")
+    except FileProblem as exc:
+        exc.line = line_of("services" if "services" in str(exc) or "service name" in str(exc) else "responders")
+        raise
+    return Incident(
+        id=inc_id,
+        title=str(data["title"]).strip(),
+        date=date,
+        severity=severity,
+        services=services,
+        responders=responders,
+        summary=str(data["summary"]).strip(),
+        root_cause=str(data["root_cause"]).strip(),
+        resolution=str(data["resolution"]).strip(),
+        path=rel,
+        duration_minutes=duration,
+        timeline=tuple(timeline),
+        env=env,
+    )
+
+
+def incident_document(incident: Incident, digest: str) -> Document:
+    """The searchable form of an incident: one section per part of the write-up."""
+    parts = [("Summary", incident.summary), ("Root cause", incident.root_cause), ("Resolution", incident.resolution)]
+    if incident.timeline:
+        parts.append(("Timeline", "\n".join(f"{t.at} {t.event}".strip() for t in incident.timeline)))
+    return Document(
+        path=incident.path,
+        kind="incident",
+        title=incident.title,
+        sections=tuple(Section(h, t, anchor=h.lower().replace(" ", "-")) for h, t in parts if t),
+        content_hash=digest,
+        services=incident.services,
+        owners=incident.responders,
+        incident_id=incident.id,
+    )
+
+
+def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
+    """The roster: a list of people under ``people:``; a bad entry is reported and skipped."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [], [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
+    people = data.get("people") if isinstance(data, dict) else data
+    if not isinstance(people, list):
+        return [], [Problem(rel, "must hold a list of people under `people:`, each with id, name and team.")]
+    experts: list[Expert] = []
+    problems: list[Problem] = []
+    entry_lines = _sequence_lines(text)
+    seen: set[str] = set()
+    for index, entry in enumerate(people):
+        line = entry_lines[index] if index < len(entry_lines) else None
+        try:
+            expert = _expert_from_dict(entry)
+        except FileProblem as exc:
+            problems.append(Problem(rel, f"person #{index + 1}: {exc}", line))
+            continue
+        if expert.id in seen:
+            problems.append(Problem(rel, f"person #{index + 1}: id {expert.id} appears twice", line))
+            continue
+        seen.add(expert.id)
+        experts.append(expert)
+    return experts, problems
+
+
+def _sequence_lines(text: str) -> list[int]:
+    """The 1-based line where each person of the roster starts, from the YAML node marks."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return []
+    if isinstance(node, yaml.MappingNode):
+        node = next((v for k, v in node.value if getattr(k, "value", None) == "people"), None)
+    if not isinstance(node, yaml.SequenceNode):
+        return []
+    return [item.start_mark.line + 1 for item in node.value]
+
+
+def _expert_from_dict(entry: Any) -> Expert:
+    if not isinstance(entry, dict):
+        raise FileProblem("must be a mapping with id, name, team, skills, services, timezone")
+    for key in entry:
+        if key not in EXPERT_FIELDS:
+            close = difflib.get_close_matches(str(key), EXPERT_FIELDS, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; known fields: {', '.join(EXPERT_FIELDS)}"
+            raise FileProblem(f"unknown field `{key}`{hint}")
+    missing = [k for k in ("id", "name", "team") if not entry.get(k)]
+    if missing:
+        raise FileProblem(f"missing {', '.join(missing)}")
+    uid = str(entry["id"]).strip()
+    if not SLACK_USER_ID.match(uid):
+        raise FileProblem(f"id {uid!r} is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)")
+    tz = str(entry.get("timezone") or "UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FileProblem(f"timezone {tz!r} is not an IANA time zone such as Europe/London") from None
+    hours = str(entry.get("hours") or "")
+    if hours and not HOURS.match(hours):
+        raise FileProblem(f"hours {hours!r} must look like 09:00-17:30")
+    return Expert(
+        id=uid,
+        name=str(entry["name"]),
+        team=str(entry["team"]),
+        skills=name_list(entry.get("skills"), "skills"),
+        services=service_names(entry.get("services")),
+        timezone=tz,
+        hours=hours,
+        away=bool(entry.get("away", False)),
+        left=_left(entry.get("left")),
+    )
+
+
+def _left(value: Any) -> date | None:
+    """``left: 2025-06-30``: the day someone left (YAML may already have read it as a date)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
+
+
+def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[Problem]]:
+    """The roster's ``rotations:``, each broken rota reported with its line (see bot.rota)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return [], []  # parse_roster reported it
+    if not isinstance(data, dict) or data.get("rotations") is None:
+        return [], []
+    rotations, problems = parse_rotations(data["rotations"], experts)
+    root = _compose(text)
+    return rotations, [
+        Problem(rel, str(p), _path_line(root, p.key) or 1 + _key_line(text, "rotations")) for p in problems
+    ]
+
+
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")
+CHANNEL_MODES = ("mentions", "all")
+
+
+def channel_id_problem(channel: str) -> str | None:
+    """Why ``channel`` cannot have an answering mode, or None: it must be a channel's id, not a DM's."""
+    if not CHANNEL_ID.match(channel):
+        return (
+            f"{channel!r} is not a Slack channel id; use the id (like C04ALERTS1: channel details > About), "
+            "not the #name"
+        )
+    if channel.startswith("D"):
+        return (
+            f"{channel} is a direct message, and opsbot answers every direct message already: "
+            "channel settings are for channels (ids starting with C or G)"
+        )
+    return None
+
+
+def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
+    """How opsbot behaves per channel: answer only when mentioned, or all questions."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        return {}, [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
+    entries = data.get("channels") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}, [Problem(rel, "must hold `channels:` mapping channel ids to `all` or `mentions`.")]
+    result: dict[str, str] = {}
+    problems: list[Problem] = []
+    for channel, mode in entries.items():
+        line = 1 + _key_line(text, str(channel))
+        if problem := channel_id_problem(str(channel)):
+            problems.append(Problem(rel, problem, line))
+        elif mode not in CHANNEL_MODES:
+            problems.append(Problem(rel, f"channel {channel}: {mode!r} must be `all` or `mentions`", line))
+        else:
+            result[str(channel)] = mode
+    return result, problems

@@ -1,0 +1,68 @@
+"""A runbook as a Document: its title, sections, services and owners, and the alerts it answers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from bot.knowledge_fields import FileProblem, name_list
+from bot.models import Document
+from bot.text import content_hash, first_heading, split_front_matter, split_sections
+from bot.yaml_lines import key_line as _key_line
+
+ALERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
+# A top heading that is one CamelCase word names the alert the runbook is for: "# KubeJobCompletion",
+# "# SSPDown" (an acronym, then a word), also with a note in brackets after it: "# KubeMacPoolDown [Deprecated]",
+# "# NodeDown (legacy)". A plain word ("# Overview", "# README") has no capital inside it, or no small letter.
+CAMEL_ALERT = re.compile(
+    r"((?=[A-Za-z0-9]*[a-z])[A-Za-z][A-Za-z0-9]*[A-Z][A-Za-z0-9]*)(?:\s*(?:\[[^\]]*\]|\([^)]*\)))?"
+)
+
+
+def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
+    """The alert names a runbook answers: front matter ``alerts``, and a top heading that is an alert name."""
+    names = list(name_list(value, "alerts"))
+    for name in names:
+        if not ALERT_NAME.fullmatch(name):
+            raise FileProblem(
+                f"`alerts` entry {name!r} is not an alert name; use the name as Prometheus or your "
+                "alerting tool sends it, one word without spaces, for example alerts: [PgbouncerPoolExhausted]",
+                line,
+            )
+    named = CAMEL_ALERT.fullmatch(heading)
+    if named and named.group(1).lower() not in {n.lower() for n in names}:
+        names.append(named.group(1))
+    return tuple(names)
+
+
+def parse_runbook(rel: str, text: str) -> Document:
+    """A runbook: optional front matter, title from it, else the first heading, else the file name."""
+    fm = split_front_matter(text)
+    title = fm.data.get("title")
+    if title is not None and not isinstance(title, (str, int, float)):
+        raise FileProblem("`title` must be text", 2)
+    heading = first_heading(fm.body)
+    title = str(title).strip() if title else heading or _title_from_name(rel)
+    aliases = (heading,) if heading and heading.replace(" ", "").lower() != title.replace(" ", "").lower() else ()
+    sections = split_sections(fm.body, title)
+    if not sections:
+        raise FileProblem("has no text to index; write at least one paragraph.", fm.body_line)
+    return Document(
+        path=rel,
+        kind="runbook",
+        title=title,
+        sections=tuple(sections),
+        content_hash=content_hash(text),
+        services=name_list(fm.data.get("services"), "services"),
+        tags=name_list(fm.data.get("tags"), "tags"),
+        owners=name_list(fm.data.get("owners"), "owners"),
+        url=str(fm.data.get("url") or ""),
+        aliases=aliases,
+        alerts=_alerts(fm.data.get("alerts"), heading, 1 + _key_line(text, "alerts")),
+    )
+
+
+def _title_from_name(rel: str) -> str:
+    stem = Path(rel).stem.replace("-", " ").replace("_", " ").strip()
+    return stem[:1].upper() + stem[1:]
