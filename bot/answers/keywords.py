@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from bot.text import STOPWORDS
 
 FTS_TOKEN = re.compile(r"[^\W_]+")  # a word as the full-text index's tokenizer cuts it
 WHOLE_QUERY_TERMS = 12  # longer queries (a pasted log excerpt) are not looked up whole: costly, and never quoted
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How candidates are gathered; how they are ranked is learned (``ranker.py``)."""
+
+    candidates: int = 200  # chunks fetched by keyword search
+    max_terms: int = 16  # the rarest query words searched by keyword
+    common_fraction: float = 0.1  # words in more than this share of sections are skipped ...
+    common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
+    min_section_words: int = 6  # shorter sections ("TODO", "See X") only echo the title: not section evidence
+    near: int = 2  # how many words may stand between two adjacent query words for a phrase match
+    bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
+    feedback_similarity: float = 0.75  # a vote on a question at least this close in meaning (cosine) counts for it
 
 
 def select_terms(

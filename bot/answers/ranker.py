@@ -4,7 +4,7 @@ The features are the evidence search already gathers, made comparable across que
 their gap to the query's best, ranks in each list, the keyword score as a share of the best one, and
 how the query's words and the document's title cover each other, each word weighted by how rare the
 corpus shows it to be (so words that every runbook of a family carries count little, with no list of
-such words). The model is fitted per corpus at index time (``bot/training.py``); nothing here is tuned.
+such words). The model is fitted per corpus at index time (``training.py``); nothing here is tuned.
 """
 
 from __future__ import annotations
@@ -202,3 +202,12 @@ class RankerModel:
             np.asarray(data["roots"], dtype=np.intp),
             int(data["depth"]),
         )
+
+
+def moved_by_votes(ordered: list[int], moves: dict[int, int]) -> list[int]:
+    """``ordered`` with each document moved up a place for each net 👍 on a close question (down for 👎)."""
+    for d, places in moves.items():
+        if places and d in ordered:
+            at = ordered.index(d)
+            ordered.insert(max(0, min(len(ordered) - 1, at - places)), ordered.pop(at))
+    return ordered

@@ -1,7 +1,7 @@
 """Hybrid search: dense cosine over an in-memory matrix and FTS5 BM25, ranked per document by a learned model.
 
-The model is fitted on the corpus itself at index time (``bot/training.py``) over the features of
-``bot/ranker.py``; before one is fitted (or for a corpus too small to fit on), the three rankings
+The model is fitted on the corpus itself at index time (``training.py``) over the features of
+``ranker.py``; before one is fitted (or for a corpus too small to fit on), the three rankings
 are fused by reciprocal rank.
 """
 
@@ -11,15 +11,14 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bot.answers.citing import local_keyword_scores, make_hit
 from bot.answers.encoder import Encoder
-from bot.answers.keywords import keyword_match, select_terms, whole_query_match
-from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, top
+from bot.answers.keywords import Ranking, keyword_match, select_terms, whole_query_match
+from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, moved_by_votes, top
 from bot.errors import InvalidRequest
 from bot.models import Answer
 from bot.store import Store
@@ -30,20 +29,6 @@ MATCHED = 20  # keyword candidates whose best chunk is checked for the query's w
 QUOTE_TERMS = 4  # fewer words found together are a phrase, not a quoted sentence
 STEM_CACHE = 100_000  # words whose stem is remembered (a few MB)
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """How candidates are gathered; how they are ranked is learned (``bot/ranker.py``)."""
-
-    candidates: int = 200  # chunks fetched by keyword search
-    max_terms: int = 16  # the rarest query words searched by keyword
-    common_fraction: float = 0.1  # words in more than this share of sections are skipped ...
-    common_floor: int = 200  # ... unless the index is so small that they are still rare in absolute terms
-    min_section_words: int = 6  # shorter sections ("TODO", "See X") only echo the title: not section evidence
-    near: int = 2  # how many words may stand between two adjacent query words for a phrase match
-    bm25_weights: tuple[float, float, float] = (4.0, 2.0, 1.0)  # title, heading, body
-    feedback_similarity: float = 0.75  # a vote on a question at least this close in meaning (cosine) counts for it
 
 
 class SearchIndex:
@@ -339,7 +324,7 @@ class SearchIndex:
     def _remembered(self, sig: Signals, ordered: list[int]) -> list[int]:
         """Votes on answers to the same or a close question: each 👍 moves its document up a place, each 👎 down.
 
-        The ranker learns from votes too, for every question (``bot/training.py``); this is the memory of
+        The ranker learns from votes too, for every question (``training.py``); this is the memory of
         what people said about this very question, in effect from the vote on.
         """
         if sig.query_vector is None or not len(self.feedback_votes) or self.feedback.shape[1] != len(sig.query_vector):
@@ -350,11 +335,7 @@ class SearchIndex:
             d = self.doc_index.get(self.feedback_paths[i])
             if d is not None:
                 moves[d] = moves.get(d, 0) + int(self.feedback_votes[i])
-        for d, places in moves.items():
-            if places and d in ordered:
-                at = ordered.index(d)
-                ordered.insert(max(0, min(len(ordered) - 1, at - places)), ordered.pop(at))
-        return ordered
+        return moved_by_votes(ordered, moves)
 
     def _own_sections(self, d: int) -> list[int]:
         """Positions of a document's sections that may be cited: not stubs, unless it has only stubs."""

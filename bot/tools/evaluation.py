@@ -10,7 +10,8 @@ from pathlib import Path
 
 from bot.answers.encoder import Encoder
 from bot.answers.indexer import IndexReport, index_knowledge
-from bot.answers.search import MODES, Ranking, SearchIndex
+from bot.answers.keywords import Ranking
+from bot.answers.search import MODES, SearchIndex
 from bot.errors import InvalidRequest
 from bot.store import Store
 
