@@ -92,11 +92,14 @@ def test_a_failed_deploy_summary_has_a_rollback_button_that_requests_the_last_go
     assert button["text"]["text"] == "Roll back to 1.4.2" and "confirm" in button
     summary_ts = next(c.answer["ts"] for c in slack_api.calls("chat.postMessage") if c.body == summary)
 
-    before = len(slack_api.calls("chat.postMessage"))
     clicked = slack.click(ids.DEPLOY_ROLLBACK, button["value"], user=PRIYA, channel=DEPLOYS, message_ts=summary_ts)
     assert clicked.status == 200
-    asked = slack_api.wait_for("chat.postMessage", count=before + 1, timeout=10)[before]
-    assert asked.body["channel"] == DEPLOYS
+    # The request is posted in the deploys channel (other posts of the failed deploy may still be arriving).
+    (asked,) = slack_api.wait_for(
+        "chat.postMessage",
+        timeout=10,
+        predicate=lambda c: c.body["channel"] == DEPLOYS and "Rollback checkout-api" in shown(c.body),
+    )
     assert "Rollback checkout-api 1.4.3-bad → 1.4.2 to staging" in shown(asked.body)
     approve = deploy_buttons(asked.body)[ids.DEPLOY_APPROVE]
     rollback = Posted(approve, asked.answer["channel"], asked.answer["ts"], asked.body)
