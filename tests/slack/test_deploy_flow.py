@@ -12,7 +12,7 @@ from typing import TypeVar
 import pytest
 
 from bot.ops.deploys import DeployService
-from bot.ops.requests import Decision
+from bot.ops.requests import Decision, new_row
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.jobs import report_interrupted, sweep_expired
@@ -373,30 +373,28 @@ def test_a_click_after_the_expiry_time_expires_it_even_before_the_sweeper_runs(
 # -- rollbacks, timeouts, restarts -----------------------------------------------------------------
 
 
-def seed_history(runtime: Runtime, *versions: str) -> None:
-    """Earlier successful deploys of checkout-api to staging, oldest first, as CI would have recorded them."""
+def seed_history(runtime: Runtime, *versions: str, env: str = "staging") -> None:
+    """Earlier successful deploys of checkout-api to ``env``, oldest first, as CI would have recorded them."""
     with runtime.store.transaction():
         for n, version in enumerate(versions):
             at = datetime(2026, 11, 1 + n, 9, 0, tzinfo=UTC).isoformat(timespec="seconds")
             runtime.store.insert_deploy(
-                {
-                    "id": f"dep-seed-{n}",
-                    "kind": "deploy",
-                    "service": "checkout-api",
-                    "env": "staging",
-                    "version": version,
-                    "from_version": versions[n - 1] if n else "",
-                    "requester": PRIYA,
-                    "status": "succeeded",
-                    "approvals_needed": 1,
-                    "created_at": at,
-                    "expires_at": at,
-                    "started_at": at,
-                    "finished_at": at,
-                    "exit_code": 0,
-                    "source": "ci",
-                    "changes": "[]",
-                }
+                new_row(
+                    f"dep-seed-{env}-{n}",
+                    service="checkout-api",
+                    env=env,
+                    version=version,
+                    from_version=versions[n - 1] if n else "",
+                    requester=PRIYA,
+                    status="succeeded",
+                    approvals_needed=1,
+                    created_at=at,
+                    expires_at=at,
+                    started_at=at,
+                    finished_at=at,
+                    exit_code=0,
+                    source="ci",
+                )
             )
 
 

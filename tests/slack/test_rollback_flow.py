@@ -7,7 +7,6 @@ The sample's checkout-api prod needs 2 approvals, and 1 for a rollback while a S
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from bot.runtime import Runtime
 from bot.slack import ids
@@ -23,36 +22,14 @@ from tests.slack.test_deploy_flow import (  # noqa: F401 - clock: the autouse fi
     clock,
     deploy_buttons,
     request,
+    seed_history,
     summary_in,
     update_showing,
 )
 
 
 def seed(runtime: Runtime, env: str, *versions: str) -> None:
-    """Earlier successful deploys of checkout-api to ``env``, oldest first, as CI would have recorded them."""
-    with runtime.store.transaction():
-        for n, version in enumerate(versions):
-            at = datetime(2026, 11, 1 + n, 9, 0, tzinfo=UTC).isoformat(timespec="seconds")
-            runtime.store.insert_deploy(
-                {
-                    "id": f"dep-seed-{env}-{n}",
-                    "kind": "deploy",
-                    "service": "checkout-api",
-                    "env": env,
-                    "version": version,
-                    "from_version": versions[n - 1] if n else "",
-                    "requester": PRIYA,
-                    "status": "succeeded",
-                    "approvals_needed": 1,
-                    "created_at": at,
-                    "expires_at": at,
-                    "started_at": at,
-                    "finished_at": at,
-                    "exit_code": 0,
-                    "source": "ci",
-                    "changes": "[]",
-                }
-            )
+    seed_history(runtime, *versions, env=env)
 
 
 def test_a_rollback_to_a_version_that_never_succeeded_is_refused_privately_naming_those_that_did(
