@@ -74,6 +74,7 @@ class OutboxWorker:
     _hooks: dict[str, AfterHook]
     _poll_s: float
     _cond: threading.Condition
+    _finishing: int
     _generation: int
     _wakeups: list[float]
     _stopping: bool
@@ -143,8 +144,17 @@ class OutboxWorker:
             outcome = self._attempt(row, payload)
             if outcome.ok:
                 channel, ts = self._where(row, payload, outcome)
-                queue.sent(row, channel, ts, time.time())
-                self._after(row, channel, ts)
+                # Idle only once the hook has run too: it records where the message went (a deploy's ts),
+                # which whoever waits for idle (tests, a clean shutdown) expects to find written.
+                with self._cond:
+                    self._finishing += 1
+                try:
+                    queue.sent(row, channel, ts, time.time())
+                    self._after(row, channel, ts)
+                finally:
+                    with self._cond:
+                        self._finishing -= 1
+                        self._cond.notify_all()
             elif outcome.retry_in is not None and now + outcome.retry_in < row.expires_at:
                 log.warning(
                     "slack delivery retry id=%s method=%s lane=%s attempt=%d error=%s in=%.1fs",

@@ -82,6 +82,7 @@ class SlackWeb(OutboxWorker):
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._durable = _Durable(store, self.owner, claim_s) if store is not None else None
         self._memory = MemoryOutbox()
+        self._finishing = 0  # deliveries sent but whose after-delivery hook has not run yet: not idle
         self._hooks: dict[str, AfterHook] = {}
         self._workers = workers
         self._poll_s = poll_s
@@ -250,7 +251,9 @@ class SlackWeb(OutboxWorker):
             durable = self._durable.busy() if self._durable is not None else 0
         except sqlite3.Error:
             durable = 1  # cannot tell: not idle
-        return durable + self._memory.busy()
+        with self._cond:
+            finishing = self._finishing
+        return durable + self._memory.busy() + finishing
 
     # -- delivery ---------------------------------------------------------------------------------------------
 
