@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from bot.slack import ids
 from bot.slack.blocks.incidents import clock_time, minutes_text
-from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
     from bot.ops.alert_groups import AlertGroup, AlertRecord, Change
@@ -158,19 +158,14 @@ def action_buttons(group: AlertGroup, view: AlertView) -> list[dict]:
     return buttons
 
 
-def button(action_id: str, label: str, value: str, confirm: tuple[str, str, str], style: str = "") -> dict:
-    title, text, yes = confirm
+def button(action_id: str, label: str, value: str, asks: tuple[str, str, str], style: str = "") -> dict:
+    title, text, yes = asks
     element: dict = {
         "type": "button",
         "action_id": action_id,
         "text": {"type": "plain_text", "text": label},
         "value": value,
-        "confirm": {
-            "title": {"type": "plain_text", "text": title},
-            "text": {"type": "mrkdwn", "text": text[:300]},
-            "confirm": {"type": "plain_text", "text": yes},
-            "deny": {"type": "plain_text", "text": "Cancel"},
-        },
+        "confirm": confirm(title, text, yes),
     }
     if style:
         element["style"] = style

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
 from bot.slack import ids
-from bot.slack.blocks.mrkdwn import MAX_TEXT, escape
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, escape
 from bot.slack.blocks.oncall import build_oncall_blocks, oncall_fallback_text
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the model nor the store
@@ -211,12 +211,9 @@ def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: b
                 "action_id": ids.INVITE_EXPERT,
                 "text": {"type": "plain_text", "text": "Invite"},
                 "value": s.expert.id,
-                "confirm": {
-                    "title": {"type": "plain_text", "text": "Invite to this channel?"},
-                    "text": {"type": "mrkdwn", "text": f"This adds *{escape(s.expert.name)}* to the channel."},
-                    "confirm": {"type": "plain_text", "text": "Invite"},
-                    "deny": {"type": "plain_text", "text": "Cancel"},
-                },
+                "confirm": confirm(
+                    "Invite to this channel?", f"This adds *{escape(s.expert.name)}* to the channel.", "Invite"
+                ),
             }
         blocks.append(block)
     blocks.append(

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot.slack import ids
-from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
     from bot.ops.requests import Decision, DeployRequest
@@ -156,12 +156,9 @@ def build_decision_buttons(request: DeployRequest, view: RequestView) -> dict:
         "style": "primary",
         "text": {"type": "plain_text", "text": "Approve"},
         "value": request.id,
-        "confirm": {
-            "title": {"type": "plain_text", "text": f"Approve this {what}?"},
-            "text": {"type": "mrkdwn", "text": f"{escape(request.title)}\nRuns `{escape(view.command)}`."[:300]},
-            "confirm": {"type": "plain_text", "text": "Approve"},
-            "deny": {"type": "plain_text", "text": "Cancel"},
-        },
+        "confirm": confirm(
+            f"Approve this {what}?", f"{escape(request.title)}\nRuns `{escape(view.command)}`.", "Approve"
+        ),
     }
     reject = {
         "type": "button",
@@ -254,16 +251,12 @@ def build_rollback_button(request: DeployRequest, version: str) -> dict:
         "action_id": ids.DEPLOY_ROLLBACK,
         "text": {"type": "plain_text", "text": f"Roll back to {version}"[:75]},
         "value": rollback_button_value(request, version),
-        "confirm": {
-            "title": {"type": "plain_text", "text": "Request a rollback?"},
-            "text": {
-                "type": "mrkdwn",
-                "text": f"This requests a rollback of *{request.service}* in {request.env} to {escape(version)}, "
-                "the last version that succeeded there; it runs only once approved.",
-            },
-            "confirm": {"type": "plain_text", "text": "Request"},
-            "deny": {"type": "plain_text", "text": "Cancel"},
-        },
+        "confirm": confirm(
+            "Request a rollback?",
+            f"This requests a rollback of *{request.service}* in {request.env} to {escape(version)}, "
+            "the last version that succeeded there; it runs only once approved.",
+            "Request",
+        ),
     }
     return {"type": "actions", "block_id": ids.DEPLOY_ACTIONS_BLOCK, "elements": [button]}
 

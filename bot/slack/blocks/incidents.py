@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
 from bot.slack import ids
-from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
     from bot.ops.incidents import LiveIncident
@@ -156,16 +156,12 @@ def build_deploys_blocks(
                 "action_id": action_id,
                 "text": {"type": "plain_text", "text": "Rollback"},
                 "value": deploy_button_value(origin, deploy),
-                "confirm": {
-                    "title": {"type": "plain_text", "text": "Request a rollback?"},
-                    "text": {
-                        "type": "mrkdwn",
-                        "text": f"This requests a rollback of *{deploy.service}* in {deploy.env} to the version "
-                        "before the current one; it runs only once approved.",
-                    },
-                    "confirm": {"type": "plain_text", "text": "Request"},
-                    "deny": {"type": "plain_text", "text": "Cancel"},
-                },
+                "confirm": confirm(
+                    "Request a rollback?",
+                    f"This requests a rollback of *{deploy.service}* in {deploy.env} to the version "
+                    "before the current one; it runs only once approved.",
+                    "Request",
+                ),
             }
         blocks.append(block)
     if len(deploys) > MAX_DEPLOYS:

@@ -31,3 +31,13 @@ def context(text: str, block_id: str | None = None) -> dict:
     if block_id:
         block["block_id"] = block_id
     return block
+
+
+def confirm(title: str, text: str, yes: str) -> dict:
+    """The dialog Slack shows before a button's click counts (``text`` in mrkdwn, cut to Slack's 300)."""
+    return {
+        "title": {"type": "plain_text", "text": title},
+        "text": {"type": "mrkdwn", "text": text[:300]},
+        "confirm": {"type": "plain_text", "text": yes},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+    }
