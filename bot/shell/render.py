@@ -296,7 +296,7 @@ def render_post(
     """A post with a header saying who can see it and where (unless in ``home``); buttons numbered from ``first``
     or by ``number``."""
     if post.note:
-        return style(f"({post.note})", dim=True), []
+        return style(f"({render_mrkdwn(post.note, names)})", dim=True), []
     if post.blocks:
         body, buttons = render_blocks(post.blocks, names, style, first, number)
     else:

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from bot.errors import InvalidRequest
-from bot.runtime import Runtime
+from bot.runtime import NotReady, Runtime
 from bot.shell.mentions import find_person, resolve_mentions, roster_examples
 from bot.shell.render import Button, Post, Style, plain, render_post
 from bot.slack.local.fake_methods import BOT_USER_ID
@@ -364,5 +364,19 @@ class Shell:
             self.write(text if post.note else f"\n{text}")
 
     def _channel_names(self) -> dict[str, str]:
-        """Channel ids to names: the shell's own, and those opsbot created (incident channels)."""
-        return {**self.slack.fake.channel_names(), COMMAND_CHANNEL: COMMAND_CHANNEL_NAME}
+        """Channel ids to names: the shell's own, those opsbot created (incident channels), and services.yaml's.
+        Slack knows the configured channels' names; the local workspace has only their ids, so it names each
+        for what services.yaml sends there."""
+        return {**self._configured_channels(), **self.slack.fake.channel_names(), COMMAND_CHANNEL: COMMAND_CHANNEL_NAME}
+
+    def _configured_channels(self) -> dict[str, str]:
+        """services.yaml's channel ids, named for what is posted there: deploys, alerts, or a service's name."""
+        try:
+            deploys, routing = self.runtime.deploys().settings, self.runtime.alerts().routing
+        except NotReady:  # the index is still loading: ids are shown as they are
+            return {}
+        names = dict.fromkeys(filter(None, [routing.default_channel]), "alerts")
+        names.update({channel: service for service, channel in routing.channels.items()})
+        deploy_channels = [deploys.digest.channel if deploys.digest else "", deploys.channel]
+        names.update(dict.fromkeys(filter(None, deploy_channels), "deploys"))
+        return names

@@ -13,6 +13,8 @@ def test_a_payload_file_is_posted_and_briefed_once_and_a_replay_changes_nothing(
     shown = chat.say(f"/alert {FIXTURES / 'pgbouncer-firing.json'}")
     assert "[FIRING:2] PgBouncerPoolExhausted" in shown and "checkout-api" in shown
     assert "Alert group ag-" in shown and "opened in" in shown
+    # checkout-api has no channel of its own: settings.alerts_channel, named for its role, not shown as C04ALERTS1
+    assert "in #alerts" in shown and "C04ALERTS1" not in shown
     again = chat.say(f"/alert {FIXTURES / 'pgbouncer-firing.json'}")
     assert "nothing new (a redelivery)" in again and "[FIRING" not in again
     resolved = chat.say(f"/alert {FIXTURES / 'pgbouncer-resolved.json'}")
