@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Part of what a fitted ranker is keyed by: a release that changes the queries, features or model refits.
-RANKER_VERSION = "2"
+RANKER_VERSION = "3"
 QUERIES_PER_DOCUMENT = 8  # besides the title: each document is the answer a few ways
 KINDS = ("sentence", "untitled", "fragment")
 QUERY_BUDGET = 1000  # at most this many generated queries: a fit stays within seconds on a large corpus
@@ -263,7 +263,7 @@ def fit(examples: list[Example], seed: int = 0) -> tuple[RankerModel | None, dic
     return model, report
 
 
-HIDE_SHARE = 0.35  # the share of section queries searched without their own section (see README: 0.5 and 0.2 measured)
+HIDE_SHARE = 0.65  # the share of section queries searched without their own section (README: 0.2 to 0.8 measured)
 
 
 def _hides(text: str) -> bool:
@@ -302,7 +302,7 @@ def build_examples(
 
 def ranker_key(store: Store, model_id: str) -> str:
     """What a fitted ranker depends on: the documents, the encoder, the method (this release's) and the votes."""
-    method = f"{RANKER_VERSION}|{','.join(FEATURES)}|{QUERIES_PER_DOCUMENT}|{QUERY_BUDGET}|{TREES}|{LEAVES}"
+    method = f"{RANKER_VERSION}|{','.join(FEATURES)}|{QUERIES_PER_DOCUMENT}|{QUERY_BUDGET}|{TREES}|{LEAVES}|{HIDE_SHARE}"
     return content_hash(f"{store.corpus_key()}|{model_id}|{method}|{store.votes_key()}")
 
 
