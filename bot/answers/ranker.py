@@ -30,10 +30,12 @@ FEATURES = (
     "quoted",  # a section holds all the query's words within the query's span; 1 / how many documents do
     "query_terms",  # log of the number of the query's words the corpus has
     "best_cos",  # how close in meaning anything is: when nothing is, dense evidence is noise
+    "document_cos",  # cosine with the document as a whole (the mean of its sections' vectors)
+    "document_gap",  # the query's best document cosine minus this document's
 )
 # How each feature may move the score: more evidence for a document never counts against it (+1), a worse
 # rank or a larger gap never for it (-1). Features of the query as a whole (0) only shape how the rest count.
-MONOTONE = (1, -1, -1, 1, -1, -1, 1, -1, 1, 1, 1, 0, 1, 0, 0)
+MONOTONE = (1, -1, -1, 1, -1, -1, 1, -1, 1, 1, 1, 0, 1, 0, 0, 1, -1)
 RRF_K = 60.0  # reciprocal-rank fusion, before a ranker is fitted (the constant of its paper)
 CANDIDATES = 50  # documents taken from the top of each list; a relevant document below that in all three is lost
 
@@ -53,6 +55,7 @@ class Signals:
     stems: list[str] = field(default_factory=list)  # the query's distinct words as the full-text index stores them
     whole: dict[int, int] = field(default_factory=dict)  # document -> position of a chunk holding the whole query
     matched: dict[int, frozenset[str]] = field(default_factory=dict)  # document -> query stems its best chunk holds
+    document: np.ndarray | None = None  # dense similarity of each document as a whole
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ def features(
         x[:, 12] = [1.0 / len(sig.whole) if int(d) in sig.whole else 0.0 for d in docs]
     x[:, 13] = math.log1p(len(known))
     x[:, 14] = best_cos
+    if sig.document is not None and len(sig.document):
+        x[:, 15] = sig.document[docs]
+        x[:, 16] = float(sig.document.max()) - x[:, 15]
     return x
 
 

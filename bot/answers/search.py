@@ -16,6 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bot.answers.citing import local_keyword_scores, make_hit
+from bot.answers.dense import document_scores, section_scores
 from bot.answers.encoder import Encoder
 from bot.answers.keywords import Ranking, keyword_match, select_terms, whole_query_match
 from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, features, fuse, moved_by_votes, top
@@ -50,6 +51,8 @@ class SearchIndex:
         self.words = np.zeros(0, dtype=np.int32)
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.titles = np.zeros((0, 0), dtype=np.float32)
+        self.doc_sums = np.zeros((0, 0), dtype=np.float32)  # per document, the sum of its sections' vectors
+        self.doc_norms = np.zeros(0, dtype=np.float32)
         self._id_order = np.zeros(0, dtype=np.int64)
         self.doc_index: dict[str, int] = {}
         self.alert_routes: dict[str, list[int]] = {}
@@ -85,6 +88,8 @@ class SearchIndex:
         counts = np.diff(np.append(np.asarray(starts, dtype=np.int64), len(paths)))
         chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
+        doc_sums = np.add.reduceat(matrix, starts, axis=0) if starts else np.zeros((0, 0), dtype=np.float32)
+        doc_norms = np.linalg.norm(doc_sums, axis=1) if starts else np.zeros(0, dtype=np.float32)
         stats = CorpusStats(len(ids), self.store.term_chunk_counts(), self.store.title_terms(doc_paths))
         doc_index = {p: i for i, p in enumerate(doc_paths)}
         routes = {
@@ -103,6 +108,7 @@ class SearchIndex:
             self.declared = declared
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
+            self.doc_sums, self.doc_norms = doc_sums, doc_norms
             self.chunk_doc = chunk_doc
             self.stub = words < self.ranking.min_section_words
             self.words = words
@@ -126,6 +132,8 @@ class SearchIndex:
         arrays = (
             self.matrix,
             self.titles,
+            self.doc_sums,
+            self.doc_norms,
             self.chunk_ids,
             self.chunk_doc,
             self._id_order,
@@ -172,9 +180,11 @@ class SearchIndex:
         if hidden:
             sims[list(hidden)] = -1.0
         sig.chunk_sims = sims
-        sig.section = self._section_scores(sims)
+        sig.section = section_scores(sims, self.stub, self.doc_starts)
         if self.titles.shape[1] == len(qv):
             sig.title = self.titles @ qv
+        if self.doc_sums.shape[1] == len(qv):
+            sig.document = document_scores(qv, self.doc_sums, self.doc_norms, self.matrix, self.chunk_doc, hidden)
 
     def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int]) -> None:
         """BM25 per document (its best chunk), and in hybrid mode the query words each candidate holds."""
@@ -242,17 +252,6 @@ class SearchIndex:
                 for d in self.alert_routes.get(token.lower(), ()):
                     routed.setdefault(d, token)
         return routed
-
-    def _section_scores(self, chunk_sims: np.ndarray) -> np.ndarray:
-        """Per document, its best section's similarity, not counting stub sections.
-
-        A section of a few words ("TODO", "See the disk runbook") embeds as little more than
-        its title, which already has a ranking of its own. A document made only of stubs keeps them.
-        """
-        best = np.maximum.reduceat(np.where(self.stub, -2.0, chunk_sims), self.doc_starts)
-        if (best <= -2.0).any():
-            best = np.where(best <= -2.0, np.maximum.reduceat(chunk_sims, self.doc_starts), best)
-        return best
 
     def rank(self, sig: Signals, mode: str) -> dict[int, float]:
         """A score per candidate document: the learned model's (hybrid), or one signal's alone."""

@@ -302,7 +302,8 @@ def build_examples(
 
 def ranker_key(store: Store, model_id: str) -> str:
     """What a fitted ranker depends on: the documents, the encoder, the method (this release's) and the votes."""
-    method = f"{RANKER_VERSION}|{','.join(FEATURES)}|{QUERIES_PER_DOCUMENT}|{QUERY_BUDGET}|{TREES}|{LEAVES}|{HIDE_SHARE}"
+    shape = f"{QUERIES_PER_DOCUMENT}|{QUERY_BUDGET}|{HIDE_SHARE}|{TREES}|{LEAVES}"
+    method = f"{RANKER_VERSION}|{','.join(FEATURES)}|{shape}"
     return content_hash(f"{store.corpus_key()}|{model_id}|{method}|{store.votes_key()}")
 
 

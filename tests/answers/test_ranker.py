@@ -30,6 +30,7 @@ def signals() -> Signals:
         stems=["pool", "exhaust", "checkout", "unknownword"],
         matched={1: frozenset({"pool", "exhaust"}), 0: frozenset({"pool"})},
         whole={1: 1},
+        document=np.array([0.5, 0.65, 0.3, 0.0], dtype=np.float32),
     )
 
 
@@ -66,6 +67,9 @@ def test_features_describe_each_documents_evidence_against_the_best() -> None:
     assert first["best_coverage"] == keyword["best_coverage"] == pytest.approx(best)
     assert keyword["quoted"] == 1.0 and first["quoted"] == 0.0
     assert first["query_terms"] == pytest.approx(np.log1p(3)) and first["best_cos"] == pytest.approx(0.8)
+    # As a whole, the keyword document is closest: the gap is to it, not to the best section's document.
+    assert keyword["document_cos"] == pytest.approx(0.65) and keyword["document_gap"] == 0
+    assert first["document_cos"] == pytest.approx(0.5) and first["document_gap"] == pytest.approx(0.15)
 
 
 def test_fusion_is_reciprocal_rank_with_a_missing_rank_counted_last() -> None:

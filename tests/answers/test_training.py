@@ -17,7 +17,7 @@ from bot.config import Settings
 from bot.models import Document, Section
 from bot.runtime import Runtime
 from bot.store import Store
-from bot.tools.evaluation import evaluate, load_queries
+from bot.tools.evaluation import load_queries
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder
 
 RUNBOOK = Document(
@@ -204,11 +204,18 @@ def test_votes_on_some_questions_raise_the_figures_on_other_questions(
     others = load_queries(SAMPLE_KNOWLEDGE / "eval" / "summaries.jsonl")
     others += load_queries(SAMPLE_KNOWLEDGE / "eval" / "sections.jsonl")
 
-    def mrr(index: SearchIndex) -> float:
-        return evaluate(index, others, ["hybrid"])["hybrid"]["all"]["mrr@10"]
+    def reciprocal_ranks(index: SearchIndex) -> list[float]:
+        ranks = []
+        for q in others:
+            paths = [h.path for h in index.search(q.query, k=10).hits]
+            ranks.append(next((1 / (i + 1) for i, p in enumerate(paths) if p in q.relevant), 0.0))
+        return ranks
 
-    before = mrr(runtime.index())
-    # On-call people ask the questions of one set and vote on each answer's leading document.
+    before = reciprocal_ranks(runtime.index())
+    # On-call people ask the questions of one set and vote on each answer's leading document. The refit that
+    # each vote starts in the background is held back until the end: a refit landing in the middle of the loop
+    # would change the later answers, and so the labels, from one run to the next.
+    runtime.answers._on_vote = None
     for n, question in enumerate(voted):
         reply = runtime.answers.reply(question.query, channel="C0TEST", user=f"U{n:04d}")
         if reply.top is not None:
@@ -219,6 +226,9 @@ def test_votes_on_some_questions_raise_the_figures_on_other_questions(
     assert store.load_ranker(minilm.model_id)[2]["votes"] == len(store.feedback_rows()) > len(voted) * 0.9
     learned = SearchIndex(store, minilm)
     learned.feedback_votes = learned.feedback_votes[:0]  # the ranker alone, without the memory of voted questions
-    after = mrr(learned)
-    assert after >= before + 0.01, (before, after)
+    after = reciprocal_ranks(learned)
+    raised = sum(a > b for a, b in zip(after, before, strict=True))
+    lowered = sum(a < b for a, b in zip(after, before, strict=True))
+    # MRR@10 over the other questions, and more of them answered better than worse.
+    assert sum(after) / len(after) >= sum(before) / len(before) + 0.01 and raised > lowered, (raised, lowered)
     runtime.close()
