@@ -273,8 +273,8 @@ class StoreBase:
         rest_open = self.db.conn.in_transaction
         outcome = "committed" if committed else "rolled back"
         log.error(
-            "write transaction ended before its end: %s early by another statement on the connection, "
-            "later statements ran outside it path=%s thread=%s",
+            "write transaction %s early, before its block ended, by a statement that must never run inside one; "
+            "the block's later statements ran outside it path=%s thread=%s",
             outcome,
             self.path,
             threading.current_thread().name,
