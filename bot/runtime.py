@@ -126,8 +126,16 @@ class Runtime:
         version = self.store.get_meta("index_version")  # read before building: a later change rebuilds again
         with self._configured_lock:
             cached = self._configured.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        # Built without holding the lock: building reads the store, which waits for the store's lock, and a
+        # thread inside a store transaction (an announcer asking for the alerts service) may be waiting for
+        # this one. Two threads may both build; the first one kept is the one every caller gets.
+        built = (version, build())
+        with self._configured_lock:
+            cached = self._configured.get(name)
             if cached is None or cached[0] != version:
-                cached = (version, build())
+                cached = built
                 self._configured[name] = cached
                 log.info("configuration loaded part=%s version=%s", name, version)
             return cached[1]

@@ -2,29 +2,138 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bot.store import Store
+from bot.store.base import TransactionLost
+
+WAIT_S = 30.0  # generous: only a broken lock makes a wait this long
 
 
-def test_a_write_waits_for_another_threads_unfinished_read_instead_of_failing(tmp_path: Path) -> None:
+def test_a_read_on_the_shared_connection_is_read_to_its_end_so_a_write_never_meets_a_stale_snapshot(
+    tmp_path: Path,
+) -> None:
     shared = Store(tmp_path / "opsbot.db")  # one connection, shared by the bot's threads
     other = Store(tmp_path / "opsbot.db")  # another process
     for n in range(3):
         shared.set_meta(f"key{n}", "before")
-    # Another thread's read on the shared connection, not finished yet: it holds its snapshot.
-    reading = shared.db.conn.execute("SELECT key FROM meta ORDER BY key")
+    reading = shared.db.conn.execute("SELECT key FROM meta WHERE key LIKE 'key%' ORDER BY key")
     assert reading.fetchone() == ("key0",)
-    other.set_meta("key1", "changed elsewhere")  # a commit newer than that snapshot
-    # SQLite refuses BEGIN IMMEDIATE at once (no busy wait) while that stale read is open;
-    # the read ends a moment later, as reads do.
-    finisher = threading.Timer(0.2, reading.fetchall)
-    finisher.start()
+    other.set_meta("key1", "changed elsewhere")  # a commit newer than the read's snapshot
 
+    # A half-read cursor would still hold that snapshot, and BEGIN IMMEDIATE would fail until it ended.
     shared.set_meta("key2", "after")
 
-    finisher.join()
+    assert reading.fetchall() == [("key1",), ("key2",)]
     assert shared.get_meta("key1") == "changed elsewhere" and shared.get_meta("key2") == "after"
     other.close()
     shared.close()
+
+
+def test_a_read_from_another_thread_waits_for_the_transaction_instead_of_running_inside_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "opsbot.db")
+    store.set_meta("state", "old")
+    inside, leave = threading.Event(), threading.Event()
+    events: list[str] = []
+
+    def write() -> None:
+        with store.transaction():
+            store.db.execute("UPDATE meta SET value = 'new' WHERE key = 'state'")
+            inside.set()
+            leave.wait(WAIT_S)
+            events.append("committed")
+
+    def read() -> None:
+        events.append(f"read {store.get_meta('state')}")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert inside.wait(WAIT_S)
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(0.5)  # unlocked, the read runs now, inside the other thread's transaction
+    leave.set()
+    writer.join(WAIT_S)
+    reader.join(WAIT_S)
+
+    assert events == ["committed", "read new"]
+    store.close()
+
+
+class LosesTheFirstBegin:
+    """The shared connection as one thread saw it when another thread's read overwrote SQLite's answer to its
+    BEGIN IMMEDIATE (busy): the BEGIN came back as a success, and no transaction had begun."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.lost = conn, 0
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "BEGIN IMMEDIATE" and not self.lost:
+            self.lost += 1
+            return None
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_a_begin_that_began_no_transaction_is_tried_again_so_the_write_stays_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "opsbot.db")
+    real = store.db.conn
+    store.db.conn = LosesTheFirstBegin(real)  # type: ignore[assignment]
+
+    with caplog.at_level(logging.ERROR, logger="bot.store.base"), pytest.raises(RuntimeError, match="block fails"):
+        with store.transaction():
+            store.db.execute("INSERT INTO meta (key, value) VALUES ('half', 'written')")
+            raise RuntimeError("the block fails")
+
+    assert store.get_meta("half") == ""  # rolled back with its transaction, not stored on its own
+    assert "began no transaction" in caplog.text
+    store.set_meta("after", "ok")
+    assert store.get_meta("after") == "ok"
+    store.db.conn = real
+    store.close()
+
+
+def test_a_transaction_committed_before_its_end_is_reported_and_the_rest_of_it_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "opsbot.db")
+
+    with caplog.at_level(logging.ERROR, logger="bot.store.base"):
+        with store.transaction():
+            store.db.execute("INSERT INTO meta (key, value) VALUES ('first', '1')")
+            store.db.conn.execute("COMMIT")  # what sqlite-utils' `with db.conn:` does to an open transaction
+            store.db.conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [("second", "2")])
+
+    assert (store.get_meta("first"), store.get_meta("second")) == ("1", "2")
+    assert not store.db.conn.in_transaction
+    assert "committed early" in caplog.text and "test_store.py" in caplog.text  # the log names the write
+    store.close()
+
+
+def test_a_transaction_rolled_back_before_its_end_is_never_reported_as_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path / "opsbot.db")
+
+    with caplog.at_level(logging.ERROR, logger="bot.store.base"), pytest.raises(TransactionLost):
+        with store.transaction():
+            store.db.execute("INSERT INTO meta (key, value) VALUES ('first', '1')")
+            store.db.conn.execute("ROLLBACK")
+            store.db.conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [("second", "2")])
+
+    assert (store.get_meta("first"), store.get_meta("second")) == ("", "")  # neither half is kept
+    assert not store.db.conn.in_transaction
+    assert "rolled back early" in caplog.text
+    store.set_meta("after", "ok")  # the connection is usable again
+    assert store.get_meta("after") == "ok"
+    store.close()

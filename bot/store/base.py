@@ -1,5 +1,9 @@
 """The connection: one SQLite database shared between threads, its lock, transactions and meta.
 
+Every statement on the shared connection runs under the store's lock and has its rows read to the end before
+the lock is let go (``LockedConnection``), and ``transaction()`` checks that its transaction is still the one it
+began when it commits.
+
 The store also knows whether the database takes writes: SQLite's reason when the last write failed (a full disk,
 a read-only file or folder), cleared by the next commit that succeeds, and ``writable()``, a small write that
 /healthz can ask for as often as it likes.
@@ -12,10 +16,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -29,6 +34,7 @@ WRITE_FAILURES = ("database or disk is full", "readonly database", "disk i/o err
 PROBE_EVERY_S = 5.0  # writable() writes at most this often; in between it answers from the last write's outcome
 PROBE_WAIT_S = 2.0  # a probe that would wait longer for another writer is skipped: the writer shows it is writable
 PROBE_PAGES = 4  # the probe's rolled-back row needs new pages, as a growing table does, not space in a page
+WRITE_SAVEPOINT = "opsbot_write"  # inside each outer transaction: gone if anything ended the transaction early
 
 
 def is_write_failure(exc: BaseException) -> bool:
@@ -57,6 +63,103 @@ class DatabaseUnavailable(OpsbotError):
         return DatabaseUnavailable(self.path, self.reason, self.unwritable, source)
 
 
+class TransactionLost(sqlite3.OperationalError):
+    """A write transaction was rolled back before its end by something else on the connection: not stored."""
+
+
+class Rows:
+    """A statement's result rows, all read: what a cursor offers, without an unfinished statement behind it."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self.description = cursor.description
+        self.lastrowid = cursor.lastrowid
+        self._rows = iter(cursor.fetchall())
+        self.rowcount = cursor.rowcount  # after the fetch: a write's RETURNING rows count once all are read
+
+    def fetchone(self) -> Any:
+        return next(self._rows, None)
+
+    def fetchmany(self, size: int = 1) -> list[Any]:
+        return [row for _, row in zip(range(size), self._rows, strict=False)]
+
+    def fetchall(self) -> list[Any]:
+        return list(self._rows)
+
+    def close(self) -> None:
+        self._rows = iter(())
+
+    def __iter__(self) -> Rows:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._rows)
+
+
+class LockedConnection(sqlite3.Connection):
+    """The store's connection: each statement runs under ``lock`` and is read to its end before it is let go.
+
+    SQLite keeps the outcome of the last call in the connection, not in the statement. When two threads use
+    one connection at once, a read stepping in one thread can overwrite a failure in the other before Python
+    reads it: a BEGIN IMMEDIATE refused as busy then comes back as a success, and the writes meant for that
+    transaction are stored one by one outside it ("cannot commit - no transaction is active" at its end).
+    A cursor left half-read also keeps a read transaction open, which makes BEGIN IMMEDIATE fail at once
+    instead of waiting for another process, and Python's statement cache can hand one prepared statement to two
+    threads. Running one statement at a time, each read to its end, rules all of these out.
+    """
+
+    lock: threading.RLock
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = (), /) -> Any:
+        with self.lock:
+            cursor = super().execute(sql, parameters)
+            # No columns: the statement ran to its end inside execute() and the cursor holds nothing.
+            return cursor if cursor.description is None else Rows(cursor)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        with self.lock:
+            return super().executemany(sql, parameters)
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        with self.lock:
+            return super().executescript(sql_script)
+
+    def commit(self) -> None:
+        with self.lock:
+            super().commit()
+
+    def rollback(self) -> None:
+        with self.lock:
+            super().rollback()
+
+
+class LockedDatabase(Database):
+    """sqlite-utils on a ``LockedConnection``; its look-then-act steps hold the lock from the look to the act.
+
+    ``execute`` checks whether a transaction is open, runs the statement, then commits or rolls back what
+    the statement began; ``atomic`` checks, then BEGINs or takes a savepoint. Another thread's BEGIN
+    in between would be committed or rolled back by them.
+    """
+
+    conn: LockedConnection
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] | None = None) -> Any:
+        with self.conn.lock:
+            return super().execute(sql, parameters)
+
+    def executescript(self, sql: str) -> sqlite3.Cursor:
+        with self.conn.lock:
+            return super().executescript(sql)
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Iterator[dict]:
+        with self.conn.lock:
+            return super().query(sql, params)
+
+    @contextmanager
+    def atomic(self) -> Iterator[Database]:
+        with self.conn.lock, super().atomic() as db:
+            yield db
+
+
 class StoreBase:
     """The database connection and the transaction helpers every part of the store uses."""
 
@@ -67,6 +170,7 @@ class StoreBase:
         self.write_error = ""  # SQLite's reason the last write failed; "" once a commit succeeds
         self.probe_every_s = PROBE_EVERY_S
         self._probed_at = -PROBE_EVERY_S
+        self._writes_begun = 0  # numbers each outer transaction, for temp.write_mark
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -78,8 +182,9 @@ class StoreBase:
 
     def _open(self) -> None:
         """Connect, migrate, and make sure the file takes writes: a read-only folder fails here, not at a question."""
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self.db = Database(conn)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30, factory=LockedConnection)
+        conn.lock = self.lock
+        self.db = LockedDatabase(conn)
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
@@ -100,6 +205,10 @@ class StoreBase:
                 f"CREATE VIRTUAL TABLE temp.cite_terms USING fts5(heading, body, content='', tokenize={TOKENIZER!r})"
             )
             self.db.execute("CREATE VIRTUAL TABLE temp.cite_terms_vocab USING fts5vocab(temp, cite_terms, instance)")
+            # The number of the last outer transaction, written inside it: if something ends a transaction
+            # early, this tells whether its work so far was committed or rolled back (see _ended_early).
+            self.db.execute("CREATE TABLE temp.write_mark (n INTEGER NOT NULL)")
+            self.db.execute("INSERT INTO temp.write_mark (n) VALUES (0)")
 
     def close(self) -> None:
         with self.lock:  # not under a transaction of another thread
@@ -118,10 +227,10 @@ class StoreBase:
                     yield
                 return
             try:
-                self._begin_immediate()
+                mark = self._begin_write()
                 try:
                     yield
-                    self.db.conn.execute("COMMIT")
+                    self._commit(mark)
                 except BaseException:
                     self._rollback()
                     raise
@@ -130,6 +239,54 @@ class StoreBase:
                     self._note_write(str(exc))
                 raise
             self._note_write("")
+
+    def _begin_write(self) -> int:
+        """BEGIN IMMEDIATE, then mark the transaction: a savepoint that only it holds, and its number in
+        temp.write_mark. Returns the number."""
+        self._begin_immediate()
+        self._writes_begun += 1
+        self.db.conn.execute(f"SAVEPOINT {WRITE_SAVEPOINT}")
+        self.db.conn.execute("UPDATE temp.write_mark SET n = ?", [self._writes_begun])
+        return self._writes_begun
+
+    def _commit(self, mark: int) -> None:
+        """Commit the transaction numbered ``mark``, or, when something ended it before, say how it ended."""
+        try:
+            self.db.conn.execute(f"RELEASE {WRITE_SAVEPOINT}")
+        except sqlite3.OperationalError as exc:
+            if "no such savepoint" not in str(exc):
+                raise
+            self._ended_early(mark)
+            return
+        self.db.conn.execute("COMMIT")
+
+    def _ended_early(self, mark: int) -> None:
+        """The transaction numbered ``mark`` was committed or rolled back before its end, by a statement
+        that should never run inside one (a COMMIT, a ROLLBACK, an error SQLite answers with a rollback).
+
+        Statements of the block after that point ran outside it: each stored on its own, or in a transaction
+        Python began for them (still open now). Committed: the write is stored, in parts, and that open rest is
+        committed too. Rolled back: that rest is rolled back as well, and TransactionLost is raised, since the
+        write is not stored as a whole.
+        """
+        committed = self.db.execute("SELECT n FROM temp.write_mark").fetchone()[0] == mark
+        rest_open = self.db.conn.in_transaction
+        outcome = "committed" if committed else "rolled back"
+        log.error(
+            "write transaction %s early, before its block ended, by a statement that must never run inside one; "
+            "the block's later statements ran outside it path=%s thread=%s",
+            outcome,
+            self.path,
+            threading.current_thread().name,
+            stack_info=True,  # which write it was: the caller's stack names it
+        )
+        if committed:
+            if rest_open:
+                self.db.conn.execute("COMMIT")
+            return
+        if rest_open:
+            self.db.conn.execute("ROLLBACK")
+        raise TransactionLost("the write transaction was rolled back before its end; it was not stored as a whole")
 
     @contextmanager
     def _entered(self) -> Iterator[None]:
@@ -160,17 +317,22 @@ class StoreBase:
     def _begin_immediate(self, wait: float = BUSY_WAIT_S) -> None:
         """BEGIN IMMEDIATE, waiting while SQLite says the database is locked.
 
-        SQLite's own busy timeout covers another process holding the write lock. It does not cover a
-        read still in progress on this shared connection (another thread's statement) whose snapshot
-        is older than the last commit: then BEGIN IMMEDIATE fails at once. That read ends within
-        milliseconds, so trying again shortly is enough.
+        SQLite's own busy timeout covers another process holding the write lock. It does not cover a read
+        still open on this connection whose snapshot is older than the last commit: then BEGIN IMMEDIATE fails
+        at once. LockedConnection reads every result to its end, so only a cursor opened some other way can
+        leave one; trying again shortly is enough. A BEGIN that reports success without a transaction (SQLite's
+        busy answer lost to another thread's call on the connection) is tried again too, and logged.
         """
         deadline = time.monotonic() + wait
         pause = 0.002
         while True:
             try:
                 self.db.conn.execute("BEGIN IMMEDIATE")
-                return
+                if self.db.conn.in_transaction:
+                    return
+                log.error("BEGIN IMMEDIATE reported success but began no transaction; trying again path=%s", self.path)
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError("could not begin a write transaction: database is locked")
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
                     raise
