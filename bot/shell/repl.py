@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from bot.errors import InvalidRequest
-from bot.runtime import NotReady, Runtime
+from bot.runtime import Runtime
 from bot.shell.mentions import find_person, resolve_mentions, roster_examples
 from bot.shell.render import Button, Post, Style, plain, render_post
 from bot.slack.local.fake_methods import BOT_USER_ID
@@ -371,10 +371,7 @@ class Shell:
 
     def _configured_channels(self) -> dict[str, str]:
         """services.yaml's channel ids, named for what is posted there: deploys, alerts, or a service's name."""
-        try:
-            deploys, routing = self.runtime.deploys().settings, self.runtime.alerts().routing
-        except NotReady:  # the index is still loading: ids are shown as they are
-            return {}
+        deploys, routing = self.runtime.deploys().settings, self.runtime.alerts().routing  # read from the store
         names = dict.fromkeys(filter(None, [routing.default_channel]), "alerts")
         names.update({channel: service for service, channel in routing.channels.items()})
         deploy_channels = [deploys.digest.channel if deploys.digest else "", deploys.channel]

@@ -133,7 +133,8 @@ class LockedConnection(sqlite3.Connection):
 
 
 class LockedDatabase(Database):
-    """sqlite-utils on a ``LockedConnection``; its look-then-act steps hold the lock from the look to the act.
+    """sqlite-utils on a ``LockedConnection``; its look-then-act steps hold the lock from the look to the act
+    (its other methods, ``query`` among them, run each statement through the connection, locked there).
 
     ``execute`` checks whether a transaction is open, runs the statement, then commits or rolls back what
     the statement began; ``atomic`` checks, then BEGINs or takes a savepoint. Another thread's BEGIN
@@ -149,10 +150,6 @@ class LockedDatabase(Database):
     def executescript(self, sql: str) -> sqlite3.Cursor:
         with self.conn.lock:
             return super().executescript(sql)
-
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Iterator[dict]:
-        with self.conn.lock:
-            return super().query(sql, params)
 
     @contextmanager
     def atomic(self) -> Iterator[Database]:
