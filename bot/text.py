@@ -15,6 +15,7 @@ from bot.models import Section
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
+HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
 HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
 MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 REF_LINK_DEF = re.compile(r"^\s*(?:-\s*)?\[[^\]]+\]:?\s*\(?https?://\S+\)?\s*$", re.M)
@@ -124,6 +125,27 @@ def first_heading(body: str) -> str:
     return ""
 
 
+def drop_comments(body: str) -> str:
+    """Markdown without its HTML comments, which a reader of the rendered runbook never sees.
+
+    A template's "<!-- say what this alert means -->" or an editor's note is not what the runbook says, and
+    text kept in a comment for another edition of the document would count twice. Comments inside fenced
+    code are code and stay; an unclosed ``<!--`` is left as it is, as nothing says where it was meant to end.
+    """
+    if "<!--" not in body:
+        return body
+    parts, prose, in_fence = [], [], False
+    for line in body.splitlines(keepends=True):
+        if FENCE.match(line):
+            if not in_fence:
+                parts.append(HTML_COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), "".join(prose)))
+                prose = []
+            in_fence = not in_fence
+        (parts if in_fence or FENCE.match(line) else prose).append(line)
+    parts.append(HTML_COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), "".join(prose)))
+    return "".join(parts)
+
+
 def split_sections(body: str, title: str) -> list[Section]:
     """Split Markdown into sections by heading, each carrying its heading path.
 
@@ -132,7 +154,7 @@ def split_sections(body: str, title: str) -> list[Section]:
     """
     parsed: list[tuple[int, str, list[str]]] = []
     level, heading, buf, in_fence = 0, "", [], False
-    for line in body.splitlines():
+    for line in drop_comments(body).splitlines():
         if FENCE.match(line):
             in_fence = not in_fence
         m = None if in_fence else HEADING.match(line)

@@ -7,6 +7,7 @@ import pytest
 from bot.models import Section
 from bot.text import (
     FrontMatterError,
+    drop_comments,
     drop_object_refs,
     keyword_terms,
     normalize_query,
@@ -153,6 +154,22 @@ def test_html_and_link_targets_are_cleaned() -> None:
     assert escalate.text == "Page the DBA."
     joined = " ".join(s.text for s in split_sections(RUNBOOK, "x"))
     assert "http" not in joined and "<b>" not in joined
+
+
+def test_html_comments_are_not_indexed_but_code_and_unclosed_comments_are_kept() -> None:
+    body = (
+        "## Meaning\n\nThe pool is full. <!-- TODO: say which pool -->\n\n"
+        "<!--DS: The downstream edition says this.\n\n## Hidden heading\n\nand this.-->\n\n"
+        "## Diagnosis\n\n```html\n<!-- a comment in code is code -->\n```\n\nLast words <!-- never closed\n"
+    )
+
+    sections = split_sections(body, "Pool")
+
+    assert [s.heading for s in sections] == ["Meaning", "Diagnosis"]
+    assert sections[0].text == "The pool is full."
+    assert "<!-- a comment in code is code -->" in sections[1].text
+    assert sections[1].text.endswith("Last words <!-- never closed")
+    assert drop_comments("no comment here") == "no comment here"
 
 
 def test_several_h1_headings_stay_in_the_paths() -> None:

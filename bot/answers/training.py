@@ -59,7 +59,6 @@ LEARNING_RATE = 0.05
 LEAVES = 7
 MIN_LEAF = 100  # fewer documents than this give too little to fit on: plain fusion is used
 FENCED = re.compile(r"^\s*(```|~~~).*?^\s*\1", re.M | re.S)
-COMMENT_MARK = re.compile(r"<!--\w*:?|-->")
 LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+", re.M)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -87,7 +86,7 @@ class Example:
 
 def prose_sentences(text: str) -> list[list[str]]:
     """The sentences of a section's prose, as word lists: code blocks, markup and command lines left out."""
-    text = COMMENT_MARK.sub(" ", FENCED.sub("\n\n", text))
+    text = FENCED.sub("\n\n", text)
     found = []
     for paragraph in re.split(r"\n\s*\n", LIST_ITEM.sub("\n\n", text)):
         for sentence in SENTENCE_END.split(" ".join(MARKUP.sub(" ", paragraph).split())):

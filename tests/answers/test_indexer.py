@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bot.answers.incident_vectors import incident_text
-from bot.answers.indexer import build_chunks, index_knowledge, title_embed_text
+from bot.answers.indexer import INDEX_FORMAT, build_chunks, index_knowledge, title_embed_text
+from bot.answers.search import SearchIndex
 from bot.answers.training import encoded_form, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
@@ -460,6 +461,23 @@ def test_a_new_index_format_rewrites_documents_without_embedding_again(
         "inc-2025-0042": [INC_YAML],  # an incident answers to its id
         "inc-2026-0007": [INC_MD],
     }
+
+
+def test_words_in_html_comments_are_not_searchable_and_an_older_index_is_rewritten(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    write(knowledge, "runbooks/db.md", "# Pool full\n\nRaise max_connections. <!-- template: describe the zebra -->\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    index = SearchIndex(store, fake_encoder)
+    assert index.search("raise max_connections", mode="bm25").hits
+    assert not index.search("zebra", mode="bm25").hits
+
+    # An index written when comments were indexed has an older format: every document is read again.
+    store.set_meta("index_format", "4")
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert report.updated == report.runbooks + report.incidents
+    assert store.get_meta("index_format") == INDEX_FORMAT
 
 
 def test_a_database_at_m013_without_m012_gets_the_ranker_tables_on_opening(
