@@ -116,8 +116,9 @@ def clean_markdown(text: str) -> str:
 
 
 def first_heading(body: str) -> str:
+    """The text of the first heading a reader sees: not one inside code or an HTML comment ("" if none)."""
     in_fence = False
-    for line in body.splitlines():
+    for line in drop_comments(body).splitlines():
         if FENCE.match(line):
             in_fence = not in_fence
         elif not in_fence and (m := HEADING.match(line)):

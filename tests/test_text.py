@@ -9,6 +9,7 @@ from bot.text import (
     FrontMatterError,
     drop_comments,
     drop_object_refs,
+    first_heading,
     keyword_terms,
     normalize_query,
     spell_identifiers,
@@ -170,6 +171,7 @@ def test_html_comments_are_not_indexed_but_code_and_unclosed_comments_are_kept()
     assert "<!-- a comment in code is code -->" in sections[1].text
     assert sections[1].text.endswith("Last words <!-- never closed")
     assert drop_comments("no comment here") == "no comment here"
+    assert first_heading("<!-- # Template title -->\n# PoolFull\n\ntext") == "PoolFull"
 
 
 def test_several_h1_headings_stay_in_the_paths() -> None:

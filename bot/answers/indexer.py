@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ENCODE_BATCH = 256
 # What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
-# document from its file (vectors are reused: the text did not change). 2: alert routes. 3: spelled titles,
+# document from its file (vectors are reused where the text did not change). 2: alert routes. 3: spelled titles,
 # alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
 # 5: HTML comments left out of the text.
 INDEX_FORMAT = "5"
