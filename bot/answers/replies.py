@@ -28,7 +28,7 @@ from bot.store.base import is_write_failure
 from bot.text import linked_runbook
 
 log = logging.getLogger(__name__)
-RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit
+RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit of its kind
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,23 @@ class Reply:
 def relevant_hits(answer: Answer, settings: Settings) -> tuple[tuple[SearchHit, ...], tuple[SearchHit, ...]]:
     """The hits worth showing, as (runbooks, incidents): weak matches are left out.
 
-    A hit stays when it is above the configured floor and not far below the best hit of this answer, or when
-    it is the runbook of a named alert, the runbook an alert links to, or a section holding the question's words
-    together.
+    Runbooks and incidents are judged apart, as they are shown apart: an incident told in the question's own
+    words is closer in meaning than any runbook, and must not hide the runbook that says what to do. Within a
+    kind, a hit stays when it is above the configured floor and not far below the best hit of its kind, or
+    when it is the runbook of a named alert, the runbook an alert links to, or a section holding the
+    question's words together. The ranker's first of a kind is shown whenever anything of that kind is: a hit
+    it ranked lower, however close in meaning, never takes its place.
     """
-    best = max((h.similarity for h in answer.hits), default=0.0)
-    floor = max(settings.min_similarity, best * RELATIVE_FLOOR)
-    relevant = [h for h in answer.hits if h.similarity >= floor or h.alert or h.quoted or h.linked]
-    runbooks = tuple(h for h in relevant if h.kind == "runbook")[: min(settings.top_k, 3)]
-    incidents = tuple(h for h in relevant if h.kind == "incident")[:3]
-    return runbooks, incidents
+    shown: list[tuple[SearchHit, ...]] = []
+    for kind in ("runbook", "incident"):
+        hits = [h for h in answer.hits if h.kind == kind]
+        best = max((h.similarity for h in hits), default=0.0)
+        floor = max(settings.min_similarity, best * RELATIVE_FLOOR)
+        keep = [h.similarity >= floor or bool(h.alert or h.quoted or h.linked) for h in hits]
+        if any(keep):
+            keep[0] = True
+        shown.append(tuple(h for h, k in zip(hits, keep, strict=True) if k))
+    return shown[0][: min(settings.top_k, 3)], shown[1][:3]
 
 
 def trim_suggestions(ranked: list[Suggestion], recent_first: list[str], limit: int) -> list[Suggestion]:

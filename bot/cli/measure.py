@@ -124,7 +124,9 @@ def evaluate(
     if queries is None:
         raise OpsbotError("--queries is required for the search task: a JSON-lines file of questions.")
     modes = ["hybrid", "dense", "bm25"] if mode == "all" else [mode]
-    results, report = run_eval(knowledge, queries, modes, encoder, documents=documents, db_path=index_db)
+    results, report = run_eval(
+        knowledge, queries, modes, encoder, documents=documents, db_path=index_db, settings=settings
+    )
     if as_json:
         click.echo(
             json.dumps(
@@ -154,8 +156,11 @@ def evaluate(
 
 def format_eval_table(results: dict) -> str:
     """A plain-text table: one row per mode and query group."""
-    sectioned = any("section@1" in m for groups in results.values() for m in groups.values() if isinstance(m, dict))
+    rows = [m for groups in results.values() for m in groups.values() if isinstance(m, dict)]
+    sectioned = any("section@1" in m for m in rows)
+    shown = any("shown@1" in m for m in rows)
     header = f"{'mode':<8} {'queries':<14} {'n':>4} {'R@1':>6} {'R@3':>6} {'R@5':>6} {'MRR@10':>7}"
+    header += f" {'Shw@1':>6} {'Shown':>6}" if shown else ""
     header += f" {'Sec@1':>6} {'of':>4}" if sectioned else ""
     lines = [header, "-" * len(header)]
     for mode, groups in results.items():
@@ -166,9 +171,16 @@ def format_eval_table(results: dict) -> str:
                 f"{mode:<8} {group:<14} {m['queries']:>4} {m['recall@1']:>6.3f} {m['recall@3']:>6.3f} "
                 f"{m['recall@5']:>6.3f} {m['mrr@10']:>7.3f}"
             )
+            if shown:
+                line += f" {m['shown@1']:>6.3f} {m['shown']:>6.3f}" if "shown@1" in m else " " * 14
             if "section@1" in m:
                 line += f" {m['section@1']:>6.3f} {m['sectioned']:>4}"
-            lines.append(line)
+            lines.append(line.rstrip())
+    if shown:
+        lines.append(
+            "Shw@1, Shown: what a reply shows after the relevance rule (hybrid): its first document is relevant; "
+            "a relevant one is among those shown."
+        )
     if sectioned:
         lines.append("Sec@1: the first result cites a labelled section (of the n queries that label sections).")
     return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""Retrieval quality: Recall@1/3/5 and MRR@10 over a query file, per mode and per query kind."""
+"""Retrieval quality: Recall@1/3/5 and MRR@10 over a query file, per mode and per query kind.
+
+In hybrid mode it also measures what a person is shown: the answer after the relevance rule that Slack,
+the shell and ``opsbot ask`` apply (``replies.relevant_hits``), runbooks first as the reply lists them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from pathlib import Path
 from bot.answers.encoder import Encoder
 from bot.answers.indexer import IndexReport, index_knowledge
 from bot.answers.keywords import Ranking
+from bot.answers.replies import relevant_hits
 from bot.answers.search import MODES, SearchIndex
+from bot.config import Settings
 from bot.errors import InvalidRequest
 from bot.store import Store
 
@@ -85,8 +91,23 @@ def _check_documents(documents: str) -> None:
         raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
 
 
-def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], documents: str = "all") -> dict:
+def shown_paths(index: SearchIndex, query: str, settings: Settings, kind: str = "") -> list[str]:
+    """The documents a reply shows for ``query``, in the order shown (runbooks, then incidents)."""
+    runbooks, incidents = relevant_hits(index.search(query, k=settings.top_k * 2), settings)
+    return [h.path for h in runbooks + incidents if not kind or h.kind == kind]
+
+
+def evaluate(
+    index: SearchIndex,
+    queries: list[EvalQuery],
+    modes: list[str],
+    documents: str = "all",
+    settings: Settings | None = None,
+) -> dict:
     """Run every query in every mode; returns {mode: {"all": metrics, kind: metrics}} plus misses.
+
+    With ``settings``, hybrid mode also reports Shown@1 (the first document the reply shows is relevant)
+    and Shown (a relevant document is among those shown), as the reply's relevance rule leaves them.
 
     Queries labelled with "sections" also measure Section@1: the first result is a relevant document
     and the section it cites is one of them. Its misses list only queries whose document was right.
@@ -113,6 +134,10 @@ def evaluate(index: SearchIndex, queries: list[EvalQuery], modes: list[str], doc
             answer = index.search(q.query, k=MRR_DEPTH if not kind else FILTERED_DEPTH, mode=mode)
             paths = [h.path for h in answer.hits if not kind or h.kind == kind][:MRR_DEPTH]
             metrics = score_ranking(paths, relevant)
+            if settings is not None and mode == "hybrid":
+                shown = shown_paths(index, q.query, settings, kind)
+                metrics["shown@1"] = float(bool(shown) and shown[0] in relevant)
+                metrics["shown"] = float(bool(relevant.intersection(shown)))
             groups = ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",)
             for group in groups:
                 counts[group] += 1
@@ -152,6 +177,7 @@ def run_eval(
     ranking: Ranking | None = None,
     documents: str = "all",
     db_path: Path | None = None,
+    settings: Settings | None = None,
 ) -> tuple[dict, IndexReport]:
     """Index ``knowledge`` into a temporary database (or ``db_path``, kept) and evaluate the query file against it."""
     for mode in modes:
@@ -165,6 +191,6 @@ def run_eval(
             # The query file is read above, for measuring only: indexing (and the ranker's fit) never sees it.
             report = index_knowledge(store, encoder, knowledge)
             index = SearchIndex(store, encoder, ranking)
-            return evaluate(index, queries, modes, documents), report
+            return evaluate(index, queries, modes, documents, settings or Settings()), report
         finally:
             store.close()

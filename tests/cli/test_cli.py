@@ -129,7 +129,7 @@ EVAL_QUERIES = [
 ]
 TABLE_ROW = re.compile(
     r"^(?P<mode>hybrid|dense|bm25)\s+(?P<group>\S+)\s+(?P<n>\d+)\s+(?P<r1>[\d.]+)\s+(?P<r3>[\d.]+)\s+"
-    r"(?P<r5>[\d.]+)\s+(?P<mrr>[\d.]+)$"
+    r"(?P<r5>[\d.]+)\s+(?P<mrr>[\d.]+)(?:\s+(?P<shown1>[\d.]+)\s+(?P<shown>[\d.]+))?$"
 )
 
 
@@ -474,7 +474,9 @@ def table_rows(output: str) -> dict[tuple[str, str], dict[str, float]]:
     rows = {}
     for line in output.splitlines():
         if m := TABLE_ROW.match(line):
-            rows[(m["mode"], m["group"])] = {k: float(m[k]) for k in ("n", "r1", "r3", "r5", "mrr")}
+            rows[(m["mode"], m["group"])] = {
+                k: float(m[k]) for k in ("n", "r1", "r3", "r5", "mrr", "shown1", "shown") if m[k]
+            }
     return rows
 
 
@@ -483,14 +485,20 @@ def test_eval_prints_a_table_per_mode(eval_files: tuple[Path, Path]) -> None:
     result = invoke("eval", "--knowledge", str(knowledge), "--queries", str(queries))
     assert result.exit_code == 0, result.output
     header = result.stdout.splitlines()[0].split()
-    assert header == ["mode", "queries", "n", "R@1", "R@3", "R@5", "MRR@10"]
+    assert header == ["mode", "queries", "n", "R@1", "R@3", "R@5", "MRR@10", "Shw@1", "Shown"]
     rows = table_rows(result.stdout)
     assert set(rows) == {(m, g) for m in ("hybrid", "dense", "bm25") for g in ("all", "log", "question")}
     for mode in ("hybrid", "dense", "bm25"):
         assert rows[(mode, "all")]["n"] == 6
         assert rows[(mode, "all")]["r1"] == 0.833, mode
         assert rows[(mode, "log")]["r1"] == 1.0, mode
-        assert rows[(mode, "question")] == {"n": 4, "r1": 0.75, "r3": 0.75, "r5": 0.75, "mrr": 0.75}, mode
+        ranked = {k: v for k, v in rows[(mode, "question")].items() if not k.startswith("shown")}
+        assert ranked == {"n": 4, "r1": 0.75, "r3": 0.75, "r5": 0.75, "mrr": 0.75}, mode
+    # What a reply shows is measured in hybrid mode only, the mode Slack answers in.
+    assert "shown1" not in rows[("dense", "all")] and "shown1" not in rows[("bm25", "all")]
+    # Here every query's first document is above the floor, so the reply shows what the ranking put first.
+    assert rows[("hybrid", "all")]["shown1"] == rows[("hybrid", "all")]["r1"] == 0.833
+    assert rows[("hybrid", "log")]["shown"] == 1.0 and "Shw@1, Shown: what a reply shows" in result.stdout
     assert "approval" not in result.stdout  # misses are only listed on request
 
 
@@ -513,6 +521,8 @@ def test_eval_json(eval_files: tuple[Path, Path]) -> None:
     assert set(data["modes"]) == {"hybrid", "dense", "bm25"}
     assert data["modes"]["hybrid"]["all"]["mrr@10"] == pytest.approx(5 / 6, abs=1e-3)
     assert data["modes"]["hybrid"]["all"]["queries"] == 6
+    assert data["modes"]["hybrid"]["all"]["shown@1"] == pytest.approx(5 / 6, abs=1e-3)
+    assert "shown@1" not in data["modes"]["bm25"]["all"]
     assert [m["id"] for m in data["modes"]["hybrid"]["misses"]] == ["approval"]
     assert data["index"]["runbooks"] == len(EVAL_RUNBOOKS)
     assert data["index"]["added"] == len(EVAL_RUNBOOKS)

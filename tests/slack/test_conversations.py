@@ -67,6 +67,19 @@ def test_a_pasted_alert_is_answered_with_the_runbook_written_for_it(
     assert "Best match: Slow queries from lock contention" in call.body["text"]
 
 
+def test_a_pasted_pod_event_shows_its_incident_and_the_runbook_for_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # The README's example. The past incident tells this very event and is far closer in meaning than any
+    # runbook; the runbook the ranker puts first among runbooks is shown all the same, and first.
+    slack.mention("checkout-api-7d9f8c6b5-x2kqp OOMKilled")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    runbooks = runbook_texts(call.body["blocks"])
+    assert runbooks and "`runbooks/kubernetes/oomkilled-containers.md`" in runbooks[0]
+    shown = text_of(call.body["blocks"])
+    assert "*Similar past incidents*" in shown and "INC-2026-0021" in shown
+
+
 def test_a_quoted_runbook_sentence_is_answered_from_that_section(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     slack.mention(
         "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"

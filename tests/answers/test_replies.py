@@ -1,0 +1,43 @@
+"""What an answer shows: the relevance rule, judged per kind of document and in the ranker's order."""
+
+from __future__ import annotations
+
+from bot.answers.replies import relevant_hits
+from bot.config import Settings
+from bot.models import Answer, SearchHit
+
+
+def hit(path: str, similarity: float, **kw: object) -> SearchHit:
+    kind = "incident" if path.startswith("incidents/") else "runbook"
+    return SearchHit(path, kind, path, "Summary", "", 0.0, similarity=similarity, **kw)  # type: ignore[arg-type]
+
+
+def shown(*hits: SearchHit) -> tuple[list[str], list[str]]:
+    runbooks, incidents = relevant_hits(Answer("q", "q", hits, "hybrid"), Settings(min_similarity=0.35))
+    return [h.path for h in runbooks], [h.path for h in incidents]
+
+
+def test_an_incident_in_the_questions_own_words_does_not_hide_the_runbook_ranked_first() -> None:
+    # The incident is far closer in meaning (it tells this very event); 0.7 of its 0.8 would hide the runbook.
+    assert shown(hit("incidents/a.yaml", 0.8), hit("runbooks/oom.md", 0.45)) == (
+        ["runbooks/oom.md"],
+        ["incidents/a.yaml"],
+    )
+
+
+def test_a_lower_ranked_hit_closer_in_meaning_never_takes_the_first_ones_place() -> None:
+    runbooks, _ = shown(hit("runbooks/first.md", 0.30), hit("runbooks/second.md", 0.60), hit("runbooks/third.md", 0.36))
+
+    assert runbooks == ["runbooks/first.md", "runbooks/second.md"]  # third: below 0.7 of the best runbook
+
+
+def test_nothing_above_the_floor_shows_nothing_and_marked_hits_stay() -> None:
+    assert shown(hit("runbooks/a.md", 0.30), hit("incidents/b.yaml", 0.20)) == ([], [])
+    assert shown(hit("runbooks/a.md", 0.10, alert="KubeJobFailed"), hit("runbooks/b.md", 0.20)) == (
+        ["runbooks/a.md"],
+        [],
+    )
+    assert shown(hit("runbooks/a.md", 0.60), hit("runbooks/b.md", 0.10, quoted=True))[0] == [
+        "runbooks/a.md",
+        "runbooks/b.md",
+    ]
