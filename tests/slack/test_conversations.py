@@ -35,6 +35,13 @@ def runbook_texts(blocks: list[dict]) -> list[str]:
     return [b["text"]["text"] for b in blocks if "`runbooks/" in b.get("text", {}).get("text", "")]
 
 
+def answer_to(slack: SlackDriver, slack_api: FakeSlackAPI, question: str) -> dict:
+    """Mention opsbot with ``question`` and return the body of the answer it posts."""
+    slack.mention(question)
+    (call,) = slack_api.wait_for("chat.postMessage")
+    return call.body
+
+
 def buttons(blocks: list[dict]) -> dict[str, str]:
     return {e["action_id"]: e["value"] for b in blocks if b["type"] == "actions" for e in b["elements"]}
 
@@ -59,12 +66,15 @@ def test_a_mention_is_answered_in_its_thread_with_runbook_sections_and_incidents
 def test_a_pasted_alert_is_answered_with_the_runbook_written_for_it(
     slack: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
-    slack.mention("[FIRING:1] PostgresLockWaitsHigh pg-main (pg-main-0 checkout critical) 43 sessions waiting on locks")
-    (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = runbook_texts(call.body["blocks"])
+    body = answer_to(
+        slack,
+        slack_api,
+        "[FIRING:1] PostgresLockWaitsHigh pg-main (pg-main-0 checkout critical) 43 sessions waiting on locks",
+    )
+    runbooks = runbook_texts(body["blocks"])
     assert "`runbooks/postgres/lock-contention.md`" in runbooks[0]
     assert "runbook for `PostgresLockWaitsHigh`" in runbooks[0]
-    assert "Best match: Slow queries from lock contention" in call.body["text"]
+    assert "Best match: Slow queries from lock contention" in body["text"]
 
 
 def test_a_pasted_pod_event_shows_its_incident_and_the_runbook_for_it(
@@ -72,20 +82,20 @@ def test_a_pasted_pod_event_shows_its_incident_and_the_runbook_for_it(
 ) -> None:
     # The README's example. The past incident tells this very event and is far closer in meaning than any
     # runbook; the runbook the ranker puts first among runbooks is shown all the same, and first.
-    slack.mention("checkout-api-7d9f8c6b5-x2kqp OOMKilled")
-    (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = runbook_texts(call.body["blocks"])
+    body = answer_to(slack, slack_api, "checkout-api-7d9f8c6b5-x2kqp OOMKilled")
+    runbooks = runbook_texts(body["blocks"])
     assert runbooks and "`runbooks/kubernetes/oomkilled-containers.md`" in runbooks[0]
-    shown = text_of(call.body["blocks"])
+    shown = text_of(body["blocks"])
     assert "*Similar past incidents*" in shown and "INC-2026-0021" in shown
 
 
 def test_a_quoted_runbook_sentence_is_answered_from_that_section(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
-    slack.mention(
-        "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"
+    body = answer_to(
+        slack,
+        slack_api,
+        "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it",
     )
-    (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = runbook_texts(call.body["blocks"])
+    runbooks = runbook_texts(body["blocks"])
     assert "`runbooks/networking/tls-certificate-expiry.md`" in runbooks[0]
     assert "presents to Paylane for mutual TLS" in runbooks[0] and "contains your words" in runbooks[0]
     assert not any("contains your words" in text for text in runbooks[1:])
@@ -94,9 +104,8 @@ def test_a_quoted_runbook_sentence_is_answered_from_that_section(slack: SlackDri
 def test_a_how_to_question_is_answered_from_the_section_with_the_procedure(
     slack: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
-    slack.mention("how do I scale out the kafka consumers for orders")
-    (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = runbook_texts(call.body["blocks"])
+    body = answer_to(slack, slack_api, "how do I scale out the kafka consumers for orders")
+    runbooks = runbook_texts(body["blocks"])
     # The mitigation steps, not the symptoms or the escalation list that mention the same consumers.
     assert "`runbooks/kafka/consumer-lag.md` · _Mitigation_" in runbooks[0], runbooks[0]
     assert "scale out" in runbooks[0]
@@ -108,9 +117,8 @@ def test_a_runbook_with_a_url_links_its_title_and_the_cited_section(
     page = "https://wiki.larder.example/runbooks/kafka/consumer-lag"  # as front matter `url` would set it
     with runtime.store.transaction():
         runtime.store.db.execute("UPDATE documents SET url = ? WHERE path = 'runbooks/kafka/consumer-lag.md'", [page])
-    slack.mention("how do I scale out the kafka consumers for orders")
-    (call,) = slack_api.wait_for("chat.postMessage")
-    runbooks = runbook_texts(call.body["blocks"])
+    body = answer_to(slack, slack_api, "how do I scale out the kafka consumers for orders")
+    runbooks = runbook_texts(body["blocks"])
     assert runbooks[0].startswith(f"<{page}|Kafka consumer group lag growing>")
     assert f"`runbooks/kafka/consumer-lag.md` · <{page}#mitigation|_Mitigation_>" in runbooks[0]
     assert not any("<https://" in text for text in runbooks[1:])  # the others have no url
@@ -136,11 +144,10 @@ def test_a_follow_up_in_the_thread_uses_the_first_question(slack: SlackDriver, s
 
 
 def test_nothing_relevant_says_so_instead_of_listing_weak_matches(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
-    slack.mention("what is a good recipe for sourdough bread")
-    (call,) = slack_api.wait_for("chat.postMessage")
-    shown = text_of(call.body["blocks"])
+    body = answer_to(slack, slack_api, "what is a good recipe for sourdough bread")
+    shown = text_of(body["blocks"])
     assert "I found nothing relevant" in shown and "Try: naming the service (for example `storefront-web`)" in shown
-    assert "*Runbooks*" not in shown and not buttons(call.body["blocks"])
+    assert "*Runbooks*" not in shown and not buttons(body["blocks"])
 
 
 def test_ask_answers_ephemerally_with_a_share_button_and_sharing_posts_it(
@@ -199,9 +206,8 @@ def test_help_or_a_bare_hello_explains_opsbot_instead_of_searching(
 
 
 def test_a_question_that_starts_with_help_is_still_searched(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
-    slack.mention("help: pgbouncer says too many clients already")
-    (call,) = slack_api.wait_for("chat.postMessage")
-    assert "`runbooks/postgres/connection-pool-exhausted.md`" in text_of(call.body["blocks"])
+    body = answer_to(slack, slack_api, "help: pgbouncer says too many clients already")
+    assert "`runbooks/postgres/connection-pool-exhausted.md`" in text_of(body["blocks"])
 
 
 def test_ask_help_shows_the_commands_at_once(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
