@@ -15,9 +15,9 @@ from bot.models import Section
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
-HTML_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
-REF_LINK_DEF = re.compile(r"^\s*(?:-\s*)?\[[^\]]+\]:?\s*\(?https?://\S+\)?\s*$", re.M)
+HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
+MD_LINK = re.compile(r"\[([^\[\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")  # one level of brackets in a URL
+REF_LINK_DEF = re.compile(r"^[ \t]*(?:-[ \t]*)?\[[^\]\n]+\]:?[ \t]*\(?https?://\S+\)?[ \t]*$", re.M)
 URL = re.compile(r"https?://\S+")
 CAMEL = re.compile(r"\b[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*\b")
 CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
@@ -34,7 +34,8 @@ VOLATILE = [
     re.compile(r"\b0x[0-9a-f]+\b", re.I),
     # host names: node-12.dc2.example.net, ip-10-0-3-17.eu-west-1.compute.internal
     # (with a digit somewhere, so service names such as pgbouncer.databases.svc stay)
-    re.compile(r"\b(?=[\w.-]*\d)[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+){2,}\b", re.I),
+    # (labels and names bounded as DNS bounds them, so a long run of letters and dashes costs linear time)
+    re.compile(r"\b(?=[\w.-]{0,253}\d)[a-z0-9][a-z0-9-]{0,62}(?:\.[a-z0-9-]{1,63}){2,}\b", re.I),
     re.compile(r"\d{1,2}:\d{2}(?::\d{2})?\b"),
     re.compile(r"(?<![\w.])[-+]?\d+(?:[.,]\d+)?(?:\s?(?:%|[kmgtpe]i?b|[kmgtpe]i|ms|ns|us|[smhdw]))?(?!\w)", re.I),
 ]

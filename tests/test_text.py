@@ -340,3 +340,34 @@ def test_object_references_name_the_instance_and_leave(line: str, expected: str)
 )
 def test_words_with_a_slash_and_paths_are_not_object_references(line: str) -> None:
     assert drop_object_refs(line) == line
+
+
+# -- hostile input -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit", ["a-", "a.a-", "[a", "![x](", "[](", "<a ", "```\n", "\n", " \n", "<!-- ", "[a]: x "])
+def test_a_flood_of_one_markup_fragment_is_read_in_linear_time(unit: str) -> None:
+    """40 kB of one fragment, as a broken file or a pasted message may hold: each took seconds to minutes
+    when a pattern searched to the end of the text from every position (`a-` 9 s, a fence 10 s)."""
+    import signal
+
+    from bot.answers.training import prose_sentences
+    from bot.runbook_file import parse_runbook
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError(f"{unit!r} x 20000 took more than 5 s: a pattern backtracks")
+
+    text = unit * 20_000
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(5)  # a hang guard, not a measurement: each case takes milliseconds
+    try:
+        normalize_query(text)
+        strip_volatile(text)
+        prose_sentences(text)
+        try:
+            parse_runbook("runbooks/flood.md", "# Flood\n\n" + text)
+        except Exception as exc:  # noqa: BLE001 - a flood may be refused; only the time is checked here
+            assert "Traceback" not in str(exc)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

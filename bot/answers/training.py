@@ -58,8 +58,8 @@ TREES = 200
 LEARNING_RATE = 0.05
 LEAVES = 7
 MIN_LEAF = 100  # fewer documents than this give too little to fit on: plain fusion is used
-FENCED = re.compile(r"^\s*(```|~~~).*?^\s*\1", re.M | re.S)
-LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+", re.M)
+FENCED = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.M | re.S)
+LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])\s+", re.M)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 MARKUP = re.compile(r"[`*_#>|\[\]]+")
