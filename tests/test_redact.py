@@ -452,3 +452,22 @@ def test_a_very_long_line_is_scrubbed_whole_in_reasonable_time() -> None:
     assert time.monotonic() - started < 30  # well under a second here; guards against quadratic patterns
     assert [value for value in values if value in shown] == []
     assert shown.count('"password": "***"') == 4000
+
+
+@pytest.mark.parametrize("unit", ["AKIA", "ghp_", "curl ", "mysql "])
+def test_a_long_line_repeating_a_secrets_prefix_is_scrubbed_in_linear_time(unit: str) -> None:
+    """100 kB of one fragment in one line of deploy output: each match once made a pass to the end of the
+    line (`AKIA` 14 s, `mysql ` 13 s)."""
+    import signal
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError(f"{unit!r} x 20000 took more than 5 s to scrub")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(5)  # a hang guard, not a measurement: each case takes well under a second
+    try:
+        scrubbed = scrub(unit * 20_000)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(scrubbed) <= len(unit) * 20_000
