@@ -45,8 +45,8 @@ ENTROPY = Base64HighEntropyString()
 KEYWORD_TABLES = (CONFIG_DENYLIST_REGEX_TO_GROUP, QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP)
 # The keyword detector is most of the cost of a line; it cannot match a line without one of its words.
 KEYWORD_HINT = re.compile("|".join(DENYLIST), re.IGNORECASE)
-# Its patterns cost time quadratic in a line's length: a very long line (a progress bar redrawn with
-# carriage returns) is read in overlapping windows; a ``key=value`` shorter than the overlap is whole in one.
+# Its patterns, and others, cost time quadratic in a line's length: a very long line (a progress bar redrawn
+# with carriage returns) is read in overlapping windows; a secret shorter than the overlap is whole in one.
 KEYWORD_WINDOW = 8192
 KEYWORD_OVERLAP = 1024
 
@@ -162,13 +162,25 @@ def _is_reference(value: str) -> bool:
     return heuristic.is_prefixed_with_dollar_sign(value) or heuristic.is_templated_secret(value)
 
 
+def _windows(line: str) -> Iterator[tuple[int, str]]:
+    """``(offset, window)`` pieces covering the line, overlapping by more than any secret is long.
+
+    Some patterns (detect-secrets' among them) cost time quadratic in the length of what they search:
+    reading a very long line in windows keeps that cost linear in the line, and a secret whole in one.
+    """
+    if len(line) <= KEYWORD_WINDOW:
+        yield 0, line
+        return
+    step = KEYWORD_WINDOW - KEYWORD_OVERLAP
+    for offset in range(0, max(len(line) - KEYWORD_OVERLAP, 1), step):
+        yield offset, line[offset : offset + KEYWORD_WINDOW]
+
+
 def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
     """Values after detect-secrets' keywords (password, secret, api_key, db_pass ...)."""
     # The detector's own patterns and group numbers, with finditer: its analyze_string stops at the
     # first hit of each pattern, and a line can hold several.
-    step = KEYWORD_WINDOW - KEYWORD_OVERLAP
-    for offset in range(0, max(len(line) - KEYWORD_OVERLAP, 1), step):
-        window = line[offset : offset + KEYWORD_WINDOW]
+    for offset, window in _windows(line):
         if not KEYWORD_HINT.search(window):
             continue
         for table in KEYWORD_TABLES:
@@ -263,10 +275,8 @@ def _mask(line: str, spans: list[tuple[int, int]]) -> str:
 
 def scrub_line(line: str) -> str:
     """One line with every secret value detected in it replaced by ``***`` (no state, no private-key blocks)."""
-    spans = [
-        *_detector_spans(line),
-        *_keyword_spans(line),
-        *_entropy_spans(line),
-        *_addition_spans(line),
-    ]
+    spans = list(_keyword_spans(line))
+    for offset, window in _windows(line):
+        for start, end in (*_detector_spans(window), *_entropy_spans(window), *_addition_spans(window)):
+            spans.append((offset + start, offset + end))
     return _mask(line, [span for span in spans if line[span[0] : span[1]].strip("*")])
