@@ -49,6 +49,10 @@ KEYWORD_HINT = re.compile("|".join(DENYLIST), re.IGNORECASE)
 # with carriage returns) is read in overlapping windows; a secret shorter than the overlap is whole in one.
 KEYWORD_WINDOW = 8192
 KEYWORD_OVERLAP = 1024
+# The same for the other detectors, whose secrets can be longer (a JWT of a few kB): a line up to this size is
+# read whole, a longer one in windows that overlap by more than any single-line secret is long.
+DETECTOR_WINDOW = 16384
+DETECTOR_OVERLAP = 4096
 
 WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 # A detector may match only the start of a longer token (Stripe's rule stops after 24 characters): the
@@ -162,25 +166,25 @@ def _is_reference(value: str) -> bool:
     return heuristic.is_prefixed_with_dollar_sign(value) or heuristic.is_templated_secret(value)
 
 
-def _windows(line: str) -> Iterator[tuple[int, str]]:
-    """``(offset, window)`` pieces covering the line, overlapping by more than any secret is long.
+def _windows(line: str, size: int, overlap: int) -> Iterator[tuple[int, str]]:
+    """``(offset, window)`` pieces covering the line, each ``size`` long, overlapping by ``overlap``.
 
     Some patterns (detect-secrets' among them) cost time quadratic in the length of what they search:
-    reading a very long line in windows keeps that cost linear in the line, and a secret whole in one.
+    reading a very long line in windows keeps that cost linear in the line, and a secret shorter than
+    the overlap whole in one window.
     """
-    if len(line) <= KEYWORD_WINDOW:
+    if len(line) <= size:
         yield 0, line
         return
-    step = KEYWORD_WINDOW - KEYWORD_OVERLAP
-    for offset in range(0, max(len(line) - KEYWORD_OVERLAP, 1), step):
-        yield offset, line[offset : offset + KEYWORD_WINDOW]
+    for offset in range(0, max(len(line) - overlap, 1), size - overlap):
+        yield offset, line[offset : offset + size]
 
 
 def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
     """Values after detect-secrets' keywords (password, secret, api_key, db_pass ...)."""
     # The detector's own patterns and group numbers, with finditer: its analyze_string stops at the
     # first hit of each pattern, and a line can hold several.
-    for offset, window in _windows(line):
+    for offset, window in _windows(line, KEYWORD_WINDOW, KEYWORD_OVERLAP):
         if not KEYWORD_HINT.search(window):
             continue
         for table in KEYWORD_TABLES:
@@ -276,7 +280,7 @@ def _mask(line: str, spans: list[tuple[int, int]]) -> str:
 def scrub_line(line: str) -> str:
     """One line with every secret value detected in it replaced by ``***`` (no state, no private-key blocks)."""
     spans = list(_keyword_spans(line))
-    for offset, window in _windows(line):
+    for offset, window in _windows(line, DETECTOR_WINDOW, DETECTOR_OVERLAP):
         for start, end in (*_detector_spans(window), *_entropy_spans(window), *_addition_spans(window)):
             spans.append((offset + start, offset + end))
     return _mask(line, [span for span in spans if line[span[0] : span[1]].strip("*")])

@@ -471,3 +471,14 @@ def test_a_long_line_repeating_a_secrets_prefix_is_scrubbed_in_linear_time(unit:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert len(scrubbed) <= len(unit) * 20_000
+
+
+def test_a_long_jwt_in_a_very_long_line_is_masked_wherever_it_stands() -> None:
+    """Long lines are read in windows; a 3 kB token is whole in one of them, wherever it stands."""
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()).decode().rstrip("=")
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": "svc-deploy", "pad": "x" * 2200}).encode()).decode()
+    token = f"{header}.{claims.rstrip('=')}.c2lnbmF0dXJlc2lnbmF0dXJl"
+    for before in range(0, 40_000, 3_000):  # across every window boundary of a 40 kB line
+        line = "x" * before + " " + token + " " + "y" * (40_000 - before)
+        scrubbed = scrub(line)
+        assert token[:40] not in scrubbed and "***" in scrubbed, before
