@@ -283,6 +283,10 @@ def test_declare_incident_declares_once_with_the_alerts_title_severity_and_servi
     assert (incident.severity, incident.services, incident.declared_by) == (1, ("checkout-api",), PRIYA)
     assert declared[0].body["channel"] == ALERTS
     assert f"incident *{incident.id}*" in shown(slack_api.calls("chat.update")[-1].body)
+    # The thread note comes after the declaration's post, from the click's own handler: wait for it.
+    slack_api.wait_for(
+        "chat.postMessage", predicate=lambda c: bool(c.body.get("thread_ts")) and "declared by" in c.body["text"]
+    )
     assert f":rotating_light: <@{PRIYA}>: {incident.id} declared by Priya" in thread_notes(slack_api)[-1]
 
     bot.click(ids.ALERT_DECLARE, value, user=SAM, channel=ALERTS)
@@ -348,4 +352,9 @@ def test_rollback_from_the_alert_goes_through_the_usual_approval(
     request = slack_api.wait_for("chat.postMessage", predicate=lambda c: ids.DEPLOY_APPROVE in json.dumps(c.body))
     settle(bot)
     assert "1.4.1" in shown(request[0].body) and request[0].body["channel"] == ALERTS
+    # The note is written after the request is posted, by the click's own handler: wait for it, as the
+    # pools can be idle for a moment between the two.
+    slack_api.wait_for(
+        "chat.postMessage", predicate=lambda c: bool(c.body.get("thread_ts")) and "Rollback of" in c.body["text"]
+    )
     assert thread_notes(slack_api)[-1].startswith(f":leftwards_arrow_with_hook: <@{PRIYA}>: Rollback of checkout-api")
