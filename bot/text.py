@@ -150,12 +150,15 @@ def drop_comments(body: str) -> str:
         return body
     parts, prose, in_fence = [], [], False
     for line in body.splitlines(keepends=True):
-        if FENCE.match(line):
-            if not in_fence:
-                parts.append(_without_comments("".join(prose)))
-                prose = []
-            in_fence = not in_fence
-        (parts if in_fence or FENCE.match(line) else prose).append(line)
+        fence = bool(FENCE.match(line))
+        if not (in_fence or fence):
+            prose.append(line)
+            continue
+        if not in_fence:  # a fence opens: the prose before it is done
+            parts.append(_without_comments("".join(prose)))
+            prose = []
+        parts.append(line)
+        in_fence = in_fence != fence
     parts.append(_without_comments("".join(prose)))
     return "".join(parts)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot.answers.encoder import Encoder
@@ -19,6 +19,7 @@ from bot.answers.replies import relevant_hits
 from bot.answers.search import MODES, SearchIndex
 from bot.config import Settings
 from bot.errors import InvalidRequest
+from bot.models import Answer
 from bot.store import Store
 
 CUTOFFS = (1, 3, 5)
@@ -91,9 +92,11 @@ def _check_documents(documents: str) -> None:
         raise InvalidRequest(f"unknown documents {documents!r}; use {', '.join(DOCUMENT_KINDS)}.")
 
 
-def shown_paths(index: SearchIndex, query: str, settings: Settings, kind: str = "") -> list[str]:
-    """The documents a reply shows for ``query``, in the order shown (runbooks, then incidents)."""
-    runbooks, incidents = relevant_hits(index.search(query, k=settings.top_k * 2), settings)
+def shown_paths(answer: Answer, settings: Settings, kind: str = "") -> list[str]:
+    """The documents a reply shows, in the order shown (runbooks, then incidents), from a search at least as
+    deep as the reply's (``top_k * 2``): a deeper search only adds hits after the reply's."""
+    reply = replace(answer, hits=answer.hits[: settings.top_k * 2])
+    runbooks, incidents = relevant_hits(reply, settings)
     return [h.path for h in runbooks + incidents if not kind or h.kind == kind]
 
 
@@ -131,11 +134,14 @@ def evaluate(
             if not relevant:
                 skipped += 1
                 continue
-            answer = index.search(q.query, k=MRR_DEPTH if not kind else FILTERED_DEPTH, mode=mode)
+            depth = MRR_DEPTH if not kind else FILTERED_DEPTH
+            if settings is not None and mode == "hybrid":  # one search serves the ranking and the reply
+                depth = max(depth, settings.top_k * 2)
+            answer = index.search(q.query, k=depth, mode=mode)
             paths = [h.path for h in answer.hits if not kind or h.kind == kind][:MRR_DEPTH]
             metrics = score_ranking(paths, relevant)
             if settings is not None and mode == "hybrid":
-                shown = shown_paths(index, q.query, settings, kind)
+                shown = shown_paths(answer, settings, kind)
                 metrics["shown@1"] = float(bool(shown) and shown[0] in relevant)
                 metrics["shown"] = float(bool(relevant.intersection(shown)))
             groups = ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",)
