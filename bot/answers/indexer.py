@@ -13,7 +13,8 @@ from pathlib import Path
 from bot.answers.encoder import Encoder
 from bot.answers.expert_fit import refit_blends
 from bot.answers.incident_vectors import incident_text, incident_vector_hash
-from bot.answers.training import encoded_form, fit_ranker, ranker_key, training_queries
+from bot.answers.keywords import phrase_match
+from bot.answers.training import TrainingQuery, encoded_form, fit_ranker, ranker_key, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
 from bot.models import Document, Incident, Problem
@@ -24,6 +25,7 @@ from bot.text import STOPWORDS, content_hash, keyword_terms, spell_identifiers, 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 ENCODE_BATCH = 256
+SHARED_LOOKUP = 20  # chunks read to tell whether a training query's words stand in another document
 # What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
 # document from its file (vectors are reused where the text did not change). 2: alert routes. 3: spelled titles,
 # alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
@@ -220,11 +222,21 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     return report
 
 
+def ranker_queries(store: Store, documents: list[Document]) -> list[TrainingQuery]:
+    """The ranker's training queries for the indexed ``documents``, less those another one holds word for word."""
+
+    def held_elsewhere(query: TrainingQuery) -> bool:
+        match = phrase_match(query.text)
+        return bool(match) and bool(store.documents_matching(match, SHARED_LOOKUP) - {query.doc_path})
+
+    return training_queries(documents, held_elsewhere=held_elsewhere)
+
+
 def _store_training_queries(
     store: Store, encoder: Encoder, documents: list[Document], report: IndexReport, progress: Progress | None
 ) -> None:
     """Make the ranker's training queries from the documents, and embed those not embedded before."""
-    queries = training_queries(documents)
+    queries = ranker_queries(store, documents)
     texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
     known = store.known_embeddings(encoder.model_id, texts)
     _embed(store, encoder, {h: t for h, t in texts.items() if h not in known}, report, progress)

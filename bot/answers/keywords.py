@@ -67,3 +67,13 @@ def whole_query_match(stripped: str) -> str:
         return ""
     span = content[-1] - content[0] + 1
     return "NEAR(" + " ".join(f'"{t}"' for t in terms) + f", {span})"
+
+
+def phrase_match(text: str) -> str:
+    """An FTS5 query for ``text`` word for word, as a phrase in a heading or body ("" for fewer than two words).
+
+    Punctuation and case do not count, and words match as the index stems them, as a reader would
+    say two passages read the same.
+    """
+    tokens = [t.lower() for t in FTS_TOKEN.findall(text)]
+    return '{heading body} : "' + " ".join(tokens) + '"' if len(tokens) >= 2 else ""

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Part of what a fitted ranker is keyed by: a release that changes the queries, features or model refits.
-RANKER_VERSION = "3"
+RANKER_VERSION = "4"
 QUERIES_PER_DOCUMENT = 8  # besides the title: each document is the answer a few ways
 KINDS = ("sentence", "untitled", "fragment")
 QUERY_BUDGET = 1000  # at most this many generated queries: a fit stays within seconds on a large corpus
@@ -125,13 +125,30 @@ def make_queries(doc: Document, count: int | None = None) -> list[TrainingQuery]
     return queries
 
 
-def training_queries(documents: Iterable[Document], budget: int = QUERY_BUDGET) -> list[TrainingQuery]:
-    """Every document's queries; on a corpus too large for the budget, a fixed sample of them."""
-    queries = [q for d in documents for q in make_queries(d)]
-    if len(queries) <= budget:
+def _sample(queries: list[TrainingQuery], size: int) -> list[TrainingQuery]:
+    """A fixed sample of ``size`` of the queries, in their order (all of them when there are no more)."""
+    if len(queries) <= size:
         return queries
-    keep = sorted(random.Random(len(queries)).sample(range(len(queries)), budget))
+    keep = sorted(random.Random(len(queries)).sample(range(len(queries)), size))
     return [queries[i] for i in keep]
+
+
+def training_queries(
+    documents: Iterable[Document],
+    budget: int = QUERY_BUDGET,
+    held_elsewhere: Callable[[TrainingQuery], bool] | None = None,
+) -> list[TrainingQuery]:
+    """Every document's queries, less those another document holds word for word; at most ``budget`` of them.
+
+    Runbooks copied from one another share sentences. Such a sentence answers each of them equally, so
+    labelling only the one it was drawn from would teach the ranker that a passage quoted exactly points
+    elsewhere, and that the title alone decides. ``held_elsewhere`` tells them (it looks each one up, so a
+    large corpus is sampled first, with room for the ones it leaves out).
+    """
+    queries = [q for d in documents for q in make_queries(d)]
+    if held_elsewhere is not None:
+        queries = [q for q in _sample(queries, budget * 2) if q.kind == "title" or not held_elsewhere(q)]
+    return _sample(queries, budget)
 
 
 def encoded_form(text: str) -> str:

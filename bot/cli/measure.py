@@ -295,9 +295,10 @@ def _bench_text(result: dict[str, Any]) -> str:
     if "fit" in result:
         f = result["fit"]
         lines.append(
-            f"ranker for {f['documents']} documents: {f['queries']} training queries embedded in "
-            f"{f['embed_queries_s']} s, fitted in {f['fit_s']} s (features {f['features_s']} s, trees "
-            f"{f['boost_s']} s); held-back MRR@10 {f['held_back_mrr']} vs fusion {f['held_back_mrr_fused']}"
+            f"ranker for {f['documents']} documents: {f['queries']} training queries chosen in "
+            f"{f['choose_queries_s']} s, embedded in {f['embed_queries_s']} s, fitted in {f['fit_s']} s "
+            f"(features {f['features_s']} s, trees {f['boost_s']} s); "
+            f"held-back MRR@10 {f['held_back_mrr']} vs fusion {f['held_back_mrr_fused']}"
         )
     for row in result.get("search", []):
         lines.append(

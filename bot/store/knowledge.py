@@ -334,6 +334,15 @@ class KnowledgeStore(StoreBase):
             counts[doc][term] = (heading + n, body) if col == "heading" else (heading, body + n)
         return counts
 
+    def documents_matching(self, match: str, limit: int) -> set[str]:
+        """Paths of the documents whose chunks match an FTS5 query (among the first ``limit`` chunks found)."""
+        sql = (
+            "SELECT DISTINCT doc_path FROM chunks WHERE id IN "
+            "(SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)"
+        )
+        with self.lock:
+            return {r[0] for r in self.db.execute(sql, [match, limit]).fetchall()}
+
     def fts_search(self, match: str, limit: int, weights: tuple[float, float, float]) -> list[tuple[int, float]]:
         """Chunk ids matching an FTS5 query, best first, with their BM25 score (lower is better)."""
         sql = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from bot.answers.indexer import index_knowledge
 from bot.answers.search import SearchIndex
 from bot.answers.training import make_queries, prose_sentences, training_queries
 from bot.config import Settings
+from bot.knowledge import load_knowledge
 from bot.models import Document, Section
 from bot.runtime import Runtime
 from bot.store import Store
@@ -152,6 +154,45 @@ def test_a_corpus_too_small_to_learn_from_is_ranked_by_fusion(
     index = SearchIndex(store, fake_encoder)
     assert index.model is None
     assert index.search("disk dashboard", k=2).hits[0].path == "runbooks/disk.md"
+    store.close()
+
+
+def test_a_query_whose_words_another_document_holds_as_they_stand_is_not_a_label(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    # Sibling runbooks copied from one another share a section word for word (here with other case and
+    # punctuation). A sentence of it answers both: labelling only its own runbook would teach the ranker that
+    # a passage quoted exactly points elsewhere.
+    shared = (
+        "A full disk stops every write on the node; databases crash, logs are lost and pods are evicted. "
+        "Expect pages from every team that runs there."
+    )
+    meanings = {
+        "filling": "predicts from the trend that the disk fills within hours",
+        "almost-full": "fires at a fixed threshold of free space left",
+    }
+    for name, meaning in meanings.items():
+        (knowledge / "runbooks" / f"disk-{name}.md").write_text(
+            f"# Disk {name}\n\n## Meaning\n\nThis alert {meaning}.\n\n## Impact\n\n"
+            + (shared if name == "filling" else shared.upper().replace(";", " -"))
+            + "\n",
+            encoding="utf-8",
+        )
+    store = Store(tmp_path / "index.db")
+    index_knowledge(store, fake_encoder, knowledge)
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+    docs = {d.path: d for d in load_knowledge(knowledge).documents}
+    made = [q for path in docs if path.startswith("runbooks/disk-") for q in make_queries(docs[path])]
+    quoted = {q.text for q in made if q.section == "Impact" and words(q.text) in words(shared)}
+    stored = store.ranker_queries()
+    assert quoted  # the shared section gives queries of its words as they stand ...
+    assert not quoted & {text for *_, text, _ in stored}  # ... and none of them is kept to learn from
+    own = {(q.doc_path, q.text) for q in made if q.section == "Meaning"}
+    assert own and own <= {(path, text) for path, _, _, text, _ in stored}  # what one runbook alone says is
+    assert len(stored) < len([q for d in docs.values() for q in make_queries(d)])
     store.close()
 
 
