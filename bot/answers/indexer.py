@@ -222,7 +222,7 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     return report
 
 
-def ranker_queries(store: Store, documents: list[Document]) -> list[TrainingQuery]:
+def choose_training_queries(store: Store, documents: list[Document]) -> list[TrainingQuery]:
     """The ranker's training queries for the indexed ``documents``, less those another one holds word for word."""
 
     def held_elsewhere(query: TrainingQuery) -> bool:
@@ -236,7 +236,7 @@ def _store_training_queries(
     store: Store, encoder: Encoder, documents: list[Document], report: IndexReport, progress: Progress | None
 ) -> None:
     """Make the ranker's training queries from the documents, and embed those not embedded before."""
-    queries = ranker_queries(store, documents)
+    queries = choose_training_queries(store, documents)
     texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
     known = store.known_embeddings(encoder.model_id, texts)
     _embed(store, encoder, {h: t for h, t in texts.items() if h not in known}, report, progress)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.answers.encoder import SentenceTransformerEncoder
-from bot.answers.indexer import build_chunks, index_knowledge, ranker_queries, title_embed_text
+from bot.answers.indexer import build_chunks, choose_training_queries, index_knowledge, title_embed_text
 from bot.answers.search import SearchIndex
 from bot.answers.training import encoded_form, fit_ranker
 from bot.models import Document, Section
@@ -99,7 +99,7 @@ def fill_store(store: Store, docs: list[Document], model_id: str, dim: int, seed
 def store_training_queries(store: Store, docs: list[Document], encoder: object) -> tuple[float, float]:
     """Make the ranker's training queries for ``docs`` and embed them with ``encoder``; the seconds each took."""
     started = time.perf_counter()
-    queries = ranker_queries(store, docs)
+    queries = choose_training_queries(store, docs)
     choose_s = time.perf_counter() - started
     texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
     started = time.perf_counter()
