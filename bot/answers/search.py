@@ -144,12 +144,19 @@ class SearchIndex:
         return int(sum(a.nbytes for a in arrays))
 
     def signals(
-        self, query: str, mode: str = "hybrid", vector: np.ndarray | None = None, hidden: frozenset[int] = frozenset()
+        self,
+        query: str,
+        mode: str = "hybrid",
+        vector: np.ndarray | None = None,
+        hidden: frozenset[int] = frozenset(),
+        found: dict | None = None,
     ) -> tuple[str, Signals]:
         """Compute the dense and keyword evidence for ``query`` (``vector``: its embedding, when known).
 
         ``hidden`` chunk positions count as absent: a training query made from a section is searched
         without that section, as a real question is rarely worded as any one sentence of its runbook.
+        ``found``, when given, keeps what the full-text index returned for the query, for the next search
+        of the same query with other sections hidden (the ranker's fit searches each query twice).
         """
         stripped = strip_volatile(query) or query.strip()
         dense_text = dense_form(stripped)
@@ -164,7 +171,7 @@ class SearchIndex:
             # The matrix product and the full-text queries each take a core: both release the GIL.
             dense = self._dense_worker().submit(self._dense, sig, qv, hidden)
         if mode != "dense":
-            self._keywords(sig, stripped, mode, hidden)
+            self._keywords(sig, stripped, mode, hidden, {} if found is None else found)
         if dense is not None:
             dense.result()
         return dense_text, sig
@@ -186,13 +193,15 @@ class SearchIndex:
         if self.doc_sums.shape[1] == len(qv):
             sig.document = document_scores(qv, self.doc_sums, self.doc_norms, self.matrix, self.chunk_doc, hidden)
 
-    def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int]) -> None:
+    def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int], found: dict) -> None:
         """BM25 per document (its best chunk), and in hybrid mode the query words each candidate holds."""
         words = keyword_terms(stripped, STOPWORDS)
         stems = self.stems(words)
         sig.stems = [t for t in dict.fromkeys(stems) if t]
-        found = self._keyword_chunks(words, stems)
-        for pos, (_, rank) in zip(self._positions([c for c, _ in found]), found, strict=True):
+        if "chunks" not in found:
+            found["chunks"] = self._keyword_chunks(words, stems)
+        chunks = found["chunks"]
+        for pos, (_, rank) in zip(self._positions([c for c, _ in chunks]), chunks, strict=True):
             if pos < 0 or pos in hidden:
                 continue
             d = int(self.chunk_doc[pos])
@@ -201,7 +210,9 @@ class SearchIndex:
                 sig.bm25_chunk[d] = pos
         if mode == "hybrid":
             self._match_terms(sig)
-            for pos in self._positions([c for c, _ in self._whole_query_chunks(stripped)]):
+            if "whole" not in found:
+                found["whole"] = self._whole_query_chunks(stripped)
+            for pos in self._positions([c for c, _ in found["whole"]]):
                 if pos >= 0 and pos not in hidden:
                     sig.whole.setdefault(int(self.chunk_doc[pos]), pos)
 

@@ -44,13 +44,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Part of what a fitted ranker is keyed by: a release that changes the queries, features or model refits.
-RANKER_VERSION = "4"
+RANKER_VERSION = "5"
 QUERIES_PER_DOCUMENT = 8  # besides the title: each document is the answer a few ways
 KINDS = ("sentence", "untitled", "fragment")
 QUERY_BUDGET = 1000  # at most this many generated queries: a fit stays within seconds on a large corpus
 NEGATIVES = 30  # per query, the candidates ranked best by plain fusion that are not the answer
 HELD_BACK = 0.2  # the share of documents whose queries check the fit
-VOTE_WEIGHT = 10.0  # a person's verdict on a real question counts as much as ten generated queries
+VOTE_WEIGHT = 20.0  # a person's verdict on a real question counts as much as ten generated queries (each weighs 2)
 MIN_DOCUMENTS = 5
 # Gradient boosting: small trees at a slow rate. More trees or leaves, a faster rate, changed nothing measurable
 # on three corpora; seven leaves keep every tree at most six levels deep, which is what scoring costs.
@@ -269,7 +269,7 @@ def fit(examples: list[Example], seed: int = 0) -> tuple[RankerModel | None, dic
         fused = _mrr([fused_scores(e.x) for e in check], check)
         model = _export(_boost(examples, TREES, seed)) if learned > fused else None
     report = {
-        "queries": len(examples),
+        "examples": len(examples),
         "trees": TREES if model else 0,
         "held_back_documents": len(held),
         "held_back_mrr": round(learned, 4),
@@ -279,23 +279,23 @@ def fit(examples: list[Example], seed: int = 0) -> tuple[RankerModel | None, dic
     return model, report
 
 
-HIDE_SHARE = 0.65  # the share of section queries searched without their own section (README: 0.2 to 0.8 measured)
-
-
-def _hides(text: str) -> bool:
-    """Whether a training query is searched without its own section (a stable coin per text)."""
-    return int(content_hash(text)[:8], 16) / 16**8 < HIDE_SHARE
-
-
 def build_examples(
     index: SearchIndex,
     queries: list[tuple[tuple[str, str, str, str, str], np.ndarray]],
     votes: list[tuple[str, str, int, np.ndarray]],
 ) -> list[Example]:
-    """Examples of the generated queries ((doc_path, section, kind, text, hash), vector) and of the votes."""
+    """Examples of the generated queries ((doc_path, section, kind, text, hash), vector) and of the votes.
+
+    A query made from a section is searched twice: as it stands, where its own section holds its words,
+    and without that section, as a real question worded unlike any sentence of its runbook is. Either
+    way alone teaches a bias (trust a quote; distrust one), and a random share of each left the ranker
+    to the luck of the draw (README "Both ways").
+    """
+
+    found: dict = {}  # what the full-text index returned for the query searched last
 
     def evidence(text: str, vector: np.ndarray, hidden: frozenset[int]) -> Signals:
-        return index.signals(text, "hybrid", vector, hidden)[1]
+        return index.signals(text, "hybrid", vector, hidden, found)[1]
 
     sections: dict[int, dict[str, list[int]]] = {}
     examples = []
@@ -303,22 +303,27 @@ def build_examples(
         d = index.doc_index.get(path)
         if d is None:
             continue
-        hidden: frozenset[int] = frozenset()
-        if section and _hides(text):
-            if d not in sections:
-                sections[d] = index.section_positions(d)
-            hidden = frozenset(sections[d].get(section, ()))
-        examples.append(example(evidence, index.stats, text, vector, d, 1.0, path, hidden=hidden))
+        found.clear()
+        if not section:  # a title or an alert name: its document has nothing to hide
+            examples.append(example(evidence, index.stats, text, vector, d, 2.0, path))
+            continue
+        if d not in sections:
+            sections[d] = index.section_positions(d)
+        hidden = frozenset(sections[d].get(section, ()))
+        ways = (frozenset(), hidden) if hidden else (frozenset(),)
+        for without in ways:  # the two searches of a query weigh as much as one title's
+            examples.append(example(evidence, index.stats, text, vector, d, 2.0 / len(ways), path, hidden=without))
     for question, path, vote, vector in votes:
         if path in index.doc_index and len(vector) == index.matrix.shape[1]:
             d = index.doc_index[path]
+            found.clear()
             examples.append(example(evidence, index.stats, question, vector, d, VOTE_WEIGHT, path, vote))
     return examples
 
 
 def ranker_key(store: Store, model_id: str) -> str:
     """What a fitted ranker depends on: the documents, the encoder, the method (this release's) and the votes."""
-    shape = f"{QUERIES_PER_DOCUMENT}|{QUERY_BUDGET}|{HIDE_SHARE}|{TREES}|{LEAVES}"
+    shape = f"{QUERIES_PER_DOCUMENT}|{QUERY_BUDGET}|{TREES}|{LEAVES}"
     method = f"{RANKER_VERSION}|{','.join(FEATURES)}|{shape}"
     return content_hash(f"{store.corpus_key()}|{model_id}|{method}|{store.votes_key()}")
 
@@ -340,17 +345,19 @@ def fit_ranker(store: Store, encoder: Encoder, key: str | None = None, index: Se
 
     started = time.perf_counter()
     votes = store.votes_for_training()
-    examples = build_examples(index, [(q, vectors[q[-1]]) for q in rows if q[-1] in vectors], votes)
+    queries = [(q, vectors[q[-1]]) for q in rows if q[-1] in vectors]
+    examples = build_examples(index, queries, votes)
     features_s = time.perf_counter() - started
     model, report = fit(examples)
-    report.update({"votes": len(votes), "features_seconds": round(features_s, 2)})
+    report.update({"queries": len(queries), "votes": len(votes), "features_seconds": round(features_s, 2)})
     store.save_ranker(encoder.model_id, key, model.to_dict() if model else {}, report)
     index.use_model(model)
     log.info(
-        "ranker fitted trees=%d queries=%d votes=%d seconds=%.2f",
+        "ranker fitted trees=%d queries=%d votes=%d examples=%d seconds=%.2f",
         report["trees"],
-        len(examples),
+        len(queries),
         len(votes),
+        len(examples),
         features_s + report["seconds"],
     )
     return report

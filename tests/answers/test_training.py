@@ -107,7 +107,7 @@ def test_the_ranker_is_fitted_when_the_corpus_changes_and_not_otherwise(
 ) -> None:
     store = Store(tmp_path / "index.db")
     first = index_knowledge(store, fake_encoder, knowledge)
-    assert len(fits) == 1 and first.ranker and first.ranker["queries"] == fits[0]
+    assert len(fits) == 1 and first.ranker and first.ranker["examples"] == fits[0]
     key, params, report = store.load_ranker(fake_encoder.model_id)
     assert params["features"] and report["held_back_documents"] >= 1
 
@@ -193,6 +193,62 @@ def test_a_query_whose_words_another_document_holds_as_they_stand_is_not_a_label
     own = {(q.doc_path, q.text) for q in made if q.section == "Meaning"}
     assert own and own <= {(path, text) for path, _, _, text, _ in stored}  # what one runbook alone says is
     assert len(stored) < len([q for d in docs.values() for q in make_queries(d)])
+    store.close()
+
+
+def test_a_query_from_a_section_is_searched_with_and_without_it_reading_the_index_once(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "index.db")
+    index_knowledge(store, fake_encoder, knowledge)
+    index = SearchIndex(store, fake_encoder)
+    rows = store.ranker_queries()
+    vectors = store.vectors_for(fake_encoder.model_id, [h for *_, h in rows])
+    queries = [(row, vectors[row[-1]]) for row in rows]
+    searched: list[tuple[str, frozenset[int]]] = []
+    lookups: list[str] = []
+    signals, keyword_chunks = index.signals, index._keyword_chunks
+
+    def spy(text: str, mode: str, vector: object, hidden: frozenset[int], found: dict | None = None) -> tuple:
+        searched.append((text, hidden))
+        return signals(text, mode, vector, hidden, found)
+
+    def looked_up(words: list[str], stems: list[str]) -> list:
+        lookups.append(" ".join(words))
+        return keyword_chunks(words, stems)
+
+    monkeypatch.setattr(index, "signals", spy)
+    monkeypatch.setattr(index, "_keyword_chunks", looked_up)
+    examples = training.build_examples(index, queries, [])
+
+    sectioned = [row for row, _ in queries if row[1]]
+    assert sectioned and len(sectioned) < len(queries)  # sections' sentences, and titles
+    assert len(examples) == len(queries) + len(sectioned)
+    expected = []
+    for path, section, _, text, _ in (row for row, _ in queries):
+        expected.append((text, frozenset()))
+        if section:  # searched as it stands, then without its own section
+            own = frozenset(index.section_positions(index.doc_index[path])[section])
+            assert own
+            expected.append((text, own))
+    assert searched == expected
+    assert sum(e.weight for e in examples) == 2 * len(queries)  # each query weighs the same, searched once or twice
+    assert len(lookups) == len(queries)  # the second search reuses the first's full-text results ...
+    monkeypatch.undo()
+    for e, (text, hidden), (row, vector) in zip(
+        examples, searched, [q for q in queries for _ in range(2 if q[0][1] else 1)], strict=True
+    ):  # ... and finds what a search of its own finds
+        fresh = training.example(
+            lambda t, v, h: index.signals(t, "hybrid", v, h)[1],
+            index.stats,
+            text,
+            vector,
+            index.doc_index[row[0]],
+            e.weight,
+            row[0],
+            hidden=hidden,
+        )
+        assert text == row[3] and (fresh.x == e.x).all() and (fresh.y == e.y).all()
     store.close()
 
 
