@@ -209,7 +209,7 @@ class SearchIndex:
                 sig.bm25[d] = -rank
                 sig.bm25_chunk[d] = pos
         if mode == "hybrid":
-            self._match_terms(sig)
+            self._match_terms(sig, found)
             if "whole" not in found:
                 found["whole"] = self._whole_query_chunks(stripped)
             for pos in self._positions([c for c, _ in found["whole"]]):
@@ -238,12 +238,18 @@ class SearchIndex:
         pos = self._id_order[at]
         return np.where(self.chunk_ids[pos] == ids, pos, -1).tolist()
 
-    def _match_terms(self, sig: Signals) -> None:
-        """Which of the query's words each keyword candidate's best chunk holds (how much of the query it covers)."""
+    def _match_terms(self, sig: Signals, found: dict) -> None:
+        """Which of the query's words each keyword candidate's best chunk holds (how much of the query it covers).
+
+        ``found`` keeps the chunks counted for the query already: {chunk id: the stems it holds}.
+        """
         best = sorted(sig.bm25, key=lambda d: -sig.bm25[d])[:MATCHED]
         ids = {d: int(self.chunk_ids[sig.bm25_chunk[d]]) for d in best}
-        counts = self.store.term_counts_in(list(ids.values()), sig.stems)
-        sig.matched = {d: frozenset(counts.get(i, {})) for d, i in ids.items()}
+        held = found.setdefault("held", {})
+        missing = [i for i in ids.values() if i not in held]
+        counts = self.store.term_counts_in(missing, sig.stems)
+        held.update({i: frozenset(counts.get(i, {})) for i in missing})
+        sig.matched = {d: held[i] for d, i in ids.items()}
 
     def section_positions(self, doc: int) -> dict[str, list[int]]:
         """A document's chunk positions by section heading (a long section has several windows)."""
