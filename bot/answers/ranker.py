@@ -97,7 +97,11 @@ def candidates(sig: Signals, n: int = CANDIDATES) -> tuple[np.ndarray, dict[str,
 
 def fuse(docs: np.ndarray, ranks: dict[str, dict[int, int]], n: int = CANDIDATES) -> np.ndarray:
     """Reciprocal-rank fusion of the rankings: the order used until a ranker is fitted, and its baseline."""
-    return np.array([sum(1.0 / (RRF_K + r.get(int(d), n) + 1) for r in ranks.values()) for d in docs])
+    ids = docs.tolist()
+    total = np.zeros(len(ids))
+    for ranked in ranks.values():  # list by list, in the order a sum over the lists would add them
+        total += 1.0 / (RRF_K + np.fromiter((ranked.get(d, n) for d in ids), dtype=np.float64, count=len(ids)) + 1)
+    return total
 
 
 def features(
