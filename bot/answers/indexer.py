@@ -232,15 +232,20 @@ def choose_training_queries(store: Store, documents: list[Document]) -> list[Tra
     return training_queries(documents, held_elsewhere=held_elsewhere)
 
 
+def training_rows(queries: list[TrainingQuery]) -> tuple[dict[str, str], list[tuple[str, str, str, str, str]]]:
+    """What the encoder sees of the queries, by content hash, and their rows as the store keeps them."""
+    texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
+    rows = [(q.doc_path, q.section, q.kind, q.text, content_hash(encoded_form(q.text))) for q in queries]
+    return texts, rows
+
+
 def _store_training_queries(
     store: Store, encoder: Encoder, documents: list[Document], report: IndexReport, progress: Progress | None
 ) -> None:
     """Make the ranker's training queries from the documents, and embed those not embedded before."""
-    queries = choose_training_queries(store, documents)
-    texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
+    texts, rows = training_rows(choose_training_queries(store, documents))
     known = store.known_embeddings(encoder.model_id, texts)
     _embed(store, encoder, {h: t for h, t in texts.items() if h not in known}, report, progress)
-    rows = [(q.doc_path, q.section, q.kind, q.text, content_hash(encoded_form(q.text))) for q in queries]
     store.replace_ranker_queries(rows)
 
 

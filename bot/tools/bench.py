@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from bot.answers.encoder import SentenceTransformerEncoder
-from bot.answers.indexer import build_chunks, choose_training_queries, index_knowledge, title_embed_text
+from bot.answers.indexer import build_chunks, choose_training_queries, index_knowledge, title_embed_text, training_rows
 from bot.answers.search import SearchIndex
-from bot.answers.training import encoded_form, fit_ranker
+from bot.answers.training import fit_ranker
 from bot.models import Document, Section
 from bot.store import Store
 from bot.text import content_hash
@@ -99,14 +99,12 @@ def fill_store(store: Store, docs: list[Document], model_id: str, dim: int, seed
 def store_training_queries(store: Store, docs: list[Document], encoder: object) -> tuple[float, float]:
     """Make the ranker's training queries for ``docs`` and embed them with ``encoder``; the seconds each took."""
     started = time.perf_counter()
-    queries = choose_training_queries(store, docs)
+    texts, rows = training_rows(choose_training_queries(store, docs))
     choose_s = time.perf_counter() - started
-    texts = {content_hash(encoded_form(q.text)): encoded_form(q.text) for q in queries}
     started = time.perf_counter()
     vectors = encoder.encode(list(texts.values()))  # type: ignore[attr-defined]
     seconds = time.perf_counter() - started
     store.save_embeddings(encoder.model_id, dict(zip(texts, vectors, strict=True)))  # type: ignore[attr-defined]
-    rows = [(q.doc_path, q.section, q.kind, q.text, content_hash(encoded_form(q.text))) for q in queries]
     store.replace_ranker_queries(rows)
     return choose_s, seconds
 
