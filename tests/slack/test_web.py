@@ -151,12 +151,12 @@ def test_a_rate_limited_channel_waits_at_most_the_cap_and_another_channel_not_at
     started = time.monotonic()
     web.post("C0OPS0001", "an answer")
     slack_api.wait_for("chat.postMessage", predicate=lambda c: c.ok and c.body["channel"] == "C0OPS0001")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # the other channel waits 30 s: not waiting at all is far below
     # Another delivery thread may post the second channel's message before the first has written down its 429.
     wait_until(lambda: store.outbox_row(held)["status"] == "pending")
     row = store.outbox_row(held)
     assert (row["status"], row["last_error"]) == ("pending", "ratelimited")
-    assert 29 <= row["next_at"] - limited.at <= 31  # Retry-After 45, capped at 30
+    assert 29 <= row["next_at"] - limited.at <= 35  # Retry-After 45, capped at 30 (and a loaded machine's delay)
 
 
 def test_a_post_is_given_up_after_its_maximum_age_with_an_error_line(
