@@ -51,14 +51,14 @@ QUERY_BUDGET = 1000  # at most this many generated queries: a fit stays within s
 NEGATIVES = 30  # per query, the candidates ranked best by plain fusion that are not the answer
 HELD_BACK = 0.2  # the share of documents whose queries check the fit
 VOTE_WEIGHT = 20.0  # a person's verdict on a real question counts as much as ten generated queries (each weighs 2)
-MIN_DOCUMENTS = 5
+MIN_DOCUMENTS = 5  # fewer documents than this give too little to fit on: plain fusion is used
 # Gradient boosting: small trees at a slow rate. More trees or leaves, a faster rate, changed nothing measurable
 # on three corpora; seven leaves keep every tree at most six levels deep, which is what scoring costs.
 TREES = 200
 LEARNING_RATE = 0.05
 LEAVES = 7
 BINS = 255  # scikit-learn's most: split points tried per feature
-MIN_LEAF = 100  # fewer documents than this give too little to fit on: plain fusion is used
+MIN_LEAF = 100  # (query, candidate) rows a leaf must hold: no split is made for a handful of queries
 FENCED = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.M | re.S)
 LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])\s+", re.M)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
