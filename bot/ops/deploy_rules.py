@@ -111,18 +111,25 @@ class DeployRules:
             emergency=use.incident if use else "",
         )
         allowed = self.approvers_for(environment) if environment else set()
-        return refusal(config, facts, stage, self.clock(), allowed, user, self.names())
+        return refusal(config, facts, stage, self.clock(), allowed, user, self.names(), self.departed())
 
     def approvers_for(self, environment: Environment) -> set[str]:
         return self.members(environment.approvers)
 
+    def departed(self) -> frozenset[str]:
+        """The roster's people who have left by now: they approve nothing, whatever team or list names them."""
+        now = self.clock()
+        return frozenset(i for i, e in self.experts.items() if e.has_left(now))
+
     def members(self, entries: tuple[str, ...]) -> set[str]:
-        """Roster ids named by ``entries``: ids themselves, and everyone in a team named."""
+        """Roster ids named by ``entries``: ids themselves, and everyone in a team named; not people who have left."""
+        departed = self.departed()
+        present = {i: e for i, e in self.experts.items() if i not in departed}
         allowed = set()
         for entry in entries:
-            if entry in self.experts:
+            if entry in present:
                 allowed.add(entry)
-            allowed.update(e.id for e in self.experts.values() if e.team == entry)
+            allowed.update(e.id for e in present.values() if e.team == entry)
         return allowed
 
     def service_approvers(self) -> dict[str, set[str]]:
@@ -169,7 +176,9 @@ class DeployRules:
         environment = config.environments.get(request.env) if config else None
         if environment is None:
             return []
-        return still_may_approve(environment.approvers, list(self.experts.values()), request.facts)
+        departed = self.departed()
+        roster = [e for e in self.experts.values() if e.id not in departed]
+        return still_may_approve(environment.approvers, roster, request.facts)
 
     def shown_command(self, request: DeployRequest) -> str:
         """What will run, as people read it, secrets written into services.yaml masked; "" when it no longer can."""

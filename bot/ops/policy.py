@@ -80,10 +80,12 @@ def refusal(
     allowed: set[str],
     user: str = "",
     names: Mapping[str, str] | None = None,
+    departed: frozenset[str] = frozenset(),
 ) -> str | None:
     """Why ``stage`` may not happen now, in words for the person who asked; None when it may.
 
-    ``names`` (roster id -> name) puts people in the message by name, never by id.
+    ``names`` (roster id -> name) puts people in the message by name, never by id; ``departed`` are the
+    roster's people who have left (never in ``allowed``).
     """
     names = names or {}
     where = f"{facts.service} {facts.env}"
@@ -110,6 +112,8 @@ def refusal(
             return "you requested this; someone else has to approve it."
         if user not in allowed:
             who = describe_approvers(environment.approvers, names)
+            if user in departed:
+                return f"the roster (experts.yaml) says you have left; only {who} may approve {where} deploys."
             return f"only {who} may approve {facts.service} deploys to {facts.env}."
         return None
     valid = [a for a in dict.fromkeys(facts.approvers) if a != facts.requester and a in allowed]

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers.indexer import index_knowledge
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.ops.deploys import DeployService
 from bot.store import Store
+from tests.conftest import FakeEncoder
 from tests.fakes import START, Clock
 from tests.ops.fixtures import (
     ALICE,
@@ -23,9 +25,11 @@ from tests.ops.fixtures import (
     ERIN,
     FRANK,
     GINA,
+    ROSTER,
     actions,
     after_crash,
     ci_row,
+    make_knowledge,
     start,
     succeed,
 )
@@ -148,6 +152,37 @@ def test_only_listed_people_and_team_members_may_approve(deploys: DeployService)
     assert deploys.approvers_for(deploys.services["web"].environments["prod"]) == {ALICE, BOB, GINA, CAROL, FRANK, ERIN}
     assert deploys.approve(request.id, ERIN).outcome == "recorded"  # listed by id, though team data is not
     assert deploys.approve(request.id, FRANK).outcome == "approved"  # a member of team sre
+
+
+def test_people_who_have_left_approve_nothing_and_an_approval_given_before_they_left_lapses(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Frank (team sre) leaves at the start of the next day; Erin, listed by id, left last year.
+    roster = ROSTER.replace("Frank Field, team: sre}", "Frank Field, team: sre, left: 2026-11-03}").replace(
+        "Erin Ekberg, team: data}", "Erin Ekberg, team: data, left: 2025-06-30}"
+    )
+    assert roster.count("left:") == 2
+    root = make_knowledge(tmp_path / "knowledge")
+    (root / "experts.yaml").write_text(roster, encoding="utf-8")
+    store = Store(tmp_path / "deploys.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []
+    deploys = DeployService.from_store(store, clock=clock)
+    clock.now = START.replace(hour=23, minute=45)  # Frank's last quarter of an hour
+    request = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+
+    by_erin = deploys.approve(request.id, ERIN)
+    assert by_erin.outcome == "refused" and by_erin.message.startswith("the roster (experts.yaml) says you have left")
+    assert "Erin Ekberg" not in " ".join(deploys.who_may_approve(deploys.get(request.id)))
+    assert deploys.approve(request.id, FRANK).outcome == "recorded"  # still with us today
+
+    clock.advance(minutes=20)  # past midnight: Frank has left, the request has not expired
+    assert FRANK not in deploys.approvers_for(deploys.services["web"].environments["prod"])
+    second = deploys.approve(request.id, BOB)
+
+    assert second.outcome == "recorded"  # Frank's approval no longer counts towards the two prod needs
+    assert deploys.valid_approvers(deploys.get(request.id)) == [BOB]
+    assert deploys.approve(request.id, FRANK).outcome in ("refused", "closed")
+    assert deploys.approve(request.id, CAROL).outcome == "approved"
 
 
 def test_prod_needs_two_distinct_approvals(deploys: DeployService, store: Store) -> None:
