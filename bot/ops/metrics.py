@@ -78,10 +78,12 @@ def dora(
     # every service's deploys: an incident of several services counts against one deploy, whichever it is
     every = finished_changes(store, env, now)
     rows = [r for r in every if service is None or r["service"] == service]
-    succeeded = [r for r in rows if r["status"] == "succeeded"]
+    succeeded = [r for r in rows if r["status"] == "succeeded"]  # a rollback restores service: time to restore
+    # A rollback ships no change: it is neither a deploy to count nor a lead time (its commit is the old one's).
+    shipped = [r for r in succeeded if r["kind"] == "deploy"]
 
     def count_since(delta: timedelta) -> int:
-        return sum(1 for r in succeeded if r["_finished"] >= now - delta)
+        return sum(1 for r in shipped if r["_finished"] >= now - delta)
 
     start = now - timedelta(days=days)
     changes = [
@@ -111,7 +113,7 @@ def dora(
                 restore.append((fixed["_finished"] - r["_finished"]).total_seconds() / 60)
     leads = [
         (r["_finished"] - commit).total_seconds() / 3600
-        for r in succeeded
+        for r in shipped
         if r["_finished"] >= start and (commit := _at(r["commit_time"])) is not None
     ]
     return Dora(
@@ -120,7 +122,7 @@ def dora(
         days,
         count_since(timedelta(days=7)),
         count_since(timedelta(days=30)),
-        sum(1 for r in succeeded if r["_finished"] >= start),
+        sum(1 for r in shipped if r["_finished"] >= start),
         len(changes),
         failed,
         statistics.median(restore) if restore else None,

@@ -247,6 +247,24 @@ def test_lead_time_is_the_median_from_commit_to_finished_deploy(store: Store) ->
     assert "lead time 4.0 h" in figures.line()
 
 
+def test_a_rollback_is_neither_a_deploy_counted_nor_a_lead_time_but_it_restores(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t, version="1.0.0", commit_time=(t - timedelta(hours=2)).isoformat()),
+        deploy(t + timedelta(hours=1), version="1.1.0", status="failed", commit_time=t.isoformat()),
+        # CI reports the rollback to 1.0.0 a day later, with 1.0.0's commit time
+        deploy(t + timedelta(days=1), kind="rollback", commit_time=(t - timedelta(hours=2)).isoformat()),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.deploys_7d, figures.deploys_30d, figures.deploys_period) == (1, 1, 1)
+    assert (figures.failed_changes, figures.changes) == (1, 2)
+    assert figures.lead_time_h == pytest.approx(2)  # the rollback's "commit to deploy" of 3 days is no lead time
+    assert figures.time_to_restore_min == pytest.approx(23 * 60)  # the failed deploy to the rollback
+
+
 def test_service_filter_keeps_other_services_out(store: Store) -> None:
     t = ago(days=2)
     insert(
