@@ -18,6 +18,7 @@ ROLE_NAMES = {"lead": "lead", "ic": "lead", "commander": "lead", "comms": "comms
 USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")
 SEVERITY_WORD = re.compile(r"^sev-?(\d+)$", re.IGNORECASE)  # sev2, SEV2, SEV-2: as other tools write it
 ROOT_CAUSE_OPTIONS = ("--root-cause", "--rootcause")
+DASHED_OPTION = re.compile(r"(?<!\S)[—–](?=root-?cause)", re.IGNORECASE)
 QUOTES = "\"'“”‘’"
 DECLARE_USAGE = "/incident declare TITLE [sev1-4] [--service NAME] [--env NAME]"
 
@@ -143,6 +144,7 @@ def parse_assign(rest: str) -> tuple[str, str]:
 def parse_resolve(rest: str) -> tuple[str, str]:
     """`"Rolled back" --root-cause bad config` -> ("Rolled back", "bad config"); an empty resolution opens the
     resolve dialog."""
+    rest = DASHED_OPTION.sub("--", rest)  # some clients turn a typed `--` into a dash
     lower = rest.lower()
     for option in ROOT_CAUSE_OPTIONS:
         at = lower.find(option)

@@ -231,7 +231,7 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
     elif asked.sub == "cancel":
         cancel(incidents, web, url, incident, user, asked.text)
     elif asked.sub == "resolve" and not asked.text:
-        open_resolve_dialog(web, command, incident)
+        open_resolve_dialog(web, command, incident, asked.root_cause)
     elif asked.sub == "resolve":
         resolve(runtime, incidents, web, url, incident, user, asked.text, asked.root_cause)
         if channel != incident.channel:
@@ -252,11 +252,11 @@ def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIn
         post(web, incident.origin_channel, (text, []), url)
 
 
-def open_resolve_dialog(web: SlackWeb, command: dict, incident: LiveIncident) -> None:
-    """`/incident resolve` without text: a dialog asks for the resolution and the root cause."""
+def open_resolve_dialog(web: SlackWeb, command: dict, incident: LiveIncident, root_cause: str = "") -> None:
+    """`/incident resolve` without a resolution: a dialog asks for it and the root cause (filled in when given)."""
     if not incident.is_open:
         raise InvalidRequest(f"{incident.id} is already {incident.status}; nothing changed.")
-    view = build_resolve_view(incident, command.get("channel_id", ""))
+    view = build_resolve_view(incident, command.get("channel_id", ""), root_cause)
     opened, error = web.try_call("views.open", trigger_id=command.get("trigger_id", ""), view=view)
     if opened is None:
         log.info("resolve dialog not opened id=%s error=%s", incident.id, error)

@@ -68,6 +68,14 @@ def test_resolve_takes_an_optional_root_cause_and_may_be_empty() -> None:
     )
     assert parse_incident("resolve Rolled back --rootcause=pool too small").root_cause == "pool too small"
     assert parse_incident("resolve") == IncidentCommand("resolve")  # opens the dialog
+    # A client that turns a typed `--` into a dash: the option is still an option, not part of the resolution.
+    for dash in ("—", "–"):
+        assert parse_incident(f"resolve Rolled back {dash}root-cause pool size") == IncidentCommand(
+            "resolve", text="Rolled back", root_cause="pool size"
+        )
+    assert parse_incident("resolve rolled back the hot—rootcause fix").root_cause == ""  # a dash inside a word
+    # A root cause alone opens the dialog with it filled in (test_incident_forms.py).
+    assert parse_incident("resolve --root-cause pool size") == IncidentCommand("resolve", root_cause="pool size")
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,20 @@ def test_resolve_without_text_opens_a_dialog_with_a_root_cause_field(
     assert (live.status, live.resolution, live.root_cause) == ("resolved", "Rolled back the config", cause)
 
 
+def test_resolve_with_only_a_root_cause_opens_the_dialog_with_the_cause_filled_in(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
+    assert slack.command("/incident", "resolve —root-cause pool too small", user=PRIYA, channel=OPS).status == 200
+    (opened,) = slack_api.wait_for("views.open", timeout=15)
+    view = opened.body["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    fields = {b["block_id"]: b for b in view["blocks"] if b["type"] == "input"}
+    assert fields[ids.INCIDENT_ROOT_CAUSE_BLOCK]["element"]["initial_value"] == "pool too small"
+    assert "initial_value" not in fields[ids.INCIDENT_RESOLUTION_BLOCK]["element"]
+    assert runtime.incidents().get(incident_id).is_open  # nothing recorded until the dialog is submitted
+
+
 def test_cancel_keeps_the_timeline_and_the_audit_but_nothing_counts_or_is_searchable(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:

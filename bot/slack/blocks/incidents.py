@@ -234,19 +234,23 @@ def resolved_fallback_text(incident: LiveIncident) -> str:
     )[:MAX_TEXT]
 
 
-def _text_input(block_id: str, label: str, hint: str, optional: bool) -> dict:
+def _text_input(block_id: str, label: str, hint: str, optional: bool, initial: str = "") -> dict:
+    element = {"type": "plain_text_input", "action_id": ids.INCIDENT_TEXT_INPUT, "multiline": True}
+    if initial:
+        element["initial_value"] = initial[:3000]  # Block Kit's limit for a text input
     return {
         "type": "input",
         "block_id": block_id,
         "optional": optional,
         "label": {"type": "plain_text", "text": label},
         "hint": {"type": "plain_text", "text": hint},
-        "element": {"type": "plain_text_input", "action_id": ids.INCIDENT_TEXT_INPUT, "multiline": True},
+        "element": element,
     }
 
 
-def build_resolve_view(incident: LiveIncident, channel: str) -> dict:
-    """The resolve dialog: how it was resolved (required) and what caused it (optional, for the write-up)."""
+def build_resolve_view(incident: LiveIncident, channel: str, root_cause: str = "") -> dict:
+    """The resolve dialog: how it was resolved (required) and what caused it (optional, for the write-up),
+    the root cause filled in with what was typed after `--root-cause` or was recorded already."""
     return {
         "type": "modal",
         "callback_id": ids.INCIDENT_RESOLVE_VIEW,
@@ -262,6 +266,7 @@ def build_resolve_view(incident: LiveIncident, channel: str) -> dict:
                 "Root cause",
                 "What caused it, if known; `/incident rootcause TEXT` can record it later.",
                 True,
+                root_cause or incident.root_cause,
             ),
         ],
     }
