@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from bot.ops.digest import digest_due
+from bot.ops.metrics import Dora
 from bot.runtime import Runtime
 from bot.services import ConfigProblem, Digest, parse_settings
 from bot.slack.app import create_client
+from bot.slack.blocks.digest import build_digest_blocks
 from bot.slack.jobs import post_digest, post_digest_if_due
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.web import SlackWeb
@@ -53,6 +57,30 @@ def test_the_digest_posts_every_deployable_service(runtime: Runtime, slack_api: 
     for service in ("checkout-api", "payments-gateway", "storefront-web", "order-pipeline"):
         assert f"*{service}*: Deploys:" in text
     assert "change failure rate" in text
+
+
+@pytest.mark.parametrize("services", [0, 1, 30, 2000])
+def test_the_digest_shows_every_service_or_says_how_many_more_within_slacks_limits(services: int) -> None:
+    def figures(name: str | None) -> Dora:
+        return Dora(name, "prod", 30, 3, 12, 12, 12, 1, 42.0, 5.5)
+
+    each = [(f"service-{n:04d}-with-a-long-name", figures(f"service-{n:04d}")) for n in range(services)]
+    blocks = build_digest_blocks("prod", (figures(None), each))
+
+    assert len(blocks) <= 50
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert all(len(t) <= 3000 for t in texts)
+    listed = [line for t in texts[1:] for line in t.split("\n") if line.startswith("*service-")]
+    assert listed == [f"*{name}*: {dora.line()}" for name, dora in each[: len(listed)]]
+    more = [line for t in texts for line in t.split("\n") if line.startswith("… and ")]
+    if len(listed) < services:
+        assert more == [
+            f"… and {services - len(listed)} more services: `opsbot dora --env prod --service NAME` shows each."
+        ]
+    else:
+        assert more == []
+    if not services:
+        assert "No deployable services." in texts
 
 
 def test_the_weekly_digest_is_posted_once_when_due_even_by_two_processes(
