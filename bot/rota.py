@@ -189,13 +189,16 @@ def shift_at(rotation: Rotation, at: datetime) -> Shift | None:
         cover = rotation.overrides[index]
         # Until it ends, or until an override listed after it (which wins) starts.
         later = [o.start for o in rotation.overrides[index + 1 :] if at < o.start < cover.end]
-        return Shift(rotation.team, cover.person, cover.start, min([cover.end, *later]), override=True)
+        # Since it began, or since an override listed after it, inside it, ended.
+        back = [o.end for o in rotation.overrides[index + 1 :] if cover.start < o.end <= at]
+        return Shift(rotation.team, cover.person, max([cover.start, *back]), min([cover.end, *later]), override=True)
     base = _base_shift(rotation, at)
     if base is None:
         return None
-    # An override starting later in this shift cuts it short.
+    # An override starting later in this shift cuts it short; one that ended earlier in it hands the shift back then.
     cut = min([base.end, *(o.start for o in rotation.overrides if at < o.start < base.end)])
-    return Shift(base.team, base.person, base.start, cut)
+    back = max([base.start, *(o.end for o in rotation.overrides if base.start < o.end <= at)])
+    return Shift(base.team, base.person, back, cut)
 
 
 def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:

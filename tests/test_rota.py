@@ -109,6 +109,13 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
     assert shift_at(rota, datetime(2026, 1, 15, 3, 0, tzinfo=UTC)).person == PRIYA
     assert shift_at(rota, datetime(2026, 1, 15, 7, 0, tzinfo=UTC)).person == SOFIA
     assert shift_at(rota, london("2026-01-16T09:00")).person == DANIEL  # back to the rota
+    # Who follows a cover starts when the cover ends, not when their own shift began days before.
+    after_inner = shift_at(rota, datetime(2026, 1, 15, 7, 0, tzinfo=UTC))
+    assert after_inner.start == datetime(2026, 1, 15, 6, 0, tzinfo=UTC)  # Sofia again, once Priya's hours ended
+    during = on_call(rota, london("2026-01-15T12:00"))
+    assert during.now.person == SOFIA and during.now.end == london("2026-01-16T09:00")
+    assert (during.next.person, during.next.start) == (DANIEL, london("2026-01-16T09:00"))
+    assert shift_at(rota, london("2026-01-16T12:00")).start == london("2026-01-16T09:00")
 
 
 @pytest.mark.parametrize(
