@@ -162,7 +162,7 @@ class DeployService(DeployRules):
         if why:
             self.store.audit(user, f"{request.kind}.reject.refused", request.id, reason=why)
             return Decision(request, "refused", why)
-        self.store.record_decision(request.id, user, "reject")
+        self.store.record_decision(request.id, user, "reject", replace=True)  # an approver may change their mind
         self.store.audit(user, f"{request.kind}.rejected", request.id)
         self.store.transition(request.id, "pending", "rejected", finished_at=_iso(self.clock()))
         self.store.release_lock(request.id)

@@ -163,10 +163,13 @@ class DeployStore(StoreBase):
         self._require_transaction()
         self.db.execute("DELETE FROM deploy_locks WHERE request_id = ?", [request_id])
 
-    def record_decision(self, request_id: str, user: str, decision: str) -> bool:
+    def record_decision(self, request_id: str, user: str, decision: str, replace: bool = False) -> bool:
+        """One decision per person and request: False when they had decided already (and ``replace`` is not set;
+        with it, this decision takes the place of theirs: an approver who then rejects is the rejecter)."""
         self._require_transaction()
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO deploy_decisions (request_id, user, decision, at) VALUES (?, ?, ?, ?)",
+            f"{verb} INTO deploy_decisions (request_id, user, decision, at) VALUES (?, ?, ?, ?)",
             [request_id, user, decision, _now()],
         )
         return cur.rowcount == 1

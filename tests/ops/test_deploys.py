@@ -241,6 +241,18 @@ def test_rejection_needs_an_approver_but_the_requester_may_withdraw(deploys: Dep
     assert deploys.request("deploy", "web", "prod", "1.0.1", ALICE).status == "pending"  # the lock was released
 
 
+def test_an_approver_who_then_rejects_is_the_rejecter(deploys: DeployService, store: Store) -> None:
+    request = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).outcome == "recorded"
+
+    changed = deploys.reject(request.id, BOB)
+
+    assert changed.outcome == "rejected"
+    assert (changed.request.rejected_by, changed.request.approvers) == (BOB, ())
+    decided = [a for a in actions(store) if a in ("deploy.approved", "deploy.rejected")]
+    assert decided == ["deploy.approved", "deploy.rejected"]  # the audit keeps both, in order
+
+
 def test_deciding_on_an_unknown_request_is_not_found(deploys: DeployService) -> None:
     with pytest.raises(NotFound, match="no deploy request 'dep-nope'"):
         deploys.approve("dep-nope", BOB)
