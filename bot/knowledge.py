@@ -17,6 +17,22 @@ from bot.runbook_file import parse_runbook
 from bot.services_file import read_services_file
 from bot.text import FrontMatterError, content_hash
 
+KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "channels.yaml")
+
+
+def root_problem(root: Path) -> str | None:
+    """Why ``root`` is not a knowledge folder, or None. Indexing a folder replaces the whole index with what it
+    holds: a wrong one (``knowledge/runbooks``, the current folder) would empty it without a word."""
+    if not root.is_dir():
+        return f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it."
+    if not any((root / entry).exists() for entry in KNOWLEDGE_ENTRIES):
+        return (
+            f"{str(root)!r} is not a knowledge folder: it holds none of runbooks/, incidents/, experts.yaml, "
+            "services.yaml or channels.yaml. Pass the folder that holds them (knowledge/, not knowledge/runbooks/); "
+            "nothing was changed."
+        )
+    return None
+
 
 def load_knowledge(root: Path) -> KnowledgeBase:
     """Load every runbook, incident and the roster under ``root``."""

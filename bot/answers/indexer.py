@@ -16,7 +16,7 @@ from bot.answers.incident_vectors import incident_text, incident_vector_hash
 from bot.answers.keywords import phrase_match
 from bot.answers.training import TrainingQuery, encoded_form, fit_ranker, ranker_key, training_queries
 from bot.errors import InvalidRequest
-from bot.knowledge import load_knowledge
+from bot.knowledge import load_knowledge, root_problem
 from bot.models import Document, Incident, Problem
 from bot.record_files import incident_document
 from bot.store import SLACK_PREFIX, ChunkRow, Store
@@ -115,8 +115,8 @@ def _embed(
 
 def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progress | None = None) -> IndexReport:
     """Bring the index in line with ``root``: embed what changed, drop what was removed."""
-    if not root.is_dir():
-        raise InvalidRequest(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    if (problem := root_problem(root)) is not None:
+        raise InvalidRequest(problem)
     started = time.perf_counter()
     kb = load_knowledge(root)
     report = IndexReport(model_id=encoder.model_id, problems=kb.problems)

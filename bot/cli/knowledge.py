@@ -49,12 +49,13 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
       opsbot index --strict knowledge/     # in CI: fail on any problem
     """
     from bot.answers.indexer import index_knowledge
+    from bot.knowledge import root_problem
 
     settings = load_settings(ctx)
-    lower_priority(niceness)
     root = directory or settings.knowledge_dir
-    if not root.is_dir():
-        raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    if (problem := root_problem(root)) is not None:  # before anything else runs or is logged
+        raise OpsbotError(problem)
+    lower_priority(niceness)
     store, encoder = _open(settings)
     bar_state: dict[str, Any] = {}
 
@@ -116,11 +117,11 @@ def check(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
       opsbot check knowledge/
       opsbot check --json knowledge/ | jq '.problems[]'
     """
-    from bot.knowledge import load_knowledge
+    from bot.knowledge import load_knowledge, root_problem
 
     root = directory or load_settings(ctx).knowledge_dir
-    if not root.is_dir():
-        raise OpsbotError(f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it.")
+    if (problem := root_problem(root)) is not None:
+        raise OpsbotError(problem)
     kb = load_knowledge(root)
     runbooks = sum(1 for d in kb.documents if d.kind == "runbook")
     counts = (

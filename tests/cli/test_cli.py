@@ -22,6 +22,7 @@ from bot.answers.encoder import SentenceTransformerEncoder
 from bot.cli import main
 from bot.config import Settings
 from bot.runtime import Runtime
+from bot.store import Store
 from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
 
 SUBSET_RUNBOOKS = (
@@ -282,6 +283,24 @@ def test_index_missing_directory_is_a_clear_error() -> None:
     result = invoke("index", "no-such-dir")
     assert_clean_failure(result, "knowledge directory 'no-such-dir' does not exist")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("inside", ["runbooks", "incidents", "."])
+def test_a_folder_that_is_not_a_knowledge_folder_is_refused_and_the_index_kept(
+    subset: IndexedSubset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inside: str
+) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copy(subset.db, db)
+    monkeypatch.setenv("OPSBOT_DB", str(db))
+    monkeypatch.chdir(tmp_path)  # "." holds only the database copy
+    before = Store(db).document_hashes()
+    folder = "." if inside == "." else str(subset.knowledge / inside)
+
+    for command in (("index", folder), ("index", "--strict", folder), ("check", folder)):
+        result = invoke(*command)
+        assert_clean_failure(result, "is not a knowledge folder", "knowledge/, not knowledge/runbooks/")
+
+    assert Store(db).document_hashes() == before and len(before) > 0
 
 
 def test_index_warns_about_malformed_files_and_indexes_the_rest(tmp_path: Path) -> None:
