@@ -208,7 +208,9 @@ def build_service(name: str, entry: dict, out: Problems) -> ServiceConfig | None
     if len(out) > before or deploy is None:
         return None
     channel = str(entry.get("channel") or "")
-    return ServiceConfig(name, tuple(entry.get("owners") or ()), environments, deploy, rollback, pattern, channel)
+    owners = entry.get("owners")  # a wrong value is reported with the owners of every service (services_file)
+    owned = tuple(str(o) for o in owners) if isinstance(owners, list) else ()
+    return ServiceConfig(name, owned, environments, deploy, rollback, pattern, channel)
 
 
 def parse_settings(data: Any) -> DeploySettings:
@@ -266,7 +268,12 @@ def _environment(key: str, name: str, cfg: Any, out: Problems) -> Environment | 
             out.append(ConfigProblem(f"{key}.approvers", message))
         approvers = []
     freezes = []
-    for n, f in enumerate(cfg.get("freeze") or []):
+    listed = cfg.get("freeze") or []
+    if not isinstance(listed, list):
+        example = "[{start: 2026-12-24T00:00, end: 2026-12-27T00:00, reason: holidays}]"
+        out.append(ConfigProblem(f"{key}.freeze", f"must be a list of freezes, each with start: and end:, {example}"))
+        listed = []
+    for n, f in enumerate(listed):
         fkey = f"{key}.freeze[{n}]"
         if not isinstance(f, dict):
             out.append(ConfigProblem(fkey, "must have start: and end: (ISO 8601 times) and an optional reason:"))

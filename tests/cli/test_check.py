@@ -53,6 +53,35 @@ def test_check_reports_every_problem_at_once_and_exits_1(broken: Path) -> None:
     assert "Traceback" not in result.output
 
 
+FREEZE = '          - {start: "2026-12-23T18:00:00Z", end: "2026-12-27T08:00:00Z", reason: "Christmas peak"}\n'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "says"),
+    [
+        ("        freeze:\n" + FREEZE, "        freeze: 2026-12-24\n", "prod.freeze: must be a list of freezes"),
+        ("        freeze:\n" + FREEZE, "        freeze: christmas\n", "prod.freeze: must be a list of freezes"),
+        ("        freeze:\n" + FREEZE, "        freeze: {start: 2026-12-24T00:00Z}\n", "must be a list of freezes"),
+        ("    owners: [U03F8K2LQ1]\n", "    owners: 5\n", "checkout-api.owners: must be a list of roster ids"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_is_one_problem_not_a_traceback(
+    tmp_path: Path, old: str, new: str, says: str
+) -> None:
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, root)
+    path = root / "services.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    result = invoke("check", str(root))
+
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("services.yaml:") and says in line
+
+
 def test_check_json_lists_the_problems_with_their_lines(broken: Path) -> None:
     result = invoke("check", "--json", str(broken))
 
