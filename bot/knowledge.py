@@ -7,6 +7,7 @@ and everything else still loads. Each kind of file is parsed in ``bot.runbook_fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from bot.record_files import incident_document, parse_channels, parse_incident, 
 from bot.runbook_file import parse_runbook
 from bot.services_file import read_services_file
 from bot.text import FrontMatterError, content_hash
+from bot.yaml_lines import duplicate_keys
 
 KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "channels.yaml")
 
@@ -76,13 +78,39 @@ def _rel(root: Path, path: Path) -> str:
 def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:
     """A file's text without a byte-order mark, or None with a Problem when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
+        _check_duplicate_keys(kb, rel, text)
+        return text
     except UnicodeDecodeError:
         kb.problems.append(Problem(rel, "is not UTF-8 text; save it as UTF-8."))
     except OSError as exc:
         kb.problems.append(Problem(rel, f"cannot be read: {exc.strerror}"))
     kb.failed_paths.add(rel)
     return None
+
+
+FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*$", re.S | re.M)
+
+
+def _check_duplicate_keys(kb: KnowledgeBase, rel: str, text: str) -> None:
+    """A problem for each key given twice in a YAML file or a Markdown file's front matter."""
+    offset = 0
+    if rel.lower().endswith(".md"):
+        front = FRONT_MATTER.match(text)
+        if front is None:
+            return
+        text, offset = front.group(1), 1
+    elif not rel.lower().endswith((".yaml", ".yml")):
+        return
+    for key, line, first in duplicate_keys(text):
+        kb.problems.append(
+            Problem(
+                rel,
+                f"{key}: given twice (also at line {first + offset}); YAML keeps only this one, so the first "
+                "one's settings are lost. Merge the two into one.",
+                line + offset,
+            )
+        )
 
 
 def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:

@@ -67,3 +67,33 @@ def _mapping_value(node: yaml.Node | None, name: str) -> tuple[yaml.Node, yaml.N
                 if found is not None:
                     return found
     return None
+
+
+def duplicate_keys(text: str) -> list[tuple[str, int, int]]:
+    """Keys given twice in one mapping, as (key path, 1-based line, line of the first): YAML keeps only the last,
+    so whatever the first held (a service's environments, a person's team) would be lost without a word."""
+    root = compose(text)
+    found: list[tuple[str, int, int]] = []
+    seen_nodes: set[int] = set()
+
+    def walk(node: yaml.Node | None, path: str) -> None:
+        if node is None or id(node) in seen_nodes:  # an alias is the node it names: walked once
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value in node.value:
+                name = str(getattr(key_node, "value", ""))
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and name != "<<":
+                    if name in first:
+                        found.append((f"{path}.{name}" if path else name, line, first[name]))
+                    else:
+                        first[name] = line
+                walk(value, f"{path}.{name}" if path else name)
+        elif isinstance(node, yaml.SequenceNode):
+            for n, item in enumerate(node.value):
+                walk(item, f"{path}[{n}]")
+
+    walk(root, "")
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 from bot.knowledge import load_knowledge
 from bot.models import KnowledgeBase, Problem, Section, TimelineEntry
 from bot.text import content_hash
+from tests.conftest import SAMPLE_KNOWLEDGE
 
 SAMPLE = Path(__file__).resolve().parent.parent / "knowledge"
 
@@ -669,3 +671,36 @@ def test_runbook_alert_that_is_not_a_name_is_a_problem_with_its_line(tmp_path: P
     assert "'Pool is exhausted' is not an alert name" in problem.message
     assert "alerts: [PgbouncerPoolExhausted]" in problem.message
     assert_good_files_loaded(kb)
+
+
+def test_a_key_given_twice_is_a_problem_with_both_lines_wherever_yaml_is_read(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys: a second `checkout-api:` would drop the first one's
+    environments and freeze without a word, so each file says where."""
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, root)
+
+    def edit(rel: str, old: str, new: str) -> None:
+        path = root / rel
+        text = path.read_text(encoding="utf-8")
+        assert old in text
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    edit("services.yaml", "services:\n", "services:\n  checkout-api: {owners: [U05E4TY6MF]}\n")
+    edit("incidents/2025/INC-2025-0001.yaml", "severity: 2\n", "severity: 2\nseverity: 4\n")
+    runbook = "runbooks/auth-service/jwt-key-rotation.md"
+    edit(runbook, "services: [auth-service]\n", "services: [auth-service]\ntitle: Keys\n")
+    clean = load_knowledge(SAMPLE_KNOWLEDGE)
+    assert clean.problems == []
+
+    kb = load_knowledge(root)
+
+    twice = {(p.path, p.line): p.message for p in kb.problems if "given twice" in p.message}
+    services_text = (root / "services.yaml").read_text(encoding="utf-8").splitlines()
+    first, second = [n for n, line in enumerate(services_text, 1) if line.startswith("  checkout-api:")]
+    assert set(twice) == {
+        ("services.yaml", second),
+        ("incidents/2025/INC-2025-0001.yaml", 5),
+        (runbook, 4),
+    }
+    assert twice[("services.yaml", second)].startswith(f"services.checkout-api: given twice (also at line {first})")
+    assert twice[(runbook, 4)].startswith("title: given twice (also at line 2)")
