@@ -89,7 +89,7 @@ def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:
     return None
 
 
-FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*$", re.S | re.M)
+FRONT_MATTER = re.compile(r"\A((?:[ \t]*\r?\n)*)---[ \t]*\r?\n(.*?)^---[ \t]*$", re.S | re.M)
 
 
 def _check_duplicate_keys(kb: KnowledgeBase, rel: str, text: str) -> None:
@@ -99,7 +99,7 @@ def _check_duplicate_keys(kb: KnowledgeBase, rel: str, text: str) -> None:
         front = FRONT_MATTER.match(text)
         if front is None:
             return
-        text, offset = front.group(1), 1
+        text, offset = front.group(2), 1 + front.group(1).count("\n")
     elif not rel.lower().endswith((".yaml", ".yml")):
         return
     for key, line, first in duplicate_keys(text):

@@ -79,26 +79,35 @@ def content_hash(text: str) -> str:
 
 
 def split_front_matter(text: str) -> FrontMatter:
-    """Separate a leading ``---`` YAML block from Markdown; raise FrontMatterError when it is broken."""
-    if not text.startswith("---"):
-        return FrontMatter({}, text, 1)
+    """Separate a leading ``---`` YAML block from Markdown; raise FrontMatterError when it is broken.
+
+    Blank lines above the opening ``---`` are allowed: an editor or a template leaves them, and reading the
+    block as body text would drop the title, services and alerts it names without a word.
+    """
     lines = text.splitlines(keepends=True)
-    if lines[0].strip() != "---":
+    top = 0
+    while top < len(lines) and not lines[top].strip():
+        top += 1
+    if top == len(lines) or lines[top].strip() != "---":
         return FrontMatter({}, text, 1)
-    for i in range(1, len(lines)):
+    for i in range(top + 1, len(lines)):
         if lines[i].strip() in ("---", "..."):
-            block = "".join(lines[1:i])
+            block = "".join(lines[top + 1 : i])
             try:
                 data = load_yaml(block) or {}
             except yaml.YAMLError as exc:
+                if top:  # below blank lines, a --- may be a Markdown rule after all
+                    return FrontMatter({}, text, 1)
                 mark = getattr(exc, "problem_mark", None)
-                line = mark.line + 2 if mark is not None else 2
+                line = top + (mark.line + 2 if mark is not None else 2)
                 problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
                 raise FrontMatterError(f"front matter is not valid YAML: {problem}", line) from exc
             if not isinstance(data, dict):
-                raise FrontMatterError("front matter must be a mapping of keys such as title: and services:", 2)
+                if top:
+                    return FrontMatter({}, text, 1)
+                raise FrontMatterError("front matter must be a mapping of keys such as title: and services:", top + 2)
             return FrontMatter(data, "".join(lines[i + 1 :]), i + 2)
-    raise FrontMatterError("front matter starts with --- but has no closing --- line", 1)
+    raise FrontMatterError("front matter starts with --- but has no closing --- line", top + 1)
 
 
 def slugify(text: str) -> str:

@@ -6,6 +6,7 @@ import pytest
 
 from bot.models import Section
 from bot.text import (
+    FrontMatter,
     FrontMatterError,
     drop_comments,
     drop_object_refs,
@@ -41,6 +42,15 @@ def test_front_matter_may_close_with_dots_and_use_crlf() -> None:
     assert fm.data == {"title": "Redis"}
     assert fm.body == "Body\r\n"
     assert fm.body_line == 4
+
+
+def test_front_matter_below_blank_lines_is_still_front_matter_and_a_rule_there_is_still_body() -> None:
+    fm = split_front_matter("\n\n---\ntitle: Dead letters\nalerts: [OrderPipelineDlqGrowing]\n---\n# DLQ\n")
+
+    assert fm.data == {"title": "Dead letters", "alerts": ["OrderPipelineDlqGrowing"]}
+    assert (fm.body, fm.body_line) == ("# DLQ\n", 7)
+    ruled = "\n---\nSome words, not YAML keys.\n---\nMore.\n"
+    assert split_front_matter(ruled) == FrontMatter({}, ruled, 1)
 
 
 def test_empty_front_matter_gives_empty_data() -> None:
