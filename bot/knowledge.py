@@ -67,6 +67,8 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     if channels.is_file() and (text := _read(kb, "channels.yaml", channels)) is not None:
         kb.channels, problems = parse_channels("channels.yaml", text)
         kb.problems.extend(problems)
+        if problems and not kb.channels:  # unreadable as a whole: the modes it gave before stay
+            kb.failed_paths.add("channels.yaml")
     _check_responders(kb)
     return kb
 

@@ -43,6 +43,25 @@ def test_index_applies_the_channels_file(tmp_path: Path) -> None:
     assert store.channel_answer_modes() == {"C04ALERTS1": "all", "C04GENERAL": "mentions"}
 
 
+def test_a_channel_taken_out_of_the_file_goes_back_to_the_default_and_one_set_by_the_cli_stays(tmp_path: Path) -> None:
+    root = write_kb(tmp_path / "kb", "channels:\n  C04ALERTS1: all\n  C04GENERAL: mentions\n")
+    store = Store(tmp_path / "o.db")
+    index_knowledge(store, FakeEncoder(), root)
+    store.set_channel_answer_mode("C04ONCALL2", "all", "cli")
+
+    (root / "channels.yaml").write_text("channels:\n  C04GENERAL: all\n", encoding="utf-8")
+    index_knowledge(store, FakeEncoder(), root)
+    assert store.channel_answer_modes() == {"C04GENERAL": "all", "C04ONCALL2": "all"}
+
+    (root / "channels.yaml").write_text("channels: [not, a, mapping\n", encoding="utf-8")  # broken: kept as it was
+    assert index_knowledge(store, FakeEncoder(), root).problems
+    assert store.channel_answer_modes() == {"C04GENERAL": "all", "C04ONCALL2": "all"}
+
+    (root / "channels.yaml").unlink()
+    index_knowledge(store, FakeEncoder(), root)
+    assert store.channel_answer_modes() == {"C04ONCALL2": "all"}
+
+
 def test_cli_sets_and_lists_channels_and_refuses_names(tmp_path: Path) -> None:
     runner = CliRunner()
     assert "No channel settings" in runner.invoke(main, ["channels", "list"]).output

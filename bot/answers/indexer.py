@@ -182,8 +182,8 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     if "services.yaml" not in kb.failed_paths:
         store.replace_services(kb.services)
         store.set_meta("deploy_settings", json.dumps(kb.deploy_settings))
-    for channel, mode in kb.channels.items():
-        store.set_channel_answer_mode(channel, mode, "channels.yaml")
+    if "channels.yaml" not in kb.failed_paths:  # a channel taken out of the file goes back to the default
+        store.replace_channel_answer_modes(kb.channels, "channels.yaml")
     # The roster, services and deploy settings count as a change too: a running bot's expert model and
     # deploy rules come from them.
     config_hash = content_hash(

@@ -114,5 +114,15 @@ class ConversationStore(StoreBase):
                 {"channel": channel, "answer": mode, "updated_by": updated_by, "at": _now()}, pk="channel"
             )
 
+    def replace_channel_answer_modes(self, modes: dict[str, str], updated_by: str) -> None:
+        """The modes that ``updated_by`` (a file) gives, in place of all it gave before: a channel taken out of
+        the file goes back to the default; one set otherwise (the CLI) is left alone."""
+        with self.transaction():
+            marks = ",".join("?" * len(modes))
+            keep = f" AND channel NOT IN ({marks})" if modes else ""
+            self.db.execute(f"DELETE FROM channel_settings WHERE updated_by = ?{keep}", [updated_by, *modes])
+            for channel, mode in modes.items():
+                self.set_channel_answer_mode(channel, mode, updated_by)
+
     def channel_answer_modes(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT channel, answer FROM channel_settings").fetchall())
