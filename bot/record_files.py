@@ -140,11 +140,13 @@ def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
     seen: set[str] = set()
     for index, entry in enumerate(people):
         line = entry_lines[index] if index < len(entry_lines) else None
+        kept: list[str] = []  # problems with one field: reported, and the person kept without it
         try:
-            expert = _expert_from_dict(entry)
+            expert = _expert_from_dict(entry, kept)
         except FileProblem as exc:
             problems.append(Problem(rel, f"person #{index + 1}: {exc}", line))
             continue
+        problems += [Problem(rel, f"person #{index + 1} ({expert.id}): {p}", line) for p in kept]
         if expert.id in seen:
             problems.append(Problem(rel, f"person #{index + 1}: id {expert.id} appears twice", line))
             continue
@@ -166,37 +168,49 @@ def _sequence_lines(text: str) -> list[int]:
     return [item.start_mark.line + 1 for item in node.value]
 
 
-def _expert_from_dict(entry: Any) -> Expert:
+def _expert_from_dict(entry: Any, kept: list[str] | None = None) -> Expert:
+    """One person. Raises FileProblem when they cannot be loaded (no id, name or team, an id that is not Slack's,
+    a `left:` that cannot be read); a problem with another field goes in ``kept`` and the field is left out, so one
+    typo does not take someone off the rota and the approvers."""
+    kept = [] if kept is None else kept
     if not isinstance(entry, dict):
         raise FileProblem("must be a mapping with id, name, team, skills, services, timezone")
     for key in entry:
         if key not in EXPERT_FIELDS:
             close = difflib.get_close_matches(str(key), EXPERT_FIELDS, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else f"; known fields: {', '.join(EXPERT_FIELDS)}"
-            raise FileProblem(f"unknown field `{key}`{hint}")
+            kept.append(f"unknown field `{key}` (left out){hint}")
     missing = [k for k in ("id", "name", "team") if not entry.get(k)]
     if missing:
         raise FileProblem(f"missing {', '.join(missing)}")
     uid = str(entry["id"]).strip()
     if not SLACK_USER_ID.match(uid):
         raise FileProblem(f"id {uid!r} is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)")
+    if not isinstance(entry["team"], str):  # a team decides who may approve: never guessed from a list
+        raise FileProblem(f"team {entry['team']!r} must be one team name, such as payments")
     tz = str(entry.get("timezone") or "UTC")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise FileProblem(f"timezone {tz!r} is not an IANA time zone such as Europe/London") from None
+        kept.append(f"timezone {tz!r} is not an IANA time zone such as Europe/London (UTC is used)")
+        tz = "UTC"
     hours = str(entry.get("hours") or "")
     if hours and not HOURS.match(hours):
-        raise FileProblem(f"hours {hours!r} must look like 09:00-17:30")
+        kept.append(f"hours {hours!r} must look like 09:00-17:30 (left out)")
+        hours = ""
+    away = entry.get("away", False)
+    if not isinstance(away, bool):
+        kept.append(f"away {away!r} must be true or false (false is used)")
+        away = False
     return Expert(
         id=uid,
         name=str(entry["name"]),
-        team=str(entry["team"]),
+        team=entry["team"].strip(),
         skills=name_list(entry.get("skills"), "skills"),
         services=service_names(entry.get("services")),
         timezone=tz,
         hours=hours,
-        away=bool(entry.get("away", False)),
+        away=away,
         left=_left(entry.get("left")),
     )
 

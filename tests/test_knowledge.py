@@ -450,10 +450,6 @@ def test_roster_is_loaded(tmp_path: Path) -> None:
     ("entry", "message"),
     [
         (
-            "  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    timezon: Europe/Madrid\n",
-            "person #3: unknown field `timezon`; did you mean `timezone`?",
-        ),
-        (
             "  - id: u05e4ty6mf\n    name: Tomás\n    team: commerce\n",
             "person #3: id 'u05e4ty6mf' is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)",
         ),
@@ -461,18 +457,14 @@ def test_roster_is_loaded(tmp_path: Path) -> None:
             "  - id: '@tomas'\n    name: Tomás\n    team: commerce\n",
             "person #3: id '@tomas' is not a Slack user id (like U04C2RN8VD: U or W, then capitals and digits)",
         ),
-        (
-            "  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    timezone: Europe/Barcelona\n",
-            "person #3: timezone 'Europe/Barcelona' is not an IANA time zone such as Europe/London",
-        ),
-        (
-            "  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    hours: 9-5\n",
-            "person #3: hours '9-5' must look like 09:00-17:30",
-        ),
         ("  - id: U05E4TY6MF\n    name: Tomás\n", "person #3: missing team"),
+        (
+            "  - id: U05E4TY6MF\n    name: Tomás\n    team: [commerce, sre]\n",
+            "person #3: team ['commerce', 'sre'] must be one team name, such as payments",
+        ),
         ("  - id: U03F8K2LQ1\n    name: Priya again\n    team: payments\n", "person #3: id U03F8K2LQ1 appears twice"),
     ],
-    ids=["misspelt-field", "lower-case-id", "handle-not-id", "bad-timezone", "bad-hours", "missing-team", "duplicate"],
+    ids=["lower-case-id", "handle-not-id", "missing-team", "team-list", "duplicate"],
 )
 def test_bad_roster_entry_is_reported_and_others_load(tmp_path: Path, entry: str, message: str) -> None:
     kb = knowledge_with(tmp_path, roster=ROSTER + entry)
@@ -481,6 +473,36 @@ def test_bad_roster_entry_is_reported_and_others_load(tmp_path: Path, entry: str
     assert problem.message == message
     assert problem.line == len(ROSTER.splitlines()) + 1 == 15
     assert [e.id for e in kb.experts] == ["U03F8K2LQ1", "U04C2RN8VD"]
+    assert_good_files_loaded(kb)
+
+
+@pytest.mark.parametrize(
+    ("field", "message", "kept"),
+    [
+        ("timezon: Europe/Madrid", "unknown field `timezon` (left out); did you mean `timezone`?", ("UTC", "", False)),
+        (
+            "timezone: Europe/Barcelona",
+            "timezone 'Europe/Barcelona' is not an IANA time zone such as Europe/London (UTC is used)",
+            ("UTC", "", False),
+        ),
+        ("hours: 9-5", "hours '9-5' must look like 09:00-17:30 (left out)", ("UTC", "", False)),
+        ("away: 'no'", "away 'no' must be true or false (false is used)", ("UTC", "", False)),
+    ],
+    ids=["misspelt-field", "bad-timezone", "bad-hours", "away-text"],
+)
+def test_a_bad_field_is_reported_and_the_person_kept_on_the_roster_without_it(
+    tmp_path: Path, field: str, message: str, kept: tuple[str, str, bool]
+) -> None:
+    """One typo must not take someone off the rota and the approvers (and make every file that names them wrong)."""
+    kb = knowledge_with(
+        tmp_path, roster=ROSTER + f"  - id: U05E4TY6MF\n    name: Tomás\n    team: commerce\n    {field}\n"
+    )
+
+    problem = only_problem(kb, "experts.yaml")
+    assert problem.message == f"person #3 (U05E4TY6MF): {message}"
+    assert problem.line == 15
+    tomas = next(e for e in kb.experts if e.id == "U05E4TY6MF")
+    assert (tomas.team, (tomas.timezone, tomas.hours, tomas.away)) == ("commerce", kept)
     assert_good_files_loaded(kb)
 
 
@@ -523,7 +545,7 @@ def test_roster_line_numbers_do_not_depend_on_key_order(tmp_path: Path) -> None:
 
     problem = only_problem(load_knowledge(tmp_path), "experts.yaml")
 
-    assert problem.message.startswith("person #3: timezone 'Mars/Olympus'")
+    assert problem.message.startswith("person #3 (U05E4TY6MF): timezone 'Mars/Olympus'")
     assert problem.line == 8
 
 
