@@ -13,6 +13,7 @@ import yaml
 from bot.knowledge_fields import FileProblem, name_list, service_names
 from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
+from bot.services import severity_number
 from bot.text import load_yaml, parse_date, split_front_matter, split_sections
 from bot.yaml_lines import compose as _compose
 from bot.yaml_lines import key_line as _key_line
@@ -66,21 +67,30 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
     date = parse_date(data["date"])
     if date is None:
         raise FileProblem(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
-    try:
-        severity = int(data["severity"])
-    except (TypeError, ValueError):
-        severity = 0
+    raw = data["severity"]
+    # 2, "2", SEV2; never true (YAML's yes) or 2.9 read as a severity
+    severity = severity_number(raw) if not isinstance(raw, (bool, float)) else None
+    severity = severity or 0
     if not 1 <= severity <= 4:
         raise FileProblem(f"severity {data['severity']!r} must be 1 (worst) to 4", line_of("severity"))
     duration = data.get("duration_minutes")
-    if duration is not None and (not isinstance(duration, int) or duration < 0):
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int) or duration < 0):
         raise FileProblem("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
     env = data.get("env") or ""
     if not isinstance(env, str) or (env and not re.fullmatch(r"[A-Za-z0-9][\w-]*", env)):
         raise FileProblem(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))
     timeline = []
-    for entry in data.get("timeline") or []:
+    entries = data.get("timeline") or []
+    if not isinstance(entries, list):
+        example = '[{at: "2025-01-09T18:20Z", event: Paged}] or lines such as "18:20 Paged"'
+        raise FileProblem(f"timeline must be a list of entries, {example}", line_of("timeline"))
+    for entry in entries:
         if isinstance(entry, dict):
+            strange = sorted(str(k) for k in entry if k not in ("at", "event"))
+            if strange or not str(entry.get("event", "")).strip():
+                raise FileProblem(
+                    f"timeline entry {entry!r} must have at: and event: (and nothing else)", line_of("timeline")
+                )
             timeline.append(TimelineEntry(str(entry.get("at", "")), str(entry.get("event", "")).strip()))
         else:
             at, _, event = str(entry).partition(" ")
@@ -91,6 +101,8 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
     except FileProblem as exc:
         exc.line = line_of("services" if "services" in str(exc) or "service name" in str(exc) else "responders")
         raise
+    if not isinstance(data["title"], (str, int, float)) or isinstance(data["title"], bool):
+        raise FileProblem(f"title {data['title']!r} must be text", line_of("title"))
     return Incident(
         id=inc_id,
         title=str(data["title"]).strip(),

@@ -314,7 +314,7 @@ def test_incident_missing_required_fields(tmp_path: Path) -> None:
     assert_good_files_loaded(kb)
 
 
-@pytest.mark.parametrize("severity", ["high", 0, 5])
+@pytest.mark.parametrize("severity", ["high", 0, 5, True, 2.9])
 def test_incident_with_bad_severity(tmp_path: Path, severity: object) -> None:
     text = incident_yaml(id="INC-2025-0052", severity=severity)
     write(tmp_path, "incidents/INC-2025-0052.yaml", text)
@@ -324,6 +324,31 @@ def test_incident_with_bad_severity(tmp_path: Path, severity: object) -> None:
     problem = only_problem(kb, "incidents/INC-2025-0052.yaml")
     assert problem.message == f"severity {severity!r} must be 1 (worst) to 4"
     assert problem.line == line_of(text, "severity:")
+    assert_good_files_loaded(kb)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "says"),
+    [
+        ({"timeline": "18:20 paged the on-call"}, "timeline:", "timeline must be a list of entries"),
+        ({"timeline": {"at": "18:20", "event": "paged"}}, "timeline:", "timeline must be a list of entries"),
+        ({"timeline": [{"at": "18:20", "evnt": "paged"}]}, "timeline:", "must have at: and event: (and nothing else)"),
+        ({"timeline": 5}, "timeline:", "timeline must be a list of entries"),
+        ({"title": ["a", "b"]}, "title:", "title ['a', 'b'] must be text"),
+        ({"duration_minutes": True}, "duration_minutes:", "duration_minutes must be a whole number of minutes"),
+    ],
+    ids=["timeline-text", "timeline-mapping", "timeline-misspelt", "timeline-number", "title-list", "duration-yes"],
+)
+def test_an_incident_value_of_the_wrong_shape_is_a_problem_not_a_guess(
+    tmp_path: Path, changes: dict, field: str, says: str
+) -> None:
+    text = incident_yaml(id="INC-2025-0055", **changes)
+    write(tmp_path, "incidents/INC-2025-0055.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0055.yaml")
+    assert says in problem.message and problem.line == line_of(text, field)
     assert_good_files_loaded(kb)
 
 
