@@ -39,11 +39,13 @@ def root_problem(root: Path) -> str | None:
 def load_knowledge(root: Path) -> KnowledgeBase:
     """Load every runbook, incident and the roster under ``root``."""
     kb = KnowledgeBase(root=str(root))
-    for path in sorted((root / "runbooks").rglob("*.md")) if (root / "runbooks").is_dir() else []:
+    runbooks = root / "runbooks"
+    found = sorted(p for p in runbooks.rglob("*") if p.suffix.lower() == ".md") if runbooks.is_dir() else []
+    for path in found:  # README.MD counts as much as readme.md
         _collect(kb, root, path, lambda p, rel, text: kb.documents.append(parse_runbook(rel, text)))
     incident_dir = root / "incidents"
     if incident_dir.is_dir():
-        files = sorted(p for p in incident_dir.rglob("*") if p.suffix in (".md", ".yaml", ".yml") and p.is_file())
+        files = sorted(p for p in incident_dir.rglob("*") if p.suffix.lower() in (".md", ".yaml", ".yml"))
         seen: dict[str, str] = {}
         for path in files:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen))

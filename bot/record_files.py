@@ -31,7 +31,7 @@ HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 def parse_incident(rel: str, text: str) -> Incident:
     """An incident in YAML, or in Markdown with the fields in front matter and sections in the body."""
-    if rel.endswith(".md"):
+    if rel.lower().endswith(".md"):
         fm = split_front_matter(text)
         data = dict(fm.data)
         for section in split_sections(fm.body, ""):

@@ -751,3 +751,16 @@ def test_a_key_given_twice_is_a_problem_with_both_lines_wherever_yaml_is_read(tm
     }
     assert twice[("services.yaml", second)].startswith(f"services.checkout-api: given twice (also at line {first})")
     assert twice[(runbook, 4)].startswith("title: given twice (also at line 2)")
+
+
+def test_upper_case_extensions_are_read_and_a_broken_link_is_reported(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/redis/MEMORY.MD", GOOD_RUNBOOK)
+    write(tmp_path, "incidents/INC-2025-0056.YAML", incident_yaml(id="INC-2025-0056"))
+    (tmp_path / "incidents" / "INC-2025-0057.yaml").symlink_to(tmp_path / "nowhere.yaml")
+
+    kb = load_knowledge(tmp_path)
+
+    assert [d.path for d in kb.documents if d.kind == "runbook"] == ["runbooks/redis/MEMORY.MD"]
+    assert [i.id for i in kb.incidents] == ["INC-2025-0056"]
+    (problem,) = kb.problems
+    assert problem.path == "incidents/INC-2025-0057.yaml" and "cannot be read" in problem.message
