@@ -3,7 +3,9 @@ recording, what changed between deliveries, who may silence, incidents declared 
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,7 +128,12 @@ def test_captured_payloads_parse_into_one_group_with_a_digest_per_state() -> Non
         (payload("pgbouncer-firing", alerts=[]), "alerts", "non-empty"),
         (payload("pgbouncer-firing", alerts=[{"status": "firing"}] * 1001), "alerts", "max_alerts"),
         (payload("pgbouncer-firing", commonLabels={"team": 7}), "commonLabels.team", "string"),
-        (payload("pgbouncer-firing", truncatedAlerts=-1), "truncatedAlerts", "0 or more"),
+        (payload("pgbouncer-firing", truncatedAlerts=-1), "truncatedAlerts", "from 0 to"),
+        (payload("pgbouncer-firing", truncatedAlerts=2**70), "truncatedAlerts", "from 0 to"),  # SQLite's limit
+        (payload("pgbouncer-firing", groupKey='{}:{alertname="\ud800"}'), "groupKey", "surrogate"),
+        (payload("pgbouncer-firing", commonAnnotations={"summary": "x\udfff"}), "commonAnnotations.summary", "\\udfff"),
+        (payload("pgbouncer-firing", groupLabels={"\ud800": "x"}), "groupLabels", "the name '\\ud800'"),
+        (payload("pgbouncer-firing", receiver="\ud800"), "receiver", "surrogate"),
         (payload("pgbouncer-firing", externalURL=["x"]), "externalURL", "string"),
     ],
 )
@@ -145,6 +152,10 @@ def test_malformed_payloads_name_the_field_that_is_wrong(body: bytes, field: str
         ({"labels": {}}, "alerts[0].labels", "alertname"),
         ({"status": None}, "alerts[0].status", "firing or resolved"),
         ({"annotations": {"summary": "x" * 9000}}, "alerts[0].annotations.summary", "at most"),
+        ({"endsAt": "9999-12-31T23:59:59-05:00"}, "alerts[0].endsAt", "out of range"),  # the year 10000 in UTC
+        ({"startsAt": "9999-12-31T23:59:59-00:01"}, "alerts[0].startsAt", "out of range"),
+        ({"labels": {"alertname": "X", "instance": "pg-\ud800"}}, "alerts[0].labels.instance", "surrogate"),
+        ({"generatorURL": "http://\udc80"}, "alerts[0].generatorURL", "surrogate"),
     ],
 )
 def test_a_malformed_alert_is_named_by_its_place(change: dict, field: str, says: str) -> None:
@@ -178,6 +189,74 @@ def test_only_the_configured_bearer_token_passes(header: str | None, says: str) 
         verify_bearer("the-token-0123456789", header)
     verify_bearer("the-token-0123456789", "Bearer the-token-0123456789")
     verify_bearer("the-token-0123456789", "bearer  the-token-0123456789 ")
+
+
+ODD_VALUES = (
+    None,
+    True,
+    -1,
+    2**70,
+    1.5,
+    [],
+    {},
+    "",
+    "\ud800",
+    "\x00",
+    "a" * 9000,
+    {"\udc80": "x"},
+    {"instance": "\ud800"},
+    "9999-12-31T23:59:59-05:00",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01T00:00:00-05:00",
+    "0002-01-01T00:00:00+14:00",
+)
+
+
+def test_seeded_mutations_of_real_payloads_are_refused_by_field_or_recorded(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    """Whatever an authenticated sender posts is either refused with a PayloadProblem, storing nothing, or
+    recorded and usable (briefing inputs, declaring an incident): never another exception (an HTTP 500)."""
+    rng = random.Random(20261205)
+    bases = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(FIXTURES.glob("*.json"))]
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    refused = recorded = 0
+    for n in range(600):
+        data = copy.deepcopy(rng.choice(bases))
+        for _ in range(rng.randint(1, 3)):
+            parent, key = rng.choice(list(_places(data)))
+            parent[key] = rng.choice(ODD_VALUES)
+        body = json.dumps(data).encode()
+        before = alert_store.alert_groups()
+        try:
+            notification = parse_notification(body)
+        except PayloadProblem as exc:
+            assert exc.field and str(exc).startswith(exc.field), exc
+            assert alert_store.alert_groups() == before
+            refused += 1
+            continue
+        alert_clock.advance(minutes=rng.choice([0, 1, 90]))
+        group = alerts.receive(notification).group
+        alerts.possible_cause(group, 24)
+        alerts.recent_deploys(group, 24)
+        assert group.title and (group.minutes is None or group.minutes >= 0), (n, body[:300])
+        if n % 5 == 0:
+            alerts.declare_incident(group.id, CAROL, incidents, None)
+        recorded += 1
+    assert refused > 100 and recorded > 40, (refused, recorded)  # both sides were exercised
+
+
+def _places(data: object) -> list[tuple[dict | list, str | int]]:
+    """Every (container, key) of a JSON value."""
+    found: list[tuple[dict | list, str | int]] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        keys = list(item) if isinstance(item, dict) else range(len(item)) if isinstance(item, list) else []
+        for key in keys:
+            found.append((item, key))
+            stack.append(item[key])
+    return found
 
 
 # -- routing ------------------------------------------------------------------------------------------------

@@ -35,6 +35,13 @@ def payload(name: str, **changes: object) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8")) | changes
 
 
+def with_alert(**changes: object) -> dict:
+    """The firing pgbouncer payload with ``changes`` to its first alert."""
+    data = payload("pgbouncer-firing")
+    data["alerts"][0] |= changes
+    return data
+
+
 class FakeAlertmanager:
     """Alertmanager's POST /api/v2/silences on loopback: records each silence and answers with its id."""
 
@@ -149,6 +156,11 @@ def test_without_the_token_configured_the_endpoint_is_off(
         (TOKEN, b"{not json", 400, "body: is not JSON"),
         (TOKEN, payload("pgbouncer-firing", version="3"), 400, "version"),
         (TOKEN, payload("pgbouncer-firing", alerts=[{"status": "firing", "labels": {"a": "b"}}]), 400, "fingerprint"),
+        # Answered 500 before (and Alertmanager retries a 5xx for ever): a time past the year 9999 in UTC,
+        # half a surrogate pair in the groupKey or a label value (valid JSON, not storable text).
+        (TOKEN, with_alert(endsAt="9999-12-31T23:59:59-05:00"), 400, "alerts[0].endsAt: '9999-12-31T23:59:59-05:00'"),
+        (TOKEN, payload("pgbouncer-firing", groupKey='{}:{alertname="\ud800"}'), 400, "groupKey: "),
+        (TOKEN, with_alert(labels={"alertname": "X", "instance": "\ud800"}), 400, "alerts[0].labels.instance: "),
     ],
 )
 def test_a_bad_token_or_payload_is_refused_with_why_and_nothing_is_stored_or_posted(
