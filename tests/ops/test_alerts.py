@@ -442,6 +442,34 @@ def test_an_incident_is_declared_once_per_episode_with_the_alerts_title_severity
     )
 
 
+def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_during_it_keeps_it(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=20)
+    during = receive(alerts, "pgbouncer-firing")  # the incident is still being worked: this firing is part of it
+    assert (during.kind, during.group.incident_id) == ("refired", first.id)
+    assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
+
+    incidents.resolve(incidents.get(first.id), CAROL, "raised the pool size")
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=30)
+    again = json.loads(payload("pgbouncer-firing"))
+    again["alerts"] = [a | {"startsAt": alert_clock.now.isoformat()} for a in again["alerts"]]
+    after = alerts.receive(parse_notification(json.dumps(again).encode()))  # within the hour: a new firing
+    assert (after.kind, after.group.episode, after.group.incident_id) == ("refired", 1, "")
+    assert after.note.endswith(f"{first.id} is closed: Declare incident declares a new one")
+    second, created = alerts.declare_incident(group.id, ALICE, incidents, None)
+    assert created and second.id != first.id and second.status == "open"
+    assert alerts.get(group.id).incident_id == second.id
+    fired = {r["incident_id"]: r["fired_at"] for r in alert_store.alert_incidents()}
+    assert fired == {first.id: group.started_at, second.id: after.group.started_at}  # DORA: each from its firing
+    assert after.group.started_at > group.started_at
+
+
 @pytest.mark.parametrize(
     ("label", "severity"), [("critical", 1), ("Page", 1), ("error", 2), ("warning", 3), ("info", 4), ("odd", None)]
 )

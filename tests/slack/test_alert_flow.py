@@ -307,6 +307,40 @@ def test_declare_incident_declares_once_with_the_alerts_title_severity_and_servi
     assert len(runtime.incidents().list_open()) == 1
 
 
+def timed(name: str, start: datetime, end: datetime | None = None) -> dict:
+    """A captured payload whose alerts started at ``start`` (and, resolved, ended at ``end``)."""
+    data = payload(name)
+    times = {"startsAt": start.isoformat()} | ({"endsAt": end.isoformat()} if end else {})
+    data["alerts"] = [a | times for a in data["alerts"]]
+    return data
+
+
+def test_a_firing_after_its_incident_was_resolved_offers_declare_again_and_declares_a_new_one(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    now = datetime.now(UTC)
+    deliver(bot, timed("pgbouncer-firing", now - timedelta(minutes=40)))
+    [edit] = briefed(slack_api)
+    bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "SEV1" in c.body["text"], timeout=20)
+    settle(bot)
+    [first] = runtime.incidents().list_open()
+    runtime.incidents().resolve(first, PRIYA, "raised the pool size")
+    deliver(bot, timed("pgbouncer-resolved", now - timedelta(minutes=40), now - timedelta(minutes=10)))
+
+    assert deliver(bot, timed("pgbouncer-firing", now)).json()["change"] == "refired"  # the same message
+    refired = slack_api.calls("chat.update")[-1].body
+    assert refired["text"].startswith("[FIRING:2]") and ids.ALERT_DECLARE in buttons(refired)
+    assert f"{first.id} is closed: Declare incident declares a new one" in thread_notes(slack_api)[-1]
+    bot.click(ids.ALERT_DECLARE, buttons(refired)[ids.ALERT_DECLARE]["value"], user=SAM, channel=ALERTS)
+    slack_api.wait_for("chat.postMessage", 2, predicate=lambda c: "SEV1" in c.body["text"], timeout=20)
+    settle(bot)
+    [second] = runtime.incidents().list_open()
+    assert second.id != first.id and second.declared_by == SAM
+    assert slack_api.calls("chat.postEphemeral") == []  # not "was declared for this alert already"
+    assert f"incident *{second.id}*" in shown(slack_api.calls("chat.update")[-1].body)
+
+
 def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_those_allowed(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
 ) -> None:
