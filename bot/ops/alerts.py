@@ -254,7 +254,8 @@ class AlertService:
         allowed = self.silencers_of(group)
         if user not in allowed:
             what = f"alerts of {group.service}" if group.service else "alerts of no known service"
-            who = [f"{group.service}'s approvers"] if group.service in self.silencers else []
+            # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
+            who = [f"{group.service}'s approvers"] if group.service and self.silencers.get(group.service) else []
             if self.settings.silencers:
                 who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
             if not who:

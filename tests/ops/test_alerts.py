@@ -388,6 +388,42 @@ def test_silences_are_allowed_to_approvers_and_silencers_at_a_configured_alertma
         alerts.plan_silence(checkout.id, CAROL)
 
 
+def unknown_service(alerts: AlertService) -> str:
+    """The id of a group whose labels name no service (routed to settings.alerts_channel)."""
+    data = json.loads(payload("crashloop-firing"))
+    labels = {"alertname": "DiskFull", "service": "unknown-thing"}
+    data |= {"groupLabels": {"alertname": "DiskFull"}, "commonLabels": labels}
+    data["alerts"][0]["labels"] = labels
+    group = alerts.receive(parse_notification(json.dumps(data).encode())).group
+    assert group.service == ""
+    return group.id
+
+
+def test_who_may_silence_an_alert_of_no_service_is_said_plainly(
+    alerts: AlertService, tmp_path: Path, alert_clock: Clock
+) -> None:
+    with pytest.raises(PermissionDenied) as refused:
+        alerts.plan_silence(unknown_service(alerts), CAROL)
+    assert str(refused.value) == "only data (settings.alert_silencers) may silence alerts of no known service."
+    assert alerts.plan_silence(unknown_service(alerts), DAVE).matchers  # data may
+
+    root = tmp_path / "without-silencers"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES.replace("  alert_silencers: [data]\n", ""), encoding="utf-8")
+    (root / "experts.yaml").write_text(ROSTER, encoding="utf-8")
+    store = Store(tmp_path / "without.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []
+    deploys = DeployService.from_store(store, clock=alert_clock)
+    bare = AlertService.from_store(store, deploys, set(store.service_configs()), clock=alert_clock)
+    with pytest.raises(PermissionDenied) as nobody:
+        bare.plan_silence(unknown_service(bare), DAVE)
+    assert str(nobody.value) == (
+        "nobody may silence alerts of no known service from Slack: "
+        "add a team to settings.alert_silencers in services.yaml."
+    )
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("external_url", "allowed"),
     [

@@ -368,6 +368,21 @@ def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_t
     assert groups(runtime)[0]["silence_id"] == "silence-1"
 
 
+def test_silencing_an_alert_of_no_service_tells_the_clicker_who_may(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
+) -> None:
+    data = payload("crashloop-firing", externalURL=alertmanager.url)
+    labels = {"alertname": "DiskFull", "service": "unknown-thing"}
+    data |= {"groupLabels": {"alertname": "DiskFull"}, "commonLabels": labels}
+    data["alerts"][0]["labels"] = labels
+    assert deliver(bot, data).json()["service"] is None
+    [edit] = briefed(slack_api)
+    bot.click(ids.ALERT_SILENCE, buttons(edit.body)[ids.ALERT_SILENCE]["value"], user=PRIYA, channel=ALERTS)
+    [refused] = slack_api.wait_for("response_url", timeout=20)  # told only to the clicker
+    assert refused.body["text"].endswith("only sre (settings.alert_silencers) may silence alerts of no known service.")
+    assert "'s approvers" not in refused.body["text"] and alertmanager.silences == []
+
+
 def test_rollback_from_the_alert_goes_through_the_usual_approval(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
