@@ -507,6 +507,36 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
 
 
 @pytest.mark.parametrize(
+    ("environments", "incident_env"),
+    [("production", "production"), ("prod-eu: {approvals: 1, approvers: [web]}\n      prod-us", "")],
+    ids=["one production environment", "two: none named"],
+)
+def test_without_incident_env_and_no_prod_environment_an_incident_is_still_declared(
+    tmp_path: Path, alert_clock: Clock, environments: str, incident_env: str
+) -> None:
+    root = tmp_path / "knowledge"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES.replace("      prod:", f"      {environments}:"), encoding="utf-8")
+    (root / "experts.yaml").write_text(ROSTER, encoding="utf-8")
+    store = Store(tmp_path / "envs.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []  # left at its default: nothing to report
+    deploys = DeployService.from_store(store, clock=alert_clock)
+    assert deploys.settings.incident_env == (incident_env or "prod")
+    known = set(store.service_configs())
+    envs = {env for config in deploys.services.values() for env in config.environments}
+    incidents = IncidentService(store, known, alert_clock, deploys.settings.incident_env, envs)  # as runtime does
+    alerts = AlertService.from_store(store, deploys, known, clock=alert_clock)
+    group = alerts.receive(parse_notification(payload("pgbouncer-firing"))).group
+
+    incident, created = alerts.declare_incident(group.id, CAROL, incidents, None)  # the alert's Declare button
+    typed = incidents.declare("checkout 503s", CAROL)  # /incident declare TITLE without --env
+    assert created and incident.env == typed.env == incident_env
+    with pytest.raises(InvalidRequest, match="unknown environment 'prod' for --env"):
+        incidents.declare("checkout 503s", CAROL, env="prod")  # named on purpose: still checked
+    store.close()
+
+
+@pytest.mark.parametrize(
     ("label", "severity"), [("critical", 1), ("Page", 1), ("error", 2), ("warning", 3), ("info", 4), ("odd", None)]
 )
 def test_severity_labels_map_to_incident_severities(label: str, severity: int | None) -> None:
