@@ -8,6 +8,7 @@ approvals nobody on the roster can give (its requests would wait until they expi
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,9 @@ from bot.text import service_name_problem
 from bot.yaml_lines import compose, key_line, path_line, yaml_error_line, yaml_problem
 
 TOP_KEYS = ("settings", "services")  # besides x-... blocks that hold YAML anchors for `<<:` merges
+DEFAULT_INCIDENT_ENV = "prod"
+ENV_NAME = re.compile(r"[A-Za-z0-9][\w-]*")  # as build_settings checks it
+PRODUCTION = re.compile(r"(prod|production|prd|live)([-_.][\w-]*)?", re.IGNORECASE)  # prod, production-eu, live
 
 
 @dataclass
@@ -74,8 +78,37 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
         report(found, line)
         if not found:
             result.services[str(name)] = entry or {}
+    environments = sorted({str(e) for entry in result.services.values() for e in _environments(entry)})
+    given = data["settings"].get("incident_env") if isinstance(data.get("settings"), dict) else None
+    if given is not None:
+        report(incident_env_problems(given, environments), 1 + key_line(text, "settings"))
+    elif environments and DEFAULT_INCIDENT_ENV not in environments:
+        production = [e for e in environments if PRODUCTION.fullmatch(e)]
+        if len(production) == 1:  # production and staging: incidents hit production unless declared otherwise
+            result.settings = (result.settings or {}) | {"incident_env": production[0]}
     result.problems.sort(key=lambda p: p.line or 0)  # in the order of the file, as an editor shows it
     return result
+
+
+def incident_env_problems(given: Any, environments: list[str]) -> Problems:
+    """settings.incident_env written out but no service's environment: every declaration without --env would
+    name an environment the deploys never ran in, so DORA would never count it."""
+    if not environments or not isinstance(given, str) or not ENV_NAME.fullmatch(given) or given in environments:
+        return []  # a malformed value is reported by build_settings
+    production = [e for e in environments if PRODUCTION.fullmatch(e)]
+    hint = f"set it to {production[0]}" if len(production) == 1 else f"set it to one of {', '.join(environments)}"
+    return [
+        ConfigProblem(
+            "settings.incident_env",
+            f"{given!r} is no service's environment ({', '.join(environments)}); {hint}, the environment an "
+            "incident hits when declared without --env",
+        )
+    ]
+
+
+def _environments(entry: dict) -> list[str]:
+    environments = entry.get("environments")
+    return list(environments) if isinstance(environments, dict) else []
 
 
 def service_problems(name: str, entry: Any, experts: list[Expert] | None, now: datetime) -> Problems | None:

@@ -22,6 +22,7 @@ MAX_LABELS = 100  # per alert, and for each of groupLabels, commonLabels, common
 MAX_NAME = 256  # a label or annotation name
 MAX_VALUE = 8192  # a label or annotation value (descriptions can be long)
 MAX_GROUP_KEY = 8192  # the route path and the grouping labels
+MAX_TRUNCATED = 2**63 - 1  # Alertmanager's count is a uint64; SQLite's integers stop here
 FINGERPRINT = re.compile(r"^[0-9A-Za-z]{1,64}$")  # Alertmanager's are 16 hex digits
 ZERO_TIME_YEAR = 1  # Alertmanager's "0001-01-01T00:00:00Z": no end yet
 SUMMARY_KEYS = ("summary", "title", "message")  # what annotation holds the one-line summary
@@ -113,6 +114,7 @@ def parse_notification(body: bytes) -> Notification:
         raise PayloadProblem("body", f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if not isinstance(data, dict):
         raise PayloadProblem("body", "must be a JSON object, as Alertmanager's webhook sends")
+    _check_unicode(data)
     version = data.get("version")
     if version != "4":
         raise PayloadProblem(
@@ -134,8 +136,8 @@ def parse_notification(body: bytes) -> Notification:
             raise PayloadProblem(f"alerts[{n}].fingerprint", f"{alert.fingerprint!r} appears twice")
         seen.add(alert.fingerprint)
     truncated = data.get("truncatedAlerts", 0)
-    if not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0:
-        raise PayloadProblem("truncatedAlerts", f"{truncated!r} must be a whole number of 0 or more")
+    if not isinstance(truncated, int) or isinstance(truncated, bool) or not 0 <= truncated <= MAX_TRUNCATED:
+        raise PayloadProblem("truncatedAlerts", f"{truncated!r} must be a whole number from 0 to {MAX_TRUNCATED}")
     known = {"version", "status", "groupKey", "receiver", "groupLabels", "commonLabels", "commonAnnotations"}
     known |= {"externalURL", "alerts", "truncatedAlerts"}
     return Notification(
@@ -150,6 +152,46 @@ def parse_notification(body: bytes) -> Notification:
         truncated=truncated,
         extra={k: v for k, v in data.items() if k not in known},
     )
+
+
+def _check_unicode(data: dict) -> None:
+    """Refuse text that cannot be stored: JSON's escapes allow half a surrogate pair ("\\ud800"), UTF-8 does not."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return  # one pass in C for the common case; the walk below only runs to name the field
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, value = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            if isinstance(key, str) and not _encodable(key):
+                raise PayloadProblem(where or "body", f"the name {_shown(key)} {SURROGATE}")
+            place = f"{where}[{key}]" if isinstance(value, list) else f"{where}.{key}" if where else key
+            if isinstance(item, str) and not _encodable(item):
+                raise PayloadProblem(place, f"{_shown(item)} {SURROGATE}")
+            stack.append((place, item))
+
+
+SURROGATE = (
+    "holds half a surrogate pair (an escape such as \\ud800 without its partner), which is not text; "
+    "Alertmanager never sends one, so check what produced this payload"
+)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(text: str) -> str:
+    """Text for a message: cut short, surrogates as escapes."""
+    return "'" + text[:60].encode("utf-8", "backslashreplace").decode("utf-8") + "'"
 
 
 def _alert(raw: Any, n: int) -> Alert:
@@ -227,7 +269,10 @@ def _time(value: Any, key: str) -> datetime | None:
         raise PayloadProblem(key, f"{value[:60]!r} has no UTC offset (Z or +02:00)")
     if when.year == ZERO_TIME_YEAR:
         return None
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is in the year 10000 in UTC
+        raise PayloadProblem(key, f"{value[:60]!r} is out of range in UTC (after the year 9999)") from None
 
 
 def first_annotation(annotations: dict[str, str], keys: tuple[str, ...]) -> str:

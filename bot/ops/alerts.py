@@ -212,9 +212,18 @@ class AlertService:
             )
         else:
             fields["resolved_at"] = ""
+        note = difference(before, n, gone)
+        if kind == "refired" and before.incident_id and not self._incident_open(before.incident_id):
+            # An incident is declared once per firing: this firing starts after that one was closed.
+            fields["incident_id"] = ""
+            note += f"; {before.incident_id} is closed: Declare incident declares a new one"
         self.store.update_alert_group(before.id, **fields)
         self.store.replace_alert_instances(before.id, rows)
-        return difference(before, n, gone)
+        return note
+
+    def _incident_open(self, incident_id: str) -> bool:
+        row = self.store.live_incident(incident_id)
+        return row is not None and row["status"] == "open"
 
     # -- what people do with it ---------------------------------------------------------------------------------
 
@@ -245,7 +254,8 @@ class AlertService:
         allowed = self.silencers_of(group)
         if user not in allowed:
             what = f"alerts of {group.service}" if group.service else "alerts of no known service"
-            who = [f"{group.service}'s approvers"] if group.service in self.silencers else []
+            # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
+            who = [f"{group.service}'s approvers"] if group.service and self.silencers.get(group.service) else []
             if self.settings.silencers:
                 who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
             if not who:

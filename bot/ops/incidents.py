@@ -113,7 +113,7 @@ class IncidentService:
                 "give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME] [--env NAME]."
             )
         severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
-        env = self.check_env(env or self.default_env)
+        env = self.check_env(env) if env else self.unnamed_env()
         services = list(dict.fromkeys(services or []))
         for service in services:
             check_service(service)
@@ -141,10 +141,18 @@ class IncidentService:
                     "root_cause": "",
                 }
             )
+            where = f" in {env}" if env else ""
             self.store.add_incident_event(
-                incident_id, declared_by, "declared", f"Declared SEV{severity} in {env}: {title}", _iso(now)
+                incident_id, declared_by, "declared", f"Declared SEV{severity}{where}: {title}", _iso(now)
             )
         return self.get(incident_id)
+
+    def unnamed_env(self) -> str:
+        """The environment of a declaration without --env: settings.incident_env, or none at all when no service
+        has that environment (`opsbot check` reports a configured one), so an incident can always be declared."""
+        if self.environments and self.default_env not in self.environments:
+            return ""
+        return self.default_env
 
     def check_env(self, env: str) -> str:
         """``env`` when services.yaml knows it (or names no environments); otherwise the ones it does know."""
@@ -154,7 +162,7 @@ class IncidentService:
         return env
 
     def _live(self, row: dict, events: tuple | list) -> LiveIncident:
-        return _live(row, events, self.default_env)
+        return _live(row, events, self.unnamed_env())
 
     def _next_id(self, year: int) -> str:
         tails = (i.rsplit("-", 1)[1] for i in self.store.incident_ids_for_year(year))

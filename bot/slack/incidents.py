@@ -151,7 +151,8 @@ def brief(
     except Exception:  # a hint only: never worth losing the briefing for
         log.exception("could not look for a possible cause id=%s", incident.id)
         cause = None
-    headline = f"{incident.id} SEV{incident.severity} in {incident.env}: {incident.title}"
+    hit = f" in {incident.env}" if incident.env else ""
+    headline = f"{incident.id} SEV{incident.severity}{hit}: {incident.title}"
     post(web, where, (headline, build_declared_blocks(incident, cause)), url)
     if not (briefed and where == origin):
         for message in (

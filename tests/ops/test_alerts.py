@@ -3,7 +3,9 @@ recording, what changed between deliveries, who may silence, incidents declared 
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -126,7 +128,12 @@ def test_captured_payloads_parse_into_one_group_with_a_digest_per_state() -> Non
         (payload("pgbouncer-firing", alerts=[]), "alerts", "non-empty"),
         (payload("pgbouncer-firing", alerts=[{"status": "firing"}] * 1001), "alerts", "max_alerts"),
         (payload("pgbouncer-firing", commonLabels={"team": 7}), "commonLabels.team", "string"),
-        (payload("pgbouncer-firing", truncatedAlerts=-1), "truncatedAlerts", "0 or more"),
+        (payload("pgbouncer-firing", truncatedAlerts=-1), "truncatedAlerts", "from 0 to"),
+        (payload("pgbouncer-firing", truncatedAlerts=2**70), "truncatedAlerts", "from 0 to"),  # SQLite's limit
+        (payload("pgbouncer-firing", groupKey='{}:{alertname="\ud800"}'), "groupKey", "surrogate"),
+        (payload("pgbouncer-firing", commonAnnotations={"summary": "x\udfff"}), "commonAnnotations.summary", "\\udfff"),
+        (payload("pgbouncer-firing", groupLabels={"\ud800": "x"}), "groupLabels", "the name '\\ud800'"),
+        (payload("pgbouncer-firing", receiver="\ud800"), "receiver", "surrogate"),
         (payload("pgbouncer-firing", externalURL=["x"]), "externalURL", "string"),
     ],
 )
@@ -145,6 +152,10 @@ def test_malformed_payloads_name_the_field_that_is_wrong(body: bytes, field: str
         ({"labels": {}}, "alerts[0].labels", "alertname"),
         ({"status": None}, "alerts[0].status", "firing or resolved"),
         ({"annotations": {"summary": "x" * 9000}}, "alerts[0].annotations.summary", "at most"),
+        ({"endsAt": "9999-12-31T23:59:59-05:00"}, "alerts[0].endsAt", "out of range"),  # the year 10000 in UTC
+        ({"startsAt": "9999-12-31T23:59:59-00:01"}, "alerts[0].startsAt", "out of range"),
+        ({"labels": {"alertname": "X", "instance": "pg-\ud800"}}, "alerts[0].labels.instance", "surrogate"),
+        ({"generatorURL": "http://\udc80"}, "alerts[0].generatorURL", "surrogate"),
     ],
 )
 def test_a_malformed_alert_is_named_by_its_place(change: dict, field: str, says: str) -> None:
@@ -178,6 +189,74 @@ def test_only_the_configured_bearer_token_passes(header: str | None, says: str) 
         verify_bearer("the-token-0123456789", header)
     verify_bearer("the-token-0123456789", "Bearer the-token-0123456789")
     verify_bearer("the-token-0123456789", "bearer  the-token-0123456789 ")
+
+
+ODD_VALUES = (
+    None,
+    True,
+    -1,
+    2**70,
+    1.5,
+    [],
+    {},
+    "",
+    "\ud800",
+    "\x00",
+    "a" * 9000,
+    {"\udc80": "x"},
+    {"instance": "\ud800"},
+    "9999-12-31T23:59:59-05:00",
+    "9999-12-31T23:59:59Z",
+    "0001-01-01T00:00:00-05:00",
+    "0002-01-01T00:00:00+14:00",
+)
+
+
+def test_seeded_mutations_of_real_payloads_are_refused_by_field_or_recorded(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    """Whatever an authenticated sender posts is either refused with a PayloadProblem, storing nothing, or
+    recorded and usable (briefing inputs, declaring an incident): never another exception (an HTTP 500)."""
+    rng = random.Random(20261205)
+    bases = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(FIXTURES.glob("*.json"))]
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    refused = recorded = 0
+    for n in range(600):
+        data = copy.deepcopy(rng.choice(bases))
+        for _ in range(rng.randint(1, 3)):
+            parent, key = rng.choice(list(_places(data)))
+            parent[key] = rng.choice(ODD_VALUES)
+        body = json.dumps(data).encode()
+        before = alert_store.alert_groups()
+        try:
+            notification = parse_notification(body)
+        except PayloadProblem as exc:
+            assert exc.field and str(exc).startswith(exc.field), exc
+            assert alert_store.alert_groups() == before
+            refused += 1
+            continue
+        alert_clock.advance(minutes=rng.choice([0, 1, 90]))
+        group = alerts.receive(notification).group
+        alerts.possible_cause(group, 24)
+        alerts.recent_deploys(group, 24)
+        assert group.title and (group.minutes is None or group.minutes >= 0), (n, body[:300])
+        if n % 5 == 0:
+            alerts.declare_incident(group.id, CAROL, incidents, None)
+        recorded += 1
+    assert refused > 100 and recorded > 40, (refused, recorded)  # both sides were exercised
+
+
+def _places(data: object) -> list[tuple[dict | list, str | int]]:
+    """Every (container, key) of a JSON value."""
+    found: list[tuple[dict | list, str | int]] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        keys = list(item) if isinstance(item, dict) else range(len(item)) if isinstance(item, list) else []
+        for key in keys:
+            found.append((item, key))
+            stack.append(item[key])
+    return found
 
 
 # -- routing ------------------------------------------------------------------------------------------------
@@ -309,6 +388,42 @@ def test_silences_are_allowed_to_approvers_and_silencers_at_a_configured_alertma
         alerts.plan_silence(checkout.id, CAROL)
 
 
+def unknown_service(alerts: AlertService) -> str:
+    """The id of a group whose labels name no service (routed to settings.alerts_channel)."""
+    data = json.loads(payload("crashloop-firing"))
+    labels = {"alertname": "DiskFull", "service": "unknown-thing"}
+    data |= {"groupLabels": {"alertname": "DiskFull"}, "commonLabels": labels}
+    data["alerts"][0]["labels"] = labels
+    group = alerts.receive(parse_notification(json.dumps(data).encode())).group
+    assert group.service == ""
+    return group.id
+
+
+def test_who_may_silence_an_alert_of_no_service_is_said_plainly(
+    alerts: AlertService, tmp_path: Path, alert_clock: Clock
+) -> None:
+    with pytest.raises(PermissionDenied) as refused:
+        alerts.plan_silence(unknown_service(alerts), CAROL)
+    assert str(refused.value) == "only data (settings.alert_silencers) may silence alerts of no known service."
+    assert alerts.plan_silence(unknown_service(alerts), DAVE).matchers  # data may
+
+    root = tmp_path / "without-silencers"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES.replace("  alert_silencers: [data]\n", ""), encoding="utf-8")
+    (root / "experts.yaml").write_text(ROSTER, encoding="utf-8")
+    store = Store(tmp_path / "without.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []
+    deploys = DeployService.from_store(store, clock=alert_clock)
+    bare = AlertService.from_store(store, deploys, set(store.service_configs()), clock=alert_clock)
+    with pytest.raises(PermissionDenied) as nobody:
+        bare.plan_silence(unknown_service(bare), DAVE)
+    assert str(nobody.value) == (
+        "nobody may silence alerts of no known service from Slack: "
+        "add a team to settings.alert_silencers in services.yaml."
+    )
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("external_url", "allowed"),
     [
@@ -361,6 +476,64 @@ def test_an_incident_is_declared_once_per_episode_with_the_alerts_title_severity
         "checkout-api",
         "2026-12-05T16:22:38+00:00",
     )
+
+
+def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_during_it_keeps_it(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=20)
+    during = receive(alerts, "pgbouncer-firing")  # the incident is still being worked: this firing is part of it
+    assert (during.kind, during.group.incident_id) == ("refired", first.id)
+    assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
+
+    incidents.resolve(incidents.get(first.id), CAROL, "raised the pool size")
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=30)
+    again = json.loads(payload("pgbouncer-firing"))
+    again["alerts"] = [a | {"startsAt": alert_clock.now.isoformat()} for a in again["alerts"]]
+    after = alerts.receive(parse_notification(json.dumps(again).encode()))  # within the hour: a new firing
+    assert (after.kind, after.group.episode, after.group.incident_id) == ("refired", 1, "")
+    assert after.note.endswith(f"{first.id} is closed: Declare incident declares a new one")
+    second, created = alerts.declare_incident(group.id, ALICE, incidents, None)
+    assert created and second.id != first.id and second.status == "open"
+    assert alerts.get(group.id).incident_id == second.id
+    fired = {r["incident_id"]: r["fired_at"] for r in alert_store.alert_incidents()}
+    assert fired == {first.id: group.started_at, second.id: after.group.started_at}  # DORA: each from its firing
+    assert after.group.started_at > group.started_at
+
+
+@pytest.mark.parametrize(
+    ("environments", "incident_env"),
+    [("production", "production"), ("prod-eu: {approvals: 1, approvers: [web]}\n      prod-us", "")],
+    ids=["one production environment", "two: none named"],
+)
+def test_without_incident_env_and_no_prod_environment_an_incident_is_still_declared(
+    tmp_path: Path, alert_clock: Clock, environments: str, incident_env: str
+) -> None:
+    root = tmp_path / "knowledge"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES.replace("      prod:", f"      {environments}:"), encoding="utf-8")
+    (root / "experts.yaml").write_text(ROSTER, encoding="utf-8")
+    store = Store(tmp_path / "envs.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []  # left at its default: nothing to report
+    deploys = DeployService.from_store(store, clock=alert_clock)
+    assert deploys.settings.incident_env == (incident_env or "prod")
+    known = set(store.service_configs())
+    envs = {env for config in deploys.services.values() for env in config.environments}
+    incidents = IncidentService(store, known, alert_clock, deploys.settings.incident_env, envs)  # as runtime does
+    alerts = AlertService.from_store(store, deploys, known, clock=alert_clock)
+    group = alerts.receive(parse_notification(payload("pgbouncer-firing"))).group
+
+    incident, created = alerts.declare_incident(group.id, CAROL, incidents, None)  # the alert's Declare button
+    typed = incidents.declare("checkout 503s", CAROL)  # /incident declare TITLE without --env
+    assert created and incident.env == typed.env == incident_env
+    with pytest.raises(InvalidRequest, match="unknown environment 'prod' for --env"):
+        incidents.declare("checkout 503s", CAROL, env="prod")  # named on purpose: still checked
+    store.close()
 
 
 @pytest.mark.parametrize(

@@ -186,3 +186,14 @@ def test_an_emergency_rule_is_read_and_checked(tmp_path: Path) -> None:
         "services.yaml:4: services.api.environments.prod.emergency.while_incident: ['SEV5'] must list severities, "
         "for example [SEV1, SEV2]",
     ]
+
+
+def test_an_incident_env_that_no_service_has_is_reported_with_what_to_set(tmp_path: Path) -> None:
+    text = "settings:\n  deploys_channel: C0DEPLOYS1\n  incident_env: prod\n" + one_service(
+        "      production: {approvals: 1, approvers: [sre]}\n      staging: {approvals: 1, approvers: [sre]}\n"
+    )
+    assert problems_of(tmp_path, text) == [
+        "services.yaml:3: settings.incident_env: 'prod' is no service's environment (production, staging); "
+        "set it to production, the environment an incident hits when declared without --env"
+    ]
+    assert problems_of(tmp_path, text.replace("incident_env: prod", "incident_env: production")) == []

@@ -35,6 +35,13 @@ def payload(name: str, **changes: object) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8")) | changes
 
 
+def with_alert(**changes: object) -> dict:
+    """The firing pgbouncer payload with ``changes`` to its first alert."""
+    data = payload("pgbouncer-firing")
+    data["alerts"][0] |= changes
+    return data
+
+
 class FakeAlertmanager:
     """Alertmanager's POST /api/v2/silences on loopback: records each silence and answers with its id."""
 
@@ -149,6 +156,11 @@ def test_without_the_token_configured_the_endpoint_is_off(
         (TOKEN, b"{not json", 400, "body: is not JSON"),
         (TOKEN, payload("pgbouncer-firing", version="3"), 400, "version"),
         (TOKEN, payload("pgbouncer-firing", alerts=[{"status": "firing", "labels": {"a": "b"}}]), 400, "fingerprint"),
+        # Answered 500 before (and Alertmanager retries a 5xx for ever): a time past the year 9999 in UTC,
+        # half a surrogate pair in the groupKey or a label value (valid JSON, not storable text).
+        (TOKEN, with_alert(endsAt="9999-12-31T23:59:59-05:00"), 400, "alerts[0].endsAt: '9999-12-31T23:59:59-05:00'"),
+        (TOKEN, payload("pgbouncer-firing", groupKey='{}:{alertname="\ud800"}'), 400, "groupKey: "),
+        (TOKEN, with_alert(labels={"alertname": "X", "instance": "\ud800"}), 400, "alerts[0].labels.instance: "),
     ],
 )
 def test_a_bad_token_or_payload_is_refused_with_why_and_nothing_is_stored_or_posted(
@@ -295,6 +307,40 @@ def test_declare_incident_declares_once_with_the_alerts_title_severity_and_servi
     assert len(runtime.incidents().list_open()) == 1
 
 
+def timed(name: str, start: datetime, end: datetime | None = None) -> dict:
+    """A captured payload whose alerts started at ``start`` (and, resolved, ended at ``end``)."""
+    data = payload(name)
+    times = {"startsAt": start.isoformat()} | ({"endsAt": end.isoformat()} if end else {})
+    data["alerts"] = [a | times for a in data["alerts"]]
+    return data
+
+
+def test_a_firing_after_its_incident_was_resolved_offers_declare_again_and_declares_a_new_one(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    now = datetime.now(UTC)
+    deliver(bot, timed("pgbouncer-firing", now - timedelta(minutes=40)))
+    [edit] = briefed(slack_api)
+    bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "SEV1" in c.body["text"], timeout=20)
+    settle(bot)
+    [first] = runtime.incidents().list_open()
+    runtime.incidents().resolve(first, PRIYA, "raised the pool size")
+    deliver(bot, timed("pgbouncer-resolved", now - timedelta(minutes=40), now - timedelta(minutes=10)))
+
+    assert deliver(bot, timed("pgbouncer-firing", now)).json()["change"] == "refired"  # the same message
+    refired = slack_api.calls("chat.update")[-1].body
+    assert refired["text"].startswith("[FIRING:2]") and ids.ALERT_DECLARE in buttons(refired)
+    assert f"{first.id} is closed: Declare incident declares a new one" in thread_notes(slack_api)[-1]
+    bot.click(ids.ALERT_DECLARE, buttons(refired)[ids.ALERT_DECLARE]["value"], user=SAM, channel=ALERTS)
+    slack_api.wait_for("chat.postMessage", 2, predicate=lambda c: "SEV1" in c.body["text"], timeout=20)
+    settle(bot)
+    [second] = runtime.incidents().list_open()
+    assert second.id != first.id and second.declared_by == SAM
+    assert slack_api.calls("chat.postEphemeral") == []  # not "was declared for this alert already"
+    assert f"incident *{second.id}*" in shown(slack_api.calls("chat.update")[-1].body)
+
+
 def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_those_allowed(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
 ) -> None:
@@ -320,6 +366,21 @@ def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_t
     assert ends - starts == timedelta(hours=1)
     assert "silenced until" in shown(slack_api.calls("chat.update")[-1].body)
     assert groups(runtime)[0]["silence_id"] == "silence-1"
+
+
+def test_silencing_an_alert_of_no_service_tells_the_clicker_who_may(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
+) -> None:
+    data = payload("crashloop-firing", externalURL=alertmanager.url)
+    labels = {"alertname": "DiskFull", "service": "unknown-thing"}
+    data |= {"groupLabels": {"alertname": "DiskFull"}, "commonLabels": labels}
+    data["alerts"][0]["labels"] = labels
+    assert deliver(bot, data).json()["service"] is None
+    [edit] = briefed(slack_api)
+    bot.click(ids.ALERT_SILENCE, buttons(edit.body)[ids.ALERT_SILENCE]["value"], user=PRIYA, channel=ALERTS)
+    [refused] = slack_api.wait_for("response_url", timeout=20)  # told only to the clicker
+    assert refused.body["text"].endswith("only sre (settings.alert_silencers) may silence alerts of no known service.")
+    assert "'s approvers" not in refused.body["text"] and alertmanager.silences == []
 
 
 def test_rollback_from_the_alert_goes_through_the_usual_approval(

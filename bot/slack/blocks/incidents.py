@@ -63,7 +63,7 @@ def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, in
     lines = [
         f":rotating_light: {title_line(incident)}",
         f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)} · *Roles:* "
-        f"{roles_text(incident)} · *Services:* {escape(services)} · *Environment:* {escape(incident.env)}",
+        f"{roles_text(incident)} · *Services:* {escape(services)} · *Environment:* {escape(incident.env or 'none')}",
     ]
     blocks = [section("\n".join(lines))]
     if cause is not None:
@@ -182,7 +182,8 @@ def build_status_blocks(incident: LiveIncident) -> list[dict]:
     state = f"resolved at {clock_time(incident.resolved_at)}" if incident.resolved_at else incident.status
     facts = (
         f"{title_line(incident)}\n*Status:* {state} · *Roles:* {roles_text(incident)} · "
-        f"*Services:* {escape(', '.join(incident.services) or 'none named')} · *Environment:* {escape(incident.env)} "
+        f"*Services:* {escape(', '.join(incident.services) or 'none named')} · "
+        f"*Environment:* {escape(incident.env or 'none')} "
         f"· *Channel:* <#{incident.channel}>\n"
         f"*Declared by* <@{incident.declared_by}> at {clock_time(incident.declared_at)}"
     )
