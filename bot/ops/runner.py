@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import InvalidRequest
 from bot.redact import Redactor, scrub
-from bot.services import Runner
+from bot.services import ConfigProblem, Runner, fill_body, fill_in
 
 if TYPE_CHECKING:
     from bot.ops.deploy_rules import DeployRules
@@ -111,8 +111,20 @@ def command_for(deploys: DeployRules, request: DeployRequest) -> tuple[Runner, l
         "request_id": request.id,
         "python": sys.executable,
     }
-    argv = [arg.format_map(values) for arg in runner.argv]
+    try:
+        argv = [fill_in(arg, values, "command") for arg in runner.argv]
+    except ConfigProblem as exc:
+        raise InvalidRequest(f"{request.service}'s command in services.yaml cannot be filled in: {exc}.") from None
     return runner, argv
+
+
+def webhook_body(runner: Runner, request: DeployRequest) -> dict:
+    """The JSON body a webhook runner posts for the request; InvalidRequest names a value that cannot be filled in."""
+    values = {"service": request.service, "version": request.version, "env": request.env, "request_id": request.id}
+    try:
+        return fill_body(runner.body, values)
+    except ConfigProblem as exc:
+        raise InvalidRequest(f"{request.service}'s webhook in services.yaml cannot be filled in: {exc}.") from None
 
 
 def describe(deploys: DeployRules, request: DeployRequest) -> str:
@@ -137,11 +149,14 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
             return _finish(deploys, request, "cancelled", None, "", note=f"not started: {why}")
         try:
             runner, argv = command_for(deploys, request)
+            data = json.dumps(webhook_body(runner, request)).encode() if runner.kind == "webhook" else b""
         except Exception as exc:  # noqa: BLE001 - any failure to prepare is this deploy's failure, reported
-            return _finish(deploys, request, "failed", None, f"could not prepare the run: {exc}")
+            why = scrub(f"could not prepare the run: {exc}")
+            log.error("deploy not started id=%s service=%s error=%s", request_id, request.service, why)
+            return _finish(deploys, request, "failed", None, why, note=why)
         secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
         if runner.kind == "webhook":
-            status, exit_code, lines = _trigger_webhook(runner, request, secrets)
+            status, exit_code, lines = _trigger_webhook(runner, data, secrets)
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
         tail = "\n".join(lines[-LOG_TAIL_LINES:])
@@ -319,17 +334,12 @@ def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:
         log.warning("could not record the runner pid id=%s error=%s", request_id, exc)
 
 
-def _trigger_webhook(runner: Runner, request: DeployRequest, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
-    values = {"service": request.service, "version": request.version, "env": request.env, "request_id": request.id}
-    body = json.loads(
-        json.dumps(runner.body),
-        object_hook=lambda d: {k: v.format_map(values) if isinstance(v, str) else v for k, v in d.items()},
-    )
+def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
     headers = {"Content-Type": "application/json"}
     if runner.secret_header and runner.secret_env:
         headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
-    req = urllib.request.Request(runner.url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
+        req = urllib.request.Request(runner.url, data=data, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=runner.timeout) as response:
             text = response.read(4000).decode("utf-8", "replace")
             output = f"triggered {runner.url}: HTTP {response.status}\n{text}"
