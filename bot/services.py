@@ -7,7 +7,10 @@ of `opsbot check` reports everything that is wrong; ``parse_service`` and ``pars
 from __future__ import annotations
 
 import difflib
+import json
 import re
+import string
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 from bot.text import parse_date
 
 PLACEHOLDERS = ("service", "version", "env", "request_id", "python")
+WEBHOOK_PLACEHOLDERS = ("service", "version", "env", "request_id")  # a webhook body has no {python}
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 DEFAULT_VERSION_PATTERN = r"^v?\d+\.\d+\.\d+([.-][A-Za-z0-9.]+)?$"
 
@@ -342,9 +346,9 @@ def _runner(key: str, cfg: Any, out: Problems) -> Runner | None:
             out.append(ConfigProblem(f"{key}.command", "must be a list of arguments, run without a shell"))
             return None
         for arg in argv:
-            for name in re.findall(r"{(\w*)}", arg):
-                if name not in PLACEHOLDERS:
-                    out.append(ConfigProblem(f"{key}.command", f"unknown placeholder {{{name}}}; use {PLACEHOLDERS}"))
+            why = placeholder_problem(arg, PLACEHOLDERS)
+            if why:
+                out.append(ConfigProblem(f"{key}.command", why))
         runner = Runner("command", tuple(argv), timeout)
     elif "webhook" in cfg:
         hook = cfg["webhook"]
@@ -352,15 +356,78 @@ def _runner(key: str, cfg: Any, out: Problems) -> Runner | None:
             out.append(ConfigProblem(f"{key}.webhook.url", "must be an http(s) URL"))
             return None
         unknown_keys(f"{key}.webhook", hook, WEBHOOK_KEYS, out)
+        body = _webhook_body(f"{key}.webhook.body", hook.get("body") or {}, out)
         runner = Runner(
             "webhook",
             (),
             timeout,
             str(hook["url"]),
-            dict(hook.get("body") or {}),
+            body,
             str(hook.get("secret_header") or ""),
             str(hook.get("secret_env") or ""),
         )
     else:
         out.append(ConfigProblem(key, "needs command: [argv...] or webhook: {url: ...}"))
     return runner if len(out) == before else None
+
+
+def _webhook_body(key: str, body: Any, out: Problems) -> dict:
+    """The body a webhook posts as JSON; each value it fills in is checked the way a command's arguments are."""
+    if not isinstance(body, dict):
+        out.append(ConfigProblem(key, 'must be a mapping, sent as JSON, such as {ref: "{version}"}'))
+        return {}
+    try:
+        json.dumps(body)
+    except (TypeError, ValueError) as exc:  # a YAML date or time: quote it
+        out.append(ConfigProblem(key, f"cannot be sent as JSON ({exc}); quote dates and times"))
+        return {}
+    for at, text in template_strings(body, key):
+        why = placeholder_problem(text, WEBHOOK_PLACEHOLDERS)
+        if why:
+            out.append(ConfigProblem(at, why))
+    return dict(body)
+
+
+def placeholder_problem(text: str, allowed: tuple[str, ...]) -> str | None:
+    """Why ``text`` cannot be filled in with the ``allowed`` placeholders, or None when it can."""
+    try:
+        for _, name, _, _ in string.Formatter().parse(text):
+            if name is not None and name not in allowed:
+                return f"unknown placeholder {{{name}}}; use {allowed}"
+        text.format_map(dict.fromkeys(allowed, "x"))  # what parsing alone misses: a placeholder inside a format spec
+    except KeyError as exc:
+        return f"unknown placeholder {{{exc.args[0]}}}; use {allowed}"
+    except (ValueError, IndexError, AttributeError, TypeError) as exc:
+        return f"{text!r} cannot be filled in ({exc}); write a brace that is not a placeholder twice: {{{{ or }}}}"
+    return None
+
+
+def fill_in(text: str, values: dict[str, str], key: str) -> str:
+    """``text`` with its placeholders filled in; raises ConfigProblem (at ``key``) naming what cannot be."""
+    why = placeholder_problem(text, tuple(values))
+    if why:
+        raise ConfigProblem(key, why)
+    return text.format_map(values)
+
+
+def template_strings(value: Any, key: str, in_mapping: bool = False) -> Iterator[tuple[str, str]]:
+    """Each string of a webhook body that is filled in (a mapping's value, at any depth), with its key path."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from template_strings(item, f"{key}.{name}", True)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            yield from template_strings(item, f"{key}[{n}]")
+    elif isinstance(value, str) and in_mapping:
+        yield key, value
+
+
+def fill_body(value: Any, values: dict[str, str], key: str = "body", in_mapping: bool = False) -> Any:
+    """A webhook body, the strings ``template_strings`` names filled in; raises ConfigProblem on one that cannot be."""
+    if isinstance(value, dict):
+        return {name: fill_body(item, values, f"{key}.{name}", True) for name, item in value.items()}
+    if isinstance(value, list):
+        return [fill_body(item, values, f"{key}[{n}]") for n, item in enumerate(value)]
+    if isinstance(value, str) and in_mapping:
+        return fill_in(value, values, key)
+    return value

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.errors import InvalidRequest
+from bot.redact import scrub
 from bot.services import SAFE_VALUE
 from bot.text import service_name_problem
 
@@ -42,10 +43,10 @@ MAX_CHANGE_CHARS = 300
 
 
 class EventProblem(InvalidRequest):
-    """A malformed event: what is wrong, and the field at fault."""
+    """A malformed event: what is wrong, and the field at fault (the message quotes the event, so it is scrubbed)."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(scrub(message))
         self.field = field
 
 
@@ -55,7 +56,7 @@ class Unauthorized(InvalidRequest):
 
 @dataclass(frozen=True)
 class DeployEvent:
-    """One event from a pipeline, validated."""
+    """One event from a pipeline, validated; its free text (actor, pipeline_url, changes) already scrubbed."""
 
     event_id: str
     service: str
@@ -174,7 +175,10 @@ def parse_event(
         raise EventProblem("changes", "changes must be a list of strings.")
     if len(changes) > MAX_CHANGES:
         raise EventProblem("changes", f"at most {MAX_CHANGES} changes per event.")
-    clean = tuple(" ".join(c.split())[:MAX_CHANGE_CHARS] for c in changes if c.strip())
+    # A pipeline copies commit messages and URLs as they are: a token in them must reach neither the row nor
+    # Slack nor the log. Scrubbed whole, before a change is cut to length, so no token is cut past recognition.
+    actor, pipeline_url = scrub(actor), scrub(pipeline_url)
+    clean = tuple(text[:MAX_CHANGE_CHARS] for text in (" ".join(scrub(c).split()) for c in changes) if text)
     return DeployEvent(
         event_id,
         service,

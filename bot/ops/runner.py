@@ -1,8 +1,9 @@
 """Running an approved deploy: its runner under a guard, its lease kept alive, its outcome never lost.
 
-A running deploy belongs to the process that runs it. That process renews the deploy's lease every few
-seconds while the command runs; another opsbot process on the same database marks it interrupted only
-once the lease ran out (``DeployService.recover_interrupted``). The command runs under
+An approved deploy belongs to the process that approved it. That process renews the deploy's lease every
+few seconds from the moment it queues it for a free worker (``queue``) until its outcome is recorded; another
+opsbot process on the same database, or this one, marks it interrupted only once the lease ran out
+(``DeployService.recover_interrupted``). The command runs under
 ``bot/ops/runner_guard.py``, which stops its whole process group when this process dies. Output is scrubbed line
 by line as it arrives (``bot.redact.Redactor``, which removes private keys whole), before anything is
 kept, tailed, shown or stored. The final write is retried until the
@@ -24,15 +25,16 @@ import time
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from bot.errors import InvalidRequest
 from bot.redact import Redactor, scrub
-from bot.services import Runner
+from bot.services import ConfigProblem, Runner, fill_body, fill_in
 
 if TYPE_CHECKING:
     from bot.ops.deploy_rules import DeployRules
@@ -49,9 +51,10 @@ KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is store
 GUARD = Path(__file__).with_name("runner_guard.py")
 RETRY_MAX_S = 30.0
 
-_live: set[str] = set()
-_live_lock = threading.Lock()
+_held: dict[str, _Lease] = {}  # request id -> its lease keeper, while this process has it queued or running
+_held_lock = threading.Lock()
 _owner: tuple[int, str] | None = None
+T = TypeVar("T")
 
 
 def process_owner() -> str:
@@ -63,42 +66,78 @@ def process_owner() -> str:
 
 
 def is_live(request_id: str) -> bool:
-    """Whether this process is running the request right now."""
-    with _live_lock:
-        return request_id in _live
+    """Whether this process holds the request: queued for a free worker, or running it right now."""
+    with _held_lock:
+        return request_id in _held
 
 
-@contextmanager
-def _running(request_id: str) -> Iterator[None]:
-    with _live_lock:
-        _live.add(request_id)
-    try:
-        yield
-    finally:
-        with _live_lock:
-            _live.discard(request_id)
+class _Lease:
+    """Renews one request's lease every few seconds from a thread of its own, whatever its holder waits for."""
 
+    def __init__(self, deploys: DeployService, request_id: str) -> None:
+        self.deploys = deploys
+        self.request_id = request_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"opsbot-lease-{request_id}", daemon=True)
 
-@contextmanager
-def _lease_kept(deploys: DeployService, request_id: str) -> Iterator[None]:
-    """Renew the request's lease every few seconds until the block ends, whatever the block waits for."""
-    stop = threading.Event()
+    def start(self) -> None:
+        self._thread.start()
 
-    def renew() -> None:
-        while not stop.wait(RENEW_EVERY_S):
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _renew(self) -> None:
+        deploys = self.deploys
+        while not self._stop.wait(RENEW_EVERY_S):
             try:
                 with deploys.store.transaction():
-                    deploys.store.renew_lease(request_id, deploys.owner, deploys.lease_clock() + LEASE_S)
+                    deploys.store.renew_lease(self.request_id, deploys.owner, deploys.lease_clock() + LEASE_S)
             except sqlite3.Error as exc:  # a full disk: keep trying, the run goes on
-                log.warning("could not renew deploy lease id=%s error=%s", request_id, exc)
+                log.warning("could not renew deploy lease id=%s error=%s", self.request_id, exc)
 
-    thread = threading.Thread(target=renew, name=f"opsbot-lease-{request_id}", daemon=True)
-    thread.start()
+
+def _hold(deploys: DeployService, request_id: str) -> None:
+    """Count the request as this process's and keep its lease, unless that is already so."""
+    with _held_lock:
+        if request_id in _held:
+            return
+        lease = _held[request_id] = _Lease(deploys, request_id)
+    lease.start()
+
+
+def _release(request_id: str) -> None:
+    """Stop keeping the request's lease (a no-op the second time): it ended, or it will never run here."""
+    with _held_lock:
+        lease = _held.pop(request_id, None)
+    if lease is not None:
+        lease.stop()
+
+
+@contextmanager
+def _kept(deploys: DeployService, request_id: str) -> Iterator[None]:
+    _hold(deploys, request_id)
     try:
         yield
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        _release(request_id)
+
+
+def queue(pool: Executor, deploys: DeployService, request_id: str, work: Callable[[], T]) -> Future[T]:
+    """Hand an approved request's run (``work``, which calls ``execute``) to ``pool``.
+
+    This process keeps the request's lease and counts it as its own from now until ``work`` ends or the pool
+    drops it, so a wait for a free worker never looks like a dead process. If this process dies while the
+    request waits, the lease runs out and another process (or the restart) interrupts it, as a running one.
+    """
+    _hold(deploys, request_id)
+    try:
+        future = pool.submit(work)
+    except BaseException:
+        _release(request_id)
+        raise
+    future.add_done_callback(lambda _: _release(request_id))
+    return future
 
 
 def command_for(deploys: DeployRules, request: DeployRequest) -> tuple[Runner, list[str]]:
@@ -111,8 +150,20 @@ def command_for(deploys: DeployRules, request: DeployRequest) -> tuple[Runner, l
         "request_id": request.id,
         "python": sys.executable,
     }
-    argv = [arg.format_map(values) for arg in runner.argv]
+    try:
+        argv = [fill_in(arg, values, "command") for arg in runner.argv]
+    except ConfigProblem as exc:
+        raise InvalidRequest(f"{request.service}'s command in services.yaml cannot be filled in: {exc}.") from None
     return runner, argv
+
+
+def webhook_body(runner: Runner, request: DeployRequest) -> dict:
+    """The JSON body a webhook runner posts for the request; InvalidRequest names a value that cannot be filled in."""
+    values = {"service": request.service, "version": request.version, "env": request.env, "request_id": request.id}
+    try:
+        return fill_body(runner.body, values)
+    except ConfigProblem as exc:
+        raise InvalidRequest(f"{request.service}'s webhook in services.yaml cannot be filled in: {exc}.") from None
 
 
 def describe(deploys: DeployRules, request: DeployRequest) -> str:
@@ -131,17 +182,20 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
         raise InvalidRequest(f"{request_id} is {request.status}, not running.")
     if request.owner and request.owner != deploys.owner:
         raise InvalidRequest(f"{request_id} is run by another opsbot process ({request.owner}).")
-    with _running(request_id), _lease_kept(deploys, request_id):
+    with _kept(deploys, request_id):
         why = deploys.start_check(request)
         if why is not None:
             return _finish(deploys, request, "cancelled", None, "", note=f"not started: {why}")
         try:
             runner, argv = command_for(deploys, request)
+            data = json.dumps(webhook_body(runner, request)).encode() if runner.kind == "webhook" else b""
         except Exception as exc:  # noqa: BLE001 - any failure to prepare is this deploy's failure, reported
-            return _finish(deploys, request, "failed", None, f"could not prepare the run: {exc}")
+            why = scrub(f"could not prepare the run: {exc}")
+            log.error("deploy not started id=%s service=%s error=%s", request_id, request.service, why)
+            return _finish(deploys, request, "failed", None, why, note=why)
         secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
         if runner.kind == "webhook":
-            status, exit_code, lines = _trigger_webhook(runner, request, secrets)
+            status, exit_code, lines = _trigger_webhook(runner, data, secrets)
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
         tail = "\n".join(lines[-LOG_TAIL_LINES:])
@@ -319,17 +373,12 @@ def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:
         log.warning("could not record the runner pid id=%s error=%s", request_id, exc)
 
 
-def _trigger_webhook(runner: Runner, request: DeployRequest, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
-    values = {"service": request.service, "version": request.version, "env": request.env, "request_id": request.id}
-    body = json.loads(
-        json.dumps(runner.body),
-        object_hook=lambda d: {k: v.format_map(values) if isinstance(v, str) else v for k, v in d.items()},
-    )
+def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
     headers = {"Content-Type": "application/json"}
     if runner.secret_header and runner.secret_env:
         headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
-    req = urllib.request.Request(runner.url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
+        req = urllib.request.Request(runner.url, data=data, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=runner.timeout) as response:
             text = response.read(4000).decode("utf-8", "replace")
             output = f"triggered {runner.url}: HTTP {response.status}\n{text}"

@@ -16,6 +16,7 @@ from typing import Any
 from slack_bolt import Ack
 
 from bot.errors import InvalidRequest, OpsbotError
+from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
@@ -150,7 +151,9 @@ def decide(runtime: Runtime, web: SlackWeb, body: dict, decision: str) -> None:
     result = deploys.approve(request_id, user) if decision == "approve" else deploys.reject(request_id, user)
     log.info("deploy decision id=%s user=%s decision=%s outcome=%s", request_id, user, decision, result.outcome)
     if result.start:
-        runtime.runners.submit(run, deploys, result.request)
+        # Queued with its lease kept meanwhile; run against services.yaml as it is when a worker is free.
+        approved = result.request
+        deploy_runner.queue(runtime.runners, deploys, approved.id, lambda: run(runtime.deploys(), approved))
         return
     request = result.request
     clicked_in = (body.get("channel") or {}).get("id") or request.channel

@@ -141,3 +141,25 @@ def test_the_same_finished_deploy_reported_under_a_new_event_id_counts_once(
     assert other_pipeline.action == "recorded"
     figures = dora(store, "web", "staging", now=clock())
     assert figures.deploys_period == 3 and figures.changes == 3
+
+
+def test_secrets_in_an_events_free_text_are_scrubbed_before_it_is_recorded(
+    deploys: DeployService, store: Store
+) -> None:
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    long_change = "x" * 280 + f" {token}"  # the token straddles the 300 characters a change is cut to
+
+    done = send(
+        deploys,
+        "e1",
+        "succeeded",
+        actor=f"bot {token}",
+        pipeline_url=f"{PIPELINE}?access_token={token}",
+        changes=[f"Revert: accidentally committed token {token}", long_change],
+    ).request
+
+    assert done is not None
+    assert done.pipeline_url == f"{PIPELINE}?access_token=***"
+    assert done.changes == ("Revert: accidentally committed token ***", "x" * 280 + " ***")
+    assert done.requester == "ci:bot ***"
+    assert token[:12] not in json.dumps(store.deploy_row(done.id)) + json.dumps(store.audit_rows())

@@ -13,16 +13,20 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from bot.answers.indexer import index_knowledge
 from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
+from bot.runtime import DEPLOY_WORKERS
 from bot.store import Store
-from tests.conftest import ROOT
+from bot.workers import TrackedPool
+from tests.conftest import ROOT, FakeEncoder
 from tests.fakes import Clock
-from tests.ops.fixtures import ALICE, BOB, after_crash, runner_service
+from tests.ops.fixtures import ALICE, BOB, after_crash, make_knowledge, runner_service
 
 SLOW = '["{python}", "-c", "import sys, time; time.sleep(int(sys.argv[1].split(\'.\')[0]))", "{version}"]'
 
@@ -297,4 +301,86 @@ def test_secrets_printed_by_the_runner_reach_neither_the_database_nor_the_progre
     leaked = [s for s in secrets if s in everything]
     assert leaked == [], f"{len(leaked)} secret values leaked"
     assert shown and "private key removed" in done.log_tail and "done" in done.log_tail
+    store.close()
+
+
+def _gated_services(tmp_path: Path, gate: Path, count: int) -> tuple[DeployService, Store]:
+    """``count`` services whose deploy waits until ``gate`` exists, so the test decides when a worker is free."""
+    wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)"
+    command = json.dumps(["{python}", "-c", wait])
+    services = "services:\n" + "".join(
+        f"  s{i}:\n    environments:\n      staging: {{approvals: 1, approvers: [web]}}\n"
+        f"    deploy: {{command: {command}, timeout: 120}}\n"
+        for i in range(count)
+    )
+    store = Store(tmp_path / "queue.db")
+    report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "queue-knowledge", services))
+    assert report.problems == []
+    return DeployService.from_store(store, clock=Clock()), store
+
+
+def test_an_approved_deploy_waiting_for_a_free_worker_keeps_its_lease_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_runner, "LEASE_S", 1.0)  # 30 s in production, scaled down
+    monkeypatch.setattr(deploy_runner, "RENEW_EVERY_S", 0.2)
+    gate = tmp_path / "gate"
+    deploys, store = _gated_services(tmp_path, gate, 5)
+    pool = TrackedPool(DEPLOY_WORKERS, "opsbot-deploy")  # the runtime's deploy pool: four workers
+    futures = []
+    for i in range(5):  # five teams deploy five services at once: the fifth waits for a worker
+        request = deploys.request("deploy", f"s{i}", "staging", "1.0.0", ALICE)
+        assert deploys.approve(request.id, BOB).start
+        work = partial(deploys.execute, request.id)
+        futures.append((request.id, deploy_runner.queue(pool, deploys, request.id, work)))
+    queued_id, queued = futures[-1]
+    lease_then = store.deploy_row(queued_id)["lease_until"]
+    assert wait_until(lambda: time.time() > lease_then + 1.0, 10)  # the approval's lease ran out long ago
+
+    assert not queued.running() and not queued.done()  # still waiting for a worker
+    assert deploys.recover_interrupted() == []  # this process's own sweeper
+    elsewhere = DeployService.from_store(store, owner="another-process")
+    assert elsewhere.recover_interrupted() == []  # another process sees a renewed lease
+    assert store.deploy_row(queued_id)["lease_until"] > time.time()
+
+    gate.touch()
+    outcomes = {request_id: future.result(timeout=60) for request_id, future in futures}
+    assert {r.status for r in outcomes.values()} == {"succeeded"}, {i: r.note for i, r in outcomes.items()}
+    assert not any(deploy_runner.is_live(request_id) for request_id, _ in futures)
+    assert store.lock_holder("s4", "staging") is None
+    pool.shutdown()
+    store.close()
+
+
+def test_a_deploy_queued_by_a_process_that_died_is_interrupted_not_lost(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    _, store = _gated_services(tmp_path, gate, 1)
+    ran = tmp_path / "ran"
+    owner = in_another_process(
+        Path(store.path),
+        "import os, threading\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from bot.ops import runner\n"
+        "runner.LEASE_S, runner.RENEW_EVERY_S = 1.0, 0.2\n"
+        "pool = ThreadPoolExecutor(1)\n"
+        "pool.submit(threading.Event().wait)  # the only worker is busy for good\n"
+        f"request = deploys.request('deploy', 's0', 'staging', '1.0.0', {ALICE!r})\n"
+        f"assert deploys.approve(request.id, {BOB!r}).start\n"
+        f"runner.queue(pool, deploys, request.id, lambda: open({str(ran)!r}, 'w').close())\n"
+        "print(request.id, flush=True)\n"
+        "os._exit(0)  # dies while the request waits for a worker\n",
+    )
+    assert owner.returncode == 0, owner.stderr
+    request_id = owner.stdout.strip()
+    assert store.deploy_row(request_id)["status"] == "running"
+    deploys = DeployService.from_store(store, clock=Clock())  # the restart, or any other process
+
+    interrupted: list = []
+    assert wait_until(lambda: interrupted.extend(deploys.recover_interrupted()) or interrupted, 30)
+
+    assert [(r.id, r.status) for r in interrupted] == [(request_id, "interrupted")]
+    assert store.lock_holder("s0", "staging") is None
+    assert not ran.exists()  # never run, by the dead process or by this one
+    with pytest.raises(Exception, match="is interrupted, not running"):
+        deploys.execute(request_id)
     store.close()

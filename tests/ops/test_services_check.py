@@ -197,3 +197,53 @@ def test_an_incident_env_that_no_service_has_is_reported_with_what_to_set(tmp_pa
         "set it to production, the environment an incident hits when declared without --env"
     ]
     assert problems_of(tmp_path, text.replace("incident_env: prod", "incident_env: production")) == []
+
+
+def test_a_webhook_body_is_checked_for_placeholders_like_a_command(tmp_path: Path) -> None:
+    text = """\
+services:
+  hook:
+    environments:
+      staging: {approvals: 1, approvers: [web]}
+    deploy:
+      webhook:
+        url: https://ci.example.com/hooks/deploy
+        body:
+          ref: "{version}"
+          inputs:
+            message: "deploy {sha}"
+            targets: [{name: "{enviroment}"}]
+  fine:
+    environments:
+      staging: {approvals: 1, approvers: [web]}
+    deploy: {webhook: {url: "https://ci.example.com/hooks/deploy", body: {ref: "{version}", id: "{request_id}"}}}
+"""
+    assert problems_of(tmp_path, text) == [
+        "services.yaml:11: services.hook.deploy.webhook.body.inputs.message: unknown placeholder {sha}; "
+        "use ('service', 'version', 'env', 'request_id')",
+        "services.yaml:12: services.hook.deploy.webhook.body.inputs.targets[0].name: unknown placeholder "
+        "{enviroment}; use ('service', 'version', 'env', 'request_id')",
+    ]
+    assert sorted(load_knowledge(tmp_path).services) == ["fine"]  # never loaded, so it never reaches a run
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ('{ref: "{python}"}', "unknown placeholder {python}; use ('service', 'version', 'env', 'request_id')"),
+        ('{ref: "{version"}', "'{version' cannot be filled in ("),
+        ('{ref: "{version:{x}}"}', "unknown placeholder {x}"),
+        ('"just text"', "must be a mapping, sent as JSON"),
+        ("{on: 2026-12-24}", "cannot be sent as JSON"),
+    ],
+    ids=["no-python", "unmatched-brace", "nested-in-spec", "not-a-mapping", "a-yaml-date"],
+)
+def test_a_webhook_body_that_could_not_be_sent_is_a_problem(tmp_path: Path, body: str, says: str) -> None:
+    text = one_service("      prod: {approvals: 1, approvers: [sre]}\n").replace(
+        RUNNER, f'deploy: {{webhook: {{url: "https://ci.example.com/hook", body: {body}}}}}'
+    )
+
+    [problem] = problems_of(tmp_path, text)
+
+    assert problem.startswith("services.yaml:5: services.api.deploy.webhook.body")
+    assert says in problem

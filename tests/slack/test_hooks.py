@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -174,6 +176,33 @@ def test_started_then_succeeded_updates_the_row_and_message_and_posts_the_summar
         assert expected in text, (expected, text)
     actions = [(r["actor"], r["action"]) for r in runtime.store.audit_rows() if r["request_id"] == request_id]
     assert actions == [("ci:octocat", "deploy.started"), ("ci:octocat", "deploy.finished")]
+
+
+def test_a_token_in_an_event_reaches_neither_the_database_nor_slack_nor_the_log(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    leaky = f"{PIPELINE}?access_token={token}"
+    caplog.set_level(logging.DEBUG)
+    started = hooks.post(event("started", pipeline_url=leaky, actor=f"octocat token={token}"))
+    assert started.status == 200, started.body
+    finished = hooks.post(
+        event(pipeline_url=leaky, actor="octocat", changes=["Bump grpc", f"Revert: accidentally committed {token}"])
+    )
+    refused = hooks.post(event(service=token))
+
+    assert finished.json()["action"] == "finished"  # the scrubbed URL still matches the run it started
+    assert finished.json()["id"] == started.json()["id"]
+    [row] = ci_rows(runtime)
+    assert row["pipeline_url"] == f"{PIPELINE}?access_token=***"
+    assert json.loads(row["changes"]) == ["Bump grpc", "Revert: accidentally committed ***"]
+    assert refused.status == 400 and token not in refused.body
+    with sqlite3.connect(runtime.settings.db_path) as db:  # every table: rows, audit, outbox, claims
+        assert token not in "\n".join(db.iterdump())
+    posted = slack_api.calls("chat.postMessage") + slack_api.calls("chat.update")
+    assert len(posted) >= 3 and all(token not in json.dumps(call.body) for call in posted)
+    assert "accidentally committed ***" in shown(posted[1].body)
+    assert caplog.records and token not in caplog.text
 
 
 def test_a_failed_then_rolled_back_pipeline(hooks: HookDriver, runtime: Runtime) -> None:

@@ -1,0 +1,111 @@
+"""Deploys whose runner is a webhook: the body filled in and posted, and a body that cannot be filled in ending
+the deploy as failed (lock released, cause logged) instead of leaving it running."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bot.answers.indexer import index_knowledge
+from bot.ops.deploys import DeployService
+from bot.services import Runner
+from bot.store import Store
+from tests.conftest import FakeEncoder
+from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, make_knowledge
+
+
+class Received(BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        length = int(self.headers.get("Content-Length", "0"))
+        self.server.bodies.append(json.loads(self.rfile.read(length)))  # type: ignore[attr-defined]
+        self.send_response(202)
+        self.end_headers()
+        self.wfile.write(b"queued")
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def ci() -> Iterator[ThreadingHTTPServer]:
+    """A CI system's trigger endpoint on loopback, keeping every body it was sent."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Received)
+    server.bodies = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def hook_service(tmp_path: Path, url: str) -> tuple[DeployService, Store]:
+    services = f"""\
+services:
+  hook:
+    environments:
+      staging: {{approvals: 1, approvers: [web]}}
+    deploy:
+      webhook:
+        url: {url}
+        body: {{ref: "{{version}}", inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}, tags: ["{{x}}"]}}
+      timeout: 10
+"""
+    store = Store(tmp_path / "hook.db")
+    report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "k", services))
+    assert report.problems == []
+    return DeployService.from_store(store, clock=Clock()), store
+
+
+def test_the_webhook_body_is_filled_in_and_posted(tmp_path: Path, ci: ThreadingHTTPServer) -> None:
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy")
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    assert "HTTP 202" in done.log_tail
+    # the values of mappings are filled in, at any depth; a list's own strings are sent as written
+    assert ci.bodies == [  # type: ignore[attr-defined]
+        {"ref": "1.4.2", "inputs": {"where": "staging", "runs": [{"id": request.id}]}, "tags": ["{x}"]}
+    ]
+    store.close()
+
+
+def test_a_body_that_cannot_be_filled_in_fails_the_deploy_and_says_why(
+    tmp_path: Path, ci: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy")
+    # A runner that passed no check (services.yaml is checked when it is indexed): its body names {sha}.
+    config = deploys.services["hook"]
+    bad = dataclasses.replace(config.deploy, body={"ref": "{version}", "message": "deploy {sha}"})
+    assert isinstance(bad, Runner)
+    deploys.services["hook"] = dataclasses.replace(config, deploy=bad)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    with caplog.at_level(logging.ERROR, logger="bot.ops.runner"):
+        done = deploys.execute(request.id)
+
+    assert done.status == "failed"
+    assert "unknown placeholder {sha}" in done.note
+    assert "'service', 'version', 'env', 'request_id'" in done.note
+    assert "unknown placeholder {sha}" in done.log_tail  # what the thread shows under the failed run
+    assert ci.bodies == []  # type: ignore[attr-defined]
+    assert any("unknown placeholder {sha}" in r.getMessage() and request.id in r.getMessage() for r in caplog.records)
+    [finished] = [r for r in store.audit_rows() if r["action"] == "deploy.finished"]
+    assert finished["details"]["status"] == "failed"
+    assert "{sha}" in finished["details"]["reason"]
+    # the lock is free: the next request for the service and environment is taken
+    assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"
+    store.close()
