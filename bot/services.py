@@ -146,7 +146,7 @@ def unknown_keys(key: str, data: dict, known: tuple[str, ...], out: Problems) ->
     return suggested
 
 
-def _digest(data: Any, out: Problems) -> Digest | None:
+def _digest(data: Any, out: Problems, production: str = "prod") -> Digest | None:
     if data is None:
         return None
     key = "settings.weekly_digest"
@@ -170,7 +170,7 @@ def _digest(data: Any, out: Problems) -> Digest | None:
         out.append(ConfigProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London"))
     if len(out) > before:
         return None
-    return Digest(str(data["channel"]), DAYS.index(day), at, tz, str(data.get("env", "prod")))
+    return Digest(str(data["channel"]), DAYS.index(day), at, tz, str(data.get("env") or production))
 
 
 def parse_service(name: str, entry: dict) -> ServiceConfig | None:
@@ -234,13 +234,14 @@ def build_settings(data: Any, out: Problems) -> DeploySettings:
         out.append(ConfigProblem("settings", "must be a mapping (deploys_channel, request_ttl_minutes, ...)"))
         return DeploySettings()
     unknown_keys("settings", data, SETTINGS_KEYS, out)
+    incident_env = _env_name(data.get("incident_env", "prod"), "settings.incident_env", out)
     return DeploySettings(
         channel=str(data.get("deploys_channel") or ""),
         request_ttl_minutes=_positive(data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes", out, 30),
         failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours", out, 24),
         stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours", out, 6),
-        digest=_digest(data.get("weekly_digest"), out),
-        incident_env=_env_name(data.get("incident_env", "prod"), "settings.incident_env", out),
+        digest=_digest(data.get("weekly_digest"), out, incident_env),  # its figures: incidents' environment
+        incident_env=incident_env,
     )
 
 

@@ -158,12 +158,14 @@ def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
 
 @main.command(name="dora")
 @click.option("--service", default=None, help="Only this service (default: all).")
-@click.option("--env", default="prod", show_default=True, help="The environment.")
+@click.option(
+    "--env", default=None, help="The environment (default: services.yaml's settings.incident_env, normally prod)."
+)
 @click.option("--days", type=click.IntRange(1, 3650), default=30, show_default=True, help="The period, in days.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.pass_context
 @handle_errors
-def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, as_json: bool) -> None:
+def dora_figures(ctx: click.Context, service: str | None, env: str | None, days: int, as_json: bool) -> None:
     """Show the four DORA figures: deploy frequency, change failure rate, time to restore, lead time.
 
     A change failed when its deploy failed, or a rollback or an incident on the service followed
@@ -183,7 +185,6 @@ def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, a
     refuse_blank(ctx)
     store = _open_store(ctx)
     try:
-        _check_names(store, service, env)
         try:
             settings = parse_settings(json.loads(store.get_meta("deploy_settings") or "null"))
         except (ConfigProblem, ValueError) as exc:
@@ -191,6 +192,8 @@ def dora_figures(ctx: click.Context, service: str | None, env: str, days: int, a
                 f"the stored deploy settings cannot be read ({exc}); fix `settings:` in services.yaml and run "
                 "`opsbot index`."
             ) from None
+        env = env or settings.incident_env  # production, as incidents count it (prod unless set otherwise)
+        _check_names(store, service, env)
         figures = dora(
             store,
             service=service,

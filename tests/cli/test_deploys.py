@@ -225,6 +225,24 @@ def test_audit_empty_and_both_formats() -> None:
 # -- opsbot dora ---------------------------------------------------------------------------------
 
 
+def test_dora_and_the_digest_default_to_the_environment_incidents_hit(tmp_path: Path) -> None:
+    """With `production` and `staging` and no `prod`, the figures default to production, not to nothing."""
+    store = Store(os.environ["OPSBOT_DB"])
+    renamed = SERVICES.replace("      prod:", "      production:")
+    assert renamed != SERVICES and "prod:" not in renamed.replace("production:", "")
+    renamed = renamed.replace("settings:\n", "settings:\n  weekly_digest: {channel: C0DEPLOYS1}\n", 1)
+    assert "weekly_digest" in renamed
+    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge", renamed))
+    insert(store, deploy(datetime.now(UTC) - timedelta(days=1), env="production"))
+
+    result = invoke("dora")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "All services in production, last 30 days"
+    assert "Deploys: 1 in 7 days" in result.stdout
+    assert DeployService.from_store(store).settings.digest.env == "production"
+
+
 def test_dora_prints_the_line_and_details(history: History) -> None:
     result = invoke("dora")
 
