@@ -133,10 +133,12 @@ def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
 
 
 def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str]) -> None:
-    incident = parse_incident(rel, text)
+    notes: list[str] = []
+    incident = parse_incident(rel, text, notes)
     if incident.id in seen:
         raise FileProblem(f"incident id {incident.id} is also used by {seen[incident.id]}; ids must be unique.")
     seen[incident.id] = rel
+    kb.problems += [Problem(rel, note) for note in notes]  # the rest of the incident is read
     kb.incidents.append(incident)
     kb.documents.append(incident_document(incident, content_hash(text)))
 

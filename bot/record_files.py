@@ -29,17 +29,35 @@ INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
-def parse_incident(rel: str, text: str) -> Incident:
-    """An incident in YAML, or in Markdown with the fields in front matter and sections in the body."""
+MARKDOWN_PARTS = ("summary", "root_cause", "resolution", "timeline")
+
+
+def parse_incident(rel: str, text: str, notes: list[str] | None = None) -> Incident:
+    """An incident in YAML, or in Markdown with the fields in front matter and sections in the body.
+
+    In Markdown, a section's subsections belong to it (`### Contributing factors` under `## Root cause`);
+    a section that is none of the four parts is not read, and ``notes`` says so.
+    """
     if rel.lower().endswith(".md"):
         fm = split_front_matter(text)
         data = dict(fm.data)
+        written: dict[str, list[str]] = {}
         for section in split_sections(fm.body, ""):
             key = section.heading.split(" > ")[0].strip().lower().replace(" ", "_")
-            if key in ("summary", "root_cause", "resolution") and key not in data:
-                data[key] = section.text
-            elif key == "timeline" and "timeline" not in data:
-                data["timeline"] = [ln.lstrip("-* ").strip() for ln in section.text.splitlines() if ln.strip()]
+            if key in MARKDOWN_PARTS and key not in data:
+                written.setdefault(key, []).append(section.text)
+            elif key not in MARKDOWN_PARTS and section.text.strip() and notes is not None:
+                top = section.heading.split(" > ")[0].strip() or "(text before the first heading)"
+                notes.append(
+                    f"section `{top}` is not read: an incident's sections are Summary, Root cause, Resolution "
+                    "and Timeline; move its text into one of them (a ### under it) to have it searched"
+                )
+        for key, texts in written.items():
+            if key == "timeline":
+                lines = "\n".join(texts).splitlines()
+                data["timeline"] = [ln.lstrip("-* ").strip() for ln in lines if ln.strip()]
+            else:
+                data[key] = "\n\n".join(t.strip() for t in texts if t.strip())
         line_of = lambda key: 1 + _key_line(text.split("\n---", 1)[0], key)  # noqa: E731
     else:
         try:

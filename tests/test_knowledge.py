@@ -764,3 +764,22 @@ def test_upper_case_extensions_are_read_and_a_broken_link_is_reported(tmp_path: 
     assert [i.id for i in kb.incidents] == ["INC-2025-0056"]
     (problem,) = kb.problems
     assert problem.path == "incidents/INC-2025-0057.yaml" and "cannot be read" in problem.message
+
+
+def test_a_markdown_incident_keeps_subsections_and_says_which_section_it_does_not_read(tmp_path: Path) -> None:
+    text = INCIDENT_MD.replace(
+        "## Resolution\n",
+        "### Contributing factors\nThe JWKS cache lived for a day.\n\n## Impact\nCheckout was down too.\n\n"
+        "## Resolution\n",
+    )
+    write(tmp_path, "incidents/INC-2026-0007.md", text)
+
+    kb = knowledge_with(tmp_path)
+
+    incident = next(i for i in kb.incidents if i.id == "INC-2026-0007")
+    assert incident.root_cause == (
+        "The new signing key was published after it was used.\n\nThe JWKS cache lived for a day."
+    )
+    problem = only_problem(kb, "incidents/INC-2026-0007.md")
+    assert problem.message.startswith("section `Impact` is not read: an incident's sections are Summary, Root cause")
+    assert [t.event for t in incident.timeline] == ["AuthLoginFailureRateHigh fired", "Logins recovered"]
