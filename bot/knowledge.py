@@ -42,7 +42,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     runbooks = root / "runbooks"
     found = sorted(p for p in runbooks.rglob("*") if p.suffix.lower() == ".md") if runbooks.is_dir() else []
     for path in found:  # README.MD counts as much as readme.md
-        _collect(kb, root, path, lambda p, rel, text: kb.documents.append(parse_runbook(rel, text)))
+        _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text))
     incident_dir = root / "incidents"
     if incident_dir.is_dir():
         files = sorted(p for p in incident_dir.rglob("*") if p.suffix.lower() in (".md", ".yaml", ".yml"))
@@ -130,6 +130,12 @@ def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
     except (ValueError, TypeError) as exc:  # e.g. YAML's own date parsing: 2025-02-30
         kb.problems.append(Problem(rel, f"has a value that cannot be read: {exc}"))
         kb.failed_paths.add(rel)
+
+
+def _add_runbook(kb: KnowledgeBase, rel: str, text: str) -> None:
+    notes: list[tuple[str, int]] = []
+    kb.documents.append(parse_runbook(rel, text, notes))
+    kb.problems += [Problem(rel, note, line) for note, line in notes]  # the runbook is read all the same
 
 
 def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str]) -> None:

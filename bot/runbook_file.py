@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,31 @@ def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_runbook(rel: str, text: str) -> Document:
-    """A runbook: optional front matter, title from it, else the first heading, else the file name."""
+RUNBOOK_KEYS = ("title", "services", "tags", "owners", "url", "alerts")
+
+
+def misspelt_keys(data: dict, text: str) -> list[tuple[str, int]]:
+    """Front matter keys that look like a misspelt one of ``RUNBOOK_KEYS`` (`service:`, `titel:`), with their line.
+
+    Other keys (a site generator's `weight:`, `draft:`) are left alone: runbooks are often published too.
+    """
+    found = []
+    for key in data:
+        close = difflib.get_close_matches(str(key), RUNBOOK_KEYS, n=1, cutoff=0.75)
+        if str(key) not in RUNBOOK_KEYS and close:
+            message = f"front matter key `{key}` is not read; did you mean `{close[0]}`?"
+            found.append((message, 1 + _key_line(text, str(key))))
+    return found
+
+
+def parse_runbook(rel: str, text: str, notes: list[tuple[str, int]] | None = None) -> Document:
+    """A runbook: optional front matter, title from it, else the first heading, else the file name.
+
+    ``notes`` gets what is wrong but does not stop the runbook from loading (a misspelt front matter key).
+    """
     fm = split_front_matter(text)
+    if notes is not None:
+        notes += misspelt_keys(fm.data, text.split("\n---", 1)[0])
     title = fm.data.get("title")
     if title is not None and not isinstance(title, (str, int, float)):
         raise FileProblem("`title` must be text", 2)

@@ -783,3 +783,18 @@ def test_a_markdown_incident_keeps_subsections_and_says_which_section_it_does_no
     problem = only_problem(kb, "incidents/INC-2026-0007.md")
     assert problem.message.startswith("section `Impact` is not read: an incident's sections are Summary, Root cause")
     assert [t.event for t in incident.timeline] == ["AuthLoginFailureRateHigh fired", "Logins recovered"]
+
+
+def test_a_misspelt_runbook_front_matter_key_is_reported_and_a_site_generators_key_is_not(tmp_path: Path) -> None:
+    front = "---\ntitle: Redis memory\nweight: 20\nalert: [RedisMemoryHigh]\nservice: [cache]\n---\n"
+    text = front + "# Redis\n\nFree memory.\n"
+    write(tmp_path, "runbooks/redis/memory.md", text)
+
+    kb = load_knowledge(tmp_path)
+
+    (doc,) = kb.documents
+    assert doc.title == "Redis memory" and doc.alerts == ()  # read all the same, without the misspelt keys
+    assert [(p.line, p.message) for p in kb.problems] == [
+        (4, "front matter key `alert` is not read; did you mean `alerts`?"),
+        (5, "front matter key `service` is not read; did you mean `services`?"),
+    ]
