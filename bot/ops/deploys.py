@@ -200,7 +200,7 @@ class DeployService(DeployRules):
                 if deploy_runner.is_live(row["id"]):
                     continue
                 deploy_runner.stop_orphan(row["id"], row["runner_pid"])
-                reason = "its opsbot process stopped while it was running"
+                reason = "its opsbot process stopped before it finished (queued or running)"
                 if self.store.transition(
                     row["id"], "running", "interrupted", finished_at=_iso(self.clock()), note=reason
                 ):

@@ -406,7 +406,10 @@ def test_audit_records_every_step_with_actor_and_time(deploys: DeployService, cl
     assert rows[0]["details"] == {"service": "web", "env": "prod", "version": "1.0.0"}
     assert rows[7]["details"] == {"approvers": [BOB]}
     assert rows[8]["details"] == {"status": "succeeded", "exit_code": 0}
-    assert rows[-1]["details"] == {"reason": "its opsbot process stopped while it was running", "owner": deploys.owner}
+    assert rows[-1]["details"] == {
+        "reason": "its opsbot process stopped before it finished (queued or running)",
+        "owner": deploys.owner,
+    }
 
 
 def test_state_changes_outside_a_transaction_are_refused(store: Store) -> None:

@@ -480,10 +480,12 @@ def test_a_deploy_left_running_by_a_crash_is_reported_as_interrupted_and_never_r
     assert interrupted.id == posted.request_id and interrupted.status == "interrupted"
     assert slack.web is not None and slack.web.wait_idle(15)
     (note,) = [m for m in slack_api.messages(OPS) if m.get("thread_ts") == posted.ts]
-    assert note["text"].startswith(":warning: Interrupted: the opsbot process running this stopped;")
+    assert note["text"].startswith(":warning: Interrupted: the opsbot process holding this stopped before it finished")
     assert "it was not re-run" in note["text"]
     assert "Check the service before requesting again." in note["text"]
-    update = update_showing(slack_api, posted.ts, "Interrupted: the opsbot process running this stopped")
+    update = update_showing(
+        slack_api, posted.ts, "Interrupted: the opsbot process holding this stopped before it finished"
+    )
     assert not deploy_buttons(update.body)
     assert report_interrupted(runtime) == []  # reported once
     assert not [a for a in runtime.store.audit_rows() if a["action"] == "deploy.finished"]  # never run

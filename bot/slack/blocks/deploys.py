@@ -24,8 +24,9 @@ ICONS = {
     "abandoned": ":grey_question:",
 }
 INTERRUPTED_TEXT = (
-    ":warning: Interrupted: the opsbot process running this stopped; its command was stopped too and it was not "
-    "re-run. Check the service before requesting again."
+    ":warning: Interrupted: the opsbot process holding this stopped before it finished (it may have been waiting "
+    "for a free worker); its command, if it had started, was stopped too, and it was not re-run. Check the service "
+    "before requesting again."
 )
 
 
