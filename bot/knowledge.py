@@ -7,7 +7,6 @@ and everything else still loads. Each kind of file is parsed in ``bot.runbook_fi
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from bot.models import Expert, Incident, KnowledgeBase, Problem
 from bot.record_files import incident_document, parse_channels, parse_incident, parse_roster, parse_roster_rotations
 from bot.runbook_file import parse_runbook
 from bot.services_file import read_services_file
-from bot.text import FrontMatterError, content_hash
+from bot.text import FrontMatterError, content_hash, split_front_matter
 from bot.yaml_lines import duplicate_keys
 
 KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "channels.yaml")
@@ -93,17 +92,15 @@ def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:
     return None
 
 
-FRONT_MATTER = re.compile(r"\A((?:[ \t]*\r?\n)*)---[ \t]*\r?\n(.*?)^---[ \t]*$", re.S | re.M)
-
-
 def _check_duplicate_keys(kb: KnowledgeBase, rel: str, text: str) -> None:
     """A problem for each key given twice in a YAML file or a Markdown file's front matter."""
     offset = 0
     if rel.lower().endswith(".md"):
-        front = FRONT_MATTER.match(text)
-        if front is None:
-            return
-        text, offset = front.group(2), 1 + front.group(1).count("\n")
+        try:
+            front = split_front_matter(text)
+        except FrontMatterError:
+            return  # reported when the file is parsed
+        text, offset = front.block, front.block_line - 1
     elif not rel.lower().endswith((".yaml", ".yml")):
         return
     for key, line, first in duplicate_keys(text):

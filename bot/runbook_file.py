@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.knowledge_fields import FileProblem, name_list
 from bot.models import Document
-from bot.text import content_hash, first_heading, split_front_matter, split_sections
+from bot.text import FrontMatter, content_hash, first_heading, split_front_matter, split_sections
 from bot.yaml_lines import key_line as _key_line
 
 ALERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
@@ -40,17 +40,17 @@ def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
 RUNBOOK_KEYS = ("title", "services", "tags", "owners", "url", "alerts")
 
 
-def misspelt_keys(data: dict, text: str) -> list[tuple[str, int]]:
+def misspelt_keys(fm: FrontMatter) -> list[tuple[str, int]]:
     """Front matter keys that look like a misspelt one of ``RUNBOOK_KEYS`` (`service:`, `titel:`), with their line.
 
     Other keys (a site generator's `weight:`, `draft:`) are left alone: runbooks are often published too.
     """
     found = []
-    for key in data:
+    for key in fm.data:
         close = difflib.get_close_matches(str(key), RUNBOOK_KEYS, n=1, cutoff=0.75)
         if str(key) not in RUNBOOK_KEYS and close:
             message = f"front matter key `{key}` is not read; did you mean `{close[0]}`?"
-            found.append((message, 1 + _key_line(text, str(key))))
+            found.append((message, fm.block_line + _key_line(fm.block, str(key))))
     return found
 
 
@@ -61,7 +61,7 @@ def parse_runbook(rel: str, text: str, notes: list[tuple[str, int]] | None = Non
     """
     fm = split_front_matter(text)
     if notes is not None:
-        notes += misspelt_keys(fm.data, text.split("\n---", 1)[0])
+        notes += misspelt_keys(fm)
     title = fm.data.get("title")
     if title is not None and not isinstance(title, (str, int, float)):
         raise FileProblem("`title` must be text", 2)

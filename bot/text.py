@@ -66,6 +66,8 @@ class FrontMatter:
     data: dict
     body: str
     body_line: int  # 1-based line number where the body starts
+    block: str = ""  # the YAML between the --- lines, as written
+    block_line: int = 0  # 1-based line number of its first line
 
 
 class FrontMatterError(ValueError):
@@ -106,7 +108,7 @@ def split_front_matter(text: str) -> FrontMatter:
                 if top:
                     return FrontMatter({}, text, 1)
                 raise FrontMatterError("front matter must be a mapping of keys such as title: and services:", top + 2)
-            return FrontMatter(data, "".join(lines[i + 1 :]), i + 2)
+            return FrontMatter(data, "".join(lines[i + 1 :]), i + 2, block, top + 2)
     raise FrontMatterError("front matter starts with --- but has no closing --- line", top + 1)
 
 
