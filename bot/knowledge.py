@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.knowledge_fields import FileProblem
+from bot.knowledge_xref import NamedService, named_services, other_services, service_name_problems
 from bot.models import Expert, Incident, KnowledgeBase, Problem
 from bot.record_files import incident_document, parse_channels, parse_incident, parse_roster, parse_roster_rotations
 from bot.runbook_file import parse_runbook
@@ -38,16 +39,17 @@ def root_problem(root: Path) -> str | None:
 def load_knowledge(root: Path) -> KnowledgeBase:
     """Load every runbook, incident and the roster under ``root``."""
     kb = KnowledgeBase(root=str(root))
+    named: list[NamedService] = []  # the services each incident and runbook names, checked against services.yaml
     runbooks = root / "runbooks"
     found = sorted(p for p in runbooks.rglob("*") if p.suffix.lower() == ".md") if runbooks.is_dir() else []
     for path in found:  # README.MD counts as much as readme.md
-        _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text))
+        _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text, named))
     incident_dir = root / "incidents"
     if incident_dir.is_dir():
         files = sorted(p for p in incident_dir.rglob("*") if p.suffix.lower() in (".md", ".yaml", ".yml"))
         seen: dict[str, str] = {}
         for path in files:
-            _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen))
+            _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
     roster = root / "experts.yaml"
     if roster.is_file() and (text := _read(kb, "experts.yaml", roster)) is not None:
         kb.experts, problems = parse_roster("experts.yaml", text)
@@ -64,6 +66,9 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(found.problems)
         if found.failed:
             kb.failed_paths.add("services.yaml")
+        elif found.names:  # without services.yaml, or with none in it, no name can be told wrong
+            kb.problems += service_name_problems(found.names, named)
+            kb.notes += [note] if (note := other_services(found.names, named)) else []
     channels = root / "channels.yaml"
     if channels.is_file() and (text := _read(kb, "channels.yaml", channels)) is not None:
         kb.channels, problems = parse_channels("channels.yaml", text)
@@ -129,13 +134,15 @@ def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
         kb.failed_paths.add(rel)
 
 
-def _add_runbook(kb: KnowledgeBase, rel: str, text: str) -> None:
+def _add_runbook(kb: KnowledgeBase, rel: str, text: str, named: list[NamedService]) -> None:
     notes: list[tuple[str, int]] = []
-    kb.documents.append(parse_runbook(rel, text, notes))
+    document = parse_runbook(rel, text, notes)
+    kb.documents.append(document)
+    named += named_services(rel, "runbook", text, document.services)
     kb.problems += [Problem(rel, note, line) for note, line in notes]  # the runbook is read all the same
 
 
-def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str]) -> None:
+def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str], named: list[NamedService]) -> None:
     notes: list[str] = []
     incident = parse_incident(rel, text, notes)
     if incident.id in seen:
@@ -144,6 +151,7 @@ def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str]) 
     kb.problems += [Problem(rel, note) for note in notes]  # the rest of the incident is read
     kb.incidents.append(incident)
     kb.documents.append(incident_document(incident, content_hash(text)))
+    named += named_services(rel, "incident", text, incident.services)
 
 
 UNKNOWN_SHOWN = 5  # people named in the one-line summary of responders missing from the roster

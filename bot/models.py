@@ -132,6 +132,7 @@ class KnowledgeBase:
     experts: list[Expert] = field(default_factory=list)
     rotations: list[Rotation] = field(default_factory=list)  # experts.yaml `rotations:`
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing but not wrong: `opsbot check` still exits 0
     failed_paths: set[str] = field(default_factory=set)
     channels: dict[str, str] = field(default_factory=dict)  # channel id -> "all" | "mentions"
     services: dict[str, dict] = field(default_factory=dict)  # services.yaml: name -> its entry

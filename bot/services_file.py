@@ -32,6 +32,7 @@ class ServicesFile:
     """What services.yaml holds that can be used, and everything wrong with it."""
 
     services: dict[str, dict] = field(default_factory=dict)  # the valid entries, by service name
+    names: list[str] = field(default_factory=list)  # every service the file defines, valid entry or not
     settings: dict | None = None  # the `settings:` block, None when it is wrong (the defaults are used)
     problems: list[Problem] = field(default_factory=list)
     failed: bool = False  # unreadable as a whole: nothing of it was used
@@ -68,16 +69,22 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     settings_problems += alert_settings
     report(settings_problems, 1 + key_line(text, "settings"))
     result.settings = None if settings_problems else data.get("settings")
+    if experts and isinstance(result.settings, dict):  # a wrong alert_silencers is a settings problem already
+        silencers = result.settings.get("alert_silencers") or []
+        report(silencer_problems(silencers, experts), 1 + key_line(text, "settings"))
     for name, entry in services.items():
         line = path_line(root, f"services.{name}") or 1 + key_line(text, str(name))
         found = service_problems(str(name), entry, experts, now or datetime.now(UTC))
         if found is None:  # the name itself is wrong
             result.problems.append(Problem(rel, str(service_name_problem(name)), line))
             continue
+        result.names.append(str(name))
         found += service_alerts.get(str(name), [])
         report(found, line)
         if not found:
             result.services[str(name)] = entry or {}
+        if experts is not None:  # reported, and the service kept: they do not decide who may deploy it
+            report(roster_problems(str(name), entry, experts), line)
     environments = sorted({str(e) for entry in result.services.values() for e in _environments(entry)})
     given = data["settings"].get("incident_env") if isinstance(data.get("settings"), dict) else None
     if given is not None:
@@ -145,8 +152,6 @@ def approver_problems(name: str, entry: dict, experts: list[Expert], now: dateti
     Read from the entry as written, so they are reported alongside any other problem of the same environment.
     """
     people = {e.id: e for e in experts if not e.has_left(now)}
-    everyone = {e.id for e in experts}
-    teams = sorted({e.team for e in experts})
     out: Problems = []
     environments = entry.get("environments")
     for env, cfg in environments.items() if isinstance(environments, dict) else ():
@@ -158,13 +163,10 @@ def approver_problems(name: str, entry: dict, experts: list[Expert], now: dateti
         key = f"services.{name}.environments.{env}.approvers"
         can_approve: set[str] = set()
         for approver in approvers:
-            if approver in everyone or approver in teams:
+            if (nobody := nobody_problem(approver, experts)) is None:
                 can_approve.update(p for p, e in people.items() if approver in (p, e.team))
-                continue
-            close = difflib.get_close_matches(approver, teams, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"the roster's teams are {', '.join(teams) or 'none'}"
-            nobody = f"{approver!r} is neither a team nor a person on the roster (experts.yaml)"
-            out.append(ConfigProblem(key, f"{nobody}; {hint}"))
+            else:
+                out.append(ConfigProblem(key, nobody))
         if not approvers or len(can_approve) >= approvals:
             continue
         if can_approve:
@@ -174,4 +176,59 @@ def approver_problems(name: str, entry: dict, experts: list[Expert], now: dateti
         else:
             why = f"nobody on the roster may approve {name} in {env}"
         out.append(ConfigProblem(key, f"{why}, so its requests could never run; name more teams or people"))
+    return out
+
+
+def nobody_problem(name: str, experts: list[Expert], consequence: str = "") -> str | None:
+    """Why ``name``, a roster id or a team name, is nobody on the roster (then ``consequence``), with the closest
+    team or id; None when it names someone."""
+    teams = sorted({e.team for e in experts})
+    if name in teams or any(e.id == name for e in experts):
+        return None
+    nobody = f"{name!r} is neither a team nor a person on the roster (experts.yaml){consequence}"
+    if close := difflib.get_close_matches(name, teams, n=1):
+        return f"{nobody}; did you mean `{close[0]}`?"
+    names = {e.id: e.name for e in experts}
+    if close := difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.8):  # an id with a slip in it
+        return f"{nobody}; did you mean `{close[0]}` ({names[close[0]]})?"
+    return f"{nobody}; the roster's teams are {', '.join(teams) or 'none'}"
+
+
+def silencer_problems(silencers: list[str], experts: list[Expert]) -> Problems:
+    """settings.alert_silencers that name nobody on the roster: whoever was meant cannot silence an alert."""
+    key = "settings.alert_silencers"
+    return [
+        ConfigProblem(key, nobody, f"{key}[{n}]")
+        for n, name in enumerate(silencers)
+        if (nobody := nobody_problem(name, experts, ", so whoever it means cannot silence alerts from Slack"))
+    ]
+
+
+def roster_problems(name: str, entry: Any, experts: list[Expert]) -> Problems:
+    """A service's `owners` and `team` that name nobody on the roster: its ownership and its team's rota would count
+    for nobody, without a word. The service still deploys: these decide who is suggested and on call, not who approves.
+    """
+    if not experts or not isinstance(entry, dict):
+        return []  # no roster to name anyone: nothing can be told wrong
+    key = f"services.{name}"
+    out: Problems = []
+    owners = entry.get("owners")
+    for n, owner in enumerate(owners if isinstance(owners, list) else []):  # a wrong shape is reported already
+        why = f", so it owns {name} for nobody: expert suggestions and rotas leave it out"
+        if (nobody := nobody_problem(str(owner), experts, why)) is not None:
+            out.append(ConfigProblem(f"{key}.owners", nobody, f"{key}.owners[{n}]"))
+    team = entry.get("team")
+    teams = sorted({e.team for e in experts})
+    if team is not None and not isinstance(team, str):
+        out.append(ConfigProblem(f"{key}.team", f"{team!r} must be one team of the roster, such as {teams[0]}"))
+    elif team is not None and team not in teams:
+        close = difflib.get_close_matches(team, teams, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"the roster's teams are {', '.join(teams)}"
+        out.append(
+            ConfigProblem(
+                f"{key}.team",
+                f"{team!r} is a team nobody on the roster (experts.yaml) belongs to, so no rota covers {name} "
+                f"through it; {hint}",
+            )
+        )
     return out

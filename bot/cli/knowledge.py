@@ -129,7 +129,8 @@ def check(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
     )
     if as_json:
         problems = [{"path": p.path, "line": p.line, "message": p.message} for p in kb.problems]
-        click.echo(json.dumps({"directory": str(root), "ok": not problems, "problems": problems}, indent=2))
+        report = {"directory": str(root), "ok": not problems, "problems": problems, "notes": kb.notes}
+        click.echo(json.dumps(report, indent=2))
     else:
         for problem in kb.problems:
             click.echo(str(problem))
@@ -137,6 +138,8 @@ def check(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
             click.echo(f"{problems_line(kb.problems)} under {root} (fix them and run `opsbot check` again).", err=True)
         else:
             click.echo(f"No problems in {root}: {counts}.")
+        for note in kb.notes:  # not wrong, so the status stays what the problems make it
+            click.echo(f"Note: {note}")
     if kb.problems:
         sys.exit(1)
 

@@ -1,0 +1,126 @@
+"""Service names that must match across knowledge files: those incidents and runbooks name, against services.yaml.
+
+Everything that joins a file to a service compares names exactly: an incident counts in a service's change
+failure rate and in who resolved its incidents, a runbook is labelled with its services for search. A name that
+looks like a slip of one services.yaml defines (`chekout-api`, `Checkout_API`) joins nothing, without a word, so
+it is a problem. A name close to none of them is taken as a service opsbot does not deploy (retired, or run by
+another team): old incidents name those legitimately, so it is only noted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bot.models import Problem
+from bot.text import FrontMatterError, split_front_matter
+from bot.yaml_lines import compose, path_line
+
+# difflib's ratio is 2*matches/total characters: one slip (a letter missing, added, swapped or doubled) in a name of
+# five characters or more stays at 0.8 or above, two slips in ten or more. Names that differ by a whole word are
+# further apart (checkout-api and checkout-web: 0.75), and those that differ only as below are not slips at all.
+SIMILAR = 0.8
+SEPARATORS = re.compile(r"[-_./]+")
+DIGITS = re.compile(r"\d+")
+SHOWN = 10  # other services named in the note, the most named first
+
+
+@dataclass(frozen=True)
+class NamedService:
+    """A service name as one incident or runbook gives it, with the line it is on."""
+
+    path: str
+    kind: str  # "incident" or "runbook"
+    name: str
+    line: int | None
+
+
+def named_services(rel: str, kind: str, text: str, names: Iterable[str]) -> list[NamedService]:
+    """``names`` (a file's `services:`, in order) with the line each is written on, in a YAML file or front matter."""
+    offset = 0
+    if rel.lower().endswith(".md"):
+        try:
+            front = split_front_matter(text)
+        except FrontMatterError:
+            return []  # the file did not load, so it names nothing
+        text, offset = front.block, front.block_line - 1
+    root = compose(text)
+    out = []
+    for n, name in enumerate(names):
+        line = path_line(root, f"services[{n}]")  # the key's line when the names are one comma-separated string
+        out.append(NamedService(rel, kind, name, line + offset if line else None))
+    return out
+
+
+def near_service(name: str, defined: Iterable[str]) -> str | None:
+    """The defined service ``name`` looks like a slip of, or None when it looks like another service."""
+    defined = sorted(defined)
+    squashed = _squash(name)
+    same = [d for d in defined if _squash(d) == squashed]
+    if same:  # only case or separators differ: Checkout_API, checkoutapi
+        return same[0]
+    for close in difflib.get_close_matches(name, defined, n=3, cutoff=SIMILAR):
+        if not _another_service(name, close):
+            return close
+    return None
+
+
+def _squash(name: str) -> str:
+    return SEPARATORS.sub("", name.lower())
+
+
+def _another_service(name: str, close: str) -> bool:
+    """Two similar names that still name two services: one is the other with whole words added (checkout-api-v2,
+    legacy-checkout-api), or they differ only in their numbers (shard-1 and shard-2, auth-v1 and auth-v2)."""
+    parts, other = SEPARATORS.split(name.lower()), SEPARATORS.split(close.lower())
+    shorter, longer = sorted((parts, other), key=len)
+    if len(shorter) < len(longer) and any(
+        longer[i : i + len(shorter)] == shorter for i in range(len(longer) - len(shorter) + 1)
+    ):
+        return True
+    return DIGITS.sub("#", name.lower()) == DIGITS.sub("#", close.lower())
+
+
+WHAT_IT_BREAKS = {
+    "incident": "this incident counts for none of {close}'s figures (change failure rate, who resolved its incidents)",
+    "runbook": "this runbook is not labelled {close}, so a search or alert naming {close} does not match it by service",
+}
+
+
+def service_name_problems(defined: Iterable[str], named: list[NamedService]) -> list[Problem]:
+    """A problem for each name in ``named`` that looks like a slip of a service services.yaml ``defined``."""
+    defined = set(defined)
+    problems = []
+    for found in named:
+        if found.name in defined or (close := near_service(found.name, defined)) is None:
+            continue
+        problems.append(
+            Problem(
+                found.path,
+                f"services: `{found.name}` is not a service of services.yaml; did you mean `{close}`? As written, "
+                f"{WHAT_IT_BREAKS[found.kind].format(close=close)}. Correct the name, or, if `{found.name}` is "
+                "another service, add it to services.yaml (with only owners: it is not deployable).",
+                found.line,
+            )
+        )
+    return problems
+
+
+def other_services(defined: Iterable[str], named: list[NamedService]) -> str | None:
+    """One line naming the services ``named`` that are neither defined nor a slip of a defined one, or None."""
+    defined = set(defined)
+    files: dict[str, set[str]] = {}
+    for found in named:
+        if found.name not in defined and near_service(found.name, defined) is None:
+            files.setdefault(found.name, set()).add(found.path)
+    if not files:
+        return None
+    ranked = sorted(files.items(), key=lambda item: (-len(item[1]), item[0]))  # the most named first
+    listed = ", ".join(f"{name} ({len(paths)} file{'s' if len(paths) != 1 else ''})" for name, paths in ranked[:SHOWN])
+    listed += ", ..." if len(ranked) > SHOWN else ""
+    return (
+        f"incidents or runbooks name {len(files)} service(s) services.yaml does not define, taken as services opsbot "
+        f"does not deploy: {listed}. Add any that opsbot should know to services.yaml."
+    )
