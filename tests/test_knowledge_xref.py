@@ -1,0 +1,152 @@
+"""Service names across knowledge files: what incidents and runbooks name, checked against services.yaml.
+
+A slip of a defined service is a problem with its file, line and the service meant; a name close to none is
+another service (retired, or not deployed through opsbot), only noted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bot.knowledge import load_knowledge
+from bot.knowledge_xref import near_service
+from tests.conftest import SAMPLE_KNOWLEDGE, invoke
+from tests.test_knowledge import INCIDENT_MD, INCIDENT_YAML, ROSTER, write
+
+SERVICES = """\
+services:
+  checkout-api: {owners: [payments]}
+  payments-gateway: {owners: [payments]}
+  auth-service: {owners: [platform]}
+  storefront-web: {owners: [platform]}
+  shard-1: {owners: [platform]}
+"""
+
+RUNBOOK = """\
+---
+title: Checkout latency
+services:
+  - payments-gateway
+  - {service}
+---
+Checkout is slow; look at the pool first.
+"""
+
+
+def knowledge(root: Path, files: dict[str, str], services: str | None = SERVICES) -> list[str]:
+    """The problems of a folder holding the roster, ``services`` as services.yaml and ``files`` (path: text)."""
+    write(root, "experts.yaml", ROSTER)
+    if services is not None:
+        write(root, "services.yaml", services)
+    for rel, text in files.items():
+        write(root, rel, text)
+    return [str(p) for p in load_knowledge(root).problems]
+
+
+def test_a_runbook_naming_a_slip_of_a_service_is_a_problem_with_its_line_and_the_service_meant(tmp_path: Path) -> None:
+    found = knowledge(tmp_path, {"runbooks/checkout/latency.md": RUNBOOK.format(service="chekout-api")})
+
+    assert len(found) == 1, found
+    assert found[0].startswith(
+        "runbooks/checkout/latency.md:5: services: `chekout-api` is not a service of services.yaml; "
+        "did you mean `checkout-api`? As written, this runbook is not labelled checkout-api"
+    )
+    assert "Correct the name, or, if `chekout-api` is another service, add it to services.yaml" in found[0]
+
+
+def test_an_incident_naming_a_slip_of_a_service_is_a_problem_in_yaml_and_in_markdown(tmp_path: Path) -> None:
+    yaml_incident = INCIDENT_YAML.replace("[checkout-api, payments-gateway]", "[checkout-api, payments-gatway]")
+    md_incident = INCIDENT_MD.replace("services: auth-service,", "services: Auth_Service,")
+
+    found = knowledge(
+        tmp_path, {"incidents/2025/INC-2025-0042.yaml": yaml_incident, "incidents/2026/INC-2026-0007.md": md_incident}
+    )
+
+    assert [p.split(" As written")[0] for p in found] == [
+        "incidents/2025/INC-2025-0042.yaml:5: services: `payments-gatway` is not a service of services.yaml; "
+        "did you mean `payments-gateway`?",
+        "incidents/2026/INC-2026-0007.md:6: services: `Auth_Service` is not a service of services.yaml; "
+        "did you mean `auth-service`?",
+    ] or found
+    assert "this incident counts for none of payments-gateway's figures" in found[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ledger-etl",  # close to nothing: a service opsbot does not deploy
+        "checkout-api-v2",  # a defined name with a word more: its own service
+        "legacy-checkout-api",
+        "shard-2",  # only the number differs from shard-1
+        "checkout-web",  # a whole word differs
+    ],
+)
+def test_a_name_unlike_every_defined_service_is_no_problem_but_is_noted(tmp_path: Path, name: str) -> None:
+    assert knowledge(tmp_path, {"runbooks/checkout/latency.md": RUNBOOK.format(service=name)}) == []
+    assert near_service(name, ["checkout-api", "shard-1"]) is None
+    notes = load_knowledge(tmp_path).notes
+    assert len(notes) == 1 and f"{name} (1 file)" in notes[0], notes
+
+
+@pytest.mark.parametrize(
+    "name, meant",
+    [
+        ("chekout-api", "checkout-api"),  # a letter missing
+        ("checkuot-api", "checkout-api"),  # two swapped
+        ("checkout-apii", "checkout-api"),  # one added
+        ("CheckoutAPI", "checkout-api"),  # case and separators only
+        ("checkout_api", "checkout-api"),
+        ("payments/gateway", "payments-gateway"),
+        ("checkout-apl", None),  # in a word of three letters a slip cannot be told from another word (app)
+        ("discovery/ec2", None),  # a shared prefix is not a slip: a whole word differs
+    ],
+)
+def test_a_slip_is_one_close_word_or_only_case_and_separators(name: str, meant: str | None) -> None:
+    assert near_service(name, ["checkout-api", "payments-gateway", "discovery/file"]) == meant
+
+
+def test_without_services_in_services_yaml_no_name_is_checked(tmp_path: Path) -> None:
+    runbook = RUNBOOK.format(service="chekout-api")
+    assert knowledge(tmp_path / "none", {"runbooks/a.md": runbook}, None) == []
+    assert knowledge(tmp_path / "empty", {"runbooks/a.md": runbook}, "services: {}\n") == []
+    assert load_knowledge(tmp_path / "none").notes == []
+
+
+def test_a_service_whose_entry_has_a_problem_is_still_defined(tmp_path: Path) -> None:
+    services = SERVICES.replace("checkout-api: {owners: [payments]}", "checkout-api: {owners: [payments], chanel: C1}")
+
+    found = knowledge(tmp_path, {"runbooks/a.md": RUNBOOK.format(service="checkout-api")}, services)
+
+    assert len(found) == 1 and "unknown key `chanel`" in found[0], found  # the runbook's name is not a second one
+
+
+def test_the_sample_names_only_services_it_defines_and_a_slip_in_it_is_caught(tmp_path: Path) -> None:
+    assert load_knowledge(SAMPLE_KNOWLEDGE).notes == []
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, root)
+    path = root / "runbooks" / "checkout-api" / "high-latency.md"
+    text = path.read_text(encoding="utf-8")
+    assert "services: [checkout-api" in text
+    path.write_text(text.replace("services: [checkout-api", "services: [chekout-api", 1), encoding="utf-8")
+
+    result = invoke("check", str(root))
+
+    assert result.exit_code == 1
+    assert "runbooks/checkout-api/high-latency.md:3: services: `chekout-api`" in result.stdout
+    assert "did you mean `checkout-api`?" in result.stdout
+
+
+def test_check_prints_the_note_and_still_exits_0(tmp_path: Path) -> None:
+    runbook = RUNBOOK.format(service="ledger-etl")
+    knowledge(tmp_path, {"runbooks/a.md": runbook, "runbooks/b.md": runbook})
+
+    result = invoke("check", str(tmp_path))
+    as_json = invoke("check", "--json", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    assert "Note: incidents or runbooks name 1 service(s) services.yaml does not define" in result.stdout
+    assert "ledger-etl (2 files)" in result.stdout
+    assert as_json.exit_code == 0 and '"notes": [' in as_json.stdout
