@@ -247,3 +247,64 @@ def test_a_webhook_body_that_could_not_be_sent_is_a_problem(tmp_path: Path, body
 
     assert problem.startswith("services.yaml:5: services.api.deploy.webhook.body")
     assert says in problem
+
+
+def test_owners_must_name_a_team_or_a_person_on_the_roster_and_the_service_still_deploys(tmp_path: Path) -> None:
+    slip = DAVE[:-1] + "9"  # an id with a slip in it
+    owners = f"    owners: [web, {slip}, dta]\n"
+    found = problems_of(tmp_path, one_service("      prod: {approvals: 1, approvers: [sre]}\n", owners))
+
+    assert found == [
+        f"services.yaml:6: services.api.owners: '{slip}' is neither a team nor a person on the roster (experts.yaml), "
+        f"so it owns api for nobody: expert suggestions and rotas leave it out; did you mean `{DAVE}` (Dave Dunn)?",
+        "services.yaml:6: services.api.owners: 'dta' is neither a team nor a person on the roster (experts.yaml), "
+        "so it owns api for nobody: expert suggestions and rotas leave it out; did you mean `data`?",
+    ]
+    assert "api" in load_knowledge(tmp_path).services  # who owns it decides suggestions, not who may deploy it
+
+
+def test_a_list_of_owners_is_reported_at_the_line_of_the_owner(tmp_path: Path) -> None:
+    owners = "    owners:\n      - web\n      - wbe\n"
+    found = problems_of(tmp_path, one_service("      prod: {approvals: 1, approvers: [sre]}\n", owners))
+
+    assert [p.split(": '")[0] for p in found] == ["services.yaml:8: services.api.owners"], found
+
+
+@pytest.mark.parametrize(
+    "team, says",
+    [
+        ("sre", None),
+        ("sr", "services.api.team: 'sr' is a team nobody on the roster (experts.yaml) belongs to, so no rota covers "
+         "api through it; did you mean `sre`?"),
+        ("billing", "'billing' is a team nobody on the roster (experts.yaml) belongs to, so no rota covers api "
+         "through it; the roster's teams are data, sre, web"),
+        ("[sre, web]", "services.api.team: ['sre', 'web'] must be one team of the roster, such as data"),
+    ],
+)
+def test_a_service_team_must_be_one_team_of_the_roster(tmp_path: Path, team: str, says: str | None) -> None:
+    found = problems_of(tmp_path, one_service("      prod: {approvals: 1, approvers: [sre]}\n", f"    team: {team}\n"))
+
+    if says is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith("services.yaml:6: ") and says in found[0], found
+
+
+def test_alert_silencers_must_name_someone_on_the_roster(tmp_path: Path) -> None:
+    text = "settings:\n  alert_silencers: [sre, srr]\n" + one_service("      prod: {approvals: 1, approvers: [sre]}\n")
+
+    found = problems_of(tmp_path, text)
+
+    assert found == [
+        "services.yaml:2: settings.alert_silencers: 'srr' is neither a team nor a person on the roster (experts.yaml), "
+        "so whoever it means cannot silence alerts from Slack; did you mean `sre`?"
+    ]
+    assert load_knowledge(tmp_path).deploy_settings is not None  # the other settings still count
+
+
+def test_owners_and_teams_are_not_checked_without_a_roster(tmp_path: Path) -> None:
+    (tmp_path / "services.yaml").write_text("services:\n  api: {owners: [nobody], team: nobody}\n", encoding="utf-8")
+
+    assert load_knowledge(tmp_path).problems == []  # no experts.yaml: no roster to name anyone
+    found = problems_of(tmp_path / "broken", "services:\n  api: {owners: [nobody], team: nobody}\n", "people: [")
+    assert len(found) == 1 and found[0].startswith("experts.yaml:"), found  # the roster's own problem, once
