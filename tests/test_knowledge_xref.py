@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import bot.cli.knowledge as knowledge_cli
 from bot.knowledge import load_knowledge
 from bot.knowledge_xref import near_service
-from tests.conftest import SAMPLE_KNOWLEDGE, invoke
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, invoke
 from tests.test_knowledge import INCIDENT_MD, INCIDENT_YAML, ROSTER, write
 
 SERVICES = """\
@@ -150,3 +152,14 @@ def test_check_prints_the_note_and_still_exits_0(tmp_path: Path) -> None:
     assert "Note: incidents or runbooks name 1 service(s) services.yaml does not define" in result.stdout
     assert "ledger-etl (2 files)" in result.stdout
     assert as_json.exit_code == 0 and '"notes": [' in as_json.stdout
+
+
+def test_index_reports_the_slip_too_and_strict_fails_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(knowledge_cli, "_open", lambda settings: (Store(tmp_path / "index.db"), FakeEncoder()))
+    root = tmp_path / "knowledge"
+    knowledge(root, {"runbooks/a.md": RUNBOOK.format(service="chekout-api")})
+
+    result = invoke("index", "--nice", "0", "--strict", str(root))
+
+    assert result.exit_code == 1
+    assert "Warning: runbooks/a.md:5: services: `chekout-api` is not a service of services.yaml" in result.stderr
