@@ -2,7 +2,8 @@
 
 Every file is read on its own: a broken file becomes a Problem with its path and line,
 and everything else still loads. Each kind of file is parsed in ``bot.runbook_file``, ``bot.record_files``
-(incidents, the roster, channels.yaml) and ``bot.services_file``; this module walks the directory.
+(incidents, the roster, channels.yaml) and ``bot.services_file``; this module walks the directory,
+and ``bot.knowledge_xref`` checks the services incidents and runbooks name against services.yaml.
 """
 
 from __future__ import annotations

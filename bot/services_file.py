@@ -2,7 +2,8 @@
 
 Besides each service's own checks (``bot.services``), the approvers of every environment are resolved against
 the roster: a name that is neither a team nor a person on it is an error, and so is an environment whose
-approvals nobody on the roster can give (its requests would wait until they expire).
+approvals nobody on the roster can give (its requests would wait until they expire). Owners, a service's team and
+settings.alert_silencers must name someone on it too; those are reported and the service still loads.
 """
 
 from __future__ import annotations
