@@ -79,6 +79,10 @@ class Runtime:
             load = getattr(self.encoder, "load", None)
             if load:
                 load()
+            try:  # before the index is read, so that it holds them
+                self.learn_missed()
+            except Exception:  # a late indexing is never worth failing every question for
+                log.exception("could not look for resolved incidents to index")
             self._version = self.store.get_meta("index_version")
             self._index = SearchIndex(self.store, self.encoder)
             self.ready_seconds = time.perf_counter() - self.started
@@ -167,6 +171,22 @@ class Runtime:
         index_incident(self.store, self.encoder, incident)
         self.forget_experts()
         self.index()  # reloads, since index_incident changed the index version
+
+    def learn_missed(self) -> list[str]:
+        """Index the resolved incidents that are not past incidents yet (the process that resolved one stopped
+        before indexing it, or indexing failed); their ids. One that fails again is logged and left for next time."""
+        learned = []
+        for incident in self.incidents().unlearned():
+            try:
+                index_incident(self.store, self.encoder, incident)
+            except Exception:  # the others are still worth indexing; the next start tries this one again
+                log.exception("could not index resolved incident id=%s", incident.id)
+                continue
+            learned.append(incident.id)
+        if learned:
+            self.forget_experts()
+            log.info("resolved incidents indexed late count=%d ids=%s", len(learned), ",".join(learned))
+        return learned
 
     def deploys(self) -> DeployService:
         """The deploy state machine for the services.yaml stored by the last `opsbot index`."""
