@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from bot.answers.encoder import Encoder, make_encoder
 from bot.answers.expert_fit import load_model
 from bot.answers.experts import ExpertModel
-from bot.answers.indexer import index_incident
+from bot.answers.indexer import index_incident, index_incidents
 from bot.answers.replies import Answerer
 from bot.answers.search import SearchIndex
 from bot.answers.training import fit_ranker
@@ -175,17 +175,9 @@ class Runtime:
     def learn_missed(self) -> list[str]:
         """Index the resolved incidents that are not past incidents yet (the process that resolved one stopped
         before indexing it, or indexing failed); their ids. One that fails again is logged and left for next time."""
-        learned = []
-        for incident in self.incidents().unlearned():
-            try:
-                index_incident(self.store, self.encoder, incident)
-            except Exception:  # the others are still worth indexing; the next start tries this one again
-                log.exception("could not index resolved incident id=%s", incident.id)
-                continue
-            learned.append(incident.id)
+        learned = index_incidents(self.store, self.encoder, self.incidents().unlearned())
         if learned:
             self.forget_experts()
-            log.info("resolved incidents indexed late count=%d ids=%s", len(learned), ",".join(learned))
         return learned
 
     def deploys(self) -> DeployService:
