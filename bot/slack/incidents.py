@@ -191,7 +191,7 @@ def resolve(
     """Resolve it, then index it; a restart between the two loses nothing.
 
     The summary and the note where it was declared are outbox rows written in the resolve's own transaction.
-    Indexing may wait for the model (seconds after a start), so it runs after the commit; an incident that a
+    Indexing may wait for the model (while it loads after a start), so it runs after the commit; an incident that a
     stopped process did not index is indexed at the next start (``Runtime.learn_missed``).
     """
 

@@ -216,8 +216,8 @@ def build_resolved_blocks(incident: LiveIncident) -> list[dict]:
         ("Services", escape(", ".join(incident.services) or "none named")),
     ]
     learned = (
-        "opsbot is indexing it now: within seconds it is searchable with `/ask` and counts for `/experts` (a note "
-        "follows here if that fails); `opsbot incidents export` writes it to the knowledge directory."
+        "opsbot is indexing it now; then it is searchable with `/ask` and counts for `/experts` (a note follows "
+        "here if that fails). `opsbot incidents export` writes it to the knowledge directory."
     )
     return [
         section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
