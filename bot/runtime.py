@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from bot.answers.encoder import Encoder, make_encoder
 from bot.answers.expert_fit import load_model
 from bot.answers.experts import ExpertModel
-from bot.answers.indexer import index_incident
+from bot.answers.indexer import index_incident, index_incidents
 from bot.answers.replies import Answerer
 from bot.answers.search import SearchIndex
 from bot.answers.training import fit_ranker
@@ -79,6 +79,10 @@ class Runtime:
             load = getattr(self.encoder, "load", None)
             if load:
                 load()
+            try:  # before the index is read, so that it holds them
+                self.learn_missed()
+            except Exception:  # a late indexing is never worth failing every question for
+                log.exception("could not look for resolved incidents to index")
             self._version = self.store.get_meta("index_version")
             self._index = SearchIndex(self.store, self.encoder)
             self.ready_seconds = time.perf_counter() - self.started
@@ -167,6 +171,14 @@ class Runtime:
         index_incident(self.store, self.encoder, incident)
         self.forget_experts()
         self.index()  # reloads, since index_incident changed the index version
+
+    def learn_missed(self) -> list[str]:
+        """Index the resolved incidents that are not past incidents yet (the process that resolved one stopped
+        before indexing it, or indexing failed); their ids. One that fails again is logged and left for next time."""
+        learned = index_incidents(self.store, self.encoder, self.incidents().unlearned())
+        if learned:
+            self.forget_experts()
+        return learned
 
     def deploys(self) -> DeployService:
         """The deploy state machine for the services.yaml stored by the last `opsbot index`."""

@@ -157,3 +157,31 @@ def test_a_section_holding_the_questions_words_together_is_kept_below_the_simila
     assert [h.path for h in reply.runbooks] == ["runbooks/scheduler-down.md"]
     assert reply.runbooks[0].quoted and reply.runbooks[0].section == "Meaning"
     runtime.close()
+
+
+def test_a_resolved_incident_a_stopped_process_did_not_index_is_indexed_at_the_next_start(tmp_path: Path) -> None:
+    first = indexed_runtime(tmp_path, {"runbooks/web-slow.md": RUNBOOK}, min_similarity=0.0)
+    incidents = first.incidents()
+    learned = incidents.declare("Badge readers offline at the north gate", "UALICE0001")
+    _, past = incidents.resolve(learned, "UALICE0001", "Restarted the badge controller")
+    first.learn_from(past)
+    # Resolved and committed, then the process died before learn_from: not a past incident, not searchable.
+    missed = incidents.declare("Label printers jammed in the warehouse", "UALICE0001")
+    incidents.resolve(missed, "UALICE0001", "Rolled the printer driver back")
+    still_open = incidents.declare("Label printers jammed again", "UALICE0001")
+    incidents.cancel(incidents.declare("Printers: declared twice", "UALICE0001"), "UALICE0001")
+    assert incidents.store.incident_ids() == {learned.id}
+    first.close()
+
+    encoder = FakeEncoder()
+    second = Runtime(first.settings, encoder=encoder, store=Store(tmp_path / "opsbot.db"))  # type: ignore[arg-type]
+    second.start_loading()
+
+    reply = second.answers.reply("label printers jammed in the warehouse")
+
+    assert missed.id in [h.incident_id for h in reply.incidents]
+    assert second.store.incident_ids() == {missed.id, learned.id}  # neither the open nor the cancelled one
+    assert still_open.id not in second.store.incident_ids()
+    assert not any("Badge readers" in text for text in encoder.encoded)  # the learned one is not embedded again
+    assert second.learn_missed() == []  # nothing left to catch up
+    second.close()

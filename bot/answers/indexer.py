@@ -266,3 +266,21 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     store.replace_document(doc, title_hash, [row for row, _ in rows], title_terms(store, doc))
     store.upsert_incident(incident, vector_hash)
     store.set_meta("index_version", uuid.uuid4().hex)
+
+
+def index_incidents(store: Store, encoder: Encoder, incidents: list[Incident]) -> list[str]:
+    """``index_incident`` for each one (resolved in Slack but not indexed yet); the ids of those it indexed.
+
+    One that fails is logged and left out; the others are still indexed.
+    """
+    indexed = []
+    for incident in incidents:
+        try:
+            index_incident(store, encoder, incident)
+        except Exception:  # the caller's next run tries this one again
+            log.exception("could not index resolved incident id=%s", incident.id)
+            continue
+        indexed.append(incident.id)
+    if indexed:
+        log.info("resolved incidents indexed late count=%d ids=%s", len(indexed), ",".join(indexed))
+    return indexed

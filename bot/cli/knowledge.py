@@ -41,6 +41,7 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
     Only new or changed text is embedded; removed files leave the index. The job runs at lower
     CPU priority (--nice 10), so a bot serving on the same machine answers Slack first. A file or
     entry with a problem is left out and the rest indexed; --strict then exits with status 1.
+    Incidents resolved in Slack that the bot did not index (it stopped first) are indexed too.
 
     \b
     Example:
@@ -48,8 +49,9 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
       opsbot index --nice 0 knowledge/     # nothing to make way for: full priority
       opsbot index --strict knowledge/     # in CI: fail on any problem
     """
-    from bot.answers.indexer import index_knowledge
+    from bot.answers.indexer import index_incidents, index_knowledge
     from bot.knowledge import root_problem
+    from bot.ops.incidents import IncidentService
 
     settings = load_settings(ctx)
     root = directory or settings.knowledge_dir
@@ -70,12 +72,14 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
 
     try:
         report = index_knowledge(store, encoder, root, progress)
+        # Resolved in Slack, but the bot stopped (or failed) before indexing them: searchable from now on.
+        late = index_incidents(store, encoder, IncidentService(store, set()).unlearned())
     finally:
         if "bar" in bar_state:
             bar_state["bar"].__exit__(None, None, None)
         store.close()
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json.dumps(report.as_dict() | {"resolved_incidents_indexed": late}, indent=2))
         if strict and report.problems:
             sys.exit(1)
         return
@@ -84,6 +88,9 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
         f"({report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
         f"{report.embedded} sections embedded, {report.reused} reused) in {report.seconds:.1f}s with {report.model_id}."
     )
+    if late:
+        ids = ", ".join(late)
+        click.echo(f"Indexed {len(late)} incident(s) resolved in Slack that the bot had not indexed: {ids}.")
     if report.experts_fit:
         click.echo(f"Expert suggestions: {report.experts_fit}.")
     for problem in report.problems:

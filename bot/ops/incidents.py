@@ -297,9 +297,18 @@ class IncidentService:
         return self._change(incident, actor, "severity", change)
 
     def resolve(
-        self, incident: LiveIncident, actor: str, resolution: str, root_cause: str = ""
+        self,
+        incident: LiveIncident,
+        actor: str,
+        resolution: str,
+        root_cause: str = "",
+        announce: Callable[[LiveIncident], None] | None = None,
     ) -> tuple[LiveIncident, Incident]:
-        """Close the incident once (recording its root cause when given); returns it and its write-up."""
+        """Close the incident once (recording its root cause when given); returns it and its write-up.
+
+        ``announce`` runs inside the resolve's transaction with the resolved incident: what it stores (the
+        summary's outbox rows) is committed with the resolve or not at all. It must not wait for anything slow.
+        """
         resolution, root_cause = resolution.strip(), " ".join(root_cause.split())
         if not resolution:
             raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION [--root-cause TEXT].")
@@ -312,8 +321,18 @@ class IncidentService:
                 self.store.update_live_incident(incident.id, root_cause=root_cause)
                 self.store.add_incident_event(incident.id, actor, "root_cause", f"Root cause: {root_cause}", now)
             self.store.add_incident_event(incident.id, actor, "resolved", f"Resolved: {resolution}", now)
-        live = self.get(incident.id)
+            live = self.get(incident.id)
+            if announce is not None:
+                announce(live)
         return live, to_incident(live)
+
+    def unlearned(self) -> list[Incident]:
+        """Write-ups of resolved incidents not among the past incidents yet (indexing failed, or the process
+        stopped between the resolve and its indexing), oldest first."""
+        learned = self.store.incident_ids()
+        missing = [r for r in self.store.live_incidents("resolved") if r["id"] not in learned]
+        lives = [self._live(r, self.store.incident_events(r["id"])) for r in missing]
+        return [to_incident(live) for live in sorted(lives, key=lambda i: (i.resolved_at, i.id))]
 
 
 def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: datetime) -> list[DeployRequest]:

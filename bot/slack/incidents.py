@@ -27,6 +27,7 @@ from bot.slack.blocks.incidents import (
     build_resolved_blocks,
     build_status_blocks,
     escape,
+    not_indexed_text,
     read_resolve_view,
     resolved_fallback_text,
     title_line,
@@ -187,17 +188,25 @@ def resolve(
     resolution: str,
     root_cause: str = "",
 ) -> None:
-    live, past = incidents.resolve(incident, user, resolution, root_cause)
+    """Resolve it, then index it; a restart between the two loses nothing.
+
+    The summary and the note where it was declared are outbox rows written in the resolve's own transaction.
+    Indexing may wait for the model (while it loads after a start), so it runs after the commit; an incident that a
+    stopped process did not index is indexed at the next start (``Runtime.learn_missed``).
+    """
+
+    def announce(live: LiveIncident) -> None:  # inside the transaction: outbox rows only, nothing slow
+        post(web, live.channel, (resolved_fallback_text(live), build_resolved_blocks(live)), url)
+        if live.origin_channel and live.origin_channel != live.channel:
+            post(web, live.origin_channel, (f":white_check_mark: {title_line(live)} is resolved.", []))
+
+    live, past = incidents.resolve(incident, user, resolution, root_cause, announce=announce)
     log.info("incident resolved id=%s by=%s minutes=%s", live.id, user, live.minutes_to_restore)
-    searchable = True
-    try:  # before the summary, so that once people read it, /ask and /experts know the incident
+    try:
         runtime.learn_from(past)
-    except Exception:
-        searchable = False
+    except Exception:  # the summary promised a note when indexing fails
         log.exception("could not index resolved incident id=%s", live.id)
-    post(web, live.channel, (resolved_fallback_text(live), build_resolved_blocks(live, searchable)), url)
-    if live.origin_channel and live.origin_channel != live.channel:
-        post(web, live.origin_channel, (f":white_check_mark: {title_line(live)} is resolved.", []))
+        post(web, live.channel, (not_indexed_text(live), []), url)
 
 
 def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:

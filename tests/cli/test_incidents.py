@@ -182,3 +182,20 @@ def test_export_writes_the_recorded_root_cause_and_environment_and_skips_cancell
     assert refused.exit_code == 1 and "INC-2026-0004 was cancelled (declared by mistake)" in refused.stderr
     listed = invoke("incidents", "list", "--all").stdout
     assert "INC-2026-0004  SEV4  cancelled  Test alert  [order-pipeline]  prod" in listed
+
+
+def test_index_makes_an_incident_resolved_in_slack_but_never_indexed_searchable(
+    incidents: IncidentService, knowledge: Path
+) -> None:
+    # The fixture resolved INC-2026-0001 without indexing it, as a bot killed right after the resolve leaves it.
+    store = incidents.store
+    assert [i.id for i in incidents.unlearned()] == ["INC-2026-0001"]
+
+    result = invoke("index", "--nice", "0", str(knowledge))
+
+    assert result.exit_code == 0, result.output
+    assert "Indexed 1 incident(s) resolved in Slack that the bot had not indexed: INC-2026-0001." in result.stdout
+    assert store.incident_ids() == {"INC-2026-0001"} and "slack:INC-2026-0001" in store.document_hashes()
+    assert incidents.unlearned() == []
+    again = json.loads(invoke("index", "--nice", "0", "--json", str(knowledge)).stdout)
+    assert again["resolved_incidents_indexed"] == []

@@ -131,3 +131,24 @@ def test_everyone_given_a_role_is_a_responder_when_it_is_resolved(store: Store) 
     _, past = incidents.resolve(live, DANIEL, "Raised the pool size.")
     # Neither the comms person nor the first lead typed anything, and both get the credit.
     assert past.responders == (DANIEL, first_lead, comms, PRIYA)
+
+
+def test_resolve_announces_inside_its_transaction_and_a_failed_announcement_changes_nothing(store: Store) -> None:
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    seen: list[tuple[str, str, bool]] = []
+
+    def announce(resolved: LiveIncident) -> None:
+        seen.append((resolved.status, resolved.resolution, store.in_transaction_here()))
+
+    def refused(resolved: LiveIncident) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        incidents.resolve(live, DANIEL, "Raised the pool size.", "pool too small", announce=refused)
+    after = incidents.get(live.id)
+    assert after.is_open and after.root_cause == "" and [e["kind"] for e in after.events] == ["declared"]
+
+    resolved, _ = incidents.resolve(live, DANIEL, "Raised the pool size.", announce=announce)
+    assert seen == [("resolved", "Raised the pool size.", True)] and resolved.status == "resolved"
+    assert [i.id for i in incidents.unlearned()] == [live.id]  # resolved, not yet a past incident

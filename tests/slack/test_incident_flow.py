@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from slack_sdk import WebClient
 
+from bot.models import Incident
 from bot.ops.requests import new_row
-from bot.runtime import Runtime
+from bot.runtime import NotReady, Runtime
 from bot.slack import ids
 from bot.slack.incident_commands import parse_assign, parse_declare, split_incident_id
 from bot.slack.incidents import channel_name
@@ -196,23 +200,100 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
     pinned = [e for e in timeline(runtime, incident_id) if e[1] == "pinned"]
     assert pinned == [(MARCUS, "pinned", "Rolled back scanner firmware to 4.1.9 & rebooted")]
 
-    # Resolve: the summary, then at once searchable and training the expert model.
+    # Resolve: the summary, then within seconds searchable and training the expert model.
     resolution = "Rolled the scanner firmware back to 4.1.9 and paused the push"
     summary = say(slack, slack_api, f"resolve {resolution}", user=DANIEL, channel=channel)
     text = shown(summary)
     assert f":white_check_mark: *Resolved:* *{incident_id}*" in text
     assert "*Time to restore*\n0 min" in text or "*Time to restore*\n1 min" in text
     assert f"*Responders*\n<@{DANIEL}>, <@{PRIYA}>, <@{MARCUS}>" in text
-    assert resolution in text and "firmware 4.2.1" in text and "now searchable" in text
+    assert resolution in text and "firmware 4.2.1" in text and "opsbot is indexing it now" in text
     slack_api.wait_for(
         "chat.postMessage", predicate=lambda c: c.body["channel"] == OPS and "resolved" in c.body["text"]
     )
 
-    reply = runtime.answers.reply(title)
+    # Indexed after the summary is stored: searchable a moment later.
+    reply = eventually(
+        lambda: runtime.answers.reply(title), lambda r: incident_id in [h.incident_id for h in r.incidents], 60
+    )
     assert incident_id in [h.incident_id for h in reply.incidents]
     suggestions = runtime.answers.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
     daniel = next(s for s in suggestions if s.expert.id == DANIEL)
     assert incident_id in [i.id for i in daniel.incidents] and suggestions[0].expert.id == DANIEL
+
+
+def test_the_summary_and_the_note_where_it_was_declared_are_stored_with_the_resolve_before_indexing(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    incident_id, bodies = declare(slack, slack_api, "Label printers in Venlo print blank labels", parts=5)
+    channel = bodies[0]["channel"]
+    indexing, release = threading.Event(), threading.Event()
+    learn = runtime.learn_from
+
+    def held_learn_from(past: Incident) -> None:  # indexing waits, as for a model still loading after a restart
+        indexing.set()
+        release.wait(60)
+        learn(past)
+
+    monkeypatch.setattr(runtime, "learn_from", held_learn_from)
+    with closing(sqlite3.connect(runtime.settings.db_path)) as db:
+        (before,) = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()
+
+    assert slack.command("/incident", "resolve Replaced the ribbon driver", user=PRIYA, channel=channel).status == 200
+    assert indexing.wait(30)
+    try:
+        # What a SIGKILL now would leave on disk, read by another connection: the resolve and both posts.
+        with closing(sqlite3.connect(f"file:{runtime.settings.db_path}?mode=ro", uri=True)) as db:
+            (status,) = db.execute("SELECT status FROM live_incidents WHERE id = ?", [incident_id]).fetchone()
+            lanes = db.execute(
+                "SELECT lane FROM outbox WHERE method = 'chat.postMessage' AND id > ? ORDER BY id", [before]
+            ).fetchall()
+        assert status == "resolved"
+        assert [lane for (lane,) in lanes] == [channel, OPS]
+        # ... and Slack shows them while the indexing still waits.
+        (summary,) = slack_api.wait_for(
+            "chat.postMessage",
+            timeout=20,
+            predicate=lambda c: c.body["channel"] == channel and "Resolved" in shown(c.body),
+        )
+        assert "opsbot is indexing it now" in shown(summary.body)
+        slack_api.wait_for(
+            "chat.postMessage",
+            timeout=20,
+            predicate=lambda c: c.body["channel"] == OPS and "is resolved" in c.body["text"],
+        )
+    finally:
+        release.set()
+    reply = eventually(
+        lambda: runtime.answers.reply("label printers print blank labels"),
+        lambda r: incident_id in [h.incident_id for h in r.incidents],
+        60,
+    )
+    assert incident_id in [h.incident_id for h in reply.incidents]
+
+
+def test_when_indexing_fails_a_note_after_the_summary_says_it_is_not_searchable_yet_and_how_to_fix_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    incident_id, _ = declare(slack, slack_api, "Label printers in Venlo print blank labels")
+
+    def failing_learn_from(past: Incident) -> None:
+        raise NotReady("the model or index could not be loaded: out of memory")
+
+    monkeypatch.setattr(runtime, "learn_from", failing_learn_from)
+    summary = say(slack, slack_api, f"resolve {incident_id} Replaced the ribbon driver")
+    assert f"*Resolved:* *{incident_id}*" in shown(summary)
+
+    (note,) = slack_api.wait_for(
+        "chat.postMessage", timeout=20, predicate=lambda c: c.body["channel"] == OPS and ":warning:" in c.body["text"]
+    )
+    assert note.body["text"] == (
+        f":warning: {incident_id} could not be indexed, so it is not searchable with `/ask` yet and does not count "
+        "for `/experts`. opsbot tries again when it next starts; `opsbot index` on the opsbot server does it now."
+    )
+    assert runtime.incidents().get(incident_id).status == "resolved"
+    assert [i.id for i in runtime.incidents().unlearned()] == [incident_id]  # what the next start indexes
 
 
 def test_when_slack_refuses_the_channel_the_incident_lives_where_it_was_declared(

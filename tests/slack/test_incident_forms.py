@@ -12,6 +12,7 @@ from bot.ops.incident_writeup import NO_ROOT_CAUSE, export_yaml, to_incident
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import FakeSlackAPI
+from tests.fakes import eventually
 from tests.slack.conftest import TEAM, Response, SlackDriver, shown
 from tests.slack.test_incident_flow import DANIEL, MARCUS, OPS, PRIYA, declare, deploy_row, incident, say, timeline
 
@@ -37,6 +38,11 @@ def submit_view(slack: SlackDriver, view: dict, values: dict[str, str], user: st
         },
     }
     return slack.post(urllib.parse.urlencode({"payload": json.dumps(payload)}), "application/x-www-form-urlencoded")
+
+
+def indexed(runtime: Runtime, incident_id: str) -> None:
+    """Wait until a resolved incident is indexed: that follows its summary, in the listener's thread."""
+    assert incident_id in eventually(runtime.store.incident_ids, lambda ids: incident_id in ids, 60)
 
 
 def test_severity_roles_and_updates_in_the_forms_other_tools_use(
@@ -80,6 +86,7 @@ def test_a_root_cause_is_recorded_shown_and_exported(
     written = export_yaml(to_incident(runtime.incidents().get(incident_id)))
     assert f"root_cause: {cause}" in written and NO_ROOT_CAUSE not in written
     assert "env: prod" in written
+    indexed(runtime, incident_id)
     (past,) = [i for i in runtime.store.load_incidents() if i.id == incident_id]
     assert (past.root_cause, past.env) == (cause, "prod")
 
@@ -116,6 +123,7 @@ def test_resolve_without_text_opens_a_dialog_with_a_root_cause_field(
     assert f":white_check_mark: *Resolved:* *{incident_id}*" in text and f"*Root cause*\n{cause}" in text
     live = runtime.incidents().get(incident_id)
     assert (live.status, live.resolution, live.root_cause) == ("resolved", "Rolled back the config", cause)
+    indexed(runtime, incident_id)
 
 
 def test_resolve_with_only_a_root_cause_opens_the_dialog_with_the_cause_filled_in(

@@ -203,8 +203,11 @@ def build_list_text(incidents: list[LiveIncident]) -> str:
     return "\n".join(lines)[:MAX_TEXT]
 
 
-def build_resolved_blocks(incident: LiveIncident, searchable: bool = True) -> list[dict]:
-    """The summary after resolve: time to restore, responders, resolution and the whole timeline."""
+def build_resolved_blocks(incident: LiveIncident) -> list[dict]:
+    """The summary after resolve: time to restore, responders, resolution and the whole timeline.
+
+    It is stored with the resolve, before the incident is indexed, so it says what happens next, not what did.
+    """
     responders = ", ".join(f"<@{r}>" for r in incident.responders) or "nobody recorded"
     facts = [
         ("Severity", f"SEV{incident.severity}"),
@@ -213,10 +216,8 @@ def build_resolved_blocks(incident: LiveIncident, searchable: bool = True) -> li
         ("Services", escape(", ".join(incident.services) or "none named")),
     ]
     learned = (
-        "It is now searchable with `/ask` and counts for `/experts`; `opsbot incidents export` writes it to the "
-        "knowledge directory."
-        if searchable
-        else "It could not be indexed just now; `opsbot index` will pick it up after `opsbot incidents export`."
+        "opsbot is indexing it now; then it is searchable with `/ask` and counts for `/experts` (a note follows "
+        "here if that fails). `opsbot incidents export` writes it to the knowledge directory."
     )
     return [
         section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
@@ -226,6 +227,14 @@ def build_resolved_blocks(incident: LiveIncident, searchable: bool = True) -> li
         section(f"*Timeline*\n{timeline_lines(incident)}"),
         context(learned),
     ]
+
+
+def not_indexed_text(incident: LiveIncident) -> str:
+    """The note after a summary when indexing the resolved incident failed: what that means and how to fix it."""
+    return (
+        f":warning: {incident.id} could not be indexed, so it is not searchable with `/ask` yet and does not count "
+        "for `/experts`. opsbot tries again when it next starts; `opsbot index` on the opsbot server does it now."
+    )
 
 
 def resolved_fallback_text(incident: LiveIncident) -> str:
