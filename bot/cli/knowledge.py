@@ -96,7 +96,11 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
     for problem in report.problems:
         click.echo(f"Warning: {problem}", err=True)
     if report.problems:
-        click.echo(f"{problems_line(report.problems)}; what they name was left out of the index.", err=True)
+        click.echo(
+            f"{problems_line(report.problems)} (above): fix them and index again; `opsbot check` lists them without "
+            "indexing.",
+            err=True,
+        )
         if strict:
             sys.exit(1)
 

@@ -109,7 +109,7 @@ def test_plain_index_indexes_what_is_valid_says_how_many_problems_and_exits_0(br
 
     assert result.exit_code == 0, result.output
     assert result.stderr.count("Warning: services.yaml:") == 3
-    assert "3 problems in 1 file; what they name was left out of the index." in result.stderr
+    assert "3 problems in 1 file (above): fix them and index again" in result.stderr
 
 
 @pytest.mark.parametrize("json_flag", [(), ("--json",)])
