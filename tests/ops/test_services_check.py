@@ -274,10 +274,16 @@ def test_a_list_of_owners_is_reported_at_the_line_of_the_owner(tmp_path: Path) -
     "team, says",
     [
         ("sre", None),
-        ("sr", "services.api.team: 'sr' is a team nobody on the roster (experts.yaml) belongs to, so no rota covers "
-         "api through it; did you mean `sre`?"),
-        ("billing", "'billing' is a team nobody on the roster (experts.yaml) belongs to, so no rota covers api "
-         "through it; the roster's teams are data, sre, web"),
+        (
+            "sr",
+            "services.api.team: 'sr' is a team nobody on the roster (experts.yaml) belongs to, so no rota covers "
+            "api through it; did you mean `sre`?",
+        ),
+        (
+            "billing",
+            "'billing' is a team nobody on the roster (experts.yaml) belongs to, so no rota covers api "
+            "through it; the roster's teams are data, sre, web",
+        ),
         ("[sre, web]", "services.api.team: ['sre', 'web'] must be one team of the roster, such as data"),
     ],
 )
