@@ -147,15 +147,7 @@ class Runtime:
     def incidents(self) -> IncidentService:
         """Incidents declared in Slack; services known from services.yaml, the roster and past incidents."""
 
-        def build() -> IncidentService:
-            known = set(self.store.service_configs())
-            known.update(s for e in self.store.load_experts() for s in e.services)
-            known.update(s for i in self.store.load_incidents() for s in i.services)
-            deploys = DeployService.from_store(self.store)  # its environments and settings.incident_env
-            envs = {env for config in deploys.services.values() for env in config.environments}
-            return IncidentService(self.store, known, default_env=deploys.settings.incident_env, environments=envs)
-
-        return self._for_index_version("incidents", build)
+        return self._for_index_version("incidents", lambda: IncidentService.from_store(self.store))
 
     def alerts(self) -> AlertService:
         """Alert groups from Alertmanager, routed and silenced under the services.yaml of the last `opsbot index`."""

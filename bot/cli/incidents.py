@@ -43,7 +43,7 @@ def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 
     store = _open_store(ctx)
     try:
-        found = [i for i in IncidentService(store, set()).list_all() if show_all or i.is_open]
+        found = [i for i in IncidentService.from_store(store).list_all() if show_all or i.is_open]
     finally:
         store.close()
     if as_json:
@@ -114,7 +114,7 @@ def incidents_export(
     settings = load_settings(ctx)
     store = open_db(settings.db_path)
     try:
-        found = IncidentService(store, set())
+        found = IncidentService.from_store(store)
         chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if i.status == "resolved"]
         known = set(store.service_configs()) | {s for e in store.load_experts() for s in e.services}
         known |= {s for i in [*store.load_incidents(), *found.list_all()] for s in i.services}

@@ -73,7 +73,7 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
     try:
         report = index_knowledge(store, encoder, root, progress)
         # Resolved in Slack, but the bot stopped (or failed) before indexing them: searchable from now on.
-        late = index_incidents(store, encoder, IncidentService(store, set()).unlearned())
+        late = index_incidents(store, encoder, IncidentService.from_store(store).unlearned())
     finally:
         if "bar" in bar_state:
             bar_state["bar"].__exit__(None, None, None)

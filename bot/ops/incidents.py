@@ -97,6 +97,19 @@ class IncidentService:
         self.default_env = default_env  # services.yaml settings.incident_env
         self.environments = environments or set()  # the environments services.yaml names; empty: any name
 
+    @classmethod
+    def from_store(cls, store: Store) -> IncidentService:
+        """Built as `opsbot index` left things: services known from services.yaml, the roster and past incidents,
+        and the environments and settings.incident_env of services.yaml."""
+        from bot.ops.deploys import DeployService  # deploys reach incidents through metrics: imported when used
+
+        known = set(store.service_configs())
+        known.update(s for e in store.load_experts() for s in e.services)
+        known.update(s for i in store.load_incidents() for s in i.services)
+        deploys = DeployService.from_store(store)
+        envs = {env for config in deploys.services.values() for env in config.environments}
+        return cls(store, known, default_env=deploys.settings.incident_env, environments=envs)
+
     def declare(
         self,
         title: str,

@@ -199,3 +199,15 @@ def test_index_makes_an_incident_resolved_in_slack_but_never_indexed_searchable(
     assert incidents.unlearned() == []
     again = json.loads(invoke("index", "--nice", "0", "--json", str(knowledge)).stdout)
     assert again["resolved_incidents_indexed"] == []
+
+
+def test_the_command_line_reads_an_incident_without_an_environment_as_services_yaml_says(
+    incidents: IncidentService,
+) -> None:
+    # Declared before incidents had an environment: the one services.yaml's settings.incident_env names, as in Slack.
+    store = incidents.store
+    with store.transaction():
+        store.update_live_incident("INC-2026-0002", env="")
+    store.set_meta("deploy_settings", json.dumps({"incident_env": "production"}))
+    listed = invoke("incidents", "list").stdout
+    assert "INC-2026-0002  SEV3  open  Kafka consumer lag on orders  [order-pipeline]  production" in listed
