@@ -187,8 +187,10 @@ def resolve(
     user: str,
     resolution: str,
     root_cause: str = "",
+    typed_in: str = "",
 ) -> None:
-    """Resolve it, then index it; a restart between the two loses nothing.
+    """Resolve it, then index it; a restart between the two loses nothing (``typed_in``: the channel the command
+    was typed in, told privately where the summary is when it is elsewhere).
 
     The summary and the note where it was declared are outbox rows written in the resolve's own transaction.
     Indexing may wait for the model (while it loads after a start), so it runs after the commit; an incident that a
@@ -202,6 +204,8 @@ def resolve(
 
     live, past = incidents.resolve(incident, user, resolution, root_cause, announce=announce)
     log.info("incident resolved id=%s by=%s minutes=%s", live.id, user, live.minutes_to_restore)
+    if typed_in and typed_in != live.channel:  # now, not after the indexing, which may wait for the model
+        say_privately(web, url, f"{live.id} is resolved; the summary is in <#{live.channel}>.")
     try:
         runtime.learn_from(past)
     except Exception:  # the summary promised a note when indexing fails
@@ -243,9 +247,7 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
     elif asked.sub == "resolve" and not asked.text:
         open_resolve_dialog(web, command, incident, asked.root_cause)
     elif asked.sub == "resolve":
-        resolve(runtime, incidents, web, url, incident, user, asked.text, asked.root_cause)
-        if channel != incident.channel:
-            say_privately(web, url, f"{incident.id} is resolved; the summary is in <#{incident.channel}>.")
+        resolve(runtime, incidents, web, url, incident, user, asked.text, asked.root_cause, typed_in=channel)
 
 
 def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIncident, user: str, why: str) -> None:

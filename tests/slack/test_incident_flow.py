@@ -273,6 +273,33 @@ def test_the_summary_and_the_note_where_it_was_declared_are_stored_with_the_reso
     assert incident_id in [h.incident_id for h in reply.incidents]
 
 
+def test_resolving_from_another_channel_says_where_the_summary_is_without_waiting_for_the_indexing(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    incident_id, bodies = declare(slack, slack_api, "Label printers in Venlo print blank labels", parts=5)
+    channel = bodies[0]["channel"]
+    indexing, release = threading.Event(), threading.Event()
+    learn = runtime.learn_from
+
+    def held_learn_from(past: Incident) -> None:
+        indexing.set()
+        release.wait(60)
+        learn(past)
+
+    monkeypatch.setattr(runtime, "learn_from", held_learn_from)
+    typed = slack.command("/incident", f"resolve {incident_id} Replaced the ribbon driver", user=PRIYA, channel=OPS)
+    assert typed.status == 200
+    assert indexing.wait(30)
+    try:
+        (told,) = slack_api.wait_for(
+            "response_url", timeout=20, predicate=lambda c: "the summary is in" in c.body.get("text", "")
+        )
+        assert told.body["text"] == f"{incident_id} is resolved; the summary is in <#{channel}>."
+    finally:
+        release.set()
+
+
 def test_when_indexing_fails_a_note_after_the_summary_says_it_is_not_searchable_yet_and_how_to_fix_it(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
