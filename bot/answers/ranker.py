@@ -32,10 +32,11 @@ FEATURES = (
     "best_cos",  # how close in meaning anything is: when nothing is, dense evidence is noise
     "document_cos",  # cosine with the document as a whole (the mean of its sections' vectors)
     "document_gap",  # the query's best document cosine minus this document's
+    "title_phrase",  # IDF-weighted share of the query's words standing next to another of them in the title, as in it
 )
 # How each feature may move the score: more evidence for a document never counts against it (+1), a worse
 # rank or a larger gap never for it (-1). Features of the query as a whole (0) only shape how the rest count.
-MONOTONE = (1, -1, -1, 1, -1, -1, 1, -1, 1, 1, 1, 0, 1, 0, 0, 1, -1)
+MONOTONE = (1, -1, -1, 1, -1, -1, 1, -1, 1, 1, 1, 0, 1, 0, 0, 1, -1, 1)
 RRF_K = 60.0  # reciprocal-rank fusion, before a ranker is fitted (the constant of its paper)
 CANDIDATES = 50  # documents taken from the top of each list; a relevant document below that in all three is lost
 
@@ -131,9 +132,11 @@ def features(
     x[:, 7] = rank_of("bm25")
     known = {s: w for s in sig.stems if (w := stats.idf(s)) > 0}  # words the corpus does not have match nothing
     total = sum(known.values())
+    pairs = set(zip(sig.stems, sig.stems[1:], strict=False))  # the query's words next to each other, in order
     if total:
         for i, d in enumerate(docs):
-            title = frozenset(stats.title_terms[int(d)]) if int(d) < len(stats.title_terms) else frozenset()
+            terms = stats.title_terms[int(d)] if int(d) < len(stats.title_terms) else ()
+            title = frozenset(terms)
             found = sig.matched.get(int(d), frozenset()) | title
             x[i, 10] = sum(w for s, w in known.items() if s in found) / total
             if title:
@@ -141,6 +144,9 @@ def features(
                 x[i, 8] = shared / total
                 title_mass = sum(stats.idf(t) for t in title)
                 x[i, 9] = shared / title_mass if title_mass else 0.0
+                # `virt-operator` names VirtOperatorDown, where VirtAPIDown holds the two words apart or not at all
+                together = {w for pair in pairs.intersection(zip(terms, terms[1:], strict=False)) for w in pair}
+                x[i, 17] = sum(known.get(w, 0.0) for w in together) / total
         x[:, 11] = x[:, 10].max()
     if sig.whole:
         x[:, 12] = [1.0 / len(sig.whole) if int(d) in sig.whole else 0.0 for d in docs]

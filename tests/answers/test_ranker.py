@@ -72,6 +72,35 @@ def test_features_describe_each_documents_evidence_against_the_best() -> None:
     assert first["document_cos"] == pytest.approx(0.5) and first["document_gap"] == pytest.approx(0.15)
 
 
+def test_words_standing_together_in_the_query_and_in_a_title_are_a_phrase_of_that_title() -> None:
+    # "No running virt-operator pods": VirtOperatorDown and NoReadyVirtOperator hold `virt operator` as the query
+    # does; VirtAPIDown has one of the two words, OperatorVirt both but the other way round.
+    stats = CorpusStats(
+        chunks=100,
+        term_chunks={"run": 30, "virt": 40, "oper": 20, "pod": 50},
+        title_terms=[
+            ("virt", "oper", "down"),
+            ("virt", "api", "down"),
+            ("no", "readi", "virt", "oper"),
+            ("oper", "virt"),
+        ],
+    )
+    sig = Signals(
+        section=np.array([0.5, 0.6, 0.5, 0.4], dtype=np.float32),
+        title=None,
+        chunk_sims=None,
+        bm25={},
+        bm25_chunk={},
+        stems=["no", "run", "virt", "oper", "pod"],  # "no" is in no chunk: it counts for nobody
+    )
+    docs = np.arange(4)
+    _, ranks = candidates(sig)
+    phrase = features(sig, docs, ranks, stats)[:, FEATURES.index("title_phrase")]
+    idf = {s: stats.idf(s) for s in ("run", "virt", "oper", "pod")}
+    expected = (idf["virt"] + idf["oper"]) / sum(idf.values())
+    assert phrase.tolist() == pytest.approx([expected, 0.0, expected, 0.0])
+
+
 def test_fusion_is_reciprocal_rank_with_a_missing_rank_counted_last() -> None:
     ranks = {"section": {0: 0, 1: 1}, "bm25": {1: 0}}
     assert fuse(np.array([0, 1]), ranks).tolist() == pytest.approx([1 / 61 + 1 / (61 + CANDIDATES), 1 / 62 + 1 / 61])
