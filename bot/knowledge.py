@@ -3,7 +3,7 @@
 Every file is read on its own: a broken file becomes a Problem with its path and line,
 and everything else still loads. Each kind of file is parsed in ``bot.runbook_file``, ``bot.record_files``
 (incidents, the roster, channels.yaml) and ``bot.services_file``; this module walks the directory,
-and ``bot.knowledge_xref`` checks the services incidents and runbooks name against services.yaml.
+and ``bot.knowledge_xref`` checks the services incidents, runbooks and the roster name against services.yaml.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.knowledge_fields import FileProblem
-from bot.knowledge_xref import NamedService, named_services, other_services, service_name_problems
+from bot.knowledge_xref import NamedService, named_services, other_services, roster_services, service_name_problems
 from bot.models import Expert, Incident, KnowledgeBase, Problem
 from bot.record_files import incident_document, parse_channels, parse_incident, parse_roster, parse_roster_rotations
 from bot.runbook_file import parse_runbook
@@ -40,7 +40,7 @@ def root_problem(root: Path) -> str | None:
 def load_knowledge(root: Path) -> KnowledgeBase:
     """Load every runbook, incident and the roster under ``root``."""
     kb = KnowledgeBase(root=str(root))
-    named: list[NamedService] = []  # the services each incident and runbook names, checked against services.yaml
+    named: list[NamedService] = []  # the services each file, person and rota names, checked against services.yaml
     runbooks = root / "runbooks"
     found = sorted(p for p in runbooks.rglob("*") if p.suffix.lower() == ".md") if runbooks.is_dir() else []
     for path in found:  # README.MD counts as much as readme.md
@@ -53,12 +53,14 @@ def load_knowledge(root: Path) -> KnowledgeBase:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
     roster = root / "experts.yaml"
     if roster.is_file() and (text := _read(kb, "experts.yaml", roster)) is not None:
-        kb.experts, problems = parse_roster("experts.yaml", text)
+        entries: list[int] = []
+        kb.experts, problems = parse_roster("experts.yaml", text, entries)
         kb.problems.extend(problems)
         if problems and not kb.experts:
             kb.failed_paths.add("experts.yaml")
         kb.rotations, problems = parse_roster_rotations("experts.yaml", text, kb.experts)
         kb.problems.extend(problems)
+        named += roster_services("experts.yaml", text, kb.experts, entries, kb.rotations)
     services = root / "services.yaml"
     if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
         roster = None if "experts.yaml" in kb.failed_paths else kb.experts  # a broken roster is reported already

@@ -155,8 +155,9 @@ def incident_document(incident: Incident, digest: str) -> Document:
     )
 
 
-def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
-    """The roster: a list of people under ``people:``; a bad entry is reported and skipped."""
+def parse_roster(rel: str, text: str, entries: list[int] | None = None) -> tuple[list[Expert], list[Problem]]:
+    """The roster: a list of people under ``people:``; a bad entry is reported and skipped. ``entries`` gets each
+    loaded person's place in the list (from 0), for finding their lines again."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -182,6 +183,8 @@ def parse_roster(rel: str, text: str) -> tuple[list[Expert], list[Problem]]:
             continue
         seen.add(expert.id)
         experts.append(expert)
+        if entries is not None:
+            entries.append(index)
     return experts, problems
 
 

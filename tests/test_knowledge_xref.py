@@ -1,4 +1,4 @@
-"""Service names across knowledge files: what incidents and runbooks name, checked against services.yaml.
+"""Service names across knowledge files: what incidents, runbooks and the roster name, checked against services.yaml.
 
 A slip of a defined service is a problem with its file, line and the service meant; a name close to none is
 another service (retired, or not deployed through opsbot), only noted.
@@ -38,9 +38,9 @@ Checkout is slow; look at the pool first.
 """
 
 
-def knowledge(root: Path, files: dict[str, str], services: str | None = SERVICES) -> list[str]:
-    """The problems of a folder holding the roster, ``services`` as services.yaml and ``files`` (path: text)."""
-    write(root, "experts.yaml", ROSTER)
+def knowledge(root: Path, files: dict[str, str], services: str | None = SERVICES, roster: str = ROSTER) -> list[str]:
+    """The problems of a folder holding ``roster``, ``services`` as services.yaml and ``files`` (path: text)."""
+    write(root, "experts.yaml", roster)
     if services is not None:
         write(root, "services.yaml", services)
     for rel, text in files.items():
@@ -110,11 +110,103 @@ def test_a_slip_is_one_close_word_or_only_case_and_separators(name: str, meant: 
     assert near_service(name, ["checkout-api", "payments-gateway", "discovery/file"]) == meant
 
 
+ROSTER_SERVICES = """\
+people:
+  - id: U03F8K2LQ1
+    name: Priya Raman
+    team: payments
+    services:
+      - checkout-api
+      - {first}
+  - id: U0BR0KEN1
+    nme: Nobody
+    team: payments
+  - id: U03H1M9TZ4
+    name: Marcus Oyelaran
+    team: payments
+    services: {second}
+  - id: U04C2RN8VD
+    name: Daniel Okafor
+    team: platform
+rotations:
+  payments:
+    members: [U03F8K2LQ1, U03H1M9TZ4]
+    handoff: monday 09:00
+    start: 2026-01-05
+    services: [payments-gateway, {third}]
+"""
+
+
+def roster(first: str = "payments-gateway", second: str = "checkout-api", third: str = "checkout-api") -> str:
+    """A roster whose people and rota name ``first``, ``second`` and ``third``; its second person does not load."""
+    return ROSTER_SERVICES.format(first=first, second=second, third=third)
+
+
+def test_the_roster_with_defined_services_only_is_clean(tmp_path: Path) -> None:
+    assert knowledge(tmp_path, {}, roster=roster()) == ["experts.yaml:8: person #2: missing name"]
+    assert load_knowledge(tmp_path).notes == []
+
+
+def test_a_slip_in_a_persons_services_is_a_problem_with_their_line_and_what_it_breaks(tmp_path: Path) -> None:
+    found = knowledge(tmp_path, {}, roster=roster(first="payments-gatway", second="Checkout_API"))[1:]
+
+    assert [p.split(" As written")[0] for p in found] == [
+        "experts.yaml:7: person #1 (U03F8K2LQ1): services: `payments-gatway` is not a service of services.yaml; "
+        "did you mean `payments-gateway`?",
+        "experts.yaml:14: person #3 (U03H1M9TZ4): services: `Checkout_API` is not a service of services.yaml; "
+        "did you mean `checkout-api`?",  # one name, not a list: the key's line
+    ], found
+    assert (
+        "As written, Priya Raman is not an owner of payments-gateway, so expert suggestions for payments-gateway "
+        "miss their ownership signal. Correct the name, or, if `payments-gatway` is another service, add it to "
+        "services.yaml"
+    ) in found[0]
+
+
+def test_a_roster_that_is_only_the_list_of_people_has_its_lines_too(tmp_path: Path) -> None:
+    people = roster(second="payments-gatway").split("rotations:")[0].removeprefix("people:\n")
+
+    found = knowledge(tmp_path, {}, roster=people)[1:]
+
+    assert len(found) == 1 and found[0].startswith("experts.yaml:13: person #3 (U03H1M9TZ4): services: "), found
+
+
+def test_a_slip_in_a_rotas_services_is_a_problem_with_its_line_and_what_it_breaks(tmp_path: Path) -> None:
+    found = knowledge(tmp_path, {}, roster=roster(third="chekout-api"))[1:]
+
+    assert len(found) == 1, found
+    assert found[0].startswith(
+        "experts.yaml:23: rotations.payments.services: `chekout-api` is not a service of services.yaml; "
+        "did you mean `checkout-api`? As written, the payments rota does not cover checkout-api, so /oncall "
+        "checkout-api and the on-call signal of expert suggestions find a rota for checkout-api only through "
+        "services.yaml `team:` or its owners' teams. Correct the name"
+    ), found
+
+
+def test_a_name_in_the_roster_unlike_every_defined_service_is_only_noted(tmp_path: Path) -> None:
+    assert len(knowledge(tmp_path / "roster", {}, roster=roster(first="ledger-etl", third="ledger-etl"))) == 1
+    runbook = {"runbooks/a.md": RUNBOOK.format(service="legacy-checkout-api")}
+    assert len(knowledge(tmp_path / "both", runbook, roster=roster(second="shard-2"))) == 1
+
+    assert load_knowledge(tmp_path / "roster").notes == [
+        "the roster names 1 service(s) services.yaml does not define, taken as services opsbot does not deploy: "
+        "ledger-etl (1 file). Add any that opsbot should know to services.yaml."
+    ]
+    both = load_knowledge(tmp_path / "both").notes
+    assert both[0].startswith(
+        "runbooks or the roster name 2 service(s) services.yaml does not define, taken as services opsbot does not "
+        "deploy: legacy-checkout-api (1 file), shard-2 (1 file)."
+    ), both
+
+
 def test_without_services_in_services_yaml_no_name_is_checked(tmp_path: Path) -> None:
     runbook = RUNBOOK.format(service="chekout-api")
-    assert knowledge(tmp_path / "none", {"runbooks/a.md": runbook}, None) == []
-    assert knowledge(tmp_path / "empty", {"runbooks/a.md": runbook}, "services: {}\n") == []
-    assert load_knowledge(tmp_path / "none").notes == []
+    slips = roster(first="chekout-api", second="ledger-etl", third="payments-gatway")
+    assert knowledge(tmp_path / "none", {"runbooks/a.md": runbook}, None, slips)[1:] == []
+    assert knowledge(tmp_path / "empty", {"runbooks/a.md": runbook}, "services: {}\n", slips)[1:] == []
+    failed = knowledge(tmp_path / "failed", {}, "services: [\n", slips)[1:]
+    assert [p.split(":")[0] for p in failed] == ["services.yaml"], failed
+    assert [load_knowledge(tmp_path / name).notes for name in ("none", "empty", "failed")] == [[], [], []]
 
 
 def test_a_service_whose_entry_has_a_problem_is_still_defined(tmp_path: Path) -> None:
@@ -133,12 +225,18 @@ def test_the_sample_names_only_services_it_defines_and_a_slip_in_it_is_caught(tm
     text = path.read_text(encoding="utf-8")
     assert "services: [checkout-api" in text
     path.write_text(text.replace("services: [checkout-api", "services: [chekout-api", 1), encoding="utf-8")
+    roster_text = (root / "experts.yaml").read_text(encoding="utf-8")
+    assert "services: [inventory-service]" in roster_text
+    roster_text = roster_text.replace("[inventory-service]", "[inventory-servce]")
+    (root / "experts.yaml").write_text(roster_text, encoding="utf-8")
 
     result = invoke("check", str(root))
 
     assert result.exit_code == 1
     assert "runbooks/checkout-api/high-latency.md:3: services: `chekout-api`" in result.stdout
     assert "did you mean `checkout-api`?" in result.stdout
+    assert "experts.yaml:44: person #6 (U05E4TY6MF): services: `inventory-servce`" in result.stdout
+    assert "did you mean `inventory-service`?" in result.stdout
 
 
 def test_check_prints_the_note_and_still_exits_0(tmp_path: Path) -> None:
@@ -149,7 +247,7 @@ def test_check_prints_the_note_and_still_exits_0(tmp_path: Path) -> None:
     as_json = invoke("check", "--json", str(tmp_path))
 
     assert result.exit_code == 0, result.output
-    assert "Note: incidents or runbooks name 1 service(s) services.yaml does not define" in result.stdout
+    assert "Note: runbooks name 1 service(s) services.yaml does not define" in result.stdout
     assert "ledger-etl (2 files)" in result.stdout
     assert as_json.exit_code == 0 and '"notes": [' in as_json.stdout
 
