@@ -106,7 +106,7 @@ class Runtime:
                 worker.join(max(deadline - time.monotonic(), 0))
         busy = [w.name for w in (self._loader, self._refit) if w is not None and w.is_alive()]
         if busy:
-            log.warning("store left open: background work still runs threads=%s", ",".join(busy))
+            log.info("store left open: background work still runs threads=%s", ",".join(busy))
             return False
         self.store.close()
         return True

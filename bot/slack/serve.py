@@ -569,7 +569,8 @@ def stop_serving(
     jobs_ended = jobs.stop(left(STOP_FLOOR_S))
     clean = not abandoned and listening_ended and delivery_ended and jobs_ended
     # Closing the store under a thread still at work would fail its next statement: left for the exit then.
-    clean = clean and runtime.close(left(STOP_FLOOR_S))
+    # The model's loading (a stop soon after the start) and a ranker refit are nobody's request: not waited out.
+    clean = clean and runtime.close(min(left(), STOP_FLOOR_S))
     seconds = time.monotonic() - started
     if abandoned:
         log.warning("stop abandons work still running after the grace period work=%d grace_s=%g", abandoned, grace_s)

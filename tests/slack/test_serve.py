@@ -151,6 +151,38 @@ def test_sigterm_lets_the_answer_in_flight_finish_then_exits_0(
     assert "Redis memory full and key evictions" in json.dumps(answers[0]["blocks"])
 
 
+def test_a_second_sigterm_during_the_stop_exits_at_once(
+    tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store
+) -> None:
+    """The platform (or an impatient operator) signals again while an answer is drained: no more waiting."""
+    copy_database(sample_index, tmp_path / "served.db").close()
+    port = free_port()
+    env = served_environment(tmp_path, slack_api, SLACK_SIGNING_SECRET=SIGNING_SECRET, OPSBOT_STOP_GRACE_S="300")
+    process = start_serve(tmp_path, env, "--port", str(port))
+    lines: list[str] = []
+    try:
+        wait_healthy(port, process)
+        response, _ = SlackDriver(f"http://127.0.0.1:{port}", slack_api).mention("redis is evicting session keys")
+        assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout is not None
+        for line in process.stdout:  # the stop has begun, and waits for the answer (which waits for the model)
+            lines.append(line)
+            if "stop begins" in line:
+                break
+        assert "work=1" in lines[-1], "".join(lines[-20:])
+        process.send_signal(signal.SIGTERM)
+        output = "".join(lines) + process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "second stop signal: exiting now signal=SIGTERM" in output
+    assert "stopped signal=" not in output and "Traceback" not in output, output[-3000:]
+
+
 def test_manifest_lists_commands_scopes_events_and_socket_mode() -> None:
     http = yaml.safe_load(CliRunner().invoke(main, ["manifest", "--url", "https://ops.example.org"]).output)
     assert http["settings"]["socket_mode_enabled"] is False
@@ -208,7 +240,10 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
             slack_events = SlackDriver(f"http://127.0.0.1:{port}", slack_api).command("/ask", "anything")
         finally:
             process.terminate()
-            output = process.communicate(timeout=10)[0]
+            output = process.communicate(timeout=60)[0]
+
+    assert process.returncode == 0 and "Traceback" not in output, output[-3000:]  # SIGTERM: an orderly stop
+    assert "stop begins signal=SIGTERM" in output and "abandoned=0" in output
 
     assert [r.status for r in refused] == [401, 401]
     assert refused[0].json()["error"].startswith("bad signature") and "unsigned" in refused[1].json()["error"]
