@@ -92,6 +92,8 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on /slack/events.
 
     The process acknowledges requests at once; the model and the index load in the background.
+    SIGTERM or Ctrl-C stops it in order: no new requests, the work in flight finishes (up to
+    OPSBOT_STOP_GRACE_S seconds, default 20), and what is not posted yet waits in the outbox.
     Over HTTP, CI/CD deploy events arrive on /hooks/deploy (set OPSBOT_HOOK_SECRET) and Alertmanager's
     notifications on /hooks/alertmanager (set OPSBOT_ALERTMANAGER_TOKEN); in Socket Mode, give
     --hooks-port to listen for them.
