@@ -62,6 +62,7 @@ class Settings:
     hook_secret: Secret = field(default_factory=lambda: Secret(""))  # signs CI/CD deploy events; empty: hooks off
     hook_url: str = ""  # where `opsbot notify-deploy` sends events, e.g. http://opsbot:3000/hooks/deploy
     alertmanager_token: Secret = field(default_factory=lambda: Secret(""))  # Bearer token of /hooks/alertmanager
+    stop_grace_s: int = 20  # on SIGTERM, work in flight gets this long; platforms SIGKILL after 30 s
 
     @property
     def onnx_cache_dir(self) -> Path:
@@ -141,6 +142,7 @@ class Settings:
                     f"OPSBOT_MIN_SIMILARITY={raw_similarity!r} must be a number from 0 to 1 (default 0.35)."
                 )
         port = _int_setting(values, "PORT", 3000, 1, 65535, problems)
+        stop_grace_s = _int_setting(values, "OPSBOT_STOP_GRACE_S", 20, 1, 3600, problems)
 
         log_level = (values.get("OPSBOT_LOG_LEVEL") or "INFO").upper()
         if log_level not in LOG_LEVELS:
@@ -214,6 +216,7 @@ class Settings:
             alertmanager_token=Secret(alertmanager_token),
             encoder=encoder,
             onnx_cache=onnx_cache,
+            stop_grace_s=stop_grace_s,
         )
 
 

@@ -93,16 +93,23 @@ class Runtime:
         finally:
             self._ready.set()
 
-    def close(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Close the store, once the background loader no longer reads from it.
+    def close(self, timeout: float = READY_TIMEOUT_S) -> bool:
+        """Close the store once the background loader and the ranker's refit no longer read from it; False when
+        one still runs after ``timeout`` seconds, and the store is left open for the process exit to release.
 
         Closing a SQLite connection while another thread runs a statement on it crashes the process
         (a segfault, not an exception), so a short session that ends while the model still loads waits.
         """
+        deadline = time.monotonic() + timeout
         for worker in (self._loader, self._refit):
             if worker is not None and worker.is_alive():
-                worker.join(timeout)
+                worker.join(max(deadline - time.monotonic(), 0))
+        busy = [w.name for w in (self._loader, self._refit) if w is not None and w.is_alive()]
+        if busy:
+            log.info("store left open: background work still runs threads=%s", ",".join(busy))
+            return False
         self.store.close()
+        return True
 
     @property
     def ready(self) -> bool:

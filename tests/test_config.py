@@ -107,6 +107,13 @@ def test_config_error_message_lists_every_problem(tmp_path: Path) -> None:
     assert "  - PORT=70000 is out of range; use a value from 1 to 65535." in message
 
 
+def test_stop_grace_period_defaults_under_the_platforms_kill_and_is_checked() -> None:
+    assert Settings.from_env({}, dotenv=None, require_model=False).stop_grace_s == 20
+    assert Settings.from_env({"OPSBOT_STOP_GRACE_S": "45"}, dotenv=None, require_model=False).stop_grace_s == 45
+    (problem,) = config_problems({"OPSBOT_STOP_GRACE_S": "0"})
+    assert problem == "OPSBOT_STOP_GRACE_S=0 is out of range; use a value from 1 to 3600."
+
+
 @pytest.mark.parametrize("value", ["0", "51", "-3", "5.5", "five"])
 def test_top_k_outside_its_range_is_rejected(value: str) -> None:
     (problem,) = config_problems({"OPSBOT_TOP_K": value})

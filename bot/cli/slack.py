@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import click
@@ -91,6 +92,8 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on /slack/events.
 
     The process acknowledges requests at once; the model and the index load in the background.
+    SIGTERM or Ctrl-C stops it in order: no new requests, the work in flight finishes (up to
+    OPSBOT_STOP_GRACE_S seconds, default 20), and what is not posted yet waits in the outbox.
     Over HTTP, CI/CD deploy events arrive on /hooks/deploy (set OPSBOT_HOOK_SECRET) and Alertmanager's
     notifications on /hooks/alertmanager (set OPSBOT_ALERTMANAGER_TOKEN); in Socket Mode, give
     --hooks-port to listen for them.
@@ -103,7 +106,14 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     from bot.runtime import Runtime
     from bot.slack import jobs
     from bot.slack.app import create_app
-    from bot.slack.serve import HttpServer, socket_mode_handler
+    from bot.slack.serve import (
+        HttpServer,
+        StopSignals,
+        close_socket_mode,
+        exit_now,
+        socket_mode_handler,
+        stop_serving,
+    )
 
     settings = load_settings(ctx)
     missing = []
@@ -132,38 +142,44 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         _check_can_listen(host, hooks_port, "--hooks-port")
     elif not settings.slack_app_token:
         _check_can_listen(host, port or settings.port, "--port" if port else "PORT")
-    runtime = Runtime(settings)
-    runtime.start_loading()
-    app = create_app(runtime)
-    # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
-    jobs.report_interrupted(runtime)
-    jobs.start(runtime, app.web)
-    app.alerts.resume()  # alert groups recorded before a stop get their briefing
-    if settings.slack_app_token:
-        hooks = None
-        if hooks_port:
-            if not settings.hook_secret and not settings.alertmanager_token:
-                log.warning(
-                    "--hooks-port given but neither OPSBOT_HOOK_SECRET nor OPSBOT_ALERTMANAGER_TOKEN is set: "
-                    "deploy events and alerts will be refused"
-                )
-            hooks = HttpServer(app, runtime, host=host, port=hooks_port, slack_events=False).start()
-            log.info("hooks listening host=%s port=%d paths=/hooks/deploy,/hooks/alertmanager", host, hooks.port)
-        log.info("starting in Socket Mode api=%s", settings.slack_api_url)
+    with StopSignals() as signals:  # from here on SIGTERM and SIGINT stop in order, once started
+        runtime = Runtime(settings)
+        runtime.start_loading()
+        app = create_app(runtime)
+        # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
+        jobs.report_interrupted(runtime)
+        background = jobs.start(runtime, app.web)
+        app.alerts.resume()  # alert groups recorded before a stop get their briefing
+        listeners: list[Callable[[float], bool]] = []  # each stops taking requests, given the time left
         try:
-            socket_mode_handler(app, runtime).start()
-        finally:
-            if hooks is not None:
-                hooks.stop()
+            if settings.slack_app_token:
+                if hooks_port:
+                    if not settings.hook_secret and not settings.alertmanager_token:
+                        log.warning(
+                            "--hooks-port given but neither OPSBOT_HOOK_SECRET nor OPSBOT_ALERTMANAGER_TOKEN is set: "
+                            "deploy events and alerts will be refused"
+                        )
+                    hooks = HttpServer(app, runtime, host=host, port=hooks_port, slack_events=False).start()
+                    listeners.append(hooks.stop)
+                    paths = "/hooks/deploy,/hooks/alertmanager"
+                    log.info("hooks listening host=%s port=%d paths=%s", host, hooks.port, paths)
+                log.info("starting in Socket Mode api=%s", settings.slack_api_url)
+                handler = socket_mode_handler(app, runtime)
+                handler.connect()
+                listeners.insert(0, partial(close_socket_mode, handler))
+            else:
+                server = HttpServer(app, runtime, host=host, port=port or settings.port).start()
+                listeners.append(server.stop)
+                log.info("listening host=%s port=%d path=/slack/events", host, server.port)
+            reason = signals.wait()
+        except BaseException:  # a start that failed: what did start stops, and the error is reported
+            for stop in listeners:
+                stop(0)
             app.web.stop()  # what is not delivered yet stays in the outbox for the next start
-        return
-    server = HttpServer(app, runtime, host=host, port=port or settings.port)
-    log.info("listening host=%s port=%d path=/slack/events", host, server.port)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        server.stop()
-        app.web.stop()  # what is not delivered yet stays in the outbox for the next start
+            raise
+        stopped = stop_serving(app, runtime, background, listeners, reason, settings.stop_grace_s)
+    if not stopped.clean:  # threads still at work would hold up the interpreter's exit: leave without them
+        exit_now(0)
 
 
 def _check_can_listen(host: str, port: int, option: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 
 from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
@@ -17,17 +17,19 @@ from bot.slack.listeners import Listeners
 from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
 from bot.store.base import is_write_failure
+from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 SLOW_WORKERS = 2  # searches, deploys and posts in parallel; more only makes two cores thrash
 
 
 class OpsbotApp(App):
-    """The Bolt app, with the SlackWeb its handlers post through (started with the app) and the desk that takes
-    Alertmanager's notifications."""
+    """The Bolt app, with the SlackWeb its handlers post through (started with the app), the desk that takes
+    Alertmanager's notifications, and the pool its lazy listeners run on (drained when `opsbot serve` stops)."""
 
     web: SlackWeb
     alerts: AlertDesk
+    work: Executor
 
 
 def create_client(runtime: Runtime) -> WebClient:
@@ -63,7 +65,7 @@ def create_app(
     settings = runtime.settings
     client = client or create_client(runtime)
     web = web or SlackWeb(client, runtime.store)
-    work = listener_executor or ThreadPoolExecutor(max_workers=SLOW_WORKERS, thread_name_prefix="opsbot-work")
+    work = listener_executor or TrackedPool(SLOW_WORKERS, "opsbot-work")  # counted: a stop waits for it
     app = OpsbotApp(
         client=client,
         signing_secret=settings.slack_signing_secret or None,
@@ -126,5 +128,6 @@ def create_app(
     incidents.register(on, runtime, web)
     oncall.register(on, runtime, web)
     app.alerts = alerts.register(on, runtime, web)
+    app.work = work
     app.web = web.start()  # after every register(): after-delivery hooks are known before the first delivery
     return app

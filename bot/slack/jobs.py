@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 
 from bot.ops.ci_deploys import abandon_stale
@@ -63,20 +64,38 @@ def post_digest_if_due(runtime: Runtime, web: SlackWeb, now: datetime | None = N
     return week
 
 
-def start(runtime: Runtime, web: SlackWeb) -> threading.Event:
-    """Run the jobs in daemon threads until the returned event is set."""
-    stop = threading.Event()
+class Jobs:
+    """The running jobs; ``stop`` ends them once the round in progress is done."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the jobs, waiting up to ``timeout`` seconds for a round in progress; True when all have ended."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        return not any(thread.is_alive() for thread in self.threads)
+
+
+def start(runtime: Runtime, web: SlackWeb) -> Jobs:
+    """Run the jobs in daemon threads until ``stop`` is called on what this returns."""
+    jobs = Jobs()
 
     def every(seconds: float, job: str, run: object) -> None:
         def loop() -> None:
-            while not stop.wait(seconds):
+            while not jobs.stopping.wait(seconds):
                 try:
                     run()  # type: ignore[operator]
                 except Exception:  # keep going: the next round may succeed
                     log.exception("background job failed job=%s", job)
 
-        threading.Thread(target=loop, name=f"opsbot-{job}", daemon=True).start()
+        thread = threading.Thread(target=loop, name=f"opsbot-{job}", daemon=True)
+        jobs.threads.append(thread)
+        thread.start()
 
     every(SWEEP_EVERY_S, "deploy-sweeper", lambda: sweep_expired(runtime))
     every(DIGEST_EVERY_S, "digest", lambda: post_digest_if_due(runtime, web))
-    return stop
+    return jobs

@@ -13,13 +13,16 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import re
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,9 +31,12 @@ from slack_bolt import App
 
 from bot.ops.ci_events import HOOK_PATH
 from bot.runtime import Runtime
+from bot.slack.app import OpsbotApp
 from bot.slack.ci_events import handle_deploy_hook
 from bot.slack.ids import ALERTMANAGER_PATH, EVENTS_PATH, HEALTH_PATH
+from bot.slack.jobs import Jobs
 from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
+from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
@@ -41,6 +47,9 @@ LINGER_S = 1.0  # after an error answer, unread bytes are read and dropped this 
 DECIMAL = re.compile(r"[0-9]+")  # not int()'s syntax: no sign, spaces inside, underscores or other scripts' digits
 MAX_SKEW_S = 300  # Slack's rule: a signed request older (or newer) than five minutes is a replay
 BOLT_HEADERS = "x-slack-bolt-"  # Bolt's own headers between its processes (lazy-only runs); never from Slack
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what systemd, Docker, Kubernetes and Heroku send, and Ctrl-C
+STOP_FLOOR_S = 2.0  # once the grace period is spent, each later step of a stop still gets this long
+REQUESTS_STOP_S = 5.0  # HttpServer.stop's default wait for the requests being handled
 
 
 def slack_signed(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
@@ -173,6 +182,16 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
         def _route(self) -> None:
             self._answered = False
             self._body_read = False
+            server: _Server = self.server  # type: ignore[assignment]
+            if not server.begin_request():  # stopping: a kept-alive connection's next request goes elsewhere
+                self._refuse(503, "opsbot is stopping; send the request again", {"Retry-After": "1"})
+                return
+            try:
+                self._route_request()
+            finally:
+                server.end_request()
+
+        def _route_request(self) -> None:
             path = urlsplit(self.path).path
             methods = self.routes.get(path)
             if methods is None:
@@ -316,6 +335,9 @@ class _Server(HTTPServer):
         self._connections: queue.SimpleQueue[tuple[socket.socket, object] | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._threads = 0
+        self._stopping = False
+        self._requests = 0  # being handled now, from the request line to the answer
+        self._requests_changed = threading.Condition()
         super().__init__(address, handler)
         self._threads = threads
         for n in range(threads):
@@ -357,6 +379,29 @@ class _Server(HTTPServer):
         for _ in range(self._threads):
             self._connections.put(None)
 
+    def begin_request(self) -> bool:
+        """Count a request as being handled; False once the server is stopping (the request is refused)."""
+        with self._requests_changed:
+            if self._stopping:
+                return False
+            self._requests += 1
+            return True
+
+    def end_request(self) -> None:
+        with self._requests_changed:
+            self._requests -= 1
+            self._requests_changed.notify_all()
+
+    def refuse_requests(self) -> None:
+        """From now on every request is answered 503, on new and kept-alive connections alike."""
+        with self._requests_changed:
+            self._stopping = True
+
+    def wait_requests(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the requests being handled; True when none is left."""
+        with self._requests_changed:
+            return self._requests_changed.wait_for(lambda: self._requests == 0, timeout)
+
 
 class HttpServer:
     """A threaded HTTP server for the Bolt app; ``port=0`` picks a free port."""
@@ -385,9 +430,13 @@ class HttpServer:
     def serve_forever(self) -> None:
         self.httpd.serve_forever()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = REQUESTS_STOP_S) -> bool:
+        """Stop taking requests (a request on a kept-alive connection is answered 503), and wait up to
+        ``timeout`` seconds for those being handled; True when none is left. Needs ``start()`` first."""
+        self.httpd.refuse_requests()
         self.httpd.shutdown()
         self.httpd.server_close()
+        return self.httpd.wait_requests(timeout)
 
 
 def socket_mode_handler(app: App, runtime: Runtime):  # noqa: ANN201 - keeps the Socket Mode import lazy
@@ -395,3 +444,149 @@ def socket_mode_handler(app: App, runtime: Runtime):  # noqa: ANN201 - keeps the
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     return SocketModeHandler(app, app_token=str(runtime.settings.slack_app_token), web_client=app.client)
+
+
+def close_socket_mode(handler: Any, timeout: float) -> bool:
+    """Disconnect from Slack; the Socket Mode client waits for the envelopes it is acknowledging."""
+    del timeout  # the client's own shutdown waits; its acknowledgements take milliseconds
+    handler.close()
+    return True
+
+
+# -- stopping ------------------------------------------------------------------------------------------------
+
+
+class StopSignals:
+    """SIGTERM and SIGINT as one orderly stop: the first ends ``wait()``, a second one exits at once.
+
+    Python runs signal handlers in the main thread only, and only between bytecodes; a handler that sets an
+    Event can deadlock on the lock the interrupted main thread holds. So the handlers do nothing but replace
+    the default action, and the wake-up file descriptor carries each signal to a watcher thread.
+    Used as a context manager in the main thread; the previous handlers are put back at the end.
+    """
+
+    def __init__(self) -> None:
+        self.received = ""  # the first signal's name
+        self._requested = threading.Event()
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+        self._fds: tuple[int, int] | None = None
+
+    def __enter__(self) -> StopSignals:
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # set_wakeup_fd's rule: the C handler must never block
+        self._fds = (read, write)
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, _noted)
+        self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read,), name="opsbot-signals", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if self._fds is not None:
+            os.close(self._fds[1])  # the watcher reads end-of-file and returns; it closes the read end
+
+    def wait(self) -> str:
+        """Block until a stop signal arrives; its name."""
+        self._requested.wait()
+        return self.received
+
+    def _watch(self, read: int) -> None:
+        try:
+            while data := os.read(read, 64):
+                for signum in data:
+                    if signum in STOP_SIGNALS:
+                        self._received(signal.Signals(signum))
+        finally:
+            os.close(read)
+
+    def _received(self, signum: signal.Signals) -> None:
+        if self._requested.is_set():
+            log.warning("second stop signal: exiting now signal=%s", signum.name)
+            exit_now(128 + signum)
+        self.received = signum.name
+        self._requested.set()
+
+
+def _noted(signum: int, frame: object) -> None:
+    """The Python-level handler of a stop signal: none of the default action; StopSignals' watcher acts."""
+
+
+def exit_now(code: int) -> None:
+    """End the process without waiting for threads still at work (nor for interpreter shutdown to join them)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How a stop went: pieces of work finished during it, and left running when the grace period ended."""
+
+    drained: int
+    abandoned: int
+    clean: bool  # every thread ended and the store is closed; else the process must exit without joining them
+
+
+def stop_serving(
+    app: OpsbotApp,
+    runtime: Runtime,
+    jobs: Jobs,
+    listeners: Sequence[Callable[[float], bool]],
+    reason: str,
+    grace_s: float,
+) -> Stopped:
+    """The orderly stop of `opsbot serve`: take no new requests, let the work in flight finish within
+    ``grace_s``, then stop the outbox delivery (what is undelivered stays for the next start), the background
+    jobs, and close the store. Work still running after the grace period is logged and abandoned.
+
+    ``listeners`` stop taking requests (the HTTP server, the Socket Mode client), each given the time left.
+    """
+    started = time.monotonic()
+    deadline = started + grace_s
+
+    def left(floor: float = 0.0) -> float:
+        return max(deadline - time.monotonic(), floor)
+
+    # Listener work first: an approval it runs hands a deploy to the runners, an alert a briefing.
+    pools = [p for p in (app.work, runtime.runners, runtime.briefings) if isinstance(p, TrackedPool)]
+
+    def busy() -> int:
+        return sum(pool.busy for pool in pools)
+
+    log.info("stop begins signal=%s grace_s=%g work=%d", reason, grace_s, busy())
+    listening_ended = all([stop(left(STOP_FLOOR_S)) for stop in listeners])
+    in_flight = busy()  # with the work of the requests that were being acknowledged
+    for pool in pools:
+        pool.wait_idle(left())
+    abandoned = busy()
+    delivery_ended = app.web.stop(left(STOP_FLOOR_S))
+    jobs_ended = jobs.stop(left(STOP_FLOOR_S))
+    clean = not abandoned and listening_ended and delivery_ended and jobs_ended
+    # Closing the store under a thread still at work would fail its next statement: left for the exit then.
+    # The model's loading (a stop soon after the start) and a ranker refit are nobody's request: not waited out.
+    clean = clean and runtime.close(min(left(), STOP_FLOOR_S))
+    seconds = time.monotonic() - started
+    if abandoned:
+        log.warning("stop abandons work still running after the grace period work=%d grace_s=%g", abandoned, grace_s)
+    if not (listening_ended and delivery_ended and jobs_ended):
+        log.warning(
+            "stop left threads running requests_ended=%s delivery_ended=%s jobs_ended=%s",
+            listening_ended,
+            delivery_ended,
+            jobs_ended,
+        )
+    log.info(
+        "stopped signal=%s drained=%d abandoned=%d seconds=%.1f store_closed=%s",
+        reason,
+        max(in_flight - abandoned, 0),
+        abandoned,
+        seconds,
+        clean,
+    )
+    return Stopped(max(in_flight - abandoned, 0), abandoned, clean)

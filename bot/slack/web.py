@@ -224,8 +224,9 @@ class SlackWeb(OutboxWorker):
                 thread.start()
         return self
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop delivering; what is not sent yet stays in the outbox for the next start (or process)."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop delivering; what is not sent yet stays in the outbox for the next start (or process). True when
+        every delivery thread ended within ``timeout`` (a call to Slack in progress is let finish)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -233,6 +234,7 @@ class SlackWeb(OutboxWorker):
         deadline = time.monotonic() + (timeout if timeout is not None else self.policy.timeout_s + 2)
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0))
+        return not any(thread.is_alive() for thread in threads)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until nothing is pending or being sent; True when so."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -115,6 +117,72 @@ def test_serve_process_acknowledges_at_once_and_answers_once_loaded(
     assert "listening host=127.0.0.1" in output
 
 
+def test_sigterm_lets_the_answer_in_flight_finish_then_exits_0(
+    tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store
+) -> None:
+    """SIGTERM while an answer waits for the model (a question asked just after the start): the process stops
+    taking requests, the answer is finished and posted (or kept in the outbox), and it exits 0 without a traceback."""
+    copy_database(sample_index, tmp_path / "served.db").close()
+    port = free_port()
+    # A grace period far above the model's load time on a loaded machine: the test is about the drain, not the clock.
+    env = served_environment(tmp_path, slack_api, SLACK_SIGNING_SECRET=SIGNING_SECRET, OPSBOT_STOP_GRACE_S="300")
+    process = start_serve(tmp_path, env, "--port", str(port))
+    try:
+        wait_healthy(port, process)
+        response, ts = SlackDriver(f"http://127.0.0.1:{port}", slack_api).mention("redis is evicting session keys")
+        assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=300)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+    assert process.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    # The answer was still waiting for the model when the signal came, and was finished, not dropped.
+    assert "stop begins signal=SIGTERM grace_s=300 work=1" in output, output[-3000:]
+    assert "drained=1 abandoned=0" in output and "store_closed=True" in output, output[-3000:]
+    posted = [c.body for c in slack_api.calls("chat.postMessage") if c.ok and c.body.get("thread_ts") == ts]
+    with sqlite3.connect(tmp_path / "served.db") as db:  # undelivered: kept for the next start
+        kept = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox WHERE status = 'pending'")]
+    answers = posted + [p for p in kept if p.get("thread_ts") == ts]
+    assert len(answers) == 1, (posted, kept)
+    assert "Redis memory full and key evictions" in json.dumps(answers[0]["blocks"])
+
+
+def test_a_second_sigterm_during_the_stop_exits_at_once(
+    tmp_path: Path, slack_api: FakeSlackAPI, sample_index: Store
+) -> None:
+    """The platform (or an impatient operator) signals again while an answer is drained: no more waiting."""
+    copy_database(sample_index, tmp_path / "served.db").close()
+    port = free_port()
+    env = served_environment(tmp_path, slack_api, SLACK_SIGNING_SECRET=SIGNING_SECRET, OPSBOT_STOP_GRACE_S="300")
+    process = start_serve(tmp_path, env, "--port", str(port))
+    lines: list[str] = []
+    try:
+        wait_healthy(port, process)
+        response, _ = SlackDriver(f"http://127.0.0.1:{port}", slack_api).mention("redis is evicting session keys")
+        assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout is not None
+        for line in process.stdout:  # the stop has begun, and waits for the answer (which waits for the model)
+            lines.append(line)
+            if "stop begins" in line:
+                break
+        assert "work=1" in lines[-1], "".join(lines[-20:])
+        process.send_signal(signal.SIGTERM)
+        output = "".join(lines) + process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "second stop signal: exiting now signal=SIGTERM" in output
+    assert "stopped signal=" not in output and "Traceback" not in output, output[-3000:]
+
+
 def test_manifest_lists_commands_scopes_events_and_socket_mode() -> None:
     http = yaml.safe_load(CliRunner().invoke(main, ["manifest", "--url", "https://ops.example.org"]).output)
     assert http["settings"]["socket_mode_enabled"] is False
@@ -172,7 +240,10 @@ def test_serve_in_socket_mode_with_hooks_port_accepts_signed_deploy_events_and_r
             slack_events = SlackDriver(f"http://127.0.0.1:{port}", slack_api).command("/ask", "anything")
         finally:
             process.terminate()
-            output = process.communicate(timeout=10)[0]
+            output = process.communicate(timeout=60)[0]
+
+    assert process.returncode == 0 and "Traceback" not in output, output[-3000:]  # SIGTERM: an orderly stop
+    assert "stop begins signal=SIGTERM" in output and "abandoned=0" in output
 
     assert [r.status for r in refused] == [401, 401]
     assert refused[0].json()["error"].startswith("bad signature") and "unsigned" in refused[1].json()["error"]

@@ -104,6 +104,27 @@ def test_stop_ends_the_pooled_threads(bare_runtime: Runtime, slack_api: FakeSlac
     assert len(pooled_threads()) == before
 
 
+def test_after_stop_a_kept_alive_connection_is_answered_503(bare_runtime: Runtime, slack_api: FakeSlackAPI) -> None:
+    """A stopping server takes no new request, even on a connection it kept open: Slack sends it again elsewhere."""
+    import http.client
+
+    server, _ = start(bare_runtime, slack_api, threads=2)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("POST", "/hooks/deploy", b"{}", {"Content-Type": "application/json"})
+        before = connection.getresponse()
+        before.read()
+        assert server.stop(timeout=10) is True  # nothing was being handled
+        connection.request("POST", "/hooks/deploy", b"{}", {"Content-Type": "application/json"})
+        after = connection.getresponse()
+        answer = json.loads(after.read())
+    finally:
+        connection.close()
+    assert before.status == 401  # unsigned: the server was serving
+    assert after.status == 503 and after.getheader("Retry-After") == "1"
+    assert "stopping" in answer["error"]
+
+
 def test_a_taken_port_fails_with_the_address_error(bare_runtime: Runtime, slack_api: FakeSlackAPI) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
