@@ -222,21 +222,31 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
     assert incident_id in [i.id for i in daniel.incidents] and suggestions[0].expert.id == DANIEL
 
 
-def test_the_summary_and_the_note_where_it_was_declared_are_stored_with_the_resolve_before_indexing(
+def declared_in_its_channel_with_indexing_held(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[str, str, threading.Event, threading.Event]:
+    """An incident worked in a channel of its own (its id, the channel), with indexing after a resolve held until
+    ``release`` is set, as for a model still loading after a restart; ``indexing`` is set once it waits."""
     runtime.settings = replace(runtime.settings, incident_channels=True)
     incident_id, bodies = declare(slack, slack_api, "Label printers in Venlo print blank labels", parts=5)
-    channel = bodies[0]["channel"]
     indexing, release = threading.Event(), threading.Event()
     learn = runtime.learn_from
 
-    def held_learn_from(past: Incident) -> None:  # indexing waits, as for a model still loading after a restart
+    def held_learn_from(past: Incident) -> None:
         indexing.set()
         release.wait(60)
         learn(past)
 
     monkeypatch.setattr(runtime, "learn_from", held_learn_from)
+    return incident_id, bodies[0]["channel"], indexing, release
+
+
+def test_the_summary_and_the_note_where_it_was_declared_are_stored_with_the_resolve_before_indexing(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    incident_id, channel, indexing, release = declared_in_its_channel_with_indexing_held(
+        slack, slack_api, runtime, monkeypatch
+    )
     with closing(sqlite3.connect(runtime.settings.db_path)) as db:
         (before,) = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()
 
@@ -276,18 +286,9 @@ def test_the_summary_and_the_note_where_it_was_declared_are_stored_with_the_reso
 def test_resolving_from_another_channel_says_where_the_summary_is_without_waiting_for_the_indexing(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime.settings = replace(runtime.settings, incident_channels=True)
-    incident_id, bodies = declare(slack, slack_api, "Label printers in Venlo print blank labels", parts=5)
-    channel = bodies[0]["channel"]
-    indexing, release = threading.Event(), threading.Event()
-    learn = runtime.learn_from
-
-    def held_learn_from(past: Incident) -> None:
-        indexing.set()
-        release.wait(60)
-        learn(past)
-
-    monkeypatch.setattr(runtime, "learn_from", held_learn_from)
+    incident_id, channel, indexing, release = declared_in_its_channel_with_indexing_held(
+        slack, slack_api, runtime, monkeypatch
+    )
     typed = slack.command("/incident", f"resolve {incident_id} Replaced the ribbon driver", user=PRIYA, channel=OPS)
     assert typed.status == 200
     assert indexing.wait(30)
