@@ -260,12 +260,22 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     texts[vector_hash] = incident_text(incident)
     known = store.known_embeddings(encoder.model_id, texts)
     missing = {h: t for h, t in texts.items() if h not in known}
-    if missing:
-        vectors = encoder.encode(list(missing.values()))
-        store.save_embeddings(encoder.model_id, dict(zip(missing, vectors, strict=True)))
-    store.replace_document(doc, title_hash, [row for row, _ in rows], title_terms(store, doc))
-    store.upsert_incident(incident, vector_hash)
-    store.set_meta("index_version", uuid.uuid4().hex)
+    vectors = dict(zip(missing, encoder.encode(list(missing.values())), strict=True)) if missing else {}
+    terms = title_terms(store, doc)
+    # One transaction: another process's `opsbot index` prunes vectors no chunk uses, and would take these if they
+    # were stored before the chunks; a process stopped half-way leaves nothing for the next start to trip on.
+    with store.transaction():
+        # Stored when looked up, pruned since (encoding takes a while): embedded again here, which is rare.
+        rest = {h: t for h, t in texts.items() if h not in vectors}
+        still = store.known_embeddings(encoder.model_id, rest)
+        gone = {h: t for h, t in rest.items() if h not in still}
+        if gone:
+            vectors |= dict(zip(gone, encoder.encode(list(gone.values())), strict=True))
+        if vectors:
+            store.save_embeddings(encoder.model_id, vectors)
+        store.replace_document(doc, title_hash, [row for row, _ in rows], terms)
+        store.upsert_incident(incident, vector_hash)
+        store.set_meta("index_version", uuid.uuid4().hex)
 
 
 def index_incidents(store: Store, encoder: Encoder, incidents: list[Incident]) -> list[str]:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bot.answers.incident_vectors import incident_text
-from bot.answers.indexer import INDEX_FORMAT, build_chunks, index_knowledge, title_embed_text
+from bot.answers.incident_vectors import incident_text, incident_vector_hash
+from bot.answers.indexer import INDEX_FORMAT, build_chunks, index_incident, index_knowledge, title_embed_text
 from bot.answers.search import SearchIndex
 from bot.answers.training import encoded_form, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
+from bot.ops.incidents import IncidentService
+from bot.record_files import incident_document
 from bot.store import Store, migrations
 from tests.conftest import FakeEncoder
 
@@ -502,3 +505,35 @@ def test_a_database_at_m013_without_m012_gets_the_ranker_tables_on_opening(
         assert report.runbooks == 2 and reopened.load_ranker(fake_encoder.model_id) is not None
     finally:
         reopened.close()
+
+
+def test_an_incident_resolved_in_slack_keeps_its_vectors_when_another_process_prunes_meanwhile(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`opsbot index` in another process prunes vectors no section uses; the incident being indexed here (a resolve,
+    or the catch-up at a start) must not lose the vectors it just stored to that."""
+    index_knowledge(store, fake_encoder, knowledge)
+    incidents = IncidentService(store, set())
+    live = incidents.declare("Badge readers offline at the north gate", "UALICE0001")
+    _, past = incidents.resolve(live, "UALICE0001", "Restarted the badge controller")
+    other = Store(store.path)  # the other process's connection to the same file
+    pruners: list[threading.Thread] = []
+    save = store.save_embeddings
+
+    def save_then_let_the_other_process_prune(model: str, vectors: dict) -> None:
+        save(model, vectors)
+        pruner = threading.Thread(target=other.prune_embeddings, args=(model,))
+        pruner.start()
+        pruner.join(2.0)  # it prunes at once, or waits for this write to end
+        pruners.append(pruner)
+
+    monkeypatch.setattr(store, "save_embeddings", save_then_let_the_other_process_prune)
+    index_incident(store, fake_encoder, past)
+    for pruner in pruners:
+        pruner.join(60)
+    other.close()
+
+    _, paths, _, _ = store.load_vectors(fake_encoder.model_id)
+    doc = f"slack:{past.id}"
+    assert paths.count(doc) == len(build_chunks(incident_document(past, "")))  # every section has its vector
+    assert store.known_embeddings(fake_encoder.model_id, [incident_vector_hash(past)])  # the expert model's too
