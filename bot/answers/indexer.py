@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.answers.encoder import Encoder
@@ -275,6 +276,7 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
             store.save_embeddings(encoder.model_id, vectors)
         store.replace_document(doc, title_hash, [row for row, _ in rows], terms)
         store.upsert_incident(incident, vector_hash)
+        store.mark_incident_learned(incident.id, datetime.now(UTC).isoformat(timespec="seconds"))
         store.set_meta("index_version", uuid.uuid4().hex)
 
 

@@ -35,6 +35,20 @@ class LiveIncidentStore(StoreBase):
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.db.execute(f"UPDATE live_incidents SET {sets} WHERE id = ?", [*fields.values(), incident_id])
 
+    def mark_incident_learned(self, incident_id: str, at: str) -> None:
+        """Record that a resolved incident was indexed (the first time only); nothing for an id that is not live."""
+        self._require_transaction()
+        self.db.execute("UPDATE live_incidents SET learned_at = ? WHERE id = ? AND learned_at = ''", [at, incident_id])
+
+    def unlearned_incidents(self) -> list[dict]:
+        """Resolved incidents never indexed, oldest first: not marked learned and not among the past incidents."""
+        cur = self.db.execute(
+            "SELECT * FROM live_incidents WHERE status = 'resolved' AND learned_at = '' "
+            "AND id NOT IN (SELECT id FROM incidents) ORDER BY resolved_at, id"
+        )
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
     def resolve_live_incident(self, incident_id: str, at: str, resolution: str) -> bool:
         """open -> resolved, once."""
         self._require_transaction()

@@ -337,3 +337,11 @@ def m015_incident_env_and_cause(db: Database) -> None:
 def m016_emergency_rollbacks(db: Database) -> None:
     # The open incident whose emergency rule (services.yaml) let a rollback go with fewer approvals; "" when none.
     db["deploy_requests"].add_column("emergency", str, not_null_default="")
+
+
+@migrations()
+def m017_incidents_learned(db: Database) -> None:
+    # When a resolved incident was first indexed: the start-up catch-up indexes only those never indexed, so an
+    # incident whose exported file was deleted on purpose stays out. Those indexed already count as learned.
+    db["live_incidents"].add_column("learned_at", str, not_null_default="")
+    db.execute("UPDATE live_incidents SET learned_at = resolved_at WHERE id IN (SELECT id FROM incidents)")

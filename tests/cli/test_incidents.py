@@ -211,3 +211,19 @@ def test_the_command_line_reads_an_incident_without_an_environment_as_services_y
     store.set_meta("deploy_settings", json.dumps({"incident_env": "production"}))
     listed = invoke("incidents", "list").stdout
     assert "INC-2026-0002  SEV3  open  Kafka consumer lag on orders  [order-pipeline]  production" in listed
+
+
+def test_an_incident_whose_exported_file_was_deleted_stays_out_of_the_index(
+    incidents: IncidentService, knowledge: Path
+) -> None:
+    assert invoke("index", "--nice", "0", str(knowledge)).exit_code == 0  # indexed late, as the bot's start does
+    assert invoke("incidents", "export", "INC-2026-0001").exit_code == 0
+    written = knowledge / "incidents" / "2026" / "INC-2026-0001.yaml"
+    assert written.is_file() and invoke("index", "--nice", "0", str(knowledge)).exit_code == 0
+
+    written.unlink()  # the team decided this incident should not be searched
+    result = invoke("index", "--nice", "0", str(knowledge))
+
+    assert result.exit_code == 0, result.output
+    assert "INC-2026-0001" not in result.stdout and "removed" in result.stdout
+    assert incidents.unlearned() == [] and "INC-2026-0001" not in incidents.store.incident_ids()
