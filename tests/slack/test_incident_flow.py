@@ -318,7 +318,8 @@ def test_when_indexing_fails_a_note_after_the_summary_says_it_is_not_searchable_
     )
     assert note.body["text"] == (
         f":warning: {incident_id} could not be indexed, so it is not searchable with `/ask` yet and does not count "
-        "for `/experts`. opsbot tries again when it next starts; `opsbot index` on the opsbot server does it now."
+        "for `/experts`. opsbot tries again at its next start (or, if it is still starting, once it has); "
+        "`opsbot index` on the opsbot server does it now."
     )
     assert runtime.incidents().get(incident_id).status == "resolved"
     assert [i.id for i in runtime.incidents().unlearned()] == [incident_id]  # what the next start indexes

@@ -233,7 +233,8 @@ def not_indexed_text(incident: LiveIncident) -> str:
     """The note after a summary when indexing the resolved incident failed: what that means and how to fix it."""
     return (
         f":warning: {incident.id} could not be indexed, so it is not searchable with `/ask` yet and does not count "
-        "for `/experts`. opsbot tries again when it next starts; `opsbot index` on the opsbot server does it now."
+        "for `/experts`. opsbot tries again at its next start (or, if it is still starting, once it has); "
+        "`opsbot index` on the opsbot server does it now."
     )
 
 
