@@ -1,0 +1,89 @@
+"""Bad input and broken environments on the command line: a clear message, never a traceback or lost data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import bot.cli.knowledge as knowledge_cli
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke
+
+
+@pytest.fixture
+def small_knowledge(tmp_path: Path) -> Path:
+    """Three runbooks in two folders and the incidents of 2025, copied from the sample."""
+    root = tmp_path / "knowledge"
+    for folder in ("runbooks/auth-service", "runbooks/cdn", "incidents/2025"):
+        shutil.copytree(SAMPLE_KNOWLEDGE / folder, root / folder)
+    return root
+
+
+@pytest.fixture
+def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`opsbot index` with the fake encoder into tmp_path/index.db (returned)."""
+    db = tmp_path / "index.db"
+    monkeypatch.setattr(knowledge_cli, "_open", lambda settings: (Store(db), FakeEncoder()))
+    return db
+
+
+@pytest.fixture
+def lock_folder(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Make a folder unlistable, as chmod 000 does for anyone but root (the tests may run as root)."""
+    locked: set[str] = set()
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if os.path.abspath(os.fspath(path)) in locked:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda folder: locked.add(str(folder.resolve()))
+
+
+def stored_paths(db: Path) -> set[str]:
+    store = Store(db)
+    try:
+        return set(store.document_hashes())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("folder", ["runbooks/cdn", "runbooks", "incidents"])
+def test_an_unreadable_folder_is_a_problem_and_its_documents_stay_indexed(
+    small_knowledge: Path, fake_index: Path, lock_folder: Callable[[Path], None], folder: str
+) -> None:
+    assert invoke("index", "--nice", "0", str(small_knowledge)).exit_code == 0
+    before = stored_paths(fake_index)
+    lock_folder(small_knowledge / folder)
+
+    checked = invoke("check", str(small_knowledge))
+    indexed = invoke("index", "--nice", "0", str(small_knowledge))
+
+    assert checked.exit_code == 1 and f"{folder}/: folder cannot be read (Permission denied)" in checked.stdout
+    assert indexed.exit_code == 0, indexed.output
+    assert f"Warning: {folder}/: folder cannot be read (Permission denied): fix its permissions." in indexed.stderr
+    assert "0 removed" in indexed.stdout
+    assert stored_paths(fake_index) == before
+
+
+def test_a_database_of_a_newer_opsbot_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "opsbot.db"
+    Store(db).close()
+    with sqlite3.connect(db) as conn:  # what a later release's migration leaves behind
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('opsbot', ?, '')", ["m099_future"]
+        )
+    conn.close()
+    before = db.read_bytes()
+
+    result = invoke("feedback", env={"OPSBOT_DB": str(db)})
+
+    assert_clean_failure(result, "was written by a newer opsbot", "m099_future", "upgrade opsbot", "OPSBOT_DB")
+    assert db.read_bytes() == before
