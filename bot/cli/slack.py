@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, typed
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, require_index, typed
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ def shell(ctx: click.Context, user: str | None) -> None:
     store, encoder = _open(settings)
     runtime = Runtime(settings, encoder=encoder, store=store)
     try:
-        if not store.counts()["chunks"]:
-            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        require_index(store, encoder)
         interactive = sys.stdin.isatty()
         with Shell(runtime, write=click.echo, user=user, style=click.style, echo=not interactive) as chat:
             runtime.start_loading()  # the prompt appears at once; the first answer waits for the model

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import bot.cli.knowledge as knowledge_cli
+import bot.cli.slack as slack_cli
 from bot.store import Store
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke
 
@@ -87,3 +88,17 @@ def test_a_database_of_a_newer_opsbot_is_refused_and_left_unchanged(tmp_path: Pa
 
     assert_clean_failure(result, "was written by a newer opsbot", "m099_future", "upgrade opsbot", "OPSBOT_DB")
     assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [("ask", "login failures"), ("ask", "--mode", "bm25", "login failures"), ("shell",)])
+def test_an_index_of_another_model_is_named_instead_of_finding_nothing(
+    small_knowledge: Path, fake_index: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    assert invoke("index", "--nice", "0", str(small_knowledge)).exit_code == 0  # with the model "fake-encoder"
+    other = lambda settings: (Store(fake_index), FakeEncoder(model_id="other-model"))  # noqa: E731
+    monkeypatch.setattr(knowledge_cli, "_open", other)
+    monkeypatch.setattr(slack_cli, "_open", other)
+
+    result = invoke(*args)
+
+    assert_clean_failure(result, "built with the model fake-encoder", "now gives other-model", "run `opsbot index`")
