@@ -40,6 +40,11 @@ def shell(ctx: click.Context, user: str | None) -> None:
     from bot.shell.repl import Shell
 
     refuse_blank(ctx)
+    if sys.stdin is None:  # started with stdin closed (<&-): there is nothing to read questions from
+        raise OpsbotError(
+            "standard input is closed: run `opsbot shell` in a terminal, or pipe questions into it "
+            '(echo "QUESTION" | opsbot shell).'
+        )
     settings = load_settings(ctx)
     root = logging.getLogger()
     level = root.level
@@ -67,7 +72,8 @@ def _typed_lines(chat: Any, interactive: bool) -> Iterator[str]:
             pass
     while True:
         try:
-            yield input(chat.prompt if interactive else "")
+            # Bytes that are not UTF-8 arrive as lone surrogates, which nothing downstream can store or send: as "?".
+            yield input(chat.prompt if interactive else "").encode("utf-8", "replace").decode("utf-8")
         except EOFError:
             if interactive:
                 click.echo()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import bot.cli.knowledge as knowledge_cli
 import bot.cli.slack as slack_cli
 from bot.store import Store
-from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke
+from tests.conftest import ROOT, SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke
 
 
 @pytest.fixture
@@ -102,3 +104,51 @@ def test_an_index_of_another_model_is_named_instead_of_finding_nothing(
     result = invoke(*args)
 
     assert_clean_failure(result, "built with the model fake-encoder", "now gives other-model", "run `opsbot index`")
+
+
+def test_shell_with_stdin_closed_says_where_questions_come_from(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+    env |= {"OPSBOT_DB": str(tmp_path / "opsbot.db"), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "bot", "shell"]
+
+    result = subprocess.run(  # fd 0 closed before Python starts, as `opsbot shell <&-` does: sys.stdin is None
+        command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, preexec_fn=lambda: os.close(0)
+    )
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: standard input is closed: run `opsbot shell` in a terminal, or pipe")
+
+
+def test_shell_turns_bytes_that_are_not_utf8_into_text_it_can_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    typed = iter(["pgbouncer \udcff\udcfe too many clients"])  # how Python reads the bytes ff fe from a pipe
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+
+    lines = list(slack_cli._typed_lines(None, interactive=False))
+
+    assert lines == ["pgbouncer ?? too many clients"]
+    assert lines[0].encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\xff\xfe{}\n", "is not UTF-8 text (byte 0); save it as UTF-8."), (None, "is a folder; give the JSON-lines")],
+)
+def test_eval_says_why_a_query_file_cannot_be_read(
+    small_knowledge: Path, tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    queries = tmp_path / "queries.jsonl"
+    if content is None:
+        queries.mkdir()
+    else:
+        queries.write_bytes(content)
+
+    result = invoke("eval", "--knowledge", str(small_knowledge), "--queries", str(queries), "--mode", "bm25")
+
+    assert_clean_failure(result, f"query file {str(queries)!r} {message}")
