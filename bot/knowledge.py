@@ -8,6 +8,7 @@ and ``bot.knowledge_xref`` checks the services incidents, runbooks and the roste
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,12 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     kb = KnowledgeBase(root=str(root))
     named: list[NamedService] = []  # the services each file, person and rota names, checked against services.yaml
     runbooks = root / "runbooks"
-    found = sorted(p for p in runbooks.rglob("*") if p.suffix.lower() == ".md") if runbooks.is_dir() else []
+    found = _files(kb, root, runbooks, (".md",)) if runbooks.is_dir() else []
     for path in found:  # README.MD counts as much as readme.md
         _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text, named))
     incident_dir = root / "incidents"
     if incident_dir.is_dir():
-        files = sorted(p for p in incident_dir.rglob("*") if p.suffix.lower() in (".md", ".yaml", ".yml"))
+        files = _files(kb, root, incident_dir, (".md", ".yaml", ".yml"))
         seen: dict[str, str] = {}
         for path in files:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
@@ -84,6 +85,27 @@ def load_knowledge(root: Path) -> KnowledgeBase:
 
 def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files under ``folder`` ending in one of ``suffixes``, sorted; a folder that cannot be listed is a Problem.
+
+    Its path, ending in "/", goes into ``failed_paths``, so indexing keeps what the index holds from under it
+    rather than removing those documents as if their files had been deleted.
+    """
+
+    def unreadable(exc: OSError) -> None:
+        rel = _rel(root, Path(exc.filename)) + "/"
+        kb.problems.append(Problem(rel, f"folder cannot be read ({exc.strerror}): fix its permissions."))
+        kb.failed_paths.add(rel)
+
+    found = [
+        Path(folder_path) / name
+        for folder_path, _, names in os.walk(folder, onerror=unreadable)
+        for name in names
+        if Path(name).suffix.lower() in suffixes
+    ]
+    return sorted(found)
 
 
 def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:

@@ -155,7 +155,10 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
             report.updated += 1
         else:
             report.added += 1
-    present = {d.path for d in kb.documents} | kb.failed_paths
+    # Documents under a folder that could not be listed (failed_paths ending in "/") stay as they were.
+    folders = tuple(p for p in kb.failed_paths if p.endswith("/"))
+    kept = kb.failed_paths | {p for p in stored if folders and p.startswith(folders)}
+    present = {d.path for d in kb.documents} | kept
     file_ids = {i.id for i in kb.incidents}
     # Incidents resolved in Slack live in the database until exported; an exported file takes over.
     removed = [
@@ -175,7 +178,7 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         _embed(store, encoder, kept, report, progress)
 
     store.replace_incidents(
-        kb.incidents, keep=kb.failed_paths, vector_hashes={i.id: incident_vector_hash(i) for i in kb.incidents}
+        kb.incidents, keep=kept, vector_hashes={i.id: incident_vector_hash(i) for i in kb.incidents}
     )
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)

@@ -99,3 +99,15 @@ def _open(settings: Settings):  # noqa: ANN202
 
 def _open_store(ctx: click.Context):  # noqa: ANN202
     return open_db(load_settings(ctx).db_path)
+
+
+def require_index(store: Store, encoder: Any) -> None:
+    """Refuse to search an empty index, or one whose vectors another model made (every search would find nothing)."""
+    if not store.counts()["chunks"]:
+        raise OpsbotError("the index is empty; run `opsbot index` first.")
+    indexed_with = store.get_meta("model")
+    if indexed_with and indexed_with != encoder.model_id:
+        raise OpsbotError(
+            f"the index was built with the model {indexed_with}, and OPSBOT_MODEL now gives {encoder.model_id}: "
+            "run `opsbot index` to embed the knowledge with it, or set OPSBOT_MODEL back."
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bot.cli.base import _open, handle_errors, load_settings, main
+from bot.cli.base import _open, handle_errors, load_settings, main, require_index
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,7 @@ def ask(
     filtered = mode == "hybrid" and not show_all  # Slack answers with hybrid search, filtered
     store, encoder = _open(settings)
     try:
-        if not store.counts()["chunks"]:
-            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        require_index(store, encoder)
         if mode != "bm25":
             encoder.load()  # so the reported encode time is the query's, not the model load's
         # As Slack does: twice as many candidates, then only the relevant ones.

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, typed
+from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, require_index, typed
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ def shell(ctx: click.Context, user: str | None) -> None:
     from bot.shell.repl import Shell
 
     refuse_blank(ctx)
+    if sys.stdin is None:  # started with stdin closed (<&-): there is nothing to read questions from
+        raise OpsbotError(
+            "standard input is closed: run `opsbot shell` in a terminal, or pipe questions into it "
+            '(echo "QUESTION" | opsbot shell).'
+        )
     settings = load_settings(ctx)
     root = logging.getLogger()
     level = root.level
@@ -48,8 +53,7 @@ def shell(ctx: click.Context, user: str | None) -> None:
     store, encoder = _open(settings)
     runtime = Runtime(settings, encoder=encoder, store=store)
     try:
-        if not store.counts()["chunks"]:
-            raise OpsbotError("the index is empty; run `opsbot index` first.")
+        require_index(store, encoder)
         interactive = sys.stdin.isatty()
         with Shell(runtime, write=click.echo, user=user, style=click.style, echo=not interactive) as chat:
             runtime.start_loading()  # the prompt appears at once; the first answer waits for the model
@@ -68,7 +72,8 @@ def _typed_lines(chat: Any, interactive: bool) -> Iterator[str]:
             pass
     while True:
         try:
-            yield input(chat.prompt if interactive else "")
+            # Bytes that are not UTF-8 arrive as lone surrogates, which nothing downstream can store or send: as "?".
+            yield input(chat.prompt if interactive else "").encode("utf-8", "replace").decode("utf-8")
         except EOFError:
             if interactive:
                 click.echo()

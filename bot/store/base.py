@@ -25,7 +25,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from bot.errors import OpsbotError
-from bot.store.schema import TOKENIZER, migrations
+from bot.store.schema import TOKENIZER, migrations, unknown_migrations
 
 log = logging.getLogger(__name__)
 BUSY_WAIT_S = 30.0  # how long a write waits for another writer, in this process or another
@@ -45,9 +45,16 @@ def is_write_failure(exc: BaseException) -> bool:
 class DatabaseUnavailable(OpsbotError):
     """The database file cannot be used: it cannot be written, or it is not an opsbot database."""
 
-    def __init__(self, path: str, reason: str, unwritable: bool, source: str = "OPSBOT_DB") -> None:
-        self.path, self.reason, self.unwritable = path, reason, unwritable
-        if unwritable:
+    def __init__(
+        self, path: str, reason: str, unwritable: bool, source: str = "OPSBOT_DB", newer: bool = False
+    ) -> None:
+        self.path, self.reason, self.unwritable, self.newer = path, reason, unwritable, newer
+        if newer:
+            message = (
+                f"the database {path} was written by a newer opsbot ({reason}); it was left unchanged: upgrade "
+                f"opsbot to use it, or set {source} to another file."
+            )
+        elif unwritable:
             message = (
                 f"cannot write the database {path} ({reason}): check the folder's permissions "
                 f"or set {source} to a writable path."
@@ -60,7 +67,7 @@ class DatabaseUnavailable(OpsbotError):
 
     def naming(self, source: str) -> DatabaseUnavailable:
         """The same error, naming where the path came from (an option such as --db rather than OPSBOT_DB)."""
-        return DatabaseUnavailable(self.path, self.reason, self.unwritable, source)
+        return DatabaseUnavailable(self.path, self.reason, self.unwritable, source, self.newer)
 
 
 class TransactionLost(sqlite3.OperationalError):
@@ -182,6 +189,10 @@ class StoreBase:
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30, factory=LockedConnection)
         conn.lock = self.lock
         self.db = LockedDatabase(conn)
+        if unknown := unknown_migrations(self.db):  # an older opsbot would write what the newer one cannot read
+            self.db.close()
+            reason = f"schema changes unknown here: {', '.join(unknown)}"
+            raise DatabaseUnavailable(self.path, reason, unwritable=False, newer=True)
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")

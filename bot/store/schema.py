@@ -13,6 +13,12 @@ migrations = Migrations("opsbot")
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 
 
+def unknown_migrations(db: Database) -> list[str]:
+    """The migrations applied to ``db`` that this version of opsbot does not have: a newer opsbot wrote it."""
+    known = {m.name for m in migrations.pending(Database(memory=True))}
+    return [m.name for m in migrations.applied(db) if m.name not in known]
+
+
 @migrations()
 def m001_knowledge(db: Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")

@@ -38,12 +38,26 @@ class EvalQuery:
     sections: frozenset[str] = frozenset()  # "path#anchor": the sections that answer it, when labelled
 
 
-def load_queries(path: Path) -> list[EvalQuery]:
-    """Read a JSON-lines query file; a bad line is reported with its number."""
+def read_query_file(path: Path) -> str:
+    """The text of a JSON-lines query file, or an InvalidRequest saying why it cannot be read."""
+    if path.is_dir():
+        raise InvalidRequest(f"query file {str(path)!r} is a folder; give the JSON-lines file in it.")
     if not path.is_file():
         raise InvalidRequest(f"query file {str(path)!r} does not exist.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"query file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise InvalidRequest(f"query file {str(path)!r} cannot be read ({exc.strerror}).") from None
+
+
+def load_queries(path: Path) -> list[EvalQuery]:
+    """Read a JSON-lines query file; a bad line is reported with its number."""
     queries: list[EvalQuery] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_query_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

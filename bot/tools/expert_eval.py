@@ -23,6 +23,7 @@ from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge, unknown_responders
 from bot.models import Incident
 from bot.text import content_hash, normalize_query
+from bot.tools.evaluation import read_query_file
 
 log = logging.getLogger(__name__)
 SHOWN = 5  # names listed of anything summarised (unknown services, responders missing from the roster)
@@ -50,10 +51,8 @@ class ExpertQuery:
 
 def load_expert_queries(path: Path) -> list[ExpertQuery]:
     """JSON lines: {"id"?, "query", "relevant": [roster ids], "services"?: [...], "date"?: ISO}; bad lines named."""
-    if not path.is_file():
-        raise InvalidRequest(f"query file {str(path)!r} does not exist.")
     queries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_query_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

@@ -1,0 +1,154 @@
+"""Bad input and broken environments on the command line: a clear message, never a traceback or lost data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import bot.cli.knowledge as knowledge_cli
+import bot.cli.slack as slack_cli
+from bot.store import Store
+from tests.conftest import ROOT, SAMPLE_KNOWLEDGE, FakeEncoder, assert_clean_failure, invoke
+
+
+@pytest.fixture
+def small_knowledge(tmp_path: Path) -> Path:
+    """Three runbooks in two folders and the incidents of 2025, copied from the sample."""
+    root = tmp_path / "knowledge"
+    for folder in ("runbooks/auth-service", "runbooks/cdn", "incidents/2025"):
+        shutil.copytree(SAMPLE_KNOWLEDGE / folder, root / folder)
+    return root
+
+
+@pytest.fixture
+def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`opsbot index` with the fake encoder into tmp_path/index.db (returned)."""
+    db = tmp_path / "index.db"
+    monkeypatch.setattr(knowledge_cli, "_open", lambda settings: (Store(db), FakeEncoder()))
+    return db
+
+
+@pytest.fixture
+def lock_folder(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Make a folder unlistable, as chmod 000 does for anyone but root (the tests may run as root)."""
+    locked: set[str] = set()
+    real_scandir = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if os.path.abspath(os.fspath(path)) in locked:  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", os.fspath(path))  # type: ignore[arg-type]
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda folder: locked.add(str(folder.resolve()))
+
+
+def stored_paths(db: Path) -> set[str]:
+    store = Store(db)
+    try:
+        return set(store.document_hashes())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("folder", ["runbooks/cdn", "runbooks", "incidents"])
+def test_an_unreadable_folder_is_a_problem_and_its_documents_stay_indexed(
+    small_knowledge: Path, fake_index: Path, lock_folder: Callable[[Path], None], folder: str
+) -> None:
+    assert invoke("index", "--nice", "0", str(small_knowledge)).exit_code == 0
+    before = stored_paths(fake_index)
+    lock_folder(small_knowledge / folder)
+
+    checked = invoke("check", str(small_knowledge))
+    indexed = invoke("index", "--nice", "0", str(small_knowledge))
+
+    assert checked.exit_code == 1 and f"{folder}/: folder cannot be read (Permission denied)" in checked.stdout
+    assert indexed.exit_code == 0, indexed.output
+    assert f"Warning: {folder}/: folder cannot be read (Permission denied): fix its permissions." in indexed.stderr
+    assert "0 removed" in indexed.stdout
+    assert stored_paths(fake_index) == before
+
+
+def test_a_database_of_a_newer_opsbot_is_refused_and_left_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "opsbot.db"
+    Store(db).close()
+    with sqlite3.connect(db) as conn:  # what a later release's migration leaves behind
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('opsbot', ?, '')", ["m099_future"]
+        )
+    conn.close()
+    before = db.read_bytes()
+
+    result = invoke("feedback", env={"OPSBOT_DB": str(db)})
+
+    assert_clean_failure(result, "was written by a newer opsbot", "m099_future", "upgrade opsbot", "OPSBOT_DB")
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [("ask", "login failures"), ("ask", "--mode", "bm25", "login failures"), ("shell",)])
+def test_an_index_of_another_model_is_named_instead_of_finding_nothing(
+    small_knowledge: Path, fake_index: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    assert invoke("index", "--nice", "0", str(small_knowledge)).exit_code == 0  # with the model "fake-encoder"
+    other = lambda settings: (Store(fake_index), FakeEncoder(model_id="other-model"))  # noqa: E731
+    monkeypatch.setattr(knowledge_cli, "_open", other)
+    monkeypatch.setattr(slack_cli, "_open", other)
+
+    result = invoke(*args)
+
+    assert_clean_failure(result, "built with the model fake-encoder", "now gives other-model", "run `opsbot index`")
+
+
+def test_shell_with_stdin_closed_says_where_questions_come_from(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+    env |= {"OPSBOT_DB": str(tmp_path / "opsbot.db"), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "bot", "shell"]
+
+    result = subprocess.run(  # fd 0 closed before Python starts, as `opsbot shell <&-` does: sys.stdin is None
+        command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, preexec_fn=lambda: os.close(0)
+    )
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: standard input is closed: run `opsbot shell` in a terminal, or pipe")
+
+
+def test_shell_turns_bytes_that_are_not_utf8_into_text_it_can_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    typed = iter(["pgbouncer \udcff\udcfe too many clients"])  # how Python reads the bytes ff fe from a pipe
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+
+    lines = list(slack_cli._typed_lines(None, interactive=False))
+
+    assert lines == ["pgbouncer ?? too many clients"]
+    assert lines[0].encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\xff\xfe{}\n", "is not UTF-8 text (byte 0); save it as UTF-8."), (None, "is a folder; give the JSON-lines")],
+)
+def test_eval_says_why_a_query_file_cannot_be_read(
+    small_knowledge: Path, tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    queries = tmp_path / "queries.jsonl"
+    if content is None:
+        queries.mkdir()
+    else:
+        queries.write_bytes(content)
+
+    result = invoke("eval", "--knowledge", str(small_knowledge), "--queries", str(queries), "--mode", "bm25")
+
+    assert_clean_failure(result, f"query file {str(queries)!r} {message}")
