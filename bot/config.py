@@ -98,8 +98,11 @@ class Settings:
                 "point it at a folder holding runbooks/ and incidents/ (default ./knowledge)."
             )
 
-        db_path = Path(values.get("OPSBOT_DB") or "opsbot.db").expanduser()
-        if not db_path.parent.exists():
+        raw_db = values.get("OPSBOT_DB")
+        db_path = Path(raw_db or "opsbot.db").expanduser()
+        if raw_db and not raw_db.strip():  # unset or empty is the default; spaces would name a file "   "
+            problems.append("OPSBOT_DB is blank; give a file path such as ./opsbot.db, or unset it.")
+        elif not db_path.parent.exists():
             problems.append(
                 f"OPSBOT_DB={str(db_path)!r}: the folder {str(db_path.parent)!r} does not exist; "
                 "create it or choose another path for the database file."

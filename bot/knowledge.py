@@ -27,6 +27,8 @@ KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "
 def root_problem(root: Path) -> str | None:
     """Why ``root`` is not a knowledge folder, or None. Indexing a folder replaces the whole index with what it
     holds: a wrong one (``knowledge/runbooks``, the current folder) would empty it without a word."""
+    if root.exists() and not root.is_dir():
+        return f"{str(root)!r} is a file, not a knowledge directory; pass the folder with runbooks/ in it."
     if not root.is_dir():
         return f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it."
     if not any((root / entry).exists() for entry in KNOWLEDGE_ENTRIES):

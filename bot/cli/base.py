@@ -79,6 +79,15 @@ def refuse_blank(ctx: click.Context, *names: str) -> None:
             raise OpsbotError(f"{flag} is empty: give a value, or leave the option out.")
 
 
+def knowledge_folder(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """A DIRECTORY argument as a path; a blank one is refused (as a path it would be the current folder)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("is blank: pass the knowledge folder, or leave it out for $OPSBOT_KNOWLEDGE.")
+    return Path(value)
+
+
 def open_db(path: Path | str, source: str = "OPSBOT_DB") -> Store:
     """The store at ``path``; a file that is not an opsbot database, or that cannot be written, is one clear
     error naming ``source`` (where the path came from), not sqlite's traceback."""

@@ -111,6 +111,8 @@ def evaluate(
         wanted = "search" if task == "experts" else "experts"
         raise OpsbotError(f"{', '.join(given)} only {verb} to --task {wanted}; leave it out or change --task.")
     settings = load_settings(ctx, encoder=backend)
+    if knowledge.exists() and not knowledge.is_dir():
+        raise OpsbotError(f"--knowledge {str(knowledge)!r} is a file; pass the folder with runbooks/ in it.")
     if not knowledge.is_dir():
         raise OpsbotError(f"knowledge directory {str(knowledge)!r} does not exist.")
     encoder = make_encoder(settings)

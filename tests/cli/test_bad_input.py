@@ -152,3 +152,41 @@ def test_eval_says_why_a_query_file_cannot_be_read(
     result = invoke("eval", "--knowledge", str(small_knowledge), "--queries", str(queries), "--mode", "bm25")
 
     assert_clean_failure(result, f"query file {str(queries)!r} {message}")
+
+
+def test_a_blank_knowledge_folder_argument_is_refused_not_taken_for_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runbooks").mkdir()  # the current folder even looks like a knowledge folder
+    for command in ("index", "check"):
+        result = invoke(command, "  ")
+        assert result.exit_code == 2 and "is blank: pass the knowledge folder" in result.stderr, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "opsbot.db").exists()
+
+
+def test_a_file_given_as_the_knowledge_folder_is_named_a_file(tmp_path: Path) -> None:
+    note = tmp_path / "notes.md"
+    note.write_text("# not a folder\n")
+    assert_clean_failure(invoke("check", str(note)), "is a file, not a knowledge directory")
+    assert_clean_failure(invoke("index", str(note)), "is a file, not a knowledge directory")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"query": "x", "relevant": ["runbooks/a.md"]}\n')
+    assert_clean_failure(invoke("eval", "--knowledge", str(note), "--queries", str(queries)), "is a file")
+
+
+def test_opsbot_db_of_spaces_is_refused_rather_than_naming_a_file_of_spaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_clean_failure(invoke("ask", "pgbouncer", env={"OPSBOT_DB": "   "}), "OPSBOT_DB is blank")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_question_is_refused_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_model(settings: object) -> None:
+        raise AssertionError("the model was loaded for an empty question")
+
+    monkeypatch.setattr(knowledge_cli, "_open", no_model)
+    assert_clean_failure(invoke("ask", "  "), "the question is empty")
