@@ -1,210 +1,263 @@
-"""Read a knowledge directory (runbooks, incidents, roster) into plain models.
-
-Every file is read on its own: a broken file becomes a Problem with its path and line,
-and everything else still loads. Each kind of file is parsed in ``bot.runbook_file``, ``bot.record_files``
-(incidents, the roster, channels.yaml) and ``bot.services_file``; this module walks the directory,
-and ``bot.knowledge_xref`` checks the services incidents, runbooks and the roster name against services.yaml.
-"""
+"""Knowledge commands: check, index and ask."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from bot.knowledge_fields import FileProblem
-from bot.knowledge_xref import NamedService, named_services, other_services, roster_services, service_name_problems
-from bot.models import Expert, Incident, KnowledgeBase, Problem
-from bot.record_files import incident_document, parse_channels, parse_incident, parse_roster, parse_roster_rotations
-from bot.runbook_file import parse_runbook
-from bot.services_file import read_services_file
-from bot.text import FrontMatterError, content_hash, split_front_matter
-from bot.yaml_lines import duplicate_keys
+import click
 
-KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "channels.yaml")
+from bot.cli.base import _open, handle_errors, knowledge_folder, load_settings, main, require_index
+from bot.errors import OpsbotError
+
+log = logging.getLogger(__name__)
 
 
-def root_problem(root: Path) -> str | None:
-    """Why ``root`` is not a knowledge folder, or None. Indexing a folder replaces the whole index with what it
-    holds: a wrong one (``knowledge/runbooks``, the current folder) would empty it without a word."""
-    if root.exists() and not root.is_dir():
-        return f"{str(root)!r} is a file, not a knowledge directory; pass the folder with runbooks/ in it."
-    if not root.is_dir():
-        return f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it."
-    if not any((root / entry).exists() for entry in KNOWLEDGE_ENTRIES):
-        return (
-            f"{str(root)!r} is not a knowledge folder: it holds none of runbooks/, incidents/, experts.yaml, "
-            "services.yaml or channels.yaml. Pass the folder that holds them (knowledge/, not knowledge/runbooks/); "
-            "nothing was changed."
-        )
-    return None
+INDEX_NICENESS = 10  # a batch job: the bot serving on the same cores acknowledges first
 
 
-def load_knowledge(root: Path) -> KnowledgeBase:
-    """Load every runbook, incident and the roster under ``root``."""
-    kb = KnowledgeBase(root=str(root))
-    named: list[NamedService] = []  # the services each file, person and rota names, checked against services.yaml
-    runbooks = root / "runbooks"
-    found = _files(kb, root, runbooks, (".md",)) if runbooks.is_dir() else []
-    for path in found:  # README.MD counts as much as readme.md
-        _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text, named))
-    incident_dir = root / "incidents"
-    if incident_dir.is_dir():
-        files = _files(kb, root, incident_dir, (".md", ".yaml", ".yml"))
-        seen: dict[str, str] = {}
-        for path in files:
-            _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
-    roster = root / "experts.yaml"
-    if roster.is_file() and (text := _read(kb, "experts.yaml", roster)) is not None:
-        entries: list[int] = []
-        kb.experts, problems = parse_roster("experts.yaml", text, entries)
-        kb.problems.extend(problems)
-        if problems and not kb.experts:
-            kb.failed_paths.add("experts.yaml")
-        kb.rotations, problems = parse_roster_rotations("experts.yaml", text, kb.experts)
-        kb.problems.extend(problems)
-        named += roster_services("experts.yaml", text, kb.experts, entries, kb.rotations)
-    services = root / "services.yaml"
-    if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
-        roster = None if "experts.yaml" in kb.failed_paths else kb.experts  # a broken roster is reported already
-        found = read_services_file("services.yaml", text, roster)
-        kb.services, kb.deploy_settings = found.services, found.settings
-        kb.problems.extend(found.problems)
-        if found.failed:
-            kb.failed_paths.add("services.yaml")
-        elif found.names:  # without services.yaml, or with none in it, no name can be told wrong
-            kb.problems += service_name_problems(found.names, named)
-            kb.notes += [note] if (note := other_services(found.names, named)) else []
-    channels = root / "channels.yaml"
-    if channels.is_file() and (text := _read(kb, "channels.yaml", channels)) is not None:
-        kb.channels, problems = parse_channels("channels.yaml", text)
-        kb.problems.extend(problems)
-        if problems and not kb.channels:  # unreadable as a whole: the modes it gave before stay
-            kb.failed_paths.add("channels.yaml")
-    _check_responders(kb)
-    return kb
+@main.command()
+@click.argument("directory", required=False, type=click.Path(), callback=knowledge_folder)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--nice",
+    "niceness",
+    type=click.IntRange(0, 19),
+    default=INDEX_NICENESS,
+    show_default=True,
+    help="Run at lower CPU priority (Unix niceness added), so an `opsbot serve` on the same machine "
+    "stays responsive while this embeds; 0 keeps the priority as it is.",
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any file has a problem (for CI).")
+@click.pass_context
+@handle_errors
+def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: int, strict: bool) -> None:
+    """Index a knowledge directory (default: $OPSBOT_KNOWLEDGE or ./knowledge).
 
+    Only new or changed text is embedded; removed files leave the index. The job runs at lower
+    CPU priority (--nice 10), so a bot serving on the same machine answers Slack first. A file or
+    entry with a problem is left out and the rest indexed; --strict then exits with status 1.
+    Incidents resolved in Slack that the bot did not index (it stopped first) are indexed too.
 
-def _rel(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
-def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """The files under ``folder`` ending in one of ``suffixes``, sorted; a folder that cannot be listed is a Problem.
-
-    Its path, ending in "/", goes into ``failed_paths``, so indexing keeps what the index holds from under it
-    rather than removing those documents as if their files had been deleted.
+    \b
+    Example:
+      opsbot index knowledge/
+      opsbot index --nice 0 knowledge/     # nothing to make way for: full priority
+      opsbot index --strict knowledge/     # in CI: fail on any problem
     """
+    from bot.answers.indexer import index_incidents, index_knowledge
+    from bot.knowledge import root_problem
+    from bot.ops.incidents import IncidentService
 
-    def unreadable(exc: OSError) -> None:
-        rel = _rel(root, Path(exc.filename)) + "/"
-        kb.problems.append(Problem(rel, f"folder cannot be read ({exc.strerror}): fix its permissions."))
-        kb.failed_paths.add(rel)
+    settings = load_settings(ctx)
+    root = directory or settings.knowledge_dir
+    if (problem := root_problem(root)) is not None:  # before anything else runs or is logged
+        raise OpsbotError(problem)
+    lower_priority(niceness)
+    store, encoder = _open(settings)
+    bar_state: dict[str, Any] = {}
 
-    found = [
-        Path(folder_path) / name
-        for folder_path, _, names in os.walk(folder, onerror=unreadable)
-        for name in names
-        if Path(name).suffix.lower() in suffixes
-    ]
-    return sorted(found)
+    def progress(done: int, total: int) -> None:
+        if as_json:
+            return
+        if "bar" not in bar_state:
+            bar_state["bar"] = click.progressbar(length=total, label="Embedding sections", file=sys.stderr)
+            bar_state["bar"].__enter__()
+        bar_state["bar"].update(done - bar_state.get("done", 0))
+        bar_state["done"] = done
 
-
-def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:
-    """A file's text without a byte-order mark, or None with a Problem when it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
-        _check_duplicate_keys(kb, rel, text)
-        return text
-    except UnicodeDecodeError:
-        kb.problems.append(Problem(rel, "is not UTF-8 text; save it as UTF-8."))
-    except OSError as exc:
-        kb.problems.append(Problem(rel, f"cannot be read: {exc.strerror}"))
-    kb.failed_paths.add(rel)
-    return None
-
-
-def _check_duplicate_keys(kb: KnowledgeBase, rel: str, text: str) -> None:
-    """A problem for each key given twice in a YAML file or a Markdown file's front matter."""
-    offset = 0
-    if rel.lower().endswith(".md"):
-        try:
-            front = split_front_matter(text)
-        except FrontMatterError:
-            return  # reported when the file is parsed
-        text, offset = front.block, front.block_line - 1
-    elif not rel.lower().endswith((".yaml", ".yml")):
+        report = index_knowledge(store, encoder, root, progress)
+        # Resolved in Slack, but the bot stopped (or failed) before indexing them: searchable from now on.
+        late = index_incidents(store, encoder, IncidentService.from_store(store).unlearned())
+    finally:
+        if "bar" in bar_state:
+            bar_state["bar"].__exit__(None, None, None)
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict() | {"resolved_incidents_indexed": late}, indent=2))
+        if strict and report.problems:
+            sys.exit(1)
         return
-    for key, line, first in duplicate_keys(text):
-        kb.problems.append(
-            Problem(
-                rel,
-                f"{key}: given twice (also at line {first + offset}); YAML keeps only this one, so the first "
-                "one's settings are lost. Merge the two into one.",
-                line + offset,
-            )
+    click.echo(
+        f"Indexed {root}: {report.runbooks} runbooks, {report.incidents} incidents, {report.experts} people "
+        f"({report.added} added, {report.updated} updated, {report.unchanged} unchanged, {report.removed} removed; "
+        f"{report.embedded} sections embedded, {report.reused} reused) in {report.seconds:.1f}s with {report.model_id}."
+    )
+    if late:
+        ids = ", ".join(late)
+        click.echo(f"Indexed {len(late)} incident(s) resolved in Slack that the bot had not indexed: {ids}.")
+    if report.experts_fit:
+        click.echo(f"Expert suggestions: {report.experts_fit}.")
+    for problem in report.problems:
+        click.echo(f"Warning: {problem}", err=True)
+    if report.problems:
+        click.echo(
+            f"{problems_line(report.problems)} (above): fix them and index again; `opsbot check` lists them without "
+            "indexing.",
+            err=True,
         )
+        if strict:
+            sys.exit(1)
 
 
-def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
-    rel = _rel(root, path)
-    text = _read(kb, rel, path)
-    if text is None:
-        return
-    try:
-        parse(path, rel, text)
-    except (FileProblem, FrontMatterError) as exc:
-        kb.problems.append(Problem(rel, str(exc), exc.line))
-        kb.failed_paths.add(rel)
-    except (ValueError, TypeError) as exc:  # e.g. YAML's own date parsing: 2025-02-30
-        kb.problems.append(Problem(rel, f"has a value that cannot be read: {exc}"))
-        kb.failed_paths.add(rel)
+def problems_line(problems: list) -> str:
+    """ "3 problems in 2 files" for a list of knowledge problems."""
+    files = len({p.path for p in problems})
+    return f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {files} file{'s' if files != 1 else ''}"
 
 
-def _add_runbook(kb: KnowledgeBase, rel: str, text: str, named: list[NamedService]) -> None:
-    notes: list[tuple[str, int]] = []
-    document = parse_runbook(rel, text, notes)
-    kb.documents.append(document)
-    named += named_services(rel, "runbook", text, document.services)
-    kb.problems += [Problem(rel, note, line) for note, line in notes]  # the runbook is read all the same
+@main.command()
+@click.argument("directory", required=False, type=click.Path(), callback=knowledge_folder)
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@click.pass_context
+@handle_errors
+def check(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
+    """Check a knowledge directory without indexing it: every problem of every file at once.
 
+    Exits with status 1 when there is any problem (a misspelt key in services.yaml, an approver
+    nobody on the roster matches, a runbook without text ...), so CI can fail on a broken file.
+    Loads no model and opens no database.
 
-def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str], named: list[NamedService]) -> None:
-    notes: list[str] = []
-    incident = parse_incident(rel, text, notes)
-    if incident.id in seen:
-        raise FileProblem(f"incident id {incident.id} is also used by {seen[incident.id]}; ids must be unique.")
-    seen[incident.id] = rel
-    kb.problems += [Problem(rel, note) for note in notes]  # the rest of the incident is read
-    kb.incidents.append(incident)
-    kb.documents.append(incident_document(incident, content_hash(text)))
-    named += named_services(rel, "incident", text, incident.services)
-
-
-UNKNOWN_SHOWN = 5  # people named in the one-line summary of responders missing from the roster
-
-
-def _check_responders(kb: KnowledgeBase) -> None:
-    """One problem naming how many responders are not on the roster, and the first few, rather than one a file.
-
-    Real history names people who have left: their incidents still count in statistics, and they are never suggested.
+    \b
+    Example:
+      opsbot check knowledge/
+      opsbot check --json knowledge/ | jq '.problems[]'
     """
-    if not kb.experts:
+    from bot.knowledge import load_knowledge, root_problem
+
+    root = directory or load_settings(ctx).knowledge_dir
+    if (problem := root_problem(root)) is not None:
+        raise OpsbotError(problem)
+    kb = load_knowledge(root)
+    runbooks = sum(1 for d in kb.documents if d.kind == "runbook")
+    counts = (
+        f"{runbooks} runbooks, {len(kb.incidents)} incidents, {len(kb.experts)} people, {len(kb.services)} services"
+    )
+    if as_json:
+        problems = [{"path": p.path, "line": p.line, "message": p.message} for p in kb.problems]
+        report = {"directory": str(root), "ok": not problems, "problems": problems, "notes": kb.notes}
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for problem in kb.problems:
+            click.echo(str(problem))
+        if kb.problems:
+            click.echo(f"{problems_line(kb.problems)} under {root} (fix them and run `opsbot check` again).", err=True)
+        else:
+            click.echo(f"No problems in {root}: {counts}.")
+        for note in kb.notes:  # not wrong, so the status stays what the problems make it
+            click.echo(f"Note: {note}")
+    if kb.problems:
+        sys.exit(1)
+
+
+def lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this process's Unix niceness (no-op at 0, or where there is no os.nice)."""
+    if niceness and hasattr(os, "nice"):
+        log.info("running at lower CPU priority niceness=%d", os.nice(niceness))
+
+
+@main.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("-k", "top_k", type=click.IntRange(1, 50), default=None, help="How many documents to show, at most.")
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Show the k best documents with their scores, also those Slack leaves out as not relevant.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@click.pass_context
+@handle_errors
+def ask(
+    ctx: click.Context, question: tuple[str, ...], top_k: int | None, mode: str, show_all: bool, as_json: bool
+) -> None:
+    """Answer a question, or a pasted alert or log line, from the index.
+
+    Only what is relevant is shown, by the same rule as in Slack: a question nothing in the knowledge
+    matches is declined rather than answered with the closest guesses. --all shows the k best documents
+    anyway, with their scores; --mode dense or bm25 ranks by that signal alone and shows everything.
+
+    \b
+    Example:
+      opsbot ask "FATAL: sorry, too many clients already"
+      opsbot ask -k 3 --json "checkout latency high"
+      opsbot ask --all "why is the build slow"
+    """
+    from bot.answers.replies import relevant_hits
+    from bot.answers.search import SearchIndex
+    from bot.hints import examples
+
+    if not " ".join(question).strip():  # before the model loads: nothing to ask it
+        raise OpsbotError("the question is empty; type what you are looking for, or paste the alert.")
+    settings = load_settings(ctx)
+    k = top_k or settings.top_k
+    filtered = mode == "hybrid" and not show_all  # Slack answers with hybrid search, filtered
+    store, encoder = _open(settings)
+    try:
+        require_index(store, encoder)
+        if mode != "bm25":
+            encoder.load()  # so the reported encode time is the query's, not the model load's
+        # As Slack does: twice as many candidates, then only the relevant ones.
+        wanted = max(k, settings.top_k) * 2 if filtered else k
+        answer = SearchIndex(store, encoder).search(" ".join(question), k=wanted, mode=mode)
+        service = examples(store).service
+    finally:
+        store.close()
+    # Slack's answer: the relevant runbooks and past incidents (None: no relevance outside hybrid search).
+    relevant = {id(h) for part in relevant_hits(answer, settings) for h in part} if mode == "hybrid" else None
+    hits = [h for h in answer.hits if relevant is None or id(h) in relevant][:k] if filtered else list(answer.hits)
+    if as_json:
+        marked = [(h, relevant is None or id(h) in relevant) for h in hits]
+        click.echo(json.dumps(_answer_dict(answer, marked, declined=filtered and not hits), indent=2))
         return
-    unknown = unknown_responders(kb.experts, kb.incidents)
-    if unknown:
-        people = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
-        files = sum(1 for i in kb.incidents if any(r in set(unknown) for r in i.responders))
-        kb.problems.append(
-            Problem(
-                "experts.yaml",
-                f"{len(unknown)} responder(s) in {files} incident(s) are not on the roster ({people}); their "
-                "incidents still count, but they are never suggested. Add whoever still helps to experts.yaml.",
-            )
+    if not answer.hits:
+        click.echo("Nothing in the knowledge base matches. Try other words, or paste the alert text.")
+        return
+    if not hits:
+        example = f" (for example {service})" if service else ""
+        click.echo(
+            "I found nothing relevant in the runbooks or past incidents, so I won't guess (as in Slack).\n"
+            f"Try: naming the service{example}, pasting the exact alert or error line, or using the words your "
+            "dashboards use. `opsbot ask --all` lists the closest documents anyway, with their scores."
         )
+        return
+    for n, hit in enumerate(hits, start=1):
+        label = f"[{hit.incident_id}] " if hit.incident_id else ""
+        click.secho(f"{n}. {label}{hit.title}", bold=True)
+        if show_all or mode != "hybrid":
+            below = "" if relevant is None or id(hit) in relevant else "; not relevant enough to show in Slack"
+            click.echo(f"   {hit.citation}  (score {hit.score:.3f}, similarity {hit.similarity:.2f}{below})")
+        else:
+            click.echo(f"   {hit.citation}")
+        if hit.url:
+            click.echo(f"   {hit.section_url}")
+        if hit.alert and hit.kind == "runbook":
+            click.echo(f"   runbook for the alert {hit.alert}")
+        elif hit.quoted:
+            click.echo("   this section contains every word of the question")
+        click.echo(f"   {hit.snippet}\n")
+    click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
 
 
-def unknown_responders(experts: list[Expert], incidents: list[Incident]) -> list[str]:
-    """Responders of ``incidents`` who are not on the roster, in order of first appearance."""
-    known = {e.id for e in experts}
-    return list(dict.fromkeys(r for i in incidents for r in i.responders if r not in known))
+def _answer_dict(answer: Any, hits: list[tuple[Any, bool]], declined: bool) -> dict:
+    """The answer as JSON: the hits shown, each saying whether Slack would show it; declined when none is."""
+    from dataclasses import asdict
+
+    return {
+        "query": answer.query,
+        "normalized_query": answer.normalized_query,
+        "mode": answer.mode,
+        "encode_ms": round(answer.encode_ms, 2),
+        "search_ms": round(answer.search_ms, 2),
+        "declined": declined,
+        "hits": [
+            asdict(h) | {"citation": h.citation, "section_url": h.section_url, "relevant": relevant}
+            for h, relevant in hits
+        ],
+    }
