@@ -145,6 +145,13 @@ def evaluate(
             f"{r['held_back_documents']} documents' queries MRR@10 {r['held_back_mrr']:.3f} vs fusion "
             f"{r['held_back_mrr_fused']:.3f}{'' if r['trees'] else ', so fusion is used'}"
         )
+    if unknown := results[modes[0]]["unknown_relevant"]:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        click.echo(
+            f"Warning: {len(unknown)} relevant path(s) of {queries} are no document of {knowledge} and count as "
+            f"misses: {shown}. Give paths relative to the knowledge folder, as `opsbot ask --json` shows them.",
+            err=True,
+        )
     skipped = results[modes[0]]["skipped"]
     if skipped:
         click.echo(f"{skipped} queries skipped: none of their relevant documents are {documents}.")
@@ -158,6 +165,8 @@ def evaluate(
 
 def format_eval_table(results: dict) -> str:
     """A plain-text table: one row per mode and query group."""
+    from bot.tools.evaluation import RESERVED
+
     rows = [m for groups in results.values() for m in groups.values() if isinstance(m, dict)]
     sectioned = any("section@1" in m for m in rows)
     shown = any("shown@1" in m for m in rows)
@@ -167,7 +176,7 @@ def format_eval_table(results: dict) -> str:
     lines = [header, "-" * len(header)]
     for mode, groups in results.items():
         for group, m in groups.items():
-            if group in ("misses", "skipped", "section_misses"):
+            if group in RESERVED:
                 continue
             line = (
                 f"{mode:<8} {group:<14} {m['queries']:>4} {m['recall@1']:>6.3f} {m['recall@3']:>6.3f} "

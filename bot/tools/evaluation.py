@@ -114,6 +114,9 @@ def shown_paths(answer: Answer, settings: Settings, kind: str = "") -> list[str]
     return [h.path for h in runbooks + incidents if not kind or h.kind == kind]
 
 
+RESERVED = ("misses", "section_misses", "skipped", "unknown_relevant")  # keys of a mode's results beside its groups
+
+
 def evaluate(
     index: SearchIndex,
     queries: list[EvalQuery],
@@ -158,7 +161,7 @@ def evaluate(
                 shown = shown_paths(answer, settings, kind)
                 metrics["shown@1"] = float(bool(shown) and shown[0] in relevant)
                 metrics["shown"] = float(bool(relevant.intersection(shown)))
-            groups = ("all", q.kind) if q.kind not in ("", "all", "misses") else ("all",)
+            groups = ("all", q.kind) if q.kind not in ("", "all", *RESERVED) else ("all",)
             for group in groups:
                 counts[group] += 1
                 for name, value in metrics.items():
@@ -186,6 +189,8 @@ def evaluate(
         results[mode]["misses"] = misses
         results[mode]["section_misses"] = section_misses
         results[mode]["skipped"] = skipped
+        # A path no document has can never be found: a typo in the query file, scored as a miss, named here.
+        results[mode]["unknown_relevant"] = sorted({p for q in queries for p in q.relevant} - set(index.doc_index))
     return results
 
 

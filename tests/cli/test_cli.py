@@ -580,6 +580,24 @@ def test_eval_missing_knowledge_is_a_clear_error(eval_files: tuple[Path, Path], 
     assert_clean_failure(result, "knowledge directory", "does not exist")
 
 
+def test_eval_names_relevant_paths_that_no_document_has(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
+    knowledge, _ = eval_files
+    queries = write_queries(
+        tmp_path / "typo.jsonl",
+        [
+            {"id": "disk", "query": "docker no space left on device", "relevant": ["runbooks/disk-full.md"]},
+            {"id": "typo", "query": "docker no space left on device", "relevant": ["runbook/disk-full.md"]},
+        ],
+    )
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.stdout)[("bm25", "all")]["r1"] == 0.5  # still scored, as a miss
+    assert f"1 relevant path(s) of {queries} are no document of {knowledge}" in result.stderr
+    assert "runbook/disk-full.md" in result.stderr and "runbooks/disk-full.md" not in result.stderr
+    assert json.loads(invoke(*args, "--json").stdout)["modes"]["bm25"]["unknown_relevant"] == ["runbook/disk-full.md"]
+
+
 def test_eval_can_rank_one_kind_of_document(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = write_queries(
