@@ -580,16 +580,18 @@ def test_eval_missing_knowledge_is_a_clear_error(eval_files: tuple[Path, Path], 
     assert_clean_failure(result, "knowledge directory", "does not exist")
 
 
+def bm25_eval_of_the_disk_query_and(knowledge: Path, queries: Path, other: dict) -> tuple[str, ...]:
+    """`opsbot eval --mode bm25` arguments for a file of two queries: the disk runbook's, and ``other``."""
+    disk = {"id": "disk", "query": "docker no space left on device", "relevant": ["runbooks/disk-full.md"]}
+    write_queries(queries, [disk, other])
+    return ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+
+
 def test_eval_names_relevant_paths_that_no_document_has(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
-    queries = write_queries(
-        tmp_path / "typo.jsonl",
-        [
-            {"id": "disk", "query": "docker no space left on device", "relevant": ["runbooks/disk-full.md"]},
-            {"id": "typo", "query": "docker no space left on device", "relevant": ["runbook/disk-full.md"]},
-        ],
-    )
-    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+    queries = tmp_path / "typo.jsonl"
+    typo = {"id": "typo", "query": "docker no space left on device", "relevant": ["runbook/disk-full.md"]}
+    args = bm25_eval_of_the_disk_query_and(knowledge, queries, typo)
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert table_rows(result.stdout)[("bm25", "all")]["r1"] == 0.5  # still scored, as a miss
@@ -600,14 +602,8 @@ def test_eval_names_relevant_paths_that_no_document_has(eval_files: tuple[Path, 
 
 def test_eval_can_rank_one_kind_of_document(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
-    queries = write_queries(
-        tmp_path / "kinds.jsonl",
-        [
-            {"id": "disk", "query": "docker no space left on device", "relevant": ["runbooks/disk-full.md"]},
-            {"id": "past", "query": "the outage last spring", "relevant": ["incidents/INC-1.yaml"]},
-        ],
-    )
-    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+    past = {"id": "past", "query": "the outage last spring", "relevant": ["incidents/INC-1.yaml"]}
+    args = bm25_eval_of_the_disk_query_and(knowledge, tmp_path / "kinds.jsonl", past)
     result = invoke(*args, "--documents", "runbooks")
     assert result.exit_code == 0, result.output
     assert table_rows(result.stdout)[("bm25", "all")]["n"] == 1
