@@ -180,10 +180,6 @@ class RosterStore(StoreBase):
     def incident_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM incidents").fetchone()[0]
 
-    def incident_ids(self) -> set[str]:
-        """The ids of every past incident: read from files, or resolved in Slack and indexed."""
-        return {r[0] for r in self.db.execute("SELECT id FROM incidents").fetchall()}
-
     def replace_experts(self, experts: list[Expert]) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM experts")

@@ -42,7 +42,8 @@ def submit_view(slack: SlackDriver, view: dict, values: dict[str, str], user: st
 
 def indexed(runtime: Runtime, incident_id: str) -> None:
     """Wait until a resolved incident is indexed: that follows its summary, in the listener's thread."""
-    assert incident_id in eventually(runtime.store.incident_ids, lambda ids: incident_id in ids, 60)
+    past = eventually(lambda: {i.id for i in runtime.store.load_incidents()}, lambda ids: incident_id in ids, 60)
+    assert incident_id in past
 
 
 def test_severity_roles_and_updates_in_the_forms_other_tools_use(
