@@ -107,6 +107,11 @@ class Settings:
                 f"OPSBOT_DB={str(db_path)!r}: the folder {str(db_path.parent)!r} does not exist; "
                 "create it or choose another path for the database file."
             )
+        elif not db_path.parent.is_dir():
+            problems.append(
+                f"OPSBOT_DB={str(db_path)!r}: {str(db_path.parent)!r} is a file, not a folder; "
+                "choose a path inside a folder for the database file, such as ./opsbot.db."
+            )
         elif db_path.is_dir():
             problems.append(f"OPSBOT_DB={str(db_path)!r} is a directory; give a file path such as ./opsbot.db.")
 

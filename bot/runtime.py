@@ -14,7 +14,7 @@ from bot.answers.experts import ExpertModel
 from bot.answers.indexer import index_incident, index_incidents
 from bot.answers.replies import Answerer
 from bot.answers.search import SearchIndex
-from bot.answers.training import fit_ranker
+from bot.answers.training import FitStopped, fit_ranker
 from bot.config import Settings
 from bot.errors import OpsbotError
 from bot.hints import Examples, examples
@@ -65,6 +65,7 @@ class Runtime:
         self._refit_lock = threading.Lock()
         self._refit: threading.Thread | None = None  # the ranker's refit after votes, one at a time
         self._refit_again = False
+        self._closing = threading.Event()  # set by close(): a refit in progress stops rather than hold it up
         self.announcer: Announcer | None = None  # what shows deploys to people (the Slack app sets it)
         self.answers = Answerer(self.store, settings, self.index, self.experts_model, self.rota, self.refit_ranker)
 
@@ -87,6 +88,8 @@ class Runtime:
             self._index = SearchIndex(self.store, self.encoder)
             self.ready_seconds = time.perf_counter() - self.started
             log.info("ready chunks=%d seconds=%.2f", self._index.size, self.ready_seconds)
+            if self.votes_unfitted():  # a refit after votes that a stop or a crash cut short
+                self.refit_ranker()
         except BaseException as exc:  # reported to every waiting question, never lost
             self._error = exc
             log.exception("loading failed")
@@ -101,6 +104,7 @@ class Runtime:
         (a segfault, not an exception), so a short session that ends while the model still loads waits.
         """
         deadline = time.monotonic() + timeout
+        self._closing.set()  # the refit stops at its next step; the votes are kept and the next start refits
         for worker in (self._loader, self._refit):
             if worker is not None and worker.is_alive():
                 worker.join(max(deadline - time.monotonic(), 0))
@@ -246,11 +250,24 @@ class Runtime:
             self._refit.start()
             return self._refit
 
+    def votes_unfitted(self) -> bool:
+        """Whether votes were cast or changed since the stored ranker was fitted."""
+        stored = self.store.load_ranker(self.encoder.model_id)
+        fitted_on = stored[2].get("votes_key") if stored is not None else None
+        return fitted_on is not None and fitted_on != self.store.votes_key()
+
     def _refit_until_current(self) -> None:
         while True:
             try:
-                report = fit_ranker(self.store, self.encoder, index=self.index())
+                if self._closing.is_set():  # a vote that came in while the bot stops: the next start refits
+                    raise FitStopped("opsbot is stopping")
+                report = fit_ranker(self.store, self.encoder, index=self.index(), stop=self._closing)
                 log.info("ranker refitted after votes votes=%s", report.get("votes"))
+            except FitStopped:
+                log.info("ranker refit stopped: opsbot is stopping; the next start refits with the votes")
+                with self._refit_lock:
+                    self._refit = None
+                return
             except Exception:  # a failed refit keeps the ranker the index has; the next vote tries again
                 log.exception("ranker refit failed")
             with self._refit_lock:

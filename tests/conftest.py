@@ -142,13 +142,18 @@ _EXIT_STATUS = pytest.StashKey[int]()
 # -- a conversation with opsbot: the shell, through the real Bolt app ---------------------------------------
 
 
+def copy_database(source: Store, target: Path) -> Store:
+    """A private copy of an indexed database, so one test's votes cannot change another's answers."""
+    with sqlite3.connect(target) as dest:
+        source.db.conn.backup(dest)
+    return Store(target)
+
+
 def make_runtime(tmp_path: Path, sample_index: Store, encoder: object) -> Runtime:
     """A runtime over a private copy of the sample index, so votes and deploys cannot leak into other tests."""
-    copy = tmp_path / "opsbot.db"
-    with sqlite3.connect(copy) as target:
-        sample_index.db.conn.backup(target)
-    settings = Settings(db_path=copy, model="unused", slack_signing_secret=Secret("configured"))
-    return Runtime(settings, encoder=encoder, store=Store(copy))  # type: ignore[arg-type]
+    store = copy_database(sample_index, tmp_path / "opsbot.db")
+    settings = Settings(db_path=tmp_path / "opsbot.db", model="unused", slack_signing_secret=Secret("configured"))
+    return Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
 
 
 @pytest.fixture

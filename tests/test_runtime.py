@@ -186,3 +186,44 @@ def test_a_resolved_incident_a_stopped_process_did_not_index_is_indexed_at_the_n
     assert not any("Badge readers" in text for text in encoder.encoded)  # the learned one is not embedded again
     assert second.learn_missed() == []  # nothing left to catch up
     second.close()
+
+
+def test_a_refit_after_votes_stops_when_the_bot_closes_and_the_next_start_makes_it(tmp_path: Path) -> None:
+    topics = ("queue backlog", "disk full", "certificate expiry", "dns failures", "cache misses")
+    files = {
+        f"runbooks/{t.replace(' ', '-')}.md": f"# {t.title()}\n\n## Fix\nLook at the {t} dashboard.\n" for t in topics
+    }
+    runtime = indexed_runtime(tmp_path, {"runbooks/web-slow.md": RUNBOOK, **files}, min_similarity=0.0)
+    reply = runtime.answers.reply("web is slow, restart the pods?")
+    assert reply.top is not None and runtime.store.load_ranker(runtime.encoder.model_id)[2]["votes"] == 0
+    index = runtime.index()
+    searching, go_on = threading.Event(), threading.Event()
+    search = index.signals
+
+    def held(*args: object, **kwargs: object) -> object:  # the refit's first search waits for the test
+        searching.set()
+        go_on.wait(10)
+        return search(*args, **kwargs)
+
+    index.signals = held  # type: ignore[method-assign]
+    runtime.answers.vote(reply.id, "UALICE0001", 1)  # starts a refit in the background
+    assert searching.wait(10)
+    closing = threading.Thread(target=runtime.close)
+    closing.start()
+    threading.Timer(0.2, go_on.set).start()
+    closing.join(10)
+
+    assert not closing.is_alive()
+    store = Store(tmp_path / "opsbot.db")
+    model = runtime.encoder.model_id
+    assert store.load_ranker(model)[2]["votes"] == 0  # stopped before it stored anything: the vote is not fitted
+    assert len(store.feedback_rows()) == 1  # ... but it is kept
+
+    second = Runtime(runtime.settings, encoder=FakeEncoder(), store=store)  # type: ignore[arg-type]
+    assert second.votes_unfitted()
+    second.start_loading()
+    second.index()
+    assert second._refit is not None
+    second._refit.join(30)
+    assert store.load_ranker(model)[2]["votes"] == 1 and not second.votes_unfitted()
+    second.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bot.store import Store
-from bot.store.base import TransactionLost
+from bot.store.base import DatabaseUnavailable, TransactionLost
 
 WAIT_S = 30.0  # generous: only a broken lock makes a wait this long
 
@@ -137,3 +137,12 @@ def test_a_transaction_rolled_back_before_its_end_is_never_reported_as_stored(
     store.set_meta("after", "ok")  # the connection is usable again
     assert store.get_meta("after") == "ok"
     store.close()
+
+
+def test_a_database_path_inside_a_file_names_the_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n", encoding="utf-8")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        Store(notes / "opsbot.db")
+    assert f"{str(notes)!r} is a file, not a folder" in str(caught.value)
+    assert "permissions" not in str(caught.value) and notes.read_text(encoding="utf-8") == "mine\n"

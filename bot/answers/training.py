@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -289,11 +290,21 @@ def fused_scores(x: np.ndarray) -> np.ndarray:
     return (1.0 / (RRF_K + np.rint(ranks) + 1)).sum(axis=1)
 
 
-def fit(examples: list[Example], seed: int = 0) -> tuple[RankerModel | None, dict]:
+class FitStopped(Exception):
+    """The fit was told to stop (the bot is stopping) before it ended; nothing was stored."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise FitStopped("the ranker's fit was stopped before it ended")
+
+
+def fit(examples: list[Example], seed: int = 0, stop: threading.Event | None = None) -> tuple[RankerModel | None, dict]:
     """Fit on four fifths of the documents' queries and check on the fifth held back, then fit on all.
 
     The check compares the model with reciprocal-rank fusion on the same held-back queries; when the
-    model does no better there (too little text to learn from), None says to fuse instead.
+    model does no better there (too little text to learn from), None says to fuse instead. ``stop`` set
+    ends it between the two fits (FitStopped).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: F401 - loads OpenMP before the limit below
 
@@ -306,6 +317,7 @@ def fit(examples: list[Example], seed: int = 0) -> tuple[RankerModel | None, dic
         trial = _export(_boost(train, TREES, seed))
         learned = _mrr([trial.score(e.x) for e in check], check)
         fused = _mrr([fused_scores(e.x) for e in check], check)
+        _check(stop)
         model = _export(_boost(examples, TREES, seed)) if learned > fused else None
     report = {
         "examples": len(examples),
@@ -322,6 +334,7 @@ def build_examples(
     index: SearchIndex,
     queries: list[tuple[tuple[str, str, str, str, str], np.ndarray]],
     votes: list[tuple[str, str, int, np.ndarray]],
+    stop: threading.Event | None = None,
 ) -> list[Example]:
     """Examples of the generated queries ((doc_path, section, kind, text, hash), vector) and of the votes.
 
@@ -339,6 +352,7 @@ def build_examples(
     sections: dict[int, dict[str, list[int]]] = {}
     examples = []
     for (path, section, _, text, _), vector in queries:
+        _check(stop)
         d = index.doc_index.get(path)
         if d is None:
             continue
@@ -368,8 +382,17 @@ def ranker_key(store: Store, model_id: str) -> str:
     return content_hash(f"{store.corpus_key()}|{model_id}|{method}|{store.votes_key()}")
 
 
-def fit_ranker(store: Store, encoder: Encoder, key: str | None = None, index: SearchIndex | None = None) -> dict:
-    """Fit the ranker on the stored training queries and the votes, and store it (``index``: also use it there)."""
+def fit_ranker(
+    store: Store,
+    encoder: Encoder,
+    key: str | None = None,
+    index: SearchIndex | None = None,
+    stop: threading.Event | None = None,
+) -> dict:
+    """Fit the ranker on the stored training queries and the votes, and store it (``index``: also use it there).
+
+    ``stop`` set ends the fit early with FitStopped, storing nothing: a stopping bot does not wait for it.
+    """
     from bot.answers.search import SearchIndex  # search imports the ranker; the fit needs search's evidence
 
     key = key or ranker_key(store, encoder.model_id)
@@ -384,12 +407,15 @@ def fit_ranker(store: Store, encoder: Encoder, key: str | None = None, index: Se
         return {"skipped": len(docs)}
 
     started = time.perf_counter()
+    votes_key = store.votes_key()  # read first: a vote landing meanwhile costs at most one refit more
     votes = store.votes_for_training()
     queries = [(q, vectors[q[-1]]) for q in rows if q[-1] in vectors]
-    examples = build_examples(index, queries, votes)
+    examples = build_examples(index, queries, votes, stop)
     features_s = time.perf_counter() - started
-    model, report = fit(examples)
-    report.update({"queries": len(queries), "votes": len(votes), "features_seconds": round(features_s, 2)})
+    model, report = fit(examples, stop=stop)
+    report.update(
+        {"queries": len(queries), "votes": len(votes), "votes_key": votes_key, "features_seconds": round(features_s, 2)}
+    )
     store.save_ranker(encoder.model_id, key, model.to_dict() if model else {}, report)
     index.use_model(model)
     log.info(

@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
+MAX_BENCH_CHUNKS = 1_000_000
 EVAL_CACHE = ".opsbot-eval-cache.db"  # beside the database: vectors by content hash, for repeated eval runs
 
 
@@ -236,6 +237,11 @@ def bench(ctx: click.Context, what: str, sizes: str, backend: str | None, as_jso
         raise OpsbotError(f"--sizes {sizes!r} must be whole numbers separated by commas, like 1000,10000.") from None
     if not size_list or min(size_list) < 10:
         raise OpsbotError("--sizes needs at least one size of 10 chunks or more.")
+    if max(size_list) > MAX_BENCH_CHUNKS:
+        raise OpsbotError(
+            f"--sizes {max(size_list)} is over the limit of {MAX_BENCH_CHUNKS:,} chunks a synthetic store may hold "
+            "(each size is built, embedded and searched in full); give smaller sizes, like 1000,10000,100000."
+        )
     if what in ("index", "experts", "alerts") and typed(ctx, "sizes"):
         raise OpsbotError(f"--sizes does not apply to `opsbot bench {what}` (its corpus is fixed); leave it out.")
     settings = load_settings(ctx)

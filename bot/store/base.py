@@ -54,6 +54,11 @@ class DatabaseUnavailable(OpsbotError):
                 f"the database {path} was written by a newer opsbot ({reason}); it was left unchanged: upgrade "
                 f"opsbot to use it, or set {source} to another file."
             )
+        elif unwritable and Path(path).parent.is_file():
+            message = (
+                f"cannot write the database {path}: {str(Path(path).parent)!r} is a file, not a folder; "
+                f"set {source} to a path inside a folder, such as ./opsbot.db."
+            )
         elif unwritable:
             message = (
                 f"cannot write the database {path} ({reason}): check the folder's permissions "

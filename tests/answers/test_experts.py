@@ -19,7 +19,7 @@ from bot.models import Expert
 from bot.runtime import Runtime
 from bot.store import Store
 from bot.tools.expert_eval import evaluate_experts
-from tests.conftest import SAMPLE_KNOWLEDGE
+from tests.conftest import SAMPLE_KNOWLEDGE, copy_database
 
 DANIEL, SOFIA, HANNAH, LIAM, AIKO = "U04C2RN8VD", "U04B7QW2XA", "U04D9XK3PE", "U05G8VS4QH", "U05F6UP1NG"
 NOON_UTC = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)  # Marcus holds the payments pager this week, not Priya
@@ -124,11 +124,10 @@ def test_the_learned_ranking_beats_the_baselines_on_a_time_split_of_the_sample(m
     assert learned["mrr"] > max(ownership["mrr"], frequent["mrr"])
 
 
-def test_a_new_incident_retrains_the_running_model(tmp_path: Path, minilm) -> None:  # noqa: ANN001
+def test_a_new_incident_retrains_the_running_model(tmp_path: Path, sample_index: Store, minilm) -> None:  # noqa: ANN001
     knowledge = tmp_path / "knowledge"
     shutil.copytree(SAMPLE_KNOWLEDGE, knowledge)
-    store = Store(tmp_path / "o.db")
-    index_knowledge(store, minilm, knowledge)
+    store = copy_database(sample_index, tmp_path / "o.db")  # the sample, indexed once for the session
     settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "o.db", model="unused")
     runtime = Runtime(settings, encoder=minilm, store=store)
     text = "the Leeds warehouse label printer jams and picking stops"

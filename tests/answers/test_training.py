@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from bot.models import Document, Section
 from bot.runtime import Runtime
 from bot.store import Store
 from bot.tools.evaluation import load_queries
-from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, copy_database
 
 RUNBOOK = Document(
     "runbooks/pg/pool.md",
@@ -94,9 +94,9 @@ def fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = training.fit
 
-    def counted(examples: list[training.Example], seed: int = 0) -> tuple:
+    def counted(examples: list[training.Example], seed: int = 0, stop: threading.Event | None = None) -> tuple:
         calls.append(len(examples))
-        return real(examples, seed)
+        return real(examples, seed, stop)
 
     monkeypatch.setattr(training, "fit", counted)
     return calls
@@ -296,9 +296,7 @@ def votes_on(
 ) -> tuple[list[float], list[float]]:
     """Reciprocal ranks of ``others`` before and after on-call people vote on the answers to ``voted``."""
     tmp_path.mkdir()
-    with sqlite3.connect(tmp_path / "votes.db") as copy:
-        sample_index.db.conn.backup(copy)
-    store = Store(tmp_path / "votes.db")
+    store = copy_database(sample_index, tmp_path / "votes.db")
     settings = Settings(knowledge_dir=SAMPLE_KNOWLEDGE, db_path=tmp_path / "votes.db", model="unused")
     runtime = Runtime(settings, encoder=minilm, store=store)
 

@@ -184,6 +184,17 @@ def test_opsbot_db_of_spaces_is_refused_rather_than_naming_a_file_of_spaces(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_opsbot_db_inside_a_file_names_the_file_rather_than_the_folders_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    result = invoke("ask", "pgbouncer", env={"OPSBOT_DB": "notes.txt/opsbot.db"})
+    assert_clean_failure(result, "'notes.txt' is a file, not a folder", "choose a path inside a folder")
+    assert "permissions" not in result.output
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
 def test_an_empty_question_is_refused_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_model(settings: object) -> None:
         raise AssertionError("the model was loaded for an empty question")

@@ -750,6 +750,8 @@ def test_bench_rejects_bad_sizes() -> None:
     result = CliRunner().invoke(main, ["bench", "search", "--sizes", "ten"])
     assert result.exit_code == 1
     assert "--sizes 'ten' must be whole numbers" in result.output
+    too_large = invoke("bench", "search", "--sizes", "1000,50000000")
+    assert_clean_failure(too_large, "--sizes 50000000 is over the limit of 1,000,000 chunks", "give smaller sizes")
 
 
 @pytest.mark.parametrize("what", ["index", "experts"])

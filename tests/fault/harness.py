@@ -407,6 +407,7 @@ class Cluster:
         )
 
     def close(self) -> None:
+        self.proxy.release()
         for serve in self.processes:
             serve.stop()
         self.proxy.stop()

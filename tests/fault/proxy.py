@@ -239,7 +239,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.events: list[ProxyEvent] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # ends hung requests: set by stop() and release()
         self._server: _Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -292,6 +292,12 @@ class FaultProxy:
         """Forget every rule (events are kept)."""
         with self._lock:
             self.rules.clear()
+
+    def release(self) -> None:
+        """Forget every rule and end hung requests at once, unanswered; the proxy still forwards. A scenario's
+        teardown calls this before stopping its processes, whose orderly stop would otherwise wait out a hang."""
+        self.clear()
+        self._stopping.set()
 
     def faults_left(self) -> int:
         with self._lock:

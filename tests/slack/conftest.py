@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -26,6 +25,7 @@ from bot.slack.local.shell_dispatch import sign as slack_signature
 from bot.slack.serve import HttpServer
 from bot.slack.web import SlackWeb
 from bot.store import Store
+from tests.conftest import copy_database
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 HOOK_SECRET = "ci-hook-secret-0123456789abcdef"
@@ -213,13 +213,6 @@ def shown(body: dict) -> str:
     return "\n".join(parts)
 
 
-def copy_database(source: Store, target: Path) -> Store:
-    """A private copy of an indexed database, so one test's votes cannot change another's answers."""
-    with sqlite3.connect(target) as dest:
-        source.db.conn.backup(dest)
-    return Store(target)
-
-
 @pytest.fixture
 def slack_api() -> Iterator[FakeSlackAPI]:
     with FakeSlackAPI() as api:
@@ -259,6 +252,7 @@ def start_bot(
 def slack(runtime: Runtime, slack_api: FakeSlackAPI) -> Iterator[SlackDriver]:
     server, driver = start_bot(runtime, slack_api)
     yield driver
+    slack_api.release()  # a hang the test left queued or waiting must not hold up the stop
     server.stop()
     if driver.web is not None:
         driver.web.stop()

@@ -12,7 +12,8 @@ from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
-from tests.slack.conftest import GatedEncoder, SlackDriver, copy_database, make_settings, start_bot
+from tests.conftest import copy_database
+from tests.slack.conftest import GatedEncoder, SlackDriver, make_settings, start_bot
 
 
 def text_of(blocks: list[dict]) -> str:

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from bot.cli import main
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
+from tests.conftest import copy_database
 from tests.slack.conftest import (
     BOT_TOKEN,
     HOOK_SECRET,
@@ -27,7 +28,6 @@ from tests.slack.conftest import (
     HookDriver,
     Response,
     SlackDriver,
-    copy_database,
     send,
 )
 from tests.slack.test_socket_mode import LocalSocketModeServer

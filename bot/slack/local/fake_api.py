@@ -77,7 +77,7 @@ class FakeSlackAPI(SlackMethods):
     def __init__(self) -> None:
         self.socket_url: str = "wss://fake.slack.invalid/link/?ticket=fake"
         self._cond = threading.Condition()
-        self._stopping = threading.Event()  # ends the waits of hanging answers
+        self._stopping = threading.Event()  # ends the waits of hanging answers: set by stop() and release()
         self._calls: list[Call] = []
         self._failures: dict[str, deque[_Failure]] = {}
         self._messages: dict[str, list[dict[str, Any]]] = {}
@@ -192,6 +192,13 @@ class FakeSlackAPI(SlackMethods):
         with self._cond:
             pending = self._failures.setdefault(method, deque())
             pending.extend(_Failure(status, retry_after, error, hang, html, reset) for _ in range(times))
+
+    def release(self) -> None:
+        """Drop the failures still queued and answer hanging calls now: a test's teardown calls this before its
+        bot stops, so that the stop does not wait out a hang the test no longer needs."""
+        with self._cond:
+            self._failures.clear()
+        self._stopping.set()
 
     def add_user(self, user_id: str, **fields: Any) -> None:
         """Make users.info answer with these fields for this user (merged over the default profile)."""
