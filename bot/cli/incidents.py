@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -156,10 +158,24 @@ def incidents_export(
                     problems.append(f"{path} exists with other content; pass --force to overwrite it.")
                     continue
             folder.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            write_whole(path, text)
         except OSError as exc:
             problems.append(f"{path} could not be written ({exc.strerror or exc}); choose another --out folder.")
             continue
         click.echo(f"wrote {path}")
     if problems:
         raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a full disk or a kill midway leaves the file as it was, never half of it."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +17,8 @@ import pytest
 from bot.knowledge import load_knowledge
 from bot.ops.incidents import IncidentService
 from bot.store import Store
-from tests.conftest import SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
+from tests.cli.test_database import unprivileged
+from tests.conftest import ROOT, SAMPLE_KNOWLEDGE, assert_clean_failure, invoke
 from tests.fakes import Clock
 
 PRIYA = "U03F8K2LQ1"
@@ -157,6 +162,50 @@ def test_export_to_a_folder_that_cannot_be_made_is_a_clean_error(incidents: Inci
     (tmp_path / "a-file").write_text("")
     result = invoke("incidents", "export", "INC-2026-0001", "--out", str(tmp_path / "a-file" / "sub"))
     assert_clean_failure(result, "INC-2026-0001.yaml could not be written", "choose another --out folder")
+
+
+def test_a_forced_export_that_fails_midway_leaves_the_file_as_it_was(
+    incidents: IncidentService, knowledge: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "INC-2026-0001.yaml"
+    path.write_text("# written by hand: keep me\n", encoding="utf-8")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # the new text is written, not yet on disk: the disk fills up
+    result = invoke("incidents", "export", "INC-2026-0001", "--out", str(out), "--force")
+
+    assert_clean_failure(result, "INC-2026-0001.yaml could not be written (No space left on device)")
+    assert path.read_text(encoding="utf-8") == "# written by hand: keep me\n"
+    assert [p.name for p in out.iterdir()] == ["INC-2026-0001.yaml"]  # no half-written file left beside it
+
+
+def test_export_to_a_read_only_folder_is_a_clean_error_and_writes_nothing(
+    incidents: IncidentService, knowledge: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPSBOT_"))}
+        env |= {"OPSBOT_DB": str(tmp_path / "opsbot.db"), "OPSBOT_KNOWLEDGE": str(knowledge), "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(
+            [*unprivileged(), sys.executable, "-m", "bot", "incidents", "export", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "INC-2026-0001.yaml could not be written (Permission denied); choose another --out folder" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stdout + result.stderr and list(out.iterdir()) == []
+    finally:
+        out.chmod(0o755)
 
 
 def test_export_writes_the_recorded_root_cause_and_environment_and_skips_cancelled_ones(
