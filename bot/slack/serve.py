@@ -447,10 +447,25 @@ def socket_mode_handler(app: App, runtime: Runtime):  # noqa: ANN201 - keeps the
 
 
 def close_socket_mode(handler: Any, timeout: float) -> bool:
-    """Disconnect from Slack; the Socket Mode client waits for the envelopes it is acknowledging."""
-    del timeout  # the client's own shutdown waits; its acknowledgements take milliseconds
+    """Stop taking envelopes, let those being handled send their acknowledgements, then disconnect from Slack;
+    False when some were still being handled after ``timeout`` seconds.
+
+    slack_sdk's own close() disconnects first and waits for its workers after, so an acknowledgement under
+    way went out on a closed connection and Slack showed the person a timeout. Envelopes received but not
+    yet taken up stay unacknowledged: Slack sends events again, as it does to a process that stopped.
+    """
+    client = handler.client
+    deadline = time.monotonic() + timeout
+    client.closed = True  # its dispatcher's loop ends at this flag, within its one-second wait for a message
+    client.message_processor.shutdown()
+    drained = threading.Thread(target=client.message_workers.shutdown, name="opsbot-socket-drain", daemon=True)
+    drained.start()
+    drained.join(max(deadline - time.monotonic(), 0))
+    left = client.message_queue.qsize()
+    if left:
+        log.info("socket mode stopped with envelopes not taken up count=%d (Slack sends events again)", left)
     handler.close()
-    return True
+    return not drained.is_alive()
 
 
 # -- stopping ------------------------------------------------------------------------------------------------

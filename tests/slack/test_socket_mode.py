@@ -14,7 +14,7 @@ from websockets.sync.server import ServerConnection, serve
 from bot.runtime import Runtime
 from bot.slack.app import create_app
 from bot.slack.local.fake_api import FakeSlackAPI
-from bot.slack.serve import socket_mode_handler
+from bot.slack.serve import close_socket_mode, socket_mode_handler
 
 
 class LocalSocketModeServer:
@@ -96,3 +96,34 @@ def test_a_mention_over_socket_mode_is_acknowledged_and_answered(
     finally:
         handler.close()
         time.sleep(0.1)
+
+
+def test_a_stop_lets_an_acknowledgement_under_way_reach_slack_before_disconnecting(
+    runtime: Runtime, slack_api: FakeSlackAPI, socket_server: LocalSocketModeServer
+) -> None:
+    slack_api.socket_url = socket_server.url
+    runtime.settings = runtime.settings.with_overrides(slack_app_token="xapp-1-A1-local-token")
+    app = create_app(runtime)
+    handling, finish = threading.Event(), threading.Event()
+
+    @app.command("/held")
+    def held(ack) -> None:  # noqa: ANN001 - Bolt's argument
+        handling.set()  # the envelope is being handled and its acknowledgement not yet sent
+        finish.wait(10)
+        ack("done")
+
+    handler = socket_mode_handler(app, runtime)
+    handler.connect()
+    slack_api.wait_for("apps.connections.open")
+    command = {"command": "/held", "text": "", "user_id": "U04C2RN8VD", "channel_id": "C0OPS0001"}
+    command |= {"team_id": "T0000001", "trigger_id": "1.2.3", "response_url": slack_api.response_url("held")}
+    socket_server.outbox.put(
+        {"envelope_id": "env-held", "type": "slash_commands", "accepts_response_payload": True, "payload": command}
+    )
+    assert handling.wait(10)
+    threading.Timer(0.3, finish.set).start()  # the stop begins while the listener still runs
+
+    assert close_socket_mode(handler, timeout=5)
+
+    ack = socket_server.acks.get(timeout=5)
+    assert ack["envelope_id"] == "env-held" and ack["payload"]["text"] == "done"
