@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import bot.cli.knowledge as knowledge_cli
+from bot.answers import indexer
 from bot.store import Store
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, invoke
 
@@ -100,8 +101,10 @@ def test_check_of_a_missing_directory_is_a_clean_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`opsbot index` with the fake encoder: what is checked here is the exit code, not the embeddings."""
+    """`opsbot index` with the fake encoder and no ranker fit: what is checked here is the exit code and the
+    problems, not the embeddings or the ranking."""
     monkeypatch.setattr(knowledge_cli, "_open", lambda settings: (Store(tmp_path / "index.db"), FakeEncoder()))
+    monkeypatch.setattr(indexer, "fit_ranker", lambda *args, **kwargs: {"skipped": "not measured here"})
 
 
 def test_plain_index_indexes_what_is_valid_says_how_many_problems_and_exits_0(broken: Path, fake_index: None) -> None:
