@@ -455,6 +455,11 @@ def close_socket_mode(handler: Any, timeout: float) -> bool:
     yet taken up stay unacknowledged: Slack sends events again, as it does to a process that stopped.
     """
     client = handler.client
+    parts = ("closed", "message_processor", "message_workers", "message_queue")
+    if not all(hasattr(client, name) for name in parts):  # a slack_sdk other than the ones this was written for
+        log.info("socket mode closed without draining: the client lacks one of %s", ",".join(parts))
+        handler.close()
+        return True
     deadline = time.monotonic() + timeout
     client.closed = True  # its dispatcher's loop ends at this flag, within its one-second wait for a message
     client.message_processor.shutdown()
