@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.errors import InvalidRequest
+from bot.redact import scrub
 
 STATUSES = ("firing", "resolved")
 MAX_ALERTS = 1000  # Alertmanager's max_alerts caps what it sends; a storm of more is cut there, not here
@@ -110,15 +111,19 @@ def parse_notification(body: bytes) -> Notification:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise PayloadProblem("body", "is not UTF-8 text") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise PayloadProblem("body", f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise PayloadProblem("body", "is nested too deeply to be Alertmanager's payload") from None
+    except ValueError as exc:  # JSON that Python will not read, such as an integer of thousands of digits
+        raise PayloadProblem("body", f"is JSON opsbot cannot read ({str(exc)[:120]})") from None
     if not isinstance(data, dict):
         raise PayloadProblem("body", "must be a JSON object, as Alertmanager's webhook sends")
     _check_unicode(data)
     version = data.get("version")
     if version != "4":
         raise PayloadProblem(
-            "version", f'{version!r}: opsbot reads Alertmanager\'s webhook payload version "4" (Alertmanager 0.x)'
+            "version", f'{_value(version)}: opsbot reads Alertmanager\'s webhook payload version "4" (Alertmanager 0.x)'
         )
     status = _choice(data, "status")
     group_key = _text(data, "groupKey", MAX_GROUP_KEY, required=True)
@@ -137,7 +142,7 @@ def parse_notification(body: bytes) -> Notification:
         seen.add(alert.fingerprint)
     truncated = data.get("truncatedAlerts", 0)
     if not isinstance(truncated, int) or isinstance(truncated, bool) or not 0 <= truncated <= MAX_TRUNCATED:
-        raise PayloadProblem("truncatedAlerts", f"{truncated!r} must be a whole number from 0 to {MAX_TRUNCATED}")
+        raise PayloadProblem("truncatedAlerts", f"{_value(truncated)} must be a whole number from 0 to {MAX_TRUNCATED}")
     known = {"version", "status", "groupKey", "receiver", "groupLabels", "commonLabels", "commonAnnotations"}
     known |= {"externalURL", "alerts", "truncatedAlerts"}
     return Notification(
@@ -146,8 +151,8 @@ def parse_notification(body: bytes) -> Notification:
         receiver=_text(data, "receiver", MAX_NAME),
         group_labels=_labels(data.get("groupLabels"), "groupLabels"),
         common_labels=_labels(data.get("commonLabels"), "commonLabels"),
-        common_annotations=_labels(data.get("commonAnnotations"), "commonAnnotations"),
-        external_url=_text(data, "externalURL", 2048),
+        common_annotations=_scrubbed(_labels(data.get("commonAnnotations"), "commonAnnotations")),
+        external_url=scrub(_text(data, "externalURL", 2048)),
         alerts=alerts,
         truncated=truncated,
         extra={k: v for k, v in data.items() if k not in known},
@@ -194,6 +199,21 @@ def _shown(text: str) -> str:
     return "'" + text[:60].encode("utf-8", "backslashreplace").decode("utf-8") + "'"
 
 
+def _scrubbed(annotations: dict[str, str]) -> dict[str, str]:
+    """Annotations with every secret they quote replaced by ***: an alert's description can quote a failing
+    command line or URL, and what it holds reaches the alert's row, its Slack message and a search. Labels are
+    left as they are: Alertmanager groups, routes and silences by them, and they name things, not commands."""
+    return {name: scrub(text) for name, text in annotations.items()}
+
+
+def _value(value: Any) -> str:
+    """Any JSON value for a message, cut short: a caller's megabyte of text must not come back, or reach the log."""
+    if isinstance(value, str):
+        return _shown(value) + ("..." if len(value) > 60 else "")
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:60] + "..."
+
+
 def _alert(raw: Any, n: int) -> Alert:
     where = f"alerts[{n}]"
     if not isinstance(raw, dict):
@@ -203,7 +223,8 @@ def _alert(raw: Any, n: int) -> Alert:
         raise PayloadProblem(f"{where}.labels", "is empty; an alert has at least its alertname")
     fingerprint = raw.get("fingerprint")
     if not isinstance(fingerprint, str) or not FINGERPRINT.match(fingerprint):
-        raise PayloadProblem(f"{where}.fingerprint", f"{fingerprint!r} must be Alertmanager's fingerprint (hex digits)")
+        shown = _value(fingerprint)
+        raise PayloadProblem(f"{where}.fingerprint", f"{shown} must be Alertmanager's fingerprint (hex digits)")
     starts_at = _time(raw.get("startsAt"), f"{where}.startsAt")
     if starts_at is None:
         raise PayloadProblem(f"{where}.startsAt", "is the zero time; a firing alert has a start")
@@ -211,17 +232,17 @@ def _alert(raw: Any, n: int) -> Alert:
         fingerprint=fingerprint,
         status=_choice(raw, "status", where),
         labels=labels,
-        annotations=_labels(raw.get("annotations"), f"{where}.annotations"),
+        annotations=_scrubbed(_labels(raw.get("annotations"), f"{where}.annotations")),
         starts_at=starts_at,
         ends_at=_time(raw.get("endsAt", "0001-01-01T00:00:00Z"), f"{where}.endsAt"),
-        generator_url=_text(raw, "generatorURL", 4096, where=where),
+        generator_url=scrub(_text(raw, "generatorURL", 4096, where=where)),
     )
 
 
 def _choice(data: dict, name: str, where: str = "") -> str:
     value = data.get(name)
     if value not in STATUSES:
-        raise PayloadProblem(f"{where}.{name}" if where else name, f"{value!r} must be firing or resolved")
+        raise PayloadProblem(f"{where}.{name}" if where else name, f"{_value(value)} must be firing or resolved")
     return str(value)
 
 
@@ -260,7 +281,7 @@ def _labels(value: Any, key: str) -> dict[str, str]:
 def _time(value: Any, key: str) -> datetime | None:
     """An RFC 3339 time with its offset; None for Alertmanager's zero time."""
     if not isinstance(value, str):
-        raise PayloadProblem(key, f"{value!r} must be an RFC 3339 time such as 2026-12-05T16:22:38Z")
+        raise PayloadProblem(key, f"{_value(value)} must be an RFC 3339 time such as 2026-12-05T16:22:38Z")
     try:
         when = datetime.fromisoformat(value)
     except ValueError:

@@ -161,6 +161,9 @@ def test_without_the_token_configured_the_endpoint_is_off(
         (TOKEN, with_alert(endsAt="9999-12-31T23:59:59-05:00"), 400, "alerts[0].endsAt: '9999-12-31T23:59:59-05:00'"),
         (TOKEN, payload("pgbouncer-firing", groupKey='{}:{alertname="\ud800"}'), 400, "groupKey: "),
         (TOKEN, with_alert(labels={"alertname": "X", "instance": "\ud800"}), 400, "alerts[0].labels.instance: "),
+        # Answered 500 before too: an integer longer than Python reads, and JSON nested past its recursion limit.
+        (TOKEN, b'{"version": "4", "truncatedAlerts": 1' + b"0" * 5000 + b"}", 400, "body: is JSON opsbot cannot read"),
+        (TOKEN, b"[" * 100_000 + b"]" * 100_000, 400, "body: is nested too deeply"),
     ],
 )
 def test_a_bad_token_or_payload_is_refused_with_why_and_nothing_is_stored_or_posted(
@@ -176,6 +179,30 @@ def test_a_bad_token_or_payload_is_refused_with_why_and_nothing_is_stored_or_pos
     assert answer.status == status and says in answer.json()["error"], answer.body
     assert groups(runtime) == [] and slack_api.calls("chat.postMessage") == []
     assert TOKEN not in answer.body
+
+
+def test_a_huge_bad_value_is_named_in_a_short_answer_and_a_short_log_line(
+    runtime: Runtime, bot: SlackDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = deliver(bot, payload("pgbouncer-firing", version="x" * 900_000))
+    assert answer.status == 400 and answer.json()["error"].startswith("version: 'xxxx")
+    assert len(answer.body) < 500 and all(len(r.getMessage()) < 1000 for r in caplog.records)
+
+
+def test_secrets_quoted_by_an_alert_reach_neither_its_row_nor_slack(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    secret = "ghp_" + "Zq3vR8tLw2Xy5Kp9Mn4Bc7Df1Gh6Jk0Ls2Ab"
+    leak = f"git clone https://x-access-token:{secret}@github.com/larder/payments failed"
+    body = with_alert(annotations={"summary": "PgBouncer pool exhausted on pg-main", "description": leak})
+    body["commonAnnotations"] = {"description": leak}
+    body["alerts"][0]["generatorURL"] = f"https://ci.larder.io/job?token={secret}"
+    assert deliver(bot, body).status == 200
+    settle(bot)
+    assert slack_api.calls("chat.postMessage") and secret not in json.dumps([c.body for c in slack_api.calls()])
+    with runtime.store.transaction():
+        dump = "\n".join(runtime.store.db.conn.iterdump())
+    assert "git clone https://x-access-token:*** failed" in dump and secret not in dump
 
 
 # -- one message per group, with the briefing --------------------------------------------------------------------
