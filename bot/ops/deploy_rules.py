@@ -160,7 +160,9 @@ class DeployRules:
         """The open incident that lets this rollback use its environment's emergency rule now, if any."""
         config = self.services.get(request.service)
         environment = config.environments.get(request.env) if config else None
-        return rollbacks.emergency_use(self.store, environment, request.kind, request.service)
+        return rollbacks.emergency_use(
+            self.store, environment, request.kind, request.service, self.settings.incident_env
+        )
 
     def emergency_recorded(self, request: DeployRequest) -> rollbacks.EmergencyUse | None:
         """The emergency rule this rollback went (or goes) under, as its last step recorded it."""

@@ -67,7 +67,7 @@ class DeployService(DeployRules):
         if kind == "rollback":  # after a failed run, what is rolled back is that half-deployed version
             from_version = self.failed_version(service, env) or from_version
         request_id = new_request_id(now)
-        use = rollbacks.emergency_use(self.store, environment, kind, service)
+        use = rollbacks.emergency_use(self.store, environment, kind, service, self.settings.incident_env)
         row = new_row(
             request_id,
             kind=kind,

@@ -82,12 +82,21 @@ def check_target(store: Store, service: str, env: str, version: str) -> None:
     )
 
 
-def emergency_use(store: Store, environment: Environment | None, kind: str, service: str) -> EmergencyUse | None:
-    """The open incident that lets a rollback of ``service`` use the environment's emergency rule now, if any."""
+def emergency_use(
+    store: Store, environment: Environment | None, kind: str, service: str, incident_env: str
+) -> EmergencyUse | None:
+    """The open incident that lets a rollback of ``service`` use the environment's emergency rule now, if any.
+
+    Only an incident in that environment counts: a SEV1 in staging must not lower the approvals of a rollback in
+    prod. An incident declared without an environment counts in ``incident_env`` (settings.incident_env), as it
+    does in the DORA figures.
+    """
     rule = environment.emergency if environment is not None else None
     if kind != "rollback" or rule is None:
         return None
     for row in reversed(store.live_incidents("open")):  # the earliest declared first: it started the emergency
+        if (row.get("env") or incident_env) != environment.name:
+            continue
         if row["severity"] in rule.severities and service in json.loads(row["services"] or "[]"):
             return EmergencyUse(row["id"], row["severity"], rule.rollback_approvals, environment.approvals)
     return None

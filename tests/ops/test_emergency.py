@@ -150,3 +150,18 @@ def test_an_incident_declared_after_the_request_lets_one_approval_start_it(ruled
 
     assert decision.start and decision.request.emergency == incident.id
     assert audit(ruled, "rollback.emergency")[0]["incident"] == incident.id
+
+
+def test_only_an_incident_in_the_rollbacks_environment_lowers_its_approvals(ruled: DeployService) -> None:
+    incidents = IncidentService(ruled.store, {"web", "strict"}, ruled.clock)
+    staging = incidents.declare("Staging 503s", DAVE, 1, ["web"], env="staging")
+    assert staging.env == "staging"
+
+    usual = ruled.request("rollback", "web", "prod", None, ALICE)
+    assert usual.approvals_needed == 2 and not usual.emergency  # a SEV1 in staging is not an emergency in prod
+    assert ruled.approve(usual.id, BOB).outcome != "approved"
+    assert ruled.reject(usual.id, ERIN).outcome == "rejected"
+
+    prod = incidents.declare("Prod 503s", DAVE, 1, ["web"], env="prod")
+    urgent = ruled.request("rollback", "web", "prod", None, ALICE)
+    assert urgent.approvals_needed == 1 and urgent.emergency == prod.id
