@@ -147,6 +147,11 @@ class AlertService:
                 return Change("unchanged", self.get(group_id))
             before = group_from_rows(row, self.store.alert_instances(group_id), ()) if row else None
             kind = _kind(before, notification, now)
+            if before is not None and kind == "changed" and _only_flushed(before, notification):
+                # Alertmanager left out alerts that had already resolved (it flushes them from the group):
+                # nothing started or ended, so nothing is said; the digest is kept so that repeats stay quiet.
+                self.store.update_alert_group(group_id, digest=notification.digest, updated_at=_iso(now))
+                return Change("unchanged", self.get(group_id))
             fields = _fields(notification, route, now)
             if before is None or kind == "opened":
                 episode = before.episode + 1 if before else 1
@@ -349,6 +354,15 @@ class AlertService:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _only_flushed(before: AlertGroup, n: Notification) -> bool:
+    """Whether ``n`` differs from what was shown only by leaving out alerts that were already resolved."""
+    shown = {a.fingerprint: a.firing for a in before.alerts}
+    incoming = {a.fingerprint for a in n.alerts}
+    same = all(shown.get(a.fingerprint) == a.firing for a in n.alerts)
+    ended = any(a.firing for a in before.alerts if a.fingerprint not in incoming)
+    return n.status == before.status and same and not ended
 
 
 def _kind(before: AlertGroup | None, n: Notification, now: datetime) -> str:

@@ -340,6 +340,22 @@ def test_an_alert_alertmanager_stops_sending_has_ended(alerts: AlertService) -> 
     assert [a.status for a in change.group.shown_alerts] == ["firing", "firing", "resolved"]
 
 
+def test_an_alert_already_shown_resolved_and_then_left_out_changes_nothing(alerts: AlertService) -> None:
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    receive(alerts, "pgbouncer-one-resolved", shown)
+    data = json.loads(payload("pgbouncer-one-resolved"))
+    data["alerts"] = [a for a in data["alerts"] if a["status"] == "firing"]  # Alertmanager flushed the resolved one
+    flushed = [alerts.receive(parse_notification(json.dumps(data).encode()), shown) for _ in range(2)]
+
+    assert [c.kind for c in flushed] == ["unchanged", "unchanged"] and shown.kinds == ["opened", "changed"]
+    group = flushed[-1].group
+    assert [a.status for a in group.shown_alerts] == ["firing", "firing", "resolved"]  # as the message shows it
+    assert [e["kind"] for e in group.events] == ["opened", "changed"]
+    data["alerts"][0]["status"] = "resolved"  # a real change after it is still told
+    assert alerts.receive(parse_notification(json.dumps(data).encode()), shown).kind == "changed"
+
+
 def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
     alerts: AlertService, alert_clock: Clock
 ) -> None:
