@@ -28,7 +28,7 @@ def to_incident(live: LiveIncident) -> Incident:
         services=live.services,
         responders=live.responders,
         summary=f"{title} {' '.join(notes[:3])}".strip(),
-        root_cause=live.root_cause or " ".join(notes[3:]) or NO_ROOT_CAUSE,
+        root_cause=live.root_cause or NO_ROOT_CAUSE,  # notes stay in the timeline, not passed off as the cause
         resolution=live.resolution,
         path=SLACK_PREFIX + live.id,
         duration_minutes=live.minutes_to_restore,

@@ -22,6 +22,7 @@ ROLES = ("lead", "comms")
 ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline text of an assignment
 INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
 ENV_NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
+SEVERITY = re.compile(r"(?:SEV\s*-?\s*)?(\d+)", re.IGNORECASE)  # 2, sev2, SEV-2; never -1
 DEFAULT_SEVERITY = 3
 
 
@@ -376,10 +377,9 @@ def possible_cause_at(
 
 
 def check_severity(value: int | str) -> int:
-    try:
-        number = int(str(value).strip().upper().removeprefix("SEV").removeprefix("-").strip())
-    except ValueError:
-        number = 0
+    """1 to 4 from `2`, `sev2`, `SEV-2` or `Sev 2`; anything else (`-1`, `SEV0`, `high`) is refused."""
+    found = SEVERITY.fullmatch(str(value).strip())
+    number = int(found.group(1)) if found else 0
     if not 1 <= number <= 4:
         raise InvalidRequest(f"severity {value!r} must be 1 (worst) to 4.")
     return number

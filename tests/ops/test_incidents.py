@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.models import SearchHit
+from bot.ops.incident_writeup import NO_ROOT_CAUSE
 from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
 from bot.ops.requests import DeployRequest
 from bot.slack.blocks.incidents import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
@@ -152,3 +153,13 @@ def test_resolve_announces_inside_its_transaction_and_a_failed_announcement_chan
     resolved, _ = incidents.resolve(live, DANIEL, "Raised the pool size.", announce=announce)
     assert seen == [("resolved", "Raised the pool size.", True)] and resolved.status == "resolved"
     assert [i.id for i in incidents.unlearned()] == [live.id]  # resolved, not yet a past incident
+
+
+def test_notes_are_never_written_up_as_the_root_cause(store: Store) -> None:
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    for n in range(5):
+        incidents.note(live, PRIYA, f"note {n}: customers notified")
+    _, past = incidents.resolve(incidents.get(live.id), PRIYA, "Rolled back checkout-api")
+    assert past.root_cause == NO_ROOT_CAUSE  # before, notes 4 and 5 stood in for it
+    assert "note 4: customers notified" in "\n".join(t.event for t in past.timeline)

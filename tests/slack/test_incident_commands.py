@@ -91,6 +91,8 @@ def test_resolve_takes_an_optional_root_cause_and_may_be_empty() -> None:
         (f"role ops <@{DANIEL}>", "role 'ops' is not one opsbot records"),
         ("role comms daniel", "mention the person and name the role"),
         ("severity high", "severity 'high' must be 1 (worst) to 4."),
+        ("severity INC-2026-0001 -1", "severity '-1' must be 1 (worst) to 4."),  # was taken as SEV1
+        ("severity -4", "severity '-4' must be 1 (worst) to 4."),
     ],
 )
 def test_mistakes_are_refused_with_what_to_type(text: str, message: str) -> None:
