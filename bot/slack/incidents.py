@@ -153,7 +153,7 @@ def brief(
         log.exception("could not look for a possible cause id=%s", incident.id)
         cause = None
     hit = f" in {incident.env}" if incident.env else ""
-    headline = f"{incident.id} SEV{incident.severity}{hit}: {incident.title}"
+    headline = f"{incident.id} SEV{incident.severity}{hit}: {escape(incident.title)}"  # <!channel> stays text
     post(web, where, (headline, build_declared_blocks(incident, cause)), url)
     if not (briefed and where == origin):
         for message in (

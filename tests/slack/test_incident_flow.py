@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import threading
 import time
@@ -442,3 +444,16 @@ def test_a_bad_incident_channels_setting_is_reported(value: str) -> None:
     settings = Settings.from_env({"OPSBOT_INCIDENT_CHANNELS": "1", "OPSBOT_PIN_EMOJI": ":Round_Pushpin:"}, dotenv=None)
     assert settings.incident_channels is True and settings.pin_emoji == "round_pushpin"
     assert Settings().pin_emoji == "pushpin" and Settings().incident_channels is False
+
+
+def test_broadcast_mentions_typed_into_a_title_or_resolution_are_posted_as_text_never_as_pings(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # With should_escape, Slack delivers a typed @channel as <!channel>; a notification shows the `text` field.
+    incident_id, _ = declare(slack, slack_api, "<!channel> checkout is down <!here> sev2")
+    say(slack, slack_api, f"resolve {incident_id} rolled back, <!everyone> please verify")
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "resolved after" in c.body.get("text", ""))
+    posted = [c.body for c in slack_api.calls("chat.postMessage")]
+    assert any("&lt;!channel&gt; checkout is down" in body.get("text", "") for body in posted)
+    for body in posted:
+        assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body

@@ -50,7 +50,7 @@ def fallback_text(group: AlertGroup) -> str:
     """The message's text (notifications, screen readers)."""
     service = f" ({group.service})" if group.service else ""
     summary = f": {group.summary}" if group.summary else ""
-    return f"{headline(group)}{service}{summary}"[:MAX_TEXT]
+    return escape(f"{headline(group)}{service}{summary}")[:MAX_TEXT]  # an alert's <!channel> stays text
 
 
 def status_line(group: AlertGroup, view: AlertView) -> str:

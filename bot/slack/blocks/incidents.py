@@ -240,8 +240,8 @@ def not_indexed_text(incident: LiveIncident) -> str:
 
 def resolved_fallback_text(incident: LiveIncident) -> str:
     return (
-        f"{incident.id} resolved after {minutes_text(incident.minutes_to_restore)}: {incident.title}. "
-        f"Resolution: {incident.resolution}"
+        f"{incident.id} resolved after {minutes_text(incident.minutes_to_restore)}: {escape(incident.title)}. "
+        f"Resolution: {escape(incident.resolution)}"
     )[:MAX_TEXT]
 
 
