@@ -16,6 +16,7 @@ from bot.models import Incident
 from bot.ops.incident_writeup import to_incident
 from bot.ops.metrics import blamed_deploy, finished_changes
 from bot.ops.requests import DeployRequest, check_service, recent_requests
+from bot.redact import scrub
 from bot.store import Store
 
 ROLES = ("lead", "comms")
@@ -121,7 +122,7 @@ class IncidentService:
         channel: str = "",
         env: str | None = None,
     ) -> LiveIncident:
-        title = " ".join(title.split())
+        title = " ".join(scrub(title).split())
         if not title:
             raise InvalidRequest(
                 "give the incident a title: /incident declare TITLE [--sev 1-4] [--service NAME] [--env NAME]."
@@ -259,18 +260,18 @@ class IncidentService:
         if not text.strip():
             what = "status update" if kind == "update" else "note"
             raise InvalidRequest(f"the {what} is empty: /incident {kind} TEXT.")
-        return self._change(incident, actor, kind, lambda _: (text.strip(), {}))
+        return self._change(incident, actor, kind, lambda _: (scrub(text.strip()), {}))
 
     def set_root_cause(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         """Record (or replace) what caused it: the write-up and the export use it."""
-        text = " ".join(text.split())
+        text = " ".join(scrub(text).split())
         if not text:
             raise InvalidRequest("say what caused it: /incident rootcause TEXT.")
         return self._change(incident, actor, "root_cause", lambda _: (f"Root cause: {text}", {"root_cause": text}))
 
     def cancel(self, incident: LiveIncident, actor: str, reason: str = "") -> LiveIncident:
         """Declared by mistake: never searchable, never counted in a figure, kept with its timeline and audited."""
-        reason = " ".join(reason.split())
+        reason = " ".join(scrub(reason).split())
         now = _iso(self.clock())
         with self.store.transaction():
             if not self.store.cancel_live_incident(incident.id):
@@ -284,11 +285,11 @@ class IncidentService:
     def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         if not text.strip():
             raise InvalidRequest("that message has no text to add to the timeline.")
-        return self._change(incident, actor, "pinned", lambda _: (text.strip()[:2000], {}))
+        return self._change(incident, actor, "pinned", lambda _: (scrub(text.strip())[:2000], {}))
 
     def record_action(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         """Something done for the incident outside its commands (a rollback requested from its message)."""
-        return self._change(incident, actor, "action", lambda _: (text.strip()[:2000], {}))
+        return self._change(incident, actor, "action", lambda _: (scrub(text.strip())[:2000], {}))
 
     def assign(self, incident: LiveIncident, actor: str, user: str, role: str) -> LiveIncident:
         if role not in ROLES:
@@ -323,7 +324,9 @@ class IncidentService:
         ``announce`` runs inside the resolve's transaction with the resolved incident: what it stores (the
         summary's outbox rows) is committed with the resolve or not at all. It must not wait for anything slow.
         """
-        resolution, root_cause = resolution.strip(), " ".join(root_cause.split())
+        # A token pasted while working the incident must reach neither its rows, its write-up (searchable by all)
+        # nor Slack: every free text is scrubbed on the way in, as deploy output and CI events are.
+        resolution, root_cause = scrub(resolution.strip()), " ".join(scrub(root_cause).split())
         if not resolution:
             raise InvalidRequest("say how it was resolved: /incident resolve RESOLUTION [--root-cause TEXT].")
         now = _iso(self.clock())

@@ -16,6 +16,7 @@ from slack_bolt import Ack
 
 from bot.errors import InvalidRequest, OpsbotError
 from bot.ops.incidents import IncidentService, LiveIncident
+from bot.redact import scrub
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.incidents import (
@@ -224,7 +225,7 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
         say_privately(web, url, build_list_text(incidents.list_open()))
         return
     incident = incidents.find(asked.incident_id, channel)
-    said = escape(asked.text)
+    said = escape(scrub(asked.text))  # as the timeline stores it
     if asked.sub == "status":
         web.respond(url, title_line(incident), build_status_blocks(incident))
     elif asked.sub in ("note", "update"):
@@ -254,7 +255,7 @@ def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIn
     """Declared by mistake: said where it was worked and where it was declared; never searchable or counted."""
     incident = incidents.cancel(incident, user, why)
     log.info("incident cancelled id=%s by=%s", incident.id, user)
-    reason = f" ({escape(why)})" if why else ""
+    reason = f" ({escape(scrub(why))})" if why else ""
     text = (
         f":no_entry_sign: {title_line(incident)} was cancelled by <@{user}>: declared by mistake{reason}. It is not "
         "a past incident and counts in no figure; its timeline is kept."
@@ -322,7 +323,7 @@ def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
         if text is None:
             raise InvalidRequest("I could not read that message; is it in a thread I can't see?")
         text = html.unescape(text).strip()
-        if any(e["kind"] == "pinned" and e["text"] == text[:2000] for e in incident.events):
+        if any(e["kind"] == "pinned" and e["text"] == scrub(text)[:2000] for e in incident.events):  # as stored
             return  # someone else pinned it already
         incidents.pin(incident, user, text)
     except OpsbotError as exc:

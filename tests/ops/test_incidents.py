@@ -163,3 +163,15 @@ def test_notes_are_never_written_up_as_the_root_cause(store: Store) -> None:
     _, past = incidents.resolve(incidents.get(live.id), PRIYA, "Rolled back checkout-api")
     assert past.root_cause == NO_ROOT_CAUSE  # before, notes 4 and 5 stood in for it
     assert "note 4: customers notified" in "\n".join(t.event for t in past.timeline)
+
+
+def test_free_text_is_scrubbed_of_secrets_before_it_is_stored(store: Store) -> None:
+    token = "ghp_" + "Zq3vR8tLw2Xy5Kp9Mn4Bc7Df1Gh6Jk0Ls2Ab"
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare(f"login fails with token={token}", PRIYA, 2, ["checkout-api"])
+    incidents.pin(live, PRIYA, f"export GITHUB_TOKEN={token}")
+    incidents.record_action(live, PRIYA, f"curl -H 'Authorization: token {token}'")
+    incidents.cancel(incidents.get(live.id), PRIYA, f"dup; token {token}")
+    with store.transaction():
+        rows = "\n".join(store.db.conn.iterdump())
+    assert token not in rows and "token=***" in rows

@@ -457,3 +457,21 @@ def test_broadcast_mentions_typed_into_a_title_or_resolution_are_posted_as_text_
     assert any("&lt;!channel&gt; checkout is down" in body.get("text", "") for body in posted)
     for body in posted:
         assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body
+
+
+def test_secrets_typed_while_working_an_incident_reach_neither_its_rows_nor_slack_nor_its_write_up(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    token = "ghp_" + "Zq3vR8tLw2Xy5Kp9Mn4Bc7Df1Gh6Jk0Ls2Ab"
+    incident_id, _ = declare(slack, slack_api, "checkout login fails sev2")
+    say(slack, slack_api, f"note {incident_id} tried DB_PASSWORD=hunter2secret and {token}")
+    say(slack, slack_api, f"rootcause {incident_id} leaked {token} in the CI log")
+    say(slack, slack_api, f"resolve {incident_id} rotated the token {token}")
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "resolved after" in c.body.get("text", ""))
+
+    calls = json.dumps([c.body for c in slack_api.calls()])
+    with runtime.store.transaction():
+        rows = "\n".join(runtime.store.db.conn.iterdump())
+    for secret in (token, "hunter2secret"):
+        assert secret not in calls and secret not in rows
+    assert "DB_PASSWORD=***" in rows and "DB_PASSWORD=***" in calls  # the rest of the note is kept
