@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.errors import InvalidRequest, NotFound
 from bot.hints import examples
 from bot.models import Answer, SearchHit
+from bot.redact import scrub
 from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.store import Store
 from bot.store.base import is_write_failure
@@ -122,9 +123,10 @@ class Answerer:
         """The best people for ``text``, load spread among equals, and remembered for that.
 
         ``vector`` is ``text``'s query vector when the caller already has it (an answer's search). ``asker``
-        (who asked, or declared the incident) is never suggested to themselves.
+        (who asked, or declared the incident) is never suggested to themselves. A secret pasted in ``text`` is
+        scrubbed before it is searched or remembered.
         """
-        text = text.strip()
+        text = scrub(text).strip()
         if not text:
             raise InvalidRequest(f"describe the problem, for example {examples(self.store).experts_usage()}.")
         model = self._experts()
@@ -141,8 +143,10 @@ class Answerer:
         """Answer a question (or a follow-up in a thread) and remember it for feedback.
 
         ``runbook_url`` (an alert's annotation) puts the runbook whose front-matter `url` it links to first.
+        A secret pasted in the question (a token, a password) is scrubbed first: what is searched, saved for
+        votes and sharing, and remembered for the thread never holds it.
         """
-        question = question.strip()
+        question = scrub(question).strip()
         if not question:
             raise InvalidRequest("ask a question, or paste an alert or a log line.")
         if asks_who_is_on_call(question):

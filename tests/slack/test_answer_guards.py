@@ -1,0 +1,82 @@
+"""What opsbot answers, keeps and shares, and what it refuses: signed Slack requests against the fake Web API.
+
+None of these judge ranking, so the sample knowledge is indexed once with the deterministic fake encoder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.answers.indexer import index_knowledge
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, copy_database
+from tests.slack.conftest import SlackDriver, make_settings
+
+TOKEN = "xoxb-123456789012-123456789012-abcdefghijABCDEFGHIJ1234"
+ASKER = "U04C2RN8VD"
+
+
+@pytest.fixture(scope="module")
+def fake_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    store = Store(tmp_path_factory.mktemp("fake-sample") / "sample.db")
+    assert index_knowledge(store, FakeEncoder(), SAMPLE_KNOWLEDGE).problems == []
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, slack_api: FakeSlackAPI, fake_index: Store) -> Iterator[Runtime]:
+    store = copy_database(fake_index, tmp_path / "opsbot.db")
+    rt = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder(), store=store)
+    rt.start_loading()
+    yield rt
+    rt.close()
+
+
+def buttons(blocks: list[dict]) -> dict[str, str]:
+    return {e["action_id"]: e["value"] for b in blocks or [] if b["type"] == "actions" for e in b["elements"]}
+
+
+def settle(slack: SlackDriver, seconds: float = 1.0) -> None:
+    """Give the lazy listeners time to run, then wait until what they sent was delivered."""
+    time.sleep(seconds)
+    assert slack.web is not None and slack.web.wait_idle(10)
+
+
+def stored_text(runtime: Runtime) -> str:
+    """Every question-like column opsbot keeps."""
+    columns = [("answers", "query"), ("conversations", "question"), ("feedback", "query"), ("suggestions", "text")]
+    db = runtime.store.db
+    return "\n".join(str(row[0]) for table, col in columns for row in db.execute(f"SELECT {col} FROM {table}"))
+
+
+# -- secrets in questions --------------------------------------------------------------------------------------
+
+
+def test_a_secret_in_a_question_is_never_stored(slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime) -> None:
+    slack.mention(f"checkout login failed token={TOKEN} FATAL: sorry, too many clients already")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    answer_id = buttons(call.body["blocks"])[ids.FEEDBACK_UP]
+    slack.click(ids.FEEDBACK_UP, answer_id, user="U05G8VS4QH")
+    settle(slack, 1.5)
+    kept = stored_text(runtime)
+    assert "too many clients already" in kept and "token=***" in kept  # the question is kept, the token is not
+    assert TOKEN not in kept and TOKEN not in str(call.body)
+    assert len(runtime.store.feedback_rows()) == 1
+
+
+def test_a_secret_in_experts_text_is_never_stored(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack.command("/experts", f"checkout postgres too many clients password=Hunter2SecretValue9 token={TOKEN}")
+    slack_api.wait_for("response_url")
+    kept = stored_text(runtime)
+    assert "checkout postgres too many clients" in kept
+    assert TOKEN not in kept and "Hunter2SecretValue9" not in kept
