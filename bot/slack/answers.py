@@ -96,12 +96,12 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if event.get("bot_id") or event.get("subtype"):
             return  # our own posts, edits, joins: not questions
         text = event.get("text") or ""
+        if event.get("channel_type") == "im":
+            answer_in_thread(runtime, web, event)  # Slack sends no app_mention for a DM, mention or not
+            return
         bot_user = context.get("bot_user_id") or ""
         if bot_user and f"<@{bot_user}>" in text:
             return  # the app_mention event answers it
-        if event.get("channel_type") == "im":
-            answer_in_thread(runtime, web, event)
-            return
         mode = runtime.answer_mode(event.get("channel", ""))
         if mode == ANSWER_ALL and (looks_like_a_question(text) or event.get("thread_ts")):
             if event.get("thread_ts") and not runtime.answered_in(event["channel"], event["thread_ts"]):

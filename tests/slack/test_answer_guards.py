@@ -80,3 +80,14 @@ def test_a_secret_in_experts_text_is_never_stored(
     kept = stored_text(runtime)
     assert "checkout postgres too many clients" in kept
     assert TOKEN not in kept and "Hunter2SecretValue9" not in kept
+
+
+# -- which messages are answered -------------------------------------------------------------------------------
+
+
+def test_a_direct_message_that_mentions_opsbot_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.message("<@UBOT0001> how do I rotate the JWT signing keys?", channel="D0DM00001", channel_type="im")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    assert call.body["channel"] == "D0DM00001"
+    settle(slack)
+    assert len(slack_api.messages()) == 1
