@@ -90,6 +90,8 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     # -- messages ---------------------------------------------------------------------------------------
 
     def answer_mention(event: dict) -> None:
+        if event.get("bot_id") or event.get("subtype"):
+            return  # another bot's post or an edit: answering bots is how bot-to-bot loops start
         answer_in_thread(runtime, web, event)
 
     def answer_message(event: dict, context: dict) -> None:

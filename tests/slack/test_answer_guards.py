@@ -91,3 +91,21 @@ def test_a_direct_message_that_mentions_opsbot_is_answered(slack: SlackDriver, s
     assert call.body["channel"] == "D0DM00001"
     settle(slack)
     assert len(slack_api.messages()) == 1
+
+
+def test_a_mention_from_another_bot_is_not_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    event = {
+        "type": "app_mention",
+        "user": "UOTHERBOT",
+        "bot_id": "B0OTHER",
+        "text": "<@UBOT0001> [FIRING:1] PostgresLockWaitsHigh pg-main",
+        "channel": "C0OPS0001",
+        "ts": f"{time.time():.6f}",
+    }
+    assert slack.event(event).status == 200
+    edited = {**event, "bot_id": None, "subtype": "message_changed", "ts": f"{time.time():.6f}"}
+    assert slack.event(edited).status == 200
+    settle(slack, 1.5)
+    assert not slack_api.messages()
+    slack.mention("[FIRING:1] PostgresLockWaitsHigh pg-main")  # a person's mention still is
+    slack_api.wait_for("chat.postMessage")
