@@ -104,11 +104,11 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         bot_user = context.get("bot_user_id") or ""
         if bot_user and f"<@{bot_user}>" in text:
             return  # the app_mention event answers it
-        mode = runtime.answer_mode(event.get("channel", ""))
-        if mode == ANSWER_ALL and (looks_like_a_question(text) or event.get("thread_ts")):
-            if event.get("thread_ts") and not runtime.answered_in(event["channel"], event["thread_ts"]):
-                return  # a human thread opsbot was never part of
-            answer_in_thread(runtime, web, event)
+        if runtime.answer_mode(event.get("channel", "")) != ANSWER_ALL or not looks_like_a_question(text):
+            return  # chat ("ok", "thanks"), in a thread or not, is not a question
+        if event.get("thread_ts") and not runtime.answered_in(event["channel"], event["thread_ts"]):
+            return  # a human thread opsbot was never part of
+        answer_in_thread(runtime, web, event)
 
     on.event("app_mention", answer_mention)
     on.event("message", answer_message)

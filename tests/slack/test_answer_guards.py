@@ -109,3 +109,21 @@ def test_a_mention_from_another_bot_is_not_answered(slack: SlackDriver, slack_ap
     assert not slack_api.messages()
     slack.mention("[FIRING:1] PostgresLockWaitsHigh pg-main")  # a person's mention still is
     slack_api.wait_for("chat.postMessage")
+
+
+def test_chat_in_an_answered_thread_of_an_opted_in_channel_is_not_answered(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.store.set_channel_answer_mode("C0ALERTS1", "all", "test")
+    _, ts = slack.message("ERROR: SMS delivery failing for all customers", channel="C0ALERTS1", channel_type="channel")
+    slack_api.wait_for("chat.postMessage")
+    slack.message("thanks, that fixed it", channel="C0ALERTS1", channel_type="channel", thread_ts=ts)
+    slack.message("ok", user="U0CAROL01", channel="C0ALERTS1", channel_type="channel", thread_ts=ts)
+    settle(slack, 1.5)
+    assert len(slack_api.messages()) == 1
+    slack.message("what if only one carrier fails?", channel="C0ALERTS1", channel_type="channel", thread_ts=ts)
+    calls = slack_api.wait_for("chat.postMessage", count=2)
+    assert calls[1].body["thread_ts"] == ts  # a question in the thread still is answered
+    slack.message("why is this failing?", channel="C0ALERTS1", channel_type="channel", thread_ts="1700000000.000001")
+    settle(slack, 1.5)
+    assert len(slack_api.messages()) == 2  # a human thread opsbot was never part of is still left alone
