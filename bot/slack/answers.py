@@ -21,7 +21,7 @@ from bot.slack.blocks.answers import (
     build_usage_blocks,
     build_vote_ack_text,
 )
-from bot.slack.listeners import Listeners
+from bot.slack.listeners import Listeners, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -183,13 +183,15 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         vote(body, -1)
 
     def share_answer(body: dict) -> None:
-        saved = runtime.saved_answer(body["actions"][0]["value"])
-        if saved is None:
-            raise NotFound("that answer is no longer known; ask again and share the new one.")
         user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        saved, first = runtime.answers.claim_share(body["actions"][0]["value"], user, channel)
+        if not first:
+            tell_requester(web, body, f"This answer was already shared in <#{saved['channel'] or channel}>.")
+            return
         reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)
         web.post(
-            saved["channel"] or body["channel"]["id"],
+            saved["channel"] or channel,
             answer_fallback_text(reply),
             build_answer_blocks(reply, shared_by=user),
             notify=Notify(response_url=body.get("response_url", "")),

@@ -127,3 +127,38 @@ def test_chat_in_an_answered_thread_of_an_opted_in_channel_is_not_answered(
     slack.message("why is this failing?", channel="C0ALERTS1", channel_type="channel", thread_ts="1700000000.000001")
     settle(slack, 1.5)
     assert len(slack_api.messages()) == 2  # a human thread opsbot was never part of is still left alone
+
+
+# -- sharing an /ask answer ------------------------------------------------------------------------------------
+
+
+def test_an_answer_is_shared_once_however_often_share_is_pressed(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    value = ask(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    settle(slack, 2)
+    (shared,) = slack_api.messages()
+    assert shared["channel"] == "C0OPS0001"
+    said = " ".join(r.get("text", "") for r in slack_api.responses())
+    assert "already shared" in said
+
+
+def test_only_the_asker_can_share_an_answer(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    value = ask(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user="U0BOB0001")
+    (refusal,) = slack_api.wait_for("response_url")
+    assert "only the person who asked" in refusal.body["text"] and refusal.body["response_type"] == "ephemeral"
+    settle(slack)
+    assert not slack_api.messages()
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # the refusal did not use the answer up
+    (shared,) = slack_api.wait_for("chat.postMessage")
+    assert f"<@{ASKER}>" in str(shared.body["blocks"])
+
+
+def test_an_answer_is_shared_only_from_the_channel_it_was_asked_in(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    value = ask(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER, channel="C0OTHER01")
+    (refusal,) = slack_api.wait_for("response_url")
+    assert "<#C0OPS0001>" in refusal.body["text"]
+    settle(slack)
+    assert not slack_api.messages()

@@ -163,11 +163,11 @@ def test_ask_answers_ephemerally_with_a_share_button_and_sharing_posts_it(
     actions = buttons(reply.body["blocks"])
     assert ids.SHARE_ANSWER in actions and not slack_api.messages()
 
-    slack.click(ids.SHARE_ANSWER, actions[ids.SHARE_ANSWER], user="U06H3WD7RJ")
+    slack.click(ids.SHARE_ANSWER, actions[ids.SHARE_ANSWER], user="U04C2RN8VD")  # the asker
     (shared,) = slack_api.wait_for("chat.postMessage")
     assert shared.body["channel"] == "C0OPS0001"
     shown = text_of(shared.body["blocks"])
-    assert "Shared by <@U06H3WD7RJ>" in shown and "Waymark Maps API rate limiting" in shown
+    assert "Shared by <@U04C2RN8VD>" in shown and "Waymark Maps API rate limiting" in shown
     deleted = slack_api.wait_for("response_url", count=2)[1]
     assert deleted.body.get("delete_original") is True
 
