@@ -169,12 +169,8 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         user = body["user"]["id"]
         changed, path = runtime.answers.vote(action["value"], user, value)
         log.info("feedback answer_id=%s user=%s vote=%d path=%s", action["value"], user, value, path)
-        channel = (body.get("channel") or {}).get("id")
-        text = build_vote_ack_text(value, changed, path)
-        if channel:
-            web.tell_user(channel, user, text)
-        else:
-            web.respond(body.get("response_url", ""), text)
+        # Through the button's response_url: chat.postEphemeral fails where opsbot is not a member (/ask).
+        tell_requester(web, body, build_vote_ack_text(value, changed, path))
 
     def record_helpful(body: dict) -> None:
         vote(body, 1)

@@ -57,6 +57,14 @@ def stored_text(runtime: Runtime) -> str:
     return "\n".join(str(row[0]) for table, col in columns for row in db.execute(f"SELECT {col} FROM {table}"))
 
 
+def ask(slack: SlackDriver, slack_api: FakeSlackAPI, channel: str = "C0OPS0001") -> str:
+    """/ask as ASKER in ``channel``; the answer's Share value."""
+    slack.command("/ask", "Waymark Maps API returns 429 Too Many Requests", user=ASKER, channel=channel)
+    (reply,) = slack_api.wait_for("response_url")
+    slack_api.clear()
+    return buttons(reply.body["blocks"])[ids.SHARE_ANSWER]
+
+
 # -- secrets in questions --------------------------------------------------------------------------------------
 
 
@@ -162,3 +170,19 @@ def test_an_answer_is_shared_only_from_the_channel_it_was_asked_in(slack: SlackD
     assert "<#C0OPS0001>" in refusal.body["text"]
     settle(slack)
     assert not slack_api.messages()
+
+
+# -- the vote acknowledgement ----------------------------------------------------------------------------------
+
+
+def test_a_vote_where_opsbot_is_not_a_member_is_acknowledged(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack.command("/ask", "Waymark Maps API returns 429 Too Many Requests", user=ASKER, channel="C0NOTMEMB")
+    (reply,) = slack_api.wait_for("response_url")
+    slack_api.clear()
+    slack_api.fail_next("chat.postEphemeral", status=200, error="not_in_channel", times=5)
+    slack.click(ids.FEEDBACK_UP, buttons(reply.body["blocks"])[ids.FEEDBACK_UP], user=ASKER, channel="C0NOTMEMB")
+    (ack,) = slack_api.wait_for("response_url")
+    assert "helpful" in ack.body["text"] and ack.body.get("replace_original") is not True
+    assert runtime.store.feedback_rows()[-1]["vote"] == 1
