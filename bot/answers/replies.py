@@ -19,9 +19,10 @@ import numpy as np
 from bot.answers.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
 from bot.answers.search import SearchIndex
 from bot.config import Settings
-from bot.errors import InvalidRequest, NotFound
+from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.hints import examples
 from bot.models import Answer, SearchHit
+from bot.redact import scrub
 from bot.rota import OnCall, Rota, asks_who_is_on_call
 from bot.store import Store
 from bot.store.base import is_write_failure
@@ -122,9 +123,10 @@ class Answerer:
         """The best people for ``text``, load spread among equals, and remembered for that.
 
         ``vector`` is ``text``'s query vector when the caller already has it (an answer's search). ``asker``
-        (who asked, or declared the incident) is never suggested to themselves.
+        (who asked, or declared the incident) is never suggested to themselves. A secret pasted in ``text`` is
+        scrubbed before it is searched or remembered.
         """
-        text = text.strip()
+        text = scrub(text).strip()
         if not text:
             raise InvalidRequest(f"describe the problem, for example {examples(self.store).experts_usage()}.")
         model = self._experts()
@@ -141,8 +143,10 @@ class Answerer:
         """Answer a question (or a follow-up in a thread) and remember it for feedback.
 
         ``runbook_url`` (an alert's annotation) puts the runbook whose front-matter `url` it links to first.
+        A secret pasted in the question (a token, a password) is scrubbed first: what is searched, saved for
+        votes and sharing, and remembered for the thread never holds it.
         """
-        question = question.strip()
+        question = scrub(question).strip()
         if not question:
             raise InvalidRequest("ask a question, or paste an alert or a log line.")
         if asks_who_is_on_call(question):
@@ -174,6 +178,26 @@ class Answerer:
                 log.warning("answer not saved answer_id=%s channel=%s reason=%s", reply.id, channel, exc)
                 reply = dataclasses.replace(reply, unsaved=str(exc))
         return reply
+
+    def claim_share(self, answer_id: str, user: str, channel: str) -> tuple[dict, bool]:
+        """The saved answer ``user`` may share in ``channel``, and whether this is its first share.
+
+        Only the person who asked shares an answer, and only in the channel it was asked in; an answer is
+        shared at most once (the claim is recorded in a transaction, so two presses cannot both win).
+        """
+        saved = self.store.get_answer(answer_id)
+        if saved is None:
+            raise NotFound("that answer is no longer known; ask again and share the new one.")
+        if saved["user"] and user != saved["user"]:
+            raise PermissionDenied(
+                f"only the person who asked (<@{saved['user']}>) can share this answer; ask with /ask to share yours."
+            )
+        where = saved["channel"] or channel
+        if channel != where:
+            raise PermissionDenied(f"share this answer from <#{where}>, where it was asked.")
+        with self.store.transaction():
+            first = self.store.claim_event(f"share:{answer_id}")
+        return saved, first
 
     def _with_thread(self, question: str, channel: str, thread_ts: str) -> str:
         """What to search: a follow-up in a thread carries the thread's first question with it."""

@@ -21,7 +21,7 @@ from bot.slack.blocks.answers import (
     build_usage_blocks,
     build_vote_ack_text,
 )
-from bot.slack.listeners import Listeners
+from bot.slack.listeners import Listeners, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -90,23 +90,25 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     # -- messages ---------------------------------------------------------------------------------------
 
     def answer_mention(event: dict) -> None:
+        if event.get("bot_id") or event.get("subtype"):
+            return  # another bot's post or an edit: answering bots is how bot-to-bot loops start
         answer_in_thread(runtime, web, event)
 
     def answer_message(event: dict, context: dict) -> None:
         if event.get("bot_id") or event.get("subtype"):
             return  # our own posts, edits, joins: not questions
         text = event.get("text") or ""
+        if event.get("channel_type") == "im":
+            answer_in_thread(runtime, web, event)  # Slack sends no app_mention for a DM, mention or not
+            return
         bot_user = context.get("bot_user_id") or ""
         if bot_user and f"<@{bot_user}>" in text:
             return  # the app_mention event answers it
-        if event.get("channel_type") == "im":
-            answer_in_thread(runtime, web, event)
-            return
-        mode = runtime.answer_mode(event.get("channel", ""))
-        if mode == ANSWER_ALL and (looks_like_a_question(text) or event.get("thread_ts")):
-            if event.get("thread_ts") and not runtime.answered_in(event["channel"], event["thread_ts"]):
-                return  # a human thread opsbot was never part of
-            answer_in_thread(runtime, web, event)
+        if runtime.answer_mode(event.get("channel", "")) != ANSWER_ALL or not looks_like_a_question(text):
+            return  # chat ("ok", "thanks"), in a thread or not, is not a question
+        if event.get("thread_ts") and not runtime.answered_in(event["channel"], event["thread_ts"]):
+            return  # a human thread opsbot was never part of
+        answer_in_thread(runtime, web, event)
 
     on.event("app_mention", answer_mention)
     on.event("message", answer_message)
@@ -167,12 +169,8 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         user = body["user"]["id"]
         changed, path = runtime.answers.vote(action["value"], user, value)
         log.info("feedback answer_id=%s user=%s vote=%d path=%s", action["value"], user, value, path)
-        channel = (body.get("channel") or {}).get("id")
-        text = build_vote_ack_text(value, changed, path)
-        if channel:
-            web.tell_user(channel, user, text)
-        else:
-            web.respond(body.get("response_url", ""), text)
+        # Through the button's response_url: chat.postEphemeral fails where opsbot is not a member (/ask).
+        tell_requester(web, body, build_vote_ack_text(value, changed, path))
 
     def record_helpful(body: dict) -> None:
         vote(body, 1)
@@ -181,13 +179,15 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         vote(body, -1)
 
     def share_answer(body: dict) -> None:
-        saved = runtime.saved_answer(body["actions"][0]["value"])
-        if saved is None:
-            raise NotFound("that answer is no longer known; ask again and share the new one.")
         user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        saved, first = runtime.answers.claim_share(body["actions"][0]["value"], user, channel)
+        if not first:
+            tell_requester(web, body, f"This answer was already shared in <#{saved['channel'] or channel}>.")
+            return
         reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)
         web.post(
-            saved["channel"] or body["channel"]["id"],
+            saved["channel"] or channel,
             answer_fallback_text(reply),
             build_answer_blocks(reply, shared_by=user),
             notify=Notify(response_url=body.get("response_url", "")),

@@ -163,11 +163,11 @@ def test_ask_answers_ephemerally_with_a_share_button_and_sharing_posts_it(
     actions = buttons(reply.body["blocks"])
     assert ids.SHARE_ANSWER in actions and not slack_api.messages()
 
-    slack.click(ids.SHARE_ANSWER, actions[ids.SHARE_ANSWER], user="U06H3WD7RJ")
+    slack.click(ids.SHARE_ANSWER, actions[ids.SHARE_ANSWER], user="U04C2RN8VD")  # the asker
     (shared,) = slack_api.wait_for("chat.postMessage")
     assert shared.body["channel"] == "C0OPS0001"
     shown = text_of(shared.body["blocks"])
-    assert "Shared by <@U06H3WD7RJ>" in shown and "Waymark Maps API rate limiting" in shown
+    assert "Shared by <@U04C2RN8VD>" in shown and "Waymark Maps API rate limiting" in shown
     deleted = slack_api.wait_for("response_url", count=2)[1]
     assert deleted.body.get("delete_original") is True
 
@@ -231,8 +231,8 @@ def test_feedback_is_stored_and_changes_later_ranking(
     top = runtime.store.get_answer(answer_id)["paths"][0]
 
     slack.click(ids.FEEDBACK_DOWN, answer_id, user="U05G8VS4QH")
-    (ack,) = slack_api.wait_for("chat.postEphemeral")
-    assert ack.body["user"] == "U05G8VS4QH" and "not helpful" in ack.body["text"]
+    (ack,) = slack_api.wait_for("response_url")  # the button's response_url: only the voter sees it
+    assert ack.body["response_type"] == "ephemeral" and "not helpful" in ack.body["text"]
     (row,) = runtime.store.feedback_rows()
     assert row == {"user": "U05G8VS4QH", "query": question, "path": top, "vote": -1, "at": row["at"]}
 
@@ -245,7 +245,7 @@ def test_feedback_is_stored_and_changes_later_ranking(
     assert place(similar) > place(before)  # and for a similar question too
 
     slack.click(ids.FEEDBACK_DOWN, answer_id, user="U05G8VS4QH")  # a double click changes nothing
-    second = slack_api.wait_for("chat.postEphemeral", count=2)[1]
+    second = slack_api.wait_for("response_url", count=2)[1]
     assert "already voted" in second.body["text"]
     assert len(runtime.store.feedback_rows()) == 1
 

@@ -1,0 +1,188 @@
+"""What opsbot answers, keeps and shares, and what it refuses: signed Slack requests against the fake Web API.
+
+None of these judge ranking, so the sample knowledge is indexed once with the deterministic fake encoder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.answers.indexer import index_knowledge
+from bot.runtime import Runtime
+from bot.slack import ids
+from bot.slack.local.fake_api import FakeSlackAPI
+from bot.store import Store
+from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, copy_database
+from tests.slack.conftest import SlackDriver, make_settings
+
+TOKEN = "xoxb-123456789012-123456789012-abcdefghijABCDEFGHIJ1234"
+ASKER = "U04C2RN8VD"
+
+
+@pytest.fixture(scope="module")
+def fake_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    store = Store(tmp_path_factory.mktemp("fake-sample") / "sample.db")
+    assert index_knowledge(store, FakeEncoder(), SAMPLE_KNOWLEDGE).problems == []
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, slack_api: FakeSlackAPI, fake_index: Store) -> Iterator[Runtime]:
+    store = copy_database(fake_index, tmp_path / "opsbot.db")
+    rt = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder(), store=store)
+    rt.start_loading()
+    yield rt
+    rt.close()
+
+
+def buttons(blocks: list[dict]) -> dict[str, str]:
+    return {e["action_id"]: e["value"] for b in blocks or [] if b["type"] == "actions" for e in b["elements"]}
+
+
+def settle(slack: SlackDriver, seconds: float = 1.0) -> None:
+    """Give the lazy listeners time to run, then wait until what they sent was delivered."""
+    time.sleep(seconds)
+    assert slack.web is not None and slack.web.wait_idle(10)
+
+
+def stored_text(runtime: Runtime) -> str:
+    """Every question-like column opsbot keeps."""
+    columns = [("answers", "query"), ("conversations", "question"), ("feedback", "query"), ("suggestions", "text")]
+    db = runtime.store.db
+    return "\n".join(str(row[0]) for table, col in columns for row in db.execute(f"SELECT {col} FROM {table}"))
+
+
+def ask(slack: SlackDriver, slack_api: FakeSlackAPI, channel: str = "C0OPS0001") -> str:
+    """/ask as ASKER in ``channel``; the answer's Share value."""
+    slack.command("/ask", "Waymark Maps API returns 429 Too Many Requests", user=ASKER, channel=channel)
+    (reply,) = slack_api.wait_for("response_url")
+    slack_api.clear()
+    return buttons(reply.body["blocks"])[ids.SHARE_ANSWER]
+
+
+# -- secrets in questions --------------------------------------------------------------------------------------
+
+
+def test_a_secret_in_a_question_is_never_stored(slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime) -> None:
+    slack.mention(f"checkout login failed token={TOKEN} FATAL: sorry, too many clients already")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    answer_id = buttons(call.body["blocks"])[ids.FEEDBACK_UP]
+    slack.click(ids.FEEDBACK_UP, answer_id, user="U05G8VS4QH")
+    settle(slack, 1.5)
+    kept = stored_text(runtime)
+    assert "too many clients already" in kept and "token=***" in kept  # the question is kept, the token is not
+    assert TOKEN not in kept and TOKEN not in str(call.body)
+    assert len(runtime.store.feedback_rows()) == 1
+
+
+def test_a_secret_in_experts_text_is_never_stored(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack.command("/experts", f"checkout postgres too many clients password=Hunter2SecretValue9 token={TOKEN}")
+    slack_api.wait_for("response_url")
+    kept = stored_text(runtime)
+    assert "checkout postgres too many clients" in kept
+    assert TOKEN not in kept and "Hunter2SecretValue9" not in kept
+
+
+# -- which messages are answered -------------------------------------------------------------------------------
+
+
+def test_a_direct_message_that_mentions_opsbot_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    slack.message("<@UBOT0001> how do I rotate the JWT signing keys?", channel="D0DM00001", channel_type="im")
+    (call,) = slack_api.wait_for("chat.postMessage")
+    assert call.body["channel"] == "D0DM00001"
+    settle(slack)
+    assert len(slack_api.messages()) == 1
+
+
+def test_a_mention_from_another_bot_is_not_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    event = {
+        "type": "app_mention",
+        "user": "UOTHERBOT",
+        "bot_id": "B0OTHER",
+        "text": "<@UBOT0001> [FIRING:1] PostgresLockWaitsHigh pg-main",
+        "channel": "C0OPS0001",
+        "ts": f"{time.time():.6f}",
+    }
+    assert slack.event(event).status == 200
+    edited = {**event, "bot_id": None, "subtype": "message_changed", "ts": f"{time.time():.6f}"}
+    assert slack.event(edited).status == 200
+    settle(slack, 1.5)
+    assert not slack_api.messages()
+    slack.mention("[FIRING:1] PostgresLockWaitsHigh pg-main")  # a person's mention still is
+    slack_api.wait_for("chat.postMessage")
+
+
+def test_chat_in_an_answered_thread_of_an_opted_in_channel_is_not_answered(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.store.set_channel_answer_mode("C0ALERTS1", "all", "test")
+    _, ts = slack.message("ERROR: SMS delivery failing for all customers", channel="C0ALERTS1", channel_type="channel")
+    slack_api.wait_for("chat.postMessage")
+    slack.message("thanks, that fixed it", channel="C0ALERTS1", channel_type="channel", thread_ts=ts)
+    slack.message("ok", user="U0CAROL01", channel="C0ALERTS1", channel_type="channel", thread_ts=ts)
+    settle(slack, 1.5)
+    assert len(slack_api.messages()) == 1
+    slack.message("what if only one carrier fails?", channel="C0ALERTS1", channel_type="channel", thread_ts=ts)
+    calls = slack_api.wait_for("chat.postMessage", count=2)
+    assert calls[1].body["thread_ts"] == ts  # a question in the thread still is answered
+    slack.message("why is this failing?", channel="C0ALERTS1", channel_type="channel", thread_ts="1700000000.000001")
+    settle(slack, 1.5)
+    assert len(slack_api.messages()) == 2  # a human thread opsbot was never part of is still left alone
+
+
+# -- sharing an /ask answer ------------------------------------------------------------------------------------
+
+
+def test_an_answer_is_shared_once_however_often_share_is_pressed(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    value = ask(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    settle(slack, 2)
+    (shared,) = slack_api.messages()
+    assert shared["channel"] == "C0OPS0001"
+    said = " ".join(r.get("text", "") for r in slack_api.responses())
+    assert "already shared" in said
+
+
+def test_only_the_asker_can_share_an_answer(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    value = ask(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user="U0BOB0001")
+    (refusal,) = slack_api.wait_for("response_url")
+    assert "only the person who asked" in refusal.body["text"] and refusal.body["response_type"] == "ephemeral"
+    settle(slack)
+    assert not slack_api.messages()
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # the refusal did not use the answer up
+    (shared,) = slack_api.wait_for("chat.postMessage")
+    assert f"<@{ASKER}>" in str(shared.body["blocks"])
+
+
+def test_an_answer_is_shared_only_from_the_channel_it_was_asked_in(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    value = ask(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER, channel="C0OTHER01")
+    (refusal,) = slack_api.wait_for("response_url")
+    assert "<#C0OPS0001>" in refusal.body["text"]
+    settle(slack)
+    assert not slack_api.messages()
+
+
+# -- the vote acknowledgement ----------------------------------------------------------------------------------
+
+
+def test_a_vote_where_opsbot_is_not_a_member_is_acknowledged(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack.command("/ask", "Waymark Maps API returns 429 Too Many Requests", user=ASKER, channel="C0NOTMEMB")
+    (reply,) = slack_api.wait_for("response_url")
+    slack_api.clear()
+    slack_api.fail_next("chat.postEphemeral", status=200, error="not_in_channel", times=5)
+    slack.click(ids.FEEDBACK_UP, buttons(reply.body["blocks"])[ids.FEEDBACK_UP], user=ASKER, channel="C0NOTMEMB")
+    (ack,) = slack_api.wait_for("response_url")
+    assert "helpful" in ack.body["text"] and ack.body.get("replace_original") is not True
+    assert runtime.store.feedback_rows()[-1]["vote"] == 1
