@@ -219,10 +219,6 @@ class Runtime:
         """Whether the thread is one opsbot answered in (a follow-up there is a question to it)."""
         return self.store.thread_question(channel, thread_ts) is not None
 
-    def saved_answer(self, answer_id: str) -> dict | None:
-        """The question, channel and results of an answer given earlier, for sharing it or voting on it."""
-        return self.store.get_answer(answer_id)
-
     def roster_names(self) -> dict[str, str]:
         """Roster ids to names."""
         return {e.id: e.name for e in self.store.load_experts()}
