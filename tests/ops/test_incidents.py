@@ -12,7 +12,12 @@ from bot.models import SearchHit
 from bot.ops.incident_writeup import NO_ROOT_CAUSE
 from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause
 from bot.ops.requests import DeployRequest
-from bot.slack.blocks.incidents import build_declared_blocks, build_knowledge_blocks, build_recent_deploys_blocks
+from bot.slack.blocks.incidents import (
+    build_declared_blocks,
+    build_knowledge_blocks,
+    build_recent_deploys_blocks,
+    build_status_blocks,
+)
 from bot.store import Store
 from tests.ops.test_metrics import NOW, deploy, insert
 
@@ -175,3 +180,18 @@ def test_free_text_is_scrubbed_of_secrets_before_it_is_stored(store: Store) -> N
     with store.transaction():
         rows = "\n".join(store.db.conn.iterdump())
     assert token not in rows and "token=***" in rows
+
+
+def test_a_long_timeline_shows_its_newest_entries_and_counts_the_ones_left_out(store: Store) -> None:
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    for n in range(3):
+        live = incidents.pin(live, PRIYA, f"pinned log {n}: " + "x" * 1_200)
+    live = incidents.note(live, PRIYA, "LATEST: the pool is back to normal")
+    text = text_of(build_status_blocks(live))
+    assert "LATEST: the pool is back to normal" in text  # before, the section's cut took it off the end
+    assert "earlier entries" not in text and text.count("pinned log") == 3 and len(text) < 3000
+    for n in range(30):
+        live = incidents.note(live, PRIYA, f"update {n}")
+    timeline = text_of(build_status_blocks(live)).split("*Timeline*\n")[1]
+    assert timeline.startswith(f"… {len(live.events) - 25} earlier entries") and timeline.endswith("update 29")

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a s
 
 MAX_DEPLOYS = 10
 TIMELINE_LINES = 25
+ENTRY_CHARS = 300  # one timeline entry in a summary (a pinned message can be 2,000); the full text stays stored
+TIMELINE_CHARS = MAX_TEXT - 100  # room in its section for the heading and the "earlier entries" line
 # Slack references that must survive escaping: mentions, channels, special mentions and links.
 USAGE = (
     "*Usage:*\n"
@@ -169,11 +171,22 @@ def build_deploys_blocks(
     return blocks
 
 
-def timeline_lines(incident: LiveIncident, limit: int = TIMELINE_LINES) -> str:
-    events = incident.events[-limit:]
-    lines = [f"`{clock_time(e['at'])}` <@{e['actor']}> {escape(e['text'])}" for e in events]
-    if len(incident.events) > limit:
-        lines.insert(0, f"… {len(incident.events) - limit} earlier entries")
+def timeline_lines(incident: LiveIncident, limit: int = TIMELINE_LINES, budget: int = TIMELINE_CHARS) -> str:
+    """The newest entries that fit in one section, each cut to ENTRY_CHARS; the older ones are counted first.
+
+    Cut from the oldest end: the section's own cut at its size limit would drop the newest (the resolution).
+    """
+    kept: list[str] = []
+    used = 0
+    for e in reversed(incident.events):
+        text = e["text"] if len(e["text"]) <= ENTRY_CHARS else e["text"][: ENTRY_CHARS - 1] + "…"
+        line = f"`{clock_time(e['at'])}` <@{e['actor']}> {escape(text)}"
+        if len(kept) == limit or used + len(line) + 1 > budget:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    earlier = len(incident.events) - len(kept)
+    lines = ([f"… {earlier} earlier entries"] if earlier else []) + kept[::-1]
     return "\n".join(lines) or "(empty)"
 
 
