@@ -196,8 +196,10 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
     """The successful deploys (ids) a rollback undid within the window: the last deploy that ran before it."""
     undone = set()
     for rollback in rows:
-        if rollback["kind"] != "rollback" or not rollback["started_at"]:
-            continue  # a rejected or expired rollback request changed nothing
+        # Only a rollback that succeeded undid anything: a rejected, expired or cancelled one never ran (started_at
+        # is set at the approval, so it tells nothing), and a failed, timed-out or interrupted one did not restore.
+        if rollback["kind"] != "rollback" or rollback["status"] != "succeeded":
+            continue
         before = [
             r
             for r in rows

@@ -198,6 +198,35 @@ def test_a_rollback_after_a_failed_deploy_does_not_blame_the_good_one_before(sto
     assert figures.time_to_restore_min == 60  # the rollback's success restored the service
 
 
+@pytest.mark.parametrize("status", ["cancelled", "failed", "timed_out", "interrupted"])
+def test_a_rollback_that_did_not_succeed_undid_nothing(store: Store, status: str) -> None:
+    t = ago(days=3)
+    # started_at is set at approval, so a rollback cancelled before it ran has one too
+    insert(
+        store,
+        deploy(t, version="1.1.0"),
+        deploy(t + timedelta(hours=1), version="1.0.0", kind="rollback", status=status),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (0, 1)
+
+
+def test_an_interrupted_deploy_is_the_one_a_later_rollback_undid(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t, version="1.1.0"),
+        deploy(t + timedelta(minutes=30), version="1.2.0", status="interrupted"),  # may be half rolled out
+        deploy(t + timedelta(hours=1), version="1.1.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (0, 1)
+
+
 def test_change_failure_rate_is_none_without_changes(store: Store) -> None:
     figures = dora(store, now=NOW)
 
