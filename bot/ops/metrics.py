@@ -11,6 +11,10 @@ from datetime import UTC, datetime, timedelta
 from bot.models import Incident
 from bot.store import Store
 
+# Deploys whose command ran: an interrupted one may be half rolled out. A cancelled one (approved, stopped by the
+# policy before it started) has a started_at but changed nothing, so it cannot be what a rollback undid.
+RAN = ("succeeded", "failed", "timed_out", "interrupted")
+
 
 @dataclass(frozen=True)
 class Dora:
@@ -204,7 +208,7 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
             r
             for r in rows
             if r["kind"] == "deploy"
-            and r["started_at"]
+            and r["status"] in RAN
             and r["service"] == rollback["service"]
             and r["_finished"] < rollback["_finished"]
         ]

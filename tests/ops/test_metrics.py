@@ -213,6 +213,20 @@ def test_a_rollback_that_did_not_succeed_undid_nothing(store: Store, status: str
     assert (figures.failed_changes, figures.changes) == (0, 1)
 
 
+def test_a_deploy_that_never_ran_does_not_hide_the_one_a_rollback_undid(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t, version="1.1.0"),
+        deploy(t + timedelta(minutes=30), version="1.2.0", status="cancelled"),  # approved, stopped by a freeze
+        deploy(t + timedelta(hours=1), version="1.0.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (1, 1)  # 1.1.0 was rolled back
+
+
 def test_an_interrupted_deploy_is_the_one_a_later_rollback_undid(store: Store) -> None:
     t = ago(days=3)
     insert(
