@@ -109,7 +109,8 @@ def dora(
     failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
     for r in rows:
-        if r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
+        # a failed rollback is part of the outage its deploy began, not a second one
+        if r["kind"] == "deploy" and r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
             fixed = next(  # the first success after the failure (succeeded is oldest first)
                 (s for s in succeeded if s["service"] == r["service"] and s["_finished"] > r["_finished"]), None
             )

@@ -274,6 +274,20 @@ def test_time_to_restore_is_the_median_of_incidents_and_failed_to_next_success(s
     assert dora(store, service="api", now=NOW).time_to_restore_min is None
 
 
+def test_a_failed_rollback_does_not_start_a_second_outage(store: Store) -> None:
+    t = ago(days=2)
+    insert(
+        store,
+        deploy(t, version="1.1.0", status="failed"),
+        deploy(t + timedelta(minutes=10), version="1.0.0", kind="rollback", status="failed"),
+        deploy(t + timedelta(minutes=30), version="1.0.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert figures.time_to_restore_min == pytest.approx(30)  # from the failed deploy to the rollback that worked
+
+
 def test_lead_time_is_the_median_from_commit_to_finished_deploy(store: Store) -> None:
     insert(
         store,
