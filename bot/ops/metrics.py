@@ -116,10 +116,13 @@ def dora(
             )
             if fixed is not None:
                 restore.append((fixed["_finished"] - r["_finished"]).total_seconds() / 60)
+    # A commit time after the finish (one sent only with the finish, which took opsbot's clock) is no lead time.
     leads = [
-        (r["_finished"] - commit).total_seconds() / 3600
+        lead
         for r in shipped
-        if r["_finished"] >= start and (commit := _at(r["commit_time"])) is not None
+        if r["_finished"] >= start
+        and (commit := _at(r["commit_time"])) is not None
+        and (lead := (r["_finished"] - commit).total_seconds() / 3600) >= 0
     ]
     return Dora(
         service,
