@@ -119,8 +119,8 @@ def _open(deploys: DeployService, event: DeployEvent, actor: str, now: datetime)
     deploys._expire_locked_if_due(event.service, event.env)
     kind, status = FINISHED.get(event.status, ("deploy", "running"))
     stamp = _iso(now)
-    started_at = event.started_at or (stamp if not event.finished else event.finished_at or stamp)
-    finished_at = (event.finished_at or stamp) if event.finished else None
+    finished_at = _no_later(event.finished_at or stamp, now) if event.finished else None
+    started_at = _no_later(event.started_at or finished_at or stamp, parse_time(finished_at) if finished_at else now)
     flags = _flags(deploys, event, parse_time(started_at))
     free = store.lock_holder(event.service, event.env) is None and not store.running_for(event.service, event.env)
     if status == "running" and not free:
@@ -176,7 +176,8 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
     extra: dict = {k: v for k, v in _event_fields(event).items() if v}
     if kind == "rollback":
         extra["kind"] = "rollback"
-    finished_at = event.finished_at or _iso(deploys.clock())
+    now = deploys.clock()
+    finished_at = _no_later(event.finished_at or _iso(now), now)
     store.transition(run["id"], run["status"], status, finished_at=finished_at, **extra)
     store.release_lock(run["id"])
     store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)
@@ -204,7 +205,8 @@ def _same_report(deploys: DeployService, event: DeployEvent) -> dict | None:
                 return row
             continue
         if event.started_at and row["started_at"] and not event.pipeline_url:
-            if event.started_at == row["started_at"]:
+            # compared as it was stored: no later than the finish (see _no_later)
+            if parse_time(_no_later(event.started_at, parse_time(row["finished_at"]))) == parse_time(row["started_at"]):
                 return row
             continue
         finished = parse_time(event.finished_at) if event.finished_at else deploys.clock()
@@ -237,6 +239,15 @@ def _event_fields(event: DeployEvent) -> dict:
         "pipeline_url": event.pipeline_url,
         "changes": json.dumps(list(event.changes)) if event.changes else "",
     }
+
+
+def _no_later(value: str, limit: datetime) -> str:
+    """A pipeline's time, or ``limit`` (opsbot's now, or the finish) when it is later.
+
+    The signature allows a pipeline's clock to run minutes ahead of opsbot's; a finish stored ahead of now would
+    be left out of the figures the summary posts at that finish.
+    """
+    return value if parse_time(value) <= limit else _iso(limit)
 
 
 def _iso(when: datetime) -> str:

@@ -161,6 +161,14 @@ def parse_event(
     )
     if started_at and finished_at and finished_at < started_at:
         raise EventProblem("finished_at", "finished_at is before started_at.")
+    # A commit made after the deploy cannot be in it; taken as is, it would show a negative lead time.
+    deployed, deployed_name = (finished_at, "finished_at") if finished_at else (started_at, "started_at")
+    if commit_time and deployed and commit_time > deployed:
+        raise EventProblem(
+            "commit_time",
+            f"commit_time {commit_time} is after {deployed_name} {deployed}: send the time of the commit "
+            "this deploy shipped.",
+        )
     commit_sha = text("commit_sha")
     if commit_sha and not COMMIT_SHA.fullmatch(commit_sha):
         raise EventProblem("commit_sha", "commit_sha must be 7 to 64 hexadecimal characters.")

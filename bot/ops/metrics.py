@@ -11,6 +11,10 @@ from datetime import UTC, datetime, timedelta
 from bot.models import Incident
 from bot.store import Store
 
+# Deploys whose command ran: an interrupted one may be half rolled out. A cancelled one (approved, stopped by the
+# policy before it started) has a started_at but changed nothing, so it cannot be what a rollback undid.
+RAN = ("succeeded", "failed", "timed_out", "interrupted")
+
 
 @dataclass(frozen=True)
 class Dora:
@@ -105,16 +109,20 @@ def dora(
     failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
     for r in rows:
-        if r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
+        # a failed rollback is part of the outage its deploy began, not a second one
+        if r["kind"] == "deploy" and r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
             fixed = next(  # the first success after the failure (succeeded is oldest first)
                 (s for s in succeeded if s["service"] == r["service"] and s["_finished"] > r["_finished"]), None
             )
             if fixed is not None:
                 restore.append((fixed["_finished"] - r["_finished"]).total_seconds() / 60)
+    # A commit time after the finish (one sent only with the finish, which took opsbot's clock) is no lead time.
     leads = [
-        (r["_finished"] - commit).total_seconds() / 3600
+        lead
         for r in shipped
-        if r["_finished"] >= start and (commit := _at(r["commit_time"])) is not None
+        if r["_finished"] >= start
+        and (commit := _at(r["commit_time"])) is not None
+        and (lead := (r["_finished"] - commit).total_seconds() / 3600) >= 0
     ]
     return Dora(
         service,
@@ -196,13 +204,15 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
     """The successful deploys (ids) a rollback undid within the window: the last deploy that ran before it."""
     undone = set()
     for rollback in rows:
-        if rollback["kind"] != "rollback" or not rollback["started_at"]:
-            continue  # a rejected or expired rollback request changed nothing
+        # Only a rollback that succeeded undid anything: a rejected, expired or cancelled one never ran (started_at
+        # is set at the approval, so it tells nothing), and a failed, timed-out or interrupted one did not restore.
+        if rollback["kind"] != "rollback" or rollback["status"] != "succeeded":
+            continue
         before = [
             r
             for r in rows
             if r["kind"] == "deploy"
-            and r["started_at"]
+            and r["status"] in RAN
             and r["service"] == rollback["service"]
             and r["_finished"] < rollback["_finished"]
         ]

@@ -99,6 +99,76 @@ def test_a_time_without_an_offset_is_refused(deploys: DeployService, field: str)
     assert caught.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("status", "times"),
+    [
+        ("succeeded", {"started_at": "2026-11-02T09:50:00Z", "finished_at": "2026-11-02T10:00:00Z"}),
+        ("failed", {"finished_at": "2026-11-02T10:00:00Z"}),
+        ("started", {"started_at": "2026-11-02T10:00:00Z"}),
+    ],
+)
+def test_a_commit_time_after_the_deploy_is_refused(
+    deploys: DeployService, store: Store, status: str, times: dict
+) -> None:
+    with pytest.raises(EventProblem, match="commit_time 2026-11-02T10:25:00") as caught:
+        send(deploys, "e1", status, commit_time="2026-11-02T10:25:00Z", **times)
+
+    assert caught.value.field == "commit_time"
+    assert store.audit_rows() == []
+
+
+def test_a_commit_time_after_the_finish_that_closed_a_run_gives_no_negative_lead_time(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    send(deploys, "e1", "started", started_at=iso(START - timedelta(minutes=10)))
+    # the finish carries no times (opsbot's now is the finish) and a commit time 25 minutes later than that
+    closed = send(deploys, "e2", "succeeded", commit_time=iso(START + timedelta(minutes=25))).request
+    assert closed is not None and closed.status == "succeeded"
+    clock.advance(hours=1)
+
+    figures = dora(store, "web", "staging", now=clock())
+
+    assert figures.deploys_period == 1
+    assert figures.lead_time_h is None and "lead time n/a" in figures.line()
+
+
+def test_a_finish_stamped_ahead_of_opsbots_clock_counts_in_its_own_summary(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    ahead = iso(START + timedelta(seconds=20))  # the pipeline's clock runs 20 s fast: the signature allows it
+
+    done = send(deploys, "e1", "succeeded", started_at=iso(START - timedelta(minutes=5)), finished_at=ahead).request
+
+    assert done is not None and done.finished_at == iso(START)  # no later than opsbot's now
+    assert deploys.figures("web", "staging").deploys_7d == 1  # the summary posted now includes it
+    clock.advance(minutes=1)
+    again = send(deploys, "e2", "succeeded", started_at=iso(START - timedelta(minutes=5)), finished_at=ahead)
+    assert again.action == "duplicate"  # the pipeline's retry is still recognised
+    assert deploys.figures("web", "staging").deploys_7d == 1
+
+
+def test_a_run_started_and_finished_ahead_of_opsbots_clock_counts_when_it_finishes(
+    deploys: DeployService, clock: Clock
+) -> None:
+    started = send(deploys, "e1", "started", started_at=iso(START + timedelta(seconds=30))).request
+    assert started is not None and started.started_at == iso(START)
+    clock.advance(minutes=3)
+
+    done = send(deploys, "e2", "succeeded", finished_at=iso(clock() + timedelta(seconds=30))).request
+
+    assert done is not None and done.id == started.id and done.finished_at == iso(clock())
+    assert deploys.figures("web", "staging").deploys_7d == 1
+
+
+def test_a_whole_run_ahead_of_opsbots_clock_does_not_end_before_it_started(deploys: DeployService) -> None:
+    started_at, finished_at = START + timedelta(seconds=10), START + timedelta(seconds=40)
+
+    done = send(deploys, "e1", "failed", started_at=iso(started_at), finished_at=iso(finished_at)).request
+
+    assert done is not None and done.started_at == done.finished_at == iso(START)
+    assert deploys.figures("web", "staging").changes == 1
+
+
 def test_a_local_time_with_its_offset_decides_the_rollback_target(deploys: DeployService, clock: Clock) -> None:
     send(deploys, "e1", "succeeded", version="1.0.0", finished_at="2026-11-02T11:00:00+02:00")  # 09:00 UTC
     send(deploys, "e2", "succeeded", version="1.1.0", finished_at="2026-11-02T09:30:00Z")

@@ -198,6 +198,49 @@ def test_a_rollback_after_a_failed_deploy_does_not_blame_the_good_one_before(sto
     assert figures.time_to_restore_min == 60  # the rollback's success restored the service
 
 
+@pytest.mark.parametrize("status", ["cancelled", "failed", "timed_out", "interrupted"])
+def test_a_rollback_that_did_not_succeed_undid_nothing(store: Store, status: str) -> None:
+    t = ago(days=3)
+    # started_at is set at approval, so a rollback cancelled before it ran has one too
+    insert(
+        store,
+        deploy(t, version="1.1.0"),
+        deploy(t + timedelta(hours=1), version="1.0.0", kind="rollback", status=status),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (0, 1)
+
+
+def test_a_deploy_that_never_ran_does_not_hide_the_one_a_rollback_undid(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t, version="1.1.0"),
+        deploy(t + timedelta(minutes=30), version="1.2.0", status="cancelled"),  # approved, stopped by a freeze
+        deploy(t + timedelta(hours=1), version="1.0.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (1, 1)  # 1.1.0 was rolled back
+
+
+def test_an_interrupted_deploy_is_the_one_a_later_rollback_undid(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t, version="1.1.0"),
+        deploy(t + timedelta(minutes=30), version="1.2.0", status="interrupted"),  # may be half rolled out
+        deploy(t + timedelta(hours=1), version="1.1.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (0, 1)
+
+
 def test_change_failure_rate_is_none_without_changes(store: Store) -> None:
     figures = dora(store, now=NOW)
 
@@ -229,6 +272,20 @@ def test_time_to_restore_is_the_median_of_incidents_and_failed_to_next_success(s
 
     assert figures.time_to_restore_min == pytest.approx(60)  # median of 30, 60, 90
     assert dora(store, service="api", now=NOW).time_to_restore_min is None
+
+
+def test_a_failed_rollback_does_not_start_a_second_outage(store: Store) -> None:
+    t = ago(days=2)
+    insert(
+        store,
+        deploy(t, version="1.1.0", status="failed"),
+        deploy(t + timedelta(minutes=10), version="1.0.0", kind="rollback", status="failed"),
+        deploy(t + timedelta(minutes=30), version="1.0.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert figures.time_to_restore_min == pytest.approx(30)  # from the failed deploy to the rollback that worked
 
 
 def test_lead_time_is_the_median_from_commit_to_finished_deploy(store: Store) -> None:
