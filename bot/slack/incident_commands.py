@@ -102,6 +102,8 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
                     raise InvalidRequest(f"{name} needs a value: {DECLARE_USAGE}.")
                 value = words[i + 1]
                 i += 1
+            if not value:  # `--env=` would otherwise fall back to the default environment without a word
+                raise InvalidRequest(f"{name}= needs a value after the =: {DECLARE_USAGE}.")
             if name == "--service":
                 services.append(value)
             elif name == "--env":

@@ -84,6 +84,8 @@ def test_resolve_takes_an_optional_root_cause_and_may_be_empty() -> None:
         ("declar checkout down", "`declar` is not an /incident subcommand; use declare, status, note, update"),
         ("declare --sev 2", "give the incident a title"),
         ("declare down --sev", "--sev needs a value"),
+        ("declare down --env=", "--env= needs a value after the ="),  # was declared in the default environment
+        ("declare down --service= --env prod", "--service= needs a value after the ="),
         ("declare down sev5", "severity 'sev5' must be 1 (worst) to 4."),
         ("declare down sev1 SEV-2", "two severities given (SEV1 and SEV2)"),
         ("update", "say what to record: /incident update TEXT."),
