@@ -142,6 +142,12 @@ _EXIT_STATUS = pytest.StashKey[int]()
 # -- a conversation with opsbot: the shell, through the real Bolt app ---------------------------------------
 
 
+def database_text(store: Store) -> str:
+    """Everything the database holds, as SQL text: what a secret must not be found in."""
+    with store.transaction():
+        return "\n".join(store.db.conn.iterdump())
+
+
 def copy_database(source: Store, target: Path) -> Store:
     """A private copy of an indexed database, so one test's votes cannot change another's answers."""
     with sqlite3.connect(target) as dest:

@@ -19,6 +19,7 @@ from bot.slack.blocks.incidents import (
     build_status_blocks,
 )
 from bot.store import Store
+from tests.conftest import database_text
 from tests.ops.test_metrics import NOW, deploy, insert
 
 DECLARED = NOW  # deploy(None) rows of test_metrics are requested 20 minutes before NOW
@@ -177,8 +178,7 @@ def test_free_text_is_scrubbed_of_secrets_before_it_is_stored(store: Store) -> N
     incidents.pin(live, PRIYA, f"export GITHUB_TOKEN={token}")
     incidents.record_action(live, PRIYA, f"curl -H 'Authorization: token {token}'")
     incidents.cancel(incidents.get(live.id), PRIYA, f"dup; token {token}")
-    with store.transaction():
-        rows = "\n".join(store.db.conn.iterdump())
+    rows = database_text(store)
     assert token not in rows and "token=***" in rows
 
 

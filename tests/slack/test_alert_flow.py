@@ -20,6 +20,7 @@ from bot.ops.requests import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import Call, FakeSlackAPI
+from tests.conftest import database_text
 from tests.slack.conftest import Response, SlackDriver, send, shown, start_bot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
@@ -200,8 +201,7 @@ def test_secrets_quoted_by_an_alert_reach_neither_its_row_nor_slack(
     assert deliver(bot, body).status == 200
     settle(bot)
     assert slack_api.calls("chat.postMessage") and secret not in json.dumps([c.body for c in slack_api.calls()])
-    with runtime.store.transaction():
-        dump = "\n".join(runtime.store.db.conn.iterdump())
+    dump = database_text(runtime.store)
     assert "git clone https://x-access-token:*** failed" in dump and secret not in dump
 
 

@@ -22,6 +22,7 @@ from bot.slack.incident_commands import parse_assign, parse_declare, split_incid
 from bot.slack.incidents import channel_name
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.slack.manifest import build_manifest
+from tests.conftest import database_text
 from tests.fakes import eventually
 from tests.slack.conftest import BOT_TOKEN, SlackDriver, shown
 
@@ -470,8 +471,7 @@ def test_secrets_typed_while_working_an_incident_reach_neither_its_rows_nor_slac
     slack_api.wait_for("chat.postMessage", predicate=lambda c: "resolved after" in c.body.get("text", ""))
 
     calls = json.dumps([c.body for c in slack_api.calls()])
-    with runtime.store.transaction():
-        rows = "\n".join(runtime.store.db.conn.iterdump())
+    rows = database_text(runtime.store)
     for secret in (token, "hunter2secret"):
         assert secret not in calls and secret not in rows
     assert "DB_PASSWORD=***" in rows and "DB_PASSWORD=***" in calls  # the rest of the note is kept
