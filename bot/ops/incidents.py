@@ -74,6 +74,9 @@ class LiveIncident:
         return [*assigned, *self.roles.values()]
 
 
+Announce = Callable[[LiveIncident], None]  # what a change posts: outbox rows only, written in its transaction
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -121,7 +124,9 @@ class IncidentService:
         origin_channel: str = "",
         channel: str = "",
         env: str | None = None,
+        announce: Announce | None = None,
     ) -> LiveIncident:
+        """Open an incident; ``announce`` runs inside the declaration's transaction (see ``resolve``)."""
         title = " ".join(scrub(title).split())
         if not title:
             raise InvalidRequest(
@@ -160,7 +165,10 @@ class IncidentService:
             self.store.add_incident_event(
                 incident_id, declared_by, "declared", f"Declared SEV{severity}{where}: {title}", _iso(now)
             )
-        return self.get(incident_id)
+            live = self.get(incident_id)
+            if announce is not None:
+                announce(live)
+        return live
 
     def unnamed_env(self) -> str:
         """The environment of a declaration without --env: settings.incident_env, or none at all when no service
@@ -242,9 +250,15 @@ class IncidentService:
         return [self._live(r, self.store.incident_events(r["id"])) for r in self.store.live_incidents()]
 
     def _change(
-        self, incident: LiveIncident, actor: str, kind: str, change: Callable[[LiveIncident], tuple[str, dict]]
+        self,
+        incident: LiveIncident,
+        actor: str,
+        kind: str,
+        change: Callable[[LiveIncident], tuple[str, dict]],
+        announce: Announce | None = None,
     ) -> LiveIncident:
-        """Apply ``change`` to the current state (not the caller's possibly stale copy), in one transaction."""
+        """Apply ``change`` to the current state (not the caller's possibly stale copy), in one transaction;
+        ``announce`` runs inside it with the changed incident (see ``resolve``)."""
         with self.store.transaction():
             current = self.get(incident.id)
             if not current.is_open:
@@ -253,24 +267,35 @@ class IncidentService:
             if fields:
                 self.store.update_live_incident(incident.id, **fields)
             self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()))
-        return self.get(incident.id)
+            live = self.get(incident.id)
+            if announce is not None:
+                announce(live)
+        return live
 
-    def note(self, incident: LiveIncident, actor: str, text: str, kind: str = "note") -> LiveIncident:
+    def note(
+        self, incident: LiveIncident, actor: str, text: str, kind: str = "note", announce: Announce | None = None
+    ) -> LiveIncident:
         """A note in the timeline; ``kind`` "update" is a status update (`/incident update TEXT`)."""
         if not text.strip():
             what = "status update" if kind == "update" else "note"
             raise InvalidRequest(f"the {what} is empty: /incident {kind} TEXT.")
-        return self._change(incident, actor, kind, lambda _: (scrub(text.strip()), {}))
+        return self._change(incident, actor, kind, lambda _: (scrub(text.strip()), {}), announce)
 
-    def set_root_cause(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+    def set_root_cause(
+        self, incident: LiveIncident, actor: str, text: str, announce: Announce | None = None
+    ) -> LiveIncident:
         """Record (or replace) what caused it: the write-up and the export use it."""
         text = " ".join(scrub(text).split())
         if not text:
             raise InvalidRequest("say what caused it: /incident rootcause TEXT.")
-        return self._change(incident, actor, "root_cause", lambda _: (f"Root cause: {text}", {"root_cause": text}))
+        change = lambda _: (f"Root cause: {text}", {"root_cause": text})  # noqa: E731
+        return self._change(incident, actor, "root_cause", change, announce)
 
-    def cancel(self, incident: LiveIncident, actor: str, reason: str = "") -> LiveIncident:
-        """Declared by mistake: never searchable, never counted in a figure, kept with its timeline and audited."""
+    def cancel(
+        self, incident: LiveIncident, actor: str, reason: str = "", announce: Announce | None = None
+    ) -> LiveIncident:
+        """Declared by mistake: never searchable, never counted in a figure, kept with its timeline and audited;
+        ``announce`` runs inside the transaction (see ``resolve``)."""
         reason = " ".join(scrub(reason).split())
         now = _iso(self.clock())
         with self.store.transaction():
@@ -280,7 +305,10 @@ class IncidentService:
             text = f"Cancelled (declared by mistake){': ' + reason if reason else ''}"
             self.store.add_incident_event(incident.id, actor, "cancelled", text, now)
             self.store.audit(actor, "incident.cancelled", incident.id, reason=reason)
-        return self.get(incident.id)
+            live = self.get(incident.id)
+            if announce is not None:
+                announce(live)
+        return live
 
     def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         if not text.strip():
@@ -291,7 +319,9 @@ class IncidentService:
         """Something done for the incident outside its commands (a rollback requested from its message)."""
         return self._change(incident, actor, "action", lambda _: (scrub(text.strip())[:2000], {}))
 
-    def assign(self, incident: LiveIncident, actor: str, user: str, role: str) -> LiveIncident:
+    def assign(
+        self, incident: LiveIncident, actor: str, user: str, role: str, announce: Announce | None = None
+    ) -> LiveIncident:
         if role not in ROLES:
             raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}: /incident assign @user lead.")
 
@@ -299,9 +329,11 @@ class IncidentService:
             roles = dict(current.roles) | {role: user}
             return f"<@{user}> is {role}", {"roles": json.dumps(roles)}  # as ASSIGNED reads it back
 
-        return self._change(incident, actor, "assigned", change)
+        return self._change(incident, actor, "assigned", change, announce)
 
-    def set_severity(self, incident: LiveIncident, actor: str, severity: int | str) -> LiveIncident:
+    def set_severity(
+        self, incident: LiveIncident, actor: str, severity: int | str, announce: Announce | None = None
+    ) -> LiveIncident:
         value = check_severity(severity)
 
         def change(current: LiveIncident) -> tuple[str, dict]:
@@ -309,7 +341,7 @@ class IncidentService:
                 raise InvalidRequest(f"{current.id} is already SEV{value}; nothing changed.")
             return f"Severity SEV{current.severity} → SEV{value}", {"severity": value}
 
-        return self._change(incident, actor, "severity", change)
+        return self._change(incident, actor, "severity", change, announce)
 
     def resolve(
         self,
@@ -317,7 +349,7 @@ class IncidentService:
         actor: str,
         resolution: str,
         root_cause: str = "",
-        announce: Callable[[LiveIncident], None] | None = None,
+        announce: Announce | None = None,
     ) -> tuple[LiveIncident, Incident]:
         """Close the incident once (recording its root cause when given); returns it and its write-up.
 

@@ -9,13 +9,14 @@ import html
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from slack_bolt import Ack
 
 from bot.errors import InvalidRequest, OpsbotError
-from bot.ops.incidents import IncidentService, LiveIncident
+from bot.ops.incidents import Announce, IncidentService, LiveIncident
 from bot.redact import scrub
 from bot.runtime import Runtime
 from bot.slack import ids
@@ -111,12 +112,46 @@ def deploys_part(runtime: Runtime, incident: LiveIncident) -> Message:
 
 
 def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:
+    """Declare it and say so in the same transaction, then brief.
+
+    Without incident channels the declaration itself is posted from inside the transaction. With them, the
+    channel can only be created after the commit, so what the transaction posts is a note where it was declared,
+    edited to link the channel once it exists: a stop in between leaves that note, never an incident nobody saw.
+    """
     user, origin = command.get("user_id", ""), command.get("channel_id", "")
     url = command.get("response_url", "")
     services = list(asked.services) or mentioned_services(asked.title, incidents.known_services)
-    incident = incidents.declare(asked.title, user, asked.severity, services, origin_channel=origin, env=asked.env)
+
+    def told(live: LiveIncident) -> None:  # inside the declaration's transaction: outbox rows only
+        if runtime.settings.incident_channels:
+            text = f":rotating_light: {title_line(live)} declared by <@{user}>; opening its channel…"
+            web.post(origin, text, key=declared_key(live), notify=Notify(response_url=url) if url else None)
+        else:
+            post_declaration(runtime, incidents, web, live, origin, url)
+
+    incident = incidents.declare(
+        asked.title, user, asked.severity, services, origin_channel=origin, env=asked.env, announce=told
+    )
     log.info("incident declared id=%s by=%s channel=%s", incident.id, user, origin)
-    brief(runtime, incidents, web, incident, user, origin, url)
+    brief(runtime, incidents, web, incident, user, origin, url, declared=True)
+
+
+def declared_key(incident: LiveIncident) -> str:
+    return f"incident-declared:{incident.id}"
+
+
+def post_declaration(
+    runtime: Runtime, incidents: IncidentService, web: SlackWeb, incident: LiveIncident, where: str, url: str
+) -> None:
+    """The declaration message, with the deploy that may have caused it."""
+    try:
+        cause = incidents.possible_cause(incident, runtime.deploys().settings.failure_window_hours)
+    except Exception:  # a hint only: never worth losing the declaration for
+        log.exception("could not look for a possible cause id=%s", incident.id)
+        cause = None
+    hit = f" in {incident.env}" if incident.env else ""
+    headline = f"{incident.id} SEV{incident.severity}{hit}: {escape(incident.title)}"  # <!channel> stays text
+    post(web, where, (headline, build_declared_blocks(incident, cause)), url)
 
 
 def brief(
@@ -128,11 +163,13 @@ def brief(
     origin: str,
     url: str = "",
     briefed: bool = False,
+    declared: bool = False,
 ) -> str:
     """Open the incident's channel if configured, post its declaration and briefing there; the channel.
 
     ``briefed`` (declared from an alert whose message shows the briefing already) leaves the briefing out when
-    the incident stays in that channel.
+    the incident stays in that channel. ``declared``: ``declare`` posted the declaration (without incident
+    channels) or the note to edit (with them) in its transaction.
     """
     where = origin
     if runtime.settings.incident_channels:
@@ -148,14 +185,8 @@ def brief(
                 "this channel. The app needs the `channels:manage` scope (see `opsbot manifest`).",
             )
     incident = incidents.get(incident.id)
-    try:
-        cause = incidents.possible_cause(incident, runtime.deploys().settings.failure_window_hours)
-    except Exception:  # a hint only: never worth losing the briefing for
-        log.exception("could not look for a possible cause id=%s", incident.id)
-        cause = None
-    hit = f" in {incident.env}" if incident.env else ""
-    headline = f"{incident.id} SEV{incident.severity}{hit}: {escape(incident.title)}"  # <!channel> stays text
-    post(web, where, (headline, build_declared_blocks(incident, cause)), url)
+    if not declared or runtime.settings.incident_channels:
+        post_declaration(runtime, incidents, web, incident, where, url)
     if not (briefed and where == origin):
         for message in (
             guarded_part("runbooks or similar incidents", lambda: knowledge_part(runtime, incident, where)),
@@ -163,7 +194,11 @@ def brief(
             guarded_part("recent deploys", lambda: deploys_part(runtime, incident)),
         ):
             post(web, where, message, url)
-    if where != origin:
+    if declared and runtime.settings.incident_channels:
+        worked = f"it is worked in <#{where}>" if where != origin else "it is worked here"
+        text = f":rotating_light: {title_line(incident)} declared by <@{user}>; {worked}."
+        web.update(origin, text, update_of=declared_key(incident))
+    elif where != origin:
         text = f":rotating_light: {title_line(incident)} declared by <@{user}>; it is worked in <#{where}>."
         post(web, origin, (text, []), url)
     return where
@@ -177,6 +212,13 @@ def announce(web: SlackWeb, url: str, incident: LiveIncident, channel: str, text
     post(web, incident.channel, (text, []), url)
     if channel != incident.channel:
         say_privately(web, url, f"Done: {text} (posted in <#{incident.channel}>)")
+
+
+def told_by(web: SlackWeb, url: str, channel: str, text: Callable[[LiveIncident], str]) -> Announce:
+    """The ``announce`` of a change (run inside its transaction): ``text`` of the changed incident, shown as
+    ``announce`` shows it. Its posts are outbox rows stored with the change, so a stop between the two loses
+    neither."""
+    return lambda live: announce(web, url, live, channel, text(live))
 
 
 def resolve(
@@ -229,20 +271,22 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
     if asked.sub == "status":
         web.respond(url, title_line(incident), build_status_blocks(incident))
     elif asked.sub in ("note", "update"):
-        incident = incidents.note(incident, user, asked.text, kind=asked.sub)
         what = ":memo: {} note from <@{}>" if asked.sub == "note" else ":loudspeaker: {} status update from <@{}>"
-        announce(web, url, incident, channel, f"{what.format(incident.id, user)}: {said}")
+        told = told_by(web, url, channel, lambda live: f"{what.format(live.id, user)}: {said}")
+        incidents.note(incident, user, asked.text, kind=asked.sub, announce=told)
     elif asked.sub == "assign":
-        incident = incidents.assign(incident, user, asked.user, asked.role)
-        announce(web, url, incident, channel, f":bust_in_silhouette: <@{asked.user}> is {asked.role} of {incident.id}.")
+        told = told_by(
+            web, url, channel, lambda live: f":bust_in_silhouette: <@{asked.user}> is {asked.role} of {live.id}."
+        )
+        incidents.assign(incident, user, asked.user, asked.role, announce=told)
     elif asked.sub == "severity":
-        before = incident.severity
-        incident = incidents.set_severity(incident, user, asked.severity or 0)
-        text = f":rotating_light: {incident.id} severity SEV{before} → SEV{incident.severity} (by <@{user}>)."
-        announce(web, url, incident, channel, text)
+        # from the severity the change found (the last timeline entry), not from this possibly stale copy
+        change = lambda live: live.events[-1]["text"].replace("Severity", "severity", 1)  # noqa: E731
+        told = told_by(web, url, channel, lambda live: f":rotating_light: {live.id} {change(live)} (by <@{user}>).")
+        incidents.set_severity(incident, user, asked.severity or 0, announce=told)
     elif asked.sub == "rootcause":
-        incident = incidents.set_root_cause(incident, user, asked.text)
-        announce(web, url, incident, channel, f":mag: {incident.id} root cause (from <@{user}>): {said}")
+        told = told_by(web, url, channel, lambda live: f":mag: {live.id} root cause (from <@{user}>): {said}")
+        incidents.set_root_cause(incident, user, asked.text, announce=told)
     elif asked.sub == "cancel":
         cancel(incidents, web, url, incident, user, asked.text)
     elif asked.sub == "resolve" and not asked.text:
@@ -253,16 +297,19 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
 
 def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIncident, user: str, why: str) -> None:
     """Declared by mistake: said where it was worked and where it was declared; never searchable or counted."""
-    incident = incidents.cancel(incident, user, why)
-    log.info("incident cancelled id=%s by=%s", incident.id, user)
     reason = f" ({escape(scrub(why))})" if why else ""
-    text = (
-        f":no_entry_sign: {title_line(incident)} was cancelled by <@{user}>: declared by mistake{reason}. It is not "
-        "a past incident and counts in no figure; its timeline is kept."
-    )
-    post(web, incident.channel, (text, []), url)
-    if incident.origin_channel and incident.origin_channel != incident.channel:
-        post(web, incident.origin_channel, (text, []), url)
+
+    def told(live: LiveIncident) -> None:  # inside the cancel's transaction: outbox rows only
+        text = (
+            f":no_entry_sign: {title_line(live)} was cancelled by <@{user}>: declared by mistake{reason}. It is not "
+            "a past incident and counts in no figure; its timeline is kept."
+        )
+        post(web, live.channel, (text, []), url)
+        if live.origin_channel and live.origin_channel != live.channel:
+            post(web, live.origin_channel, (text, []), url)
+
+    incident = incidents.cancel(incident, user, why, announce=told)
+    log.info("incident cancelled id=%s by=%s", incident.id, user)
 
 
 def open_resolve_dialog(web: SlackWeb, command: dict, incident: LiveIncident, root_cause: str = "") -> None:

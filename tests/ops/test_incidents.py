@@ -195,3 +195,31 @@ def test_a_long_timeline_shows_its_newest_entries_and_counts_the_ones_left_out(s
         live = incidents.note(live, PRIYA, f"update {n}")
     timeline = text_of(build_status_blocks(live)).split("*Timeline*\n")[1]
     assert timeline.startswith(f"… {len(live.events) - 25} earlier entries") and timeline.endswith("update 29")
+
+
+@pytest.mark.parametrize("change", ["declare", "note", "assign", "severity", "rootcause", "cancel"])
+def test_a_change_whose_announcement_fails_is_not_stored(store: Store, change: str) -> None:
+    """Each change runs its announcement inside its transaction: when the post cannot be stored, nor is the change."""
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    seen: list[bool] = []
+
+    def refused(changed: LiveIncident) -> None:
+        seen.append(store.in_transaction_here())
+        raise OSError("disk full")
+
+    run = {
+        "declare": lambda: incidents.declare("Search is slow", PRIYA, 3, announce=refused),
+        "note": lambda: incidents.note(live, PRIYA, "pool at 100%", announce=refused),
+        "assign": lambda: incidents.assign(live, PRIYA, DANIEL, "comms", announce=refused),
+        "severity": lambda: incidents.set_severity(live, PRIYA, 1, announce=refused),
+        "rootcause": lambda: incidents.set_root_cause(live, PRIYA, "pool too small", announce=refused),
+        "cancel": lambda: incidents.cancel(live, PRIYA, "typo", announce=refused),
+    }
+    with pytest.raises(OSError):
+        run[change]()
+    assert seen == [True]
+    assert [(i.id, i.status, i.severity, i.roles, i.root_cause) for i in incidents.list_all()] == [
+        (live.id, "open", 2, {"lead": PRIYA}, "")
+    ]
+    assert [e["kind"] for e in incidents.get(live.id).events] == ["declared"]

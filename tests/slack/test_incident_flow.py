@@ -173,7 +173,13 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
     (invite,) = slack_api.calls("conversations.invite")
     assert (invite.body["channel"], invite.body["users"]) == (channel, PRIYA)
     assert [b["channel"] for b in bodies] == [channel] * 4 + [OPS]
-    assert f"it is worked in <#{channel}>" in shown(bodies[4])
+    # The note where it was declared is posted with the declaration (a stop after it loses nothing), then edited
+    # to link the channel once the channel exists.
+    assert shown(bodies[4]).endswith(f"declared by <@{PRIYA}>; opening its channel…")
+    (edit,) = slack_api.wait_for("chat.update", predicate=lambda c: c.body["channel"] == OPS)
+    (note,) = [c for c in slack_api.calls("chat.postMessage") if c.body == bodies[4]]
+    assert edit.body["ts"] == note.answer["ts"]
+    assert shown(edit.body).endswith(f"declared by <@{PRIYA}>; it is worked in <#{channel}>.")
     assert runtime.incidents().get(incident_id).channel == channel
     assert "No service named" in shown(bodies[3])
 
@@ -475,3 +481,38 @@ def test_secrets_typed_while_working_an_incident_reach_neither_its_rows_nor_slac
     for secret in (token, "hunter2secret"):
         assert secret not in calls and secret not in rows
     assert "DB_PASSWORD=***" in rows and "DB_PASSWORD=***" in calls  # the rest of the note is kept
+
+
+def test_each_change_is_stored_with_its_post_so_a_stop_between_the_two_loses_neither(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declaration and every change's post are outbox rows written in the change's own transaction: a
+    SIGKILL after the commit finds the post on disk, and one before it finds neither."""
+    durable, stored = slack.web._durable, []
+    assert durable is not None
+    add = durable.add
+
+    def watched(row):  # type: ignore[no-untyped-def]
+        stored.append((row.payload.get("text", ""), runtime.store.in_transaction_here()))
+        return add(row)
+
+    monkeypatch.setattr(durable, "add", watched)
+    incident_id, _ = declare(slack, slack_api, "Label printers print blank labels --sev 3")
+    for text in ("note ribbons swapped", "update printing again in Tilburg", f"assign <@{DANIEL}|daniel> comms"):
+        say(slack, slack_api, text)
+    say(slack, slack_api, "severity 2")
+    say(slack, slack_api, "rootcause driver update dropped the ribbon setting")
+    say(slack, slack_api, "cancel typo in the title")
+
+    posted = {text.split(":", 2)[1].strip() if text.startswith(":") else text: in_tx for text, in_tx in stored}
+    changes = [
+        f"{incident_id} SEV3 in prod: Label printers print blank labels",
+        "memo",
+        "loudspeaker",
+        "bust_in_silhouette",
+        "rotating_light",
+        "mag",
+        "no_entry_sign",
+    ]
+    assert {c: posted.get(c) for c in changes} == dict.fromkeys(changes, True)
+    assert runtime.store.in_transaction_here() is False
