@@ -10,11 +10,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from bot.errors import InvalidRequest, NotFound
 from bot.models import Incident
 from bot.ops.incident_writeup import to_incident
-from bot.ops.metrics import blamed_deploy, finished_changes
+from bot.ops.metrics import blamed_deploy, finished_changes, moment
 from bot.ops.requests import DeployRequest, check_service, recent_requests
 from bot.redact import scrub
 from bot.store import Store
@@ -209,7 +210,7 @@ class IncidentService:
         since = datetime.fromisoformat(incident.declared_at) - timedelta(hours=hours)
         return deploys_since(self.store, incident.services, since)
 
-    def possible_cause(self, incident: LiveIncident, window_hours: int) -> tuple[DeployRequest, int] | None:
+    def possible_cause(self, incident: LiveIncident, window_hours: int) -> Cause | None:
         """The deploy that most likely caused it (see ``possible_cause``)."""
         return possible_cause(incident, self.store, window_hours)
 
@@ -389,11 +390,23 @@ def deploys_since(store: Store, services: tuple[str, ...] | list[str], since: da
     return sorted(found, key=lambda r: r.latest_at, reverse=True)
 
 
-def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> tuple[DeployRequest, int] | None:
-    """The deploy the incident counts against in the DORA figures, with how many minutes before the
-    declaration it finished; None when there is none (see ``possible_cause_at``)."""
+class Cause(NamedTuple):
+    """The deploy an incident counts against, and how many minutes before the failure began it finished."""
+
+    deploy: DeployRequest
+    minutes: int
+    since_alert: bool  # the failure began when its alert started firing, before the declaration
+
+
+def possible_cause(incident: LiveIncident, store: Store, window_hours: int) -> Cause | None:
+    """The deploy the incident counts against in the DORA figures; None when there is none (see
+    ``possible_cause_at``). As those figures do, the failure began at the declaration, or when the alert it was
+    declared from started firing when that was earlier, so the briefing and the figures name the same deploy."""
     declared = datetime.fromisoformat(incident.declared_at)
-    return possible_cause_at(store, incident.services, incident.env, declared, window_hours)
+    fired = moment(store.alert_fired_at(incident.id))
+    began = min(declared, fired) if fired is not None else declared
+    found = possible_cause_at(store, incident.services, incident.env, began, window_hours)
+    return None if found is None else Cause(found[0], found[1], began < declared)
 
 
 def possible_cause_at(

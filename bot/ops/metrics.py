@@ -59,7 +59,8 @@ def _minutes(value: float) -> str:
     return f"{value / 1440:.1f} d"
 
 
-def _at(value: str | None) -> datetime | None:
+def moment(value: str | None) -> datetime | None:
+    """A stored time (ISO 8601, `Z` or an offset; a naive one is UTC); None when there is none."""
     if not value:
         return None
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -97,7 +98,7 @@ def dora(
     ]
     # An incident declared from an alert failed from when the alert started firing: a deploy that finished
     # between the firing and the declaration cannot have caused it.
-    fired = {a["incident_id"]: at for a in store.alert_incidents() if (at := _at(a["fired_at"])) is not None}
+    fired = {a["incident_id"]: at for a in store.alert_incidents() if (at := moment(a["fired_at"])) is not None}
     began = {i.id: min(i.date, fired.get(i.id, i.date)) for i in counted_incidents(store, incident_env)}
     incidents = [
         i
@@ -121,7 +122,7 @@ def dora(
         lead
         for r in shipped
         if r["_finished"] >= start
-        and (commit := _at(r["commit_time"])) is not None
+        and (commit := moment(r["commit_time"])) is not None
         and (lead := (r["_finished"] - commit).total_seconds() / 3600) >= 0
     ]
     return Dora(
@@ -142,7 +143,7 @@ def finished_changes(store: Store, env: str, now: datetime) -> list[dict]:
     """Every deploy and rollback of ``env`` finished by ``now``, oldest first, with ``_finished`` parsed."""
     rows = store.finished_deploys(env)
     for r in rows:
-        r["_finished"] = _at(r["finished_at"])
+        r["_finished"] = moment(r["finished_at"])
     return sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])
 
 
@@ -176,7 +177,7 @@ def counted_incidents(store: Store, default_env: str) -> list[Incident]:
         if row["status"] == "cancelled":
             found.pop(row["id"], None)
         elif row["id"] not in found:  # open, or resolved and not indexed (yet)
-            declared = _at(row["declared_at"])
+            declared = moment(row["declared_at"])
             assert declared is not None
             found[row["id"]] = Incident(
                 id=row["id"],
@@ -196,7 +197,7 @@ def counted_incidents(store: Store, default_env: str) -> list[Incident]:
 
 
 def _minutes_between(start: str, end: str | None) -> int | None:
-    began, ended = _at(start), _at(end)
+    began, ended = moment(start), moment(end)
     return None if began is None or ended is None else max(0, round((ended - began).total_seconds() / 60))
 
 

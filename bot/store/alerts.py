@@ -91,6 +91,11 @@ class AlertStore(StoreBase):
         """Incidents declared from alerts: the service and when its alert started firing."""
         return self._dicts("SELECT * FROM alert_incidents ORDER BY fired_at")
 
+    def alert_fired_at(self, incident_id: str) -> str:
+        """When the alert an incident was declared from started firing; "" for an incident declared otherwise."""
+        row = self.db.execute("SELECT fired_at FROM alert_incidents WHERE incident_id = ?", [incident_id]).fetchone()
+        return (row[0] or "") if row else ""
+
     def alert_instances(self, group_id: str) -> list[dict]:
         return self._dicts(
             f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM alert_instances WHERE group_id = ? "

@@ -89,8 +89,8 @@ def test_possible_cause_is_the_last_successful_deploy_in_the_window_before_the_d
     found = possible_cause(incident, store, window_hours=2)
 
     assert found is not None
-    request, minutes = found
-    assert (request.id, request.version, minutes) == (cause["id"], "1.4.2", 40)
+    request, minutes, since_alert = found
+    assert (request.id, request.version, minutes, since_alert) == (cause["id"], "1.4.2", 40, False)
     assert "*Possible cause:* deploy 1.4.2 of checkout-api to prod" in text_of(build_declared_blocks(incident, found))
     assert possible_cause(incident, store, window_hours=0) is None
 

@@ -450,3 +450,38 @@ def test_rollback_from_the_alert_goes_through_the_usual_approval(
         "chat.postMessage", predicate=lambda c: bool(c.body.get("thread_ts")) and "Rollback of" in c.body["text"]
     )
     assert thread_notes(slack_api)[-1].startswith(f":leftwards_arrow_with_hook: <@{PRIYA}>: Rollback of checkout-api")
+
+
+def test_an_incident_declared_from_an_alert_names_the_deploy_before_the_alert_fired_as_the_figures_do(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    """The failure began when the alert started firing: a deploy that finished after that (someone's attempt at a
+    fix, say) is not what the DORA figures blame, so the declaration does not name it either."""
+    now = datetime.now(UTC)
+    for request_id, version, ago in (("dep-before", "1.4.1", 120), ("dep-after", "1.4.2", 10)):
+        at = (now - timedelta(minutes=ago)).isoformat(timespec="seconds")
+        row = new_row(
+            request_id,
+            service="checkout-api",
+            env="prod",
+            version=version,
+            status="succeeded",
+            created_at=at,
+            started_at=at,
+            finished_at=at,
+        )
+        with runtime.store.transaction():
+            runtime.store.insert_deploy(row)
+    deliver(bot, timed("pgbouncer-firing", now - timedelta(minutes=30)))
+    [edit] = briefed(slack_api)
+    assert "Possible cause:* deploy 1.4.1 of checkout-api to prod" in shown(edit.body)
+
+    bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
+    [declared] = slack_api.wait_for(
+        "chat.postMessage", predicate=lambda c: "*Declared by*" in shown(c.body), timeout=20
+    )
+    settle(bot)
+    cause = "Possible cause:* deploy 1.4.1 of checkout-api to prod (`dep-before`) finished"
+    assert f"{cause} 1 h 30 min before the alert started firing" in shown(declared.body)
+    figures = runtime.deploys().figures("checkout-api", "prod")
+    assert figures.failed_changes == 1  # the one it names

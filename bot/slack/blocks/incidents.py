@@ -11,7 +11,7 @@ from bot.slack import ids
 from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
-    from bot.ops.incidents import LiveIncident
+    from bot.ops.incidents import Cause, LiveIncident
     from bot.ops.requests import DeployRequest
 
 MAX_DEPLOYS = 10
@@ -59,7 +59,7 @@ def roles_text(incident: LiveIncident) -> str:
     return ", ".join(roles) or "nobody assigned"
 
 
-def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, int] | None = None) -> list[dict]:
+def build_declared_blocks(incident: LiveIncident, cause: Cause | None = None) -> list[dict]:
     """The first message of an incident: what, how bad, who leads, and how to work it from here."""
     services = ", ".join(incident.services) or "none named"
     lines = [
@@ -69,7 +69,8 @@ def build_declared_blocks(incident: LiveIncident, cause: tuple[DeployRequest, in
     ]
     blocks = [section("\n".join(lines))]
     if cause is not None:
-        blocks.append(section(possible_cause_text(*cause)))
+        began = "the alert started firing" if cause.since_alert else "the declaration"
+        blocks.append(section(possible_cause_text(cause.deploy, cause.minutes, began)))
     blocks.append(
         context(
             "Work it from here: `/incident note TEXT`, `/incident update TEXT`, `/incident assign @user lead|comms`, "
