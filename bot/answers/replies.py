@@ -179,12 +179,9 @@ class Answerer:
                 reply = dataclasses.replace(reply, unsaved=str(exc))
         return reply
 
-    def claim_share(self, answer_id: str, user: str, channel: str) -> tuple[dict, bool]:
-        """The saved answer ``user`` may share in ``channel``, and whether this is its first share.
-
-        Only the person who asked shares an answer, and only in the channel it was asked in; an answer is
-        shared at most once (the claim is recorded in a transaction, so two presses cannot both win).
-        """
+    def shareable(self, answer_id: str, user: str, channel: str) -> dict:
+        """The saved answer ``user`` may share in ``channel``: only the person who asked shares an answer, and
+        only in the channel it was asked in."""
         saved = self.store.get_answer(answer_id)
         if saved is None:
             raise NotFound("that answer is no longer known; ask again and share the new one.")
@@ -195,9 +192,17 @@ class Answerer:
         where = saved["channel"] or channel
         if channel != where:
             raise PermissionDenied(f"share this answer from <#{where}>, where it was asked.")
+        return saved
+
+    def claim_share(self, answer_id: str, announce: Callable[[], None]) -> bool:
+        """Share an answer at most once: True when this is its first share. ``announce`` (the post, an outbox row)
+        runs inside the claim's transaction, so a claim is never stored without its post: two presses cannot
+        both win, and a share that failed before its post can be pressed again."""
         with self.store.transaction():
             first = self.store.claim_event(f"share:{answer_id}")
-        return saved, first
+            if first:
+                announce()
+        return first
 
     def _with_thread(self, question: str, channel: str, thread_ts: str) -> str:
         """What to search: a follow-up in a thread carries the thread's first question with it."""

@@ -181,17 +181,21 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def share_answer(body: dict) -> None:
         user = body["user"]["id"]
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
-        saved, first = runtime.answers.claim_share(body["actions"][0]["value"], user, channel)
-        if not first:
+        answer_id = body["actions"][0]["value"]
+        saved = runtime.answers.shareable(answer_id, user, channel)
+        reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)  # before the claim
+
+        def post() -> None:
+            web.post(
+                saved["channel"] or channel,
+                answer_fallback_text(reply),
+                build_answer_blocks(reply, shared_by=user),
+                notify=Notify(response_url=body.get("response_url", "")),
+            )
+
+        if not runtime.answers.claim_share(answer_id, post):
             tell_requester(web, body, f"This answer was already shared in <#{saved['channel'] or channel}>.")
             return
-        reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)
-        web.post(
-            saved["channel"] or channel,
-            answer_fallback_text(reply),
-            build_answer_blocks(reply, shared_by=user),
-            notify=Notify(response_url=body.get("response_url", "")),
-        )
         web.respond(body.get("response_url", ""), delete_original=True)
 
     def invite_expert(body: dict) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from bot.answers import indexer
 from bot.answers.indexer import index_knowledge
-from bot.runtime import Runtime
+from bot.runtime import NotReady, Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
@@ -152,6 +152,30 @@ def test_an_answer_is_shared_once_however_often_share_is_pressed(slack: SlackDri
     assert shared["channel"] == "C0OPS0001"
     said = " ".join(r.get("text", "") for r in slack_api.responses())
     assert "already shared" in said
+
+
+def test_a_share_that_failed_before_its_post_can_be_pressed_again(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim is stored with the post: a share whose search failed (the index reloading, a restart) did not
+    use the answer up."""
+    value = ask(slack, slack_api)
+    reply = runtime.answers.reply
+
+    def not_ready(*args: object, **kwargs: object) -> object:
+        raise NotReady("the index is reloading; try again in a minute.")
+
+    monkeypatch.setattr(runtime.answers, "reply", not_ready)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    (told,) = slack_api.wait_for("response_url")
+    assert "try again" in told.body["text"]
+    settle(slack)
+    assert not slack_api.messages()
+
+    monkeypatch.setattr(runtime.answers, "reply", reply)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    (shared,) = slack_api.wait_for("chat.postMessage")
+    assert shared.body["channel"] == "C0OPS0001" and f"<@{ASKER}>" in str(shared.body["blocks"])
 
 
 def test_only_the_asker_can_share_an_answer(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
