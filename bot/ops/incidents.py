@@ -311,10 +311,18 @@ class IncidentService:
                 announce(live)
         return live
 
-    def pin(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
+    def pin(self, incident: LiveIncident, actor: str, text: str) -> bool:
+        """Add a message to the timeline once: False when it is there already (two people reacted to it). The
+        check and the write are one transaction, so two reactions at once add it once."""
         if not text.strip():
             raise InvalidRequest("that message has no text to add to the timeline.")
-        return self._change(incident, actor, "pinned", lambda _: (scrub(text.strip())[:2000], {}))
+        stored = scrub(text.strip())[:2000]
+        with self.store.transaction():
+            current = self.get(incident.id)
+            if any(e["kind"] == "pinned" and e["text"] == stored for e in current.events):
+                return False
+            self._change(current, actor, "pinned", lambda _: (stored, {}))
+        return True
 
     def record_action(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         """Something done for the incident outside its commands (a rollback requested from its message)."""

@@ -369,10 +369,8 @@ def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
         text = message_text(web, channel, ts)
         if text is None:
             raise InvalidRequest("I could not read that message; is it in a thread I can't see?")
-        text = html.unescape(text).strip()
-        if any(e["kind"] == "pinned" and e["text"] == scrub(text)[:2000] for e in incident.events):  # as stored
+        if not incidents.pin(incident, user, html.unescape(text)):
             return  # someone else pinned it already
-        incidents.pin(incident, user, text)
     except OpsbotError as exc:
         web.tell_user(channel, user, f"Sorry: {exc}")
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -186,7 +187,7 @@ def test_a_long_timeline_shows_its_newest_entries_and_counts_the_ones_left_out(s
     incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
     live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
     for n in range(3):
-        live = incidents.pin(live, PRIYA, f"pinned log {n}: " + "x" * 1_200)
+        assert incidents.pin(live, PRIYA, f"pinned log {n}: " + "x" * 1_200)
     live = incidents.note(live, PRIYA, "LATEST: the pool is back to normal")
     text = text_of(build_status_blocks(live))
     assert "LATEST: the pool is back to normal" in text  # before, the section's cut took it off the end
@@ -223,3 +224,24 @@ def test_a_change_whose_announcement_fails_is_not_stored(store: Store, change: s
         (live.id, "open", 2, {"lead": PRIYA}, "")
     ]
     assert [e["kind"] for e in incidents.get(live.id).events] == ["declared"]
+
+
+def test_a_message_pinned_by_two_people_at_once_is_added_once(store: Store) -> None:
+    """The check for an entry already pinned and the write are one transaction: two reactions racing each other
+    (two Slack events handled at once, or two processes) add the message once."""
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    start = threading.Barrier(2)
+    added: list[bool] = []
+
+    def react(user: str) -> None:
+        start.wait()
+        added.append(incidents.pin(live, user, "Raised default_pool_size to 40; 503s stopped"))
+
+    threads = [threading.Thread(target=react, args=(user,)) for user in (PRIYA, DANIEL)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [e["kind"] for e in incidents.get(live.id).events] == ["declared", "pinned"]
+    assert sorted(added) == [False, True]
