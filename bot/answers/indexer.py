@@ -171,15 +171,19 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
 
     if not same_model:
         # Documents kept from earlier runs (their files are unreadable now) need the new model's vectors too.
-        kept = {
+        unembedded = {
             h: spell_identifiers(t) if head is None else embed_text(t, head, body)
             for h, t, head, body in store.vectors_missing(encoder.model_id)
         }
-        _embed(store, encoder, kept, report, progress)
+        _embed(store, encoder, unembedded, report, progress)
 
     store.replace_incidents(
         kb.incidents, keep=kept, vector_hashes={i.id: incident_vector_hash(i) for i in kb.incidents}
     )
+    if not same_model:  # and so do the incidents kept with them, for the expert model
+        stored_incidents = {incident_vector_hash(i): incident_text(i) for i in store.load_incidents()}
+        known = store.known_embeddings(encoder.model_id, stored_incidents)
+        _embed(store, encoder, {h: t for h, t in stored_incidents.items() if h not in known}, report, progress)
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
         store.replace_rotations(kb.rotations)

@@ -537,3 +537,19 @@ def test_an_incident_resolved_in_slack_keeps_its_vectors_when_another_process_pr
     doc = f"slack:{past.id}"
     assert paths.count(doc) == len(build_chunks(incident_document(past, "")))  # every section has its vector
     assert store.known_embeddings(fake_encoder.model_id, [incident_vector_hash(past)])  # the expert model's too
+
+
+def test_a_model_change_keeps_the_incident_of_a_broken_file(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    kept = next(i for i in load_knowledge(knowledge).incidents if i.path == INC_YAML)
+    write(knowledge, INC_YAML, INCIDENT.replace("severity: 2", "severity: sev-two"))
+    other = FakeEncoder(model_id="fake-encoder-v2")
+
+    report = index_knowledge(store, other, knowledge)
+
+    assert [p.path for p in report.problems] == [INC_YAML]
+    assert {i.id for i in store.load_incidents()} == {"INC-2025-0042", "INC-2026-0007"}
+    assert INC_YAML in store.document_hashes()
+    assert store.known_embeddings("fake-encoder-v2", [incident_vector_hash(kept)])  # the expert model's vector too
