@@ -107,7 +107,20 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
         for name in names
         if Path(name).suffix.lower() in suffixes
     ]
-    return sorted(found)
+    return sorted(path for path in found if _utf8_name(kb, root, path))
+
+
+def _utf8_name(kb: KnowledgeBase, root: Path, path: Path) -> bool:
+    """Whether the path's name is UTF-8; if not, a Problem. Such a name (latin-1 bytes from unzip or a Windows
+    share) cannot be stored or shown as text, so the file is left out."""
+    rel = _rel(root, path)
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+        kb.problems.append(Problem(shown, "the file name is not UTF-8; rename it (the file is left out)."))
+        return False
+    return True
 
 
 def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:

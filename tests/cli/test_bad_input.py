@@ -201,3 +201,21 @@ def test_an_empty_question_is_refused_before_the_model_loads(monkeypatch: pytest
 
     monkeypatch.setattr(knowledge_cli, "_open", no_model)
     assert_clean_failure(invoke("ask", "  "), "the question is empty")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_for_check_and_left_out_by_index(
+    small_knowledge: Path, fake_index: Path
+) -> None:
+    """Latin-1 bytes in a name (unzip, a Windows share) cannot be stored as a path: both commands say to rename it."""
+    folder = os.fsencode(small_knowledge / "runbooks" / "cdn")
+    with open(folder + b"/caf\xe9-latency.md", "w", encoding="utf-8") as handle:
+        handle.write("# Cafe latency\n\nRestart the cafe.\n")
+    message = "runbooks/cdn/caf\\xe9-latency.md: the file name is not UTF-8; rename it (the file is left out)."
+
+    checked = invoke("check", str(small_knowledge))
+    indexed = invoke("index", "--nice", "0", str(small_knowledge))
+
+    assert checked.exit_code == 1 and message in checked.stdout
+    assert indexed.exit_code == 0, indexed.output
+    assert f"Warning: {message}" in indexed.stderr
+    assert "runbooks/cdn/origin-overload-after-purge.md" in stored_paths(fake_index)  # the files after it are indexed
