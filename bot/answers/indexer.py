@@ -132,7 +132,8 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     report.experts = len(kb.experts)
 
     stored = store.document_hashes()
-    same_model = store.get_meta("model") == encoder.model_id
+    previous_model = store.get_meta("model")
+    same_model = previous_model == encoder.model_id
     same_format = store.get_meta("index_format", "1") == INDEX_FORMAT
     changed = [d for d in kb.documents if not (same_model and same_format and stored.get(d.path) == d.content_hash)]
     report.unchanged = len(kb.documents) - len(changed)
@@ -211,7 +212,9 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     if refit:
         _store_training_queries(store, encoder, kb.documents, report, progress)
     if changed or removed or unembedded or not same_model or refit:
-        store.prune_embeddings(encoder.model_id)
+        # A bot still serving with the previous model reloads its vectors of the sections whose text did not
+        # change (and says the models differ); the next run with this model drops them.
+        store.prune_embeddings(encoder.model_id, also_keep=previous_model)
     if refit:
         report.ranker = fit_ranker(store, encoder, key)
         report.ranker_seconds = time.perf_counter() - ranker_started

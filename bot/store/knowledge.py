@@ -204,15 +204,15 @@ class KnowledgeStore(StoreBase):
             found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows.fetchall())
         return found
 
-    def prune_embeddings(self, model: str) -> int:
-        """Drop vectors nothing uses any more: old text, and every other model's."""
+    def prune_embeddings(self, model: str, also_keep: str = "") -> int:
+        """Drop vectors nothing uses any more: old text, and every other model's but ``also_keep``'s."""
         with self.transaction():
             cur = self.db.execute(
-                "DELETE FROM embeddings WHERE model != ? OR (hash NOT IN (SELECT embed_hash FROM chunks) "
+                "DELETE FROM embeddings WHERE model NOT IN (?, ?) OR (hash NOT IN (SELECT embed_hash FROM chunks) "
                 "AND hash NOT IN (SELECT title_hash FROM documents WHERE title_hash IS NOT NULL) "
                 "AND hash NOT IN (SELECT vector_hash FROM incidents WHERE vector_hash IS NOT NULL) "
                 "AND hash NOT IN (SELECT hash FROM ranker_queries))",
-                [model],
+                [model, also_keep or model],
             )
             return cur.rowcount
 
