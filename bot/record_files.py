@@ -68,15 +68,31 @@ def parse_incident(rel: str, text: str, notes: list[str] | None = None) -> Incid
         if not isinstance(data, dict):
             raise FileProblem("an incident file must be a mapping with id:, title:, date: ...", 1)
         line_of = lambda key: 1 + _key_line(text, key)  # noqa: E731
-    return _incident_from_dict(data, rel, line_of)
+    return _incident_from_dict(data, rel, line_of, text)
 
 
-def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
+# How YAML 1.1 lets a key be written that it reads as true or false (`on:` is True).
+BOOL_SPELLINGS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
+
+
+def _written_key(key: object, text: str) -> str:
+    """A key that YAML read as something other than text (2025, True), as the file spells it."""
+    if isinstance(key, str):
+        return key
+    spellings = BOOL_SPELLINGS[key] if isinstance(key, bool) else (str(key),)
+    for spelling in spellings:
+        if found := re.search(rf"^\s*({re.escape(spelling)})\s*:", text, re.IGNORECASE | re.MULTILINE):
+            return found.group(1)
+    return str(key)
+
+
+def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> Incident:
     unknown = [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]
     for key in unknown:
-        close = difflib.get_close_matches(key, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
+        written = _written_key(key, text)
+        close = difflib.get_close_matches(written, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
-        raise FileProblem(f"unknown field `{key}`{hint}", line_of(key))
+        raise FileProblem(f"unknown field `{written}`{hint}", line_of(written))
     missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
     if missing:
         raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")

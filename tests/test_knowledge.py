@@ -855,3 +855,15 @@ def test_yaml_aliases_that_expand_to_millions_of_values_are_refused(tmp_path: Pa
     problem = only_problem(kb, rel)
     assert "aliases" in problem.message and "expand to more than" in problem.message
     assert problem.line is not None
+
+
+@pytest.mark.parametrize(("key", "shown"), [("2025", "2025"), ("on", "on"), ("Yes", "Yes")])
+def test_an_incident_key_that_is_not_text_is_named_with_its_line(tmp_path: Path, key: str, shown: str) -> None:
+    """A stray `2025: ...` line, or `on:` (YAML's true), is an unknown field like any other, not Python's TypeError."""
+    text = incident_yaml(id="INC-2025-0058") + f"{key}: stray line\n"
+    write(tmp_path, "incidents/INC-2025-0058.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0058.yaml")
+    assert problem.message.startswith(f"unknown field `{shown}`") and problem.line == line_of(text, f"{key}:")
