@@ -31,7 +31,7 @@ def root_problem(root: Path) -> str | None:
         return f"{str(root)!r} is a file, not a knowledge directory; pass the folder with runbooks/ in it."
     if not root.is_dir():
         return f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it."
-    if not any((root / entry).exists() for entry in KNOWLEDGE_ENTRIES):
+    if not any(os.path.lexists(root / entry) for entry in KNOWLEDGE_ENTRIES):  # a link to nowhere is reported later
         return (
             f"{str(root)!r} is not a knowledge folder: it holds none of runbooks/, incidents/, experts.yaml, "
             "services.yaml or channels.yaml. Pass the folder that holds them (knowledge/, not knowledge/runbooks/); "
@@ -45,11 +45,11 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     kb = KnowledgeBase(root=str(root))
     named: list[NamedService] = []  # the services each file, person and rota names, checked against services.yaml
     runbooks = root / "runbooks"
-    found = _files(kb, root, runbooks, (".md",)) if runbooks.is_dir() else []
+    found = _files(kb, root, runbooks, (".md",)) if _is_folder(kb, root, runbooks) else []
     for path in found:  # README.MD counts as much as readme.md
         _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text, named))
     incident_dir = root / "incidents"
-    if incident_dir.is_dir():
+    if _is_folder(kb, root, incident_dir):
         files = _files(kb, root, incident_dir, (".md", ".yaml", ".yml"))
         seen: dict[str, str] = {}
         for path in files:
@@ -89,6 +89,25 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+def _is_folder(kb: KnowledgeBase, root: Path, folder: Path) -> bool:
+    """Whether ``folder`` is there to be listed. A link to nowhere (a share not mounted) or a file in its place is
+    a Problem, and its path goes into ``failed_paths``: what was indexed from it stays, as for an unreadable folder.
+    """
+    if folder.is_dir():
+        return True
+    if not os.path.lexists(folder):  # no such folder: there is nothing of this kind
+        return False
+    rel = _rel(root, folder) + "/"
+    if folder.is_symlink() and not folder.exists():
+        why = f"a link to {os.readlink(folder)}, which does not exist"
+        fix = "mount or create what it points to, or remove the link"
+    else:
+        why, fix = "it is a file, not a folder", "make it a folder"
+    kb.problems.append(Problem(rel, f"folder cannot be read ({why}): {fix}; what was indexed from it is kept."))
+    kb.failed_paths.add(rel)
+    return False
+
+
 def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """The files under ``folder`` ending in one of ``suffixes``, sorted; a folder that cannot be listed is a Problem.
 
@@ -107,7 +126,20 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
         for name in names
         if Path(name).suffix.lower() in suffixes
     ]
-    return sorted(found)
+    return sorted(path for path in found if _utf8_name(kb, root, path))
+
+
+def _utf8_name(kb: KnowledgeBase, root: Path, path: Path) -> bool:
+    """Whether the path's name is UTF-8; if not, a Problem. Such a name (latin-1 bytes from unzip or a Windows
+    share) cannot be stored or shown as text, so the file is left out."""
+    rel = _rel(root, path)
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
+        kb.problems.append(Problem(shown, "the file name is not UTF-8; rename it (the file is left out)."))
+        return False
+    return True
 
 
 def _read(kb: KnowledgeBase, rel: str, path: Path) -> str | None:

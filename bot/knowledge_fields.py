@@ -35,3 +35,18 @@ def service_names(value: Any) -> tuple[str, ...]:
         if problem := service_name_problem(name):
             raise FileProblem(problem)
     return names
+
+
+def text_field(value: Any, key: str, line: int | None = None) -> str:
+    """A field that holds text, as text: a number is written out; a list or a mapping is a FileProblem (shown as
+    Python's repr, it would be indexed and posted to Slack as brackets and quotes)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    kind = {list: "a list", dict: "a mapping", bool: "yes/no"}.get(type(value), type(value).__name__)
+    raise FileProblem(
+        f"{key} must be text, not {kind}; write it as a paragraph (for several lines, `{key}: |` and the lines "
+        "indented under it).",
+        line,
+    )

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from bot.knowledge_fields import FileProblem, name_list, service_names
+from bot.knowledge_fields import FileProblem, name_list, service_names, text_field
 from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
 from bot.services import severity_number
-from bot.text import load_yaml, parse_date, split_front_matter, split_sections
+from bot.text import load_yaml, parse_date, safe_load, split_front_matter, split_sections
 from bot.yaml_lines import compose as _compose
 from bot.yaml_lines import key_line as _key_line
 from bot.yaml_lines import path_line as _path_line
@@ -67,15 +68,31 @@ def parse_incident(rel: str, text: str, notes: list[str] | None = None) -> Incid
         if not isinstance(data, dict):
             raise FileProblem("an incident file must be a mapping with id:, title:, date: ...", 1)
         line_of = lambda key: 1 + _key_line(text, key)  # noqa: E731
-    return _incident_from_dict(data, rel, line_of)
+    return _incident_from_dict(data, rel, line_of, text)
 
 
-def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
+# How YAML 1.1 lets a key be written that it reads as true or false (`on:` is True).
+BOOL_SPELLINGS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
+
+
+def _written_key(key: object, text: str) -> str:
+    """A key that YAML read as something other than text (2025, True), as the file spells it."""
+    if isinstance(key, str):
+        return key
+    spellings = BOOL_SPELLINGS[key] if isinstance(key, bool) else (str(key),)
+    for spelling in spellings:
+        if found := re.search(rf"^\s*({re.escape(spelling)})\s*:", text, re.IGNORECASE | re.MULTILINE):
+            return found.group(1)
+    return str(key)
+
+
+def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> Incident:
     unknown = [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]
     for key in unknown:
-        close = difflib.get_close_matches(key, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
+        written = _written_key(key, text)
+        close = difflib.get_close_matches(written, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
-        raise FileProblem(f"unknown field `{key}`{hint}", line_of(key))
+        raise FileProblem(f"unknown field `{written}`{hint}", line_of(written))
     missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
     if missing:
         raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
@@ -120,7 +137,8 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
         exc.line = line_of("services" if "services" in str(exc) or "service name" in str(exc) else "responders")
         raise
     if not isinstance(data["title"], (str, int, float)) or isinstance(data["title"], bool):
-        raise FileProblem(f"title {data['title']!r} must be text", line_of("title"))
+        raise FileProblem(f"title {reprlib.repr(data['title'])} must be text", line_of("title"))
+    written = {key: text_field(data[key], key, line_of(key)).strip() for key in ("summary", "root_cause", "resolution")}
     return Incident(
         id=inc_id,
         title=str(data["title"]).strip(),
@@ -128,9 +146,9 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any) -> Incident:
         severity=severity,
         services=services,
         responders=responders,
-        summary=str(data["summary"]).strip(),
-        root_cause=str(data["root_cause"]).strip(),
-        resolution=str(data["resolution"]).strip(),
+        summary=written["summary"],
+        root_cause=written["root_cause"],
+        resolution=written["resolution"],
         path=rel,
         duration_minutes=duration,
         timeline=tuple(timeline),
@@ -159,7 +177,7 @@ def parse_roster(rel: str, text: str, entries: list[int] | None = None) -> tuple
     """The roster: a list of people under ``people:``; a bad entry is reported and skipped. ``entries`` gets each
     loaded person's place in the list (from 0), for finding their lines again."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         return [], [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
     people = data.get("people") if isinstance(data, dict) else data
@@ -265,7 +283,7 @@ def _left(value: Any) -> date | None:
 def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[Problem]]:
     """The roster's ``rotations:``, each broken rota reported with its line (see bot.rota)."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError:
         return [], []  # parse_roster reported it
     if not isinstance(data, dict) or data.get("rotations") is None:
@@ -299,7 +317,7 @@ def channel_id_problem(channel: str) -> str | None:
 def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
     """How opsbot behaves per channel: answer only when mentioned, or all questions."""
     try:
-        data = yaml.safe_load(text) or {}
+        data = safe_load(text) or {}
     except yaml.YAMLError as exc:
         return {}, [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
     entries = data.get("channels") if isinstance(data, dict) else None

@@ -51,6 +51,7 @@ class Runtime:
         self.encoder = encoder or make_encoder(settings)
         self._index: SearchIndex | None = None
         self._version = ""
+        self._index_problem = ""  # the index on disk was built with another model (see index())
         self._experts: ExpertModel | None = None
         self._experts_lock = threading.Lock()
         self._configured: dict[str, tuple[str, Any]] = {}  # name -> (index version it was built for, object)
@@ -130,10 +131,37 @@ class Runtime:
         current = self.store.get_meta("index_version")
         if current != self._version:  # `opsbot index` ran in another process: pick up its changes
             self._version = current
+            self._check_index_model()
             self._index.refresh()
             self._experts = None
             log.info("index reloaded version=%s chunks=%d", current, self._index.size)
         return self._index
+
+    def _check_index_model(self) -> None:
+        """Log an error, once per index version, when the index was last built with another model than this bot's.
+
+        That run keeps this bot's model's vectors of every section whose text did not change, so the bot goes on
+        answering; a second run with the other model removes them.
+        """
+        indexed_with = self.store.get_meta("model")
+        if not indexed_with or indexed_with == self.encoder.model_id:
+            self._index_problem = ""
+            return
+        self._index_problem = (
+            f"the index was rebuilt with the model {indexed_with}, and this bot runs {self.encoder.model_id}: "
+            f"restart the bot with OPSBOT_MODEL={indexed_with}, or run `opsbot index` with OPSBOT_MODEL="
+            f"{self.encoder.model_id} (answers come from this model's vectors while they last)"
+        )
+        log.error(
+            "index model mismatch index_model=%s bot_model=%s: %s",
+            indexed_with,
+            self.encoder.model_id,
+            self._index_problem,
+        )
+
+    def index_problem(self) -> str:
+        """Why the index on disk does not suit this bot (built with another model), or ""."""
+        return self._index_problem
 
     def _for_index_version(self, name: str, build: Callable[[], T]) -> T:
         """``build()``'s result, kept until the index version in meta changes (`opsbot index` ran, or an

@@ -47,7 +47,53 @@ POD_SUFFIX = re.compile(
 )
 
 
-class _Loader(yaml.SafeLoader):
+# Values YAML aliases (*name) may add to a knowledge file. Aliases are how services.yaml shares settings (`<<:`),
+# a few hundred values at most; nested ones multiply, so a file of 600 bytes can stand for a billion values.
+MAX_ALIAS_VALUES = 50_000
+
+
+class BoundedAliases:
+    """A loader mixin that refuses a document whose aliases expand to more than MAX_ALIAS_VALUES values."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()  # type: ignore[misc]
+        if node is not None:
+            sizes: dict[int, int] = {}
+            added = _expanded_size(node, sizes) - len(sizes)
+            if added > MAX_ALIAS_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"its aliases (*name) expand to more than {MAX_ALIAS_VALUES:,} values; write the "
+                    "values out, or share fewer through aliases",
+                    problem_mark=node.start_mark,
+                )
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias in it is expanded; each distinct node is counted once."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that holds itself (a recursive alias) counts once
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = total
+    return total
+
+
+class SafeLoader(BoundedAliases, yaml.SafeLoader):
+    """yaml.SafeLoader with aliases bounded."""
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load``, with aliases bounded (BoundedAliases)."""
+    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a SafeLoader
+
+
+class _Loader(BoundedAliases, yaml.SafeLoader):
     """Safe YAML that leaves dates as text, so opsbot parses them and can say which line is wrong."""
 
 

@@ -336,8 +336,25 @@ def test_incident_with_bad_severity(tmp_path: Path, severity: object) -> None:
         ({"timeline": 5}, "timeline:", "timeline must be a list of entries"),
         ({"title": ["a", "b"]}, "title:", "title ['a', 'b'] must be text"),
         ({"duration_minutes": True}, "duration_minutes:", "duration_minutes must be a whole number of minutes"),
+        (
+            {"resolution": [{"step": "flushed the cache"}, {"step": "raised ttl"}]},
+            "resolution:",
+            "resolution must be text",
+        ),
+        ({"summary": ["stale", "results"]}, "summary:", "summary must be text, not a list"),
+        ({"root_cause": {"cache": "stale"}}, "root_cause:", "root_cause must be text, not a mapping"),
     ],
-    ids=["timeline-text", "timeline-mapping", "timeline-misspelt", "timeline-number", "title-list", "duration-yes"],
+    ids=[
+        "timeline-text",
+        "timeline-mapping",
+        "timeline-misspelt",
+        "timeline-number",
+        "title-list",
+        "duration-yes",
+        "resolution-list",
+        "summary-list",
+        "root-cause-mapping",
+    ],
 )
 def test_an_incident_value_of_the_wrong_shape_is_a_problem_not_a_guess(
     tmp_path: Path, changes: dict, field: str, says: str
@@ -798,3 +815,55 @@ def test_a_misspelt_runbook_front_matter_key_is_reported_and_a_site_generators_k
         (4, "front matter key `alert` is not read; did you mean `alerts`?"),
         (5, "front matter key `service` is not read; did you mean `services`?"),
     ]
+
+
+def test_a_runbook_url_that_is_not_text_is_a_problem_with_its_line(tmp_path: Path) -> None:
+    write(tmp_path, "runbooks/cache.md", "---\ntitle: Cache\nurl: [https://wiki/x, https://wiki/y]\n---\nFlush it.\n")
+
+    kb = load_knowledge(tmp_path)
+
+    problem = only_problem(kb, "runbooks/cache.md")
+    assert problem.line == 3 and "url must be text, not a list" in problem.message
+    assert kb.documents == []
+
+
+def alias_bomb(levels: int) -> str:
+    """A few hundred bytes of YAML that aliases make into 10 ** levels values."""
+    rows = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    rows += [f"&a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, levels)]
+    return "\n".join(f"  - {row}" for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("rel", "text"),
+    [
+        (
+            "incidents/INC-2025-0099.yaml",
+            incident_yaml(id="INC-2025-0099") + "tags:\n{bomb}\n",
+        ),
+        ("runbooks/bomb.md", "---\ntitle: Bomb\ntags:\n{bomb}\n---\nText.\n"),
+        ("experts.yaml", ROSTER + "bomb:\n{bomb}\n"),
+    ],
+    ids=["incident", "runbook", "roster"],
+)
+def test_yaml_aliases_that_expand_to_millions_of_values_are_refused(tmp_path: Path, rel: str, text: str) -> None:
+    """Nine levels of aliases would be a billion values (gigabytes, once turned into text): refused at once."""
+    write(tmp_path, rel, text.format(bomb=alias_bomb(9)))
+
+    kb = load_knowledge(tmp_path)
+
+    problem = only_problem(kb, rel)
+    assert "aliases" in problem.message and "expand to more than" in problem.message
+    assert problem.line is not None
+
+
+@pytest.mark.parametrize(("key", "shown"), [("2025", "2025"), ("on", "on"), ("Yes", "Yes")])
+def test_an_incident_key_that_is_not_text_is_named_with_its_line(tmp_path: Path, key: str, shown: str) -> None:
+    """A stray `2025: ...` line, or `on:` (YAML's true), is an unknown field like any other, not Python's TypeError."""
+    text = incident_yaml(id="INC-2025-0058") + f"{key}: stray line\n"
+    write(tmp_path, "incidents/INC-2025-0058.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/INC-2025-0058.yaml")
+    assert problem.message.startswith(f"unknown field `{shown}`") and problem.line == line_of(text, f"{key}:")

@@ -227,3 +227,22 @@ def test_a_refit_after_votes_stops_when_the_bot_closes_and_the_next_start_makes_
     second._refit.join(30)
     assert store.load_ranker(model)[2]["votes"] == 1 and not second.votes_unfitted()
     second.close()
+
+
+def test_an_index_with_another_model_leaves_the_running_bot_answering_and_says_so(
+    indexed: Indexed, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`opsbot index` run with another OPSBOT_MODEL (another shell, a deploy script) while the bot serves."""
+    runtime = indexed.runtime
+    runtime.start_loading()
+    before = runtime.index().size
+    assert before > 0 and runtime.index_problem() == ""
+
+    index_knowledge(indexed.store, FakeEncoder(model_id="fake-encoder-v2"), indexed.knowledge)
+
+    index = runtime.index()
+    assert index.size == before
+    assert [h.path for h in index.search("restart the web pods", k=1, mode="dense").hits] == ["runbooks/web-slow.md"]
+    problem = runtime.index_problem()
+    assert "fake-encoder-v2" in problem and "fake-encoder" in problem and "OPSBOT_MODEL" in problem
+    assert any(r.levelname == "ERROR" and "fake-encoder-v2" in r.getMessage() for r in caplog.records)

@@ -118,6 +118,12 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     """Bring the index in line with ``root``: embed what changed, drop what was removed."""
     if (problem := root_problem(root)) is not None:
         raise InvalidRequest(problem)
+    with store.index_lock():  # IndexBusy while another run indexes into the same database
+        return _index_knowledge(store, encoder, root, progress)
+
+
+def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progress | None) -> IndexReport:
+    """``index_knowledge`` under the index lock."""
     started = time.perf_counter()
     kb = load_knowledge(root)
     report = IndexReport(model_id=encoder.model_id, problems=kb.problems)
@@ -126,7 +132,8 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     report.experts = len(kb.experts)
 
     stored = store.document_hashes()
-    same_model = store.get_meta("model") == encoder.model_id
+    previous_model = store.get_meta("model")
+    same_model = previous_model == encoder.model_id
     same_format = store.get_meta("index_format", "1") == INDEX_FORMAT
     changed = [d for d in kb.documents if not (same_model and same_format and stored.get(d.path) == d.content_hash)]
     report.unchanged = len(kb.documents) - len(changed)
@@ -169,17 +176,21 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     store.delete_documents(removed)
     report.removed = len(removed)
 
-    if not same_model:
-        # Documents kept from earlier runs (their files are unreadable now) need the new model's vectors too.
-        kept = {
-            h: spell_identifiers(t) if head is None else embed_text(t, head, body)
-            for h, t, head, body in store.vectors_missing(encoder.model_id)
-        }
-        _embed(store, encoder, kept, report, progress)
+    # Sections and titles without a vector for this model: those of documents kept from earlier runs (their files
+    # are unreadable now) after a model change, and any an older opsbot's overlapping runs left without one.
+    unembedded = {
+        h: spell_identifiers(t) if head is None else embed_text(t, head, body)
+        for h, t, head, body in store.vectors_missing(encoder.model_id)
+    }
+    _embed(store, encoder, unembedded, report, progress)
 
     store.replace_incidents(
         kb.incidents, keep=kept, vector_hashes={i.id: incident_vector_hash(i) for i in kb.incidents}
     )
+    # The same for the expert model's view of the incidents kept with them.
+    stored_incidents = {incident_vector_hash(i): incident_text(i) for i in store.load_incidents()}
+    known = store.known_embeddings(encoder.model_id, stored_incidents)
+    _embed(store, encoder, {h: t for h, t in stored_incidents.items() if h not in known}, report, progress)
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
         store.replace_rotations(kb.rotations)
@@ -200,12 +211,14 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
     ranker_started = time.perf_counter()
     if refit:
         _store_training_queries(store, encoder, kb.documents, report, progress)
-    if changed or removed or not same_model or refit:
-        store.prune_embeddings(encoder.model_id)
+    if changed or removed or unembedded or not same_model or refit:
+        # A bot still serving with the previous model reloads its vectors of the sections whose text did not
+        # change (and says the models differ); the next run with this model drops them.
+        store.prune_embeddings(encoder.model_id, also_keep=previous_model)
     if refit:
         report.ranker = fit_ranker(store, encoder, key)
         report.ranker_seconds = time.perf_counter() - ranker_started
-    if changed or removed or not same_model or config_changed or refit:
+    if changed or removed or unembedded or not same_model or config_changed or refit:
         store.set_meta("config_hash", config_hash)
         store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
     blends = refit_blends(store, encoder)  # the expert model's weights, fitted on this team's own history

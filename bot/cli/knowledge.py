@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
     from bot.answers.indexer import index_incidents, index_knowledge
     from bot.knowledge import root_problem
     from bot.ops.incidents import IncidentService
+    from bot.store.base import DatabaseUnavailable, is_write_failure
 
     settings = load_settings(ctx)
     root = directory or settings.knowledge_dir
@@ -74,6 +76,15 @@ def index(ctx: click.Context, directory: Path | None, as_json: bool, niceness: i
         report = index_knowledge(store, encoder, root, progress)
         # Resolved in Slack, but the bot stopped (or failed) before indexing them: searchable from now on.
         late = index_incidents(store, encoder, IncidentService.from_store(store).unlearned())
+    except sqlite3.OperationalError as exc:
+        if not is_write_failure(exc):
+            raise
+        # Each write is a transaction of its own: the one that failed was rolled back, the ones before it stand.
+        failure = DatabaseUnavailable(str(settings.db_path), str(exc), unwritable=True)
+        raise OpsbotError(
+            f"{failure} What was indexed before this is kept; run `opsbot index` again once the database can be "
+            "written, and it carries on from there."
+        ) from None
     finally:
         if "bar" in bar_state:
             bar_state["bar"].__exit__(None, None, None)

@@ -270,8 +270,10 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
         def _health(self) -> None:
             problem = runtime.database_problem()
             db = f"not writable: {problem}" if problem else "writable"
-            ready = runtime.ready and db == "writable"
-            self._send(200 if ready else 503, {"ok": True, "ready": ready, "model": runtime.ready, "db": db})
+            index = runtime.index_problem() or "ok"
+            ready = runtime.ready and db == "writable" and index == "ok"
+            body = {"ok": True, "ready": ready, "model": runtime.ready, "db": db, "index": index}
+            self._send(200 if ready else 503, body)
 
         def _slack_event(self, body: bytes) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}

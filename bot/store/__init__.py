@@ -11,13 +11,13 @@ from bot.store.alerts import AlertStore
 from bot.store.base import StoreBase
 from bot.store.conversations import ConversationStore
 from bot.store.deploys import DeployStore
-from bot.store.knowledge import ChunkRow, KnowledgeStore, StoredChunk
+from bot.store.knowledge import ChunkRow, IndexBusy, KnowledgeStore, StoredChunk
 from bot.store.live_incidents import LiveIncidentStore
 from bot.store.outbox import OutboxStore
 from bot.store.roster import SLACK_PREFIX, RosterStore
 from bot.store.schema import TOKENIZER, migrations
 
-__all__ = ["SLACK_PREFIX", "TOKENIZER", "ChunkRow", "Store", "StoredChunk", "migrations"]
+__all__ = ["SLACK_PREFIX", "TOKENIZER", "ChunkRow", "IndexBusy", "Store", "StoredChunk", "migrations"]
 
 
 class Store(

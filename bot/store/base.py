@@ -59,6 +59,11 @@ class DatabaseUnavailable(OpsbotError):
                 f"cannot write the database {path}: {str(Path(path).parent)!r} is a file, not a folder; "
                 f"set {source} to a path inside a folder, such as ./opsbot.db."
             )
+        elif unwritable and "full" in reason.lower():
+            message = (
+                f"the disk holding the database {path} is full ({reason}): free space on it, "
+                f"or set {source} to a path on another disk."
+            )
         elif unwritable:
             message = (
                 f"cannot write the database {path} ({reason}): check the folder's permissions "

@@ -5,16 +5,23 @@ Vectors are stored per (model, content hash), so text that did not change is nev
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
+from bot.errors import OpsbotError
 from bot.models import Document
-from bot.store.base import StoreBase
+from bot.store.base import DatabaseUnavailable, StoreBase
+
+
+class IndexBusy(OpsbotError):
+    """Another index run holds this database's index lock."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,35 @@ class StoredChunk:
 
 class KnowledgeStore(StoreBase):
     """Documents, chunks and what search reads: FTS5, vectors, stems, alert routes."""
+
+    # -- the index lock ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def index_lock(self) -> Iterator[None]:
+        """Held for a whole index run, so two runs never interleave (one would prune the vectors the other has
+        stored but not yet given to its sections). A lock on a file beside the database: the system lets it go
+        when the process ends, however it ends."""
+        if self.path == ":memory:":  # no other process can open it
+            yield
+            return
+        lock_path = f"{self.path}.index-lock"
+        try:
+            handle = open(lock_path, "a")  # noqa: SIM115 - closed below, after the run
+        except OSError as exc:
+            reason = f"cannot create {lock_path}: {exc.strerror}"
+            raise DatabaseUnavailable(self.path, reason, unwritable=True) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise IndexBusy(
+                    f"another `opsbot index` is indexing into {self.path} now; wait for it to finish, then run it "
+                    "again (it embeds only what is still out of date)."
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- documents and chunks --------------------------------------------
 
@@ -145,7 +181,8 @@ class KnowledgeStore(StoreBase):
     def vectors_missing(self, model: str) -> list[tuple[str, str, str | None, str | None]]:
         """(hash, title, heading, text) of chunks and titles that have no vector for ``model``.
 
-        Only documents kept from an earlier run (their file is unreadable now) can be in this state.
+        Documents kept from an earlier run with another model (their file is unreadable now) are in this state,
+        and sections whose vectors an older opsbot's overlapping index runs pruned.
         """
         missing = (
             "SELECT c.embed_hash, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.path = c.doc_path "
@@ -167,15 +204,15 @@ class KnowledgeStore(StoreBase):
             found.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows.fetchall())
         return found
 
-    def prune_embeddings(self, model: str) -> int:
-        """Drop vectors nothing uses any more: old text, and every other model's."""
+    def prune_embeddings(self, model: str, also_keep: str = "") -> int:
+        """Drop vectors nothing uses any more: old text, and every other model's but ``also_keep``'s."""
         with self.transaction():
             cur = self.db.execute(
-                "DELETE FROM embeddings WHERE model != ? OR (hash NOT IN (SELECT embed_hash FROM chunks) "
+                "DELETE FROM embeddings WHERE model NOT IN (?, ?) OR (hash NOT IN (SELECT embed_hash FROM chunks) "
                 "AND hash NOT IN (SELECT title_hash FROM documents WHERE title_hash IS NOT NULL) "
                 "AND hash NOT IN (SELECT vector_hash FROM incidents WHERE vector_hash IS NOT NULL) "
                 "AND hash NOT IN (SELECT hash FROM ranker_queries))",
-                [model],
+                [model, also_keep or model],
             )
             return cur.rowcount
 

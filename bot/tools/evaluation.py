@@ -21,6 +21,7 @@ from bot.config import Settings
 from bot.errors import InvalidRequest
 from bot.models import Answer
 from bot.store import Store
+from bot.store.base import DatabaseUnavailable
 
 CUTOFFS = (1, 3, 5)
 MRR_DEPTH = 10
@@ -211,7 +212,10 @@ def run_eval(
     _check_documents(documents)
     queries = load_queries(queries_path)
     with tempfile.TemporaryDirectory(prefix="opsbot-eval-") as tmp:
-        store = Store(db_path or Path(tmp) / "eval.db")
+        try:
+            store = Store(db_path or Path(tmp) / "eval.db")
+        except DatabaseUnavailable as exc:  # the user gave the path with --index-db, not OPSBOT_DB
+            raise exc.naming("--index-db") from None
         try:
             # The query file is read above, for measuring only: indexing (and the ranker's fit) never sees it.
             report = index_knowledge(store, encoder, knowledge)

@@ -17,7 +17,7 @@ from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
 from bot.ops.incidents import IncidentService
 from bot.record_files import incident_document
-from bot.store import Store, migrations
+from bot.store import IndexBusy, Store, migrations
 from tests.conftest import FakeEncoder
 
 POOL_RUNBOOK = """---
@@ -537,3 +537,69 @@ def test_an_incident_resolved_in_slack_keeps_its_vectors_when_another_process_pr
     doc = f"slack:{past.id}"
     assert paths.count(doc) == len(build_chunks(incident_document(past, "")))  # every section has its vector
     assert store.known_embeddings(fake_encoder.model_id, [incident_vector_hash(past)])  # the expert model's too
+
+
+def test_a_model_change_keeps_the_incident_of_a_broken_file(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    kept = next(i for i in load_knowledge(knowledge).incidents if i.path == INC_YAML)
+    write(knowledge, INC_YAML, INCIDENT.replace("severity: 2", "severity: sev-two"))
+    other = FakeEncoder(model_id="fake-encoder-v2")
+
+    report = index_knowledge(store, other, knowledge)
+
+    assert [p.path for p in report.problems] == [INC_YAML]
+    assert {i.id for i in store.load_incidents()} == {"INC-2025-0042", "INC-2026-0007"}
+    assert INC_YAML in store.document_hashes()
+    assert store.known_embeddings("fake-encoder-v2", [incident_vector_hash(kept)])  # the expert model's vector too
+
+
+def chunks_without_a_vector(store: Store, model: str) -> list[tuple[str, str]]:
+    sql = (
+        "SELECT c.doc_path, c.heading FROM chunks c WHERE NOT EXISTS "
+        "(SELECT 1 FROM embeddings e WHERE e.hash = c.embed_hash AND e.model = ?)"
+    )
+    return [tuple(r) for r in store.db.execute(sql, [model]).fetchall()]
+
+
+def test_a_second_index_run_is_refused_while_one_runs_and_leaves_no_section_without_a_vector(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B starts while run A has stored new vectors but not yet the sections that use them: B must not prune them."""
+    index_knowledge(store, fake_encoder, knowledge)
+    write(knowledge, LAG, LAG_RUNBOOK + "\n## Rollback\n\nRoll back the consumer deploy when lag began after it.\n")
+    other = Store(store.path)  # the other process's connection to the same file
+    refused: list[str] = []
+    save = store.save_embeddings
+
+    def save_then_let_another_run_start(model: str, vectors: dict) -> None:
+        save(model, vectors)
+        if not refused:
+            with pytest.raises(IndexBusy) as caught:
+                index_knowledge(other, FakeEncoder(), knowledge)
+            refused.append(str(caught.value))
+
+    monkeypatch.setattr(store, "save_embeddings", save_then_let_another_run_start)
+    index_knowledge(store, fake_encoder, knowledge)
+    other.close()
+
+    assert "another `opsbot index`" in refused[0] and "run it again" in refused[0]
+    assert chunks_without_a_vector(store, fake_encoder.model_id) == []
+    assert index_knowledge(store, FakeEncoder(), knowledge).added == 0  # the lock is let go at the end of a run
+
+
+def test_an_index_run_embeds_sections_left_without_a_vector(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    hole = store.db.execute("SELECT embed_hash FROM chunks WHERE doc_path = ? ORDER BY ord", [LAG]).fetchone()[0]
+    with store.transaction():
+        store.db.execute("DELETE FROM embeddings WHERE hash = ?", [hole])
+    fake_encoder.calls.clear()
+
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert report.unchanged == 4
+    assert len(fake_encoder.encoded) == 1 and "Kafka consumer lag" in fake_encoder.encoded[0]
+    assert chunks_without_a_vector(store, fake_encoder.model_id) == []

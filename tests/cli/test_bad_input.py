@@ -28,6 +28,17 @@ def small_knowledge(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def tiny_knowledge(tmp_path: Path) -> Path:
+    """Two runbooks and two incidents from the sample: quick to index."""
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE / "runbooks/auth-service", root / "runbooks/auth-service")
+    for name in ("INC-2025-0001.yaml", "INC-2025-0005.md"):
+        (root / "incidents").mkdir(exist_ok=True)
+        shutil.copy(SAMPLE_KNOWLEDGE / "incidents/2025" / name, root / "incidents" / name)
+    return root
+
+
+@pytest.fixture
 def fake_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """`opsbot index` with the fake encoder into tmp_path/index.db (returned)."""
     db = tmp_path / "index.db"
@@ -201,3 +212,41 @@ def test_an_empty_question_is_refused_before_the_model_loads(monkeypatch: pytest
 
     monkeypatch.setattr(knowledge_cli, "_open", no_model)
     assert_clean_failure(invoke("ask", "  "), "the question is empty")
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_for_check_and_left_out_by_index(
+    tiny_knowledge: Path, fake_index: Path
+) -> None:
+    """Latin-1 bytes in a name (unzip, a Windows share) cannot be stored as a path: both commands say to rename it."""
+    folder = os.fsencode(tiny_knowledge / "runbooks" / "auth-service")
+    with open(folder + b"/caf\xe9-latency.md", "w", encoding="utf-8") as handle:
+        handle.write("# Cafe latency\n\nRestart the cafe.\n")
+    message = "runbooks/auth-service/caf\\xe9-latency.md: the file name is not UTF-8; rename it (the file is left out)."
+
+    checked = invoke("check", str(tiny_knowledge))
+    indexed = invoke("index", "--nice", "0", str(tiny_knowledge))
+
+    assert checked.exit_code == 1 and message in checked.stdout
+    assert indexed.exit_code == 0, indexed.output
+    assert f"Warning: {message}" in indexed.stderr
+    assert "runbooks/auth-service/jwt-key-rotation.md" in stored_paths(fake_index)  # the files after it are indexed
+
+
+@pytest.mark.parametrize("folder", ["runbooks", "incidents"])
+def test_a_dangling_folder_link_is_a_problem_and_its_documents_stay_indexed(
+    tiny_knowledge: Path, fake_index: Path, tmp_path: Path, folder: str
+) -> None:
+    """`runbooks -> /mnt/wiki/runbooks` with the share not mounted: not "no runbooks", which would empty the index."""
+    assert invoke("index", "--nice", "0", str(tiny_knowledge)).exit_code == 0
+    before = stored_paths(fake_index)
+    shutil.move(tiny_knowledge / folder, tmp_path / "share")
+    (tiny_knowledge / folder).symlink_to(tmp_path / "unmounted" / folder)
+
+    checked = invoke("check", str(tiny_knowledge))
+    indexed = invoke("index", "--nice", "0", str(tiny_knowledge))
+
+    message = f"{folder}/: folder cannot be read (a link to {tmp_path / 'unmounted' / folder}, which does not exist)"
+    assert checked.exit_code == 1 and message in checked.stdout
+    assert indexed.exit_code == 0, indexed.output
+    assert f"Warning: {message}" in indexed.stderr and "0 removed" in indexed.stdout
+    assert stored_paths(fake_index) == before

@@ -566,6 +566,20 @@ def test_eval_index_db_is_kept_and_a_second_run_embeds_nothing(eval_files: tuple
     assert_clean_failure(refused, "--index-db only applies to --task search")
 
 
+@pytest.mark.parametrize("where", ["notes.txt", "no-such-dir/kept.db"])
+def test_eval_index_db_that_cannot_be_used_names_the_option(
+    eval_files: tuple[Path, Path], tmp_path: Path, where: str
+) -> None:
+    knowledge, queries = eval_files
+    (tmp_path / "notes.txt").write_text("not a database\n", encoding="utf-8")
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+
+    result = invoke(*args, "--index-db", str(tmp_path / where))
+
+    assert_clean_failure(result, str(tmp_path / where), "--index-db")
+    assert "OPSBOT_DB" not in result.stderr
+
+
 def test_eval_malformed_queries_names_the_line(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = tmp_path / "bad.jsonl"

@@ -57,7 +57,10 @@ def test_healthz_is_ready_once_the_model_is_loaded_and_only_while_the_database_t
 ) -> None:
     runtime, url = bot
     loading = health(url)
-    assert (loading.status, loading.json()) == (503, {"ok": True, "ready": False, "model": False, "db": "writable"})
+    assert (loading.status, loading.json()) == (
+        503,
+        {"ok": True, "ready": False, "model": False, "db": "writable", "index": "ok"},
+    )
 
     runtime.index(timeout=30)
     assert (health(url).status, health(url).json()["ready"]) == (200, True)
@@ -65,7 +68,7 @@ def test_healthz_is_ready_once_the_model_is_loaded_and_only_while_the_database_t
     fill_up(runtime.store)
     full = health(url)
     assert full.status == 503
-    assert full.json() == {"ok": True, "ready": False, "model": True, "db": f"not writable: {FULL}"}
+    assert full.json() == {"ok": True, "ready": False, "model": True, "db": f"not writable: {FULL}", "index": "ok"}
 
     make_room(runtime.store)
     assert (health(url).status, health(url).json()["db"]) == (200, "writable")
@@ -75,6 +78,19 @@ def test_healthz_is_ready_once_the_model_is_loaded_and_only_while_the_database_t
     assert (read_only.status, read_only.json()["db"]) == (503, f"not writable: {READ_ONLY}")
     runtime.store.db.execute("PRAGMA query_only = OFF")
     assert health(url).status == 200
+
+
+def test_healthz_says_when_the_index_was_rebuilt_with_another_model(bot: tuple[Runtime, str]) -> None:
+    runtime, url = bot
+    runtime.index(timeout=30)
+    runtime.store.set_meta("model", "another-model")  # what `opsbot index` with another OPSBOT_MODEL leaves
+    runtime.store.set_meta("index_version", "after-another-model")
+    runtime.index(timeout=30)
+
+    mismatch = health(url)
+
+    assert mismatch.status == 503 and mismatch.json()["ready"] is False
+    assert "rebuilt with the model another-model" in mismatch.json()["index"]
 
 
 def test_a_failed_write_shows_in_healthz_before_the_next_probe_and_a_commit_clears_it(
