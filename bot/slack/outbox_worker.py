@@ -23,6 +23,7 @@ from bot.slack.delivery import (
     Outcome,
     RetryPolicy,
     call_web_api,
+    describe,
     failure_note,
     post_response_url,
 )
@@ -101,7 +102,7 @@ class OutboxWorker:
                 log.exception("outbox: could not read the next row; trying again shortly")
                 row = None
             if row is not None:
-                self._deliver(row)
+                self._deliver_safely(row)
                 continue
             with self._cond:
                 if not self._stopping and self._generation == seen:
@@ -124,6 +125,13 @@ class OutboxWorker:
             heapq.heappop(self._wakeups)
         soonest = self._wakeups[0] - now if self._wakeups else self._poll_s
         return max(min(soonest, self._poll_s), 0.005)
+
+    def _deliver_safely(self, row: OutboxRow) -> None:
+        """Deliver, and let no exception end the thread: a dead thread stops every lane until a restart."""
+        try:
+            self._deliver(row)
+        except Exception:  # recording the error failed too: the claim runs out and the row is tried again
+            log.exception("outbox: delivery went wrong id=%s method=%s lane=%s", row.id, row.method, row.lane)
 
     def _deliver(self, row: OutboxRow) -> None:
         queue = self._memory if row.id < 0 else self._durable
@@ -172,8 +180,31 @@ class OutboxWorker:
                 self._fail(queue, row, f"{outcome.error}; given up" if given_up else outcome.error)
         except sqlite3.Error:  # the claim runs out and the row is delivered again: at least once
             log.exception("outbox: could not record a delivery id=%s method=%s", row.id, row.method)
+        except Exception as exc:  # a bug, or an answer nobody foresaw
+            self._retry_unexpected(queue, row, exc)
         finally:
             self._kick()  # later rows of its lane, and rows waiting for it, may go now
+
+    def _retry_unexpected(self, queue: _Durable | MemoryOutbox, row: OutboxRow, exc: Exception) -> None:
+        """Tried again with backoff and given up at the row's age, as a 5xx is; one line with the traceback, which
+        names no token (tracebacks hold the code and the error, and the log's formatter redacts tokens anyway)."""
+        now = time.time()
+        error = f"unexpected {describe(exc)}"
+        retry_in = self.policy.backoff(row.attempts)
+        log.error(
+            "slack delivery error id=%s method=%s lane=%s attempt=%d error=%s",
+            row.id,
+            row.method,
+            row.lane,
+            row.attempts,
+            error,
+            exc_info=exc,
+        )
+        if now + retry_in < row.expires_at:
+            queue.retry(row, now + retry_in, error)
+            self._schedule(now + retry_in)
+        else:
+            self._fail(queue, row, f"{error}; given up")
 
     def _resolve(self, row: OutboxRow) -> tuple[dict | None, str, bool]:
         """The payload with thread_of / update_of replaced by the ts of the message they name."""
