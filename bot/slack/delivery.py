@@ -209,6 +209,10 @@ class MemoryOutbox:
         self._done(row, (FAILED, "", ""))
         return True
 
+    def move(self, row: OutboxRow, now: float, error: str) -> bool:
+        """Pending again, now, in its place: the caller changed its channel and lane."""
+        return self.retry(row, now, error)
+
     def busy(self) -> int:
         with self._lock:
             return len(self._rows)

@@ -60,6 +60,9 @@ class _Durable:
     def failed(self, row: OutboxRow, error: str, now: float) -> bool:
         return self.store.outbox_failed(row.id, self.owner, error, now)
 
+    def move(self, row: OutboxRow, now: float, error: str) -> bool:
+        return self.store.outbox_move(row, self.owner, now, error)
+
     def busy(self) -> int:
         return self.store.outbox_busy()
 
@@ -223,7 +226,7 @@ class OutboxWorker:
             if status != SENT or not ts:
                 return None, f"the message it refers to ({ref}) was not posted ({status})", False
             payload[field] = ts
-            if field == "ts" and channel:
+            if channel:  # an edit, or a reply, goes where the message is (its fallback channel, if it was moved)
                 payload["channel"] = channel
         return payload, "", False
 
@@ -244,7 +247,14 @@ class OutboxWorker:
             heapq.heappush(self._wakeups, at)
 
     def _fail(self, queue: _Durable | MemoryOutbox, row: OutboxRow, error: str) -> None:
-        """Failed for good: one error line, and the person it was for is told, when the row says who."""
+        """Failed for good: one error line, and the person it was for is told, when the row says who. Where opsbot
+        may not post, a row with a fallback channel is moved there instead."""
+        notify = dict(row.notify or {})
+        fallback = notify.pop("fallback_channel", "")
+        channel = str(row.payload.get("channel", ""))
+        if fallback and error.split(",")[0].split(" ")[0] in NOT_THERE and fallback != channel:
+            self._move(queue, row, fallback, notify, error)
+            return
         if not queue.failed(row, error, time.time()):
             return  # another process took the row over meanwhile
         log.error(
@@ -255,23 +265,20 @@ class OutboxWorker:
             row.attempts,
             error,
         )
-        notify = dict(row.notify or {})
-        fallback = notify.pop("fallback_channel", "")
-        channel = str(row.payload.get("channel", ""))
-        if fallback and error.split(",")[0].split(" ")[0] in NOT_THERE and fallback != channel:
-            moved = OutboxRow(
-                row.method, {**row.payload, "channel": fallback}, lane=fallback, key=row.key, thread_of=row.thread_of
-            )
-            moved.notify = notify
-            self._enqueue(moved, (row.after, row.after_args) if row.after else None)
-            log.info("slack post moved id=%s from=%s to=%s error=%s", row.id, channel, fallback, error)
-            text = f"I can't post in <#{channel}> ({error}), so it went to <#{fallback}> instead."
-            self._tell(notify, text, None)
-            return
         if not notify:
             return
         text, blocks = failure_note(row, error)
         self._tell(notify, text, blocks or None)
+
+    def _move(self, queue: _Durable | MemoryOutbox, row: OutboxRow, fallback: str, notify: dict, error: str) -> None:
+        """The same row, sent again at once to ``fallback``: edits and replies written meanwhile refer to it by its
+        key, and must find the message that was posted, not the one that was refused."""
+        channel = str(row.payload.get("channel", ""))
+        row.payload, row.lane, row.notify = {**row.payload, "channel": fallback}, fallback, notify
+        if not queue.move(row, time.time(), f"moved from {channel} ({error})"):
+            return  # another process took the row over meanwhile
+        log.warning("slack post moved id=%s from=%s to=%s error=%s", row.id, channel, fallback, error)
+        self._tell(notify, f"I can't post in <#{channel}> ({error}), so it went to <#{fallback}> instead.", None)
 
     def _tell(self, notify: dict, text: str, blocks: list[dict] | None) -> None:
         if notify.get("response_url"):

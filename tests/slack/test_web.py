@@ -290,6 +290,30 @@ def test_a_reply_in_the_thread_of_a_post_that_failed_fails_with_the_reason(
     assert len(slack_api.calls("chat.postMessage")) == 1 and not slack_api.calls("chat.update")
 
 
+def test_edits_and_replies_written_before_a_post_moved_to_its_fallback_channel_follow_it_there(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    # They used to resolve the key to the refused original and fail: the moved message never got its briefing.
+    slack_api.fail_next("chat.postMessage", 200, error="not_in_channel")
+    web = make_web(start=False)
+    seen: list[tuple[str, str]] = []
+    web.on("alert-message", lambda args, channel, ts: seen.append((channel, ts)))
+    first = web.post(
+        "C0SERVICE1", "checkout 5xx", key="alert:g1", after=("alert-message", {}), fallback_channel="C0ALERTS01"
+    )
+    edit = web.update("C0SERVICE1", "checkout 5xx, briefed", update_of="alert:g1")
+    reply = web.post("C0SERVICE1", "2 more alerts", thread_of="alert:g1")
+    web.start()
+    assert web.wait_idle(10)
+    refused, moved, note = slack_api.calls("chat.postMessage")
+    assert (refused.body["channel"], refused.error) == ("C0SERVICE1", "not_in_channel")
+    assert moved.ok and moved.body["channel"] == "C0ALERTS01" and seen == [("C0ALERTS01", moved.answer["ts"])]
+    (update,) = slack_api.calls("chat.update")
+    assert update.ok and (update.body["channel"], update.body["ts"]) == ("C0ALERTS01", moved.answer["ts"])
+    assert note.ok and (note.body["channel"], note.body["thread_ts"]) == ("C0ALERTS01", moved.answer["ts"])
+    assert [store.outbox_row(r)["status"] for r in (first, edit, reply)] == ["sent"] * 3
+
+
 # -- durability: restarts, two processes, a full disk -------------------------------------------------------------
 
 
