@@ -6,26 +6,30 @@ import logging
 import re
 
 TOKEN = re.compile(r"\b(xox[abposr]|xapp)-[A-Za-z0-9-]+")
+LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-class RedactTokens(logging.Filter):
-    """Replace anything shaped like a Slack token in a log record by its prefix."""
+def redact_tokens(text: str) -> str:
+    """``text`` with anything shaped like a Slack token replaced by its prefix (``xoxb-***``)."""
+    return TOKEN.sub(lambda m: f"{m.group(1)}-***", text)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if TOKEN.search(message):
-            record.msg = TOKEN.sub(lambda m: f"{m.group(1)}-***", message)
-            record.args = ()
-        return True
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts the whole formatted record: message, arguments and traceback alike.
+
+    A filter sees only the message and its arguments; the traceback is formatted after every filter ran,
+    so an exception whose text holds a token would reach the log whole."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_tokens(super().format(record))
 
 
 def configure_logging(level: str) -> None:
     """Configure the root logger once; library chatter stays at WARNING."""
     root = logging.getLogger()
-    if not any(isinstance(f, RedactTokens) for h in root.handlers for f in h.filters):
+    if not any(isinstance(h.formatter, RedactingFormatter) for h in root.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        handler.addFilter(RedactTokens())
+        handler.setFormatter(RedactingFormatter(LINE_FORMAT))
         root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("slack_sdk", "slack_bolt", "urllib3", "sentence_transformers", "transformers", "huggingface_hub"):

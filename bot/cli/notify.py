@@ -142,9 +142,10 @@ def notify_deploy(
             answer = json.loads(reply or b"{}")
         except ValueError:
             answer = None
-        if not isinstance(answer, dict):
+        if not _is_opsbot_answer(answer):
             raise OpsbotError(
-                f"{target} answered, but not as opsbot does (no JSON object): check that it is opsbot's /hooks/deploy."
+                f"{target} answered, but not as opsbot does (no JSON object with the event's id): check that it is "
+                "opsbot's /hooks/deploy."
             )
     click.echo(_describe_hook_answer(event, answer))
 
@@ -169,12 +170,27 @@ def _record_event_locally(db_path: Path, body: bytes) -> dict:
         store.close()
 
 
+def _is_opsbot_answer(answer: Any) -> bool:
+    """What /hooks/deploy answers: ok, and the deploy's id and what was done, or that it was a duplicate.
+    Anything else (a proxy's JSON, another service's) must not be reported as a success."""
+    if not isinstance(answer, dict) or answer.get("ok") is not True:
+        return False
+    if answer.get("duplicate") is True:
+        return True
+    return isinstance(answer.get("id"), str) and isinstance(answer.get("action"), str)
+
+
 def _hook_error(error: Any) -> str:
+    """opsbot's error and the option that sets the field it names; the HTTP reason for any other body."""
     try:
         answer = json.loads(error.read() or b"{}")
     except ValueError:
-        return error.reason or "no details"
-    return f"{answer.get('error') or error.reason}{_option_of(answer.get('field') or '')}"
+        answer = None
+    reason = error.reason or "no details"
+    if not isinstance(answer, dict) or not isinstance(answer.get("error"), str) or not answer["error"]:
+        return reason
+    field = answer.get("field")
+    return f"{answer['error']}{_option_of(field if isinstance(field, str) else '')}"
 
 
 def _option_of(field: str) -> str:

@@ -7,12 +7,15 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, require_index, typed
 from bot.errors import OpsbotError
+
+if TYPE_CHECKING:
+    from urllib.parse import SplitResult
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +250,24 @@ def manifest(ctx: click.Context, url: str | None, socket_mode: bool, name: str) 
             )
         if parts.path.rstrip("/").endswith(EVENTS_PATH):
             raise OpsbotError(f"--url is the base address; {EVENTS_PATH} is added to it: leave {EVENTS_PATH} out.")
+        extra = _url_extra(url, parts)
+        if extra:
+            raise OpsbotError(
+                f"--url must be the plain base address of `opsbot serve`, e.g. https://opsbot.example.com: leave out "
+                f"{extra}; {EVENTS_PATH} is added after the address, so Slack would post where opsbot does not answer."
+            )
     click.echo(manifest_yaml(name=name, base_url=url or "", socket_mode=socket_mode))
+
+
+def _url_extra(url: str, parts: SplitResult) -> str:
+    """What a base URL must not have, as said to the user: a query, a fragment, user info (never its text)."""
+    if "@" in parts.netloc:
+        return "the user info (the part before @)"
+    if "?" in url:
+        return f"the query (?{parts.query})"
+    if "#" in url:
+        return f"the fragment (#{parts.fragment})"
+    return ""
 
 
 @main.group()

@@ -98,6 +98,7 @@ BOLD = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]*?\S)\*(?![\w*])")
 ITALIC = re.compile(r"(?<![\w_])_(?=\S)([^_\n]*?\S)_(?![\w_])")
 STRIKE = re.compile(r"(?<![\w~])~(?=\S)([^~\n]*?\S)~(?![\w~])")
 PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+PLACEHOLDER_CHARS = re.compile("[\ue000\ue001]")  # private use: a Nerd-Font glyph may hold them too
 
 
 @dataclass(frozen=True)
@@ -142,11 +143,16 @@ def render_mrkdwn(text: str, names: Mapping[str, str] | None = None, style: Styl
     names = names or {}
     kept: list[str] = []
 
+    def restore(text: str) -> str:
+        return PLACEHOLDER.sub(lambda m: kept[int(m.group(1))], text)
+
     def keep(rendered: str) -> str:
-        kept.append(rendered)
+        kept.append(restore(rendered))  # kept whole: never scanned for placeholders again
         return f"\ue000{len(kept) - 1}\ue001"
 
-    # Code and <...> tokens first, so no *, _ or ~ inside them is read as a style.
+    # The text's own placeholder characters are kept first, so every placeholder left in it is one of ours.
+    text = PLACEHOLDER_CHARS.sub(lambda m: keep(m.group(0)), text)
+    # Code and <...> tokens next, so no *, _ or ~ inside them is read as a style.
     text = CODE_BLOCK.sub(lambda m: keep(indent(style(m.group(1).strip("\n"), fg="cyan"), "    ")), text)
     text = CODE_SPAN.sub(lambda m: keep(style(m.group(0), fg="cyan")), text)
     text = ANGLE.sub(lambda m: keep(_render_angle(m.group(1), names, style)), text)
@@ -160,8 +166,7 @@ def render_mrkdwn(text: str, names: Mapping[str, str] | None = None, style: Styl
     text = BOLD.sub(lambda m: style(m.group(1), bold=True), text)
     text = ITALIC.sub(lambda m: style(m.group(1), italic=True), text)
     text = STRIKE.sub(lambda m: style(m.group(1), strikethrough=True), text)
-    text = PLACEHOLDER.sub(lambda m: kept[int(m.group(1))], text)
-    return unescape(text)
+    return unescape(restore(text))
 
 
 def render_text_object(

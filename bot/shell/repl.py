@@ -13,6 +13,7 @@ message, its buttons that are still there keep their numbers; a removed message'
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from bot.slack.local.shell_dispatch import (
 )
 from bot.slack.manifest import SLASH_COMMANDS
 
+log = logging.getLogger(__name__)
 DEFAULT_USER = "USHELL001"  # who you are when the roster is empty
 REPLY_TIMEOUT_S = 60.0  # the first answer may wait for the model to load
 LOADING_NOTICE_S = 1.0
@@ -142,6 +144,9 @@ class Shell:
                 self.write(
                     self.style("(interrupted; an answer still on its way shows up after your next line)", dim=True)
                 )
+            except Exception as exc:  # a bug in one line must not end the session, nor print a traceback
+                log.debug("shell line failed", exc_info=True)
+                self.write(self.style(f"(that line failed: {one_line(exc)}; the shell goes on)", dim=True))
 
     def handle(self, line: str) -> bool:
         """Act on one typed line; False when the shell should end."""
@@ -377,3 +382,8 @@ class Shell:
         deploy_channels = [deploys.digest.channel if deploys.digest else "", deploys.channel]
         names.update(dict.fromkeys(filter(None, deploy_channels), "deploys"))
         return names
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its kind and its message, newlines folded."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]

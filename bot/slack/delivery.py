@@ -96,6 +96,8 @@ def call_web_api(
         return _judge(response.status_code, str(data.get("error", "")), response.headers, policy, attempts)
     except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
         return Outcome(error=describe(exc), retry_in=policy.backoff(attempts))
+    except (ValueError, LookupError) as exc:
+        return _not_slack(exc, policy, attempts)
 
 
 def post_response_url(url: str, payload: dict[str, Any], policy: RetryPolicy, attempts: int) -> Outcome:
@@ -105,11 +107,19 @@ def post_response_url(url: str, payload: dict[str, Any], policy: RetryPolicy, at
         response = hook.send_dict(payload)
     except (OSError, http.client.HTTPException) as exc:
         return Outcome(error=describe(exc), retry_in=policy.backoff(attempts))
+    except (ValueError, LookupError) as exc:
+        return _not_slack(exc, policy, attempts)
     if response.status_code == 200:
         return Outcome(answer={"ok": True})
     body = (response.body or "").strip()
     error = body if body.isidentifier() else ""  # Slack answers `expired_url`, `used_url`; not an HTML page
     return _judge(response.status_code, error, response.headers or {}, policy, attempts)
+
+
+def _not_slack(exc: Exception, policy: RetryPolicy, attempts: int) -> Outcome:
+    """The SDK could not read the answer: a proxy's page in a charset it does not declare (UnicodeDecodeError)
+    or in one Python does not know (LookupError). Not Slack's word, so it is tried again like a 5xx."""
+    return Outcome(error=f"not a Slack answer ({type(exc).__name__})", retry_in=policy.backoff(attempts))
 
 
 def _judge(status: int, error: str, headers: Mapping[str, Any], policy: RetryPolicy, attempts: int) -> Outcome:
@@ -198,6 +208,10 @@ class MemoryOutbox:
     def failed(self, row: OutboxRow, error: str, now: float) -> bool:
         self._done(row, (FAILED, "", ""))
         return True
+
+    def move(self, row: OutboxRow, now: float, error: str) -> bool:
+        """Pending again, now, in its place: the caller changed its channel and lane."""
+        return self.retry(row, now, error)
 
     def busy(self) -> int:
         with self._lock:

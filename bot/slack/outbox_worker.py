@@ -23,6 +23,7 @@ from bot.slack.delivery import (
     Outcome,
     RetryPolicy,
     call_web_api,
+    describe,
     failure_note,
     post_response_url,
 )
@@ -58,6 +59,9 @@ class _Durable:
 
     def failed(self, row: OutboxRow, error: str, now: float) -> bool:
         return self.store.outbox_failed(row.id, self.owner, error, now)
+
+    def move(self, row: OutboxRow, now: float, error: str) -> bool:
+        return self.store.outbox_move(row, self.owner, now, error)
 
     def busy(self) -> int:
         return self.store.outbox_busy()
@@ -101,7 +105,7 @@ class OutboxWorker:
                 log.exception("outbox: could not read the next row; trying again shortly")
                 row = None
             if row is not None:
-                self._deliver(row)
+                self._deliver_safely(row)
                 continue
             with self._cond:
                 if not self._stopping and self._generation == seen:
@@ -124,6 +128,13 @@ class OutboxWorker:
             heapq.heappop(self._wakeups)
         soonest = self._wakeups[0] - now if self._wakeups else self._poll_s
         return max(min(soonest, self._poll_s), 0.005)
+
+    def _deliver_safely(self, row: OutboxRow) -> None:
+        """Deliver, and let no exception end the thread: a dead thread stops every lane until a restart."""
+        try:
+            self._deliver(row)
+        except Exception:  # recording the error failed too: the claim runs out and the row is tried again
+            log.exception("outbox: delivery went wrong id=%s method=%s lane=%s", row.id, row.method, row.lane)
 
     def _deliver(self, row: OutboxRow) -> None:
         queue = self._memory if row.id < 0 else self._durable
@@ -172,8 +183,31 @@ class OutboxWorker:
                 self._fail(queue, row, f"{outcome.error}; given up" if given_up else outcome.error)
         except sqlite3.Error:  # the claim runs out and the row is delivered again: at least once
             log.exception("outbox: could not record a delivery id=%s method=%s", row.id, row.method)
+        except Exception as exc:  # a bug, or an answer nobody foresaw
+            self._retry_unexpected(queue, row, exc)
         finally:
             self._kick()  # later rows of its lane, and rows waiting for it, may go now
+
+    def _retry_unexpected(self, queue: _Durable | MemoryOutbox, row: OutboxRow, exc: Exception) -> None:
+        """Tried again with backoff and given up at the row's age, as a 5xx is; one line with the traceback, which
+        names no token (tracebacks hold the code and the error, and the log's formatter redacts tokens anyway)."""
+        now = time.time()
+        error = f"unexpected {describe(exc)}"
+        retry_in = self.policy.backoff(row.attempts)
+        log.error(
+            "slack delivery error id=%s method=%s lane=%s attempt=%d error=%s",
+            row.id,
+            row.method,
+            row.lane,
+            row.attempts,
+            error,
+            exc_info=exc,
+        )
+        if now + retry_in < row.expires_at:
+            queue.retry(row, now + retry_in, error)
+            self._schedule(now + retry_in)
+        else:
+            self._fail(queue, row, f"{error}; given up")
 
     def _resolve(self, row: OutboxRow) -> tuple[dict | None, str, bool]:
         """The payload with thread_of / update_of replaced by the ts of the message they name."""
@@ -192,7 +226,7 @@ class OutboxWorker:
             if status != SENT or not ts:
                 return None, f"the message it refers to ({ref}) was not posted ({status})", False
             payload[field] = ts
-            if field == "ts" and channel:
+            if channel:  # an edit, or a reply, goes where the message is (its fallback channel, if it was moved)
                 payload["channel"] = channel
         return payload, "", False
 
@@ -213,7 +247,14 @@ class OutboxWorker:
             heapq.heappush(self._wakeups, at)
 
     def _fail(self, queue: _Durable | MemoryOutbox, row: OutboxRow, error: str) -> None:
-        """Failed for good: one error line, and the person it was for is told, when the row says who."""
+        """Failed for good: one error line, and the person it was for is told, when the row says who. Where opsbot
+        may not post, a row with a fallback channel is moved there instead."""
+        notify = dict(row.notify or {})
+        fallback = notify.pop("fallback_channel", "")
+        channel = str(row.payload.get("channel", ""))
+        if fallback and error.split(",")[0].split(" ")[0] in NOT_THERE and fallback != channel:
+            self._move(queue, row, fallback, notify, error)
+            return
         if not queue.failed(row, error, time.time()):
             return  # another process took the row over meanwhile
         log.error(
@@ -224,23 +265,20 @@ class OutboxWorker:
             row.attempts,
             error,
         )
-        notify = dict(row.notify or {})
-        fallback = notify.pop("fallback_channel", "")
-        channel = str(row.payload.get("channel", ""))
-        if fallback and error.split(",")[0].split(" ")[0] in NOT_THERE and fallback != channel:
-            moved = OutboxRow(
-                row.method, {**row.payload, "channel": fallback}, lane=fallback, key=row.key, thread_of=row.thread_of
-            )
-            moved.notify = notify
-            self._enqueue(moved, (row.after, row.after_args) if row.after else None)
-            log.info("slack post moved id=%s from=%s to=%s error=%s", row.id, channel, fallback, error)
-            text = f"I can't post in <#{channel}> ({error}), so it went to <#{fallback}> instead."
-            self._tell(notify, text, None)
-            return
         if not notify:
             return
         text, blocks = failure_note(row, error)
         self._tell(notify, text, blocks or None)
+
+    def _move(self, queue: _Durable | MemoryOutbox, row: OutboxRow, fallback: str, notify: dict, error: str) -> None:
+        """The same row, sent again at once to ``fallback``: edits and replies written meanwhile refer to it by its
+        key, and must find the message that was posted, not the one that was refused."""
+        channel = str(row.payload.get("channel", ""))
+        row.payload, row.lane, row.notify = {**row.payload, "channel": fallback}, fallback, notify
+        if not queue.move(row, time.time(), f"moved from {channel} ({error})"):
+            return  # another process took the row over meanwhile
+        log.warning("slack post moved id=%s from=%s to=%s error=%s", row.id, channel, fallback, error)
+        self._tell(notify, f"I can't post in <#{channel}> ({error}), so it went to <#{fallback}> instead.", None)
 
     def _tell(self, notify: dict, text: str, blocks: list[dict] | None) -> None:
         if notify.get("response_url"):

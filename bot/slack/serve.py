@@ -282,7 +282,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 self._refuse(401, "invalid request: not signed by Slack with this app's signing secret")
                 return
             try:
-                read_slack_body(body, headers.get("content-type", ""))
+                data = read_slack_body(body, headers.get("content-type", ""))
                 request = SlackRequest(
                     body=body.decode("utf-8"),
                     query=urlsplit(self.path).query,
@@ -294,12 +294,25 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
             except Exception as exc:  # noqa: BLE001 - Bolt failing to read a checked body: still the body's fault
                 self._refuse(400, f"malformed Slack request: {type(exc).__name__}")
                 return
+            if data.get("type") == "app_rate_limited":
+                self._rate_limited(data)
+                return
             response = app.dispatch(request)
             if response.status >= 400 and not response.body:  # every refusal says something, as JSON
                 self._send(response.status, {"error": "unhandled request" if response.status == 404 else "refused"})
                 return
             headers_out = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
             self._write(response.status, (response.body or "").encode("utf-8"), headers_out)
+
+        def _rate_limited(self, data: dict) -> None:
+            """Slack's notice that events over the app's quota are being dropped. Slack expects 200: any other
+            answer counts among the failures for which it turns event subscriptions off."""
+            log.warning(
+                "slack app_rate_limited: events over the quota are dropped this minute team=%s minute=%s",
+                data.get("team_id"),
+                data.get("minute_rate_limited"),
+            )
+            self._send(200, {"ok": True})
 
         def _deploy_hook(self, body: bytes) -> None:
             try:

@@ -159,6 +159,19 @@ class OutboxStore(StoreBase):
             )
             return cur.rowcount == 1
 
+    def outbox_move(self, row: OutboxRow, owner: str, now: float, error: str) -> bool:
+        """Sent again now, to the channel and lane ``row`` names; False when ``owner`` no longer held the claim.
+
+        The row keeps its id, so the edits and replies written after it still wait for it and find it."""
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE outbox SET status = 'pending', lane = ?, payload = ?, notify = ?, next_at = ?, last_error = ?, "
+                "claimed_by = NULL, claim_until = NULL WHERE id = ? AND claimed_by = ? AND status = 'sending'",
+                [row.lane, json.dumps(row.payload), json.dumps(row.notify) if row.notify else None, now, error]
+                + [row.id, owner],
+            )
+            return cur.rowcount == 1
+
     def outbox_failed(self, row_id: int, owner: str, error: str, now: float) -> bool:
         """Failed for good: the payload stays for inspection, the response_url and notify go."""
         with self.transaction():

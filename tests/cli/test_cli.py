@@ -878,11 +878,17 @@ def test_serve_says_when_its_port_is_taken(no_start: None) -> None:
         (["--url", "ops.example.org"], "must be the https:// address of `opsbot serve`"),
         (["--url", "https://[::1"], "must be the https:// address of `opsbot serve`"),
         (["--url", "https://ops.example.org/slack/events"], "leave /slack/events out"),
+        (["--url", "https://ops.example.org?env=prod"], "leave out the query (?env=prod)"),
+        (["--url", "https://ops.example.org/opsbot?"], "leave out the query (?)"),
+        (["--url", "https://ops.example.org#x"], "leave out the fragment (#x)"),
+        (["--url", "https://ops:s3cret@ops.example.org"], "leave out the user info (the part before @)"),
         (["--name", " "], "--name is empty"),
     ],
 )
 def test_manifest_refuses_what_it_would_ignore_or_slack_would_refuse(args: list[str], message: str) -> None:
-    assert_clean_failure(invoke("manifest", *args), message)
+    result = invoke("manifest", *args)
+    assert_clean_failure(result, message)
+    assert "s3cret" not in result.output
 
 
 def test_channels_set_refuses_a_direct_message() -> None:

@@ -368,3 +368,37 @@ def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
         server.shutdown()
         server.server_close()
     assert_clean_failure(result, "answered, but not as opsbot does", "/hooks/deploy")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "told"),
+    [
+        (502, b"null", "opsbot refused the event (HTTP 502): Bad Gateway"),
+        (400, b'["bad request"]', "opsbot refused the event (HTTP 400): Bad Request"),
+        (400, b'{"error": "bad field", "field": 7}', "opsbot refused the event (HTTP 400): bad field"),
+        (200, b'{"status": "ok"}', "answered, but not as opsbot does"),
+        (200, b'{"id": 7, "action": ["started"]}', "answered, but not as opsbot does"),
+    ],
+)
+def test_notify_deploy_to_json_that_is_not_opsbots_answer(status: int, body: bytes, told: str) -> None:
+    # These printed a traceback, or (the 200s) "sent as None" with exit code 0.
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/hooks/deploy", env=HOOK_ENV)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_clean_failure(result, told)

@@ -183,6 +183,31 @@ def test_run_reads_scripted_lines_until_quit(runtime: Runtime) -> None:
     assert "never read" not in shown
 
 
+def test_an_unexpected_error_in_one_line_is_told_in_one_line_and_the_shell_goes_on(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out: list[str] = []
+    with Shell(runtime, write=out.append, user=DANIEL) as shell:
+        real, failures = shell._show_late, [RuntimeError("a bug nobody foresaw\n  on two lines")]
+
+        def show_late() -> None:  # fails once, as a bug would, then works
+            if failures:
+                raise failures.pop()
+            real()
+
+        monkeypatch.setattr(shell, "_show_late", show_late)
+        shell.run(["first line", "pgbouncer says too many clients"])
+    (told,) = [line for line in out if "a bug nobody foresaw" in line]
+    assert told == "(that line failed: RuntimeError: a bug nobody foresaw on two lines; the shell goes on)"
+    assert "pgbouncer / Postgres connection pool exhausted" in "\n".join(out)
+
+
+def test_text_with_the_renderers_private_use_characters_is_shown_as_typed(chat: Chat) -> None:
+    # A Nerd-Font glyph pair around digits was read as the renderer's placeholder: IndexError, the shell ended.
+    shown = chat.say("/incident declare checkout down \ue0007\ue001 since 10:02")
+    assert "checkout down \ue0007\ue001 since 10:02" in shown
+
+
 def test_the_first_answer_waits_for_the_model_and_says_so(tmp_path: Path, sample_index: Store, minilm: object) -> None:
     encoder = GatedEncoder(minilm)
     rt = make_runtime(tmp_path, sample_index, encoder)
@@ -254,6 +279,11 @@ def test_render_mrkdwn_styles_without_touching_code_links_or_snake_case() -> Non
 
     shown = render_mrkdwn("*bold* a_b_c `x*y*z` <https://a.b/c_d_e>", style=tag)
     assert shown == "{bold:bold} a_b_c {fg:`x*y*z`} {fg:https://a.b/c_d_e}"
+
+
+def test_render_mrkdwn_shows_private_use_characters_as_they_are_in_text_code_and_links() -> None:
+    text = "<https://a|docs \ue0001\ue001> x \ue0000\ue001 `\ue0009\ue001` \ue000 *\ue001*"
+    assert render_mrkdwn(text) == "docs \ue0001\ue001 (https://a) x \ue0000\ue001 `\ue0009\ue001` \ue000 \ue001"
 
 
 def test_render_blocks_numbers_buttons_and_dims_context() -> None:

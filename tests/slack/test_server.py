@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -241,6 +242,23 @@ MALFORMED = [
     ("[1, 2]", "application/json", "the body is JSON but not an object"),
     ('{"type": "url_verification"}', "application/json", "no challenge string"),
 ]
+
+
+def test_slacks_app_rate_limited_notice_is_answered_200_with_one_warning(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was answered 404 "unhandled request", which adds to the failures for which Slack turns events off.
+    notice = {"token": "t", "type": "app_rate_limited", "team_id": "T0000001", "minute_rate_limited": 1518467820}
+    server, slack = start(bare_runtime, slack_api, threads=2)
+    try:
+        with caplog.at_level(logging.WARNING):
+            answer = slack.post(json.dumps(notice | {"api_app_id": "A0000001"}), "application/json")
+    finally:
+        server.stop()
+    assert answer.status == 200
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "app_rate_limited" in warning.getMessage() and "minute=1518467820" in warning.getMessage()
+    assert slack_api.calls() == []
 
 
 def test_signed_malformed_slack_payloads_get_400_saying_what_is_wrong_and_unsigned_ones_401(

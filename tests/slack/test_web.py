@@ -96,6 +96,54 @@ def test_an_ask_answer_to_the_response_url_survives_a_500(bot: SlackDriver, slac
     assert calls[1].body["replace_original"] is True and calls[1].body["response_type"] == "ephemeral"
 
 
+def test_a_502_page_that_is_not_utf8_is_retried_and_every_delivery_thread_lives_on(
+    bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # A proxy's Latin-1 page without a charset made the SDK raise UnicodeDecodeError, which ended each thread
+    # that met it: four such answers, one more than there are threads, stopped all delivery until a restart.
+    slack_api.fail_next("chat.postMessage", 502, times=4, html="latin-1")
+    slack_api.fail_next("response_url", 502, html="latin-1")
+    _, ts = bot.mention("disk full on node 7")
+    bot.command("/ask", "disk full on node 7")
+    assert [c.status for c in slack_api.wait_for("chat.postMessage", count=5, timeout=20)] == [502] * 4 + [200]
+    assert [c.status for c in slack_api.wait_for("response_url", count=2, timeout=20)] == [502, 200]
+    assert bot.web is not None and bot.web.wait_idle(10)
+    assert slack_api.messages()[0]["thread_ts"] == ts
+    assert len(bot.web._threads) == 3 and all(thread.is_alive() for thread in bot.web._threads)
+
+
+def test_an_unexpected_error_is_retried_then_given_up_like_a_5xx_with_one_line_each_and_no_token(
+    make_web: MakeWeb,
+    store: Store,
+    slack_api: FakeSlackAPI,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    web = make_web(start=False, policy=replace(FAST, max_age_s=1.0))
+    real_call, raised = web.client.api_call, []
+
+    def api_call(method: str, **kwargs: object) -> object:
+        channel = kwargs["json"]["channel"]  # type: ignore[index]
+        raised.append(channel)
+        if channel == "C2" or raised.count("C1") == 1:  # C1 once, C2 every time
+            raise RuntimeError(f"a bug nobody foresaw in {channel}")
+        return real_call(method, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(web.client, "api_call", api_call)
+    with caplog.at_level(logging.WARNING, logger="bot.slack"):
+        once, always = web.post("C1", "summary"), web.post("C2", "answer")
+        web.start()
+        assert web.wait_idle(10)
+    assert [m["text"] for m in slack_api.messages()] == ["summary"]
+    assert (store.outbox_row(once)["status"], store.outbox_row(once)["attempts"]) == ("sent", 2)
+    failed = store.outbox_row(always)
+    assert failed["status"] == "failed" and failed["last_error"].endswith("a bug nobody foresaw in C2; given up")
+    told = [r for r in caplog.records if "a bug nobody foresaw in C1" in r.getMessage()]
+    assert len(told) == 1 and "method=chat.postMessage lane=C1" in told[0].getMessage() and told[0].exc_info
+    assert "xoxb-test" not in caplog.text
+    assert len(web._threads) == 3 and all(thread.is_alive() for thread in web._threads)
+
+
 def test_rate_limited_answers_in_two_channels_do_not_hold_up_an_answer_in_a_third(
     bot: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
@@ -240,6 +288,30 @@ def test_a_reply_in_the_thread_of_a_post_that_failed_fails_with_the_reason(
     assert store.outbox_row(reply)["last_error"] == "the message it refers to (deploy:dep-1) was not posted (failed)"
     assert store.outbox_row(unknown)["last_error"] == "the message it refers to (deploy:never-posted) is unknown"
     assert len(slack_api.calls("chat.postMessage")) == 1 and not slack_api.calls("chat.update")
+
+
+def test_edits_and_replies_written_before_a_post_moved_to_its_fallback_channel_follow_it_there(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    # They used to resolve the key to the refused original and fail: the moved message never got its briefing.
+    slack_api.fail_next("chat.postMessage", 200, error="not_in_channel")
+    web = make_web(start=False)
+    seen: list[tuple[str, str]] = []
+    web.on("alert-message", lambda args, channel, ts: seen.append((channel, ts)))
+    first = web.post(
+        "C0SERVICE1", "checkout 5xx", key="alert:g1", after=("alert-message", {}), fallback_channel="C0ALERTS01"
+    )
+    edit = web.update("C0SERVICE1", "checkout 5xx, briefed", update_of="alert:g1")
+    reply = web.post("C0SERVICE1", "2 more alerts", thread_of="alert:g1")
+    web.start()
+    assert web.wait_idle(10)
+    refused, moved, note = slack_api.calls("chat.postMessage")
+    assert (refused.body["channel"], refused.error) == ("C0SERVICE1", "not_in_channel")
+    assert moved.ok and moved.body["channel"] == "C0ALERTS01" and seen == [("C0ALERTS01", moved.answer["ts"])]
+    (update,) = slack_api.calls("chat.update")
+    assert update.ok and (update.body["channel"], update.body["ts"]) == ("C0ALERTS01", moved.answer["ts"])
+    assert note.ok and (note.body["channel"], note.body["thread_ts"]) == ("C0ALERTS01", moved.answer["ts"])
+    assert [store.outbox_row(r)["status"] for r in (first, edit, reply)] == ["sent"] * 3
 
 
 # -- durability: restarts, two processes, a full disk -------------------------------------------------------------

@@ -67,7 +67,7 @@ class _Failure:
     retry_after: int | str
     error: str
     hang: float = 0.0  # seconds to wait before answering (a client with a shorter timeout gives up first)
-    html: bool = False  # answer with an HTML error page, as a proxy or load balancer does
+    html: bool | str = False  # answer with an HTML error page, as a proxy does; a str: in that encoding
     reset: bool = False  # answer nothing: reset the connection
 
 
@@ -172,13 +172,14 @@ class FakeSlackAPI(SlackMethods):
         error: str | None = None,
         *,
         hang: float = 0.0,
-        html: bool = False,
+        html: bool | str = False,
         reset: bool = False,
     ) -> None:
         """Make the next `times` calls of `method` fail: 429 ratelimited, 5xx internal_error, or `error`.
 
         ``retry_after`` is sent as given with a 429 (a string such as "soon" makes it malformed); ``hang``
-        waits that many seconds before answering; ``html`` answers with an HTML error page instead of JSON;
+        waits that many seconds before answering; ``html`` answers with an HTML error page instead of JSON
+        (``html="latin-1"``: in that encoding, with no charset said);
         ``reset`` resets the connection without any answer.
         """
         if times < 1 or not 200 <= status <= 599 or hang < 0:

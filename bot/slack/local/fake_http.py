@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = "application/json; charset=utf-8"
         payload = json.dumps(answer).encode()
         if failure is not None and failure.html:
-            content_type, payload = "text/html; charset=utf-8", HTML_ERROR_PAGE.format(status=status).encode()
+            content_type, payload = _error_page(status, failure.html)
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -77,6 +77,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (it timed out)
             self.close_connection = True
+
+
+def _error_page(status: int, html: bool | str) -> tuple[str, bytes]:
+    """An HTML error page in UTF-8, labelled so; or, when ``html`` names an encoding, in that encoding with no
+    charset in its Content-Type, as a proxy's page in German or French can be."""
+    page = HTML_ERROR_PAGE.format(status=status)
+    if html is True:
+        return "text/html; charset=utf-8", page.encode()
+    return "text/html", page.replace("Server Error", "Dienst nicht verfügbar").encode(str(html))
 
 
 def _parse_form(text: str) -> Body:
