@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -42,11 +43,18 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
 HANDLER_THREADS = 64  # started once; a burst of Slack requests needs no new threads
 IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long is closed
+HEADERS_TIMEOUT_S = 30.0  # a request's line and headers, from when opsbot waits for them, however slowly they come
+OVERFLOW_THREADS = 256  # connections beyond the pool that get a thread of their own; past this, answered 503
 BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this, or the client is answered 408 and let go
 LINGER_S = 1.0  # after an error answer, unread bytes are read and dropped this long, so the client sees the answer
 DECIMAL = re.compile(r"[0-9]+")  # not int()'s syntax: no sign, spaces inside, underscores or other scripts' digits
 MAX_SKEW_S = 300  # Slack's rule: a signed request older (or newer) than five minutes is a replay
 BOLT_HEADERS = "x-slack-bolt-"  # Bolt's own headers between its processes (lazy-only runs); never from Slack
+BUSY_BODY = json.dumps({"error": "opsbot is busy; send it again."}).encode()
+TURNED_AWAY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(BUSY_BODY), BUSY_BODY)
+)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what systemd, Docker, Kubernetes and Heroku send, and Ctrl-C
 STOP_FLOOR_S = 2.0  # once the grace period is spent, each later step of a stop still gets this long
 REQUESTS_STOP_S = 5.0  # HttpServer.stop's default wait for the requests being handled
@@ -70,6 +78,31 @@ def printable(text: str, limit: int) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
+class _Paced(io.RawIOBase):
+    """A connection's reads, each allowed only what is left of a deadline while one is set.
+
+    The socket's own timeout restarts with every byte, so a client sending a header byte every few seconds
+    (slowloris) would hold a thread for ever; with the deadline, a request line and headers that take longer
+    than HEADERS_TIMEOUT_S in all end the connection.
+    """
+
+    def __init__(self, connection: socket.socket, idle_s: float) -> None:
+        super().__init__()
+        self.connection, self.idle_s = connection, idle_s
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request line and headers took too long")
+            self.connection.settimeout(min(self.idle_s, left))
+        return self.connection.recv_into(buffer)
+
+
 def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[BaseHTTPRequestHandler]:
     """The request handler; ``slack_events=False`` serves only the hooks (deploys, Alertmanager) and the health
     check."""
@@ -91,6 +124,17 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
             if slack_events:
                 self.routes[EVENTS_PATH] = {"POST": self._slack_event}
             super().__init__(*args)
+
+        def setup(self) -> None:
+            super().setup()
+            self._paced = _Paced(self.connection, self.timeout)
+            self.rfile = io.BufferedReader(self._paced)
+
+        def handle_one_request(self) -> None:
+            # From now until the headers are parsed (parse_request), however slowly they come; http.server
+            # closes the connection on the TimeoutError, with no answer (there is no request to answer yet).
+            self._paced.deadline = time.monotonic() + HEADERS_TIMEOUT_S
+            super().handle_one_request()
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
             log.debug("http %s", format % args)
@@ -138,7 +182,15 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
 
         def parse_request(self) -> bool:
             """http.server's parsing, after skipping empty lines before the request line (RFC 9112 asks servers
-            to), and with a 400 for a request line of blanks, which http.server drops without an answer."""
+            to), and with a 400 for a request line of blanks, which http.server drops without an answer. The
+            headers' deadline ends here: the body has its own (BODY_TIMEOUT_S)."""
+            try:
+                return self._parse_request()
+            finally:
+                self._paced.deadline = None
+                self.connection.settimeout(self.timeout)
+
+        def _parse_request(self) -> bool:
             for _ in range(8):
                 if self.raw_requestline not in (b"\r\n", b"\n"):
                     break
@@ -352,6 +404,8 @@ class _Server(HTTPServer):
         self._threads = 0
         self._stopping = False
         self._requests = 0  # being handled now, from the request line to the answer
+        self._overflow = 0  # connections on threads of their own, beyond the pool
+        self._turning_away = False
         self._requests_changed = threading.Condition()
         super().__init__(address, handler)
         self._threads = threads
@@ -361,8 +415,37 @@ class _Server(HTTPServer):
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         if self._idle.acquire(blocking=False):
             self._connections.put((request, client_address))
+            return
+        with self._requests_changed:
+            full = self._overflow >= OVERFLOW_THREADS
+            self._overflow += 0 if full else 1
+        if full:
+            self._turn_away(request, client_address)
         else:
-            threading.Thread(target=self._handle, args=(request, client_address), daemon=True).start()
+            threading.Thread(target=self._handle_overflow, args=(request, client_address), daemon=True).start()
+
+    def _handle_overflow(self, request: socket.socket, client_address: object) -> None:
+        try:
+            self._handle(request, client_address)
+        finally:
+            with self._requests_changed:
+                self._overflow -= 1
+
+    def _turn_away(self, request: socket.socket, client_address: object) -> None:
+        """Every thread is busy and the overflow is full (a flood, or clients holding connections open): a 503
+        the client may retry, instead of one more thread. Logged once until the overflow has room again."""
+        with self._requests_changed:
+            first, self._turning_away = not self._turning_away, True
+        if first:
+            log.warning(
+                "http overflow full: connections answered 503 threads=%d more=%d", self._threads, OVERFLOW_THREADS
+            )
+        try:
+            request.settimeout(1)
+            request.sendall(TURNED_AWAY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def _serve_connections(self) -> None:
         while True:
@@ -373,6 +456,9 @@ class _Server(HTTPServer):
             self._handle(*item)
 
     def _handle(self, request: socket.socket, client_address: object) -> None:
+        with self._requests_changed:
+            if self._overflow < OVERFLOW_THREADS:
+                self._turning_away = False
         try:
             self.finish_request(request, client_address)
         except Exception:

@@ -282,3 +282,63 @@ def test_signed_malformed_slack_payloads_get_400_saying_what_is_wrong_and_unsign
     assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     refusals = [r.getMessage() for r in caplog.records if r.name == "bot.slack.serve"]
     assert len(refusals) == 2 * len(MALFORMED) + 1  # one line each
+
+
+def test_a_request_whose_headers_trickle_in_is_cut_off_at_the_headers_deadline(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte every 0.2 s keeps the socket's own timeout from ever running out (slowloris); the deadline for the
+    request line and headers in all does run out, and the connection is closed."""
+    monkeypatch.setattr(server_module, "HEADERS_TIMEOUT_S", 1.0, raising=False)
+    server, _ = start(bare_runtime, slack_api, threads=2)
+    closed_after = None
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(b"POST /hooks/deploy HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            client.settimeout(0.2)
+            while time.monotonic() - started < 5:
+                try:
+                    client.sendall(b"X")
+                    if client.recv(1024) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:  # reset: closed as well
+                    closed_after = time.monotonic() - started
+                    break
+    finally:
+        server.stop()
+    assert closed_after is not None and closed_after < 3, "the trickling connection was still open after 5 s"
+
+
+def test_past_the_overflow_threads_a_connection_is_answered_503_and_later_ones_are_served_again(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients holding connections open take the pool's threads and then threads of their own, up to a bound;
+    beyond it a connection is told to retry, not given one more thread."""
+    monkeypatch.setattr(server_module, "OVERFLOW_THREADS", 2, raising=False)
+    server, _ = start(bare_runtime, slack_api, threads=1)
+    holders = []
+    try:
+        for _ in range(3):  # one on the pooled thread, two on threads of their own
+            holders.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            time.sleep(0.1)
+        before = threading.active_count()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as turned_away:
+            answer = turned_away.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"send it again" in answer
+        assert threading.active_count() <= before
+        for holder in holders:
+            holder.close()
+        time.sleep(0.3)
+        probe = Probe(
+            "unsigned deploy hook", request("POST", "/hooks/deploy", b"{}", {"Content-Type": "application/json"})
+        )
+        answers, _ = exchange(server.port, probe, timeout=10)
+        assert [a.status for a in answers] == [401]  # served again (unsigned)
+    finally:
+        for holder in holders:
+            holder.close()
+        server.stop()
