@@ -120,12 +120,16 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
         kb.problems.append(Problem(rel, f"folder cannot be read ({exc.strerror}): fix its permissions."))
         kb.failed_paths.add(rel)
 
-    found = [
-        Path(folder_path) / name
-        for folder_path, _, names in os.walk(folder, onerror=unreadable)
-        for name in names
-        if Path(name).suffix.lower() in suffixes
-    ]
+    found: list[Path] = []
+    seen: set[str] = set()  # the real folders walked: a link back up (a loop) or to a folder seen is walked once
+    for folder_path, folders, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder_path)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        # A linked folder (a team's runbook repository linked in) is read like any other, as linked files are.
+        found += [Path(folder_path) / name for name in names if Path(name).suffix.lower() in suffixes]
     return sorted(path for path in found if _utf8_name(kb, root, path))
 
 

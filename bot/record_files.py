@@ -43,10 +43,18 @@ def parse_incident(rel: str, text: str, notes: list[str] | None = None) -> Incid
         fm = split_front_matter(text)
         data = dict(fm.data)
         written: dict[str, list[str]] = {}
+        doubled: set[str] = set()  # parts both in the front matter and as a section: said once each
         for section in split_sections(fm.body, ""):
             key = section.heading.split(" > ")[0].strip().lower().replace(" ", "_")
             if key in MARKDOWN_PARTS and key not in data:
                 written.setdefault(key, []).append(section.text)
+            elif key in MARKDOWN_PARTS and section.text.strip() and notes is not None and key not in doubled:
+                doubled.add(key)
+                top = section.heading.split(" > ")[0].strip()
+                notes.append(
+                    f"section `{top}` is not read: the front matter has `{key}:` too, and it is the one used; "
+                    "keep one of the two"
+                )
             elif key not in MARKDOWN_PARTS and section.text.strip() and notes is not None:
                 top = section.heading.split(" > ")[0].strip() or "(text before the first heading)"
                 notes.append(

@@ -802,6 +802,34 @@ def test_a_markdown_incident_keeps_subsections_and_says_which_section_it_does_no
     assert [t.event for t in incident.timeline] == ["AuthLoginFailureRateHigh fired", "Logins recovered"]
 
 
+def test_a_markdown_incident_part_in_both_front_matter_and_a_section_says_which_is_read(tmp_path: Path) -> None:
+    text = INCIDENT_MD.replace("responders: [U04C2RN8VD]\n", "responders: [U04C2RN8VD]\nroot_cause: see below\n")
+    write(tmp_path, "incidents/INC-2026-0007.md", text)
+
+    kb = knowledge_with(tmp_path)
+
+    incident = next(i for i in kb.incidents if i.id == "INC-2026-0007")
+    assert incident.root_cause == "see below"  # the front matter's, as before; the section is no longer lost unsaid
+    problem = only_problem(kb, "incidents/INC-2026-0007.md")
+    assert problem.message == (
+        "section `Root cause` is not read: the front matter has `root_cause:` too, and it is the one used; "
+        "keep one of the two"
+    )
+
+
+def test_a_linked_runbook_folder_is_read_like_a_linked_file_and_a_link_loop_once(tmp_path: Path) -> None:
+    shared = tmp_path / "team-payments-runbooks"
+    write(shared, "queue.md", "# Payments refunds stuck\n\nReplay the refund queue.\n")
+    write(tmp_path / "knowledge", "runbooks/own.md", "# Own runbook\n\nRestart it.\n")
+    (tmp_path / "knowledge" / "runbooks" / "payments").symlink_to(shared)  # a team's repository linked in
+    (shared / "again").symlink_to(shared)  # a loop
+
+    kb = load_knowledge(tmp_path / "knowledge")
+
+    assert sorted(d.path for d in kb.documents) == ["runbooks/own.md", "runbooks/payments/queue.md"]
+    assert kb.problems == []
+
+
 def test_a_misspelt_runbook_front_matter_key_is_reported_and_a_site_generators_key_is_not(tmp_path: Path) -> None:
     front = "---\ntitle: Redis memory\nweight: 20\nalert: [RedisMemoryHigh]\nservice: [cache]\n---\n"
     text = front + "# Redis\n\nFree memory.\n"
