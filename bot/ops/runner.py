@@ -22,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import deque
@@ -373,16 +375,51 @@ def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:
         log.warning("could not record the runner pid id=%s error=%s", request_id, exc)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answers a 3xx as an error instead of following it: a redirect would carry the secret header to wherever it
+    points, as a GET that triggers nothing, and its page would pass for the CI system's answer."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_webhook_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def public_url(url: str) -> str:
+    """The URL as it may be shown and logged: scheme://host/path, without a user, password or query string."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a URL that cannot be read)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
     headers = {"Content-Type": "application/json"}
     if runner.secret_header and runner.secret_env:
         headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
     try:
         req = urllib.request.Request(runner.url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=runner.timeout) as response:
+        with _webhook_opener.open(req, timeout=runner.timeout) as response:
             text = response.read(4000).decode("utf-8", "replace")
             output = f"triggered {runner.url}: HTTP {response.status}\n{text}"
             return "succeeded", 0, [scrub(line, secrets) for line in output.splitlines()]
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            location = exc.headers.get("Location")
+            where = public_url(urllib.parse.urljoin(runner.url, location)) if location else "no address"
+            why = (
+                f"could not trigger {runner.url}: it answered HTTP {exc.code}, a redirect to {where}, which opsbot "
+                "does not follow (the secret header would go with it); nothing was triggered. "
+                "Set webhook.url in services.yaml to the address that takes the POST."
+            )
+            return "failed", None, [scrub(why, secrets)]
+        return "failed", None, [scrub(f"could not trigger {runner.url}: {exc}", secrets)]
     except Exception as exc:  # noqa: BLE001 - any failure to trigger is the deploy's failure, reported in full
         return "failed", None, [scrub(f"could not trigger {runner.url}: {exc}", secrets)]
 

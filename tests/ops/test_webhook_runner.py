@@ -23,32 +23,59 @@ from tests.ops.fixtures import ALICE, BOB, make_knowledge
 
 
 class Received(BaseHTTPRequestHandler):
-    bodies: list[dict] = []
+    """Keeps every request (method, path, headers, body); answers what the server's ``answer`` says."""
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         length = int(self.headers.get("Content-Length", "0"))
-        self.server.bodies.append(json.loads(self.rfile.read(length)))  # type: ignore[attr-defined]
-        self.send_response(202)
+        body = self.rfile.read(length)
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        self.server.bodies.append(json.loads(body))  # type: ignore[attr-defined]
+        status, headers, text = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(b"queued")
+        self.wfile.write(text.encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>Please sign in</html>")
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
 
-@pytest.fixture
-def ci() -> Iterator[ThreadingHTTPServer]:
-    """A CI system's trigger endpoint on loopback, keeping every body it was sent."""
+def serve() -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Received)
     server.bodies = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.seen = []  # type: ignore[attr-defined]
+    server.answer = (202, {}, "queued")  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def ci() -> Iterator[ThreadingHTTPServer]:
+    """A CI system's trigger endpoint on loopback, keeping every request it was sent."""
+    server = serve()
     yield server
     server.shutdown()
     server.server_close()
 
 
-def hook_service(tmp_path: Path, url: str) -> tuple[DeployService, Store]:
+@pytest.fixture
+def elsewhere() -> Iterator[ThreadingHTTPServer]:
+    """Another host, such as a sign-in page a CI endpoint redirects to."""
+    server = serve()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def hook_service(tmp_path: Path, url: str, extra: str = "") -> tuple[DeployService, Store]:
+    """A service ``hook`` whose deploy posts to ``url``; ``extra`` holds more lines of its webhook mapping."""
     services = f"""\
 services:
   hook:
@@ -56,9 +83,9 @@ services:
       staging: {{approvals: 1, approvers: [web]}}
     deploy:
       webhook:
-        url: {url}
+        url: "{url}"
         body: {{ref: "{{version}}", inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}, tags: ["{{x}}"]}}
-      timeout: 10
+{extra}      timeout: 10
 """
     store = Store(tmp_path / "hook.db")
     report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "k", services))
@@ -108,4 +135,28 @@ def test_a_body_that_cannot_be_filled_in_fails_the_deploy_and_says_why(
     assert "{sha}" in finished["details"]["reason"]
     # the lock is free: the next request for the service and environment is taken
     assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"
+    store.close()
+
+
+def test_a_redirect_is_not_followed_and_fails_the_deploy_naming_where_it_pointed(
+    tmp_path: Path, ci: ThreadingHTTPServer, elsewhere: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI_TRIGGER_TOKEN", "s3cr3t-Trigger-Token-42")
+    login = f"http://127.0.0.1:{elsewhere.server_port}/login?session=Zq81-secret-session"
+    ci.answer = (302, {"Location": login}, "")  # type: ignore[attr-defined]
+    extra = "        secret_header: X-Token\n        secret_env: CI_TRIGGER_TOKEN\n"
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy", extra)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed", done.log_tail
+    assert elsewhere.seen == []  # type: ignore[attr-defined]  # nothing, and no token, went to the other host
+    [(method, path, headers)] = ci.seen  # type: ignore[attr-defined]
+    assert (method, path, headers["X-Token"]) == ("POST", "/hooks/deploy", "s3cr3t-Trigger-Token-42")
+    assert "HTTP 302" in done.log_tail and "redirect" in done.log_tail
+    assert f"http://127.0.0.1:{elsewhere.server_port}/login" in done.log_tail
+    assert "Zq81-secret-session" not in done.log_tail
+    assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"  # lock released
     store.close()
