@@ -12,6 +12,7 @@ database takes it.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -173,7 +174,7 @@ def describe(deploys: DeployRules, request: DeployRequest) -> str:
     deploys._service_env(request.service, request.env)
     runner, argv = command_for(deploys, request)
     if runner.kind == "webhook":
-        return f"POST {runner.url}"
+        return f"POST {public_url(runner.url)}"
     return " ".join("python" if a == sys.executable else a for a in argv)
 
 
@@ -399,29 +400,49 @@ def public_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+def _url_secrets(url: str) -> tuple[str, ...]:
+    """The credentials a URL may carry (its password, the values of its query string), to scrub wherever they show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return ()
+    values = [value for _, value in urllib.parse.parse_qsl(parts.query)]
+    return tuple(v for v in [password or "", *values] if len(v) >= 6)  # a short value is no secret, and is common
+
+
 def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
+    """POST the body to the webhook; its URL is shown only as scheme://host/path, the rest of it being credentials."""
+    shown = public_url(runner.url)
+    secrets = (*secrets, *_url_secrets(runner.url))
     headers = {"Content-Type": "application/json"}
     if runner.secret_header and runner.secret_env:
         headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
     try:
-        req = urllib.request.Request(runner.url, data=data, headers=headers, method="POST")
+        parts = urllib.parse.urlsplit(runner.url)
+        url = runner.url
+        if parts.username is not None:  # urllib does not send a URL's user: as HTTP basic auth, as curl does
+            user = urllib.parse.unquote(parts.username) + ":" + urllib.parse.unquote(parts.password or "")
+            headers.setdefault("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+            url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
         with _webhook_opener.open(req, timeout=runner.timeout) as response:
             text = response.read(4000).decode("utf-8", "replace")
-            output = f"triggered {runner.url}: HTTP {response.status}\n{text}"
+            output = f"triggered {shown}: HTTP {response.status}\n{text}"
             return "succeeded", 0, [scrub(line, secrets) for line in output.splitlines()]
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             location = exc.headers.get("Location")
             where = public_url(urllib.parse.urljoin(runner.url, location)) if location else "no address"
             why = (
-                f"could not trigger {runner.url}: it answered HTTP {exc.code}, a redirect to {where}, which opsbot "
+                f"could not trigger {shown}: it answered HTTP {exc.code}, a redirect to {where}, which opsbot "
                 "does not follow (the secret header would go with it); nothing was triggered. "
                 "Set webhook.url in services.yaml to the address that takes the POST."
             )
             return "failed", None, [scrub(why, secrets)]
-        return "failed", None, [scrub(f"could not trigger {runner.url}: {exc}", secrets)]
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
     except Exception as exc:  # noqa: BLE001 - any failure to trigger is the deploy's failure, reported in full
-        return "failed", None, [scrub(f"could not trigger {runner.url}: {exc}", secrets)]
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from bot.answers.indexer import index_knowledge
 from bot.ops.deploys import DeployService
+from bot.ops.runner import describe
 from bot.services import Runner
 from bot.store import Store
 from tests.conftest import FakeEncoder
@@ -159,4 +160,44 @@ def test_a_redirect_is_not_followed_and_fails_the_deploy_naming_where_it_pointed
     assert f"http://127.0.0.1:{elsewhere.server_port}/login" in done.log_tail
     assert "Zq81-secret-session" not in done.log_tail
     assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"  # lock released
+    store.close()
+
+
+def test_a_credential_in_the_webhook_url_is_sent_but_never_shown_or_stored(
+    tmp_path: Path, ci: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5zA7bC9dE1fG3hI5jK7lM9nO1pQ3rS5tU7vW9xY1zA3bC5dE7fG9hI1jK3kL5mN=="
+    base = f"http://127.0.0.1:{ci.server_port}/api/deploy"
+    url = f"http://deployer:Pa55-w0rd-9xq@127.0.0.1:{ci.server_port}/api/deploy?code={key}"
+    ci.answer = (202, {}, f"queued for {url}")  # type: ignore[attr-defined]  # a CI system that echoes the URL
+    deploys, store = hook_service(tmp_path, url)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert describe(deploys, request) == f"POST {base}"  # what the request message says will run
+    assert deploys.approve(request.id, BOB).start
+
+    with caplog.at_level(logging.DEBUG):
+        done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    [(_, path, headers)] = ci.seen  # type: ignore[attr-defined]
+    assert path.startswith("/api/deploy?code=")  # the query string is sent as written
+    assert headers["Authorization"] == "Basic ZGVwbG95ZXI6UGE1NS13MHJkLTl4cQ=="  # the user as HTTP basic auth
+    assert f"triggered {base}: HTTP 202" in done.log_tail
+    # services.yaml's copy in the database keeps the URL to send; the deploy's row, audit and logs do not
+    kept = [str(store.deploy_row(request.id)), str(store.audit_rows()), caplog.text]
+    assert not [text for text in kept if key[:20] in text or "Pa55-w0rd" in text]
+    store.close()
+
+
+def test_a_credential_in_the_webhook_url_is_not_shown_when_the_trigger_fails(tmp_path: Path) -> None:
+    url = "http://deployer:Pa55-w0rd-9xq@127.0.0.1:9/api/deploy?sig=Zk2-very-secret-signature"
+    deploys, store = hook_service(tmp_path, url)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed"
+    assert "could not trigger http://127.0.0.1:9/api/deploy" in done.log_tail
+    assert "Pa55-w0rd" not in done.log_tail and "very-secret" not in done.log_tail
     store.close()
