@@ -429,7 +429,7 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
         with _webhook_opener.open(req, timeout=runner.timeout) as response:
             text = response.read(4000).decode("utf-8", "replace")
             output = f"triggered {shown}: HTTP {response.status}\n{text}"
-            return "succeeded", 0, [scrub(line, secrets) for line in output.splitlines()]
+            return "succeeded", 0, scrub(output, secrets).splitlines()  # at once: a key spans lines
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             location = exc.headers.get("Location")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
+import string
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -200,4 +202,23 @@ def test_a_credential_in_the_webhook_url_is_not_shown_when_the_trigger_fails(tmp
     assert done.status == "failed"
     assert "could not trigger http://127.0.0.1:9/api/deploy" in done.log_tail
     assert "Pa55-w0rd" not in done.log_tail and "very-secret" not in done.log_tail
+    store.close()
+
+
+def test_a_private_key_in_the_webhook_answer_is_removed_whole(tmp_path: Path, ci: ThreadingHTTPServer) -> None:
+    rng = random.Random(11)
+    alphabet = string.ascii_letters + string.digits + "+/"
+    body = ["".join(rng.choice(alphabet) for _ in range(64)) for _ in range(13)] + ["/eDwonxNPaOnJKGcQQ=="]
+    key = "\n".join(["-----BEGIN PRIVATE KEY-----", *body, "-----END PRIVATE KEY-----"])
+    ci.answer = (200, {}, f"pipeline 4242 queued; the job's env:\nDEPLOY_KEY=\n{key}\nbye")  # type: ignore[attr-defined]
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy")
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded"
+    assert [line for line in body if line in done.log_tail] == []
+    assert "END PRIVATE KEY" not in done.log_tail
+    assert done.log_tail.splitlines()[-3:] == ["DEPLOY_KEY=", "*** private key removed ***", "bye"]
     store.close()
