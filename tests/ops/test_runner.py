@@ -178,6 +178,31 @@ def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     store.close()
 
 
+def test_processes_the_command_leaves_behind_are_stopped_when_it_exits(tmp_path: Path) -> None:
+    pid_file = tmp_path / "left-behind.pid"
+    leaves = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "print('started the migration in the background', flush=True)\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", leaves]))
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    started = time.monotonic()
+
+    done = deploys.execute(request.id)
+
+    left = int(pid_file.read_text())
+    assert wait_until(lambda: not alive(left), 3), f"pid {left}, left behind by the deploy, still runs"
+    assert time.monotonic() - started < 4
+    assert done.status == "succeeded" and done.exit_code == 0, done.log_tail
+    assert "left 1 process running" in done.log_tail
+    # the next deploy of the service and environment runs alone
+    assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    store.close()
+
+
 def test_a_stale_pid_that_is_not_our_guard_is_left_alone(tmp_path: Path) -> None:
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
