@@ -324,9 +324,11 @@ def _run_command(
             start_new_session=True,
             pass_fds=(watch_read,),
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an argument holds a NUL character
         os.close(watch_write)
-        return "failed", None, [f"could not start {argv[0]}: {exc.strerror}"]
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        log.error("deploy command not started id=%s error=%s", request.id, why)
+        return "failed", None, [f"could not start {argv[0]}: {why}"]
     finally:
         os.close(watch_read)
     _record_runner(deploys, request.id, process.pid)

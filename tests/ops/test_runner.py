@@ -3,6 +3,7 @@ that is recorded even when the database refuses the first writes. Real processes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -199,6 +200,25 @@ def test_processes_the_command_leaves_behind_are_stopped_when_it_exits(tmp_path:
     assert done.status == "succeeded" and done.exit_code == 0, done.log_tail
     assert "left 1 process running" in done.log_tail
     # the next deploy of the service and environment runs alone
+    assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    store.close()
+
+
+def test_a_command_that_cannot_be_started_fails_the_deploy_saying_why_and_frees_the_lock(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(1)"]')
+    # A runner that passed no check (services.yaml is checked when it is indexed): an argument holds a NUL.
+    config = deploys.services["job"]
+    deploys.services["job"] = dataclasses.replace(
+        config, deploy=dataclasses.replace(config.deploy, argv=("{python}", "-c", "print(1)", "a\0b"))
+    )
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed" and done.exit_code is None
+    assert "could not start" in done.log_tail and "null byte" in done.log_tail
+    assert store.lock_holder("job", "staging") is None
     assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
     store.close()
 
