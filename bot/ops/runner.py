@@ -51,6 +51,7 @@ PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
 PROGRESS_LINES = 8
 KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
+DRAIN_S = 5.0  # after the command ends, the least time its output already written is given to be read and scrubbed
 GUARD = Path(__file__).with_name("runner_guard.py")
 RETRY_MAX_S = 30.0
 
@@ -352,14 +353,16 @@ def _run_command(
             if time.monotonic() > deadline:
                 _kill_group(process)
                 process.wait()
-                reader.join(timeout=2)
+                _drain(reader, lines, time.monotonic() + DRAIN_S)
                 lines.append(f"opsbot: stopped after the {runner.timeout} s timeout")
                 return "timed_out", None, list(lines)
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                 last_report = time.monotonic()
                 reporter.show("\n".join(list(lines)[-PROGRESS_LINES:]))
             time.sleep(0.05)
-        reader.join(timeout=2)
+        # The reader may lag (a long line takes a while to scrub): its last lines are the error, so read to the
+        # end, for as long as the run had left, and never less than DRAIN_S.
+        _drain(reader, lines, max(deadline, time.monotonic() + DRAIN_S))
     finally:
         reporter.close()
         os.close(watch_write)
@@ -367,6 +370,13 @@ def _run_command(
     if code == 127 and lines and lines[-1].startswith("could not start "):
         return "failed", None, list(lines)
     return ("succeeded" if code == 0 else "failed"), code, list(lines)
+
+
+def _drain(reader: threading.Thread, lines: deque[str], until: float) -> None:
+    """Wait until the reader has read the output to its end, or until ``until`` (monotonic); say so if it has not."""
+    reader.join(timeout=max(until - time.monotonic(), 0.0))
+    if reader.is_alive():  # something still holds the output open, or it is still being scrubbed
+        lines.append("opsbot: the output was not read to its end in time; its last lines may be missing here")
 
 
 def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:

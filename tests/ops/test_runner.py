@@ -22,6 +22,7 @@ import pytest
 from bot.answers.indexer import index_knowledge
 from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
+from bot.redact import Redactor
 from bot.runtime import DEPLOY_WORKERS
 from bot.store import Store
 from bot.workers import TrackedPool
@@ -220,6 +221,31 @@ def test_a_command_that_cannot_be_started_fails_the_deploy_saying_why_and_frees_
     assert "could not start" in done.log_tail and "null byte" in done.log_tail
     assert store.lock_holder("job", "staging") is None
     assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    store.close()
+
+
+class SlowRedactor(Redactor):
+    """Scrubs a line holding "blob" slowly, as a multi-megabyte line of minified JSON is scrubbed."""
+
+    def line(self, line: str) -> str:
+        if "blob" in line:
+            time.sleep(2.5)
+        return super().line(line)
+
+
+def test_the_last_lines_are_stored_even_when_scrubbing_lags_behind_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_runner, "Redactor", SlowRedactor)
+    code = "import sys; print('blob: 3 MB of minified JSON'); print('error: disk full on /var/lib/app'); sys.exit(3)"
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=20)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert (done.status, done.exit_code) == ("failed", 3)
+    assert done.log_tail.splitlines() == ["blob: 3 MB of minified JSON", "error: disk full on /var/lib/app"]
     store.close()
 
 
