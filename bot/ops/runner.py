@@ -49,6 +49,10 @@ LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is tak
 RENEW_EVERY_S = 5.0
 PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
+LOG_TAIL_CHARS = 64 * 1024  # the most of the tail stored in a deploy's row, its newest output
+LINE_CHARS = 4096  # the most of one line kept, after scrubbing; the rest is counted, not kept
+READ_CHARS = 16 * 1024  # the most of one line read and scrubbed; the rest of a longer line is read past, counted
+CUT_TAIL = "… earlier output cut"
 PROGRESS_LINES = 8
 KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
 DRAIN_S = 5.0  # after the command ends, the least time its output already written is given to be read and scrubbed
@@ -202,8 +206,22 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
             status, exit_code, lines = _trigger_webhook(runner, data, secrets)
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
-        tail = "\n".join(lines[-LOG_TAIL_LINES:])
-        return _finish(deploys, request, status, exit_code, tail)
+        return _finish(deploys, request, status, exit_code, _tail(lines))
+
+
+def _tail(lines: list[str]) -> str:
+    """The newest LOG_TAIL_LINES lines, at most LOG_TAIL_CHARS characters of them, whole lines only."""
+    tail = "\n".join(lines[-LOG_TAIL_LINES:])
+    if len(tail) <= LOG_TAIL_CHARS:
+        return tail
+    kept = tail[-(LOG_TAIL_CHARS - len(CUT_TAIL) - 1) :]
+    return CUT_TAIL + "\n" + kept.partition("\n")[2]
+
+
+def _cut(line: str, unread: int = 0) -> str:
+    """A line of output as it is kept: its first LINE_CHARS characters, saying how many more it had."""
+    more = max(len(line) - LINE_CHARS, 0) + unread
+    return f"{line[:LINE_CHARS]} … {more:,} characters cut" if more else line
 
 
 def _finish(
@@ -337,11 +355,20 @@ def _run_command(
     redactor = Redactor(secrets)  # one per run: it follows a private key across lines
 
     def read() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
+        stdout = process.stdout
+        assert stdout is not None
+        while raw := stdout.readline(READ_CHARS):
+            unread = 0
+            while not raw.endswith("\n"):  # a line longer than READ_CHARS: read past the rest, only counted
+                more = stdout.readline(READ_CHARS)
+                if not more:
+                    break
+                unread += len(more.rstrip("\n"))
+                if more.endswith("\n"):
+                    break
             kept = redactor.line(raw)
             if kept:  # "" is a line of a private key already announced as removed
-                lines.append(kept.rstrip("\r\n"))
+                lines.append(_cut(kept.rstrip("\r\n"), unread))
 
     reader = threading.Thread(target=read, name=f"opsbot-output-{request.id}", daemon=True)
     reader.start()

@@ -249,6 +249,34 @@ def test_the_last_lines_are_stored_even_when_scrubbing_lags_behind_the_command(
     store.close()
 
 
+def test_long_lines_are_cut_in_memory_and_in_the_stored_tail(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "for n in range(20):\n"
+        "    print('step %d token=hunter2-very-secret ' % n + 'x' * 300_000, flush=True)\n"
+        "print('done')\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=30)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    started = time.monotonic()
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded"
+    assert time.monotonic() - started < 5
+    lines = done.log_tail.splitlines()
+    assert lines[-1] == "done"
+    assert len(done.log_tail) <= deploy_runner.LOG_TAIL_CHARS
+    assert lines[0] == "… earlier output cut"
+    step = lines[-2]
+    assert step.startswith("step 19 token=*** xxx") and "hunter2" not in done.log_tail
+    kept, cut = step.split(" … ")
+    assert len(kept) == deploy_runner.LINE_CHARS
+    assert cut == f"{len('step 19 token=*** ') + 300_000 - deploy_runner.LINE_CHARS:,} characters cut"
+    store.close()
+
+
 def test_a_stale_pid_that_is_not_our_guard_is_left_alone(tmp_path: Path) -> None:
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
     try:
