@@ -68,9 +68,10 @@ class DeployStore(StoreBase):
         )
 
     def newest_finished_run(self, service: str, env: str) -> dict | None:
-        """The run (started and finished, whatever its outcome) that finished last."""
+        """The run that finished last, whatever its outcome (one cancelled before it started never ran)."""
         rows = self._rows(
-            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL "
+            "AND status IN ('succeeded', 'failed', 'timed_out', 'interrupted')",
             [service, env],
             order="finished_at DESC, id",
             limit=1,
