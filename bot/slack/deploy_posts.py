@@ -77,11 +77,7 @@ class SlackAnnouncer:
         command = view_of(deploys, request).command
         text = build_progress_text(request, command, output)
         channel = self._channel(request, deploys)
-        with deploys.store.transaction():
-            row = deploys.store.deploy_row(request.id)
-            if row is None or row["status"] != "running":
-                return
-            self.web.update(channel, text, update_of=progress_key(request.id))
+        deploys.while_running(request.id, lambda: self.web.update(channel, text, update_of=progress_key(request.id)))
 
     def refresh(self, request: DeployRequest, deploys: DeployService) -> None:
         """Show the request's current state in its message (newest state last: changes are serialised)."""
