@@ -346,8 +346,10 @@ def _runner(key: str, cfg: Any, out: Problems) -> Runner | None:
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             out.append(ConfigProblem(f"{key}.command", "must be a list of arguments, run without a shell"))
             return None
-        for arg in argv:
+        for n, arg in enumerate(argv, start=1):
             why = placeholder_problem(arg, PLACEHOLDERS)
+            if "\0" in arg:
+                why = f"argument {n} holds a NUL character (\\0), which no command can be given; remove it"
             if why:
                 out.append(ConfigProblem(f"{key}.command", why))
         runner = Runner("command", tuple(argv), timeout)

@@ -125,35 +125,40 @@ def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
         raise OpsbotError("choose one of --json and --csv.")
     store = _open_store(ctx)
     try:
-        rows = store.audit_rows()
         names = {e.id: e.name for e in store.load_experts()}
+        rows = store.each_audit_row()  # every row, streamed: the trail is printed whole, however long
+        if as_json:
+            click.echo(json.dumps(list(rows), indent=2))
+            return
+
+        def who(user: object) -> str:
+            """A roster id as the person's name; "ci:NAME" as a pipeline; anything else as recorded."""
+            text = str(user)
+            return f"CI ({text[3:]})" if text.startswith("ci:") else names.get(text, text)
+
+        if as_csv:
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(["at", "actor", "actor_name", "action", "request_id", "details"])
+            for row in rows:
+                details = json.dumps(row["details"], sort_keys=True)
+                writer.writerow([row["at"], row["actor"], who(row["actor"]), row["action"], row["request_id"], details])
+                click.echo(out.getvalue(), nl=False)
+                out.seek(0)
+                out.truncate()
+            click.echo(out.getvalue(), nl=False)
+            return
+        empty = True
+        for row in rows:
+            empty = False
+            details = " ".join(
+                f"{k}={', '.join(map(who, v)) if isinstance(v, list) else who(v)}" for k, v in row["details"].items()
+            )
+            click.echo(f"{row['at']}  {who(row['actor'])}  {row['action']}  {row['request_id']}  {details}".rstrip())
+        if empty:
+            click.echo("The audit trail is empty: no deploy has been requested yet.")
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-
-    def who(user: object) -> str:
-        """A roster id as the person's name; "ci:NAME" as a pipeline; anything else as recorded."""
-        text = str(user)
-        return f"CI ({text[3:]})" if text.startswith("ci:") else names.get(text, text)
-
-    if as_csv:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["at", "actor", "actor_name", "action", "request_id", "details"])
-        for row in rows:
-            details = json.dumps(row["details"], sort_keys=True)
-            writer.writerow([row["at"], row["actor"], who(row["actor"]), row["action"], row["request_id"], details])
-        click.echo(out.getvalue(), nl=False)
-        return
-    if not rows:
-        click.echo("The audit trail is empty: no deploy has been requested yet.")
-    for row in rows:
-        details = " ".join(
-            f"{k}={', '.join(map(who, v)) if isinstance(v, list) else who(v)}" for k, v in row["details"].items()
-        )
-        click.echo(f"{row['at']}  {who(row['actor'])}  {row['action']}  {row['request_id']}  {details}".rstrip())
 
 
 @main.command(name="dora")

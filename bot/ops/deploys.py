@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from bot.errors import InvalidRequest, PermissionDenied
@@ -227,6 +228,18 @@ class DeployService(DeployRules):
             self.store.update_deploy(request_id, channel=channel, message_ts=ts)
 
     # -- running ------------------------------------------------------------------------------------------
+
+    def while_running(self, request_id: str, show: Callable[[], None]) -> bool:
+        """Call ``show`` (a progress post) in a transaction, only if the request still runs; True if it did.
+
+        The finish stores the final log edit in its own transaction: a progress edit stored after it would replace it.
+        """
+        with self.store.transaction():
+            row = self.store.deploy_row(request_id)
+            if row is None or row["status"] != "running":
+                return False
+            show()
+            return True
 
     def execute(self, request_id: str, progress: Progress | None = None) -> DeployRequest:
         """Run a request that ``approve`` moved to running: policy checked again, then its runner; final state."""

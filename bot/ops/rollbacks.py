@@ -52,18 +52,25 @@ def succeeded_versions(store: Store, service: str, env: str) -> list[str]:
 
 
 def rollback_target(store: Store, service: str, env: str) -> str:
-    """The last good version: the current one after a failed run, else the one that succeeded before it."""
-    versions = succeeded_versions(store, service, env)
-    if not versions:
+    """The last good version: the current one after a failed run, else the newest other one that succeeded and that
+    no later rollback undid (a version a rollback moved away from counts again once it succeeds again)."""
+    rows = store.succeeded_for(service, env)
+    if not rows:
         raise InvalidRequest(f"{service} has no successful deploy in {env} yet; nothing to roll back to.")
+    current = rows[0]["version"]
     if failed_version(store, service, env) is not None:
-        return versions[0]
-    if len(versions) < 2:
-        raise InvalidRequest(
-            f"no version of {service} succeeded in {env} before {versions[0]}; "
-            f"name the version: /rollback {service} {env} VERSION."
-        )
-    return versions[1]
+        return current
+    undone: set[str] = set()
+    for row in rows:  # newest first: a rollback is seen before the successes of the version it moved away from
+        if row["version"] != current and row["version"] not in undone:
+            return row["version"]
+        if row["kind"] == "rollback" and row["from_version"]:
+            undone.add(row["from_version"])
+    undid = " that a rollback has not since undone" if undone else ""
+    raise InvalidRequest(
+        f"no version of {service} succeeded in {env} before {current}{undid}; "
+        f"name the version: /rollback {service} {env} VERSION."
+    )
 
 
 def check_target(store: Store, service: str, env: str, version: str) -> None:

@@ -12,6 +12,7 @@ database takes it.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import deque
@@ -46,8 +49,13 @@ LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is tak
 RENEW_EVERY_S = 5.0
 PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
+LOG_TAIL_CHARS = 64 * 1024  # the most of the tail stored in a deploy's row, its newest output
+LINE_CHARS = 4096  # the most of one line kept, after scrubbing; the rest is counted, not kept
+READ_CHARS = 16 * 1024  # the most of one line read and scrubbed; the rest of a longer line is read past, counted
+CUT_TAIL = "… earlier output cut"
 PROGRESS_LINES = 8
 KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
+DRAIN_S = 5.0  # after the command ends, the least time its output already written is given to be read and scrubbed
 GUARD = Path(__file__).with_name("runner_guard.py")
 RETRY_MAX_S = 30.0
 
@@ -171,7 +179,7 @@ def describe(deploys: DeployRules, request: DeployRequest) -> str:
     deploys._service_env(request.service, request.env)
     runner, argv = command_for(deploys, request)
     if runner.kind == "webhook":
-        return f"POST {runner.url}"
+        return f"POST {public_url(runner.url)}"
     return " ".join("python" if a == sys.executable else a for a in argv)
 
 
@@ -198,8 +206,22 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
             status, exit_code, lines = _trigger_webhook(runner, data, secrets)
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
-        tail = "\n".join(lines[-LOG_TAIL_LINES:])
-        return _finish(deploys, request, status, exit_code, tail)
+        return _finish(deploys, request, status, exit_code, _tail(lines))
+
+
+def _tail(lines: list[str]) -> str:
+    """The newest LOG_TAIL_LINES lines, at most LOG_TAIL_CHARS characters of them, whole lines only."""
+    tail = "\n".join(lines[-LOG_TAIL_LINES:])
+    if len(tail) <= LOG_TAIL_CHARS:
+        return tail
+    kept = tail[-(LOG_TAIL_CHARS - len(CUT_TAIL) - 1) :]
+    return CUT_TAIL + "\n" + kept.partition("\n")[2]
+
+
+def _cut(line: str, unread: int = 0) -> str:
+    """A line of output as it is kept: its first LINE_CHARS characters, saying how many more it had."""
+    more = max(len(line) - LINE_CHARS, 0) + unread
+    return f"{line[:LINE_CHARS]} … {more:,} characters cut" if more else line
 
 
 def _finish(
@@ -321,9 +343,11 @@ def _run_command(
             start_new_session=True,
             pass_fds=(watch_read,),
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: an argument holds a NUL character
         os.close(watch_write)
-        return "failed", None, [f"could not start {argv[0]}: {exc.strerror}"]
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        log.error("deploy command not started id=%s error=%s", request.id, why)
+        return "failed", None, [f"could not start {argv[0]}: {why}"]
     finally:
         os.close(watch_read)
     _record_runner(deploys, request.id, process.pid)
@@ -331,11 +355,20 @@ def _run_command(
     redactor = Redactor(secrets)  # one per run: it follows a private key across lines
 
     def read() -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
+        stdout = process.stdout
+        assert stdout is not None
+        while raw := stdout.readline(READ_CHARS):
+            unread = 0
+            while not raw.endswith("\n"):  # a line longer than READ_CHARS: read past the rest, only counted
+                more = stdout.readline(READ_CHARS)
+                if not more:
+                    break
+                unread += len(more.rstrip("\n"))
+                if more.endswith("\n"):
+                    break
             kept = redactor.line(raw)
             if kept:  # "" is a line of a private key already announced as removed
-                lines.append(kept.rstrip("\r\n"))
+                lines.append(_cut(kept.rstrip("\r\n"), unread))
 
     reader = threading.Thread(target=read, name=f"opsbot-output-{request.id}", daemon=True)
     reader.start()
@@ -347,14 +380,16 @@ def _run_command(
             if time.monotonic() > deadline:
                 _kill_group(process)
                 process.wait()
-                reader.join(timeout=2)
+                _drain(reader, lines, time.monotonic() + DRAIN_S)
                 lines.append(f"opsbot: stopped after the {runner.timeout} s timeout")
                 return "timed_out", None, list(lines)
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                 last_report = time.monotonic()
                 reporter.show("\n".join(list(lines)[-PROGRESS_LINES:]))
             time.sleep(0.05)
-        reader.join(timeout=2)
+        # The reader may lag (a long line takes a while to scrub): its last lines are the error, so read to the
+        # end, for as long as the run had left, and never less than DRAIN_S.
+        _drain(reader, lines, max(deadline, time.monotonic() + DRAIN_S))
     finally:
         reporter.close()
         os.close(watch_write)
@@ -362,6 +397,13 @@ def _run_command(
     if code == 127 and lines and lines[-1].startswith("could not start "):
         return "failed", None, list(lines)
     return ("succeeded" if code == 0 else "failed"), code, list(lines)
+
+
+def _drain(reader: threading.Thread, lines: deque[str], until: float) -> None:
+    """Wait until the reader has read the output to its end, or until ``until`` (monotonic); say so if it has not."""
+    reader.join(timeout=max(until - time.monotonic(), 0.0))
+    if reader.is_alive():  # something still holds the output open, or it is still being scrubbed
+        lines.append("opsbot: the output was not read to its end in time; its last lines may be missing here")
 
 
 def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:
@@ -373,18 +415,73 @@ def _record_runner(deploys: DeployService, request_id: str, pid: int) -> None:
         log.warning("could not record the runner pid id=%s error=%s", request_id, exc)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answers a 3xx as an error instead of following it: a redirect would carry the secret header to wherever it
+    points, as a GET that triggers nothing, and its page would pass for the CI system's answer."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_webhook_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def public_url(url: str) -> str:
+    """The URL as it may be shown and logged: scheme://host/path, without a user, password or query string."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a URL that cannot be read)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _url_secrets(url: str) -> tuple[str, ...]:
+    """The credentials a URL may carry (its password, the values of its query string), to scrub wherever they show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return ()
+    values = [value for _, value in urllib.parse.parse_qsl(parts.query)]
+    return tuple(v for v in [password or "", *values] if len(v) >= 6)  # a short value is no secret, and is common
+
+
 def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
+    """POST the body to the webhook; its URL is shown only as scheme://host/path, the rest of it being credentials."""
+    shown = public_url(runner.url)
+    secrets = (*secrets, *_url_secrets(runner.url))
     headers = {"Content-Type": "application/json"}
     if runner.secret_header and runner.secret_env:
         headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
     try:
-        req = urllib.request.Request(runner.url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=runner.timeout) as response:
+        parts = urllib.parse.urlsplit(runner.url)
+        url = runner.url
+        if parts.username is not None:  # urllib does not send a URL's user: as HTTP basic auth, as curl does
+            user = urllib.parse.unquote(parts.username) + ":" + urllib.parse.unquote(parts.password or "")
+            headers.setdefault("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+            url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        with _webhook_opener.open(req, timeout=runner.timeout) as response:
             text = response.read(4000).decode("utf-8", "replace")
-            output = f"triggered {runner.url}: HTTP {response.status}\n{text}"
-            return "succeeded", 0, [scrub(line, secrets) for line in output.splitlines()]
+            output = f"triggered {shown}: HTTP {response.status}\n{text}"
+            return "succeeded", 0, scrub(output, secrets).splitlines()  # at once: a key spans lines
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            location = exc.headers.get("Location")
+            where = public_url(urllib.parse.urljoin(runner.url, location)) if location else "no address"
+            why = (
+                f"could not trigger {shown}: it answered HTTP {exc.code}, a redirect to {where}, which opsbot "
+                "does not follow (the secret header would go with it); nothing was triggered. "
+                "Set webhook.url in services.yaml to the address that takes the POST."
+            )
+            return "failed", None, [scrub(why, secrets)]
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
     except Exception as exc:  # noqa: BLE001 - any failure to trigger is the deploy's failure, reported in full
-        return "failed", None, [scrub(f"could not trigger {runner.url}: {exc}", secrets)]
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
 
 
 def _kill_group(process: subprocess.Popen) -> None:

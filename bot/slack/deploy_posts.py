@@ -72,10 +72,12 @@ class SlackAnnouncer:
             self._post_summary(request, deploys)
 
     def show_progress(self, request: DeployRequest, deploys: DeployService, output: str) -> None:
-        """A newer view of the run's output; older edits not sent yet are dropped."""
+        """A newer view of the run's output; older edits not sent yet are dropped, and so is this one once the run
+        has ended: the finish stores the final log edit in its own transaction, and nothing may come after it."""
         command = view_of(deploys, request).command
         text = build_progress_text(request, command, output)
-        self.web.update(self._channel(request, deploys), text, update_of=progress_key(request.id))
+        channel = self._channel(request, deploys)
+        deploys.while_running(request.id, lambda: self.web.update(channel, text, update_of=progress_key(request.id)))
 
     def refresh(self, request: DeployRequest, deploys: DeployService) -> None:
         """Show the request's current state in its message (newest state last: changes are serialised)."""

@@ -6,6 +6,7 @@ Every state change runs inside ``store.transaction()``, so decisions from severa
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from bot.store.base import StoreBase, _now
 
@@ -68,9 +69,10 @@ class DeployStore(StoreBase):
         )
 
     def newest_finished_run(self, service: str, env: str) -> dict | None:
-        """The run (started and finished, whatever its outcome) that finished last."""
+        """The run that finished last, whatever its outcome (one cancelled before it started never ran)."""
         rows = self._rows(
-            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL "
+            "AND status IN ('succeeded', 'failed', 'timed_out', 'interrupted')",
             [service, env],
             order="finished_at DESC, id",
             limit=1,
@@ -189,12 +191,19 @@ class DeployStore(StoreBase):
             [_now(), actor, action, request_id, json.dumps(details, default=str)],
         )
 
+    def each_audit_row(self) -> Iterator[dict]:
+        """Every audit row, oldest first, read a batch at a time (an export of the whole trail)."""
+        cur = self.db.execute("SELECT at, actor, action, request_id, details FROM audit ORDER BY id")
+        while batch := cur.fetchmany(1000):
+            yield from map(_audit_row, batch)
+
     def audit_rows(self, limit: int = 10000) -> list[dict]:
         """The newest ``limit`` audit rows, oldest first."""
         cur = self.db.execute(
             "SELECT at, actor, action, request_id, details FROM audit ORDER BY id DESC LIMIT ?", [limit]
         )
-        return [
-            {"at": r[0], "actor": r[1], "action": r[2], "request_id": r[3], "details": json.loads(r[4] or "{}")}
-            for r in reversed(cur.fetchall())
-        ]
+        return [_audit_row(r) for r in reversed(cur.fetchall())]
+
+
+def _audit_row(r: tuple) -> dict:
+    return {"at": r[0], "actor": r[1], "action": r[2], "request_id": r[3], "details": json.loads(r[4] or "{}")}

@@ -222,6 +222,25 @@ def test_audit_empty_and_both_formats() -> None:
     assert_clean_failure(invoke("audit", "--json", "--csv"), "choose one of --json and --csv")
 
 
+def test_audit_prints_every_row_however_many_there_are(history: History) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    with store.transaction():
+        for n in range(10_050):
+            store.audit(ALICE, "deploy.requested", f"dep-bulk-{n:05d}", service="web", env="staging")
+    store.close()
+
+    for args in ((), ("--csv",), ("--json",)):
+        result = invoke("audit", *args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr == ""
+        text = result.stdout
+        assert history.staging in text and "dep-bulk-00000" in text and "dep-bulk-10049" in text, args
+        if args == ("--json",):
+            assert len(json.loads(text)) == 11 + 10_050
+        else:
+            assert len(text.splitlines()) == 11 + 10_050 + (1 if args else 0), args
+
+
 # -- opsbot dora ---------------------------------------------------------------------------------
 
 

@@ -89,6 +89,48 @@ def test_rollback_after_a_run_that_did_not_finish(
     assert (request.from_version, request.version) == ("1.1.0", "1.0.0")
 
 
+def test_a_deploy_cancelled_before_it_ran_does_not_hide_the_failed_one_before_it(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    succeed(deploys, clock, "1.0.0")
+    succeed(deploys, clock, "1.1.0")
+    assert deploys.execute(start(deploys, version="1.2.0-bad").id).status == "failed"
+    clock.advance(minutes=5)
+    # approved a moment before a freeze began: it ends cancelled when its run would start, and nothing ran
+    cancelled = start(deploys, version="1.3.0")
+    with store.transaction():
+        store.transition(cancelled.id, "running", "cancelled", finished_at=clock().isoformat(), note="not started")
+        store.release_lock(cancelled.id)
+    clock.advance(minutes=5)
+
+    assert deploys.failed_version("web", "staging") == "1.2.0-bad"
+    request = deploys.request("rollback", "web", "staging", None, ALICE)
+    assert (request.from_version, request.version) == ("1.2.0-bad", "1.1.0")
+
+
+def test_a_second_rollback_goes_further_back_not_to_the_version_the_first_one_undid(
+    deploys: DeployService, clock: Clock
+) -> None:
+    succeed(deploys, clock, "0.9.0")
+    succeed(deploys, clock, "1.0.0")
+    succeed(deploys, clock, "1.1.0")
+    first = deploys.request("rollback", "web", "staging", None, ALICE)
+    assert (first.from_version, first.version) == ("1.1.0", "1.0.0")
+    deploys.approve(first.id, BOB)
+    assert deploys.execute(first.id).status == "succeeded"
+    clock.advance(hours=1)
+
+    second = deploys.request("rollback", "web", "staging", None, ALICE)
+
+    assert (second.from_version, second.version) == ("1.0.0", "0.9.0")
+    deploys.reject(second.id, BOB)
+    clock.advance(hours=1)
+    # deployed again after the rollback, 1.1.0 is good again: a rollback from 1.2.0 goes back to it
+    succeed(deploys, clock, "1.1.0")
+    succeed(deploys, clock, "1.2.0")
+    assert deploys.request("rollback", "web", "staging", None, ALICE).version == "1.1.0"
+
+
 def test_rollback_with_no_history_is_a_clear_error(deploys: DeployService, clock: Clock, store: Store) -> None:
     with pytest.raises(InvalidRequest, match="web has no successful deploy in staging yet; nothing to roll back"):
         deploys.request("rollback", "web", "staging", None, ALICE)

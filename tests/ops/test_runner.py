@@ -3,6 +3,7 @@ that is recorded even when the database refuses the first writes. Real processes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -21,6 +22,7 @@ import pytest
 from bot.answers.indexer import index_knowledge
 from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
+from bot.redact import Redactor
 from bot.runtime import DEPLOY_WORKERS
 from bot.store import Store
 from bot.workers import TrackedPool
@@ -175,6 +177,103 @@ def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     code = guard.wait(timeout=10)
     assert code == -signal.SIGKILL, f"the guard ended with {code}; running before the recovery: {running_before}"
     os.close(keep_write)
+    store.close()
+
+
+def test_processes_the_command_leaves_behind_are_stopped_when_it_exits(tmp_path: Path) -> None:
+    pid_file = tmp_path / "left-behind.pid"
+    leaves = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "print('started the migration in the background', flush=True)\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", leaves]))
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    started = time.monotonic()
+
+    done = deploys.execute(request.id)
+
+    left = int(pid_file.read_text())
+    assert wait_until(lambda: not alive(left), 3), f"pid {left}, left behind by the deploy, still runs"
+    assert time.monotonic() - started < 4
+    assert done.status == "succeeded" and done.exit_code == 0, done.log_tail
+    assert "left 1 process running" in done.log_tail
+    # the next deploy of the service and environment runs alone
+    assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    store.close()
+
+
+def test_a_command_that_cannot_be_started_fails_the_deploy_saying_why_and_frees_the_lock(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(1)"]')
+    # A runner that passed no check (services.yaml is checked when it is indexed): an argument holds a NUL.
+    config = deploys.services["job"]
+    deploys.services["job"] = dataclasses.replace(
+        config, deploy=dataclasses.replace(config.deploy, argv=("{python}", "-c", "print(1)", "a\0b"))
+    )
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed" and done.exit_code is None
+    assert "could not start" in done.log_tail and "null byte" in done.log_tail
+    assert store.lock_holder("job", "staging") is None
+    assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    store.close()
+
+
+class SlowRedactor(Redactor):
+    """Scrubs a line holding "blob" slowly, as a multi-megabyte line of minified JSON is scrubbed."""
+
+    def line(self, line: str) -> str:
+        if "blob" in line:
+            time.sleep(2.5)
+        return super().line(line)
+
+
+def test_the_last_lines_are_stored_even_when_scrubbing_lags_behind_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deploy_runner, "Redactor", SlowRedactor)
+    code = "import sys; print('blob: 3 MB of minified JSON'); print('error: disk full on /var/lib/app'); sys.exit(3)"
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=20)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert (done.status, done.exit_code) == ("failed", 3)
+    assert done.log_tail.splitlines() == ["blob: 3 MB of minified JSON", "error: disk full on /var/lib/app"]
+    store.close()
+
+
+def test_long_lines_are_cut_in_memory_and_in_the_stored_tail(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "for n in range(20):\n"
+        "    print('step %d token=hunter2-very-secret ' % n + 'x' * 300_000, flush=True)\n"
+        "print('done')\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=30)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    started = time.monotonic()
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded"
+    assert time.monotonic() - started < 5
+    lines = done.log_tail.splitlines()
+    assert lines[-1] == "done"
+    assert len(done.log_tail) <= deploy_runner.LOG_TAIL_CHARS
+    assert lines[0] == "… earlier output cut"
+    step = lines[-2]
+    assert step.startswith("step 19 token=*** xxx") and "hunter2" not in done.log_tail
+    kept, cut = step.split(" … ")
+    assert len(kept) == deploy_runner.LINE_CHARS
+    assert cut == f"{len('step 19 token=*** ') + 300_000 - deploy_runner.LINE_CHARS:,} characters cut"
     store.close()
 
 

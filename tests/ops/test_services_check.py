@@ -314,3 +314,15 @@ def test_owners_and_teams_are_not_checked_without_a_roster(tmp_path: Path) -> No
     assert load_knowledge(tmp_path).problems == []  # no experts.yaml: no roster to name anyone
     found = problems_of(tmp_path / "broken", "services:\n  api: {owners: [nobody], team: nobody}\n", "people: [")
     assert len(found) == 1 and found[0].startswith("experts.yaml:"), found  # the roster's own problem, once
+
+
+def test_a_nul_character_in_a_command_argument_is_a_problem(tmp_path: Path) -> None:
+    text = one_service("      prod: {approvals: 1, approvers: [sre]}\n").replace(
+        RUNNER, 'deploy: {command: ["./deploy.sh", "--note=a\\0b", "{version}"]}'
+    )
+    found = problems_of(tmp_path, text)
+
+    assert found == [
+        "services.yaml:5: services.api.deploy.command: argument 2 holds a NUL character (\\0), which no command "
+        "can be given; remove it"
+    ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
+import string
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +17,7 @@ import pytest
 
 from bot.answers.indexer import index_knowledge
 from bot.ops.deploys import DeployService
+from bot.ops.runner import describe
 from bot.services import Runner
 from bot.store import Store
 from tests.conftest import FakeEncoder
@@ -23,32 +26,59 @@ from tests.ops.fixtures import ALICE, BOB, make_knowledge
 
 
 class Received(BaseHTTPRequestHandler):
-    bodies: list[dict] = []
+    """Keeps every request (method, path, headers, body); answers what the server's ``answer`` says."""
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         length = int(self.headers.get("Content-Length", "0"))
-        self.server.bodies.append(json.loads(self.rfile.read(length)))  # type: ignore[attr-defined]
-        self.send_response(202)
+        body = self.rfile.read(length)
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        self.server.bodies.append(json.loads(body))  # type: ignore[attr-defined]
+        status, headers, text = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(b"queued")
+        self.wfile.write(text.encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>Please sign in</html>")
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
 
-@pytest.fixture
-def ci() -> Iterator[ThreadingHTTPServer]:
-    """A CI system's trigger endpoint on loopback, keeping every body it was sent."""
+def serve() -> ThreadingHTTPServer:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Received)
     server.bodies = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server.seen = []  # type: ignore[attr-defined]
+    server.answer = (202, {}, "queued")  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def ci() -> Iterator[ThreadingHTTPServer]:
+    """A CI system's trigger endpoint on loopback, keeping every request it was sent."""
+    server = serve()
     yield server
     server.shutdown()
     server.server_close()
 
 
-def hook_service(tmp_path: Path, url: str) -> tuple[DeployService, Store]:
+@pytest.fixture
+def elsewhere() -> Iterator[ThreadingHTTPServer]:
+    """Another host, such as a sign-in page a CI endpoint redirects to."""
+    server = serve()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def hook_service(tmp_path: Path, url: str, extra: str = "") -> tuple[DeployService, Store]:
+    """A service ``hook`` whose deploy posts to ``url``; ``extra`` holds more lines of its webhook mapping."""
     services = f"""\
 services:
   hook:
@@ -56,9 +86,9 @@ services:
       staging: {{approvals: 1, approvers: [web]}}
     deploy:
       webhook:
-        url: {url}
+        url: "{url}"
         body: {{ref: "{{version}}", inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}, tags: ["{{x}}"]}}
-      timeout: 10
+{extra}      timeout: 10
 """
     store = Store(tmp_path / "hook.db")
     report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "k", services))
@@ -108,4 +138,87 @@ def test_a_body_that_cannot_be_filled_in_fails_the_deploy_and_says_why(
     assert "{sha}" in finished["details"]["reason"]
     # the lock is free: the next request for the service and environment is taken
     assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"
+    store.close()
+
+
+def test_a_redirect_is_not_followed_and_fails_the_deploy_naming_where_it_pointed(
+    tmp_path: Path, ci: ThreadingHTTPServer, elsewhere: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI_TRIGGER_TOKEN", "s3cr3t-Trigger-Token-42")
+    login = f"http://127.0.0.1:{elsewhere.server_port}/login?session=Zq81-secret-session"
+    ci.answer = (302, {"Location": login}, "")  # type: ignore[attr-defined]
+    extra = "        secret_header: X-Token\n        secret_env: CI_TRIGGER_TOKEN\n"
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy", extra)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed", done.log_tail
+    assert elsewhere.seen == []  # type: ignore[attr-defined]  # nothing, and no token, went to the other host
+    [(method, path, headers)] = ci.seen  # type: ignore[attr-defined]
+    assert (method, path, headers["X-Token"]) == ("POST", "/hooks/deploy", "s3cr3t-Trigger-Token-42")
+    assert "HTTP 302" in done.log_tail and "redirect" in done.log_tail
+    assert f"http://127.0.0.1:{elsewhere.server_port}/login" in done.log_tail
+    assert "Zq81-secret-session" not in done.log_tail
+    assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"  # lock released
+    store.close()
+
+
+def test_a_credential_in_the_webhook_url_is_sent_but_never_shown_or_stored(
+    tmp_path: Path, ci: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5zA7bC9dE1fG3hI5jK7lM9nO1pQ3rS5tU7vW9xY1zA3bC5dE7fG9hI1jK3kL5mN=="
+    base = f"http://127.0.0.1:{ci.server_port}/api/deploy"
+    url = f"http://deployer:Pa55-w0rd-9xq@127.0.0.1:{ci.server_port}/api/deploy?code={key}"
+    ci.answer = (202, {}, f"queued for {url}")  # type: ignore[attr-defined]  # a CI system that echoes the URL
+    deploys, store = hook_service(tmp_path, url)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert describe(deploys, request) == f"POST {base}"  # what the request message says will run
+    assert deploys.approve(request.id, BOB).start
+
+    with caplog.at_level(logging.DEBUG):
+        done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    [(_, path, headers)] = ci.seen  # type: ignore[attr-defined]
+    assert path.startswith("/api/deploy?code=")  # the query string is sent as written
+    assert headers["Authorization"] == "Basic ZGVwbG95ZXI6UGE1NS13MHJkLTl4cQ=="  # the user as HTTP basic auth
+    assert f"triggered {base}: HTTP 202" in done.log_tail
+    # services.yaml's copy in the database keeps the URL to send; the deploy's row, audit and logs do not
+    kept = [str(store.deploy_row(request.id)), str(store.audit_rows()), caplog.text]
+    assert not [text for text in kept if key[:20] in text or "Pa55-w0rd" in text]
+    store.close()
+
+
+def test_a_credential_in_the_webhook_url_is_not_shown_when_the_trigger_fails(tmp_path: Path) -> None:
+    url = "http://deployer:Pa55-w0rd-9xq@127.0.0.1:9/api/deploy?sig=Zk2-very-secret-signature"
+    deploys, store = hook_service(tmp_path, url)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed"
+    assert "could not trigger http://127.0.0.1:9/api/deploy" in done.log_tail
+    assert "Pa55-w0rd" not in done.log_tail and "very-secret" not in done.log_tail
+    store.close()
+
+
+def test_a_private_key_in_the_webhook_answer_is_removed_whole(tmp_path: Path, ci: ThreadingHTTPServer) -> None:
+    rng = random.Random(11)
+    alphabet = string.ascii_letters + string.digits + "+/"
+    body = ["".join(rng.choice(alphabet) for _ in range(64)) for _ in range(13)] + ["/eDwonxNPaOnJKGcQQ=="]
+    key = "\n".join(["-----BEGIN PRIVATE KEY-----", *body, "-----END PRIVATE KEY-----"])
+    ci.answer = (200, {}, f"pipeline 4242 queued; the job's env:\nDEPLOY_KEY=\n{key}\nbye")  # type: ignore[attr-defined]
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy")
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded"
+    assert [line for line in body if line in done.log_tail] == []
+    assert "END PRIVATE KEY" not in done.log_tail
+    assert done.log_tail.splitlines()[-3:] == ["DEPLOY_KEY=", "*** private key removed ***", "bye"]
     store.close()

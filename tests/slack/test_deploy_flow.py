@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
 
@@ -435,6 +437,57 @@ def test_a_deploy_that_runs_past_its_timeout_is_stopped_and_reported(
     assert "hunter2" not in str(slack_api.calls())
     update_showing(slack_api, posted.ts, "*Timed out*")
     assert status(runtime, posted.request_id) == "timed_out"
+
+
+class Trigger(BaseHTTPRequestHandler):
+    """A CI system's trigger endpoint that takes any POST and echoes the URL it was called with."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(202)
+        self.end_headers()
+        self.wfile.write(f"queued {self.path}".encode())
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def trigger() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trigger)
+    server.paths = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_webhook_urls_credentials_are_neither_shown_in_the_channel_nor_stored(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, trigger: ThreadingHTTPServer
+) -> None:
+    code = "xK9-functions-key-0a1b2c3d4e5f6a7b8c9d"
+    base = f"http://127.0.0.1:{trigger.server_port}/api/deploy"
+    configs = runtime.store.service_configs()
+    configs["hook-api"] = {
+        "owners": [PRIYA],
+        "environments": {"staging": {"approvals": 1, "approvers": ["payments"]}},
+        "deploy": {
+            "webhook": {"url": f"http://ci:Pa55-w0rd-9xq@127.0.0.1:{trigger.server_port}/api/deploy?code={code}"}
+        },
+    }
+    runtime.store.replace_services(configs)
+
+    posted = request(slack, slack_api, runtime, "hook-api 2.0.0 staging")
+    assert f"`POST {base}`" in posted.text
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    summary = shown(summary_in(slack_api, DEPLOYS))
+
+    assert "*Outcome*\nSucceeded" in summary and f"triggered {base}: HTTP 202" in summary
+    assert trigger.paths == [f"/api/deploy?code={code}"]  # type: ignore[attr-defined]
+    row = runtime.store.deploy_row(posted.request_id)
+    for seen in (str(slack_api.calls()), str(row), str(runtime.store.audit_rows())):
+        assert code not in seen and "Pa55-w0rd" not in seen
 
 
 def test_an_approved_deploy_runs_while_slack_refuses_every_post_and_its_summary_arrives_later(

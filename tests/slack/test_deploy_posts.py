@@ -3,6 +3,7 @@ other, so a process killed between them loses no message and shows no change tha
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -66,3 +67,23 @@ def test_an_approval_and_a_finish_are_stored_with_what_they_show(store: Store, u
     finished = keys(store)[len(after_approval) :]
     assert finished[:2] == [message_key(request.id), progress_key(request.id)]  # the request, the final log
     assert len(finished) == 3  # and the summary, posted in the thread and broadcast to the deploys channel
+
+
+def test_a_progress_edit_that_arrives_after_the_run_ended_does_not_replace_the_final_log(
+    store: Store, unsent: SlackWeb
+) -> None:
+    announcer = SlackAnnouncer(unsent)
+    deploys = DeployService.from_store(store, clock=Clock(), announcer=announcer)
+    request = deploys.request("deploy", "web", "staging", "1.0.0", ALICE, channel="C0OPS0001")
+    assert deploys.approve(request.id, BOB).start
+    running = deploys.get(request.id)
+    assert deploys.execute(request.id).status == "succeeded"
+
+    # the progress reporter's last edit, underway when the command ended, is stored after the final one
+    announcer.show_progress(running, deploys, "late output")
+
+    rows = [store.outbox_row(n) for n in range(1, 200)]
+    edits = [r for r in rows if r and r["update_of"] == progress_key(request.id)]
+    [live] = [r for r in edits if r["status"] == "pending"]
+    shown = json.loads(live["payload"])["text"]
+    assert "Succeeded" in shown and "late output" not in shown
