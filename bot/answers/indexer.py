@@ -21,7 +21,15 @@ from bot.knowledge import load_knowledge, root_problem
 from bot.models import Document, Incident, Problem
 from bot.record_files import incident_document
 from bot.store import SLACK_PREFIX, ChunkRow, Store
-from bot.text import STOPWORDS, content_hash, keyword_terms, spell_identifiers, split_camel, window_words
+from bot.text import (
+    STOPWORDS,
+    content_hash,
+    keyword_terms,
+    normalize_query,
+    spell_identifiers,
+    split_camel,
+    window_words,
+)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -122,6 +130,16 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         return _index_knowledge(store, encoder, root, progress)
 
 
+def _embed_votes_again(store: Store, encoder: Encoder) -> None:
+    """The votes' question vectors in the new model's space: they are compared with questions (a vote moves its
+    document on the same question) and the ranker is fitted on them, and the old model's vectors mean nothing
+    to the new one (with the same number of dimensions, nothing would even fail)."""
+    votes = store.feedback_questions()
+    if votes:
+        vectors = encoder.encode([normalize_query(question) for _, question in votes])
+        store.set_feedback_vectors({row_id: vector for (row_id, _), vector in zip(votes, vectors, strict=True)})
+
+
 def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progress | None) -> IndexReport:
     """``index_knowledge`` under the index lock."""
     started = time.perf_counter()
@@ -205,6 +223,8 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
         repr((kb.experts, kb.rotations, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
     )
     config_changed = store.get_meta("config_hash") != config_hash
+    if previous_model and not same_model:
+        _embed_votes_again(store, encoder)
     key = ranker_key(store, encoder.model_id)
     stored_ranker = store.load_ranker(encoder.model_id)
     refit = stored_ranker is None or stored_ranker[0] != key

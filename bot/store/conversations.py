@@ -94,6 +94,17 @@ class ConversationStore(StoreBase):
         rows = self.db.execute("SELECT query, path, vote, vector FROM feedback WHERE vector IS NOT NULL ORDER BY id")
         return [(q, p, int(v), np.frombuffer(blob, dtype=np.float32)) for q, p, v, blob in rows.fetchall()]
 
+    def feedback_questions(self) -> list[tuple[int, str]]:
+        """Every vote's row id and question, for embedding them again (``set_feedback_vectors``)."""
+        return [(int(i), q) for i, q in self.db.execute("SELECT id, query FROM feedback ORDER BY id").fetchall()]
+
+    def set_feedback_vectors(self, vectors: dict[int, np.ndarray]) -> None:
+        """Replace the question vectors of the votes named by row id."""
+        with self.transaction():
+            for row_id, vector in vectors.items():
+                blob = np.asarray(vector, dtype=np.float32).tobytes()
+                self.db.execute("UPDATE feedback SET vector = ? WHERE id = ?", [blob, row_id])
+
     def votes_key(self) -> str:
         """Changes whenever a vote is added or changed: part of what the ranker was fitted on."""
         count, last = self.db.execute("SELECT count(*), max(at) FROM feedback").fetchone()

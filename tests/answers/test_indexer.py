@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.answers.incident_vectors import incident_text, incident_vector_hash
@@ -603,3 +604,26 @@ def test_an_index_run_embeds_sections_left_without_a_vector(
     assert report.unchanged == 4
     assert len(fake_encoder.encoded) == 1 and "Kafka consumer lag" in fake_encoder.encoded[0]
     assert chunks_without_a_vector(store, fake_encoder.model_id) == []
+
+
+class OtherModel(FakeEncoder):
+    """Another model with as many dimensions: the same words land elsewhere."""
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return super().encode([" ".join(f"b{word}" for word in text.split()) for text in texts], batch_size)
+
+
+def test_a_model_change_embeds_the_votes_questions_again(knowledge: Path, store: Store) -> None:
+    """A vote moves its document on the same question and is a label for the ranker, both through its question's
+    vector; the old model's vector means nothing to the new model, even with as many dimensions."""
+    first, second = FakeEncoder(model_id="model-a"), OtherModel(model_id="model-b")
+    index_knowledge(store, first, knowledge)
+    question = "checkout requests time out on the pgbouncer pool"
+    index = SearchIndex(store, first)
+    store.record_feedback("ans-1", "U04C2RN8VD", question, POOL, 1, index.embed_query(question))
+
+    index_knowledge(store, second, knowledge)
+
+    (stored,) = [vector for _, _, _, vector in store.votes_for_training()]
+    expected = SearchIndex(store, second).embed_query(question)
+    assert float(stored @ expected) == pytest.approx(1.0, abs=1e-5)
