@@ -250,30 +250,29 @@ class AlertService:
                 announcer.announce(Change("briefed", self.get(group_id)))
         return True
 
-    def silencers_of(self, group: AlertGroup) -> set[str]:
-        return self.silencers.get(group.service, set()) | self.silencers.get("", set())
+    def silencers_of(self, service: str) -> set[str]:
+        return self.silencers.get(service, set()) | self.silencers.get("", set())
 
     def plan_silence(self, group_id: str, user: str) -> SilencePlan:
-        """The silence ``user`` asks for, if they may and the group's Alertmanager is one opsbot may call."""
+        """The silence ``user`` asks for, if they may and the group's Alertmanager is one opsbot may call.
+
+        It matches the group's labels and the labels that routed it to its service, so a group made by
+        `group_by: [alertname]` is not silenced for every service with that alertname. A group that also
+        holds alerts of services the user may not silence is refused."""
         group = self.get(group_id)
-        allowed = self.silencers_of(group)
-        if user not in allowed:
-            what = f"alerts of {group.service}" if group.service else "alerts of no known service"
-            # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
-            who = [f"{group.service}'s approvers"] if group.service and self.silencers.get(group.service) else []
-            if self.settings.silencers:
-                who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
-            if not who:
-                raise PermissionDenied(
-                    f"nobody may silence {what} from Slack: add a team to settings.alert_silencers in services.yaml."
-                )
-            raise PermissionDenied(f"only {' or '.join(who)} may silence {what}.")
+        spanned = {group.service}
+        for alert in group.alerts:
+            spanned.add(self.routing.named_by(alert.labels)[0] or group.service)
+        for service in [group.service, *sorted(spanned - {group.service})]:
+            if user not in self.silencers_of(service):
+                self._refuse_silence(group, service)
         url = self.allowed_url(group.external_url)
-        matchers = group.group_labels or group.common_labels
+        matchers = dict(group.group_labels or group.common_labels)
         if not matchers:
             raise InvalidRequest(
                 "the group has no labels in common to silence it by; silence it in Alertmanager instead."
             )
+        matchers |= self._routed_by(group)
         now = self.clock()
         who = self.names.get(user, "")
         return SilencePlan(
@@ -284,6 +283,35 @@ class AlertService:
             created_by=f"{who} ({user})" if who else user,
             comment=f"Silenced from Slack through opsbot: {group.title}",
         )
+
+    def _routed_by(self, group: AlertGroup) -> dict[str, str]:
+        """The labels that route the group to its service: its own, else those of its first firing alert."""
+        if not group.service:
+            return {}
+        label_sets = [group.group_labels | group.common_labels]
+        label_sets += [a.labels for a in sorted(group.alerts, key=lambda a: not a.firing)]
+        for labels in label_sets:
+            service, _, naming = self.routing.named_by(labels)
+            if service == group.service:
+                return naming
+        return {}
+
+    def _refuse_silence(self, group: AlertGroup, service: str) -> None:
+        what = f"alerts of {service}" if service else "alerts of no known service"
+        # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
+        who = [f"{service}'s approvers"] if service and self.silencers.get(service) else []
+        if self.settings.silencers:
+            who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
+        if not who:
+            raise PermissionDenied(
+                f"nobody may silence {what} from Slack: add a team to settings.alert_silencers in services.yaml."
+            )
+        if service != group.service:
+            raise PermissionDenied(
+                f"this group holds alerts of {service} too, and only {' or '.join(who)} may silence {what}: "
+                f"ask one of them, or have Alertmanager group by service (group_by: [alertname, service])."
+            )
+        raise PermissionDenied(f"only {' or '.join(who)} may silence {what}.")
 
     def allowed_url(self, external_url: str) -> str:
         """The configured Alertmanager that ``external_url`` names; InvalidRequest when none does.

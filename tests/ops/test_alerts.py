@@ -13,7 +13,7 @@ import pytest
 
 from bot.answers.indexer import index_knowledge
 from bot.errors import InvalidRequest, PermissionDenied
-from bot.ops.alert_groups import Change, incident_severity
+from bot.ops.alert_groups import AlertGroup, Change, incident_severity
 from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notification, verify_bearer
 from bot.ops.alert_routing import AlertRouting, NoChannel
 from bot.ops.alerts import AlertService
@@ -402,6 +402,35 @@ def test_silences_are_allowed_to_approvers_and_silencers_at_a_configured_alertma
     assert alerts.plan_silence(checkout.id, DAVE).url  # data team: settings.alert_silencers
     with pytest.raises(PermissionDenied, match=r"only checkout-api's approvers or data \(settings.alert_silencers\)"):
         alerts.plan_silence(checkout.id, CAROL)
+
+
+def by_alertname(alerts: AlertService, services: tuple[str, ...]) -> AlertGroup:
+    """A group as Alertmanager makes it with `group_by: [alertname]`: one alert per service, routed by the first."""
+    data = json.loads(payload("pgbouncer-firing"))
+    data["groupKey"] = '{}:{alertname="HighErrorRate"}'
+    data["groupLabels"] = {"alertname": "HighErrorRate"}
+    data["commonLabels"] = {"alertname": "HighErrorRate", "severity": "critical"}
+    data["alerts"] = [
+        a | {"labels": {"alertname": "HighErrorRate", "service": s, "severity": "critical"}}
+        for a, s in zip(data["alerts"], services, strict=False)
+    ]
+    return alerts.receive(parse_notification(json.dumps(data).encode())).group
+
+
+def test_a_silence_is_scoped_to_the_service_that_routed_the_group(alerts: AlertService) -> None:
+    group = by_alertname(alerts, ("checkout-api", "checkout-api"))
+    assert group.service == "checkout-api" and "service" not in group.group_labels | group.common_labels
+    plan = alerts.plan_silence(group.id, ALICE)  # without service=, it would silence every HighErrorRate
+    assert plan.matchers == (("alertname", "HighErrorRate"), ("service", "checkout-api"))
+
+
+def test_a_group_holding_alerts_of_a_service_the_clicker_may_not_silence_is_refused(alerts: AlertService) -> None:
+    mixed = by_alertname(alerts, ("checkout-api", "ledger"))
+    assert mixed.service == "checkout-api"
+    with pytest.raises(PermissionDenied) as refused:
+        alerts.plan_silence(mixed.id, ALICE)  # approves checkout-api deploys, not ledger's
+    assert "holds alerts of ledger too" in str(refused.value) and "group_by: [alertname, service]" in str(refused.value)
+    assert dict(alerts.plan_silence(mixed.id, DAVE).matchers)["service"] == "checkout-api"  # data: alert_silencers
 
 
 def unknown_service(alerts: AlertService) -> str:
