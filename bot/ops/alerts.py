@@ -56,7 +56,7 @@ class AlertService:
         store: Store,
         routing: AlertRouting,
         settings: AlertSettings,
-        silencers: dict[str, set[str]],
+        silencers: dict[str, set[str]] | Callable[[], dict[str, set[str]]],
         names: dict[str, str] | None = None,
         clock: Callable[[], datetime] = _now,
         env: str = "prod",
@@ -65,7 +65,9 @@ class AlertService:
         self.env = env  # the environment an alert's failure counts in (services.yaml settings.incident_env)
         self.routing = routing
         self.settings = settings
-        self.silencers = silencers  # per service, who may silence its alerts ("" for alerts of no service)
+        # per service, who may silence its alerts ("" for alerts of no service); a callable is asked at every
+        # silence, so someone whose `left:` date passes while opsbot runs loses the right at once
+        self._silencers = silencers
         self.names = names or {}
         self.clock = clock
 
@@ -94,11 +96,20 @@ class AlertService:
                 channels[name] = channel
         matches.sort(key=lambda m: (-len(m.match), m.service))
         routing = AlertRouting(tuple(matches), frozenset(known), channels, settings.channel)
-        team = deploys.members(settings.silencers)
-        silencers = {service: people | team for service, people in deploys.service_approvers().items()}
-        silencers[""] = set(team)
+
+        def silencers() -> dict[str, set[str]]:
+            team = deploys.members(settings.silencers)
+            allowed = {service: people | team for service, people in deploys.service_approvers().items()}
+            allowed[""] = set(team)
+            return allowed
+
         names = {e.id: e.name for e in store.load_experts()}
         return cls(store, routing, settings, silencers, names, clock, deploys.settings.incident_env)
+
+    @property
+    def silencers(self) -> dict[str, set[str]]:
+        """Who may silence each service's alerts, as of now."""
+        return self._silencers() if callable(self._silencers) else self._silencers
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -250,9 +261,6 @@ class AlertService:
                 announcer.announce(Change("briefed", self.get(group_id)))
         return True
 
-    def silencers_of(self, service: str) -> set[str]:
-        return self.silencers.get(service, set()) | self.silencers.get("", set())
-
     def plan_silence(self, group_id: str, user: str) -> SilencePlan:
         """The silence ``user`` asks for, if they may and the group's Alertmanager is one opsbot may call.
 
@@ -260,12 +268,13 @@ class AlertService:
         `group_by: [alertname]` is not silenced for every service with that alertname. A group that also
         holds alerts of services the user may not silence is refused."""
         group = self.get(group_id)
+        silencers = self.silencers
         spanned = {group.service}
         for alert in group.alerts:
             spanned.add(self.routing.named_by(alert.labels)[0] or group.service)
         for service in [group.service, *sorted(spanned - {group.service})]:
-            if user not in self.silencers_of(service):
-                self._refuse_silence(group, service)
+            if user not in silencers.get(service, set()) | silencers.get("", set()):
+                self._refuse_silence(group, service, silencers)
         url = self.allowed_url(group.external_url)
         matchers = dict(group.group_labels or group.common_labels)
         if not matchers:
@@ -296,10 +305,10 @@ class AlertService:
                 return naming
         return {}
 
-    def _refuse_silence(self, group: AlertGroup, service: str) -> None:
+    def _refuse_silence(self, group: AlertGroup, service: str, silencers: dict[str, set[str]]) -> None:
         what = f"alerts of {service}" if service else "alerts of no known service"
         # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
-        who = [f"{service}'s approvers"] if service and self.silencers.get(service) else []
+        who = [f"{service}'s approvers"] if service and silencers.get(service) else []
         if self.settings.silencers:
             who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
         if not who:

@@ -24,7 +24,7 @@ from bot.ops.requests import new_row
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.fakes import Clock
-from tests.ops.fixtures import ALICE, CAROL, DAVE, ROSTER
+from tests.ops.fixtures import ALICE, CAROL, DAVE, ERIN, ROSTER
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
 FIRED = datetime(2026, 12, 5, 16, 22, 39, tzinfo=UTC)  # the captured payloads' alerts started at 16:22:38
@@ -431,6 +431,25 @@ def test_a_group_holding_alerts_of_a_service_the_clicker_may_not_silence_is_refu
         alerts.plan_silence(mixed.id, ALICE)  # approves checkout-api deploys, not ledger's
     assert "holds alerts of ledger too" in str(refused.value) and "group_by: [alertname, service]" in str(refused.value)
     assert dict(alerts.plan_silence(mixed.id, DAVE).matchers)["service"] == "checkout-api"  # data: alert_silencers
+
+
+def test_someone_who_leaves_while_opsbot_runs_may_no_longer_silence(tmp_path: Path, alert_clock: Clock) -> None:
+    root = tmp_path / "knowledge"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES, encoding="utf-8")
+    roster = ROSTER.replace("Erin Ekberg, team: data}", "Erin Ekberg, team: data, left: 2026-12-06}")
+    assert roster != ROSTER
+    (root / "experts.yaml").write_text(roster, encoding="utf-8")
+    store = Store(tmp_path / "left.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []
+    deploys = DeployService.from_store(store, clock=alert_clock)
+    alerts = AlertService.from_store(store, deploys, set(store.service_configs()), clock=alert_clock)
+    group = receive(alerts, "pgbouncer-firing").group
+    assert alerts.plan_silence(group.id, ERIN).matchers  # team data: settings.alert_silencers
+    alert_clock.advance(days=2)  # her `left:` date passes; the same AlertService is still in use
+    with pytest.raises(PermissionDenied, match="only checkout-api's approvers or data"):
+        alerts.plan_silence(group.id, ERIN)
+    store.close()
 
 
 def unknown_service(alerts: AlertService) -> str:
