@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from bot.ops.ci_events import FINISHED, DeployEvent
+from bot.ops.ci_events import FINISHED, DeployEvent, EventProblem
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
 
@@ -179,6 +179,12 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
         extra["kind"] = "rollback"
     now = deploys.clock()
     finished_at = _no_later(event.finished_at or _iso(now), now)
+    if run["started_at"] and parse_time(finished_at) < parse_time(run["started_at"]):
+        raise EventProblem(
+            "finished_at",
+            f"finished_at {finished_at} is before {run['started_at']}, when the run it ends ({run['id']}) started: "
+            "send the time the deploy ended.",
+        )
     store.transition(run["id"], run["status"], status, finished_at=finished_at, **extra)
     store.release_lock(run["id"])
     store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)

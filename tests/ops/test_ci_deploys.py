@@ -213,6 +213,19 @@ def test_the_same_finished_deploy_reported_under_a_new_event_id_counts_once(
     assert figures.deploys_period == 3 and figures.changes == 3
 
 
+def test_a_finish_before_the_start_of_the_run_it_closes_is_refused(deploys: DeployService, clock: Clock) -> None:
+    started = send(deploys, "s1", "started", started_at=iso(START)).request
+    clock.advance(minutes=10)
+
+    with pytest.raises(EventProblem, match="finished_at 2026-11-02T09:30:00[+]00:00 is before") as caught:
+        send(deploys, "f1", "succeeded", finished_at=iso(START - timedelta(minutes=30)))
+
+    assert caught.value.field == "finished_at"
+    assert deploys.get(started.id).status == "running"  # nothing recorded; the event may be sent again, fixed
+    done = send(deploys, "f1", "succeeded", finished_at=iso(START + timedelta(minutes=9))).request
+    assert done.id == started.id and done.finished_at > done.started_at
+
+
 def test_a_start_that_arrives_after_its_own_finish_takes_no_lock(
     deploys: DeployService, clock: Clock, store: Store
 ) -> None:

@@ -125,6 +125,16 @@ def test_malformed_events_are_refused_naming_the_field(
     assert ci_rows(runtime) == [] and runtime.store.audit_rows() == [] and slack_api.calls() == []
 
 
+def test_a_finish_before_the_start_of_the_run_it_closes_is_refused_naming_finished_at(
+    hooks: HookDriver, runtime: Runtime
+) -> None:
+    assert hooks.post(event("started", started_at=at(minutes=10))).status == 200
+    response = hooks.post(event("succeeded", finished_at=at(minutes=40)))
+    assert response.status == 400 and response.json()["field"] == "finished_at"
+    assert "send the time the deploy ended" in response.json()["error"]
+    assert [r["status"] for r in ci_rows(runtime)] == ["running"]
+
+
 def test_not_json_is_refused(hooks: HookDriver, runtime: Runtime) -> None:
     response = hooks.post("{not json")
     assert response.status == 400 and response.json()["field"] == "body"
