@@ -350,6 +350,29 @@ class AlertService:
             return False
         return True
 
+    def claim_silence(self, group_id: str, user: str, until: datetime) -> None:
+        """Mark the group silenced by ``user`` until ``until`` before Alertmanager is called, so that two clicks
+        (or two people) make one silence; InvalidRequest when it is silenced, or being silenced, already."""
+        with self.store.transaction():
+            group = self.get(group_id)
+            if group.status != "firing":
+                raise InvalidRequest("this alert is resolved; there is nothing to silence.")
+            if group.silenced_until and datetime.fromisoformat(group.silenced_until) > self.clock():
+                ends = datetime.fromisoformat(group.silenced_until)
+                by = self.names.get(group.silenced_by, group.silenced_by)
+                raise InvalidRequest(
+                    f"this alert is already silenced until {ends:%H:%M} UTC (by {by}); "
+                    "to change that silence, edit it in Alertmanager."
+                )
+            self.store.update_alert_group(group_id, silence_id="", silenced_by=user, silenced_until=_iso(until))
+
+    def release_silence(self, group_id: str, user: str, until: datetime) -> None:
+        """Drop ``user``'s claim when Alertmanager did not create the silence, so the button can be tried again."""
+        with self.store.transaction():
+            group = self.get(group_id)
+            if (group.silence_id, group.silenced_by, group.silenced_until) == ("", user, _iso(until)):
+                self.store.update_alert_group(group_id, silenced_by="", silenced_until="")
+
     def record_silence(
         self, group_id: str, user: str, silence_id: str, until: datetime, announcer: AlertAnnouncer | None
     ) -> AlertGroup:

@@ -518,6 +518,21 @@ def test_recording_a_silence_shows_it(alerts: AlertService, alert_clock: Clock) 
     assert shown.kinds == ["silenced"] and "Silenced for 1 h by Alice Archer" in shown.changes[0].note
 
 
+def test_a_silence_is_claimed_once_and_a_failed_one_may_be_retried(alerts: AlertService, alert_clock: Clock) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    until = alert_clock.now + timedelta(hours=1)
+    alerts.claim_silence(group.id, ALICE, until)
+    with pytest.raises(InvalidRequest, match=r"already silenced until 17:22 UTC \(by Alice Archer\)"):
+        alerts.claim_silence(group.id, DAVE, until)  # a second click, before Alertmanager has answered the first
+    alerts.release_silence(group.id, ALICE, until)  # Alertmanager refused: the button works again
+    alerts.claim_silence(group.id, DAVE, until)
+    alerts.record_silence(group.id, DAVE, "ea7eb532", until, None)
+    with pytest.raises(InvalidRequest, match="already silenced until 17:22 UTC"):
+        alerts.claim_silence(group.id, ALICE, until)
+    alert_clock.advance(hours=1, seconds=1)  # the silence has ended
+    alerts.claim_silence(group.id, ALICE, alert_clock.now + timedelta(hours=1))
+
+
 # -- incidents and DORA -------------------------------------------------------------------------------------------
 
 
