@@ -166,8 +166,12 @@ class AlertService:
             fields = _fields(notification, route, now)
             if before is None or kind == "opened":
                 episode = before.episode + 1 if before else 1
-                self._open(group_id, notification, fields, episode, before is None, now)
+                # A group firing again while its incident is open stays with it, however long it was quiet.
+                kept = before.incident_id if before and self._incident_open(before.incident_id) else ""
+                self._open(group_id, notification, fields, episode, before is None, now, kept)
                 note = opening_note(notification)
+                if kept:
+                    note += f"; {kept} is still open: this firing stays with it"
             else:
                 note = self._update(before, notification, fields, kind, now)
             self.store.add_alert_event(group_id, "alertmanager", kind, note, _iso(now))
@@ -185,8 +189,11 @@ class AlertService:
                 announcer.announce(change)
         return change
 
-    def _open(self, group_id: str, n: Notification, fields: dict, episode: int, first: bool, now: datetime) -> None:
-        """A new message: the group seen for the first time, or firing again long after it resolved."""
+    def _open(
+        self, group_id: str, n: Notification, fields: dict, episode: int, first: bool, now: datetime, incident: str = ""
+    ) -> None:
+        """A new message: the group seen for the first time, or firing again long after it resolved (``incident``:
+        the open incident it stays with)."""
         fields |= {
             "episode": episode,
             "started_at": _iso(_earliest(n.alerts)),
@@ -194,7 +201,7 @@ class AlertService:
             "message_channel": "",
             "message_ts": "",
             "briefing": "",
-            "incident_id": "",
+            "incident_id": incident,
             "silence_id": "",
             "silenced_by": "",
             "silenced_until": "",

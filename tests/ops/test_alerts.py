@@ -585,6 +585,25 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
     assert after.group.started_at > group.started_at
 
 
+def test_a_firing_long_after_the_last_one_stays_with_its_incident_while_that_is_open(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=90)  # quiet for longer than an hour: a new message, but the incident is still open
+    again = json.loads(payload("pgbouncer-firing"))
+    again["alerts"] = [a | {"startsAt": alert_clock.now.isoformat()} for a in again["alerts"]]
+
+    after = alerts.receive(parse_notification(json.dumps(again).encode()))
+
+    assert (after.kind, after.group.episode, after.group.incident_id) == ("opened", 2, first.id)
+    assert after.note.endswith(f"{first.id} is still open: this firing stays with it")
+    assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
+    assert [i.id for i in incidents.list_open()] == [first.id]
+
+
 @pytest.mark.parametrize(
     ("environments", "incident_env"),
     [("production", "production"), ("prod-eu: {approvals: 1, approvers: [web]}\n      prod-us", "")],
