@@ -157,6 +157,11 @@ class AlertService:
             if row is not None and row["digest"] == notification.digest:
                 return Change("unchanged", self.get(group_id))
             before = group_from_rows(row, self.store.alert_instances(group_id), ()) if row else None
+            if before is not None and _stale(before, notification):
+                # An older notification of the firing that already resolved (the other HA replica, or a send
+                # that was held up): the same alerts, started at the same time, and since ended. Not a new firing.
+                log.info("alert group stale firing ignored id=%s", group_id)
+                return Change("unchanged", self.get(group_id))
             kind = _kind(before, notification, now)
             if before is not None and kind == "changed" and _only_flushed(before, notification):
                 # Alertmanager left out alerts that had already resolved (it flushes them from the group):
@@ -430,6 +435,21 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
     same = all(shown.get(a.fingerprint) == a.firing for a in n.alerts)
     ended = any(a.firing for a in before.alerts if a.fingerprint not in incoming)
     return n.status == before.status and same and not ended
+
+
+def _stale(before: AlertGroup, n: Notification) -> bool:
+    """Whether ``n`` fires only alerts already stored as resolved: same fingerprint and startsAt, ended at or
+    after that start."""
+    if before.status != "resolved" or n.status != "firing":
+        return False
+    ended = {
+        a.fingerprint: (datetime.fromisoformat(a.starts_at), datetime.fromisoformat(a.ends_at))
+        for a in before.alerts
+        if not a.firing and a.starts_at and a.ends_at
+    }
+    # stored to the second (instance_row): compared to the second
+    starts = [(a.fingerprint, a.starts_at.replace(microsecond=0)) for a in n.alerts if a.firing]
+    return bool(starts) and all(f in ended and ended[f][0] == start and ended[f][1] >= start for f, start in starts)
 
 
 def _kind(before: AlertGroup | None, n: Notification, now: datetime) -> str:

@@ -94,6 +94,13 @@ def receive(alerts: AlertService, name: str, announcer: Recorder | None = None, 
     return alerts.receive(parse_notification(payload(name, **changes)), announcer)
 
 
+def fire_again(alerts: AlertService, clock: Clock, announcer: Recorder | None = None) -> Change:
+    """The pgbouncer alerts firing anew: Prometheus gives a firing after a resolve a new startsAt."""
+    data = json.loads(payload("pgbouncer-firing"))
+    data["alerts"] = [a | {"startsAt": clock.now.isoformat()} for a in data["alerts"]]
+    return alerts.receive(parse_notification(json.dumps(data).encode()), announcer)
+
+
 # -- the payload ------------------------------------------------------------------------------------------------
 
 
@@ -363,12 +370,12 @@ def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
     receive(alerts, "pgbouncer-firing", shown)
     receive(alerts, "pgbouncer-resolved", shown)
     alert_clock.advance(minutes=30)
-    soon = receive(alerts, "pgbouncer-firing", shown)
+    soon = fire_again(alerts, alert_clock, shown)
     assert (soon.kind, soon.group.episode) == ("refired", 1) and soon.note.startswith("Firing again")
 
     receive(alerts, "pgbouncer-resolved", shown)
     alert_clock.advance(hours=3)
-    later = receive(alerts, "pgbouncer-firing", shown)
+    later = fire_again(alerts, alert_clock, shown)
     assert (later.kind, later.group.episode, later.group.briefing) == ("opened", 2, "")
     assert later.group.message_key.endswith(":2") and shown.kinds == [
         "opened",
@@ -377,6 +384,21 @@ def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
         "resolved",
         "opened",
     ]
+
+
+def test_a_late_copy_of_the_firing_after_its_resolve_is_not_a_new_firing(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    resolved = receive(alerts, "pgbouncer-resolved", shown).group
+    alert_clock.advance(seconds=10)
+
+    late = receive(alerts, "pgbouncer-firing", shown)  # the other Alertmanager replica's older notification
+
+    assert late.kind == "unchanged" and late.group.status == "resolved"
+    assert late.group.resolved_at == resolved.resolved_at and shown.kinds == ["opened", "resolved"]
+    assert fire_again(alerts, alert_clock, shown).kind == "refired"  # a firing that started since is one
 
 
 def test_a_briefing_is_kept_once_and_only_for_its_episode(alerts: AlertService) -> None:
@@ -565,7 +587,7 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
     first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
     receive(alerts, "pgbouncer-resolved")
     alert_clock.advance(minutes=20)
-    during = receive(alerts, "pgbouncer-firing")  # the incident is still being worked: this firing is part of it
+    during = fire_again(alerts, alert_clock)  # the incident is still being worked: this firing is part of it
     assert (during.kind, during.group.incident_id) == ("refired", first.id)
     assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
 
