@@ -177,10 +177,11 @@ class Settings:
                 "(for example http://opsbot.internal:3000/hooks/deploy)."
             )
         hook_secret = values.get("OPSBOT_HOOK_SECRET", "")
-        if hook_secret and len(hook_secret) < 16:
+        if hook_secret and (len(hook_secret) < 16 or hook_secret != hook_secret.strip()):
+            # spaces around it (a newline from a mounted file) would make every correctly signed event fail
             problems.append(
-                "OPSBOT_HOOK_SECRET is shorter than 16 characters; use a long random value "
-                "(for example `openssl rand -hex 32`)."
+                "OPSBOT_HOOK_SECRET must be at least 16 characters without spaces around it; use a long random "
+                "value (for example `openssl rand -hex 32`) and the same in the pipeline."
             )
 
         alertmanager_token = values.get("OPSBOT_ALERTMANAGER_TOKEN", "")

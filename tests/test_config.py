@@ -239,3 +239,11 @@ def test_the_alertmanager_token_is_a_long_secret_or_unset() -> None:
     for bad in ("short", f" {token}"):
         with pytest.raises(ConfigError, match="OPSBOT_ALERTMANAGER_TOKEN must be at least 16 characters"):
             Settings.from_env({"OPSBOT_ALERTMANAGER_TOKEN": bad}, dotenv=None)
+
+
+def test_the_hook_secret_is_a_long_secret_without_spaces_around_it() -> None:
+    secret = "0123456789abcdef"
+    assert str(Settings.from_env({"OPSBOT_HOOK_SECRET": secret}, dotenv=None).hook_secret) == secret
+    for bad in ("short", " " * 16, f"{secret}\n", f" {secret}"):
+        with pytest.raises(ConfigError, match="OPSBOT_HOOK_SECRET must be at least 16 characters without spaces"):
+            Settings.from_env({"OPSBOT_HOOK_SECRET": bad}, dotenv=None)

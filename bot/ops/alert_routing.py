@@ -48,11 +48,18 @@ class AlertRouting:
         label_sets = [notification.group_labels | notification.common_labels]
         label_sets += [a.labels for a in sorted(notification.alerts, key=lambda a: not a.firing)]
         for labels in label_sets:
-            for entry in self.matches:
-                if all(labels.get(k) == v for k, v in entry.match.items()):
-                    return entry.service, f"alerts.match of {entry.service}"
-            for name in ROUTING_LABELS:
-                value = labels.get(name, "")
-                if value in self.known:
-                    return value, f"label {name}={value}"
+            service, why, _ = self.named_by(labels)
+            if service:
+                return service, why
         return "", "no label names a known service"
+
+    def named_by(self, labels: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+        """The service one set of labels names, how, and the labels that name it ("", "", {} when none does)."""
+        for entry in self.matches:
+            if all(labels.get(k) == v for k, v in entry.match.items()):
+                return entry.service, f"alerts.match of {entry.service}", dict(entry.match)
+        for name in ROUTING_LABELS:
+            value = labels.get(name, "")
+            if value in self.known:
+                return value, f"label {name}={value}", {name: value}
+        return "", "", {}

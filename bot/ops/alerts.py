@@ -56,7 +56,7 @@ class AlertService:
         store: Store,
         routing: AlertRouting,
         settings: AlertSettings,
-        silencers: dict[str, set[str]],
+        silencers: dict[str, set[str]] | Callable[[], dict[str, set[str]]],
         names: dict[str, str] | None = None,
         clock: Callable[[], datetime] = _now,
         env: str = "prod",
@@ -65,7 +65,9 @@ class AlertService:
         self.env = env  # the environment an alert's failure counts in (services.yaml settings.incident_env)
         self.routing = routing
         self.settings = settings
-        self.silencers = silencers  # per service, who may silence its alerts ("" for alerts of no service)
+        # per service, who may silence its alerts ("" for alerts of no service); a callable is asked at every
+        # silence, so someone whose `left:` date passes while opsbot runs loses the right at once
+        self._silencers = silencers
         self.names = names or {}
         self.clock = clock
 
@@ -94,11 +96,20 @@ class AlertService:
                 channels[name] = channel
         matches.sort(key=lambda m: (-len(m.match), m.service))
         routing = AlertRouting(tuple(matches), frozenset(known), channels, settings.channel)
-        team = deploys.members(settings.silencers)
-        silencers = {service: people | team for service, people in deploys.service_approvers().items()}
-        silencers[""] = set(team)
+
+        def silencers() -> dict[str, set[str]]:
+            team = deploys.members(settings.silencers)
+            allowed = {service: people | team for service, people in deploys.service_approvers().items()}
+            allowed[""] = set(team)
+            return allowed
+
         names = {e.id: e.name for e in store.load_experts()}
         return cls(store, routing, settings, silencers, names, clock, deploys.settings.incident_env)
+
+    @property
+    def silencers(self) -> dict[str, set[str]]:
+        """Who may silence each service's alerts, as of now."""
+        return self._silencers() if callable(self._silencers) else self._silencers
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -146,6 +157,11 @@ class AlertService:
             if row is not None and row["digest"] == notification.digest:
                 return Change("unchanged", self.get(group_id))
             before = group_from_rows(row, self.store.alert_instances(group_id), ()) if row else None
+            if before is not None and _stale(before, notification):
+                # An older notification of the firing that already resolved (the other HA replica, or a send
+                # that was held up): the same alerts, started at the same time, and since ended. Not a new firing.
+                log.info("alert group stale firing ignored id=%s", group_id)
+                return Change("unchanged", self.get(group_id))
             kind = _kind(before, notification, now)
             if before is not None and kind == "changed" and _only_flushed(before, notification):
                 # Alertmanager left out alerts that had already resolved (it flushes them from the group):
@@ -155,8 +171,12 @@ class AlertService:
             fields = _fields(notification, route, now)
             if before is None or kind == "opened":
                 episode = before.episode + 1 if before else 1
-                self._open(group_id, notification, fields, episode, before is None, now)
+                # A group firing again while its incident is open stays with it, however long it was quiet.
+                kept = before.incident_id if before and self._incident_open(before.incident_id) else ""
+                self._open(group_id, notification, fields, episode, before is None, now, kept)
                 note = opening_note(notification)
+                if kept:
+                    note += f"; {kept} is still open: this firing stays with it"
             else:
                 note = self._update(before, notification, fields, kind, now)
             self.store.add_alert_event(group_id, "alertmanager", kind, note, _iso(now))
@@ -174,8 +194,11 @@ class AlertService:
                 announcer.announce(change)
         return change
 
-    def _open(self, group_id: str, n: Notification, fields: dict, episode: int, first: bool, now: datetime) -> None:
-        """A new message: the group seen for the first time, or firing again long after it resolved."""
+    def _open(
+        self, group_id: str, n: Notification, fields: dict, episode: int, first: bool, now: datetime, incident: str = ""
+    ) -> None:
+        """A new message: the group seen for the first time, or firing again long after it resolved (``incident``:
+        the open incident it stays with)."""
         fields |= {
             "episode": episode,
             "started_at": _iso(_earliest(n.alerts)),
@@ -183,7 +206,7 @@ class AlertService:
             "message_channel": "",
             "message_ts": "",
             "briefing": "",
-            "incident_id": "",
+            "incident_id": incident,
             "silence_id": "",
             "silenced_by": "",
             "silenced_until": "",
@@ -250,30 +273,27 @@ class AlertService:
                 announcer.announce(Change("briefed", self.get(group_id)))
         return True
 
-    def silencers_of(self, group: AlertGroup) -> set[str]:
-        return self.silencers.get(group.service, set()) | self.silencers.get("", set())
-
     def plan_silence(self, group_id: str, user: str) -> SilencePlan:
-        """The silence ``user`` asks for, if they may and the group's Alertmanager is one opsbot may call."""
+        """The silence ``user`` asks for, if they may and the group's Alertmanager is one opsbot may call.
+
+        It matches the group's labels and the labels that routed it to its service, so a group made by
+        `group_by: [alertname]` is not silenced for every service with that alertname. A group that also
+        holds alerts of services the user may not silence is refused."""
         group = self.get(group_id)
-        allowed = self.silencers_of(group)
-        if user not in allowed:
-            what = f"alerts of {group.service}" if group.service else "alerts of no known service"
-            # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
-            who = [f"{group.service}'s approvers"] if group.service and self.silencers.get(group.service) else []
-            if self.settings.silencers:
-                who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
-            if not who:
-                raise PermissionDenied(
-                    f"nobody may silence {what} from Slack: add a team to settings.alert_silencers in services.yaml."
-                )
-            raise PermissionDenied(f"only {' or '.join(who)} may silence {what}.")
+        silencers = self.silencers
+        spanned = {group.service}
+        for alert in group.alerts:
+            spanned.add(self.routing.named_by(alert.labels)[0] or group.service)
+        for service in [group.service, *sorted(spanned - {group.service})]:
+            if user not in silencers.get(service, set()) | silencers.get("", set()):
+                self._refuse_silence(group, service, silencers)
         url = self.allowed_url(group.external_url)
-        matchers = group.group_labels or group.common_labels
+        matchers = dict(group.group_labels or group.common_labels)
         if not matchers:
             raise InvalidRequest(
                 "the group has no labels in common to silence it by; silence it in Alertmanager instead."
             )
+        matchers |= self._routed_by(group)
         now = self.clock()
         who = self.names.get(user, "")
         return SilencePlan(
@@ -284,6 +304,35 @@ class AlertService:
             created_by=f"{who} ({user})" if who else user,
             comment=f"Silenced from Slack through opsbot: {group.title}",
         )
+
+    def _routed_by(self, group: AlertGroup) -> dict[str, str]:
+        """The labels that route the group to its service: its own, else those of its first firing alert."""
+        if not group.service:
+            return {}
+        label_sets = [group.group_labels | group.common_labels]
+        label_sets += [a.labels for a in sorted(group.alerts, key=lambda a: not a.firing)]
+        for labels in label_sets:
+            service, _, naming = self.routing.named_by(labels)
+            if service == group.service:
+                return naming
+        return {}
+
+    def _refuse_silence(self, group: AlertGroup, service: str, silencers: dict[str, set[str]]) -> None:
+        what = f"alerts of {service}" if service else "alerts of no known service"
+        # silencers[""] holds settings.alert_silencers: an alert of no service has no approvers to name.
+        who = [f"{service}'s approvers"] if service and silencers.get(service) else []
+        if self.settings.silencers:
+            who.append(f"{', '.join(self.settings.silencers)} (settings.alert_silencers)")
+        if not who:
+            raise PermissionDenied(
+                f"nobody may silence {what} from Slack: add a team to settings.alert_silencers in services.yaml."
+            )
+        if service != group.service:
+            raise PermissionDenied(
+                f"this group holds alerts of {service} too, and only {' or '.join(who)} may silence {what}: "
+                f"ask one of them, or have Alertmanager group by service (group_by: [alertname, service])."
+            )
+        raise PermissionDenied(f"only {' or '.join(who)} may silence {what}.")
 
     def allowed_url(self, external_url: str) -> str:
         """The configured Alertmanager that ``external_url`` names; InvalidRequest when none does.
@@ -312,6 +361,29 @@ class AlertService:
         except InvalidRequest:
             return False
         return True
+
+    def claim_silence(self, group_id: str, user: str, until: datetime) -> None:
+        """Mark the group silenced by ``user`` until ``until`` before Alertmanager is called, so that two clicks
+        (or two people) make one silence; InvalidRequest when it is silenced, or being silenced, already."""
+        with self.store.transaction():
+            group = self.get(group_id)
+            if group.status != "firing":
+                raise InvalidRequest("this alert is resolved; there is nothing to silence.")
+            if group.silenced_until and datetime.fromisoformat(group.silenced_until) > self.clock():
+                ends = datetime.fromisoformat(group.silenced_until)
+                by = self.names.get(group.silenced_by, group.silenced_by)
+                raise InvalidRequest(
+                    f"this alert is already silenced until {ends:%H:%M} UTC (by {by}); "
+                    "to change that silence, edit it in Alertmanager."
+                )
+            self.store.update_alert_group(group_id, silence_id="", silenced_by=user, silenced_until=_iso(until))
+
+    def release_silence(self, group_id: str, user: str, until: datetime) -> None:
+        """Drop ``user``'s claim when Alertmanager did not create the silence, so the button can be tried again."""
+        with self.store.transaction():
+            group = self.get(group_id)
+            if (group.silence_id, group.silenced_by, group.silenced_until) == ("", user, _iso(until)):
+                self.store.update_alert_group(group_id, silenced_by="", silenced_until="")
 
     def record_silence(
         self, group_id: str, user: str, silence_id: str, until: datetime, announcer: AlertAnnouncer | None
@@ -363,6 +435,21 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
     same = all(shown.get(a.fingerprint) == a.firing for a in n.alerts)
     ended = any(a.firing for a in before.alerts if a.fingerprint not in incoming)
     return n.status == before.status and same and not ended
+
+
+def _stale(before: AlertGroup, n: Notification) -> bool:
+    """Whether ``n`` fires only alerts already stored as resolved: same fingerprint and startsAt, ended at or
+    after that start."""
+    if before.status != "resolved" or n.status != "firing":
+        return False
+    ended = {
+        a.fingerprint: (datetime.fromisoformat(a.starts_at), datetime.fromisoformat(a.ends_at))
+        for a in before.alerts
+        if not a.firing and a.starts_at and a.ends_at
+    }
+    # stored to the second (instance_row): compared to the second
+    starts = [(a.fingerprint, a.starts_at.replace(microsecond=0)) for a in n.alerts if a.firing]
+    return bool(starts) and all(f in ended and ended[f][0] == start and ended[f][1] >= start for f, start in starts)
 
 
 def _kind(before: AlertGroup | None, n: Notification, now: datetime) -> str:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from bot.ops.ci_events import FINISHED, DeployEvent
+from bot.ops.ci_events import FINISHED, DeployEvent, EventProblem
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
 
@@ -60,7 +60,8 @@ class CiOutcome:
 
 
 def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
-    """Record an event once: `started` opens a running row; a finish closes it, or records a finished row."""
+    """Record an event once: `started` opens a running row (unless it repeats a run already recorded); a finish
+    closes it, or records a finished row."""
     store = deploys.store
     now = deploys.clock()
     actor = f"ci:{event.actor}"
@@ -72,7 +73,7 @@ def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
         if open_run is not None:
             request_id, action = _close(deploys, event, open_run, actor), "finished"
         else:
-            earlier = _same_report(deploys, event) if event.finished else None
+            earlier = _same_report(deploys, event) if event.finished else _same_run(deploys, event, now)
             if earlier is not None:
                 log.info("deploy hook repeats id=%s event_id=%s", earlier["id"], event.event_id)
                 return CiOutcome("duplicate", duplicate_of=earlier["id"])
@@ -178,6 +179,12 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
         extra["kind"] = "rollback"
     now = deploys.clock()
     finished_at = _no_later(event.finished_at or _iso(now), now)
+    if run["started_at"] and parse_time(finished_at) < parse_time(run["started_at"]):
+        raise EventProblem(
+            "finished_at",
+            f"finished_at {finished_at} is before {run['started_at']}, when the run it ends ({run['id']}) started: "
+            "send the time the deploy ended.",
+        )
     store.transition(run["id"], run["status"], status, finished_at=finished_at, **extra)
     store.release_lock(run["id"])
     store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)
@@ -192,6 +199,30 @@ def _open_run(deploys: DeployService, event: DeployEvent) -> dict | None:
         r for r in rows if not (event.pipeline_url and r["pipeline_url"]) or r["pipeline_url"] == event.pipeline_url
     ]
     return same[0] if same else None  # newest first
+
+
+def _same_run(deploys: DeployService, event: DeployEvent, now: datetime) -> dict | None:
+    """The CI run a `started` event reports again, open or already finished: a start retried under a new event id,
+    or one that arrived after its own finish. Same service, env and version, and the same pipeline_url (or, when
+    either has none, the same started_at). Without either, a second start cannot be told from a new run."""
+    if not (event.pipeline_url or event.started_at):
+        return None
+    store = deploys.store
+    rows = store.open_ci_runs(event.service, event.env, event.version)
+    rows += store.finished_ci_runs(event.service, event.env, event.version)
+    for row in rows:
+        if event.pipeline_url and row["pipeline_url"]:
+            if event.pipeline_url == row["pipeline_url"]:
+                return row
+            continue
+        if event.started_at and row["started_at"]:
+            # as stored: no later than opsbot's clock at the time (see _no_later)
+            if parse_time(row["started_at"]) in (
+                parse_time(event.started_at),
+                parse_time(_no_later(event.started_at, now)),
+            ):
+                return row
+    return None
 
 
 def _same_report(deploys: DeployService, event: DeployEvent) -> dict | None:

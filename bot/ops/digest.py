@@ -15,10 +15,14 @@ Figures = tuple[Dora, list[tuple[str, Dora]]]
 
 
 def digest_due(digest: Digest, now: datetime, last_posted_week: str) -> str | None:
-    """The ISO week to post for when the digest is due now and not yet posted for it, else None."""
+    """The ISO week to post for when the digest is due now and not yet posted for it, else None.
+
+    Due from the week's day and time until the week ends: opsbot down at that moment posts it when it is back,
+    later that week, rather than losing it."""
     local = now.astimezone(ZoneInfo(digest.timezone))
     week = f"{local.isocalendar().year}-W{local.isocalendar().week:02d}"
-    if local.weekday() == digest.day and local.strftime("%H:%M") >= digest.time and week != last_posted_week:
+    passed = (local.weekday(), local.strftime("%H:%M")) >= (digest.day, digest.time)
+    if passed and week != last_posted_week:
         return week
     return None
 

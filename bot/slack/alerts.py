@@ -159,7 +159,12 @@ class AlertDesk:
         if alerts.get(group_id).status != "firing":
             raise InvalidRequest("this alert is resolved; there is nothing to silence.")
         plan = alerts.plan_silence(group_id, user)
-        silence_id = create_silence(plan)
+        alerts.claim_silence(group_id, user, plan.ends_at)
+        try:
+            silence_id = create_silence(plan)
+        except BaseException:
+            alerts.release_silence(group_id, user, plan.ends_at)
+            raise
         log.info("alert silenced group=%s by=%s silence=%s", group_id, user, silence_id)
         alerts.record_silence(group_id, user, silence_id, plan.ends_at, self)
 

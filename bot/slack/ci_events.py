@@ -34,8 +34,9 @@ def handle_deploy_hook(runtime: Runtime, headers: Mapping[str, str], body: bytes
     deploys = runtime.deploys()
     try:
         event = parse_event(body, deploys.ci_services(), deploys.ci_environments())
+        # a finish is also checked against the run it closes (it may not end before that run started)
+        outcome = record_ci_event(deploys, event)  # its announcer queues the Slack messages with the record
     except EventProblem as exc:
         log.warning("deploy hook malformed field=%s: %s", exc.field, exc)
         return 400, {"error": str(exc), "field": exc.field}
-    outcome = record_ci_event(deploys, event)  # its announcer queues the Slack messages with the record
     return 200, outcome.as_json()

@@ -13,7 +13,7 @@ import pytest
 
 from bot.answers.indexer import index_knowledge
 from bot.errors import InvalidRequest, PermissionDenied
-from bot.ops.alert_groups import Change, incident_severity
+from bot.ops.alert_groups import AlertGroup, Change, incident_severity
 from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notification, verify_bearer
 from bot.ops.alert_routing import AlertRouting, NoChannel
 from bot.ops.alerts import AlertService
@@ -24,7 +24,7 @@ from bot.ops.requests import new_row
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.fakes import Clock
-from tests.ops.fixtures import ALICE, CAROL, DAVE, ROSTER
+from tests.ops.fixtures import ALICE, CAROL, DAVE, ERIN, ROSTER
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
 FIRED = datetime(2026, 12, 5, 16, 22, 39, tzinfo=UTC)  # the captured payloads' alerts started at 16:22:38
@@ -92,6 +92,13 @@ def alerts(alert_store: Store, alert_clock: Clock) -> AlertService:
 
 def receive(alerts: AlertService, name: str, announcer: Recorder | None = None, **changes: object) -> Change:
     return alerts.receive(parse_notification(payload(name, **changes)), announcer)
+
+
+def fire_again(alerts: AlertService, clock: Clock, announcer: Recorder | None = None) -> Change:
+    """The pgbouncer alerts firing anew: Prometheus gives a firing after a resolve a new startsAt."""
+    data = json.loads(payload("pgbouncer-firing"))
+    data["alerts"] = [a | {"startsAt": clock.now.isoformat()} for a in data["alerts"]]
+    return alerts.receive(parse_notification(json.dumps(data).encode()), announcer)
 
 
 # -- the payload ------------------------------------------------------------------------------------------------
@@ -363,12 +370,12 @@ def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
     receive(alerts, "pgbouncer-firing", shown)
     receive(alerts, "pgbouncer-resolved", shown)
     alert_clock.advance(minutes=30)
-    soon = receive(alerts, "pgbouncer-firing", shown)
+    soon = fire_again(alerts, alert_clock, shown)
     assert (soon.kind, soon.group.episode) == ("refired", 1) and soon.note.startswith("Firing again")
 
     receive(alerts, "pgbouncer-resolved", shown)
     alert_clock.advance(hours=3)
-    later = receive(alerts, "pgbouncer-firing", shown)
+    later = fire_again(alerts, alert_clock, shown)
     assert (later.kind, later.group.episode, later.group.briefing) == ("opened", 2, "")
     assert later.group.message_key.endswith(":2") and shown.kinds == [
         "opened",
@@ -377,6 +384,21 @@ def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
         "resolved",
         "opened",
     ]
+
+
+def test_a_late_copy_of_the_firing_after_its_resolve_is_not_a_new_firing(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    resolved = receive(alerts, "pgbouncer-resolved", shown).group
+    alert_clock.advance(seconds=10)
+
+    late = receive(alerts, "pgbouncer-firing", shown)  # the other Alertmanager replica's older notification
+
+    assert late.kind == "unchanged" and late.group.status == "resolved"
+    assert late.group.resolved_at == resolved.resolved_at and shown.kinds == ["opened", "resolved"]
+    assert fire_again(alerts, alert_clock, shown).kind == "refired"  # a firing that started since is one
 
 
 def test_a_briefing_is_kept_once_and_only_for_its_episode(alerts: AlertService) -> None:
@@ -402,6 +424,54 @@ def test_silences_are_allowed_to_approvers_and_silencers_at_a_configured_alertma
     assert alerts.plan_silence(checkout.id, DAVE).url  # data team: settings.alert_silencers
     with pytest.raises(PermissionDenied, match=r"only checkout-api's approvers or data \(settings.alert_silencers\)"):
         alerts.plan_silence(checkout.id, CAROL)
+
+
+def by_alertname(alerts: AlertService, services: tuple[str, ...]) -> AlertGroup:
+    """A group as Alertmanager makes it with `group_by: [alertname]`: one alert per service, routed by the first."""
+    data = json.loads(payload("pgbouncer-firing"))
+    data["groupKey"] = '{}:{alertname="HighErrorRate"}'
+    data["groupLabels"] = {"alertname": "HighErrorRate"}
+    data["commonLabels"] = {"alertname": "HighErrorRate", "severity": "critical"}
+    data["alerts"] = [
+        a | {"labels": {"alertname": "HighErrorRate", "service": s, "severity": "critical"}}
+        for a, s in zip(data["alerts"], services, strict=False)
+    ]
+    return alerts.receive(parse_notification(json.dumps(data).encode())).group
+
+
+def test_a_silence_is_scoped_to_the_service_that_routed_the_group(alerts: AlertService) -> None:
+    group = by_alertname(alerts, ("checkout-api", "checkout-api"))
+    assert group.service == "checkout-api" and "service" not in group.group_labels | group.common_labels
+    plan = alerts.plan_silence(group.id, ALICE)  # without service=, it would silence every HighErrorRate
+    assert plan.matchers == (("alertname", "HighErrorRate"), ("service", "checkout-api"))
+
+
+def test_a_group_holding_alerts_of_a_service_the_clicker_may_not_silence_is_refused(alerts: AlertService) -> None:
+    mixed = by_alertname(alerts, ("checkout-api", "ledger"))
+    assert mixed.service == "checkout-api"
+    with pytest.raises(PermissionDenied) as refused:
+        alerts.plan_silence(mixed.id, ALICE)  # approves checkout-api deploys, not ledger's
+    assert "holds alerts of ledger too" in str(refused.value) and "group_by: [alertname, service]" in str(refused.value)
+    assert dict(alerts.plan_silence(mixed.id, DAVE).matchers)["service"] == "checkout-api"  # data: alert_silencers
+
+
+def test_someone_who_leaves_while_opsbot_runs_may_no_longer_silence(tmp_path: Path, alert_clock: Clock) -> None:
+    root = tmp_path / "knowledge"
+    root.mkdir()
+    (root / "services.yaml").write_text(SERVICES, encoding="utf-8")
+    roster = ROSTER.replace("Erin Ekberg, team: data}", "Erin Ekberg, team: data, left: 2026-12-06}")
+    assert roster != ROSTER
+    (root / "experts.yaml").write_text(roster, encoding="utf-8")
+    store = Store(tmp_path / "left.db")
+    assert index_knowledge(store, FakeEncoder(), root).problems == []
+    deploys = DeployService.from_store(store, clock=alert_clock)
+    alerts = AlertService.from_store(store, deploys, set(store.service_configs()), clock=alert_clock)
+    group = receive(alerts, "pgbouncer-firing").group
+    assert alerts.plan_silence(group.id, ERIN).matchers  # team data: settings.alert_silencers
+    alert_clock.advance(days=2)  # her `left:` date passes; the same AlertService is still in use
+    with pytest.raises(PermissionDenied, match="only checkout-api's approvers or data"):
+        alerts.plan_silence(group.id, ERIN)
+    store.close()
 
 
 def unknown_service(alerts: AlertService) -> str:
@@ -470,6 +540,21 @@ def test_recording_a_silence_shows_it(alerts: AlertService, alert_clock: Clock) 
     assert shown.kinds == ["silenced"] and "Silenced for 1 h by Alice Archer" in shown.changes[0].note
 
 
+def test_a_silence_is_claimed_once_and_a_failed_one_may_be_retried(alerts: AlertService, alert_clock: Clock) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    until = alert_clock.now + timedelta(hours=1)
+    alerts.claim_silence(group.id, ALICE, until)
+    with pytest.raises(InvalidRequest, match=r"already silenced until 17:22 UTC \(by Alice Archer\)"):
+        alerts.claim_silence(group.id, DAVE, until)  # a second click, before Alertmanager has answered the first
+    alerts.release_silence(group.id, ALICE, until)  # Alertmanager refused: the button works again
+    alerts.claim_silence(group.id, DAVE, until)
+    alerts.record_silence(group.id, DAVE, "ea7eb532", until, None)
+    with pytest.raises(InvalidRequest, match="already silenced until 17:22 UTC"):
+        alerts.claim_silence(group.id, ALICE, until)
+    alert_clock.advance(hours=1, seconds=1)  # the silence has ended
+    alerts.claim_silence(group.id, ALICE, alert_clock.now + timedelta(hours=1))
+
+
 # -- incidents and DORA -------------------------------------------------------------------------------------------
 
 
@@ -502,7 +587,7 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
     first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
     receive(alerts, "pgbouncer-resolved")
     alert_clock.advance(minutes=20)
-    during = receive(alerts, "pgbouncer-firing")  # the incident is still being worked: this firing is part of it
+    during = fire_again(alerts, alert_clock)  # the incident is still being worked: this firing is part of it
     assert (during.kind, during.group.incident_id) == ("refired", first.id)
     assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
 
@@ -520,6 +605,25 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
     fired = {r["incident_id"]: r["fired_at"] for r in alert_store.alert_incidents()}
     assert fired == {first.id: group.started_at, second.id: after.group.started_at}  # DORA: each from its firing
     assert after.group.started_at > group.started_at
+
+
+def test_a_firing_long_after_the_last_one_stays_with_its_incident_while_that_is_open(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=90)  # quiet for longer than an hour: a new message, but the incident is still open
+    again = json.loads(payload("pgbouncer-firing"))
+    again["alerts"] = [a | {"startsAt": alert_clock.now.isoformat()} for a in again["alerts"]]
+
+    after = alerts.receive(parse_notification(json.dumps(again).encode()))
+
+    assert (after.kind, after.group.episode, after.group.incident_id) == ("opened", 2, first.id)
+    assert after.note.endswith(f"{first.id} is still open: this firing stays with it")
+    assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
+    assert [i.id for i in incidents.list_open()] == [first.id]
 
 
 @pytest.mark.parametrize(

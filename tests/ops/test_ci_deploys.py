@@ -213,6 +213,52 @@ def test_the_same_finished_deploy_reported_under_a_new_event_id_counts_once(
     assert figures.deploys_period == 3 and figures.changes == 3
 
 
+def test_a_finish_before_the_start_of_the_run_it_closes_is_refused(deploys: DeployService, clock: Clock) -> None:
+    started = send(deploys, "s1", "started", started_at=iso(START)).request
+    clock.advance(minutes=10)
+
+    with pytest.raises(EventProblem, match="finished_at 2026-11-02T09:30:00[+]00:00 is before") as caught:
+        send(deploys, "f1", "succeeded", finished_at=iso(START - timedelta(minutes=30)))
+
+    assert caught.value.field == "finished_at"
+    assert deploys.get(started.id).status == "running"  # nothing recorded; the event may be sent again, fixed
+    done = send(deploys, "f1", "succeeded", finished_at=iso(START + timedelta(minutes=9))).request
+    assert done.id == started.id and done.finished_at > done.started_at
+
+
+def test_a_start_that_arrives_after_its_own_finish_takes_no_lock(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    began = iso(START - timedelta(minutes=5))
+    done = send(deploys, "run-finished", "succeeded", pipeline_url=PIPELINE, started_at=began, finished_at=iso(START))
+    clock.advance(seconds=20)
+
+    late = send(deploys, "run-started", "started", pipeline_url=PIPELINE, started_at=began)
+    late_bare = send(deploys, "run-started-2", "started", started_at=began)  # no pipeline_url: same started_at
+
+    assert late.action == late_bare.action == "duplicate" and late.as_json()["id"] == done.request.id
+    assert store.lock_holder("web", "staging") is None and store.running_for("web", "staging") == []
+    assert deploys.request("deploy", "web", "staging", "2.0.1", ALICE).status == "pending"
+
+
+def test_a_start_retried_under_a_new_event_id_is_one_run_that_one_finish_closes(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    first = send(deploys, "evt-aaaa", "started", pipeline_url=PIPELINE)
+    retry = send(deploys, "evt-bbbb", "started", pipeline_url=PIPELINE)  # notify-deploy without --event-id
+    other = send(deploys, "evt-cccc", "started", version="2.0.1", pipeline_url=PIPELINE + "0")
+
+    assert first.action == "started" and retry.action == "duplicate" and retry.as_json()["id"] == first.request.id
+    assert other.action == "started" and other.request.status == "overlapping"  # another run is still flagged
+    clock.advance(minutes=3)
+    send(deploys, "evt-dddd", "succeeded", pipeline_url=PIPELINE)
+    send(deploys, "evt-eeee", "succeeded", version="2.0.1", pipeline_url=PIPELINE + "0")
+
+    assert store.lock_holder("web", "staging") is None and store.running_for("web", "staging") == []
+    pending = deploys.request("deploy", "web", "staging", "2.0.2", ALICE)
+    assert deploys.approve(pending.id, BOB).start
+
+
 def test_secrets_in_an_events_free_text_are_scrubbed_before_it_is_recorded(
     deploys: DeployService, store: Store
 ) -> None:

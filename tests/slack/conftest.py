@@ -74,7 +74,7 @@ class SlackDriver:
         body: str,
         content_type: str,
         *,
-        timestamp: int | None = None,
+        timestamp: int | str | None = None,
         secret: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Response:

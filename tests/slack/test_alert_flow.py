@@ -372,7 +372,7 @@ def test_a_firing_after_its_incident_was_resolved_offers_declare_again_and_decla
     assert f"incident *{second.id}*" in shown(slack_api.calls("chat.update")[-1].body)
 
 
-def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_those_allowed(
+def test_silence_calls_the_configured_alertmanager_once_as_the_clicker_and_only_for_those_allowed(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
 ) -> None:
     deliver(bot, payload("pgbouncer-firing", externalURL=alertmanager.url + "/"))
@@ -397,6 +397,10 @@ def test_silence_calls_the_configured_alertmanager_as_the_clicker_and_only_for_t
     assert ends - starts == timedelta(hours=1)
     assert "silenced until" in shown(slack_api.calls("chat.update")[-1].body)
     assert groups(runtime)[0]["silence_id"] == "silence-1"
+
+    bot.click(ids.ALERT_SILENCE, value, user=SAM, channel=ALERTS)  # a second click makes no second silence
+    again = slack_api.wait_for("response_url", 2, timeout=20)[-1]
+    assert "already silenced until" in again.body["text"] and len(alertmanager.silences) == 1
 
 
 def test_silencing_an_alert_of_no_service_tells_the_clicker_who_may(

@@ -27,7 +27,16 @@ def test_the_digest_is_due_once_a_week_at_local_time() -> None:
     assert digest_due(MONDAY_9, monday_0830, "") is None
     assert digest_due(MONDAY_9, monday_0905, "") == "2026-W49"
     assert digest_due(MONDAY_9, monday_0905, "2026-W49") is None  # posted already this week
-    assert digest_due(MONDAY_9, tuesday, "2026-W48") is None
+    assert digest_due(MONDAY_9, tuesday, "2026-W49") is None
+
+
+def test_a_digest_missed_while_opsbot_was_down_is_posted_later_that_week() -> None:
+    # down from Monday 08:30 until the times below: 2026-W49's digest was not posted at 09:00
+    for back in (datetime(2026, 12, 1, 7, 0, tzinfo=UTC), datetime(2026, 12, 6, 23, 0, tzinfo=UTC)):
+        assert digest_due(MONDAY_9, back, "2026-W48") == "2026-W49"
+    assert digest_due(MONDAY_9, datetime(2026, 12, 7, 8, 0, tzinfo=UTC), "2026-W49") is None  # W50, before 09:00
+    thursday_9 = Digest("C04DEPLOYS1", 3, "09:00", "Europe/London")
+    assert digest_due(thursday_9, datetime(2026, 12, 1, 12, 0, tzinfo=UTC), "2026-W48") is None  # not yet Thursday
 
 
 def test_bad_digest_settings_name_the_key() -> None:

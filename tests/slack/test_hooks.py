@@ -77,6 +77,8 @@ def test_signed_event_is_recorded_audited_and_summarised(
         ({"secret": "not-the-hook-secret-at-all"}, "bad signature"),
         ({"signature": "v1=" + "0" * 64}, "bad signature"),
         ({"timestamp": int(time.time()) - 301}, "stale"),
+        ({"timestamp": 10**400}, "Unix seconds"),  # int() reads it; the skew check overflowed into a 500
+        ({"timestamp": f"+{int(time.time())}"}, "Unix seconds"),
     ],
 )
 def test_unsigned_bad_or_stale_events_are_refused(
@@ -121,6 +123,16 @@ def test_malformed_events_are_refused_naming_the_field(
     assert response.status == 400, response.body
     assert response.json()["field"] == field and response.json()["error"]
     assert ci_rows(runtime) == [] and runtime.store.audit_rows() == [] and slack_api.calls() == []
+
+
+def test_a_finish_before_the_start_of_the_run_it_closes_is_refused_naming_finished_at(
+    hooks: HookDriver, runtime: Runtime
+) -> None:
+    assert hooks.post(event("started", started_at=at(minutes=10))).status == 200
+    response = hooks.post(event("succeeded", finished_at=at(minutes=40)))
+    assert response.status == 400 and response.json()["field"] == "finished_at"
+    assert "send the time the deploy ended" in response.json()["error"]
+    assert [r["status"] for r in ci_rows(runtime)] == ["running"]
 
 
 def test_not_json_is_refused(hooks: HookDriver, runtime: Runtime) -> None:
