@@ -20,6 +20,7 @@ from bot.slack.blocks.answers import (
     build_help_blocks,
     build_usage_blocks,
     build_vote_ack_text,
+    experts_fallback_text,
 )
 from bot.slack.listeners import Listeners, tell_requester
 from bot.slack.web import Notify, SlackWeb
@@ -154,7 +155,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         channel = command.get("channel_id", "")
         web.respond(
             body["response_url"],
-            f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}",
+            experts_fallback_text(suggestions),
             build_experts_blocks(text, suggestions, can_invite=not channel.startswith("D")),
             replace_original=True,
         )

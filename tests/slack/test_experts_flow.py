@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.runtime import Runtime
@@ -89,3 +92,20 @@ def test_whoever_is_on_call_for_the_service_is_flagged_in_experts(
     holders = {s.person for s in (before, after) if s is not None}
     assert holders and any(p in [b["value"] for b in invite_buttons(reply.body["blocks"])] for p in holders)
     assert "• on call for payments until " in shown
+
+
+def test_a_broadcast_in_a_roster_name_is_posted_as_text_never_as_a_ping(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # experts.yaml takes any name; a notification shows a message's `text`, so it must be escaped there too.
+    people = runtime.store.load_experts()
+    runtime.store.replace_experts([replace(e, name=f"<!channel> {e.name}") for e in people])
+    runtime.forget_experts()
+    slack.command("/experts", "pgbouncer pool exhausted on pg-main --service checkout-api", user=OLIVER)
+    (suggested,) = slack_api.wait_for("response_url", timeout=15)
+    slack.mention("who is on call for platform?", user=OLIVER)
+    (oncall,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    assert suggested.body["text"].startswith("Suggested: &lt;!channel&gt; ")
+    assert oncall.body["text"].startswith("On call: platform: &lt;!channel&gt; ")
+    for body in (suggested.body, oncall.body):
+        assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body
