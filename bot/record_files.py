@@ -235,17 +235,29 @@ def _expert_from_dict(entry: Any, kept: list[str] | None = None) -> Expert:
     if not isinstance(away, bool):
         kept.append(f"away {away!r} must be true or false (false is used)")
         away = False
+    skills, services = _kept_field(entry, "skills", kept), _kept_field(entry, "services", kept)
     return Expert(
         id=uid,
         name=str(entry["name"]),
         team=entry["team"].strip(),
-        skills=name_list(entry.get("skills"), "skills"),
-        services=service_names(entry.get("services")),
+        skills=skills,
+        services=services,
         timezone=tz,
         hours=hours,
         away=away,
         left=_left(entry.get("left")),
     )
+
+
+def _kept_field(entry: dict, key: str, kept: list[str]) -> tuple[str, ...]:
+    """The person's skills or services; one bad value leaves the whole field out, reported in ``kept``."""
+    try:
+        if key == "services":
+            return service_names(entry.get(key))
+        return name_list(entry.get(key), key, example="postgres, kafka")
+    except FileProblem as exc:
+        kept.append(f"{exc} (`{key}` left out)")
+        return ()
 
 
 def _left(value: Any) -> date | None:

@@ -626,7 +626,7 @@ def test_a_bad_service_name_is_refused_alike_in_every_file(tmp_path: Path, name:
     expected = f"service name {name[:100]!r}: {SERVICE_RULE}"
     found = sorted((p.path, p.message) for p in kb.problems if "service name" in p.message)
     assert found == [
-        ("experts.yaml", f"person #1: {expected}"),
+        ("experts.yaml", f"person #1 (U03F8K2LQ1): {expected} (`services` left out)"),
         ("incidents/INC-2025-0071.yaml", expected),
         ("services.yaml", expected),
     ]

@@ -221,3 +221,26 @@ def test_index_stores_the_rotations_and_who_left(tmp_path: Path, fake_encoder) -
         assert store.load_rotations() == []
     finally:
         store.close()
+
+
+def test_a_bad_services_or_skills_value_keeps_the_person_and_their_rota(tmp_path: Path) -> None:
+    people = PEOPLE.replace("    name: Priya Raman\n", "    name: Priya Raman\n    services: [checkout api]\n").replace(
+        "    name: Daniel Okafor\n", "    name: Daniel Okafor\n    skills: {postgres: expert}\n"
+    )
+    (tmp_path / "experts.yaml").write_text(people + ROTA, encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert [(p.message, p.line) for p in kb.problems] == [
+        (
+            f"person #1 ({PRIYA}): service name 'checkout api': use letters, digits, '.', '_' and '-', with '/' "
+            "between parts (like checkout-api or storage/remote), up to 100 characters (`services` left out)",
+            2,
+        ),
+        (
+            f"person #2 ({DANIEL}): `skills` must be a list of names, for example skills: [postgres, kafka] "
+            "(`skills` left out)",
+            6,
+        ),
+    ]
+    assert [(e.id, e.services, e.skills) for e in kb.experts[:2]] == [(PRIYA, (), ()), (DANIEL, (), ())]
+    (rota,) = kb.rotations
+    assert rota.members == (PRIYA, DANIEL, SOFIA)
