@@ -119,14 +119,18 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     if not isinstance(overrides, list):
         raise RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}")
     parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people) for n, o in enumerate(overrides))
-    return Rotation(team, tuple(map(str, members)), day, match[2], tz, start, tuple(services), parsed)
+    ids = tuple(map(str, members))
+    leaving = tuple((m, people[m].left) for m in ids if people[m].left is not None)
+    return Rotation(team, ids, day, match[2], tz, start, tuple(services), parsed, leaving)
 
 
 def _check_person(key: str, person: Any, people: dict[str, Expert]) -> None:
     if str(person) not in people:
         raise RotaProblem(key, f"{person!r} is not on the roster; use a roster id from `people:`")
-    if people[str(person)].left is not None:
-        raise RotaProblem(key, f"{person} left on {people[str(person)].left}; take them out of the rota")
+    left = people[str(person)].left
+    # Someone serving their notice stays on the rota until their `left:` day; then their turns are skipped.
+    if left is not None and left <= datetime.now(UTC).date():
+        raise RotaProblem(key, f"{person} left on {left}; take them out of the rota")
 
 
 def _override(key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert]) -> Override:
@@ -177,8 +181,14 @@ def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
         return None
     weeks = (local - anchor) // WEEK
     begins = anchor + weeks * WEEK
-    person = rotation.members[weeks % len(rotation.members)]
-    return Shift(rotation.team, person, begins.replace(tzinfo=zone), (begins + WEEK).replace(tzinfo=zone))
+    start, end = begins.replace(tzinfo=zone), (begins + WEEK).replace(tzinfo=zone)
+    # Whoever has left by ``at`` is skipped: the next member in the order takes their turn, from their `left:` day.
+    for turn in range(len(rotation.members)):
+        person = rotation.members[(weeks + turn) % len(rotation.members)]
+        if not rotation.left_by(person, at):
+            return Shift(rotation.team, person, start, end)
+        start = max(start, datetime.combine(dict(rotation.leaving)[person], time(0), tzinfo=zone))
+    return None
 
 
 def shift_at(rotation: Rotation, at: datetime) -> Shift | None:

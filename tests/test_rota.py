@@ -244,3 +244,32 @@ def test_a_bad_services_or_skills_value_keeps_the_person_and_their_rota(tmp_path
     assert [(e.id, e.services, e.skills) for e in kb.experts[:2]] == [(PRIYA, (), ()), (DANIEL, (), ())]
     (rota,) = kb.rotations
     assert rota.members == (PRIYA, DANIEL, SOFIA)
+
+
+def test_someone_leaving_later_stays_on_the_rota_until_their_left_day_then_their_turns_are_skipped(
+    tmp_path: Path,
+    fake_encoder,  # noqa: ANN001
+) -> None:
+    from bot.answers.indexer import index_knowledge
+    from bot.store import Store
+
+    people = PEOPLE.replace("    name: Daniel Okafor\n", "    name: Daniel Okafor\n    left: 2999-01-16\n")
+    (tmp_path / "experts.yaml").write_text(people + ROTA, encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert kb.problems == []  # serving their notice: not refused
+    (rota,) = kb.rotations
+    assert shift_at(rota, london("2999-01-15T12:00")).person == DANIEL  # his turn, before his last day
+    cover = on_call(rota, london("2999-01-16T12:00"))  # he has left: the next member takes the rest of his turn
+    assert (cover.now.person, cover.now.start, cover.now.end) == (
+        SOFIA,
+        london("2999-01-16T00:00"),
+        london("2999-01-21T09:00"),
+    )
+    assert (cover.next.person, cover.next.start) == (PRIYA, london("2999-01-28T09:00"))
+    assert shift_at(rota, london("2999-02-05T12:00")).person == SOFIA  # his next turn too
+    store = Store(tmp_path / "o.db")
+    try:
+        index_knowledge(store, fake_encoder, tmp_path)
+        assert store.load_rotations() == [rota]
+    finally:
+        store.close()

@@ -112,6 +112,7 @@ class RosterStore(StoreBase):
                                 "start": r.start.isoformat(),
                                 "services": list(r.services),
                                 "overrides": [[o.person, o.start.isoformat(), o.end.isoformat()] for o in r.overrides],
+                                "leaving": [[person, day.isoformat()] for person, day in r.leaving],
                             }
                         ),
                     }
@@ -137,6 +138,7 @@ class RosterStore(StoreBase):
                     date.fromisoformat(s["start"]),
                     tuple(s["services"]),
                     overrides,
+                    tuple((person, date.fromisoformat(day)) for person, day in s.get("leaving", [])),
                 )
             )
         return rotations
