@@ -69,6 +69,13 @@ def test_oncall_mistakes_are_clear_errors(indexed: Path, tmp_path: Path) -> None
     assert_clean_failure(invoke("oncall"), "there is no on-call rota yet: add `rotations:` to experts.yaml")
 
 
+@pytest.mark.parametrize("at", ["9999-12-31T12:00Z", "9999-12-20", "0001-01-01T00:00+05:00"])
+def test_oncall_at_a_time_near_the_ends_of_the_calendar_is_refused_clearly(indexed: Path, at: str) -> None:
+    assert_clean_failure(
+        invoke("oncall", "--at", at), f"--at {at!r} is out of range: give a time between the years 1970 and 9000"
+    )
+
+
 ROSTER = """people:
   - {id: U0ANA00001, name: Ana, team: storage, services: [storage/remote]}
   - {id: U0BEN00001, name: Ben, team: storage}
