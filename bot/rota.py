@@ -170,18 +170,31 @@ def _when(key: str, value: Any, zone: ZoneInfo) -> datetime:
 # -- who is on call --------------------------------------------------------------------------------
 
 
+def _handoff(rotation: Rotation, week: int) -> datetime:
+    """The instant of the rota's ``week``-th handoff (0 is the first), at its local time in the rota's zone.
+
+    When summer time ends and the handoff's local time happens twice, the first one counts; when it begins and
+    that time does not exist, the time after the gap counts (Python's fold=0 for both).
+    """
+    hour, minute = map(int, rotation.handoff_time.split(":"))
+    local = datetime.combine(rotation.start + week * WEEK, time(hour, minute))
+    return local.replace(tzinfo=ZoneInfo(rotation.timezone)).astimezone(UTC)
+
+
 def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
     """The rota's own shift at ``at`` (overrides aside); None before the rota starts."""
     zone = ZoneInfo(rotation.timezone)
-    hour, minute = map(int, rotation.handoff_time.split(":"))
-    anchor = datetime.combine(rotation.start, time(hour, minute))
-    # Counted in local wall-clock time, so a handoff stays at 09:00 across a change of summer time.
-    local = at.astimezone(zone).replace(tzinfo=None)
-    if local < anchor:
+    # Handoffs are real instants compared with ``at``, so a shift always holds the time it is asked for, and a
+    # handoff stays at its local time across a change of summer time.
+    first = _handoff(rotation, 0)
+    if at < first:
         return None
-    weeks = (local - anchor) // WEEK
-    begins = anchor + weeks * WEEK
-    start, end = begins.replace(tzinfo=zone), (begins + WEEK).replace(tzinfo=zone)
+    weeks = (at - first) // WEEK  # within a week of the answer: a summer-time change moves a handoff by an hour
+    while _handoff(rotation, weeks + 1) <= at:
+        weeks += 1
+    while weeks > 0 and _handoff(rotation, weeks) > at:
+        weeks -= 1
+    start, end = _handoff(rotation, weeks).astimezone(zone), _handoff(rotation, weeks + 1).astimezone(zone)
     # Whoever has left by ``at`` is skipped: the next member in the order takes their turn, from their `left:` day.
     for turn in range(len(rotation.members)):
         person = rotation.members[(weeks + turn) % len(rotation.members)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -273,3 +273,33 @@ def test_someone_leaving_later_stays_on_the_rota_until_their_left_day_then_their
         assert store.load_rotations() == [rota]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("start", "night", "handoff"),
+    [
+        (date(2026, 10, 4), datetime(2026, 10, 25, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        (date(2026, 3, 1), datetime(2026, 3, 29, tzinfo=UTC), datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+    ],
+    ids=["repeated-hour", "skipped-hour"],
+)
+def test_a_handoff_in_the_hour_summer_time_repeats_or_skips_hands_over_once(
+    start: date, night: datetime, handoff: datetime
+) -> None:
+    """01:30 happens twice when summer time ends (the first one counts), and not at all when it begins (the
+    time after the gap counts): the pager changes hands once, and every shift holds the time it is asked for."""
+    from datetime import timedelta
+
+    from bot.models import Rotation
+
+    rota = Rotation("payments", (PRIYA, DANIEL), 6, "01:30", "Europe/London", start)
+    shifts = [(night + timedelta(minutes=m), shift_at(rota, night + timedelta(minutes=m))) for m in range(0, 180, 5)]
+    assert all(s.start <= at < s.end for at, s in shifts), [(at, s) for at, s in shifts if not s.start <= at < s.end]
+    changes = [at for (_, a), (at, b) in zip(shifts, shifts[1:], strict=False) if a.person != b.person]
+    assert changes == [handoff]
+    before, after = shift_at(rota, handoff - timedelta(minutes=1)), shift_at(rota, handoff)
+    # Compared in UTC: Python never finds a time in a repeated hour equal to one in another zone.
+    assert before.end.astimezone(UTC) == after.start.astimezone(UTC) == handoff
+    assert after.end.astimezone(LONDON).replace(tzinfo=None) == datetime.combine(
+        handoff.date() + timedelta(7), time(1, 30)
+    )
