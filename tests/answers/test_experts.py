@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -145,3 +146,48 @@ def test_a_new_incident_retrains_the_running_model(tmp_path: Path, sample_index:
     assert after[0].expert.id == "U07N6BJ8WP"
     assert "INC-2026-0099" in [i.id for i in after[0].incidents]
     store.close()
+
+
+def zebra_knowledge(root: Path) -> Path:
+    """Ann fixed five full disks in 2025; Bob the one zebra frobnicator meltdown, in June 2026."""
+    (root / "incidents").mkdir(parents=True)
+    (root / "experts.yaml").write_text(
+        "people:\n  - {id: U0AAAAAAA1, name: Ann, team: sre}\n  - {id: U0AAAAAAA2, name: Bob, team: sre}\n"
+    )
+    cases = [(n, f"2025-0{n}-01T10:00:00Z", f"disk full on host {n}", "U0AAAAAAA1") for n in range(1, 6)]
+    for n, when, title, who in [*cases, (9, "2026-06-01T10:00:00Z", "zebra frobnicator meltdown", "U0AAAAAAA2")]:
+        (root / "incidents" / f"INC-2025-{n:04d}.yaml").write_text(
+            f"id: INC-2025-{n:04d}\ntitle: {title}\ndate: {when}\nseverity: 3\nservices: [api]\n"
+            f"responders: [{who}]\nsummary: {title} summary\nroot_cause: cause\nresolution: fixed\n"
+        )
+    return root
+
+
+def test_a_ranking_at_a_time_learns_only_from_incidents_before_it(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    from bot.answers.experts import train
+    from bot.knowledge import load_knowledge
+
+    kb = load_knowledge(zebra_knowledge(tmp_path / "kb"))
+    model = train(kb.experts, kb.incidents, fake_encoder)
+    text = "zebra frobnicator meltdown"
+    vector = fake_encoder.encode([text])[0]
+    before = model.rank(text, vector, now=datetime(2026, 1, 10, tzinfo=UTC))
+    assert [s.expert.name for s in before] == [], [s.reasons() for s in before]  # nobody knew zebras in January
+    after = model.rank(text, vector, now=datetime(2026, 7, 1, tzinfo=UTC))
+    assert after[0].expert.name == "Bob" and [i.id for i in after[0].incidents] == ["INC-2025-0009"]
+
+
+def test_eval_with_queries_never_learns_from_later_incidents_or_the_one_asked_about(
+    tmp_path: Path,
+    fake_encoder,  # noqa: ANN001
+) -> None:
+    root = zebra_knowledge(tmp_path / "kb")
+    queries = tmp_path / "q.jsonl"
+    lines = [
+        {"id": "asked-before", "query": "zebra frobnicator meltdown", "relevant": ["U0AAAAAAA2"], "date": "2026-01-10"},
+        {"id": "INC-2025-0009", "query": "zebra frobnicator meltdown", "relevant": ["U0AAAAAAA2"]},  # itself
+    ]
+    queries.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = evaluate_experts(root, fake_encoder, queries_path=queries)
+    assert result["queries"] == 2
+    assert result["rankings"]["learned"]["top3"] == 0.0 and result["rankings"]["tfidf_knn"]["top3"] == 0.0
