@@ -241,7 +241,8 @@ class ExpertModel:
         results = []
         for n, expert in enumerate(self.experts):
             score = float(scores[n])
-            if score <= 0 or expert.id in exclude or expert.has_left(now):
+            # Whoever is on call stays even without a score (a fitted blend may weigh on call 0): they are shown.
+            if (score <= 0 and expert.id not in on_call) or expert.id in exclude or expert.has_left(now):
                 continue
             flags = []
             shown = evidence.get(expert.id, [])

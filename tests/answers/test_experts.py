@@ -191,3 +191,44 @@ def test_eval_with_queries_never_learns_from_later_incidents_or_the_one_asked_ab
     result = evaluate_experts(root, fake_encoder, queries_path=queries)
     assert result["queries"] == 2
     assert result["rankings"]["learned"]["top3"] == 0.0 and result["rankings"]["tfidf_knn"]["top3"] == 0.0
+
+
+def test_whoever_is_on_call_for_each_service_involved_is_always_shown(fake_encoder) -> None:  # noqa: ANN001
+    from bot.answers.expert_blend import FALLBACK_TEXT, Blends
+    from bot.answers.replies import trim_suggestions
+    from bot.models import Incident, Rotation
+
+    named = zip(["Ann", "Bob", "Cat", "Dan", "Eve", "Fay"], "ppwwdd", strict=True)
+    people = [Expert(f"U0AAAAAA{n}0", name, team) for n, (name, team) in enumerate(named, 1)]
+    ann, bob, cat, dan, eve, fay = (p.id for p in people)
+    incidents = [
+        Incident(
+            id=f"INC-2026-{n:04d}",
+            title=f"checkout-api slow {n}",
+            date=datetime(2026, 1, n, tzinfo=UTC),
+            severity=3,
+            services=("checkout-api",),
+            responders=(eve, fay),
+            summary="db pool exhausted",
+            root_cause="x",
+            resolution="y",
+            path=f"i{n}",
+        )
+        for n in range(1, 9)
+    ]
+    rotas = [
+        Rotation("p", (ann, bob), 0, "09:00", "UTC", datetime(2026, 1, 5).date(), ("checkout-api",)),
+        Rotation("w", (cat, dan), 0, "09:00", "UTC", datetime(2026, 1, 5).date(), ("storefront",)),
+    ]
+    vectors = fake_encoder.encode([i.title for i in incidents])
+    text = "checkout-api and storefront slow, db pool exhausted"
+    vector = fake_encoder.encode([text])[0]
+    holders = {"p": bob, "w": dan}  # 2026-12-02 is 47 weeks after the start: the second member of each
+    # A fitted blend may give the on-call signal no weight: the on-call person then has no score at all.
+    silent = replace(FALLBACK_TEXT, similarity=0.5, words=0.5, ownership=0, skills=0, on_call=0.0)
+    for blends in (Blends(silent, silent, True), Blends()):
+        model = ExpertModel(people, incidents, vectors, blends=blends, rotations=rotas)
+        ranked = model.rank(text, vector, ["checkout-api", "storefront"], now=NOON_UTC)
+        shown = trim_suggestions(ranked, [], 3)
+        assert {s.expert.id for s in shown if s.on_call} == set(holders.values()), [s.expert.name for s in shown]
+        assert len(shown) == 3 and shown[0].expert.id in (eve, fay)  # the best suggestion keeps its place
