@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 
 from slack_bolt import Ack
 
@@ -199,15 +200,17 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         person = body["actions"][0]["value"]
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         user = body["user"]["id"]
-        known = runtime.roster_names()
-        if person not in known:
+        expert = runtime.roster().get(person)
+        if expert is None:
             raise NotFound(f"{person} is no longer on the roster; run /experts again.")
+        if expert.has_left(datetime.now(UTC)):  # suggested before they left
+            raise NotFound(f"{expert.name} left on {expert.left}; run /experts again to find someone else.")
         invited, error = web.try_call("conversations.invite", channel=channel, users=person)
         if invited is not None:
-            text = f"Invited {known[person]} (<@{person}>) to this channel."
+            text = f"Invited {expert.name} (<@{person}>) to this channel."
             log.info("invited expert=%s channel=%s by=%s", person, channel, user)
         else:
-            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=known[person])
+            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=expert.name)
         web.tell_user(channel, user, text)
 
     on.action(ids.INVITE_EXPERT, invite_expert)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.runtime import Runtime
 from bot.slack import ids
@@ -109,3 +109,17 @@ def test_a_broadcast_in_a_roster_name_is_posted_as_text_never_as_a_ping(
     assert oncall.body["text"].startswith("On call: platform: &lt;!channel&gt; ")
     for body in (suggested.body, oncall.body):
         assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body
+
+
+def test_the_invite_button_refuses_someone_who_has_left_since_the_suggestion(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    people = runtime.store.load_experts()
+    runtime.store.replace_experts([replace(e, left=yesterday) if e.id == DANIEL else e for e in people])
+    slack.click(ids.INVITE_EXPERT, DANIEL, user=OLIVER, channel="C0INC0001")
+    told = slack_api.wait_for("response_url", timeout=15) + slack_api.calls("chat.postEphemeral")
+    assert [c.body["text"] for c in told] == [
+        f"Sorry: Daniel Okafor left on {yesterday}; run /experts again to find someone else."
+    ]
+    assert slack_api.calls("conversations.invite") == []
