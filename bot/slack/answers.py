@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from slack_bolt import Ack
 
-from bot.errors import NotFound
+from bot.errors import InvalidRequest, NotFound
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.answers import (
@@ -28,6 +28,7 @@ from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+EXPERTS_USAGE = "/experts TEXT [--service NAME]"
 ANSWER_ALL = "all"  # the channel setting that makes opsbot answer questions without a mention
 INVITE_ERRORS = {
     "already_in_channel": "{name} is already in this channel.",
@@ -71,19 +72,25 @@ def looks_like_a_question(text: str) -> bool:
 
 
 def split_service_options(raw: str) -> tuple[str, list[str]]:
-    """`checkout slow --service checkout-api` -> ("checkout slow", ["checkout-api"])."""
+    """`checkout slow --service checkout-api` -> ("checkout slow", ["checkout-api"]); an option without a name
+    is refused (it would be searched as text, or asked about as a service called '')."""
     words, services = [], []
     parts = raw.split()
     i = 0
     while i < len(parts):
-        if parts[i] in ("--service", "-s") and i + 1 < len(parts):
-            services.append(parts[i + 1])
-            i += 2
-            continue
-        if parts[i].startswith("--service="):
-            services.append(parts[i].split("=", 1)[1])
+        part = parts[i]
+        if part.startswith("--service="):
+            option, value = "--service=", part.split("=", 1)[1]
+        elif part in ("--service", "-s"):
+            option, value = part, parts[i + 1] if i + 1 < len(parts) else ""
+            i += 1
         else:
-            words.append(parts[i])
+            words.append(part)
+            i += 1
+            continue
+        if not value:
+            raise InvalidRequest(f"{option} needs a service name after it: {EXPERTS_USAGE}.")
+        services.append(value)
         i += 1
     return " ".join(words), services
 
@@ -142,7 +149,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if not (command.get("text") or "").strip():
             ack(
                 response_type="ephemeral",
-                text=f"Usage: /experts TEXT [--service NAME], for example {runtime.examples().experts_usage()}",
+                text=f"Usage: {EXPERTS_USAGE}, for example {runtime.examples().experts_usage()}",
             )
         else:
             ack(response_type="ephemeral", text="Looking for the right people…")

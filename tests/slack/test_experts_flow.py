@@ -123,3 +123,13 @@ def test_the_invite_button_refuses_someone_who_has_left_since_the_suggestion(
         f"Sorry: Daniel Okafor left on {yesterday}; run /experts again to find someone else."
     ]
     assert slack_api.calls("conversations.invite") == []
+
+
+def test_a_service_option_without_a_name_is_refused_not_searched(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    for text in ("checkout 503s --service", "checkout 503s -s", "checkout 503s --service="):
+        slack.command("/experts", text, user=OLIVER)
+    replies = slack_api.wait_for("response_url", count=3, timeout=15)
+    expected = "Sorry: {} needs a service name after it: /experts TEXT [--service NAME]."
+    assert sorted(r.body["text"] for r in replies) == sorted(
+        expected.format(o) for o in ("--service", "-s", "--service=")
+    )
