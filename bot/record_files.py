@@ -26,6 +26,7 @@ INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
 EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
 INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
+SKILL_WORD = re.compile(r"[a-z0-9]")  # what a skill is matched by (bot.answers.experts.WORD)
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -236,6 +237,10 @@ def _expert_from_dict(entry: Any, kept: list[str] | None = None) -> Expert:
         kept.append(f"away {away!r} must be true or false (false is used)")
         away = False
     skills, services = _kept_field(entry, "skills", kept), _kept_field(entry, "services", kept)
+    for skill in skills:
+        if not SKILL_WORD.search(skill.lower()):
+            kept.append(f"skill {skill!r} has no letters or digits, so it never matches a problem (left out)")
+    skills = tuple(s for s in skills if SKILL_WORD.search(s.lower()))
     return Expert(
         id=uid,
         name=str(entry["name"]),

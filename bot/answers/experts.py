@@ -321,6 +321,8 @@ def _ago(now: datetime, then: datetime) -> str:
 
 def _skill_in(skill: str, words: set[str], lower_text: str) -> bool:
     parts = WORD.findall(skill.lower())
+    if not parts:  # "-" or "": nothing to look for (and "" is in every text)
+        return False
     if len(parts) == 1:
         return parts[0] in words or (len(parts[0]) > 4 and parts[0] + "s" in words)
     return " ".join(parts) in lower_text or "-".join(parts) in lower_text

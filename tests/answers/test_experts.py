@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.answers.expert_fit import load_model
@@ -232,3 +233,21 @@ def test_whoever_is_on_call_for_each_service_involved_is_always_shown(fake_encod
         shown = trim_suggestions(ranked, [], 3)
         assert {s.expert.id for s in shown if s.on_call} == set(holders.values()), [s.expert.name for s in shown]
         assert len(shown) == 3 and shown[0].expert.id in (eve, fay)  # the best suggestion keeps its place
+
+
+def test_a_skill_without_letters_or_digits_matches_nothing_and_is_reported(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    from bot.knowledge import load_knowledge
+
+    (tmp_path / "experts.yaml").write_text(
+        "people:\n  - {id: U0AAAAAAA1, name: Ann, team: sre, skills: [postgres, '-', '']}\n", encoding="utf-8"
+    )
+    kb = load_knowledge(tmp_path)
+    assert [p.message for p in kb.problems] == [
+        "person #1 (U0AAAAAAA1): skill '-' has no letters or digits, so it never matches a problem (left out)",
+        "person #1 (U0AAAAAAA1): skill '' has no letters or digits, so it never matches a problem (left out)",
+    ]
+    assert kb.experts[0].skills == ("postgres",)
+    # A roster stored before the check is still safe: such a skill matches no problem.
+    model = ExpertModel([replace(kb.experts[0], skills=("postgres", "-", ""))], [], np.zeros((0, 64)))
+    text = "kafka consumer lag on orders"
+    assert model.rank(text, fake_encoder.encode([text])[0], now=NOON_UTC) == []
