@@ -9,7 +9,7 @@ earlier one where they overlap.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -164,7 +164,8 @@ def _when(key: str, value: Any, zone: ZoneInfo) -> datetime:
             parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
             raise RotaProblem(key, f"{value!r} is not a date and time such as 2026-11-27T18:00") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+    # With an offset it is the same instant, shown in the rota's own zone like every other time of the rota.
+    return parsed.astimezone(zone) if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
 # -- who is on call --------------------------------------------------------------------------------
@@ -205,7 +206,16 @@ def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
 
 
 def shift_at(rotation: Rotation, at: datetime) -> Shift | None:
-    """Who is on call for the rota at ``at``: an override covering it (the last listed), else the rota's turn."""
+    """Who is on call for the rota at ``at``: an override covering it (the last listed), else the rota's turn; its
+    times in the rota's zone (an override stored with a fixed offset included)."""
+    shift = _shift_at(rotation, at)
+    if shift is None:
+        return None
+    zone = ZoneInfo(rotation.timezone)
+    return replace(shift, start=shift.start.astimezone(zone), end=shift.end.astimezone(zone))
+
+
+def _shift_at(rotation: Rotation, at: datetime) -> Shift | None:
     covering = [n for n, o in enumerate(rotation.overrides) if o.start <= at < o.end]
     if covering:
         index = covering[-1]

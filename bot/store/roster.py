@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from bot.models import Expert, Incident, Override, Rotation, TimelineEntry
 from bot.store.base import StoreBase, _now
@@ -124,8 +125,9 @@ class RosterStore(StoreBase):
         rotations = []
         for team, spec in self.db.execute("SELECT team, spec FROM rotations ORDER BY rowid").fetchall():
             s = json.loads(spec)
+            zone = ZoneInfo(s["timezone"])  # stored with their offset: shown again in the rota's zone
             overrides = tuple(
-                Override(p, datetime.fromisoformat(start), datetime.fromisoformat(end))
+                Override(p, *(datetime.fromisoformat(t).astimezone(zone) for t in (start, end)))
                 for p, start, end in s["overrides"]
             )
             rotations.append(
