@@ -9,6 +9,7 @@ and ``bot.knowledge_xref`` checks the services incidents, runbooks and the roste
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,8 @@ def _check_responders(kb: KnowledgeBase) -> None:
     """
     if not kb.experts:
         return
-    unknown = unknown_responders(kb.experts, kb.incidents)
+    misspelt = _misspelt_responders(kb)
+    unknown = [r for r in unknown_responders(kb.experts, kb.incidents) if r not in misspelt]
     if unknown:
         people = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
         files = sum(1 for i in kb.incidents if any(r in set(unknown) for r in i.responders))
@@ -238,6 +240,45 @@ def _check_responders(kb: KnowledgeBase) -> None:
                 "incidents still count, but they are never suggested. Add whoever still helps to experts.yaml.",
             )
         )
+
+
+MENTION = re.compile(r"^<@([A-Za-z0-9]+)(?:\|[^>]*)?>$")
+
+
+def _misspelt_responders(kb: KnowledgeBase) -> set[str]:
+    """Responders written as a roster member's name, their id in another case or a Slack mention (<@U...>): each
+    reported in its incident file with the id to write; returns those spellings."""
+    by_spelling: dict[str, Expert] = {}
+    for e in kb.experts:
+        by_spelling.setdefault(e.name.strip().lower(), e)
+        by_spelling.setdefault(e.id.lower(), e)
+    known = {e.id for e in kb.experts}
+    misspelt: set[str] = set()
+    for incident in kb.incidents:
+        for who in incident.responders:
+            if who in known:
+                continue
+            mention = MENTION.match(who.strip())
+            expert = by_spelling.get((mention[1] if mention else who.strip().lstrip("@")).lower())
+            if expert is None:
+                continue
+            misspelt.add(who)
+            message = (
+                f"responder {who!r} is {expert.name} on the roster: write their Slack id {expert.id}, "
+                "or they get no credit for this incident"
+            )
+            kb.problems.append(Problem(incident.path, message, _line_naming(Path(kb.root) / incident.path, who)))
+    return misspelt
+
+
+def _line_naming(path: Path, text: str) -> int | None:
+    """The line of the file where responder ``text`` is written (from the `responders` key on), or None."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    start = next((n for n, line in enumerate(lines) if "responders" in line), 0)
+    return next((n for n, line in enumerate(lines[start:], start + 1) if text in line), None)
 
 
 def unknown_responders(experts: list[Expert], incidents: list[Incident]) -> list[str]:

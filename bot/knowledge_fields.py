@@ -15,7 +15,7 @@ class FileProblem(ValueError):
         self.line = line
 
 
-def name_list(value: Any, key: str) -> tuple[str, ...]:
+def name_list(value: Any, key: str, example: str = "checkout-api, payments-gateway") -> tuple[str, ...]:
     """Names given as a YAML list or one comma-separated string; a FileProblem naming ``key`` otherwise."""
     if value is None:
         return ()
@@ -23,7 +23,7 @@ def name_list(value: Any, key: str) -> tuple[str, ...]:
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
         return tuple(str(v) for v in value)
-    raise FileProblem(f"`{key}` must be a list of names, for example {key}: [checkout-api, payments-gateway]")
+    raise FileProblem(f"`{key}` must be a list of names, for example {key}: [{example}]")
 
 
 # One rule for a service's name in every file (services.yaml, incidents, the roster and its rotations) and

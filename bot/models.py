@@ -120,6 +120,12 @@ class Rotation:
     start: date  # the handoff day on which the first member's first shift begins
     services: tuple[str, ...] = ()  # covered besides the team's own services
     overrides: tuple[Override, ...] = ()
+    leaving: tuple[tuple[str, date], ...] = ()  # members with a `left:` still ahead: skipped from that day
+
+    def left_by(self, person: str, at: datetime) -> bool:
+        """Whether ``person`` had left by ``at`` (from the start of their `left:` day, in the rota's time zone)."""
+        day = dict(self.leaving).get(person)
+        return day is not None and at.astimezone(ZoneInfo(self.timezone)).date() >= day
 
 
 @dataclass

@@ -27,6 +27,7 @@ INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
 EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
 INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
+SKILL_WORD = re.compile(r"[a-z0-9]")  # what a skill is matched by (bot.answers.experts.WORD)
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -261,17 +262,33 @@ def _expert_from_dict(entry: Any, kept: list[str] | None = None) -> Expert:
     if not isinstance(away, bool):
         kept.append(f"away {away!r} must be true or false (false is used)")
         away = False
+    skills, services = _kept_field(entry, "skills", kept), _kept_field(entry, "services", kept)
+    for skill in skills:
+        if not SKILL_WORD.search(skill.lower()):
+            kept.append(f"skill {skill!r} has no letters or digits, so it never matches a problem (left out)")
+    skills = tuple(s for s in skills if SKILL_WORD.search(s.lower()))
     return Expert(
         id=uid,
         name=str(entry["name"]),
         team=entry["team"].strip(),
-        skills=name_list(entry.get("skills"), "skills"),
-        services=service_names(entry.get("services")),
+        skills=skills,
+        services=services,
         timezone=tz,
         hours=hours,
         away=away,
         left=_left(entry.get("left")),
     )
+
+
+def _kept_field(entry: dict, key: str, kept: list[str]) -> tuple[str, ...]:
+    """The person's skills or services; one bad value leaves the whole field out, reported in ``kept``."""
+    try:
+        if key == "services":
+            return service_names(entry.get(key))
+        return name_list(entry.get(key), key, example="postgres, kafka")
+    except FileProblem as exc:
+        kept.append(f"{exc} (`{key}` left out)")
+        return ()
 
 
 def _left(value: Any) -> date | None:

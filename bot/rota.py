@@ -9,7 +9,7 @@ earlier one where they overlap.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -119,14 +119,18 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     if not isinstance(overrides, list):
         raise RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}")
     parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people) for n, o in enumerate(overrides))
-    return Rotation(team, tuple(map(str, members)), day, match[2], tz, start, tuple(services), parsed)
+    ids = tuple(map(str, members))
+    leaving = tuple((m, people[m].left) for m in ids if people[m].left is not None)
+    return Rotation(team, ids, day, match[2], tz, start, tuple(services), parsed, leaving)
 
 
 def _check_person(key: str, person: Any, people: dict[str, Expert]) -> None:
     if str(person) not in people:
         raise RotaProblem(key, f"{person!r} is not on the roster; use a roster id from `people:`")
-    if people[str(person)].left is not None:
-        raise RotaProblem(key, f"{person} left on {people[str(person)].left}; take them out of the rota")
+    left = people[str(person)].left
+    # Someone serving their notice stays on the rota until their `left:` day; then their turns are skipped.
+    if left is not None and left <= datetime.now(UTC).date():
+        raise RotaProblem(key, f"{person} left on {left}; take them out of the rota")
 
 
 def _override(key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert]) -> Override:
@@ -160,29 +164,58 @@ def _when(key: str, value: Any, zone: ZoneInfo) -> datetime:
             parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
             raise RotaProblem(key, f"{value!r} is not a date and time such as 2026-11-27T18:00") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+    # With an offset it is the same instant, shown in the rota's own zone like every other time of the rota.
+    return parsed.astimezone(zone) if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
 # -- who is on call --------------------------------------------------------------------------------
 
 
+def _handoff(rotation: Rotation, week: int) -> datetime:
+    """The instant of the rota's ``week``-th handoff (0 is the first), at its local time in the rota's zone.
+
+    When summer time ends and the handoff's local time happens twice, the first one counts; when it begins and
+    that time does not exist, the time after the gap counts (Python's fold=0 for both).
+    """
+    hour, minute = map(int, rotation.handoff_time.split(":"))
+    local = datetime.combine(rotation.start + week * WEEK, time(hour, minute))
+    return local.replace(tzinfo=ZoneInfo(rotation.timezone)).astimezone(UTC)
+
+
 def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
     """The rota's own shift at ``at`` (overrides aside); None before the rota starts."""
     zone = ZoneInfo(rotation.timezone)
-    hour, minute = map(int, rotation.handoff_time.split(":"))
-    anchor = datetime.combine(rotation.start, time(hour, minute))
-    # Counted in local wall-clock time, so a handoff stays at 09:00 across a change of summer time.
-    local = at.astimezone(zone).replace(tzinfo=None)
-    if local < anchor:
+    # Handoffs are real instants compared with ``at``, so a shift always holds the time it is asked for, and a
+    # handoff stays at its local time across a change of summer time.
+    first = _handoff(rotation, 0)
+    if at < first:
         return None
-    weeks = (local - anchor) // WEEK
-    begins = anchor + weeks * WEEK
-    person = rotation.members[weeks % len(rotation.members)]
-    return Shift(rotation.team, person, begins.replace(tzinfo=zone), (begins + WEEK).replace(tzinfo=zone))
+    weeks = (at - first) // WEEK  # within a week of the answer: a summer-time change moves a handoff by an hour
+    while _handoff(rotation, weeks + 1) <= at:
+        weeks += 1
+    while weeks > 0 and _handoff(rotation, weeks) > at:
+        weeks -= 1
+    start, end = _handoff(rotation, weeks).astimezone(zone), _handoff(rotation, weeks + 1).astimezone(zone)
+    # Whoever has left by ``at`` is skipped: the next member in the order takes their turn, from their `left:` day.
+    for turn in range(len(rotation.members)):
+        person = rotation.members[(weeks + turn) % len(rotation.members)]
+        if not rotation.left_by(person, at):
+            return Shift(rotation.team, person, start, end)
+        start = max(start, datetime.combine(dict(rotation.leaving)[person], time(0), tzinfo=zone))
+    return None
 
 
 def shift_at(rotation: Rotation, at: datetime) -> Shift | None:
-    """Who is on call for the rota at ``at``: an override covering it (the last listed), else the rota's turn."""
+    """Who is on call for the rota at ``at``: an override covering it (the last listed), else the rota's turn; its
+    times in the rota's zone (an override stored with a fixed offset included)."""
+    shift = _shift_at(rotation, at)
+    if shift is None:
+        return None
+    zone = ZoneInfo(rotation.timezone)
+    return replace(shift, start=shift.start.astimezone(zone), end=shift.end.astimezone(zone))
+
+
+def _shift_at(rotation: Rotation, at: datetime) -> Shift | None:
     covering = [n for n, o in enumerate(rotation.overrides) if o.start <= at < o.end]
     if covering:
         index = covering[-1]
@@ -311,15 +344,21 @@ class Rota:
         return [on_call(r, at) for r in self.lookup(name)]
 
     def named_in(self, text: str) -> str:
-        """The team or service a question names ("who is on call for payments?"), or "" for none."""
+        """The team or service a question names ("who is on call for payments?"), or "" for none; a name after
+        "on call for" that is neither comes back as it is, so that ``lookup`` says so rather than answering for
+        every rota."""
         lower = text.lower()
         names = [r.team for r in self.rotations] + sorted(self.services, key=len, reverse=True)
         for name in names:
             if re.search(rf"(?<![\w/-]){re.escape(name.lower())}(?![\w/-])", lower):
                 return name
-        return ""
+        asked = ASKED_FOR.search(text)
+        return asked[1] if asked and asked[1].lower() not in NOT_A_NAME else ""
 
 
+ASKED_FOR = re.compile(r"(?i)\bon[\s-]?call\s+(?:for|on|in)\s+(?:the\s+)?([\w./-]+)")
+# Words after "on call for" that ask about a time or a person, not a team or service.
+NOT_A_NAME = {"now", "today", "tonight", "tomorrow", "this", "next", "weekend", "week", "me", "us", "you", "a"}
 ON_CALL_QUESTION = re.compile(
     r"(?i)\b(?:who(?:'s|\s+is|\s+are)?\s+(?:currently\s+|now\s+)?on[\s-]?call|on[\s-]?call\s+(?:now|today|"
     r"right\s+now|this\s+week)\b|who\s+(?:has|holds)\s+the\s+pager|who\s+(?:do\s+i|should\s+i|to)\s+page)"

@@ -18,7 +18,7 @@ from bot.answers.training import FitStopped, fit_ranker
 from bot.config import Settings
 from bot.errors import OpsbotError
 from bot.hints import Examples, examples
-from bot.models import Incident
+from bot.models import Expert, Incident
 from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService
@@ -247,9 +247,9 @@ class Runtime:
         """Whether the thread is one opsbot answered in (a follow-up there is a question to it)."""
         return self.store.thread_question(channel, thread_ts) is not None
 
-    def roster_names(self) -> dict[str, str]:
-        """Roster ids to names."""
-        return {e.id: e.name for e in self.store.load_experts()}
+    def roster(self) -> dict[str, Expert]:
+        """Roster ids to people, those who left included (their `left:` day says since when)."""
+        return {e.id: e for e in self.store.load_experts()}
 
     def first_time_seen(self, event_id: str) -> bool:
         """Record a Slack event id; False when it was handled before (Slack retried it)."""

@@ -461,6 +461,28 @@ def test_responders_missing_from_the_roster_are_summarised_once(tmp_path: Path) 
     assert_good_files_loaded(kb)
 
 
+def test_a_responder_written_by_name_or_another_spelling_of_an_id_is_told_which_slack_id_to_use(
+    tmp_path: Path,
+) -> None:
+    spellings = ["Daniel Okafor", "u04c2rn8vd", "<@U04C2RN8VD>", "@daniel okafor"]
+    for n, who in enumerate(spellings):
+        write(tmp_path, f"incidents/INC-2025-006{n}.yaml", incident_yaml(id=f"INC-2025-006{n}", responders=[who]))
+
+    kb = knowledge_with(tmp_path)
+
+    found = sorted((p.path, p.message, p.line) for p in kb.problems)
+    assert found == [
+        (
+            f"incidents/INC-2025-006{n}.yaml",
+            f"responder {who!r} is Daniel Okafor on the roster: write their Slack id U04C2RN8VD, "
+            "or they get no credit for this incident",
+            line_of(incident_yaml(id=f"INC-2025-006{n}", responders=[who]), "responders:") + 1,
+        )
+        for n, who in enumerate(spellings)
+    ]
+    assert_good_files_loaded(kb)
+
+
 def test_responders_are_not_checked_without_a_roster(tmp_path: Path) -> None:
     write(tmp_path, "incidents/INC-2025-0042.yaml", incident_yaml(responders=["U09ZZZZZZZ"]))
 
@@ -643,7 +665,7 @@ def test_a_bad_service_name_is_refused_alike_in_every_file(tmp_path: Path, name:
     expected = f"service name {name[:100]!r}: {SERVICE_RULE}"
     found = sorted((p.path, p.message) for p in kb.problems if "service name" in p.message)
     assert found == [
-        ("experts.yaml", f"person #1: {expected}"),
+        ("experts.yaml", f"person #1 (U03F8K2LQ1): {expected} (`services` left out)"),
         ("incidents/INC-2025-0071.yaml", expected),
         ("services.yaml", expected),
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -221,3 +221,85 @@ def test_index_stores_the_rotations_and_who_left(tmp_path: Path, fake_encoder) -
         assert store.load_rotations() == []
     finally:
         store.close()
+
+
+def test_a_bad_services_or_skills_value_keeps_the_person_and_their_rota(tmp_path: Path) -> None:
+    people = PEOPLE.replace("    name: Priya Raman\n", "    name: Priya Raman\n    services: [checkout api]\n").replace(
+        "    name: Daniel Okafor\n", "    name: Daniel Okafor\n    skills: {postgres: expert}\n"
+    )
+    (tmp_path / "experts.yaml").write_text(people + ROTA, encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert [(p.message, p.line) for p in kb.problems] == [
+        (
+            f"person #1 ({PRIYA}): service name 'checkout api': use letters, digits, '.', '_' and '-', with '/' "
+            "between parts (like checkout-api or storage/remote), up to 100 characters (`services` left out)",
+            2,
+        ),
+        (
+            f"person #2 ({DANIEL}): `skills` must be a list of names, for example skills: [postgres, kafka] "
+            "(`skills` left out)",
+            6,
+        ),
+    ]
+    assert [(e.id, e.services, e.skills) for e in kb.experts[:2]] == [(PRIYA, (), ()), (DANIEL, (), ())]
+    (rota,) = kb.rotations
+    assert rota.members == (PRIYA, DANIEL, SOFIA)
+
+
+def test_someone_leaving_later_stays_on_the_rota_until_their_left_day_then_their_turns_are_skipped(
+    tmp_path: Path,
+    fake_encoder,  # noqa: ANN001
+) -> None:
+    from bot.answers.indexer import index_knowledge
+    from bot.store import Store
+
+    people = PEOPLE.replace("    name: Daniel Okafor\n", "    name: Daniel Okafor\n    left: 2999-01-16\n")
+    (tmp_path / "experts.yaml").write_text(people + ROTA, encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert kb.problems == []  # serving their notice: not refused
+    (rota,) = kb.rotations
+    assert shift_at(rota, london("2999-01-15T12:00")).person == DANIEL  # his turn, before his last day
+    cover = on_call(rota, london("2999-01-16T12:00"))  # he has left: the next member takes the rest of his turn
+    assert (cover.now.person, cover.now.start, cover.now.end) == (
+        SOFIA,
+        london("2999-01-16T00:00"),
+        london("2999-01-21T09:00"),
+    )
+    assert (cover.next.person, cover.next.start) == (PRIYA, london("2999-01-28T09:00"))
+    assert shift_at(rota, london("2999-02-05T12:00")).person == SOFIA  # his next turn too
+    store = Store(tmp_path / "o.db")
+    try:
+        index_knowledge(store, fake_encoder, tmp_path)
+        assert store.load_rotations() == [rota]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("start", "night", "handoff"),
+    [
+        (date(2026, 10, 4), datetime(2026, 10, 25, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        (date(2026, 3, 1), datetime(2026, 3, 29, tzinfo=UTC), datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+    ],
+    ids=["repeated-hour", "skipped-hour"],
+)
+def test_a_handoff_in_the_hour_summer_time_repeats_or_skips_hands_over_once(
+    start: date, night: datetime, handoff: datetime
+) -> None:
+    """01:30 happens twice when summer time ends (the first one counts), and not at all when it begins (the
+    time after the gap counts): the pager changes hands once, and every shift holds the time it is asked for."""
+    from datetime import timedelta
+
+    from bot.models import Rotation
+
+    rota = Rotation("payments", (PRIYA, DANIEL), 6, "01:30", "Europe/London", start)
+    shifts = [(night + timedelta(minutes=m), shift_at(rota, night + timedelta(minutes=m))) for m in range(0, 180, 5)]
+    assert all(s.start <= at < s.end for at, s in shifts), [(at, s) for at, s in shifts if not s.start <= at < s.end]
+    changes = [at for (_, a), (at, b) in zip(shifts, shifts[1:], strict=False) if a.person != b.person]
+    assert changes == [handoff]
+    before, after = shift_at(rota, handoff - timedelta(minutes=1)), shift_at(rota, handoff)
+    # Compared in UTC: Python never finds a time in a repeated hour equal to one in another zone.
+    assert before.end.astimezone(UTC) == after.start.astimezone(UTC) == handoff
+    assert after.end.astimezone(LONDON).replace(tzinfo=None) == datetime.combine(
+        handoff.date() + timedelta(7), time(1, 30)
+    )

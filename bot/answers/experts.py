@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -191,6 +192,13 @@ class ExpertModel:
                 out[self.column[shift.person], 2] = 1.0
         return out, owns, skills, on_call
 
+    def known_at(self, now: datetime, leave_out: Collection[str] = ()) -> np.ndarray:
+        """(N,) the incidents a question asked at ``now`` may learn from: dated before it, less ``leave_out``."""
+        known = self.days < now.timestamp() / DAY_S
+        if leave_out:
+            known &= np.array([i.id not in leave_out for i in self.incidents], dtype=bool)
+        return known
+
     # -- ranking ---------------------------------------------------------------------------------------------
 
     def rank(
@@ -200,8 +208,12 @@ class ExpertModel:
         services: list[str] | None = None,
         now: datetime | None = None,
         exclude: tuple[str, ...] | list[str] = (),
+        leave_out: Collection[str] = (),
     ) -> list[Suggestion]:
-        """Every roster member with any reason to help, best first; never someone in ``exclude`` or who left."""
+        """Every roster member with any reason to help, best first; never someone in ``exclude`` or who left.
+
+        Only incidents dated before ``now`` count, and never those in ``leave_out`` (ids: an evaluation's
+        question that is itself one of the incidents)."""
         self.check_services(list(services or []))
         now = now or datetime.now(UTC)
         involved = sorted(set(services or []) | set(self.services_in(text)))
@@ -212,19 +224,25 @@ class ExpertModel:
         if dense is None:
             dense = np.zeros((1, 0))
         decay = decay_matrix(now_days, self.days, blend.half_life_days)
+        known = self.known_at(now, leave_out)
+        if not known.all():  # not yet happened: neither a neighbour nor evidence nor recent work
+            dense, words = np.where(known, dense, -np.inf), np.where(known, words, -np.inf)
+            decay = decay * known
         overlap = service_overlap([set(involved)], self.incident_services)
         nearest_dense = nearest_incidents(dense, self.days, blend.neighbours)
         nearest_words = nearest_incidents(words, self.days, blend.neighbours)
         history = history_signals(dense, words, overlap, decay, self.roles, nearest_dense, nearest_words)[0]
         fixed, owns, skills, on_call = self.fixed_signals(text, involved, now)
-        fixed[:, 0] *= freshness(idle_days(self.roles, self.days, now_days), blend.half_life_days)[0]
+        idle = idle_days(self.roles[known], self.days[known], now_days)
+        fixed[:, 0] *= freshness(idle, blend.half_life_days)[0]
         scores = np.concatenate([history, fixed], axis=1) @ blend.weights()
         evidence = self._evidence(dense[0], words[0], decay[0], set(nearest_dense[0]) | set(nearest_words[0]))
         stale_days = max(blend.half_life_days, STALE_DAYS)
         results = []
         for n, expert in enumerate(self.experts):
             score = float(scores[n])
-            if score <= 0 or expert.id in exclude or expert.has_left(now):
+            # Whoever is on call stays even without a score (a fitted blend may weigh on call 0): they are shown.
+            if (score <= 0 and expert.id not in on_call) or expert.id in exclude or expert.has_left(now):
                 continue
             flags = []
             shown = evidence.get(expert.id, [])
@@ -303,6 +321,8 @@ def _ago(now: datetime, then: datetime) -> str:
 
 def _skill_in(skill: str, words: set[str], lower_text: str) -> bool:
     parts = WORD.findall(skill.lower())
+    if not parts:  # "-" or "": nothing to look for (and "" is in every text)
+        return False
     if len(parts) == 1:
         return parts[0] in words or (len(parts[0]) > 4 and parts[0] + "s" in words)
     return " ".join(parts) in lower_text or "-".join(parts) in lower_text

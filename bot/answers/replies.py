@@ -85,11 +85,11 @@ def trim_suggestions(ranked: list[Suggestion], recent_first: list[str], limit: i
         best = ranked[0].score
         ranked = [s for s in ranked if s.score >= best * MIN_SHARE or s.on_call]
     ranked = spread_load(ranked, recent_first)
-    shown = ranked[:limit]
-    on_call = next((s for s in ranked if s.on_call), None)
-    if on_call is not None and on_call not in shown:  # whoever holds the pager is always among those shown
-        shown = [*shown[: limit - 1], on_call]
-    return shown
+    # Whoever holds the pager for a rota involved is always among those shown: a place is kept for each of them
+    # (more than ``limit`` only when more rotas are involved), the best of the others fill the rest.
+    on_call = [s for s in ranked if s.on_call]
+    others = [s for s in ranked if not s.on_call][: max(limit - len(on_call), 0)]
+    return [s for s in ranked if s in on_call or s in others][: max(limit, len(on_call))]
 
 
 class Answerer:

@@ -111,6 +111,14 @@ def evaluate(
         verb = "applies" if len(given) == 1 else "apply"
         wanted = "search" if task == "experts" else "experts"
         raise OpsbotError(f"{', '.join(given)} only {verb} to --task {wanted}; leave it out or change --task.")
+    split_only = [o for o in ("--relevant", "--with-services") if task == "experts" and queries is not None]
+    given = [o for o in split_only if typed(ctx, o[2:].replace("-", "_"))]
+    if given:  # a query file says who is relevant and which services each question gives
+        verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+        raise OpsbotError(
+            f"{', '.join(given)} only {verb} to the time split (without --queries); a query file gives its own "
+            f'"relevant" people and "services": leave {them} out or drop --queries.'
+        )
     settings = load_settings(ctx, encoder=backend)
     if knowledge.exists() and not knowledge.is_dir():
         raise OpsbotError(f"--knowledge {str(knowledge)!r} is a file; pass the folder with runbooks/ in it.")

@@ -12,6 +12,7 @@ from bot.cli.base import _open, _open_store, handle_errors, load_settings, main,
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
+AT_YEARS = (1970, 9000)  # `oncall --at`: the times a rota can be counted at without overflowing the calendar
 
 
 @main.command()
@@ -106,6 +107,12 @@ def oncall(ctx: click.Context, target: str, at: str | None, as_json: bool) -> No
         except ValueError:
             raise OpsbotError(f"--at {at!r} is not a date and time; write it like 2026-12-24T20:00Z.") from None
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        # A round of a rota is counted in weeks from here: near the ends of the calendar that overflows.
+        if not AT_YEARS[0] <= when.year <= AT_YEARS[1]:
+            raise OpsbotError(
+                f"--at {at!r} is out of range: give a time between the years {AT_YEARS[0]} and {AT_YEARS[1]}, "
+                "like 2026-12-24T20:00Z."
+            )
     store = _open_store(ctx)
     try:
         rota = Rota.from_store(store)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 
 from slack_bolt import Ack
 
-from bot.errors import NotFound
+from bot.errors import InvalidRequest, NotFound
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.answers import (
@@ -20,12 +21,14 @@ from bot.slack.blocks.answers import (
     build_help_blocks,
     build_usage_blocks,
     build_vote_ack_text,
+    experts_fallback_text,
 )
 from bot.slack.listeners import Listeners, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+EXPERTS_USAGE = "/experts TEXT [--service NAME]"
 ANSWER_ALL = "all"  # the channel setting that makes opsbot answer questions without a mention
 INVITE_ERRORS = {
     "already_in_channel": "{name} is already in this channel.",
@@ -69,19 +72,25 @@ def looks_like_a_question(text: str) -> bool:
 
 
 def split_service_options(raw: str) -> tuple[str, list[str]]:
-    """`checkout slow --service checkout-api` -> ("checkout slow", ["checkout-api"])."""
+    """`checkout slow --service checkout-api` -> ("checkout slow", ["checkout-api"]); an option without a name
+    is refused (it would be searched as text, or asked about as a service called '')."""
     words, services = [], []
     parts = raw.split()
     i = 0
     while i < len(parts):
-        if parts[i] in ("--service", "-s") and i + 1 < len(parts):
-            services.append(parts[i + 1])
-            i += 2
-            continue
-        if parts[i].startswith("--service="):
-            services.append(parts[i].split("=", 1)[1])
+        part = parts[i]
+        if part.startswith("--service="):
+            option, value = "--service=", part.split("=", 1)[1]
+        elif part in ("--service", "-s"):
+            option, value = part, parts[i + 1] if i + 1 < len(parts) else ""
+            i += 1
         else:
-            words.append(parts[i])
+            words.append(part)
+            i += 1
+            continue
+        if not value:
+            raise InvalidRequest(f"{option} needs a service name after it: {EXPERTS_USAGE}.")
+        services.append(value)
         i += 1
     return " ".join(words), services
 
@@ -140,7 +149,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if not (command.get("text") or "").strip():
             ack(
                 response_type="ephemeral",
-                text=f"Usage: /experts TEXT [--service NAME], for example {runtime.examples().experts_usage()}",
+                text=f"Usage: {EXPERTS_USAGE}, for example {runtime.examples().experts_usage()}",
             )
         else:
             ack(response_type="ephemeral", text="Looking for the right people…")
@@ -154,7 +163,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         channel = command.get("channel_id", "")
         web.respond(
             body["response_url"],
-            f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}",
+            experts_fallback_text(suggestions),
             build_experts_blocks(text, suggestions, can_invite=not channel.startswith("D")),
             replace_original=True,
         )
@@ -202,15 +211,17 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         person = body["actions"][0]["value"]
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         user = body["user"]["id"]
-        known = runtime.roster_names()
-        if person not in known:
+        expert = runtime.roster().get(person)
+        if expert is None:
             raise NotFound(f"{person} is no longer on the roster; run /experts again.")
+        if expert.has_left(datetime.now(UTC)):  # suggested before they left
+            raise NotFound(f"{expert.name} left on {expert.left}; run /experts again to find someone else.")
         invited, error = web.try_call("conversations.invite", channel=channel, users=person)
         if invited is not None:
-            text = f"Invited {known[person]} (<@{person}>) to this channel."
+            text = f"Invited {expert.name} (<@{person}>) to this channel."
             log.info("invited expert=%s channel=%s by=%s", person, channel, user)
         else:
-            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=known[person])
+            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=expert.name)
         web.tell_user(channel, user, text)
 
     on.action(ids.INVITE_EXPERT, invite_expert)

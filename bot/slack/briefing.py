@@ -14,7 +14,7 @@ from collections.abc import Callable
 from bot.errors import OpsbotError
 from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
-from bot.slack.blocks.answers import build_experts_blocks
+from bot.slack.blocks.answers import build_experts_blocks, experts_fallback_text
 from bot.slack.blocks.incidents import build_deploys_blocks, build_knowledge_blocks
 from bot.slack.blocks.mrkdwn import context
 
@@ -36,8 +36,7 @@ def knowledge_message(runtime: Runtime, query: str, channel: str, asker: str, ru
 def experts_message(runtime: Runtime, query: str, services: tuple[str, ...], asker: str = "") -> Message:
     """Who to pull in, with why; whoever asked is never suggested to themselves, whoever is on call is shown."""
     suggestions = runtime.answers.suggest_experts(query, list(services) or None, asker=asker)
-    text = f"Suggested: {', '.join(s.expert.name for s in suggestions) or 'nobody'}"
-    return text, build_experts_blocks(query, suggestions, can_invite=True)
+    return experts_fallback_text(suggestions), build_experts_blocks(query, suggestions, can_invite=True)
 
 
 def deploys_message(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from bot.models import Expert, Incident, Override, Rotation, TimelineEntry
 from bot.store.base import StoreBase, _now
@@ -112,6 +113,7 @@ class RosterStore(StoreBase):
                                 "start": r.start.isoformat(),
                                 "services": list(r.services),
                                 "overrides": [[o.person, o.start.isoformat(), o.end.isoformat()] for o in r.overrides],
+                                "leaving": [[person, day.isoformat()] for person, day in r.leaving],
                             }
                         ),
                     }
@@ -123,8 +125,9 @@ class RosterStore(StoreBase):
         rotations = []
         for team, spec in self.db.execute("SELECT team, spec FROM rotations ORDER BY rowid").fetchall():
             s = json.loads(spec)
+            zone = ZoneInfo(s["timezone"])  # stored with their offset: shown again in the rota's zone
             overrides = tuple(
-                Override(p, datetime.fromisoformat(start), datetime.fromisoformat(end))
+                Override(p, *(datetime.fromisoformat(t).astimezone(zone) for t in (start, end)))
                 for p, start, end in s["overrides"]
             )
             rotations.append(
@@ -137,6 +140,7 @@ class RosterStore(StoreBase):
                     date.fromisoformat(s["start"]),
                     tuple(s["services"]),
                     overrides,
+                    tuple((person, date.fromisoformat(day)) for person, day in s.get("leaving", [])),
                 )
             )
         return rotations

@@ -237,13 +237,8 @@ def _rank_all(model: object, queries: list[ExpertQuery], query_vectors: np.ndarr
     """Every ranking for every query with a roster member to find; what was skipped and why."""
     order = [e.id for e in model.experts]
     on_roster = set(order)
-    newest = max((i.date for i in model.incidents), default=datetime.now(UTC))
-    active = Counter(
-        p for i in model.incidents if i.date > newest - timedelta(days=ACTIVE_DAYS) for p in set(i.responders)
-    )
-    recent = [p for p, _ in active.most_common() if p in on_roster]
-    frequent = [p for p, _ in Counter(p for i in model.incidents for p in set(i.responders)).most_common()]
-    frequent = [p for p in frequent if p in on_roster] + [p for p in order if p not in frequent]
+    # A query without a date is asked after the whole history (a second later than the newest incident).
+    newest = max((i.date for i in model.incidents), default=datetime.now(UTC)) + timedelta(seconds=1)
     results: dict[str, list[tuple[list[str], frozenset[str]]]] = {name: [] for name in RANKINGS}
     unknown: Counter[str] = Counter()
     unknown_queries = 0
@@ -262,10 +257,15 @@ def _rank_all(model: object, queries: list[ExpertQuery], query_vectors: np.ndarr
         query = ExpertQuery(query.id, query.text, wanted, tuple(known), query.date)
         asked.append(query)
         now = query.date or newest
-        learned = model.rank(query.text, query_vectors[n], known or None, now=now)
+        # Every ranking learns only from what was known when the question was asked, never from its own incident.
+        itself = _incidents_asked_about(model.incidents, query)
+        history = model.known_at(now, itself)
+        learned = model.rank(query.text, query_vectors[n], known or None, now=now, leave_out=itself)
         results["learned"].append(([s.expert.id for s in learned], wanted))
         involved = sorted(set(known) | set(model.services_in(query.text)))
-        words, ownership = _tfidf_scores(model, query.text, involved, now)
+        words, ownership = _tfidf_scores(model, query.text, involved, now, history)
+        past = [i for i, k in zip(model.incidents, history, strict=True) if k]
+        recent, frequent = _most_active(past, order)
         present = [p for p in order if not model.by_id[p].has_left(now)]
         results["tfidf_knn"].append((_ranked(words, order, present), wanted))
         meaning, owning, knowing = FORMER_WEIGHTS
@@ -290,10 +290,37 @@ def _rank_all(model: object, queries: list[ExpertQuery], query_vectors: np.ndarr
     }
 
 
-def _tfidf_scores(model: object, text: str, involved: list[str], now: datetime) -> tuple[np.ndarray, np.ndarray]:
-    """The TF-IDF kNN credit per person (no decay), and their ownership and skills signals."""
-    words = model.words.similarity([text])
-    flat = decay_matrix(np.zeros(1), model.days, 0.0)
+def _incidents_asked_about(incidents: list[Incident], query: ExpertQuery) -> set[str]:
+    """The ids of the incidents a query is: the same id, or, for a query without a date (asked after them all),
+    the same text as the incident's title, or title and summary. A dated query's own incident is not before it."""
+    text = normalize_query(query.text).lower()
+    return {
+        i.id
+        for i in incidents
+        if i.id == query.id
+        or (query.date is None and text in {normalize_query(t).lower() for t in (i.title, f"{i.title}. {i.summary}")})
+    }
+
+
+def _most_active(past: list[Incident], order: list[str]) -> tuple[list[str], list[str]]:
+    """The roster by how much they resolved in the year before the newest of ``past``, and by how much ever."""
+    on_roster = set(order)
+    newest = max((i.date for i in past), default=datetime.now(UTC))
+    # Each responder once per incident, in the incident's order (not a set's): ties are broken the same every run.
+    active = Counter(
+        p for i in past if i.date > newest - timedelta(days=ACTIVE_DAYS) for p in dict.fromkeys(i.responders)
+    )
+    recent = [p for p, _ in active.most_common() if p in on_roster]
+    frequent = [p for p, _ in Counter(p for i in past for p in dict.fromkeys(i.responders)).most_common()]
+    return recent, [p for p in frequent if p in on_roster] + [p for p in order if p not in frequent]
+
+
+def _tfidf_scores(
+    model: object, text: str, involved: list[str], now: datetime, history: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The TF-IDF kNN credit per person (no decay) from the ``history`` incidents, and their ownership and skills."""
+    words = np.where(history, model.words.similarity([text]), -np.inf)
+    flat = decay_matrix(np.zeros(1), model.days, 0.0) * history
     credit = knn_credit(words, flat, model.roles, nearest_incidents(words, model.days, BASELINE_NEIGHBOURS))[0]
     fixed = model.fixed_signals(text, involved, now)[0]
     return credit, fixed[:, :2]

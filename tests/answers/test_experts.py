@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.answers.expert_fit import load_model
@@ -145,3 +147,107 @@ def test_a_new_incident_retrains_the_running_model(tmp_path: Path, sample_index:
     assert after[0].expert.id == "U07N6BJ8WP"
     assert "INC-2026-0099" in [i.id for i in after[0].incidents]
     store.close()
+
+
+def zebra_knowledge(root: Path) -> Path:
+    """Ann fixed five full disks in 2025; Bob the one zebra frobnicator meltdown, in June 2026."""
+    (root / "incidents").mkdir(parents=True)
+    (root / "experts.yaml").write_text(
+        "people:\n  - {id: U0AAAAAAA1, name: Ann, team: sre}\n  - {id: U0AAAAAAA2, name: Bob, team: sre}\n"
+    )
+    cases = [(n, f"2025-0{n}-01T10:00:00Z", f"disk full on host {n}", "U0AAAAAAA1") for n in range(1, 6)]
+    for n, when, title, who in [*cases, (9, "2026-06-01T10:00:00Z", "zebra frobnicator meltdown", "U0AAAAAAA2")]:
+        (root / "incidents" / f"INC-2025-{n:04d}.yaml").write_text(
+            f"id: INC-2025-{n:04d}\ntitle: {title}\ndate: {when}\nseverity: 3\nservices: [api]\n"
+            f"responders: [{who}]\nsummary: {title} summary\nroot_cause: cause\nresolution: fixed\n"
+        )
+    return root
+
+
+def test_a_ranking_at_a_time_learns_only_from_incidents_before_it(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    from bot.answers.experts import train
+    from bot.knowledge import load_knowledge
+
+    kb = load_knowledge(zebra_knowledge(tmp_path / "kb"))
+    model = train(kb.experts, kb.incidents, fake_encoder)
+    text = "zebra frobnicator meltdown"
+    vector = fake_encoder.encode([text])[0]
+    before = model.rank(text, vector, now=datetime(2026, 1, 10, tzinfo=UTC))
+    assert [s.expert.name for s in before] == [], [s.reasons() for s in before]  # nobody knew zebras in January
+    after = model.rank(text, vector, now=datetime(2026, 7, 1, tzinfo=UTC))
+    assert after[0].expert.name == "Bob" and [i.id for i in after[0].incidents] == ["INC-2025-0009"]
+
+
+def test_eval_with_queries_never_learns_from_later_incidents_or_the_one_asked_about(
+    tmp_path: Path,
+    fake_encoder,  # noqa: ANN001
+) -> None:
+    root = zebra_knowledge(tmp_path / "kb")
+    queries = tmp_path / "q.jsonl"
+    lines = [
+        {"id": "asked-before", "query": "zebra frobnicator meltdown", "relevant": ["U0AAAAAAA2"], "date": "2026-01-10"},
+        {"id": "INC-2025-0009", "query": "zebra frobnicator meltdown", "relevant": ["U0AAAAAAA2"]},  # itself
+    ]
+    queries.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = evaluate_experts(root, fake_encoder, queries_path=queries)
+    assert result["queries"] == 2
+    assert result["rankings"]["learned"]["top3"] == 0.0 and result["rankings"]["tfidf_knn"]["top3"] == 0.0
+
+
+def test_whoever_is_on_call_for_each_service_involved_is_always_shown(fake_encoder) -> None:  # noqa: ANN001
+    from bot.answers.expert_blend import FALLBACK_TEXT, Blends
+    from bot.answers.replies import trim_suggestions
+    from bot.models import Incident, Rotation
+
+    named = zip(["Ann", "Bob", "Cat", "Dan", "Eve", "Fay"], "ppwwdd", strict=True)
+    people = [Expert(f"U0AAAAAA{n}0", name, team) for n, (name, team) in enumerate(named, 1)]
+    ann, bob, cat, dan, eve, fay = (p.id for p in people)
+    incidents = [
+        Incident(
+            id=f"INC-2026-{n:04d}",
+            title=f"checkout-api slow {n}",
+            date=datetime(2026, 1, n, tzinfo=UTC),
+            severity=3,
+            services=("checkout-api",),
+            responders=(eve, fay),
+            summary="db pool exhausted",
+            root_cause="x",
+            resolution="y",
+            path=f"i{n}",
+        )
+        for n in range(1, 9)
+    ]
+    rotas = [
+        Rotation("p", (ann, bob), 0, "09:00", "UTC", datetime(2026, 1, 5).date(), ("checkout-api",)),
+        Rotation("w", (cat, dan), 0, "09:00", "UTC", datetime(2026, 1, 5).date(), ("storefront",)),
+    ]
+    vectors = fake_encoder.encode([i.title for i in incidents])
+    text = "checkout-api and storefront slow, db pool exhausted"
+    vector = fake_encoder.encode([text])[0]
+    holders = {"p": bob, "w": dan}  # 2026-12-02 is 47 weeks after the start: the second member of each
+    # A fitted blend may give the on-call signal no weight: the on-call person then has no score at all.
+    silent = replace(FALLBACK_TEXT, similarity=0.5, words=0.5, ownership=0, skills=0, on_call=0.0)
+    for blends in (Blends(silent, silent, True), Blends()):
+        model = ExpertModel(people, incidents, vectors, blends=blends, rotations=rotas)
+        ranked = model.rank(text, vector, ["checkout-api", "storefront"], now=NOON_UTC)
+        shown = trim_suggestions(ranked, [], 3)
+        assert {s.expert.id for s in shown if s.on_call} == set(holders.values()), [s.expert.name for s in shown]
+        assert len(shown) == 3 and shown[0].expert.id in (eve, fay)  # the best suggestion keeps its place
+
+
+def test_a_skill_without_letters_or_digits_matches_nothing_and_is_reported(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    from bot.knowledge import load_knowledge
+
+    (tmp_path / "experts.yaml").write_text(
+        "people:\n  - {id: U0AAAAAAA1, name: Ann, team: sre, skills: [postgres, '-', '']}\n", encoding="utf-8"
+    )
+    kb = load_knowledge(tmp_path)
+    assert [p.message for p in kb.problems] == [
+        "person #1 (U0AAAAAAA1): skill '-' has no letters or digits, so it never matches a problem (left out)",
+        "person #1 (U0AAAAAAA1): skill '' has no letters or digits, so it never matches a problem (left out)",
+    ]
+    assert kb.experts[0].skills == ("postgres",)
+    # A roster stored before the check is still safe: such a skill matches no problem.
+    model = ExpertModel([replace(kb.experts[0], skills=("postgres", "-", ""))], [], np.zeros((0, 64)))
+    text = "kafka consumer lag on orders"
+    assert model.rank(text, fake_encoder.encode([text])[0], now=NOON_UTC) == []

@@ -645,6 +645,19 @@ def test_eval_refuses_options_of_the_other_task(eval_files: tuple[Path, Path]) -
     assert_clean_failure(result, "--relevant, --with-services only apply to --task experts", "change --task")
 
 
+def test_eval_experts_refuses_time_split_options_with_a_query_file(eval_files: tuple[Path, Path]) -> None:
+    knowledge, queries = eval_files
+    experts = ("eval", "--task", "experts", "--knowledge", str(knowledge), "--queries", str(queries))
+    assert_clean_failure(
+        invoke(*experts, "--relevant", "main", "--with-services"),
+        "--relevant, --with-services only apply to the time split (without --queries); a query file gives its own "
+        '"relevant" people and "services": leave them out or drop --queries.',
+    )
+    assert_clean_failure(
+        invoke(*experts, "--relevant", "all"), "--relevant only applies to the time split", "leave it out"
+    )
+
+
 def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = write_queries(

@@ -69,6 +69,29 @@ def test_oncall_mistakes_are_clear_errors(indexed: Path, tmp_path: Path) -> None
     assert_clean_failure(invoke("oncall"), "there is no on-call rota yet: add `rotations:` to experts.yaml")
 
 
+def test_override_times_are_shown_in_the_rotas_time_zone_after_indexing(indexed: Path, tmp_path: Path) -> None:
+    result = invoke("oncall", "platform", "--at", "2026-12-25T12:00Z")  # the sample's Christmas cover, local times
+    assert result.stdout.splitlines()[0].endswith("until Mon 28 Dec 10:00 Europe/Berlin, covering"), result.output
+    roster = (indexed / "experts.yaml").read_text(encoding="utf-8")
+    utc = roster.replace(
+        "start: 2026-12-24T18:00, end: 2026-12-28T10:00", "start: 2026-12-24T17:00Z, end: 2026-12-28T09:00Z"
+    )
+    assert utc != roster
+    (indexed / "experts.yaml").write_text(utc, encoding="utf-8")
+    store = Store(tmp_path / "oncall.db")
+    index_knowledge(store, FakeEncoder(), indexed)
+    store.close()
+    result = invoke("oncall", "platform", "--at", "2026-12-25T12:00Z")  # written in UTC: shown in the rota's zone
+    assert result.stdout.splitlines()[0].endswith("until Mon 28 Dec 10:00 Europe/Berlin, covering"), result.output
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T12:00Z", "9999-12-20", "0001-01-01T00:00+05:00"])
+def test_oncall_at_a_time_near_the_ends_of_the_calendar_is_refused_clearly(indexed: Path, at: str) -> None:
+    assert_clean_failure(
+        invoke("oncall", "--at", at), f"--at {at!r} is out of range: give a time between the years 1970 and 9000"
+    )
+
+
 ROSTER = """people:
   - {id: U0ANA00001, name: Ana, team: storage, services: [storage/remote]}
   - {id: U0BEN00001, name: Ben, team: storage}

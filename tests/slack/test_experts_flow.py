@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from bot.runtime import Runtime
 from bot.slack import ids
@@ -89,3 +92,44 @@ def test_whoever_is_on_call_for_the_service_is_flagged_in_experts(
     holders = {s.person for s in (before, after) if s is not None}
     assert holders and any(p in [b["value"] for b in invite_buttons(reply.body["blocks"])] for p in holders)
     assert "• on call for payments until " in shown
+
+
+def test_a_broadcast_in_a_roster_name_is_posted_as_text_never_as_a_ping(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # experts.yaml takes any name; a notification shows a message's `text`, so it must be escaped there too.
+    people = runtime.store.load_experts()
+    runtime.store.replace_experts([replace(e, name=f"<!channel> {e.name}") for e in people])
+    runtime.forget_experts()
+    slack.command("/experts", "pgbouncer pool exhausted on pg-main --service checkout-api", user=OLIVER)
+    (suggested,) = slack_api.wait_for("response_url", timeout=15)
+    slack.mention("who is on call for platform?", user=OLIVER)
+    (oncall,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    assert suggested.body["text"].startswith("Suggested: &lt;!channel&gt; ")
+    assert oncall.body["text"].startswith("On call: platform: &lt;!channel&gt; ")
+    for body in (suggested.body, oncall.body):
+        assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body
+
+
+def test_the_invite_button_refuses_someone_who_has_left_since_the_suggestion(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    people = runtime.store.load_experts()
+    runtime.store.replace_experts([replace(e, left=yesterday) if e.id == DANIEL else e for e in people])
+    slack.click(ids.INVITE_EXPERT, DANIEL, user=OLIVER, channel="C0INC0001")
+    told = slack_api.wait_for("response_url", timeout=15) + slack_api.calls("chat.postEphemeral")
+    assert [c.body["text"] for c in told] == [
+        f"Sorry: Daniel Okafor left on {yesterday}; run /experts again to find someone else."
+    ]
+    assert slack_api.calls("conversations.invite") == []
+
+
+def test_a_service_option_without_a_name_is_refused_not_searched(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    for text in ("checkout 503s --service", "checkout 503s -s", "checkout 503s --service="):
+        slack.command("/experts", text, user=OLIVER)
+    replies = slack_api.wait_for("response_url", count=3, timeout=15)
+    expected = "Sorry: {} needs a service name after it: /experts TEXT [--service NAME]."
+    assert sorted(r.body["text"] for r in replies) == sorted(
+        expected.format(o) for o in ("--service", "-s", "--service=")
+    )

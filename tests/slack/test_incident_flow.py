@@ -466,6 +466,16 @@ def test_broadcast_mentions_typed_into_a_title_or_resolution_are_posted_as_text_
         assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body
 
 
+def test_a_broadcast_in_a_roster_name_reaches_the_briefing_as_text_never_as_a_ping(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.store.replace_experts([replace(e, name=f"<!here> {e.name}") for e in runtime.store.load_experts()])
+    runtime.forget_experts()
+    _, (_, _, experts, _) = declare(slack, slack_api, TITLE)
+    assert experts["text"].startswith("Suggested: &lt;!here&gt; ")
+    assert not re.search(r"<!(channel|here|everyone)>", json.dumps(experts)), experts
+
+
 def test_secrets_typed_while_working_an_incident_reach_neither_its_rows_nor_slack_nor_its_write_up(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:

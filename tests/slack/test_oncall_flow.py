@@ -81,3 +81,17 @@ def test_oncall_is_in_the_manifest_and_the_help() -> None:
     assert commands["/oncall"]["usage_hint"] == "[TEAM or SERVICE]"
     assert "`/oncall [TEAM or SERVICE]`" in text_of(build_help_blocks())
     assert "/oncall" in yaml.safe_dump(build_manifest())
+
+
+def test_who_is_on_call_for_something_unknown_says_so_instead_of_answering_every_rota(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    slack.mention("who is on call for billing?", user=OLIVER)
+    slack.mention("who is on call for the weekend?", user=OLIVER)  # a time, not a name: every rota
+    (answer,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    (told,) = slack_api.wait_for("chat.postEphemeral", timeout=15)
+    assert answer.body["text"].startswith("On call: payments: ") and "; platform: " in answer.body["text"]
+    assert (told.body["user"], told.body["text"]) == (
+        OLIVER,
+        "Sorry: no rota or service called 'billing'; the rotas are payments, platform, commerce, or name a service.",
+    )

@@ -181,6 +181,11 @@ def short_reason(suggestion: Suggestion) -> str:
     return "on the roster"
 
 
+def experts_fallback_text(suggestions: list[Suggestion]) -> str:
+    """Plain text for notifications: "Suggested: Daniel Okafor, Priya Raman" (names escaped: <!channel> stays text)."""
+    return f"Suggested: {', '.join(escape(s.expert.name) for s in suggestions) or 'nobody'}"
+
+
 def build_experts_blocks(text: str, suggestions: list[Suggestion], can_invite: bool = True) -> list[dict]:
     """Suggested people, each with the reasons and an Invite button that asks for confirmation."""
     text = " ".join(text.split())  # one line: an alert's name and annotations arrive on several

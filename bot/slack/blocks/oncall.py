@@ -22,6 +22,7 @@ def build_oncall_blocks(answers: list[OnCall] | tuple[OnCall, ...], names: dict[
 
 
 def oncall_fallback_text(answers: list[OnCall] | tuple[OnCall, ...], names: dict[str, str]) -> str:
-    """Plain text for notifications: "On call: payments: Priya Raman; platform: Daniel Okafor"."""
+    """Plain text for notifications: "On call: payments: Priya Raman; platform: Daniel Okafor" (names escaped, so a
+    <!channel> in experts.yaml stays text)."""
     parts = [f"{a.team}: {names.get(a.now.person, a.now.person) if a.now else 'nobody'}" for a in answers]
-    return "On call: " + "; ".join(parts)
+    return "On call: " + escape("; ".join(parts))
