@@ -77,6 +77,8 @@ ENTROPY = Base64HighEntropyString()
 KEYWORD_TABLES = (CONFIG_DENYLIST_REGEX_TO_GROUP, QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP)
 # The keyword detector is most of the cost of a line; it cannot match a line without one of its words.
 KEYWORD_HINT = re.compile("|".join(DENYLIST), re.IGNORECASE)
+# A word longer than any key name: only in these can a key word repeat often enough to cost time.
+LONG_WORD = re.compile(r"\w{64,}")
 # Its patterns, and others, cost time quadratic in a line's length: a very long line (a progress bar redrawn
 # with carriage returns) is read in overlapping windows; a secret shorter than the overlap is whole in one.
 KEYWORD_WINDOW = 8192
@@ -131,13 +133,15 @@ ADDITIONS: tuple[Rule, ...] = (
     Rule("Google API key", re.compile(r"(?P<value>\bAIza[0-9A-Za-z_-]{35})")),
     # detect-secrets' key words, whatever the value starts with (its patterns want a letter or digit
     # first, and an AWS secret key can start with "/" or "+"), and key names it does not list:
-    # SessionToken, GITHUB_TOKEN, credentials, REDIS_PASS, X-Api-Key.
+    # SessionToken, GITHUB_TOKEN, credentials, REDIS_PASS, X-Api-Key. The name is the whole run of name
+    # characters, taken at once and only from where the run starts; a lookahead checks its key word first.
+    # Split lazily at every repeat, a run of key words with no ":" or "=" cost cubic time (`secret.` x 1,000,
+    # 8 kB, took 55 s).
     Rule(
         "secret-named key",
         re.compile(
-            r"(?i)(?<![\w-])[\"']?(?:[\w.-]*?(?:" + "|".join(DENYLIST) + r")[\w.-]*"
-            r"|[\w.-]*?(?:token|credentials?|passphrase|(?<![a-z])pass|api-key|access[-_]?key)s?)[\"']?\s*[:=]\s*"
-            + QUOTED_VALUE
+            r"(?i)(?<![\w.-])[\"']?(?=[\w.-]*?(?:" + "|".join(DENYLIST) + r"|(?:token|credentials?|passphrase"
+            r"|(?<![a-z])pass|api-key|access[-_]?key)s?[\"']?\s*[:=]))(?>[\w.-]+)[\"']?\s*[:=]\s*" + QUOTED_VALUE
         ),
         hint=re.compile("|".join(DENYLIST) + "|token|credential|pass|api-key|access", re.IGNORECASE),
     ),
@@ -212,6 +216,26 @@ def _windows(line: str, size: int, overlap: int) -> Iterator[tuple[int, str]]:
         yield offset, line[offset : offset + size]
 
 
+def _one_key_word_per_word(window: str) -> str:
+    r"""``window`` with every long word cut to its first key word: the rest of the word becomes ``x``s.
+
+    detect-secrets' keyword patterns read a key word, then ``\w*`` to the end of the word and back again, so a
+    word repeating the key word (``SecretSecret...``) cost time quadratic in its length (32 s for 16 kB). A match
+    from a later key word in the word is one from the first with the same value after it, and the ``x``s are
+    word characters as the letters were: the values found, and where they are, stay the same.
+    """
+    if not LONG_WORD.search(window):
+        return window
+    pieces: list[str] = []
+    position = 0
+    for word in LONG_WORD.finditer(window):
+        first = KEYWORD_HINT.search(window, word.start(), word.end())
+        if first:
+            pieces += [window[position : first.end()], "x" * (word.end() - first.end())]
+            position = word.end()
+    return "".join([*pieces, window[position:]])
+
+
 def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
     """Values after detect-secrets' keywords (password, secret, api_key, db_pass ...)."""
     # The detector's own patterns and group numbers, with finditer: its analyze_string stops at the
@@ -219,12 +243,14 @@ def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
     for offset, window in _windows(line, KEYWORD_WINDOW, KEYWORD_OVERLAP):
         if not KEYWORD_HINT.search(window):
             continue
+        searched = _one_key_word_per_word(window)
         for table in KEYWORD_TABLES:
             for pattern, group in table.items():
-                for match in pattern.finditer(window):
-                    value = match.group(group).strip()
+                for match in pattern.finditer(searched):
+                    found = window[match.start(group) : match.end(group)]
+                    value = found.strip()
                     if value and not _is_reference(value) and not _is_env_path(window, match.start(group)):
-                        start = match.start(group) + len(match.group(group)) - len(match.group(group).lstrip())
+                        start = match.start(group) + len(found) - len(found.lstrip())
                         yield offset + start, offset + start + len(value)
 
 

@@ -496,3 +496,28 @@ def test_a_detector_is_skipped_only_where_its_pattern_cannot_match() -> None:
     key = "sk-" + fake(20) + "T3BlbkFJ" + fake(20)
     assert scrub(f"export OPENAI_KEY_USED_BY_DEPLOY {key} done") == "export OPENAI_KEY_USED_BY_DEPLOY *** done"
     assert scrub("sk-" * 20_000 + " " + key).endswith(" ***")
+
+
+@pytest.mark.parametrize("unit", ["secret.", "Secret"])
+def test_a_slack_message_of_repeated_key_words_or_begin_lines_is_scrubbed_quickly(unit: str) -> None:
+    """40,000 characters, the most a Slack message holds, that a secret-named key or a one-line private key
+    could start at each repeat and never end: the key name rule tried every split of the run (`secret.` x 1,000
+    took 55 s at 8 kB) and the one-line key pattern searched to the line's end from each BEGIN (3.7 s)."""
+    import signal
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError(f"{unit!r} repeated to 40,000 characters took more than 10 s to scrub")
+
+    line = (unit * (40_000 // len(unit) + 1))[:40_000]
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(10)  # stops a pattern that backtracks for minutes; the bound measured is below
+    try:
+        elapsed = []
+        for scrubbing in (scrub, Redactor().line):
+            started = time.monotonic()
+            scrubbing(line)
+            elapsed.append(time.monotonic() - started)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert max(elapsed) < 1.0  # each pass takes 0.2 s at most here
