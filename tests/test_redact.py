@@ -498,7 +498,7 @@ def test_a_detector_is_skipped_only_where_its_pattern_cannot_match() -> None:
     assert scrub("sk-" * 20_000 + " " + key).endswith(" ***")
 
 
-@pytest.mark.parametrize("unit", ["secret.", "Secret"])
+@pytest.mark.parametrize("unit", ["secret.", "Secret", "-----BEGIN A-----", "-----BEGIN RSA PRIVATE KEY-----"])
 def test_a_slack_message_of_repeated_key_words_or_begin_lines_is_scrubbed_quickly(unit: str) -> None:
     """40,000 characters, the most a Slack message holds, that a secret-named key or a one-line private key
     could start at each repeat and never end: the key name rule tried every split of the run (`secret.` x 1,000
@@ -521,3 +521,14 @@ def test_a_slack_message_of_repeated_key_words_or_begin_lines_is_scrubbed_quickl
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert max(elapsed) < 1.0  # each pass takes 0.2 s at most here
+
+
+def test_keys_and_certificates_in_one_line_are_paired_with_their_own_end() -> None:
+    key, other, certificate = (
+        "\\n".join(pem("EC PRIVATE KEY", 3)),
+        "\\n".join(pem("PRIVATE KEY", 3)),
+        "\\n".join(pem("CERTIFICATE", 3)),
+    )
+    line = f'{{"cert": "{certificate}", "key": "{key}", "next": "{other}"}} -----END RSA PRIVATE KEY-----'
+
+    assert scrub(line) == f'{{"cert": "{certificate}", "key": "***", "next": "***"}} -----END RSA PRIVATE KEY-----'
