@@ -120,6 +120,15 @@ def _is_basic_credentials(value: str) -> bool:
     return ":" in decoded and decoded.isprintable()
 
 
+def _decodes_to_a_secret(value: str) -> bool:
+    """True when a base64 value decodes to text in which a line holds a secret (a DSN, a token, a password)."""
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False  # bytes, not text: nothing to read a secret in
+    return any(scrub_line(line) != line for line in decoded.splitlines())
+
+
 def _looks_like_token(value: str) -> bool:
     """True for a bearer value with a digit or punctuation in it, not an English word like "authentication"."""
     return len(value) >= 8 and any(c.isdigit() or c in "._~+/=-" for c in value)
@@ -171,6 +180,16 @@ ADDITIONS: tuple[Rule, ...] = (
             r"(?i)\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|bot|apikey)\s+)?"
             r"(?P<value>[^\s\"',]+)"
         ),
+    ),
+    # A PEM block, base64-encoded again: a Kubernetes Secret's tls.key or id_rsa (LS0tLS1CRUdJTi is
+    # "-----BEGIN"). A certificate goes too: cut off in a long line, its kind cannot be read.
+    Rule("base64 PEM block", re.compile(r"(?<![A-Za-z0-9+/])(?P<value>LS0tLS1CRUdJTi[A-Za-z0-9+/]*={0,2})")),
+    # Any other unquoted base64 value of a YAML key (`kubectl get secret -o yaml`: DATABASE_URL, .dockerconfigjson),
+    # when what it decodes to holds a secret.
+    Rule(
+        "base64 value",
+        re.compile(r"(?<![\w.-])[\w.-]+:\s+(?P<value>[A-Za-z0-9+/]{16,}={0,2})(?![\w+/=.-])"),
+        _decodes_to_a_secret,
     ),
     Rule("bearer token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9._~+/-]+=*)"), _looks_like_token),
     Rule("basic credentials", re.compile(r"\bBasic\s+(?P<value>[A-Za-z0-9+/]{6,}={0,2})"), _is_basic_credentials),

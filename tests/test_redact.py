@@ -532,3 +532,51 @@ def test_keys_and_certificates_in_one_line_are_paired_with_their_own_end() -> No
     line = f'{{"cert": "{certificate}", "key": "{key}", "next": "{other}"}} -----END RSA PRIVATE KEY-----'
 
     assert scrub(line) == f'{{"cert": "{certificate}", "key": "***", "next": "***"}} -----END RSA PRIVATE KEY-----'
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_base64_data_of_a_kubernetes_secret_is_masked_when_it_holds_a_key_or_a_secret() -> None:
+    """`kubectl get secret -o yaml` prints each value base64-encoded and unquoted, under any key name."""
+    docker = json.dumps({"auths": {"ghcr.io": {"username": "ci", "password": PASSWORD, "auth": b64(f"ci:{PASSWORD}")}}})
+    printed = [
+        "apiVersion: v1",
+        "data:",
+        f"  tls.key: {b64(chr(10).join(KEYS['pkcs8']) + chr(10))}",
+        f"  id_rsa: {b64(chr(10).join(KEYS['openssh']))}",
+        f"  ca.crt: {b64(chr(10).join(pem('CERTIFICATE', 8)))}",
+        f"  DATABASE_URL: {b64(f'postgres://app:{PASSWORD}@db.internal:5432/app?sslmode=require')}",
+        f"  .dockerconfigjson: {b64(docker)}",
+        f"  settings.env: {b64(f'LOG_LEVEL=info{chr(10)}STRIPE_KEY={STRIPE_LIVE}{chr(10)}')}",
+        "kind: Secret",
+    ]
+    shown = [
+        "apiVersion: v1",
+        "data:",
+        "  tls.key: ***",
+        "  id_rsa: ***",
+        "  ca.crt: ***",  # a certificate is masked too: where a base64 PEM block is cut off, its kind is unknown
+        "  DATABASE_URL: ***",
+        "  .dockerconfigjson: ***",
+        "  settings.env: ***",
+        "kind: Secret",
+    ]
+
+    assert scrub("\n".join(printed)).splitlines() == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"  app.properties: {b64('server.port=8080' + chr(10) + 'feature.search=enabled' + chr(10))}",
+        f"  motd: {b64('Welcome to the payments cluster')}",
+        f"  username: {b64('deploy-bot')}",
+        f"  seed: {base64.b64encode(RNG.randbytes(32)).decode()}",  # bytes, not text: nothing to read
+        "  replicas: 3",
+        "  path: /opt/app/releases/2026/current/bin/server",
+    ],
+)
+def test_base64_values_that_decode_to_ordinary_text_are_kept(line: str) -> None:
+    assert scrub(line) == line
