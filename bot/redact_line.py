@@ -181,6 +181,16 @@ ADDITIONS: tuple[Rule, ...] = (
             r"(?P<value>[^\s\"',]+)"
         ),
     ),
+    # A signed URL's signature (Azure SAS), and chat webhook URLs that are credentials whole (detect-secrets
+    # knows Slack's /services/ ones only).
+    Rule("SAS signature", re.compile(r"(?<=[?&])sig=(?P<value>[^&\s\"'#<>]+)")),
+    Rule(
+        "chat webhook URL",
+        re.compile(
+            r"(?P<value>https://(?:hooks\.slack\.com/(?:workflows|triggers)/|(?:ptb\.|canary\.)?discord(?:app)?\.com"
+            r"/api/webhooks/|[\w-]+\.webhook\.office\.com/)[^\s\"'<>()]+)"
+        ),
+    ),
     # A PEM block, base64-encoded again: a Kubernetes Secret's tls.key or id_rsa (LS0tLS1CRUdJTi is
     # "-----BEGIN"). A certificate goes too: cut off in a long line, its kind cannot be read.
     Rule("base64 PEM block", re.compile(r"(?<![A-Za-z0-9+/])(?P<value>LS0tLS1CRUdJTi[A-Za-z0-9+/]*={0,2})")),

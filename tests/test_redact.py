@@ -580,3 +580,49 @@ def test_base64_data_of_a_kubernetes_secret_is_masked_when_it_holds_a_key_or_a_s
 )
 def test_base64_values_that_decode_to_ordinary_text_are_kept(line: str) -> None:
     assert scrub(line) == line
+
+
+SAS = fake(43, B64).replace("+", "%2B").replace("/", "%2F") + "%3D"
+GUID = f"{fake(8, HEX)}-{fake(4, HEX)}-4{fake(3, HEX)}-a{fake(3, HEX)}-{fake(12, HEX)}"
+SIGNED_URLS = [
+    (
+        f"uploading to https://acct.blob.core.windows.net/c/b.zip?sv=2022-11-02&sp=r&se=2030-01-01T00:00:00Z&sig={SAS}",
+        "uploading to https://acct.blob.core.windows.net/c/b.zip?sv=2022-11-02&sp=r&se=2030-01-01T00:00:00Z&sig=***",
+    ),
+    (f"GET /c/b.zip?sig={SAS}&sv=2022-11-02 200", "GET /c/b.zip?sig=***&sv=2022-11-02 200"),
+    (
+        f"POST https://hooks.slack.com/workflows/T{fake(8, UPPER_DIGITS)}/A{fake(8, UPPER_DIGITS)}/"
+        f"{RNG.randint(10**17, 10**18)}/{fake(24)} 200",
+        "POST *** 200",
+    ),
+    (
+        f"POST https://hooks.slack.com/triggers/T{fake(8, UPPER_DIGITS)}/{RNG.randint(10**12, 10**13)}/{fake(32, HEX)}",
+        "POST ***",
+    ),
+    (f"notify: https://discord.com/api/webhooks/{RNG.randint(10**18, 10**19)}/{fake(68, ALNUM + '-_')}", "notify: ***"),
+    (
+        f"teams: https://contoso.webhook.office.com/webhookb2/{GUID}@{GUID}/IncomingWebhook/"
+        f"{fake(32, HEX)}/{GUID} sent",
+        "teams: *** sent",
+    ),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), SIGNED_URLS, ids=[shown for _, shown in SIGNED_URLS])
+def test_a_sas_signature_and_chat_webhook_urls_are_masked(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "gpg --verify release.tar.gz.sig release.tar.gz",
+        "sig verification passed for 3 artifacts",
+        "GET https://api.example.com/search?q=sig&page=2 200",
+        "see https://api.slack.com/workflows for the workflow builder",
+        "https://discord.com/channels/1234567890/987654321 is the ops channel",
+        "docs: https://learn.microsoft.com/en-us/microsoftteams/platform/webhooks-and-connectors/",
+    ],
+)
+def test_sig_and_chat_urls_that_are_not_credentials_are_kept(line: str) -> None:
+    assert scrub(line) == line
