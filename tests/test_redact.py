@@ -626,3 +626,32 @@ def test_a_sas_signature_and_chat_webhook_urls_are_masked(printed: str, shown: s
 )
 def test_sig_and_chat_urls_that_are_not_credentials_are_kept(line: str) -> None:
     assert scrub(line) == line
+
+
+@pytest.mark.parametrize(
+    ("printed", "shown"),
+    [
+        (
+            f"DATABASE_URL=postgres://app:{PASSWORD[:9]}@{PASSWORD[9:]}@db.internal:5432/app",
+            "DATABASE_URL=postgres://app:***@db.internal:5432/app",
+        ),
+        (f"connecting to redis://:{PASSWORD[:6]}@h@rse@cache:6379/0", "connecting to redis://:***@cache:6379/0"),
+        (f'{{"url": "amqp://ci:{PASSWORD}@@mq", "next": "a@b"}}', '{"url": "amqp://ci:***@mq", "next": "a@b"}'),
+    ],
+)
+def test_a_url_password_holding_at_signs_is_masked_up_to_the_host(printed: str, shown: str) -> None:
+    """A URL's password ends at the last "@" before the host, as urllib, redis-py and SQLAlchemy read it."""
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "pip install https://files.example.com:8443/pkgs/app@1.4.2",
+        "GET https://api.example.com:8443?owner=ops@example.com 200",
+        "npm install https://registry.example.com/@scope/pkg@1.2.0",
+        "cloning ssh://git@github.com:22/org/repo.git",
+    ],
+)
+def test_urls_with_at_signs_and_no_password_are_kept(line: str) -> None:
+    assert scrub(line) == line
