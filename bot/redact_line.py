@@ -178,6 +178,16 @@ ADDITIONS: tuple[Rule, ...] = (
         "MySQL -p",
         re.compile(r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mariadb)\b.{0,1000}?\s-p" + QUOTED_VALUE),
     ),
+    # Short password flags of other tools, as `set -x` echoes them: docker login -p x, sshpass -px, openssl -k x
+    # (its -pass pass:x goes by its key name).
+    Rule(
+        "registry login -p",
+        re.compile(
+            r"\b(?:docker|podman|buildah|nerdctl|helm\s+registry)\s+login\b.{0,1000}?\s-p(?:\s+|=)(?!-)" + QUOTED_VALUE
+        ),
+    ),
+    Rule("sshpass -p", re.compile(r"\bsshpass\s+-p\s*(?!-)" + QUOTED_VALUE)),
+    Rule("openssl -k", re.compile(r"\bopenssl\b.{0,1000}?\s-k\s+(?!-)" + QUOTED_VALUE)),
     Rule(
         "authorization header",
         re.compile(

@@ -655,3 +655,42 @@ def test_a_url_password_holding_at_signs_is_masked_up_to_the_host(printed: str, 
 )
 def test_urls_with_at_signs_and_no_password_are_kept(line: str) -> None:
     assert scrub(line) == line
+
+
+SHORT_FLAGS = [
+    (f"+ docker login -u ci -p {PASSWORD} registry.example.com", "+ docker login -u ci -p *** registry.example.com"),
+    (f"podman login --username ci -p={PASSWORD} quay.io", "podman login --username ci -p=*** quay.io"),
+    (f"+ sshpass -p {PASSWORD} ssh deploy@web1 uptime", "+ sshpass -p *** ssh deploy@web1 uptime"),
+    (f"sshpass -p{PASSWORD} scp app.tar web1:/srv", "sshpass -p*** scp app.tar web1:/srv"),
+    (
+        f"+ openssl enc -aes-256-cbc -k {PASSWORD} -in backup.tar -out backup.enc",
+        "+ openssl enc -aes-256-cbc -k *** -in backup.tar -out backup.enc",
+    ),
+    (
+        f"openssl pkcs12 -export -in c.pem -passout pass:{PASSWORD} -out c.p12",
+        "openssl pkcs12 -export -in c.pem -passout pass:*** -out c.p12",
+    ),
+    (f"openssl rsa -in k.pem -passin pass:{PASSWORD}", "openssl rsa -in k.pem -passin pass:***"),
+    (f"openssl enc -d -aes-256-cbc -pass pass:{PASSWORD} -in x", "openssl enc -d -aes-256-cbc -pass *** -in x"),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), SHORT_FLAGS, ids=[shown for _, shown in SHORT_FLAGS])
+def test_short_password_flags_of_login_sshpass_and_openssl_are_masked(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "docker login -u ci --password-stdin registry.example.com",
+        "podman login -u ci -p $REGISTRY_PASSWORD quay.io",
+        "docker run -p 8080:80 payments-api:1.4.3",
+        "ssh -p 2222 deploy@web1 uptime",
+        "openssl enc -d -aes-256-cbc -kfile /run/secrets/backup-key -in x",
+        "openssl pkcs12 -in c.p12 -passin env:P12_PASSWORD -nokeys",
+        "openssl rsa -in k.pem -passin file:/run/secrets/pass",
+    ],
+)
+def test_short_flags_that_are_not_passwords_are_kept(line: str) -> None:
+    assert scrub(line) == line
