@@ -91,16 +91,20 @@ class Settings:
         values.update(os.environ if env is None else env)
         problems: list[str] = []
 
-        knowledge = Path(values.get("OPSBOT_KNOWLEDGE") or "knowledge").expanduser()
-        if values.get("OPSBOT_KNOWLEDGE") and not knowledge.is_dir():
+        knowledge = _expanded("OPSBOT_KNOWLEDGE", values.get("OPSBOT_KNOWLEDGE") or "knowledge", problems)
+        if knowledge is None:
+            knowledge = Path(values["OPSBOT_KNOWLEDGE"])
+        elif values.get("OPSBOT_KNOWLEDGE") and not knowledge.is_dir():
             problems.append(
                 f"OPSBOT_KNOWLEDGE={values['OPSBOT_KNOWLEDGE']!r} is not a directory: "
                 "point it at a folder holding runbooks/ and incidents/ (default ./knowledge)."
             )
 
         raw_db = values.get("OPSBOT_DB")
-        db_path = Path(raw_db or "opsbot.db").expanduser()
-        if raw_db and not raw_db.strip():  # unset or empty is the default; spaces would name a file "   "
+        db_path = _expanded("OPSBOT_DB", raw_db or "opsbot.db", problems)
+        if db_path is None:
+            db_path = Path(values["OPSBOT_DB"])
+        elif raw_db and not raw_db.strip():  # unset or empty is the default; spaces would name a file "   "
             problems.append("OPSBOT_DB is blank; give a file path such as ./opsbot.db, or unset it.")
         elif not db_path.parent.exists():
             problems.append(
@@ -128,10 +132,14 @@ class Settings:
                 )
             else:
                 model = str(bundled)
-        elif looks_like_path(model) and not (Path(model).expanduser() / "modules.json").exists():
-            if not Path(model).expanduser().exists():
+        elif not looks_like_path(model):
+            pass
+        elif (model_path := _expanded("OPSBOT_MODEL", model, problems)) is None:
+            pass
+        elif not (model_path / "modules.json").exists():
+            if not model_path.exists():
                 problems.append(f"OPSBOT_MODEL={model!r} does not exist: give a model folder or a hub name.")
-            elif not (Path(model).expanduser() / "config.json").exists():
+            elif not (model_path / "config.json").exists():
                 problems.append(
                     f"OPSBOT_MODEL={model!r} is not a sentence-transformers model folder "
                     "(no modules.json or config.json in it)."
@@ -200,7 +208,7 @@ class Settings:
                 "through ONNX Runtime, about 3x faster per query (needs onnxruntime)."
             )
         raw_cache = (values.get("OPSBOT_ONNX_CACHE") or "").strip()
-        onnx_cache = Path(raw_cache).expanduser() if raw_cache else None
+        onnx_cache = _expanded("OPSBOT_ONNX_CACHE", raw_cache, problems) if raw_cache else None
         if onnx_cache is not None and onnx_cache.exists() and not onnx_cache.is_dir():
             problems.append(f"OPSBOT_ONNX_CACHE={raw_cache!r} is a file; give a folder for the ONNX export.")
 
@@ -227,6 +235,15 @@ class Settings:
             onnx_cache=onnx_cache,
             stop_grace_s=stop_grace_s,
         )
+
+
+def _expanded(name: str, raw: str, problems: list[str]) -> Path | None:
+    """The path ``raw`` of setting ``name`` with ``~`` expanded; None, and a problem, when it cannot be."""
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # ~user with no such user, or ~ with no HOME and no passwd entry (an arbitrary-uid container)
+        problems.append(f"{name}={raw!r}: cannot expand ~ (no such user, or no home directory); give an absolute path.")
+        return None
 
 
 def _bool_setting(values: Mapping[str, str], name: str, default: bool, problems: list[str]) -> bool:

@@ -247,3 +247,38 @@ def test_the_hook_secret_is_a_long_secret_without_spaces_around_it() -> None:
     for bad in ("short", " " * 16, f"{secret}\n", f" {secret}"):
         with pytest.raises(ConfigError, match="OPSBOT_HOOK_SECRET must be at least 16 characters without spaces"):
             Settings.from_env({"OPSBOT_HOOK_SECRET": bad}, dotenv=None)
+
+
+def test_a_path_whose_tilde_cannot_be_expanded_is_a_problem_naming_its_setting() -> None:
+    env = {
+        "OPSBOT_KNOWLEDGE": "~nosuchuser-opsbot/knowledge",
+        "OPSBOT_DB": "~nosuchuser-opsbot/opsbot.db",
+        "OPSBOT_MODEL": "~nosuchuser-opsbot/model",
+        "OPSBOT_ONNX_CACHE": "~nosuchuser-opsbot/onnx",
+    }
+
+    problems = config_problems(env)
+
+    for name in env:
+        assert (
+            f"{name}={env[name]!r}: cannot expand ~ (no such user, or no home directory); give an absolute path."
+            in (problems)
+        )
+    assert len(problems) == 4
+
+
+def test_a_home_path_without_a_home_directory_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An arbitrary uid in a container (OpenShift): no HOME variable and no passwd entry to find a home in."""
+    import pwd
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+
+    problems = config_problems({"OPSBOT_DB": "~/opsbot.db"})
+
+    assert problems == [
+        "OPSBOT_DB='~/opsbot.db': cannot expand ~ (no such user, or no home directory); give an absolute path."
+    ]
