@@ -86,10 +86,15 @@ class Settings:
         commands that never embed text (such as `notify-deploy` in a CI job without the model package).
         """
         values: dict[str, str] = {}
-        if dotenv is not None and dotenv.is_file():
-            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-        values.update(os.environ if env is None else env)
         problems: list[str] = []
+        if dotenv is not None and dotenv.is_file():
+            try:
+                values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+            except (UnicodeDecodeError, OSError) as error:  # UTF-16 from PowerShell's `>`, a Latin-1 comment
+                problems.append(
+                    f"{dotenv.absolute()}: not readable as UTF-8 text ({error}); save it as UTF-8, or remove it."
+                )
+        values.update(os.environ if env is None else env)
 
         knowledge = _expanded("OPSBOT_KNOWLEDGE", values.get("OPSBOT_KNOWLEDGE") or "knowledge", problems)
         if knowledge is None:

@@ -282,3 +282,21 @@ def test_a_home_path_without_a_home_directory_is_a_problem(monkeypatch: pytest.M
     assert problems == [
         "OPSBOT_DB='~/opsbot.db': cannot expand ~ (no such user, or no home directory); give an absolute path."
     ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "\ufeffOPSBOT_TOP_K=7\n".encode("utf-16-le"),  # PowerShell 5's `echo ... > .env`
+        "# mot de passe généré\nOPSBOT_TOP_K=7\n".encode("latin-1"),
+    ],
+)
+def test_a_dotenv_that_is_not_utf8_is_a_problem_naming_the_file(tmp_path: Path, content: bytes) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_bytes(content)
+
+    problem, other = config_problems({"OPSBOT_TOP_K": "0"}, dotenv=dotenv)  # the others are still checked
+
+    assert problem.startswith(f"{dotenv}: not readable as UTF-8 text (")
+    assert problem.endswith("); save it as UTF-8, or remove it.")
+    assert other.startswith("OPSBOT_TOP_K=0 is out of range")
