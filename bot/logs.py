@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-TOKEN = re.compile(r"\b(xox[abposr]|xapp)-[A-Za-z0-9-]+")
+TOKEN = re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+")
 LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 

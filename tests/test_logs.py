@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 
-from bot.logs import configure_logging
+import pytest
+
+from bot.logs import configure_logging, redact_tokens
 
 
 def test_a_token_is_redacted_from_the_message_its_arguments_and_the_traceback() -> None:
@@ -26,3 +28,9 @@ def test_a_token_is_redacted_from_the_message_its_arguments_and_the_traceback() 
     text = stream.getvalue()
     assert "call failed token=xapp-***" in text and "ValueError: could not use xoxb-***" in text
     assert "secret" not in text
+
+
+@pytest.mark.parametrize("prefix", ["xoxb", "xoxp", "xoxe", "xoxc", "xoxd", "xapp"])
+def test_every_kind_of_slack_token_is_redacted(prefix: str) -> None:
+    """Refresh (xoxe-), client (xoxc-) and cookie (xoxd-) tokens too, not only bot, user and app ones."""
+    assert redact_tokens(f"refreshing with {prefix}-1-AbCdEf0123456789 now") == f"refreshing with {prefix}-*** now"
