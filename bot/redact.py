@@ -29,6 +29,7 @@ SECRET_LABEL = re.compile(r"PRIVATE|SECRET|ENCRYPTED")
 ARMOR_HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9-]*: ")
 KEY_BODY = re.compile(r"=?[A-Za-z0-9+/]+={0,2}")
 PREFIXED_KEY_BODY = re.compile(r".{0,60}?[\s\]|>]\s*([A-Za-z0-9+/]{40,}={0,2})")
+PREFIXED_LAST_LINE = re.compile(r".{0,60}?[\s\]|>]\s*([A-Za-z0-9+/]{4,39}={0,2})")
 # A body line met without its BEGIN line: 60-80 characters (PEM wraps at 64, OpenSSH at 70, some tools at
 # 76), mixed case and digits, and as random as a key is. Decided line by line: a line already returned
 # cannot be taken back, so waiting for a run of three would post the first two.
@@ -57,6 +58,7 @@ class _Block:
         self.putty = putty
         self.seen_body = seen_body
         self.closed = False
+        self.body_at: int | None = None  # where the base64 starts in a prefixed body line (after a timestamp)
 
     def holds(self, body: str) -> bool:
         """True when ``body`` still belongs to the block (closing it on its END line), False when it was cut off."""
@@ -76,6 +78,13 @@ class _Block:
         token = prefixed.group(1) if prefixed else text if KEY_BODY.fullmatch(text) else ""
         if token and not _is_hex(token) and (len(token) >= 40 or _could_end_a_key(token)):
             self.seen_body = True
+            self.body_at = prefixed.start(1) if prefixed else None
+            return True
+        # A key's short last line after a prefix that changes each line (a timestamp): where the body lines
+        # before it started, and shaped like a last line ("Deployed v2" has a longer prefix).
+        last = PREFIXED_LAST_LINE.fullmatch(text) if self.body_at is not None else None
+        if last and last.start(1) == self.body_at and not _is_hex(last.group(1)) and _could_end_a_key(last.group(1)):
+            self.body_at = None  # a key has one last line: the END line comes next
             return True
         return False
 
@@ -177,6 +186,7 @@ class Redactor:
         orphan = ORPHAN_BODY.fullmatch(body)
         if orphan and _is_random_key_body(orphan.group(1)):
             self._block = _Block("", seen_body=True)
+            self._block.body_at = orphan.start(1) - (len(body) - len(body.lstrip()))
             return KEY_REMOVED + ending
         return scrub_line(body) + ending
 

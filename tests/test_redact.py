@@ -694,3 +694,22 @@ def test_short_password_flags_of_login_sshpass_and_openssl_are_masked(printed: s
 )
 def test_short_flags_that_are_not_passwords_are_kept(line: str) -> None:
     assert scrub(line) == line
+
+
+def test_the_short_last_line_of_a_key_in_timestamped_log_lines_is_removed() -> None:
+    """GitHub Actions raw logs stamp every line: the key's last line, 24 characters, was kept, and its END line."""
+    body = base64.b64encode(RNG.randbytes(48 * 20 + 18)).decode()  # 20 lines of 64, then one of 24
+    key = [
+        "-----BEGIN PRIVATE KEY-----",
+        *(body[i : i + 64] for i in range(0, len(body), 64)),
+        "-----END PRIVATE KEY-----",
+    ]
+    assert len(key[-2]) == 24
+    stamped = [f"2026-11-02T10:00:00.{i:07d}Z {line}" for i, line in enumerate([*key, "key installed", "Deployed v2"])]
+
+    for printed in (stamped, stamped[5:]):  # whole, and with its BEGIN line scrolled away
+        shown = scrub("\n".join(printed)).splitlines()
+
+        assert leaked(shown, key) == []
+        assert shown[1:] == [stamped[-2], stamped[-1]]
+        assert not any("END" in line for line in shown)
