@@ -4,8 +4,9 @@ The base is detect-secrets' ruleset (Yelp): every regex detector it ships (AWS, 
 Stripe, JWT, npm, basic-auth URLs, ...), its keyword detector, and its base64 high-entropy detector for quoted
 strings. opsbot adds, on top (``ADDITIONS``): formats it does not know (fine-grained GitHub tokens, Slack app
 tokens, Google API keys, bare npm tokens, Stripe keys of any length), key names it does not list (``token``,
-``credentials``, ``*_PASS``), command-line flags (``--password x``, ``mysql -px``) and HTTP authorization
-headers. Private keys, which span lines, are ``bot.redact``'s.
+``credentials``, ``*_PASS``), command-line flags (``--password x``, ``mysql -px``, ``docker login -p x``), HTTP
+authorization headers, Azure SAS signatures, chat webhook URLs and base64 values that hide a key or a secret
+(a Kubernetes Secret's ``data:``). Private keys, which span lines, are ``bot.redact``'s.
 
 Only the secret value is replaced, by ``***``, so the line keeps its key name and stays readable.
 """
