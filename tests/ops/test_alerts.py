@@ -594,9 +594,7 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
     incidents.resolve(incidents.get(first.id), CAROL, "raised the pool size")
     receive(alerts, "pgbouncer-resolved")
     alert_clock.advance(minutes=30)
-    again = json.loads(payload("pgbouncer-firing"))
-    again["alerts"] = [a | {"startsAt": alert_clock.now.isoformat()} for a in again["alerts"]]
-    after = alerts.receive(parse_notification(json.dumps(again).encode()))  # within the hour: a new firing
+    after = fire_again(alerts, alert_clock)  # within the hour: a new firing
     assert (after.kind, after.group.episode, after.group.incident_id) == ("refired", 1, "")
     assert after.note.endswith(f"{first.id} is closed: Declare incident declares a new one")
     second, created = alerts.declare_incident(group.id, ALICE, incidents, None)
@@ -615,10 +613,8 @@ def test_a_firing_long_after_the_last_one_stays_with_its_incident_while_that_is_
     first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
     receive(alerts, "pgbouncer-resolved")
     alert_clock.advance(minutes=90)  # quiet for longer than an hour: a new message, but the incident is still open
-    again = json.loads(payload("pgbouncer-firing"))
-    again["alerts"] = [a | {"startsAt": alert_clock.now.isoformat()} for a in again["alerts"]]
 
-    after = alerts.receive(parse_notification(json.dumps(again).encode()))
+    after = fire_again(alerts, alert_clock)
 
     assert (after.kind, after.group.episode, after.group.incident_id) == ("opened", 2, first.id)
     assert after.note.endswith(f"{first.id} is still open: this firing stays with it")

@@ -418,23 +418,28 @@ def test_silencing_an_alert_of_no_service_tells_the_clicker_who_may(
     assert "'s approvers" not in refused.body["text"] and alertmanager.silences == []
 
 
+def deployed(runtime: Runtime, request_id: str, version: str, at: str) -> None:
+    """A deploy of checkout-api to prod that succeeded at ``at``."""
+    row = new_row(
+        request_id,
+        service="checkout-api",
+        env="prod",
+        version=version,
+        status="succeeded",
+        created_at=at,
+        started_at=at,
+        finished_at=at,
+    )
+    with runtime.store.transaction():
+        runtime.store.insert_deploy(row)
+
+
 def test_rollback_from_the_alert_goes_through_the_usual_approval(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
     finished = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds")
     for request_id, version, at in (("dep-old", "1.4.1", "2026-11-01T10:00:00+00:00"), ("dep-new", "1.4.2", finished)):
-        row = new_row(
-            request_id,
-            service="checkout-api",
-            env="prod",
-            version=version,
-            status="succeeded",
-            created_at=at,
-            started_at=at,
-            finished_at=at,
-        )
-        with runtime.store.transaction():
-            runtime.store.insert_deploy(row)
+        deployed(runtime, request_id, version, at)
     now = datetime.now(UTC).isoformat()
     fresh = payload("pgbouncer-firing")
     fresh["alerts"] = [a | {"startsAt": now} for a in fresh["alerts"]]
@@ -463,19 +468,7 @@ def test_an_incident_declared_from_an_alert_names_the_deploy_before_the_alert_fi
     fix, say) is not what the DORA figures blame, so the declaration does not name it either."""
     now = datetime.now(UTC)
     for request_id, version, ago in (("dep-before", "1.4.1", 120), ("dep-after", "1.4.2", 10)):
-        at = (now - timedelta(minutes=ago)).isoformat(timespec="seconds")
-        row = new_row(
-            request_id,
-            service="checkout-api",
-            env="prod",
-            version=version,
-            status="succeeded",
-            created_at=at,
-            started_at=at,
-            finished_at=at,
-        )
-        with runtime.store.transaction():
-            runtime.store.insert_deploy(row)
+        deployed(runtime, request_id, version, (now - timedelta(minutes=ago)).isoformat(timespec="seconds"))
     deliver(bot, timed("pgbouncer-firing", now - timedelta(minutes=30)))
     [edit] = briefed(slack_api)
     assert "Possible cause:* deploy 1.4.1 of checkout-api to prod" in shown(edit.body)
