@@ -130,6 +130,28 @@ def index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progre
         return _index_knowledge(store, encoder, root, progress)
 
 
+def _id_clashes(store: Store, incidents: list[Incident]) -> list[Problem]:
+    """Incident files that take the id of an incident declared in Slack without being its export: neither its
+    title nor its day. The file still takes over (an export may be edited), but not without a word."""
+    problems = []
+    for incident in incidents:
+        live = store.live_incident(incident.id)
+        if live is None:
+            continue
+        same_title = " ".join(live["title"].split()).lower() == " ".join(incident.title.split()).lower()
+        same_day = datetime.fromisoformat(live["declared_at"]).date() == incident.date.date()
+        if not (same_title or same_day):
+            problems.append(
+                Problem(
+                    incident.path,
+                    f"{incident.id} is also the id of an incident declared in Slack ({live['title']!r}), and this "
+                    "file takes its place in search; if it is not that incident's export (`opsbot incidents "
+                    "export`), give it another id.",
+                )
+            )
+    return problems
+
+
 def _embed_votes_again(store: Store, encoder: Encoder) -> None:
     """The votes' question vectors in the new model's space: they are compared with questions (a vote moves its
     document on the same question) and the ranker is fitted on them, and the old model's vectors mean nothing
@@ -185,6 +207,7 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     kept = kb.failed_paths | {p for p in stored if folders and p.startswith(folders)}
     present = {d.path for d in kb.documents} | kept
     file_ids = {i.id for i in kb.incidents}
+    report.problems += _id_clashes(store, kb.incidents)
     # Incidents resolved in Slack live in the database until exported; an exported file takes over.
     removed = [
         p

@@ -627,3 +627,29 @@ def test_a_model_change_embeds_the_votes_questions_again(knowledge: Path, store:
     (stored,) = [vector for _, _, _, vector in store.votes_for_training()]
     expected = SearchIndex(store, second).embed_query(question)
     assert float(stored @ expected) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_incident_file_taking_the_id_of_another_incident_declared_in_slack_is_reported(
+    knowledge: Path, store: Store
+) -> None:
+    """An exported file takes over its Slack incident; a file that merely reuses the id (a template, a
+    hand-numbered write-up) does too, but is reported instead of silently replacing it."""
+    encoder = FakeEncoder()
+    index_knowledge(store, encoder, knowledge)
+    incidents = IncidentService(store, set())
+    live = incidents.declare("Kafka consumer lag on order-events", "UALICE0001")
+    _, past = incidents.resolve(live, "UALICE0001", "Pinned the consumer group protocol")
+    index_incident(store, encoder, past)
+
+    clash = INCIDENT.replace("INC-2025-0042", live.id).replace("2025-04-12", "2025-01-02")
+    write(knowledge, f"incidents/{live.id}.yaml", clash)
+    problems = [str(p) for p in index_knowledge(store, encoder, knowledge).problems]
+    assert problems == [
+        f"incidents/{live.id}.yaml: {live.id} is also the id of an incident declared in Slack "
+        "('Kafka consumer lag on order-events'), and this file takes its place in search; if it is not that "
+        "incident's export (`opsbot incidents export`), give it another id."
+    ]
+
+    export = clash.replace("Checkout 502s after gateway deploy", "Kafka consumer lag on order-events")
+    write(knowledge, f"incidents/{live.id}.yaml", export)
+    assert index_knowledge(store, encoder, knowledge).problems == []
