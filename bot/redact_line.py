@@ -163,11 +163,12 @@ ADDITIONS: tuple[Rule, ...] = (
             r"(?![\w-])(?:=|\s+)(?!-)" + QUOTED_VALUE
         ),
     ),
-    # Also with no user name (redis://:pw@cache) or characters detect-secrets' basic-auth rule stops at. The
-    # password ends at the last "@" before the host, as urllib (and redis-py, SQLAlchemy) reads it: Tr0ub@dor@db.
+    # Also with no user name (redis://:pw@cache) or characters detect-secrets' basic-auth rule stops at (a
+    # password may hold #, ? or a quote). The password ends at the last "@" before the host, as urllib (and
+    # redis-py, SQLAlchemy) reads it: Tr0ub@dor@db. A port (host:8443?owner=ops@example.com) is no password.
     Rule(
         "URL credentials",
-        re.compile(r"://[^/\s:@]*:(?P<value>[^/\s?#\"'<>]+)@(?=[^@/\s?#\"'<>]*(?:[/?#\"'<>\s]|$))"),
+        re.compile(r"://[^/\s:@]*:(?!\d+(?:[/?#]|$))(?P<value>[^/\s]+)@(?=[^@/\s?#\"'<>]*(?:[/?#\"'<>\s,;]|$))"),
     ),
     # The flag within 1,000 characters of the command: unbounded, a line repeating the command word was
     # searched to its end from each one (a 100 kB line took 11 s).

@@ -637,6 +637,13 @@ def test_sig_and_chat_urls_that_are_not_credentials_are_kept(line: str) -> None:
         ),
         (f"connecting to redis://:{PASSWORD[:6]}@h@rse@cache:6379/0", "connecting to redis://:***@cache:6379/0"),
         (f'{{"url": "amqp://ci:{PASSWORD}@@mq", "next": "a@b"}}', '{"url": "amqp://ci:***@mq", "next": "a@b"}'),
+        # a password holding #, ? or a quote, which the first version of this rule stopped at and so let through
+        (
+            "DATABASE_URL=postgres://app:Xk9#pQ2vL@db.internal:5432/app",
+            "DATABASE_URL=postgres://app:***@db.internal:5432/app",
+        ),
+        ("redis://:s3cr?t-Pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("amqp://svc:pa'ss-w0rd@mq.internal/vhost", "amqp://svc:***@mq.internal/vhost"),
     ],
 )
 def test_a_url_password_holding_at_signs_is_masked_up_to_the_host(printed: str, shown: str) -> None:
