@@ -37,6 +37,11 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 REOPEN_AFTER = timedelta(hours=1)  # a group firing again later than this after it resolved gets a new message
+# A firing of the very alerts just resolved (same fingerprints and startsAt) within this of the resolve is a late
+# copy: an HA pair's replicas each wait their peer_timeout (15 s by default) in turn before sending. Later, it is a
+# real firing again: Prometheus keeps an alert's startsAt across a restart (its `for` state), and an alert that
+# could not reach Alertmanager for a while was resolved by its endsAt while it kept firing.
+STALE_WITHIN = timedelta(minutes=1)
 SILENCE_FOR = timedelta(hours=1)
 
 
@@ -157,7 +162,7 @@ class AlertService:
             if row is not None and row["digest"] == notification.digest:
                 return Change("unchanged", self.get(group_id))
             before = group_from_rows(row, self.store.alert_instances(group_id), ()) if row else None
-            if before is not None and _stale(before, notification):
+            if before is not None and _stale(before, notification, now):
                 # An older notification of the firing that already resolved (the other HA replica, or a send
                 # that was held up): the same alerts, started at the same time, and since ended. Not a new firing.
                 log.info("alert group stale firing ignored id=%s", group_id)
@@ -437,10 +442,12 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
     return n.status == before.status and same and not ended
 
 
-def _stale(before: AlertGroup, n: Notification) -> bool:
-    """Whether ``n`` fires only alerts already stored as resolved: same fingerprint and startsAt, ended at or
-    after that start."""
-    if before.status != "resolved" or n.status != "firing":
+def _stale(before: AlertGroup, n: Notification, now: datetime) -> bool:
+    """Whether ``n`` is a late copy of what came before the resolve: within STALE_WITHIN of it, it fires only
+    alerts already stored as resolved (same fingerprint and startsAt, ended at or after that start)."""
+    if before.status != "resolved" or n.status != "firing" or not before.resolved_at:
+        return False
+    if now - datetime.fromisoformat(before.resolved_at) > STALE_WITHIN:
         return False
     ended = {
         a.fingerprint: (datetime.fromisoformat(a.starts_at), datetime.fromisoformat(a.ends_at))

@@ -401,6 +401,22 @@ def test_a_late_copy_of_the_firing_after_its_resolve_is_not_a_new_firing(
     assert fire_again(alerts, alert_clock, shown).kind == "refired"  # a firing that started since is one
 
 
+def test_the_same_alerts_firing_again_minutes_after_their_resolve_are_a_real_firing(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    """Prometheus keeps an alert's startsAt across its own restart, and an alert it could not send for a while was
+    resolved by its endsAt while it kept firing: the same fingerprints and startsAt minutes later are no late copy."""
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    receive(alerts, "pgbouncer-resolved", shown)
+    alert_clock.advance(minutes=5)
+
+    again = receive(alerts, "pgbouncer-firing", shown)
+
+    assert again.kind == "refired" and again.group.status == "firing"
+    assert shown.kinds == ["opened", "resolved", "refired"]
+
+
 def test_a_briefing_is_kept_once_and_only_for_its_episode(alerts: AlertService) -> None:
     group = receive(alerts, "pgbouncer-firing").group
     shown = Recorder()
