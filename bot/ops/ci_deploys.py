@@ -202,27 +202,33 @@ def _open_run(deploys: DeployService, event: DeployEvent) -> dict | None:
 
 
 def _same_run(deploys: DeployService, event: DeployEvent, now: datetime) -> dict | None:
-    """The CI run a `started` event reports again, open or already finished: a start retried under a new event id,
-    or one that arrived after its own finish. Same service, env and version, and the same pipeline_url (or, when
-    either has none, the same started_at). Without either, a second start cannot be told from a new run."""
+    """The CI run a `started` event reports again: a start retried under a new event id while its run is open
+    (the same pipeline_url, or the same started_at when either has no URL), or one that arrived after its own
+    finish (the same started_at, and the same pipeline_url when both have one). A finished run is matched by its
+    start time only: a re-run of a pipeline ("Re-run failed jobs") keeps its URL and is a new run, which must
+    take the lock. Without a URL or a start time, a second start cannot be told from a new run."""
     if not (event.pipeline_url or event.started_at):
         return None
     store = deploys.store
-    rows = store.open_ci_runs(event.service, event.env, event.version)
-    rows += store.finished_ci_runs(event.service, event.env, event.version)
-    for row in rows:
+    for row in store.open_ci_runs(event.service, event.env, event.version):
         if event.pipeline_url and row["pipeline_url"]:
             if event.pipeline_url == row["pipeline_url"]:
                 return row
-            continue
-        if event.started_at and row["started_at"]:
-            # as stored: no later than opsbot's clock at the time (see _no_later)
-            if parse_time(row["started_at"]) in (
-                parse_time(event.started_at),
-                parse_time(_no_later(event.started_at, now)),
-            ):
-                return row
+        elif _same_start(event, row, now):
+            return row
+    for row in store.finished_ci_runs(event.service, event.env, event.version):
+        same_pipeline = not (event.pipeline_url and row["pipeline_url"]) or event.pipeline_url == row["pipeline_url"]
+        if same_pipeline and _same_start(event, row, now):
+            return row
     return None
+
+
+def _same_start(event: DeployEvent, row: dict, now: datetime) -> bool:
+    """Whether both give a start time and it is the same, as stored (no later than opsbot's clock: _no_later)."""
+    if not (event.started_at and row["started_at"]):
+        return False
+    stored = parse_time(row["started_at"])
+    return stored in (parse_time(event.started_at), parse_time(_no_later(event.started_at, now)))
 
 
 def _same_report(deploys: DeployService, event: DeployEvent) -> dict | None:

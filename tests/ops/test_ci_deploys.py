@@ -241,6 +241,25 @@ def test_a_start_that_arrives_after_its_own_finish_takes_no_lock(
     assert deploys.request("deploy", "web", "staging", "2.0.1", ALICE).status == "pending"
 
 
+def test_a_rerun_of_a_finished_pipeline_is_a_new_run_that_takes_the_lock(
+    deploys: DeployService, clock: Clock, store: Store
+) -> None:
+    """GitHub's "Re-run failed jobs" keeps the run's URL: a start with that URL after the run finished, and with
+    another start time (or none), is the re-run, not a late copy of the first start."""
+    began = iso(START - timedelta(minutes=5))
+    send(deploys, "gh-1-started", "started", pipeline_url=PIPELINE, started_at=began)
+    send(deploys, "gh-1-finished", "failed", pipeline_url=PIPELINE, started_at=began, finished_at=iso(START))
+    clock.advance(minutes=10)
+
+    rerun = send(
+        deploys, "gh-2-started", "started", pipeline_url=PIPELINE, started_at=iso(START + timedelta(minutes=9))
+    )
+
+    assert rerun.action == "started" and store.lock_holder("web", "staging") == rerun.request.id
+    with pytest.raises(PermissionDenied, match="locked by CI"):  # CI holds the lock while its re-run deploys
+        deploys.request("deploy", "web", "staging", "2.0.1", ALICE)
+
+
 def test_a_start_retried_under_a_new_event_id_is_one_run_that_one_finish_closes(
     deploys: DeployService, clock: Clock, store: Store
 ) -> None:
