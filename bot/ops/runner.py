@@ -354,13 +354,17 @@ def _run_command(
 
     redactor = Redactor(secrets)  # one per run: it follows a private key across lines
 
+    read_so_far = [0]  # lines and pieces read: whether the reader still gets output (see _drain)
+
     def read() -> None:
         stdout = process.stdout
         assert stdout is not None
         while raw := stdout.readline(READ_CHARS):
+            read_so_far[0] += 1
             unread = 0
             while not raw.endswith("\n"):  # a line longer than READ_CHARS: read past the rest, only counted
                 more = stdout.readline(READ_CHARS)
+                read_so_far[0] += 1
                 if not more:
                     break
                 unread += len(more.rstrip("\n"))
@@ -380,7 +384,7 @@ def _run_command(
             if time.monotonic() > deadline:
                 _kill_group(process)
                 process.wait()
-                _drain(reader, lines, time.monotonic() + DRAIN_S)
+                _drain(reader, lines, time.monotonic() + DRAIN_S, read_so_far)
                 lines.append(f"opsbot: stopped after the {runner.timeout} s timeout")
                 return "timed_out", None, list(lines)
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
@@ -388,8 +392,8 @@ def _run_command(
                 reporter.show("\n".join(list(lines)[-PROGRESS_LINES:]))
             time.sleep(0.05)
         # The reader may lag (a long line takes a while to scrub): its last lines are the error, so read to the
-        # end, for as long as the run had left, and never less than DRAIN_S.
-        _drain(reader, lines, max(deadline, time.monotonic() + DRAIN_S))
+        # end, for as long as the run had left and output keeps coming, and never less than DRAIN_S.
+        _drain(reader, lines, max(deadline, time.monotonic() + DRAIN_S), read_so_far)
     finally:
         reporter.close()
         os.close(watch_write)
@@ -399,9 +403,18 @@ def _run_command(
     return ("succeeded" if code == 0 else "failed"), code, list(lines)
 
 
-def _drain(reader: threading.Thread, lines: deque[str], until: float) -> None:
-    """Wait until the reader has read the output to its end, or until ``until`` (monotonic); say so if it has not."""
-    reader.join(timeout=max(until - time.monotonic(), 0.0))
+def _drain(reader: threading.Thread, lines: deque[str], until: float, read_so_far: list[int]) -> None:
+    """Wait until the reader has read the output to its end: until ``until`` (monotonic) while output keeps
+    coming, and no longer than DRAIN_S of quiet. A process the command started in a session of its own (a
+    daemon) may hold the output open and never write to it: waiting for it to the timeout held the lock for
+    nothing. Says so when the end was not reached."""
+    seen, quiet_since = read_so_far[0], time.monotonic()
+    while reader.is_alive() and (now := time.monotonic()) < until:
+        if read_so_far[0] != seen:
+            seen, quiet_since = read_so_far[0], now
+        elif now - quiet_since >= DRAIN_S:
+            break
+        reader.join(timeout=min(0.1, max(until - now, 0.0)))
     if reader.is_alive():  # something still holds the output open, or it is still being scrubbed
         lines.append("opsbot: the output was not read to its end in time; its last lines may be missing here")
 

@@ -486,3 +486,30 @@ def test_a_deploy_queued_by_a_process_that_died_is_interrupted_not_lost(tmp_path
     with pytest.raises(Exception, match="is interrupted, not running"):
         deploys.execute(request_id)
     store.close()
+
+
+def test_a_daemon_holding_the_output_open_does_not_hold_the_deploy_to_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command starts a process in a session of its own that keeps its output open and writes nothing, then
+    exits: the run ends after DRAIN_S of quiet, not at its timeout, and releases the lock."""
+    monkeypatch.setattr(deploy_runner, "DRAIN_S", 0.5)
+    code = (
+        "import subprocess, sys\n"
+        "d = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(20)'], start_new_session=True)\n"
+        "print('started the worker daemon', d.pid, flush=True)\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=15)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    started = time.monotonic()
+    try:
+        done = deploys.execute(request.id)
+        took = time.monotonic() - started
+    finally:
+        for line in (store.deploy_row(request.id) or {}).get("log_tail", "").splitlines():
+            if line.startswith("started the worker daemon"):
+                os.kill(int(line.split()[-1]), signal.SIGKILL)
+    assert done.status == "succeeded" and took < 8, f"took {took:.1f} s"
+    assert store.lock_holder("job", "staging") is None
+    store.close()
