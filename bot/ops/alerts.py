@@ -299,6 +299,15 @@ class AlertService:
                 "the group has no labels in common to silence it by; silence it in Alertmanager instead."
             )
         matchers |= self._routed_by(group)
+        missed = [a for a in group.alerts if a.firing and any(a.labels.get(k) != v for k, v in matchers.items())]
+        if missed:
+            # Without the label that routes the group, the silence would reach other services' alerts of the same
+            # name; with it, these alerts of the group would keep notifying while Slack shows the group silenced.
+            raise InvalidRequest(
+                f"{len(missed)} alert(s) of this group lack the labels that tie it to {group.service or 'a service'} "
+                f"({', '.join(f'{k}={v}' for k, v in sorted(matchers.items()))}), so no silence from Slack covers "
+                "the group alone: silence it in Alertmanager, or label those alerts with their service."
+            )
         now = self.clock()
         who = self.names.get(user, "")
         return SilencePlan(
