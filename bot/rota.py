@@ -8,6 +8,7 @@ earlier one where they overlap.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -344,21 +345,22 @@ class Rota:
         return [on_call(r, at) for r in self.lookup(name)]
 
     def named_in(self, text: str) -> str:
-        """The team or service a question names ("who is on call for payments?"), or "" for none; a name after
-        "on call for" that is neither comes back as it is, so that ``lookup`` says so rather than answering for
-        every rota."""
+        """The team or service a question names ("who is on call for payments?"), or "" for none. A word after
+        "on call for" that is close to a team's or a service's name without being one ("paymnts") comes back as
+        it is, so that ``lookup`` names the rotas rather than answering for every rota; any other word ("for the
+        outage", "on Saturday") asks about every rota."""
         lower = text.lower()
         names = [r.team for r in self.rotations] + sorted(self.services, key=len, reverse=True)
         for name in names:
             if re.search(rf"(?<![\w/-]){re.escape(name.lower())}(?![\w/-])", lower):
                 return name
         asked = ASKED_FOR.search(text)
-        return asked[1] if asked and asked[1].lower() not in NOT_A_NAME else ""
+        if asked and difflib.get_close_matches(asked[1].lower(), [n.lower() for n in names], n=1, cutoff=0.75):
+            return asked[1]
+        return ""
 
 
-ASKED_FOR = re.compile(r"(?i)\bon[\s-]?call\s+(?:for|on|in)\s+(?:the\s+)?([\w./-]+)")
-# Words after "on call for" that ask about a time or a person, not a team or service.
-NOT_A_NAME = {"now", "today", "tonight", "tomorrow", "this", "next", "weekend", "week", "me", "us", "you", "a"}
+ASKED_FOR = re.compile(r"(?i)\bon[\s-]?call\s+for\s+(?:the\s+)?([\w./-]+)")
 ON_CALL_QUESTION = re.compile(
     r"(?i)\b(?:who(?:'s|\s+is|\s+are)?\s+(?:currently\s+|now\s+)?on[\s-]?call|on[\s-]?call\s+(?:now|today|"
     r"right\s+now|this\s+week)\b|who\s+(?:has|holds)\s+the\s+pager|who\s+(?:do\s+i|should\s+i|to)\s+page)"
