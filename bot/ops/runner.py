@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -55,6 +56,8 @@ READ_CHARS = 16 * 1024  # the most of one line read and scrubbed; the rest of a 
 CUT_TAIL = "… earlier output cut"
 PROGRESS_LINES = 8
 KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
+# Query keys whose values are credentials (Azure Functions' code, SAS sig, tokens, keys, passwords).
+CREDENTIAL_KEY = re.compile(r"(?i)(?:code|sig|signature|token|key|secret|pass|auth|credential|session)")
 DRAIN_S = 5.0  # after the command ends, the least time its output already written is given to be read and scrubbed
 GUARD = Path(__file__).with_name("runner_guard.py")
 RETRY_MAX_S = 30.0
@@ -453,13 +456,15 @@ def public_url(url: str) -> str:
 
 
 def _url_secrets(url: str) -> tuple[str, ...]:
-    """The credentials a URL may carry (its password, the values of its query string), to scrub wherever they show."""
+    """The credentials a URL may carry (its password, and query values under a key that names a credential:
+    `?code=`, `?sig=`, `?token=`), to scrub wherever they show. Other query values (`?ref=production`) are
+    words the webhook's answer repeats, not secrets."""
     try:
         parts = urllib.parse.urlsplit(url)
         password = parts.password
     except ValueError:
         return ()
-    values = [value for _, value in urllib.parse.parse_qsl(parts.query)]
+    values = [value for key, value in urllib.parse.parse_qsl(parts.query) if CREDENTIAL_KEY.search(key)]
     return tuple(v for v in [password or "", *values] if len(v) >= 6)  # a short value is no secret, and is common
 
 

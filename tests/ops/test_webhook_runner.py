@@ -222,3 +222,21 @@ def test_a_private_key_in_the_webhook_answer_is_removed_whole(tmp_path: Path, ci
     assert "END PRIVATE KEY" not in done.log_tail
     assert done.log_tail.splitlines()[-3:] == ["DEPLOY_KEY=", "*** private key removed ***", "bye"]
     store.close()
+
+
+def test_query_values_that_are_not_credentials_are_not_scrubbed_from_the_answer(
+    tmp_path: Path, ci: ThreadingHTTPServer
+) -> None:
+    """A GitLab trigger URL's `ref=production` is a word its answer repeats, not a secret; its token is one."""
+    token = "glptt-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+    url = f"http://127.0.0.1:{ci.server_port}/api/v4/projects/7/trigger/pipeline?token={token}&ref=production"
+    ci.answer = (201, {}, f'{{"ref": "production", "environment": "production", "token": "{token}"}}')  # type: ignore[attr-defined]
+    deploys, store = hook_service(tmp_path, url)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    assert '"ref": "production", "environment": "production"' in done.log_tail and token not in done.log_tail
+    store.close()
