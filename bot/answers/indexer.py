@@ -153,13 +153,14 @@ def _id_clashes(store: Store, incidents: list[Incident]) -> list[Problem]:
 
 
 def _embed_votes_again(store: Store, encoder: Encoder) -> None:
-    """The votes' question vectors in the new model's space: they are compared with questions (a vote moves its
-    document on the same question) and the ranker is fitted on them, and the old model's vectors mean nothing
-    to the new one (with the same number of dimensions, nothing would even fail)."""
-    votes = store.feedback_questions()
+    """Votes whose question vector is not this model's (cast before a model change, or through a bot still on
+    the previous model since), embedded again: they are compared with questions (a vote moves its document on
+    the same question) and the ranker is fitted on them, and another model's vectors mean nothing here."""
+    votes = store.feedback_questions(encoder.model_id)
     if votes:
         vectors = encoder.encode([normalize_query(question) for _, question in votes])
-        store.set_feedback_vectors({row_id: vector for (row_id, _), vector in zip(votes, vectors, strict=True)})
+        by_row = {row_id: vector for (row_id, _), vector in zip(votes, vectors, strict=True)}
+        store.set_feedback_vectors(by_row, encoder.model_id)
 
 
 def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progress | None) -> IndexReport:
@@ -246,8 +247,7 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
         repr((kb.experts, kb.rotations, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
     )
     config_changed = store.get_meta("config_hash") != config_hash
-    if previous_model and not same_model:
-        _embed_votes_again(store, encoder)
+    _embed_votes_again(store, encoder)
     key = ranker_key(store, encoder.model_id)
     stored_ranker = store.load_ranker(encoder.model_id)
     refit = stored_ranker is None or stored_ranker[0] != key

@@ -229,8 +229,9 @@ class Answerer:
             raise NotFound("that answer is no longer known; ask again to vote on a fresh one.")
         index = self._index()
         path = saved["paths"][0]
+        vector = index.embed_query(saved["query"])
         changed = self.store.record_feedback(
-            answer_id, user, saved["query"], path, vote, index.embed_query(saved["query"])
+            answer_id, user, saved["query"], path, vote, vector, index.encoder.model_id
         )
         if changed:
             index.reload_feedback()

@@ -68,7 +68,7 @@ class SearchIndex:
 
     def reload_feedback(self) -> None:
         """Pick up new votes without reloading the vectors."""
-        feedback, paths, votes = self.store.feedback_vectors()
+        feedback, paths, votes = self.store.feedback_vectors(self.encoder.model_id)
         with self._lock:
             self.feedback, self.feedback_paths, self.feedback_votes = feedback, paths, votes
 
@@ -99,7 +99,7 @@ class SearchIndex:
             doc_index[p]: frozenset(names) for p, names in self.store.declared_alerts().items() if p in doc_index
         }
         model = self._stored_model()
-        feedback, feedback_paths, feedback_votes = self.store.feedback_vectors()
+        feedback, feedback_paths, feedback_votes = self.store.feedback_vectors(self.encoder.model_id)
         with self._lock:
             self.feedback, self.feedback_paths, self.feedback_votes = feedback, feedback_paths, feedback_votes
             self.stats = stats

@@ -408,7 +408,7 @@ def fit_ranker(
 
     started = time.perf_counter()
     votes_key = store.votes_key()  # read first: a vote landing meanwhile costs at most one refit more
-    votes = store.votes_for_training()
+    votes = store.votes_for_training(encoder.model_id)
     queries = [(q, vectors[q[-1]]) for q in rows if q[-1] in vectors]
     examples = build_examples(index, queries, votes, stop)
     features_s = time.perf_counter() - started

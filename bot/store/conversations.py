@@ -68,9 +68,17 @@ class ConversationStore(StoreBase):
         return row[0] if row else None
 
     def record_feedback(
-        self, answer_id: str, user: str, query: str, path: str, vote: int, vector: np.ndarray | None
+        self,
+        answer_id: str,
+        user: str,
+        query: str,
+        path: str,
+        vote: int,
+        vector: np.ndarray | None,
+        model: str = "",
     ) -> bool:
-        """Store or change one person's vote on an answer; False when the vote was already the same."""
+        """Store or change one person's vote on an answer, with its question's vector by ``model``; False when the
+        vote was already the same."""
         blob = None if vector is None else np.asarray(vector, dtype=np.float32).tobytes()
         with self.transaction():
             old = self.db.execute(
@@ -79,9 +87,10 @@ class ConversationStore(StoreBase):
             if old and old[0] == vote:
                 return False
             self.db.execute(
-                "INSERT INTO feedback (user, query, path, vote, answer_id, at, vector) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO feedback (user, query, path, vote, answer_id, at, vector, model) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (answer_id, user) DO UPDATE SET vote = excluded.vote, at = excluded.at",
-                [user, query, path, vote, answer_id, _now(), blob],
+                [user, query, path, vote, answer_id, _now(), blob, model],
             )
             return True
 
@@ -89,21 +98,26 @@ class ConversationStore(StoreBase):
         rows = self.db.execute("SELECT user, query, path, vote, at FROM feedback ORDER BY id").fetchall()
         return [dict(zip(("user", "query", "path", "vote", "at"), r, strict=True)) for r in rows]
 
-    def votes_for_training(self) -> list[tuple[str, str, int, np.ndarray]]:
-        """Every vote with its question's vector, oldest first: (question, voted path, +1 or -1, vector)."""
-        rows = self.db.execute("SELECT query, path, vote, vector FROM feedback WHERE vector IS NOT NULL ORDER BY id")
+    def votes_for_training(self, model: str) -> list[tuple[str, str, int, np.ndarray]]:
+        """Every vote whose question's vector is ``model``'s (or of no recorded model, from before votes kept
+        one), oldest first: (question, voted path, +1 or -1, vector)."""
+        rows = self.db.execute(
+            "SELECT query, path, vote, vector FROM feedback WHERE vector IS NOT NULL AND model IN (?, '') ORDER BY id",
+            [model],
+        )
         return [(q, p, int(v), np.frombuffer(blob, dtype=np.float32)) for q, p, v, blob in rows.fetchall()]
 
-    def feedback_questions(self) -> list[tuple[int, str]]:
-        """Every vote's row id and question, for embedding them again (``set_feedback_vectors``)."""
-        return [(int(i), q) for i, q in self.db.execute("SELECT id, query FROM feedback ORDER BY id").fetchall()]
+    def feedback_questions(self, model: str) -> list[tuple[int, str]]:
+        """The row id and question of each vote whose vector is not ``model``'s, for ``set_feedback_vectors``."""
+        rows = self.db.execute("SELECT id, query FROM feedback WHERE model != ? ORDER BY id", [model])
+        return [(int(i), q) for i, q in rows.fetchall()]
 
-    def set_feedback_vectors(self, vectors: dict[int, np.ndarray]) -> None:
-        """Replace the question vectors of the votes named by row id."""
+    def set_feedback_vectors(self, vectors: dict[int, np.ndarray], model: str) -> None:
+        """Replace the question vectors of the votes named by row id with ``model``'s."""
         with self.transaction():
             for row_id, vector in vectors.items():
                 blob = np.asarray(vector, dtype=np.float32).tobytes()
-                self.db.execute("UPDATE feedback SET vector = ? WHERE id = ?", [blob, row_id])
+                self.db.execute("UPDATE feedback SET vector = ?, model = ? WHERE id = ?", [blob, model, row_id])
 
     def votes_key(self) -> str:
         """Changes whenever a vote is added or changed: part of what the ranker was fitted on."""
@@ -111,9 +125,12 @@ class ConversationStore(StoreBase):
         changed = self.db.execute("SELECT sum(vote * id) FROM feedback").fetchone()[0]
         return f"{count}:{last}:{changed}"
 
-    def feedback_vectors(self) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Query vectors of all votes with the voted document and the vote (+1 or -1)."""
-        rows = self.db.execute("SELECT vector, path, vote FROM feedback WHERE vector IS NOT NULL").fetchall()
+    def feedback_vectors(self, model: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Question vectors of the votes by ``model`` (or of no recorded model) with the voted document and the
+        vote (+1 or -1): another model's vectors mean nothing here, and may not even have as many dimensions."""
+        rows = self.db.execute(
+            "SELECT vector, path, vote FROM feedback WHERE vector IS NOT NULL AND model IN (?, '')", [model]
+        ).fetchall()
         if not rows:
             return np.zeros((0, 0), dtype=np.float32), [], np.zeros(0, dtype=np.float32)
         matrix = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), -1).copy()

@@ -351,3 +351,10 @@ def m017_incidents_learned(db: Database) -> None:
     # incident whose exported file was deleted on purpose stays out. Those indexed already count as learned.
     db["live_incidents"].add_column("learned_at", str, not_null_default="")
     db.execute("UPDATE live_incidents SET learned_at = resolved_at WHERE id IN (SELECT id FROM incidents)")
+
+
+@migrations()
+def m018_feedback_model(db: Database) -> None:
+    # The model a vote's question vector is by: a bot still on the previous model after `opsbot index` with a new
+    # one records votes by the old model, which the next index run embeds again. "" for votes from before.
+    db["feedback"].add_column("model", str, not_null_default="")

@@ -615,41 +615,22 @@ class OtherModel(FakeEncoder):
 
 def test_a_model_change_embeds_the_votes_questions_again(knowledge: Path, store: Store) -> None:
     """A vote moves its document on the same question and is a label for the ranker, both through its question's
-    vector; the old model's vector means nothing to the new model, even with as many dimensions."""
+    vector; the old model's vector means nothing to the new model, even with as many dimensions. So are the votes
+    a bot still on the old model records after the index changed model: the next run embeds them again."""
     first, second = FakeEncoder(model_id="model-a"), OtherModel(model_id="model-b")
     index_knowledge(store, first, knowledge)
-    question = "checkout requests time out on the pgbouncer pool"
-    index = SearchIndex(store, first)
-    store.record_feedback("ans-1", "U04C2RN8VD", question, POOL, 1, index.embed_query(question))
+    question, later = "checkout requests time out on the pgbouncer pool", "kafka consumers fall behind"
+    old_bot = SearchIndex(store, first)
+    store.record_feedback("ans-1", "U04C2RN8VD", question, POOL, 1, old_bot.embed_query(question), "model-a")
 
     index_knowledge(store, second, knowledge)
+    new_bot = SearchIndex(store, second)
+    assert [q for q, *_ in store.votes_for_training("model-b")] == [question]
+    (stored,) = [vector for *_, vector in store.votes_for_training("model-b")]
+    assert float(stored @ new_bot.embed_query(question)) == pytest.approx(1.0, abs=1e-5)
 
-    (stored,) = [vector for _, _, _, vector in store.votes_for_training()]
-    expected = SearchIndex(store, second).embed_query(question)
-    assert float(stored @ expected) == pytest.approx(1.0, abs=1e-5)
-
-
-def test_an_incident_file_taking_the_id_of_another_incident_declared_in_slack_is_reported(
-    knowledge: Path, store: Store
-) -> None:
-    """An exported file takes over its Slack incident; a file that merely reuses the id (a template, a
-    hand-numbered write-up) does too, but is reported instead of silently replacing it."""
-    encoder = FakeEncoder()
-    index_knowledge(store, encoder, knowledge)
-    incidents = IncidentService(store, set())
-    live = incidents.declare("Kafka consumer lag on order-events", "UALICE0001")
-    _, past = incidents.resolve(live, "UALICE0001", "Pinned the consumer group protocol")
-    index_incident(store, encoder, past)
-
-    clash = INCIDENT.replace("INC-2025-0042", live.id).replace("2025-04-12", "2025-01-02")
-    write(knowledge, f"incidents/{live.id}.yaml", clash)
-    problems = [str(p) for p in index_knowledge(store, encoder, knowledge).problems]
-    assert problems == [
-        f"incidents/{live.id}.yaml: {live.id} is also the id of an incident declared in Slack "
-        "('Kafka consumer lag on order-events'), and this file takes its place in search; if it is not that "
-        "incident's export (`opsbot incidents export`), give it another id."
-    ]
-
-    export = clash.replace("Checkout 502s after gateway deploy", "Kafka consumer lag on order-events")
-    write(knowledge, f"incidents/{live.id}.yaml", export)
-    assert index_knowledge(store, encoder, knowledge).problems == []
+    store.record_feedback("ans-2", "U04C2RN8VD", later, LAG, 1, old_bot.embed_query(later), "model-a")
+    assert [q for q, *_ in store.votes_for_training("model-b")] == [question]  # not mixed in by the new model
+    index_knowledge(store, second, knowledge)
+    vectors = {q: vector for q, _, _, vector in store.votes_for_training("model-b")}
+    assert float(vectors[later] @ new_bot.embed_query(later)) == pytest.approx(1.0, abs=1e-5)
