@@ -194,6 +194,10 @@ class Answerer:
             raise PermissionDenied(f"share this answer from <#{where}>, where it was asked.")
         return saved
 
+    def shared(self, answer_id: str) -> bool:
+        """Whether the answer was shared already (a second press is told so without searching again)."""
+        return self.store.event_claimed(f"share:{answer_id}")
+
     def claim_share(self, answer_id: str, announce: Callable[[], None]) -> bool:
         """Share an answer at most once: True when this is its first share. ``announce`` (the post, an outbox row)
         runs inside the claim's transaction, so a claim is never stored without its post: two presses cannot

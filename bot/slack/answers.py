@@ -192,6 +192,9 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         answer_id = body["actions"][0]["value"]
         saved = runtime.answers.shareable(answer_id, user, channel)
+        if runtime.answers.shared(answer_id):  # the claim below decides; this spares a second press the search
+            tell_requester(web, body, f"This answer was already shared in <#{saved['channel'] or channel}>.")
+            return
         reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)  # before the claim
 
         def post() -> None:

@@ -24,6 +24,10 @@ class ConversationStore(StoreBase):
         cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
         return cur.rowcount == 1
 
+    def event_claimed(self, event_id: str) -> bool:
+        """Whether ``claim_event`` recorded ``event_id`` already."""
+        return self.db.execute("SELECT 1 FROM events_seen WHERE event_id = ?", [event_id]).fetchone() is not None
+
     def save_answer(
         self, answer_id: str, query: str, paths: list[str], channel: str, user: str, thread_ts: str
     ) -> None:

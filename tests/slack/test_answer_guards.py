@@ -143,7 +143,9 @@ def test_chat_in_an_answered_thread_of_an_opted_in_channel_is_not_answered(
 # -- sharing an /ask answer ------------------------------------------------------------------------------------
 
 
-def test_an_answer_is_shared_once_however_often_share_is_pressed(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+def test_an_answer_is_shared_once_however_often_share_is_pressed(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
     value = ask(slack, slack_api)
     slack.click(ids.SHARE_ANSWER, value, user=ASKER)
     slack.click(ids.SHARE_ANSWER, value, user=ASKER)
@@ -152,6 +154,10 @@ def test_an_answer_is_shared_once_however_often_share_is_pressed(slack: SlackDri
     assert shared["channel"] == "C0OPS0001"
     said = " ".join(r.get("text", "") for r in slack_api.responses())
     assert "already shared" in said
+    answers = runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0]
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # once shared, a press searches nothing and saves nothing
+    settle(slack)
+    assert runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0] == answers
 
 
 def test_a_share_that_failed_before_its_post_can_be_pressed_again(
