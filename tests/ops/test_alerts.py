@@ -18,7 +18,7 @@ from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notificati
 from bot.ops.alert_routing import AlertRouting, NoChannel
 from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
-from bot.ops.incidents import IncidentService
+from bot.ops.incidents import IncidentService, LiveIncident
 from bot.ops.metrics import dora
 from bot.ops.requests import new_row
 from bot.store import Store
@@ -605,13 +605,21 @@ def test_an_incident_is_declared_once_per_episode_with_the_alerts_title_severity
     )
 
 
+def declared_then_resolved(
+    alerts: AlertService, store: Store, clock: Clock
+) -> tuple[AlertGroup, IncidentService, LiveIncident]:
+    """The pgbouncer group fired, an incident was declared from it, and the alerts resolved (the incident is open)."""
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(store, set(store.service_configs()), clock=clock)
+    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    receive(alerts, "pgbouncer-resolved")
+    return group, incidents, first
+
+
 def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_during_it_keeps_it(
     alerts: AlertService, alert_store: Store, alert_clock: Clock
 ) -> None:
-    group = receive(alerts, "pgbouncer-firing").group
-    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
-    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
-    receive(alerts, "pgbouncer-resolved")
+    group, incidents, first = declared_then_resolved(alerts, alert_store, alert_clock)
     alert_clock.advance(minutes=20)
     during = fire_again(alerts, alert_clock)  # the incident is still being worked: this firing is part of it
     assert (during.kind, during.group.incident_id) == ("refired", first.id)
@@ -634,10 +642,7 @@ def test_a_firing_after_its_incident_closed_declares_a_new_one_and_a_refire_duri
 def test_a_firing_long_after_the_last_one_stays_with_its_incident_while_that_is_open(
     alerts: AlertService, alert_store: Store, alert_clock: Clock
 ) -> None:
-    group = receive(alerts, "pgbouncer-firing").group
-    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
-    first, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
-    receive(alerts, "pgbouncer-resolved")
+    group, incidents, first = declared_then_resolved(alerts, alert_store, alert_clock)
     alert_clock.advance(minutes=90)  # quiet for longer than an hour: a new message, but the incident is still open
 
     after = fire_again(alerts, alert_clock)
