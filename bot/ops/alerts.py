@@ -43,6 +43,9 @@ REOPEN_AFTER = timedelta(hours=1)  # a group firing again later than this after 
 # could not reach Alertmanager for a while was resolved by its endsAt while it kept firing.
 STALE_WITHIN = timedelta(minutes=1)
 SILENCE_FOR = timedelta(hours=1)
+# A silence claimed and neither recorded nor released after this (the Alertmanager call's timeout is 10 s) was
+# claimed by a process that stopped meanwhile: the next click may take it over, rather than wait out the hour.
+PENDING_CLAIM = timedelta(minutes=1)
 
 
 def _now() -> datetime:
@@ -385,6 +388,11 @@ class AlertService:
                 raise InvalidRequest("this alert is resolved; there is nothing to silence.")
             if group.silenced_until and datetime.fromisoformat(group.silenced_until) > self.clock():
                 ends = datetime.fromisoformat(group.silenced_until)
+                claimed_at = ends - SILENCE_FOR
+                if not group.silence_id and self.clock() - claimed_at > PENDING_CLAIM:
+                    # claimed, and never recorded nor released: its process stopped while Alertmanager was called
+                    self.store.update_alert_group(group_id, silenced_by=user, silenced_until=_iso(until))
+                    return
                 by = self.names.get(group.silenced_by, group.silenced_by)
                 raise InvalidRequest(
                     f"this alert is already silenced until {ends:%H:%M} UTC (by {by}); "

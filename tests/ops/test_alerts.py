@@ -581,6 +581,23 @@ def test_a_silence_is_claimed_once_and_a_failed_one_may_be_retried(alerts: Alert
     alerts.claim_silence(group.id, ALICE, alert_clock.now + timedelta(hours=1))
 
 
+def test_a_silence_claim_whose_process_stopped_is_taken_over_after_a_minute(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    """Claimed, then neither recorded nor released (the process was killed while Alertmanager was called): the
+    button is not dead for the hour the claim names, only for as long as an Alertmanager call can take."""
+    group = receive(alerts, "pgbouncer-firing").group
+    alerts.claim_silence(group.id, ALICE, alert_clock.now + timedelta(hours=1))
+    alert_clock.advance(seconds=30)
+    with pytest.raises(InvalidRequest, match="already silenced"):  # the call may still be under way
+        alerts.claim_silence(group.id, DAVE, alert_clock.now + timedelta(hours=1))
+    alert_clock.advance(seconds=45)
+    until = alert_clock.now + timedelta(hours=1)
+    alerts.claim_silence(group.id, DAVE, until)
+    alerts.record_silence(group.id, DAVE, "ea7eb532", until, None)
+    assert (alerts.get(group.id).silenced_by, alerts.get(group.id).silence_id) == (DAVE, "ea7eb532")
+
+
 # -- incidents and DORA -------------------------------------------------------------------------------------------
 
 
