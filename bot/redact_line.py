@@ -190,6 +190,14 @@ ADDITIONS: tuple[Rule, ...] = (
     ),
     Rule("sshpass -p", re.compile(r"\bsshpass\s+-p\s*(?!-)" + QUOTED_VALUE)),
     Rule("openssl -k", re.compile(r"\bopenssl\b.{0,1000}?\s-k\s+(?!-)" + QUOTED_VALUE)),
+    # htpasswd -b takes the password as its last argument: after FILE and USER, or after USER alone with -n.
+    Rule(
+        "htpasswd -b",
+        re.compile(
+            r"\bhtpasswd\s+(?=(?:-[A-Za-z]+\s+)*-[A-Za-z]*b)(?:(?=(?:-[A-Za-z]+\s+)*-[A-Za-z]*n)"
+            r"(?:-[A-Za-z]+\s+)+[^\s-]\S*\s+|(?:-[A-Za-z]+\s+)+[^\s-]\S*\s+[^\s-]\S*\s+)" + QUOTED_VALUE
+        ),
+    ),
     Rule(
         "authorization header",
         re.compile(

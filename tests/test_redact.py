@@ -665,6 +665,9 @@ def test_urls_with_at_signs_and_no_password_are_kept(line: str) -> None:
 
 
 SHORT_FLAGS = [
+    (f"+ htpasswd -b /etc/nginx/.htpasswd admin {PASSWORD}", "+ htpasswd -b /etc/nginx/.htpasswd admin ***"),
+    (f"htpasswd -cbB .htpasswd ci {PASSWORD}", "htpasswd -cbB .htpasswd ci ***"),
+    (f"htpasswd -nb admin {PASSWORD} > users", "htpasswd -nb admin *** > users"),
     (f"+ docker login -u ci -p {PASSWORD} registry.example.com", "+ docker login -u ci -p *** registry.example.com"),
     (f"podman login --username ci -p={PASSWORD} quay.io", "podman login --username ci -p=*** quay.io"),
     (f"+ sshpass -p {PASSWORD} ssh deploy@web1 uptime", "+ sshpass -p *** ssh deploy@web1 uptime"),
@@ -697,6 +700,8 @@ def test_short_password_flags_of_login_sshpass_and_openssl_are_masked(printed: s
         "openssl enc -d -aes-256-cbc -kfile /run/secrets/backup-key -in x",
         "openssl pkcs12 -in c.p12 -passin env:P12_PASSWORD -nokeys",
         "openssl rsa -in k.pem -passin file:/run/secrets/pass",
+        "htpasswd -c /etc/nginx/.htpasswd admin",  # asks for the password: none on the line
+        "htpasswd -v .htpasswd admin",
     ],
 )
 def test_short_flags_that_are_not_passwords_are_kept(line: str) -> None:
