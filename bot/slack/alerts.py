@@ -35,7 +35,7 @@ from bot.slack.blocks.mrkdwn import context
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.deploys import submit
 from bot.slack.incidents import brief as brief_incident
-from bot.slack.listeners import Listeners
+from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
@@ -211,10 +211,6 @@ def build_briefing(runtime: Runtime, alerts: AlertService, group: AlertGroup) ->
         )
         parts.append((text, [context(text)]))
     return build_briefing_blocks(parts, cause)
-
-
-def clicked_channel(body: dict) -> str:
-    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
 
 
 def read_rollback_value(raw: str) -> dict[str, str]:

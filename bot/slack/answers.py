@@ -23,7 +23,7 @@ from bot.slack.blocks.answers import (
     build_vote_ack_text,
     experts_fallback_text,
 )
-from bot.slack.listeners import Listeners, tell_requester
+from bot.slack.listeners import Listeners, clicked_channel, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -189,11 +189,12 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
 
     def share_answer(body: dict) -> None:
         user = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        channel = clicked_channel(body)
         answer_id = body["actions"][0]["value"]
         saved = runtime.answers.shareable(answer_id, user, channel)
+        already = f"This answer was already shared in <#{saved['channel'] or channel}>."
         if runtime.answers.shared(answer_id):  # the claim below decides; this spares a second press the search
-            tell_requester(web, body, f"This answer was already shared in <#{saved['channel'] or channel}>.")
+            tell_requester(web, body, already)
             return
         reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)  # before the claim
 
@@ -206,13 +207,13 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             )
 
         if not runtime.answers.claim_share(answer_id, post):
-            tell_requester(web, body, f"This answer was already shared in <#{saved['channel'] or channel}>.")
+            tell_requester(web, body, already)
             return
         web.respond(body.get("response_url", ""), delete_original=True)
 
     def invite_expert(body: dict) -> None:
         person = body["actions"][0]["value"]
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+        channel = clicked_channel(body)
         user = body["user"]["id"]
         expert = runtime.roster().get(person)
         if expert is None:

@@ -23,7 +23,7 @@ from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.deploys import build_refusal_text
 from bot.slack.deploy_posts import MESSAGE_HOOK, SlackAnnouncer
-from bot.slack.listeners import Listeners
+from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def rollback_after_failure(runtime: Runtime, body: dict) -> DeployRequest:
     """The Rollback button under a failed deploy's summary: a rollback request through the approval flow."""
     value = read_rollback_button(body["actions"][0]["value"])
     user = body["user"]["id"]
-    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+    channel = clicked_channel(body)
     command = {"user_id": user, "channel_id": channel}
     request = submit(runtime.deploys(), command, "rollback", value["service"], value["env"], value["version"])
     log.info("rollback requested after a failed deploy=%s request=%s by=%s", value.get("deploy"), request.id, user)

@@ -44,7 +44,7 @@ from bot.slack.incident_commands import (
     subcommand_of,
     unknown_subcommand,
 )
-from bot.slack.listeners import Listeners
+from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -394,7 +394,7 @@ def request_rollback(runtime: Runtime, web: SlackWeb, body: dict) -> None:
     """A Rollback button of the briefing: a rollback request through the /rollback approval flow."""
     value = read_rollback_value(body["actions"][0]["value"])
     user = body["user"]["id"]
-    channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+    channel = clicked_channel(body)
     command = {"user_id": user, "channel_id": channel, "response_url": body.get("response_url", "")}
     request = submit(runtime.deploys(), command, "rollback", value["service"], value["env"], None)
     log.info("rollback requested from incident id=%s request=%s by=%s", value["incident"], request.id, user)

@@ -38,6 +38,11 @@ def _where(body: dict) -> tuple[str, str]:
     return named("channel"), named("user")
 
 
+def clicked_channel(body: dict) -> str:
+    """The channel of a button press (its message's channel, or the container's)."""
+    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
+
+
 def tell_requester(web: SlackWeb, body: dict, text: str) -> None:
     """An ephemeral message to whoever caused this request: through its response_url, else in its channel."""
     if body.get("response_url"):
