@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is taken as interrupted
 RENEW_EVERY_S = 5.0
+ORPHAN_STOP_S = 1.0  # how long an orphaned runner's guard gets to stop what it runs, before its group is killed
 PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 64 * 1024  # the most of the tail stored in a deploy's row, its newest output
@@ -510,6 +511,14 @@ def _kill_group(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def stop_orphan(request_id: str, pid: int | None) -> bool:
     """Stop a runner whose owner died, if its guard is still there (it normally stops itself); True if stopped."""
     if not pid:
@@ -520,9 +529,16 @@ def stop_orphan(request_id: str, pid: int | None) -> bool:
         return False
     if str(GUARD).encode() not in cmdline or request_id.encode() not in cmdline:
         return False  # the pid was reused by something else
-    try:
-        os.killpg(pid, signal.SIGKILL)
+    try:  # the guard stops the command's descendants, those that left its group too (runner_guard.py)
+        os.kill(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return False
+    deadline = time.monotonic() + ORPHAN_STOP_S
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.02)
+    try:  # what is left of the group (a guard of an older opsbot dies of SIGTERM and stops nothing)
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     log.warning("stopped an orphaned deploy runner id=%s pid=%d", request_id, pid)
     return True

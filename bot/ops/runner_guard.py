@@ -3,16 +3,19 @@
 opsbot starts this file (by path, standard library only) as the leader of a new session, with the read
 end of a pipe whose write end only the opsbot process holds. The command runs as the guard's child in the
 same process group. When opsbot exits for any reason, SIGKILL included, the kernel closes the write end,
-the guard reads end-of-file and stops the group: SIGTERM, then SIGKILL after a grace period. So a deploy
+the guard reads end-of-file and stops the group: SIGTERM, then SIGKILL after a grace period (a SIGTERM to
+the guard, from the process that finds the run's lease ran out, stops everything at once). So a deploy
 never runs on, unseen, after the process that reports it is gone. When the command exits, whatever it left
-running in the group (a step it put in the background) is stopped the same way before the guard exits, so
-nothing of a deploy outlives its run and its lock.
+running (a step it put in the background) is stopped the same way before the guard exits, so nothing of a
+deploy outlives its run and its lock. On Linux the guard is its descendants' subreaper: a process that left
+the group (`setsid`, a daemon's double fork) is still the guard's descendant, found and stopped with the rest.
 
 Usage: python runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -21,25 +24,38 @@ import sys
 import time
 
 GRACE_S = 5.0
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def become_subreaper() -> bool:
+    """Adopt the orphans among the command's descendants (Linux), so one that left the group is still found."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def stop_group(child: subprocess.Popen) -> None:
-    """SIGTERM the group (the guard ignores it), wait a little, then SIGKILL everything, the guard included."""
+    """SIGTERM the group and the guard's descendants (the guard ignores it), wait a little, then SIGKILL
+    everything, the guard included."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        os.killpg(0, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    left = left_running()
+    signal_all(left, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_S
     while child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    kill_all()
     os.killpg(0, signal.SIGKILL)
 
 
 def left_running() -> list[int]:
-    """The other live processes of the guard's process group (Linux /proc): what the command left behind."""
+    """The guard's other live processes (Linux /proc): its process group, and its descendants, those that moved
+    to a group or session of their own included. After the command exits, what it left behind."""
     me, group = os.getpid(), os.getpgid(0)
-    found = []
+    children: dict[int, list[int]] = {}
+    found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -48,13 +64,54 @@ def left_running() -> list[int]:
                 fields = stat.read().rsplit(")", 1)[1].split()  # after the name: state, ppid, pgrp, ...
         except (OSError, IndexError):
             continue
-        if fields[0] not in ("Z", "X") and int(fields[2]) == group:
-            found.append(int(entry))
-    return found
+        if fields[0] in ("Z", "X"):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        if int(fields[2]) == group:
+            found.add(int(entry))
+    below = list(children.get(me, ()))
+    while below:
+        pid = below.pop()
+        if pid not in found:
+            found.add(pid)
+        below.extend(p for p in children.get(pid, ()) if p not in found)
+    return sorted(found)
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_all() -> None:
+    """SIGKILL what is left, pass after pass: each pass kills what the one before missed (a fork in between)."""
+    left = left_running()
+    for _ in range(100):
+        if not left:
+            break
+        signal_all(left, signal.SIGKILL)
+        time.sleep(0.01)
+        reap()
+        left = left_running()
+
+
+def reap() -> None:
+    """Collect the exit status of adopted orphans that died, so they leave the process table."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
 
 
 def stop_left_running() -> None:
-    """Stop what the command left running in the group: SIGTERM, a grace period, then SIGKILL (not the guard)."""
+    """Stop what the command left running: SIGTERM, a grace period, then SIGKILL (not the guard)."""
+    reap()
     left = left_running()
     if not left:
         return
@@ -65,23 +122,18 @@ def stop_left_running() -> None:
     )
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     deadline = time.monotonic() + GRACE_S
-    os.killpg(0, signal.SIGTERM)
+    signal_all(left, signal.SIGTERM)
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
+        reap()
         left = left_running()
-    for _ in range(100):  # each pass kills what the one before missed (a fork in between)
-        if not left:
-            break
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-        left = left_running()
+    kill_all()
 
 
 def main(argv: list[str]) -> int:
+    stopped: list[int] = []  # SIGTERM from outside: the owner's lease ran out and another process stops this run
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    become_subreaper()
     if len(argv) < 6 or argv[0] != "--request" or argv[2] != "--watch" or argv[4] != "--":
         print("usage: runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]", file=sys.stderr)
         return 2
@@ -99,6 +151,9 @@ def main(argv: list[str]) -> int:
         if code is not None:
             stop_left_running()
             return code if code >= 0 else 128 - code
+        if stopped:  # the owner is long gone: no grace period, everything goes at once
+            kill_all()
+            os.killpg(0, signal.SIGKILL)
         for _, _ in poller.poll(200):
             if not os.read(watch, 64):  # end of file: the opsbot process that owns this deploy is gone
                 stop_group(child)

@@ -3,6 +3,7 @@ that is recorded even when the database refuses the first writes. Real processes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -144,6 +145,46 @@ def test_a_second_process_leaves_a_live_deploy_alone(tmp_path: Path, monkeypatch
     store.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_a_lease_that_ran_out_stops_what_the_orphaned_command_moved_out_of_its_group(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, SLOW)
+    request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    pid_file = tmp_path / "escaped.pid"
+    command = (
+        "import subprocess, sys, time\n"
+        "d = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
+        "signal.SIG_IGN); time.sleep(60)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(d.pid))\n"
+        "time.sleep(60)\n"
+    )
+    keep_read, keep_write = os.pipe()  # the guard's lifeline stays open: as if its owner hung, not died
+    guard = subprocess.Popen(
+        [sys.executable, str(deploy_runner.GUARD), "--request", request.id, "--watch", str(keep_read), "--"]
+        + [sys.executable, "-c", command],
+        start_new_session=True,
+        pass_fds=(keep_read,),
+    )
+    os.close(keep_read)
+    try:
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10)
+        escaped = int(pid_file.read_text())
+        with store.transaction():
+            store.update_deploy(request.id, runner_pid=guard.pid)
+
+        recovered = after_crash(store, Clock()).recover_interrupted()
+
+        assert [r.status for r in recovered] == ["interrupted"]
+        assert guard.wait(timeout=10) == -signal.SIGKILL
+        assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
+    finally:
+        if pid_file.exists() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        os.close(keep_write)
+    store.close()
+
+
 def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     deploys, store = runner_service(tmp_path, SLOW)
     request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
@@ -175,7 +216,8 @@ def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
 
     assert [r.status for r in recovered] == ["interrupted"], (recovered, running_before)
     code = guard.wait(timeout=10)
-    assert code == -signal.SIGKILL, f"the guard ended with {code}; running before the recovery: {running_before}"
+    # SIGKILL from its own stop, or SIGTERM when it had not yet set its handler (its group is killed after it)
+    assert code in (-signal.SIGKILL, -signal.SIGTERM), f"the guard ended with {code}; running before: {running_before}"
     os.close(keep_write)
     store.close()
 
@@ -202,6 +244,38 @@ def test_processes_the_command_leaves_behind_are_stopped_when_it_exits(tmp_path:
     assert "left 1 process running" in done.log_tail
     # the next deploy of the service and environment runs alone
     assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_a_process_the_command_moved_to_a_session_of_its_own_is_stopped_too(tmp_path: Path) -> None:
+    """`setsid` takes a process out of the command's group; the guard still finds it as its descendant (it is
+    their subreaper, so the orphan is re-parented to it, not to init) and stops it."""
+    pid_file = tmp_path / "escaped.pid"
+    escapes = (
+        "import subprocess, sys\n"
+        'code = \'import subprocess, sys, time; p = subprocess.Popen([sys.executable, "-c", "import time; '
+        "time.sleep(60)\"]); print(p.pid, flush=True); time.sleep(60)'\n"
+        "d = subprocess.Popen([sys.executable, '-c', code], start_new_session=True, stdout=subprocess.PIPE,"
+        " stderr=subprocess.DEVNULL)\n"
+        "grandchild = d.stdout.readline().strip().decode()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(d.pid) + ' ' + grandchild)\n"
+        "print('started the worker in a session of its own', flush=True)\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", escapes]))
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    try:
+        done = deploys.execute(request.id)
+        pids = [int(p) for p in pid_file.read_text().split()]
+        assert wait_until(lambda: not any(alive(p) for p in pids), 3), f"{pids} left behind by the deploy still run"
+    finally:
+        for pid in [int(p) for p in pid_file.read_text().split()] if pid_file.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert done.status == "succeeded" and done.exit_code == 0, done.log_tail
+    assert "left 2 processes running" in done.log_tail
+    assert store.lock_holder("job", "staging") is None
     store.close()
 
 
@@ -509,7 +583,8 @@ def test_a_daemon_holding_the_output_open_does_not_hold_the_deploy_to_its_timeou
     finally:
         for line in (store.deploy_row(request.id) or {}).get("log_tail", "").splitlines():
             if line.startswith("started the worker daemon"):
-                os.kill(int(line.split()[-1]), signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # stopped by the guard, on Linux
+                    os.kill(int(line.split()[-1]), signal.SIGKILL)
     assert done.status == "succeeded" and took < 8, f"took {took:.1f} s"
     assert store.lock_holder("job", "staging") is None
     store.close()
