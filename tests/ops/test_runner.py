@@ -185,6 +185,38 @@ def test_a_lease_that_ran_out_stops_what_the_orphaned_command_moved_out_of_its_g
     store.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_when_opsbot_dies_the_guard_stops_what_the_command_moved_out_of_its_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "escaped.pid"
+    command = (
+        "import subprocess, sys, time\n"
+        "d = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
+        "signal.SIG_IGN); time.sleep(60)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(d.pid))\n"
+        "time.sleep(60)\n"
+    )
+    lifeline_read, lifeline_write = os.pipe()
+    guard = subprocess.Popen(
+        [sys.executable, str(deploy_runner.GUARD), "--request", "r1", "--watch", str(lifeline_read), "--"]
+        + [sys.executable, "-c", command],
+        start_new_session=True,
+        pass_fds=(lifeline_read,),
+    )
+    os.close(lifeline_read)
+    try:
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10)
+        escaped = int(pid_file.read_text())
+
+        os.close(lifeline_write)  # what the kernel does when opsbot dies, SIGKILL included
+
+        assert guard.wait(timeout=10) == -signal.SIGKILL
+        assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
+    finally:
+        if pid_file.exists() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     deploys, store = runner_service(tmp_path, SLOW)
     request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
