@@ -26,9 +26,11 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check bot tests
 
+# Two workers (pytest-xdist), a test file each at a time: most tests wait on processes and sockets, not
+# the CPU, so the suite takes about 5.5 minutes instead of 9 on two cores.
 test: $(STAMP)
 	$(BIN)/ruff check bot tests
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 fault: $(STAMP)
 	OPSBOT_FAULT_SCALE=full $(BIN)/python -m pytest -q -m fault tests/fault tests/ops/test_properties.py

@@ -23,6 +23,7 @@ from bot.config import Secret, Settings, bundled_model_path
 from bot.runtime import Runtime
 from bot.shell.repl import Shell
 from bot.store import Store
+from tests.fault.report import COLLECTOR, SCALE, table_lines, write_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_KNOWLEDGE = ROOT / "knowledge"
@@ -119,6 +120,31 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory, minilm: SentenceTrans
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker (`make test`) hands its fault scenarios to the controller
+        workeroutput["fault_report"] = COLLECTOR.dump()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """The controller adds each worker's fault scenarios to the session's report."""
+    dumped = getattr(node, "workeroutput", {}).get("fault_report")
+    if dumped:
+        COLLECTOR.merge(dumped)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    """The fault suite's table (tests/fault/report.py), when the session ran any of it; also written to build/."""
+    if not COLLECTOR.scenarios or getattr(config, "workeroutput", None) is not None:
+        return
+    terminalreporter.section(f"opsbot fault suite ({SCALE} scale)")
+    for line in table_lines(COLLECTOR):
+        terminalreporter.write_line(line)
+    for note in COLLECTOR.notes:
+        terminalreporter.write_line(f"- {note}")
+    name = "fault-report.md" if SCALE == "full" else f"fault-report-{SCALE}.md"
+    path = write_markdown(COLLECTOR, ROOT / "build" / name)
+    terminalreporter.write_line(f"written to {path.relative_to(ROOT)}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,4 +1,4 @@
-"""The fault suite's fixtures, its scale, and the report printed (and written) at the end of the session.
+"""The fault suite's fixtures and its scale (the report is printed and written by tests/conftest.py).
 
 Every test here is marked ``fault``. OPSBOT_FAULT_SCALE=small (the default, as in `make test`) runs each
 scenario with small loop counts and leaves out what only a full run can afford (the 30 s hang); `make fault`
@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.fault.harness import ROOT, SCALE, Base, Cluster, build_base, kill_processes, processes_carrying
-from tests.fault.report import COLLECTOR, table_lines, write_markdown
+from tests.fault.report import COLLECTOR
 
 COLLECTOR.scale = SCALE
-
-
-def report_path() -> Path:
-    name = "fault-report.md" if SCALE == "full" else f"fault-report-{SCALE}.md"
-    return ROOT / "build" / name
 
 
 @pytest.fixture(scope="session")
@@ -48,15 +43,3 @@ def cluster(fault_base: Base, tmp_path: Path, request: pytest.FixtureRequest) ->
     if left:
         COLLECTOR.notes.append(f"{request.node.name}: {len(left)} process(es) outlived it: {[p for _, p in left]}")
         pytest.fail(f"processes outlived the scenario: {[cmd for _, cmd in left]}")
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
-    if not COLLECTOR.scenarios:
-        return
-    terminalreporter.section(f"opsbot fault suite ({SCALE} scale)")
-    for line in table_lines(COLLECTOR):
-        terminalreporter.write_line(line)
-    for note in COLLECTOR.notes:
-        terminalreporter.write_line(f"- {note}")
-    path = write_markdown(COLLECTOR, report_path())
-    terminalreporter.write_line(f"written to {path.relative_to(ROOT)}")

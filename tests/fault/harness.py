@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from bot.ops.requests import FINAL
 from bot.slack.local.fake_api import FakeSlackAPI
 from tests.fault.proxy import FaultProxy
+from tests.fault.report import SCALE, SCALES
 from tests.ops.fixtures import ALICE, BOB, CAROL, DAVE, ERIN, FRANK, GINA, ROSTER  # noqa: F401 - the scenarios import them from here
 from tests.slack.conftest import BOT_TOKEN, HOOK_SECRET, SIGNING_SECRET, HookDriver, Response, SlackDriver
 
@@ -40,8 +41,6 @@ RUNNER = Path(__file__).resolve().parent / "runner.py"
 PYTHON = sys.executable
 T = TypeVar("T")
 
-SCALES = ("small", "full")
-SCALE = (os.environ.get("OPSBOT_FAULT_SCALE") or "small").strip().lower()
 if SCALE not in SCALES:
     raise RuntimeError(f"OPSBOT_FAULT_SCALE={SCALE!r} must be small or full")
 # How long after its owner died a running deploy may stay running (the owner's lease), and the slack on top.

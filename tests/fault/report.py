@@ -13,6 +13,8 @@ At the end of the session tests/fault/conftest.py prints the table and writes it
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+SCALES = ("small", "full")
+SCALE = (os.environ.get("OPSBOT_FAULT_SCALE") or "small").strip().lower()
 MAX_SHOWN_VIOLATIONS = 12  # per scenario in the failure message and the markdown details
 MAX_DETAIL = 1500  # characters of one violation's detail (a traceback, a response body)
 # Scenarios the report names even when this session did not run them (written elsewhere, or full scale only).
@@ -126,6 +130,20 @@ class Collector:
         """Recorded scenarios, then the names of expected ones this session did not run."""
         recorded: list[Scenario | str] = sorted(self.scenarios.values(), key=lambda s: s.name)
         return recorded + [name for name in EXPECTED if name not in self.scenarios]
+
+    def dump(self) -> str:
+        """The scenarios and notes as JSON: what a pytest-xdist worker hands to the controller."""
+        keep = ("name", "scale", "tried", "lost", "seconds", "notes", "checks", "failures", "violations")
+        scenarios = [{k: getattr(s, k) for k in keep} for s in self.scenarios.values()]
+        return json.dumps({"scenarios": scenarios, "notes": self.notes})
+
+    def merge(self, dumped: str) -> None:
+        """Add what a worker collected (``dump``) to this session's report."""
+        data = json.loads(dumped)
+        for fields in data["scenarios"]:
+            self.add(Scenario(**fields))
+        with self._lock:
+            self.notes.extend(n for n in data["notes"] if n not in self.notes)
 
 
 COLLECTOR = Collector()
