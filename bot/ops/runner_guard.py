@@ -25,6 +25,7 @@ import time
 
 GRACE_S = 5.0
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+REAP_EVERY_S = 1.0
 
 
 def become_subreaper() -> bool:
@@ -98,15 +99,31 @@ def kill_all() -> None:
         left = left_running()
 
 
-def reap() -> None:
-    """Collect the exit status of adopted orphans that died, so they leave the process table."""
-    while True:
+def reap(command: int | None = None) -> None:
+    """Collect the exit status of adopted orphans that died, so they leave the process table.
+
+    While the command runs (``command``, its pid), only the others: its own status is the deploy's outcome,
+    which subprocess reads (a status reaped here would read as 0, success).
+    """
+    if command is None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == command:
+            continue
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if not pid:
-            return
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" and int(fields[1]) == me:
+                os.waitpid(int(entry), os.WNOHANG)
+        except (OSError, IndexError, ChildProcessError):
+            continue
 
 
 def stop_left_running() -> None:
@@ -133,7 +150,7 @@ def stop_left_running() -> None:
 def main(argv: list[str]) -> int:
     stopped: list[int] = []  # SIGTERM from outside: the owner's lease ran out and another process stops this run
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
-    become_subreaper()
+    adopting = become_subreaper()
     if len(argv) < 6 or argv[0] != "--request" or argv[2] != "--watch" or argv[4] != "--":
         print("usage: runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]", file=sys.stderr)
         return 2
@@ -146,7 +163,11 @@ def main(argv: list[str]) -> int:
         return 127
     poller = select.poll()
     poller.register(watch, select.POLLIN | select.POLLHUP | select.POLLERR)
+    next_reap = time.monotonic() + REAP_EVERY_S
     while True:
+        if adopting and time.monotonic() >= next_reap:  # orphans that ended meanwhile leave no zombies
+            reap(child.pid)
+            next_reap = time.monotonic() + REAP_EVERY_S
         code = child.poll()
         if code is not None:
             stop_left_running()

@@ -311,6 +311,37 @@ def test_a_process_the_command_moved_to_a_session_of_its_own_is_stopped_too(tmp_
     store.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_orphans_that_end_while_the_command_runs_leave_no_zombies_and_the_outcome_stands(tmp_path: Path) -> None:
+    """A step that backgrounds work in a subshell hands the guard an orphan; when it ends, the guard reaps it
+    while the command still runs, and the command's own failure is still the deploy's outcome."""
+    code = (
+        "import os, subprocess, sys, time\n"
+        "for _ in range(5):\n"
+        "    subprocess.run(['sh', '-c', 'sleep 0.1 &'])\n"  # the subshell exits: its `sleep` is orphaned
+        "time.sleep(2.5)\n"
+        "guard = os.getppid()\n"
+        "zombies = 0\n"
+        "for entry in os.listdir('/proc'):\n"
+        "    try:\n"
+        "        fields = open('/proc/' + entry + '/stat').read().rsplit(')', 1)[1].split()\n"
+        "    except (OSError, IndexError):\n"
+        "        continue\n"
+        "    zombies += fields[0] == 'Z' and int(fields[1]) == guard\n"
+        "print('zombies of the guard:', zombies, flush=True)\n"
+        "sys.exit(3)\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]))
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert "zombies of the guard: 0" in done.log_tail, done.log_tail
+    assert done.status == "failed" and done.exit_code == 3, (done.status, done.exit_code)
+    store.close()
+
+
 def test_a_command_that_cannot_be_started_fails_the_deploy_saying_why_and_frees_the_lock(tmp_path: Path) -> None:
     deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(1)"]')
     # A runner that passed no check (services.yaml is checked when it is indexed): an argument holds a NUL.
