@@ -15,7 +15,6 @@ Usage: python runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import signal
@@ -26,6 +25,7 @@ import time
 GRACE_S = 5.0
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 REAP_EVERY_S = 1.0
+STOPPED: list[int] = []  # SIGTERM from outside: the owner's lease ran out and another process stops this run
 
 
 def become_subreaper() -> bool:
@@ -33,31 +33,58 @@ def become_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
+        import ctypes  # here: a Python built without it still runs deploys, as before
+
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return False
 
 
 def stop_group(child: subprocess.Popen) -> None:
-    """SIGTERM the group and the guard's descendants (the guard ignores it), wait a little, then SIGKILL
-    everything, the guard included."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    left = left_running()
-    signal_all(left, signal.SIGTERM)
+    """SIGTERM the group and the guard's descendants, wait a little (less if the guard is told to stop), then
+    SIGKILL everything, the guard included."""
+    terminate(left_running())
     deadline = time.monotonic() + GRACE_S
-    while child.poll() is None and time.monotonic() < deadline:
+    while child.poll() is None and time.monotonic() < deadline and not STOPPED:
         time.sleep(0.05)
     kill_all()
     os.killpg(0, signal.SIGKILL)
 
 
-def left_running() -> list[int]:
+def terminate(left: list[int] | None) -> None:
+    """SIGTERM ``left``; without /proc to list them (None), the guard's group, the guard not counting itself."""
+    if left is not None:
+        signal_all(left, signal.SIGTERM)
+        return
+    handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(0, signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _live(pid: str, state: str) -> bool:
+    """Running, or a thread group whose main thread ended while other threads run on (shown as a zombie)."""
+    if state not in ("Z", "X"):
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
+def left_running() -> list[int] | None:
     """The guard's other live processes (Linux /proc): its process group, and its descendants, those that moved
-    to a group or session of their own included. After the command exits, what it left behind."""
+    to a group or session of their own included. After the command exits, what it left behind. None without
+    a /proc to read (not Linux)."""
     me, group = os.getpid(), os.getpgid(0)
     children: dict[int, list[int]] = {}
     found = set()
-    for entry in os.listdir("/proc"):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
@@ -65,7 +92,7 @@ def left_running() -> list[int]:
                 fields = stat.read().rsplit(")", 1)[1].split()  # after the name: state, ppid, pgrp, ...
         except (OSError, IndexError):
             continue
-        if fields[0] in ("Z", "X"):
+        if not _live(entry, fields[0]):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
         if int(fields[2]) == group:
@@ -127,9 +154,13 @@ def reap(command: int | None = None) -> None:
 
 
 def stop_left_running() -> None:
-    """Stop what the command left running: SIGTERM, a grace period, then SIGKILL (not the guard)."""
+    """Stop what the command left running: SIGTERM, a grace period (cut short if the guard is told to stop),
+    then SIGKILL (not the guard)."""
     reap()
     left = left_running()
+    if left is None:  # no /proc: the group is all that can be reached
+        terminate(None)
+        return
     if not left:
         return
     print(
@@ -137,10 +168,9 @@ def stop_left_running() -> None:
         f"(pid {', '.join(map(str, left))}); stopping them, as nothing of a deploy may outlive its run",
         flush=True,
     )
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     deadline = time.monotonic() + GRACE_S
-    signal_all(left, signal.SIGTERM)
-    while left and time.monotonic() < deadline:
+    terminate(left)
+    while left and time.monotonic() < deadline and not STOPPED:
         time.sleep(0.05)
         reap()
         left = left_running()
@@ -148,8 +178,7 @@ def stop_left_running() -> None:
 
 
 def main(argv: list[str]) -> int:
-    stopped: list[int] = []  # SIGTERM from outside: the owner's lease ran out and another process stops this run
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOPPED.append(signum))
     adopting = become_subreaper()
     if len(argv) < 6 or argv[0] != "--request" or argv[2] != "--watch" or argv[4] != "--":
         print("usage: runner_guard.py --request ID --watch FD -- COMMAND [ARG ...]", file=sys.stderr)
@@ -172,7 +201,7 @@ def main(argv: list[str]) -> int:
         if code is not None:
             stop_left_running()
             return code if code >= 0 else 128 - code
-        if stopped:  # the owner is long gone: no grace period, everything goes at once
+        if STOPPED:  # the owner is long gone: no grace period, everything goes at once
             kill_all()
             os.killpg(0, signal.SIGKILL)
         for _, _ in poller.poll(200):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -312,15 +313,76 @@ def test_a_process_the_command_moved_to_a_session_of_its_own_is_stopped_too(tmp_
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reaping reads /proc")
+def test_the_guards_reaping_leaves_the_commands_exit_status_to_it() -> None:
+    """While the command runs, the guard reaps adopted orphans but never the command: a status reaped there
+    reads as 0 (success) to subprocess."""
+    spec = importlib.util.spec_from_file_location("shipped_runner_guard", deploy_runner.GUARD)
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    command = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    other = subprocess.Popen([sys.executable, "-c", "pass"])  # stands for an orphan that ended
+
+    def zombie(pid: int) -> bool:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+    assert wait_until(lambda: zombie(command.pid) and zombie(other.pid), 10)
+
+    guard.reap(command.pid)
+
+    assert not Path(f"/proc/{other.pid}").exists(), "the ended orphan was not reaped"
+    assert command.wait(timeout=5) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_a_process_whose_main_thread_ended_while_its_threads_run_is_stopped_too(tmp_path: Path) -> None:
+    """Linux shows such a process as a zombie (state Z); its threads run on, and so must not be taken as gone."""
+    beat = tmp_path / "heartbeat"
+    pid_file = tmp_path / "worker.pid"
+    worker = (
+        "import ctypes, threading, time\n"
+        "def beat():\n"
+        "    while True:\n"
+        f"        open({str(beat)!r}, 'a').write('x')\n"
+        "        time.sleep(0.05)\n"
+        "threading.Thread(target=beat).start()\n"
+        "time.sleep(0.2)\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    code = (
+        "import subprocess, sys, time\n"
+        f"d = subprocess.Popen([sys.executable, '-c', {worker!r}], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(d.pid))\n"
+        "time.sleep(1)\n"
+    )
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]))
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    try:
+        done = deploys.execute(request.id)
+        time.sleep(0.3)
+        size = beat.stat().st_size
+        time.sleep(0.5)
+        assert beat.stat().st_size == size, "the worker's thread still writes after the deploy ended"
+    finally:
+        with contextlib.suppress(ProcessLookupError, ValueError, OSError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert done.status == "succeeded" and "left 1 process running" in done.log_tail, done.log_tail
+    store.close()
+
+
 def test_orphans_that_end_while_the_command_runs_leave_no_zombies_and_the_outcome_stands(tmp_path: Path) -> None:
     """A step that backgrounds work in a subshell hands the guard an orphan; when it ends, the guard reaps it
     while the command still runs, and the command's own failure is still the deploy's outcome."""
     code = (
         "import os, subprocess, sys, time\n"
+        "guard = os.getppid()\n"
+        "out = subprocess.run(['sh', '-c', 'sleep 0.5 & echo $!'], capture_output=True, text=True).stdout\n"
+        "adopted = open('/proc/' + out.strip() + '/stat').read().rsplit(')', 1)[1].split()[1] == str(guard)\n"
+        "print('adopted by the guard:', adopted, flush=True)\n"
         "for _ in range(5):\n"
         "    subprocess.run(['sh', '-c', 'sleep 0.1 &'])\n"  # the subshell exits: its `sleep` is orphaned
-        "time.sleep(2.5)\n"
-        "guard = os.getppid()\n"
+        "time.sleep(1.5)\n"
         "zombies = 0\n"
         "for entry in os.listdir('/proc'):\n"
         "    try:\n"
@@ -337,6 +399,7 @@ def test_orphans_that_end_while_the_command_runs_leave_no_zombies_and_the_outcom
 
     done = deploys.execute(request.id)
 
+    assert "adopted by the guard: True" in done.log_tail, done.log_tail
     assert "zombies of the guard: 0" in done.log_tail, done.log_tail
     assert done.status == "failed" and done.exit_code == 3, (done.status, done.exit_code)
     store.close()
