@@ -184,7 +184,7 @@ def dora_figures(ctx: click.Context, service: str | None, env: str | None, days:
     """
     from dataclasses import asdict
 
-    from bot.ops.metrics import dora
+    from bot.ops.metrics import dora, duration_text
     from bot.services import ConfigProblem, parse_settings
 
     refuse_blank(ctx)
@@ -225,7 +225,7 @@ def dora_figures(ctx: click.Context, service: str | None, env: str | None, days:
         f"  changes: {figures.changes}, of which failed: {figures.failed_changes} (failed, rolled back, or followed "
         f"by an incident within {settings.failure_window_hours} h)"
     )
-    restore = "n/a" if figures.time_to_restore_min is None else f"{figures.time_to_restore_min:.0f} min"
-    lead = "n/a" if figures.lead_time_h is None else f"{figures.lead_time_h:.1f} h"
+    restore = "n/a" if figures.time_to_restore_min is None else duration_text(figures.time_to_restore_min)
+    lead = "n/a" if figures.lead_time_h is None else duration_text(figures.lead_time_h * 60)
     click.echo(f"  time to restore (median of incidents and failed deploys): {restore}")
     click.echo(f"  lead time (median, commit to deploy): {lead}")

@@ -423,7 +423,7 @@ def possible_cause_at(
     """The deploy a failure that began at ``at`` (an incident's declaration, an alert's first firing) counts
     against (``blamed_deploy``: the last successful deploy of ``services`` in ``env``, within the failure
     window, not since replaced), with how many minutes before ``at`` it finished; None when there is none."""
-    changes = finished_changes(store, env, at)
+    changes = finished_changes(store, env, at, since=at - timedelta(hours=window_hours))
     row = blamed_deploy(changes, services, at, timedelta(hours=window_hours))
     if row is None:
         return None

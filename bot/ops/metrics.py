@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import statistics
 from collections.abc import Iterable
@@ -43,15 +44,18 @@ class Dora:
         """One line for Slack and the terminal."""
         cfr = "n/a" if self.change_failure_rate is None else f"{self.change_failure_rate:.0%}"
         cfr_detail = f" ({self.failed_changes}/{self.changes})" if self.changes else ""
-        restore = "n/a" if self.time_to_restore_min is None else _minutes(self.time_to_restore_min)
-        lead = "n/a" if self.lead_time_h is None else _minutes(self.lead_time_h * 60)
+        if self.days != 30:  # the deploy counts beside it are of 7 and 30 days, whatever the period
+            cfr_detail += f" over {self.days} days"
+        restore = "n/a" if self.time_to_restore_min is None else duration_text(self.time_to_restore_min)
+        lead = "n/a" if self.lead_time_h is None else duration_text(self.lead_time_h * 60)
         return (
             f"Deploys: {self.deploys_7d} in 7 days, {self.deploys_30d} in 30 · change failure rate {cfr}{cfr_detail} · "
             f"time to restore {restore} · lead time {lead}"
         )
 
 
-def _minutes(value: float) -> str:
+def duration_text(value: float) -> str:
+    """Minutes as a person reads them: 45 min, 3.5 h, 4.0 d."""
     if value < 90:
         return f"{value:.0f} min"
     if value < 48 * 60:
@@ -81,7 +85,9 @@ def dora(
     now = now or datetime.now(UTC)
     window = timedelta(hours=failure_window_hours)
     # every service's deploys: an incident of several services counts against one deploy, whichever it is
-    every = finished_changes(store, env, now)
+    start = now - timedelta(days=days)
+    # What the figures can reach back to: the 30 days counted, and a failure window before the period.
+    every = finished_changes(store, env, now, since=min(start, now - timedelta(days=30)) - window)
     rows = [r for r in every if service is None or r["service"] == service]
     succeeded = [r for r in rows if r["status"] == "succeeded"]  # a rollback restores service: time to restore
     # A rollback ships no change: it is neither a deploy to count nor a lead time (its commit is the old one's).
@@ -90,7 +96,6 @@ def dora(
     def count_since(delta: timedelta) -> int:
         return sum(1 for r in shipped if r["_finished"] >= now - delta)
 
-    start = now - timedelta(days=days)
     changes = [
         r
         for r in rows
@@ -106,15 +111,20 @@ def dora(
         if (service is None or service in i.services) and began[i.id] <= now and i.env == env
     ]
     rolled_back = _rolled_back(rows, window)
-    blamed = {d["id"] for i in incidents if (d := blamed_deploy(every, i.services, began[i.id], window)) is not None}
+    successes = Successes(every)
+    # a deploy blamed for an incident declared before the period finished before it: it is no change counted here
+    blamed = {
+        d["id"]
+        for i in incidents
+        if began[i.id] >= start and (d := blamed_deploy(every, i.services, began[i.id], window, successes))
+    }
     failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
+    restored = Successes(rows, ("deploy", "rollback"))  # a rollback restores service too
     for r in rows:
         # a failed rollback is part of the outage its deploy began, not a second one
         if r["kind"] == "deploy" and r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
-            fixed = next(  # the first success after the failure (succeeded is oldest first)
-                (s for s in succeeded if s["service"] == r["service"] and s["_finished"] > r["_finished"]), None
-            )
+            fixed = restored.first_after(r["service"], r["_finished"])  # the first success after the failure
             if fixed is not None:
                 restore.append((fixed["_finished"] - r["_finished"]).total_seconds() / 60)
     # A commit time after the finish (one sent only with the finish, which took opsbot's clock) is no lead time.
@@ -139,33 +149,56 @@ def dora(
     )
 
 
-def finished_changes(store: Store, env: str, now: datetime) -> list[dict]:
-    """Every deploy and rollback of ``env`` finished by ``now``, oldest first, with ``_finished`` parsed."""
-    rows = store.finished_deploys(env)
+def finished_changes(store: Store, env: str, now: datetime, since: datetime | None = None) -> list[dict]:
+    """Every deploy and rollback of ``env`` finished by ``now`` (and not before ``since``, give or take the days
+    time zones make), oldest first, with ``_finished`` parsed."""
+    rows = store.finished_deploys(env, since_day=(since - timedelta(days=2)).date().isoformat() if since else None)
     for r in rows:
         r["_finished"] = moment(r["finished_at"])
     return sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])
 
 
-def blamed_deploy(changes: list[dict], services: Iterable[str], declared: datetime, window: timedelta) -> dict | None:
+class Successes:
+    """Per service, its successful deploys in time order (of ``changes``, oldest first): which one was current at
+    a moment is a binary search, not a scan of the history."""
+
+    def __init__(self, changes: list[dict], kinds: tuple[str, ...] = ("deploy",)) -> None:
+        self.rows: dict[str, list[dict]] = {}
+        for change in changes:
+            if change["kind"] in kinds and change["status"] == "succeeded":
+                self.rows.setdefault(change["service"], []).append(change)
+        self.times = {service: [r["_finished"] for r in rows] for service, rows in self.rows.items()}
+
+    def last_by(self, service: str, moment: datetime) -> dict | None:
+        """The last success of ``service`` that finished at or before ``moment``."""
+        at = bisect.bisect_right(self.times.get(service, []), moment)
+        return self.rows[service][at - 1] if at else None
+
+    def first_after(self, service: str, moment: datetime) -> dict | None:
+        """The first success of ``service`` that finished after ``moment``."""
+        times = self.times.get(service, [])
+        at = bisect.bisect_right(times, moment)
+        return self.rows[service][at] if at < len(times) else None
+
+
+def blamed_deploy(
+    changes: list[dict],
+    services: Iterable[str],
+    declared: datetime,
+    window: timedelta,
+    successes: Successes | None = None,
+) -> dict | None:
     """The one deploy an incident counts against, or None.
 
     That is the last successful deploy of one of its services (in the environment of ``changes``, oldest first)
     that finished before the incident was declared and within ``window`` of it. A deploy that a later successful
     deploy of its service replaced is not blamed; a failed deploy or a rollback counts (or not) on its own, so
     neither takes the blame. A deploy undone by a rollback before the incident is failed already and counted once.
+    ``successes``: ``Successes(changes)``, when the caller asks for many incidents.
     """
-    wanted = set(services)
-    current: dict[str, dict] = {}  # per service, its last successful deploy before the declaration
-    for change in changes:
-        if (
-            change["service"] in wanted
-            and change["kind"] == "deploy"
-            and change["status"] == "succeeded"
-            and change["_finished"] <= declared
-        ):
-            current[change["service"]] = change
-    recent = [c for c in current.values() if declared - c["_finished"] <= window]
+    successes = successes or Successes(changes)
+    current = [c for service in set(services) if (c := successes.last_by(service, declared)) is not None]
+    recent = [c for c in current if declared - c["_finished"] <= window]
     return max(recent, key=lambda c: c["_finished"], default=None)
 
 
@@ -202,22 +235,32 @@ def _minutes_between(start: str, end: str | None) -> int | None:
 
 
 def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
-    """The successful deploys (ids) a rollback undid within the window: the last deploy that ran before it."""
+    """The successful deploys (ids) a rollback undid within the window.
+
+    A rollback undoes the last deploy that ran before it and that no earlier rollback undid: what a rollback
+    undid no longer runs, so the next rollback undoes what came before it (0.9.0, 1.0.0, 1.1.0, then two
+    rollbacks: 1.1.0 and 1.0.0 were both undone). One pass, oldest first (``rows`` are in finish order),
+    keeping each service's deploys that ran and still stand. Whether a deploy was undone depends only on what
+    finished after it, so a history cut a failure window before the period gives the same answer.
+    """
     undone = set()
-    for rollback in rows:
+    ran: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["kind"] == "deploy" and row["status"] in RAN:
+            ran.setdefault(row["service"], []).append(row)
+            continue
         # Only a rollback that succeeded undid anything: a rejected, expired or cancelled one never ran (started_at
         # is set at the approval, so it tells nothing), and a failed, timed-out or interrupted one did not restore.
-        if rollback["kind"] != "rollback" or rollback["status"] != "succeeded":
+        if row["kind"] != "rollback" or row["status"] != "succeeded":
             continue
-        before = [
-            r
-            for r in rows
-            if r["kind"] == "deploy"
-            and r["status"] in RAN
-            and r["service"] == rollback["service"]
-            and r["_finished"] < rollback["_finished"]
-        ]
-        # after a failed deploy, the rollback undoes that one (already counted), not the good one before it
-        if before and before[-1]["status"] == "succeeded" and rollback["_finished"] <= before[-1]["_finished"] + window:
-            undone.add(before[-1]["id"])
+        standing = ran.get(row["service"], [])
+        at = len(standing)
+        while at and standing[at - 1]["_finished"] >= row["_finished"]:  # finished at the same moment: not before
+            at -= 1
+        if not at:
+            continue
+        before = standing.pop(at - 1)
+        # a failed deploy it undid counts as failed already, not twice; the good one before it was not undone
+        if before["status"] == "succeeded" and row["_finished"] <= before["_finished"] + window:
+            undone.add(before["id"])
     return undone

@@ -33,11 +33,15 @@ class DeployStore(StoreBase):
         """Every deploy row, newest first."""
         return self._rows("1=1", [], limit=limit)
 
-    def finished_deploys(self, env: str, service: str | None = None) -> list[dict]:
-        """Deploys and rollbacks that finished in ``env`` (of one service, or all), for the DORA figures."""
+    def finished_deploys(self, env: str, service: str | None = None, since_day: str | None = None) -> list[dict]:
+        """Deploys and rollbacks that finished in ``env`` (of one service, or all), for the DORA figures;
+        with ``since_day`` (YYYY-MM-DD), only those that finished on that day or later."""
+        where, params = "env = ? AND finished_at IS NOT NULL", [env]
         if service:
-            return self._rows("env = ? AND service = ? AND finished_at IS NOT NULL", [env, service], limit=100_000)
-        return self._rows("env = ? AND finished_at IS NOT NULL", [env], limit=100_000)
+            where, params = where + " AND service = ?", [*params, service]
+        if since_day:
+            where, params = where + " AND substr(finished_at, 1, 10) >= ?", [*params, since_day]
+        return self._rows(where, params, limit=100_000)
 
     def _rows(self, where: str, params: list, order: str = "created_at DESC, id", limit: int = 1000) -> list[dict]:
         cur = self.db.execute(

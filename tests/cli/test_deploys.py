@@ -275,6 +275,18 @@ def test_dora_prints_the_line_and_details(history: History) -> None:
     assert "within 24 h" in result.stdout
 
 
+def test_dora_over_another_period_says_which_the_failure_rate_covers_and_reads_durations_alike(
+    history: History,
+) -> None:
+    result = invoke("dora", "--days", "7")
+
+    assert result.exit_code == 0, result.output
+    # the deploy counts are of 7 and 30 days whatever the period; the rate is of the period, and says so
+    assert "change failure rate 0% (0/2) over 7 days" in result.stdout
+    assert "lead time 2.0 h" in result.stdout.splitlines()[1]
+    assert "lead time (median, commit to deploy): 2.0 h" in result.stdout
+
+
 def test_dora_json_and_filters(history: History) -> None:
     figures = json.loads(invoke("dora", "--json", "--service", "web", "--env", "staging", "--days", "7").stdout)
 

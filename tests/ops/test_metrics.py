@@ -183,6 +183,61 @@ def test_a_rollback_counts_against_the_deploy_it_undid_not_the_one_before(store:
     assert (figures.failed_changes, figures.changes) == (1, 2)
 
 
+def test_a_second_rollback_counts_against_the_deploy_before_the_one_the_first_undid(store: Store) -> None:
+    """As `/rollback` itself goes: the second one moves away from 1.0.0, so 1.1.0 and 1.0.0 both failed."""
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t - timedelta(days=1), version="0.9.0"),
+        deploy(t, version="1.0.0"),
+        deploy(t + timedelta(hours=1), version="1.1.0"),
+        deploy(t + timedelta(hours=2), version="1.0.0", kind="rollback"),
+        deploy(t + timedelta(hours=3), version="0.9.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert (figures.failed_changes, figures.changes) == (2, 3)
+
+
+def test_the_figures_read_history_from_a_failure_window_before_the_period_and_match_the_whole_of_it(
+    store: Store,
+) -> None:
+    """Deploys long before the period are not read (a year of history cost 40 s a deploy summary), and the
+    figures are those of the whole history: rollbacks across the period's start, failures, an incident."""
+    t = ago(days=30)
+    insert(
+        store,
+        deploy(ago(days=400), version="0.1.0"),
+        deploy(t - timedelta(hours=5), version="0.9.0"),
+        deploy(t - timedelta(hours=2), version="1.0.0"),
+        deploy(t + timedelta(hours=1), version="0.9.0", kind="rollback"),
+        deploy(t + timedelta(hours=2), version="1.1.0"),
+        deploy(t + timedelta(hours=3), version="1.2.0", status="failed"),
+        deploy(t + timedelta(hours=4), version="1.1.0", kind="rollback"),
+        deploy(t + timedelta(hours=5), version="0.9.0", kind="rollback"),
+        deploy(t + timedelta(days=2), version="1.3.0"),
+    )
+    store.replace_incidents([incident(t + timedelta(days=2, hours=1), "web", 40)])
+    read: list[str] = []
+    finished = store.finished_deploys
+
+    def cut(env: str, service: str | None = None, since_day: str | None = None) -> list[dict]:
+        rows = finished(env, service, since_day)
+        read.extend(r["version"] for r in rows)
+        return rows
+
+    store.finished_deploys = cut  # type: ignore[method-assign]
+    figures = [dora(store, now=NOW, days=days) for days in (7, 30, 31)]
+    assert "0.1.0" not in read and "0.9.0" in read
+    store.finished_deploys = lambda env, service=None, since_day=None: finished(env, service)  # type: ignore[method-assign]
+
+    assert figures == [dora(store, now=NOW, days=days) for days in (7, 30, 31)]
+    # 30 days: 1.1.0 undone (by the second rollback after the failed 1.2.0), 1.2.0 failed, 1.3.0 blamed for the
+    # incident; 31 days: also 1.0.0, undone by the first rollback, and 0.9.0, which stood
+    assert [(f.failed_changes, f.changes) for f in figures[1:]] == [(3, 3), (4, 5)]
+
+
 def test_a_rollback_after_a_failed_deploy_does_not_blame_the_good_one_before(store: Store) -> None:
     t = ago(days=3)
     insert(
