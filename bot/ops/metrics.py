@@ -120,13 +120,16 @@ def dora(
     }
     failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
     restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
-    restored = Successes(rows, ("deploy", "rollback"))  # a rollback restores service too
+    # A failed deploy begins an outage of its service, and the next success (a deploy or a rollback) ends it:
+    # one outage, however many runs failed on the way (a retried deploy, a failed rollback).
+    outage: dict[str, datetime] = {}
     for r in rows:
-        # a failed rollback is part of the outage its deploy began, not a second one
-        if r["kind"] == "deploy" and r["status"] in ("failed", "timed_out") and r["_finished"] >= start:
-            fixed = restored.first_after(r["service"], r["_finished"])  # the first success after the failure
-            if fixed is not None:
-                restore.append((fixed["_finished"] - r["_finished"]).total_seconds() / 60)
+        if r["status"] == "succeeded":
+            began_at = outage.pop(r["service"], None)
+            if began_at is not None and began_at >= start:
+                restore.append((r["_finished"] - began_at).total_seconds() / 60)
+        elif r["kind"] == "deploy" and r["status"] in ("failed", "timed_out"):
+            outage.setdefault(r["service"], r["_finished"])
     # A commit time after the finish (one sent only with the finish, which took opsbot's clock) is no lead time.
     leads = [
         lead
@@ -162,10 +165,10 @@ class Successes:
     """Per service, its successful deploys in time order (of ``changes``, oldest first): which one was current at
     a moment is a binary search, not a scan of the history."""
 
-    def __init__(self, changes: list[dict], kinds: tuple[str, ...] = ("deploy",)) -> None:
+    def __init__(self, changes: list[dict]) -> None:
         self.rows: dict[str, list[dict]] = {}
         for change in changes:
-            if change["kind"] in kinds and change["status"] == "succeeded":
+            if change["kind"] == "deploy" and change["status"] == "succeeded":
                 self.rows.setdefault(change["service"], []).append(change)
         self.times = {service: [r["_finished"] for r in rows] for service, rows in self.rows.items()}
 
@@ -173,12 +176,6 @@ class Successes:
         """The last success of ``service`` that finished at or before ``moment``."""
         at = bisect.bisect_right(self.times.get(service, []), moment)
         return self.rows[service][at - 1] if at else None
-
-    def first_after(self, service: str, moment: datetime) -> dict | None:
-        """The first success of ``service`` that finished after ``moment``."""
-        times = self.times.get(service, [])
-        at = bisect.bisect_right(times, moment)
-        return self.rows[service][at] if at < len(times) else None
 
 
 def blamed_deploy(

@@ -329,6 +329,22 @@ def test_time_to_restore_is_the_median_of_incidents_and_failed_to_next_success(s
     assert dora(store, service="api", now=NOW).time_to_restore_min is None
 
 
+def test_a_failed_deploy_retried_until_it_is_rolled_back_is_one_outage(store: Store) -> None:
+    t = ago(days=3)
+    insert(
+        store,
+        deploy(t - timedelta(hours=1), version="1.0.0"),
+        deploy(t, version="1.1.0", status="failed"),
+        deploy(t + timedelta(minutes=10), version="1.1.0", status="failed"),  # retried twice
+        deploy(t + timedelta(minutes=20), version="1.1.0", status="timed_out"),
+        deploy(t + timedelta(minutes=60), version="1.0.0", kind="rollback"),
+    )
+
+    figures = dora(store, now=NOW)
+
+    assert figures.time_to_restore_min == 60  # from the first failure, once: not the median of 60, 50 and 40
+
+
 def test_a_failed_rollback_does_not_start_a_second_outage(store: Store) -> None:
     t = ago(days=2)
     insert(
