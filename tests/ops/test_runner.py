@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -146,48 +147,10 @@ def test_a_second_process_leaves_a_live_deploy_alone(tmp_path: Path, monkeypatch
     store.close()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
-def test_a_lease_that_ran_out_stops_what_the_orphaned_command_moved_out_of_its_group(tmp_path: Path) -> None:
-    deploys, store = runner_service(tmp_path, SLOW)
-    request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
-    pid_file = tmp_path / "escaped.pid"
-    command = (
-        "import subprocess, sys, time\n"
-        "d = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
-        "signal.SIG_IGN); time.sleep(60)'], start_new_session=True)\n"
-        f"open({str(pid_file)!r}, 'w').write(str(d.pid))\n"
-        "time.sleep(60)\n"
-    )
-    keep_read, keep_write = os.pipe()  # the guard's lifeline stays open: as if its owner hung, not died
-    guard = subprocess.Popen(
-        [sys.executable, str(deploy_runner.GUARD), "--request", request.id, "--watch", str(keep_read), "--"]
-        + [sys.executable, "-c", command],
-        start_new_session=True,
-        pass_fds=(keep_read,),
-    )
-    os.close(keep_read)
-    try:
-        assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10)
-        escaped = int(pid_file.read_text())
-        with store.transaction():
-            store.update_deploy(request.id, runner_pid=guard.pid)
-
-        recovered = after_crash(store, Clock()).recover_interrupted()
-
-        assert [r.status for r in recovered] == ["interrupted"]
-        assert guard.wait(timeout=10) == -signal.SIGKILL
-        assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
-    finally:
-        if pid_file.exists() and pid_file.read_text():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        os.close(keep_write)
-    store.close()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
-def test_when_opsbot_dies_the_guard_stops_what_the_command_moved_out_of_its_group(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def guard_with_an_escaper(tmp_path: Path, request_id: str) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """A guard whose command starts a process in a session of its own that ignores SIGTERM, then sleeps:
+    yields the guard, that process's pid and the write end of the guard's lifeline (open until closed)."""
     pid_file = tmp_path / "escaped.pid"
     command = (
         "import subprocess, sys, time\n"
@@ -198,7 +161,7 @@ def test_when_opsbot_dies_the_guard_stops_what_the_command_moved_out_of_its_grou
     )
     lifeline_read, lifeline_write = os.pipe()
     guard = subprocess.Popen(
-        [sys.executable, str(deploy_runner.GUARD), "--request", "r1", "--watch", str(lifeline_read), "--"]
+        [sys.executable, str(deploy_runner.GUARD), "--request", request_id, "--watch", str(lifeline_read), "--"]
         + [sys.executable, "-c", command],
         start_new_session=True,
         pass_fds=(lifeline_read,),
@@ -206,16 +169,40 @@ def test_when_opsbot_dies_the_guard_stops_what_the_command_moved_out_of_its_grou
     os.close(lifeline_read)
     try:
         assert wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10)
-        escaped = int(pid_file.read_text())
-
-        os.close(lifeline_write)  # what the kernel does when opsbot dies, SIGKILL included
-
-        assert guard.wait(timeout=10) == -signal.SIGKILL
-        assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
+        yield guard, int(pid_file.read_text()), lifeline_write
     finally:
         if pid_file.exists() and pid_file.read_text():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.close(lifeline_write)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_a_lease_that_ran_out_stops_what_the_orphaned_command_moved_out_of_its_group(tmp_path: Path) -> None:
+    deploys, store = runner_service(tmp_path, SLOW)
+    request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    # the guard's lifeline stays open: as if its owner hung, not died
+    with guard_with_an_escaper(tmp_path, request.id) as (guard, escaped, _):
+        with store.transaction():
+            store.update_deploy(request.id, runner_pid=guard.pid)
+
+        recovered = after_crash(store, Clock()).recover_interrupted()
+
+        assert [r.status for r in recovered] == ["interrupted"]
+        assert guard.wait(timeout=10) == -signal.SIGKILL
+        assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
+    store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts orphans through Linux's prctl")
+def test_when_opsbot_dies_the_guard_stops_what_the_command_moved_out_of_its_group(tmp_path: Path) -> None:
+    with guard_with_an_escaper(tmp_path, "r1") as (guard, escaped, lifeline):
+        os.close(lifeline)  # what the kernel does when opsbot dies, SIGKILL included
+
+        assert guard.wait(timeout=10) == -signal.SIGKILL
+        assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
 
 
 def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
