@@ -97,12 +97,14 @@ def left_running() -> list[int] | None:
         children.setdefault(int(fields[1]), []).append(int(entry))
         if int(fields[2]) == group:
             found.add(int(entry))
-    below = list(children.get(me, ()))
-    while below:
+    below, walked = list(children.get(me, ())), set()
+    while below:  # every descendant, those of group members found above included
         pid = below.pop()
-        if pid not in found:
-            found.add(pid)
-        below.extend(p for p in children.get(pid, ()) if p not in found)
+        if pid in walked:
+            continue
+        walked.add(pid)
+        found.add(pid)
+        below.extend(children.get(pid, ()))
     return sorted(found)
 
 
