@@ -25,6 +25,7 @@ import pytest
 from bot.answers.indexer import index_knowledge
 from bot.ops import runner as deploy_runner
 from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest
 from bot.redact import Redactor
 from bot.runtime import DEPLOY_WORKERS
 from bot.store import Store
@@ -34,6 +35,14 @@ from tests.fakes import Clock
 from tests.ops.fixtures import ALICE, BOB, after_crash, make_knowledge, runner_service
 
 SLOW = '["{python}", "-c", "import sys, time; time.sleep(int(sys.argv[1].split(\'.\')[0]))", "{version}"]'
+
+
+def approved_python(tmp_path: Path, code: str, timeout: int = 60) -> tuple[DeployService, Store, DeployRequest]:
+    """A deploy of `job` to staging whose command runs ``code`` in Python, requested and approved."""
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=timeout)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    return deploys, store, request
 
 
 def alive(pid: int) -> bool:
@@ -250,9 +259,7 @@ def test_processes_the_command_leaves_behind_are_stopped_when_it_exits(tmp_path:
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "print('started the migration in the background', flush=True)\n"
     )
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", leaves]))
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, leaves)
     started = time.monotonic()
 
     done = deploys.execute(request.id)
@@ -282,9 +289,7 @@ def test_a_process_the_command_moved_to_a_session_of_its_own_is_stopped_too(tmp_
         f"open({str(pid_file)!r}, 'w').write(str(d.pid) + ' ' + grandchild)\n"
         "print('started the worker in a session of its own', flush=True)\n"
     )
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", escapes]))
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, escapes)
     try:
         done = deploys.execute(request.id)
         pids = [int(p) for p in pid_file.read_text().split()]
@@ -342,9 +347,7 @@ def test_a_process_whose_main_thread_ended_while_its_threads_run_is_stopped_too(
         f"open({str(pid_file)!r}, 'w').write(str(d.pid))\n"
         "time.sleep(1)\n"
     )
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]))
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, code)
     try:
         done = deploys.execute(request.id)
         time.sleep(0.3)
@@ -380,9 +383,7 @@ def test_orphans_that_end_while_the_command_runs_leave_no_zombies_and_the_outcom
         "print('zombies of the guard:', zombies, flush=True)\n"
         "sys.exit(3)\n"
     )
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]))
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, code)
 
     done = deploys.execute(request.id)
 
@@ -425,9 +426,7 @@ def test_the_last_lines_are_stored_even_when_scrubbing_lags_behind_the_command(
 ) -> None:
     monkeypatch.setattr(deploy_runner, "Redactor", SlowRedactor)
     code = "import sys; print('blob: 3 MB of minified JSON'); print('error: disk full on /var/lib/app'); sys.exit(3)"
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=20)
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, code, timeout=20)
 
     done = deploys.execute(request.id)
 
@@ -443,9 +442,7 @@ def test_long_lines_are_cut_in_memory_and_in_the_stored_tail(tmp_path: Path) -> 
         "    print('step %d token=hunter2-very-secret ' % n + 'x' * 300_000, flush=True)\n"
         "print('done')\n"
     )
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=30)
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, code, timeout=30)
     started = time.monotonic()
 
     done = deploys.execute(request.id)
@@ -686,9 +683,7 @@ def test_a_daemon_holding_the_output_open_does_not_hold_the_deploy_to_its_timeou
         "d = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(20)'], start_new_session=True)\n"
         "print('started the worker daemon', d.pid, flush=True)\n"
     )
-    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", code]), timeout=15)
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_python(tmp_path, code, timeout=15)
     started = time.monotonic()
     try:
         done = deploys.execute(request.id)
