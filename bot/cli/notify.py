@@ -33,6 +33,12 @@ from bot.errors import OpsbotError
 @click.option("--actor", default=None, help="Who triggered the pipeline.")
 @click.option("--pipeline-url", default=None, help="Link to the pipeline run.")
 @click.option("--change", "changes", multiple=True, help="One change shipped (repeatable).")
+@click.option(
+    "--request-id",
+    default=None,
+    help="The /deploy request that triggered this pipeline (its webhook's {request_id}): the event reports on "
+    "that request instead of recording another deploy. Empty: the pipeline was not started by opsbot.",
+)
 @click.option("--url", default=None, help="The hook URL (default $OPSBOT_HOOK_URL): http://HOST:3000/hooks/deploy.")
 @click.option(
     "--db",
@@ -57,6 +63,7 @@ def notify_deploy(
     actor: str | None,
     pipeline_url: str | None,
     changes: tuple[str, ...],
+    request_id: str | None,
     url: str | None,
     db_path: str | None,
 ) -> None:
@@ -74,6 +81,8 @@ def notify_deploy(
       opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status succeeded \\
         --commit-sha 3f9c2e1 --commit-time 2026-11-20T09:12:00Z --change "Retry card auth once"
       opsbot notify-deploy --db opsbot.db --service checkout-api --env prod --version 1.4.2
+      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status failed \
+        --request-id dep-20261120-3f9c2e
     """
     import http.client
     import urllib.error
@@ -100,6 +109,7 @@ def notify_deploy(
         actor=actor,
         pipeline_url=pipeline_url,
         changes=list(changes),
+        request_id=request_id,
     )
     body = json.dumps(event).encode()
     if db_path is not None:
@@ -204,6 +214,7 @@ def _describe_hook_answer(event: dict, answer: dict) -> str:
     what = f"{event['service']} {event['version']} to {event['env']}"
     if answer.get("duplicate"):
         return f"{what}: event {event['event_id']} was already recorded; nothing changed."
-    verb = {"started": "running", "finished": "finished", "recorded": "recorded"}.get(answer.get("action", ""), "sent")
+    verbs = {"started": "running", "finished": "finished", "recorded": "recorded", "reported": "reported on"}
+    verb = verbs.get(answer.get("action", ""), "sent")
     arrow = f"{answer.get('from_version') or '?'} → {answer.get('version')}"
     return f"{what}: {verb} as {answer.get('id')} ({answer.get('kind')} {arrow}, {answer.get('status')})."

@@ -7,6 +7,11 @@ recorded as ``overlapping`` (it does not take the lock; at most one deploy of a 
 ``running``, the lock holder), the flag is stored with the row, audited, and shown where the deploy is
 shown, and until it ends no pending request can be approved. The actor is
 recorded as ``ci:<actor>``, so a pipeline can never act as opsbot or as a person on the roster.
+
+An event that names the /deploy request which triggered its pipeline (``request_id``: a webhook runner's
+``{request_id}``, sent back) reports on that request instead of adding a deploy: the pipeline's outcome
+becomes the request's, so one change is counted once and a pipeline that failed after accepting the
+trigger shows as failed.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
 
 log = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # a second report of the same finished deploy, with a new event id
+ENDED = ("succeeded", "failed", "timed_out", "interrupted")  # a /deploy request whose run ended: CI may report on it
 
 
 @dataclass(frozen=True)
 class CiOutcome:
-    """What recording an event did: ``started``, ``finished`` (a started row), ``recorded`` or ``duplicate``."""
+    """What recording an event did: ``started``, ``finished`` (a started row), ``recorded``, ``reported`` (on the
+    /deploy request it names) or ``duplicate``."""
 
     action: str
     request: DeployRequest | None = None
@@ -69,6 +76,9 @@ def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
         if not store.claim_event(f"hook:{event.event_id}"):
             log.info("deploy hook duplicate event_id=%s", event.event_id)
             return CiOutcome("duplicate")
+        if event.request_id:
+            request_id, action = _report(deploys, event, actor, now), "reported"
+            return CiOutcome(action, deploys.get(request_id))
         open_run = _open_run(deploys, event) if event.finished else None
         if open_run is not None:
             request_id, action = _close(deploys, event, open_run, actor), "finished"
@@ -190,6 +200,67 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
     store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)
     deploys.announce("ci-finished", run["id"])
     return run["id"]
+
+
+def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetime) -> str:
+    """The pipeline that a /deploy request triggered reports on it: a start is noted; a finish settles the request
+    with the pipeline's outcome, times and commit, and Slack shows the new outcome when it changed."""
+    store = deploys.store
+    rid = event.request_id
+    row = store.deploy_row(rid)
+    if row is None or row["source"] == "ci":
+        raise EventProblem(
+            "request_id",
+            f"request_id {rid} names no deploy requested through opsbot: send back the {{request_id}} its webhook "
+            "filled in, or leave request_id out to record the pipeline's deploy on its own.",
+        )
+    if (row["service"], row["env"], row["version"]) != (event.service, event.env, event.version):
+        raise EventProblem(
+            "request_id",
+            f"{rid} is {row['service']} {row['version']} to {row['env']}, not {event.service} {event.version} to "
+            f"{event.env}: report the request this pipeline ran for.",
+        )
+    if event.status == "rolled_back" and row["kind"] != "rollback":
+        raise EventProblem("status", f"{rid} is a deploy, not a rollback: report it as succeeded or failed.")
+    if row["status"] not in (*ENDED, "running"):
+        raise EventProblem(
+            "request_id", f"{rid} is {row['status']}: it never ran in opsbot, so there is nothing to report on."
+        )
+    kind = row["kind"]
+    if not event.finished:
+        store.audit(actor, f"{kind}.ci_started", rid, source="ci", event=event.event_id, pipeline=event.pipeline_url)
+        return rid
+    if row["status"] == "running":
+        raise EventProblem(
+            "request_id",
+            f"{rid} is still running in opsbot: report its end once opsbot's run of it has ended "
+            "(a webhook's trigger, or the command that called the pipeline).",
+        )
+    status = "failed" if event.status == "failed" else "succeeded"
+    finished_at = _no_later(event.finished_at or _iso(now), now)
+    if row["started_at"] and parse_time(finished_at) < parse_time(row["started_at"]):
+        raise EventProblem(
+            "finished_at",
+            f"finished_at {finished_at} is before {row['started_at']}, when {rid} started: send the time the "
+            "deploy ended.",
+        )
+    fields: dict = {k: v for k, v in _event_fields(event).items() if v}
+    if status != row["status"]:
+        fields["exit_code"] = None  # the run's exit code (0 for an accepted trigger) no longer tells the outcome
+    store.transition(rid, row["status"], status, finished_at=finished_at, **fields)
+    store.audit(
+        actor,
+        f"{kind}.reported",
+        rid,
+        status=status,
+        was=row["status"],
+        exit_code=row["exit_code"],
+        source="ci",
+        event=event.event_id,
+    )
+    if status != row["status"]:
+        deploys.announce("reported", rid)
+    return rid
 
 
 def _open_run(deploys: DeployService, event: DeployEvent) -> dict | None:

@@ -37,6 +37,7 @@ FINISHED = {
 }
 DECIMAL = re.compile(r"[0-9]{1,12}")  # Unix seconds; not int()'s syntax (signs, spaces, underscores, 400 digits)
 EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
+REQUEST_ID = re.compile(r"^dep-[0-9]{8}-[0-9a-f]{6}$")  # as bot.ops.requests.new_request_id makes them
 COMMIT_SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 URL = re.compile(r"^https?://[^\s<>|\"']{1,500}$")
 MAX_CHANGES = 50
@@ -71,6 +72,7 @@ class DeployEvent:
     actor: str
     pipeline_url: str
     changes: tuple[str, ...]
+    request_id: str = ""  # the /deploy request that triggered the pipeline (a webhook's {request_id}), if any
 
     @property
     def finished(self) -> bool:
@@ -178,6 +180,13 @@ def parse_event(
     pipeline_url = text("pipeline_url")
     if pipeline_url and not URL.fullmatch(pipeline_url):
         raise EventProblem("pipeline_url", "pipeline_url must be an http(s) URL without spaces, quotes, < > or |.")
+    request_id = text("request_id")
+    if request_id and not REQUEST_ID.fullmatch(request_id):
+        raise EventProblem(
+            "request_id",
+            f"request_id {request_id[:40]!r} is not an opsbot request id such as dep-20261120-3f9c2e: send back "
+            "the {request_id} that opsbot's webhook filled in, or leave it out.",
+        )
     changes = data.get("changes") or []
     if not isinstance(changes, list) or not all(isinstance(c, str) for c in changes):
         raise EventProblem("changes", "changes must be a list of strings.")
@@ -200,6 +209,7 @@ def parse_event(
         actor,
         pipeline_url,
         clean,
+        request_id,
     )
 
 

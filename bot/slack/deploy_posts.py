@@ -70,6 +70,8 @@ class SlackAnnouncer:
                 text = build_progress_text(request, command, request.log_tail, final=True)
                 self.web.update(self._channel(request, deploys), text, update_of=progress_key(request.id))
             self._post_summary(request, deploys)
+        elif event == "reported":  # the pipeline it triggered settled it otherwise than its run showed
+            self._post_summary(request, deploys, reported=True)
 
     def show_progress(self, request: DeployRequest, deploys: DeployService, output: str) -> None:
         """A newer view of the run's output; older edits not sent yet are dropped, and so is this one once the run
@@ -109,10 +111,10 @@ class SlackAnnouncer:
             fallback_channel=fallback,
         )
 
-    def _post_summary(self, request: DeployRequest, deploys: DeployService) -> None:
+    def _post_summary(self, request: DeployRequest, deploys: DeployService, reported: bool = False) -> None:
         """The summary in the request's thread and in the deploys channel (the service's own, if it has one)."""
         figures = deploys.figures(request.service, request.env)
-        blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line())
+        blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line(), reported)
         text = summary_fallback_text(request)
         channel = deploys_channel(deploys, request)
         if request.channel:

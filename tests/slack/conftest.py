@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,28 @@ class HookDriver:
 def hooks(slack: SlackDriver) -> HookDriver:
     """The deploy hook of the running bot (same server as `slack`)."""
     return HookDriver(slack.base_url, web=slack.web)
+
+
+class Trigger(BaseHTTPRequestHandler):
+    """A CI system's trigger endpoint that takes any POST and echoes the URL it was called with."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        self.send_response(202)
+        self.end_headers()
+        self.wfile.write(f"queued {self.path}".encode())
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def trigger() -> Iterator[ThreadingHTTPServer]:
+    """A CI trigger endpoint on loopback, answering 202 and keeping the paths it was called with."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trigger)
+    server.paths = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
 
@@ -437,30 +436,6 @@ def test_a_deploy_that_runs_past_its_timeout_is_stopped_and_reported(
     assert "hunter2" not in str(slack_api.calls())
     update_showing(slack_api, posted.ts, "*Timed out*")
     assert status(runtime, posted.request_id) == "timed_out"
-
-
-class Trigger(BaseHTTPRequestHandler):
-    """A CI system's trigger endpoint that takes any POST and echoes the URL it was called with."""
-
-    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.paths.append(self.path)  # type: ignore[attr-defined]
-        self.send_response(202)
-        self.end_headers()
-        self.wfile.write(f"queued {self.path}".encode())
-
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
-
-
-@pytest.fixture
-def trigger() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Trigger)
-    server.paths = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def test_a_webhook_urls_credentials_are_neither_shown_in_the_channel_nor_stored(

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from http.server import ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
@@ -18,12 +19,13 @@ from bot.ops.deploys import DeployService
 from bot.ops.metrics import dora
 from bot.ops.requests import recent_requests
 from bot.runtime import Runtime
+from bot.slack import ids
 from bot.slack.app import create_app, create_client
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.serve import HttpServer
 from bot.store import Store
 from tests.slack.conftest import HOOK_SECRET, HookDriver, SlackDriver
-from tests.slack.test_deploy_flow import shown
+from tests.slack.test_deploy_flow import MARCUS, PRIYA, click, request, shown, summary_in
 
 DEPLOYS = "C04DEPLOYS1"
 PIPELINE = "https://ci.example.com/larder/checkout-api/-/pipelines/4711"
@@ -113,6 +115,7 @@ def test_a_replayed_event_is_recorded_once(hooks: HookDriver, runtime: Runtime, 
         ({"event_id": None}, "event_id"),
         ({"changes": "one string"}, "changes"),
         ({"pipeline_url": "javascript:alert(1)"}, "pipeline_url"),
+        ({"request_id": "dep-1; drop table"}, "request_id"),
     ],
 )
 def test_malformed_events_are_refused_naming_the_field(
@@ -285,6 +288,146 @@ def test_a_ci_start_while_a_deploy_request_waits_is_shown_as_overlapping_and_blo
     told = slack_api.wait_for("chat.postEphemeral", predicate=lambda c: c.body["user"] == "U03H1M9TZ4", timeout=15)
     assert "is being deployed right now" in told[0].body["text"]
     assert runtime.store.deploy_row(request_id)["status"] == "pending"
+
+
+# -- a pipeline that a /deploy request triggered (its webhook's {request_id}, sent back) ----------------
+
+
+def webhook_service(runtime: Runtime, trigger: ThreadingHTTPServer) -> None:
+    """hook-api: its staging deploy triggers a pipeline, passing it the request's id."""
+    configs = runtime.store.service_configs()
+    url = f"http://127.0.0.1:{trigger.server_port}/api/deploy"
+    configs["hook-api"] = {
+        "owners": [PRIYA],
+        "environments": {"staging": {"approvals": 1, "approvers": ["payments"]}},
+        "deploy": {"webhook": {"url": url, "body": {"opsbot_request": "{request_id}"}}},
+    }
+    runtime.store.replace_services(configs)
+
+
+def triggered(slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, version: str) -> str:
+    """Request hook-api ``version`` in staging, approve it, and wait until its trigger was accepted (HTTP 202)."""
+    posted = request(slack, slack_api, runtime, f"hook-api {version} staging")
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    summary_in(slack_api, DEPLOYS)
+    assert slack.web.wait_idle(15), "the summary's posts were not all delivered"
+    assert runtime.store.deploy_row(posted.request_id)["status"] == "succeeded"
+    return posted.request_id
+
+
+def hook_event(status: str, request_id: str, **fields: object) -> dict:
+    """An event of the pipeline hook-api's webhook triggers, naming the request that triggered it."""
+    fixed = {"version": "2.0.0", "env": "staging", "service": "hook-api", "request_id": request_id}
+    return event(status, **(fixed | fields))
+
+
+def test_a_pipeline_reports_on_the_request_that_triggered_it_and_the_change_counts_once(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    webhook_service(runtime, trigger)
+    rid = triggered(slack, slack_api, runtime, "2.0.0")
+    in_deploys = len([c for c in slack_api.calls("chat.postMessage") if c.body["channel"] == DEPLOYS])
+
+    started = hooks.post(hook_event("started", rid))
+    failed = hooks.post(hook_event("failed", rid, commit_sha="3f9c2e1a", commit_time=at(hours=3)))
+
+    assert started.status == 200 and failed.status == 200, failed.body
+    assert (started.json()["action"], started.json()["id"], started.json()["status"]) == ("reported", rid, "succeeded")
+    assert (failed.json()["action"], failed.json()["id"], failed.json()["status"]) == ("reported", rid, "failed")
+    assert ci_rows(runtime) == []  # no second deploy: the pipeline's events are the request's
+    row = runtime.store.deploy_row(rid)
+    assert (row["status"], row["exit_code"], row["commit_sha"], row["pipeline_url"]) == (
+        "failed",
+        None,
+        "3f9c2e1a",
+        PIPELINE,
+    )
+    audit = [(r["actor"], r["action"]) for r in runtime.store.audit_rows() if r["request_id"] == rid]
+    assert audit[-2:] == [("ci:octocat", "deploy.ci_started"), ("ci:octocat", "deploy.reported")]
+    # the new outcome is shown: the request's message, and a summary in the deploys channel
+    new = slack_api.wait_for("chat.postMessage", count=in_deploys + 1, predicate=lambda c: c.body["channel"] == DEPLOYS)
+    assert "reported *failed*" in shown(new[-1].body) and "Failed" in shown(new[-1].body)
+    assert any(c.body.get("ts") and "failed" in shown(c.body).lower() for c in slack_api.calls("chat.update"))
+    figures = dora(runtime.store, "hook-api", "staging")
+    assert (figures.changes, figures.failed_changes, figures.deploys_7d) == (1, 1, 0)
+
+
+def test_a_pipeline_reporting_the_outcome_opsbot_showed_changes_no_message_and_gives_the_lead_time(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    webhook_service(runtime, trigger)
+    rid = triggered(slack, slack_api, runtime, "2.0.0")
+    posts = len(slack_api.calls("chat.postMessage"))
+
+    answer = hooks.post(hook_event("succeeded", rid, commit_time=at(hours=2)))
+
+    assert answer.status == 200 and answer.json()["status"] == "succeeded", answer.body
+    assert ci_rows(runtime) == [] and len(slack_api.calls("chat.postMessage")) == posts
+    figures = dora(runtime.store, "hook-api", "staging")
+    assert (figures.changes, figures.failed_changes, figures.deploys_7d) == (1, 0, 1)
+    assert figures.lead_time_h == pytest.approx(2.0, abs=0.05)
+
+
+def test_a_report_naming_a_request_it_does_not_fit_is_refused_and_changes_nothing(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    webhook_service(runtime, trigger)
+    rid = triggered(slack, slack_api, runtime, "2.0.0")
+    pending = request(slack, slack_api, runtime, "hook-api 2.0.1 staging").request_id
+    ci_id = hooks.post(event()).json()["id"]
+    audited = len(runtime.store.audit_rows())
+    refused = {
+        "names no deploy requested through opsbot": hook_event("failed", "dep-20261120-abcdef"),
+        "is hook-api 2.0.0 to staging, not hook-api 2.0.9": hook_event("failed", rid, version="2.0.9"),
+        "is a deploy, not a rollback": hook_event("rolled_back", rid),
+        "never ran in opsbot": hook_event("failed", pending, version="2.0.1"),
+        "names no deploy requested": event("failed", request_id=ci_id),  # a pipeline's own deploy
+    }
+    for words, sent in refused.items():
+        response = hooks.post(sent)
+        assert response.status == 400 and words in response.json()["error"], (words, response.body)
+        assert response.json()["field"] in ("request_id", "status")
+    assert runtime.store.deploy_row(rid)["status"] == "succeeded"
+    assert runtime.store.deploy_row(pending)["status"] == "pending"
+    assert len(runtime.store.audit_rows()) == audited and len(ci_rows(runtime)) == 1
+
+
+def test_notify_deploy_reports_on_a_request_by_its_id(runtime: Runtime) -> None:
+    path = str(runtime.settings.db_path)
+    with runtime.store.transaction():  # a /deploy whose command ran the pipeline, and exited 0
+        runtime.store.insert_deploy(
+            {
+                **{k: "" for k in runtime.store.DEPLOY_COLUMNS.split(", ")},
+                "id": "dep-20261120-0a1b2c",
+                "kind": "deploy",
+                "service": "checkout-api",
+                "env": "prod",
+                "version": "1.4.2",
+                "requester": "U03F8K2LQ1",
+                "status": "succeeded",
+                "approvals_needed": 2,
+                "created_at": at(minutes=20),
+                "started_at": at(minutes=15),
+                "finished_at": at(minutes=14),
+                "exit_code": 0,
+                "source": "slack",
+                "changes": "[]",
+            }
+        )
+    common = ["--db", path, "--service", "checkout-api", "--env", "prod", "--version", "1.4.2", "--status", "failed"]
+
+    result = invoke(*common, "--request-id", "dep-20261120-0a1b2c")
+    wrong = invoke(*common, "--request-id", "INC-42")
+
+    assert result.exit_code == 0, result.output
+    assert "reported on as dep-20261120-0a1b2c" in result.output and "failed" in result.output
+    assert wrong.exit_code == 1 and "not an opsbot request id" in wrong.output and "(--request-id)" in wrong.output
+    reader = Store(path)
+    try:
+        assert reader.deploy_row("dep-20261120-0a1b2c")["status"] == "failed"
+        assert [r for r in reader.all_deploys() if r["source"] == "ci"] == []
+    finally:
+        reader.close()
 
 
 def test_hooks_without_a_secret_are_disabled(slack: SlackDriver, runtime: Runtime) -> None:

@@ -204,8 +204,13 @@ def build_refusal_text(decision: Decision) -> str:
     return f"Your click did not count: {decision.message}"
 
 
-def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_line: str) -> list[dict]:
-    """After every deploy or rollback: what ran, who asked and approved, how it went, the log tail, DORA."""
+def build_deploy_summary_blocks(
+    request: DeployRequest, view: RequestView, dora_line: str, reported: bool = False
+) -> list[dict]:
+    """After every deploy or rollback: what ran, who asked and approved, how it went, the log tail, DORA.
+
+    ``reported``: the pipeline the run triggered has since reported an outcome other than the run's.
+    """
     outcome = outcome_text(request)
     ci = request.source == "ci"
     fields = [
@@ -221,6 +226,8 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
     ]
     if ci and request.commit_sha:
         fields.append(("Commit", f"`{request.commit_sha[:12]}`"))
+    elif reported:
+        fields.append(("Reported by", f"its {pipeline_link(request) if request.pipeline_url else 'pipeline'}"))
     blocks = [
         section(f"{ICONS.get(request.status, '')} *{escape(request.title)}*: {outcome.lower()}"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields[:10]]},
@@ -231,6 +238,13 @@ def build_deploy_summary_blocks(request: DeployRequest, view: RequestView, dora_
     if ci:
         blocks.append(section(f"*Changes*\n{changes_text(request)}"))
     else:
+        if reported:
+            blocks.append(
+                context(
+                    f"The pipeline this {request.kind} triggered reported *{outcome.lower()}* after opsbot's "
+                    "run of it ended, which showed otherwise: the pipeline's word counts."
+                )
+            )
         blocks.append(section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
     if view.emergency:
         blocks.append(context(view.emergency, ids.DEPLOY_EMERGENCY_BLOCK))
