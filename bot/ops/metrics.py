@@ -29,7 +29,7 @@ class Dora:
     deploys_period: int
     changes: int  # deploys that finished (succeeded or failed) in the period
     failed_changes: int  # failed, rolled back within the window, or blamed for an incident (see blamed_deploy)
-    time_to_restore_min: float | None  # median, incidents and failed deploys
+    time_to_restore_min: float | None  # median over outages: incidents and failed deploys, overlapping ones as one
     lead_time_h: float | None  # median, commit to finished deploy, where the commit time is known
 
     @property
@@ -119,17 +119,23 @@ def dora(
         if began[i.id] >= start and (d := blamed_deploy(every, i.services, began[i.id], window, successes))
     }
     failed = sum(1 for c in changes if c["status"] != "succeeded" or c["id"] in rolled_back or c["id"] in blamed)
-    restore = [float(i.duration_minutes) for i in incidents if i.duration_minutes is not None and i.date >= start]
-    # A failed deploy begins an outage of its service, and the next success (a deploy or a rollback) ends it:
-    # one outage, however many runs failed on the way (a retried deploy, a failed rollback).
+    # Outages: an incident, from its declaration to its resolution; and a failed deploy, from its failure to the
+    # service's next success (a deploy or a rollback), however many runs failed on the way (a retry, a failed
+    # rollback).
+    spans = [
+        Outage(i.date, i.date + timedelta(minutes=i.duration_minutes), frozenset(i.services))
+        for i in incidents
+        if i.duration_minutes is not None
+    ]
     outage: dict[str, datetime] = {}
     for r in rows:
         if r["status"] == "succeeded":
             began_at = outage.pop(r["service"], None)
-            if began_at is not None and began_at >= start:
-                restore.append((r["_finished"] - began_at).total_seconds() / 60)
+            if began_at is not None:
+                spans.append(Outage(began_at, r["_finished"], frozenset((r["service"],))))
         elif r["kind"] == "deploy" and r["status"] in ("failed", "timed_out"):
             outage.setdefault(r["service"], r["_finished"])
+    restore = [o.minutes for o in merged_outages(spans) if o.began >= start]
     # A commit time after the finish (one sent only with the finish, which took opsbot's clock) is no lead time.
     leads = [
         lead
@@ -150,6 +156,46 @@ def dora(
         statistics.median(restore) if restore else None,
         statistics.median(leads) if leads else None,
     )
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A time a service was down, and which services: an incident's, or a failed deploy's until the next success."""
+
+    began: datetime
+    ended: datetime
+    services: frozenset[str]
+
+    @property
+    def minutes(self) -> float:
+        return (self.ended - self.began).total_seconds() / 60
+
+
+def merged_outages(spans: list[Outage]) -> list[Outage]:
+    """The outages, two taken as one when they overlap in time and share a service (and so on, transitively),
+    from the first start to the last end: a failed deploy that an incident was declared about is one outage,
+    restored once, not two.
+
+    One pass in order of start. Each group keeps when each of its services was last down, so a later outage joins
+    it only where one of its own services still was.
+    """
+    done: list[Outage] = []
+    going: list[tuple[datetime, datetime, dict[str, datetime]]] = []  # not ended before the current one began
+    for span in sorted(spans, key=lambda o: o.began):
+        over = [g for g in going if g[1] < span.began]
+        done += [Outage(g[0], g[1], frozenset(g[2])) for g in over]
+        going = [g for g in going if g[1] >= span.began]
+        began, ended, ends = span.began, span.ended, dict.fromkeys(span.services, span.ended)
+        rest = []
+        for g in going:
+            if any(s in g[2] and g[2][s] >= span.began for s in span.services):
+                began, ended = min(began, g[0]), max(ended, g[1])
+                for s, end in g[2].items():
+                    ends[s] = max(end, ends.get(s, end))
+            else:
+                rest.append(g)
+        going = [*rest, (began, ended, ends)]
+    return done + [Outage(g[0], g[1], frozenset(g[2])) for g in going]
 
 
 def finished_changes(store: Store, env: str, now: datetime, since: datetime | None = None) -> list[dict]:
