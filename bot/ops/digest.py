@@ -28,8 +28,9 @@ def digest_due(digest: Digest, now: datetime, last_posted_week: str) -> str | No
 
 
 def weekly_figures(deploys: DeployService, env: str, days: int = 30) -> Figures:
-    """All services together, then each deployable service, over the last ``days``."""
-    each = [(name, deploys.figures(name, env, days)) for name in sorted(deploys.services)]
+    """All services together, then each service deployable to ``env``, over the last ``days``."""
+    names = sorted(name for name, config in deploys.services.items() if env in config.environments)
+    each = [(name, deploys.figures(name, env, days)) for name in names]
     return deploys.figures(None, env, days), each
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.ops.digest import digest_due
+from bot.ops.digest import digest_due, weekly_figures
 from bot.ops.metrics import Dora
 from bot.runtime import Runtime
 from bot.services import ConfigProblem, Digest, parse_settings
@@ -66,6 +66,24 @@ def test_the_digest_posts_every_deployable_service(runtime: Runtime, slack_api: 
     for service in ("checkout-api", "payments-gateway", "storefront-web", "order-pipeline"):
         assert f"*{service}*: Deploys:" in text
     assert "change failure rate" in text
+
+
+def test_the_digest_leaves_out_services_not_deployed_to_its_environment(runtime: Runtime) -> None:
+    configs = runtime.store.service_configs()
+    configs["docs-site"] = {
+        "owners": ["U03F8K2LQ1"],
+        "environments": {"staging": {"approvals": 1, "approvers": ["payments"]}},
+        "deploy": {"command": ["./deploy.sh", "{version}"]},
+    }
+    runtime.store.replace_services(configs)
+    deploys = runtime.deploys()
+    assert "docs-site" in deploys.services
+
+    _, each = weekly_figures(deploys, "prod")
+    _, staging = weekly_figures(deploys, "staging")
+
+    assert "docs-site" not in [name for name, _ in each] and "checkout-api" in [name for name, _ in each]
+    assert "docs-site" in [name for name, _ in staging]
 
 
 @pytest.mark.parametrize("services", [0, 1, 30, 2000])
