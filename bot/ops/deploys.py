@@ -197,10 +197,9 @@ class DeployService(DeployRules):
         """
         interrupted = []
         with self.store.transaction():
-            for row in self.store.expired_leases(self.lease_clock()):
-                if deploy_runner.is_live(row["id"]):
-                    continue
-                deploy_runner.stop_orphan(row["id"], row["runner_pid"])
+            orphaned = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
+            deploy_runner.stop_orphans([(row["id"], row["runner_pid"]) for row in orphaned])  # before they are marked
+            for row in orphaned:
                 reason = "its opsbot process stopped before it finished (queued or running)"
                 if self.store.transition(
                     row["id"], "running", "interrupted", finished_at=_iso(self.clock()), note=reason

@@ -519,26 +519,34 @@ def _running(pid: int) -> bool:
         return False
 
 
-def stop_orphan(request_id: str, pid: int | None) -> bool:
-    """Stop a runner whose owner died, if its guard is still there (it normally stops itself); True if stopped."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if str(GUARD).encode() not in cmdline or request_id.encode() not in cmdline:
-        return False  # the pid was reused by something else
-    try:  # the guard stops the command's descendants, those that left its group too (runner_guard.py)
-        os.kill(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
+def stop_orphans(runners: list[tuple[str, int | None]]) -> list[str]:
+    """Stop the runners (request id, guard pid) whose owner died, where their guard is still there; the ids stopped.
+
+    Each guard is told at once and all are waited for together, so however many there are, stopping them takes
+    one wait of ORPHAN_STOP_S at most (the caller holds the database's write lock meanwhile).
+    """
+    told: list[tuple[str, int]] = []
+    for request_id, pid in runners:
+        if not pid:
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(GUARD).encode() not in cmdline or request_id.encode() not in cmdline:
+            continue  # the pid was reused by something else
+        try:  # the guard stops the command's descendants, those that left its group too (runner_guard.py)
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            continue
+        told.append((request_id, pid))
     deadline = time.monotonic() + ORPHAN_STOP_S
-    while time.monotonic() < deadline and _running(pid):
+    while time.monotonic() < deadline and any(_running(pid) for _, pid in told):
         time.sleep(0.02)
-    try:  # what is left of the group (a guard of an older opsbot dies of SIGTERM and stops nothing)
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    log.warning("stopped an orphaned deploy runner id=%s pid=%d", request_id, pid)
-    return True
+    for request_id, pid in told:
+        try:  # what is left of the group (a guard of an older opsbot dies of SIGTERM and stops nothing)
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        log.warning("stopped an orphaned deploy runner id=%s pid=%d", request_id, pid)
+    return [request_id for request_id, _ in told]

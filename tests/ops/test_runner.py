@@ -251,6 +251,51 @@ def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     store.close()
 
 
+def test_orphaned_guards_are_all_stopped_and_a_process_that_took_a_guards_pid_is_left_alone(tmp_path: Path) -> None:
+    keep_read, keep_write = os.pipe()  # the lifelines stay open: as if their owner hung, not died
+    guards = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(deploy_runner.GUARD),
+                "--request",
+                f"dep-20261206-00000{n}",
+                "--watch",
+                str(keep_read),
+                "--",
+                sys.executable,
+                "-c",
+                "import time; time.sleep(60)",
+            ],
+            start_new_session=True,
+            pass_fds=(keep_read,),
+        )
+        for n in (1, 2)
+    ]
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    os.close(keep_read)
+    try:
+        stopped = deploy_runner.stop_orphans(
+            [
+                ("dep-20261206-000001", guards[0].pid),
+                ("dep-20261206-000002", guards[1].pid),
+                ("dep-20261206-000003", stranger.pid),  # a pid reused by something that is no guard
+                ("dep-20261206-000004", None),
+            ]
+        )
+
+        assert stopped == ["dep-20261206-000001", "dep-20261206-000002"]
+        for guard in guards:
+            assert guard.wait(timeout=10) in (-signal.SIGKILL, -signal.SIGTERM)
+        assert stranger.poll() is None
+    finally:
+        for process in (*guards, stranger):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        os.close(keep_write)
+
+
 def test_processes_the_command_leaves_behind_are_stopped_when_it_exits(tmp_path: Path) -> None:
     pid_file = tmp_path / "left-behind.pid"
     leaves = (
@@ -459,16 +504,6 @@ def test_long_lines_are_cut_in_memory_and_in_the_stored_tail(tmp_path: Path) -> 
     assert len(kept) == deploy_runner.LINE_CHARS
     assert cut == f"{len('step 19 token=*** ') + 300_000 - deploy_runner.LINE_CHARS:,} characters cut"
     store.close()
-
-
-def test_a_stale_pid_that_is_not_our_guard_is_left_alone(tmp_path: Path) -> None:
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
-    try:
-        assert not deploy_runner.stop_orphan("dep-20261102-abcdef", stranger.pid)
-        assert stranger.poll() is None
-    finally:
-        stranger.kill()
-        stranger.wait()
 
 
 def test_the_outcome_is_recorded_once_the_database_takes_writes_again(
