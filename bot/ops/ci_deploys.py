@@ -27,7 +27,7 @@ from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
 
 log = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # a second report of the same finished deploy, with a new event id
-ENDED = ("succeeded", "failed", "timed_out", "interrupted")  # a /deploy request whose run ended: CI may report on it
+ENDED = ("succeeded", "failed", "timed_out", "interrupted")  # a /deploy request whose run ended (or was lost)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,9 @@ def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
             log.info("deploy hook duplicate event_id=%s", event.event_id)
             return CiOutcome("duplicate")
         if event.request_id:
-            request_id, action = _report(deploys, event, actor, now), "reported"
+            request_id, action = _report(deploys, event, actor, now)
+            if action == "duplicate":
+                return CiOutcome(action, duplicate_of=request_id)
             return CiOutcome(action, deploys.get(request_id))
         open_run = _open_run(deploys, event) if event.finished else None
         if open_run is not None:
@@ -202,9 +204,10 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
     return run["id"]
 
 
-def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetime) -> str:
+def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetime) -> tuple[str, str]:
     """The pipeline that a /deploy request triggered reports on it: a start is noted; a finish settles the request
-    with the pipeline's outcome, times and commit, and Slack shows the new outcome when it changed."""
+    with the pipeline's outcome, time and commit, and Slack shows the new outcome when it changed. Returns the
+    request's id and ``reported``, or ``duplicate`` for a finish that tells nothing new."""
     store = deploys.store
     rid = event.request_id
     row = store.deploy_row(rid)
@@ -229,25 +232,41 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
     kind = row["kind"]
     if not event.finished:
         store.audit(actor, f"{kind}.ci_started", rid, source="ci", event=event.event_id, pipeline=event.pipeline_url)
-        return rid
-    if row["status"] == "running":
+        return rid, "reported"
+    if row["status"] in ("running", "interrupted"):
+        # opsbot's own outcome of the run is still to be recorded (an interrupted run's process may yet record it)
         raise EventProblem(
             "request_id",
-            f"{rid} is still running in opsbot: report its end once opsbot's run of it has ended "
-            "(a webhook's trigger, or the command that called the pipeline).",
+            f"{rid} is {row['status']} in opsbot: its own run's outcome is not recorded yet, and a report now "
+            "would hide it. Report the end once opsbot's run of it has ended (a webhook's trigger, or the command "
+            "that called the pipeline); for an interrupted one, leave request_id out to record the pipeline's "
+            "deploy on its own.",
+        )
+    later = store.runs_started_after(row["service"], row["env"], row["started_at"] or "", rid)
+    if later:
+        raise EventProblem(
+            "request_id",
+            f"{later[0]['id']} ({later[0]['kind']} of {later[0]['version']}) ran in {row['service']} {row['env']} "
+            f"after {rid}: a report on the earlier one would rewrite what runs there now, so it is not taken.",
         )
     status = "failed" if event.status == "failed" else "succeeded"
-    finished_at = _no_later(event.finished_at or _iso(now), now)
-    if row["started_at"] and parse_time(finished_at) < parse_time(row["started_at"]):
-        raise EventProblem(
-            "finished_at",
-            f"finished_at {finished_at} is before {row['started_at']}, when {rid} started: send the time the "
-            "deploy ended.",
-        )
-    fields: dict = {k: v for k, v in _event_fields(event).items() if v}
-    if status != row["status"]:
-        fields["exit_code"] = None  # the run's exit code (0 for an accepted trigger) no longer tells the outcome
-    store.transition(rid, row["status"], status, finished_at=finished_at, **fields)
+    fields: dict = {k: v for k, v in _event_fields(event).items() if v and row[k] in (None, "", "[]")}
+    if status == row["status"]:  # what the run showed: fill in what the request lacks, and keep its finish
+        if not fields:
+            log.info("deploy hook report repeats id=%s event_id=%s", rid, event.event_id)
+            return rid, "duplicate"
+        store.update_deploy(rid, **fields)
+    else:
+        finished_at = _no_later(event.finished_at or _iso(now), now)
+        if row["started_at"] and parse_time(finished_at) < parse_time(row["started_at"]):
+            raise EventProblem(
+                "finished_at",
+                f"finished_at {finished_at} is before {row['started_at']}, when {rid} started: send the time the "
+                "deploy ended.",
+            )
+        fields.update({k: v for k, v in _event_fields(event).items() if v})
+        # the run's exit code (0 for an accepted trigger) no longer tells the outcome
+        store.transition(rid, row["status"], status, finished_at=finished_at, exit_code=None, **fields)
     store.audit(
         actor,
         f"{kind}.reported",
@@ -260,7 +279,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
     )
     if status != row["status"]:
         deploys.announce("reported", rid)
-    return rid
+    return rid, "reported"
 
 
 def _open_run(deploys: DeployService, event: DeployEvent) -> dict | None:

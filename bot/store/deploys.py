@@ -63,6 +63,16 @@ class DeployStore(StoreBase):
         """Everything deploying a service and environment now, from Slack or CI (overlapping CI deploys too)."""
         return self._rows("service = ? AND env = ? AND status IN ('running', 'overlapping')", [service, env])
 
+    def runs_started_after(self, service: str, env: str, started_at: str, exclude: str) -> list[dict]:
+        """Deploys and rollbacks of a service and environment that started to run after ``started_at`` (ISO UTC):
+        running or ended, but not cancelled (approved, stopped before it ran) nor abandoned (a CI start with no
+        end); ``exclude`` is left out."""
+        return self._rows(
+            "service = ? AND env = ? AND id != ? AND started_at > ? "
+            "AND status IN ('running', 'overlapping', 'succeeded', 'failed', 'timed_out', 'interrupted')",
+            [service, env, exclude, started_at],
+        )
+
     def succeeded_for(self, service: str, env: str, limit: int = 200) -> list[dict]:
         """Deploys and rollbacks that succeeded, newest finish first."""
         return self._rows(

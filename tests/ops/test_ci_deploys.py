@@ -298,3 +298,119 @@ def test_secrets_in_an_events_free_text_are_scrubbed_before_it_is_recorded(
     assert done.changes == ("Revert: accidentally committed token ***", "x" * 280 + " ***")
     assert done.requester == "ci:bot ***"
     assert token[:12] not in json.dumps(store.deploy_row(done.id)) + json.dumps(store.audit_rows())
+
+
+# -- a pipeline reporting on the /deploy request that triggered it (request_id) -------------------------
+
+
+def requested_row(store: Store, rid: str, version: str, status: str, started: datetime, kind: str = "deploy") -> None:
+    """A /deploy (or /rollback) request of web in staging as opsbot leaves it once its run got that far."""
+    ended = status not in ("running", "pending")
+    with store.transaction():
+        store.insert_deploy(
+            {
+                **{k: "" for k in store.DEPLOY_COLUMNS.split(", ")},
+                "id": rid,
+                "kind": kind,
+                "service": "web",
+                "env": "staging",
+                "version": version,
+                "requester": ALICE,
+                "status": status,
+                "approvals_needed": 1,
+                "created_at": iso(started - timedelta(minutes=5)),
+                "started_at": None if status == "pending" else iso(started),
+                "finished_at": iso(started + timedelta(minutes=1)) if ended else None,
+                "exit_code": 0 if status == "succeeded" else None,
+                "source": "slack",
+                "changes": "[]",
+            }
+        )
+
+
+def test_a_finish_for_a_request_whose_own_outcome_is_not_recorded_is_refused(
+    deploys: DeployService, store: Store
+) -> None:
+    requested_row(store, "dep-20261102-00000a", "2.0.0", "running", START - timedelta(minutes=3))
+    requested_row(store, "dep-20261102-00000b", "2.0.0", "interrupted", START - timedelta(hours=2))
+    with store.transaction():
+        store.update_deploy("dep-20261102-00000b", env="prod")  # another environment: no later run of this one
+
+    started = send(deploys, "e1", "started", request_id="dep-20261102-00000a")
+    with pytest.raises(EventProblem, match="is running in opsbot: its own run's outcome is not recorded yet"):
+        send(deploys, "e2", "failed", request_id="dep-20261102-00000a")
+    with pytest.raises(EventProblem, match="is interrupted in opsbot") as interrupted:
+        send(deploys, "e3", "failed", env="prod", request_id="dep-20261102-00000b")
+
+    assert started.action == "reported" and interrupted.value.field == "request_id"
+    assert "leave request_id out" in str(interrupted.value)
+    assert sorted(r["status"] for r in store.all_deploys()) == ["interrupted", "running"]
+    assert actions(store) == ["deploy.ci_started"]
+
+
+def test_a_report_on_a_request_of_another_environment_or_before_its_start_is_refused(
+    deploys: DeployService, store: Store
+) -> None:
+    requested_row(store, "dep-20261102-00000c", "2.0.0", "succeeded", START - timedelta(minutes=30))
+
+    with pytest.raises(EventProblem, match="is web 2.0.0 to staging, not web 2.0.0 to prod") as other_env:
+        send(deploys, "e1", "failed", env="prod", request_id="dep-20261102-00000c")
+    with pytest.raises(EventProblem, match="before .* when dep-20261102-00000c started") as early:
+        send(deploys, "e2", "failed", request_id="dep-20261102-00000c", finished_at=iso(START - timedelta(hours=1)))
+
+    assert other_env.value.field == "request_id" and early.value.field == "finished_at"
+    assert store.deploy_row("dep-20261102-00000c")["status"] == "succeeded" and actions(store) == []
+
+
+def test_a_late_report_after_a_later_run_is_refused_so_what_runs_now_stays_true(
+    deploys: DeployService, store: Store
+) -> None:
+    requested_row(store, "dep-20261102-00000d", "1.0.0", "succeeded", START - timedelta(hours=3))
+    requested_row(store, "dep-20261102-00000e", "2.0.0", "succeeded", START - timedelta(minutes=50))
+    # the on-call rolled back before the pipeline of 2.0.0 reported
+    requested_row(store, "dep-20261102-00000f", "1.0.0", "succeeded", START - timedelta(minutes=40), kind="rollback")
+    assert deploys.current_version("web", "staging") == "1.0.0"
+
+    for n, status in enumerate(("failed", "succeeded")):
+        with pytest.raises(EventProblem, match=r"dep-20261102-00000f \(rollback of 1.0.0\) ran in web staging after"):
+            send(deploys, f"e{n}", status, request_id="dep-20261102-00000e")
+
+    assert deploys.current_version("web", "staging") == "1.0.0"
+    assert store.deploy_row("dep-20261102-00000e")["finished_at"] == iso(START - timedelta(minutes=49))
+    assert actions(store) == []
+
+
+def test_a_report_of_the_outcome_shown_keeps_the_finish_and_a_repeat_of_it_is_a_duplicate(
+    deploys: DeployService, store: Store
+) -> None:
+    requested_row(store, "dep-20261102-000010", "2.0.0", "succeeded", START - timedelta(minutes=30))
+    commit = iso(START - timedelta(hours=2))
+
+    first = send(deploys, "e1", "succeeded", request_id="dep-20261102-000010", commit_time=commit)
+    again = send(deploys, "e2", "succeeded", request_id="dep-20261102-000010", commit_time=commit)
+
+    row = store.deploy_row("dep-20261102-000010")
+    assert first.action == "reported" and (again.action, again.duplicate_of) == ("duplicate", "dep-20261102-000010")
+    assert (row["status"], row["finished_at"], row["commit_time"]) == (
+        "succeeded",
+        iso(START - timedelta(minutes=29)),  # opsbot's finish, not the moment the report came
+        commit,
+    )
+    assert actions(store) == ["deploy.reported"]
+
+
+def test_a_failure_then_a_rerun_that_succeeds_settles_the_request_each_time(
+    deploys: DeployService, store: Store, clock: Clock
+) -> None:
+    requested_row(store, "dep-20261102-000011", "2.0.0", "succeeded", START - timedelta(minutes=30))
+
+    failed = send(deploys, "e1", "failed", request_id="dep-20261102-000011")
+    clock.advance(minutes=5)
+    rerun = send(deploys, "e2", "succeeded", request_id="dep-20261102-000011")
+
+    assert (failed.request.status, rerun.request.status) == ("failed", "succeeded")
+    assert rerun.request.exit_code is None and rerun.request.finished_at == iso(clock.now)
+    assert actions(store) == ["deploy.reported", "deploy.reported"]
+    assert [r["status"] for r in store.all_deploys() if r["source"] == "ci"] == []
+    figures = dora(store, "web", "staging", now=clock.now)
+    assert (figures.changes, figures.failed_changes) == (1, 0)

@@ -209,7 +209,7 @@ def build_deploy_summary_blocks(
 ) -> list[dict]:
     """After every deploy or rollback: what ran, who asked and approved, how it went, the log tail, DORA.
 
-    ``reported``: the pipeline the run triggered has since reported an outcome other than the run's.
+    ``reported``: the pipeline the run triggered has since reported an outcome other than the one shown last.
     """
     outcome = outcome_text(request)
     ci = request.source == "ci"
@@ -242,7 +242,7 @@ def build_deploy_summary_blocks(
             blocks.append(
                 context(
                     f"The pipeline this {request.kind} triggered reported *{outcome.lower()}* after opsbot's "
-                    "run of it ended, which showed otherwise: the pipeline's word counts."
+                    "run of it ended: the pipeline's word counts."
                 )
             )
         blocks.append(section(f"*Log tail* (secrets scrubbed)\n{code_block(request.log_tail)}"))
