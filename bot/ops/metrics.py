@@ -122,11 +122,14 @@ def dora(
     # Outages: an incident, from its declaration to its resolution; and a failed deploy, from its failure to the
     # service's next success (a deploy or a rollback), however many runs failed on the way (a retry, a failed
     # rollback).
-    spans = [
-        Outage(i.date, i.date + timedelta(minutes=i.duration_minutes), frozenset(i.services))
-        for i in incidents
-        if i.duration_minutes is not None
-    ]
+    # One still going has no time to restore yet, and neither has any outage it overlaps on a service.
+    still_open = {row["id"] for row in store.live_incidents("open")}
+    spans = []
+    for i in incidents:
+        if i.duration_minutes is not None:
+            spans.append(Outage(i.date, i.date + timedelta(minutes=i.duration_minutes), frozenset(i.services)))
+        elif i.id in still_open:
+            spans.append(Outage(i.date, max(now, i.date), frozenset(i.services), going=True))
     outage: dict[str, datetime] = {}
     for r in rows:
         if r["status"] == "succeeded":
@@ -135,7 +138,10 @@ def dora(
                 spans.append(Outage(began_at, r["_finished"], frozenset((r["service"],))))
         elif r["kind"] == "deploy" and r["status"] in ("failed", "timed_out"):
             outage.setdefault(r["service"], r["_finished"])
-    restore = [o.minutes for o in merged_outages(spans) if o.began >= start]
+    spans += [Outage(at, now, frozenset((service,)), going=True) for service, at in outage.items()]
+    # One that ended before the period can only join outages that began before it too: not counted either way.
+    merged = merged_outages([o for o in spans if o.ended >= start])
+    restore = [o.minutes for o in merged if not o.going and o.began >= start]
     # A commit time after the finish (one sent only with the finish, which took opsbot's clock) is no lead time.
     leads = [
         lead
@@ -160,11 +166,13 @@ def dora(
 
 @dataclass(frozen=True)
 class Outage:
-    """A time a service was down, and which services: an incident's, or a failed deploy's until the next success."""
+    """A time a service was down, and which services: an incident's, or a failed deploy's until the next success.
+    One still ``going`` (an open incident, a failure nothing has succeeded after) ends, for now, at now."""
 
     began: datetime
     ended: datetime
     services: frozenset[str]
+    going: bool = False
 
     @property
     def minutes(self) -> float:
@@ -174,28 +182,42 @@ class Outage:
 def merged_outages(spans: list[Outage]) -> list[Outage]:
     """The outages, two taken as one when they overlap in time and share a service (and so on, transitively),
     from the first start to the last end: a failed deploy that an incident was declared about is one outage,
-    restored once, not two.
+    restored once, not two. One still going makes the whole one still going.
 
-    One pass in order of start. Each group keeps when each of its services was last down, so a later outage joins
-    it only where one of its own services still was.
+    In order of start, each outage joins the one of each of its services that ended last, when that one had not
+    ended before it began (any other that had not is in the same group already): a sort and a union-find.
     """
-    done: list[Outage] = []
-    going: list[tuple[datetime, datetime, dict[str, datetime]]] = []  # not ended before the current one began
-    for span in sorted(spans, key=lambda o: o.began):
-        over = [g for g in going if g[1] < span.began]
-        done += [Outage(g[0], g[1], frozenset(g[2])) for g in over]
-        going = [g for g in going if g[1] >= span.began]
-        began, ended, ends = span.began, span.ended, dict.fromkeys(span.services, span.ended)
-        rest = []
-        for g in going:
-            if any(s in g[2] and g[2][s] >= span.began for s in span.services):
-                began, ended = min(began, g[0]), max(ended, g[1])
-                for s, end in g[2].items():
-                    ends[s] = max(end, ends.get(s, end))
-            else:
-                rest.append(g)
-        going = [*rest, (began, ended, ends)]
-    return done + [Outage(g[0], g[1], frozenset(g[2])) for g in going]
+    ordered = sorted(spans, key=lambda o: o.began)
+    parent = list(range(len(ordered)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    last: dict[str, tuple[datetime, int]] = {}  # service -> the latest end of an outage of it so far, and which
+    for i, span in enumerate(ordered):
+        for service in span.services:
+            seen = last.get(service)
+            if seen is not None and seen[0] >= span.began:
+                parent[root(seen[1])] = root(i)
+        for service in span.services:
+            seen = last.get(service)
+            if seen is None or seen[0] < span.ended:
+                last[service] = (span.ended, i)
+    groups: dict[int, list[Outage]] = {}
+    for i, span in enumerate(ordered):
+        groups.setdefault(root(i), []).append(span)
+    return [
+        Outage(
+            min(o.began for o in group),
+            max(o.ended for o in group),
+            frozenset().union(*(o.services for o in group)),
+            any(o.going for o in group),
+        )
+        for group in groups.values()
+    ]
 
 
 def finished_changes(store: Store, env: str, now: datetime, since: datetime | None = None) -> list[dict]:

@@ -380,6 +380,40 @@ def test_a_failed_deploy_with_an_incident_declared_about_it_is_one_outage(store:
     assert dora(store, service="web", now=NOW).time_to_restore_min == pytest.approx(100)
 
 
+def test_an_outage_still_going_has_no_time_to_restore_nor_has_what_overlaps_it(store: Store) -> None:
+    t = ago(days=3)
+    insert(store, deploy(t - timedelta(hours=2), version="1.0.0"), deploy(t, version="1.1.0", status="failed"))
+    store.replace_incidents([incident(t + timedelta(minutes=10), "web", 30)])  # resolved; web still failed
+    with store.transaction():  # an incident on api, declared in Slack and still open
+        store.insert_live_incident(
+            {
+                "id": "INC-2026-9001",
+                "title": "api is slow",
+                "severity": 2,
+                "services": '["api"]',
+                "status": "open",
+                "declared_by": ALICE,
+                "declared_at": (t + timedelta(hours=1)).isoformat(timespec="seconds"),
+                "channel": "",
+                "origin_channel": "",
+                "roles": "{}",
+                "resolved_at": "",
+                "resolution": "",
+                "env": "prod",
+                "root_cause": "",
+            }
+        )
+    insert(store, deploy(t + timedelta(hours=1, minutes=10), service="api", status="failed"))
+    insert(store, deploy(t + timedelta(hours=1, minutes=40), service="api"))  # restored while the incident is open
+
+    assert dora(store, now=NOW).time_to_restore_min is None
+
+    insert(store, deploy(t + timedelta(hours=3), version="1.0.0", kind="rollback"))  # web restored
+
+    assert dora(store, service="web", now=NOW).time_to_restore_min == pytest.approx(180)
+    assert dora(store, service="api", now=NOW).time_to_restore_min is None
+
+
 @given(
     st.lists(
         st.tuples(st.integers(0, 300), st.integers(0, 120), st.sets(st.sampled_from("abcd"), min_size=1)),
