@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -63,6 +64,7 @@ def test_a_channel_taken_out_of_the_file_goes_back_to_the_default_and_one_set_by
 
 
 def test_cli_sets_and_lists_channels_and_refuses_names(tmp_path: Path) -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # made by `opsbot index`
     runner = CliRunner()
     assert "No channel settings" in runner.invoke(main, ["channels", "list"]).output
     result = runner.invoke(main, ["channels", "set", "C04ALERTS1", "all"])
@@ -75,6 +77,7 @@ def test_cli_sets_and_lists_channels_and_refuses_names(tmp_path: Path) -> None:
 
 
 def test_cli_set_warns_when_channels_yaml_will_set_the_channel_back(tmp_path: Path) -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # made by `opsbot index`
     root = write_kb(tmp_path / "kb", "channels:\n  C04ALERTS1: mentions\n")
     env = {"OPSBOT_KNOWLEDGE": str(root)}
     result = invoke("channels", "set", "C04ALERTS1", "all", env=env)

@@ -107,7 +107,15 @@ def _open(settings: Settings):  # noqa: ANN202
 
 
 def _open_store(ctx: click.Context):  # noqa: ANN202
-    return open_db(load_settings(ctx).db_path)
+    """The database of a command that reads (or sets) what the bot recorded: one that does not exist yet is refused,
+    not made empty, so a command run in the wrong folder does not report that nothing ever happened."""
+    path = Path(load_settings(ctx).db_path)
+    if not path.exists():
+        raise OpsbotError(
+            f"{path} does not exist, so there is nothing recorded to read: run this where `opsbot index` and the "
+            "bot run, or set OPSBOT_DB to their database file."
+        )
+    return open_db(path)
 
 
 def require_index(store: Store, encoder: Any) -> None:

@@ -81,7 +81,7 @@ def notify_deploy(
       opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status succeeded \\
         --commit-sha 3f9c2e1 --commit-time 2026-11-20T09:12:00Z --change "Retry card auth once"
       opsbot notify-deploy --db opsbot.db --service checkout-api --env prod --version 1.4.2
-      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status failed \
+      opsbot notify-deploy --service checkout-api --env prod --version 1.4.2 --status failed \\
         --request-id dep-20261120-3f9c2e
     """
     import http.client

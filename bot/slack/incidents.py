@@ -297,7 +297,9 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
 
 def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIncident, user: str, why: str) -> None:
     """Declared by mistake: said where it was worked and where it was declared; never searchable or counted."""
-    reason = f" ({escape(scrub(why))})" if why else ""
+    # "/incident cancel declared by mistake" gives the reason the message already states: not said twice
+    said = why.strip().rstrip(".").lower() == "declared by mistake"
+    reason = f" ({escape(scrub(why))})" if why and not said else ""
 
     def told(live: LiveIncident) -> None:  # inside the cancel's transaction: outbox rows only
         text = (

@@ -905,6 +905,7 @@ def test_manifest_refuses_what_it_would_ignore_or_slack_would_refuse(args: list[
 
 
 def test_channels_set_refuses_a_direct_message() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()
     result = invoke("channels", "set", "D04ALERTS1", "all")
     assert_clean_failure(result, "D04ALERTS1 is a direct message", "ids starting with C or G")
     assert invoke("channels", "list").stdout.startswith("No channel settings")

@@ -138,6 +138,7 @@ def test_deploys_json(history: History) -> None:
 
 
 def test_deploys_with_no_history() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # made by `opsbot index`, nothing recorded yet
     result = invoke("deploys")
 
     assert result.exit_code == 0, result.output
@@ -154,6 +155,7 @@ def test_deploys_refuses_unknown_names(history: History) -> None:
 
 
 def test_deploys_on_an_empty_database_names_the_next_step() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # made by `opsbot index`, nothing recorded yet
     assert_clean_failure(invoke("deploys", "--service", "web"), "none yet", "opsbot index")
 
 
@@ -161,6 +163,27 @@ def test_deploys_on_an_empty_database_names_the_next_step() -> None:
 def test_an_empty_service_or_env_is_refused_not_read_as_all(command: str) -> None:
     assert_clean_failure(invoke(command, "--service", ""), "--service is empty", "leave the option out")
     assert_clean_failure(invoke(command, "--env", " "), "--env is empty")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("deploys",),
+        ("audit",),
+        ("dora",),
+        ("alerts",),
+        ("incidents", "list"),
+        ("oncall",),
+        ("feedback",),
+        ("channels", "list"),
+        ("channels", "set", "C04ALERTS1", "all"),
+    ],
+)
+def test_a_database_that_does_not_exist_is_refused_not_made_empty(command: tuple[str, ...]) -> None:
+    result = invoke(*command)  # as in a folder where opsbot never ran
+
+    assert_clean_failure(result, "does not exist, so there is nothing recorded to read", "set OPSBOT_DB")
+    assert not Path(os.environ["OPSBOT_DB"]).exists()
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -217,6 +240,7 @@ def test_audit_csv(history: History) -> None:
 
 
 def test_audit_empty_and_both_formats() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # made by `opsbot index`, nothing recorded yet
     assert invoke("audit").stdout == "The audit trail is empty: no deploy has been requested yet.\n"
     assert invoke("audit", "--csv").stdout == "at,actor,actor_name,action,request_id,details\n"
     assert_clean_failure(invoke("audit", "--json", "--csv"), "choose one of --json and --csv")
@@ -317,6 +341,7 @@ def test_dora_uses_the_failure_window_from_services_yaml(history: History) -> No
 
 
 def test_dora_on_an_empty_database() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # made by `opsbot index`, nothing recorded yet
     result = invoke("dora")
 
     assert result.exit_code == 0, result.output

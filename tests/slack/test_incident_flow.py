@@ -526,3 +526,15 @@ def test_each_change_is_stored_with_its_post_so_a_stop_between_the_two_loses_nei
     ]
     assert {c: posted.get(c) for c in changes} == dict.fromkeys(changes, True)
     assert runtime.store.in_transaction_here() is False
+
+
+def test_a_cancel_says_declared_by_mistake_once_and_any_other_reason_beside_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    first, _ = declare(slack, slack_api, "Checkout test page flaps --sev 4")
+    told = shown(say(slack, slack_api, "cancel declared by mistake"))
+    second, _ = declare(slack, slack_api, "Checkout test page flaps again --sev 4")
+    typo = shown(say(slack, slack_api, "cancel typo in the title"))
+
+    assert first in told and told.count("declared by mistake") == 1, told
+    assert second in typo and "declared by mistake (typo in the title)" in typo, typo
