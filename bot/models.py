@@ -193,3 +193,4 @@ class Answer:
     search_ms: float = 0.0
     # The question's vector (a numpy array; None in bm25 mode): reused to suggest experts without encoding again.
     query_vector: Any = field(default=None, repr=False, compare=False)
+    learned: bool = False  # the hits' scores are the fitted ranker's log-odds that each is the answer

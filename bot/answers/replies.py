@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from bot.text import linked_runbook
 
 log = logging.getLogger(__name__)
 RELATIVE_FLOOR = 0.7  # a hit must be at least this close in meaning, relative to the best hit of its kind
+# A past incident is shown only when the ranker finds it at least this likely, relative to the answer's best hit.
+INCIDENT_LIKELIHOOD = 0.02
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,13 @@ def relevant_hits(answer: Answer, settings: Settings) -> tuple[tuple[SearchHit, 
     when it is the runbook of a named alert, the runbook an alert links to, or a section holding the
     question's words together. The ranker's first of a kind is shown whenever anything of that kind is: a hit
     it ranked lower, however close in meaning, never takes its place.
+
+    A past incident is context, not the answer: it is also left out when the fitted ranker finds it more than
+    fifty times less likely to be what was asked about than the answer's best hit (an incident that merely
+    shares the question's vague words), unless the question names it. Runbooks are not judged so: the one
+    that says what to do stays even when an incident told in the question's own words leads.
     """
+    likely = _likelihood(max(h.score for h in answer.hits)) if answer.learned and answer.hits else 0.0
     shown: list[tuple[SearchHit, ...]] = []
     for kind in ("runbook", "incident"):
         hits = [h for h in answer.hits if h.kind == kind]
@@ -75,8 +84,16 @@ def relevant_hits(answer: Answer, settings: Settings) -> tuple[tuple[SearchHit, 
         keep = [h.similarity >= floor or bool(h.alert or h.quoted or h.linked) for h in hits]
         if any(keep):
             keep[0] = True
+        if kind == "incident" and likely:
+            unlikely = [_likelihood(h.score) < INCIDENT_LIKELIHOOD * likely and not h.alert for h in hits]
+            keep = [k and not u for k, u in zip(keep, unlikely, strict=True)]
         shown.append(tuple(h for h, k in zip(hits, keep, strict=True) if k))
     return shown[0][: min(settings.top_k, 3)], shown[1][:3]
+
+
+def _likelihood(score: float) -> float:
+    """The ranker's log-odds as a probability."""
+    return 1.0 / (1.0 + math.exp(-max(min(score, 50.0), -50.0)))
 
 
 def trim_suggestions(ranked: list[Suggestion], recent_first: list[str], limit: int) -> list[Suggestion]:

@@ -335,7 +335,8 @@ class SearchIndex:
             if wanted[d] in details
         )
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
-        return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector)
+        learned = mode == "hybrid" and self.model is not None
+        return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector, learned)
 
     def _remembered(self, sig: Signals, ordered: list[int]) -> list[int]:
         """Votes on answers to the same or a close question: each 👍 moves its document up a place, each 👎 down.

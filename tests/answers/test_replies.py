@@ -9,7 +9,8 @@ from bot.models import Answer, SearchHit
 
 def hit(path: str, similarity: float, **kw: object) -> SearchHit:
     kind = "incident" if path.startswith("incidents/") else "runbook"
-    return SearchHit(path, kind, path, "Summary", "", 0.0, similarity=similarity, **kw)  # type: ignore[arg-type]
+    score = float(kw.pop("score", 0.0))  # type: ignore[arg-type]
+    return SearchHit(path, kind, path, "Summary", "", score, similarity=similarity, **kw)  # type: ignore[arg-type]
 
 
 def shown(*hits: SearchHit) -> tuple[list[str], list[str]]:
@@ -41,3 +42,30 @@ def test_nothing_above_the_floor_shows_nothing_and_marked_hits_stay() -> None:
         "runbooks/a.md",
         "runbooks/b.md",
     ]
+
+
+def learned(*hits: SearchHit) -> tuple[list[str], list[str]]:
+    """As ``shown``, with the hits' scores being the fitted ranker's log-odds."""
+    runbooks, incidents = relevant_hits(Answer("q", "q", hits, "hybrid", learned=True), Settings(min_similarity=0.35))
+    return [h.path for h in runbooks], [h.path for h in incidents]
+
+
+def test_an_incident_the_ranker_finds_far_less_likely_than_the_answer_is_left_out() -> None:
+    quote = hit("runbooks/pool.md", 0.30, quoted=True, score=3.8)  # p 0.98
+    vague = hit("incidents/oom.yaml", 0.35, score=-5.4)  # p 0.0045: 1/200 of the runbook's
+    close = hit("incidents/pool.yaml", 0.35, score=-3.0)  # p 0.047: 1/21 of it
+
+    assert learned(quote, vague) == (["runbooks/pool.md"], [])
+    assert learned(quote, close, vague) == (["runbooks/pool.md"], ["incidents/pool.yaml"])
+    # scores that are no ranker's (reciprocal-rank fusion before a fit) are not read as likelihoods
+    assert shown(quote, vague) == (["runbooks/pool.md"], ["incidents/oom.yaml"])
+
+
+def test_an_incident_the_question_names_and_runbooks_are_kept_however_unlikely() -> None:
+    named = hit("incidents/inc-7.yaml", 0.20, alert="INC-2026-0007", score=-6.0)
+    runbook = hit("runbooks/other.md", 0.50, score=-6.0)
+
+    assert learned(hit("incidents/told.yaml", 0.8, score=4.0), runbook, named) == (
+        ["runbooks/other.md"],
+        ["incidents/told.yaml", "incidents/inc-7.yaml"],
+    )

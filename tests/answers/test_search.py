@@ -10,7 +10,9 @@ import pytest
 from bot.answers.citing import make_snippet
 from bot.answers.indexer import index_knowledge
 from bot.answers.ranker import FEATURES, candidates, features
+from bot.answers.replies import relevant_hits
 from bot.answers.search import SearchIndex
+from bot.config import Settings
 from bot.errors import InvalidRequest
 from bot.models import SearchHit
 from bot.store import Store
@@ -364,6 +366,17 @@ def test_the_readmes_examples_find_their_runbook_first(index: SearchIndex, quest
     runbooks = [h.path for h in answer.hits if h.kind == "runbook"]
     assert runbooks[0] == expected, runbooks  # first in the answer's Runbooks block
     assert expected in [h.path for h in answer.hits[:2]]  # behind at most a past incident of exactly that
+
+
+def test_the_readmes_first_example_shows_no_past_incident_about_something_else(index: SearchIndex) -> None:
+    answer = index.search("FATAL: sorry, too many clients already", k=6)
+    unrelated = [h for h in answer.hits if h.kind == "incident" and "pgbouncer" not in h.title.lower()]
+    assert unrelated and answer.learned  # the search finds incidents that merely share its vague words
+
+    runbooks, incidents = relevant_hits(answer, Settings(min_similarity=0.35))
+
+    assert [h.path for h in runbooks][:1] == ["runbooks/postgres/connection-pool-exhausted.md"]
+    assert not {h.path for h in unrelated} & {h.path for h in incidents}, [h.title for h in incidents]
 
 
 SIBLINGS = {

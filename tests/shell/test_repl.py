@@ -31,7 +31,9 @@ PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"  # the first roster member, and anoth
 
 
 def test_a_typed_question_is_answered_in_its_dm_thread_with_numbered_buttons(chat: Chat) -> None:
-    shown = chat.say("checkout is failing: FATAL: sorry, too many clients already")
+    shown = chat.say(
+        "checkout 503s at the evening peak, pgbouncer pool exhausted: FATAL: sorry, too many clients already"
+    )
     assert "opsbot · reply in thread" in shown
     assert "pgbouncer / Postgres connection pool exhausted" in shown
     assert "`runbooks/postgres/connection-pool-exhausted.md`" in shown
