@@ -8,9 +8,10 @@ who may approve (``who_may_approve``, ``may_decide``), how many approvals a requ
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Self
@@ -86,16 +87,33 @@ class DeployRules:
 
     # -- the policy ---------------------------------------------------------------------------------
 
-    def _service_env(self, service: str, env: str) -> tuple[ServiceConfig, Environment]:
+    def _service_env(
+        self, service: str, env: str, version: str | None = None, kind: str = "deploy"
+    ) -> tuple[ServiceConfig, Environment]:
+        """The service's config and environment; NotFound says what was meant when it can tell (a slip of the
+        keyboard, the version and environment typed the other way round, a word too many)."""
         check_service(service)
         check_value("environment", env)
         config = self.services.get(service)
         if config is None:
             known = ", ".join(sorted(self.services)) or "none: add environments and a deploy runner in services.yaml"
-            raise NotFound(f"no deployable service {service!r}; deployable services: {known}.")
+            close = closest(service, self.services)
+            hint = f" Did you mean {close}?" if close else ""
+            raise NotFound(f"no deployable service {service!r}; deployable services: {known}.{hint}")
         environment = config.environments.get(env)
         if environment is None:
-            raise NotFound(f"{service} has no environment {env!r}; use one of {', '.join(config.environments)}.")
+            hint = ""
+            if version is not None and version in config.environments:  # SERVICE ENV VERSION for a deploy
+                fixed = f"{service} {env} {version}" if kind == "deploy" else f"{service} {version} {env}"
+                order = "SERVICE VERSION ENV" if kind == "deploy" else "SERVICE ENV [VERSION]"
+                hint = f" The order is /{kind} {order}: `/{kind} {fixed}`."
+            elif version is not None and len(version.split()) > 1:
+                hint = f" That is a word too many: /{kind} takes " + (
+                    "SERVICE VERSION ENV." if kind == "deploy" else "SERVICE ENV [VERSION]."
+                )
+            elif close := closest(env, config.environments):
+                hint = f" Did you mean {close}?"
+            raise NotFound(f"{service} has no environment {env!r}; use one of {', '.join(config.environments)}.{hint}")
         return config, environment
 
     def _refusal(self, request: DeployRequest, stage: str, user: str = "") -> str | None:
@@ -256,3 +274,12 @@ class DeployRules:
     def ci_environments(self) -> dict[str, frozenset[str]]:
         """Per service that services.yaml configures environments for, those environments."""
         return {name: frozenset(c.environments) for name, c in self.services.items() if c.environments}
+
+
+def closest(word: str, names: Iterable[str]) -> str:
+    """The one of ``names`` that ``word`` was most likely meant to be (case aside, or a slip or two); "" if none."""
+    lowered = {name.lower(): name for name in names}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    found = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[found[0]] if found else ""

@@ -42,7 +42,7 @@ class DeployService(DeployRules):
         self, kind: str, service: str, env: str, version: str | None, requester: str, channel: str = ""
     ) -> DeployRequest:
         """Validate everything, then record a pending request holding the service/env lock."""
-        config, environment = self._service_env(service, env)
+        config, environment = self._service_env(service, env, version, kind)
         note = ""
         if kind == "rollback":
             if config.rollback is None and config.deploy is None:

@@ -45,6 +45,12 @@ from tests.ops.fixtures import (
         ("web", "production", "1.0.0", NotFound, "use one of staging, prod"),
         ("strict", "staging", "1.0.0-rc1", InvalidRequest, r"version_pattern ^\d+\.\d+\.\d+$"),
         ("web", "prod", "latest", InvalidRequest, "does not match web's version_pattern"),
+        # slips a tired engineer makes: said back with what was meant
+        ("wbe", "prod", "1.0.0", NotFound, "deployable services: strict, web. Did you mean web?"),
+        ("Web", "prod", "1.0.0", NotFound, "Did you mean web?"),
+        ("web", "stagin", "1.0.0", NotFound, "use one of staging, prod. Did you mean staging?"),
+        ("web", "1.0.0", "staging", NotFound, "The order is /deploy SERVICE VERSION ENV: `/deploy web 1.0.0 staging`"),
+        ("web", "extra", "1.0.0 staging", NotFound, "That is a word too many: /deploy takes SERVICE VERSION ENV."),
     ],
 )
 def test_unknown_names_and_wrong_versions_are_refused_before_anything_is_recorded(
@@ -56,6 +62,16 @@ def test_unknown_names_and_wrong_versions_are_refused_before_anything_is_recorde
     assert says in str(caught.value)
     assert store.all_deploys() == []
     assert store.audit_rows() == []
+
+
+def test_a_rollback_typed_in_the_order_of_a_deploy_is_refused_with_its_own_order(
+    deploys: DeployService, store: Store
+) -> None:
+    with pytest.raises(
+        NotFound, match=r"The order is /rollback SERVICE ENV \[VERSION\]: `/rollback web staging 1.0.0`"
+    ):
+        deploys.request("rollback", "web", "1.0.0", "staging", ALICE)
+    assert store.all_deploys() == []
 
 
 @pytest.mark.parametrize(
