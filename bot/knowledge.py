@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bot.knowledge_fields import FileProblem
+from bot.knowledge_fields import FileProblem, FileProblems
 from bot.knowledge_xref import NamedService, named_services, other_services, roster_services, service_name_problems
 from bot.models import Expert, Incident, KnowledgeBase, Problem
 from bot.record_files import incident_document, parse_channels, parse_incident, parse_roster, parse_roster_rotations
@@ -190,6 +190,9 @@ def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
         return
     try:
         parse(path, rel, text)
+    except FileProblems as exc:
+        kb.problems += [Problem(rel, str(p), p.line) for p in exc.problems]
+        kb.failed_paths.add(rel)
     except (FileProblem, FrontMatterError) as exc:
         kb.problems.append(Problem(rel, str(exc), exc.line))
         kb.failed_paths.add(rel)

@@ -15,6 +15,14 @@ class FileProblem(ValueError):
         self.line = line
 
 
+class FileProblems(FileProblem):
+    """Several problems of one file, found in one reading: each is reported (``problems``), not only the first."""
+
+    def __init__(self, problems: list[FileProblem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems), problems[0].line)
+        self.problems = problems
+
+
 def name_list(value: Any, key: str, example: str = "checkout-api, payments-gateway") -> tuple[str, ...]:
     """Names given as a YAML list or one comma-separated string; a FileProblem naming ``key`` otherwise."""
     if value is None:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from bot.knowledge_fields import FileProblem, name_list, service_names, text_field
+from bot.knowledge_fields import FileProblem, FileProblems, name_list, service_names, text_field
 from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
 from bot.services import severity_number
@@ -96,61 +96,78 @@ def _written_key(key: object, text: str) -> str:
 
 
 def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> Incident:
-    unknown = [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]
-    for key in unknown:
+    """The incident, or every problem of the file at once (FileProblems): a file is fixed in one go, not one
+    rerun of `opsbot check` per problem."""
+    problems: list[FileProblem] = []
+
+    def fail(message: str, line: int | None = None) -> None:
+        problems.append(FileProblem(message, line))
+
+    for key in [k for k in data if k not in INCIDENT_REQUIRED + INCIDENT_OPTIONAL]:
         written = _written_key(key, text)
         close = difflib.get_close_matches(written, INCIDENT_REQUIRED + INCIDENT_OPTIONAL, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
-        raise FileProblem(f"unknown field `{written}`{hint}", line_of(written))
+        fail(f"unknown field `{written}`{hint}", line_of(written))
     missing = [k for k in INCIDENT_REQUIRED if data.get(k) in (None, "", [])]
     if missing:
-        raise FileProblem(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
-    inc_id = str(data["id"]).strip()
-    if not INCIDENT_ID.match(inc_id):
-        raise FileProblem(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
-    date = parse_date(data["date"])
-    if date is None:
-        raise FileProblem(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
-    raw = data["severity"]
+        fail(f"missing {', '.join(missing)}; every incident needs {', '.join(INCIDENT_REQUIRED)}.")
+    inc_id = str(data.get("id") or "").strip()
+    if inc_id and not INCIDENT_ID.match(inc_id):
+        fail(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
+    date = parse_date(data["date"]) if data.get("date") not in (None, "") else None
+    if data.get("date") not in (None, "") and date is None:
+        fail(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
+    raw = data.get("severity")
     # 2, "2", SEV2; never true (YAML's yes) or 2.9 read as a severity
-    severity = severity_number(raw) if not isinstance(raw, (bool, float)) else None
-    severity = severity or 0
-    if not 1 <= severity <= 4:
-        raise FileProblem(f"severity {data['severity']!r} must be 1 (worst) to 4", line_of("severity"))
+    severity = (severity_number(raw) if not isinstance(raw, (bool, float)) else None) or 0
+    if raw not in (None, "") and not 1 <= severity <= 4:
+        fail(f"severity {raw!r} must be 1 (worst) to 4", line_of("severity"))
     duration = data.get("duration_minutes")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int) or duration < 0):
-        raise FileProblem("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
+        fail("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
     env = data.get("env") or ""
     if not isinstance(env, str) or (env and not re.fullmatch(r"[A-Za-z0-9][\w-]*", env)):
-        raise FileProblem(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))
+        fail(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))
     timeline = []
     entries = data.get("timeline") or []
     if not isinstance(entries, list):
         example = '[{at: "2025-01-09T18:20Z", event: Paged}] or lines such as "18:20 Paged"'
-        raise FileProblem(f"timeline must be a list of entries, {example}", line_of("timeline"))
+        fail(f"timeline must be a list of entries, {example}", line_of("timeline"))
+        entries = []
     for entry in entries:
         if isinstance(entry, dict):
             strange = sorted(str(k) for k in entry if k not in ("at", "event"))
             if strange or not str(entry.get("event", "")).strip():
-                raise FileProblem(
-                    f"timeline entry {entry!r} must have at: and event: (and nothing else)", line_of("timeline")
-                )
+                fail(f"timeline entry {entry!r} must have at: and event: (and nothing else)", line_of("timeline"))
+                continue
             timeline.append(TimelineEntry(str(entry.get("at", "")), str(entry.get("event", "")).strip()))
         else:
             at, _, event = str(entry).partition(" ")
             timeline.append(TimelineEntry(at, event.strip()))
+    services: tuple[str, ...] = ()
+    responders: tuple[str, ...] = ()
     try:
-        services = service_names(data["services"])
-        responders = name_list(data["responders"], "responders")
+        services = service_names(data.get("services"))
     except FileProblem as exc:
-        exc.line = line_of("services" if "services" in str(exc) or "service name" in str(exc) else "responders")
-        raise
-    if not isinstance(data["title"], (str, int, float)) or isinstance(data["title"], bool):
-        raise FileProblem(f"title {reprlib.repr(data['title'])} must be text", line_of("title"))
-    written = {key: text_field(data[key], key, line_of(key)).strip() for key in ("summary", "root_cause", "resolution")}
+        fail(str(exc), line_of("services"))
+    try:
+        responders = name_list(data.get("responders"), "responders")
+    except FileProblem as exc:
+        fail(str(exc), line_of("responders"))
+    title = data.get("title")
+    if title not in (None, "") and (not isinstance(title, (str, int, float)) or isinstance(title, bool)):
+        fail(f"title {reprlib.repr(title)} must be text", line_of("title"))
+    written: dict[str, str] = {}
+    for key in ("summary", "root_cause", "resolution"):
+        try:
+            written[key] = text_field(data.get(key) or "", key, line_of(key)).strip()
+        except FileProblem as exc:
+            problems.append(exc)
+    if problems:
+        raise problems[0] if len(problems) == 1 else FileProblems(problems)
     return Incident(
         id=inc_id,
-        title=str(data["title"]).strip(),
+        title=str(title).strip(),
         date=date,
         severity=severity,
         services=services,

@@ -314,6 +314,21 @@ def test_incident_missing_required_fields(tmp_path: Path) -> None:
     assert_good_files_loaded(kb)
 
 
+def test_every_problem_of_an_incident_file_is_reported_in_one_run_each_with_its_line(tmp_path: Path) -> None:
+    text = incident_yaml(id="INC-2025-0053", date="yesterday", severity=9, summary=["a", "b"], resolution=None)
+    write(tmp_path, "incidents/INC-2025-0053.yaml", text)
+
+    kb = knowledge_with(tmp_path)
+
+    found = [p for p in kb.problems if p.path == "incidents/INC-2025-0053.yaml"]
+    lines = text.splitlines()
+    said = {p.message.split(" ")[0]: p.line for p in found}
+    assert set(said) == {"missing", "date", "severity", "summary"}, [p.message for p in found]
+    for key in ("date", "severity", "summary"):
+        assert lines[said[key] - 1].startswith(f"{key}:"), (key, said[key])
+    assert_good_files_loaded(kb)
+
+
 @pytest.mark.parametrize("severity", ["high", 0, 5, True, 2.9])
 def test_incident_with_bad_severity(tmp_path: Path, severity: object) -> None:
     text = incident_yaml(id="INC-2025-0052", severity=severity)
