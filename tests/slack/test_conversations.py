@@ -50,7 +50,9 @@ def buttons(blocks: list[dict]) -> dict[str, str]:
 def test_a_mention_is_answered_in_its_thread_with_runbook_sections_and_incidents(
     slack: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
-    response, ts = slack.mention("checkout is failing: FATAL: sorry, too many clients already")
+    response, ts = slack.mention(
+        "checkout 503s at the evening peak, pgbouncer pool exhausted: FATAL: sorry, too many clients already"
+    )
     assert response.status == 200
     (call,) = slack_api.wait_for("chat.postMessage")
     body = call.body
