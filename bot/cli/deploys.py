@@ -229,3 +229,37 @@ def dora_figures(ctx: click.Context, service: str | None, env: str | None, days:
     lead = "n/a" if figures.lead_time_h is None else duration_text(figures.lead_time_h * 60)
     click.echo(f"  time to restore (median of incidents and failed deploys): {restore}")
     click.echo(f"  lead time (median, commit to deploy): {lead}")
+
+
+@main.command()
+@click.argument("request_id")
+@click.option("--reason", default="", help="Why, for the audit log and the request's message.")
+@click.pass_context
+@handle_errors
+def withdraw(ctx: click.Context, request_id: str, reason: str) -> None:
+    """Withdraw a deploy or rollback request that waits for approval: it is rejected, its lock released.
+
+    For a request whose message is gone (typed in an `opsbot shell` since closed) or whose requester is away
+    while it holds the service's lock. Only a pending request can be withdrawn, so this never makes anything
+    run. The audit log records it as withdrawn by cli:YOUR-LOGIN.
+
+    \b
+    Example:
+      opsbot deploys --limit 5
+      opsbot withdraw dep-20261206-7273cf --reason "typed in a shell session that was closed"
+    """
+    import getpass
+
+    from bot.ops.deploys import DeployService
+
+    if not request_id.strip():
+        raise OpsbotError("give the request's id, as `opsbot deploys` lists it (dep-YYYYMMDD-xxxxxx).")
+    store = _open_store(ctx)
+    try:
+        request = DeployService.from_store(store).withdraw(request_id.strip(), f"cli:{getpass.getuser()}", reason)
+    finally:
+        store.close()
+    click.echo(
+        f"Withdrew {request.id} ({request.kind} {request.service} {request.version} to {request.env}); its lock "
+        "is released and nothing will run."
+    )

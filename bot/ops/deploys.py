@@ -42,7 +42,7 @@ class DeployService(DeployRules):
         self, kind: str, service: str, env: str, version: str | None, requester: str, channel: str = ""
     ) -> DeployRequest:
         """Validate everything, then record a pending request holding the service/env lock."""
-        config, environment = self._service_env(service, env, version, kind)
+        config, environment = self._service_env(service, env, version, kind, typed=True)
         note = ""
         if kind == "rollback":
             if config.rollback is None and config.deploy is None:
@@ -92,7 +92,12 @@ class DeployService(DeployRules):
                 who = self.name(held["requester"]) if held else "someone"
                 raise PermissionDenied(
                     f"{service} {env} is locked by {who}'s {held['kind'] if held else 'request'} {holder} "
-                    f"({held['status'] if held else 'active'}); wait for it to finish or expire."
+                    f"({held['status'] if held else 'active'}); wait for it to finish or expire"
+                    + (
+                        f" (its requester may Reject it; an admin can run `opsbot withdraw {holder}`)."
+                        if held and held["status"] == "pending"
+                        else "."
+                    )
                 )
             self.store.insert_deploy(row)
             self.store.audit(requester, f"{kind}.requested", request_id, service=service, env=env, version=version)
@@ -169,6 +174,27 @@ class DeployService(DeployRules):
         self.store.release_lock(request.id)
         self.announce("rejected", request.id)
         return Decision(self._get_locked(request.id), "rejected", "rejected; nothing will run.")
+
+    def withdraw(self, request_id: str, actor: str, reason: str = "") -> DeployRequest:
+        """A pending request withdrawn by an admin from the command line (its message lost with a closed
+        `opsbot shell`, or its requester away while it holds the lock): rejected, its lock released, audited as
+        ``withdrawn`` by ``actor``. Nothing else can be withdrawn: this only ever stops a deploy from running."""
+        with self.store.transaction():
+            request = self._get_locked(request_id)
+            if request.status == "pending" and self._is_due(request):
+                self._expire(request_id)
+                request = self._get_locked(request_id)
+            if request.status != "pending":
+                raise InvalidRequest(
+                    f"{request_id} is {request.status.replace('_', ' ')}, not pending: only a request that waits "
+                    "for approval can be withdrawn."
+                )
+            self.store.record_decision(request_id, actor, "reject", replace=True)
+            self.store.audit(actor, f"{request.kind}.withdrawn", request_id, reason=reason)
+            self.store.transition(request_id, "pending", "rejected", finished_at=_iso(self.clock()), note=reason)
+            self.store.release_lock(request_id)
+            self.announce("rejected", request_id)
+            return self._get_locked(request_id)
 
     def _is_due(self, request: DeployRequest) -> bool:
         return bool(request.expires_at) and datetime.fromisoformat(request.expires_at) <= self.clock()

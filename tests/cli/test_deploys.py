@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.answers.indexer import index_knowledge
+from bot.errors import PermissionDenied
 from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
 from bot.ops.deploys import DeployService
@@ -177,12 +178,16 @@ def test_an_empty_service_or_env_is_refused_not_read_as_all(command: str) -> Non
         ("feedback",),
         ("channels", "list"),
         ("channels", "set", "C04ALERTS1", "all"),
+        ("withdraw", "dep-20261206-7273cf"),
+        ("ask", "pgbouncer pool exhausted"),
+        ("experts", "pgbouncer pool exhausted"),
+        ("incidents", "export", "INC-2026-0001"),
     ],
 )
 def test_a_database_that_does_not_exist_is_refused_not_made_empty(command: tuple[str, ...]) -> None:
     result = invoke(*command)  # as in a folder where opsbot never ran
 
-    assert_clean_failure(result, "does not exist, so there is nothing recorded to read", "set OPSBOT_DB")
+    assert_clean_failure(result, "does not exist: opsbot's database is made by `opsbot index`", "set OPSBOT_DB")
     assert not Path(os.environ["OPSBOT_DB"]).exists()
 
 
@@ -458,3 +463,34 @@ def test_notify_deploy_to_json_that_is_not_opsbots_answer(status: int, body: byt
         server.shutdown()
         server.server_close()
     assert_clean_failure(result, told)
+
+
+# -- opsbot withdraw ----------------------------------------------------------------------------------
+
+
+def test_withdraw_releases_a_pending_requests_lock_and_refuses_anything_else(history: History) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    deploys = DeployService.from_store(store)
+    waiting = deploys.request("deploy", "web", "staging", "1.1.0", ALICE)  # its message lost with a closed shell
+    with pytest.raises(PermissionDenied, match=f"an admin can run `opsbot withdraw {waiting.id}`"):
+        deploys.request("deploy", "web", "staging", "1.2.0", BOB)
+    store.close()
+
+    result = invoke("withdraw", waiting.id, "--reason", "typed in a closed shell")
+    again = invoke("withdraw", waiting.id)
+    done = invoke("withdraw", history.staging)
+
+    assert result.exit_code == 0, result.output
+    assert f"Withdrew {waiting.id} (deploy web 1.1.0 to staging)" in result.stdout
+    assert_clean_failure(again, f"{waiting.id} is rejected, not pending")
+    assert_clean_failure(done, f"{history.staging} is succeeded, not pending")
+    assert_clean_failure(invoke("withdraw", "dep-20990101-000000"), "no deploy request 'dep-20990101-000000'")
+    store = Store(os.environ["OPSBOT_DB"])
+    try:
+        row = store.deploy_row(waiting.id)
+        assert (row["status"], store.lock_holder("web", "staging")) == ("rejected", None)
+        [audited] = [r for r in store.audit_rows() if r["action"] == "deploy.withdrawn"]
+        assert audited["actor"].startswith("cli:") and audited["details"]["reason"] == "typed in a closed shell"
+        assert DeployService.from_store(store).request("deploy", "web", "staging", "1.2.0", BOB).status == "pending"
+    finally:
+        store.close()

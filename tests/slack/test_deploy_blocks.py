@@ -128,3 +128,14 @@ def test_the_manifest_registers_deploy_and_rollback() -> None:
     commands = {c["command"]: c for c in build_manifest()["features"]["slash_commands"]}
     assert commands["/deploy"]["usage_hint"] == "SERVICE VERSION ENV"
     assert commands["/rollback"]["usage_hint"] == "SERVICE ENV [VERSION]"
+
+
+def test_a_request_withdrawn_from_the_command_line_says_by_whom_and_why_and_has_no_buttons() -> None:
+    withdrawn = dataclasses.replace(REQUEST, status="rejected", rejected_by="cli:alice", note="typed in a closed shell")
+    rejected = dataclasses.replace(REQUEST, status="rejected", rejected_by="U03H1M9TZ4")
+
+    shown = text(build_deploy_request_blocks(withdrawn, VIEW))
+
+    assert "Withdrawn from the command line by alice* (typed in a closed shell); nothing ran" in shown
+    assert ids.DEPLOY_APPROVE not in shown and ids.DEPLOY_REJECT not in shown
+    assert "Rejected by Marcus Oyelaran" in text(build_deploy_request_blocks(rejected, VIEW))
