@@ -114,13 +114,13 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
     inc_id = str(data.get("id") or "").strip()
     if inc_id and not INCIDENT_ID.match(inc_id):
         fail(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
-    date = parse_date(data["date"]) if data.get("date") not in (None, "") else None
-    if data.get("date") not in (None, "") and date is None:
+    date = parse_date(data["date"]) if "date" not in missing else None
+    if "date" not in missing and date is None:
         fail(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
     raw = data.get("severity")
     # 2, "2", SEV2; never true (YAML's yes) or 2.9 read as a severity
     severity = (severity_number(raw) if not isinstance(raw, (bool, float)) else None) or 0
-    if raw not in (None, "") and not 1 <= severity <= 4:
+    if "severity" not in missing and not 1 <= severity <= 4:
         fail(f"severity {raw!r} must be 1 (worst) to 4", line_of("severity"))
     duration = data.get("duration_minutes")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int) or duration < 0):
@@ -155,12 +155,15 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
     except FileProblem as exc:
         fail(str(exc), line_of("responders"))
     title = data.get("title")
-    if title not in (None, "") and (not isinstance(title, (str, int, float)) or isinstance(title, bool)):
+    if "title" not in missing and (not isinstance(title, (str, int, float)) or isinstance(title, bool)):
         fail(f"title {reprlib.repr(title)} must be text", line_of("title"))
     written: dict[str, str] = {}
     for key in ("summary", "root_cause", "resolution"):
-        try:
-            written[key] = text_field(data.get(key) or "", key, line_of(key)).strip()
+        if key in missing:  # reported as missing: its type says nothing more
+            written[key] = ""
+            continue
+        try:  # a mapping, yes/no or 0 is not text, however empty it looks
+            written[key] = text_field(data[key], key, line_of(key)).strip()
         except FileProblem as exc:
             problems.append(exc)
     if problems:

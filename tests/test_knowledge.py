@@ -329,6 +329,17 @@ def test_every_problem_of_an_incident_file_is_reported_in_one_run_each_with_its_
     assert_good_files_loaded(kb)
 
 
+@pytest.mark.parametrize(("field", "value", "says"), [("summary", {}, "a mapping"), ("resolution", False, "yes/no")])
+def test_a_text_field_that_yaml_reads_as_an_empty_mapping_or_no_is_a_problem_not_an_empty_text(
+    tmp_path: Path, field: str, value: object, says: str
+) -> None:
+    write(tmp_path, "incidents/INC-2025-0054.yaml", incident_yaml(id="INC-2025-0054", **{field: value}))
+
+    problem = only_problem(knowledge_with(tmp_path), "incidents/INC-2025-0054.yaml")
+
+    assert problem.message.startswith(f"{field} must be text, not {says}")
+
+
 @pytest.mark.parametrize("severity", ["high", 0, 5, True, 2.9])
 def test_incident_with_bad_severity(tmp_path: Path, severity: object) -> None:
     text = incident_yaml(id="INC-2025-0052", severity=severity)

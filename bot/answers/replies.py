@@ -75,7 +75,9 @@ def relevant_hits(answer: Answer, settings: Settings) -> tuple[tuple[SearchHit, 
     shares the question's vague words), unless the question names it. Runbooks are not judged so: the one
     that says what to do stays even when an incident told in the question's own words leads.
     """
-    likely = _likelihood(max(h.score for h in answer.hits)) if answer.learned and answer.hits else 0.0
+    # a runbook put first by a named alert or a link may carry a placeholder score, not the ranker's
+    scored = [h.score for h in answer.hits if not (h.alert or h.linked)] or [h.score for h in answer.hits]
+    likely = _likelihood(max(scored)) if answer.learned and scored else 0.0
     shown: list[tuple[SearchHit, ...]] = []
     for kind in ("runbook", "incident"):
         hits = [h for h in answer.hits if h.kind == kind]

@@ -100,22 +100,26 @@ def open_db(path: Path | str, source: str = "OPSBOT_DB") -> Store:
         raise exc.naming(source) from None
 
 
-def _open(settings: Settings):  # noqa: ANN202
+def _open(settings: Settings, create: bool = True):  # noqa: ANN202
+    """The database and the encoder; ``create=False`` for a command that only reads (see ``existing``)."""
     from bot.answers.encoder import make_encoder
 
-    return open_db(settings.db_path), make_encoder(settings)
+    return open_db(existing(settings.db_path) if not create else settings.db_path), make_encoder(settings)
+
+
+def existing(path: Path | str) -> Path:
+    """The database of a command that reads (or sets) what opsbot recorded: one that does not exist is refused, not
+    made empty, so a command run in the wrong folder does not report that nothing ever happened."""
+    if not Path(path).exists():
+        raise OpsbotError(
+            f"{path} does not exist: opsbot's database is made by `opsbot index`. Run this where it ran, or set "
+            "OPSBOT_DB to its file."
+        )
+    return Path(path)
 
 
 def _open_store(ctx: click.Context):  # noqa: ANN202
-    """The database of a command that reads (or sets) what the bot recorded: one that does not exist yet is refused,
-    not made empty, so a command run in the wrong folder does not report that nothing ever happened."""
-    path = Path(load_settings(ctx).db_path)
-    if not path.exists():
-        raise OpsbotError(
-            f"{path} does not exist, so there is nothing recorded to read: run this where `opsbot index` and the "
-            "bot run, or set OPSBOT_DB to their database file."
-        )
-    return open_db(path)
+    return open_db(existing(load_settings(ctx).db_path))
 
 
 def require_index(store: Store, encoder: Any) -> None:

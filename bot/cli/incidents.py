@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bot.cli.base import _open_store, handle_errors, load_settings, main, open_db, refuse_blank
+from bot.cli.base import _open_store, existing, handle_errors, load_settings, main, open_db, refuse_blank
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def incidents_export(
     if any(not i.strip() for i in ids):  # an empty id would name no incident, or the channel's
         raise OpsbotError("an incident id is empty: give ids like INC-2026-0042, or none for every resolved one.")
     settings = load_settings(ctx)
-    store = open_db(settings.db_path)
+    store = open_db(existing(settings.db_path))
     try:
         found = IncidentService.from_store(store)
         chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if i.status == "resolved"]

@@ -209,7 +209,7 @@ def ask(
     settings = load_settings(ctx)
     k = top_k or settings.top_k
     filtered = mode == "hybrid" and not show_all  # Slack answers with hybrid search, filtered
-    store, encoder = _open(settings)
+    store, encoder = _open(settings, create=False)
     try:
         require_index(store, encoder)
         if mode != "bm25":

@@ -242,13 +242,6 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
             "that called the pipeline); for an interrupted one, leave request_id out to record the pipeline's "
             "deploy on its own.",
         )
-    later = store.runs_started_after(row["service"], row["env"], row["started_at"] or "", rid)
-    if later:
-        raise EventProblem(
-            "request_id",
-            f"{later[0]['id']} ({later[0]['kind']} of {later[0]['version']}) ran in {row['service']} {row['env']} "
-            f"after {rid}: a report on the earlier one would rewrite what runs there now, so it is not taken.",
-        )
     status = "failed" if event.status == "failed" else "succeeded"
     fields: dict = {k: v for k, v in _event_fields(event).items() if v and row[k] in (None, "", "[]")}
     if status == row["status"]:  # what the run showed: fill in what the request lacks, and keep its finish
@@ -257,6 +250,15 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
             return rid, "duplicate"
         store.update_deploy(rid, **fields)
     else:
+        began = row["started_at"] or row["finished_at"] or row["created_at"]
+        later = store.runs_started_after(row["service"], row["env"], began, rid)
+        if later:
+            raise EventProblem(
+                "request_id",
+                f"{later[0]['id']} ({later[0]['kind']} of {later[0]['version']}) ran in {row['service']} "
+                f"{row['env']} after {rid}: another outcome for the earlier one would rewrite what runs there now, "
+                "so it is not taken.",
+            )
         finished_at = _no_later(event.finished_at or _iso(now), now)
         if row["started_at"] and parse_time(finished_at) < parse_time(row["started_at"]):
             raise EventProblem(

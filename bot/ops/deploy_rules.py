@@ -88,31 +88,31 @@ class DeployRules:
     # -- the policy ---------------------------------------------------------------------------------
 
     def _service_env(
-        self, service: str, env: str, version: str | None = None, kind: str = "deploy"
+        self, service: str, env: str, version: str | None = None, kind: str = "deploy", typed: bool = False
     ) -> tuple[ServiceConfig, Environment]:
-        """The service's config and environment; NotFound says what was meant when it can tell (a slip of the
-        keyboard, the version and environment typed the other way round, a word too many)."""
+        """The service's config and environment. For names just ``typed`` (a new request), NotFound says what was
+        meant when it can tell: a slip of the keyboard, the version and environment the other way round, a word
+        too many. A stored request whose service or environment left services.yaml gets no such guess."""
         check_service(service)
         check_value("environment", env)
         config = self.services.get(service)
         if config is None:
             known = ", ".join(sorted(self.services)) or "none: add environments and a deploy runner in services.yaml"
-            close = closest(service, self.services)
+            close = closest(service, self.services) if typed else ""
             hint = f" Did you mean {close}?" if close else ""
             raise NotFound(f"no deployable service {service!r}; deployable services: {known}.{hint}")
         environment = config.environments.get(env)
         if environment is None:
             hint = ""
-            if version is not None and version in config.environments:  # SERVICE ENV VERSION for a deploy
+            order = "SERVICE VERSION ENV" if kind == "deploy" else "SERVICE ENV [VERSION]"
+            if typed and version is not None and version in config.environments:  # SERVICE ENV VERSION, say
                 fixed = f"{service} {env} {version}" if kind == "deploy" else f"{service} {version} {env}"
-                order = "SERVICE VERSION ENV" if kind == "deploy" else "SERVICE ENV [VERSION]"
                 hint = f" The order is /{kind} {order}: `/{kind} {fixed}`."
-            elif version is not None and len(version.split()) > 1:
-                hint = f" That is a word too many: /{kind} takes " + (
-                    "SERVICE VERSION ENV." if kind == "deploy" else "SERVICE ENV [VERSION]."
-                )
-            elif close := closest(env, config.environments):
-                hint = f" Did you mean {close}?"
+            elif typed:
+                if close := closest(env, config.environments):
+                    hint = f" Did you mean {close}?"
+                if version is not None and len(version.split()) > 1:
+                    hint += f" That is a word too many: /{kind} takes {order}."
             raise NotFound(f"{service} has no environment {env!r}; use one of {', '.join(config.environments)}.{hint}")
         return config, environment
 

@@ -87,7 +87,8 @@ def dora(
     # every service's deploys: an incident of several services counts against one deploy, whichever it is
     start = now - timedelta(days=days)
     # What the figures can reach back to: the 30 days counted, and a failure window before the period.
-    every = finished_changes(store, env, now, since=min(start, now - timedelta(days=30)) - window)
+    horizon = min(start, now - timedelta(days=30)) - window
+    every = finished_changes(store, env, now, since=horizon)
     rows = [r for r in every if service is None or r["service"] == service]
     succeeded = [r for r in rows if r["status"] == "succeeded"]  # a rollback restores service: time to restore
     # A rollback ships no change: it is neither a deploy to count nor a lead time (its commit is the old one's).
@@ -128,7 +129,7 @@ def dora(
     for i in incidents:
         if i.duration_minutes is not None:
             spans.append(Outage(i.date, i.date + timedelta(minutes=i.duration_minutes), frozenset(i.services)))
-        elif i.id in still_open:
+        elif i.id in still_open and i.date >= horizon:  # one open for longer is most likely one nobody resolved
             spans.append(Outage(i.date, max(now, i.date), frozenset(i.services), going=True))
     outage: dict[str, datetime] = {}
     for r in rows:

@@ -69,3 +69,14 @@ def test_an_incident_the_question_names_and_runbooks_are_kept_however_unlikely()
         ["runbooks/other.md"],
         ["incidents/told.yaml", "incidents/inc-7.yaml"],
     )
+
+
+def test_a_placeholder_score_of_a_linked_runbook_is_not_read_as_the_rankers() -> None:
+    linked = hit("runbooks/linked.md", 0.40, linked=True, score=0.0)  # put first by the alert's link, unscored
+    real = hit("runbooks/real.md", 0.45, score=-2.0)  # p 0.12
+    incident = hit("incidents/same-outage.yaml", 0.40, score=-5.0)  # p 0.0067: 1/18 of the real best
+
+    runbooks, incidents = learned(linked, real, incident)
+
+    assert (runbooks, incidents) == (["runbooks/linked.md", "runbooks/real.md"], ["incidents/same-outage.yaml"])
+

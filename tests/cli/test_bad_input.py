@@ -108,7 +108,7 @@ def test_an_index_of_another_model_is_named_instead_of_finding_nothing(
     small_knowledge: Path, fake_index: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
 ) -> None:
     assert invoke("index", "--nice", "0", str(small_knowledge)).exit_code == 0  # with the model "fake-encoder"
-    other = lambda settings: (Store(fake_index), FakeEncoder(model_id="other-model"))  # noqa: E731
+    other = lambda settings, create=True: (Store(fake_index), FakeEncoder(model_id="other-model"))  # noqa: E731
     monkeypatch.setattr(knowledge_cli, "_open", other)
     monkeypatch.setattr(slack_cli, "_open", other)
 

@@ -462,6 +462,7 @@ def test_ask_rejects_k_out_of_range(subset_db: IndexedSubset) -> None:
 
 
 def test_ask_on_an_empty_index_says_to_index_first() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # a database, with nothing indexed in it
     result = invoke("ask", "pgbouncer says too many clients")
     assert_clean_failure(result, "the index is empty", "run `opsbot index` first")
 

@@ -51,6 +51,7 @@ from tests.ops.fixtures import (
         ("web", "stagin", "1.0.0", NotFound, "use one of staging, prod. Did you mean staging?"),
         ("web", "1.0.0", "staging", NotFound, "The order is /deploy SERVICE VERSION ENV: `/deploy web 1.0.0 staging`"),
         ("web", "extra", "1.0.0 staging", NotFound, "That is a word too many: /deploy takes SERVICE VERSION ENV."),
+        ("web", "prdo", "1.0.0 now", NotFound, "Did you mean prod? That is a word too many"),
     ],
 )
 def test_unknown_names_and_wrong_versions_are_refused_before_anything_is_recorded(

@@ -409,6 +409,15 @@ def test_an_outage_still_going_has_no_time_to_restore_nor_has_what_overlaps_it(s
     assert dora(store, now=NOW).time_to_restore_min is None
 
     insert(store, deploy(t + timedelta(hours=3), version="1.0.0", kind="rollback"))  # web restored
+    with store.transaction():  # and an incident on web that nobody resolved, declared 200 days ago
+        store.insert_live_incident(
+            {
+                **store.live_incident("INC-2026-9001"),
+                "id": "INC-2026-9002",
+                "services": '["web"]',
+                "declared_at": ago(days=200).isoformat(timespec="seconds"),
+            }
+        )
 
     assert dora(store, service="web", now=NOW).time_to_restore_min == pytest.approx(180)
     assert dora(store, service="api", now=NOW).time_to_restore_min is None

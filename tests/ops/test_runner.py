@@ -251,7 +251,9 @@ def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     store.close()
 
 
-def test_orphaned_guards_are_all_stopped_and_a_process_that_took_a_guards_pid_is_left_alone(tmp_path: Path) -> None:
+def test_orphaned_guards_are_all_stopped_and_a_process_that_took_a_guards_pid_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keep_read, keep_write = os.pipe()  # the lifelines stay open: as if their owner hung, not died
     guards = [
         subprocess.Popen(
@@ -274,6 +276,10 @@ def test_orphaned_guards_are_all_stopped_and_a_process_that_took_a_guards_pid_is
     ]
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     os.close(keep_read)
+    seen: list[tuple[str, int]] = []  # in order: the guards told to stop, and the polls of whether they have
+    kill, running = deploy_runner.os.kill, deploy_runner._running
+    monkeypatch.setattr(deploy_runner.os, "kill", lambda pid, sig: (seen.append(("told", pid)), kill(pid, sig))[1])
+    monkeypatch.setattr(deploy_runner, "_running", lambda pid: (seen.append(("polled", pid)), running(pid))[1])
     try:
         stopped = deploy_runner.stop_orphans(
             [
@@ -285,6 +291,9 @@ def test_orphaned_guards_are_all_stopped_and_a_process_that_took_a_guards_pid_is
         )
 
         assert stopped == ["dep-20261206-000001", "dep-20261206-000002"]
+        # every guard was told before the wait began: one wait for all of them, not one each
+        first_poll = next(i for i, (what, _) in enumerate(seen) if what == "polled")
+        assert {pid for what, pid in seen[:first_poll] if what == "told"} == {g.pid for g in guards}
         for guard in guards:
             assert guard.wait(timeout=10) in (-signal.SIGKILL, -signal.SIGTERM)
         assert stranger.poll() is None
