@@ -20,8 +20,19 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def yaml_error_line(exc: yaml.YAMLError) -> int | None:
+    """The 1-based line of a YAML error. An error found at the end of the file (an unclosed `[` or quote) is
+    placed where the unclosed part began, not on a line after the last one."""
     mark = getattr(exc, "problem_mark", None)
-    return mark.line + 1 if mark is not None else None
+    if mark is None:
+        return None
+    line = mark.line + 1
+    buffer = getattr(mark, "buffer", None)
+    if buffer:
+        last = max(1, len(buffer.rstrip("\0").splitlines()))
+        if line > last:
+            context = getattr(exc, "context_mark", None)
+            line = context.line + 1 if context is not None and context.line < last else last
+    return line
 
 
 def compose(text: str) -> yaml.Node | None:

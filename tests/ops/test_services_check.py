@@ -326,3 +326,16 @@ def test_a_nul_character_in_a_command_argument_is_a_problem(tmp_path: Path) -> N
         "services.yaml:5: services.api.deploy.command: argument 2 holds a NUL character (\\0), which no command "
         "can be given; remove it"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("services:\n  api:\n    owners: [a, b\n", 3),  # an unclosed [: where it opens, not a line after the file
+        ("services:\n  api:\n    team: 'payments\n", 3),  # an unclosed quote
+    ],
+)
+def test_yaml_left_open_at_the_end_is_reported_where_it_opens(tmp_path: Path, text: str, line: int) -> None:
+    [problem] = problems_of(tmp_path, text)
+
+    assert problem.startswith(f"services.yaml:{line}: not valid YAML"), problem
