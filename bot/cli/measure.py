@@ -123,7 +123,10 @@ def evaluate(
     if knowledge.exists() and not knowledge.is_dir():
         raise OpsbotError(f"--knowledge {str(knowledge)!r} is a file; pass the folder with runbooks/ in it.")
     if not knowledge.is_dir():
-        raise OpsbotError(f"knowledge directory {str(knowledge)!r} does not exist.")
+        raise OpsbotError(
+            f"knowledge directory {str(knowledge)!r} does not exist; pass --knowledge the folder with runbooks/ "
+            "(and incidents/, experts.yaml) in it, such as knowledge."
+        )
     encoder = make_encoder(settings)
     if task == "experts":
         cache = settings.db_path.parent / EVAL_CACHE  # vectors by content hash: a second run embeds nothing

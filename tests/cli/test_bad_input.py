@@ -185,6 +185,8 @@ def test_a_file_given_as_the_knowledge_folder_is_named_a_file(tmp_path: Path) ->
     queries = tmp_path / "q.jsonl"
     queries.write_text('{"query": "x", "relevant": ["runbooks/a.md"]}\n')
     assert_clean_failure(invoke("eval", "--knowledge", str(note), "--queries", str(queries)), "is a file")
+    missing = invoke("eval", "--knowledge", str(tmp_path / "nope"), "--queries", str(queries))
+    assert_clean_failure(missing, "does not exist; pass --knowledge the folder with runbooks/")
 
 
 def test_opsbot_db_of_spaces_is_refused_rather_than_naming_a_file_of_spaces(
