@@ -8,11 +8,15 @@ MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
 # A reference to a person or a channel, or a link, stays clickable; a broadcast (<!here>, <!channel>) does not:
 # opsbot never amplifies a mention that pings everyone.
 SLACK_REFERENCE = re.compile(r"(<(?:[@#][A-Z0-9][^<>\s]*|https?://[^<>\s]+)>)")
+# Unicode's bidirectional embeddings, overrides and isolates: typed into a note, an override shows the rest of the
+# message backwards ("Rollback to 1.4.1" read as something else). Shown text never carries them.
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def escape(text: str) -> str:
-    """Escape &, < and > for mrkdwn, keeping references to people and channels (<@U123>, <#C123>) and links."""
-    parts = SLACK_REFERENCE.split(text)
+    """Escape &, < and > for mrkdwn, keeping references to people and channels (<@U123>, <#C123>) and links;
+    bidirectional override characters are dropped."""
+    parts = SLACK_REFERENCE.split(BIDI_CONTROLS.sub("", text))
     return "".join(
         part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         for i, part in enumerate(parts)
