@@ -189,14 +189,7 @@ def _close(deploys: DeployService, event: DeployEvent, run: dict, actor: str) ->
     extra: dict = {k: v for k, v in _event_fields(event).items() if v}
     if kind == "rollback":
         extra["kind"] = "rollback"
-    now = deploys.clock()
-    finished_at = _no_later(event.finished_at or _iso(now), now)
-    if run["started_at"] and parse_time(finished_at) < parse_time(run["started_at"]):
-        raise EventProblem(
-            "finished_at",
-            f"finished_at {finished_at} is before {run['started_at']}, when the run it ends ({run['id']}) started: "
-            "send the time the deploy ended.",
-        )
+    finished_at = _finish_time(event, run, deploys.clock(), f"the run it ends ({run['id']})")
     store.transition(run["id"], run["status"], status, finished_at=finished_at, **extra)
     store.release_lock(run["id"])
     store.audit(actor, f"{kind}.finished", run["id"], status=status, source="ci", event=event.event_id)
@@ -259,13 +252,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
                 f"{row['env']} after {rid}: another outcome for the earlier one would rewrite what runs there now, "
                 "so it is not taken.",
             )
-        finished_at = _no_later(event.finished_at or _iso(now), now)
-        if row["started_at"] and parse_time(finished_at) < parse_time(row["started_at"]):
-            raise EventProblem(
-                "finished_at",
-                f"finished_at {finished_at} is before {row['started_at']}, when {rid} started: send the time the "
-                "deploy ended.",
-            )
+        finished_at = _finish_time(event, row, now, rid)
         fields.update({k: v for k, v in _event_fields(event).items() if v})
         # the run's exit code (0 for an accepted trigger) no longer tells the outcome
         store.transition(rid, row["status"], status, finished_at=finished_at, exit_code=None, **fields)
@@ -359,6 +346,19 @@ def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
                 deploys.announce("abandoned", row["id"])
                 abandoned.append(row["id"])
     return [deploys.get(i) for i in abandoned]
+
+
+def _finish_time(event: DeployEvent, row: dict, now: datetime, what: str) -> str:
+    """When the deploy ``row`` ended, as the finish ``event`` says (no later than ``now``); EventProblem when that is
+    before it started."""
+    finished_at = _no_later(event.finished_at or _iso(now), now)
+    if row["started_at"] and parse_time(finished_at) < parse_time(row["started_at"]):
+        raise EventProblem(
+            "finished_at",
+            f"finished_at {finished_at} is before {row['started_at']}, when {what} started: send the time the "
+            "deploy ended.",
+        )
+    return finished_at
 
 
 def _event_fields(event: DeployEvent) -> dict:

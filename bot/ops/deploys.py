@@ -124,10 +124,7 @@ class DeployService(DeployRules):
 
     def _decide(self, request_id: str, user: str, decision: str) -> Decision:
         with self.store.transaction():
-            request = self._get_locked(request_id)
-            if request.status == "pending" and self._is_due(request):
-                self._expire(request_id)
-                request = self._get_locked(request_id)
+            request = self._current(request_id)
             if request.status != "pending":
                 return Decision(request, "closed", f"this request is already {request.status}.")
             if decision == "reject":
@@ -180,10 +177,7 @@ class DeployService(DeployRules):
         `opsbot shell`, or its requester away while it holds the lock): rejected, its lock released, audited as
         ``withdrawn`` by ``actor``. Nothing else can be withdrawn: this only ever stops a deploy from running."""
         with self.store.transaction():
-            request = self._get_locked(request_id)
-            if request.status == "pending" and self._is_due(request):
-                self._expire(request_id)
-                request = self._get_locked(request_id)
+            request = self._current(request_id)
             if request.status != "pending":
                 raise InvalidRequest(
                     f"{request_id} is {request.status.replace('_', ' ')}, not pending: only a request that waits "
@@ -195,6 +189,14 @@ class DeployService(DeployRules):
             self.store.release_lock(request_id)
             self.announce("rejected", request_id)
             return self._get_locked(request_id)
+
+    def _current(self, request_id: str) -> DeployRequest:
+        """The request as it stands, expired first when its time ran out (in the caller's transaction)."""
+        request = self._get_locked(request_id)
+        if request.status == "pending" and self._is_due(request):
+            self._expire(request_id)
+            request = self._get_locked(request_id)
+        return request
 
     def _is_due(self, request: DeployRequest) -> bool:
         return bool(request.expires_at) and datetime.fromisoformat(request.expires_at) <= self.clock()

@@ -214,27 +214,22 @@ def test_when_opsbot_dies_the_guard_stops_what_the_command_moved_out_of_its_grou
         assert wait_until(lambda: not alive(escaped), 3), f"pid {escaped}, in a session of its own, still runs"
 
 
+def sleeping_guard(request_id: str, lifeline: int) -> subprocess.Popen:
+    """A deploy guard for ``request_id`` whose command sleeps a minute, watching the pipe end ``lifeline``."""
+    return subprocess.Popen(
+        [sys.executable, str(deploy_runner.GUARD), "--request", request_id, "--watch", str(lifeline), "--"]
+        + [sys.executable, "-c", "import time; time.sleep(60)"],
+        start_new_session=True,
+        pass_fds=(lifeline,),
+    )
+
+
 def test_a_lease_that_ran_out_stops_the_orphaned_guard(tmp_path: Path) -> None:
     deploys, store = runner_service(tmp_path, SLOW)
     request = deploys.request("deploy", "job", "staging", "60.0.0", ALICE)
     assert deploys.approve(request.id, BOB).start
     keep_read, keep_write = os.pipe()  # the guard's lifeline stays open: as if its owner hung, not died
-    guard = subprocess.Popen(
-        [
-            sys.executable,
-            str(deploy_runner.GUARD),
-            "--request",
-            request.id,
-            "--watch",
-            str(keep_read),
-            "--",
-            sys.executable,
-            "-c",
-            "import time; time.sleep(60)",
-        ],
-        start_new_session=True,
-        pass_fds=(keep_read,),
-    )
+    guard = sleeping_guard(request.id, keep_read)
     os.close(keep_read)
     with store.transaction():
         store.update_deploy(request.id, runner_pid=guard.pid)
@@ -255,25 +250,7 @@ def test_orphaned_guards_are_all_stopped_and_a_process_that_took_a_guards_pid_is
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keep_read, keep_write = os.pipe()  # the lifelines stay open: as if their owner hung, not died
-    guards = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(deploy_runner.GUARD),
-                "--request",
-                f"dep-20261206-00000{n}",
-                "--watch",
-                str(keep_read),
-                "--",
-                sys.executable,
-                "-c",
-                "import time; time.sleep(60)",
-            ],
-            start_new_session=True,
-            pass_fds=(keep_read,),
-        )
-        for n in (1, 2)
-    ]
+    guards = [sleeping_guard(f"dep-20261206-00000{n}", keep_read) for n in (1, 2)]
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     os.close(keep_read)
     seen: list[tuple[str, int]] = []  # in order: the guards told to stop, and the polls of whether they have
