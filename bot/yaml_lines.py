@@ -28,10 +28,11 @@ def yaml_error_line(exc: yaml.YAMLError) -> int | None:
     line = mark.line + 1
     buffer = getattr(mark, "buffer", None)
     if buffer:
-        last = max(1, len(buffer.rstrip("\0").splitlines()))
-        if line > last:
+        text = buffer.rstrip("\0")
+        last = max(1, len(text.splitlines()))
+        if line > last or mark.pointer >= len(text):  # at the end, with or without a last line break
             context = getattr(exc, "context_mark", None)
-            line = context.line + 1 if context is not None and context.line < last else last
+            line = context.line + 1 if context is not None and context.line < last else min(line, last)
     return line
 
 

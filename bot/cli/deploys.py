@@ -248,18 +248,30 @@ def withdraw(ctx: click.Context, request_id: str, reason: str) -> None:
       opsbot deploys --limit 5
       opsbot withdraw dep-20261206-7273cf --reason "typed in a shell session that was closed"
     """
-    import getpass
-
     from bot.ops.deploys import DeployService
 
     if not request_id.strip():
         raise OpsbotError("give the request's id, as `opsbot deploys` lists it (dep-YYYYMMDD-xxxxxx).")
     store = _open_store(ctx)
     try:
-        request = DeployService.from_store(store).withdraw(request_id.strip(), f"cli:{getpass.getuser()}", reason)
+        request = DeployService.from_store(store).withdraw(request_id.strip(), f"cli:{login()}", reason)
     finally:
         store.close()
     click.echo(
         f"Withdrew {request.id} ({request.kind} {request.service} {request.version} to {request.env}); its lock "
         "is released and nothing will run."
     )
+
+
+def login() -> str:
+    """Who runs this command, as the system knows them (not $USER, which anyone can set): letters, digits, . _ -."""
+    import os
+    import re
+
+    try:
+        import pwd
+
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):  # no passwd entry (a container's uid), or not Unix
+        name = f"uid-{os.geteuid()}" if hasattr(os, "geteuid") else "unknown"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "unknown"

@@ -177,18 +177,19 @@ class DeployService(DeployRules):
         `opsbot shell`, or its requester away while it holds the lock): rejected, its lock released, audited as
         ``withdrawn`` by ``actor``. Nothing else can be withdrawn: this only ever stops a deploy from running."""
         with self.store.transaction():
-            request = self._current(request_id)
-            if request.status != "pending":
-                raise InvalidRequest(
-                    f"{request_id} is {request.status.replace('_', ' ')}, not pending: only a request that waits "
-                    "for approval can be withdrawn."
-                )
-            self.store.record_decision(request_id, actor, "reject", replace=True)
-            self.store.audit(actor, f"{request.kind}.withdrawn", request_id, reason=reason)
-            self.store.transition(request_id, "pending", "rejected", finished_at=_iso(self.clock()), note=reason)
-            self.store.release_lock(request_id)
-            self.announce("rejected", request_id)
-            return self._get_locked(request_id)
+            request = self._current(request_id)  # one whose time ran out is expired, and stays so
+            if request.status == "pending":
+                self.store.record_decision(request_id, actor, "reject", replace=True)
+                self.store.audit(actor, f"{request.kind}.withdrawn", request_id, reason=reason)
+                because = {"note": reason} if reason else {}
+                self.store.transition(request_id, "pending", "rejected", finished_at=_iso(self.clock()), **because)
+                self.store.release_lock(request_id)
+                self.announce("rejected", request_id)
+                return self._get_locked(request_id)
+        raise InvalidRequest(
+            f"{request_id} is {request.status.replace('_', ' ')}, not pending: only a request that waits for "
+            "approval can be withdrawn."
+        )
 
     def _current(self, request_id: str) -> DeployRequest:
         """The request as it stands, expired first when its time ran out (in the caller's transaction)."""

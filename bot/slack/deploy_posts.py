@@ -24,6 +24,7 @@ from bot.slack.blocks.deploys import (
     request_fallback_text,
     summary_fallback_text,
 )
+from bot.slack.blocks.mrkdwn import escape
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,10 @@ def rollback_offer(deploys: DeployService, request: DeployRequest) -> str:
 
 
 def note_of(request: DeployRequest) -> str:
-    """The note under a request: which version opsbot chose for a rollback, and how to choose another."""
+    """The note under a request: which version opsbot chose for a rollback, and how to choose another; or why it
+    was withdrawn from the command line."""
+    if request.status == "rejected" and request.rejected_by.startswith("cli:") and request.note != AUTO_ROLLBACK_NOTE:
+        return f"Why: {escape(request.note)}" if request.note else ""
     if request.note != AUTO_ROLLBACK_NOTE:
         return ""
     return (

@@ -79,4 +79,3 @@ def test_a_placeholder_score_of_a_linked_runbook_is_not_read_as_the_rankers() ->
     runbooks, incidents = learned(linked, real, incident)
 
     assert (runbooks, incidents) == (["runbooks/linked.md", "runbooks/real.md"], ["incidents/same-outage.yaml"])
-

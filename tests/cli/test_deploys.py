@@ -494,3 +494,32 @@ def test_withdraw_releases_a_pending_requests_lock_and_refuses_anything_else(his
         assert DeployService.from_store(store).request("deploy", "web", "staging", "1.2.0", BOB).status == "pending"
     finally:
         store.close()
+
+
+def test_withdrawing_a_request_whose_time_ran_out_leaves_it_expired_and_its_lock_released(history: History) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    clock = Clock(datetime.now(UTC) - timedelta(hours=2))
+    waiting = DeployService.from_store(store, clock=clock).request("deploy", "web", "staging", "1.1.0", ALICE)
+    store.close()
+
+    result = invoke("withdraw", waiting.id)  # two hours later: past its 30 minutes
+
+    assert_clean_failure(result, f"{waiting.id} is expired, not pending")
+    store = Store(os.environ["OPSBOT_DB"])
+    try:
+        assert (store.deploy_row(waiting.id)["status"], store.lock_holder("web", "staging")) == ("expired", None)
+    finally:
+        store.close()
+
+
+def test_the_login_recorded_is_the_systems_and_holds_no_markup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from bot.cli.deploys import login
+
+    monkeypatch.setenv("USER", "someone-else")  # what anyone can set: not read
+    assert login() == pwd.getpwuid(os.geteuid()).pw_name.translate({ord(c): "_" for c in "*<>!`\n "})
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: type("P", (), {"pw_name": "ops*admin <!channel>\n`x"})())
+    assert login() == "ops_admin___channel___x"
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))  # no passwd entry
+    assert login() == f"uid-{os.geteuid()}"

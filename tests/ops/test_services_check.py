@@ -333,6 +333,7 @@ def test_a_nul_character_in_a_command_argument_is_a_problem(tmp_path: Path) -> N
     [
         ("services:\n  api:\n    owners: [a, b\n", 3),  # an unclosed [: where it opens, not a line after the file
         ("services:\n  api:\n    team: 'payments\n", 3),  # an unclosed quote
+        ("services:\n  api:\n    owners: [a,\n      b,\n      c", 3),  # and no line break at the end
     ],
 )
 def test_yaml_left_open_at_the_end_is_reported_where_it_opens(tmp_path: Path, text: str, line: int) -> None:

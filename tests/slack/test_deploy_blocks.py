@@ -16,6 +16,7 @@ from bot.slack.blocks.deploys import (
     code_block,
     format_duration,
 )
+from bot.slack.deploy_posts import note_of
 from bot.slack.deploys import parse_deploy_args, parse_rollback_args
 from bot.slack.manifest import build_manifest
 
@@ -136,6 +137,8 @@ def test_a_request_withdrawn_from_the_command_line_says_by_whom_and_why_and_has_
 
     shown = text(build_deploy_request_blocks(withdrawn, VIEW))
 
-    assert "Withdrawn from the command line by alice* (typed in a closed shell); nothing ran" in shown
+    assert "Withdrawn from the command line by alice*; nothing ran" in shown
+    assert note_of(withdrawn) == "Why: typed in a closed shell"  # shown under the message, as the view's note
+    assert "Why:" not in note_of(dataclasses.replace(withdrawn, note="opsbot chose the version"))  # no reason given
     assert ids.DEPLOY_APPROVE not in shown and ids.DEPLOY_REJECT not in shown
     assert "Rejected by Marcus Oyelaran" in text(build_deploy_request_blocks(rejected, VIEW))

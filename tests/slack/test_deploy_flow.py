@@ -340,6 +340,22 @@ def test_one_rejection_ends_the_request_and_removes_the_buttons(
     assert request(slack, slack_api, runtime, "checkout-api 1.4.3 prod").request_id  # the lock was released
 
 
+def test_a_click_on_a_request_withdrawn_from_the_command_line_shows_it_and_runs_nothing(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
+) -> None:
+    posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
+    # `opsbot withdraw` writes to the database alone: the message keeps its buttons until someone clicks
+    DeployService.from_store(runtime.store, clock=clock).withdraw(posted.request_id, "cli:alice", "wrong version")
+    assert status(runtime, posted.request_id) == "rejected"
+
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+
+    shown_now = update_showing(slack_api, posted.ts, "*Withdrawn from the command line by alice*; nothing ran.")
+    assert not deploy_buttons(shown_now.body) and "Why: wrong version" in shown(shown_now.body)
+    assert ephemeral_to(slack_api, MARCUS) == f"Nothing to decide: {posted.request_id} is already rejected."
+    assert status(runtime, posted.request_id) == "rejected"
+
+
 def test_an_unapproved_request_expires_its_message_says_so_and_approving_it_later_is_explained(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
 ) -> None:

@@ -110,10 +110,8 @@ def status_text(request: DeployRequest, view: RequestView) -> str:
         )
     if request.status == "running":
         return f":hourglass_flowing_sand: *Running* since {slack_time(request.started_at)} · approved by {approved}."
-    if request.status == "rejected" and request.rejected_by.startswith("cli:"):
-        why = f" ({escape(request.note)})" if request.note else ""  # withdraw() keeps the reason there
-        who = escape(request.rejected_by.removeprefix("cli:"))
-        return f":no_entry: *Withdrawn from the command line by {who}*{why}; nothing ran."
+    if request.status == "rejected" and request.rejected_by.startswith("cli:"):  # the reason is the view's note
+        return f":no_entry: *Withdrawn from the command line by {escape(request.rejected_by[4:])}*; nothing ran."
     if request.status == "rejected":
         return f":no_entry: *Rejected by {view.name(request.rejected_by)}*; nothing ran."
     if request.status == "expired":
