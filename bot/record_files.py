@@ -162,7 +162,7 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
         if key in missing:  # reported as missing: its type says nothing more
             written[key] = ""
             continue
-        try:  # a mapping, yes/no or 0 is not text, however empty it looks
+        try:  # an empty mapping or `no` is not text, however empty it looks (a 0 is written out)
             written[key] = text_field(data[key], key, line_of(key)).strip()
         except FileProblem as exc:
             problems.append(exc)
