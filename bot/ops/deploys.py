@@ -191,6 +191,11 @@ class DeployService(DeployRules):
             "approval can be withdrawn."
         )
 
+    def show_as_it_stands(self, request_id: str) -> None:
+        """Have the announcer show the request as it stands now (a message that missed a change made elsewhere)."""
+        with self.store.transaction():
+            self.announce("current", request_id)
+
     def _current(self, request_id: str) -> DeployRequest:
         """The request as it stands, expired first when its time ran out (in the caller's transaction)."""
         request = self._get_locked(request_id)

@@ -134,7 +134,8 @@ class Announcer(Protocol):
     Called inside the transaction of the state change, so what is shown is stored with the change: a
     process killed a moment later loses neither. Events: requested, approved (one more approval), started,
     rejected, expired, interrupted, finished (succeeded, failed, timed out or cancelled), reported (the
-    pipeline a run triggered reported another outcome), ci-started, ci-finished, ci-recorded, abandoned.
+    pipeline a run triggered reported another outcome), current (show it as it stands), ci-started, ci-finished,
+    ci-recorded, abandoned.
     """
 
     def announce(self, event: str, request: DeployRequest, deploys: DeployService) -> None: ...

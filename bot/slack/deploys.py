@@ -157,10 +157,8 @@ def decide(runtime: Runtime, web: SlackWeb, body: dict, decision: str) -> None:
         return
     request = result.request
     clicked_in = (body.get("channel") or {}).get("id") or request.channel
-    if result.outcome == "closed" and isinstance(deploys.announcer, SlackAnnouncer):
-        # the message still had buttons: it missed a change (one made from the command line, say); show it now
-        with deploys.store.transaction():
-            deploys.announcer.refresh(deploys.get(request.id), deploys)
+    if result.outcome == "closed":  # the message still had buttons: it missed a change (from the command line, say)
+        deploys.show_as_it_stands(request.id)
     if result.outcome in ("refused", "closed"):
         web.tell_user(clicked_in, user, build_refusal_text(result))
     elif result.outcome == "recorded":
