@@ -223,6 +223,19 @@ class DeployService(DeployRules):
                     expired.append(row["id"])
         return [self.get(i) for i in expired]
 
+    def announce_pending_again(self, channels: tuple[str, ...]) -> list[str]:
+        """Announce the requests made in ``channels`` that still wait for approval as if just requested (those whose
+        time ran out are expired first); their ids. For `opsbot shell`, whose messages of an earlier session went
+        with its stand-in Slack: each gets a new message with its buttons instead of holding its lock unseen.
+        Requests made in a real workspace (other channels) keep their messages there."""
+        self.expire_due()
+        with self.store.transaction():
+            pending = [row["id"] for row in self.store.pending_deploys() if row["channel"] in channels]
+            for request_id in pending:
+                self.store.update_deploy(request_id, message_ts="")  # the old message is gone: edits find the new one
+                self.announce("requested", request_id)
+        return pending
+
     def recover_interrupted(self) -> list[DeployRequest]:
         """Deploys whose process stopped (their lease ran out) are interrupted, never re-run; their runner is stopped.
 

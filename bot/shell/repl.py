@@ -136,6 +136,7 @@ class Shell:
         who = f"{self.roster[self.user]} ({self.user})" if self.user in self.roster else self.user
         loading = "" if self.runtime.ready else " The model is loading in the background."
         self.write(f"opsbot shell: you are {who}. Type a question, /ask ..., or /help. Ctrl-D leaves.{loading}")
+        self.show_pending()
         for line in lines:
             try:
                 if not self.handle(line):
@@ -147,6 +148,16 @@ class Shell:
             except Exception as exc:  # a bug in one line must not end the session, nor print a traceback
                 log.debug("shell line failed", exc_info=True)
                 self.write(self.style(f"(that line failed: {one_line(exc)}; the shell goes on)", dim=True))
+
+    def show_pending(self) -> None:
+        """Deploy requests an earlier session left waiting for approval, posted again with their buttons: their
+        messages went with that session's stand-in Slack, and each still holds its service's lock."""
+        started = time.monotonic()
+        pending = self.runtime.deploys().announce_pending_again((COMMAND_CHANNEL, DM_CHANNEL))
+        if pending:
+            waiting = f"({len(pending)} deploy request(s) from an earlier session wait for approval:)"
+            self.write(self.style(waiting, dim=True))
+            self._await_replies(started)
 
     def handle(self, line: str) -> bool:
         """Act on one typed line; False when the shell should end."""

@@ -71,3 +71,26 @@ def test_messages_name_people_and_the_request_stops_asking_whoever_approved(chat
         "team;" in approved
     )
     assert "[1] Approve  [2] Reject" in approved  # the updated message's buttons keep their numbers
+
+
+def test_a_request_left_waiting_by_a_closed_shell_is_shown_again_in_the_next_one(chat: Chat) -> None:
+    from bot.shell.repl import Shell
+
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+    chat.shell.close()  # the session ends; its stand-in Slack, and the request's message, go with it
+    deploys = chat.shell.runtime.deploys()
+    in_slack = deploys.request("deploy", "payments-gateway", "staging", "2.3.1", "U03F8K2LQ1", channel="C0OPS0001")
+    with deploys.store.transaction():  # as the bot serving a real workspace records its message
+        deploys.store.update_deploy(in_slack.id, message_ts="1700000000.000200")
+
+    out: list[str] = []
+    with Shell(chat.shell.runtime, write=out.append) as shell:
+        shell.show_pending()
+        again = "\n".join(out)
+        ran = Chat(shell, out).as_("Marcus").say("1")
+
+    assert "1 deploy request(s) from an earlier session wait for approval" in again
+    assert "Deploy checkout-api 1.4.2 to staging" in again and "[1] Approve  [2] Reject" in again
+    assert "✅ Succeeded in" in ran and "approved by Marcus Oyelaran" in ran
+    # a request made in a real workspace keeps its message there: never re-posted, never pointed elsewhere
+    assert "payments-gateway" not in again and deploys.get(in_slack.id).message_ts == "1700000000.000200"
