@@ -224,13 +224,16 @@ class DeployService(DeployRules):
         return [self.get(i) for i in expired]
 
     def announce_pending_again(self, channels: tuple[str, ...]) -> list[str]:
-        """Announce the requests made in ``channels`` that still wait for approval as if just requested (those whose
-        time ran out are expired first); their ids. For `opsbot shell`, whose messages of an earlier session went
-        with its stand-in Slack: each gets a new message with its buttons instead of holding its lock unseen.
-        Requests made in a real workspace (other channels) keep their messages there."""
-        self.expire_due()
+        """Announce the requests made in ``channels`` that still wait for approval as if just requested (not those
+        whose time ran out: the expiry sweep ends them); their ids. For `opsbot shell`, whose messages of an earlier
+        session went with its stand-in Slack: each gets a new message with its buttons instead of holding its lock
+        unseen. Requests made in a real workspace (other channels) are not touched."""
         with self.store.transaction():
-            pending = [row["id"] for row in self.store.pending_deploys() if row["channel"] in channels]
+            pending = [
+                row["id"]
+                for row in self.store.pending_deploys()
+                if row["channel"] in channels and not self._is_due(self._get_locked(row["id"]))
+            ]
             for request_id in pending:
                 self.store.update_deploy(request_id, message_ts="")  # the old message is gone: edits find the new one
                 self.announce("requested", request_id)
