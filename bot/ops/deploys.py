@@ -205,7 +205,11 @@ class DeployService(DeployRules):
         return request
 
     def _is_due(self, request: DeployRequest) -> bool:
-        return bool(request.expires_at) and datetime.fromisoformat(request.expires_at) <= self.clock()
+        return self._due(request.expires_at)
+
+    def _due(self, expires_at: str | None) -> bool:
+        """Whether a pending request that expires then has run out of time."""
+        return bool(expires_at) and datetime.fromisoformat(expires_at) <= self.clock()
 
     def _expire(self, request_id: str) -> None:
         if self.store.transition(request_id, "pending", "expired", finished_at=_iso(self.clock())):
@@ -218,7 +222,7 @@ class DeployService(DeployRules):
         expired = []
         with self.store.transaction():
             for row in self.store.pending_deploys():
-                if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
+                if self._due(row["expires_at"]):
                     self._expire(row["id"])
                     expired.append(row["id"])
         return [self.get(i) for i in expired]
@@ -232,7 +236,7 @@ class DeployService(DeployRules):
             pending = [
                 row["id"]
                 for row in self.store.pending_deploys()
-                if row["channel"] in channels and not self._is_due(self._get_locked(row["id"]))
+                if row["channel"] in channels and not self._due(row["expires_at"])
             ]
             for request_id in pending:
                 self.store.update_deploy(request_id, message_ts="")  # the old message is gone: edits find the new one

@@ -105,12 +105,10 @@ def dora(
     # An incident declared from an alert failed from when the alert started firing: a deploy that finished
     # between the firing and the declaration cannot have caused it.
     fired = {a["incident_id"]: at for a in store.alert_incidents() if (at := moment(a["fired_at"])) is not None}
-    began = {i.id: min(i.date, fired.get(i.id, i.date)) for i in counted_incidents(store, incident_env)}
-    incidents = [
-        i
-        for i in counted_incidents(store, incident_env)
-        if (service is None or service in i.services) and began[i.id] <= now and i.env == env
-    ]
+    live = store.live_incidents()
+    known = counted_incidents(store, incident_env, live)
+    began = {i.id: min(i.date, fired.get(i.id, i.date)) for i in known}
+    incidents = [i for i in known if (service is None or service in i.services) and began[i.id] <= now and i.env == env]
     rolled_back = _rolled_back(rows, window)
     successes = Successes(every)
     # a deploy blamed for an incident declared before the period finished before it: it is no change counted here
@@ -124,7 +122,7 @@ def dora(
     # service's next success (a deploy or a rollback), however many runs failed on the way (a retry, a failed
     # rollback).
     # One still going has no time to restore yet, and neither has any outage it overlaps on a service.
-    still_open = {row["id"] for row in store.live_incidents("open")}
+    still_open = {row["id"] for row in live if row["status"] == "open"}
     spans = []
     for i in incidents:
         if i.duration_minutes is not None:
@@ -268,11 +266,12 @@ def blamed_deploy(
     return max(recent, key=lambda c: c["_finished"], default=None)
 
 
-def counted_incidents(store: Store, default_env: str) -> list[Incident]:
+def counted_incidents(store: Store, default_env: str, live: list[dict]) -> list[Incident]:
     """The incidents the figures count, each with its environment: past incidents (knowledge files and those
-    resolved in Slack) and the ones open in Slack; a cancelled one (declared by mistake) never counts."""
+    resolved in Slack) and the ones open in Slack (``live``: the store's live incidents); a cancelled one (declared
+    by mistake) never counts."""
     found = {i.id: i for i in store.load_incidents()}
-    for row in store.live_incidents():
+    for row in live:
         if row["status"] == "cancelled":
             found.pop(row["id"], None)
         elif row["id"] not in found:  # open, or resolved and not indexed (yet)
