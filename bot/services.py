@@ -29,7 +29,7 @@ ENVIRONMENT_KEYS = ("approvals", "approvers", "freeze", "emergency")
 FREEZE_KEYS = ("start", "end", "reason")
 EMERGENCY_KEYS = ("rollback_approvals", "while_incident")
 RUNNER_KEYS = ("command", "webhook", "timeout")
-WEBHOOK_KEYS = ("url", "body", "secret_header", "secret_env")
+WEBHOOK_KEYS = ("url", "body", "secret_header", "secret_env", "await_report")
 SETTINGS_KEYS = (
     "deploys_channel",
     "request_ttl_minutes",
@@ -68,6 +68,7 @@ class Runner:
     body: dict = field(default_factory=dict)
     secret_header: str = ""
     secret_env: str = ""
+    await_report: bool = False  # a webhook's pipeline sends {request_id} back: the lock is held until it reports
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ def _runner(key: str, cfg: Any, out: Problems) -> Runner | None:
             return None
         unknown_keys(f"{key}.webhook", hook, WEBHOOK_KEYS, out)
         body = _webhook_body(f"{key}.webhook.body", hook.get("body") or {}, out)
+        await_report = _await_report(f"{key}.webhook", hook, body, out)
         runner = Runner(
             "webhook",
             (),
@@ -368,10 +370,36 @@ def _runner(key: str, cfg: Any, out: Problems) -> Runner | None:
             body,
             str(hook.get("secret_header") or ""),
             str(hook.get("secret_env") or ""),
+            await_report,
         )
     else:
         out.append(ConfigProblem(key, "needs command: [argv...] or webhook: {url: ...}"))
     return runner if len(out) == before else None
+
+
+def _await_report(key: str, hook: dict, body: dict, out: Problems) -> bool:
+    """Whether the pipeline reports back (``await_report: true``); it can only when the body sends {request_id}."""
+    value = hook.get("await_report", False)
+    if not isinstance(value, bool):
+        out.append(ConfigProblem(f"{key}.await_report", f"{value!r} must be true or false"))
+        return False
+    if value and not any(_sends_request_id(text) for _, text in template_strings(body, f"{key}.body")):
+        out.append(
+            ConfigProblem(
+                f"{key}.await_report",
+                "is true, but the body never sends {request_id}, so the pipeline could not name the request it "
+                'reports on: add it to the body, such as {request_id: "{request_id}"}',
+            )
+        )
+        return False
+    return value
+
+
+def _sends_request_id(text: str) -> bool:
+    try:
+        return any(name == "request_id" for _, name, _, _ in string.Formatter().parse(text))
+    except ValueError:  # reported as the body's own problem
+        return False
 
 
 def _webhook_body(key: str, body: Any, out: Problems) -> dict:

@@ -240,8 +240,10 @@ def withdraw(ctx: click.Context, request_id: str, reason: str) -> None:
     """Withdraw a deploy or rollback request that waits for approval: it is rejected, its lock released.
 
     For a request whose message is gone (typed in an `opsbot shell` since closed) or whose requester is away
-    while it holds the service's lock. Only a pending request can be withdrawn, so this never makes anything
-    run. The audit log records it as withdrawn by cli:YOUR-LOGIN.
+    while it holds the service's lock. A request that waits for its pipeline's report (a webhook with
+    await_report) is given up on instead: marked abandoned, its lock released; the pipeline is not stopped,
+    and its report still settles the request if it comes. Nothing else can be withdrawn, so this never makes
+    anything run. The audit log records it as withdrawn by cli:YOUR-LOGIN.
 
     \b
     Example:
@@ -257,10 +259,14 @@ def withdraw(ctx: click.Context, request_id: str, reason: str) -> None:
         request = DeployService.from_store(store).withdraw(request_id.strip(), f"cli:{login()}", reason)
     finally:
         store.close()
-    click.echo(
-        f"Withdrew {request.id} ({request.kind} {request.service} {request.version} to {request.env}); its lock "
-        "is released and nothing will run."
-    )
+    what = f"{request.id} ({request.kind} {request.service} {request.version} to {request.env})"
+    if request.status == "abandoned":
+        click.echo(
+            f"Stopped waiting for the pipeline of {what}: it is abandoned and its lock released. The pipeline was "
+            "not stopped; check it, and its report still settles the request if it comes."
+        )
+        return
+    click.echo(f"Withdrew {what}; its lock is released and nothing will run.")
 
 
 def login() -> str:

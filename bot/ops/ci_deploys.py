@@ -117,7 +117,7 @@ def _flags(deploys: DeployService, event: DeployEvent, when: datetime, exclude: 
     if holder and holder != exclude:
         held = deploys.store.deploy_row(holder)
         who = deploys.name(held["requester"]) if held else "someone"
-        state = held["status"] if held else "active"
+        state = held["status"].replace("_", " ") if held else "active"
         flags.append(f"deployed while {who}'s {holder} ({state}) held the {event.service} {event.env} lock")
     else:
         others = [r["id"] for r in deploys.store.running_for(event.service, event.env) if r["id"] != exclude]
@@ -218,7 +218,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
         )
     if event.status == "rolled_back" and row["kind"] != "rollback":
         raise EventProblem("status", f"{rid} is a deploy, not a rollback: report it as succeeded or failed.")
-    if row["status"] not in (*ENDED, "running"):
+    if row["status"] not in (*ENDED, "running", "awaiting_ci", "abandoned"):
         raise EventProblem(
             "request_id", f"{rid} is {row['status']}: it never ran in opsbot, so there is nothing to report on."
         )
@@ -226,6 +226,12 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
     if not event.finished:
         store.audit(actor, f"{kind}.ci_started", rid, source="ci", event=event.event_id, pipeline=event.pipeline_url)
         return rid, "reported"
+    # A pipeline that reports back settles its request: after the trigger was taken, or before opsbot recorded the
+    # answer to it (a fast pipeline, or a process that stopped meanwhile); the run's own finish, if it still comes,
+    # then finds the request settled and leaves it so.
+    unrecorded = row["status"] in ("running", "interrupted") and deploys.awaits_report(kind, row["service"])
+    if row["status"] == "awaiting_ci" or unrecorded:
+        return _settle(deploys, event, row, actor, now)
     if row["status"] in ("running", "interrupted"):
         # opsbot's own outcome of the run is still to be recorded (an interrupted run's process may yet record it)
         raise EventProblem(
@@ -266,8 +272,26 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
         source="ci",
         event=event.event_id,
     )
-    if status != row["status"]:
+    if row["status"] == "abandoned":  # no outcome was shown before: this is its first
+        deploys.announce("settled", rid)
+    elif status != row["status"]:
         deploys.announce("reported", rid)
+    return rid, "reported"
+
+
+def _settle(deploys: DeployService, event: DeployEvent, row: dict, actor: str, now: datetime) -> tuple[str, str]:
+    """The report a request's lock waited for: the pipeline's outcome, time and commit become the request's, and
+    the service and environment are free again."""
+    store = deploys.store
+    rid = row["id"]
+    status = "failed" if event.status == "failed" else "succeeded"
+    finished_at = _finish_time(event, row, now, rid)
+    fields = {k: v for k, v in _event_fields(event).items() if v}
+    store.transition(rid, row["status"], status, finished_at=finished_at, exit_code=None, lease_until=None, **fields)
+    store.release_lock(rid)
+    kind, was = row["kind"], row["status"]
+    store.audit(actor, f"{kind}.reported", rid, status=status, was=was, source="ci", event=event.event_id)
+    deploys.announce("settled", rid)
     return rid, "reported"
 
 
@@ -332,12 +356,17 @@ def _same_report(deploys: DeployService, event: DeployEvent) -> dict | None:
 
 
 def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
-    """CI deploys that started and never reported an end within the configured hours: abandoned, lock released."""
-    cutoff = _iso(deploys.clock() - timedelta(hours=deploys.settings.stale_ci_hours))
+    """CI deploys that started and never reported an end within the configured hours, and requests whose pipeline
+    never reported back within them: abandoned, lock released. A late report still settles them."""
+    hours = deploys.settings.stale_ci_hours
+    cutoff = _iso(deploys.clock() - timedelta(hours=hours))
     abandoned = []
     with deploys.store.transaction():
-        for row in deploys.store.running_ci_started_before(cutoff):
-            note = f"no end of this CI deploy arrived within {deploys.settings.stale_ci_hours} hours"
+        stale = deploys.store.running_ci_started_before(cutoff) + deploys.store.awaiting_reports_started_before(cutoff)
+        for row in stale:
+            note = f"no end of this CI deploy arrived within {hours} hours"
+            if row["status"] == "awaiting_ci":
+                note = f"its pipeline took the trigger and sent no report within {hours} hours"
             if deploys.store.transition(
                 row["id"], row["status"], "abandoned", finished_at=_iso(deploys.clock()), note=note
             ):

@@ -28,6 +28,7 @@ from bot.services import (
     ConfigProblem,
     DeploySettings,
     Environment,
+    Runner,
     ServiceConfig,
     parse_service,
     parse_settings,
@@ -199,6 +200,18 @@ class DeployRules:
         departed = self.departed()
         roster = [e for e in self.experts.values() if e.id not in departed]
         return still_may_approve(environment.approvers, roster, request.facts)
+
+    def runner_of(self, kind: str, service: str) -> Runner | None:
+        """What runs a request of this kind for the service now (a rollback with no runner of its own: the deploy's)."""
+        config = self.services.get(service)
+        if config is None:
+            return None
+        return config.rollback if kind == "rollback" and config.rollback else config.deploy
+
+    def awaits_report(self, kind: str, service: str) -> bool:
+        """Whether such a request runs a webhook whose pipeline reports its outcome back (``await_report``)."""
+        runner = self.runner_of(kind, service)
+        return runner is not None and runner.kind == "webhook" and runner.await_report
 
     def shown_command(self, request: DeployRequest) -> str:
         """What will run, as people read it, secrets written into services.yaml masked; "" when it no longer can."""

@@ -90,15 +90,7 @@ class DeployService(DeployRules):
             if holder is not None:
                 held = self.store.deploy_row(holder)
                 who = self.name(held["requester"]) if held else "someone"
-                raise PermissionDenied(
-                    f"{service} {env} is locked by {who}'s {held['kind'] if held else 'request'} {holder} "
-                    f"({held['status'] if held else 'active'}); wait for it to finish or expire"
-                    + (
-                        f" (its requester may Reject it; an admin can run `opsbot withdraw {holder}`)."
-                        if held and held["status"] == "pending"
-                        else "."
-                    )
-                )
+                raise PermissionDenied(_locked_by(service, env, who, holder, held))
             self.store.insert_deploy(row)
             self.store.audit(requester, f"{kind}.requested", request_id, service=service, env=env, version=version)
             if use is not None:
@@ -175,9 +167,18 @@ class DeployService(DeployRules):
     def withdraw(self, request_id: str, actor: str, reason: str = "") -> DeployRequest:
         """A pending request withdrawn by an admin from the command line (its message lost with a closed
         `opsbot shell`, or its requester away while it holds the lock): rejected, its lock released, audited as
-        ``withdrawn`` by ``actor``. Nothing else can be withdrawn: this only ever stops a deploy from running."""
+        ``withdrawn`` by ``actor``. A request whose pipeline has not reported (``awaiting_ci``) is given up on
+        instead: abandoned, its lock released; the pipeline goes on, and its report, if it comes, still settles
+        it. Nothing else can be withdrawn: this never starts or stops a deploy."""
         with self.store.transaction():
             request = self._current(request_id)  # one whose time ran out is expired, and stays so
+            if request.status == "awaiting_ci":
+                note = f"given up on from the command line by {actor}" + (f": {reason}" if reason else "")
+                self.store.transition(request_id, "awaiting_ci", "abandoned", finished_at=_iso(self.clock()), note=note)
+                self.store.release_lock(request_id)
+                self.store.audit(actor, f"{request.kind}.withdrawn", request_id, reason=reason, was="awaiting_ci")
+                self.announce("abandoned", request_id)
+                return self._get_locked(request_id)
             if request.status == "pending":
                 self.store.record_decision(request_id, actor, "reject", replace=True)
                 self.store.audit(actor, f"{request.kind}.withdrawn", request_id, reason=reason)
@@ -188,7 +189,7 @@ class DeployService(DeployRules):
                 return self._get_locked(request_id)
         raise InvalidRequest(
             f"{request_id} is {request.status.replace('_', ' ')}, not pending: only a request that waits for "
-            "approval can be withdrawn."
+            "approval, or for the report of the pipeline it triggered, can be withdrawn."
         )
 
     def show_as_it_stands(self, request_id: str) -> None:
@@ -302,6 +303,23 @@ class DeployService(DeployRules):
         """The policy at the start of the run, in its own transaction: why it may not start, or None."""
         with self.store.transaction():
             return self._refusal(rollbacks.track_emergency(self, self._get_locked(request.id)), START)
+
+
+def _locked_by(service: str, env: str, who: str, holder: str, held: dict | None) -> str:
+    """Why a request cannot be made: the lock's holder, and what ends it."""
+    what = f"{service} {env} is locked by {who}'s {held['kind'] if held else 'request'} {holder}"
+    status = held["status"] if held else "active"
+    if status == "awaiting_ci":
+        return (
+            f"{what}, whose pipeline is deploying it and has not reported how it went; wait for its report (an admin "
+            f"can run `opsbot withdraw {holder}` to stop waiting for it)."
+        )
+    if status == "pending":
+        return (
+            f"{what} (pending); wait for it to finish or expire (its requester may Reject it; an admin can run "
+            f"`opsbot withdraw {holder}`)."
+        )
+    return f"{what} ({status.replace('_', ' ')}); wait for it to finish or expire."
 
 
 def _iso(when: datetime) -> str:

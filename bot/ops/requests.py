@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from bot.ops.deploys import DeployService
 
 # cancelled: approved, then stopped by the policy before it started; abandoned: a CI deploy that never finished.
-# Active ones: pending, running (the lock holder) and overlapping (a CI deploy that started while another held it).
+# Active ones: pending, running (the lock holder), overlapping (a CI deploy that started while another held it) and
+# awaiting_ci (a webhook whose pipeline reports back accepted the trigger: the request holds the lock until it reports).
 FINAL = ("succeeded", "failed", "timed_out", "rejected", "expired", "interrupted", "cancelled", "abandoned")
 Progress = Callable[["DeployRequest", str], None]
 AUTO_ROLLBACK_NOTE = "opsbot chose the version"  # a rollback without a version: the last good one
@@ -133,9 +134,10 @@ class Announcer(Protocol):
 
     Called inside the transaction of the state change, so what is shown is stored with the change: a
     process killed a moment later loses neither. Events: requested, approved (one more approval), started,
-    rejected, expired, interrupted, finished (succeeded, failed, timed out or cancelled), reported (the
+    rejected, expired, interrupted, finished (succeeded, failed, timed out or cancelled), handed-off (its webhook's
+    pipeline took the trigger and will report), settled (that pipeline reported the outcome), reported (the
     pipeline a run triggered reported another outcome), current (show it as it stands), ci-started, ci-finished,
-    ci-recorded, abandoned.
+    ci-recorded, abandoned (a CI deploy, or a handed-off request, whose end never came).
     """
 
     def announce(self, event: str, request: DeployRequest, deploys: DeployService) -> None: ...

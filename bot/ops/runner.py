@@ -153,8 +153,9 @@ def queue(pool: Executor, deploys: DeployService, request_id: str, work: Callabl
 
 
 def command_for(deploys: DeployRules, request: DeployRequest) -> tuple[Runner, list[str]]:
-    config = deploys.services[request.service]
-    runner = config.rollback if request.kind == "rollback" and config.rollback else config.deploy
+    runner = deploys.runner_of(request.kind, request.service)
+    if runner is None:
+        raise InvalidRequest(f"{request.service} has no {request.kind} runner in services.yaml now.")
     values = {
         "service": request.service,
         "version": request.version,
@@ -208,6 +209,8 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
         secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
         if runner.kind == "webhook":
             status, exit_code, lines = _trigger_webhook(runner, data, secrets)
+            if status == "succeeded" and runner.await_report:  # the pipeline deploys now, and will say how it went
+                status = "awaiting_ci"
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
         return _finish(deploys, request, status, exit_code, _tail(lines))
@@ -231,10 +234,15 @@ def _cut(line: str, unread: int = 0) -> str:
 def _finish(
     deploys: DeployService, request: DeployRequest, status: str, exit_code: int | None, tail: str, note: str = ""
 ) -> DeployRequest:
-    """Record the outcome, release the lock and audit it; a failing write is retried until the database takes it."""
+    """Record the outcome, release the lock and audit it; a failing write is retried until the database takes it.
+
+    ``awaiting_ci``: a webhook's pipeline took the trigger and will report the outcome, so the request has not
+    finished and keeps the lock (``ci_deploys`` settles it when the report comes, ``abandon_stale`` if none does).
+    """
     pause = 0.5
     attempt = 0
-    finished_at = deploys.clock().astimezone(UTC).isoformat(timespec="seconds")
+    handed_off = status == "awaiting_ci"
+    finished_at = None if handed_off else deploys.clock().astimezone(UTC).isoformat(timespec="seconds")
     while True:
         attempt += 1
         try:
@@ -250,7 +258,12 @@ def _finish(
                     note=note,
                     lease_until=None,
                 )
-                if recorded:
+                if recorded and handed_off:
+                    if before and before["status"] == "interrupted":  # the lock went with the interruption: retake it
+                        deploys.store.take_lock(request.service, request.env, request.id, request.requester)
+                    deploys.store.audit("opsbot", f"{request.kind}.handed_off", request.id, exit_code=exit_code)
+                    deploys.announce("handed-off", request.id)
+                elif recorded:
                     deploys.store.release_lock(request.id)
                     details: dict = {"status": status, "exit_code": exit_code}
                     if before and before["status"] == "interrupted":  # another process gave up on it meanwhile

@@ -67,12 +67,21 @@ class SlackAnnouncer:
             self.web.post(request.channel, INTERRUPTED_TEXT, **_thread(request))
         elif event == "finished":
             if request.started_at:  # the run began: its thread message shows how it ended
-                command = view_of(deploys, request).command
-                text = build_progress_text(request, command, request.log_tail, final=True)
-                self.web.update(self._channel(request, deploys), text, update_of=progress_key(request.id))
+                self._finish_progress(request, deploys)
             self._post_summary(request, deploys)
+        elif event == "handed-off":  # the trigger's answer ends the thread's run message; the summary waits
+            self._finish_progress(request, deploys)
+        elif event == "settled":  # the report the lock waited for
+            self._finish_progress(request, deploys)
+            self._post_summary(request, deploys, reported="settled")
         elif event == "reported":  # the pipeline it triggered settled it otherwise than its run showed
-            self._post_summary(request, deploys, reported=True)
+            self._post_summary(request, deploys, reported="changed")
+
+    def _finish_progress(self, request: DeployRequest, deploys: DeployService) -> None:
+        """The run's thread message as the run ended: the outcome, and the output's tail (a webhook's answer)."""
+        command = view_of(deploys, request).command
+        text = build_progress_text(request, command, request.log_tail, final=True)
+        self.web.update(self._channel(request, deploys), text, update_of=progress_key(request.id))
 
     def show_progress(self, request: DeployRequest, deploys: DeployService, output: str) -> None:
         """A newer view of the run's output; older edits not sent yet are dropped, and so is this one once the run
@@ -112,7 +121,7 @@ class SlackAnnouncer:
             fallback_channel=fallback,
         )
 
-    def _post_summary(self, request: DeployRequest, deploys: DeployService, reported: bool = False) -> None:
+    def _post_summary(self, request: DeployRequest, deploys: DeployService, reported: str = "") -> None:
         """The summary in the request's thread and in the deploys channel (the service's own, if it has one)."""
         figures = deploys.figures(request.service, request.env)
         blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line(), reported)

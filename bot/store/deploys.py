@@ -60,8 +60,11 @@ class DeployStore(StoreBase):
         return self._rows("status = 'pending'", [])
 
     def running_for(self, service: str, env: str) -> list[dict]:
-        """Everything deploying a service and environment now, from Slack or CI (overlapping CI deploys too)."""
-        return self._rows("service = ? AND env = ? AND status IN ('running', 'overlapping')", [service, env])
+        """Everything deploying a service and environment now, from Slack or CI (overlapping CI deploys too, and
+        requests whose pipeline has not reported yet)."""
+        return self._rows(
+            "service = ? AND env = ? AND status IN ('running', 'overlapping', 'awaiting_ci')", [service, env]
+        )
 
     def runs_started_after(self, service: str, env: str, started_at: str, exclude: str) -> list[dict]:
         """Deploys and rollbacks of a service and environment that started to run after ``started_at`` (ISO UTC):
@@ -69,7 +72,8 @@ class DeployStore(StoreBase):
         end); ``exclude`` is left out."""
         return self._rows(
             "service = ? AND env = ? AND id != ? AND started_at > ? "
-            "AND status IN ('running', 'overlapping', 'succeeded', 'failed', 'timed_out', 'interrupted')",
+            "AND status IN ('running', 'overlapping', 'awaiting_ci', 'succeeded', 'failed', 'timed_out', "
+            "'interrupted')",
             [service, env, exclude, started_at],
         )
 
@@ -99,6 +103,10 @@ class DeployStore(StoreBase):
 
     def running_ci_started_before(self, before: str) -> list[dict]:
         return self._rows("status IN ('running', 'overlapping') AND source = 'ci' AND started_at < ?", [before])
+
+    def awaiting_reports_started_before(self, before: str) -> list[dict]:
+        """Requests whose webhook's pipeline was triggered before ``before`` (ISO UTC) and has not reported since."""
+        return self._rows("status = 'awaiting_ci' AND started_at < ?", [before])
 
     def open_ci_runs(self, service: str, env: str, version: str) -> list[dict]:
         """CI deploys of this version a finish event may close: running, or given up for lack of a finish."""

@@ -496,6 +496,26 @@ def test_withdraw_releases_a_pending_requests_lock_and_refuses_anything_else(his
         store.close()
 
 
+def test_withdraw_stops_waiting_for_a_pipelines_report_and_says_the_pipeline_goes_on(history: History) -> None:
+    store = Store(os.environ["OPSBOT_DB"])
+    waiting = DeployService.from_store(store).request("deploy", "web", "staging", "1.1.0", ALICE)
+    with store.transaction():  # as a webhook with await_report leaves it once its pipeline took the trigger
+        store.update_deploy(waiting.id, status="awaiting_ci", started_at=datetime.now(UTC).isoformat())
+    store.close()
+
+    result = invoke("withdraw", waiting.id, "--reason", "pipeline hung")
+
+    assert result.exit_code == 0, result.output
+    assert f"Stopped waiting for the pipeline of {waiting.id}" in result.stdout and "was not stopped" in result.stdout
+    store = Store(os.environ["OPSBOT_DB"])
+    try:
+        row = store.deploy_row(waiting.id)
+        assert (row["status"], store.lock_holder("web", "staging")) == ("abandoned", None)
+        assert row["note"].endswith(": pipeline hung") and row["note"].startswith("given up on from the command line")
+    finally:
+        store.close()
+
+
 def test_withdrawing_a_request_whose_time_ran_out_leaves_it_expired_and_its_lock_released(history: History) -> None:
     store = Store(os.environ["OPSBOT_DB"])
     clock = Clock(datetime.now(UTC) - timedelta(hours=2))

@@ -249,6 +249,28 @@ def test_a_webhook_body_that_could_not_be_sent_is_a_problem(tmp_path: Path, body
     assert says in problem
 
 
+@pytest.mark.parametrize(
+    "hook, says",
+    [
+        ('body: {ref: "{version}"}, await_report: true', "the body never sends {request_id}"),
+        ('body: {ref: "{{request_id}}"}, await_report: true', "the body never sends {request_id}"),  # a literal
+        ('body: {id: "{request_id}"}, await_report: "yes"', "'yes' must be true or false"),
+    ],
+    ids=["no-request-id", "escaped-braces", "not-a-boolean"],
+)
+def test_awaiting_a_report_needs_a_body_that_sends_the_request_id(tmp_path: Path, hook: str, says: str) -> None:
+    text = one_service("      prod: {approvals: 1, approvers: [sre]}\n").replace(
+        RUNNER, f'deploy: {{webhook: {{url: "https://ci.example.com/hook", {hook}}}}}'
+    )
+
+    [problem] = problems_of(tmp_path, text)
+
+    assert problem.startswith("services.yaml:5: services.api.deploy.webhook.await_report: ") and says in problem
+    assert load_knowledge(tmp_path).services == {}  # never loaded: its deploys would hold the lock for nothing
+    fine = 'body: {ref: "{version}", id: "ci-{request_id}"}, await_report: true'
+    assert problems_of(tmp_path, text.replace(hook, fine)) == []
+
+
 def test_owners_must_name_a_team_or_a_person_on_the_roster_and_the_service_still_deploys(tmp_path: Path) -> None:
     slip = DAVE[:-1] + "9"  # an id with a slip in it
     owners = f"    owners: [web, {slip}, dta]\n"

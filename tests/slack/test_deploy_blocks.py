@@ -142,3 +142,16 @@ def test_a_request_withdrawn_from_the_command_line_says_by_whom_and_why_and_has_
     assert "Why:" not in note_of(dataclasses.replace(withdrawn, note="opsbot chose the version"))  # no reason given
     assert ids.DEPLOY_APPROVE not in shown and ids.DEPLOY_REJECT not in shown
     assert "Rejected by Marcus Oyelaran" in text(build_deploy_request_blocks(rejected, VIEW))
+
+
+def test_a_request_handed_to_ci_says_it_holds_the_service_and_one_never_reported_says_the_outcome_is_unknown() -> None:
+    handed = dataclasses.replace(REQUEST, status="awaiting_ci", started_at="2026-11-20T10:05:00+00:00", exit_code=0)
+    silent = dataclasses.replace(handed, status="abandoned", note="its pipeline took the trigger and sent no report")
+
+    waiting, unknown = text(build_deploy_request_blocks(handed, VIEW)), text(build_deploy_request_blocks(silent, VIEW))
+
+    assert "*Handed to CI*" in waiting and "holds checkout-api prod until the pipeline reports" in waiting
+    assert "*Handed to CI*" in build_progress_text(handed, "POST https://ci.example.com/x", "HTTP 202", final=True)
+    assert "*No report from the pipeline*: its pipeline took the trigger and sent no report." in unknown
+    assert "The outcome is unknown" in unknown
+    assert ids.DEPLOY_APPROVE not in waiting + unknown

@@ -24,8 +24,9 @@ from bot.slack.app import create_app, create_client
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.serve import HttpServer
 from bot.store import Store
+from tests.fakes import eventually
 from tests.slack.conftest import HOOK_SECRET, HookDriver, SlackDriver
-from tests.slack.test_deploy_flow import MARCUS, PRIYA, click, request, shown, summary_in
+from tests.slack.test_deploy_flow import MARCUS, OPS, PRIYA, click, request, shown, summary_in, update_showing
 
 DEPLOYS = "C04DEPLOYS1"
 PIPELINE = "https://ci.example.com/larder/checkout-api/-/pipelines/4711"
@@ -293,14 +294,16 @@ def test_a_ci_start_while_a_deploy_request_waits_is_shown_as_overlapping_and_blo
 # -- a pipeline that a /deploy request triggered (its webhook's {request_id}, sent back) ----------------
 
 
-def webhook_service(runtime: Runtime, trigger: ThreadingHTTPServer) -> None:
-    """hook-api: its staging deploy triggers a pipeline, passing it the request's id."""
+def webhook_service(runtime: Runtime, trigger: ThreadingHTTPServer, await_report: bool = False) -> None:
+    """hook-api: its staging deploy triggers a pipeline, passing it the request's id (and, with ``await_report``,
+    holding the lock until the pipeline reports)."""
     configs = runtime.store.service_configs()
     url = f"http://127.0.0.1:{trigger.server_port}/api/deploy"
+    hook = {"url": url, "body": {"opsbot_request": "{request_id}"}}
     configs["hook-api"] = {
         "owners": [PRIYA],
         "environments": {"staging": {"approvals": 1, "approvers": ["payments"]}},
-        "deploy": {"webhook": {"url": url, "body": {"opsbot_request": "{request_id}"}}},
+        "deploy": {"webhook": hook | ({"await_report": True} if await_report else {})},
     }
     runtime.store.replace_services(configs)
 
@@ -390,6 +393,42 @@ def test_a_report_naming_a_request_it_does_not_fit_is_refused_and_changes_nothin
     assert runtime.store.deploy_row(rid)["status"] == "succeeded"
     assert runtime.store.deploy_row(pending)["status"] == "pending"
     assert len(runtime.store.audit_rows()) == audited and len(ci_rows(runtime)) == 1
+
+
+def test_a_pipeline_that_reports_back_holds_the_lock_until_its_report_settles_the_request(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    webhook_service(runtime, trigger, await_report=True)
+    posted = request(slack, slack_api, runtime, "hook-api 2.0.0 staging")
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    rid = posted.request_id
+    handed = eventually(lambda: runtime.store.deploy_row(rid), lambda r: r["status"] != "running", timeout=15)
+    assert (handed["status"], handed["finished_at"], trigger.paths) == ("awaiting_ci", None, ["/api/deploy"])
+    update_showing(slack_api, posted.ts, "Handed to CI")
+    assert runtime.store.lock_holder("hook-api", "staging") == rid
+
+    # the service is still being deployed: nobody may start another deploy of it meanwhile
+    slack.command("/deploy", "hook-api 2.0.1 staging", user=PRIYA, channel=OPS)
+    (said,) = slack_api.wait_for("response_url", timeout=10)
+    assert f"locked by Priya Raman's deploy {rid}, whose pipeline is deploying it" in said.body["text"]
+    assert "opsbot withdraw" in said.body["text"] and said.body["response_type"] == "ephemeral"
+    assert not any("*Log tail*" in shown(c.body) for c in slack_api.calls("chat.postMessage"))  # no outcome yet
+    assert dora(runtime.store, "hook-api", "staging").changes == 0
+
+    failed = hooks.post(hook_event("failed", rid, commit_time=at(hours=1)))
+
+    assert failed.status == 200 and (failed.json()["action"], failed.json()["status"]) == ("reported", "failed")
+    row = runtime.store.deploy_row(rid)
+    assert row["status"] == "failed" and row["finished_at"] and ci_rows(runtime) == []
+    assert runtime.store.lock_holder("hook-api", "staging") is None
+    summary = summary_in(slack_api, DEPLOYS)
+    assert "is what it reported" in shown(summary) and "Failed" in shown(summary)
+    update_showing(slack_api, posted.ts, "Failed")
+    audit = [r["action"] for r in runtime.store.audit_rows() if r["request_id"] == rid]
+    assert audit[-3:] == ["deploy.started", "deploy.handed_off", "deploy.reported"]
+    figures = dora(runtime.store, "hook-api", "staging")
+    assert (figures.changes, figures.failed_changes) == (1, 1)
+    request(slack, slack_api, runtime, "hook-api 2.0.1 staging")  # the lock is free again
 
 
 def test_notify_deploy_reports_on_a_request_by_its_id(runtime: Runtime) -> None:

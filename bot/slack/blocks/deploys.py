@@ -22,6 +22,7 @@ ICONS = {
     "interrupted": ":warning:",
     "cancelled": ":no_entry:",
     "abandoned": ":grey_question:",
+    "awaiting_ci": ":arrows_counterclockwise:",
 }
 INTERRUPTED_TEXT = (
     ":warning: Interrupted: the opsbot process holding this stopped before it finished (it may have been waiting "
@@ -84,6 +85,8 @@ def code_block(text: str, limit: int = MAX_TEXT - 200) -> str:
 
 def outcome_text(request: DeployRequest) -> str:
     """`Succeeded`, `Failed (exit code 1)`, `Timed out` ..."""
+    if request.status == "awaiting_ci":
+        return "Handed to CI"
     word = request.status.replace("_", " ").capitalize()
     return word + (f" (exit code {request.exit_code})" if request.exit_code not in (None, 0) else "")
 
@@ -110,6 +113,17 @@ def status_text(request: DeployRequest, view: RequestView) -> str:
         )
     if request.status == "running":
         return f":hourglass_flowing_sand: *Running* since {slack_time(request.started_at)} · approved by {approved}."
+    if request.status == "awaiting_ci":
+        return (
+            f"{ICONS['awaiting_ci']} *Handed to CI*: the pipeline took the trigger and is deploying; this "
+            f"{request.kind} holds {escape(request.service)} {escape(request.env)} until the pipeline reports how it "
+            f"went · approved by {approved}."
+        )
+    if request.status == "abandoned":
+        return (
+            f"{ICONS['abandoned']} *No report from the pipeline*: {escape(request.note)}. The outcome is unknown: "
+            f"check the pipeline · approved by {approved}."
+        )
     if request.status == "rejected" and request.rejected_by.startswith("cli:"):  # the reason is the view's note
         return f":no_entry: *Withdrawn from the command line by {escape(request.rejected_by[4:])}*; nothing ran."
     if request.status == "rejected":
@@ -207,11 +221,12 @@ def build_refusal_text(decision: Decision) -> str:
 
 
 def build_deploy_summary_blocks(
-    request: DeployRequest, view: RequestView, dora_line: str, reported: bool = False
+    request: DeployRequest, view: RequestView, dora_line: str, reported: str = ""
 ) -> list[dict]:
     """After every deploy or rollback: what ran, who asked and approved, how it went, the log tail, DORA.
 
-    ``reported``: the pipeline the run triggered has since reported an outcome other than the one shown last.
+    ``reported``: ``settled`` when the pipeline the run triggered reported the outcome it was waited for,
+    ``changed`` when it has since reported an outcome other than the one shown last.
     """
     outcome = outcome_text(request)
     ci = request.source == "ci"
@@ -240,7 +255,9 @@ def build_deploy_summary_blocks(
     if ci:
         blocks.append(section(f"*Changes*\n{changes_text(request)}"))
     else:
-        if reported:
+        if reported == "settled":
+            blocks.append(context(f"opsbot's run triggered the pipeline; *{outcome.lower()}* is what it reported."))
+        elif reported:
             blocks.append(
                 context(
                     f"The pipeline this {request.kind} triggered reported *{outcome.lower()}* after opsbot's "

@@ -1,0 +1,200 @@
+"""A webhook whose pipeline reports back (`await_report: true`): the request keeps its service's lock from the
+trigger until the pipeline's report settles it, survives a restart, and is abandoned when no report comes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bot.answers.indexer import index_knowledge
+from bot.errors import PermissionDenied
+from bot.ops.ci_deploys import abandon_stale, record_ci_event
+from bot.ops.ci_events import EventProblem, parse_event
+from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
+from bot.store import Store
+from tests.conftest import FakeEncoder
+from tests.fakes import Clock
+from tests.ops.fixtures import ALICE, BOB, actions, after_crash, make_knowledge
+from tests.ops.test_webhook_runner import serve
+
+
+@pytest.fixture
+def ci() -> Iterator[ThreadingHTTPServer]:
+    server = serve()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def hooked(tmp_path: Path, ci: ThreadingHTTPServer, clock: Clock) -> Iterator[tuple[DeployService, Store]]:
+    """Service ``hook``: its staging deploy triggers a pipeline that sends the request's id back."""
+    services = f"""\
+settings: {{stale_ci_hours: 2}}
+services:
+  hook:
+    environments:
+      staging: {{approvals: 1, approvers: [web]}}
+    deploy:
+      webhook: {{url: "http://127.0.0.1:{ci.server_port}/run", body: {{id: "{{request_id}}"}}, await_report: true}}
+"""
+    store = Store(tmp_path / "hook.db")
+    report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "k", services))
+    assert report.problems == []
+    yield DeployService.from_store(store, clock=clock), store
+    store.close()
+
+
+def report(deploys: DeployService, status: str, request_id: str, version: str = "2.0.0", **more: str) -> object:
+    body = {"event_id": f"ev-{status}-{len(deploys.store.audit_rows())}", "service": "hook", "env": "staging"}
+    body |= {"version": version, "status": status, "request_id": request_id, "actor": "gitlab", **more}
+    return record_ci_event(deploys, parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments()))
+
+
+def handed_off(deploys: DeployService, version: str = "2.0.0") -> str:
+    request = deploys.request("deploy", "hook", "staging", version, ALICE)
+    assert deploys.approve(request.id, BOB).start
+    assert deploys.execute(request.id).status == "awaiting_ci"
+    return request.id
+
+
+def test_a_taken_trigger_keeps_the_lock_and_a_restart_leaves_the_request_waiting(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock
+) -> None:
+    deploys, store = hooked
+    rid = handed_off(deploys)
+
+    row = store.deploy_row(rid)
+    assert (row["status"], row["finished_at"], row["exit_code"]) == ("awaiting_ci", None, 0)
+    assert row["log_tail"].endswith("HTTP 202\nqueued")  # the trigger's answer
+    assert ci.bodies == [{"id": rid}] and store.lock_holder("hook", "staging") == rid
+    assert actions(store)[-2:] == ["deploy.started", "deploy.handed_off"]  # not finished: nothing is known yet
+    with pytest.raises(PermissionDenied, match=f"locked by Alice Archer's deploy {rid}, whose pipeline is deploying"):
+        deploys.request("deploy", "hook", "staging", "2.0.1", BOB)
+
+    assert after_crash(store, clock).recover_interrupted() == []  # no process of opsbot's runs it: nothing to lose
+    assert store.deploy_row(rid)["status"] == "awaiting_ci" and store.lock_holder("hook", "staging") == rid
+    assert dora(store, "hook", "staging", now=clock.now).changes == 0
+    assert deploys.current_version("hook", "staging") is None
+
+
+def test_the_report_settles_the_request_with_the_pipelines_outcome_and_frees_the_service(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    rid = handed_off(deploys)
+    clock.advance(minutes=20)
+
+    started = report(deploys, "started", rid)
+    assert started.action == "reported" and store.deploy_row(rid)["status"] == "awaiting_ci"
+    done = report(
+        deploys, "succeeded", rid, commit_sha="9c1d2e3f", commit_time=(clock.now - timedelta(hours=3)).isoformat()
+    )
+
+    row = store.deploy_row(rid)
+    assert done.action == "reported" and (row["status"], row["finished_at"]) == ("succeeded", clock.now.isoformat())
+    assert (row["commit_sha"], row["exit_code"]) == ("9c1d2e3f", None)
+    assert store.lock_holder("hook", "staging") is None and deploys.current_version("hook", "staging") == "2.0.0"
+    assert actions(store)[-2:] == ["deploy.ci_started", "deploy.reported"]
+    figures = dora(store, "hook", "staging", now=clock.now)
+    assert (figures.changes, figures.failed_changes) == (1, 0) and figures.lead_time_h == pytest.approx(3.0)
+    assert report(deploys, "succeeded", rid, commit_sha="9c1d2e3f").action == "duplicate"  # a retried step
+    deploys.request("deploy", "hook", "staging", "2.0.1", BOB)  # the service is free again
+
+
+def test_no_report_within_the_hours_abandons_it_and_a_late_report_still_settles_it(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    rid = handed_off(deploys)
+
+    clock.advance(hours=1, minutes=59)
+    assert abandon_stale(deploys) == []
+    clock.advance(minutes=2)
+    (abandoned,) = abandon_stale(deploys)
+
+    assert (abandoned.id, abandoned.status) == (rid, "abandoned") and store.lock_holder("hook", "staging") is None
+    assert "sent no report within 2 hours" in abandoned.note
+    assert dora(store, "hook", "staging", now=clock.now).changes == 0  # its outcome is unknown: not counted
+
+    late = report(deploys, "failed", rid)
+
+    assert late.request.status == "failed" and late.request.finished_at == clock.now.isoformat()
+    assert (dora(store, "hook", "staging", now=clock.now).failed_changes, store.lock_holder("hook", "staging")) == (
+        1,
+        None,
+    )
+
+
+def test_a_late_report_after_a_later_run_of_the_service_is_refused(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    rid = handed_off(deploys)
+    clock.advance(hours=3)
+    abandon_stale(deploys)
+    later = handed_off(deploys, "2.0.1")
+
+    with pytest.raises(EventProblem, match=rf"{later} \(deploy of 2.0.1\) ran in hook staging after {rid}"):
+        report(deploys, "failed", rid)
+    assert store.deploy_row(rid)["status"] == "abandoned"
+
+
+def test_a_report_that_comes_before_the_triggers_answer_settles_it_and_the_run_leaves_it(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer
+) -> None:
+    deploys, store = hooked
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    answered = ci.answer
+    sent = []
+
+    class Fast(tuple):  # the pipeline reports failure before the trigger's 202 reaches opsbot
+        def __iter__(self):  # noqa: ANN204
+            sent.append(report(deploys, "failed", request.id))
+            return iter(answered)
+
+    ci.answer = Fast(answered)
+    ended = deploys.execute(request.id)
+
+    assert sent[0].action == "reported" and ended.status == "failed"  # the run's answer did not overwrite it
+    assert store.lock_holder("hook", "staging") is None
+    assert "deploy.handed_off" not in actions(store) and actions(store)[-1] == "deploy.reported"
+
+
+def test_withdraw_stops_waiting_for_a_pipeline_that_never_reports(hooked: tuple[DeployService, Store]) -> None:
+    deploys, store = hooked
+    rid = handed_off(deploys)
+
+    gone = deploys.withdraw(rid, "cli:ops", "pipeline hung")
+
+    assert gone.status == "abandoned" and store.lock_holder("hook", "staging") is None
+    assert gone.note == "given up on from the command line by cli:ops: pipeline hung"
+    assert actions(store)[-1] == "deploy.withdrawn"
+    assert report(deploys, "succeeded", rid).request.status == "succeeded"  # the pipeline's word still counts
+
+
+def test_a_report_on_a_request_whose_process_stopped_mid_trigger_settles_it(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start  # and the process died before its trigger was answered
+    (interrupted,) = after_crash(store, clock).recover_interrupted()
+    assert interrupted.status == "interrupted"
+
+    settled = report(deploys, "succeeded", request.id)
+
+    assert settled.request.status == "succeeded" and deploys.current_version("hook", "staging") == "2.0.0"
+    assert store.lock_holder("hook", "staging") is None
