@@ -17,6 +17,8 @@ from bot.errors import OpsbotError
 if TYPE_CHECKING:
     from urllib.parse import SplitResult
 
+    from bot.runtime import Runtime
+
 log = logging.getLogger(__name__)
 
 
@@ -156,6 +158,8 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         app = create_app(runtime)
         # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
         jobs.report_interrupted(runtime)
+        hooks_served = bool(settings.hook_secret) and (not settings.slack_app_token or bool(hooks_port))
+        _warn_unheard_reports(runtime, hooks_served)
         background = jobs.start(runtime, app.web)
         app.alerts.resume()  # alert groups recorded before a stop get their briefing
         listeners: list[Callable[[float], bool]] = []  # each stops taking requests, given the time left
@@ -188,6 +192,21 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         stopped = stop_serving(app, runtime, background, listeners, reason, settings.stop_grace_s)
     if not stopped.clean:  # threads still at work would hold up the interpreter's exit: leave without them
         exit_now(0)
+
+
+def _warn_unheard_reports(runtime: Runtime, hooks_served: bool) -> None:
+    """Say so when services wait for their pipeline's report (``await_report``) that this process cannot hear."""
+    deploys = runtime.deploys()
+    waiting = sorted(
+        name for name in deploys.services if any(deploys.awaits_report(kind, name) for kind in ("deploy", "rollback"))
+    )
+    if waiting and not hooks_served:
+        log.warning(
+            "services=%s wait for their pipeline's report (await_report), but /hooks/deploy is not served (set "
+            "OPSBOT_HOOK_SECRET; in Socket Mode give --hooks-port): their deploys hold the lock until "
+            "settings.stale_ci_hours pass",
+            ",".join(waiting),
+        )
 
 
 def _check_can_listen(host: str, port: int, option: str) -> None:

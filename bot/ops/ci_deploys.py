@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from bot.ops.ci_events import FINISHED, DeployEvent, EventProblem
 from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest, new_request_id, new_row, parse_time
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 RETRY_WINDOW = timedelta(minutes=10)  # a second report of the same finished deploy, with a new event id
@@ -231,6 +232,8 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
     # then finds the request settled and leaves it so.
     unrecorded = row["status"] in ("running", "interrupted") and deploys.awaits_report(kind, row["service"])
     if row["status"] == "awaiting_ci" or unrecorded:
+        if row["status"] == "interrupted":  # its lock went with the interruption: others may have run since
+            _refuse_after_later_run(store, row)
         return _settle(deploys, event, row, actor, now)
     if row["status"] in ("running", "interrupted"):
         # opsbot's own outcome of the run is still to be recorded (an interrupted run's process may yet record it)
@@ -249,15 +252,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
             return rid, "duplicate"
         store.update_deploy(rid, **fields)
     else:
-        began = row["started_at"] or row["finished_at"] or row["created_at"]
-        later = store.runs_started_after(row["service"], row["env"], began, rid)
-        if later:
-            raise EventProblem(
-                "request_id",
-                f"{later[0]['id']} ({later[0]['kind']} of {later[0]['version']}) ran in {row['service']} "
-                f"{row['env']} after {rid}: another outcome for the earlier one would rewrite what runs there now, "
-                "so it is not taken.",
-            )
+        _refuse_after_later_run(store, row)
         finished_at = _finish_time(event, row, now, rid)
         fields.update({k: v for k, v in _event_fields(event).items() if v})
         # the run's exit code (0 for an accepted trigger) no longer tells the outcome
@@ -277,6 +272,19 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
     elif status != row["status"]:
         deploys.announce("reported", rid)
     return rid, "reported"
+
+
+def _refuse_after_later_run(store: Store, row: dict) -> None:
+    """EventProblem when another run of the service has started in the environment since ``row`` did."""
+    began = row["started_at"] or row["finished_at"] or row["created_at"]
+    later = store.runs_started_after(row["service"], row["env"], began, row["id"])
+    if later:
+        raise EventProblem(
+            "request_id",
+            f"{later[0]['id']} ({later[0]['kind']} of {later[0]['version']}) ran in {row['service']} "
+            f"{row['env']} after {row['id']}: another outcome for the earlier one would rewrite what runs there now, "
+            "so it is not taken.",
+        )
 
 
 def _settle(deploys: DeployService, event: DeployEvent, row: dict, actor: str, now: datetime) -> tuple[str, str]:
@@ -358,22 +366,11 @@ def _same_report(deploys: DeployService, event: DeployEvent) -> dict | None:
 def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
     """CI deploys that started and never reported an end within the configured hours, and requests whose pipeline
     never reported back within them: abandoned, lock released. A late report still settles them."""
-    hours = deploys.settings.stale_ci_hours
-    cutoff = _iso(deploys.clock() - timedelta(hours=hours))
+    cutoff = _iso(deploys.clock() - timedelta(hours=deploys.settings.stale_ci_hours))
     abandoned = []
     with deploys.store.transaction():
         stale = deploys.store.running_ci_started_before(cutoff) + deploys.store.awaiting_reports_started_before(cutoff)
-        for row in stale:
-            note = f"no end of this CI deploy arrived within {hours} hours"
-            if row["status"] == "awaiting_ci":
-                note = f"its pipeline took the trigger and sent no report within {hours} hours"
-            if deploys.store.transition(
-                row["id"], row["status"], "abandoned", finished_at=_iso(deploys.clock()), note=note
-            ):
-                deploys.store.release_lock(row["id"])
-                deploys.store.audit("opsbot", "deploy.abandoned", row["id"], reason=note)
-                deploys.announce("abandoned", row["id"])
-                abandoned.append(row["id"])
+        abandoned = [row["id"] for row in stale if deploys.abandon(row)]
     return [deploys.get(i) for i in abandoned]
 
 

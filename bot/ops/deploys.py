@@ -102,9 +102,32 @@ class DeployService(DeployRules):
         return self.get(request_id)
 
     def _expire_locked_if_due(self, service: str, env: str) -> None:
+        """End what holds the lock past its time, without waiting for the sweep (which only `opsbot serve` runs): a
+        pending request that expired, a pipeline that never reported."""
         for row in self.store.pending_for(service, env):
             if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
                 self._expire(row["id"])
+        cutoff = _iso(self.clock() - timedelta(hours=self.settings.stale_ci_hours))
+        for row in self.store.awaiting_reports_started_before(cutoff):
+            if (row["service"], row["env"]) == (service, env):
+                self.abandon(row)
+
+    def abandon(self, row: dict, note: str = "", actor: str = "opsbot") -> bool:
+        """Stop waiting for the end of a deploy: a CI deploy that sent no finish, or a request whose pipeline sent
+        no report (within ``stale_ci_hours``, unless ``note`` says otherwise). Its outcome is unknown; the lock is
+        released; a late finish or report still settles it. In the caller's transaction; False if it ended meanwhile."""
+        hours = self.settings.stale_ci_hours
+        if not note:
+            note = f"no end of this CI deploy arrived within {hours} hours"
+            if row["status"] == "awaiting_ci":
+                note = f"its pipeline took the trigger and sent no report within {hours} hours"
+        if not self.store.transition(row["id"], row["status"], "abandoned", finished_at=_iso(self.clock()), note=note):
+            return False
+        self.store.release_lock(row["id"])
+        action = "withdrawn" if actor != "opsbot" else "abandoned"
+        self.store.audit(actor, f"{row['kind']}.{action}", row["id"], reason=note, was=row["status"])
+        self.announce("abandoned", row["id"])
+        return True
 
     # -- deciding ---------------------------------------------------------------------------------------
 
@@ -173,11 +196,9 @@ class DeployService(DeployRules):
         with self.store.transaction():
             request = self._current(request_id)  # one whose time ran out is expired, and stays so
             if request.status == "awaiting_ci":
-                note = f"given up on from the command line by {actor}" + (f": {reason}" if reason else "")
-                self.store.transition(request_id, "awaiting_ci", "abandoned", finished_at=_iso(self.clock()), note=note)
-                self.store.release_lock(request_id)
-                self.store.audit(actor, f"{request.kind}.withdrawn", request_id, reason=reason, was="awaiting_ci")
-                self.announce("abandoned", request_id)
+                who = actor.removeprefix("cli:")
+                note = f"given up on from the command line by {who}" + (f": {reason}" if reason else "")
+                self.abandon({"id": request_id, "kind": request.kind, "status": "awaiting_ci"}, note, actor)
                 return self._get_locked(request_id)
             if request.status == "pending":
                 self.store.record_decision(request_id, actor, "reject", replace=True)
@@ -255,6 +276,9 @@ class DeployService(DeployRules):
             orphaned = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
             deploy_runner.stop_orphans([(row["id"], row["runner_pid"]) for row in orphaned])  # before they are marked
             for row in orphaned:
+                if self.awaits_report(row["kind"], row["service"]):
+                    self._hand_off_unknown(row)
+                    continue
                 reason = "its opsbot process stopped before it finished (queued or running)"
                 if self.store.transition(
                     row["id"], "running", "interrupted", finished_at=_iso(self.clock()), note=reason
@@ -264,6 +288,18 @@ class DeployService(DeployRules):
                     self.announce("interrupted", row["id"])
                     interrupted.append(row["id"])
         return [self.get(i) for i in interrupted]
+
+    def _hand_off_unknown(self, row: dict) -> None:
+        """A request whose process stopped while it may have triggered a pipeline that reports back: it waits for that
+        report, holding its lock, as if the trigger was taken. The pipeline may be deploying: ending the request
+        would let another deploy start beside it. If no report comes, the stale sweep or `opsbot withdraw` ends it."""
+        note = (
+            "its opsbot process stopped while it triggered the pipeline, so whether the pipeline started is unknown; "
+            f"if it did not, `opsbot withdraw {row['id']}` releases the lock"
+        )
+        if self.store.transition(row["id"], "running", "awaiting_ci", note=note, lease_until=None):
+            self.store.audit("opsbot", f"{row['kind']}.handed_off", row["id"], reason=note, owner=row["owner"])
+            self.announce("handed-off", row["id"])
 
     def announce(self, event: str, request_id: str) -> None:
         """Tell the announcer, inside the current transaction; only a database error may undo the change."""

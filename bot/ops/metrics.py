@@ -311,7 +311,9 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
     undone = set()
     ran: dict[str, list[dict]] = {}
     for row in rows:
-        if row["kind"] == "deploy" and row["status"] in RAN:
+        # a request abandoned while its pipeline deployed may have run too (a CI deploy with no finish counts not)
+        may_have_run = row["status"] in RAN or (row["status"] == "abandoned" and row.get("source") != "ci")
+        if row["kind"] == "deploy" and may_have_run:
             ran.setdefault(row["service"], []).append(row)
             continue
         # Only a rollback that succeeded undid anything: a rejected, expired or cancelled one never ran (started_at

@@ -41,9 +41,11 @@ def current_version(store: Store, service: str, env: str) -> str | None:
 
 
 def failed_version(store: Store, service: str, env: str) -> str | None:
-    """The version of the newest run when it failed, timed out or was interrupted: it may be half rolled out."""
+    """The version of the newest run when it failed, timed out, was interrupted or was abandoned while its pipeline
+    deployed (no report came): it may be half rolled out."""
     newest = store.newest_finished_run(service, env)
-    return newest["version"] if newest and newest["status"] in ("failed", "timed_out", "interrupted") else None
+    broken = ("failed", "timed_out", "interrupted", "abandoned")
+    return newest["version"] if newest and newest["status"] in broken else None
 
 
 def succeeded_versions(store: Store, service: str, env: str) -> list[str]:

@@ -258,11 +258,13 @@ def _finish(
                     note=note,
                     lease_until=None,
                 )
+                was = before["status"] if before else ""
                 if recorded and handed_off:
-                    if before and before["status"] == "interrupted":  # the lock went with the interruption: retake it
-                        deploys.store.take_lock(request.service, request.env, request.id, request.requester)
-                    deploys.store.audit("opsbot", f"{request.kind}.handed_off", request.id, exit_code=exit_code)
-                    deploys.announce("handed-off", request.id)
+                    _handed_off(deploys, request, was, exit_code)
+                elif not recorded and handed_off and before and not before["log_tail"]:
+                    # the pipeline's report settled it before the trigger's answer came: keep the answer all the same
+                    deploys.store.update_deploy(request.id, log_tail=tail)
+                    deploys.announce("trigger-answered", request.id)
                 elif recorded:
                     deploys.store.release_lock(request.id)
                     details: dict = {"status": status, "exit_code": exit_code}
@@ -289,6 +291,18 @@ def _finish(
         log.warning("deploy outcome not recorded id=%s status=%s: no longer this process's deploy", request.id, status)
     log.info("deploy finished id=%s status=%s exit_code=%s", request.id, status, exit_code)
     return deploys.get(request.id)
+
+
+def _handed_off(deploys: DeployService, request: DeployRequest, was: str, exit_code: int | None) -> None:
+    """The trigger was taken: the request waits for its pipeline's report, holding the lock."""
+    if was == "interrupted":  # the lock went with the interruption (an opsbot older than await_report): retake it
+        holder = deploys.store.take_lock(request.service, request.env, request.id, request.requester)
+        if holder is not None:
+            log.warning("handed-off deploy id=%s cannot hold its lock: %s holds it", request.id, holder)
+            deploys.store.audit("opsbot", f"{request.kind}.lock_lost", request.id, holder=holder)
+    if was != "awaiting_ci":  # recovered after a stop, it was handed off already: this is the trigger's answer
+        deploys.store.audit("opsbot", f"{request.kind}.handed_off", request.id, exit_code=exit_code)
+    deploys.announce("handed-off", request.id)
 
 
 class _Reporter:

@@ -69,8 +69,16 @@ class SlackAnnouncer:
             if request.started_at:  # the run began: its thread message shows how it ended
                 self._finish_progress(request, deploys)
             self._post_summary(request, deploys)
-        elif event == "handed-off":  # the trigger's answer ends the thread's run message; the summary waits
+        elif event in ("handed-off", "trigger-answered"):  # the trigger's answer ends the run message; no summary yet
             self._finish_progress(request, deploys)
+        elif event == "abandoned":  # no report came: say so where the request's people look, and in deploys
+            self._finish_progress(request, deploys)
+            text = abandoned_text(request)
+            channel = deploys_channel(deploys, request)
+            if request.channel:
+                self.web.post(request.channel, text, reply_broadcast=channel == request.channel, **_thread(request))
+            if channel and channel != request.channel:
+                self.web.post(channel, text)
         elif event == "settled":  # the report the lock waited for
             self._finish_progress(request, deploys)
             self._post_summary(request, deploys, reported="settled")
@@ -158,6 +166,14 @@ class SlackAnnouncer:
                 self.web.update(channel, text, blocks, update_of=message_key(request.id))
         if event in ("ci-finished", "ci-recorded"):
             self._post_summary(request, deploys)
+
+
+def abandoned_text(request: DeployRequest) -> str:
+    return (
+        f":grey_question: *{escape(request.title)}*: no report from its pipeline ({escape(request.note)}). The "
+        f"outcome is unknown and {escape(request.service)} {escape(request.env)} is free for other deploys: check the "
+        "pipeline. Its report, if it comes, still settles the request."
+    )
 
 
 def view_of(deploys: DeployService, request: DeployRequest) -> RequestView:

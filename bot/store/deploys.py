@@ -87,10 +87,12 @@ class DeployStore(StoreBase):
         )
 
     def newest_finished_run(self, service: str, env: str) -> dict | None:
-        """The run that finished last, whatever its outcome (one cancelled before it started never ran)."""
+        """The run that finished last, whatever its outcome (one cancelled before it started never ran; a request
+        abandoned while its pipeline deployed may have run, a CI deploy abandoned for lack of a finish counts not)."""
         rows = self._rows(
             "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL "
-            "AND status IN ('succeeded', 'failed', 'timed_out', 'interrupted')",
+            "AND (status IN ('succeeded', 'failed', 'timed_out', 'interrupted') "
+            "OR (status = 'abandoned' AND source != 'ci'))",
             [service, env],
             order="finished_at DESC, id",
             limit=1,
@@ -141,11 +143,13 @@ class DeployStore(StoreBase):
         return cur.rowcount == 1
 
     def finish_run(self, request_id: str, owner: str, to_status: str, **fields: object) -> bool:
-        """Record a run's outcome: running, or interrupted meanwhile by another process while this owner lived on."""
+        """Record a run's outcome: running, or interrupted meanwhile by another process while this owner lived on, or
+        handed to CI by that process (a webhook whose pipeline reports back) before its trigger was answered."""
         self._require_transaction()
         sets = ", ".join(["status = ?", *(f"{k} = ?" for k in fields)])
         cur = self.db.execute(
-            f"UPDATE deploy_requests SET {sets} WHERE id = ? AND owner = ? AND status IN ('running', 'interrupted')",
+            f"UPDATE deploy_requests SET {sets} WHERE id = ? AND owner = ? "
+            "AND status IN ('running', 'interrupted', 'awaiting_ci')",
             [to_status, *fields.values(), request_id, owner],
         )
         return cur.rowcount == 1

@@ -4,6 +4,7 @@ trigger until the pipeline's report settles it, survives a restart, and is aband
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
@@ -17,10 +18,11 @@ from bot.ops.ci_deploys import abandon_stale, record_ci_event
 from bot.ops.ci_events import EventProblem, parse_event
 from bot.ops.deploys import DeployService
 from bot.ops.metrics import dora
+from bot.slack.deploy_posts import SlackAnnouncer
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.fakes import Clock
-from tests.ops.fixtures import ALICE, BOB, actions, after_crash, make_knowledge
+from tests.ops.fixtures import ALICE, BOB, GINA, actions, after_crash, make_knowledge
 from tests.ops.test_webhook_runner import serve
 
 
@@ -180,21 +182,182 @@ def test_withdraw_stops_waiting_for_a_pipeline_that_never_reports(hooked: tuple[
     gone = deploys.withdraw(rid, "cli:ops", "pipeline hung")
 
     assert gone.status == "abandoned" and store.lock_holder("hook", "staging") is None
-    assert gone.note == "given up on from the command line by cli:ops: pipeline hung"
+    assert gone.note == "given up on from the command line by ops: pipeline hung"
     assert actions(store)[-1] == "deploy.withdrawn"
     assert report(deploys, "succeeded", rid).request.status == "succeeded"  # the pipeline's word still counts
 
 
-def test_a_report_on_a_request_whose_process_stopped_mid_trigger_settles_it(
+def test_a_report_on_a_request_whose_process_stopped_mid_trigger_settles_it_and_frees_the_service(
     hooked: tuple[DeployService, Store], clock: Clock
 ) -> None:
     deploys, store = hooked
     request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
     assert deploys.approve(request.id, BOB).start  # and the process died before its trigger was answered
-    (interrupted,) = after_crash(store, clock).recover_interrupted()
-    assert interrupted.status == "interrupted"
+    assert after_crash(store, clock).recover_interrupted() == []
+    assert store.deploy_row(request.id)["status"] == "awaiting_ci"  # the pipeline may be deploying: wait for it
 
     settled = report(deploys, "succeeded", request.id)
 
     assert settled.request.status == "succeeded" and deploys.current_version("hook", "staging") == "2.0.0"
     assert store.lock_holder("hook", "staging") is None
+
+
+def settled(deploys: DeployService, clock: Clock, version: str) -> str:
+    rid = handed_off(deploys, version)
+    clock.advance(minutes=5)
+    report(deploys, "succeeded", rid, version=version)
+    clock.advance(minutes=5)
+    return rid
+
+
+def test_a_late_report_on_an_interrupted_request_after_a_later_run_is_refused(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    settled(deploys, clock, "1.0.0")
+    lost = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(lost.id, BOB).start
+    with store.transaction():  # interrupted by an opsbot that did not wait for reports: its lock released
+        store.update_deploy(lost.id, status="interrupted", finished_at=clock.now.isoformat())
+        store.release_lock(lost.id)
+    clock.advance(minutes=5)
+    settled(deploys, clock, "2.1.0")
+
+    with pytest.raises(EventProblem, match=r"\(deploy of 2.1.0\) ran in hook staging after"):
+        report(deploys, "succeeded", lost.id, version="2.0.0")
+    assert deploys.current_version("hook", "staging") == "2.1.0"
+
+
+def test_after_an_abandoned_hand_off_a_rollback_goes_back_to_the_last_good_version(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    settled(deploys, clock, "0.9.0")
+    settled(deploys, clock, "1.0.0")
+    handed_off(deploys, "2.0.0")
+    clock.advance(hours=3)
+    abandon_stale(deploys)  # 2.0.0's outcome is unknown: it may well be live
+
+    back = deploys.request("rollback", "hook", "staging", None, ALICE)
+
+    assert (back.from_version, back.version) == ("2.0.0", "1.0.0")
+
+
+def test_a_process_that_stops_mid_trigger_leaves_the_request_holding_the_lock_until_the_report(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploys, store = hooked
+    first = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(first.id, BOB).start
+    answered, meanwhile = ci.answer, {}
+
+    class Slow(tuple):  # the trigger is in flight when another process takes this one for dead
+        def __iter__(self):  # noqa: ANN204
+            monkeypatch.setattr("bot.ops.runner.is_live", lambda _id: False)
+            meanwhile["recovered"] = after_crash(store, clock).recover_interrupted()
+            monkeypatch.undo()
+            meanwhile["row"] = store.deploy_row(first.id)
+            with pytest.raises(PermissionDenied, match="whose pipeline is deploying it"):
+                deploys.request("deploy", "hook", "staging", "2.0.1", GINA)
+            return iter(answered)
+
+    ci.answer = Slow(answered)
+    ended = deploys.execute(first.id)
+
+    assert meanwhile["recovered"] == [] and meanwhile["row"]["status"] == "awaiting_ci"
+    assert "whether the pipeline started is unknown" in meanwhile["row"]["note"]
+    assert (ended.status, ended.note) == ("awaiting_ci", "") and "HTTP 202" in ended.log_tail  # now it is known
+    assert store.lock_holder("hook", "staging") == first.id
+    assert actions(store).count("deploy.handed_off") == 1
+
+
+def test_no_report_in_time_frees_the_lock_for_the_next_request_without_the_sweep(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    rid = handed_off(deploys)
+    clock.advance(hours=2, minutes=1)  # stale_ci_hours is 2; only `opsbot serve` sweeps
+
+    deploys.request("deploy", "hook", "staging", "2.0.1", ALICE)
+
+    assert store.deploy_row(rid)["status"] == "abandoned" and actions(store)[-2] == "deploy.abandoned"
+
+
+def test_an_abandoned_rollback_is_audited_as_a_rollback(hooked: tuple[DeployService, Store], clock: Clock) -> None:
+    deploys, store = hooked
+    settled(deploys, clock, "0.9.0")
+    settled(deploys, clock, "1.0.0")
+    back = deploys.request("rollback", "hook", "staging", "0.9.0", ALICE)
+    assert deploys.approve(back.id, BOB).start
+    assert deploys.execute(back.id).status == "awaiting_ci"
+    clock.advance(hours=3)
+
+    abandon_stale(deploys)
+
+    assert actions(store)[-1] == "rollback.abandoned"
+
+
+def test_abandoning_is_said_in_the_requests_thread_and_the_deploys_channel(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    said: list[tuple[str, str, str]] = []
+
+    class Web:
+        def post(self, channel: str, text: str, blocks: object = None, **more: object) -> None:
+            said.append(("post", channel, text))
+
+        def update(self, channel: str, text: str, blocks: object = None, **more: object) -> None:
+            said.append(("update", channel, text))
+
+    deploys.announcer = SlackAnnouncer(Web())
+    rid = handed_off(deploys)
+    with store.transaction():
+        store.update_deploy(rid, channel="C0OPS0001", message_ts="1700000000.000100")
+    said.clear()
+    clock.advance(hours=3)
+
+    abandon_stale(deploys)
+
+    posts = [text for kind, _, text in said if kind == "post"]
+    assert len(posts) == 1 and "no report from its pipeline" in posts[0] and "outcome is unknown" in posts[0]
+    assert any(kind == "update" and "Abandoned" in text for kind, _, text in said)  # the run's thread message
+
+
+def test_a_report_before_the_triggers_answer_keeps_that_answer(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer
+) -> None:
+    deploys, store = hooked
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    answered = ci.answer
+
+    class Fast(tuple):
+        def __iter__(self):  # noqa: ANN204
+            report(deploys, "succeeded", request.id)
+            return iter(answered)
+
+    ci.answer = Fast(answered)
+
+    ended = deploys.execute(request.id)
+
+    assert ended.status == "succeeded" and "HTTP 202" in ended.log_tail
+
+
+def test_serve_warns_when_the_reports_its_services_wait_for_cannot_arrive(
+    hooked: tuple[DeployService, Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    from bot.cli.slack import _warn_unheard_reports
+
+    class Runtime:
+        def deploys(self) -> DeployService:
+            return hooked[0]
+
+    with caplog.at_level(logging.WARNING, logger="bot.cli.slack"):
+        _warn_unheard_reports(Runtime(), hooks_served=True)
+        assert caplog.records == []
+        _warn_unheard_reports(Runtime(), hooks_served=False)
+
+    (warned,) = caplog.records
+    assert "services=hook wait for their pipeline's report" in warned.getMessage()
+    assert "OPSBOT_HOOK_SECRET" in warned.getMessage()

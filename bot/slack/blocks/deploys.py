@@ -114,10 +114,10 @@ def status_text(request: DeployRequest, view: RequestView) -> str:
     if request.status == "running":
         return f":hourglass_flowing_sand: *Running* since {slack_time(request.started_at)} · approved by {approved}."
     if request.status == "awaiting_ci":
+        taken = f"{escape(request.note)};" if request.note else "the pipeline took the trigger and is deploying;"
         return (
-            f"{ICONS['awaiting_ci']} *Handed to CI*: the pipeline took the trigger and is deploying; this "
-            f"{request.kind} holds {escape(request.service)} {escape(request.env)} until the pipeline reports how it "
-            f"went · approved by {approved}."
+            f"{ICONS['awaiting_ci']} *Handed to CI*: {taken} this {request.kind} holds {escape(request.service)} "
+            f"{escape(request.env)} until the pipeline reports how it went · approved by {approved}."
         )
     if request.status == "abandoned":
         return (
