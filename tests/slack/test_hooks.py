@@ -402,7 +402,9 @@ def test_a_pipeline_that_reports_back_holds_the_lock_until_its_report_settles_th
     posted = request(slack, slack_api, runtime, "hook-api 2.0.0 staging")
     click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
     rid = posted.request_id
-    handed = eventually(lambda: runtime.store.deploy_row(rid), lambda r: r["status"] != "running", timeout=15)
+    handed = eventually(
+        lambda: runtime.store.deploy_row(rid), lambda r: r["status"] not in ("pending", "running"), timeout=15
+    )
     assert (handed["status"], handed["finished_at"], trigger.paths) == ("awaiting_ci", None, ["/api/deploy"])
     update_showing(slack_api, posted.ts, "Handed to CI")
     assert runtime.store.lock_holder("hook-api", "staging") == rid
