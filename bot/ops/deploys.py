@@ -43,6 +43,8 @@ class DeployService(DeployRules):
     ) -> DeployRequest:
         """Validate everything, then record a pending request holding the service/env lock."""
         config, environment = self._service_env(service, env, version, kind, typed=True)
+        with self.store.transaction():  # first: what it ends (a pipeline that never reported) decides the versions
+            self._expire_locked_if_due(service, env)
         note = ""
         if kind == "rollback":
             if config.rollback is None and config.deploy is None:
@@ -85,7 +87,7 @@ class DeployService(DeployRules):
             note=note,
         )
         with self.store.transaction():
-            self._expire_locked_if_due(service, env)
+            self._expire_locked_if_due(service, env)  # again: time went on
             holder = self.store.take_lock(service, env, request_id, requester)
             if holder is not None:
                 held = self.store.deploy_row(holder)
@@ -213,6 +215,18 @@ class DeployService(DeployRules):
             "approval, or for the report of the pipeline it triggered, can be withdrawn."
         )
 
+    def show_withdrawn(self) -> list[str]:
+        """Show in Slack the requests `opsbot withdraw` changed (it writes to the database alone): a withdrawn request's
+        message loses its buttons, an abandoned one says its outcome is unknown. Each once (audited as ``shown``);
+        their ids."""
+        with self.store.transaction():
+            shown = self.store.withdrawn_unshown()
+            for request_id in shown:
+                request = self._get_locked(request_id)
+                self.announce("abandoned" if request.status == "abandoned" else "current", request_id)
+                self.store.audit("opsbot", f"{request.kind}.shown", request_id, status=request.status)
+        return shown
+
     def show_as_it_stands(self, request_id: str) -> None:
         """Have the announcer show the request as it stands now (a message that missed a change made elsewhere)."""
         with self.store.transaction():
@@ -276,7 +290,7 @@ class DeployService(DeployRules):
             orphaned = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
             deploy_runner.stop_orphans([(row["id"], row["runner_pid"]) for row in orphaned])  # before they are marked
             for row in orphaned:
-                if self.awaits_report(row["kind"], row["service"]):
+                if row["triggered_at"] and self.awaits_report(row["kind"], row["service"]):
                     self._hand_off_unknown(row)
                     continue
                 reason = "its opsbot process stopped before it finished (queued or running)"
@@ -290,13 +304,12 @@ class DeployService(DeployRules):
         return [self.get(i) for i in interrupted]
 
     def _hand_off_unknown(self, row: dict) -> None:
-        """A request whose process stopped while it may have triggered a pipeline that reports back: it waits for that
+        """A request whose process stopped after it sent the trigger of a pipeline that reports back: it waits for that
         report, holding its lock, as if the trigger was taken. The pipeline may be deploying: ending the request
-        would let another deploy start beside it. If no report comes, the stale sweep or `opsbot withdraw` ends it."""
-        note = (
-            "its opsbot process stopped while it triggered the pipeline, so whether the pipeline started is unknown; "
-            f"if it did not, `opsbot withdraw {row['id']}` releases the lock"
-        )
+        would let another deploy start beside it. If no report comes, the stale sweep or `opsbot withdraw` ends it.
+        (One whose process stopped before the trigger went out is interrupted: nothing can have started.)"""
+        unknown = deploy_runner.unknown_start(row["id"])
+        note = f"its opsbot process stopped while it triggered the pipeline, so {unknown}"
         if self.store.transition(row["id"], "running", "awaiting_ci", note=note, lease_until=None):
             self.store.audit("opsbot", f"{row['kind']}.handed_off", row["id"], reason=note, owner=row["owner"])
             self.announce("handed-off", row["id"])

@@ -221,10 +221,14 @@ def merged_outages(spans: list[Outage]) -> list[Outage]:
 
 def finished_changes(store: Store, env: str, now: datetime, since: datetime | None = None) -> list[dict]:
     """Every deploy and rollback of ``env`` finished by ``now`` (and not before ``since``, give or take the days
-    time zones make), oldest first, with ``_finished`` parsed."""
+    time zones make), oldest first, with ``_finished`` parsed. A request abandoned while its pipeline deployed is
+    placed at its trigger, when it may have deployed, not hours later when opsbot stopped waiting for it."""
     rows = store.finished_deploys(env, since_day=(since - timedelta(days=2)).date().isoformat() if since else None)
     for r in rows:
-        r["_finished"] = moment(r["finished_at"])
+        handed = r["status"] == "abandoned" and r.get("source") != "ci"
+        r["_finished"] = moment(
+            (r.get("triggered_at") or r["started_at"] or r["finished_at"]) if handed else r["finished_at"]
+        )
     return sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])
 
 

@@ -62,6 +62,7 @@ class DeployRequest:
     flags: tuple[str, ...] = ()  # what was wrong about it, e.g. a CI deploy during a freeze
     note: str = ""  # why it was cancelled
     emergency: str = ""  # the open incident whose emergency rule let this rollback go with fewer approvals
+    triggered_at: str = ""  # when a webhook runner sent its trigger
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -83,6 +84,7 @@ class DeployRequest:
             "owner",
             "note",
             "emergency",
+            "triggered_at",
         ):
             data[key] = data.get(key) or ""
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
@@ -197,6 +199,7 @@ def new_row(request_id: str, **fields: object) -> dict:
         "flags": "[]",
         "note": "",
         "emergency": "",
+        "triggered_at": "",
     }
     unknown = set(fields) - set(row)
     if unknown:

@@ -207,13 +207,40 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
             log.error("deploy not started id=%s service=%s error=%s", request_id, request.service, why)
             return _finish(deploys, request, "failed", None, why, note=why)
         secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
+        note = ""
         if runner.kind == "webhook":
+            if not _mark_triggered(deploys, request_id):
+                log.warning("deploy not triggered id=%s: no longer running in this process", request_id)
+                return deploys.get(request_id)
             status, exit_code, lines = _trigger_webhook(runner, data, secrets)
-            if status == "succeeded" and runner.await_report:  # the pipeline deploys now, and will say how it went
+            if status == UNANSWERED:
+                status, note = ("awaiting_ci", unknown_start(request_id)) if runner.await_report else ("failed", "")
+            elif status == "succeeded" and runner.await_report:  # the pipeline deploys now, and will say how it went
                 status = "awaiting_ci"
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
-        return _finish(deploys, request, status, exit_code, _tail(lines))
+        return _finish(deploys, request, status, exit_code, _tail(lines), note=note)
+
+
+UNANSWERED = "unanswered"  # a trigger sent whose answer never came: CI may or may not have taken it
+
+
+def unknown_start(request_id: str) -> str:
+    """The note of a request whose pipeline may or may not have started."""
+    return f"whether the pipeline started is unknown; if it did not, `opsbot withdraw {request_id}` releases the lock"
+
+
+def _mark_triggered(deploys: DeployService, request_id: str) -> bool:
+    """Record that the trigger goes out now; False when the request no longer runs in this process (then it must
+    not go out: another process took this one for dead and ended the request)."""
+    now = deploys.clock().astimezone(UTC).isoformat(timespec="seconds")
+    while True:
+        try:
+            with deploys.store.transaction():
+                return deploys.store.mark_triggered(request_id, deploys.owner, now)
+        except sqlite3.Error as exc:  # a full disk: nothing was sent yet, so waiting is safe
+            log.error("could not record the trigger of deploy id=%s error=%s; retrying", request_id, exc)
+            time.sleep(RETRY_MAX_S / 10)
 
 
 def _tail(lines: list[str]) -> str:
@@ -248,6 +275,10 @@ def _finish(
         try:
             with deploys.store.transaction():
                 before = deploys.store.deploy_row(request.id)
+                was = before["status"] if before else ""
+                if handed_off and was in ("interrupted", "abandoned") and not _retake_lock(deploys, request, tail):
+                    recorded = False
+                    break
                 recorded = deploys.store.finish_run(
                     request.id,
                     deploys.owner,
@@ -258,7 +289,6 @@ def _finish(
                     note=note,
                     lease_until=None,
                 )
-                was = before["status"] if before else ""
                 if recorded and handed_off:
                     _handed_off(deploys, request, was, exit_code)
                 elif not recorded and handed_off and before and not before["log_tail"]:
@@ -293,13 +323,22 @@ def _finish(
     return deploys.get(request.id)
 
 
+def _retake_lock(deploys: DeployService, request: DeployRequest, tail: str) -> bool:
+    """A trigger taken after the request was given up on (interrupted by an opsbot older than await_report, or
+    abandoned): its pipeline deploys after all, so the request waits for it again, holding the lock, unless another
+    request holds it by now. Then it stays as it is, the answer kept, and the audit says so (False)."""
+    holder = deploys.store.take_lock(request.service, request.env, request.id, request.requester)
+    if holder is None or holder == request.id:
+        return True
+    log.warning("deploy id=%s was triggered after it was given up on, while %s holds its lock", request.id, holder)
+    deploys.store.update_deploy(request.id, log_tail=tail)
+    deploys.store.audit("opsbot", f"{request.kind}.triggered_late", request.id, lock_holder=holder)
+    deploys.announce("trigger-answered", request.id)
+    return False
+
+
 def _handed_off(deploys: DeployService, request: DeployRequest, was: str, exit_code: int | None) -> None:
     """The trigger was taken: the request waits for its pipeline's report, holding the lock."""
-    if was == "interrupted":  # the lock went with the interruption (an opsbot older than await_report): retake it
-        holder = deploys.store.take_lock(request.service, request.env, request.id, request.requester)
-        if holder is not None:
-            log.warning("handed-off deploy id=%s cannot hold its lock: %s holds it", request.id, holder)
-            deploys.store.audit("opsbot", f"{request.kind}.lock_lost", request.id, holder=holder)
     if was != "awaiting_ci":  # recovered after a stop, it was handed off already: this is the trigger's answer
         deploys.store.audit("opsbot", f"{request.kind}.handed_off", request.id, exit_code=exit_code)
     deploys.announce("handed-off", request.id)
@@ -526,8 +565,10 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
             )
             return "failed", None, [scrub(why, secrets)]
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
-    except Exception as exc:  # noqa: BLE001 - any failure to trigger is the deploy's failure, reported in full
+    except urllib.error.URLError as exc:  # raised while connecting or sending: the request never reached CI whole
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
+    except Exception as exc:  # noqa: BLE001 - sent, but no answer (a timeout, a reset): CI may have taken it
+        return UNANSWERED, None, [scrub(f"sent the trigger to {shown}, but no answer came: {exc!r}", secrets)]
 
 
 def _kill_group(process: subprocess.Popen) -> None:

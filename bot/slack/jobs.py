@@ -28,6 +28,8 @@ def sweep_expired(runtime: Runtime) -> list[DeployRequest]:
     swept = deploys.expire_due() + abandon_stale(deploys) + deploys.recover_interrupted()
     for request in swept:
         log.info("deploy %s id=%s service=%s env=%s", request.status, request.id, request.service, request.env)
+    for request_id in deploys.show_withdrawn():  # what `opsbot withdraw` changed, shown in its message
+        log.info("deploy withdrawn from the command line shown id=%s", request_id)
     return swept
 
 

@@ -17,7 +17,13 @@ class DeployStore(StoreBase):
     DEPLOY_COLUMNS = (
         "id, kind, service, env, version, from_version, requester, status, approvals_needed, created_at, "
         "expires_at, started_at, finished_at, channel, message_ts, exit_code, log_tail, source, commit_sha, "
-        "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note, emergency"
+        "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note, emergency, triggered_at"
+    )
+
+    # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger
+    RAN_AT = (
+        "CASE WHEN status = 'abandoned' AND source != 'ci' "
+        "THEN COALESCE(NULLIF(triggered_at, ''), started_at) ELSE finished_at END"
     )
 
     def insert_deploy(self, row: dict) -> None:
@@ -68,12 +74,12 @@ class DeployStore(StoreBase):
 
     def runs_started_after(self, service: str, env: str, started_at: str, exclude: str) -> list[dict]:
         """Deploys and rollbacks of a service and environment that started to run after ``started_at`` (ISO UTC):
-        running or ended, but not cancelled (approved, stopped before it ran) nor abandoned (a CI start with no
-        end); ``exclude`` is left out."""
+        running or ended, but not cancelled (approved, stopped before it ran) nor a CI start abandoned with no end (a
+        request abandoned while its pipeline deployed counts: it may have run); ``exclude`` is left out."""
         return self._rows(
             "service = ? AND env = ? AND id != ? AND started_at > ? "
-            "AND status IN ('running', 'overlapping', 'awaiting_ci', 'succeeded', 'failed', 'timed_out', "
-            "'interrupted')",
+            "AND (status IN ('running', 'overlapping', 'awaiting_ci', 'succeeded', 'failed', 'timed_out', "
+            "'interrupted') OR (status = 'abandoned' AND source != 'ci'))",
             [service, env, exclude, started_at],
         )
 
@@ -87,14 +93,16 @@ class DeployStore(StoreBase):
         )
 
     def newest_finished_run(self, service: str, env: str) -> dict | None:
-        """The run that finished last, whatever its outcome (one cancelled before it started never ran; a request
-        abandoned while its pipeline deployed may have run, a CI deploy abandoned for lack of a finish counts not)."""
+        """The run that finished last, whatever its outcome (one cancelled before it started never ran). A deploy
+        abandoned while its pipeline deployed may have run, and counts as of its trigger (it was abandoned hours
+        later); an abandoned rollback is left out (what it rolled back from may still run), as is a CI deploy
+        abandoned for lack of a finish."""
         rows = self._rows(
             "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL "
             "AND (status IN ('succeeded', 'failed', 'timed_out', 'interrupted') "
-            "OR (status = 'abandoned' AND source != 'ci'))",
+            "OR (status = 'abandoned' AND source != 'ci' AND kind = 'deploy'))",
             [service, env],
-            order="finished_at DESC, id",
+            order=f"{self.RAN_AT} DESC, id",
             limit=1,
         )
         return rows[0] if rows else None
@@ -108,7 +116,26 @@ class DeployStore(StoreBase):
 
     def awaiting_reports_started_before(self, before: str) -> list[dict]:
         """Requests whose webhook's pipeline was triggered before ``before`` (ISO UTC) and has not reported since."""
-        return self._rows("status = 'awaiting_ci' AND started_at < ?", [before])
+        return self._rows("status = 'awaiting_ci' AND COALESCE(NULLIF(triggered_at, ''), started_at) < ?", [before])
+
+    def withdrawn_unshown(self) -> list[str]:
+        """Requests withdrawn from the command line whose Slack message has not shown it yet (no ``.shown`` audit row
+        after the withdrawal), oldest first."""
+        cur = self.db.execute(
+            "SELECT a.request_id FROM audit a WHERE a.action LIKE '%.withdrawn' AND a.actor LIKE 'cli:%' "
+            "AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.request_id = a.request_id AND b.id > a.id "
+            "AND b.action LIKE '%.shown') ORDER BY a.id"
+        )
+        return list(dict.fromkeys(r[0] for r in cur.fetchall()))
+
+    def mark_triggered(self, request_id: str, owner: str, at: str) -> bool:
+        """Record that a webhook's trigger is sent now, if the request still runs under ``owner``."""
+        self._require_transaction()
+        cur = self.db.execute(
+            "UPDATE deploy_requests SET triggered_at = ? WHERE id = ? AND owner = ? AND status = 'running'",
+            [at, request_id, owner],
+        )
+        return cur.rowcount == 1
 
     def open_ci_runs(self, service: str, env: str, version: str) -> list[dict]:
         """CI deploys of this version a finish event may close: running, or given up for lack of a finish."""
@@ -144,12 +171,13 @@ class DeployStore(StoreBase):
 
     def finish_run(self, request_id: str, owner: str, to_status: str, **fields: object) -> bool:
         """Record a run's outcome: running, or interrupted meanwhile by another process while this owner lived on, or
-        handed to CI by that process (a webhook whose pipeline reports back) before its trigger was answered."""
+        handed to CI by that process (a webhook whose pipeline reports back) before its trigger was answered, or
+        abandoned since (its answer tells whether the pipeline started after all)."""
         self._require_transaction()
         sets = ", ".join(["status = ?", *(f"{k} = ?" for k in fields)])
         cur = self.db.execute(
             f"UPDATE deploy_requests SET {sets} WHERE id = ? AND owner = ? "
-            "AND status IN ('running', 'interrupted', 'awaiting_ci')",
+            "AND status IN ('running', 'interrupted', 'awaiting_ci', 'abandoned')",
             [to_status, *fields.values(), request_id, owner],
         )
         return cur.rowcount == 1

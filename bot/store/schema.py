@@ -358,3 +358,12 @@ def m018_feedback_model(db: Database) -> None:
     # The model a vote's question vector is by: a bot still on the previous model after `opsbot index` with a new
     # one records votes by the old model, which the next index run embeds again. "" for votes from before.
     db["feedback"].add_column("model", str, not_null_default="")
+
+
+@migrations()
+def m019_deploy_triggered(db: Database) -> None:
+    # When a webhook runner sent its trigger (ISO UTC, "" before): a request whose process stopped after it may have
+    # started a pipeline, one whose process stopped before it never did.
+    db["deploy_requests"].add_column("triggered_at", str, not_null_default="")
+    # A request's audit rows, read by the sweep that shows in Slack what `opsbot withdraw` changed.
+    db["audit"].create_index(["request_id"], if_not_exists=True)

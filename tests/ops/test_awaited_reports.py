@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
@@ -14,6 +15,7 @@ import pytest
 
 from bot.answers.indexer import index_knowledge
 from bot.errors import PermissionDenied
+from bot.ops import runner
 from bot.ops.ci_deploys import abandon_stale, record_ci_event
 from bot.ops.ci_events import EventProblem, parse_event
 from bot.ops.deploys import DeployService
@@ -50,6 +52,12 @@ services:
       staging: {{approvals: 1, approvers: [web]}}
     deploy:
       webhook: {{url: "http://127.0.0.1:{ci.server_port}/run", body: {{id: "{{request_id}}"}}, await_report: true}}
+  slow:
+    environments:
+      staging: {{approvals: 1, approvers: [web]}}
+    deploy:
+      webhook: {{url: "http://127.0.0.1:{ci.server_port}/run", body: {{id: "{{request_id}}"}}, await_report: true}}
+      timeout: 1
 """
     store = Store(tmp_path / "hook.db")
     report = index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "k", services))
@@ -192,13 +200,39 @@ def test_a_report_on_a_request_whose_process_stopped_mid_trigger_settles_it_and_
 ) -> None:
     deploys, store = hooked
     request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start  # and the process died before its trigger was answered
+    assert deploys.approve(request.id, BOB).start
+    with store.transaction():  # the trigger went out, and the process died before its answer came
+        assert store.mark_triggered(request.id, deploys.owner, clock.now.isoformat())
     assert after_crash(store, clock).recover_interrupted() == []
     assert store.deploy_row(request.id)["status"] == "awaiting_ci"  # the pipeline may be deploying: wait for it
 
     settled = report(deploys, "succeeded", request.id)
 
     assert settled.request.status == "succeeded" and deploys.current_version("hook", "staging") == "2.0.0"
+    assert store.lock_holder("hook", "staging") is None
+
+
+def test_a_request_whose_process_stalled_before_its_trigger_went_out_is_interrupted_and_never_sent(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploys, store = hooked
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    recovered = []
+    body = runner.webhook_body
+
+    def stalled(*args: object) -> dict:  # the worker stalls as it prepares the body; another process takes it for dead
+        with monkeypatch.context() as m:
+            m.setattr(runner, "is_live", lambda _id: False)
+            recovered.extend(after_crash(store, clock).recover_interrupted())
+        return body(*args)
+
+    monkeypatch.setattr(runner, "webhook_body", stalled)
+
+    ended = deploys.execute(request.id)
+
+    assert [r.status for r in recovered] == ["interrupted"] and ended.status == "interrupted"
+    assert ci.bodies == [] and store.deploy_row(request.id)["triggered_at"] == ""  # nothing went out
     assert store.lock_holder("hook", "staging") is None
 
 
@@ -359,5 +393,117 @@ def test_serve_warns_when_the_reports_its_services_wait_for_cannot_arrive(
         _warn_unheard_reports(Runtime(), hooks_served=False)
 
     (warned,) = caplog.records
-    assert "services=hook wait for their pipeline's report" in warned.getMessage()
+    assert "services=hook,slow wait for their pipeline's report" in warned.getMessage()
     assert "OPSBOT_HOOK_SECRET" in warned.getMessage()
+
+
+def test_after_an_abandoned_rollback_the_next_rollback_still_leaves_the_current_version(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    settled(deploys, clock, "1.0.0")
+    settled(deploys, clock, "2.0.0")
+    back = deploys.request("rollback", "hook", "staging", "1.0.0", ALICE)
+    assert deploys.approve(back.id, BOB).start and deploys.execute(back.id).status == "awaiting_ci"
+    clock.advance(hours=3)
+    abandon_stale(deploys)  # a rollback that may have run leaves 2.0.0 or 1.0.0: the choice stays the people's
+
+    again = deploys.request("rollback", "hook", "staging", None, ALICE)
+
+    assert (again.from_version, again.version) == ("2.0.0", "1.0.0")
+
+
+def test_a_pipeline_overdue_when_a_rollback_is_asked_is_given_up_on_before_the_versions_are_chosen(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    settled(deploys, clock, "0.9.0")
+    settled(deploys, clock, "1.0.0")
+    rid = handed_off(deploys, "2.0.0")
+    clock.advance(hours=3)  # no sweep ran (`opsbot shell`)
+
+    named = deploys.request("rollback", "hook", "staging", "1.0.0", ALICE)  # not "what hook already runs"
+
+    assert store.deploy_row(rid)["status"] == "abandoned" and (named.from_version, named.version) == ("2.0.0", "1.0.0")
+
+
+def test_a_late_report_after_a_later_abandoned_request_is_refused(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    first = handed_off(deploys, "2.0.0")
+    clock.advance(hours=3)
+    abandon_stale(deploys)
+    handed_off(deploys, "2.1.0")
+    clock.advance(hours=3)
+    abandon_stale(deploys)  # 2.1.0 may be what runs now
+
+    with pytest.raises(EventProblem, match=r"\(deploy of 2.1.0\) ran in hook staging after"):
+        report(deploys, "succeeded", first)
+    assert deploys.current_version("hook", "staging") is None
+
+
+def test_a_ci_rollback_while_the_pipeline_was_awaited_counts_after_it_not_when_opsbot_gave_up(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    settled(deploys, clock, "1.0.0")
+    handed_off(deploys, "2.0.0")
+    clock.advance(minutes=30)
+    body = {"event_id": "rb-1", "service": "hook", "env": "staging", "version": "1.0.0", "status": "rolled_back"}
+    record_ci_event(deploys, parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments()))
+    clock.advance(hours=3)
+    abandon_stale(deploys)  # hours after the rollback that undid it
+
+    assert deploys.failed_version("hook", "staging") is None  # the rollback to 1.0.0 came after 2.0.0
+    figures = dora(store, "hook", "staging", now=clock.now)
+    assert (figures.changes, figures.failed_changes) == (1, 0)  # 1.0.0 was not undone
+
+
+def test_a_trigger_answered_after_the_request_was_given_up_on_says_what_became_of_it(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploys, store = hooked
+    outcomes = []
+    for version, answer in (("2.0.0", (500, {}, "pipeline disabled")), ("2.0.1", (202, {}, "queued"))):
+        request = deploys.request("deploy", "hook", "staging", version, ALICE)
+        assert deploys.approve(request.id, BOB).start
+
+        class Slow(tuple):  # while the trigger waits for its answer, the process is taken for dead, then withdrawn
+            def __iter__(self, rid: str = request.id):  # noqa: ANN204
+                with monkeypatch.context() as m:
+                    m.setattr(runner, "is_live", lambda _id: False)
+                    assert after_crash(store, clock).recover_interrupted() == []
+                assert deploys.withdraw(rid, "cli:ops").status == "abandoned"
+                return iter(self.answer)
+
+        Slow.answer = answer
+        ci.answer = Slow(answer)
+        outcomes.append(deploys.execute(request.id))
+        clock.advance(minutes=5)
+
+    failed, taken = outcomes
+    assert failed.status == "failed" and "HTTP Error 500" in failed.log_tail  # nothing started: a definite failure
+    assert taken.status == "awaiting_ci" and taken.note == ""  # it did start: waited for again, with the lock
+    assert store.lock_holder("hook", "staging") == taken.id
+
+
+def test_a_trigger_whose_answer_never_comes_is_handed_off_as_unknown(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer
+) -> None:
+    deploys, store = hooked
+    answered = ci.answer
+
+    class Hung(tuple):
+        def __iter__(self):  # noqa: ANN204
+            time.sleep(1.5)  # past the runner's timeout of 1 s: CI got the POST, opsbot got no answer
+            return iter(answered)
+
+    ci.answer = Hung(answered)
+    request = deploys.request("deploy", "slow", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    ended = deploys.execute(request.id)
+
+    assert ended.status == "awaiting_ci" and "whether the pipeline started is unknown" in ended.note
+    assert "no answer came" in ended.log_tail and store.lock_holder("slow", "staging") == request.id

@@ -356,6 +356,24 @@ def test_a_click_on_a_request_withdrawn_from_the_command_line_shows_it_and_runs_
     assert status(runtime, posted.request_id) == "rejected"
 
 
+def test_the_sweep_shows_a_withdrawal_made_from_the_command_line_once_without_a_click(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
+) -> None:
+    posted = request(slack, slack_api, runtime, "checkout-api 1.4.2 staging")
+    DeployService.from_store(runtime.store, clock=clock).withdraw(posted.request_id, "cli:alice", "wrong version")
+
+    assert sweep_expired(runtime) == []  # nothing expired: the withdrawal is shown all the same
+
+    shown_now = update_showing(slack_api, posted.ts, "*Withdrawn from the command line by alice*; nothing ran.")
+    assert not deploy_buttons(shown_now.body) and "Why: wrong version" in shown(shown_now.body)
+    assert slack.web.wait_idle(10)
+    updates = len(slack_api.calls("chat.update"))
+    sweep_expired(runtime)
+    assert slack.web.wait_idle(10) and len(slack_api.calls("chat.update")) == updates  # once
+    shown_rows = [r for r in runtime.store.audit_rows() if r["action"] == "deploy.shown"]
+    assert [r["request_id"] for r in shown_rows] == [posted.request_id]
+
+
 def test_an_unapproved_request_expires_its_message_says_so_and_approving_it_later_is_explained(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
 ) -> None:
