@@ -215,14 +215,17 @@ class DeployService(DeployRules):
             "approval, or for the report of the pipeline it triggered, can be withdrawn."
         )
 
-    def show_withdrawn(self) -> list[str]:
+    def show_withdrawn(self, elsewhere: tuple[str, ...] = ()) -> list[str]:
         """Show in Slack the requests `opsbot withdraw` changed (it writes to the database alone): a withdrawn request's
         message loses its buttons, an abandoned one says its outcome is unknown. Each once (audited as ``shown``);
-        their ids."""
+        their ids. Requests made in the ``elsewhere`` channels (`opsbot shell`'s) have no message here to show."""
         with self.store.transaction():
-            shown = self.store.withdrawn_unshown()
-            for request_id in shown:
+            shown = []
+            for request_id in self.store.withdrawn_unshown():
                 request = self._get_locked(request_id)
+                if request.channel in elsewhere:
+                    continue
+                shown.append(request_id)
                 self.announce("abandoned" if request.status == "abandoned" else "current", request_id)
                 self.store.audit("opsbot", f"{request.kind}.shown", request_id, status=request.status)
         return shown
@@ -290,7 +293,11 @@ class DeployService(DeployRules):
             orphaned = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
             deploy_runner.stop_orphans([(row["id"], row["runner_pid"]) for row in orphaned])  # before they are marked
             for row in orphaned:
-                if row["triggered_at"] and self.awaits_report(row["kind"], row["service"]):
+                runner = self.runner_of(row["kind"], row["service"])
+                if runner is not None and runner.kind == "webhook" and not row["triggered_at"]:
+                    self._cancel_untriggered(row)
+                    continue
+                if runner is not None and runner.kind == "webhook" and runner.await_report:
                     self._hand_off_unknown(row)
                     continue
                 reason = "its opsbot process stopped before it finished (queued or running)"
@@ -302,6 +309,15 @@ class DeployService(DeployRules):
                     self.announce("interrupted", row["id"])
                     interrupted.append(row["id"])
         return [self.get(i) for i in interrupted]
+
+    def _cancel_untriggered(self, row: dict) -> None:
+        """A webhook request whose process stopped before its trigger went out: nothing can have started, so it is
+        cancelled, not interrupted (which says it may be half rolled out); a stalled process will not send it."""
+        note = "not started: its opsbot process stopped before it sent the trigger, so nothing was sent."
+        if self.store.transition(row["id"], "running", "cancelled", finished_at=_iso(self.clock()), note=note):
+            self.store.release_lock(row["id"])
+            self.store.audit("opsbot", f"{row['kind']}.finished", row["id"], status="cancelled", reason=note)
+            self.announce("finished", row["id"])
 
     def _hand_off_unknown(self, row: dict) -> None:
         """A request whose process stopped after it sent the trigger of a pipeline that reports back: it waits for that

@@ -13,6 +13,7 @@ database takes it.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import os
@@ -213,16 +214,19 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
                 log.warning("deploy not triggered id=%s: no longer running in this process", request_id)
                 return deploys.get(request_id)
             status, exit_code, lines = _trigger_webhook(runner, data, secrets)
-            if status == UNANSWERED:
+            unanswered = status == UNANSWERED
+            if unanswered:
                 status, note = ("awaiting_ci", unknown_start(request_id)) if runner.await_report else ("failed", "")
             elif status == "succeeded" and runner.await_report:  # the pipeline deploys now, and will say how it went
                 status = "awaiting_ci"
         else:
             status, exit_code, lines = _run_command(deploys, runner, argv, request, progress, secrets)
-        return _finish(deploys, request, status, exit_code, _tail(lines), note=note)
+            unanswered = False
+        return _finish(deploys, request, status, exit_code, _tail(lines), note=note, unanswered=unanswered)
 
 
 UNANSWERED = "unanswered"  # a trigger sent whose answer never came: CI may or may not have taken it
+GATEWAY_GAVE_UP = (502, 504)  # a proxy's answer that it passed the trigger on and heard nothing back
 
 
 def unknown_start(request_id: str) -> str:
@@ -259,12 +263,19 @@ def _cut(line: str, unread: int = 0) -> str:
 
 
 def _finish(
-    deploys: DeployService, request: DeployRequest, status: str, exit_code: int | None, tail: str, note: str = ""
+    deploys: DeployService,
+    request: DeployRequest,
+    status: str,
+    exit_code: int | None,
+    tail: str,
+    note: str = "",
+    unanswered: bool = False,
 ) -> DeployRequest:
     """Record the outcome, release the lock and audit it; a failing write is retried until the database takes it.
 
     ``awaiting_ci``: a webhook's pipeline took the trigger and will report the outcome, so the request has not
     finished and keeps the lock (``ci_deploys`` settles it when the report comes, ``abandon_stale`` if none does).
+    ``unanswered``: the trigger was sent and no answer came.
     """
     pause = 0.5
     attempt = 0
@@ -276,9 +287,13 @@ def _finish(
             with deploys.store.transaction():
                 before = deploys.store.deploy_row(request.id)
                 was = before["status"] if before else ""
-                if handed_off and was in ("interrupted", "abandoned") and not _retake_lock(deploys, request, tail):
-                    recorded = False
-                    break
+                if before and was in ("interrupted", "abandoned") and before["triggered_at"]:
+                    # a webhook's answer after the request was given up on
+                    if _keep_given_up(deploys, request, before, status, tail, unanswered):
+                        recorded = False
+                        break
+                    if not handed_off:  # the trigger's outcome dates from when it was sent
+                        finished_at = before["triggered_at"]
                 recorded = deploys.store.finish_run(
                     request.id,
                     deploys.owner,
@@ -323,18 +338,28 @@ def _finish(
     return deploys.get(request.id)
 
 
-def _retake_lock(deploys: DeployService, request: DeployRequest, tail: str) -> bool:
-    """A trigger taken after the request was given up on (interrupted by an opsbot older than await_report, or
-    abandoned): its pipeline deploys after all, so the request waits for it again, holding the lock, unless another
-    request holds it by now. Then it stays as it is, the answer kept, and the audit says so (False)."""
-    holder = deploys.store.take_lock(request.service, request.env, request.id, request.requester)
-    if holder is None or holder == request.id:
-        return True
-    log.warning("deploy id=%s was triggered after it was given up on, while %s holds its lock", request.id, holder)
+def _keep_given_up(
+    deploys: DeployService, request: DeployRequest, row: dict, status: str, tail: str, unanswered: bool
+) -> bool:
+    """Whether a webhook's answer that came after its request was given up on (interrupted, abandoned) leaves the
+    request as it is: when no answer came after all (nothing new is known), when another run of the service has
+    started since (what runs now is that run's), or when the trigger was taken but another request holds the lock
+    by now. Then only the answer is kept, audited. Otherwise the answer settles it: an error fails it, an accepted
+    trigger makes it wait for its pipeline again, the lock retaken."""
+    later = deploys.store.runs_started_after(request.service, request.env, row["started_at"] or "", request.id)
+    holder = None
+    if not unanswered and not later and status == "awaiting_ci":
+        holder = deploys.store.take_lock(request.service, request.env, request.id, request.requester)
+        if holder == request.id:
+            holder = None
+    if not (unanswered or later or holder):
+        return False
+    why = "no answer came" if unanswered else f"{later[0]['id']} ran since" if later else f"{holder} holds the lock"
+    log.warning("deploy id=%s answered after it was given up on; left as it was: %s", request.id, why)
     deploys.store.update_deploy(request.id, log_tail=tail)
-    deploys.store.audit("opsbot", f"{request.kind}.triggered_late", request.id, lock_holder=holder)
+    deploys.store.audit("opsbot", f"{request.kind}.answered_late", request.id, answer=status, left_as_is=why)
     deploys.announce("trigger-answered", request.id)
-    return False
+    return True
 
 
 def _handed_off(deploys: DeployService, request: DeployRequest, was: str, exit_code: int | None) -> None:
@@ -555,6 +580,8 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
             output = f"triggered {shown}: HTTP {response.status}\n{text}"
             return "succeeded", 0, scrub(output, secrets).splitlines()  # at once: a key spans lines
     except urllib.error.HTTPError as exc:
+        if exc.code in GATEWAY_GAVE_UP:  # a proxy passed the trigger on and got no answer: CI may have taken it
+            return UNANSWERED, None, [scrub(f"sent the trigger to {shown}; its gateway answered {exc}", secrets)]
         if 300 <= exc.code < 400:
             location = exc.headers.get("Location")
             where = public_url(urllib.parse.urljoin(runner.url, location)) if location else "no address"
@@ -567,8 +594,12 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
     except urllib.error.URLError as exc:  # raised while connecting or sending: the request never reached CI whole
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
-    except Exception as exc:  # noqa: BLE001 - sent, but no answer (a timeout, a reset): CI may have taken it
+    except http.client.InvalidURL as exc:  # refused before connecting (a port that is not a number)
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:  # sent, no answer: CI may have taken it
         return UNANSWERED, None, [scrub(f"sent the trigger to {shown}, but no answer came: {exc!r}", secrets)]
+    except Exception as exc:  # noqa: BLE001 - anything else (a header or URL http.client refuses) stops it before it goes
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
 
 
 def _kill_group(process: subprocess.Popen) -> None:

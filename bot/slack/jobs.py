@@ -14,6 +14,7 @@ from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
 from bot.services import Digest
 from bot.slack.blocks.digest import build_digest_blocks
+from bot.slack.local.shell_dispatch import COMMAND_CHANNEL, DM_CHANNEL
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def sweep_expired(runtime: Runtime) -> list[DeployRequest]:
     swept = deploys.expire_due() + abandon_stale(deploys) + deploys.recover_interrupted()
     for request in swept:
         log.info("deploy %s id=%s service=%s env=%s", request.status, request.id, request.service, request.env)
-    for request_id in deploys.show_withdrawn():  # what `opsbot withdraw` changed, shown in its message
+    for request_id in deploys.show_withdrawn(elsewhere=(COMMAND_CHANNEL, DM_CHANNEL)):  # what `opsbot withdraw` did
         log.info("deploy withdrawn from the command line shown id=%s", request_id)
     return swept
 

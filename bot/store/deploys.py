@@ -122,9 +122,9 @@ class DeployStore(StoreBase):
         """Requests withdrawn from the command line whose Slack message has not shown it yet (no ``.shown`` audit row
         after the withdrawal), oldest first."""
         cur = self.db.execute(
-            "SELECT a.request_id FROM audit a WHERE a.action LIKE '%.withdrawn' AND a.actor LIKE 'cli:%' "
-            "AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.request_id = a.request_id AND b.id > a.id "
-            "AND b.action LIKE '%.shown') ORDER BY a.id"
+            "SELECT a.request_id FROM audit a WHERE a.action IN ('deploy.withdrawn', 'rollback.withdrawn') "
+            "AND a.actor LIKE 'cli:%' AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.request_id = a.request_id "
+            "AND b.id > a.id AND b.action IN ('deploy.shown', 'rollback.shown')) ORDER BY a.id"
         )
         return list(dict.fromkeys(r[0] for r in cur.fetchall()))
 

@@ -365,5 +365,14 @@ def m019_deploy_triggered(db: Database) -> None:
     # When a webhook runner sent its trigger (ISO UTC, "" before): a request whose process stopped after it may have
     # started a pipeline, one whose process stopped before it never did.
     db["deploy_requests"].add_column("triggered_at", str, not_null_default="")
-    # A request's audit rows, read by the sweep that shows in Slack what `opsbot withdraw` changed.
+    # A run in flight across the upgrade may have sent its trigger: counted as sent, as before.
+    db.execute("UPDATE deploy_requests SET triggered_at = started_at WHERE status = 'running' AND started_at != ''")
+    # The sweep shows in Slack what `opsbot withdraw` changed, once: by action, then by request. Withdrawals made
+    # before it existed are not shown again (their messages were shown at a click, or are long gone).
+    db["audit"].create_index(["action"], if_not_exists=True)
     db["audit"].create_index(["request_id"], if_not_exists=True)
+    db.execute(
+        "INSERT INTO audit (at, actor, action, request_id, details) SELECT at, 'opsbot', "
+        "replace(action, '.withdrawn', '.shown'), request_id, '{\"before_upgrade\": true}' FROM audit "
+        "WHERE action IN ('deploy.withdrawn', 'rollback.withdrawn')"
+    )

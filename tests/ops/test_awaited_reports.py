@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +20,7 @@ from bot.ops.ci_deploys import abandon_stale, record_ci_event
 from bot.ops.ci_events import EventProblem, parse_event
 from bot.ops.deploys import DeployService
 from bot.ops.metrics import dora
+from bot.ops.requests import DeployRequest
 from bot.slack.deploy_posts import SlackAnnouncer
 from bot.store import Store
 from tests.conftest import FakeEncoder
@@ -212,7 +213,7 @@ def test_a_report_on_a_request_whose_process_stopped_mid_trigger_settles_it_and_
     assert store.lock_holder("hook", "staging") is None
 
 
-def test_a_request_whose_process_stalled_before_its_trigger_went_out_is_interrupted_and_never_sent(
+def test_a_request_whose_process_stalled_before_its_trigger_went_out_is_cancelled_and_never_sent(
     hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deploys, store = hooked
@@ -231,9 +232,10 @@ def test_a_request_whose_process_stalled_before_its_trigger_went_out_is_interrup
 
     ended = deploys.execute(request.id)
 
-    assert [r.status for r in recovered] == ["interrupted"] and ended.status == "interrupted"
+    assert recovered == [] and ended.status == "cancelled"  # not interrupted: nothing can have started
+    assert "stopped before it sent the trigger, so nothing was sent" in ended.note
     assert ci.bodies == [] and store.deploy_row(request.id)["triggered_at"] == ""  # nothing went out
-    assert store.lock_holder("hook", "staging") is None
+    assert store.lock_holder("hook", "staging") is None and deploys.failed_version("hook", "staging") is None
 
 
 def settled(deploys: DeployService, clock: Clock, version: str) -> str:
@@ -507,3 +509,125 @@ def test_a_trigger_whose_answer_never_comes_is_handed_off_as_unknown(
 
     assert ended.status == "awaiting_ci" and "whether the pipeline started is unknown" in ended.note
     assert "no answer came" in ended.log_tail and store.lock_holder("slow", "staging") == request.id
+
+
+def test_a_trigger_that_never_left_fails_at_once(hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer) -> None:
+    deploys, store = hooked
+    configs = store.service_configs()
+    configs["hook"]["deploy"]["webhook"] |= {"url": "http://127.0.0.1:80x/run"}  # a port http.client refuses
+    with store.transaction():
+        store.replace_services(configs)
+    deploys = DeployService.from_store(store, clock=deploys.clock)
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    ended = deploys.execute(request.id)
+
+    assert ended.status == "failed" and "could not trigger" in ended.log_tail and ci.bodies == []
+    assert store.lock_holder("hook", "staging") is None
+
+
+def test_a_gateway_that_timed_out_behind_a_proxy_leaves_the_start_unknown(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer
+) -> None:
+    deploys, store = hooked
+    ci.answer = (504, {}, "upstream timed out")
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    ended = deploys.execute(request.id)
+
+    assert ended.status == "awaiting_ci" and "whether the pipeline started is unknown" in ended.note
+    assert "gateway answered HTTP Error 504" in ended.log_tail and store.lock_holder("hook", "staging") == request.id
+
+
+def given_up_mid_trigger(
+    deploys: DeployService,
+    store: Store,
+    clock: Clock,
+    ci: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: Callable[[], object] = lambda: None,
+    service: str = "hook",
+) -> DeployRequest:
+    """Request 2.0.0 of ``service`` and run it; while its trigger waits for CI's 202, another process takes this one
+    for dead and an admin withdraws it, then ``meanwhile`` runs."""
+    request = deploys.request("deploy", service, "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    answer = ci.answer
+
+    class Slow(tuple):
+        def __iter__(self):  # noqa: ANN204
+            ci.answer = answer  # what runs meanwhile is answered at once
+            with monkeypatch.context() as m:
+                m.setattr(runner, "is_live", lambda _id: False)
+                assert after_crash(store, clock).recover_interrupted() == []
+            assert deploys.withdraw(request.id, "cli:ops").status == "abandoned"
+            meanwhile()
+            return iter(answer)
+
+    ci.answer = Slow(answer)
+    try:
+        return deploys.execute(request.id)
+    finally:
+        ci.answer = answer
+
+
+def test_an_answer_after_the_request_was_given_up_on_leaves_it_when_nothing_new_is_known_or_another_ran_since(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploys, store = hooked
+    unanswered = given_up_mid_trigger(deploys, store, clock, ci, monkeypatch, lambda: time.sleep(1.5), service="slow")
+    assert unanswered.status == "abandoned" and store.lock_holder("slow", "staging") is None  # the withdrawal stands
+    assert "no answer came" in unanswered.log_tail
+
+    def deploy_another() -> None:
+        clock.advance(minutes=5)
+        settled(deploys, clock, "2.1.0")
+
+    ran_since = given_up_mid_trigger(deploys, store, clock, ci, monkeypatch, deploy_another)
+    assert ran_since.status == "abandoned" and deploys.current_version("hook", "staging") == "2.1.0"
+    assert store.lock_holder("hook", "staging") is None and "HTTP 202" in ran_since.log_tail
+    assert actions(store)[-1] == "deploy.answered_late"
+
+
+def test_an_older_database_counts_a_run_in_flight_as_triggered_and_its_past_withdrawals_as_shown(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    withdrawn = deploys.request("deploy", "hook", "staging", "1.0.0", ALICE)
+    deploys.withdraw(withdrawn.id, "cli:ops")
+    running = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(running.id, BOB).start  # its process died mid-trigger under the older opsbot
+    # Back to how the older opsbot left the database: no trigger times, no shown withdrawals, m019 not applied.
+    store.db.execute("ALTER TABLE deploy_requests DROP COLUMN triggered_at")
+    store.db.execute("DELETE FROM audit WHERE action LIKE '%.shown'")
+    store.db.execute("DROP INDEX IF EXISTS idx_audit_action")
+    store.db.execute("DROP INDEX IF EXISTS idx_audit_request_id")
+    store.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm019_deploy_triggered'")
+    store.db.conn.commit()
+    path = store.path
+    store.close()
+
+    reopened = Store(path)
+    try:
+        again = DeployService.from_store(reopened, clock=clock)
+        assert reopened.deploy_row(running.id)["triggered_at"] == reopened.deploy_row(running.id)["started_at"]
+        assert after_crash(reopened, clock).recover_interrupted() == []  # handed off, as before the upgrade
+        assert reopened.deploy_row(running.id)["status"] == "awaiting_ci"
+        assert again.show_withdrawn() == []  # withdrawn before the upgrade: not posted again
+    finally:
+        reopened.close()
+
+
+def test_withdrawals_of_requests_made_in_the_shell_are_not_shown_in_a_workspace(
+    hooked: tuple[DeployService, Store],
+) -> None:
+    deploys, store = hooked
+    shell = deploys.request("deploy", "hook", "staging", "1.0.0", ALICE, channel="CSHELL001")
+    deploys.withdraw(shell.id, "cli:ops")
+    slack = deploys.request("deploy", "hook", "staging", "1.0.1", ALICE, channel="C0OPS0001")
+    deploys.withdraw(slack.id, "cli:ops")
+
+    assert deploys.show_withdrawn(elsewhere=("CSHELL001", "DSHELL001")) == [slack.id]
+    assert deploys.show_withdrawn(elsewhere=("CSHELL001", "DSHELL001")) == []  # once
