@@ -208,6 +208,13 @@ class DeployRules:
             return None
         return config.rollback if kind == "rollback" and config.rollback else config.deploy
 
+    def runner_kind(self, kind: str, service: str) -> str:
+        """What runs such a request now, as recorded at its approval: command, webhook or webhook-report."""
+        runner = self.runner_of(kind, service)
+        if runner is None:
+            return ""
+        return "webhook-report" if runner.kind == "webhook" and runner.await_report else runner.kind
+
     def awaits_report(self, kind: str, service: str) -> bool:
         """Whether such a request runs a webhook whose pipeline reports its outcome back (``await_report``)."""
         runner = self.runner_of(kind, service)

@@ -166,7 +166,13 @@ class DeployService(DeployRules):
                 return Decision(request, "recorded", f"approved, but it cannot start: {why}")
             lease = self.lease_clock() + deploy_runner.LEASE_S
             started = self.store.transition(
-                request_id, "pending", "running", started_at=_iso(self.clock()), owner=self.owner, lease_until=lease
+                request_id,
+                "pending",
+                "running",
+                started_at=_iso(self.clock()),
+                owner=self.owner,
+                lease_until=lease,
+                runner_kind=self.runner_kind(request.kind, request.service),
             )
             if not started:
                 return Decision(self._get_locked(request_id), "closed", "this request was already started.")
@@ -223,7 +229,10 @@ class DeployService(DeployRules):
             shown = []
             for request_id in self.store.withdrawn_unshown():
                 request = self._get_locked(request_id)
-                if request.channel in elsewhere:
+                if request.channel in elsewhere:  # marked all the same, so it is not read again at every sweep
+                    self.store.audit(
+                        "opsbot", f"{request.kind}.shown", request_id, status=request.status, elsewhere=True
+                    )
                     continue
                 shown.append(request_id)
                 self.announce("abandoned" if request.status == "abandoned" else "current", request_id)
@@ -293,11 +302,12 @@ class DeployService(DeployRules):
             orphaned = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
             deploy_runner.stop_orphans([(row["id"], row["runner_pid"]) for row in orphaned])  # before they are marked
             for row in orphaned:
-                runner = self.runner_of(row["kind"], row["service"])
-                if runner is not None and runner.kind == "webhook" and not row["triggered_at"]:
+                # what the row says it runs, not services.yaml now; "" (an older opsbot's): interrupted, as before
+                webhook = row["runner_kind"] in ("webhook", "webhook-report")
+                if webhook and not row["triggered_at"]:
                     self._cancel_untriggered(row)
                     continue
-                if runner is not None and runner.kind == "webhook" and runner.await_report:
+                if row["runner_kind"] == "webhook-report":
                     self._hand_off_unknown(row)
                     continue
                 reason = "its opsbot process stopped before it finished (queued or running)"

@@ -63,6 +63,7 @@ class DeployRequest:
     note: str = ""  # why it was cancelled
     emergency: str = ""  # the open incident whose emergency rule let this rollback go with fewer approvals
     triggered_at: str = ""  # when a webhook runner sent its trigger
+    runner_kind: str = ""  # what runs it, as approved: command, webhook or webhook-report
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -85,6 +86,7 @@ class DeployRequest:
             "note",
             "emergency",
             "triggered_at",
+            "runner_kind",
         ):
             data[key] = data.get(key) or ""
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
@@ -200,6 +202,7 @@ def new_row(request_id: str, **fields: object) -> dict:
         "note": "",
         "emergency": "",
         "triggered_at": "",
+        "runner_kind": "",
     }
     unknown = set(fields) - set(row)
     if unknown:

@@ -198,6 +198,12 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
         raise InvalidRequest(f"{request_id} is run by another opsbot process ({request.owner}).")
     with _kept(deploys, request_id):
         why = deploys.start_check(request)
+        now_kind = deploys.runner_kind(request.kind, request.service)
+        if why is None and request.runner_kind and request.runner_kind != now_kind:
+            why = (
+                f"services.yaml changed what runs it since it was approved ({request.runner_kind}, now "
+                f"{now_kind or 'nothing'}); request it again."
+            )
         if why is not None:
             return _finish(deploys, request, "cancelled", None, "", note=f"not started: {why}")
         try:
@@ -287,18 +293,19 @@ def _finish(
             with deploys.store.transaction():
                 before = deploys.store.deploy_row(request.id)
                 was = before["status"] if before else ""
+                ended_at = finished_at
                 if before and was in ("interrupted", "abandoned") and before["triggered_at"]:
                     # a webhook's answer after the request was given up on
                     if _keep_given_up(deploys, request, before, status, tail, unanswered):
                         recorded = False
                         break
                     if not handed_off:  # the trigger's outcome dates from when it was sent
-                        finished_at = before["triggered_at"]
+                        ended_at = before["triggered_at"]
                 recorded = deploys.store.finish_run(
                     request.id,
                     deploys.owner,
                     status,
-                    finished_at=finished_at,
+                    finished_at=ended_at,
                     exit_code=exit_code,
                     log_tail=tail,
                     note=note,
@@ -576,7 +583,10 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
             url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         req = urllib.request.Request(url, data=data, headers=headers, method="POST")
         with _webhook_opener.open(req, timeout=runner.timeout) as response:
-            text = response.read(4000).decode("utf-8", "replace")
+            try:
+                text = response.read(4000).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException) as exc:  # CI took it (the status came); its page did not
+                text = f"(the answer's body could not be read: {exc!r})"
             output = f"triggered {shown}: HTTP {response.status}\n{text}"
             return "succeeded", 0, scrub(output, secrets).splitlines()  # at once: a key spans lines
     except urllib.error.HTTPError as exc:
@@ -596,9 +606,9 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
     except http.client.InvalidURL as exc:  # refused before connecting (a port that is not a number)
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:  # sent, no answer: CI may have taken it
+    except (OSError, http.client.HTTPException) as exc:  # after sending (urllib wraps errors before): CI may have it
         return UNANSWERED, None, [scrub(f"sent the trigger to {shown}, but no answer came: {exc!r}", secrets)]
-    except Exception as exc:  # noqa: BLE001 - anything else (a header or URL http.client refuses) stops it before it goes
+    except Exception as exc:  # noqa: BLE001 - anything else (a header value http.client refuses) stops it before it goes
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
 
 

@@ -17,7 +17,8 @@ class DeployStore(StoreBase):
     DEPLOY_COLUMNS = (
         "id, kind, service, env, version, from_version, requester, status, approvals_needed, created_at, "
         "expires_at, started_at, finished_at, channel, message_ts, exit_code, log_tail, source, commit_sha, "
-        "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note, emergency, triggered_at"
+        "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note, emergency, triggered_at, "
+        "runner_kind"
     )
 
     # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger

@@ -365,8 +365,9 @@ def m019_deploy_triggered(db: Database) -> None:
     # When a webhook runner sent its trigger (ISO UTC, "" before): a request whose process stopped after it may have
     # started a pipeline, one whose process stopped before it never did.
     db["deploy_requests"].add_column("triggered_at", str, not_null_default="")
-    # A run in flight across the upgrade may have sent its trigger: counted as sent, as before.
-    db.execute("UPDATE deploy_requests SET triggered_at = started_at WHERE status = 'running' AND started_at != ''")
+    # What runs an approved request, recorded at the approval: command, webhook or webhook-report (one whose pipeline
+    # reports back). "" for requests approved by an older opsbot (its runs in flight are interrupted, as before).
+    db["deploy_requests"].add_column("runner_kind", str, not_null_default="")
     # The sweep shows in Slack what `opsbot withdraw` changed, once: by action, then by request. Withdrawals made
     # before it existed are not shown again (their messages were shown at a click, or are long gone).
     db["audit"].create_index(["action"], if_not_exists=True)

@@ -3,8 +3,12 @@ trigger until the pipeline's report settles it, survives a restart, and is aband
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -591,16 +595,17 @@ def test_an_answer_after_the_request_was_given_up_on_leaves_it_when_nothing_new_
     assert actions(store)[-1] == "deploy.answered_late"
 
 
-def test_an_older_database_counts_a_run_in_flight_as_triggered_and_its_past_withdrawals_as_shown(
+def test_an_older_database_interrupts_a_run_in_flight_as_before_and_does_not_show_past_withdrawals_again(
     hooked: tuple[DeployService, Store], clock: Clock
 ) -> None:
     deploys, store = hooked
     withdrawn = deploys.request("deploy", "hook", "staging", "1.0.0", ALICE)
     deploys.withdraw(withdrawn.id, "cli:ops")
     running = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
-    assert deploys.approve(running.id, BOB).start  # its process died mid-trigger under the older opsbot
-    # Back to how the older opsbot left the database: no trigger times, no shown withdrawals, m019 not applied.
+    assert deploys.approve(running.id, BOB).start  # approved by the older opsbot, which then died
+    # Back to how the older opsbot left the database: m019 not applied, nothing it adds.
     store.db.execute("ALTER TABLE deploy_requests DROP COLUMN triggered_at")
+    store.db.execute("ALTER TABLE deploy_requests DROP COLUMN runner_kind")
     store.db.execute("DELETE FROM audit WHERE action LIKE '%.shown'")
     store.db.execute("DROP INDEX IF EXISTS idx_audit_action")
     store.db.execute("DROP INDEX IF EXISTS idx_audit_request_id")
@@ -612,12 +617,29 @@ def test_an_older_database_counts_a_run_in_flight_as_triggered_and_its_past_with
     reopened = Store(path)
     try:
         again = DeployService.from_store(reopened, clock=clock)
-        assert reopened.deploy_row(running.id)["triggered_at"] == reopened.deploy_row(running.id)["started_at"]
-        assert after_crash(reopened, clock).recover_interrupted() == []  # handed off, as before the upgrade
-        assert reopened.deploy_row(running.id)["status"] == "awaiting_ci"
+        (interrupted,) = after_crash(reopened, clock).recover_interrupted()  # it knew no await_report: as before
+        assert interrupted.id == running.id and interrupted.status == "interrupted"
         assert again.show_withdrawn() == []  # withdrawn before the upgrade: not posted again
     finally:
         reopened.close()
+
+
+def test_what_runs_a_request_is_the_one_approved(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, clock: Clock
+) -> None:
+    deploys, store = hooked
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    assert store.deploy_row(request.id)["runner_kind"] == "webhook-report"
+    configs = store.service_configs()
+    del configs["hook"]["deploy"]["webhook"]["await_report"]  # changed before the run began
+    with store.transaction():
+        store.replace_services(configs)
+
+    ended = DeployService.from_store(store, clock=clock).execute(request.id)
+
+    assert ended.status == "cancelled" and "changed what runs it since it was approved" in ended.note
+    assert ci.bodies == [] and store.lock_holder("hook", "staging") is None
 
 
 def test_withdrawals_of_requests_made_in_the_shell_are_not_shown_in_a_workspace(
@@ -631,3 +653,48 @@ def test_withdrawals_of_requests_made_in_the_shell_are_not_shown_in_a_workspace(
 
     assert deploys.show_withdrawn(elsewhere=("CSHELL001", "DSHELL001")) == [slack.id]
     assert deploys.show_withdrawn(elsewhere=("CSHELL001", "DSHELL001")) == []  # once
+
+
+def test_an_error_after_the_trigger_went_out_leaves_the_start_unknown(
+    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploys, store = hooked
+    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    def unreachable(self: http.client.HTTPConnection) -> None:  # as an ssl alert or EHOSTUNREACH on the read
+        raise OSError(errno.EHOSTUNREACH, "No route to host")
+
+    monkeypatch.setattr(http.client.HTTPConnection, "getresponse", unreachable)
+    ended = deploys.execute(request.id)
+
+    assert ci.bodies == [{"id": request.id}] and ended.status == "awaiting_ci"  # it went out whole
+    assert "whether the pipeline started is unknown" in ended.note
+
+
+def test_an_accepted_trigger_whose_page_never_finishes_is_handed_off(hooked: tuple[DeployService, Store]) -> None:
+    deploys, store = hooked
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def stall() -> None:  # answers 202 with a body it never finishes
+        conn, _ = listener.accept()
+        got.append(conn.recv(65536))
+        conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 100\r\n\r\nqueu")
+        time.sleep(2)
+        conn.close()
+
+    threading.Thread(target=stall, daemon=True).start()
+    configs = store.service_configs()
+    configs["slow"]["deploy"]["webhook"]["url"] = f"http://127.0.0.1:{listener.getsockname()[1]}/run"
+    with store.transaction():
+        store.replace_services(configs)
+    deploys = DeployService.from_store(store, clock=deploys.clock)
+    request = deploys.request("deploy", "slow", "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    ended = deploys.execute(request.id)
+    listener.close()
+
+    assert got and ended.status == "awaiting_ci" and ended.note == ""  # CI took it: the status line said so
+    assert "HTTP 202" in ended.log_tail and "body could not be read" in ended.log_tail
