@@ -6,7 +6,11 @@ drives ``DeployService`` with a clock it controls. Registered in tests/conftest.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -152,3 +156,46 @@ def ci_row(request_id: str, status: str) -> dict:
         source="ci",
         commit_sha="abc1234",
     )
+
+
+class Received(BaseHTTPRequestHandler):
+    """Keeps every request (method, path, headers, body); answers what the server's ``answer`` says."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        self.server.bodies.append(json.loads(body))  # type: ignore[attr-defined]
+        status, headers, text = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(text.encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>Please sign in</html>")
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+def serve() -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Received)
+    server.bodies = []  # type: ignore[attr-defined]
+    server.seen = []  # type: ignore[attr-defined]
+    server.answer = (202, {}, "queued")  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def ci() -> Iterator[ThreadingHTTPServer]:
+    """A CI system's trigger endpoint on loopback, keeping every request it was sent."""
+    server = serve()
+    yield server
+    server.shutdown()
+    server.server_close()

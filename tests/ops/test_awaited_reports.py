@@ -30,15 +30,6 @@ from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.fakes import Clock
 from tests.ops.fixtures import ALICE, BOB, GINA, actions, after_crash, make_knowledge
-from tests.ops.test_webhook_runner import serve
-
-
-@pytest.fixture
-def ci() -> Iterator[ThreadingHTTPServer]:
-    server = serve()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -184,7 +175,7 @@ def test_a_report_that_comes_before_the_triggers_answer_settles_it_and_the_run_l
     ended = deploys.execute(request.id)
 
     assert sent[0].action == "reported" and ended.status == "failed"  # the run's answer did not overwrite it
-    assert store.lock_holder("hook", "staging") is None
+    assert store.lock_holder("hook", "staging") is None and "HTTP 202" in ended.log_tail  # yet it is kept
     assert "deploy.handed_off" not in actions(store) and actions(store)[-1] == "deploy.reported"
 
 
@@ -364,26 +355,6 @@ def test_abandoning_is_said_in_the_requests_thread_and_the_deploys_channel(
     assert any(kind == "update" and "Abandoned" in text for kind, _, text in said)  # the run's thread message
 
 
-def test_a_report_before_the_triggers_answer_keeps_that_answer(
-    hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer
-) -> None:
-    deploys, store = hooked
-    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
-    answered = ci.answer
-
-    class Fast(tuple):
-        def __iter__(self):  # noqa: ANN204
-            report(deploys, "succeeded", request.id)
-            return iter(answered)
-
-    ci.answer = Fast(answered)
-
-    ended = deploys.execute(request.id)
-
-    assert ended.status == "succeeded" and "HTTP 202" in ended.log_tail
-
-
 def test_serve_warns_when_the_reports_its_services_wait_for_cannot_arrive(
     hooked: tuple[DeployService, Store], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -515,15 +486,21 @@ def test_a_trigger_whose_answer_never_comes_is_handed_off_as_unknown(
     assert "no answer came" in ended.log_tail and store.lock_holder("slow", "staging") == request.id
 
 
+def approved_at(deploys: DeployService, service: str, url: str) -> tuple[DeployService, DeployRequest]:
+    """Point ``service``'s webhook at ``url``; a deploy service that reads it, and an approved request of 2.0.0."""
+    configs = deploys.store.service_configs()
+    configs[service]["deploy"]["webhook"]["url"] = url
+    with deploys.store.transaction():
+        deploys.store.replace_services(configs)
+    deploys = DeployService.from_store(deploys.store, clock=deploys.clock)
+    request = deploys.request("deploy", service, "staging", "2.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    return deploys, request
+
+
 def test_a_trigger_that_never_left_fails_at_once(hooked: tuple[DeployService, Store], ci: ThreadingHTTPServer) -> None:
     deploys, store = hooked
-    configs = store.service_configs()
-    configs["hook"]["deploy"]["webhook"] |= {"url": "http://127.0.0.1:80x/run"}  # a port http.client refuses
-    with store.transaction():
-        store.replace_services(configs)
-    deploys = DeployService.from_store(store, clock=deploys.clock)
-    request = deploys.request("deploy", "hook", "staging", "2.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, request = approved_at(deploys, "hook", "http://127.0.0.1:80x/run")  # a port http.client refuses
 
     ended = deploys.execute(request.id)
 
@@ -685,13 +662,7 @@ def test_an_accepted_trigger_whose_page_never_finishes_is_handed_off(hooked: tup
         conn.close()
 
     threading.Thread(target=stall, daemon=True).start()
-    configs = store.service_configs()
-    configs["slow"]["deploy"]["webhook"]["url"] = f"http://127.0.0.1:{listener.getsockname()[1]}/run"
-    with store.transaction():
-        store.replace_services(configs)
-    deploys = DeployService.from_store(store, clock=deploys.clock)
-    request = deploys.request("deploy", "slow", "staging", "2.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, request = approved_at(deploys, "slow", f"http://127.0.0.1:{listener.getsockname()[1]}/run")
 
     ended = deploys.execute(request.id)
     listener.close()
