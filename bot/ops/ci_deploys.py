@@ -229,8 +229,12 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
         return rid, "reported"
     # A pipeline that reports back settles its request: after the trigger was taken, or before opsbot recorded the
     # answer to it (a fast pipeline, or a process that stopped meanwhile); the run's own finish, if it still comes,
-    # then finds the request settled and leaves it so.
-    unrecorded = row["status"] in ("running", "interrupted") and deploys.awaits_report(kind, row["service"])
+    # then finds the request settled and leaves it so. What runs the request was recorded at its approval;
+    # services.yaml now only speaks for a request that an older opsbot approved.
+    awaited = (
+        row["runner_kind"] == "webhook-report" if row["runner_kind"] else deploys.awaits_report(kind, row["service"])
+    )
+    unrecorded = row["status"] in ("running", "interrupted") and awaited
     if row["status"] == "awaiting_ci" or unrecorded:
         if row["status"] == "interrupted":  # its lock went with the interruption: others may have run since
             _refuse_after_later_run(store, row)

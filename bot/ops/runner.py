@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -538,7 +539,38 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_webhook_opener = urllib.request.build_opener(_NoRedirect)
+_sent = threading.local()  # whether this thread's trigger request was written out whole
+
+
+class _Sent:
+    """A connection that notes when its request has been written out whole: an error before that reached nobody (a
+    proxy's bad answer to CONNECT, a refused header), one after it may come after CI took the trigger."""
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        _sent.done = True
+
+
+class _SentHTTPConnection(_Sent, http.client.HTTPConnection):
+    pass
+
+
+class _SentHTTPSConnection(_Sent, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_SentHTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        more = {"check_hostname": self._check_hostname} if hasattr(self, "_check_hostname") else {}  # Python 3.11
+        return self.do_open(_SentHTTPSConnection, req, context=self._context, **more)
+
+
+_webhook_opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler, _HTTPSHandler)
 
 
 def public_url(url: str) -> str:
@@ -582,6 +614,7 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
             headers.setdefault("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
             url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        _sent.done = False
         with _webhook_opener.open(req, timeout=runner.timeout) as response:
             try:
                 text = response.read(4000).decode("utf-8", "replace")
@@ -606,10 +639,18 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
     except http.client.InvalidURL as exc:  # refused before connecting (a port that is not a number)
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
-    except (OSError, http.client.HTTPException) as exc:  # after sending (urllib wraps errors before): CI may have it
-        return UNANSWERED, None, [scrub(f"sent the trigger to {shown}, but no answer came: {exc!r}", secrets)]
+    except (OSError, http.client.HTTPException) as exc:
+        if getattr(_sent, "done", False) and not _refused_by_tls(exc):  # it went out whole: CI may have taken it
+            return UNANSWERED, None, [scrub(f"sent the trigger to {shown}, but no answer came: {exc!r}", secrets)]
+        return "failed", None, [scrub(f"could not trigger {shown}: {exc!r}", secrets)]
     except Exception as exc:  # noqa: BLE001 - anything else (a header value http.client refuses) stops it before it goes
         return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
+
+
+def _refused_by_tls(exc: BaseException) -> bool:
+    """A TLS alert from the server (TLS 1.3 checks a client certificate after the request is written): the
+    connection was refused, so nothing reached CI."""
+    return isinstance(exc, ssl.SSLError) and "ALERT" in str(getattr(exc, "reason", "") or "")
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import ThreadingHTTPServer
@@ -669,3 +670,49 @@ def test_an_accepted_trigger_whose_page_never_finishes_is_handed_off(hooked: tup
 
     assert got and ended.status == "awaiting_ci" and ended.note == ""  # CI took it: the status line said so
     assert "HTTP 202" in ended.log_tail and "body could not be read" in ended.log_tail
+
+
+def test_a_proxy_that_garbles_the_tunnel_fails_the_trigger_since_nothing_reached_ci(
+    hooked: tuple[DeployService, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploys, store = hooked
+    proxy = socket.create_server(("127.0.0.1", 0))
+
+    def garble() -> None:  # answers CONNECT with what is not HTTP
+        conn, _ = proxy.accept()
+        conn.recv(65536)
+        conn.sendall(b"garbage\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=garble, daemon=True).start()
+    via = urllib.request.ProxyHandler({"https": f"http://127.0.0.1:{proxy.getsockname()[1]}"})
+    opener = urllib.request.build_opener(via, runner._NoRedirect, runner._HTTPHandler, runner._HTTPSHandler)
+    monkeypatch.setattr(runner, "_webhook_opener", opener)
+    deploys, request = approved_at(deploys, "hook", "https://ci.invalid/run")
+
+    ended = deploys.execute(request.id)
+    proxy.close()
+
+    assert ended.status == "failed" and "BadStatusLine" in ended.log_tail
+    assert store.lock_holder("hook", "staging") is None
+
+
+def test_a_report_naming_a_command_run_is_refused_though_services_yaml_now_awaits_reports(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    deploys, store = hooked
+    configs = store.service_configs()
+    hook = configs["hook"]["deploy"]
+    configs["hook"]["deploy"] = {"command": ["true"]}
+    with store.transaction():
+        store.replace_services(configs)
+    commands = DeployService.from_store(store, clock=clock)
+    request = commands.request("deploy", "hook", "staging", "2.0.0", ALICE)
+    assert commands.approve(request.id, BOB).start  # its command runs now
+    configs["hook"]["deploy"] = hook  # and services.yaml moves to a pipeline that reports back
+    with store.transaction():
+        store.replace_services(configs)
+
+    with pytest.raises(EventProblem, match="is running in opsbot: its own run's outcome is not recorded yet"):
+        report(DeployService.from_store(store, clock=clock), "succeeded", request.id)
+    assert store.lock_holder("hook", "staging") == request.id
