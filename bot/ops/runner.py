@@ -202,8 +202,8 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
         now_kind = deploys.runner_kind(request.kind, request.service)
         if why is None and request.runner_kind and request.runner_kind != now_kind:
             why = (
-                f"services.yaml changed what runs it since it was approved ({request.runner_kind}, now "
-                f"{now_kind or 'nothing'}); request it again."
+                f"services.yaml changed what runs it since it was approved ({RUNNER_WORDS.get(request.runner_kind)}, "
+                f"now {RUNNER_WORDS.get(now_kind, 'nothing')}); request it again."
             )
         if why is not None:
             return _finish(deploys, request, "cancelled", None, "", note=f"not started: {why}")
@@ -232,6 +232,7 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
         return _finish(deploys, request, status, exit_code, _tail(lines), note=note, unanswered=unanswered)
 
 
+RUNNER_WORDS = {"command": "a command", "webhook": "a webhook", "webhook-report": "a webhook that awaits its report"}
 UNANSWERED = "unanswered"  # a trigger sent whose answer never came: CI may or may not have taken it
 GATEWAY_GAVE_UP = (502, 504)  # a proxy's answer that it passed the trigger on and heard nothing back
 

@@ -617,6 +617,7 @@ def test_what_runs_a_request_is_the_one_approved(
     ended = DeployService.from_store(store, clock=clock).execute(request.id)
 
     assert ended.status == "cancelled" and "changed what runs it since it was approved" in ended.note
+    assert "(a webhook that awaits its report, now a webhook)" in ended.note
     assert ci.bodies == [] and store.lock_holder("hook", "staging") is None
 
 
