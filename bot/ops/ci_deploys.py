@@ -235,8 +235,8 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
         row["runner_kind"] == "webhook-report" if row["runner_kind"] else deploys.awaits_report(kind, row["service"])
     )
     unrecorded = row["status"] in ("running", "interrupted") and awaited
-    if row["status"] == "awaiting_ci" or unrecorded:
-        if row["status"] == "interrupted":  # its lock went with the interruption: others may have run since
+    if row["status"] in ("awaiting_ci", "abandoned") or unrecorded:
+        if row["status"] in ("interrupted", "abandoned"):  # its lock was released: others may have run since
             _refuse_after_later_run(store, row)
         return _settle(deploys, event, row, actor, now)
     if row["status"] in ("running", "interrupted"):
@@ -271,9 +271,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
         source="ci",
         event=event.event_id,
     )
-    if row["status"] == "abandoned":  # no outcome was shown before: this is its first
-        deploys.announce("settled", rid)
-    elif status != row["status"]:
+    if status != row["status"]:
         deploys.announce("reported", rid)
     return rid, "reported"
 
@@ -292,8 +290,8 @@ def _refuse_after_later_run(store: Store, row: dict) -> None:
 
 
 def _settle(deploys: DeployService, event: DeployEvent, row: dict, actor: str, now: datetime) -> tuple[str, str]:
-    """The report a request's lock waited for: the pipeline's outcome, time and commit become the request's, and
-    the service and environment are free again."""
+    """The report a request waited for (holding the lock, or given up on): the pipeline's outcome, time and commit
+    become the request's, and the service and environment are free again."""
     store = deploys.store
     rid = row["id"]
     status = "failed" if event.status == "failed" else "succeeded"
@@ -371,7 +369,6 @@ def abandon_stale(deploys: DeployService) -> list[DeployRequest]:
     """CI deploys that started and never reported an end within the configured hours, and requests whose pipeline
     never reported back within them: abandoned, lock released. A late report still settles them."""
     cutoff = _iso(deploys.clock() - timedelta(hours=deploys.settings.stale_ci_hours))
-    abandoned = []
     with deploys.store.transaction():
         stale = deploys.store.running_ci_started_before(cutoff) + deploys.store.awaiting_reports_started_before(cutoff)
         abandoned = [row["id"] for row in stale if deploys.abandon(row)]

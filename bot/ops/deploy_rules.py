@@ -217,8 +217,7 @@ class DeployRules:
 
     def awaits_report(self, kind: str, service: str) -> bool:
         """Whether such a request runs a webhook whose pipeline reports its outcome back (``await_report``)."""
-        runner = self.runner_of(kind, service)
-        return runner is not None and runner.kind == "webhook" and runner.await_report
+        return self.runner_kind(kind, service) == "webhook-report"
 
     def shown_command(self, request: DeployRequest) -> str:
         """What will run, as people read it, secrets written into services.yaml masked; "" when it no longer can."""

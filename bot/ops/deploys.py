@@ -333,7 +333,7 @@ class DeployService(DeployRules):
         """A request whose process stopped after it sent the trigger of a pipeline that reports back: it waits for that
         report, holding its lock, as if the trigger was taken. The pipeline may be deploying: ending the request
         would let another deploy start beside it. If no report comes, the stale sweep or `opsbot withdraw` ends it.
-        (One whose process stopped before the trigger went out is interrupted: nothing can have started.)"""
+        (One whose process stopped before the trigger went out is cancelled: nothing can have started.)"""
         unknown = deploy_runner.unknown_start(row["id"])
         note = f"its opsbot process stopped while it triggered the pipeline, so {unknown}"
         if self.store.transition(row["id"], "running", "awaiting_ci", note=note, lease_until=None):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from bot.models import Incident
+from bot.ops.requests import abandoned_hand_off
 from bot.store import Store
 
 # Deploys whose command ran: an interrupted one may be half rolled out. A cancelled one (approved, stopped by the
@@ -225,7 +226,7 @@ def finished_changes(store: Store, env: str, now: datetime, since: datetime | No
     placed at its trigger, when it may have deployed, not hours later when opsbot stopped waiting for it."""
     rows = store.finished_deploys(env, since_day=(since - timedelta(days=2)).date().isoformat() if since else None)
     for r in rows:
-        handed = r["status"] == "abandoned" and r.get("source") != "ci"
+        handed = abandoned_hand_off(r)
         r["_finished"] = moment(
             (r.get("triggered_at") or r["started_at"] or r["finished_at"]) if handed else r["finished_at"]
         )
@@ -315,9 +316,7 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
     undone = set()
     ran: dict[str, list[dict]] = {}
     for row in rows:
-        # a request abandoned while its pipeline deployed may have run too (a CI deploy with no finish counts not)
-        may_have_run = row["status"] in RAN or (row["status"] == "abandoned" and row.get("source") != "ci")
-        if row["kind"] == "deploy" and may_have_run:
+        if row["kind"] == "deploy" and (row["status"] in RAN or abandoned_hand_off(row)):
             ran.setdefault(row["service"], []).append(row)
             continue
         # Only a rollback that succeeded undid anything: a rejected, expired or cancelled one never ran (started_at

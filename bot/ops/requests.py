@@ -170,6 +170,12 @@ def parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def abandoned_hand_off(row: dict) -> bool:
+    """A request given up on while its pipeline deployed (no report came): unlike a CI deploy abandoned for lack of
+    a finish, it may have run."""
+    return row["status"] == "abandoned" and row.get("source") != "ci"
+
+
 def new_row(request_id: str, **fields: object) -> dict:
     """A deploy_requests row: every column, with the given values over the defaults."""
     row: dict = {

@@ -73,12 +73,7 @@ class SlackAnnouncer:
             self._finish_progress(request, deploys)
         elif event == "abandoned":  # no report came: say so where the request's people look, and in deploys
             self._finish_progress(request, deploys)
-            text = abandoned_text(request)
-            channel = deploys_channel(deploys, request)
-            if request.channel:
-                self.web.post(request.channel, text, reply_broadcast=channel == request.channel, **_thread(request))
-            if channel and channel != request.channel:
-                self.web.post(channel, text)
+            self._tell(request, deploys, abandoned_text(request))
         elif event == "settled":  # the report the lock waited for
             self._finish_progress(request, deploys)
             self._post_summary(request, deploys, reported="settled")
@@ -133,7 +128,12 @@ class SlackAnnouncer:
         """The summary in the request's thread and in the deploys channel (the service's own, if it has one)."""
         figures = deploys.figures(request.service, request.env)
         blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line(), reported)
-        text = summary_fallback_text(request)
+        self._tell(request, deploys, summary_fallback_text(request), blocks)
+
+    def _tell(
+        self, request: DeployRequest, deploys: DeployService, text: str, blocks: list[dict] | None = None
+    ) -> None:
+        """Post in the request's thread and in the deploys channel (the service's own, if it has one)."""
         channel = deploys_channel(deploys, request)
         if request.channel:
             broadcast = channel == request.channel  # one message serves both when they are the same channel

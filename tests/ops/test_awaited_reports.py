@@ -29,7 +29,7 @@ from bot.ops.requests import DeployRequest
 from bot.slack.deploy_posts import SlackAnnouncer
 from bot.store import Store
 from tests.conftest import FakeEncoder
-from tests.fakes import Clock
+from tests.fakes import Clock, eventually
 from tests.ops.fixtures import ALICE, BOB, GINA, actions, after_crash, make_knowledge
 
 
@@ -647,7 +647,9 @@ def test_an_error_after_the_trigger_went_out_leaves_the_start_unknown(
     monkeypatch.setattr(http.client.HTTPConnection, "getresponse", unreachable)
     ended = deploys.execute(request.id)
 
-    assert ci.bodies == [{"id": request.id}] and ended.status == "awaiting_ci"  # it went out whole
+    # it went out whole (the server records it in a thread of its own, unanswered: wait for it)
+    assert eventually(lambda: list(ci.bodies), lambda seen: seen) == [{"id": request.id}]
+    assert ended.status == "awaiting_ci"
     assert "whether the pipeline started is unknown" in ended.note
 
 

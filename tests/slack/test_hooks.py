@@ -21,6 +21,7 @@ from bot.ops.requests import recent_requests
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.app import create_app, create_client
+from bot.slack.jobs import sweep_expired
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.serve import HttpServer
 from bot.store import Store
@@ -431,6 +432,28 @@ def test_a_pipeline_that_reports_back_holds_the_lock_until_its_report_settles_th
     figures = dora(runtime.store, "hook-api", "staging")
     assert (figures.changes, figures.failed_changes) == (1, 1)
     request(slack, slack_api, runtime, "hook-api 2.0.1 staging")  # the lock is free again
+
+
+def test_a_pipeline_given_up_on_from_the_command_line_is_said_in_slack_and_frees_the_service(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    webhook_service(runtime, trigger, await_report=True)
+    posted = request(slack, slack_api, runtime, "hook-api 2.0.0 staging")
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    rid = posted.request_id
+    eventually(lambda: runtime.store.deploy_row(rid), lambda r: r["status"] == "awaiting_ci", timeout=15)
+    DeployService.from_store(runtime.store).withdraw(rid, "cli:alice", "pipeline hung")  # `opsbot withdraw`
+
+    sweep_expired(runtime)
+
+    said = slack_api.wait_for(
+        "chat.postMessage", count=2, predicate=lambda c: "no report from its pipeline" in shown(c.body), timeout=15
+    )
+    assert {c.body["channel"] for c in said} == {OPS, DEPLOYS} and "pipeline hung" in shown(said[0].body)
+    update_showing(slack_api, posted.ts, "No report from the pipeline")
+    assert runtime.store.lock_holder("hook-api", "staging") is None
+    late = hooks.post(hook_event("succeeded", rid))  # its report, when it comes, still settles it
+    assert late.status == 200 and late.json()["status"] == "succeeded"
 
 
 def test_notify_deploy_reports_on_a_request_by_its_id(runtime: Runtime) -> None:
