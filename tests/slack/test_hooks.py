@@ -27,7 +27,7 @@ from bot.slack.serve import HttpServer
 from bot.store import Store
 from tests.fakes import eventually
 from tests.slack.conftest import HOOK_SECRET, HookDriver, SlackDriver
-from tests.slack.test_deploy_flow import MARCUS, OPS, PRIYA, click, request, shown, summary_in, update_showing
+from tests.slack.test_deploy_flow import MARCUS, OPS, PRIYA, Posted, click, request, shown, summary_in, update_showing
 
 DEPLOYS = "C04DEPLOYS1"
 PIPELINE = "https://ci.example.com/larder/checkout-api/-/pipelines/4711"
@@ -396,16 +396,27 @@ def test_a_report_naming_a_request_it_does_not_fit_is_refused_and_changes_nothin
     assert len(runtime.store.audit_rows()) == audited and len(ci_rows(runtime)) == 1
 
 
-def test_a_pipeline_that_reports_back_holds_the_lock_until_its_report_settles_the_request(
-    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
-) -> None:
+def handed_to_ci(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, trigger: ThreadingHTTPServer
+) -> tuple[Posted, dict]:
+    """hook-api, whose pipeline reports back: 2.0.0 requested and approved in Slack; its message, and its row once
+    the run is over (its trigger answered)."""
     webhook_service(runtime, trigger, await_report=True)
     posted = request(slack, slack_api, runtime, "hook-api 2.0.0 staging")
     click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
-    rid = posted.request_id
-    handed = eventually(
-        lambda: runtime.store.deploy_row(rid), lambda r: r["status"] not in ("pending", "running"), timeout=15
+    row = eventually(
+        lambda: runtime.store.deploy_row(posted.request_id),
+        lambda r: r["status"] not in ("pending", "running"),
+        timeout=15,
     )
+    return posted, row
+
+
+def test_a_pipeline_that_reports_back_holds_the_lock_until_its_report_settles_the_request(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    posted, handed = handed_to_ci(slack, slack_api, runtime, trigger)
+    rid = posted.request_id
     assert (handed["status"], handed["finished_at"], trigger.paths) == ("awaiting_ci", None, ["/api/deploy"])
     update_showing(slack_api, posted.ts, "Handed to CI")
     assert runtime.store.lock_holder("hook-api", "staging") == rid
@@ -437,11 +448,9 @@ def test_a_pipeline_that_reports_back_holds_the_lock_until_its_report_settles_th
 def test_a_pipeline_given_up_on_from_the_command_line_is_said_in_slack_and_frees_the_service(
     slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
 ) -> None:
-    webhook_service(runtime, trigger, await_report=True)
-    posted = request(slack, slack_api, runtime, "hook-api 2.0.0 staging")
-    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    posted, handed = handed_to_ci(slack, slack_api, runtime, trigger)
     rid = posted.request_id
-    eventually(lambda: runtime.store.deploy_row(rid), lambda r: r["status"] == "awaiting_ci", timeout=15)
+    assert handed["status"] == "awaiting_ci"
     DeployService.from_store(runtime.store).withdraw(rid, "cli:alice", "pipeline hung")  # `opsbot withdraw`
 
     sweep_expired(runtime)
