@@ -3,11 +3,14 @@ trigger until the pipeline's report settles it, survives a restart, and is aband
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import json
 import logging
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import urllib.request
@@ -697,6 +700,58 @@ def test_a_proxy_that_garbles_the_tunnel_fails_the_trigger_since_nothing_reached
     proxy.close()
 
     assert ended.status == "failed" and "BadStatusLine" in ended.log_tail
+    assert store.lock_holder("hook", "staging") is None
+
+
+def test_a_server_that_refuses_the_trigger_for_want_of_a_client_certificate_fails_it(
+    hooked: tuple[DeployService, Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TLS 1.3 checks a client certificate after the client's handshake is done: the request is written out whole,
+    # then the server's alert comes where the answer would. It refused the trigger, so nothing reached CI.
+    deploys, store = hooked
+    cert, key = tmp_path / "ci.pem", tmp_path / "ci.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_side.load_cert_chain(cert, key)
+    server_side.verify_mode = ssl.CERT_REQUIRED
+    server_side.load_verify_locations(cert)  # a client certificate it would take; opsbot sends none
+    listener = socket.create_server(("127.0.0.1", 0))
+    refused: list[str] = []
+
+    def demand_a_certificate() -> None:
+        conn, _ = listener.accept()
+        tls = server_side.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+        except ssl.SSLError as exc:
+            refused.append(exc.reason or "")
+            raw = socket.socket(fileno=tls.detach())  # the alert is sent: hold the line until the client closes it
+            raw.settimeout(5)
+            with contextlib.suppress(OSError), raw:
+                while raw.recv(4096):
+                    pass
+        finally:
+            tls.close()
+
+    threading.Thread(target=demand_a_certificate, daemon=True).start()
+    client_side = ssl.create_default_context(cafile=str(cert))
+    opener = urllib.request.build_opener(
+        runner._NoRedirect, runner._HTTPHandler, runner._HTTPSHandler(context=client_side)
+    )
+    monkeypatch.setattr(runner, "_webhook_opener", opener)
+    deploys, request = approved_at(deploys, "hook", f"https://127.0.0.1:{listener.getsockname()[1]}/run")
+
+    ended = deploys.execute(request.id)
+    listener.close()
+
+    assert eventually(lambda: list(refused), lambda seen: seen) == ["PEER_DID_NOT_RETURN_A_CERTIFICATE"]
+    assert ended.status == "failed" and "CERTIFICATE_REQUIRED" in ended.log_tail, ended.log_tail
     assert store.lock_holder("hook", "staging") is None
 
 
