@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bot.text import service_name_problem
@@ -21,6 +22,22 @@ class FileProblems(FileProblem):
     def __init__(self, problems: list[FileProblem]) -> None:
         super().__init__("; ".join(str(p) for p in problems), problems[0].line)
         self.problems = problems
+
+
+WEB_ADDRESS = re.compile(r"https?://[^\s<>|]+")
+
+
+def web_address(value: Any, key: str, line: int | None = None) -> str:
+    """A link's address (http or https, no spaces, `<`, `>` or `|`, which would end a Slack link early and let the
+    rest be read as a message of its own); "" for none; a FileProblem otherwise."""
+    address = text_field(value or "", key, line).strip()
+    if address and not WEB_ADDRESS.fullmatch(address):
+        raise FileProblem(
+            f"{key} must be a web address starting with https:// (or http://), with no spaces, `<`, `>` or `|`; "
+            "answers link this runbook to it. Percent-encode such characters (a space is %20).",
+            line,
+        )
+    return address
 
 
 def name_list(value: Any, key: str, example: str = "checkout-api, payments-gateway") -> tuple[str, ...]:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bot.knowledge_fields import FileProblem, name_list, text_field
+from bot.knowledge_fields import FileProblem, name_list, web_address
 from bot.models import Document
 from bot.text import FrontMatter, content_hash, first_heading, split_front_matter, split_sections
 from bot.yaml_lines import key_line as _key_line
@@ -80,7 +80,7 @@ def parse_runbook(rel: str, text: str, notes: list[tuple[str, int]] | None = Non
         services=name_list(fm.data.get("services"), "services"),
         tags=name_list(fm.data.get("tags"), "tags"),
         owners=name_list(fm.data.get("owners"), "owners"),
-        url=text_field(fm.data.get("url") or "", "url", 1 + _key_line(text, "url")).strip(),
+        url=web_address(fm.data.get("url"), "url", 1 + _key_line(text, "url")),
         aliases=aliases,
         alerts=_alerts(fm.data.get("alerts"), heading, 1 + _key_line(text, "alerts")),
     )

@@ -943,3 +943,17 @@ def test_an_incident_key_that_is_not_text_is_named_with_its_line(tmp_path: Path,
 
     problem = only_problem(kb, "incidents/INC-2025-0058.yaml")
     assert problem.message.startswith(f"unknown field `{shown}`") and problem.line == line_of(text, f"{key}:")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://wiki.example.com/disk|wiki> <!channel>", "wiki.example.com/disk", "https://wiki.example.com/a page"],
+)
+def test_a_runbook_url_that_is_not_a_plain_web_address_is_a_problem_with_its_line(tmp_path: Path, url: str) -> None:
+    write(tmp_path, "runbooks/disk.md", f'---\ntitle: Disk\nurl: "{url}"\n---\nDelete old archives.\n')
+
+    kb = load_knowledge(tmp_path)
+
+    problem = only_problem(kb, "runbooks/disk.md")
+    assert problem.line == 3 and "url must be a web address starting with https://" in problem.message
+    assert kb.documents == []

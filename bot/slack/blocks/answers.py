@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
 from bot.slack import ids
-from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, escape
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, escape, link
 from bot.slack.blocks.oncall import build_oncall_blocks, oncall_fallback_text
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the model nor the store
@@ -16,14 +16,14 @@ if TYPE_CHECKING:  # types only: building blocks needs neither the model nor the
 
 
 def _hit_text(hit: SearchHit) -> str:
-    title = f"<{hit.url}|{escape(hit.title)}>" if hit.url else f"*{escape(hit.title)}*"
+    title = link(hit.url, escape(hit.title)) if hit.url else f"*{escape(hit.title)}*"
     if hit.incident_id:
         title = f"*{hit.incident_id}* · {title}"
     where = f"_{escape(hit.section)}_" if hit.section else ""
     if where and hit.section_url != hit.url:  # link the section itself
-        where = f"<{hit.section_url}|{where}>"
+        where = link(hit.section_url, where)
     snippet = escape(hit.snippet)
-    source = f"`{hit.path}`" + (f" · {where}" if where else "")
+    source = f"`{escape(hit.path)}`" + (f" · {where}" if where else "")
     if hit.alert and hit.kind == "runbook":  # an incident named by its id shows the id already
         source += f" · runbook for `{escape(hit.alert)}`"
     elif hit.quoted:
@@ -106,7 +106,7 @@ def answer_fallback_text(reply: Reply) -> str:
         return "I found nothing relevant in the runbooks or past incidents."
     top = reply.top
     assert top is not None
-    return f"Best match: {top.title} ({top.citation})"
+    return f"Best match: {escape(top.title)} ({escape(top.citation)})"
 
 
 def build_nothing_found_blocks(question: str, service: str = "") -> list[dict]:

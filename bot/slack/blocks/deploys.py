@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot.slack import ids
-from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, link, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
     from bot.ops.requests import Decision, DeployRequest
@@ -320,7 +320,7 @@ def flags_block(request: DeployRequest) -> dict | None:
 
 
 def pipeline_link(request: DeployRequest) -> str:
-    return f"<{request.pipeline_url}|pipeline>" if request.pipeline_url else "not given"
+    return link(request.pipeline_url, "pipeline") if request.pipeline_url else "not given"
 
 
 def changes_text(request: DeployRequest, limit: int = 15) -> str:

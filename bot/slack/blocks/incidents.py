@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
 from bot.slack import ids
-from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, link, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
     from bot.ops.incidents import Cause, LiveIncident
@@ -90,12 +90,12 @@ def possible_cause_text(deploy: DeployRequest, minutes: int, before: str = "the 
 
 
 def _hit_line(hit: SearchHit) -> str:
-    title = f"<{hit.url}|{escape(hit.title)}>" if hit.url else f"*{escape(hit.title)}*"
+    title = link(hit.url, escape(hit.title)) if hit.url else f"*{escape(hit.title)}*"
     where = f"_{escape(hit.section)}_" if hit.section else ""
     if where and hit.section_url != hit.url:  # link the section itself
-        where = f"<{hit.section_url}|{where}>"
+        where = link(hit.section_url, where)
     where = f" · {where}" if where else ""
-    return f"{title}{where}\n>{escape(hit.snippet)[:600]}\n`{hit.path}`"
+    return f"{title}{where}\n>{escape(hit.snippet)[:600]}\n`{escape(hit.path)}`"
 
 
 def build_knowledge_blocks(runbooks: list[SearchHit], similar: list[tuple[SearchHit, str]]) -> list[dict]:

@@ -23,6 +23,15 @@ def escape(text: str) -> str:
     )
 
 
+WEB_ADDRESS = re.compile(r"https?://[^\s<>|]+")
+
+
+def link(url: str, label: str) -> str:
+    """``label`` (mrkdwn already) linked to ``url``; the label alone when the address is not a plain web address: a
+    `|` or `>` in it would end the link early and the rest (`<!channel>`) would be read as mrkdwn of its own."""
+    return f"<{url}|{label}>" if WEB_ADDRESS.fullmatch(url) else label
+
+
 def section(text: str, block_id: str | None = None) -> dict:
     block: dict = {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_TEXT]}}
     if block_id:
