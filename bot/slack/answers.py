@@ -39,6 +39,11 @@ INVITE_ERRORS = {
 }
 
 
+# Messages a person typed: plain (no subtype), sent to the channel as well from a thread, with a file attached,
+# or /me. Slack's own subtypes (edits, deletions, joins, bot posts) are not questions.
+TYPED = frozenset({None, "thread_broadcast", "file_share", "me_message"})
+
+
 def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     """Reply in the message's thread with the answer to its text."""
     question = MENTION.sub(" ", event.get("text") or "").strip()
@@ -47,7 +52,9 @@ def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     if not question:
         web.post(
             channel,
-            "Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
+            "I read a message's text, not the files attached to it: paste the alert or the log lines as text."
+            if event.get("files")
+            else "Ask me a question, or paste an alert or a log line: I'll look in the runbooks and past incidents.",
             thread_ts=thread_ts,
         )
         return
@@ -99,12 +106,12 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     # -- messages ---------------------------------------------------------------------------------------
 
     def answer_mention(event: dict) -> None:
-        if event.get("bot_id") or event.get("subtype"):
+        if event.get("bot_id") or event.get("subtype") not in TYPED:
             return  # another bot's post or an edit: answering bots is how bot-to-bot loops start
         answer_in_thread(runtime, web, event)
 
     def answer_message(event: dict, context: dict) -> None:
-        if event.get("bot_id") or event.get("subtype"):
+        if event.get("bot_id") or event.get("subtype") not in TYPED:
             return  # our own posts, edits, joins: not questions
         text = event.get("text") or ""
         if event.get("channel_type") == "im":

@@ -115,13 +115,15 @@ class SlackDriver:
         user: str = "U04C2RN8VD",
         channel: str = "C0OPS0001",
         thread_ts: str | None = None,
+        more: dict | None = None,
         **kw: object,
     ) -> tuple[Response, str]:
+        """``more``: fields of the event besides the usual ones (a subtype, files)."""
         ts = f"{time.time():.6f}"
         event = {"type": "app_mention", "user": user, "text": f"<@UBOT0001> {text}", "channel": channel, "ts": ts}
         if thread_ts:
             event["thread_ts"] = thread_ts
-        return self.event(event, **kw), ts
+        return self.event(event | (more or {}), **kw), ts
 
     def message(
         self,
@@ -130,6 +132,7 @@ class SlackDriver:
         channel: str = "D0DM00001",
         channel_type: str = "im",
         thread_ts: str | None = None,
+        more: dict | None = None,
     ) -> tuple[Response, str]:
         ts = f"{time.time():.6f}"
         event = {
@@ -142,7 +145,7 @@ class SlackDriver:
         }
         if thread_ts:
             event["thread_ts"] = thread_ts
-        return self.event(event), ts
+        return self.event(event | (more or {})), ts
 
     def command(
         self, command: str, text: str, user: str = "U04C2RN8VD", channel: str = "C0OPS0001", name: str | None = None

@@ -20,6 +20,8 @@ from bot.store import Store
 from tests.conftest import SAMPLE_KNOWLEDGE, FakeEncoder, copy_database
 from tests.slack.conftest import SlackDriver, make_settings
 
+BROADCAST = {"subtype": "thread_broadcast"}
+WITH_A_FILE = {"subtype": "file_share", "files": [{"id": "F0LOG0001", "name": "checkout.log"}]}
 TOKEN = "xoxb-123456789012-123456789012-abcdefghijABCDEFGHIJ1234"
 ASKER = "U04C2RN8VD"
 
@@ -102,6 +104,26 @@ def test_a_direct_message_that_mentions_opsbot_is_answered(slack: SlackDriver, s
     assert call.body["channel"] == "D0DM00001"
     settle(slack)
     assert len(slack_api.messages()) == 1
+
+
+def test_a_mention_also_sent_to_the_channel_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    # "Also send to #ops" from a thread: Slack marks the reply thread_broadcast, in its app_mention too
+    slack.mention("how do I rotate the JWT signing keys?", thread_ts="1700000000.000100", more=BROADCAST)
+    (call,) = slack_api.wait_for("chat.postMessage")
+    assert call.body["thread_ts"] == "1700000000.000100" and call.body["blocks"]
+
+
+def test_a_direct_message_with_a_file_attached_is_answered_from_its_text(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    slack.message("how do I rotate the JWT signing keys? log attached", more=WITH_A_FILE)
+    (call,) = slack_api.wait_for("chat.postMessage")
+    assert call.body["channel"] == "D0DM00001" and call.body["blocks"]
+    slack_api.clear()
+
+    slack.message("", more=WITH_A_FILE)  # the file alone
+    (call,) = slack_api.wait_for("chat.postMessage")
+    assert call.body["text"].startswith("I read a message's text, not the files attached to it")
 
 
 def test_a_mention_from_another_bot_is_not_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
