@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers import indexer
 from bot.answers.indexer import index_knowledge
 from bot.config import Settings
 from bot.runtime import Runtime
@@ -17,6 +18,7 @@ from tests.conftest import FakeEncoder
 from tests.ops.fixtures import SERVICES, make_knowledge
 
 RUNBOOK = "---\ntitle: Web is slow\nservices: [web]\n---\n# Web is slow\n\n## Fix\nRestart the web pods.\n"
+DISK = "# Disk full\n\n## Symptoms\nThe ledger disk is full: writes fail with ENOSPC.\n\n## Fix\nDelete old archives.\n"
 API_SERVICE = """\
   api:
     owners: [UALICE0001]
@@ -246,3 +248,26 @@ def test_an_index_with_another_model_leaves_the_running_bot_answering_and_says_s
     problem = runtime.index_problem()
     assert "fake-encoder-v2" in problem and "fake-encoder" in problem and "OPSBOT_MODEL" in problem
     assert any(r.levelname == "ERROR" and "fake-encoder-v2" in r.getMessage() for r in caplog.records)
+
+
+def test_a_reindex_stopped_while_its_ranker_is_fitted_leaves_a_running_bot_answering_from_the_new_text(
+    indexed: Indexed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runbook = indexed.knowledge / "runbooks" / "disk.md"
+    runbook.write_text(DISK)
+    (indexed.knowledge / "runbooks" / "queue.md").write_text("# Queue backlog\n\n## Fix\nAdd consumers.\n")
+    indexed.reindex()  # disk.md's rows are not the last: rewritten, they get new ids
+    runtime = indexed.runtime
+    runtime.start_loading()
+    assert [h.path for h in runtime.answers.reply("ledger disk full ENOSPC").runbooks] == ["runbooks/disk.md"]
+    runbook.write_text(DISK + "\nCheck the inodes too: df -i.\n")
+
+    def stopped(*args: object, **kwargs: object) -> None:  # Ctrl-C, or the deploy that replaces the host
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexer, "_store_training_queries", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        indexed.reindex()
+
+    reply = runtime.answers.reply("ledger disk full ENOSPC")
+    assert [h.path for h in reply.runbooks] == ["runbooks/disk.md"]  # its rows were rewritten, not lost

@@ -225,6 +225,8 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
         for h, t, head, body in store.vectors_missing(encoder.model_id)
     }
     _embed(store, encoder, unembedded, report, progress)
+    if changed or removed or unembedded:  # now, not after the ranker's fit: a running bot's ids of the old rows are
+        store.set_meta("index_version", uuid.uuid4().hex)  # gone, and a run stopped meanwhile would leave it so
 
     store.replace_incidents(
         kb.incidents, keep=kept, vector_hashes={i.id: incident_vector_hash(i) for i in kb.incidents}
