@@ -242,17 +242,24 @@ def split_sections(body: str, title: str) -> list[Section]:
     h1_count = sum(1 for lvl, _, _ in parsed if lvl == 1)
     stack: list[tuple[int, str]] = []
     sections: list[Section] = []
+    slugs: dict[str, int] = {}  # a heading's anchor -> how many headings had it before, empty sections too
     for lvl, head, lines in parsed:
+        anchor = ""
         if lvl:
             while stack and stack[-1][0] >= lvl:
                 stack.pop()
             stack.append((lvl, head))
+            anchor = slugify(head)
+            seen = slugs.get(anchor, 0)
+            slugs[anchor] = seen + 1
+            if seen:  # the second `## Steps` of a page is #steps-1, as code hosts and wikis number them
+                anchor = f"{anchor}-{seen}"
         path = [h for lv, h in stack if not (lv == 1 and h1_count == 1)]
         text = clean_markdown("\n".join(lines))
         heading_path = " > ".join(path)
         if not text:
             continue
-        sections.append(Section(heading=heading_path, text=text, anchor=slugify(head) if lvl else ""))
+        sections.append(Section(heading=heading_path, text=text, anchor=anchor))
     return sections
 
 

@@ -381,3 +381,14 @@ def test_a_flood_of_one_markup_fragment_is_read_in_linear_time(unit: str) -> Non
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_heading_repeated_in_a_page_is_numbered_in_its_anchor_as_code_hosts_number_it() -> None:
+    text = "# Queues\n\n## Orders\n\n### Steps\nDrain it.\n\n## Refunds\n\n### Steps\nReplay it.\n\n### Steps\nAgain.\n"
+    sections = split_sections(text, "Queues")
+    # the empty `## Orders` and `## Refunds` count too: GitHub numbers every heading, with text or not
+    assert [(s.heading, s.anchor) for s in sections] == [
+        ("Orders > Steps", "steps"),
+        ("Refunds > Steps", "steps-1"),
+        ("Refunds > Steps", "steps-2"),
+    ]

@@ -38,8 +38,8 @@ SHARED_LOOKUP = 20  # chunks read to tell whether a training query's words stand
 # What a stored document holds beyond its text. Raising it makes the next `opsbot index` rewrite every
 # document from its file (vectors are reused where the text did not change). 2: alert routes. 3: spelled titles,
 # alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
-# 5: HTML comments left out of the text.
-INDEX_FORMAT = "5"
+# 5: HTML comments left out of the text. 6: a heading repeated in a page numbered in its anchor (#steps-1).
+INDEX_FORMAT = "6"
 
 
 @dataclass
