@@ -67,6 +67,8 @@ def load_queries(path: Path) -> list[EvalQuery]:
             raise InvalidRequest(f"{path}:{number}: not valid JSON ({exc.msg}).") from None
         if not isinstance(data, dict) or not isinstance(data.get("query"), str) or not data.get("relevant"):
             raise InvalidRequest(f'{path}:{number}: each line needs "query" (text) and "relevant" (a list of paths).')
+        if not data["query"].strip():
+            raise InvalidRequest(f'{path}:{number}: "query" is empty; write the question the line measures.')
         relevant = frozenset(map(str, data["relevant"] if isinstance(data["relevant"], list) else [data["relevant"]]))
         sections = _sections(data.get("sections", []), relevant, f"{path}:{number}")
         kind = str(data.get("kind", ""))

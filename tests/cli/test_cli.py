@@ -589,6 +589,20 @@ def test_eval_malformed_queries_names_the_line(eval_files: tuple[Path, Path], tm
     assert_clean_failure(result, f"{queries}:2: not valid JSON")
 
 
+def test_eval_a_blank_query_names_its_line_before_anything_is_indexed(
+    eval_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    knowledge, _ = eval_files
+    queries = tmp_path / "blank.jsonl"
+    blank = {"id": "b", "query": "   ", "relevant": ["runbooks/disk-full.md"]}
+    queries.write_text(json.dumps(EVAL_QUERIES[0]) + "\n" + json.dumps(blank) + "\n", encoding="utf-8")
+    result = invoke(
+        "eval", "--knowledge", str(knowledge), "--queries", str(queries), "--index-db", str(tmp_path / "e.db")
+    )
+    assert_clean_failure(result, f'{queries}:2: "query" is empty')
+    assert not (tmp_path / "e.db").exists()
+
+
 def test_eval_missing_knowledge_is_a_clear_error(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     _, queries = eval_files
     result = invoke("eval", "--knowledge", str(tmp_path / "nowhere"), "--queries", str(queries))
