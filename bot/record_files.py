@@ -239,7 +239,7 @@ def _sequence_lines(text: str) -> list[int]:
     """The 1-based line where each person of the roster starts, from the YAML node marks."""
     try:
         node = yaml.compose(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # nested hundreds deep: reading it says so (bot.text.BoundedAliases)
         return []
     if isinstance(node, yaml.MappingNode):
         node = next((v for k, v in node.value if getattr(k, "value", None) == "people"), None)

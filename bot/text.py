@@ -53,7 +53,16 @@ MAX_ALIAS_VALUES = 50_000
 
 
 class BoundedAliases:
-    """A loader mixin that refuses a document whose aliases expand to more than MAX_ALIAS_VALUES values."""
+    """A loader mixin that refuses a document whose aliases expand to more than MAX_ALIAS_VALUES values, or that
+    nests lists and mappings deeper than Python's recursion allows (a few hundred `[`: a problem, not a crash)."""
+
+    def get_single_data(self) -> Any:
+        try:
+            return super().get_single_data()  # type: ignore[misc]
+        except RecursionError:
+            raise yaml.constructor.ConstructorError(
+                problem="it nests lists or mappings hundreds of levels deep; write it flatter"
+            ) from None
 
     def get_single_node(self) -> yaml.Node | None:
         node = super().get_single_node()  # type: ignore[misc]

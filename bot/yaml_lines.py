@@ -39,7 +39,7 @@ def yaml_error_line(exc: yaml.YAMLError) -> int | None:
 def compose(text: str) -> yaml.Node | None:
     try:
         return yaml.compose(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # nested hundreds deep: reading it says so (bot.text.BoundedAliases)
         return None
 
 

@@ -933,6 +933,26 @@ def test_yaml_aliases_that_expand_to_millions_of_values_are_refused(tmp_path: Pa
     assert problem.line is not None
 
 
+@pytest.mark.parametrize(
+    ("rel", "text"),
+    [
+        ("incidents/INC-2025-0098.yaml", incident_yaml(id="INC-2025-0098") + "tags: {deep}\n"),
+        ("runbooks/deep.md", "---\ntitle: Deep\ntags: {deep}\n---\nText.\n"),
+        ("experts.yaml", ROSTER + "deep: {deep}\n"),
+        ("services.yaml", "services: {deep}\n"),
+        ("channels.yaml", "channels: {deep}\n"),
+    ],
+    ids=["incident", "runbook", "roster", "services", "channels"],
+)
+def test_yaml_nested_hundreds_of_levels_deep_is_a_problem_not_a_crash(tmp_path: Path, rel: str, text: str) -> None:
+    """1.2 KB of `[` is deeper than Python's recursion: its file is reported, and the others are read."""
+    write(tmp_path, rel, text.format(deep="[" * 600 + "]" * 600))
+
+    kb = load_knowledge(tmp_path)
+
+    assert "nests lists or mappings hundreds of levels deep" in only_problem(kb, rel).message
+
+
 @pytest.mark.parametrize(("key", "shown"), [("2025", "2025"), ("on", "on"), ("Yes", "Yes")])
 def test_an_incident_key_that_is_not_text_is_named_with_its_line(tmp_path: Path, key: str, shown: str) -> None:
     """A stray `2025: ...` line, or `on:` (YAML's true), is an unknown field like any other, not Python's TypeError."""
