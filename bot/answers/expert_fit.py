@@ -25,7 +25,7 @@ from bot.answers.expert_blend import (
     idle_days,
     service_overlap,
 )
-from bot.answers.experts import ExpertModel, train
+from bot.answers.experts import ExpertModel, question_words, train
 from bot.answers.incident_vectors import WordIndex, incident_vector_hash, incident_words
 from bot.models import Expert, Incident, Rotation
 from bot.store.base import is_write_failure
@@ -43,7 +43,7 @@ def validation_questions(model: ExpertModel, start: float, end: float, with_serv
     if not train or not asked:
         return None
     texts = [f"{model.incidents[i].title}. {model.incidents[i].summary}" for i in asked]
-    words = WordIndex([incident_words(model.incidents[i]) for i in train]).similarity(texts)
+    words = WordIndex([incident_words(model.incidents[i]) for i in train]).similarity(list(map(question_words, texts)))
     involved = []
     fixed = np.zeros((len(asked), len(model.experts), 3))
     candidates = np.ones((len(asked), len(model.experts)), dtype=bool)

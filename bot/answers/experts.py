@@ -35,6 +35,7 @@ from bot.answers.incident_vectors import WordIndex, embed_incidents, incident_wo
 from bot.errors import InvalidRequest
 from bot.models import Expert, Incident, Rotation
 from bot.rota import Shift, covering_rotations, shift_at, when_text
+from bot.text import split_camel, strip_volatile
 
 WORD = re.compile(r"[a-z0-9]+")
 DAY_S = 86400.0
@@ -220,7 +221,7 @@ class ExpertModel:
         blend = self.blends.for_query(bool(services))
         now_days = np.array([now.timestamp() / DAY_S])
         dense = (self.vectors @ vector.astype(np.float32)).astype(np.float64)[None, :] if len(self.incidents) else None
-        words = self.words.similarity([text])
+        words = self.words.similarity([question_words(text)])
         if dense is None:
             dense = np.zeros((1, 0))
         decay = decay_matrix(now_days, self.days, blend.half_life_days)
@@ -284,7 +285,7 @@ class ExpertModel:
                 continue
             incident = self.incidents[i]
             similarity = round(float(max(dense[i], words[i])), 3)
-            for position, person in enumerate(incident.responders):
+            for position, person in enumerate(dict.fromkeys(incident.responders)):  # cited once per person
                 evidence.setdefault(person, []).append(
                     SimilarIncident(incident.id, incident.title, similarity, position == 0, incident.date)
                 )
@@ -298,6 +299,12 @@ class ExpertModel:
     def _recent_count(self, column: int, now: datetime) -> int:
         days, today = self.resolved_days[column], now.timestamp() / DAY_S
         return int(np.searchsorted(days, today, side="right") - np.searchsorted(days, today - 365, side="right"))
+
+
+def question_words(text: str) -> str:
+    """The words a question is matched by, processed as ``incident_words`` processes an incident's: a pasted alert
+    name matches its incidents whole (KafkaConsumerLagHigh) and by its words (Kafka Consumer Lag High)."""
+    return split_camel(strip_volatile(text))
 
 
 def role_matrix(incidents: list[Incident], column: dict[str, int]) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 
 from bot.answers.encoder import Encoder
 from bot.models import Incident
-from bot.text import content_hash, normalize_query, spell_identifiers, strip_volatile
+from bot.text import content_hash, normalize_query, split_camel, strip_volatile
 
 
 def incident_text(incident: Incident) -> str:
@@ -15,8 +15,9 @@ def incident_text(incident: Incident) -> str:
 
 
 def incident_words(incident: Incident) -> str:
-    """The words an incident is matched by: title, summary and cause (which names components and files)."""
-    return spell_identifiers(strip_volatile(f"{incident.title}. {incident.summary} {incident.root_cause}"))
+    """The words an incident is matched by: title, summary and cause (which names components and files), with each
+    CamelCase name both whole and spelt out (KafkaConsumerLagHigh, and Kafka Consumer Lag High), as search has them."""
+    return split_camel(strip_volatile(f"{incident.title}. {incident.summary} {incident.root_cause}"))
 
 
 def incident_vector_hash(incident: Incident) -> str:

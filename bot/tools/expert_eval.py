@@ -319,7 +319,9 @@ def _tfidf_scores(
     model: object, text: str, involved: list[str], now: datetime, history: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The TF-IDF kNN credit per person (no decay) from the ``history`` incidents, and their ownership and skills."""
-    words = np.where(history, model.words.similarity([text]), -np.inf)
+    from bot.answers.experts import question_words  # the question's words as opsbot's own ranking reads them
+
+    words = np.where(history, model.words.similarity([question_words(text)]), -np.inf)
     flat = decay_matrix(np.zeros(1), model.days, 0.0) * history
     credit = knn_credit(words, flat, model.roles, nearest_incidents(words, model.days, BASELINE_NEIGHBOURS))[0]
     fixed = model.fixed_signals(text, involved, now)[0]

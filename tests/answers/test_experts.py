@@ -251,3 +251,70 @@ def test_a_skill_without_letters_or_digits_matches_nothing_and_is_reported(tmp_p
     model = ExpertModel([replace(kb.experts[0], skills=("postgres", "-", ""))], [], np.zeros((0, 64)))
     text = "kafka consumer lag on orders"
     assert model.rank(text, fake_encoder.encode([text])[0], now=NOON_UTC) == []
+
+
+def test_a_responder_listed_twice_is_credited_and_cited_once(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    from bot.answers.experts import train
+    from bot.knowledge import load_knowledge
+    from bot.models import Incident
+
+    root = zebra_knowledge(tmp_path / "kb")
+    path = root / "incidents" / "INC-2025-0009.yaml"
+    path.write_text(path.read_text().replace("responders: [U0AAAAAAA2]", "responders: [U0AAAAAAA2, U0AAAAAAA2]"))
+    kb = load_knowledge(root)
+    assert kb.problems == []
+    assert next(i for i in kb.incidents if i.id == "INC-2025-0009").responders == ("U0AAAAAAA2",)
+    text = "zebra frobnicator meltdown"
+    vector = fake_encoder.encode([text])[0]
+    # An incident stored with the name twice (before the file was read this way) is cited once all the same.
+    doubled = [replace(i, responders=i.responders * 2) if i.id == "INC-2025-0009" else i for i in kb.incidents]
+    assert any(isinstance(i, Incident) and len(i.responders) == 2 for i in doubled)
+    for incidents in (kb.incidents, doubled):
+        top = train(kb.experts, incidents, fake_encoder).rank(text, vector, now=datetime(2026, 7, 1, tzinfo=UTC))[0]
+        assert top.expert.name == "Bob" and [i.id for i in top.incidents] == ["INC-2025-0009"], top.reasons()
+        assert top.reasons()[0].startswith("resolved INC-2025-0009 (") and top.reasons()[0].count("INC-") == 1
+
+
+def kafka_knowledge(root: Path) -> Path:
+    """Ann fixed KafkaConsumerLagHigh twice, Bob full disks: alert names written as Alertmanager sends them."""
+    (root / "incidents").mkdir(parents=True)
+    (root / "experts.yaml").write_text(
+        "people:\n  - {id: U0AAAAAAA1, name: Ann, team: sre}\n  - {id: U0AAAAAAA2, name: Bob, team: sre}\n"
+    )
+    cases = [
+        (1, "KafkaConsumerLagHigh orders", "U0AAAAAAA1"),
+        (2, "NodeDiskFull database", "U0AAAAAAA2"),
+        (3, "KafkaConsumerLagHigh payments", "U0AAAAAAA1"),
+        (4, "NodeDiskFull search", "U0AAAAAAA2"),
+    ]
+    for n, title, who in cases:
+        (root / "incidents" / f"INC-2026-{n:04d}.yaml").write_text(
+            f"id: INC-2026-{n:04d}\ntitle: {title}\ndate: 2026-0{n}-01T10:00:00Z\nseverity: 3\nservices: [api]\n"
+            f"responders: [{who}]\nsummary: {title}\nroot_cause: cause\nresolution: fixed\n"
+        )
+    return root
+
+
+def test_a_pasted_camelcase_alert_name_shares_its_words_with_its_incidents(tmp_path: Path, fake_encoder) -> None:  # noqa: ANN001
+    """Incidents' words hold CamelCase names whole and spelt out; unless the question's are processed alike, the
+    words signal, the fit's questions and the TF-IDF baseline of `opsbot eval` find nothing in common with the
+    alert's own incident."""
+    from bot.answers.expert_fit import validation_questions
+    from bot.answers.experts import train
+    from bot.knowledge import load_knowledge
+
+    root = kafka_knowledge(tmp_path / "kb")
+    kb = load_knowledge(root)
+    model = train(kb.experts, kb.incidents, fake_encoder)
+    # No meaning at all (a zero vector): whatever ranks Ann first is the words signal.
+    ranked = model.rank("KafkaConsumerLagHigh", np.zeros(fake_encoder.dim), now=datetime(2026, 7, 1, tzinfo=UTC))
+    assert ranked and ranked[0].expert.name == "Ann", [s.reasons() for s in ranked]
+    assert {i.id for i in ranked[0].incidents} == {"INC-2026-0001", "INC-2026-0003"}
+    # The fit asks the newer half (INC-2026-0003, -0004) against the older: each shares words with its sibling.
+    asked = validation_questions(model, 0.5, 1.0, with_services=False)
+    assert asked is not None and asked.words.shape == (2, 2)
+    assert asked.words[0, 0] > asked.words[0, 1] and asked.words[1, 1] > asked.words[1, 0], asked.words
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "q1", "query": "KafkaConsumerLagHigh", "relevant": ["U0AAAAAAA1"]}) + "\n")
+    result = evaluate_experts(root, fake_encoder, queries_path=queries)
+    assert result["rankings"]["tfidf_knn"]["top1"] == 1.0, result["rankings"]
