@@ -15,10 +15,12 @@ from bot.knowledge_fields import FileProblem, FileProblems, name_list, service_n
 from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
 from bot.services import severity_number
-from bot.text import load_yaml, parse_date, safe_load, split_front_matter, split_sections
+from bot.text import load_yaml, parse_date, split_front_matter, split_sections
 from bot.yaml_lines import compose as _compose
 from bot.yaml_lines import key_line as _key_line
+from bot.yaml_lines import load as _load
 from bot.yaml_lines import path_line as _path_line
+from bot.yaml_lines import real_date_problem
 from bot.yaml_lines import yaml_error_line as _yaml_line
 from bot.yaml_lines import yaml_problem as _yaml_problem
 
@@ -115,7 +117,10 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
     if inc_id and not INCIDENT_ID.match(inc_id):
         fail(f"id {inc_id!r} should look like INC-2025-0042", line_of("id"))
     date = parse_date(data["date"]) if "date" not in missing else None
-    if "date" not in missing and date is None:
+    if "date" not in missing and date is None and (unreal := real_date_problem(data["date"])):
+        example = "such as 2025-04-12T19:42:00Z"
+        fail(f"date {data['date']!r} is not a real date ({unreal}); write when it began, {example}", line_of("date"))
+    elif "date" not in missing and date is None:
         fail(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
     raw = data.get("severity")
     # 2, "2", SEV2; never true (YAML's yes) or 2.9 read as a severity
@@ -151,7 +156,8 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
     except FileProblem as exc:
         fail(str(exc), line_of("services"))
     try:
-        responders = name_list(data.get("responders"), "responders")
+        # Once each, main resolver first: `[U1, U1]` is one person, credited and cited once.
+        responders = tuple(dict.fromkeys(name_list(data.get("responders"), "responders")))
     except FileProblem as exc:
         fail(str(exc), line_of("responders"))
     title = data.get("title")
@@ -206,7 +212,7 @@ def parse_roster(rel: str, text: str, entries: list[int] | None = None) -> tuple
     """The roster: a list of people under ``people:``; a bad entry is reported and skipped. ``entries`` gets each
     loaded person's place in the list (from 0), for finding their lines again."""
     try:
-        data = safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as exc:
         return [], [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
     people = data.get("people") if isinstance(data, dict) else data
@@ -322,13 +328,17 @@ def _left(value: Any) -> date | None:
     try:
         return date.fromisoformat(str(value).strip())
     except ValueError:
+        if unreal := real_date_problem(value):
+            raise FileProblem(
+                f"left {value!r} is not a real date ({unreal}); write the day they left, such as 2025-06-30"
+            ) from None
         raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
 
 
 def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[Problem]]:
     """The roster's ``rotations:``, each broken rota reported with its line (see bot.rota)."""
     try:
-        data = safe_load(text)
+        data = _load(text)
     except yaml.YAMLError:
         return [], []  # parse_roster reported it
     if not isinstance(data, dict) or data.get("rotations") is None:
@@ -362,7 +372,7 @@ def channel_id_problem(channel: str) -> str | None:
 def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
     """How opsbot behaves per channel: answer only when mentioned, or all questions."""
     try:
-        data = safe_load(text) or {}
+        data = _load(text) or {}
     except yaml.YAMLError as exc:
         return {}, [Problem(rel, f"not valid YAML: {_yaml_problem(exc)}", _yaml_line(exc))]
     entries = data.get("channels") if isinstance(data, dict) else None

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from bot.errors import InvalidRequest
 from bot.models import Expert, Override, Rotation
 from bot.text import service_name_problem  # the one rule for service names
+from bot.yaml_lines import real_date_problem
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 HANDOFF = re.compile(r"^\s*([A-Za-z]+)\s+(([01]\d|2[0-3]):[0-5]\d)\s*$")
@@ -121,7 +122,9 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
         raise RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}")
     parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people) for n, o in enumerate(overrides))
     ids = tuple(map(str, members))
-    leaving = tuple((m, people[m].left) for m in ids if people[m].left is not None)
+    # Members and override people alike: an override ends when its person leaves, as a member's turn does.
+    everyone = dict.fromkeys([*ids, *(o.person for o in parsed)])
+    leaving = tuple((p, people[p].left) for p in everyone if people[p].left is not None)
     return Rotation(team, ids, day, match[2], tz, start, tuple(services), parsed, leaving)
 
 
@@ -153,6 +156,8 @@ def _date(key: str, value: Any) -> date:
     try:
         return date.fromisoformat(str(value))
     except ValueError:
+        if unreal := real_date_problem(value):
+            raise RotaProblem(key, f"{value!r} is not a real date ({unreal}); write one such as 2026-01-05") from None
         raise RotaProblem(key, f"{value!r} is not a date such as 2026-01-05") from None
 
 
@@ -164,6 +169,9 @@ def _when(key: str, value: Any, zone: ZoneInfo) -> datetime:
         try:
             parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
+            if unreal := real_date_problem(value):
+                example = "write one such as 2026-11-27T18:00"
+                raise RotaProblem(key, f"{value!r} is not a real date and time ({unreal}); {example}") from None
             raise RotaProblem(key, f"{value!r} is not a date and time such as 2026-11-27T18:00") from None
     # With an offset it is the same instant, shown in the rota's own zone like every other time of the rota.
     return parsed.astimezone(zone) if parsed.tzinfo else parsed.replace(tzinfo=zone)
@@ -183,9 +191,39 @@ def _handoff(rotation: Rotation, week: int) -> datetime:
     return local.replace(tzinfo=ZoneInfo(rotation.timezone)).astimezone(UTC)
 
 
+def _leaves_at(rotation: Rotation, person: str) -> datetime | None:
+    """When ``person`` leaves the rota, in UTC: the start of their `left:` day in the rota's time zone.
+
+    Every "has left" of a rota, a member's turn or an override, is decided in the rota's time zone (as
+    ``Rotation.left_by`` does), not the person's own: the rota's handoffs and overrides are written in it, and one
+    zone means a turn and an override of the same person end at the same instant.
+    """
+    day = dict(rotation.leaving).get(person)
+    if day is None:
+        return None
+    return datetime.combine(day, time(0)).replace(tzinfo=ZoneInfo(rotation.timezone)).astimezone(UTC)
+
+
+def _overrides(rotation: Rotation) -> list[Override]:
+    """The overrides as they hold, in UTC: each ends when its person leaves, and one that would begin after is dropped
+    (an override is not a way to keep someone on call after their `left:` day). Listed order kept: a later one wins.
+
+    In UTC because two times in one ZoneInfo compare by their wall clocks, and in the hour that repeats when summer
+    time ends, 01:10 GMT would come before 01:30 BST.
+    """
+    held: list[Override] = []
+    for cover in rotation.overrides:
+        start, end = cover.start.astimezone(UTC), cover.end.astimezone(UTC)
+        leaves = _leaves_at(rotation, cover.person)
+        if leaves is not None:
+            end = min(end, leaves)
+        if start < end:
+            held.append(Override(cover.person, start, end))
+    return held
+
+
 def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
-    """The rota's own shift at ``at`` (overrides aside); None before the rota starts."""
-    zone = ZoneInfo(rotation.timezone)
+    """The rota's own shift at ``at`` (overrides aside), in UTC; None before the rota starts."""
     # Handoffs are real instants compared with ``at``, so a shift always holds the time it is asked for, and a
     # handoff stays at its local time across a change of summer time.
     first = _handoff(rotation, 0)
@@ -196,13 +234,16 @@ def _base_shift(rotation: Rotation, at: datetime) -> Shift | None:
         weeks += 1
     while weeks > 0 and _handoff(rotation, weeks) > at:
         weeks -= 1
-    start, end = _handoff(rotation, weeks).astimezone(zone), _handoff(rotation, weeks + 1).astimezone(zone)
-    # Whoever has left by ``at`` is skipped: the next member in the order takes their turn, from their `left:` day.
+    start, end = _handoff(rotation, weeks), _handoff(rotation, weeks + 1)
+    # Whoever has left by ``at`` is skipped: the next member in the order takes their turn, from their `left:` day;
+    # whoever leaves during their turn is on call until their `left:` day begins, when the next member takes over.
     for turn in range(len(rotation.members)):
         person = rotation.members[(weeks + turn) % len(rotation.members)]
+        leaves = _leaves_at(rotation, person)
         if not rotation.left_by(person, at):
+            end = min(end, leaves) if leaves is not None else end
             return Shift(rotation.team, person, start, end)
-        start = max(start, datetime.combine(dict(rotation.leaving)[person], time(0), tzinfo=zone))
+        start = max(start, leaves) if leaves is not None else start
     return None
 
 
@@ -217,21 +258,22 @@ def shift_at(rotation: Rotation, at: datetime) -> Shift | None:
 
 
 def _shift_at(rotation: Rotation, at: datetime) -> Shift | None:
-    covering = [n for n, o in enumerate(rotation.overrides) if o.start <= at < o.end]
+    overrides = _overrides(rotation)
+    covering = [n for n, o in enumerate(overrides) if o.start <= at < o.end]
     if covering:
         index = covering[-1]
-        cover = rotation.overrides[index]
+        cover = overrides[index]
         # Until it ends, or until an override listed after it (which wins) starts.
-        later = [o.start for o in rotation.overrides[index + 1 :] if at < o.start < cover.end]
+        later = [o.start for o in overrides[index + 1 :] if at < o.start < cover.end]
         # Since it began, or since an override listed after it, inside it, ended.
-        back = [o.end for o in rotation.overrides[index + 1 :] if cover.start < o.end <= at]
+        back = [o.end for o in overrides[index + 1 :] if cover.start < o.end <= at]
         return Shift(rotation.team, cover.person, max([cover.start, *back]), min([cover.end, *later]), override=True)
     base = _base_shift(rotation, at)
     if base is None:
         return None
     # An override starting later in this shift cuts it short; one that ended earlier in it hands the shift back then.
-    cut = min([base.end, *(o.start for o in rotation.overrides if at < o.start < base.end)])
-    back = max([base.start, *(o.end for o in rotation.overrides if base.start < o.end <= at)])
+    cut = min([base.end, *(o.start for o in overrides if at < o.start < base.end)])
+    back = max([base.start, *(o.end for o in overrides if base.start < o.end <= at)])
     return Shift(base.team, base.person, back, cut)
 
 
@@ -257,7 +299,7 @@ def _first_start(rotation: Rotation, at: datetime) -> datetime | None:
     """When anyone is first on call after ``at``, for a rota that has not started yet."""
     hour, minute = map(int, rotation.handoff_time.split(":"))
     begins = datetime.combine(rotation.start, time(hour, minute)).replace(tzinfo=ZoneInfo(rotation.timezone))
-    starts = [begins, *(o.start for o in rotation.overrides if o.start > at)]
+    starts = [begins, *(o.start for o in _overrides(rotation) if o.start > at)]
     later = [s for s in starts if s > at]
     return min(later) if later else None
 

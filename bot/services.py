@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.text import parse_date
+from bot.yaml_lines import real_date_problem
 
 PLACEHOLDERS = ("service", "version", "env", "request_id", "python")
 WEBHOOK_PLACEHOLDERS = ("service", "version", "env", "request_id")  # a webhook body has no {python}
@@ -159,8 +160,19 @@ def _digest(data: Any, out: Problems, production: str = "prod") -> Digest | None
     day = str(data.get("day", "monday")).lower()
     if day not in DAYS:
         out.append(ConfigProblem(f"{key}.day", f"{day!r} must be a day of the week, such as monday"))
-    at = str(data.get("time", "09:00"))
-    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", at):
+    raw = data.get("time", "09:00")
+    at = str(raw)
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        # YAML 1.1 reads an unquoted 10:00 as 600, minutes in base 60: say so rather than show a 600 nobody wrote.
+        hours, minutes = divmod(raw, 60) if isinstance(raw, int) and 60 <= raw < 24 * 60 else (9, 0)
+        out.append(
+            ConfigProblem(
+                f"{key}.time",
+                f"{raw!r} is a number: YAML reads an unquoted time such as 10:00 as 600 (minutes, in base 60); "
+                f'quote it, as in time: "{hours:02}:{minutes:02}"',
+            )
+        )
+    elif not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", at):
         out.append(ConfigProblem(f"{key}.time", f"{at!r} must look like 09:00"))
     tz = str(data.get("timezone", "UTC"))
     try:
@@ -329,7 +341,10 @@ def _emergency(key: str, data: Any, approvals: int, out: Problems) -> Emergency 
 
 def _time(value: Any, key: str, out: Problems) -> datetime | None:
     parsed = parse_date(value) if value is not None else None
-    if parsed is None:
+    if parsed is None and (unreal := real_date_problem(value)):
+        example = "write one such as 2026-12-24T00:00:00Z"
+        out.append(ConfigProblem(key, f"{value!r} is not a real date ({unreal}); {example}"))
+    elif parsed is None:
         out.append(ConfigProblem(key, f"{value!r} is not an ISO 8601 time such as 2026-12-24T00:00:00Z"))
     return parsed
 

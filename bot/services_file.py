@@ -19,8 +19,8 @@ import yaml
 from bot.alert_config import alert_problems
 from bot.models import Expert, Problem
 from bot.services import ConfigProblem, Problems, build_service, build_settings
-from bot.text import safe_load, service_name_problem
-from bot.yaml_lines import compose, key_line, path_line, yaml_error_line, yaml_problem
+from bot.text import service_name_problem
+from bot.yaml_lines import compose, key_line, load, path_line, yaml_error_line, yaml_problem
 
 TOP_KEYS = ("settings", "services")  # besides x-... blocks that hold YAML anchors for `<<:` merges
 DEFAULT_INCIDENT_ENV = "prod"
@@ -42,7 +42,7 @@ class ServicesFile:
 def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: datetime | None = None) -> ServicesFile:
     """Check all of services.yaml; ``experts`` is the roster (None when it could not be read: approvers unchecked)."""
     try:
-        data = safe_load(text) or {}
+        data = load(text) or {}  # dates as text: one that does not exist is a field's problem
     except yaml.YAMLError as exc:
         return ServicesFile(
             problems=[Problem(rel, f"not valid YAML: {yaml_problem(exc)}", yaml_error_line(exc))], failed=True

@@ -1,10 +1,61 @@
-"""Where in a YAML file something is: the line of a key path, of a key, of a parse error."""
+"""Where in a YAML file something is: the line of a key path, of a key, of a parse error; and how it is read.
+
+experts.yaml, services.yaml and channels.yaml are read with ``load``; incidents and front matter with
+``bot.text.load_yaml``, which leaves every date as text for opsbot to parse. Either way a date that does not exist
+(``left: 2026-02-29``, ``end: 2026-12-32 10:00:00``) comes back as the text written, never as the bare ValueError
+YAML's own reading raises, and the field that holds it reports it on its line, saying why (``real_date_problem``).
+"""
 
 from __future__ import annotations
 
+import calendar
 import re
+from typing import Any
 
 import yaml
+
+from bot.text import SafeLoader
+
+
+class _Loader(SafeLoader):
+    """Safe YAML with aliases bounded, reading dates as dates, and a date that does not exist as its text."""
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError):
+            return self.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def load(text: str) -> Any:
+    """A roster, services.yaml or channels.yaml (see the module's docstring); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+DATE_SHAPE = re.compile(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})(?:(?:[Tt]|\s+)(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?)?")
+
+
+def real_date_problem(value: object) -> str | None:
+    """Why a value written as a date (and time) names none that exists, such as "February 2026 has 28 days";
+    None when it does, or when it is not written as a date at all (the caller's own message covers that)."""
+    found = DATE_SHAPE.match(value) if isinstance(value, str) else None
+    if found is None:
+        return None
+    year, month, day = (int(found[n]) for n in (1, 2, 3))
+    if year < 1:
+        return "there is no year 0; years start at 0001"
+    if not 1 <= month <= 12:
+        return f"there is no month {month}; months are 01 to 12"
+    days = calendar.monthrange(year, month)[1]
+    if not 1 <= day <= days:
+        return f"{calendar.month_name[month]} {year} has {days} days"
+    hour, minute, second = (int(found[n] or 0) for n in (4, 5, 6))
+    if hour > 23 or minute > 59 or second > 59:
+        return f"{found[4]}:{found[5]}{':' + found[6] if found[6] else ''} is not a time of day (00:00 to 23:59)"
+    return None
 
 
 def key_line(text: str, key: str) -> int:

@@ -275,6 +275,61 @@ def test_someone_leaving_later_stays_on_the_rota_until_their_left_day_then_their
         store.close()
 
 
+def test_someone_leaving_during_their_turn_is_on_call_until_their_left_day_begins_then_the_next_member(
+    tmp_path: Path,
+) -> None:
+    people = PEOPLE.replace("    name: Daniel Okafor\n", "    name: Daniel Okafor\n    left: 2999-01-16\n")
+    (tmp_path / "experts.yaml").write_text(people + ROTA, encoding="utf-8")
+    (rota,) = load_knowledge(tmp_path).rotations
+
+    answer = on_call(rota, london("2999-01-15T12:00"))  # his turn runs to Mon 21 Jan 09:00, but he leaves on the 16th
+
+    assert (answer.now.person, answer.now.start, answer.now.end) == (
+        DANIEL,
+        london("2999-01-14T09:00"),
+        london("2999-01-16T00:00"),
+    )
+    assert (answer.next.person, answer.next.start) == (SOFIA, london("2999-01-16T00:00"))
+    assert shift_at(rota, london("2999-01-15T23:59")).end == shift_at(rota, london("2999-01-16T00:00")).start
+
+
+def test_an_override_ends_when_its_person_leaves_decided_in_the_rotas_time_zone(tmp_path: Path) -> None:
+    """Tomás, in Tokyo, leaves on 20 January: his cover ends at the start of that day in London, the rota's zone, as
+    a member's turn would; a cover of his that would begin after it never starts."""
+    people = PEOPLE.replace("    left: 2025-06-30\n", "    left: 2999-01-20\n    timezone: Asia/Tokyo\n")
+    rotations = ROTA + (
+        f"    overrides:\n      - {{person: {TOMAS}, start: 2999-01-18T09:00, end: 2999-01-25T09:00}}\n"
+        f"      - {{person: {TOMAS}, start: 2999-02-01T09:00, end: 2999-02-03T09:00}}\n"
+    )
+    (tmp_path / "experts.yaml").write_text(people + rotations, encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert kb.problems == []
+    (rota,) = kb.rotations
+
+    covering = on_call(rota, london("2999-01-19T12:00"))
+
+    assert (covering.now.person, covering.now.override, covering.now.end) == (TOMAS, True, london("2999-01-20T00:00"))
+    assert (covering.next.person, covering.next.start) == (DANIEL, london("2999-01-20T00:00"))
+    assert shift_at(rota, london("2999-01-19T23:59")).person == TOMAS
+    assert shift_at(rota, london("2999-01-20T00:00")).person == DANIEL  # 15:00 on the 20th in Tokyo: decided in London
+    assert shift_at(rota, london("2999-01-22T12:00")).person == SOFIA
+    assert shift_at(rota, london("2999-02-02T12:00")).person != TOMAS
+
+
+def test_an_override_in_the_hour_summer_time_repeats_is_compared_by_instant_not_wall_clock() -> None:
+    """01:30 BST (00:30 UTC) comes before 01:10 GMT (01:10 UTC), though 01:10 reads earlier on the clock."""
+    from bot.models import Override, Rotation
+
+    cover = Override(SOFIA, datetime(2026, 10, 25, 1, 10, tzinfo=UTC).astimezone(LONDON), london("2026-10-25T03:00"))
+    rota = Rotation("payments", (PRIYA, DANIEL), 6, "01:30", "Europe/London", date(2026, 10, 4), overrides=(cover,))
+
+    answer = on_call(rota, datetime(2026, 10, 25, 0, 0, tzinfo=UTC))  # 01:00 BST, before the handoff
+
+    assert answer.now.person == PRIYA and answer.now.end.astimezone(UTC) == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert answer.next.person == DANIEL and not answer.next.override
+    assert shift_at(rota, datetime(2026, 10, 25, 1, 10, tzinfo=UTC)).person == SOFIA
+
+
 @pytest.mark.parametrize(
     ("start", "night", "handoff"),
     [

@@ -233,7 +233,14 @@ def _time(name: str, value: str) -> str:
             f"{name} {value[:40]!r} has no UTC offset: send it with one, such as 2026-11-20T10:00:00Z "
             "or 2026-11-20T12:00:00+02:00.",
         )
-    return when.astimezone(UTC).isoformat(timespec="seconds")
+    try:
+        return when.astimezone(UTC).isoformat(timespec="seconds")
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC, which Python has no date for
+        raise EventProblem(
+            name,
+            f"{name} {value[:40]!r} falls outside the years 0001 to 9999 once in UTC; send when it happened, such "
+            "as 2026-11-20T10:00:00Z.",
+        ) from None
 
 
 # -- sending (the `opsbot notify-deploy` side) ---------------------------------------------------------

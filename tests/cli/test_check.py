@@ -83,6 +83,86 @@ def test_a_value_of_the_wrong_shape_is_one_problem_not_a_traceback(
     assert line.startswith("services.yaml:") and says in line
 
 
+@pytest.mark.parametrize(
+    ("rel", "old", "new", "says", "at"),
+    [
+        (
+            "experts.yaml",
+            '    hours: "08:00-17:00"\n',
+            '    hours: "08:00-17:00"\n    left: 2026-02-29\n',
+            "person #15: left '2026-02-29' is not a real date (February 2026 has 28 days); write the day they left",
+            "  - id: U08P1CK3XQ",  # a person's problem is on the line where they start
+        ),
+        (
+            "experts.yaml",
+            "    start: 2026-01-05\n  platform:",
+            "    start: 2026-13-05\n  platform:",
+            "rotations.payments.start: '2026-13-05' is not a real date (there is no month 13; months are 01 to 12)",
+            "    start: 2026-13-05",
+        ),
+        (
+            "experts.yaml",
+            "end: 2026-12-28T10:00}",
+            "end: 2026-12-32 10:00:00}",
+            "overrides[0].end: '2026-12-32 10:00:00' is not a real date and time (December 2026 has 31 days)",
+            "      - {person: U07M4AH6VN",
+        ),
+        (
+            "services.yaml",
+            FREEZE,
+            '          - {start: 2026-02-30T18:00:00Z, end: 2026-12-27T08:00:00Z, reason: "Christmas peak"}\n',
+            "freeze[0].start: '2026-02-30T18:00:00Z' is not a real date (February 2026 has 28 days)",
+            "          - {start: 2026-02-30",
+        ),
+    ],
+    ids=["left-feb-29", "rota-start-month-13", "override-end-dec-32", "freeze-feb-30"],
+)
+def test_a_date_that_does_not_exist_is_a_problem_on_its_line_not_a_traceback(
+    tmp_path: Path, rel: str, old: str, new: str, says: str, at: str
+) -> None:
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, root)
+    path = root / rel
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    line = next(n for n, written in enumerate(text.splitlines(), 1) if written.startswith(at))
+
+    result = invoke("check", str(root))
+
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert any(ln.startswith(f"{rel}:{line}: ") and says in ln for ln in result.stdout.splitlines()), result.stdout
+
+
+SEXAGESIMAL = "YAML reads an unquoted time such as 10:00 as 600 (minutes, in base 60)"
+
+
+@pytest.mark.parametrize(
+    ("written", "says"),
+    [
+        ("10:00", f'600 is a number: {SEXAGESIMAL}; quote it, as in time: "10:00"'),
+        ("9", f'9 is a number: {SEXAGESIMAL}; quote it, as in time: "09:00"'),
+        ('"9am"', "'9am' must look like 09:00"),
+    ],
+    ids=["sexagesimal", "a-bare-hour", "text"],
+)
+def test_an_unquoted_digest_time_read_by_yaml_as_a_number_is_told_to_be_quoted(
+    tmp_path: Path, written: str, says: str
+) -> None:
+    root = tmp_path / "knowledge"
+    shutil.copytree(SAMPLE_KNOWLEDGE, root)
+    path = root / "services.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert 'time: "09:00"' in text
+    path.write_text(text.replace('time: "09:00"', f"time: {written}", 1), encoding="utf-8")
+
+    result = invoke("check", str(root))
+
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stdout.splitlines() == [f"services.yaml:14: settings.weekly_digest.time: {says}"]
+
+
 def test_check_json_lists_the_problems_with_their_lines(broken: Path) -> None:
     result = invoke("check", "--json", str(broken))
 

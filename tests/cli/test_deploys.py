@@ -376,6 +376,8 @@ def test_notify_deploy_refuses_what_it_would_ignore(history: History) -> None:
     finished = ("--status", "started", "--finished-at", "2026-11-20T10:00:00Z")
     assert_clean_failure(invoke(*NOTIFY, "--db", db, *finished), "--finished-at is for the event that ends")
     assert_clean_failure(invoke(*NOTIFY, "--db", db, "--event-id", ""), "--event-id is empty")
+    ancient = invoke(*NOTIFY, "--db", db, "--commit-time", "0001-01-01T00:00:00+01:00")  # year 0 in UTC
+    assert_clean_failure(ancient, "--commit-time", "falls outside the years 0001 to 9999")
     assert_clean_failure(invoke(*NOTIFY, "--db", ""), "--db is empty")
     assert_clean_failure(invoke(*NOTIFY, "--url", "", env=HOOK_ENV), "--url is empty")
     assert json.loads(invoke("deploys", "--json", "--limit", "1").stdout)[0]["id"] == history.ci  # nothing recorded

@@ -99,6 +99,18 @@ def test_a_time_without_an_offset_is_refused(deploys: DeployService, field: str)
     assert caught.value.field == field
 
 
+@pytest.mark.parametrize("field", ["started_at", "finished_at", "commit_time"])
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"])
+def test_a_time_outside_the_calendar_once_in_utc_is_refused_not_an_overflow(
+    deploys: DeployService, field: str, value: str
+) -> None:
+    """Valid ISO 8601 with its offset, but in year 0 or 10000 in UTC: a field problem (400), not a 500."""
+    body = {"event_id": "e1", "service": "web", "env": "staging", "version": "2.0.0", "status": "succeeded"}
+    with pytest.raises(EventProblem, match="falls outside the years 0001 to 9999 once in UTC") as caught:
+        parse_event(json.dumps(body | {field: value}), deploys.ci_services(), deploys.ci_environments())
+    assert caught.value.field == field
+
+
 @pytest.mark.parametrize(
     ("status", "times"),
     [
