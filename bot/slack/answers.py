@@ -23,6 +23,7 @@ from bot.slack.blocks.answers import (
     build_vote_ack_text,
     experts_fallback_text,
 )
+from bot.slack.blocks.mrkdwn import escape
 from bot.slack.listeners import Listeners, clicked_channel, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
@@ -226,13 +227,14 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if expert is None:
             raise NotFound(f"{person} is no longer on the roster; run /experts again.")
         if expert.has_left(datetime.now(UTC)):  # suggested before they left
-            raise NotFound(f"{expert.name} left on {expert.left}; run /experts again to find someone else.")
+            raise NotFound(f"{escape(expert.name)} left on {expert.left}; run /experts again to find someone else.")
         invited, error = web.try_call("conversations.invite", channel=channel, users=person)
+        name = escape(expert.name)  # the roster's words, shown as text
         if invited is not None:
-            text = f"Invited {expert.name} (<@{person}>) to this channel."
+            text = f"Invited {name} (<@{person}>) to this channel."
             log.info("invited expert=%s channel=%s by=%s", person, channel, user)
         else:
-            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=expert.name)
+            text = INVITE_ERRORS.get(error, f"Slack refused the invite ({error}).").format(name=name)
         web.tell_user(channel, user, text)
 
     on.action(ids.INVITE_EXPERT, invite_expert)

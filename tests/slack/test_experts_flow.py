@@ -105,9 +105,12 @@ def test_a_broadcast_in_a_roster_name_is_posted_as_text_never_as_a_ping(
     (suggested,) = slack_api.wait_for("response_url", timeout=15)
     slack.mention("who is on call for platform?", user=OLIVER)
     (oncall,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    slack.click(ids.INVITE_EXPERT, DANIEL, user=OLIVER, channel="C0INC0001")
+    (invited,) = slack_api.wait_for("chat.postEphemeral")
     assert suggested.body["text"].startswith("Suggested: &lt;!channel&gt; ")
     assert oncall.body["text"].startswith("On call: platform: &lt;!channel&gt; ")
-    for body in (suggested.body, oncall.body):
+    assert invited.body["text"].startswith("Invited &lt;!channel&gt; Daniel Okafor")
+    for body in (suggested.body, oncall.body, invited.body):
         assert not re.search(r"<!(channel|here|everyone)>", json.dumps(body)), body
 
 
