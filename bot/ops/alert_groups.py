@@ -68,6 +68,7 @@ class AlertGroup:
     silence_id: str = ""
     silenced_by: str = ""
     silenced_until: str = ""
+    resolve_received_at: str = ""  # when opsbot received the resolve ("" while it fires); resolved_at is endsAt
     alerts: tuple[AlertRecord, ...] = ()
     events: tuple[dict, ...] = field(default=(), compare=False)
 
@@ -252,6 +253,7 @@ def group_from_rows(row: dict, instances: list[dict], events: list[dict] | tuple
         silence_id=row["silence_id"] or "",
         silenced_by=row["silenced_by"] or "",
         silenced_until=row["silenced_until"] or "",
+        resolve_received_at=row.get("resolve_received_at") or "",
         alerts=alerts,
         events=tuple(events),
     )

@@ -37,10 +37,10 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 REOPEN_AFTER = timedelta(hours=1)  # a group firing again later than this after it resolved gets a new message
-# A firing of the very alerts just resolved (same fingerprints and startsAt) within this of the resolve is a late
-# copy: an HA pair's replicas each wait their peer_timeout (15 s by default) in turn before sending. Later, it is a
-# real firing again: Prometheus keeps an alert's startsAt across a restart (its `for` state), and an alert that
-# could not reach Alertmanager for a while was resolved by its endsAt while it kept firing.
+# A firing of the very alerts just resolved (same fingerprints and startsAt) within this of receiving the resolve
+# is a late copy: an HA pair's replicas each wait their peer_timeout (15 s by default) in turn before sending.
+# Later, it is a real firing again: Prometheus keeps an alert's startsAt across a restart (its `for` state), and an
+# alert that could not reach Alertmanager for a while was resolved by its endsAt while it kept firing.
 STALE_WITHIN = timedelta(minutes=1)
 SILENCE_FOR = timedelta(hours=1)
 # A silence claimed and neither recorded nor released after this (the Alertmanager call's timeout is 10 s) was
@@ -211,6 +211,7 @@ class AlertService:
             "episode": episode,
             "started_at": _iso(_earliest(n.alerts)),
             "resolved_at": "" if n.status == "firing" else _iso(_latest_end(n.alerts, now)),
+            "resolve_received_at": "" if n.status == "firing" else _iso(now),
             "message_channel": "",
             "message_ts": "",
             "briefing": "",
@@ -243,11 +244,11 @@ class AlertService:
             started = min(started, _iso(min(firing_starts)))
         fields |= {"started_at": started}
         if n.status == "resolved":
-            fields["resolved_at"] = (
-                before.resolved_at if kind == "changed" and before.resolved_at else _iso(_latest_end(n.alerts, now))
-            )
+            kept = kind == "changed" and before.resolved_at
+            fields["resolved_at"] = before.resolved_at if kept else _iso(_latest_end(n.alerts, now))
+            fields["resolve_received_at"] = (before.resolve_received_at if kept else "") or _iso(now)
         else:
-            fields["resolved_at"] = ""
+            fields["resolved_at"] = fields["resolve_received_at"] = ""
         note = difference(before, n, gone)
         if kind == "refired" and before.incident_id and not self._incident_open(before.incident_id):
             # An incident is declared once per firing: this firing starts after that one was closed.
@@ -426,6 +427,10 @@ class AlertService:
         incident and True, or the one declared before and False."""
         with self.store.transaction():
             group = self.get(group_id)
+            if group.incident_id and incidents.get(group.incident_id).status == "cancelled":
+                # declared by mistake (a cancel freed the group; this covers a cancel from before that did not)
+                self.store.update_alert_group(group_id, incident_id="")
+                group = self.get(group_id)
             if group.incident_id:
                 return incidents.get(group.incident_id), False
             services = [group.service] if group.service in incidents.known_services else []
@@ -438,6 +443,22 @@ class AlertService:
             if announcer is not None:
                 announcer.announce(Change("incident", self.get(group_id), note, user))
         return incident, True
+
+    def incident_cancelled(self, incident_id: str, user: str, announcer: AlertAnnouncer | None) -> list[AlertGroup]:
+        """An incident declared from alerts was cancelled (declared by mistake): its groups are free again, so their
+        messages offer Declare incident once more; said in their threads, in the same transaction (the cancel's,
+        when called inside it). The groups freed."""
+        freed: list[AlertGroup] = []
+        with self.store.transaction():
+            for group_id in self.store.alert_groups_of_incident(incident_id):
+                self.store.update_alert_group(group_id, incident_id="")
+                note = f"{incident_id} was cancelled (declared by mistake): Declare incident declares a new one"
+                self.store.add_alert_event(group_id, user, "incident", note, _iso(self.clock()))
+                change = Change("incident", self.get(group_id), note, user)
+                if announcer is not None:
+                    announcer.announce(change)
+                freed.append(change.group)
+        return freed
 
     def record_action(self, group_id: str, user: str, text: str, announcer: AlertAnnouncer | None) -> None:
         """Something done from the group's message (a rollback requested), in its timeline and thread."""
@@ -460,11 +481,14 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
 
 
 def _stale(before: AlertGroup, n: Notification, now: datetime) -> bool:
-    """Whether ``n`` is a late copy of what came before the resolve: within STALE_WITHIN of it, it fires only
-    alerts already stored as resolved (same fingerprint and startsAt, ended at or after that start)."""
-    if before.status != "resolved" or n.status != "firing" or not before.resolved_at:
+    """Whether ``n`` is a late copy of what came before the resolve: within STALE_WITHIN of receiving the resolve
+    (not of the alerts' endsAt: Alertmanager sends a resolve up to group_interval after it), it fires only alerts
+    already stored as resolved (same fingerprint and startsAt, ended at or after that start)."""
+    # a group resolved before opsbot recorded when the resolve arrived has its endsAt only
+    received = before.resolve_received_at or before.resolved_at
+    if before.status != "resolved" or n.status != "firing" or not received:
         return False
-    if now - datetime.fromisoformat(before.resolved_at) > STALE_WITHIN:
+    if now - datetime.fromisoformat(received) > STALE_WITHIN:
         return False
     ended = {
         a.fingerprint: (datetime.fromisoformat(a.starts_at), datetime.fromisoformat(a.ends_at))

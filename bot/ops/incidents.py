@@ -26,6 +26,8 @@ INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
 ENV_NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 SEVERITY = re.compile(r"(?:SEV\s*-?\s*)?(\d+)", re.IGNORECASE)  # 2, sev2, SEV-2; never -1
 DEFAULT_SEVERITY = 3
+SEVERITY_DIGITS = 4
+SHOWN_VALUE = 20  # a refused value is quoted back this long at most
 
 
 @dataclass(frozen=True)
@@ -257,9 +259,11 @@ class IncidentService:
         kind: str,
         change: Callable[[LiveIncident], tuple[str, dict]],
         announce: Announce | None = None,
+        message: str = "",
     ) -> LiveIncident:
         """Apply ``change`` to the current state (not the caller's possibly stale copy), in one transaction;
-        ``announce`` runs inside it with the changed incident (see ``resolve``)."""
+        ``announce`` runs inside it with the changed incident (see ``resolve``); ``message``: the Slack message the
+        entry is (a pinned one)."""
         with self.store.transaction():
             current = self.get(incident.id)
             if not current.is_open:
@@ -267,7 +271,7 @@ class IncidentService:
             text, fields = change(current)
             if fields:
                 self.store.update_live_incident(incident.id, **fields)
-            self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()))
+            self.store.add_incident_event(incident.id, actor, kind, text, _iso(self.clock()), message)
             live = self.get(incident.id)
             if announce is not None:
                 announce(live)
@@ -311,17 +315,17 @@ class IncidentService:
                 announce(live)
         return live
 
-    def pin(self, incident: LiveIncident, actor: str, text: str) -> bool:
-        """Add a message to the timeline once: False when it is there already (two people reacted to it). The
-        check and the write are one transaction, so two reactions at once add it once."""
+    def pin(self, incident: LiveIncident, actor: str, text: str, message: str = "") -> bool:
+        """Add the Slack message ``message`` (`channel:ts`) with its ``text`` to the timeline once: False when it is
+        there already (two people reacted to it). Another message with the same words is another entry. The check
+        and the write are one transaction, so two reactions at once add it once."""
         if not text.strip():
             raise InvalidRequest("that message has no text to add to the timeline.")
         stored = scrub(text.strip())[:2000]
         with self.store.transaction():
-            current = self.get(incident.id)
-            if any(e["kind"] == "pinned" and e["text"] == stored for e in current.events):
+            if message and self.store.has_pinned_message(incident.id, message):
                 return False
-            self._change(current, actor, "pinned", lambda _: (stored, {}))
+            self._change(incident, actor, "pinned", lambda _: (stored, {}), message=message)
         return True
 
     def record_action(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
@@ -435,9 +439,11 @@ def possible_cause_at(
 def check_severity(value: int | str) -> int:
     """1 to 4 from `2`, `sev2`, `SEV-2` or `Sev 2`; anything else (`-1`, `SEV0`, `high`) is refused."""
     found = SEVERITY.fullmatch(str(value).strip())
-    number = int(found.group(1)) if found else 0
+    # a few digits at most: Python refuses to read a number of thousands of digits (ValueError), 0042 is 42 anyway
+    number = int(found.group(1)) if found and len(found.group(1)) <= SEVERITY_DIGITS else 0
     if not 1 <= number <= 4:
-        raise InvalidRequest(f"severity {value!r} must be 1 (worst) to 4.")
+        shown = value if len(str(value)) <= SHOWN_VALUE else f"{str(value)[:SHOWN_VALUE]}…"
+        raise InvalidRequest(f"severity {shown!r} must be 1 (worst) to 4.")
     return number
 
 

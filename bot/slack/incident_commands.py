@@ -19,7 +19,14 @@ USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,
 SEVERITY_WORD = re.compile(r"^sev-?(\d+)$", re.IGNORECASE)  # sev2, SEV2, SEV-2: as other tools write it
 ROOT_CAUSE_OPTIONS = ("--root-cause", "--rootcause")
 DASHED_OPTION = re.compile(r"(?<!\S)[—–](?=root-?cause)", re.IGNORECASE)
+DASHES = ("—", "–")
+DECLARE_OPTIONS = ("--sev", "--severity", "--service", "--env")
 QUOTES = "\"'“”‘’"
+# A quote that opens a phrase, and the quotes that may close it: Slack's clients turn typed quotes into smart ones.
+CLOSING_QUOTES = {'"': '"”“', "“": '”"“', "”": '”"', "'": "'’‘", "‘": "’'‘", "’": "’'"}
+CLOSING_AT = {opening: re.compile(f"[{closing}](?=\\s|$)") for opening, closing in CLOSING_QUOTES.items()}
+# A link with a label of its own, `<https://evil.example|https://grafana.internal>`: the label hides the address.
+LABELLED_LINK = re.compile(r"<(https?://[^<>\s|]+)\|[^<>]*>")
 DECLARE_USAGE = "/incident declare TITLE [sev1-4] [--service NAME] [--env NAME]"
 
 
@@ -37,6 +44,52 @@ class IncidentCommand:
     user: str = ""  # assign: who, and which role
     role: str = ""
     root_cause: str = ""  # resolve --root-cause TEXT
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word of a command, or a quoted phrase (``quoted``: its quotes taken off)."""
+
+    text: str
+    quoted: bool = False
+
+
+def words_of(text: str) -> list[Word]:
+    """`"Pager sev1 down" --sev 2` -> [Word("Pager sev1 down", True), Word("--sev"), Word("2")]. A quote opens a phrase
+    at the start of a word and closes it at the end of one; one that never closes is a character (`Bob's`, `'til`)."""
+    words: list[Word] = []
+    at = 0
+    while at < len(text):
+        if text[at].isspace():
+            at += 1
+            continue
+        closing = CLOSING_AT[text[at]].search(text, at + 1) if text[at] in CLOSING_AT else None
+        if closing is not None:
+            phrase = text[at + 1 : closing.start()].strip()
+            if phrase:
+                words.append(Word(phrase, quoted=True))
+            at = closing.end()
+            continue
+        end = at
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        words.append(Word(text[at:end]))
+        at = end
+    return words
+
+
+def without_link_labels(text: str) -> str:
+    """`<https://evil.example/x|https://grafana.internal>` -> `<https://evil.example/x>`: in what people type, a link
+    shows its own address, never a label that could hide it. People and channels (`<@U123|dana>`) are kept."""
+    return LABELLED_LINK.sub(r"<\1>", text)
+
+
+def typed_text(text: str) -> str:
+    """A slash command's text as typed: Slack's escapes undone (`&lt;` is `<`), links without their labels.
+
+    Slack escapes the `<`, `>` and `&` people type, so undoing that lets typed text look like Slack's markup: a
+    typed labelled link would be posted as one. Mentions, channels and plain links keep working."""
+    return without_link_labels(html.unescape(text))
 
 
 def split_subcommand(text: str) -> tuple[str, str]:
@@ -82,25 +135,35 @@ def unquote(text: str) -> str:
 
 
 def _option(word: str) -> str:
-    # Some clients turn a typed `--` into a dash; accept both.
-    return "--" + word[1:] if word[:1] in ("—", "–") else word
+    """`—sev` is `--sev`: some clients turn a typed `--` into a dash. A dash before any other word stays a dash
+    (`Checkout – EU payments failing`)."""
+    if word[:1] in DASHES and ("--" + word[1:]).partition("=")[0] in DECLARE_OPTIONS:
+        return "--" + word[1:]
+    return word
 
 
 def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
-    """`"checkout 503s" sev2 --service checkout-api --env prod` -> ("checkout 503s", 2, ["checkout-api"], "prod")."""
-    words = [_option(w) for w in rest.split()]
+    """`"checkout 503s" sev2 --service checkout-api --env prod` -> ("checkout 503s", 2, ["checkout-api"], "prod").
+
+    Quoted words are the title's only: `"Pager sev1 escalations not delivered"` keeps its `sev1`."""
+    words = words_of(rest)
     title: list[str] = []
     severity: int | None = None
     services: list[str] = []
     env: str | None = None
     i = 0
     while i < len(words):
-        name, has_value, value = words[i].partition("=")
-        if name in ("--sev", "--severity", "--service", "--env"):
+        word = words[i].text
+        if words[i].quoted:
+            title.append(word)
+            i += 1
+            continue
+        name, has_value, value = _option(word).partition("=")
+        if name in DECLARE_OPTIONS:
             if not has_value:
                 if i + 1 >= len(words):
                     raise InvalidRequest(f"{name} needs a value: {DECLARE_USAGE}.")
-                value = words[i + 1]
+                value = words[i + 1].text
                 i += 1
             if not value:  # `--env=` would otherwise fall back to the default environment without a word
                 raise InvalidRequest(f"{name}= needs a value after the =: {DECLARE_USAGE}.")
@@ -110,12 +173,12 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
                 env = value
             else:
                 severity = _one_severity(severity, value)
-        elif SEVERITY_WORD.match(words[i]):
-            severity = _one_severity(severity, words[i])
+        elif SEVERITY_WORD.match(word):
+            severity = _one_severity(severity, word)
         else:
-            title.append(words[i])
+            title.append(word)
         i += 1
-    return unquote(" ".join(title)), severity, services, env
+    return " ".join(title), severity, services, env
 
 
 def _one_severity(before: int | None, value: str) -> int:
@@ -160,7 +223,7 @@ def parse_resolve(rest: str) -> tuple[str, str]:
 
 def parse_incident(text: str) -> IncidentCommand:
     """Read one `/incident` command; raises InvalidRequest with the usage of what was wrong."""
-    word, rest = split_subcommand(html.unescape(text or ""))
+    word, rest = split_subcommand(typed_text(text or ""))
     sub = subcommand_of(word)
     if sub is None:
         raise InvalidRequest(unknown_subcommand(word))

@@ -9,6 +9,7 @@ import html
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,7 @@ from bot.slack.blocks.incidents import (
     title_line,
 )
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
+from bot.slack.delivery import call_web_api
 from bot.slack.deploys import submit
 from bot.slack.incident_commands import (
     IncidentCommand,
@@ -43,12 +45,25 @@ from bot.slack.incident_commands import (
     split_subcommand,
     subcommand_of,
     unknown_subcommand,
+    without_link_labels,
 )
 from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 SLUG_LENGTH = 40
+# After-delivery hook of a cancel's post: bot.slack.alerts frees the alert groups the incident was declared from.
+CANCELLED_HOOK = "incident-cancelled"
+CREATE_ATTEMPTS = 3  # conversations.create, while the declarer waits for the incident's channel
+CREATE_WAIT_S = 10.0
+SCOPE_HINT = "The app needs the `channels:manage` scope (see `opsbot manifest`) and a reinstall."
+CHANNEL_HINTS = {  # Slack's errors of conversations.create that a change of the app or the workspace fixes
+    "missing_scope": SCOPE_HINT,
+    "not_allowed_token_type": SCOPE_HINT,
+    "no_permission": SCOPE_HINT,
+    "restricted_action": "The workspace's settings do not let apps create channels; a workspace admin can.",
+    "name_taken": "Both of the names opsbot tried are taken; archived channels keep their names.",
+}
 
 
 def channel_name(incident: LiveIncident) -> str:
@@ -64,21 +79,48 @@ def channel_name(incident: LiveIncident) -> str:
 # -- Slack helpers ------------------------------------------------------------------------------------
 
 
-def post(web: SlackWeb, channel: str, message: Message, response_url: str = "") -> int:
-    """Post in a channel; if Slack refuses it for good, the user who asked sees it privately, with why."""
+def post(
+    web: SlackWeb, channel: str, message: Message, response_url: str = "", after: tuple[str, dict] | None = None
+) -> int:
+    """Post in a channel; if Slack refuses it for good, the user who asked sees it privately, with why. ``after``:
+    the after-delivery hook to run once it is posted (SlackWeb.on)."""
     text, blocks = message
-    return web.post(channel, text, blocks or None, notify=Notify(response_url=response_url) if response_url else None)
+    notify = Notify(response_url=response_url) if response_url else None
+    return web.post(channel, text, blocks or None, notify=notify, after=after)
 
 
 def say_privately(web: SlackWeb, response_url: str, text: str) -> None:
     web.respond(response_url, text)
 
 
+def create_channel(web: SlackWeb, name: str) -> tuple[dict | None, str]:
+    """conversations.create: (Slack's answer, "") or (None, its error). What the outbox would try again (429, 5xx,
+    an error page, a reset) is tried again here, CREATE_ATTEMPTS times at most, after Slack's Retry-After or the
+    outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting."""
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        outcome = call_web_api(web.client, "conversations.create", {"name": name}, web.policy, attempt)
+        if outcome.ok:
+            return outcome.answer, ""
+        wait = outcome.retry_in
+        log.warning("slack call failed method=conversations.create error=%s attempt=%d", outcome.error, attempt)
+        if wait is None or wait > CREATE_WAIT_S or attempt == CREATE_ATTEMPTS:
+            return None, outcome.error
+        time.sleep(wait)
+    return None, "not tried"  # CREATE_ATTEMPTS is at least 1
+
+
+def channel_refused_text(incident: LiveIncident, error: str) -> str:
+    """What the declarer is told when its channel could not be created: what Slack answered, and what to do."""
+    hint = CHANNEL_HINTS.get(error, "")  # none for a 429 or a 5xx that outlasted the retries: Slack's word is said
+    text = f"{incident.id} is declared, but Slack did not create its channel ({error}), so it lives in this channel."
+    return f"{text} {hint}" if hint else text
+
+
 def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> tuple[str | None, str]:
     """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error)."""
     base = channel_name(incident)
     for name in (base, f"{base[:70]}-{incident.id.rsplit('-', 1)[1]}"):
-        created, error = web.try_call("conversations.create", name=name)
+        created, error = create_channel(web, name)
         if created is None:
             if error == "name_taken":
                 continue
@@ -178,12 +220,7 @@ def brief(
             incidents.set_channel(incident.id, channel)
             where = channel
         else:
-            say_privately(
-                web,
-                url,
-                f"{incident.id} is declared, but Slack refused to create its channel ({error}), so it lives in "
-                "this channel. The app needs the `channels:manage` scope (see `opsbot manifest`).",
-            )
+            say_privately(web, url, channel_refused_text(incident, error))
     incident = incidents.get(incident.id)
     if not declared or runtime.settings.incident_channels:
         post_declaration(runtime, incidents, web, incident, where, url)
@@ -296,7 +333,8 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
 
 
 def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIncident, user: str, why: str) -> None:
-    """Declared by mistake: said where it was worked and where it was declared; never searchable or counted."""
+    """Declared by mistake: said where it was worked and where it was declared; never searchable or counted. Once
+    that is posted, an alert it was declared from offers Declare incident again (CANCELLED_HOOK)."""
     # "/incident cancel declared by mistake" gives the reason the message already states: not said twice
     said = why.strip().rstrip(".").lower() == "declared by mistake"
     reason = f" ({escape(scrub(why))})" if why and not said else ""
@@ -306,7 +344,7 @@ def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIn
             f":no_entry_sign: {title_line(live)} was cancelled by <@{user}>: declared by mistake{reason}. It is not "
             "a past incident and counts in no figure; its timeline is kept."
         )
-        post(web, live.channel, (text, []), url)
+        post(web, live.channel, (text, []), url, after=(CANCELLED_HOOK, {"incident": live.id, "user": user}))
         if live.origin_channel and live.origin_channel != live.channel:
             post(web, live.origin_channel, (text, []), url)
 
@@ -331,6 +369,8 @@ def open_resolve_dialog(web: SlackWeb, command: dict, incident: LiveIncident, ro
 def resolve_from_dialog(runtime: Runtime, web: SlackWeb, body: dict) -> None:
     """The resolve dialog was submitted: resolve as `/incident resolve TEXT --root-cause TEXT` would."""
     incident_id, channel, resolution, root_cause = read_resolve_view(body["view"])
+    # typed as is (a dialog's text is not escaped): a link keeps its address in sight, as in a typed command
+    resolution, root_cause = without_link_labels(resolution), without_link_labels(root_cause)
     user = body["user"]["id"]
     incidents = runtime.incidents()
     try:
@@ -371,7 +411,7 @@ def pin_message(runtime: Runtime, web: SlackWeb, event: dict) -> None:
         text = message_text(web, channel, ts)
         if text is None:
             raise InvalidRequest("I could not read that message; is it in a thread I can't see?")
-        if not incidents.pin(incident, user, html.unescape(text)):
+        if not incidents.pin(incident, user, html.unescape(text), message=f"{channel}:{ts}"):
             return  # someone else pinned it already
     except OpsbotError as exc:
         web.tell_user(channel, user, f"Sorry: {exc}")

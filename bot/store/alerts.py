@@ -22,6 +22,7 @@ GROUP_FIELDS = frozenset(
         "episode",
         "started_at",
         "resolved_at",
+        "resolve_received_at",
         "updated_at",
         "truncated",
         "message_channel",
@@ -86,6 +87,11 @@ class AlertStore(StoreBase):
             [incident_id, group_id, service, fired_at, at],
         )
         return True
+
+    def alert_groups_of_incident(self, incident_id: str) -> list[str]:
+        """The groups whose current episode holds ``incident_id``."""
+        cur = self.db.execute("SELECT id FROM alert_groups WHERE incident_id = ? ORDER BY id", [incident_id])
+        return [r[0] for r in cur.fetchall()]
 
     def alert_incidents(self) -> list[dict]:
         """Incidents declared from alerts: the service and when its alert started firing."""

@@ -67,12 +67,23 @@ class LiveIncidentStore(StoreBase):
         )
         return cur.rowcount == 1
 
-    def add_incident_event(self, incident_id: str, actor: str, kind: str, text: str, at: str | None = None) -> None:
+    def add_incident_event(
+        self, incident_id: str, actor: str, kind: str, text: str, at: str | None = None, message: str = ""
+    ) -> None:
+        """One timeline entry; ``message`` names the Slack message it is (`channel:ts`) for a pinned one."""
         self._require_transaction()
         self.db.execute(
-            "INSERT INTO incident_events (incident_id, at, actor, kind, text) VALUES (?, ?, ?, ?, ?)",
-            [incident_id, at or _now(), actor, kind, text],
+            "INSERT INTO incident_events (incident_id, at, actor, kind, text, message) VALUES (?, ?, ?, ?, ?, ?)",
+            [incident_id, at or _now(), actor, kind, text, message],
         )
+
+    def has_pinned_message(self, incident_id: str, message: str) -> bool:
+        """Whether the Slack message ``message`` (`channel:ts`) is in the incident's timeline already."""
+        row = self.db.execute(
+            "SELECT 1 FROM incident_events WHERE incident_id = ? AND kind = 'pinned' AND message = ? LIMIT 1",
+            [incident_id, message],
+        ).fetchone()
+        return row is not None
 
     def incident_events(self, incident_id: str) -> list[dict]:
         cur = self.db.execute(

@@ -377,3 +377,18 @@ def m019_deploy_triggered(db: Database) -> None:
         "replace(action, '.withdrawn', '.shown'), request_id, '{\"before_upgrade\": true}' FROM audit "
         "WHERE action IN ('deploy.withdrawn', 'rollback.withdrawn')"
     )
+
+
+@migrations()
+def m020_alert_resolve_received(db: Database) -> None:
+    # When opsbot received a group's resolve (ISO UTC, "" while it fires). Alertmanager sends the resolve up to
+    # group_interval after the alerts' endsAt, so a late copy of the firing is judged from this, not from endsAt.
+    # Groups resolved before it keep "": their resolved_at stands in.
+    db["alert_groups"].add_column("resolve_received_at", str, not_null_default="")
+
+
+@migrations()
+def m021_pinned_messages(db: Database) -> None:
+    # The Slack message a pinned timeline entry is (`channel:ts`; "" for other entries and for pins from before):
+    # a message is added once however many react, and two messages with the same words are two entries.
+    db["incident_events"].add_column("message", str, not_null_default="")

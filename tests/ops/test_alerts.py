@@ -21,6 +21,8 @@ from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService, LiveIncident
 from bot.ops.metrics import dora
 from bot.ops.requests import new_row
+from bot.slack import ids
+from bot.slack.blocks.alerts import AlertView, action_buttons
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.fakes import Clock
@@ -417,6 +419,26 @@ def test_the_same_alerts_firing_again_minutes_after_their_resolve_are_a_real_fir
     assert shown.kinds == ["opened", "resolved", "refired"]
 
 
+def test_the_minute_of_a_late_copy_runs_from_when_the_resolve_arrived_not_from_the_alerts_end(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    """Alertmanager sends a resolve at the group's next flush, up to group_interval (5 min by default) after the
+    alerts' endsAt: the other replica's firing a peer_timeout after that resolve arrived is still a late copy."""
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    ended = datetime(2026, 12, 5, 16, 22, 57, tzinfo=UTC)  # the captured resolve's endsAt
+    alert_clock.set(ended + timedelta(minutes=3))
+    resolved = receive(alerts, "pgbouncer-resolved", shown).group
+    assert (resolved.resolved_at, resolved.resolve_received_at) == (ended.isoformat(), alert_clock.now.isoformat())
+    alert_clock.advance(seconds=15)
+
+    late = receive(alerts, "pgbouncer-firing", shown)  # before, 3 min 15 s after endsAt: taken for a new firing
+
+    assert (late.kind, late.group.status) == ("unchanged", "resolved") and shown.kinds == ["opened", "resolved"]
+    alert_clock.advance(minutes=5)
+    assert receive(alerts, "pgbouncer-firing", shown).kind == "refired"  # minutes later, a real firing
+
+
 def test_a_briefing_is_kept_once_and_only_for_its_episode(alerts: AlertService) -> None:
     group = receive(alerts, "pgbouncer-firing").group
     shown = Recorder()
@@ -668,6 +690,47 @@ def test_a_firing_long_after_the_last_one_stays_with_its_incident_while_that_is_
     assert after.note.endswith(f"{first.id} is still open: this firing stays with it")
     assert alerts.declare_incident(group.id, ALICE, incidents, None) == (incidents.get(first.id), False)
     assert [i.id for i in incidents.list_open()] == [first.id]
+
+
+def test_an_incident_cancelled_as_declared_by_mistake_frees_its_alert_to_declare_the_real_one(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    mistake, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    assert action_ids(alerts.get(group.id)) == [ids.ALERT_SILENCE]
+    incidents.cancel(mistake, CAROL, "clicked the wrong alert")
+    shown = Recorder()
+
+    freed = alerts.incident_cancelled(mistake.id, CAROL, shown)
+
+    note = f"{mistake.id} was cancelled (declared by mistake): Declare incident declares a new one"
+    assert [g.id for g in freed] == [group.id] and [(c.kind, c.note, c.actor) for c in shown.changes] == [
+        ("incident", note, CAROL)
+    ]
+    assert alerts.get(group.id).incident_id == "" and action_ids(alerts.get(group.id)) == [
+        ids.ALERT_DECLARE,
+        ids.ALERT_SILENCE,
+    ]
+    real, created = alerts.declare_incident(group.id, ALICE, incidents, None)
+    assert created and real.id != mistake.id and alerts.get(group.id).incident_id == real.id
+
+
+def test_an_alert_still_holding_an_incident_cancelled_before_the_groups_were_freed_declares_anew(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    mistake, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    incidents.cancel(mistake, CAROL, "clicked the wrong alert")  # the group was not freed: it still names it
+
+    again, created = alerts.declare_incident(group.id, ALICE, incidents, None)
+
+    assert created and again.id != mistake.id and again.is_open  # before: "declared for this alert already"
+
+
+def action_ids(group: AlertGroup) -> list[str]:
+    return [b["action_id"] for b in action_buttons(group, AlertView(can_silence=True))]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from tests.ops.test_metrics import NOW, deploy, insert
 
 DECLARED = NOW  # deploy(None) rows of test_metrics are requested 20 minutes before NOW
 PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"
+MESSAGE = "C0OPS0001:1764496800.000100"  # a pinned message: its channel and ts
 
 
 @pytest.fixture
@@ -236,7 +237,7 @@ def test_a_message_pinned_by_two_people_at_once_is_added_once(store: Store) -> N
 
     def react(user: str) -> None:
         start.wait()
-        added.append(incidents.pin(live, user, "Raised default_pool_size to 40; 503s stopped"))
+        added.append(incidents.pin(live, user, "Raised default_pool_size to 40; 503s stopped", MESSAGE))
 
     threads = [threading.Thread(target=react, args=(user,)) for user in (PRIYA, DANIEL)]
     for thread in threads:
@@ -245,3 +246,18 @@ def test_a_message_pinned_by_two_people_at_once_is_added_once(store: Store) -> N
         thread.join()
     assert [e["kind"] for e in incidents.get(live.id).events] == ["declared", "pinned"]
     assert sorted(added) == [False, True]
+
+
+def test_two_messages_with_the_same_words_are_two_entries_and_each_is_added_once(store: Store) -> None:
+    """A pinned entry is the message (its channel and ts), not its words: the same words posted again an hour later
+    (the error rate back up after a mitigation) are pinned too, and a second reaction to either adds nothing."""
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    later = "C0OPS0001:1764500400.000200"
+
+    assert incidents.pin(live, PRIYA, "error rate back above 5%", MESSAGE) is True
+    assert incidents.pin(live, DANIEL, "error rate back above 5%", later) is True
+    assert incidents.pin(live, DANIEL, "error rate back above 5%", MESSAGE) is False
+
+    pinned = [(e["actor"], e["text"]) for e in incidents.get(live.id).events if e["kind"] == "pinned"]
+    assert pinned == [(PRIYA, "error rate back above 5%"), (DANIEL, "error rate back above 5%")]

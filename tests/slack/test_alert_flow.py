@@ -21,6 +21,7 @@ from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from tests.conftest import database_text
+from tests.fakes import eventually
 from tests.slack.conftest import Response, SlackDriver, send, shown, start_bot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
@@ -370,6 +371,31 @@ def test_a_firing_after_its_incident_was_resolved_offers_declare_again_and_decla
     assert second.id != first.id and second.declared_by == SAM
     assert slack_api.calls("chat.postEphemeral") == []  # not "was declared for this alert already"
     assert f"incident *{second.id}*" in shown(slack_api.calls("chat.update")[-1].body)
+
+
+def test_cancelling_an_incident_declared_from_an_alert_by_mistake_offers_declare_again(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    deliver(bot, payload("pgbouncer-firing"))
+    [edit] = briefed(slack_api)
+    bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
+    [mistake] = eventually(runtime.incidents().list_open, bool, 20)
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "declared by" in c.body["text"], timeout=20)
+    settle(bot)
+    assert ids.ALERT_DECLARE not in buttons(slack_api.calls("chat.update")[-1].body)
+
+    assert bot.command("/incident", f"cancel {mistake.id} wrong alert", user=PRIYA, channel=ALERTS).status == 200
+
+    note = f":rotating_light: <@{PRIYA}>: {mistake.id} was cancelled (declared by mistake): Declare incident declares"
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: c.body["text"].startswith(note), timeout=20)
+    settle(bot)
+    edited = slack_api.calls("chat.update")[-1].body  # before, the button stayed hidden
+    assert edited["ts"] == edit.body["ts"] and ids.ALERT_DECLARE in buttons(edited)
+    bot.click(ids.ALERT_DECLARE, buttons(edited)[ids.ALERT_DECLARE]["value"], user=SAM, channel=ALERTS)
+    [real] = eventually(runtime.incidents().list_open, bool, 20)
+    settle(bot)
+    assert real.id != mistake.id and real.declared_by == SAM
+    assert slack_api.calls("chat.postEphemeral") == []  # not "was declared for this alert already"
 
 
 def test_silence_calls_the_configured_alertmanager_once_as_the_clicker_and_only_for_those_allowed(

@@ -31,6 +31,47 @@ def test_declare_reads_services_and_the_environment() -> None:
     assert asked.services == ("catalog-search",)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        'declare "Pager sev1 escalations not delivered --env staging --service checkout-api"',
+        "declare “Pager sev1 escalations not delivered --env staging --service checkout-api”",
+        "declare ‘Pager sev1 escalations not delivered --env staging --service checkout-api’",
+        'declare Pager "sev1" escalations not delivered "--env staging --service checkout-api"',
+    ],
+)
+def test_quoted_words_are_the_title_only(text: str) -> None:
+    # Before, `sev1` was taken from the title as its severity, and --env/--service from inside the quotes.
+    assert parse_incident(text) == IncidentCommand(
+        "declare", title="Pager sev1 escalations not delivered --env staging --service checkout-api"
+    )
+    asked = parse_incident('declare sev3 "Pager sev1 escalations not delivered" --env staging')
+    assert (asked.title, asked.severity, asked.env) == ("Pager sev1 escalations not delivered", 3, "staging")
+    # An apostrophe is no quote: it opens nothing that does not close at the end of a word.
+    assert parse_incident("declare Bob's pool 'til dawn sev2").title == "Bob's pool 'til dawn"
+
+
+def test_a_dash_in_a_title_stays_a_dash_and_a_dashed_option_is_still_an_option() -> None:
+    # Before, a dash at the start of any word became `--`: "Checkout -- EU payments failing".
+    assert (
+        parse_incident("declare Checkout – EU payments failing — —ish").title == "Checkout – EU payments failing — —ish"
+    )
+    for dash in ("—", "–"):
+        assert parse_incident(f"declare Checkout – EU down {dash}sev 2 {dash}env=staging") == IncidentCommand(
+            "declare", title="Checkout – EU down", severity=2, env="staging"
+        )
+
+
+def test_a_link_typed_with_a_label_shows_its_address_and_slack_s_references_stay() -> None:
+    # Slack escapes a typed `<`; undone, the text below was posted as a link to evil.example labelled as Grafana.
+    typed = parse_incident("note &lt;https://evil.example/x|https://grafana.internal/d/checkout&gt; pool &lt; 20")
+    assert typed.text == "<https://evil.example/x> pool < 20"
+    # What Slack itself sends for a mention, a channel and a link keeps working.
+    references = f"<@{DANIEL}|daniel> in <#C0OPS0001|ops> saw <https://grafana.internal/d/checkout>"
+    assert parse_incident(f"note {references}").text == references
+    assert parse_incident(f"assign <@{DANIEL}|daniel> comms") == IncidentCommand("assign", user=DANIEL, role="comms")
+
+
 @pytest.mark.parametrize("text", ["severity 1", "severity sev1", "severity SEV-1", "sev 1", "sev1", "SEV-1"])
 def test_the_severity_can_be_changed_in_the_same_forms(text: str) -> None:
     assert parse_incident(text) == IncidentCommand("severity", severity=1)
@@ -95,6 +136,10 @@ def test_resolve_takes_an_optional_root_cause_and_may_be_empty() -> None:
         ("severity high", "severity 'high' must be 1 (worst) to 4."),
         ("severity INC-2026-0001 -1", "severity '-1' must be 1 (worst) to 4."),  # was taken as SEV1
         ("severity -4", "severity '-4' must be 1 (worst) to 4."),
+        # thousands of digits: Python's int() refuses them (ValueError), which was shown as an error id
+        ("severity " + "9" * 5000, f"severity '{'9' * 20}…' must be 1 (worst) to 4."),
+        ("declare down --sev " + "1" * 5000, f"severity '{'1' * 20}…' must be 1 (worst) to 4."),
+        ("sev" + "2" * 5000, f"severity 'sev{'2' * 17}…' must be 1 (worst) to 4."),
     ],
 )
 def test_mistakes_are_refused_with_what_to_type(text: str, message: str) -> None:

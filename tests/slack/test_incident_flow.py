@@ -347,6 +347,37 @@ def test_when_slack_refuses_the_channel_the_incident_lives_where_it_was_declared
     assert not slack_api.calls("conversations.invite")
 
 
+def test_a_rate_limited_channel_creation_waits_as_slack_asks_and_the_incident_gets_its_channel(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    slack_api.fail_next("conversations.create", status=429, retry_after=1)
+    incident_id, bodies = declare(slack, slack_api, "Search results empty --service catalog-search", parts=5)
+
+    limited, created = slack_api.calls("conversations.create")
+    assert (limited.status, created.ok, created.body["name"]) == (429, True, limited.body["name"])
+    assert created.at - limited.at >= 1  # Retry-After: 1
+    channel = created.answer["channel"]["id"]
+    assert runtime.incidents().get(incident_id).channel == channel  # before: told it lacks channels:manage
+    assert [b["channel"] for b in bodies] == [channel] * 4 + [OPS] and slack_api.responses() == []
+
+
+def test_a_channel_slack_keeps_failing_to_create_is_tried_three_times_and_slack_s_answer_is_said(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    slack_api.fail_next("conversations.create", status=500, times=4)
+    incident_id, bodies = declare(slack, slack_api, "Search results empty --service catalog-search")
+
+    assert [c.status for c in slack_api.calls("conversations.create")] == [500] * 3
+    assert [b["channel"] for b in bodies] == [OPS] * 4 and runtime.incidents().get(incident_id).channel == OPS
+    (told,) = slack_api.wait_for("response_url", predicate=lambda c: incident_id in c.body.get("text", ""))
+    assert told.body["text"] == (
+        f"{incident_id} is declared, but Slack did not create its channel (http 500 internal_error), so it lives in "
+        "this channel."
+    )  # no word of a scope the app has
+
+
 # -- errors: clear, ephemeral, and nothing changes ------------------------------------------------------------
 
 
@@ -407,6 +438,58 @@ def test_two_open_incidents_in_one_channel_need_an_id(
     say(slack, slack_api, f"note {second.id} search pods restarted")
     assert timeline(runtime, second.id)[-1] == (PRIYA, "note", "search pods restarted")
     assert len(timeline(runtime, first.id)) == 1
+
+
+def test_a_long_list_shows_whole_lines_and_says_how_many_more_and_where_to_see_them_all(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    incidents = runtime.incidents()
+    for n in range(30):
+        incidents.declare(f"Checkout 503s for EU customers after pgbouncer change {n}", PRIYA, 2, origin_channel=OPS)
+
+    text = incident(slack, slack_api, "list", channel=ELSEWHERE)["text"]
+
+    heading, *lines, more = text.splitlines()
+    assert heading == "*Open incidents (30)*" and len(text) <= 2900 and 0 < len(lines) < 30
+    assert all(re.fullmatch(r"• \*INC-2026-\d{4}\* · SEV2 · .* declared \d\d:\d\d UTC", line) for line in lines)
+    # before, the text was cut at 2,900 characters: in the middle of a line, and the rest left out unsaid
+    assert more == f"… and {30 - len(lines)} more: `opsbot incidents list` on the opsbot server lists them all."
+
+
+def test_the_same_words_in_two_messages_are_pinned_twice_and_each_message_once(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
+    chat = WebClient(token=BOT_TOKEN, base_url=slack_api.url)
+    first = chat.chat_postMessage(channel=OPS, text="error rate back above 5%")["ts"]
+    later = chat.chat_postMessage(channel=OPS, text="error rate back above 5%")["ts"]  # after a mitigation
+
+    for n, (user, ts) in enumerate(((MARCUS, first), (DANIEL, later), (PRIYA, first)), start=1):
+        item = {"type": "message", "channel": OPS, "ts": ts}
+        slack.event({"type": "reaction_added", "user": user, "reaction": "pushpin", "item": item, "event_ts": ts})
+        if n < 3:
+            slack_api.wait_for("chat.postEphemeral", n, predicate=lambda c: c.body["text"].startswith("Added"))
+    time.sleep(0.3)
+
+    told = [(c.body["user"], c.body["text"]) for c in slack_api.calls("chat.postEphemeral")]
+    added = f"Added to the {incident_id} timeline."
+    assert told == [(MARCUS, added), (DANIEL, added)]  # before, Daniel's message was taken for Marcus's: no reply
+    pinned = [e for e in timeline(runtime, incident_id) if e[1] == "pinned"]
+    assert pinned == [(MARCUS, "pinned", "error rate back above 5%"), (DANIEL, "pinned", "error rate back above 5%")]
+
+
+def test_a_link_typed_with_a_label_is_posted_with_its_address_in_sight(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    incident_id, _ = declare(slack, slack_api, TITLE)
+    # As Slack sends the typed `<https://evil.example/x|https://grafana.internal/d/checkout>`: its `<` escaped.
+    typed = "&lt;https://evil.example/x|https://grafana.internal/d/checkout&gt;"
+    references = f"<https://grafana.internal/d/checkout> per <@{DANIEL}|daniel> in <#{OPS}|ops>"  # Slack's own
+
+    posted = shown(say(slack, slack_api, f"note {typed} or {references}"))
+
+    assert posted.endswith(f"note from <@{PRIYA}>: <https://evil.example/x> or {references}"), posted
+    assert timeline(runtime, incident_id)[-1][2] == f"<https://evil.example/x> or {references}"
 
 
 # -- parsing and the manifest -------------------------------------------------------------------------------

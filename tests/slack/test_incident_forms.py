@@ -127,6 +127,26 @@ def test_resolve_without_text_opens_a_dialog_with_a_root_cause_field(
     indexed(runtime, incident_id)
 
 
+def test_a_link_typed_with_a_label_into_the_resolve_dialog_is_shown_with_its_address(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
+    assert slack.command("/incident", "resolve", user=PRIYA, channel=OPS).status == 200
+    (opened,) = slack_api.wait_for("views.open", timeout=15)
+    view = opened.body["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    before = len([c for c in slack_api.calls("chat.postMessage") if c.body["channel"] == OPS])
+    # A dialog's text arrives as typed, not escaped: this was posted as a link to evil.example labelled as Grafana.
+    typed = "Rolled back, see <https://evil.example/x|https://grafana.internal/d/checkout>"
+    assert submit_view(slack, view, {ids.INCIDENT_RESOLUTION_BLOCK: typed}).status == 200
+
+    posted = slack_api.wait_for("chat.postMessage", before + 1, 20, lambda c: c.body["channel"] == OPS)[before].body
+
+    assert "Rolled back, see <https://evil.example/x>" in shown(posted) and "|https://grafana" not in json.dumps(posted)
+    assert runtime.incidents().get(incident_id).resolution == "Rolled back, see <https://evil.example/x>"
+    indexed(runtime, incident_id)
+
+
 def test_resolve_with_only_a_root_cause_opens_the_dialog_with_the_cause_filled_in(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:

@@ -18,6 +18,8 @@ MAX_DEPLOYS = 10
 TIMELINE_LINES = 25
 ENTRY_CHARS = 300  # one timeline entry in a summary (a pinned message can be 2,000); the full text stays stored
 TIMELINE_CHARS = MAX_TEXT - 100  # room in its section for the heading and the "earlier entries" line
+LIST_TITLE = 200
+LIST_MORE = "… and {count} more: `opsbot incidents list` on the opsbot server lists them all."
 # Slack references that must survive escaping: mentions, channels, special mentions and links.
 USAGE = (
     "*Usage:*\n"
@@ -205,16 +207,29 @@ def build_status_blocks(incident: LiveIncident) -> list[dict]:
     return [section(facts), *cause, section(f"*Timeline*\n{timeline_lines(incident)}")]
 
 
+def list_line(incident: LiveIncident) -> str:
+    """One incident of `/incident list`; a long title is cut, so that one incident never fills the message."""
+    title = incident.title if len(incident.title) <= LIST_TITLE else incident.title[: LIST_TITLE - 1] + "…"
+    lead = incident.roles.get("lead", incident.declared_by)
+    return (
+        f"• *{incident.id}* · SEV{incident.severity} · {escape(title)} · <#{incident.channel}> · lead <@{lead}> · "
+        f"declared {clock_time(incident.declared_at)}"
+    )
+
+
 def build_list_text(incidents: list[LiveIncident]) -> str:
+    """The open incidents, one line each; those that do not fit in one message are counted, never cut mid-line."""
     if not incidents:
         return "No open incidents. Declare one with `/incident declare TITLE [sev1-4] [--service NAME]`."
     lines = [f"*Open incidents ({len(incidents)})*"]
-    lines += [
-        f"• {title_line(i)} · <#{i.channel}> · lead <@{i.roles.get('lead', i.declared_by)}> · "
-        f"declared {clock_time(i.declared_at)}"
-        for i in incidents
-    ]
-    return "\n".join(lines)[:MAX_TEXT]
+    rows = [list_line(i) for i in incidents]
+    room = MAX_TEXT - len(lines[0]) - len(LIST_MORE.format(count=len(rows))) - 2
+    for shown, row in enumerate(rows):
+        if len(row) + 1 > room:
+            return "\n".join([*lines, LIST_MORE.format(count=len(rows) - shown)])
+        lines.append(row)
+        room -= len(row) + 1
+    return "\n".join(lines)
 
 
 def build_resolved_blocks(incident: LiveIncident) -> list[dict]:
