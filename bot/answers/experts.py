@@ -13,7 +13,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -70,6 +70,7 @@ class Suggestion:
     on_call: tuple[Shift, ...] = ()  # the rotas they are on call for, for the services involved
     recent: int = 0  # incidents they resolved in the year before the question
     last_resolved: datetime | None = None  # their latest resolved incident of any kind
+    spread: int = 0  # their recent first places that moved them down among the about-equally-good (spread_load)
 
     def reasons(self) -> list[str]:
         out = []
@@ -90,6 +91,8 @@ class Suggestion:
             out.append(
                 f"resolved {self.recent} incident(s) in the last year, the latest on {self.last_resolved:%Y-%m-%d}"
             )
+        if self.spread:
+            out.append(f"suggested first {self.spread} time(s) lately: scored down a little, to spread the load")
         return out
 
 
@@ -367,15 +370,16 @@ def train(
 
 
 def spread_load(suggestions: list[Suggestion], recent_firsts: list[str]) -> list[Suggestion]:
-    """Among about-equally-good people, whoever was suggested first recently moves down a little."""
+    """Among about-equally-good people, whoever was suggested first recently moves down a little: their score is
+    lowered (the one shown, so the list reads in order), and a reason says why."""
     if len(suggestions) < 2:
         return suggestions
     best = suggestions[0].score
     counts = Counter(recent_firsts)
     adjusted = []
     for s in suggestions:
-        score = s.score
-        if score >= best * (1 - TIE_MARGIN):
-            score *= 1 - LOAD_PENALTY * counts.get(s.expert.id, 0)
-        adjusted.append((score, s))
-    return [s for _, s in sorted(adjusted, key=lambda pair: -pair[0])]
+        times = counts.get(s.expert.id, 0)
+        if times and s.score >= best * (1 - TIE_MARGIN):
+            s = replace(s, score=s.score * (1 - LOAD_PENALTY * times), spread=times)
+        adjusted.append(s)
+    return sorted(adjusted, key=lambda s: -s.score)

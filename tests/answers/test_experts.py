@@ -101,7 +101,10 @@ def test_load_is_spread_among_about_equally_good_people() -> None:
     b = Suggestion(Expert("U0BBBBBBB1", "B", "t"), 0.78)
     c = Suggestion(Expert("U0CCCCCCC1", "C", "t"), 0.30)
     assert [s.expert.name for s in spread_load([a, b, c], [])] == ["A", "B", "C"]
-    assert [s.expert.name for s in spread_load([a, b, c], ["U0AAAAAAA1"] * 3)] == ["B", "A", "C"]
+    spread = spread_load([a, b, c], ["U0AAAAAAA1"] * 3)
+    assert [s.expert.name for s in spread] == ["B", "A", "C"]
+    assert [s.score for s in spread] == sorted((s.score for s in spread), reverse=True)  # shown in order
+    assert spread[1].reasons() == ["suggested first 3 time(s) lately: scored down a little, to spread the load"]
     clear_winner = Suggestion(Expert("U0AAAAAAA1", "A", "t"), 0.95)
     assert spread_load([clear_winner, c], ["U0AAAAAAA1"] * 5)[0].expert.name == "A"
 
