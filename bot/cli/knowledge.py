@@ -220,9 +220,11 @@ def ask(
         service = examples(store).service
     finally:
         store.close()
-    # Slack's answer: the relevant runbooks and past incidents (None: no relevance outside hybrid search).
-    relevant = {id(h) for part in relevant_hits(answer, settings) for h in part} if mode == "hybrid" else None
-    hits = [h for h in answer.hits if relevant is None or id(h) in relevant][:k] if filtered else list(answer.hits)
+    # Slack's answer: the relevant runbooks, then the relevant past incidents, in that order (None: no relevance
+    # outside hybrid search). --all lists the k best in the ranker's order, marking what Slack leaves out.
+    shown = [h for part in relevant_hits(answer, settings) for h in part] if mode == "hybrid" else []
+    relevant = {id(h) for h in shown} if mode == "hybrid" else None
+    hits = shown[:k] if filtered else list(answer.hits)
     if as_json:
         marked = [(h, relevant is None or id(h) in relevant) for h in hits]
         click.echo(json.dumps(_answer_dict(answer, marked, declined=filtered and not hits), indent=2))

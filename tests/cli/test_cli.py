@@ -346,6 +346,19 @@ def test_ask_puts_the_right_runbook_first(subset_db: IndexedSubset) -> None:
     assert re.search(r"^\(hybrid search; encode \d+ ms, search \d+ ms\)$", lines[-1])
 
 
+def test_ask_shows_runbooks_then_past_incidents_as_slack_does_whatever_the_ranker_put_first(
+    subset_db: IndexedSubset,
+) -> None:
+    question = "checkout-api-7d9f8c6b5-x2kqp OOMKilled"  # the ranker puts a past incident first
+    ranked = ask_json("--all", question)["hits"]
+    assert ranked[0]["kind"] == "incident" and ranked[0]["relevant"]
+    shown = ask_json(question)["hits"]
+    kinds = [h["kind"] for h in shown]
+    assert kinds == sorted(kinds, key=lambda kind: kind != "runbook") and kinds[0] == "runbook", kinds
+    lines = invoke("ask", question).stdout.splitlines()
+    assert lines[0] == f"1. {shown[0]['title']}" and lines[1].strip().startswith(shown[0]["path"])
+
+
 def test_ask_says_when_the_cited_section_holds_the_whole_question(subset_db: IndexedSubset) -> None:
     quoted = "the client certificate payments-gateway presents to Paylane for mutual TLS renews only if a human does it"
     lines = invoke("ask", "-k", "3", quoted).stdout.splitlines()
