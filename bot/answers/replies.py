@@ -178,7 +178,8 @@ class Answerer:
         searched = self._with_thread(question, channel, thread_ts)
         index = self._index()
         linked, anchor = (linked_runbook(runbook_url, self.store.runbook_urls()) if runbook_url else None) or ("", "")
-        answer = index.search(searched, k=self.settings.top_k * 2, linked=linked, anchor=anchor)
+        follow_up = question if searched != question else ""  # in a thread: the section cited is the latest's
+        answer = index.search(searched, k=self.settings.top_k * 2, linked=linked, anchor=anchor, follow_up=follow_up)
         runbooks, incidents = relevant_hits(answer, self.settings)
         experts: tuple[Suggestion, ...] = ()
         if incidents and self.store.expert_count():

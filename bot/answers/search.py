@@ -283,11 +283,16 @@ class SearchIndex:
             scores = fuse(docs, ranks)
         return {int(d): float(s) for d, s in zip(docs, scores, strict=True)}
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", linked: str = "", anchor: str = "") -> Answer:
+    def search(
+        self, query: str, k: int = 5, mode: str = "hybrid", linked: str = "", anchor: str = "", follow_up: str = ""
+    ) -> Answer:
         """Answer ``query`` with the ``k`` best documents, each with its best section.
 
         ``linked`` is the path of a runbook the question links to (an alert's runbook_url): it comes first, citing
-        the section ``anchor`` names when it has one, else its best section for the query.
+        the section ``anchor`` names when it has one, else its best section for the query. ``follow_up`` is the
+        latest message of a thread whose question ``query`` carries too: the documents are found with both, the
+        section cited by the follow-up's own words when it has any ("and how do I roll it back?" cites the
+        rollback steps, not the section the first question's words single out).
         """
         if mode not in MODES:
             raise InvalidRequest(f"unknown search mode {mode!r}; use one of {', '.join(MODES)}.")
@@ -313,6 +318,9 @@ class SearchIndex:
                 ordered = [first] + [d for d in ordered if d != first]
             ordered = ordered[:k]
             stems = sig.stems if mode == "hybrid" and sig.chunk_sims is not None else []
+            if follow_up and stems:
+                latest = set(self.stems(keyword_terms(strip_volatile(follow_up) or follow_up, STOPWORDS)))
+                stems = [t for t in stems if t in latest] or stems
             # A section holding a sentence's worth of the question's words together, as no other document
             # does, is a quote: it is cited, and marked "contains your words".
             quoted = dict(sig.whole) if len(sig.whole) == 1 and len(sig.stems) >= QUOTE_TERMS else {}

@@ -115,8 +115,10 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if event.get("bot_id") or event.get("subtype") not in TYPED:
             return  # our own posts, edits, joins: not questions
         text = event.get("text") or ""
-        if event.get("channel_type") == "im":
-            answer_in_thread(runtime, web, event)  # Slack sends no app_mention for a DM, mention or not
+        if event.get("channel_type") == "im":  # Slack sends no app_mention for a DM, mention or not
+            in_thread = event.get("thread_ts") not in (None, event.get("ts"))
+            if not in_thread or looks_like_a_question(text):  # "thanks" under an answer is not a new question
+                answer_in_thread(runtime, web, event)
             return
         bot_user = context.get("bot_user_id") or ""
         if bot_user and f"<@{bot_user}>" in text:

@@ -106,6 +106,19 @@ def test_a_direct_message_that_mentions_opsbot_is_answered(slack: SlackDriver, s
     assert len(slack_api.messages()) == 1
 
 
+def test_thanks_under_an_answer_in_a_direct_message_is_not_answered_again(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    _, ts = slack.message("pgbouncer sorry too many clients already")  # a DM needs no question mark
+    slack_api.wait_for("chat.postMessage")
+    slack.message("thanks", thread_ts=ts)
+    slack.message("ok", thread_ts=ts)
+    slack.message("what if it is only the replica?", thread_ts=ts)  # a question in the thread still is
+    calls = slack_api.wait_for("chat.postMessage", count=2)
+    settle(slack)
+    assert len(slack_api.messages()) == 2 and calls[1].body["thread_ts"] == ts
+
+
 def test_a_mention_also_sent_to_the_channel_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     # "Also send to #ops" from a thread: Slack marks the reply thread_broadcast, in its app_mention too
     slack.mention("how do I rotate the JWT signing keys?", thread_ts="1700000000.000100", more=BROADCAST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -144,6 +145,18 @@ def test_a_follow_up_in_the_thread_uses_the_first_question(slack: SlackDriver, s
     shown = text_of(follow_up["blocks"])
     assert "Kafka consumer group lag growing" in shown
     assert "this thread's first question and yours" in shown
+
+
+def test_a_follow_up_cites_the_section_its_own_words_point_to(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    _, ts = slack.mention("what should I check after a deploy of checkout-api?")
+    (first,) = slack_api.wait_for("chat.postMessage")
+    slack.mention("and how do I roll it back?", thread_ts=ts)
+    follow_up = slack_api.wait_for("chat.postMessage", count=2)[1].body
+    cited = [text for text in runbook_texts(follow_up["blocks"]) if "runbooks/checkout-api/5xx-after-deploy.md" in text]
+    # the runbook is found with both questions; the section is one the follow-up's words single out (the steps
+    # of rolling back), not the first question's (Step 1: is the deploy really the cause?)
+    assert cited and re.search(r"· _Step \d: [^_]*roll", cited[0]), cited
+    assert "_Step 1: is the deploy really the cause?_" in text_of(first.body["blocks"])
 
 
 def test_nothing_relevant_says_so_instead_of_listing_weak_matches(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
