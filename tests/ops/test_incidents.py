@@ -106,8 +106,9 @@ def test_recent_deploys_blocks_show_deploy_requests_with_rollback_only_on_succes
     blocks = build_recent_deploys_blocks(incident, deploys_since(store, incident.services, before(hours=24)))
 
     text = text_of(blocks)
-    assert f"*1.4.3* to prod · pending requested at 11:40 UTC · `{waiting['id']}`" in text
-    assert f"1.4.1 → *1.4.2* to prod · succeeded at 11:20 UTC · `{ran['id']}`" in text
+    # 30 November, not the day this runs: each time carries its date
+    assert f"*1.4.3* to prod · pending requested at Mon 30 Nov 11:40 UTC · `{waiting['id']}`" in text
+    assert f"1.4.1 → *1.4.2* to prod · succeeded at Mon 30 Nov 11:20 UTC · `{ran['id']}`" in text
     buttons = [b["accessory"]["value"] for b in blocks if "accessory" in b]
     assert len(buttons) == 1 and ran["id"] in buttons[0]
 

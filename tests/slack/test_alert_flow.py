@@ -230,7 +230,8 @@ def test_a_firing_group_gets_one_message_with_the_incident_briefing(
     # the alert: summary, severity, labels, links
     assert "PgBouncer pool exhausted on pg-main" in text and "critical" in text and "`namespace=payments`" in text
     assert "<https://wiki.larder.io/runbooks/postgres/connection-pool-exhausted|Runbook>" in text
-    assert "&amp;g0.tab=1|Source>" in text and "`instance=pgbouncer-0` since 16:22 UTC" in text
+    # the alert began firing on another day than this message's (the fixture's 5 December): its date is shown
+    assert "&amp;g0.tab=1|Source>" in text and "`instance=pgbouncer-0` since Sat 05 Dec 16:22 UTC" in text
     # the briefing of /incident declare: runbook, similar incidents with resolutions, people, deploys
     assert text.index("Related runbook sections") < text.index(RUNBOOK) < text.index("Similar past incidents")
     assert "*Resolved by:*" in text and "Who could help with:" in text
@@ -270,7 +271,7 @@ def test_changes_edit_the_message_and_are_noted_in_its_thread_and_resolution_sho
         "[RESOLVED] PgBouncerPoolExhausted",
     ]
     last = shown(edits[-1])
-    assert "Resolved at 16:22 UTC after 0 min" in last and RUNBOOK in last  # the briefing stays
+    assert "Resolved at Sat 05 Dec 16:22 UTC after 0 min" in last and RUNBOOK in last  # the briefing stays
     assert ids.ALERT_SILENCE not in buttons(edits[-1])  # nothing fires: nothing to silence
     assert thread_notes(slack_api) == [
         ":arrows_counterclockwise: 1 started firing: instance=pgbouncer-2; now 3 firing",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from bot.answers.replies import Reply
 from bot.models import Answer, SearchHit
 from bot.slack.blocks.answers import answer_fallback_text, build_answer_blocks
+from bot.slack.blocks.incidents import clock_time
 from bot.slack.blocks.mrkdwn import escape, link
 
 
@@ -47,3 +49,10 @@ def test_an_answer_shows_a_runbook_s_words_as_text_in_its_blocks_and_its_notific
 
     assert "<!" not in shown and "&lt;!here&gt; Disk full" in shown
     assert "wiki.example.com" not in shown  # not a link, and not shown
+
+
+def test_a_time_of_another_day_than_the_message_s_shows_its_date() -> None:
+    now = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+    assert clock_time("2026-12-07T08:05:00+00:00", now) == "08:05 UTC"
+    assert clock_time("2026-12-05T16:22:38+00:00", now) == "Sat 05 Dec 16:22 UTC"  # an alert firing for two days
+    assert clock_time("2026-12-07T01:30:00+02:00", now) == "Sun 06 Dec 23:30 UTC"  # the day is UTC's too

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.models import SearchHit
@@ -37,10 +37,14 @@ USAGE = (
 )
 
 
-def clock_time(at: str | datetime) -> str:
-    """`14:05 UTC`: short, and the same for everyone reading a timeline."""
+def clock_time(at: str | datetime, now: datetime | None = None) -> str:
+    """`14:05 UTC`: short, and the same for everyone reading a timeline; `Sat 05 Dec 14:05 UTC` for a time not of
+    the day the message is written (an alert firing since the day before), whose date a reader would otherwise
+    take for the message's own."""
     when = datetime.fromisoformat(at) if isinstance(at, str) else at
-    return when.strftime("%H:%M UTC")
+    when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return when.strftime("%H:%M UTC" if when.date() == today else "%a %d %b %H:%M UTC")
 
 
 def minutes_text(minutes: int | None) -> str:
