@@ -136,6 +136,8 @@ class Shell:
         who = f"{self.roster[self.user]} ({self.user})" if self.user in self.roster else self.user
         loading = "" if self.runtime.ready else " The model is loading in the background."
         self.write(f"opsbot shell: you are {who}. Type a question, /ask ..., or /help. Ctrl-D leaves.{loading}")
+        where = self.runtime.settings.db_path
+        self.write(f"What you do here is kept in {where}, as from Slack: incidents, deploys and votes count.")
         self.show_pending()
         for line in lines:
             try:

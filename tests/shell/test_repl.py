@@ -180,6 +180,7 @@ def test_run_reads_scripted_lines_until_quit(runtime: Runtime) -> None:
         shell.run(["", "pgbouncer says too many clients", "/quit", "never read"])
     shown = "\n".join(out)
     assert shown.startswith(f"opsbot shell: you are Daniel Okafor ({DANIEL}).")
+    assert f"What you do here is kept in {runtime.settings.db_path}, as from Slack" in out[1]
     assert "Daniel Okafor> pgbouncer says too many clients" in shown
     assert "pgbouncer / Postgres connection pool exhausted" in shown
     assert "never read" not in shown
