@@ -339,6 +339,8 @@ class IncidentService:
             raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}: /incident assign @user lead.")
 
         def change(current: LiveIncident) -> tuple[str, dict]:
+            if current.roles.get(role) == user:  # `assign` then `role` for the same person: one timeline entry
+                raise InvalidRequest(f"<@{user}> is already {role} of {current.id}; nothing changed.")
             roles = dict(current.roles) | {role: user}
             return f"<@{user}> is {role}", {"roles": json.dumps(roles)}  # as ASSIGNED reads it back
 

@@ -386,6 +386,7 @@ def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: 
     open_one = incidents.declare("Kafka consumer lag on orders", PRIYA, 2, ["order-pipeline"], origin_channel=OPS)
     closed = incidents.declare("Redis evictions on sessions", PRIYA, 3, [], origin_channel="C0OTHER01")
     incidents.resolve(closed, PRIYA, "Raised maxmemory")
+    open_one = incidents.assign(open_one, PRIYA, DANIEL, "lead")
     snapshot = {i.id: incidents.get(i.id) for i in (open_one, closed)}
 
     cases = [
@@ -397,6 +398,7 @@ def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: 
         ("severity 2", OPS, f"{open_one.id} is already SEV2; nothing changed."),
         ("note consumers are behind", ELSEWHERE, "this is not an incident channel, so name the incident"),
         ("assign daniel lead", OPS, "mention the person and name the role"),
+        (f"role lead <@{DANIEL}|daniel>", OPS, f"<@{DANIEL}> is already lead of {open_one.id}; nothing changed."),
         (f"assign <@{DANIEL}|daniel> scribe", OPS, "role 'scribe' is not one opsbot records; use lead (or ic)"),
         ("resolve --root-cause", OPS, "--root-cause needs the root cause after it"),
         ("update", OPS, "say what to record: /incident update TEXT."),
