@@ -20,10 +20,10 @@ from bot.errors import OpsbotError
 @click.option("--version", "version", required=True, help="The version deployed.")
 @click.option(
     "--status",
-    type=click.Choice(["started", "succeeded", "failed", "rolled_back"]),
+    type=click.Choice(["started", "succeeded", "failed", "rolled_back", "rollback_failed"]),
     default="succeeded",
     show_default=True,
-    help="started when the pipeline begins; succeeded, failed or rolled_back when it ends.",
+    help="started when the pipeline begins; succeeded, failed, rolled_back or rollback_failed when it ends.",
 )
 @click.option("--event-id", default=None, help="Unique per event; a replay is ignored (default: a random id).")
 @click.option("--commit-sha", default=None, help="The commit deployed.")
@@ -69,8 +69,8 @@ def notify_deploy(
 ) -> None:
     """Report a deploy from CI/CD: signs the event with $OPSBOT_HOOK_SECRET and POSTs it to opsbot.
 
-    Send --status started when the pipeline begins deploying and succeeded, failed or rolled_back
-    when it ends (same service, env and version): opsbot posts the progress and the summary in Slack,
+    Send --status started when the pipeline begins deploying and succeeded, failed, rolled_back or
+    rollback_failed when it ends (same service, env and version): opsbot posts the progress and the summary in Slack,
     and the deploy counts in `opsbot deploys` and `opsbot dora`. With --db the event is recorded
     straight into a database file instead, without Slack.
 

@@ -217,7 +217,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
             f"{rid} is {row['service']} {row['version']} to {row['env']}, not {event.service} {event.version} to "
             f"{event.env}: report the request this pipeline ran for.",
         )
-    if event.status == "rolled_back" and row["kind"] != "rollback":
+    if FINISHED.get(event.status, ("deploy",))[0] == "rollback" and row["kind"] != "rollback":
         raise EventProblem("status", f"{rid} is a deploy, not a rollback: report it as succeeded or failed.")
     if row["status"] not in (*ENDED, "running", "awaiting_ci", "abandoned"):
         raise EventProblem(

@@ -29,11 +29,12 @@ HOOK_PATH = "/hooks/deploy"
 TIMESTAMP_HEADER = "X-Opsbot-Timestamp"
 SIGNATURE_HEADER = "X-Opsbot-Signature"
 MAX_SKEW_S = 300  # a signed event older (or newer) than five minutes is refused: replays of captured requests
-STATUSES = ("started", "succeeded", "failed", "rolled_back")
+STATUSES = ("started", "succeeded", "failed", "rolled_back", "rollback_failed")
 FINISHED = {
     "succeeded": ("deploy", "succeeded"),
     "failed": ("deploy", "failed"),
     "rolled_back": ("rollback", "succeeded"),
+    "rollback_failed": ("rollback", "failed"),  # not a failed deploy of the old version: it shipped no change
 }
 DECIMAL = re.compile(r"[0-9]{1,12}")  # Unix seconds; not int()'s syntax (signs, spaces, underscores, 400 digits)
 EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")

@@ -428,3 +428,18 @@ def test_a_failure_then_a_rerun_that_succeeds_settles_the_request_each_time(
     assert [r["status"] for r in store.all_deploys() if r["source"] == "ci"] == []
     figures = dora(store, "web", "staging", now=clock.now)
     assert (figures.changes, figures.failed_changes) == (1, 0)
+
+
+def test_a_rollback_that_failed_in_ci_is_a_failed_rollback_not_a_failed_deploy_of_the_old_version(
+    deploys: DeployService, store: Store, clock: Clock
+) -> None:
+    send(deploys, "e1", "succeeded", version="1.0.0", finished_at=iso(clock() - timedelta(hours=3)))
+    send(deploys, "e2", "succeeded", version="1.1.0", finished_at=iso(clock() - timedelta(hours=2)))
+
+    rollback = send(deploys, "e3", "rollback_failed", version="1.0.0", finished_at=iso(clock() - timedelta(hours=1)))
+
+    assert rollback.request is not None
+    assert (rollback.request.kind, rollback.request.status) == ("rollback", "failed")
+    assert (rollback.request.version, rollback.request.from_version) == ("1.0.0", "1.1.0")
+    figures = dora(store, "web", "staging", now=clock())
+    assert (figures.changes, figures.failed_changes) == (2, 0)  # two deploys shipped, neither failed

@@ -231,6 +231,20 @@ def test_a_failed_then_rolled_back_pipeline(hooks: HookDriver, runtime: Runtime)
     assert DeployService.from_store(runtime.store).current_version("checkout-api", "prod") == "1.4.1"
 
 
+def test_a_rollback_that_failed_in_the_pipeline_is_shown_as_one(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    hooks.post(event(version="1.4.1", finished_at=at(hours=2)))
+    hooks.post(event(finished_at=at(hours=1)))  # 1.4.2
+    response = hooks.post(event("rollback_failed", version="1.4.1", finished_at=at(minutes=30)))
+    assert response.status == 200, response.body
+    assert (response.json()["kind"], response.json()["status"]) == ("rollback", "failed")
+    assert DeployService.from_store(runtime.store).current_version("checkout-api", "prod") == "1.4.2"
+    assert dora(runtime.store, "checkout-api", "prod").failed_changes == 0  # no deploy of 1.4.1 failed
+    summary = slack_api.wait_for("chat.postMessage", count=3)[-1].body
+    assert "Rollback" in shown(summary) and "failed" in shown(summary).lower(), shown(summary)
+
+
 def test_dora_counts_slack_and_ci_deploys_with_lead_time_from_the_commit(hooks: HookDriver, runtime: Runtime) -> None:
     finished = datetime.now(UTC) - timedelta(days=3)
     with runtime.store.transaction():  # a deploy that went through /deploy three days ago
