@@ -34,7 +34,7 @@ from bot.slack.blocks.incidents import possible_cause_text
 from bot.slack.blocks.mrkdwn import context
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.deploys import submit
-from bot.slack.incidents import CANCELLED_HOOK
+from bot.slack.incidents import CANCELLED
 from bot.slack.incidents import brief as brief_incident
 from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import SlackWeb
@@ -234,11 +234,11 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> AlertDesk:
 
     web.on(MESSAGE_HOOK, remember_message)
 
-    def free_alert_groups(args: dict, channel: str, ts: str) -> None:
-        # an incident declared from an alert was cancelled (its post is out): the alert offers Declare again
+    def free_alert_groups(args: dict) -> None:
+        # an incident declared from an alert was cancelled (in the cancel's transaction): the alert offers Declare again
         runtime.alerts().incident_cancelled(args["incident"], args["user"], desk)
 
-    web.on(CANCELLED_HOOK, free_alert_groups)
+    web.listen(CANCELLED, free_alert_groups)
 
     def declare_incident(body: dict) -> None:
         desk.declare(body)

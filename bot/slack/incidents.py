@@ -52,8 +52,8 @@ from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
 SLUG_LENGTH = 40
-# After-delivery hook of a cancel's post: bot.slack.alerts frees the alert groups the incident was declared from.
-CANCELLED_HOOK = "incident-cancelled"
+# Emitted inside a cancel's transaction: bot.slack.alerts frees the alert groups the incident was declared from.
+CANCELLED = "incident-cancelled"
 CREATE_ATTEMPTS = 3  # conversations.create, while the declarer waits for the incident's channel
 CREATE_WAIT_S = 10.0
 SCOPE_HINT = "The app needs the `channels:manage` scope (see `opsbot manifest`) and a reinstall."
@@ -333,8 +333,9 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
 
 
 def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIncident, user: str, why: str) -> None:
-    """Declared by mistake: said where it was worked and where it was declared; never searchable or counted. Once
-    that is posted, an alert it was declared from offers Declare incident again (CANCELLED_HOOK)."""
+    """Declared by mistake: said where it was worked and where it was declared; never searchable or counted. An
+    alert it was declared from offers Declare incident again, in the same transaction (CANCELLED, heard by
+    bot.slack.alerts), whether or not the posts get through."""
     # "/incident cancel declared by mistake" gives the reason the message already states: not said twice
     said = why.strip().rstrip(".").lower() == "declared by mistake"
     reason = f" ({escape(scrub(why))})" if why and not said else ""
@@ -344,7 +345,8 @@ def cancel(incidents: IncidentService, web: SlackWeb, url: str, incident: LiveIn
             f":no_entry_sign: {title_line(live)} was cancelled by <@{user}>: declared by mistake{reason}. It is not "
             "a past incident and counts in no figure; its timeline is kept."
         )
-        post(web, live.channel, (text, []), url, after=(CANCELLED_HOOK, {"incident": live.id, "user": user}))
+        post(web, live.channel, (text, []), url)
+        web.emit(CANCELLED, {"incident": live.id, "user": user})
         if live.origin_channel and live.origin_channel != live.channel:
             post(web, live.origin_channel, (text, []), url)
 

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,7 @@ class SlackWeb(OutboxWorker):
         self._memory = MemoryOutbox()
         self._finishing = 0  # deliveries sent but whose after-delivery hook has not run yet: not idle
         self._hooks: dict[str, AfterHook] = {}
+        self._listeners: dict[str, Callable[[dict], None]] = {}
         self._workers = workers
         self._poll_s = poll_s
         self._cond = threading.Condition()
@@ -209,6 +211,15 @@ class SlackWeb(OutboxWorker):
     def on(self, name: str, fn: AfterHook) -> None:
         """Run ``fn(args, channel, ts)`` once a row posted with ``after=(name, args)`` is delivered."""
         self._hooks[name] = fn
+
+    def listen(self, name: str, fn: Callable[[dict], None]) -> None:
+        """Run ``fn(args)`` whenever ``emit(name, args)`` is called: how one part of the app tells another of a change
+        it made, in the caller's thread and transaction, without importing it."""
+        self._listeners[name] = fn
+
+    def emit(self, name: str, args: dict) -> None:
+        if (fn := self._listeners.get(name)) is not None:
+            fn(args)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

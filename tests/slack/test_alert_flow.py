@@ -399,6 +399,25 @@ def test_cancelling_an_incident_declared_from_an_alert_by_mistake_offers_declare
     assert slack_api.calls("chat.postEphemeral") == []  # not "was declared for this alert already"
 
 
+def test_a_cancel_whose_post_slack_refuses_still_frees_the_alert(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    deliver(bot, payload("pgbouncer-firing"))
+    [edit] = briefed(slack_api)
+    bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
+    [mistake] = eventually(runtime.incidents().list_open, bool, 20)
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "declared by" in c.body["text"], timeout=20)
+    settle(bot)
+    slack_api.fail_next("chat.postMessage", status=200, error="is_archived")  # the cancel's own post
+
+    assert bot.command("/incident", f"cancel {mistake.id} wrong alert", user=PRIYA, channel=ALERTS).status == 200
+
+    [group] = eventually(lambda: groups(runtime), lambda found: found and not found[0]["incident_id"], 20)
+    assert runtime.incidents().get(mistake.id).status == "cancelled" and group["incident_id"] == ""
+    edited = eventually(lambda: slack_api.calls("chat.update")[-1].body, lambda b: ids.ALERT_DECLARE in buttons(b))
+    assert edited["ts"] == edit.body["ts"]
+
+
 def test_silence_calls_the_configured_alertmanager_once_as_the_clicker_and_only_for_those_allowed(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
 ) -> None:
