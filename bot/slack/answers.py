@@ -68,6 +68,19 @@ def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     log.info("answered channel=%s user=%s answer_id=%s found=%s", channel, event.get("user"), reply.id, reply.found)
 
 
+# What people write under an answer to close a conversation, not to ask again. In a DM every message is answered
+# (a pasted alert name or log line in a thread too), but these alone are not.
+ACKNOWLEDGEMENTS = frozenset(
+    "thanks thank thx ty you ok okay k cool great nice perfect awesome got it will do sure yes no np cheers".split()
+)
+
+
+def is_acknowledgement(text: str) -> bool:
+    """Whether a message is only a thanks or an ok (emoji and mentions aside), at most a few words long."""
+    words = re.findall(r"[a-z']+", re.sub(r"<[^>]*>|:[a-z0-9_+-]+:", " ", text.lower()))
+    return len(words) <= 4 and all(w in ACKNOWLEDGEMENTS for w in words)
+
+
 def looks_like_a_question(text: str) -> bool:
     """In channels that opted in, answer questions and pasted alerts, not every chat line."""
     stripped = text.strip()
@@ -117,7 +130,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         text = event.get("text") or ""
         if event.get("channel_type") == "im":  # Slack sends no app_mention for a DM, mention or not
             in_thread = event.get("thread_ts") not in (None, event.get("ts"))
-            if not in_thread or looks_like_a_question(text):  # "thanks" under an answer is not a new question
+            if not (in_thread and is_acknowledgement(text)):  # "thanks" under an answer is not a new question
                 answer_in_thread(runtime, web, event)
             return
         bot_user = context.get("bot_user_id") or ""

@@ -111,12 +111,14 @@ def test_thanks_under_an_answer_in_a_direct_message_is_not_answered_again(
 ) -> None:
     _, ts = slack.message("pgbouncer sorry too many clients already")  # a DM needs no question mark
     slack_api.wait_for("chat.postMessage")
-    slack.message("thanks", thread_ts=ts)
-    slack.message("ok", thread_ts=ts)
-    slack.message("what if it is only the replica?", thread_ts=ts)  # a question in the thread still is
-    calls = slack_api.wait_for("chat.postMessage", count=2)
+    for chat in ("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx"):
+        slack.message(chat, thread_ts=ts)
+    # whatever else is typed in the thread is still answered: a question, a pasted alert name or log line
+    for more in ("what if it is only the replica?", "PgBouncerPoolExhausted on pg-main", "113 clients waiting"):
+        slack.message(more, thread_ts=ts)
+    calls = slack_api.wait_for("chat.postMessage", count=4)
     settle(slack)
-    assert len(slack_api.messages()) == 2 and calls[1].body["thread_ts"] == ts
+    assert len(slack_api.messages()) == 4 and all(c.body["thread_ts"] == ts for c in calls[1:])
 
 
 def test_a_mention_also_sent_to_the_channel_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
