@@ -52,6 +52,7 @@ class Word:
 
     text: str
     quoted: bool = False
+    typed: str = ""  # a quoted phrase as typed, its quotes included
 
 
 def words_of(text: str) -> list[Word]:
@@ -67,7 +68,7 @@ def words_of(text: str) -> list[Word]:
         if closing is not None:
             phrase = text[at + 1 : closing.start()].strip()
             if phrase:
-                words.append(Word(phrase, quoted=True))
+                words.append(Word(phrase, quoted=True, typed=text[at : closing.end()]))
             at = closing.end()
             continue
         end = at
@@ -145,9 +146,11 @@ def _option(word: str) -> str:
 def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
     """`"checkout 503s" sev2 --service checkout-api --env prod` -> ("checkout 503s", 2, ["checkout-api"], "prod").
 
-    Quoted words are the title's only: `"Pager sev1 escalations not delivered"` keeps its `sev1`."""
+    Quoted words are the title's only: `"Pager sev1 escalations not delivered"` keeps its `sev1`. They keep their
+    quotes (`Login fails with "invalid token"`), unless the quoted phrase is the whole title."""
     words = words_of(rest)
     title: list[str] = []
+    phrases: list[Word] = []
     severity: int | None = None
     services: list[str] = []
     env: str | None = None
@@ -155,7 +158,8 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
     while i < len(words):
         word = words[i].text
         if words[i].quoted:
-            title.append(word)
+            title.append(words[i].typed)
+            phrases.append(words[i])
             i += 1
             continue
         name, has_value, value = _option(word).partition("=")
@@ -178,6 +182,8 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
         else:
             title.append(word)
         i += 1
+    if len(title) == 1 and len(phrases) == 1:  # `/incident declare "Pager sev1 down" sev2`: the title is the phrase
+        return phrases[0].text, severity, services, env
     return " ".join(title), severity, services, env
 
 
