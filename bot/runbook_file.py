@@ -80,10 +80,20 @@ def parse_runbook(rel: str, text: str, notes: list[tuple[str, int]] | None = Non
         services=name_list(fm.data.get("services"), "services"),
         tags=name_list(fm.data.get("tags"), "tags"),
         owners=name_list(fm.data.get("owners"), "owners"),
-        url=web_address(fm.data.get("url"), "url", 1 + _key_line(text, "url")),
+        url=_url(fm.data.get("url"), 1 + _key_line(text, "url"), notes),
         aliases=aliases,
         alerts=_alerts(fm.data.get("alerts"), heading, 1 + _key_line(text, "alerts")),
     )
+
+
+def _url(value: object, line: int, notes: list[tuple[str, int]] | None) -> str:
+    """The runbook's link, or "" with a note when it is not a plain web address: the runbook still loads, unlinked."""
+    try:
+        return web_address(value, "url", line)
+    except FileProblem as problem:
+        if notes is not None:
+            notes.append((f"{problem}; the runbook is indexed without its link until then.", problem.line or line))
+        return ""
 
 
 def _title_from_name(rel: str) -> str:

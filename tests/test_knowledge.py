@@ -893,14 +893,14 @@ def test_a_misspelt_runbook_front_matter_key_is_reported_and_a_site_generators_k
     ]
 
 
-def test_a_runbook_url_that_is_not_text_is_a_problem_with_its_line(tmp_path: Path) -> None:
+def test_a_runbook_url_that_is_not_text_is_a_problem_and_the_runbook_loads_unlinked(tmp_path: Path) -> None:
     write(tmp_path, "runbooks/cache.md", "---\ntitle: Cache\nurl: [https://wiki/x, https://wiki/y]\n---\nFlush it.\n")
 
     kb = load_knowledge(tmp_path)
 
     problem = only_problem(kb, "runbooks/cache.md")
     assert problem.line == 3 and "url must be text, not a list" in problem.message
-    assert kb.documents == []
+    assert [(d.path, d.url) for d in kb.documents] == [("runbooks/cache.md", "")]  # indexed, without a link
 
 
 def alias_bomb(levels: int) -> str:
@@ -969,11 +969,14 @@ def test_an_incident_key_that_is_not_text_is_named_with_its_line(tmp_path: Path,
     "url",
     ["https://wiki.example.com/disk|wiki> <!channel>", "wiki.example.com/disk", "https://wiki.example.com/a page"],
 )
-def test_a_runbook_url_that_is_not_a_plain_web_address_is_a_problem_with_its_line(tmp_path: Path, url: str) -> None:
+def test_a_runbook_url_that_is_not_a_plain_web_address_is_a_problem_and_the_runbook_loads_unlinked(
+    tmp_path: Path, url: str
+) -> None:
     write(tmp_path, "runbooks/disk.md", f'---\ntitle: Disk\nurl: "{url}"\n---\nDelete old archives.\n')
 
     kb = load_knowledge(tmp_path)
 
     problem = only_problem(kb, "runbooks/disk.md")
     assert problem.line == 3 and "url must be a web address starting with https://" in problem.message
-    assert kb.documents == []
+    assert "indexed without its link" in problem.message
+    assert [(d.path, d.url) for d in kb.documents] == [("runbooks/disk.md", "")]  # its text is still searched
