@@ -323,7 +323,7 @@ class IncidentService:
             raise InvalidRequest("that message has no text to add to the timeline.")
         stored = scrub(text.strip())[:2000]
         with self.store.transaction():
-            if message and self.store.has_pinned_message(incident.id, message):
+            if message and self.store.has_pinned_message(incident.id, message, stored):
                 return False
             self._change(incident, actor, "pinned", lambda _: (stored, {}), message=message)
         return True

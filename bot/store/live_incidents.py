@@ -77,11 +77,13 @@ class LiveIncidentStore(StoreBase):
             [incident_id, at or _now(), actor, kind, text, message],
         )
 
-    def has_pinned_message(self, incident_id: str, message: str) -> bool:
-        """Whether the Slack message ``message`` (`channel:ts`) is in the incident's timeline already."""
+    def has_pinned_message(self, incident_id: str, message: str, text: str = "") -> bool:
+        """Whether the Slack message ``message`` (`channel:ts`) is in the incident's timeline already; a pin kept
+        before messages were recorded with it (m021) counts when its ``text`` is the same."""
         row = self.db.execute(
-            "SELECT 1 FROM incident_events WHERE incident_id = ? AND kind = 'pinned' AND message = ? LIMIT 1",
-            [incident_id, message],
+            "SELECT 1 FROM incident_events WHERE incident_id = ? AND kind = 'pinned' "
+            "AND (message = ? OR (message = '' AND text = ?)) LIMIT 1",
+            [incident_id, message, text],
         ).fetchone()
         return row is not None
 

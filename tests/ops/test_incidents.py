@@ -262,3 +262,13 @@ def test_two_messages_with_the_same_words_are_two_entries_and_each_is_added_once
 
     pinned = [(e["actor"], e["text"]) for e in incidents.get(live.id).events if e["kind"] == "pinned"]
     assert pinned == [(PRIYA, "error rate back above 5%"), (DANIEL, "error rate back above 5%")]
+
+
+def test_a_message_pinned_before_pins_recorded_their_message_is_not_added_again(store: Store) -> None:
+    """Pins kept before m021 have no message: a reaction to the same message after the upgrade is told by its words."""
+    incidents = IncidentService(store, {"checkout-api"}, clock=lambda: DECLARED)
+    live = incidents.declare("Checkout 503s", PRIYA, 2, ["checkout-api"])
+    assert incidents.pin(live, PRIYA, "pool size 20 reached") is True  # as an older opsbot stored it
+
+    assert incidents.pin(live, DANIEL, "pool size 20 reached", MESSAGE) is False
+    assert incidents.pin(live, DANIEL, "pool size 40 reached", MESSAGE) is True
