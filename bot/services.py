@@ -164,7 +164,15 @@ def _digest(data: Any, out: Problems, production: str = "prod") -> Digest | None
     at = str(raw)
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         # YAML 1.1 reads an unquoted 10:00 as 600, minutes in base 60: say so rather than show a 600 nobody wrote.
-        hours, minutes = divmod(raw, 60) if isinstance(raw, int) and 60 <= raw < 24 * 60 else (9, 0)
+        # 9 is an hour, 10:00 is 600 (minutes), 10:00:00 is 36000 (seconds); anything else: the default's example
+        if isinstance(raw, int) and 0 <= raw < 24:
+            hours, minutes = raw, 0
+        elif isinstance(raw, int) and 60 <= raw < 24 * 60:
+            hours, minutes = divmod(raw, 60)
+        elif isinstance(raw, int) and 3600 <= raw < 24 * 3600:
+            hours, minutes = raw // 3600, raw % 3600 // 60
+        else:
+            hours, minutes = 9, 0
         out.append(
             ConfigProblem(
                 f"{key}.time",

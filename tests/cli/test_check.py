@@ -143,9 +143,10 @@ SEXAGESIMAL = "YAML reads an unquoted time such as 10:00 as 600 (minutes, in bas
     [
         ("10:00", f'600 is a number: {SEXAGESIMAL}; quote it, as in time: "10:00"'),
         ("9", f'9 is a number: {SEXAGESIMAL}; quote it, as in time: "09:00"'),
+        ("10:00:00", f'36000 is a number: {SEXAGESIMAL}; quote it, as in time: "10:00"'),
         ('"9am"', "'9am' must look like 09:00"),
     ],
-    ids=["sexagesimal", "a-bare-hour", "text"],
+    ids=["sexagesimal", "a-bare-hour", "with-seconds", "text"],
 )
 def test_an_unquoted_digest_time_read_by_yaml_as_a_number_is_told_to_be_quoted(
     tmp_path: Path, written: str, says: str
