@@ -189,6 +189,12 @@ class Settings:
                 f"OPSBOT_HOOK_URL={hook_url!r} must start with http:// or https:// "
                 "(for example http://opsbot.internal:3000/hooks/deploy)."
             )
+        for name, prefix, where in SLACK_CREDENTIALS:
+            given = values.get(name, "")
+            if given and given != given.strip():  # a newline from a mounted file: every request refused, no word why
+                problems.append(f"{name} has spaces or a newline around it; set it to the value alone ({where}).")
+            elif given and prefix and not given.startswith(prefix):
+                problems.append(f"{name} must start with {prefix} ({where}); it looks like another kind of token.")
         hook_secret = values.get("OPSBOT_HOOK_SECRET", "")
         if hook_secret and (len(hook_secret) < 16 or hook_secret != hook_secret.strip()):
             # spaces around it (a newline from a mounted file) would make every correctly signed event fail
@@ -240,6 +246,14 @@ class Settings:
             onnx_cache=onnx_cache,
             stop_grace_s=stop_grace_s,
         )
+
+
+# Slack's credentials: the setting, how its value starts ("" for the signing secret), and where it is found.
+SLACK_CREDENTIALS = (
+    ("SLACK_BOT_TOKEN", "xoxb-", "the Bot User OAuth Token, Slack app > OAuth & Permissions"),
+    ("SLACK_APP_TOKEN", "xapp-", "an app-level token with connections:write, Slack app > Basic Information"),
+    ("SLACK_SIGNING_SECRET", "", "Slack app > Basic Information > Signing Secret"),
+)
 
 
 def _expanded(name: str, raw: str, problems: list[str]) -> Path | None:

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.answers.encoder import Encoder, make_encoder
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 DEPLOY_WORKERS = 4  # approved deploys run here, never in the pool that answers questions
 BRIEFING_WORKERS = 2  # alert briefings search and rank people: two cores
+SEEN_EVENTS_KEPT = timedelta(days=1)  # Slack retries an event for minutes
+SEEN_HOOKS_KEPT = timedelta(days=30)  # a pipeline may send an event again much later (a re-run job)
 T = TypeVar("T")
 
 
@@ -254,6 +257,13 @@ class Runtime:
     def first_time_seen(self, event_id: str) -> bool:
         """Record a Slack event id; False when it was handled before (Slack retried it)."""
         return self.store.first_time_seen(event_id)
+
+    def forget_old_events(self, now: datetime | None = None) -> int:
+        """Forget the event ids kept to answer each event once, once no retry can come: Slack's after a day, CI's
+        after 30 days (the serve sweep calls it). How many were forgotten."""
+        now = now or datetime.now(UTC)
+        events, hooks = (now - SEEN_EVENTS_KEPT, now - SEEN_HOOKS_KEPT)
+        return self.store.prune_seen_events(events.isoformat(timespec="seconds"), hooks.isoformat(timespec="seconds"))
 
     def database_problem(self) -> str:
         """Why the database cannot be written now, or "" when it can (probed at most every few seconds)."""

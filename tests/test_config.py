@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -247,6 +248,19 @@ def test_the_hook_secret_is_a_long_secret_without_spaces_around_it() -> None:
     for bad in ("short", " " * 16, f"{secret}\n", f" {secret}"):
         with pytest.raises(ConfigError, match="OPSBOT_HOOK_SECRET must be at least 16 characters without spaces"):
             Settings.from_env({"OPSBOT_HOOK_SECRET": bad}, dotenv=None)
+
+
+def test_slack_credentials_with_a_newline_around_them_or_of_the_wrong_kind_are_refused() -> None:
+    good = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-A1-abc", "SLACK_SIGNING_SECRET": "8f3c0a"}
+    assert str(Settings.from_env(good, dotenv=None).slack_app_token) == "xapp-1-A1-abc"
+    for name, bad, says in [
+        ("SLACK_SIGNING_SECRET", "8f3c0a\n", "SLACK_SIGNING_SECRET has spaces or a newline around it"),
+        ("SLACK_BOT_TOKEN", " xoxb-1-2-abc", "SLACK_BOT_TOKEN has spaces or a newline around it"),
+        ("SLACK_APP_TOKEN", "xoxb-1-2-abc", "SLACK_APP_TOKEN must start with xapp- (an app-level token"),
+        ("SLACK_BOT_TOKEN", "xapp-1-A1-abc", "SLACK_BOT_TOKEN must start with xoxb- (the Bot User OAuth Token"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Settings.from_env(good | {name: bad}, dotenv=None)
 
 
 def test_a_path_whose_tilde_cannot_be_expanded_is_a_problem_naming_its_setting() -> None:

@@ -115,11 +115,12 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     """
     from bot.runtime import Runtime
     from bot.slack import jobs
-    from bot.slack.app import create_app
+    from bot.slack.app import create_app, create_client, verify_bot_token
     from bot.slack.serve import (
         HttpServer,
         StopSignals,
         close_socket_mode,
+        connect_socket_mode,
         exit_now,
         socket_mode_handler,
         stop_serving,
@@ -154,8 +155,10 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
         _check_can_listen(host, port or settings.port, "--port" if port else "PORT")
     with StopSignals() as signals:  # from here on SIGTERM and SIGINT stop in order, once started
         runtime = Runtime(settings)
+        client = create_client(runtime)
+        auth = verify_bot_token(client)  # before serving, not inside the first request
         runtime.start_loading()
-        app = create_app(runtime)
+        app = create_app(runtime, client=client, auth=auth)
         # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.
         jobs.report_interrupted(runtime)
         hooks_served = bool(settings.hook_secret) and (not settings.slack_app_token or bool(hooks_port))
@@ -177,7 +180,7 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
                     log.info("hooks listening host=%s port=%d paths=%s", host, hooks.port, paths)
                 log.info("starting in Socket Mode api=%s", settings.slack_api_url)
                 handler = socket_mode_handler(app, runtime)
-                handler.connect()
+                connect_socket_mode(handler)
                 listeners.insert(0, partial(close_socket_mode, handler))
             else:
                 server = HttpServer(app, runtime, host=host, port=port or settings.port).start()

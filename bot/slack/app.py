@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from slack_bolt import App, BoltResponse
+from slack_bolt.middleware.authorization.single_team_authorization import SingleTeamAuthorization
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
 
+from bot.errors import OpsbotError
 from bot.runtime import Runtime
 from bot.slack import alerts, answers, deploys, incidents, oncall
 from bot.slack.alerts import AlertDesk
-from bot.slack.delivery import RetryPolicy
+from bot.slack.delivery import Outcome, RetryPolicy, describe, judge
 from bot.slack.listeners import Listeners
 from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
@@ -46,11 +53,47 @@ def create_client(runtime: Runtime) -> WebClient:
     )
 
 
+AUTH_ATTEMPTS = 3  # auth.test before serving: a rate limit or a 5xx is tried again, a refused token is not
+AUTH_WAIT_S = 10.0  # at most this long between two tries
+
+
+def verify_bot_token(
+    client: WebClient, policy: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep
+) -> SlackResponse:
+    """Slack's auth.test for the bot token, before anything is served: Bolt would otherwise make this call inside
+    the first request, holding its acknowledgement for up to the client's timeout (Slack gives up after 3 s), and a
+    failure there would drop that request. A token Slack refuses is an OpsbotError that says which setting to fix."""
+    policy = policy or RetryPolicy()
+    error = "not tried"
+    for attempt in range(1, AUTH_ATTEMPTS + 1):
+        try:
+            return client.auth_test()
+        except SlackApiError as exc:
+            data = exc.response.data if isinstance(exc.response.data, dict) else {}
+            outcome = judge(exc.response.status_code, str(data.get("error", "")), exc.response.headers, policy, attempt)
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
+            outcome = Outcome(error=describe(exc), retry_in=policy.backoff(attempt))
+        error = outcome.error
+        if outcome.retry_in is None:  # invalid_auth, token_revoked, account_inactive, ...
+            raise OpsbotError(
+                f"Slack refused SLACK_BOT_TOKEN ({error}): copy the Bot User OAuth Token (xoxb-...) from the Slack "
+                "app's OAuth & Permissions page, and reinstall the app if it was revoked."
+            )
+        if attempt < AUTH_ATTEMPTS:
+            log.warning("auth.test failed error=%s attempt=%d", error, attempt)
+            sleep(min(outcome.retry_in, AUTH_WAIT_S))
+    raise OpsbotError(
+        f"could not check SLACK_BOT_TOKEN with Slack ({error}, {AUTH_ATTEMPTS} tries): check the network and "
+        "SLACK_API_URL, then start again."
+    )
+
+
 def create_app(
     runtime: Runtime,
     client: WebClient | None = None,
     listener_executor: Executor | None = None,
     web: SlackWeb | None = None,
+    auth: SlackResponse | None = None,
 ) -> OpsbotApp:
     """The Bolt app for ``runtime``, and its started SlackWeb as ``app.web``; nothing is created at import time.
 
@@ -60,7 +103,8 @@ def create_app(
     pool of its own (``SLOW_WORKERS``); ``listener_executor`` replaces it (the local shell passes one
     that counts work in flight, so it knows when the handlers are done). Handlers get ``web`` when they
     are registered; its delivery threads are its own, so that pool never waits for Slack to accept a post.
-    ``web`` defaults to one on the runtime's database (the local shell passes one kept in memory).
+    ``web`` defaults to one on the runtime's database (the local shell passes one kept in memory). ``auth`` is
+    the bot token's auth.test answer (``verify_bot_token``), so that no request waits for it.
     """
     settings = runtime.settings
     client = client or create_client(runtime)
@@ -74,6 +118,10 @@ def create_app(
         raise_error_for_unhandled_request=False,
         listener_executor=work,
     )
+    if auth is not None:  # Bolt asks auth.test in the first request that lacks it
+        for middleware in app._middleware_list:
+            if isinstance(middleware, SingleTeamAuthorization):
+                middleware.auth_test_result = auth
 
     @app.middleware
     def refuse_malformed(body: dict, next: object) -> BoltResponse | None:  # noqa: A002 - Bolt's name

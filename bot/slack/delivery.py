@@ -93,7 +93,7 @@ def call_web_api(
     except SlackApiError as exc:
         response = exc.response
         data = response.data if isinstance(response.data, dict) else {}
-        return _judge(response.status_code, str(data.get("error", "")), response.headers, policy, attempts)
+        return judge(response.status_code, str(data.get("error", "")), response.headers, policy, attempts)
     except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
         return Outcome(error=describe(exc), retry_in=policy.backoff(attempts))
     except (ValueError, LookupError) as exc:
@@ -113,7 +113,7 @@ def post_response_url(url: str, payload: dict[str, Any], policy: RetryPolicy, at
         return Outcome(answer={"ok": True})
     body = (response.body or "").strip()
     error = body if body.isidentifier() else ""  # Slack answers `expired_url`, `used_url`; not an HTML page
-    return _judge(response.status_code, error, response.headers or {}, policy, attempts)
+    return judge(response.status_code, error, response.headers or {}, policy, attempts)
 
 
 def _not_slack(exc: Exception, policy: RetryPolicy, attempts: int) -> Outcome:
@@ -122,7 +122,7 @@ def _not_slack(exc: Exception, policy: RetryPolicy, attempts: int) -> Outcome:
     return Outcome(error=f"not a Slack answer ({type(exc).__name__})", retry_in=policy.backoff(attempts))
 
 
-def _judge(status: int, error: str, headers: Mapping[str, Any], policy: RetryPolicy, attempts: int) -> Outcome:
+def judge(status: int, error: str, headers: Mapping[str, Any], policy: RetryPolicy, attempts: int) -> Outcome:
     """Slack said no: wait and try again (429, 5xx, an error page), or give up (anything Slack refuses)."""
     if status == 429 or error == "ratelimited":
         return Outcome(error="ratelimited", retry_in=policy.retry_after(headers, attempts))

@@ -31,6 +31,7 @@ def sweep_expired(runtime: Runtime) -> list[DeployRequest]:
         log.info("deploy %s id=%s service=%s env=%s", request.status, request.id, request.service, request.env)
     for request_id in deploys.show_withdrawn(elsewhere=(COMMAND_CHANNEL, DM_CHANNEL)):  # what `opsbot withdraw` did
         log.info("deploy withdrawn from the command line shown id=%s", request_id)
+    runtime.forget_old_events()
     return swept
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import io
 import json
 import logging
@@ -30,10 +31,12 @@ from urllib.parse import urlsplit
 
 from slack_bolt import App
 
+from bot.errors import OpsbotError
 from bot.ops.ci_events import HOOK_PATH
 from bot.runtime import Runtime
 from bot.slack.app import OpsbotApp
 from bot.slack.ci_events import handle_deploy_hook
+from bot.slack.delivery import describe
 from bot.slack.ids import ALERTMANAGER_PATH, EVENTS_PATH, HEALTH_PATH
 from bot.slack.jobs import Jobs
 from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
@@ -545,6 +548,20 @@ def socket_mode_handler(app: App, runtime: Runtime):  # noqa: ANN201 - keeps the
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     return SocketModeHandler(app, app_token=str(runtime.settings.slack_app_token), web_client=app.client)
+
+
+def connect_socket_mode(handler: Any) -> None:
+    """Open the Socket Mode connection; an app token Slack refuses, or a Slack that cannot be reached, is an
+    OpsbotError that says what to check (the SDK's own error would end `opsbot serve` with a traceback)."""
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        handler.connect()
+    except (SlackApiError, OSError, http.client.HTTPException) as exc:
+        raise OpsbotError(
+            f"Socket Mode could not connect to Slack ({describe(exc)}): check SLACK_APP_TOKEN (an app-level token, "
+            "xapp-..., with connections:write; Slack app > Basic Information) and that Slack can be reached."
+        ) from None
 
 
 def close_socket_mode(handler: Any, timeout: float) -> bool:

@@ -24,6 +24,17 @@ class ConversationStore(StoreBase):
         cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
         return cur.rowcount == 1
 
+    def prune_seen_events(self, events_before: str, hooks_before: str) -> int:
+        """Forget Slack's event ids seen before ``events_before`` (Slack retries an event for minutes, not days) and
+        CI events' before ``hooks_before``; shares are kept (an answer is shared once, however old). How many."""
+        with self.transaction():
+            cur = self.db.execute(
+                "DELETE FROM events_seen WHERE (at < ? AND event_id NOT LIKE 'share:%' AND event_id NOT LIKE 'hook:%') "
+                "OR (at < ? AND event_id LIKE 'hook:%')",
+                [events_before, hooks_before],
+            )
+            return cur.rowcount
+
     def event_claimed(self, event_id: str) -> bool:
         """Whether ``claim_event`` recorded ``event_id`` already."""
         return self.db.execute("SELECT 1 FROM events_seen WHERE event_id = ?", [event_id]).fetchone() is not None

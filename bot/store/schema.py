@@ -392,3 +392,10 @@ def m021_pinned_messages(db: Database) -> None:
     # The Slack message a pinned timeline entry is (`channel:ts`; "" for other entries and for pins from before):
     # a message is added once however many react, and two messages with the same words are two entries.
     db["incident_events"].add_column("message", str, not_null_default="")
+
+
+@migrations()
+def m022_events_seen_by_time(db: Database) -> None:
+    # events_seen gets a row for every event Slack sends (each message in each channel opsbot is in): pruned by
+    # age at the serve sweep, which this index keeps a range delete.
+    db["events_seen"].create_index(["at"], if_not_exists=True)

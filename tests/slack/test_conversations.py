@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,23 @@ def test_a_retried_event_is_answered_once(slack: SlackDriver, slack_api: FakeSla
     slack_api.wait_for("chat.postMessage")
     time.sleep(1.0)
     assert len(slack_api.messages()) == 1
+
+
+def test_event_ids_are_forgotten_once_no_retry_can_come_and_shares_are_kept(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    event = {"type": "app_mention", "user": "U04C2RN8VD", "text": "<@UBOT0001> redis evictions", "channel": "C0OPS0001"}
+    assert slack.event(event | {"ts": "1700000100.000300"}, event_id="EvKEPT0001").status == 200
+    slack_api.wait_for("chat.postMessage")
+    with runtime.store.transaction():
+        assert runtime.store.claim_event("share:a1b2c3") and runtime.store.claim_event("hook:gh-1-finished")
+    now = datetime.now(UTC)
+
+    assert runtime.forget_old_events(now + timedelta(hours=2)) == 0  # a retry may still come
+    assert runtime.forget_old_events(now + timedelta(days=2)) == 1  # Slack's event: forgotten
+    assert runtime.store.event_claimed("share:a1b2c3") and runtime.store.event_claimed("hook:gh-1-finished")
+    assert runtime.forget_old_events(now + timedelta(days=31)) == 1  # the CI event's id, a month on
+    assert runtime.store.event_claimed("share:a1b2c3")  # an answer is shared once, however old
 
 
 def test_a_bad_signature_gets_401_and_does_nothing(

@@ -14,10 +14,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
+from slack_sdk import WebClient
 
 from bot.cli import main
+from bot.errors import OpsbotError
+from bot.slack.app import verify_bot_token
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.store import Store
 from tests.conftest import copy_database
@@ -103,10 +107,12 @@ def test_serve_process_acknowledges_at_once_and_answers_once_loaded(
     process = start_serve(tmp_path, env, "--port", str(port))
     try:
         assert wait_healthy(port, process)["ok"] is True
+        assert len(slack_api.calls("auth.test")) == 1  # the token checked before serving, not in the first request
         slack = SlackDriver(f"http://127.0.0.1:{port}", slack_api)
         response, ts = slack.mention("redis is evicting session keys")
         assert response.status == 200
         (call,) = slack_api.wait_for("chat.postMessage", timeout=60)
+        assert len(slack_api.calls("auth.test")) == 1
         assert call.body["thread_ts"] == ts
         assert "Redis memory full and key evictions" in json.dumps(call.body["blocks"])
         assert call.used_token(BOT_TOKEN)
@@ -115,6 +121,40 @@ def test_serve_process_acknowledges_at_once_and_answers_once_loaded(
         output = process.communicate(timeout=10)[0]
     assert BOT_TOKEN not in output and SIGNING_SECRET not in output
     assert "listening host=127.0.0.1" in output
+
+
+def test_serve_with_a_token_slack_refuses_says_so_and_serves_nothing(tmp_path: Path, slack_api: FakeSlackAPI) -> None:
+    slack_api.fail_next("auth.test", status=200, error="invalid_auth")
+    port = free_port()
+    env = served_environment(tmp_path, slack_api, SLACK_SIGNING_SECRET=SIGNING_SECRET)
+    process = start_serve(tmp_path, env, "--port", str(port))
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 1 and "Traceback" not in output, output
+    assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in output and BOT_TOKEN not in output
+
+
+def test_socket_mode_with_an_app_token_slack_refuses_says_so_without_a_traceback(
+    tmp_path: Path, slack_api: FakeSlackAPI
+) -> None:
+    slack_api.fail_next("apps.connections.open", status=200, error="invalid_auth")
+    env = served_environment(tmp_path, slack_api, SLACK_APP_TOKEN=APP_TOKEN)
+    process = start_serve(tmp_path, env, "--hooks-port", str(free_port()))
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 1 and "Traceback" not in output, output
+    assert "Socket Mode could not connect to Slack (invalid_auth): check SLACK_APP_TOKEN" in output
+    assert APP_TOKEN not in output and BOT_TOKEN not in output
+
+
+def test_the_token_check_waits_out_a_rate_limit_and_a_5xx_then_serves(slack_api: FakeSlackAPI) -> None:
+    client = WebClient(token=BOT_TOKEN, base_url=slack_api.url, retry_handlers=[])
+    slack_api.fail_next("auth.test", status=429, retry_after=1)
+    slack_api.fail_next("auth.test", status=500)
+    waited: list[float] = []
+    assert verify_bot_token(client, sleep=waited.append)["ok"] is True
+    assert len(waited) == 2 and len(slack_api.calls("auth.test")) == 3
+    slack_api.fail_next("auth.test", status=503, times=3)
+    with pytest.raises(OpsbotError, match=r"could not check SLACK_BOT_TOKEN with Slack \(http 503"):
+        verify_bot_token(client, sleep=waited.append)
 
 
 def test_sigterm_lets_the_answer_in_flight_finish_then_exits_0(
