@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Secret
+from bot.ops.incidents import LiveIncident
 from bot.ops.requests import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
@@ -374,15 +375,21 @@ def test_a_firing_after_its_incident_was_resolved_offers_declare_again_and_decla
     assert f"incident *{second.id}*" in shown(slack_api.calls("chat.update")[-1].body)
 
 
-def test_cancelling_an_incident_declared_from_an_alert_by_mistake_offers_declare_again(
-    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
-) -> None:
+def declared_from_an_alert(runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI) -> tuple[Call, LiveIncident]:
+    """An alert's message and the incident Priya declared from it, once Slack shows it declared."""
     deliver(bot, payload("pgbouncer-firing"))
     [edit] = briefed(slack_api)
     bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
-    [mistake] = eventually(runtime.incidents().list_open, bool, 20)
+    [declared] = eventually(runtime.incidents().list_open, bool, 20)
     slack_api.wait_for("chat.postMessage", predicate=lambda c: "declared by" in c.body["text"], timeout=20)
     settle(bot)
+    return edit, declared
+
+
+def test_cancelling_an_incident_declared_from_an_alert_by_mistake_offers_declare_again(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    edit, mistake = declared_from_an_alert(runtime, bot, slack_api)
     assert ids.ALERT_DECLARE not in buttons(slack_api.calls("chat.update")[-1].body)
 
     assert bot.command("/incident", f"cancel {mistake.id} wrong alert", user=PRIYA, channel=ALERTS).status == 200
@@ -402,12 +409,7 @@ def test_cancelling_an_incident_declared_from_an_alert_by_mistake_offers_declare
 def test_a_cancel_whose_post_slack_refuses_still_frees_the_alert(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
-    deliver(bot, payload("pgbouncer-firing"))
-    [edit] = briefed(slack_api)
-    bot.click(ids.ALERT_DECLARE, buttons(edit.body)[ids.ALERT_DECLARE]["value"], user=PRIYA, channel=ALERTS)
-    [mistake] = eventually(runtime.incidents().list_open, bool, 20)
-    slack_api.wait_for("chat.postMessage", predicate=lambda c: "declared by" in c.body["text"], timeout=20)
-    settle(bot)
+    edit, mistake = declared_from_an_alert(runtime, bot, slack_api)
     slack_api.fail_next("chat.postMessage", status=200, error="is_archived")  # the cancel's own post
 
     assert bot.command("/incident", f"cancel {mistake.id} wrong alert", user=PRIYA, channel=ALERTS).status == 200

@@ -127,14 +127,19 @@ def test_resolve_without_text_opens_a_dialog_with_a_root_cause_field(
     indexed(runtime, incident_id)
 
 
+def resolve_dialog(slack: SlackDriver, slack_api: FakeSlackAPI, text: str) -> dict:
+    """`/incident TEXT` typed by Priya in #ops, and the dialog it opened."""
+    assert slack.command("/incident", text, user=PRIYA, channel=OPS).status == 200
+    (opened,) = slack_api.wait_for("views.open", timeout=15)
+    view = opened.body["view"]
+    return json.loads(view) if isinstance(view, str) else view
+
+
 def test_a_link_typed_with_a_label_into_the_resolve_dialog_is_shown_with_its_address(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
     incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
-    assert slack.command("/incident", "resolve", user=PRIYA, channel=OPS).status == 200
-    (opened,) = slack_api.wait_for("views.open", timeout=15)
-    view = opened.body["view"]
-    view = json.loads(view) if isinstance(view, str) else view
+    view = resolve_dialog(slack, slack_api, "resolve")
     before = len([c for c in slack_api.calls("chat.postMessage") if c.body["channel"] == OPS])
     # A dialog's text arrives as typed, not escaped: this was posted as a link to evil.example labelled as Grafana.
     typed = "Rolled back, see <https://evil.example/x|https://grafana.internal/d/checkout>"
@@ -151,10 +156,7 @@ def test_resolve_with_only_a_root_cause_opens_the_dialog_with_the_cause_filled_i
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
     incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
-    assert slack.command("/incident", "resolve —root-cause pool too small", user=PRIYA, channel=OPS).status == 200
-    (opened,) = slack_api.wait_for("views.open", timeout=15)
-    view = opened.body["view"]
-    view = json.loads(view) if isinstance(view, str) else view
+    view = resolve_dialog(slack, slack_api, "resolve —root-cause pool too small")
     fields = {b["block_id"]: b for b in view["blocks"] if b["type"] == "input"}
     assert fields[ids.INCIDENT_ROOT_CAUSE_BLOCK]["element"]["initial_value"] == "pool too small"
     assert "initial_value" not in fields[ids.INCIDENT_RESOLUTION_BLOCK]["element"]
