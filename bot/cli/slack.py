@@ -55,7 +55,7 @@ def shell(ctx: click.Context, user: str | None) -> None:
     level = root.level
     if settings.log_level != "DEBUG":
         root.setLevel(logging.WARNING)  # INFO lines would interleave with the conversation
-    store, encoder = _open(settings)
+    store, encoder = _open(settings, create=False)  # a shell in the wrong folder makes no empty database
     runtime = Runtime(settings, encoder=encoder, store=store)
     try:
         require_index(store, encoder)

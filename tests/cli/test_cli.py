@@ -786,8 +786,15 @@ def test_shell_acts_as_the_user_given_and_refuses_others(subset_db: IndexedSubse
 
 
 def test_shell_on_an_empty_index_says_to_index_first() -> None:
+    Store(os.environ["OPSBOT_DB"]).close()  # a database, with nothing indexed in it
     result = invoke("shell")
     assert_clean_failure(result, "the index is empty", "run `opsbot index` first")
+
+
+def test_shell_where_no_database_is_says_so_and_makes_none() -> None:
+    result = invoke("shell")
+    assert_clean_failure(result, "does not exist: opsbot's database is made by `opsbot index`")
+    assert not Path(os.environ["OPSBOT_DB"]).exists()
 
 
 def test_bench_search_reports_latency_split_and_memory() -> None:
