@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from bot.answers.indexer import index_knowledge
 from bot.cli import main
 from bot.knowledge import load_knowledge
+from bot.models import Expert
 from bot.store import Store
 from tests.conftest import FakeEncoder, invoke
 
@@ -94,10 +95,11 @@ def test_feedback_command_lists_votes(tmp_path: Path) -> None:
     store = Store(tmp_path / "opsbot.db")
     store.record_feedback("a1", "U04C2RN8VD", "pgbouncer full", "runbooks/p.md", -1, None)
     store.record_feedback("a2", "U03F8K2LQ1", "latency", "runbooks/l.md", 1, None)
+    store.replace_experts([Expert("U03F8K2LQ1", "Priya Raman", "payments")])  # the roster names the voters it has
     store.close()
     runner = CliRunner()
     output = runner.invoke(main, ["feedback"]).output
     assert "👎  U04C2RN8VD  runbooks/p.md  <- 'pgbouncer full'" in output
-    assert "👍  U03F8K2LQ1  runbooks/l.md  <- 'latency'" in output
+    assert "👍  Priya Raman (U03F8K2LQ1)  runbooks/l.md  <- 'latency'" in output
     rows = __import__("json").loads(runner.invoke(main, ["feedback", "--json"]).output)
     assert [(r["user"], r["vote"]) for r in rows] == [("U04C2RN8VD", -1), ("U03F8K2LQ1", 1)]

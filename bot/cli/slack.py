@@ -373,6 +373,7 @@ def feedback(ctx: click.Context, as_json: bool) -> None:
     store = _open_store(ctx)
     try:
         rows = store.feedback_rows()
+        names = {e.id: e.name for e in store.load_experts()}
     finally:
         store.close()
     if as_json:
@@ -382,4 +383,5 @@ def feedback(ctx: click.Context, as_json: bool) -> None:
         click.echo("No feedback yet.")
     for row in rows:
         vote = "👍" if row["vote"] > 0 else "👎"
-        click.echo(f"{row['at']}  {vote}  {row['user']}  {row['path']}  <- {row['query']!r}")
+        who = f"{names[row['user']]} ({row['user']})" if row["user"] in names else row["user"]  # the roster's name
+        click.echo(f"{row['at']}  {vote}  {who}  {row['path']}  <- {row['query']!r}")
