@@ -194,7 +194,7 @@ class Settings:
             if given and given != given.strip():  # a newline from a mounted file: every request refused, no word why
                 problems.append(f"{name} has spaces or a newline around it; set it to the value alone ({where}).")
             elif given and prefix and not given.startswith(prefix):
-                problems.append(f"{name} must start with {prefix} ({where}); it looks like another kind of token.")
+                problems.append(f"{name} must start with {prefix[0]} ({where}); it looks like another kind of token.")
         hook_secret = values.get("OPSBOT_HOOK_SECRET", "")
         if hook_secret and (len(hook_secret) < 16 or hook_secret != hook_secret.strip()):
             # spaces around it (a newline from a mounted file) would make every correctly signed event fail
@@ -249,10 +249,10 @@ class Settings:
 
 
 # Slack's credentials: the setting, how its value starts ("" for the signing secret), and where it is found.
-SLACK_CREDENTIALS = (
-    ("SLACK_BOT_TOKEN", "xoxb-", "the Bot User OAuth Token, Slack app > OAuth & Permissions"),
-    ("SLACK_APP_TOKEN", "xapp-", "an app-level token with connections:write, Slack app > Basic Information"),
-    ("SLACK_SIGNING_SECRET", "", "Slack app > Basic Information > Signing Secret"),
+SLACK_CREDENTIALS = (  # a bot token with token rotation on starts xoxe.xoxb-
+    ("SLACK_BOT_TOKEN", ("xoxb-", "xoxe.xoxb-"), "the Bot User OAuth Token, Slack app > OAuth & Permissions"),
+    ("SLACK_APP_TOKEN", ("xapp-",), "an app-level token with connections:write, Slack app > Basic Information"),
+    ("SLACK_SIGNING_SECRET", (), "Slack app > Basic Information > Signing Secret"),
 )
 
 

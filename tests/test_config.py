@@ -253,6 +253,8 @@ def test_the_hook_secret_is_a_long_secret_without_spaces_around_it() -> None:
 def test_slack_credentials_with_a_newline_around_them_or_of_the_wrong_kind_are_refused() -> None:
     good = {"SLACK_BOT_TOKEN": "xoxb-1-2-abc", "SLACK_APP_TOKEN": "xapp-1-A1-abc", "SLACK_SIGNING_SECRET": "8f3c0a"}
     assert str(Settings.from_env(good, dotenv=None).slack_app_token) == "xapp-1-A1-abc"
+    rotating = good | {"SLACK_BOT_TOKEN": "xoxe.xoxb-1-abc"}  # a bot token with token rotation on
+    assert str(Settings.from_env(rotating, dotenv=None).slack_bot_token) == "xoxe.xoxb-1-abc"
     for name, bad, says in [
         ("SLACK_SIGNING_SECRET", "8f3c0a\n", "SLACK_SIGNING_SECRET has spaces or a newline around it"),
         ("SLACK_BOT_TOKEN", " xoxb-1-2-abc", "SLACK_BOT_TOKEN has spaces or a newline around it"),

@@ -156,7 +156,9 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
     with StopSignals() as signals:  # from here on SIGTERM and SIGINT stop in order, once started
         runtime = Runtime(settings)
         client = create_client(runtime)
-        auth = verify_bot_token(client)  # before serving, not inside the first request
+        # before serving, not inside the first request; over HTTP a Slack that cannot be reached does not stop the
+        # hooks (CI events, alerts) and the outbox from working
+        auth = verify_bot_token(client, unreachable_ok=not settings.slack_app_token)
         runtime.start_loading()
         app = create_app(runtime, client=client, auth=auth)
         # Deploys an earlier process left running are reported, never re-run; pending ones expire on time.

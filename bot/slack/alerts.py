@@ -239,6 +239,8 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> AlertDesk:
         runtime.alerts().incident_cancelled(args["incident"], args["user"], desk)
 
     web.listen(CANCELLED, free_alert_groups)
+    # Posts of cancels queued by an opsbot from before the listener still name it as their after-delivery hook.
+    web.on(CANCELLED, lambda args, channel, ts: free_alert_groups(args))
 
     def declare_incident(body: dict) -> None:
         desk.declare(body)

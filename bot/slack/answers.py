@@ -75,9 +75,19 @@ ACKNOWLEDGEMENTS = frozenset(
 )
 
 
+EMOJI_CODE = re.compile(r":[a-z0-9_+'-]+:")
+
+
 def is_acknowledgement(text: str) -> bool:
-    """Whether a message is only a thanks or an ok (emoji and mentions aside), at most a few words long."""
-    words = re.findall(r"[a-z']+", re.sub(r"<[^>]*>|:[a-z0-9_+-]+:", " ", text.lower()))
+    """Whether a message is only a thanks or an ok (mentions aside), at most a few words, or only emoji. A question
+    mark, a link, a number or a word of any other script makes it a message to answer."""
+    lowered = text.lower()
+    if "?" in lowered or "<http" in lowered:
+        return False
+    rest = re.sub(r"<[^>]*>", " ", lowered)  # mentions of opsbot or anyone
+    words = re.findall(r"\w+(?:'\w+)?", EMOJI_CODE.sub(" ", rest))
+    if not words:
+        return bool(EMOJI_CODE.search(rest))  # :+1: or :pray: alone
     return len(words) <= 4 and all(w in ACKNOWLEDGEMENTS for w in words)
 
 

@@ -58,11 +58,16 @@ AUTH_WAIT_S = 10.0  # at most this long between two tries
 
 
 def verify_bot_token(
-    client: WebClient, policy: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep
-) -> SlackResponse:
+    client: WebClient,
+    policy: RetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    unreachable_ok: bool = False,
+) -> SlackResponse | None:
     """Slack's auth.test for the bot token, before anything is served: Bolt would otherwise make this call inside
     the first request, holding its acknowledgement for up to the client's timeout (Slack gives up after 3 s), and a
-    failure there would drop that request. A token Slack refuses is an OpsbotError that says which setting to fix."""
+    failure there would drop that request. A token Slack refuses is an OpsbotError that says which setting to fix.
+    With ``unreachable_ok`` (HTTP mode: CI events and alerts are taken and posts queued while Slack is away), a Slack
+    that cannot be reached is logged and None returned: Bolt then asks in the first request, as before."""
     policy = policy or RetryPolicy()
     error = "not tried"
     for attempt in range(1, AUTH_ATTEMPTS + 1):
@@ -82,6 +87,9 @@ def verify_bot_token(
         if attempt < AUTH_ATTEMPTS:
             log.warning("auth.test failed error=%s attempt=%d", error, attempt)
             sleep(min(outcome.retry_in, AUTH_WAIT_S))
+    if unreachable_ok:
+        log.warning("could not check SLACK_BOT_TOKEN with Slack error=%s: serving anyway", error)
+        return None
     raise OpsbotError(
         f"could not check SLACK_BOT_TOKEN with Slack ({error}, {AUTH_ATTEMPTS} tries): check the network and "
         "SLACK_API_URL, then start again."

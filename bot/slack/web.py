@@ -218,8 +218,13 @@ class SlackWeb(OutboxWorker):
         self._listeners[name] = fn
 
     def emit(self, name: str, args: dict) -> None:
+        """Tell the listener of ``name``; its failure is logged and never undoes the caller's change (a nested
+        transaction of the listener's own rolls back alone)."""
         if (fn := self._listeners.get(name)) is not None:
-            fn(args)
+            try:
+                fn(args)
+            except Exception:  # noqa: BLE001 - the change that emitted stands whatever a listener does
+                log.exception("listener failed event=%s", name)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Secret
+from bot.ops.alerts import AlertService
 from bot.ops.incidents import LiveIncident
 from bot.ops.requests import new_row
 from bot.runtime import Runtime
@@ -418,6 +419,21 @@ def test_a_cancel_whose_post_slack_refuses_still_frees_the_alert(
     assert runtime.incidents().get(mistake.id).status == "cancelled" and group["incident_id"] == ""
     edited = eventually(lambda: slack_api.calls("chat.update")[-1].body, lambda b: ids.ALERT_DECLARE in buttons(b))
     assert edited["ts"] == edit.body["ts"]
+
+
+def test_a_failure_in_freeing_the_alert_does_not_undo_the_cancel(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edit, mistake = declared_from_an_alert(runtime, bot, slack_api)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the alerts part failed")
+
+    monkeypatch.setattr(AlertService, "incident_cancelled", broken)
+    assert bot.command("/incident", f"cancel {mistake.id} wrong alert", user=PRIYA, channel=ALERTS).status == 200
+
+    cancelled = eventually(lambda: runtime.incidents().get(mistake.id).status, lambda s: s == "cancelled", 20)
+    assert cancelled == "cancelled"  # the cancel stands; the alert is freed by a click on Declare (declare_incident)
 
 
 def test_silence_calls_the_configured_alertmanager_once_as_the_clicker_and_only_for_those_allowed(

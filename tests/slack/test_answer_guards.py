@@ -111,14 +111,15 @@ def test_thanks_under_an_answer_in_a_direct_message_is_not_answered_again(
 ) -> None:
     _, ts = slack.message("pgbouncer sorry too many clients already")  # a DM needs no question mark
     slack_api.wait_for("chat.postMessage")
-    for chat in ("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx"):
+    for chat in ("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx", ":+1:"):
         slack.message(chat, thread_ts=ts)
-    # whatever else is typed in the thread is still answered: a question, a pasted alert name or log line
-    for more in ("what if it is only the replica?", "PgBouncerPoolExhausted on pg-main", "113 clients waiting"):
+    # whatever else is typed in the thread is still answered: a question, a pasted alert name, log line or link
+    for more in ("what if it is only the replica?", "PgBouncerPoolExhausted on pg-main", "503", "will it?"):
         slack.message(more, thread_ts=ts)
-    calls = slack_api.wait_for("chat.postMessage", count=4)
+    slack.message("<https://grafana.example/d/pg|pool dashboard>", thread_ts=ts)
+    calls = slack_api.wait_for("chat.postMessage", count=6)
     settle(slack)
-    assert len(slack_api.messages()) == 4 and all(c.body["thread_ts"] == ts for c in calls[1:])
+    assert len(slack_api.messages()) == 6 and all(c.body["thread_ts"] == ts for c in calls[1:])
 
 
 def test_a_mention_also_sent_to_the_channel_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:

@@ -155,6 +155,11 @@ def test_the_token_check_waits_out_a_rate_limit_and_a_5xx_then_serves(slack_api:
     slack_api.fail_next("auth.test", status=503, times=3)
     with pytest.raises(OpsbotError, match=r"could not check SLACK_BOT_TOKEN with Slack \(http 503"):
         verify_bot_token(client, sleep=waited.append)
+    slack_api.fail_next("auth.test", status=503, times=3)  # over HTTP: the hooks and the outbox work on without Slack
+    assert verify_bot_token(client, sleep=waited.append, unreachable_ok=True) is None
+    slack_api.fail_next("auth.test", status=200, error="token_revoked")  # but a refused token still stops it
+    with pytest.raises(OpsbotError, match=r"Slack refused SLACK_BOT_TOKEN \(token_revoked\)"):
+        verify_bot_token(client, sleep=waited.append, unreachable_ok=True)
 
 
 def test_sigterm_lets_the_answer_in_flight_finish_then_exits_0(
