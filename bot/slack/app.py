@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import logging
 import sqlite3
 import time
@@ -12,14 +11,13 @@ from concurrent.futures import Executor
 from slack_bolt import App, BoltResponse
 from slack_bolt.middleware.authorization.single_team_authorization import SingleTeamAuthorization
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
 from bot.errors import OpsbotError
 from bot.runtime import Runtime
 from bot.slack import alerts, answers, deploys, incidents, oncall
 from bot.slack.alerts import AlertDesk
-from bot.slack.delivery import Outcome, RetryPolicy, describe, judge
+from bot.slack.delivery import RetryPolicy, call_web_api, call_while_waiting
 from bot.slack.listeners import Listeners
 from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
@@ -69,30 +67,22 @@ def verify_bot_token(
     With ``unreachable_ok`` (HTTP mode: CI events and alerts are taken and posts queued while Slack is away), a Slack
     that cannot be reached is logged and None returned: Bolt then asks in the first request, as before."""
     policy = policy or RetryPolicy()
-    error = "not tried"
-    for attempt in range(1, AUTH_ATTEMPTS + 1):
-        try:
-            return client.auth_test()
-        except SlackApiError as exc:
-            data = exc.response.data if isinstance(exc.response.data, dict) else {}
-            outcome = judge(exc.response.status_code, str(data.get("error", "")), exc.response.headers, policy, attempt)
-        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
-            outcome = Outcome(error=describe(exc), retry_in=policy.backoff(attempt))
-        error = outcome.error
-        if outcome.retry_in is None:  # invalid_auth, token_revoked, account_inactive, ...
-            raise OpsbotError(
-                f"Slack refused SLACK_BOT_TOKEN ({error}): copy the Bot User OAuth Token (xoxb-...) from the Slack "
-                "app's OAuth & Permissions page, and reinstall the app if it was revoked."
-            )
-        if attempt < AUTH_ATTEMPTS:
-            log.warning("auth.test failed error=%s attempt=%d", error, attempt)
-            sleep(min(outcome.retry_in, AUTH_WAIT_S))
+    outcome = call_while_waiting(
+        lambda attempt: call_web_api(client, "auth.test", {}, policy, attempt), AUTH_ATTEMPTS, AUTH_WAIT_S, sleep
+    )
+    if outcome.ok:
+        return outcome.response
+    if outcome.retry_in is None:  # invalid_auth, token_revoked, account_inactive, ...
+        raise OpsbotError(
+            f"Slack refused SLACK_BOT_TOKEN ({outcome.error}): copy the Bot User OAuth Token (xoxb-...) from the "
+            "Slack app's OAuth & Permissions page, and reinstall the app if it was revoked."
+        )
     if unreachable_ok:
-        log.warning("could not check SLACK_BOT_TOKEN with Slack error=%s: serving anyway", error)
+        log.warning("could not check SLACK_BOT_TOKEN with Slack error=%s: serving anyway", outcome.error)
         return None
     raise OpsbotError(
-        f"could not check SLACK_BOT_TOKEN with Slack ({error}, {AUTH_ATTEMPTS} tries): check the network and "
-        "SLACK_API_URL, then start again."
+        f"could not check SLACK_BOT_TOKEN with Slack ({outcome.error}): check the network and SLACK_API_URL, "
+        "then start again."
     )
 
 

@@ -11,7 +11,8 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from bot.store.outbox import FAILED, PENDING, SENDING, SENT, OutboxRow
 RESPONSE_URL = "response_url"  # the method of a row that POSTs to a response_url, not to the Web API
 # slack_sdk logs an error line of its own for every failed request; the outbox logs one line with the row's
 # context instead, so the SDK's logger for our clients only speaks when something is really wrong.
+log = logging.getLogger(__name__)
 SDK_LOG = logging.getLogger("bot.slack.sdk")
 SDK_LOG.setLevel(logging.CRITICAL)
 # Slack errors that come with HTTP 200 or 4xx but say "try again later".
@@ -78,6 +80,7 @@ class Outcome:
     answer: dict[str, Any] | None = None
     error: str = ""
     retry_in: float | None = None  # None: failed for good
+    response: Any = None  # the SDK's answer itself (its headers too), when there is one
 
     @property
     def ok(self) -> bool:
@@ -89,7 +92,8 @@ def call_web_api(
 ) -> Outcome:
     """One Web API call with a JSON body."""
     try:
-        return Outcome(answer=dict(client.api_call(method, json=payload).data))  # type: ignore[arg-type]
+        response = client.api_call(method, json=payload)
+        return Outcome(answer=dict(response.data), response=response)  # type: ignore[arg-type]
     except SlackApiError as exc:
         response = exc.response
         data = response.data if isinstance(response.data, dict) else {}
@@ -98,6 +102,22 @@ def call_web_api(
         return Outcome(error=describe(exc), retry_in=policy.backoff(attempts))
     except (ValueError, LookupError) as exc:
         return _not_slack(exc, policy, attempts)
+
+
+def call_while_waiting(
+    call: Callable[[int], Outcome], attempts: int, longest_wait: float, sleep: Callable[[float], None] = time.sleep
+) -> Outcome:
+    """A call someone is waiting on (a declarer for their incident's channel, `opsbot serve` for its token check):
+    what the outbox would try again (429, 5xx, an error page, a reset) is tried again here, ``attempts`` times at
+    most, after Slack's Retry-After or the backoff; a wait longer than ``longest_wait`` is not waited for.
+    ``call`` makes attempt number n."""
+    for attempt in range(1, attempts + 1):
+        outcome = call(attempt)
+        if outcome.ok or outcome.retry_in is None or outcome.retry_in > longest_wait or attempt == attempts:
+            return outcome
+        log.warning("slack call failed error=%s attempt=%d: trying again", outcome.error, attempt)
+        sleep(outcome.retry_in)
+    raise AssertionError("attempts must be at least 1")
 
 
 def post_response_url(url: str, payload: dict[str, Any], policy: RetryPolicy, attempts: int) -> Outcome:

@@ -149,8 +149,7 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
     Quoted words are the title's only: `"Pager sev1 escalations not delivered"` keeps its `sev1`. They keep their
     quotes (`Login fails with "invalid token"`), unless the quoted phrase is the whole title."""
     words = words_of(rest)
-    title: list[str] = []
-    phrases: list[Word] = []
+    title: list[Word] = []
     severity: int | None = None
     services: list[str] = []
     env: str | None = None
@@ -158,8 +157,7 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
     while i < len(words):
         word = words[i].text
         if words[i].quoted:
-            title.append(words[i].typed)
-            phrases.append(words[i])
+            title.append(words[i])
             i += 1
             continue
         name, has_value, value = _option(word).partition("=")
@@ -180,11 +178,11 @@ def parse_declare(rest: str) -> tuple[str, int | None, list[str], str | None]:
         elif SEVERITY_WORD.match(word):
             severity = _one_severity(severity, word)
         else:
-            title.append(word)
+            title.append(words[i])
         i += 1
-    if len(title) == 1 and len(phrases) == 1:  # `/incident declare "Pager sev1 down" sev2`: the title is the phrase
-        return phrases[0].text, severity, services, env
-    return " ".join(title), severity, services, env
+    if len(title) == 1 and title[0].quoted:  # `/incident declare "Pager sev1 down" sev2`: the title is the phrase
+        return title[0].text, severity, services, env
+    return " ".join(w.typed if w.quoted else w.text for w in title), severity, services, env
 
 
 def _one_severity(before: int | None, value: str) -> int:

@@ -9,7 +9,6 @@ import html
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -36,7 +35,7 @@ from bot.slack.blocks.incidents import (
     title_line,
 )
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
-from bot.slack.delivery import call_web_api
+from bot.slack.delivery import call_web_api, call_while_waiting
 from bot.slack.deploys import submit
 from bot.slack.incident_commands import (
     IncidentCommand,
@@ -97,16 +96,14 @@ def create_channel(web: SlackWeb, name: str) -> tuple[dict | None, str]:
     """conversations.create: (Slack's answer, "") or (None, its error). What the outbox would try again (429, 5xx,
     an error page, a reset) is tried again here, CREATE_ATTEMPTS times at most, after Slack's Retry-After or the
     outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting."""
-    for attempt in range(1, CREATE_ATTEMPTS + 1):
-        outcome = call_web_api(web.client, "conversations.create", {"name": name}, web.policy, attempt)
-        if outcome.ok:
-            return outcome.answer, ""
-        wait = outcome.retry_in
-        log.warning("slack call failed method=conversations.create error=%s attempt=%d", outcome.error, attempt)
-        if wait is None or wait > CREATE_WAIT_S or attempt == CREATE_ATTEMPTS:
-            return None, outcome.error
-        time.sleep(wait)
-    return None, "not tried"  # CREATE_ATTEMPTS is at least 1
+    outcome = call_while_waiting(
+        lambda attempt: call_web_api(web.client, "conversations.create", {"name": name}, web.policy, attempt),
+        CREATE_ATTEMPTS,
+        CREATE_WAIT_S,
+    )
+    if not outcome.ok:
+        log.warning("slack call failed method=conversations.create error=%s", outcome.error)
+    return outcome.answer, outcome.error
 
 
 def channel_refused_text(incident: LiveIncident, error: str) -> str:

@@ -695,11 +695,7 @@ def test_a_firing_long_after_the_last_one_stays_with_its_incident_while_that_is_
 def test_an_incident_cancelled_as_declared_by_mistake_frees_its_alert_to_declare_the_real_one(
     alerts: AlertService, alert_store: Store, alert_clock: Clock
 ) -> None:
-    group = receive(alerts, "pgbouncer-firing").group
-    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
-    mistake, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
-    assert action_ids(alerts.get(group.id)) == [ids.ALERT_SILENCE]
-    incidents.cancel(mistake, CAROL, "clicked the wrong alert")
+    group, incidents, mistake = cancelled_after_declaring(alerts, alert_store, alert_clock)
     shown = Recorder()
 
     freed = alerts.incident_cancelled(mistake.id, CAROL, shown)
@@ -719,14 +715,24 @@ def test_an_incident_cancelled_as_declared_by_mistake_frees_its_alert_to_declare
 def test_an_alert_still_holding_an_incident_cancelled_before_the_groups_were_freed_declares_anew(
     alerts: AlertService, alert_store: Store, alert_clock: Clock
 ) -> None:
-    group = receive(alerts, "pgbouncer-firing").group
-    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
-    mistake, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
-    incidents.cancel(mistake, CAROL, "clicked the wrong alert")  # the group was not freed: it still names it
+    group, incidents, mistake = cancelled_after_declaring(alerts, alert_store, alert_clock)  # the group still names it
 
     again, created = alerts.declare_incident(group.id, ALICE, incidents, None)
 
     assert created and again.id != mistake.id and again.is_open  # before: "declared for this alert already"
+
+
+def cancelled_after_declaring(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> tuple[AlertGroup, IncidentService, LiveIncident]:
+    """Carol declares an incident from the pgbouncer alert, which hides its Declare button, then cancels it; the
+    group is not freed here (incident_cancelled is what frees it)."""
+    group = receive(alerts, "pgbouncer-firing").group
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    mistake, _ = alerts.declare_incident(group.id, CAROL, incidents, None)
+    assert action_ids(alerts.get(group.id)) == [ids.ALERT_SILENCE]
+    incidents.cancel(mistake, CAROL, "clicked the wrong alert")
+    return group, incidents, mistake
 
 
 def action_ids(group: AlertGroup) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from bot.knowledge_fields import WEB_ADDRESS  # the one rule for an address a link can hold
+
 MAX_TEXT = 2900  # Slack refuses section text over 3000 characters
 # A reference to a person or a channel, or a link, stays clickable; a broadcast (<!here>, <!channel>) does not:
 # opsbot never amplifies a mention that pings everyone.
@@ -21,9 +23,6 @@ def escape(text: str) -> str:
         part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         for i, part in enumerate(parts)
     )
-
-
-WEB_ADDRESS = re.compile(r"https?://[^\s<>|]+")
 
 
 def link(url: str, label: str) -> str:
