@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.answers.acronyms import definitions
 from bot.answers.encoder import Encoder
 from bot.answers.expert_fit import refit_blends
 from bot.answers.incident_vectors import incident_text, incident_vector_hash
@@ -39,7 +41,9 @@ SHARED_LOOKUP = 20  # chunks read to tell whether a training query's words stand
 # document from its file (vectors are reused where the text did not change). 2: alert routes. 3: spelled titles,
 # alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
 # 5: HTML comments left out of the text. 6: a heading repeated in a page numbered in its anchor (#steps-1).
-INDEX_FORMAT = "6"
+# 7: the short forms of a title that its document spells out, in the title's words and its vector.
+INDEX_FORMAT = "7"
+TITLE_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # a word of a spelled title that may be a short form
 
 
 @dataclass
@@ -77,13 +81,43 @@ def embed_text(title: str, heading: str, text: str) -> str:
 
 def title_embed_text(doc: Document) -> str:
     """A document's name alone: titles decide many alert-to-runbook matches."""
-    return spell_identifiers(doc.title_text)
+    return spelled_out(doc, doc.title_text)
 
 
-def title_terms(store: Store, doc: Document) -> list[str]:
-    """The words of a document's title and declared alert names, stemmed as the full-text index stems them, in order."""
+def spelled_out(doc: Document, title: str) -> str:
+    """``title`` as the encoder sees it: CamelCase as words, and a short form the document spells out followed by its
+    words, as a reader of the runbook knows them ("HPP (hostpath provisioner) Not Ready")."""
+    title = spell_identifiers(title)
+    defined = definitions("\n\n".join(section.text for section in doc.sections))
+    if not defined:
+        return title
+    done: set[str] = set()
+
+    def spelled(m: re.Match[str]) -> str:
+        word = m.group(0)
+        key = word.lower()
+        if key not in defined or key in done:
+            return word
+        done.add(key)
+        return f"{word} ({' '.join(defined[key])})"
+
+    return TITLE_WORD.sub(spelled, title)
+
+
+def title_terms(store: Store, doc: Document) -> tuple[list[str], dict[str, list[str]]]:
+    """The words of a document's title and declared alert names, stemmed as the full-text index stems them, in order;
+    and the title's short forms that the document spells out, each with its words (HPP of HPPNotReady -> hostpath
+    provisioner, when the runbook says "the hostpath provisioner (HPP)")."""
     words = keyword_terms(split_camel(" ".join((doc.title_text, *doc.alerts))), STOPWORDS, limit=64)
-    return [s for s in dict.fromkeys(store.stems(words)) if s]
+    stems = store.stems(words)
+    defined = definitions("\n\n".join(section.text for section in doc.sections))
+    aliases: dict[str, list[str]] = {}
+    for word, stem in zip(words, stems, strict=True):
+        if stem and word in defined and stem not in aliases:
+            spelled = [s for s in dict.fromkeys(store.stems(keyword_terms(" ".join(defined[word]), STOPWORDS))) if s]
+            if spelled and stem not in spelled:
+                aliases[stem] = spelled
+    return [s for s in dict.fromkeys(stems) if s], aliases
 
 
 def build_chunks(doc: Document) -> list[tuple[ChunkRow, str]]:
@@ -198,7 +232,7 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
 
     for doc in changed:
         rows = [row for row, _ in chunked[doc.path]]
-        store.replace_document(doc, title_hashes[doc.path], rows, title_terms(store, doc))
+        store.replace_document(doc, title_hashes[doc.path], rows, *title_terms(store, doc))
         if doc.path in stored:
             report.updated += 1
         else:
@@ -323,7 +357,7 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     known = store.known_embeddings(encoder.model_id, texts)
     missing = {h: t for h, t in texts.items() if h not in known}
     vectors = dict(zip(missing, encoder.encode(list(missing.values())), strict=True)) if missing else {}
-    terms = title_terms(store, doc)
+    terms, aliases = title_terms(store, doc)
     # One transaction: another process's `opsbot index` prunes vectors no chunk uses, and would take these if they
     # were stored before the chunks; a process stopped half-way leaves nothing for the next start to trip on.
     with store.transaction():
@@ -335,7 +369,7 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
             vectors |= dict(zip(gone, encoder.encode(list(gone.values())), strict=True))
         if vectors:
             store.save_embeddings(encoder.model_id, vectors)
-        store.replace_document(doc, title_hash, [row for row, _ in rows], terms)
+        store.replace_document(doc, title_hash, [row for row, _ in rows], terms, aliases)
         store.upsert_incident(incident, vector_hash)
         store.mark_incident_learned(incident.id, datetime.now(UTC).isoformat(timespec="seconds"))
         store.set_meta("index_version", uuid.uuid4().hex)

@@ -66,6 +66,8 @@ class CorpusStats:
     chunks: int
     term_chunks: dict[str, int]  # stem -> how many chunks hold it
     title_terms: list[tuple[str, ...]]  # per document, in title order
+    # per document, the short forms of its title it spells out: {"hpp": ("hostpath", "provision")}
+    title_aliases: list[dict[str, tuple[str, ...]]] = field(default_factory=list)
 
     def idf(self, stem: str) -> float:
         """BM25's inverse document frequency over chunks; 0 for a word the corpus does not have."""
@@ -136,16 +138,23 @@ def features(
     if total:
         for i, d in enumerate(docs):
             terms = stats.title_terms[int(d)] if int(d) < len(stats.title_terms) else ()
+            aliases = stats.title_aliases[int(d)] if int(d) < len(stats.title_aliases) else {}
             title = frozenset(terms)
-            found = sig.matched.get(int(d), frozenset()) | title
+            # A short form and the words it stands for are one title word, said either way.
+            spelled = frozenset(w for words in aliases.values() for w in words)
+            found = sig.matched.get(int(d), frozenset()) | title | spelled
             x[i, 10] = sum(w for s, w in known.items() if s in found) / total
             if title:
+                x[i, 8] = sum(w for s, w in known.items() if s in title or s in spelled) / total
                 shared = sum(w for s, w in known.items() if s in title)
-                x[i, 8] = shared / total
+                shared += sum(  # a short form of the title that the query spells out
+                    stats.idf(t) for t, words in aliases.items() if t not in known and all(w in known for w in words)
+                )
                 title_mass = sum(stats.idf(t) for t in title)
                 x[i, 9] = shared / title_mass if title_mass else 0.0
                 # `virt-operator` names VirtOperatorDown, where VirtAPIDown holds the two words apart or not at all
-                together = {w for pair in pairs.intersection(zip(terms, terms[1:], strict=False)) for w in pair}
+                read = [w for t in terms for w in (t, *aliases.get(t, ()))]
+                together = {w for pair in pairs.intersection(zip(read, read[1:], strict=False)) for w in pair}
                 x[i, 17] = sum(known.get(w, 0.0) for w in together) / total
         x[:, 11] = x[:, 10].max()
     if sig.whole:

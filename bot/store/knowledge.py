@@ -92,11 +92,17 @@ class KnowledgeStore(StoreBase):
         return dict(self.db.execute("SELECT path, content_hash FROM documents").fetchall())
 
     def replace_document(
-        self, doc: Document, title_hash: str, chunks: list[ChunkRow], title_terms: list[str] | None = None
+        self,
+        doc: Document,
+        title_hash: str,
+        chunks: list[ChunkRow],
+        title_terms: list[str] | None = None,
+        title_aliases: dict[str, list[str]] | None = None,
     ) -> None:
         """Write a document and its chunks, replacing what was stored for its path.
 
-        ``title_terms`` are the title's words as the full-text index stems them (see ``stems``).
+        ``title_terms`` are the title's words as the full-text index stems them (see ``stems``), and
+        ``title_aliases`` the words that the document spells its title's short forms with, by short form.
         """
         with self.transaction():
             self._delete_document(doc.path)
@@ -111,6 +117,7 @@ class KnowledgeStore(StoreBase):
                     "owners": json.dumps(list(doc.owners)),
                     "alerts": json.dumps(list(doc.alerts)),
                     "title_terms": json.dumps(list(title_terms or [])),
+                    "title_aliases": json.dumps(dict(title_aliases or {})),
                     "incident_id": doc.incident_id,
                     "title_hash": title_hash,
                     "content_hash": doc.content_hash,
@@ -265,6 +272,11 @@ class KnowledgeStore(StoreBase):
         """The stemmed words of each document's title, for the documents in the order given (empty where unknown)."""
         rows = dict(self.db.execute("SELECT path, title_terms FROM documents").fetchall())
         return [tuple(json.loads(rows.get(p) or "[]")) for p in paths]
+
+    def title_aliases(self, paths: list[str]) -> list[dict[str, tuple[str, ...]]]:
+        """Per document, in the order given: each short form of its title -> the stemmed words it stands for."""
+        rows = dict(self.db.execute("SELECT path, title_aliases FROM documents").fetchall())
+        return [{k: tuple(v) for k, v in json.loads(rows.get(p) or "{}").items()} for p in paths]
 
     def corpus_key(self) -> str:
         """A fingerprint of what is indexed: every document's path and content hash."""

@@ -399,3 +399,10 @@ def m022_events_seen_by_time(db: Database) -> None:
     # events_seen gets a row for every event Slack sends (each message in each channel opsbot is in): pruned by
     # age at the serve sweep, which this index keeps a range delete.
     db["events_seen"].create_index(["at"], if_not_exists=True)
+
+
+@migrations()
+def m023_title_aliases(db: Database) -> None:
+    # The short forms of each document's title that the document spells out ({"hpp": ["hostpath", "provision"]}),
+    # stemmed: a query that says the words finds the title that abbreviates them. "{}" until the next index.
+    db["documents"].add_column("title_aliases", str, not_null_default="{}")

@@ -484,6 +484,33 @@ def test_words_in_html_comments_are_not_searchable_and_an_older_index_is_rewritt
     assert store.get_meta("index_format") == INDEX_FORMAT
 
 
+def test_a_title_short_form_the_runbook_spells_out_is_stored_with_its_words_and_an_older_index_learns_them(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    write(
+        knowledge,
+        "runbooks/hpp.md",
+        "# HPPNotReady\n\n## Meaning\n\nThe hostpath provisioner (HPP) is not ready. A persistent volume (PV) waits.\n",
+    )
+    write(knowledge, "runbooks/cdi.md", "# CDINotReady\n\nThe importer is not ready.\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    paths = ["runbooks/hpp.md", "runbooks/cdi.md"]
+    # PV is spelled out too, but is not a word of the title; CDI is in a title, but its runbook never spells it out.
+    assert store.title_aliases(paths) == [{"hpp": ("hostpath", "provision")}, {}]
+    docs = {d.path: d for d in load_knowledge(knowledge).documents}
+    # The title's vector is made from the title as its reader knows it.
+    assert title_embed_text(docs["runbooks/hpp.md"]) == "HPP (hostpath provisioner) Not Ready"
+    assert title_embed_text(docs["runbooks/cdi.md"]) == "CDI Not Ready"
+    index = SearchIndex(store, fake_encoder)  # what the ranker's features read
+    assert index.stats.title_aliases[index.doc_index["runbooks/hpp.md"]] == {"hpp": ("hostpath", "provision")}
+
+    # An index written before short forms were read has none: the new format reads every document again.
+    store.db.execute("UPDATE documents SET title_aliases = '{}'")
+    store.set_meta("index_format", "6")
+    index_knowledge(store, fake_encoder, knowledge)
+    assert store.title_aliases(paths)[0] == {"hpp": ("hostpath", "provision")}
+
+
 def test_a_database_at_m013_without_m012_gets_the_ranker_tables_on_opening(
     tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
 ) -> None:

@@ -101,6 +101,45 @@ def test_words_standing_together_in_the_query_and_in_a_title_are_a_phrase_of_tha
     assert phrase.tolist() == pytest.approx([expected, 0.0, expected, 0.0])
 
 
+def test_a_title_short_form_counts_as_the_words_its_runbook_spells_it_with() -> None:
+    # "Hostpath Provisioner is not available": HPPNotReady's runbook says "the hostpath provisioner (HPP)", so its
+    # title holds the query's words as HPPOperatorDown's does, and "not" besides; CDINotReady has only "not".
+    stats = CorpusStats(
+        chunks=100,
+        term_chunks={"hostpath": 4, "provision": 6, "not": 30, "avail": 20, "hpp": 5, "cdi": 5, "readi": 10},
+        title_terms=[("hpp", "not", "readi"), ("hpp", "oper", "down"), ("cdi", "not", "readi")],
+        title_aliases=[{"hpp": ("hostpath", "provision")}, {"hpp": ("hostpath", "provision")}, {}],
+    )
+    sig = Signals(
+        section=np.array([0.4, 0.45, 0.3], dtype=np.float32),
+        title=None,
+        chunk_sims=None,
+        bm25={},
+        bm25_chunk={},
+        stems=["hostpath", "provision", "not", "avail"],
+    )
+    docs = np.arange(3)
+    _, ranks = candidates(sig)
+    x = features(sig, docs, ranks, stats)
+    idf = {s: stats.idf(s) for s in ("hostpath", "provision", "not", "avail", "hpp", "readi", "cdi")}
+    total = idf["hostpath"] + idf["provision"] + idf["not"] + idf["avail"]
+    ready, down, cdi = (dict(zip(FEATURES, r.tolist(), strict=True)) for r in x)
+    assert ready["query_in_title"] == pytest.approx((idf["hostpath"] + idf["provision"] + idf["not"]) / total)
+    assert down["query_in_title"] == pytest.approx((idf["hostpath"] + idf["provision"]) / total)
+    assert cdi["query_in_title"] == pytest.approx(idf["not"] / total)
+    # Of the title, the query says HPP (in full) and "not"; the short form weighs as itself, once.
+    title_mass = idf["hpp"] + idf["not"] + idf["readi"]
+    assert ready["title_in_query"] == pytest.approx((idf["hpp"] + idf["not"]) / title_mass)
+    assert ready["coverage"] == pytest.approx(ready["query_in_title"])
+    # Read out, HPPNotReady is "hostpath provisioner not ready": the query's three words stand as in it.
+    assert ready["title_phrase"] == pytest.approx((idf["hostpath"] + idf["provision"] + idf["not"]) / total)
+    assert down["title_phrase"] == pytest.approx((idf["hostpath"] + idf["provision"]) / total)
+    # Said as the short form, the title is held whole, as before.
+    sig.stems = ["hpp", "not", "readi"]
+    short = dict(zip(FEATURES, features(sig, docs, ranks, stats)[0].tolist(), strict=True))
+    assert short["title_in_query"] == pytest.approx(1.0) and short["query_in_title"] == pytest.approx(1.0)
+
+
 def test_fusion_is_reciprocal_rank_with_a_missing_rank_counted_last() -> None:
     ranks = {"section": {0: 0, 1: 1}, "bm25": {1: 0}}
     assert fuse(np.array([0, 1]), ranks).tolist() == pytest.approx([1 / 61 + 1 / (61 + CANDIDATES), 1 / 62 + 1 / 61])

@@ -395,6 +395,15 @@ SIBLINGS = {
     "virtual machines get no MAC address.\n\n## Mitigation\n\nCheck the kubemacpool-mac-controller pods.\n",
     "VirtualMachineNotMigratable.md": "# Virtual machine not migratable\n\n## Meaning\n\nA virtual machine "
     "cannot be live migrated, so draining its node will not move it.\n",
+    # Short forms that each runbook spells out once, as runbooks of one product tend to.
+    "HPPNotReady.md": "# HPPNotReady\n\n## Meaning\n\nThe custom resource of the hostpath provisioner (HPP) "
+    "reports that it cannot serve; new volumes wait.\n\n## Mitigation\n\nRead the conditions of the HPP "
+    "resource and the events of its pods.\n",
+    "HPPOperatorDown.md": "# HPPOperatorDown\n\n## Meaning\n\nNo pod of the hostpath provisioner (HPP) operator "
+    "runs: the provisioner is not available to reconcile, and changes to it wait.\n\n## Mitigation\n\nCheck "
+    "the operator's deployment.\n",
+    "CDINotReady.md": "# CDINotReady\n\n## Meaning\n\nThe containerized data importer (CDI) reports a condition "
+    "other than Available; data volumes do not import.\n\n## Mitigation\n\nRead the CDI resource's conditions.\n",
 }
 
 
@@ -427,3 +436,16 @@ def test_a_deprecated_runbook_is_found_by_its_alert_name(siblings: SearchIndex) 
         assert both[0].path == f"runbooks/{first}.md", spelled
         assert {h.path for h in both[:2]} == {"runbooks/deprecated/KubeMacPoolDown.md", "runbooks/KubemacpoolDown.md"}
         assert all(h.alert == spelled for h in both[:2]) and not both[2].alert
+
+
+def test_a_question_that_spells_out_a_titles_short_form_finds_that_runbook(siblings: SearchIndex) -> None:
+    # Each runbook says "hostpath provisioner (HPP)" once; the question never says HPP.
+    question = "hostpath provisioner is not ready"
+    assert siblings.search(question, k=3).hits[0].path == "runbooks/HPPNotReady.md"
+    # The title is embedded as its runbook reads it: "HPP Not Ready" alone is further in meaning from the question
+    # than "CDI Not Ready" is (0.23 against 0.30); "HPP (hostpath provisioner) Not Ready" is close to it.
+    _, sig = siblings.signals(question)
+    assert sig.title is not None
+    title = {path: float(sig.title[d]) for path, d in siblings.doc_index.items()}
+    assert title["runbooks/HPPNotReady.md"] > title["runbooks/CDINotReady.md"] + 0.3, title
+    assert title["runbooks/HPPNotReady.md"] == max(title.values())
