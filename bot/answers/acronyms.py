@@ -9,10 +9,12 @@ letter starting a word. Only what the document itself says counts: no list of ab
 
 from __future__ import annotations
 
+import functools
 import re
 
 SHORT = re.compile(r"\(\s*([A-Za-z][A-Za-z0-9]{1,9})\s*\)")
-WORD = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*")
+WORD = re.compile(r"[^\W_]+(?:['-][^\W_]+)*")  # "naïve" is one word
+FENCED = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.M | re.S)  # code and its output define nothing
 LOOK_BACK = 400  # characters before a parenthesis: more than the 15 words a long form may have
 CLAUSE_END = re.compile(r"[.;:!?]\s|\n\s*\n")  # a long form does not reach back past the end of a sentence
 
@@ -38,11 +40,14 @@ def long_form(before: str, short: str) -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=64)  # a document's text is read for its title's words and for its title's vector
 def definitions(text: str) -> dict[str, list[str]]:
     """Each short form the text defines (lower case, at least two capitals: "HPP", "CNAO", "VMs") -> its words.
 
-    The first definition of a short form counts, as a reader takes the first.
+    The first definition of a short form counts, as a reader takes the first. Fenced code is not read. The
+    answer is shared between calls: do not change it.
     """
+    text = FENCED.sub("\n\n", text)
     found: dict[str, list[str]] = {}
     for m in SHORT.finditer(text):
         short = m.group(1)

@@ -84,22 +84,43 @@ def title_embed_text(doc: Document) -> str:
     return spelled_out(doc, doc.title_text)
 
 
+def document_short_forms(doc: Document) -> dict[str, list[str]]:
+    """The short forms the document spells out (``acronyms.definitions`` of its text)."""
+    return definitions("\n\n".join(section.text for section in doc.sections))
+
+
+def short_form_of(word: str, defined: dict[str, list[str]]) -> tuple[str, str] | None:
+    """(the short form, the rest) when a title word is a defined short form ("HPP", "Vms") or begins with one
+    ("SSPDown": an alert name whose acronym has no small letter to end it); None otherwise. A word in small
+    letters is a word ("it"), not the short form IT."""
+    if word == word.lower():
+        return None
+    if word.lower() in defined:
+        return word, ""
+    for end in range(len(word) - 2, 1, -1):  # the longest defined prefix in capitals, then a capitalised word
+        head, rest = word[:end], word[end:]
+        if head.isupper() and head.lower() in defined and rest[0].isupper() and rest[1].islower():
+            return head, rest
+    return None
+
+
 def spelled_out(doc: Document, title: str) -> str:
     """``title`` as the encoder sees it: CamelCase as words, and a short form the document spells out followed by its
     words, as a reader of the runbook knows them ("HPP (hostpath provisioner) Not Ready")."""
     title = spell_identifiers(title)
-    defined = definitions("\n\n".join(section.text for section in doc.sections))
+    defined = document_short_forms(doc)
     if not defined:
         return title
     done: set[str] = set()
 
     def spelled(m: re.Match[str]) -> str:
         word = m.group(0)
-        key = word.lower()
-        if key not in defined or key in done:
+        found = short_form_of(word, defined)
+        if found is None or found[0].lower() in done:
             return word
-        done.add(key)
-        return f"{word} ({' '.join(defined[key])})"
+        short, rest = found
+        done.add(short.lower())
+        return f"{short} ({' '.join(defined[short.lower()])})" + (f" {rest}" if rest else "")
 
     return TITLE_WORD.sub(spelled, title)
 
@@ -108,12 +129,19 @@ def title_terms(store: Store, doc: Document) -> tuple[list[str], dict[str, list[
     """The words of a document's title and declared alert names, stemmed as the full-text index stems them, in order;
     and the title's short forms that the document spells out, each with its words (HPP of HPPNotReady -> hostpath
     provisioner, when the runbook says "the hostpath provisioner (HPP)")."""
-    words = keyword_terms(split_camel(" ".join((doc.title_text, *doc.alerts))), STOPWORDS, limit=64)
+    named = split_camel(" ".join((doc.title_text, *doc.alerts)))
+    defined = document_short_forms(doc)
+    shorts: list[str] = []
+    for word in TITLE_WORD.findall(named) if defined else []:
+        if (found := short_form_of(word, defined)) is not None:
+            shorts.append(found[0].lower())
+            if found[1]:  # SSPDown is SSP and Down too
+                named += f"\n{found[0]} {found[1]}"
+    words = keyword_terms(named, STOPWORDS, limit=64)
     stems = store.stems(words)
-    defined = definitions("\n\n".join(section.text for section in doc.sections))
     aliases: dict[str, list[str]] = {}
     for word, stem in zip(words, stems, strict=True):
-        if stem and word in defined and stem not in aliases:
+        if stem and word in shorts and stem not in aliases:
             spelled = [s for s in dict.fromkeys(store.stems(keyword_terms(" ".join(defined[word]), STOPWORDS))) if s]
             if spelled and stem not in spelled:
                 aliases[stem] = spelled
@@ -232,7 +260,8 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
 
     for doc in changed:
         rows = [row for row, _ in chunked[doc.path]]
-        store.replace_document(doc, title_hashes[doc.path], rows, *title_terms(store, doc))
+        terms, aliases = title_terms(store, doc)
+        store.replace_document(doc, title_hashes[doc.path], rows, terms, aliases, title_embed_text(doc))
         if doc.path in stored:
             report.updated += 1
         else:
@@ -251,13 +280,22 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     ]
     store.delete_documents(removed)
     report.removed = len(removed)
+    if not same_format:  # incidents resolved in Slack and not exported have no file: read again from the store
+        gone = set(removed)
+        for incident in store.load_incidents():
+            if incident.path.startswith(SLACK_PREFIX) and incident.path in stored and incident.path not in gone:
+                _write_incident(store, encoder, incident, learned=False)
+                report.updated += 1
 
     # Sections and titles without a vector for this model: those of documents kept from earlier runs (their files
     # are unreadable now) after a model change, and any an older opsbot's overlapping runs left without one.
-    unembedded = {
-        h: spell_identifiers(t) if head is None else embed_text(t, head, body)
+    # A text is embedded only under its own hash: a title an older opsbot stored without the text of its vector
+    # (an incident's id, a spelled-out short form) stays without one until its document is read again.
+    remade = (
+        (h, spell_identifiers(t) if head is None else embed_text(t, head, body))
         for h, t, head, body in store.vectors_missing(encoder.model_id)
-    }
+    )
+    unembedded = {h: text for h, text in remade if content_hash(text) == h}
     _embed(store, encoder, unembedded, report, progress)
     if changed or removed or unembedded:  # now, not after the ranker's fit: a running bot's ids of the old rows are
         store.set_meta("index_version", uuid.uuid4().hex)  # gone, and a run stopped meanwhile would leave it so
@@ -286,7 +324,8 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     _embed_votes_again(store, encoder)
     key = ranker_key(store, encoder.model_id)
     stored_ranker = store.load_ranker(encoder.model_id)
-    refit = stored_ranker is None or stored_ranker[0] != key
+    # A new index format changes what the features read (a ranker a running bot refitted on the old one is stale).
+    refit = stored_ranker is None or stored_ranker[0] != key or not same_format
     ranker_started = time.perf_counter()
     if refit:
         _store_training_queries(store, encoder, kb.documents, report, progress)
@@ -347,6 +386,11 @@ def _store_training_queries(
 
 def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     """Make one incident (resolved in Slack) searchable and part of the expert model's training data, now."""
+    _write_incident(store, encoder, incident, learned=True)
+
+
+def _write_incident(store: Store, encoder: Encoder, incident: Incident, learned: bool) -> None:
+    """Store an incident's document and its vectors; ``learned``: and the incident itself, as learned now."""
     doc = incident_document(incident, content_hash(incident.path + incident.resolution + incident.title))
     rows = build_chunks(doc)
     texts = {row.embed_hash: to_embed for row, to_embed in rows}
@@ -369,9 +413,10 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
             vectors |= dict(zip(gone, encoder.encode(list(gone.values())), strict=True))
         if vectors:
             store.save_embeddings(encoder.model_id, vectors)
-        store.replace_document(doc, title_hash, [row for row, _ in rows], terms, aliases)
-        store.upsert_incident(incident, vector_hash)
-        store.mark_incident_learned(incident.id, datetime.now(UTC).isoformat(timespec="seconds"))
+        store.replace_document(doc, title_hash, [row for row, _ in rows], terms, aliases, title_embed_text(doc))
+        if learned:
+            store.upsert_incident(incident, vector_hash)
+            store.mark_incident_learned(incident.id, datetime.now(UTC).isoformat(timespec="seconds"))
         store.set_meta("index_version", uuid.uuid4().hex)
 
 

@@ -68,6 +68,20 @@ class CorpusStats:
     title_terms: list[tuple[str, ...]]  # per document, in title order
     # per document, the short forms of its title it spells out: {"hpp": ("hostpath", "provision")}
     title_aliases: list[dict[str, tuple[str, ...]]] = field(default_factory=list)
+    # Made once from the above, not per query: each title's words as a set, and its pairs of adjacent words read
+    # with each short form followed by its words ("hpp hostpath provision not readi").
+    title_sets: list[frozenset[str]] = field(init=False, repr=False, compare=False)
+    title_pairs: list[frozenset[tuple[str, str]]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sets, pairs = [], []
+        for d, terms in enumerate(self.title_terms):
+            aliases = self.title_aliases[d] if d < len(self.title_aliases) else {}
+            read = [w for t in terms for w in (t, *aliases.get(t, ()))]
+            sets.append(frozenset(terms))
+            pairs.append(frozenset(zip(read, read[1:], strict=False)))
+        object.__setattr__(self, "title_sets", sets)
+        object.__setattr__(self, "title_pairs", pairs)
 
     def idf(self, stem: str) -> float:
         """BM25's inverse document frequency over chunks; 0 for a word the corpus does not have."""
@@ -136,25 +150,32 @@ def features(
     total = sum(known.values())
     pairs = set(zip(sig.stems, sig.stems[1:], strict=False))  # the query's words next to each other, in order
     if total:
+        none: frozenset[str] = frozenset()
         for i, d in enumerate(docs):
-            terms = stats.title_terms[int(d)] if int(d) < len(stats.title_terms) else ()
-            aliases = stats.title_aliases[int(d)] if int(d) < len(stats.title_aliases) else {}
-            title = frozenset(terms)
-            # A short form and the words it stands for are one title word, said either way.
-            spelled = frozenset(w for words in aliases.values() for w in words)
-            found = sig.matched.get(int(d), frozenset()) | title | spelled
+            d = int(d)
+            known_doc = d < len(stats.title_sets)
+            title = stats.title_sets[d] if known_doc else none
+            aliases = stats.title_aliases[d] if d < len(stats.title_aliases) else None
+            # A short form and the words it stands for are one title word, said either way: its words count when
+            # the query says all of them ("operating system" for OS, not "operator" alone).
+            spelled = (
+                frozenset(w for words in aliases.values() if all(v in known for v in words) for w in words)
+                if aliases
+                else none
+            )
+            found = sig.matched.get(d, none) | title | spelled
             x[i, 10] = sum(w for s, w in known.items() if s in found) / total
             if title:
                 x[i, 8] = sum(w for s, w in known.items() if s in title or s in spelled) / total
                 shared = sum(w for s, w in known.items() if s in title)
-                shared += sum(  # a short form of the title that the query spells out
-                    stats.idf(t) for t, words in aliases.items() if t not in known and all(w in known for w in words)
-                )
+                if aliases:  # a short form of the title that the query spells out
+                    shared += sum(
+                        stats.idf(t) for t, words in aliases.items() if t not in known and spelled.issuperset(words)
+                    )
                 title_mass = sum(stats.idf(t) for t in title)
                 x[i, 9] = shared / title_mass if title_mass else 0.0
                 # `virt-operator` names VirtOperatorDown, where VirtAPIDown holds the two words apart or not at all
-                read = [w for t in terms for w in (t, *aliases.get(t, ()))]
-                together = {w for pair in pairs.intersection(zip(read, read[1:], strict=False)) for w in pair}
+                together = {w for pair in pairs & stats.title_pairs[d] for w in pair}
                 x[i, 17] = sum(known.get(w, 0.0) for w in together) / total
         x[:, 11] = x[:, 10].max()
     if sig.whole:

@@ -90,12 +90,7 @@ class SearchIndex:
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
         doc_sums = np.add.reduceat(matrix, starts, axis=0) if starts else np.zeros((0, 0), dtype=np.float32)
         doc_norms = np.linalg.norm(doc_sums, axis=1) if starts else np.zeros(0, dtype=np.float32)
-        stats = CorpusStats(
-            len(ids),
-            self.store.term_chunk_counts(),
-            self.store.title_terms(doc_paths),
-            self.store.title_aliases(doc_paths),
-        )
+        stats = CorpusStats(len(ids), self.store.term_chunk_counts(), *self.store.title_words(doc_paths))
         doc_index = {p: i for i, p in enumerate(doc_paths)}
         routes = {
             name: [doc_index[p] for p in paths if p in doc_index] for name, paths in self.store.alert_routes().items()

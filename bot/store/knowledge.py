@@ -98,11 +98,13 @@ class KnowledgeStore(StoreBase):
         chunks: list[ChunkRow],
         title_terms: list[str] | None = None,
         title_aliases: dict[str, list[str]] | None = None,
+        title_embed: str = "",
     ) -> None:
         """Write a document and its chunks, replacing what was stored for its path.
 
-        ``title_terms`` are the title's words as the full-text index stems them (see ``stems``), and
-        ``title_aliases`` the words that the document spells its title's short forms with, by short form.
+        ``title_terms`` are the title's words as the full-text index stems them (see ``stems``),
+        ``title_aliases`` the words that the document spells its title's short forms with, by short form, and
+        ``title_embed`` the text whose vector ``title_hash`` names (so that a lost vector is made again of it).
         """
         with self.transaction():
             self._delete_document(doc.path)
@@ -118,6 +120,7 @@ class KnowledgeStore(StoreBase):
                     "alerts": json.dumps(list(doc.alerts)),
                     "title_terms": json.dumps(list(title_terms or [])),
                     "title_aliases": json.dumps(dict(title_aliases or {})),
+                    "title_embed": title_embed,
                     "incident_id": doc.incident_id,
                     "title_hash": title_hash,
                     "content_hash": doc.content_hash,
@@ -189,12 +192,13 @@ class KnowledgeStore(StoreBase):
         """(hash, title, heading, text) of chunks and titles that have no vector for ``model``.
 
         Documents kept from an earlier run with another model (their file is unreadable now) are in this state,
-        and sections whose vectors an older opsbot's overlapping index runs pruned.
+        and sections whose vectors an older opsbot's overlapping index runs pruned. For a title, "title" is the
+        text its vector was made of, or its title when an older opsbot wrote it, and heading and text are None.
         """
         missing = (
             "SELECT c.embed_hash, d.title, c.heading, c.text FROM chunks c JOIN documents d ON d.path = c.doc_path "
             "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.hash = c.embed_hash) "
-            "UNION SELECT d.title_hash, d.title, NULL, NULL FROM documents d "
+            "UNION SELECT d.title_hash, COALESCE(NULLIF(d.title_embed, ''), d.title), NULL, NULL FROM documents d "
             "WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.model = ? AND e.hash = d.title_hash)"
         )
         return [tuple(r) for r in self.db.execute(missing, [model, model]).fetchall()]
@@ -268,15 +272,19 @@ class KnowledgeStore(StoreBase):
         rows = self.db.execute("SELECT path, alerts FROM documents WHERE alerts != '[]' ORDER BY path").fetchall()
         return {path: [str(n) for n in json.loads(alerts)] for path, alerts in rows}
 
-    def title_terms(self, paths: list[str]) -> list[tuple[str, ...]]:
-        """The stemmed words of each document's title, for the documents in the order given (empty where unknown)."""
-        rows = dict(self.db.execute("SELECT path, title_terms FROM documents").fetchall())
-        return [tuple(json.loads(rows.get(p) or "[]")) for p in paths]
-
-    def title_aliases(self, paths: list[str]) -> list[dict[str, tuple[str, ...]]]:
-        """Per document, in the order given: each short form of its title -> the stemmed words it stands for."""
-        rows = dict(self.db.execute("SELECT path, title_aliases FROM documents").fetchall())
-        return [{k: tuple(v) for k, v in json.loads(rows.get(p) or "{}").items()} for p in paths]
+    def title_words(self, paths: list[str]) -> tuple[list[tuple[str, ...]], list[dict[str, tuple[str, ...]]]]:
+        """For the documents in the order given: the stemmed words of each one's title (empty where unknown), and
+        each short form of its title -> the stemmed words it stands for. One read: both from the same writes."""
+        rows = {
+            path: (terms, aliases)
+            for path, terms, aliases in self.db.execute("SELECT path, title_terms, title_aliases FROM documents")
+        }
+        terms = [tuple(json.loads(rows.get(p, ("[]", "{}"))[0] or "[]")) for p in paths]
+        aliases = [
+            {k: tuple(v) for k, v in json.loads(rows.get(p, ("[]", "{}"))[1] or "{}").items() if k in own}
+            for p, own in zip(paths, terms, strict=True)
+        ]
+        return terms, aliases
 
     def corpus_key(self) -> str:
         """A fingerprint of what is indexed: every document's path and content hash."""

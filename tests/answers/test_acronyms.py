@@ -47,3 +47,8 @@ def test_a_long_document_full_of_parentheses_is_read_in_linear_time() -> None:
     started = time.perf_counter()
     assert definitions(text) == {"ab": ["alpha", "beta"]}
     assert time.perf_counter() - started < 5  # each look back is bounded: about 0.1 s here, minutes without it
+
+
+def test_words_outside_ascii_are_whole_words_and_code_defines_nothing() -> None:
+    text = "A naïve Bayes (NB) model.\n\n```\nhpp-pool-abc   Running (HPP)\n```\n\nThe hostpath provisioner (HPP) runs."
+    assert definitions(text) == {"nb": ["naïve", "bayes"], "hpp": ["hostpath", "provisioner"]}

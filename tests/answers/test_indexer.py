@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ from bot.answers.search import SearchIndex
 from bot.answers.training import encoded_form, training_queries
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
+from bot.models import Incident
 from bot.ops.incidents import IncidentService
 from bot.record_files import incident_document
-from bot.store import IndexBusy, Store, migrations
+from bot.store import SLACK_PREFIX, IndexBusy, Store, migrations
 from tests.conftest import FakeEncoder
 
 POOL_RUNBOOK = """---
@@ -496,7 +498,7 @@ def test_a_title_short_form_the_runbook_spells_out_is_stored_with_its_words_and_
     index_knowledge(store, fake_encoder, knowledge)
     paths = ["runbooks/hpp.md", "runbooks/cdi.md"]
     # PV is spelled out too, but is not a word of the title; CDI is in a title, but its runbook never spells it out.
-    assert store.title_aliases(paths) == [{"hpp": ("hostpath", "provision")}, {}]
+    assert store.title_words(paths)[1] == [{"hpp": ("hostpath", "provision")}, {}]
     docs = {d.path: d for d in load_knowledge(knowledge).documents}
     # The title's vector is made from the title as its reader knows it.
     assert title_embed_text(docs["runbooks/hpp.md"]) == "HPP (hostpath provisioner) Not Ready"
@@ -508,7 +510,76 @@ def test_a_title_short_form_the_runbook_spells_out_is_stored_with_its_words_and_
     store.db.execute("UPDATE documents SET title_aliases = '{}'")
     store.set_meta("index_format", "6")
     index_knowledge(store, fake_encoder, knowledge)
-    assert store.title_aliases(paths)[0] == {"hpp": ("hostpath", "provision")}
+    assert store.title_words(paths)[1][0] == {"hpp": ("hostpath", "provision")}
+
+
+def test_a_title_that_begins_with_a_short_form_or_says_a_word_in_small_letters(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    write(knowledge, "runbooks/ssp.md", "# SSPDown\n\nThe scheduling, scale and performance (SSP) operator is down.\n")
+    write(knowledge, "runbooks/it.md", "# Ask IT about it\n\nThe information technology (IT) desk helps.\n")
+    docs = {d.path: d for d in load_knowledge(knowledge).documents}
+    # SSPDown has no small letter to end its acronym with: a defined short form at its start counts.
+    assert title_embed_text(docs["runbooks/ssp.md"]) == "SSP (scheduling scale and performance) Down"
+    # "it" in small letters is a word, not the short form IT.
+    assert title_embed_text(docs["runbooks/it.md"]) == "Ask IT (information technology) about it"
+    index_knowledge(store, fake_encoder, knowledge)
+    terms, aliases = store.title_words(["runbooks/ssp.md"])
+    assert {"ssp", "down"} <= set(terms[0]) and aliases[0] == {"ssp": ("schedul", "scale", "perform")}
+
+
+def test_a_lost_title_vector_is_made_again_of_the_text_it_was_made_of(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    write(knowledge, "runbooks/hpp.md", "# HPPNotReady\n\nThe hostpath provisioner (HPP) is not ready.\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    title_hash = store.db.execute("SELECT title_hash FROM documents WHERE path = 'runbooks/hpp.md'").fetchone()[0]
+    # As an older opsbot's overlapping runs leave it: the title's vector pruned.
+    store.db.execute("DELETE FROM embeddings WHERE hash = ?", [title_hash])
+    fake_encoder.calls.clear()
+    index_knowledge(store, fake_encoder, knowledge)
+    assert ["HPP (hostpath provisioner) Not Ready"] in fake_encoder.calls
+    assert store.known_embeddings(fake_encoder.model_id, {title_hash: ""}) == {title_hash}
+
+    # A title stored by an older opsbot without that text is not embedded under a hash of other words.
+    store.db.execute("UPDATE documents SET title_embed = '' WHERE path = 'runbooks/hpp.md'")
+    store.db.execute("DELETE FROM embeddings WHERE hash = ?", [title_hash])
+    fake_encoder.calls.clear()
+    index_knowledge(store, fake_encoder, knowledge)
+    assert fake_encoder.calls == [] and not store.known_embeddings(fake_encoder.model_id, {title_hash: ""})
+
+
+def test_a_new_index_format_reads_slack_incidents_again_and_refits_the_ranker(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder
+) -> None:
+    index_knowledge(store, fake_encoder, knowledge)
+    incident = Incident(
+        id="INC-2026-0099",
+        title="WMS outage at the Dublin warehouse",
+        date=datetime(2026, 11, 2, tzinfo=UTC),
+        severity=2,
+        services=(),
+        responders=("U0A",),
+        summary="The warehouse management system (WMS) stopped taking stock movements.",
+        root_cause="",
+        resolution="Restarted the WMS bridge.",
+        path=f"{SLACK_PREFIX}INC-2026-0099",
+    )
+    index_incident(store, fake_encoder, incident)
+    index_knowledge(store, fake_encoder, knowledge)  # the ranker fitted with the incident
+    path = incident.path
+    assert store.title_words([path])[1] == [{"wm": ("warehous", "manag", "system")}]
+    # As a database indexed by the previous format looks, with a ranker a running bot refitted on it since: its key
+    # is that of today's documents.
+    store.db.execute("UPDATE documents SET title_aliases = '{}', title_embed = ''")
+    store.set_meta("index_format", "6")
+    report = index_knowledge(store, fake_encoder, knowledge)
+
+    assert store.title_words([path])[1] == [{"wm": ("warehous", "manag", "system")}]
+    assert store.db.execute("SELECT title_embed FROM documents WHERE path = ?", [path]).fetchone()[0] == (
+        "INC-2026-0099 WMS (warehouse management system) outage at the Dublin warehouse"
+    )
+    assert report.ranker is not None  # refitted, though no document's content changed
 
 
 def test_a_database_at_m013_without_m012_gets_the_ranker_tables_on_opening(

@@ -140,6 +140,26 @@ def test_a_title_short_form_counts_as_the_words_its_runbook_spells_it_with() -> 
     assert short["title_in_query"] == pytest.approx(1.0) and short["query_in_title"] == pytest.approx(1.0)
 
 
+def test_a_short_forms_words_count_only_when_the_query_says_all_of_them() -> None:
+    # HPPSharingPoolPathWithOS spells OS "operating system", whose first word stems as "operator" does: a question
+    # about an operator is not one about its operating system.
+    stats = CorpusStats(
+        chunks=100,
+        term_chunks={"oper": 40, "system": 10, "virt": 30, "down": 20, "os": 3, "share": 5},
+        title_terms=[("share", "os"), ("virt", "oper", "down")],
+        title_aliases=[{"os": ("oper", "system")}, {}],
+    )
+    sig = Signals(section=np.array([0.3, 0.5], dtype=np.float32), title=None, chunk_sims=None, bm25={}, bm25_chunk={})
+    docs = np.arange(2)
+    _, ranks = candidates(sig)
+    sig.stems = ["virt", "oper", "down"]
+    x = dict(zip(FEATURES, features(sig, docs, ranks, stats)[0].tolist(), strict=True))
+    assert x["query_in_title"] == 0 and x["coverage"] == 0 and x["title_in_query"] == 0
+    sig.stems = ["oper", "system", "share"]  # "operating system" said in full
+    x = dict(zip(FEATURES, features(sig, docs, ranks, stats)[0].tolist(), strict=True))
+    assert x["query_in_title"] == pytest.approx(1.0) and x["title_in_query"] == pytest.approx(1.0)
+
+
 def test_fusion_is_reciprocal_rank_with_a_missing_rank_counted_last() -> None:
     ranks = {"section": {0: 0, 1: 1}, "bm25": {1: 0}}
     assert fuse(np.array([0, 1]), ranks).tolist() == pytest.approx([1 / 61 + 1 / (61 + CANDIDATES), 1 / 62 + 1 / 61])
