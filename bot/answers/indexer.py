@@ -41,9 +41,11 @@ SHARED_LOOKUP = 20  # chunks read to tell whether a training query's words stand
 # document from its file (vectors are reused where the text did not change). 2: alert routes. 3: spelled titles,
 # alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
 # 5: HTML comments left out of the text. 6: a heading repeated in a page numbered in its anchor (#steps-1).
-# 7: the short forms of a title that its document spells out, in the title's words and its vector.
-INDEX_FORMAT = "7"
+# 7: the short forms of a title that its document spells out, in the title's words and its vector. 8: the text of
+# the title's vector kept; a short form begins a title word only before one word (SSP|Down, not CP|Us).
+INDEX_FORMAT = "8"
 TITLE_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # a word of a spelled title that may be a short form
+ONE_WORD = re.compile(r"[A-Z][a-z]+")  # what may follow a short form inside one title word: SSP|Down
 
 
 @dataclass
@@ -89,18 +91,21 @@ def document_short_forms(doc: Document) -> dict[str, list[str]]:
     return definitions("\n\n".join(section.text for section in doc.sections))
 
 
-def short_form_of(word: str, defined: dict[str, list[str]]) -> tuple[str, str] | None:
-    """(the short form, the rest) when a title word is a defined short form ("HPP", "Vms") or begins with one
-    ("SSPDown": an alert name whose acronym has no small letter to end it); None otherwise. A word in small
-    letters is a word ("it"), not the short form IT."""
+def short_form_of(word: str, defined: dict[str, list[str]]) -> tuple[str, str, str] | None:
+    """(the short form as written, its key in ``defined``, the rest) when a title word is a defined short form
+    ("HPP", "Vms", "VMIs" of VMI) or is one followed by one capitalised word ("SSPDown": an alert name whose
+    acronym has no small letter to end it); None otherwise. A word in small letters is a word ("it"), not the
+    short form IT, and "CPUs" is not the CP of a control plane."""
     if word == word.lower():
         return None
     if word.lower() in defined:
-        return word, ""
-    for end in range(len(word) - 2, 1, -1):  # the longest defined prefix in capitals, then a capitalised word
+        return word, word.lower(), ""
+    if len(word) > 2 and word[:-1].isupper() and word.endswith("s"):  # a plural: CPUs, VMIs
+        return (word, word[:-1].lower(), "") if word[:-1].lower() in defined else None
+    for end in range(len(word) - 2, 1, -1):  # the longest defined prefix in capitals, then one capitalised word
         head, rest = word[:end], word[end:]
-        if head.isupper() and head.lower() in defined and rest[0].isupper() and rest[1].islower():
-            return head, rest
+        if head.isupper() and head.lower() in defined and ONE_WORD.fullmatch(rest):
+            return head, head.lower(), rest
     return None
 
 
@@ -116,11 +121,11 @@ def spelled_out(doc: Document, title: str) -> str:
     def spelled(m: re.Match[str]) -> str:
         word = m.group(0)
         found = short_form_of(word, defined)
-        if found is None or found[0].lower() in done:
+        if found is None or found[1] in done:
             return word
-        short, rest = found
-        done.add(short.lower())
-        return f"{short} ({' '.join(defined[short.lower()])})" + (f" {rest}" if rest else "")
+        short, key, rest = found
+        done.add(key)
+        return f"{short} ({' '.join(defined[key])})" + (f" {rest}" if rest else "")
 
     return TITLE_WORD.sub(spelled, title)
 
@@ -131,18 +136,19 @@ def title_terms(store: Store, doc: Document) -> tuple[list[str], dict[str, list[
     provisioner, when the runbook says "the hostpath provisioner (HPP)")."""
     named = split_camel(" ".join((doc.title_text, *doc.alerts)))
     defined = document_short_forms(doc)
-    shorts: list[str] = []
+    shorts: dict[str, str] = {}  # a title word, as the index lowers it -> its key in ``defined``
     for word in TITLE_WORD.findall(named) if defined else []:
         if (found := short_form_of(word, defined)) is not None:
-            shorts.append(found[0].lower())
-            if found[1]:  # SSPDown is SSP and Down too
-                named += f"\n{found[0]} {found[1]}"
+            shorts[found[0].lower()] = found[1]
+            if found[2]:  # SSPDown is SSP and Down too
+                named += f"\n{found[0]} {found[2]}"
     words = keyword_terms(named, STOPWORDS, limit=64)
     stems = store.stems(words)
     aliases: dict[str, list[str]] = {}
     for word, stem in zip(words, stems, strict=True):
         if stem and word in shorts and stem not in aliases:
-            spelled = [s for s in dict.fromkeys(store.stems(keyword_terms(" ".join(defined[word]), STOPWORDS))) if s]
+            spelled_words = keyword_terms(" ".join(defined[shorts[word]]), STOPWORDS)
+            spelled = [s for s in dict.fromkeys(store.stems(spelled_words)) if s]
             if spelled and stem not in spelled:
                 aliases[stem] = spelled
     return [s for s in dict.fromkeys(stems) if s], aliases
@@ -284,8 +290,7 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
         gone = set(removed)
         for incident in store.load_incidents():
             if incident.path.startswith(SLACK_PREFIX) and incident.path in stored and incident.path not in gone:
-                _write_incident(store, encoder, incident, learned=False)
-                report.updated += 1
+                report.embedded += _write_incident(store, encoder, incident, learned=False)
 
     # Sections and titles without a vector for this model: those of documents kept from earlier runs (their files
     # are unreadable now) after a model change, and any an older opsbot's overlapping runs left without one.
@@ -389,8 +394,9 @@ def index_incident(store: Store, encoder: Encoder, incident: Incident) -> None:
     _write_incident(store, encoder, incident, learned=True)
 
 
-def _write_incident(store: Store, encoder: Encoder, incident: Incident, learned: bool) -> None:
-    """Store an incident's document and its vectors; ``learned``: and the incident itself, as learned now."""
+def _write_incident(store: Store, encoder: Encoder, incident: Incident, learned: bool) -> int:
+    """Store an incident's document and its vectors; ``learned``: and the incident itself, as learned now. How
+    many texts it embedded."""
     doc = incident_document(incident, content_hash(incident.path + incident.resolution + incident.title))
     rows = build_chunks(doc)
     texts = {row.embed_hash: to_embed for row, to_embed in rows}
@@ -418,6 +424,7 @@ def _write_incident(store: Store, encoder: Encoder, incident: Incident, learned:
             store.upsert_incident(incident, vector_hash)
             store.mark_incident_learned(incident.id, datetime.now(UTC).isoformat(timespec="seconds"))
         store.set_meta("index_version", uuid.uuid4().hex)
+    return len(vectors)
 
 
 def index_incidents(store: Store, encoder: Encoder, incidents: list[Incident]) -> list[str]:

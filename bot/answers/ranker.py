@@ -175,7 +175,7 @@ def features(
                 title_mass = sum(stats.idf(t) for t in title)
                 x[i, 9] = shared / title_mass if title_mass else 0.0
                 # `virt-operator` names VirtOperatorDown, where VirtAPIDown holds the two words apart or not at all
-                together = {w for pair in pairs & stats.title_pairs[d] for w in pair}
+                together = {w for pair in pairs & stats.title_pairs[d] for w in pair if w in title or w in spelled}
                 x[i, 17] = sum(known.get(w, 0.0) for w in together) / total
         x[:, 11] = x[:, 10].max()
     if sig.whole:

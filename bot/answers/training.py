@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Part of what a fitted ranker is keyed by: a release that changes the queries, features or model refits.
-RANKER_VERSION = "6"
+RANKER_VERSION = "7"
 QUERIES_PER_DOCUMENT = 8  # besides the title: each document is the answer a few ways
 KINDS = ("sentence", "untitled", "fragment")
 QUERY_BUDGET = 1000  # at most this many generated queries: a fit stays within seconds on a large corpus

@@ -406,6 +406,10 @@ def m023_title_aliases(db: Database) -> None:
     # The short forms of each document's title that the document spells out ({"hpp": ["hostpath", "provision"]}),
     # stemmed: a query that says the words finds the title that abbreviates them. "{}" until the next index.
     db["documents"].add_column("title_aliases", str, not_null_default="{}")
+
+
+@migrations()
+def m024_title_embed_text(db: Database) -> None:
     # The text the title's vector is made of (title_hash is its hash): a lost vector is made again of this, not of
     # a title rebuilt without its incident id or short forms. "" until the next index (the title then, as before).
     db["documents"].add_column("title_embed", str, not_null_default="")

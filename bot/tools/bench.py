@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from bot.answers.encoder import SentenceTransformerEncoder
-from bot.answers.indexer import build_chunks, choose_training_queries, index_knowledge, title_embed_text, training_rows
+from bot.answers.indexer import (
+    build_chunks,
+    choose_training_queries,
+    index_knowledge,
+    title_embed_text,
+    title_terms,
+    training_rows,
+)
 from bot.answers.search import SearchIndex
 from bot.answers.training import fit_ranker
 from bot.models import Document, Section
@@ -93,7 +100,9 @@ def fill_store(store: Store, docs: list[Document], model_id: str, dim: int, seed
         vectors = rng.standard_normal((len(hashes), dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         store.save_embeddings(model_id, dict(zip(hashes, vectors, strict=True)))
-        store.replace_document(doc, hashes[-1], [row for row, _ in rows])
+        store.replace_document(
+            doc, hashes[-1], [row for row, _ in rows], *title_terms(store, doc), title_embed_text(doc)
+        )
 
 
 def store_training_queries(store: Store, docs: list[Document], encoder: object) -> tuple[float, float]:

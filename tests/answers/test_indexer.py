@@ -518,14 +518,25 @@ def test_a_title_that_begins_with_a_short_form_or_says_a_word_in_small_letters(
 ) -> None:
     write(knowledge, "runbooks/ssp.md", "# SSPDown\n\nThe scheduling, scale and performance (SSP) operator is down.\n")
     write(knowledge, "runbooks/it.md", "# Ask IT about it\n\nThe information technology (IT) desk helps.\n")
+    write(knowledge, "runbooks/hpp.md", "# HPPNotReady\n\nThe hostpath provisioner (HPP) is not ready.\n")
     docs = {d.path: d for d in load_knowledge(knowledge).documents}
     # SSPDown has no small letter to end its acronym with: a defined short form at its start counts.
     assert title_embed_text(docs["runbooks/ssp.md"]) == "SSP (scheduling scale and performance) Down"
     # "it" in small letters is a word, not the short form IT.
     assert title_embed_text(docs["runbooks/it.md"]) == "Ask IT (information technology) about it"
+    write(
+        knowledge,
+        "runbooks/cpu.md",
+        "# CPUs throttled\n\nThe control plane (CP) and the VMIs of a virtual machine instance (VMI).\n",
+    )
+    docs = {d.path: d for d in load_knowledge(knowledge).documents}
+    # A plural is its short form's, or nothing: CPUs is not the CP of a control plane.
+    assert title_embed_text(docs["runbooks/cpu.md"]) == "CPUs throttled"
     index_knowledge(store, fake_encoder, knowledge)
-    terms, aliases = store.title_words(["runbooks/ssp.md"])
-    assert {"ssp", "down"} <= set(terms[0]) and aliases[0] == {"ssp": ("schedul", "scale", "perform")}
+    (ssp, hpp), aliases = store.title_words(["runbooks/ssp.md", "runbooks/hpp.md"])
+    assert set(ssp) == {"sspdown", "ssp", "down"} and aliases[0] == {"ssp": ("schedul", "scale", "perform")}
+    # HPPNotReady is split by its small letters; the identifier whole is not read as HPP and one word "NotReady".
+    assert hpp == ("hppnotreadi", "hpp", "not", "readi") and aliases[1] == {"hpp": ("hostpath", "provision")}
 
 
 def test_a_lost_title_vector_is_made_again_of_the_text_it_was_made_of(

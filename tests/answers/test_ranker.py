@@ -155,6 +155,16 @@ def test_a_short_forms_words_count_only_when_the_query_says_all_of_them() -> Non
     sig.stems = ["virt", "oper", "down"]
     x = dict(zip(FEATURES, features(sig, docs, ranks, stats)[0].tolist(), strict=True))
     assert x["query_in_title"] == 0 and x["coverage"] == 0 and x["title_in_query"] == 0
+    # Nor are two words standing together in the title when one of them is half of "operating system".
+    siblings = CorpusStats(
+        chunks=100,
+        term_chunks={"oper": 40, "system": 10, "not": 30, "readi": 20, "os": 3, "node": 5},
+        title_terms=[("os", "not", "readi"), ("node", "not", "readi")],
+        title_aliases=[{"os": ("oper", "system")}, {}],
+    )
+    sig.stems = ["system", "not", "readi"]
+    phrase = features(sig, docs, ranks, siblings)[:, FEATURES.index("title_phrase")]
+    assert phrase[0] == pytest.approx(phrase[1])
     sig.stems = ["oper", "system", "share"]  # "operating system" said in full
     x = dict(zip(FEATURES, features(sig, docs, ranks, stats)[0].tolist(), strict=True))
     assert x["query_in_title"] == pytest.approx(1.0) and x["title_in_query"] == pytest.approx(1.0)
