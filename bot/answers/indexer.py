@@ -249,9 +249,10 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
 
     chunked = {d.path: build_chunks(d) for d in changed}
     texts: dict[str, str] = {}
-    title_hashes = {d.path: content_hash(title_embed_text(d)) for d in changed}
-    for doc in changed:
-        texts.setdefault(title_hashes[doc.path], title_embed_text(doc))
+    title_texts = {d.path: title_embed_text(d) for d in changed}
+    title_hashes = {path: content_hash(text) for path, text in title_texts.items()}
+    for path, text in title_texts.items():
+        texts.setdefault(title_hashes[path], text)
     for rows in chunked.values():
         for row, to_embed in rows:
             texts.setdefault(row.embed_hash, to_embed)
@@ -267,7 +268,7 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     for doc in changed:
         rows = [row for row, _ in chunked[doc.path]]
         terms, aliases = title_terms(store, doc)
-        store.replace_document(doc, title_hashes[doc.path], rows, terms, aliases, title_embed_text(doc))
+        store.replace_document(doc, title_hashes[doc.path], rows, terms, aliases, title_texts[doc.path])
         if doc.path in stored:
             report.updated += 1
         else:
@@ -400,8 +401,9 @@ def _write_incident(store: Store, encoder: Encoder, incident: Incident, learned:
     doc = incident_document(incident, content_hash(incident.path + incident.resolution + incident.title))
     rows = build_chunks(doc)
     texts = {row.embed_hash: to_embed for row, to_embed in rows}
-    title_hash = content_hash(title_embed_text(doc))
-    texts[title_hash] = title_embed_text(doc)
+    title_text = title_embed_text(doc)
+    title_hash = content_hash(title_text)
+    texts[title_hash] = title_text
     vector_hash = incident_vector_hash(incident)
     texts[vector_hash] = incident_text(incident)
     known = store.known_embeddings(encoder.model_id, texts)
@@ -419,7 +421,7 @@ def _write_incident(store: Store, encoder: Encoder, incident: Incident, learned:
             vectors |= dict(zip(gone, encoder.encode(list(gone.values())), strict=True))
         if vectors:
             store.save_embeddings(encoder.model_id, vectors)
-        store.replace_document(doc, title_hash, [row for row, _ in rows], terms, aliases, title_embed_text(doc))
+        store.replace_document(doc, title_hash, [row for row, _ in rows], terms, aliases, title_text)
         if learned:
             store.upsert_incident(incident, vector_hash)
             store.mark_incident_learned(incident.id, datetime.now(UTC).isoformat(timespec="seconds"))

@@ -78,14 +78,11 @@ def channel_name(incident: LiveIncident) -> str:
 # -- Slack helpers ------------------------------------------------------------------------------------
 
 
-def post(
-    web: SlackWeb, channel: str, message: Message, response_url: str = "", after: tuple[str, dict] | None = None
-) -> int:
-    """Post in a channel; if Slack refuses it for good, the user who asked sees it privately, with why. ``after``:
-    the after-delivery hook to run once it is posted (SlackWeb.on)."""
+def post(web: SlackWeb, channel: str, message: Message, response_url: str = "") -> int:
+    """Post in a channel; if Slack refuses it for good, the user who asked sees it privately, with why."""
     text, blocks = message
     notify = Notify(response_url=response_url) if response_url else None
-    return web.post(channel, text, blocks or None, notify=notify, after=after)
+    return web.post(channel, text, blocks or None, notify=notify)
 
 
 def say_privately(web: SlackWeb, response_url: str, text: str) -> None:

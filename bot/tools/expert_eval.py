@@ -19,6 +19,7 @@ import numpy as np
 
 from bot.answers.encoder import Encoder
 from bot.answers.expert_blend import SIGNALS, decay_matrix, knn_credit, nearest_incidents
+from bot.answers.experts import question_words  # the question's words as opsbot's own ranking reads them
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge, unknown_responders
 from bot.models import Incident
@@ -319,8 +320,6 @@ def _tfidf_scores(
     model: object, text: str, involved: list[str], now: datetime, history: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The TF-IDF kNN credit per person (no decay) from the ``history`` incidents, and their ownership and skills."""
-    from bot.answers.experts import question_words  # the question's words as opsbot's own ranking reads them
-
     words = np.where(history, model.words.similarity([question_words(text)]), -np.inf)
     flat = decay_matrix(np.zeros(1), model.days, 0.0) * history
     credit = knn_credit(words, flat, model.roles, nearest_incidents(words, model.days, BASELINE_NEIGHBOURS))[0]
