@@ -20,8 +20,8 @@ def section_scores(chunk_sims: np.ndarray, stub: np.ndarray, doc_starts: np.ndar
 
 
 def document_scores(
-    qv: np.ndarray,
-    doc_sums: np.ndarray,
+    chunk_sims: np.ndarray,
+    doc_starts: np.ndarray,
     doc_norms: np.ndarray,
     matrix: np.ndarray,
     chunk_doc: np.ndarray,
@@ -30,14 +30,18 @@ def document_scores(
     """Cosine of the query with each document as a whole: the direction of the sum of its sections' vectors.
 
     A best section answers "is this said somewhere here"; the whole says what the document is about, which
-    a question in other words than the runbook's matches better. ``hidden`` sections (a training query's
-    own) are taken out of their document's sum.
+    a question in other words than the runbook's matches better. The query's product with a sum of vectors
+    is the sum of its products with each (``chunk_sims``, every section's cosine, none hidden), so no second
+    pass over the vectors is made: ``doc_norms`` are the sums' lengths. ``hidden`` sections (a training
+    query's own) are taken out of their document's sum.
     """
-    dots, norms = doc_sums @ qv, doc_norms
+    dots, norms = np.add.reduceat(chunk_sims, doc_starts), doc_norms
     if hidden:
         positions = np.fromiter(hidden, dtype=np.int64, count=len(hidden))
         norms = norms.copy()
+        ends = np.append(doc_starts[1:], len(chunk_sims))
         for d in np.unique(chunk_doc[positions]):
-            rest = doc_sums[d] - matrix[positions[chunk_doc[positions] == d]].sum(axis=0)
-            dots[d], norms[d] = rest @ qv, np.linalg.norm(rest)
+            kept = np.setdiff1d(np.arange(doc_starts[d], ends[d]), positions)
+            dots[d] = chunk_sims[kept].sum()
+            norms[d] = np.linalg.norm(matrix[kept].sum(axis=0))
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)

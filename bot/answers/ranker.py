@@ -72,16 +72,19 @@ class CorpusStats:
     # with each short form followed by its words ("hpp hostpath provision not readi").
     title_sets: list[frozenset[str]] = field(init=False, repr=False, compare=False)
     title_pairs: list[frozenset[tuple[str, str]]] = field(init=False, repr=False, compare=False)
+    title_masses: list[float] = field(init=False, repr=False, compare=False)  # the summed rarity of each title's words
 
     def __post_init__(self) -> None:
-        sets, pairs = [], []
+        sets, pairs, masses = [], [], []
         for d, terms in enumerate(self.title_terms):
             aliases = self.title_aliases[d] if d < len(self.title_aliases) else {}
             read = [w for t in terms for w in (t, *aliases.get(t, ()))]
             sets.append(frozenset(terms))
             pairs.append(frozenset(zip(read, read[1:], strict=False)))
+            masses.append(sum(self.idf(t) for t in sets[-1]))
         object.__setattr__(self, "title_sets", sets)
         object.__setattr__(self, "title_pairs", pairs)
+        object.__setattr__(self, "title_masses", masses)
 
     def idf(self, stem: str) -> float:
         """BM25's inverse document frequency over chunks; 0 for a word the corpus does not have."""
@@ -172,7 +175,7 @@ def features(
                     shared += sum(
                         stats.idf(t) for t, words in aliases.items() if t not in known and spelled.issuperset(words)
                     )
-                title_mass = sum(stats.idf(t) for t in title)
+                title_mass = stats.title_masses[d]
                 x[i, 9] = shared / title_mass if title_mass else 0.0
                 # `virt-operator` names VirtOperatorDown, where VirtAPIDown holds the two words apart or not at all
                 together = {w for pair in pairs & stats.title_pairs[d] for w in pair if w in title or w in spelled}

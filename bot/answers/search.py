@@ -51,8 +51,7 @@ class SearchIndex:
         self.words = np.zeros(0, dtype=np.int32)
         self.matrix = np.zeros((0, 0), dtype=np.float32)
         self.titles = np.zeros((0, 0), dtype=np.float32)
-        self.doc_sums = np.zeros((0, 0), dtype=np.float32)  # per document, the sum of its sections' vectors
-        self.doc_norms = np.zeros(0, dtype=np.float32)
+        self.doc_norms = np.zeros(0, dtype=np.float32)  # per document, the length of the sum of its sections' vectors
         self._id_order = np.zeros(0, dtype=np.int64)
         self.doc_index: dict[str, int] = {}
         self.alert_routes: dict[str, list[int]] = {}
@@ -88,8 +87,9 @@ class SearchIndex:
         counts = np.diff(np.append(np.asarray(starts, dtype=np.int64), len(paths)))
         chunk_doc = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
         titles = self.store.load_title_vectors(self.encoder.model_id, doc_paths)
-        doc_sums = np.add.reduceat(matrix, starts, axis=0) if starts else np.zeros((0, 0), dtype=np.float32)
-        doc_norms = np.linalg.norm(doc_sums, axis=1) if starts else np.zeros(0, dtype=np.float32)
+        doc_norms = (
+            np.linalg.norm(np.add.reduceat(matrix, starts, axis=0), axis=1) if starts else np.zeros(0, dtype=np.float32)
+        )
         stats = CorpusStats(len(ids), self.store.term_chunk_counts(), *self.store.title_words(doc_paths))
         doc_index = {p: i for i, p in enumerate(doc_paths)}
         routes = {
@@ -108,7 +108,7 @@ class SearchIndex:
             self.declared = declared
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
-            self.doc_sums, self.doc_norms = doc_sums, doc_norms
+            self.doc_norms = doc_norms
             self.chunk_doc = chunk_doc
             self.stub = words < self.ranking.min_section_words
             self.words = words
@@ -132,7 +132,6 @@ class SearchIndex:
         arrays = (
             self.matrix,
             self.titles,
-            self.doc_sums,
             self.doc_norms,
             self.chunk_ids,
             self.chunk_doc,
@@ -184,14 +183,14 @@ class SearchIndex:
     def _dense(self, sig: Signals, qv: np.ndarray, hidden: frozenset[int]) -> None:
         """Cosine of the query with every chunk and every title; per document, its best section."""
         sims = self.matrix @ qv
+        if len(self.doc_starts):
+            sig.document = document_scores(sims, self.doc_starts, self.doc_norms, self.matrix, self.chunk_doc, hidden)
         if hidden:
             sims[list(hidden)] = -1.0
         sig.chunk_sims = sims
         sig.section = section_scores(sims, self.stub, self.doc_starts)
         if self.titles.shape[1] == len(qv):
             sig.title = self.titles @ qv
-        if self.doc_sums.shape[1] == len(qv):
-            sig.document = document_scores(qv, self.doc_sums, self.doc_norms, self.matrix, self.chunk_doc, hidden)
 
     def _keywords(self, sig: Signals, stripped: str, mode: str, hidden: frozenset[int], found: dict) -> None:
         """BM25 per document (its best chunk), and in hybrid mode the query words each candidate holds."""
