@@ -56,7 +56,10 @@ def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     for i in found:
         state = f"resolved after {i.minutes_to_restore} min" if i.status == "resolved" else i.status
         services = ", ".join(i.services) or "no service"
-        click.echo(f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  {i.env}  declared {i.declared_at}")
+        private = "  private" if i.private else ""
+        click.echo(
+            f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  {i.env}  declared {i.declared_at}{private}"
+        )
 
 
 def _live_incident_dict(i: Any) -> dict:
@@ -70,6 +73,7 @@ def _live_incident_dict(i: Any) -> dict:
         "declared_by": i.declared_by,
         "declared_at": i.declared_at,
         "channel": i.channel,
+        "private": i.private,
         "roles": i.roles,
         "resolved_at": i.resolved_at or None,
         "resolution": i.resolution or None,
@@ -117,7 +121,10 @@ def incidents_export(
     store = open_db(existing(settings.db_path))
     try:
         found = IncidentService.from_store(store)
-        chosen = [found.find(i, "") for i in ids] if ids else [i for i in found.list_all() if i.status == "resolved"]
+        resolved = [i for i in found.list_all() if i.status == "resolved"]
+        # A private incident is written only when named: a file in the knowledge directory is searched by all.
+        chosen = [found.find(i, "") for i in ids] if ids else [i for i in resolved if not i.private]
+        private = [] if ids else [i.id for i in resolved if i.private]
         known = set(store.service_configs()) | {s for e in store.load_experts() for s in e.services}
         known |= {s for i in [*store.load_incidents(), *found.list_all()] for s in i.services}
     finally:
@@ -130,7 +137,7 @@ def incidents_export(
         raise OpsbotError(
             f"--service is for incidents declared without a service, and {which} names one: leave --service out."
         )
-    if not chosen:
+    if not chosen and not private:
         click.echo("No resolved incidents to export.")
     problems: list[str] = []
     for live in chosen:
@@ -163,6 +170,11 @@ def incidents_export(
             problems.append(f"{path} could not be written ({exc.strerror or exc}); choose another --out folder.")
             continue
         click.echo(f"wrote {path}")
+    if private:
+        click.echo(
+            f"left out {len(private)} incident(s) worked in a private channel ({', '.join(private)}): a file in the "
+            "knowledge directory is searchable from every channel; name one to export it."
+        )
     if problems:
         raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))
 

@@ -421,10 +421,16 @@ class AlertService:
         return change.group
 
     def declare_incident(
-        self, group_id: str, user: str, incidents: IncidentService, announcer: AlertAnnouncer | None
+        self,
+        group_id: str,
+        user: str,
+        incidents: IncidentService,
+        announcer: AlertAnnouncer | None,
+        private: bool = False,
     ) -> tuple[LiveIncident, bool]:
         """An incident from the group (title, severity and service from the alert), once per episode: the
-        incident and True, or the one declared before and False."""
+        incident and True, or the one declared before and False. ``private``: the channel of the alert's message
+        is private, so the incident is (``LiveIncident.private``)."""
         with self.store.transaction():
             group = self.get(group_id)
             if group.incident_id and incidents.get(group.incident_id).status == "cancelled":
@@ -435,7 +441,9 @@ class AlertService:
                 return incidents.get(group.incident_id), False
             services = [group.service] if group.service in incidents.known_services else []
             where = group.message_channel or group.channel
-            incident = incidents.declare(group.title, user, incident_severity(group.severity), services, where)
+            incident = incidents.declare(
+                group.title, user, incident_severity(group.severity), services, where, private=private
+            )
             now = _iso(self.clock())
             self.store.link_alert_incident(group_id, incident.id, group.service, group.started_at, now)
             note = f"{incident.id} declared by {self.names.get(user, user)} (SEV{incident.severity})"

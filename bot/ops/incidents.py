@@ -49,6 +49,8 @@ class LiveIncident:
     events: tuple[dict, ...] = ()
     env: str = "prod"
     root_cause: str = ""
+    # Worked in a private channel (or a DM): shown and changed only there, never indexed for every channel to find.
+    private: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -128,8 +130,12 @@ class IncidentService:
         channel: str = "",
         env: str | None = None,
         announce: Announce | None = None,
+        private: bool = False,
     ) -> LiveIncident:
-        """Open an incident; ``announce`` runs inside the declaration's transaction (see ``resolve``)."""
+        """Open an incident; ``announce`` runs inside the declaration's transaction (see ``resolve``).
+
+        ``private``: its channel is private (see ``LiveIncident.private``); the Slack side asks Slack.
+        """
         title = " ".join(scrub(title).split())
         if not title:
             raise InvalidRequest(
@@ -162,6 +168,7 @@ class IncidentService:
                     "resolution": "",
                     "env": env,
                     "root_cause": "",
+                    "private": int(private),
                 }
             )
             where = f" in {env}" if env else ""
@@ -466,4 +473,5 @@ def _live(row: dict, events: tuple | list, default_env: str) -> LiveIncident:
         events=tuple(events),
         env=row["env"] or default_env,  # declared before incidents had an environment
         root_cause=row["root_cause"] or "",
+        private=bool(row.get("private")),
     )

@@ -34,7 +34,7 @@ from bot.slack.blocks.incidents import possible_cause_text
 from bot.slack.blocks.mrkdwn import context
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.deploys import submit
-from bot.slack.incidents import CANCELLED
+from bot.slack.incidents import CANCELLED, channel_privacy, privacy_unknown_text
 from bot.slack.incidents import brief as brief_incident
 from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import SlackWeb
@@ -145,12 +145,20 @@ class AlertDesk:
         """Declare incident: IncidentService.declare with the alert's title, severity and service, once."""
         group_id, user = body["actions"][0]["value"], body["user"]["id"]
         incidents = self.runtime.incidents()
-        incident, created = self.runtime.alerts().declare_incident(group_id, user, incidents, self)
+        alerts = self.runtime.alerts()
+        group = alerts.get(group_id)
+        private, unknown = channel_privacy(self.web, group.message_channel or group.channel)
+        incident, created = alerts.declare_incident(group_id, user, incidents, self, private=private)
         channel = clicked_channel(body)
         if not created:
             self.web.tell_user(channel, user, f"{incident.id} was declared for this alert already.")
             return
-        log.info("incident declared from alert id=%s group=%s by=%s", incident.id, group_id, user)
+        log.info("incident declared from alert id=%s group=%s by=%s private=%s", incident.id, group_id, user, private)
+        if unknown:
+            log.warning(
+                "channel privacy unknown channel=%s error=%s: the incident is private", incident.channel, unknown
+            )
+            self.web.tell_user(channel, user, privacy_unknown_text(incident.id, unknown))
         brief_incident(self.runtime, incidents, self.web, incident, user, channel, body.get("response_url", ""), True)
 
     def silence(self, body: dict) -> None:

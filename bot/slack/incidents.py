@@ -56,6 +56,7 @@ CANCELLED = "incident-cancelled"
 CREATE_ATTEMPTS = 3  # conversations.create, while the declarer waits for the incident's channel
 CREATE_WAIT_S = 10.0
 SCOPE_HINT = "The app needs the `channels:manage` scope (see `opsbot manifest`) and a reinstall."
+PRIVACY_HINT = "The app needs the `channels:read` and `groups:read` scopes (see `opsbot manifest`) and a reinstall."
 CHANNEL_HINTS = {  # Slack's errors of conversations.create that a change of the app or the workspace fixes
     "missing_scope": SCOPE_HINT,
     "not_allowed_token_type": SCOPE_HINT,
@@ -89,18 +90,54 @@ def say_privately(web: SlackWeb, response_url: str, text: str) -> None:
     web.respond(response_url, text)
 
 
-def create_channel(web: SlackWeb, name: str) -> tuple[dict | None, str]:
+def create_channel(web: SlackWeb, name: str, private: bool = False) -> tuple[dict | None, str]:
     """conversations.create: (Slack's answer, "") or (None, its error). What the outbox would try again (429, 5xx,
     an error page, a reset) is tried again here, CREATE_ATTEMPTS times at most, after Slack's Retry-After or the
     outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting."""
+    body = {"name": name, "is_private": True} if private else {"name": name}
     outcome = call_while_waiting(
-        lambda attempt: call_web_api(web.client, "conversations.create", {"name": name}, web.policy, attempt),
+        lambda attempt: call_web_api(web.client, "conversations.create", body, web.policy, attempt),
         CREATE_ATTEMPTS,
         CREATE_WAIT_S,
     )
     if not outcome.ok:
         log.warning("slack call failed method=conversations.create error=%s", outcome.error)
     return outcome.answer, outcome.error
+
+
+def channel_privacy(web: SlackWeb, channel: str) -> tuple[bool, str]:
+    """Whether an incident worked in ``channel`` is private: (private, "") from Slack's answer, or (True, the
+    error) when Slack did not say. A DM is private; so is a channel Slack will not describe to opsbot (a private
+    one it is not in answers channel_not_found), and one it could not ask about: a missing scope or an outage
+    never shows an incident wider than the channel it was declared in."""
+    if channel.startswith("D"):  # a direct message
+        return True, ""
+    answer, error = web.try_call("conversations.info", channel=channel)
+    if answer is None:
+        return True, "" if error == "channel_not_found" else error or "no answer"
+    info = answer.get("channel") or {}
+    return bool(info.get("is_private") or info.get("is_im") or info.get("is_mpim")), ""
+
+
+def privacy_unknown_text(incident_id: str, error: str) -> str:
+    """What the declarer is told when Slack would not say whether the channel is private."""
+    return (
+        f"opsbot could not ask Slack whether this channel is private ({error}), so {incident_id} is treated as "
+        f"private: shown and changed only in its channel, and kept out of search when resolved. {PRIVACY_HINT}"
+    )
+
+
+def visible_in(incident: LiveIncident, channel: str) -> bool:
+    """Whether ``/incident`` typed in ``channel`` may show or change the incident: any channel for one worked in
+    the open, only its own channel (or the one it was declared in) for a private one."""
+    return not incident.private or channel in (incident.channel, incident.origin_channel)
+
+
+def private_refused_text(incident: LiveIncident) -> str:
+    return (
+        f"{incident.id} is worked in a private channel, so it is shown and changed only there: "
+        "type `/incident` in that channel."
+    )
 
 
 def channel_refused_text(incident: LiveIncident, error: str) -> str:
@@ -114,7 +151,7 @@ def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> t
     """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error)."""
     base = channel_name(incident)
     for name in (base, f"{base[:70]}-{incident.id.rsplit('-', 1)[1]}"):
-        created, error = create_channel(web, name)
+        created, error = create_channel(web, name, incident.private)
         if created is None:
             if error == "name_taken":
                 continue
@@ -158,6 +195,8 @@ def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command
     url = command.get("response_url", "")
     services = list(asked.services) or mentioned_services(asked.title, incidents.known_services)
 
+    private, unknown = channel_privacy(web, origin)
+
     def told(live: LiveIncident) -> None:  # inside the declaration's transaction: outbox rows only
         if runtime.settings.incident_channels:
             text = f":rotating_light: {title_line(live)} declared by <@{user}>; opening its channel…"
@@ -166,9 +205,19 @@ def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command
             post_declaration(runtime, incidents, web, live, origin, url)
 
     incident = incidents.declare(
-        asked.title, user, asked.severity, services, origin_channel=origin, env=asked.env, announce=told
+        asked.title,
+        user,
+        asked.severity,
+        services,
+        origin_channel=origin,
+        env=asked.env,
+        announce=told,
+        private=private,
     )
-    log.info("incident declared id=%s by=%s channel=%s", incident.id, user, origin)
+    log.info("incident declared id=%s by=%s channel=%s private=%s", incident.id, user, origin, private)
+    if unknown:
+        log.warning("channel privacy unknown channel=%s error=%s: the incident is private", origin, unknown)
+        say_privately(web, url, privacy_unknown_text(incident.id, unknown))
     brief(runtime, incidents, web, incident, user, origin, url, declared=True)
 
 
@@ -280,6 +329,8 @@ def resolve(
     log.info("incident resolved id=%s by=%s minutes=%s", live.id, user, live.minutes_to_restore)
     if typed_in and typed_in != live.channel:  # now, not after the indexing, which may wait for the model
         say_privately(web, url, f"{live.id} is resolved; the summary is in <#{live.channel}>.")
+    if live.private:  # what every channel searches must not hold what only one channel may read
+        return
     try:
         runtime.learn_from(past)
     except Exception:  # the summary promised a note when indexing fails
@@ -295,9 +346,13 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
         declare(runtime, incidents, web, command, asked)
         return
     if asked.sub == "list":
-        say_privately(web, url, build_list_text(incidents.list_open()))
+        found = incidents.list_open()
+        shown = [i for i in found if visible_in(i, channel)]
+        say_privately(web, url, build_list_text(shown, private=len(found) - len(shown)))
         return
     incident = incidents.find(asked.incident_id, channel)
+    if not visible_in(incident, channel):
+        raise InvalidRequest(private_refused_text(incident))
     said = escape(scrub(asked.text))  # as the timeline stores it
     if asked.sub == "status":
         web.respond(url, title_line(incident), build_status_blocks(incident))

@@ -41,9 +41,10 @@ class LiveIncidentStore(StoreBase):
         self.db.execute("UPDATE live_incidents SET learned_at = ? WHERE id = ? AND learned_at = ''", [at, incident_id])
 
     def unlearned_incidents(self) -> list[dict]:
-        """Resolved incidents never indexed, oldest first: not marked learned and not among the past incidents."""
+        """Resolved incidents never indexed, oldest first: not marked learned and not among the past incidents.
+        Private ones are never indexed (see ``LiveIncident.private``)."""
         cur = self.db.execute(
-            "SELECT * FROM live_incidents WHERE status = 'resolved' AND learned_at = '' "
+            "SELECT * FROM live_incidents WHERE status = 'resolved' AND learned_at = '' AND private = 0 "
             "AND id NOT IN (SELECT id FROM incidents) ORDER BY resolved_at, id"
         )
         names = [c[0] for c in cur.description]

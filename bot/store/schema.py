@@ -413,3 +413,10 @@ def m024_title_embed_text(db: Database) -> None:
     # The text the title's vector is made of (title_hash is its hash): a lost vector is made again of this, not of
     # a title rebuilt without its incident id or short forms. "" until the next index (the title then, as before).
     db["documents"].add_column("title_embed", str, not_null_default="")
+
+
+@migrations()
+def m025_private_incidents(db: Database) -> None:
+    # 1: the incident is worked in a private channel (or a DM, or a channel whose privacy Slack would not say):
+    # shown and changed only there, and kept out of the index that every channel searches.
+    db["live_incidents"].add_column("private", int, not_null_default=0)

@@ -97,6 +97,33 @@ def test_export_writes_a_knowledge_file_that_loads_without_problems(
     assert again.exit_code == 0 and again.stdout == f"{path}: unchanged\n"
 
 
+def test_an_incident_worked_in_a_private_channel_is_exported_only_when_named_and_listed_as_private(
+    incidents: IncidentService, knowledge: Path
+) -> None:
+    secret = incidents.declare("Signing key in a public gist", PRIYA, 1, ["checkout-api"], "C0SECURE1", private=True)
+    incidents.resolve(secret, PRIYA, "Rotated the key")
+
+    result = invoke("incidents", "export")
+    assert result.exit_code == 0, result.output
+    folder = knowledge / "incidents" / "2026"
+    assert result.stdout == (
+        f"wrote {folder / 'INC-2026-0001.yaml'}\n"
+        f"left out 1 incident(s) worked in a private channel ({secret.id}): a file in the knowledge directory is "
+        "searchable from every channel; name one to export it.\n"
+    )
+    assert not (folder / f"{secret.id}.yaml").exists()
+    named = invoke("incidents", "export", secret.id)
+    assert named.exit_code == 0 and named.stdout == f"wrote {folder / f'{secret.id}.yaml'}\n"
+
+    listed = invoke("incidents", "list", "--all").stdout.splitlines()
+    assert [line.endswith("  private") for line in listed] == [True, False, False]
+    assert [i["private"] for i in json.loads(invoke("incidents", "list", "--all", "--json").stdout)] == [
+        True,
+        False,
+        False,
+    ]
+
+
 def test_export_refuses_to_overwrite_a_changed_file_unless_forced(
     incidents: IncidentService, knowledge: Path, tmp_path: Path
 ) -> None:

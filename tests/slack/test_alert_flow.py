@@ -325,6 +325,7 @@ def test_declare_incident_declares_once_with_the_alerts_title_severity_and_servi
     assert incident.title == "PgBouncerPoolExhausted: PgBouncer pool exhausted on pg-main"
     assert (incident.severity, incident.services, incident.declared_by) == (1, ("checkout-api",), PRIYA)
     assert declared[0].body["channel"] == ALERTS
+    assert not incident.private  # the sample's alerts channel is public
     assert f"incident *{incident.id}*" in shown(slack_api.calls("chat.update")[-1].body)
     # The thread note comes after the declaration's post, from the click's own handler: wait for it.
     slack_api.wait_for(
@@ -336,6 +337,21 @@ def test_declare_incident_declares_once_with_the_alerts_title_severity_and_servi
     [told] = slack_api.wait_for("chat.postEphemeral", timeout=20)
     assert told.body["text"] == f"{incident.id} was declared for this alert already."
     assert len(runtime.incidents().list_open()) == 1
+
+
+def test_an_incident_declared_from_an_alert_in_a_private_channel_is_private(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    slack_api.add_channel(ALERTS, "alerts", private=True)
+    deliver(bot, payload("pgbouncer-firing"))
+    [edit] = briefed(slack_api)
+    value = buttons(edit.body)[ids.ALERT_DECLARE]["value"]
+    assert bot.click(ids.ALERT_DECLARE, value, user=PRIYA, channel=ALERTS, message_ts=edit.body["ts"]).status == 200
+    slack_api.wait_for("chat.postMessage", predicate=lambda c: "SEV1" in c.body["text"], timeout=20)
+    settle(bot)
+    [incident] = runtime.incidents().list_open()
+    assert incident.private and incident.channel == ALERTS
+    assert [c.body["channel"] for c in slack_api.calls("conversations.info")] == [ALERTS]
 
 
 def timed(name: str, start: datetime, end: datetime | None = None) -> dict:

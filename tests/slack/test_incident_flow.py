@@ -461,6 +461,93 @@ def test_a_long_list_shows_whole_lines_and_says_how_many_more_and_where_to_see_t
     assert more == f"… and {30 - len(lines)} more: `opsbot incidents list` on the opsbot server lists them all."
 
 
+SECURITY = "C0SECURE1"  # a private channel
+
+
+def test_an_incident_in_a_private_channel_is_shown_and_changed_only_there_and_never_indexed(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack_api.add_channel(SECURITY, "security", private=True)
+    public = runtime.incidents().declare("Kafka consumer lag on orders", PRIYA, 3, origin_channel=OPS)
+    title = "Signing key for partner webhooks found in a public gist"
+    incident_id, bodies = declare(slack, slack_api, f"{title} --sev 1", channel=SECURITY)
+    assert {b["channel"] for b in bodies} == {SECURITY}
+    assert runtime.incidents().get(incident_id).private and not runtime.incidents().get(public.id).private
+    info = slack_api.calls("conversations.info")
+    assert [c.body["channel"] for c in info] == [SECURITY]
+
+    # Elsewhere it is counted, never named; in its channel it is listed as any other.
+    listed = incident(slack, slack_api, "list", channel=ELSEWHERE)["text"]
+    assert public.id in listed and incident_id not in listed and "Signing key" not in listed
+    assert listed.endswith("1 more open in private channel: `/incident list` in each shows its own.")
+    listed = incident(slack, slack_api, "list", channel=SECURITY)["text"]
+    assert public.id in listed and incident_id in listed and "private channel" not in listed
+
+    # Read or changed from another channel: refused, and nothing changes.
+    before = runtime.incidents().get(incident_id)
+    for text in (f"status {incident_id}", f"note {incident_id} rotated", f"resolve {incident_id} rotated"):
+        for channel in (OPS, f"D{OPS[1:]}"):  # another channel, or a DM with opsbot
+            body = incident(slack, slack_api, text, channel=channel)
+            assert body["response_type"] == "ephemeral" and "Signing key" not in json.dumps(body)
+            assert body["text"] == (
+                f"Sorry: {incident_id} is worked in a private channel, so it is shown and changed only there: "
+                "type `/incident` in that channel."
+            ), text
+    assert runtime.incidents().get(incident_id) == before
+    assert not [c for c in slack_api.calls("chat.postMessage") if c.body["channel"] != SECURITY]
+
+    # In its channel it is worked as any incident; resolved, it stays out of what every channel searches.
+    assert title in shown(incident(slack, slack_api, "status", channel=SECURITY))
+    say(slack, slack_api, "note key revoked at the partner's end", channel=SECURITY)
+    text = shown(say(slack, slack_api, "resolve Rotated the key and purged the gist", channel=SECURITY))
+    assert f"`opsbot incidents export {incident_id}`" in text and "it is not indexed" in text
+    assert "opsbot is indexing it now" not in text
+    assert runtime.incidents().get(incident_id).status == "resolved"
+    assert incident_id not in {i.id for i in runtime.store.load_incidents()}
+    assert runtime.incidents().unlearned() == [] and runtime.learn_missed() == []
+    reply = runtime.answers.reply(title)
+    assert incident_id not in [h.incident_id for h in reply.incidents]
+
+
+def test_an_incident_whose_channel_slack_would_not_describe_is_private_and_the_declarer_is_told_why(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack_api.fail_next("conversations.info", status=200, error="missing_scope")
+    incident_id, _ = declare(slack, slack_api, "Payroll export shows other people's salaries", channel=OPS)
+    assert runtime.incidents().get(incident_id).private
+    (told,) = slack_api.wait_for(
+        "response_url", predicate=lambda c: "could not ask Slack whether this channel is private" in str(c.body)
+    )
+    assert told.body["text"] == (
+        f"opsbot could not ask Slack whether this channel is private (missing_scope), so {incident_id} is treated "
+        "as private: shown and changed only in its channel, and kept out of search when resolved. The app needs "
+        "the `channels:read` and `groups:read` scopes (see `opsbot manifest`) and a reinstall."
+    )
+    assert incident_id not in incident(slack, slack_api, "list", channel=ELSEWHERE)["text"]
+    assert {"channels:read", "groups:read"} <= set(build_manifest()["oauth_config"]["scopes"]["bot"])
+
+
+def test_with_incident_channels_an_incident_declared_in_a_private_channel_gets_a_private_channel(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    slack_api.add_channel(SECURITY, "security", private=True)
+    incident_id, bodies = declare(slack, slack_api, "Admin panel reachable without login", parts=5, channel=SECURITY)
+    (create,) = slack_api.calls("conversations.create")
+    assert create.body["is_private"] is True
+    channel = create.answer["channel"]["id"]
+    assert runtime.incidents().get(incident_id).channel == channel
+    # Its own channel and the one it was declared in may work it; no other.
+    assert "Admin panel" in shown(incident(slack, slack_api, f"status {incident_id}", channel=SECURITY))
+    assert "Admin panel" in shown(incident(slack, slack_api, "status", channel=channel))
+    assert "private channel" in incident(slack, slack_api, f"status {incident_id}", channel=OPS)["text"]
+
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    public_id, _ = declare(slack, slack_api, "Checkout 503s in the EU", parts=5, channel=OPS)
+    assert "is_private" not in slack_api.calls("conversations.create")[1].body
+    assert not runtime.incidents().get(public_id).private
+
+
 def test_the_same_words_in_two_messages_are_pinned_twice_and_each_message_once(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:

@@ -20,6 +20,7 @@ ENTRY_CHARS = 300  # one timeline entry in a summary (a pinned message can be 2,
 TIMELINE_CHARS = MAX_TEXT - 100  # room in its section for the heading and the "earlier entries" line
 LIST_TITLE = 200
 LIST_MORE = "… and {count} more: `opsbot incidents list` on the opsbot server lists them all."
+LIST_PRIVATE = "{count} more open in private channel{s}: `/incident list` in each shows its own."
 # Slack references that must survive escaping: mentions, channels, special mentions and links.
 USAGE = (
     "*Usage:*\n"
@@ -221,19 +222,22 @@ def list_line(incident: LiveIncident) -> str:
     )
 
 
-def build_list_text(incidents: list[LiveIncident]) -> str:
-    """The open incidents, one line each; those that do not fit in one message are counted, never cut mid-line."""
+def build_list_text(incidents: list[LiveIncident], private: int = 0) -> str:
+    """The open incidents, one line each; those that do not fit in one message are counted, never cut mid-line.
+    ``private``: how many more are open in private channels, counted and not named."""
+    elsewhere = LIST_PRIVATE.format(count=private, s="" if private == 1 else "s") if private else ""
     if not incidents:
-        return "No open incidents. Declare one with `/incident declare TITLE [sev1-4] [--service NAME]`."
+        none = "No open incidents. Declare one with `/incident declare TITLE [sev1-4] [--service NAME]`."
+        return f"No open incidents to show here; {elsewhere}" if private else none
     lines = [f"*Open incidents ({len(incidents)})*"]
     rows = [list_line(i) for i in incidents]
-    room = MAX_TEXT - len(lines[0]) - len(LIST_MORE.format(count=len(rows))) - 2
+    room = MAX_TEXT - len(lines[0]) - len(LIST_MORE.format(count=len(rows))) - len(elsewhere) - 3
     for shown, row in enumerate(rows):
         if len(row) + 1 > room:
-            return "\n".join([*lines, LIST_MORE.format(count=len(rows) - shown)])
+            return "\n".join([*lines, LIST_MORE.format(count=len(rows) - shown), *([elsewhere] if private else [])])
         lines.append(row)
         room -= len(row) + 1
-    return "\n".join(lines)
+    return "\n".join([*lines, *([elsewhere] if private else [])])
 
 
 def build_resolved_blocks(incident: LiveIncident) -> list[dict]:
@@ -252,6 +256,12 @@ def build_resolved_blocks(incident: LiveIncident) -> list[dict]:
         "opsbot is indexing it now; then it is searchable with `/ask` and counts for `/experts` (a note follows "
         "here if that fails). `opsbot incidents export` writes it to the knowledge directory."
     )
+    if incident.private:
+        learned = (
+            "It was worked in a private channel, so it is not indexed: `/ask` and `/experts` answer every channel. "
+            f"`opsbot incidents export {incident.id}` on the opsbot server writes it to the knowledge directory, "
+            "where the next `opsbot index` makes it searchable, if your team wants it found."
+        )
     return [
         section(f":white_check_mark: *Resolved:* {title_line(incident)}"),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:1900]} for k, v in facts]},

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bot.slack.local.fake_http import FakeSlackServer
-from bot.slack.local.fake_methods import SlackMethods, _default_user
+from bot.slack.local.fake_methods import SlackMethods, _channel, _default_user
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,11 @@ class FakeSlackAPI(SlackMethods):
         with self._cond:
             self._failures.clear()
         self._stopping.set()
+
+    def add_channel(self, channel_id: str, name: str, private: bool = False) -> None:
+        """Make conversations.info describe this channel (public unless ``private``); others are public channels."""
+        with self._cond:
+            self._channels[channel_id] = {**_channel(channel_id, name), "is_private": private}
 
     def add_user(self, user_id: str, **fields: Any) -> None:
         """Make users.info answer with these fields for this user (merged over the default profile)."""
