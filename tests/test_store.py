@@ -146,3 +146,41 @@ def test_a_database_path_inside_a_file_names_the_file(tmp_path: Path) -> None:
         Store(notes / "opsbot.db")
     assert f"{str(notes)!r} is a file, not a folder" in str(caught.value)
     assert "permissions" not in str(caught.value) and notes.read_text(encoding="utf-8") == "mine\n"
+
+
+def test_incidents_from_before_privacy_was_asked_are_private_until_slack_answers(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from bot.ops.incidents import IncidentService
+    from bot.store.schema import migrations
+
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m025_private_incidents")  # a database of the opsbot before
+    db["live_incidents"].insert(
+        {
+            "id": "INC-2026-0001",
+            "title": "Signing key leaked",
+            "severity": 1,
+            "services": "[]",
+            "status": "open",
+            "declared_by": "U1",
+            "declared_at": "2026-12-01T10:00:00+00:00",
+            "channel": "C0SECURE1",
+            "origin_channel": "C0SECURE1",
+            "roles": "{}",
+            "resolved_at": "",
+            "resolution": "",
+        }
+    )
+    db.close()
+
+    store = Store(path)
+    try:
+        incidents = IncidentService(store, set())
+        assert incidents.get("INC-2026-0001").private  # not known yet: private, the safe side
+        assert incidents.unsettled_channels() == ["C0SECURE1"]
+        incidents.settle_privacy("C0SECURE1", False)
+        assert not incidents.get("INC-2026-0001").private and incidents.unsettled_channels() == []
+    finally:
+        store.close()

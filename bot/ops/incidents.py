@@ -252,6 +252,14 @@ class IncidentService:
             )
         return self._live(row, self.store.incident_events(row["id"]))
 
+    def unsettled_channels(self) -> list[str]:
+        """Channels of incidents whose privacy is not known yet (declared before opsbot asked; private until then)."""
+        return self.store.unsettled_incident_channels()
+
+    def settle_privacy(self, channel: str, private: bool) -> None:
+        with self.store.transaction():
+            self.store.settle_incident_privacy(channel, private)
+
     def list_open(self) -> list[LiveIncident]:
         return [self._live(r, ()) for r in self.store.live_incidents("open")]
 

@@ -32,6 +32,7 @@ class EmergencyUse:
     severity: int
     approvals: int
     usual: int
+    private: bool = False  # the incident is worked in a private channel: the request's post does not name it
 
 
 def current_version(store: Store, service: str, env: str) -> str | None:
@@ -107,7 +108,8 @@ def emergency_use(
         if (row.get("env") or incident_env) != environment.name:
             continue
         if row["severity"] in rule.severities and service in json.loads(row["services"] or "[]"):
-            return EmergencyUse(row["id"], row["severity"], rule.rollback_approvals, environment.approvals)
+            private = bool(row.get("private"))
+            return EmergencyUse(row["id"], row["severity"], rule.rollback_approvals, environment.approvals, private)
     return None
 
 
@@ -117,7 +119,8 @@ def recorded_emergency(store: Store, environment: Environment | None, request: D
         return None
     row = store.live_incident(request.emergency)
     usual = environment.approvals if environment is not None else request.approvals_needed
-    return EmergencyUse(request.emergency, row["severity"] if row else 0, request.approvals_needed, usual)
+    private = bool(row.get("private")) if row else False
+    return EmergencyUse(request.emergency, row["severity"] if row else 0, request.approvals_needed, usual, private)
 
 
 def track_emergency(deploys: DeployService, request: DeployRequest) -> DeployRequest:

@@ -88,11 +88,15 @@ class Outcome:
 
 
 def call_web_api(
-    client: WebClient, method: str, payload: dict[str, Any], policy: RetryPolicy, attempts: int
+    client: WebClient, method: str, payload: dict[str, Any], policy: RetryPolicy, attempts: int, read: bool = False
 ) -> Outcome:
-    """One Web API call with a JSON body."""
+    """One Web API call with a JSON body (``read``: a GET with the payload as parameters, as Slack's read methods
+    such as conversations.info take them)."""
     try:
-        response = client.api_call(method, json=payload)
+        if read:
+            response = client.api_call(method, http_verb="GET", params=payload)
+        else:
+            response = client.api_call(method, json=payload)
         return Outcome(answer=dict(response.data), response=response)  # type: ignore[arg-type]
     except SlackApiError as exc:
         response = exc.response

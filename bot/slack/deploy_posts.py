@@ -192,7 +192,7 @@ def view_of(deploys: DeployService, request: DeployRequest) -> RequestView:
     shown = ""
     if emergency is not None:
         e = emergency
-        shown = emergency_text(request.service, e.incident, e.severity, e.approvals, e.usual)
+        shown = emergency_text(request.service, e.incident, e.severity, e.approvals, e.usual, e.private)
     offer = rollback_offer(deploys, request)
     return RequestView(command, may_approve, deploys.names(), note_of(request), shown, offer, approvals)
 

@@ -56,11 +56,12 @@ CANCELLED = "incident-cancelled"
 CREATE_ATTEMPTS = 3  # conversations.create, while the declarer waits for the incident's channel
 CREATE_WAIT_S = 10.0
 SCOPE_HINT = "The app needs the `channels:manage` scope (see `opsbot manifest`) and a reinstall."
-PRIVACY_HINT = "The app needs the `channels:read` and `groups:read` scopes (see `opsbot manifest`) and a reinstall."
+PRIVACY_HINT = (
+    "The app needs the `channels:read`, `groups:read` and `mpim:read` scopes (see `opsbot manifest`) and a reinstall."
+)
+SCOPE_ERRORS = frozenset({"missing_scope", "not_allowed_token_type", "no_permission"})  # the app's scopes
 CHANNEL_HINTS = {  # Slack's errors of conversations.create that a change of the app or the workspace fixes
-    "missing_scope": SCOPE_HINT,
-    "not_allowed_token_type": SCOPE_HINT,
-    "no_permission": SCOPE_HINT,
+    **dict.fromkeys(SCOPE_ERRORS, SCOPE_HINT),
     "restricted_action": "The workspace's settings do not let apps create channels; a workspace admin can.",
     "name_taken": "Both of the names opsbot tried are taken; archived channels keep their names.",
 }
@@ -112,19 +113,35 @@ def channel_privacy(web: SlackWeb, channel: str) -> tuple[bool, str]:
     never shows an incident wider than the channel it was declared in."""
     if channel.startswith("D"):  # a direct message
         return True, ""
-    answer, error = web.try_call("conversations.info", channel=channel)
-    if answer is None:
-        return True, "" if error == "channel_not_found" else error or "no answer"
-    info = answer.get("channel") or {}
+    outcome = call_while_waiting(  # a 429 or a 5xx is tried again, as a channel's creation is
+        lambda attempt: call_web_api(web.client, "conversations.info", {"channel": channel}, web.policy, attempt, True),
+        CREATE_ATTEMPTS,
+        CREATE_WAIT_S,
+    )
+    if not outcome.ok:
+        return True, "" if outcome.error == "channel_not_found" else outcome.error or "no answer"
+    info = (outcome.answer or {}).get("channel") or {}
     return bool(info.get("is_private") or info.get("is_im") or info.get("is_mpim")), ""
 
 
 def privacy_unknown_text(incident_id: str, error: str) -> str:
     """What the declarer is told when Slack would not say whether the channel is private."""
+    why = PRIVACY_HINT if error in SCOPE_ERRORS else "Slack did not answer."
     return (
         f"opsbot could not ask Slack whether this channel is private ({error}), so {incident_id} is treated as "
-        f"private: shown and changed only in its channel, and kept out of search when resolved. {PRIVACY_HINT}"
+        f"private, and stays so: shown and changed only in its channel, and kept out of search when resolved. {why}"
     )
+
+
+def settle_privacy(web: SlackWeb, incidents: IncidentService) -> None:
+    """Ask Slack about the channels of incidents declared before opsbot asked at the declaration (each once; one it
+    does not answer about stays private and is asked about again at the next /incident)."""
+    for channel in incidents.unsettled_channels():
+        private, unknown = channel_privacy(web, channel)
+        if unknown:
+            log.warning("channel privacy unknown channel=%s error=%s: its incidents stay private", channel, unknown)
+        else:
+            incidents.settle_privacy(channel, private)
 
 
 def visible_in(incident: LiveIncident, channel: str) -> bool:
@@ -345,6 +362,7 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
     if asked.sub == "declare":
         declare(runtime, incidents, web, command, asked)
         return
+    settle_privacy(web, incidents)
     if asked.sub == "list":
         found = incidents.list_open()
         shown = [i for i in found if visible_in(i, channel)]

@@ -35,6 +35,7 @@ BOT_SCOPES = [
     "groups:write",  # ... and private ones
     "channels:read",  # whether the channel an incident is declared in is private (conversations.info) ...
     "groups:read",  # ... for a private one, which only then stays in it
+    "mpim:read",  # ... and for a group DM
     "reactions:read",  # the pin emoji adds a message to an incident's timeline
 ]
 BOT_EVENTS = ["app_mention", "message.im", "message.channels", "message.groups", "reaction_added"]

@@ -40,6 +40,17 @@ class LiveIncidentStore(StoreBase):
         self._require_transaction()
         self.db.execute("UPDATE live_incidents SET learned_at = ? WHERE id = ? AND learned_at = ''", [at, incident_id])
 
+    def unsettled_incident_channels(self) -> list[str]:
+        """The channels of incidents declared before opsbot asked Slack whether their channel is private."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT channel FROM live_incidents WHERE private = -1")]
+
+    def settle_incident_privacy(self, channel: str, private: bool) -> None:
+        """Record what Slack said of ``channel`` for the incidents whose privacy was not known yet."""
+        self._require_transaction()
+        self.db.execute(
+            "UPDATE live_incidents SET private = ? WHERE channel = ? AND private = -1", [int(private), channel]
+        )
+
     def unlearned_incidents(self) -> list[dict]:
         """Resolved incidents never indexed, oldest first: not marked learned and not among the past incidents.
         Private ones are never indexed (see ``LiveIncident.private``)."""

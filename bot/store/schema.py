@@ -418,5 +418,7 @@ def m024_title_embed_text(db: Database) -> None:
 @migrations()
 def m025_private_incidents(db: Database) -> None:
     # 1: the incident is worked in a private channel (or a DM, or a channel whose privacy Slack would not say):
-    # shown and changed only there, and kept out of the index that every channel searches.
+    # shown and changed only there, and kept out of the index that every channel searches. -1: not known yet, for
+    # the incidents declared before opsbot asked; private until Slack says otherwise (the next /incident asks).
     db["live_incidents"].add_column("private", int, not_null_default=0)
+    db.execute("UPDATE live_incidents SET private = -1")

@@ -130,6 +130,28 @@ def test_during_a_sev1_a_prod_rollback_runs_on_one_approval_announced_in_the_cha
     assert audit["rollback.started"] == {"approvers": [MARCUS], "emergency": incident.id}
 
 
+def test_an_incident_worked_in_a_private_channel_lowers_the_approvals_without_being_named(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    seed(runtime, "prod", "1.4.1", "1.4.2")
+    incident = runtime.incidents().declare(
+        "Signing key leaked", PRIYA, 1, ["checkout-api"], origin_channel="C0SECURE1", private=True
+    )
+
+    posted = request(slack, slack_api, runtime, "checkout-api prod", command="/rollback")
+
+    announced = (
+        ":rotating_light: *Emergency rule:* an open SEV1 incident worked in a private channel is on checkout-api, "
+        "so this rollback needs 1 approval(s) instead of 2 (services.yaml `emergency`)."
+    )
+    assert announced in posted.text and incident.id not in posted.text
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    summary = shown(summary_in(slack_api, DEPLOYS))
+    assert announced in summary and incident.id not in summary and "Signing key" not in summary
+    audit = {a["action"]: a["details"] for a in runtime.store.audit_rows() if a["request_id"] == posted.request_id}
+    assert audit["rollback.emergency"]["incident"] == incident.id  # the audit log, read by admins, names it
+
+
 def test_without_an_open_incident_a_prod_rollback_still_needs_two_approvals(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:

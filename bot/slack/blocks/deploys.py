@@ -295,11 +295,18 @@ def build_rollback_button(request: DeployRequest, version: str) -> dict:
     return {"type": "actions", "block_id": ids.DEPLOY_ACTIONS_BLOCK, "elements": [button]}
 
 
-def emergency_text(service: str, incident: str, severity: int, approvals: int, usual: int) -> str:
-    """The line that announces a rollback under its environment's emergency rule."""
+def emergency_text(
+    service: str, incident: str, severity: int, approvals: int, usual: int, private: bool = False
+) -> str:
+    """The line that announces a rollback under its environment's emergency rule (``private``: the incident is worked
+    in a private channel, and the request is posted where that channel's members may not be: it is not named)."""
     sev = f"SEV{severity}, " if severity else ""
+    if private:
+        what = f"an open {f'SEV{severity} ' if severity else ''}incident worked in a private channel"
+    else:
+        what = f"{incident} ({sev}open)"
     return (
-        f":rotating_light: *Emergency rule:* {incident} ({sev}open) is on {service}, so this rollback needs "
+        f":rotating_light: *Emergency rule:* {what} is on {service}, so this rollback needs "
         f"{approvals} approval(s) instead of {usual} (services.yaml `emergency`)."
     )
 
