@@ -30,6 +30,8 @@ ENVIRONMENT_KEYS = ("approvals", "approvers", "freeze", "emergency")
 FREEZE_KEYS = ("start", "end", "reason")
 EMERGENCY_KEYS = ("rollback_approvals", "while_incident")
 RUNNER_KEYS = ("command", "webhook", "timeout")
+HOURS_IN_A_YEAR = 24 * 365  # the most a duration setting may be
+MINUTES_IN_A_YEAR = 60 * HOURS_IN_A_YEAR
 WEBHOOK_KEYS = ("url", "body", "secret_header", "secret_env", "await_report")
 SETTINGS_KEYS = (
     "deploys_channel",
@@ -258,9 +260,13 @@ def build_settings(data: Any, out: Problems) -> DeploySettings:
     incident_env = _env_name(data.get("incident_env", "prod"), "settings.incident_env", out)
     return DeploySettings(
         channel=str(data.get("deploys_channel") or ""),
-        request_ttl_minutes=_positive(data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes", out, 30),
-        failure_window_hours=_positive(data.get("failure_window_hours", 24), "settings.failure_window_hours", out, 24),
-        stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours", out, 6),
+        request_ttl_minutes=_positive(
+            data.get("request_ttl_minutes", 30), "settings.request_ttl_minutes", out, 30, MINUTES_IN_A_YEAR
+        ),
+        failure_window_hours=_positive(
+            data.get("failure_window_hours", 24), "settings.failure_window_hours", out, 24, HOURS_IN_A_YEAR
+        ),
+        stale_ci_hours=_positive(data.get("stale_ci_hours", 6), "settings.stale_ci_hours", out, 6, HOURS_IN_A_YEAR),
         digest=_digest(data.get("weekly_digest"), out, incident_env),  # its figures: incidents' environment
         incident_env=incident_env,
     )
@@ -273,9 +279,13 @@ def _env_name(value: Any, key: str, out: Problems) -> str:
     return value
 
 
-def _positive(value: Any, key: str, out: Problems, default: int = 1) -> int:
+def _positive(value: Any, key: str, out: Problems, default: int = 1, most: int | None = None) -> int:
+    """A whole number of 1 or more (and at most ``most``: a duration beyond it would reach past the calendar)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         out.append(ConfigProblem(key, f"{value!r} must be a whole number of 1 or more"))
+        return default
+    if most is not None and value > most:
+        out.append(ConfigProblem(key, f"{value!r} must be a whole number from 1 to {most:,} (a year)"))
         return default
     return value
 

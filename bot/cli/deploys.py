@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 def _check_names(store: Any, service: str | None, env: str | None) -> None:
     """Refuse a --service or --env that neither services.yaml nor the deploy history knows."""
     configs = store.service_configs()
-    history = store.all_deploys()
-    services = set(configs) | {r["service"] for r in history}
-    envs = {e for c in configs.values() for e in (c.get("environments") or {})} | {r["env"] for r in history}
+    history = store.deployed_names()  # not the rows: their output can run to gigabytes
+    services = set(configs) | {name for name, _ in history}
+    envs = {e for c in configs.values() for e in (c.get("environments") or {})} | {env for _, env in history}
     if service and service not in services:
         known = ", ".join(sorted(services)) or "none yet: add services to services.yaml and run `opsbot index`"
         raise OpsbotError(f"no service {service!r} in services.yaml or the deploy history; known services: {known}.")

@@ -9,6 +9,7 @@ interruption loses neither. SlackWeb delivers them, with retries, from threads o
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from bot.errors import OpsbotError
 from bot.ops.deploys import DeployService
@@ -126,8 +127,14 @@ class SlackAnnouncer:
 
     def _post_summary(self, request: DeployRequest, deploys: DeployService, reported: str = "") -> None:
         """The summary in the request's thread and in the deploys channel (the service's own, if it has one)."""
-        figures = deploys.figures(request.service, request.env)
-        blocks = build_deploy_summary_blocks(request, view_of(deploys, request), figures.line(), reported)
+        try:
+            line = deploys.figures(request.service, request.env).line()
+        except sqlite3.Error:
+            raise  # the summary is stored with the change or neither is: the database decides
+        except Exception:  # a bug in the figures must not cost the summary itself
+            log.exception("DORA figures failed id=%s", request.id)
+            line = "DORA: unavailable (opsbot's log says why)"
+        blocks = build_deploy_summary_blocks(request, view_of(deploys, request), line, reported)
         self._tell(request, deploys, summary_fallback_text(request), blocks)
 
     def _tell(

@@ -42,17 +42,31 @@ class DeployStore(StoreBase):
 
     def finished_deploys(self, env: str, service: str | None = None, since_day: str | None = None) -> list[dict]:
         """Deploys and rollbacks that finished in ``env`` (of one service, or all), for the DORA figures;
-        with ``since_day`` (YYYY-MM-DD), only those that finished on that day or later."""
+        with ``since_day`` (YYYY-MM-DD), only those that finished on that day or later. All of them: a figure
+        counted over part of its period would be wrong without a word. Their output (``log_tail``) is left out."""
         where, params = "env = ? AND finished_at IS NOT NULL", [env]
         if service:
             where, params = where + " AND service = ?", [*params, service]
         if since_day:
             where, params = where + " AND substr(finished_at, 1, 10) >= ?", [*params, since_day]
-        return self._rows(where, params, limit=100_000)
+        columns = self.DEPLOY_COLUMNS.replace(" log_tail,", " '' AS log_tail,")
+        return self._rows(where, params, limit=-1, columns=columns)
 
-    def _rows(self, where: str, params: list, order: str = "created_at DESC, id", limit: int = 1000) -> list[dict]:
+    def deployed_names(self) -> set[tuple[str, str]]:
+        """Every (service, environment) that a deploy was ever requested or reported for."""
+        return {(r[0], r[1]) for r in self.db.execute("SELECT DISTINCT service, env FROM deploy_requests")}
+
+    def _rows(
+        self,
+        where: str,
+        params: list,
+        order: str = "created_at DESC, id",
+        limit: int = 1000,
+        columns: str | None = None,
+    ) -> list[dict]:
+        """Deploy rows, ``limit`` at most (-1: all of them)."""
         cur = self.db.execute(
-            f"SELECT {self.DEPLOY_COLUMNS} FROM deploy_requests WHERE {where} ORDER BY {order} LIMIT ?",
+            f"SELECT {columns or self.DEPLOY_COLUMNS} FROM deploy_requests WHERE {where} ORDER BY {order} LIMIT ?",
             [*params, limit],
         )
         names = [c[0] for c in cur.description]

@@ -577,3 +577,29 @@ def test_line_without_data_says_n_a() -> None:
 )
 def test_durations_use_a_readable_unit(minutes: float, shown: str) -> None:
     assert f"time to restore {shown} ·" in Dora(None, "prod", 30, 0, 0, 0, 0, 0, minutes, None).line()
+
+
+def test_every_deploy_of_the_period_counts_past_a_hundred_thousand(store: Store) -> None:
+    # Before, the history was read 100,000 rows at most: a longer period lost its oldest deploys without a word.
+    count = 100_050
+    template = deploy(NOW)
+    rows = []
+    for n in range(count):
+        finished = NOW - timedelta(minutes=5 * n)  # about 347 days
+        rows.append(
+            template
+            | {
+                "id": f"bulk-{n:06d}",
+                "created_at": (finished - timedelta(minutes=2)).isoformat(timespec="seconds"),
+                "started_at": (finished - timedelta(minutes=1)).isoformat(timespec="seconds"),
+                "finished_at": finished.isoformat(timespec="seconds"),
+            }
+        )
+    names = list(template)
+    with store.transaction():
+        store.db.conn.executemany(
+            f"INSERT INTO deploy_requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [[r[k] for k in names] for r in rows],
+        )
+    figures = dora(store, days=365, now=NOW)
+    assert figures.deploys_period == count and figures.changes == count

@@ -199,6 +199,22 @@ def test_an_incident_env_that_no_service_has_is_reported_with_what_to_set(tmp_pa
     assert problems_of(tmp_path, text.replace("incident_env: prod", "incident_env: production")) == []
 
 
+def test_a_duration_setting_beyond_a_year_is_a_problem_not_a_crash_of_every_summary(tmp_path: Path) -> None:
+    # Before, 20,000,000 hours passed the check, and every DORA figure then failed on a date before year 1.
+    one = one_service("      prod: {approvals: 1, approvers: [sre]}\n")
+    for key, value, most in (
+        ("failure_window_hours", 20_000_000, "8,760"),
+        ("stale_ci_hours", 8_761, "8,760"),
+        ("request_ttl_minutes", 10**12, "525,600"),
+    ):
+        text = f"settings:\n  deploys_channel: C0DEPLOYS1\n  {key}: {value}\n" + one
+        assert problems_of(tmp_path, text) == [
+            f"services.yaml:3: settings.{key}: {value} must be a whole number from 1 to {most} (a year)"
+        ]
+    text = "settings:\n  deploys_channel: C0DEPLOYS1\n  failure_window_hours: 8760\n" + one
+    assert problems_of(tmp_path, text) == []
+
+
 def test_a_webhook_body_is_checked_for_placeholders_like_a_command(tmp_path: Path) -> None:
     text = """\
 services:

@@ -87,3 +87,21 @@ def test_a_progress_edit_that_arrives_after_the_run_ended_does_not_replace_the_f
     [live] = [r for r in edits if r["status"] == "pending"]
     shown = json.loads(live["payload"])["text"]
     assert "Succeeded" in shown and "late output" not in shown
+
+
+def test_a_failure_of_the_dora_figures_costs_the_summary_only_its_dora_line(
+    store: Store, unsent: SlackWeb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: DeployService, *args: object) -> object:
+        raise OverflowError("date value out of range")
+
+    deploys = service(store, unsent)
+    request = deploys.request("deploy", "web", "staging", "1.0.0", ALICE, channel="C0OPS0001")
+    deploys.approve(request.id, BOB)
+    monkeypatch.setattr(DeployService, "figures", broken)
+
+    assert deploys.execute(request.id).status == "succeeded"
+
+    rows = [store.outbox_row(n) for n in range(1, 200)]
+    summary = [json.loads(r["payload"]) for r in rows if r and "DORA" in (r["payload"] or "")]
+    assert summary and all("DORA: unavailable (opsbot's log says why)" in json.dumps(p) for p in summary)
