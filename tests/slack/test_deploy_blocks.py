@@ -13,6 +13,7 @@ from bot.slack.blocks.deploys import (
     build_deploy_summary_blocks,
     build_progress_text,
     build_refusal_text,
+    changes_text,
     code_block,
     format_duration,
 )
@@ -155,3 +156,16 @@ def test_a_request_handed_to_ci_says_it_holds_the_service_and_one_never_reported
     assert "*No report from the pipeline*: its pipeline took the trigger and sent no report." in unknown
     assert "The outcome is unknown" in unknown
     assert ids.DEPLOY_APPROVE not in waiting + unknown
+
+
+def test_a_long_list_of_changes_shows_whole_lines_and_counts_the_rest() -> None:
+    # Before, 15 escaped lines were cut at the section's limit: mid-line, mid-entity, and the count lost.
+    changes = tuple(f"#{n} fix <Pool> & retry when a > b " + "x" * 250 for n in range(40))
+    shown = changes_text(dataclasses.replace(REQUEST, source="ci", changes=changes))
+    *lines, more = shown.splitlines()
+    assert len("*Changes*\n" + shown) <= 2900 and 0 < len(lines) < 15
+    assert all(line.startswith("• #") and line.endswith("x" * 250) for line in lines)
+    assert more == f"…and {40 - len(lines)} more"
+    assert changes_text(dataclasses.replace(REQUEST, changes=changes[:2])).count("•") == 2  # short lists stay whole
+    alone = changes_text(dataclasses.replace(REQUEST, changes=("&" * 3000,)))  # longer than a section by itself
+    assert len(alone) <= 2890 and alone.endswith("…") and "&amp" in alone and not alone.endswith("&amp…")

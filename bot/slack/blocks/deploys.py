@@ -330,12 +330,25 @@ def pipeline_link(request: DeployRequest) -> str:
     return link(request.pipeline_url, "pipeline") if request.pipeline_url else "not given"
 
 
-def changes_text(request: DeployRequest, limit: int = 15) -> str:
+def changes_text(request: DeployRequest, limit: int = 15, room: int = MAX_TEXT - len("*Changes*\n")) -> str:
+    """The changes a pipeline listed, whole lines within ``room`` characters (escaped, as Slack counts them), and
+    how many more: a cut at the section's limit would lose the count and end mid-line or mid-entity."""
     if not request.changes:
         return "none listed"
-    lines = [f"• {escape(c)}" for c in request.changes[:limit]]
-    if len(request.changes) > limit:
-        lines.append(f"…and {len(request.changes) - limit} more")
+    more = len("…and 9999 more") + 1
+    lines: list[str] = []
+    used = 0
+    for change in request.changes[:limit]:
+        line = f"• {escape(change)}"
+        if used + len(line) + 1 > room - more:
+            if lines:
+                break
+            line = f"• {escape(change[: (room - more) // 6])}…"  # an escaped character is at most 5 long
+        lines.append(line)
+        used += len(line) + 1
+    shown = len(lines)
+    if len(request.changes) > shown:
+        lines.append(f"…and {len(request.changes) - shown} more")
     return "\n".join(lines)
 
 
