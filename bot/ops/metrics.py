@@ -89,6 +89,9 @@ def dora(
     start = now - timedelta(days=days)
     # What the figures can reach back to: the 30 days counted, and a failure window before the period.
     horizon = min(start, now - timedelta(days=30)) - window
+    # An outage still going since before the 30 days and a failure window is most likely one nobody closed: it
+    # withholds nothing, whatever the period asked for (a longer one reads further back, and must not find it).
+    reach = now - timedelta(days=30) - window
     every = finished_changes(store, env, now, since=horizon)
     rows = [r for r in every if service is None or r["service"] == service]
     succeeded = [r for r in rows if r["status"] == "succeeded"]  # a rollback restores service: time to restore
@@ -128,7 +131,7 @@ def dora(
     for i in incidents:
         if i.duration_minutes is not None:
             spans.append(Outage(i.date, i.date + timedelta(minutes=i.duration_minutes), frozenset(i.services)))
-        elif i.id in still_open and i.date >= horizon:  # one open for longer is most likely one nobody resolved
+        elif i.id in still_open and i.date >= reach:  # one open for longer is most likely one nobody resolved
             spans.append(Outage(i.date, max(now, i.date), frozenset(i.services), going=True))
     outage: dict[str, datetime] = {}
     for r in rows:
@@ -137,8 +140,10 @@ def dora(
             if began_at is not None:
                 spans.append(Outage(began_at, r["_finished"], frozenset((r["service"],))))
         elif r["kind"] == "deploy" and r["status"] in ("failed", "timed_out"):
+            if outage.get(r["service"], r["_finished"]) < reach <= r["_finished"]:
+                outage.pop(r["service"])  # failing since before the reach: from here, as a shorter period sees it
             outage.setdefault(r["service"], r["_finished"])
-    spans += [Outage(at, now, frozenset((service,)), going=True) for service, at in outage.items()]
+    spans += [Outage(at, now, frozenset((s,)), going=True) for s, at in outage.items() if at >= reach]
     # One that ended before the period can only join outages that began before it too: not counted either way.
     merged = merged_outages([o for o in spans if o.ended >= start])
     restore = [o.minutes for o in merged if not o.going and o.began >= start]

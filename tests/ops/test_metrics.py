@@ -331,6 +331,19 @@ def test_time_to_restore_is_the_median_of_incidents_and_failed_to_next_success(s
     assert dora(store, service="api", now=NOW).time_to_restore_min is None
 
 
+def test_an_outage_left_going_since_before_the_reach_withholds_nothing_whatever_the_period(store: Store) -> None:
+    # Before, a longer period read further back: a deploy that failed 40 days ago, with nothing succeeding after,
+    # became an outage still going that withheld every later one on its service (--days 60 gave no figure, 7 gave 30).
+    insert(store, deploy(ago(days=40), status="failed"), deploy(ago(days=39), status="failed"))
+    store.replace_incidents([incident(ago(days=5), "web", 30)])
+
+    assert [dora(store, days=d, now=NOW).time_to_restore_min for d in (7, 30, 60, 90)] == [30, 30, 30, 30]
+
+    # A failure within the reach is still going, for every period: it withholds the incident it overlaps.
+    insert(store, deploy(ago(days=6), status="failed"))
+    assert [dora(store, days=d, now=NOW).time_to_restore_min for d in (7, 60)] == [None, None]
+
+
 def test_a_failed_deploy_retried_until_it_is_rolled_back_is_one_outage(store: Store) -> None:
     t = ago(days=3)
     insert(
