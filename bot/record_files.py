@@ -277,7 +277,7 @@ def _expert_from_dict(entry: Any, kept: list[str] | None = None) -> Expert:
     tz = str(entry.get("timezone") or "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a region folder ("Europe") is no zone
         kept.append(f"timezone {tz!r} is not an IANA time zone such as Europe/London (UTC is used)")
         tz = "UTC"
     hours = str(entry.get("hours") or "")

@@ -100,7 +100,7 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     tz = str(entry.get("timezone") or "UTC")
     try:
         zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a region folder ("Europe") is no zone
         raise RotaProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London") from None
     day = DAYS.index(match[1].lower())
     start = _date(f"{key}.start", entry.get("start"))

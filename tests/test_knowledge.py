@@ -575,10 +575,15 @@ def test_bad_roster_entry_is_reported_and_others_load(tmp_path: Path, entry: str
             "timezone 'Europe/Barcelona' is not an IANA time zone such as Europe/London (UTC is used)",
             ("UTC", "", False),
         ),
+        (  # a folder of the time zone database, not a zone: was an IsADirectoryError traceback
+            "timezone: America",
+            "timezone 'America' is not an IANA time zone such as Europe/London (UTC is used)",
+            ("UTC", "", False),
+        ),
         ("hours: 9-5", "hours '9-5' must look like 09:00-17:30 (left out)", ("UTC", "", False)),
         ("away: 'no'", "away 'no' must be true or false (false is used)", ("UTC", "", False)),
     ],
-    ids=["misspelt-field", "bad-timezone", "bad-hours", "away-text"],
+    ids=["misspelt-field", "bad-timezone", "region-folder", "bad-hours", "away-text"],
 )
 def test_a_bad_field_is_reported_and_the_person_kept_on_the_roster_without_it(
     tmp_path: Path, field: str, message: str, kept: tuple[str, str, bool]

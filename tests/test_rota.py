@@ -147,6 +147,11 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
             "rotations.platform.timezone: 'Europe/Londres' is not an IANA time zone such as Europe/London",
             19,
         ),
+        (  # a folder of the time zone database, not a zone: was an IsADirectoryError traceback
+            ROTA.replace("Europe/London", "Europe"),
+            "rotations.platform.timezone: 'Europe' is not an IANA time zone such as Europe/London",
+            19,
+        ),
         (
             ROTA.replace("2026-01-05", "2026-01-07"),
             "rotations.platform.start: 2026-01-07 is a wednesday, but shifts are handed over on monday: give the "
@@ -182,6 +187,7 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
         "left",
         "bad-handoff",
         "bad-timezone",
+        "region-folder",
         "start-not-handoff-day",
         "no-start",
         "override-ends-first",
