@@ -339,6 +339,22 @@ def test_declare_incident_declares_once_with_the_alerts_title_severity_and_servi
     assert len(runtime.incidents().list_open()) == 1
 
 
+def test_mentions_and_links_in_an_alert_s_text_are_shown_as_text_never_as_pings_or_disguised_links(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # A rule template fills annotations and labels from scraped metrics: nobody typed them to Slack.
+    hostile = "<@U0BOSS0001> <#C0GENERAL1> <https://evil.example/login|Open_the_runbook> <!channel>"
+    data = with_alert(annotations={"summary": hostile, "description": hostile})
+    data["alerts"][0]["labels"] = data["alerts"][0]["labels"] | {"pod": "<@U0BOSS0002>"}
+    data["commonAnnotations"] = {"summary": hostile, "description": hostile}
+    deliver(bot, data)
+    settle(bot)
+    posted = json.dumps([c.body for c in slack_api.calls("chat.postMessage") + slack_api.calls("chat.update")])
+    for reference in ("<@U0BOSS0001>", "<#C0GENERAL1>", "<https://evil.example", "<!channel>", "<@U0BOSS0002>"):
+        assert reference not in posted
+    assert "&lt;@U0BOSS0001&gt;" in posted and "&lt;https://evil.example/login|Open_the_runbook&gt;" in posted
+
+
 def test_an_incident_declared_from_an_alert_in_a_private_channel_is_private(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from bot.slack import ids
 from bot.slack.blocks.incidents import clock_time, minutes_text
-from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, confirm, context, escape_text, section
 
 if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a service
     from bot.ops.alert_groups import AlertGroup, AlertRecord, Change
@@ -36,7 +36,7 @@ def link(url: str, label: str) -> str:
     if not url.startswith(("http://", "https://")):
         return ""
     target = url.replace("&", "&amp;").replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
-    return f"<{target}|{escape(label)}>"
+    return f"<{target}|{escape_text(label)}>"
 
 
 def headline(group: AlertGroup) -> str:
@@ -50,7 +50,7 @@ def fallback_text(group: AlertGroup) -> str:
     """The message's text (notifications, screen readers)."""
     service = f" ({group.service})" if group.service else ""
     summary = f": {group.summary}" if group.summary else ""
-    return escape(f"{headline(group)}{service}{summary}")[:MAX_TEXT]  # an alert's <!channel> stays text
+    return escape_text(f"{headline(group)}{service}{summary}")[:MAX_TEXT]  # an alert's <!channel> stays text
 
 
 def status_line(group: AlertGroup, view: AlertView) -> str:
@@ -74,7 +74,7 @@ def alert_line(group: AlertGroup, alert: AlertRecord) -> str:
     state = f"since {clock_time(alert.starts_at)}" if alert.firing else "resolved"
     if not alert.firing and alert.ends_at:
         state = f"resolved at {clock_time(alert.ends_at)}"
-    name = escape(group.describe(alert))
+    name = escape_text(group.describe(alert))
     source = link(alert.generator_url, "source")
     return f"• `{name}` {state}" + (f" · {source}" if source else "")
 
@@ -100,13 +100,13 @@ def alertmanager_link(group: AlertGroup) -> str:
 def build_alert_blocks(group: AlertGroup, view: AlertView) -> list[dict]:
     """The group's one message: what fires, where to look, the buttons, then the briefing."""
     icon = ":rotating_light:" if group.status == "firing" else ":white_check_mark:"
-    about = " · ".join(escape(p) for p in (group.service, group.severity) if p)
-    lines = [f"{icon} *{escape(headline(group))}*" + (f" · {about}" if about else "")]
+    about = " · ".join(escape_text(p) for p in (group.service, group.severity) if p)
+    lines = [f"{icon} *{escape_text(headline(group))}*" + (f" · {about}" if about else "")]
     if group.summary:
-        lines.append(escape(group.summary))
+        lines.append(escape_text(group.summary))
     if group.description:
         text = group.description
-        lines.append(f"_{escape(text[:DESCRIPTION_LENGTH])}{'…' if len(text) > DESCRIPTION_LENGTH else ''}_")
+        lines.append(f"_{escape_text(text[:DESCRIPTION_LENGTH])}{'…' if len(text) > DESCRIPTION_LENGTH else ''}_")
     blocks = [section("\n".join(lines)), context(status_line(group, view))]
     shown = group.shown_alerts
     if len(shown) > 1 or (shown and group.describe(shown[0]) != group.alertname):
@@ -115,7 +115,7 @@ def build_alert_blocks(group: AlertGroup, view: AlertView) -> list[dict]:
             rows.append(f"… and {len(shown) - SHOWN_ALERTS} more (`opsbot alerts --json` lists them)")
         blocks.append(section("\n".join(rows)))
     labels = {k: v for k, v in group.common_labels.items() if k != "alertname"}
-    facts = [" ".join(f"`{escape(k)}={escape(v)}`" for k, v in sorted(labels.items()))]
+    facts = [" ".join(f"`{escape_text(k)}={escape_text(v)}`" for k, v in sorted(labels.items()))]
     facts.append(links_line(group))
     blocks.append(context(" · ".join(f for f in facts if f) or "no labels"))
     actions = action_buttons(group, view)
@@ -134,19 +134,19 @@ def action_buttons(group: AlertGroup, view: AlertView) -> list[dict]:
     buttons = []
     if not group.incident_id:
         severity = group.incident_severity
-        service = f" for *{escape(group.service)}*" if group.service else ""
+        service = f" for *{escape_text(group.service)}*" if group.service else ""
         buttons.append(
             button(
                 ids.ALERT_DECLARE,
                 "Declare incident",
                 group.id,
-                ("Declare an incident?", f"SEV{severity}: *{escape(group.title)}*{service}", "Declare"),
+                ("Declare an incident?", f"SEV{severity}: *{escape_text(group.title)}*{service}", "Declare"),
                 style="danger",
             )
         )
     if group.status == "firing" and view.can_silence:
         labels = group.group_labels or group.common_labels
-        matchers = ", ".join(f"`{escape(k)}={escape(v)}`" for k, v in sorted(labels.items()))
+        matchers = ", ".join(f"`{escape_text(k)}={escape_text(v)}`" for k, v in sorted(labels.items()))
         buttons.append(
             button(
                 ids.ALERT_SILENCE,
@@ -205,7 +205,7 @@ NOTE_ICONS = {
 def build_note_text(change: Change) -> str:
     """The thread note of a change: what changed, in words, with who did it."""
     group = change.group
-    text = escape(change.note)
+    text = escape_text(change.note)
     if change.kind == "resolved":
         text = f"Resolved after {minutes_text(group.minutes)}. {text}"
     elif change.kind in ("silenced", "incident", "action"):

@@ -25,6 +25,13 @@ def escape(text: str) -> str:
     )
 
 
+def escape_text(text: str) -> str:
+    """Escape &, < and > for mrkdwn, every one: for text that no person typed to Slack (an alert's labels and
+    annotations, filled in by rule templates from scraped metrics), where `<@U123>` would ping someone and
+    `<https://…|Runbook>` would show a made-up label. Bidirectional override characters are dropped."""
+    return BIDI_CONTROLS.sub("", text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def link(url: str, label: str) -> str:
     """``label`` (mrkdwn already) linked to ``url``; the label alone when the address is not a plain web address: a
     `|` or `>` in it would end the link early and the rest (`<!channel>`) would be read as mrkdwn of its own."""
