@@ -274,12 +274,17 @@ def instance_row(alert: Alert) -> dict:
 
 def ended_row(alert: AlertRecord, now: datetime) -> dict:
     """The stored row of an alert Alertmanager stopped sending: it ended ``now``."""
+    return kept_row(alert) | {"status": "resolved", "ends_at": _iso(now)}
+
+
+def kept_row(alert: AlertRecord) -> dict:
+    """The stored row of an alert as it was stored (one a delivery cut short by max_alerts left out)."""
     return {
         "fingerprint": alert.fingerprint,
-        "status": "resolved",
+        "status": alert.status,
         "labels": json.dumps(alert.labels, sort_keys=True),
         "annotations": json.dumps(alert.annotations, sort_keys=True),
         "starts_at": alert.starts_at,
-        "ends_at": _iso(now),
+        "ends_at": alert.ends_at,
         "generator_url": alert.generator_url,
     }

@@ -94,9 +94,11 @@ class Notification:
 
     @property
     def digest(self) -> str:
-        """What makes a delivery new: the group's status and each alert's fingerprint and status (not annotations,
-        whose values such as `$value` change at every evaluation, nor endsAt, which Alertmanager moves)."""
-        states = sorted(f"{a.fingerprint}={a.status}" for a in self.alerts)
+        """What makes a delivery new: the group's status and each alert's fingerprint, status and start (not
+        annotations, whose values such as `$value` change at every evaluation, nor endsAt, which Alertmanager
+        moves). An alert keeps its start while it fires: a later one is a new firing, even of a group whose resolve
+        never arrived (`send_resolved: false`, or opsbot down when it was sent)."""
+        states = sorted(f"{a.fingerprint}={a.status}@{a.starts_at.isoformat(timespec='seconds')}" for a in self.alerts)
         return hashlib.sha256("\n".join([self.status, *states]).encode()).hexdigest()[:32]
 
 

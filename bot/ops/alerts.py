@@ -19,12 +19,14 @@ from bot.errors import InvalidRequest, NotFound, PermissionDenied
 from bot.ops.alert_groups import (
     AlertAnnouncer,
     AlertGroup,
+    AlertRecord,
     Change,
     difference,
     ended_row,
     group_from_rows,
     incident_severity,
     instance_row,
+    kept_row,
     opening_note,
 )
 from bot.ops.alert_payload import Alert, Notification
@@ -232,10 +234,14 @@ class AlertService:
     def _update(self, before: AlertGroup, n: Notification, fields: dict, kind: str, now: datetime) -> str:
         """The same message: alerts added or resolved, the group resolved, or firing again soon after."""
         incoming = {a.fingerprint for a in n.alerts}
-        # An alert Alertmanager stopped sending has ended (it resolved and was flushed from the group).
+        # An alert Alertmanager stopped sending has ended (it resolved and was flushed from the group), unless
+        # Alertmanager cut the list short (max_alerts, truncatedAlerts): then it may be firing past the cut.
         gone = [a for a in before.alerts if a.fingerprint not in incoming and a.firing]
+        cut: list[AlertRecord] = []
+        if n.truncated and n.status == "firing":
+            cut, gone = gone, []
         rows = [instance_row(a) for a in n.alerts]
-        rows += [ended_row(a, now) for a in gone]
+        rows += [ended_row(a, now) for a in gone] + [kept_row(a) for a in cut]
         firing_starts = [a.starts_at for a in n.alerts if a.firing]
         started = before.started_at
         if kind == "refired" or not started:
@@ -250,6 +256,8 @@ class AlertService:
         else:
             fields["resolved_at"] = fields["resolve_received_at"] = ""
         note = difference(before, n, gone)
+        if kind == "refired" and before.status == "firing":
+            note = f"Firing again (its resolve never reached opsbot); {note}"
         if kind == "refired" and before.incident_id and not self._incident_open(before.incident_id):
             # An incident is declared once per firing: this firing starts after that one was closed.
             fields["incident_id"] = ""
@@ -484,7 +492,10 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
     shown = {a.fingerprint: a.firing for a in before.alerts}
     incoming = {a.fingerprint for a in n.alerts}
     same = all(shown.get(a.fingerprint) == a.firing for a in n.alerts)
-    ended = any(a.firing for a in before.alerts if a.fingerprint not in incoming)
+    # one left out of a list cut short (truncatedAlerts) may still be firing: its absence says nothing
+    ended = not (n.truncated and n.status == "firing") and any(
+        a.firing for a in before.alerts if a.fingerprint not in incoming
+    )
     return n.status == before.status and same and not ended
 
 
@@ -516,7 +527,23 @@ def _kind(before: AlertGroup | None, n: Notification, now: datetime) -> str:
         return "refired" if now - ended <= REOPEN_AFTER else "opened"
     if before.status == "firing" and n.status == "resolved":
         return "resolved"
+    if before.status == "firing" and n.status == "firing" and _restarted(before, n):
+        # It resolved and fired again, and opsbot never heard the resolve: as after one it heard, from when it last
+        # heard the group fire to the new start.
+        began = min(a.starts_at for a in n.alerts if a.firing)
+        last = datetime.fromisoformat(before.updated_at) if before.updated_at else now
+        return "refired" if began - last <= REOPEN_AFTER else "opened"
     return "changed"
+
+
+def _restarted(before: AlertGroup, n: Notification) -> bool:
+    """Whether every firing alert of ``n`` that was firing before started again since (a later startsAt than the
+    one stored: Alertmanager keeps an alert's start while it fires), and there is one."""
+    stored = {a.fingerprint: a.starts_at for a in before.alerts if a.firing}
+    known = [a for a in n.alerts if a.firing and a.fingerprint in stored]
+    # stored to the second, as the digest has them
+    later = [a.starts_at.replace(microsecond=0) > datetime.fromisoformat(stored[a.fingerprint]) for a in known]
+    return bool(known) and all(later)
 
 
 def _fields(n: Notification, route: Route, now: datetime) -> dict:

@@ -388,6 +388,49 @@ def test_firing_again_soon_keeps_the_message_and_later_opens_a_new_one(
     ]
 
 
+def test_a_firing_whose_resolve_never_reached_opsbot_is_a_new_firing_all_the_same(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    # Before, the same fingerprints firing again (send_resolved: false, or opsbot down when the resolve was sent)
+    # matched the stored state: nothing was posted, and the group kept its first start.
+    shown = Recorder()
+    first = receive(alerts, "pgbouncer-firing", shown).group
+    assert receive(alerts, "pgbouncer-firing", shown).kind == "unchanged"  # a plain repeat stays quiet
+    alert_clock.advance(hours=6)
+
+    later = fire_again(alerts, alert_clock, shown)
+
+    assert (later.kind, later.group.episode) == ("opened", 2) and later.group.started_at > first.started_at
+    alert_clock.advance(minutes=20)
+    soon = fire_again(alerts, alert_clock, shown)
+    assert (soon.kind, soon.group.episode) == ("refired", 2)
+    assert soon.note.startswith("Firing again (its resolve never reached opsbot)")
+    assert soon.group.started_at > later.group.started_at
+    assert shown.kinds == ["opened", "opened", "refired"]
+
+
+def test_alerts_left_out_of_a_list_alertmanager_cut_short_are_not_taken_for_resolved(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    # With max_alerts, Alertmanager sends the first alerts in label order and counts the rest in truncatedAlerts:
+    # a new alert that sorts first pushes a firing one out of the list. Before, opsbot said it resolved.
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    alert_clock.advance(minutes=5)
+    data = json.loads(payload("pgbouncer-firing"))
+    new = copy.deepcopy(data["alerts"][0])
+    new["labels"]["instance"], new["fingerprint"] = "pgbouncer-00", "aaaa000000000001"
+    data["alerts"], data["truncatedAlerts"] = [new, data["alerts"][0]], 1
+
+    change = alerts.receive(parse_notification(json.dumps(data).encode()), shown)
+
+    assert change.kind == "changed" and "resolved" not in change.note and "1 started firing" in change.note
+    assert len(change.group.firing) == 3
+    data["alerts"] = data["alerts"][1:]  # the next cut leaves out the new one instead: nothing said
+    assert alerts.receive(parse_notification(json.dumps(data).encode()), shown).kind == "unchanged"
+    assert len(alerts.get(change.group.id).firing) == 3
+
+
 def test_a_late_copy_of_the_firing_after_its_resolve_is_not_a_new_firing(
     alerts: AlertService, alert_clock: Clock
 ) -> None:
