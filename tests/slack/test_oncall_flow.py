@@ -100,3 +100,28 @@ def test_who_is_on_call_for_a_misspelt_rota_says_so_and_other_words_ask_about_ev
     for answer in answers:
         assert answer.body["text"].startswith("On call: payments: ") and "; platform: " in answer.body["text"]
     assert len(slack_api.calls("chat.postEphemeral")) == 1
+
+
+def test_many_rotas_are_shown_whole_in_as_many_sections_as_they_need() -> None:
+    # Before, one section held every rota and was cut at Slack's limit: rotas past it were lost without a word.
+    from datetime import timedelta
+
+    from bot.rota import OnCall, Shift
+    from bot.slack.blocks.oncall import build_oncall_blocks
+
+    start = datetime(2026, 12, 7, 9, tzinfo=UTC)
+    answers = [
+        OnCall(
+            f"team-{n:02d}-" + "x" * 60,
+            Shift(f"team-{n:02d}", f"U0PERSON{n:02d}", start, start + timedelta(days=7)),
+            Shift(f"team-{n:02d}", f"U0NEXT00{n:02d}", start + timedelta(days=7), start + timedelta(days=14)),
+            "Europe/London",
+        )
+        for n in range(40)
+    ]
+    blocks = build_oncall_blocks(answers, {})
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert len(texts) > 1 and all(len(t) <= 2900 for t in texts) and len(blocks) <= 50
+    shown = "\n".join(texts)
+    assert all(f"*team-{n:02d}-" in shown and f"<@U0PERSON{n:02d}>" in shown for n in range(40))
+    assert all(t.count("<@") == t.count(">") for t in texts)  # no mention cut in two

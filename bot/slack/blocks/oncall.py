@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from bot.rota import OnCall, describe
-from bot.slack.blocks.mrkdwn import context, escape, section
+from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
+
+MAX_SECTIONS = 40  # of Slack's 50 blocks a message may hold
 
 
 def build_oncall_blocks(answers: list[OnCall] | tuple[OnCall, ...], names: dict[str, str]) -> list[dict]:
@@ -15,8 +17,19 @@ def build_oncall_blocks(answers: list[OnCall] | tuple[OnCall, ...], names: dict[
         if following:
             line += f"\n    next: {following}"
         lines.append(line)
+    # As many whole lines as fit in each section (a cut at the limit would lose rotas and break a mention), and
+    # as many sections as Slack's 50 blocks leave room for; the rest are counted.
+    sections: list[list[str]] = [[":pager: *On call*"]]
+    for line in lines:
+        if sum(len(t) + 1 for t in sections[-1]) + len(line) > MAX_TEXT:
+            sections.append([])
+        sections[-1].append(line[:MAX_TEXT])
+    if len(sections) > MAX_SECTIONS:
+        left = sum(len(s) for s in sections[MAX_SECTIONS:])
+        sections = sections[:MAX_SECTIONS]
+        sections[-1].append(f"…and {left} more rotas: `/oncall TEAM` shows one.")
     return [
-        section(":pager: *On call*\n" + "\n".join(lines)),
+        *(section("\n".join(part)) for part in sections),
         context("From the rotations in experts.yaml; times are each rota's own time zone."),
     ]
 
