@@ -278,12 +278,15 @@ def _shift_at(rotation: Rotation, at: datetime) -> Shift | None:
 
 
 def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:
-    """Who is on call now and who is next (the next different person, within a full round of the rota)."""
+    """Who is on call now and who is next (the next different person, within a full round of the rota). Shifts of
+    the same person back to back are one: covering a leaver's week before their own is on call until the second
+    ends, not a handover to themselves."""
     at = at or datetime.now(UTC)
     now = shift_at(rotation, at)
     following: Shift | None = None
     probe = now.end if now else _first_start(rotation, at)
     limit = (probe or at) + WEEK * (len(rotation.members) + 1)
+    joined = True
     while probe is not None and probe < limit:
         candidate = shift_at(rotation, probe)
         if candidate is None:
@@ -291,6 +294,9 @@ def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:
         if now is None or candidate.person != now.person:
             following = candidate
             break
+        joined = joined and candidate.start == now.end and candidate.override == now.override
+        if joined:
+            now = replace(now, end=candidate.end)
         probe = candidate.end
     return OnCall(rotation.team, now, following, rotation.timezone)
 
@@ -429,7 +435,13 @@ def describe(answer: OnCall, names: dict[str, str], mention: bool = False) -> tu
     now = ""
     if answer.now is not None:
         covering = ", covering" if answer.now.override else ""
-        now = f"{who(answer.now.person)} until {when_text(answer.now.end)}{covering}"
+        # nobody else takes over within a round of the rota (one member, or the others left): no end to give
+        until = (
+            f"until {when_text(answer.now.end)}"
+            if answer.next or answer.now.override
+            else "with no handover in the rota"
+        )
+        now = f"{who(answer.now.person)} {until}{covering}"
     following = ""
     if answer.next is not None:
         following = f"{who(answer.next.person)} from {when_text(answer.next.start)}"

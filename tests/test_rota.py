@@ -266,12 +266,15 @@ def test_someone_leaving_later_stays_on_the_rota_until_their_left_day_then_their
     (rota,) = kb.rotations
     assert shift_at(rota, london("2999-01-15T12:00")).person == DANIEL  # his turn, before his last day
     cover = on_call(rota, london("2999-01-16T12:00"))  # he has left: the next member takes the rest of his turn
+    # ... and then has her own: on call until it ends, handing over to Priya then (before, "until Mon 21 Jan",
+    # with Priya next from the 28th, read as a week with nobody on call)
     assert (cover.now.person, cover.now.start, cover.now.end) == (
         SOFIA,
         london("2999-01-16T00:00"),
-        london("2999-01-21T09:00"),
+        london("2999-01-28T09:00"),
     )
     assert (cover.next.person, cover.next.start) == (PRIYA, london("2999-01-28T09:00"))
+    assert shift_at(rota, london("2999-01-16T12:00")).end == london("2999-01-21T09:00")  # the turn itself
     assert shift_at(rota, london("2999-02-05T12:00")).person == SOFIA  # his next turn too
     store = Store(tmp_path / "o.db")
     try:
@@ -364,3 +367,12 @@ def test_a_handoff_in_the_hour_summer_time_repeats_or_skips_hands_over_once(
     assert after.end.astimezone(LONDON).replace(tzinfo=None) == datetime.combine(
         handoff.date() + timedelta(7), time(1, 30)
     )
+
+
+def test_the_only_member_of_a_rota_is_on_call_with_no_handover_said(tmp_path: Path) -> None:
+    from bot.rota import describe
+
+    (rota,) = load(tmp_path, ROTA.replace(f"[{PRIYA}, {DANIEL}, {SOFIA}]", f"[{PRIYA}]")).rotations
+    answer = on_call(rota, london("2026-03-04T12:00"))
+    assert answer.now.person == PRIYA and answer.next is None
+    assert describe(answer, {PRIYA: "Priya Raman"}) == ("Priya Raman (U03F8K2LQ1) with no handover in the rota", "")

@@ -34,7 +34,8 @@ from bot.answers.expert_blend import (
 from bot.answers.incident_vectors import WordIndex, embed_incidents, incident_words
 from bot.errors import InvalidRequest
 from bot.models import Expert, Incident, Rotation
-from bot.rota import Shift, covering_rotations, shift_at, when_text
+from bot.rota import Shift, covering_rotations, when_text
+from bot.rota import on_call as rota_on_call
 from bot.text import split_camel, strip_volatile
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -190,7 +191,7 @@ class ExpertModel:
                 out[n, 1] = min(1.0, len(known) / 2)
         on_call: dict[str, list[Shift]] = {}
         for rotation in covering_rotations(self.rotations, involved, self.teams, self.service_teams, self._owners):
-            shift = shift_at(rotation, now)
+            shift = rota_on_call(rotation, now).now  # back-to-back shifts of one person as one: "until" its real end
             if shift is not None and shift.person in self.column:
                 on_call.setdefault(shift.person, []).append(shift)
                 out[self.column[shift.person], 2] = 1.0
