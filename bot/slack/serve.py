@@ -44,6 +44,9 @@ from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
+# Alertmanager sends a whole group: up to MAX_ALERTS alerts of a kilobyte or so each, so its hook takes more (a larger
+# group is refused with a 400 that says to set max_alerts, which a 413 would never reach).
+MAX_ALERTS_BODY = 4 << 20
 HANDLER_THREADS = 64  # started once; a burst of Slack requests needs no new threads
 IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long is closed
 HEADERS_TIMEOUT_S = 30.0  # a request's line and headers, from when opsbot waits for them, however slowly they come
@@ -262,7 +265,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                     self.close_connection = True  # a body nobody reads would be taken for the next request
                 handler()
                 return
-            body = self._read_body()
+            body = self._read_body(MAX_ALERTS_BODY if path == ALERTMANAGER_PATH else MAX_BODY)
             if body is None:
                 return
             try:
@@ -272,8 +275,9 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 if not self._answered:
                     self._send(500, {"error": "opsbot failed on this request; its log says why."}, close=True)
 
-        def _read_body(self) -> bytes | None:
-            """The POST body, or None once the request is answered with why it cannot be read."""
+        def _read_body(self, most: int = MAX_BODY) -> bytes | None:
+            """The POST body (``most`` bytes at most), or None once the request is answered with why it cannot be
+            read."""
             if "Transfer-Encoding" in self.headers:
                 self._refuse(411, "send the body with a Content-Length, not a Transfer-Encoding")
                 return None
@@ -286,8 +290,8 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 reason = "the Content-Length header must be one non-negative decimal number of bytes"
                 self._refuse(400, reason, header="Content-Length")
                 return None
-            if len(value) > 9 or int(value) > MAX_BODY:  # 9 digits: int() is never asked to read a huge number
-                reason = f"the Content-Length is over the {MAX_BODY} bytes opsbot accepts"
+            if len(value) > 9 or int(value) > most:  # 9 digits: int() is never asked to read a huge number
+                reason = f"the Content-Length is over the {most} bytes opsbot accepts here"
                 self._refuse(413, reason, header="Content-Length")
                 return None
             body = self._read_exactly(int(value))

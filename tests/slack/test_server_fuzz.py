@@ -30,7 +30,7 @@ from bot.slack import ids
 from bot.slack import serve as server
 from bot.slack.app import create_app, create_client
 from bot.slack.local.fake_api import FakeSlackAPI
-from bot.slack.serve import MAX_BODY, HttpServer
+from bot.slack.serve import MAX_ALERTS_BODY, MAX_BODY, HttpServer
 from bot.slack.web import SlackWeb
 from bot.workers import TrackedPool
 from tests.slack.conftest import HOOK_SECRET, SIGNING_SECRET, sign
@@ -498,10 +498,11 @@ class Fuzzer:
         if kind == "longer":  # the rest is read as a next request, which is garbage
             data = request("POST", path, body + b"GARBAGE / HTTP/1.1\r\n\r\n" + body, length=str(len(body)))
             return Probe(f"body longer than its length on {path}", data)
+        most = MAX_ALERTS_BODY if path == ids.ALERTMANAGER_PATH else MAX_BODY  # a whole alert group is larger
         if kind == "huge":
-            data = request("POST", path, body, length=str(MAX_BODY + rng.randint(1, 10**9)))
+            data = request("POST", path, body, length=str(most + rng.randint(1, 10**9)))
             return Probe(f"huge Content-Length on {path}", data, frozenset({413}))
-        big = b"x" * (MAX_BODY + rng.randint(1, 4096))
+        big = b"x" * (most + rng.randint(1, 4096))
         return Probe(f"over-large body on {path}", request("POST", path, big), frozenset({413}))
 
     def methods_and_paths(self) -> Probe:
