@@ -13,6 +13,7 @@ database takes it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is taken as interrupted
 RENEW_EVERY_S = 5.0
 ORPHAN_STOP_S = 1.0  # how long an orphaned runner's guard gets to stop what it runs, before its group is killed
+GUARD_STOP_S = 1.0  # after a timeout, how long the guard gets to stop what the command started, then its group dies
 PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 64 * 1024  # the most of the tail stored in a deploy's row, its newest output
@@ -495,6 +497,9 @@ def _run_command(
                 last_report = time.monotonic()
                 reporter.show("\n".join(list(lines)[-PROGRESS_LINES:]))
             time.sleep(0.05)
+        # A guard killed while the command ran (the OOM killer, a `kill -9`) leaves the command running with
+        # nobody to stop it, while the run is recorded and its lock released: the group goes with it.
+        _end_group(process)
         # The reader may lag (a long line takes a while to scrub): its last lines are the error, so read to the
         # end, for as long as the run had left and output keeps coming, and never less than DRAIN_S.
         _drain(reader, lines, max(deadline, time.monotonic() + DRAIN_S), read_so_far)
@@ -650,11 +655,24 @@ def _refused_by_tls(exc: BaseException) -> bool:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    """Kill the command and everything it started (its own session), so nothing deploys on after a timeout."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    """Kill the command and everything it started, so nothing deploys on after a timeout: the guard is told first
+    (SIGTERM), as it alone finds what left the group (a `setsid`, a daemon's double fork: it adopted them), and kills
+    them and its group; what is left of the group after GUARD_STOP_S is killed here."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + GUARD_STOP_S
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _end_group(process)
+    if process.poll() is None:
         process.kill()
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGKILL what is left of the guard's process group: nothing once a guard has ended as it should, the command
+    and its steps when the guard itself was killed (the OOM killer, a `kill -9`) while they ran."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:

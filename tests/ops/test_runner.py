@@ -717,3 +717,54 @@ def test_a_daemon_holding_the_output_open_does_not_hold_the_deploy_to_its_timeou
     assert done.status == "succeeded" and took < 8, f"took {took:.1f} s"
     assert store.lock_holder("job", "staging") is None
     store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard adopts escaped processes on Linux")
+def test_a_timeout_stops_what_the_command_started_in_a_session_of_its_own(tmp_path: Path) -> None:
+    # Before, the timeout SIGKILLed the guard with its group at once: the process that had left the group, which
+    # only the guard could find, deployed on after the run was recorded timed out and its lock released.
+    pid_file = tmp_path / "escaped.pid"
+    code = (
+        "import subprocess, sys, time\n"
+        "d = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(d.pid))\n"
+        "print('worker started', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    deploys, store, request = approved_python(tmp_path, code, timeout=3)
+    try:
+        assert deploys.execute(request.id).status == "timed_out"
+        assert wait_until(lambda: not alive(int(pid_file.read_text())), 3)
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        store.close()
+
+
+def test_a_command_whose_guard_is_killed_is_stopped_before_the_run_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, a guard killed mid-run (the OOM killer, a kill -9) left the command deploying, unwatched, while the
+    # run was recorded failed and the lock released for the next deploy.
+    monkeypatch.setattr(deploy_runner, "DRAIN_S", 0.5)
+    pid_file = tmp_path / "cmd.pid"
+    code = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nprint('rolling out', flush=True)\n"
+    deploys, store, request = approved_python(tmp_path, code + "time.sleep(30)\n", timeout=60)
+
+    def kill_guard() -> None:
+        assert wait_until(lambda: (store.deploy_row(request.id) or {}).get("runner_pid") and pid_file.exists(), 20)
+        os.kill(store.deploy_row(request.id)["runner_pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_guard)
+    killer.start()
+    try:
+        done = deploys.execute(request.id)
+        killer.join()
+        assert done.status == "failed" and store.lock_holder("job", "staging") is None
+        assert not alive(int(pid_file.read_text()))
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        store.close()
