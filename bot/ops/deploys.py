@@ -177,7 +177,10 @@ class DeployService(DeployRules):
             if not started:
                 return Decision(self._get_locked(request_id), "closed", "this request was already started.")
             under = {"emergency": request.emergency} if request.emergency else {}  # fewer approvals: say why
-            approvers = list(request.approvers)
+            # the approvals it ran on; one that no longer counts (its giver removed from the approvers since) apart
+            approvers = self.valid_approvers(request)
+            discounted = [a for a in request.approvers if a not in approvers]
+            under |= {"discounted": discounted} if discounted else {}
             self.store.audit("opsbot", f"{request.kind}.started", request_id, approvers=approvers, **under)
             self.announce("started", request_id)
             return Decision(self._get_locked(request_id), "approved", "approved; starting now.")
@@ -262,7 +265,8 @@ class DeployService(DeployRules):
     def _expire(self, request_id: str) -> None:
         if self.store.transition(request_id, "pending", "expired", finished_at=_iso(self.clock())):
             self.store.release_lock(request_id)
-            self.store.audit("opsbot", "deploy.expired", request_id)
+            kind = (self.store.deploy_row(request_id) or {}).get("kind") or "deploy"
+            self.store.audit("opsbot", f"{kind}.expired", request_id)  # a rollback's as a rollback's
             self.announce("expired", request_id)
 
     def expire_due(self) -> list[DeployRequest]:
@@ -315,7 +319,8 @@ class DeployService(DeployRules):
                     row["id"], "running", "interrupted", finished_at=_iso(self.clock()), note=reason
                 ):
                     self.store.release_lock(row["id"])
-                    self.store.audit("opsbot", "deploy.interrupted", row["id"], reason=reason, owner=row["owner"])
+                    audit = f"{row['kind']}.interrupted"  # a rollback's as a rollback's
+                    self.store.audit("opsbot", audit, row["id"], reason=reason, owner=row["owner"])
                     self.announce("interrupted", row["id"])
                     interrupted.append(row["id"])
         return [self.get(i) for i in interrupted]

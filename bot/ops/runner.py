@@ -601,8 +601,20 @@ def _url_secrets(url: str) -> tuple[str, ...]:
         password = parts.password
     except ValueError:
         return ()
-    values = [value for key, value in urllib.parse.parse_qsl(parts.query) if CREDENTIAL_KEY.search(key)]
-    return tuple(v for v in [password or "", *values] if len(v) >= 6)  # a short value is no secret, and is common
+    # Each as written in the URL (percent-encoded) and as sent or decoded: an answer may echo either form.
+    raw = [value for key, value in _raw_query(parts.query) if CREDENTIAL_KEY.search(urllib.parse.unquote_plus(key))]
+    found = [password or "", *raw]
+    found += [urllib.parse.unquote(v) for v in found] + [urllib.parse.unquote_plus(v) for v in raw]
+    if parts.username is not None:  # sent as HTTP basic auth: the header's value could be echoed too
+        user = urllib.parse.unquote(parts.username) + ":" + urllib.parse.unquote(password or "")
+        found.append(base64.b64encode(user.encode()).decode())
+    kept = [v for v in dict.fromkeys(found) if len(v) >= 6]  # a short value is no secret, and is common
+    return tuple(kept)
+
+
+def _raw_query(query: str) -> list[tuple[str, str]]:
+    """A URL's query as key and value pairs, the values as written (still percent-encoded)."""
+    return [(key, value) for key, _, value in (part.partition("=") for part in query.split("&") if part)]
 
 
 def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:

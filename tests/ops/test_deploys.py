@@ -443,3 +443,30 @@ def test_a_failed_step_rolls_back_the_whole_transaction(store: Store) -> None:
         raise ValueError("boom")
 
     assert store.all_deploys() == [] and store.audit_rows() == []
+
+
+def test_a_rollback_that_expires_is_audited_as_a_rollback(deploys: DeployService, store: Store, clock: Clock) -> None:
+    succeed(deploys, clock, "1.0.0")
+    succeed(deploys, clock, "1.1.0")
+    rollback = deploys.request("rollback", "web", "staging", None, ALICE)
+    clock.advance(hours=1)
+    deploys.expire_due()
+    actions_of = [r["action"] for r in store.audit_rows() if r["request_id"] == rollback.id]
+    assert actions_of == ["rollback.requested", "rollback.expired"]  # before, "deploy.expired"
+
+
+def test_the_start_is_audited_with_the_approvals_it_ran_on_and_one_that_no_longer_counts_apart(
+    deploys: DeployService, store: Store
+) -> None:
+    import dataclasses
+
+    request = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+    assert not deploys.approve(request.id, BOB).start
+    web = deploys.services["web"]  # services.yaml re-indexed: Bob's team no longer approves prod
+    prod = dataclasses.replace(web.environments["prod"], approvers=("sre", ERIN))
+    deploys.services["web"] = dataclasses.replace(web, environments={**web.environments, "prod": prod})
+    assert not deploys.approve(request.id, CAROL).start
+    assert deploys.approve(request.id, FRANK).start
+
+    (started,) = [r for r in store.audit_rows() if r["action"] == "deploy.started"]
+    assert started["details"] == {"approvers": [CAROL, FRANK], "discounted": [BOB]}  # before, Bob was an approver

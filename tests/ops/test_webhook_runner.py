@@ -146,6 +146,33 @@ def test_a_credential_in_the_webhook_url_is_sent_but_never_shown_or_stored(
     store.close()
 
 
+@pytest.mark.parametrize(
+    ("userinfo", "query", "echoed"),
+    [
+        # '@', ':' and '/' are percent-encoded in a URL's password; opsbot sends it decoded (basic auth)
+        ("deployer:Pa55%40w0rd%3A9xq%2FZt@", "", "authenticated as deployer:Pa55@w0rd:9xq/Zt"),
+        ("deployer:Pa55%40w0rd%3A9xq%2FZt@", "", "Authorization: Basic ZGVwbG95ZXI6UGE1NUB3MHJkOjl4cS9adA=="),
+        # a key with '+', '/' or '=' (an Azure ?code=) is encoded in the URL and echoed as sent, or decoded
+        ("", "?code=zQ9%2Bk7Lm%2Fw3Xv8%3DRt5Y", "queued POST /api/deploy?code=zQ9%2Bk7Lm%2Fw3Xv8%3DRt5Y"),
+        ("", "?code=zQ9%2Bk7Lm%2Fw3Xv8%3DRt5Y", "queued with code zQ9+k7Lm/w3Xv8=Rt5Y"),
+    ],
+)
+def test_a_credential_of_the_url_is_scrubbed_in_each_of_its_encodings(
+    tmp_path: Path, ci: ThreadingHTTPServer, userinfo: str, query: str, echoed: str
+) -> None:
+    # Before, the password was scrubbed only as written (encoded) and a query value only decoded: the form the
+    # answer echoed reached the deploy's row and Slack.
+    url = f"http://{userinfo}127.0.0.1:{ci.server_port}/api/deploy{query}"
+    ci.answer = (200, {}, echoed)  # type: ignore[attr-defined]
+    deploys, store = hook_service(tmp_path, url)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    done = deploys.execute(request.id)
+    secret = echoed.rsplit(" ", 1)[-1].split(":", 1)[-1].split("?code=")[-1]
+    assert done.status == "succeeded" and secret not in str(store.deploy_row(request.id))
+    assert "***" in done.log_tail
+
+
 def test_a_credential_in_the_webhook_url_is_not_shown_when_the_trigger_fails(tmp_path: Path) -> None:
     url = "http://deployer:Pa55-w0rd-9xq@127.0.0.1:9/api/deploy?sig=Zk2-very-secret-signature"
     deploys, store = hook_service(tmp_path, url)
