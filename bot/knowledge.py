@@ -56,7 +56,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         for path in files:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
     roster = root / "experts.yaml"
-    if roster.is_file() and (text := _read(kb, "experts.yaml", roster)) is not None:
+    if _is_file(kb, root, roster) and (text := _read(kb, "experts.yaml", roster)) is not None:
         entries: list[int] = []
         kb.experts, problems = parse_roster("experts.yaml", text, entries)
         kb.problems.extend(problems)
@@ -66,7 +66,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
         named += roster_services("experts.yaml", text, kb.experts, entries, kb.rotations)
     services = root / "services.yaml"
-    if services.is_file() and (text := _read(kb, "services.yaml", services)) is not None:
+    if _is_file(kb, root, services) and (text := _read(kb, "services.yaml", services)) is not None:
         roster = None if "experts.yaml" in kb.failed_paths else kb.experts  # a broken roster is reported already
         found = read_services_file("services.yaml", text, roster)
         kb.services, kb.deploy_settings = found.services, found.settings
@@ -77,7 +77,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
             kb.problems += service_name_problems(found.names, named)
             kb.notes += [note] if (note := other_services(found.names, named)) else []
     channels = root / "channels.yaml"
-    if channels.is_file() and (text := _read(kb, "channels.yaml", channels)) is not None:
+    if _is_file(kb, root, channels) and (text := _read(kb, "channels.yaml", channels)) is not None:
         kb.channels, problems = parse_channels("channels.yaml", text)
         kb.problems.extend(problems)
         if problems and not kb.channels:  # unreadable as a whole: the modes it gave before stay
@@ -88,6 +88,24 @@ def load_knowledge(root: Path) -> KnowledgeBase:
 
 def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
+
+
+def _is_file(kb: KnowledgeBase, root: Path, path: Path) -> bool:
+    """Whether ``path`` is a file to read. A link to nowhere or a folder in its place is a Problem, and its path goes
+    into ``failed_paths``: what was indexed from it (the roster, the services) stays, as for a file that fails."""
+    if path.is_file():
+        return True
+    if not os.path.lexists(path):  # no such file: there is nothing of this kind
+        return False
+    rel = _rel(root, path)
+    if path.is_symlink() and not path.exists():
+        why = f"a link to {os.readlink(path)}, which does not exist"
+        fix = "mount or create what it points to, or remove the link"
+    else:
+        why, fix = "it is not a file", "make it a file"
+    kb.problems.append(Problem(rel, f"file cannot be read ({why}): {fix}; what was indexed from it is kept."))
+    kb.failed_paths.add(rel)
+    return False
 
 
 def _is_folder(kb: KnowledgeBase, root: Path, folder: Path) -> bool:
@@ -131,6 +149,19 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
         seen.add(real)
         # A linked folder (a team's runbook repository linked in) is read like any other, as linked files are.
         found += [Path(folder_path) / name for name in names if Path(name).suffix.lower() in suffixes]
+        for name in names:  # a link to nowhere: a linked folder whose share is not mounted, as likely as a file
+            path = Path(folder_path) / name
+            if Path(name).suffix.lower() not in suffixes and path.is_symlink() and not path.exists():
+                rel = _rel(root, path) + "/"
+                why = f"a link to {os.readlink(path)}, which does not exist"
+                kb.problems.append(
+                    Problem(
+                        rel,
+                        f"folder cannot be read ({why}): mount or create what it points to, or remove the "
+                        "link; what was indexed from it is kept.",
+                    )
+                )
+                kb.failed_paths.add(rel)
     return sorted(path for path in found if _utf8_name(kb, root, path))
 
 

@@ -252,3 +252,56 @@ def test_a_dangling_folder_link_is_a_problem_and_its_documents_stay_indexed(
     assert indexed.exit_code == 0, indexed.output
     assert f"Warning: {message}" in indexed.stderr and "0 removed" in indexed.stdout
     assert stored_paths(fake_index) == before
+
+
+def test_a_dangling_link_to_a_team_folder_inside_runbooks_is_a_problem_and_its_documents_stay_indexed(
+    tiny_knowledge: Path, fake_index: Path, tmp_path: Path
+) -> None:
+    # Before, os.walk listed the link among the file names and the suffix filter dropped it without a word: the
+    # team's runbooks were removed from the index as if deleted.
+    share = tmp_path / "share" / "auth-service"
+    shutil.move(tiny_knowledge / "runbooks/auth-service", share)
+    (tiny_knowledge / "runbooks/auth-service").symlink_to(share)
+    assert invoke("index", "--nice", "0", str(tiny_knowledge)).exit_code == 0
+    before = stored_paths(fake_index)
+    assert any(p.startswith("runbooks/auth-service/") for p in before)
+    shutil.move(share, tmp_path / "moved")
+
+    checked = invoke("check", str(tiny_knowledge))
+    indexed = invoke("index", "--nice", "0", str(tiny_knowledge))
+
+    message = f"runbooks/auth-service/: folder cannot be read (a link to {share}, which does not exist)"
+    assert checked.exit_code == 1 and message in checked.stdout
+    assert indexed.exit_code == 0 and "0 removed" in indexed.stdout and stored_paths(fake_index) == before
+
+
+@pytest.mark.parametrize("name", ["experts.yaml", "services.yaml", "channels.yaml"])
+@pytest.mark.parametrize("broken", ["dangling link", "folder"])
+def test_a_config_file_that_is_a_link_to_nowhere_or_a_folder_is_a_problem_and_what_it_held_stays(
+    tiny_knowledge: Path, fake_index: Path, tmp_path: Path, name: str, broken: str
+) -> None:
+    # Before, such a file was skipped without a word, and the index then held no roster, services or channels.
+    for config in ("experts.yaml", "services.yaml", "channels.yaml"):
+        shutil.copy(SAMPLE_KNOWLEDGE / config, tiny_knowledge / config)
+    assert invoke("index", "--nice", "0", str(tiny_knowledge)).exit_code == 0
+    store = Store(fake_index)
+    try:
+        held = (store.load_experts(), store.service_configs(), store.channel_answer_modes())
+    finally:
+        store.close()
+    (tiny_knowledge / name).unlink()
+    if broken == "folder":
+        (tiny_knowledge / name).mkdir()
+    else:
+        (tiny_knowledge / name).symlink_to(tmp_path / "unmounted" / name)
+
+    checked = invoke("check", str(tiny_knowledge))
+    indexed = invoke("index", "--nice", "0", str(tiny_knowledge))
+
+    assert checked.exit_code == 1 and f"{name}: file cannot be read (" in checked.stdout
+    assert indexed.exit_code == 0 and f"Warning: {name}: file cannot be read" in indexed.stderr
+    store = Store(fake_index)
+    try:
+        assert (store.load_experts(), store.service_configs(), store.channel_answer_modes()) == held
+    finally:
+        store.close()
