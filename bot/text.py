@@ -13,7 +13,7 @@ import yaml
 
 from bot.models import Section
 
-HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+HEADING_OPEN = re.compile(r"(#{1,6})(\s+)(.*)")  # the closing #s are cut by heading_of, in linear time
 FENCE = re.compile(r"^\s*(```|~~~)")
 HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
 MD_LINK = re.compile(r"\[([^\[\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")  # one level of brackets in a URL
@@ -62,6 +62,13 @@ class BoundedAliases:
         except RecursionError:
             raise yaml.constructor.ConstructorError(
                 problem="it nests lists or mappings hundreds of levels deep; write it flatter"
+            ) from None
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+            # An explicit tag with a value it cannot take (`!!int abc`, `!!bool maybe`, `!!timestamp foo`): YAML's
+            # constructors fail with Python's errors, not YAML's. A problem of the file, not a crash of the load.
+            raise yaml.constructor.ConstructorError(
+                problem=f"a value cannot be read as its tag says ({type(exc).__name__}: {exc}); remove the tag (!!…) "
+                "or fix the value"
             ) from None
 
     def get_single_node(self) -> yaml.Node | None:
@@ -181,14 +188,30 @@ def clean_markdown(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+def heading_of(line: str) -> tuple[int, str] | None:
+    """A Markdown heading line's level and text, its closing #s cut (`## Steps ##`), or None.
+
+    As ``^(#{1,6})\\s+(.+?)\\s*#*\\s*$`` reads it, without its backtracking: that took cubic time on a run of
+    spaces inside a heading (a minute for 4,000).
+    """
+    m = HEADING_OPEN.fullmatch(line)
+    if m is None:
+        return None
+    space, rest = m.group(2), m.group(3)
+    if not rest:  # the text is at least one character: one of the spaces, when there are two
+        return (len(m.group(1)), space[1:2]) if len(space) >= 2 else None
+    text = rest.rstrip().rstrip("#").rstrip()
+    return len(m.group(1)), text or rest[:1]
+
+
 def first_heading(body: str) -> str:
     """The text of the first heading a reader sees: not one inside code or an HTML comment ("" if none)."""
     in_fence = False
     for line in drop_comments(body).splitlines():
         if FENCE.match(line):
             in_fence = not in_fence
-        elif not in_fence and (m := HEADING.match(line)):
-            return m.group(2).strip()
+        elif not in_fence and (found := heading_of(line)) is not None:
+            return found[1].strip()
     return ""
 
 
@@ -240,10 +263,10 @@ def split_sections(body: str, title: str) -> list[Section]:
     for line in drop_comments(body).splitlines():
         if FENCE.match(line):
             in_fence = not in_fence
-        m = None if in_fence else HEADING.match(line)
-        if m:
+        found = None if in_fence else heading_of(line)
+        if found is not None:
             parsed.append((level, heading, buf))
-            level, heading, buf = len(m.group(1)), m.group(2).strip(), []
+            level, heading, buf = found[0], found[1].strip(), []
         else:
             buf.append(line)
     parsed.append((level, heading, buf))

@@ -985,3 +985,30 @@ def test_a_runbook_url_that_is_not_a_plain_web_address_is_a_problem_and_the_runb
     assert problem.line == 3 and "url must be a web address starting with https://" in problem.message
     assert "indexed without its link" in problem.message
     assert [(d.path, d.url) for d in kb.documents] == [("runbooks/disk.md", "")]  # its text is still searched
+
+
+TAGGED_INCIDENT = (
+    "id: INC-2025-0001\ntitle: t\ndate: 2025-01-01\nseverity: 2\nservices: [a]\nresponders: [U04C2RN8VD]\n"
+    "summary: s\nroot_cause: r\nresolution: x\n"
+)
+
+
+@pytest.mark.parametrize("tag", ["!!bool maybe", "!!int abc", "!!timestamp foo", "!!float x"])
+@pytest.mark.parametrize(
+    ("rel", "text"),
+    [
+        ("runbooks/a.md", "---\nowner: {tag}\n---\n# A\n\nbody\n"),
+        ("incidents/a.yaml", TAGGED_INCIDENT + "tags: {tag}\n"),
+        ("experts.yaml", "people:\n  - id: U04C2RN8VD\n    name: Dan\n    team: platform\n    hours: {tag}\n"),
+        ("services.yaml", "services:\n  a:\n    owners: {tag}\n"),
+        ("channels.yaml", "channels:\n  C0123456: {tag}\n"),
+    ],
+)
+def test_a_yaml_tag_with_a_value_it_cannot_take_is_a_problem_of_its_file_not_a_crash(
+    tmp_path: Path, tag: str, rel: str, text: str
+) -> None:
+    # Before, `!!bool maybe` ended every load (check, index, eval) in a KeyError traceback, and the bot never started.
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text(text.format(tag=tag), encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert any(p.path == rel and "cannot be read as its tag says" in p.message for p in kb.problems), kb.problems

@@ -383,6 +383,39 @@ def test_a_flood_of_one_markup_fragment_is_read_in_linear_time(unit: str) -> Non
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_a_heading_with_a_long_run_of_spaces_is_read_in_linear_time_and_as_before() -> None:
+    """A run of spaces inside a heading line made the heading pattern backtrack in cubic time (4,000 spaces: a
+    minute; a 10 kB line: a quarter of an hour), in opsbot check, index and eval."""
+    import signal
+
+    from bot.runbook_file import parse_runbook
+    from bot.text import heading_of
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError("a heading with 20,000 spaces took more than 5 s: the pattern backtracks")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(5)  # a hang guard, not a measurement: it takes milliseconds
+    try:
+        runbook = parse_runbook("runbooks/x.md", "# Pool" + " " * 20_000 + "exhausted ##\n\n## Steps\n\nRestart.\n")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert runbook.title.startswith("Pool") and runbook.title.endswith("exhausted")
+    cases = {
+        "## Steps ##": (2, "Steps"),
+        "# C#": (1, "C"),
+        "# ##": (1, "#"),
+        "#   ": (1, ""),
+        "# ": None,
+        "####### seven": None,
+        "#no space": None,
+        "### a\t#\t": (3, "a"),
+    }
+    read = {line: heading_of(line) for line in cases}
+    assert {line: found and (found[0], found[1].strip()) for line, found in read.items()} == cases
+
+
 def test_a_heading_repeated_in_a_page_is_numbered_in_its_anchor_as_code_hosts_number_it() -> None:
     text = "# Queues\n\n## Orders\n\n### Steps\nDrain it.\n\n## Refunds\n\n### Steps\nReplay it.\n\n### Steps\nAgain.\n"
     sections = split_sections(text, "Queues")
