@@ -35,6 +35,9 @@ class RotaProblem(ValueError):
         self.key = key
 
 
+YEARS = (1970, 9000)  # a rota's dates: weeks are added to them, so the calendar's last years would overflow
+
+
 @dataclass(frozen=True)
 class Shift:
     """One person on call for a team from ``start`` until ``end``."""
@@ -149,6 +152,19 @@ def _override(key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert]) -
 
 
 def _date(key: str, value: Any) -> date:
+    return _in_years(key, value, _read_date(key, value))
+
+
+def _in_years(key: str, value: Any, when: date) -> Any:
+    """``when``, if a rota can be counted from it: weeks are added to a rota's dates, so one near the calendar's end
+    (an open-ended `9999-12-31`) would overflow at every /oncall."""
+    if not YEARS[0] <= when.year <= YEARS[1]:
+        far = "for no end in sight, a far one such as 2100-01-01"
+        raise RotaProblem(key, f"{value!r} must be a date in the years {YEARS[0]} to {YEARS[1]} ({far})")
+    return when
+
+
+def _read_date(key: str, value: Any) -> date:
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):
@@ -173,6 +189,7 @@ def _when(key: str, value: Any, zone: ZoneInfo) -> datetime:
                 example = "write one such as 2026-11-27T18:00"
                 raise RotaProblem(key, f"{value!r} is not a real date and time ({unreal}); {example}") from None
             raise RotaProblem(key, f"{value!r} is not a date and time such as 2026-11-27T18:00") from None
+    _in_years(key, value, parsed)
     # With an offset it is the same instant, shown in the rota's own zone like every other time of the rota.
     return parsed.astimezone(zone) if parsed.tzinfo else parsed.replace(tzinfo=zone)
 

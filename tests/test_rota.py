@@ -168,6 +168,12 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
             "rotations.platform.overrides[0].end: must be after start",
             23,
         ),
+        (  # open-ended at the calendar's end: before, passed check and index, then crashed every /oncall
+            ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 9999-12-31T23:59}}\n",
+            "rotations.platform.overrides[0].end: '9999-12-31T23:59' must be a date in the years 1970 to 9000 (for "
+            "no end in sight, a far one such as 2100-01-01)",
+            23,
+        ),
         (
             ROTA.replace("storage/remote", "storage remote"),
             "rotations.platform.services[0]: service name 'storage remote': use letters, digits, '.', '_' and '-', "
@@ -191,6 +197,7 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
         "start-not-handoff-day",
         "no-start",
         "override-ends-first",
+        "override-at-the-calendars-end",
         "bad-service",
         "unknown-field",
     ],
