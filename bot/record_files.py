@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 import reprlib
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +29,7 @@ INCIDENT_ID = re.compile(r"^[A-Z][A-Z0-9]*-[A-Z0-9-]+$")
 EXPERT_FIELDS = ("id", "name", "team", "skills", "services", "timezone", "hours", "away", "left")
 INCIDENT_REQUIRED = ("id", "title", "date", "severity", "services", "responders", "summary", "root_cause", "resolution")
 INCIDENT_OPTIONAL = ("timeline", "duration_minutes", "url", "tags", "env")
+EARLIEST_YEAR = 1970  # an incident dated before is a typo (year 1 with an offset falls out of the calendar)
 SKILL_WORD = re.compile(r"[a-z0-9]")  # what a skill is matched by (bot.answers.experts.WORD)
 HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
@@ -122,6 +123,10 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
         fail(f"date {data['date']!r} is not a real date ({unreal}); write when it began, {example}", line_of("date"))
     elif "date" not in missing and date is None:
         fail(f"date {data['date']!r} is not an ISO date such as 2025-04-12T19:42:00Z", line_of("date"))
+    elif date is not None and not (EARLIEST_YEAR <= date.year and date <= datetime.now(UTC) + timedelta(days=1)):
+        # a typo's year: one ahead of now is no past incident (expert suggestions would pass it over without a
+        # word), and one in year 1 is out of the calendar's reach once its offset is taken away
+        fail(f"date {data['date']!r} is not a time an incident began: it is {_when_off(date)}", line_of("date"))
     raw = data.get("severity")
     # 2, "2", SEV2; never true (YAML's yes) or 2.9 read as a severity
     severity = (severity_number(raw) if not isinstance(raw, (bool, float)) else None) or 0
@@ -315,6 +320,12 @@ def _kept_field(entry: dict, key: str, kept: list[str]) -> tuple[str, ...]:
     except FileProblem as exc:
         kept.append(f"{exc} (`{key}` left out)")
         return ()
+
+
+def _when_off(when: datetime) -> str:
+    if when.year < EARLIEST_YEAR:
+        return f"before {EARLIEST_YEAR}"
+    return "in the future; write when it began, such as 2025-04-12T19:42:00Z"
 
 
 def _left(value: Any) -> date | None:

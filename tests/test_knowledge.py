@@ -1012,3 +1012,27 @@ def test_a_yaml_tag_with_a_value_it_cannot_take_is_a_problem_of_its_file_not_a_c
     (tmp_path / rel).write_text(text.format(tag=tag), encoding="utf-8")
     kb = load_knowledge(tmp_path)
     assert any(p.path == rel and "cannot be read as its tag says" in p.message for p in kb.problems), kb.problems
+
+
+@pytest.mark.parametrize(
+    ("written", "why"),
+    [
+        ("2062-04-12T19:42:00Z", "it is in the future; write when it began, such as 2025-04-12T19:42:00Z"),
+        ("0001-01-01T00:00:00+05:00", "it is before 1970"),
+    ],
+)
+def test_an_incident_dated_in_the_future_or_before_1970_is_a_problem_not_a_silent_skip_or_a_crash(
+    tmp_path: Path, written: str, why: str
+) -> None:
+    # Before, a typo's 2062 passed check and the expert suggestions passed the incident over without a word, and
+    # year 1 with an offset made `opsbot experts` crash.
+    kb = knowledge_with(tmp_path)
+    write(
+        tmp_path,
+        "incidents/2025/INC-2025-0043.yaml",
+        INCIDENT_YAML.replace("0042", "0043").replace("2025-04-12T19:42:00Z", written),
+    )
+    kb = load_knowledge(tmp_path)
+    problem = only_problem(kb, "incidents/2025/INC-2025-0043.yaml")
+    assert problem.message == f"date {written!r} is not a time an incident began: {why}" and problem.line == 3
+    assert_good_files_loaded(kb)
