@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 MAX_BENCH_CHUNKS = 1_000_000
 EVAL_CACHE = ".opsbot-eval-cache.db"  # beside the database: vectors by content hash, for repeated eval runs
 
+PROBLEMS_SHOWN = 10  # of the knowledge's problems, shown before the figures' warnings
+
 
 @main.command(name="eval")
 @click.option(
@@ -157,11 +159,23 @@ def evaluate(
             f"{r['held_back_documents']} documents' queries MRR@10 {r['held_back_mrr']:.3f} vs fusion "
             f"{r['held_back_mrr_fused']:.3f}{'' if r['trees'] else ', so fusion is used'}"
         )
+    for problem in report.problems[:PROBLEMS_SHOWN]:  # a file that failed to load is missing from the figures
+        click.echo(f"Warning: {problem}", err=True)
+    if len(report.problems) > PROBLEMS_SHOWN:
+        click.echo(
+            f"Warning: {len(report.problems) - PROBLEMS_SHOWN} more problems: `opsbot check` lists them.", err=True
+        )
     if unknown := results[modes[0]]["unknown_relevant"]:
+        broken = [u for u in unknown if any(p.path == u for p in report.problems)]
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        why = (
+            f"{len(broken)} of them failed to load (above): fix them, or"
+            if broken
+            else "Give paths relative to the knowledge folder, as `opsbot ask --json` shows them; or"
+        )
         click.echo(
             f"Warning: {len(unknown)} relevant path(s) of {queries} are no document of {knowledge} and count as "
-            f"misses: {shown}. Give paths relative to the knowledge folder, as `opsbot ask --json` shows them.",
+            f"misses: {shown}. {why} run `opsbot check {knowledge}`.",
             err=True,
         )
     skipped = results[modes[0]]["skipped"]

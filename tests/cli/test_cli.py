@@ -944,3 +944,16 @@ def test_channels_set_refuses_a_direct_message() -> None:
     result = invoke("channels", "set", "D04ALERTS1", "all")
     assert_clean_failure(result, "D04ALERTS1 is a direct message", "ids starting with C or G")
     assert invoke("channels", "list").stdout.startswith("No channel settings")
+
+
+def test_eval_shows_the_problems_of_the_knowledge_and_a_relevant_file_that_failed_to_load(tmp_path: Path) -> None:
+    # Before, the text output said nothing of a file that failed to load, and blamed the query file's path.
+    files = {f"runbooks/{name}": text for name, text in EVAL_RUNBOOKS.items()}
+    files["runbooks/broken.md"] = "---\ntitle: [unclosed\n---\n# Broken\n\nA runbook whose front matter is broken.\n"
+    knowledge = write_files(tmp_path / "knowledge", files)
+    queries = tmp_path / "q.jsonl"
+    broken = {"id": "broken", "query": "front matter is broken", "relevant": ["runbooks/broken.md"]}
+    result = invoke(*bm25_eval_of_the_disk_query_and(knowledge, queries, broken))
+    assert result.exit_code == 0, result.output
+    assert "Warning: runbooks/broken.md" in result.stderr
+    assert "1 of them failed to load (above): fix them, or run `opsbot check" in result.stderr
