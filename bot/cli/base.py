@@ -61,6 +61,13 @@ def main(ctx: click.Context) -> None:
       opsbot ask "pgbouncer says too many clients"
     """
     ctx.ensure_object(dict)
+    for arg in sys.argv[1:]:  # bytes that are not UTF-8 (a latin-1 terminal, a path from an unzip) reach no command
+        if any("\udc80" <= c <= "\udcff" for c in arg):
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise OpsbotError(
+                f"the argument '{shown}' is not UTF-8 text; type it again in UTF-8 (set your terminal to UTF-8), "
+                "or rename the folder or file it names."
+            )
 
 
 def typed(ctx: click.Context, name: str) -> bool:

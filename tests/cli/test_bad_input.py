@@ -305,3 +305,18 @@ def test_a_config_file_that_is_a_link_to_nowhere_or_a_folder_is_a_problem_and_wh
         assert (store.load_experts(), store.service_configs(), store.channel_answer_modes()) == held
     finally:
         store.close()
+
+
+def test_an_argument_that_is_not_utf8_is_refused_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    # Before, `opsbot ask` ended in a tokenizer TypeError, and `opsbot index` of such a folder did all its work and
+    # then failed writing the folder's name.
+    for args in ([b"ask", b"checkout \xff latency"], [b"index", bytes(tmp_path) + b"/k\xe9"]):
+        done = subprocess.run(
+            [sys.executable.encode(), b"-m", b"bot", *args],
+            cwd=ROOT,
+            capture_output=True,
+            env={**os.environ, "OPSBOT_DB": str(tmp_path / "o.db"), "HF_HUB_OFFLINE": "1"},
+            timeout=120,
+        )
+        assert done.returncode == 1 and b"Traceback" not in done.stderr, done.stderr
+        assert b"is not UTF-8 text; type it again in UTF-8" in done.stderr
