@@ -21,8 +21,10 @@ CAMEL_ALERT = re.compile(
 )
 
 
-def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
-    """The alert names a runbook answers: front matter ``alerts``, and a top heading that is an alert name."""
+def _alerts(value: Any, heading: str, line: int, declared: bool = False) -> tuple[str, ...]:
+    """The alert names a runbook answers: front matter ``alerts``, and a top heading that is an alert name unless
+    ``alerts`` is written (``declared``): then it names them all, and `alerts: []` none (an overview page headed
+    `# PgBouncer` is no runbook for an alert of that name)."""
     names = list(name_list(value, "alerts"))
     for name in names:
         if not ALERT_NAME.fullmatch(name):
@@ -31,7 +33,7 @@ def _alerts(value: Any, heading: str, line: int) -> tuple[str, ...]:
                 "alerting tool sends it, one word without spaces, for example alerts: [PgbouncerPoolExhausted]",
                 line,
             )
-    named = CAMEL_ALERT.fullmatch(heading)
+    named = None if declared else CAMEL_ALERT.fullmatch(heading)
     if named and named.group(1).lower() not in {n.lower() for n in names}:
         names.append(named.group(1))
     return tuple(names)
@@ -82,7 +84,7 @@ def parse_runbook(rel: str, text: str, notes: list[tuple[str, int]] | None = Non
         owners=name_list(fm.data.get("owners"), "owners"),
         url=_url(fm.data.get("url"), 1 + _key_line(text, "url"), notes),
         aliases=aliases,
-        alerts=_alerts(fm.data.get("alerts"), heading, 1 + _key_line(text, "alerts")),
+        alerts=_alerts(fm.data.get("alerts"), heading, 1 + _key_line(text, "alerts"), "alerts" in fm.data),
     )
 
 

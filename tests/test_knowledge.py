@@ -778,6 +778,20 @@ def test_runbook_alerts_from_front_matter_and_an_alert_name_heading(tmp_path: Pa
     assert docs["runbooks/readme.md"].alerts == ()  # capitals only: a heading
 
 
+def test_a_runbook_that_writes_its_alerts_names_them_all_and_alerts_none_names_none(tmp_path: Path) -> None:
+    # Before, an overview page headed `# PgBouncer` answered an alert of that name whatever its front matter said,
+    # and was cited first for every pasted pgbouncer alert.
+    write(tmp_path, "runbooks/pg/overview.md", "---\nalerts: []\n---\n# PgBouncer\n\nWhat pgbouncer does.\n")
+    write(tmp_path, "runbooks/pg/pool.md", "---\nalerts: [PgbouncerPoolExhausted]\n---\n# PgBouncerPool\n\nRaise it.\n")
+    write(tmp_path, "runbooks/pg/undeclared.md", "# PgBouncer\n\nWhat pgbouncer does.\n")
+
+    docs = {d.path: d for d in load_knowledge(tmp_path).documents}
+
+    assert docs["runbooks/pg/overview.md"].alerts == ()
+    assert docs["runbooks/pg/pool.md"].alerts == ("PgbouncerPoolExhausted",)
+    assert docs["runbooks/pg/undeclared.md"].alerts == ("PgBouncer",)  # as before, when the file says nothing
+
+
 def test_runbook_alert_that_is_not_a_name_is_a_problem_with_its_line(tmp_path: Path) -> None:
     write(tmp_path, "runbooks/bad.md", "---\ntitle: Bad\nservices: [pg]\nalerts: [Pool is exhausted]\n---\nText.\n")
 
