@@ -70,14 +70,19 @@ def parse_rotations(data: Any, experts: list[Expert]) -> tuple[list[Rotation], l
     rotations: list[Rotation] = []
     problems: list[RotaProblem] = []
     for team, entry in data.items():
+        notes: list[RotaProblem] = []  # reported, and the rota still loads
         try:
-            rotations.append(_rotation(str(team), entry, teams, people))
+            rotations.append(_rotation(str(team), entry, teams, people, notes))
         except RotaProblem as exc:
             problems.append(exc)
+        else:
+            problems.extend(notes)
     return rotations, problems
 
 
-def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]) -> Rotation:
+def _rotation(
+    team: str, entry: Any, teams: list[str], people: dict[str, Expert], notes: list[RotaProblem] | None = None
+) -> Rotation:
     key = f"rotations.{team}"
     if team not in teams:
         shown = ", ".join(teams) or "none yet"
@@ -91,7 +96,7 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     if not isinstance(members, list) or not members:
         raise RotaProblem(f"{key}.members", "list the roster ids who take turns, in order: members: [U04C2RN8VD, ...]")
     for n, member in enumerate(members):
-        _check_person(f"{key}.members[{n}]", member, people)
+        _check_person(f"{key}.members[{n}]", member, people, notes)
     if len(set(map(str, members))) != len(members):
         raise RotaProblem(f"{key}.members", "lists someone twice; each member takes one turn per round")
     handoff = str(entry.get("handoff") or "")
@@ -123,7 +128,7 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     overrides = entry.get("overrides") or []
     if not isinstance(overrides, list):
         raise RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}")
-    parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people) for n, o in enumerate(overrides))
+    parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people, notes) for n, o in enumerate(overrides))
     ids = tuple(map(str, members))
     # Members and override people alike: an override ends when its person leaves, as a member's turn does.
     everyone = dict.fromkeys([*ids, *(o.person for o in parsed)])
@@ -131,19 +136,25 @@ def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert]
     return Rotation(team, ids, day, match[2], tz, start, tuple(services), parsed, leaving)
 
 
-def _check_person(key: str, person: Any, people: dict[str, Expert]) -> None:
+def _check_person(key: str, person: Any, people: dict[str, Expert], notes: list[RotaProblem] | None = None) -> None:
     if str(person) not in people:
         raise RotaProblem(key, f"{person!r} is not on the roster; use a roster id from `people:`")
     left = people[str(person)].left
-    # Someone serving their notice stays on the rota until their `left:` day; then their turns are skipped.
+    # Someone serving their notice stays on the rota until their `left:` day; then their turns are skipped. One who
+    # has left is reported, and the rota still loads without them (dropping it took the whole team off call).
     if left is not None and left <= datetime.now(UTC).date():
-        raise RotaProblem(key, f"{person} left on {left}; take them out of the rota")
+        note = RotaProblem(key, f"{person} left on {left}; take them out of the rota (their turns are skipped)")
+        if notes is None:
+            raise note
+        notes.append(note)
 
 
-def _override(key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert]) -> Override:
+def _override(
+    key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert], notes: list[RotaProblem] | None = None
+) -> Override:
     if not isinstance(entry, dict) or any(k not in OVERRIDE_FIELDS for k in entry):
         raise RotaProblem(key, "must be {person: ID, start: 2026-11-27T18:00, end: 2026-11-30T09:00}")
-    _check_person(f"{key}.person", entry.get("person"), people)
+    _check_person(f"{key}.person", entry.get("person"), people, notes)
     start = _when(f"{key}.start", entry.get("start"), zone)
     end = _when(f"{key}.end", entry.get("end"), zone)
     if end <= start:
