@@ -186,8 +186,17 @@ class DeployService(DeployRules):
             return Decision(self._get_locked(request_id), "approved", "approved; starting now.")
 
     def _reject(self, request: DeployRequest, user: str) -> Decision:
-        # The requester may withdraw (reject) their own request, never approve it.
-        why = None if user == request.requester else self.may_decide(request, user)
+        # The requester may withdraw (reject) their own request, never approve it. One whose service or environment
+        # left services.yaml can never run: anyone on the roster may close it, rather than it hold the lock.
+        config = self.services.get(request.service)
+        gone = config is None or request.env not in config.environments
+        if user == request.requester:
+            why = None
+        elif gone:
+            present = user in self.experts and user not in self.departed()
+            why = None if present else "only someone on the roster may close this request."
+        else:
+            why = self.may_decide(request, user)
         if why:
             self.store.audit(user, f"{request.kind}.reject.refused", request.id, reason=why)
             return Decision(request, "refused", why)

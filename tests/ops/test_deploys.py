@@ -470,3 +470,17 @@ def test_the_start_is_audited_with_the_approvals_it_ran_on_and_one_that_no_longe
 
     (started,) = [r for r in store.audit_rows() if r["action"] == "deploy.started"]
     assert started["details"] == {"approvers": [CAROL, FRANK], "discounted": [BOB]}  # before, Bob was an approver
+
+
+def test_a_request_whose_service_left_services_yaml_may_be_closed_by_anyone_on_the_roster(
+    deploys: DeployService, store: Store
+) -> None:
+    # Before, every approver's Reject failed (NotFound) and the request held the lock until it expired.
+    request = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+    del deploys.services["web"]  # services.yaml indexed again without it
+
+    refused = deploys.reject(request.id, "U0STRANGER1")
+    assert refused.outcome == "refused" and "only someone on the roster" in refused.message
+    closed = deploys.reject(request.id, BOB)
+    assert closed.outcome == "rejected" and store.lock_holder("web", "staging") is None
+    assert not deploys.approve(request.id, CAROL).start  # approving it was never possible, and is not now
