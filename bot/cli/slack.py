@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank, require_index, typed
+from bot.cli.deploys import login
 from bot.errors import OpsbotError
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ def shell(ctx: click.Context, user: str | None) -> None:
     if settings.log_level != "DEBUG":
         root.setLevel(logging.WARNING)  # INFO lines would interleave with the conversation
     store, encoder = _open(settings, create=False)  # a shell in the wrong folder makes no empty database
+    # /user acts as anyone on the roster: what the shell decides is audited as the shell's, with who ran it
+    store.audit_via = f"opsbot shell ({login()})"
     runtime = Runtime(settings, encoder=encoder, store=store)
     try:
         require_index(store, encoder)

@@ -253,8 +253,14 @@ class DeployStore(StoreBase):
             ).fetchall()
         ]
 
+    # Where this process's decisions come from, when not from Slack: `opsbot shell`, whose /user acts as anyone on
+    # the roster, marks every audit row it writes with itself and the login that ran it.
+    audit_via = ""
+
     def audit(self, actor: str, action: str, request_id: str = "", **details: object) -> None:
         self._require_transaction()
+        if self.audit_via:
+            details = {**details, "via": self.audit_via}
         self.db.execute(
             "INSERT INTO audit (at, actor, action, request_id, details) VALUES (?, ?, ?, ?, ?)",
             [_now(), actor, action, request_id, json.dumps(details, default=str)],

@@ -957,3 +957,32 @@ def test_eval_shows_the_problems_of_the_knowledge_and_a_relevant_file_that_faile
     assert result.exit_code == 0, result.output
     assert "Warning: runbooks/broken.md" in result.stderr
     assert "1 of them failed to load (above): fix them, or run `opsbot check" in result.stderr
+
+
+def test_what_the_shell_decides_is_audited_as_the_shell_s_with_the_login_that_ran_it(
+    subset_db: IndexedSubset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # /user acts as anyone on the roster: before, a request approved in the shell under two other names was audited
+    # exactly as if those people had clicked in Slack.
+    from bot.cli.deploys import login
+    from bot.shell.repl import Shell
+
+    seen: list[str] = []
+    start = Shell.__init__
+
+    def spy(self: Shell, runtime: object, *args: object, **kwargs: object) -> None:
+        seen.append(runtime.store.audit_via)  # type: ignore[attr-defined]
+        start(self, runtime, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Shell, "__init__", spy)
+    assert CliRunner().invoke(main, ["shell"], input="/quit\n").exit_code == 0
+    assert seen == [f"opsbot shell ({login()})"]
+
+    store = Store(tmp_path / "audit.db")
+    try:
+        store.audit_via = seen[0]
+        with store.transaction():
+            store.audit("U04C2RN8VD", "deploy.approved", "dep-1")
+        assert store.audit_rows()[-1]["details"] == {"via": seen[0]}
+    finally:
+        store.close()
