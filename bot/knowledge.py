@@ -91,40 +91,39 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _is_file(kb: KnowledgeBase, root: Path, path: Path) -> bool:
-    """Whether ``path`` is a file to read. A link to nowhere or a folder in its place is a Problem, and its path goes
-    into ``failed_paths``: what was indexed from it (the roster, the services) stays, as for a file that fails."""
-    if path.is_file():
-        return True
-    if not os.path.lexists(path):  # no such file: there is nothing of this kind
-        return False
-    rel = _rel(root, path)
-    if path.is_symlink() and not path.exists():
-        why = f"a link to {os.readlink(path)}, which does not exist"
-        fix = "mount or create what it points to, or remove the link"
-    else:
-        why, fix = "it is not a file", "make it a file"
-    kb.problems.append(Problem(rel, f"file cannot be read ({why}): {fix}; what was indexed from it is kept."))
-    kb.failed_paths.add(rel)
-    return False
+    """Whether ``path`` is a file to read (see ``_is_there``): the roster, the services, the channels."""
+    return _is_there(kb, root, path, folder=False)
 
 
 def _is_folder(kb: KnowledgeBase, root: Path, folder: Path) -> bool:
-    """Whether ``folder`` is there to be listed. A link to nowhere (a share not mounted) or a file in its place is
-    a Problem, and its path goes into ``failed_paths``: what was indexed from it stays, as for an unreadable folder.
-    """
-    if folder.is_dir():
+    """Whether ``folder`` is there to be listed (see ``_is_there``): runbooks/, incidents/."""
+    return _is_there(kb, root, folder, folder=True)
+
+
+def _is_there(kb: KnowledgeBase, root: Path, path: Path, folder: bool) -> bool:
+    """Whether ``path`` is there as a folder (or a file) to read. None there: nothing of its kind. A link to nowhere
+    (a share not mounted) or the other kind of entry in its place is a Problem (``_unreadable``)."""
+    if path.is_dir() if folder else path.is_file():
         return True
-    if not os.path.lexists(folder):  # no such folder: there is nothing of this kind
-        return False
-    rel = _rel(root, folder) + "/"
-    if folder.is_symlink() and not folder.exists():
-        why = f"a link to {os.readlink(folder)}, which does not exist"
-        fix = "mount or create what it points to, or remove the link"
-    else:
-        why, fix = "it is a file, not a folder", "make it a folder"
-    kb.problems.append(Problem(rel, f"folder cannot be read ({why}): {fix}; what was indexed from it is kept."))
-    kb.failed_paths.add(rel)
+    if os.path.lexists(path):
+        _unreadable(kb, root, path, folder)
     return False
+
+
+def _unreadable(kb: KnowledgeBase, root: Path, path: Path, folder: bool) -> None:
+    """Report ``path`` (a link to nowhere, or the other kind of entry in its place) and keep what was indexed from it:
+    its path (a folder's ending in "/") goes into ``failed_paths``."""
+    rel = _rel(root, path) + ("/" if folder else "")
+    if path.is_symlink() and not path.exists():
+        why = f"a link to {os.readlink(path)}, which does not exist"
+        fix = "mount or create what it points to, or remove the link"
+    elif folder:
+        why, fix = "it is a file, not a folder", "make it a folder"
+    else:
+        why, fix = "it is not a file", "make it a file"
+    what = "folder" if folder else "file"
+    kb.problems.append(Problem(rel, f"{what} cannot be read ({why}): {fix}; what was indexed from it is kept."))
+    kb.failed_paths.add(rel)
 
 
 def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -152,16 +151,7 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
         for name in names:  # a link to nowhere: a linked folder whose share is not mounted, as likely as a file
             path = Path(folder_path) / name
             if Path(name).suffix.lower() not in suffixes and path.is_symlink() and not path.exists():
-                rel = _rel(root, path) + "/"
-                why = f"a link to {os.readlink(path)}, which does not exist"
-                kb.problems.append(
-                    Problem(
-                        rel,
-                        f"folder cannot be read ({why}): mount or create what it points to, or remove the "
-                        "link; what was indexed from it is kept.",
-                    )
-                )
-                kb.failed_paths.add(rel)
+                _unreadable(kb, root, path, folder=True)
     return sorted(path for path in found if _utf8_name(kb, root, path))
 
 
