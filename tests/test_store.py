@@ -184,3 +184,33 @@ def test_incidents_from_before_privacy_was_asked_are_private_until_slack_answers
         assert not incidents.get("INC-2026-0001").private and incidents.unsettled_channels() == []
     finally:
         store.close()
+
+
+def test_one_person_s_votes_on_one_document_for_one_question_count_once_their_latest(tmp_path: Path) -> None:
+    # Each asking gets an answer of its own to vote on: before, asking the same question ten times and pressing
+    # 👍 each time moved the document ten places for everyone, and weighed ten times in the ranker's fit.
+    import numpy as np
+
+    store = Store(tmp_path / "votes.db")
+    try:
+        vector = np.ones(4, dtype=np.float32)
+        for n in range(5):
+            store.record_feedback(f"a{n}", "U1", "pgbouncer too many clients", "runbooks/pool.md", 1, vector, "m")
+        store.record_feedback("a5", "U1", " PgBouncer too many clients", "runbooks/pool.md", -1, vector, "m")
+        store.record_feedback("a6", "U2", "pgbouncer too many clients", "runbooks/pool.md", 1, vector, "m")
+        store.record_feedback("a7", "U1", "pgbouncer too many clients", "runbooks/other.md", 1, vector, "m")
+
+        _, paths, votes = store.feedback_vectors("m")
+        assert sorted(zip(paths, votes.tolist(), strict=True)) == [
+            ("runbooks/other.md", 1.0),
+            ("runbooks/pool.md", -1.0),  # U1's latest: changed their mind
+            ("runbooks/pool.md", 1.0),  # U2's
+        ]
+        assert sorted((p, v) for _, p, v, _ in store.votes_for_training("m")) == [
+            ("runbooks/other.md", 1),
+            ("runbooks/pool.md", -1),
+            ("runbooks/pool.md", 1),
+        ]
+        assert len(store.feedback_rows()) == 8  # every vote is kept; only the counting changed
+    finally:
+        store.close()

@@ -8,6 +8,13 @@ import numpy as np
 
 from bot.store.base import StoreBase, _now
 
+# One person's vote on one document for one question counts once, their latest: each asking gets an answer of its
+# own to vote on, and asking the same thing ten times and pressing 👍 each time was ten votes, for everyone.
+LATEST_OF_PERSON = (
+    "f.id = (SELECT max(g.id) FROM feedback g WHERE g.user = f.user AND g.path = f.path "
+    "AND lower(trim(g.query)) = lower(trim(f.query)))"
+)
+
 
 class ConversationStore(StoreBase):
     """What the Slack side remembers between messages."""
@@ -117,7 +124,8 @@ class ConversationStore(StoreBase):
         """Every vote whose question's vector is ``model``'s (or of no recorded model, from before votes kept
         one), oldest first: (question, voted path, +1 or -1, vector)."""
         rows = self.db.execute(
-            "SELECT query, path, vote, vector FROM feedback WHERE vector IS NOT NULL AND model IN (?, '') ORDER BY id",
+            "SELECT query, path, vote, vector FROM feedback f WHERE vector IS NOT NULL AND model IN (?, '') "
+            f"AND {LATEST_OF_PERSON} ORDER BY id",
             [model],
         )
         return [(q, p, int(v), np.frombuffer(blob, dtype=np.float32)) for q, p, v, blob in rows.fetchall()]
@@ -144,7 +152,9 @@ class ConversationStore(StoreBase):
         """Question vectors of the votes by ``model`` (or of no recorded model) with the voted document and the
         vote (+1 or -1): another model's vectors mean nothing here, and may not even have as many dimensions."""
         rows = self.db.execute(
-            "SELECT vector, path, vote FROM feedback WHERE vector IS NOT NULL AND model IN (?, '')", [model]
+            "SELECT vector, path, vote FROM feedback f WHERE vector IS NOT NULL AND model IN (?, '') "
+            f"AND {LATEST_OF_PERSON}",
+            [model],
         ).fetchall()
         if not rows:
             return np.zeros((0, 0), dtype=np.float32), [], np.zeros(0, dtype=np.float32)
