@@ -44,6 +44,8 @@ INVITE_ERRORS = {
 # or /me. Slack's own subtypes (edits, deletions, joins, bot posts) are not questions.
 TYPED = frozenset({None, "thread_broadcast", "file_share", "me_message"})
 
+SHARED_HOOK = "answer-shared"  # after-delivery hook: the private answer, shared, is taken away
+
 
 def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     """Reply in the message's thread with the answer to its text."""
@@ -127,6 +129,14 @@ def split_service_options(raw: str) -> tuple[str, list[str]]:
 
 
 def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
+    # A shared answer replaces the private one only once Slack took it: a share refused (a private channel or a
+    # DM opsbot is not in) leaves the private answer where it was, with a note saying why.
+    def take_private_answer_away(args: dict, channel: str, ts: str) -> None:
+        if args.get("response_url"):
+            web.respond(args["response_url"], delete_original=True)
+
+    web.on(SHARED_HOOK, take_private_answer_away)
+
     # -- messages ---------------------------------------------------------------------------------------
 
     def answer_mention(event: dict) -> None:
@@ -231,18 +241,19 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             return
         reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)  # before the claim
 
-        def post() -> None:
+        url = body.get("response_url", "")
+
+        def post() -> None:  # the private answer goes once the shared one is in the channel, not before
             web.post(
                 saved["channel"] or channel,
                 answer_fallback_text(reply),
                 build_answer_blocks(reply, shared_by=user),
-                notify=Notify(response_url=body.get("response_url", "")),
+                notify=Notify(response_url=url),
+                after=(SHARED_HOOK, {"response_url": url}),
             )
 
         if not runtime.answers.claim_share(answer_id, post):
             tell_requester(web, body, already)
-            return
-        web.respond(body.get("response_url", ""), delete_original=True)
 
     def invite_expert(body: dict) -> None:
         person = body["actions"][0]["value"]

@@ -198,6 +198,26 @@ def test_an_answer_is_shared_once_however_often_share_is_pressed(
     assert runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0] == answers
 
 
+def test_a_share_slack_refuses_leaves_the_private_answer_and_says_why(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # Before, the private answer was deleted as soon as the share was queued: in a private channel or a DM opsbot
+    # is not in, Slack refused the post and the answer was gone from both places.
+    value = ask(slack, slack_api)
+    slack_api.fail_next("chat.postMessage", status=200, error="not_in_channel")
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    (note,) = slack_api.wait_for("response_url", predicate=lambda c: "not_in_channel" in str(c.body), timeout=15)
+    settle(slack, 1.5)
+    assert not slack_api.messages()
+    assert not [r for r in slack_api.responses() if r.get("delete_original")]
+
+    slack_api.clear()
+    value = ask(slack, slack_api)  # a share Slack takes replaces the private answer, once it is in the channel
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    slack_api.wait_for("response_url", predicate=lambda c: bool(c.body.get("delete_original")), timeout=15)
+    assert len(slack_api.messages()) == 1
+
+
 def test_a_share_that_failed_before_its_post_can_be_pressed_again(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
