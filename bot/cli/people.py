@@ -10,9 +10,10 @@ import click
 
 from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank
 from bot.errors import OpsbotError
+from bot.rota import YEARS
 
 log = logging.getLogger(__name__)
-AT_YEARS = (1970, 9000)  # `oncall --at`: the times a rota can be counted at without overflowing the calendar
+AT_YEARS = YEARS  # `oncall --at`: the times a rota can be counted at without overflowing the calendar
 
 
 @main.command()

@@ -108,7 +108,7 @@ class DeployService(DeployRules):
         pending request that expired, a pipeline that never reported."""
         for row in self.store.pending_for(service, env):
             if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= self.clock():
-                self._expire(row["id"])
+                self._expire(row["id"], row["kind"])
         cutoff = _iso(self.clock() - timedelta(hours=self.settings.stale_ci_hours))
         for row in self.store.awaiting_reports_started_before(cutoff):
             if (row["service"], row["env"]) == (service, env):
@@ -260,7 +260,7 @@ class DeployService(DeployRules):
         """The request as it stands, expired first when its time ran out (in the caller's transaction)."""
         request = self._get_locked(request_id)
         if request.status == "pending" and self._is_due(request):
-            self._expire(request_id)
+            self._expire(request_id, request.kind)
             request = self._get_locked(request_id)
         return request
 
@@ -271,10 +271,9 @@ class DeployService(DeployRules):
         """Whether a pending request that expires then has run out of time."""
         return bool(expires_at) and datetime.fromisoformat(expires_at) <= self.clock()
 
-    def _expire(self, request_id: str) -> None:
+    def _expire(self, request_id: str, kind: str) -> None:
         if self.store.transition(request_id, "pending", "expired", finished_at=_iso(self.clock())):
             self.store.release_lock(request_id)
-            kind = (self.store.deploy_row(request_id) or {}).get("kind") or "deploy"
             self.store.audit("opsbot", f"{kind}.expired", request_id)  # a rollback's as a rollback's
             self.announce("expired", request_id)
 
@@ -284,7 +283,7 @@ class DeployService(DeployRules):
         with self.store.transaction():
             for row in self.store.pending_deploys():
                 if self._due(row["expires_at"]):
-                    self._expire(row["id"])
+                    self._expire(row["id"], row["kind"])
                     expired.append(row["id"])
         return [self.get(i) for i in expired]
 

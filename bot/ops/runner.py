@@ -51,8 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LEASE_S = 30.0  # a deploy whose process has not renewed it for this long is taken as interrupted
 RENEW_EVERY_S = 5.0
-ORPHAN_STOP_S = 1.0  # how long an orphaned runner's guard gets to stop what it runs, before its group is killed
-GUARD_STOP_S = 1.0  # after a timeout, how long the guard gets to stop what the command started, then its group dies
+ORPHAN_STOP_S = 1.0  # how long a guard told to stop (orphaned, or timed out) gets, before its group is killed
 PROGRESS_EVERY_S = 2.0
 LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 64 * 1024  # the most of the tail stored in a deploy's row, its newest output
@@ -669,10 +668,10 @@ def _refused_by_tls(exc: BaseException) -> bool:
 def _kill_group(process: subprocess.Popen) -> None:
     """Kill the command and everything it started, so nothing deploys on after a timeout: the guard is told first
     (SIGTERM), as it alone finds what left the group (a `setsid`, a daemon's double fork: it adopted them), and kills
-    them and its group; what is left of the group after GUARD_STOP_S is killed here."""
+    them and its group; what is left of the group after ORPHAN_STOP_S is killed here, as for an orphan."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + GUARD_STOP_S
+    deadline = time.monotonic() + ORPHAN_STOP_S
     while process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     _end_group(process)

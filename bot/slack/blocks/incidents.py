@@ -225,19 +225,19 @@ def list_line(incident: LiveIncident) -> str:
 def build_list_text(incidents: list[LiveIncident], private: int = 0) -> str:
     """The open incidents, one line each; those that do not fit in one message are counted, never cut mid-line.
     ``private``: how many more are open in private channels, counted and not named."""
-    elsewhere = LIST_PRIVATE.format(count=private, s="" if private == 1 else "s") if private else ""
+    tail = [LIST_PRIVATE.format(count=private, s="" if private == 1 else "s")] if private else []
     if not incidents:
         none = "No open incidents. Declare one with `/incident declare TITLE [sev1-4] [--service NAME]`."
-        return f"No open incidents to show here; {elsewhere}" if private else none
+        return f"No open incidents to show here; {tail[0]}" if tail else none
     lines = [f"*Open incidents ({len(incidents)})*"]
     rows = [list_line(i) for i in incidents]
-    room = MAX_TEXT - len(lines[0]) - len(LIST_MORE.format(count=len(rows))) - len(elsewhere) - 3
+    room = MAX_TEXT - len(lines[0]) - len(LIST_MORE.format(count=len(rows))) - sum(len(t) + 1 for t in tail) - 2
     for shown, row in enumerate(rows):
         if len(row) + 1 > room:
-            return "\n".join([*lines, LIST_MORE.format(count=len(rows) - shown), *([elsewhere] if private else [])])
+            return "\n".join([*lines, LIST_MORE.format(count=len(rows) - shown), *tail])
         lines.append(row)
         room -= len(row) + 1
-    return "\n".join([*lines, *([elsewhere] if private else [])])
+    return "\n".join([*lines, *tail])
 
 
 def build_resolved_blocks(incident: LiveIncident) -> list[dict]:

@@ -19,10 +19,7 @@ def escape(text: str) -> str:
     """Escape &, < and > for mrkdwn, keeping references to people and channels (<@U123>, <#C123>) and links;
     bidirectional override characters are dropped."""
     parts = SLACK_REFERENCE.split(BIDI_CONTROLS.sub("", text))
-    return "".join(
-        part if i % 2 else part.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        for i, part in enumerate(parts)
-    )
+    return "".join(part if i % 2 else escape_text(part) for i, part in enumerate(parts))
 
 
 def escape_text(text: str) -> str:
