@@ -228,6 +228,11 @@ class Answerer:
                 announce()
         return first
 
+    def unshare(self, answer_id: str) -> None:
+        """The shared post was refused for good (opsbot not in the channel): the answer may be shared again."""
+        if self.store.unclaim_event(f"share:{answer_id}"):
+            log.info("share released answer_id=%s", answer_id)
+
     def _with_thread(self, question: str, channel: str, thread_ts: str) -> str:
         """What to search: a follow-up in a thread carries the thread's first question with it."""
         if not (channel and thread_ts):

@@ -131,11 +131,16 @@ def split_service_options(raw: str) -> tuple[str, list[str]]:
 def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     # A shared answer replaces the private one only once Slack took it: a share refused (a private channel or a
     # DM opsbot is not in) leaves the private answer where it was, with a note saying why.
+    # A share refused for good gives the answer back: once opsbot is invited, Share can be pressed again.
     def take_private_answer_away(args: dict, channel: str, ts: str) -> None:
         if args.get("response_url"):
             web.respond(args["response_url"], delete_original=True)
 
-    web.on(SHARED_HOOK, take_private_answer_away)
+    def release_share(args: dict, error: str) -> None:
+        if args.get("answer_id"):  # rows queued before the id was recorded keep their claim
+            runtime.answers.unshare(str(args["answer_id"]))
+
+    web.on(SHARED_HOOK, take_private_answer_away, failed=release_share)
 
     # -- messages ---------------------------------------------------------------------------------------
 
@@ -249,7 +254,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
                 answer_fallback_text(reply),
                 build_answer_blocks(reply, shared_by=user),
                 notify=Notify(response_url=url),
-                after=(SHARED_HOOK, {"response_url": url}),
+                after=(SHARED_HOOK, {"response_url": url, "answer_id": answer_id}),
             )
 
         if not runtime.answers.claim_share(answer_id, post):

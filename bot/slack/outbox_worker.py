@@ -34,6 +34,7 @@ PRUNE_EVERY_S = 3600.0
 KEEP_SENT_S = 24 * 3600.0
 KEEP_FAILED_S = 7 * 24 * 3600.0
 AfterHook = Callable[[dict, str, str], None]
+FailedHook = Callable[[dict, str], None]
 
 
 class _Durable:
@@ -76,6 +77,7 @@ class OutboxWorker:
     _durable: _Durable | None
     _memory: MemoryOutbox
     _hooks: dict[str, AfterHook]
+    _failed_hooks: dict[str, FailedHook]
     _poll_s: float
     _cond: threading.Condition
     _finishing: int
@@ -257,6 +259,7 @@ class OutboxWorker:
             return
         if not queue.failed(row, error, time.time()):
             return  # another process took the row over meanwhile
+        self._after_failure(row, error)
         log.error(
             "slack delivery failed id=%s method=%s lane=%s attempts=%d error=%s",
             row.id,
@@ -285,6 +288,16 @@ class OutboxWorker:
             self.respond(notify["response_url"], text, blocks)
         elif notify.get("channel") and notify.get("user"):
             self.tell_user(notify["channel"], notify["user"], text, blocks)
+
+    def _after_failure(self, row: OutboxRow, error: str) -> None:
+        """A row posted with ``after=`` that failed for good: its failure hook, if it has one, before anyone is told."""
+        hook = self._failed_hooks.get(row.after) if row.after else None
+        if hook is None:
+            return
+        try:
+            hook(row.after_args, error)
+        except Exception:
+            log.exception("after-failure hook failed hook=%s id=%s", row.after, row.id)
 
     def _after(self, row: OutboxRow, channel: str, ts: str) -> None:
         if not row.after:

@@ -33,7 +33,7 @@ from bot.slack.delivery import (
     RetryPolicy,
     describe,
 )
-from bot.slack.outbox_worker import AfterHook, OutboxWorker, _Durable
+from bot.slack.outbox_worker import AfterHook, FailedHook, OutboxWorker, _Durable
 from bot.store.outbox import OutboxRow, OutboxStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class SlackWeb(OutboxWorker):
         self._memory = MemoryOutbox()
         self._finishing = 0  # deliveries sent but whose after-delivery hook has not run yet: not idle
         self._hooks: dict[str, AfterHook] = {}
+        self._failed_hooks: dict[str, FailedHook] = {}
         self._listeners: dict[str, Callable[[dict], None]] = {}
         self._workers = workers
         self._poll_s = poll_s
@@ -208,9 +209,12 @@ class SlackWeb(OutboxWorker):
             log.warning("slack call failed method=%s error=%s", method_name, error)
             return None, error
 
-    def on(self, name: str, fn: AfterHook) -> None:
-        """Run ``fn(args, channel, ts)`` once a row posted with ``after=(name, args)`` is delivered."""
+    def on(self, name: str, fn: AfterHook, failed: FailedHook | None = None) -> None:
+        """Run ``fn(args, channel, ts)`` once a row posted with ``after=(name, args)`` is delivered, and
+        ``failed(args, error)`` if it fails for good instead (before the person it was for is told)."""
         self._hooks[name] = fn
+        if failed is not None:
+            self._failed_hooks[name] = failed
 
     def listen(self, name: str, fn: Callable[[dict], None]) -> None:
         """Run ``fn(args)`` whenever ``emit(name, args)`` is called: how one part of the app tells another of a change

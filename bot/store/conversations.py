@@ -42,6 +42,11 @@ class ConversationStore(StoreBase):
             )
             return cur.rowcount
 
+    def unclaim_event(self, event_id: str) -> bool:
+        """Forget a claim whose work came to nothing (a share Slack refused), so it can be claimed again."""
+        with self.transaction():
+            return self.db.execute("DELETE FROM events_seen WHERE event_id = ?", [event_id]).rowcount == 1
+
     def event_claimed(self, event_id: str) -> bool:
         """Whether ``claim_event`` recorded ``event_id`` already."""
         return self.db.execute("SELECT 1 FROM events_seen WHERE event_id = ?", [event_id]).fetchone() is not None

@@ -218,6 +218,32 @@ def test_a_share_slack_refuses_leaves_the_private_answer_and_says_why(
     assert len(slack_api.messages()) == 1
 
 
+def test_a_share_slack_refused_can_be_pressed_again_once_opsbot_is_invited(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # Before, the claim stayed with the refused post: every later press said "already shared", and the only way
+    # to share the answer was to ask again.
+    value = ask(slack, slack_api)
+    slack_api.fail_next("chat.postMessage", status=200, error="not_in_channel")
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    slack_api.wait_for("response_url", predicate=lambda c: "not_in_channel" in str(c.body), timeout=15)
+    settle(slack, 1)
+    assert not slack_api.messages()
+
+    slack_api.clear()
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # opsbot invited meanwhile: Slack takes the post now
+    (shared,) = slack_api.wait_for("chat.postMessage", timeout=15)
+    assert shared.body["channel"] == "C0OPS0001" and f"<@{ASKER}>" in str(shared.body["blocks"])
+    slack_api.wait_for("response_url", predicate=lambda c: bool(c.body.get("delete_original")), timeout=15)
+    said = " ".join(str(r.get("text", "")) for r in slack_api.responses())
+    assert "already shared" not in said
+
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # and once it is in the channel, it is shared once
+    slack_api.wait_for("response_url", predicate=lambda c: "already shared" in str(c.body), timeout=15)
+    settle(slack, 1)
+    assert len(slack_api.messages()) == 1
+
+
 def test_a_share_that_failed_before_its_post_can_be_pressed_again(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
