@@ -50,7 +50,7 @@ def format_deploys_table(requests: list, names: dict[str, str]) -> str:
             f"{r.status} (flagged)" if r.flags else r.status,
             names.get(r.requester, r.requester),
             ", ".join(names.get(a, a) for a in r.approvers) or "-",
-            _when(r.started_at),
+            _when(r.started_at) if r.start_known else "-",
             _took(r.duration_s),
         )
         for r in requests

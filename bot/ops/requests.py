@@ -98,8 +98,13 @@ class DeployRequest:
         return max(0, self.approvals_needed - len(self.approvers))
 
     @property
+    def start_known(self) -> bool:
+        """False for a CI run reported only at its finish: its row takes the finish as its start, for ordering."""
+        return bool(self.started_at) and not (self.source == "ci" and self.started_at == self.finished_at)
+
+    @property
     def duration_s(self) -> float | None:
-        if not (self.started_at and self.finished_at):
+        if not (self.start_known and self.finished_at):
             return None
         return (datetime.fromisoformat(self.finished_at) - datetime.fromisoformat(self.started_at)).total_seconds()
 

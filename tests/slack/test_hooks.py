@@ -74,6 +74,25 @@ def test_signed_event_is_recorded_audited_and_summarised(
     assert "Deploy checkout-api 1.4.2 to prod" in shown(summary.body)
 
 
+def test_a_run_reported_only_at_its_finish_shows_no_invented_start_or_duration(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    # Before, the row's start (the finish, kept for ordering) was shown as when it started, and it "succeeded in
+    # under 1 s".
+    response = hooks.post(event(finished_at=at(minutes=2)))
+    assert response.status == 200, response.body
+    [summary] = slack_api.calls("chat.postMessage")
+    text = shown(summary.body)
+    assert "*Started*\nnot reported by CI" in text and "*Duration*\nunknown" in text and "under 1 s" not in text
+    [request] = [r for r in recent_requests(runtime.store) if r.source == "ci"]
+    assert request.duration_s is None
+
+    slack_api.clear()
+    hooks.post(event(version="1.4.3", started_at=at(minutes=1, seconds=30), finished_at=at(minutes=1)))
+    [summary] = slack_api.calls("chat.postMessage")
+    assert "30 s" in shown(summary.body) and "not reported" not in shown(summary.body)
+
+
 @pytest.mark.parametrize(
     ("how", "expected"),
     [

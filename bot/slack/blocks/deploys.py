@@ -67,6 +67,11 @@ def format_duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s"
 
 
+def took(request: DeployRequest) -> str:
+    """` in 42 s`, or nothing for a CI run reported only at its finish: how long it ran is not known."""
+    return f" in {format_duration(request.duration_s)}" if request.duration_s is not None else ""
+
+
 def ttl_minutes(request: DeployRequest) -> int:
     """How long the request could wait for approvals."""
     if not (request.created_at and request.expires_at):
@@ -237,8 +242,8 @@ def build_deploy_summary_blocks(
         ("Environment", request.env),
         ("Deployed by" if ci else "Requested by", ci_actor(request, view) if ci else view.name(request.requester)),
         ("Pipeline" if ci else "Approved by", pipeline_link(request) if ci else names_of(view, request.approvers)),
-        ("Started", slack_time(request.started_at)),
-        ("Duration", format_duration(request.duration_s)),
+        ("Started", slack_time(request.started_at) if request.start_known else "not reported by CI"),
+        ("Duration", format_duration(request.duration_s) if request.start_known else "unknown"),
         ("Outcome", outcome),
     ]
     if ci and request.commit_sha:
@@ -370,8 +375,7 @@ def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[di
         state = f":grey_question: *No end reported*: {escape(request.note)}; the outcome is unknown."
     else:
         state = (
-            f"{ICONS.get(request.status, '')} *{outcome_text(request)}* in {format_duration(request.duration_s)}. "
-            "Summary in the thread."
+            f"{ICONS.get(request.status, '')} *{outcome_text(request)}*{took(request)}. Summary in the thread."
         )
     blocks = [section(f"{request_title(request)} (CI)"), section(facts)]
     flagged = flags_block(request)
