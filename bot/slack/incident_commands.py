@@ -53,6 +53,8 @@ class Word:
     text: str
     quoted: bool = False
     typed: str = ""  # a quoted phrase as typed, its quotes included
+    at: int = 0  # where it starts in the text
+    end: int = 0  # where it ends, its closing quote included
 
 
 def words_of(text: str) -> list[Word]:
@@ -68,13 +70,13 @@ def words_of(text: str) -> list[Word]:
         if closing is not None:
             phrase = text[at + 1 : closing.start()].strip()
             if phrase:
-                words.append(Word(phrase, quoted=True, typed=text[at : closing.end()]))
+                words.append(Word(phrase, quoted=True, typed=text[at : closing.end()], at=at, end=closing.end()))
             at = closing.end()
             continue
         end = at
         while end < len(text) and not text[end].isspace():
             end += 1
-        words.append(Word(text[at:end]))
+        words.append(Word(text[at:end], at=at, end=end))
         at = end
     return words
 
@@ -116,7 +118,7 @@ def unknown_subcommand(word: str) -> str:
 def mentioned_services(title: str, known: set[str]) -> list[str]:
     """Known service names written in the title, when no --service was given."""
     lower = title.lower()
-    return sorted(s for s in known if re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", lower))
+    return sorted(s for s in known if re.search(rf"(?<![\w/-]){re.escape(s.lower())}(?![\w/-])", lower))
 
 
 def split_incident_id(rest: str) -> tuple[str | None, str]:
@@ -128,10 +130,12 @@ def split_incident_id(rest: str) -> tuple[str | None, str]:
 
 
 def unquote(text: str) -> str:
-    """`"Checkout errors"` -> `Checkout errors`: people quote titles and resolutions as other tools want."""
+    """`"Checkout errors"` -> `Checkout errors`: people quote titles and resolutions as other tools want. Only a
+    phrase quoted whole: `"pods restarted" and then "cache flushed"` keeps its quotes."""
     text = text.strip()
-    if len(text) >= 2 and text[0] in QUOTES and text[-1] in QUOTES:
-        return text[1:-1].strip()
+    words = words_of(text) if text[:1] in QUOTES else []
+    if len(words) == 1 and words[0].quoted and words[0].typed == text:
+        return words[0].text
     return text
 
 
@@ -214,14 +218,14 @@ def parse_resolve(rest: str) -> tuple[str, str]:
     """`"Rolled back" --root-cause bad config` -> ("Rolled back", "bad config"); an empty resolution opens the
     resolve dialog."""
     rest = DASHED_OPTION.sub("--", rest)  # some clients turn a typed `--` into a dash
-    lower = rest.lower()
-    for option in ROOT_CAUSE_OPTIONS:
-        at = lower.find(option)
-        if at >= 0:
-            cause = unquote(rest[at + len(option) :].lstrip("= "))
-            if not cause:
-                raise InvalidRequest(f"{option} needs the root cause after it: /incident resolve TEXT {option} TEXT.")
-            return unquote(rest[:at]), cause
+    for word in words_of(rest):  # the option as a word of its own, outside quotes: not `--rootcause-analysis`
+        option, _, value = word.text.partition("=")
+        if word.quoted or option.lower() not in ROOT_CAUSE_OPTIONS:
+            continue
+        cause = unquote(f"{value}{rest[word.end :]}".strip())
+        if not cause:
+            raise InvalidRequest(f"{option} needs the root cause after it: /incident resolve TEXT {option} TEXT.")
+        return unquote(rest[: word.at]), cause
     return unquote(rest), ""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import InvalidRequest
-from bot.slack.incident_commands import IncidentCommand, parse_incident
+from bot.slack.incident_commands import IncidentCommand, mentioned_services, parse_incident
 
 DANIEL = "U04C2RN8VD"
 
@@ -124,6 +124,25 @@ def test_resolve_takes_an_optional_root_cause_and_may_be_empty() -> None:
     assert parse_incident("resolve rolled back the hot—rootcause fix").root_cause == ""  # a dash inside a word
     # A root cause alone opens the dialog with it filled in (test_incident_forms.py).
     assert parse_incident("resolve --root-cause pool size") == IncidentCommand("resolve", root_cause="pool size")
+    # The option is a word of its own, outside quotes: before, it was found inside any word or phrase.
+    typed = "resolve Removed the --rootcause-analysis cron job that filled /var"
+    assert parse_incident(typed) == IncidentCommand("resolve", text=typed.removeprefix("resolve "))
+    assert parse_incident('resolve "ran it with --root-cause off" --root-cause pool') == IncidentCommand(
+        "resolve", text="ran it with --root-cause off", root_cause="pool"
+    )
+    assert parse_incident('resolve Rolled back --root-cause="pool too small"').root_cause == "pool too small"
+
+
+def test_only_a_text_quoted_whole_loses_its_quotes() -> None:
+    # Before, the first and last characters went whenever both were quotes, though they closed two phrases.
+    two = '"pods restarted" and then "cache flushed"'
+    for sub in ("note", "update", "rootcause", "cancel"):
+        assert parse_incident(f"{sub} INC-2026-0001 {two}").text == two
+        assert parse_incident(f'{sub} INC-2026-0001 "pods restarted"').text == "pods restarted"
+    assert parse_incident(f"resolve INC-2026-0001 {two} --root-cause {two}") == IncidentCommand(
+        "resolve", "INC-2026-0001", text=two, root_cause=two
+    )
+    assert parse_incident("note INC-2026-0001 “smart quotes”").text == "smart quotes"
 
 
 @pytest.mark.parametrize(
@@ -153,3 +172,11 @@ def test_mistakes_are_refused_with_what_to_type(text: str, message: str) -> None
     with pytest.raises(InvalidRequest) as refused:
         parse_incident(text)
     assert message in str(refused.value)
+
+
+def test_services_named_in_a_title_are_whole_names_in_any_case() -> None:
+    # Before, `storage/remote` in a title attached `remote` too, and a service named with capitals was never found.
+    known = {"remote", "storage/remote", "Checkout-API", "checkout"}
+    assert mentioned_services("storage/remote write path failing", known) == ["storage/remote"]
+    assert mentioned_services("checkout-api 503s after deploy", known) == ["Checkout-API"]
+    assert mentioned_services("remote reads slow; checkout fine", known) == ["checkout", "remote"]
