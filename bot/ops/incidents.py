@@ -28,6 +28,7 @@ SEVERITY = re.compile(r"(?:SEV\s*-?\s*)?(\d+)", re.IGNORECASE)  # 2, sev2, SEV-2
 DEFAULT_SEVERITY = 3
 SEVERITY_DIGITS = 4
 SHOWN_VALUE = 20  # a refused value is quoted back this long at most
+MESSAGE_CHARS = 40_000  # a pinned message is kept whole up to Slack's own limit; summaries show its start
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ class IncidentService:
         and the write are one transaction, so two reactions at once add it once."""
         if not text.strip():
             raise InvalidRequest("that message has no text to add to the timeline.")
-        stored = scrub(text.strip())[:2000]
+        stored = scrub(text.strip())[:MESSAGE_CHARS]
         with self.store.transaction():
             if message and self.store.has_pinned_message(incident.id, message, stored):
                 return False
@@ -345,7 +346,7 @@ class IncidentService:
 
     def record_action(self, incident: LiveIncident, actor: str, text: str) -> LiveIncident:
         """Something done for the incident outside its commands (a rollback requested from its message)."""
-        return self._change(incident, actor, "action", lambda _: (scrub(text.strip())[:2000], {}))
+        return self._change(incident, actor, "action", lambda _: (scrub(text.strip())[:MESSAGE_CHARS], {}))
 
     def assign(
         self, incident: LiveIncident, actor: str, user: str, role: str, announce: Announce | None = None
@@ -396,7 +397,7 @@ class IncidentService:
             if not self.store.resolve_live_incident(incident.id, now, resolution):
                 state = self.get(incident.id).status
                 raise InvalidRequest(f"{incident.id} is already {state}; nothing changed.")
-            if root_cause:
+            if root_cause and root_cause != self.get(incident.id).root_cause:  # the dialog fills in the one known
                 self.store.update_live_incident(incident.id, root_cause=root_cause)
                 self.store.add_incident_event(incident.id, actor, "root_cause", f"Root cause: {root_cause}", now)
             self.store.add_incident_event(incident.id, actor, "resolved", f"Resolved: {resolution}", now)

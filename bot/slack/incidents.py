@@ -345,7 +345,11 @@ def resolve(
     live, past = incidents.resolve(incident, user, resolution, root_cause, announce=announce)
     log.info("incident resolved id=%s by=%s minutes=%s", live.id, user, live.minutes_to_restore)
     if typed_in and typed_in != live.channel:  # now, not after the indexing, which may wait for the model
-        say_privately(web, url, f"{live.id} is resolved; the summary is in <#{live.channel}>.")
+        where = f"{live.id} is resolved; the summary is in <#{live.channel}>."
+        if url:
+            say_privately(web, url, where)
+        else:  # the resolve dialog has no response_url
+            web.tell_user(typed_in, user, where)
     if live.private:  # what every channel searches must not hold what only one channel may read
         return
     try:
@@ -443,7 +447,7 @@ def resolve_from_dialog(runtime: Runtime, web: SlackWeb, body: dict) -> None:
     user = body["user"]["id"]
     incidents = runtime.incidents()
     try:
-        resolve(runtime, incidents, web, "", incidents.get(incident_id), user, resolution, root_cause)
+        resolve(runtime, incidents, web, "", incidents.get(incident_id), user, resolution, root_cause, channel)
     except OpsbotError as exc:  # a submitted dialog has no response_url: tell them where they typed /incident
         web.tell_user(channel, user, f"Sorry: {exc}")
 

@@ -15,6 +15,7 @@ import pytest
 from slack_sdk import WebClient
 
 from bot.models import Incident
+from bot.ops.incident_writeup import export_yaml, to_incident
 from bot.ops.requests import new_row
 from bot.runtime import NotReady, Runtime
 from bot.slack import ids
@@ -616,6 +617,22 @@ def test_the_same_words_in_two_messages_are_pinned_twice_and_each_message_once(
     assert told == [(MARCUS, added), (DANIEL, added)]  # before, Daniel's message was taken for Marcus's: no reply
     pinned = [e for e in timeline(runtime, incident_id) if e[1] == "pinned"]
     assert pinned == [(MARCUS, "pinned", "error rate back above 5%"), (DANIEL, "pinned", "error rate back above 5%")]
+
+
+def test_a_long_pinned_message_is_stored_and_exported_whole(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before, a pinned message was cut to 2,000 characters when stored: a pasted stack trace lost its end.
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
+    trace = "\n".join(f'  File "/srv/app/m{n}.py", line {n}, in f{n}' for n in range(90)) + "\nKeyError: 'tenant'"
+    assert len(trace) > 3000
+    ts = WebClient(token=BOT_TOKEN, base_url=slack_api.url).chat_postMessage(channel=OPS, text=trace)["ts"]
+    item = {"type": "message", "channel": OPS, "ts": ts}
+    slack.event({"type": "reaction_added", "user": MARCUS, "reaction": "pushpin", "item": item, "event_ts": ts})
+    slack_api.wait_for("chat.postEphemeral", predicate=lambda c: c.body["text"].startswith("Added"))
+    (pinned,) = [e for e in timeline(runtime, incident_id) if e[1] == "pinned"]
+    assert pinned[2] == trace.strip()
+    assert "KeyError: 'tenant'" in export_yaml(to_incident(runtime.incidents().get(incident_id)))
 
 
 def test_a_link_typed_with_a_label_is_posted_with_its_address_in_sight(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from bot.ops.incident_writeup import NO_ROOT_CAUSE, export_yaml, to_incident
@@ -161,6 +162,33 @@ def test_resolve_with_only_a_root_cause_opens_the_dialog_with_the_cause_filled_i
     assert fields[ids.INCIDENT_ROOT_CAUSE_BLOCK]["element"]["initial_value"] == "pool too small"
     assert "initial_value" not in fields[ids.INCIDENT_RESOLUTION_BLOCK]["element"]
     assert runtime.incidents().get(incident_id).is_open  # nothing recorded until the dialog is submitted
+
+
+def test_the_dialog_resolving_from_another_channel_says_where_the_summary_is_and_records_a_known_cause_once(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before, the dialog told the typist nothing, and the root cause it filled in was recorded a second time.
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2", parts=5)
+    channel = runtime.incidents().get(incident_id).channel
+    assert channel != OPS
+    cause = "pgbouncer pool left at 20"
+    say(slack, slack_api, f"rootcause {cause}", channel=channel)
+    view = resolve_dialog(slack, slack_api, f"resolve {incident_id}")
+    fields = {b["block_id"]: b for b in view["blocks"] if b["type"] == "input"}
+    assert fields[ids.INCIDENT_ROOT_CAUSE_BLOCK]["element"]["initial_value"] == cause
+    values = {ids.INCIDENT_RESOLUTION_BLOCK: "Raised the pool to 60", ids.INCIDENT_ROOT_CAUSE_BLOCK: cause}
+    assert submit_view(slack, view, values).status == 200
+
+    (told,) = slack_api.wait_for(
+        "chat.postEphemeral", timeout=20, predicate=lambda c: "the summary is in" in c.body.get("text", "")
+    )
+    assert (told.body["channel"], told.body["user"]) == (OPS, PRIYA)
+    assert told.body["text"] == f"{incident_id} is resolved; the summary is in <#{channel}>."
+    causes = [e for e in timeline(runtime, incident_id) if e[1] == "root_cause"]
+    assert causes == [(PRIYA, "root_cause", f"Root cause: {cause}")]
+    assert export_yaml(to_incident(runtime.incidents().get(incident_id))).count(f"Root cause: {cause}") == 1
+    indexed(runtime, incident_id)
 
 
 def test_cancel_keeps_the_timeline_and_the_audit_but_nothing_counts_or_is_searchable(

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # types only: building blocks needs neither the store nor a s
 
 MAX_DEPLOYS = 10
 TIMELINE_LINES = 25
-ENTRY_CHARS = 300  # one timeline entry in a summary (a pinned message can be 2,000); the full text stays stored
+ENTRY_CHARS = 300  # one timeline entry in a summary (a pinned message can be 40,000); the full text stays stored
 TIMELINE_CHARS = MAX_TEXT - 100  # room in its section for the heading and the "earlier entries" line
 LIST_TITLE = 200
 LIST_MORE = "… and {count} more: `opsbot incidents list` on the opsbot server lists them all."
