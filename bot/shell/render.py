@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from textwrap import indent
 from typing import Any
 
+from bot.slack.blocks.mrkdwn import as_typed
+
 Style = Callable[..., str]  # click.style's signature: style(text, bold=True, dim=True, fg="red", ...)
 
 
@@ -113,11 +115,6 @@ class Button:
     style: str = ""
 
 
-def unescape(text: str) -> str:
-    """Undo Slack's three escapes (&amp; last, so "&amp;lt;" stays "&lt;")."""
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-
-
 def render_emoji(text: str) -> str:
     """Common :shortcodes: as the emoji Slack shows; unknown ones stay as typed."""
     return EMOJI_CODE.sub(lambda m: EMOJI.get(m.group(1), m.group(0)), text)
@@ -166,7 +163,7 @@ def render_mrkdwn(text: str, names: Mapping[str, str] | None = None, style: Styl
     text = BOLD.sub(lambda m: style(m.group(1), bold=True), text)
     text = ITALIC.sub(lambda m: style(m.group(1), italic=True), text)
     text = STRIKE.sub(lambda m: style(m.group(1), strikethrough=True), text)
-    return unescape(restore(text))
+    return as_typed(restore(text))
 
 
 def render_text_object(

@@ -23,7 +23,7 @@ from bot.slack.blocks.answers import (
     build_vote_ack_text,
     experts_fallback_text,
 )
-from bot.slack.blocks.mrkdwn import escape
+from bot.slack.blocks.mrkdwn import as_typed, escape
 from bot.slack.listeners import Listeners, clicked_channel, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
@@ -49,7 +49,7 @@ SHARED_HOOK = "answer-shared"  # after-delivery hook: the private answer, shared
 
 def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
     """Reply in the message's thread with the answer to its text."""
-    question = MENTION.sub(" ", event.get("text") or "").strip()
+    question = as_typed(MENTION.sub(" ", event.get("text") or "")).strip()
     channel = event["channel"]
     thread_ts = event.get("thread_ts") or event["ts"]
     if not question:
@@ -182,7 +182,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             ack(response_type="ephemeral", text=f"Looking for: {command['text'].strip()[:150]}")
 
     def answer_ask(command: dict, body: dict) -> None:
-        question = (command.get("text") or "").strip()
+        question = as_typed(command.get("text") or "").strip()
         if not question or HELP_REQUEST.match(question):
             return  # usage or help was shown by the acknowledgement
         reply = runtime.answers.reply(question, channel=command.get("channel_id", ""), user=command.get("user_id", ""))
@@ -203,7 +203,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             ack(response_type="ephemeral", text="Looking for the right people…")
 
     def suggest(command: dict, body: dict) -> None:
-        raw = (command.get("text") or "").strip()
+        raw = as_typed(command.get("text") or "").strip()
         if not raw:
             return
         text, services = split_service_options(raw)

@@ -188,6 +188,22 @@ def test_ask_answers_ephemerally_with_a_share_button_and_sharing_posts_it(
     assert deleted.body.get("delete_original") is True
 
 
+def test_a_question_is_searched_and_kept_as_typed_not_as_slack_escapes_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Slack escapes a typed `<`, `>` and `&`: before, "&gt;" was searched, stored and shown escaped a second time.
+    slack.command("/ask", "qwzx frobnication &gt; 9000 &amp; &lt;vrtx&gt;")
+    (reply,) = slack_api.wait_for("response_url")
+    shown = text_of(reply.body["blocks"])
+    assert "Searched for: qwzx frobnication &gt; 9000 &amp; &lt;vrtx&gt;" in shown, shown
+    slack.command("/ask", "Waymark Maps API returns 429 &amp; &lt;retry-after&gt;")
+    slack.message("Waymark Maps API 429s &gt; 10 a minute")  # a DM
+    slack_api.wait_for("chat.postMessage")
+    slack_api.wait_for("response_url", count=2)
+    questions = sorted(r[0] for r in runtime.store.db.execute("SELECT query FROM answers"))
+    assert questions == ["Waymark Maps API 429s > 10 a minute", "Waymark Maps API returns 429 & <retry-after>"]
+
+
 def test_a_question_with_the_word_payload_in_it_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
     """Bolt alone reads any form containing "payload" as an empty interaction; this one is a slash command."""
     ack = slack.command("/ask", "why is the payload from the Waymark Maps API rejected with 429")

@@ -136,3 +136,11 @@ def test_a_service_option_without_a_name_is_refused_not_searched(slack: SlackDri
     assert sorted(r.body["text"] for r in replies) == sorted(
         expected.format(o) for o in ("--service", "-s", "--service=")
     )
+
+
+def test_what_was_typed_is_shown_as_typed_not_escaped_twice(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    # Slack sends a typed `>` or `&` escaped; /experts escaped it again and showed "p99 &amp;gt; 2s".
+    slack.command("/experts", "p99 &gt; 2s on checkout-api &amp; payments", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    shown = text_of(reply.body["blocks"])
+    assert "p99 &gt; 2s on checkout-api &amp; payments" in shown and "&amp;gt;" not in shown

@@ -29,6 +29,12 @@ def escape_text(text: str) -> str:
     return BIDI_CONTROLS.sub("", text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def as_typed(text: str) -> str:
+    """Slack's three escapes in a message's or a command's text undone (`&amp;` last, so `&amp;lt;` stays `&lt;`):
+    what is searched, stored and shown again is what the person typed, `p99 > 2s`, not `p99 &gt; 2s`."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def link(url: str, label: str) -> str:
     """``label`` (mrkdwn already) linked to ``url``; the label alone when the address is not a plain web address: a
     `|` or `>` in it would end the link early and the rest (`<!channel>`) would be read as mrkdwn of its own."""
