@@ -49,9 +49,9 @@ def failed_version(store: Store, service: str, env: str) -> str | None:
     return newest["version"] if newest and newest["status"] in broken else None
 
 
-def succeeded_versions(store: Store, service: str, env: str) -> list[str]:
-    """Every version that succeeded in ``env``, newest first, each once."""
-    return list(dict.fromkeys(r["version"] for r in store.succeeded_for(service, env)))
+def succeeded_versions(store: Store, service: str, env: str, limit: int = -1) -> list[str]:
+    """Every version that succeeded in ``env`` (the newest ``limit``), newest first, each once."""
+    return store.succeeded_versions(service, env, limit)
 
 
 def rollback_target(store: Store, service: str, env: str) -> str:
@@ -78,9 +78,9 @@ def rollback_target(store: Store, service: str, env: str) -> str:
 
 def check_target(store: Store, service: str, env: str, version: str) -> None:
     """Refuse a rollback to a version that never succeeded in ``env``, naming the ones that did."""
-    versions = succeeded_versions(store, service, env)
-    if version in versions:
+    if store.version_succeeded(service, env, version):  # however long ago: the history is not cut
         return
+    versions = succeeded_versions(store, service, env, SHOWN_VERSIONS + 1)
     if not versions:
         raise InvalidRequest(
             f"{version} never succeeded for {service} in {env}, and no version has yet; nothing to roll back to."

@@ -98,14 +98,32 @@ class DeployStore(StoreBase):
             [service, env, exclude, started_at],
         )
 
-    def succeeded_for(self, service: str, env: str, limit: int = 200) -> list[dict]:
-        """Deploys and rollbacks that succeeded, newest finish first."""
+    def succeeded_for(self, service: str, env: str, limit: int = -1) -> list[dict]:
+        """Deploys and rollbacks that succeeded, newest finish first (all of them unless ``limit``)."""
         return self._rows(
             "service = ? AND env = ? AND status = 'succeeded'",
             [service, env],
             order="COALESCE(finished_at, created_at) DESC, id",
             limit=limit,
+            columns="id, kind, version, from_version, finished_at, created_at" if limit < 0 else None,
         )
+
+    def succeeded_versions(self, service: str, env: str, limit: int = -1) -> list[str]:
+        """Each version that succeeded, once, newest last success first."""
+        cur = self.db.execute(
+            "SELECT version FROM deploy_requests WHERE service = ? AND env = ? AND status = 'succeeded' "
+            "GROUP BY version ORDER BY MAX(COALESCE(finished_at, created_at)) DESC, version LIMIT ?",
+            [service, env, limit],
+        )
+        return [r[0] for r in cur.fetchall()]
+
+    def version_succeeded(self, service: str, env: str, version: str) -> bool:
+        cur = self.db.execute(
+            "SELECT 1 FROM deploy_requests WHERE service = ? AND env = ? AND version = ? AND status = 'succeeded' "
+            "LIMIT 1",
+            [service, env, version],
+        )
+        return cur.fetchone() is not None
 
     def newest_finished_run(self, service: str, env: str) -> dict | None:
         """The run that finished last, whatever its outcome (one cancelled before it started never ran). A deploy

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.errors import PermissionDenied
+from bot.errors import InvalidRequest, PermissionDenied
 from bot.ops.ci_deploys import abandon_stale, record_ci_event
 from bot.ops.ci_events import EventProblem, parse_event
 from bot.ops.deploys import DeployService
@@ -187,6 +187,21 @@ def test_a_local_time_with_its_offset_decides_the_rollback_target(deploys: Deplo
 
     assert deploys.current_version("web", "staging") == "1.1.0"
     assert deploys.rollback_target("web", "staging") == "1.0.0"
+
+
+def test_a_rollback_reaches_a_version_however_many_successes_came_after_it(
+    deploys: DeployService, clock: Clock
+) -> None:
+    # Before, the history was cut at the newest 200 successes: an older good version was "never succeeded", and 200
+    # redeploys of the current one left no target at all.
+    start = START - timedelta(days=30)
+    send(deploys, "good", "succeeded", version="1.0.0", finished_at=iso(start))
+    for n in range(1, 202):
+        send(deploys, f"again-{n}", "succeeded", version="2.0.0", finished_at=iso(start + timedelta(hours=n)))
+    assert deploys.rollback_target("web", "staging") == "1.0.0"
+    assert deploys.request("rollback", "web", "staging", "1.0.0", ALICE).version == "1.0.0"
+    with pytest.raises(InvalidRequest, match=r"0\.9\.0 never succeeded .* newest first: 2\.0\.0, 1\.0\.0\."):
+        deploys.request("rollback", "web", "staging", "0.9.0", ALICE)
 
 
 def test_a_start_without_an_end_is_abandoned_and_a_late_end_still_closes_it(
