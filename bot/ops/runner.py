@@ -151,8 +151,16 @@ def queue(pool: Executor, deploys: DeployService, request_id: str, work: Callabl
     except BaseException:
         _release(request_id)
         raise
-    future.add_done_callback(lambda _: _release(request_id))
+    future.add_done_callback(lambda done: _ended(request_id, done))
     return future
+
+
+def _ended(request_id: str, done: Future) -> None:
+    """The run left the pool: its hold goes, and a failure nobody else will read is logged with the request."""
+    _release(request_id)
+    failure = None if done.cancelled() else done.exception()
+    if failure is not None:
+        log.error("deploy run failed id=%s error=%s", request_id, scrub(repr(failure)), exc_info=failure)
 
 
 def command_for(deploys: DeployRules, request: DeployRequest) -> tuple[Runner, list[str]]:
@@ -199,7 +207,7 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
     if request.owner and request.owner != deploys.owner:
         raise InvalidRequest(f"{request_id} is run by another opsbot process ({request.owner}).")
     with _kept(deploys, request_id):
-        why = deploys.start_check(request)
+        why = _start_check(deploys, request)
         now_kind = deploys.runner_kind(request.kind, request.service)
         if why is None and request.runner_kind and request.runner_kind != now_kind:
             why = (
@@ -241,6 +249,17 @@ GATEWAY_GAVE_UP = (502, 504)  # a proxy's answer that it passed the trigger on a
 def unknown_start(request_id: str) -> str:
     """The note of a request whose pipeline may or may not have started."""
     return f"whether the pipeline started is unknown; if it did not, `opsbot withdraw {request_id}` releases the lock"
+
+
+def _start_check(deploys: DeployService, request: DeployRequest) -> str | None:
+    """The policy at the start, read again until the database answers (busy past its timeout, a failing disk):
+    nothing has run yet, so waiting is safe, and the lease is kept meanwhile."""
+    while True:
+        try:
+            return deploys.start_check(request)
+        except sqlite3.Error as exc:
+            log.error("could not check deploy id=%s before its start error=%s; retrying", request.id, exc)
+            time.sleep(RETRY_MAX_S / 10)
 
 
 def _mark_triggered(deploys: DeployService, request_id: str) -> bool:

@@ -517,6 +517,44 @@ def test_the_outcome_is_recorded_once_the_database_takes_writes_again(
     store.close()
 
 
+def test_a_start_check_that_meets_a_busy_database_waits_for_it_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, the error left the worker unlogged: the request stayed running with its lock, and the sweep later
+    # called it interrupted "because its process stopped".
+    monkeypatch.setattr(deploy_runner, "RETRY_MAX_S", 0.05)
+    deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(42)"]')
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+    real = DeployService.start_check
+    failures = iter(range(3))
+
+    def busy(self: DeployService, *args: object) -> str | None:
+        if next(failures, None) is not None:
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, *args)
+
+    monkeypatch.setattr(DeployService, "start_check", busy)
+    pool = TrackedPool(1, "test-deploys")
+    future = deploy_runner.queue(pool, deploys, request.id, lambda: deploys.execute(request.id))
+
+    assert future.result(timeout=30).status == "succeeded"
+    assert sum("before its start" in r.message for r in caplog.records) == 3
+    assert store.lock_holder("job", "staging") is None
+
+    # Whatever else escapes a run is logged with its request, not lost in the pool.
+    other = deploys.request("deploy", "job", "staging", "1.0.1", ALICE)
+    assert deploys.approve(other.id, BOB).start
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    deploy_runner.queue(pool, deploys, other.id, broken).exception(timeout=30)
+    assert wait_until(lambda: any(other.id in r.message and "a bug" in r.message for r in caplog.records), 5)
+    pool.shutdown()
+    store.close()
+
+
 def test_an_outcome_arriving_after_another_process_gave_up_is_still_recorded(tmp_path: Path) -> None:
     deploys, store = runner_service(tmp_path, '["{python}", "-c", "import time; time.sleep(1); print(7)"]')
     request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
