@@ -221,8 +221,9 @@ class MemoryOutbox:
                     return row.status, "", ""
             return self._named.get(key)
 
-    def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> None:
+    def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> bool:
         self._done(row, (SENT, channel, ts))
+        return True
 
     def retry(self, row: OutboxRow, next_at: float, error: str) -> bool:
         with self._lock:

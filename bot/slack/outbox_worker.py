@@ -52,8 +52,11 @@ class _Durable:
     def reference(self, key: str, before_id: int | None = None) -> tuple[str, str, str] | None:
         return self.store.outbox_reference(key, before_id)
 
-    def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> None:
-        self.store.outbox_sent(row.id, channel, ts, now)
+    def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> bool:
+        return self.store.outbox_sent(row.id, self.owner, channel, ts, now)
+
+    def renew(self, row_ids: list[int], now: float) -> None:
+        self.store.outbox_renew(row_ids, self.owner, now + self.claim_s)
 
     def retry(self, row: OutboxRow, next_at: float, error: str) -> bool:
         return self.store.outbox_retry(row.id, self.owner, next_at, error)
@@ -77,6 +80,7 @@ class OutboxWorker:
     _durable: _Durable | None
     _memory: MemoryOutbox
     _hooks: dict[str, AfterHook]
+    _in_flight: set[int]
     _failed_hooks: dict[str, FailedHook]
     _poll_s: float
     _cond: threading.Condition
@@ -112,6 +116,27 @@ class OutboxWorker:
             with self._cond:
                 if not self._stopping and self._generation == seen:
                     self._cond.wait(self._sleep_s())
+
+    def _renew_claims(self) -> None:
+        """Every third of the claim's length, renew the claims of the rows whose call to Slack is under way: a call
+        slower than the claim (each read within the timeout, the whole longer) is never taken for abandoned and sent
+        a second time alongside. Only a process that stopped loses its rows."""
+        assert self._durable is not None
+        period = self._durable.claim_s / 3
+        while True:
+            due = time.monotonic() + period
+            with self._cond:  # woken by every kick of the delivery threads: wait out the period all the same
+                while not self._stopping and (left := due - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                if self._stopping:
+                    return
+                rows = [i for i in self._in_flight if i > 0]
+            try:
+                self._durable.renew(rows, time.time())
+            except sqlite3.ProgrammingError:  # the store was closed under us: the process is ending
+                return
+            except Exception:  # a busy or full database: the next round tries again, well within the claim
+                log.exception("outbox: could not renew the claims of rows being sent")
 
     def _claim(self) -> OutboxRow | None:
         now = time.time()
@@ -154,7 +179,13 @@ class OutboxWorker:
             if payload is None:
                 self._fail(queue, row, problem)
                 return
-            outcome = self._attempt(row, payload)
+            with self._cond:
+                self._in_flight.add(row.id)
+            try:
+                outcome = self._attempt(row, payload)
+            finally:
+                with self._cond:
+                    self._in_flight.discard(row.id)
             if outcome.ok:
                 channel, ts = self._where(row, payload, outcome)
                 # Idle only once the hook has run too: it records where the message went (a deploy's ts),
@@ -162,8 +193,10 @@ class OutboxWorker:
                 with self._cond:
                     self._finishing += 1
                 try:
-                    queue.sent(row, channel, ts, time.time())
-                    self._after(row, channel, ts)
+                    if queue.sent(row, channel, ts, time.time()):
+                        self._after(row, channel, ts)
+                    else:  # this process lost its claim meanwhile (it could not renew it): the other records it
+                        log.warning("slack post delivered after its claim was lost id=%s method=%s", row.id, row.method)
                 finally:
                     with self._cond:
                         self._finishing -= 1

@@ -86,13 +86,15 @@ class SlackWeb(OutboxWorker):
         self._finishing = 0  # deliveries sent but whose after-delivery hook has not run yet: not idle
         self._hooks: dict[str, AfterHook] = {}
         self._failed_hooks: dict[str, FailedHook] = {}
+        self._in_flight: set[int] = set()  # rows whose call to Slack is under way, their claims renewed meanwhile
         self._listeners: dict[str, Callable[[dict], None]] = {}
         self._workers = workers
         self._poll_s = poll_s
         self._cond = threading.Condition()
         self._generation = 0  # bumped whenever a row is written or done: a waiting worker looks again
         self._wakeups: list[float] = []  # retry times of rows this process scheduled
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # the delivery threads
+        self._renewer: threading.Thread | None = None  # renews the claims of the rows they are sending
         self._stopping = False
         self._pruned_at = 0.0
 
@@ -242,6 +244,9 @@ class SlackWeb(OutboxWorker):
                 thread = threading.Thread(target=self._work, name=f"opsbot-slack-{n}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
+            if self._durable is not None:
+                self._renewer = threading.Thread(target=self._renew_claims, name="opsbot-slack-claims", daemon=True)
+                self._renewer.start()
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -251,6 +256,8 @@ class SlackWeb(OutboxWorker):
             self._stopping = True
             self._cond.notify_all()
             threads, self._threads = self._threads, []
+            if self._renewer is not None:
+                threads, self._renewer = [*threads, self._renewer], None
         deadline = time.monotonic() + (timeout if timeout is not None else self.policy.timeout_s + 2)
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0))

@@ -85,8 +85,8 @@ class OutboxStore(StoreBase):
         with self.transaction():
             if row.target:  # an edit made obsolete by a newer one is never sent
                 self.db.execute(
-                    "UPDATE outbox SET status = 'superseded', payload = NULL, url = NULL, notify = NULL, done_at = ? "
-                    "WHERE target = ? AND status = 'pending'",
+                    "UPDATE outbox SET status = 'superseded', payload = NULL, url = NULL, notify = NULL, "
+                    "after_args = NULL, done_at = ? WHERE target = ? AND status = 'pending'",
                     [row.created_at, row.target],
                 )
             cur = self.db.execute(
@@ -140,13 +140,27 @@ class OutboxStore(StoreBase):
             ).fetchone()
         return (found[0], found[1] or "", found[2] or "") if found else None
 
-    def outbox_sent(self, row_id: int, channel: str, ts: str, now: float) -> None:
-        """Delivered: keep where it went, drop the payload and any response_url."""
+    def outbox_sent(self, row_id: int, owner: str, channel: str, ts: str, now: float) -> bool:
+        """Delivered: keep where it went, drop the payload, any response_url and the hook's arguments. False when
+        ``owner`` no longer held the claim (another deliverer took the row over and records it)."""
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE outbox SET status = 'sent', payload = NULL, url = NULL, notify = NULL, after_args = NULL, "
+                "last_error = NULL, result_channel = ?, result_ts = ?, claimed_by = NULL, claim_until = NULL, "
+                "done_at = ? WHERE id = ? AND claimed_by = ? AND status = 'sending'",
+                [channel or None, ts or None, now, row_id, owner],
+            )
+            return cur.rowcount == 1
+
+    def outbox_renew(self, row_ids: list[int], owner: str, until: float) -> None:
+        """Keep the claim on rows whose call to Slack is still under way, so nobody takes them for abandoned."""
+        if not row_ids:
+            return
+        marks = ", ".join("?" for _ in row_ids)
         with self.transaction():
             self.db.execute(
-                "UPDATE outbox SET status = 'sent', payload = NULL, url = NULL, notify = NULL, last_error = NULL, "
-                "result_channel = ?, result_ts = ?, claimed_by = NULL, claim_until = NULL, done_at = ? WHERE id = ?",
-                [channel or None, ts or None, now, row_id],
+                f"UPDATE outbox SET claim_until = ? WHERE id IN ({marks}) AND claimed_by = ? AND status = 'sending'",
+                [until, *row_ids, owner],
             )
 
     def outbox_retry(self, row_id: int, owner: str, next_at: float, error: str) -> bool:
@@ -176,8 +190,9 @@ class OutboxStore(StoreBase):
         """Failed for good: the payload stays for inspection, the response_url and notify go."""
         with self.transaction():
             cur = self.db.execute(
-                "UPDATE outbox SET status = 'failed', url = NULL, notify = NULL, last_error = ?, claimed_by = NULL, "
-                "claim_until = NULL, done_at = ? WHERE id = ? AND claimed_by = ? AND status = 'sending'",
+                "UPDATE outbox SET status = 'failed', url = NULL, notify = NULL, after_args = NULL, last_error = ?, "
+                "claimed_by = NULL, claim_until = NULL, done_at = ? "
+                "WHERE id = ? AND claimed_by = ? AND status = 'sending'",
                 [error, now, row_id, owner],
             )
             return cur.rowcount == 1

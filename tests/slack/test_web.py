@@ -390,11 +390,37 @@ def test_a_sent_row_keeps_where_it_went_but_not_its_payload_or_response_url(
     web = make_web()
     url = slack_api.response_url("ask")
     row = web.respond(url, "the answer", replace_original=True)
+    # A hook's arguments may hold a response_url too (Share takes the private answer away through it): before,
+    # they stayed a day on a sent row, a week on a failed one.
+    hooked: list[dict] = []
+    web.on("shared", lambda args, channel, ts: hooked.append(args), failed=lambda args, error: hooked.append(args))
+    slack_api.fail_next("chat.postMessage", status=200, error="not_in_channel")  # one of the two is refused
+    posted = web.post("C0OPS0001", "shared answer", after=("shared", {"response_url": url}))
+    refused = web.post("C0OPS0002", "another", after=("shared", {"response_url": url}))
     assert web.wait_idle(10)
     stored = store.outbox_row(row)
     assert stored["status"] == "sent" and stored["payload"] is None and stored["url"] is None
     assert url not in str(stored)
-    assert store.prune_outbox(time.time() + 1, 0) == 1 and store.outbox_row(row) is None
+    assert hooked == [{"response_url": url}] * 2
+    assert sorted(store.outbox_row(r)["status"] for r in (posted, refused)) == ["failed", "sent"]
+    assert url not in str(store.outbox_row(posted)) and url not in str(store.outbox_row(refused))
+    assert store.prune_outbox(time.time() + 1, 0) == 2 and store.outbox_row(row) is None
+
+
+def test_a_call_slower_than_the_claim_is_not_sent_a_second_time_alongside(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    # Each read within the timeout, the whole call longer than the claim: before, another delivery thread took the
+    # row for abandoned and posted it again while the first call was still under way, and its hook ran twice.
+    web = make_web(claim_s=0.6, workers=2, poll_s=0.05)
+    hooked: list[str] = []
+    web.on("posted", lambda args, channel, ts: hooked.append(ts))
+    slack_api.slow_next("chat.postMessage", 1.6)
+    row = web.post("C0DEPLOYS1", "Deploy checkout-api 1.4.2 to prod: approve?", after=("posted", {}))
+    assert web.wait_idle(10)
+    time.sleep(0.5)
+    assert [m["text"] for m in slack_api.messages()] == ["Deploy checkout-api 1.4.2 to prod: approve?"]
+    assert len(hooked) == 1 and store.outbox_row(row)["result_ts"] == hooked[0]
 
 
 # -- the synchronous call, and the client -------------------------------------------------------------------------

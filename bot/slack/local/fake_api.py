@@ -69,6 +69,7 @@ class _Failure:
     hang: float = 0.0  # seconds to wait before answering (a client with a shorter timeout gives up first)
     html: bool | str = False  # answer with an HTML error page, as a proxy does; a str: in that encoding
     reset: bool = False  # answer nothing: reset the connection
+    slow: bool = False  # answer as usual, the call done, but spread over ``hang`` seconds in two halves
 
 
 class FakeSlackAPI(SlackMethods):
@@ -194,6 +195,15 @@ class FakeSlackAPI(SlackMethods):
             pending = self._failures.setdefault(method, deque())
             pending.extend(_Failure(status, retry_after, error, hang, html, reset) for _ in range(times))
 
+    def slow_next(self, method: str, seconds: float, times: int = 1) -> None:
+        """Make the next `times` calls of `method` succeed as usual, but answer over ``seconds``: the headers after
+        half of it, the body after the rest, so that no single read waits the whole time (a slow proxy)."""
+        if times < 1 or seconds <= 0:
+            raise ValueError(f"slow_next needs times >= 1 and seconds > 0, got {times=} {seconds=}")
+        with self._cond:
+            pending = self._failures.setdefault(method, deque())
+            pending.extend(_Failure(200, 0, "", hang=seconds, slow=True) for _ in range(times))
+
     def release(self) -> None:
         """Drop the failures still queued and answer hanging calls now: a test's teardown calls this before its
         bot stops, so that the stop does not wait out a hang the test no longer needs."""
@@ -279,7 +289,10 @@ class FakeSlackAPI(SlackMethods):
         failure = None
         with self._cond:
             pending = self._failures.get(method)
-            if pending:
+            if pending and pending[0].slow:
+                failure = pending.popleft()
+                status, answer = self._answer(method, body)
+            elif pending:
                 failure = pending.popleft()
                 status, answer = (0 if failure.reset else failure.status), {"ok": False, "error": failure.error}
                 if status == 429:

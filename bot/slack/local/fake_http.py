@@ -56,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         status, answer, extra_headers, failure = api._dispatch(parts.path, _decode_json_fields(body), headers)
         if failure is not None and failure.hang:
-            api._stopping.wait(failure.hang)
+            api._stopping.wait(failure.hang / 2 if failure.slow else failure.hang)
         if failure is not None and failure.reset:
             # SO_LINGER with a zero timeout: close() sends a TCP reset instead of a clean end of stream.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -74,6 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in extra_headers.items():
                 self.send_header(name, value)
             self.end_headers()
+            if failure is not None and failure.slow:
+                self.wfile.flush()
+                api._stopping.wait(failure.hang / 2)
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (it timed out)
             self.close_connection = True
