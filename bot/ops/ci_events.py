@@ -91,6 +91,15 @@ def sign(secret: str, timestamp: int | str, body: bytes) -> str:
 
 def verify(secret: str, timestamp: str | None, signature: str | None, body: bytes, now: float | None = None) -> None:
     """Raise Unauthorized unless the body carries a fresh, valid signature under ``secret``."""
+    check_stamp(timestamp, signature, now)
+    assert timestamp is not None and signature is not None
+    if not hmac.compare_digest(sign(secret, int(timestamp), body).encode(), signature.strip().encode()):
+        raise Unauthorized("bad signature: sign v1:{timestamp}:{body} with OPSBOT_HOOK_SECRET (HMAC-SHA256, hex).")
+
+
+def check_stamp(timestamp: str | None, signature: str | None, now: float | None = None) -> None:
+    """What can be judged of a signed event before its body is read: both headers there, the time fresh. Raises
+    Unauthorized, so that an unsigned sender never gets opsbot to take in a body."""
     if not timestamp or not signature:
         raise Unauthorized(f"unsigned event: send the {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} headers.")
     if not DECIMAL.fullmatch(timestamp):
@@ -101,8 +110,6 @@ def verify(secret: str, timestamp: str | None, signature: str | None, body: byte
             f"stale timestamp: the event was signed more than {MAX_SKEW_S // 60} minutes from now; "
             "sign it when sending it, and check the sender's clock."
         )
-    if not hmac.compare_digest(sign(secret, ts, body).encode(), signature.strip().encode()):
-        raise Unauthorized("bad signature: sign v1:{timestamp}:{body} with OPSBOT_HOOK_SECRET (HMAC-SHA256, hex).")
 
 
 # -- parsing -------------------------------------------------------------------------------------------

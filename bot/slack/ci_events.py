@@ -10,7 +10,15 @@ import logging
 from collections.abc import Mapping
 
 from bot.ops.ci_deploys import record_ci_event
-from bot.ops.ci_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, EventProblem, Unauthorized, parse_event, verify
+from bot.ops.ci_events import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    EventProblem,
+    Unauthorized,
+    check_stamp,
+    parse_event,
+    verify,
+)
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -18,6 +26,20 @@ DISABLED = (
     "deploy hooks are disabled: set OPSBOT_HOOK_SECRET on the opsbot server (and the same value in the pipeline) "
     "to accept deploy events."
 )
+
+
+def admit_deploy_hook(runtime: Runtime, headers: Mapping[str, str]) -> tuple[int, dict] | None:
+    """Refuse before the body is read what its headers already condemn (the hook off, a signature missing, a stale
+    time): (HTTP status, JSON body), or None to read the body and judge it whole."""
+    if not str(runtime.settings.hook_secret):
+        return 503, {"error": DISABLED}
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        check_stamp(lowered.get(TIMESTAMP_HEADER.lower()), lowered.get(SIGNATURE_HEADER.lower()))
+    except Unauthorized as exc:
+        log.warning("deploy hook refused: %s", exc)
+        return 401, {"error": str(exc)}
+    return None
 
 
 def handle_deploy_hook(runtime: Runtime, headers: Mapping[str, str], body: bytes) -> tuple[int, dict]:

@@ -35,7 +35,7 @@ from bot.errors import OpsbotError
 from bot.ops.ci_events import HOOK_PATH
 from bot.runtime import Runtime
 from bot.slack.app import OpsbotApp
-from bot.slack.ci_events import handle_deploy_hook
+from bot.slack.ci_events import admit_deploy_hook, handle_deploy_hook
 from bot.slack.delivery import describe
 from bot.slack.ids import ALERTMANAGER_PATH, EVENTS_PATH, HEALTH_PATH
 from bot.slack.jobs import Jobs
@@ -77,6 +77,15 @@ def slack_signed(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
         return False
     expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+
+
+def slack_stamped(secret: str, headers: Mapping[str, str]) -> bool:
+    """What can be judged of Slack's signature before the body is read: the secret set, both headers there, the
+    time fresh. The body is read, and the signature checked on it, only when so."""
+    timestamp = headers.get("x-slack-request-timestamp", "")
+    if not (secret and headers.get("x-slack-signature") and DECIMAL.fullmatch(timestamp) and len(timestamp) <= 12):
+        return False
+    return abs(time.time() - int(timestamp)) <= MAX_SKEW_S
 
 
 def printable(text: str, limit: int) -> str:
@@ -265,7 +274,7 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                     self.close_connection = True  # a body nobody reads would be taken for the next request
                 handler()
                 return
-            body = self._read_body(MAX_ALERTS_BODY if path == ALERTMANAGER_PATH else MAX_BODY)
+            body = self._read_body(MAX_ALERTS_BODY if path == ALERTMANAGER_PATH else MAX_BODY, self._admit(path))
             if body is None:
                 return
             try:
@@ -275,9 +284,23 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 if not self._answered:
                     self._send(500, {"error": "opsbot failed on this request; its log says why."}, close=True)
 
-        def _read_body(self, most: int = MAX_BODY) -> bytes | None:
+        def _admit(self, path: str) -> tuple[int, dict] | None:
+            """A refusal that the headers alone decide, before opsbot reads (and holds) a body for a sender with no
+            token or signature: (HTTP status, JSON body), or None."""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if path == ALERTMANAGER_PATH:
+                return app.alerts.admit(headers)  # type: ignore[attr-defined]
+            if path == HOOK_PATH:
+                return admit_deploy_hook(runtime, headers)
+            if path == EVENTS_PATH and not slack_stamped(secret, headers):
+                log.warning("http request refused status=401 path=%s reason=unsigned or stale", path)
+                return 401, {"error": "invalid request: not signed by Slack with this app's signing secret"}
+            return None
+
+        def _read_body(self, most: int = MAX_BODY, refused: tuple[int, dict] | None = None) -> bytes | None:
             """The POST body (``most`` bytes at most), or None once the request is answered with why it cannot be
-            read."""
+            read. A request ``refused`` on its headers alone has its body read and dropped as it comes, never held
+            (a sender without a token could otherwise make opsbot hold 4 MiB a connection), then that answer."""
             if "Transfer-Encoding" in self.headers:
                 self._refuse(411, "send the body with a Content-Length, not a Transfer-Encoding")
                 return None
@@ -294,16 +317,20 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                 reason = f"the Content-Length is over the {most} bytes opsbot accepts here"
                 self._refuse(413, reason, header="Content-Length")
                 return None
-            body = self._read_exactly(int(value))
+            body = self._read_exactly(int(value), keep=refused is None)
             if body is None:
                 reason = f"the body was shorter than its Content-Length (or took over {BODY_TIMEOUT_S:g} s to arrive)"
                 self._refuse(408, reason)
                 return None
             self._body_read = True
+            if refused is not None:
+                self._send(*refused)
+                return None
             return body
 
-        def _read_exactly(self, length: int) -> bytes | None:
-            """``length`` bytes within BODY_TIMEOUT_S in all, however slowly they come; None if they do not."""
+        def _read_exactly(self, length: int, keep: bool = True) -> bytes | None:
+            """``length`` bytes within BODY_TIMEOUT_S in all, however slowly they come; None if they do not. Without
+            ``keep`` they are dropped as they come (b"")."""
             deadline = time.monotonic() + BODY_TIMEOUT_S
             chunks: list[bytes] = []
             missing = length
@@ -316,7 +343,8 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
                     chunk = self.rfile.read1(min(missing, 65536))
                     if not chunk:  # the client closed its side
                         return None
-                    chunks.append(chunk)
+                    if keep:
+                        chunks.append(chunk)
                     missing -= len(chunk)
             except OSError:  # timed out, or the connection broke
                 return None

@@ -9,11 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from bot.config import Secret
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack import serve as server_module
@@ -161,6 +163,31 @@ def test_content_length_must_be_a_plain_decimal_number_within_the_limit(
     assert [s for s, _ in answers] == [status, status]
     assert all(body["header"] == "Content-Length" and "Content-Length" in body["error"] for _, body in answers)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_sender_without_a_token_or_signature_never_gets_its_body_held(
+    bare_runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    # Before, the whole body (4 MiB to the Alertmanager hook) was read into memory before its token was looked at:
+    # a few hundred such connections held over a gigabyte. Now it is dropped as it arrives, and refused.
+    import tracemalloc
+
+    bare_runtime.settings = replace(bare_runtime.settings, alertmanager_token=Secret("a-bearer-token-of-the-hook"))
+    server, _ = start(bare_runtime, slack_api, threads=2)
+    sizes = {"/hooks/alertmanager": server_module.MAX_ALERTS_BODY, "/hooks/deploy": server_module.MAX_BODY}
+    sizes["/slack/events"] = server_module.MAX_BODY
+    sent = {path: request("POST", path, b"x" * size) for path, size in sizes.items()}
+    answers, peaks = {}, {}
+    try:
+        for path, data in sent.items():
+            tracemalloc.start()
+            answers[path] = raw_answer(server.port, data)
+            peaks[path] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    finally:
+        server.stop()
+    assert {path: status for path, (status, _) in answers.items()} == dict.fromkeys(sizes, 401)
+    assert all(peak < 1_000_000 for peak in peaks.values()), peaks
 
 
 def test_a_post_needs_a_length_and_a_chunked_body_is_refused(bare_runtime: Runtime, slack_api: FakeSlackAPI) -> None:
