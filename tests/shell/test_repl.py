@@ -419,3 +419,21 @@ def test_every_emoji_code_opsbot_writes_is_drawn() -> None:
     assert {"rewind", "rocket", "alarm_clock", "information_source", "memo"} <= used  # the scan sees them
     assert sorted(used - set(EMOJI) - {"memory"}) == []  # sqlite's ":memory:" is no emoji
     assert render_mrkdwn(":rewind: *Rollback* :rocket: :not_an_emoji:") == "⏪ Rollback 🚀 :not_an_emoji:"
+
+
+def test_the_shell_never_vouches_for_a_real_channel_so_an_older_incident_stays_private(
+    chat: Chat, runtime: Runtime
+) -> None:
+    # Before, the stand-in called every channel public: one `/incident list` in the shell settled an incident of a
+    # real private channel as public, and the next start indexed it for every channel to search.
+    incidents = runtime.incidents()
+    older = incidents.declare("Signing key leaked", PRIYA, 1, origin_channel="C0SECURITY1")
+    with runtime.store.transaction():  # as the migration left incidents declared before opsbot asked Slack
+        runtime.store.db.execute("UPDATE live_incidents SET private = -1")
+    chat.say("/incident list")
+    assert incidents.get(older.id).private and incidents.unsettled_channels() == ["C0SECURITY1"]
+    assert incidents.unlearned() == []
+
+    declared = chat.say("/incident declare checkout 503s --service checkout-api")  # its own channel: known, public
+    incident_id = re.search(r"INC-\d{4}-\d{4}", declared)[0]  # type: ignore[index]
+    assert not incidents.get(incident_id).private and "could not ask Slack" not in declared

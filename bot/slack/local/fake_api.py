@@ -75,7 +75,10 @@ class _Failure:
 class FakeSlackAPI(SlackMethods):
     """A recording, Slack-shaped HTTP server on a random loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict_channels: bool = False) -> None:
+        """``strict_channels``: conversations.info knows only the channels created or added here, and says so of any
+        other (``opsbot shell``'s stand-in, which must not vouch for a real workspace's channels)."""
+        self.strict_channels = strict_channels
         self.socket_url: str = "wss://fake.slack.invalid/link/?ticket=fake"
         self._cond = threading.Condition()
         self._stopping = threading.Event()  # ends the waits of hanging answers: set by stop() and release()

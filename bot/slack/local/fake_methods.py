@@ -17,12 +17,14 @@ TEAM_NAME = "Fake"
 WORKSPACE_URL = "https://fake.slack.com/"
 FIRST_TS_MICROS = 1_700_000_000_000_000
 TS_STEP_MICROS = 100
+UNKNOWN_HERE = "channel_unknown_to_this_stand_in"  # conversations.info of a channel a strict fake never saw
 
 
 class SlackMethods:
     """Slack's Web API methods, answered from the fake workspace's state."""
 
     socket_url: str
+    strict_channels: bool
     _messages: dict[str, list[dict[str, Any]]]
     _channels: dict[str, dict[str, Any]]
     _users: dict[str, dict[str, Any]]
@@ -107,10 +109,13 @@ class SlackMethods:
 
     def _conversations_info(self, body: Body) -> Answer:
         channel_id = str(body.get("channel", ""))
+        if channel_id not in self._channels and self.strict_channels:
+            return {"ok": False, "error": UNKNOWN_HERE}
         return {"ok": True, "channel": dict(self._channels.get(channel_id) or _channel(channel_id, channel_id.lower()))}
 
     def _conversations_invite(self, body: Body) -> Answer:
-        return self._conversations_info(body)
+        channel_id = str(body.get("channel", ""))
+        return {"ok": True, "channel": dict(self._channels.get(channel_id) or _channel(channel_id, channel_id.lower()))}
 
     def _conversations_open(self, body: Body) -> Answer:
         return {"ok": True, "channel": {"id": self._next_id("D"), "is_im": True}}

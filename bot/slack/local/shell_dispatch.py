@@ -71,7 +71,10 @@ class LocalSlack:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.fake = FakeSlackAPI()
+        # Strict: the stand-in knows its own channels only, and never answers for a real workspace's (an older
+        # incident's channel taken for public by the shell would be indexed, and searchable from every channel).
+        self.fake = FakeSlackAPI(strict_channels=True)
+        self.fake.add_channel(COMMAND_CHANNEL, COMMAND_CHANNEL_NAME)
         self.app: App | None = None
         self.web: SlackWeb | None = None
         self.executor = TrackedPool(5, "opsbot-shell")
