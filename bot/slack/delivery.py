@@ -193,6 +193,8 @@ class MemoryOutbox:
 
     def add(self, row: OutboxRow) -> int:
         with self._lock:
+            if reference := row.update_of or row.thread_of:  # in the lane of the message it refers to
+                row.lane = next((r.lane for r in reversed(self._rows) if r.key == reference), row.lane)
             if row.target:
                 self._rows = [r for r in self._rows if not (r.target == row.target and r.status == PENDING)]
             row.id = next(self._ids)
@@ -235,7 +237,12 @@ class MemoryOutbox:
         return True
 
     def move(self, row: OutboxRow, now: float, error: str) -> bool:
-        """Pending again, now, in its place: the caller changed its channel and lane."""
+        """Pending again, now, in its place: the caller changed its channel and lane; the edits and replies still to
+        go that refer to it move to that lane too."""
+        with self._lock:
+            for other in self._rows:
+                if row.key and other.status == PENDING and row.key in (other.thread_of, other.update_of):
+                    other.lane = row.lane
         return self.retry(row, now, error)
 
     def busy(self) -> int:

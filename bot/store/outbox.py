@@ -83,6 +83,13 @@ class OutboxStore(StoreBase):
     def add_outbox(self, row: OutboxRow) -> int:
         """Write a row to deliver, superseding older pending updates of the same message; its id."""
         with self.transaction():
+            if reference := row.update_of or row.thread_of:  # in the lane of the message it refers to, moved or not
+                found = self.db.execute(
+                    "SELECT lane FROM outbox WHERE key = ? AND status != 'superseded' ORDER BY id DESC LIMIT 1",
+                    [reference],
+                ).fetchone()
+                if found is not None:
+                    row.lane = found[0]
             if row.target:  # an edit made obsolete by a newer one is never sent
                 self.db.execute(
                     "UPDATE outbox SET status = 'superseded', payload = NULL, url = NULL, notify = NULL, "
@@ -176,8 +183,15 @@ class OutboxStore(StoreBase):
     def outbox_move(self, row: OutboxRow, owner: str, now: float, error: str) -> bool:
         """Sent again now, to the channel and lane ``row`` names; False when ``owner`` no longer held the claim.
 
-        The row keeps its id, so the edits and replies written after it still wait for it and find it."""
+        The row keeps its id, so the edits and replies written after it still wait for it and find it; those still
+        to go move to its new lane with it, so that they keep their order with the edits written once its ts is
+        known (a newer edit must never be overwritten by an older one retried later)."""
         with self.transaction():
+            if row.key:
+                self.db.execute(
+                    "UPDATE outbox SET lane = ? WHERE status = 'pending' AND (thread_of = ? OR update_of = ?)",
+                    [row.lane, row.key, row.key],
+                )
             cur = self.db.execute(
                 "UPDATE outbox SET status = 'pending', lane = ?, payload = ?, notify = ?, next_at = ?, last_error = ?, "
                 "claimed_by = NULL, claim_until = NULL WHERE id = ? AND claimed_by = ? AND status = 'sending'",

@@ -314,6 +314,29 @@ def test_edits_and_replies_written_before_a_post_moved_to_its_fallback_channel_f
     assert [store.outbox_row(r)["status"] for r in (first, edit, reply)] == ["sent"] * 3
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_an_older_edit_of_a_moved_post_never_overwrites_a_newer_one(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI, durable: bool
+) -> None:
+    # Before, an edit written before the move stayed in the original channel's lane: retried after a 429, it went
+    # after the newer edit (written by ts, in the fallback's lane), and a resolved alert showed as firing again.
+    web = make_web(on=store if durable else None)
+    slack_api.fail_next("chat.postMessage", 200, error="not_in_channel")
+    slack_api.fail_next("chat.update", 429, retry_after=1)
+    web.post("C0SERVICE1", "v0 firing", key="alert:g1", fallback_channel="C0ALERTS01")
+    web.update("C0SERVICE1", "v1 firing, 2 alerts", update_of="alert:g1")  # before opsbot knew where it went
+    (moved,) = slack_api.wait_for("chat.postMessage", predicate=lambda c: c.ok)
+    slack_api.wait_for("chat.update")  # v1's first attempt: rate limited
+    web.update("C0ALERTS01", "v2 resolved", ts=moved.answer["ts"])
+    web.post("C0SERVICE1", "resolved at 10:02", thread_of="alert:g1")  # written after the move, by key
+    assert web.wait_idle(15)
+    edits = [(c.body["channel"], c.body["ts"], c.body["text"]) for c in slack_api.calls("chat.update") if c.ok]
+    where = ("C0ALERTS01", moved.answer["ts"])
+    assert edits == [(*where, "v1 firing, 2 alerts"), (*where, "v2 resolved")]  # the newest shown last
+    (reply,) = slack_api.messages("C0ALERTS01")[1:]
+    assert (reply["text"], reply["thread_ts"]) == ("resolved at 10:02", moved.answer["ts"])
+
+
 # -- durability: restarts, two processes, a full disk -------------------------------------------------------------
 
 
