@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.errors import InvalidRequest
+from bot.ops.alertmanager import url_key
 from bot.redact import scrub
 
 STATUSES = ("firing", "resolved")
@@ -90,7 +91,7 @@ class Notification:
 
     @property
     def group_id(self) -> str:
-        return group_id(self.group_key)
+        return group_id(self.group_key, self.external_url)
 
     @property
     def digest(self) -> str:
@@ -102,9 +103,12 @@ class Notification:
         return hashlib.sha256("\n".join([self.status, *states]).encode()).hexdigest()[:32]
 
 
-def group_id(group_key: str) -> str:
-    """A short, stable id for a groupKey (which can be long): what buttons carry."""
-    return "ag-" + hashlib.sha256(group_key.encode()).hexdigest()[:12]
+def group_id(group_key: str, external_url: str = "") -> str:
+    """A short, stable id for a groupKey (which can be long) of the Alertmanager at ``external_url``: what buttons
+    carry. Two clusters whose Alertmanagers share a configuration send the same groupKey (`{}:{namespace="shop"}`),
+    and their alerts are not one group; the replicas of one Alertmanager share its external URL, and are."""
+    text = f"{url_key(external_url) or external_url.strip()}\n{group_key}" if external_url.strip() else group_key
+    return "ag-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def parse_notification(body: bytes) -> Notification:

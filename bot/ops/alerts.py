@@ -29,7 +29,7 @@ from bot.ops.alert_groups import (
     kept_row,
     opening_note,
 )
-from bot.ops.alert_payload import Alert, Notification
+from bot.ops.alert_payload import Alert, Notification, group_id
 from bot.ops.alert_routing import AlertRouting, Route
 from bot.ops.alertmanager import SilencePlan, url_key
 from bot.ops.deploys import DeployService
@@ -161,8 +161,8 @@ class AlertService:
         change, announced in the same transaction. Raises NoChannel (nothing stored) when it cannot be shown."""
         route = self.routing.route(notification)
         now = self.clock()
-        group_id = notification.group_id
         with self.store.transaction():
+            group_id = self._group_id(notification)
             row = self.store.alert_group(group_id)
             if row is not None and row["digest"] == notification.digest:
                 return Change("unchanged", self.get(group_id))
@@ -203,6 +203,15 @@ class AlertService:
             if announcer is not None:
                 announcer.announce(change)
         return change
+
+    def _group_id(self, n: Notification) -> str:
+        """The group a delivery belongs to: its groupKey from its Alertmanager. A group recorded under its groupKey
+        alone (before the sender counted) keeps that id while the same Alertmanager sends it."""
+        legacy = group_id(n.group_key)
+        row = self.store.alert_group(legacy)
+        if row is not None and url_key(row["external_url"] or "") == url_key(n.external_url):
+            return legacy
+        return n.group_id
 
     def _open(
         self, group_id: str, n: Notification, fields: dict, episode: int, first: bool, now: datetime, incident: str = ""

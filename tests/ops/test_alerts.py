@@ -14,7 +14,7 @@ import pytest
 from bot.answers.indexer import index_knowledge
 from bot.errors import InvalidRequest, PermissionDenied
 from bot.ops.alert_groups import AlertGroup, Change, incident_severity
-from bot.ops.alert_payload import PayloadProblem, Unauthorized, parse_notification, verify_bearer
+from bot.ops.alert_payload import PayloadProblem, Unauthorized, group_id, parse_notification, verify_bearer
 from bot.ops.alert_routing import AlertRouting, NoChannel
 from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
@@ -347,6 +347,32 @@ def test_an_alert_alertmanager_stops_sending_has_ended(alerts: AlertService) -> 
     change = alerts.receive(parse_notification(json.dumps(data).encode()))
     assert change.kind == "changed" and change.note == "1 resolved: instance=pgbouncer-0; now 2 firing"
     assert [a.status for a in change.group.shown_alerts] == ["firing", "firing", "resolved"]
+
+
+def test_two_alertmanagers_sending_the_same_group_key_are_two_groups(alerts: AlertService, alert_store: Store) -> None:
+    # Two clusters whose Alertmanagers share a configuration send the same groupKey. Before, they were one group:
+    # each delivery of one cluster resolved the other's alerts, which it does not hold.
+    eu = receive(alerts, "pgbouncer-grown")
+    data = json.loads(payload("pgbouncer-firing"))
+    data["externalURL"] = "https://alertmanager.us-east.example.com"
+    data["alerts"] = data["alerts"][:1]
+    us = alerts.receive(parse_notification(json.dumps(data).encode()))
+    assert us.kind == "opened" and us.group.id != eu.group.id
+    assert len(alerts.get(eu.group.id).firing) == 3 and len(us.group.firing) == 1
+    # A replica of the same Alertmanager (its external URL spelled with another case and a slash) is the same group.
+    data["externalURL"] = "HTTPS://Alertmanager.us-east.example.com/"
+    again = alerts.receive(parse_notification(json.dumps(data).encode()))
+    assert again.kind == "unchanged" and again.group.id == us.group.id
+
+
+def test_a_group_recorded_under_its_group_key_alone_keeps_its_id(alerts: AlertService, alert_store: Store) -> None:
+    first = receive(alerts, "pgbouncer-firing")
+    legacy = group_id(first.group.group_key)
+    with alert_store.transaction():  # as an earlier opsbot recorded it (and its buttons carry)
+        for table, column in (("alert_groups", "id"), ("alert_instances", "group_id"), ("alert_events", "group_id")):
+            alert_store.db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", [legacy, first.group.id])
+    grown = receive(alerts, "pgbouncer-grown")
+    assert grown.kind == "changed" and grown.group.id == legacy and len(grown.group.firing) == 3
 
 
 def test_an_alert_already_shown_resolved_and_then_left_out_changes_nothing(alerts: AlertService) -> None:
