@@ -9,6 +9,7 @@ import html
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,7 @@ from bot.slack.blocks.incidents import (
     title_line,
 )
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
-from bot.slack.delivery import call_web_api, call_while_waiting
+from bot.slack.delivery import Outcome, call_web_api, call_while_waiting
 from bot.slack.deploys import submit
 from bot.slack.incident_commands import (
     IncidentCommand,
@@ -55,6 +56,8 @@ SLUG_LENGTH = 40
 CANCELLED = "incident-cancelled"
 CREATE_ATTEMPTS = 3  # conversations.create, while the declarer waits for the incident's channel
 CREATE_WAIT_S = 10.0
+CREATED_WITHIN_S = 600  # a channel opsbot made this recently, under the name it asked for, is the one it asked for
+MEMBERSHIP_PAGES = 10  # users.conversations pages read to find it (200 channels each)
 SCOPE_HINT = "The app needs the `channels:manage` scope (see `opsbot manifest`) and a reinstall."
 PRIVACY_HINT = (
     "The app needs the `channels:read`, `groups:read` and `mpim:read` scopes (see `opsbot manifest`) and a reinstall."
@@ -94,16 +97,48 @@ def say_privately(web: SlackWeb, response_url: str, text: str) -> None:
 def create_channel(web: SlackWeb, name: str, private: bool = False) -> tuple[dict | None, str]:
     """conversations.create: (Slack's answer, "") or (None, its error). What the outbox would try again (429, 5xx,
     an error page, a reset) is tried again here, CREATE_ATTEMPTS times at most, after Slack's Retry-After or the
-    outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting."""
+    outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting.
+
+    An attempt that timed out (or met a 5xx) may have created the channel all the same: when a later attempt is
+    told the name is taken, the channel of that name that opsbot created a moment ago is the one (else it would be
+    left behind, empty, and a second one made under the other name)."""
     body = {"name": name, "is_private": True} if private else {"name": name}
-    outcome = call_while_waiting(
-        lambda attempt: call_web_api(web.client, "conversations.create", body, web.policy, attempt),
-        CREATE_ATTEMPTS,
-        CREATE_WAIT_S,
-    )
+    unsure = False
+
+    def attempt(n: int) -> Outcome:
+        nonlocal unsure
+        outcome = call_web_api(web.client, "conversations.create", body, web.policy, n)
+        unsure |= not outcome.ok and outcome.retry_in is not None and outcome.error != "ratelimited"
+        return outcome
+
+    outcome = call_while_waiting(attempt, CREATE_ATTEMPTS, CREATE_WAIT_S)
+    if not outcome.ok and outcome.error == "name_taken" and unsure:
+        made = own_new_channel(web, name)
+        if made is not None:
+            log.info("incident channel found after an unanswered create name=%s channel=%s", name, made["id"])
+            return {"ok": True, "channel": made}, ""
     if not outcome.ok:
         log.warning("slack call failed method=conversations.create error=%s", outcome.error)
     return outcome.answer, outcome.error
+
+
+def own_new_channel(web: SlackWeb, name: str) -> dict | None:
+    """The channel named ``name`` that opsbot itself created in the last CREATED_WITHIN_S seconds, among those it
+    is a member of (the creator always is), or None: someone else's channel of that name is never taken over."""
+    me = (web.call("auth.test") or {}).get("user_id")
+    cursor = ""
+    for _ in range(MEMBERSHIP_PAGES):
+        more = {"cursor": cursor} if cursor else {}
+        page = web.call("users.conversations", types="public_channel,private_channel", limit=200, **more) or {}
+        for channel in page.get("channels") or []:
+            fresh = time.time() - float(channel.get("created") or 0) <= CREATED_WITHIN_S
+            ours = me and channel.get("creator") == me and not channel.get("is_archived")
+            if channel.get("name") == name and ours and fresh:
+                return channel
+        cursor = str((page.get("response_metadata") or {}).get("next_cursor") or "")
+        if not cursor:
+            return None
+    return None
 
 
 def channel_privacy(web: SlackWeb, channel: str) -> tuple[bool, str]:

@@ -19,13 +19,16 @@ from bot.ops.incident_writeup import export_yaml, to_incident
 from bot.ops.requests import new_row
 from bot.runtime import NotReady, Runtime
 from bot.slack import ids
+from bot.slack.app import create_client
+from bot.slack.delivery import RetryPolicy
 from bot.slack.incident_commands import parse_assign, parse_declare, split_incident_id
 from bot.slack.incidents import channel_name
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.slack.manifest import build_manifest
+from bot.slack.web import SlackWeb
 from tests.conftest import database_text
 from tests.fakes import eventually
-from tests.slack.conftest import BOT_TOKEN, SlackDriver, shown
+from tests.slack.conftest import BOT_TOKEN, SlackDriver, shown, start_bot
 
 PRIYA = "U03F8K2LQ1"  # payments, owns checkout-api
 DANIEL = "U04C2RN8VD"  # platform, Postgres
@@ -574,6 +577,36 @@ def test_incidents_declared_before_opsbot_asked_are_private_until_slack_says_oth
     assert not incidents.get(public.id).private and incidents.get(secret.id).private
     incident(slack, slack_api, "list", channel=ELSEWHERE)
     assert len(slack_api.calls("conversations.info")) == 4  # each channel is asked until it is answered, then never
+
+
+def test_a_channel_created_by_an_attempt_that_timed_out_is_the_incidents_channel_not_an_orphan(
+    slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Slack made the channel but its answer came too late; the retry was told the name was taken. Before, opsbot
+    # made a second channel under the other name, and left the first behind, empty.
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    web = SlackWeb(create_client(runtime), runtime.store, policy=RetryPolicy(timeout_s=1.0, base_s=0.05, cap_s=0.2))
+    server, slack = start_bot(runtime, slack_api, web=web)
+    try:
+        slack_api.slow_next("conversations.create", 3.0)  # each half longer than the client waits
+        incident_id, _ = declare(slack, slack_api, "Pick lists print blank in Tilburg --sev 3", parts=5)
+        first, retried = slack_api.calls("conversations.create")
+        assert first.ok and retried.error == "name_taken"
+        made = first.answer["channel"]["id"]
+        assert runtime.incidents().get(incident_id).channel == made
+        (invite,) = slack_api.calls("conversations.invite")
+        assert (invite.body["channel"], invite.body["users"]) == (made, PRIYA)
+
+        # A channel someone else made under that name is never taken over: the other name is used.
+        slack_api.slow_next("conversations.create", 3.0)
+        taken = "inc-" + datetime.now(UTC).strftime("%Y%m%d") + "-label-printer-offline"
+        slack_api.add_channel("C0HUMAN002", taken)
+        other_id, _ = declare(slack, slack_api, "Label printer offline --sev 3", parts=5)
+        assert runtime.incidents().get(other_id).channel not in ("C0HUMAN002", made)
+    finally:
+        slack_api.release()
+        server.stop()
+        web.stop()
 
 
 def test_with_incident_channels_an_incident_declared_in_a_private_channel_gets_a_private_channel(

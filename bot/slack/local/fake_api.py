@@ -101,6 +101,7 @@ class FakeSlackAPI(SlackMethods):
             "chat.getPermalink": self._chat_get_permalink,
             "conversations.create": self._conversations_create,
             "conversations.info": self._conversations_info,
+            "users.conversations": self._users_conversations,
             "conversations.invite": self._conversations_invite,
             "conversations.open": self._conversations_open,
             "conversations.replies": self._conversations_replies,

@@ -6,6 +6,7 @@ change (``_messages``, ``_channels``, ``_users``, the counters) and calls them w
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 Answer = dict[str, Any]
@@ -102,10 +103,18 @@ class SlackMethods:
 
     def _conversations_create(self, body: Body) -> Answer:
         channel_id = self._next_id("C")
-        channel = _channel(channel_id, str(body.get("name", channel_id.lower())))
+        name = str(body.get("name", channel_id.lower()))
+        if any(c.get("name") == name for c in self._channels.values()):
+            return {"ok": False, "error": "name_taken"}
+        channel = _channel(channel_id, name) | {"creator": BOT_USER_ID, "created": int(time.time())}
         channel["is_private"] = str(body.get("is_private", "")).lower() in ("1", "true")
         self._channels[channel_id] = channel
         return {"ok": True, "channel": dict(channel)}
+
+    def _users_conversations(self, body: Body) -> Answer:
+        """The channels opsbot is a member of (all on one page)."""
+        members = [dict(c) for c in self._channels.values() if c.get("is_member")]
+        return {"ok": True, "channels": members, "response_metadata": {"next_cursor": ""}}
 
     def _conversations_info(self, body: Body) -> Answer:
         channel_id = str(body.get("channel", ""))
