@@ -16,9 +16,23 @@ ALERT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 # A top heading that is one CamelCase word names the alert the runbook is for: "# KubeJobCompletion",
 # "# SSPDown" (an acronym, then a word), also with a note in brackets after it: "# KubeMacPoolDown [Deprecated]",
 # "# NodeDown (legacy)". A plain word ("# Overview", "# README") has no capital inside it, or no small letter.
-CAMEL_ALERT = re.compile(
-    r"((?=[A-Za-z0-9]*[a-z])[A-Za-z][A-Za-z0-9]*[A-Z][A-Za-z0-9]*)(?:\s*(?:\[[^\]]*\]|\([^)]*\)))?"
-)
+# Read as its first word, then checked, in linear time (one pattern for it all took quadratic time on a long
+# heading of letters, and a 64 KB one held `opsbot index` for a minute).
+HEADING_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+HEADING_NOTE = re.compile(r"\s*(?:\[[^\]]*\]|\([^)]*\))")
+
+
+def heading_alert(heading: str) -> str | None:
+    """The alert a top heading names, when it is one CamelCase word (a note in brackets after it allowed)."""
+    word = HEADING_WORD.match(heading)
+    if word is None:
+        return None
+    name, rest = word[0], heading[word.end() :]
+    if rest and not HEADING_NOTE.fullmatch(rest):
+        return None
+    has_small = any("a" <= c <= "z" for c in name)
+    has_inner_capital = any("A" <= c <= "Z" for c in name[1:])
+    return name if has_small and has_inner_capital else None
 
 
 def _alerts(value: Any, heading: str, line: int, declared: bool = False) -> tuple[str, ...]:
@@ -33,9 +47,9 @@ def _alerts(value: Any, heading: str, line: int, declared: bool = False) -> tupl
                 "alerting tool sends it, one word without spaces, for example alerts: [PgbouncerPoolExhausted]",
                 line,
             )
-    named = None if declared else CAMEL_ALERT.fullmatch(heading)
-    if named and named.group(1).lower() not in {n.lower() for n in names}:
-        names.append(named.group(1))
+    named = None if declared else heading_alert(heading)
+    if named and named.lower() not in {n.lower() for n in names}:
+        names.append(named)
     return tuple(names)
 
 

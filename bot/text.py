@@ -19,7 +19,12 @@ HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
 MD_LINK = re.compile(r"\[([^\[\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")  # one level of brackets in a URL
 REF_LINK_DEF = re.compile(r"^[ \t]*(?:-[ \t]*)?\[[^\]\n]+\]:?[ \t]*\(?https?://\S+\)?[ \t]*$", re.M)
 URL = re.compile(r"https?://\S+")
-CAMEL = re.compile(r"\b[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*\b")
+# A CamelCase identifier is a whole word of ASCII letters and digits whose leading letters hold a small letter
+# followed by a capital (KubePodCrashLooping, k8sPod is not). Found word by word, in linear time: the one pattern
+# it replaced took quadratic time on a long run of letters, and a pasted 40,000-character token stalled searches.
+WORD_RUN = re.compile(r"\w+")
+LEADING_LETTERS = re.compile(r"[A-Za-z]*")
+SMALL_THEN_CAPITAL = re.compile(r"[a-z][A-Z]")
 CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 # Volatile tokens in alerts and logs: they change from one firing to the next, so they
@@ -304,9 +309,19 @@ def window_words(text: str, size: int = 160, overlap: int = 32) -> list[str]:
     return [" ".join(words[i : i + size]) for i in range(0, max(len(words) - overlap, 1), step)]
 
 
+def is_camel(word: str) -> bool:
+    """Whether a whole word (a run of \\w) is a CamelCase identifier."""
+    return word.isascii() and word.isalnum() and bool(SMALL_THEN_CAPITAL.search(LEADING_LETTERS.match(word)[0]))
+
+
+def camel_words(text: str) -> list[str]:
+    """The CamelCase identifiers of a text, in order."""
+    return [m[0] for m in WORD_RUN.finditer(text) if is_camel(m[0])]
+
+
 def split_camel(text: str) -> str:
     """Add the words of CamelCase identifiers: KubePodCrashLooping -> Kube Pod Crash Looping."""
-    extra = [" ".join(CAMEL_PART.findall(m.group(0))) for m in CAMEL.finditer(text)]
+    extra = [" ".join(CAMEL_PART.findall(word)) for word in camel_words(text)]
     return text if not extra else text + "\n" + "\n".join(extra)
 
 
@@ -342,7 +357,7 @@ def drop_object_refs(text: str) -> str:
 
 def spell_identifiers(text: str) -> str:
     """Replace CamelCase identifiers by their words: KubePodCrashLooping -> Kube Pod Crash Looping."""
-    return CAMEL.sub(lambda m: " ".join(CAMEL_PART.findall(m.group(0))), text)
+    return WORD_RUN.sub(lambda m: " ".join(CAMEL_PART.findall(m[0])) if is_camel(m[0]) else m[0], text)
 
 
 def normalize_query(text: str) -> str:

@@ -425,3 +425,42 @@ def test_a_heading_repeated_in_a_page_is_numbered_in_its_anchor_as_code_hosts_nu
         ("Refunds > Steps", "steps-1"),
         ("Refunds > Steps", "steps-2"),
     ]
+
+
+def test_camelcase_words_are_found_in_linear_time_and_as_the_old_pattern_found_them() -> None:
+    """The CamelCase patterns backtracked in quadratic time on a long run of letters: a pasted 40,000-character
+    token stalled every search for 9 s (under the index's lock), a 64 KB top heading held `opsbot index` a minute."""
+    import random
+    import re
+    import signal
+
+    from bot.runbook_file import heading_alert, parse_runbook
+    from bot.text import CAMEL_PART, camel_words, keyword_terms, normalize_query, spell_identifiers
+
+    old_word = re.compile(r"\b[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*\b")  # the patterns replaced, as the oracle
+    old_heading = re.compile(
+        r"((?=[A-Za-z0-9]*[a-z])[A-Za-z][A-Za-z0-9]*[A-Z][A-Za-z0-9]*)(?:\s*(?:\[[^\]]*\]|\([^)]*\)))?"
+    )
+    rng = random.Random(7)
+    for _ in range(50_000):
+        text = "".join(rng.choice("aAbBzZ09_- .é[]()!\tx") for _ in range(rng.randint(0, 14)))
+        assert camel_words(text) == [m[0] for m in old_word.finditer(text)], text
+        assert spell_identifiers(text) == old_word.sub(lambda m: " ".join(CAMEL_PART.findall(m[0])), text), text
+        found = old_heading.fullmatch(text)
+        assert heading_alert(text) == (found[1] if found else None), text
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError("CamelCase words of a long token took more than 5 s: the pattern backtracks")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(5)  # a hang guard, not a measurement: it takes milliseconds
+    try:
+        token = "aB" * 20_000 + "_"
+        normalize_query(token)
+        keyword_terms(token, frozenset())
+        runbook = parse_runbook("runbooks/x.md", "# " + "Ab" * 32_000 + "!\n\n## Steps\n\nRestart.\n")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert runbook.alerts == ()
+    assert heading_alert("KubeMacPoolDown [Deprecated]") == "KubeMacPoolDown" and heading_alert("README") is None
