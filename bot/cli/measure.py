@@ -64,7 +64,8 @@ PROBLEMS_SHOWN = 10  # of the knowledge's problems, shown before the figures' wa
     "index_db",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Search: index into this database and keep it, so a later run embeds only what changed.",
+    help="Search: index into this database and keep it, so a later run embeds only what changed. Only a new "
+    "file or one an earlier --index-db made: never your bot's database.",
 )
 @click.pass_context
 @handle_errors

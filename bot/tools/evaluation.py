@@ -55,6 +55,9 @@ def read_query_file(path: Path) -> str:
         raise InvalidRequest(f"query file {str(path)!r} cannot be read ({exc.strerror}).") from None
 
 
+EVAL_PURPOSE = "purpose"  # meta key: "eval" in a database `opsbot eval --index-db` made, never in a bot's
+
+
 def load_queries(path: Path) -> list[EvalQuery]:
     """Read a JSON-lines query file; a bad line is reported with its number."""
     queries: list[EvalQuery] = []
@@ -214,11 +217,20 @@ def run_eval(
     _check_documents(documents)
     queries = load_queries(queries_path)
     with tempfile.TemporaryDirectory(prefix="opsbot-eval-") as tmp:
+        kept = db_path is not None and db_path.exists()
         try:
             store = Store(db_path or Path(tmp) / "eval.db")
         except DatabaseUnavailable as exc:  # the user gave the path with --index-db, not OPSBOT_DB
             raise exc.naming("--index-db") from None
         try:
+            if kept and store.get_meta(EVAL_PURPOSE) != "eval":
+                # Indexing the eval folder into it would replace its knowledge, roster, rotas and channel settings.
+                raise InvalidRequest(
+                    f"--index-db {db_path} is a database `opsbot eval` did not make (your bot's, perhaps): "
+                    "evaluating into it would replace its index. Give the name of a new file (one made by an opsbot "
+                    "older than this check is refused too: delete it and run again)."
+                )
+            store.set_meta(EVAL_PURPOSE, "eval")
             # The query file is read above, for measuring only: indexing (and the ranker's fit) never sees it.
             report = index_knowledge(store, encoder, knowledge)
             index = SearchIndex(store, encoder, ranking)

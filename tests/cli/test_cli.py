@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -578,6 +580,28 @@ def test_eval_index_db_is_kept_and_a_second_run_embeds_nothing(eval_files: tuple
     assert json.loads(second.stdout)["index"]["embedded"] == 0
     refused = invoke("eval", "--task", "experts", "--knowledge", str(knowledge), "--index-db", str(tmp_path / "x.db"))
     assert_clean_failure(refused, "--index-db only applies to --task search")
+
+
+def test_eval_never_indexes_into_a_database_it_did_not_make(
+    eval_files: tuple[Path, Path], subset: IndexedSubset, tmp_path: Path
+) -> None:
+    # Before, `--index-db` naming the bot's own database replaced its knowledge, roster and rotas, and said ok.
+    live = tmp_path / "live.db"
+    with closing(sqlite3.connect(subset.db)) as source, closing(sqlite3.connect(live)) as target:
+        source.backup(target)
+
+    def database_text(path: Path) -> str:
+        with closing(sqlite3.connect(path)) as db:
+            return "\n".join(line for line in db.iterdump() if "write_probe_at" not in line)
+
+    before = database_text(live)
+    knowledge, queries = eval_files
+    args = ("eval", "--knowledge", str(knowledge), "--queries", str(queries), "--mode", "bm25")
+
+    result = invoke(*args, "--index-db", str(live))
+
+    assert_clean_failure(result, f"--index-db {live} is a database `opsbot eval` did not make")
+    assert database_text(live) == before
 
 
 @pytest.mark.parametrize("where", ["notes.txt", "no-such-dir/kept.db"])
