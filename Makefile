@@ -36,4 +36,4 @@ fault: $(STAMP)
 	OPSBOT_FAULT_SCALE=full $(BIN)/python -m pytest -q -m fault tests/fault tests/ops/test_properties.py
 
 clean:
-	rm -rf $(VENV) opsbot.db opsbot.db-wal opsbot.db-shm
+	rm -rf $(VENV) opsbot.db opsbot.db-wal opsbot.db-shm opsbot.db.migrate-lock

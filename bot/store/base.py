@@ -12,6 +12,7 @@ a read-only file or folder), cleared by the next commit that succeeds, and ``wri
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import sqlite3
 import threading
@@ -174,6 +175,36 @@ class LockedDatabase(Database):
             yield db
 
 
+def foreign_tables(db: Database) -> list[str]:
+    """The tables of a database that opsbot never migrated (no opsbot migration recorded), if it has any: a file
+    another program wrote, which opsbot must leave alone."""
+    if migrations.applied(db):
+        return []
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    return [n for n in names if not n.startswith("sqlite_") and n != migrations.migrations_table]
+
+
+@contextmanager
+def _migrating(path: str) -> Iterator[None]:
+    """Hold the database's migration lock (a file beside it) while migrating: two processes opening a database that
+    needs migrations at once (a first start, an upgrade) otherwise raced, and one failed with "database is locked".
+    Where the lock file cannot be made (a read-only folder), the migration's own write says what is wrong."""
+    if path == ":memory:":
+        yield
+        return
+    try:
+        handle = open(f"{path}.migrate-lock", "a")  # noqa: SIM115 - held for the block
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class StoreBase:
     """The database connection and the transaction helpers every part of the store uses."""
 
@@ -203,11 +234,17 @@ class StoreBase:
             self.db.close()
             reason = f"schema changes unknown here: {', '.join(unknown)}"
             raise DatabaseUnavailable(self.path, reason, unwritable=False, newer=True)
+        if others := foreign_tables(self.db):  # another program's database: never migrated, never switched to WAL
+            self.db.close()
+            shown = ", ".join(others[:5]) + (", …" if len(others) > 5 else "")
+            raise DatabaseUnavailable(self.path, f"it holds another program's tables: {shown}", unwritable=False)
         if self.path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.lock:
-            migrations.apply(self.db)
+            if migrations.pending(self.db):
+                with _migrating(self.path):  # one process at a time; the next finds nothing left to do
+                    migrations.apply(self.db)
             self._try_a_write()
             # sqlite-utils learns whether upserts may use ON CONFLICT by creating and dropping a table on the
             # first upsert; a DROP beside another thread's open read fails with "database table is locked".

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,43 @@ def test_serve_on_a_file_that_is_not_a_database_says_so_in_one_line(tmp_path: Pa
         f"Error: {str(notes)!r} is not an opsbot database (file is not a database); "
         "point OPSBOT_DB at the file `opsbot index` writes.",
     )
+
+
+def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    # Before, any command migrated it: 36 tables added to another app's file, its journal switched to WAL, and one
+    # whose table opsbot also has (`audit`) was left half migrated behind a traceback.
+    for table in ("invoices", "audit"):
+        db = tmp_path / f"{table}.db"
+        with closing(sqlite3.connect(db)) as other:
+            other.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, what TEXT)")
+            other.execute(f"INSERT INTO {table} (what) VALUES ('kept')")
+            other.commit()
+        for args in (("deploys",), ("audit",)):
+            result = run_opsbot(db, *args)
+            assert_one_line(
+                result,
+                f"Error: {str(db)!r} is not an opsbot database (it holds another program's tables: {table}); "
+                "point OPSBOT_DB at the file `opsbot index` writes.",
+            )
+        with closing(sqlite3.connect(db)) as other:
+            tables = [r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            assert tables == [table] and other.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_commands_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    # Before, two commands migrating one new database at the same moment (a first start, an upgrade) raced, and the
+    # loser ended in a traceback: "database is locked".
+    db = tmp_path / "opsbot.db"
+    db.touch()  # an empty file is an empty database: every command migrates it
+    env = {**os.environ, "OPSBOT_DB": str(db), "HF_HUB_OFFLINE": "1"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bot", "deploys"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(4)
+    ]
+    answers = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, answers
+    assert all("Traceback" not in err for _, err in answers)
+    assert Store(db).get_meta("no such key", "none") == "none"
