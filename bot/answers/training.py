@@ -395,6 +395,7 @@ def fit_ranker(
     """
     from bot.answers.search import SearchIndex  # search imports the ranker; the fit needs search's evidence
 
+    corpus = store.corpus_key()  # what the fit is of: checked again before it is stored
     key = key or ranker_key(store, encoder.model_id)
     index = index or SearchIndex(store, encoder)
     rows = store.ranker_queries()
@@ -416,7 +417,11 @@ def fit_ranker(
     report.update(
         {"queries": len(queries), "votes": len(votes), "votes_key": votes_key, "features_seconds": round(features_s, 2)}
     )
-    store.save_ranker(encoder.model_id, key, model.to_dict() if model else {}, report)
+    with store.transaction():
+        if store.corpus_key() != corpus:  # `opsbot index` changed the documents (and fitted its own) meanwhile
+            log.info("ranker fit dropped: the documents changed while it ran")
+            return {"skipped": "the documents changed during the fit"}
+        store.save_ranker(encoder.model_id, key, model.to_dict() if model else {}, report)
     index.use_model(model)
     log.info(
         "ranker fitted trees=%d queries=%d votes=%d examples=%d seconds=%.2f",

@@ -132,6 +132,33 @@ def test_the_ranker_is_fitted_when_the_corpus_changes_and_not_otherwise(
     store.close()
 
 
+def test_a_refit_after_votes_never_stores_a_ranker_of_documents_changed_meanwhile(
+    tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the bot's refit after a vote, started before `opsbot index` changed a runbook and fitted anew, saved
+    # its own result over the index run's: a ranker of runbooks that no longer exist, used until the next run.
+    store = Store(tmp_path / "index.db")
+    index_knowledge(store, fake_encoder, knowledge)
+    store.record_feedback("a1", "U1", "node slow at night", "runbooks/memory.md", 1, fake_encoder.encode(["x"])[0])
+    real = training.fit
+    other = Store(tmp_path / "index.db")  # the index run, in another process
+
+    def index_run_meanwhile(examples: list[training.Example], seed: int = 0, stop: object = None) -> tuple:
+        (knowledge / "runbooks" / "disk.md").write_text("# Disk trouble\n\nThe disk is full. Delete old logs.\n")
+        monkeypatch.setattr(training, "fit", real)
+        index_knowledge(other, fake_encoder, knowledge)
+        return real(examples, seed, stop)
+
+    monkeypatch.setattr(training, "fit", index_run_meanwhile)
+    report = training.fit_ranker(store, fake_encoder)
+
+    assert report == {"skipped": "the documents changed during the fit"}
+    assert store.load_ranker(fake_encoder.model_id)[0] == training.ranker_key(store, fake_encoder.model_id)
+    assert index_knowledge(store, fake_encoder, knowledge).ranker is None  # current: nothing to fit again
+    other.close()
+    store.close()
+
+
 def test_a_running_bot_loads_the_ranker_an_index_run_fitted(
     tmp_path: Path, knowledge: Path, fake_encoder: FakeEncoder
 ) -> None:
