@@ -89,6 +89,7 @@ def notify_deploy(
     import urllib.request
 
     from bot.ops.ci_events import SIGNATURE_HEADER, TIMESTAMP_HEADER, build_event, sign
+    from bot.ops.runner import public_url
 
     # Empty metadata (--commit-sha "$SHA" with SHA unset) means "not known"; these would silently change meaning.
     refuse_blank(ctx, "service", "env", "version", "event_id", "url", "db_path")
@@ -119,8 +120,15 @@ def notify_deploy(
         target = url or settings.hook_url
         if not target:
             raise OpsbotError("give --url or set OPSBOT_HOOK_URL (e.g. http://opsbot.internal:3000/hooks/deploy).")
+        source = "--url" if url else "OPSBOT_HOOK_URL"
+        if _has_credentials(target):  # never echoed, here or below: a CI log keeps what it prints
+            raise OpsbotError(
+                f"{source} holds a user, password or query string ({public_url(target)} with them): opsbot's hook "
+                "takes none; events are signed with OPSBOT_HOOK_SECRET. Give the address alone."
+            )
         if not target.startswith(("http://", "https://")):
-            raise OpsbotError(f"--url {target!r} must start with http:// or https://.")
+            raise OpsbotError(f"{source} {target!r} must start with http:// or https://.")
+        shown = target  # no user, password or query: safe to show
         if not settings.hook_secret:
             raise OpsbotError("set OPSBOT_HOOK_SECRET to the secret the opsbot server has, to sign the event.")
         timestamp = str(int(time.time()))
@@ -140,13 +148,12 @@ def notify_deploy(
         except urllib.error.HTTPError as error:
             raise OpsbotError(f"opsbot refused the event (HTTP {error.code}): {_hook_error(error)}") from None
         except (urllib.error.URLError, OSError) as error:
-            raise OpsbotError(f"could not reach {target}: {getattr(error, 'reason', error)}") from None
+            raise OpsbotError(f"could not reach {shown}: {getattr(error, 'reason', error)}") from None
         except (ValueError, http.client.InvalidURL) as error:  # a bad port, a space, an unclosed [
-            source = "--url" if url else "OPSBOT_HOOK_URL"
-            raise OpsbotError(f"{source} {target!r} is not a valid URL ({error}).") from None
+            raise OpsbotError(f"{source} {shown!r} is not a valid URL ({error}).") from None
         except http.client.HTTPException as error:
             raise OpsbotError(
-                f"{target} did not answer over HTTP ({error!r}): check that it is opsbot's address."
+                f"{shown} did not answer over HTTP ({error!r}): check that it is opsbot's address."
             ) from None
         try:
             answer = json.loads(reply or b"{}")
@@ -154,7 +161,7 @@ def notify_deploy(
             answer = None
         if not _is_opsbot_answer(answer):
             raise OpsbotError(
-                f"{target} answered, but not as opsbot does (no JSON object with the event's id): check that it is "
+                f"{shown} answered, but not as opsbot does (no JSON object with the event's id): check that it is "
                 "opsbot's /hooks/deploy."
             )
     click.echo(_describe_hook_answer(event, answer))
@@ -190,11 +197,24 @@ def _is_opsbot_answer(answer: Any) -> bool:
     return isinstance(answer.get("id"), str) and isinstance(answer.get("action"), str)
 
 
+def _has_credentials(url: str) -> bool:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return bool(parts.username or parts.password or parts.query)
+    except ValueError:
+        return "@" in url or "?" in url
+
+
 def _hook_error(error: Any) -> str:
-    """opsbot's error and the option that sets the field it names; the HTTP reason for any other body."""
+    """opsbot's error and the option that sets the field it names; the HTTP reason for any other body (also one
+    cut short: a proxy's 502 that closed early)."""
+    import http.client
+
     try:
         answer = json.loads(error.read() or b"{}")
-    except ValueError:
+    except (ValueError, OSError, http.client.HTTPException):
         answer = None
     reason = error.reason or "no details"
     if not isinstance(answer, dict) or not isinstance(answer.get("error"), str) or not answer["error"]:

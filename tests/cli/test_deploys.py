@@ -410,6 +410,42 @@ def test_notify_deploy_to_a_malformed_url(url: str) -> None:
     assert_clean_failure(from_env, f"OPSBOT_HOOK_URL {url!r} is not a valid URL")
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["https://ci-bot:hunter2-S3cret@127.0.0.1:1/hooks/deploy", "https://127.0.0.1:1/hooks/deploy?token=hunter2-S3cret"],
+)
+def test_notify_deploy_never_prints_credentials_in_the_url(url: str) -> None:
+    # Before, "could not reach https://ci-bot:hunter2-S3cret@…" went to the CI log.
+    from_env = invoke(*NOTIFY, env=HOOK_ENV | {"OPSBOT_HOOK_URL": url})
+    for result in (invoke(*NOTIFY, "--url", url, env=HOOK_ENV), from_env):
+        assert_clean_failure(result, "holds a user, password or query string (https://127.0.0.1:1/hooks/deploy")
+        assert "hunter2" not in result.output
+
+
+def test_notify_deploy_to_a_server_whose_error_answer_is_cut_short() -> None:
+    # A proxy's 502 that closed before its body ended: the read of the body raised, and a traceback was printed.
+    class Cut(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(502)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"Bad G")
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Cut)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/hooks/deploy", env=HOOK_ENV)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_clean_failure(result, "opsbot refused the event (HTTP 502): Bad Gateway")
+
+
 def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
     class WebPage(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
