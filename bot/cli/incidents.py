@@ -158,7 +158,7 @@ def incidents_export(
         text = export_yaml(incident)
         try:
             if path.exists():
-                if path.read_text(encoding="utf-8") == text:
+                if path.read_bytes() == text.encode("utf-8"):  # bytes: a file that is not UTF-8 is other content
                     click.echo(f"{path}: unchanged")
                     continue
                 if not force:
@@ -179,10 +179,19 @@ def incidents_export(
         raise OpsbotError("\n  ".join([f"{len(problems)} incident(s) not exported:", *problems]))
 
 
+def _umask() -> int:
+    current = os.umask(0o022)  # read by setting it: put back at once
+    os.umask(current)
+    return current
+
+
 def write_whole(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all: a full disk or a kill midway leaves the file as it was, never half of it."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes it readable by its owner alone: give it the mode of the file it replaces, or a new file's
+        # (a bot running as another user must still read the knowledge folder).
+        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()

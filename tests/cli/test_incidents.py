@@ -141,6 +141,30 @@ def test_export_refuses_to_overwrite_a_changed_file_unless_forced(
     assert "# edited by hand" not in path.read_text()
 
 
+def test_export_over_a_file_that_is_not_utf8_is_refused_then_forced_and_keeps_its_mode(
+    incidents: IncidentService, knowledge: Path, tmp_path: Path
+) -> None:
+    # Before, a file in another encoding ended the export in a traceback, --force or not; and a forced export (or a
+    # new file) was readable by its owner alone, though the bot may run as another user.
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "INC-2026-0001.yaml"
+    path.write_bytes(b"title: caf\xe9\n")
+    path.chmod(0o644)
+
+    refused = invoke("incidents", "export", "INC-2026-0001", "--out", str(out))
+    assert refused.exit_code == 1 and "exists with other content; pass --force to overwrite it" in refused.stderr
+    assert "Traceback" not in refused.output and path.read_bytes() == b"title: caf\xe9\n"
+
+    forced = invoke("incidents", "export", "INC-2026-0001", "--out", str(out), "--force")
+    assert forced.exit_code == 0 and forced.stdout == f"wrote {path}\n"
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.unlink()
+    fresh = invoke("incidents", "export", "INC-2026-0001", "--out", str(out))
+    assert fresh.exit_code == 0, fresh.output
+    assert path.stat().st_mode & 0o044 == 0o044  # a new file: group and others may read it, as the umask allows
+
+
 def test_export_of_an_open_or_unknown_incident_is_refused(incidents: IncidentService, knowledge: Path) -> None:
     result = invoke("incidents", "export", "INC-2026-0002")
     assert result.exit_code == 1 and "INC-2026-0002 is still open: resolve it first" in result.stderr
