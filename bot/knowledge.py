@@ -147,10 +147,13 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
             continue
         seen.add(real)
         # A linked folder (a team's runbook repository linked in) is read like any other, as linked files are.
-        found += [Path(folder_path) / name for name in names if Path(name).suffix.lower() in suffixes]
-        for name in names:  # a link to nowhere: a linked folder whose share is not mounted, as likely as a file
+        for name in names:
             path = Path(folder_path) / name
-            if Path(name).suffix.lower() not in suffixes and path.is_symlink() and not path.exists():
+            if Path(name).suffix.lower() in suffixes:
+                # Only a regular file is read: a FIFO named x.md would hang `opsbot index` and `check` for ever.
+                if _is_there(kb, root, path, folder=False):
+                    found.append(path)
+            elif path.is_symlink() and not path.exists():  # a linked folder whose share is not mounted
                 _unreadable(kb, root, path, folder=True)
     return sorted(path for path in found if _utf8_name(kb, root, path))
 

@@ -850,6 +850,30 @@ def test_upper_case_extensions_are_read_and_a_broken_link_is_reported(tmp_path: 
     assert problem.path == "incidents/INC-2025-0057.yaml" and "cannot be read" in problem.message
 
 
+def test_a_runbook_name_on_something_that_is_not_a_file_is_a_problem_never_read(tmp_path: Path) -> None:
+    # Before, a FIFO named like a runbook was opened and read: `opsbot index` and `check` waited for ever.
+    import os
+    import signal
+
+    write(tmp_path, "runbooks/redis/memory.md", GOOD_RUNBOOK)
+    os.mkfifo(tmp_path / "runbooks" / "pipe.md")
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("loading the knowledge waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # a hang guard: loading takes milliseconds
+    try:
+        kb = load_knowledge(tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+    assert [d.path for d in kb.documents if d.kind == "runbook"] == ["runbooks/redis/memory.md"]
+    (problem,) = kb.problems
+    assert problem.path == "runbooks/pipe.md" and "it is not a file" in problem.message
+
+
 def test_a_markdown_incident_keeps_subsections_and_says_which_section_it_does_not_read(tmp_path: Path) -> None:
     text = INCIDENT_MD.replace(
         "## Resolution\n",
