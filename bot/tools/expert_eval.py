@@ -23,6 +23,7 @@ from bot.answers.experts import question_words  # the question's words as opsbot
 from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge, unknown_responders
 from bot.models import Incident
+from bot.rota import YEARS
 from bot.text import content_hash, normalize_query
 from bot.tools.evaluation import read_query_file
 
@@ -74,6 +75,9 @@ def load_expert_queries(path: Path) -> list[ExpertQuery]:
             except ValueError:
                 raise InvalidRequest(f'{where}: "date" {data["date"]!r} is not an ISO date and time.') from None
             date = date if date.tzinfo else date.replace(tzinfo=UTC)
+            if not YEARS[0] <= date.year <= YEARS[1]:  # the ranking counts days and weeks from it
+                years = f"{YEARS[0]} to {YEARS[1]}"
+                raise InvalidRequest(f'{where}: "date" {data["date"]!r} must fall in the years {years}.')
         queries.append(
             ExpertQuery(
                 str(data.get("id", number)), data["query"], frozenset(map(str, relevant)), tuple(services), date

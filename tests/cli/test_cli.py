@@ -710,6 +710,16 @@ def test_eval_experts_refuses_time_split_options_with_a_query_file(eval_files: t
     )
 
 
+def test_eval_experts_refuses_a_date_outside_the_calendars_working_years(tmp_path: Path) -> None:
+    # Before, a date near year 9999 overflowed in the ranking, in a traceback.
+    queries = write_queries(
+        tmp_path / "experts.jsonl",
+        [{"query": "pgbouncer pool exhausted", "relevant": ["U04C2RN8VD"], "date": "9999-12-31T23:59:59"}],
+    )
+    result = invoke("eval", "--task", "experts", "--knowledge", str(SAMPLE_KNOWLEDGE), "--queries", str(queries))
+    assert_clean_failure(result, "experts.jsonl:1: \"date\" '9999-12-31T23:59:59' must fall in the years 1970 to 9000")
+
+
 def test_eval_query_kind_all_is_counted_once(eval_files: tuple[Path, Path], tmp_path: Path) -> None:
     knowledge, _ = eval_files
     queries = write_queries(
