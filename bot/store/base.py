@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -193,7 +194,7 @@ def _migrating(path: str) -> Iterator[None]:
         yield
         return
     try:
-        handle = open(f"{path}.migrate-lock", "a")  # noqa: SIM115 - held for the block
+        handle = open(f"{os.path.realpath(path)}.migrate-lock", "a")  # noqa: SIM115 - held for the block
     except OSError:
         yield
         return

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,7 +68,7 @@ class KnowledgeStore(StoreBase):
         if self.path == ":memory:":  # no other process can open it
             yield
             return
-        lock_path = f"{self.path}.index-lock"
+        lock_path = f"{os.path.realpath(self.path)}.index-lock"  # the file's: two links to one database share it
         try:
             handle = open(lock_path, "a")  # noqa: SIM115 - closed below, after the run
         except OSError as exc:

@@ -699,6 +699,18 @@ def test_a_second_index_run_is_refused_while_one_runs_and_leaves_no_section_with
     assert index_knowledge(store, FakeEncoder(), knowledge).added == 0  # the lock is let go at the end of a run
 
 
+def test_a_second_index_run_through_a_link_to_the_database_is_refused_too(store: Store, tmp_path: Path) -> None:
+    # Before, the lock was named after the path given: a run through a link to the same file locked another file.
+    link = tmp_path / "linked.db"
+    link.symlink_to(store.path)
+    other = Store(link)
+    with store.index_lock():
+        with pytest.raises(IndexBusy):
+            with other.index_lock():
+                pass
+    other.close()
+
+
 def test_an_index_run_embeds_sections_left_without_a_vector(
     store: Store, knowledge: Path, fake_encoder: FakeEncoder
 ) -> None:
