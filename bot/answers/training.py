@@ -128,10 +128,21 @@ def make_queries(doc: Document, count: int | None = None) -> list[TrainingQuery]
 
 
 def _sample(queries: list[TrainingQuery], size: int) -> list[TrainingQuery]:
-    """A fixed sample of ``size`` of the queries, in their order (all of them when there are no more)."""
+    """A fixed sample of ``size`` of the queries, in their order (all of them when there are no more): each
+    document's first query by digest, then each one's second, and so on, so that the sample spans the documents.
+    Where a query falls depends on its own document only, so a document added or edited changes the sample by a few
+    queries (drawn by position, with the count as seed, nearly the whole sample changed, and was embedded again)."""
     if len(queries) <= size:
         return queries
-    keep = sorted(random.Random(len(queries)).sample(range(len(queries)), size))
+    digests = [content_hash(f"{q.doc_path}\n{q.section}\n{q.kind}\n{q.text}") for q in queries]
+    by_document: dict[str, list[int]] = {}
+    for i, query in enumerate(queries):
+        by_document.setdefault(query.doc_path, []).append(i)
+    place = [0] * len(queries)
+    for members in by_document.values():
+        for rank, i in enumerate(sorted(members, key=lambda i: digests[i])):
+            place[i] = rank
+    keep = sorted(sorted(range(len(queries)), key=lambda i: (place[i], digests[i]))[:size])
     return [queries[i] for i in keep]
 
 

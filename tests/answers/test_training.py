@@ -69,6 +69,12 @@ def test_a_large_corpus_is_sampled_to_the_budget() -> None:
     assert len(sample) == 50 and sample == training_queries(docs, budget=50)
     assert len({q.doc_path for q in sample}) > 20
 
+    # A document added changes the sample by its own queries at most. Before, the sample was drawn by position with
+    # the count as its seed: nearly all of it changed, and had to be embedded again.
+    added = Document("runbooks/new.md", "runbook", "Runbook new", RUNBOOK.sections, "hnew")
+    after = training_queries([*docs, added], budget=50)
+    assert len(after) == 50 and len(set(after) - set(sample)) <= 2  # its queries in, as many others out
+
 
 # -- when the ranker is fitted ---------------------------------------------------------
 
