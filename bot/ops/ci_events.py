@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.errors import InvalidRequest
 from bot.redact import scrub
@@ -29,6 +29,9 @@ HOOK_PATH = "/hooks/deploy"
 TIMESTAMP_HEADER = "X-Opsbot-Timestamp"
 SIGNATURE_HEADER = "X-Opsbot-Signature"
 MAX_SKEW_S = 300  # a signed event older (or newer) than five minutes is refused: replays of captured requests
+# A commit this much older than its deploy is a zeroed or made-up date (0001-01-01, the epoch), not a lead time:
+# one such event would make the lead time of every DORA report about it absurd, with no way to correct it.
+MAX_COMMIT_AGE_DAYS = 730
 STATUSES = ("started", "succeeded", "failed", "rolled_back", "rollback_failed")
 FINISHED = {
     "succeeded": ("deploy", "succeeded"),
@@ -178,6 +181,13 @@ def parse_event(
             "commit_time",
             f"commit_time {commit_time} is after {deployed_name} {deployed}: send the time of the commit "
             "this deploy shipped.",
+        )
+    shipped = datetime.fromisoformat(deployed) if deployed else datetime.now(UTC)
+    if commit_time and shipped - datetime.fromisoformat(commit_time) > timedelta(days=MAX_COMMIT_AGE_DAYS):
+        raise EventProblem(
+            "commit_time",
+            f"commit_time {commit_time} is over {MAX_COMMIT_AGE_DAYS // 365} years before the deploy: send the time "
+            "of the commit this deploy shipped (a zeroed or placeholder date would spoil every lead time).",
         )
     commit_sha = text("commit_sha")
     if commit_sha and not COMMIT_SHA.fullmatch(commit_sha):

@@ -129,6 +129,17 @@ def test_a_commit_time_after_the_deploy_is_refused(
     assert store.audit_rows() == []
 
 
+@pytest.mark.parametrize("commit_time", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2024-10-01T00:00:00Z"])
+def test_a_commit_time_years_before_the_deploy_is_refused(
+    deploys: DeployService, store: Store, commit_time: str
+) -> None:
+    # Before, a zeroed date was taken: DORA showed a lead time of 739,956 days, for good.
+    with pytest.raises(EventProblem, match="is over 2 years before the deploy") as caught:
+        send(deploys, "e1", "succeeded", commit_time=commit_time, finished_at="2026-11-02T10:00:00Z")
+    assert caught.value.field == "commit_time" and store.audit_rows() == []
+    send(deploys, "e2", "succeeded", commit_time="2025-11-20T10:00:00Z", finished_at="2026-11-02T10:00:00Z")
+
+
 def test_a_commit_time_after_the_finish_that_closed_a_run_gives_no_negative_lead_time(
     deploys: DeployService, clock: Clock, store: Store
 ) -> None:
