@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from bot.answers.indexer import index_knowledge
 from bot.errors import PermissionDenied
@@ -410,6 +411,22 @@ def test_notify_deploy_to_a_malformed_url(url: str) -> None:
     assert_clean_failure(from_env, f"OPSBOT_HOOK_URL {url!r} is not a valid URL")
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def notify_to(handler: type[BaseHTTPRequestHandler], path: str = "/hooks/deploy") -> Result:
+    """`opsbot notify-deploy` against a local server answering with ``handler``."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}{path}", env=HOOK_ENV)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     "url",
     ["https://ci-bot:hunter2-S3cret@127.0.0.1:1/hooks/deploy", "https://127.0.0.1:1/hooks/deploy?token=hunter2-S3cret"],
@@ -424,7 +441,7 @@ def test_notify_deploy_never_prints_credentials_in_the_url(url: str) -> None:
 
 def test_notify_deploy_to_a_server_whose_error_answer_is_cut_short() -> None:
     # A proxy's 502 that closed before its body ended: the read of the body raised, and a traceback was printed.
-    class Cut(BaseHTTPRequestHandler):
+    class Cut(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(502)
@@ -433,21 +450,12 @@ def test_notify_deploy_to_a_server_whose_error_answer_is_cut_short() -> None:
             self.wfile.write(b"Bad G")
             self.close_connection = True
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Cut)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/hooks/deploy", env=HOOK_ENV)
-    finally:
-        server.shutdown()
-        server.server_close()
+    result = notify_to(Cut)
     assert_clean_failure(result, "opsbot refused the event (HTTP 502): Bad Gateway")
 
 
 def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
-    class WebPage(BaseHTTPRequestHandler):
+    class WebPage(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
             self.rfile.read(int(self.headers["Content-Length"]))
             body = b"<html>Welcome</html>"
@@ -456,16 +464,7 @@ def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), WebPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/", env=HOOK_ENV)
-    finally:
-        server.shutdown()
-        server.server_close()
+    result = notify_to(WebPage, "/")
     assert_clean_failure(result, "answered, but not as opsbot does", "/hooks/deploy")
 
 
@@ -481,7 +480,7 @@ def test_notify_deploy_to_something_that_is_not_opsbot() -> None:
 )
 def test_notify_deploy_to_json_that_is_not_opsbots_answer(status: int, body: bytes, told: str) -> None:
     # These printed a traceback, or (the 200s) "sent as None" with exit code 0.
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(status)
@@ -490,16 +489,7 @@ def test_notify_deploy_to_json_that_is_not_opsbots_answer(status: int, body: byt
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        result = invoke(*NOTIFY, "--url", f"http://127.0.0.1:{server.server_port}/hooks/deploy", env=HOOK_ENV)
-    finally:
-        server.shutdown()
-        server.server_close()
+    result = notify_to(Proxy)
     assert_clean_failure(result, told)
 
 

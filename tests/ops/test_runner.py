@@ -492,22 +492,32 @@ def test_long_lines_are_cut_in_memory_and_in_the_stored_tail(tmp_path: Path) -> 
     store.close()
 
 
-def test_the_outcome_is_recorded_once_the_database_takes_writes_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def approved_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[DeployService, Store, DeployRequest]:
+    """An approved deploy that prints 42, its database writes retried at once."""
     monkeypatch.setattr(deploy_runner, "RETRY_MAX_S", 0.05)
     deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(42)"]')
     request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
     assert deploys.approve(request.id, BOB).start
-    real = Store.finish_run
-    failures = iter(range(3))
+    return deploys, store, request
 
-    def full_disk(self: Store, *args: object, **kwargs: object) -> bool:
+
+def failing_first(times: int, real: object, error: str) -> object:
+    """``real`` (a method), raising SQLite's ``error`` the first ``times`` calls."""
+    failures = iter(range(times))
+
+    def call(self: object, *args: object, **kwargs: object) -> object:
         if next(failures, None) is not None:
-            raise sqlite3.OperationalError("database or disk is full")
-        return real(self, *args, **kwargs)
+            raise sqlite3.OperationalError(error)
+        return real(self, *args, **kwargs)  # type: ignore[operator]
 
-    monkeypatch.setattr(Store, "finish_run", full_disk)
+    return call
+
+
+def test_the_outcome_is_recorded_once_the_database_takes_writes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    deploys, store, request = approved_job(tmp_path, monkeypatch)
+    monkeypatch.setattr(Store, "finish_run", failing_first(3, Store.finish_run, "database or disk is full"))
 
     done = deploys.execute(request.id)
 
@@ -522,18 +532,8 @@ def test_a_start_check_that_meets_a_busy_database_waits_for_it_and_runs(
 ) -> None:
     # Before, the error left the worker unlogged: the request stayed running with its lock, and the sweep later
     # called it interrupted "because its process stopped".
-    monkeypatch.setattr(deploy_runner, "RETRY_MAX_S", 0.05)
-    deploys, store = runner_service(tmp_path, '["{python}", "-c", "print(42)"]')
-    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
-    assert deploys.approve(request.id, BOB).start
-    real = DeployService.start_check
-    failures = iter(range(3))
-
-    def busy(self: DeployService, *args: object) -> str | None:
-        if next(failures, None) is not None:
-            raise sqlite3.OperationalError("database is locked")
-        return real(self, *args)
-
+    deploys, store, request = approved_job(tmp_path, monkeypatch)
+    busy = failing_first(3, DeployService.start_check, "database is locked")
     monkeypatch.setattr(DeployService, "start_check", busy)
     pool = TrackedPool(1, "test-deploys")
     future = deploy_runner.queue(pool, deploys, request.id, lambda: deploys.execute(request.id))
