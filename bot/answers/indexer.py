@@ -342,14 +342,15 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     if refit:
         report.ranker = fit_ranker(store, encoder, key)
         report.ranker_seconds = time.perf_counter() - ranker_started
-    if changed or removed or unembedded or not same_model or config_changed or refit:
-        store.set_meta("config_hash", config_hash)
-        store.set_meta("index_version", uuid.uuid4().hex)  # running bots reload when they see it change
     blends = refit_blends(store, encoder)  # the expert model's weights, fitted on this team's own history
     report.experts_fit = blends.note if blends is not None else ""
     store.set_meta("model", encoder.model_id)
     store.set_meta("index_format", INDEX_FORMAT)
     store.set_meta("knowledge_dir", str(root.resolve()))
+    if changed or removed or unembedded or not same_model or config_changed or refit:
+        store.set_meta("config_hash", config_hash)
+        # Last: running bots reload when they see it change, and must find the blends and the model written.
+        store.set_meta("index_version", uuid.uuid4().hex)
     report.seconds = time.perf_counter() - started
     log.info(
         "indexed root=%s added=%d updated=%d removed=%d embedded=%d seconds=%.2f",

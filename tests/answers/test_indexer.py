@@ -448,6 +448,26 @@ def test_a_roster_change_alone_tells_running_bots_to_reload(
     assert store.get_meta("index_version") != version
 
 
+def test_running_bots_are_told_to_reload_only_once_the_expert_blends_are_written(
+    store: Store, knowledge: Path, fake_encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the index version changed first: a bot reloading in between kept the old blends until the next change.
+    from bot.answers import indexer
+
+    index_knowledge(store, fake_encoder, knowledge)
+    version = store.get_meta("index_version")
+    real, seen = indexer.refit_blends, []
+
+    def blends_then_look(*args: object) -> object:
+        seen.append(store.get_meta("index_version"))
+        return real(*args)
+
+    monkeypatch.setattr(indexer, "refit_blends", blends_then_look)
+    write(knowledge, "runbooks/kube/job.md", "# KubeJobFailed\n\nThe job failed; read its pod's logs.\n")
+    index_knowledge(store, fake_encoder, knowledge)
+    assert seen == [version] and store.get_meta("index_version") != version
+
+
 def test_a_new_index_format_rewrites_documents_without_embedding_again(
     store: Store, knowledge: Path, fake_encoder: FakeEncoder
 ) -> None:
