@@ -465,7 +465,7 @@ def test_running_bots_are_told_to_reload_only_once_the_expert_blends_are_written
     monkeypatch.setattr(indexer, "refit_blends", blends_then_look)
     write(knowledge, "runbooks/kube/job.md", "# KubeJobFailed\n\nThe job failed; read its pod's logs.\n")
     index_knowledge(store, fake_encoder, knowledge)
-    assert seen == [version] and store.get_meta("index_version") != version
+    assert len(seen) == 1 and store.get_meta("index_version") not in (version, seen[0])  # changed after them
 
 
 def test_a_new_index_format_rewrites_documents_without_embedding_again(
