@@ -381,7 +381,7 @@ STOPWORDS = frozenset(
     which while who whom why will with would you your yours yourself yourselves also get got may might must
     shall via per""".split()
 )
-WORD = re.compile(r"[A-Za-z][A-Za-z0-9]+")
+WORD = re.compile(r"[^\W\d_][^\W_]+")  # a letter, then letters or digits, in any script: as the full-text index reads
 
 
 def keyword_terms(text: str, stopwords: frozenset[str], limit: int = 24) -> list[str]:

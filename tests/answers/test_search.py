@@ -449,3 +449,26 @@ def test_a_question_that_spells_out_a_titles_short_form_finds_that_runbook(sibli
     title = {path: float(sig.title[d]) for path, d in siblings.doc_index.items()}
     assert title["runbooks/HPPNotReady.md"] > title["runbooks/CDINotReady.md"] + 0.3, title
     assert title["runbooks/HPPNotReady.md"] == max(title.values())
+
+
+def test_keyword_search_reads_words_in_any_script(tmp_path: Path, fake_encoder: FakeEncoder) -> None:
+    # Before, the query's words were cut with an ASCII pattern: "Überlastung" was searched as "berlastung", Cyrillic
+    # not at all, though the full-text index holds them.
+    root = tmp_path / "knowledge" / "runbooks"
+    root.mkdir(parents=True)
+    texts = {
+        "de.md": "# Datenbank Überlastung\n\n## Symptome\n\nDie Verbindungsabbrüche häufen sich im Primärserver.\n",
+        "ru.md": "# Диск переполнен\n\n## Симптомы\n\nДиск базы данных заполнен журналами.\n",
+    }
+    for name, text in texts.items():
+        (root / name).write_text(text, encoding="utf-8")
+    store = Store(tmp_path / "index.db")
+    index_knowledge(store, fake_encoder, tmp_path / "knowledge")
+    index = SearchIndex(store, fake_encoder)
+    for query, wanted in (
+        ("Verbindungsabbrüche", "runbooks/de.md"),
+        ("Überlastung", "runbooks/de.md"),
+        ("Диск переполнен", "runbooks/ru.md"),
+    ):
+        assert [h.path for h in index.search(query, mode="bm25").hits][:1] == [wanted], query
+    store.close()
