@@ -56,7 +56,7 @@ SLUG_LENGTH = 40
 CANCELLED = "incident-cancelled"
 CREATE_ATTEMPTS = 3  # conversations.create, while the declarer waits for the incident's channel
 CREATE_WAIT_S = 10.0
-CREATED_WITHIN_S = 600  # a channel opsbot made this recently, under the name it asked for, is the one it asked for
+CLOCK_SKEW_S = 30  # Slack's clock against ours, when a channel's creation time is compared with our first attempt
 MEMBERSHIP_PAGES = 10  # users.conversations pages read to find it (200 channels each)
 SCOPE_HINT = "The app needs the `channels:manage` scope (see `opsbot manifest`) and a reinstall."
 PRIVACY_HINT = (
@@ -94,16 +94,19 @@ def say_privately(web: SlackWeb, response_url: str, text: str) -> None:
     web.respond(response_url, text)
 
 
-def create_channel(web: SlackWeb, name: str, private: bool = False) -> tuple[dict | None, str]:
+def create_channel(
+    web: SlackWeb, name: str, private: bool = False, taken: Callable[[str], bool] = lambda channel: False
+) -> tuple[dict | None, str]:
     """conversations.create: (Slack's answer, "") or (None, its error). What the outbox would try again (429, 5xx,
     an error page, a reset) is tried again here, CREATE_ATTEMPTS times at most, after Slack's Retry-After or the
     outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting.
 
     An attempt that timed out (or met a 5xx) may have created the channel all the same: when a later attempt is
-    told the name is taken, the channel of that name that opsbot created a moment ago is the one (else it would be
-    left behind, empty, and a second one made under the other name)."""
+    told the name is taken, the channel of that name that opsbot created since the first attempt, and that no
+    incident has (``taken``), is the one (else it would be left behind, empty, and a second one made under the other
+    name). Another incident's channel of the same name is never taken over."""
     body = {"name": name, "is_private": True} if private else {"name": name}
-    unsure = False
+    unsure, started = False, time.time()
 
     def attempt(n: int) -> Outcome:
         nonlocal unsure
@@ -113,7 +116,7 @@ def create_channel(web: SlackWeb, name: str, private: bool = False) -> tuple[dic
 
     outcome = call_while_waiting(attempt, CREATE_ATTEMPTS, CREATE_WAIT_S)
     if not outcome.ok and outcome.error == "name_taken" and unsure:
-        made = own_new_channel(web, name)
+        made = own_new_channel(web, name, started - CLOCK_SKEW_S, taken)
         if made is not None:
             log.info("incident channel found after an unanswered create name=%s channel=%s", name, made["id"])
             return {"ok": True, "channel": made}, ""
@@ -122,18 +125,19 @@ def create_channel(web: SlackWeb, name: str, private: bool = False) -> tuple[dic
     return outcome.answer, outcome.error
 
 
-def own_new_channel(web: SlackWeb, name: str) -> dict | None:
-    """The channel named ``name`` that opsbot itself created in the last CREATED_WITHIN_S seconds, among those it
-    is a member of (the creator always is), or None: someone else's channel of that name is never taken over."""
+def own_new_channel(web: SlackWeb, name: str, since: float, taken: Callable[[str], bool]) -> dict | None:
+    """The channel named ``name`` that opsbot itself created at ``since`` or later and that no incident has
+    (``taken``), among those it is a member of (the creator always is), or None: someone else's channel of that name,
+    or another incident's, is never taken over."""
     me = (web.call("auth.test") or {}).get("user_id")
     cursor = ""
     for _ in range(MEMBERSHIP_PAGES):
         more = {"cursor": cursor} if cursor else {}
         page = web.call("users.conversations", types="public_channel,private_channel", limit=200, **more) or {}
         for channel in page.get("channels") or []:
-            fresh = time.time() - float(channel.get("created") or 0) <= CREATED_WITHIN_S
+            fresh = float(channel.get("created") or 0) >= since
             ours = me and channel.get("creator") == me and not channel.get("is_archived")
-            if channel.get("name") == name and ours and fresh:
+            if channel.get("name") == name and ours and fresh and not taken(str(channel.get("id", ""))):
                 return channel
         cursor = str((page.get("response_metadata") or {}).get("next_cursor") or "")
         if not cursor:
@@ -199,11 +203,14 @@ def channel_refused_text(incident: LiveIncident, error: str) -> str:
     return f"{text} {hint}" if hint else text
 
 
-def open_incident_channel(web: SlackWeb, incident: LiveIncident, user: str) -> tuple[str | None, str]:
-    """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error)."""
+def open_incident_channel(
+    web: SlackWeb, incident: LiveIncident, user: str, taken: Callable[[str], bool] = lambda channel: False
+) -> tuple[str | None, str]:
+    """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error). ``taken``:
+    whether a channel already belongs to an incident."""
     base = channel_name(incident)
     for name in (base, f"{base[:70]}-{incident.id.rsplit('-', 1)[1]}"):
-        created, error = create_channel(web, name, incident.private)
+        created, error = create_channel(web, name, incident.private, taken)
         if created is None:
             if error == "name_taken":
                 continue
@@ -310,7 +317,7 @@ def brief(
     """
     where = origin
     if runtime.settings.incident_channels:
-        channel, error = open_incident_channel(web, incident, user)
+        channel, error = open_incident_channel(web, incident, user, incidents.has_channel)
         if channel:
             incidents.set_channel(incident.id, channel)
             where = channel

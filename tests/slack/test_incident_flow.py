@@ -603,6 +603,11 @@ def test_a_channel_created_by_an_attempt_that_timed_out_is_the_incidents_channel
         slack_api.add_channel("C0HUMAN002", taken)
         other_id, _ = declare(slack, slack_api, "Label printer offline --sev 3", parts=5)
         assert runtime.incidents().get(other_id).channel not in ("C0HUMAN002", made)
+
+        # Nor another incident's, of the same title: a 503 that made nothing, then name_taken by the first one's.
+        slack_api.fail_next("conversations.create", 503)
+        same_id, _ = declare(slack, slack_api, "Pick lists print blank in Tilburg --sev 3", parts=5)
+        assert runtime.incidents().get(same_id).channel not in (made, "")
     finally:
         slack_api.release()
         server.stop()
