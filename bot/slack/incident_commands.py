@@ -133,7 +133,11 @@ def unquote(text: str) -> str:
     """`"Checkout errors"` -> `Checkout errors`: people quote titles and resolutions as other tools want. Only a
     phrase quoted whole: `"pods restarted" and then "cache flushed"` keeps its quotes."""
     text = text.strip()
-    words = words_of(text) if text[:1] in QUOTES else []
+    if not text or text[0] not in QUOTES:
+        return text
+    words = words_of(text)
+    if not words:  # `""`: quotes around nothing are nothing
+        return ""
     if len(words) == 1 and words[0].quoted and words[0].typed == text:
         return words[0].text
     return text
@@ -222,7 +226,7 @@ def parse_resolve(rest: str) -> tuple[str, str]:
         option, _, value = word.text.partition("=")
         if word.quoted or option.lower() not in ROOT_CAUSE_OPTIONS:
             continue
-        cause = unquote(f"{value}{rest[word.end :]}".strip())
+        cause = unquote(f"{value}{rest[word.end :]}".strip().lstrip("= "))  # `--root-cause = X` too
         if not cause:
             raise InvalidRequest(f"{option} needs the root cause after it: /incident resolve TEXT {option} TEXT.")
         return unquote(rest[: word.at]), cause

@@ -131,6 +131,10 @@ def test_resolve_takes_an_optional_root_cause_and_may_be_empty() -> None:
         "resolve", text="ran it with --root-cause off", root_cause="pool"
     )
     assert parse_incident('resolve Rolled back --root-cause="pool too small"').root_cause == "pool too small"
+    assert parse_incident("resolve Rolled back --root-cause = bad config").root_cause == "bad config"
+    assert parse_incident('resolve INC-2026-0001 ""') == IncidentCommand("resolve", "INC-2026-0001")  # the dialog
+    with pytest.raises(InvalidRequest, match="--root-cause needs the root cause after it"):
+        parse_incident('resolve Rolled back --root-cause ""')
 
 
 def test_only_a_text_quoted_whole_loses_its_quotes() -> None:
