@@ -161,6 +161,7 @@ def _open(deploys: DeployService, event: DeployEvent, actor: str, now: datetime)
         pipeline_url=event.pipeline_url,
         changes=json.dumps(list(event.changes)),
         flags=json.dumps(flags),
+        start_reported=int(bool(event.started_at) or not event.finished),
     )
     store.insert_deploy(row)
     if status == "running" and free:

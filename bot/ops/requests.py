@@ -64,6 +64,7 @@ class DeployRequest:
     emergency: str = ""  # the open incident whose emergency rule let this rollback go with fewer approvals
     triggered_at: str = ""  # when a webhook runner sent its trigger
     runner_kind: str = ""  # what runs it, as approved: command, webhook or webhook-report
+    start_reported: bool = True  # False: a CI run reported only at its finish (its start shown as not reported)
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -89,6 +90,7 @@ class DeployRequest:
             "runner_kind",
         ):
             data[key] = data.get(key) or ""
+        data["start_reported"] = bool(data.get("start_reported", 1))
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
         rejected = next((u for u, d, _ in decisions if d == "reject"), "")
         return cls(**data, approvers=approvers, rejected_by=rejected)
@@ -100,7 +102,7 @@ class DeployRequest:
     @property
     def start_known(self) -> bool:
         """False for a CI run reported only at its finish: its row takes the finish as its start, for ordering."""
-        return bool(self.started_at) and not (self.source == "ci" and self.started_at == self.finished_at)
+        return bool(self.started_at) and self.start_reported
 
     @property
     def duration_s(self) -> float | None:
@@ -214,6 +216,7 @@ def new_row(request_id: str, **fields: object) -> dict:
         "emergency": "",
         "triggered_at": "",
         "runner_kind": "",
+        "start_reported": 1,
     }
     unknown = set(fields) - set(row)
     if unknown:

@@ -18,7 +18,7 @@ class DeployStore(StoreBase):
         "id, kind, service, env, version, from_version, requester, status, approvals_needed, created_at, "
         "expires_at, started_at, finished_at, channel, message_ts, exit_code, log_tail, source, commit_sha, "
         "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note, emergency, triggered_at, "
-        "runner_kind"
+        "runner_kind, start_reported"
     )
 
     # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger

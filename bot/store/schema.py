@@ -422,3 +422,10 @@ def m025_private_incidents(db: Database) -> None:
     # the incidents declared before opsbot asked; private until Slack says otherwise (the next /incident asks).
     db["live_incidents"].add_column("private", int, not_null_default=0)
     db.execute("UPDATE live_incidents SET private = -1")
+
+
+@migrations()
+def m026_deploy_start_reported(db: Database) -> None:
+    # 0: a CI run reported only at its finish, whose row takes the finish as its start (for ordering): its start
+    # and duration are shown as not reported. Rows before this: 1, as they were shown.
+    db["deploy_requests"].add_column("start_reported", int, not_null_default=1)

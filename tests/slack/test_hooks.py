@@ -92,6 +92,12 @@ def test_a_run_reported_only_at_its_finish_shows_no_invented_start_or_duration(
     [summary] = slack_api.calls("chat.postMessage")
     assert "30 s" in shown(summary.body) and "not reported" not in shown(summary.body)
 
+    slack_api.clear()  # a run within one second, both times reported: its start is known (it was taken for unknown)
+    when = at(seconds=10)
+    hooks.post(event(version="1.4.4", started_at=when, finished_at=when))
+    [summary] = slack_api.calls("chat.postMessage")
+    assert "under 1 s" in shown(summary.body) and "not reported" not in shown(summary.body)
+
 
 @pytest.mark.parametrize(
     ("how", "expected"),
