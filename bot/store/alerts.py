@@ -50,11 +50,13 @@ class AlertStore(StoreBase):
         return rows[0] if rows else None
 
     def alert_groups(self, limit: int = 200, status: str | None = None) -> list[dict]:
-        """Newest change first (in one second, the group recorded last first); only firing (or resolved) ones when
-        ``status`` is given."""
+        """Newest change first (in one second, by its latest event); only firing (or resolved) ones when ``status``
+        is given."""
         where, params = ("status = ?", [status]) if status else ("1=1", [])
+        latest = "(SELECT MAX(e.id) FROM alert_events e WHERE e.group_id = alert_groups.id)"
         return self._dicts(
-            f"SELECT * FROM alert_groups WHERE {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?", [*params, limit]
+            f"SELECT * FROM alert_groups WHERE {where} ORDER BY updated_at DESC, {latest} DESC, rowid DESC LIMIT ?",
+            [*params, limit],
         )
 
     def unbriefed_alert_groups(self) -> list[str]:

@@ -176,6 +176,23 @@ class LockedDatabase(Database):
             yield db
 
 
+def database_purpose(path: Path, key: str) -> str | None:
+    """The ``meta`` value ``key`` of the database at ``path``, read without writing anything (no migration): None
+    for an empty or missing file, or one that is not a database (opening it says what is wrong), "" for a database
+    with tables but no such value."""
+    try:
+        if path.stat().st_size == 0:
+            return None
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                return None
+            found = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone() if "meta" in tables else None
+    except (OSError, sqlite3.Error):
+        return None
+    return str(found[0]) if found else ""
+
+
 def foreign_tables(db: Database) -> list[str]:
     """The tables of a database that opsbot never migrated (no opsbot migration recorded), if it has any: a file
     another program wrote, which opsbot must leave alone."""

@@ -21,7 +21,7 @@ from bot.config import Settings
 from bot.errors import InvalidRequest
 from bot.models import Answer
 from bot.store import Store
-from bot.store.base import DatabaseUnavailable
+from bot.store.base import DatabaseUnavailable, database_purpose
 
 CUTOFFS = (1, 3, 5)
 MRR_DEPTH = 10
@@ -217,19 +217,18 @@ def run_eval(
     _check_documents(documents)
     queries = load_queries(queries_path)
     with tempfile.TemporaryDirectory(prefix="opsbot-eval-") as tmp:
-        kept = db_path is not None and db_path.exists()
+        if db_path is not None and database_purpose(db_path, EVAL_PURPOSE) not in (None, "eval"):
+            # Indexing the eval folder into it would replace its knowledge, roster, rotas and channel settings.
+            raise InvalidRequest(
+                f"--index-db {db_path} is a database `opsbot eval` did not make (your bot's, perhaps): evaluating "
+                "into it would replace its index. Give the name of a new file (one made by an opsbot older than "
+                "this check is refused too: delete it and run again)."
+            )
         try:
             store = Store(db_path or Path(tmp) / "eval.db")
         except DatabaseUnavailable as exc:  # the user gave the path with --index-db, not OPSBOT_DB
             raise exc.naming("--index-db") from None
         try:
-            if kept and store.get_meta(EVAL_PURPOSE) != "eval":
-                # Indexing the eval folder into it would replace its knowledge, roster, rotas and channel settings.
-                raise InvalidRequest(
-                    f"--index-db {db_path} is a database `opsbot eval` did not make (your bot's, perhaps): "
-                    "evaluating into it would replace its index. Give the name of a new file (one made by an opsbot "
-                    "older than this check is refused too: delete it and run again)."
-                )
             store.set_meta(EVAL_PURPOSE, "eval")
             # The query file is read above, for measuring only: indexing (and the ranker's fit) never sees it.
             report = index_knowledge(store, encoder, knowledge)

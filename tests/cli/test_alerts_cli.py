@@ -43,6 +43,19 @@ def test_alerts_lists_every_group_the_latest_first_or_only_the_firing_ones(alert
     assert len(firing) == 1 and "KubePodCrashLooping" in firing[0]
 
 
+def test_groups_changed_in_one_second_are_listed_by_their_latest_change(tmp_path: Path) -> None:
+    # Alertmanager sends bursts: the group changed last is listed first, though recorded first.
+    store = Store(tmp_path / "opsbot.db")
+    routing = AlertRouting((), frozenset({"checkout-api", "order-pipeline"}), {}, "CALERTS001")
+    clock = Clock(datetime(2026, 12, 5, 16, 23, tzinfo=UTC))
+    service = AlertService(store, routing, AlertSettings(), {}, clock=clock)
+    for name in ("pgbouncer-firing", "crashloop-firing", "pgbouncer-resolved"):
+        service.receive(parse_notification((FIXTURES / f"{name}.json").read_bytes()))
+    store.close()
+    listed = invoke("alerts").stdout.splitlines()
+    assert "PgBouncerPoolExhausted" in listed[0] and "KubePodCrashLooping" in listed[1]
+
+
 def test_alerts_json_holds_the_groups_with_their_alerts_and_events(alerts: AlertService) -> None:
     result = invoke("alerts", "--json")
     assert result.exit_code == 0, result.output

@@ -602,6 +602,9 @@ def test_eval_never_indexes_into_a_database_it_did_not_make(
 
     assert_clean_failure(result, f"--index-db {live} is a database `opsbot eval` did not make")
     assert database_text(live) == before
+    empty = tmp_path / "from-mktemp.db"
+    empty.touch()  # an empty file, as mktemp makes: a new database, taken
+    assert invoke(*args, "--index-db", str(empty)).exit_code == 0
 
 
 @pytest.mark.parametrize("where", ["notes.txt", "no-such-dir/kept.db"])
