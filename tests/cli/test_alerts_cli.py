@@ -20,17 +20,23 @@ from tests.fakes import Clock
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "alertmanager"
 
 
-@pytest.fixture
-def alerts(tmp_path: Path) -> Iterator[AlertService]:
-    """The database the CLI opens, with the pgbouncer group fired and resolved and the crash loop firing."""
+def received(tmp_path: Path, *names: str) -> AlertService:
+    """The database the CLI opens, with the captured deliveries ``names`` received in that order, in one second."""
     store = Store(tmp_path / "opsbot.db")
     routing = AlertRouting((), frozenset({"checkout-api", "order-pipeline"}), {}, "CALERTS001")
     clock = Clock(datetime(2026, 12, 5, 16, 23, tzinfo=UTC))
     service = AlertService(store, routing, AlertSettings(), {}, clock=clock)
-    for name in ("pgbouncer-firing", "pgbouncer-resolved", "crashloop-firing"):
+    for name in names:
         service.receive(parse_notification((FIXTURES / f"{name}.json").read_bytes()))
+    return service
+
+
+@pytest.fixture
+def alerts(tmp_path: Path) -> Iterator[AlertService]:
+    """The pgbouncer group fired and resolved, and the crash loop firing."""
+    service = received(tmp_path, "pgbouncer-firing", "pgbouncer-resolved", "crashloop-firing")
     yield service
-    store.close()
+    service.store.close()
 
 
 def test_alerts_lists_every_group_the_latest_first_or_only_the_firing_ones(alerts: AlertService) -> None:
@@ -45,13 +51,7 @@ def test_alerts_lists_every_group_the_latest_first_or_only_the_firing_ones(alert
 
 def test_groups_changed_in_one_second_are_listed_by_their_latest_change(tmp_path: Path) -> None:
     # Alertmanager sends bursts: the group changed last is listed first, though recorded first.
-    store = Store(tmp_path / "opsbot.db")
-    routing = AlertRouting((), frozenset({"checkout-api", "order-pipeline"}), {}, "CALERTS001")
-    clock = Clock(datetime(2026, 12, 5, 16, 23, tzinfo=UTC))
-    service = AlertService(store, routing, AlertSettings(), {}, clock=clock)
-    for name in ("pgbouncer-firing", "crashloop-firing", "pgbouncer-resolved"):
-        service.receive(parse_notification((FIXTURES / f"{name}.json").read_bytes()))
-    store.close()
+    received(tmp_path, "pgbouncer-firing", "crashloop-firing", "pgbouncer-resolved").store.close()
     listed = invoke("alerts").stdout.splitlines()
     assert "PgBouncerPoolExhausted" in listed[0] and "KubePodCrashLooping" in listed[1]
 
