@@ -94,9 +94,7 @@ def say_privately(web: SlackWeb, response_url: str, text: str) -> None:
     web.respond(response_url, text)
 
 
-def create_channel(
-    web: SlackWeb, name: str, private: bool = False, taken: Callable[[str], bool] = lambda channel: False
-) -> tuple[dict | None, str]:
+def create_channel(web: SlackWeb, name: str, private: bool, taken: Callable[[str], bool]) -> tuple[dict | None, str]:
     """conversations.create: (Slack's answer, "") or (None, its error). What the outbox would try again (429, 5xx,
     an error page, a reset) is tried again here, CREATE_ATTEMPTS times at most, after Slack's Retry-After or the
     outbox's backoff; a Retry-After longer than CREATE_WAIT_S is not waited for: the declarer is waiting.
@@ -204,7 +202,7 @@ def channel_refused_text(incident: LiveIncident, error: str) -> str:
 
 
 def open_incident_channel(
-    web: SlackWeb, incident: LiveIncident, user: str, taken: Callable[[str], bool] = lambda channel: False
+    web: SlackWeb, incident: LiveIncident, user: str, taken: Callable[[str], bool]
 ) -> tuple[str | None, str]:
     """Create the incident's channel and invite the declarer; (channel id, "") or (None, Slack's error). ``taken``:
     whether a channel already belongs to an incident."""

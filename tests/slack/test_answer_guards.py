@@ -198,17 +198,23 @@ def test_an_answer_is_shared_once_however_often_share_is_pressed(
     assert runtime.store.db.execute("SELECT count(*) FROM answers").fetchone()[0] == answers
 
 
+def share_refused(slack: SlackDriver, slack_api: FakeSlackAPI) -> str:
+    """An /ask answer whose Share Slack refused (opsbot not in the channel): the asker told why, nothing posted."""
+    value = ask(slack, slack_api)
+    slack_api.fail_next("chat.postMessage", status=200, error="not_in_channel")
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    slack_api.wait_for("response_url", predicate=lambda c: "not_in_channel" in str(c.body), timeout=15)
+    settle(slack, 1.5)
+    assert not slack_api.messages()
+    return value
+
+
 def test_a_share_slack_refuses_leaves_the_private_answer_and_says_why(
     slack: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:
     # Before, the private answer was deleted as soon as the share was queued: in a private channel or a DM opsbot
     # is not in, Slack refused the post and the answer was gone from both places.
-    value = ask(slack, slack_api)
-    slack_api.fail_next("chat.postMessage", status=200, error="not_in_channel")
-    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
-    (note,) = slack_api.wait_for("response_url", predicate=lambda c: "not_in_channel" in str(c.body), timeout=15)
-    settle(slack, 1.5)
-    assert not slack_api.messages()
+    share_refused(slack, slack_api)
     assert not [r for r in slack_api.responses() if r.get("delete_original")]
 
     slack_api.clear()
@@ -223,12 +229,7 @@ def test_a_share_slack_refused_can_be_pressed_again_once_opsbot_is_invited(
 ) -> None:
     # Before, the claim stayed with the refused post: every later press said "already shared", and the only way
     # to share the answer was to ask again.
-    value = ask(slack, slack_api)
-    slack_api.fail_next("chat.postMessage", status=200, error="not_in_channel")
-    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
-    slack_api.wait_for("response_url", predicate=lambda c: "not_in_channel" in str(c.body), timeout=15)
-    settle(slack, 1)
-    assert not slack_api.messages()
+    value = share_refused(slack, slack_api)
 
     slack_api.clear()
     slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # opsbot invited meanwhile: Slack takes the post now
