@@ -184,7 +184,7 @@ def dora_figures(ctx: click.Context, service: str | None, env: str | None, days:
     """
     from dataclasses import asdict
 
-    from bot.ops.metrics import dora, duration_text
+    from bot.ops.metrics import days_text, dora, duration_text
     from bot.services import ConfigProblem, parse_settings
 
     refuse_blank(ctx)
@@ -218,12 +218,12 @@ def dora_figures(ctx: click.Context, service: str | None, env: str | None, days:
         }
         click.echo(json.dumps(asdict(figures) | extra, indent=2))
         return
-    click.secho(f"{service or 'All services'} in {env}, last {days} days", bold=True)
+    click.secho(f"{service or 'All services'} in {env}, last {days_text(days)}", bold=True)
     click.echo(figures.line())
     click.echo(f"  deploys in the period: {figures.deploys_period} ({figures.per_week:.1f} a week)")
     click.echo(
-        f"  changes: {figures.changes}, of which failed: {figures.failed_changes} (failed, rolled back, or followed "
-        f"by an incident within {settings.failure_window_hours} h)"
+        f"  changes: {figures.changes}, of which failed: {figures.failed_changes} (failed, rolled back, or the "
+        f"last deploy before an incident of its service, within {settings.failure_window_hours} h)"
     )
     restore = "n/a" if figures.time_to_restore_min is None else duration_text(figures.time_to_restore_min)
     lead = "n/a" if figures.lead_time_h is None else duration_text(figures.lead_time_h * 60)

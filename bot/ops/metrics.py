@@ -46,13 +46,17 @@ class Dora:
         cfr = "n/a" if self.change_failure_rate is None else f"{self.change_failure_rate:.0%}"
         cfr_detail = f" ({self.failed_changes}/{self.changes})" if self.changes else ""
         if self.days != 30:  # the deploy counts beside it are of 7 and 30 days, whatever the period
-            cfr_detail += f" over {self.days} days"
+            cfr_detail += f" over {days_text(self.days)}"
         restore = "n/a" if self.time_to_restore_min is None else duration_text(self.time_to_restore_min)
         lead = "n/a" if self.lead_time_h is None else duration_text(self.lead_time_h * 60)
         return (
             f"Deploys: {self.deploys_7d} in 7 days, {self.deploys_30d} in 30 · change failure rate {cfr}{cfr_detail} · "
             f"time to restore {restore} · lead time {lead}"
         )
+
+
+def days_text(days: int) -> str:
+    return "1 day" if days == 1 else f"{days} days"
 
 
 def duration_text(value: float) -> str:
@@ -235,7 +239,13 @@ def finished_changes(store: Store, env: str, now: datetime, since: datetime | No
         r["_finished"] = moment(
             (r.get("triggered_at") or r["started_at"] or r["finished_at"]) if handed else r["finished_at"]
         )
-    return sorted((r for r in rows if r["_finished"] <= now), key=lambda r: r["_finished"])
+    return sorted((r for r in rows if r["_finished"] <= now), key=_run_order)
+
+
+def _run_order(row: dict) -> tuple:
+    """Finish order; of runs that finished in the same second (a pipeline's failed deploy and its automatic
+    rollback, reported in whole seconds or minutes), the one begun first, and a rollback after a deploy."""
+    return (row["_finished"], moment(row["created_at"]) or row["_finished"], row["kind"] == "rollback")
 
 
 class Successes:
@@ -314,7 +324,7 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
 
     A rollback undoes the last deploy that ran before it and that no earlier rollback undid: what a rollback
     undid no longer runs, so the next rollback undoes what came before it (0.9.0, 1.0.0, 1.1.0, then two
-    rollbacks: 1.1.0 and 1.0.0 were both undone). One pass, oldest first (``rows`` are in finish order),
+    rollbacks: 1.1.0 and 1.0.0 were both undone). One pass, oldest first (``rows`` are in run order, ``finished_changes``),
     keeping each service's deploys that ran and still stand. Whether a deploy was undone depends only on what
     finished after it, so a history cut a failure window before the period gives the same answer.
     """
@@ -329,12 +339,9 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
         if row["kind"] != "rollback" or row["status"] != "succeeded":
             continue
         standing = ran.get(row["service"], [])
-        at = len(standing)
-        while at and standing[at - 1]["_finished"] >= row["_finished"]:  # finished at the same moment: not before
-            at -= 1
-        if not at:
+        if not standing:
             continue
-        before = standing.pop(at - 1)
+        before = standing.pop()  # the last in run order before it: one that finished in its second too, if begun first
         # a failed deploy it undid counts as failed already, not twice; the good one before it was not undone
         if before["status"] == "succeeded" and row["_finished"] <= before["_finished"] + window:
             undone.add(before["id"])

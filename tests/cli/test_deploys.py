@@ -315,6 +315,9 @@ def test_dora_over_another_period_says_which_the_failure_rate_covers_and_reads_d
     assert "change failure rate 0% (0/2) over 7 days" in result.stdout
     assert "lead time 2.0 h" in result.stdout.splitlines()[1]
     assert "lead time (median, commit to deploy): 2.0 h" in result.stdout
+    one_day = invoke("dora", "--days", "1").stdout
+    assert one_day.splitlines()[0] == "All services in prod, last 1 day"  # not "last 1 days"
+    assert " over 1 day ·" in one_day
 
 
 def test_dora_json_and_filters(history: History) -> None:

@@ -255,6 +255,27 @@ def test_a_rollback_after_a_failed_deploy_does_not_blame_the_good_one_before(sto
     assert figures.time_to_restore_min == 60  # the rollback's success restored the service
 
 
+def test_a_failed_deploy_and_its_rollback_finished_in_one_second_are_taken_in_the_order_they_ran(store: Store) -> None:
+    # A pipeline's automatic rollback step, reported in whole minutes: the failed deploy and the rollback finish in
+    # the same second, and the rollback (reported with its finish only) was recorded after the deploy began.
+    t = ago(days=3)
+    failed = deploy(t + timedelta(hours=2), version="1.5.0", status="failed")
+    rollback = deploy(t + timedelta(hours=2), version="1.4.2", kind="rollback") | {
+        "created_at": (t + timedelta(hours=2)).isoformat(timespec="seconds"),
+        "started_at": None,
+    }
+    insert(store, deploy(t, version="1.4.2"), failed, rollback)
+
+    figures = dora(store, now=NOW)
+
+    # Before, the rollback came first: it undid the good 1.4.2, and the failure stayed an outage with no end.
+    assert (figures.failed_changes, figures.changes) == (1, 2)
+    assert figures.time_to_restore_min == 0
+    insert(store, deploy(t + timedelta(days=1), version="1.6.0"))
+    figures = dora(store, now=NOW)
+    assert (figures.failed_changes, figures.changes, figures.time_to_restore_min) == (1, 3, 0)
+
+
 @pytest.mark.parametrize("status", ["cancelled", "failed", "timed_out", "interrupted"])
 def test_a_rollback_that_did_not_succeed_undid_nothing(store: Store, status: str) -> None:
     t = ago(days=3)
