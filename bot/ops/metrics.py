@@ -14,8 +14,13 @@ from bot.ops.requests import abandoned_hand_off
 from bot.store import Store
 
 # Deploys whose command ran: an interrupted one may be half rolled out. A cancelled one (approved, stopped by the
-# policy before it started) has a started_at but changed nothing, so it cannot be what a rollback undid.
+# policy before it started) has a started_at but changed nothing, so it cannot be what a rollback undid; nor can a
+# failed one that never started (``never_started``: its command could not start, its pipeline refused the trigger).
 RAN = ("succeeded", "failed", "timed_out", "interrupted")
+
+
+def has_run(row: dict) -> bool:
+    return row["status"] in RAN and not row.get("never_started")
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,10 @@ def dora(
     changes = [
         r
         for r in rows
-        if r["kind"] == "deploy" and r["status"] in ("succeeded", "failed", "timed_out") and r["_finished"] >= start
+        if r["kind"] == "deploy"
+        and r["status"] in ("succeeded", "failed", "timed_out")
+        and not r.get("never_started")  # it changed nothing
+        and r["_finished"] >= start
     ]
     # An incident declared from an alert failed from when the alert started firing: a deploy that finished
     # between the firing and the declaration cannot have caused it.
@@ -143,7 +151,7 @@ def dora(
             began_at = outage.pop(r["service"], None)
             if began_at is not None:
                 spans.append(Outage(began_at, r["_finished"], frozenset((r["service"],))))
-        elif r["kind"] == "deploy" and r["status"] in ("failed", "timed_out"):
+        elif r["kind"] == "deploy" and r["status"] in ("failed", "timed_out") and not r.get("never_started"):
             if outage.get(r["service"], r["_finished"]) < reach <= r["_finished"]:
                 outage.pop(r["service"])  # failing since before the reach: from here, as a shorter period sees it
             outage.setdefault(r["service"], r["_finished"])
@@ -331,7 +339,7 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
     undone = set()
     ran: dict[str, list[dict]] = {}
     for row in rows:
-        if row["kind"] == "deploy" and (row["status"] in RAN or abandoned_hand_off(row)):
+        if row["kind"] == "deploy" and (has_run(row) or abandoned_hand_off(row)):
             ran.setdefault(row["service"], []).append(row)
             continue
         # Only a rollback that succeeded undid anything: a rejected, expired or cancelled one never ran (started_at

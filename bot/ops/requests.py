@@ -65,6 +65,7 @@ class DeployRequest:
     triggered_at: str = ""  # when a webhook runner sent its trigger
     runner_kind: str = ""  # what runs it, as approved: command, webhook or webhook-report
     start_reported: bool = True  # False: a CI run reported only at its finish (its start shown as not reported)
+    never_started: bool = False  # True: failed before anything ran (a command that could not start, a refused trigger)
     approvers: tuple[str, ...] = ()
     rejected_by: str = ""
 
@@ -91,6 +92,7 @@ class DeployRequest:
         ):
             data[key] = data.get(key) or ""
         data["start_reported"] = bool(data.get("start_reported", 1))
+        data["never_started"] = bool(data.get("never_started", 0))
         approvers = tuple(u for u, d, _ in decisions if d == "approve")
         rejected = next((u for u, d, _ in decisions if d == "reject"), "")
         return cls(**data, approvers=approvers, rejected_by=rejected)
@@ -217,6 +219,7 @@ def new_row(request_id: str, **fields: object) -> dict:
         "triggered_at": "",
         "runner_kind": "",
         "start_reported": 1,
+        "never_started": 0,
     }
     unknown = set(fields) - set(row)
     if unknown:

@@ -222,7 +222,7 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
         except Exception as exc:  # noqa: BLE001 - any failure to prepare is this deploy's failure, reported
             why = scrub(f"could not prepare the run: {exc}")
             log.error("deploy not started id=%s service=%s error=%s", request_id, request.service, why)
-            return _finish(deploys, request, "failed", None, why, note=why)
+            return _finish(deploys, request, NOT_STARTED, None, why, note=why)
         secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
         note = ""
         if runner.kind == "webhook":
@@ -243,6 +243,7 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
 
 RUNNER_WORDS = {"command": "a command", "webhook": "a webhook", "webhook-report": "a webhook that awaits its report"}
 UNANSWERED = "unanswered"  # a trigger sent whose answer never came: CI may or may not have taken it
+NOT_STARTED = "not_started"  # failed before anything ran: the command could not start, or CI refused the trigger
 GATEWAY_GAVE_UP = (502, 504)  # a proxy's answer that it passed the trigger on and heard nothing back
 
 
@@ -303,10 +304,12 @@ def _finish(
 
     ``awaiting_ci``: a webhook's pipeline took the trigger and will report the outcome, so the request has not
     finished and keeps the lock (``ci_deploys`` settles it when the report comes, ``abandon_stale`` if none does).
-    ``unanswered``: the trigger was sent and no answer came.
+    ``unanswered``: the trigger was sent and no answer came. ``NOT_STARTED``: failed, and marked as never begun.
     """
     pause = 0.5
     attempt = 0
+    never_started = status == NOT_STARTED
+    status = "failed" if never_started else status
     handed_off = status == "awaiting_ci"
     finished_at = None if handed_off else deploys.clock().astimezone(UTC).isoformat(timespec="seconds")
     while True:
@@ -332,6 +335,7 @@ def _finish(
                     log_tail=tail,
                     note=note,
                     lease_until=None,
+                    never_started=int(never_started),
                 )
                 if recorded and handed_off:
                     _handed_off(deploys, request, was, exit_code)
@@ -471,7 +475,7 @@ def _run_command(
         os.close(watch_write)
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
         log.error("deploy command not started id=%s error=%s", request.id, why)
-        return "failed", None, [f"could not start {argv[0]}: {why}"]
+        return NOT_STARTED, None, [f"could not start {argv[0]}: {why}"]
     finally:
         os.close(watch_read)
     _record_runner(deploys, request.id, process.pid)
@@ -526,7 +530,7 @@ def _run_command(
         os.close(watch_write)
     code = process.returncode
     if code == 127 and lines and lines[-1].startswith("could not start "):
-        return "failed", None, list(lines)
+        return NOT_STARTED, None, list(lines)
     return ("succeeded" if code == 0 else "failed"), code, list(lines)
 
 
@@ -669,13 +673,13 @@ def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> t
                 "does not follow (the secret header would go with it); nothing was triggered. "
                 "Set webhook.url in services.yaml to the address that takes the POST."
             )
-            return "failed", None, [scrub(why, secrets)]
-        return "failed", None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
+            return NOT_STARTED, None, [scrub(why, secrets)]
+        return NOT_STARTED, None, [scrub(f"could not trigger {shown}: {exc}", secrets)]
     except Exception as exc:  # noqa: BLE001 - any failure to trigger is the deploy's, reported in full
         if getattr(_sent, "done", False) and not _refused_by_tls(exc):  # it went out whole: CI may have taken it
             return UNANSWERED, None, [scrub(f"sent the trigger to {shown}, but no answer came: {exc!r}", secrets)]
         detail = exc if isinstance(exc, urllib.error.URLError) else repr(exc)  # urllib's own words say what it was
-        return "failed", None, [scrub(f"could not trigger {shown}: {detail}", secrets)]  # it never reached CI whole
+        return NOT_STARTED, None, [scrub(f"could not trigger {shown}: {detail}", secrets)]  # it never reached CI whole
 
 
 def _refused_by_tls(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ class DeployStore(StoreBase):
         "id, kind, service, env, version, from_version, requester, status, approvals_needed, created_at, "
         "expires_at, started_at, finished_at, channel, message_ts, exit_code, log_tail, source, commit_sha, "
         "commit_time, pipeline_url, changes, owner, lease_until, runner_pid, flags, note, emergency, triggered_at, "
-        "runner_kind, start_reported"
+        "runner_kind, start_reported, never_started"
     )
 
     # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger
@@ -126,12 +126,13 @@ class DeployStore(StoreBase):
         return cur.fetchone() is not None
 
     def newest_finished_run(self, service: str, env: str) -> dict | None:
-        """The run that finished last, whatever its outcome (one cancelled before it started never ran). A deploy
+        """The run that finished last, whatever its outcome (one cancelled before it started never ran, nor did
+        one whose command could not start). A deploy
         abandoned while its pipeline deployed may have run, and counts as of its trigger (it was abandoned hours
         later); an abandoned rollback is left out (what it rolled back from may still run), as is a CI deploy
         abandoned for lack of a finish."""
         rows = self._rows(
-            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL "
+            "service = ? AND env = ? AND started_at IS NOT NULL AND finished_at IS NOT NULL AND never_started = 0 "
             "AND (status IN ('succeeded', 'failed', 'timed_out', 'interrupted') "
             "OR (status = 'abandoned' AND source != 'ci' AND kind = 'deploy'))",
             [service, env],

@@ -429,3 +429,11 @@ def m026_deploy_start_reported(db: Database) -> None:
     # 0: a CI run reported only at its finish, whose row takes the finish as its start (for ordering): its start
     # and duration are shown as not reported. Rows before this: 1, as they were shown.
     db["deploy_requests"].add_column("start_reported", int, not_null_default=1)
+
+
+@migrations()
+def m027_deploy_never_started(db: Database) -> None:
+    # 1: a failed run that never began (its command could not start, its pipeline refused the trigger, the run could
+    # not be prepared): it changed nothing, so it is no change in the DORA figures and nothing a rollback undoes.
+    # Rows before this: 0, as they were counted.
+    db["deploy_requests"].add_column("never_started", int, not_null_default=0)

@@ -12,6 +12,7 @@ import pytest
 
 from bot.errors import InvalidRequest
 from bot.ops.deploys import DeployService
+from bot.ops.metrics import dora
 from bot.store import Store
 from tests.fakes import START, Clock
 from tests.ops.fixtures import (
@@ -87,10 +88,14 @@ def test_missing_command_fails_with_a_message(tmp_path: Path) -> None:
 
     done = deploys.execute(request.id)
 
-    assert done.status == "failed" and done.exit_code is None
+    assert done.status == "failed" and done.exit_code is None and done.never_started
     assert "could not start /nonexistent/bin/deploy-tool" in done.log_tail
     # the lock was released: the next request is possible
     assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
+    # Nothing ran, so nothing changed: no failed change, and no outage until the next success (before: 1 of 1
+    # failed, and a "time to restore" as long as it took to mend services.yaml).
+    figures = dora(store, service="job", env="staging")
+    assert (figures.changes, figures.failed_changes, figures.time_to_restore_min) == (0, 0, None)
     store.close()
 
 

@@ -421,6 +421,7 @@ def test_orphans_that_end_while_the_command_runs_leave_no_zombies_and_the_outcom
     assert "adopted by the guard: True" in done.log_tail, done.log_tail
     assert "zombies of the guard: 0" in done.log_tail, done.log_tail
     assert done.status == "failed" and done.exit_code == 3, (done.status, done.exit_code)
+    assert not done.never_started  # it ran, and failed: a change that failed
     store.close()
 
 
@@ -436,7 +437,7 @@ def test_a_command_that_cannot_be_started_fails_the_deploy_saying_why_and_frees_
 
     done = deploys.execute(request.id)
 
-    assert done.status == "failed" and done.exit_code is None
+    assert done.status == "failed" and done.exit_code is None and done.never_started
     assert "could not start" in done.log_tail and "null byte" in done.log_tail
     assert store.lock_holder("job", "staging") is None
     assert deploys.request("deploy", "job", "staging", "1.0.1", ALICE).status == "pending"
