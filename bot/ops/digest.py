@@ -28,8 +28,10 @@ def digest_due(digest: Digest, now: datetime, last_posted_week: str) -> str | No
 
 
 def weekly_figures(deploys: DeployService, env: str, days: int = 30) -> Figures:
-    """All services together, then each service deployable to ``env``, over the last ``days``."""
-    names = sorted(name for name, config in deploys.services.items() if env in config.environments)
+    """All services together, then each service deployable to ``env`` or deployed there (CI may deploy a service
+    that services.yaml lists with its owners only), over the last ``days``."""
+    configured = {name for name, config in deploys.services.items() if env in config.environments}
+    names = sorted(configured | {name for name, where in deploys.store.deployed_names() if where == env})
     each = [(name, deploys.figures(name, env, days)) for name in names]
     return deploys.figures(None, env, days), each
 

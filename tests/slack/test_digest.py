@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.ops.ci_deploys import record_ci_event
+from bot.ops.ci_events import parse_event
 from bot.ops.digest import digest_due, weekly_figures
 from bot.ops.metrics import Dora
 from bot.runtime import Runtime
@@ -84,6 +87,36 @@ def test_the_digest_leaves_out_services_not_deployed_to_its_environment(runtime:
 
     assert "docs-site" not in [name for name, _ in each] and "checkout-api" in [name for name, _ in each]
     assert "docs-site" in [name for name, _ in staging]
+
+
+def test_the_digest_shows_a_service_that_ci_deploys_to_its_environment_though_services_yaml_does_not(
+    runtime: Runtime,
+) -> None:
+    # Before, its figures counted in "All services" and it had no line: the one failing service went unnamed.
+    configs = runtime.store.service_configs()
+    configs["docs-site"] = {"owners": ["U03F8K2LQ1"]}  # owners only: CI reports its deploys
+    runtime.store.replace_services(configs)
+    deploys = runtime.deploys()
+    assert "docs-site" not in deploys.services and "docs-site" in deploys.ci_services()
+    now = datetime.now(UTC)
+    for n, status in enumerate(["succeeded", "failed"]):
+        event = {
+            "event_id": f"docs-{n}",
+            "service": "docs-site",
+            "env": "prod",
+            "version": f"1.0.{n}",
+            "status": status,
+            "started_at": (now - timedelta(hours=5 - n, minutes=5)).isoformat(),
+            "finished_at": (now - timedelta(hours=5 - n)).isoformat(),
+        }
+        record_ci_event(deploys, parse_event(json.dumps(event), deploys.ci_services(), deploys.ci_environments()))
+
+    _, each = weekly_figures(deploys, "prod")
+    _, staging = weekly_figures(deploys, "staging")
+
+    shown = dict(each)
+    assert (shown["docs-site"].changes, shown["docs-site"].failed_changes) == (2, 1)
+    assert "docs-site" not in dict(staging)
 
 
 @pytest.mark.parametrize("services", [0, 1, 30, 2000])
