@@ -171,7 +171,7 @@ class Settings:
 
         api_url = values.get("SLACK_API_URL") or "https://slack.com/api/"
         if not api_url.startswith(("http://", "https://")):
-            problems.append(f"SLACK_API_URL={api_url!r} must start with http:// or https://.")
+            problems.append(f"SLACK_API_URL={_shown_address(api_url)} must start with http:// or https://.")
         elif not api_url.endswith("/"):
             api_url += "/"
 
@@ -186,7 +186,7 @@ class Settings:
         hook_url = (values.get("OPSBOT_HOOK_URL") or "").strip()
         if hook_url and not hook_url.startswith(("http://", "https://")):
             problems.append(
-                f"OPSBOT_HOOK_URL={hook_url!r} must start with http:// or https:// "
+                f"OPSBOT_HOOK_URL={_shown_address(hook_url)} must start with http:// or https:// "
                 "(for example http://opsbot.internal:3000/hooks/deploy)."
             )
         for name, prefix, where in SLACK_CREDENTIALS:
@@ -275,6 +275,12 @@ def _bool_setting(values: Mapping[str, str], name: str, default: bool, problems:
         return False
     problems.append(f"{name}={values[name]!r} must be true or false (or 1 or 0); default {str(default).lower()}.")
     return default
+
+
+def _shown_address(value: str) -> str:
+    """An address as an error shows it: not at all when it may hold a user, password or token (`ci:pw@host`,
+    `host?token=...`), which would land in a CI log or a terminal's scrollback."""
+    return "(not shown: it holds an @ or a ?)" if "@" in value or "?" in value else repr(value)
 
 
 def _int_setting(values: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:

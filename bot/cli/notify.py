@@ -122,8 +122,9 @@ def notify_deploy(
             raise OpsbotError("give --url or set OPSBOT_HOOK_URL (e.g. http://opsbot.internal:3000/hooks/deploy).")
         source = "--url" if url else "OPSBOT_HOOK_URL"
         if _has_credentials(target):  # never echoed, here or below: a CI log keeps what it prints
+            bare = f"{public_url(target)} with them" if "://" in target else "not shown, and no http:// either"
             raise OpsbotError(
-                f"{source} holds a user, password or query string ({public_url(target)} with them): opsbot's hook "
+                f"{source} holds a user, password or query string ({bare}): opsbot's hook "
                 "takes none; events are signed with OPSBOT_HOOK_SECRET. Give the address alone."
             )
         if not target.startswith(("http://", "https://")):
@@ -200,6 +201,8 @@ def _is_opsbot_answer(answer: Any) -> bool:
 def _has_credentials(url: str) -> bool:
     import urllib.parse
 
+    if "://" not in url:  # without a scheme, `ci:pw@host` reads as a path: any @ or ? may be a credential
+        return "@" in url or "?" in url
     try:
         parts = urllib.parse.urlsplit(url)
         return bool(parts.username or parts.password or parts.query)

@@ -442,6 +442,18 @@ def test_notify_deploy_never_prints_credentials_in_the_url(url: str) -> None:
         assert "hunter2" not in result.output
 
 
+def test_notify_deploy_never_prints_credentials_in_a_url_without_its_scheme() -> None:
+    # Without http://, "ci-bot:pw@host" reads as a path: the check for a user and password passed it, and the
+    # "must start with http://" errors (of notify-deploy and of the configuration) printed it whole.
+    url = "ci-bot:hunter2-S3cret@127.0.0.1:1/hooks/deploy"
+    given = invoke(*NOTIFY, "--url", url, env=HOOK_ENV)
+    assert_clean_failure(given, "--url holds a user, password or query string")
+    from_env = invoke(*NOTIFY, env=HOOK_ENV | {"OPSBOT_HOOK_URL": url})
+    assert_clean_failure(from_env, "OPSBOT_HOOK_URL=(not shown: it holds an @ or a ?) must start with http://")
+    for result in (given, from_env):
+        assert "hunter2" not in result.output
+
+
 def test_notify_deploy_to_a_server_whose_error_answer_is_cut_short() -> None:
     # A proxy's 502 that closed before its body ended: the read of the body raised, and a traceback was printed.
     class Cut(QuietHandler):
