@@ -277,6 +277,18 @@ def _bool_setting(values: Mapping[str, str], name: str, default: bool, problems:
     return default
 
 
+def secret_setting(name: str, dotenv: Path = Path(".env")) -> str:
+    """A secret that a runner sends (services.yaml's `secret_env`), read as every setting is: from the process
+    environment, else from ``.env``; "" when neither has it."""
+    value = os.environ.get(name, "")
+    if value or not dotenv.is_file():
+        return value
+    try:
+        return dotenv_values(dotenv).get(name) or ""
+    except (UnicodeDecodeError, OSError):  # reported as a configuration problem when opsbot starts
+        return ""
+
+
 def _shown_address(value: str) -> str:
     """An address as an error shows it: not at all when it may hold a user, password or token (`ci:pw@host`,
     `host?token=...`), which would land in a CI log or a terminal's scrollback."""

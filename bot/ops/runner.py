@@ -39,6 +39,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from bot.config import secret_setting
 from bot.errors import InvalidRequest
 from bot.redact import Redactor, scrub
 from bot.services import ConfigProblem, Runner, fill_body, fill_in
@@ -223,13 +224,21 @@ def execute(deploys: DeployService, request_id: str, progress: Progress | None =
             why = scrub(f"could not prepare the run: {exc}")
             log.error("deploy not started id=%s service=%s error=%s", request_id, request.service, why)
             return _finish(deploys, request, NOT_STARTED, None, why, note=why)
-        secrets = (os.environ.get(runner.secret_env, ""),) if runner.secret_env else ()
+        secret = secret_setting(runner.secret_env) if runner.secret_env else ""
+        if runner.secret_env and not secret:  # before, the header went out empty and CI was left to refuse it
+            why = (
+                f"could not prepare the run: {runner.secret_env}, the secret its webhook sends (secret_env in "
+                "services.yaml), is set neither in opsbot's environment nor in its .env; set it and request again."
+            )
+            log.error("deploy not started id=%s service=%s error=%s", request_id, request.service, why)
+            return _finish(deploys, request, NOT_STARTED, None, why, note=why)
+        secrets = (secret,) if secret else ()
         note = ""
         if runner.kind == "webhook":
             if not _mark_triggered(deploys, request_id):
                 log.warning("deploy not triggered id=%s: no longer running in this process", request_id)
                 return deploys.get(request_id)
-            status, exit_code, lines = _trigger_webhook(runner, data, secrets)
+            status, exit_code, lines = _trigger_webhook(runner, data, secret)
             unanswered = status == UNANSWERED
             if unanswered:
                 status, note = ("awaiting_ci", unknown_start(request_id)) if runner.await_report else ("failed", "")
@@ -639,13 +648,14 @@ def _raw_query(query: str) -> list[tuple[str, str]]:
     return [(key, value) for key, _, value in (part.partition("=") for part in query.split("&") if part)]
 
 
-def _trigger_webhook(runner: Runner, data: bytes, secrets: tuple[str, ...]) -> tuple[str, int | None, list]:
-    """POST the body to the webhook; its URL is shown only as scheme://host/path, the rest of it being credentials."""
+def _trigger_webhook(runner: Runner, data: bytes, secret: str) -> tuple[str, int | None, list]:
+    """POST the body to the webhook, with ``secret`` (the value of its ``secret_env``) in its ``secret_header``; its
+    URL is shown only as scheme://host/path, the rest of it being credentials."""
     shown = public_url(runner.url)
-    secrets = (*secrets, *_url_secrets(runner.url))
+    secrets = (*((secret,) if secret else ()), *_url_secrets(runner.url))
     headers = {"Content-Type": "application/json"}
     if runner.secret_header and runner.secret_env:
-        headers[runner.secret_header] = os.environ.get(runner.secret_env, "")
+        headers[runner.secret_header] = secret
     try:
         parts = urllib.parse.urlsplit(runner.url)
         url = runner.url

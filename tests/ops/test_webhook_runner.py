@@ -120,6 +120,46 @@ def test_a_redirect_is_not_followed_and_fails_the_deploy_naming_where_it_pointed
     store.close()
 
 
+def test_the_webhook_secret_is_read_from_dot_env_as_every_setting_is(
+    tmp_path: Path, ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, only the process environment was read: a secret kept in .env (as the install steps say) went out empty.
+    monkeypatch.delenv("CI_TRIGGER_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CI_TRIGGER_TOKEN=from-dot-env-Trigger-7\n")
+    extra = "        secret_header: X-Token\n        secret_env: CI_TRIGGER_TOKEN\n"
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy", extra)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    [(_, _, headers)] = ci.seen  # type: ignore[attr-defined]
+    assert headers["X-Token"] == "from-dot-env-Trigger-7"
+    store.close()
+
+
+def test_a_webhook_whose_secret_is_not_set_is_not_triggered_and_says_which_variable(
+    tmp_path: Path, ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the header went out empty and the deploy's fate was left to CI: an empty credential, without a word.
+    monkeypatch.delenv("CI_TRIGGER_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    extra = "        secret_header: X-Token\n        secret_env: CI_TRIGGER_TOKEN\n"
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy", extra)
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed" and done.never_started
+    assert "CI_TRIGGER_TOKEN" in done.note and "set it" in done.note
+    assert ci.seen == []  # type: ignore[attr-defined]
+    assert deploys.request("deploy", "hook", "staging", "1.4.3", ALICE).status == "pending"  # lock released
+    store.close()
+
+
 def test_a_credential_in_the_webhook_url_is_sent_but_never_shown_or_stored(
     tmp_path: Path, ci: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
 ) -> None:
