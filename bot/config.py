@@ -159,8 +159,9 @@ class Settings:
                 if not 0.0 <= min_similarity < 1.0:
                     raise ValueError
             except ValueError:
-                problems.append(
-                    f"OPSBOT_MIN_SIMILARITY={raw_similarity!r} must be a number from 0 to 1 (default 0.35)."
+                problems.append(  # 1 would show nothing: no two texts but equal ones are that close
+                    f"OPSBOT_MIN_SIMILARITY={raw_similarity!r} must be a number from 0 up to, not including, 1 "
+                    "(default 0.35)."
                 )
         port = _int_setting(values, "PORT", 3000, 1, 65535, problems)
         stop_grace_s = _int_setting(values, "OPSBOT_STOP_GRACE_S", 20, 1, 3600, problems)

@@ -123,6 +123,15 @@ def test_top_k_outside_its_range_is_rejected(value: str) -> None:
     assert "use a value from 1 to 50" in problem
 
 
+@pytest.mark.parametrize("value", ["1", "1.0", "-0.1", "high"])
+def test_min_similarity_outside_its_range_says_the_range_it_takes(value: str) -> None:
+    # Before, 1 was refused as not "a number from 0 to 1".
+    (problem,) = config_problems({"OPSBOT_MIN_SIMILARITY": value})
+
+    assert problem.startswith(f"OPSBOT_MIN_SIMILARITY='{value}'")
+    assert "from 0 up to, not including, 1" in problem
+
+
 def test_db_path_that_is_a_directory_is_rejected(tmp_path: Path) -> None:
     (problem,) = config_problems({"OPSBOT_DB": str(tmp_path)})
 

@@ -83,7 +83,13 @@ def refuse_blank(ctx: click.Context, *names: str) -> None:
         value = ctx.params.get(param.name)
         if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, tuple) else (value,))):
             flag = max(param.opts, key=len)
-            raise OpsbotError(f"{flag} is empty: give a value, or leave the option out.")
+            # a CI variable that is empty in this job (GitLab's $CI_ENVIRONMENT_NAME without `environment:`)
+            fix = (
+                "give a value (from a CI variable: check it is set in this job)"
+                if param.required
+                else ("give a value, or leave the option out")
+            )
+            raise OpsbotError(f"{flag} is empty: {fix}.")
 
 
 def knowledge_folder(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:

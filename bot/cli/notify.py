@@ -235,6 +235,8 @@ def _option_of(field: str) -> str:
 
 def _describe_hook_answer(event: dict, answer: dict) -> str:
     what = f"{event['service']} {event['version']} to {event['env']}"
+    if answer.get("duplicate") and answer.get("id"):  # another event id, telling of a run already recorded
+        return f"{what}: this run is already recorded, as {answer['id']} (a repeat of its report); nothing changed."
     if answer.get("duplicate"):
         return f"{what}: event {event['event_id']} was already recorded; nothing changed."
     verbs = {"started": "running", "finished": "finished", "recorded": "recorded", "reported": "reported on"}

@@ -97,7 +97,10 @@ def _typed_lines(chat: Any, interactive: bool) -> Iterator[str]:
     "--hooks-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Socket Mode: also serve /hooks/deploy and /healthz (only those) on this port, for CI/CD deploy events.",
+    help=(
+        "Socket Mode: also serve /hooks/deploy, /hooks/alertmanager and /healthz (only those) on this port, for "
+        "CI/CD deploy events and Alertmanager's notifications."
+    ),
 )
 @click.pass_context
 @handle_errors
@@ -269,7 +272,8 @@ def manifest(ctx: click.Context, url: str | None, socket_mode: bool, name: str) 
             )
         try:
             parts = urlsplit(url)
-        except ValueError:  # an unclosed [ of an IPv6 address
+            parts.port  # noqa: B018 - read to check it: a port past 65535, or not a number, raises
+        except ValueError:  # an unclosed [ of an IPv6 address, a port no address can have
             parts = urlsplit("")
         if parts.scheme != "https" or not parts.netloc or any(c.isspace() for c in url):
             raise OpsbotError(

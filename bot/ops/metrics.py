@@ -332,9 +332,10 @@ def _rolled_back(rows: list[dict], window: timedelta) -> set[str]:
 
     A rollback undoes the last deploy that ran before it and that no earlier rollback undid: what a rollback
     undid no longer runs, so the next rollback undoes what came before it (0.9.0, 1.0.0, 1.1.0, then two
-    rollbacks: 1.1.0 and 1.0.0 were both undone). One pass, oldest first (``rows`` are in run order, ``finished_changes``),
-    keeping each service's deploys that ran and still stand. Whether a deploy was undone depends only on what
-    finished after it, so a history cut a failure window before the period gives the same answer.
+    rollbacks: 1.1.0 and 1.0.0 were both undone). One pass, oldest first (``rows`` are in the run order of
+    ``finished_changes``), keeping each service's deploys that ran and still stand. Whether a deploy was undone
+    depends only on what finished after it, so a history cut a failure window before the period gives the same
+    answer.
     """
     undone = set()
     ran: dict[str, list[dict]] = {}

@@ -962,6 +962,8 @@ def test_serve_says_when_its_port_is_taken(no_start: None) -> None:
         (["--url", "http://ops.example.org"], "must be the https:// address of `opsbot serve`"),
         (["--url", "ops.example.org"], "must be the https:// address of `opsbot serve`"),
         (["--url", "https://[::1"], "must be the https:// address of `opsbot serve`"),
+        (["--url", "https://ops.example.org:99999"], "must be the https:// address of `opsbot serve`"),
+        (["--url", "https://ops.example.org:https"], "must be the https:// address of `opsbot serve`"),
         (["--url", "https://ops.example.org/slack/events"], "leave /slack/events out"),
         (["--url", "https://ops.example.org?env=prod"], "leave out the query (?env=prod)"),
         (["--url", "https://ops.example.org/opsbot?"], "leave out the query (?)"),

@@ -140,8 +140,12 @@ def test_commands_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> 
     env = {**os.environ, "OPSBOT_DB": str(db), "HF_HUB_OFFLINE": "1"}
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "bot", "deploys"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "bot", "deploys"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]

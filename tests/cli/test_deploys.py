@@ -390,6 +390,29 @@ def test_notify_deploy_refuses_what_it_would_ignore(history: History) -> None:
     assert unknown.exit_code == 0, unknown.output
 
 
+def test_notify_deploy_says_an_empty_required_option_may_be_an_unset_ci_variable(history: History) -> None:
+    # GitLab's $CI_ENVIRONMENT_NAME is empty in a job without `environment:`; "or leave the option out" was wrong.
+    empty = invoke(
+        "notify-deploy", "--service", "web", "--env", "", "--version", "2.0.0", "--db", os.environ["OPSBOT_DB"]
+    )
+    assert_clean_failure(empty, "--env is empty: give a value (from a CI variable: check it is set in this job)")
+    assert "leave the option out" not in empty.stderr
+
+
+def test_notify_deploy_says_a_repeated_report_under_another_event_id_repeats_the_run_recorded(history: History) -> None:
+    db = os.environ["OPSBOT_DB"]
+    finished = ("--status", "succeeded", "--finished-at", datetime.now(UTC).isoformat(timespec="seconds"))
+    first = invoke(*NOTIFY, "--db", db, "--event-id", "run-101", *finished)
+    run_id = json.loads(invoke("deploys", "--json", "--limit", "1").stdout)[0]["id"]
+
+    again = invoke(*NOTIFY, "--db", db, "--event-id", "run-101-finished", *finished)
+
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    # Before: "event run-101-finished was already recorded", an id never seen.
+    assert f"this run is already recorded, as {run_id} (a repeat of its report)" in again.output
+    assert "run-101-finished was already recorded" not in again.output
+
+
 def test_notify_deploy_refuses_an_environment_services_yaml_does_not_configure(history: History) -> None:
     db = os.environ["OPSBOT_DB"]
     typo = ("notify-deploy", "--service", "web", "--env", "production", "--version", "2.0.0", "--db", db)

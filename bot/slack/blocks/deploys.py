@@ -374,9 +374,7 @@ def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[di
     elif request.status == "abandoned":
         state = f":grey_question: *No end reported*: {escape(request.note)}; the outcome is unknown."
     else:
-        state = (
-            f"{ICONS.get(request.status, '')} *{outcome_text(request)}*{took(request)}. Summary in the thread."
-        )
+        state = f"{ICONS.get(request.status, '')} *{outcome_text(request)}*{took(request)}. Summary in the thread."
     blocks = [section(f"{request_title(request)} (CI)"), section(facts)]
     flagged = flags_block(request)
     if flagged:
