@@ -34,23 +34,31 @@ LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # Prometheus's rule for la
 
 
 def parse_alert_settings(data: Any) -> AlertSettings:
-    """The alert keys of services.yaml's `settings:`; raises ConfigProblem naming the wrong key."""
+    """The alert keys of services.yaml's `settings:`; raises ConfigProblem naming the first wrong key."""
+    out: Problems = []
+    settings = build_alert_settings(data, out)
+    if out:
+        raise out[0]
+    return settings
+
+
+def build_alert_settings(data: Any, out: Problems) -> AlertSettings:
+    """The alert keys of `settings:`, each wrong key in ``out`` (and that key left out), so that one slip is not
+    reported alone while another hides behind it."""
     if not isinstance(data, dict):
         return AlertSettings()
     urls = data.get("alertmanager_urls") or []
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
-        raise ConfigProblem(
-            "settings.alertmanager_urls", "must list Alertmanager base URLs, for example [http://alertmanager:9093]"
-        )
-    checked = []
-    for n, url in enumerate(urls):
-        problem = alertmanager_url_problem(url)
-        if problem:
-            raise ConfigProblem(f"settings.alertmanager_urls[{n}]", f"{url!r} {problem}")
-        checked.append(url.rstrip("/"))
+        example = "for example [http://alertmanager:9093]"
+        out.append(ConfigProblem("settings.alertmanager_urls", f"must list Alertmanager base URLs, {example}"))
+        urls = []
+    wrong = [(n, url, problem) for n, url in enumerate(urls) if (problem := alertmanager_url_problem(url))]
+    out += [ConfigProblem(f"settings.alertmanager_urls[{n}]", f"{url!r} {problem}") for n, url, problem in wrong]
+    checked = [] if wrong else [url.rstrip("/") for url in urls]
     silencers = data.get("alert_silencers") or []
     if not isinstance(silencers, list) or not all(isinstance(s, str) and s for s in silencers):
-        raise ConfigProblem("settings.alert_silencers", "must list roster ids or team names, for example [sre]")
+        out.append(ConfigProblem("settings.alert_silencers", "must list roster ids or team names, for example [sre]"))
+        silencers = []
     return AlertSettings(str(data.get("alerts_channel") or ""), tuple(checked), tuple(silencers))
 
 
@@ -95,10 +103,7 @@ def parse_service_alerts(name: str, entry: dict) -> ServiceAlerts | None:
 def alert_problems(settings: Any, services: dict[str, Any]) -> tuple[Problems, dict[str, Problems]]:
     """Everything wrong with the alert keys: (problems of `settings:`, problems by service name)."""
     found: Problems = []
-    try:
-        parse_alert_settings(settings)
-    except ConfigProblem as exc:
-        found.append(exc)
+    build_alert_settings(settings, found)
     by_service: dict[str, Problems] = {}
     for name, entry in services.items():
         if isinstance(entry, dict):

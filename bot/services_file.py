@@ -34,7 +34,7 @@ class ServicesFile:
 
     services: dict[str, dict] = field(default_factory=dict)  # the valid entries, by service name
     names: list[str] = field(default_factory=list)  # every service the file defines, valid entry or not
-    settings: dict | None = None  # the `settings:` block, None when it is wrong (the defaults are used)
+    settings: dict | None = None  # the `settings:` block without its wrong keys; None when it is no mapping
     problems: list[Problem] = field(default_factory=list)
     failed: bool = False  # unreadable as a whole: nothing of it was used
 
@@ -69,7 +69,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     alert_settings, service_alerts = alert_problems(data.get("settings"), services)
     settings_problems += alert_settings
     report(settings_problems, 1 + key_line(text, "settings"))
-    result.settings = None if settings_problems else data.get("settings")
+    result.settings = usable_settings(data.get("settings"), settings_problems)
     if experts and isinstance(result.settings, dict):  # a wrong alert_silencers is a settings problem already
         silencers = result.settings.get("alert_silencers") or []
         report(silencer_problems(silencers, experts), 1 + key_line(text, "settings"))
@@ -96,6 +96,20 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
             result.settings = (result.settings or {}) | {"incident_env": production[0]}
     result.problems.sort(key=lambda p: p.line or 0)  # in the order of the file, as an editor shows it
     return result
+
+
+def usable_settings(settings: Any, problems: Problems) -> dict | None:
+    """The `settings:` block without the keys ``problems`` name: a slip in one key (`stale_ci_hour`) costs that key
+    its setting, not every other one (the alerts channel, the digest) with it. None when the block itself is wrong."""
+    if not isinstance(settings, dict) or any(p.at == "settings" for p in problems):
+        return None
+    wrong = {
+        key
+        for key in settings
+        for p in problems
+        if p.at == f"settings.{key}" or p.at.startswith((f"settings.{key}.", f"settings.{key}["))
+    }
+    return {key: value for key, value in settings.items() if key not in wrong}
 
 
 def incident_env_problems(given: Any, environments: list[str]) -> Problems:

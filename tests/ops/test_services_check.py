@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.alert_config import parse_alert_settings
 from bot.knowledge import load_knowledge
-from bot.services import Emergency, parse_service
+from bot.services import Emergency, parse_service, parse_settings
 from tests.ops.fixtures import DAVE, DEMO, ROSTER, make_knowledge
 
 RUNNER = f"deploy: {{command: {DEMO}}}"
@@ -112,7 +113,7 @@ services:
     ]
     kb = load_knowledge(tmp_path)
     assert sorted(kb.services) == ["fine"]  # a service with a problem is left out, the others load
-    assert kb.deploy_settings is None
+    assert kb.deploy_settings == {}  # both settings were wrong: each is left out, the defaults are used
 
 
 @pytest.mark.parametrize(
@@ -344,6 +345,36 @@ def test_alert_silencers_must_name_someone_on_the_roster(tmp_path: Path) -> None
         "so whoever it means cannot silence alerts from Slack; did you mean `sre`?"
     ]
     assert load_knowledge(tmp_path).deploy_settings is not None  # the other settings still count
+
+
+def test_a_wrong_setting_is_left_out_and_the_other_settings_still_count(tmp_path: Path) -> None:
+    # Before, one slip (`stale_ci_hour`) dropped the whole block: alerts of services without a channel of their own
+    # had nowhere to go, and the digest and deploy summaries stopped, while `check` named only the slip.
+    text = """\
+settings:
+  deploys_channel: C0DEPLOYS1
+  alerts_channel: C04ALERTS1
+  stale_ci_hour: 6
+  request_ttl_minutes: 0
+  alertmanager_urls: [ftp://am:9093]
+  alert_silencers: [sre, 7]
+  weekly_digest: {channel: C0DEPLOYS1, day: moonday}
+""" + one_service("      prod: {approvals: 1, approvers: [sre]}\n")
+
+    found = problems_of(tmp_path, text)
+
+    assert found == [
+        "services.yaml:4: settings: unknown key `stale_ci_hour`; did you mean `stale_ci_hours`?",
+        "services.yaml:5: settings.request_ttl_minutes: 0 must be a whole number of 1 or more",
+        "services.yaml:6: settings.alertmanager_urls[0]: 'ftp://am:9093' must be an http:// or https:// URL with "
+        "a host",
+        "services.yaml:7: settings.alert_silencers: must list roster ids or team names, for example [sre]",
+        "services.yaml:8: settings.weekly_digest.day: 'moonday' must be a day of the week, such as monday",
+    ]
+    settings = load_knowledge(tmp_path).deploy_settings
+    assert settings == {"deploys_channel": "C0DEPLOYS1", "alerts_channel": "C04ALERTS1"}
+    assert parse_settings(settings).channel == "C0DEPLOYS1"
+    assert parse_alert_settings(settings).channel == "C04ALERTS1"
 
 
 def test_owners_and_teams_are_not_checked_without_a_roster(tmp_path: Path) -> None:
