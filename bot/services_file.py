@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from bot.alert_config import alert_problems
+from bot.knowledge_xref import SEPARATORS
 from bot.models import Expert, Problem
 from bot.services import ConfigProblem, Problems, build_service, build_settings
 from bot.text import service_name_problem
@@ -73,6 +74,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     if experts and isinstance(result.settings, dict):  # a wrong alert_silencers is a settings problem already
         silencers = result.settings.get("alert_silencers") or []
         report(silencer_problems(silencers, experts), 1 + key_line(text, "settings"))
+    written_before: dict[str, tuple[str, int]] = {}  # each service by its squashed name: the first one written
     for name, entry in services.items():
         line = path_line(root, f"services.{name}") or 1 + key_line(text, str(name))
         found = service_problems(str(name), entry, experts, now or datetime.now(UTC))
@@ -82,6 +84,8 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
         result.names.append(str(name))
         found += service_alerts.get(str(name), [])
         report(found, line)
+        if (same := written_before.setdefault(squashed(str(name)), (str(name), line))) != (str(name), line):
+            report([same_name_problem(str(name), *same)], line)
         if not found:
             result.services[str(name)] = entry or {}
         if experts is not None:  # reported, and the service kept: they do not decide who may deploy it
@@ -96,6 +100,21 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
             result.settings = (result.settings or {}) | {"incident_env": production[0]}
     result.problems.sort(key=lambda p: p.line or 0)  # in the order of the file, as an editor shows it
     return result
+
+
+def squashed(name: str) -> str:
+    """A service's name without case or separators, as knowledge_xref tells a slip (`Checkout_API`) apart."""
+    return SEPARATORS.sub("", name.lower())
+
+
+def same_name_problem(name: str, first: str, first_line: int) -> ConfigProblem:
+    """``name`` written again in another case or with other separators: everything joins services by their exact
+    name, so the two would be two services, each with its own approvals, lock and figures."""
+    return ConfigProblem(
+        f"services.{name}",
+        f"differs from `{first}` (line {first_line}) only in case or separators, so opsbot takes them for two "
+        "services, each with its own approvals, deploy lock and figures; write one name and merge the two entries",
+    )
 
 
 def usable_settings(settings: Any, problems: Problems) -> dict | None:

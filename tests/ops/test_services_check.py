@@ -377,6 +377,21 @@ settings:
     assert parse_alert_settings(settings).channel == "C04ALERTS1"
 
 
+def test_two_services_that_differ_only_in_case_or_separators_are_reported(tmp_path: Path) -> None:
+    # Before, `Checkout-API` beside `checkout-api` passed: two services, each with its own approvals and lock.
+    entry = f"    environments:\n      prod: {{approvals: 1, approvers: [sre]}}\n    {RUNNER}\n"
+    text = f"services:\n  checkout-api:\n{entry}  checkout-web:\n{entry}  Checkout_API:\n{entry}"
+
+    found = problems_of(tmp_path, text)
+
+    assert found == [
+        "services.yaml:10: services.Checkout_API: differs from `checkout-api` (line 2) only in case or separators, "
+        "so opsbot takes them for two services, each with its own approvals, deploy lock and figures; write one "
+        "name and merge the two entries"
+    ]
+    assert problems_of(tmp_path, text.replace("Checkout_API", "checkout-api-v2")) == []  # another service
+
+
 def test_owners_and_teams_are_not_checked_without_a_roster(tmp_path: Path) -> None:
     (tmp_path / "services.yaml").write_text("services:\n  api: {owners: [nobody], team: nobody}\n", encoding="utf-8")
 
