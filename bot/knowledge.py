@@ -16,7 +16,14 @@ from typing import Any
 from bot.knowledge_fields import FileProblem, FileProblems
 from bot.knowledge_xref import NamedService, named_services, other_services, roster_services, service_name_problems
 from bot.models import Expert, Incident, KnowledgeBase, Problem
-from bot.record_files import incident_document, parse_channels, parse_incident, parse_roster, parse_roster_rotations
+from bot.record_files import (
+    incident_document,
+    parse_channels,
+    parse_incident,
+    parse_roster,
+    parse_roster_rotations,
+    team_slips,
+)
 from bot.runbook_file import parse_runbook
 from bot.services_file import read_services_file
 from bot.text import FrontMatterError, content_hash, split_front_matter
@@ -56,8 +63,10 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         for path in files:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
     roster = root / "experts.yaml"
+    roster_text = None  # its teams are checked against those services.yaml relies on, once that is read
+    entries: list[int] = []
     if _is_file(kb, root, roster) and (text := _read(kb, "experts.yaml", roster)) is not None:
-        entries: list[int] = []
+        roster_text = text
         kb.experts, problems = parse_roster("experts.yaml", text, entries)
         kb.problems.extend(problems)
         if problems and not kb.experts:
@@ -66,16 +75,20 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
         named += roster_services("experts.yaml", text, kb.experts, entries, kb.rotations)
     services = root / "services.yaml"
+    relied_on: set[str] = set()  # the teams and people services.yaml names
     if _is_file(kb, root, services) and (text := _read(kb, "services.yaml", services)) is not None:
         roster = None if "experts.yaml" in kb.failed_paths else kb.experts  # a broken roster is reported already
         found = read_services_file("services.yaml", text, roster)
         kb.services, kb.deploy_settings = found.services, found.settings
         kb.problems.extend(found.problems)
+        relied_on = found.named
         if found.failed:
             kb.failed_paths.add("services.yaml")
         elif found.names:  # without services.yaml, or with none in it, no name can be told wrong
             kb.problems += service_name_problems(found.names, named)
             kb.notes += [note] if (note := other_services(found.names, named)) else []
+    if roster_text is not None:
+        kb.problems += team_slips("experts.yaml", roster_text, kb.experts, entries, relied_on)
     channels = root / "channels.yaml"
     if _is_file(kb, root, channels) and (text := _read(kb, "channels.yaml", channels)) is not None:
         kb.channels, problems = parse_channels("channels.yaml", text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from bot.knowledge_xref import SEPARATORS
 from bot.text import service_name_problem
 
 
@@ -60,6 +61,12 @@ def service_names(value: Any) -> tuple[str, ...]:
         if problem := service_name_problem(name):
             raise FileProblem(problem)
     return names
+
+
+def squashed(name: str) -> str:
+    """A name without case or separators: two names that squash alike (`Checkout_API`, `checkout-api`) are one meant
+    twice, as knowledge_xref tells a slip."""
+    return SEPARATORS.sub("", name.lower())
 
 
 def text_field(value: Any, key: str, line: int | None = None) -> str:

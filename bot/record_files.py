@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from bot.knowledge_fields import FileProblem, FileProblems, name_list, service_names, text_field
+from bot.knowledge_fields import FileProblem, FileProblems, name_list, service_names, squashed, text_field
+from bot.knowledge_xref import near_service
 from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
 from bot.rota import parse_rotations
 from bot.services import severity_number
@@ -400,3 +401,44 @@ def parse_channels(rel: str, text: str) -> tuple[dict[str, str], list[Problem]]:
         else:
             result[str(channel)] = mode
     return result, problems
+
+
+def team_slips(rel: str, text: str, experts: list[Expert], entries: list[int], named: set[str]) -> list[Problem]:
+    """People whose `team:` looks like a slip of a team services.yaml (``named``) or a rota relies on, or of another
+    person's team: teams are compared exactly, so such a person would approve, be on call and silence alerts for
+    none of that team's services, without a word. ``entries`` is each person's place in the `people:` list."""
+    try:
+        data = _load(text)
+    except yaml.YAMLError:
+        return []  # parse_roster reported it
+    rotations = data.get("rotations") if isinstance(data, dict) else None
+    relied_on = (named | {str(team) for team in rotations}) if isinstance(rotations, dict) else set(named)
+    relied_on -= {e.id for e in experts}
+    people: dict[str, list[int]] = {}  # each team's members, by their place in the list
+    for expert, index in zip(experts, entries, strict=True):
+        people.setdefault(expert.team, []).append(index)
+
+    def likelier(team: str) -> tuple[bool, int, int]:  # the spelling meant: relied on, most people, written first
+        return (team in relied_on, len(people[team]), -min(people[team]))
+
+    root = _compose(text)
+    at = "people" if isinstance(data, dict) else ""
+    problems = []
+    for expert, index in zip(experts, entries, strict=True):
+        # Among the teams people are in: a name services.yaml or a rota gives that nobody is in is their problem,
+        # reported there with the closest team.
+        near = [team for team in people if team != expert.team and near_service(expert.team, [team])]
+        close = max(near, key=likelier, default=None)
+        if close is None or likelier(expert.team) >= likelier(close):
+            continue
+        only_case = squashed(close) == squashed(expert.team)
+        if expert.team in relied_on and not only_case:
+            continue  # two teams both relied on, one letter apart: two teams
+        how = f"differs from `{close}` only in case or separators" if only_case else f"looks like a slip of `{close}`"
+        message = (
+            f"person #{index + 1} ({expert.id}): team `{expert.team}` {how}; teams are compared exactly, so "
+            f"{expert.name} is not in {close}: they approve, are on call and silence alerts for none of its "
+            f"services. Write `{close}`"
+        )
+        problems.append(Problem(rel, message, _path_line(root, f"{at}[{index}].team")))
+    return problems

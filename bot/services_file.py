@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from bot.alert_config import alert_problems
-from bot.knowledge_xref import SEPARATORS
+from bot.knowledge_fields import squashed
 from bot.models import Expert, Problem
 from bot.services import ConfigProblem, Problems, build_service, build_settings
 from bot.text import service_name_problem
@@ -37,6 +37,8 @@ class ServicesFile:
     names: list[str] = field(default_factory=list)  # every service the file defines, valid entry or not
     settings: dict | None = None  # the `settings:` block without its wrong keys; None when it is no mapping
     problems: list[Problem] = field(default_factory=list)
+    # every name given as a service's team or owner, an approver or an alert silencer: the teams it relies on
+    named: set[str] = field(default_factory=set)
     failed: bool = False  # unreadable as a whole: nothing of it was used
 
 
@@ -74,6 +76,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     if experts and isinstance(result.settings, dict):  # a wrong alert_silencers is a settings problem already
         silencers = result.settings.get("alert_silencers") or []
         report(silencer_problems(silencers, experts), 1 + key_line(text, "settings"))
+    result.named = names_of_people(data.get("settings"), services)
     written_before: dict[str, tuple[str, int]] = {}  # each service by its squashed name: the first one written
     for name, entry in services.items():
         line = path_line(root, f"services.{name}") or 1 + key_line(text, str(name))
@@ -102,9 +105,22 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     return result
 
 
-def squashed(name: str) -> str:
-    """A service's name without case or separators, as knowledge_xref tells a slip (`Checkout_API`) apart."""
-    return SEPARATORS.sub("", name.lower())
+def names_of_people(settings: Any, services: dict) -> set[str]:
+    """The roster ids and team names services.yaml gives (owners, teams, approvers, alert silencers), as written."""
+    given: list[Any] = []
+    if isinstance(settings, dict) and isinstance(settings.get("alert_silencers"), list):
+        given += settings["alert_silencers"]
+    for entry in services.values():
+        if not isinstance(entry, dict):
+            continue
+        owners = entry.get("owners")
+        given += owners.split(",") if isinstance(owners, str) else owners if isinstance(owners, list) else []
+        given.append(entry.get("team"))
+        for env in _environments(entry):
+            cfg = entry["environments"][env]
+            approvers = cfg.get("approvers") if isinstance(cfg, dict) else None
+            given += approvers if isinstance(approvers, list) else []
+    return {name.strip() for name in given if isinstance(name, str) and name.strip()}
 
 
 def same_name_problem(name: str, first: str, first_line: int) -> ConfigProblem:

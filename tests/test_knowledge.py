@@ -601,6 +601,41 @@ def test_a_bad_field_is_reported_and_the_person_kept_on_the_roster_without_it(
     assert_good_files_loaded(kb)
 
 
+@pytest.mark.parametrize(
+    ("team", "services", "says"),
+    [
+        ("Payments", "", "team `Payments` differs from `payments` only in case or separators"),
+        ("paymnets", "approvers: [payments]", "team `paymnets` looks like a slip of `payments`"),
+        ("platfrom", "approvers: [platfrom]", None),  # services.yaml relies on both: two teams
+    ],
+    ids=["case", "slip", "both-relied-on"],
+)
+def test_a_team_that_looks_like_a_slip_of_another_is_reported_on_its_line(
+    tmp_path: Path, team: str, services: str, says: str | None
+) -> None:
+    # Before, `team: Payments` beside `payments` passed: teams are compared exactly, so the person silently left
+    # the team's approvers, its rota and who may silence its alerts.
+    roster = ROSTER + f"  - id: U05E4TY6MF\n    name: Tomás\n    team: {team}\n"
+    if services:
+        entry = f"{{environments: {{prod: {{approvals: 1, {services}}}}}, deploy: {{command: [deploy.sh]}}}}"
+        write(
+            tmp_path, "services.yaml", f"services:\n  checkout-api: {entry}\n  web: {entry.replace(team, 'platform')}\n"
+        )
+
+    kb = knowledge_with(tmp_path, roster)
+
+    if says is None:
+        assert kb.problems == []
+        return
+    problem = only_problem(kb, "experts.yaml")
+    assert problem.line == 17  # the team's own line
+    assert problem.message == (
+        f"person #3 (U05E4TY6MF): {says}; teams are compared exactly, so Tomás is not in payments: they approve, "
+        "are on call and silence alerts for none of its services. Write `payments`"
+    )
+    assert "U05E4TY6MF" in {e.id for e in kb.experts}  # reported, and still on the roster as written
+
+
 def test_broken_roster_yaml_gives_line(tmp_path: Path) -> None:
     write(tmp_path, "runbooks/redis/memory.md", GOOD_RUNBOOK)
     write(tmp_path, "experts.yaml", "people:\n  - id: U03F8K2LQ1\n    name: Priya: R\n    team: payments\n")
