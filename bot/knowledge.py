@@ -247,12 +247,12 @@ def _add_runbook(kb: KnowledgeBase, rel: str, text: str, named: list[NamedServic
 
 
 def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str], named: list[NamedService]) -> None:
-    notes: list[str] = []
+    notes: list[str | FileProblem] = []
     incident = parse_incident(rel, text, notes)
     if incident.id in seen:
         raise FileProblem(f"incident id {incident.id} is also used by {seen[incident.id]}; ids must be unique.")
     seen[incident.id] = rel
-    kb.problems += [Problem(rel, note) for note in notes]  # the rest of the incident is read
+    kb.problems += [Problem(rel, str(note), getattr(note, "line", None)) for note in notes]  # the rest is read
     kb.incidents.append(incident)
     kb.documents.append(incident_document(incident, content_hash(text)))
     named += named_services(rel, "incident", text, incident.services)

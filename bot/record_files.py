@@ -38,11 +38,12 @@ HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 MARKDOWN_PARTS = ("summary", "root_cause", "resolution", "timeline")
 
 
-def parse_incident(rel: str, text: str, notes: list[str] | None = None) -> Incident:
+def parse_incident(rel: str, text: str, notes: list[str | FileProblem] | None = None) -> Incident:
     """An incident in YAML, or in Markdown with the fields in front matter and sections in the body.
 
     In Markdown, a section's subsections belong to it (`### Contributing factors` under `## Root cause`);
-    a section that is none of the four parts is not read, and ``notes`` says so.
+    a section that is none of the four parts is not read, and ``notes`` says so (and a duration left out, with its
+    line).
     """
     if rel.lower().endswith(".md"):
         fm = split_front_matter(text)
@@ -81,7 +82,7 @@ def parse_incident(rel: str, text: str, notes: list[str] | None = None) -> Incid
         if not isinstance(data, dict):
             raise FileProblem("an incident file must be a mapping with id:, title:, date: ...", 1)
         line_of = lambda key: 1 + _key_line(text, key)  # noqa: E731
-    return _incident_from_dict(data, rel, line_of, text)
+    return _incident_from_dict(data, rel, line_of, text, notes)
 
 
 # How YAML 1.1 lets a key be written that it reads as true or false (`on:` is True).
@@ -99,7 +100,9 @@ def _written_key(key: object, text: str) -> str:
     return str(key)
 
 
-def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> Incident:
+def _incident_from_dict(
+    data: dict, rel: str, line_of: Any, text: str = "", notes: list[str | FileProblem] | None = None
+) -> Incident:
     """The incident, or every problem of the file at once (FileProblems): a file is fixed in one go, not one
     rerun of `opsbot check` per problem."""
     problems: list[FileProblem] = []
@@ -136,6 +139,16 @@ def _incident_from_dict(data: dict, rel: str, line_of: Any, text: str = "") -> I
     duration = data.get("duration_minutes")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int) or duration < 0):
         fail("duration_minutes must be a whole number of minutes", line_of("duration_minutes"))
+    elif duration is not None and date is not None and duration > (datetime.now(UTC) - date).total_seconds() / 60:
+        # An epoch in milliseconds pasted in: it outlasts the calendar (DORA's figures failed on it), and a smaller
+        # one swallows every later outage of the service. Left out, so the rest of the incident still counts.
+        message = (
+            f"duration_minutes {duration} would end this incident after now; write how many minutes it lasted, "
+            "such as 45 (it is left out until then)"
+        )
+        if notes is not None:
+            notes.append(FileProblem(message, line_of("duration_minutes")))
+        duration = None
     env = data.get("env") or ""
     if not isinstance(env, str) or (env and not re.fullmatch(r"[A-Za-z0-9][\w-]*", env)):
         fail(f"env {env!r} must be an environment name such as prod or staging", line_of("env"))

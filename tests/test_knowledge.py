@@ -1109,3 +1109,25 @@ def test_an_incident_dated_in_the_future_or_before_1970_is_a_problem_not_a_silen
     problem = only_problem(kb, "incidents/2025/INC-2025-0043.yaml")
     assert problem.message == f"date {written!r} is not a time an incident began: {why}" and problem.line == 3
     assert_good_files_loaded(kb)
+
+
+@pytest.mark.parametrize("minutes", [1765102320000, 5_000_000])  # an epoch in milliseconds; ten years
+def test_a_duration_that_would_end_after_now_is_reported_on_its_line_and_left_out(tmp_path: Path, minutes: int) -> None:
+    # Before, check passed it: the first made `opsbot dora` fail with an OverflowError, the second made the
+    # incident's outage swallow every later one of its services.
+    write(
+        tmp_path,
+        "incidents/2025/INC-2025-0043.yaml",
+        INCIDENT_YAML.replace("0042", "0043").replace("38", str(minutes), 1),
+    )
+    kb = knowledge_with(tmp_path)
+
+    problem = only_problem(kb, "incidents/2025/INC-2025-0043.yaml")
+    assert problem.message == (
+        f"duration_minutes {minutes} would end this incident after now; write how many minutes it lasted, such as 45 "
+        "(it is left out until then)"
+    )
+    assert problem.line == line_of(INCIDENT_YAML, "duration_minutes")
+    incident = next(i for i in kb.incidents if i.id == "INC-2025-0043")
+    assert incident.duration_minutes is None and incident.summary  # the rest of the incident still counts
+    assert next(i for i in kb.incidents if i.id == "INC-2025-0042").duration_minutes == 38
