@@ -100,15 +100,40 @@ def parse_service_alerts(name: str, entry: dict) -> ServiceAlerts | None:
     return ServiceAlerts(name, {str(k): str(v) for k, v in match.items()}, channel)
 
 
-def alert_problems(settings: Any, services: dict[str, Any]) -> tuple[Problems, dict[str, Problems]]:
-    """Everything wrong with the alert keys: (problems of `settings:`, problems by service name)."""
+def alert_problems(
+    settings: Any, services: dict[str, Any]
+) -> tuple[Problems, dict[str, Problems], dict[str, Problems]]:
+    """Everything wrong with the alert keys: (problems of `settings:`, problems by service name that leave the
+    service out, problems by service name that do not)."""
     found: Problems = []
     build_alert_settings(settings, found)
     by_service: dict[str, Problems] = {}
+    matches: list[ServiceAlerts] = []
     for name, entry in services.items():
         if isinstance(entry, dict):
             try:
-                parse_service_alerts(str(name), entry)
+                alerts = parse_service_alerts(str(name), entry)
             except ConfigProblem as exc:
                 by_service[str(name)] = [exc]
-    return found, by_service
+                continue
+            matches += [alerts] if alerts else []
+    return found, by_service, same_match_problems(matches)
+
+
+def same_match_problems(matches: list[ServiceAlerts]) -> dict[str, Problems]:
+    """Services whose `alerts.match` is another's, label for label: routing takes the first of them by name, so
+    the others never get an alert of theirs (a match copied from another service and not changed)."""
+    by_labels: dict[frozenset, list[str]] = {}
+    for alerts in matches:
+        by_labels.setdefault(frozenset(alerts.match.items()), []).append(alerts.service)
+    found: dict[str, Problems] = {}
+    for labels, names in by_labels.items():
+        first, *others = sorted(names)
+        written = "{" + ", ".join(f"{label}: {value}" for label, value in sorted(labels)) + "}"
+        for name in others:
+            why = (
+                f"{written} is also the match of {first}, so an alert with these labels goes to {first} (the first "
+                f"by name) and never to {name}; give each service labels of its own"
+            )
+            found[name] = [ConfigProblem(f"services.{name}.alerts.match", why)]
+    return found

@@ -69,7 +69,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
     report(top, 1)
     settings_problems: Problems = []
     build_settings(data.get("settings"), settings_problems)
-    alert_settings, service_alerts = alert_problems(data.get("settings"), services)
+    alert_settings, service_alerts, shared_alerts = alert_problems(data.get("settings"), services)
     settings_problems += alert_settings
     report(settings_problems, 1 + key_line(text, "settings"))
     result.settings = usable_settings(data.get("settings"), settings_problems)
@@ -91,6 +91,7 @@ def read_services_file(rel: str, text: str, experts: list[Expert] | None, now: d
             report([same_name_problem(str(name), *same)], line)
         if not found:
             result.services[str(name)] = entry or {}
+        report(shared_alerts.get(str(name), []), line)  # reported, and the service kept: it still deploys
         if experts is not None:  # reported, and the service kept: they do not decide who may deploy it
             report(roster_problems(str(name), entry, experts), line)
     environments = sorted({str(e) for entry in result.services.values() for e in _environments(entry)})

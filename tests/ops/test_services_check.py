@@ -169,6 +169,24 @@ services:
     assert problems_of(tmp_path, text) == []
 
 
+def test_two_services_with_the_same_alert_match_are_reported_and_still_deploy(tmp_path: Path) -> None:
+    # Before, a match copied from another service passed: routing broke the tie by name, and every alert of
+    # one service went to the other's channel.
+    entry = f"    environments:\n      prod: {{approvals: 1, approvers: [sre]}}\n    {RUNNER}\n"
+    text = (
+        f"services:\n  checkout:\n    alerts: {{match: {{app: checkout, tier: web}}}}\n{entry}"
+        f"  gateway:\n    alerts: {{match: {{tier: web, app: checkout}}}}\n{entry}"
+        f"  search:\n    alerts: {{match: {{app: checkout, tier: api}}}}\n{entry}"
+    )
+
+    assert problems_of(tmp_path, text) == [
+        "services.yaml:8: services.gateway.alerts.match: {app: checkout, tier: web} is also the match of checkout, so "
+        "an alert with these labels goes to checkout (the first by name) and never to gateway; give each service "
+        "labels of its own"
+    ]
+    assert sorted(load_knowledge(tmp_path).services) == ["checkout", "gateway", "search"]
+
+
 def test_an_emergency_rule_is_read_and_checked(tmp_path: Path) -> None:
     entry = {
         "environments": {"prod": {"approvals": 2, "approvers": ["sre"], "emergency": {"rollback_approvals": 1}}},
