@@ -30,6 +30,7 @@ from bot.text import FrontMatterError, content_hash, split_front_matter
 from bot.yaml_lines import duplicate_keys
 
 KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "channels.yaml")
+YAML_FILES = ("experts.yaml", "services.yaml", "channels.yaml")
 
 
 def root_problem(root: Path) -> str | None:
@@ -40,6 +41,11 @@ def root_problem(root: Path) -> str | None:
     if not root.is_dir():
         return f"knowledge directory {str(root)!r} does not exist; pass a folder with runbooks/ in it."
     if not any(os.path.lexists(root / entry) for entry in KNOWLEDGE_ENTRIES):  # a link to nowhere is reported later
+        if misnamed := [f"{name[:-5]}.yml" for name in YAML_FILES if os.path.lexists(root / f"{name[:-5]}.yml")]:
+            return (
+                f"{str(root)!r} holds {', '.join(misnamed)}, and opsbot reads only {', '.join(YAML_FILES)}: rename "
+                "them (.yaml, not .yml); nothing was changed."
+            )
         return (
             f"{str(root)!r} is not a knowledge folder: it holds none of runbooks/, incidents/, experts.yaml, "
             "services.yaml or channels.yaml. Pass the folder that holds them (knowledge/, not knowledge/runbooks/); "
@@ -62,6 +68,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         seen: dict[str, str] = {}
         for path in files:
             _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
+    _misnamed_files(kb, root)
     roster = root / "experts.yaml"
     roster_text = None  # its teams are checked against those services.yaml relies on, once that is read
     entries: list[int] = []
@@ -97,6 +104,21 @@ def load_knowledge(root: Path) -> KnowledgeBase:
             kb.failed_paths.add("channels.yaml")
     _check_responders(kb)
     return kb
+
+
+def _misnamed_files(kb: KnowledgeBase, root: Path) -> None:
+    """A problem for experts.yml, services.yml or channels.yml: opsbot reads only the .yaml names, and without this
+    the roster or the services would be missing with `check` saying nothing was wrong."""
+    for name in YAML_FILES:
+        misnamed = f"{name[:-5]}.yml"
+        if not os.path.lexists(root / misnamed):
+            continue
+        if os.path.lexists(root / name):
+            fix = f"opsbot reads {name}: move what it holds there and remove it (it is not read)"
+        else:  # renamed by mistake: what was indexed from the .yaml stays, as for a file that cannot be read
+            fix = f"opsbot reads {name}: rename it (it is not read; what was indexed from {name} is kept)"
+            kb.failed_paths.add(name)
+        kb.problems.append(Problem(misnamed, f"found {misnamed}; {fix}."))
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -166,6 +188,9 @@ def _files(kb: KnowledgeBase, root: Path, folder: Path, suffixes: tuple[str, ...
                 # Only a regular file is read: a FIFO named x.md would hang `opsbot index` and `check` for ever.
                 if _is_there(kb, root, path, folder=False):
                     found.append(path)
+            elif Path(name).suffix.lower() == ".markdown":  # the other Markdown ending: passed over, it is missed
+                why = f"is not read: opsbot reads Markdown files ending in .md; rename it to {Path(name).stem}.md"
+                kb.problems.append(Problem(_rel(root, path), f"{why}."))
             elif path.is_symlink() and not path.exists():  # a linked folder whose share is not mounted
                 _unreadable(kb, root, path, folder=True)
     return sorted(path for path in found if _utf8_name(kb, root, path))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.knowledge import load_knowledge
+from bot.knowledge import load_knowledge, root_problem
 from bot.models import KnowledgeBase, Problem, Section, TimelineEntry
 from bot.text import content_hash
 from tests.conftest import SAMPLE_KNOWLEDGE
@@ -1131,3 +1131,35 @@ def test_a_duration_that_would_end_after_now_is_reported_on_its_line_and_left_ou
     incident = next(i for i in kb.incidents if i.id == "INC-2025-0043")
     assert incident.duration_minutes is None and incident.summary  # the rest of the incident still counts
     assert next(i for i in kb.incidents if i.id == "INC-2025-0042").duration_minutes == 38
+
+
+def test_yml_files_and_markdown_runbooks_are_reported_not_passed_over(tmp_path: Path) -> None:
+    # Before, services.yml, experts.yml and runbooks/*.markdown were skipped: `check` said "No problems, 0 services".
+    write(tmp_path, "services.yml", "services:\n  api: {owners: [payments]}\n")
+    write(tmp_path, "experts.yml", ROSTER)
+    write(tmp_path, "runbooks/kafka/Lag.markdown", GOOD_RUNBOOK)
+    kb = knowledge_with(tmp_path)  # experts.yaml too: experts.yml is a stray copy
+
+    assert [(p.path, p.message) for p in kb.problems] == [
+        ("runbooks/kafka/Lag.markdown", "is not read: opsbot reads Markdown files ending in .md; rename it to Lag.md."),
+        (
+            "experts.yml",
+            "found experts.yml; opsbot reads experts.yaml: move what it holds there and remove it (it is not read).",
+        ),
+        (
+            "services.yml",
+            "found services.yml; opsbot reads services.yaml: rename it (it is not read; what was "
+            "indexed from services.yaml is kept).",
+        ),
+    ]
+    assert kb.failed_paths == {"services.yaml"}  # a running bot keeps the services it had, not none
+    assert_good_files_loaded(kb)
+
+
+def test_a_folder_with_only_yml_files_is_refused_with_what_to_rename(tmp_path: Path) -> None:
+    write(tmp_path, "services.yml", "services:\n  api: {owners: [payments]}\n")
+
+    assert root_problem(tmp_path) == (
+        f"{str(tmp_path)!r} holds services.yml, and opsbot reads only experts.yaml, services.yaml, channels.yaml: "
+        "rename them (.yaml, not .yml); nothing was changed."
+    )
