@@ -78,7 +78,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
         if problems and not kb.experts:
             kb.failed_paths.add("experts.yaml")
-        kb.rotations, problems = parse_roster_rotations("experts.yaml", text, kb.experts)
+        kb.rotations, kb.unread_rotas, problems = parse_roster_rotations("experts.yaml", text, kb.experts)
         kb.problems.extend(problems)
         named += roster_services("experts.yaml", text, kb.experts, entries, kb.rotations)
     services = root / "services.yaml"

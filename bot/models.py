@@ -137,6 +137,7 @@ class KnowledgeBase:
     incidents: list[Incident] = field(default_factory=list)
     experts: list[Expert] = field(default_factory=list)
     rotations: list[Rotation] = field(default_factory=list)  # experts.yaml `rotations:`
+    unread_rotas: list[str] = field(default_factory=list)  # teams whose rota is written but cannot be read
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth knowing but not wrong: `opsbot check` still exits 0
     failed_paths: set[str] = field(default_factory=set)

@@ -360,19 +360,22 @@ def _left(value: Any) -> date | None:
         raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
 
 
-def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[Problem]]:
-    """The roster's ``rotations:``, each broken rota reported with its line (see bot.rota)."""
+def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[str], list[Problem]]:
+    """The roster's ``rotations:``, the teams whose rota cannot be read at all, and each problem with its line (see
+    bot.rota)."""
     try:
         data = _load(text)
     except yaml.YAMLError:
-        return [], []  # parse_roster reported it
+        return [], [], []  # parse_roster reported it
     if not isinstance(data, dict) or data.get("rotations") is None:
-        return [], []
-    rotations, problems = parse_rotations(data["rotations"], experts)
+        return [], [], []
+    rotations, unread, problems = parse_rotations(data["rotations"], experts)
     root = _compose(text)
-    return rotations, [
-        Problem(rel, str(p), _path_line(root, p.key) or 1 + _key_line(text, "rotations")) for p in problems
-    ]
+    return (
+        rotations,
+        unread,
+        [Problem(rel, str(p), _path_line(root, p.key) or 1 + _key_line(text, "rotations")) for p in problems],
+    )
 
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,12}$")

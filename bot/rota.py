@@ -9,8 +9,9 @@ earlier one where they overlap.
 from __future__ import annotations
 
 import difflib
+import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,7 +22,7 @@ from bot.text import service_name_problem  # the one rule for service names
 from bot.yaml_lines import real_date_problem
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-HANDOFF = re.compile(r"^\s*([A-Za-z]+)\s+(([01]\d|2[0-3]):[0-5]\d)\s*$")
+HANDOFF = re.compile(r"^\s*([A-Za-z]+)\s+([01]?\d|2[0-3]):([0-5]\d)\s*$")  # 9:00 is 09:00
 ROTATION_FIELDS = ("members", "handoff", "timezone", "start", "services", "overrides")
 OVERRIDE_FIELDS = ("person", "start", "end")
 WEEK = timedelta(days=7)
@@ -33,6 +34,7 @@ class RotaProblem(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.message = message
 
 
 YEARS = (1970, 9000)  # a rota's dates: weeks are added to them, so the calendar's last years would overflow
@@ -59,30 +61,32 @@ class OnCall:
     timezone: str
 
 
-def parse_rotations(data: Any, experts: list[Expert]) -> tuple[list[Rotation], list[RotaProblem]]:
-    """The ``rotations:`` mapping of experts.yaml (team name -> rota); a broken rota is reported and skipped."""
+def parse_rotations(data: Any, experts: list[Expert]) -> tuple[list[Rotation], list[str], list[RotaProblem]]:
+    """The ``rotations:`` mapping of experts.yaml (team name -> rota), the teams whose rota cannot be read at all, and
+    the problems. A bad member, override or optional field is reported and left out, and its rota still loads: one
+    typo must not take the whole team off call."""
     if data is None:
-        return [], []
+        return [], [], []
     if not isinstance(data, dict):
-        return [], [RotaProblem("rotations", "must map team names to their rota (members:, handoff:, start: ...)")]
+        return [], [], [RotaProblem("rotations", "must map team names to their rota (members:, handoff:, start: ...)")]
     teams = sorted({e.team for e in experts})
     people = {e.id: e for e in experts}
     rotations: list[Rotation] = []
+    unread: list[str] = []
     problems: list[RotaProblem] = []
     for team, entry in data.items():
         notes: list[RotaProblem] = []  # reported, and the rota still loads
         try:
             rotations.append(_rotation(str(team), entry, teams, people, notes))
         except RotaProblem as exc:
+            unread.append(str(team))
             problems.append(exc)
         else:
             problems.extend(notes)
-    return rotations, problems
+    return rotations, unread, problems
 
 
-def _rotation(
-    team: str, entry: Any, teams: list[str], people: dict[str, Expert], notes: list[RotaProblem] | None = None
-) -> Rotation:
+def _rotation(team: str, entry: Any, teams: list[str], people: dict[str, Expert], notes: list[RotaProblem]) -> Rotation:
     key = f"rotations.{team}"
     if team not in teams:
         shown = ", ".join(teams) or "none yet"
@@ -91,26 +95,20 @@ def _rotation(
         raise RotaProblem(key, "must be a mapping with members:, handoff:, timezone: and start:")
     for name in entry:
         if name not in ROTATION_FIELDS:
-            raise RotaProblem(f"{key}.{name}", f"unknown field; a rota has {', '.join(ROTATION_FIELDS)}")
-    members = entry.get("members")
-    if not isinstance(members, list) or not members:
-        raise RotaProblem(f"{key}.members", "list the roster ids who take turns, in order: members: [U04C2RN8VD, ...]")
-    for n, member in enumerate(members):
-        _check_person(f"{key}.members[{n}]", member, people, notes)
-    if len(set(map(str, members))) != len(members):
-        raise RotaProblem(f"{key}.members", "lists someone twice; each member takes one turn per round")
+            notes.append(RotaProblem(f"{key}.{name}", _unknown_field(name, ROTATION_FIELDS, "a rota")))
+    ids = _members(f"{key}.members", entry.get("members"), people, notes)
     handoff = str(entry.get("handoff") or "")
-    match = HANDOFF.match(handoff)
-    if not match or match[1].lower() not in DAYS:
+    day, handoff_time = _read_handoff(handoff)
+    if day is None:
         raise RotaProblem(
-            f"{key}.handoff", f"{handoff!r} must be a weekday and a time, for example handoff: monday 09:00"
+            f"{key}.handoff",
+            f"{handoff!r} must be a weekday and a 24-hour time, hours and minutes, for example handoff: monday 09:00",
         )
     tz = str(entry.get("timezone") or "UTC")
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a region folder ("Europe") is no zone
         raise RotaProblem(f"{key}.timezone", f"{tz!r} is not an IANA time zone such as Europe/London") from None
-    day = DAYS.index(match[1].lower())
     start = _date(f"{key}.start", entry.get("start"))
     if start.weekday() != day:
         raise RotaProblem(
@@ -118,48 +116,118 @@ def _rotation(
             f"{start.isoformat()} is a {DAYS[start.weekday()]}, but shifts are handed over on {DAYS[day]}: "
             "give the handoff day on which the first member's first shift begins",
         )
-    services = entry.get("services") or []
-    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
-        raise RotaProblem(f"{key}.services", "must be a list of service names, for example services: [checkout-api]")
-
-    for n, service in enumerate(services):
-        if problem := service_name_problem(service):
-            raise RotaProblem(f"{key}.services[{n}]", problem)
+    services = _services(f"{key}.services", entry.get("services"), notes)
     overrides = entry.get("overrides") or []
     if not isinstance(overrides, list):
-        raise RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}")
-    parsed = tuple(_override(f"{key}.overrides[{n}]", o, zone, people, notes) for n, o in enumerate(overrides))
-    ids = tuple(map(str, members))
+        notes.append(
+            RotaProblem(f"{key}.overrides", "must be a list of {person:, start:, end:}; the overrides are left out")
+        )
+        overrides = []
+    parsed: list[Override] = []
+    for n, cover in enumerate(overrides):
+        try:
+            parsed.append(_override(f"{key}.overrides[{n}]", cover, zone, people, notes))
+        except RotaProblem as exc:  # the rota goes on without this cover; the others still hold
+            notes.append(RotaProblem(exc.key, f"{exc.message}; this override is left out until it is fixed"))
     # Members and override people alike: an override ends when its person leaves, as a member's turn does.
     everyone = dict.fromkeys([*ids, *(o.person for o in parsed)])
     leaving = tuple((p, people[p].left) for p in everyone if people[p].left is not None)
-    return Rotation(team, ids, day, match[2], tz, start, tuple(services), parsed, leaving)
+    return Rotation(team, ids, day, handoff_time, tz, start, services, tuple(parsed), leaving)
 
 
-def _check_person(key: str, person: Any, people: dict[str, Expert], notes: list[RotaProblem] | None = None) -> None:
-    if str(person) not in people:
-        raise RotaProblem(key, f"{person!r} is not on the roster; use a roster id from `people:`")
-    left = people[str(person)].left
+def _members(key: str, members: Any, people: dict[str, Expert], notes: list[RotaProblem]) -> tuple[str, ...]:
+    """The members in turn order. One not on the roster, or listed again, is reported and left out: the rota goes
+    round the others. None left is a rota that cannot be read."""
+    example = "list the roster ids who take turns, in order: members: [U04C2RN8VD, ...]"
+    if not isinstance(members, list) or not members:
+        raise RotaProblem(key, example)
+    ids: list[str] = []
+    for n, member in enumerate(members):
+        if problem := _not_on_roster(member, people):
+            notes.append(RotaProblem(f"{key}[{n}]", f"{problem}; left out, the rota goes round the others"))
+        elif str(member) in ids:
+            notes.append(
+                RotaProblem(f"{key}[{n}]", f"{member} is listed again; left out, as each member takes one turn a round")
+            )
+        else:
+            _note_left(f"{key}[{n}]", str(member), people, notes)
+            ids.append(str(member))
+    if not ids:
+        raise RotaProblem(key, f"no member is on the roster; {example}")
+    return tuple(ids)
+
+
+def _read_handoff(text: str) -> tuple[int | None, str]:
+    """The handoff's weekday (0 is Monday) and its time as HH:MM; None for a day that cannot be read.
+    ``tue 9:00`` is read as ``tuesday 09:00``: neither can be taken for anything else."""
+    match = HANDOFF.match(text)
+    if not match:
+        return None, ""
+    word = match[1].lower()
+    days = [n for n, name in enumerate(DAYS) if len(word) >= 3 and name.startswith(word)]
+    return (days[0] if len(days) == 1 else None), f"{int(match[2]):02}:{match[3]}"
+
+
+def _services(key: str, value: Any, notes: list[RotaProblem]) -> tuple[str, ...]:
+    """The services a rota covers besides its team's: a list, or one name (or names with commas) as elsewhere. A bad
+    name is reported and left out."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, str)) or not all(isinstance(s, str) for s in value):
+        notes.append(
+            RotaProblem(key, "must be a list of service names, for example services: [checkout-api]; left out")
+        )
+        return ()
+    names = [s.strip() for s in value.split(",")] if isinstance(value, str) else value
+    kept: list[str] = []
+    for n, service in enumerate(names):
+        if problem := service_name_problem(service):
+            at = key if isinstance(value, str) else f"{key}[{n}]"
+            notes.append(RotaProblem(at, f"{problem}; left out"))
+        else:
+            kept.append(service)
+    return tuple(kept)
+
+
+def _unknown_field(name: Any, fields: tuple[str, ...], what: str) -> str:
+    # 0.75: a slip of one or two letters (`overides`), not another word that shares some (`reason`, `person`)
+    close = difflib.get_close_matches(str(name), fields, n=1, cutoff=0.75)
+    hint = f"did you mean `{close[0]}`?" if close else f"{what} has {', '.join(fields)}"
+    return f"unknown field, left out with what it holds; {hint}"
+
+
+def _not_on_roster(person: Any, people: dict[str, Expert]) -> str:
+    """Why ``person`` cannot be on a rota ("" when they can), with the closest roster id for a slip."""
+    if str(person) in people:
+        return ""
+    close = difflib.get_close_matches(str(person), list(people), n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]}, {people[close[0]].name}?)" if close else ""
+    return f"{person!r} is not on the roster{hint}; use a roster id from `people:`"
+
+
+def _note_left(key: str, person: str, people: dict[str, Expert], notes: list[RotaProblem]) -> None:
+    left = people[person].left
     # Someone serving their notice stays on the rota until their `left:` day; then their turns are skipped. One who
     # has left is reported, and the rota still loads without them (dropping it took the whole team off call).
     if left is not None and left <= datetime.now(UTC).date():
-        note = RotaProblem(key, f"{person} left on {left}; take them out of the rota (their turns are skipped)")
-        if notes is None:
-            raise note
-        notes.append(note)
+        notes.append(RotaProblem(key, f"{person} left on {left}; take them out of the rota (their turns are skipped)"))
 
 
-def _override(
-    key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert], notes: list[RotaProblem] | None = None
-) -> Override:
-    if not isinstance(entry, dict) or any(k not in OVERRIDE_FIELDS for k in entry):
+def _override(key: str, entry: Any, zone: ZoneInfo, people: dict[str, Expert], notes: list[RotaProblem]) -> Override:
+    if not isinstance(entry, dict):
         raise RotaProblem(key, "must be {person: ID, start: 2026-11-27T18:00, end: 2026-11-30T09:00}")
-    _check_person(f"{key}.person", entry.get("person"), people, notes)
+    for name in entry:
+        if name not in OVERRIDE_FIELDS:  # a `reason:` or a note: the cover itself still holds
+            notes.append(RotaProblem(f"{key}.{name}", _unknown_field(name, OVERRIDE_FIELDS, "an override")))
+    person = entry.get("person")
+    if problem := _not_on_roster(person, people):
+        raise RotaProblem(f"{key}.person", problem)
+    _note_left(f"{key}.person", str(person), people, notes)
     start = _when(f"{key}.start", entry.get("start"), zone)
     end = _when(f"{key}.end", entry.get("end"), zone)
     if end <= start:
-        raise RotaProblem(f"{key}.end", "must be after start")
-    return Override(str(entry["person"]), start, end)
+        raise RotaProblem(f"{key}.end", f"must be after start ({start:%Y-%m-%dT%H:%M})")
+    return Override(str(person), start, end)
 
 
 def _date(key: str, value: Any) -> date:
@@ -371,6 +439,7 @@ class Rota:
     experts: list[Expert]
     service_owners: dict[str, list[str]]  # services.yaml owners: roster ids or team names
     service_teams: dict[str, str]  # services.yaml `team:`
+    unread: list[str] = field(default_factory=list)  # teams whose rota is in experts.yaml but cannot be read
 
     def __post_init__(self) -> None:
         self.teams: dict[str, list[str]] = {}
@@ -388,7 +457,8 @@ class Rota:
     @classmethod
     def from_store(cls, store: object) -> Rota:
         """The rotations, roster and service ownership stored by the last `opsbot index`."""
-        return cls(store.load_rotations(), store.load_experts(), store.service_owners(), store.service_teams())
+        unread = json.loads(store.get_meta("unread_rotas") or "[]")
+        return cls(store.load_rotations(), store.load_experts(), store.service_owners(), store.service_teams(), unread)
 
     def covering(self, services: list[str]) -> list[Rotation]:
         return covering_rotations(self.rotations, services, self.teams, self.service_teams, self.owners)
@@ -396,6 +466,17 @@ class Rota:
     def lookup(self, name: str = "") -> list[Rotation]:
         """The rotas for a team or a service (all of them for ""); a clear error for anything else."""
         name = name.strip()
+        broken = next((team for team in self.unread if name and team.lower() == name.lower()), None)
+        if broken is not None:
+            raise InvalidRequest(
+                f"the {broken} rota in experts.yaml has a problem, so it is not read and nobody is on call from it: "
+                "`opsbot check` says what to fix; then run `opsbot index`."
+            )
+        if not self.rotations and self.unread:
+            raise InvalidRequest(
+                f"no rota in experts.yaml can be read ({', '.join(self.unread)}), so nobody is on call from one: "
+                "`opsbot check` says what to fix; then run `opsbot index`."
+            )
         if not self.rotations:
             raise InvalidRequest(
                 "there is no on-call rota yet: add `rotations:` to experts.yaml (see the README) "

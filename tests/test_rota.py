@@ -127,13 +127,14 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
             16,
         ),
         (
-            ROTA.replace(f"{DANIEL}, {SOFIA}]", f"{DANIEL}, U0NOBODY01]"),
-            "rotations.platform.members[2]: 'U0NOBODY01' is not on the roster; use a roster id from `people:`",
+            ROTA.replace(f"[{PRIYA}, {DANIEL}, {SOFIA}]", "[U0NOBODY01]"),
+            "rotations.platform.members: no member is on the roster; list the roster ids who take turns, in order: "
+            "members: [U04C2RN8VD, ...]",
             17,
         ),
         (
             ROTA.replace("monday 09:00", "mondays at 9"),
-            "rotations.platform.handoff: 'mondays at 9' must be a weekday and a time, "
+            "rotations.platform.handoff: 'mondays at 9' must be a weekday and a 24-hour time, hours and minutes, "
             "for example handoff: monday 09:00",
             18,
         ),
@@ -158,50 +159,168 @@ def test_an_override_covers_part_of_a_shift(tmp_path: Path) -> None:
             "rotations.platform.start: None is not a date such as 2026-01-05",
             16,
         ),
-        (
-            ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 2026-01-14T09:00}}\n",
-            "rotations.platform.overrides[0].end: must be after start",
-            23,
-        ),
-        (  # open-ended at the calendar's end: before, passed check and index, then crashed every /oncall
-            ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 9999-12-31T23:59}}\n",
-            "rotations.platform.overrides[0].end: '9999-12-31T23:59' must be a date in the years 1970 to 9000 (for "
-            "no end in sight, a far one such as 2100-01-01)",
-            23,
-        ),
-        (
-            ROTA.replace("storage/remote", "storage remote"),
-            "rotations.platform.services[0]: service name 'storage remote': use letters, digits, '.', '_' and '-', "
-            "with '/' between parts (like checkout-api or storage/remote), up to 100 characters",
-            21,
-        ),
-        (
-            ROTA.replace("    services:", "    members_extra: 1\n    services:"),
-            "rotations.platform.members_extra: unknown field; a rota has members, handoff, timezone, start, "
-            "services, overrides",
-            21,
-        ),
     ],
     ids=[
         "unknown-team",
-        "not-on-roster",
+        "no-member-on-roster",
         "bad-handoff",
         "bad-timezone",
         "region-folder",
         "start-not-handoff-day",
         "no-start",
-        "override-ends-first",
-        "override-at-the-calendars-end",
-        "bad-service",
-        "unknown-field",
     ],
 )
-def test_a_broken_rota_is_reported_with_its_line_and_the_roster_still_loads(
+def test_a_rota_that_cannot_be_read_is_reported_with_its_line_and_the_roster_still_loads(
     tmp_path: Path, rotations: str, message: str, line: int
 ) -> None:
     kb = load(tmp_path, rotations)
     assert [(p.path, p.message, p.line) for p in kb.problems] == [("experts.yaml", message, line)]
     assert kb.rotations == [] and len(kb.experts) == 4
+    assert kb.unread_rotas == [rotations.split(":")[1].split()[-1]]  # for /oncall to say it is there and broken
+
+
+LEFT_OUT = "; this override is left out until it is fixed"
+COVER = f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-14T18:00, end: 2026-01-16T09:00}}\n"
+
+
+@pytest.mark.parametrize(
+    ("rotations", "message", "line", "members", "services", "covers"),
+    [
+        (
+            ROTA.replace(f"{DANIEL}, {SOFIA}]", f"{DANIEL}, U0NOBODY01]"),
+            "rotations.platform.members[2]: 'U0NOBODY01' is not on the roster; use a roster id from `people:`; "
+            "left out, the rota goes round the others",
+            17,
+            (PRIYA, DANIEL),
+            ("storage/remote",),
+            0,
+        ),
+        (
+            ROTA.replace(f"{DANIEL}, {SOFIA}]", f"{DANIEL}, U04B7QW2XB]"),
+            "rotations.platform.members[2]: 'U04B7QW2XB' is not on the roster (did you mean U04B7QW2XA, Sofia "
+            "Lindqvist?); use a roster id from `people:`; left out, the rota goes round the others",
+            17,
+            (PRIYA, DANIEL),
+            ("storage/remote",),
+            0,
+        ),
+        (
+            ROTA.replace(f"{DANIEL}, {SOFIA}]", f"{DANIEL}, {PRIYA}]"),
+            f"rotations.platform.members[2]: {PRIYA} is listed again; left out, as each member takes one turn a round",
+            17,
+            (PRIYA, DANIEL),
+            ("storage/remote",),
+            0,
+        ),
+        (
+            ROTA + COVER.replace("end: 2026-01-16T09:00", "end: 2026-01-14T09:00"),
+            f"rotations.platform.overrides[0].end: must be after start (2026-01-14T18:00){LEFT_OUT}",
+            23,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            0,
+        ),
+        (
+            ROTA + COVER.replace("end: 2026-01-16T09:00", "end: 2026-12-32T10:00"),
+            "rotations.platform.overrides[0].end: '2026-12-32T10:00' is not a real date and time (December 2026 has "
+            f"31 days); write one such as 2026-11-27T18:00{LEFT_OUT}",
+            23,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            0,
+        ),
+        (  # open-ended at the calendar's end: before, passed check and index, then crashed every /oncall
+            ROTA + COVER.replace("end: 2026-01-16T09:00", "end: 9999-12-31T23:59"),
+            "rotations.platform.overrides[0].end: '9999-12-31T23:59' must be a date in the years 1970 to 9000 (for "
+            f"no end in sight, a far one such as 2100-01-01){LEFT_OUT}",
+            23,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            0,
+        ),
+        (
+            ROTA + COVER.replace(f"person: {SOFIA}", "person: U04B7QW2XB"),
+            "rotations.platform.overrides[0].person: 'U04B7QW2XB' is not on the roster (did you mean U04B7QW2XA, "
+            f"Sofia Lindqvist?); use a roster id from `people:`{LEFT_OUT}",
+            23,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            0,
+        ),
+        (  # the cover itself holds: only the note is left out
+            ROTA + COVER.replace("}\n", ", reason: xmas}\n"),
+            "rotations.platform.overrides[0].reason: unknown field, left out with what it holds; an override has "
+            "person, start, end",
+            23,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            1,
+        ),
+        (
+            ROTA + COVER.replace("overrides:", "overides:"),
+            "rotations.platform.overides: unknown field, left out with what it holds; did you mean `overrides`?",
+            22,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            0,
+        ),
+        (
+            ROTA.replace("storage/remote", "storage remote, checkout-api"),
+            "rotations.platform.services[0]: service name 'storage remote': use letters, digits, '.', '_' and '-', "
+            "with '/' between parts (like checkout-api or storage/remote), up to 100 characters; left out",
+            21,
+            (PRIYA, DANIEL, SOFIA),
+            ("checkout-api",),
+            0,
+        ),
+        (
+            ROTA.replace("    services:", "    members_extra: 1\n    services:"),
+            "rotations.platform.members_extra: unknown field, left out with what it holds; a rota has members, "
+            "handoff, timezone, start, services, overrides",
+            21,
+            (PRIYA, DANIEL, SOFIA),
+            ("storage/remote",),
+            0,
+        ),
+    ],
+    ids=[
+        "member-not-on-roster",
+        "member-id-slip",
+        "member-twice",
+        "override-ends-first",
+        "override-date-that-does-not-exist",
+        "override-at-the-calendars-end",
+        "override-person-slip",
+        "override-with-a-reason",
+        "overrides-misspelt",
+        "bad-service",
+        "unknown-field",
+    ],
+)
+def test_a_bad_member_override_or_field_is_reported_and_left_out_and_the_rota_still_loads(
+    tmp_path: Path, rotations: str, message: str, line: int, members: tuple, services: tuple, covers: int
+) -> None:
+    """Dropping the whole rota for one slip took the team off call: /oncall said there was no such rota."""
+    kb = load(tmp_path, rotations)
+    assert [(p.path, p.message, p.line) for p in kb.problems] == [("experts.yaml", message, line)]
+    (rota,) = kb.rotations
+    assert (rota.team, rota.members, rota.services, len(rota.overrides)) == ("platform", members, services, covers)
+    assert kb.unread_rotas == []
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("    services: [storage/remote]\n", "    services: storage/remote\n"),  # one name, as everywhere else
+        ("handoff: monday 09:00", "handoff: monday 9:00"),
+        ("handoff: monday 09:00", "handoff: Mon 09:00"),
+    ],
+    ids=["one-service-as-text", "one-digit-hour", "short-weekday"],
+)
+def test_a_rota_written_another_plain_way_reads_the_same(tmp_path: Path, written: str, read: str) -> None:
+    expected = load(tmp_path).rotations
+    kb = load(tmp_path, ROTA.replace(written, read))
+    assert kb.problems == [] and kb.rotations == expected
 
 
 def test_the_sample_roster_has_rotations_that_load() -> None:
@@ -391,3 +510,22 @@ def test_a_member_who_left_is_reported_and_the_rota_still_loads_without_them(tmp
     (rota,) = kb.rotations
     people = {on_call(rota, london(f"2026-03-{d:02d}T12:00")).now.person for d in range(2, 31)}
     assert TOMAS not in people and people == {PRIYA, DANIEL}
+
+
+def test_oncall_for_a_rota_that_cannot_be_read_says_it_is_there_and_what_to_do(tmp_path: Path) -> None:
+    """Before, such a rota was answered as if it did not exist: "no rota or service called 'platform'"."""
+    from bot.errors import InvalidRequest
+    from bot.rota import Rota
+
+    kb = load(tmp_path, ROTA.replace("monday 09:00", "monday"))
+    rota = Rota(kb.rotations, kb.experts, {}, {}, kb.unread_rotas)
+    fix = "`opsbot check` says what to fix; then run `opsbot index`."
+    with pytest.raises(InvalidRequest) as told:
+        rota.lookup("platform")
+    assert (
+        str(told.value)
+        == f"the platform rota in experts.yaml has a problem, so it is not read and nobody is on call from it: {fix}"
+    )
+    with pytest.raises(InvalidRequest) as told:
+        rota.lookup()
+    assert str(told.value) == f"no rota in experts.yaml can be read (platform), so nobody is on call from one: {fix}"

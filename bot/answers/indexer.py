@@ -316,6 +316,8 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     if "experts.yaml" not in kb.failed_paths:
         store.replace_experts(kb.experts)
         store.replace_rotations(kb.rotations)
+        # So that `/oncall platform` says the rota is there and broken, not that there is no such rota.
+        store.set_meta("unread_rotas", json.dumps(kb.unread_rotas))
     if "services.yaml" not in kb.failed_paths:
         store.replace_services(kb.services)
         store.set_meta("deploy_settings", json.dumps(kb.deploy_settings))
@@ -324,7 +326,7 @@ def _index_knowledge(store: Store, encoder: Encoder, root: Path, progress: Progr
     # The roster, services and deploy settings count as a change too: a running bot's expert model and
     # deploy rules come from them.
     config_hash = content_hash(
-        repr((kb.experts, kb.rotations, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
+        repr((kb.experts, kb.rotations, kb.unread_rotas, sorted(kb.services.items()), kb.deploy_settings, kb.channels))
     )
     config_changed = store.get_meta("config_hash") != config_hash
     _embed_votes_again(store, encoder)

@@ -69,6 +69,23 @@ def test_oncall_mistakes_are_clear_errors(indexed: Path, tmp_path: Path) -> None
     assert_clean_failure(invoke("oncall"), "there is no on-call rota yet: add `rotations:` to experts.yaml")
 
 
+def test_oncall_for_a_rota_that_cannot_be_read_says_it_is_there_and_broken(indexed: Path, tmp_path: Path) -> None:
+    # Before, `opsbot oncall platform` said there was no rota or service called 'platform'.
+    roster = (indexed / "experts.yaml").read_text(encoding="utf-8")
+    (indexed / "experts.yaml").write_text(
+        roster.replace("handoff: tuesday 10:00", "handoff: tuesday"), encoding="utf-8"
+    )
+    store = Store(tmp_path / "oncall.db")
+    index_knowledge(store, FakeEncoder(), indexed)
+    store.close()
+    assert_clean_failure(
+        invoke("oncall", "Platform"),
+        "the platform rota in experts.yaml has a problem, so it is not read and nobody is on call from it: "
+        "`opsbot check` says what to fix; then run `opsbot index`.",
+    )
+    assert invoke("oncall", "payments", "--at", MID_JANUARY).exit_code == 0  # the other rotas still answer
+
+
 def test_override_times_are_shown_in_the_rotas_time_zone_after_indexing(indexed: Path, tmp_path: Path) -> None:
     result = invoke("oncall", "platform", "--at", "2026-12-25T12:00Z")  # the sample's Christmas cover, local times
     assert result.stdout.splitlines()[0].endswith("until Mon 28 Dec 10:00 Europe/Berlin, covering"), result.output
