@@ -375,8 +375,8 @@ def _shift_at(rotation: Rotation, at: datetime) -> Shift | None:
 
 def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:
     """Who is on call now and who is next (the next different person, within a full round of the rota). Shifts of
-    the same person back to back are one: covering a leaver's week before their own is on call until the second
-    ends, not a handover to themselves."""
+    the same person back to back are one, overrides or not: covering a leaver's week before their own is on call
+    until the second ends, not a handover to themselves. "covering" is said of the shift at ``at``."""
     at = at or datetime.now(UTC)
     now = shift_at(rotation, at)
     following: Shift | None = None
@@ -390,7 +390,9 @@ def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:
         if now is None or candidate.person != now.person:
             following = candidate
             break
-        joined = joined and candidate.start == now.end and candidate.override == now.override
+        # An override and the same person's own shift meeting are one stretch on call too (keeping them apart said
+        # "until" the first ended, and named as next whoever followed the second, with a gap that was not there).
+        joined = joined and candidate.start == now.end
         if joined:
             now = replace(now, end=candidate.end)
         probe = candidate.end

@@ -529,3 +529,27 @@ def test_oncall_for_a_rota_that_cannot_be_read_says_it_is_there_and_what_to_do(t
     with pytest.raises(InvalidRequest) as told:
         rota.lookup()
     assert str(told.value) == f"no rota in experts.yaml can be read (platform), so nobody is on call from one: {fix}"
+
+
+def test_an_override_and_the_same_persons_own_shift_meeting_are_one_stretch_on_call(tmp_path: Path) -> None:
+    """Before, "until" was the end of the first and the next person came a week later, with a gap that was not there."""
+    cover = ROTA + (
+        f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-17T09:00, end: 2026-01-19T09:00}}\n"
+        f"      - {{person: {SOFIA}, start: 2026-01-26T09:00, end: 2026-01-27T09:00}}\n"
+    )
+    (rota,) = load(tmp_path, cover).rotations
+
+    before_her_week = on_call(rota, london("2026-01-18T12:00"))  # covering Daniel, then her own week
+    in_her_week = on_call(rota, london("2026-01-20T12:00"))  # her own week, then covering Priya's first day
+
+    assert (before_her_week.now.person, before_her_week.now.end, before_her_week.now.override) == (
+        SOFIA,
+        london("2026-01-27T09:00"),  # through her week and the second cover
+        True,
+    )
+    assert (in_her_week.now.person, in_her_week.now.end, in_her_week.now.override) == (
+        SOFIA,
+        london("2026-01-27T09:00"),
+        False,
+    )
+    assert (in_her_week.next.person, in_her_week.next.start) == (PRIYA, london("2026-01-27T09:00"))

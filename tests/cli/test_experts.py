@@ -52,7 +52,7 @@ def test_oncall_for_a_service_finds_the_rota_that_covers_it(indexed: Path) -> No
     assert platform["now"] == {
         "person": "U07M4AH6VN",
         "from": "2026-12-24T18:00:00+01:00",
-        "until": "2026-12-28T10:00:00+01:00",
+        "until": "2026-12-29T10:00:00+01:00",  # the cover ends in her own week, which runs on to the handoff
         "override": True,
     }
 
@@ -86,9 +86,18 @@ def test_oncall_for_a_rota_that_cannot_be_read_says_it_is_there_and_broken(index
     assert invoke("oncall", "payments", "--at", MID_JANUARY).exit_code == 0  # the other rotas still answer
 
 
+def test_oncall_before_a_cover_in_ones_own_week_gives_the_weeks_end_and_who_follows(indexed: Path) -> None:
+    # Fatima's Christmas cover falls in her own week: before, "until Thu 24 Dec 18:00", then Daniel from the 29th.
+    lines = invoke("oncall", "platform", "--at", "2026-12-23T12:00Z").stdout.splitlines()
+    assert lines == [
+        "platform  Fatima El Idrissi (U07M4AH6VN) until Tue 29 Dec 10:00 Europe/Berlin",
+        "          next: Daniel Okafor (U04C2RN8VD) from Tue 29 Dec 10:00 Europe/Berlin",
+    ]
+
+
 def test_override_times_are_shown_in_the_rotas_time_zone_after_indexing(indexed: Path, tmp_path: Path) -> None:
     result = invoke("oncall", "platform", "--at", "2026-12-25T12:00Z")  # the sample's Christmas cover, local times
-    assert result.stdout.splitlines()[0].endswith("until Mon 28 Dec 10:00 Europe/Berlin, covering"), result.output
+    assert result.stdout.splitlines()[0].endswith("until Tue 29 Dec 10:00 Europe/Berlin, covering"), result.output
     roster = (indexed / "experts.yaml").read_text(encoding="utf-8")
     utc = roster.replace(
         "start: 2026-12-24T18:00, end: 2026-12-28T10:00", "start: 2026-12-24T17:00Z, end: 2026-12-28T09:00Z"
@@ -99,7 +108,9 @@ def test_override_times_are_shown_in_the_rotas_time_zone_after_indexing(indexed:
     index_knowledge(store, FakeEncoder(), indexed)
     store.close()
     result = invoke("oncall", "platform", "--at", "2026-12-25T12:00Z")  # written in UTC: shown in the rota's zone
-    assert result.stdout.splitlines()[0].endswith("until Mon 28 Dec 10:00 Europe/Berlin, covering"), result.output
+    assert result.stdout.splitlines()[0].endswith("until Tue 29 Dec 10:00 Europe/Berlin, covering"), result.output
+    (platform,) = json.loads(invoke("oncall", "platform", "--at", "2026-12-25T12:00Z", "--json").stdout)
+    assert platform["now"]["from"] == "2026-12-24T18:00:00+01:00"
 
 
 @pytest.mark.parametrize("at", ["9999-12-31T12:00Z", "9999-12-20", "0001-01-01T00:00+05:00"])
