@@ -14,6 +14,7 @@ import yaml
 from bot.knowledge_fields import FileProblem, FileProblems, name_list, service_names, squashed, text_field
 from bot.knowledge_xref import near_service
 from bot.models import Document, Expert, Incident, Problem, Section, TimelineEntry
+from bot.rota import YEARS as ROTA_YEARS
 from bot.rota import parse_rotations
 from bot.services import severity_number
 from bot.text import load_yaml, parse_date, split_front_matter, split_sections
@@ -347,17 +348,26 @@ def _left(value: Any) -> date | None:
     if value in (None, ""):
         return None
     if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value).strip())
-    except ValueError:
-        if unreal := real_date_problem(value):
-            raise FileProblem(
-                f"left {value!r} is not a real date ({unreal}); write the day they left, such as 2025-06-30"
-            ) from None
-        raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
+        day = value.date()
+    elif isinstance(value, date):
+        day = value
+    else:
+        try:
+            day = date.fromisoformat(str(value).strip())
+        except ValueError:
+            if unreal := real_date_problem(value):
+                raise FileProblem(
+                    f"left {value!r} is not a real date ({unreal}); write the day they left, such as 2025-06-30"
+                ) from None
+            raise FileProblem(f"left {value!r} must be the day they left, such as 2025-06-30") from None
+    # As a rota's own dates: a rota counts from it in its time zone, and year 1 (a placeholder's 0001-01-01) or 9999
+    # fall off the calendar there.
+    if not ROTA_YEARS[0] <= day.year <= ROTA_YEARS[1]:
+        raise FileProblem(
+            f"left {day.isoformat()} must be a day in the years {ROTA_YEARS[0]} to {ROTA_YEARS[1]}: the day they left, "
+            "such as 2025-06-30"
+        )
+    return day
 
 
 def parse_roster_rotations(rel: str, text: str, experts: list[Expert]) -> tuple[list, list[str], list[Problem]]:

@@ -297,6 +297,9 @@ def _leaves_at(rotation: Rotation, person: str) -> datetime | None:
     day = dict(rotation.leaving).get(person)
     if day is None:
         return None
+    # An index made before `left:` was held to a rota's years may keep a year 1 or a 9999, which overflow in a time
+    # zone: one before any rota began, or after any time asked about, decides the same as those.
+    day = min(max(day, date(YEARS[0], 1, 1)), date(YEARS[1], 12, 31))
     return datetime.combine(day, time(0)).replace(tzinfo=ZoneInfo(rotation.timezone)).astimezone(UTC)
 
 

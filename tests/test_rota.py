@@ -553,3 +553,27 @@ def test_an_override_and_the_same_persons_own_shift_meeting_are_one_stretch_on_c
         False,
     )
     assert (in_her_week.next.person, in_her_week.next.start) == (PRIYA, london("2026-01-27T09:00"))
+
+
+@pytest.mark.parametrize("left", ["0001-01-01", "9999-12-31"])
+def test_a_left_day_off_the_rotas_calendar_is_a_problem_of_the_roster(tmp_path: Path, left: str) -> None:
+    # Year 1 passed check and index, then `opsbot oncall` crashed with OverflowError in the rota's time zone.
+    people = PEOPLE.replace("    name: Sofia Lindqvist\n", f"    name: Sofia Lindqvist\n    left: {left}\n")
+    (tmp_path / "experts.yaml").write_text(people + ROTA, encoding="utf-8")
+    kb = load_knowledge(tmp_path)
+    assert [(p.message, p.line) for p in kb.problems][0] == (
+        f"person #3: left {left} must be a day in the years 1970 to 9000: the day they left, such as 2025-06-30",
+        8,
+    )
+
+
+@pytest.mark.parametrize(("left", "on_call_then"), [(date(1, 1, 1), PRIYA), (date(9999, 12, 31), SOFIA)])
+def test_a_left_day_off_the_calendar_in_an_older_index_answers_without_overflowing(
+    left: date, on_call_then: str
+) -> None:
+    from bot.models import Rotation
+
+    # Berlin is ahead of UTC: the start of 1 January of year 1 there is before the calendar begins.
+    rota = Rotation("platform", (PRIYA, SOFIA), 0, "09:00", "Europe/Berlin", date(2026, 1, 5), leaving=((SOFIA, left),))
+    answer = on_call(rota, datetime(2026, 1, 14, 12, tzinfo=UTC))  # Sofia's week
+    assert answer.now.person == on_call_then
