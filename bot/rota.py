@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -471,10 +472,10 @@ class Rota:
     def lookup(self, name: str = "") -> list[Rotation]:
         """The rotas for a team or a service (all of them for ""); a clear error for anything else."""
         name = name.strip()
-        broken = next((team for team in self.unread if name and team.lower() == name.lower()), None)
-        if broken is not None:
+        team = _named(name, [*(r.team for r in self.rotations), *self.unread]) if name else None
+        if team in self.unread:
             raise InvalidRequest(
-                f"the {broken} rota in experts.yaml has a problem, so it is not read and nobody is on call from it: "
+                f"the {team} rota in experts.yaml has a problem, so it is not read and nobody is on call from it: "
                 "`opsbot check` says what to fix; then run `opsbot index`."
             )
         if not self.rotations and self.unread:
@@ -489,10 +490,9 @@ class Rota:
             )
         if not name:
             return list(self.rotations)
-        for rotation in self.rotations:
-            if rotation.team.lower() == name.lower():
-                return [rotation]
-        service = next((s for s in self.services if s.lower() == name.lower()), None)
+        if team is not None:
+            return [r for r in self.rotations if r.team == team]
+        service = _named(name, self.services)
         if service is not None:
             found = self.covering([service])
             if found:
@@ -520,6 +520,21 @@ class Rota:
         if asked and difflib.get_close_matches(asked[1].lower(), [n.lower() for n in names], n=1, cutoff=0.75):
             return asked[1]
         return ""
+
+
+def _named(name: str, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``name`` is: written exactly, else the only one in other capitals; None for none.
+
+    Exact first: with `checkout-api` and `Checkout-API` both known, picking among them by case alone gave either,
+    from one run to the next."""
+    if name in names:
+        return name
+    same = sorted({n for n in names if n.lower() == name.lower()})
+    if len(same) > 1:
+        raise InvalidRequest(
+            f"{name!r} could be {' or '.join(same)}, which differ only in capitals: write the one you mean exactly."
+        )
+    return same[0] if same else None
 
 
 ASKED_FOR = re.compile(r"(?i)\bon[\s-]?call\s+for\s+(?:the\s+)?([\w./-]+)")

@@ -577,3 +577,29 @@ def test_a_left_day_off_the_calendar_in_an_older_index_answers_without_overflowi
     rota = Rotation("platform", (PRIYA, SOFIA), 0, "09:00", "Europe/Berlin", date(2026, 1, 5), leaving=((SOFIA, left),))
     answer = on_call(rota, datetime(2026, 1, 14, 12, tzinfo=UTC))  # Sofia's week
     assert answer.now.person == on_call_then
+
+
+def test_a_service_is_looked_up_by_its_exact_name_before_one_in_other_capitals(tmp_path: Path) -> None:
+    # Before, either of two services differing only in case could answer, depending on the run's hash seed.
+    from bot.errors import InvalidRequest
+    from bot.models import Rotation
+    from bot.rota import Rota
+
+    kb = load(tmp_path)
+    rotations = [
+        Rotation("platform", (PRIYA, DANIEL), 0, "09:00", "Europe/London", date(2026, 1, 5)),
+        Rotation("commerce", (SOFIA,), 0, "09:00", "Europe/London", date(2026, 1, 5)),
+    ]
+    rota = Rota(
+        rotations, kb.experts, {}, {"checkout-api": "platform", "Checkout-API": "commerce", "ledger": "commerce"}
+    )
+
+    assert [r.team for r in rota.lookup("checkout-api")] == ["platform"]
+    assert [r.team for r in rota.lookup("Checkout-API")] == ["commerce"]
+    assert [r.team for r in rota.lookup("LEDGER")] == ["commerce"]  # the only one in any capitals
+    with pytest.raises(InvalidRequest) as told:
+        rota.lookup("CHECKOUT-API")
+    assert str(told.value) == (
+        "'CHECKOUT-API' could be Checkout-API or checkout-api, which differ only in capitals: write the one you mean "
+        "exactly."
+    )
