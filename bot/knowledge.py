@@ -26,7 +26,7 @@ from bot.record_files import (
 )
 from bot.runbook_file import parse_runbook
 from bot.services_file import read_services_file
-from bot.text import FrontMatterError, content_hash, split_front_matter
+from bot.text import FrontMatterError, content_hash, safe_load, split_front_matter
 from bot.yaml_lines import duplicate_keys
 
 KNOWLEDGE_ENTRIES = ("runbooks", "incidents", "experts.yaml", "services.yaml", "channels.yaml")
@@ -60,14 +60,17 @@ def load_knowledge(root: Path) -> KnowledgeBase:
     named: list[NamedService] = []  # the services each file, person and rota names, checked against services.yaml
     runbooks = root / "runbooks"
     found = _files(kb, root, runbooks, (".md",)) if _is_folder(kb, root, runbooks) else []
+    # What a file that does not load names is still checked, so that `check` shows every problem of every file at
+    # once, not a service slip only after the file's other problem is fixed.
+    broken: dict[str, tuple[str, ...]] = {}  # a file that did not load -> the responders it names
     for path in found:  # README.MD counts as much as readme.md
-        _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text, named))
+        _collect(kb, root, path, lambda p, rel, text: _add_runbook(kb, rel, text, named), named, broken)
     incident_dir = root / "incidents"
     if _is_folder(kb, root, incident_dir):
         files = _files(kb, root, incident_dir, (".md", ".yaml", ".yml"))
         seen: dict[str, str] = {}
         for path in files:
-            _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named))
+            _collect(kb, root, path, lambda p, rel, text: _add_incident(kb, rel, text, seen, named), named, broken)
     _misnamed_files(kb, root)
     roster = root / "experts.yaml"
     roster_text = None  # its teams are checked against those services.yaml relies on, once that is read
@@ -102,7 +105,7 @@ def load_knowledge(root: Path) -> KnowledgeBase:
         kb.problems.extend(problems)
         if problems and not kb.channels:  # unreadable as a whole: the modes it gave before stay
             kb.failed_paths.add("channels.yaml")
-    _check_responders(kb)
+    _check_responders(kb, broken)
     return kb
 
 
@@ -245,22 +248,52 @@ def _check_duplicate_keys(kb: KnowledgeBase, rel: str, text: str) -> None:
         )
 
 
-def _collect(kb: KnowledgeBase, root: Path, path: Path, parse: Any) -> None:
+def _collect(
+    kb: KnowledgeBase,
+    root: Path,
+    path: Path,
+    parse: Any,
+    named: list[NamedService] | None = None,
+    broken: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Parse one file into ``kb``; when it does not load, its problems, and (given ``named`` and ``broken``) the
+    services and responders it names all the same, to be checked with the others'."""
     rel = _rel(root, path)
     text = _read(kb, rel, path)
     if text is None:
         return
     try:
         parse(path, rel, text)
+        return
     except FileProblems as exc:
         kb.problems += [Problem(rel, str(p), p.line) for p in exc.problems]
-        kb.failed_paths.add(rel)
     except (FileProblem, FrontMatterError) as exc:
         kb.problems.append(Problem(rel, str(exc), exc.line))
-        kb.failed_paths.add(rel)
     except (ValueError, TypeError) as exc:  # e.g. YAML's own date parsing: 2025-02-30
         kb.problems.append(Problem(rel, f"has a value that cannot be read: {exc}"))
-        kb.failed_paths.add(rel)
+    kb.failed_paths.add(rel)
+    if named is not None and broken is not None:
+        kind = "incident" if rel.startswith("incidents/") else "runbook"
+        fields = _fields_as_written(rel, text)
+        named += named_services(rel, kind, text, _names(fields.get("services")))
+        broken[rel] = _names(fields.get("responders"))
+
+
+def _fields_as_written(rel: str, text: str) -> dict:
+    """The top-level fields of a YAML file or of a Markdown file's front matter, as YAML reads them; {} when even
+    that fails (the file's problem says why)."""
+    try:
+        data = safe_load(split_front_matter(text).block if rel.lower().endswith(".md") else text)
+    except Exception:  # noqa: BLE001 - any failure here is the file's own problem, reported already
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _names(value: object) -> tuple[str, ...]:
+    """A field's names: a list's strings, or one string."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def _add_runbook(kb: KnowledgeBase, rel: str, text: str, named: list[NamedService]) -> None:
@@ -286,14 +319,16 @@ def _add_incident(kb: KnowledgeBase, rel: str, text: str, seen: dict[str, str], 
 UNKNOWN_SHOWN = 5  # people named in the one-line summary of responders missing from the roster
 
 
-def _check_responders(kb: KnowledgeBase) -> None:
+def _check_responders(kb: KnowledgeBase, broken: dict[str, tuple[str, ...]]) -> None:
     """One problem naming how many responders are not on the roster, and the first few, rather than one a file.
+    A roster member's name written for their id is reported in its file, in the files that did not load too
+    (``broken``: each one's responders as written).
 
     Real history names people who have left: their incidents still count in statistics, and they are never suggested.
     """
     if not kb.experts:
         return
-    misspelt = _misspelt_responders(kb)
+    misspelt = _misspelt_responders(kb, [(i.path, i.responders) for i in kb.incidents] + list(broken.items()))
     unknown = [r for r in unknown_responders(kb.experts, kb.incidents) if r not in misspelt]
     if unknown:
         people = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
@@ -310,17 +345,18 @@ def _check_responders(kb: KnowledgeBase) -> None:
 MENTION = re.compile(r"^<@([A-Za-z0-9]+)(?:\|[^>]*)?>$")
 
 
-def _misspelt_responders(kb: KnowledgeBase) -> set[str]:
+def _misspelt_responders(kb: KnowledgeBase, files: list[tuple[str, tuple[str, ...]]]) -> set[str]:
     """Responders written as a roster member's name, their id in another case or a Slack mention (<@U...>): each
-    reported in its incident file with the id to write; returns those spellings."""
+    reported in its incident file (``files``: each file's path and responders) with the id to write; returns those
+    spellings."""
     by_spelling: dict[str, Expert] = {}
     for e in kb.experts:
         by_spelling.setdefault(e.name.strip().lower(), e)
         by_spelling.setdefault(e.id.lower(), e)
     known = {e.id for e in kb.experts}
     misspelt: set[str] = set()
-    for incident in kb.incidents:
-        for who in incident.responders:
+    for path, responders in files:
+        for who in responders:
             if who in known:
                 continue
             mention = MENTION.match(who.strip())
@@ -332,7 +368,7 @@ def _misspelt_responders(kb: KnowledgeBase) -> set[str]:
                 f"responder {who!r} is {expert.name} on the roster: write their Slack id {expert.id}, "
                 "or they get no credit for this incident"
             )
-            kb.problems.append(Problem(incident.path, message, _line_naming(Path(kb.root) / incident.path, who)))
+            kb.problems.append(Problem(path, message, _line_naming(Path(kb.root) / path, who)))
     return misspelt
 
 

@@ -59,6 +59,24 @@ def test_a_runbook_naming_a_slip_of_a_service_is_a_problem_with_its_line_and_the
     assert "Correct the name, or, if `chekout-api` is another service, add it to services.yaml" in found[0]
 
 
+def test_a_file_that_does_not_load_still_has_its_service_and_responder_slips_reported_at_once(tmp_path: Path) -> None:
+    # Before, `check` showed the severity only, and the slips after it was fixed: one run per problem.
+    incident = (
+        INCIDENT_YAML.replace("severity: 2", "severity: 9")
+        .replace("services: [checkout-api, payments-gateway]", "services: [chekout-api]")
+        .replace("responders: [U03F8K2LQ1, U04C2RN8VD]", "responders: [Daniel Okafor]")
+    )
+    runbook = RUNBOOK.format(service="chekout-api").replace("title: Checkout latency", "title: [not, text]")
+
+    found = knowledge(tmp_path, {"incidents/INC-2025-0042.yaml": incident, "runbooks/latency.md": runbook})
+
+    mine = [p for p in found if p.startswith("incidents/INC-2025-0042.yaml:")]
+    assert any(":4: severity 9 must be 1 (worst) to 4" in p for p in mine), found
+    assert any(p.startswith("incidents/INC-2025-0042.yaml:5: services: `chekout-api`") for p in mine), found
+    assert any(":6: responder 'Daniel Okafor' is Daniel Okafor on the roster" in p for p in mine), found
+    assert any(p.startswith("runbooks/latency.md:5: services: `chekout-api`") for p in found), found
+
+
 def test_an_incident_naming_a_slip_of_a_service_is_a_problem_in_yaml_and_in_markdown(tmp_path: Path) -> None:
     yaml_incident = INCIDENT_YAML.replace("[checkout-api, payments-gateway]", "[checkout-api, payments-gatway]")
     md_incident = INCIDENT_MD.replace("services: auth-service,", "services: Auth_Service,")
