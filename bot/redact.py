@@ -34,6 +34,12 @@ PREFIXED_LAST_LINE = re.compile(r".{0,60}?[\s\]|>]\s*([A-Za-z0-9+/]{4,39}={0,2})
 # 76), mixed case and digits, and as random as a key is. Decided line by line: a line already returned
 # cannot be taken back, so waiting for a run of three would post the first two.
 ORPHAN_BODY = re.compile(r"(?:.{0,60}?[\s\]|>])?\s*([A-Za-z0-9+/]{59,79}={0,2})\s*")
+# The base64 that ends a line, matched on the line reversed: a pattern anchored at the end and tried from each
+# position would cost time quadratic in a long run of base64.
+LAST_TOKEN_REVERSED = re.compile(r"={0,2}[A-Za-z0-9+/]+")
+# How far a key's body may start from where its BEGIN did, when every line has a prefix of its own: a timestamp
+# in RFC 3339 with nanoseconds drops its trailing zeros (up to 9 characters with the dot), a pid gains a digit.
+COLUMN_SLACK = 10
 
 
 def _known_fragments(known: tuple[str, ...]) -> tuple[str, ...]:
@@ -52,8 +58,11 @@ def _known_fragments(known: tuple[str, ...]) -> tuple[str, ...]:
 class _Block:
     """An armored block Redactor is inside: a private key (removed) or a certificate or public key (kept)."""
 
-    def __init__(self, prefix: str, secret: bool = True, putty: bool = False, seen_body: bool = False) -> None:
+    def __init__(
+        self, prefix: str, column: int, secret: bool = True, putty: bool = False, seen_body: bool = False
+    ) -> None:
         self.prefix = prefix
+        self.column: int | None = column  # where the block starts in its first line, whatever comes before it
         self.secret = secret
         self.putty = putty
         self.seen_body = seen_body
@@ -84,9 +93,38 @@ class _Block:
         # before it started, and shaped like a last line ("Deployed v2" has a longer prefix).
         last = PREFIXED_LAST_LINE.fullmatch(text) if self.body_at is not None else None
         if last and last.start(1) == self.body_at and not _is_hex(last.group(1)) and _could_end_a_key(last.group(1)):
-            self.body_at = None  # a key has one last line: the END line comes next
+            self.body_at = self.column = None  # a key has one last line: the END line comes next
+            return True
+        return self._holds_at_column(body)
+
+    def _holds_at_column(self, body: str) -> bool:
+        """True for a body line whose base64 starts where the block did, after a prefix of any length and text.
+
+        journalctl's host and process, or kubectl's pod and timestamp, make a prefix that differs on every
+        line and is longer than the short prefixes ``PREFIXED_KEY_BODY`` allows; its width barely changes.
+        """
+        if self.column is None:
+            return False
+        at, token = _last_token(body)
+        if not token or abs(at - self.column) > COLUMN_SLACK or _is_hex(token):
+            return False
+        if at and not (body[at - 1].isspace() or body[at - 1] in "]|>"):
+            return False  # the end of a word (a path, a name=value), not a token of its own
+        if len(token) >= 40:
+            self.seen_body = True
+            return True
+        if len(token.rstrip("=")) >= 4 and _could_end_a_key(token):
+            self.body_at = self.column = None  # the key's last line: the END line comes next
             return True
         return False
+
+
+def _last_token(body: str) -> tuple[int, str]:
+    """The run of base64 that ends the line, and where it starts (its length when there is none)."""
+    text = body.rstrip()
+    found = LAST_TOKEN_REVERSED.match(text[::-1])
+    at = len(text) - found.end() if found else len(text)
+    return at, text[at:]
 
 
 def _mask_inline_keys(text: str) -> str:
@@ -177,15 +215,15 @@ class Redactor:
         body = "\n".join(_mask_inline_keys(part) for part in body.split("\n"))
         start = self._key_start(body)
         if start is not None:
-            self._block = _Block(body[:start], putty=bool(PUTTY_BEGIN.search(body)))
+            self._block = _Block(body[:start], start, putty=bool(PUTTY_BEGIN.search(body)))
             return scrub_line(body[:start]) + KEY_REMOVED + ending
         public = PEM_BEGIN.search(body)
         if public:  # a certificate's body is as random as a key's, and must not pass for a key cut at its start
-            self._block = _Block(body[: public.start()], secret=False)
+            self._block = _Block(body[: public.start()], public.start(), secret=False)
             return scrub_line(body) + ending
         orphan = ORPHAN_BODY.fullmatch(body)
         if orphan and _is_random_key_body(orphan.group(1)):
-            self._block = _Block("", seen_body=True)
+            self._block = _Block("", orphan.start(1), seen_body=True)
             self._block.body_at = orphan.start(1) - (len(body) - len(body.lstrip()))
             return KEY_REMOVED + ending
         return scrub_line(body) + ending

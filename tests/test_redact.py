@@ -725,3 +725,47 @@ def test_the_short_last_line_of_a_key_in_timestamped_log_lines_is_removed() -> N
         assert leaked(shown, key) == []
         assert shown[1:] == [stamped[-2], stamped[-1]]
         assert not any("END" in line for line in shown)
+
+
+def nanoseconds(n: int) -> str:
+    """A fraction of a second as RFC 3339 with nanoseconds writes it: trailing zeros dropped, none at all for 0."""
+    digits = f"{n % 10**9:09d}".rstrip("0")
+    return f".{digits}" if digits else ""
+
+
+LONG_PREFIXES = {
+    "journalctl with an EC2 host name": lambda n: (
+        f"Dec 07 10:00:{n:02d} ip-10-0-3-17.eu-west-1.compute.internal deploy-agent[4242]: "
+    ),
+    "kubectl logs --prefix --timestamps": lambda n: (
+        f"[pod/checkout-api-7f9c8d6b5-x2kqz/checkout-api] 2026-12-07T10:00:{n:02d}.{RNG.randint(10**8, 10**9 - 1)}Z "
+    ),
+    # RFC 3339 nanoseconds as kubectl prints them: trailing zeros dropped, so the prefix is not always as wide
+    "kubectl, a fraction of varying width": lambda n: (
+        f"[pod/checkout-api-7f9c8d6b5-x2kqz/checkout-api] 2026-12-07T10:00:{n:02d}{nanoseconds(n * 125_000_000)}Z "
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", LONG_PREFIXES)
+def test_a_key_in_lines_with_a_long_changing_prefix_is_removed_through_its_end(kind: str) -> None:
+    """A log prefix of 76 or 79 characters that changes every line: only the BEGIN line went, every body line stayed."""
+    prefix = LONG_PREFIXES[kind]
+    key = pem("RSA PRIVATE KEY", 19)
+    printed = [prefix(n) + line for n, line in enumerate([*key, "key installed"])]
+    redactor = Redactor()
+
+    shown = [redactor.line(line) for line in printed]
+
+    assert leaked(shown, key) == []
+    assert shown == [printed[0].split("-----")[0] + KEY_REMOVED] + [""] * (len(key) - 1) + [printed[-1]]
+
+
+def test_output_after_a_cut_key_and_a_certificate_in_long_prefixed_lines_is_kept() -> None:
+    prefix = LONG_PREFIXES["journalctl with an EC2 host name"]
+    after = ["Deployed v2", "rolling out 3/3", f"HEAD is now at {SHA1}"]
+    certificate = [prefix(n) + line for n, line in enumerate(pem("CERTIFICATE", 10))]
+    cut = [prefix(n) + line for n, line in enumerate([*KEYS["rsa"][:8], *after])]
+
+    assert scrub("\n".join(certificate)) == "\n".join(certificate)
+    assert scrub("\n".join(cut)).splitlines() == [prefix(0) + KEY_REMOVED, *cut[-3:]]
