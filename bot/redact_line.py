@@ -98,6 +98,20 @@ DIGEST = re.compile(r"(?i)^(?:sha\d+|md5)[-:]")
 ENV_PATH_KEY = re.compile(r"(?:OLD)?PWD$")
 ID_KEY = re.compile(r"(?i)(?:\b(?:id|myid|userid)|_id)s?[\"']?\s*[:=]\s*$")
 
+# A key name's words, in snake, kebab, dotted or camel case: "PGPASSWORD", "Session Token", "secret version".
+NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[^\W\dA-Z_]+")
+# The last word of a key name says what it holds: a db_password is a password, a password_reset or a
+# secret_version is not, whatever follows the secret word.
+SECRET_HEAD = re.compile(
+    r"(?i)(?:key|pass|passw(?:or)?d|pwd|secret|token|credentials?|passphrase|auth|contrase[ñn]a)s?$"
+)
+# Values no secret takes: a number or a time (with a unit: 30s, 90d), a yes/no, an empty one.
+PLAIN_VALUE = re.compile(r"(?i)[-+]?\d+(?:[.:]\d+)*[a-z]{0,2}|true|false|yes|no|on|off|null|nil|none|empty")
+# Where an unquoted value ends: a sentence goes on after it ("api_key=x after the migration"). The ";" of an
+# HTML entity (Slack sends "&" as "&amp;") is part of the value.
+UNQUOTED_END = re.compile(r"[\s),;]")
+HTML_ENTITY_OPENING = re.compile(r"&#?\w{1,8}\Z")
+
 # A value in double or single quotes, or bare up to a space or separator; not a JSON object or list opening.
 QUOTED_VALUE = r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>(?![{\[])[^\s"',;]+))"""
 
@@ -151,7 +165,8 @@ ADDITIONS: tuple[Rule, ...] = (
         "secret-named key",
         re.compile(
             r"(?i)(?<![\w.-])[\"']?(?=[\w.-]*?(?:" + "|".join(DENYLIST) + r"|(?:token|credentials?|passphrase"
-            r"|(?<![a-z])pass|api-key|access[-_]?key)s?[\"']?\s*[:=]))(?>[\w.-]+)[\"']?\s*[:=]\s*" + QUOTED_VALUE
+            r"|(?<![a-z])pass|api-key|access[-_]?key)s?[\"']?\s*[:=]))(?P<name>(?>[\w.-]+))[\"']?\s*[:=]\s*"
+            + QUOTED_VALUE
         ),
         hint=re.compile("|".join(DENYLIST) + "|token|credential|pass|api-key|access", re.IGNORECASE),
     ),
@@ -250,6 +265,55 @@ def _grow(line: str, span: tuple[int, int]) -> tuple[int, int]:
     return start, end
 
 
+def _unquoted_value(value: str) -> str:
+    """An unquoted value up to the space or separator that ends it, an HTML entity's ";" (``&amp;``) kept in."""
+    for end in UNQUOTED_END.finditer(value):
+        if end.group() == ";" and HTML_ENTITY_OPENING.search(value[max(0, end.start() - 10) : end.start()]):
+            continue
+        return value[: end.start()]
+    return value
+
+
+def _names_a_secret(name: str) -> bool:
+    """True when a key name's last word is a secret word (``DB_PASSWORD``, ``SessionToken``), not a thing about one."""
+    words = [word for word in NAME_WORD.findall(name) if len(word) > 1]  # "v2" in api_key_v2 says nothing
+    return not words or bool(SECRET_HEAD.search(words[-1]))
+
+
+def _is_plainly_not_a_secret(value: str) -> bool:
+    """True for a number, a yes/no, or one lowercase word ("missing", "expired"): what prose puts after a key name."""
+    if PLAIN_VALUE.fullmatch(value) or value.endswith(":"):  # "tokens: invalid_token: kid": a label, not a value
+        return True
+    return value.isascii() and value.isalpha() and value.islower()
+
+
+def _looks_random(value: str) -> bool:
+    """True for a value as a secret is, letters and digits mixed (under a name about a secret: SECRET_KEY_BASE)."""
+    return (
+        len(value) >= 8
+        and not value.startswith("/")
+        and any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+    )
+
+
+def _is_secret_value(name: str, value: str) -> bool:
+    """True when ``value``, found after the key ``name``, is to be masked."""
+    if _is_plainly_not_a_secret(value):
+        return False
+    return _names_a_secret(name) or _looks_random(value)
+
+
+def _key_name(line: str, at: int) -> str:
+    """The whole key name around ``at`` (where a key word was found): ``aws_secret_access_key``, ``X-Api-Key``."""
+    start = end = at
+    while start > 0 and (line[start - 1].isalnum() or line[start - 1] in "_.-"):
+        start -= 1
+    while end < len(line) and (line[end].isalnum() or line[end] in "_.-"):
+        end += 1
+    return line[start:end]
+
+
 def _is_reference(value: str) -> bool:
     """True for a value that names a secret instead of holding it: ``$DB_PASS``, ``${{ secrets.X }}``, ``<token>``."""
     return heuristic.is_prefixed_with_dollar_sign(value) or heuristic.is_templated_secret(value)
@@ -302,8 +366,17 @@ def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
                 for match in pattern.finditer(searched):
                     found = window[match.start(group) : match.end(group)]
                     value = found.strip()
-                    if value and not _is_reference(value) and not _is_env_path(window, match.start(group)):
-                        start = match.start(group) + len(found) - len(found.lstrip())
+                    start = match.start(group) + len(found) - len(found.lstrip())
+                    # Unquoted, the detector's value runs to the end of the line: in prose the rest of a sentence.
+                    if not (start and window[start - 1] in "\"'`"):
+                        value = _unquoted_value(value)
+                    name = _key_name(window, match.start(1)) if group > 2 else ""  # group 2: value before key
+                    if (
+                        value
+                        and not _is_reference(value)
+                        and not _is_env_path(window, start)
+                        and _is_secret_value(name, value)
+                    ):
                         yield offset + start, offset + start + len(value)
 
 
@@ -369,6 +442,8 @@ def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
             group = next(g for g in ("value", "dq", "sq", "bare") if g in match.re.groupindex and match.group(g))
             value = match.group(group)
             if value and not _is_reference(value) and rule.accept(value) and not _is_env_path(line, match.start(group)):
+                if "name" in match.re.groupindex and not _is_secret_value(match.group("name"), value):
+                    continue
                 yield match.span(group)
 
 

@@ -769,3 +769,48 @@ def test_output_after_a_cut_key_and_a_certificate_in_long_prefixed_lines_is_kept
 
     assert scrub("\n".join(certificate)) == "\n".join(certificate)
     assert scrub("\n".join(cut)).splitlines() == [prefix(0) + KEY_REMOVED, *cut[-3:]]
+
+
+# Free text (incident titles, notes, alert descriptions, commit subjects) that names a secret without holding one.
+PROSE = [
+    "Partner orders failing: api_key: missing after the config migration",
+    "receiver still verifies with secret_version=14 while Paylane signs with 15, so every webhook is rejected",
+    "Restored the partner block; password_rotation_days: 0 had disabled rotation, set to 90",
+    "checkout-api rejects tokens: invalid_token: kid not found in JWKS (12% of requests)",
+    "Webhook secret: mismatch since 20:45; Paylane signs with 15.",
+    "Raise token_ttl: 3600 -> 7200 for mobile clients (#4412)",
+    "Fix password_reset: send the link once, not twice (#4431)",
+    "auth failed: token: invalid",
+    "token=expired for checkout-api",
+    "password_min_length=12",
+    "secret_name=checkout-db",
+    "POSTGRES_PASSWORD_FILE=/run/secrets/db_password",
+    "max_tokens: 4096",
+    "secret: true",
+    "api_key=none (the partner never had one)",
+]
+
+
+@pytest.mark.parametrize("line", PROSE)
+def test_prose_that_names_a_secret_without_holding_one_is_kept_whole(line: str) -> None:
+    assert scrub(line) == line
+
+
+NAMED_SECRETS = [
+    ("password: hunter2isnotsafe", "password: ***"),
+    ("PASSWORD=S3cr3t!", "PASSWORD=***"),
+    (f"api_key={AWS_KEY_ID}", "api_key=***"),
+    (f"token: {GITHUB_PAT}", "token: ***"),
+    ('password: "correct horse battery staple" ok', 'password: "***" ok'),
+    # only the value goes: the sentence after it stays
+    (f"rotated: api_key={PASSWORD} after the incident", "rotated: api_key=*** after the incident"),
+    (f"db_password: {PASSWORD}, then restart", "db_password: ***, then restart"),
+    ("password=ab&amp;cdefgh", "password=***"),  # Slack sends "&" as "&amp;": its ";" is no separator
+    # a name that is about a secret still hides a value as random as a secret
+    (f"SECRET_KEY_BASE={fake(64, HEX)}", "SECRET_KEY_BASE=***"),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), NAMED_SECRETS, ids=[shown for _, shown in NAMED_SECRETS])
+def test_a_secret_after_a_key_name_is_masked_up_to_its_end(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
