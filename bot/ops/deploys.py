@@ -29,6 +29,7 @@ from bot.ops.requests import (
     new_request_id,
     new_row,
 )
+from bot.redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class DeployService(DeployRules):
         ``withdrawn`` by ``actor``. A request whose pipeline has not reported (``awaiting_ci``) is given up on
         instead: abandoned, its lock released; the pipeline goes on, and its report, if it comes, still settles
         it. Nothing else can be withdrawn: this never starts or stops a deploy."""
+        reason = scrub(reason).strip()  # typed by hand: a token pasted in it is stored and shown in Slack
         with self.store.transaction():
             request = self._current(request_id)  # one whose time ran out is expired, and stays so
             if request.status == "awaiting_ci":

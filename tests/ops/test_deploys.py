@@ -258,6 +258,18 @@ def test_rejection_needs_an_approver_but_the_requester_may_withdraw(deploys: Dep
     assert deploys.request("deploy", "web", "prod", "1.0.1", ALICE).status == "pending"  # the lock was released
 
 
+def test_a_secret_pasted_in_a_withdraw_reason_is_scrubbed_from_the_note_and_the_audit(
+    deploys: DeployService, store: Store
+) -> None:
+    token = "ghp_" + "Zx8vQ2pL5mN9rT3wY6bC1dF4gH7jK0aS1a2B"  # made up, of a GitHub token's shape
+    request = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+
+    withdrawn = deploys.withdraw(request.id, "cli:admin", f"pasted by mistake: export GITHUB_TOKEN={token}")
+
+    assert withdrawn.note == "pasted by mistake: export GITHUB_TOKEN=***"  # the note Slack shows
+    assert store.audit_rows()[-1]["details"]["reason"] == "pasted by mistake: export GITHUB_TOKEN=***"
+
+
 def test_an_approver_who_then_rejects_is_the_rejecter(deploys: DeployService, store: Store) -> None:
     request = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
     assert deploys.approve(request.id, BOB).outcome == "recorded"
