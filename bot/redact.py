@@ -34,6 +34,17 @@ PREFIXED_LAST_LINE = re.compile(r".{0,60}?[\s\]|>]\s*([A-Za-z0-9+/]{4,39}={0,2})
 # 76), mixed case and digits, and as random as a key is. Decided line by line: a line already returned
 # cannot be taken back, so waiting for a run of three would post the first two.
 ORPHAN_BODY = re.compile(r"(?:.{0,60}?[\s\]|>])?\s*([A-Za-z0-9+/]{59,79}={0,2})\s*")
+# What may stand before a token that is an argument or a header value, not a line of a key: a command's flag
+# (kubectl apply -k PATH), or an HTTP header's name at the start of the line (curl -i, "< " in curl -v) that
+# does not name a credential (x-amz-id-2, not x-amz-security-token).
+AFTER_FLAG = re.compile(r"(?:^|\s)--?[A-Za-z][\w-]*\s+\Z")
+HEADER_NAME = re.compile(r"(?:[<>] )?[A-Za-z][A-Za-z0-9-]*:\s+")
+CREDENTIAL_HEADER = re.compile(r"(?i)key|token|secret|auth|pass|sig|cookie|credential|session")
+# A path's words (deploy, Overlays, Checkout, Api, 2026) are 4 or more characters long on average; a key's, read
+# the same way, under 2, as its letters change case at random: measured on random 64 to 76 character base64,
+# 2 in 100,000 lines hold two "/" and average 3 or more.
+PATH_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+PATH_WORD_LENGTH = 3
 # The base64 that ends a line, matched on the line reversed: a pattern anchored at the end and tried from each
 # position would cost time quadratic in a long run of base64.
 LAST_TOKEN_REVERSED = re.compile(r"={0,2}[A-Za-z0-9+/]+")
@@ -169,6 +180,16 @@ def _could_end_a_key(text: str) -> bool:
     return not (text.islower() or text.isupper() or text.istitle())
 
 
+def _is_argument(before: str, token: str) -> bool:
+    """True for a token that is a path, a command flag's argument or an HTTP header's value, not key material."""
+    if AFTER_FLAG.search(before):
+        return True
+    if HEADER_NAME.fullmatch(before) and not CREDENTIAL_HEADER.search(before):
+        return True
+    words = PATH_WORD.findall(token)
+    return token.count("/") >= 2 and sum(map(len, words)) >= PATH_WORD_LENGTH * len(words)
+
+
 def _is_random_key_body(token: str) -> bool:
     """True for a line-long token as random as key material: mixed case, digits, high entropy, no hex, no run."""
     return (
@@ -222,7 +243,11 @@ class Redactor:
             self._block = _Block(body[: public.start()], public.start(), secret=False)
             return scrub_line(body) + ending
         orphan = ORPHAN_BODY.fullmatch(body)
-        if orphan and _is_random_key_body(orphan.group(1)):
+        if (
+            orphan
+            and _is_random_key_body(orphan.group(1))
+            and not _is_argument(body[: orphan.start(1)], orphan.group(1))
+        ):
             self._block = _Block("", orphan.start(1), seen_body=True)
             self._block.body_at = orphan.start(1) - (len(body) - len(body.lstrip()))
             return KEY_REMOVED + ending

@@ -814,3 +814,27 @@ NAMED_SECRETS = [
 @pytest.mark.parametrize(("printed", "shown"), NAMED_SECRETS, ids=[shown for _, shown in NAMED_SECRETS])
 def test_a_secret_after_a_key_name_is_masked_up_to_its_end(printed: str, shown: str) -> None:
     assert scrub(printed) == shown
+
+
+AMZ_ID = base64.b64encode(RNG.randbytes(56)).decode()  # S3's x-amz-id-2: 76 characters of base64, "=" last
+ARGUMENTS_AND_HEADERS = [
+    "+ kubectl apply -k deploy/Overlays/ProdEU2/CheckoutApiService/Patches2026Q4/Kustomize",
+    "kubectl apply -f k8s/Overlays/Prod2/CheckoutApiDeploymentV4Patch7/kustomization",
+    "  src/main/java/com/acme/checkout/PaymentService2Impl/RetryPolicyV3Test",
+    f"x-amz-id-2: {AMZ_ID}",
+    f"< x-amz-id-2: {AMZ_ID}",
+    f"deploy-cli --bundle-digest {fake(64, B64)}",
+]
+
+
+@pytest.mark.parametrize("line", ARGUMENTS_AND_HEADERS)
+def test_a_path_a_flags_argument_or_a_header_value_is_no_line_of_a_key(line: str) -> None:
+    """Random enough and of a key line's length, each was replaced by "*** private key removed ***"."""
+    assert scrub(line) == line
+    assert Redactor().line(line + "\n") == line + "\n"
+
+
+def test_a_key_line_after_a_header_naming_a_secret_is_still_masked() -> None:
+    line = f"x-amz-security-token: {AMZ_ID}"
+
+    assert scrub(line) != line and AMZ_ID not in scrub(line)
