@@ -155,6 +155,14 @@ ADDITIONS: tuple[Rule, ...] = (
     Rule("Stripe key", re.compile(r"(?P<value>\b[rs]k_(?:live|test)_[A-Za-z0-9]{10,})")),
     Rule("npm token", re.compile(r"(?P<value>\bnpm_[A-Za-z0-9]{36})")),
     Rule("Google API key", re.compile(r"(?P<value>\bAIza[0-9A-Za-z_-]{35})")),
+    # Vault's service, batch and recovery tokens (and the older s. ones after `vault login`).
+    Rule("Vault token", re.compile(r"(?P<value>\bhv[sbr]\.[A-Za-z0-9_-]{24,})")),
+    Rule("vault login token", re.compile(r"\bvault\s+login\s+(?!-)(?P<value>[A-Za-z0-9._-]{20,})")),
+    # A cookie is a session: the whole header value goes (its attributes too, not worth a parser), up to the
+    # quote that closes it in `curl -H "Cookie: ..."`.
+    Rule(
+        "cookie header", re.compile(r"(?i)(?<![\w-])(?:set-)?cookie:\s*(?P<value>[^\s\"'][^\"']*?)(?=\s*(?:[\"']|$))")
+    ),
     # detect-secrets' key words, whatever the value starts with (its patterns want a letter or digit
     # first, and an AWS secret key can start with "/" or "+"), and key names it does not list:
     # SessionToken, GITHUB_TOKEN, credentials, REDIS_PASS, X-Api-Key. The name is the whole run of name
@@ -204,6 +212,7 @@ ADDITIONS: tuple[Rule, ...] = (
         ),
     ),
     Rule("sshpass -p", re.compile(r"\bsshpass\s+-p\s*(?!-)" + QUOTED_VALUE)),
+    Rule("az login -p", re.compile(r"\baz\s+login\b.{0,1000}?\s(?:-p|--password)(?:\s+|=)(?!-)" + QUOTED_VALUE)),
     Rule("openssl -k", re.compile(r"\bopenssl\b.{0,1000}?\s-k\s+(?!-)" + QUOTED_VALUE)),
     # htpasswd -b takes the password as its last argument: after FILE and USER, or after USER alone with -n.
     Rule(

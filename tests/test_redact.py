@@ -838,3 +838,30 @@ def test_a_key_line_after_a_header_naming_a_secret_is_still_masked() -> None:
     line = f"x-amz-security-token: {AMZ_ID}"
 
     assert scrub(line) != line and AMZ_ID not in scrub(line)
+
+
+VAULT = "hvs." + fake(91, ALNUM + "_-")
+LOGINS_AND_COOKIES = [
+    (f"+ vault login {VAULT}", "+ vault login ***"),
+    (f"VAULT_TOKEN is {VAULT} now", "VAULT_TOKEN is *** now"),
+    (
+        f"+ az login --service-principal -u http://app -p {PASSWORD} --tenant t",
+        "+ az login --service-principal -u http://app -p *** --tenant t",
+    ),
+    (f"Cookie: session={PASSWORD}; theme=dark", "Cookie: ***"),
+    (f"< Set-Cookie: sid={PASSWORD}; Path=/; HttpOnly", "< Set-Cookie: ***"),
+    (f'curl -H "Cookie: session={PASSWORD}" https://x', 'curl -H "Cookie: ***" https://x'),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), LOGINS_AND_COOKIES, ids=[shown for _, shown in LOGINS_AND_COOKIES])
+def test_vault_tokens_az_login_passwords_and_cookies_are_masked(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["vault login -method=oidc", "az login --identity", "Cookie consent banner shown", "hvs. is Vault's token prefix"],
+)
+def test_logins_without_a_secret_and_cookie_prose_are_kept(line: str) -> None:
+    assert scrub(line) == line
