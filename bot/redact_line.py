@@ -110,6 +110,13 @@ PLAIN_VALUE = re.compile(r"(?i)[-+]?\d+(?:[.:]\d+)*[a-z]{0,2}|true|false|yes|no|
 # Where an unquoted value ends: a sentence goes on after it ("api_key=x after the migration"). The ";" of an
 # HTML entity (Slack sends "&" as "&amp;") is part of the value.
 UNQUOTED_END = re.compile(r"[\s),;]")
+# The words prose says of a secret after its name ("api_key: missing", "token=expired"): kept. Any other lone word
+# may be the secret itself (`password: letmein`) and is masked.
+STATE_WORDS = frozenset(
+    "missing expired expiring invalid valid empty blank unset set required optional wrong incorrect mismatch "
+    "mismatched rotated revoked reset changed leaked exposed disabled enabled present absent ok bad broken stale "
+    "failed failing denied rejected refused unknown redacted hidden masked removed deleted".split()
+)
 HTML_ENTITY_OPENING = re.compile(r"&#?\w{1,8}\Z")
 
 # A value in double or single quotes, or bare up to a space or separator; not a JSON object or list opening.
@@ -290,10 +297,11 @@ def _names_a_secret(name: str) -> bool:
 
 
 def _is_plainly_not_a_secret(value: str) -> bool:
-    """True for a number, a yes/no, or one lowercase word ("missing", "expired"): what prose puts after a key name."""
+    """True for a number, a yes/no, or a word said of a secret ("missing", "expired"): what prose puts after a key
+    name."""
     if PLAIN_VALUE.fullmatch(value) or value.endswith(":"):  # "tokens: invalid_token: kid": a label, not a value
         return True
-    return value.isascii() and value.isalpha() and value.islower()
+    return value.lower() in STATE_WORDS
 
 
 def _looks_random(value: str) -> bool:
