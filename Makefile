@@ -17,7 +17,9 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/opsbot index
-	@if [ -n "$$SLACK_BOT_TOKEN" ] || grep -qs '^SLACK_BOT_TOKEN=.' .env; then \
+	@# .env read as opsbot reads it (python-dotenv: `export NAME=`, spaces and quotes allowed)
+	@if [ -n "$$SLACK_BOT_TOKEN" ] || $(BIN)/python -c 'import sys; from dotenv import dotenv_values; \
+		sys.exit(not (dotenv_values(".env").get("SLACK_BOT_TOKEN") or "").strip())' 2>/dev/null; then \
 		exec $(BIN)/opsbot serve; \
 	else \
 		exec $(BIN)/opsbot shell; \

@@ -173,9 +173,9 @@ class Shell:
         rest = rest.strip()
         if word in ("/quit", "/exit"):
             return False
-        if line.isdigit():
+        if line.isascii() and line.isdigit():  # "²" is a digit to isdigit, and no number to int
             self.press(int(line))
-        elif word == "/press" and rest.isdigit():
+        elif word == "/press" and rest.isascii() and rest.isdigit():
             self.press(int(rest))
         elif word in ("/press", "/buttons"):
             self.write(("" if word == "/buttons" else "Usage: /press N, a button's number. ") + self.buttons_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from datetime import UTC, datetime
 
 from slack_bolt import Ack
@@ -88,9 +89,15 @@ def is_acknowledgement(text: str) -> bool:
         return False
     rest = re.sub(r"<[^>]*>", " ", lowered)  # mentions of opsbot or anyone
     words = re.findall(r"\w+(?:'\w+)?", EMOJI_CODE.sub(" ", rest))
-    if not words:
-        return bool(EMOJI_CODE.search(rest))  # :+1: or :pray: alone
+    if not words:  # :+1: or :pray: alone, as Slack sends emoji; or the emoji themselves (🙏), as a client may
+        return bool(EMOJI_CODE.search(rest)) or _only_emoji(EMOJI_CODE.sub(" ", rest))
     return len(words) <= 4 and all(w in ACKNOWLEDGEMENTS for w in words)
+
+
+def _only_emoji(text: str) -> bool:
+    """Whether ``text`` holds symbols, and nothing else but spaces and what joins or styles them (👍🏽, 👩‍💻, ❤️)."""
+    marks = [unicodedata.category(c) for c in text if not c.isspace()]
+    return "So" in marks and all(m in ("So", "Sk", "Mn", "Me", "Cf") for m in marks)
 
 
 def looks_like_a_question(text: str) -> bool:

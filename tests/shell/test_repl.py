@@ -161,6 +161,9 @@ def test_buttons_are_explained_when_there_is_nothing_to_press(chat: Chat) -> Non
     assert missing.startswith("There is no button [7]. Buttons on screen: [1] 👍 Helpful (on Best match: ")
     assert "[2] 👎 Not helpful (on " in missing
     assert "Usage: /press N" in chat.say("/press x")
+    # "²" is a digit to str.isdigit and no number to int: it failed with a ValueError
+    assert "Usage: /press N" in chat.say("/press ²")
+    assert "failed" not in chat.say("²")
 
 
 def test_help_lists_what_can_be_typed_and_who_you_are(chat: Chat) -> None:

@@ -111,7 +111,8 @@ def test_thanks_under_an_answer_in_a_direct_message_is_not_answered_again(
 ) -> None:
     _, ts = slack.message("pgbouncer sorry too many clients already")  # a DM needs no question mark
     slack_api.wait_for("chat.postMessage")
-    for chat in ("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx", ":+1:"):
+    # the emoji themselves too (a client, or the shell, sends 🙏 rather than :pray:): they were searched
+    for chat in ("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx", ":+1:", "🙏", "👍🏽 ❤️", "👩‍💻"):
         slack.message(chat, thread_ts=ts)
     # whatever else is typed in the thread is still answered: a question, a pasted alert name, log line or link
     for more in ("what if it is only the replica?", "PgBouncerPoolExhausted on pg-main", "503", "will it?"):
