@@ -5,8 +5,9 @@ Stripe, JWT, npm, basic-auth URLs, ...), its keyword detector, and its base64 hi
 strings. opsbot adds, on top (``ADDITIONS``): formats it does not know (fine-grained GitHub tokens, Slack app
 tokens, Google API keys, bare npm tokens, Stripe keys of any length), key names it does not list (``token``,
 ``credentials``, ``*_PASS``), command-line flags (``--password x``, ``mysql -px``, ``docker login -p x``), HTTP
-authorization headers, Azure SAS signatures, chat webhook URLs and base64 values that hide a key or a secret
-(a Kubernetes Secret's ``data:``). Private keys, which span lines, are ``bot.redact``'s.
+authorization headers, URL query values under a credential's key (``?code=``, an Azure SAS ``sig=``), chat webhook
+URLs and base64 values that hide a key or a secret (a Kubernetes Secret's ``data:``). Private keys, which span lines,
+are ``bot.redact``'s.
 
 Only the secret value is replaced, by ``***``, so the line keeps its key name and stays readable.
 """
@@ -118,6 +119,16 @@ STATE_WORDS = frozenset(
     "failed failing denied rejected refused unknown redacted hidden masked removed deleted".split()
 )
 HTML_ENTITY_OPENING = re.compile(r"&#?\w{1,8}\Z")
+# A URL query key whose value is a credential, read by its last word: access_token, X-Goog-Signature, X-Amz-Credential,
+# apiKey, _authToken, session. "code" (Azure Functions) and "sig" (Azure SAS) count only alone: a country_code is no
+# credential. The webhook runner uses it too, for the query of its own URL.
+CREDENTIAL_QUERY_WORD = re.compile(
+    r"(?i)(?:api|access|auth|id|refresh|session|secret|client|private)?"
+    r"(?:key|token|secret|signature|password|passwd|pwd|pass|credentials?|auth|session)s?"
+)
+CREDENTIAL_QUERY_ALONE = frozenset({"code", "sig"})
+# A URL query parameter's "key=" just before a value: the value ends at the next "&", whatever rule found it.
+QUERY_KEY_BEFORE = re.compile(r"[?&;][\w.-]+=\Z")
 
 # A value in double or single quotes, or bare up to a space or separator; not a JSON object or list opening.
 QUOTED_VALUE = r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>(?![{\[])[^\s"',;]+))"""
@@ -131,6 +142,13 @@ class Rule:
     pattern: re.Pattern[str]
     accept: Callable[[str], bool] = lambda value: True
     hint: re.Pattern[str] | None = None  # a cheap search that must succeed before the pattern can
+    key: Callable[[str], bool] = lambda key: True  # checks the pattern's group ``key``, where it has one
+
+
+def is_credential_query_key(key: str) -> bool:
+    """True for a URL query key whose value is a credential: ``code``, ``sig``, ``access_token``, ``apiKey``."""
+    words = NAME_WORD.findall(key)
+    return key.lower() in CREDENTIAL_QUERY_ALONE or bool(words and CREDENTIAL_QUERY_WORD.fullmatch(words[-1]))
 
 
 def _is_basic_credentials(value: str) -> bool:
@@ -236,9 +254,16 @@ ADDITIONS: tuple[Rule, ...] = (
             r"(?P<value>[^\s\"',]+)"
         ),
     ),
-    # A signed URL's signature (Azure SAS), and chat webhook URLs that are credentials whole (detect-secrets
-    # knows Slack's /services/ ones only).
-    Rule("SAS signature", re.compile(r"(?<=[?&])sig=(?P<value>[^&\s\"'#<>]+)")),
+    # A query value under a credential's key (Azure Functions' ?code=, a SAS sig=, X-Goog-Signature=, ?key=); other
+    # values (?ref=production, ?page=2) are kept. After "&amp;" too, as Slack sends a URL's "&"; a value ends where
+    # the URL does in prose or in Slack's <url|label>.
+    Rule(
+        "credential in a URL query",
+        re.compile(r"(?<=[?&;])(?P<key>[\w.-]+)=(?P<value>[^&;\s\"'`#<>|()]+)"),
+        lambda value: not _is_plainly_not_a_secret(value),
+        key=is_credential_query_key,
+    ),
+    # Chat webhook URLs are credentials whole (detect-secrets knows Slack's /services/ ones only).
     Rule(
         "chat webhook URL",
         re.compile(
@@ -458,6 +483,8 @@ def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
         for match in rule.pattern.finditer(line):
             group = next(g for g in ("value", "dq", "sq", "bare") if g in match.re.groupindex and match.group(g))
             value = match.group(group)
+            if "key" in match.re.groupindex and not rule.key(match.group("key")):
+                continue
             if value and not _is_reference(value) and rule.accept(value) and not _is_env_path(line, match.start(group)):
                 if "name" in match.re.groupindex and not _is_secret_value(match.group("name"), value):
                     continue
@@ -482,10 +509,21 @@ def _mask(line: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
+def _end_at_next_parameter(line: str, span: tuple[int, int]) -> tuple[int, int]:
+    """The span of a URL query value cut at the next "&": ``?access_token=x&ref=main`` keeps its ``ref``."""
+    start, end = span
+    if QUERY_KEY_BEFORE.search(line, max(0, start - 128), start):
+        cut = line.find("&", start, end)
+        if cut != -1:
+            end = cut
+    return start, end
+
+
 def scrub_line(line: str) -> str:
     """One line with every secret value detected in it replaced by ``***`` (no state, no private-key blocks)."""
     spans = list(_keyword_spans(line))
     for offset, window in _windows(line, DETECTOR_WINDOW, DETECTOR_OVERLAP):
         for start, end in (*_detector_spans(window), *_entropy_spans(window), *_addition_spans(window)):
             spans.append((offset + start, offset + end))
+    spans = [_end_at_next_parameter(line, span) for span in spans]
     return _mask(line, [span for span in spans if line[span[0] : span[1]].strip("*")])

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from bot.redact import KEY_REMOVED, Redactor, scrub
-from bot.redact_line import DETECTORS, required_literal
+from bot.redact_line import DETECTORS, is_credential_query_key, required_literal
 
 RNG = random.Random(20261102)
 ALNUM = string.ascii_letters + string.digits
@@ -611,6 +611,78 @@ SIGNED_URLS = [
 @pytest.mark.parametrize(("printed", "shown"), SIGNED_URLS, ids=[shown for _, shown in SIGNED_URLS])
 def test_a_sas_signature_and_chat_webhook_urls_are_masked(printed: str, shown: str) -> None:
     assert scrub(printed) == shown
+
+
+FUNCTION_KEY = fake(54, B64) + "=="
+SIGNATURE = fake(64, HEX)
+QUERY_CREDENTIALS = [
+    (
+        f"+ curl -sf -X POST 'https://hooks-fn.azurewebsites.net/api/warmup?code={FUNCTION_KEY}'",
+        "+ curl -sf -X POST 'https://hooks-fn.azurewebsites.net/api/warmup?code=***'",
+    ),
+    (
+        f"GET https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature={SIGNATURE} 200",
+        "GET https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature=*** 200",
+    ),
+    (
+        f"https://x.example.com/hook?ref=production&signature={SIGNATURE}",
+        "https://x.example.com/hook?ref=production&signature=***",
+    ),
+    (f"https://maps.example.com/api/js?key={PASSWORD}&page=2", "https://maps.example.com/api/js?key=***&page=2"),
+    (f"https://x.example.com/hook?auth={PASSWORD}", "https://x.example.com/hook?auth=***"),
+    (
+        f"https://x.example.com/feed?access_token={PASSWORD}&page=2",
+        "https://x.example.com/feed?access_token=***&page=2",
+    ),
+    # Slack sends a URL's "&" as "&amp;"
+    (
+        f"https://x.example.com/hook?ref=main&amp;sig={SIGNATURE}&amp;sv=1",
+        "https://x.example.com/hook?ref=main&amp;sig=***&amp;sv=1",
+    ),
+    (
+        f"<https://x.example.com/api?code={FUNCTION_KEY}|warm up> done",
+        "<https://x.example.com/api?code=***|warm up> done",
+    ),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), QUERY_CREDENTIALS, ids=[shown for _, shown in QUERY_CREDENTIALS])
+def test_a_url_query_value_under_a_credentials_key_is_masked(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET https://api.github.com/repos/acme/app/contents/deploy.yaml?ref=production&page=2 200",
+        "https://shop.example.com/api/rates?country_code=DE&zipcode=10115&author=ops&keyword=deploy",
+        "GET /search?q=token&page=3 200",
+        "https://x.example.com/hook?token=expired",
+    ],
+)
+def test_query_values_under_other_keys_are_kept(line: str) -> None:
+    assert scrub(line) == line
+
+
+@pytest.mark.parametrize(
+    ("key", "credential"),
+    [
+        ("code", True),
+        ("sig", True),
+        ("X-Amz-Credential", True),
+        ("apiKey", True),
+        ("_authToken", True),
+        ("session", True),
+        ("country_code", False),
+        ("author", False),
+        ("monkey", False),
+        ("ref", False),
+        ("sv", False),
+    ],
+)
+def test_credential_query_keys_shared_with_the_webhook_runner(key: str, credential: bool) -> None:
+    """The runner scrubs its own URL's query values under these keys, as the scrubber does in printed URLs."""
+    assert is_credential_query_key(key) is credential
 
 
 @pytest.mark.parametrize(
