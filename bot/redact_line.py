@@ -5,9 +5,9 @@ Stripe, JWT, npm, basic-auth URLs, ...), its keyword detector, and its base64 hi
 strings. opsbot adds, on top (``ADDITIONS``): formats it does not know (fine-grained GitHub tokens, Slack app
 tokens, Google API keys, bare npm tokens, Stripe keys of any length), key names it does not list (``token``,
 ``credentials``, ``*_PASS``), command-line flags (``--password x``, ``mysql -px``, ``docker login -p x``), HTTP
-authorization headers, URL query values under a credential's key (``?code=``, an Azure SAS ``sig=``), chat webhook
-URLs and base64 values that hide a key or a secret (a Kubernetes Secret's ``data:``). Private keys, which span lines,
-are ``bot.redact``'s.
+authorization headers, a registry's ``"auth": base64(user:password)``, URL query values under a credential's key
+(``?code=``, an Azure SAS ``sig=``), chat webhook URLs and base64 values that hide a key or a secret (a Kubernetes
+Secret's ``data:``). Private keys, which span lines, are ``bot.redact``'s.
 
 Only the secret value is replaced, by ``***``, so the line keeps its key name and stays readable.
 """
@@ -283,6 +283,12 @@ ADDITIONS: tuple[Rule, ...] = (
     ),
     Rule("bearer token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9._~+/-]+=*)"), _looks_like_token),
     Rule("basic credentials", re.compile(r"\bBasic\s+(?P<value>[A-Za-z0-9+/]{6,}={0,2})"), _is_basic_credentials),
+    # docker's config.json ("auth": "<base64 of user:password>"), and .npmrc's _auth=.
+    Rule(
+        "registry auth",
+        re.compile(r"(?<![\w-])[\"']?_?auth[\"']?\s*[:=]\s*[\"']?(?P<value>[A-Za-z0-9+/]{6,}={0,2})(?![\w+/=])"),
+        _is_basic_credentials,
+    ),
 )
 
 

@@ -582,6 +582,32 @@ def test_base64_values_that_decode_to_ordinary_text_are_kept(line: str) -> None:
     assert scrub(line) == line
 
 
+REGISTRY_AUTH = b64("deploy:Sup3rS3cretRegistryPw")  # a password of words: too little entropy to be caught as random
+
+
+@pytest.mark.parametrize(
+    ("printed", "shown"),
+    [
+        (
+            f'{{"auths":{{"registry.example.com":{{"auth":"{REGISTRY_AUTH}"}}}}}}',
+            '{"auths":{"registry.example.com":{"auth":"***"}}}',
+        ),
+        (f'    "auth": "{b64("ci:hunter2")}",', '    "auth": "***",'),
+        (f"//registry.example.com/:_auth={REGISTRY_AUTH}", "//registry.example.com/:_auth=***"),
+    ],
+)
+def test_a_registry_auth_value_that_decodes_to_user_and_password_is_masked(printed: str, shown: str) -> None:
+    """docker's config.json and .npmrc keep user:password base64-encoded under "auth"."""
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line", ['{"auth": "oidc", "provider": "github"}', f'"auth": "{b64("service-account")}"', "auth: kubernetes"]
+)
+def test_an_auth_value_that_is_no_user_and_password_is_kept(line: str) -> None:
+    assert scrub(line) == line
+
+
 SAS = fake(43, B64).replace("+", "%2B").replace("/", "%2F") + "%3D"
 GUID = f"{fake(8, HEX)}-{fake(4, HEX)}-4{fake(3, HEX)}-a{fake(3, HEX)}-{fake(12, HEX)}"
 SIGNED_URLS = [
