@@ -2,7 +2,8 @@
 
 Each line goes through ``bot.redact_line`` (detect-secrets' ruleset and opsbot's additions); ``Redactor``
 adds what needs more than one line: whole private key blocks across lines, even when their BEGIN line was
-never seen, and the secret values it is given (a runner's ``secret_env``).
+never seen, the lines of a YAML block scalar under a secret's name (``password: |``), and the secret values it is
+given (a runner's ``secret_env``).
 
 Only the secret value is replaced, by ``***``, so the line keeps its key name and stays readable.
 """
@@ -15,7 +16,7 @@ import re
 from detect_secrets.filters import heuristic
 from detect_secrets.plugins.private_key import PrivateKeyDetector
 
-from bot.redact_line import ENTROPY, MASK, scrub_line
+from bot.redact_line import BLOCK_SCALAR, ENTROPY, MASK, names_a_secret, scrub_line
 
 KEY_REMOVED = "*** private key removed ***"
 PRIVATE_KEY = PrivateKeyDetector()
@@ -51,6 +52,11 @@ LAST_TOKEN_REVERSED = re.compile(r"={0,2}[A-Za-z0-9+/]+")
 # How far a key's body may start from where its BEGIN did, when every line has a prefix of its own: a timestamp
 # in RFC 3339 with nanoseconds drops its trailing zeros (up to 9 characters with the dot), a pid gains a digit.
 COLUMN_SLACK = 10
+# A YAML key whose value is a block scalar (`password: |`, `- tls.key: >-`); the name's column is where the block's
+# more indented lines end.
+YAML_BLOCK_KEY = re.compile(
+    r"(?P<indent>\s*(?:-\s+)?)[\"']?(?P<name>[\w.-]+)[\"']?\s*:\s*(?:" + BLOCK_SCALAR.pattern + r")\s*(?:#.*)?"
+)
 
 
 def _known_fragments(known: tuple[str, ...]) -> tuple[str, ...]:
@@ -214,6 +220,7 @@ class Redactor:
     def __init__(self, known: tuple[str, ...] = ()) -> None:
         self._known = _known_fragments(known)
         self._block: _Block | None = None
+        self._yaml_secret_column: int | None = None  # inside a secret's YAML block scalar: its key's column
 
     def line(self, line: str) -> str:
         """The scrubbed line, or "" for a line inside a private key that was already announced as removed."""
@@ -224,6 +231,13 @@ class Redactor:
         """The scrubbed line, or None when the line belongs to a removed private key."""
         body = line.rstrip("\r\n")
         ending = line[len(body) :]
+        if self._yaml_secret_column is not None:
+            column = len(body) - len(body.lstrip())
+            if not body.strip():
+                return body + ending
+            if column > self._yaml_secret_column:
+                return body[:column] + MASK + ending  # a line of the value, a key's BEGIN and END lines too
+            self._yaml_secret_column = None
         block = self._block
         if block is not None:
             if block.holds(body):
@@ -251,6 +265,9 @@ class Redactor:
             self._block = _Block("", orphan.start(1), seen_body=True)
             self._block.body_at = orphan.start(1) - (len(body) - len(body.lstrip()))
             return KEY_REMOVED + ending
+        yaml_key = YAML_BLOCK_KEY.fullmatch(body)
+        if yaml_key and names_a_secret(yaml_key.group("name")):
+            self._yaml_secret_column = len(yaml_key.group("indent"))
         return scrub_line(body) + ending
 
     def _key_start(self, body: str) -> int | None:

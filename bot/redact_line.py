@@ -119,6 +119,9 @@ STATE_WORDS = frozenset(
     "failed failing denied rejected refused unknown redacted hidden masked removed deleted".split()
 )
 HTML_ENTITY_OPENING = re.compile(r"&#?\w{1,8}\Z")
+# A YAML block scalar's indicator (`password: |`, `>-`, `|2`): the value is on the lines below, which
+# ``bot.redact.Redactor`` masks.
+BLOCK_SCALAR = re.compile(r"[|>](?:[1-9]?[-+]?|[-+][1-9])")
 # A URL query key whose value is a credential, read by its last word: access_token, X-Goog-Signature, X-Amz-Credential,
 # apiKey, _authToken, session. "code" (Azure Functions) and "sig" (Azure SAS) count only alone: a country_code is no
 # credential. The webhook runner uses it too, for the query of its own URL.
@@ -321,7 +324,7 @@ def _unquoted_value(value: str) -> str:
     return value
 
 
-def _names_a_secret(name: str) -> bool:
+def names_a_secret(name: str) -> bool:
     """True when a key name's last word is a secret word (``DB_PASSWORD``, ``SessionToken``), not a thing about one."""
     words = [word for word in NAME_WORD.findall(name) if len(word) > 1]  # "v2" in api_key_v2 says nothing
     return not words or bool(SECRET_HEAD.search(words[-1]))
@@ -331,6 +334,8 @@ def _is_plainly_not_a_secret(value: str) -> bool:
     """True for a number, a yes/no, or a word said of a secret ("missing", "expired"): what prose puts after a key
     name."""
     if PLAIN_VALUE.fullmatch(value) or value.endswith(":"):  # "tokens: invalid_token: kid": a label, not a value
+        return True
+    if BLOCK_SCALAR.fullmatch(value):
         return True
     return value.lower() in STATE_WORDS
 
@@ -349,7 +354,7 @@ def _is_secret_value(name: str, value: str) -> bool:
     """True when ``value``, found after the key ``name``, is to be masked."""
     if _is_plainly_not_a_secret(value):
         return False
-    return _names_a_secret(name) or _looks_random(value)
+    return names_a_secret(name) or _looks_random(value)
 
 
 def _key_name(line: str, at: int) -> str:

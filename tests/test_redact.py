@@ -582,6 +582,44 @@ def test_base64_values_that_decode_to_ordinary_text_are_kept(line: str) -> None:
     assert scrub(line) == line
 
 
+@pytest.mark.parametrize("indicator", ["|", ">", "|-", ">+", "|2"])
+def test_a_yaml_block_scalar_under_a_secrets_name_is_masked_to_the_end_of_its_indentation(indicator: str) -> None:
+    printed = [
+        "db:",
+        f"  password: {indicator}",
+        "    Correct-Horse-Battery-Staple",
+        "",
+        f"    {PASSWORD}",
+        "  user: app",
+        "  notes: |",
+        "    rotate the password every 90 days",
+        "tls:",
+        f"- tls.key: {indicator}",
+        *("    " + line for line in KEYS["pkcs8"]),
+        "  tls.crt: |",
+        "    see runbooks/certificates.md",
+    ]
+    shown = [
+        "db:",
+        f"  password: {indicator}",
+        "    ***",
+        "",
+        "    ***",
+        "  user: app",
+        "  notes: |",
+        "    rotate the password every 90 days",
+        "tls:",
+        f"- tls.key: {indicator}",
+        *["    ***"] * len(KEYS["pkcs8"]),
+        "  tls.crt: |",
+        "    see runbooks/certificates.md",
+    ]
+
+    assert scrub("\n".join(printed)).splitlines() == shown
+    redactor = Redactor()
+    assert [redactor.line(line + "\n") for line in printed] == [line + "\n" for line in shown]
+
+
 REGISTRY_AUTH = b64("deploy:Sup3rS3cretRegistryPw")  # a password of words: too little entropy to be caught as random
 
 
