@@ -4,10 +4,10 @@ The base is detect-secrets' ruleset (Yelp): every regex detector it ships (AWS, 
 Stripe, JWT, npm, basic-auth URLs, ...), its keyword detector, and its base64 high-entropy detector for quoted
 strings. opsbot adds, on top (``ADDITIONS``): formats it does not know (fine-grained GitHub tokens, Slack app
 tokens, Google API keys, bare npm tokens, Stripe keys of any length), key names it does not list (``token``,
-``credentials``, ``*_PASS``), command-line flags (``--password x``, ``mysql -px``, ``docker login -p x``), HTTP
-authorization headers, a registry's ``"auth": base64(user:password)``, URL query values under a credential's key
-(``?code=``, an Azure SAS ``sig=``), chat webhook URLs and base64 values that hide a key or a secret (a Kubernetes
-Secret's ``data:``). Private keys, which span lines, are ``bot.redact``'s.
+``credentials``, ``*_PASS``, a ``*_KEY`` with a random value), command-line flags (``--password x``, ``mysql -px``,
+``docker login -p x``), HTTP authorization headers, a registry's ``"auth": base64(user:password)``, URL query values
+under a credential's key (``?code=``, an Azure SAS ``sig=``), chat webhook URLs and base64 values that hide a key or a
+secret (a Kubernetes Secret's ``data:``). Private keys, which span lines, are ``bot.redact``'s.
 
 Only the secret value is replaced, by ``***``, so the line keeps its key name and stays readable.
 """
@@ -122,6 +122,16 @@ HTML_ENTITY_OPENING = re.compile(r"&#?\w{1,8}\Z")
 # A YAML block scalar's indicator (`password: |`, `>-`, `|2`): the value is on the lines below, which
 # ``bot.redact.Redactor`` masks.
 BLOCK_SCALAR = re.compile(r"[|>](?:[1-9]?[-+]?|[-+][1-9])")
+# Words before "key" in names of keys that are no secret: a public key, and keys that find a row, an object or a
+# cached result (their value is a hash or a path, as random as a key may be).
+LOOKUP_KEY_WORDS = frozenset(
+    "public pub cache sort partition primary foreign routing idempotency dedup dedupe lookup object hash range row "
+    "map index".split()
+)
+# What a value as random as a key has at least, in bits per character: detect-secrets' limit for hex strings;
+# random base64 of 16 characters or more has over 3.5, a word or a version has less.
+RANDOM_KEY_ENTROPY = 3.0
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 # A URL query key whose value is a credential, read by its last word: access_token, X-Goog-Signature, X-Amz-Credential,
 # apiKey, _authToken, session. "code" (Azure Functions) and "sig" (Azure SAS) count only alone: a country_code is no
 # credential. The webhook runner uses it too, for the query of its own URL.
@@ -170,6 +180,25 @@ def _decodes_to_a_secret(value: str) -> bool:
     except (binascii.Error, UnicodeDecodeError):
         return False  # bytes, not text: nothing to read a secret in
     return any(scrub_line(line) != line for line in decoded.splitlines())
+
+
+def _is_random_key_value(value: str) -> bool:
+    """True for a value as random as a key: hex of 32 digits or more, or base64 mixing upper and lower case and digits.
+
+    A key name holds many other things (a cache key, a sort key, a UUID as an idempotency key): only these are
+    masked under a name ending in "key" that detect-secrets does not list (ENCRYPTION_KEY, signingKey).
+    """
+    if heuristic.is_potential_uuid(value) or ENTROPY.calculate_shannon_entropy(value) <= RANDOM_KEY_ENTROPY:
+        return False
+    if all(c in HEX_DIGITS for c in value):
+        return len(value) >= 32 and any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+    return any(c.isupper() for c in value) and any(c.islower() for c in value) and any(c.isdigit() for c in value)
+
+
+def _names_a_secret_key(name: str) -> bool:
+    """False for a key name that says its key is a public one or a lookup key (PUBLIC_KEY, cache_key, sortKey)."""
+    words = NAME_WORD.findall(name)
+    return len(words) < 2 or words[-2].lower() not in LOOKUP_KEY_WORDS
 
 
 def _looks_like_token(value: str) -> bool:
@@ -286,6 +315,18 @@ ADDITIONS: tuple[Rule, ...] = (
     ),
     Rule("bearer token", re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9._~+/-]+=*)"), _looks_like_token),
     Rule("basic credentials", re.compile(r"\bBasic\s+(?P<value>[A-Za-z0-9+/]{6,}={0,2})"), _is_basic_credentials),
+    # A name ending in "key" after another word, which detect-secrets does not list (ENCRYPTION_KEY, SIGNING_KEY,
+    # DD_APP_KEY, signingKey, hmac.key): its value is masked when it is as random as a key.
+    Rule(
+        "random value of a key name",
+        re.compile(
+            r"(?<![\w.-])[\"']?(?P<key>(?>[\w.-]+))(?<=[_.-][Kk][Ee][Yy]|[a-z]Key)[\"']?\s*[:=]\s*[\"']?"
+            r"(?P<value>[A-Za-z0-9+/_-]{16,}={0,2})(?![\w+/=.-])"
+        ),
+        _is_random_key_value,
+        hint=re.compile(r"(?i)key"),
+        key=_names_a_secret_key,
+    ),
     # docker's config.json ("auth": "<base64 of user:password>"), and .npmrc's _auth=.
     Rule(
         "registry auth",

@@ -954,6 +954,40 @@ def test_a_secret_after_a_key_name_is_masked_up_to_its_end(printed: str, shown: 
     assert scrub(printed) == shown
 
 
+RANDOM_KEYS = [
+    (f"ENCRYPTION_KEY={fake(32)}", "ENCRYPTION_KEY=***"),
+    (f"+ export SIGNING_KEY={fake(43, B64)}=", "+ export SIGNING_KEY=***"),
+    (f"MASTER_KEY: {fake(44, ALNUM + '-_')}", "MASTER_KEY: ***"),
+    (f"HMAC_KEY={fake(64, HEX)} set", "HMAC_KEY=*** set"),
+    (f"DD_APP_KEY={fake(40, HEX)}", "DD_APP_KEY=***"),
+    (f"  signingKey: {fake(32)}", "  signingKey: ***"),
+    (f"  hmac.key: {fake(32)}", "  hmac.key: ***"),
+]
+
+
+@pytest.mark.parametrize(("printed", "shown"), RANDOM_KEYS, ids=[shown for _, shown in RANDOM_KEYS])
+def test_a_random_value_under_a_name_ending_in_key_is_masked(printed: str, shown: str) -> None:
+    assert scrub(printed) == shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"CACHE_KEY={fake(40, HEX)}",
+        f"  partitionKey: {fake(32)}",
+        f"PUBLIC_KEY={fake(44, B64)}",
+        f"IDEMPOTENCY_KEY={GUID}",
+        f"Cache restored from key: Linux-node-{fake(64, HEX)}",
+        "RELEASE_KEY=payments-api-1.4.2",
+        "ROUTING_KEY=orders.created.eu-west-1",
+        f"commit {fake(40, HEX)} deployed to checkout-api-7d9f8b6c5-x2k9q",
+        f"image: registry.example.com/checkout@sha256:{fake(64, HEX)}",
+    ],
+)
+def test_a_key_names_value_that_is_no_secret_is_kept(line: str) -> None:
+    assert scrub(line) == line
+
+
 AMZ_ID = base64.b64encode(RNG.randbytes(56)).decode()  # S3's x-amz-id-2: 76 characters of base64, "=" last
 ARGUMENTS_AND_HEADERS = [
     "+ kubectl apply -k deploy/Overlays/ProdEU2/CheckoutApiService/Patches2026Q4/Kustomize",
