@@ -140,6 +140,9 @@ CREDENTIAL_QUERY_WORD = re.compile(
     r"(?:key|token|secret|signature|password|passwd|pwd|pass|credentials?|auth|session)s?"
 )
 CREDENTIAL_QUERY_ALONE = frozenset({"code", "sig"})
+# A query value of lowercase words (?var-key=checkout, ?auth=oidc, ?key=orders-eu): a name, not a credential, which is
+# longer or mixes case and digits.
+QUERY_WORDS = re.compile(r"[a-z]{1,12}(?:[-_.][a-z]{1,12})*")
 # A URL query parameter's "key=" just before a value: the value ends at the next "&", whatever rule found it.
 QUERY_KEY_BEFORE = re.compile(r"[?&;][\w.-]+=\Z")
 
@@ -292,7 +295,7 @@ ADDITIONS: tuple[Rule, ...] = (
     Rule(
         "credential in a URL query",
         re.compile(r"(?<=[?&;])(?P<key>[\w.-]+)=(?P<value>[^&;\s\"'`#<>|()]+)"),
-        lambda value: not _is_plainly_not_a_secret(value),
+        lambda value: not _is_plainly_not_a_secret(value) and not QUERY_WORDS.fullmatch(value),
         key=is_credential_query_key,
     ),
     # Chat webhook URLs are credentials whole (detect-secrets knows Slack's /services/ ones only).
