@@ -364,6 +364,9 @@ def test_people_are_mentioned_by_name_or_id_and_a_wrong_name_sends_nothing(chat:
     assert "Sorry: @Dan is not on the roster. Did you mean @Daniel?" in unknown and "Nothing was sent." in unknown
     assert len(chat.shell.slack.fake.calls()) == calls  # nothing reached opsbot
     assert "Channel: #shell" in chat.say("/incident status")  # the channel's name, not its id
+    # The resolve form cannot be filled in here: the note says how to type it instead (it said only "not yet").
+    form = chat.say("/incident resolve")
+    assert "forms can't be filled in the shell yet; type it on one line instead: /incident resolve INC-ID" in form
 
 
 def test_help_says_how_to_mention_people_and_press_earlier_buttons(chat: Chat) -> None:

@@ -33,7 +33,8 @@ def test_oncall_names_who_is_on_call_now_and_next_for_every_rota(
     assert ack.status == 200 and ack.json()["response_type"] == "ephemeral"
     (reply,) = slack_api.wait_for("response_url", timeout=15)
     shown = text_of(reply.body["blocks"])
-    assert shown.startswith(":pager: *On call*")
+    assert shown.startswith(":pager: *On call now*")  # whatever time the question named: it says which it answers
+    assert "For another time: `opsbot oncall TEAM --at" in shown
     for team in ("payments", "platform", "commerce"):
         assert f"*{team}*: <@U" in shown
     assert shown.count("next: <@") == 3 and " until " in shown

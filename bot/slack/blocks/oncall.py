@@ -19,7 +19,8 @@ def build_oncall_blocks(answers: list[OnCall] | tuple[OnCall, ...], names: dict[
         lines.append(line)
     # As many whole lines as fit in each section (a cut at the limit would lose rotas and break a mention), and
     # as many sections as Slack's 50 blocks leave room for; the rest are counted.
-    sections: list[list[str]] = [[":pager: *On call*"]]
+    # "now": asked "who is on call on Saturday?", this is still the answer for now, and says so
+    sections: list[list[str]] = [[":pager: *On call now*"]]
     for line in lines:
         if sum(len(t) + 1 for t in sections[-1]) + len(line) > MAX_TEXT:
             sections.append([])
@@ -30,7 +31,10 @@ def build_oncall_blocks(answers: list[OnCall] | tuple[OnCall, ...], names: dict[
         sections[-1].append(f"…and {left} more rotas: `/oncall TEAM` shows one.")
     return [
         *(section("\n".join(part)) for part in sections),
-        context("From the rotations in experts.yaml; times are each rota's own time zone."),
+        context(
+            "From the rotations in experts.yaml; times are each rota's own time zone. For another time: "
+            "`opsbot oncall TEAM --at YYYY-MM-DDTHH:MMZ`."
+        ),
     ]
 
 

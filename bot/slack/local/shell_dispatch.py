@@ -26,6 +26,7 @@ from bot.ops.alert_payload import PayloadProblem, parse_notification
 from bot.runtime import Runtime
 from bot.shell.render import Button, Post, render_text_object
 from bot.slack.app import create_app
+from bot.slack.ids import INCIDENT_RESOLVE_VIEW
 from bot.slack.local.fake_api import RESPONSE_URL_METHOD, Call, FakeSlackAPI
 from bot.slack.local.fake_methods import BOT_ID, BOT_USER_ID, TEAM_ID
 from bot.slack.payloads import SlackRequest
@@ -268,7 +269,12 @@ class LocalSlack:
             return [self._response_delivery(call)]
         view = body.get("view") if isinstance(body.get("view"), dict) else {}
         title = render_text_object(view.get("title"))
-        return [Delivery(Post(note=f"opsbot opened a form, {title!r}: forms can't be filled in the shell yet"))]
+        fix = (  # the one form opsbot opens: what its fields are, typed on the command line instead
+            "; type it on one line instead: /incident resolve INC-ID WHAT FIXED IT --root-cause WHAT CAUSED IT"
+            if view.get("callback_id") == INCIDENT_RESOLVE_VIEW
+            else ""
+        )
+        return [Delivery(Post(note=f"opsbot opened a form, {title!r}: forms can't be filled in the shell yet{fix}"))]
 
     def _response_delivery(self, call: Call) -> Delivery:
         """A post to a response_url: replaces, deletes or adds to the message it came from."""
