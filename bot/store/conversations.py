@@ -105,18 +105,25 @@ class ConversationStore(StoreBase):
         model: str = "",
     ) -> bool:
         """Store or change one person's vote on an answer, with its question's vector by ``model``; False when the
-        vote was already the same."""
+        vote was already the same.
+
+        A changed vote is a new row: a person's latest vote on a question is the one with the highest id
+        (``LATEST_OF_PERSON``), and a change made in place kept its old id, so a 👍 given later on another answer
+        to the same question outranked it for good."""
         blob = None if vector is None else np.asarray(vector, dtype=np.float32).tobytes()
         with self.transaction():
             old = self.db.execute(
-                "SELECT vote FROM feedback WHERE answer_id = ? AND user = ?", [answer_id, user]
+                "SELECT vote, vector, model FROM feedback WHERE answer_id = ? AND user = ?", [answer_id, user]
             ).fetchone()
             if old and old[0] == vote:
                 return False
+            if old:
+                self.db.execute("DELETE FROM feedback WHERE answer_id = ? AND user = ?", [answer_id, user])
+                if blob is None:  # the question's vector, as it was embedded for the first vote
+                    blob, model = old[1], old[2]
             self.db.execute(
                 "INSERT INTO feedback (user, query, path, vote, answer_id, at, vector, model) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (answer_id, user) DO UPDATE SET vote = excluded.vote, at = excluded.at",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [user, query, path, vote, answer_id, _now(), blob, model],
             )
             return True

@@ -305,3 +305,31 @@ def test_a_vote_where_opsbot_is_not_a_member_is_acknowledged(
     (ack,) = slack_api.wait_for("response_url")
     assert "helpful" in ack.body["text"] and ack.body.get("replace_original") is not True
     assert runtime.store.feedback_rows()[-1]["vote"] == 1
+
+
+def test_a_vote_changed_on_an_older_answer_is_the_one_that_counts(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    question = "Waymark Maps API returns 429 Too Many Requests"
+    slack.mention(question)
+    (first,) = slack_api.wait_for("chat.postMessage")
+    slack_api.clear()
+    slack.mention(question)
+    (second,) = slack_api.wait_for("chat.postMessage")
+    older, newer = (buttons(a.body["blocks"])[ids.FEEDBACK_UP] for a in (first, second))
+    voter = "U0VOTER01"
+    slack.click(ids.FEEDBACK_UP, older, user=voter)
+    slack_api.wait_for("response_url")
+    slack.click(ids.FEEDBACK_UP, newer, user=voter)
+    slack_api.wait_for("response_url", count=2)
+
+    slack.click(ids.FEEDBACK_DOWN, older, user=voter)  # a change of mind, on the first answer
+    acks = slack_api.wait_for("response_url", count=3)
+
+    assert "not helpful" in acks[-1].body["text"]
+    # Before, the change was made in place and kept its older row, so the 👍 on the second answer counted instead.
+    _, paths, votes = runtime.store.feedback_vectors(runtime.index().encoder.model_id)
+    assert list(votes) == [-1.0] and len(paths) == 1
+    assert [(q, v) for q, _, v, _ in runtime.store.votes_for_training(runtime.index().encoder.model_id)] == [
+        (question, -1)
+    ]
