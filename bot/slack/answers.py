@@ -74,7 +74,9 @@ def answer_in_thread(runtime: Runtime, web: SlackWeb, event: dict) -> None:
 # What people write under an answer to close a conversation, not to ask again. In a DM every message is answered
 # (a pasted alert name or log line in a thread too), but these alone are not.
 ACKNOWLEDGEMENTS = frozenset(
-    "thanks thank thx ty you ok okay k cool great nice perfect awesome got it will do sure yes no np cheers".split()
+    "thanks thank thx ty you ok okay k cool great nice perfect awesome got it will do sure yes no np cheers "
+    # the words a thanks is said with: "thanks a lot", "many thanks", "that worked", "perfect, that fixed it", "lgtm"
+    "a lot so much many very that this worked works fixed helped helps lgtm try all good".split()
 )
 
 
@@ -154,6 +156,13 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def answer_mention(event: dict) -> None:
         if event.get("bot_id") or event.get("subtype") not in TYPED:
             return  # another bot's post or an edit: answering bots is how bot-to-bot loops start
+        thread = event.get("thread_ts")
+        if (
+            thread not in (None, event.get("ts"))
+            and is_acknowledgement(event.get("text") or "")
+            and runtime.answered_in(event.get("channel", ""), thread)
+        ):
+            return  # "@opsbot thanks!" under its answer: the whole answer again, for the channel, helps nobody
         answer_in_thread(runtime, web, event)
 
     def answer_message(event: dict, context: dict) -> None:

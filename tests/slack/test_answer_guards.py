@@ -112,7 +112,11 @@ def test_thanks_under_an_answer_in_a_direct_message_is_not_answered_again(
     _, ts = slack.message("pgbouncer sorry too many clients already")  # a DM needs no question mark
     slack_api.wait_for("chat.postMessage")
     # the emoji themselves too (a client, or the shell, sends 🙏 rather than :pray:): they were searched
-    for chat in ("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx", ":+1:", "🙏", "👍🏽 ❤️", "👩‍💻"):
+    # and the words a thanks is said with ("thanks a lot", "that worked, thanks"): they re-posted the answer
+    for chat in (
+        *("thanks", "ok", "Thank you! :pray:", "<@UBOT0001> thx", ":+1:", "🙏", "👍🏽 ❤️", "👩‍💻"),
+        *("thanks a lot", "many thanks", "that worked, thanks", "perfect, that fixed it", "lgtm", "ok will try"),
+    ):
         slack.message(chat, thread_ts=ts)
     # whatever else is typed in the thread is still answered: a question, a pasted alert name, log line or link
     for more in ("what if it is only the replica?", "PgBouncerPoolExhausted on pg-main", "503", "will it?"):
@@ -121,6 +125,22 @@ def test_thanks_under_an_answer_in_a_direct_message_is_not_answered_again(
     calls = slack_api.wait_for("chat.postMessage", count=6)
     settle(slack)
     assert len(slack_api.messages()) == 6 and all(c.body["thread_ts"] == ts for c in calls[1:])
+
+
+def test_a_thanks_to_opsbot_under_its_answer_in_a_channel_is_not_answered_again(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    _, ts = slack.mention("pgbouncer sorry too many clients already")
+    slack_api.wait_for("chat.postMessage")
+    # Before, each re-posted the whole answer in the channel's thread.
+    for chat in ("thanks!", "ok :+1:", "thank you so much"):
+        slack.mention(chat, thread_ts=ts)
+    slack.mention("and if it is only the replica?", thread_ts=ts)  # a question there still is one
+    slack.mention("thanks")  # not under an answer: what it asks is not known, so it is answered as ever
+    calls = slack_api.wait_for("chat.postMessage", count=3)
+    settle(slack)
+    assert len(slack_api.messages()) == 3
+    assert sorted(c.body["thread_ts"] == ts for c in calls) == [False, True, True]  # the answer and the question
 
 
 def test_a_mention_also_sent_to_the_channel_is_answered(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
