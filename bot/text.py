@@ -180,7 +180,19 @@ def split_front_matter(text: str) -> FrontMatter:
 
 
 def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    """A heading's anchor as GitHub makes it, the link a runbook's readers and alerts' `runbook_url`s use: lower
+    case, punctuation dropped (letters of any script, digits, `_` and `-` kept), each space a hyphen.
+    "Raise `max_connections`" is #raise-max_connections, "Roll back / revert" #roll-back--revert."""
+    return ANCHOR_DROPPED.sub("", text.strip().lower()).replace(" ", "-")
+
+
+ANCHOR_DROPPED = re.compile(r"[^\w\- ]")
+
+
+def anchor_key(anchor: str) -> str:
+    """An anchor as compared with another: runs of hyphens as one, none at the ends (GitLab's anchors collapse
+    them, GitHub's keep them: #roll-back-revert and #roll-back--revert name one section)."""
+    return re.sub(r"[\s-]+", "-", anchor.lower()).strip("-")
 
 
 def clean_markdown(text: str) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bot.answers.indexer import index_knowledge
 from bot.runtime import Runtime
-from bot.text import linked_runbook
+from bot.store import Store
+from bot.text import linked_runbook, slugify
+from tests.conftest import FakeEncoder
 
 WIKI = "https://wiki.larder.io/runbooks/"
 
@@ -39,3 +44,27 @@ def test_the_linked_runbook_is_cited_first_for_every_runbook_whatever_the_alert_
     # Without a runbook_url, the same words cite the runbook they describe, as `opsbot ask` does.
     title = runtime.store.db.execute("SELECT title FROM documents WHERE path = ?", [paths[0][0]]).fetchone()[0]
     assert runtime.answers.reply(f"{title} is firing").runbooks[0].path == paths[0][0]
+
+
+def test_headings_are_anchored_as_github_anchors_them_and_a_link_in_either_hosts_style_finds_its_section(
+    tmp_path: Path,
+) -> None:
+    # Before, punctuation became hyphens and `_` or ü were dropped: #raise-max-connections, where GitHub's page
+    # (and an alert's runbook_url) says #raise-max_connections; the link opened the top of the page.
+    assert slugify("Raise `max_connections`") == "raise-max_connections"
+    assert slugify("Roll back / revert") == "roll-back--revert"
+    assert slugify("Überprüfung der Verbindungen") == "überprüfung-der-verbindungen"
+    assert slugify("Ingress returning 502/503") == "ingress-returning-502503"
+    runbook = "# Pool exhausted\n\nIntro.\n\n## Raise `max_connections`\n\nEdit it.\n\n## Roll back / revert\n\nUndo.\n"
+    (tmp_path / "k" / "runbooks").mkdir(parents=True)
+    (tmp_path / "k" / "runbooks" / "pool.md").write_text(runbook)
+    store = Store(tmp_path / "links.db")
+    index_knowledge(store, FakeEncoder(), tmp_path / "k")
+    anchors = {a: i for i, a in store.db.execute("SELECT id, anchor FROM chunks WHERE doc_path = 'runbooks/pool.md'")}
+
+    assert store.chunk_with_anchor("runbooks/pool.md", "raise-max_connections") == anchors["raise-max_connections"]
+    # GitLab writes the same heading's anchor with one hyphen: either finds it
+    assert store.chunk_with_anchor("runbooks/pool.md", "roll-back-revert") == anchors["roll-back--revert"]
+    assert store.chunk_with_anchor("runbooks/pool.md", "roll-back--revert") == anchors["roll-back--revert"]
+    assert store.chunk_with_anchor("runbooks/pool.md", "no-such-section") is None
+    store.close()

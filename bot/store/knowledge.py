@@ -19,6 +19,7 @@ import numpy as np
 from bot.errors import OpsbotError
 from bot.models import Document
 from bot.store.base import DatabaseUnavailable, StoreBase
+from bot.text import anchor_key
 
 
 class IndexBusy(OpsbotError):
@@ -262,11 +263,10 @@ class KnowledgeStore(StoreBase):
         return dict(self.db.execute("SELECT path, url FROM documents WHERE kind = 'runbook' AND url != ''"))
 
     def chunk_with_anchor(self, path: str, anchor: str) -> int | None:
-        """The id of the section of ``path`` whose heading anchor is ``anchor``."""
-        row = self.db.execute(
-            "SELECT id FROM chunks WHERE doc_path = ? AND anchor = ? ORDER BY ord LIMIT 1", [path, anchor]
-        ).fetchone()
-        return int(row[0]) if row else None
+        """The id of the section of ``path`` whose heading anchor is ``anchor``, as ``anchor_key`` compares them."""
+        wanted = anchor_key(anchor)
+        rows = self.db.execute("SELECT id, anchor FROM chunks WHERE doc_path = ? ORDER BY ord", [path]).fetchall()
+        return next((int(row[0]) for row in rows if row[1] and anchor_key(row[1]) == wanted), None)
 
     def declared_alerts(self) -> dict[str, list[str]]:
         """Path -> the alert names a runbook declares, spelled as declared (alert names are case-sensitive)."""

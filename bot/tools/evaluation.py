@@ -22,6 +22,7 @@ from bot.errors import InvalidRequest
 from bot.models import Answer
 from bot.store import Store
 from bot.store.base import DatabaseUnavailable, database_purpose
+from bot.text import anchor_key
 
 CUTOFFS = (1, 3, 5)
 MRR_DEPTH = 10
@@ -97,6 +98,12 @@ def _sections(value: object, relevant: frozenset[str], where: str) -> frozenset[
 def section_label(path: str, anchor: str) -> str:
     """How a cited section is written in a query file and in the results: "path#anchor"."""
     return f"{path}#{anchor}"
+
+
+def section_key(label: str) -> str:
+    """A "path#anchor" as compared with another: its anchor by ``anchor_key`` (GitLab's and GitHub's alike)."""
+    path, _, anchor = label.partition("#")
+    return f"{path}#{anchor_key(anchor)}"
 
 
 def score_ranking(paths: list[str], relevant: frozenset[str]) -> dict[str, float]:
@@ -178,7 +185,7 @@ def evaluate(
                 # Section@1: the first result is a relevant document and cites a section that answers the query.
                 first = next((h for h in answer.hits if not kind or h.kind == kind), None)
                 cited = section_label(first.path, first.anchor) if first else ""
-                right = float(cited in q.sections)
+                right = float(section_key(cited) in {section_key(s) for s in q.sections})
                 for group in groups:
                     section_counts[group] += 1
                     section_sums[group] += right
