@@ -42,8 +42,9 @@ SHARED_LOOKUP = 20  # chunks read to tell whether a training query's words stand
 # alert names in headings with a note in brackets. 4: alert names that start with an acronym (SSPDown).
 # 5: HTML comments left out of the text. 6: a heading repeated in a page numbered in its anchor (#steps-1).
 # 7: the short forms of a title that its document spells out, in the title's words and its vector. 8: the text of
-# the title's vector kept; a short form begins a title word only before one word (SSP|Down, not CP|Us).
-INDEX_FORMAT = "8"
+# the title's vector kept; a short form begins a title word only before one word (SSP|Down, not CP|Us). 9: headings
+# anchored as GitHub anchors them (#raise-max_connections).
+INDEX_FORMAT = "9"
 TITLE_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # a word of a spelled title that may be a short form
 ONE_WORD = re.compile(r"[A-Z][a-z]+")  # what may follow a short form inside one title word: SSP|Down
 
