@@ -157,11 +157,19 @@ class Answerer:
         return shown
 
     def reply(
-        self, question: str, channel: str = "", user: str = "", thread_ts: str = "", runbook_url: str = ""
+        self,
+        question: str,
+        channel: str = "",
+        user: str = "",
+        thread_ts: str = "",
+        runbook_url: str = "",
+        shown: Callable[[Reply], dict] | None = None,
     ) -> Reply:
         """Answer a question (or a follow-up in a thread) and remember it for feedback.
 
         ``runbook_url`` (an alert's annotation) puts the runbook whose front-matter `url` it links to first.
+        ``shown`` renders the answer as the adapter shows it (an answer that can be shared): the rendering is saved
+        with it, so a share posts the answer that was seen rather than a new search.
         A secret pasted in the question (a token, a password) is scrubbed first: what is searched, saved for
         votes and sharing, and remembered for the thread never holds it.
         """
@@ -189,8 +197,9 @@ class Answerer:
             reply = dataclasses.replace(reply, hint_service=examples(self.store).service)
         if reply.found:
             paths = [h.path for h in runbooks + incidents]
+            rendered = shown(reply) if shown is not None else None
             try:
-                self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts)
+                self.store.save_answer(reply.id, searched, paths, channel, user, thread_ts, rendered)
             except sqlite3.OperationalError as exc:
                 if not is_write_failure(exc):
                     raise
@@ -213,6 +222,17 @@ class Answerer:
         if channel != where:
             raise PermissionDenied(f"share this answer from <#{where}>, where it was asked.")
         return saved
+
+    def ask_again(self, saved: dict, user: str) -> Reply:
+        """A new answer to a saved one that kept nothing of what it showed (saved before answers kept it), when it
+        cites the same documents in the same order; a share must not post an answer the asker never saw."""
+        reply = self.reply(saved["query"], channel=saved["channel"], user=user)
+        if [h.path for h in reply.runbooks + reply.incidents] != saved["paths"]:
+            raise InvalidRequest(
+                "this answer changed since it was shown (votes or a new index since), so nothing was shared; "
+                "/ask again to see the new answer and share that one."
+            )
+        return reply
 
     def shared(self, answer_id: str) -> bool:
         """Whether the answer was shared already (a second press is told so without searching again)."""

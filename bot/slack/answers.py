@@ -20,9 +20,11 @@ from bot.slack.blocks.answers import (
     build_answer_blocks,
     build_experts_blocks,
     build_help_blocks,
+    build_shared_answer_blocks,
     build_usage_blocks,
     build_vote_ack_text,
     experts_fallback_text,
+    shown_answer,
 )
 from bot.slack.blocks.mrkdwn import as_typed, escape
 from bot.slack.listeners import Listeners, clicked_channel, tell_requester
@@ -201,7 +203,8 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         question = as_typed(command.get("text") or "").strip()
         if not question or HELP_REQUEST.match(question):
             return  # usage or help was shown by the acknowledgement
-        reply = runtime.answers.reply(question, channel=command.get("channel_id", ""), user=command.get("user_id", ""))
+        channel, user = command.get("channel_id", ""), command.get("user_id", "")
+        reply = runtime.answers.reply(question, channel=channel, user=user, shown=shown_answer)  # Share posts it
         web.respond(
             body["response_url"],
             answer_fallback_text(reply),
@@ -260,15 +263,20 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if runtime.answers.shared(answer_id):  # the claim below decides; this spares a second press the search
             tell_requester(web, body, already)
             return
-        reply = runtime.answers.reply(saved["query"], channel=saved["channel"], user=user)  # before the claim
+        shown = saved["shown"]
+        if shown is None:  # saved before answers kept what they showed: searched again, shared only if unchanged
+            reply = runtime.answers.ask_again(saved, user)  # before the claim
+            text, blocks = answer_fallback_text(reply), build_answer_blocks(reply, shared_by=user)
+        else:
+            text, blocks = shown["text"], build_shared_answer_blocks(shown, user)
 
         url = body.get("response_url", "")
 
         def post() -> None:  # the private answer goes once the shared one is in the channel, not before
             web.post(
                 saved["channel"] or channel,
-                answer_fallback_text(reply),
-                build_answer_blocks(reply, shared_by=user),
+                text,
+                blocks,
                 notify=Notify(response_url=url),
                 after=(SHARED_HOOK, {"response_url": url, "answer_id": answer_id}),
             )

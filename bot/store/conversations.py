@@ -52,8 +52,16 @@ class ConversationStore(StoreBase):
         return self.db.execute("SELECT 1 FROM events_seen WHERE event_id = ?", [event_id]).fetchone() is not None
 
     def save_answer(
-        self, answer_id: str, query: str, paths: list[str], channel: str, user: str, thread_ts: str
+        self,
+        answer_id: str,
+        query: str,
+        paths: list[str],
+        channel: str,
+        user: str,
+        thread_ts: str,
+        shown: dict | None = None,
     ) -> None:
+        """Remember an answer for its votes and its Share; ``shown``: what it showed, when it can be shared."""
         with self.transaction():
             self.db["answers"].insert(
                 {
@@ -64,20 +72,23 @@ class ConversationStore(StoreBase):
                     "user": user,
                     "thread_ts": thread_ts,
                     "at": _now(),
+                    "shown": json.dumps(shown) if shown else "",
                 },
                 replace=True,
             )
 
     def get_answer(self, answer_id: str) -> dict | None:
+        """A saved answer; its ``shown`` is None when it was saved without it (or before answers kept it)."""
         row = self.db.execute(
-            "SELECT id, query, paths, channel, user, thread_ts FROM answers WHERE id = ?", [answer_id]
+            "SELECT id, query, paths, channel, user, thread_ts, shown FROM answers WHERE id = ?", [answer_id]
         )
         found = row.fetchone()
         if not found:
             return None
-        keys = ("id", "query", "paths", "channel", "user", "thread_ts")
+        keys = ("id", "query", "paths", "channel", "user", "thread_ts", "shown")
         data = dict(zip(keys, found, strict=True))
         data["paths"] = json.loads(data["paths"])
+        data["shown"] = json.loads(data["shown"]) if data["shown"] else None
         return data
 
     def remember_question(self, channel: str, thread_ts: str, question: str) -> None:

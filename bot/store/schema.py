@@ -437,3 +437,10 @@ def m027_deploy_never_started(db: Database) -> None:
     # not be prepared): it changed nothing, so it is no change in the DORA figures and nothing a rollback undoes.
     # Rows before this: 0, as they were counted.
     db["deploy_requests"].add_column("never_started", int, not_null_default=0)
+
+
+@migrations()
+def m028_answers_shown(db: Database) -> None:
+    # What an answer showed (its text and blocks, JSON) when it can be shared: Share posts that very answer, not a
+    # new search that a vote or an index run since may have changed. "" for answers saved before, and for the rest.
+    db["answers"].add_column("shown", str, not_null_default="")

@@ -24,6 +24,7 @@ BROADCAST = {"subtype": "thread_broadcast"}
 WITH_A_FILE = {"subtype": "file_share", "files": [{"id": "F0LOG0001", "name": "checkout.log"}]}
 TOKEN = "xoxb-123456789012-123456789012-abcdefghijABCDEFGHIJ1234"
 ASKER = "U04C2RN8VD"
+QUESTION = "Waymark Maps API returns 429 Too Many Requests"
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +58,15 @@ def settle(slack: SlackDriver, seconds: float = 1.0) -> None:
 
 def stored_text(runtime: Runtime) -> str:
     """Every question-like column opsbot keeps."""
-    columns = [("answers", "query"), ("conversations", "question"), ("feedback", "query"), ("suggestions", "text")]
+    columns = [("answers", "query"), ("answers", "shown"), ("conversations", "question"), ("feedback", "query")]
+    columns.append(("suggestions", "text"))
     db = runtime.store.db
     return "\n".join(str(row[0]) for table, col in columns for row in db.execute(f"SELECT {col} FROM {table}"))
 
 
 def ask(slack: SlackDriver, slack_api: FakeSlackAPI, channel: str = "C0OPS0001") -> str:
     """/ask as ASKER in ``channel``; the answer's Share value."""
-    slack.command("/ask", "Waymark Maps API returns 429 Too Many Requests", user=ASKER, channel=channel)
+    slack.command("/ask", QUESTION, user=ASKER, channel=channel)
     (reply,) = slack_api.wait_for("response_url")
     slack_api.clear()
     return buttons(reply.body["blocks"])[ids.SHARE_ANSWER]
@@ -83,6 +85,10 @@ def test_a_secret_in_a_question_is_never_stored(slack: SlackDriver, slack_api: F
     assert "too many clients already" in kept and "token=***" in kept  # the question is kept, the token is not
     assert TOKEN not in kept and TOKEN not in str(call.body)
     assert len(runtime.store.feedback_rows()) == 1
+    slack.command("/ask", f"checkout login failed token={TOKEN} FATAL: sorry, too many clients already")
+    (private,) = slack_api.wait_for("response_url", predicate=lambda c: ids.SHARE_ANSWER in str(c.body))
+    assert runtime.store.get_answer(buttons(private.body["blocks"])[ids.SHARE_ANSWER])["shown"]  # what Share posts
+    assert TOKEN not in stored_text(runtime)
 
 
 def test_a_secret_in_experts_text_is_never_stored(
@@ -266,12 +272,79 @@ def test_a_share_slack_refused_can_be_pressed_again_once_opsbot_is_invited(
     assert len(slack_api.messages()) == 1
 
 
+def voted_down_elsewhere(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    """Meanwhile, in another channel, three people find the same question's leading document unhelpful."""
+    slack.mention(QUESTION, channel="C0OTHER01", user="U0OTHER01")
+    (other,) = slack_api.wait_for("chat.postMessage")
+    down = buttons(other.body["blocks"])[ids.FEEDBACK_DOWN]
+    for voter in ("U0VOTER01", "U0VOTER02", "U0VOTER03"):
+        slack.click(ids.FEEDBACK_DOWN, down, user=voter, channel="C0OTHER01")
+    slack_api.wait_for("response_url", count=3)
+    slack_api.clear()
+
+
+def saved_before_answers_kept_what_they_showed(runtime: Runtime, answer_id: str) -> None:
+    runtime.store.db.execute("UPDATE answers SET shown = '' WHERE id = ?", [answer_id])
+
+
+def test_a_share_posts_the_answer_that_was_shown(slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime) -> None:
+    # Before, Share searched again and posted that: votes since (or a ranker refit, an index run) put another
+    # answer in the channel, one the asker never saw, and the one they chose to share was deleted.
+    slack.command("/ask", QUESTION, user=ASKER, channel="C0OPS0001")
+    (private,) = slack_api.wait_for("response_url")
+    value = buttons(private.body["blocks"])[ids.SHARE_ANSWER]
+    slack_api.clear()
+    voted_down_elsewhere(slack, slack_api)
+    assert runtime.answers.reply(QUESTION).top.path != runtime.store.get_answer(value)["paths"][0]  # it changed
+
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    (shared,) = slack_api.wait_for("chat.postMessage")
+    slack_api.wait_for("response_url", predicate=lambda c: bool(c.body.get("delete_original")), timeout=15)
+    assert shared.body["text"] == private.body["text"]
+    said_by, *rest = shared.body["blocks"]
+    assert said_by["elements"][0]["text"] == f"Shared by <@{ASKER}>"
+    without_share = [b for b in private.body["blocks"] if b["type"] != "actions"]
+    assert [b for b in rest if b["type"] != "actions"] == without_share  # the same documents and sections
+    # the votes in the channel count on the answer that was shown
+    assert buttons(rest) == {ids.FEEDBACK_UP: value, ids.FEEDBACK_DOWN: value}
+    slack.click(ids.FEEDBACK_UP, buttons(rest)[ids.FEEDBACK_UP], user="U0BOB0001")
+    (thanks,) = slack_api.wait_for("response_url", predicate=lambda c: "Thanks" in str(c.body.get("text")))
+    assert runtime.store.get_answer(value)["paths"][0] in thanks.body["text"]
+
+
+def test_an_answer_saved_before_answers_kept_what_they_showed_is_shared_when_unchanged(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    value = ask(slack, slack_api)
+    saved_before_answers_kept_what_they_showed(runtime, value)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)  # searched again: the same documents, so it is shared
+    (shared,) = slack_api.wait_for("chat.postMessage")
+    assert shared.body["channel"] == "C0OPS0001" and f"<@{ASKER}>" in str(shared.body["blocks"])
+    assert "Waymark Maps API rate limiting" in str(shared.body["blocks"])
+
+
+def test_an_answer_saved_before_answers_kept_what_they_showed_is_not_shared_once_it_changed(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    value = ask(slack, slack_api)
+    saved_before_answers_kept_what_they_showed(runtime, value)
+    voted_down_elsewhere(slack, slack_api)
+    slack.click(ids.SHARE_ANSWER, value, user=ASKER)
+    (told,) = slack_api.wait_for("response_url")
+    assert "changed since it was shown" in told.body["text"] and "/ask again" in told.body["text"]
+    assert told.body["response_type"] == "ephemeral"
+    settle(slack)
+    assert not slack_api.messages() and not [r for r in slack_api.responses() if r.get("delete_original")]
+    assert not runtime.answers.shared(value)
+
+
 def test_a_share_that_failed_before_its_post_can_be_pressed_again(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The claim is stored with the post: a share whose search failed (the index reloading, a restart) did not
-    use the answer up."""
+    """The claim is stored with the post: a share whose search failed (an answer from before answers kept what
+    they showed, searched again while the index reloads) did not use the answer up."""
     value = ask(slack, slack_api)
+    saved_before_answers_kept_what_they_showed(runtime, value)
     reply = runtime.answers.reply
 
     def not_ready(*args: object, **kwargs: object) -> object:

@@ -38,9 +38,7 @@ def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: 
         return build_oncall_blocks(reply.oncall, reply.names)
     if not reply.found:
         return build_nothing_found_blocks(reply.question, reply.hint_service)
-    blocks: list[dict] = []
-    if shared_by:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"Shared by <@{shared_by}>"}]})
+    blocks: list[dict] = [_shared_by_block(shared_by)] if shared_by else []
     if reply.runbooks:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Runbooks*"}})
         blocks.extend({"type": "section", "text": {"type": "mrkdwn", "text": _hit_text(h)}} for h in reply.runbooks)
@@ -82,6 +80,20 @@ def build_answer_blocks(reply: Reply, shared_by: str | None = None, with_share: 
         )
     blocks.append({"type": "actions", "block_id": ids.ANSWER_ACTIONS_BLOCK, "elements": buttons})
     return blocks
+
+
+def _shared_by_block(user: str) -> dict:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Shared by <@{user}>"}]}
+
+
+def shown_answer(reply: Reply) -> dict:
+    """What an answer that can be shared shows, saved with it: its text, and its blocks without the Share button."""
+    return {"text": answer_fallback_text(reply), "blocks": build_answer_blocks(reply)}
+
+
+def build_shared_answer_blocks(shown: dict, shared_by: str) -> list[dict]:
+    """The answer ``shown_answer`` saved, as shared in the channel: the same blocks, said to be shared by whom."""
+    return [_shared_by_block(shared_by), *shown["blocks"]]
 
 
 def how_found(reply: Reply) -> str:
