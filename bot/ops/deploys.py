@@ -309,11 +309,17 @@ class DeployService(DeployRules):
         """Deploys whose process stopped (their lease ran out) are interrupted, never re-run; their runner is stopped.
 
         A deploy this process is running is never touched, nor one whose owner still renews its lease: a
-        second opsbot process on the same database leaves the first one's deploys alone.
+        second opsbot process on the same database leaves the first one's deploys alone. Nor one whose owner still
+        runs on this host though its lease ran out: the database refused the renewals (a full disk) or the process
+        was paused; its deploy runs, and is settled when it ends.
         """
         interrupted = []
         with self.store.transaction():
-            orphaned = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
+            expired = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
+            orphaned = [r for r in expired if not deploy_runner.owner_alive(r["owner"] or "")]
+            for row in expired:
+                if row not in orphaned:
+                    log.info("deploy lease ran out but its process still runs id=%s owner=%s", row["id"], row["owner"])
             deploy_runner.stop_orphans([(row["id"], row["runner_pid"]) for row in orphaned])  # before they are marked
             for row in orphaned:
                 # what the row says it runs, not services.yaml now; "" (an older opsbot's): interrupted, as before

@@ -79,6 +79,22 @@ def process_owner() -> str:
     return _owner[1]
 
 
+def owner_alive(owner: str) -> bool:
+    """Whether ``owner`` (another opsbot process's ``process_owner()``) still runs on this host. Its lease may have
+    run out because the database refused the renewals (a full disk, a long lock) or the process was paused, not
+    because it died: its deploy is running, and stopping it would break a rollout half-way. A process of another
+    host cannot be seen from here (not alive, as before), nor can this process's own past (``is_live`` says)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.endswith(b"opsbot") or arg == b"bot" for arg in argv)  # opsbot, not a process that took its pid
+
+
 def is_live(request_id: str) -> bool:
     """Whether this process holds the request: queued for a free worker, or running it right now."""
     with _held_lock:

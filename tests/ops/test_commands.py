@@ -5,6 +5,9 @@ Fixtures and helpers are in tests/ops/fixtures.py.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,6 +145,26 @@ def test_a_dead_process_deploys_are_interrupted_once_its_lease_expired(
     assert after_crash(store, clock).recover_interrupted() == []
     assert deploys.request("deploy", "web", "staging", "1.0.1", ALICE).status == "pending"  # lock released
     assert actions(store).count("deploy.interrupted") == 1
+
+
+def test_a_deploy_whose_process_still_runs_here_is_left_alone_though_its_lease_ran_out(
+    deploys: DeployService, store: Store, clock: Clock
+) -> None:
+    # A full disk refused the owner's lease renewals for over 30 s: a second opsbot process took the deploy for
+    # an orphan and killed its runner half-way, though its owner was alive and the command healthy.
+    running = start(deploys)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "opsbot"])  # an opsbot process
+    try:
+        with store.transaction():
+            store.update_deploy(running.id, owner=f"{socket.gethostname()}:{owner.pid}:a1b2c3d4")
+
+        assert after_crash(store, clock).recover_interrupted() == []
+        assert deploys.get(running.id).status == "running"
+    finally:
+        owner.kill()
+        owner.wait()
+    # once that process is gone, the deploy is an orphan, interrupted as ever
+    assert [r.status for r in after_crash(store, clock).recover_interrupted()] == ["interrupted"]
 
 
 def test_recovery_leaves_ci_deploys_alone(deploys: DeployService, store: Store, clock: Clock) -> None:
