@@ -19,7 +19,9 @@ from bot.ops.alertmanager import url_key
 from bot.redact import scrub
 
 STATUSES = ("firing", "resolved")
-MAX_ALERTS = 1000  # Alertmanager's max_alerts caps what it sends; a storm of more is cut there, not here
+# Alerts kept of one delivery; the rest are counted as truncated, as Alertmanager's own max_alerts does. Refusing a
+# larger group would lose it for good: Alertmanager does not retry a 4xx, so a storm would never reach Slack.
+MAX_ALERTS = 1000
 MAX_LABELS = 100  # per alert, and for each of groupLabels, commonLabels, commonAnnotations
 MAX_NAME = 256  # a label or annotation name
 MAX_VALUE = 8192  # a label or annotation value (descriptions can be long)
@@ -136,10 +138,8 @@ def parse_notification(body: bytes) -> Notification:
     alerts_raw = data.get("alerts")
     if not isinstance(alerts_raw, list) or not alerts_raw:
         raise PayloadProblem("alerts", "must be a non-empty list of alerts")
-    if len(alerts_raw) > MAX_ALERTS:
-        raise PayloadProblem(
-            "alerts", f"{len(alerts_raw)} alerts; opsbot takes at most {MAX_ALERTS}: set max_alerts in webhook_configs"
-        )
+    left_out = max(0, len(alerts_raw) - MAX_ALERTS)
+    alerts_raw = alerts_raw[:MAX_ALERTS]
     alerts = tuple(_alert(raw, n) for n, raw in enumerate(alerts_raw))
     seen: set[str] = set()
     for n, alert in enumerate(alerts):
@@ -149,6 +149,7 @@ def parse_notification(body: bytes) -> Notification:
     truncated = data.get("truncatedAlerts", 0)
     if not isinstance(truncated, int) or isinstance(truncated, bool) or not 0 <= truncated <= MAX_TRUNCATED:
         raise PayloadProblem("truncatedAlerts", f"{_value(truncated)} must be a whole number from 0 to {MAX_TRUNCATED}")
+    truncated = min(truncated + left_out, MAX_TRUNCATED)
     known = {"version", "status", "groupKey", "receiver", "groupLabels", "commonLabels", "commonAnnotations"}
     known |= {"externalURL", "alerts", "truncatedAlerts"}
     return Notification(

@@ -44,8 +44,8 @@ from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20  # Slack payloads are far smaller; refuse anything larger outright
-# Alertmanager sends a whole group: up to MAX_ALERTS alerts of a kilobyte or so each, so its hook takes more (a larger
-# group is refused with a 400 that says to set max_alerts, which a 413 would never reach).
+# Alertmanager sends a whole group: a thousand alerts of a kilobyte or so each must fit, so its hook takes more (the
+# alerts past MAX_ALERTS are counted as truncated, not read).
 MAX_ALERTS_BODY = 4 << 20
 HANDLER_THREADS = 64  # started once; a burst of Slack requests needs no new threads
 IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long is closed

@@ -66,7 +66,7 @@ def status_line(group: AlertGroup, view: AlertView) -> str:
     if group.incident_id:
         parts.append(f":rotating_light: incident *{group.incident_id}*")
     if group.truncated:
-        parts.append(f"{group.truncated} more alert(s) not sent by Alertmanager (max_alerts)")
+        parts.append(f"{group.truncated} more alert(s) not sent (max_alerts)")
     return " · ".join(parts)
 
 
