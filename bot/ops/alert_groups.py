@@ -182,9 +182,10 @@ def describe_alert(labels: dict[str, str], common: dict[str, str]) -> str:
 
 def opening_note(n: Notification) -> str:
     firing = sum(1 for a in n.alerts if a.firing)
+    more = f"; {n.truncated} more not sent (max_alerts)" if n.truncated else ""
     if n.status == "resolved":
-        return f"Received already resolved ({len(n.alerts)} alert(s))"
-    return f"Firing: {firing} alert(s)"
+        return f"Received already resolved ({len(n.alerts)} alert(s)){more}"
+    return f"Firing: {firing} alert(s){more}"
 
 
 def difference(before: AlertGroup, n: Notification, gone: list[AlertRecord]) -> str:
@@ -201,12 +202,21 @@ def difference(before: AlertGroup, n: Notification, gone: list[AlertRecord]) -> 
     if ended or gone:
         labels = [a.labels for a in ended] + [a.labels for a in gone]
         parts.append(f"{len(labels)} resolved: " + names_of(labels, common))
+    if n.truncated != before.truncated:
+        parts.append(cut_note(n.truncated, before.truncated))
     firing = sum(1 for a in n.alerts if a.firing)
     if n.status == "resolved":
         parts.append("All resolved")
     else:
         parts.append(f"now {firing} firing")
     return "; ".join(parts)
+
+
+def cut_note(truncated: int, was: int) -> str:
+    """How many alerts the delivery left out (max_alerts), said when the count changed."""
+    if not truncated:
+        return f"every alert sent again (before, {was} were left out)"
+    return f"{truncated} more alert(s) not sent (max_alerts)" + (f", before {was}" if was else "")
 
 
 def names_of(label_sets: list[dict[str, str]], common: dict[str, str], limit: int = 5) -> str:

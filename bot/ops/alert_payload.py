@@ -97,12 +97,15 @@ class Notification:
 
     @property
     def digest(self) -> str:
-        """What makes a delivery new: the group's status and each alert's fingerprint, status and start (not
+        """What makes a delivery new: the group's status, each alert's fingerprint, status and start (not
         annotations, whose values such as `$value` change at every evaluation, nor endsAt, which Alertmanager
-        moves). An alert keeps its start while it fires: a later one is a new firing, even of a group whose resolve
-        never arrived (`send_resolved: false`, or opsbot down when it was sent)."""
+        moves), and how many alerts were left out. An alert keeps its start while it fires: a later one is a new
+        firing, even of a group whose resolve never arrived (`send_resolved: false`, or opsbot down when it was
+        sent)."""
         states = sorted(f"{a.fingerprint}={a.status}@{a.starts_at.isoformat(timespec='seconds')}" for a in self.alerts)
-        return hashlib.sha256("\n".join([self.status, *states]).encode()).hexdigest()[:32]
+        # only when some were: the digests of groups stored before the count was part of it stay the same
+        cut = [f"truncated={self.truncated}"] if self.truncated else []
+        return hashlib.sha256("\n".join([self.status, *states, *cut]).encode()).hexdigest()[:32]
 
 
 def group_id(group_key: str, external_url: str = "") -> str:

@@ -497,7 +497,8 @@ class AlertService:
 
 
 def _only_flushed(before: AlertGroup, n: Notification) -> bool:
-    """Whether ``n`` differs from what was shown only by leaving out alerts that were already resolved."""
+    """Whether ``n`` differs from what was shown only by leaving out alerts that were already resolved (a digest
+    stored before it counted the alerts left out by max_alerts is one too)."""
     shown = {a.fingerprint: a.firing for a in before.alerts}
     incoming = {a.fingerprint for a in n.alerts}
     same = all(shown.get(a.fingerprint) == a.firing for a in n.alerts)
@@ -505,7 +506,7 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
     ended = not (n.truncated and n.status == "firing") and any(
         a.firing for a in before.alerts if a.fingerprint not in incoming
     )
-    return n.status == before.status and same and not ended
+    return n.status == before.status and same and not ended and n.truncated == before.truncated
 
 
 def _stale(before: AlertGroup, n: Notification, now: datetime) -> bool:

@@ -29,7 +29,7 @@ from bot.ops.incidents import IncidentService, LiveIncident
 from bot.ops.metrics import dora
 from bot.ops.requests import new_row
 from bot.slack import ids
-from bot.slack.blocks.alerts import AlertView, action_buttons
+from bot.slack.blocks.alerts import AlertView, action_buttons, status_line
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.fakes import Clock
@@ -481,6 +481,30 @@ def test_alerts_left_out_of_a_list_alertmanager_cut_short_are_not_taken_for_reso
     data["alerts"] = data["alerts"][1:]  # the next cut leaves out the new one instead: nothing said
     assert alerts.receive(parse_notification(json.dumps(data).encode()), shown).kind == "unchanged"
     assert len(alerts.get(change.group.id).firing) == 3
+
+
+def test_a_change_in_how_many_alerts_alertmanager_left_out_is_a_change(
+    alerts: AlertService, alert_store: Store
+) -> None:
+    # Before, truncatedAlerts was not part of what makes a delivery new: a storm growing past max_alerts (or
+    # shrinking back) changed nothing, and the message kept its count.
+    shown = Recorder()
+    receive(alerts, "pgbouncer-firing", shown)
+    grown = receive(alerts, "pgbouncer-firing", shown, truncatedAlerts=8)
+    assert grown.kind == "changed" and grown.group.truncated == 8
+    assert grown.note == "8 more alert(s) not sent (max_alerts); now 2 firing"
+    assert "8 more alert(s) not sent" in status_line(grown.group, AlertView())
+    assert receive(alerts, "pgbouncer-firing", shown, truncatedAlerts=8).kind == "unchanged"
+    with alert_store.transaction():  # as stored before the count was part of the digest: a repeat stays quiet
+        alert_store.update_alert_group(grown.group.id, digest=parse_notification(payload("pgbouncer-firing")).digest)
+    assert receive(alerts, "pgbouncer-firing", shown, truncatedAlerts=8).kind == "unchanged"
+    assert receive(alerts, "pgbouncer-firing", shown, truncatedAlerts=12).note.startswith("12 more alert(s) not sent")
+
+    back = receive(alerts, "pgbouncer-firing", shown)
+    assert back.kind == "changed" and back.group.truncated == 0
+    assert back.note == "every alert sent again (before, 12 were left out); now 2 firing"
+    assert "not sent" not in status_line(back.group, AlertView())
+    assert shown.kinds == ["opened", "changed", "changed", "changed"]
 
 
 def test_a_late_copy_of_the_firing_after_its_resolve_is_not_a_new_firing(
