@@ -304,11 +304,12 @@ class AlertService:
 
         It matches the group's labels and the labels that routed it to its service, so a group made by
         `group_by: [alertname]` is not silenced for every service with that alertname. A group that also
-        holds alerts of services the user may not silence is refused."""
+        holds alerts of services the user may not silence is refused: firing ones, as a silence only mutes those (one
+        of another service that has resolved is no reason to refuse for the rest of the firing)."""
         group = self.get(group_id)
         silencers = self.silencers
         spanned = {group.service}
-        for alert in group.alerts:
+        for alert in group.firing:
             spanned.add(self.routing.named_by(alert.labels)[0] or group.service)
         for service in [group.service, *sorted(spanned - {group.service})]:
             if user not in silencers.get(service, set()) | silencers.get("", set()):

@@ -614,6 +614,25 @@ def test_a_group_holding_alerts_of_a_service_the_clicker_may_not_silence_is_refu
         alerts.plan_silence(mixed.id, DAVE)
 
 
+def test_an_alert_of_another_service_that_resolved_no_longer_stops_a_silence(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    # Before, every alert the group ever held counted: ledger's resolved alert refused Silence for the whole firing.
+    mixed = by_alertname(alerts, ("checkout-api", "ledger"))
+    alert_clock.advance(minutes=5)
+    data = json.loads(payload("pgbouncer-firing"))
+    data["groupKey"], data["groupLabels"] = mixed.group_key, {"alertname": "HighErrorRate"}
+    labels = {"alertname": "HighErrorRate", "severity": "critical", "service": "checkout-api"}
+    data["commonLabels"], data["alerts"] = labels, [data["alerts"][0] | {"labels": labels}]  # ledger's was flushed
+    group = alerts.receive(parse_notification(json.dumps(data).encode())).group
+    assert [(a.labels["service"], a.status) for a in group.shown_alerts] == [
+        ("checkout-api", "firing"),
+        ("ledger", "resolved"),
+    ]
+    plan = alerts.plan_silence(group.id, ALICE)  # approves checkout-api deploys, not ledger's
+    assert plan.matchers == (("alertname", "HighErrorRate"), ("service", "checkout-api"))
+
+
 def test_a_group_with_an_alert_no_label_ties_to_its_service_is_not_silenced_in_part(alerts: AlertService) -> None:
     """One alert routed the group to checkout-api; another of the same name carries no service label. A silence
     with service=checkout-api would leave that one notifying while Slack shows the group silenced."""
