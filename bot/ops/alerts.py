@@ -564,7 +564,8 @@ def _fields(n: Notification, route: Route, now: datetime) -> dict:
         "status": n.status,
         "service": route.service,
         "channel": route.channel,
-        "alertname": labels.get("alertname") or first.labels.get("alertname", "") or "alert",
+        # a blank alertname is as good as none: it would title an incident declared from the group with nothing
+        "alertname": labels.get("alertname", "").strip() or first.labels.get("alertname", "").strip() or "alert",
         "severity": labels.get("severity") or first.labels.get("severity", ""),
         "receiver": n.receiver,
         "external_url": n.external_url,

@@ -782,6 +782,20 @@ def test_an_incident_is_declared_once_per_episode_with_the_alerts_title_severity
     )
 
 
+def test_an_alert_with_a_blank_alertname_is_named_alert_and_declares_an_incident(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    # Before, "  " was kept as the name, and Declare failed with "give the incident a title: /incident declare ...".
+    data = json.loads(payload("pgbouncer-firing"))
+    for labels in [data["groupLabels"], data["commonLabels"], *(a["labels"] for a in data["alerts"])]:
+        labels["alertname"] = "  "
+    group = alerts.receive(parse_notification(json.dumps(data).encode())).group
+    assert group.alertname == "alert"
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    incident, created = alerts.declare_incident(group.id, CAROL, incidents, None)
+    assert created and incident.title == "alert: PgBouncer pool exhausted on pg-main"
+
+
 def declared_then_resolved(
     alerts: AlertService, store: Store, clock: Clock
 ) -> tuple[AlertGroup, IncidentService, LiveIncident]:
