@@ -211,6 +211,13 @@ class Settings:
                 "random value (for example `openssl rand -hex 32`) and the same in Alertmanager's "
                 "http_config.authorization.credentials."
             )
+        elif alertmanager_token and not (alertmanager_token.isascii() and alertmanager_token.isprintable()):
+            # opsbot's HTTP server reads headers as latin-1, and Alertmanager sends UTF-8: such a token never matches
+            problems.append(
+                "OPSBOT_ALERTMANAGER_TOKEN holds a character that is not printable ASCII (an accented letter, a "
+                "control character), which an Authorization header cannot carry as it is, so every delivery would "
+                "be refused; use letters and digits (for example `openssl rand -hex 32`), the same in Alertmanager."
+            )
 
         encoder = (values.get("OPSBOT_ENCODER") or "torch").strip().lower()
         if encoder not in ENCODERS:

@@ -249,6 +249,12 @@ def test_the_alertmanager_token_is_a_long_secret_or_unset() -> None:
     for bad in ("short", f" {token}"):
         with pytest.raises(ConfigError, match="OPSBOT_ALERTMANAGER_TOKEN must be at least 16 characters"):
             Settings.from_env({"OPSBOT_ALERTMANAGER_TOKEN": bad}, dotenv=None)
+    # Before, these passed, and no delivery could ever match them (headers arrive decoded as latin-1).
+    for bad in ("pässwörd-0123456789", "0123456789abcdef\x07"):
+        with pytest.raises(
+            ConfigError, match="OPSBOT_ALERTMANAGER_TOKEN holds a character that is not printable ASCII"
+        ):
+            Settings.from_env({"OPSBOT_ALERTMANAGER_TOKEN": bad}, dotenv=None)
 
 
 def test_the_hook_secret_is_a_long_secret_without_spaces_around_it() -> None:
