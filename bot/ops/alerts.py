@@ -390,6 +390,25 @@ class AlertService:
             "settings.alertmanager_urls; add it there (and run `opsbot index`) to silence its alerts from Slack."
         )
 
+    def check_episode(self, group: AlertGroup, episode: int | None) -> None:
+        """InvalidRequest when a button of an earlier firing's message was clicked: the group fired again since with
+        a new message, and the click must not act on that firing. ``episode`` None: a button posted before buttons
+        carried it, which acts on the current firing as it always did."""
+        if episode is None or episode == group.episode:
+            return
+        if not 1 <= episode < group.episode:
+            raise InvalidRequest(
+                "that button is not one opsbot posted for this alert: use the buttons of its latest message."
+            )
+        resolved = _resolved_at(group.events, episode)
+        when = f", resolved at {datetime.fromisoformat(resolved):%a %d %b %H:%M} UTC" if resolved else ""
+        again = datetime.fromisoformat(group.started_at) if group.started_at else None
+        since = f" at {again:%a %d %b %H:%M} UTC" if again else ""
+        raise InvalidRequest(
+            f"this message is of an earlier firing of {group.alertname}{when}; it fired again{since} with a new "
+            "message: use the newer message."
+        )
+
     def can_silence_here(self, group: AlertGroup) -> bool:
         """Whether a Silence button can work for this group (its Alertmanager is allowed)."""
         try:
@@ -398,11 +417,13 @@ class AlertService:
             return False
         return True
 
-    def claim_silence(self, group_id: str, user: str, until: datetime) -> None:
+    def claim_silence(self, group_id: str, user: str, until: datetime, episode: int | None = None) -> None:
         """Mark the group silenced by ``user`` until ``until`` before Alertmanager is called, so that two clicks
-        (or two people) make one silence; InvalidRequest when it is silenced, or being silenced, already."""
+        (or two people) make one silence; InvalidRequest when it is silenced, or being silenced, already, or when
+        ``episode`` is an earlier firing's (see check_episode)."""
         with self.store.transaction():
             group = self.get(group_id)
+            self.check_episode(group, episode)
             if group.status != "firing":
                 raise InvalidRequest("this alert is resolved; there is nothing to silence.")
             if group.silenced_until and datetime.fromisoformat(group.silenced_until) > self.clock():
@@ -445,12 +466,15 @@ class AlertService:
         incidents: IncidentService,
         announcer: AlertAnnouncer | None,
         private: bool = False,
+        episode: int | None = None,
     ) -> tuple[LiveIncident, bool]:
         """An incident from the group (title, severity and service from the alert), once per episode: the
         incident and True, or the one declared before and False. ``private``: the channel of the alert's message
-        is private, so the incident is (``LiveIncident.private``)."""
+        is private, so the incident is (``LiveIncident.private``). ``episode``: the firing whose message was
+        clicked (see check_episode)."""
         with self.store.transaction():
             group = self.get(group_id)
+            self.check_episode(group, episode)
             if group.incident_id and incidents.get(group.incident_id).status == "cancelled":
                 # declared by mistake (a cancel freed the group; this covers a cancel from before that did not)
                 self.store.update_alert_group(group_id, incident_id="")
@@ -508,6 +532,20 @@ def _only_flushed(before: AlertGroup, n: Notification) -> bool:
         a.firing for a in before.alerts if a.fingerprint not in incoming
     )
     return n.status == before.status and same and not ended and n.truncated == before.truncated
+
+
+def _resolved_at(events: tuple[dict, ...], episode: int) -> str:
+    """When opsbot last heard ``episode`` resolve, from the group's events (each episode starts with an "opened"
+    one); "" when it never did (its resolve was lost)."""
+    opened, resolved = 0, ""
+    for event in events:
+        if event["kind"] == "opened":
+            opened += 1
+            if opened > episode:
+                break
+        elif event["kind"] == "resolved" and opened == episode:
+            resolved = event["at"]
+    return resolved
 
 
 def _stale(before: AlertGroup, n: Notification, now: datetime) -> bool:

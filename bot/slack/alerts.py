@@ -151,12 +151,13 @@ class AlertDesk:
 
     def declare(self, body: dict) -> None:
         """Declare incident: IncidentService.declare with the alert's title, severity and service, once."""
-        group_id, user = body["actions"][0]["value"], body["user"]["id"]
+        (group_id, episode), user = read_group_value(body["actions"][0]["value"]), body["user"]["id"]
         incidents = self.runtime.incidents()
         alerts = self.runtime.alerts()
         group = alerts.get(group_id)
+        alerts.check_episode(group, episode)
         private, unknown = channel_privacy(self.web, group.message_channel or group.channel)
-        incident, created = alerts.declare_incident(group_id, user, incidents, self, private=private)
+        incident, created = alerts.declare_incident(group_id, user, incidents, self, private=private, episode=episode)
         channel = clicked_channel(body)
         if not created:
             self.web.tell_user(channel, user, f"{incident.id} was declared for this alert already.")
@@ -171,12 +172,14 @@ class AlertDesk:
 
     def silence(self, body: dict) -> None:
         """Silence 1h: Alertmanager's API at the group's (allowed) Alertmanager, the clicker as createdBy."""
-        group_id, user = body["actions"][0]["value"], body["user"]["id"]
+        (group_id, episode), user = read_group_value(body["actions"][0]["value"]), body["user"]["id"]
         alerts = self.runtime.alerts()
-        if alerts.get(group_id).status != "firing":
+        group = alerts.get(group_id)
+        alerts.check_episode(group, episode)
+        if group.status != "firing":
             raise InvalidRequest("this alert is resolved; there is nothing to silence.")
         plan = alerts.plan_silence(group_id, user)
-        alerts.claim_silence(group_id, user, plan.ends_at)
+        alerts.claim_silence(group_id, user, plan.ends_at, episode)
         try:
             silence_id = create_silence(plan)
         except BaseException:
@@ -228,6 +231,17 @@ def build_briefing(runtime: Runtime, alerts: AlertService, group: AlertGroup) ->
         )
         parts.append((text, [context(text)]))
     return build_briefing_blocks(parts, cause)
+
+
+def read_group_value(raw: str) -> tuple[str, int | None]:
+    """The group and firing a Declare incident or Silence 1h button carries (``group_value``); a button posted
+    before the firing was carried holds the group alone (None)."""
+    group_id, colon, episode = raw.partition(":")
+    if not colon:
+        return raw, None
+    if not (episode.isascii() and episode.isdigit() and len(episode) <= 9):
+        raise InvalidRequest("that button is not one opsbot posted: use the buttons of the alert's latest message.")
+    return group_id, int(episode)
 
 
 def read_rollback_value(raw: str) -> dict[str, str]:

@@ -796,6 +796,37 @@ def test_an_alert_with_a_blank_alertname_is_named_alert_and_declares_an_incident
     assert created and incident.title == "alert: PgBouncer pool exhausted on pg-main"
 
 
+def test_a_button_of_an_earlier_firings_message_does_not_act_on_the_current_firing(
+    alerts: AlertService, alert_store: Store, alert_clock: Clock
+) -> None:
+    # Before, the buttons carried the group alone: Declare on yesterday's message declared for today's firing.
+    receive(alerts, "pgbouncer-firing")
+    receive(alerts, "pgbouncer-resolved")
+    alert_clock.advance(minutes=30)
+    fire_again(alerts, alert_clock)
+    receive(alerts, "pgbouncer-resolved")  # the first message's firing resolved for good at 16:52
+    alert_clock.advance(hours=3)
+    group = fire_again(alerts, alert_clock).group  # a new message
+    assert group.episode == 2
+    incidents = IncidentService(alert_store, set(alert_store.service_configs()), clock=alert_clock)
+    earlier = (
+        r"this message is of an earlier firing of PgBouncerPoolExhausted, resolved at Sat 05 Dec 16:52 UTC; "
+        r"it fired again at Sat 05 Dec 19:52 UTC with a new message: use the newer message"
+    )
+    with pytest.raises(InvalidRequest, match=earlier):
+        alerts.declare_incident(group.id, CAROL, incidents, None, episode=1)
+    with pytest.raises(InvalidRequest, match=earlier):
+        alerts.claim_silence(group.id, ALICE, alert_clock.now + timedelta(hours=1), episode=1)
+    with pytest.raises(InvalidRequest, match="not one opsbot posted"):
+        alerts.declare_incident(group.id, CAROL, incidents, None, episode=3)
+    assert incidents.list_open() == [] and not alerts.get(group.id).silenced_by
+
+    incident, created = alerts.declare_incident(group.id, CAROL, incidents, None, episode=2)
+    assert created and alerts.get(group.id).incident_id == incident.id
+    # a button posted before buttons carried their firing acts on the current one, as it did
+    assert alerts.declare_incident(group.id, CAROL, incidents, None) == (incident, False)
+
+
 def declared_then_resolved(
     alerts: AlertService, store: Store, clock: Clock
 ) -> tuple[AlertGroup, IncidentService, LiveIncident]:

@@ -436,6 +436,29 @@ def test_a_firing_after_its_incident_was_resolved_offers_declare_again_and_decla
     assert f"incident *{second.id}*" in shown(slack_api.calls("chat.update")[-1].body)
 
 
+def test_declare_on_an_earlier_firings_message_says_so_and_declares_nothing(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    now = datetime.now(UTC)
+    deliver(bot, timed("pgbouncer-firing", now - timedelta(hours=26)))
+    deliver(bot, timed("pgbouncer-resolved", now - timedelta(hours=26), now - timedelta(hours=25)))
+    assert deliver(bot, timed("pgbouncer-firing", now - timedelta(minutes=2))).json()["change"] == "opened"
+    old, new = top_level(slack_api)
+    edits = [c.body for c in slack_api.calls("chat.update") if c.body["ts"] == old.answer["ts"]]
+    value = buttons(edits[-1])[ids.ALERT_DECLARE]["value"]
+
+    # Before, the button carried the group alone: this declared an incident for today's firing.
+    bot.click(ids.ALERT_DECLARE, value, user=PRIYA, channel=ALERTS, message_ts=old.answer["ts"])
+    [told] = slack_api.wait_for("response_url", timeout=20)
+    assert "this message is of an earlier firing of PgBouncerPoolExhausted, resolved at" in told.body["text"]
+    assert "use the newer message" in told.body["text"] and runtime.incidents().list_open() == []
+
+    group_id = value.partition(":")[0]  # a button posted before buttons carried their firing
+    bot.click(ids.ALERT_DECLARE, group_id, user=PRIYA, channel=ALERTS, message_ts=new.answer["ts"])
+    [incident] = eventually(runtime.incidents().list_open, bool, 20)
+    assert runtime.alerts().get(group_id).incident_id == incident.id
+
+
 def declared_from_an_alert(runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI) -> tuple[Call, LiveIncident]:
     """An alert's message and the incident Priya declared from it, once Slack shows it declared."""
     deliver(bot, payload("pgbouncer-firing"))

@@ -139,7 +139,7 @@ def action_buttons(group: AlertGroup, view: AlertView) -> list[dict]:
             button(
                 ids.ALERT_DECLARE,
                 "Declare incident",
-                group.id,
+                group_value(group),
                 ("Declare an incident?", f"SEV{severity}: *{escape_text(group.title)}*{service}", "Declare"),
                 style="danger",
             )
@@ -151,11 +151,17 @@ def action_buttons(group: AlertGroup, view: AlertView) -> list[dict]:
             button(
                 ids.ALERT_SILENCE,
                 "Silence 1h",
-                group.id,
+                group_value(group),
                 ("Silence for an hour?", f"Alertmanager will mute {matchers} for 1 hour, in your name.", "Silence"),
             )
         )
     return buttons
+
+
+def group_value(group: AlertGroup) -> str:
+    """What Declare incident and Silence 1h carry: the group and its firing (`ag-1f2e3d4c5b6a:2`), so that a click on
+    an earlier firing's message is not taken for one on the current firing's."""
+    return f"{group.id}:{group.episode}"
 
 
 def button(action_id: str, label: str, value: str, asks: tuple[str, str, str], style: str = "") -> dict:
