@@ -41,14 +41,26 @@ def web_address(value: Any, key: str, line: int | None = None) -> str:
     return address
 
 
-def name_list(value: Any, key: str, example: str = "checkout-api, payments-gateway") -> tuple[str, ...]:
-    """Names given as a YAML list or one comma-separated string; a FileProblem naming ``key`` otherwise."""
+# What each list of names looks like, for the message that says how to write it.
+NAME_EXAMPLES = {
+    "services": "checkout-api, payments-gateway",
+    "tags": "latency, database",
+    "owners": "payments, U04C2RN8VD",
+    "alerts": "CheckoutApiErrorRateHigh, PgBouncerPoolExhausted",
+    "responders": "U03F8K2LQ1, U04C2RN8VD",
+}
+
+
+def name_list(value: Any, key: str, example: str = "") -> tuple[str, ...]:
+    """Names given as a YAML list or one comma-separated string (a number is its text: `tags: [v2, 1.5]`); a
+    FileProblem naming ``key``, with an example of its own, otherwise."""
     if value is None:
         return ()
     if isinstance(value, str):
         return tuple(v.strip() for v in value.split(",") if v.strip())
-    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
         return tuple(str(v) for v in value)
+    example = example or NAME_EXAMPLES.get(key, "first, second")
     raise FileProblem(f"`{key}` must be a list of names, for example {key}: [{example}]")
 
 

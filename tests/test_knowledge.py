@@ -197,6 +197,23 @@ def test_runbook_with_services_as_a_mapping_is_a_problem(tmp_path: Path) -> None
     assert_good_files_loaded(kb)
 
 
+def test_a_list_of_names_that_is_wrong_gets_an_example_of_its_own_kind_and_a_number_in_one_is_its_text(
+    tmp_path: Path,
+) -> None:
+    # Before, every such message showed service names ("tags: [checkout-api, payments-gateway]"), and a tag
+    # written as a number (1.5) left the whole runbook out.
+    write(tmp_path, "runbooks/tags.md", "---\ntags: {latency: true}\n---\nText.\n")
+    write(tmp_path, "runbooks/numbers.md", "---\ntags: [latency, 1.5]\n---\nText about latency.\n")
+
+    kb = knowledge_with(tmp_path)
+
+    assert "`tags` must be a list of names, for example tags: [latency, database]" in str(
+        only_problem(kb, "runbooks/tags.md")
+    )
+    assert "runbooks/numbers.md" not in kb.failed_paths
+    assert next(d for d in kb.documents if d.path == "runbooks/numbers.md").tags == ("latency", "1.5")
+
+
 def test_broken_front_matter_yaml_gives_path_and_line(tmp_path: Path) -> None:
     write(tmp_path, "runbooks/broken.md", "---\ntitle: Broken\nservices: [checkout-api]\ntags: db: pg\n---\nText.\n")
 
