@@ -150,7 +150,8 @@ class AlertGroup:
 @dataclass(frozen=True)
 class Change:
     """What one call changed, for the announcer: ``kind`` is opened, changed, refired, resolved, briefed,
-    silenced, incident or action; ``note`` says what changed in words (plain text)."""
+    silenced, incident, action or unknown (a silence ended and Alertmanager could not say whether its alerts still
+    fire); ``note`` says what changed in words (plain text)."""
 
     kind: str
     group: AlertGroup

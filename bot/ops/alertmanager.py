@@ -1,4 +1,4 @@
-"""Calling Alertmanager's API v2: creating a silence, the one call opsbot makes to it.
+"""Calling Alertmanager's API v2: creating a silence, and asking at its end whether the silenced alerts still fire.
 
 Only URLs from settings.alertmanager_urls reach here (``AlertService.plan_silence`` picks them); redirects are
 not followed, so an allowed Alertmanager cannot send opsbot on to another address.
@@ -10,15 +10,17 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from bot.errors import OpsbotError
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0
 SILENCES_PATH = "/api/v2/silences"
+ALERTS_PATH = "/api/v2/alerts"
 
 
 class AlertmanagerError(OpsbotError):
@@ -103,3 +105,34 @@ def create_silence(plan: SilencePlan, timeout: float = TIMEOUT_S) -> str:
     if not isinstance(silence_id, str) or not silence_id:
         raise AlertmanagerError(f"Alertmanager at {plan.url} did not return a silence id; check it in Alertmanager.")
     return silence_id
+
+
+def _quoted(value: str) -> str:
+    """A label value as a matcher's quoted string (Alertmanager reads it as a Go string literal)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def alerts_url(url: str, matchers: Iterable[tuple[str, str]]) -> str:
+    """GET /api/v2/alerts for the alerts ``matchers`` select that have not resolved, silenced or not."""
+    query = [("filter", f"{name}={_quoted(value)}") for name, value in matchers]
+    query += [(state, "true") for state in ("active", "silenced", "inhibited", "unprocessed")]
+    return url.rstrip("/") + ALERTS_PATH + "?" + urlencode(query)
+
+
+def count_firing(url: str, matchers: Iterable[tuple[str, str]], timeout: float = TIMEOUT_S) -> int:
+    """How many alerts ``matchers`` select still fire at the Alertmanager ``url`` (resolved ones it no longer
+    lists); AlertmanagerError when it cannot say."""
+    request = urllib.request.Request(
+        alerts_url(url, matchers), method="GET", headers={"Accept": "application/json", "User-Agent": "opsbot"}
+    )
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            answer = json.loads(response.read(4 * 1024 * 1024).decode("utf-8", "replace") or "null")
+    except urllib.error.HTTPError as exc:
+        raise AlertmanagerError(f"Alertmanager at {url} answered HTTP {exc.code} to the alerts query") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise AlertmanagerError(f"could not reach Alertmanager at {url} ({getattr(exc, 'reason', exc)})") from None
+    if not isinstance(answer, list):
+        raise AlertmanagerError(f"Alertmanager at {url} did not answer the alerts query with a list")
+    # Alertmanager leaves resolved alerts out of the list: each one listed (active, suppressed or unprocessed) fires
+    return sum(1 for alert in answer if isinstance(alert, dict))

@@ -31,7 +31,7 @@ from bot.ops.alert_groups import (
 )
 from bot.ops.alert_payload import Alert, Notification, group_id
 from bot.ops.alert_routing import AlertRouting, Route
-from bot.ops.alertmanager import SilencePlan, url_key
+from bot.ops.alertmanager import AlertmanagerError, SilencePlan, count_firing, url_key
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService, LiveIncident, deploys_since, possible_cause_at
 from bot.ops.requests import DeployRequest
@@ -48,6 +48,12 @@ SILENCE_FOR = timedelta(hours=1)
 # A silence claimed and neither recorded nor released after this (the Alertmanager call's timeout is 10 s) was
 # claimed by a process that stopped meanwhile: the next click may take it over, rather than wait out the hour.
 PENDING_CLAIM = timedelta(minutes=1)
+# Alertmanager sends no resolve for an alert that resolved while silenced, so opsbot asks it at the silence's end;
+# for this long after, an Alertmanager that cannot be reached is asked again at each sweep, then given up on.
+SILENCE_CHECK_FOR = timedelta(days=1)
+RESOLVED_SILENCED = (
+    "It resolved during the silence (Alertmanager sends no resolve for silenced alerts; found at the silence's end)"
+)
 
 
 def _now() -> datetime:
@@ -315,12 +321,11 @@ class AlertService:
             if user not in silencers.get(service, set()) | silencers.get("", set()):
                 self._refuse_silence(group, service, silencers)
         url = self.allowed_url(group.external_url)
-        matchers = dict(group.group_labels or group.common_labels)
+        matchers = self._silence_matchers(group)
         if not matchers:
             raise InvalidRequest(
                 "the group has no labels in common to silence it by; silence it in Alertmanager instead."
             )
-        matchers |= self._routed_by(group)
         missed = [a for a in group.alerts if a.firing and any(a.labels.get(k) != v for k, v in matchers.items())]
         if missed:
             # Without the label that routes the group, the silence would reach other services' alerts of the same
@@ -340,6 +345,11 @@ class AlertService:
             created_by=f"{who} ({user})" if who else user,
             comment=f"Silenced from Slack through opsbot: {group.title}",
         )
+
+    def _silence_matchers(self, group: AlertGroup) -> dict[str, str]:
+        """The labels a silence of the group matches: its own, and those that route it to its service."""
+        matchers = dict(group.group_labels or group.common_labels)
+        return matchers | self._routed_by(group) if matchers else {}
 
     def _routed_by(self, group: AlertGroup) -> dict[str, str]:
         """The labels that route the group to its service: its own, else those of its first firing alert."""
@@ -458,6 +468,77 @@ class AlertService:
             if announcer is not None:
                 announcer.announce(change)
         return change.group
+
+    def ended_silences(self) -> list[str]:
+        """Firing groups whose silence from opsbot has ended and whose alerts were not looked up since."""
+        return self.store.silence_ended_alert_groups(_iso(self.clock()))
+
+    def check_silence_end(
+        self,
+        group_id: str,
+        announcer: AlertAnnouncer | None,
+        count: Callable[[str, tuple[tuple[str, str], ...]], int] = count_firing,
+    ) -> str:
+        """Ask the group's Alertmanager, once its silence ended, whether its alerts still fire: Alertmanager never
+        sends the resolve of a silenced alert. None firing: the group is resolved as a resolve would, and said so.
+        What happened: "resolved", "firing" (Alertmanager notifies those itself), "retry" (not reached: the next
+        sweep asks again), "unknown" (given up on, said in the thread), or "" (the group moved on meanwhile)."""
+        group = self.get(group_id)
+        seen = (group.episode, group.silence_id, group.silenced_until)
+        ended = datetime.fromisoformat(group.silenced_until)
+        matchers = tuple(sorted(self._silence_matchers(group).items()))
+        firing, problem = 0, ""
+        try:
+            if not matchers:
+                raise InvalidRequest("the group has no labels to look its alerts up by")
+            firing = count(self.allowed_url(group.external_url), matchers)
+        except AlertmanagerError as exc:
+            problem = str(exc)
+            if self.clock() - ended < SILENCE_CHECK_FOR:
+                log.warning("alert silence end not checked group=%s silence=%s: %s", group_id, group.silence_id, exc)
+                return "retry"
+        except InvalidRequest as exc:  # settings.alertmanager_urls no longer lists it: asking again will not help
+            problem = str(exc)
+        with self.store.transaction():
+            group = self.get(group_id)
+            if group.status != "firing" or (group.episode, group.silence_id, group.silenced_until) != seen:
+                return ""  # a delivery, or another process's sweep, got there first
+            now = self.clock()
+            if problem:
+                note = (
+                    f"The silence ended at {ended:%H:%M} UTC, and whether these alerts still fire is not known: "
+                    f"{problem}. Alertmanager sends no resolve for silenced alerts, so this message may show them "
+                    "firing after they resolved; check them in Alertmanager."
+                )
+                self.store.update_alert_group(group_id, silence_id="", updated_at=_iso(now))
+                kind = "unknown"
+            elif firing:
+                # still firing: Alertmanager notifies them again itself now that they are no longer silenced
+                self.store.update_alert_group(group_id, silence_id="")
+                log.info("alert silence ended, still firing group=%s firing=%d", group_id, firing)
+                return "firing"
+            else:
+                # when it resolved is not known: by the silence's end at the latest
+                resolved = max(ended, datetime.fromisoformat(group.started_at)) if group.started_at else ended
+                rows = [ended_row(a, resolved) for a in group.alerts if a.firing]
+                self.store.replace_alert_instances(group_id, rows)
+                self.store.update_alert_group(
+                    group_id,
+                    status="resolved",
+                    resolved_at=_iso(resolved),
+                    resolve_received_at=_iso(now),
+                    silence_id="",
+                    truncated=0,
+                    digest="",  # a later delivery of the same alerts is news, not a repeat
+                    updated_at=_iso(now),
+                )
+                note, kind = RESOLVED_SILENCED, "resolved"
+            self.store.add_alert_event(group_id, "alertmanager", kind, note, _iso(now))
+            change = Change(kind, self.get(group_id), note)
+            log.info("alert silence ended group=%s outcome=%s", group_id, kind)
+            if announcer is not None:
+                announcer.announce(change)
+        return kind
 
     def declare_incident(
         self,

@@ -188,6 +188,18 @@ class AlertDesk:
         log.info("alert silenced group=%s by=%s silence=%s", group_id, user, silence_id)
         alerts.record_silence(group_id, user, silence_id, plan.ends_at, self)
 
+    def check_silences(self) -> dict[str, str]:
+        """Ask Alertmanager about each group whose silence ended (a background job, as it waits on the network):
+        per group, what came of it (see AlertService.check_silence_end)."""
+        alerts = self.runtime.alerts()
+        outcomes = {}
+        for group_id in alerts.ended_silences():
+            try:
+                outcomes[group_id] = alerts.check_silence_end(group_id, self)
+            except Exception:  # one group's trouble must not keep the others waiting; the next sweep tries again
+                log.exception("alert silence end check failed group=%s", group_id)
+        return outcomes
+
     def rollback(self, body: dict) -> None:
         """Rollback from the briefing: a rollback request through the /rollback approval flow, noted in the thread."""
         value = read_rollback_value(body["actions"][0]["value"])

@@ -1,5 +1,6 @@
-"""What `opsbot serve` does by itself: sweep deploy requests (expired, abandoned by CI, left by a dead process)
-and post the weekly digest. Each job only calls the domain; what it shows goes through the outbox."""
+"""What `opsbot serve` does by itself: sweep deploy requests (expired, abandoned by CI, left by a dead process),
+look into alert groups whose silence ended, and post the weekly digest. Each job only calls the domain; what it
+shows goes through the outbox."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bot.ops.digest import Figures, post_if_due, weekly_figures
 from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
 from bot.services import Digest
+from bot.slack.alerts import AlertDesk
 from bot.slack.blocks.digest import build_digest_blocks
 from bot.slack.local.shell_dispatch import COMMAND_CHANNEL, DM_CHANNEL
 from bot.slack.web import SlackWeb
@@ -101,5 +103,7 @@ def start(runtime: Runtime, web: SlackWeb) -> Jobs:
         thread.start()
 
     every(SWEEP_EVERY_S, "deploy-sweeper", lambda: sweep_expired(runtime))
+    # Alertmanager sends no resolve for alerts silenced when they resolved: asked at each silence's end instead
+    every(SWEEP_EVERY_S, "silence-checker", AlertDesk(runtime, web).check_silences)
     every(DIGEST_EVERY_S, "digest", lambda: post_digest_if_due(runtime, web))
     return jobs

@@ -64,6 +64,15 @@ class AlertStore(StoreBase):
         cur = self.db.execute("SELECT id FROM alert_groups WHERE status = 'firing' AND briefing = '' ORDER BY id")
         return [r[0] for r in cur.fetchall()]
 
+    def silence_ended_alert_groups(self, now: str) -> list[str]:
+        """Firing groups whose silence from opsbot ended by ``now`` and was not looked into since."""
+        cur = self.db.execute(
+            "SELECT id FROM alert_groups WHERE status = 'firing' AND silence_id != '' AND silenced_until != '' "
+            "AND silenced_until <= ? ORDER BY silenced_until, id",
+            [now],
+        )
+        return [r[0] for r in cur.fetchall()]
+
     def insert_alert_group(self, row: dict) -> None:
         self._require_transaction()
         self.db["alert_groups"].insert(row)

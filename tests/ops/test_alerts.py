@@ -23,6 +23,7 @@ from bot.ops.alert_payload import (
     verify_bearer,
 )
 from bot.ops.alert_routing import AlertRouting, NoChannel
+from bot.ops.alertmanager import AlertmanagerError, alerts_url
 from bot.ops.alerts import AlertService
 from bot.ops.deploys import DeployService
 from bot.ops.incidents import IncidentService, LiveIncident
@@ -739,6 +740,106 @@ def test_a_silence_is_claimed_once_and_a_failed_one_may_be_retried(alerts: Alert
         alerts.claim_silence(group.id, ALICE, until)
     alert_clock.advance(hours=1, seconds=1)  # the silence has ended
     alerts.claim_silence(group.id, ALICE, alert_clock.now + timedelta(hours=1))
+
+
+class AskedAlertmanager:
+    """Stands in for Alertmanager's GET /api/v2/alerts: answers how many alerts fire, or fails, and keeps each call."""
+
+    def __init__(self, firing: int | Exception) -> None:
+        self.firing = firing
+        self.calls: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+    def __call__(self, url: str, matchers: tuple[tuple[str, str], ...]) -> int:
+        self.calls.append((url, matchers))
+        if isinstance(self.firing, Exception):
+            raise self.firing
+        return self.firing
+
+
+def silenced(alerts: AlertService, clock: Clock) -> AlertGroup:
+    """The pgbouncer group silenced from Slack for the hour."""
+    group = receive(alerts, "pgbouncer-firing", externalURL="http://127.0.0.1:19093").group
+    return alerts.record_silence(group.id, ALICE, "ea7eb532", clock.now + timedelta(hours=1), None)
+
+
+def test_a_group_that_resolved_during_its_silence_is_resolved_at_the_silence_s_end(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    """Alertmanager sends no resolve for a silenced alert: at the silence's end opsbot asks it, and none firing
+    resolves the group as a resolve would, saying how it knows."""
+    group = silenced(alerts, alert_clock)
+    until = datetime.fromisoformat(group.silenced_until)
+    asked, shown = AskedAlertmanager(0), Recorder()
+    alert_clock.advance(minutes=59)
+    assert alerts.ended_silences() == []  # not before the silence ends
+    alert_clock.advance(minutes=1, seconds=30)
+    assert alerts.ended_silences() == [group.id]
+    assert alerts.check_silence_end(group.id, shown, asked) == "resolved"
+    assert asked.calls == [
+        ("http://127.0.0.1:19093", (("alertname", "PgBouncerPoolExhausted"), ("service", "checkout-api")))
+    ]
+    resolved = alerts.get(group.id)
+    assert (resolved.status, resolved.firing, resolved.silence_id) == ("resolved", (), "")
+    assert datetime.fromisoformat(resolved.resolved_at) == until  # by the silence's end at the latest
+    assert shown.kinds == ["resolved"] and "resolved during the silence" in shown.changes[0].note
+    assert "Alertmanager sends no resolve for silenced alerts" in shown.changes[0].note
+    assert alerts.ended_silences() == [] and alerts.recent(status="firing") == []
+    fired = fire_again(alerts, alert_clock)  # a later firing is news, not a repeat of the stored one
+    assert fired.kind == "refired" and fired.group.status == "firing"
+
+
+def test_the_alerts_query_asks_for_every_unresolved_alert_the_silence_s_labels_select() -> None:
+    url = alerts_url("http://am:9093/", [("alertname", 'Disk "full"'), ("service", "checkout-api")])
+    assert url == (
+        "http://am:9093/api/v2/alerts?filter=alertname%3D%22Disk+%5C%22full%5C%22%22"
+        "&filter=service%3D%22checkout-api%22&active=true&silenced=true&inhibited=true&unprocessed=true"
+    )
+
+
+def test_a_group_still_firing_at_its_silence_s_end_is_left_to_alertmanager(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    group = silenced(alerts, alert_clock)
+    alert_clock.advance(hours=1, seconds=1)
+    asked, shown = AskedAlertmanager(2), Recorder()
+    assert alerts.check_silence_end(group.id, shown, asked) == "firing"
+    assert alerts.get(group.id).status == "firing" and shown.changes == []
+    assert alerts.ended_silences() == []  # asked once: Alertmanager notifies them again itself
+
+
+def test_an_alertmanager_out_of_reach_is_asked_again_for_a_day_then_the_state_is_said_to_be_unknown(
+    alerts: AlertService, alert_clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = silenced(alerts, alert_clock)
+    alert_clock.advance(hours=1, seconds=1)
+    down = AskedAlertmanager(AlertmanagerError("could not reach Alertmanager at http://127.0.0.1:19093/ (refused)"))
+    shown = Recorder()
+    assert alerts.check_silence_end(group.id, shown, down) == "retry"
+    assert shown.changes == [] and alerts.ended_silences() == [group.id]  # the next sweep asks again
+    assert "alert silence end not checked" in caplog.text and "(refused)" in caplog.text
+    alert_clock.advance(hours=23)
+    assert alerts.check_silence_end(group.id, shown, down) == "retry"
+    alert_clock.advance(hours=1)
+    assert alerts.check_silence_end(group.id, shown, down) == "unknown"
+    [note] = shown.changes
+    assert "whether these alerts still fire is not known: could not reach Alertmanager" in note.note
+    assert "check them in Alertmanager" in note.note
+    assert alerts.get(group.id).status == "firing" and alerts.ended_silences() == []
+
+
+def test_a_group_that_moved_on_while_alertmanager_was_asked_is_left_as_it_is(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    group = silenced(alerts, alert_clock)
+    alert_clock.advance(hours=1, seconds=1)
+
+    def resolve_meanwhile(url: str, matchers: tuple[tuple[str, str], ...]) -> int:
+        receive(alerts, "pgbouncer-resolved", externalURL="http://127.0.0.1:19093")  # the resolve got through
+        return 0
+
+    shown = Recorder()
+    assert alerts.check_silence_end(group.id, shown, resolve_meanwhile) == ""
+    assert shown.changes == [] and [e["kind"] for e in alerts.get(group.id).events].count("resolved") == 1
 
 
 def test_a_silence_claim_whose_process_stopped_is_taken_over_after_a_minute(

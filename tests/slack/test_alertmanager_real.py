@@ -2,7 +2,8 @@
 
 Alerts are fired through Alertmanager's own API; what reaches the fake Slack Web API is asserted: one briefing per
 group, an edit and a thread note when a group changes, nothing new on a plain repeat, the resolution once an alert
-ends, and a silence created from the Silence 1h button that Alertmanager itself then lists.
+ends, and a silence created from the Silence 1h button that Alertmanager itself then lists; an alert that resolves
+while silenced (Alertmanager sends no resolve for it) is found resolved at the silence's end.
 Skipped, with the reason printed by `make test` (pytest -ra), when no Alertmanager binary is on PATH.
 """
 
@@ -23,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from bot.config import Secret
+from bot.ops.alertmanager import count_firing
 from bot.runtime import Runtime
 from bot.slack import ids
+from bot.slack.alerts import AlertDesk
 from bot.slack.local.fake_api import FakeSlackAPI
 from tests.slack.conftest import SlackDriver, shown, start_bot
 from tests.slack.test_alert_flow import ALERTS, SAM, buttons, thread_notes
@@ -232,3 +235,47 @@ def test_a_real_alertmanager_gets_one_briefing_per_group_updates_resolution_and_
 def _silence_id(runtime: Runtime, group_id: str) -> str:
     row = next((g for g in runtime.store.alert_groups() if g["id"] == group_id), None)
     return row["silence_id"] if row else ""
+
+
+def test_an_alert_that_resolves_while_silenced_is_shown_resolved_once_the_silence_ends(
+    runtime: Runtime,
+    bot: SlackDriver,
+    slack_api: FakeSlackAPI,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Alertmanager mutes the resolve of a silenced alert and then drops it: opsbot asks it at the silence's end."""
+    alertmanager.fire("PgBouncerPoolExhausted", "checkout-api", instance="pgbouncer-0")
+    edit = slack_api.wait_for("chat.update", timeout=WAIT_S, predicate=lambda c: "Related runbook" in shown(c.body))[-1]
+    bot.click(ids.ALERT_SILENCE, buttons(edit.body)[ids.ALERT_SILENCE]["value"], user=SAM, channel=ALERTS)
+    [silence] = until("the silence in Alertmanager", lambda: call(f"{alertmanager.url}/api/v2/silences"))  # type: ignore[misc]
+    [group] = runtime.store.alert_groups()
+    until("the silence recorded", lambda: _silence_id(runtime, group["id"]))
+    matchers = (("alertname", "PgBouncerPoolExhausted"), ("service", "checkout-api"))
+    until("the alert silenced", lambda: count_firing(alertmanager.url, matchers) == 1)  # silenced alerts count
+
+    alertmanager.fire(
+        "PgBouncerPoolExhausted",
+        "checkout-api",
+        ends_at=datetime.now(UTC) - timedelta(seconds=1),
+        instance="pgbouncer-0",
+    )
+    until("the alert resolved in Alertmanager", lambda: count_firing(alertmanager.url, matchers) == 0)
+    time.sleep(6)  # a few group_intervals: Alertmanager mutes the resolve, then drops the alert from the group
+    expire = urllib.request.Request(f"{alertmanager.url}/api/v2/silence/{silence['id']}", method="DELETE")
+    urllib.request.urlopen(expire, timeout=10).read()  # the silence ends (early here; after its hour in life)
+    time.sleep(3)  # and sends nothing for it once the silence is gone
+    assert bot.web is not None and bot.web.wait_idle(20)
+    assert runtime.store.alert_groups()[0]["status"] == "firing"
+
+    desk = AlertDesk(runtime, bot.web)
+    assert desk.check_silences() == {}  # its hour has not passed
+    later = datetime.now(UTC) + timedelta(hours=1, minutes=1)
+    monkeypatch.setattr(runtime.alerts(), "clock", lambda: later)
+    assert desk.check_silences() == {group["id"]: "resolved"}
+    assert bot.web.wait_idle(20)
+    [resolved] = runtime.store.alert_groups()
+    assert (resolved["status"], resolved["silence_id"]) == ("resolved", "")
+    assert slack_api.calls("chat.update")[-1].body["text"].startswith("[RESOLVED] PgBouncerPoolExhausted")
+    assert any("resolved during the silence" in t for t in thread_notes(slack_api))
+    assert desk.check_silences() == {}  # once
