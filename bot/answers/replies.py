@@ -139,7 +139,8 @@ class Answerer:
         vector: np.ndarray | None = None,
         asker: str = "",
     ) -> list[Suggestion]:
-        """The best people for ``text``, load spread among equals, and remembered for that.
+        """The best people for ``text``, load spread among equals, and remembered for that (when the database takes
+        writes: a full disk still gets its suggestions).
 
         ``vector`` is ``text``'s query vector when the caller already has it (an answer's search). ``asker``
         (who asked, or declared the incident) is never suggested to themselves. A secret pasted in ``text`` is
@@ -153,7 +154,13 @@ class Answerer:
         ranked = model.rank(text, vector, services, exclude=(asker,) if asker else ())
         shown = trim_suggestions(ranked, self.store.recent_first_suggestions(), limit)
         if remember:
-            self.store.log_suggestion(text, [s.expert.id for s in shown])
+            try:
+                self.store.log_suggestion(text, [s.expert.id for s in shown])
+            except sqlite3.OperationalError as exc:
+                if not is_write_failure(exc):
+                    raise
+                # The people are still suggested; only the spreading of load among equals misses this one.
+                log.warning("expert suggestion not remembered experts=%s reason=%s", [s.expert.id for s in shown], exc)
         return shown
 
     def reply(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,3 +323,32 @@ def test_a_pasted_camelcase_alert_name_shares_its_words_with_its_incidents(tmp_p
     queries.write_text(json.dumps({"id": "q1", "query": "KafkaConsumerLagHigh", "relevant": ["U0AAAAAAA1"]}) + "\n")
     result = evaluate_experts(root, fake_encoder, queries_path=queries)
     assert result["rankings"]["tfidf_knn"]["top1"] == 1.0, result["rankings"]
+
+
+def test_a_full_database_still_gets_its_suggestions_and_one_warning(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(text: str, ranked: list[str]) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(runtime.store, "log_suggestion", full)
+    caplog.set_level(logging.WARNING)
+
+    suggestions = runtime.answers.suggest_experts("postgres primary is out of connections")
+
+    assert suggestions  # the people, without the note that they were suggested
+    (line,) = [r for r in caplog.records if r.name == "bot.answers.replies"]
+    assert line.getMessage().startswith("expert suggestion not remembered experts=[")
+    assert "reason=database or disk is full" in line.getMessage() and not line.exc_info
+
+
+def test_a_database_error_other_than_a_refused_write_is_not_hidden(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(text: str, ranked: list[str]) -> None:
+        raise sqlite3.OperationalError("no such table: suggestions")
+
+    monkeypatch.setattr(runtime.store, "log_suggestion", broken)
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        runtime.answers.suggest_experts("postgres primary is out of connections")
