@@ -43,6 +43,7 @@ from bot.errors import InvalidRequest
 from bot.redact import Redactor, scrub
 from bot.redact_line import is_credential_query_key
 from bot.services import ConfigProblem, Runner, fill_body, fill_in
+from bot.store.base import is_write_failure
 
 if TYPE_CHECKING:
     from bot.ops.deploy_rules import DeployRules
@@ -450,6 +451,7 @@ class _Reporter:
 
     def _loop(self) -> None:
         assert self.progress is not None
+        refused = False  # the database refuses the reports' writes (a full disk): said when it starts and ends only
         while True:
             with self._wake:
                 self._wake.wait_for(lambda: self._latest is not None or self._done)
@@ -458,8 +460,20 @@ class _Reporter:
                 text, self._latest = self._latest, None
             try:
                 self.progress(self.request, text or "")
-            except Exception:  # showing progress must never stop the deploy or keep its lock
-                log.exception("progress report failed request_id=%s", self.request.id)
+            except Exception as exc:  # showing progress must never stop the deploy or keep its lock
+                if not is_write_failure(exc):
+                    log.exception("progress report failed request_id=%s", self.request.id)
+                elif not refused:
+                    refused = True
+                    log.warning(
+                        "progress reports failing until the database takes writes again request_id=%s reason=%s",
+                        self.request.id,
+                        exc,
+                    )
+                continue
+            if refused:
+                refused = False
+                log.info("progress reports recovered request_id=%s", self.request.id)
 
 
 def _run_command(

@@ -18,6 +18,7 @@ from bot.slack.alerts import AlertDesk
 from bot.slack.blocks.digest import build_digest_blocks
 from bot.slack.local.shell_dispatch import COMMAND_CHANNEL, DM_CHANNEL
 from bot.slack.web import SlackWeb
+from bot.store.base import is_write_failure
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 30.0
@@ -92,11 +93,22 @@ def start(runtime: Runtime, web: SlackWeb) -> Jobs:
 
     def every(seconds: float, job: str, run: object) -> None:
         def loop() -> None:
+            refused = False  # the database refuses the job's writes (a full disk): said when it starts and ends only
             while not jobs.stopping.wait(seconds):
                 try:
                     run()  # type: ignore[operator]
-                except Exception:  # keep going: the next round may succeed
-                    log.exception("background job failed job=%s", job)
+                except Exception as exc:  # keep going: the next round may succeed
+                    if not is_write_failure(exc):
+                        log.exception("background job failed job=%s", job)
+                    elif not refused:
+                        refused = True
+                        log.warning(
+                            "background job failing until the database takes writes again job=%s reason=%s", job, exc
+                        )
+                    continue
+                if refused:
+                    refused = False
+                    log.info("background job recovered job=%s", job)
 
         thread = threading.Thread(target=loop, name=f"opsbot-{job}", daemon=True)
         jobs.threads.append(thread)

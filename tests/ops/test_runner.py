@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import random
 import signal
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -807,3 +809,43 @@ def test_a_command_whose_guard_is_killed_is_stopped_before_the_run_is_recorded(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
         store.close()
+
+
+def test_progress_on_a_full_disk_logs_once_when_it_fails_and_once_when_it_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    outcomes: list[Exception | None] = [full, full, full, None, full, ValueError("a bug in the message")]
+    calls: list[str] = []
+
+    def progress(current: object, output: str) -> None:
+        calls.append(output)
+        if outcome := outcomes[len(calls) - 1]:
+            raise outcome
+
+    caplog.set_level(logging.INFO, logger="bot.ops.runner")
+    reporter = deploy_runner._Reporter(SimpleNamespace(id="d-1"), progress)  # type: ignore[arg-type]
+    for n in range(len(outcomes)):
+        reporter.show(f"line {n}")
+        assert wait_until(lambda n=n: len(calls) == n + 1, 5)
+    logged = lambda: [r for r in caplog.records if r.name == "bot.ops.runner"]  # noqa: E731
+    assert wait_until(lambda: len(logged()) >= 4, 5)  # the last call's line is written after it returns
+    reporter.close()
+
+    lines = [(r.levelname, r.getMessage(), bool(r.exc_info)) for r in logged()]
+    assert lines == [
+        (
+            "WARNING",
+            "progress reports failing until the database takes writes again request_id=d-1 "
+            "reason=database or disk is full",
+            False,
+        ),
+        ("INFO", "progress reports recovered request_id=d-1", False),
+        (
+            "WARNING",
+            "progress reports failing until the database takes writes again request_id=d-1 "
+            "reason=database or disk is full",
+            False,
+        ),
+        ("ERROR", "progress report failed request_id=d-1", True),  # not a write failure: its traceback
+    ]
