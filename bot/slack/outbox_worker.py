@@ -27,44 +27,89 @@ from bot.slack.delivery import (
     failure_note,
     post_response_url,
 )
+from bot.slack.outbox_held import HeldRows
+from bot.store.base import is_write_failure
 from bot.store.outbox import PENDING, SENDING, SENT, OutboxRow, OutboxStore
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600.0
 KEEP_SENT_S = 24 * 3600.0
 KEEP_FAILED_S = 7 * 24 * 3600.0
+WRITE_RETRY_MAX_S = 30.0  # while the database refuses writes, claiming there is tried again at most this far apart
 AfterHook = Callable[[dict, str, str], None]
 FailedHook = Callable[[dict, str], None]
 
 
 class _Durable:
-    """The database part of the outbox, for one process (``owner``) claiming rows."""
+    """The database part of the outbox, for one process (``owner``) claiming rows.
+
+    While the database refuses writes, rows are claimed in memory (``held``), and an outcome that cannot be written
+    is kept there until it can: a row is never sent again by this process for want of a write."""
 
     def __init__(self, store: OutboxStore, owner: str, claim_s: float) -> None:
         self.store, self.owner, self.claim_s = store, owner, claim_s
+        self.held = HeldRows()
 
     def add(self, row: OutboxRow) -> int:
         return self.store.add_outbox(row)
 
     def claim(self, now: float) -> OutboxRow | None:
-        return self.store.claim_outbox(self.owner, now, self.claim_s)
+        """A held row whose retry is due, else the next row claimed in the database (a write)."""
+        if (row := self.held.due(now)) is not None:
+            return row
+        held, settled = self.held.ids()
+        return self.store.claim_outbox(self.owner, now, self.claim_s, held, settled)
+
+    def claim_unwritten(self, now: float, sending: list[int]) -> OutboxRow | None:
+        """The next row, claimed in memory only: the database refuses writes. ``sending`` are rows of this process
+        whose call is under way (claimed in the database before; their claims may have run out, unrenewed)."""
+        return self.held.claim(now, lambda held, settled: self.store.next_outbox(now, held + sending, settled))
+
+    def write_back(self, now: float) -> None:
+        """Write the outcomes kept in memory while the database refused writes."""
+        if outcomes := self.held.unwritten():
+            self.store.outbox_settle(outcomes, self.owner, now)
+            self.held.written(outcomes)
 
     def reference(self, key: str, before_id: int | None = None) -> tuple[str, str, str] | None:
-        return self.store.outbox_reference(key, before_id)
+        return self.store.outbox_reference(key, before_id, self.held.outcomes())
 
     def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> bool:
-        return self.store.outbox_sent(row.id, self.owner, channel, ts, now)
+        if self.held.holds(row.id):
+            return self.held.sent(row, channel, ts, now)
+        try:
+            return self.store.outbox_sent(row.id, self.owner, channel, ts, now)
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            return self.held.sent(row, channel, ts, now)
 
     def renew(self, row_ids: list[int], now: float) -> None:
         self.store.outbox_renew(row_ids, self.owner, now + self.claim_s)
 
     def retry(self, row: OutboxRow, next_at: float, error: str) -> bool:
-        return self.store.outbox_retry(row.id, self.owner, next_at, error)
+        if self.held.holds(row.id):
+            return self.held.retry(row, next_at, error)
+        try:
+            return self.store.outbox_retry(row.id, self.owner, next_at, error)
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            return self.held.retry(row, next_at, error)
 
     def failed(self, row: OutboxRow, error: str, now: float) -> bool:
-        return self.store.outbox_failed(row.id, self.owner, error, now)
+        if self.held.holds(row.id):
+            return self.held.failed(row, error, now)
+        try:
+            return self.store.outbox_failed(row.id, self.owner, error, now)
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            return self.held.failed(row, error, now)
 
     def move(self, row: OutboxRow, now: float, error: str) -> bool:
+        if self.held.holds(row.id):  # sent again from here, to its new channel; the database learns where it went
+            return self.held.retry(row, now, f"moved ({error})")
         return self.store.outbox_move(row, self.owner, now, error)
 
     def busy(self) -> int:
@@ -89,6 +134,9 @@ class OutboxWorker:
     _wakeups: list[float]
     _stopping: bool
     _pruned_at: float
+    _refused: str
+    _write_again_at: float
+    _write_backoff_s: float
 
     def _kick(self) -> None:
         with self._cond:
@@ -135,18 +183,62 @@ class OutboxWorker:
                 self._durable.renew(rows, time.time())
             except sqlite3.ProgrammingError:  # the store was closed under us: the process is ending
                 return
-            except Exception:  # a busy or full database: the next round tries again, well within the claim
-                log.exception("outbox: could not renew the claims of rows being sent")
+            except Exception as exc:  # a busy or full database: the next round tries again, well within the claim
+                if not is_write_failure(exc):  # a refused write is said once, by the claiming threads
+                    log.exception("outbox: could not renew the claims of rows being sent")
 
     def _claim(self) -> OutboxRow | None:
         now = time.time()
         row = self._memory.claim(now)
         if row is None and self._durable is not None:
-            row = self._durable.claim(now)
+            row = self._claim_durable(self._durable, now)
+        return row
+
+    def _claim_durable(self, durable: _Durable, now: float) -> OutboxRow | None:
+        """The next database row, claimed there; while the database refuses writes, claimed in memory instead, so
+        posts queued before the disk filled still go. Writing is tried again with backoff meanwhile."""
+        with self._cond:
+            sending = [i for i in self._in_flight if i > 0]
+            wait_to_write = bool(self._refused) and now < self._write_again_at
+        if wait_to_write:
+            return durable.claim_unwritten(now, sending)
+        try:
+            durable.write_back(now)
             if now - self._pruned_at > PRUNE_EVERY_S:
                 self._pruned_at = now
-                self._durable.store.prune_outbox(now - KEEP_SENT_S, now - KEEP_FAILED_S)
+                durable.store.prune_outbox(now - KEEP_SENT_S, now - KEEP_FAILED_S)
+            row = durable.claim(now)
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            self._writes_refused(str(exc), now)
+            return durable.claim_unwritten(now, sending)
+        if not durable.store.write_error:  # a write succeeded since the last that failed, here or elsewhere
+            self._writes_taken()
+        elif self._refused:  # nothing was written this time (nothing to claim): no sign it takes writes yet
+            self._writes_refused(self._refused, now)
         return row
+
+    def _writes_refused(self, reason: str, now: float) -> None:
+        """Claim in memory until the next try, later each time; said once, when it starts."""
+        with self._cond:
+            first = not self._refused
+            self._refused = reason
+            self._write_backoff_s = self._poll_s if first else min(self._write_backoff_s * 2, WRITE_RETRY_MAX_S)
+            self._write_again_at = now + self._write_backoff_s
+        if first:
+            log.warning(
+                "outbox: the database refuses writes (%s); queued posts are still sent, claimed in memory, "
+                "and what became of them is written once it takes writes again owner=%s",
+                reason,
+                self.owner,
+            )
+
+    def _writes_taken(self) -> None:
+        with self._cond:
+            was, self._refused = self._refused, ""
+        if was:
+            log.info("outbox: the database takes writes again; posts are claimed there again owner=%s", self.owner)
 
     def _sleep_s(self) -> float:
         """Until the soonest retry this process scheduled, or the poll for other processes' rows."""

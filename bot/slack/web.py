@@ -9,7 +9,7 @@ off exponentially (0.5 s doubling to 20 s, with jitter); what Slack refuses (not
 ...) fails at once. A post is given up after 6 hours, a response_url after 30 minutes (Slack's limit),
 with an error log line, and the person it was for is told when the post names whom to tell (``Notify``).
 If the database cannot be written (disk full), the post is kept in memory and delivered the same way, but
-not durably: a log line says so.
+not durably: a log line says so. Rows written before are claimed in memory meanwhile (``outbox_held``).
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ class SlackWeb(OutboxWorker):
         self._renewer: threading.Thread | None = None  # renews the claims of the rows they are sending
         self._stopping = False
         self._pruned_at = 0.0
+        self._refused = ""  # why the database refuses writes, while it does: rows are claimed in memory meanwhile
+        self._write_again_at = 0.0
+        self._write_backoff_s = poll_s
 
     # -- the verbs ------------------------------------------------------------------------------------------
 

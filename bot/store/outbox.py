@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,14 +17,18 @@ _COLUMNS = (
 # A row may go when its time came (or the process sending it stopped renewing its claim), no earlier row of
 # its lane is still to be delivered, and the messages it refers to (thread_of, update_of) are no longer on
 # their way. Rows whose reference failed are claimed too: delivering them fails them, with the reason.
+# While the database refuses writes, the deliverer keeps some rows in memory (JSON lists of ids): :held ones it is
+# sending or will retry (never taken again), :settled ones it sent or gave up on (done, as far as the others care).
 _CLAIMABLE = f"""
 SELECT {_COLUMNS} FROM outbox o
 WHERE ((o.status = 'pending' AND o.next_at <= :now) OR (o.status = 'sending' AND o.claim_until < :now))
+  AND o.id NOT IN (SELECT value FROM json_each(:held)) AND o.id NOT IN (SELECT value FROM json_each(:settled))
   AND NOT EXISTS (
-    SELECT 1 FROM outbox e WHERE e.lane = o.lane AND e.id < o.id AND e.status IN ('pending', 'sending'))
+    SELECT 1 FROM outbox e WHERE e.lane = o.lane AND e.id < o.id AND e.status IN ('pending', 'sending')
+    AND e.id NOT IN (SELECT value FROM json_each(:settled)))
   AND NOT EXISTS (
     SELECT 1 FROM outbox r WHERE r.key IN (o.thread_of, o.update_of) AND r.id < o.id
-    AND r.status IN ('pending', 'sending'))
+    AND r.status IN ('pending', 'sending') AND r.id NOT IN (SELECT value FROM json_each(:settled)))
 ORDER BY o.next_at, o.id LIMIT 1
 """
 
@@ -50,6 +55,19 @@ class OutboxRow:
     next_at: float = 0.0
     last_error: str = ""
     id: int = 0
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The outcome of a row sent or given up while the database refused writes, to be written once it takes them."""
+
+    id: int
+    status: str  # SENT or FAILED
+    channel: str
+    ts: str
+    error: str
+    attempts: int
+    at: float
 
 
 def _row(values: tuple) -> OutboxRow:
@@ -119,13 +137,17 @@ class OutboxStore(StoreBase):
             )
             return int(cur.lastrowid or 0)
 
-    def claim_outbox(self, owner: str, now: float, claim_s: float) -> OutboxRow | None:
-        """Take the next deliverable row for ``owner`` until ``now + claim_s``; None when nothing may go now."""
+    def claim_outbox(
+        self, owner: str, now: float, claim_s: float, held: Iterable[int] = (), settled: Iterable[int] = ()
+    ) -> OutboxRow | None:
+        """Take the next deliverable row for ``owner`` until ``now + claim_s``; None when nothing may go now.
+        ``held`` and ``settled`` are rows ``owner`` keeps in memory (see ``next_outbox``)."""
+        where = {"now": now, "held": json.dumps(list(held)), "settled": json.dumps(list(settled))}
         with self.lock:
-            if self.db.execute(_CLAIMABLE, {"now": now}).fetchone() is None:
+            if self.db.execute(_CLAIMABLE, where).fetchone() is None:
                 return None  # checked first without the write lock: most polls find nothing
             with self.transaction():
-                found = self.db.execute(_CLAIMABLE, {"now": now}).fetchone()
+                found = self.db.execute(_CLAIMABLE, where).fetchone()
                 if found is None:
                     return None
                 row = _row(found)
@@ -137,15 +159,48 @@ class OutboxStore(StoreBase):
         row.status, row.attempts = SENDING, row.attempts + 1
         return row
 
-    def outbox_reference(self, key: str, before_id: int | None = None) -> tuple[str, str, str] | None:
-        """(status, channel, ts) of the newest row named ``key`` (written before ``before_id``), if any."""
+    def next_outbox(self, now: float, held: Iterable[int], settled: Iterable[int]) -> OutboxRow | None:
+        """The row ``claim_outbox`` would take, read without writing anything: for a deliverer that claims it in
+        memory while the database refuses writes. ``held`` rows it has already are not taken again; ``settled``
+        ones, sent or failed with their outcome not written yet, hold up no other row."""
+        where = {"now": now, "held": json.dumps(list(held)), "settled": json.dumps(list(settled))}
+        with self.lock:
+            found = self.db.execute(_CLAIMABLE, where).fetchone()
+        if found is None:
+            return None
+        row = _row(found)
+        row.status, row.attempts = SENDING, row.attempts + 1
+        return row
+
+    def outbox_reference(
+        self, key: str, before_id: int | None = None, settled: Mapping[int, tuple[str, str, str]] | None = None
+    ) -> tuple[str, str, str] | None:
+        """(status, channel, ts) of the newest row named ``key`` (written before ``before_id``), if any; taken from
+        ``settled`` (outcomes kept in memory, by row id) when that row's outcome is not written yet."""
         with self.lock:
             found = self.db.execute(
-                "SELECT status, result_channel, result_ts FROM outbox WHERE key = ? AND id < ? "
+                "SELECT status, result_channel, result_ts, id FROM outbox WHERE key = ? AND id < ? "
                 "AND status != 'superseded' ORDER BY id DESC LIMIT 1",
                 [key, before_id if before_id is not None and before_id > 0 else 1 << 62],
             ).fetchone()
+        if found and settled and found[3] in settled:
+            return settled[found[3]]
         return (found[0], found[1] or "", found[2] or "") if found else None
+
+    def outbox_settle(self, outcomes: list[Settled], owner: str, now: float) -> None:
+        """Write the outcome of rows delivered (or given up) while the database refused writes. A row another
+        process claimed since, and still holds, is left to it."""
+        with self.transaction():
+            for done in outcomes:
+                sent = done.status == SENT
+                self.db.execute(
+                    "UPDATE outbox SET status = ?, payload = CASE WHEN ? THEN NULL ELSE payload END, url = NULL, "
+                    "notify = NULL, after_args = NULL, last_error = ?, result_channel = ?, result_ts = ?, "
+                    "attempts = max(attempts, ?), claimed_by = NULL, claim_until = NULL, done_at = ? WHERE id = ? "
+                    "AND (status = 'pending' OR (status = 'sending' AND (claimed_by = ? OR claim_until < ?)))",
+                    [done.status, sent, None if sent else done.error, done.channel or None, done.ts or None]
+                    + [done.attempts, done.at, done.id, owner, now],
+                )
 
     def outbox_sent(self, row_id: int, owner: str, channel: str, ts: str, now: float) -> bool:
         """Delivered: keep where it went, drop the payload, any response_url and the hook's arguments. False when

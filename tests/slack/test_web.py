@@ -407,6 +407,57 @@ def test_when_the_database_is_full_posts_are_kept_in_memory_and_still_delivered(
     assert sorted(m["text"][:8] for m in slack_api.messages("C1")) == ["answer 0", "answer 1", "answer 2"]
 
 
+def test_posts_queued_before_the_database_refused_writes_are_still_sent_once_and_recorded_after(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    web = make_web(start=False, poll_s=0.05)
+    first = web.post("C1", "incident declared", key="incident:1")
+    reply = web.post("C1", "who to pull in", thread_of="incident:1")
+    other = web.post("C2", "an answer elsewhere")
+    store.db.execute("PRAGMA query_only = ON")  # reads work, every write fails: claiming a row is a write
+    slack_api.fail_next("chat.postMessage", status=500)  # one retry, kept in memory too
+    caplog.set_level(logging.INFO, logger="bot.slack.outbox_worker")
+    web.start()
+
+    wait_until(lambda: len(slack_api.messages()) == 3)
+    time.sleep(0.3)  # a second copy would show by now
+    top, thread = [c for c in slack_api.calls("chat.postMessage") if c.ok and c.body["channel"] == "C1"]
+    assert (top.body["text"], thread.body["text"]) == ("incident declared", "who to pull in")
+    assert thread.body["thread_ts"] == top.answer["ts"]  # found through the outcome kept in memory
+    assert [m["text"] for m in slack_api.messages("C2")] == ["an answer elsewhere"]
+    assert [store.outbox_row(i)["status"] for i in (first, reply, other)] == ["pending"] * 3  # nothing written
+
+    store.db.execute("PRAGMA query_only = OFF")
+    wait_until(lambda: store.outbox_busy() == 0)
+    assert [store.outbox_row(i)["status"] for i in (first, reply, other)] == ["sent"] * 3
+    assert store.outbox_row(first)["result_ts"] == top.answer["ts"]
+    time.sleep(0.3)
+    assert len(slack_api.messages()) == 3  # recorded, so never sent again
+    said = [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records if "outbox: the database" in r.msg]
+    assert said == [  # once each way, whatever the number of threads and polls
+        ("WARNING", "outbox: the database refuses writes (attempt to write a readonly database)"),
+        ("INFO", "outbox: the database takes writes again"),
+    ]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_while_the_database_refuses_writes_no_queued_post_is_sent_twice_or_out_of_order(
+    make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
+) -> None:
+    web = make_web(start=False, poll_s=0.01)
+    for n in range(30):
+        web.post(f"C{n % 3}", f"message {n}")
+    store.db.execute("PRAGMA query_only = ON")
+    web.start()
+
+    wait_until(lambda: len(slack_api.messages()) >= 30)
+    time.sleep(0.3)
+    for lane in range(3):  # three threads claiming in memory: each post once, in the order written
+        assert [m["text"] for m in slack_api.messages(f"C{lane}")] == [f"message {n}" for n in range(lane, 30, 3)]
+    store.db.execute("PRAGMA query_only = OFF")
+    wait_until(lambda: store.outbox_busy() == 0)
+
+
 def test_a_sent_row_keeps_where_it_went_but_not_its_payload_or_response_url(
     make_web: MakeWeb, store: Store, slack_api: FakeSlackAPI
 ) -> None:
