@@ -215,6 +215,17 @@ ADDITIONS: tuple[Rule, ...] = (
     Rule("Stripe key", re.compile(r"(?P<value>\b[rs]k_(?:live|test)_[A-Za-z0-9]{10,})")),
     Rule("npm token", re.compile(r"(?P<value>\bnpm_[A-Za-z0-9]{36})")),
     Rule("Google API key", re.compile(r"(?P<value>\bAIza[0-9A-Za-z_-]{35})")),
+    # Tokens known by their prefix that detect-secrets does not list: OpenAI's project and service keys and
+    # Anthropic's (its OpenAI rule wants "T3BlbkFJ" inside), Hugging Face, Stripe's webhook secret, PyPI, an age
+    # identity, a Google OAuth access token, DigitalOcean.
+    Rule(
+        "token with a known prefix",
+        re.compile(
+            r"(?P<value>\b(?:sk-(?:proj|ant|svcacct|admin)-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}"
+            r"|whsec_[A-Za-z0-9+/=]{24,}|pypi-[A-Za-z0-9_-]{50,}|AGE-SECRET-KEY-1[0-9A-Z]{58,}"
+            r"|ya29\.[0-9A-Za-z_-]{20,}|do[por]_v1_[a-f0-9]{64}))"
+        ),
+    ),
     # Vault's service, batch and recovery tokens (and the older s. ones after `vault login`).
     Rule("Vault token", re.compile(r"(?P<value>\bhv[sbr]\.[A-Za-z0-9_-]{24,})")),
     Rule("vault login token", re.compile(r"\bvault\s+login\s+(?!-)(?P<value>[A-Za-z0-9._-]{20,})")),

@@ -103,6 +103,17 @@ BASIC = base64.b64encode(f"deploy:{PASSWORD}".encode()).decode()
 NPM = "npm_" + fake(36)
 GOOGLE = "AIza" + fake(35, ALNUM + "-_")
 SENDGRID = f"SG.{fake(22, ALNUM + '-_')}.{fake(43, ALNUM + '-_')}"
+# Known by their prefix alone, and passed whole before (detect-secrets does not list them).
+PREFIXED = [
+    "sk-proj-" + fake(48, ALNUM + "-_"),
+    "sk-ant-api03-" + fake(40, ALNUM + "-_"),
+    "hf_" + fake(34),
+    "whsec_" + fake(32),
+    "pypi-AgEIcHlwaS5vcmc" + fake(60, ALNUM + "-_"),
+    "AGE-SECRET-KEY-1" + fake(58, string.ascii_uppercase + string.digits),
+    "ya29." + fake(60, ALNUM + "-_"),
+    "dop_v1_" + fake(64, HEX),
+]
 
 # (what is printed, what must be shown): only the value goes, the key name and the rest of the line stay.
 CASES = [
@@ -165,6 +176,7 @@ CASES = [
     (f"//registry.npmjs.org/:_authToken={NPM}", "//registry.npmjs.org/:_authToken=***"),
     (f"npm notice publishing as {NPM}", "npm notice publishing as ***"),
     (f"maps client configured with {GOOGLE}", "maps client configured with ***"),
+    *((f"exported {token} for the job", "exported *** for the job") for token in PREFIXED),
     (f"mail relay {SENDGRID} accepted", "mail relay *** accepted"),  # detect-secrets' rule, not one of ours
     ("authenticating with token=demo-not-a-real-token", "authenticating with token=***"),
 ]
@@ -262,6 +274,7 @@ ORDINARY = [
     "-" * 72,
     "/opt/app/releases/2026/current/bin/server/Main/Handler/V2/Routes/Index",
     "rolling out: 3/3 pods on 1.4.3",
+    "installing scikit-learn (the sk-learn extras), hf_hub_download, pypi-simple mirror, task-proj-alpha",
 ]
 
 
