@@ -759,8 +759,9 @@ def test_query_values_that_are_no_credential_are_kept(line: str) -> None:
         ("sv", False),
     ],
 )
-def test_credential_query_keys_shared_with_the_webhook_runner(key: str, credential: bool) -> None:
-    """The runner scrubs its own URL's query values under these keys, as the scrubber does in printed URLs."""
+def test_credential_query_keys_in_printed_urls(key: str, credential: bool) -> None:
+    """The scrubber masks printed URLs' query values under these keys (the runner's own URL takes more: any key
+    holding a credential's word, see test_webhook_runner)."""
     assert is_credential_query_key(key) is credential
 
 

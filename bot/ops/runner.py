@@ -18,6 +18,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -41,7 +42,6 @@ from typing import TYPE_CHECKING, TypeVar
 from bot.config import secret_setting
 from bot.errors import InvalidRequest
 from bot.redact import Redactor, scrub
-from bot.redact_line import is_credential_query_key
 from bot.services import ConfigProblem, Runner, fill_body, fill_in
 from bot.store.base import is_write_failure
 
@@ -62,6 +62,10 @@ READ_CHARS = 16 * 1024  # the most of one line read and scrubbed; the rest of a 
 CUT_TAIL = "… earlier output cut"
 PROGRESS_LINES = 8
 KEPT_LINES = 2000  # output kept in memory while it runs; only the tail is stored
+# Query keys of the runner's own URL whose values are treated as known secrets: any key that holds one of these
+# words (auth_code, passcode, token_v2). Broader than what scrubbing takes for a credential in printed text
+# (``bot.redact_line.is_credential_query_key``): this is opsbot's own URL, where masking too much costs nothing.
+CREDENTIAL_KEY = re.compile(r"(?i)(?:code|sig|signature|token|key|secret|pass|auth|credential|session)")
 DRAIN_S = 5.0  # after the command ends, the least time its output already written is given to be read and scrubbed
 GUARD = Path(__file__).with_name("runner_guard.py")
 RETRY_MAX_S = 30.0
@@ -661,7 +665,7 @@ def _url_secrets(url: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     # Each as written in the URL (percent-encoded) and as sent or decoded: an answer may echo either form.
-    raw = [value for key, value in _raw_query(parts.query) if is_credential_query_key(urllib.parse.unquote_plus(key))]
+    raw = [value for key, value in _raw_query(parts.query) if CREDENTIAL_KEY.search(urllib.parse.unquote_plus(key))]
     found = [password or "", *raw]
     found += [urllib.parse.unquote(v) for v in found] + [urllib.parse.unquote_plus(v) for v in raw]
     if parts.username is not None:  # sent as HTTP basic auth: the header's value could be echoed too

@@ -262,3 +262,22 @@ def test_query_values_that_are_not_credentials_are_not_scrubbed_from_the_answer(
     assert done.status == "succeeded", done.log_tail
     assert '"ref": "production", "environment": "production"' in done.log_tail and token not in done.log_tail
     store.close()
+
+
+@pytest.mark.parametrize("key", ["auth_code", "passcode", "token_v2", "signature_b64", "sessionid"])
+def test_a_credential_of_the_urls_query_under_any_credential_word_is_scrubbed_from_the_echo(
+    tmp_path: Path, ci: ThreadingHTTPServer, key: str
+) -> None:
+    # The runner's own URL: any key holding a credential's word is its secret. For a while only the keys that
+    # printed text is scrubbed under were (auth_code, passcode ... were echoed into the stored output).
+    secret = "Zq8vN2pLx7RtW4mK"
+    ci.answer = (202, {}, f"queued POST /api/deploy?{key}={secret}")  # type: ignore[attr-defined]
+    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/api/deploy?{key}={secret}")
+    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    assert secret not in str(store.deploy_row(request.id)), done.log_tail
+    store.close()
