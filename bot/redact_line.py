@@ -101,16 +101,26 @@ ID_KEY = re.compile(r"(?i)(?:\b(?:id|myid|userid)|_id)s?[\"']?\s*[:=]\s*$")
 
 # A key name's words, in snake, kebab, dotted or camel case: "PGPASSWORD", "Session Token", "secret version".
 NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[^\W\dA-Z_]+")
-# The last word of a key name says what it holds: a db_password is a password, a password_reset or a
-# secret_version is not, whatever follows the secret word.
+# A key name holding a secret word names a secret (DB_PASSWORD, SessionToken, DB_PASSWORD_PROD), unless its last
+# word says what it holds is about one: a password_reset, a secret_version, a token_ttl.
 SECRET_HEAD = re.compile(
     r"(?i)(?:key|pass|passw(?:or)?d|pwd|secret|token|credentials?|passphrase|auth|contrase[ñn]a)s?$"
 )
-# Values no secret takes: a number or a time (with a unit: 30s, 90d), a yes/no, an empty one.
-PLAIN_VALUE = re.compile(r"(?i)[-+]?\d+(?:[.:]\d+)*[a-z]{0,2}|true|false|yes|no|on|off|null|nil|none|empty")
-# Where an unquoted value ends: a sentence goes on after it ("api_key=x after the migration"). The ";" of an
-# HTML entity (Slack sends "&" as "&amp;") is part of the value.
-UNQUOTED_END = re.compile(r"[\s),;]")
+ABOUT_WORDS = frozenset(
+    "version versions reset ttl expiry expires expiration age rotation days hours minutes seconds length len min "
+    "max count size policy rule rules name names file path dir url uri endpoint host port header type format mode "
+    "hint prompt strength store manager field env var required enabled disabled id ids".split()
+)
+COUNTED = frozenset("tokens keys secrets passwords credentials".split())  # max_tokens: 4096 is a count
+# Values no secret takes: a number or a time (with a unit: 30s, 90d) under a name that is about a secret, a
+# yes/no, an empty one.
+NUMBER = re.compile(r"[-+]?\d+(?:[.:]\d+)*[a-z]{0,2}", re.I)
+PLAIN_WORD = re.compile(r"true|false|yes|no|on|off|null|nil|none|empty", re.I)
+PLAIN_VALUE = re.compile(f"{NUMBER.pattern}|{PLAIN_WORD.pattern}", re.I)
+# Where an unquoted value ends: a sentence goes on after it ("api_key=x after the migration", "(secret_version=22)",
+# "db_password: x, then restart"). A ",", ";" or ")" inside it (s3cr3t,more; Password=a;b) is part of it; so is
+# the ";" of an HTML entity (Slack sends "&" as "&amp;").
+UNQUOTED_END = re.compile(r"\s|[),;](?=\s|$)")
 # The words prose says of a secret after its name ("api_key: missing", "token=expired"): kept. Any other lone word
 # may be the secret itself (`password: letmein`) and is masked.
 STATE_WORDS = frozenset(
@@ -380,9 +390,12 @@ def _unquoted_value(value: str) -> str:
 
 
 def names_a_secret(name: str) -> bool:
-    """True when a key name's last word is a secret word (``DB_PASSWORD``, ``SessionToken``), not a thing about one."""
-    words = [word for word in NAME_WORD.findall(name) if len(word) > 1]  # "v2" in api_key_v2 says nothing
-    return not words or bool(SECRET_HEAD.search(words[-1]))
+    """True when a key name holds a secret word (``DB_PASSWORD``, ``SessionToken``, ``DB_PASSWORD_PROD``) and its
+    last word does not say it is about one (``password_reset``, ``secret_version``)."""
+    words = [word.lower() for word in NAME_WORD.findall(name) if len(word) > 1]  # "v2" in api_key_v2 says nothing
+    if not words:
+        return True
+    return words[-1] not in ABOUT_WORDS and any(SECRET_HEAD.search(word) for word in words)
 
 
 def _is_plainly_not_a_secret(value: str) -> bool:
@@ -406,7 +419,11 @@ def _looks_random(value: str) -> bool:
 
 
 def _is_secret_value(name: str, value: str) -> bool:
-    """True when ``value``, found after the key ``name``, is to be masked."""
+    """True when ``value``, found after the key ``name``, is to be masked. A number under a secret's name is a PIN
+    or a password (PGPASSWORD=4815162342), unless the name counts (max_tokens: 4096)."""
+    if NUMBER.fullmatch(value):
+        words = [word.lower() for word in NAME_WORD.findall(name) if len(word) > 1]
+        return names_a_secret(name) and not (words and words[-1] in COUNTED)
     if _is_plainly_not_a_secret(value):
         return False
     return names_a_secret(name) or _looks_random(value)
@@ -475,10 +492,16 @@ def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
                     found = window[match.start(group) : match.end(group)]
                     value = found.strip()
                     start = match.start(group) + len(found) - len(found.lstrip())
-                    # Unquoted, the detector's value runs to the end of the line: in prose the rest of a sentence.
-                    if not (start and window[start - 1] in "\"'`"):
-                        value = _unquoted_value(value)
                     name = _key_name(window, match.start(1)) if group > 2 else ""  # group 2: value before key
+                    # Unquoted, the detector's value runs to the end of the line: in prose the rest of a sentence,
+                    # cut where the value ends. A line that is the key's own (`password: correct horse battery`,
+                    # `export DB_PASS=a b`) holds its value to the end, a comment aside, unless that starts with a
+                    # word said of a secret (`token: invalid since the migration`).
+                    if not (start and window[start - 1] in "\"'`"):
+                        first = _unquoted_value(value)
+                        whole = value.split(" #", 1)[0].rstrip()
+                        own = group > 2 and offset == 0 and _opens_the_line(window, match.start(1))
+                        value = whole if own and _is_secret_value(name, first) else first
                     if (
                         value
                         and not _is_reference(value)
@@ -486,6 +509,17 @@ def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
                         and _is_secret_value(name, value)
                     ):
                         yield offset + start, offset + start + len(value)
+
+
+LINE_OPENING = re.compile(r"\s*(?:export\s+|set\s+|-\s+)?[\"']?\Z")  # what may stand before a config line's key
+
+
+def _opens_the_line(line: str, at: int) -> bool:
+    """True when the key name around ``at`` is the first thing on the line (after `export`, a list dash, a quote)."""
+    start = at
+    while start > 0 and (line[start - 1].isalnum() or line[start - 1] in "_.-"):
+        start -= 1
+    return bool(LINE_OPENING.match(line[:start]))
 
 
 def _is_env_path(line: str, start: int) -> bool:
@@ -553,6 +587,11 @@ def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
                 continue
             if value and not _is_reference(value) and rule.accept(value) and not _is_env_path(line, match.start(group)):
                 if "name" in match.re.groupindex and not _is_secret_value(match.group("name"), value):
+                    continue
+                if group == "bare" and "name" in match.re.groupindex and _opens_the_line(line, match.start("name")):
+                    # a config line's value, to the end of the line but its comment (`passphrase: a b c`)
+                    whole = line[match.start(group) :].split(" #", 1)[0].rstrip()
+                    yield match.start(group), match.start(group) + len(whole)
                     continue
                 yield match.span(group)
 

@@ -938,6 +938,7 @@ PROSE = [
     "secret_name=checkout-db",
     "POSTGRES_PASSWORD_FILE=/run/secrets/db_password",
     "max_tokens: 4096",
+    "token: invalid since the migration of the signing keys",
     "secret: true",
     "api_key=none (the partner never had one)",
 ]
@@ -958,10 +959,24 @@ NAMED_SECRETS = [
     ('password: "correct horse battery staple" ok', 'password: "***" ok'),
     # only the value goes: the sentence after it stays
     (f"rotated: api_key={PASSWORD} after the incident", "rotated: api_key=*** after the incident"),
-    (f"db_password: {PASSWORD}, then restart", "db_password: ***, then restart"),
+    (f"set the new db_password: {PASSWORD}, then restart", "set the new db_password: ***, then restart"),
     ("password=ab&amp;cdefgh", "password=***"),  # Slack sends "&" as "&amp;": its ";" is no separator
     # a name that is about a secret still hides a value as random as a secret
     (f"SECRET_KEY_BASE={fake(64, HEX)}", "SECRET_KEY_BASE=***"),
+    # Masked before the value was cut at a space, and kept for a while after (found reviewing that change): a
+    # number under a secret's name, a name qualified after its secret word, a "," or ";" inside the value, and a
+    # config line's value of several words.
+    ("export PGPASSWORD=4815162342", "export PGPASSWORD=***"),
+    ("token: 99887766554433221100", "token: ***"),
+    ("password=583920ab", "password=***"),
+    ("api_key=1234567890123456", "api_key=***"),
+    ("DB_PASSWORD_PROD=correct-horse-battery-staple", "DB_PASSWORD_PROD=***"),
+    ("ADMIN_PASSWORD_STAGING=sunshinebeach", "ADMIN_PASSWORD_STAGING=***"),
+    ("SECRET_PROD=bananarama", "SECRET_PROD=***"),
+    ("DB_PASS=s3cr3t,moresecret", "DB_PASS=***"),
+    ("Server=db;User Id=sa;Password=hunter2;tail9x;Encrypt=true", "Server=db;User Id=sa;Password=***"),
+    ("password: correct horse battery staple", "password: ***"),
+    ("  passphrase: Sup3r Secret phrase  # rotated monthly", "  passphrase: ***  # rotated monthly"),
 ]
 
 
