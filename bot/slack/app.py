@@ -21,7 +21,7 @@ from bot.slack.delivery import RetryPolicy, call_web_api, call_while_waiting
 from bot.slack.listeners import Listeners
 from bot.slack.payloads import MalformedPayload, check_slack_body
 from bot.slack.web import SlackWeb
-from bot.store.base import is_write_failure
+from bot.store.base import is_busy, is_write_failure
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
@@ -143,9 +143,10 @@ def create_app(
         try:
             first_time = not event_id or runtime.first_time_seen(event_id)
         except sqlite3.OperationalError as exc:
-            if not is_write_failure(exc):
+            if not is_write_failure(exc) and not is_busy(exc):
                 raise
-            # Answering a retried event twice is better than answering nothing while the database is full.
+            # Answering a retried event twice is better than answering nothing, or too late for Slack, while the
+            # database is full or another process holds its write lock.
             log.warning("event not recorded event_id=%s reason=%s", event_id, exc)
             first_time = True
         if not first_time:

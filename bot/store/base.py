@@ -44,6 +44,11 @@ def is_write_failure(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in WRITE_FAILURES)
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite giving up on a lock another writer held for longer than it would wait."""
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in ("locked", "busy"))
+
+
 class DatabaseUnavailable(OpsbotError):
     """The database file cannot be used: it cannot be written, or it is not an opsbot database."""
 
@@ -288,11 +293,12 @@ class StoreBase:
             self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, wait: float = BUSY_WAIT_S) -> Iterator[None]:
         """A write transaction holding SQLite's write lock from its start (BEGIN IMMEDIATE).
 
         Nested, it is a savepoint of the outer one. Every write goes through here,
         so writers in several threads and several processes are serialised, not interleaved.
+        ``wait`` is how long it waits for another writer before "database is locked" (see ``is_busy``).
         """
         with self.lock, self._entered():
             if self.db.conn.in_transaction:
@@ -300,7 +306,7 @@ class StoreBase:
                     yield
                 return
             try:
-                mark = self._begin_write()
+                mark = self._begin_write(wait)
                 try:
                     yield
                     self._commit(mark)
@@ -313,10 +319,11 @@ class StoreBase:
                 raise
             self._note_write("")
 
-    def _begin_write(self) -> int:
+    def _begin_write(self, wait: float = BUSY_WAIT_S) -> int:
         """BEGIN IMMEDIATE, then mark the transaction: a savepoint that only it holds, and its number in
         temp.write_mark. Returns the number."""
-        self._begin_immediate()
+        with self._busy_timeout(wait):
+            self._begin_immediate(wait)
         self._writes_begun += 1
         self.db.conn.execute(f"SAVEPOINT {WRITE_SAVEPOINT}")
         self.db.conn.execute("UPDATE temp.write_mark SET n = ?", [self._writes_begun])
@@ -386,6 +393,20 @@ class StoreBase:
         if self.db.conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):  # the error being raised says more than this one
                 self.db.conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _busy_timeout(self, wait: float) -> Iterator[None]:
+        """SQLite's own wait for another process's write lock cut to ``wait`` for the block (under the store's lock,
+        so no other thread's statement runs with it), then set back."""
+        if wait >= BUSY_WAIT_S:
+            yield
+            return
+        with self.lock:
+            self.db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+            try:
+                yield
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
 
     def _begin_immediate(self, wait: float = BUSY_WAIT_S) -> None:
         """BEGIN IMMEDIATE, waiting while SQLite says the database is locked.

@@ -8,6 +8,9 @@ import numpy as np
 
 from bot.store.base import StoreBase, _now
 
+# Slack wants an event acknowledged within 3 s; recording its id waits no longer than this for another writer.
+EVENT_WAIT_S = 0.5
+
 # One person's vote on one document for one question counts once, their latest: each asking gets an answer of its
 # own to vote on, and asking the same thing ten times and pressing 👍 each time was ten votes, for everyone.
 LATEST_OF_PERSON = (
@@ -20,8 +23,9 @@ class ConversationStore(StoreBase):
     """What the Slack side remembers between messages."""
 
     def first_time_seen(self, event_id: str) -> bool:
-        """Record an event id; False when it was seen before (a retry)."""
-        with self.transaction():
+        """Record an event id; False when it was seen before (a retry). Raises "database is locked" when another
+        writer holds the database for more than EVENT_WAIT_S."""
+        with self.transaction(wait=EVENT_WAIT_S):
             cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
             return cur.rowcount == 1
 

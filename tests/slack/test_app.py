@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -35,6 +36,29 @@ def test_commands_are_acknowledged_while_every_slow_worker_is_busy(tmp_path: Pat
         encoder.gate.set()
         server.stop()
         runtime.close()
+
+
+def test_an_event_is_acknowledged_at_once_while_another_process_holds_the_write_lock(
+    tmp_path: Path, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recording the event id (to skip Slack's retries) waited out the lock: 30 s, then a 500 with a traceback."""
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    server, slack = start_bot(runtime, slack_api)
+    holder = sqlite3.connect(tmp_path / "opsbot.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
+        started = time.monotonic()
+        ack, _ = slack.mention("disk full on the database host")
+        waited = time.monotonic() - started
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+        server.stop()
+        runtime.close()
+    assert ack.status == 200 and waited < 2
+    (warning,) = [r for r in caplog.records if r.name == "bot.slack.app"]
+    assert warning.getMessage().startswith("event not recorded") and "database is locked" in warning.getMessage()
+    assert warning.exc_info is None
 
 
 def dispatch(app: App, body: str, content_type: str) -> BoltResponse:
