@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Print an OpsbotError as a clear message and exit 1; never a traceback."""
+    """Print an OpsbotError, or the database's write lock held too long by another process, as a clear message and
+    exit 1; never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,6 +35,18 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except OpsbotError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except sqlite3.OperationalError as exc:
+            from bot.store.base import is_busy
+
+            if not is_busy(exc):
+                raise
+            click.echo(
+                "Error: another process (an opsbot command or serve, a sqlite3 session) holds the database's write "
+                "lock, so this command stopped and its last change was not saved; try again once that process is "
+                "done.",
+                err=True,
+            )
             sys.exit(1)
 
     return wrapper

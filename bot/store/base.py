@@ -268,11 +268,11 @@ class StoreBase:
             if migrations.pending(self.db):
                 with _migrating(self.path):  # one process at a time; the next finds nothing left to do
                     migrations.apply(self.db)
-            self._try_a_write()
+            self._try_a_write_unless_busy()
             # sqlite-utils learns whether upserts may use ON CONFLICT by creating and dropping a table on the
-            # first upsert; a DROP beside another thread's open read fails with "database table is locked".
-            # Learn it now, while the connection is still ours alone.
-            _ = self.db.supports_on_conflict
+            # first upsert: a write, which would wait for another process's write lock, and a DROP beside another
+            # thread's open read fails with "database table is locked". SQLite has it from 3.24 on: say so.
+            self.db._supports_on_conflict = sqlite3.sqlite_version_info >= (3, 24, 0)
             # Contentless: only their vocabularies are read, and 'delete-all' empties one in a third of a DELETE's time.
             self.db.execute(
                 f"CREATE VIRTUAL TABLE temp.query_terms USING fts5(body, content='', tokenize={TOKENIZER!r})"
@@ -463,6 +463,17 @@ class StoreBase:
         finally:
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT_S * 1000)}")
             self.lock.release()
+
+    def _try_a_write_unless_busy(self) -> None:
+        """``_try_a_write`` when opening, skipped when another process holds the write lock past PROBE_WAIT_S:
+        a command that only reads must not wait for it (a writer's own write says what is wrong, if anything)."""
+        try:
+            with self._busy_timeout(PROBE_WAIT_S):
+                self._try_a_write(wait=PROBE_WAIT_S)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            log.debug("database write lock held by another process; write check skipped path=%s", self.path)
 
     def _try_a_write(self, wait: float = BUSY_WAIT_S) -> None:
         """Insert a row a few pages long and roll it back: it fails as a real write would (a read-only file or

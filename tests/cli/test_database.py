@@ -12,12 +12,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from bot.cli.base import handle_errors
 from bot.store import Store
 from tests.conftest import ROOT
 
@@ -153,3 +155,34 @@ def test_commands_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> 
     assert [run.returncode for run in runs] == [0] * 4, answers
     assert all("Traceback" not in err for _, err in answers)
     assert Store(db).get_meta("no such key", "none") == "none"
+
+
+def test_reading_commands_run_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    # Before, opening the database tried a write first: every command, reading ones too, waited 30 s for the lock
+    # and ended in a traceback, "database is locked".
+    (tmp_path / "data").mkdir()
+    db = tmp_path / "data" / "opsbot.db"
+    Store(db).close()
+    with closing(sqlite3.connect(db, isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
+        for args in (("deploys",), ("audit",), ("incidents", "list")):
+            started = time.monotonic()
+            result = run_opsbot(db, *args)
+            assert result.returncode == 0, result.stderr
+            assert "Traceback" not in result.stderr and time.monotonic() - started < 15
+
+
+def test_a_command_that_meets_the_write_lock_held_too_long_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    @handle_errors
+    def write_something() -> None:
+        raise sqlite3.OperationalError("database is locked")  # as a write says after waiting 30 s for the lock
+
+    with pytest.raises(SystemExit) as exit_:
+        write_something()
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        "Error: another process (an opsbot command or serve, a sqlite3 session) holds the database's write lock, "
+        "so this command stopped and its last change was not saved; try again once that process is done.\n"
+    )
