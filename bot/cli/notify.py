@@ -169,8 +169,11 @@ def notify_deploy(
 
 
 def _record_event_locally(db_path: Path, body: bytes) -> dict:
+    import sqlite3
+
     from bot.ops.ci_events import EventProblem, parse_event
     from bot.ops.deploys import DeployService
+    from bot.store.base import DatabaseUnavailable, is_write_failure
 
     if not db_path.exists():
         raise OpsbotError(f"{db_path} does not exist: give the opsbot database file (OPSBOT_DB), after `opsbot index`.")
@@ -183,7 +186,16 @@ def _record_event_locally(db_path: Path, body: bytes) -> dict:
             raise OpsbotError(f"{exc}{_option_of(exc.field)}") from None
         from bot.ops.ci_deploys import record_ci_event
 
-        return record_ci_event(deploys, parsed).as_json()
+        try:
+            return record_ci_event(deploys, parsed).as_json()
+        except sqlite3.OperationalError as exc:
+            if not is_write_failure(exc):
+                raise
+            # The event and all it changes are one transaction, rolled back as a whole: sending it again is safe.
+            failure = DatabaseUnavailable(str(db_path), str(exc), unwritable=True, source="--db")
+            raise OpsbotError(
+                f"{failure} The event was not recorded; send it again once the database can be written."
+            ) from None
     finally:
         store.close()
 

@@ -476,8 +476,9 @@ class StoreBase:
             log.debug("database write lock held by another process; write check skipped path=%s", self.path)
 
     def _try_a_write(self, wait: float = BUSY_WAIT_S) -> None:
-        """Insert a row a few pages long and roll it back: it fails as a real write would (a read-only file or
-        folder, no room to grow), and leaves nothing behind."""
+        """Insert a row a few pages long and roll it back, leaving nothing behind: it fails as a real write would
+        on a read-only file or folder. Not on a full disk: in WAL mode a rolled-back row never leaves memory, so
+        only a commit finds there is no room (``writable`` commits one; writers meet it at their own commit)."""
         with self.lock:
             self._begin_immediate(wait)
             try:

@@ -16,6 +16,7 @@ import pytest
 from click.testing import Result
 
 from bot.answers.indexer import index_knowledge
+from bot.cli import notify as notify_cli
 from bot.errors import PermissionDenied
 from bot.ops.ci_deploys import record_ci_event
 from bot.ops.ci_events import parse_event
@@ -421,6 +422,28 @@ def test_notify_deploy_refuses_an_environment_services_yaml_does_not_configure(h
     # A service on the roster without environments in services.yaml may report any environment.
     other = invoke("notify-deploy", "--service", "owners-only", "--env", "eu-canary", "--version", "1.0.0", "--db", db)
     assert other.exit_code == 0, other.output
+
+
+def test_notify_deploy_into_a_database_on_a_full_disk_says_so_and_records_nothing(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the write failed at its COMMIT, after the checks on opening: a traceback, "database or disk is full".
+    db = os.environ["OPSBOT_DB"]
+
+    def open_on_a_full_disk(path: Path, source: str) -> Store:
+        store = Store(path)
+        store.db.execute("VACUUM")  # no free pages left inside the file either
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # not one page more
+        return store
+
+    monkeypatch.setattr(notify_cli, "open_db", open_on_a_full_disk)
+    changes = [a for n in range(40) for a in ("--change", f"change {n} " + "x" * 280)]  # more than a page holds
+    full = invoke(*NOTIFY, "--db", db, "--event-id", "run-full", "--status", "succeeded", *changes)
+
+    assert_clean_failure(full, f"the disk holding the database {db} is full", "set --db to a path on another disk")
+    assert "The event was not recorded; send it again once the database can be written." in full.stderr
+    assert json.loads(invoke("deploys", "--json", "--limit", "1").stdout)[0]["id"] == history.ci  # nothing recorded
 
 
 def test_notify_deploy_into_a_file_that_is_not_a_database(tmp_path: Path) -> None:
