@@ -40,6 +40,7 @@ from bot.slack.delivery import describe
 from bot.slack.ids import ALERTMANAGER_PATH, EVENTS_PATH, HEALTH_PATH
 from bot.slack.jobs import Jobs
 from bot.slack.payloads import MalformedPayload, SlackRequest, read_slack_body
+from bot.store.base import is_busy, is_write_failure
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ MAX_ALERTS_BODY = 4 << 20
 HANDLER_THREADS = 64  # started once; a burst of Slack requests needs no new threads
 IDLE_TIMEOUT_S = 30  # a kept-alive connection that sends nothing for this long is closed
 HEADERS_TIMEOUT_S = 30.0  # a request's line and headers, from when opsbot waits for them, however slowly they come
+HOOK_RETRY_AFTER_S = 30  # a hook the database refused: a full disk or a held lock is not over in a second
 OVERFLOW_THREADS = 256  # connections beyond the pool that get a thread of their own; past this, answered 503
 BODY_TIMEOUT_S = 10.0  # the whole body must arrive within this, or the client is answered 408 and let go
 LINGER_S = 1.0  # after an error answer, unread bytes are read and dropped this long, so the client sees the answer
@@ -404,7 +406,9 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
         def _deploy_hook(self, body: bytes) -> None:
             try:
                 status, answer = handle_deploy_hook(runtime, dict(self.headers.items()), body)
-            except Exception:
+            except Exception as exc:
+                if self._database_refused("deploy hook", "the event was not recorded: send it again later", exc):
+                    return
                 log.exception("deploy hook failed")
                 status, answer = 500, {"error": "opsbot could not record the event; see its log, then send it again."}
             self._send(status, answer)
@@ -412,11 +416,29 @@ def make_handler(app: App, runtime: Runtime, slack_events: bool = True) -> type[
         def _alertmanager_hook(self, body: bytes) -> None:
             try:
                 status, answer = app.alerts.receive(dict(self.headers.items()), body)  # type: ignore[attr-defined]
-            except Exception:
+            except Exception as exc:
+                if self._database_refused(
+                    "alertmanager hook", "the alerts were not recorded; Alertmanager sends them again", exc
+                ):
+                    return
                 log.exception("alertmanager hook failed")
                 status = 500
                 answer = {"error": "opsbot could not record the alerts; see its log. Alertmanager sends them again."}
             self._send(status, answer)
+
+        def _database_refused(self, hook: str, outcome: str, exc: Exception) -> bool:
+            """A database that refuses writes (a full disk, a read-only file) or that another process kept locked is
+            an outage, not a bug: 503 with the reason and Retry-After, one log line. False for anything else."""
+            if is_write_failure(exc):
+                reason = f"opsbot's database refuses writes ({exc})"
+            elif is_busy(exc):
+                reason = f"opsbot's database is busy: another process held its write lock too long ({exc})"
+            else:
+                return False
+            log.error("%s: nothing recorded, %s", hook, reason)
+            answer = {"error": f"{reason}; {outcome}."}
+            self._send(503, answer, {"Retry-After": str(HOOK_RETRY_AFTER_S)})
+            return True
 
     return SlackRequestHandler
 

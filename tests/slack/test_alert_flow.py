@@ -193,6 +193,33 @@ def test_a_huge_bad_value_is_named_in_a_short_answer_and_a_short_log_line(
     assert len(answer.body) < 500 and all(len(r.getMessage()) < 1000 for r in caplog.records)
 
 
+def test_alerts_the_full_database_refuses_are_503_with_retry_after_and_one_log_line(
+    runtime: Runtime, bot: SlackDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: 500, "see its log", and a traceback in the log for what is an outage, not a bug.
+    import urllib.error
+
+    from tests.slack.test_health import FULL, fill_up, make_room
+
+    body = with_alert(annotations={"summary": "PgBouncer pool exhausted " + "x" * 5000, "description": "y" * 5000})
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    fill_up(runtime.store)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            request = urllib.request.Request(f"{bot.base_url}/hooks/alertmanager", data, headers, method="POST")
+            urllib.request.urlopen(request, timeout=10)
+    finally:
+        make_room(runtime.store)
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "30"
+    assert json.loads(refused.value.read())["error"] == (
+        f"opsbot's database refuses writes ({FULL}); the alerts were not recorded; Alertmanager sends them again."
+    )
+    assert groups(runtime) == []
+    (line,) = [r for r in caplog.records if r.name == "bot.slack.serve"]
+    assert line.exc_info is None and FULL in line.getMessage()
+
+
 def test_secrets_quoted_by_an_alert_reach_neither_its_row_nor_slack(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI
 ) -> None:

@@ -634,3 +634,32 @@ def test_hook_settings_are_read_masked_and_checked(tmp_path: object) -> None:
     with pytest.raises(ConfigError) as problems:
         Settings.from_env({"OPSBOT_HOOK_SECRET": "short", "OPSBOT_HOOK_URL": "opsbot:3000"}, dotenv=None)
     assert "OPSBOT_HOOK_SECRET" in str(problems.value) and "OPSBOT_HOOK_URL" in str(problems.value)
+
+
+def test_an_event_the_full_database_refuses_is_503_with_retry_after_and_one_log_line(
+    hooks: HookDriver, runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: 500, "see its log", and a traceback in the log for what is an outage, not a bug.
+    import urllib.error
+    import urllib.request
+
+    from bot.ops.ci_events import sign as sign_event
+    from tests.slack.test_health import FULL, fill_up, make_room
+
+    changes = [f"change {n} " + "x" * 280 for n in range(40)]  # more than the pages have room for
+    body = json.dumps(event(changes=changes)).encode()
+    ts = int(time.time())
+    headers = {"X-Opsbot-Timestamp": str(ts), "X-Opsbot-Signature": sign_event(HOOK_SECRET, ts, body)}
+    fill_up(runtime.store)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(hooks.url, body, headers, method="POST"), timeout=10)
+    finally:
+        make_room(runtime.store)
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "30"
+    assert json.loads(refused.value.read())["error"] == (
+        f"opsbot's database refuses writes ({FULL}); the event was not recorded: send it again later."
+    )
+    assert ci_rows(runtime) == []
+    (line,) = [r for r in caplog.records if r.name == "bot.slack.serve"]
+    assert line.levelno == logging.ERROR and line.exc_info is None and FULL in line.getMessage()
