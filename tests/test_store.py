@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -214,3 +216,17 @@ def test_one_person_s_votes_on_one_document_for_one_question_count_once_their_la
         assert len(store.feedback_rows()) == 8  # every vote is kept; only the counting changed
     finally:
         store.close()
+
+
+def test_a_disk_io_error_on_a_disk_with_no_space_left_says_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a restart on a full disk SQLite cannot make the -wal beside the database and says "disk I/O error",
+    # which read as a permissions problem: "check the folder's permissions".
+    db = str(tmp_path / "opsbot.db")
+    assert "check the folder's permissions" in str(DatabaseUnavailable(db, "disk I/O error", unwritable=True))
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(total=100, used=100, free=0))
+    assert str(DatabaseUnavailable(db, "disk I/O error", unwritable=True)) == (
+        f"the disk holding the database {db} is full (disk I/O error): free space on it, "
+        "or set OPSBOT_DB to a path on another disk."
+    )

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -66,7 +67,7 @@ class DatabaseUnavailable(OpsbotError):
                 f"cannot write the database {path}: {str(Path(path).parent)!r} is a file, not a folder; "
                 f"set {source} to a path inside a folder, such as ./opsbot.db."
             )
-        elif unwritable and "full" in reason.lower():
+        elif unwritable and ("full" in reason.lower() or _no_space_left(path)):
             message = (
                 f"the disk holding the database {path} is full ({reason}): free space on it, "
                 f"or set {source} to a path on another disk."
@@ -85,6 +86,15 @@ class DatabaseUnavailable(OpsbotError):
     def naming(self, source: str) -> DatabaseUnavailable:
         """The same error, naming where the path came from (an option such as --db rather than OPSBOT_DB)."""
         return DatabaseUnavailable(self.path, self.reason, self.unwritable, source, self.newer)
+
+
+def _no_space_left(path: str) -> bool:
+    """Whether the disk holding ``path``'s folder has no free space left: SQLite says "disk I/O error" when it
+    cannot even make the -wal and -shm files beside a database, not "full"."""
+    try:
+        return shutil.disk_usage(Path(path).resolve().parent).free == 0
+    except OSError:
+        return False
 
 
 class TransactionLost(sqlite3.OperationalError):
