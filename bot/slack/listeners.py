@@ -10,6 +10,7 @@ themselves.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -27,7 +28,8 @@ Handler = Callable[..., None]
 
 
 def _where(body: dict) -> tuple[str, str]:
-    """The channel and user of any kind of Slack payload (an id in events, an object in interactions)."""
+    """The channel and user of any kind of Slack payload (an id in events, an object in interactions, the dialog's
+    private_metadata in a view submission)."""
     event = body.get("event") if isinstance(body.get("event"), dict) else {}
 
     def named(name: str) -> str:
@@ -35,7 +37,19 @@ def _where(body: dict) -> tuple[str, str]:
         value = value.get("id", "") if isinstance(value, dict) else value
         return value if isinstance(value, str) else ""
 
-    return named("channel"), named("user")
+    return named("channel") or _dialog_channel(body), named("user")
+
+
+def _dialog_channel(body: dict) -> str:
+    """The channel a submitted dialog was opened from, kept in its private_metadata: a view submission names no
+    channel of its own, and without it a failure could be told to nobody."""
+    view = body.get("view") if isinstance(body.get("view"), dict) else {}
+    try:
+        meta = json.loads(view.get("private_metadata") or "{}")
+    except (TypeError, ValueError):
+        return ""
+    channel = meta.get("channel") if isinstance(meta, dict) else None
+    return channel if isinstance(channel, str) else ""
 
 
 def clicked_channel(body: dict) -> str:

@@ -136,6 +136,24 @@ def resolve_dialog(slack: SlackDriver, slack_api: FakeSlackAPI, text: str) -> di
     return json.loads(view) if isinstance(view, str) else view
 
 
+def test_the_resolve_dialog_submitted_while_the_database_refuses_writes_tells_whoever_submitted_it(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before (a full disk), the failure found no channel in the view submission and was dropped: the dialog closed
+    # and nobody was told.
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
+    view = resolve_dialog(slack, slack_api, "resolve")
+    runtime.store.db.execute("PRAGMA query_only = ON")  # every write refused, as a full disk refuses new pages
+    try:
+        assert submit_view(slack, view, {ids.INCIDENT_RESOLUTION_BLOCK: "Rolled back the config"}).status == 200
+        (told,) = slack_api.wait_for("chat.postEphemeral", timeout=20, predicate=lambda c: c.body["user"] == PRIYA)
+    finally:
+        runtime.store.db.execute("PRAGMA query_only = OFF")
+    assert told.body["channel"] == OPS
+    assert "refuses writes (attempt to write a readonly database). Nothing was changed" in told.body["text"]
+    assert runtime.incidents().get(incident_id).is_open
+
+
 def test_a_link_typed_with_a_label_into_the_resolve_dialog_is_shown_with_its_address(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
