@@ -2,8 +2,8 @@
 
 Every slash command, button and event is registered through ``Listeners``: its acknowledgement runs at once
 in the request's thread, its work lazily, and whatever the work raises is handled by ``report_failure``: a
-user's mistake (``OpsbotError``) is explained to them, a database that refuses writes is said so in one log
-line, and anything else is logged with an error id that the apology quotes. Handlers never catch for this
+user's mistake (``OpsbotError``) is explained to them, a database that refuses writes or stayed locked is said so
+in one log line, and anything else is logged with an error id that the apology quotes. Handlers never catch for this
 themselves.
 """
 
@@ -21,7 +21,7 @@ from slack_bolt import Ack, App
 from bot.errors import OpsbotError
 from bot.slack.blocks.answers import build_error_text
 from bot.slack.web import SlackWeb
-from bot.store.base import is_write_failure
+from bot.store.base import is_busy, is_write_failure
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., None]
@@ -81,6 +81,12 @@ def report_failure(web: SlackWeb, body: dict, name: str, exc: Exception) -> None
         text = (
             f"Sorry: opsbot cannot save anything right now, its database refuses writes ({exc}). "
             "Nothing was changed; try again once the disk is fixed (opsbot's /healthz says when)."
+        )
+    elif is_busy(exc):  # another process kept the write lock past the wait: also a fault of operation, not a bug
+        log.error("handler found the database busy handler=%s user=%s channel=%s reason=%s", name, user, channel, exc)
+        text = (
+            "Sorry: opsbot's database was busy (another process held its write lock for too long). "
+            "Nothing was changed; try again in a moment (click again, or send the command again)."
         )
     else:
         error_id = uuid.uuid4().hex[:8]
