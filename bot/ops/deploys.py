@@ -32,6 +32,9 @@ from bot.ops.requests import (
 from bot.redact import scrub
 
 log = logging.getLogger(__name__)
+# How long a deploy whose lease ran out is left to its process while that process still runs here: a full disk or a
+# pause may outlast a lease, not half an hour of renewing nothing (it is stuck; its deploy is taken for an orphan).
+OWNER_PATIENCE_S = 1800
 
 
 class DeployService(DeployRules):
@@ -316,7 +319,7 @@ class DeployService(DeployRules):
         interrupted = []
         with self.store.transaction():
             expired = [r for r in self.store.expired_leases(self.lease_clock()) if not deploy_runner.is_live(r["id"])]
-            orphaned = [r for r in expired if not deploy_runner.owner_alive(r["owner"] or "")]
+            orphaned = [r for r in expired if not self._owner_still_runs(r)]
             for row in expired:
                 if row not in orphaned:
                     log.info("deploy lease ran out but its process still runs id=%s owner=%s", row["id"], row["owner"])
@@ -340,6 +343,15 @@ class DeployService(DeployRules):
                     self.announce("interrupted", row["id"])
                     interrupted.append(row["id"])
         return [self.get(i) for i in interrupted]
+
+    def _owner_still_runs(self, row: dict) -> bool:
+        """Whether the process that holds ``row`` still runs here, and its lease ran out less than OWNER_PATIENCE_S
+        ago: past that, a process that renews nothing is stuck, and its deploy is taken for an orphan."""
+        lease_until = float(row["lease_until"] or 0)
+        if self.lease_clock() - lease_until > OWNER_PATIENCE_S:
+            return False
+        held_since = _epoch(row["started_at"] or row["created_at"])
+        return held_since is not None and deploy_runner.owner_alive(row["owner"] or "", held_since)
 
     def _cancel_untriggered(self, row: dict) -> None:
         """A webhook request whose process stopped before its trigger went out: nothing can have started, so it is
@@ -420,3 +432,12 @@ def _locked_by(service: str, env: str, who: str, holder: str, held: dict | None)
 
 def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _epoch(stored: str | None) -> float | None:
+    """A stored time (ISO 8601, naive is UTC) as epoch seconds; None when there is none or it cannot be read."""
+    try:
+        when = datetime.fromisoformat(stored) if stored else None
+    except ValueError:
+        return None
+    return None if when is None else (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()

@@ -84,20 +84,33 @@ def process_owner() -> str:
     return _owner[1]
 
 
-def owner_alive(owner: str) -> bool:
-    """Whether ``owner`` (another opsbot process's ``process_owner()``) still runs on this host. Its lease may have
-    run out because the database refused the renewals (a full disk, a long lock) or the process was paused, not
-    because it died: its deploy is running, and stopping it would break a rollout half-way. A process of another
-    host cannot be seen from here (not alive, as before), nor can this process's own past (``is_live`` says)."""
+def owner_alive(owner: str, since: float) -> bool:
+    """Whether ``owner`` (another opsbot process's ``process_owner()``), which held a run since ``since`` (epoch
+    seconds), still runs on this host. Its lease may have run out because the database refused the renewals (a full
+    disk, a long lock) or the process was paused, not because it died: its deploy is running, and stopping it would
+    break a rollout half-way. The process must be opsbot and have started before ``since``: one that took a dead
+    owner's pid since is not it. A process of another host cannot be seen from here (not alive, as before), nor can
+    this process's own past (``is_live`` says)."""
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
         return False
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        started = _process_start(int(pid))
+    except (OSError, ValueError, IndexError):
         return False
-    return any(arg.endswith(b"opsbot") or arg == b"bot" for arg in argv)  # opsbot, not a process that took its pid
+    is_opsbot = any(arg.endswith(b"opsbot") or arg == b"bot" for arg in argv)
+    return is_opsbot and started <= since
+
+
+def _process_start(pid: int) -> float:
+    """When process ``pid`` started (epoch seconds), from /proc: the boot time and its start in clock ticks."""
+    lines = Path("/proc/stat").read_text().splitlines()
+    boot = next(float(line.split()[1]) for line in lines if line.startswith("btime"))
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22; the name before ")" may hold spaces
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def is_live(request_id: str) -> bool:

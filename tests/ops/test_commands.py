@@ -8,13 +8,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from bot.errors import InvalidRequest
-from bot.ops.deploys import DeployService
+from bot.ops.deploys import OWNER_PATIENCE_S, DeployService
 from bot.ops.metrics import dora
 from bot.store import Store
 from tests.fakes import START, Clock
@@ -155,16 +156,44 @@ def test_a_deploy_whose_process_still_runs_here_is_left_alone_though_its_lease_r
     running = start(deploys)
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "opsbot"])  # an opsbot process
     try:
-        with store.transaction():
-            store.update_deploy(running.id, owner=f"{socket.gethostname()}:{owner.pid}:a1b2c3d4")
+        time.sleep(0.05)
+        held = f"{socket.gethostname()}:{owner.pid}:a1b2c3d4"
+        with store.transaction():  # the run began once that process ran
+            store.update_deploy(running.id, owner=held, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
 
         assert after_crash(store, clock).recover_interrupted() == []
         assert deploys.get(running.id).status == "running"
+
+        # A process that took a dead owner's pid started after the run began: it is not the owner.
+        before = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds")
+        with store.transaction():
+            store.update_deploy(running.id, started_at=before)
+        assert [r.status for r in after_crash(store, clock).recover_interrupted()] == ["interrupted"]
     finally:
         owner.kill()
         owner.wait()
-    # once that process is gone, the deploy is an orphan, interrupted as ever
-    assert [r.status for r in after_crash(store, clock).recover_interrupted()] == ["interrupted"]
+
+
+def test_a_deploy_whose_process_renewed_nothing_for_half_an_hour_is_an_orphan_though_it_runs(
+    deploys: DeployService, store: Store, clock: Clock
+) -> None:
+    running = start(deploys)
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "opsbot"])
+    try:
+        time.sleep(0.05)
+        with store.transaction():
+            store.update_deploy(
+                running.id,
+                owner=f"{socket.gethostname()}:{owner.pid}:a1b2c3d4",
+                started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+        stuck = DeployService.from_store(
+            store, clock=clock, owner="other-process", lease_clock=lambda: time.time() + OWNER_PATIENCE_S + 60
+        )
+        assert [r.status for r in stuck.recover_interrupted()] == ["interrupted"]
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_recovery_leaves_ci_deploys_alone(deploys: DeployService, store: Store, clock: Clock) -> None:
