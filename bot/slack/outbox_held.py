@@ -31,6 +31,11 @@ class HeldRows:
                 self._rows[row.id] = row
             return row
 
+    def excluding(self, read: Callable[[list[int], list[int]], OutboxRow | None]) -> OutboxRow | None:
+        """``read(held, settled)`` (a claim in the database), while no thread claims in memory."""
+        with self._lock:
+            return read(list(self._rows), list(self._settled))
+
     def due(self, now: float) -> OutboxRow | None:
         """A held row whose retry is due, claimed again."""
         with self._lock:

@@ -57,8 +57,11 @@ class _Durable:
         """A held row whose retry is due, else the next row claimed in the database (a write)."""
         if (row := self.held.due(now)) is not None:
             return row
-        held, settled = self.held.ids()
-        return self.store.claim_outbox(self.owner, now, self.claim_s, held, settled)
+        # Under the lock of the rows held in memory: a thread still claiming in memory would otherwise read the
+        # same pending row between the ids read here and this claim's write (found reviewing it: sent twice).
+        return self.held.excluding(
+            lambda held, settled: self.store.claim_outbox(self.owner, now, self.claim_s, held, settled)
+        )
 
     def claim_unwritten(self, now: float, sending: list[int]) -> OutboxRow | None:
         """The next row, claimed in memory only: the database refuses writes. ``sending`` are rows of this process
