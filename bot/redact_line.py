@@ -581,7 +581,10 @@ def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
         if rule.hint and not rule.hint.search(line):
             continue
         for match in rule.pattern.finditer(line):
-            group = next(g for g in ("value", "dq", "sq", "bare") if g in match.re.groupindex and match.group(g))
+            groups = ("value", "dq", "sq", "bare")
+            group = next((g for g in groups if g in match.re.groupindex and match.group(g)), None)
+            if group is None:  # an empty value (`DB_PASSWORD=""`): nothing to mask
+                continue
             value = match.group(group)
             if "key" in match.re.groupindex and not rule.key(match.group("key")):
                 continue

@@ -278,6 +278,15 @@ ORDINARY = [
 ]
 
 
+@pytest.mark.parametrize(
+    "line",
+    ['password: ""', "password: ''", 'DB_PASSWORD=""', 'export API_TOKEN=""', '--password ""', 'the token="" in prod'],
+)
+def test_an_empty_quoted_secret_is_kept_as_it_is(line: str) -> None:
+    # It raised (a StopIteration inside the scrubber's generator): a deploy printing one lost its output reader.
+    assert scrub(line) == line
+
+
 @pytest.mark.parametrize("line", ORDINARY)
 def test_ordinary_deploy_output_is_left_alone(line: str) -> None:
     assert scrub(line) == line

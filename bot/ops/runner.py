@@ -552,7 +552,11 @@ def _run_command(
                 unread += len(more.rstrip("\n"))
                 if more.endswith("\n"):
                     break
-            kept = redactor.line(raw)
+            try:
+                kept = redactor.line(raw)
+            except Exception:  # noqa: BLE001 - a scrubber's bug must not stop the reading: the command would block
+                log.exception("deploy output line not scrubbed id=%s", request.id)
+                kept = "opsbot: a line of output could not be scrubbed, so it is left out"
             if kept:  # "" is a line of a private key already announced as removed
                 lines.append(_cut(kept.rstrip("\r\n"), unread))
 

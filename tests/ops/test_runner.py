@@ -849,3 +849,28 @@ def test_progress_on_a_full_disk_logs_once_when_it_fails_and_once_when_it_recove
         ),
         ("ERROR", "progress report failed request_id=d-1", True),  # not a write failure: its traceback
     ]
+
+
+def test_a_line_the_scrubber_fails_on_is_left_out_and_the_rest_of_the_output_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scrubber's bug (an empty quoted password raised once) killed the output's reader: the command blocked on a
+    # full pipe and was stopped at its timeout, its output lost.
+    printer = "print('connecting'); print('BREAKS'); [print('line', i) for i in range(20000)]"
+    deploys, store = runner_service(tmp_path, json.dumps(["{python}", "-c", printer]), timeout=20)
+    real = Redactor.line
+
+    def fragile(self: object, line: str) -> str:
+        if "BREAKS" in line:
+            raise RuntimeError("generator raised StopIteration")
+        return real(self, line)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Redactor, "line", fragile)
+    request = deploys.request("deploy", "job", "staging", "1.0.0", ALICE)
+    assert deploys.approve(request.id, BOB).start
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "succeeded", done.log_tail
+    assert "line 19999" in done.log_tail and "BREAKS" not in done.log_tail
+    store.close()
