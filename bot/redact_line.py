@@ -421,9 +421,9 @@ def _looks_random(value: str) -> bool:
 def _is_secret_value(name: str, value: str) -> bool:
     """True when ``value``, found after the key ``name``, is to be masked. A number under a secret's name is a PIN
     or a password (PGPASSWORD=4815162342), unless the name counts (max_tokens: 4096)."""
-    if NUMBER.fullmatch(value):
+    if NUMBER.fullmatch(value):  # under password_attempts or secret_refresh_interval, a number is a setting
         words = [word.lower() for word in NAME_WORD.findall(name) if len(word) > 1]
-        return names_a_secret(name) and not (words and words[-1] in COUNTED)
+        return not words or (bool(SECRET_HEAD.search(words[-1])) and words[-1] not in COUNTED)
     if _is_plainly_not_a_secret(value):
         return False
     return names_a_secret(name) or _looks_random(value)
@@ -493,15 +493,17 @@ def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
                     value = found.strip()
                     start = match.start(group) + len(found) - len(found.lstrip())
                     name = _key_name(window, match.start(1)) if group > 2 else ""  # group 2: value before key
-                    # Unquoted, the detector's value runs to the end of the line: in prose the rest of a sentence,
-                    # cut where the value ends. A line that is the key's own (`password: correct horse battery`,
-                    # `export DB_PASS=a b`) holds its value to the end, a comment aside, unless that starts with a
-                    # word said of a secret (`token: invalid since the migration`).
+                    # Unquoted, the detector's value runs to the end of the line. After a secret's name it is masked
+                    # so, a comment aside (a passphrase of words, `Password=p@ss w0rd;Timeout=30`), unless its first
+                    # word is said of a secret or is prose (`api_key: missing after the migration`, `token: we
+                    # need a new one`); after a name about a secret, only a value of its own that looks random.
                     if not (start and window[start - 1] in "\"'`"):
                         first = _unquoted_value(value)
-                        whole = value.split(" #", 1)[0].rstrip()
-                        own = group > 2 and offset == 0 and _opens_the_line(window, match.start(1))
-                        value = whole if own and _is_secret_value(name, first) else first
+                        secret = group > 2 and names_a_secret(name) and _is_secret_value(name, first)
+                        if group > 2 and names_a_secret(name) and not secret:
+                            # "token: rotated, the new one is ghx7Kq2vLp9": prose, and a secret in it all the same
+                            yield from _secrets_in_prose(value, len(first), offset + start)
+                        value = _to_its_end(value) if secret and not _looks_random(first) else first
                     if (
                         value
                         and not _is_reference(value)
@@ -511,15 +513,27 @@ def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
                         yield offset + start, offset + start + len(value)
 
 
-LINE_OPENING = re.compile(r"\s*(?:export\s+|set\s+|-\s+)?[\"']?\Z")  # what may stand before a config line's key
+TOKEN_IN_PROSE = re.compile(r"[^\s,;()]*[^\s,;().?:]")  # a word of a sentence, without the punctuation after it
 
 
-def _opens_the_line(line: str, at: int) -> bool:
-    """True when the key name around ``at`` is the first thing on the line (after `export`, a list dash, a quote)."""
-    start = at
-    while start > 0 and (line[start - 1].isalnum() or line[start - 1] in "_.-"):
-        start -= 1
-    return bool(LINE_OPENING.match(line[:start]))
+def _secrets_in_prose(value: str, after: int, at: int) -> Iterator[tuple[int, int]]:
+    """Spans (from ``at``) of the words of ``value`` after its first ``after`` characters that look as random as a
+    secret: what a sentence after a secret's name may hold (`set to Tr0ub4dor3`)."""
+    for word in TOKEN_IN_PROSE.finditer(_to_its_end(value), after):
+        if _looks_random(word.group()) and not _is_reference(word.group()):
+            yield at + word.start(), at + word.end()
+
+
+NEXT_FLAG = re.compile(r"\s--?[A-Za-z]")  # `-pass pass:x -out c.p12`: a command's next option ends the value
+
+
+def _to_its_end(value: str) -> str:
+    """A secret's unquoted value that may hold spaces (a passphrase of words, `p@ss w0rd;Timeout=30`): to the end of
+    the line, but a `# comment` or the command's next option. One whole token that looks random (`api_key=a1B2c3D4
+    after the incident`) is the secret alone; the caller keeps it to its own end."""
+    value = value.split(" #", 1)[0].rstrip()
+    flag = NEXT_FLAG.search(value)
+    return value[: flag.start()] if flag else value
 
 
 def _is_env_path(line: str, start: int) -> bool:
@@ -590,10 +604,16 @@ def _addition_spans(line: str) -> Iterator[tuple[int, int]]:
                 continue
             if value and not _is_reference(value) and rule.accept(value) and not _is_env_path(line, match.start(group)):
                 if "name" in match.re.groupindex and not _is_secret_value(match.group("name"), value):
+                    if group == "bare" and names_a_secret(match.group("name")):
+                        yield from _secrets_in_prose(line[match.start(group) :], len(value), match.start(group))
                     continue
-                if group == "bare" and "name" in match.re.groupindex and _opens_the_line(line, match.start("name")):
-                    # a config line's value, to the end of the line but its comment (`passphrase: a b c`)
-                    whole = line[match.start(group) :].split(" #", 1)[0].rstrip()
+                if (
+                    group == "bare"
+                    and "name" in match.re.groupindex
+                    and names_a_secret(match.group("name"))
+                    and not _looks_random(value)
+                ):  # to the end of the line but its comment or the next option, as above (`passphrase: a b c`)
+                    whole = _to_its_end(line[match.start(group) :])
                     yield match.start(group), match.start(group) + len(whole)
                     continue
                 yield match.span(group)

@@ -947,6 +947,8 @@ PROSE = [
     "secret_name=checkout-db",
     "POSTGRES_PASSWORD_FILE=/run/secrets/db_password",
     "max_tokens: 4096",
+    "password_attempts: 3",
+    "secret_refresh_interval: 300",
     "token: invalid since the migration of the signing keys",
     "secret: true",
     "api_key=none (the partner never had one)",
@@ -986,6 +988,18 @@ NAMED_SECRETS = [
     ("Server=db;User Id=sa;Password=hunter2;tail9x;Encrypt=true", "Server=db;User Id=sa;Password=***"),
     ("password: correct horse battery staple", "password: ***"),
     ("  passphrase: Sup3r Secret phrase  # rotated monthly", "  passphrase: ***  # rotated monthly"),
+    # The same behind the prefix a log line carries; a connection string's value with a space; the next option of
+    # a command ends it; a secret in the sentence after a word said of one (second review of that change).
+    ("app-1  | DB_PASSWORD=correct horse battery staple", "app-1  | DB_PASSWORD=***"),
+    ("2026-12-07T10:00:00Z password: correct horse battery staple", "2026-12-07T10:00:00Z password: ***"),
+    ("+ export DB_PASS=correct horse battery", "+ export DB_PASS=***"),
+    ("Server=db;Database=app;Password=p@ss w0rd;Timeout=30", "Server=db;Database=app;Password=***"),
+    (
+        "openssl pkcs12 -export -passout pass:hunter2word -out c.p12",
+        "openssl pkcs12 -export -passout pass:*** -out c.p12",
+    ),
+    ("db password: set to Tr0ub4dor3", "db password: set to ***"),
+    ("token: rotated, the new one is ghx7Kq2vLp9", "token: rotated, the new one is ***"),
 ]
 
 
