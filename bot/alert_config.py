@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.services import ConfigProblem, Problems
+from bot.services import ConfigProblem, Problems, first_problem_raised
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,7 @@ LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # Prometheus's rule for la
 
 def parse_alert_settings(data: Any) -> AlertSettings:
     """The alert keys of services.yaml's `settings:`; raises ConfigProblem naming the first wrong key."""
-    out: Problems = []
-    settings = build_alert_settings(data, out)
-    if out:
-        raise out[0]
-    return settings
+    return first_problem_raised(lambda out: build_alert_settings(data, out))
 
 
 def build_alert_settings(data: Any, out: Problems) -> AlertSettings:

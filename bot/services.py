@@ -10,10 +10,10 @@ import difflib
 import json
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.text import parse_date
 from bot.yaml_lines import real_date_problem
@@ -58,6 +58,17 @@ class ConfigProblem(ValueError):
 
 
 Problems = list[ConfigProblem]
+T = TypeVar("T")
+
+
+def first_problem_raised(build: Callable[[Problems], T]) -> T:
+    """What ``build`` makes while it gathers every problem in the list it is given, or the first problem raised:
+    for a reader that wants a value or one reason (``opsbot check`` reports them all)."""
+    out: Problems = []
+    made = build(out)
+    if out:
+        raise out[0]
+    return made
 
 
 @dataclass(frozen=True)
@@ -198,11 +209,7 @@ def _digest(data: Any, out: Problems, production: str = "prod") -> Digest | None
 
 def parse_service(name: str, entry: dict) -> ServiceConfig | None:
     """A service's deploy settings, or None when it has none (owners only). Raises the first ConfigProblem."""
-    out: Problems = []
-    config = build_service(name, entry, out)
-    if out:
-        raise out[0]
-    return config
+    return first_problem_raised(lambda out: build_service(name, entry, out))
 
 
 def build_service(name: str, entry: dict, out: Problems) -> ServiceConfig | None:
@@ -242,11 +249,7 @@ def build_service(name: str, entry: dict, out: Problems) -> ServiceConfig | None
 
 def parse_settings(data: Any) -> DeploySettings:
     """The `settings:` block; raises the first ConfigProblem."""
-    out: Problems = []
-    settings = build_settings(data, out)
-    if out:
-        raise out[0]
-    return settings
+    return first_problem_raised(lambda out: build_settings(data, out))
 
 
 def build_settings(data: Any, out: Problems) -> DeploySettings:

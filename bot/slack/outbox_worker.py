@@ -77,38 +77,40 @@ class _Durable:
     def reference(self, key: str, before_id: int | None = None) -> tuple[str, str, str] | None:
         return self.store.outbox_reference(key, before_id, self.held.outcomes())
 
-    def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> bool:
+    def _settle(self, row: OutboxRow, in_db: Callable[[], bool], in_memory: Callable[[], bool]) -> bool:
+        """Record what became of ``row``: in memory when it is held there or the database refuses the write."""
         if self.held.holds(row.id):
-            return self.held.sent(row, channel, ts, now)
+            return in_memory()
         try:
-            return self.store.outbox_sent(row.id, self.owner, channel, ts, now)
+            return in_db()
         except sqlite3.OperationalError as exc:
             if not is_write_failure(exc):
                 raise
-            return self.held.sent(row, channel, ts, now)
+            return in_memory()
+
+    def sent(self, row: OutboxRow, channel: str, ts: str, now: float) -> bool:
+        return self._settle(
+            row,
+            lambda: self.store.outbox_sent(row.id, self.owner, channel, ts, now),
+            lambda: self.held.sent(row, channel, ts, now),
+        )
 
     def renew(self, row_ids: list[int], now: float) -> None:
         self.store.outbox_renew(row_ids, self.owner, now + self.claim_s)
 
     def retry(self, row: OutboxRow, next_at: float, error: str) -> bool:
-        if self.held.holds(row.id):
-            return self.held.retry(row, next_at, error)
-        try:
-            return self.store.outbox_retry(row.id, self.owner, next_at, error)
-        except sqlite3.OperationalError as exc:
-            if not is_write_failure(exc):
-                raise
-            return self.held.retry(row, next_at, error)
+        return self._settle(
+            row,
+            lambda: self.store.outbox_retry(row.id, self.owner, next_at, error),
+            lambda: self.held.retry(row, next_at, error),
+        )
 
     def failed(self, row: OutboxRow, error: str, now: float) -> bool:
-        if self.held.holds(row.id):
-            return self.held.failed(row, error, now)
-        try:
-            return self.store.outbox_failed(row.id, self.owner, error, now)
-        except sqlite3.OperationalError as exc:
-            if not is_write_failure(exc):
-                raise
-            return self.held.failed(row, error, now)
+        return self._settle(
+            row,
+            lambda: self.store.outbox_failed(row.id, self.owner, error, now),
+            lambda: self.held.failed(row, error, now),
+        )
 
     def move(self, row: OutboxRow, now: float, error: str) -> bool:
         if self.held.holds(row.id):  # sent again from here, to its new channel; the database learns where it went

@@ -15,6 +15,7 @@ import pytest
 
 from bot.answers.indexer import index_knowledge
 from bot.ops.deploys import DeployService
+from bot.ops.requests import DeployRequest
 from bot.ops.runner import describe
 from bot.services import Runner
 from bot.store import Store
@@ -120,17 +121,29 @@ def test_a_redirect_is_not_followed_and_fails_the_deploy_naming_where_it_pointed
     store.close()
 
 
-def test_the_webhook_secret_is_read_from_dot_env_as_every_setting_is(
-    tmp_path: Path, ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Before, only the process environment was read: a secret kept in .env (as the install steps say) went out empty.
+def approved_with_secret_env(
+    tmp_path: Path, ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch, dot_env: str = ""
+) -> tuple[DeployService, Store, DeployRequest]:
+    """An approved request of a webhook whose secret_env is CI_TRIGGER_TOKEN, unset in the environment; ``dot_env``
+    the .env beside opsbot, if any."""
     monkeypatch.delenv("CI_TRIGGER_TOKEN", raising=False)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("CI_TRIGGER_TOKEN=from-dot-env-Trigger-7\n")
+    if dot_env:
+        (tmp_path / ".env").write_text(dot_env)
     extra = "        secret_header: X-Token\n        secret_env: CI_TRIGGER_TOKEN\n"
     deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy", extra)
     request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
     assert deploys.approve(request.id, BOB).start
+    return deploys, store, request
+
+
+def test_the_webhook_secret_is_read_from_dot_env_as_every_setting_is(
+    tmp_path: Path, ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, only the process environment was read: a secret kept in .env (as the install steps say) went out empty.
+    deploys, store, request = approved_with_secret_env(
+        tmp_path, ci, monkeypatch, "CI_TRIGGER_TOKEN=from-dot-env-Trigger-7\n"
+    )
 
     done = deploys.execute(request.id)
 
@@ -144,12 +157,7 @@ def test_a_webhook_whose_secret_is_not_set_is_not_triggered_and_says_which_varia
     tmp_path: Path, ci: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before, the header went out empty and the deploy's fate was left to CI: an empty credential, without a word.
-    monkeypatch.delenv("CI_TRIGGER_TOKEN", raising=False)
-    monkeypatch.chdir(tmp_path)
-    extra = "        secret_header: X-Token\n        secret_env: CI_TRIGGER_TOKEN\n"
-    deploys, store = hook_service(tmp_path, f"http://127.0.0.1:{ci.server_port}/hooks/deploy", extra)
-    request = deploys.request("deploy", "hook", "staging", "1.4.2", ALICE)
-    assert deploys.approve(request.id, BOB).start
+    deploys, store, request = approved_with_secret_env(tmp_path, ci, monkeypatch)
 
     done = deploys.execute(request.id)
 
