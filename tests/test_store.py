@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.store import Store
-from bot.store.base import DatabaseUnavailable, TransactionLost
+from bot.store.base import DatabaseUnavailable, TransactionLost, is_busy
 
 WAIT_S = 30.0  # generous: only a broken lock makes a wait this long
 
@@ -230,3 +230,19 @@ def test_a_disk_io_error_on_a_disk_with_no_space_left_says_the_disk_is_full(
         f"the disk holding the database {db} is full (disk I/O error): free space on it, "
         "or set OPSBOT_DB to a path on another disk."
     )
+
+
+def test_busy_is_another_writer_holding_the_lock_not_a_table_locked_in_this_process(tmp_path: Path) -> None:
+    # Both say "locked"; only the first is a wait that ran out (the second, a bug, was reported as "try again").
+    holder = sqlite3.connect(tmp_path / "busy.db", timeout=0.05)
+    holder.execute("CREATE TABLE t (x)")
+    holder.commit()
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(tmp_path / "busy.db", timeout=0.05)
+    with pytest.raises(sqlite3.OperationalError) as busy:
+        other.execute("BEGIN IMMEDIATE")
+    holder.rollback()
+
+    assert is_busy(busy.value)
+    assert not is_busy(sqlite3.OperationalError("database table is locked"))
+    assert not is_busy(sqlite3.OperationalError("database or disk is full"))

@@ -46,8 +46,14 @@ def is_write_failure(exc: BaseException) -> bool:
 
 
 def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite giving up on a lock another writer held for longer than it would wait."""
-    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in ("locked", "busy"))
+    """Whether ``exc`` is SQLite giving up on a lock another writer held for longer than it would wait (SQLITE_BUSY:
+    "database is locked"), not a table locked within this process (SQLITE_LOCKED, a bug to report as one)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY  # extended codes (SQLITE_BUSY_SNAPSHOT ...) keep it in the low byte
+    return any(w in str(exc).lower() for w in ("database is locked", "busy"))
 
 
 class DatabaseUnavailable(OpsbotError):
