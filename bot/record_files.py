@@ -241,7 +241,7 @@ def parse_roster(rel: str, text: str, entries: list[int] | None = None) -> tuple
     experts: list[Expert] = []
     problems: list[Problem] = []
     entry_lines = _sequence_lines(text)
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, int | None]] = {}  # id -> the entry in effect: its number and line
     for index, entry in enumerate(people):
         line = entry_lines[index] if index < len(entry_lines) else None
         kept: list[str] = []  # problems with one field: reported, and the person kept without it
@@ -252,9 +252,15 @@ def parse_roster(rel: str, text: str, entries: list[int] | None = None) -> tuple
             continue
         problems += [Problem(rel, f"person #{index + 1} ({expert.id}): {p}", line) for p in kept]
         if expert.id in seen:
-            problems.append(Problem(rel, f"person #{index + 1}: id {expert.id} appears twice", line))
+            number, at = seen[expert.id]
+            where = f"person #{number}" + (f" at line {at}" if at else "")
+            message = (
+                f"person #{index + 1}: id {expert.id} appears twice; {where} is the one in effect and this entry is "
+                "left out: merge the two into one"
+            )
+            problems.append(Problem(rel, message, line))
             continue
-        seen.add(expert.id)
+        seen[expert.id] = (index + 1, line)
         experts.append(expert)
         if entries is not None:
             entries.append(index)

@@ -569,7 +569,11 @@ def test_roster_is_loaded(tmp_path: Path) -> None:
             "  - id: U05E4TY6MF\n    name: Tomás\n    team: [commerce, sre]\n",
             "person #3: team ['commerce', 'sre'] must be one team name, such as payments",
         ),
-        ("  - id: U03F8K2LQ1\n    name: Priya again\n    team: payments\n", "person #3: id U03F8K2LQ1 appears twice"),
+        (  # it did not say which of the two counts
+            "  - id: U03F8K2LQ1\n    name: Priya again\n    team: payments\n",
+            "person #3: id U03F8K2LQ1 appears twice; person #1 at line 2 is the one in effect and this entry is left "
+            "out: merge the two into one",
+        ),
     ],
     ids=["lower-case-id", "handle-not-id", "missing-team", "team-list", "duplicate"],
 )
