@@ -419,6 +419,10 @@ class AlertService:
             "message: use the newer message."
         )
 
+    def silence_labels(self, group: AlertGroup) -> dict[str, str]:
+        """The labels a silence of ``group`` from Slack matches, as the Silence button's confirmation shows them."""
+        return self._silence_matchers(group)
+
     def can_silence_here(self, group: AlertGroup) -> bool:
         """Whether a Silence button can work for this group (its Alertmanager is allowed)."""
         try:

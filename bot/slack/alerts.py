@@ -122,7 +122,9 @@ class AlertDesk:
             self.web.post(group.channel, text, thread_of=group.message_key)
 
     def view(self, group: AlertGroup, alerts: AlertService) -> AlertView:
-        return AlertView(decode_briefing(group.briefing), alerts.can_silence_here(group), alerts.clock(), alerts.names)
+        can_silence = alerts.can_silence_here(group)
+        labels = alerts.silence_labels(group) if can_silence else {}
+        return AlertView(decode_briefing(group.briefing), can_silence, alerts.clock(), alerts.names, labels)
 
     # -- the briefing ------------------------------------------------------------------------------------------
 

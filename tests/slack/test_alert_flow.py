@@ -577,6 +577,20 @@ def test_silence_calls_the_configured_alertmanager_once_as_the_clicker_and_only_
     assert "already silenced until" in again.body["text"] and len(alertmanager.silences) == 1
 
 
+def test_the_silence_confirmation_names_the_label_that_routes_the_group_to_its_service(
+    runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
+) -> None:
+    # Grouped by alertname alone, the silence also matches service=checkout-api (so that it mutes that service's
+    # alerts only); the confirmation showed the alertname alone.
+    grouped = {"alertname": "PgBouncerPoolExhausted"}
+    deliver(bot, payload("pgbouncer-firing", externalURL=alertmanager.url + "/", groupLabels=grouped))
+    [edit] = briefed(slack_api)
+
+    asked = buttons(edit.body)[ids.ALERT_SILENCE]["confirm"]["text"]["text"]
+
+    assert "`alertname=PgBouncerPoolExhausted`, `service=checkout-api`" in asked
+
+
 def test_silencing_an_alert_of_no_service_tells_the_clicker_who_may(
     runtime: Runtime, bot: SlackDriver, slack_api: FakeSlackAPI, alertmanager: FakeAlertmanager
 ) -> None:

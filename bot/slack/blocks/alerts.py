@@ -29,6 +29,7 @@ class AlertView:
     can_silence: bool = False
     now: datetime | None = None
     names: dict[str, str] = field(default_factory=dict)
+    silence_labels: dict[str, str] = field(default_factory=dict)  # what Silence 1h matches, as it will be created
 
 
 def link(url: str, label: str) -> str:
@@ -145,7 +146,8 @@ def action_buttons(group: AlertGroup, view: AlertView) -> list[dict]:
             )
         )
     if group.status == "firing" and view.can_silence:
-        labels = group.group_labels or group.common_labels
+        # what the silence will match: the group's labels and the one that routes it to its service (service=...)
+        labels = view.silence_labels or group.group_labels or group.common_labels
         matchers = ", ".join(f"`{escape_text(k)}={escape_text(v)}`" for k, v in sorted(labels.items()))
         buttons.append(
             button(
