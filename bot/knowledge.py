@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bot.knowledge_fields import FileProblem, FileProblems
+from bot.knowledge_fields import FileProblem, FileProblems, name_list
 from bot.knowledge_xref import NamedService, named_services, other_services, roster_services, service_name_problems
 from bot.models import Expert, Incident, KnowledgeBase, Problem
 from bot.record_files import (
@@ -290,10 +290,11 @@ def _fields_as_written(rel: str, text: str) -> dict:
 
 
 def _names(value: object) -> tuple[str, ...]:
-    """A field's names: a list's strings, or one string."""
-    if isinstance(value, str):
-        return (value,)
-    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+    """A field's names, read as every list of names is (``name_list``); none when it holds none."""
+    try:
+        return name_list(value, "names")
+    except FileProblem:  # reported with the file's other problems
+        return ()
 
 
 def _add_runbook(kb: KnowledgeBase, rel: str, text: str, named: list[NamedService]) -> None:

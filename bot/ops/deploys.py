@@ -19,6 +19,7 @@ from bot.errors import InvalidRequest, PermissionDenied
 from bot.ops import rollbacks
 from bot.ops import runner as deploy_runner
 from bot.ops.deploy_rules import DeployRules
+from bot.ops.metrics import moment
 from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
 from bot.ops.requests import (
     AUTO_ROLLBACK_NOTE,
@@ -350,8 +351,8 @@ class DeployService(DeployRules):
         lease_until = float(row["lease_until"] or 0)
         if self.lease_clock() - lease_until > OWNER_PATIENCE_S:
             return False
-        held_since = _epoch(row["started_at"] or row["created_at"])
-        return held_since is not None and deploy_runner.owner_alive(row["owner"] or "", held_since)
+        held_since = moment(row["started_at"] or row["created_at"])
+        return held_since is not None and deploy_runner.owner_alive(row["owner"] or "", held_since.timestamp())
 
     def _cancel_untriggered(self, row: dict) -> None:
         """A webhook request whose process stopped before its trigger went out: nothing can have started, so it is
@@ -433,11 +434,3 @@ def _locked_by(service: str, env: str, who: str, holder: str, held: dict | None)
 def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds")
 
-
-def _epoch(stored: str | None) -> float | None:
-    """A stored time (ISO 8601, naive is UTC) as epoch seconds; None when there is none or it cannot be read."""
-    try:
-        when = datetime.fromisoformat(stored) if stored else None
-    except ValueError:
-        return None
-    return None if when is None else (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()

@@ -199,20 +199,17 @@ def test_alerts_the_full_database_refuses_are_503_with_retry_after_and_one_log_l
     # Before: 500, "see its log", and a traceback in the log for what is an outage, not a bug.
     import urllib.error
 
-    from tests.slack.test_health import FULL, fill_up, make_room
+    from tests.slack.test_health import FULL, refused_while_full
 
     body = with_alert(annotations={"summary": "PgBouncer pool exhausted " + "x" * 5000, "description": "y" * 5000})
     data = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
-    fill_up(runtime.store)
-    try:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            request = urllib.request.Request(f"{bot.base_url}/hooks/alertmanager", data, headers, method="POST")
-            urllib.request.urlopen(request, timeout=10)
-    finally:
-        make_room(runtime.store)
-    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "30"
-    assert json.loads(refused.value.read())["error"] == (
+    request = urllib.request.Request(f"{bot.base_url}/hooks/alertmanager", data, headers, method="POST")
+
+    refused = refused_while_full(runtime.store, request)
+
+    assert refused.code == 503 and refused.headers["Retry-After"] == "30"
+    assert json.loads(refused.read())["error"] == (
         f"opsbot's database refuses writes ({FULL}); the alerts were not recorded; Alertmanager sends them again."
     )
     assert groups(runtime) == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +41,18 @@ def fill_up(store: Store) -> None:
 
 def make_room(store: Store) -> None:
     store.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def refused_while_full(store: Store, request: urllib.request.Request) -> urllib.error.HTTPError:
+    """What the server answers ``request`` while the database can grow no more: an error status, as a hook's
+    caller sees it (the test checks it is the 503 it should be)."""
+    fill_up(store)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+    finally:
+        make_room(store)
+    return refused.value
 
 
 @pytest.fixture

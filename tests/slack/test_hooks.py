@@ -644,20 +644,16 @@ def test_an_event_the_full_database_refuses_is_503_with_retry_after_and_one_log_
     import urllib.request
 
     from bot.ops.ci_events import sign as sign_event
-    from tests.slack.test_health import FULL, fill_up, make_room
+    from tests.slack.test_health import FULL, refused_while_full
 
     changes = [f"change {n} " + "x" * 280 for n in range(40)]  # more than the pages have room for
     body = json.dumps(event(changes=changes)).encode()
     ts = int(time.time())
     headers = {"X-Opsbot-Timestamp": str(ts), "X-Opsbot-Signature": sign_event(HOOK_SECRET, ts, body)}
-    fill_up(runtime.store)
-    try:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(hooks.url, body, headers, method="POST"), timeout=10)
-    finally:
-        make_room(runtime.store)
-    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "30"
-    assert json.loads(refused.value.read())["error"] == (
+    refused = refused_while_full(runtime.store, urllib.request.Request(hooks.url, body, headers, method="POST"))
+
+    assert refused.code == 503 and refused.headers["Retry-After"] == "30"
+    assert json.loads(refused.read())["error"] == (
         f"opsbot's database refuses writes ({FULL}); the event was not recorded: send it again later."
     )
     assert ci_rows(runtime) == []
