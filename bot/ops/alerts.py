@@ -51,6 +51,14 @@ PENDING_CLAIM = timedelta(minutes=1)
 # Alertmanager sends no resolve for an alert that resolved while silenced, so opsbot asks it at the silence's end;
 # for this long after, an Alertmanager that cannot be reached is asked again at each sweep, then given up on.
 SILENCE_CHECK_FOR = timedelta(days=1)
+# A firing group that no delivery has confirmed for this long is looked up in Alertmanager (then again after as
+# long): its resolve may never come. Alertmanager forgets resolved alerts when it restarts, and gives up on a resolve
+# that opsbot refused (a changed token) or could not take (down past Alertmanager's retries).
+QUIET_FOR = timedelta(minutes=30)
+RESOLVED_QUIETLY = (
+    "Alertmanager no longer lists these alerts: they resolved, and the resolve never reached opsbot "
+    "(found at {found:%H:%M} UTC, after {quiet} without news of them)"
+)
 RESOLVED_SILENCED = (
     "It resolved during the silence (Alertmanager sends no resolve for silenced alerts; found at the silence's end)"
 )
@@ -58,6 +66,12 @@ RESOLVED_SILENCED = (
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _quiet_text(quiet: timedelta) -> str:
+    """How long nothing was heard of a group, in whole minutes or hours and minutes ("45 min", "3 h 05 min")."""
+    minutes = max(int(quiet.total_seconds() // 60), 0)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _iso(when: datetime) -> str:
@@ -543,6 +557,67 @@ class AlertService:
             if announcer is not None:
                 announcer.announce(change)
         return kind
+
+    def quiet_groups(self) -> list[str]:
+        """Firing groups nothing has confirmed for QUIET_FOR (see check_quiet)."""
+        return self.store.quiet_firing_alert_groups(_iso(self.clock() - QUIET_FOR))
+
+    def check_quiet(
+        self,
+        group_id: str,
+        announcer: AlertAnnouncer | None,
+        count: Callable[[str, tuple[tuple[str, str], ...]], int] = count_firing,
+    ) -> str:
+        """Ask Alertmanager whether a firing group that nothing has confirmed for a while still fires. None of its
+        alerts listed: the group is resolved, and the thread says how opsbot knows. What happened: "resolved",
+        "firing" (asked again after QUIET_FOR), "retry" (not reached, or not allowed to be asked: logged, asked again
+        after QUIET_FOR, nothing said in Slack, as the message shows what opsbot last heard), or "" (the group moved
+        on meanwhile). Only the group's own labels are asked by: every alert of the group has them."""
+        group = self.get(group_id)
+        row = self.store.alert_group(group_id) or {}
+        seen = (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", ""))
+        matchers = tuple(sorted(group.group_labels.items()))
+        firing, problem = 0, ""
+        try:
+            if not matchers:
+                raise InvalidRequest("the group has no labels to look its alerts up by")
+            firing = count(self.allowed_url(group.external_url), matchers)
+        except (AlertmanagerError, InvalidRequest) as exc:
+            problem = str(exc)
+        with self.store.transaction():
+            group = self.get(group_id)
+            row = self.store.alert_group(group_id) or {}
+            now = self.clock()
+            if (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", "")) != seen:
+                return ""  # a delivery, a silence, or another process's check got there first
+            if problem or firing:
+                self.store.update_alert_group(group_id, checked_at=_iso(now))
+                if problem:
+                    log.warning("alert group not checked group=%s: %s", group_id, problem)
+                    return "retry"
+                log.info("alert group quiet but still firing group=%s firing=%d", group_id, firing)
+                return "firing"
+            last = max(group.updated_at, seen[-1])
+            quiet = now - datetime.fromisoformat(last) if last else QUIET_FOR
+            rows = [ended_row(a, now) for a in group.alerts if a.firing]
+            self.store.replace_alert_instances(group_id, rows)
+            self.store.update_alert_group(
+                group_id,
+                status="resolved",
+                resolved_at=_iso(now),  # when it resolved is not known: by now at the latest
+                resolve_received_at=_iso(now),
+                checked_at=_iso(now),
+                truncated=0,
+                digest="",  # a later delivery of the same alerts is news, not a repeat
+                updated_at=_iso(now),
+            )
+            note = RESOLVED_QUIETLY.format(found=now.astimezone(UTC), quiet=_quiet_text(quiet))
+            self.store.add_alert_event(group_id, "alertmanager", "resolved", note, _iso(now))
+            change = Change("resolved", self.get(group_id), note)
+            log.info("alert group resolved, its resolve never came group=%s", group_id)
+            if announcer is not None:
+                announcer.announce(change)
+        return "resolved"
 
     def declare_incident(
         self,

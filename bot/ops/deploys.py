@@ -433,4 +433,3 @@ def _locked_by(service: str, env: str, who: str, holder: str, held: dict | None)
 
 def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds")
-

@@ -202,6 +202,18 @@ class AlertDesk:
                 log.exception("alert silence end check failed group=%s", group_id)
         return outcomes
 
+    def check_quiet(self) -> dict[str, str]:
+        """Ask Alertmanager about each firing group nothing has confirmed for a while (a background job): per group,
+        what came of it (see AlertService.check_quiet)."""
+        alerts = self.runtime.alerts()
+        outcomes = {}
+        for group_id in alerts.quiet_groups():
+            try:
+                outcomes[group_id] = alerts.check_quiet(group_id, self)
+            except Exception:  # one group's trouble must not keep the others waiting; the next sweep tries again
+                log.exception("alert quiet group check failed group=%s", group_id)
+        return outcomes
+
     def rollback(self, body: dict) -> None:
         """Rollback from the briefing: a rollback request through the /rollback approval flow, noted in the thread."""
         value = read_rollback_value(body["actions"][0]["value"])

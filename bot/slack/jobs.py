@@ -1,6 +1,6 @@
 """What `opsbot serve` does by itself: sweep deploy requests (expired, abandoned by CI, left by a dead process),
-look into alert groups whose silence ended, and post the weekly digest. Each job only calls the domain; what it
-shows goes through the outbox."""
+look into alert groups whose silence ended or that went quiet while firing, and post the weekly digest. Each job only
+calls the domain; what it shows goes through the outbox."""
 
 from __future__ import annotations
 
@@ -116,6 +116,9 @@ def start(runtime: Runtime, web: SlackWeb) -> Jobs:
 
     every(SWEEP_EVERY_S, "deploy-sweeper", lambda: sweep_expired(runtime))
     # Alertmanager sends no resolve for alerts silenced when they resolved: asked at each silence's end instead
-    every(SWEEP_EVERY_S, "silence-checker", AlertDesk(runtime, web).check_silences)
+    desk = AlertDesk(runtime, web)
+    every(SWEEP_EVERY_S, "silence-checker", desk.check_silences)
+    # nor one that opsbot missed (Alertmanager restarted, or gave up on a refused send): asked after a quiet while
+    every(SWEEP_EVERY_S, "quiet-checker", desk.check_quiet)
     every(DIGEST_EVERY_S, "digest", lambda: post_digest_if_due(runtime, web))
     return jobs

@@ -32,6 +32,7 @@ GROUP_FIELDS = frozenset(
         "silence_id",
         "silenced_by",
         "silenced_until",
+        "checked_at",
     }
 )
 INSTANCE_COLUMNS = ("fingerprint", "status", "labels", "annotations", "starts_at", "ends_at", "generator_url")
@@ -70,6 +71,16 @@ class AlertStore(StoreBase):
             "SELECT id FROM alert_groups WHERE status = 'firing' AND silence_id != '' AND silenced_until != '' "
             "AND silenced_until <= ? ORDER BY silenced_until, id",
             [now],
+        )
+        return [r[0] for r in cur.fetchall()]
+
+    def quiet_firing_alert_groups(self, before: str) -> list[str]:
+        """Firing groups, not under a silence from opsbot, that neither a delivery nor a look into Alertmanager has
+        confirmed since ``before``: the longest quiet first."""
+        cur = self.db.execute(
+            "SELECT id FROM alert_groups WHERE status = 'firing' AND silence_id = '' AND updated_at <= ? "
+            "AND checked_at <= ? ORDER BY max(updated_at, checked_at), id",
+            [before, before],
         )
         return [r[0] for r in cur.fetchall()]
 

@@ -444,3 +444,10 @@ def m028_answers_shown(db: Database) -> None:
     # What an answer showed (its text and blocks, JSON) when it can be shared: Share posts that very answer, not a
     # new search that a vote or an index run since may have changed. "" for answers saved before, and for the rest.
     db["answers"].add_column("shown", str, not_null_default="")
+
+
+@migrations()
+def m029_alert_groups_checked_at(db: Database) -> None:
+    # When opsbot last asked Alertmanager whether a firing group's alerts still fire, having heard nothing of it for
+    # a while (a resolve can be lost: Alertmanager restarted, or opsbot refused it). "" for never; rows before this too.
+    db["alert_groups"].add_column("checked_at", str, not_null_default="")

@@ -842,6 +842,89 @@ def test_a_group_that_moved_on_while_alertmanager_was_asked_is_left_as_it_is(
     assert shown.changes == [] and [e["kind"] for e in alerts.get(group.id).events].count("resolved") == 1
 
 
+def quiet(alerts: AlertService, clock: Clock) -> AlertGroup:
+    """The pgbouncer group firing, then nothing heard of it for half an hour."""
+    group = receive(alerts, "pgbouncer-firing", externalURL="http://127.0.0.1:19093").group
+    assert alerts.quiet_groups() == []
+    clock.advance(minutes=29)
+    assert alerts.quiet_groups() == []  # a delivery within the half hour is news enough
+    clock.advance(minutes=1, seconds=1)
+    assert alerts.quiet_groups() == [group.id]
+    return group
+
+
+def test_a_firing_group_alertmanager_no_longer_lists_is_resolved_and_the_thread_says_how_opsbot_knows(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    """The resolve was lost (Alertmanager restarted, or gave up on a send opsbot refused): nothing else would ever
+    show the message resolved. The group is looked up by its own labels, which every alert of it carries."""
+    group = quiet(alerts, alert_clock)
+    asked, shown = AskedAlertmanager(0), Recorder()
+    assert alerts.check_quiet(group.id, shown, asked) == "resolved"
+    assert asked.calls == [("http://127.0.0.1:19093", tuple(sorted(group.group_labels.items())))]
+    resolved = alerts.get(group.id)
+    assert (resolved.status, resolved.firing) == ("resolved", ())
+    assert datetime.fromisoformat(resolved.resolved_at) == alert_clock.now  # by the time it was found, at the latest
+    [change] = shown.changes
+    assert change.kind == "resolved" and "the resolve never reached opsbot" in change.note
+    assert "after 30 min without news of them" in change.note
+    assert alerts.quiet_groups() == []
+    fired = fire_again(alerts, alert_clock)  # its next firing is news, not a repeat of the stored one
+    assert fired.kind == "refired" and fired.group.status == "firing"
+
+
+def test_a_quiet_group_still_firing_is_asked_about_again_only_after_another_quiet_half_hour(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    group = quiet(alerts, alert_clock)
+    asked, shown = AskedAlertmanager(3), Recorder()
+    assert alerts.check_quiet(group.id, shown, asked) == "firing"
+    assert alerts.get(group.id).status == "firing" and shown.changes == []
+    assert alerts.quiet_groups() == []
+    alert_clock.advance(minutes=29)
+    assert alerts.quiet_groups() == []
+    alert_clock.advance(minutes=1, seconds=1)
+    assert alerts.quiet_groups() == [group.id]
+
+
+def test_an_alertmanager_that_cannot_be_asked_leaves_the_group_firing_and_says_so_in_the_log_only(
+    alerts: AlertService, alert_clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not knowing is not news for the channel: the message shows what opsbot last heard. Asked again later."""
+    group = quiet(alerts, alert_clock)
+    down = AskedAlertmanager(AlertmanagerError("could not reach Alertmanager at http://127.0.0.1:19093/ (refused)"))
+    shown = Recorder()
+    assert alerts.check_quiet(group.id, shown, down) == "retry"
+    assert shown.changes == [] and alerts.get(group.id).status == "firing"
+    assert "alert group not checked" in caplog.text and "(refused)" in caplog.text
+    assert alerts.quiet_groups() == []
+    alert_clock.advance(minutes=30, seconds=1)
+    assert alerts.quiet_groups() == [group.id]
+
+
+def test_a_group_under_a_silence_from_opsbot_is_left_to_the_silence_s_end(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    group = silenced(alerts, alert_clock)
+    alert_clock.advance(minutes=45)
+    assert alerts.quiet_groups() == [] and alerts.ended_silences() == []
+    assert group.silence_id
+
+
+def test_a_quiet_group_that_moved_on_while_alertmanager_was_asked_is_left_as_it_is(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    group = quiet(alerts, alert_clock)
+
+    def resolve_meanwhile(url: str, matchers: tuple[tuple[str, str], ...]) -> int:
+        receive(alerts, "pgbouncer-resolved", externalURL="http://127.0.0.1:19093")  # the resolve got through
+        return 0
+
+    shown = Recorder()
+    assert alerts.check_quiet(group.id, shown, resolve_meanwhile) == ""
+    assert shown.changes == [] and [e["kind"] for e in alerts.get(group.id).events].count("resolved") == 1
+
+
 def test_a_silence_claim_whose_process_stopped_is_taken_over_after_a_minute(
     alerts: AlertService, alert_clock: Clock
 ) -> None:

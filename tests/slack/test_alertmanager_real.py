@@ -88,6 +88,15 @@ def until(what: str, check: Callable[[], object], timeout: float = WAIT_S) -> ob
 class Alertmanager:
     url: str
     process: subprocess.Popen
+    command: list[str]
+    log: Path
+
+    def restart(self) -> None:
+        """Stop it and start it again on the same port and storage: it keeps silences, not alerts."""
+        stop(self.process)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        until("Alertmanager to answer again", lambda: _ready(self.url), timeout=30)
 
     def fire(self, alertname: str, service: str, ends_at: datetime | None = None, **labels: str) -> None:
         alert: dict = {
@@ -136,19 +145,23 @@ def alertmanager(bot: SlackDriver, runtime: Runtime, tmp_path: Path) -> Iterator
         f"--web.external-url={url}",
         "--cluster.listen-address=",  # one instance: no gossip port
     ]
-    log = (tmp_path / "alertmanager.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path / "alertmanager.log"
+    with log.open("wb") as out:
+        running = Alertmanager(url, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), command, log)
     try:
         until("Alertmanager to answer", lambda: _ready(url), timeout=30)
-        yield Alertmanager(url, process)
+        yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        log.close()
+        stop(running.process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def _ready(url: str) -> bool:
@@ -279,3 +292,36 @@ def test_an_alert_that_resolves_while_silenced_is_shown_resolved_once_the_silenc
     assert slack_api.calls("chat.update")[-1].body["text"].startswith("[RESOLVED] PgBouncerPoolExhausted")
     assert any("resolved during the silence" in t for t in thread_notes(slack_api))
     assert desk.check_silences() == {}  # once
+
+
+def test_a_resolve_lost_to_an_alertmanager_restart_is_found_once_the_group_has_been_quiet_for_half_an_hour(
+    runtime: Runtime,
+    bot: SlackDriver,
+    slack_api: FakeSlackAPI,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Alertmanager keeps no alerts across a restart: one that resolved meanwhile is never sent resolved. opsbot asks
+    about a firing group it has heard nothing of for half an hour; one still firing (Prometheus sends it again to
+    the new Alertmanager) stays as it is."""
+    alertmanager.fire("PgBouncerPoolExhausted", "checkout-api", instance="pgbouncer-0")
+    alertmanager.fire("KubePodCrashLooping", "order-pipeline", pod="order-pipeline-7d9f8c6b5-x2kqp")
+    until("two alert groups shown", lambda: len([g for g in runtime.store.alert_groups() if g["message_ts"]]) == 2)
+    groups = {g["alertname"]: g["id"] for g in runtime.store.alert_groups()}
+    alertmanager.restart()  # the crash loop ended while it was down: the new one never hears of it
+    alertmanager.fire("PgBouncerPoolExhausted", "checkout-api", instance="pgbouncer-0")
+    matchers = (("alertname", "PgBouncerPoolExhausted"), ("service", "checkout-api"))
+    until("the pool alert listed again", lambda: count_firing(alertmanager.url, matchers) == 1)
+    assert bot.web is not None and bot.web.wait_idle(20)
+
+    desk = AlertDesk(runtime, bot.web)
+    assert desk.check_quiet() == {}  # heard of within the half hour
+    later = datetime.now(UTC) + timedelta(minutes=31)
+    monkeypatch.setattr(runtime.alerts(), "clock", lambda: later)
+    assert desk.check_quiet() == {groups["KubePodCrashLooping"]: "resolved", groups["PgBouncerPoolExhausted"]: "firing"}
+    assert bot.web.wait_idle(20)
+    status = {g["alertname"]: g["status"] for g in runtime.store.alert_groups()}
+    assert status == {"KubePodCrashLooping": "resolved", "PgBouncerPoolExhausted": "firing"}
+    assert slack_api.calls("chat.update")[-1].body["text"].startswith("[RESOLVED] KubePodCrashLooping")
+    assert any("the resolve never reached opsbot" in t for t in thread_notes(slack_api))
+    assert desk.check_quiet() == {}  # once

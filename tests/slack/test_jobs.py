@@ -30,11 +30,14 @@ def test_a_sweep_on_a_full_disk_logs_once_when_it_fails_and_once_when_it_recover
     monkeypatch.setattr(jobs, "sweep_expired", sweep)
     monkeypatch.setattr(jobs, "post_digest_if_due", lambda runtime, web: None)
 
-    class NoSilences:  # the silence checker, a job of its own: not what this test watches
+    class NoSilences:  # the silence and quiet checkers, jobs of their own: not what this test watches
         def __init__(self, runtime: object, web: object) -> None:
             pass
 
         def check_silences(self) -> None:
+            pass
+
+        def check_quiet(self) -> None:
             pass
 
     monkeypatch.setattr(jobs, "AlertDesk", NoSilences)
