@@ -9,6 +9,7 @@ import html
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -49,6 +50,7 @@ from bot.slack.incident_commands import (
 )
 from bot.slack.listeners import Listeners, clicked_channel
 from bot.slack.web import Notify, SlackWeb
+from bot.store.base import is_busy, is_write_failure
 
 log = logging.getLogger(__name__)
 SLUG_LENGTH = 40
@@ -201,6 +203,30 @@ def channel_refused_text(incident: LiveIncident, error: str) -> str:
     return f"{text} {hint}" if hint else text
 
 
+def channel_unrecorded_text(incident: LiveIncident, channel: str, reason: str) -> str:
+    """What the declarer is told when its new channel could not be stored with the incident."""
+    return (
+        f"{incident.id} is declared and <#{channel}> was made for it, but opsbot could not record that channel "
+        f"({reason}), so the incident lives in this channel: work it here. <#{channel}> is not its channel and "
+        "can be archived."
+    )
+
+
+def record_channel(incidents: IncidentService, web: SlackWeb, incident: LiveIncident, channel: str, url: str) -> bool:
+    """Store the channel made for a declared incident. When the database refuses the write (a full disk, another
+    process holding its write lock), the incident stays where it was declared and the declarer is told so: the
+    declaration is stored already, so "nothing was changed, try again" would have them declare it twice."""
+    try:
+        incidents.set_channel(incident.id, channel)
+    except sqlite3.OperationalError as exc:
+        if not (is_write_failure(exc) or is_busy(exc)):
+            raise
+        log.error("incident channel not recorded id=%s channel=%s reason=%s", incident.id, channel, exc)
+        say_privately(web, url, channel_unrecorded_text(incident, channel, str(exc)))
+        return False
+    return True
+
+
 def open_incident_channel(
     web: SlackWeb, incident: LiveIncident, user: str, taken: Callable[[str], bool]
 ) -> tuple[str | None, str]:
@@ -316,10 +342,9 @@ def brief(
     where = origin
     if runtime.settings.incident_channels:
         channel, error = open_incident_channel(web, incident, user, incidents.has_channel)
-        if channel:
-            incidents.set_channel(incident.id, channel)
+        if channel and record_channel(incidents, web, incident, channel, url):
             where = channel
-        else:
+        elif not channel:
             say_privately(web, url, channel_refused_text(incident, error))
     incident = incidents.get(incident.id)
     if not declared or runtime.settings.incident_channels:

@@ -382,6 +382,39 @@ def test_a_channel_slack_keeps_failing_to_create_is_tried_three_times_and_slack_
     )  # no word of a scope the app has
 
 
+def test_a_channel_the_database_refuses_to_record_leaves_the_incident_declared_where_it_was_and_says_so(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before, the failure to store the new channel was reported as "Nothing was changed; try again": the incident
+    # was declared all the same, briefed nowhere, and trying again declared it twice.
+    runtime.settings = replace(runtime.settings, incident_channels=True)
+    slack_api.slow_next("conversations.create", 2.0)
+    before = len(slack_api.calls("chat.postMessage"))
+    assert slack.command("/incident", "declare Label printers print blank labels", user=PRIYA).status == 200
+    slack_api.wait_for("conversations.create", timeout=15)  # recorded as it starts; answered 2 s later
+    runtime.store.db.execute("PRAGMA query_only = ON")  # every write refused, as a full disk refuses new pages
+    try:
+        (told,) = slack_api.wait_for("response_url", timeout=20, predicate=lambda c: "record" in str(c.body))
+        bodies = [c.body for c in posts(slack_api, before + 5)[before:]]
+    finally:
+        runtime.store.db.execute("PRAGMA query_only = OFF")
+
+    (created,) = slack_api.calls("conversations.create")
+    made = created.answer["channel"]["id"]
+    (incident_id,) = [i.id for i in runtime.incidents().list_open()]
+    assert told.body["text"] == (
+        f"{incident_id} is declared and <#{made}> was made for it, but opsbot could not record that channel "
+        "(attempt to write a readonly database), so the incident lives in this channel: work it here. "
+        f"<#{made}> is not its channel and can be archived."
+    )
+    assert not [c for c in slack_api.responses() if "Nothing was changed" in str(c)]
+    assert [b["channel"] for b in bodies] == [OPS] * 5  # the note, the declaration and the briefing
+    (edit,) = slack_api.wait_for("chat.update", predicate=lambda c: c.body["channel"] == OPS)
+    assert shown(edit.body).endswith(f"declared by <@{PRIYA}>; it is worked here.")
+    assert runtime.incidents().get(incident_id).channel == OPS
+    assert shown(say(slack, slack_api, "note printers restarted")).endswith("printers restarted")
+
+
 # -- errors: clear, ephemeral, and nothing changes ------------------------------------------------------------
 
 
