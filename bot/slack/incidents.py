@@ -23,6 +23,7 @@ from bot.redact import scrub
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.incidents import (
+    INPUT_CHARS,
     USAGE,
     build_declared_blocks,
     build_list_text,
@@ -494,6 +495,12 @@ def open_resolve_dialog(web: SlackWeb, command: dict, incident: LiveIncident, ro
     """`/incident resolve` without a resolution: a dialog asks for it and the root cause (filled in when given)."""
     if not incident.is_open:
         raise InvalidRequest(f"{incident.id} is already {incident.status}; nothing changed.")
+    if len(root_cause) > INPUT_CHARS:  # the dialog could show only its start, and would record that
+        raise InvalidRequest(
+            f"that root cause is {len(root_cause):,} characters, more than the resolve dialog holds "
+            f"({INPUT_CHARS:,}): give the resolution too, `/incident resolve RESOLUTION --root-cause TEXT`, or "
+            "record the cause first with `/incident rootcause TEXT`. Nothing changed."
+        )
     view = build_resolve_view(incident, command.get("channel_id", ""), root_cause)
     opened, error = web.try_call("views.open", trigger_id=command.get("trigger_id", ""), view=view)
     if opened is None:

@@ -209,6 +209,32 @@ def test_the_dialog_resolving_from_another_channel_says_where_the_summary_is_and
     indexed(runtime, incident_id)
 
 
+def test_a_root_cause_too_long_for_the_dialog_is_kept_whole_when_the_dialog_resolves(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before, the dialog was filled in with the first 3,000 characters, and submitting it as shown replaced the
+    # recorded root cause with that cut.
+    incident_id, _ = declare(slack, slack_api, f"{TITLE} --sev 2")
+    cause = " ".join(f"step{i:04d}" for i in range(400))  # 3,599 characters
+    say(slack, slack_api, f"rootcause {cause}")
+    refused = incident(slack, slack_api, f"resolve --root-cause {cause}")
+    assert refused["text"].startswith("Sorry: that root cause is 3,599 characters, more than the resolve dialog holds")
+    assert not slack_api.calls("views.open")
+
+    view = resolve_dialog(slack, slack_api, "resolve")
+    field = next(b for b in view["blocks"] if b.get("block_id") == ids.INCIDENT_ROOT_CAUSE_BLOCK)
+    assert "3,599 characters, too long to show here) is kept unless you type another" in field["hint"]["text"]
+    shown_cause = field["element"].get("initial_value", "")
+    values = {ids.INCIDENT_RESOLUTION_BLOCK: "Rolled back", ids.INCIDENT_ROOT_CAUSE_BLOCK: shown_cause}
+    assert submit_view(slack, view, values).status == 200
+    indexed(runtime, incident_id)
+    live = runtime.incidents().get(incident_id)
+    assert (live.status, live.root_cause) == ("resolved", cause)
+    assert [e for e in timeline(runtime, incident_id) if e[1] == "root_cause"] == [
+        (PRIYA, "root_cause", f"Root cause: {cause}")
+    ]
+
+
 def test_cancel_keeps_the_timeline_and_the_audit_but_nothing_counts_or_is_searchable(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:

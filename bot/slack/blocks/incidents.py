@@ -19,6 +19,7 @@ TIMELINE_LINES = 25
 ENTRY_CHARS = 300  # one timeline entry in a summary (a pinned message can be 40,000); the full text stays stored
 TIMELINE_CHARS = MAX_TEXT - 100  # room in its section for the heading and the "earlier entries" line
 LIST_TITLE = 200
+INPUT_CHARS = 3000  # Block Kit's limit for a text input: its initial value and what can be typed into it
 LIST_MORE = "… and {count} more: `opsbot incidents list` on the opsbot server lists them all."
 LIST_PRIVATE = "{count} more open in private channel{s}: `/incident list` in each shows its own."
 # Slack references that must survive escaping: mentions, channels, special mentions and links.
@@ -291,7 +292,7 @@ def resolved_fallback_text(incident: LiveIncident) -> str:
 def _text_input(block_id: str, label: str, hint: str, optional: bool, initial: str = "") -> dict:
     element = {"type": "plain_text_input", "action_id": ids.INCIDENT_TEXT_INPUT, "multiline": True}
     if initial:
-        element["initial_value"] = initial[:3000]  # Block Kit's limit for a text input
+        element["initial_value"] = initial[:INPUT_CHARS]
     return {
         "type": "input",
         "block_id": block_id,
@@ -304,7 +305,18 @@ def _text_input(block_id: str, label: str, hint: str, optional: bool, initial: s
 
 def build_resolve_view(incident: LiveIncident, channel: str, root_cause: str = "") -> dict:
     """The resolve dialog: how it was resolved (required) and what caused it (optional, for the write-up),
-    the root cause filled in with what was typed after `--root-cause` or was recorded already."""
+    the root cause filled in with what was typed after `--root-cause` or was recorded already.
+
+    A recorded root cause too long for the field is not filled in, cut: submitted, the cut one would replace it.
+    The field is left empty, which keeps it, and its hint says so."""
+    known = root_cause or incident.root_cause
+    hint = "What caused it, if known; `/incident rootcause TEXT` can record it later."
+    if len(known) > INPUT_CHARS:
+        hint = (
+            f"The root cause recorded with `/incident rootcause` ({len(known):,} characters, too long to show here) "
+            "is kept unless you type another."
+        )
+        known = ""
     return {
         "type": "modal",
         "callback_id": ids.INCIDENT_RESOLVE_VIEW,
@@ -315,13 +327,7 @@ def build_resolve_view(incident: LiveIncident, channel: str, root_cause: str = "
         "blocks": [
             section(title_line(incident)),
             _text_input(ids.INCIDENT_RESOLUTION_BLOCK, "Resolution", "What ended the customer impact.", False),
-            _text_input(
-                ids.INCIDENT_ROOT_CAUSE_BLOCK,
-                "Root cause",
-                "What caused it, if known; `/incident rootcause TEXT` can record it later.",
-                True,
-                root_cause or incident.root_cause,
-            ),
+            _text_input(ids.INCIDENT_ROOT_CAUSE_BLOCK, "Root cause", hint, True, known),
         ],
     }
 
