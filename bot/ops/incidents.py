@@ -227,7 +227,16 @@ class IncidentService:
     def get(self, incident_id: str) -> LiveIncident:
         row = self.store.live_incident(incident_id)
         if row is None:
-            raise NotFound(f"no incident {incident_id}; `/incident list` shows the open ones.")
+            past = next((i for i in self.store.load_incidents() if i.id == incident_id), None)
+            if past is not None:  # said where it may be asked from: Slack and the command line alike
+                raise NotFound(
+                    f"{incident_id} is a past incident from the knowledge files ({past.path}), not one declared with "
+                    "`/incident`: ask opsbot about it, or edit that file to change it."
+                )
+            raise NotFound(
+                f"no incident {incident_id} was declared with `/incident`; `/incident list` (or `opsbot incidents "
+                "list --all`) shows them."
+            )
         return self._live(row, self.store.incident_events(incident_id))
 
     def find(self, incident_id: str | None, channel: str) -> LiveIncident:

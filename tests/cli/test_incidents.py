@@ -169,10 +169,23 @@ def test_export_of_an_open_or_unknown_incident_is_refused(incidents: IncidentSer
     result = invoke("incidents", "export", "INC-2026-0002")
     assert result.exit_code == 1 and "INC-2026-0002 is still open: resolve it first" in result.stderr
     result = invoke("incidents", "export", "INC-2026-0042")
-    assert result.exit_code == 1 and "no incident INC-2026-0042" in result.stderr
+    assert result.exit_code == 1 and "no incident INC-2026-0042 was declared with `/incident`" in result.stderr
+    assert "`opsbot incidents list --all`" in result.stderr
     result = invoke("incidents", "export", "INC-42")
     assert result.exit_code == 1 and "'INC-42' is not an incident id" in result.stderr
     assert not (knowledge / "incidents").exists()
+
+
+def test_a_past_incident_of_the_knowledge_files_is_named_as_such_not_as_unknown(
+    incidents: IncidentService, knowledge: Path
+) -> None:
+    """Its id is one people know, from the knowledge files: "no incident" would send them looking for a typo."""
+    [past] = load_knowledge(SAMPLE_KNOWLEDGE).incidents[:1]
+    incidents.store.upsert_incident(past, "")
+    result = invoke("incidents", "export", past.id)
+    assert result.exit_code == 1
+    assert f"{past.id} is a past incident from the knowledge files ({past.path})" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_an_incident_without_a_service_needs_one_named(incidents: IncidentService, tmp_path: Path) -> None:
