@@ -156,12 +156,15 @@ class DeployService(DeployRules):
             if why:
                 self.store.audit(user, f"{request.kind}.approve.refused", request_id, reason=why)
                 return Decision(request, "refused", why)
-            if not self.store.record_decision(request_id, user, decision):
-                more = self.approvals_needed(request) - len(request.approvers)
-                return Decision(request, "recorded", f"you already decided; {more} more approval(s) needed.")
-            self.store.audit(user, f"{request.kind}.approved", request_id)
+            # A second click by who already approved still starts a request whose approvals became enough since (an
+            # incident that meets the emergency rule was declared): else it would wait, approved, until it expires.
+            fresh = self.store.record_decision(request_id, user, decision)
+            if fresh:
+                self.store.audit(user, f"{request.kind}.approved", request_id)
             request = self._get_locked(request_id)
             missing = self.approvals_needed(request) - len(self.valid_approvers(request))
+            if missing > 0 and not fresh:
+                return Decision(request, "recorded", f"you already decided; {missing} more approval(s) needed.")
             if missing > 0:
                 self.announce("approved", request_id)
                 return Decision(request, "recorded", f"approved; {missing} more approval(s) needed.")

@@ -130,6 +130,26 @@ def test_during_a_sev1_a_prod_rollback_runs_on_one_approval_announced_in_the_cha
     assert audit["rollback.started"] == {"approvers": [MARCUS], "emergency": incident.id}
 
 
+def test_an_approval_given_before_a_sev1_was_declared_starts_the_rollback_when_clicked_again(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    seed(runtime, "prod", "1.4.1", "1.4.2")
+    posted = request(slack, slack_api, runtime, "checkout-api prod", command="/rollback")
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    update_showing(slack_api, posted.ts, "*Approvals:* 1 of 2")
+    runtime.incidents().declare("Checkout 503s", PRIYA, 1, ["checkout-api"], origin_channel=OPS)
+
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)  # his approval is now all the emergency rule needs
+
+    # It said "you already decided; 0 more approval(s) needed." and waited, approved, until it expired.
+    summary = shown(summary_in(slack_api, DEPLOYS))
+    assert "*Kind*\nrollback" in summary and "*Approved by*\nMarcus Oyelaran" in summary
+    assert runtime.deploys().current_version("checkout-api", "prod") == "1.4.1"
+    audit = [a for a in runtime.store.audit_rows() if a["request_id"] == posted.request_id]
+    assert [a["action"] for a in audit].count("rollback.approved") == 1  # one approval, counted once
+    assert next(a for a in audit if a["action"] == "rollback.started")["details"]["approvers"] == [MARCUS]
+
+
 def test_an_incident_worked_in_a_private_channel_lowers_the_approvals_without_being_named(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
