@@ -23,7 +23,7 @@ from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.deploys import build_refusal_text
 from bot.slack.deploy_posts import MESSAGE_HOOK, SlackAnnouncer
-from bot.slack.listeners import Listeners, clicked_channel
+from bot.slack.listeners import Listeners, clicked_channel, tell_requester
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,14 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if args is None:
             return  # the acknowledgement showed the usage
         service, version, env = args
-        submit(runtime.deploys(), command, "deploy", service, env, version)
+        tell_where_posted(web, body, command, submit(runtime.deploys(), command, "deploy", service, env, version))
 
     def request_rollback(command: dict, body: dict) -> None:
         args = parse_rollback_args(command.get("text", ""))
         if args is None:
             return
         service, env, version = args
-        submit(runtime.deploys(), command, "rollback", service, env, version)
+        tell_where_posted(web, body, command, submit(runtime.deploys(), command, "rollback", service, env, version))
 
     def approve(body: dict) -> None:
         decide(runtime, web, body, "approve")
@@ -111,9 +111,33 @@ def submit(
     """Validate and record through DeployService (which raises on anything wrong); its announcer posts it."""
     user, channel = command.get("user_id", ""), command.get("channel_id", "")
     config = deploys.services.get(service)
-    if not channel and not ((config.channel if config else "") or deploys.settings.channel):
+    fallback = (config.channel if config else "") or deploys.settings.channel
+    if is_direct_message(channel):  # only the requester sees it there: nobody could approve it, and it holds the lock
+        if not fallback:
+            raise OpsbotError(
+                f"nobody who may approve it would see a request in a direct message: type /{kind} in a channel "
+                "your approvers are in (or set settings.deploys_channel in services.yaml)."
+            )
+        channel = fallback
+    if not channel and not fallback:
         raise OpsbotError("there is no channel to post the request in: set settings.deploys_channel in services.yaml.")
     return deploys.request(kind, service, env, version, user, channel=channel)
+
+
+def is_direct_message(channel: str) -> bool:
+    """Whether a channel id is a direct message (with opsbot, or between two people)."""
+    return channel.startswith("D")
+
+
+def tell_where_posted(web: SlackWeb, body: dict, command: dict, request: DeployRequest) -> None:
+    """A request typed in a direct message is posted in the deploys channel: the requester is told where."""
+    if is_direct_message(command.get("channel_id", "")) and request.channel:
+        tell_requester(
+            web,
+            body,
+            f"Your {request.kind} request `{request.id}` is in <#{request.channel}>: in a direct message nobody who "
+            "may approve it would see it.",
+        )
 
 
 def read_rollback_button(raw: str) -> dict[str, str]:

@@ -201,6 +201,27 @@ def test_a_second_request_while_one_is_pending_is_refused_naming_who_holds_the_l
     assert len(runtime.store.all_deploys()) == 1 and len(slack_api.messages()) == 1
 
 
+def test_a_request_typed_in_a_direct_message_goes_to_the_deploys_channel_and_the_requester_is_told(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack.command("/deploy", "checkout-api 1.4.2 staging", user=PRIYA, channel="D0DM00001")
+
+    # It was posted in the DM, where only Priya saw it: nobody could approve it, and it held the lock until it expired.
+    (posted,) = slack_api.wait_for("chat.postMessage", timeout=10)
+    assert posted.body["channel"] == DEPLOYS and set(deploy_buttons(posted.body)) == {
+        ids.DEPLOY_APPROVE,
+        ids.DEPLOY_REJECT,
+    }
+    (said,) = slack_api.wait_for("response_url", timeout=10)
+    request_id = deploy_buttons(posted.body)[ids.DEPLOY_APPROVE]
+    assert said.body["text"] == (
+        f"Your deploy request `{request_id}` is in <#{DEPLOYS}>: in a direct message nobody who may approve it "
+        "would see it."
+    )
+    assert said.body["response_type"] == "ephemeral"
+    assert runtime.store.deploy_row(request_id)["channel"] == DEPLOYS
+
+
 def test_a_frozen_environment_refuses_the_request(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime, clock: Clock
 ) -> None:
