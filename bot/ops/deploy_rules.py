@@ -259,6 +259,11 @@ class DeployRules:
         """The last good version: the current one after a failed run, else the one that succeeded before it."""
         return rollbacks.rollback_target(self.store, service, env)
 
+    def check_offer_stands(self, failed_id: str, service: str, env: str, version: str) -> None:
+        """Refuse the Rollback button of failed deploy ``failed_id`` once another run of the service has ended there
+        since: it offered the version that was the last good one then, and a newer one may run now."""
+        rollbacks.check_offer_stands(self.store, failed_id, service, env, version)
+
     # -- a request as stored, and what it will run ------------------------------------------------------------
 
     def get(self, request_id: str) -> DeployRequest:

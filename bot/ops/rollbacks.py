@@ -92,6 +92,25 @@ def check_target(store: Store, service: str, env: str, version: str) -> None:
     )
 
 
+def check_offer_stands(store: Store, failed_id: str, service: str, env: str, version: str) -> None:
+    """Refuse a failed deploy's Rollback button (to ``version``) once a later run of the service ended in ``env``."""
+    failed = store.deploy_row(failed_id)
+    if failed is not None and failed["never_started"]:  # nothing ran, so nothing is to be undone
+        raise InvalidRequest(
+            f"the deploy {failed_id} failed before anything ran, so {service} {env} still runs what it ran before; "
+            "nothing was requested."
+        )
+    newest = store.newest_finished_run(service, env)
+    if newest is None or newest["id"] == failed_id:
+        return
+    ran = f"{newest['kind']} {newest['id']} of {newest['version']} ({newest['status'].replace('_', ' ')})"
+    raise InvalidRequest(
+        f"this button was for the failed deploy {failed_id}, and {service} {env} has run the {ran} since, so "
+        f"{version} may no longer be the last good version; nothing was requested. To roll back to it all the "
+        f"same: `/rollback {service} {env} {version}`."
+    )
+
+
 def emergency_use(
     store: Store, environment: Environment | None, kind: str, service: str, incident_env: str
 ) -> EmergencyUse | None:

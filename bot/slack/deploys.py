@@ -158,7 +158,10 @@ def rollback_after_failure(runtime: Runtime, body: dict) -> DeployRequest:
     user = body["user"]["id"]
     channel = clicked_channel(body)
     command = {"user_id": user, "channel_id": channel}
-    request = submit(runtime.deploys(), command, "rollback", value["service"], value["env"], value["version"])
+    deploys = runtime.deploys()
+    if value.get("deploy"):
+        deploys.check_offer_stands(str(value["deploy"]), value["service"], value["env"], value["version"])
+    request = submit(deploys, command, "rollback", value["service"], value["env"], value["version"])
     log.info("rollback requested after a failed deploy=%s request=%s by=%s", value.get("deploy"), request.id, user)
     return request
 

@@ -86,6 +86,32 @@ def test_a_failed_deploy_summary_has_a_rollback_button_that_requests_the_last_go
     assert runtime.deploys().current_version("checkout-api", "staging") == "1.4.2"
 
 
+def test_the_rollback_button_of_a_failed_deploy_is_refused_once_a_newer_deploy_succeeded(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    seed(runtime, "staging", "1.4.1", "1.4.2")
+    failed = request(slack, slack_api, runtime, "checkout-api 1.4.3-bad staging")
+    click(slack, ids.DEPLOY_APPROVE, failed, MARCUS)
+    button = rollback_button(summary_in(slack_api, DEPLOYS))
+    assert slack.web is not None and slack.web.wait_idle(15)  # the failed deploy's posts, before the next request's
+    fixed = request(slack, slack_api, runtime, "checkout-api 1.4.4 staging")
+    click(slack, ids.DEPLOY_APPROVE, fixed, MARCUS)
+    update_showing(slack_api, fixed.ts, "*Succeeded*", timeout=20)
+    before = len(runtime.store.all_deploys())
+
+    slack.click(ids.DEPLOY_ROLLBACK, button["value"], user=PRIYA, channel=DEPLOYS)
+
+    # It requested a rollback of the healthy 1.4.4 to 1.4.2, "the last version that succeeded there".
+    (said,) = slack_api.wait_for("response_url", timeout=10)
+    assert said.body["text"] == (
+        f"Sorry: this button was for the failed deploy {failed.request_id}, and checkout-api staging has run the "
+        f"deploy {fixed.request_id} of 1.4.4 (succeeded) since, so 1.4.2 may no longer be the last good version; "
+        "nothing was requested. To roll back to it all the same: `/rollback checkout-api staging 1.4.2`."
+    )
+    assert len(runtime.store.all_deploys()) == before
+    assert runtime.deploys().current_version("checkout-api", "staging") == "1.4.4"
+
+
 def test_a_succeeded_deploy_summary_has_no_rollback_button(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
