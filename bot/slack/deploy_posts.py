@@ -208,6 +208,8 @@ def rollback_offer(deploys: DeployService, request: DeployRequest) -> str:
     """After a failed deploy, the version a Rollback button offers: the last good one; "" when there is none."""
     if request.kind != "deploy" or request.status not in ("failed", "timed_out"):
         return ""
+    if request.never_started:  # nothing ran: the service runs what it ran before, and an older version is no fix
+        return ""
     try:
         return deploys.rollback_target(request.service, request.env)
     except OpsbotError:  # nothing succeeded there yet: no button

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from bot.ops.requests import new_row
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.local.fake_api import FakeSlackAPI
@@ -110,6 +111,41 @@ def test_the_rollback_button_of_a_failed_deploy_is_refused_once_a_newer_deploy_s
     )
     assert len(runtime.store.all_deploys()) == before
     assert runtime.deploys().current_version("checkout-api", "staging") == "1.4.4"
+
+
+def test_a_deploy_that_failed_before_anything_ran_offers_no_rollback_and_an_older_button_is_refused(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    configs = runtime.store.service_configs()
+    configs["ghost-api"] = {
+        "owners": [PRIYA],
+        "environments": {"staging": {"approvals": 1, "approvers": ["payments"]}},
+        "deploy": {"command": ["./no-such-deploy-script", "{version}"]},
+    }
+    runtime.store.replace_services(configs)
+    with runtime.store.transaction():
+        for n, version in enumerate(("1.0.0", "1.1.0")):
+            at = f"2026-11-0{n + 1}T09:00:00+00:00"
+            row = new_row(f"dep-ghost-{n}", service="ghost-api", env="staging", version=version, requester=PRIYA)
+            row |= {"status": "succeeded", "created_at": at, "started_at": at, "finished_at": at, "source": "ci"}
+            runtime.store.insert_deploy(row)
+    posted = request(slack, slack_api, runtime, "ghost-api 1.2.0 staging")
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+
+    summary = summary_in(slack_api, DEPLOYS)
+
+    # It offered "Roll back to 1.0.0": a rollback of the 1.1.0 that still ran, since 1.2.0 never started.
+    assert "could not start ./no-such-deploy-script" in shown(summary)
+    assert ids.DEPLOY_ROLLBACK not in json.dumps(summary)
+    assert runtime.deploys().current_version("ghost-api", "staging") == "1.1.0"
+    offered = json.dumps({"service": "ghost-api", "env": "staging", "version": "1.0.0", "deploy": posted.request_id})
+    slack.click(ids.DEPLOY_ROLLBACK, offered, user=PRIYA, channel=DEPLOYS)  # a button posted before this fix
+    (said,) = slack_api.wait_for("response_url", timeout=10)
+    assert said.body["text"] == (
+        f"Sorry: the deploy {posted.request_id} failed before anything ran, so ghost-api staging still runs what it "
+        "ran before; nothing was requested."
+    )
+    assert runtime.store.lock_holder("ghost-api", "staging") is None
 
 
 def test_a_succeeded_deploy_summary_has_no_rollback_button(
