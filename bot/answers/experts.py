@@ -372,15 +372,21 @@ def train(
 
 def spread_load(suggestions: list[Suggestion], recent_firsts: list[str]) -> list[Suggestion]:
     """Among about-equally-good people, whoever was suggested first recently moves down a little: their score is
-    lowered (the one shown, so the list reads in order), and a reason says why."""
+    lowered (the one shown, so the list reads in order), and a reason says why.
+
+    Only when someone else is about as good: a clear best is not passed over for someone clearly worse. And never
+    below the edge of the about-equally-good: many recent first places move them behind their equals, not behind
+    people who were further off to begin with."""
     if len(suggestions) < 2:
         return suggestions
-    best = suggestions[0].score
+    edge = suggestions[0].score * (1 - TIE_MARGIN)
+    if sum(s.score >= edge for s in suggestions) < 2:
+        return suggestions
     counts = Counter(recent_firsts)
     adjusted = []
     for s in suggestions:
         times = counts.get(s.expert.id, 0)
-        if times and s.score >= best * (1 - TIE_MARGIN):
-            s = replace(s, score=s.score * (1 - LOAD_PENALTY * times), spread=times)
+        if times and s.score >= edge:
+            s = replace(s, score=round(max(s.score * (1 - LOAD_PENALTY * times), edge), 4), spread=times)
         adjusted.append(s)
-    return sorted(adjusted, key=lambda s: -s.score)
+    return sorted(adjusted, key=lambda s: (-s.score, s.spread))  # at the edge: the one not first lately ahead

@@ -109,6 +109,13 @@ def test_load_is_spread_among_about_equally_good_people() -> None:
     assert spread[1].reasons() == ["suggested first 3 time(s) lately: scored down a little, to spread the load"]
     clear_winner = Suggestion(Expert("U0AAAAAAA1", "A", "t"), 0.95)
     assert spread_load([clear_winner, c], ["U0AAAAAAA1"] * 5)[0].expert.name == "A"
+    # Ten recent first places move A behind their equal B, not behind D, who was further off to begin with.
+    d = Suggestion(Expert("U0DDDDDDD1", "D", "t"), 0.70)
+    assert [(s.expert.name, s.score) for s in spread_load([a, b, d], ["U0AAAAAAA1"] * 10)] == [
+        ("B", 0.78),
+        ("A", 0.72),
+        ("D", 0.70),
+    ]
 
 
 def test_unknown_service_and_empty_roster_are_clear_errors(model: ExpertModel, minilm) -> None:  # noqa: ANN001

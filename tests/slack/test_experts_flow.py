@@ -144,3 +144,21 @@ def test_what_was_typed_is_shown_as_typed_not_escaped_twice(slack: SlackDriver, 
     (reply,) = slack_api.wait_for("response_url", timeout=15)
     shown = text_of(reply.body["blocks"])
     assert "p99 &gt; 2s on checkout-api &amp; payments" in shown and "&amp;gt;" not in shown
+
+
+def test_a_clear_best_stays_first_however_often_they_were_suggested_first(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Load is spread among about-equally-good people only: Daniel leads this one by far, and ten recent first
+    # places (the most remembered) put Priya ahead of him, with his score shown at 40% of what it was.
+    question = "pgbouncer pool exhausted on pg-main"
+    slack.command("/experts", question, user=OLIVER)
+    (before,) = slack_api.wait_for("response_url", timeout=15)
+    for _ in range(10):
+        runtime.store.log_suggestion(question, [DANIEL])
+    slack.command("/experts", question, user=OLIVER)
+    _, after = slack_api.wait_for("response_url", count=2, timeout=15)
+    first = [invite_buttons(reply.body["blocks"])[0]["value"] for reply in (before, after)]
+    assert first == [DANIEL, DANIEL]
+    assert text_of(before.body["blocks"]).split("\n")[1] == text_of(after.body["blocks"]).split("\n")[1]
+    assert "to spread the load" not in text_of(after.body["blocks"])
