@@ -241,7 +241,7 @@ class ExpertModel:
         idle = idle_days(self.roles[known], self.days[known], now_days)
         fixed[:, 0] *= freshness(idle, blend.half_life_days)[0]
         scores = np.concatenate([history, fixed], axis=1) @ blend.weights()
-        evidence = self._evidence(dense[0], words[0], decay[0], set(nearest_dense[0]) | set(nearest_words[0]))
+        evidence = self._evidence(counted_similarity(dense[0], words[0], nearest_dense[0], nearest_words[0]), decay[0])
         stale_days = max(blend.half_life_days, STALE_DAYS)
         results = []
         for n, expert in enumerate(self.experts):
@@ -278,17 +278,15 @@ class ExpertModel:
             )
         return sorted(results, key=lambda s: -s.score)
 
-    def _evidence(
-        self, dense: np.ndarray, words: np.ndarray, decay: np.ndarray, counted: set[int]
-    ) -> dict[str, list[SimilarIncident]]:
-        """Per person, the weightiest of the incidents that count (nearest by meaning or by words) they resolved."""
-        weight = {int(i): max(dense[i], words[i], 0.0) ** 2 * decay[i] for i in counted}
+    def _evidence(self, counted: dict[int, float], decay: np.ndarray) -> dict[str, list[SimilarIncident]]:
+        """Per person, the weightiest of the incidents that count (``counted_similarity``) they resolved."""
+        weight = {i: similarity**2 * decay[i] for i, similarity in counted.items()}
         evidence: dict[str, list[SimilarIncident]] = {}
         for i in sorted(weight, key=lambda i: (-weight[i], i)):
             if weight[i] <= 0:
                 continue
             incident = self.incidents[i]
-            similarity = round(float(max(dense[i], words[i])), 3)
+            similarity = round(counted[i], 3)
             for position, person in enumerate(dict.fromkeys(incident.responders)):  # cited once per person
                 evidence.setdefault(person, []).append(
                     SimilarIncident(incident.id, incident.title, similarity, position == 0, incident.date)
@@ -309,6 +307,20 @@ def question_words(text: str) -> str:
     """The words a question is matched by, processed as ``incident_words`` processes an incident's: a pasted alert
     name matches its incidents whole (KafkaConsumerLagHigh) and by its words (Kafka Consumer Lag High)."""
     return split_camel(strip_volatile(text))
+
+
+def counted_similarity(
+    dense: np.ndarray, words: np.ndarray, nearest_dense: np.ndarray, nearest_words: np.ndarray
+) -> dict[int, float]:
+    """The incidents that credit someone, each with the similarity it counted by: the nearest by meaning and the
+    nearest by words, where that similarity is above 0. A question sharing words with fewer incidents than the
+    neighbours counted fills the rest with incidents sharing none: they credit nobody, so they are no evidence."""
+    counted: dict[int, float] = {}
+    for nearest, similarity in ((nearest_dense, dense), (nearest_words, words)):
+        for i in map(int, nearest):
+            if similarity[i] > 0:
+                counted[i] = max(counted.get(i, 0.0), float(similarity[i]))
+    return counted
 
 
 def role_matrix(incidents: list[Incident], column: dict[str, int]) -> np.ndarray:

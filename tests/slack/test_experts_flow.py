@@ -162,3 +162,17 @@ def test_a_clear_best_stays_first_however_often_they_were_suggested_first(
     assert first == [DANIEL, DANIEL]
     assert text_of(before.body["blocks"]).split("\n")[1] == text_of(after.body["blocks"]).split("\n")[1]
     assert "to spread the load" not in text_of(after.body["blocks"])
+
+
+def test_only_incidents_that_credited_someone_are_named_as_looking_like_the_problem(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # Few incidents share this question's words, so the nearest by words were filled up with the newest incidents,
+    # which share none: Ethan was said to have resolved INC-2026-0006 (redis-sessions at maxmemory) "which looks
+    # like this", though it credited nobody, and that hid how old his one similar incident is.
+    slack.command("/experts", "Ingress returning 502/503", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    (ethan,) = [b["text"]["text"] for b in reply.body["blocks"][1:-1] if "*Ethan Brooks*" in b["text"]["text"]]
+    assert "• resolved INC-2025-0016 (0.52, Aug 2025), which looks like this" in ethan
+    assert "INC-2026-0006" not in text_of(reply.body["blocks"])
+    assert ":warning: last resolved something similar" in ethan
