@@ -154,13 +154,22 @@ class ExpertModel:
         lower = text.lower()
         return sorted(s for s in self.services if re.search(rf"(?<![\w/-]){re.escape(s.lower())}(?![\w/-])", lower))
 
-    def check_services(self, services: list[str]) -> None:
-        """Refuse a service nobody knows, naming the closest known ones (never all of them)."""
+    def check_services(self, services: list[str]) -> list[str]:
+        """The known services meant: each as written, else the only one in other capitals (as /oncall takes them).
+        Refuses a service nobody knows, naming the closest known ones (never all of them)."""
         import difflib
 
+        named = []
         for service in services:
-            if service in self.services:
+            same = sorted(s for s in self.services if s.lower() == service.lower())
+            if service in self.services or len(same) == 1:
+                named.append(service if service in self.services else same[0])
                 continue
+            if same:
+                raise InvalidRequest(
+                    f"{service!r} could be {' or '.join(same)}, which differ only in capitals: "
+                    "write the one you mean exactly."
+                )
             close = difflib.get_close_matches(service, sorted(self.services), n=3, cutoff=0.6)
             if len(self.services) <= 12:
                 hint = f"known services: {', '.join(sorted(self.services)) or 'none yet'}"
@@ -168,6 +177,7 @@ class ExpertModel:
                 hint = f"did you mean {' or '.join(close)}? " if close else ""
                 hint += f"{len(self.services)} services are known (services.yaml, the roster and past incidents)"
             raise InvalidRequest(f"unknown service {service!r}; {hint}.")
+        return named
 
     # -- the signals that do not depend on time decay -----------------------------------------------------
 
@@ -219,7 +229,7 @@ class ExpertModel:
 
         Only incidents dated before ``now`` count, and never those in ``leave_out`` (ids: an evaluation's
         question that is itself one of the incidents)."""
-        self.check_services(list(services or []))
+        services = self.check_services(list(services or []))
         now = now or datetime.now(UTC)
         involved = sorted(set(services or []) | set(self.services_in(text)))
         blend = self.blends.for_query(bool(services))

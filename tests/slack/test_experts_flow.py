@@ -176,3 +176,11 @@ def test_only_incidents_that_credited_someone_are_named_as_looking_like_the_prob
     assert "• resolved INC-2025-0016 (0.52, Aug 2025), which looks like this" in ethan
     assert "INC-2026-0006" not in text_of(reply.body["blocks"])
     assert ":warning: last resolved something similar" in ethan
+
+
+def test_a_service_in_other_capitals_is_the_one_service_it_can_be(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    # /oncall CHECKOUT-API and a question naming CHECKOUT-API find checkout-api; --service refused it as unknown.
+    slack.command("/experts", "pgbouncer pool exhausted --service CHECKOUT-API", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    assert "unknown service" not in reply.body["text"]
+    assert "• owns checkout-api" in text_of(reply.body["blocks"])
