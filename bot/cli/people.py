@@ -42,7 +42,10 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
     try:
         if not store.expert_count():
             raise OpsbotError("the roster is empty: add people to knowledge/experts.yaml and run `opsbot index`.")
-        suggestions = runtime.answers.suggest_experts(" ".join(text), list(services) or None, limit=limit)
+        # Not remembered: an admin trying questions here would move people down in Slack's load spreading.
+        suggestions = runtime.answers.suggest_experts(
+            " ".join(text), list(services) or None, limit=limit, remember=False
+        )
     finally:
         runtime.close()
     if as_json:

@@ -875,6 +875,21 @@ def test_experts_command_explains_each_suggestion(subset_db: IndexedSubset) -> N
     assert bad.exit_code == 1 and "unknown service 'chekout-api'" in bad.output and "Traceback" not in bad.output
 
 
+def test_experts_on_the_command_line_is_not_counted_as_a_first_place_for_load_spreading(
+    subset_db: IndexedSubset,
+) -> None:
+    """Trying questions from the command line must not move people down in what Slack suggests."""
+    store = Store(subset_db.db)
+    try:
+        before = store.recent_first_suggestions(limit=1000)
+        asked = [invoke("experts", "--json", "pgbouncer pool exhausted", "--service", "checkout-api") for _ in range(3)]
+        assert all(r.exit_code == 0 for r in asked), asked[0].output
+        assert json.loads(asked[0].stdout)
+        assert store.recent_first_suggestions(limit=1000) == before
+    finally:
+        store.close()
+
+
 def test_eval_experts_prints_the_learned_ranking_and_every_baseline() -> None:
     result = CliRunner().invoke(main, ["eval", "--task", "experts", "--knowledge", str(SAMPLE_KNOWLEDGE), "--json"])
     assert result.exit_code == 0, result.output
