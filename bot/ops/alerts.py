@@ -55,6 +55,10 @@ SILENCE_CHECK_FOR = timedelta(days=1)
 # long): its resolve may never come. Alertmanager forgets resolved alerts when it restarts, and gives up on a resolve
 # that opsbot refused (a changed token) or could not take (down past Alertmanager's retries).
 QUIET_FOR = timedelta(minutes=30)
+# Found listing none of a quiet group's alerts, Alertmanager is asked again this much later, and the group resolved
+# only if it still lists none: a restarted Alertmanager has no alerts until Prometheus sends them again (every minute
+# or so), and a firing group shown resolved would be worse than one shown firing late.
+MISSING_CONFIRM = timedelta(minutes=5)
 RESOLVED_QUIETLY = (
     "Alertmanager no longer lists these alerts: they resolved, and the resolve never reached opsbot "
     "(found at {found:%H:%M} UTC, after {quiet} without news of them)"
@@ -196,7 +200,7 @@ class AlertService:
             if before is not None and kind == "changed" and _only_flushed(before, notification):
                 # Alertmanager left out alerts that had already resolved (it flushes them from the group):
                 # nothing started or ended, so nothing is said; the digest is kept so that repeats stay quiet.
-                self.store.update_alert_group(group_id, digest=notification.digest, updated_at=_iso(now))
+                self.store.update_alert_group(group_id, digest=notification.digest, updated_at=_iso(now), missing_at="")
                 return Change("unchanged", self.get(group_id))
             fields = _fields(notification, route, now)
             if before is None or kind == "opened":
@@ -560,7 +564,8 @@ class AlertService:
 
     def quiet_groups(self) -> list[str]:
         """Firing groups nothing has confirmed for QUIET_FOR (see check_quiet)."""
-        return self.store.quiet_firing_alert_groups(_iso(self.clock() - QUIET_FOR))
+        now = self.clock()
+        return self.store.quiet_firing_alert_groups(_iso(now - QUIET_FOR), _iso(now - MISSING_CONFIRM))
 
     def check_quiet(
         self,
@@ -569,13 +574,15 @@ class AlertService:
         count: Callable[[str, tuple[tuple[str, str], ...]], int] = count_firing,
     ) -> str:
         """Ask Alertmanager whether a firing group that nothing has confirmed for a while still fires. None of its
-        alerts listed: the group is resolved, and the thread says how opsbot knows. What happened: "resolved",
-        "firing" (asked again after QUIET_FOR), "retry" (not reached, or not allowed to be asked: logged, asked again
-        after QUIET_FOR, nothing said in Slack, as the message shows what opsbot last heard), or "" (the group moved
-        on meanwhile). Only the group's own labels are asked by: every alert of the group has them."""
+        alerts listed twice, MISSING_CONFIRM apart: the group is resolved, and the thread says how opsbot knows. What
+        happened: "resolved", "missing" (none listed: asked again after MISSING_CONFIRM), "firing" (asked again after
+        QUIET_FOR), "retry" (not reached, or not allowed to be asked: logged, asked again after QUIET_FOR, nothing said
+        in Slack, as the message shows what opsbot last heard), or "" (the group moved on meanwhile). Only the group's
+        own labels are asked by: every alert of the group has them."""
         group = self.get(group_id)
         row = self.store.alert_group(group_id) or {}
         seen = (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", ""))
+        seen += (row.get("missing_at", ""),)
         matchers = tuple(sorted(group.group_labels.items()))
         firing, problem = 0, ""
         try:
@@ -588,16 +595,25 @@ class AlertService:
             group = self.get(group_id)
             row = self.store.alert_group(group_id) or {}
             now = self.clock()
-            if (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", "")) != seen:
+            now_seen = (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", ""))
+            if now_seen + (row.get("missing_at", ""),) != seen:
                 return ""  # a delivery, a silence, or another process's check got there first
             if problem or firing:
-                self.store.update_alert_group(group_id, checked_at=_iso(now))
+                self.store.update_alert_group(group_id, checked_at=_iso(now), missing_at="")
                 if problem:
                     log.warning("alert group not checked group=%s: %s", group_id, problem)
                     return "retry"
                 log.info("alert group quiet but still firing group=%s firing=%d", group_id, firing)
                 return "firing"
-            last = max(group.updated_at, seen[-1])
+            checked_at, missing_at = seen[-2:]
+            last = max(group.updated_at, checked_at)
+            # Not listed since the last news of them, found a while ago but not too long (the job may have stopped):
+            # resolved. Else this is the first look that found none: look again in a few minutes.
+            since = datetime.fromisoformat(missing_at) if missing_at > last else None
+            if since is None or not MISSING_CONFIRM <= now - since <= QUIET_FOR:
+                self.store.update_alert_group(group_id, missing_at=_iso(now))
+                log.info("alert group quiet and not listed by Alertmanager, asked again shortly group=%s", group_id)
+                return "missing"
             quiet = now - datetime.fromisoformat(last) if last else QUIET_FOR
             rows = [ended_row(a, now) for a in group.alerts if a.firing]
             self.store.replace_alert_instances(group_id, rows)
@@ -607,6 +623,7 @@ class AlertService:
                 resolved_at=_iso(now),  # when it resolved is not known: by now at the latest
                 resolve_received_at=_iso(now),
                 checked_at=_iso(now),
+                missing_at="",
                 truncated=0,
                 digest="",  # a later delivery of the same alerts is news, not a repeat
                 updated_at=_iso(now),
@@ -773,6 +790,7 @@ def _fields(n: Notification, route: Route, now: datetime) -> dict:
         "digest": n.digest,
         "truncated": n.truncated,
         "updated_at": _iso(now),
+        "missing_at": "",  # Alertmanager sent it: it has the group (see check_quiet)
     }
 
 

@@ -33,6 +33,7 @@ GROUP_FIELDS = frozenset(
         "silenced_by",
         "silenced_until",
         "checked_at",
+        "missing_at",
     }
 )
 INSTANCE_COLUMNS = ("fingerprint", "status", "labels", "annotations", "starts_at", "ends_at", "generator_url")
@@ -74,13 +75,14 @@ class AlertStore(StoreBase):
         )
         return [r[0] for r in cur.fetchall()]
 
-    def quiet_firing_alert_groups(self, before: str) -> list[str]:
+    def quiet_firing_alert_groups(self, before: str, missing_before: str) -> list[str]:
         """Firing groups, not under a silence from opsbot, that neither a delivery nor a look into Alertmanager has
-        confirmed since ``before``: the longest quiet first."""
+        confirmed since ``before``, or that Alertmanager was found not to list by ``missing_before``: oldest first."""
         cur = self.db.execute(
-            "SELECT id FROM alert_groups WHERE status = 'firing' AND silence_id = '' AND updated_at <= ? "
-            "AND checked_at <= ? ORDER BY max(updated_at, checked_at), id",
-            [before, before],
+            "SELECT id FROM alert_groups WHERE status = 'firing' AND silence_id = '' AND ("
+            "(missing_at = '' AND updated_at <= ? AND checked_at <= ?) OR (missing_at != '' AND missing_at <= ?)) "
+            "ORDER BY max(updated_at, checked_at), id",
+            [before, before, missing_before],
         )
         return [r[0] for r in cur.fetchall()]
 

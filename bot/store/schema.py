@@ -451,3 +451,6 @@ def m029_alert_groups_checked_at(db: Database) -> None:
     # When opsbot last asked Alertmanager whether a firing group's alerts still fire, having heard nothing of it for
     # a while (a resolve can be lost: Alertmanager restarted, or opsbot refused it). "" for never; rows before this too.
     db["alert_groups"].add_column("checked_at", str, not_null_default="")
+    # When Alertmanager was found to list none of them: the group is resolved only if it still lists none a few
+    # minutes later (a restarted Alertmanager has no alerts until Prometheus sends them again). "" for not.
+    db["alert_groups"].add_column("missing_at", str, not_null_default="")

@@ -860,14 +860,20 @@ def test_a_firing_group_alertmanager_no_longer_lists_is_resolved_and_the_thread_
     show the message resolved. The group is looked up by its own labels, which every alert of it carries."""
     group = quiet(alerts, alert_clock)
     asked, shown = AskedAlertmanager(0), Recorder()
+    assert alerts.check_quiet(group.id, shown, asked) == "missing"  # looked at again before it is believed
+    assert shown.changes == [] and alerts.get(group.id).status == "firing"
+    alert_clock.advance(minutes=4)
+    assert alerts.quiet_groups() == []
+    alert_clock.advance(minutes=1)
+    assert alerts.quiet_groups() == [group.id]
     assert alerts.check_quiet(group.id, shown, asked) == "resolved"
-    assert asked.calls == [("http://127.0.0.1:19093", tuple(sorted(group.group_labels.items())))]
+    assert asked.calls == [("http://127.0.0.1:19093", tuple(sorted(group.group_labels.items())))] * 2
     resolved = alerts.get(group.id)
     assert (resolved.status, resolved.firing) == ("resolved", ())
     assert datetime.fromisoformat(resolved.resolved_at) == alert_clock.now  # by the time it was found, at the latest
     [change] = shown.changes
     assert change.kind == "resolved" and "the resolve never reached opsbot" in change.note
-    assert "after 30 min without news of them" in change.note
+    assert "after 35 min without news of them" in change.note
     assert alerts.quiet_groups() == []
     fired = fire_again(alerts, alert_clock)  # its next firing is news, not a repeat of the stored one
     assert fired.kind == "refired" and fired.group.status == "firing"
@@ -885,6 +891,32 @@ def test_a_quiet_group_still_firing_is_asked_about_again_only_after_another_quie
     assert alerts.quiet_groups() == []
     alert_clock.advance(minutes=1, seconds=1)
     assert alerts.quiet_groups() == [group.id]
+
+
+def test_a_group_alertmanager_lists_again_at_the_second_look_stays_firing(
+    alerts: AlertService, alert_clock: Clock
+) -> None:
+    """A restarted Alertmanager lists nothing until Prometheus sends its alerts again: one look is not enough."""
+    group = quiet(alerts, alert_clock)
+    shown = Recorder()
+    assert alerts.check_quiet(group.id, shown, AskedAlertmanager(0)) == "missing"
+    alert_clock.advance(minutes=5)
+    assert alerts.check_quiet(group.id, shown, AskedAlertmanager(2)) == "firing"
+    assert shown.changes == [] and alerts.get(group.id).status == "firing"
+    alert_clock.advance(minutes=5)
+    assert alerts.quiet_groups() == []  # and the next look is a quiet half hour away, not five minutes
+    alert_clock.advance(minutes=25, seconds=1)
+    assert alerts.quiet_groups() == [group.id]
+    assert alerts.check_quiet(group.id, shown, AskedAlertmanager(0)) == "missing"  # a first look once more
+
+
+def test_a_delivery_after_a_look_that_found_nothing_ends_the_doubt(alerts: AlertService, alert_clock: Clock) -> None:
+    group = quiet(alerts, alert_clock)
+    assert alerts.check_quiet(group.id, Recorder(), AskedAlertmanager(0)) == "missing"
+    alert_clock.advance(minutes=1)
+    assert receive(alerts, "pgbouncer-grown", externalURL="http://127.0.0.1:19093").kind == "changed"
+    alert_clock.advance(minutes=10)
+    assert alerts.quiet_groups() == []  # heard of eleven minutes ago: quiet again only after half an hour
 
 
 def test_an_alertmanager_that_cannot_be_asked_leaves_the_group_firing_and_says_so_in_the_log_only(
