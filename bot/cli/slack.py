@@ -66,6 +66,8 @@ def shell(ctx: click.Context, user: str | None) -> None:
         with Shell(runtime, write=click.echo, user=user, style=click.style, echo=not interactive) as chat:
             runtime.start_loading()  # the prompt appears at once; the first answer waits for the model
             chat.run(_typed_lines(chat, interactive))
+        if chat.unfinished:  # left with Ctrl-C while opsbot still worked: what was cut off ends with the process,
+            logging.disable(logging.CRITICAL)  # as the shell said, not with a traceback per part
     finally:
         runtime.close()  # after the loader: closing the store under it would crash
         root.setLevel(level)

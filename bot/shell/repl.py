@@ -38,6 +38,7 @@ from bot.slack.manifest import SLASH_COMMANDS
 log = logging.getLogger(__name__)
 DEFAULT_USER = "USHELL001"  # who you are when the roster is empty
 REPLY_TIMEOUT_S = 60.0  # the first answer may wait for the model to load
+LEAVING_TIMEOUT_S = 60.0  # on leaving, how long the shell waits for what opsbot still does (the model may be loading)
 LOADING_NOTICE_S = 1.0
 QUIET_S = 0.3  # after the handlers finish, how long nothing new must arrive before the prompt returns
 POLL_S = 0.02
@@ -102,6 +103,7 @@ class Shell:
         self._gone: set[int] = set()  # numbers of buttons whose message was updated or removed
         self._numbers = itertools.count(1)
         self._thread = ""  # ts of your last direct message, for /reply
+        self.unfinished = False  # left while opsbot was still at work (Ctrl-C while leaving, or too slow)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -111,7 +113,21 @@ class Shell:
         return self
 
     def close(self) -> None:
-        """Let running handlers finish briefly, then stop them and the fake API."""
+        """Let what opsbot still does for the lines typed finish and show it, then stop the handlers and the fake
+        API: an answer or an incident's briefing cut off would be lost, its parts failing on a closed database."""
+        if not self.slack.wait_idle(0.0):
+            waiting = "(opsbot is still working on what you typed: leaving once it is done; Ctrl-C leaves now)"
+            self.write(self.style(waiting, dim=True))
+            deadline = time.monotonic() + LEAVING_TIMEOUT_S
+            try:
+                while not self.slack.wait_idle(POLL_S) and time.monotonic() < deadline:
+                    self._show(self.slack.new_deliveries())
+            except KeyboardInterrupt:
+                pass
+            self._show(self.slack.new_deliveries())
+            self.unfinished = not self.slack.wait_idle(0.0)
+            if self.unfinished:
+                self.write(self.style("(left before opsbot was done: what it had not shown yet is dropped)", dim=True))
         self.slack.close()
 
     def __enter__(self) -> Shell:

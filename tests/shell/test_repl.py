@@ -233,6 +233,32 @@ def test_the_first_answer_waits_for_the_model_and_says_so(tmp_path: Path, sample
     assert shown.index("Looking for") < shown.index("(loading the model…)") < shown.index("pgbouncer / Postgres")
 
 
+def test_leaving_while_opsbot_still_works_waits_for_it_and_shows_it(
+    tmp_path: Path, sample_index: Store, minilm: object
+) -> None:
+    # Ctrl-D while an incident's briefing waited for the model: the shell left after 2 s, the briefing was lost and
+    # each of its parts printed a traceback (the store had been closed under it).
+    encoder = GatedEncoder(minilm)
+    rt = make_runtime(tmp_path, sample_index, encoder)
+    rt.start_loading()
+    out: list[str] = []
+    opener = threading.Timer(3.0, encoder.gate.set)  # later than the old 2 s the shell gave work in flight
+    opener.start()
+    try:
+        with Shell(rt, write=out.append, reply_timeout=0.5) as shell:
+            shell.run(["/incident declare checkout 503s sev2 --service checkout-api"])
+            assert not rt.ready  # the end of input came while the briefing still waited for the model
+    finally:
+        opener.cancel()
+        encoder.gate.set()
+        rt.close()
+    shown = "\n".join(out)
+    assert "Who could help with: checkout 503s" in shown and "Deploys of checkout-api in the last 24 h" in shown
+    assert "(opsbot is still working on what you typed: leaving once it is done; Ctrl-C leaves now)" in shown
+    assert shown.index("leaving once it is done") < shown.index("Who could help with: checkout 503s")
+    assert "left before opsbot was done" not in shown and not shell.unfinished
+
+
 def test_requests_are_signed_with_a_fresh_secret_per_session(runtime: Runtime) -> None:
     with Shell(runtime, write=lambda _: None) as shell:
         secret = str(runtime.settings.slack_signing_secret)
