@@ -15,6 +15,7 @@ from bot.errors import InvalidRequest
 
 ROSTER_HINT = 4  # how many roster members an error message suggests
 SPECIAL = {"here": "<!here>", "channel": "<!channel>", "everyone": "<!everyone>"}
+SLACK_ID = re.compile(r"[UW][A-Z0-9]{6,}")  # typed as @U04C2RN8VD: someone meant, even when mistyped
 SLACK_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 # "@" not inside a word (an e-mail address) nor a Slack token; up to three words, tried longest first.
 TYPED = re.compile(r"(?<![\w<@/])@([^\W\d_][\w'-]*)((?: [^\W\d_][\w'-]*){0,2})")
@@ -54,7 +55,7 @@ def find_person(typed: str, roster: Mapping[str, str]) -> str:
             f"{wanted} is not on the roster, and the roster is empty: add people to experts.yaml and run "
             "`opsbot index`."
         )
-    close = difflib.get_close_matches(bare, [n for name in roster.values() for n in (name, name.split()[0])], n=1)
+    close = _close_names(bare, roster)
     hint = f" Did you mean @{close[0]}?" if close else ""
     raise InvalidRequest(
         f"{wanted} is not on the roster.{hint} Name someone by first or full name or Slack id, as in "
@@ -82,6 +83,10 @@ def resolve_mentions(text: str, roster: Mapping[str, str], bot: tuple[str, str] 
         try:
             uid = find_person(f"@{first}", roster)
         except InvalidRequest as exc:
+            # Slack sends an @word not picked from its menu as text: a pasted log line's @timestamp or @babel/core
+            # is no one. Only a misspelt name (@Danial) or one shared by several people would be sent wrongly.
+            if not SLACK_ID.fullmatch(first) and not _ambiguous(first, roster) and not _misspelt(first, roster):
+                return match.group(0)
             raise InvalidRequest(f"{exc} To send it as plain text, leave out the @.") from None
         return f"<@{uid}>" + "".join(f" {w}" for w in rest)
 
@@ -92,3 +97,19 @@ def _exact(name: str, people: Mapping[str, str]) -> str:
     """The id of the one person whose full name is ``name`` (any case), or ""."""
     found = [uid for uid, full in people.items() if full.casefold() == name.casefold()]
     return found[0] if len(found) == 1 else ""
+
+
+def _close_names(typed: str, roster: Mapping[str, str]) -> list[str]:
+    """The roster's full or first name closest to ``typed``, when one is close enough to be what was meant."""
+    return difflib.get_close_matches(typed, [n for name in roster.values() for n in (name, name.split()[0])], n=1)
+
+
+def _misspelt(word: str, roster: Mapping[str, str]) -> bool:
+    """Whether ``word`` reads as a roster name typed wrong (@Danial, @dan)."""
+    return bool(_close_names(word, roster))
+
+
+def _ambiguous(word: str, roster: Mapping[str, str]) -> bool:
+    """Whether ``word`` is a name (first, last or a word of it) that several roster members share."""
+    folded = word.casefold()
+    return sum(folded in name.casefold().split() for name in roster.values()) > 1

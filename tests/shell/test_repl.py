@@ -414,8 +414,23 @@ def test_resolve_mentions_names_one_person_or_says_why_not() -> None:
     with pytest.raises(InvalidRequest, match=r"@Sam could be Sam Archer \(U1SAM00001\) or Sam Brook \(U2SAM00002\)"):
         resolve_mentions("ask @Sam", roster)
     assert resolve_mentions("ask @Sam Brook", roster) == "ask <@U2SAM00002>"
-    with pytest.raises(InvalidRequest, match="@Timeout is not on the roster.*leave out the @"):
-        resolve_mentions("the @Timeout annotation", roster)
+    with pytest.raises(InvalidRequest, match="@Danial is not on the roster. Did you mean @Daniel?.*leave out the @"):
+        resolve_mentions("page @Danial", roster)
+    with pytest.raises(InvalidRequest, match="@U04C2RN8VX is not on the roster"):
+        resolve_mentions("page @U04C2RN8VX", roster)
+    # An @word that is no one's name, nor close to one, is text, as Slack sends it when not picked from its menu.
+    assert resolve_mentions("the @Timeout annotation", roster) == "the @Timeout annotation"
+
+
+def test_a_pasted_log_line_with_an_at_word_is_asked_as_slack_would_send_it(chat: Chat) -> None:
+    # An ECS log line's "@timestamp" was taken for a person not on the roster: "Nothing was sent."
+    line = '{"@timestamp":"2026-12-07T10:00:00Z","log.level":"error","message":"FATAL: too many clients already"}'
+    shown = chat.say(line)
+    assert "Nothing was sent" not in shown and "pgbouncer / Postgres connection pool exhausted" in shown
+    (posted,) = chat.shell.slack.fake.messages(DM_CHANNEL)  # answered in the thread of the pasted line
+    assert posted["thread_ts"]
+    # A misspelt name still sends nothing: it would reach opsbot as text, and nobody would be asked.
+    assert "Did you mean @Daniel? " in chat.say("/experts kafka lag, ask @Danial")
 
 
 def test_a_button_of_an_earlier_answer_can_still_be_pressed(chat: Chat, runtime: Runtime) -> None:
