@@ -314,15 +314,17 @@ class StoreBase:
 
         Nested, it is a savepoint of the outer one. Every write goes through here,
         so writers in several threads and several processes are serialised, not interleaved.
-        ``wait`` is how long it waits for another writer before "database is locked" (see ``is_busy``).
+        ``wait`` is how long it waits for another writer before "database is locked" (see ``is_busy``): another
+        process, or a thread of this one whose transaction holds the store (itself perhaps waiting for a process).
         """
-        with self.lock, self._entered():
+        deadline = time.monotonic() + wait
+        with self.held(wait), self._entered():
             if self.db.conn.in_transaction:
                 with self.db.atomic():
                     yield
                 return
             try:
-                mark = self._begin_write(wait)
+                mark = self._begin_write(wait if wait >= BUSY_WAIT_S else max(deadline - time.monotonic(), 0.001))
                 try:
                     yield
                     self._commit(mark)
@@ -334,6 +336,22 @@ class StoreBase:
                     self._note_write(str(exc))
                 raise
             self._note_write("")
+
+    @contextmanager
+    def held(self, wait: float = BUSY_WAIT_S) -> Iterator[None]:
+        """The store's lock, for a block. Waited for at most ``wait`` seconds when that is shorter than BUSY_WAIT_S,
+        then "database is locked": a thread whose transaction waits out another process's write lock holds the
+        store that long, and an event's acknowledgement must not wait behind it."""
+        if wait >= BUSY_WAIT_S:
+            with self.lock:
+                yield
+            return
+        if not self.lock.acquire(timeout=wait):
+            raise sqlite3.OperationalError("database is locked: another of opsbot's writes holds the store")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def _begin_write(self, wait: float = BUSY_WAIT_S) -> int:
         """BEGIN IMMEDIATE, then mark the transaction: a savepoint that only it holds, and its number in

@@ -61,6 +61,46 @@ def test_an_event_is_acknowledged_at_once_while_another_process_holds_the_write_
     assert warning.exc_info is None
 
 
+def held_by_another_thread(runtime: Runtime, timeout: float = 5) -> bool:
+    """Whether a thread other than this one holds the store (its transaction waiting for the write lock)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not runtime.store.lock.acquire(blocking=False):
+            return True
+        runtime.store.lock.release()
+        time.sleep(0.02)
+    return False
+
+
+def test_an_event_is_acknowledged_at_once_while_a_reply_waits_for_another_process_to_let_go_of_the_database(
+    tmp_path: Path, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first reply's outbox write waited out the lock (30 s) holding the store, and every event after it waited
+    behind that write: Slack saw 30 s for the acknowledgement, gave up and sent the event again."""
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    server, slack = start_bot(runtime, slack_api)
+    holder = sqlite3.connect(tmp_path / "opsbot.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
+        first, _ = slack.mention("help")  # its reply (the help text) is written to the outbox, which waits
+        assert held_by_another_thread(runtime)
+        started = time.monotonic()
+        second, _ = slack.mention("help", channel="C0OPS0002")
+        waited = time.monotonic() - started
+        holder.execute("ROLLBACK")
+        assert slack.web is not None and slack.web.wait_idle(15)
+    finally:
+        holder.close()
+        server.stop()
+        if slack.web is not None:
+            slack.web.stop()
+        runtime.close()
+    assert (first.status, second.status) == (200, 200) and waited < 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bot.slack.app"]
+    assert len(warnings) == 2 and all(w.startswith("event not recorded") for w in warnings)
+    assert {m.body["channel"] for m in slack_api.calls("chat.postMessage")} == {"C0OPS0001", "C0OPS0002"}
+
+
 def dispatch(app: App, body: str, content_type: str) -> BoltResponse:
     """A signed request handed to the app directly, as Socket Mode and the shell do (no HTTP server in front)."""
     ts = int(time.time())
