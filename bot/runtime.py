@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from bot.ops.incidents import IncidentService
 from bot.ops.requests import Announcer
 from bot.rota import Rota
 from bot.store import Store
+from bot.store.base import BUSY_WAIT_S, is_busy
 from bot.workers import TrackedPool
 
 log = logging.getLogger(__name__)
@@ -238,9 +240,20 @@ class Runtime:
         """The on-call rotations stored by the last `opsbot index`, with the services each covers."""
         return self._for_index_version("rota", lambda: Rota.from_store(self.store))
 
-    def examples(self) -> Examples:
-        """Examples for usage lines and hints, from the indexed knowledge (kept until it changes)."""
-        return self._for_index_version("examples", lambda: examples(self.store))
+    def examples(self, wait: float = BUSY_WAIT_S) -> Examples:
+        """Examples for usage lines and hints, from the indexed knowledge (kept until it changes). With a ``wait``
+        shorter than a write's (an acknowledgement's), the ones read last, or none, when one of opsbot's writes holds
+        the store longer than that (it may be waiting out another process's write lock)."""
+        try:
+            with self.store.held(wait):
+                return self._for_index_version("examples", lambda: examples(self.store))
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+        with self._configured_lock:
+            cached = self._configured.get("examples")
+        log.info("usage examples not read: a write holds the database; %s", "the last ones shown" if cached else "none")
+        return cached[1] if cached else Examples()
 
     def answer_mode(self, channel: str) -> str:
         """How opsbot answers in ``channel``: "mentions" (the default) or "all" questions."""

@@ -27,7 +27,7 @@ from bot.slack.blocks.answers import (
     shown_answer,
 )
 from bot.slack.blocks.mrkdwn import as_typed, escape
-from bot.slack.listeners import Listeners, clicked_channel, tell_requester
+from bot.slack.listeners import ACK_WAIT_S, Listeners, clicked_channel, tell_requester
 from bot.slack.web import Notify, SlackWeb
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
 
     def ack_ask(ack: Ack, command: dict) -> None:
         if not (command.get("text") or "").strip():
-            blocks = build_usage_blocks(runtime.examples().question())
+            blocks = build_usage_blocks(runtime.examples(ACK_WAIT_S).question())
             ack(response_type="ephemeral", text="Usage: /ask QUESTION", blocks=blocks)
         elif HELP_REQUEST.match(command["text"]):
             ack(response_type="ephemeral", text=HELP_TEXT, blocks=build_help_blocks())
@@ -216,7 +216,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         if not (command.get("text") or "").strip():
             ack(
                 response_type="ephemeral",
-                text=f"Usage: {EXPERTS_USAGE}, for example {runtime.examples().experts_usage()}",
+                text=f"Usage: {EXPERTS_USAGE}, for example {runtime.examples(ACK_WAIT_S).experts_usage()}",
             )
         else:
             ack(response_type="ephemeral", text="Looking for the right people…")

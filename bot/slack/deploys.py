@@ -23,7 +23,7 @@ from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.blocks.deploys import build_refusal_text
 from bot.slack.deploy_posts import MESSAGE_HOOK, SlackAnnouncer
-from bot.slack.listeners import Listeners, clicked_channel, tell_requester
+from bot.slack.listeners import ACK_WAIT_S, Listeners, clicked_channel, tell_requester
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def ack_deploy(ack: Ack, command: dict) -> None:
         if parse_deploy_args(command.get("text", "")) is None:
             missing = what_is_missing(command.get("text", ""), ("SERVICE", "VERSION", "ENV"))
-            ack(response_type="ephemeral", text=missing + runtime.examples().deploy_usage())
+            ack(response_type="ephemeral", text=missing + runtime.examples(ACK_WAIT_S).deploy_usage())
         else:
             ack(response_type="ephemeral", text="Requesting the deploy…")
 
     def ack_rollback(ack: Ack, command: dict) -> None:
         if parse_rollback_args(command.get("text", "")) is None:
             missing = what_is_missing(command.get("text", ""), ("SERVICE", "ENV"))
-            ack(response_type="ephemeral", text=missing + runtime.examples().rollback_usage())
+            ack(response_type="ephemeral", text=missing + runtime.examples(ACK_WAIT_S).rollback_usage())
         else:
             ack(response_type="ephemeral", text="Requesting the rollback…")
 

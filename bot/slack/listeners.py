@@ -25,6 +25,7 @@ from bot.store.base import is_busy, is_write_failure
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., None]
+ACK_WAIT_S = 0.5  # the longest an acknowledgement waits for the store, which a write may hold for 30 s
 
 
 def _where(body: dict) -> tuple[str, str]:

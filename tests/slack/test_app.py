@@ -101,6 +101,34 @@ def test_an_event_is_acknowledged_at_once_while_a_reply_waits_for_another_proces
     assert {m.body["channel"] for m in slack_api.calls("chat.postMessage")} == {"C0OPS0001", "C0OPS0002"}
 
 
+def test_usage_is_acknowledged_at_once_while_a_reply_waits_for_another_process_to_let_go_of_the_database(
+    tmp_path: Path, slack_api: FakeSlackAPI
+) -> None:
+    """A usage line's examples are read from the store, which the waiting reply held: `/ask` alone took a minute."""
+    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
+    server, slack = start_bot(runtime, slack_api)
+    holder = sqlite3.connect(tmp_path / "opsbot.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
+        slack.mention("help")  # its reply (the help text) is written to the outbox, which waits
+        assert held_by_another_thread(runtime)
+        started = time.monotonic()
+        acks = [slack.command(name, "") for name in ("/ask", "/experts", "/deploy", "/rollback")]
+        waited = time.monotonic() - started
+        holder.execute("ROLLBACK")
+        assert slack.web is not None and slack.web.wait_idle(15)
+    finally:
+        holder.close()
+        server.stop()
+        if slack.web is not None:
+            slack.web.stop()
+        runtime.close()
+    assert [a.status for a in acks] == [200] * 4 and waited < 4
+    texts = [json.loads(a.body)["text"] for a in acks]
+    assert texts[0] == "Usage: /ask QUESTION" and texts[1].startswith("Usage: /experts TEXT")
+    assert "Usage: /deploy SERVICE VERSION ENV" in texts[2] and "Usage: /rollback SERVICE ENV" in texts[3]
+
+
 def dispatch(app: App, body: str, content_type: str) -> BoltResponse:
     """A signed request handed to the app directly, as Socket Mode and the shell do (no HTTP server in front)."""
     ts = int(time.time())
