@@ -301,6 +301,8 @@ class DeployService(DeployRules):
         whose time ran out: the expiry sweep ends them); their ids. For `opsbot shell`, whose messages of an earlier
         session went with its stand-in Slack: each gets a new message with its buttons instead of holding its lock
         unseen. Requests made in a real workspace (other channels) are not touched."""
+        if not any(row["channel"] in channels for row in self.store.pending_deploys()):
+            return []  # read first: a shell starting while another process writes must not wait on it for nothing
         with self.store.transaction():
             pending = [
                 row["id"]

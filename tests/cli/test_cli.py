@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -812,6 +813,19 @@ def test_shell_answers_typed_questions_and_commands(subset_db: IndexedSubset) ->
     assert "[1] Share in channel  [2] 👍 Helpful  [3] 👎 Not helpful" in result.output
     assert "\x1b[" not in result.output  # no colour codes when the output is not a terminal
     assert "never read" not in result.output
+
+
+def test_shell_starts_at_once_while_another_process_holds_the_write_lock(subset_db: IndexedSubset) -> None:
+    # Before, it re-announced an earlier session's pending requests in a write transaction even with none pending,
+    # and every line typed was lost after 30 s to "another process holds the database's write lock".
+    with closing(sqlite3.connect(subset_db.db, isolation_level=None)) as holder:
+        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["shell"], input="/help\n")
+        holder.execute("ROLLBACK")
+    assert result.exit_code == 0, result.output
+    assert "you are Priya Raman" in result.output and "/ask QUESTION" in result.output
+    assert time.monotonic() - started < 20
 
 
 def test_shell_acts_as_the_user_given_and_refuses_others(subset_db: IndexedSubset) -> None:
