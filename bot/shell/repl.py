@@ -262,7 +262,11 @@ class Shell:
     def reply(self, text: str) -> None:
         """Follow up in the thread of your last direct message."""
         if not self._thread:
-            self.write("Nothing to follow up on yet: ask a question first.")
+            # /ask answers only you, with no thread to follow up in, as in Slack: say what starts one
+            self.write(
+                "Nothing to follow up on yet: /reply follows a question typed as a message (a line without a "
+                "leading /), not /ask, whose answer has no thread."
+            )
         elif not text:
             self.write("Usage: /reply TEXT, a follow-up in the thread of your last question.")
         else:

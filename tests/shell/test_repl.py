@@ -98,7 +98,9 @@ def test_user_switches_only_to_roster_members_and_changes_who_votes(chat: Chat, 
 
 
 def test_a_follow_up_goes_to_the_thread_of_the_last_question(chat: Chat) -> None:
-    assert "ask a question first" in chat.say("/reply what about one partition?")
+    assert "Nothing to follow up on yet" in chat.say("/reply what about one partition?")
+    chat.say("/ask kafka consumer group lag")  # answered to you alone, with no thread: as in Slack
+    assert "not /ask, whose answer has no thread" in chat.say("/reply what about one partition?")
     chat.say("kafka consumer group lag keeps growing on the orders topic")
     shown = chat.say("/reply what if it is only one partition?")
     assert "Kafka consumer group lag growing" in shown and "this thread's first question and yours" in shown
