@@ -18,6 +18,18 @@ def plain(text: str, **_: Any) -> str:
     return text
 
 
+# What a terminal would act on rather than show, in text that came from elsewhere (a pasted line, an alert payload's
+# annotations, a runbook): control characters but line breaks and tabs, and the bidirectional overrides and isolates
+# that reorder how the rest of a line reads. Colour codes (as click.style writes them) are the only escapes kept.
+COLOUR = r"\x1b\[[0-9;]*m"
+UNSHOWABLE = re.compile(rf"({COLOUR})|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with what a terminal would act on shown as a code instead (``<U+202E>``, ``<U+001B>``)."""
+    return UNSHOWABLE.sub(lambda m: m.group(1) or f"<U+{ord(m.group(0)):04X}>", text)
+
+
 # The emoji codes opsbot's own messages use (tests/shell/test_repl.py checks every one in bot/ is here), and
 # common ones people type; Slack draws them, so the shell does too. An unknown code stays as typed.
 EMOJI = {

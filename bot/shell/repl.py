@@ -24,7 +24,7 @@ from typing import Any
 from bot.errors import InvalidRequest
 from bot.runtime import Runtime
 from bot.shell.mentions import find_person, resolve_mentions, roster_examples
-from bot.shell.render import Button, Post, Style, plain, render_post
+from bot.shell.render import Button, Post, Style, plain, render_post, terminal_safe
 from bot.slack.local.fake_methods import BOT_USER_ID
 from bot.slack.local.shell_dispatch import (
     COMMAND_CHANNEL,
@@ -92,7 +92,7 @@ class Shell:
         reply_timeout: float = REPLY_TIMEOUT_S,
     ) -> None:
         self.runtime = runtime
-        self.write = write
+        self.write = lambda text: write(terminal_safe(text))  # a payload's escape sequences never reach the terminal
         self.style = style
         self.echo = echo  # repeat each line after the prompt, for piped input and transcripts
         self.reply_timeout = reply_timeout

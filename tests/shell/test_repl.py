@@ -16,13 +16,15 @@ from slack_bolt import BoltRequest
 from bot.errors import InvalidRequest
 from bot.runtime import Runtime
 from bot.shell.mentions import resolve_mentions
-from bot.shell.render import EMOJI, Button, Post, render_blocks, render_mrkdwn, render_post
+from bot.shell.render import EMOJI, Button, Post, render_blocks, render_mrkdwn, render_post, terminal_safe
 from bot.shell.repl import COMMAND_CHANNEL, DEFAULT_USER, DM_CHANNEL, Shell, check_user
 from bot.slack import ids
 from bot.slack.local.shell_dispatch import sign
 from bot.store import Store
 from tests.conftest import ROOT, Chat, make_runtime
 from tests.slack.conftest import GatedEncoder
+
+ALERT_FIXTURES = ROOT / "tests" / "fixtures" / "alertmanager"
 
 PRIYA, DANIEL = "U03F8K2LQ1", "U04C2RN8VD"  # the first roster member, and another one
 
@@ -433,6 +435,25 @@ def test_a_pasted_log_line_with_an_at_word_is_asked_as_slack_would_send_it(chat:
     assert posted["thread_ts"]
     # A misspelt name still sends nothing: it would reach opsbot as text, and nobody would be asked.
     assert "Did you mean @Daniel? " in chat.say("/experts kafka lag, ask @Danial")
+
+
+def test_what_a_terminal_would_act_on_is_shown_as_a_code_and_colours_are_kept() -> None:
+    text = "kill \x1b]0;pwned\x07 \x1b[2J done \u202eevil\u202c\tok\nnext " + "\x1b[1mbold\x1b[0m"
+    assert terminal_safe(text) == (
+        "kill <U+001B>]0;pwned<U+0007> <U+001B>[2J done <U+202E>evil<U+202C>\tok\nnext \x1b[1mbold\x1b[0m"
+    )
+
+
+def test_an_alert_payload_s_escape_sequences_never_reach_the_terminal(chat: Chat, tmp_path: Path) -> None:
+    payload = json.loads((ALERT_FIXTURES / "pgbouncer-firing.json").read_text(encoding="utf-8"))
+    payload["commonAnnotations"]["summary"] = "pool full \x1b]0;owned\x07\x1b[2J \u202eright-to-left"
+    for alert in payload["alerts"]:
+        alert["annotations"]["summary"] = payload["commonAnnotations"]["summary"]
+    path = tmp_path / "alert.json"
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    shown = chat.say(f"/alert {path}")
+    assert "PgBouncerPoolExhausted" in shown
+    assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
 
 
 def test_a_button_of_an_earlier_answer_can_still_be_pressed(chat: Chat, runtime: Runtime) -> None:
