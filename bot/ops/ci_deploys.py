@@ -249,7 +249,7 @@ def _report(deploys: DeployService, event: DeployEvent, actor: str, now: datetim
             "that called the pipeline); for an interrupted one, leave request_id out to record the pipeline's "
             "deploy on its own.",
         )
-    status = "failed" if event.status == "failed" else "succeeded"
+    status = FINISHED[event.status][1]  # rollback_failed fails a rollback request, as failed does
     fields: dict = {k: v for k, v in _event_fields(event).items() if v and row[k] in (None, "", "[]")}
     if status == row["status"]:  # what the run showed: fill in what the request lacks, and keep its finish
         if not fields:
@@ -295,7 +295,7 @@ def _settle(deploys: DeployService, event: DeployEvent, row: dict, actor: str, n
     become the request's, and the service and environment are free again."""
     store = deploys.store
     rid = row["id"]
-    status = "failed" if event.status == "failed" else "succeeded"
+    status = FINISHED[event.status][1]
     finished_at = _finish_time(event, row, now, rid)
     fields = {k: v for k, v in _event_fields(event).items() if v}
     store.transition(rid, row["status"], status, finished_at=finished_at, exit_code=None, lease_until=None, **fields)

@@ -332,6 +332,24 @@ def test_an_abandoned_rollback_is_audited_as_a_rollback(hooked: tuple[DeployServ
     assert actions(store)[-1] == "rollback.abandoned"
 
 
+def test_a_rollback_whose_pipeline_reports_rollback_failed_is_settled_failed(
+    hooked: tuple[DeployService, Store], clock: Clock
+) -> None:
+    # Before, `rollback_failed` settled the rollback as succeeded: 0.9.0 was taken to run, and the outage as ended.
+    deploys, store = hooked
+    settled(deploys, clock, "0.9.0")
+    settled(deploys, clock, "1.0.0")
+    back = deploys.request("rollback", "hook", "staging", "0.9.0", ALICE)
+    assert deploys.approve(back.id, BOB).start
+    assert deploys.execute(back.id).status == "awaiting_ci"
+
+    done = report(deploys, "rollback_failed", back.id, version="0.9.0")
+
+    assert done.action == "reported" and store.deploy_row(back.id)["status"] == "failed"
+    assert deploys.current_version("hook", "staging") == "1.0.0" and store.lock_holder("hook", "staging") is None
+    assert actions(store)[-1] == "rollback.reported"
+
+
 def test_abandoning_is_said_in_the_requests_thread_and_the_deploys_channel(
     hooked: tuple[DeployService, Store], clock: Clock
 ) -> None:

@@ -17,7 +17,7 @@ from bot.cli import main
 from bot.config import Secret
 from bot.ops.deploys import DeployService
 from bot.ops.metrics import dora
-from bot.ops.requests import recent_requests
+from bot.ops.requests import new_row, recent_requests
 from bot.runtime import Runtime
 from bot.slack import ids
 from bot.slack.app import create_app, create_client
@@ -433,6 +433,46 @@ def test_a_report_naming_a_request_it_does_not_fit_is_refused_and_changes_nothin
     assert runtime.store.deploy_row(rid)["status"] == "succeeded"
     assert runtime.store.deploy_row(pending)["status"] == "pending"
     assert len(runtime.store.audit_rows()) == audited and len(ci_rows(runtime)) == 1
+
+
+def test_a_rollback_its_pipeline_reports_as_failed_is_shown_failed_not_succeeded(
+    slack: SlackDriver, hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI, trigger: ThreadingHTTPServer
+) -> None:
+    # Before, every report but `failed` settled a request as succeeded: `rollback_failed`, the status a pipeline
+    # sends for a rollback that failed, left the rollback shown as succeeded and the service as restored.
+    webhook_service(runtime, trigger)
+    with runtime.store.transaction():  # hook-api ran 2.0.0, then 2.0.1
+        for n, version in enumerate(("2.0.0", "2.0.1")):
+            when = datetime(2026, 11, 1 + n, 9, 0, tzinfo=UTC).isoformat(timespec="seconds")
+            runtime.store.insert_deploy(
+                new_row(
+                    f"dep-seed-hook-{n}",
+                    service="hook-api",
+                    env="staging",
+                    version=version,
+                    requester=PRIYA,
+                    status="succeeded",
+                    created_at=when,
+                    expires_at=when,
+                    started_at=when,
+                    finished_at=when,
+                    exit_code=0,
+                )
+            )
+    posted = request(slack, slack_api, runtime, "hook-api staging", command="/rollback")
+    click(slack, ids.DEPLOY_APPROVE, posted, MARCUS)
+    taken = eventually(lambda: runtime.store.deploy_row(posted.request_id), lambda r: r["status"] == "succeeded")
+    assert (taken["kind"], taken["version"]) == ("rollback", "2.0.0")
+    assert slack.web.wait_idle(15)
+
+    answer = hooks.post(hook_event("rollback_failed", posted.request_id))
+
+    assert answer.status == 200 and answer.json()["status"] == "failed", answer.body
+    assert runtime.store.deploy_row(posted.request_id)["status"] == "failed"
+    said = slack_api.wait_for("chat.postMessage", predicate=lambda c: "reported *failed*" in shown(c.body))
+    assert "Rollback hook-api" in shown(said[0].body)
+    audit = [r for r in runtime.store.audit_rows() if r["request_id"] == posted.request_id]
+    assert (audit[-1]["action"], audit[-1]["details"]["status"]) == ("rollback.reported", "failed")
 
 
 def handed_to_ci(
