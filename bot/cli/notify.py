@@ -188,6 +188,8 @@ def _record_event_locally(db_path: Path, body: bytes) -> dict:
 
         try:
             return record_ci_event(deploys, parsed).as_json()
+        except EventProblem as exc:  # it does not fit what is recorded: an event id used before, a run's times
+            raise OpsbotError(f"{exc}{_option_of(exc.field)}") from None
         except sqlite3.OperationalError as exc:
             if not is_write_failure(exc):
                 raise

@@ -74,7 +74,17 @@ def record_ci_event(deploys: DeployService, event: DeployEvent) -> CiOutcome:
     now = deploys.clock()
     actor = f"ci:{event.actor}"
     with store.transaction():
-        if not store.claim_event(f"hook:{event.event_id}"):
+        new, first = store.claim_hook_event(event.event_id, event.reported)
+        if not new and first and first != event.reported:
+            # A pipeline that reuses an id (its pipeline's, for the start and the finish, or for a retried job)
+            # would have its later events taken for repeats: a finish dropped, a run left holding the lock.
+            raise EventProblem(
+                "event_id",
+                f"event_id {event.event_id} was already used for another event ({first}), so this one "
+                f"({event.reported}) was not recorded: give each event an id of its own, such as the run's id and "
+                "attempt with started or finished (gh-8842113-1-finished), and send it again.",
+            )
+        if not new:
             log.info("deploy hook duplicate event_id=%s", event.event_id)
             return CiOutcome("duplicate")
         if event.request_id:

@@ -82,6 +82,12 @@ class DeployEvent:
     def finished(self) -> bool:
         return self.status != "started"
 
+    @property
+    def reported(self) -> str:
+        """What the event reports, as its id is remembered with: a retry says the same, another event does not."""
+        on = f" for {self.request_id}" if self.request_id else ""
+        return f"{self.service} {self.version} to {self.env} {self.status}{on}"
+
 
 # -- signing -------------------------------------------------------------------------------------------
 

@@ -35,6 +35,19 @@ class ConversationStore(StoreBase):
         cur = self.db.execute("INSERT OR IGNORE INTO events_seen (event_id, at) VALUES (?, ?)", [event_id, _now()])
         return cur.rowcount == 1
 
+    def claim_hook_event(self, event_id: str, reported: str) -> tuple[bool, str]:
+        """Inside store.transaction(): record a CI event's id and what it reported. (True, "") the first time; then
+        (False, what the id reported first), "" for an id recorded before opsbot kept that. What it reported is kept
+        in a second row, ``hook:ID#WHAT`` ('#' is not allowed in an event id), pruned with the id's own."""
+        if self.claim_event(f"hook:{event_id}"):
+            self.claim_event(f"hook:{event_id}#{reported}")
+            return True, ""
+        first = self.db.execute(  # every row of the id's prefix: '$' is the character after '#'
+            "SELECT event_id FROM events_seen WHERE event_id >= ? AND event_id < ? LIMIT 1",
+            [f"hook:{event_id}#", f"hook:{event_id}$"],
+        ).fetchone()
+        return False, first[0].partition("#")[2] if first else ""
+
     def prune_seen_events(self, events_before: str, hooks_before: str) -> int:
         """Forget Slack's event ids seen before ``events_before`` (Slack retries an event for minutes, not days) and
         CI events' before ``hooks_before``; shares are kept (an answer is shared once, however old). How many."""

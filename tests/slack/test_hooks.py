@@ -128,6 +128,38 @@ def test_a_replayed_event_is_recorded_once(hooks: HookDriver, runtime: Runtime, 
     assert len(runtime.store.audit_rows()) == 1 and len(slack_api.calls("chat.postMessage")) == 1
 
 
+def test_an_event_id_used_again_for_another_event_is_refused_not_taken_for_a_repeat(
+    hooks: HookDriver, runtime: Runtime, slack_api: FakeSlackAPI
+) -> None:
+    # Before, the finish sent under the start's id (`gl-$CI_PIPELINE_ID` for both, or a retried job) was answered
+    # {"ok": true, "duplicate": true} and dropped: the deploy stayed running, holding the lock, for hours.
+    started = hooks.post(event("started", event_id="gl-4711"))
+    assert started.status == 200 and started.json()["action"] == "started"
+
+    finished = hooks.post(event("succeeded", event_id="gl-4711"))
+
+    assert finished.status == 400 and finished.json()["field"] == "event_id", finished.body
+    assert finished.json()["error"] == (
+        "event_id gl-4711 was already used for another event (checkout-api 1.4.2 to prod started), so this one "
+        "(checkout-api 1.4.2 to prod succeeded) was not recorded: give each event an id of its own, such as the "
+        "run's id and attempt with started or finished (gh-8842113-1-finished), and send it again."
+    )
+    assert [r["status"] for r in ci_rows(runtime)] == ["running"]
+    assert hooks.post(event("started", event_id="gl-4711")).json() == {"ok": True, "duplicate": True}  # a retry
+    common = ["--url", hooks.url, "--service", "checkout-api", "--env", "prod", "--version", "1.4.2"]
+    said = invoke(*common, "--status", "failed", "--event-id", "gl-4711")
+    assert said.exit_code == 1 and "HTTP 400" in said.output and "already used for another event" in said.output
+    assert "(--event-id)" in said.output
+    local = invoke("--db", str(runtime.settings.db_path), *common[2:], "--status", "failed", "--event-id", "gl-4711")
+    assert local.exit_code == 1 and "already used for another event" in local.output and "Traceback" not in local.output
+
+    done = hooks.post(event("succeeded", event_id="gl-4711-finished"))
+
+    assert done.status == 200 and done.json()["action"] == "finished"
+    assert [r["status"] for r in ci_rows(runtime)] == ["succeeded"]
+    assert runtime.store.lock_holder("checkout-api", "prod") is None
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
