@@ -587,7 +587,9 @@ def _run_command(
         reporter.close()
         os.close(watch_write)
     code = process.returncode
-    if code == 127 and lines and lines[-1].startswith("could not start "):
+    # The guard's own word that the command never started: its only line. A command that ran may exit 127 too, and
+    # say "could not start" of something of its own (a pod), after output of its own.
+    if code == 127 and len(lines) == 1 and lines[0].startswith(f"could not start {argv[0]}: "):
         return NOT_STARTED, None, list(lines)
     return ("succeeded" if code == 0 else "failed"), code, list(lines)
 

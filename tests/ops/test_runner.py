@@ -446,6 +446,19 @@ def test_a_command_that_cannot_be_started_fails_the_deploy_saying_why_and_frees_
     store.close()
 
 
+def test_a_command_that_ran_and_exited_127_saying_could_not_start_is_a_failed_change(tmp_path: Path) -> None:
+    # Before, any exit 127 whose last line began "could not start " was taken for the guard's word that the command
+    # never started: a rollout that had begun showed no exit code, no Roll back button, and no failed change.
+    code = "import sys; print('rolling out'); print('could not start pod web-2: ImagePullBackOff'); sys.exit(127)"
+    deploys, store, request = approved_python(tmp_path, code)
+
+    done = deploys.execute(request.id)
+
+    assert done.status == "failed" and done.exit_code == 127 and not done.never_started
+    assert done.log_tail == "rolling out\ncould not start pod web-2: ImagePullBackOff"
+    store.close()
+
+
 class SlowRedactor(Redactor):
     """Scrubs a line holding "blob" slowly, as a multi-megabyte line of minified JSON is scrubbed."""
 
