@@ -22,6 +22,9 @@ class DeployStore(StoreBase):
     )
 
     # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger
+    # Times are kept to the second: of two runs that ended in the same one (a deploy and the next, a failure and its
+    # rollback), the one requested later ended later, as one runs at a time per service and environment.
+    LATER_FIRST = "rowid DESC"
     RAN_AT = (
         "CASE WHEN status = 'abandoned' AND source != 'ci' "
         "THEN COALESCE(NULLIF(triggered_at, ''), started_at) ELSE finished_at END"
@@ -103,7 +106,7 @@ class DeployStore(StoreBase):
         return self._rows(
             "service = ? AND env = ? AND status = 'succeeded'",
             [service, env],
-            order="COALESCE(finished_at, created_at) DESC, id",
+            order=f"COALESCE(finished_at, created_at) DESC, {self.LATER_FIRST}",
             limit=limit,
             columns="id, kind, version, from_version, finished_at, created_at" if limit < 0 else None,
         )
@@ -112,7 +115,7 @@ class DeployStore(StoreBase):
         """Each version that succeeded, once, newest last success first."""
         cur = self.db.execute(
             "SELECT version FROM deploy_requests WHERE service = ? AND env = ? AND status = 'succeeded' "
-            "GROUP BY version ORDER BY MAX(COALESCE(finished_at, created_at)) DESC, version LIMIT ?",
+            "GROUP BY version ORDER BY MAX(COALESCE(finished_at, created_at)) DESC, MAX(rowid) DESC LIMIT ?",
             [service, env, limit],
         )
         return [r[0] for r in cur.fetchall()]
@@ -136,7 +139,7 @@ class DeployStore(StoreBase):
             "AND (status IN ('succeeded', 'failed', 'timed_out', 'interrupted') "
             "OR (status = 'abandoned' AND source != 'ci' AND kind = 'deploy'))",
             [service, env],
-            order=f"{self.RAN_AT} DESC, id",
+            order=f"{self.RAN_AT} DESC, {self.LATER_FIRST}",
             limit=1,
         )
         return rows[0] if rows else None

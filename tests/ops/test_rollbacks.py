@@ -45,6 +45,23 @@ def test_rollback_without_a_version_targets_the_previous_success(
     assert actions(store).count("rollback.finished") == 1
 
 
+@pytest.mark.parametrize("versions", [("2.0.0", "2.0.1"), ("2.0.1", "2.0.0")])
+def test_of_two_deploys_that_ended_in_the_same_second_the_later_one_runs(
+    deploys: DeployService, clock: Clock, versions: tuple[str, str]
+) -> None:
+    """Times are kept to the second: which ran last was once told by the versions' order or by random ids."""
+    first, second = versions
+    for version in versions:  # the clock stands still: both end in the same second
+        assert deploys.execute(start(deploys, version=version).id).status == "succeeded"
+    assert deploys.current_version("web", "staging") == second
+    request = deploys.request("rollback", "web", "staging", None, ALICE)
+    assert (request.from_version, request.version) == (second, first)
+    deploys.reject(request.id, BOB)
+    failed = deploys.execute(start(deploys, version="2.0.2-bad").id)  # and a failure in that second too
+    assert failed.status == "failed"
+    assert deploys.failed_version("web", "staging") == "2.0.2-bad"
+
+
 def test_rollback_after_a_failed_deploy_goes_back_to_the_last_good_version(
     deploys: DeployService, clock: Clock
 ) -> None:
