@@ -571,7 +571,10 @@ def _run_command(
                 _kill_group(process)
                 process.wait()
                 _drain(reader, lines, time.monotonic() + DRAIN_S, read_so_far)
-                lines.append(f"opsbot: stopped after the {runner.timeout} s timeout")
+                lines.append(
+                    f"opsbot: stopped after the {runner.timeout} s timeout (if it needs longer, raise `timeout:` "
+                    f"under {request.service}'s runner in services.yaml)"
+                )
                 return "timed_out", None, list(lines)
             if time.monotonic() - last_report >= PROGRESS_EVERY_S:
                 last_report = time.monotonic()
