@@ -542,18 +542,7 @@ class AlertService:
             else:
                 # when it resolved is not known: by the silence's end at the latest
                 resolved = max(ended, datetime.fromisoformat(group.started_at)) if group.started_at else ended
-                rows = [ended_row(a, resolved) for a in group.alerts if a.firing]
-                self.store.replace_alert_instances(group_id, rows)
-                self.store.update_alert_group(
-                    group_id,
-                    status="resolved",
-                    resolved_at=_iso(resolved),
-                    resolve_received_at=_iso(now),
-                    silence_id="",
-                    truncated=0,
-                    digest="",  # a later delivery of the same alerts is news, not a repeat
-                    updated_at=_iso(now),
-                )
+                self._resolve_unsent(group, resolved, now, silence_id="")
                 note, kind = RESOLVED_SILENCED, "resolved"
             self.store.add_alert_event(group_id, "alertmanager", kind, note, _iso(now))
             change = Change(kind, self.get(group_id), note)
@@ -561,6 +550,20 @@ class AlertService:
             if announcer is not None:
                 announcer.announce(change)
         return kind
+
+    def _resolve_unsent(self, group: AlertGroup, resolved: datetime, now: datetime, **fields: str) -> None:
+        """Resolve a group whose resolve Alertmanager never sent (found ``now``): its alerts ended by ``resolved``."""
+        self.store.replace_alert_instances(group.id, [ended_row(a, resolved) for a in group.alerts if a.firing])
+        self.store.update_alert_group(
+            group.id,
+            status="resolved",
+            resolved_at=_iso(resolved),
+            resolve_received_at=_iso(now),
+            truncated=0,
+            digest="",  # a later delivery of the same alerts is news, not a repeat
+            updated_at=_iso(now),
+            **fields,
+        )
 
     def quiet_groups(self) -> list[str]:
         """Firing groups nothing has confirmed for QUIET_FOR (see check_quiet)."""
@@ -615,19 +618,7 @@ class AlertService:
                 log.info("alert group quiet and not listed by Alertmanager, asked again shortly group=%s", group_id)
                 return "missing"
             quiet = now - datetime.fromisoformat(last) if last else QUIET_FOR
-            rows = [ended_row(a, now) for a in group.alerts if a.firing]
-            self.store.replace_alert_instances(group_id, rows)
-            self.store.update_alert_group(
-                group_id,
-                status="resolved",
-                resolved_at=_iso(now),  # when it resolved is not known: by now at the latest
-                resolve_received_at=_iso(now),
-                checked_at=_iso(now),
-                missing_at="",
-                truncated=0,
-                digest="",  # a later delivery of the same alerts is news, not a repeat
-                updated_at=_iso(now),
-            )
+            self._resolve_unsent(group, now, now, checked_at=_iso(now), missing_at="")  # when is not known: by now
             note = RESOLVED_QUIETLY.format(found=now.astimezone(UTC), quiet=_quiet_text(quiet))
             self.store.add_alert_event(group_id, "alertmanager", "resolved", note, _iso(now))
             change = Change("resolved", self.get(group_id), note)

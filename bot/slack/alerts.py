@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bot.errors import InvalidRequest
@@ -194,25 +194,13 @@ class AlertDesk:
         """Ask Alertmanager about each group whose silence ended (a background job, as it waits on the network):
         per group, what came of it (see AlertService.check_silence_end)."""
         alerts = self.runtime.alerts()
-        outcomes = {}
-        for group_id in alerts.ended_silences():
-            try:
-                outcomes[group_id] = alerts.check_silence_end(group_id, self)
-            except Exception:  # one group's trouble must not keep the others waiting; the next sweep tries again
-                log.exception("alert silence end check failed group=%s", group_id)
-        return outcomes
+        return _each("silence end", alerts.ended_silences(), lambda group_id: alerts.check_silence_end(group_id, self))
 
     def check_quiet(self) -> dict[str, str]:
         """Ask Alertmanager about each firing group nothing has confirmed for a while (a background job): per group,
         what came of it (see AlertService.check_quiet)."""
         alerts = self.runtime.alerts()
-        outcomes = {}
-        for group_id in alerts.quiet_groups():
-            try:
-                outcomes[group_id] = alerts.check_quiet(group_id, self)
-            except Exception:  # one group's trouble must not keep the others waiting; the next sweep tries again
-                log.exception("alert quiet group check failed group=%s", group_id)
-        return outcomes
+        return _each("quiet group", alerts.quiet_groups(), lambda group_id: alerts.check_quiet(group_id, self))
 
     def rollback(self, body: dict) -> None:
         """Rollback from the briefing: a rollback request through the /rollback approval flow, noted in the thread."""
@@ -223,6 +211,17 @@ class AlertDesk:
         text = f"Rollback of {request.service} in {request.env} to {request.version} requested ({request.id})"
         log.info("rollback requested from alert group=%s request=%s by=%s", value["alert"], request.id, user)
         self.runtime.alerts().record_action(value["alert"], user, text, self)
+
+
+def _each(what: str, group_ids: list[str], check: Callable[[str], str]) -> dict[str, str]:
+    """``check`` each group in turn (a background job's round): per group, what came of it."""
+    outcomes = {}
+    for group_id in group_ids:
+        try:
+            outcomes[group_id] = check(group_id)
+        except Exception:  # one group's trouble must not keep the others waiting; the next sweep tries again
+            log.exception("alert %s check failed group=%s", what, group_id)
+    return outcomes
 
 
 def build_briefing(runtime: Runtime, alerts: AlertService, group: AlertGroup) -> list[dict]:

@@ -6,6 +6,8 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -17,7 +19,7 @@ from bot.slack.app import SLOW_WORKERS, create_app
 from bot.slack.local.fake_api import FakeSlackAPI
 from bot.slack.payloads import MalformedPayload
 from tests.conftest import FakeEncoder
-from tests.slack.conftest import GatedEncoder, make_settings, sign, start_bot
+from tests.slack.conftest import GatedEncoder, SlackDriver, make_settings, sign, start_bot
 
 
 def test_commands_are_acknowledged_while_every_slow_worker_is_busy(tmp_path: Path, slack_api: FakeSlackAPI) -> None:
@@ -72,21 +74,18 @@ def held_by_another_thread(runtime: Runtime, timeout: float = 5) -> bool:
     return False
 
 
-def test_an_event_is_acknowledged_at_once_while_a_reply_waits_for_another_process_to_let_go_of_the_database(
-    tmp_path: Path, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The first reply's outbox write waited out the lock (30 s) holding the store, and every event after it waited
-    behind that write: Slack saw 30 s for the acknowledgement, gave up and sent the event again."""
+@contextmanager
+def store_held_by_a_reply(tmp_path: Path, slack_api: FakeSlackAPI) -> Iterator[SlackDriver]:
+    """A bot whose store a reply holds, its outbox write waiting for another process's write lock (an operator's
+    sqlite3 session, a VACUUM); that process lets go when the block ends, and the replies are delivered."""
     runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
     server, slack = start_bot(runtime, slack_api)
     holder = sqlite3.connect(tmp_path / "opsbot.db", isolation_level=None)
     try:
-        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
+        holder.execute("BEGIN IMMEDIATE")
         first, _ = slack.mention("help")  # its reply (the help text) is written to the outbox, which waits
-        assert held_by_another_thread(runtime)
-        started = time.monotonic()
-        second, _ = slack.mention("help", channel="C0OPS0002")
-        waited = time.monotonic() - started
+        assert first.status == 200 and held_by_another_thread(runtime)
+        yield slack
         holder.execute("ROLLBACK")
         assert slack.web is not None and slack.web.wait_idle(15)
     finally:
@@ -95,7 +94,18 @@ def test_an_event_is_acknowledged_at_once_while_a_reply_waits_for_another_proces
         if slack.web is not None:
             slack.web.stop()
         runtime.close()
-    assert (first.status, second.status) == (200, 200) and waited < 2
+
+
+def test_an_event_is_acknowledged_at_once_while_a_reply_waits_for_another_process_to_let_go_of_the_database(
+    tmp_path: Path, slack_api: FakeSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first reply's outbox write waited out the lock (30 s) holding the store, and every event after it waited
+    behind that write: Slack saw 30 s for the acknowledgement, gave up and sent the event again."""
+    with store_held_by_a_reply(tmp_path, slack_api) as slack:
+        started = time.monotonic()
+        second, _ = slack.mention("help", channel="C0OPS0002")
+        waited = time.monotonic() - started
+    assert second.status == 200 and waited < 2
     warnings = [r.getMessage() for r in caplog.records if r.name == "bot.slack.app"]
     assert len(warnings) == 2 and all(w.startswith("event not recorded") for w in warnings)
     assert {m.body["channel"] for m in slack_api.calls("chat.postMessage")} == {"C0OPS0001", "C0OPS0002"}
@@ -105,24 +115,10 @@ def test_usage_is_acknowledged_at_once_while_a_reply_waits_for_another_process_t
     tmp_path: Path, slack_api: FakeSlackAPI
 ) -> None:
     """A usage line's examples are read from the store, which the waiting reply held: `/ask` alone took a minute."""
-    runtime = Runtime(make_settings(tmp_path, slack_api), encoder=FakeEncoder())
-    server, slack = start_bot(runtime, slack_api)
-    holder = sqlite3.connect(tmp_path / "opsbot.db", isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session, a VACUUM
-        slack.mention("help")  # its reply (the help text) is written to the outbox, which waits
-        assert held_by_another_thread(runtime)
+    with store_held_by_a_reply(tmp_path, slack_api) as slack:
         started = time.monotonic()
         acks = [slack.command(name, "") for name in ("/ask", "/experts", "/deploy", "/rollback")]
         waited = time.monotonic() - started
-        holder.execute("ROLLBACK")
-        assert slack.web is not None and slack.web.wait_idle(15)
-    finally:
-        holder.close()
-        server.stop()
-        if slack.web is not None:
-            slack.web.stop()
-        runtime.close()
     assert [a.status for a in acks] == [200] * 4 and waited < 4
     texts = [json.loads(a.body)["text"] for a in acks]
     assert texts[0] == "Usage: /ask QUESTION" and texts[1].startswith("Usage: /experts TEXT")
