@@ -72,8 +72,9 @@ def report(deploys: DeployService, status: str, request_id: str, version: str = 
     return record_ci_event(deploys, parse_event(json.dumps(body), deploys.ci_services(), deploys.ci_environments()))
 
 
-def handed_off(deploys: DeployService, version: str = "2.0.0") -> str:
-    request = deploys.request("deploy", "hook", "staging", version, ALICE)
+def handed_off(deploys: DeployService, version: str = "2.0.0", kind: str = "deploy") -> str:
+    """A request approved and run: its pipeline was triggered, and its report is awaited. Its id."""
+    request = deploys.request(kind, "hook", "staging", version, ALICE)
     assert deploys.approve(request.id, BOB).start
     assert deploys.execute(request.id).status == "awaiting_ci"
     return request.id
@@ -322,9 +323,7 @@ def test_an_abandoned_rollback_is_audited_as_a_rollback(hooked: tuple[DeployServ
     deploys, store = hooked
     settled(deploys, clock, "0.9.0")
     settled(deploys, clock, "1.0.0")
-    back = deploys.request("rollback", "hook", "staging", "0.9.0", ALICE)
-    assert deploys.approve(back.id, BOB).start
-    assert deploys.execute(back.id).status == "awaiting_ci"
+    handed_off(deploys, "0.9.0", "rollback")
     clock.advance(hours=3)
 
     abandon_stale(deploys)
@@ -339,13 +338,11 @@ def test_a_rollback_whose_pipeline_reports_rollback_failed_is_settled_failed(
     deploys, store = hooked
     settled(deploys, clock, "0.9.0")
     settled(deploys, clock, "1.0.0")
-    back = deploys.request("rollback", "hook", "staging", "0.9.0", ALICE)
-    assert deploys.approve(back.id, BOB).start
-    assert deploys.execute(back.id).status == "awaiting_ci"
+    back = handed_off(deploys, "0.9.0", "rollback")
 
-    done = report(deploys, "rollback_failed", back.id, version="0.9.0")
+    done = report(deploys, "rollback_failed", back, version="0.9.0")
 
-    assert done.action == "reported" and store.deploy_row(back.id)["status"] == "failed"
+    assert done.action == "reported" and store.deploy_row(back)["status"] == "failed"
     assert deploys.current_version("hook", "staging") == "1.0.0" and store.lock_holder("hook", "staging") is None
     assert actions(store)[-1] == "rollback.reported"
 
@@ -402,8 +399,7 @@ def test_after_an_abandoned_rollback_the_next_rollback_still_leaves_the_current_
     deploys, store = hooked
     settled(deploys, clock, "1.0.0")
     settled(deploys, clock, "2.0.0")
-    back = deploys.request("rollback", "hook", "staging", "1.0.0", ALICE)
-    assert deploys.approve(back.id, BOB).start and deploys.execute(back.id).status == "awaiting_ci"
+    handed_off(deploys, "1.0.0", "rollback")
     clock.advance(hours=3)
     abandon_stale(deploys)  # a rollback that may have run leaves 2.0.0 or 1.0.0: the choice stays the people's
 
