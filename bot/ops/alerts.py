@@ -104,6 +104,8 @@ class AlertService:
         self._silencers = silencers
         self.names = names or {}
         self.clock = clock
+        # (group, silence, reason) of each silence end Alertmanager could not be asked about, logged once already
+        self._unreached_said: set[tuple[str, str, str]] = set()
 
     @classmethod
     def from_store(
@@ -517,7 +519,16 @@ class AlertService:
         except AlertmanagerError as exc:
             problem = str(exc)
             if self.clock() - ended < SILENCE_CHECK_FOR:
-                log.warning("alert silence end not checked group=%s silence=%s: %s", group_id, group.silence_id, exc)
+                # Asked again at every sweep (30 s) for a day: said once per group and reason, not 2,880 times
+                said = (group_id, group.silence_id, problem)
+                if said not in self._unreached_said:
+                    self._unreached_said.add(said)
+                    log.warning(
+                        "alert silence end not checked group=%s silence=%s: %s (asked again every sweep, said once)",
+                        group_id,
+                        group.silence_id,
+                        exc,
+                    )
                 return "retry"
         except InvalidRequest as exc:  # settings.alertmanager_urls no longer lists it: asking again will not help
             problem = str(exc)

@@ -819,6 +819,7 @@ def test_an_alertmanager_out_of_reach_is_asked_again_for_a_day_then_the_state_is
     assert "alert silence end not checked" in caplog.text and "(refused)" in caplog.text
     alert_clock.advance(hours=23)
     assert alerts.check_silence_end(group.id, shown, down) == "retry"
+    assert caplog.text.count("alert silence end not checked") == 1  # every sweep for a day, said once
     alert_clock.advance(hours=1)
     assert alerts.check_silence_end(group.id, shown, down) == "unknown"
     [note] = shown.changes
