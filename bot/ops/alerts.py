@@ -562,6 +562,14 @@ class AlertService:
                 announcer.announce(change)
         return kind
 
+    def _quiet_state(self, group_id: str) -> tuple[AlertGroup, tuple[object, ...]]:
+        """The group, and what check_quiet compares before and after asking Alertmanager: any change means that a
+        delivery, a silence or another process's check came meanwhile. Ends with when it was checked, found missing."""
+        group = self.get(group_id)
+        row = self.store.alert_group(group_id) or {}
+        state = (group.episode, group.status, group.updated_at, group.silence_id)
+        return group, (*state, row.get("checked_at", ""), row.get("missing_at", ""))
+
     def _resolve_unsent(self, group: AlertGroup, resolved: datetime, now: datetime, **fields: str) -> None:
         """Resolve a group whose resolve Alertmanager never sent (found ``now``): its alerts ended by ``resolved``."""
         self.store.replace_alert_instances(group.id, [ended_row(a, resolved) for a in group.alerts if a.firing])
@@ -593,10 +601,7 @@ class AlertService:
         QUIET_FOR), "retry" (not reached, or not allowed to be asked: logged, asked again after QUIET_FOR, nothing said
         in Slack, as the message shows what opsbot last heard), or "" (the group moved on meanwhile). Only the group's
         own labels are asked by: every alert of the group has them."""
-        group = self.get(group_id)
-        row = self.store.alert_group(group_id) or {}
-        seen = (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", ""))
-        seen += (row.get("missing_at", ""),)
+        group, seen = self._quiet_state(group_id)
         matchers = tuple(sorted(group.group_labels.items()))
         firing, problem = 0, ""
         try:
@@ -606,11 +611,9 @@ class AlertService:
         except (AlertmanagerError, InvalidRequest) as exc:
             problem = str(exc)
         with self.store.transaction():
-            group = self.get(group_id)
-            row = self.store.alert_group(group_id) or {}
+            group, now_seen = self._quiet_state(group_id)
             now = self.clock()
-            now_seen = (group.episode, group.status, group.updated_at, group.silence_id, row.get("checked_at", ""))
-            if now_seen + (row.get("missing_at", ""),) != seen:
+            if now_seen != seen:
                 return ""  # a delivery, a silence, or another process's check got there first
             if problem or firing:
                 self.store.update_alert_group(group_id, checked_at=_iso(now), missing_at="")
