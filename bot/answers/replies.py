@@ -285,6 +285,11 @@ class Answerer:
             raise NotFound("that answer is no longer known; ask again to vote on a fresh one.")
         index = self._index()
         path = saved["paths"][0]
+        if path not in index.doc_index:  # a vote on it would count for nothing, yet be thanked for
+            raise NotFound(
+                f"{path} is no longer in the knowledge index (it was removed or renamed since this answer), so the "
+                "vote was not recorded. Ask again, and vote on the new answer."
+            )
         vector = index.embed_query(saved["query"])
         changed = self.store.record_feedback(
             answer_id, user, saved["query"], path, vote, vector, index.encoder.model_id

@@ -400,6 +400,25 @@ def test_a_vote_where_opsbot_is_not_a_member_is_acknowledged(
     assert runtime.store.feedback_rows()[-1]["vote"] == 1
 
 
+def test_a_vote_on_an_answer_whose_runbook_was_removed_since_is_refused_not_thanked(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    slack.mention(QUESTION)
+    (answer,) = slack_api.wait_for("chat.postMessage")
+    slack_api.clear()
+    answer_id = buttons(answer.body["blocks"])[ids.FEEDBACK_UP]
+    (path, *_) = runtime.store.get_answer(answer_id)["paths"]
+    runtime.store.delete_documents([path])  # the runbook was deleted, and `opsbot index` run
+    runtime.index().refresh()
+
+    slack.click(ids.FEEDBACK_UP, answer_id, user=ASKER)
+    (told,) = slack_api.wait_for("response_url")
+
+    assert f"{path} is no longer in the knowledge index" in told.body["text"]
+    assert "not recorded" in told.body["text"] and "helpful" not in told.body["text"]
+    assert runtime.store.feedback_rows() == []
+
+
 def test_a_vote_changed_on_an_older_answer_is_the_one_that_counts(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
