@@ -98,9 +98,18 @@ class Runtime:
                 self.refit_ranker()
         except BaseException as exc:  # reported to every waiting question, never lost
             self._error = exc
-            log.exception("loading failed")
+            if self._closing.is_set():  # a start that failed, or a stop soon after it: the process is ending, and
+                # the loading fails with it (an import cut short by the interpreter's exit), which is no fault
+                log.info("loading stopped: opsbot is stopping (%s: %s)", type(exc).__name__, exc)
+            else:
+                log.exception("loading failed")
         finally:
             self._ready.set()
+
+    def stopping(self) -> None:
+        """The process is ending: a refit stops at its next step, and the loading, if it fails now (the
+        interpreter's exit cuts an import short), says so in one line rather than as a fault."""
+        self._closing.set()
 
     def close(self, timeout: float = READY_TIMEOUT_S) -> bool:
         """Close the store once the background loader and the ranker's refit no longer read from it; False when
@@ -110,7 +119,7 @@ class Runtime:
         (a segfault, not an exception), so a short session that ends while the model still loads waits.
         """
         deadline = time.monotonic() + timeout
-        self._closing.set()  # the refit stops at its next step; the votes are kept and the next start refits
+        self.stopping()  # the refit stops at its next step; the votes are kept and the next start refits
         for worker in (self._loader, self._refit):
             if worker is not None and worker.is_alive():
                 worker.join(max(deadline - time.monotonic(), 0))

@@ -12,7 +12,7 @@ import pytest
 from bot.answers import indexer
 from bot.answers.indexer import index_knowledge
 from bot.config import Settings
-from bot.runtime import Runtime
+from bot.runtime import NotReady, Runtime
 from bot.store import Store
 from tests.conftest import FakeEncoder
 from tests.ops.fixtures import SERVICES, make_knowledge
@@ -142,6 +142,59 @@ def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path)
     runtime.close()  # would close the connection under the loader's reads without waiting
 
     assert runtime.ready  # the loader finished its reads before the store was closed
+
+
+def test_a_loading_that_fails_once_the_bot_is_closing_is_one_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `opsbot serve` whose Slack refused the app token exits while the model still loads; the interpreter's exit
+    # then broke the loader's import of torch ("operator prims::bitwise_xor does not exist"), logged as a failure.
+    knowledge = make_knowledge(tmp_path / "knowledge")
+    store = Store(tmp_path / "opsbot.db")
+    index_knowledge(store, FakeEncoder(), knowledge)
+    gate, closing = threading.Event(), threading.Event()
+
+    class CutShort(FakeEncoder):
+        def load(self) -> None:
+            gate.wait(5)
+            raise RuntimeError("operator prims::bitwise_xor does not exist")
+
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
+    runtime = Runtime(settings, encoder=CutShort(), store=store)  # type: ignore[arg-type]
+    runtime.start_loading()
+    threading.Timer(0.2, lambda: (closing.wait(5), gate.set())).start()
+    caplog.set_level("INFO", logger="bot.runtime")
+
+    runtime.stopping()  # as `opsbot serve` does when its start failed
+    closing.set()
+    assert runtime.close(5)  # the loader, then the store
+
+    (said,) = [r for r in caplog.records if "loading" in r.getMessage()]
+    assert said.levelname == "INFO" and said.exc_info is None
+    assert "opsbot is stopping" in said.getMessage() and "bitwise_xor" in said.getMessage()
+    with pytest.raises(NotReady, match="could not be loaded"):  # a question waiting on it is still told
+        runtime.index(0)
+
+
+def test_a_loading_that_fails_while_the_bot_runs_is_logged_with_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    knowledge = make_knowledge(tmp_path / "knowledge")
+    store = Store(tmp_path / "opsbot.db")
+    index_knowledge(store, FakeEncoder(), knowledge)
+
+    class Broken(FakeEncoder):
+        def load(self) -> None:
+            raise RuntimeError("weights missing")
+
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
+    runtime = Runtime(settings, encoder=Broken(), store=store)  # type: ignore[arg-type]
+    with pytest.raises(NotReady, match="weights missing"):
+        runtime.index(5)
+
+    (said,) = [r for r in caplog.records if r.getMessage() == "loading failed"]
+    assert said.levelname == "ERROR" and said.exc_info is not None
+    runtime.close()
 
 
 def test_a_section_holding_the_questions_words_together_is_kept_below_the_similarity_floor(tmp_path: Path) -> None:

@@ -201,6 +201,8 @@ def serve(ctx: click.Context, port: int | None, host: str, hooks_port: int | Non
             for stop in listeners:
                 stop(0)
             app.web.stop()  # what is not delivered yet stays in the outbox for the next start
+            background.stop(0)
+            runtime.stopping()  # the model may still load as the process ends: that is no fault of its own
             raise
         stopped = stop_serving(app, runtime, background, listeners, reason, settings.stop_grace_s)
     if not stopped.clean:  # threads still at work would hold up the interpreter's exit: leave without them
