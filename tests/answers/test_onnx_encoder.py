@@ -139,3 +139,11 @@ def test_eval_and_bench_with_onnx(monkeypatch: pytest.MonkeyPatch, onnx_cache: P
     bench = json.loads(result.stdout)
     assert bench["encoder"] == "onnx" and "onnx_exported" not in bench  # the session's export was reused
     assert bench["search"][0]["encode_ms"]["p50"] > 0
+
+
+def test_onnx_runtimes_threads_stop_spinning_once_an_encode_is_done(
+    onnx_cache: Path, minilm: SentenceTransformerEncoder
+) -> None:
+    # Spinning on after the encode, they held a core the search that follows needs (README "Speed").
+    session = OnnxEncoder(minilm.model, onnx_cache).load()
+    assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
