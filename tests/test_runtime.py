@@ -169,7 +169,7 @@ def test_a_loading_that_fails_once_the_bot_is_closing_is_one_line_not_a_tracebac
     closing.set()
     assert runtime.close(5)  # the loader, then the store
 
-    (said,) = [r for r in caplog.records if "loading" in r.getMessage()]
+    (said,) = [r for r in caplog.records if r.name == "bot.runtime" and r.getMessage().startswith("loading")]
     assert said.levelname == "INFO" and said.exc_info is None
     assert "opsbot is stopping" in said.getMessage() and "bitwise_xor" in said.getMessage()
     with pytest.raises(NotReady, match="could not be loaded"):  # a question waiting on it is still told
