@@ -104,6 +104,7 @@ class Shell:
         self._numbers = itertools.count(1)
         self._thread = ""  # ts of your last direct message, for /reply
         self.unfinished = False  # left while opsbot was still at work (Ctrl-C while leaving, or too slow)
+        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -114,7 +115,12 @@ class Shell:
 
     def close(self) -> None:
         """Let what opsbot still does for the lines typed finish and show it, then stop the handlers and the fake
-        API: an answer or an incident's briefing cut off would be lost, its parts failing on a closed database."""
+        API: an answer or an incident's briefing cut off would be lost, its parts failing on a closed database.
+        A second call does nothing (its stopped delivery would wait out the minute for posts another session
+        left in the outbox)."""
+        if self._closed:
+            return
+        self._closed = True
         if not self.slack.wait_idle(0.0):
             waiting = "(opsbot is still working on what you typed: leaving once it is done; Ctrl-C leaves now)"
             self.write(self.style(waiting, dim=True))

@@ -263,6 +263,22 @@ def test_leaving_while_opsbot_still_works_waits_for_it_and_shows_it(
     assert "left before opsbot was done" not in shown and not shell.unfinished
 
 
+def test_a_shell_closed_twice_leaves_once_and_the_second_close_does_nothing(runtime: Runtime) -> None:
+    # A session closed, then another on the same database: the first one's second close waited out the minute
+    # for posts the other session had left in the outbox, which its stopped delivery would never send.
+    first = Shell(runtime, write=lambda _: None).start()
+    first.close()
+    with Shell(runtime, write=lambda _: None) as other:
+        other.handle("/deploy checkout-api 1.4.2 staging")
+    closed_again: list[bool] = []
+    first.slack.close = lambda: closed_again.append(True)  # type: ignore[method-assign]
+    first.slack.wait_idle = lambda timeout: closed_again.append(False) or False  # type: ignore[method-assign]
+
+    first.close()
+
+    assert closed_again == []
+
+
 def test_requests_are_signed_with_a_fresh_secret_per_session(runtime: Runtime) -> None:
     with Shell(runtime, write=lambda _: None) as shell:
         secret = str(runtime.settings.slack_signing_secret)
