@@ -124,18 +124,23 @@ def test_an_answer_that_names_experts_encodes_the_question_once(tmp_path: Path) 
     runtime.close()
 
 
-def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path) -> None:
+def loading_runtime(tmp_path: Path, encoder: FakeEncoder) -> Runtime:
+    """A runtime over indexed knowledge whose background loading runs ``encoder.load``."""
     knowledge = make_knowledge(tmp_path / "knowledge")
     store = Store(tmp_path / "opsbot.db")
     index_knowledge(store, FakeEncoder(), knowledge)
+    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
+    return Runtime(settings, encoder=encoder, store=store)  # type: ignore[arg-type]
+
+
+def test_closing_waits_for_the_loader_that_still_reads_the_store(tmp_path: Path) -> None:
     gate = threading.Event()
 
     class SlowLoading(FakeEncoder):
         def load(self) -> None:
             gate.wait(5)
 
-    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
-    runtime = Runtime(settings, encoder=SlowLoading(), store=store)  # type: ignore[arg-type]
+    runtime = loading_runtime(tmp_path, SlowLoading())
     runtime.start_loading()
     threading.Timer(0.2, gate.set).start()
 
@@ -149,9 +154,6 @@ def test_a_loading_that_fails_once_the_bot_is_closing_is_one_line_not_a_tracebac
 ) -> None:
     # `opsbot serve` whose Slack refused the app token exits while the model still loads; the interpreter's exit
     # then broke the loader's import of torch ("operator prims::bitwise_xor does not exist"), logged as a failure.
-    knowledge = make_knowledge(tmp_path / "knowledge")
-    store = Store(tmp_path / "opsbot.db")
-    index_knowledge(store, FakeEncoder(), knowledge)
     gate, closing = threading.Event(), threading.Event()
 
     class CutShort(FakeEncoder):
@@ -159,8 +161,7 @@ def test_a_loading_that_fails_once_the_bot_is_closing_is_one_line_not_a_tracebac
             gate.wait(5)
             raise RuntimeError("operator prims::bitwise_xor does not exist")
 
-    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
-    runtime = Runtime(settings, encoder=CutShort(), store=store)  # type: ignore[arg-type]
+    runtime = loading_runtime(tmp_path, CutShort())
     runtime.start_loading()
     threading.Timer(0.2, lambda: (closing.wait(5), gate.set())).start()
     caplog.set_level("INFO", logger="bot.runtime")
@@ -179,16 +180,11 @@ def test_a_loading_that_fails_once_the_bot_is_closing_is_one_line_not_a_tracebac
 def test_a_loading_that_fails_while_the_bot_runs_is_logged_with_its_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    knowledge = make_knowledge(tmp_path / "knowledge")
-    store = Store(tmp_path / "opsbot.db")
-    index_knowledge(store, FakeEncoder(), knowledge)
-
     class Broken(FakeEncoder):
         def load(self) -> None:
             raise RuntimeError("weights missing")
 
-    settings = Settings(knowledge_dir=knowledge, db_path=tmp_path / "opsbot.db", model="unused")
-    runtime = Runtime(settings, encoder=Broken(), store=store)  # type: ignore[arg-type]
+    runtime = loading_runtime(tmp_path, Broken())
     with pytest.raises(NotReady, match="weights missing"):
         runtime.index(5)
 
