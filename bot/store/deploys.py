@@ -21,10 +21,10 @@ class DeployStore(StoreBase):
         "runner_kind, start_reported, never_started"
     )
 
-    # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger
     # Times are kept to the second: of two runs that ended in the same one (a deploy and the next, a failure and its
     # rollback), the one requested later ended later, as one runs at a time per service and environment.
     LATER_FIRST = "rowid DESC"
+    # When a row ran, for ordering runs: its finish, or for a request abandoned while its pipeline deployed, its trigger
     RAN_AT = (
         "CASE WHEN status = 'abandoned' AND source != 'ci' "
         "THEN COALESCE(NULLIF(triggered_at, ''), started_at) ELSE finished_at END"
