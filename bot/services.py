@@ -477,24 +477,25 @@ def fill_in(text: str, values: dict[str, str], key: str) -> str:
     return text.format_map(values)
 
 
-def template_strings(value: Any, key: str, in_mapping: bool = False) -> Iterator[tuple[str, str]]:
-    """Each string of a webhook body that is filled in (a mapping's value, at any depth), with its key path."""
+def template_strings(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """Each string of a webhook body, filled in when it is sent (a mapping's value or a list's item, at any depth),
+    with its key path. Keys are sent as written."""
     if isinstance(value, dict):
         for name, item in value.items():
-            yield from template_strings(item, f"{key}.{name}", True)
+            yield from template_strings(item, f"{key}.{name}")
     elif isinstance(value, list):
         for n, item in enumerate(value):
             yield from template_strings(item, f"{key}[{n}]")
-    elif isinstance(value, str) and in_mapping:
+    elif isinstance(value, str):
         yield key, value
 
 
-def fill_body(value: Any, values: dict[str, str], key: str = "body", in_mapping: bool = False) -> Any:
+def fill_body(value: Any, values: dict[str, str], key: str = "body") -> Any:
     """A webhook body, the strings ``template_strings`` names filled in; raises ConfigProblem on one that cannot be."""
     if isinstance(value, dict):
-        return {name: fill_body(item, values, f"{key}.{name}", True) for name, item in value.items()}
+        return {name: fill_body(item, values, f"{key}.{name}") for name, item in value.items()}
     if isinstance(value, list):
         return [fill_body(item, values, f"{key}[{n}]") for n, item in enumerate(value)]
-    if isinstance(value, str) and in_mapping:
+    if isinstance(value, str):
         return fill_in(value, values, key)
     return value

@@ -248,6 +248,7 @@ services:
           inputs:
             message: "deploy {sha}"
             targets: [{name: "{enviroment}"}]
+            args: ["--ref", "{versoin}"]
   fine:
     environments:
       staging: {approvals: 1, approvers: [web]}
@@ -258,6 +259,8 @@ services:
         "use ('service', 'version', 'env', 'request_id')",
         "services.yaml:12: services.hook.deploy.webhook.body.inputs.targets[0].name: unknown placeholder "
         "{enviroment}; use ('service', 'version', 'env', 'request_id')",
+        "services.yaml:13: services.hook.deploy.webhook.body.inputs.args[1]: unknown placeholder "
+        "{versoin}; use ('service', 'version', 'env', 'request_id')",
     ]
     assert sorted(load_knowledge(tmp_path).services) == ["fine"]  # never loaded, so it never reaches a run
 
@@ -304,6 +307,8 @@ def test_awaiting_a_report_needs_a_body_that_sends_the_request_id(tmp_path: Path
     assert load_knowledge(tmp_path).services == {}  # never loaded: its deploys would hold the lock for nothing
     fine = 'body: {ref: "{version}", id: "ci-{request_id}"}, await_report: true'
     assert problems_of(tmp_path, text.replace(hook, fine)) == []
+    in_a_list = 'body: {args: ["--request", "{request_id}"]}, await_report: true'
+    assert problems_of(tmp_path, text.replace(hook, in_a_list)) == []
 
 
 def test_owners_must_name_a_team_or_a_person_on_the_roster_and_the_service_still_deploys(tmp_path: Path) -> None:

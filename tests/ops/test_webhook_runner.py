@@ -43,7 +43,7 @@ services:
     deploy:
       webhook:
         url: "{url}"
-        body: {{ref: "{{version}}", inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}, tags: ["{{x}}"]}}
+        body: {{ref: "{{version}}", inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}, args: ["--env", "{{env}}", "{{{{x}}}}"], n: 3}}
 {extra}      timeout: 10
 """
     store = Store(tmp_path / "hook.db")
@@ -61,9 +61,14 @@ def test_the_webhook_body_is_filled_in_and_posted(tmp_path: Path, ci: ThreadingH
 
     assert done.status == "succeeded", done.log_tail
     assert "HTTP 202" in done.log_tail
-    # the values of mappings are filled in, at any depth; a list's own strings are sent as written
+    # every string is filled in, a mapping's value or a list's item, at any depth; a doubled brace is one brace
     assert ci.bodies == [  # type: ignore[attr-defined]
-        {"ref": "1.4.2", "inputs": {"where": "staging", "runs": [{"id": request.id}]}, "tags": ["{x}"]}
+        {
+            "ref": "1.4.2",
+            "inputs": {"where": "staging", "runs": [{"id": request.id}]},
+            "args": ["--env", "staging", "{x}"],
+            "n": 3,
+        }
     ]
     store.close()
 
