@@ -152,7 +152,7 @@ class DeployService(DeployRules):
             if decision == "reject":
                 return self._reject(request, user)
             request = rollbacks.track_emergency(self, request)
-            why = self._refusal(request, APPROVE, user)
+            why = self._refusal(request, APPROVE, user) or self._same_login(request, user)
             if why:
                 self.store.audit(user, f"{request.kind}.approve.refused", request_id, reason=why)
                 return Decision(request, "refused", why)
@@ -192,6 +192,29 @@ class DeployService(DeployRules):
             self.store.audit("opsbot", f"{request.kind}.started", request_id, approvers=approvers, **under)
             self.announce("started", request_id)
             return Decision(self._get_locked(request_id), "approved", "approved; starting now.")
+
+    def _same_login(self, request: DeployRequest, user: str) -> str | None:
+        """Why an approval typed in `opsbot shell` does not count: its login already requested or approved the request.
+
+        /user acts as anyone on the roster, so one login is one person, whichever names it typed under: else one
+        person at a terminal could request as one name and approve as another (or two others, for prod).
+        """
+        via = self.store.audit_via
+        if not via:
+            return None
+        kind = request.kind
+        acted = self.store.acted_via(request.id, via, (f"{kind}.requested", f"{kind}.approved"))
+        # their own approval a second time is answered as "you already decided" below
+        others = [(actor, action) for actor, action in acted if (actor, action) != (user, f"{kind}.approved")]
+        if not others:
+            return None
+        actor, action = others[0]
+        did = "requested" if action.endswith(".requested") else "approved"
+        name = self.name(actor)
+        return (
+            f"this login already {did} {request.id} in opsbot shell, as {name}: whatever name /user gives, one "
+            "login is one person, so the approval must come from someone else (in Slack, or their own login)."
+        )
 
     def _reject(self, request: DeployRequest, user: str) -> Decision:
         # The requester may withdraw (reject) their own request, never approve it. One whose service or environment

@@ -288,6 +288,16 @@ class DeployStore(StoreBase):
             [_now(), actor, action, request_id, json.dumps(details, default=str)],
         )
 
+    def acted_via(self, request_id: str, via: str, actions: tuple[str, ...]) -> list[tuple[str, str]]:
+        """(actor, action) of this request's audit rows of these ``actions`` written through ``via`` (a shell's login)."""
+        marks = ",".join("?" * len(actions))
+        rows = self.db.execute(
+            f"SELECT actor, action FROM audit WHERE request_id = ? AND action IN ({marks}) "
+            "AND json_extract(details, '$.via') = ? ORDER BY id",
+            [request_id, *actions, via],
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
     def each_audit_row(self) -> Iterator[dict]:
         """Every audit row, oldest first, read a batch at a time (an export of the whole trail)."""
         cur = self.db.execute("SELECT at, actor, action, request_id, details FROM audit ORDER BY id")

@@ -94,3 +94,30 @@ def test_a_request_left_waiting_by_a_closed_shell_is_shown_again_in_the_next_one
     assert "✅ Succeeded in" in ran and "approved by Marcus Oyelaran" in ran
     # a request made in a real workspace keeps its message there: never re-posted, never pointed elsewhere
     assert "payments-gateway" not in again and deploys.get(in_slack.id).message_ts == "1700000000.000200"
+
+
+def test_in_opsbot_shell_one_login_is_one_person_whatever_name_it_acts_under(chat: Chat) -> None:
+    # /user acts as anyone on the roster: before, one person at a terminal on the bot's database could request as
+    # Priya and approve as Marcus, or approve a prod deploy as Marcus and as Rosa, and it ran.
+    store = chat.shell.runtime.store
+    store.audit_via = "opsbot shell (ops)"  # as `opsbot shell` marks what it writes (see test_cli)
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+
+    refused = chat.as_("Marcus").say("1")
+
+    assert "this login already requested" in refused and "as Priya Raman" in refused
+    assert "one login is one person" in refused and "Running" not in refused
+    store.audit_via = ""  # the same click from Slack: a second person
+    assert "✅ Succeeded in" in chat.say("1")
+
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")  # requested in Slack this time
+    store.audit_via = "opsbot shell (ops)"
+    first = chat.as_("Marcus").say("3")
+    twice = chat.as_("Rosa").say("3")
+    again = chat.as_("Marcus").say("3")
+
+    assert "1 more approval(s) needed" in first
+    assert "this login already approved" in twice and "as Marcus Oyelaran" in twice and "Running" not in twice
+    assert "you already decided; 1 more approval(s) needed." in again  # one's own second click, as in Slack
+    refusals = [r for r in store.audit_rows() if r["action"] == "deploy.approve.refused"]
+    assert [r["details"]["via"] for r in refusals] == ["opsbot shell (ops)"] * 2
