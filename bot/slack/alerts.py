@@ -240,7 +240,9 @@ def build_briefing(runtime: Runtime, alerts: AlertService, group: AlertGroup) ->
             "runbooks or similar incidents",
             lambda: knowledge_message(runtime, query, group.channel, "", group.runbook_url),
         ),
-        guarded_part("expert suggestions", lambda: experts_message(runtime, query, services)),
+        # Not a first place for spreading the load: a storm of one outage's alerts would push its experts down
+        # for every later question, and an alert firing again would brief against its own last briefing.
+        guarded_part("expert suggestions", lambda: experts_message(runtime, query, services, remember=False)),
     ]
     if services:
 

@@ -33,9 +33,14 @@ def knowledge_message(runtime: Runtime, query: str, channel: str, asker: str, ru
     return text, build_knowledge_blocks(list(reply.runbooks), similar)
 
 
-def experts_message(runtime: Runtime, query: str, services: tuple[str, ...], asker: str = "") -> Message:
-    """Who to pull in, with why; whoever asked is never suggested to themselves, whoever is on call is shown."""
-    suggestions = runtime.answers.suggest_experts(query, list(services) or None, asker=asker)
+def experts_message(
+    runtime: Runtime, query: str, services: tuple[str, ...], asker: str = "", remember: bool = True
+) -> Message:
+    """Who to pull in, with why; whoever asked is never suggested to themselves, whoever is on call is shown.
+
+    ``remember``: the first place counts for spreading the load (a person asked; not an alert's automatic post).
+    """
+    suggestions = runtime.answers.suggest_experts(query, list(services) or None, asker=asker, remember=remember)
     return experts_fallback_text(suggestions), build_experts_blocks(query, suggestions, can_invite=True)
 
 

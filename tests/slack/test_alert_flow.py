@@ -266,6 +266,8 @@ def test_a_firing_group_gets_one_message_with_the_incident_briefing(
     assert ids.ALERT_SILENCE not in buttons(message.body | {"blocks": []})
     [group] = groups(runtime)
     assert (group["message_channel"], group["message_ts"]) == (ALERTS, message.answer["ts"])
+    # who it suggests is no first place for spreading the load: nobody asked (an alert storm would push them down)
+    assert runtime.store.recent_first_suggestions() == []
 
 
 def test_redeliveries_and_plain_repeats_post_nothing_more(

@@ -134,6 +134,8 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
     assert "*Who could help with:*" in shown(experts) and accessories(experts, ids.INVITE_EXPERT)
     # Priya declared it (and owns checkout-api): she is never suggested to herself.
     assert PRIYA not in [b["value"] for b in accessories(experts, ids.INVITE_EXPERT)]
+    # someone asked (declared it): its first suggestion counts for spreading the load, an alert's would not
+    assert runtime.store.recent_first_suggestions() == [accessories(experts, ids.INVITE_EXPERT)[0]["value"]]
     text = shown(deploys)
     assert "*Deploys of checkout-api in the last 24 h*" in text and "1.4.1 → *1.4.2* to staging" in text
     assert "dep-old" not in text  # three days old
