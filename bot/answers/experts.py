@@ -56,6 +56,7 @@ class SimilarIncident:
     similarity: float
     main_resolver: bool
     date: datetime | None = None
+    close: bool = True  # as close in meaning as a past incident an answer shows (``rank``'s ``close``)
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,7 @@ class Suggestion:
         for shift in self.on_call:
             out.append(f"on call for {shift.team} until {when_text(shift.end)}")
         if self.incidents:
-            parts = [
-                f"{i.id} ({i.similarity:.2f}{', ' + i.date.strftime('%b %Y') if i.date else ''})"
-                for i in self.incidents[:SHOWN_INCIDENTS]
-            ]
-            verb = "looks" if len(parts) == 1 else "look"
-            out.append(f"resolved {', '.join(parts)}, which {verb} like this")
+            out.append(_evidence_text(self.incidents[:SHOWN_INCIDENTS]))
         if self.owns:
             out.append(f"owns {', '.join(self.owns)}")
         if self.skills:
@@ -224,11 +220,13 @@ class ExpertModel:
         now: datetime | None = None,
         exclude: tuple[str, ...] | list[str] = (),
         leave_out: Collection[str] = (),
+        close: float = 0.0,
     ) -> list[Suggestion]:
         """Every roster member with any reason to help, best first; never someone in ``exclude`` or who left.
 
         Only incidents dated before ``now`` count, and never those in ``leave_out`` (ids: an evaluation's
-        question that is itself one of the incidents)."""
+        question that is itself one of the incidents). An incident cited as evidence under the similarity
+        ``close`` (the floor an answer shows past incidents by) is said to be the nearest, not to look alike."""
         services = self.check_services(list(services or []))
         now = now or datetime.now(UTC)
         involved = sorted(set(services or []) | set(self.services_in(text)))
@@ -251,7 +249,8 @@ class ExpertModel:
         idle = idle_days(self.roles[known], self.days[known], now_days)
         fixed[:, 0] *= freshness(idle, blend.half_life_days)[0]
         scores = np.concatenate([history, fixed], axis=1) @ blend.weights()
-        evidence = self._evidence(counted_similarity(dense[0], words[0], nearest_dense[0], nearest_words[0]), decay[0])
+        counted = counted_similarity(dense[0], words[0], nearest_dense[0], nearest_words[0])
+        evidence = self._evidence(counted, decay[0], close)
         stale_days = max(blend.half_life_days, STALE_DAYS)
         results = []
         for n, expert in enumerate(self.experts):
@@ -288,7 +287,7 @@ class ExpertModel:
             )
         return sorted(results, key=lambda s: -s.score)
 
-    def _evidence(self, counted: dict[int, float], decay: np.ndarray) -> dict[str, list[SimilarIncident]]:
+    def _evidence(self, counted: dict[int, float], decay: np.ndarray, close: float) -> dict[str, list[SimilarIncident]]:
         """Per person, the weightiest of the incidents that count (``counted_similarity``) they resolved."""
         weight = {i: similarity**2 * decay[i] for i, similarity in counted.items()}
         evidence: dict[str, list[SimilarIncident]] = {}
@@ -299,7 +298,9 @@ class ExpertModel:
             similarity = round(counted[i], 3)
             for position, person in enumerate(dict.fromkeys(incident.responders)):  # cited once per person
                 evidence.setdefault(person, []).append(
-                    SimilarIncident(incident.id, incident.title, similarity, position == 0, incident.date)
+                    SimilarIncident(
+                        incident.id, incident.title, similarity, position == 0, incident.date, similarity >= close
+                    )
                 )
         return evidence
 
@@ -311,6 +312,24 @@ class ExpertModel:
     def _recent_count(self, column: int, now: datetime) -> int:
         days, today = self.resolved_days[column], now.timestamp() / DAY_S
         return int(np.searchsorted(days, today, side="right") - np.searchsorted(days, today - 365, side="right"))
+
+
+def _evidence_text(incidents: tuple[SimilarIncident, ...]) -> str:
+    """ "resolved INC-1 (0.52, Aug 2025), which looks like this": an incident under the floor is called the nearest,
+    not alike (the question's part of a briefing may have said that no past incident is similar)."""
+
+    def listed(shown: list[SimilarIncident]) -> str:
+        return ", ".join(
+            f"{i.id} ({i.similarity:.2f}{', ' + i.date.strftime('%b %Y') if i.date else ''})" for i in shown
+        )
+
+    close = [i for i in incidents if i.close]
+    far = [i for i in incidents if not i.close]
+    if not close:
+        nearest = "the nearest past incident" if len(far) == 1 else "the nearest past incidents"
+        return f"resolved {listed(far)}, {nearest} to this, though not close"
+    alike = f"resolved {listed(close)}, which {'looks' if len(close) == 1 else 'look'} like this"
+    return f"{alike}, and {listed(far)}, less alike" if far else alike
 
 
 def question_words(text: str) -> str:

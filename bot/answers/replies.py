@@ -151,7 +151,8 @@ class Answerer:
             raise InvalidRequest(f"describe the problem, for example {examples(self.store).experts_usage()}.")
         model = self._experts()
         vector = self._index().embed_query(text) if vector is None else vector
-        ranked = model.rank(text, vector, services, exclude=(asker,) if asker else ())
+        exclude = (asker,) if asker else ()
+        ranked = model.rank(text, vector, services, exclude=exclude, close=self.settings.min_similarity)
         shown = trim_suggestions(ranked, self.store.recent_first_suggestions(), limit)
         if remember:
             try:

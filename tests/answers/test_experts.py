@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bot.answers.expert_fit import load_model
-from bot.answers.experts import ExpertModel, Suggestion, off_hours, spread_load
+from bot.answers.experts import ExpertModel, SimilarIncident, Suggestion, off_hours, spread_load
 from bot.answers.indexer import index_knowledge
 from bot.config import Settings
 from bot.errors import InvalidRequest
@@ -359,3 +359,29 @@ def test_a_database_error_other_than_a_refused_write_is_not_hidden(
 
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         runtime.answers.suggest_experts("postgres primary is out of connections")
+
+
+def test_evidence_under_the_floor_is_called_the_nearest_and_a_mix_says_which_is_which(model: ExpertModel) -> None:
+    aug, jan = datetime(2025, 8, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
+    near = SimilarIncident("INC-1", "pool exhausted", 0.52, True, aug, close=True)
+    far = SimilarIncident("INC-2", "redis at maxmemory", 0.21, False, jan, close=False)
+    person = model.experts[0]
+
+    def said(*incidents: SimilarIncident) -> str:
+        return Suggestion(person, 1.0, incidents).reasons()[0]
+
+    assert said(near) == "resolved INC-1 (0.52, Aug 2025), which looks like this"
+    assert said(far) == "resolved INC-2 (0.21, Jan 2026), the nearest past incident to this, though not close"
+    assert (
+        said(near, far)
+        == "resolved INC-1 (0.52, Aug 2025), which looks like this, and INC-2 (0.21, Jan 2026), less alike"
+    )
+
+
+def test_rank_marks_evidence_close_by_the_floor_it_is_given(model: ExpertModel, minilm) -> None:  # noqa: ANN001
+    text = "checkout 503s: pgbouncer pool exhausted on pg-main, clients waiting"
+    vector = minilm.encode([text])[0]
+    for floor in (0.0, 0.35, 1.0):
+        cited = [i for s in model.rank(text, vector, now=NOON_UTC, close=floor) for i in s.incidents]
+        assert cited and all(i.close == (i.similarity >= floor) for i in cited)
+        assert any(i.close for i in cited) == (floor < 1.0)

@@ -184,3 +184,19 @@ def test_a_service_in_other_capitals_is_the_one_service_it_can_be(slack: SlackDr
     (reply,) = slack_api.wait_for("response_url", timeout=15)
     assert "unknown service" not in reply.body["text"]
     assert "• owns checkout-api" in text_of(reply.body["blocks"])
+
+
+def test_an_incident_under_the_answers_floor_is_called_the_nearest_not_alike(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # An incident's briefing said "No similar past incident." and, just under it, that people resolved incidents at
+    # 0.20 "which look like this". Under OPSBOT_MIN_SIMILARITY (what an answer shows past incidents by) an incident
+    # is the nearest, not alike.
+    slack.command("/experts", "checkout 502s after deploy", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    shown = text_of(reply.body["blocks"])
+    cited = re.findall(r"• resolved (INC-.*)", shown)
+    assert len(cited) == 3 and "like this" not in shown, shown
+    for line in cited:
+        assert line.endswith("the nearest past incidents to this, though not close"), line
+        assert all(float(x) < 0.35 for x in re.findall(r"\((0\.\d\d),", line)), line
