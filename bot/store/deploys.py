@@ -289,7 +289,7 @@ class DeployStore(StoreBase):
         )
 
     def acted_via(self, request_id: str, via: str, actions: tuple[str, ...]) -> list[tuple[str, str]]:
-        """(actor, action) of this request's audit rows of these ``actions`` written through ``via`` (a shell's login)."""
+        """(actor, action) of the request's audit rows of these ``actions`` written through ``via`` (a shell login)."""
         marks = ",".join("?" * len(actions))
         rows = self.db.execute(
             f"SELECT actor, action FROM audit WHERE request_id = ? AND action IN ({marks}) "

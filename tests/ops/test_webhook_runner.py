@@ -43,7 +43,11 @@ services:
     deploy:
       webhook:
         url: "{url}"
-        body: {{ref: "{{version}}", inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}, args: ["--env", "{{env}}", "{{{{x}}}}"], n: 3}}
+        body:
+          ref: "{{version}}"
+          inputs: {{where: "{{env}}", runs: [{{id: "{{request_id}}"}}]}}
+          args: ["--env", "{{env}}", "{{{{x}}}}"]
+          n: 3
 {extra}      timeout: 10
 """
     store = Store(tmp_path / "hook.db")
