@@ -255,6 +255,11 @@ class DeployRules:
         """The version of the newest run when it failed, timed out or was interrupted: it may be half rolled out."""
         return rollbacks.failed_version(self.store, service, env)
 
+    def failed_run(self, service: str, env: str) -> tuple[str, str] | None:
+        """(version, status) of the newest run when it may be half rolled out (see ``failed_version``)."""
+        row = rollbacks.failed_run(self.store, service, env)
+        return (row["version"], row["status"]) if row else None
+
     def rollback_target(self, service: str, env: str) -> str:
         """The last good version: the current one after a failed run, else the one that succeeded before it."""
         return rollbacks.rollback_target(self.store, service, env)

@@ -44,9 +44,15 @@ def current_version(store: Store, service: str, env: str) -> str | None:
 def failed_version(store: Store, service: str, env: str) -> str | None:
     """The version of the newest run when it failed, timed out, was interrupted or was abandoned while its pipeline
     deployed (no report came): it may be half rolled out."""
+    newest = failed_run(store, service, env)
+    return newest["version"] if newest else None
+
+
+def failed_run(store: Store, service: str, env: str) -> dict | None:
+    """The newest run's row when it is ``failed_version``'s, else None."""
     newest = store.newest_finished_run(service, env)
     broken = ("failed", "timed_out", "interrupted", "abandoned")
-    return newest["version"] if newest and newest["status"] in broken else None
+    return newest if newest and newest["status"] in broken else None
 
 
 def succeeded_versions(store: Store, service: str, env: str, limit: int = -1) -> list[str]:

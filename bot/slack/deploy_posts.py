@@ -201,7 +201,28 @@ def view_of(deploys: DeployService, request: DeployRequest) -> RequestView:
         e = emergency
         shown = emergency_text(request.service, e.incident, e.severity, e.approvals, e.usual, e.private)
     offer = rollback_offer(deploys, request)
-    return RequestView(command, may_approve, deploys.names(), note_of(request), shown, offer, approvals)
+    over = over_failed_text(deploys, request)
+    return RequestView(command, may_approve, deploys.names(), note_of(request), shown, offer, approvals, over)
+
+
+STATUS_WORDS = {"failed": "failed", "timed_out": "timed out", "interrupted": "was interrupted"}
+
+
+def over_failed_text(deploys: DeployService, request: DeployRequest) -> str:
+    """Under a pending deploy whose service's newest run in the environment failed: From is the last version that
+    succeeded, but the failed one may be half rolled out, and this deploy goes over both."""
+    if request.kind != "deploy" or request.status != "pending":
+        return ""
+    failed = deploys.failed_run(request.service, request.env)
+    if failed is None:
+        return ""
+    version, status = failed
+    ended = STATUS_WORDS.get(status, "was given up on, no report from its pipeline")
+    after = f" after {escape(request.from_version)}" if request.from_version else ""
+    return (
+        f":warning: {escape(version)}, the newest run in {escape(request.env)}, {ended}{after} and may be partly "
+        "rolled out: this deploy goes over whatever runs now."
+    )
 
 
 def rollback_offer(deploys: DeployService, request: DeployRequest) -> str:

@@ -6,6 +6,8 @@ and prod; Rosa (sre) may approve prod; Oliver (frontend) may not approve checkou
 
 from __future__ import annotations
 
+import re
+
 from tests.conftest import Chat
 
 
@@ -49,13 +51,16 @@ def test_a_rollback_to_a_version_never_deployed_is_refused_and_a_failed_deploy_o
     chat.as_("Marcus").say("1")
 
     refused = chat.as_("Priya").say("/rollback checkout-api staging 9.9.9")
-    chat.say("/deploy checkout-api 1.4.3-bad staging")  # buttons [3] and [4]: numbers run on through the session
+    asked_after_success = chat.say(
+        "/deploy checkout-api 1.4.3-bad staging"
+    )  # buttons [3] and [4]: numbers run on through the session
     failed = chat.as_("Marcus").say("3")
     offered = chat.as_("Priya").say("5")
 
     assert "9.9.9 never succeeded for checkout-api in staging" in refused and "newest first: 1.4.2." in refused
     assert "Deploy checkout-api 1.4.2 → 1.4.3-bad to staging: failed" in failed and "[5] Roll back to 1.4.2" in failed
     assert "Rollback checkout-api 1.4.3-bad → 1.4.2 to staging" in offered and "Approve  [" in offered
+    assert "may be partly rolled out" not in asked_after_success  # the newest run succeeded: nothing to say
 
 
 def test_messages_name_people_and_the_request_stops_asking_whoever_approved(chat: Chat) -> None:
@@ -121,3 +126,20 @@ def test_in_opsbot_shell_one_login_is_one_person_whatever_name_it_acts_under(cha
     assert "you already decided; 1 more approval(s) needed." in again  # one's own second click, as in Slack
     refusals = [r for r in store.audit_rows() if r["action"] == "deploy.approve.refused"]
     assert [r["details"]["via"] for r in refusals] == ["opsbot shell (ops)"] * 2
+
+
+def test_a_deploy_requested_after_a_failed_run_says_the_failed_version_may_be_partly_rolled_out(chat: Chat) -> None:
+    # From: is the last version that succeeded; after a failed run, the failed version may run on some pods, and
+    # the request said nothing of it.
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+    chat.as_("Marcus").say("1")
+    chat.as_("Priya").say("/deploy checkout-api 1.4.3-bad staging")
+    chat.as_("Marcus").say("3")
+
+    asked = chat.as_("Priya").say("/deploy checkout-api 1.4.4 staging")
+    [approve] = re.findall(r"\[(\d+)\] Approve", asked)
+    ran = chat.as_("Marcus").say(approve)
+
+    assert "From: 1.4.2 · To: 1.4.4" in asked
+    assert "1.4.3-bad, the newest run in staging, failed after 1.4.2 and may be partly rolled out" in asked
+    assert "✅ Succeeded in" in ran and "may be partly rolled out" not in ran  # said while it waits, not after

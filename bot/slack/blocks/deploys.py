@@ -42,6 +42,7 @@ class RequestView:
     emergency: str = ""  # the emergency rule it goes under, in words
     rollback_to: str = ""  # after a failed deploy: the last good version, offered by a Rollback button
     approvals: tuple[int, int] | None = None  # (approvals that count, approvals needed) under services.yaml now
+    over_failed: str = ""  # a pending deploy: the newest run failed after From, and may be half rolled out
 
     def name(self, user: str) -> str:
         return self.names.get(user) or f"<@{user}>"
@@ -162,6 +163,8 @@ def build_deploy_request_blocks(request: DeployRequest, view: RequestView) -> li
     blocks = [section(request_title(request)), section(facts)]
     if view.note:
         blocks.append(context(view.note, ids.DEPLOY_NOTE_BLOCK))
+    if view.over_failed and request.status == "pending":
+        blocks.append(context(view.over_failed))
     if view.emergency:
         blocks.append(context(view.emergency, ids.DEPLOY_EMERGENCY_BLOCK))
     blocks.append(section(status_text(request, view)))
