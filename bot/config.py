@@ -50,6 +50,7 @@ class Settings:
     top_k: int = 5
     min_similarity: float = 0.35
     log_level: str = "INFO"
+    log_level_given: bool = False  # OPSBOT_LOG_LEVEL was set: one-shot commands log at it too
     slack_bot_token: Secret = field(default_factory=lambda: Secret(""))
     slack_signing_secret: Secret = field(default_factory=lambda: Secret(""))
     slack_app_token: Secret = field(default_factory=lambda: Secret(""))
@@ -240,6 +241,7 @@ class Settings:
             top_k=top_k,
             min_similarity=min_similarity,
             log_level=log_level,
+            log_level_given=bool(values.get("OPSBOT_LOG_LEVEL")),
             slack_bot_token=Secret(values.get("SLACK_BOT_TOKEN", "")),
             slack_signing_secret=Secret(values.get("SLACK_SIGNING_SECRET", "")),
             slack_app_token=Secret(values.get("SLACK_APP_TOKEN", "")),

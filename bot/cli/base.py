@@ -52,12 +52,17 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load_settings(ctx: click.Context, **overrides: Any) -> Settings:
-    """Settings are read when a command runs, so `--help` works even while they are broken."""
+def load_settings(ctx: click.Context, *, one_shot: bool = False, **overrides: Any) -> Settings:
+    """Settings are read when a command runs, so `--help` works even while they are broken.
+
+    ``one_shot``: a command that prints its answer and ends (`ask`, `experts`) logs warnings and errors only,
+    unless OPSBOT_LOG_LEVEL says otherwise: "model loaded" lines on the terminal are noise around an answer.
+    """
     ctx.ensure_object(dict)
     if "settings" not in ctx.obj:
         settings = Settings.from_env()
-        configure_logging(settings.log_level)
+        quiet = one_shot and not settings.log_level_given and settings.log_level == "INFO"
+        configure_logging("WARNING" if quiet else settings.log_level)
         ctx.obj["settings"] = settings
     return ctx.obj["settings"].with_overrides(**overrides)
 

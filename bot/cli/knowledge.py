@@ -206,7 +206,7 @@ def ask(
 
     if not " ".join(question).strip():  # before the model loads: nothing to ask it
         raise OpsbotError("the question is empty; type what you are looking for, or paste the alert.")
-    settings = load_settings(ctx)
+    settings = load_settings(ctx, one_shot=True)
     k = top_k or settings.top_k
     filtered = mode == "hybrid" and not show_all  # Slack answers with hybrid search, filtered
     store, encoder = _open(settings, create=False)

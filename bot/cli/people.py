@@ -36,7 +36,7 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
     refuse_blank(ctx)
     if not " ".join(text).strip():
         raise OpsbotError('describe the problem, for example `opsbot experts "ALERT OR ERROR TEXT" --service NAME`.')
-    settings = load_settings(ctx)
+    settings = load_settings(ctx, one_shot=True)
     store, encoder = _open(settings, create=False)
     runtime = Runtime(settings, encoder=encoder, store=store)
     try:

@@ -349,6 +349,25 @@ def test_ask_puts_the_right_runbook_first(subset_db: IndexedSubset) -> None:
     assert re.search(r"^\(hybrid search; encode \d+ ms, search \d+ ms\)$", lines[-1])
 
 
+def test_ask_and_experts_log_only_warnings_unless_opsbot_log_level_is_set(
+    subset_db: IndexedSubset, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, every `opsbot ask` printed "model loaded ..." (and `experts` four such lines) around the answer.
+    import logging
+
+    for command in (["ask", "pgbouncer too many clients"], ["experts", "pgbouncer too many clients"]):
+        with caplog.at_level(logging.NOTSET):  # caplog's own handler takes all; the root level decides
+            caplog.clear()
+            assert invoke(*command).exit_code == 0
+            assert logging.getLogger().level == logging.WARNING
+            assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+            caplog.clear()
+            assert invoke(*command, env={"OPSBOT_LOG_LEVEL": "INFO"}).exit_code == 0
+            assert any("model loaded" in r.getMessage() for r in caplog.records)
+    assert invoke("deploys").exit_code == 0
+    assert logging.getLogger().level == logging.INFO  # other commands keep INFO
+
+
 def test_ask_shows_runbooks_then_past_incidents_as_slack_does_whatever_the_ranker_put_first(
     subset_db: IndexedSubset,
 ) -> None:
