@@ -188,6 +188,77 @@ def test_incidents_from_before_privacy_was_asked_are_private_until_slack_answers
         store.close()
 
 
+def test_incidents_indexed_before_privacy_was_asked_leave_the_index_when_their_channel_is_private(
+    tmp_path: Path,
+) -> None:
+    # An opsbot from before the privacy check indexed every resolved incident; the check then marked them private
+    # until Slack answers, but one whose channel Slack called private stayed findable by /ask in every channel.
+    from datetime import UTC, datetime
+
+    from sqlite_utils import Database
+
+    from bot.answers.indexer import index_incident
+    from bot.models import Incident
+    from bot.ops.incidents import IncidentService
+    from bot.store import SLACK_PREFIX
+    from bot.store.schema import migrations
+    from tests.conftest import FakeEncoder
+
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m025_private_incidents")
+    rows = {"INC-2026-0001": ("Signing key leaked", "C0SECURE1"), "INC-2026-0002": ("Cache cold", "C0OPS0001")}
+    for incident_id, (title, channel) in rows.items():
+        db["live_incidents"].insert(
+            {
+                "id": incident_id,
+                "title": title,
+                "severity": 1,
+                "services": "[]",
+                "status": "resolved",
+                "declared_by": "U1",
+                "declared_at": "2026-12-01T10:00:00+00:00",
+                "channel": channel,
+                "origin_channel": channel,
+                "roles": "{}",
+                "resolved_at": "2026-12-01T11:00:00+00:00",
+                "resolution": "Rotated it.",
+            }
+        )
+    db.close()
+    store = Store(path)
+    try:
+        for incident_id, (title, _) in rows.items():  # as the opsbot before indexed them when they were resolved
+            incident = Incident(
+                id=incident_id,
+                title=title,
+                date=datetime(2026, 12, 1, 10, tzinfo=UTC),
+                severity=1,
+                services=(),
+                responders=("U1",),
+                summary=title,
+                root_cause="",
+                resolution="Rotated it.",
+                path=SLACK_PREFIX + incident_id,
+            )
+            index_incident(store, FakeEncoder(), incident)
+        incidents = IncidentService(store, set())
+        version = store.get_meta("index_version")
+
+        assert incidents.settle_privacy("C0OPS0001", False) == []
+        assert incidents.settle_privacy("C0SECURE1", True) == ["INC-2026-0001"]
+
+        assert [i.id for i in store.load_incidents()] == ["INC-2026-0002"]  # gone from /experts' history
+        paths = {r[0] for r in store.db.execute("SELECT path FROM documents")}
+        assert paths == {SLACK_PREFIX + "INC-2026-0002"}  # and from search
+        assert store.db.execute("SELECT count(*) FROM chunks WHERE doc_path LIKE '%0001'").fetchone()[0] == 0
+        assert store.get_meta("index_version") != version  # a running bot reloads its index
+        assert incidents.unlearned() == []  # and never indexes it again
+        assert incidents.get("INC-2026-0001").private and not incidents.get("INC-2026-0002").private
+    finally:
+        store.close()
+
+
 def test_one_person_s_votes_on_one_document_for_one_question_count_once_their_latest(tmp_path: Path) -> None:
     # Each asking gets an answer of its own to vote on: before, asking the same question ten times and pressing
     # 👍 each time moved the document ten places for everyone, and weighed ten times in the ranker's fit.

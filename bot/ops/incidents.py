@@ -6,7 +6,9 @@ What a resolved incident becomes (its write-up and YAML export) is in ``bot.ops.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,9 @@ from bot.ops.incident_writeup import to_incident
 from bot.ops.metrics import blamed_deploy, finished_changes, moment
 from bot.ops.requests import DeployRequest, check_service, recent_requests
 from bot.redact import scrub
-from bot.store import Store
+from bot.store import SLACK_PREFIX, Store
+
+log = logging.getLogger(__name__)
 
 ROLES = ("lead", "comms")
 ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline text of an assignment
@@ -266,9 +270,23 @@ class IncidentService:
         """Channels of incidents whose privacy is not known yet (declared before opsbot asked; private until then)."""
         return self.store.unsettled_incident_channels()
 
-    def settle_privacy(self, channel: str, private: bool) -> None:
+    def settle_privacy(self, channel: str, private: bool) -> list[str]:
+        """Record what Slack said of ``channel``. When it is private, its incidents that an opsbot from before this
+        question indexed leave the index (what `/ask`, `/experts` and every briefing answer all channels from), as
+        a private incident resolved now is never indexed; their ids. One exported to a file since stays: the team
+        chose to have it found."""
         with self.store.transaction():
+            taken = self.store.learned_unsettled(channel) if private else []
+            for incident_id in taken:
+                self.store.delete_documents([SLACK_PREFIX + incident_id])
+                self.store.forget_slack_incident(incident_id)
+                self.store.unmark_incident_learned(incident_id)
+            if taken:
+                self.store.set_meta("index_version", uuid.uuid4().hex)  # a running bot reloads its index
             self.store.settle_incident_privacy(channel, private)
+        if taken:
+            log.info("incidents of a private channel taken out of the index channel=%s ids=%s", channel, taken)
+        return taken
 
     def list_open(self) -> list[LiveIncident]:
         return [self._live(r, ()) for r in self.store.live_incidents("open")]

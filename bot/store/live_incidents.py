@@ -51,6 +51,16 @@ class LiveIncidentStore(StoreBase):
             "UPDATE live_incidents SET private = ? WHERE channel = ? AND private = -1", [int(private), channel]
         )
 
+    def learned_unsettled(self, channel: str) -> list[str]:
+        """Incidents of ``channel`` indexed by an opsbot that did not ask yet whether their channel is private."""
+        q = "SELECT id FROM live_incidents WHERE channel = ? AND private = -1 AND learned_at != '' ORDER BY id"
+        return [r[0] for r in self.db.execute(q, [channel])]
+
+    def unmark_incident_learned(self, incident_id: str) -> None:
+        """The incident is no longer among the indexed ones (its channel turned out private)."""
+        self._require_transaction()
+        self.db.execute("UPDATE live_incidents SET learned_at = '' WHERE id = ?", [incident_id])
+
     def unlearned_incidents(self) -> list[dict]:
         """Resolved incidents never indexed, oldest first: not marked learned and not among the past incidents.
         Private ones are never indexed (see ``LiveIncident.private``)."""

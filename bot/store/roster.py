@@ -181,6 +181,11 @@ class RosterStore(StoreBase):
         rows = self.db.execute("SELECT first FROM suggestions ORDER BY id DESC LIMIT ?", [limit]).fetchall()
         return [r[0] for r in rows]
 
+    def forget_slack_incident(self, incident_id: str) -> None:
+        """Take an incident resolved in Slack out of the past incidents (not one exported to a file since)."""
+        self._require_transaction()
+        self.db.execute("DELETE FROM incidents WHERE id = ? AND path = ?", [incident_id, SLACK_PREFIX + incident_id])
+
     def incident_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM incidents").fetchone()[0]
 

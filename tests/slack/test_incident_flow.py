@@ -614,6 +614,34 @@ def test_incidents_declared_before_opsbot_asked_are_private_until_slack_says_oth
     assert len(slack_api.calls("conversations.info")) == 4  # each channel is asked until it is answered, then never
 
 
+def test_an_incident_an_earlier_opsbot_indexed_leaves_search_once_slack_says_its_channel_is_private(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # An opsbot from before the privacy check indexed every resolved incident. Marked private until Slack answered,
+    # one whose channel Slack then called private was still found by /ask, /experts and briefings everywhere.
+    incidents = runtime.incidents()
+    paths = []
+    for title, channel in (("Signing key leaked to a public gist", SECURITY), ("Kafka consumer lag on orders", OPS)):
+        live = incidents.declare(title, PRIYA, 1, origin_channel=channel)
+        _, past = incidents.resolve(live, PRIYA, "Rotated the key and revoked the gist token.")
+        runtime.learn_from(past)  # indexed, as every resolved incident was
+        paths.append(past.path)
+    secret, public = paths
+    with runtime.store.transaction():  # as the migration left the incidents of the opsbot before
+        runtime.store.db.execute("UPDATE live_incidents SET private = -1")
+    slack_api.add_channel(SECURITY, "security", private=True)
+
+    def found(question: str) -> list[str]:
+        return [h.path for h in runtime.index().search(question).hits]
+
+    assert secret in found("signing key leaked public gist")
+    incident(slack, slack_api, "list", channel=ELSEWHERE)  # the next /incident asks Slack about both channels
+
+    assert secret not in found("signing key leaked public gist")
+    assert public in found("kafka consumer lag on orders")  # a public channel's stays
+    assert "Signing key" not in str([i.title for i in runtime.store.load_incidents()])  # nor in /experts' history
+
+
 def test_a_channel_created_by_an_attempt_that_timed_out_is_the_incidents_channel_not_an_orphan(
     slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
