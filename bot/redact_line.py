@@ -142,6 +142,7 @@ LOOKUP_KEY_WORDS = frozenset(
 # random base64 of 16 characters or more has over 3.5, a word or a version has less.
 RANDOM_KEY_ENTROPY = 3.0
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+VERSION = re.compile(r"[vV]?\d+(?:[.-][0-9A-Za-z]+)*(?:\+[0-9A-Za-z.]+)?")  # 1.4.3-rc.1+build.77
 # A URL query key whose value is a credential, read by its last word: access_token, X-Goog-Signature, X-Amz-Credential,
 # apiKey, _authToken, session. "code" (Azure Functions) and "sig" (Azure SAS) count only alone: a country_code is no
 # credential. The webhook runner uses it too, for the query of its own URL.
@@ -158,6 +159,8 @@ QUERY_KEY_BEFORE = re.compile(r"[?&;][\w.-]+=\Z")
 
 # A value in double or single quotes, or bare up to a space or separator; not a JSON object or list opening.
 QUOTED_VALUE = r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>(?![{\[])[^\s"',;]+))"""
+# The same in a sentence: a bare value ends before the sentence's own punctuation ("is hunter2." keeps its period).
+PROSE_VALUE = r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>(?![{\[])[^\s"',;]+?)(?=[.!?:)]*(?:[\s"',;]|$)))"""
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,18 @@ def _names_a_secret_key(name: str) -> bool:
     """False for a key name that says its key is a public one or a lookup key (PUBLIC_KEY, cache_key, sortKey)."""
     words = NAME_WORD.findall(name)
     return len(words) < 2 or words[-2].lower() not in LOOKUP_KEY_WORDS
+
+
+def _is_picked_password(value: str) -> bool:
+    """True for a value told in prose that reads as a password: seven characters or more, letters and digits, not a
+    version (v2.13.0, 1.4.3-rc.1) nor a compound with a word in it (sha256-hashed, 3rd-party)."""
+    return (
+        len(value) >= 7
+        and any(c.isalpha() for c in value)
+        and any(c.isdigit() for c in value)
+        and not VERSION.fullmatch(value)
+        and not ("-" in value and any(len(part) >= 4 and part.isalpha() for part in value.split("-")))
+    )
 
 
 def _looks_like_token(value: str) -> bool:
@@ -356,6 +371,18 @@ ADDITIONS: tuple[Rule, ...] = (
         "registry auth",
         re.compile(r"(?<![\w-])[\"']?_?auth[\"']?\s*[:=]\s*[\"']?(?P<value>[A-Za-z0-9+/]{6,}={0,2})(?![\w+/=])"),
         _is_basic_credentials,
+    ),
+    # A password told in a sentence, as people write one in an incident note or a question: "the temporary
+    # password is Welcome123", "DB password was reset to hunter2!". Only a value a person would pick as one:
+    # letters and digits; "the password is expired", "the token was rotated at 14:02" and a version are words.
+    Rule(
+        "credential told in prose",
+        re.compile(
+            r"(?i)\b(?:password|passwd|passphrase|passcode|secret|token|api[ -]?key)\s+"
+            r"(?:is now|was set to|was reset to|set to|changed to|reset to|is|was)\s+" + PROSE_VALUE
+        ),
+        _is_picked_password,
+        hint=re.compile(r"(?i)pass|secret|token|key"),
     ),
 )
 

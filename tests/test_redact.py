@@ -179,6 +179,11 @@ CASES = [
     *((f"exported {token} for the job", "exported *** for the job") for token in PREFIXED),
     (f"mail relay {SENDGRID} accepted", "mail relay *** accepted"),  # detect-secrets' rule, not one of ours
     ("authenticating with token=demo-not-a-real-token", "authenticating with token=***"),
+    # a password told in a sentence, as in an incident note: the value goes, the sentence's punctuation stays
+    ("the temporary password is Welcome123 until Monday", "the temporary password is *** until Monday"),
+    ("DB password was reset to Tr0ub4dor&3.", "DB password was reset to ***."),
+    ("(the new API key is AKd83kslq09x)", "(the new API key is ***)"),
+    ("Token is now 'ghs 8kq9 Lm2p' for the bridge", "Token is now '***' for the bridge"),
 ]
 
 
@@ -275,6 +280,10 @@ ORDINARY = [
     "/opt/app/releases/2026/current/bin/server/Main/Handler/V2/Routes/Index",
     "rolling out: 3/3 pods on 1.4.3",
     "installing scikit-learn (the sk-learn extras), hf_hub_download, pypi-simple mirror, task-proj-alpha",
+    # a sentence about a password or a token, not telling one
+    "the password is expired; the token is invalid (401) and the api key was rotated at 14:02",
+    "password is 90 days old, token is v2.13.0, secret is 1.4.3-rc.1+build.77",
+    "the secret is sha256-hashed, the token was 3rd-party, the password is base64 encoded",
 ]
 
 

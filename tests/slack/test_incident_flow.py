@@ -823,15 +823,17 @@ def test_secrets_typed_while_working_an_incident_reach_neither_its_rows_nor_slac
     token = "ghp_" + "Zq3vR8tLw2Xy5Kp9Mn4Bc7Df1Gh6Jk0Ls2Ab"
     incident_id, _ = declare(slack, slack_api, "checkout login fails sev2")
     say(slack, slack_api, f"note {incident_id} tried DB_PASSWORD=hunter2secret and {token}")
+    say(slack, slack_api, f"note {incident_id} the admin password is Welcome123 until we rotate it")
     say(slack, slack_api, f"rootcause {incident_id} leaked {token} in the CI log")
     say(slack, slack_api, f"resolve {incident_id} rotated the token {token}")
     slack_api.wait_for("chat.postMessage", predicate=lambda c: "resolved after" in c.body.get("text", ""))
 
     calls = json.dumps([c.body for c in slack_api.calls()])
     rows = database_text(runtime.store)
-    for secret in (token, "hunter2secret"):
+    for secret in (token, "hunter2secret", "Welcome123"):
         assert secret not in calls and secret not in rows
     assert "DB_PASSWORD=***" in rows and "DB_PASSWORD=***" in calls  # the rest of the note is kept
+    assert "the admin password is *** until we rotate it" in calls  # told in a sentence, too
 
 
 def test_each_change_is_stored_with_its_post_so_a_stop_between_the_two_loses_neither(
