@@ -142,6 +142,7 @@ LOOKUP_KEY_WORDS = frozenset(
 # random base64 of 16 characters or more has over 3.5, a word or a version has less.
 RANDOM_KEY_ENTROPY = 3.0
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+SIGNATURE_DIGEST = re.compile(r"[A-Za-z0-9+/_-]{16,}")  # an HMAC in hex or base64
 VERSION = re.compile(r"[vV]?\d+(?:[.-][0-9A-Za-z]+)*(?:\+[0-9A-Za-z.]+)?")  # 1.4.3-rc.1+build.77
 # A URL query key whose value is a credential, read by its last word: access_token, X-Goog-Signature, X-Amz-Credential,
 # apiKey, _authToken, session. "code" (Azure Functions) and "sig" (Azure SAS) count only alone: a country_code is no
@@ -371,6 +372,14 @@ ADDITIONS: tuple[Rule, ...] = (
         "registry auth",
         re.compile(r"(?<![\w-])[\"']?_?auth[\"']?\s*[:=]\s*[\"']?(?P<value>[A-Za-z0-9+/]{6,}={0,2})(?![\w+/=])"),
         _is_basic_credentials,
+    ),
+    # A request's signature header, as `curl -v` prints it (X-Hub-Signature-256, X-Slack-Signature, opsbot's own
+    # X-Opsbot-Signature): an HMAC of the body with a secret, enough to replay that request while it is fresh.
+    Rule(
+        "signature header",
+        re.compile(r"(?i)(?<![\w-])x-[\w-]*signature[\w-]*[\"']?\s*:\s*[\"']?(?P<value>[^\s\"']+)"),
+        lambda value: SIGNATURE_DIGEST.search(value) is not None,  # not `x-amz-signature-version: 4`
+        hint=re.compile(r"(?i)signature"),
     ),
     # A password told in a sentence, as people write one in an incident note or a question: "the temporary
     # password is Welcome123", "DB password was reset to hunter2!". Only a value a person would pick as one:

@@ -115,6 +115,8 @@ PREFIXED = [
     "dop_v1_" + fake(64, HEX),
 ]
 
+HMAC = fake(64, HEX)
+
 # (what is printed, what must be shown): only the value goes, the key name and the rest of the line stay.
 CASES = [
     (f"posting with {SLACK_BOT} to #deploys", "posting with *** to #deploys"),
@@ -184,6 +186,12 @@ CASES = [
     ("DB password was reset to Tr0ub4dor&3.", "DB password was reset to ***."),
     ("(the new API key is AKd83kslq09x)", "(the new API key is ***)"),
     ("Token is now 'ghs 8kq9 Lm2p' for the bridge", "Token is now '***' for the bridge"),
+    # a request's signature header, as curl -v prints it: enough to replay the request while it is fresh
+    (f"> X-Hub-Signature-256: sha256={HMAC}", "> X-Hub-Signature-256: ***"),
+    (
+        f'curl -H "X-Opsbot-Signature: t=1700000000,v1={HMAC}" -d @event.json',
+        'curl -H "X-Opsbot-Signature: ***" -d @event.json',
+    ),
 ]
 
 
@@ -284,6 +292,7 @@ ORDINARY = [
     "the password is expired; the token is invalid (401) and the api key was rotated at 14:02",
     "password is 90 days old, token is v2.13.0, secret is 1.4.3-rc.1+build.77",
     "the secret is sha256-hashed, the token was 3rd-party, the password is base64 encoded",
+    "signature verified with X-Hub-Signature-256; x-amz-signature-version: 4",
 ]
 
 
