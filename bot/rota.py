@@ -403,6 +403,43 @@ def on_call(rotation: Rotation, at: datetime | None = None) -> OnCall:
     return OnCall(rotation.team, now, following, rotation.timezone)
 
 
+@dataclass(frozen=True)
+class Turns:
+    """One person's turns on a rota: the one they are on at the time asked (None when not on call), and their next."""
+
+    team: str
+    now: Shift | None
+    next: Shift | None
+    timezone: str
+
+
+def turns_of(rotation: Rotation, person: str, at: datetime | None = None) -> Turns:
+    """``person``'s stretch on call at ``at`` (if any) and their next one, each as long as they hold the rota
+    without a break (back-to-back shifts and overrides are one), within two rounds of the rota."""
+    at = at or datetime.now(UTC)
+    stretches: list[Shift] = []
+    probe = at if shift_at(rotation, at) is not None else _first_start(rotation, at)
+    limit = at + WEEK * (2 * len(rotation.members) + 1)
+    while probe is not None and probe < limit:
+        shift = shift_at(rotation, probe)
+        if shift is None or shift.end <= probe:
+            break
+        if shift.person == person:
+            if stretches and stretches[-1].end == shift.start:
+                last = stretches[-1]
+                stretches[-1] = replace(last, end=shift.end, override=last.override or shift.override)
+            elif len(stretches) == 2:
+                break
+            else:
+                stretches.append(shift)
+        elif len(stretches) == 2 or (len(stretches) == 1 and stretches[0].start > at):
+            break  # the turns asked for are complete
+        probe = shift.end
+    now = stretches[0] if stretches and stretches[0].start <= at else None
+    later = [s for s in stretches if s is not now]
+    return Turns(rotation.team, now, later[0] if later else None, rotation.timezone)
+
+
 def _first_start(rotation: Rotation, at: datetime) -> datetime | None:
     """When anyone is first on call after ``at``, for a rota that has not started yet."""
     hour, minute = map(int, rotation.handoff_time.split(":"))
@@ -506,6 +543,17 @@ class Rota:
         at = at or datetime.now(UTC)
         return [on_call(r, at) for r in self.lookup(name)]
 
+    def turns(self, person: str, at: datetime | None = None) -> list[Turns]:
+        """A roster member's turns on every rota that has them (a member, or covering with an override)."""
+        if person not in {e.id for e in self.experts}:
+            raise InvalidRequest(f"<@{person}> is not on the roster (experts.yaml), so on no rota.")
+        at = at or datetime.now(UTC)
+        return [
+            turns_of(r, person, at)
+            for r in self.rotations
+            if person in r.members or any(o.person == person for o in r.overrides)
+        ]
+
     def named_in(self, text: str) -> str:
         """The team or service a question names ("who is on call for payments?"), or "" for none. A word after
         "on call for" that is close to a team's or a service's name without being one ("paymnts") comes back as
@@ -552,6 +600,22 @@ def asks_who_is_on_call(text: str) -> bool:
 def when_text(at: datetime) -> str:
     """A shift boundary in its rota's time zone: "Mon 12 Jan 09:00 Europe/London"."""
     return f"{at:%a %d %b %H:%M} {getattr(at.tzinfo, 'key', None) or at.strftime('%Z') or 'UTC'}"
+
+
+def describe_turns(turns: Turns) -> str:
+    """ "on call now until Tue 08 Dec 10:00 Europe/Berlin; next from … until …", or when they are not on call."""
+    parts = []
+    if turns.now is not None:
+        covering = ", covering" if turns.now.override else ""
+        parts.append(f"on call now until {when_text(turns.now.end)}{covering}")
+    else:
+        parts.append("not on call now")
+    if turns.next is not None:
+        covering = " (covering)" if turns.next.override else ""
+        parts.append(f"next from {when_text(turns.next.start)} until {when_text(turns.next.end)}{covering}")
+    else:
+        parts.append("no later turn in the next two rounds of the rota")
+    return "; ".join(parts)
 
 
 def describe(answer: OnCall, names: dict[str, str], mention: bool = False) -> tuple[str, str]:

@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from bot.errors import InvalidRequest
 from bot.knowledge import load_knowledge
-from bot.rota import on_call, shift_at
+from bot.rota import Rota, on_call, shift_at, turns_of
 
 PRIYA, DANIEL, SOFIA, TOMAS = "U03F8K2LQ1", "U04C2RN8VD", "U04B7QW2XA", "U05E4TY6MF"
 LONDON = ZoneInfo("Europe/London")
@@ -553,6 +554,45 @@ def test_an_override_and_the_same_persons_own_shift_meeting_are_one_stretch_on_c
         False,
     )
     assert (in_her_week.next.person, in_her_week.next.start) == (PRIYA, london("2026-01-27T09:00"))
+
+
+def test_a_persons_turns_are_the_one_they_are_on_and_their_next_each_as_one_stretch(tmp_path: Path) -> None:
+    # Rota from Mon 5 Jan: Priya, Daniel, Sofia, a week each. Sofia covers Daniel's weekend before her own week.
+    cover = ROTA + f"    overrides:\n      - {{person: {SOFIA}, start: 2026-01-17T09:00, end: 2026-01-19T09:00}}\n"
+    (rota,) = load(tmp_path, cover).rotations
+
+    daniel = turns_of(rota, DANIEL, london("2026-01-13T12:00"))  # his own week, cut short by her cover
+    sofia = turns_of(rota, SOFIA, london("2026-01-13T12:00"))  # not yet: the cover and her week are one turn
+    priya = turns_of(rota, PRIYA, london("2026-01-06T12:00"))
+
+    assert daniel.now is not None and (daniel.now.start, daniel.now.end) == (
+        london("2026-01-12T09:00"),
+        london("2026-01-17T09:00"),
+    )
+    assert daniel.next is not None and (daniel.next.start, daniel.next.end) == (
+        london("2026-02-02T09:00"),
+        london("2026-02-09T09:00"),
+    )
+    assert sofia.now is None and sofia.next is not None
+    assert (sofia.next.start, sofia.next.end, sofia.next.override) == (
+        london("2026-01-17T09:00"),
+        london("2026-01-26T09:00"),
+        True,
+    )
+    assert priya.now is not None and priya.now.end == london("2026-01-12T09:00")
+    assert priya.next is not None and priya.next.start == london("2026-01-26T09:00")
+    # before the rota starts: no turn now, the first one next
+    first = turns_of(rota, DANIEL, london("2026-01-01T12:00"))
+    assert first.now is None and first.next is not None and first.next.start == london("2026-01-12T09:00")
+
+
+def test_turns_are_asked_of_roster_members_on_the_rotas_that_have_them(tmp_path: Path) -> None:
+    kb = load(tmp_path, ROTA.replace(f", {SOFIA}]", "]"))
+    rota = Rota(kb.rotations, kb.experts, {}, {})
+    assert [t.team for t in rota.turns(DANIEL, london("2026-01-13T12:00"))] == ["platform"]
+    assert rota.turns(SOFIA, london("2026-01-13T12:00")) == []  # on the roster, on no rota
+    with pytest.raises(InvalidRequest, match="U0NOBODY1> is not on the roster"):
+        rota.turns("U0NOBODY1")
 
 
 @pytest.mark.parametrize("left", ["0001-01-01", "9999-12-31"])

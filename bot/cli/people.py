@@ -87,17 +87,20 @@ def _suggestion_dict(s: Any) -> dict:
 @main.command()
 @click.argument("target", required=False, default="")
 @click.option("--at", "at", default=None, metavar="WHEN", help="Ask about another time (ISO, e.g. 2026-12-24T20:00Z).")
+@click.option("--person", default=None, metavar="NAME", help="One person's turns instead (a roster name or id).")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 @click.pass_context
 @handle_errors
-def oncall(ctx: click.Context, target: str, at: str | None, as_json: bool) -> None:
-    """Who is on call now and who is next: every rota, one team's, or the rota covering a service.
+def oncall(ctx: click.Context, target: str, at: str | None, person: str | None, as_json: bool) -> None:
+    """Who is on call now and who is next: every rota, one team's, or the rota covering a service; or, with
+    --person, when someone is on call (their turn now, if any, and their next).
 
     \b
     Example:
       opsbot oncall
       opsbot oncall payments
       opsbot oncall checkout-api --at 2026-12-24T20:00Z
+      opsbot oncall --person "Daniel Okafor"
     """
     from datetime import UTC, datetime
 
@@ -117,9 +120,14 @@ def oncall(ctx: click.Context, target: str, at: str | None, as_json: bool) -> No
                 f"--at {at!r} is out of range: give a time between the years {AT_YEARS[0]} and {AT_YEARS[1]}, "
                 "like 2026-12-24T20:00Z."
             )
+    if person is not None and target:
+        raise OpsbotError("give a team or service, or --person, not both.")
     store = _open_store(ctx)
     try:
         rota = Rota.from_store(store)
+        if person is not None:
+            _print_turns(rota, person, when, as_json)
+            return
         answers = rota.answer(target, when)
     finally:
         store.close()
@@ -142,3 +150,29 @@ def _oncall_dict(answer: Any) -> dict:
         return {"person": s.person, "from": s.start.isoformat(), "until": s.end.isoformat(), "override": s.override}
 
     return {"team": answer.team, "timezone": answer.timezone, "now": shift(answer.now), "next": shift(answer.next)}
+
+
+def _print_turns(rota: Any, person: str, when: Any, as_json: bool) -> None:
+    """--person: their turns on every rota that has them."""
+    from bot.rota import describe_turns
+
+    wanted = person.strip().removeprefix("@").strip()
+    found = [e for e in rota.experts if wanted in (e.id, e.name) or e.name.lower() == wanted.lower()]
+    if not found:  # a first name, when only one person has it ("Daniel", as in the shell's /user)
+        found = [e for e in rota.experts if e.name.split() and e.name.split()[0].lower() == wanted.lower()]
+    if len(found) != 1:
+        close = sorted(e.name for e in rota.experts if wanted.lower() in e.name.lower())
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; give a name or an id from experts.yaml."
+        raise OpsbotError(f"no one on the roster is called {person!r}{hint}")
+    (expert,) = found
+    turns = rota.turns(expert.id, when)
+    if as_json:
+        click.echo(json.dumps([_oncall_dict(t) | {"person": expert.id} for t in turns], indent=2))
+        return
+    if not turns:
+        click.echo(f"{expert.name} ({expert.id}) is on no on-call rota in experts.yaml.")
+        return
+    width = max(len(t.team) for t in turns)
+    click.echo(f"{expert.name} ({expert.id})")
+    for t in turns:
+        click.echo(f"  {t.team:<{width}}  {describe_turns(t)}")

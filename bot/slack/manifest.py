@@ -9,7 +9,7 @@ from bot.slack.ids import EVENTS_PATH
 SLASH_COMMANDS = [
     ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),
     ("/experts", "Who to pull in for a problem", "TEXT [--service NAME]"),
-    ("/oncall", "Who is on call now and next, from the rota", "[TEAM or SERVICE]"),
+    ("/oncall", "Who is on call now and next, or someone's turns, from the rota", "[TEAM, SERVICE, @person or me]"),
     ("/deploy", "Request a deploy; it runs once approved", "SERVICE VERSION ENV"),
     ("/rollback", "Request a rollback (default: the previous good version)", "SERVICE ENV [VERSION]"),
     (

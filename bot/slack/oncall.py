@@ -1,17 +1,27 @@
-"""/oncall [team|service]: who is on call now and who is next, from the rotations in experts.yaml."""
+"""/oncall [team|service|@person|me]: who is on call now and who is next, or one person's turns, from experts.yaml."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 from slack_bolt import Ack
 
 from bot.runtime import Runtime
-from bot.slack.blocks.oncall import build_oncall_blocks, oncall_fallback_text
+from bot.slack.blocks.oncall import build_oncall_blocks, build_turns_blocks, oncall_fallback_text, turns_fallback_text
 from bot.slack.listeners import Listeners
 from bot.slack.web import SlackWeb
 
 log = logging.getLogger(__name__)
+MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+def person_asked(target: str, user: str) -> str:
+    """The person `/oncall` asks about: a mention alone (`/oncall @Daniel`), or `me`; "" for a team or service."""
+    if target.lower() == "me":
+        return user
+    found = MENTION.fullmatch(target)
+    return found[1] if found else ""
 
 
 def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
@@ -23,8 +33,16 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def answer(command: dict, body: dict) -> None:
         target = (command.get("text") or "").strip()
         rota = runtime.rota()
-        answers = rota.answer(target)
         names = {e.id: e.name for e in rota.experts}
+        person = person_asked(target, command.get("user_id", ""))
+        if person:  # /oncall @someone or /oncall me: their turns on every rota that has them
+            turns = rota.turns(person)
+            name = names.get(person, person)
+            log.info("oncall answered person=%s user=%s rotas=%d", person, command.get("user_id"), len(turns))
+            blocks = build_turns_blocks(name, turns)
+            web.respond(body["response_url"], turns_fallback_text(name, turns), blocks, replace_original=True)
+            return
+        answers = rota.answer(target)
         log.info("oncall answered target=%s user=%s rotas=%d", target, command.get("user_id"), len(answers))
         web.respond(
             body["response_url"],

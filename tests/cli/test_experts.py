@@ -57,6 +57,24 @@ def test_oncall_for_a_service_finds_the_rota_that_covers_it(indexed: Path) -> No
     }
 
 
+def test_oncall_for_a_person_gives_their_turn_now_and_their_next(indexed: Path) -> None:
+    result = invoke("oncall", "--person", "marcus", "--at", MID_JANUARY)  # a first name, in any case
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"Marcus Oyelaran ({MARCUS})",
+        "  payments  on call now until Mon 19 Jan 09:00 Europe/London; "
+        "next from Mon 26 Jan 09:00 Europe/London until Mon 02 Feb 09:00 Europe/London",
+    ]
+    (payments,) = json.loads(invoke("oncall", "--person", PRIYA, "--at", MID_JANUARY, "--json").stdout)
+    assert payments["now"] is None and payments["next"]["from"] == "2026-01-19T09:00:00+00:00"
+    assert (
+        invoke("oncall", "--person", "Hannah Weiss").stdout
+        == "Hannah Weiss (U04D9XK3PE) is on no on-call rota in experts.yaml.\n"
+    )
+    assert_clean_failure(invoke("oncall", "--person", "Zed"), "no one on the roster is called 'Zed'")
+    assert_clean_failure(invoke("oncall", "payments", "--person", "Marcus"), "not both")
+
+
 def test_oncall_mistakes_are_clear_errors(indexed: Path, tmp_path: Path) -> None:
     assert_clean_failure(invoke("oncall", "paymnts"), "no rota or service called 'paymnts'", "the rotas are payments")
     assert_clean_failure(invoke("oncall", "--at", "tomorrow"), "--at 'tomorrow' is not a date and time")

@@ -79,8 +79,8 @@ def test_who_is_on_call_is_answered_from_the_rota_not_the_runbooks(
 
 def test_oncall_is_in_the_manifest_and_the_help() -> None:
     commands = {c["command"]: c for c in build_manifest()["features"]["slash_commands"]}
-    assert commands["/oncall"]["usage_hint"] == "[TEAM or SERVICE]"
-    assert "`/oncall [TEAM or SERVICE]`" in text_of(build_help_blocks())
+    assert commands["/oncall"]["usage_hint"] == "[TEAM, SERVICE, @person or me]"
+    assert "`/oncall [TEAM, SERVICE, @person or me]`" in text_of(build_help_blocks())
     assert "/oncall" in yaml.safe_dump(build_manifest())
 
 
@@ -126,3 +126,29 @@ def test_many_rotas_are_shown_whole_in_as_many_sections_as_they_need() -> None:
     shown = "\n".join(texts)
     assert all(f"*team-{n:02d}-" in shown and f"<@U0PERSON{n:02d}>" in shown for n in range(40))
     assert all(t.count("<@") == t.count(">") for t in texts)  # no mention cut in two
+
+
+DANIEL, PRIYA, HANNAH = "U04C2RN8VD", "U03F8K2LQ1", "U04D9XK3PE"
+
+
+def test_oncall_for_a_person_or_me_gives_their_turns_on_every_rota_that_has_them(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before, `/oncall @Daniel` was read as the name of a rota or a service, and refused.
+    asked = [(f"<@{DANIEL}|daniel>", OLIVER), ("me", PRIYA), (f"<@{HANNAH}>", OLIVER), ("<@U0NOBODY1>", OLIVER)]
+    for n, (text, user) in enumerate(asked, start=1):  # one at a time: the answers would come in any order
+        slack.command("/oncall", text, user=user)
+        slack_api.wait_for("response_url", count=n, timeout=15)
+    daniel, priya, hannah, told = slack_api.calls("response_url")
+
+    (platform,) = [r for r in runtime.rota().rotations if r.team == "platform"]
+    (payments,) = [r for r in runtime.rota().rotations if r.team == "payments"]
+    for body, person, rota in ((daniel.body, DANIEL, platform), (priya.body, PRIYA, payments)):
+        shown = text_of(body["blocks"])
+        assert shown.startswith(":pager: *Turns on call: ") and f"*{rota.team}*: " in shown
+        now = shift_at(rota, datetime.now(UTC))
+        on_now = now is not None and now.person == person
+        assert ("on call now until " in shown) == on_now and ("not on call now" in shown) != on_now
+        assert "; next from " in shown and " until " in shown
+    assert text_of(hannah.body["blocks"]) == ":pager: Hannah Weiss is on no on-call rota in experts.yaml."
+    assert told.body["text"] == "Sorry: <@U0NOBODY1> is not on the roster (experts.yaml), so on no rota."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.rota import OnCall, describe
+from bot.rota import OnCall, Turns, describe, describe_turns
 from bot.slack.blocks.mrkdwn import MAX_TEXT, context, escape, section
 
 MAX_SECTIONS = 40  # of Slack's 50 blocks a message may hold
@@ -43,3 +43,21 @@ def oncall_fallback_text(answers: list[OnCall] | tuple[OnCall, ...], names: dict
     <!channel> in experts.yaml stays text)."""
     parts = [f"{a.team}: {names.get(a.now.person, a.now.person) if a.now else 'nobody'}" for a in answers]
     return "On call: " + escape("; ".join(parts))
+
+
+def build_turns_blocks(name: str, turns: list[Turns]) -> list[dict]:
+    """A person's turns: per rota that has them, whether they are on call now and their next turn."""
+    if not turns:
+        text = f":pager: {escape(name)} is on no on-call rota in experts.yaml."
+        return [section(text)]
+    lines = [f":pager: *Turns on call: {escape(name)}*"]
+    lines += [f"*{escape(t.team)}*: {escape(describe_turns(t))}" for t in turns]
+    return [
+        section("\n".join(lines)[:MAX_TEXT]),
+        context("From the rotations in experts.yaml; times are each rota's own time zone."),
+    ]
+
+
+def turns_fallback_text(name: str, turns: list[Turns]) -> str:
+    parts = [f"{t.team}: {'on call now' if t.now else 'not on call now'}" for t in turns] or ["on no rota"]
+    return escape(f"{name}: " + "; ".join(parts))
