@@ -12,7 +12,7 @@ import difflib
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Self
 
@@ -34,6 +34,16 @@ from bot.services import (
     parse_settings,
 )
 from bot.store import Store
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """Where a service stands in one environment (``DeployRules.where_things_stand``)."""
+
+    env: str
+    current: DeployRequest | None  # the last run that succeeded: what runs there, by opsbot's record
+    failed: DeployRequest | None  # the newest run, when it failed after that (it may be partly rolled out)
+    active: DeployRequest | None  # the request holding the lock: waiting for approval, running, or with CI
 
 
 class DeployRules:
@@ -259,6 +269,27 @@ class DeployRules:
         """(version, status) of the newest run when it may be half rolled out (see ``failed_version``)."""
         row = rollbacks.failed_run(self.store, service, env)
         return (row["version"], row["status"]) if row else None
+
+    def where_things_stand(self, service: str) -> list[EnvState]:
+        """Per environment of a deployable service (in services.yaml's order): what runs there by opsbot's record,
+        the newest run when it failed after that, and the request holding its lock (waiting or running)."""
+        check_service(service)
+        config = self.services.get(service)
+        if config is None:
+            close = difflib.get_close_matches(service, sorted(self.services), n=1)
+            known = ", ".join(sorted(self.services)) or "none: add environments and a deploy runner in services.yaml"
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise NotFound(f"no deployable service {service!r}; deployable services: {known}.{hint}")
+        states = []
+        with self.store.lock:
+            for env in config.environments:
+                last = self.store.succeeded_for(service, env, limit=1)
+                current = self._get_locked(last[0]["id"]) if last else None
+                failed = rollbacks.failed_run(self.store, service, env)
+                holder = self.store.lock_holder(service, env)
+                active = self._get_locked(holder) if holder and self.store.deploy_row(holder) else None
+                states.append(EnvState(env, current, self._get_locked(failed["id"]) if failed else None, active))
+        return states
 
     def rollback_target(self, service: str, env: str) -> str:
         """The last good version: the current one after a failed run, else the one that succeeded before it."""

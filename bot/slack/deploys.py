@@ -21,10 +21,11 @@ from bot.ops.deploys import DeployService
 from bot.ops.requests import DeployRequest
 from bot.runtime import Runtime
 from bot.slack import ids
-from bot.slack.blocks.deploys import build_refusal_text
+from bot.slack.blocks.deploys import build_refusal_text, build_standing_blocks
 from bot.slack.deploy_posts import MESSAGE_HOOK, SlackAnnouncer
 from bot.slack.listeners import ACK_WAIT_S, Listeners, clicked_channel, tell_requester
 from bot.slack.web import SlackWeb
+from bot.text import SERVICE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ def parse_deploy_args(text: str) -> tuple[str, str, str] | None:
     """`SERVICE VERSION ENV`; the version is kept exactly as typed, so a hostile one is refused by name."""
     match = re.fullmatch(r"(\S+)\s+(.+?)\s+(\S+)", (text or "").strip(), re.S)
     return (match[1], match[2], match[3]) if match else None
+
+
+def asks_where_it_stands(text: str) -> bool:
+    """`/deploy SERVICE` alone: where the service stands in each environment (one word that can be a service)."""
+    words = (text or "").split()
+    return len(words) == 1 and SERVICE_NAME.fullmatch(words[0]) is not None
 
 
 def parse_rollback_args(text: str) -> tuple[str, str, str | None] | None:
@@ -58,7 +65,9 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     runtime.announcer = SlackAnnouncer(web)  # every deploy state change shows in Slack through this app's outbox
 
     def ack_deploy(ack: Ack, command: dict) -> None:
-        if parse_deploy_args(command.get("text", "")) is None:
+        if asks_where_it_stands(command.get("text", "")):
+            ack(response_type="ephemeral", text=f"Looking at {command['text'].strip()}…")
+        elif parse_deploy_args(command.get("text", "")) is None:
             missing = what_is_missing(command.get("text", ""), ("SERVICE", "VERSION", "ENV"))
             ack(response_type="ephemeral", text=missing + runtime.examples(ACK_WAIT_S).deploy_usage())
         else:
@@ -72,6 +81,18 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             ack(response_type="ephemeral", text="Requesting the rollback…")
 
     def request_deploy(command: dict, body: dict) -> None:
+        if asks_where_it_stands(command.get("text", "")):  # `/deploy SERVICE`: what runs where, before choosing
+            service = command["text"].strip()
+            states = runtime.deploys().where_things_stand(service)
+            usage = f"To deploy: `/deploy {service} VERSION ENV` · to roll back: `/rollback {service} ENV`."
+            names = runtime.deploys().names()
+            text = f"{service}: " + "; ".join(
+                f"{s.env} {s.current.version if s.current else 'nothing deployed yet'}" for s in states
+            )
+            web.respond(
+                body["response_url"], text, build_standing_blocks(service, states, names, usage), replace_original=True
+            )
+            return
         args = parse_deploy_args(command.get("text", ""))
         if args is None:
             return  # the acknowledgement showed the usage

@@ -10,7 +10,7 @@ SLASH_COMMANDS = [
     ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),
     ("/experts", "Who to pull in for a problem", "TEXT [--service NAME]"),
     ("/oncall", "Who is on call now and next, or someone's turns, from the rota", "[TEAM, SERVICE, @person or me]"),
-    ("/deploy", "Request a deploy; it runs once approved", "SERVICE VERSION ENV"),
+    ("/deploy", "Request a deploy (it runs once approved), or see what runs where", "SERVICE [VERSION ENV]"),
     ("/rollback", "Request a rollback (default: the previous good version)", "SERVICE ENV [VERSION]"),
     (
         "/incident",

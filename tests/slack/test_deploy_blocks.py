@@ -128,7 +128,7 @@ def test_arguments_keep_a_hostile_version_whole_so_it_is_refused_by_name() -> No
 
 def test_the_manifest_registers_deploy_and_rollback() -> None:
     commands = {c["command"]: c for c in build_manifest()["features"]["slash_commands"]}
-    assert commands["/deploy"]["usage_hint"] == "SERVICE VERSION ENV"
+    assert commands["/deploy"]["usage_hint"] == "SERVICE [VERSION ENV]"
     assert commands["/rollback"]["usage_hint"] == "SERVICE ENV [VERSION]"
 
 

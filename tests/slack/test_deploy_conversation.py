@@ -143,3 +143,23 @@ def test_a_deploy_requested_after_a_failed_run_says_the_failed_version_may_be_pa
     assert "From: 1.4.2 · To: 1.4.4" in asked
     assert "1.4.3-bad, the newest run in staging, failed after 1.4.2 and may be partly rolled out" in asked
     assert "✅ Succeeded in" in ran and "may be partly rolled out" not in ran  # said while it waits, not after
+
+
+def test_deploy_with_only_a_service_says_what_runs_where_and_what_waits(chat: Chat) -> None:
+    # Before, `/deploy checkout-api` only said VERSION and ENV were missing: nothing in Slack said what ran in prod.
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 staging")
+    chat.as_("Marcus").say("1")
+    chat.as_("Priya").say("/deploy checkout-api 1.4.3-bad staging")
+    chat.as_("Marcus").say("3")
+    chat.as_("Priya").say("/deploy checkout-api 1.4.4 prod")
+
+    shown = chat.say("/deploy checkout-api")
+    unknown = chat.say("/deploy chekout-api")
+
+    assert "checkout-api, by opsbot's record" in shown and "only visible to you" in shown
+    assert re.search(r"staging: runs 1\.4\.2, `dep-\S+`, finished \S", shown), shown
+    assert re.search(r"then 1\.4\.3-bad failed \(exit code 1\), `dep-\S+`, .+: it may be partly rolled out", shown)
+    assert "prod: nothing deployed by opsbot yet" in shown
+    assert re.search(r"deploy of 1\.4\.4 waiting for approval, `dep-\S+`, requested by Priya Raman", shown)
+    assert "To deploy: `/deploy checkout-api VERSION ENV` · to roll back: `/rollback checkout-api ENV`." in shown
+    assert "no deployable service 'chekout-api'" in unknown and "Did you mean checkout-api?" in unknown

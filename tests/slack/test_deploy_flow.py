@@ -157,11 +157,12 @@ def test_missing_arguments_show_the_usage_at_once_and_record_nothing(
     assert "Usage: /rollback SERVICE ENV [VERSION]" in slack.command("/rollback", "checkout-api").json()["text"]
     # What is missing comes first; an empty command gets the usage alone.
     assert slack.command("/deploy", "checkout-api 1.4.2").json()["text"].startswith("Missing ENV.\nUsage:")
-    assert slack.command("/deploy", "checkout-api").json()["text"].startswith("Missing VERSION and ENV.\nUsage:")
+    # the service alone asks where it stands (what runs where): looked up, nothing recorded
+    assert slack.command("/deploy", "checkout-api").json()["text"] == "Looking at checkout-api…"
     assert slack.command("/rollback", "checkout-api").json()["text"].startswith("Missing ENV.\nUsage:")
     assert slack.command("/deploy", "").json()["text"].startswith("Usage:")
     time.sleep(0.3)
-    assert not slack_api.messages() and not slack_api.calls("response_url")
+    assert not slack_api.messages() and len(slack_api.calls("response_url")) <= 1  # the standing, privately
     assert runtime.store.all_deploys() == []
 
 

@@ -62,14 +62,12 @@ def their_slack(tmp_path: Path, slack_api: FakeSlackAPI) -> Iterator[SlackDriver
 
 
 def test_usage_lines_take_their_examples_from_the_users_knowledge(their_slack: SlackDriver) -> None:
-    deploy = their_slack.command("/deploy", "ledger").json()["text"]
+    deploy = their_slack.command("/deploy", "ledger v1.4.2").json()["text"]
     rollback = their_slack.command("/rollback", "").json()["text"]
     ask = str(their_slack.command("/ask", "").json()["blocks"])
     experts = their_slack.command("/experts", "").json()["text"]
 
-    assert deploy == (
-        "Missing VERSION and ENV.\nUsage: /deploy SERVICE VERSION ENV, for example `/deploy ledger v1.4.2 qa`"
-    )
+    assert deploy == ("Missing ENV.\nUsage: /deploy SERVICE VERSION ENV, for example `/deploy ledger v1.4.2 qa`")
     assert "`/rollback ledger qa` (back to the version that succeeded before the current one)" in rollback
     assert "for example `/ask Ledger batch stuck behind a lock`" in ask
     assert "`/experts Ledger batch stuck behind a lock --service ledger`" in experts

@@ -390,3 +390,43 @@ def build_ci_deploy_blocks(request: DeployRequest, view: RequestView) -> list[di
 
 def summary_fallback_text(request: DeployRequest) -> str:
     return f"{request.title}: {request.status.replace('_', ' ')}"
+
+
+ACTIVE_WORDS = {
+    "pending": "waiting for approval",
+    "running": "running now",
+    "awaiting_ci": "handed to CI, waiting for its report",
+    "overlapping": "running in CI, overlapping another deploy",
+}
+
+
+def build_standing_blocks(service: str, states: list, names: dict[str, str], usage: str) -> list[dict]:
+    """`/deploy SERVICE`: per environment, what runs there, a failed run after it, and the request holding its lock
+    (``states``: ``DeployRules.where_things_stand``)."""
+    lines = [f":rocket: *{escape(service)}*, by opsbot's record"]
+    for state in states:
+        current = state.current
+        if current is None:
+            line = f"*{escape(state.env)}*: nothing deployed by opsbot yet"
+        else:
+            how = "rolled back to" if current.kind == "rollback" else "runs"
+            line = (
+                f"*{escape(state.env)}*: {how} *{escape(current.version)}*, `{current.id}`, "
+                f"finished {slack_time(current.finished_at)}"
+            )
+        if state.failed is not None:
+            ended = outcome_text(state.failed).lower()
+            line += (
+                f"\n    :warning: then {escape(state.failed.version)} {ended}, `{state.failed.id}`, "
+                f"{slack_time(state.failed.finished_at)}: it may be partly rolled out"
+            )
+        if state.active is not None:
+            active = state.active
+            word = ACTIVE_WORDS.get(active.status, active.status.replace("_", " "))
+            who = names.get(active.requester) or f"<@{active.requester}>"
+            line += (
+                f"\n    {'rollback' if active.kind == 'rollback' else 'deploy'} of {escape(active.version)} "
+                f"{word}, `{active.id}`, requested by {escape(who)}"
+            )
+        lines.append(line)
+    return [section("\n".join(lines)[:MAX_TEXT]), context(usage)]
