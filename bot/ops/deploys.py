@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from bot.errors import InvalidRequest, PermissionDenied
 from bot.ops import rollbacks
 from bot.ops import runner as deploy_runner
-from bot.ops.deploy_rules import DeployRules
+from bot.ops.deploy_rules import DeployRules, EnvState
 from bot.ops.metrics import moment
 from bot.ops.policy import APPROVE, REQUEST, START, Facts, refusal
 from bot.ops.requests import (
@@ -107,6 +107,15 @@ class DeployService(DeployRules):
             "deploy requested id=%s service=%s env=%s version=%s by=%s", request_id, service, env, version, requester
         )
         return self.get(request_id)
+
+    def where_things_stand(self, service: str) -> list[EnvState]:
+        """``DeployRules.where_things_stand``, once what held a lock past its time has ended (as a request would)."""
+        config = self.services.get(service)
+        if config is not None:
+            with self.store.transaction():
+                for env in config.environments:
+                    self._expire_locked_if_due(service, env)
+        return super().where_things_stand(service)
 
     def _expire_locked_if_due(self, service: str, env: str) -> None:
         """End what holds the lock past its time, without waiting for the sweep (which only `opsbot serve` runs): a

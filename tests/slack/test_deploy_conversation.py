@@ -163,3 +163,17 @@ def test_deploy_with_only_a_service_says_what_runs_where_and_what_waits(chat: Ch
     assert re.search(r"deploy of 1\.4\.4 waiting for approval, `dep-\S+`, requested by Priya Raman", shown)
     assert "To deploy: `/deploy checkout-api VERSION ENV` · to roll back: `/rollback checkout-api ENV`." in shown
     assert "no deployable service 'chekout-api'" in unknown and "Did you mean checkout-api?" in unknown
+
+
+def test_a_request_past_its_expiry_is_not_shown_as_waiting(chat: Chat) -> None:
+    # Without `opsbot serve`'s sweep (the shell, or between two sweeps) an expired request still held the lock.
+    chat.as_("Priya").say("/deploy checkout-api 1.4.2 prod")
+    deploys = chat.shell.runtime.deploys()
+    (waiting,) = [r for r in chat.shell.runtime.store.all_deploys() if r["status"] == "pending"]
+    with deploys.store.transaction():
+        deploys.store.update_deploy(waiting["id"], expires_at="2020-01-01T00:00:00+00:00")
+
+    shown = chat.say("/deploy checkout-api")
+
+    assert "waiting for approval" not in shown and "prod: nothing deployed by opsbot yet" in shown
+    assert deploys.get(waiting["id"]).status == "expired"
