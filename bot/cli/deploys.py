@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -37,8 +38,19 @@ def _took(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def format_deploys_table(requests: list, names: dict[str, str]) -> str:
+def _status(request: Any, now: datetime) -> str:
+    """The request's status as a reader needs it: a pending one past its expiry says so (`opsbot serve` ends it at
+    its next sweep, or the next request for the environment does; until then it holds the lock)."""
+    if request.flags:
+        return f"{request.status} (flagged)"
+    if request.status == "pending" and request.expires_at and datetime.fromisoformat(request.expires_at) <= now:
+        return "pending, past its expiry"
+    return request.status
+
+
+def format_deploys_table(requests: list, names: dict[str, str], now: datetime | None = None) -> str:
     """A plain-text table of deploy requests, one per line, columns as wide as their longest value."""
+    now = now or datetime.now(UTC)
     header = ("ID", "KIND", "SERVICE", "ENV", "FROM → TO", "STATUS", "REQUESTER", "APPROVERS", "STARTED", "DURATION")
     rows = [
         (
@@ -47,7 +59,7 @@ def format_deploys_table(requests: list, names: dict[str, str]) -> str:
             r.service,
             r.env,
             f"{r.from_version or '?'} → {r.version}",
-            f"{r.status} (flagged)" if r.flags else r.status,
+            _status(r, now),
             names.get(r.requester, r.requester),
             ", ".join(names.get(a, a) for a in r.approvers) or "-",
             _when(r.started_at) if r.start_known else "-",

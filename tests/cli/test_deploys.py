@@ -119,6 +119,25 @@ def test_deploys_shows_what_a_ci_deploy_broke(tmp_path: Path) -> None:
     )
 
 
+def test_deploys_says_when_a_waiting_request_is_past_its_expiry(tmp_path: Path) -> None:
+    # Before, a request that had expired with no `opsbot serve` to sweep it was listed as pending, holding the lock.
+    store = Store(os.environ["OPSBOT_DB"])
+    index_knowledge(store, FakeEncoder(), make_knowledge(tmp_path / "knowledge"))
+    deploys = DeployService.from_store(store)
+    fresh = deploys.request("deploy", "web", "staging", "1.0.0", ALICE)
+    stale = deploys.request("deploy", "web", "prod", "1.0.0", ALICE)
+    with store.transaction():
+        store.update_deploy(stale.id, expires_at="2020-01-01T00:00:00+00:00")
+    store.close()
+
+    lines = invoke("deploys").stdout.splitlines()
+
+    [fresh_row] = [line for line in lines if line.startswith(fresh.id)]
+    [stale_row] = [line for line in lines if line.startswith(stale.id)]
+    assert " pending " in fresh_row and "past its expiry" not in fresh_row
+    assert " pending, past its expiry " in stale_row
+
+
 def test_deploys_filters_by_service_env_and_limit(history: History) -> None:
     staging = invoke("deploys", "--env", "staging")
     newest = invoke("deploys", "--service", "web", "--env", "prod", "--limit", "1")
