@@ -169,3 +169,21 @@ def test_a_long_list_of_changes_shows_whole_lines_and_counts_the_rest() -> None:
     assert changes_text(dataclasses.replace(REQUEST, changes=changes[:2])).count("•") == 2  # short lists stay whole
     alone = changes_text(dataclasses.replace(REQUEST, changes=("&" * 3000,)))  # longer than a section by itself
     assert len(alone) <= 2890 and alone.endswith("…") and "&amp" in alone and not alone.endswith("&amp…")
+
+
+def test_where_a_service_stands_names_a_pipeline_as_ci_and_an_unknown_requester_by_mention() -> None:
+    from bot.ops.deploy_rules import EnvState
+    from bot.ops.requests import new_row
+    from bot.slack.blocks.deploys import build_standing_blocks
+
+    def request(request_id: str, **fields: object) -> DeployRequest:
+        return DeployRequest.from_row(new_row(request_id, service="web", version="2.0.0", **fields), [])
+
+    states = [
+        EnvState("staging", None, None, request("dep-1", env="staging", status="awaiting_ci", requester="ci:gha")),
+        EnvState("prod", None, None, request("dep-2", env="prod", requester="U0STRANGER")),
+    ]
+    shown = json.dumps(build_standing_blocks("web", states, {}, "usage"))
+
+    assert "deploy of 2.0.0 handed to CI, waiting for its report, `dep-1`, requested by CI (gha)" in shown
+    assert "deploy of 2.0.0 waiting for approval, `dep-2`, requested by <@U0STRANGER>" in shown

@@ -400,6 +400,15 @@ ACTIVE_WORDS = {
 }
 
 
+def _requester(user: str, names: dict[str, str]) -> str:
+    """Who asked, in mrkdwn: their roster name, a pipeline as "CI (name)", else a mention of the Slack id."""
+    if user in names:
+        return escape(names[user])
+    if user.startswith("ci:"):
+        return escape(f"CI ({user[3:]})")
+    return f"<@{user}>"
+
+
 def build_standing_blocks(service: str, states: list, names: dict[str, str], usage: str) -> list[dict]:
     """`/deploy SERVICE`: per environment, what runs there, a failed run after it, and the request holding its lock
     (``states``: ``DeployRules.where_things_stand``)."""
@@ -423,10 +432,9 @@ def build_standing_blocks(service: str, states: list, names: dict[str, str], usa
         if state.active is not None:
             active = state.active
             word = ACTIVE_WORDS.get(active.status, active.status.replace("_", " "))
-            who = names.get(active.requester) or f"<@{active.requester}>"
             line += (
                 f"\n    {'rollback' if active.kind == 'rollback' else 'deploy'} of {escape(active.version)} "
-                f"{word}, `{active.id}`, requested by {escape(who)}"
+                f"{word}, `{active.id}`, requested by {_requester(active.requester, names)}"
             )
         lines.append(line)
     return [section("\n".join(lines)[:MAX_TEXT]), context(usage)]
