@@ -37,9 +37,10 @@ def parse_deploy_args(text: str) -> tuple[str, str, str] | None:
 
 
 def asks_where_it_stands(text: str) -> bool:
-    """`/deploy SERVICE` alone: where the service stands in each environment (one word that can be a service)."""
+    """`/deploy SERVICE` alone: where the service stands in each environment (one word that can be a service;
+    `help` asks for the usage)."""
     words = (text or "").split()
-    return len(words) == 1 and SERVICE_NAME.fullmatch(words[0]) is not None
+    return len(words) == 1 and words[0].lower() != "help" and SERVICE_NAME.fullmatch(words[0]) is not None
 
 
 def parse_rollback_args(text: str) -> tuple[str, str, str | None] | None:
@@ -51,7 +52,7 @@ def parse_rollback_args(text: str) -> tuple[str, str, str | None] | None:
 def what_is_missing(text: str, needed: tuple[str, ...]) -> str:
     """Which of the needed words a too-short command left out, as the first line of its usage."""
     given = len((text or "").split())
-    if not given or given >= len(needed):
+    if not given or given >= len(needed) or (text or "").strip().lower() == "help":
         return ""
     return f"Missing {' and '.join(needed[given:])}.\n"
 

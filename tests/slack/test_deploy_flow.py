@@ -161,6 +161,8 @@ def test_missing_arguments_show_the_usage_at_once_and_record_nothing(
     assert slack.command("/deploy", "checkout-api").json()["text"] == "Looking at checkout-api…"
     assert slack.command("/rollback", "checkout-api").json()["text"].startswith("Missing ENV.\nUsage:")
     assert slack.command("/deploy", "").json()["text"].startswith("Usage:")
+    assert slack.command("/deploy", "help").json()["text"].startswith("Usage:")
+    assert slack.command("/rollback", "help").json()["text"].startswith("Usage:")
     time.sleep(0.3)
     assert not slack_api.messages() and len(slack_api.calls("response_url")) <= 1  # the standing, privately
     assert runtime.store.all_deploys() == []
