@@ -150,32 +150,41 @@ def test_a_database_path_inside_a_file_names_the_file(tmp_path: Path) -> None:
     assert "permissions" not in str(caught.value) and notes.read_text(encoding="utf-8") == "mine\n"
 
 
-def test_incidents_from_before_privacy_was_asked_are_private_until_slack_answers(tmp_path: Path) -> None:
+def before_privacy(path: Path, *incidents: tuple[str, str, str, str]) -> None:
+    """A database of the opsbot before privacy was asked (migration m025), with live incidents given as (id, title,
+    channel, status)."""
     from sqlite_utils import Database
 
-    from bot.ops.incidents import IncidentService
     from bot.store.schema import migrations
 
-    path = tmp_path / "old.db"
     db = Database(path)
-    migrations.apply(db, stop_before="m025_private_incidents")  # a database of the opsbot before
-    db["live_incidents"].insert(
-        {
-            "id": "INC-2026-0001",
-            "title": "Signing key leaked",
-            "severity": 1,
-            "services": "[]",
-            "status": "open",
-            "declared_by": "U1",
-            "declared_at": "2026-12-01T10:00:00+00:00",
-            "channel": "C0SECURE1",
-            "origin_channel": "C0SECURE1",
-            "roles": "{}",
-            "resolved_at": "",
-            "resolution": "",
-        }
-    )
+    migrations.apply(db, stop_before="m025_private_incidents")
+    for incident_id, title, channel, status in incidents:
+        resolved = status == "resolved"
+        db["live_incidents"].insert(
+            {
+                "id": incident_id,
+                "title": title,
+                "severity": 1,
+                "services": "[]",
+                "status": status,
+                "declared_by": "U1",
+                "declared_at": "2026-12-01T10:00:00+00:00",
+                "channel": channel,
+                "origin_channel": channel,
+                "roles": "{}",
+                "resolved_at": "2026-12-01T11:00:00+00:00" if resolved else "",
+                "resolution": "Rotated it." if resolved else "",
+            }
+        )
     db.close()
+
+
+def test_incidents_from_before_privacy_was_asked_are_private_until_slack_answers(tmp_path: Path) -> None:
+    from bot.ops.incidents import IncidentService
+
+    path = tmp_path / "old.db"
+    before_privacy(path, ("INC-2026-0001", "Signing key leaked", "C0SECURE1", "open"))
 
     store = Store(path)
     try:
@@ -195,37 +204,15 @@ def test_incidents_indexed_before_privacy_was_asked_leave_the_index_when_their_c
     # until Slack answers, but one whose channel Slack called private stayed findable by /ask in every channel.
     from datetime import UTC, datetime
 
-    from sqlite_utils import Database
-
     from bot.answers.indexer import index_incident
     from bot.models import Incident
     from bot.ops.incidents import IncidentService
     from bot.store import SLACK_PREFIX
-    from bot.store.schema import migrations
     from tests.conftest import FakeEncoder
 
     path = tmp_path / "old.db"
-    db = Database(path)
-    migrations.apply(db, stop_before="m025_private_incidents")
     rows = {"INC-2026-0001": ("Signing key leaked", "C0SECURE1"), "INC-2026-0002": ("Cache cold", "C0OPS0001")}
-    for incident_id, (title, channel) in rows.items():
-        db["live_incidents"].insert(
-            {
-                "id": incident_id,
-                "title": title,
-                "severity": 1,
-                "services": "[]",
-                "status": "resolved",
-                "declared_by": "U1",
-                "declared_at": "2026-12-01T10:00:00+00:00",
-                "channel": channel,
-                "origin_channel": channel,
-                "roles": "{}",
-                "resolved_at": "2026-12-01T11:00:00+00:00",
-                "resolution": "Rotated it.",
-            }
-        )
-    db.close()
+    before_privacy(path, *((i, title, channel, "resolved") for i, (title, channel) in rows.items()))
     store = Store(path)
     try:
         for incident_id, (title, _) in rows.items():  # as the opsbot before indexed them when they were resolved
