@@ -78,23 +78,36 @@ def format_deploys_table(requests: list, names: dict[str, str], now: datetime | 
 @click.option("--env", default=None, help="Only this environment (staging, prod ...).")
 @click.option("-n", "--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="How many requests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the requests as JSON.")
+@click.option("--now", "standing", is_flag=True, help="Where --service stands instead: what runs in each environment.")
 @click.pass_context
 @handle_errors
-def deploys_list(ctx: click.Context, service: str | None, env: str | None, limit: int, as_json: bool) -> None:
-    """List recent deploy and rollback requests, from Slack and from CI, newest first.
+def deploys_list(
+    ctx: click.Context, service: str | None, env: str | None, limit: int, as_json: bool, standing: bool
+) -> None:
+    """List recent deploy and rollback requests, from Slack and from CI, newest first; or, with --now, where a
+    service stands in each environment (as `/deploy SERVICE` in Slack).
 
     \b
     Example:
       opsbot deploys
       opsbot deploys --service checkout-api --env prod --limit 50
       opsbot deploys --json
+      opsbot deploys --now --service checkout-api
     """
     from dataclasses import asdict
 
     from bot.ops.requests import recent_requests
 
     refuse_blank(ctx)
+    if standing and not service:
+        raise OpsbotError("--now needs --service NAME: where that service stands in each environment.")
     store = _open_store(ctx)
+    if standing:
+        try:
+            _print_standing(store, service or "", env, as_json)
+        finally:
+            store.close()
+        return
     try:
         _check_names(store, service, env)
         requests = recent_requests(store, service, env, limit)
@@ -293,3 +306,46 @@ def login() -> str:
     except (ImportError, KeyError, AttributeError):  # no passwd entry (a container's uid), or not Unix
         name = f"uid-{os.geteuid()}" if hasattr(os, "geteuid") else "unknown"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "unknown"
+
+
+def _print_standing(store: Any, service: str, env: str | None, as_json: bool) -> None:
+    """--now: per environment, what runs (the run that put it there), a failed run after it, the request holding
+    the lock. Read only: a request past its expiry is shown so, not ended (`opsbot serve` or the next request does)."""
+    from bot.ops.deploy_rules import DeployRules
+    from bot.ops.deploys import DeployService
+
+    deploys = DeployService.from_store(store)
+    states = DeployRules.where_things_stand(deploys, service)
+    if env:
+        states = [s for s in states if s.env == env]
+        if not states:
+            raise OpsbotError(f"{service} has no environment {env!r}.")
+    if as_json:
+
+        def brief(r: Any) -> dict | None:
+            return None if r is None else {"id": r.id, "version": r.version, "status": r.status, "kind": r.kind}
+
+        shown = [
+            {"env": s.env, "current": brief(s.current), "failed": brief(s.failed), "active": brief(s.active)}
+            for s in states
+        ]
+        click.echo(json.dumps({"service": service, "environments": shown}, indent=2))
+        return
+    now = datetime.now(UTC)
+    click.echo(f"{service}, by opsbot's record")
+    for s in states:
+        runs = (
+            f"runs {s.current.version} ({s.current.id}, finished {_when(s.current.finished_at)} UTC)"
+            if s.current
+            else "nothing deployed by opsbot yet"
+        )
+        click.echo(f"  {s.env}: {runs}")
+        if s.failed is not None:
+            click.echo(
+                f"    then {s.failed.version} {s.failed.status.replace('_', ' ')} ({s.failed.id}, "
+                f"{_when(s.failed.finished_at)} UTC): it may be partly rolled out"
+            )
+        if s.active is not None:
+            a = s.active
+            who = deploys.names().get(a.requester, a.requester)
+            click.echo(f"    {a.kind} of {a.version}: {_status(a, now)} ({a.id}, requested by {who})")

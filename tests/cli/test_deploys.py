@@ -138,6 +138,24 @@ def test_deploys_says_when_a_waiting_request_is_past_its_expiry(tmp_path: Path) 
     assert " pending, past its expiry " in stale_row
 
 
+def test_deploys_now_says_what_runs_where_as_deploy_service_does_in_slack(history: History) -> None:
+    result = invoke("deploys", "--now", "--service", "web")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "web, by opsbot's record"
+    assert lines[1].startswith(f"  staging: runs 1.0.0 ({history.staging}, finished ")
+    assert lines[2].startswith("  prod: runs 1.2.0 (")  # the CI deploy, after opsbot's 1.0.0
+    (prod,) = json.loads(invoke("deploys", "--now", "--service", "web", "--env", "prod", "--json").stdout)[
+        "environments"
+    ]
+    assert prod["current"]["version"] == "1.2.0" and prod["failed"] is None and prod["active"] is None
+    assert_clean_failure(invoke("deploys", "--now"), "--now needs --service NAME")
+    assert_clean_failure(
+        invoke("deploys", "--now", "--service", "wbe"), "no deployable service 'wbe'", "Did you mean web?"
+    )
+
+
 def test_deploys_filters_by_service_env_and_limit(history: History) -> None:
     staging = invoke("deploys", "--env", "staging")
     newest = invoke("deploys", "--service", "web", "--env", "prod", "--limit", "1")
