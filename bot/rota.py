@@ -543,6 +543,17 @@ class Rota:
         at = at or datetime.now(UTC)
         return [on_call(r, at) for r in self.lookup(name)]
 
+    def person_named(self, name: str) -> str | None:
+        """The roster id ``name`` means: an id, a full name in any capitals, or a first name only one person has
+        ("Daniel", as the shell's /user takes it); None for none or several."""
+        wanted = name.strip().removeprefix("@").strip().lower()
+        if not wanted:
+            return None
+        found = [e.id for e in self.experts if wanted in (e.id.lower(), e.name.lower())]
+        if not found:
+            found = [e.id for e in self.experts if e.name.split() and e.name.split()[0].lower() == wanted]
+        return found[0] if len(found) == 1 else None
+
     def turns(self, person: str, at: datetime | None = None) -> list[Turns]:
         """A roster member's turns on every rota that has them (a member, or covering with an override)."""
         if person not in {e.id for e in self.experts}:

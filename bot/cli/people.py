@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank
-from bot.errors import OpsbotError
+from bot.errors import InvalidRequest, OpsbotError
 from bot.rota import YEARS
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,13 @@ def oncall(ctx: click.Context, target: str, at: str | None, person: str | None, 
         if person is not None:
             _print_turns(rota, person, when, as_json)
             return
-        answers = rota.answer(target, when)
+        try:
+            answers = rota.answer(target, when)
+        except InvalidRequest:  # not a team or a service: someone's name (`opsbot oncall Daniel`)
+            if not target or rota.person_named(target) is None:
+                raise
+            _print_turns(rota, target, when, as_json)
+            return
     finally:
         store.close()
     names = {e.id: e.name for e in rota.experts}
@@ -156,15 +162,13 @@ def _print_turns(rota: Any, person: str, when: Any, as_json: bool) -> None:
     """--person: their turns on every rota that has them."""
     from bot.rota import describe_turns
 
-    wanted = person.strip().removeprefix("@").strip()
-    found = [e for e in rota.experts if wanted in (e.id, e.name) or e.name.lower() == wanted.lower()]
-    if not found:  # a first name, when only one person has it ("Daniel", as in the shell's /user)
-        found = [e for e in rota.experts if e.name.split() and e.name.split()[0].lower() == wanted.lower()]
-    if len(found) != 1:
-        close = sorted(e.name for e in rota.experts if wanted.lower() in e.name.lower())
+    person_id = rota.person_named(person)
+    if person_id is None:
+        wanted = person.strip().removeprefix("@").strip().lower()
+        close = sorted(e.name for e in rota.experts if wanted and wanted in e.name.lower())
         hint = f"; did you mean {' or '.join(close)}?" if close else "; give a name or an id from experts.yaml."
         raise OpsbotError(f"no one on the roster is called {person!r}{hint}")
-    (expert,) = found
+    (expert,) = [e for e in rota.experts if e.id == person_id]
     turns = rota.turns(expert.id, when)
     if as_json:
         click.echo(json.dumps([_oncall_dict(t) | {"person": expert.id} for t in turns], indent=2))

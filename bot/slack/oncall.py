@@ -7,6 +7,7 @@ import re
 
 from slack_bolt import Ack
 
+from bot.errors import InvalidRequest
 from bot.runtime import Runtime
 from bot.slack.blocks.oncall import build_oncall_blocks, build_turns_blocks, oncall_fallback_text, turns_fallback_text
 from bot.slack.listeners import Listeners
@@ -35,6 +36,13 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         rota = runtime.rota()
         names = {e.id: e.name for e in rota.experts}
         person = person_asked(target, command.get("user_id", ""))
+        if not person and target:  # a team or a service first; else someone's name (`/oncall Daniel`)
+            try:
+                rota.lookup(target)
+            except InvalidRequest:
+                person = rota.person_named(target) or ""
+                if not person:
+                    raise
         if person:  # /oncall @someone or /oncall me: their turns on every rota that has them
             turns = rota.turns(person)
             name = names.get(person, person)

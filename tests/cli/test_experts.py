@@ -72,6 +72,11 @@ def test_oncall_for_a_person_gives_their_turn_now_and_their_next(indexed: Path) 
         == "Hannah Weiss (U04D9XK3PE) is on no on-call rota in experts.yaml.\n"
     )
     assert_clean_failure(invoke("oncall", "--person", "Zed"), "no one on the roster is called 'Zed'")
+    # a name that is no team or service is someone's: `opsbot oncall Marcus` as `--person Marcus`
+    assert (
+        invoke("oncall", "Marcus", "--at", MID_JANUARY).stdout
+        == invoke("oncall", "--person", "Marcus", "--at", MID_JANUARY).stdout
+    )
     assert_clean_failure(invoke("oncall", "payments", "--person", "Marcus"), "not both")
 
 

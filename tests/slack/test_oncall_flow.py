@@ -135,11 +135,18 @@ def test_oncall_for_a_person_or_me_gives_their_turns_on_every_rota_that_has_them
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
     # Before, `/oncall @Daniel` was read as the name of a rota or a service, and refused.
-    asked = [(f"<@{DANIEL}|daniel>", OLIVER), ("me", PRIYA), (f"<@{HANNAH}>", OLIVER), ("<@U0NOBODY1>", OLIVER)]
+    asked = [
+        (f"<@{DANIEL}|daniel>", OLIVER),
+        ("me", PRIYA),
+        (f"<@{HANNAH}>", OLIVER),
+        ("<@U0NOBODY1>", OLIVER),
+        ("daniel", OLIVER),  # a name that is no team or service is someone's
+    ]
     for n, (text, user) in enumerate(asked, start=1):  # one at a time: the answers would come in any order
         slack.command("/oncall", text, user=user)
         slack_api.wait_for("response_url", count=n, timeout=15)
-    daniel, priya, hannah, told = slack_api.calls("response_url")
+    daniel, priya, hannah, told, by_name = slack_api.calls("response_url")
+    assert text_of(by_name.body["blocks"]) == text_of(daniel.body["blocks"])
 
     (platform,) = [r for r in runtime.rota().rotations if r.team == "platform"]
     (payments,) = [r for r in runtime.rota().rotations if r.team == "payments"]
