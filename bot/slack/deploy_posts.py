@@ -217,7 +217,7 @@ def over_failed_text(deploys: DeployService, request: DeployRequest) -> str:
     if failed is None:
         return ""
     version, status = failed
-    ended = STATUS_WORDS.get(status, "was given up on, no report from its pipeline")
+    ended = STATUS_WORDS.get(status, "was abandoned (its pipeline never reported)")
     after = f" after {escape(request.from_version)}" if request.from_version else ""
     return (
         f":warning: {escape(version)}, the newest run in {escape(request.env)}, {ended}{after} and may be partly "
