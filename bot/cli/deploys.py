@@ -311,11 +311,10 @@ def login() -> str:
 def _print_standing(store: Any, service: str, env: str | None, as_json: bool) -> None:
     """--now: per environment, what runs (the run that put it there), a failed run after it, the request holding
     the lock. Read only: a request past its expiry is shown so, not ended (`opsbot serve` or the next request does)."""
-    from bot.ops.deploy_rules import DeployRules
     from bot.ops.deploys import DeployService
 
     deploys = DeployService.from_store(store)
-    states = DeployRules.where_things_stand(deploys, service)
+    states = deploys.where_things_stand(service, settle=False)
     if env:
         states = [s for s in states if s.env == env]
         if not states:

@@ -98,20 +98,25 @@ class DeployRules:
 
     # -- the policy ---------------------------------------------------------------------------------
 
-    def _service_env(
-        self, service: str, env: str, version: str | None = None, kind: str = "deploy", typed: bool = False
-    ) -> tuple[ServiceConfig, Environment]:
-        """The service's config and environment. For names just ``typed`` (a new request), NotFound says what was
-        meant when it can tell: a slip of the keyboard, the version and environment the other way round, a word
-        too many. A stored request whose service or environment left services.yaml gets no such guess."""
+    def _deployable(self, service: str, typed: bool = False) -> ServiceConfig:
+        """The service's config; NotFound names the deployable ones (and, for a name just ``typed``, the closest)."""
         check_service(service)
-        check_value("environment", env)
         config = self.services.get(service)
         if config is None:
             known = ", ".join(sorted(self.services)) or "none: add environments and a deploy runner in services.yaml"
             close = closest(service, self.services) if typed else ""
             hint = f" Did you mean {close}?" if close else ""
             raise NotFound(f"no deployable service {service!r}; deployable services: {known}.{hint}")
+        return config
+
+    def _service_env(
+        self, service: str, env: str, version: str | None = None, kind: str = "deploy", typed: bool = False
+    ) -> tuple[ServiceConfig, Environment]:
+        """The service's config and environment. For names just ``typed`` (a new request), NotFound says what was
+        meant when it can tell: a slip of the keyboard, the version and environment the other way round, a word
+        too many. A stored request whose service or environment left services.yaml gets no such guess."""
+        check_value("environment", env)
+        config = self._deployable(service, typed)
         environment = config.environments.get(env)
         if environment is None:
             hint = ""
@@ -273,13 +278,7 @@ class DeployRules:
     def where_things_stand(self, service: str) -> list[EnvState]:
         """Per environment of a deployable service (in services.yaml's order): what runs there by opsbot's record,
         the newest run when it failed after that, and the request holding its lock (waiting or running)."""
-        check_service(service)
-        config = self.services.get(service)
-        if config is None:
-            close = difflib.get_close_matches(service, sorted(self.services), n=1)
-            known = ", ".join(sorted(self.services)) or "none: add environments and a deploy runner in services.yaml"
-            hint = f" Did you mean {close[0]}?" if close else ""
-            raise NotFound(f"no deployable service {service!r}; deployable services: {known}.{hint}")
+        config = self._deployable(service, typed=True)
         states = []
         with self.store.lock:
             for env in config.environments:

@@ -108,10 +108,11 @@ class DeployService(DeployRules):
         )
         return self.get(request_id)
 
-    def where_things_stand(self, service: str) -> list[EnvState]:
-        """``DeployRules.where_things_stand``, once what held a lock past its time has ended (as a request would)."""
+    def where_things_stand(self, service: str, settle: bool = True) -> list[EnvState]:
+        """``DeployRules.where_things_stand``; with ``settle``, once what held a lock past its time has ended (as a
+        request would). Without, it only reads (`opsbot deploys --now`)."""
         config = self.services.get(service)
-        if config is not None:
+        if settle and config is not None:
             with self.store.transaction():
                 for env in config.environments:
                     self._expire_locked_if_due(service, env)

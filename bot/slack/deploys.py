@@ -83,10 +83,10 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
 
     def request_deploy(command: dict, body: dict) -> None:
         if asks_where_it_stands(command.get("text", "")):  # `/deploy SERVICE`: what runs where, before choosing
-            service = command["text"].strip()
-            states = runtime.deploys().where_things_stand(service)
+            service, deploys = command["text"].strip(), runtime.deploys()
+            states = deploys.where_things_stand(service)
             usage = f"To deploy: `/deploy {service} VERSION ENV` · to roll back: `/rollback {service} ENV`."
-            names = runtime.deploys().names()
+            names = deploys.names()
             text = f"{service}: " + "; ".join(
                 f"{s.env} {s.current.version if s.current else 'nothing deployed yet'}" for s in states
             )

@@ -36,9 +36,10 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         rota = runtime.rota()
         names = {e.id: e.name for e in rota.experts}
         person = person_asked(target, command.get("user_id", ""))
-        if not person and target:  # a team or a service first; else someone's name (`/oncall Daniel`)
+        answers = []
+        if not person:  # a team or a service first; else someone's name (`/oncall Daniel`)
             try:
-                rota.lookup(target)
+                answers = rota.answer(target)
             except InvalidRequest:
                 person = rota.person_named(target) or ""
                 if not person:
@@ -50,7 +51,6 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
             blocks = build_turns_blocks(name, turns)
             web.respond(body["response_url"], turns_fallback_text(name, turns), blocks, replace_original=True)
             return
-        answers = rota.answer(target)
         log.info("oncall answered target=%s user=%s rotas=%d", target, command.get("user_id"), len(answers))
         web.respond(
             body["response_url"],
