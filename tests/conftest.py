@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -111,9 +112,28 @@ def fake_encoder() -> FakeEncoder:
 
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory: pytest.TempPathFactory, minilm: SentenceTransformerEncoder) -> Store:
-    """The shipped sample knowledge, indexed once with the real model."""
-    store = Store(tmp_path_factory.mktemp("sample") / "sample.db")
-    index_knowledge(store, minilm, SAMPLE_KNOWLEDGE)
+    """The shipped sample knowledge, indexed once with the real model.
+
+    Under pytest-xdist (`make test`) the first worker to need it indexes it into the run's shared temporary
+    folder and every worker takes a copy of its own: the sample is embedded and its ranker fitted once a run,
+    not once a worker (about half a minute of a core each time)."""
+    mine = tmp_path_factory.mktemp("sample") / "sample.db"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        store = Store(mine)
+        index_knowledge(store, minilm, SAMPLE_KNOWLEDGE)
+    else:
+        run_folder = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers only
+        shared, done = run_folder / "sample-index.db", run_folder / "sample-index.done"
+        with open(run_folder / "sample-index.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                built = Store(shared)
+                index_knowledge(built, minilm, SAMPLE_KNOWLEDGE)
+                built.close()
+                done.touch()
+            source = Store(shared)
+            store = copy_database(source, mine)
+            source.close()
     yield store
     store.close()
 
