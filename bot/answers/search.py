@@ -324,7 +324,7 @@ class SearchIndex:
             # does, is a quote: it is cited, and marked "contains your words".
             quoted = dict(sig.whole) if len(sig.whole) == 1 and len(sig.stems) >= QUOTE_TERMS else {}
             # One count of the query's words over the sections of every document shown.
-            cite = [p for d in ordered if d not in quoted for p in self._own_sections(d)] if stems else []
+            cite = [p for d in ordered if d not in quoted for p in self._sections(d)] if stems else []
             counts = self.store.term_counts_in([int(self.chunk_ids[p]) for p in cite], stems)
             best = {d: quoted[d] if d in quoted else self._best_chunk(d, sig, stems, counts) for d in ordered}
             if first >= 0 and anchor:  # the section the runbook_url's #fragment names
@@ -361,18 +361,32 @@ class SearchIndex:
                 moves[d] = moves.get(d, 0) + int(self.feedback_votes[i])
         return moved_by_votes(ordered, moves)
 
-    def _own_sections(self, d: int) -> list[int]:
-        """Positions of a document's sections that may be cited: not stubs, unless it has only stubs."""
+    def _sections(self, d: int) -> list[int]:
+        """Positions of all of a document's sections."""
         start = int(self.doc_starts[d])
         end = int(self.doc_starts[d + 1]) if d + 1 < len(self.doc_starts) else self.size
-        return [p for p in range(start, end) if not self.stub[p]] or list(range(start, end))
+        return list(range(start, end))
+
+    def _own_sections(self, d: int) -> list[int]:
+        """Positions of a document's sections that may be cited: not stubs, unless it has only stubs."""
+        every = self._sections(d)
+        return [p for p in every if not self.stub[p]] or every
 
     def _best_chunk(self, d: int, sig: Signals, stems: list[str], counts: dict[int, dict[str, tuple[int, int]]]) -> int:
         """The section to cite: the best by the query's words among the document's own sections (hybrid),
-        else the closest in meaning, else keywords' best."""
+        else the closest in meaning, else keywords' best. A short section whose heading holds a word of the
+        question is what it asks for ("root cause of INC-2026-0022", whose root cause is five words): it may
+        be cited too."""
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
         own = self._own_sections(d)
+        if stems:
+            named = [
+                p
+                for p in self._sections(d)
+                if p not in own and any(heading for heading, _ in counts.get(int(self.chunk_ids[p]), {}).values())
+            ]
+            own = sorted(own + named)
         closeness = {p: float(sig.chunk_sims[p]) for p in own}
         if stems and len(own) > 1:
             local = self.local_keyword_scores(own, stems, counts)

@@ -217,7 +217,8 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
 
     # Resolve: the summary, then within seconds searchable and training the expert model.
     resolution = "Rolled the scanner firmware back to 4.1.9 and paused the push"
-    summary = say(slack, slack_api, f"resolve {resolution}", user=DANIEL, channel=channel)
+    root_cause = "watchdog bug in 4.2.1"  # a few words, as typed in a hurry
+    summary = say(slack, slack_api, f"resolve {resolution} --root-cause {root_cause}", user=DANIEL, channel=channel)
     text = shown(summary)
     assert f":white_check_mark: *Resolved:* *{incident_id}*" in text
     assert "*Time to restore*\n0 min" in text or "*Time to restore*\n1 min" in text
@@ -235,6 +236,12 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
     suggestions = runtime.answers.suggest_experts("warehouse barcode scanners keep rebooting after firmware update")
     daniel = next(s for s in suggestions if s.expert.id == DANIEL)
     assert incident_id in [i.id for i in daniel.incidents] and suggestions[0].expert.id == DANIEL
+
+    # Asked for its root cause, the answer cites that part, however short, not the timeline that repeats it.
+    slack.command("/ask", f"what was the root cause of {incident_id}?", user=MARCUS, channel=ELSEWHERE)
+    (answer,) = slack_api.wait_for("response_url", predicate=lambda c: f"slack:{incident_id}" in shown(c.body))
+    cited = shown(answer.body)
+    assert f"`slack:{incident_id}` · _Root cause_" in cited and f">{root_cause}\n" in cited, cited
 
 
 def declared_in_its_channel_with_indexing_held(
