@@ -199,7 +199,11 @@ class Answerer:
         runbooks, incidents = relevant_hits(answer, self.settings)
         experts: tuple[Suggestion, ...] = ()
         if incidents and self.store.expert_count():
-            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
+            named = [h for h in incidents if h.alert]  # an incident the question names by its id
+            if named:  # "what was the root cause of INC-…": who could help is who resolved that one, and the like
+                experts = tuple(self.suggest_experts(named[0].title, remember=False, asker=user))
+            else:
+                experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
         reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
         if not reply.found:  # the hint names one of this knowledge's services
             reply = dataclasses.replace(reply, hint_service=examples(self.store).service)

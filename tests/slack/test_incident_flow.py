@@ -242,6 +242,8 @@ def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worke
     (answer,) = slack_api.wait_for("response_url", predicate=lambda c: f"slack:{incident_id}" in shown(c.body))
     cited = shown(answer.body)
     assert f"`slack:{incident_id}` · _Root cause_" in cited and f">{root_cause}\n" in cited, cited
+    # and who could help is who resolved it (the asker aside), not those of incidents its question's words are like
+    assert f"*Who could help:* *Daniel Okafor* (resolved {incident_id})" in cited, cited
 
 
 def declared_in_its_channel_with_indexing_held(
