@@ -534,9 +534,23 @@ class Rota:
             found = self.covering([service])
             if found:
                 return found
-            raise InvalidRequest(f"no rota covers {service}: add it to a rota's `services:` in experts.yaml.")
+            owners = self._owners_of(service)
+            reach = f". {owners}: reach them directly, or add it" if owners else ": add it"
+            raise InvalidRequest(f"no rota covers {service}{reach} to a rota's `services:` in experts.yaml.")
         teams = ", ".join(r.team for r in self.rotations)
         raise InvalidRequest(f"no rota or service called {name!r}; the rotas are {teams}, or name a service.")
+
+    def _owners_of(self, service: str, shown: int = 4) -> str:
+        """Who to reach when no rota covers ``service``: "Its owner is NAME (TEAM team)", "" when nobody is."""
+        now = datetime.now(UTC)
+        owning = self.owners.get(service, set())
+        people = sorted((e for e in self.experts if e.id in owning and not e.has_left(now)), key=lambda e: e.name)
+        names = [f"{e.name} ({e.team} team)" if e.team else e.name for e in people[:shown]]
+        if len(people) > shown:
+            names.append(f"{len(people) - shown} more")
+        if len(names) < 2:
+            return f"Its owner is {names[0]}" if names else ""
+        return f"Its owners are {', '.join(names[:-1])} and {names[-1]}"
 
     def answer(self, name: str = "", at: datetime | None = None) -> list[OnCall]:
         """Who is on call now and next for a team, a service, or every rota."""

@@ -643,3 +643,26 @@ def test_a_service_is_looked_up_by_its_exact_name_before_one_in_other_capitals(t
         "'CHECKOUT-API' could be Checkout-API or checkout-api, which differ only in capitals: write the one you mean "
         "exactly."
     )
+
+
+def test_a_service_no_rota_covers_is_answered_with_who_owns_it(tmp_path: Path) -> None:
+    from bot.models import Rotation
+
+    kb = load(tmp_path)
+    rotations = [Rotation("night", (PRIYA,), 0, "09:00", "Europe/London", date(2026, 1, 5), services=("api",))]
+    # owners from services.yaml: a person, a team (each of its members), someone who has left
+    owners = {"ledger": [DANIEL], "search": ["platform"], "orphan": [], "old": [TOMAS]}
+    rota = Rota(rotations, kb.experts, owners, {"orphan": "nobody-here"})
+    told = {}
+    for service in ("ledger", "search", "orphan", "old"):
+        with pytest.raises(InvalidRequest) as raised:
+            rota.lookup(service)
+        told[service] = str(raised.value)
+    fix = "to a rota's `services:` in experts.yaml."
+    reach = "reach them directly, or add it"
+    assert told["ledger"] == f"no rota covers ledger. Its owner is Daniel Okafor (platform team): {reach} {fix}"
+    assert told["search"] == (
+        "no rota covers search. Its owners are Daniel Okafor (platform team), Priya Raman (platform team) and "
+        f"Sofia Lindqvist (platform team): {reach} {fix}"
+    )
+    assert told["orphan"] == told["old"].replace("old", "orphan") == f"no rota covers orphan: add it {fix}"

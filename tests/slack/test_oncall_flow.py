@@ -63,6 +63,16 @@ def test_oncall_for_something_unknown_says_what_exists(slack: SlackDriver, slack
     )
 
 
+def test_oncall_for_a_service_no_rota_covers_names_its_owners(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    """The sample's ledger-etl belongs to the data team, which has no rota: who owns it is who to reach."""
+    slack.command("/oncall", "ledger-etl", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    assert reply.body["text"] == (
+        "Sorry: no rota covers ledger-etl. Its owner is Jonas Becker (data team): reach them directly, "
+        "or add it to a rota's `services:` in experts.yaml."
+    )
+
+
 def test_who_is_on_call_is_answered_from_the_rota_not_the_runbooks(
     slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
 ) -> None:
