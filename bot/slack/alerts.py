@@ -32,7 +32,15 @@ from bot.slack.blocks.alerts import (
 )
 from bot.slack.blocks.incidents import possible_cause_text
 from bot.slack.blocks.mrkdwn import context
-from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
+from bot.slack.briefing import (
+    RECENT_HOURS,
+    Message,
+    Shown,
+    deploys_message,
+    experts_message,
+    guarded_part,
+    knowledge_message,
+)
 from bot.slack.deploys import submit
 from bot.slack.incidents import CANCELLED, channel_privacy, privacy_unknown_text
 from bot.slack.incidents import brief as brief_incident
@@ -235,14 +243,17 @@ def build_briefing(runtime: Runtime, alerts: AlertService, group: AlertGroup) ->
         cause = possible_cause_text(*found, before="the alert started firing") if found else ""
     except Exception:  # a hint only: never worth losing the briefing for
         log.exception("could not look for a possible cause group=%s", group.id)
+    shown = Shown()  # built in this order: the suggestions agree with what the knowledge part showed
     parts: list[Message] = [
         guarded_part(
             "runbooks or similar incidents",
-            lambda: knowledge_message(runtime, query, group.channel, "", group.runbook_url),
+            lambda: knowledge_message(runtime, query, group.channel, "", group.runbook_url, shown),
         ),
         # Not a first place for spreading the load: a storm of one outage's alerts would push its experts down
         # for every later question, and an alert firing again would brief against its own last briefing.
-        guarded_part("expert suggestions", lambda: experts_message(runtime, query, services, remember=False)),
+        guarded_part(
+            "expert suggestions", lambda: experts_message(runtime, query, services, remember=False, shown=shown)
+        ),
     ]
     if services:
 

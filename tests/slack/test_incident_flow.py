@@ -890,3 +890,18 @@ def test_a_cancel_says_declared_by_mistake_once_and_any_other_reason_beside_it(
 
     assert first in told and told.count("declared by mistake") == 1, told
     assert second in typo and "declared by mistake (typo in the title)" in typo, typo
+
+
+def test_a_briefing_that_shows_no_similar_incident_does_not_call_one_alike_in_who_could_help(
+    slack: SlackDriver, slack_api: FakeSlackAPI
+) -> None:
+    # The briefing said "No similar past incident." and, just under it, that Ethan resolved INC-2025-0019 (0.37)
+    # "which looks like this": above the floor an answer shows incidents by, but not shown by the answer, whose
+    # ranker found it unlikely. The suggestions now agree with the part above them.
+    _, bodies = declare(slack, slack_api, "checkout-api returning 502s after deploy --service checkout-api", user=DANIEL)
+    knowledge, experts = shown(bodies[1]), shown(bodies[2])
+    assert "No similar past incident." in knowledge, knowledge
+    cited = re.findall(r"• resolved (INC-.*)", experts)
+    assert cited and "like this" not in experts, experts
+    assert all(line.endswith(", though not close") for line in cited), cited
+    assert any(float(x) >= 0.35 for line in cited for x in re.findall(r"\((0\.\d\d),", line)), cited
