@@ -898,7 +898,8 @@ def test_a_briefing_that_shows_no_similar_incident_does_not_call_one_alike_in_wh
     # The briefing said "No similar past incident." and, just under it, that Ethan resolved INC-2025-0019 (0.37)
     # "which looks like this": above the floor an answer shows incidents by, but not shown by the answer, whose
     # ranker found it unlikely. The suggestions now agree with the part above them.
-    _, bodies = declare(slack, slack_api, "checkout-api returning 502s after deploy --service checkout-api", user=DANIEL)
+    title = "checkout-api returning 502s after deploy --service checkout-api"
+    _, bodies = declare(slack, slack_api, title, user=DANIEL)
     knowledge, experts = shown(bodies[1]), shown(bodies[2])
     assert "No similar past incident." in knowledge, knowledge
     cited = re.findall(r"• resolved (INC-.*)", experts)
