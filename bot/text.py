@@ -19,6 +19,8 @@ HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
 MD_LINK = re.compile(r"\[([^\[\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")  # one level of brackets in a URL
 REF_LINK_DEF = re.compile(r"^[ \t]*(?:-[ \t]*)?\[[^\]\n]+\]:?[ \t]*\(?https?://\S+\)?[ \t]*$", re.M)
 URL = re.compile(r"https?://\S+")
+# A name a question may hold whole: an alert (KubePodCrashLooping), an incident id (INC-2025-0019).
+QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 # A CamelCase identifier is a whole word of ASCII letters and digits whose leading letters hold a small letter
 # followed by a capital (KubePodCrashLooping, k8sPod is not). Found word by word, in linear time: the one pattern
 # it replaced took quadratic time on a long run of letters, and a pasted 40,000-character token stalled searches.

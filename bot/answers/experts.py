@@ -36,7 +36,7 @@ from bot.errors import InvalidRequest
 from bot.models import Expert, Incident, Rotation
 from bot.rota import Shift, covering_rotations, when_text
 from bot.rota import on_call as rota_on_call
-from bot.text import split_camel, strip_volatile
+from bot.text import QUERY_TOKEN, split_camel, strip_volatile
 
 WORD = re.compile(r"[a-z0-9]+")
 DAY_S = 86400.0
@@ -144,6 +144,12 @@ class ExpertModel:
     def owners_of(self, service: str) -> set[str]:
         """Roster ids owning a service: from the roster, and services.yaml (ids or team names)."""
         return self._owners.get(service) or self._owners_of(service)
+
+    def named_in(self, text: str) -> list[int]:
+        """Positions of the past incidents whose id ``text`` names (INC-2025-0019, in any capitals)."""
+        ids = {i.id.lower(): n for n, i in enumerate(self.incidents)}
+        named = (ids.get(token.lower()) for token in QUERY_TOKEN.findall(text))
+        return list(dict.fromkeys(n for n in named if n is not None))
 
     def services_in(self, text: str) -> list[str]:
         """Known services named in the text (whole names, in any case)."""

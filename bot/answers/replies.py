@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bot.answers.experts import MIN_SHARE, ExpertModel, Suggestion, spread_load
+from bot.answers.incident_vectors import incident_text
 from bot.answers.search import SearchIndex
 from bot.config import Settings
 from bot.errors import InvalidRequest, NotFound, PermissionDenied
@@ -150,9 +151,18 @@ class Answerer:
         if not text:
             raise InvalidRequest(f"describe the problem, for example {examples(self.store).experts_usage()}.")
         model = self._experts()
-        vector = self._index().embed_query(text) if vector is None else vector
         exclude = (asker,) if asker else ()
-        ranked = model.rank(text, vector, services, exclude=exclude, close=self.settings.min_similarity)
+        named = model.named_in(text)
+        if named:
+            # "/experts same as INC-2025-0019", "what was the root cause of INC-2025-0019": who resolved that one,
+            # and incidents like it, ranked as if its own words were asked (its vector, its title and summary).
+            vector = model.vectors[named].sum(axis=0)
+            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+            words = " ".join([text] + [incident_text(model.incidents[n]) for n in named])
+            ranked = model.rank(words, vector, services, exclude=exclude, close=self.settings.min_similarity)
+        else:
+            vector = self._index().embed_query(text) if vector is None else vector
+            ranked = model.rank(text, vector, services, exclude=exclude, close=self.settings.min_similarity)
         shown = trim_suggestions(ranked, self.store.recent_first_suggestions(), limit)
         if remember:
             try:
@@ -199,11 +209,7 @@ class Answerer:
         runbooks, incidents = relevant_hits(answer, self.settings)
         experts: tuple[Suggestion, ...] = ()
         if incidents and self.store.expert_count():
-            named = [h for h in incidents if h.alert]  # an incident the question names by its id
-            if named:  # "what was the root cause of INC-…": who could help is who resolved that one, and the like
-                experts = tuple(self.suggest_experts(named[0].title, remember=False, asker=user))
-            else:
-                experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
+            experts = tuple(self.suggest_experts(searched, remember=False, vector=answer.query_vector, asker=user))
         reply = Reply(uuid.uuid4().hex[:12], answer, runbooks, incidents, searched, len(index.doc_paths), experts)
         if not reply.found:  # the hint names one of this knowledge's services
             reply = dataclasses.replace(reply, hint_service=examples(self.store).service)

@@ -7,7 +7,6 @@ are fused by reciprocal rank.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +22,12 @@ from bot.answers.ranker import CorpusStats, RankerModel, Signals, candidates, fe
 from bot.errors import InvalidRequest
 from bot.models import Answer
 from bot.store import Store
-from bot.text import STOPWORDS, dense_form, keyword_terms, normalize_query, strip_volatile
+from bot.text import QUERY_TOKEN, STOPWORDS, dense_form, keyword_terms, normalize_query, strip_volatile
 
 MODES = ("hybrid", "dense", "bm25")
 MATCHED = 20  # keyword candidates whose best chunk is checked for the query's words (50: no better, slower)
 QUOTE_TERMS = 4  # fewer words found together are a phrase, not a quoted sentence
 STEM_CACHE = 100_000  # words whose stem is remembered (a few MB)
-QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 
 
 class SearchIndex:

@@ -200,3 +200,15 @@ def test_an_incident_under_the_answers_floor_is_called_the_nearest_not_alike(
     for line in cited:
         assert line.endswith("the nearest past incidents to this, though not close"), line
         assert all(float(x) < 0.35 for x in re.findall(r"\((0\.\d\d),", line)), line
+
+
+def test_an_incident_named_by_its_id_is_asked_about_as_itself(slack: SlackDriver, slack_api: FakeSlackAPI) -> None:
+    # The id was only a word: "/experts same as INC-2025-0019 again" found people by "same" and "again", and not
+    # Ethan and Grace, who resolved it. Now it is ranked as that incident's own words would be.
+    slack.command("/experts", "same as inc-2025-0019 again", user=OLIVER)
+    (reply,) = slack_api.wait_for("response_url", timeout=15)
+    texts = [b.get("text", {}).get("text", "") for b in reply.body["blocks"][1:-1]]
+    people = [t for t in texts if t.startswith("*")]
+    assert people[0].startswith("*Ethan Brooks*"), people
+    assert "• resolved INC-2025-0019 (1.00, Oct 2025), which looks like this" in people[0]
+    assert any(p.startswith("*Grace Mensah*") and "INC-2025-0019 (1.00" in p for p in people), people
