@@ -627,14 +627,32 @@ def when_text(at: datetime) -> str:
     return f"{at:%a %d %b %H:%M} {getattr(at.tzinfo, 'key', None) or at.strftime('%Z') or 'UTC'}"
 
 
-def describe_turns(turns: Turns) -> str:
-    """ "on call now until Tue 08 Dec 10:00 Europe/Berlin; next from … until …", or when they are not on call."""
+def parse_at(value: str) -> datetime:
+    """The time `--at` asks about (`/oncall payments --at 2026-12-24T20:00Z`, `opsbot oncall --at …`): ISO, UTC when
+    it gives no zone. A clear InvalidRequest for anything else, or a time the rota cannot be counted at."""
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"--at {value!r} is not a date and time; write it like 2026-12-24T20:00Z.") from None
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    # A round of a rota is counted in weeks from here: near the ends of the calendar that overflows.
+    if not YEARS[0] <= at.year <= YEARS[1]:
+        raise InvalidRequest(
+            f"--at {value!r} is out of range: give a time between the years {YEARS[0]} and {YEARS[1]}, "
+            "like 2026-12-24T20:00Z."
+        )
+    return at
+
+
+def describe_turns(turns: Turns, then: str = "now") -> str:
+    """ "on call now until Tue 08 Dec 10:00 Europe/Berlin; next from … until …", or when they are not on call.
+    ``then`` is the time asked about as the sentence says it ("now", "at Thu 24 Dec 20:00 UTC")."""
     parts = []
     if turns.now is not None:
         covering = ", covering" if turns.now.override else ""
-        parts.append(f"on call now until {when_text(turns.now.end)}{covering}")
+        parts.append(f"on call {then} until {when_text(turns.now.end)}{covering}")
     else:
-        parts.append("not on call now")
+        parts.append(f"not on call {then}")
     if turns.next is not None:
         covering = " (covering)" if turns.next.override else ""
         parts.append(f"next from {when_text(turns.next.start)} until {when_text(turns.next.end)}{covering}")

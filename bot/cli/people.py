@@ -10,10 +10,8 @@ import click
 
 from bot.cli.base import _open, _open_store, handle_errors, load_settings, main, refuse_blank
 from bot.errors import InvalidRequest, OpsbotError
-from bot.rota import YEARS
 
 log = logging.getLogger(__name__)
-AT_YEARS = YEARS  # `oncall --at`: the times a rota can be counted at without overflowing the calendar
 
 
 @main.command()
@@ -104,36 +102,25 @@ def oncall(ctx: click.Context, target: str, at: str | None, person: str | None, 
     """
     from datetime import UTC, datetime
 
-    from bot.rota import Rota, describe
+    from bot.rota import Rota, describe, parse_at, when_text
 
     refuse_blank(ctx)
-    when = datetime.now(UTC)
-    if at is not None:
-        try:
-            when = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise OpsbotError(f"--at {at!r} is not a date and time; write it like 2026-12-24T20:00Z.") from None
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-        # A round of a rota is counted in weeks from here: near the ends of the calendar that overflows.
-        if not AT_YEARS[0] <= when.year <= AT_YEARS[1]:
-            raise OpsbotError(
-                f"--at {at!r} is out of range: give a time between the years {AT_YEARS[0]} and {AT_YEARS[1]}, "
-                "like 2026-12-24T20:00Z."
-            )
+    when = datetime.now(UTC) if at is None else parse_at(at)
+    then = "now" if at is None else f"at {when_text(when)}"
     if person is not None and target:
         raise OpsbotError("give a team or service, or --person, not both.")
     store = _open_store(ctx)
     try:
         rota = Rota.from_store(store)
         if person is not None:
-            _print_turns(rota, person, when, as_json)
+            _print_turns(rota, person, when, as_json, then)
             return
         try:
             answers = rota.answer(target, when)
         except InvalidRequest:  # not a team or a service: someone's name (`opsbot oncall Daniel`)
             if not target or rota.person_named(target) is None:
                 raise
-            _print_turns(rota, target, when, as_json)
+            _print_turns(rota, target, when, as_json, then)
             return
     finally:
         store.close()
@@ -158,7 +145,7 @@ def _oncall_dict(answer: Any) -> dict:
     return {"team": answer.team, "timezone": answer.timezone, "now": shift(answer.now), "next": shift(answer.next)}
 
 
-def _print_turns(rota: Any, person: str, when: Any, as_json: bool) -> None:
+def _print_turns(rota: Any, person: str, when: Any, as_json: bool, then: str = "now") -> None:
     """--person: their turns on every rota that has them."""
     from bot.rota import describe_turns
 
@@ -179,4 +166,4 @@ def _print_turns(rota: Any, person: str, when: Any, as_json: bool) -> None:
     width = max(len(t.team) for t in turns)
     click.echo(f"{expert.name} ({expert.id})")
     for t in turns:
-        click.echo(f"  {t.team:<{width}}  {describe_turns(t)}")
+        click.echo(f"  {t.team:<{width}}  {describe_turns(t, then)}")

@@ -9,7 +9,11 @@ from bot.slack.ids import EVENTS_PATH
 SLASH_COMMANDS = [
     ("/ask", "Ask the runbooks and past incidents", "QUESTION or a pasted alert"),
     ("/experts", "Who to pull in for a problem", "TEXT [--service NAME]"),
-    ("/oncall", "Who is on call now and next, or someone's turns, from the rota", "[TEAM, SERVICE, @person or me]"),
+    (
+        "/oncall",
+        "Who is on call now (or then) and next, or someone's turns",
+        "[TEAM, SERVICE, @person or me] [--at WHEN]",
+    ),
     ("/deploy", "Request a deploy (it runs once approved), or see what runs where", "SERVICE [VERSION ENV]"),
     ("/rollback", "Request a rollback (default: the previous good version)", "SERVICE ENV [VERSION]"),
     (

@@ -62,7 +62,8 @@ def test_oncall_for_a_person_gives_their_turn_now_and_their_next(indexed: Path) 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         f"Marcus Oyelaran ({MARCUS})",
-        "  payments  on call now until Mon 19 Jan 09:00 Europe/London; "
+        # the time asked about, as asked (it read "on call now", though --at asked about January)
+        "  payments  on call at Wed 14 Jan 12:00 UTC until Mon 19 Jan 09:00 Europe/London; "
         "next from Mon 26 Jan 09:00 Europe/London until Mon 02 Feb 09:00 Europe/London",
     ]
     (payments,) = json.loads(invoke("oncall", "--person", PRIYA, "--at", MID_JANUARY, "--json").stdout)

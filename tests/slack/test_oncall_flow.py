@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import yaml
 
@@ -34,7 +34,7 @@ def test_oncall_names_who_is_on_call_now_and_next_for_every_rota(
     (reply,) = slack_api.wait_for("response_url", timeout=15)
     shown = text_of(reply.body["blocks"])
     assert shown.startswith(":pager: *On call now*")  # whatever time the question named: it says which it answers
-    assert "For another time: `opsbot oncall TEAM --at" in shown
+    assert "For another time: `/oncall TEAM --at" in shown
     for team in ("payments", "platform", "commerce"):
         assert f"*{team}*: <@U" in shown
     assert shown.count("next: <@") == 3 and " until " in shown
@@ -89,8 +89,8 @@ def test_who_is_on_call_is_answered_from_the_rota_not_the_runbooks(
 
 def test_oncall_is_in_the_manifest_and_the_help() -> None:
     commands = {c["command"]: c for c in build_manifest()["features"]["slash_commands"]}
-    assert commands["/oncall"]["usage_hint"] == "[TEAM, SERVICE, @person or me]"
-    assert "`/oncall [TEAM, SERVICE, @person or me]`" in text_of(build_help_blocks())
+    assert commands["/oncall"]["usage_hint"] == "[TEAM, SERVICE, @person or me] [--at WHEN]"
+    assert "`/oncall [TEAM, SERVICE, @person or me] [--at WHEN]`" in text_of(build_help_blocks())
     assert "/oncall" in yaml.safe_dump(build_manifest())
 
 
@@ -169,3 +169,28 @@ def test_oncall_for_a_person_or_me_gives_their_turns_on_every_rota_that_has_them
         assert "; next from " in shown and " until " in shown
     assert text_of(hannah.body["blocks"]) == ":pager: Hannah Weiss is on no on-call rota in experts.yaml."
     assert told.body["text"] == "Sorry: <@U0NOBODY1> is not on the roster (experts.yaml), so on no rota."
+
+
+def test_oncall_at_another_time_answers_for_that_time_and_says_which(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    # Before, `/oncall payments --at 2026-12-24T20:00Z` was taken for a rota named "payments --at 2026-…", and only
+    # `opsbot oncall` could look ahead. Three weeks on: another week of the payments rota than this one.
+    later = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=21, hours=5)
+    stamp = later.strftime("%Y-%m-%dT%H:%MZ")
+    (payments,) = [r for r in runtime.rota().rotations if r.team == "payments"]
+    then = shift_at(payments, later)
+    assert then is not None
+    asked = [f"payments --at {stamp}", f"--at={stamp} <@{then.person}>", "payments --at yesterday", "--at"]
+    for n, text in enumerate(asked, start=1):
+        slack.command("/oncall", text, user=OLIVER)
+        slack_api.wait_for("response_url", count=n, timeout=15)
+    team, person, bad, bare = slack_api.calls("response_url")
+
+    shown = text_of(team.body["blocks"])
+    assert shown.startswith(f":pager: *On call at {later:%a %d %b %H:%M} UTC*"), shown
+    assert f"*payments*: <@{then.person}>" in shown and "*platform*" not in shown
+    turns = text_of(person.body["blocks"])
+    assert f"*payments*: on call at {later:%a %d %b %H:%M} UTC until " in turns, turns
+    assert bad.body["text"] == "Sorry: --at 'yesterday' is not a date and time; write it like 2026-12-24T20:00Z."
+    assert bare.body["text"].startswith("Sorry: --at needs a time after it, like `/oncall payments --at ")
