@@ -19,6 +19,9 @@ HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
 MD_LINK = re.compile(r"\[([^\[\]]*)\]\((?:[^()\n]|\([^()\n]*\))*\)")  # one level of brackets in a URL
 REF_LINK_DEF = re.compile(r"^[ \t]*(?:-[ \t]*)?\[[^\]\n]+\]:?[ \t]*\(?https?://\S+\)?[ \t]*$", re.M)
 URL = re.compile(r"https?://\S+")
+# What a terminal would act on rather than show, in text from elsewhere (typed in Slack, an alert's labels, a runbook):
+# control characters but line breaks and tabs, and the bidirectional overrides and isolates that reorder a line.
+TERMINAL_CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 # A name a question may hold whole: an alert (KubePodCrashLooping), an incident id (INC-2025-0019).
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
 # A CamelCase identifier is a whole word of ASCII letters and digits whose leading letters hold a small letter
@@ -464,3 +467,9 @@ def _page_key(url: str) -> tuple[str, str]:
     where = parts.hostname.lower() + (f":{port}" if port not in (None, 80, 443) else "")
     query = f"?{parts.query}" if parts.query else ""
     return f"{where}{parts.path.rstrip('/')}{query}", unquote(parts.fragment).lower()
+
+
+def terminal_text(text: str) -> str:
+    """``text`` for a terminal: what it would act on (an escape sequence, a right-to-left override) shown as a code,
+    ``<U+001B>``, instead. For what the CLI prints of text others wrote; `opsbot shell` keeps its own colours."""
+    return re.sub(TERMINAL_CONTROL, lambda m: f"<U+{ord(m[0]):04X}>", text)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from bot.cli.base import _open_store, handle_errors, main
+from bot.text import terminal_text
 
 
 @main.command(name="alerts")
@@ -48,7 +49,8 @@ def alerts(ctx: click.Context, firing: bool, limit: int, as_json: bool) -> None:
         if g.silence_id:
             extra.append(f"silenced until {g.silenced_until} by {g.silenced_by}")
         tail = f"  ({', '.join(extra)})" if extra else ""
-        click.echo(f"{g.id}  {state}  {g.alertname}  {g.service or '-'}  #{g.channel}  since {g.started_at}{tail}")
+        line = f"{g.id}  {state}  {g.alertname}  {g.service or '-'}  #{g.channel}  since {g.started_at}{tail}"
+        click.echo(terminal_text(line))  # an alert's name comes from Alertmanager
 
 
 def _group_dict(g: Any) -> dict:

@@ -11,6 +11,7 @@ import click
 
 from bot.cli.base import _open_store, handle_errors, main, refuse_blank
 from bot.errors import OpsbotError
+from bot.text import terminal_text
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,8 @@ def audit(ctx: click.Context, as_json: bool, as_csv: bool) -> None:
             details = " ".join(
                 f"{k}={', '.join(map(who, v)) if isinstance(v, list) else who(v)}" for k, v in row["details"].items()
             )
-            click.echo(f"{row['at']}  {who(row['actor'])}  {row['action']}  {row['request_id']}  {details}".rstrip())
+            line = f"{row['at']}  {who(row['actor'])}  {row['action']}  {row['request_id']}  {details}".rstrip()
+            click.echo(terminal_text(line))  # a reason typed in Slack may hold what a terminal would act on
         if empty:
             click.echo("The audit trail is empty: no deploy has been requested yet.")
     finally:

@@ -1,11 +1,13 @@
-"""Incident commands: incidents list and export."""
+"""Incident commands: incidents list, show and export."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,10 @@ import click
 
 from bot.cli.base import _open_store, existing, handle_errors, load_settings, main, open_db, refuse_blank
 from bot.errors import OpsbotError
+from bot.text import terminal_text
 
 log = logging.getLogger(__name__)
+MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 
 
 @main.group()
@@ -24,6 +28,7 @@ def incidents() -> None:
     \b
     Example:
       opsbot incidents list --all
+      opsbot incidents show INC-2026-0042
       opsbot incidents export INC-2026-0042
     """
 
@@ -57,9 +62,8 @@ def incidents_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
         state = f"resolved after {i.minutes_to_restore} min" if i.status == "resolved" else i.status
         services = ", ".join(i.services) or "no service"
         private = "  private" if i.private else ""
-        click.echo(
-            f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  {i.env}  declared {i.declared_at}{private}"
-        )
+        line = f"{i.id}  SEV{i.severity}  {state}  {i.title}  [{services}]  {i.env}  declared {i.declared_at}{private}"
+        click.echo(terminal_text(line))  # a title typed in Slack may hold what a terminal would act on
 
 
 def _live_incident_dict(i: Any) -> dict:
@@ -82,6 +86,71 @@ def _live_incident_dict(i: Any) -> dict:
         "responders": list(i.responders),
         "timeline": [dict(e) for e in i.events],
     }
+
+
+@incidents.command(name="show")
+@click.argument("incident_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the incident, timeline included, as JSON.")
+@click.pass_context
+@handle_errors
+def incidents_show(ctx: click.Context, incident_id: str, as_json: bool) -> None:
+    """Show one incident declared in Slack: its state, roles, resolution, root cause and whole timeline, as
+    `/incident status` does, with people by their names (for a postmortem, or when Slack is out of reach).
+
+    \b
+    Example:
+      opsbot incidents show INC-2026-0042
+      opsbot incidents show INC-2026-0042 --json
+    """
+    from bot.ops.incidents import IncidentService
+
+    refuse_blank(ctx)
+    if not incident_id.strip():
+        raise OpsbotError("the incident id is empty: give one like INC-2026-0042 (`opsbot incidents list --all`).")
+    store = _open_store(ctx)
+    try:
+        incident = IncidentService.from_store(store).find(incident_id, "")
+        names = {e.id: e.name for e in store.load_experts()}
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(_live_incident_dict(incident), indent=2))
+        return
+    for line in incident_lines(incident, names):
+        click.echo(terminal_text(line))
+
+
+def incident_lines(incident: Any, names: dict[str, str]) -> list[str]:
+    """An incident as text for the terminal: people by name, Slack's mentions and escapes undone."""
+
+    def who(person: str) -> str:
+        return names.get(person, person)
+
+    def plain(text: str) -> str:
+        return MENTION.sub(lambda m: who(m[1]), text)
+
+    def when(at: str) -> str:
+        return datetime.fromisoformat(at).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "?"
+
+    if incident.status == "resolved":
+        state = f"resolved at {when(incident.resolved_at)}, after {incident.minutes_to_restore} min"
+    else:
+        state = incident.status
+    roles = ", ".join(f"{role} {who(person)}" for role, person in sorted(incident.roles.items())) or "none"
+    private = "  (private)" if incident.private else ""
+    lines = [
+        f"{incident.id} · SEV{incident.severity} · {plain(incident.title)}{private}",
+        f"Status: {state} · Environment: {incident.env} · Services: {', '.join(incident.services) or 'none'}",
+        f"Declared by {who(incident.declared_by)} at {when(incident.declared_at)} · Roles: {roles}",
+    ]
+    if incident.resolution:
+        lines.append(f"Resolution: {plain(incident.resolution)}")
+    if incident.root_cause:
+        lines.append(f"Root cause: {plain(incident.root_cause)}")
+    lines += ["", "Timeline"]
+    for event in incident.events:
+        lines.append(f"  {when(event.get('at', ''))}  {who(event.get('actor', ''))}: {plain(event.get('text', ''))}")
+    return lines
 
 
 @incidents.command(name="export")

@@ -9,6 +9,7 @@ from textwrap import indent
 from typing import Any
 
 from bot.slack.blocks.mrkdwn import as_typed
+from bot.text import TERMINAL_CONTROL
 
 Style = Callable[..., str]  # click.style's signature: style(text, bold=True, dim=True, fg="red", ...)
 
@@ -22,7 +23,7 @@ def plain(text: str, **_: Any) -> str:
 # annotations, a runbook): control characters but line breaks and tabs, and the bidirectional overrides and isolates
 # that reorder how the rest of a line reads. Colour codes (as click.style writes them) are the only escapes kept.
 COLOUR = r"\x1b\[[0-9;]*m"
-UNSHOWABLE = re.compile(rf"({COLOUR})|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+UNSHOWABLE = re.compile(rf"({COLOUR})|{TERMINAL_CONTROL}")
 
 
 def terminal_safe(text: str) -> str:

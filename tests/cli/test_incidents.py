@@ -199,7 +199,7 @@ def test_an_incident_without_a_service_needs_one_named(incidents: IncidentServic
 
 
 def test_help_has_examples() -> None:
-    for args in (["incidents"], ["incidents", "list"], ["incidents", "export"]):
+    for args in (["incidents"], ["incidents", "list"], ["incidents", "show"], ["incidents", "export"]):
         result = invoke(*args, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout and "opsbot incidents" in result.stdout
 
@@ -341,3 +341,36 @@ def test_an_incident_whose_exported_file_was_deleted_stays_out_of_the_index(
     assert result.exit_code == 0, result.output
     assert "INC-2026-0001" not in result.stdout and "removed" in result.stdout
     assert incidents.unlearned() == [] and "INC-2026-0001" not in {i.id for i in incidents.store.load_incidents()}
+
+
+def test_show_gives_one_incident_whole_with_people_by_name(incidents: IncidentService) -> None:
+    from bot.knowledge import load_knowledge
+
+    incidents.store.replace_experts(load_knowledge(SAMPLE_KNOWLEDGE).experts)  # the roster, as `opsbot index` keeps it
+    incidents.note(incidents.get("INC-2026-0002"), DANIEL, "lag \x1b]0;owned\x07 at 40k \u202eon orders")
+    result = invoke("incidents", "show", "inc-2026-0001")  # in any capitals, as /incident takes it
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "INC-2026-0001 · SEV2 · Checkout 503s: pgbouncer pool exhausted",
+        "Status: resolved at 2026-03-04 09:05 UTC, after 4 min · Environment: prod · Services: checkout-api",
+        "Declared by Priya Raman at 2026-03-04 09:01 UTC · Roles: lead Daniel Okafor",
+    ]
+    assert "Resolution: Raised the pgbouncer pool and restarted checkout-api pods" in lines
+    timeline = lines[lines.index("Timeline") + 1 :]
+    assert timeline[0].startswith("  2026-03-04 09:01 UTC  Priya Raman: Declared SEV2")
+    assert any(t.endswith("Priya Raman: Daniel Okafor is lead") for t in timeline), timeline  # the mention, by name
+    assert any(t.endswith("Daniel Okafor: Raised default_pool_size to 40; 503s stopped") for t in timeline)
+    as_json = json.loads(invoke("incidents", "show", "INC-2026-0001", "--json").stdout)
+    assert as_json["id"] == "INC-2026-0001" and as_json["roles"] == {"lead": DANIEL}
+
+    # what a terminal would act on, typed into a note, is shown as codes (the list does the same for titles)
+    shown = invoke("incidents", "show", "INC-2026-0002").stdout
+    assert "lag <U+001B>]0;owned<U+0007> at 40k <U+202E>on orders" in shown and "\x1b" not in shown
+    incidents.declare("Search down \x1b[2J\x1b[H after reindex", PRIYA, 2, ["checkout-api"], "C0OPS0001")
+    listed = invoke("incidents", "list").stdout
+    assert "Search down <U+001B>[2J<U+001B>[H after reindex" in listed and "\x1b" not in listed
+
+    assert_clean_failure(invoke("incidents", "show", "INC-2026-0099"), "no incident INC-2026-0099 was declared")
+    assert_clean_failure(invoke("incidents", "show", "nonsense id"), "is not an incident id like INC-2026-0042")
+    assert_clean_failure(invoke("incidents", "show", " "), "the incident id is empty")
