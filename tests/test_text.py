@@ -464,3 +464,12 @@ def test_camelcase_words_are_found_in_linear_time_and_as_the_old_pattern_found_t
         signal.signal(signal.SIGALRM, previous)
     assert runbook.alerts == ()
     assert heading_alert("KubeMacPoolDown [Deprecated]") == "KubeMacPoolDown" and heading_alert("README") is None
+
+
+def test_terminal_text_shows_what_a_terminal_would_act_on_as_codes() -> None:
+    from bot.text import terminal_text
+
+    typed = "title \x1b]0;x\x07 \x1b[2J\u202eevil\u2066 tab\there\nline two é 🚀"
+    assert terminal_text(typed) == (
+        "title <U+001B>]0;x<U+0007> <U+001B>[2J<U+202E>evil<U+2066> tab\there\nline two é 🚀"
+    )

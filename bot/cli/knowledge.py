@@ -14,6 +14,7 @@ import click
 
 from bot.cli.base import _open, handle_errors, knowledge_folder, load_settings, main, require_index
 from bot.errors import OpsbotError
+from bot.text import terminal_text
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def ask(
         return
     for n, hit in enumerate(hits, start=1):
         label = f"[{hit.incident_id}] " if hit.incident_id else ""
-        click.secho(f"{n}. {label}{hit.title}", bold=True)
+        click.secho(terminal_text(f"{n}. {label}{hit.title}"), bold=True)
         if show_all or mode != "hybrid":
             below = "" if relevant is None or id(hit) in relevant else "; not relevant enough to show in Slack"
             click.echo(f"   {hit.citation}  (score {hit.score:.3f}, similarity {hit.similarity:.2f}{below})")
@@ -254,7 +255,7 @@ def ask(
             click.echo(f"   runbook for the alert {hit.alert}")
         elif hit.quoted:
             click.echo("   this section contains every word of the question")
-        click.echo(f"   {hit.snippet}\n")
+        click.echo(terminal_text(f"   {hit.snippet}\n"))  # an incident resolved in Slack holds what people typed
     click.echo(f"({answer.mode} search; encode {answer.encode_ms:.0f} ms, search {answer.search_ms:.0f} ms)")
 
 
