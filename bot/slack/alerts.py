@@ -20,7 +20,7 @@ from bot.ops.alert_routing import NoChannel
 from bot.ops.alertmanager import create_silence
 from bot.ops.alerts import AlertService
 from bot.runtime import Runtime
-from bot.slack import ids
+from bot.slack import briefing, ids
 from bot.slack.blocks.alerts import (
     AlertView,
     build_alert_blocks,
@@ -32,15 +32,7 @@ from bot.slack.blocks.alerts import (
 )
 from bot.slack.blocks.incidents import possible_cause_text
 from bot.slack.blocks.mrkdwn import context
-from bot.slack.briefing import (
-    RECENT_HOURS,
-    Message,
-    Shown,
-    deploys_message,
-    experts_message,
-    guarded_part,
-    knowledge_message,
-)
+from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.deploys import submit
 from bot.slack.incidents import CANCELLED, channel_privacy, privacy_unknown_text
 from bot.slack.incidents import brief as brief_incident
@@ -243,7 +235,7 @@ def build_briefing(runtime: Runtime, alerts: AlertService, group: AlertGroup) ->
         cause = possible_cause_text(*found, before="the alert started firing") if found else ""
     except Exception:  # a hint only: never worth losing the briefing for
         log.exception("could not look for a possible cause group=%s", group.id)
-    shown = Shown()  # built in this order: the suggestions agree with what the knowledge part showed
+    shown = briefing.Shown()  # built in this order: the suggestions agree with what the knowledge part showed
     parts: list[Message] = [
         guarded_part(
             "runbooks or similar incidents",

@@ -21,7 +21,7 @@ from bot.errors import InvalidRequest, OpsbotError
 from bot.ops.incidents import Announce, IncidentService, LiveIncident
 from bot.redact import scrub
 from bot.runtime import Runtime
-from bot.slack import ids
+from bot.slack import briefing, ids
 from bot.slack.blocks.incidents import (
     INPUT_CHARS,
     USAGE,
@@ -37,15 +37,7 @@ from bot.slack.blocks.incidents import (
     resolved_fallback_text,
     title_line,
 )
-from bot.slack.briefing import (
-    RECENT_HOURS,
-    Message,
-    Shown,
-    deploys_message,
-    experts_message,
-    guarded_part,
-    knowledge_message,
-)
+from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.delivery import Outcome, call_web_api, call_while_waiting
 from bot.slack.deploys import submit
 from bot.slack.incident_commands import (
@@ -258,12 +250,14 @@ def open_incident_channel(
 # -- the declaration briefing ---------------------------------------------------------------------------
 
 
-def knowledge_part(runtime: Runtime, incident: LiveIncident, channel: str, shown: Shown | None = None) -> Message:
+def knowledge_part(
+    runtime: Runtime, incident: LiveIncident, channel: str, shown: briefing.Shown | None = None
+) -> Message:
     """Runbook sections and similar past incidents, with how those were resolved."""
     return knowledge_message(runtime, incident.title, channel, incident.declared_by, shown=shown)
 
 
-def experts_part(runtime: Runtime, incident: LiveIncident, shown: Shown | None = None) -> Message:
+def experts_part(runtime: Runtime, incident: LiveIncident, shown: briefing.Shown | None = None) -> Message:
     # Whoever declared it is already there: never suggested to themselves.
     return experts_message(runtime, incident.title, incident.services, asker=incident.declared_by, shown=shown)
 
@@ -359,7 +353,7 @@ def brief(
     if not declared or runtime.settings.incident_channels:
         post_declaration(runtime, incidents, web, incident, where, url)
     if not (briefed and where == origin):
-        shown = Shown()  # built in this order: the suggestions agree with what the knowledge part showed
+        shown = briefing.Shown()  # built in this order: the suggestions agree with what the knowledge part showed
         for message in (
             guarded_part("runbooks or similar incidents", lambda: knowledge_part(runtime, incident, where, shown)),
             guarded_part("expert suggestions", lambda: experts_part(runtime, incident, shown)),
