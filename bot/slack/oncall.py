@@ -73,7 +73,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
         log.info("oncall answered target=%s user=%s rotas=%d", target, command.get("user_id"), len(answers))
         web.respond(
             body["response_url"],
-            oncall_fallback_text(answers, names),
+            oncall_fallback_text(answers, names, then),
             build_oncall_blocks(answers, names, then),
             replace_original=True,
         )

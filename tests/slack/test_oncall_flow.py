@@ -189,6 +189,7 @@ def test_oncall_at_another_time_answers_for_that_time_and_says_which(
 
     shown = text_of(team.body["blocks"])
     assert shown.startswith(f":pager: *On call at {later:%a %d %b %H:%M} UTC*"), shown
+    assert team.body["text"].startswith(f"On call at {later:%a %d %b %H:%M} UTC: payments: ")
     assert f"*payments*: <@{then.person}>" in shown and "*platform*" not in shown
     turns = text_of(person.body["blocks"])
     assert f"*payments*: on call at {later:%a %d %b %H:%M} UTC until " in turns, turns

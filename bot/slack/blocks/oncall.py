@@ -41,11 +41,12 @@ def build_oncall_blocks(
     ]
 
 
-def oncall_fallback_text(answers: list[OnCall] | tuple[OnCall, ...], names: dict[str, str]) -> str:
+def oncall_fallback_text(answers: list[OnCall] | tuple[OnCall, ...], names: dict[str, str], then: str = "now") -> str:
     """Plain text for notifications: "On call: payments: Priya Raman; platform: Daniel Okafor" (names escaped, so a
     <!channel> in experts.yaml stays text)."""
     parts = [f"{a.team}: {names.get(a.now.person, a.now.person) if a.now else 'nobody'}" for a in answers]
-    return "On call: " + escape("; ".join(parts))
+    when = "" if then == "now" else f" {then}"
+    return escape(f"On call{when}: " + "; ".join(parts))
 
 
 def build_turns_blocks(name: str, turns: list[Turns], then: str = "now") -> list[dict]:
