@@ -391,6 +391,8 @@ class SearchIndex:
             best = max(own, key=lambda p: (local[p], closeness[p]))
             if local[best] > 0:
                 return best
+        if d in sig.routed:  # named, and nothing else of the question says where: its opening section
+            return own[0]
         return max(own, key=closeness.__getitem__)
 
     def local_keyword_scores(
