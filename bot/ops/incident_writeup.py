@@ -19,7 +19,7 @@ NO_ROOT_CAUSE = "Not recorded in Slack; see the timeline."
 def to_incident(live: LiveIncident) -> Incident:
     """The resolved incident as a past incident: searchable, and training data for experts."""
     notes = [e["text"] for e in live.events if e["kind"] in ("note", "update", "pinned")]
-    title = live.title if live.title.endswith((".", "!", "?")) else live.title + "."
+    title, *notes = (_sentence(t) for t in (live.title, *notes))  # one sentence each, not run together
     return Incident(
         id=live.id,
         title=live.title,
@@ -35,6 +35,11 @@ def to_incident(live: LiveIncident) -> Incident:
         timeline=tuple(TimelineEntry(e["at"], e["text"]) for e in live.events),
         env=live.env,
     )
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?", "…")) else text + "."
 
 
 def export_yaml(incident: Incident) -> str:

@@ -89,7 +89,11 @@ def test_export_writes_a_knowledge_file_that_loads_without_problems(
     assert (incident.id, incident.severity, incident.services) == ("INC-2026-0001", 2, ("checkout-api",))
     assert incident.responders == (DANIEL, PRIYA) and incident.duration_minutes == 4
     assert incident.resolution == "Raised the pgbouncer pool and restarted checkout-api pods"
-    assert "pg-main at max_client_conn 400" in incident.summary
+    # the title and the notes as sentences, not run together ("… exhausted pg-main at …")
+    assert incident.summary == (
+        "Checkout 503s: pgbouncer pool exhausted. pg-main at max_client_conn 400. "
+        "Raised default_pool_size to 40; 503s stopped."
+    )
     assert incident.date == datetime(2026, 3, 4, 9, 1, tzinfo=UTC)
     assert [t.event for t in incident.timeline][-1].startswith("Resolved: Raised the pgbouncer pool")
 
