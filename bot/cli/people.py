@@ -28,6 +28,7 @@ def experts(ctx: click.Context, text: tuple[str, ...], services: tuple[str, ...]
     Example:
       opsbot experts "pgbouncer pool exhausted, checkout 503s" --service checkout-api
       opsbot experts --json "kafka consumer lag on orders"
+      opsbot experts "same as INC-2025-0019 again"    # a past incident by its id: who resolved it, and the like
     """
     from bot.runtime import Runtime
 
