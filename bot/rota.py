@@ -627,6 +627,11 @@ def when_text(at: datetime) -> str:
     return f"{at:%a %d %b %H:%M} {getattr(at.tzinfo, 'key', None) or at.strftime('%Z') or 'UTC'}"
 
 
+def asked_time(at: datetime | None) -> str:
+    """The time a question is about, as an answer says it: "now", or "at Thu 24 Dec 20:00 UTC" for `--at`."""
+    return f"at {when_text(at)}" if at else "now"
+
+
 def parse_at(value: str) -> datetime:
     """The time `--at` asks about (`/oncall payments --at 2026-12-24T20:00Z`, `opsbot oncall --at …`): ISO, UTC when
     it gives no zone. A clear InvalidRequest for anything else, or a time the rota cannot be counted at."""

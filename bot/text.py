@@ -24,6 +24,7 @@ URL = re.compile(r"https?://\S+")
 TERMINAL_CONTROL = r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 # A name a question may hold whole: an alert (KubePodCrashLooping), an incident id (INC-2025-0019).
 QUERY_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]*[A-Za-z0-9]")
+SLACK_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")  # <@U04C2RN8VD>, or <@U04C2RN8VD|daniel>
 # A CamelCase identifier is a whole word of ASCII letters and digits whose leading letters hold a small letter
 # followed by a capital (KubePodCrashLooping, k8sPod is not). Found word by word, in linear time: the one pattern
 # it replaced took quadratic time on a long run of letters, and a pasted 40,000-character token stalled searches.

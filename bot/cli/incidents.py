@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +14,9 @@ import click
 
 from bot.cli.base import _open_store, existing, handle_errors, load_settings, main, open_db, refuse_blank
 from bot.errors import OpsbotError
-from bot.text import terminal_text
+from bot.text import SLACK_MENTION, terminal_text
 
 log = logging.getLogger(__name__)
-MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 
 
 @main.group()
@@ -127,7 +125,7 @@ def incident_lines(incident: Any, names: dict[str, str]) -> list[str]:
         return names.get(person, person)
 
     def plain(text: str) -> str:
-        return MENTION.sub(lambda m: who(m[1]), text)
+        return SLACK_MENTION.sub(lambda m: who(m[1]), text)
 
     def when(at: str) -> str:
         return datetime.fromisoformat(at).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "?"

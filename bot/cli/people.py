@@ -103,11 +103,11 @@ def oncall(ctx: click.Context, target: str, at: str | None, person: str | None, 
     """
     from datetime import UTC, datetime
 
-    from bot.rota import Rota, describe, parse_at, when_text
+    from bot.rota import Rota, asked_time, describe, parse_at
 
     refuse_blank(ctx)
-    when = datetime.now(UTC) if at is None else parse_at(at)
-    then = "now" if at is None else f"at {when_text(when)}"
+    asked = None if at is None else parse_at(at)
+    when, then = asked or datetime.now(UTC), asked_time(asked)
     if person is not None and target:
         raise OpsbotError("give a team or service, or --person, not both.")
     store = _open_store(ctx)

@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping
 
 from bot.errors import InvalidRequest
+from bot.text import SLACK_MENTION
 
 ROSTER_HINT = 4  # how many roster members an error message suggests
 SPECIAL = {"here": "<!here>", "channel": "<!channel>", "everyone": "<!everyone>"}
 SLACK_ID = re.compile(r"[UW][A-Z0-9]{6,}")  # typed as @U04C2RN8VD: someone meant, even when mistyped
-SLACK_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 # "@" not inside a word (an e-mail address) nor a Slack token; up to three words, tried longest first.
 TYPED = re.compile(r"(?<![\w<@/])@([^\W\d_][\w'-]*)((?: [^\W\d_][\w'-]*){0,2})")
 

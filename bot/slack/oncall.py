@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 from slack_bolt import Ack
 
 from bot.errors import InvalidRequest
-from bot.rota import parse_at, when_text
+from bot.rota import asked_time, parse_at
 from bot.runtime import Runtime
 from bot.slack.blocks.oncall import build_oncall_blocks, build_turns_blocks, oncall_fallback_text, turns_fallback_text
 from bot.slack.listeners import Listeners
 from bot.slack.web import SlackWeb
+from bot.text import SLACK_MENTION
 
 log = logging.getLogger(__name__)
-MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 AT = re.compile(r"(?:^|\s)--at(?:[\s=]+(\S+)|\s*$)")  # `--at WHEN` anywhere; a bare `--at` has no group
 
 
@@ -38,7 +38,7 @@ def person_asked(target: str, user: str) -> str:
     """The person `/oncall` asks about: a mention alone (`/oncall @Daniel`), or `me`; "" for a team or service."""
     if target.lower() == "me":
         return user
-    found = MENTION.fullmatch(target)
+    found = SLACK_MENTION.fullmatch(target)
     return found[1] if found else ""
 
 
@@ -51,7 +51,7 @@ def register(on: Listeners, runtime: Runtime, web: SlackWeb) -> None:
     def answer(command: dict, body: dict) -> None:
         target, at = split_at(command.get("text") or "")
         when = at or datetime.now(UTC)
-        then = f"at {when_text(at)}" if at else "now"
+        then = asked_time(at)
         rota = runtime.rota()
         names = {e.id: e.name for e in rota.experts}
         person = person_asked(target, command.get("user_id", ""))
