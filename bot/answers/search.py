@@ -54,6 +54,7 @@ class SearchIndex:
         self.doc_index: dict[str, int] = {}
         self.alert_routes: dict[str, list[int]] = {}
         self.declared: dict[int, frozenset[str]] = {}  # document -> alert names as its runbook spells them
+        self.labels: list[dict[str, int]] = []  # document -> stems of the services and tags in each section's body
         self.stats = CorpusStats(0, {}, [])
         self.model: RankerModel | None = None
         self.feedback = np.zeros((0, 0), dtype=np.float32)
@@ -96,6 +97,7 @@ class SearchIndex:
         declared = {
             doc_index[p]: frozenset(names) for p, names in self.store.declared_alerts().items() if p in doc_index
         }
+        labels = self.store.label_terms(doc_paths)
         model = self._stored_model()
         feedback, feedback_paths, feedback_votes = self.store.feedback_vectors(self.encoder.model_id)
         with self._lock:
@@ -104,6 +106,7 @@ class SearchIndex:
             self.doc_index = doc_index
             self.alert_routes = {name: docs for name, docs in routes.items() if docs}
             self.declared = declared
+            self.labels = labels
             self.chunk_ids, self.matrix, self.doc_paths, self.titles = ids, matrix, doc_paths, titles
             self.doc_starts = np.asarray(starts, dtype=np.int64)
             self.doc_norms = doc_norms
@@ -388,9 +391,20 @@ class SearchIndex:
         closeness = {p: float(sig.chunk_sims[p]) for p in own}
         if stems and len(own) > 1:
             local = self.local_keyword_scores(own, stems, counts)
-            best = max(own, key=lambda p: (local[p], closeness[p]))
-            if local[best] > 0:
-                return best
+            # The document's services and tags stand in every section's body: they help find the document, but a
+            # section is cited for words of its own ("diagnose a crashloop" is not the Related list of a runbook
+            # tagged crashloop, shortest of all and so the best by BM25).
+            labels = self.labels[d] if d < len(self.labels) else {}
+            holding = [
+                p
+                for p in own
+                if any(
+                    heading or body > labels.get(stem, 0)
+                    for stem, (heading, body) in counts.get(int(self.chunk_ids[p]), {}).items()
+                )
+            ]
+            if holding:
+                return max(holding, key=lambda p: (local[p], closeness[p]))
         if d in sig.routed:  # named, and nothing else of the question says where: its opening section
             return own[0]
         return max(own, key=closeness.__getitem__)

@@ -19,7 +19,7 @@ import numpy as np
 from bot.errors import OpsbotError
 from bot.models import Document
 from bot.store.base import DatabaseUnavailable, StoreBase
-from bot.text import anchor_key
+from bot.text import anchor_key, split_camel
 
 
 class IndexBusy(OpsbotError):
@@ -359,6 +359,28 @@ class KnowledgeStore(StoreBase):
             )
             stems = dict(self.db.execute("SELECT doc, term FROM temp.query_terms_vocab").fetchall())
         return [stems.get(position, "") for position in range(1, len(words) + 1)]
+
+    def label_terms(self, paths: list[str]) -> list[dict[str, int]]:
+        """For the documents in the order given: how often each stem stands in the services and tags the index adds
+        to the body of every section of it (``indexer.build_chunks``), to tell a section's own words from them."""
+        with self.lock:
+            rows = {p: (s, t) for p, s, t in self.db.execute("SELECT path, services, tags FROM documents")}
+        texts = {
+            i: split_camel(" ".join(json.loads(rows[p][0] or "[]") + json.loads(rows[p][1] or "[]")))
+            for i, p in enumerate(paths, start=1)
+            if p in rows
+        }
+        found: list[dict[str, int]] = [{} for _ in paths]
+        texts = {i: text for i, text in texts.items() if text.strip()}
+        if not texts:
+            return found
+        with self.lock, self.db.atomic():  # only the temporary table is written, as in stems()
+            self.db.execute("INSERT INTO temp.query_terms (query_terms) VALUES ('delete-all')")
+            self.db.conn.executemany("INSERT INTO temp.query_terms (rowid, body) VALUES (?, ?)", list(texts.items()))
+            counted = self.db.execute("SELECT doc, term, count(*) FROM temp.query_terms_vocab GROUP BY doc, term")
+            for doc, term, n in counted.fetchall():
+                found[doc - 1][term] = n
+        return found
 
     def term_chunk_counts(self) -> dict[str, int]:
         """How many chunks hold each stem, for the whole index (one pass over the vocabulary)."""

@@ -309,6 +309,16 @@ def test_a_how_to_question_cites_the_procedure_not_the_summary(
     assert (hit.path, hit.section) == (path, section)
 
 
+def test_a_section_is_cited_for_its_own_words_not_the_tags_every_section_carries(index: SearchIndex) -> None:
+    # The runbook is tagged crashloop, and the index adds its tags to every section: its two-line Related list,
+    # the shortest section, held the question's word as densely as any and was cited.
+    hit = index.search("how do I diagnose a crashloop", k=1).hits[0]
+    assert hit.path == "runbooks/kubernetes/pod-crashloopbackoff.md"
+    assert hit.section in ("Symptoms", "Diagnosis")
+    d = index.doc_index[hit.path]
+    assert index.labels[d]["crashloop"] == 1 and index.labels[d]["kubernet"] == 1
+
+
 def test_the_section_url_points_a_documents_url_at_the_cited_section() -> None:
     hit = SearchHit("runbooks/a.md", "runbook", "A", "Step 3: roll back", "", 1.0, anchor="step-3-roll-back")
     assert hit.section_url == ""  # no url, no link
