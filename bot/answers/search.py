@@ -7,6 +7,7 @@ are fused by reciprocal rank.
 
 from __future__ import annotations
 
+import string
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from bot.text import QUERY_TOKEN, STOPWORDS, dense_form, keyword_terms, normaliz
 MODES = ("hybrid", "dense", "bm25")
 MATCHED = 20  # keyword candidates whose best chunk is checked for the query's words (50: no better, slower)
 QUOTE_TERMS = 4  # fewer words found together are a phrase, not a quoted sentence
+NEAR_FORM_LENGTH = 5  # a stem this long or longer is cited with the forms a letter apart (shorter: port, portal)
 STEM_CACHE = 100_000  # words whose stem is remembered (a few MB)
 
 
@@ -326,8 +328,14 @@ class SearchIndex:
             quoted = dict(sig.whole) if len(sig.whole) == 1 and len(sig.stems) >= QUOTE_TERMS else {}
             # One count of the query's words over the sections of every document shown.
             cite = [p for d in ordered if d not in quoted for p in self._sections(d)] if stems else []
-            counts = self.store.term_counts_in([int(self.chunk_ids[p]) for p in cite], stems)
-            best = {d: quoted[d] if d in quoted else self._best_chunk(d, sig, stems, counts) for d in ordered}
+            counts = self._cite_counts([int(self.chunk_ids[p]) for p in cite], stems)
+            # A document the question names (an alert's runbook, an incident by id) is found by its name; which of
+            # its sections to cite is said by the question's other words ("how do I diagnose KubePodCrashLooping").
+            unnamed = {d: self._without_name(stems, name) for d, name in routed.items()}
+            best = {
+                d: quoted[d] if d in quoted else self._best_chunk(d, sig, unnamed.get(d, stems), counts)
+                for d in ordered
+            }
             if first >= 0 and anchor:  # the section the runbook_url's #fragment names
                 chunk_id = self.store.chunk_with_anchor(linked, anchor)
                 (pos,) = self._positions([chunk_id]) if chunk_id is not None else (-1,)
@@ -345,6 +353,27 @@ class SearchIndex:
         search_ms = (time.perf_counter() - started) * 1000 - sig.encode_ms
         learned = mode == "hybrid" and self.model is not None
         return Answer(query, normalized, hits, mode, sig.encode_ms, search_ms, sig.query_vector, learned)
+
+    def _cite_counts(self, chunk_ids: list[int], stems: list[str]) -> dict[int, dict[str, tuple[int, int]]]:
+        """The query's words counted in these chunks to choose a section, each with the forms the stemmer keeps
+        a letter apart: "how do I diagnose" (diagnos) asks for the Diagnosis section (diagnosi), "verify"
+        (verifi) for Verification (verif). Only the corpus's own words are looked up, and only to cite."""
+        near: dict[str, str] = {}
+        for stem in stems:
+            if len(stem) < NEAR_FORM_LENGTH:
+                continue
+            forms = [stem[:-1]] if len(stem) > NEAR_FORM_LENGTH else []
+            for form in forms + [stem + c for c in string.ascii_lowercase]:
+                if form not in stems and form not in near and form in self.stats.term_chunks:
+                    near[form] = stem
+        counts = self.store.term_counts_in(chunk_ids, stems + list(near))
+        if near:
+            for found in counts.values():
+                for form in [f for f in found if f in near]:
+                    heading, body = found.pop(form)
+                    had = found.get(near[form], (0, 0))
+                    found[near[form]] = (had[0] + heading, had[1] + body)
+        return counts
 
     def _remembered(self, sig: Signals, ordered: list[int]) -> list[int]:
         """Votes on answers to the same or a close question: each 👍 moves its document up a place, each 👎 down.
@@ -373,6 +402,11 @@ class SearchIndex:
         every = self._sections(d)
         return [p for p in every if not self.stub[p]] or every
 
+    def _without_name(self, stems: list[str], name: str) -> list[str]:
+        """The query's words less those of a name it gives (an alert's, as the keyword search reads it)."""
+        named = set(self.stems(keyword_terms(name, STOPWORDS))) if stems else set()
+        return [s for s in stems if s not in named]
+
     def _best_chunk(self, d: int, sig: Signals, stems: list[str], counts: dict[int, dict[str, tuple[int, int]]]) -> int:
         """The section to cite: the best by the query's words among the document's own sections (hybrid),
         else the closest in meaning, else keywords' best. A short section whose heading holds a word of the
@@ -381,11 +415,15 @@ class SearchIndex:
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
         own = self._own_sections(d)
+        asked = set(stems)
         if stems:
             named = [
                 p
                 for p in self._sections(d)
-                if p not in own and any(heading for heading, _ in counts.get(int(self.chunk_ids[p]), {}).values())
+                if p not in own
+                and any(
+                    heading for stem, (heading, _) in counts.get(int(self.chunk_ids[p]), {}).items() if stem in asked
+                )
             ]
             own = sorted(own + named)
         closeness = {p: float(sig.chunk_sims[p]) for p in own}
@@ -401,6 +439,7 @@ class SearchIndex:
                 if any(
                     heading or body > labels.get(stem, 0)
                     for stem, (heading, body) in counts.get(int(self.chunk_ids[p]), {}).items()
+                    if stem in asked
                 )
             ]
             if holding:

@@ -314,9 +314,28 @@ def test_a_section_is_cited_for_its_own_words_not_the_tags_every_section_carries
     # the shortest section, held the question's word as densely as any and was cited.
     hit = index.search("how do I diagnose a crashloop", k=1).hits[0]
     assert hit.path == "runbooks/kubernetes/pod-crashloopbackoff.md"
-    assert hit.section in ("Symptoms", "Diagnosis")
+    assert hit.section == "Diagnosis"  # no section says crashloop itself; Diagnosis is a letter from diagnose
     d = index.doc_index[hit.path]
     assert index.labels[d]["crashloop"] == 1 and index.labels[d]["kubernet"] == 1
+
+
+def test_a_question_naming_an_alert_cites_the_section_its_other_words_ask_for(
+    tmp_path: Path, fake_encoder: FakeEncoder
+) -> None:
+    # The alert's own words fill its Meaning section: they found the runbook, and said nothing of where in it.
+    runbook = (
+        "---\nalerts: [QueueBacklogHigh]\n---\n# Queue backlog high\n\n"
+        "## Meaning\n\nQueueBacklogHigh fires when the queue backlog stays high: the backlog of the queue grows.\n\n"
+        "## Diagnosis\n\nLook at the consumers' logs and their lag per partition before anything else.\n\n"
+        "## What to check\n\nThe consumer group, its members and the last deploy of the consumer service.\n\n"
+        "## Verification\n\nThe lag falls back under a thousand messages within ten minutes.\n"
+    )
+    index = _runbooks_index(tmp_path, fake_encoder, {"queue.md": runbook, "other.md": "# Other\n\nUnrelated text.\n"})
+    assert index.search("what to check for QueueBacklogHigh", k=1).hits[0].section == "What to check"
+    # The stemmer keeps diagnose (diagnos) and Diagnosis (diagnosi) a letter apart, verify and Verification too.
+    assert index.search("how do I diagnose QueueBacklogHigh", k=1).hits[0].section == "Diagnosis"
+    assert index.search("how do I verify QueueBacklogHigh is over", k=1).hits[0].section == "Verification"
+    assert index.search("QueueBacklogHigh", k=1).hits[0].section == "Meaning"  # the name alone: the opening section
 
 
 def test_the_section_url_points_a_documents_url_at_the_cited_section() -> None:
