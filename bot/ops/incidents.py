@@ -148,12 +148,7 @@ class IncidentService:
             )
         severity = DEFAULT_SEVERITY if severity is None else check_severity(severity)
         env = self.check_env(env) if env else self.unnamed_env()
-        services = list(dict.fromkeys(services or []))
-        for service in services:
-            check_service(service)
-            if service not in self.known_services:
-                known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
-                raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
+        services = self.check_services(services or [])
         now = self.clock()
         with self.store.transaction():
             incident_id = self._next_id(now.year)
@@ -400,6 +395,33 @@ class IncidentService:
             return f"Severity SEV{current.severity} → SEV{value}", {"severity": value}
 
         return self._change(incident, actor, "severity", change, announce)
+
+    def check_services(self, services: list[str]) -> list[str]:
+        """The services named, once each, refusing a name that is no service known from services.yaml, the roster or
+        past incidents."""
+        services = list(dict.fromkeys(services))
+        for service in services:
+            check_service(service)
+            if service not in self.known_services:
+                known = ", ".join(sorted(self.known_services)) or "none yet (add them to services.yaml)"
+                raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
+        return services
+
+    def add_services(
+        self, incident: LiveIncident, actor: str, services: list[str], announce: Announce | None = None
+    ) -> LiveIncident:
+        """Add services found to be involved after the declaration (`/incident service NAME`), in the timeline."""
+        asked = self.check_services(services)
+        if not asked:
+            raise InvalidRequest("name the service: /incident service NAME [NAME ...].")
+
+        def change(current: LiveIncident) -> tuple[str, dict]:
+            new = [s for s in asked if s not in current.services]
+            if not new:
+                raise InvalidRequest(f"{current.id} already lists {', '.join(asked)}; nothing changed.")
+            return f"Services: {', '.join(new)} added", {"services": json.dumps([*current.services, *new])}
+
+        return self._change(incident, actor, "services", change, announce)
 
     def resolve(
         self,

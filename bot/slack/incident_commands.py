@@ -11,9 +11,26 @@ from dataclasses import dataclass
 from bot.errors import InvalidRequest
 from bot.ops.incidents import check_severity
 
-SUBCOMMANDS = ("declare", "status", "note", "update", "assign", "severity", "rootcause", "resolve", "cancel", "list")
-ALIASES = {"role": "assign", "sev": "severity", "root-cause": "rootcause", "help": "help"}
-NEEDS_TEXT = {"note": "note TEXT", "update": "update TEXT", "rootcause": "rootcause TEXT"}
+SUBCOMMANDS = (
+    "declare",
+    "status",
+    "note",
+    "update",
+    "assign",
+    "severity",
+    "service",
+    "rootcause",
+    "resolve",
+    "cancel",
+    "list",
+)
+ALIASES = {"role": "assign", "sev": "severity", "services": "service", "root-cause": "rootcause", "help": "help"}
+NEEDS_TEXT = {
+    "note": "note TEXT",
+    "update": "update TEXT",
+    "rootcause": "rootcause TEXT",
+    "service": "service NAME [NAME ...]",
+}
 ROLE_NAMES = {"lead": "lead", "ic": "lead", "commander": "lead", "comms": "comms", "communications": "comms"}
 USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")
 SEVERITY_WORD = re.compile(r"^sev-?(\d+)$", re.IGNORECASE)  # sev2, SEV2, SEV-2: as other tools write it
@@ -249,6 +266,11 @@ def parse_incident(text: str) -> IncidentCommand:
             raise InvalidRequest(f"give the incident a title: {DECLARE_USAGE}.")
         return IncidentCommand(sub, title=title, severity=severity, services=tuple(services), env=env)
     incident_id, rest = split_incident_id(rest)
+    if sub == "service":  # `checkout-api payments-gateway`, `checkout-api, payments-gateway`, `--service checkout-api`
+        names = [n for n in re.split(r"[\s,]+", rest) if n and n.lower() not in ("--service", "--services")]
+        if not names:
+            raise InvalidRequest(f"name the service: /incident {NEEDS_TEXT[sub]}.")
+        return IncidentCommand(sub, incident_id, services=tuple(names))
     if sub in NEEDS_TEXT and not unquote(rest):
         raise InvalidRequest(f"say what to record: /incident {NEEDS_TEXT[sub]}.")
     if sub == "assign":

@@ -24,6 +24,7 @@ from bot.runtime import Runtime
 from bot.slack import briefing, ids
 from bot.slack.blocks.incidents import (
     INPUT_CHARS,
+    NO_SERVICE_TEXT,
     USAGE,
     build_declared_blocks,
     build_list_text,
@@ -31,12 +32,14 @@ from bot.slack.blocks.incidents import (
     build_resolve_view,
     build_resolved_blocks,
     build_status_blocks,
+    cause_text,
     escape,
     not_indexed_text,
     read_resolve_view,
     resolved_fallback_text,
     title_line,
 )
+from bot.slack.blocks.mrkdwn import section
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.delivery import Outcome, call_web_api, call_while_waiting
 from bot.slack.deploys import submit
@@ -262,12 +265,29 @@ def experts_part(runtime: Runtime, incident: LiveIncident, shown: briefing.Shown
     return experts_message(runtime, incident.title, incident.services, asker=incident.declared_by, shown=shown)
 
 
-def deploys_part(runtime: Runtime, incident: LiveIncident) -> Message:
+def deploys_part(runtime: Runtime, incident: LiveIncident, with_cause: bool = False) -> Message:
+    """The services' deploys of the last 24 hours with Rollback buttons; ``with_cause``: led by the deploy that
+    may have caused it (the declaration names it; services named later have not been looked at yet)."""
     if not incident.services:
-        text = "No service named, so no recent deploys to show: declare with `--service NAME`."
-        return text, build_recent_deploys_blocks(incident, [])
+        return NO_SERVICE_TEXT, build_recent_deploys_blocks(incident, [])
     deploys = runtime.incidents().recent_deploys(incident, RECENT_HOURS)
-    return deploys_message(incident.services, deploys, {"incident": incident.id}, ids.INCIDENT_ROLLBACK)
+    text, blocks = deploys_message(incident.services, deploys, {"incident": incident.id}, ids.INCIDENT_ROLLBACK)
+    window = runtime.deploys().settings.failure_window_hours
+    cause = runtime.incidents().possible_cause(incident, window) if with_cause else None
+    if cause is not None:
+        return f"{text}; possible cause: deploy {cause.deploy.id}", [section(cause_text(cause)), *blocks]
+    return text, blocks
+
+
+def add_services(
+    runtime: Runtime, web: SlackWeb, url: str, incident: LiveIncident, user: str, services: list[str], typed_in: str
+) -> None:
+    """Add services found to be involved, then show their recent deploys (with Rollback buttons and the possible
+    cause), as the briefing does for the services named when declaring."""
+    added = lambda live: live.events[-1]["text"].replace("Services", "services", 1)  # noqa: E731
+    told = told_by(web, url, typed_in, lambda live: f":link: {live.id} {added(live)} (by <@{user}>).")
+    live = runtime.incidents().add_services(incident, user, services, announce=told)
+    post(web, live.channel, guarded_part("recent deploys", lambda: deploys_part(runtime, live, with_cause=True)), url)
 
 
 def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:
@@ -461,6 +481,8 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
         change = lambda live: live.events[-1]["text"].replace("Severity", "severity", 1)  # noqa: E731
         told = told_by(web, url, channel, lambda live: f":rotating_light: {live.id} {change(live)} (by <@{user}>).")
         incidents.set_severity(incident, user, asked.severity or 0, announce=told)
+    elif asked.sub == "service":
+        add_services(runtime, web, url, incident, user, list(asked.services), channel)
     elif asked.sub == "rootcause":
         told = told_by(web, url, channel, lambda live: f":mag: {live.id} root cause (from <@{user}>): {said}")
         incidents.set_root_cause(incident, user, asked.text, announce=told)

@@ -20,7 +20,8 @@ SLASH_COMMANDS = [
         "/incident",
         "Declare and work an incident",
         "declare TITLE [sev1-4] [--service NAME] [--env NAME] | status | note TEXT | update TEXT"
-        " | assign @user lead|comms | severity 1-4 | rootcause TEXT | resolve [RESOLUTION] | cancel [REASON] | list",
+        " | assign @user lead|comms | severity 1-4 | service NAME | rootcause TEXT | resolve [RESOLUTION]"
+        " | cancel [REASON] | list",
     ),
 ]
 ESCAPED_COMMANDS = {"/incident"}  # Slack sends mentions as <@U123|name>, so `assign` gets the user id

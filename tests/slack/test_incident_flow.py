@@ -21,7 +21,7 @@ from bot.runtime import NotReady, Runtime
 from bot.slack import ids
 from bot.slack.app import create_client
 from bot.slack.delivery import RetryPolicy
-from bot.slack.incident_commands import parse_assign, parse_declare, split_incident_id
+from bot.slack.incident_commands import parse_assign, parse_declare, parse_incident, split_incident_id
 from bot.slack.incidents import channel_name
 from bot.slack.local.fake_api import Call, FakeSlackAPI
 from bot.slack.manifest import build_manifest
@@ -163,6 +163,38 @@ def test_declare_posts_runbooks_similar_incidents_experts_and_recent_deploys_wit
         "action",
         f"Rollback of checkout-api in staging to 1.4.1 requested ({rollback['id']})",
     )
+
+
+def test_a_service_named_after_the_declaration_brings_its_recent_deploys_and_possible_cause(
+    slack: SlackDriver, slack_api: FakeSlackAPI, runtime: Runtime
+) -> None:
+    now = datetime.now(UTC)
+    with runtime.store.transaction():
+        runtime.store.insert_deploy(deploy_row("dep-new", "1.4.2", now - timedelta(minutes=40), "1.4.1"))
+    incident_id, (header, *_, deploys) = declare(slack, slack_api, "Checkout p99 above 3s --sev 2 --env staging")
+    assert "Possible cause" not in shown(header)
+    assert "No service named" in shown(deploys) and "`/incident service NAME`" in shown(deploys)
+    assert "`/incident service NAME`" in shown(header)  # among the ways to work it
+
+    before = len(slack_api.calls("chat.postMessage"))
+    assert slack.command("/incident", "service checkout-api", user=DANIEL, channel=OPS).status == 200
+    said, listed = (c.body for c in posts(slack_api, before + 2)[before:])
+    assert shown(said) == f":link: {incident_id} services: checkout-api added (by <@{DANIEL}>)."
+    text = shown(listed)
+    cause = (
+        ":mag: *Possible cause:* deploy 1.4.2 of checkout-api to staging (`dep-new`) finished 40 min before the "
+        "declaration."
+    )
+    assert cause in text and text.index(cause) < text.index("*Deploys of checkout-api in the last 24 h*"), text
+    assert "1.4.1 → *1.4.2* to staging" in text
+    (button,) = accessories(listed, ids.INCIDENT_ROLLBACK)
+    assert json.loads(button["value"])["deploy"] == "dep-new"
+    live = runtime.incidents().get(incident_id)
+    assert live.services == ("checkout-api",)
+    assert timeline(runtime, incident_id)[-1] == (DANIEL, "services", "Services: checkout-api added")
+    # resolved, the write-up lists it: it counts for this service's experts and figures
+    runtime.incidents().resolve(live, PRIYA, "rolled back to 1.4.1")
+    assert to_incident(runtime.incidents().get(incident_id)).services == ("checkout-api",)
 
 
 def test_with_incident_channels_the_channel_is_created_and_the_incident_is_worked_and_resolved_there(
@@ -455,6 +487,10 @@ def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: 
         (f"cancel {closed.id}", ELSEWHERE, f"{closed.id} is already resolved, so it can't be cancelled."),
         ("declare --sev 9 Something", OPS, "severity '9' must be 1 (worst) to 4."),
         ("declare Pods crash --service chekout-api", OPS, "unknown service 'chekout-api'"),
+        ("service chekout-api", OPS, "unknown service 'chekout-api'"),
+        ("service order-pipeline", OPS, f"{open_one.id} already lists order-pipeline; nothing changed."),
+        ("service", OPS, "name the service: /incident service NAME [NAME ...]."),
+        (f"service {closed.id} checkout-api", ELSEWHERE, f"{closed.id} is resolved; it can't change any more."),
     ]
     for text, channel, message in cases:
         body = incident(slack, slack_api, text, channel=channel)
@@ -471,8 +507,8 @@ def test_unknown_subcommand_shows_the_usage(slack: SlackDriver) -> None:
         body = slack.command("/incident", text).json()
         assert body["response_type"] == "ephemeral" and "/incident declare TITLE" in body["text"]
         named = (
-            "`declar` is not an /incident subcommand; use declare, status, note, update, assign, severity, rootcause, "
-            "resolve, cancel, list."
+            "`declar` is not an /incident subcommand; use declare, status, note, update, assign, severity, service, "
+            "rootcause, resolve, cancel, list."
         )
         assert body["text"].startswith(named) == (text == "declar checkout down")
 
@@ -774,6 +810,14 @@ def test_parsing_of_arguments() -> None:
     assert parse_assign("<@U04C2RN8VD> lead") == ("U04C2RN8VD", "lead")
     assert split_incident_id("inc-2026-0042 pods restarted") == ("inc-2026-0042", "pods restarted")
     assert split_incident_id("pods restarted") == (None, "pods restarted")
+    for typed in ("checkout-api, payments-gateway", "--service checkout-api --service payments-gateway"):
+        asked = parse_incident(f"service INC-2026-0042 {typed}")
+        assert (asked.sub, asked.incident_id, asked.services) == (
+            "service",
+            "INC-2026-0042",
+            ("checkout-api", "payments-gateway"),
+        )
+    assert parse_incident("services checkout-api").sub == "service"
 
 
 def test_channel_names_are_what_slack_allows(runtime: Runtime) -> None:

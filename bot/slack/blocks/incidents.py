@@ -31,6 +31,8 @@ USAGE = (
     "• `/incident note TEXT` · `/incident update TEXT` (a status update) · `/incident rootcause TEXT`\n"
     "• `/incident assign @user lead|comms` (or `/incident role comms @user`) · `/incident severity 1-4` "
     "(or `/incident sev2`)\n"
+    "• `/incident service NAME [NAME ...]`: services found to be involved later; shows their recent deploys "
+    "with Rollback buttons\n"
     "• `/incident resolve RESOLUTION [--root-cause TEXT]`: close it, post the summary and make it searchable; "
     "without text it opens a dialog\n"
     "• `/incident cancel [REASON]`: declared by mistake; never searchable or counted, the timeline is kept\n"
@@ -77,17 +79,23 @@ def build_declared_blocks(incident: LiveIncident, cause: Cause | None = None) ->
     ]
     blocks = [section("\n".join(lines))]
     if cause is not None:
-        began = "the alert started firing" if cause.since_alert else "the declaration"
-        blocks.append(section(possible_cause_text(cause.deploy, cause.minutes, began)))
+        blocks.append(section(cause_text(cause)))
     blocks.append(
         context(
             "Work it from here: `/incident note TEXT`, `/incident update TEXT`, `/incident assign @user lead|comms`, "
-            "`/incident severity N`, `/incident rootcause TEXT`, `/incident status`, `/incident resolve RESOLUTION` "
+            "`/incident severity N`, `/incident service NAME`, `/incident rootcause TEXT`, `/incident status`, "
+            "`/incident resolve RESOLUTION` "
             "(or `/incident cancel` if it was declared by mistake). React with the pin emoji to add a message "
             "to the timeline."
         )
     )
     return blocks
+
+
+def cause_text(cause: Cause) -> str:
+    """An incident's possible cause, counted from when its failure began (as the DORA figures count it)."""
+    began = "the alert started firing" if cause.since_alert else "the declaration"
+    return possible_cause_text(cause.deploy, cause.minutes, began)
 
 
 def possible_cause_text(deploy: DeployRequest, minutes: int, before: str = "the declaration") -> str:
@@ -137,10 +145,13 @@ def deploy_button_value(origin: dict[str, str], deploy: DeployRequest) -> str:
     return json.dumps({**origin, "service": deploy.service, "env": deploy.env, "deploy": deploy.id})
 
 
+NO_SERVICE_TEXT = "No service named, so no recent deploys to show: name one with `/incident service NAME`."
+
+
 def build_recent_deploys_blocks(incident: LiveIncident, deploys: list[DeployRequest]) -> list[dict]:
     """The affected services' deploys of the last 24 hours; a Rollback button on each that succeeded."""
     if not incident.services:
-        return [context("No service named, so no recent deploys to show: declare with `--service NAME`.")]
+        return [context(NO_SERVICE_TEXT)]
     return build_deploys_blocks(incident.services, deploys, {"incident": incident.id}, ids.INCIDENT_ROLLBACK)
 
 
