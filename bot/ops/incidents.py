@@ -29,6 +29,7 @@ ASSIGNED = re.compile(r"^<@([UW][A-Z0-9]+)> is (?:lead|comms)$")  # the timeline
 INCIDENT_ID = re.compile(r"^INC-\d{4}-\d{4,}$")
 ENV_NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 SEVERITY = re.compile(r"(?:SEV\s*-?\s*)?(\d+)", re.IGNORECASE)  # 2, sev2, SEV-2; never -1
+SERVICE_USAGE = "/incident service NAME [NAME ...] [--remove NAME]"
 DEFAULT_SEVERITY = 3
 SEVERITY_DIGITS = 4
 SHOWN_VALUE = 20  # a refused value is quoted back this long at most
@@ -407,19 +408,35 @@ class IncidentService:
                 raise InvalidRequest(f"unknown service {service!r}; known services: {known}.")
         return services
 
-    def add_services(
-        self, incident: LiveIncident, actor: str, services: list[str], announce: Announce | None = None
+    def change_services(
+        self,
+        incident: LiveIncident,
+        actor: str,
+        add: list[str],
+        remove: list[str] | None = None,
+        announce: Announce | None = None,
     ) -> LiveIncident:
-        """Add services found to be involved after the declaration (`/incident service NAME`), in the timeline."""
-        asked = self.check_services(services)
-        if not asked:
-            raise InvalidRequest("name the service: /incident service NAME [NAME ...].")
+        """Services found to be involved after the declaration, or named by mistake (`/incident service NAME`,
+        `--remove NAME`), changed in the timeline."""
+        add, remove = self.check_services(add), list(dict.fromkeys(remove or []))
+        if not add and not remove:
+            raise InvalidRequest(f"name the service: {SERVICE_USAGE}.")
+        if both := set(add) & set(remove):
+            raise InvalidRequest(f"{', '.join(sorted(both))} is both added and removed: keep one. {SERVICE_USAGE}.")
 
         def change(current: LiveIncident) -> tuple[str, dict]:
-            new = [s for s in asked if s not in current.services]
-            if not new:
-                raise InvalidRequest(f"{current.id} already lists {', '.join(asked)}; nothing changed.")
-            return f"Services: {', '.join(new)} added", {"services": json.dumps([*current.services, *new])}
+            if missing := [s for s in remove if s not in current.services]:
+                listed = ", ".join(current.services) or "none"
+                raise InvalidRequest(
+                    f"{current.id} does not list {', '.join(missing)} (it lists {listed}); nothing changed."
+                )
+            new = [s for s in add if s not in current.services]
+            if not new and not remove:
+                raise InvalidRequest(f"{current.id} already lists {', '.join(add)}; nothing changed.")
+            said = [f"{', '.join(new)} added"] if new else []
+            said += [f"{', '.join(remove)} removed"] if remove else []
+            kept = [s for s in current.services if s not in remove] + new
+            return f"Services: {'; '.join(said)}", {"services": json.dumps(kept)}
 
         return self._change(incident, actor, "services", change, announce)
 

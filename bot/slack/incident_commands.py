@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from bot.errors import InvalidRequest
-from bot.ops.incidents import check_severity
+from bot.ops.incidents import SERVICE_USAGE, check_severity
 
 SUBCOMMANDS = (
     "declare",
@@ -29,7 +29,7 @@ NEEDS_TEXT = {
     "note": "note TEXT",
     "update": "update TEXT",
     "rootcause": "rootcause TEXT",
-    "service": "service NAME [NAME ...]",
+    "service": "service NAME [NAME ...] [--remove NAME]",
 }
 ROLE_NAMES = {"lead": "lead", "ic": "lead", "commander": "lead", "comms": "comms", "communications": "comms"}
 USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")
@@ -56,7 +56,8 @@ class IncidentCommand:
     text: str = ""  # the note, status update, root cause, resolution or reason for cancelling
     title: str = ""
     severity: int | None = None
-    services: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()  # declare, service: the services named (service: to add)
+    removed: tuple[str, ...] = ()  # service --remove NAME
     env: str | None = None
     user: str = ""  # assign: who, and which role
     role: str = ""
@@ -235,6 +236,27 @@ def parse_assign(rest: str) -> tuple[str, str]:
     return match[1] or match[2], role
 
 
+def parse_services(rest: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`checkout-api, payments-gateway --remove auth-service` -> (("checkout-api", "payments-gateway"),
+    ("auth-service",)); names apart by spaces or commas, `--service NAME` as at the declaration."""
+    added: list[str] = []
+    removed: list[str] = []
+    names = added
+    for word in re.split(r"[\s,]+", rest):
+        option = "--" + word[1:].lower() if word[:1] in DASHES else word.lower()
+        if option in ("--service", "--services"):
+            names = added
+        elif option == "--remove":
+            names = removed
+        elif word:
+            names.append(word)
+    if names is removed and not removed:
+        raise InvalidRequest(f"--remove needs the service after it: {SERVICE_USAGE}.")
+    if not added and not removed:
+        raise InvalidRequest(f"name the service: {SERVICE_USAGE}.")
+    return tuple(added), tuple(removed)
+
+
 def parse_resolve(rest: str) -> tuple[str, str]:
     """`"Rolled back" --root-cause bad config` -> ("Rolled back", "bad config"); an empty resolution opens the
     resolve dialog."""
@@ -266,11 +288,9 @@ def parse_incident(text: str) -> IncidentCommand:
             raise InvalidRequest(f"give the incident a title: {DECLARE_USAGE}.")
         return IncidentCommand(sub, title=title, severity=severity, services=tuple(services), env=env)
     incident_id, rest = split_incident_id(rest)
-    if sub == "service":  # `checkout-api payments-gateway`, `checkout-api, payments-gateway`, `--service checkout-api`
-        names = [n for n in re.split(r"[\s,]+", rest) if n and n.lower() not in ("--service", "--services")]
-        if not names:
-            raise InvalidRequest(f"name the service: /incident {NEEDS_TEXT[sub]}.")
-        return IncidentCommand(sub, incident_id, services=tuple(names))
+    if sub == "service":
+        added, removed = parse_services(rest)
+        return IncidentCommand(sub, incident_id, services=added, removed=removed)
     if sub in NEEDS_TEXT and not unquote(rest):
         raise InvalidRequest(f"say what to record: /incident {NEEDS_TEXT[sub]}.")
     if sub == "assign":

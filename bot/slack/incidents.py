@@ -279,15 +279,17 @@ def deploys_part(runtime: Runtime, incident: LiveIncident, with_cause: bool = Fa
     return text, blocks
 
 
-def add_services(
-    runtime: Runtime, web: SlackWeb, url: str, incident: LiveIncident, user: str, services: list[str], typed_in: str
+def change_services(
+    runtime: Runtime, web: SlackWeb, url: str, incident: LiveIncident, user: str, asked: IncidentCommand, typed_in: str
 ) -> None:
-    """Add services found to be involved, then show their recent deploys (with Rollback buttons and the possible
-    cause), as the briefing does for the services named when declaring."""
-    added = lambda live: live.events[-1]["text"].replace("Services", "services", 1)  # noqa: E731
-    told = told_by(web, url, typed_in, lambda live: f":link: {live.id} {added(live)} (by <@{user}>).")
-    live = runtime.incidents().add_services(incident, user, services, announce=told)
-    post(web, live.channel, guarded_part("recent deploys", lambda: deploys_part(runtime, live, with_cause=True)), url)
+    """Add services found to be involved (or remove one named by mistake); for those added, show their recent deploys
+    (with Rollback buttons and the possible cause), as the briefing does for the services named when declaring."""
+    changed = lambda live: live.events[-1]["text"].replace("Services", "services", 1)  # noqa: E731
+    told = told_by(web, url, typed_in, lambda live: f":link: {live.id} {changed(live)} (by <@{user}>).")
+    live = runtime.incidents().change_services(incident, user, list(asked.services), list(asked.removed), told)
+    if set(live.services) - set(incident.services):
+        part = guarded_part("recent deploys", lambda: deploys_part(runtime, live, with_cause=True))
+        post(web, live.channel, part, url)
 
 
 def declare(runtime: Runtime, incidents: IncidentService, web: SlackWeb, command: dict, asked: IncidentCommand) -> None:
@@ -482,7 +484,7 @@ def run_subcommand(runtime: Runtime, web: SlackWeb, command: dict, asked: Incide
         told = told_by(web, url, channel, lambda live: f":rotating_light: {live.id} {change(live)} (by <@{user}>).")
         incidents.set_severity(incident, user, asked.severity or 0, announce=told)
     elif asked.sub == "service":
-        add_services(runtime, web, url, incident, user, list(asked.services), channel)
+        change_services(runtime, web, url, incident, user, asked, channel)
     elif asked.sub == "rootcause":
         told = told_by(web, url, channel, lambda live: f":mag: {live.id} root cause (from <@{user}>): {said}")
         incidents.set_root_cause(incident, user, asked.text, announce=told)

@@ -192,6 +192,16 @@ def test_a_service_named_after_the_declaration_brings_its_recent_deploys_and_pos
     live = runtime.incidents().get(incident_id)
     assert live.services == ("checkout-api",)
     assert timeline(runtime, incident_id)[-1] == (DANIEL, "services", "Services: checkout-api added")
+    # one named by mistake is taken out, and nothing else is posted for it
+    before = len(slack_api.calls("chat.postMessage"))
+    assert slack.command("/incident", "service payments-gateway", user=DANIEL, channel=OPS).status == 200
+    posts(slack_api, before + 2)
+    said = say(slack, slack_api, "service --remove payments-gateway", user=DANIEL)
+    assert shown(said) == f":link: {incident_id} services: payments-gateway removed (by <@{DANIEL}>)."
+    time.sleep(0.5)
+    assert len(slack_api.calls("chat.postMessage")) == before + 3
+    live = runtime.incidents().get(incident_id)
+    assert live.services == ("checkout-api",)
     # resolved, the write-up lists it: it counts for this service's experts and figures
     runtime.incidents().resolve(live, PRIYA, "rolled back to 1.4.1")
     assert to_incident(runtime.incidents().get(incident_id)).services == ("checkout-api",)
@@ -489,7 +499,10 @@ def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: 
         ("declare Pods crash --service chekout-api", OPS, "unknown service 'chekout-api'"),
         ("service chekout-api", OPS, "unknown service 'chekout-api'"),
         ("service order-pipeline", OPS, f"{open_one.id} already lists order-pipeline; nothing changed."),
-        ("service", OPS, "name the service: /incident service NAME [NAME ...]."),
+        ("service", OPS, "name the service: /incident service NAME [NAME ...] [--remove NAME]."),
+        ("service --remove", OPS, "--remove needs the service after it"),
+        ("service --remove checkout-api", OPS, f"{open_one.id} does not list checkout-api (it lists order-pipeline)"),
+        ("service order-pipeline --remove order-pipeline", OPS, "order-pipeline is both added and removed"),
         (f"service {closed.id} checkout-api", ELSEWHERE, f"{closed.id} is resolved; it can't change any more."),
     ]
     for text, channel, message in cases:
@@ -812,11 +825,14 @@ def test_parsing_of_arguments() -> None:
     assert split_incident_id("pods restarted") == (None, "pods restarted")
     for typed in ("checkout-api, payments-gateway", "--service checkout-api --service payments-gateway"):
         asked = parse_incident(f"service INC-2026-0042 {typed}")
-        assert (asked.sub, asked.incident_id, asked.services) == (
+        assert (asked.sub, asked.incident_id, asked.services, asked.removed) == (
             "service",
             "INC-2026-0042",
             ("checkout-api", "payments-gateway"),
+            (),
         )
+    asked = parse_incident("service checkout-api —remove auth-service,payments-gateway")
+    assert (asked.services, asked.removed) == (("checkout-api",), ("auth-service", "payments-gateway"))
     assert parse_incident("services checkout-api").sub == "service"
 
 

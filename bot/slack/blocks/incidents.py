@@ -32,7 +32,7 @@ USAGE = (
     "• `/incident assign @user lead|comms` (or `/incident role comms @user`) · `/incident severity 1-4` "
     "(or `/incident sev2`)\n"
     "• `/incident service NAME [NAME ...]`: services found to be involved later; shows their recent deploys "
-    "with Rollback buttons\n"
+    "with Rollback buttons (`--remove NAME`: one named by mistake)\n"
     "• `/incident resolve RESOLUTION [--root-cause TEXT]`: close it, post the summary and make it searchable; "
     "without text it opens a dialog\n"
     "• `/incident cancel [REASON]`: declared by mistake; never searchable or counted, the timeline is kept\n"
