@@ -139,6 +139,22 @@ def mentioned_services(title: str, known: set[str]) -> list[str]:
     return sorted(s for s in known if re.search(rf"(?<![\w/-]){re.escape(s.lower())}(?![\w/-])", lower))
 
 
+def likely_services(title: str, known: set[str]) -> list[str]:
+    """Services a title may mean by the first part of their name, when no other service's name starts so:
+    "checkout p99 above 3s" may be checkout-api. Offered to the declarer, never assumed."""
+    firsts: dict[str, list[str]] = {}
+    for service in known:
+        first = re.split(r"[-_./]", service.lower(), maxsplit=1)[0]
+        if len(first) >= 3 and first != service.lower():
+            firsts.setdefault(first, []).append(service)
+    lower = title.lower()
+    return sorted(
+        names[0]
+        for first, names in firsts.items()
+        if len(names) == 1 and re.search(rf"(?<![\w/-]){re.escape(first)}(?![\w/-])", lower)
+    )
+
+
 def split_incident_id(rest: str) -> tuple[str | None, str]:
     """An incident id right after the subcommand, if one was given, and the rest."""
     parts = rest.strip().split(maxsplit=1)

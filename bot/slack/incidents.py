@@ -39,12 +39,13 @@ from bot.slack.blocks.incidents import (
     resolved_fallback_text,
     title_line,
 )
-from bot.slack.blocks.mrkdwn import section
+from bot.slack.blocks.mrkdwn import context, section
 from bot.slack.briefing import RECENT_HOURS, Message, deploys_message, experts_message, guarded_part, knowledge_message
 from bot.slack.delivery import Outcome, call_web_api, call_while_waiting
 from bot.slack.deploys import submit
 from bot.slack.incident_commands import (
     IncidentCommand,
+    likely_services,
     mentioned_services,
     parse_incident,
     split_subcommand,
@@ -269,7 +270,12 @@ def deploys_part(runtime: Runtime, incident: LiveIncident, with_cause: bool = Fa
     """The services' deploys of the last 24 hours with Rollback buttons; ``with_cause``: led by the deploy that
     may have caused it (the declaration names it; services named later have not been looked at yet)."""
     if not incident.services:
-        return NO_SERVICE_TEXT, build_recent_deploys_blocks(incident, [])
+        guess = likely_services(incident.title, runtime.incidents().known_services)
+        if not guess:
+            return NO_SERVICE_TEXT, build_recent_deploys_blocks(incident, [])
+        text = f"No service named, so no recent deploys to show. Is it {' or '.join(guess)}?"
+        typed = " · ".join(f"`/incident service {name}`" for name in guess)
+        return text, [context(f"{text} {typed} shows its deploys, with Rollback buttons.")]
     deploys = runtime.incidents().recent_deploys(incident, RECENT_HOURS)
     text, blocks = deploys_message(incident.services, deploys, {"incident": incident.id}, ids.INCIDENT_ROLLBACK)
     window = runtime.deploys().settings.failure_window_hours

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import InvalidRequest
-from bot.slack.incident_commands import IncidentCommand, mentioned_services, parse_incident
+from bot.slack.incident_commands import IncidentCommand, likely_services, mentioned_services, parse_incident
 
 DANIEL = "U04C2RN8VD"
 
@@ -184,3 +184,11 @@ def test_services_named_in_a_title_are_whole_names_in_any_case() -> None:
     assert mentioned_services("storage/remote write path failing", known) == ["storage/remote"]
     assert mentioned_services("checkout-api 503s after deploy", known) == ["Checkout-API"]
     assert mentioned_services("remote reads slow; checkout fine", known) == ["checkout", "remote"]
+
+
+def test_a_title_may_mean_a_service_by_the_first_part_of_its_name_when_only_one_starts_so() -> None:
+    known = {"checkout-api", "payments-gateway", "payments-ledger", "auth", "storage/remote", "ui"}
+    assert likely_services("Checkout p99 above 3s", known) == ["checkout-api"]
+    assert likely_services("payments failing", known) == []  # two services start so: neither is offered
+    assert likely_services("storage slow; auth fine", known) == ["storage/remote"]  # auth is a whole name
+    assert likely_services("checkouts slow", known) == []  # a whole word only
