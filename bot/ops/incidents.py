@@ -419,6 +419,8 @@ class IncidentService:
         """Services found to be involved after the declaration, or named by mistake (`/incident service NAME`,
         `--remove NAME`), changed in the timeline."""
         add, remove = self.check_services(add), list(dict.fromkeys(remove or []))
+        for service in remove:  # one that is no longer known may still be taken out, but it must be a name
+            check_service(service)
         if not add and not remove:
             raise InvalidRequest(f"name the service: {SERVICE_USAGE}.")
         if both := set(add) & set(remove):

@@ -29,7 +29,6 @@ NEEDS_TEXT = {
     "note": "note TEXT",
     "update": "update TEXT",
     "rootcause": "rootcause TEXT",
-    "service": "service NAME [NAME ...] [--remove NAME]",
 }
 ROLE_NAMES = {"lead": "lead", "ic": "lead", "commander": "lead", "comms": "comms", "communications": "comms"}
 USER_REFERENCE = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{6,})$")

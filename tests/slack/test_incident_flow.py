@@ -506,6 +506,7 @@ def test_errors_are_ephemeral_and_change_nothing(slack: SlackDriver, slack_api: 
         ("service --remove", OPS, "--remove needs the service after it"),
         ("service --remove checkout-api", OPS, f"{open_one.id} does not list checkout-api (it lists order-pipeline)"),
         ("service order-pipeline --remove order-pipeline", OPS, "order-pipeline is both added and removed"),
+        ("service --remove <!channel>", OPS, "service name '<!channel>': use letters, digits"),
         (f"service {closed.id} checkout-api", ELSEWHERE, f"{closed.id} is resolved; it can't change any more."),
     ]
     for text, channel, message in cases:
