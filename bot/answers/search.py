@@ -444,8 +444,14 @@ class SearchIndex:
             ]
             if holding:
                 return max(holding, key=lambda p: (local[p], closeness[p]))
-        if d in sig.routed:  # named, and nothing else of the question says where: its opening section
-            return own[0]
+        if d in sig.routed:
+            if not stems or sig.query_vector is None or self.titles.shape[1] != len(sig.query_vector):
+                return own[0]  # named, and nothing else of the question says where: its opening section
+            # Named, with words no section has ("how do I fix KubePodCrashLooping"): the section closest in meaning
+            # to the question less its name, the query's vector without its part along the document's title.
+            title = self.titles[d]
+            rest = sig.query_vector - float(sig.query_vector @ title) * title
+            return max(own, key=lambda p: float(self.matrix[p] @ rest))
         return max(own, key=closeness.__getitem__)
 
     def local_keyword_scores(

@@ -338,6 +338,24 @@ def test_a_question_naming_an_alert_cites_the_section_its_other_words_ask_for(
     assert index.search("QueueBacklogHigh", k=1).hits[0].section == "Meaning"  # the name alone: the opening section
 
 
+@pytest.mark.parametrize(
+    ("alert", "path"),
+    [
+        ("PgbouncerPoolExhausted", "runbooks/postgres/connection-pool-exhausted.md"),
+        ("CheckoutApiLatencyHigh", "runbooks/checkout-api/high-latency.md"),
+    ],
+)
+def test_a_question_naming_an_alert_in_words_no_section_has_cites_by_meaning_without_the_name(
+    index: SearchIndex, alert: str, path: str
+) -> None:
+    # No section says "fix": the opening section was cited, as for the name alone; the question less its name is
+    # closest to the Mitigation section.
+    fix = index.search(f"how do I fix {alert}", k=1).hits[0]
+    assert (fix.path, fix.section) == (path, "Mitigation")
+    alone = index.search(alert, k=1).hits[0]
+    assert alone.path == path and alone.section != "Mitigation"  # the name alone: the opening section
+
+
 def test_the_section_url_points_a_documents_url_at_the_cited_section() -> None:
     hit = SearchHit("runbooks/a.md", "runbook", "A", "Step 3: roll back", "", 1.0, anchor="step-3-roll-back")
     assert hit.section_url == ""  # no url, no link
