@@ -411,7 +411,9 @@ class SearchIndex:
         """The section to cite: the best by the query's words among the document's own sections (hybrid),
         else the closest in meaning, else keywords' best. A short section whose heading holds a word of the
         question is what it asks for ("root cause of INC-2026-0022", whose root cause is five words): it may
-        be cited too."""
+        be cited too. For a document the question names, ``stems`` are its other words (see ``search``): with
+        none, its opening section is cited; with some that no section has, the closest to the question less
+        its name."""
         if sig.chunk_sims is None:
             return sig.bm25_chunk[d]
         own = self._own_sections(d)
